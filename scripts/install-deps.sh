@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what Sluice needs to build, test and run, on Debian 12. Idempotent: it
+# installs only what is missing, so the README's commands can call it every time.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake ninja-build pkg-config clang llvm
+  libbpf-dev bpftool libelf-dev zlib1g-dev
+  libspdlog-dev libfmt-dev
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  catch2 libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libre2-dev libssl-dev
+  # runtime and tests
+  iproute2 iptables containernetworking-plugins curl openssl
+  # benchmarks and peers
+  wrk haproxy nginx-light iperf3
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ! command -v npm >/dev/null 2>&1; then
+  missing+=(npm)
+fi
+
+if ((${#missing[@]})); then
+  if [[ $EUID -ne 0 ]]; then
+    echo "install-deps: missing Debian packages: ${missing[*]}" >&2
+    echo "install-deps: run as root (or install them yourself) and try again" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${#missing[@]} Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts nginx and haproxy on install; the benchmarks start their own.
+  for svc in nginx haproxy; do
+    systemctl disable --now "$svc" >/dev/null 2>&1 || service "$svc" stop >/dev/null 2>&1 || true
+  done
+else
+  echo "install-deps: all Debian packages present"
+fi
+
+# npm packages (pinned by lockfile) for every folder that declares some.
+root=$(cd "$(dirname "$0")/.." && pwd)
+while IFS= read -r lock; do
+  dir=$(dirname "$lock")
+  if [[ ! -d "$dir/node_modules" || "$lock" -nt "$dir/node_modules" ]]; then
+    echo "install-deps: npm ci in ${dir#"$root"/}"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$dir/node_modules"
+  fi
+done < <(find "$root" -name package-lock.json -not -path '*/node_modules/*' -not -path '*/build*/*')
