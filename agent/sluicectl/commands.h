@@ -1,0 +1,14 @@
+// sluicectl's command groups. Each group lives in its own file and adds its
+// subcommands to the app; main() only wires them together.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace sluice::ctl {
+
+// Every group returns nothing; a subcommand's callback sets the exit code through
+// CLI11 (throw CLI::RuntimeError(code)) after printing a message that names the
+// file, resource or field that was wrong.
+void AddVersionCommand(CLI::App& app);
+
+}  // namespace sluice::ctl
