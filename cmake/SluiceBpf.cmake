@@ -59,7 +59,7 @@ function(sluice_bpf_skeleton name)
     DEPENDS "${obj}"
     COMMENT "BPF ${name}: bpftool gen skeleton"
     VERBATIM)
-  add_custom_target(${name}_skel_gen DEPENDS "${skel}")
+  add_custom_target(${name}_skel_gen ALL DEPENDS "${skel}")
   add_library(${name} INTERFACE)
   add_dependencies(${name} ${name}_skel_gen)
   target_include_directories(${name} INTERFACE "${SLUICE_BPF_GEN_DIR}")

@@ -10,5 +10,6 @@ namespace sluice::ctl {
 // CLI11 (throw CLI::RuntimeError(code)) after printing a message that names the
 // file, resource or field that was wrong.
 void AddVersionCommand(CLI::App& app);
+void AddBpfCommands(CLI::App& app);
 
 }  // namespace sluice::ctl

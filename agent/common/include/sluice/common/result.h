@@ -28,7 +28,8 @@ using Result = std::expected<T, Error>;
 
 // "what: strerror(err)", keeping err for callers that branch on it.
 [[nodiscard]] inline std::unexpected<Error> FailErrno(std::string_view what, int err) {
-  if (err < 0) err = -err;
+  if (err < 0)
+    err = -err;
   std::string msg(what);
   msg += ": ";
   msg += std::strerror(err);

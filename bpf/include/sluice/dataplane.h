@@ -1,0 +1,157 @@
+/* Sluice kernel data plane: map layouts shared by the BPF programs and the C++ loader.
+ *
+ * Declared once, included by both sides: the BPF objects compile it against vmlinux.h,
+ * the loader against the UAPI headers, and the loader static_asserts every size. All
+ * fields are fixed-width with explicit padding, so bpftool's BTF dump prints what the
+ * programs see. Addresses are stored as bytes in network order and ports in host order,
+ * so `bpftool map dump pinned /sys/fs/bpf/sluice/sluice_services` stays readable.
+ *
+ * Consistency model (see docs/kernel-dataplane.md): a service's backends are written
+ * under a new revision, then the service record is switched to that revision in place
+ * under its spin lock, then userspace waits for an RCU grace period and deletes the old
+ * revision. A connect therefore sees either the old or the new backend set, never a mix,
+ * and no connect can pick a removed backend once the update has returned.
+ */
+#ifndef SLUICE_DATAPLANE_H
+#define SLUICE_DATAPLANE_H
+
+#ifndef __bpf__
+#include <linux/bpf.h>
+#include <linux/types.h>
+#endif
+
+#define SLUICE_MAX_CLUSTERS 16    /* weighted clusters per service (route destinations) */
+#define SLUICE_MAX_BACKENDS 65535 /* backend slots per cluster (u16 slot index) */
+#define SLUICE_MAGLEV_SIZE 16381  /* prime; Maglev lookup table entries per cluster */
+#define SLUICE_SERVICE_NAME_LEN 64
+
+enum sluice_family {
+  SLUICE_FAMILY_IPV4 = 4,
+  SLUICE_FAMILY_IPV6 = 6,
+};
+
+/* Load-balancing policies; numbered as Envoy's Cluster.LbPolicy so xDS maps 1:1. */
+enum sluice_lb_policy {
+  SLUICE_LB_ROUND_ROBIN = 0,
+  SLUICE_LB_LEAST_REQUEST = 1,
+  SLUICE_LB_RING_HASH = 2,
+  SLUICE_LB_RANDOM = 3,
+  SLUICE_LB_MAGLEV = 5,
+};
+
+/* Per-reason counters (sluice_counters, a per-CPU array indexed by this enum). */
+enum sluice_counter {
+  SLUICE_CNT_TRANSLATED = 0,    /* connect rewritten to a backend */
+  SLUICE_CNT_NOT_ENROLLED,      /* connect from a network namespace not in the mesh */
+  SLUICE_CNT_NO_SERVICE,        /* enrolled, destination is not a service: passed through */
+  SLUICE_CNT_NO_BACKEND,        /* chosen cluster has no endpoints: connect refused */
+  SLUICE_CNT_BACKEND_MISSING,   /* backend slot absent (inconsistent state): refused */
+  SLUICE_CNT_NO_SOCK_STORAGE,   /* translated, but origin not recorded (getpeername) */
+  SLUICE_CNT_PEERNAME_RESTORED, /* getpeername answered with the service address */
+  SLUICE_CNT_CONN_OPENED,       /* sockops: translated connection established */
+  SLUICE_CNT_CONN_CLOSED,       /* sockops: translated connection closed */
+  SLUICE_CNT_MAX,
+};
+
+/* An IPv4 address uses v4 and leaves the rest zero. */
+union sluice_ip {
+  __u8 v4[4];
+  __u8 v6[16];
+};
+
+/* sluice_services key: one service frontend (VIP, port, protocol). */
+struct sluice_frontend_key {
+  union sluice_ip ip;
+  __u16 port;    /* host byte order */
+  __u8 family;   /* enum sluice_family */
+  __u8 protocol; /* IPPROTO_TCP / IPPROTO_UDP */
+};
+
+/* One weighted destination cluster of a service. */
+struct sluice_service_cluster {
+  __u32 weight_end; /* cumulative relative weight; cluster i owns [end(i-1), end(i)) */
+  __u16 n_backends; /* backend slots (sluice_backends) in the current revision */
+  __u8 lb_policy;   /* enum sluice_lb_policy */
+  __u8 _pad;
+};
+
+/* sluice_services value. Userspace writes it with BPF_F_LOCK; BPF reads it under the
+ * lock, so a connect sees one whole revision. Frontends of the same service carry
+ * identical copies. */
+struct sluice_service {
+  struct bpf_spin_lock lock;
+  __u32 id;           /* keys sluice_backends / sluice_maglev */
+  __u32 revision;     /* backends of this revision are live */
+  __u32 total_weight; /* sum of cluster weights */
+  __u8 n_clusters;
+  __u8 _pad[3];
+  __u32 rr_cursor[SLUICE_MAX_CLUSTERS]; /* ROUND_ROBIN position, advanced under lock */
+  struct sluice_service_cluster clusters[SLUICE_MAX_CLUSTERS];
+  char name[SLUICE_SERVICE_NAME_LEN]; /* for people reading bpftool dumps */
+};
+
+/* sluice_backends key: one slot of one cluster of one service revision. Weighted
+ * endpoints occupy several slots (smooth weighted order for ROUND_ROBIN). */
+struct sluice_backend_key {
+  __u32 service_id;
+  __u32 revision;
+  __u16 slot;
+  __u8 cluster;
+  __u8 _pad;
+};
+
+/* An endpoint address; also the key of sluice_endpoint_stats. */
+struct sluice_endpoint {
+  union sluice_ip ip;
+  __u16 port;  /* host byte order */
+  __u8 family; /* enum sluice_family */
+  __u8 _pad;
+};
+
+/* sluice_backends value. */
+struct sluice_backend {
+  struct sluice_endpoint ep;
+};
+
+/* sluice_endpoint_stats value: live translated connections per endpoint, kept by the
+ * sockops program and read by LEAST_REQUEST. */
+struct sluice_endpoint_stats {
+  __u64 active;
+  __u64 total;
+};
+
+/* sluice_maglev key: the consistent-hash table of one cluster revision. */
+struct sluice_cluster_key {
+  __u32 service_id;
+  __u32 revision;
+  __u8 cluster;
+  __u8 _pad[3];
+};
+
+/* sluice_maglev value: slot index per Maglev table entry. */
+struct sluice_maglev_table {
+  __u16 slot[SLUICE_MAGLEV_SIZE];
+  __u16 _pad;
+};
+
+/* sluice_enrolled value; the key is the network namespace cookie (u64). The pod's
+ * addresses identify the client for consistent hashing before the socket is bound. */
+struct sluice_enrolment {
+  __u8 ip4[4];
+  __u8 ip6[16];
+  __u32 flags;
+};
+
+/* sluice_sock_origin (socket local storage): what a translated socket dialled. */
+struct sluice_sock_origin {
+  union sluice_ip vip;
+  __u16 vip_port; /* host byte order */
+  __u8 family;
+  __u8 flags; /* SLUICE_SOCK_* */
+  struct sluice_endpoint backend;
+};
+
+#define SLUICE_SOCK_TRANSLATED 0x1
+#define SLUICE_SOCK_COUNTED 0x2
+
+#endif /* SLUICE_DATAPLANE_H */

@@ -1,0 +1,80 @@
+/* Sluice BPF maps, defined once for every BPF object (BPF side only).
+ *
+ * All maps pin by name under the loader's pin root (default /sys/fs/bpf/sluice), so
+ * every object of the data plane shares them, and a restarted agent adopts them. The
+ * loader sets max_entries before load; the numbers here are the defaults.
+ */
+#ifndef SLUICE_MAPS_BPF_H
+#define SLUICE_MAPS_BPF_H
+
+#include "vmlinux.h"
+
+#include <bpf/bpf_helpers.h>
+
+#include "sluice/dataplane.h"
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct sluice_frontend_key);
+  __type(value, struct sluice_service);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_services SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 262144);
+  __type(key, struct sluice_backend_key);
+  __type(value, struct sluice_backend);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_backends SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 1024);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct sluice_cluster_key);
+  __type(value, struct sluice_maglev_table);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_maglev SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 131072);
+  __type(key, struct sluice_endpoint);
+  __type(value, struct sluice_endpoint_stats);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_endpoint_stats SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 16384);
+  __type(key, __u64); /* network namespace cookie */
+  __type(value, struct sluice_enrolment);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_enrolled SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, int);
+  __type(value, struct sluice_sock_origin);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_sock_origin SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, SLUICE_CNT_MAX);
+  __type(key, __u32); /* enum sluice_counter */
+  __type(value, __u64);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_counters SEC(".maps");
+
+static __always_inline void sluice_count(enum sluice_counter reason) {
+  __u32 key = reason;
+  __u64* v = bpf_map_lookup_elem(&sluice_counters, &key);
+  if (v)
+    *v += 1; /* per-CPU slot: no atomic needed */
+}
+
+#endif /* SLUICE_MAPS_BPF_H */

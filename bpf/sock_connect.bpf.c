@@ -1,0 +1,279 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Connect-time service translation (cgroup/connect4, cgroup/connect6) and the matching
+ * getpeername hooks. For a socket in an enrolled network namespace that connects to a
+ * service frontend: pick a weighted cluster, pick an endpoint by the cluster's policy,
+ * rewrite the destination, and remember the service address in socket storage so
+ * getpeername reports what the application dialled.
+ *
+ * Minimum kernel: 5.8 (getpeername hooks, netns cookie in sock_addr), 5.18 for the
+ * ECONNREFUSED answer on an empty cluster (bpf_set_retval); see docs/kernel-dataplane.md.
+ */
+#include "vmlinux.h"
+
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "sluice/dataplane.h"
+#include "sluice/lb.h"
+#include "sluice/maps.bpf.h"
+
+#define ECONNREFUSED 111
+#define IPPROTO_TCP_ 6
+
+enum sluice_verdict {
+  SLUICE_PASS,      /* not ours: leave the connect alone */
+  SLUICE_TRANSLATE, /* rewrite to *out */
+  SLUICE_REFUSE,    /* fail the connect with ECONNREFUSED */
+};
+
+/* The client identity for consistent hashing: the socket's bound source address if any,
+ * else the pod's address recorded at enrolment. */
+static __always_inline __u32 sluice_client_hash(const struct bpf_sock* sk,
+                                                const struct sluice_enrolment* enr, __u8 family) {
+  union sluice_ip ip = {};
+  if (family == SLUICE_FAMILY_IPV4) {
+    __u32 src = sk ? sk->src_ip4 : 0;
+    if (src)
+      __builtin_memcpy(ip.v4, &src, 4);
+    else
+      __builtin_memcpy(ip.v4, enr->ip4, 4);
+  } else {
+    __u32 src[4] = {};
+    if (sk) {
+      src[0] = sk->src_ip6[0];
+      src[1] = sk->src_ip6[1];
+      src[2] = sk->src_ip6[2];
+      src[3] = sk->src_ip6[3];
+    }
+    if (src[0] | src[1] | src[2] | src[3])
+      __builtin_memcpy(ip.v6, src, 16);
+    else
+      __builtin_memcpy(ip.v6, enr->ip6, 16);
+  }
+  return sluice_hash_ip(&ip, family);
+}
+
+static __always_inline __u64 sluice_active(const struct sluice_backend* be) {
+  struct sluice_endpoint_stats* st = bpf_map_lookup_elem(&sluice_endpoint_stats, &be->ep);
+  return st ? st->active : 0;
+}
+
+/* The translation itself, over plain values: frontend in, backend out. */
+static __always_inline enum sluice_verdict sluice_translate(const struct sluice_frontend_key* fe,
+                                                            const struct bpf_sock* sk,
+                                                            const struct sluice_enrolment* enr,
+                                                            struct sluice_endpoint* out) {
+  struct sluice_service* svc = bpf_map_lookup_elem(&sluice_services, fe);
+  if (!svc) {
+    sluice_count(SLUICE_CNT_NO_SERVICE);
+    return SLUICE_PASS;
+  }
+
+  __u32 r_cluster = bpf_get_prandom_u32();
+  __u32 r_slot = bpf_get_prandom_u32();
+  struct sluice_backend_key bk = {};
+  __u32 cluster, total, rr = 0;
+  __u16 n;
+  __u8 policy;
+
+  /* One consistent view of the service: revision and its cluster table together. */
+  bpf_spin_lock(&svc->lock);
+  total = svc->total_weight;
+  cluster = sluice_pick_cluster(svc->clusters, svc->n_clusters, total ? r_cluster % total : 0);
+  if (cluster >= SLUICE_MAX_CLUSTERS)
+    cluster = 0;
+  bk.service_id = svc->id;
+  bk.revision = svc->revision;
+  n = svc->clusters[cluster].n_backends;
+  policy = svc->clusters[cluster].lb_policy;
+  if (policy == SLUICE_LB_ROUND_ROBIN)
+    rr = svc->rr_cursor[cluster]++;
+  bpf_spin_unlock(&svc->lock);
+
+  if (n == 0) {
+    sluice_count(SLUICE_CNT_NO_BACKEND);
+    return SLUICE_REFUSE;
+  }
+  bk.cluster = cluster;
+
+  struct sluice_backend* be = 0;
+  switch (policy) {
+    case SLUICE_LB_ROUND_ROBIN:
+      bk.slot = rr % n;
+      break;
+    case SLUICE_LB_LEAST_REQUEST:
+      if (n > 1) {
+        __u32 a, b;
+        sluice_pick_two(r_slot, n, &a, &b);
+        bk.slot = a;
+        struct sluice_backend* ba = bpf_map_lookup_elem(&sluice_backends, &bk);
+        bk.slot = b;
+        struct sluice_backend* bb = bpf_map_lookup_elem(&sluice_backends, &bk);
+        if (ba && bb)
+          be = sluice_active(bb) < sluice_active(ba) ? bb : ba;
+        else
+          be = ba ? ba : bb;
+      } else {
+        bk.slot = 0;
+      }
+      break;
+    case SLUICE_LB_RING_HASH:
+    case SLUICE_LB_MAGLEV: {
+      struct sluice_cluster_key ck = {
+          .service_id = bk.service_id, .revision = bk.revision, .cluster = bk.cluster};
+      struct sluice_maglev_table* t = bpf_map_lookup_elem(&sluice_maglev, &ck);
+      __u32 h = sluice_client_hash(sk, enr, fe->family) % SLUICE_MAGLEV_SIZE;
+      /* The compiler proves h is in range and drops a plain check; the verifier cannot
+       * follow its multiply-shift modulo. Hide h from the optimizer, then bound it. */
+      asm volatile("" : "+r"(h));
+      bk.slot = (t && h < SLUICE_MAGLEV_SIZE) ? t->slot[h] : 0;
+      break;
+    }
+    default: /* RANDOM */
+      bk.slot = r_slot % n;
+      break;
+  }
+  if (!be)
+    be = bpf_map_lookup_elem(&sluice_backends, &bk);
+  if (!be || be->ep.family != fe->family) {
+    sluice_count(SLUICE_CNT_BACKEND_MISSING);
+    return SLUICE_REFUSE;
+  }
+  *out = be->ep;
+  return SLUICE_TRANSLATE;
+}
+
+static __always_inline void sluice_remember(struct bpf_sock_addr* ctx,
+                                            const struct sluice_frontend_key* fe,
+                                            const struct sluice_endpoint* be) {
+  struct bpf_sock* sk = ctx->sk;
+  if (!sk)
+    return;
+  struct sluice_sock_origin* o =
+      bpf_sk_storage_get(&sluice_sock_origin, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+  if (!o) {
+    sluice_count(SLUICE_CNT_NO_SOCK_STORAGE);
+    return;
+  }
+  o->vip = fe->ip;
+  o->vip_port = fe->port;
+  o->family = fe->family;
+  o->flags = SLUICE_SOCK_TRANSLATED;
+  o->backend = *be;
+}
+
+/* Shared tail of connect4/connect6: enrolment check, translate, verdict. Returns the
+ * hook's return value; fills *out when the destination must be rewritten. */
+static __always_inline int sluice_connect(struct bpf_sock_addr* ctx,
+                                          const struct sluice_frontend_key* fe,
+                                          struct sluice_endpoint* out, bool* rewrite) {
+  __u64 cookie = bpf_get_netns_cookie(ctx);
+  struct sluice_enrolment* enr = bpf_map_lookup_elem(&sluice_enrolled, &cookie);
+  *rewrite = false;
+  if (!enr) {
+    sluice_count(SLUICE_CNT_NOT_ENROLLED);
+    return 1;
+  }
+  switch (sluice_translate(fe, ctx->sk, enr, out)) {
+    case SLUICE_PASS:
+      return 1;
+    case SLUICE_REFUSE:
+      bpf_set_retval(-ECONNREFUSED);
+      return 0;
+    case SLUICE_TRANSLATE:
+      break;
+  }
+  sluice_remember(ctx, fe, out);
+  sluice_count(SLUICE_CNT_TRANSLATED);
+  *rewrite = true;
+  return 1;
+}
+
+SEC("cgroup/connect4")
+int sluice_connect4(struct bpf_sock_addr* ctx) {
+  struct sluice_frontend_key fe = {};
+  struct sluice_endpoint be = {};
+  bool rewrite;
+  __u32 dst = ctx->user_ip4;
+
+  __builtin_memcpy(fe.ip.v4, &dst, 4);
+  fe.port = bpf_ntohs((__u16)ctx->user_port);
+  fe.family = SLUICE_FAMILY_IPV4;
+  fe.protocol = ctx->protocol;
+  int ret = sluice_connect(ctx, &fe, &be, &rewrite);
+  if (rewrite) {
+    __builtin_memcpy(&dst, be.ip.v4, 4);
+    ctx->user_ip4 = dst;
+    ctx->user_port = bpf_htons(be.port);
+  }
+  return ret;
+}
+
+SEC("cgroup/connect6")
+int sluice_connect6(struct bpf_sock_addr* ctx) {
+  struct sluice_frontend_key fe = {};
+  struct sluice_endpoint be = {};
+  bool rewrite;
+  __u32 dst[4];
+
+  dst[0] = ctx->user_ip6[0];
+  dst[1] = ctx->user_ip6[1];
+  dst[2] = ctx->user_ip6[2];
+  dst[3] = ctx->user_ip6[3];
+  __builtin_memcpy(fe.ip.v6, dst, 16);
+  fe.port = bpf_ntohs((__u16)ctx->user_port);
+  fe.family = SLUICE_FAMILY_IPV6;
+  fe.protocol = ctx->protocol;
+  int ret = sluice_connect(ctx, &fe, &be, &rewrite);
+  if (rewrite) {
+    __builtin_memcpy(dst, be.ip.v6, 16);
+    ctx->user_ip6[0] = dst[0];
+    ctx->user_ip6[1] = dst[1];
+    ctx->user_ip6[2] = dst[2];
+    ctx->user_ip6[3] = dst[3];
+    ctx->user_port = bpf_htons(be.port);
+  }
+  return ret;
+}
+
+static __always_inline struct sluice_sock_origin* sluice_origin(struct bpf_sock_addr* ctx,
+                                                                __u8 family) {
+  struct bpf_sock* sk = ctx->sk;
+  if (!sk)
+    return 0;
+  struct sluice_sock_origin* o = bpf_sk_storage_get(&sluice_sock_origin, sk, 0, 0);
+  if (!o || !(o->flags & SLUICE_SOCK_TRANSLATED) || o->family != family)
+    return 0;
+  sluice_count(SLUICE_CNT_PEERNAME_RESTORED);
+  return o;
+}
+
+/* A translated socket reports the service address it dialled, as with kube-proxy. */
+SEC("cgroup/getpeername4")
+int sluice_getpeername4(struct bpf_sock_addr* ctx) {
+  struct sluice_sock_origin* o = sluice_origin(ctx, SLUICE_FAMILY_IPV4);
+  if (o) {
+    __u32 vip;
+    __builtin_memcpy(&vip, o->vip.v4, 4);
+    ctx->user_ip4 = vip;
+    ctx->user_port = bpf_htons(o->vip_port);
+  }
+  return 1;
+}
+
+SEC("cgroup/getpeername6")
+int sluice_getpeername6(struct bpf_sock_addr* ctx) {
+  struct sluice_sock_origin* o = sluice_origin(ctx, SLUICE_FAMILY_IPV6);
+  if (o) {
+    __u32 vip[4];
+    __builtin_memcpy(vip, o->vip.v6, 16);
+    ctx->user_ip6[0] = vip[0];
+    ctx->user_ip6[1] = vip[1];
+    ctx->user_ip6[2] = vip[2];
+    ctx->user_ip6[3] = vip[3];
+    ctx->user_port = bpf_htons(o->vip_port);
+  }
+  return 1;
+}
+
+char LICENSE[] SEC("license") = "GPL";

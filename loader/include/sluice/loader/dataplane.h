@@ -1,0 +1,114 @@
+// The kernel data plane: loads (or adopts) Sluice's BPF programs and maps, attaches the
+// programs to a cgroup through pinned links, and offers the typed API the agent uses to
+// sync services and enrolment into the kernel.
+//
+// Everything lives under a pin root (default /sys/fs/bpf/sluice): maps by name, links
+// under links/. The programs keep working when the process that loaded them exits or
+// is killed; the next Open() adopts the pins, swaps in its freshly loaded programs
+// through the existing links (no detach window, no second attachment) and rebuilds its
+// view of the services from the maps. Cleanup() removes it all.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "sluice/common/result.h"
+#include "sluice/dataplane.h"
+#include "sluice/loader/service.h"
+
+namespace sluice {
+
+struct MapSizes {
+  uint32_t frontends = 65536;       // sluice_services: VIP:port entries
+  uint32_t backends = 262144;       // sluice_backends: slots over all live revisions
+  uint32_t maglev_tables = 1024;    // sluice_maglev: consistent-hash clusters
+  uint32_t endpoints = 131072;      // sluice_endpoint_stats
+  uint32_t enrolled_netns = 16384;  // sluice_enrolled
+};
+
+struct DataplaneOptions {
+  std::string pin_root = "/sys/fs/bpf/sluice";
+  std::string cgroup_path;  // empty: the cgroup2 mount's root, found in /proc/mounts
+  MapSizes sizes;
+  // Only open the pinned maps of a running data plane (no program load, no attach):
+  // what sluicectl uses to inspect and edit state without touching the hooks.
+  bool maps_only = false;
+};
+
+struct EnrolmentInfo {
+  IpAddress ip4;  // the pod's addresses; client identity for consistent hashing
+  IpAddress ip6{6, {}};
+};
+
+// One kernel service (one family of a ServiceSpec) as read back from the maps.
+struct KernelService {
+  std::string name;
+  uint8_t family = 4;
+  uint32_t id = 0;
+  uint32_t revision = 0;
+  std::vector<sluice_frontend_key> frontends;
+  std::vector<sluice_service_cluster> clusters;
+  std::vector<std::vector<SocketAddress>> backends;  // per cluster, by slot
+};
+
+struct EndpointStats {
+  SocketAddress endpoint;
+  uint64_t active = 0;
+  uint64_t total = 0;
+};
+
+using Counters = std::array<uint64_t, SLUICE_CNT_MAX>;
+[[nodiscard]] std::string_view CounterName(sluice_counter c);
+
+class Dataplane {
+ public:
+  // Loads the programs, creates or adopts the pinned maps and links, attaches.
+  [[nodiscard]] static Result<std::unique_ptr<Dataplane>> Open(const DataplaneOptions& opts);
+  // Detaches and removes every pin and link under pin_root. Idempotent.
+  [[nodiscard]] static Result<void> Cleanup(const std::string& pin_root);
+
+  ~Dataplane();
+  Dataplane(const Dataplane&) = delete;
+  Dataplane& operator=(const Dataplane&) = delete;
+
+  // Creates or replaces services; deletes others by name. Atomic per service as seen by
+  // a concurrent connect, and when it returns no connect can reach a removed backend.
+  // One RCU grace period per call, however many services it carries.
+  [[nodiscard]] Result<void> Apply(const std::vector<ServiceSpec>& upserts,
+                                   const std::vector<std::string>& deletes);
+  [[nodiscard]] Result<void> UpsertService(const ServiceSpec& spec) { return Apply({spec}, {}); }
+  [[nodiscard]] Result<void> DeleteService(const std::string& name) { return Apply({}, {name}); }
+
+  [[nodiscard]] Result<void> Enrol(uint64_t netns_cookie, const EnrolmentInfo& info);
+  [[nodiscard]] Result<bool> Unenrol(uint64_t netns_cookie);  // false: was not enrolled
+  [[nodiscard]] Result<std::map<uint64_t, EnrolmentInfo>> Enrolled() const;
+
+  [[nodiscard]] Result<Counters> ReadCounters() const;
+  [[nodiscard]] Result<std::vector<KernelService>> Services() const;
+  [[nodiscard]] Result<std::vector<EndpointStats>> Endpoints() const;
+
+  [[nodiscard]] const DataplaneOptions& options() const { return opts_; }
+  // True when Open() found pinned state and adopted it rather than starting fresh.
+  [[nodiscard]] bool adopted() const { return adopted_; }
+
+ private:
+  struct Impl;
+  explicit Dataplane(DataplaneOptions opts);
+  [[nodiscard]] Result<void> Load();
+  [[nodiscard]] Result<void> OpenPinnedMaps();
+  [[nodiscard]] Result<void> CreateGracePeriodMap();
+  [[nodiscard]] Result<void> Attach();
+  [[nodiscard]] Result<void> Reconcile();
+  [[nodiscard]] Result<void> GracePeriod();
+
+  DataplaneOptions opts_;
+  bool adopted_ = false;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sluice

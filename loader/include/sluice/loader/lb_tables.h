@@ -1,0 +1,32 @@
+// Table building for the kernel's selection policies (pure functions, unit-tested).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "sluice/common/result.h"
+
+namespace sluice {
+
+// Cumulative ends of relative weights: {25, 75} -> {25, 100}. Zero weights own no range.
+[[nodiscard]] Result<std::vector<uint32_t>> CumulativeWeights(std::span<const uint32_t> weights);
+
+// The slot sequence of smooth weighted round robin: endpoint i appears weight_i / g
+// times (g = gcd), spread out rather than bunched ({5,1,1} -> a a b a c a a). When the
+// reduced weights sum past max_slots they are scaled down (each endpoint keeps >= 1).
+[[nodiscard]] std::vector<uint16_t> WeightedSlots(std::span<const uint32_t> weights,
+                                                  size_t max_slots);
+
+// A weighted Maglev lookup table of `size` entries (size prime) over backends named by
+// stable strings ("10.0.0.1:80"): entry -> backend index. Deterministic, so an agent
+// restart rebuilds the same table; adding a backend moves about 1/(n+1) of entries.
+[[nodiscard]] std::vector<uint16_t> BuildMaglevTable(std::span<const std::string> names,
+                                                     std::span<const uint32_t> weights,
+                                                     uint32_t size);
+
+// 64-bit FNV-1a with a seed, stable across builds and machines.
+[[nodiscard]] uint64_t StableHash(std::string_view s, uint64_t seed);
+
+}  // namespace sluice

@@ -1,0 +1,29 @@
+// The host facts the loader depends on: where cgroup2 and bpffs are, and how to name a
+// network namespace to the kernel (its cookie).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "sluice/common/result.h"
+
+namespace sluice {
+
+// The cgroup2 mount point, read from /proc/mounts (never assumed).
+[[nodiscard]] Result<std::string> FindCgroup2Mount(const std::string& mounts = "/proc/mounts");
+
+// Makes sure `dir` (e.g. /sys/fs/bpf/sluice) lives on a bpffs, mounting bpffs on
+// /sys/fs/bpf when nothing is mounted there, and creates the directory.
+[[nodiscard]] Result<void> EnsureBpffs(const std::string& dir);
+
+// The cgroup id (inode of the cgroup2 directory), as bpf link info reports it.
+[[nodiscard]] Result<uint64_t> CgroupId(const std::string& cgroup_path);
+
+// The cookie of a network namespace given by path (/run/netns/NAME, /proc/PID/ns/net),
+// read with SO_NETNS_COOKIE from a socket opened inside it.
+[[nodiscard]] Result<uint64_t> NetnsCookie(const std::string& netns_path);
+
+// The cookie of the calling thread's current network namespace.
+[[nodiscard]] Result<uint64_t> CurrentNetnsCookie();
+
+}  // namespace sluice

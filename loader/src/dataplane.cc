@@ -1,0 +1,701 @@
+#include "sluice/loader/dataplane.h"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstring>
+#include <filesystem>
+#include <set>
+
+#include "sluice/loader/bpf_map.h"
+#include "sluice/loader/encoding.h"
+#include "sluice/loader/system.h"
+#include "sluice_sock_connect.skel.h"
+#include "sluice_sockops.skel.h"
+
+namespace sluice {
+
+static_assert(sizeof(sluice_frontend_key) == 20);
+static_assert(sizeof(sluice_service_cluster) == 8);
+static_assert(offsetof(sluice_service, id) == 4);
+static_assert(sizeof(sluice_service) == 4 + 16 + 64 + 128 + SLUICE_SERVICE_NAME_LEN);
+static_assert(sizeof(sluice_backend_key) == 12);
+static_assert(sizeof(sluice_endpoint) == 20);
+static_assert(sizeof(sluice_endpoint_stats) == 16);
+static_assert(sizeof(sluice_cluster_key) == 12);
+static_assert(sizeof(sluice_maglev_table) == 2 * (SLUICE_MAGLEV_SIZE + 1));
+static_assert(sizeof(sluice_enrolment) == 24);
+static_assert(sizeof(sluice_sock_origin) == 40);
+
+namespace fs = std::filesystem;
+
+std::string_view CounterName(sluice_counter c) {
+  switch (c) {
+    case SLUICE_CNT_TRANSLATED:
+      return "translated";
+    case SLUICE_CNT_NOT_ENROLLED:
+      return "not_enrolled";
+    case SLUICE_CNT_NO_SERVICE:
+      return "no_service";
+    case SLUICE_CNT_NO_BACKEND:
+      return "no_backend";
+    case SLUICE_CNT_BACKEND_MISSING:
+      return "backend_missing";
+    case SLUICE_CNT_NO_SOCK_STORAGE:
+      return "no_sock_storage";
+    case SLUICE_CNT_PEERNAME_RESTORED:
+      return "peername_restored";
+    case SLUICE_CNT_CONN_OPENED:
+      return "conn_opened";
+    case SLUICE_CNT_CONN_CLOSED:
+      return "conn_closed";
+    case SLUICE_CNT_MAX:
+      break;
+  }
+  return "unknown";
+}
+
+namespace {
+
+int LibbpfPrint(enum libbpf_print_level level, const char* fmt, va_list args) {
+  // Verifier logs come in one call and can be long: size the buffer to the message.
+  va_list copy;
+  va_copy(copy, args);
+  int n = vsnprintf(nullptr, 0, fmt, copy);
+  va_end(copy);
+  if (n <= 0)
+    return n;
+  std::string buf(static_cast<size_t>(n) + 1, '\0');
+  vsnprintf(buf.data(), buf.size(), fmt, args);
+  std::string_view msg(buf.data(), static_cast<size_t>(n));
+  while (!msg.empty() && msg.back() == '\n')
+    msg.remove_suffix(1);
+  if (level == LIBBPF_WARN)
+    spdlog::warn("libbpf: {}", msg);
+  else
+    spdlog::debug("libbpf: {}", msg);
+  return n;
+}
+
+// One revision of one kernel service: how many slots each cluster wrote, and whether it
+// has a consistent-hash table, so the revision can be deleted without scanning.
+struct RevisionLayout {
+  std::vector<uint16_t> slots;
+  std::vector<bool> table;
+};
+
+struct FamilyState {
+  uint32_t id = 0;
+  uint32_t current = 0;                          // 0: nothing written yet
+  std::map<uint32_t, RevisionLayout> revisions;  // live revisions (normally one)
+  std::vector<sluice_frontend_key> frontends;
+};
+
+struct Garbage {
+  uint32_t id;
+  uint32_t revision;
+  RevisionLayout layout;
+};
+
+bool SameKey(const sluice_frontend_key& a, const sluice_frontend_key& b) {
+  return std::memcmp(&a, &b, sizeof(a)) == 0;
+}
+
+std::string FrontendString(const sluice_frontend_key& k) {
+  std::string s = SocketAddress{FromKernel(k.ip, k.family), k.port}.ToString();
+  return s + (k.protocol == 17 ? "/UDP" : "/TCP");
+}
+
+RevisionLayout LayoutOf(const sluice_service& rec) {
+  RevisionLayout l;
+  for (uint32_t c = 0; c < rec.n_clusters && c < SLUICE_MAX_CLUSTERS; c++) {
+    l.slots.push_back(rec.clusters[c].n_backends);
+    auto p = rec.clusters[c].lb_policy;
+    l.table.push_back(p == SLUICE_LB_MAGLEV || p == SLUICE_LB_RING_HASH);
+  }
+  return l;
+}
+
+}  // namespace
+
+struct Dataplane::Impl {
+  sluice_sock_connect* connect = nullptr;
+  sluice_sockops* sockops = nullptr;
+  std::vector<bpf_link*> links;
+  int rcu_outer = -1;
+  int rcu_inner = -1;
+
+  TypedMap<sluice_frontend_key, sluice_service> services;
+  TypedMap<sluice_backend_key, sluice_backend> backends;
+  TypedMap<sluice_cluster_key, sluice_maglev_table> maglev;
+  TypedMap<sluice_endpoint, sluice_endpoint_stats> endpoint_stats;
+  TypedMap<uint64_t, sluice_enrolment> enrolled;
+  int counters_fd = -1;
+  std::vector<int> owned_fds;  // maps opened from pins (maps_only mode)
+
+  // name -> family -> state; rebuilt from the maps on adoption.
+  std::map<std::string, std::map<uint8_t, FamilyState>> state;
+  uint32_t next_id = 1;
+
+  ~Impl() {
+    for (auto* l : links)
+      bpf_link__destroy(l);  // closes fds; pinned links stay attached
+    if (sockops)
+      sluice_sockops__destroy(sockops);
+    if (connect)
+      sluice_sock_connect__destroy(connect);
+    if (rcu_outer >= 0)
+      close(rcu_outer);
+    if (rcu_inner >= 0)
+      close(rcu_inner);
+    for (int fd : owned_fds)
+      close(fd);
+  }
+
+  Result<void> DeleteRevision(const Garbage& g) {
+    for (size_t c = 0; c < g.layout.slots.size(); c++) {
+      for (uint32_t s = 0; s < g.layout.slots[c]; s++) {
+        sluice_backend_key k{g.id, g.revision, static_cast<uint16_t>(s), static_cast<uint8_t>(c),
+                             0};
+        if (auto r = backends.Delete(k); !r)
+          return std::unexpected(r.error());
+      }
+      if (g.layout.table[c]) {
+        sluice_cluster_key k{g.id, g.revision, static_cast<uint8_t>(c), {}};
+        if (auto r = maglev.Delete(k); !r)
+          return std::unexpected(r.error());
+      }
+    }
+    return {};
+  }
+
+  // Writes one revision's backends and tables (new keys only: nothing live changes).
+  Result<void> WriteRevision(const EncodedService& enc) {
+    for (size_t c = 0; c < enc.clusters.size(); c++) {
+      const auto& cl = enc.clusters[c];
+      for (size_t s = 0; s < cl.slots.size(); s++) {
+        sluice_backend_key k{enc.record.id, enc.record.revision, static_cast<uint16_t>(s),
+                             static_cast<uint8_t>(c), 0};
+        if (auto r = backends.Update(k, cl.slots[s], BPF_ANY); !r)
+          return r;
+      }
+      if (cl.maglev) {
+        sluice_cluster_key k{enc.record.id, enc.record.revision, static_cast<uint8_t>(c), {}};
+        auto table = std::make_unique<sluice_maglev_table>();
+        std::memcpy(table->slot, cl.maglev->data(), sizeof(table->slot));
+        if (auto r = maglev.Update(k, *table, BPF_ANY); !r)
+          return r;
+      }
+    }
+    return {};
+  }
+};
+
+Dataplane::Dataplane(DataplaneOptions opts) : opts_(std::move(opts)), impl_(new Impl) {}
+Dataplane::~Dataplane() = default;
+
+Result<std::unique_ptr<Dataplane>> Dataplane::Open(const DataplaneOptions& opts) {
+  std::unique_ptr<Dataplane> dp(new Dataplane(opts));
+  if (dp->opts_.cgroup_path.empty()) {
+    auto cg = FindCgroup2Mount();
+    if (!cg)
+      return std::unexpected(cg.error());
+    dp->opts_.cgroup_path = *cg;
+  }
+  if (dp->opts_.maps_only) {
+    if (auto r = dp->OpenPinnedMaps(); !r)
+      return std::unexpected(r.error());
+  } else {
+    if (auto r = dp->Load(); !r)
+      return Wrap("loading the data plane", r.error());
+    if (auto r = dp->Attach(); !r)
+      return Wrap("attaching to " + dp->opts_.cgroup_path, r.error());
+  }
+  if (auto r = dp->CreateGracePeriodMap(); !r)
+    return std::unexpected(r.error());
+  if (auto r = dp->Reconcile(); !r)
+    return Wrap("adopting pinned state", r.error());
+  return dp;
+}
+
+Result<void> Dataplane::Load() {
+  libbpf_set_print(LibbpfPrint);
+  if (auto r = EnsureBpffs(opts_.pin_root); !r)
+    return r;
+
+  const std::map<std::string, uint32_t> sizes = {
+      {"sluice_services", opts_.sizes.frontends},
+      {"sluice_backends", opts_.sizes.backends},
+      {"sluice_maglev", opts_.sizes.maglev_tables},
+      {"sluice_endpoint_stats", opts_.sizes.endpoints},
+      {"sluice_enrolled", opts_.sizes.enrolled_netns},
+  };
+  // Before load: size each map, and check any pinned map we are about to adopt, so an
+  // incompatible leftover gets a clear message instead of libbpf's EINVAL.
+  auto prepare = [&](bpf_object* obj) -> Result<void> {
+    bpf_map* map;
+    bpf_object__for_each_map(map, obj) {
+      const std::string name = bpf_map__name(map);
+      auto want = sizes.find(name);
+      if (want != sizes.end())
+        bpf_map__set_max_entries(map, want->second);
+      const std::string pin = opts_.pin_root + "/" + name;
+      if (!fs::exists(pin))
+        continue;
+      adopted_ = true;
+      int fd = bpf_obj_get(pin.c_str());
+      if (fd < 0)
+        return FailErrno("opening pinned map " + pin, errno);
+      bpf_map_info info{};
+      uint32_t len = sizeof(info);
+      int rc = bpf_obj_get_info_by_fd(fd, &info, &len);
+      close(fd);
+      if (rc != 0)
+        return FailErrno("reading pinned map " + pin, errno);
+      if (info.key_size != bpf_map__key_size(map) || info.value_size != bpf_map__value_size(map) ||
+          info.type != static_cast<uint32_t>(bpf_map__type(map)))
+        return Fail("pinned map " + pin + " has another layout (key " +
+                    std::to_string(info.key_size) + "/value " + std::to_string(info.value_size) +
+                    " bytes, this build expects " + std::to_string(bpf_map__key_size(map)) + "/" +
+                    std::to_string(bpf_map__value_size(map)) +
+                    "): it was made by another Sluice version; remove it with "
+                    "'sluicectl bpf cleanup' (this drops the kernel state)");
+      if (info.max_entries != bpf_map__max_entries(map)) {
+        spdlog::warn("adopting {} with its pinned size {} (requested {})", pin, info.max_entries,
+                     bpf_map__max_entries(map));
+        bpf_map__set_max_entries(map, info.max_entries);
+      }
+    }
+    return {};
+  };
+
+  LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = opts_.pin_root.c_str());
+  impl_->connect = sluice_sock_connect__open_opts(&open_opts);
+  if (!impl_->connect)
+    return FailErrno("opening BPF object sock_connect", errno);
+  if (auto r = prepare(impl_->connect->obj); !r)
+    return r;
+  if (int err = sluice_sock_connect__load(impl_->connect))
+    return FailErrno("loading BPF object sock_connect (verifier log above)", err);
+
+  // The second object finds the maps the first one pinned and reuses them.
+  impl_->sockops = sluice_sockops__open_opts(&open_opts);
+  if (!impl_->sockops)
+    return FailErrno("opening BPF object sockops", errno);
+  if (auto r = prepare(impl_->sockops->obj); !r)
+    return r;
+  if (int err = sluice_sockops__load(impl_->sockops))
+    return FailErrno("loading BPF object sockops (verifier log above)", err);
+
+  auto& m = impl_->connect->maps;
+  impl_->services = {"sluice_services", bpf_map__fd(m.sluice_services)};
+  impl_->backends = {"sluice_backends", bpf_map__fd(m.sluice_backends)};
+  impl_->maglev = {"sluice_maglev", bpf_map__fd(m.sluice_maglev)};
+  impl_->endpoint_stats = {"sluice_endpoint_stats", bpf_map__fd(m.sluice_endpoint_stats)};
+  impl_->enrolled = {"sluice_enrolled", bpf_map__fd(m.sluice_enrolled)};
+  impl_->counters_fd = bpf_map__fd(m.sluice_counters);
+  return {};
+}
+
+Result<void> Dataplane::OpenPinnedMaps() {
+  auto open = [&](const std::string& name) -> Result<int> {
+    const std::string pin = opts_.pin_root + "/" + name;
+    int fd = bpf_obj_get(pin.c_str());
+    if (fd < 0) {
+      if (errno == ENOENT)
+        return Fail("no Sluice data plane at " + opts_.pin_root + " (" + pin +
+                    " is missing): start the agent or run 'sluicectl bpf load'");
+      return FailErrno("opening pinned map " + pin, errno);
+    }
+    impl_->owned_fds.push_back(fd);
+    return fd;
+  };
+  int fds[6];
+  const char* names[6] = {"sluice_services",       "sluice_backends", "sluice_maglev",
+                          "sluice_endpoint_stats", "sluice_enrolled", "sluice_counters"};
+  for (int i = 0; i < 6; i++) {
+    auto fd = open(names[i]);
+    if (!fd)
+      return std::unexpected(fd.error());
+    fds[i] = *fd;
+  }
+  adopted_ = true;
+  impl_->services = {names[0], fds[0]};
+  impl_->backends = {names[1], fds[1]};
+  impl_->maglev = {names[2], fds[2]};
+  impl_->endpoint_stats = {names[3], fds[3]};
+  impl_->enrolled = {names[4], fds[4]};
+  impl_->counters_fd = fds[5];
+  return {};
+}
+
+Result<void> Dataplane::CreateGracePeriodMap() {
+  // A private map-in-map: updating it makes the kernel wait for an RCU grace period
+  // (maybe_wait_bpf_programs), after which no program still holds an older value.
+  impl_->rcu_inner = bpf_map_create(BPF_MAP_TYPE_ARRAY, "sluice_rcu_in", 4, 4, 1, nullptr);
+  if (impl_->rcu_inner < 0)
+    return FailErrno("creating the grace-period map", errno);
+  LIBBPF_OPTS(bpf_map_create_opts, outer_opts,
+              .inner_map_fd = static_cast<__u32>(impl_->rcu_inner));
+  impl_->rcu_outer =
+      bpf_map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, "sluice_rcu_sync", 4, 4, 1, &outer_opts);
+  if (impl_->rcu_outer < 0)
+    return FailErrno("creating the grace-period map", errno);
+  return {};
+}
+
+Result<void> Dataplane::GracePeriod() {
+  uint32_t zero = 0;
+  if (bpf_map_update_elem(impl_->rcu_outer, &zero, &impl_->rcu_inner, BPF_ANY) != 0)
+    return FailErrno("waiting for an RCU grace period", errno);
+  return {};
+}
+
+Result<void> Dataplane::Attach() {
+  const std::string links_dir = opts_.pin_root + "/links";
+  std::error_code ec;
+  fs::create_directories(links_dir, ec);
+  if (ec)
+    return Fail("creating " + links_dir + ": " + ec.message());
+
+  auto cgroup_id = CgroupId(opts_.cgroup_path);
+  if (!cgroup_id)
+    return std::unexpected(cgroup_id.error());
+  int cg = open(opts_.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (cg < 0)
+    return FailErrno("opening cgroup " + opts_.cgroup_path, errno);
+
+  bpf_program* progs[] = {
+      impl_->connect->progs.sluice_connect4,     impl_->connect->progs.sluice_connect6,
+      impl_->connect->progs.sluice_getpeername4, impl_->connect->progs.sluice_getpeername6,
+      impl_->sockops->progs.sluice_sockops,
+  };
+  Result<void> result;
+  for (bpf_program* prog : progs) {
+    const std::string pin = links_dir + "/" + bpf_program__name(prog);
+    bpf_link* link = nullptr;
+    if (fs::exists(pin)) {
+      // Adopt: swap our program into the existing link. The hook never goes empty and
+      // never runs twice.
+      link = bpf_link__open(pin.c_str());
+      if (!link) {
+        result = FailErrno("opening pinned link " + pin, errno);
+        break;
+      }
+      bpf_link_info info{};
+      uint32_t len = sizeof(info);
+      if (bpf_obj_get_info_by_fd(bpf_link__fd(link), &info, &len) == 0 &&
+          info.type == BPF_LINK_TYPE_CGROUP && info.cgroup.cgroup_id != *cgroup_id) {
+        bpf_link__destroy(link);
+        result = Fail("pinned link " + pin + " is attached to another cgroup (id " +
+                      std::to_string(info.cgroup.cgroup_id) + ", not " + opts_.cgroup_path +
+                      "); run 'sluicectl bpf cleanup' first to move the data plane");
+        break;
+      }
+      if (int err = bpf_link__update_program(link, prog)) {
+        bpf_link__destroy(link);
+        result = FailErrno("replacing the program of pinned link " + pin, err);
+        break;
+      }
+    } else {
+      link = bpf_program__attach_cgroup(prog, cg);
+      if (!link) {
+        result = FailErrno(std::string("attaching ") + bpf_program__name(prog), errno);
+        break;
+      }
+      if (int err = bpf_link__pin(link, pin.c_str())) {
+        bpf_link__destroy(link);
+        result = FailErrno("pinning link " + pin, err);
+        break;
+      }
+    }
+    impl_->links.push_back(link);
+  }
+  close(cg);
+  return result;
+}
+
+Result<void> Dataplane::Reconcile() {
+  auto keys = impl_->services.Keys();
+  if (!keys)
+    return std::unexpected(keys.error());
+  std::set<std::pair<uint32_t, uint32_t>> live;
+  for (const auto& key : *keys) {
+    sluice_service rec{};
+    auto found = impl_->services.Lookup(key, &rec, BPF_F_LOCK);
+    if (!found)
+      return std::unexpected(found.error());
+    if (!*found)
+      continue;
+    auto& fs = impl_->state[rec.name][key.family];
+    fs.id = rec.id;
+    fs.current = std::max(fs.current, rec.revision);
+    fs.revisions[rec.revision] = LayoutOf(rec);
+    fs.frontends.push_back(key);
+    live.insert({rec.id, rec.revision});
+    impl_->next_id = std::max(impl_->next_id, rec.id + 1);
+  }
+  // A read-only opener (sluicectl dump) must not sweep: the owning agent may be between
+  // writing a new revision's backends and switching the frontend to it.
+  if (opts_.maps_only)
+    return {};
+  // Sweep what a crash in the middle of an update could have left behind: backends and
+  // tables of revisions no frontend points to.
+  size_t swept = 0;
+  auto bkeys = impl_->backends.Keys();
+  if (!bkeys)
+    return std::unexpected(bkeys.error());
+  for (const auto& k : *bkeys) {
+    if (!live.contains({k.service_id, k.revision}) && impl_->backends.Delete(k).value_or(false))
+      swept++;
+  }
+  auto tkeys = impl_->maglev.Keys();
+  if (!tkeys)
+    return std::unexpected(tkeys.error());
+  for (const auto& k : *tkeys) {
+    if (!live.contains({k.service_id, k.revision}) && impl_->maglev.Delete(k).value_or(false))
+      swept++;
+  }
+  if (adopted_)
+    spdlog::info("adopted pinned data plane at {}: {} services, {} stale entries swept",
+                 opts_.pin_root, impl_->state.size(), swept);
+  return {};
+}
+
+Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
+                              const std::vector<std::string>& deletes) {
+  // Validate everything first: a bad spec changes nothing.
+  for (const auto& spec : upserts) {
+    if (auto r = Validate(spec); !r)
+      return r;
+    for (const auto& ip : spec.vips) {
+      auto key = FrontendKey(ip, spec.port, spec.protocol);
+      sluice_service cur{};
+      auto found = impl_->services.Lookup(key, &cur);
+      if (!found)
+        return std::unexpected(found.error());
+      if (*found && spec.name != cur.name)
+        return Fail("service '" + spec.name + "': frontend " + FrontendString(key) +
+                    " already belongs to service '" + cur.name + "'");
+    }
+  }
+
+  std::vector<Garbage> garbage;
+  auto retire = [&](FamilyState& fs) {
+    for (auto& [rev, layout] : fs.revisions)
+      garbage.push_back({fs.id, rev, std::move(layout)});
+    fs.revisions.clear();
+  };
+  auto drop_frontends = [&](const std::vector<sluice_frontend_key>& keys) -> Result<void> {
+    for (const auto& k : keys)
+      if (auto r = impl_->services.Delete(k); !r)
+        return std::unexpected(r.error());
+    return {};
+  };
+
+  for (const auto& spec : upserts) {
+    auto& families = impl_->state[spec.name];
+    for (uint8_t family : Families(spec)) {
+      auto& fs = families[family];
+      if (fs.id == 0)
+        fs.id = impl_->next_id++;
+      auto enc = Encode(spec, family, fs.id, fs.current + 1);
+      if (!enc)
+        return std::unexpected(enc.error());
+      if (auto r = impl_->WriteRevision(*enc); !r) {
+        // Nothing points at the half-written revision: remove it, keep the old one.
+        (void)impl_->DeleteRevision({fs.id, fs.current + 1, LayoutOf(enc->record)});
+        return Wrap("service '" + spec.name + "'", r.error());
+      }
+      // Switch each frontend to the new revision in place, under the record's lock.
+      for (const auto& key : enc->frontends) {
+        bool existed = std::any_of(fs.frontends.begin(), fs.frontends.end(),
+                                   [&](const auto& k) { return SameKey(k, key); });
+        auto r = impl_->services.Update(key, enc->record,
+                                        existed ? (BPF_F_LOCK | BPF_EXIST) : BPF_NOEXIST);
+        if (!r)
+          return Wrap("service '" + spec.name + "'", r.error());
+      }
+      std::vector<sluice_frontend_key> removed;
+      for (const auto& k : fs.frontends) {
+        if (std::none_of(enc->frontends.begin(), enc->frontends.end(),
+                         [&](const auto& n) { return SameKey(n, k); }))
+          removed.push_back(k);
+      }
+      if (auto r = drop_frontends(removed); !r)
+        return r;
+      retire(fs);
+      fs.current = enc->record.revision;
+      fs.revisions[fs.current] = LayoutOf(enc->record);
+      fs.frontends = enc->frontends;
+    }
+    // A family whose VIPs are all gone.
+    const auto present = Families(spec);
+    for (auto it = families.begin(); it != families.end();) {
+      if (std::find(present.begin(), present.end(), it->first) == present.end()) {
+        if (auto r = drop_frontends(it->second.frontends); !r)
+          return r;
+        retire(it->second);
+        it = families.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+
+  for (const auto& name : deletes) {
+    auto it = impl_->state.find(name);
+    if (it == impl_->state.end())
+      continue;  // already gone: deleting is idempotent
+    for (auto& [family, fs] : it->second) {
+      if (auto r = drop_frontends(fs.frontends); !r)
+        return r;
+      retire(fs);
+    }
+    impl_->state.erase(it);
+  }
+
+  if (garbage.empty())
+    return {};
+  // No connect that might still hold an old revision survives this wait.
+  if (auto r = GracePeriod(); !r)
+    return r;
+  for (const auto& g : garbage)
+    if (auto r = impl_->DeleteRevision(g); !r)
+      return r;
+  return {};
+}
+
+Result<void> Dataplane::Enrol(uint64_t cookie, const EnrolmentInfo& info) {
+  sluice_enrolment v{};
+  if (info.ip4.family == 4)
+    std::memcpy(v.ip4, info.ip4.bytes.data(), 4);
+  if (info.ip6.family == 6)
+    std::memcpy(v.ip6, info.ip6.bytes.data(), 16);
+  return impl_->enrolled.Update(cookie, v, BPF_ANY);
+}
+
+Result<bool> Dataplane::Unenrol(uint64_t cookie) {
+  return impl_->enrolled.Delete(cookie);
+}
+
+Result<std::map<uint64_t, EnrolmentInfo>> Dataplane::Enrolled() const {
+  std::map<uint64_t, EnrolmentInfo> out;
+  auto keys = impl_->enrolled.Keys();
+  if (!keys)
+    return std::unexpected(keys.error());
+  for (uint64_t k : *keys) {
+    sluice_enrolment v{};
+    auto found = impl_->enrolled.Lookup(k, &v);
+    if (!found)
+      return std::unexpected(found.error());
+    if (!*found)
+      continue;
+    EnrolmentInfo info;
+    info.ip4.family = 4;
+    std::memcpy(info.ip4.bytes.data(), v.ip4, 4);
+    info.ip6.family = 6;
+    std::memcpy(info.ip6.bytes.data(), v.ip6, 16);
+    out[k] = info;
+  }
+  return out;
+}
+
+Result<Counters> Dataplane::ReadCounters() const {
+  Counters total{};
+  int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0)
+    return FailErrno("counting possible CPUs", -ncpu);
+  std::vector<uint64_t> per_cpu(ncpu);
+  for (uint32_t i = 0; i < SLUICE_CNT_MAX; i++) {
+    if (bpf_map_lookup_elem(impl_->counters_fd, &i, per_cpu.data()) != 0)
+      return FailErrno("map sluice_counters: lookup", errno);
+    for (uint64_t v : per_cpu)
+      total[i] += v;
+  }
+  return total;
+}
+
+Result<std::vector<KernelService>> Dataplane::Services() const {
+  std::vector<KernelService> out;
+  for (const auto& [name, families] : impl_->state) {
+    for (const auto& [family, fs] : families) {
+      KernelService ks;
+      ks.name = name;
+      ks.family = family;
+      ks.id = fs.id;
+      ks.revision = fs.current;
+      ks.frontends = fs.frontends;
+      if (fs.frontends.empty())
+        continue;
+      sluice_service rec{};
+      auto found = impl_->services.Lookup(fs.frontends.front(), &rec, BPF_F_LOCK);
+      if (!found)
+        return std::unexpected(found.error());
+      if (!*found)
+        continue;
+      for (uint32_t c = 0; c < rec.n_clusters && c < SLUICE_MAX_CLUSTERS; c++) {
+        ks.clusters.push_back(rec.clusters[c]);
+        std::vector<SocketAddress> slots;
+        for (uint32_t s = 0; s < rec.clusters[c].n_backends; s++) {
+          sluice_backend_key k{rec.id, rec.revision, static_cast<uint16_t>(s),
+                               static_cast<uint8_t>(c), 0};
+          sluice_backend b{};
+          auto got = impl_->backends.Lookup(k, &b);
+          if (!got)
+            return std::unexpected(got.error());
+          if (*got)
+            slots.push_back(FromKernel(b.ep));
+        }
+        ks.backends.push_back(std::move(slots));
+      }
+      out.push_back(std::move(ks));
+    }
+  }
+  return out;
+}
+
+Result<std::vector<EndpointStats>> Dataplane::Endpoints() const {
+  std::vector<EndpointStats> out;
+  auto keys = impl_->endpoint_stats.Keys();
+  if (!keys)
+    return std::unexpected(keys.error());
+  for (const auto& k : *keys) {
+    sluice_endpoint_stats st{};
+    auto found = impl_->endpoint_stats.Lookup(k, &st);
+    if (!found)
+      return std::unexpected(found.error());
+    if (*found)
+      out.push_back({FromKernel(k), st.active, st.total});
+  }
+  return out;
+}
+
+Result<void> Dataplane::Cleanup(const std::string& pin_root) {
+  std::error_code ec;
+  if (!fs::exists(pin_root, ec))
+    return {};
+  // Links first: removing a link's last pin detaches its program from the cgroup.
+  const fs::path links = fs::path(pin_root) / "links";
+  if (fs::exists(links, ec)) {
+    for (const auto& e : fs::directory_iterator(links, ec)) {
+      if (!fs::remove(e.path(), ec))
+        return Fail("removing " + e.path().string() + ": " + ec.message());
+    }
+    if (!fs::remove(links, ec))
+      return Fail("removing " + links.string() + ": " + ec.message());
+  }
+  for (const auto& e : fs::directory_iterator(pin_root, ec)) {
+    if (!fs::remove(e.path(), ec))
+      return Fail("removing " + e.path().string() + ": " + ec.message());
+  }
+  if (!fs::remove(pin_root, ec))
+    return Fail("removing " + pin_root + ": " + ec.message());
+  return {};
+}
+
+}  // namespace sluice

@@ -1,0 +1,60 @@
+#include "sluice/loader/ip.h"
+
+#include <arpa/inet.h>
+
+#include <charconv>
+
+namespace sluice {
+
+Result<IpAddress> IpAddress::Parse(std::string_view text) {
+  std::string s(text);
+  IpAddress ip;
+  if (inet_pton(AF_INET, s.c_str(), ip.bytes.data()) == 1) {
+    ip.family = 4;
+    return ip;
+  }
+  if (inet_pton(AF_INET6, s.c_str(), ip.bytes.data()) == 1) {
+    ip.family = 6;
+    return ip;
+  }
+  return Fail("'" + s + "' is not an IPv4 or IPv6 address");
+}
+
+std::string IpAddress::ToString() const {
+  char buf[INET6_ADDRSTRLEN] = {};
+  inet_ntop(family == 6 ? AF_INET6 : AF_INET, bytes.data(), buf, sizeof(buf));
+  return buf;
+}
+
+Result<SocketAddress> SocketAddress::Parse(std::string_view text) {
+  std::string_view host, port;
+  if (!text.empty() && text.front() == '[') {
+    auto close = text.find(']');
+    if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':')
+      return Fail("'" + std::string(text) + "' is not [IPv6]:port");
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    auto colon = text.rfind(':');
+    if (colon == std::string_view::npos)
+      return Fail("'" + std::string(text) + "' has no :port");
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  auto ip = IpAddress::Parse(host);
+  if (!ip)
+    return Wrap(std::string(text), ip.error());
+  unsigned value = 0;
+  auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (ec != std::errc() || end != port.data() + port.size() || value == 0 || value > 65535)
+    return Fail("'" + std::string(text) + "': port must be 1..65535");
+  return SocketAddress{*ip, static_cast<uint16_t>(value)};
+}
+
+std::string SocketAddress::ToString() const {
+  if (ip.family == 6)
+    return "[" + ip.ToString() + "]:" + std::to_string(port);
+  return ip.ToString() + ":" + std::to_string(port);
+}
+
+}  // namespace sluice
