@@ -4,7 +4,8 @@
 
 namespace {
 sluice::Result<int> Parse(int v) {
-  if (v < 0) return sluice::FailErrno("parsing value", EINVAL);
+  if (v < 0)
+    return sluice::FailErrno("parsing value", EINVAL);
   return v * 2;
 }
 }  // namespace
