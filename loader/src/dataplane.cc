@@ -246,7 +246,6 @@ Result<void> Dataplane::Load() {
       const std::string pin = opts_.pin_root + "/" + name;
       if (!fs::exists(pin))
         continue;
-      adopted_ = true;
       int fd = bpf_obj_get(pin.c_str());
       if (fd < 0)
         return FailErrno("opening pinned map " + pin, errno);
@@ -272,6 +271,10 @@ Result<void> Dataplane::Load() {
     }
     return {};
   };
+
+  // Adopting means a previous loader left the maps pinned (the second object below finds
+  // the first one's fresh pins, which is not adoption).
+  adopted_ = fs::exists(opts_.pin_root + "/sluice_services");
 
   LIBBPF_OPTS(bpf_object_open_opts, open_opts, .pin_root_path = opts_.pin_root.c_str());
   impl_->connect = sluice_sock_connect__open_opts(&open_opts);
