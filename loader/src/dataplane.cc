@@ -686,6 +686,14 @@ Result<void> Dataplane::Cleanup(const std::string& pin_root) {
   const fs::path links = fs::path(pin_root) / "links";
   if (fs::exists(links, ec)) {
     for (const auto& e : fs::directory_iterator(links, ec)) {
+      // Detach now: dropping the last reference frees a link from a work queue, a moment
+      // later; an explicit detach means the hooks are gone when Cleanup returns.
+      int fd = bpf_obj_get(e.path().c_str());
+      if (fd >= 0) {
+        if (bpf_link_detach(fd) != 0 && errno != ENOLINK)
+          spdlog::warn("detaching {}: {}", e.path().string(), strerror(errno));
+        close(fd);
+      }
       if (!fs::remove(e.path(), ec))
         return Fail("removing " + e.path().string() + ": " + ec.message());
     }

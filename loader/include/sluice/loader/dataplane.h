@@ -65,6 +65,8 @@ struct EndpointStats {
 using Counters = std::array<uint64_t, SLUICE_CNT_MAX>;
 [[nodiscard]] std::string_view CounterName(sluice_counter c);
 
+// One owner drives a Dataplane (the agent's kernel-sync loop); it is not safe to call
+// from several threads at once. Other processes may read the pinned maps at any time.
 class Dataplane {
  public:
   // Loads the programs, creates or adopts the pinned maps and links, attaches.

@@ -1,0 +1,265 @@
+#include "lab.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "sluice/loader/system.h"
+
+namespace fs = std::filesystem;
+
+namespace sluice::test {
+
+std::string Sh(const std::string& cmd) {
+  std::string out;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::array<char, 4096> buf;
+  while (size_t n = fread(buf.data(), 1, buf.size(), p))
+    out.append(buf.data(), n);
+  int status = pclose(p);
+  INFO("command: " << cmd << "\noutput: " << out);
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 0);
+  return out;
+}
+
+Process::Process(const std::vector<std::string>& argv) {
+  int in[2], out[2];
+  REQUIRE(pipe2(in, O_CLOEXEC) == 0);
+  REQUIRE(pipe2(out, O_CLOEXEC) == 0);
+  pid_ = fork();
+  REQUIRE(pid_ >= 0);
+  if (pid_ == 0) {
+    dup2(in[0], STDIN_FILENO);
+    dup2(out[1], STDOUT_FILENO);
+    std::vector<char*> args;
+    for (const auto& a : argv)
+      args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(in[0]);
+  close(out[1]);
+  in_ = in[1];
+  out_ = out[0];
+}
+
+Process::~Process() {
+  Kill();
+  if (in_ >= 0)
+    close(in_);
+  if (out_ >= 0)
+    close(out_);
+}
+
+std::string Process::ReadLine(int timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  for (;;) {
+    auto nl = buffer_.find('\n');
+    if (nl != std::string::npos) {
+      std::string line = buffer_.substr(0, nl);
+      buffer_.erase(0, nl + 1);
+      return line;
+    }
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
+    INFO("process " << pid_ << " printed no line within " << timeout_ms << " ms");
+    REQUIRE(left > 0);
+    pollfd pfd{out_, POLLIN, 0};
+    if (poll(&pfd, 1, static_cast<int>(left)) <= 0)
+      continue;
+    char buf[4096];
+    ssize_t n = read(out_, buf, sizeof(buf));
+    INFO("process " << pid_ << " closed its output");
+    REQUIRE(n > 0);
+    buffer_.append(buf, static_cast<size_t>(n));
+  }
+}
+
+void Process::CloseStdin() {
+  if (in_ >= 0)
+    close(in_);
+  in_ = -1;
+}
+
+int Process::Wait() {
+  if (pid_ <= 0)
+    return -1;
+  int status = 0;
+  waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+void Process::Kill() {
+  if (pid_ > 0) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+    pid_ = -1;
+  }
+}
+
+Lab::Lab() {
+  tag_ = "sluicet" + std::to_string(getpid() % 100000);
+  auto cg = FindCgroup2Mount();
+  REQUIRE(cg);
+  cgroup_ = *cg + "/" + tag_;
+  pin_root_ = "/sys/fs/bpf/" + tag_;
+  switch_ns_ = tag_ + "-sw";
+  try {
+    Teardown();  // leftovers of an earlier crashed run with the same pid
+    fs::create_directory(cgroup_);
+    Sh("ip netns add " + switch_ns_);
+    Sh("ip -n " + switch_ns_ + " link add br0 type bridge && ip -n " + switch_ns_ +
+       " link set br0 up");
+  } catch (...) {
+    Teardown();
+    throw;
+  }
+}
+
+Lab::~Lab() {
+  Teardown();
+}
+
+void Lab::Teardown() {
+  servers_.clear();
+  dp_.reset();
+  (void)Dataplane::Cleanup(pin_root_);
+  for (const auto& [name, pod] : pods_)
+    std::system(("ip netns del " + pod.netns + " 2>/dev/null").c_str());
+  pods_.clear();
+  std::system(("ip netns del " + switch_ns_ + " 2>/dev/null").c_str());
+  if (fs::exists(cgroup_)) {
+    // Probes that have not exited yet are moved out so the cgroup can go.
+    std::ifstream procs(cgroup_ + "/cgroup.procs");
+    std::string root = fs::path(cgroup_).parent_path().string() + "/cgroup.procs";
+    for (std::string pid; std::getline(procs, pid);) {
+      kill(std::stoi(pid), SIGKILL);
+      std::ofstream(root) << pid;
+    }
+    for (int i = 0; i < 50 && rmdir(cgroup_.c_str()) != 0; i++)
+      usleep(20000);
+  }
+}
+
+std::string Lab::probe() const {
+  return SLUICE_PROBE_PATH;
+}
+
+const Pod& Lab::AddPod(const std::string& name, int host) {
+  Pod pod{tag_ + "-" + name, "10.211.0." + std::to_string(host), "fd11::" + std::to_string(host)};
+  pods_[name] = pod;  // registered first, so teardown removes it even if setup fails
+  const std::string peer = "p" + std::to_string(next_link_++);
+  const std::string n = "ip -n " + pod.netns + " ";
+  Sh("ip netns add " + pod.netns);
+  Sh("ip -n " + switch_ns_ + " link add " + peer + " type veth peer name eth0 netns " + pod.netns);
+  Sh("ip -n " + switch_ns_ + " link set " + peer + " master br0 up");
+  Sh(n + "link set lo up && " + n + "link set eth0 up");
+  Sh(n + "addr add " + pod.ip4 + "/24 dev eth0");
+  Sh(n + "addr add " + pod.ip6 + "/64 dev eth0 nodad");
+  return pods_[name];
+}
+
+void Lab::Serve(const std::string& pod, const std::vector<std::string>& listen,
+                const std::string& id) {
+  std::vector<std::string> argv{probe(), "serve", "--netns", pods_.at(pod).netns, "--id", id};
+  for (const auto& l : listen) {
+    argv.push_back("--listen");
+    argv.push_back(l);
+  }
+  auto p = std::make_unique<Process>(argv);
+  REQUIRE(p->ReadLine() == "listening");
+  servers_.push_back(std::move(p));
+}
+
+nlohmann::json Lab::Connect(const std::string& pod, const std::string& to, int count,
+                            const std::vector<std::string>& extra) {
+  std::vector<std::string> argv{
+      probe(), "connect", "--netns", pods_.at(pod).netns, "--cgroup",
+      cgroup_, "--to",    to,        "--count",           std::to_string(count)};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  Process p(argv);
+  auto line = p.ReadLine(60000);
+  REQUIRE(p.Wait() == 0);
+  return nlohmann::json::parse(line);
+}
+
+std::unique_ptr<Process> Lab::ConnectHold(const std::string& pod, const std::string& to, int count,
+                                          nlohmann::json* report) {
+  auto p = std::make_unique<Process>(
+      std::vector<std::string>{probe(), "connect", "--netns", pods_.at(pod).netns, "--cgroup",
+                               cgroup_, "--to", to, "--count", std::to_string(count), "--hold"});
+  *report = nlohmann::json::parse(p->ReadLine(60000));
+  return p;
+}
+
+std::unique_ptr<Process> Lab::ConnectAsync(const std::string& pod, const std::string& to,
+                                           int count) {
+  return std::make_unique<Process>(
+      std::vector<std::string>{probe(), "connect", "--netns", pods_.at(pod).netns, "--cgroup",
+                               cgroup_, "--to", to, "--count", std::to_string(count)});
+}
+
+DataplaneOptions Lab::options() const {
+  DataplaneOptions o;
+  o.pin_root = pin_root_;
+  o.cgroup_path = cgroup_;
+  o.sizes.frontends = 1024;
+  o.sizes.backends = 4096;
+  o.sizes.maglev_tables = 64;
+  o.sizes.endpoints = 1024;
+  o.sizes.enrolled_netns = 64;
+  return o;
+}
+
+Dataplane& Lab::dp() {
+  if (!dp_) {
+    auto d = Dataplane::Open(options());
+    INFO((d ? "" : d.error().message));
+    REQUIRE(d);
+    dp_ = std::move(*d);
+  }
+  return *dp_;
+}
+
+uint64_t Lab::Cookie(const std::string& pod) const {
+  auto c = NetnsCookie("/run/netns/" + pods_.at(pod).netns);
+  INFO((c ? "" : c.error().message));
+  REQUIRE(c);
+  return *c;
+}
+
+void Lab::Enrol(const std::string& pod) {
+  const Pod& p = pods_.at(pod);
+  EnrolmentInfo info{*IpAddress::Parse(p.ip4), *IpAddress::Parse(p.ip6)};
+  auto r = dp().Enrol(Cookie(pod), info);
+  INFO((r ? "" : r.error().message));
+  REQUIRE(r);
+}
+
+Counters Lab::ReadCounters() {
+  auto c = dp().ReadCounters();
+  REQUIRE(c);
+  return *c;
+}
+
+long Count(const nlohmann::json& report, const std::string& field, const std::string& key) {
+  if (!report.contains(field) || !report[field].contains(key))
+    return 0;
+  return report[field][key].get<long>();
+}
+
+}  // namespace sluice::test

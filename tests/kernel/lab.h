@@ -1,0 +1,96 @@
+// A disposable network lab for the kernel tests: pods are network namespaces on a
+// bridge that lives in its own "switch" namespace (nothing is added to the host's
+// namespace), a test cgroup under the detected cgroup2 mount, a private pin root, and
+// sluice_probe processes as clients and servers. Every name carries the prefix
+// "sluicet<pid>", and the destructor removes all of it, on success and on failure
+// (scripts/cleanup-test-state.sh catches what a crash leaves).
+#pragma once
+
+#include <sys/types.h>
+
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "sluice/loader/dataplane.h"
+
+namespace sluice::test {
+
+// Runs a shell command; returns its stdout, or fails the test with its output.
+std::string Sh(const std::string& cmd);
+
+// A child process with its stdin and stdout on pipes.
+class Process {
+ public:
+  explicit Process(const std::vector<std::string>& argv);
+  ~Process();
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+  // Next stdout line; fails the test after `timeout_ms`.
+  std::string ReadLine(int timeout_ms = 10000);
+  void CloseStdin();
+  int Wait();  // exit status
+  void Kill();
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
+  int in_ = -1, out_ = -1;
+  std::string buffer_;
+};
+
+struct Pod {
+  std::string netns;  // ip netns name
+  std::string ip4, ip6;
+};
+
+class Lab {
+ public:
+  Lab();
+  ~Lab();
+  Lab(const Lab&) = delete;
+  Lab& operator=(const Lab&) = delete;
+
+  // A pod with eth0 on the lab bridge: IPv4 10.211.0.<host>/24, IPv6 fd11::<host>/64.
+  const Pod& AddPod(const std::string& name, int host);
+  // Starts a server in the pod answering "<id>\n" on each listen address.
+  void Serve(const std::string& pod, const std::vector<std::string>& listen, const std::string& id);
+  // Runs `sluice_probe connect` in the pod (inside the lab cgroup); returns its report.
+  nlohmann::json Connect(const std::string& pod, const std::string& to, int count,
+                         const std::vector<std::string>& extra = {});
+  // Same, with --hold: the connections stay open until the returned process's stdin
+  // closes. The report is read into *report.
+  std::unique_ptr<Process> ConnectHold(const std::string& pod, const std::string& to, int count,
+                                       nlohmann::json* report);
+  // Starts a connect run without waiting for it.
+  std::unique_ptr<Process> ConnectAsync(const std::string& pod, const std::string& to, int count);
+
+  // The data plane attached to the lab cgroup (opened on first use).
+  Dataplane& dp();
+  // Drops this process's handle to the data plane (the pins stay, like a killed agent).
+  void CloseDataplane() { dp_.reset(); }
+  DataplaneOptions options() const;
+  void Enrol(const std::string& pod);
+  uint64_t Cookie(const std::string& pod) const;
+  Counters ReadCounters();
+
+  const std::string& tag() const { return tag_; }
+  const std::string& cgroup() const { return cgroup_; }
+  const std::string& pin_root() const { return pin_root_; }
+  std::string probe() const;
+
+ private:
+  void Teardown();
+  std::string tag_, cgroup_, pin_root_, switch_ns_;
+  std::map<std::string, Pod> pods_;
+  std::vector<std::unique_ptr<Process>> servers_;
+  std::unique_ptr<Dataplane> dp_;
+  int next_link_ = 0;
+};
+
+// Count of a key in a report's object (0 when absent).
+long Count(const nlohmann::json& report, const std::string& field, const std::string& key);
+
+}  // namespace sluice::test
