@@ -1,0 +1,295 @@
+// Connection rate and latency to a service through Sluice's kernel path, against the
+// same connection made directly to the endpoint and through iptables DNAT of the VIP
+// (kube-proxy's iptables mode), with 10 and 10,000 services installed, in one run.
+//
+//   sluice_bench_l4 [--services 10,10000] [--seconds 5] [--rounds 3]
+//
+// Topology: a client and a server network namespace joined by a veth pair. The server
+// (sluice_probe serve) runs on CPU 1, the client (sluice_probe bench) on CPU 0. The
+// client runs in a cgroup with Sluice's programs (kernel path) or in one without any
+// (direct and iptables). For each service count, N services are installed in both the
+// kernel maps and, kube-proxy style, as nat OUTPUT rules in the client namespace
+// (KUBE-SERVICES -> KUBE-SVC-x -> KUBE-SEP-x -> DNAT); the client dials the service in
+// the middle of the table. The client's default route points at the server namespace
+// (iptables DNAT happens after the route lookup, as on a node). Figures are the median of --rounds
+// rounds.
+//
+// Run as root; everything it creates is prefixed "sluiceb" and removed on exit.
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "sluice/loader/dataplane.h"
+#include "sluice/loader/system.h"
+
+namespace {
+
+using nlohmann::json;
+using sluice::Dataplane;
+
+constexpr const char* kClient = "sluiceb-client";
+constexpr const char* kServer = "sluiceb-server";
+constexpr const char* kPins = "/sys/fs/bpf/sluiceb";
+constexpr const char* kEndpoint = "10.213.0.2:8080";
+
+[[noreturn]] void Die(const std::string& msg) {
+  fmt::print(stderr, "sluice_bench_l4: {}\n", msg);
+  std::exit(1);
+}
+
+void Run(const std::string& cmd) {
+  if (std::system(cmd.c_str()) != 0)
+    Die("command failed: " + cmd);
+}
+
+std::string Capture(const std::string& cmd) {
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p)
+    Die("cannot run " + cmd);
+  std::string out;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof(buf), p))
+    out.append(buf, n);
+  if (pclose(p) != 0)
+    Die("command failed: " + cmd + "\n" + out);
+  return out;
+}
+
+struct Env {
+  std::string cg_mount, cg_sluice, cg_plain;
+  pid_t server = -1;
+
+  void Teardown() {
+    if (server > 0) {
+      kill(server, SIGKILL);
+      waitpid(server, nullptr, 0);
+      server = -1;
+    }
+    (void)Dataplane::Cleanup(kPins);
+    std::system(
+        fmt::format("ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null", kClient, kServer)
+            .c_str());
+    for (const auto& cg : {cg_sluice, cg_plain})
+      if (!cg.empty())
+        rmdir(cg.c_str());
+  }
+};
+
+Env* g_env = nullptr;
+
+void OnSignal(int) {
+  if (g_env)
+    g_env->Teardown();
+  _exit(130);
+}
+
+std::string VipOf(int i) {
+  return fmt::format("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256 + 0);
+}
+
+void InstallIptables(int n) {
+  std::string rules = "*nat\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n";
+  for (int i = 0; i < n; i++)
+    rules += fmt::format(":KUBE-SVC-{0} - [0:0]\n:KUBE-SEP-{0} - [0:0]\n", i);
+  rules += "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n";
+  for (int i = 0; i < n; i++) {
+    rules += fmt::format(
+        "-A KUBE-SERVICES -d {}/32 -p tcp -m comment --comment \"bench/svc{}\" -m tcp "
+        "--dport 80 -j KUBE-SVC-{}\n",
+        VipOf(i), i, i);
+    rules += fmt::format("-A KUBE-SVC-{0} -j KUBE-SEP-{0}\n", i);
+    rules +=
+        fmt::format("-A KUBE-SEP-{} -p tcp -m tcp -j DNAT --to-destination {}\n", i, kEndpoint);
+  }
+  rules += "COMMIT\n";
+  const std::string file = "/tmp/sluiceb-iptables.rules";
+  std::ofstream(file) << rules;
+  Run(fmt::format("ip netns exec {} iptables-restore < {}", kClient, file));
+  std::filesystem::remove(file);
+}
+
+void FlushIptables() {
+  Run(fmt::format("ip netns exec {} iptables -t nat -F && ip netns exec {} iptables -t nat -X",
+                  kClient, kClient));
+}
+
+json Probe(const std::string& cgroup, const std::string& to, double seconds, bool rr) {
+  return json::parse(
+      Capture(fmt::format("taskset -c 0 {} bench --netns {} --cgroup {} --to {} "
+                          "--seconds {} {}",
+                          SLUICE_PROBE_PATH, kClient, cgroup, to, seconds, rr ? "--rr" : "")));
+}
+
+struct Figures {
+  double rate = 0, p50 = 0, p99 = 0, rr_p50 = 0, rr_p99 = 0;
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int> counts{10, 10000};
+  double seconds = 5;
+  int rounds = 3;
+  for (int i = 1; i < argc; i++) {
+    std::string a = argv[i];
+    auto next = [&] {
+      if (i + 1 >= argc)
+        Die(a + " needs a value");
+      return std::string(argv[++i]);
+    };
+    if (a == "--services") {
+      counts.clear();
+      std::string list = next();
+      for (size_t pos = 0; pos < list.size();) {
+        size_t comma = list.find(',', pos);
+        counts.push_back(std::stoi(list.substr(pos, comma - pos)));
+        pos = comma == std::string::npos ? list.size() : comma + 1;
+      }
+    } else if (a == "--seconds") {
+      seconds = std::stod(next());
+    } else if (a == "--rounds") {
+      rounds = std::stoi(next());
+    } else {
+      Die("usage: sluice_bench_l4 [--services 10,10000] [--seconds 5] [--rounds 3]");
+    }
+  }
+  if (geteuid() != 0)
+    Die("run as root (loads BPF programs, makes network namespaces)");
+
+  Env env;
+  g_env = &env;
+  signal(SIGINT, OnSignal);
+  signal(SIGTERM, OnSignal);
+  auto cg = sluice::FindCgroup2Mount();
+  if (!cg)
+    Die(cg.error().message);
+  env.cg_mount = *cg;
+  env.cg_sluice = *cg + "/sluiceb-sluice";
+  env.cg_plain = *cg + "/sluiceb-plain";
+  env.Teardown();
+  std::filesystem::create_directories(env.cg_sluice);
+  std::filesystem::create_directories(env.cg_plain);
+
+  Run(
+      fmt::format("ip netns add {0} && ip netns add {1} && "
+                  "ip -n {0} link add eth0 type veth peer name eth0 netns {1} && "
+                  "ip -n {0} addr add 10.213.0.10/24 dev eth0 && ip -n {0} link set eth0 up && "
+                  "ip -n {0} link set lo up && ip -n {0} route add default via 10.213.0.2 && "
+                  "ip -n {1} addr add 10.213.0.2/24 dev eth0 && ip -n {1} link set eth0 up && "
+                  "ip -n {1} link set lo up",
+                  kClient, kServer));
+
+  int out[2];
+  if (pipe(out) != 0)
+    Die("pipe");
+  env.server = fork();
+  if (env.server == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    execlp("taskset", "taskset", "-c", "1", SLUICE_PROBE_PATH, "serve", "--netns", kServer,
+           "--listen", kEndpoint, "--id", "server", nullptr);
+    _exit(127);
+  }
+  close(out[1]);
+  char ready[16] = {};
+  if (read(out[0], ready, sizeof(ready) - 1) <= 0)
+    Die("server did not start");
+
+  sluice::DataplaneOptions opts;
+  opts.pin_root = kPins;
+  opts.cgroup_path = env.cg_sluice;
+  opts.sizes.frontends = 65536;
+  auto dp = Dataplane::Open(opts);
+  if (!dp)
+    Die(dp.error().message);
+  auto cookie = sluice::NetnsCookie(std::string("/run/netns/") + kClient);
+  if (!cookie)
+    Die(cookie.error().message);
+  if (auto r = (*dp)->Enrol(*cookie, {*sluice::IpAddress::Parse("10.213.0.10"), {6, {}}}); !r)
+    Die(r.error().message);
+
+  fmt::print("Sluice L4 benchmark: {} s per measurement, median of {} rounds, kernel {}\n", seconds,
+             rounds, Capture("uname -r").substr(0, Capture("uname -r").size() - 1));
+  fmt::print("{:>8}  {:<9} {:>11} {:>8} {:>9} {:>9} {:>9} {:>9}\n", "services", "path",
+             "connects/s", "vs direct", "conn p50", "conn p99", "rr p50", "rr p99");
+
+  std::map<std::pair<int, std::string>, Figures> results;
+  for (int n : counts) {
+    // Install n services in the kernel maps (one Apply, one grace period) and in iptables.
+    std::vector<sluice::ServiceSpec> specs;
+    for (int i = 0; i < n; i++) {
+      sluice::ServiceSpec s;
+      s.name = fmt::format("svc{}", i);
+      s.vips = {*sluice::IpAddress::Parse(VipOf(i))};
+      s.port = 80;
+      s.clusters = {
+          {"c", 1, sluice::LbPolicy::kRandom, {{*sluice::SocketAddress::Parse(kEndpoint), 1, {}}}}};
+      specs.push_back(std::move(s));
+    }
+    std::vector<std::string> stale;
+    if (auto existing = (*dp)->Services(); existing)
+      for (const auto& s : *existing)
+        stale.push_back(s.name);
+    if (auto r = (*dp)->Apply({}, stale); !r)
+      Die(r.error().message);
+    if (auto r = (*dp)->Apply(specs, {}); !r)
+      Die(r.error().message);
+    InstallIptables(n);
+    const std::string vip = VipOf(n / 2) + ":80";
+
+    const std::vector<std::pair<std::string, std::pair<std::string, std::string>>> paths{
+        {"direct", {env.cg_plain, kEndpoint}},
+        {"sluice", {env.cg_sluice, vip}},
+        {"iptables", {env.cg_plain, vip}},
+    };
+    std::map<std::string, std::vector<Figures>> samples;
+    for (int round = 0; round < rounds; round++) {
+      for (const auto& [path, where] : paths) {
+        auto c = Probe(where.first, where.second, seconds, false);
+        auto r = Probe(where.first, where.second, seconds / 2, true);
+        if (c["errors"].get<long>() != 0)
+          Die(fmt::format("{} path: {} failed connects", path, c["errors"].get<long>()));
+        samples[path].push_back({c["rate"], c["p50_us"], c["p99_us"], r["p50_us"], r["p99_us"]});
+      }
+    }
+    for (const auto& [path, where] : paths) {
+      auto& s = samples[path];
+      auto pick = [&](double Figures::*f) {
+        std::vector<double> v;
+        for (const auto& x : s)
+          v.push_back(x.*f);
+        return Median(v);
+      };
+      Figures f{pick(&Figures::rate), pick(&Figures::p50), pick(&Figures::p99),
+                pick(&Figures::rr_p50), pick(&Figures::rr_p99)};
+      results[{n, path}] = f;
+      const double direct = results[{n, "direct"}].rate;
+      fmt::print("{:>8}  {:<9} {:>11.0f} {:>8.3f}x {:>7.1f}us {:>7.1f}us {:>7.1f}us {:>7.1f}us\n",
+                 n, path, f.rate, f.rate / direct, f.p50, f.p99, f.rr_p50, f.rr_p99);
+    }
+    FlushIptables();
+  }
+  if (counts.size() >= 2) {
+    const int lo = counts.front(), hi = counts.back();
+    fmt::print("\nsluice at {} vs {} services: {:.3f}x; sluice vs iptables at {}: {:.2f}x\n", hi,
+               lo, results[{hi, "sluice"}].rate / results[{lo, "sluice"}].rate, hi,
+               results[{hi, "sluice"}].rate / results[{hi, "iptables"}].rate);
+  }
+  dp->reset();
+  env.Teardown();
+  return 0;
+}
