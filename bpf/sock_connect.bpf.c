@@ -20,11 +20,65 @@
 #define ECONNREFUSED 111
 #define IPPROTO_TCP_ 6
 
+#define SOL_IP_ 0
+#define SOL_IPV6_ 41
+#define SO_ORIGINAL_DST_ 80 /* also IP6T_SO_ORIGINAL_DST at SOL_IPV6 */
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+/* Stores into the sock_addr context must be whole 32-bit writes; a barrier keeps the
+ * compiler from splitting one into byte stores the verifier would refuse. */
+#define SLUICE_CTX_STORE(field, value) \
+  do {                                 \
+    __u32 v_ = (value);                \
+    asm volatile("" : "+r"(v_));       \
+    (field) = v_;                      \
+  } while (0)
+
 enum sluice_verdict {
   SLUICE_PASS,      /* not ours: leave the connect alone */
   SLUICE_TRANSLATE, /* rewrite to *out */
+  SLUICE_REDIRECT,  /* rewrite to the pod's proxy listener (in *out) */
   SLUICE_REFUSE,    /* fail the connect with ECONNREFUSED */
 };
+
+/* Exact frontend first; then the port's catch-all (address all zero), which is how L7
+ * listeners like "any address, port 80" reach the proxy. */
+static __always_inline struct sluice_service* sluice_find_service(
+    const struct sluice_frontend_key* fe) {
+  struct sluice_service* svc = bpf_map_lookup_elem(&sluice_services, fe);
+  if (svc)
+    return svc;
+  struct sluice_frontend_key any = *fe;
+  __builtin_memset(&any.ip, 0, sizeof(any.ip));
+  return bpf_map_lookup_elem(&sluice_services, &any);
+}
+
+/* Destinations a REGISTRY_ONLY pod may still reach: its own loopback and DNS. */
+static __always_inline bool sluice_always_allowed(const struct sluice_frontend_key* fe) {
+  if (fe->port == 53)
+    return true;
+  if (fe->family == SLUICE_FAMILY_IPV4)
+    return fe->ip.v4[0] == 127;
+  for (int i = 0; i < 15; i++)
+    if (fe->ip.v6[i])
+      return false;
+  return fe->ip.v6[15] == 1;
+}
+
+static __always_inline void sluice_proxy_address(const struct sluice_frontend_key* fe,
+                                                 const struct sluice_enrolment* enr,
+                                                 struct sluice_endpoint* out) {
+  __builtin_memset(out, 0, sizeof(*out));
+  out->family = fe->family;
+  out->port = enr->proxy_port;
+  if (fe->family == SLUICE_FAMILY_IPV4) {
+    out->ip.v4[0] = 127;
+    out->ip.v4[3] = 1;
+  } else {
+    out->ip.v6[15] = 1;
+  }
+}
 
 /* The client identity for consistent hashing: the socket's bound source address if any,
  * else the pod's address recorded at enrolment. */
@@ -63,8 +117,12 @@ static __always_inline enum sluice_verdict sluice_translate(const struct sluice_
                                                             const struct bpf_sock* sk,
                                                             const struct sluice_enrolment* enr,
                                                             struct sluice_endpoint* out) {
-  struct sluice_service* svc = bpf_map_lookup_elem(&sluice_services, fe);
+  struct sluice_service* svc = sluice_find_service(fe);
   if (!svc) {
+    if ((enr->flags & SLUICE_ENROL_REGISTRY_ONLY) && !sluice_always_allowed(fe)) {
+      sluice_count(SLUICE_CNT_REGISTRY_DENIED);
+      return SLUICE_REFUSE;
+    }
     sluice_count(SLUICE_CNT_NO_SERVICE);
     return SLUICE_PASS;
   }
@@ -74,10 +132,11 @@ static __always_inline enum sluice_verdict sluice_translate(const struct sluice_
   struct sluice_backend_key bk = {};
   __u32 cluster, total, rr = 0;
   __u16 n;
-  __u8 policy;
+  __u8 policy, flags;
 
   /* One consistent view of the service: revision and its cluster table together. */
   bpf_spin_lock(&svc->lock);
+  flags = svc->flags;
   total = svc->total_weight;
   cluster = sluice_pick_cluster(svc->clusters, svc->n_clusters, total ? r_cluster % total : 0);
   if (cluster >= SLUICE_MAX_CLUSTERS)
@@ -90,6 +149,14 @@ static __always_inline enum sluice_verdict sluice_translate(const struct sluice_
     rr = svc->rr_cursor[cluster]++;
   bpf_spin_unlock(&svc->lock);
 
+  if (flags & SLUICE_SVC_REDIRECT) {
+    if (!enr->proxy_port) {
+      sluice_count(SLUICE_CNT_NO_PROXY);
+      return SLUICE_REFUSE;
+    }
+    sluice_proxy_address(fe, enr, out);
+    return SLUICE_REDIRECT;
+  }
   if (n == 0) {
     sluice_count(SLUICE_CNT_NO_BACKEND);
     return SLUICE_REFUSE;
@@ -145,7 +212,7 @@ static __always_inline enum sluice_verdict sluice_translate(const struct sluice_
 
 static __always_inline void sluice_remember(struct bpf_sock_addr* ctx,
                                             const struct sluice_frontend_key* fe,
-                                            const struct sluice_endpoint* be) {
+                                            const struct sluice_endpoint* be, __u8 flags) {
   struct bpf_sock* sk = ctx->sk;
   if (!sk)
     return;
@@ -158,7 +225,7 @@ static __always_inline void sluice_remember(struct bpf_sock_addr* ctx,
   o->vip = fe->ip;
   o->vip_port = fe->port;
   o->family = fe->family;
-  o->flags = SLUICE_SOCK_TRANSLATED;
+  o->flags = flags;
   o->backend = *be;
 }
 
@@ -167,9 +234,16 @@ static __always_inline void sluice_remember(struct bpf_sock_addr* ctx,
 static __always_inline int sluice_connect(struct bpf_sock_addr* ctx,
                                           const struct sluice_frontend_key* fe,
                                           struct sluice_endpoint* out, bool* rewrite) {
+  *rewrite = false;
+  /* The agent's own upstream connections (its proxy, from inside a pod's namespace)
+   * carry the bypass mark and are never translated or redirected again. */
+  struct sluice_settings* set = sluice_get_settings();
+  if (set && set->bypass_mark && ctx->sk && ctx->sk->mark == set->bypass_mark) {
+    sluice_count(SLUICE_CNT_BYPASS);
+    return 1;
+  }
   __u64 cookie = bpf_get_netns_cookie(ctx);
   struct sluice_enrolment* enr = bpf_map_lookup_elem(&sluice_enrolled, &cookie);
-  *rewrite = false;
   if (!enr) {
     sluice_count(SLUICE_CNT_NOT_ENROLLED);
     return 1;
@@ -180,10 +254,15 @@ static __always_inline int sluice_connect(struct bpf_sock_addr* ctx,
     case SLUICE_REFUSE:
       bpf_set_retval(-ECONNREFUSED);
       return 0;
+    case SLUICE_REDIRECT:
+      sluice_remember(ctx, fe, out, SLUICE_SOCK_TRANSLATED | SLUICE_SOCK_REDIRECTED);
+      sluice_count(SLUICE_CNT_REDIRECTED);
+      *rewrite = true;
+      return 1;
     case SLUICE_TRANSLATE:
       break;
   }
-  sluice_remember(ctx, fe, out);
+  sluice_remember(ctx, fe, out, SLUICE_SOCK_TRANSLATED);
   sluice_count(SLUICE_CNT_TRANSLATED);
   *rewrite = true;
   return 1;
@@ -203,8 +282,8 @@ int sluice_connect4(struct bpf_sock_addr* ctx) {
   int ret = sluice_connect(ctx, &fe, &be, &rewrite);
   if (rewrite) {
     __builtin_memcpy(&dst, be.ip.v4, 4);
-    ctx->user_ip4 = dst;
-    ctx->user_port = bpf_htons(be.port);
+    SLUICE_CTX_STORE(ctx->user_ip4, dst);
+    SLUICE_CTX_STORE(ctx->user_port, bpf_htons(be.port));
   }
   return ret;
 }
@@ -227,11 +306,11 @@ int sluice_connect6(struct bpf_sock_addr* ctx) {
   int ret = sluice_connect(ctx, &fe, &be, &rewrite);
   if (rewrite) {
     __builtin_memcpy(dst, be.ip.v6, 16);
-    ctx->user_ip6[0] = dst[0];
-    ctx->user_ip6[1] = dst[1];
-    ctx->user_ip6[2] = dst[2];
-    ctx->user_ip6[3] = dst[3];
-    ctx->user_port = bpf_htons(be.port);
+    SLUICE_CTX_STORE(ctx->user_ip6[0], dst[0]);
+    SLUICE_CTX_STORE(ctx->user_ip6[1], dst[1]);
+    SLUICE_CTX_STORE(ctx->user_ip6[2], dst[2]);
+    SLUICE_CTX_STORE(ctx->user_ip6[3], dst[3]);
+    SLUICE_CTX_STORE(ctx->user_port, bpf_htons(be.port));
   }
   return ret;
 }
@@ -255,8 +334,8 @@ int sluice_getpeername4(struct bpf_sock_addr* ctx) {
   if (o) {
     __u32 vip;
     __builtin_memcpy(&vip, o->vip.v4, 4);
-    ctx->user_ip4 = vip;
-    ctx->user_port = bpf_htons(o->vip_port);
+    SLUICE_CTX_STORE(ctx->user_ip4, vip);
+    SLUICE_CTX_STORE(ctx->user_port, bpf_htons(o->vip_port));
   }
   return 1;
 }
@@ -267,12 +346,75 @@ int sluice_getpeername6(struct bpf_sock_addr* ctx) {
   if (o) {
     __u32 vip[4];
     __builtin_memcpy(vip, o->vip.v6, 16);
-    ctx->user_ip6[0] = vip[0];
-    ctx->user_ip6[1] = vip[1];
-    ctx->user_ip6[2] = vip[2];
-    ctx->user_ip6[3] = vip[3];
-    ctx->user_port = bpf_htons(o->vip_port);
+    SLUICE_CTX_STORE(ctx->user_ip6[0], vip[0]);
+    SLUICE_CTX_STORE(ctx->user_ip6[1], vip[1]);
+    SLUICE_CTX_STORE(ctx->user_ip6[2], vip[2]);
+    SLUICE_CTX_STORE(ctx->user_ip6[3], vip[3]);
+    SLUICE_CTX_STORE(ctx->user_port, bpf_htons(o->vip_port));
   }
+  return 1;
+}
+
+/* The in-pod proxy asks its accepted socket where the application meant to go, with
+ * getsockopt(SOL_IP or SOL_IPV6, SO_ORIGINAL_DST) as it would behind iptables REDIRECT.
+ * The connect hook and sockops recorded it under the application's side of the
+ * connection, which is this socket's (remote, local). */
+SEC("cgroup/getsockopt")
+int sluice_getsockopt(struct bpf_sockopt* ctx) {
+  if (ctx->optname != SO_ORIGINAL_DST_ || (ctx->level != SOL_IP_ && ctx->level != SOL_IPV6_))
+    return 1;
+  struct bpf_sock* sk = ctx->sk;
+  if (!sk)
+    return 1;
+  struct sluice_tuple key = {};
+  key.local_port = bpf_ntohs(sk->dst_port);
+  key.remote_port = (__u16)sk->src_port;
+  if (sk->family == AF_INET_) {
+    __u32 a = sk->dst_ip4, b = sk->src_ip4;
+    __builtin_memcpy(key.local.v4, &a, 4);
+    __builtin_memcpy(key.remote.v4, &b, 4);
+    key.family = SLUICE_FAMILY_IPV4;
+  } else {
+    __u32 a[4], b[4];
+    a[0] = sk->dst_ip6[0];
+    a[1] = sk->dst_ip6[1];
+    a[2] = sk->dst_ip6[2];
+    a[3] = sk->dst_ip6[3];
+    b[0] = sk->src_ip6[0];
+    b[1] = sk->src_ip6[1];
+    b[2] = sk->src_ip6[2];
+    b[3] = sk->src_ip6[3];
+    __builtin_memcpy(key.local.v6, a, 16);
+    __builtin_memcpy(key.remote.v6, b, 16);
+    key.family = SLUICE_FAMILY_IPV6;
+  }
+  struct sluice_orig_dst* od = bpf_map_lookup_elem(&sluice_orig_dst, &key);
+  if (!od)
+    return 1; /* not a redirected connection: the kernel's own answer stands */
+
+  void* data = ctx->optval;
+  void* end = ctx->optval_end;
+  if (od->dialled.family == SLUICE_FAMILY_IPV4) {
+    struct sockaddr_in* sin = data;
+    if ((void*)(sin + 1) > end)
+      return 1;
+    __builtin_memset(sin, 0, sizeof(*sin));
+    sin->sin_family = AF_INET_;
+    sin->sin_port = bpf_htons(od->dialled.port);
+    __builtin_memcpy(&sin->sin_addr.s_addr, od->dialled.ip.v4, 4);
+    ctx->optlen = sizeof(*sin);
+  } else {
+    struct sockaddr_in6* sin6 = data;
+    if ((void*)(sin6 + 1) > end)
+      return 1;
+    __builtin_memset(sin6, 0, sizeof(*sin6));
+    sin6->sin6_family = AF_INET6_;
+    sin6->sin6_port = bpf_htons(od->dialled.port);
+    __builtin_memcpy(&sin6->sin6_addr, od->dialled.ip.v6, 16);
+    ctx->optlen = sizeof(*sin6);
+  }
+  ctx->retval = 0;
+  sluice_count(SLUICE_CNT_ORIG_DST);
   return 1;
 }
 

@@ -1,16 +1,101 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Connection bookkeeping (sockops): per-endpoint live connection counts for the
- * connect hook's LEAST_REQUEST policy. A translated socket (marked by the connect hook
- * in sluice_sock_origin) counts up once when it is established and down once when it
- * reaches TCP_CLOSE, whichever way it closes. */
+/* Connection bookkeeping (sockops) and same-node splicing (sk_msg).
+ *
+ * - Translated sockets (marked by the connect hook in sluice_sock_origin) count up once
+ *   per endpoint when established and down once when they reach TCP_CLOSE: the live
+ *   counts LEAST_REQUEST reads.
+ * - Sockets redirected to the pod's in-pod proxy record what they dialled under their
+ *   own tuple in sluice_orig_dst, for the proxy's getsockopt(SO_ORIGINAL_DST).
+ * - With SLUICE_SET_SPLICE on, both ends of an app <-> in-pod proxy connection go into
+ *   the sluice_splice sockhash and the sk_msg program hands each sendmsg straight to the
+ *   peer's receive queue, skipping the TCP/IP stack on the loopback hop.
+ *
+ * Ordering rule for the splice: bytes of one direction must never take both paths, or
+ * the receiver could read a spliced message before an earlier one still queued in TCP.
+ * The proxy's socket joins the sockhash before it can send anything, so its direction
+ * is always spliced. The application's socket may send before the proxy's side is in
+ * the sockhash; its first message then marks the flow SLUICE_ORIG_NO_SPLICE and the
+ * whole direction stays on TCP.
+ */
 #include "vmlinux.h"
 
+#include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
 #include "sluice/dataplane.h"
 #include "sluice/maps.bpf.h"
 
 #define TCP_CLOSE_ 7
+#define AF_INET_ 2
+#define SK_PASS_ 1
+#define BPF_F_INGRESS_ 1
+
+/* This socket's own view (local, remote) from sockops context. */
+static __always_inline void sluice_ops_tuple(const struct bpf_sock_ops* skops,
+                                             struct sluice_tuple* t) {
+  __builtin_memset(t, 0, sizeof(*t));
+  t->local_port = (__u16)skops->local_port;
+  t->remote_port = (__u16)bpf_ntohl(skops->remote_port);
+  if (skops->family == AF_INET_) {
+    __u32 l = skops->local_ip4, r = skops->remote_ip4;
+    __builtin_memcpy(t->local.v4, &l, 4);
+    __builtin_memcpy(t->remote.v4, &r, 4);
+    t->family = SLUICE_FAMILY_IPV4;
+  } else {
+    __u32 l[4] = {skops->local_ip6[0], skops->local_ip6[1], skops->local_ip6[2],
+                  skops->local_ip6[3]};
+    __u32 r[4] = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
+                  skops->remote_ip6[3]};
+    __builtin_memcpy(t->local.v6, l, 16);
+    __builtin_memcpy(t->remote.v6, r, 16);
+    t->family = SLUICE_FAMILY_IPV6;
+  }
+}
+
+static __always_inline void sluice_reverse(const struct sluice_tuple* in,
+                                           struct sluice_tuple* out) {
+  __builtin_memset(out, 0, sizeof(*out));
+  out->local = in->remote;
+  out->remote = in->local;
+  out->local_port = in->remote_port;
+  out->remote_port = in->local_port;
+  out->family = in->family;
+}
+
+static __always_inline bool sluice_splice_on(void) {
+  struct sluice_settings* set = sluice_get_settings();
+  return set && (set->flags & SLUICE_SET_SPLICE);
+}
+
+/* The application's side of a redirected connection is established. */
+static __always_inline void sluice_redirect_established(struct bpf_sock_ops* skops,
+                                                        struct sluice_sock_origin* o) {
+  struct sluice_tuple self;
+  sluice_ops_tuple(skops, &self);
+  struct sluice_orig_dst od = {};
+  __builtin_memcpy(od.dialled.ip.v6, o->vip.v6, 16);
+  od.dialled.port = o->vip_port;
+  od.dialled.family = o->family;
+  bpf_map_update_elem(&sluice_orig_dst, &self, &od, BPF_ANY);
+  if (sluice_splice_on() && bpf_sock_hash_update(skops, &sluice_splice, &self, BPF_ANY) == 0)
+    sluice_count(SLUICE_CNT_SPLICED);
+  /* TCP_CLOSE removes the orig-dst record. */
+  bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* A passively opened socket: the in-pod proxy's side if the peer was redirected. */
+static __always_inline void sluice_passive_established(struct bpf_sock_ops* skops) {
+  struct sluice_tuple self, app;
+  sluice_ops_tuple(skops, &self);
+  sluice_reverse(&self, &app);
+  struct sluice_orig_dst* od = bpf_map_lookup_elem(&sluice_orig_dst, &app);
+  if (!od || !sluice_splice_on())
+    return;
+  if (bpf_sock_hash_update(skops, &sluice_splice, &self, BPF_ANY) == 0) {
+    __sync_fetch_and_or(&od->flags, SLUICE_ORIG_PEER_READY);
+    sluice_count(SLUICE_CNT_SPLICED);
+  }
+}
 
 static __always_inline void sluice_conn_opened(struct bpf_sock_ops* skops) {
   struct bpf_sock* sk = skops->sk;
@@ -19,6 +104,10 @@ static __always_inline void sluice_conn_opened(struct bpf_sock_ops* skops) {
   struct sluice_sock_origin* o = bpf_sk_storage_get(&sluice_sock_origin, sk, 0, 0);
   if (!o || !(o->flags & SLUICE_SOCK_TRANSLATED) || (o->flags & SLUICE_SOCK_COUNTED))
     return;
+  if (o->flags & SLUICE_SOCK_REDIRECTED) {
+    sluice_redirect_established(skops, o);
+    return;
+  }
 
   struct sluice_endpoint_stats* st = bpf_map_lookup_elem(&sluice_endpoint_stats, &o->backend);
   if (!st) {
@@ -40,7 +129,15 @@ static __always_inline void sluice_conn_closed(struct bpf_sock_ops* skops) {
   if (!sk)
     return;
   struct sluice_sock_origin* o = bpf_sk_storage_get(&sluice_sock_origin, sk, 0, 0);
-  if (!o || !(o->flags & SLUICE_SOCK_COUNTED))
+  if (!o)
+    return;
+  if (o->flags & SLUICE_SOCK_REDIRECTED) {
+    struct sluice_tuple self;
+    sluice_ops_tuple(skops, &self);
+    bpf_map_delete_elem(&sluice_orig_dst, &self);
+    return;
+  }
+  if (!(o->flags & SLUICE_SOCK_COUNTED))
     return;
   o->flags &= ~SLUICE_SOCK_COUNTED;
   struct sluice_endpoint_stats* st = bpf_map_lookup_elem(&sluice_endpoint_stats, &o->backend);
@@ -55,12 +152,59 @@ int sluice_sockops(struct bpf_sock_ops* skops) {
     case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
       sluice_conn_opened(skops);
       break;
+    case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+      sluice_passive_established(skops);
+      break;
     case BPF_SOCK_OPS_STATE_CB:
       if (skops->args[1] == TCP_CLOSE_)
         sluice_conn_closed(skops);
       break;
   }
   return 1;
+}
+
+/* This socket's own view from sk_msg context. */
+static __always_inline void sluice_msg_tuple(const struct sk_msg_md* msg, struct sluice_tuple* t) {
+  __builtin_memset(t, 0, sizeof(*t));
+  t->local_port = (__u16)msg->local_port;
+  t->remote_port = (__u16)bpf_ntohl(msg->remote_port);
+  if (msg->family == AF_INET_) {
+    __u32 l = msg->local_ip4, r = msg->remote_ip4;
+    __builtin_memcpy(t->local.v4, &l, 4);
+    __builtin_memcpy(t->remote.v4, &r, 4);
+    t->family = SLUICE_FAMILY_IPV4;
+  } else {
+    __u32 l[4] = {msg->local_ip6[0], msg->local_ip6[1], msg->local_ip6[2], msg->local_ip6[3]};
+    __u32 r[4] = {msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2], msg->remote_ip6[3]};
+    __builtin_memcpy(t->local.v6, l, 16);
+    __builtin_memcpy(t->remote.v6, r, 16);
+    t->family = SLUICE_FAMILY_IPV6;
+  }
+}
+
+/* Runs on sendmsg of any socket in sluice_splice. Always SK_PASS: when the redirect is
+ * not set up, the message simply takes the TCP path. */
+SEC("sk_msg")
+int sluice_splice_msg(struct sk_msg_md* msg) {
+  struct sluice_tuple self, peer;
+  sluice_msg_tuple(msg, &self);
+  sluice_reverse(&self, &peer);
+
+  struct sluice_orig_dst* od = bpf_map_lookup_elem(&sluice_orig_dst, &self);
+  if (od) {
+    /* The application's side. */
+    if (od->flags & SLUICE_ORIG_NO_SPLICE)
+      return SK_PASS_;
+    if (!(od->flags & SLUICE_ORIG_PEER_READY)) {
+      __sync_fetch_and_or(&od->flags, SLUICE_ORIG_NO_SPLICE);
+      return SK_PASS_;
+    }
+    bpf_msg_redirect_hash(msg, &sluice_splice, &peer, BPF_F_INGRESS_);
+    return SK_PASS_;
+  }
+  /* The proxy's side: its peer joined the sockhash before the proxy could accept. */
+  bpf_msg_redirect_hash(msg, &sluice_splice, &peer, BPF_F_INGRESS_);
+  return SK_PASS_;
 }
 
 char LICENSE[] SEC("license") = "GPL";

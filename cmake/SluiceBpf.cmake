@@ -1,6 +1,7 @@
 # sluice_bpf_skeleton(NAME SOURCE <file.bpf.c> [DEPENDS headers...])
 #
-# Compiles one BPF object with clang (-target bpf -O2 -g, CO-RE against a vmlinux.h
+# Compiles one BPF object with clang (-target bpf -O2 -g, -mcpu=v3 for 32-bit atomics
+# and ALU32; CO-RE against a vmlinux.h
 # generated at build time from the running kernel's BTF), runs `bpftool gen skeleton`
 # on it and exposes the result as an INTERFACE library target NAME whose include
 # directory holds NAME.skel.h.
@@ -44,7 +45,7 @@ function(sluice_bpf_skeleton name)
   endif()
   add_custom_command(
     OUTPUT "${obj}"
-    COMMAND "${SLUICE_CLANG}" -target bpf -O2 -g -Wall -Werror
+    COMMAND "${SLUICE_CLANG}" -target bpf -mcpu=v3 -O2 -g -Wall -Werror
             -D__TARGET_ARCH_${target_arch}
             -I "${SLUICE_BPF_GEN_DIR}" -I "${PROJECT_SOURCE_DIR}/bpf/include"
             -I "${SLUICE_LIBBPF_INCLUDE}"

@@ -106,6 +106,11 @@ void DumpServices(Dataplane& dp) {
     std::string fe;
     for (const auto& k : s.frontends)
       fe += (fe.empty() ? "" : " ") + Frontend(k);
+    if (s.redirect_to_proxy) {
+      std::cout << fmt::format("{:<40} {:<24} {:>4} {:>4}  L7: to the pod's in-pod proxy\n", s.name,
+                               fe, s.id, s.revision);
+      continue;
+    }
     uint32_t prev = 0;
     uint32_t total = s.clusters.empty() ? 0 : s.clusters.back().weight_end;
     for (size_t c = 0; c < s.clusters.size(); c++) {
@@ -137,10 +142,13 @@ void DumpEnrolment(Dataplane& dp) {
   auto en = dp.Enrolled();
   if (!en)
     Die(en.error());
-  std::cout << fmt::format("{:<20} {:<16} {}\n", "NETNS COOKIE", "POD IPV4", "POD IPV6");
+  std::cout << fmt::format("{:<20} {:<16} {:<24} {:<11} {}\n", "NETNS COOKIE", "POD IPV4",
+                           "POD IPV6", "PROXY PORT", "OUTBOUND POLICY");
   for (const auto& [cookie, info] : *en)
-    std::cout << fmt::format("{:<20} {:<16} {}\n", cookie, info.ip4.ToString(),
-                             info.ip6.ToString());
+    std::cout << fmt::format("{:<20} {:<16} {:<24} {:<11} {}\n", cookie, info.ip4.ToString(),
+                             info.ip6.ToString(),
+                             info.proxy_port ? std::to_string(info.proxy_port) : "-",
+                             info.registry_only ? "REGISTRY_ONLY" : "ALLOW_ANY");
 }
 
 void DumpCounters(Dataplane& dp) {
@@ -200,6 +208,7 @@ void AddBpfCommands(CLI::App& app) {
     uint16_t port = 0;
     std::string protocol = "TCP";
     std::vector<std::string> clusters;
+    bool l7 = false;
   };
   auto args = std::make_shared<SetArgs>();
   auto* set = service->add_subcommand("set", "Create or replace a service");
@@ -209,8 +218,10 @@ void AddBpfCommands(CLI::App& app) {
   set->add_option("--port", args->port, "service port")->required();
   set->add_option("--protocol", args->protocol, "TCP or UDP")->capture_default_str();
   set->add_option("--cluster", args->clusters,
-                  "weighted cluster: weight=W,lb=POLICY,ep=IP:PORT[*WEIGHT],... (repeatable)")
-      ->required();
+                  "weighted cluster: weight=W,lb=POLICY,ep=IP:PORT[*WEIGHT],... (repeatable)");
+  set->add_flag("--l7", args->l7,
+                "needs L7: send connects to the pod's in-pod proxy (no clusters); a VIP of "
+                "0.0.0.0 or :: catches every address on the port");
   set->callback([flags, args] {
     ServiceSpec spec;
     spec.name = args->name;
@@ -225,6 +236,9 @@ void AddBpfCommands(CLI::App& app) {
         Die(Error{"--vip: " + ip.error().message});
       spec.vips.push_back(*ip);
     }
+    spec.redirect_to_proxy = args->l7;
+    if (args->clusters.empty() && !args->l7)
+      Die(Error{"--cluster is required (at least one), unless --l7"});
     for (const auto& c : args->clusters) {
       auto cl = ParseCluster(c);
       if (!cl)
@@ -248,6 +262,8 @@ void AddBpfCommands(CLI::App& app) {
     std::string netns;
     std::string ip4 = "0.0.0.0";
     std::string ip6 = "::";
+    uint16_t proxy_port = 0;
+    bool registry_only = false;
   };
   auto enrol_args = std::make_shared<EnrolArgs>();
   auto* enrol = bpf->add_subcommand("enrol", "Put a network namespace in the mesh");
@@ -256,6 +272,10 @@ void AddBpfCommands(CLI::App& app) {
       ->required();
   enrol->add_option("--ip4", enrol_args->ip4, "the pod's IPv4 address (consistent-hash key)");
   enrol->add_option("--ip6", enrol_args->ip6, "the pod's IPv6 address");
+  enrol->add_option("--proxy-port", enrol_args->proxy_port,
+                    "port of the agent's outbound listener on the pod's loopback (L7 services)");
+  enrol->add_flag("--registry-only", enrol_args->registry_only,
+                  "outboundTrafficPolicy REGISTRY_ONLY: refuse connects to non-services");
   enrol->callback([flags, enrol_args] {
     auto cookie = NetnsCookie(enrol_args->netns);
     if (!cookie)
@@ -269,6 +289,8 @@ void AddBpfCommands(CLI::App& app) {
       Die(Error{"--ip6: '" + enrol_args->ip6 + "' is not an IPv6 address"});
     info.ip4 = *ip4;
     info.ip6 = *ip6;
+    info.proxy_port = enrol_args->proxy_port;
+    info.registry_only = enrol_args->registry_only;
     auto dp = OpenMaps(*flags);
     if (auto r = dp->Enrol(*cookie, info); !r)
       Die(r.error());
@@ -287,6 +309,19 @@ void AddBpfCommands(CLI::App& app) {
     if (!r)
       Die(r.error());
     std::cout << (*r ? "unenrolled " : "was not enrolled: ") << *unenrol_ns << "\n";
+  });
+
+  auto splice = std::make_shared<std::string>();
+  auto* splice_cmd = bpf->add_subcommand(
+      "splice", "Switch sk_msg splicing of app <-> in-pod proxy sockets (new connections)");
+  splice_cmd->add_option("state", *splice, "on | off")
+      ->required()
+      ->check(CLI::IsMember({"on", "off"}));
+  splice_cmd->callback([flags, splice] {
+    auto dp = OpenMaps(*flags);
+    if (auto r = dp->SetSplice(*splice == "on"); !r)
+      Die(r.error());
+    std::cout << "splice " << *splice << "\n";
   });
 
   auto what = std::make_shared<std::string>("all");

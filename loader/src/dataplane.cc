@@ -28,7 +28,10 @@ static_assert(sizeof(sluice_endpoint) == 20);
 static_assert(sizeof(sluice_endpoint_stats) == 16);
 static_assert(sizeof(sluice_cluster_key) == 12);
 static_assert(sizeof(sluice_maglev_table) == 2 * (SLUICE_MAGLEV_SIZE + 1));
-static_assert(sizeof(sluice_enrolment) == 24);
+static_assert(sizeof(sluice_enrolment) == 28);
+static_assert(sizeof(sluice_tuple) == 40);
+static_assert(sizeof(sluice_orig_dst) == 24);
+static_assert(sizeof(sluice_settings) == 8);
 static_assert(sizeof(sluice_sock_origin) == 40);
 
 namespace fs = std::filesystem;
@@ -53,6 +56,18 @@ std::string_view CounterName(sluice_counter c) {
       return "conn_opened";
     case SLUICE_CNT_CONN_CLOSED:
       return "conn_closed";
+    case SLUICE_CNT_REDIRECTED:
+      return "redirected";
+    case SLUICE_CNT_NO_PROXY:
+      return "no_proxy";
+    case SLUICE_CNT_REGISTRY_DENIED:
+      return "registry_denied";
+    case SLUICE_CNT_BYPASS:
+      return "bypass";
+    case SLUICE_CNT_ORIG_DST:
+      return "orig_dst";
+    case SLUICE_CNT_SPLICED:
+      return "spliced";
     case SLUICE_CNT_MAX:
       break;
   }
@@ -134,6 +149,7 @@ struct Dataplane::Impl {
   TypedMap<sluice_cluster_key, sluice_maglev_table> maglev;
   TypedMap<sluice_endpoint, sluice_endpoint_stats> endpoint_stats;
   TypedMap<uint64_t, sluice_enrolment> enrolled;
+  TypedMap<uint32_t, sluice_settings> settings;
   int counters_fd = -1;
   std::vector<int> owned_fds;  // maps opened from pins (maps_only mode)
 
@@ -300,7 +316,19 @@ Result<void> Dataplane::Load() {
   impl_->maglev = {"sluice_maglev", bpf_map__fd(m.sluice_maglev)};
   impl_->endpoint_stats = {"sluice_endpoint_stats", bpf_map__fd(m.sluice_endpoint_stats)};
   impl_->enrolled = {"sluice_enrolled", bpf_map__fd(m.sluice_enrolled)};
+  impl_->settings = {"sluice_settings", bpf_map__fd(m.sluice_settings)};
   impl_->counters_fd = bpf_map__fd(m.sluice_counters);
+
+  // Fresh maps get the default switches; adopted ones keep what the operator set.
+  sluice_settings set{};
+  if (auto r = impl_->settings.Lookup(0, &set); !r)
+    return std::unexpected(r.error());
+  if (set.flags == 0 && set.bypass_mark == 0) {
+    set.flags = SLUICE_SET_SPLICE;
+    set.bypass_mark = SLUICE_DEFAULT_BYPASS_MARK;
+    if (auto r = impl_->settings.Update(0, set, BPF_ANY); !r)
+      return r;
+  }
   return {};
 }
 
@@ -317,10 +345,11 @@ Result<void> Dataplane::OpenPinnedMaps() {
     impl_->owned_fds.push_back(fd);
     return fd;
   };
-  int fds[6];
-  const char* names[6] = {"sluice_services",       "sluice_backends", "sluice_maglev",
-                          "sluice_endpoint_stats", "sluice_enrolled", "sluice_counters"};
-  for (int i = 0; i < 6; i++) {
+  int fds[7];
+  const char* names[7] = {"sluice_services", "sluice_backends", "sluice_maglev",
+                          "sluice_endpoint_stats", "sluice_enrolled", "sluice_counters",
+                          "sluice_settings"};
+  for (int i = 0; i < 7; i++) {
     auto fd = open(names[i]);
     if (!fd)
       return std::unexpected(fd.error());
@@ -333,6 +362,7 @@ Result<void> Dataplane::OpenPinnedMaps() {
   impl_->endpoint_stats = {names[3], fds[3]};
   impl_->enrolled = {names[4], fds[4]};
   impl_->counters_fd = fds[5];
+  impl_->settings = {names[6], fds[6]};
   return {};
 }
 
@@ -375,7 +405,7 @@ Result<void> Dataplane::Attach() {
   bpf_program* progs[] = {
       impl_->connect->progs.sluice_connect4,     impl_->connect->progs.sluice_connect6,
       impl_->connect->progs.sluice_getpeername4, impl_->connect->progs.sluice_getpeername6,
-      impl_->sockops->progs.sluice_sockops,
+      impl_->connect->progs.sluice_getsockopt,   impl_->sockops->progs.sluice_sockops,
   };
   Result<void> result;
   for (bpf_program* prog : progs) {
@@ -419,6 +449,14 @@ Result<void> Dataplane::Attach() {
     impl_->links.push_back(link);
   }
   close(cg);
+  if (!result)
+    return result;
+  // The splice program hangs off the sockhash itself (no link type for that in libbpf
+  // 1.1): attaching again replaces the adopted map's previous program in place.
+  if (bpf_prog_attach(bpf_program__fd(impl_->sockops->progs.sluice_splice_msg),
+                      bpf_map__fd(impl_->sockops->maps.sluice_splice), BPF_SK_MSG_VERDICT,
+                      0) != 0)
+    return FailErrno("attaching sluice_splice_msg to map sluice_splice", errno);
   return result;
 }
 
@@ -575,6 +613,8 @@ Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
 
 Result<void> Dataplane::Enrol(uint64_t cookie, const EnrolmentInfo& info) {
   sluice_enrolment v{};
+  v.proxy_port = info.proxy_port;
+  v.flags = info.registry_only ? SLUICE_ENROL_REGISTRY_ONLY : 0;
   if (info.ip4.family == 4)
     std::memcpy(v.ip4, info.ip4.bytes.data(), 4);
   if (info.ip6.family == 6)
@@ -603,6 +643,8 @@ Result<std::map<uint64_t, EnrolmentInfo>> Dataplane::Enrolled() const {
     std::memcpy(info.ip4.bytes.data(), v.ip4, 4);
     info.ip6.family = 6;
     std::memcpy(info.ip6.bytes.data(), v.ip6, 16);
+    info.proxy_port = v.proxy_port;
+    info.registry_only = v.flags & SLUICE_ENROL_REGISTRY_ONLY;
     out[k] = info;
   }
   return out;
@@ -641,6 +683,7 @@ Result<std::vector<KernelService>> Dataplane::Services() const {
         return std::unexpected(found.error());
       if (!*found)
         continue;
+      ks.redirect_to_proxy = rec.flags & SLUICE_SVC_REDIRECT;
       for (uint32_t c = 0; c < rec.n_clusters && c < SLUICE_MAX_CLUSTERS; c++) {
         ks.clusters.push_back(rec.clusters[c]);
         std::vector<SocketAddress> slots;
@@ -660,6 +703,22 @@ Result<std::vector<KernelService>> Dataplane::Services() const {
     }
   }
   return out;
+}
+
+Result<sluice_settings> Dataplane::Settings() const {
+  sluice_settings set{};
+  auto found = impl_->settings.Lookup(0, &set);
+  if (!found)
+    return std::unexpected(found.error());
+  return set;
+}
+
+Result<void> Dataplane::SetSplice(bool on) {
+  auto set = Settings();
+  if (!set)
+    return std::unexpected(set.error());
+  set->flags = on ? (set->flags | SLUICE_SET_SPLICE) : (set->flags & ~SLUICE_SET_SPLICE);
+  return impl_->settings.Update(0, *set, BPF_ANY);
 }
 
 Result<std::vector<EndpointStats>> Dataplane::Endpoints() const {

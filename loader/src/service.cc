@@ -43,7 +43,7 @@ Result<void> Validate(const ServiceSpec& s) {
     return Fail(where + ": vips: at least one address is required");
   if (s.port == 0)
     return Fail(where + ": port: must be 1..65535");
-  if (s.clusters.empty())
+  if (s.clusters.empty() && !s.redirect_to_proxy)
     return Fail(where + ": clusters: at least one cluster is required");
   if (s.clusters.size() > SLUICE_MAX_CLUSTERS)
     return Fail(where + ": clusters: " + std::to_string(s.clusters.size()) +
@@ -68,7 +68,7 @@ Result<void> Validate(const ServiceSpec& s) {
         return Fail(cw + ".endpoints[" + std::to_string(e) + "].port: must be 1..65535");
     }
   }
-  if (total == 0)
+  if (total == 0 && !s.clusters.empty())
     return Fail(where + ": clusters: all weights are zero");
   if (total > UINT32_MAX)
     return Fail(where + ": clusters: weights add up past 2^32-1");

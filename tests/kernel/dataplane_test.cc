@@ -21,42 +21,6 @@ using nlohmann::json;
 
 namespace {
 
-EndpointSpec Ep(const std::string& addr, uint32_t weight = 1) {
-  auto a = SocketAddress::Parse(addr);
-  REQUIRE(a);
-  return EndpointSpec{*a, weight, {}};
-}
-
-ClusterSpec Cluster(const std::string& name, uint32_t weight, LbPolicy lb,
-                    std::vector<EndpointSpec> eps) {
-  return ClusterSpec{name, weight, lb, std::move(eps)};
-}
-
-ServiceSpec Service(const std::string& name, std::vector<std::string> vips, uint16_t port,
-                    std::vector<ClusterSpec> clusters) {
-  ServiceSpec s;
-  s.name = name;
-  for (const auto& v : vips)
-    s.vips.push_back(*IpAddress::Parse(v));
-  s.port = port;
-  s.clusters = std::move(clusters);
-  return s;
-}
-
-void Apply(Lab& lab, const ServiceSpec& spec) {
-  auto r = lab.dp().UpsertService(spec);
-  INFO((r ? "" : r.error().message));
-  REQUIRE(r);
-}
-
-uint64_t Delta(const Counters& before, const Counters& after, sluice_counter c) {
-  return after[c] - before[c];
-}
-
-double Share(const json& report, const std::string& server) {
-  return static_cast<double>(Count(report, "by_server", server)) / report["ok"].get<double>();
-}
-
 // A lab with a client pod and three server pods (a, b, c) listening on 8080, v4 and v6.
 struct ThreeServers {
   Lab lab;

@@ -174,8 +174,13 @@ const Pod& Lab::AddPod(const std::string& name, int host) {
 }
 
 void Lab::Serve(const std::string& pod, const std::vector<std::string>& listen,
-                const std::string& id) {
+                const std::string& id, const std::vector<std::string>& extra, bool in_cgroup) {
   std::vector<std::string> argv{probe(), "serve", "--netns", pods_.at(pod).netns, "--id", id};
+  if (in_cgroup) {
+    argv.push_back("--cgroup");
+    argv.push_back(cgroup_);
+  }
+  argv.insert(argv.end(), extra.begin(), extra.end());
   for (const auto& l : listen) {
     argv.push_back("--listen");
     argv.push_back(l);
@@ -242,9 +247,9 @@ uint64_t Lab::Cookie(const std::string& pod) const {
   return *c;
 }
 
-void Lab::Enrol(const std::string& pod) {
+void Lab::Enrol(const std::string& pod, uint16_t proxy_port, bool registry_only) {
   const Pod& p = pods_.at(pod);
-  EnrolmentInfo info{*IpAddress::Parse(p.ip4), *IpAddress::Parse(p.ip6)};
+  EnrolmentInfo info{*IpAddress::Parse(p.ip4), *IpAddress::Parse(p.ip6), proxy_port, registry_only};
   auto r = dp().Enrol(Cookie(pod), info);
   INFO((r ? "" : r.error().message));
   REQUIRE(r);
@@ -260,6 +265,45 @@ long Count(const nlohmann::json& report, const std::string& field, const std::st
   if (!report.contains(field) || !report[field].contains(key))
     return 0;
   return report[field][key].get<long>();
+}
+
+double Share(const nlohmann::json& report, const std::string& server) {
+  return static_cast<double>(Count(report, "by_server", server)) / report["ok"].get<double>();
+}
+
+EndpointSpec Ep(const std::string& addr, uint32_t weight) {
+  auto a = SocketAddress::Parse(addr);
+  REQUIRE(a);
+  return EndpointSpec{*a, weight, {}};
+}
+
+ClusterSpec Cluster(const std::string& name, uint32_t weight, LbPolicy lb,
+                    std::vector<EndpointSpec> eps) {
+  return ClusterSpec{name, weight, lb, std::move(eps)};
+}
+
+ServiceSpec Service(const std::string& name, std::vector<std::string> vips, uint16_t port,
+                    std::vector<ClusterSpec> clusters) {
+  ServiceSpec s;
+  s.name = name;
+  for (const auto& v : vips) {
+    auto ip = IpAddress::Parse(v);
+    REQUIRE(ip);
+    s.vips.push_back(*ip);
+  }
+  s.port = port;
+  s.clusters = std::move(clusters);
+  return s;
+}
+
+void Apply(Lab& lab, const ServiceSpec& spec) {
+  auto r = lab.dp().UpsertService(spec);
+  INFO((r ? "" : r.error().message));
+  REQUIRE(r);
+}
+
+uint64_t Delta(const Counters& before, const Counters& after, sluice_counter c) {
+  return after[c] - before[c];
 }
 
 }  // namespace sluice::test

@@ -56,7 +56,10 @@ class Lab {
   // A pod with eth0 on the lab bridge: IPv4 10.211.0.<host>/24, IPv6 fd11::<host>/64.
   const Pod& AddPod(const std::string& name, int host);
   // Starts a server in the pod answering "<id>\n" on each listen address.
-  void Serve(const std::string& pod, const std::vector<std::string>& listen, const std::string& id);
+  // `extra` goes to sluice_probe serve (e.g. --orig-dst); in_cgroup runs the server in
+  // the lab cgroup, as the agent's in-pod proxy runs under the hooks.
+  void Serve(const std::string& pod, const std::vector<std::string>& listen, const std::string& id,
+             const std::vector<std::string>& extra = {}, bool in_cgroup = false);
   // Runs `sluice_probe connect` in the pod (inside the lab cgroup); returns its report.
   nlohmann::json Connect(const std::string& pod, const std::string& to, int count,
                          const std::vector<std::string>& extra = {});
@@ -72,7 +75,7 @@ class Lab {
   // Drops this process's handle to the data plane (the pins stay, like a killed agent).
   void CloseDataplane() { dp_.reset(); }
   DataplaneOptions options() const;
-  void Enrol(const std::string& pod);
+  void Enrol(const std::string& pod, uint16_t proxy_port = 0, bool registry_only = false);
   uint64_t Cookie(const std::string& pod) const;
   Counters ReadCounters();
 
@@ -92,5 +95,17 @@ class Lab {
 
 // Count of a key in a report's object (0 when absent).
 long Count(const nlohmann::json& report, const std::string& field, const std::string& key);
+// Share of a report's successful connections that reached `server`.
+double Share(const nlohmann::json& report, const std::string& server);
+
+// Spec builders for the tests.
+EndpointSpec Ep(const std::string& addr, uint32_t weight = 1);
+ClusterSpec Cluster(const std::string& name, uint32_t weight, LbPolicy lb,
+                    std::vector<EndpointSpec> eps);
+ServiceSpec Service(const std::string& name, std::vector<std::string> vips, uint16_t port,
+                    std::vector<ClusterSpec> clusters);
+// Upserts through the lab's data plane; fails the test with the error message.
+void Apply(Lab& lab, const ServiceSpec& spec);
+uint64_t Delta(const Counters& before, const Counters& after, sluice_counter c);
 
 }  // namespace sluice::test

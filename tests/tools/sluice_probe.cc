@@ -1,13 +1,21 @@
 // sluice_probe: real TCP clients and servers inside network namespaces, for the kernel
 // tests, the demo and the benchmarks.
 //
-//   sluice_probe serve   --netns NS --listen ADDR:PORT [--listen ...] --id NAME
+//   sluice_probe serve   --netns NS [--cgroup DIR] --listen ADDR:PORT [--listen ...]
+//                        --id NAME [--orig-dst]
 //   sluice_probe connect --netns NS [--cgroup DIR] --to ADDR:PORT [--count N]
-//                        [--source-base IP --sources K] [--hold] [--peer]
+//                        [--source-base IP --sources K] [--hold] [--peer] [--mark M]
+//                        [--echo BYTES]
 //   sluice_probe bench   --netns NS [--cgroup DIR] --to ADDR:PORT --seconds S [--rr]
 //
 // serve: on each accepted connection writes "NAME\n", then echoes what it reads; one
-//   epoll loop, many listeners. Prints "listening" once all sockets listen.
+//   epoll loop, many listeners. Prints "listening" once all sockets listen. With
+//   --orig-dst the greeting is "NAME ADDR:PORT\n", ADDR:PORT being what
+//   getsockopt(SO_ORIGINAL_DST) answers on the accepted socket (as an in-pod proxy
+//   asks), or "NAME none".
+// connect --mark M: sets SO_MARK before connecting (the agent's bypass mark).
+// connect --echo BYTES: after the greeting, sends BYTES of patterned data in 1000-byte
+//   writes, reads them back and counts connections whose echo differs (echo_mismatch).
 // connect: opens N connections one after another, reads each greeting and reports, as
 //   one JSON object, how many reached each server, errors by errno name, and (--peer)
 //   how many sockets reported a peer other than the dialled address. With --sources,
@@ -22,6 +30,7 @@
 // network namespace /var/run/netns/NS (or a path) with setns.
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/netfilter_ipv4.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -174,7 +183,9 @@ std::string ErrnoName(int e) {
 struct Args {
   std::string mode, netns, cgroup, id = "server", to, source_base;
   std::vector<std::string> listen;
-  long count = 1, sources = 0;
+  long count = 1, sources = 0, echo = 0;
+  unsigned mark = 0;
+  bool orig_dst = false;
   double seconds = 1;
   bool hold = false, peer = false, rr = false;
 };
@@ -215,6 +226,12 @@ Args ParseArgs(int argc, char** argv) {
       a.peer = true;
     else if (f == "--rr")
       a.rr = true;
+    else if (f == "--orig-dst")
+      a.orig_dst = true;
+    else if (f == "--mark")
+      a.mark = static_cast<unsigned>(std::stoul(value(), nullptr, 0));
+    else if (f == "--echo")
+      a.echo = std::stol(value());
     else
       Die("unknown flag " + f);
   }
@@ -258,7 +275,18 @@ int Serve(const Args& a) {
             break;
           int one = 1;
           setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-          if (write(c, greeting.data(), greeting.size()) < 0) {
+          std::string hello = greeting;
+          if (a.orig_dst) {
+            sockaddr_storage od{};
+            socklen_t len = sizeof(od);
+            sockaddr_storage self{};
+            socklen_t self_len = sizeof(self);
+            getsockname(c, reinterpret_cast<sockaddr*>(&self), &self_len);
+            const int level = self.ss_family == AF_INET6 ? SOL_IPV6 : SOL_IP;
+            bool ok = getsockopt(c, level, SO_ORIGINAL_DST, &od, &len) == 0;
+            hello = a.id + " " + (ok ? ToString(od) : "none") + "\n";
+          }
+          if (write(c, hello.data(), hello.size()) < 0) {
             close(c);
             continue;
           }
@@ -296,6 +324,36 @@ std::string ReadLine(int fd) {
   return line;
 }
 
+// Sends `bytes` of patterned data in 1000-byte writes while reading the echo back;
+// true when every byte came back in order.
+bool Echo(int fd, long bytes) {
+  std::vector<char> out(static_cast<size_t>(bytes)), in(static_cast<size_t>(bytes));
+  for (long i = 0; i < bytes; i++)
+    out[static_cast<size_t>(i)] = static_cast<char>('a' + (i * 7 + i / 1000) % 26);
+  long sent = 0, got = 0;
+  while (got < bytes) {
+    if (sent < bytes) {
+      long n = std::min<long>(1000, bytes - sent);
+      ssize_t w = write(fd, out.data() + sent, static_cast<size_t>(n));
+      if (w <= 0)
+        return false;
+      sent += w;
+    }
+    // Read what is there, without blocking while there is still data to send.
+    pollfd pfd{fd, POLLIN, 0};
+    if (poll(&pfd, 1, sent < bytes ? 0 : 5000) <= 0) {
+      if (sent < bytes)
+        continue;
+      return false;
+    }
+    ssize_t r = read(fd, in.data() + got, static_cast<size_t>(bytes - got));
+    if (r <= 0)
+      return false;
+    got += r;
+  }
+  return in == out;
+}
+
 void SetTimeouts(int fd) {
   timeval tv{5, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
@@ -328,13 +386,15 @@ int Connect(const Args& a) {
   nlohmann::json report;
   std::map<std::string, long> by_server, errors;
   std::map<std::string, std::map<std::string, long>> by_source;
-  long ok = 0, peer_mismatch = 0;
+  long ok = 0, peer_mismatch = 0, echo_mismatch = 0;
   std::vector<int> held;
   for (long i = 0; i < a.count; i++) {
     int fd = socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
       DieErrno("socket");
     SetTimeouts(fd);
+    if (a.mark && setsockopt(fd, SOL_SOCKET, SO_MARK, &a.mark, sizeof(a.mark)) != 0)
+      DieErrno("SO_MARK");
     std::string src;
     if (!sources.empty()) {
       const Addr& s = sources[static_cast<size_t>(i % a.sources)];
@@ -353,6 +413,8 @@ int Connect(const Args& a) {
       close(fd);
       continue;
     }
+    if (a.echo > 0 && !Echo(fd, a.echo))
+      echo_mismatch++;
     ok++;
     by_server[id]++;
     if (!src.empty())
@@ -378,6 +440,8 @@ int Connect(const Args& a) {
   report["errors"] = errors;
   if (a.peer)
     report["peer_mismatch"] = peer_mismatch;
+  if (a.echo > 0)
+    report["echo_mismatch"] = echo_mismatch;
   if (!by_source.empty())
     report["by_source"] = by_source;
   std::cout << report.dump() << std::endl;

@@ -50,6 +50,12 @@ enum sluice_counter {
   SLUICE_CNT_PEERNAME_RESTORED, /* getpeername answered with the service address */
   SLUICE_CNT_CONN_OPENED,       /* sockops: translated connection established */
   SLUICE_CNT_CONN_CLOSED,       /* sockops: translated connection closed */
+  SLUICE_CNT_REDIRECTED,        /* connect sent to the pod's L7 proxy listener */
+  SLUICE_CNT_NO_PROXY,          /* L7 service, but the pod has no proxy listener: refused */
+  SLUICE_CNT_REGISTRY_DENIED,   /* REGISTRY_ONLY pod dialled an unknown destination: refused */
+  SLUICE_CNT_BYPASS,            /* the agent's own upstream socket (bypass mark): untouched */
+  SLUICE_CNT_ORIG_DST,          /* getsockopt(SO_ORIGINAL_DST) answered for the proxy */
+  SLUICE_CNT_SPLICED,           /* socket joined to the sockhash (sk_msg splice) */
   SLUICE_CNT_MAX,
 };
 
@@ -84,11 +90,17 @@ struct sluice_service {
   __u32 revision;     /* backends of this revision are live */
   __u32 total_weight; /* sum of cluster weights */
   __u8 n_clusters;
-  __u8 _pad[3];
+  __u8 flags; /* SLUICE_SVC_* */
+  __u8 _pad[2];
   __u32 rr_cursor[SLUICE_MAX_CLUSTERS]; /* ROUND_ROBIN position, advanced under lock */
   struct sluice_service_cluster clusters[SLUICE_MAX_CLUSTERS];
   char name[SLUICE_SERVICE_NAME_LEN]; /* for people reading bpftool dumps */
 };
+
+/* The service needs L7 (routes beyond one catch-all, mirroring, faults, retries, gateway
+ * egress, ...): connects go to the pod's in-pod proxy listener, which recovers the
+ * dialled address with getsockopt(SO_ORIGINAL_DST). Clusters are then unused. */
+#define SLUICE_SVC_REDIRECT 0x1
 
 /* sluice_backends key: one slot of one cluster of one service revision. Weighted
  * endpoints occupy several slots (smooth weighted order for ROUND_ROBIN). */
@@ -139,8 +151,14 @@ struct sluice_maglev_table {
 struct sluice_enrolment {
   __u8 ip4[4];
   __u8 ip6[16];
-  __u32 flags;
+  __u32 flags;      /* SLUICE_ENROL_* */
+  __u16 proxy_port; /* the agent's outbound listener on the pod's loopback; 0: none */
+  __u16 _pad;
 };
+
+/* outboundTrafficPolicy REGISTRY_ONLY: connects to anything that is not a service
+ * (or loopback, or DNS on port 53) are refused instead of passed through. */
+#define SLUICE_ENROL_REGISTRY_ONLY 0x1
 
 /* sluice_sock_origin (socket local storage): what a translated socket dialled. */
 struct sluice_sock_origin {
@@ -153,5 +171,33 @@ struct sluice_sock_origin {
 
 #define SLUICE_SOCK_TRANSLATED 0x1
 #define SLUICE_SOCK_COUNTED 0x2
+#define SLUICE_SOCK_REDIRECTED 0x4 /* sent to the in-pod proxy; backend is the listener */
+
+/* One end's view of a TCP connection; key of sluice_orig_dst and sluice_splice. */
+struct sluice_tuple {
+  union sluice_ip local;
+  union sluice_ip remote;
+  __u16 local_port;  /* host byte order */
+  __u16 remote_port; /* host byte order */
+  __u8 family;
+  __u8 _pad[3];
+};
+
+/* sluice_orig_dst value, keyed by the application's side of a redirected connection:
+ * the address it dialled, for getsockopt(SO_ORIGINAL_DST) on the proxy's side. */
+struct sluice_orig_dst {
+  struct sluice_endpoint dialled;
+  __u32 flags; /* SLUICE_ORIG_* */
+};
+#define SLUICE_ORIG_PEER_READY 0x1 /* the proxy's accepted socket is in sluice_splice */
+#define SLUICE_ORIG_NO_SPLICE 0x2  /* bytes went through TCP first: never splice (ordering) */
+
+/* sluice_settings (array, one entry): switches the agent sets at run time. */
+struct sluice_settings {
+  __u32 flags;       /* SLUICE_SET_* */
+  __u32 bypass_mark; /* SO_MARK of the agent's own upstream sockets: never translated */
+};
+#define SLUICE_SET_SPLICE 0x1 /* join app and in-pod proxy sockets with sk_msg */
+#define SLUICE_DEFAULT_BYPASS_MARK 0x5117
 
 #endif /* SLUICE_DATAPLANE_H */

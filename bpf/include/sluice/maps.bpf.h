@@ -70,6 +70,35 @@ struct {
   __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_counters SEC(".maps");
 
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct sluice_tuple); /* the application's side */
+  __type(value, struct sluice_orig_dst);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_orig_dst SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_SOCKHASH);
+  __uint(max_entries, 65536);
+  __type(key, struct sluice_tuple);
+  __type(value, __u64);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_splice SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct sluice_settings);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_settings SEC(".maps");
+
+static __always_inline struct sluice_settings* sluice_get_settings(void) {
+  __u32 zero = 0;
+  return bpf_map_lookup_elem(&sluice_settings, &zero);
+}
+
 static __always_inline void sluice_count(enum sluice_counter reason) {
   __u32 key = reason;
   __u64* v = bpf_map_lookup_elem(&sluice_counters, &key);

@@ -43,6 +43,12 @@ struct DataplaneOptions {
 struct EnrolmentInfo {
   IpAddress ip4;  // the pod's addresses; client identity for consistent hashing
   IpAddress ip6{6, {}};
+  // The agent's outbound listener on the pod's loopback (127.0.0.1 and ::1); services
+  // that need L7 are redirected there. 0: the pod has none, such connects are refused.
+  uint16_t proxy_port = 0;
+  // outboundTrafficPolicy REGISTRY_ONLY: refuse connects to non-services (loopback and
+  // port 53 excepted) instead of passing them through.
+  bool registry_only = false;
 };
 
 // One kernel service (one family of a ServiceSpec) as read back from the maps.
@@ -51,6 +57,7 @@ struct KernelService {
   uint8_t family = 4;
   uint32_t id = 0;
   uint32_t revision = 0;
+  bool redirect_to_proxy = false;
   std::vector<sluice_frontend_key> frontends;
   std::vector<sluice_service_cluster> clusters;
   std::vector<std::vector<SocketAddress>> backends;  // per cluster, by slot
@@ -93,6 +100,10 @@ class Dataplane {
   [[nodiscard]] Result<Counters> ReadCounters() const;
   [[nodiscard]] Result<std::vector<KernelService>> Services() const;
   [[nodiscard]] Result<std::vector<EndpointStats>> Endpoints() const;
+  // Run-time switches (sluice_settings): sk_msg splicing of app <-> in-pod proxy
+  // sockets, and the SO_MARK that exempts the agent's own upstream sockets.
+  [[nodiscard]] Result<sluice_settings> Settings() const;
+  [[nodiscard]] Result<void> SetSplice(bool on);
 
   [[nodiscard]] const DataplaneOptions& options() const { return opts_; }
   // True when Open() found pinned state and adopted it rather than starting fresh.

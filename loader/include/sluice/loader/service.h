@@ -48,6 +48,10 @@ struct ServiceSpec {
   uint16_t port = 0;
   Protocol protocol = Protocol::kTcp;
   std::vector<ClusterSpec> clusters;
+  // The service needs L7: connects go to the pod's in-pod proxy listener instead of an
+  // endpoint (clusters may then be empty). A VIP of 0.0.0.0 or :: makes the service the
+  // catch-all for its port (e.g. any address on port 80 -> the proxy).
+  bool redirect_to_proxy = false;
 };
 
 // Checks what the kernel cannot represent; the message names the service and field.
