@@ -4,6 +4,8 @@
 // other subcommand opens only the pinned maps, so it never disturbs the hooks.
 #include <fmt/format.h>
 
+#include <net/if.h>
+
 #include <iostream>
 #include <string>
 #include <vector>
@@ -149,6 +151,23 @@ void DumpEnrolment(Dataplane& dp) {
                              info.ip6.ToString(),
                              info.proxy_port ? std::to_string(info.proxy_port) : "-",
                              info.registry_only ? "REGISTRY_ONLY" : "ALLOW_ANY");
+}
+
+void DumpPods(Dataplane& dp) {
+  auto pods = dp.Pods();
+  if (!pods)
+    Die(pods.error());
+  std::cout << fmt::format("{:<20} {:<14} {:>12} {:>14} {:>12} {:>14} {:>8}\n", "INTERFACE",
+                           "POLICY", "FROM PKTS", "FROM BYTES", "TO PKTS", "TO BYTES", "DENIED");
+  for (const auto& [ifindex, s] : *pods) {
+    char name[IF_NAMESIZE] = {};
+    std::string iface = if_indextoname(static_cast<unsigned>(ifindex), name)
+                            ? fmt::format("{} ({})", name, ifindex)
+                            : fmt::format("ifindex {}", ifindex);
+    std::cout << fmt::format("{:<20} {:<14} {:>12} {:>14} {:>12} {:>14} {:>8}\n", iface,
+                             s.registry_only ? "REGISTRY_ONLY" : "ALLOW_ANY", s.from_pod_packets,
+                             s.from_pod_bytes, s.to_pod_packets, s.to_pod_bytes, s.denied_packets);
+  }
 }
 
 void DumpCounters(Dataplane& dp) {
@@ -326,9 +345,9 @@ void AddBpfCommands(CLI::App& app) {
 
   auto what = std::make_shared<std::string>("all");
   auto* dump = bpf->add_subcommand("dump", "Print the kernel state as tables");
-  dump->add_option("what", *what, "services | endpoints | enrolment | counters | all")
-      ->check(
-          CLI::IsMember({"services", "endpoints", "enrolment", "enrollment", "counters", "all"}))
+  dump->add_option("what", *what, "services | endpoints | enrolment | pods | counters | all")
+      ->check(CLI::IsMember(
+          {"services", "endpoints", "enrolment", "enrollment", "pods", "counters", "all"}))
       ->capture_default_str();
   dump->callback([flags, what] {
     auto dp = OpenMaps(*flags);
@@ -343,6 +362,10 @@ void AddBpfCommands(CLI::App& app) {
       std::cout << "\n";
     if (all || *what == "enrolment" || *what == "enrollment")
       DumpEnrolment(*dp);
+    if (all)
+      std::cout << "\n";
+    if (all || *what == "pods")
+      DumpPods(*dp);
     if (all)
       std::cout << "\n";
     if (all || *what == "counters")

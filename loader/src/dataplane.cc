@@ -3,6 +3,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include "sluice/loader/bpf_map.h"
 #include "sluice/loader/encoding.h"
 #include "sluice/loader/system.h"
+#include "sluice_pod_tc.skel.h"
 #include "sluice_sock_connect.skel.h"
 #include "sluice_sockops.skel.h"
 
@@ -32,6 +34,8 @@ static_assert(sizeof(sluice_enrolment) == 28);
 static_assert(sizeof(sluice_tuple) == 40);
 static_assert(sizeof(sluice_orig_dst) == 24);
 static_assert(sizeof(sluice_settings) == 8);
+static_assert(sizeof(sluice_pod) == 8);
+static_assert(sizeof(sluice_pod_stats) == 40);
 static_assert(sizeof(sluice_sock_origin) == 40);
 
 namespace fs = std::filesystem;
@@ -68,6 +72,8 @@ std::string_view CounterName(sluice_counter c) {
       return "orig_dst";
     case SLUICE_CNT_SPLICED:
       return "spliced";
+    case SLUICE_CNT_NONTCP_DENIED:
+      return "nontcp_denied";
     case SLUICE_CNT_MAX:
       break;
   }
@@ -110,6 +116,17 @@ struct FamilyState {
   std::vector<sluice_frontend_key> frontends;
 };
 
+// tc filters of the pod programs: one handle and priority, so adoption replaces them.
+constexpr uint32_t kTcHandle = 0x5117;
+constexpr uint32_t kTcPriority = 1;
+
+// Removes Sluice's filter from one hook of an interface (absent is fine).
+void DetachTc(int ifindex, bpf_tc_attach_point where) {
+  LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = where);
+  LIBBPF_OPTS(bpf_tc_opts, opts, .handle = kTcHandle, .priority = kTcPriority);
+  (void)bpf_tc_detach(&hook, &opts);
+}
+
 struct Garbage {
   uint32_t id;
   uint32_t revision;
@@ -140,6 +157,7 @@ RevisionLayout LayoutOf(const sluice_service& rec) {
 struct Dataplane::Impl {
   sluice_sock_connect* connect = nullptr;
   sluice_sockops* sockops = nullptr;
+  sluice_pod_tc* podtc = nullptr;
   std::vector<bpf_link*> links;
   int rcu_outer = -1;
   int rcu_inner = -1;
@@ -150,6 +168,9 @@ struct Dataplane::Impl {
   TypedMap<sluice_endpoint, sluice_endpoint_stats> endpoint_stats;
   TypedMap<uint64_t, sluice_enrolment> enrolled;
   TypedMap<uint32_t, sluice_settings> settings;
+  TypedMap<sluice_endpoint, uint32_t> known;  // refcount per backend slot
+  TypedMap<uint32_t, sluice_pod> pods;
+  int pod_stats_fd = -1;
   int counters_fd = -1;
   std::vector<int> owned_fds;  // maps opened from pins (maps_only mode)
 
@@ -160,6 +181,8 @@ struct Dataplane::Impl {
   ~Impl() {
     for (auto* l : links)
       bpf_link__destroy(l);  // closes fds; pinned links stay attached
+    if (podtc)
+      sluice_pod_tc__destroy(podtc);  // tc filters keep their own program references
     if (sockops)
       sluice_sockops__destroy(sockops);
     if (connect)
@@ -172,11 +195,28 @@ struct Dataplane::Impl {
       close(fd);
   }
 
+  // Adjusts the known-endpoint refcount of one backend slot.
+  Result<void> Ref(const sluice_endpoint& ep, int delta) {
+    uint32_t n = 0;
+    auto found = known.Lookup(ep, &n);
+    if (!found)
+      return std::unexpected(found.error());
+    if (delta < 0 && n <= 1) {
+      auto r = known.Delete(ep);
+      return r ? Result<void>{} : std::unexpected(r.error());
+    }
+    return known.Update(ep, n + delta, BPF_ANY);
+  }
+
   Result<void> DeleteRevision(const Garbage& g) {
     for (size_t c = 0; c < g.layout.slots.size(); c++) {
       for (uint32_t s = 0; s < g.layout.slots[c]; s++) {
         sluice_backend_key k{g.id, g.revision, static_cast<uint16_t>(s), static_cast<uint8_t>(c),
                              0};
+        sluice_backend b{};
+        if (auto got = backends.Lookup(k, &b); got && *got)
+          if (auto r = Ref(b.ep, -1); !r)
+            return r;
         if (auto r = backends.Delete(k); !r)
           return std::unexpected(r.error());
       }
@@ -197,6 +237,8 @@ struct Dataplane::Impl {
         sluice_backend_key k{enc.record.id, enc.record.revision, static_cast<uint16_t>(s),
                              static_cast<uint8_t>(c), 0};
         if (auto r = backends.Update(k, cl.slots[s], BPF_ANY); !r)
+          return r;
+        if (auto r = Ref(cl.slots[s].ep, +1); !r)
           return r;
       }
       if (cl.maglev) {
@@ -259,8 +301,11 @@ Result<void> Dataplane::Load() {
       auto want = sizes.find(name);
       if (want != sizes.end())
         bpf_map__set_max_entries(map, want->second);
+      if (!bpf_map__is_pinned(map) && bpf_map__pin_path(map) == nullptr)
+        continue;  // internal maps (.rodata, .bss) are private to the object
       const std::string pin = opts_.pin_root + "/" + name;
-      if (!fs::exists(pin))
+      std::error_code ec;
+      if (!fs::exists(pin, ec))
         continue;
       int fd = bpf_obj_get(pin.c_str());
       if (fd < 0)
@@ -301,7 +346,15 @@ Result<void> Dataplane::Load() {
   if (int err = sluice_sock_connect__load(impl_->connect))
     return FailErrno("loading BPF object sock_connect (verifier log above)", err);
 
-  // The second object finds the maps the first one pinned and reuses them.
+  // The other objects find the maps the first one pinned and reuse them.
+  impl_->podtc = sluice_pod_tc__open_opts(&open_opts);
+  if (!impl_->podtc)
+    return FailErrno("opening BPF object pod_tc", errno);
+  if (auto r = prepare(impl_->podtc->obj); !r)
+    return r;
+  if (int err = sluice_pod_tc__load(impl_->podtc))
+    return FailErrno("loading BPF object pod_tc (verifier log above)", err);
+
   impl_->sockops = sluice_sockops__open_opts(&open_opts);
   if (!impl_->sockops)
     return FailErrno("opening BPF object sockops", errno);
@@ -317,6 +370,9 @@ Result<void> Dataplane::Load() {
   impl_->endpoint_stats = {"sluice_endpoint_stats", bpf_map__fd(m.sluice_endpoint_stats)};
   impl_->enrolled = {"sluice_enrolled", bpf_map__fd(m.sluice_enrolled)};
   impl_->settings = {"sluice_settings", bpf_map__fd(m.sluice_settings)};
+  impl_->known = {"sluice_known_endpoints", bpf_map__fd(m.sluice_known_endpoints)};
+  impl_->pods = {"sluice_pods", bpf_map__fd(m.sluice_pods)};
+  impl_->pod_stats_fd = bpf_map__fd(m.sluice_pod_stats);
   impl_->counters_fd = bpf_map__fd(m.sluice_counters);
 
   // Fresh maps get the default switches; adopted ones keep what the operator set.
@@ -345,11 +401,13 @@ Result<void> Dataplane::OpenPinnedMaps() {
     impl_->owned_fds.push_back(fd);
     return fd;
   };
-  int fds[7];
-  const char* names[7] = {"sluice_services", "sluice_backends", "sluice_maglev",
-                          "sluice_endpoint_stats", "sluice_enrolled", "sluice_counters",
-                          "sluice_settings"};
-  for (int i = 0; i < 7; i++) {
+  constexpr int kMaps = 10;
+  int fds[kMaps];
+  const char* names[kMaps] = {"sluice_services",       "sluice_backends",        "sluice_maglev",
+                              "sluice_endpoint_stats", "sluice_enrolled",        "sluice_counters",
+                              "sluice_settings",       "sluice_known_endpoints", "sluice_pods",
+                              "sluice_pod_stats"};
+  for (int i = 0; i < kMaps; i++) {
     auto fd = open(names[i]);
     if (!fd)
       return std::unexpected(fd.error());
@@ -363,6 +421,9 @@ Result<void> Dataplane::OpenPinnedMaps() {
   impl_->enrolled = {names[4], fds[4]};
   impl_->counters_fd = fds[5];
   impl_->settings = {names[6], fds[6]};
+  impl_->known = {names[7], fds[7]};
+  impl_->pods = {names[8], fds[8]};
+  impl_->pod_stats_fd = fds[9];
   return {};
 }
 
@@ -454,9 +515,24 @@ Result<void> Dataplane::Attach() {
   // The splice program hangs off the sockhash itself (no link type for that in libbpf
   // 1.1): attaching again replaces the adopted map's previous program in place.
   if (bpf_prog_attach(bpf_program__fd(impl_->sockops->progs.sluice_splice_msg),
-                      bpf_map__fd(impl_->sockops->maps.sluice_splice), BPF_SK_MSG_VERDICT,
-                      0) != 0)
+                      bpf_map__fd(impl_->sockops->maps.sluice_splice), BPF_SK_MSG_VERDICT, 0) != 0)
     return FailErrno("attaching sluice_splice_msg to map sluice_splice", errno);
+
+  // Adopted pods get the new tc programs; pods whose interface is gone are forgotten.
+  auto pods = impl_->pods.Keys();
+  if (!pods)
+    return std::unexpected(pods.error());
+  for (uint32_t ifindex : *pods) {
+    char name[IF_NAMESIZE];
+    sluice_pod pod{};
+    if (if_indextoname(ifindex, name) && impl_->pods.Lookup(ifindex, &pod).value_or(false)) {
+      if (auto r = AttachPod(static_cast<int>(ifindex), pod.flags & SLUICE_POD_REGISTRY_ONLY); !r)
+        spdlog::warn("re-attaching the pod programs to ifindex {}: {}", ifindex, r.error().message);
+    } else {
+      (void)impl_->pods.Delete(ifindex);
+      (void)bpf_map_delete_elem(impl_->pod_stats_fd, &ifindex);
+    }
+  }
   return result;
 }
 
@@ -501,6 +577,33 @@ Result<void> Dataplane::Reconcile() {
     if (!live.contains({k.service_id, k.revision}) && impl_->maglev.Delete(k).value_or(false))
       swept++;
   }
+  // The registry tc checks (known endpoints) is derived state: rebuild it from the live
+  // backends, so a crash between its updates cannot leave it wrong.
+  std::map<std::vector<uint8_t>, std::pair<sluice_endpoint, uint32_t>> refs;
+  auto live_backends = impl_->backends.Keys();
+  if (!live_backends)
+    return std::unexpected(live_backends.error());
+  for (const auto& k : *live_backends) {
+    sluice_backend b{};
+    if (!impl_->backends.Lookup(k, &b).value_or(false))
+      continue;
+    const auto* p = reinterpret_cast<const uint8_t*>(&b.ep);
+    auto& slot = refs[std::vector<uint8_t>(p, p + sizeof(b.ep))];
+    slot.first = b.ep;
+    slot.second++;
+  }
+  auto known = impl_->known.Keys();
+  if (!known)
+    return std::unexpected(known.error());
+  for (const auto& ep : *known) {
+    const auto* p = reinterpret_cast<const uint8_t*>(&ep);
+    if (!refs.contains(std::vector<uint8_t>(p, p + sizeof(ep))))
+      (void)impl_->known.Delete(ep);
+  }
+  for (const auto& [bytes, entry] : refs)
+    if (auto r = impl_->known.Update(entry.first, entry.second, BPF_ANY); !r)
+      return r;
+
   if (adopted_)
     spdlog::info("adopted pinned data plane at {}: {} services, {} stale entries swept",
                  opts_.pin_root, impl_->state.size(), swept);
@@ -705,6 +808,69 @@ Result<std::vector<KernelService>> Dataplane::Services() const {
   return out;
 }
 
+Result<void> Dataplane::AttachPod(int ifindex, bool registry_only) {
+  if (opts_.maps_only)
+    return Fail("attaching pod programs needs the loaded data plane, not maps only");
+  sluice_pod pod{registry_only ? SLUICE_POD_REGISTRY_ONLY : 0u, 0};
+  if (auto r = impl_->pods.Update(static_cast<uint32_t>(ifindex), pod, BPF_ANY); !r)
+    return r;
+  const std::pair<bpf_tc_attach_point, bpf_program*> hooks[] = {
+      {BPF_TC_INGRESS, impl_->podtc->progs.sluice_from_pod},
+      {BPF_TC_EGRESS, impl_->podtc->progs.sluice_to_pod},
+  };
+  for (const auto& [where, prog] : hooks) {
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = where);
+    int err = bpf_tc_hook_create(&hook);  // the clsact qdisc, shared by both hooks
+    if (err && err != -EEXIST)
+      return FailErrno("creating the clsact qdisc on ifindex " + std::to_string(ifindex), -err);
+    LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = bpf_program__fd(prog), .flags = BPF_TC_F_REPLACE,
+                .handle = kTcHandle, .priority = kTcPriority);
+    if ((err = bpf_tc_attach(&hook, &opts)) != 0)
+      return FailErrno(std::string("attaching ") + bpf_program__name(prog) + " to ifindex " +
+                           std::to_string(ifindex),
+                       -err);
+  }
+  return {};
+}
+
+Result<void> Dataplane::DetachPod(int ifindex) {
+  DetachTc(ifindex, BPF_TC_INGRESS);
+  DetachTc(ifindex, BPF_TC_EGRESS);
+  const uint32_t key = static_cast<uint32_t>(ifindex);
+  (void)bpf_map_delete_elem(impl_->pod_stats_fd, &key);
+  auto r = impl_->pods.Delete(key);
+  return r ? Result<void>{} : std::unexpected(r.error());
+}
+
+Result<std::map<int, PodStats>> Dataplane::Pods() const {
+  std::map<int, PodStats> out;
+  auto keys = impl_->pods.Keys();
+  if (!keys)
+    return std::unexpected(keys.error());
+  int ncpu = libbpf_num_possible_cpus();
+  if (ncpu <= 0)
+    return FailErrno("counting possible CPUs", -ncpu);
+  std::vector<sluice_pod_stats> per_cpu(static_cast<size_t>(ncpu));
+  for (uint32_t ifindex : *keys) {
+    sluice_pod pod{};
+    if (!impl_->pods.Lookup(ifindex, &pod).value_or(false))
+      continue;
+    PodStats s;
+    s.registry_only = pod.flags & SLUICE_POD_REGISTRY_ONLY;
+    if (bpf_map_lookup_elem(impl_->pod_stats_fd, &ifindex, per_cpu.data()) == 0) {
+      for (const auto& c : per_cpu) {
+        s.from_pod_packets += c.from_pod_packets;
+        s.from_pod_bytes += c.from_pod_bytes;
+        s.to_pod_packets += c.to_pod_packets;
+        s.to_pod_bytes += c.to_pod_bytes;
+        s.denied_packets += c.denied_packets;
+      }
+    }
+    out[static_cast<int>(ifindex)] = s;
+  }
+  return out;
+}
+
 Result<sluice_settings> Dataplane::Settings() const {
   sluice_settings set{};
   auto found = impl_->settings.Lookup(0, &set);
@@ -741,6 +907,16 @@ Result<void> Dataplane::Cleanup(const std::string& pin_root) {
   std::error_code ec;
   if (!fs::exists(pin_root, ec))
     return {};
+  // tc filters of the pods this data plane knows (interfaces of the current network
+  // namespace, where the agent attached them).
+  if (int fd = bpf_obj_get((pin_root + "/sluice_pods").c_str()); fd >= 0) {
+    TypedMap<uint32_t, sluice_pod> pods("sluice_pods", fd);
+    for (uint32_t ifindex : pods.Keys().value_or(std::vector<uint32_t>{})) {
+      DetachTc(static_cast<int>(ifindex), BPF_TC_INGRESS);
+      DetachTc(static_cast<int>(ifindex), BPF_TC_EGRESS);
+    }
+    close(fd);
+  }
   // Links first: removing a link's last pin detaches its program from the cgroup.
   const fs::path links = fs::path(pin_root) / "links";
   if (fs::exists(links, ec)) {

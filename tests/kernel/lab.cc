@@ -6,12 +6,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <net/if.h>
+#include <sched.h>
+
 #include <array>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "sluice/loader/system.h"
 
@@ -160,9 +164,10 @@ std::string Lab::probe() const {
 }
 
 const Pod& Lab::AddPod(const std::string& name, int host) {
-  Pod pod{tag_ + "-" + name, "10.211.0." + std::to_string(host), "fd11::" + std::to_string(host)};
-  pods_[name] = pod;  // registered first, so teardown removes it even if setup fails
   const std::string peer = "p" + std::to_string(next_link_++);
+  Pod pod{tag_ + "-" + name, "10.211.0." + std::to_string(host), "fd11::" + std::to_string(host),
+          peer};
+  pods_[name] = pod;  // registered first, so teardown removes it even if setup fails
   const std::string n = "ip -n " + pod.netns + " ";
   Sh("ip netns add " + pod.netns);
   Sh("ip -n " + switch_ns_ + " link add " + peer + " type veth peer name eth0 netns " + pod.netns);
@@ -265,6 +270,53 @@ long Count(const nlohmann::json& report, const std::string& field, const std::st
   if (!report.contains(field) || !report[field].contains(key))
     return 0;
   return report[field][key].get<long>();
+}
+
+namespace {
+// Runs f on a thread that has joined the network namespace `ns` (setns is per thread).
+template <class F>
+void InNetns(const std::string& ns, F f) {
+  std::string error;
+  std::thread t([&] {
+    int fd = open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
+      error = "cannot enter netns " + ns;
+      return;
+    }
+    close(fd);
+    error = f();
+  });
+  t.join();
+  INFO(error);
+  REQUIRE(error.empty());
+}
+}  // namespace
+
+int Lab::HostIfindex(const std::string& pod) {
+  int ifindex = 0;
+  InNetns(switch_ns_, [&]() -> std::string {
+    ifindex = static_cast<int>(if_nametoindex(pods_.at(pod).host_if.c_str()));
+    return ifindex ? "" : "no interface " + pods_.at(pod).host_if;
+  });
+  return ifindex;
+}
+
+void Lab::AttachPod(const std::string& pod, bool registry_only) {
+  const int ifindex = HostIfindex(pod);
+  Dataplane& d = dp();
+  InNetns(switch_ns_, [&]() -> std::string {
+    auto r = d.AttachPod(ifindex, registry_only);
+    return r ? "" : r.error().message;
+  });
+}
+
+void Lab::DetachPod(const std::string& pod) {
+  const int ifindex = HostIfindex(pod);
+  Dataplane& d = dp();
+  InNetns(switch_ns_, [&]() -> std::string {
+    auto r = d.DetachPod(ifindex);
+    return r ? "" : r.error().message;
+  });
 }
 
 double Share(const nlohmann::json& report, const std::string& server) {

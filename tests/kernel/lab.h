@@ -44,6 +44,7 @@ class Process {
 struct Pod {
   std::string netns;  // ip netns name
   std::string ip4, ip6;
+  std::string host_if;  // the veth peer on the lab bridge (in the switch namespace)
 };
 
 class Lab {
@@ -76,6 +77,14 @@ class Lab {
   void CloseDataplane() { dp_.reset(); }
   DataplaneOptions options() const;
   void Enrol(const std::string& pod, uint16_t proxy_port = 0, bool registry_only = false);
+  // The pod's host-side interface, as the agent sees it: ifindex in the switch namespace.
+  int HostIfindex(const std::string& pod);
+  // Attaches (or re-attaches) the tc programs to the pod's host-side interface, from
+  // inside the switch namespace as an agent does in the node's namespace.
+  void AttachPod(const std::string& pod, bool registry_only);
+  void DetachPod(const std::string& pod);
+  const std::string& switch_netns() const { return switch_ns_; }
+  const Pod& pod(const std::string& name) const { return pods_.at(name); }
   uint64_t Cookie(const std::string& pod) const;
   Counters ReadCounters();
 

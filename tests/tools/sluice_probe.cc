@@ -13,6 +13,9 @@
 //   --orig-dst the greeting is "NAME ADDR:PORT\n", ADDR:PORT being what
 //   getsockopt(SO_ORIGINAL_DST) answers on the accepted socket (as an in-pod proxy
 //   asks), or "NAME none".
+// --udp (serve and connect): UDP instead of TCP. The server answers each datagram with
+//   "NAME\n"; the client sends one datagram per count on a connected socket and waits
+//   up to 300 ms for the answer (errors["timeout"] otherwise).
 // connect --mark M: sets SO_MARK before connecting (the agent's bypass mark).
 // connect --echo BYTES: after the greeting, sends BYTES of patterned data in 1000-byte
 //   writes, reads them back and counts connections whose echo differs (echo_mismatch).
@@ -185,7 +188,7 @@ struct Args {
   std::vector<std::string> listen;
   long count = 1, sources = 0, echo = 0;
   unsigned mark = 0;
-  bool orig_dst = false;
+  bool orig_dst = false, udp = false;
   double seconds = 1;
   bool hold = false, peer = false, rr = false;
 };
@@ -228,6 +231,8 @@ Args ParseArgs(int argc, char** argv) {
       a.rr = true;
     else if (f == "--orig-dst")
       a.orig_dst = true;
+    else if (f == "--udp")
+      a.udp = true;
     else if (f == "--mark")
       a.mark = static_cast<unsigned>(std::stoul(value(), nullptr, 0));
     else if (f == "--echo")
@@ -238,9 +243,40 @@ Args ParseArgs(int argc, char** argv) {
   return a;
 }
 
+int ServeUdp(const Args& a) {
+  std::vector<pollfd> fds;
+  for (const auto& l : a.listen) {
+    Addr addr = ParseAddr(l);
+    int fd = socket(addr.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (addr.family() == AF_INET6)
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, reinterpret_cast<sockaddr*>(&addr.ss), addr.len) != 0)
+      DieErrno("bind udp " + l);
+    fds.push_back({fd, POLLIN, 0});
+  }
+  std::cout << "listening" << std::endl;
+  const std::string greeting = a.id + "\n";
+  char buf[2048];
+  for (;;) {
+    if (poll(fds.data(), fds.size(), -1) <= 0)
+      continue;
+    for (auto& p : fds) {
+      if (!(p.revents & POLLIN))
+        continue;
+      sockaddr_storage from{};
+      socklen_t len = sizeof(from);
+      if (recvfrom(p.fd, buf, sizeof(buf), 0, reinterpret_cast<sockaddr*>(&from), &len) >= 0)
+        sendto(p.fd, greeting.data(), greeting.size(), 0, reinterpret_cast<sockaddr*>(&from), len);
+    }
+  }
+}
+
 int Serve(const Args& a) {
   if (a.listen.empty())
     Die("serve needs --listen ADDR:PORT");
+  if (a.udp)
+    return ServeUdp(a);
   int ep = epoll_create1(EPOLL_CLOEXEC);
   std::vector<int> listeners;
   for (const auto& l : a.listen) {
@@ -388,7 +424,26 @@ int Connect(const Args& a) {
   std::map<std::string, std::map<std::string, long>> by_source;
   long ok = 0, peer_mismatch = 0, echo_mismatch = 0;
   std::vector<int> held;
-  for (long i = 0; i < a.count; i++) {
+  for (long i = 0; i < a.count && a.udp; i++) {
+    int fd = socket(to.family(), SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (connect(fd, reinterpret_cast<sockaddr*>(&to.ss), to.len) != 0 ||
+        send(fd, "ping", 4, 0) != 4) {
+      errors[ErrnoName(errno)]++;
+      close(fd);
+      continue;
+    }
+    pollfd pfd{fd, POLLIN, 0};
+    char buf[256];
+    ssize_t n = poll(&pfd, 1, 300) == 1 ? recv(fd, buf, sizeof(buf), 0) : -1;
+    close(fd);
+    if (n <= 0) {
+      errors["timeout"]++;
+      continue;
+    }
+    ok++;
+    by_server[std::string(buf, static_cast<size_t>(n) - (buf[n - 1] == '\n' ? 1 : 0))]++;
+  }
+  for (long i = 0; i < a.count && !a.udp; i++) {
     int fd = socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
       DieErrno("socket");

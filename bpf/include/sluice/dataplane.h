@@ -56,6 +56,7 @@ enum sluice_counter {
   SLUICE_CNT_BYPASS,            /* the agent's own upstream socket (bypass mark): untouched */
   SLUICE_CNT_ORIG_DST,          /* getsockopt(SO_ORIGINAL_DST) answered for the proxy */
   SLUICE_CNT_SPLICED,           /* socket joined to the sockhash (sk_msg splice) */
+  SLUICE_CNT_NONTCP_DENIED,     /* tc: REGISTRY_ONLY pod sent non-TCP to an unknown place */
   SLUICE_CNT_MAX,
 };
 
@@ -198,6 +199,25 @@ struct sluice_settings {
   __u32 bypass_mark; /* SO_MARK of the agent's own upstream sockets: never translated */
 };
 #define SLUICE_SET_SPLICE 0x1 /* join app and in-pod proxy sockets with sk_msg */
+
+/* sluice_pods value, keyed by the ifindex of a pod's host-side interface (where the tc
+ * programs are attached). */
+struct sluice_pod {
+  __u32 flags; /* SLUICE_POD_* */
+  __u32 _pad;
+};
+/* REGISTRY_ONLY for what socket hooks cannot see: non-TCP packets from the pod go only
+ * to DNS (port 53) or to registered UDP frontends and endpoints. */
+#define SLUICE_POD_REGISTRY_ONLY 0x1
+
+/* sluice_pod_stats value (per CPU), keyed by the same ifindex. */
+struct sluice_pod_stats {
+  __u64 from_pod_packets;
+  __u64 from_pod_bytes;
+  __u64 to_pod_packets;
+  __u64 to_pod_bytes;
+  __u64 denied_packets;
+};
 #define SLUICE_DEFAULT_BYPASS_MARK 0x5117
 
 #endif /* SLUICE_DATAPLANE_H */

@@ -94,6 +94,32 @@ struct {
   __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_settings SEC(".maps");
 
+/* Every endpoint address some live service revision points at (refcount per slot),
+ * kept by the loader: the registry as tc sees it. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 131072);
+  __type(key, struct sluice_endpoint);
+  __type(value, __u32);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_known_endpoints SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 16384);
+  __type(key, __u32); /* ifindex of the pod's host-side interface */
+  __type(value, struct sluice_pod);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_pods SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+  __uint(max_entries, 16384);
+  __type(key, __u32);
+  __type(value, struct sluice_pod_stats);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_pod_stats SEC(".maps");
+
 static __always_inline struct sluice_settings* sluice_get_settings(void) {
   __u32 zero = 0;
   return bpf_map_lookup_elem(&sluice_settings, &zero);

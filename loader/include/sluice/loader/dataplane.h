@@ -70,6 +70,14 @@ struct EndpointStats {
 };
 
 using Counters = std::array<uint64_t, SLUICE_CNT_MAX>;
+
+// Per-pod packet counters from the tc programs on the pod's host-side interface.
+struct PodStats {
+  bool registry_only = false;
+  uint64_t from_pod_packets = 0, from_pod_bytes = 0;
+  uint64_t to_pod_packets = 0, to_pod_bytes = 0;
+  uint64_t denied_packets = 0;  // non-TCP dropped under REGISTRY_ONLY
+};
 [[nodiscard]] std::string_view CounterName(sluice_counter c);
 
 // One owner drives a Dataplane (the agent's kernel-sync loop); it is not safe to call
@@ -103,6 +111,12 @@ class Dataplane {
   // Run-time switches (sluice_settings): sk_msg splicing of app <-> in-pod proxy
   // sockets, and the SO_MARK that exempts the agent's own upstream sockets.
   [[nodiscard]] Result<sluice_settings> Settings() const;
+  // tc programs on a pod's host-side interface (ifindex in the caller's network
+  // namespace): per-pod counters, and REGISTRY_ONLY for non-TCP traffic. Attaching
+  // again replaces (adoption does it for every known pod).
+  [[nodiscard]] Result<void> AttachPod(int ifindex, bool registry_only);
+  [[nodiscard]] Result<void> DetachPod(int ifindex);
+  [[nodiscard]] Result<std::map<int, PodStats>> Pods() const;  // by ifindex
   [[nodiscard]] Result<void> SetSplice(bool on);
 
   [[nodiscard]] const DataplaneOptions& options() const { return opts_; }
