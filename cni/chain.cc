@@ -119,7 +119,14 @@ Result<ojson> CniChain::Invoke(const ojson& plugin, const std::string& command,
       continue;
     env.emplace_back(*e);
   }
+  // Like containerd and cri-o: runtime-specific args (K8S_POD_*) come with
+  // IgnoreUnknown=1, so plugins that do not know them (bridge) do not fail.
   std::string args;
+  bool has_ignore = false;
+  for (const auto& [k, v] : rt.args)
+    has_ignore = has_ignore || k == "IgnoreUnknown";
+  if (!rt.args.empty() && !has_ignore)
+    args = "IgnoreUnknown=1";
   for (const auto& [k, v] : rt.args)
     args += (args.empty() ? "" : ";") + k + "=" + v;
   std::string dirs;

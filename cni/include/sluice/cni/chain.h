@@ -23,7 +23,9 @@ struct RuntimeConf {
   std::string container_id;
   std::string netns;  // path; empty on a DEL after the namespace is gone
   std::string ifname = "eth0";
-  std::vector<std::pair<std::string, std::string>> args;  // CNI_ARGS
+  // CNI_ARGS. As containerd does, "IgnoreUnknown=1" is prepended when absent, so
+  // plugins that do not know K8S_POD_* accept them.
+  std::vector<std::pair<std::string, std::string>> args;
 };
 
 // A failed plugin call. `code` is the CNI error code from the plugin's error JSON (0 when

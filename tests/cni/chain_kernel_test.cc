@@ -1,0 +1,402 @@
+// Pods made the way a container runtime makes them: a named network namespace, then the
+// .conflist bridge (+ host-local IPAM) -> sluice-cni, run by CniChain with the CNI
+// environment and stdin. The agent side is the real CniServer with a handler that does
+// what the agent does with a pod: open its network namespace and listen inside it.
+//
+// Needs root. Every kernel object is named "sluicet..." and removed even on failure.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <thread>
+
+#include "sluice/cni/chain.h"
+#include "sluice/cni/server.h"
+#include "test_support.h"
+
+using namespace sluice;
+using namespace sluice::cni;
+using namespace sluice::cni::testing;
+using ojson = nlohmann::ordered_json;
+
+namespace {
+
+constexpr const char* kBridge = "sluicet-cnibr0";
+constexpr const char* kSubnet = "10.199.77.0/24";
+
+void RunOrFail(const std::vector<std::string>& argv) {
+  auto r = RunProcess(argv, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, "", std::chrono::seconds(10));
+  REQUIRE(r);
+  INFO(argv[0] << " " << argv[1] << ": " << r->err);
+  REQUIRE(r->exit_status == 0);
+}
+
+void RunQuietly(const std::vector<std::string>& argv) {
+  (void)RunProcess(argv, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, "", std::chrono::seconds(10));
+}
+
+bool LinkExists(const std::string& name) {
+  return std::filesystem::exists("/sys/class/net/" + name);
+}
+
+// A named network namespace as `ip netns add` (and container runtimes) make it: a bind
+// mount under /var/run/netns. Deleting it also removes the veth end inside it, which
+// takes the host end with it.
+class NamedNetns {
+ public:
+  explicit NamedNetns(std::string name) : name_(std::move(name)) {
+    RunQuietly({"/usr/sbin/ip", "netns", "del", name_});  // a leftover from a crash
+    RunOrFail({"/usr/sbin/ip", "netns", "add", name_});
+  }
+  ~NamedNetns() { Delete(); }
+  void Delete() {
+    if (!deleted_)
+      RunQuietly({"/usr/sbin/ip", "netns", "del", name_});
+    deleted_ = true;
+  }
+  std::string path() const { return "/var/run/netns/" + name_; }
+
+ private:
+  std::string name_;
+  bool deleted_ = false;
+};
+
+struct LinkGuard {
+  std::string name;
+  ~LinkGuard() {
+    if (LinkExists(name))
+      RunQuietly({"/usr/sbin/ip", "link", "del", name});
+  }
+};
+
+// Runs fn on a thread that has joined the network namespace at `path`; the caller's
+// thread never changes namespace.
+Result<void> InNetns(const std::string& path, const std::function<void()>& fn) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return FailErrno("open " + path, errno);
+  Result<void> result;
+  std::thread t([&] {
+    if (::setns(fd, CLONE_NEWNET) != 0) {
+      result = FailErrno("setns " + path, errno);
+      return;
+    }
+    fn();
+  });
+  t.join();
+  ::close(fd);
+  return result;
+}
+
+ino_t InodeOf(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+}
+
+// The network namespace a socket lives in (SIOCGSKNS, Linux 4.9+).
+ino_t SocketNetnsInode(int sock) {
+  int ns = ::ioctl(sock, SIOCGSKNS);
+  if (ns < 0)
+    return 0;
+  struct stat st {};
+  ino_t ino = ::fstat(ns, &st) == 0 ? st.st_ino : 0;
+  ::close(ns);
+  return ino;
+}
+
+// What the agent does for an enrolled pod, in miniature: open the pod's network
+// namespace and listen inside it on loopback and on the pod's own address.
+class InPodListenerHandler : public CniHandler {
+ public:
+  struct Pod {
+    PodInfo info;
+    int loopback_listener = -1;
+    int pod_ip_listener = -1;
+    std::uint16_t loopback_port = 0;
+  };
+
+  ~InPodListenerHandler() override {
+    for (auto& [id, pod] : pods)
+      CloseListeners(pod);
+  }
+
+  Result<AddReply> OnAdd(const PodInfo& info) override {
+    adds.push_back(info);
+    if (info.ips.empty())
+      return Fail("pod " + info.container_id + ": no IP in prevResult");
+    std::string ip = info.ips[0].substr(0, info.ips[0].find('/'));
+    Pod pod{info};
+    Result<void> inner;
+    auto r = InNetns(info.netns, [&] {
+      pod.loopback_listener = Listen("127.0.0.1", &pod.loopback_port);
+      std::uint16_t unused;
+      pod.pod_ip_listener = Listen(ip, &unused);
+      if (pod.loopback_listener < 0 || pod.pod_ip_listener < 0)
+        inner = FailErrno("listen in " + info.netns, errno);
+    });
+    if (!r || !inner) {
+      CloseListeners(pod);
+      return std::unexpected(!r ? r.error() : inner.error());
+    }
+    pods[info.container_id] = pod;
+    return AddReply{true, "listening on 127.0.0.1:" + std::to_string(pod.loopback_port)};
+  }
+
+  Result<void> OnDel(const PodInfo& info) override {
+    dels.push_back(info);
+    if (auto it = pods.find(info.container_id); it != pods.end()) {
+      CloseListeners(it->second);
+      pods.erase(it);
+    }
+    return {};  // unknown pods and vanished namespaces are fine
+  }
+
+  Result<AddReply> OnCheck(const PodInfo& info) override {
+    checks.push_back(info);
+    if (!pods.contains(info.container_id))
+      return Fail("pod " + info.container_id + " is not set up");
+    return AddReply{true, ""};
+  }
+
+  std::vector<PodInfo> adds, dels, checks;
+  std::map<std::string, Pod> pods;
+
+ private:
+  static int Listen(const std::string& ip, std::uint16_t* port) {
+    int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    ::inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
+    socklen_t len = sizeof a;
+    if (s < 0 || ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+        ::listen(s, 16) != 0 || ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+      int err = errno;
+      if (s >= 0)
+        ::close(s);
+      errno = err;
+      return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return s;
+  }
+  static void CloseListeners(Pod& pod) {
+    if (pod.loopback_listener >= 0)
+      ::close(pod.loopback_listener);
+    if (pod.pod_ip_listener >= 0)
+      ::close(pod.pod_ip_listener);
+    pod.loopback_listener = pod.pod_ip_listener = -1;
+  }
+};
+
+ojson Conflist(const TempDir& tmp, const std::string& socket, bool fail_open = false) {
+  ojson bridge = {{"type", "bridge"},
+                  {"bridge", kBridge},
+                  {"isGateway", false},
+                  {"ipMasq", false},
+                  {"ipam",
+                   {{"type", "host-local"},
+                    {"ranges", ojson::array({ojson::array({{{"subnet", kSubnet}}})})},
+                    {"dataDir", tmp / "ipam"}}}};
+  ojson sluice = {{"type", "sluice-cni"}, {"agentSocket", socket}, {"agentTimeoutMs", 3000}};
+  if (fail_open)
+    sluice["failOpen"] = true;
+  return {{"cniVersion", "1.0.0"},
+          {"name", "sluicet-net"},
+          {"plugins", ojson::array({bridge, sluice})}};
+}
+
+CniChain MakeChain(const ojson& conflist) {
+  auto chain = CniChain::FromJson(conflist);
+  REQUIRE(chain);
+  chain->set_plugin_dirs(
+      {std::filesystem::path(SLUICE_CNI_BINARY).parent_path().string(), "/usr/lib/cni"});
+  chain->set_timeout(std::chrono::seconds(10));
+  return std::move(*chain);
+}
+
+// containerd runs the loopback plugin in its own network before the pod's network.
+void BringUpLoopback(const std::string& netns) {
+  ojson conflist = {{"cniVersion", "1.0.0"},
+                    {"name", "cni-loopback"},
+                    {"plugins", ojson::array({{{"type", "loopback"}}})}};
+  CniChain lo = MakeChain(conflist);
+  RuntimeConf rt;
+  rt.container_id = "sluicet-lo";
+  rt.netns = netns;
+  rt.ifname = "lo";
+  PluginError perr;
+  auto r = lo.Add(rt, &perr);
+  INFO(perr.Describe());
+  REQUIRE(r);
+}
+
+RuntimeConf Runtime(const std::string& id, const std::string& netns, const std::string& pod) {
+  RuntimeConf rt;
+  rt.container_id = id;
+  rt.netns = netns;
+  rt.ifname = "eth0";
+  rt.args = {{"K8S_POD_NAMESPACE", "shop"}, {"K8S_POD_NAME", pod}, {"K8S_POD_UID", "uid-" + pod}};
+  return rt;
+}
+
+// The host-side veth the bridge plugin reports (the interface without a sandbox).
+std::string HostVeth(const ojson& result) {
+  for (const auto& i : result["interfaces"]) {
+    std::string name = i.value("name", "");
+    if (!i.contains("sandbox") && name != kBridge)
+      return name;
+  }
+  return "";
+}
+
+bool ConnectsTo(const std::string& netns, std::uint16_t port) {
+  bool ok = false;
+  auto r = InNetns(netns, [&] {
+    int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ok = ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(s);
+  });
+  return r && ok;
+}
+
+}  // namespace
+
+TEST_CASE("bridge + host-local + sluice-cni: ADD hands the pod to the agent, DEL undoes all") {
+  TempDir tmp;
+  LinkGuard bridge_guard{kBridge};
+  InPodListenerHandler handler;
+  auto server = CniServer::Start({.socket_path = tmp / "run/cni.sock"}, handler);
+  REQUIRE(server);
+  CniChain chain = MakeChain(Conflist(tmp, (*server)->socket_path()));
+  NamedNetns ns("sluicet-cni-p1");
+  BringUpLoopback(ns.path());
+  const RuntimeConf rt = Runtime("sluicet-c1", ns.path(), "cart-1");
+
+  PluginError perr;
+  auto result = chain.Add(rt, &perr);
+  INFO(perr.Describe());
+  REQUIRE(result);
+
+  // The chain's result is bridge's, passed through sluice-cni unchanged.
+  REQUIRE(result->contains("ips"));
+  REQUIRE((*result)["ips"].size() == 1);
+  const std::string address = (*result)["ips"][0]["address"];
+  CHECK_THAT(address, Catch::StartsWith("10.199.77."));
+  const std::string veth = HostVeth(*result);
+  REQUIRE_FALSE(veth.empty());
+  CHECK(LinkExists(veth));
+  CHECK(LinkExists(kBridge));
+
+  // The agent got the pod as the runtime described it.
+  REQUIRE(handler.adds.size() == 1);
+  const PodInfo& pod = handler.adds[0];
+  CHECK(pod.netns == ns.path());
+  CHECK(pod.ips == std::vector<std::string>{address});
+  CHECK(pod.name == "cart-1");
+  CHECK(pod.pod_namespace == "shop");
+  CHECK(pod.uid == "uid-cart-1");
+  CHECK(pod.container_id == "sluicet-c1");
+  CHECK(pod.ifname == "eth0");
+
+  // Its listeners live inside the pod's namespace (bound to the pod's own address,
+  // which exists only there) and answer from inside the pod.
+  REQUIRE(handler.pods.count("sluicet-c1") == 1);
+  const auto state = handler.pods["sluicet-c1"];  // a copy: DEL erases it
+  CHECK(SocketNetnsInode(state.loopback_listener) == InodeOf(ns.path()));
+  CHECK(SocketNetnsInode(state.pod_ip_listener) == InodeOf(ns.path()));
+  CHECK(SocketNetnsInode(state.loopback_listener) != InodeOf("/proc/self/ns/net"));
+  CHECK(ConnectsTo(ns.path(), state.loopback_port));
+
+  // CHECK runs through the chain with the cached result.
+  auto check = chain.Check(rt, *result, &perr);
+  INFO(perr.Describe());
+  CHECK(check);
+  CHECK(handler.checks.size() == 1);
+
+  // DEL in reverse order: the agent lets go of the pod, bridge removes the veth,
+  // host-local releases the address.
+  const std::string lease = tmp / ("ipam/sluicet-net/" + address.substr(0, address.find('/')));
+  CHECK(std::filesystem::exists(lease));
+  REQUIRE(chain.Del(rt, &*result, &perr));
+  CHECK(handler.dels.size() == 1);
+  CHECK(handler.pods.empty());
+  CHECK_FALSE(LinkExists(veth));
+  CHECK_FALSE(std::filesystem::exists(lease));
+  CHECK_FALSE(ConnectsTo(ns.path(), state.loopback_port));
+
+  // DEL is idempotent.
+  auto again = chain.Del(rt, &*result, &perr);
+  INFO(perr.Describe());
+  CHECK(again);
+  CHECK(handler.dels.size() == 2);
+}
+
+TEST_CASE("two pods get distinct addresses; DEL after the namespace is gone succeeds") {
+  TempDir tmp;
+  LinkGuard bridge_guard{kBridge};
+  InPodListenerHandler handler;
+  auto server = CniServer::Start({.socket_path = tmp / "cni.sock"}, handler);
+  REQUIRE(server);
+  CniChain chain = MakeChain(Conflist(tmp, (*server)->socket_path()));
+  NamedNetns a("sluicet-cni-a"), b("sluicet-cni-b");
+  BringUpLoopback(a.path());
+  BringUpLoopback(b.path());
+  auto rta = Runtime("sluicet-ca", a.path(), "a");
+  auto rtb = Runtime("sluicet-cb", b.path(), "b");
+  auto ra = chain.Add(rta);
+  auto rb = chain.Add(rtb);
+  REQUIRE(ra);
+  REQUIRE(rb);
+  CHECK((*ra)["ips"][0]["address"] != (*rb)["ips"][0]["address"]);
+  CHECK(handler.pods.size() == 2);
+
+  // The runtime lost the sandbox: the namespace is gone, DEL comes without CNI_NETNS.
+  b.Delete();
+  rtb.netns.clear();
+  PluginError perr;
+  auto del = chain.Del(rtb, &*rb, &perr);
+  INFO(perr.Describe());
+  CHECK(del);
+  CHECK(handler.pods.size() == 1);
+  CHECK(handler.dels.back().netns.empty());
+  REQUIRE(chain.Del(rta, &*ra));
+}
+
+TEST_CASE("agent down: the chain's ADD fails closed, or passes with failOpen") {
+  TempDir tmp;
+  LinkGuard bridge_guard{kBridge};
+  NamedNetns ns("sluicet-cni-down");
+  const RuntimeConf rt = Runtime("sluicet-cd", ns.path(), "down");
+
+  SECTION("fail closed") {
+    CniChain chain = MakeChain(Conflist(tmp, tmp / "absent.sock"));
+    PluginError perr;
+    auto r = chain.Add(rt, &perr);
+    REQUIRE_FALSE(r);
+    CHECK(perr.plugin == "sluice-cni");
+    CHECK(perr.code == codes::kTryAgainLater);
+    // A runtime cleans up after a failed ADD with DEL; that must succeed too.
+    CHECK(chain.Del(rt, nullptr, &perr));
+  }
+  SECTION("fail open") {
+    CniChain chain = MakeChain(Conflist(tmp, tmp / "absent.sock", /*fail_open=*/true));
+    auto r = chain.Add(rt);
+    REQUIRE(r);
+    CHECK_THAT((*r)["ips"][0]["address"].get<std::string>(), Catch::StartsWith("10.199.77."));
+    CHECK(chain.Del(rt, &*r));
+  }
+}
