@@ -345,7 +345,7 @@ TEST_CASE("bridge + host-local + sluice-cni: ADD hands the pod to the agent, DEL
   CHECK(handler.dels.size() == 2);
 }
 
-TEST_CASE("two pods get distinct addresses; DEL after the namespace is gone succeeds") {
+TEST_CASE("two pods get distinct addresses, DEL after the namespace is gone succeeds") {
   TempDir tmp;
   LinkGuard bridge_guard{kBridge};
   InPodListenerHandler handler;

@@ -161,7 +161,7 @@ TEST_CASE("reply round-trips, errors keep their code") {
   CHECK_FALSE(ParseReply(R"({"enrolled":true})"));       // no "ok"
 }
 
-TEST_CASE("frames cross a real socket; a short or oversize stream fails, not hangs") {
+TEST_CASE("frames cross a real socket, a short or oversize stream fails, not hangs") {
   SocketPair sp;
   SECTION("round trip") {
     REQUIRE(WriteFrame(sp.fds[0], FrameKind::kRequest, R"({"a":1})", In(1000)));
