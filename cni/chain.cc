@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -27,6 +28,15 @@ Result<std::string> FindPlugin(const std::vector<std::string>& dirs, const std::
   for (const auto& d : dirs)
     list += (list.empty() ? "" : ":") + d;
   return Fail("plugin \"" + type + "\" not found in CNI_PATH " + list, ENOENT);
+}
+
+// True when version `v` ("1.0.0") is at least 0.4.0, the spec version that added CHECK and
+// prevResult on DEL. Unparsable versions count as old.
+bool AtLeast040(const std::string& v) {
+  int major = 0, minor = 0, patch = 0;
+  if (std::sscanf(v.c_str(), "%d.%d.%d", &major, &minor, &patch) != 3)
+    return false;
+  return major > 0 || minor >= 4;
 }
 
 }  // namespace
@@ -176,6 +186,10 @@ Result<ojson> CniChain::Add(const RuntimeConf& rt, PluginError* error) const {
 }
 
 Result<void> CniChain::Check(const RuntimeConf& rt, const ojson& cached, PluginError* error) const {
+  if (!AtLeast040(cni_version_)) {
+    return Fail("conflist " + name_ + ": cniVersion " + cni_version_ +
+                " does not support CHECK (needs 0.4.0 or later)");
+  }
   if (disable_check_)
     return {};
   for (const auto& p : plugins_) {
@@ -186,8 +200,10 @@ Result<void> CniChain::Check(const RuntimeConf& rt, const ojson& cached, PluginE
 }
 
 Result<void> CniChain::Del(const RuntimeConf& rt, const ojson* cached, PluginError* error) const {
+  // Before 0.4.0 DEL carried no prevResult.
+  const ojson* prev = AtLeast040(cni_version_) ? cached : nullptr;
   for (auto it = plugins_.rbegin(); it != plugins_.rend(); ++it) {
-    if (auto r = Invoke(*it, "DEL", rt, cached, error); !r)
+    if (auto r = Invoke(*it, "DEL", rt, prev, error); !r)
       return std::unexpected(r.error());
   }
   return {};
