@@ -317,7 +317,15 @@ Result<CniReply> CallAgent(const std::string& socket_path, const CniRequest& req
     ::usleep(10 * 1000);
   }
   if (auto w = WriteFrame(fd, FrameKind::kRequest, SerializeRequest(req), deadline); !w) {
-    return Wrap(where, w.error());
+    // A busy agent answers at once and closes without reading: the reply may be
+    // waiting even though our write failed.
+    auto early = ReadFrame(fd, FrameKind::kReply, deadline);
+    if (!early)
+      return Wrap(where, w.error());
+    auto reply = ParseReply(*early);
+    if (!reply)
+      return Wrap(where, reply.error());
+    return reply;
   }
   auto body = ReadFrame(fd, FrameKind::kReply, deadline);
   if (!body)

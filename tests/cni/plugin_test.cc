@@ -172,8 +172,9 @@ TEST_CASE("agent up: ADD passes prevResult through byte for byte and hands over 
   REQUIRE(r.exit_status == 0);
   CHECK(r.out == std::string(kPrevResult) + "\n");
 
-  REQUIRE(handler.adds.size() == 1);
-  const PodInfo& pod = handler.adds[0];
+  REQUIRE(handler.adds().size() == 1);
+  const auto adds = handler.adds();
+  const PodInfo& pod = adds[0];
   CHECK(pod.name == "cart-7d9");
   CHECK(pod.pod_namespace == "shop");
   CHECK(pod.uid == "uid-1");
@@ -187,7 +188,7 @@ TEST_CASE("agent up: ADD passes prevResult through byte for byte and hands over 
     auto c = RunSluiceCni(Env("CHECK"), stdin_text);
     CHECK(c.exit_status == 0);
     CHECK(c.out.empty());
-    CHECK(handler.checks.size() == 1);
+    CHECK(handler.checks().size() == 1);
   }
   SECTION("DEL twice succeeds, each reaching the agent") {
     for (int i = 0; i < 2; ++i) {
@@ -195,7 +196,7 @@ TEST_CASE("agent up: ADD passes prevResult through byte for byte and hands over 
       CHECK(d.exit_status == 0);
       CHECK(d.out.empty());
     }
-    CHECK(handler.dels.size() == 2);
+    CHECK(handler.dels().size() == 2);
   }
 }
 
@@ -206,7 +207,7 @@ TEST_CASE("agent refusal is returned as the agent's CNI error") {
   REQUIRE(server);
   const std::string sock = (*server)->socket_path();
 
-  handler.fail_add = Error{"open netns /var/run/netns/sluicet-none: No such file", ENOENT};
+  handler.set_fail_add(Error{"open netns /var/run/netns/sluicet-none: No such file", ENOENT});
   auto j = ExpectError(RunSluiceCni(Env("ADD"), Conf(sock).dump()), codes::kAgentFailed);
   CHECK_THAT(j["msg"].get<std::string>(), Catch::Contains("open netns"));
 
@@ -215,6 +216,6 @@ TEST_CASE("agent refusal is returned as the agent's CNI error") {
   conf["failOpen"] = true;
   ExpectError(RunSluiceCni(Env("ADD"), conf.dump()), codes::kAgentFailed);
 
-  handler.fail_add = Error{"still syncing", EAGAIN};
+  handler.set_fail_add(Error{"still syncing", EAGAIN});
   ExpectError(RunSluiceCni(Env("ADD"), Conf(sock).dump()), codes::kTryAgainLater);
 }

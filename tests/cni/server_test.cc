@@ -119,8 +119,9 @@ TEST_CASE("ADD, CHECK and DEL reach the handler with the pod's details") {
   CHECK(add->ok);
   CHECK(add->enrolled);
   CHECK(add->msg == "test handler");
-  REQUIRE(handler.adds.size() == 1);
-  const PodInfo& pod = handler.adds[0];
+  REQUIRE(handler.adds().size() == 1);
+  const auto adds = handler.adds();
+  const PodInfo& pod = adds[0];
   CHECK(pod.name == "web-0");
   CHECK(pod.pod_namespace == "shop");
   CHECK(pod.uid == "uid-web-0");
@@ -129,22 +130,22 @@ TEST_CASE("ADD, CHECK and DEL reach the handler with the pod's details") {
   CHECK(pod.ifname == "eth0");
   CHECK(pod.ips == std::vector<std::string>{"10.30.0.7/24"});
 
-  handler.enrol = false;
+  handler.set_enrol(false);
   auto req = AddRequest();
   req.op = Operation::kCheck;
   auto check = CallAgent(path, req, kCallTimeout);
   REQUIRE(check);
   CHECK(check->ok);
   CHECK_FALSE(check->enrolled);
-  CHECK(handler.checks.size() == 1);
+  CHECK(handler.checks().size() == 1);
 
   req.op = Operation::kDel;
   req.netns.clear();
   auto del = CallAgent(path, req, kCallTimeout);
   REQUIRE(del);
   CHECK(del->ok);
-  REQUIRE(handler.dels.size() == 1);
-  CHECK(handler.dels[0].netns.empty());
+  REQUIRE(handler.dels().size() == 1);
+  CHECK(handler.dels()[0].netns.empty());
   CHECK((*server)->stats().requests == 3);
 }
 
@@ -153,14 +154,14 @@ TEST_CASE("handler errors become CNI codes: EAGAIN -> 11, others -> 100") {
   RecordingHandler handler;
   auto server = CniServer::Start({.socket_path = tmp / "cni.sock"}, handler);
   REQUIRE(server);
-  handler.fail_add = Error{"config not synced yet", EAGAIN};
+  handler.set_fail_add(Error{"config not synced yet", EAGAIN});
   auto r = CallAgent((*server)->socket_path(), AddRequest(), kCallTimeout);
   REQUIRE(r);
   CHECK_FALSE(r->ok);
   CHECK(r->code == codes::kTryAgainLater);
   CHECK_THAT(r->msg, Catch::Contains("config not synced yet"));
 
-  handler.fail_add = Error{"open netns /proc/1/ns/net: Permission denied", EACCES};
+  handler.set_fail_add(Error{"open netns /proc/1/ns/net: Permission denied", EACCES});
   r = CallAgent((*server)->socket_path(), AddRequest(), kCallTimeout);
   REQUIRE(r);
   CHECK_FALSE(r->ok);
@@ -211,12 +212,12 @@ TEST_CASE("bad frames are answered with an error and the server keeps serving") 
     REQUIRE(reply);
     CHECK(reply->code == codes::kDecodeFailure);
   }
-  CHECK(handler.adds.empty());
+  CHECK(handler.adds().empty());
   CHECK((*server)->stats().bad_requests == 1);
   auto good = CallAgent(path, AddRequest(), kCallTimeout);
   REQUIRE(good);
   CHECK(good->ok);
-  CHECK(handler.adds.size() == 1);
+  CHECK(handler.adds().size() == 1);
 }
 
 TEST_CASE("a client that never sends does not block others and is timed out") {
@@ -258,7 +259,7 @@ TEST_CASE("beyond max_connections a client is told to try again later") {
   CHECK_FALSE(r->ok);
   CHECK(r->code == codes::kTryAgainLater);
   CHECK((*server)->stats().rejected_busy == 1);
-  CHECK(handler.adds.empty());
+  CHECK(handler.adds().empty());
 }
 
 TEST_CASE("stop returns promptly with clients still connected") {

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -36,34 +37,54 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-// Records every call; answers with what the test configured.
+// Records every call; answers with what the test configured. The server calls it on
+// its own threads, so the test reads and configures it through locked accessors.
 class RecordingHandler : public CniHandler {
  public:
   Result<AddReply> OnAdd(const PodInfo& pod) override {
-    std::lock_guard lock(mu);
-    adds.push_back(pod);
-    if (fail_add)
-      return std::unexpected(*fail_add);
-    return AddReply{enrol, "test handler"};
+    std::lock_guard lock(mu_);
+    adds_.push_back(pod);
+    if (fail_add_)
+      return std::unexpected(*fail_add_);
+    return AddReply{enrol_, "test handler"};
   }
   Result<void> OnDel(const PodInfo& pod) override {
-    std::lock_guard lock(mu);
-    dels.push_back(pod);
+    std::lock_guard lock(mu_);
+    dels_.push_back(pod);
     return {};
   }
   Result<AddReply> OnCheck(const PodInfo& pod) override {
-    std::lock_guard lock(mu);
-    checks.push_back(pod);
-    if (fail_check)
-      return std::unexpected(*fail_check);
-    return AddReply{enrol, ""};
+    std::lock_guard lock(mu_);
+    checks_.push_back(pod);
+    return AddReply{enrol_, ""};
   }
 
-  std::mutex mu;
-  std::vector<PodInfo> adds, dels, checks;
-  bool enrol = true;
-  std::optional<Error> fail_add;
-  std::optional<Error> fail_check;
+  std::vector<PodInfo> adds() const {
+    std::lock_guard lock(mu_);
+    return adds_;
+  }
+  std::vector<PodInfo> dels() const {
+    std::lock_guard lock(mu_);
+    return dels_;
+  }
+  std::vector<PodInfo> checks() const {
+    std::lock_guard lock(mu_);
+    return checks_;
+  }
+  void set_enrol(bool enrol) {
+    std::lock_guard lock(mu_);
+    enrol_ = enrol;
+  }
+  void set_fail_add(std::optional<Error> err) {
+    std::lock_guard lock(mu_);
+    fail_add_ = std::move(err);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<PodInfo> adds_, dels_, checks_;
+  bool enrol_ = true;
+  std::optional<Error> fail_add_;
 };
 
 struct CniEnv {
