@@ -8,6 +8,12 @@
 
 #include "sluice/cni/process.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <filesystem>
+
 extern char** environ;
 
 namespace sluice::cni {
@@ -206,6 +212,89 @@ Result<void> CniChain::Del(const RuntimeConf& rt, const ojson* cached, PluginErr
     if (auto r = Invoke(*it, "DEL", rt, prev, error); !r)
       return std::unexpected(r.error());
   }
+  return {};
+}
+
+namespace {
+
+// IDs end up in a file name: refuse anything that could leave the cache directory.
+Result<void> CheckName(const char* what, const std::string& v) {
+  if (v.empty() || v.find('/') != std::string::npos || v == "." || v == "..") {
+    return Fail(std::string("result cache: ") + what + " \"" + v +
+                "\" is not usable in a file name");
+  }
+  return {};
+}
+
+Result<void> CheckKey(const std::string& network, const RuntimeConf& rt) {
+  if (auto r = CheckName("network name", network); !r)
+    return r;
+  if (auto r = CheckName("container id", rt.container_id); !r)
+    return r;
+  return CheckName("interface name", rt.ifname);
+}
+
+}  // namespace
+
+std::string ResultCache::PathFor(const std::string& network, const RuntimeConf& rt) const {
+  return dir_ + "/" + network + "-" + rt.container_id + "-" + rt.ifname;
+}
+
+Result<void> ResultCache::Save(const std::string& network, const RuntimeConf& rt,
+                               const ojson& result) const {
+  if (auto r = CheckKey(network, rt); !r)
+    return r;
+  std::error_code ec;
+  std::filesystem::create_directories(dir_, ec);
+  if (ec)
+    return Fail("result cache: create " + dir_ + ": " + ec.message());
+  ojson entry = {
+      {"kind", "sluiceCniCacheV1"}, {"networkName", network}, {"containerId", rt.container_id},
+      {"ifName", rt.ifname},        {"netns", rt.netns},      {"result", result}};
+  const std::string path = PathFor(network, rt);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << entry.dump() << "\n";
+    out.close();
+    if (!out)
+      return Fail("result cache: write " + tmp + " failed");
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int err = errno;
+    ::unlink(tmp.c_str());
+    return FailErrno("result cache: rename to " + path, err);
+  }
+  return {};
+}
+
+Result<std::optional<ojson>> ResultCache::Load(const std::string& network,
+                                               const RuntimeConf& rt) const {
+  if (auto r = CheckKey(network, rt); !r)
+    return std::unexpected(r.error());
+  const std::string path = PathFor(network, rt);
+  std::ifstream in(path);
+  if (!in) {
+    if (errno == ENOENT)
+      return std::optional<ojson>();
+    return FailErrno("result cache: open " + path, errno);
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  ojson entry = ojson::parse(ss.str(), nullptr, false);
+  if (entry.is_discarded() || !entry.is_object() || !entry.contains("result") ||
+      !entry["result"].is_object()) {
+    return Fail("result cache: " + path + ": not a cached result");
+  }
+  return std::optional<ojson>(entry["result"]);
+}
+
+Result<void> ResultCache::Remove(const std::string& network, const RuntimeConf& rt) const {
+  if (auto r = CheckKey(network, rt); !r)
+    return r;
+  const std::string path = PathFor(network, rt);
+  if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+    return FailErrno("result cache: remove " + path, errno);
   return {};
 }
 

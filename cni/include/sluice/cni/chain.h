@@ -8,6 +8,7 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -72,6 +73,24 @@ class CniChain {
   std::vector<nlohmann::ordered_json> plugins_;
   std::vector<std::string> plugin_dirs_ = {"/opt/cni/bin", "/usr/lib/cni"};
   std::chrono::milliseconds timeout_{30000};
+};
+
+// Where a runtime keeps the result of each ADD so DEL and CHECK can pass it back as
+// prevResult (libcni keeps them in /var/lib/cni/results). One JSON file per
+// (network, container, interface), written atomically.
+class ResultCache {
+ public:
+  explicit ResultCache(std::string dir) : dir_(std::move(dir)) {}
+  Result<void> Save(const std::string& network, const RuntimeConf& rt,
+                    const nlohmann::ordered_json& result) const;
+  // nullopt when nothing is cached (never added, or already deleted).
+  Result<std::optional<nlohmann::ordered_json>> Load(const std::string& network,
+                                                     const RuntimeConf& rt) const;
+  Result<void> Remove(const std::string& network, const RuntimeConf& rt) const;
+  std::string PathFor(const std::string& network, const RuntimeConf& rt) const;
+
+ private:
+  std::string dir_;
 };
 
 }  // namespace sluice::cni
