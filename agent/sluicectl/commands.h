@@ -10,5 +10,7 @@ namespace sluice::ctl {
 // CLI11 (throw CLI::RuntimeError(code)) after printing a message that names the
 // file, resource or field that was wrong.
 void AddVersionCommand(CLI::App& app);
+// cni add|del|check: run a CNI conflist for a pod sandbox as a container runtime does.
+void AddCniCommands(CLI::App& app);
 
 }  // namespace sluice::ctl

@@ -31,6 +31,7 @@ const char* kFailing = R"(#!/bin/sh
 dir=$(dirname "$0")
 echo "failing $CNI_COMMAND" >> "$dir/calls.log"
 cat > /dev/null
+[ "$CNI_COMMAND" = DEL ] && exit 0
 printf '{"cniVersion":"1.0.0","code":42,"msg":"no capacity","details":"pool empty"}'
 exit 1
 )";
@@ -174,4 +175,110 @@ TEST_CASE("a missing plugin binary and bad conflists are clear errors") {
   auto missing = CniChain::FromFile(f.tmp / "absent.conflist");
   REQUIRE_FALSE(missing);
   CHECK_THAT(missing.error().message, Catch::Contains("absent.conflist"));
+}
+
+TEST_CASE("ResultCache keeps one result per network, container and interface") {
+  TempDir tmp;
+  ResultCache cache(tmp / "results");
+  RuntimeConf rt = Rt();
+  auto empty = cache.Load("net", rt);
+  REQUIRE(empty);
+  CHECK_FALSE(empty->has_value());
+
+  ojson result = {{"cniVersion", "1.0.0"}, {"ips", ojson::array({{{"address", "10.1.0.2/24"}}})}};
+  REQUIRE(cache.Save("net", rt, result));
+  auto loaded = cache.Load("net", rt);
+  REQUIRE(loaded);
+  REQUIRE(loaded->has_value());
+  CHECK(**loaded == result);
+
+  RuntimeConf other = rt;
+  other.ifname = "net1";
+  CHECK_FALSE(cache.Load("net", other)->has_value());
+
+  REQUIRE(cache.Remove("net", rt));
+  CHECK_FALSE(cache.Load("net", rt)->has_value());
+  CHECK(cache.Remove("net", rt));  // already gone is fine
+
+  RuntimeConf evil = rt;
+  evil.container_id = "../../etc";
+  auto bad = cache.Save("net", evil, result);
+  REQUIRE_FALSE(bad);
+  CHECK_THAT(bad.error().message, Catch::Contains("container id"));
+}
+
+namespace {
+
+ProcessResult Sluicectl(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {SLUICECTL_BINARY};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto r = RunProcess(argv, {"PATH=/usr/bin:/bin"}, "", std::chrono::seconds(10));
+  REQUIRE(r);
+  return *r;
+}
+
+}  // namespace
+
+TEST_CASE("sluicectl cni add/check/del runs the list and keeps the result for DEL") {
+  Fixture f;
+  const std::string conflist = f.tmp / "net.conflist";
+  std::ofstream(conflist) << R"({"cniVersion":"1.0.0","name":"sluicet-list","plugins":[)"
+                          << R"({"type":"first"},{"type":"second"}]})";
+  const std::string cache = f.tmp / "cache";
+  std::vector<std::string> common = {"--conflist",  conflist,    "--container-id", "ctr-9",
+                                     "--pod",       "shop/cart", "--cni-path",     f.tmp / "",
+                                     "--cache-dir", cache};
+  auto with = [&](std::vector<std::string> head, bool netns = true) {
+    if (netns) {
+      head.push_back("--netns");
+      head.push_back("/var/run/netns/sluicet-y");
+    }
+    head.insert(head.end(), common.begin(), common.end());
+    return head;
+  };
+
+  auto add = Sluicectl(with({"cni", "add"}));
+  INFO(add.err);
+  REQUIRE(add.exit_status == 0);
+  CHECK(ojson::parse(add.out)["by"] == "second");
+  CHECK(std::filesystem::exists(cache + "/sluicet-list-ctr-9-eth0"));
+  CHECK_THAT(f.Env("first", "ADD"), Catch::Contains("K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart"));
+
+  auto check = Sluicectl(with({"cni", "check"}));
+  CHECK(check.exit_status == 0);
+  CHECK(f.Stdin("first", "CHECK")["prevResult"]["by"] == "second");
+
+  // DEL without a netns (the sandbox is gone) still gets the cached result.
+  auto del = Sluicectl(with({"cni", "del"}, false));
+  CHECK(del.exit_status == 0);
+  CHECK(f.Stdin("first", "DEL")["prevResult"]["by"] == "second");
+  CHECK_FALSE(std::filesystem::exists(cache + "/sluicet-list-ctr-9-eth0"));
+  CHECK(f.Calls() == "first ADD\nsecond ADD\nfirst CHECK\nsecond CHECK\nsecond DEL\nfirst DEL\n");
+
+  auto again = Sluicectl(with({"cni", "del"}, false));
+  CHECK(again.exit_status == 0);
+  CHECK_FALSE(f.Stdin("first", "DEL").contains("prevResult"));
+
+  auto check_gone = Sluicectl(with({"cni", "check"}));
+  CHECK(check_gone.exit_status != 0);
+  CHECK_THAT(check_gone.err, Catch::Contains("no cached ADD result"));
+}
+
+TEST_CASE("sluicectl cni add: a failing plugin is reported and the list is torn down") {
+  Fixture f;
+  const std::string conflist = f.tmp / "net.conflist";
+  std::ofstream(conflist) << R"({"cniVersion":"1.0.0","name":"sluicet-list","plugins":[)"
+                          << R"({"type":"first"},{"type":"failing"}]})";
+  auto add = Sluicectl({"cni", "add", "--conflist", conflist, "--container-id", "ctr-f", "--netns",
+                        "/var/run/netns/sluicet-z", "--cni-path", f.tmp / "", "--cache-dir",
+                        f.tmp / "cache"});
+  CHECK(add.exit_status == 1);
+  CHECK_THAT(add.err, Catch::Contains("plugin failing ADD failed (CNI error 42): no capacity"));
+  CHECK(f.Calls() == "first ADD\nfailing ADD\nfailing DEL\nfirst DEL\n");
+  CHECK_FALSE(std::filesystem::exists(f.tmp / "cache/sluicet-list-ctr-f-eth0"));
+
+  auto bad = Sluicectl({"cni", "add", "--conflist", conflist, "--container-id", "c", "--netns",
+                        "/x", "--pod", "no-slash"});
+  CHECK(bad.exit_status != 0);
+  CHECK_THAT(bad.err, Catch::Contains("--pod \"no-slash\""));
 }
