@@ -208,8 +208,23 @@ void CniServer::AcceptLoop() {
 void CniServer::Serve(Connection& conn) {
   const Deadline read_deadline = std::chrono::steady_clock::now() + options_.io_timeout;
   CniReply reply;
-  auto body = ReadFrame(conn.fd, FrameKind::kRequest, read_deadline);
-  if (!body) {
+  ucred cred{};
+  socklen_t cred_len = sizeof cred;
+  const bool cred_ok = ::getsockopt(conn.fd, SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) == 0;
+  const bool peer_allowed =
+      !options_.check_peer_uid || (cred_ok && (cred.uid == 0 || cred.uid == ::geteuid()));
+  auto body = peer_allowed ? ReadFrame(conn.fd, FrameKind::kRequest, read_deadline)
+                           : Result<std::string>(std::string());
+  if (!peer_allowed) {
+    {
+      std::lock_guard lock(mu_);
+      ++stats_.rejected_peer;
+    }
+    reply = ErrorReply(codes::kAgentFailed,
+                       "sluice agent: peer uid " +
+                           (cred_ok ? std::to_string(cred.uid) : std::string("unknown")) +
+                           " may not use the CNI socket");
+  } else if (!body) {
     std::lock_guard lock(mu_);
     if (body.error().code == ETIMEDOUT) {
       ++stats_.timeouts;

@@ -2,6 +2,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -272,4 +273,44 @@ TEST_CASE("stop returns promptly with clients still connected") {
   auto start = std::chrono::steady_clock::now();
   (*server)->Stop();
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(1));
+}
+
+TEST_CASE("a peer with another uid is refused even when it can reach the socket") {
+  if (::geteuid() != 0) {
+    WARN("needs root to act as another uid; skipped");
+    return;
+  }
+  TempDir tmp;
+  ::chmod(tmp.path().c_str(), 0755);
+  RecordingHandler handler;
+  auto server = CniServer::Start({.socket_path = tmp / "cni.sock"}, handler);
+  REQUIRE(server);
+  const std::string path = (*server)->socket_path();
+  REQUIRE(::chmod(path.c_str(), 0666) == 0);  // as if someone loosened the mode
+
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    // Child: only syscalls and the protocol client; exit status carries the verdict.
+    if (::setgid(65534) != 0 || ::setuid(65534) != 0)
+      ::_exit(10);
+    auto reply = CallAgent(path, AddRequest(), std::chrono::seconds(3));
+    if (!reply)
+      ::_exit(11);
+    if (reply->ok || reply->code != codes::kAgentFailed ||
+        reply->msg.find("peer uid 65534") == std::string::npos)
+      ::_exit(12);
+    ::_exit(0);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(handler.adds().empty());
+  CHECK((*server)->stats().rejected_peer == 1);
+
+  // Root still gets through.
+  auto ok = CallAgent(path, AddRequest(), kCallTimeout);
+  REQUIRE(ok);
+  CHECK(ok->ok);
 }

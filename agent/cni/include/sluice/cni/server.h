@@ -54,6 +54,9 @@ struct CniServerOptions {
   std::chrono::milliseconds io_timeout{5000};
   // Connections served at once; beyond that a client is answered "try again later".
   std::size_t max_connections = 64;
+  // Besides the socket's 0600 mode, the peer's uid (SO_PEERCRED) must be root or the
+  // agent's own; set false only for tests that need another uid.
+  bool check_peer_uid = true;
 };
 
 struct CniServerStats {
@@ -61,6 +64,7 @@ struct CniServerStats {
   std::uint64_t bad_requests = 0;   // rejected frames or bodies
   std::uint64_t timeouts = 0;       // clients that did not send a request in time
   std::uint64_t rejected_busy = 0;  // turned away at max_connections
+  std::uint64_t rejected_peer = 0;  // peers with a uid other than root or the agent's
 };
 
 class CniServer {
