@@ -18,9 +18,11 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <memory>
 #include <thread>
 
 #include "sluice/cni/chain.h"
+#include "sluice/cni/netns.h"
 #include "sluice/cni/server.h"
 #include "test_support.h"
 
@@ -115,50 +117,44 @@ ino_t SocketNetnsInode(int sock) {
 }
 
 // What the agent does for an enrolled pod, in miniature: open the pod's network
-// namespace and listen inside it on loopback and on the pod's own address.
+// namespace, read its cookie (the enrolment map's key) and listen inside it on loopback
+// and on the pod's own address.
 class InPodListenerHandler : public CniHandler {
  public:
   struct Pod {
     PodInfo info;
-    int loopback_listener = -1;
-    int pod_ip_listener = -1;
+    std::uint64_t netns_cookie = 0;
+    std::shared_ptr<UniqueFd> loopback_listener, pod_ip_listener;
     std::uint16_t loopback_port = 0;
   };
-
-  ~InPodListenerHandler() override {
-    for (auto& [id, pod] : pods)
-      CloseListeners(pod);
-  }
 
   Result<AddReply> OnAdd(const PodInfo& info) override {
     adds.push_back(info);
     if (info.ips.empty())
       return Fail("pod " + info.container_id + ": no IP in prevResult");
-    std::string ip = info.ips[0].substr(0, info.ips[0].find('/'));
-    Pod pod{info};
-    Result<void> inner;
-    auto r = InNetns(info.netns, [&] {
-      pod.loopback_listener = Listen("127.0.0.1", &pod.loopback_port);
-      std::uint16_t unused;
-      pod.pod_ip_listener = Listen(ip, &unused);
-      if (pod.loopback_listener < 0 || pod.pod_ip_listener < 0)
-        inner = FailErrno("listen in " + info.netns, errno);
-    });
-    if (!r || !inner) {
-      CloseListeners(pod);
-      return std::unexpected(!r ? r.error() : inner.error());
-    }
+    auto netns = Netns::Open(info.netns);
+    if (!netns)
+      return std::unexpected(netns.error());
+    auto cookie = netns->Cookie();
+    if (!cookie)
+      return std::unexpected(cookie.error());
+    auto lo = netns->ListenTcp("127.0.0.1", 0);
+    if (!lo)
+      return std::unexpected(lo.error());
+    auto own = netns->ListenTcp(info.ips[0].substr(0, info.ips[0].find('/')), 0);
+    if (!own)
+      return std::unexpected(own.error());
+    Pod pod{info, *cookie, std::make_shared<UniqueFd>(std::move(*lo)),
+            std::make_shared<UniqueFd>(std::move(*own)), 0};
+    pod.loopback_port = LocalPort(pod.loopback_listener->get()).value_or(0);
     pods[info.container_id] = pod;
     return AddReply{true, "listening on 127.0.0.1:" + std::to_string(pod.loopback_port)};
   }
 
   Result<void> OnDel(const PodInfo& info) override {
     dels.push_back(info);
-    if (auto it = pods.find(info.container_id); it != pods.end()) {
-      CloseListeners(it->second);
-      pods.erase(it);
-    }
-    return {};  // unknown pods and vanished namespaces are fine
+    pods.erase(info.container_id);  // closes the listeners
+    return {};                      // unknown pods and vanished namespaces are fine
   }
 
   Result<AddReply> OnCheck(const PodInfo& info) override {
@@ -170,32 +166,6 @@ class InPodListenerHandler : public CniHandler {
 
   std::vector<PodInfo> adds, dels, checks;
   std::map<std::string, Pod> pods;
-
- private:
-  static int Listen(const std::string& ip, std::uint16_t* port) {
-    int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    ::inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
-    socklen_t len = sizeof a;
-    if (s < 0 || ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-        ::listen(s, 16) != 0 || ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-      int err = errno;
-      if (s >= 0)
-        ::close(s);
-      errno = err;
-      return -1;
-    }
-    *port = ntohs(a.sin_port);
-    return s;
-  }
-  static void CloseListeners(Pod& pod) {
-    if (pod.loopback_listener >= 0)
-      ::close(pod.loopback_listener);
-    if (pod.pod_ip_listener >= 0)
-      ::close(pod.pod_ip_listener);
-    pod.loopback_listener = pod.pod_ip_listener = -1;
-  }
 };
 
 ojson Conflist(const TempDir& tmp, const std::string& socket, bool fail_open = false) {
@@ -315,11 +285,19 @@ TEST_CASE("bridge + host-local + sluice-cni: ADD hands the pod to the agent, DEL
   // Its listeners live inside the pod's namespace (bound to the pod's own address,
   // which exists only there) and answer from inside the pod.
   REQUIRE(handler.pods.count("sluicet-c1") == 1);
-  const auto state = handler.pods["sluicet-c1"];  // a copy: DEL erases it
-  CHECK(SocketNetnsInode(state.loopback_listener) == InodeOf(ns.path()));
-  CHECK(SocketNetnsInode(state.pod_ip_listener) == InodeOf(ns.path()));
-  CHECK(SocketNetnsInode(state.loopback_listener) != InodeOf("/proc/self/ns/net"));
-  CHECK(ConnectsTo(ns.path(), state.loopback_port));
+  const std::uint16_t port = handler.pods["sluicet-c1"].loopback_port;
+  {
+    const auto& state = handler.pods["sluicet-c1"];
+    CHECK(SocketNetnsInode(state.loopback_listener->get()) == InodeOf(ns.path()));
+    CHECK(SocketNetnsInode(state.pod_ip_listener->get()) == InodeOf(ns.path()));
+    CHECK(SocketNetnsInode(state.loopback_listener->get()) != InodeOf("/proc/self/ns/net"));
+    // The cookie is the pod's: a socket made in the pod reports the same one.
+    auto pod_ns = Netns::Open(ns.path());
+    REQUIRE(pod_ns);
+    CHECK(state.netns_cookie == *pod_ns->Cookie());
+    CHECK(state.netns_cookie != *Netns::Current()->Cookie());
+  }
+  CHECK(ConnectsTo(ns.path(), port));
 
   // CHECK runs through the chain with the cached result.
   auto check = chain.Check(rt, *result, &perr);
@@ -336,7 +314,7 @@ TEST_CASE("bridge + host-local + sluice-cni: ADD hands the pod to the agent, DEL
   CHECK(handler.pods.empty());
   CHECK_FALSE(LinkExists(veth));
   CHECK_FALSE(std::filesystem::exists(lease));
-  CHECK_FALSE(ConnectsTo(ns.path(), state.loopback_port));
+  CHECK_FALSE(ConnectsTo(ns.path(), port));
 
   // DEL is idempotent.
   auto again = chain.Del(rt, &*result, &perr);
@@ -399,4 +377,40 @@ TEST_CASE("agent down: the chain's ADD fails closed, or passes with failOpen") {
     CHECK_THAT((*r)["ips"][0]["address"].get<std::string>(), Catch::StartsWith("10.199.77."));
     CHECK(chain.Del(rt, &*r));
   }
+}
+
+TEST_CASE("Netns: cookies tell namespaces apart, and an open handle outlives the name") {
+  NamedNetns a("sluicet-ns-a"), b("sluicet-ns-b");
+  auto na = Netns::Open(a.path());
+  auto na2 = Netns::Open(a.path());
+  auto nb = Netns::Open(b.path());
+  auto host = Netns::Current();
+  REQUIRE(na);
+  REQUIRE(na2);
+  REQUIRE(nb);
+  REQUIRE(host);
+  CHECK(na->SameAs(*na2));
+  CHECK_FALSE(na->SameAs(*nb));
+  CHECK(*na->Cookie() == *na2->Cookie());
+  CHECK(*na->Cookie() != *nb->Cookie());
+  CHECK(*na->Cookie() != *host->Cookie());
+
+  // A listener lives in the pod: reachable from inside once loopback is up (a fresh
+  // namespace has it down, which is why runtimes run the loopback plugin).
+  auto l = na->ListenTcp("127.0.0.1", 0);
+  REQUIRE(l);
+  CHECK(SocketNetnsInode(l->get()) == na->inode());
+  const std::uint16_t port = *LocalPort(l->get());
+  CHECK_FALSE(ConnectsTo(a.path(), port));
+  BringUpLoopback(a.path());
+  CHECK(ConnectsTo(a.path(), port));
+  BringUpLoopback(b.path());
+  CHECK_FALSE(ConnectsTo(b.path(), port));  // not in the other pod
+
+  // The runtime removes the name; the agent's handle keeps the namespace usable.
+  const auto cookie = *na->Cookie();
+  a.Delete();
+  CHECK_FALSE(std::filesystem::exists(a.path()));
+  CHECK(*na->Cookie() == cookie);
+  CHECK(na->ListenTcp("127.0.0.1", 0));
 }
