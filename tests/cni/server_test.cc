@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <fstream>
@@ -313,4 +314,41 @@ TEST_CASE("a peer with another uid is refused even when it can reach the socket"
   auto ok = CallAgent(path, AddRequest(), kCallTimeout);
   REQUIRE(ok);
   CHECK(ok->ok);
+}
+
+TEST_CASE("many plugins at once: every call is answered, handler calls never overlap") {
+  TempDir tmp;
+  struct CountingHandler : RecordingHandler {
+    std::atomic<int> inside{0};
+    std::atomic<int> max_inside{0};
+    Result<AddReply> OnAdd(const PodInfo& pod) override {
+      int now = ++inside;
+      int prev = max_inside.load();
+      while (now > prev && !max_inside.compare_exchange_weak(prev, now)) {
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      --inside;
+      return RecordingHandler::OnAdd(pod);
+    }
+  } handler;
+  auto server = CniServer::Start({.socket_path = tmp / "cni.sock"}, handler);
+  REQUIRE(server);
+  const std::string path = (*server)->socket_path();
+  constexpr int kClients = 40;
+  std::atomic<int> ok{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      auto req = AddRequest();
+      req.container_id = "c-" + std::to_string(i);
+      auto r = CallAgent(path, req, std::chrono::seconds(5));
+      if (r && r->ok)
+        ++ok;
+    });
+  }
+  for (auto& t : clients)
+    t.join();
+  CHECK(ok == kClients);
+  CHECK(handler.adds().size() == kClients);
+  CHECK(handler.max_inside == 1);
 }
