@@ -179,8 +179,13 @@ void CniServer::AcceptLoop() {
       continue;
     for (;;) {
       int cfd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-      if (cfd < 0)
-        break;  // EAGAIN: drained; other errors: retry on the next poll
+      if (cfd < 0) {
+        // EAGAIN: drained. Out of descriptors or memory: the listener stays readable, so
+        // back off instead of spinning until threads finish and free some.
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+          ::usleep(50 * 1000);
+        break;
+      }
       std::unique_lock lock(mu_);
       if (stopped_) {
         ::close(cfd);
