@@ -155,7 +155,8 @@ Result<ojson> CniChain::Invoke(const ojson& plugin, const std::string& command,
   env.push_back("CNI_ARGS=" + args);
   env.push_back("CNI_PATH=" + dirs);
 
-  auto run = RunProcess({*path}, env, conf.dump(), timeout_);
+  auto run = RunProcess({*path}, env, conf.dump(-1, ' ', false, ojson::error_handler_t::replace),
+                        timeout_);
   if (!run)
     return fail(0, run.error().message, "");
   if (run->exit_status != 0) {
@@ -255,7 +256,7 @@ Result<void> ResultCache::Save(const std::string& network, const RuntimeConf& rt
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
-    out << entry.dump() << "\n";
+    out << entry.dump(-1, ' ', false, ojson::error_handler_t::replace) << "\n";
     out.close();
     if (!out)
       return Fail("result cache: write " + tmp + " failed");

@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <exception>
 #include <iostream>
 #include <iterator>
 #include <map>
@@ -25,7 +26,17 @@ int main() {
   if (cmd == env.end() || cmd->second != "VERSION" || !::isatty(STDIN_FILENO)) {
     input.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
   }
-  auto out = sluice::cni::RunPlugin(env, input);
+  sluice::cni::PluginOutput out;
+  try {
+    out = sluice::cni::RunPlugin(env, input);
+  } catch (const std::exception& e) {
+    // A safety net: RunPlugin reports errors as values; the runtime must still get the
+    // CNI error JSON rather than an abort if something throws (e.g. out of memory).
+    out.exit_status = 1;
+    out.stdout_text = R"({"cniVersion":"1.0.0","code":102,"msg":"sluice-cni: internal error"})"
+                      "\n";
+    out.log = std::string("sluice-cni: internal error: ") + e.what();
+  }
   if (!out.log.empty())
     std::fprintf(stderr, "%s\n", out.log.c_str());
   std::fwrite(out.stdout_text.data(), 1, out.stdout_text.size(), stdout);

@@ -25,7 +25,7 @@ PluginOutput ErrorOut(const std::string& version, int code, std::string msg,
     j["details"] = details;
   PluginOutput out;
   out.exit_status = 1;
-  out.stdout_text = j.dump() + "\n";
+  out.stdout_text = j.dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n";
   out.log = "sluice-cni: error " + std::to_string(code) + ": " + msg +
             (details.empty() ? "" : " (" + details + ")");
   return out;
@@ -225,7 +225,7 @@ PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
   auto reply = CallAgent(socket_path, req, timeout);
   PluginOutput ok;
   if (op == Operation::kAdd)
-    ok.stdout_text = prev->dump() + "\n";
+    ok.stdout_text = prev->dump(-1, ' ', false, ojson::error_handler_t::replace) + "\n";
   if (!reply) {
     // Error::code != 0: the agent could not be reached or did not answer in time.
     const bool unreachable = reply.error().code != 0;

@@ -159,7 +159,7 @@ std::string SerializeRequest(const CniRequest& req) {
       {"pod", {{"name", req.pod_name}, {"namespace", req.pod_namespace}, {"uid", req.pod_uid}}},
       {"ips", req.ips},
   };
-  return j.dump();
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 Result<CniRequest> ParseRequest(std::string_view body) {
@@ -219,7 +219,7 @@ std::string SerializeReply(const CniReply& reply) {
   } else if (!reply.msg.empty()) {
     j["msg"] = reply.msg;
   }
-  return j.dump();
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
 Result<CniReply> ParseReply(std::string_view body) {

@@ -54,6 +54,8 @@ inline constexpr int kTryAgainLater = 11;
 inline constexpr int kAgentFailed = 100;
 // The agent was reached but the exchange broke (bad frame, protocol mismatch).
 inline constexpr int kAgentProtocol = 101;
+// sluice-cni itself failed unexpectedly (a bug or out of memory).
+inline constexpr int kPluginInternal = 102;
 }  // namespace codes
 
 enum class Operation { kAdd, kDel, kCheck };
