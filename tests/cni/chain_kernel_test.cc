@@ -16,6 +16,7 @@
 
 #include <catch2/catch.hpp>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
@@ -413,4 +414,59 @@ TEST_CASE("Netns: cookies tell namespaces apart, and an open handle outlives the
   CHECK_FALSE(std::filesystem::exists(a.path()));
   CHECK(*na->Cookie() == cookie);
   CHECK(na->ListenTcp("127.0.0.1", 0));
+}
+
+TEST_CASE("install-cni.sh chains sluice-cni into a bridge conflist that then works") {
+  TempDir tmp;
+  LinkGuard bridge_guard{kBridge};
+  InPodListenerHandler handler;
+  auto server = CniServer::Start({.socket_path = tmp / "run/cni.sock"}, handler);
+  REQUIRE(server);
+  std::filesystem::create_directories(tmp / "net.d");
+  // The node's primary network, as an admin or another CNI left it: bridge alone.
+  ojson primary = Conflist(tmp, "unused");
+  primary["plugins"].erase(1);
+  REQUIRE(primary["plugins"].size() == 1);
+  std::ofstream(tmp / "net.d/10-bridge.conflist") << primary.dump(2) << "\n";
+
+  auto install = [&](std::vector<std::string> extra) {
+    std::vector<std::string> argv = {"/bin/bash",   SLUICE_INSTALL_CNI, "--cni-conf-dir",
+                                     tmp / "net.d", "--cni-bin-dir",    tmp / "bin"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto r = RunProcess(argv, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, "", std::chrono::seconds(10));
+    REQUIRE(r);
+    INFO(r->out << r->err);
+    REQUIRE(r->exit_status == 0);
+  };
+  install({"--plugin-binary", SLUICE_CNI_BINARY, "--agent-socket", (*server)->socket_path()});
+
+  // Load the installed list as the runtime would, with the installed binary.
+  auto chain = CniChain::FromFile(tmp / "net.d/10-bridge.conflist");
+  REQUIRE(chain);
+  REQUIRE(chain->size() == 2);
+  chain->set_plugin_dirs({tmp / "bin", "/usr/lib/cni"});
+  NamedNetns ns("sluicet-cni-inst");
+  BringUpLoopback(ns.path());
+  const RuntimeConf rt = Runtime("sluicet-ci", ns.path(), "installed");
+  PluginError perr;
+  auto result = chain->Add(rt, &perr);
+  INFO(perr.Describe());
+  REQUIRE(result);
+  REQUIRE(handler.adds.size() == 1);
+  CHECK(handler.adds[0].netns == ns.path());
+  CHECK(handler.adds[0].ips[0] == (*result)["ips"][0]["address"]);
+  REQUIRE(chain->Del(rt, &*result, &perr));
+  CHECK(handler.pods.empty());
+
+  // After --uninstall the runtime's list no longer reaches the agent.
+  install({"--uninstall", "--remove-binary"});
+  auto plain = CniChain::FromFile(tmp / "net.d/10-bridge.conflist");
+  REQUIRE(plain);
+  CHECK(plain->size() == 1);
+  plain->set_plugin_dirs({tmp / "bin", "/usr/lib/cni"});
+  auto again = plain->Add(rt, &perr);
+  INFO(perr.Describe());
+  REQUIRE(again);
+  CHECK(handler.adds.size() == 1);
+  CHECK(plain->Del(rt, &*again));
 }
