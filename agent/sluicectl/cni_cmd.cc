@@ -23,7 +23,24 @@ struct CniOptions {
   std::vector<std::string> args;
   std::vector<std::string> cni_path = {"/opt/cni/bin", "/usr/lib/cni"};
   std::string cache_dir = "/var/lib/sluice/cni/results";
+  bool loopback = false;
 };
+
+// containerd brings a sandbox's loopback up with the loopback plugin, as its own network.
+cni::CniChain LoopbackChain(const CniOptions& o) {
+  auto chain = cni::CniChain::FromJson(
+      {{"cniVersion", "1.0.0"},
+       {"name", "cni-loopback"},
+       {"plugins", nlohmann::ordered_json::array({{{"type", "loopback"}}})}});
+  chain->set_plugin_dirs(o.cni_path);
+  return std::move(*chain);
+}
+
+cni::RuntimeConf LoopbackRuntime(const cni::RuntimeConf& rt) {
+  cni::RuntimeConf lo = rt;
+  lo.ifname = "lo";
+  return lo;
+}
 
 [[noreturn]] void Die(const std::string& what, const std::string& msg) {
   std::cerr << "sluicectl cni " << what << ": " << msg << "\n";
@@ -65,6 +82,10 @@ cni::CniChain LoadChain(const std::string& what, const CniOptions& o) {
 void Add(const CniOptions& o) {
   auto chain = LoadChain("add", o);
   auto rt = MakeRuntime("add", o);
+  if (o.loopback) {
+    if (auto lo = LoopbackChain(o).Add(LoopbackRuntime(rt)); !lo)
+      Die("add", "loopback: " + lo.error().message);
+  }
   cni::ResultCache cache(o.cache_dir);
   cni::PluginError perr;
   auto result = chain.Add(rt, &perr);
@@ -91,6 +112,10 @@ void Del(const CniOptions& o) {
   const nlohmann::ordered_json* prev = cached->has_value() ? &**cached : nullptr;
   if (auto r = chain.Del(rt, prev); !r)
     Die("del", r.error().message);
+  if (o.loopback) {
+    if (auto lo = LoopbackChain(o).Del(LoopbackRuntime(rt), nullptr); !lo)
+      Die("del", "loopback: " + lo.error().message);
+  }
   if (auto r = cache.Remove(chain.name(), rt); !r)
     Die("del", r.error().message);
 }
@@ -128,6 +153,8 @@ void AddSandboxOptions(CLI::App* cmd, CniOptions& o, bool netns_required) {
       ->capture_default_str();
   cmd->add_option("--cache-dir", o.cache_dir, "where ADD results are kept for DEL/CHECK")
       ->capture_default_str();
+  cmd->add_flag("--loopback", o.loopback,
+                "also run the loopback plugin (ifname lo), as containerd does for a sandbox");
 }
 
 }  // namespace

@@ -282,3 +282,25 @@ TEST_CASE("sluicectl cni add: a failing plugin is reported and the list is torn 
   CHECK(bad.exit_status != 0);
   CHECK_THAT(bad.err, Catch::Contains("--pod \"no-slash\""));
 }
+
+TEST_CASE("sluicectl cni --loopback brings lo up first and down last, as containerd does") {
+  Fixture f;
+  WriteExecutable(f.tmp / "loopback", kRecorder);
+  const std::string conflist = f.tmp / "net.conflist";
+  std::ofstream(conflist) << R"({"cniVersion":"1.0.0","name":"sluicet-list","plugins":[)"
+                          << R"({"type":"first"}]})";
+  std::vector<std::string> common = {"--conflist",    conflist,    "--container-id",
+                                     "ctr-l",         "--netns",   "/var/run/netns/sluicet-l",
+                                     "--cni-path",    f.tmp / "",  "--cache-dir",
+                                     f.tmp / "cache", "--loopback"};
+  auto run = [&](const char* cmd) {
+    std::vector<std::string> argv = {"cni", cmd};
+    argv.insert(argv.end(), common.begin(), common.end());
+    return Sluicectl(argv);
+  };
+  REQUIRE(run("add").exit_status == 0);
+  REQUIRE(run("del").exit_status == 0);
+  CHECK(f.Calls() == "loopback ADD\nfirst ADD\nfirst DEL\nloopback DEL\n");
+  CHECK_THAT(f.Env("loopback", "ADD"), Catch::Contains("CNI_IFNAME=lo"));
+  CHECK(f.Stdin("loopback", "ADD")["name"] == "cni-loopback");
+}
