@@ -111,7 +111,7 @@ TEST_CASE("ADD runs plugins in order and feeds each the previous result") {
   CHECK_THAT(env, Catch::Contains("CNI_PATH=" + f.tmp.path().string()));
 }
 
-TEST_CASE("DEL runs in reverse order with the cached result; CHECK in order") {
+TEST_CASE("DEL runs in reverse order with the cached result, CHECK in order") {
   Fixture f;
   auto chain = f.Chain("1.0.0", {"first", "second"});
   ojson cached = {{"cniVersion", "1.0.0"}, {"by", "cache"}};

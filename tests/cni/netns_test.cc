@@ -50,7 +50,7 @@ TEST_CASE("Netns cookie is the SO_NETNS_COOKIE sockets in it report") {
   CHECK(*cookie == direct);
 }
 
-TEST_CASE("Netns listens on loopback; bad addresses are named") {
+TEST_CASE("Netns listens on loopback, and bad addresses are named") {
   auto self = Netns::Current();
   REQUIRE(self);
   auto l = self->ListenTcp("127.0.0.1", 0);

@@ -50,7 +50,7 @@ std::string Mutate(std::mt19937& rng, std::string s) {
 
 }  // namespace
 
-TEST_CASE("protocol parsers reject garbage without throwing; accepted input round-trips") {
+TEST_CASE("protocol parsers reject garbage without throwing, and accepted input round-trips") {
   std::mt19937 rng(20261124);
   CniRequest req;
   req.op = Operation::kAdd;
