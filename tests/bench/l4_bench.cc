@@ -8,7 +8,7 @@
 // (sluice_probe serve) runs on CPU 1, the client (sluice_probe bench) on CPU 0. The
 // client runs in a cgroup with Sluice's programs (kernel path) or in one without any
 // (direct and iptables). For each service count, N services are installed in both the
-// kernel maps and, kube-proxy style, as nat OUTPUT rules in the client namespace
+// kernel maps and, kube-proxy style, as nat OUTPUT rules in a second client namespace
 // (KUBE-SERVICES -> KUBE-SVC-x -> KUBE-SEP-x -> DNAT); the client dials the service in
 // the middle of the table. The client's default route points at the server namespace
 // (iptables DNAT happens after the route lookup, as on a node). Figures are the median of --rounds
@@ -43,9 +43,18 @@ constexpr const char* kClient = "sluiceb-client";
 constexpr const char* kServer = "sluiceb-server";
 constexpr const char* kPins = "/sys/fs/bpf/sluiceb";
 constexpr const char* kEndpoint = "10.213.0.2:8080";
+// The iptables path runs from its own client namespace, so its nat rules (and the
+// conntrack they switch on) never touch the direct and Sluice measurements.
+constexpr const char* kIptClient = "sluiceb-ipt";
+constexpr const char* kIptEndpoint = "10.214.0.2:8080";
+
+struct Env;
+Env* g_env = nullptr;
+void TeardownEnv();
 
 [[noreturn]] void Die(const std::string& msg) {
   fmt::print(stderr, "sluice_bench_l4: {}\n", msg);
+  TeardownEnv();  // nothing of the run is left behind, even on failure
   std::exit(1);
 }
 
@@ -78,16 +87,20 @@ struct Env {
       server = -1;
     }
     (void)Dataplane::Cleanup(kPins);
-    std::system(
-        fmt::format("ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null", kClient, kServer)
-            .c_str());
+    std::system(fmt::format("ip netns del {} 2>/dev/null; ip netns del {} 2>/dev/null; "
+                            "ip netns del {} 2>/dev/null",
+                            kClient, kServer, kIptClient)
+                    .c_str());
     for (const auto& cg : {cg_sluice, cg_plain})
       if (!cg.empty())
         rmdir(cg.c_str());
   }
 };
 
-Env* g_env = nullptr;
+void TeardownEnv() {
+  if (g_env)
+    g_env->Teardown();
+}
 
 void OnSignal(int) {
   if (g_env)
@@ -111,25 +124,26 @@ void InstallIptables(int n) {
         VipOf(i), i, i);
     rules += fmt::format("-A KUBE-SVC-{0} -j KUBE-SEP-{0}\n", i);
     rules +=
-        fmt::format("-A KUBE-SEP-{} -p tcp -m tcp -j DNAT --to-destination {}\n", i, kEndpoint);
+        fmt::format("-A KUBE-SEP-{} -p tcp -m tcp -j DNAT --to-destination {}\n", i, kIptEndpoint);
   }
   rules += "COMMIT\n";
   const std::string file = "/tmp/sluiceb-iptables.rules";
   std::ofstream(file) << rules;
-  Run(fmt::format("ip netns exec {} iptables-restore < {}", kClient, file));
+  Run(fmt::format("ip netns exec {} iptables-restore < {}", kIptClient, file));
   std::filesystem::remove(file);
 }
 
 void FlushIptables() {
   Run(fmt::format("ip netns exec {} iptables -t nat -F && ip netns exec {} iptables -t nat -X",
-                  kClient, kClient));
+                  kIptClient, kIptClient));
 }
 
-json Probe(const std::string& cgroup, const std::string& to, double seconds, bool rr) {
+json Probe(const std::string& netns, const std::string& cgroup, const std::string& to,
+           double seconds, bool rr) {
   return json::parse(
       Capture(fmt::format("taskset -c 0 {} bench --netns {} --cgroup {} --to {} "
                           "--seconds {} {}",
-                          SLUICE_PROBE_PATH, kClient, cgroup, to, seconds, rr ? "--rr" : "")));
+                          SLUICE_PROBE_PATH, netns, cgroup, to, seconds, rr ? "--rr" : "")));
 }
 
 struct Figures {
@@ -188,13 +202,17 @@ int main(int argc, char** argv) {
   std::filesystem::create_directories(env.cg_plain);
 
   Run(
-      fmt::format("ip netns add {0} && ip netns add {1} && "
+      fmt::format("ip netns add {0} && ip netns add {1} && ip netns add {2} && "
                   "ip -n {0} link add eth0 type veth peer name eth0 netns {1} && "
                   "ip -n {0} addr add 10.213.0.10/24 dev eth0 && ip -n {0} link set eth0 up && "
                   "ip -n {0} link set lo up && ip -n {0} route add default via 10.213.0.2 && "
                   "ip -n {1} addr add 10.213.0.2/24 dev eth0 && ip -n {1} link set eth0 up && "
-                  "ip -n {1} link set lo up",
-                  kClient, kServer));
+                  "ip -n {1} link set lo up && "
+                  "ip -n {2} link add eth0 type veth peer name eth1 netns {1} && "
+                  "ip -n {2} addr add 10.214.0.10/24 dev eth0 && ip -n {2} link set eth0 up && "
+                  "ip -n {2} link set lo up && ip -n {2} route add default via 10.214.0.2 && "
+                  "ip -n {1} addr add 10.214.0.2/24 dev eth1 && ip -n {1} link set eth1 up",
+                  kClient, kServer, kIptClient));
 
   int out[2];
   if (pipe(out) != 0)
@@ -203,7 +221,7 @@ int main(int argc, char** argv) {
   if (env.server == 0) {
     dup2(out[1], STDOUT_FILENO);
     execlp("taskset", "taskset", "-c", "1", SLUICE_PROBE_PATH, "serve", "--netns", kServer,
-           "--listen", kEndpoint, "--id", "server", nullptr);
+           "--listen", kEndpoint, "--listen", kIptEndpoint, "--id", "server", nullptr);
     _exit(127);
   }
   close(out[1]);
@@ -258,22 +276,26 @@ int main(int argc, char** argv) {
     InstallIptables(n);
     const std::string vip = VipOf(n / 2) + ":80";
 
-    const std::vector<std::pair<std::string, std::pair<std::string, std::string>>> paths{
-        {"direct", {env.cg_plain, kEndpoint}},
-        {"sluice", {env.cg_sluice, vip}},
-        {"iptables", {env.cg_plain, vip}},
+    struct Path {
+      std::string name, netns, cgroup, to;
+    };
+    const std::vector<Path> paths{
+        {"direct", kClient, env.cg_plain, kEndpoint},
+        {"sluice", kClient, env.cg_sluice, vip},
+        {"iptables", kIptClient, env.cg_plain, vip},
     };
     std::map<std::string, std::vector<Figures>> samples;
     for (int round = 0; round < rounds; round++) {
-      for (const auto& [path, where] : paths) {
-        auto c = Probe(where.first, where.second, seconds, false);
-        auto r = Probe(where.first, where.second, seconds / 2, true);
+      for (const auto& p : paths) {
+        auto c = Probe(p.netns, p.cgroup, p.to, seconds, false);
+        auto r = Probe(p.netns, p.cgroup, p.to, seconds / 2, true);
         if (c["errors"].get<long>() != 0)
-          Die(fmt::format("{} path: {} failed connects", path, c["errors"].get<long>()));
-        samples[path].push_back({c["rate"], c["p50_us"], c["p99_us"], r["p50_us"], r["p99_us"]});
+          Die(fmt::format("{} path: {} failed connects", p.name, c["errors"].get<long>()));
+        samples[p.name].push_back({c["rate"], c["p50_us"], c["p99_us"], r["p50_us"], r["p99_us"]});
       }
     }
-    for (const auto& [path, where] : paths) {
+    for (const auto& p : paths) {
+      const std::string& path = p.name;
       auto& s = samples[path];
       auto pick = [&](double Figures::*f) {
         std::vector<double> v;
@@ -324,7 +346,7 @@ int main(int argc, char** argv) {
     for (bool splice : {false, true}) {
       if (auto r = (*dp)->SetSplice(splice); !r)
         Die(r.error().message);
-      auto rr = Probe(env.cg_sluice, "10.96.255.1:80", seconds, true);
+      auto rr = Probe(kClient, env.cg_sluice, "10.96.255.1:80", seconds, true);
       hop_p50[splice].push_back(rr["p50_us"]);
       hop_p99[splice].push_back(rr["p99_us"]);
     }
