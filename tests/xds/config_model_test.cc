@@ -222,6 +222,18 @@ TEST_CASE("ConfigStore publishes valid snapshots with a per-type diff") {
     CHECK(store.Current()->endpoints.at(kCluster)->endpoints(0).lb_endpoints_size() == 2);
     CHECK(seen.size() == 1);
   }
+  SECTION("resources with unchanged content keep their object across a full resend") {
+    auto before = store.Current();
+    auto rs = testing::HttpbinSet(2);
+    rs.routes.at("8000").mutable_virtual_hosts(0)->add_domains("httpbin");
+    auto d = store.Apply(Snapshot::FromResourceSet(rs));  // every resource a new object
+    REQUIRE(d);
+    CHECK(d->routes.changed == std::vector<std::string>{"8000"});
+    CHECK(d->clusters.empty());
+    CHECK(store.Current()->clusters.at(kCluster) == before->clusters.at(kCluster));
+    CHECK(store.Current()->listeners.at("0.0.0.0_8000") == before->listeners.at("0.0.0.0_8000"));
+    CHECK(store.Current()->routes.at("8000") != before->routes.at("8000"));
+  }
   SECTION("identical content publishes nothing") {
     auto d = store.Apply(Snapshot::FromResourceSet(testing::HttpbinSet(2)));
     REQUIRE(d);

@@ -23,7 +23,7 @@ std::map<std::string, T> Unshare(const ResourceMap<T>& in) {
 }
 
 template <class T>
-TypeDiff DiffMaps(const ResourceMap<T>& before, const ResourceMap<T>& after) {
+TypeDiff DiffMaps(const ResourceMap<T>& before, ResourceMap<T>& after, bool adopt) {
   TypeDiff d;
   auto b = before.begin();
   auto a = after.begin();
@@ -36,8 +36,12 @@ TypeDiff DiffMaps(const ResourceMap<T>& before, const ResourceMap<T>& after) {
       ++a;
     } else {
       // Same pointer: shared, unchanged. Otherwise compare content.
-      if (a->second != b->second && CanonicalBytes(*a->second) != CanonicalBytes(*b->second)) {
-        d.changed.push_back(a->first);
+      if (a->second != b->second) {
+        if (CanonicalBytes(*a->second) != CanonicalBytes(*b->second)) {
+          d.changed.push_back(a->first);
+        } else if (adopt) {
+          a->second = b->second;
+        }
       }
       ++a;
       ++b;
@@ -78,12 +82,18 @@ xds::ResourceSet Snapshot::ToResourceSet() const {
 }
 
 Diff ComputeDiff(const Snapshot& before, const Snapshot& after) {
-  Diff d;
-  d.clusters = DiffMaps(before.clusters, after.clusters);
-  d.endpoints = DiffMaps(before.endpoints, after.endpoints);
-  d.listeners = DiffMaps(before.listeners, after.listeners);
-  d.routes = DiffMaps(before.routes, after.routes);
-  return d;
+  Snapshot copy = after;  // pointers only
+  return Diff{DiffMaps(before.clusters, copy.clusters, false),
+              DiffMaps(before.endpoints, copy.endpoints, false),
+              DiffMaps(before.listeners, copy.listeners, false),
+              DiffMaps(before.routes, copy.routes, false)};
+}
+
+Diff AdoptUnchanged(const Snapshot& before, Snapshot& after) {
+  return Diff{DiffMaps(before.clusters, after.clusters, true),
+              DiffMaps(before.endpoints, after.endpoints, true),
+              DiffMaps(before.listeners, after.listeners, true),
+              DiffMaps(before.routes, after.routes, true)};
 }
 
 }  // namespace sluice::config

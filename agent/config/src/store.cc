@@ -18,7 +18,7 @@ Result<Diff> ConfigStore::Apply(Snapshot candidate) {
   if (auto ok = ValidateSnapshot(candidate); !ok)
     return std::unexpected(ok.error());
   SnapshotPtr before = Current();
-  Diff diff = ComputeDiff(*before, candidate);
+  Diff diff = AdoptUnchanged(*before, candidate);
   if (diff.empty())
     return diff;
   candidate.generation = before->generation + 1;

@@ -52,6 +52,9 @@ struct Diff {
 };
 
 Diff ComputeDiff(const Snapshot& before, const Snapshot& after);
+// As ComputeDiff, and resources of `after` whose content equals the one in `before` are
+// replaced by `before`'s object, so consumers can tell "unchanged" by pointer.
+Diff AdoptUnchanged(const Snapshot& before, Snapshot& after);
 
 // Deterministic bytes of a message (map fields sorted), for equality and hashing.
 std::string CanonicalBytes(const google::protobuf::Message& m);

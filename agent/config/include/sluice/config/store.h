@@ -2,9 +2,10 @@
 //
 // Apply() validates a candidate as a whole; if it is valid, it becomes the current
 // snapshot and every subscriber receives (snapshot, diff); if not, the error is
-// returned and the current snapshot stays. Subscribers run on the caller's thread, in
-// subscription order, one Apply at a time, so each sees every diff exactly once and in
-// order.
+// returned and the current snapshot stays. A resource whose content did not change keeps
+// the previous snapshot's object, so consumers can skip it by pointer comparison. Subscribers run
+// on the caller's thread, in subscription order, one Apply at a time, so each sees every diff
+// exactly once and in order.
 #pragma once
 
 #include <functional>
