@@ -281,8 +281,25 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
       return {grpc::StatusCode::UNAVAILABLE, "server stopping"};
     owner_.streams_.push_back(&s);
   }
-  // gRPC allows one reader and one writer at a time: reads happen here, writes on the
-  // handler thread below.
+  auto unregister = [&] {
+    std::lock_guard lock(owner_.mu_);
+    owner_.streams_.remove(&s);
+  };
+  // The first request is read here, before the reader thread exists, so a stream
+  // without a node ends with a status the client can read (cancelling a blocked reader
+  // would replace it with CANCELLED).
+  DiscoveryRequest first;
+  if (!stream->Read(&first)) {
+    unregister();
+    return grpc::Status::OK;
+  }
+  if (!first.has_node() || first.node().id().empty()) {
+    unregister();
+    return {grpc::StatusCode::INVALID_ARGUMENT, "the first request must carry node.id"};
+  }
+  s.inbox.push_back(std::move(first));
+  // gRPC allows one reader and one writer at a time: reads happen on this thread,
+  // writes on the handler thread below.
   std::thread reader([&s, stream] {
     DiscoveryRequest req;
     while (stream->Read(&req)) {
@@ -321,10 +338,7 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
 
   ctx->TryCancel();  // unblocks the reader
   reader.join();
-  {
-    std::lock_guard lock(owner_.mu_);
-    owner_.streams_.remove(&s);
-  }
+  unregister();
   if (owner_.on_event_ && session.has_node()) {
     owner_.on_event_(Event{Event::Kind::kDisconnect, session.node_id(), "", "", "", {}, ""});
   }
@@ -397,6 +411,7 @@ void AdsServer::Stop() {
     std::lock_guard lock(mu_);
     stopping_ = true;
     for (Stream* s : streams_) {
+      s->ctx->TryCancel();  // also ends a stream still waiting for its first request
       std::lock_guard slock(s->mu);
       s->stopping = true;
       s->cv.notify_one();
