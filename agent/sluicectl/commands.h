@@ -11,5 +11,7 @@ namespace sluice::ctl {
 // file, resource or field that was wrong.
 void AddVersionCommand(CLI::App& app);
 void AddBpfCommands(CLI::App& app);
+// cni add|del|check: run a CNI conflist for a pod sandbox as a container runtime does.
+void AddCniCommands(CLI::App& app);
 
 }  // namespace sluice::ctl

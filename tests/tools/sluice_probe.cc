@@ -297,7 +297,8 @@ int Serve(const Args& a) {
   std::cout << "listening" << std::endl;
   const std::string greeting = a.id + "\n";
   epoll_event events[256];
-  char buf[4096];
+  std::map<int, std::string> pending;  // echo bytes the peer has not taken yet
+  char buf[65536];
   for (;;) {
     int n = epoll_wait(ep, events, 256, -1);
     if (n < 0 && errno == EINTR)
@@ -331,13 +332,33 @@ int Serve(const Args& a) {
         }
         continue;
       }
-      ssize_t r = read(fd, buf, sizeof(buf));
-      if (r > 0) {
-        if (write(fd, buf, static_cast<size_t>(r)) < 0)
-          close(fd);
-      } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
-        close(fd);  // also removes it from the epoll set
+      // Echo with back-pressure: what the socket does not take now waits in `pending`
+      // (reading pauses meanwhile), so no byte is dropped when the peer reads slowly.
+      std::string& out = pending[fd];
+      bool broken = false;
+      if (events[i].events & EPOLLIN) {
+        ssize_t r = read(fd, buf, sizeof(buf));
+        if (r > 0)
+          out.append(buf, static_cast<size_t>(r));
+        else if (r == 0 || (errno != EAGAIN && errno != EINTR))
+          broken = true;
       }
+      while (!broken && !out.empty()) {
+        ssize_t w = write(fd, out.data(), out.size());
+        if (w < 0) {
+          broken = errno != EAGAIN && errno != EINTR;
+          break;
+        }
+        out.erase(0, static_cast<size_t>(w));
+      }
+      if (broken) {
+        pending.erase(fd);
+        close(fd);  // also removes it from the epoll set
+        continue;
+      }
+      epoll_event ev{out.empty() ? static_cast<uint32_t>(EPOLLIN) : static_cast<uint32_t>(EPOLLOUT),
+                     {.fd = fd}};
+      epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
     }
   }
 }

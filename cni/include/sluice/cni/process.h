@@ -1,0 +1,25 @@
+// Runs a program with a given environment and stdin, collecting stdout and stderr, with
+// a time limit. What a container runtime does to call a CNI plugin.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "sluice/common/result.h"
+
+namespace sluice::cni {
+
+struct ProcessResult {
+  int exit_status = -1;  // exit code, or 128 + signal when it was killed
+  std::string out;
+  std::string err;
+};
+
+// argv[0] is the program path (no PATH search). env replaces the environment entirely.
+// On timeout the child is killed with SIGKILL and an ETIMEDOUT error is returned.
+Result<ProcessResult> RunProcess(const std::vector<std::string>& argv,
+                                 const std::vector<std::string>& env, const std::string& input,
+                                 std::chrono::milliseconds timeout);
+
+}  // namespace sluice::cni

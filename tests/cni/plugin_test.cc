@@ -1,0 +1,221 @@
+// Runs the real sluice-cni binary the way a container runtime does: CNI_* environment,
+// network configuration on stdin, result or error JSON on stdout, exit status.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "sluice/cni/server.h"
+#include "test_support.h"
+
+using namespace sluice;
+using namespace sluice::cni;
+using namespace sluice::cni::testing;
+using json = nlohmann::json;
+
+namespace {
+
+// What bridge + host-local hand over: the previous plugin's result.
+const char* kPrevResult =
+    R"({"cniVersion":"1.0.0","interfaces":[{"name":"sluicet-br0","mac":"aa:bb:cc:00:00:01"},)"
+    R"({"name":"eth0","mac":"aa:bb:cc:00:00:02","sandbox":"/var/run/netns/sluicet-p1"}],)"
+    R"("ips":[{"interface":1,"address":"10.77.0.5/24","gateway":"10.77.0.1"}],)"
+    R"("routes":[{"dst":"0.0.0.0/0"}],"dns":{}})";
+
+json Conf(const std::string& socket, bool with_prev = true) {
+  json conf = {{"cniVersion", "1.0.0"},
+               {"name", "sluicet-net"},
+               {"type", "sluice-cni"},
+               {"agentSocket", socket},
+               {"agentTimeoutMs", 2000}};
+  if (with_prev)
+    conf["prevResult"] = json::parse(kPrevResult);
+  return conf;
+}
+
+// The error JSON the spec requires: cniVersion, code, msg; non-zero exit.
+json ExpectError(const ProcessResult& r, int code) {
+  INFO("stdout: " << r.out << "\nstderr: " << r.err);
+  CHECK(r.exit_status != 0);
+  json j = json::parse(r.out, nullptr, false);
+  REQUIRE(j.is_object());
+  CHECK(j["code"] == code);
+  CHECK(j["cniVersion"].is_string());
+  CHECK(j["msg"].is_string());
+  CHECK_FALSE(j["msg"].get<std::string>().empty());
+  return j;
+}
+
+CniEnv Env(const std::string& command) {
+  CniEnv e;
+  e.command = command;
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("VERSION lists the supported spec versions") {
+  auto r = RunSluiceCni(Env("VERSION"), R"({"cniVersion":"1.0.0"})");
+  REQUIRE(r.exit_status == 0);
+  json j = json::parse(r.out);
+  CHECK(j["cniVersion"] == "1.0.0");
+  auto versions = j["supportedVersions"].get<std::vector<std::string>>();
+  CHECK(std::find(versions.begin(), versions.end(), "1.0.0") != versions.end());
+  CHECK(std::find(versions.begin(), versions.end(), "0.4.0") != versions.end());
+  CHECK(std::find(versions.begin(), versions.end(), "0.2.0") == versions.end());
+}
+
+TEST_CASE("bad inputs give the spec's error codes") {
+  TempDir tmp;
+  const std::string sock = tmp / "cni.sock";  // nobody listens: these fail before calling
+
+  SECTION("missing prevResult on ADD -> 7") {
+    auto j = ExpectError(RunSluiceCni(Env("ADD"), Conf(sock, false).dump()), 7);
+    CHECK_THAT(j["msg"].get<std::string>(), Catch::Contains("prevResult"));
+  }
+  SECTION("missing prevResult on CHECK -> 7") {
+    ExpectError(RunSluiceCni(Env("CHECK"), Conf(sock, false).dump()), 7);
+  }
+  SECTION("malformed JSON -> 6") {
+    ExpectError(RunSluiceCni(Env("ADD"), R"({"cniVersion":"1.0.0","prevResult":)"), 6);
+  }
+  SECTION("unknown command -> 4") {
+    auto j = ExpectError(RunSluiceCni(Env("UPDATE"), Conf(sock).dump()), 4);
+    CHECK_THAT(j["msg"].get<std::string>(), Catch::Contains("UPDATE"));
+  }
+  SECTION("no command -> 4") {
+    ExpectError(RunSluiceCni(Env(""), Conf(sock).dump()), 4);
+  }
+  SECTION("unknown version -> 1") {
+    auto conf = Conf(sock);
+    conf["cniVersion"] = "2.7.0";
+    auto j = ExpectError(RunSluiceCni(Env("ADD"), conf.dump()), 1);
+    CHECK_THAT(j["msg"].get<std::string>(), Catch::Contains("2.7.0"));
+  }
+  SECTION("unsupported old version -> 1") {
+    auto conf = Conf(sock);
+    conf["cniVersion"] = "0.2.0";
+    ExpectError(RunSluiceCni(Env("ADD"), conf.dump()), 1);
+  }
+  SECTION("CHECK before 0.4.0 -> 1") {
+    auto conf = Conf(sock);
+    conf["cniVersion"] = "0.3.1";
+    ExpectError(RunSluiceCni(Env("CHECK"), conf.dump()), 1);
+  }
+  SECTION("missing cniVersion -> 7") {
+    auto conf = Conf(sock);
+    conf.erase("cniVersion");
+    ExpectError(RunSluiceCni(Env("ADD"), conf.dump()), 7);
+  }
+  SECTION("failOpen of the wrong type -> 7") {
+    auto conf = Conf(sock);
+    conf["failOpen"] = "yes";
+    auto j = ExpectError(RunSluiceCni(Env("ADD"), conf.dump()), 7);
+    CHECK_THAT(j["msg"].get<std::string>(), Catch::Contains("failOpen"));
+  }
+  SECTION("CNI_CONTAINERID missing -> 4") {
+    auto e = Env("ADD");
+    e.container_id.clear();
+    ExpectError(RunSluiceCni(e, Conf(sock).dump()), 4);
+  }
+  SECTION("CNI_NETNS missing on ADD -> 4") {
+    auto e = Env("ADD");
+    e.netns.clear();
+    ExpectError(RunSluiceCni(e, Conf(sock).dump()), 4);
+  }
+  SECTION("malformed CNI_ARGS -> 4") {
+    auto e = Env("ADD");
+    e.args = "K8S_POD_NAME=a;garbage";
+    auto j = ExpectError(RunSluiceCni(e, Conf(sock).dump()), 4);
+    CHECK_THAT(j["msg"].get<std::string>(), Catch::Contains("garbage"));
+  }
+}
+
+TEST_CASE("agent down: ADD fails closed by default, passes through with failOpen") {
+  TempDir tmp;
+  const std::string sock = tmp / "cni.sock";
+  SECTION("fail closed -> 11 try again later") {
+    auto j = ExpectError(RunSluiceCni(Env("ADD"), Conf(sock).dump()), 11);
+    CHECK_THAT(j["details"].get<std::string>(), Catch::Contains(sock));
+  }
+  SECTION("failOpen -> prevResult unchanged, exit 0") {
+    auto conf = Conf(sock);
+    conf["failOpen"] = true;
+    auto r = RunSluiceCni(Env("ADD"), conf.dump());
+    INFO(r.err);
+    REQUIRE(r.exit_status == 0);
+    CHECK(json::parse(r.out) == json::parse(kPrevResult));
+    CHECK_THAT(r.err, Catch::Contains("failOpen"));
+  }
+  SECTION("DEL succeeds with the agent down, with or without prevResult and netns") {
+    auto r = RunSluiceCni(Env("DEL"), Conf(sock).dump());
+    CHECK(r.exit_status == 0);
+    CHECK(r.out.empty());
+    auto e = Env("DEL");
+    e.netns.clear();
+    r = RunSluiceCni(e, Conf(sock, false).dump());
+    CHECK(r.exit_status == 0);
+    CHECK(r.out.empty());
+  }
+}
+
+TEST_CASE("agent up: ADD passes prevResult through byte for byte and hands over the pod") {
+  TempDir tmp;
+  RecordingHandler handler;
+  auto server = CniServer::Start({.socket_path = tmp / "cni.sock"}, handler);
+  REQUIRE(server);
+  // Build the stdin by hand so prevResult's exact text (key order included) is known.
+  const std::string stdin_text =
+      R"({"cniVersion":"1.0.0","name":"sluicet-net","type":"sluice-cni",)"
+      R"("agentSocket":")" +
+      (*server)->socket_path() + R"(","prevResult":)" + kPrevResult + "}";
+  auto r = RunSluiceCni(Env("ADD"), stdin_text);
+  INFO(r.err);
+  REQUIRE(r.exit_status == 0);
+  CHECK(r.out == std::string(kPrevResult) + "\n");
+
+  REQUIRE(handler.adds().size() == 1);
+  const auto adds = handler.adds();
+  const PodInfo& pod = adds[0];
+  CHECK(pod.name == "cart-7d9");
+  CHECK(pod.pod_namespace == "shop");
+  CHECK(pod.uid == "uid-1");
+  CHECK(pod.container_id == "sluicet-c1");
+  CHECK(pod.netns == "/var/run/netns/sluicet-none");
+  CHECK(pod.ifname == "eth0");
+  CHECK(pod.ips == std::vector<std::string>{"10.77.0.5/24"});
+  CHECK(pod.cni_version == "1.0.0");
+
+  SECTION("CHECK prints nothing on success") {
+    auto c = RunSluiceCni(Env("CHECK"), stdin_text);
+    CHECK(c.exit_status == 0);
+    CHECK(c.out.empty());
+    CHECK(handler.checks().size() == 1);
+  }
+  SECTION("DEL twice succeeds, each reaching the agent") {
+    for (int i = 0; i < 2; ++i) {
+      auto d = RunSluiceCni(Env("DEL"), stdin_text);
+      CHECK(d.exit_status == 0);
+      CHECK(d.out.empty());
+    }
+    CHECK(handler.dels().size() == 2);
+  }
+}
+
+TEST_CASE("agent refusal is returned as the agent's CNI error") {
+  TempDir tmp;
+  RecordingHandler handler;
+  auto server = CniServer::Start({.socket_path = tmp / "cni.sock"}, handler);
+  REQUIRE(server);
+  const std::string sock = (*server)->socket_path();
+
+  handler.set_fail_add(Error{"open netns /var/run/netns/sluicet-none: No such file", ENOENT});
+  auto j = ExpectError(RunSluiceCni(Env("ADD"), Conf(sock).dump()), codes::kAgentFailed);
+  CHECK_THAT(j["msg"].get<std::string>(), Catch::Contains("open netns"));
+
+  // failOpen covers an unreachable agent only: an agent that says no still wins.
+  auto conf = Conf(sock);
+  conf["failOpen"] = true;
+  ExpectError(RunSluiceCni(Env("ADD"), conf.dump()), codes::kAgentFailed);
+
+  handler.set_fail_add(Error{"still syncing", EAGAIN});
+  ExpectError(RunSluiceCni(Env("ADD"), Conf(sock).dump()), codes::kTryAgainLater);
+}
