@@ -33,6 +33,7 @@ struct EndpointSpec {
   SocketAddress address;
   uint32_t weight = 1;
   std::map<std::string, std::string> labels;
+  bool operator==(const EndpointSpec&) const = default;
 };
 
 struct ClusterSpec {
@@ -40,6 +41,7 @@ struct ClusterSpec {
   uint32_t weight = 1;  // relative, as Envoy's weighted clusters
   LbPolicy lb = LbPolicy::kLeastRequest;
   std::vector<EndpointSpec> endpoints;
+  bool operator==(const ClusterSpec&) const = default;
 };
 
 struct ServiceSpec {
@@ -52,6 +54,7 @@ struct ServiceSpec {
   // endpoint (clusters may then be empty). A VIP of 0.0.0.0 or :: makes the service the
   // catch-all for its port (e.g. any address on port 80 -> the proxy).
   bool redirect_to_proxy = false;
+  bool operator==(const ServiceSpec&) const = default;
 };
 
 // Checks what the kernel cannot represent; the message names the service and field.

@@ -1,0 +1,237 @@
+#include "node_agent.h"
+
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "sluice/cni/netns.h"
+
+namespace sluice::agent {
+
+namespace {
+
+// "10.1.0.5/24" -> 10.1.0.5
+std::optional<IpAddress> HostPart(const std::string& cidr) {
+  auto ip = IpAddress::Parse(cidr.substr(0, cidr.find('/')));
+  return ip ? std::optional<IpAddress>(*ip) : std::nullopt;
+}
+
+Result<uint64_t> CookieOf(const std::string& netns_path) {
+  auto ns = cni::Netns::Open(netns_path);
+  if (!ns)
+    return std::unexpected(ns.error());
+  return ns->Cookie();
+}
+
+}  // namespace
+
+enrolment::Pod NodeAgent::PodFor(const cni::PodInfo& info) const {
+  enrolment::Pod p;
+  p.key = {info.pod_namespace, info.name};
+  p.uid = info.uid;
+  if (auto it = labels_.pods.find(p.key); it != labels_.pods.end()) {
+    p.labels = it->second.labels;
+    p.host_network = it->second.host_network;
+  }
+  return p;
+}
+
+EnrolmentInfo NodeAgent::InfoFor(const Record& r) const {
+  EnrolmentInfo e;
+  for (const auto& cidr : r.info.ips) {
+    if (auto ip = HostPart(cidr)) {
+      if (ip->is_v4())
+        e.ip4 = *ip;
+      else
+        e.ip6 = *ip;
+    }
+  }
+  e.proxy_port = opts_.proxy_port;
+  e.registry_only = registry_only_;
+  return e;
+}
+
+Result<void> NodeAgent::Apply(const enrolment::Changes& changes) {
+  Result<void> result;
+  for (const auto& p : changes.unenrol) {
+    auto it = pods_.find(p.key);
+    if (it == pods_.end())
+      continue;
+    if (auto r = dp_.Unenrol(it->second.cookie); !r) {
+      result = std::unexpected(r.error());
+      continue;
+    }
+    spdlog::info("unenrolled pod {}/{}", p.key.pod_namespace, p.key.name);
+  }
+  for (const auto& p : changes.enrol) {
+    auto it = pods_.find(p.key);
+    if (it == pods_.end())
+      continue;  // labelled, but not (yet) on this node
+    if (auto r = dp_.Enrol(it->second.cookie, InfoFor(it->second)); !r) {
+      result = Wrap("enrolling pod " + p.key.pod_namespace + "/" + p.key.name, r.error());
+      continue;
+    }
+    spdlog::info("enrolled pod {}/{} (netns cookie {})", p.key.pod_namespace, p.key.name,
+                 it->second.cookie);
+  }
+  return result;
+}
+
+Result<cni::AddReply> NodeAgent::OnAdd(const cni::PodInfo& pod) {
+  auto cookie = CookieOf(pod.netns);
+  if (!cookie)
+    return Wrap("pod " + pod.pod_namespace + "/" + pod.name + ": network namespace " + pod.netns,
+                cookie.error());
+  std::lock_guard lock(mu_);
+  pods_[{pod.pod_namespace, pod.name}] = Record{pod, *cookie};
+  auto changes = state_.UpsertPod(PodFor(pod));
+  auto applied = Apply(changes);
+  Save();
+  if (!applied)
+    return std::unexpected(applied.error());
+  const auto decision = state_.DecisionFor({pod.pod_namespace, pod.name});
+  return cni::AddReply{decision.enrolled, std::string(enrolment::ReasonName(decision.reason))};
+}
+
+Result<void> NodeAgent::OnDel(const cni::PodInfo& pod) {
+  std::lock_guard lock(mu_);
+  const enrolment::PodKey key{pod.pod_namespace, pod.name};
+  auto it = pods_.find(key);
+  if (it == pods_.end())
+    return {};  // unknown pod: DEL is idempotent
+  if (state_.IsEnrolled(key))
+    (void)dp_.Unenrol(it->second.cookie);
+  state_.RemovePod(key);
+  pods_.erase(it);
+  Save();
+  return {};
+}
+
+Result<cni::AddReply> NodeAgent::OnCheck(const cni::PodInfo& pod) {
+  std::lock_guard lock(mu_);
+  const enrolment::PodKey key{pod.pod_namespace, pod.name};
+  auto it = pods_.find(key);
+  if (it == pods_.end())
+    return Fail("pod " + pod.pod_namespace + "/" + pod.name + " is not known to the agent");
+  const bool want = state_.IsEnrolled(key);
+  auto enrolled = dp_.Enrolled();
+  if (!enrolled)
+    return std::unexpected(enrolled.error());
+  if (want != enrolled->contains(it->second.cookie))
+    return Fail("pod " + pod.pod_namespace + "/" + pod.name + ": enrolment map disagrees (" +
+                (want ? "missing" : "present") + ")");
+  return cni::AddReply{want, "consistent"};
+}
+
+void NodeAgent::ApplyLabels(const LabelSnapshot& labels) {
+  std::lock_guard lock(mu_);
+  labels_ = labels;
+  enrolment::Changes all;
+  auto merge = [&](enrolment::Changes c) {
+    all.enrol.insert(all.enrol.end(), c.enrol.begin(), c.enrol.end());
+    all.unenrol.insert(all.unenrol.end(), c.unenrol.begin(), c.unenrol.end());
+  };
+  for (const auto& [ns, l] : labels.namespaces)
+    merge(state_.SetNamespace(ns, l));
+  std::set<std::string> known_ns;
+  for (const auto& [key, rec] : pods_)
+    known_ns.insert(key.pod_namespace);
+  for (const auto& ns : known_ns)
+    if (!labels.namespaces.contains(ns))
+      merge(state_.RemoveNamespace(ns));
+  for (const auto& [key, rec] : pods_)
+    merge(state_.UpsertPod(PodFor(rec.info)));
+  if (auto r = Apply(all); !r)
+    spdlog::error("applying label changes: {}", r.error().message);
+}
+
+void NodeAgent::SetRegistryOnly(bool registry_only) {
+  std::lock_guard lock(mu_);
+  if (registry_only == registry_only_)
+    return;
+  registry_only_ = registry_only;
+  for (const auto& [key, rec] : pods_)
+    if (state_.IsEnrolled(key))
+      (void)dp_.Enrol(rec.cookie, InfoFor(rec));
+}
+
+void NodeAgent::Save() const {
+  nlohmann::json j = nlohmann::json::array();
+  for (const auto& [key, rec] : pods_)
+    j.push_back({{"namespace", key.pod_namespace},
+                 {"name", key.name},
+                 {"uid", rec.info.uid},
+                 {"netns", rec.info.netns},
+                 {"ips", rec.info.ips},
+                 {"cookie", rec.cookie}});
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  fs::create_directories(fs::path(opts_.state_file).parent_path(), ec);
+  const std::string tmp = opts_.state_file + ".tmp";
+  std::ofstream(tmp) << j.dump(1) << "\n";
+  fs::rename(tmp, opts_.state_file, ec);
+  if (ec)
+    spdlog::error("writing {}: {}", opts_.state_file, ec.message());
+}
+
+Result<void> NodeAgent::Restore() {
+  std::lock_guard lock(mu_);
+  std::ifstream in(opts_.state_file);
+  if (in) {
+    std::stringstream text;
+    text << in.rdbuf();
+    auto j = nlohmann::json::parse(text.str(), nullptr, false);
+    if (j.is_discarded() || !j.is_array())
+      return Fail(opts_.state_file + ": not a JSON array of pods");
+    for (const auto& p : j) {
+      cni::PodInfo info;
+      info.pod_namespace = p.value("namespace", "");
+      info.name = p.value("name", "");
+      info.uid = p.value("uid", "");
+      info.netns = p.value("netns", "");
+      info.ips = p.value("ips", std::vector<std::string>{});
+      const uint64_t cookie = p.value("cookie", uint64_t{0});
+      // A namespace path can be reused by another pod: trust it only if its cookie is the
+      // one recorded.
+      auto now = CookieOf(info.netns);
+      if (!now || *now != cookie) {
+        spdlog::info("pod {}/{} is gone (its network namespace {} {})", info.pod_namespace,
+                     info.name, info.netns, now ? "was reused" : "no longer exists");
+        continue;
+      }
+      pods_[{info.pod_namespace, info.name}] = Record{info, cookie};
+      state_.UpsertPod(PodFor(info));
+    }
+  }
+  // The kernel's enrolment map keeps only pods this agent knows and enrols.
+  auto enrolled = dp_.Enrolled();
+  if (!enrolled)
+    return std::unexpected(enrolled.error());
+  std::set<uint64_t> want;
+  for (const auto& [key, rec] : pods_)
+    if (state_.IsEnrolled(key))
+      want.insert(rec.cookie);
+  for (const auto& [cookie, info] : *enrolled)
+    if (!want.contains(cookie))
+      (void)dp_.Unenrol(cookie);
+  spdlog::info("restored {} pods from {}", pods_.size(), opts_.state_file);
+  Save();
+  return {};
+}
+
+std::vector<PodStatus> NodeAgent::Pods() const {
+  std::lock_guard lock(mu_);
+  std::vector<PodStatus> out;
+  for (const auto& [key, rec] : pods_) {
+    auto d = state_.DecisionFor(key);
+    out.push_back({key, rec.info.uid, rec.info.netns, rec.info.ips, rec.cookie, d.enrolled,
+                   std::string(enrolment::ReasonName(d.reason))});
+  }
+  return out;
+}
+
+}  // namespace sluice::agent

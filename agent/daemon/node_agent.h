@@ -1,0 +1,79 @@
+// NodeAgent: the pods of one node and their place in the mesh.
+//
+// Pods arrive from the CNI plugin (OnAdd/OnDel, with the pod's network namespace);
+// labels arrive from the label source. The enrolment rule decides; the agent puts the
+// pod's network-namespace cookie in the kernel's enrolment map (or takes it out) right
+// away, so label changes take effect on running pods without restarting them.
+//
+// The pods it knows are written to a state file after every change, so a restarted
+// agent reopens them, re-checks their cookies and reconciles the enrolment map (entries
+// of pods it no longer knows are removed).
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "labels.h"
+#include "sluice/cni/server.h"
+#include "sluice/enrolment/enrolment.h"
+#include "sluice/loader/dataplane.h"
+
+namespace sluice::agent {
+
+struct NodeAgentOptions {
+  std::string state_file = "/var/run/sluice/pods.json";
+  // Port of the in-pod outbound listener (0: no L7 proxy attached; L7 services are then
+  // refused by the kernel rather than bypassing their policy).
+  uint16_t proxy_port = 0;
+};
+
+struct PodStatus {
+  enrolment::PodKey key;
+  std::string uid, netns;
+  std::vector<std::string> ips;
+  uint64_t cookie = 0;
+  bool enrolled = false;
+  std::string reason;  // why (not) enrolled
+};
+
+class NodeAgent : public cni::CniHandler {
+ public:
+  NodeAgent(Dataplane& dp, NodeAgentOptions opts) : dp_(dp), opts_(std::move(opts)) {}
+
+  Result<cni::AddReply> OnAdd(const cni::PodInfo& pod) override;
+  Result<void> OnDel(const cni::PodInfo& pod) override;
+  Result<cni::AddReply> OnCheck(const cni::PodInfo& pod) override;
+
+  // New label state: re-decides every pod and enrols/unenrols at once.
+  void ApplyLabels(const LabelSnapshot& labels);
+  // outboundTrafficPolicy of the config in force; re-enrols pods when it changes.
+  void SetRegistryOnly(bool registry_only);
+  // At start: reads the state file, reopens the pods that still exist, and makes the
+  // kernel's enrolment map match (stale entries removed).
+  Result<void> Restore();
+
+  std::vector<PodStatus> Pods() const;
+
+ private:
+  struct Record {
+    cni::PodInfo info;
+    uint64_t cookie = 0;
+  };
+  Result<void> Apply(const enrolment::Changes& changes);
+  EnrolmentInfo InfoFor(const Record& r) const;
+  enrolment::Pod PodFor(const cni::PodInfo& info) const;
+  void Save() const;
+
+  Dataplane& dp_;
+  NodeAgentOptions opts_;
+  mutable std::mutex mu_;
+  enrolment::EnrolmentState state_;
+  LabelSnapshot labels_;
+  std::map<enrolment::PodKey, Record> pods_;
+  bool registry_only_ = false;
+};
+
+}  // namespace sluice::agent

@@ -1,0 +1,58 @@
+// ResourceSet: the Envoy resources one proxy is served, as whole state-of-the-world
+// maps keyed by resource name. The Istio translator produces one per proxy; the ADS
+// server serves it; the ADS client assembles one from what it has received.
+#pragma once
+
+#include <cstddef>
+#include <map>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "envoy/config/cluster/v3/cluster.pb.h"
+#include "envoy/config/endpoint/v3/endpoint.pb.h"
+#include "envoy/config/listener/v3/listener.pb.h"
+#include "envoy/config/route/v3/route.pb.h"
+
+namespace sluice::xds {
+
+// xDS type URLs, as Envoy and istiod spell them.
+inline constexpr std::string_view kListenerType =
+    "type.googleapis.com/envoy.config.listener.v3.Listener";
+inline constexpr std::string_view kRouteType =
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+inline constexpr std::string_view kClusterType =
+    "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+inline constexpr std::string_view kEndpointType =
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+
+struct ResourceSet {
+  std::map<std::string, envoy::config::listener::v3::Listener> listeners;
+  std::map<std::string, envoy::config::route::v3::RouteConfiguration> routes;
+  std::map<std::string, envoy::config::cluster::v3::Cluster> clusters;
+  std::map<std::string, envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
+
+  // Each Add keys the resource by its own name field.
+  void Add(envoy::config::listener::v3::Listener l) {
+    std::string name = l.name();
+    listeners.insert_or_assign(std::move(name), std::move(l));
+  }
+  void Add(envoy::config::route::v3::RouteConfiguration r) {
+    std::string name = r.name();
+    routes.insert_or_assign(std::move(name), std::move(r));
+  }
+  void Add(envoy::config::cluster::v3::Cluster c) {
+    std::string name = c.name();
+    clusters.insert_or_assign(std::move(name), std::move(c));
+  }
+  void Add(envoy::config::endpoint::v3::ClusterLoadAssignment e) {
+    std::string name = e.cluster_name();
+    endpoints.insert_or_assign(std::move(name), std::move(e));
+  }
+
+  std::size_t size() const {
+    return listeners.size() + routes.size() + clusters.size() + endpoints.size();
+  }
+};
+
+}  // namespace sluice::xds
