@@ -10,6 +10,12 @@
 
 #include "sluice/cni/netns.h"
 
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 namespace sluice::agent {
 
 namespace {
@@ -28,6 +34,67 @@ Result<uint64_t> CookieOf(const std::string& netns_path) {
 }
 
 }  // namespace
+
+// The host side of the pod's interface. Inside the pod's namespace, RTM_GETLINK on its
+// interface gives IFLA_LINK, the veth peer's index in the peer's namespace; the peer is
+// only trusted if, here, it exists and its own iflink points back at the pod's
+// interface (an index alone could name anything).
+int NodeAgent::HostIfindex(const cni::PodInfo& pod) const {
+  const std::string ifname = pod.ifname.empty() ? "eth0" : pod.ifname;
+  auto ns = cni::Netns::Open(pod.netns);
+  if (!ns)
+    return 0;
+  int self = 0, peer = 0;
+  (void)ns->Run([&] {
+    self = static_cast<int>(if_nametoindex(ifname.c_str()));
+    if (self == 0)
+      return;
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0)
+      return;
+    struct {
+      nlmsghdr nh;
+      ifinfomsg ifi;
+    } req{};
+    req.nh.nlmsg_len = sizeof(req);
+    req.nh.nlmsg_type = RTM_GETLINK;
+    req.nh.nlmsg_flags = NLM_F_REQUEST;
+    req.ifi.ifi_family = AF_UNSPEC;
+    req.ifi.ifi_index = self;
+    char buf[8192];
+    if (send(fd, &req, sizeof(req), 0) == static_cast<ssize_t>(sizeof(req))) {
+      ssize_t n = recv(fd, buf, sizeof(buf), 0);
+      auto* nh = reinterpret_cast<nlmsghdr*>(buf);
+      if (n > 0 && NLMSG_OK(nh, static_cast<unsigned>(n)) && nh->nlmsg_type == RTM_NEWLINK) {
+        auto* ifi = static_cast<ifinfomsg*>(NLMSG_DATA(nh));
+        int len = static_cast<int>(IFLA_PAYLOAD(nh));
+        for (auto* a = IFLA_RTA(ifi); RTA_OK(a, len); a = RTA_NEXT(a, len))
+          if (a->rta_type == IFLA_LINK)
+            peer = *static_cast<int*>(RTA_DATA(a));
+      }
+    }
+    close(fd);
+  });
+  if (peer <= 0)
+    return 0;
+  char name[IF_NAMESIZE];
+  if (!if_indextoname(static_cast<unsigned>(peer), name))
+    return 0;
+  std::ifstream iflink(std::string("/sys/class/net/") + name + "/iflink");
+  int back = 0;
+  iflink >> back;
+  return back == self ? peer : 0;
+}
+
+void NodeAgent::AttachTc(Record& r) {
+  if (r.host_ifindex == 0)
+    return;
+  if (auto a = dp_.AttachPod(r.host_ifindex, registry_only_); !a) {
+    spdlog::warn("pod {}/{}: tc on host interface {}: {}", r.info.pod_namespace, r.info.name,
+                 r.host_ifindex, a.error().message);
+    r.host_ifindex = 0;
+  }
+}
 
 enrolment::Pod NodeAgent::PodFor(const cni::PodInfo& info) const {
   enrolment::Pod p;
@@ -86,8 +153,10 @@ Result<cni::AddReply> NodeAgent::OnAdd(const cni::PodInfo& pod) {
   if (!cookie)
     return Wrap("pod " + pod.pod_namespace + "/" + pod.name + ": network namespace " + pod.netns,
                 cookie.error());
+  const int host_if = HostIfindex(pod);
   std::lock_guard lock(mu_);
-  pods_[{pod.pod_namespace, pod.name}] = Record{pod, *cookie};
+  auto& rec = pods_[{pod.pod_namespace, pod.name}] = Record{pod, *cookie, host_if};
+  AttachTc(rec);
   auto changes = state_.UpsertPod(PodFor(pod));
   auto applied = Apply(changes);
   Save();
@@ -105,6 +174,8 @@ Result<void> NodeAgent::OnDel(const cni::PodInfo& pod) {
     return {};  // unknown pod: DEL is idempotent
   if (state_.IsEnrolled(key))
     (void)dp_.Unenrol(it->second.cookie);
+  if (it->second.host_ifindex)
+    (void)dp_.DetachPod(it->second.host_ifindex);
   state_.RemovePod(key);
   pods_.erase(it);
   Save();
@@ -154,9 +225,11 @@ void NodeAgent::SetRegistryOnly(bool registry_only) {
   if (registry_only == registry_only_)
     return;
   registry_only_ = registry_only;
-  for (const auto& [key, rec] : pods_)
+  for (auto& [key, rec] : pods_) {
     if (state_.IsEnrolled(key))
       (void)dp_.Enrol(rec.cookie, InfoFor(rec));
+    AttachTc(rec);  // non-TCP REGISTRY_ONLY is the tc program's
+  }
 }
 
 void NodeAgent::Save() const {
@@ -167,7 +240,8 @@ void NodeAgent::Save() const {
                  {"uid", rec.info.uid},
                  {"netns", rec.info.netns},
                  {"ips", rec.info.ips},
-                 {"cookie", rec.cookie}});
+                 {"cookie", rec.cookie},
+                 {"host_ifindex", rec.host_ifindex}});
   namespace fs = std::filesystem;
   std::error_code ec;
   fs::create_directories(fs::path(opts_.state_file).parent_path(), ec);
@@ -203,7 +277,7 @@ Result<void> NodeAgent::Restore() {
                      info.name, info.netns, now ? "was reused" : "no longer exists");
         continue;
       }
-      pods_[{info.pod_namespace, info.name}] = Record{info, cookie};
+      pods_[{info.pod_namespace, info.name}] = Record{info, cookie, p.value("host_ifindex", 0)};
       state_.UpsertPod(PodFor(info));
     }
   }
@@ -228,8 +302,8 @@ std::vector<PodStatus> NodeAgent::Pods() const {
   std::vector<PodStatus> out;
   for (const auto& [key, rec] : pods_) {
     auto d = state_.DecisionFor(key);
-    out.push_back({key, rec.info.uid, rec.info.netns, rec.info.ips, rec.cookie, d.enrolled,
-                   std::string(enrolment::ReasonName(d.reason))});
+    out.push_back({key, rec.info.uid, rec.info.netns, rec.info.ips, rec.cookie, rec.host_ifindex,
+                   d.enrolled, std::string(enrolment::ReasonName(d.reason))});
   }
   return out;
 }

@@ -35,6 +35,7 @@ struct PodStatus {
   std::string uid, netns;
   std::vector<std::string> ips;
   uint64_t cookie = 0;
+  int host_ifindex = 0;
   bool enrolled = false;
   std::string reason;  // why (not) enrolled
 };
@@ -61,7 +62,10 @@ class NodeAgent : public cni::CniHandler {
   struct Record {
     cni::PodInfo info;
     uint64_t cookie = 0;
+    int host_ifindex = 0;  // the pod's veth peer in the agent's namespace (tc), 0: none
   };
+  int HostIfindex(const cni::PodInfo& pod) const;
+  void AttachTc(Record& r);
   Result<void> Apply(const enrolment::Changes& changes);
   EnrolmentInfo InfoFor(const Record& r) const;
   enrolment::Pod PodFor(const cni::PodInfo& info) const;
