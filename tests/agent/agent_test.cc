@@ -96,12 +96,54 @@ Agent StartAgent(Lab& lab, const std::string& dir, int xds_port) {
   return a;
 }
 
-void WriteLabels(const std::string& dir, bool enrolled) {
-  std::ofstream(dir + "/labels.json.tmp")
-      << (enrolled ? R"({"namespaces":{"default":{"istio.io/dataplane-mode":"sluice"}}})"
-                   : R"({"namespaces":{"default":{}}})");
+void WriteLabelsJson(const std::string& dir, const std::string& json) {
+  std::ofstream(dir + "/labels.json.tmp") << json;
   fs::rename(dir + "/labels.json.tmp", dir + "/labels.json");
 }
+
+void WriteLabels(const std::string& dir, bool enrolled) {
+  WriteLabelsJson(dir, enrolled
+                           ? R"({"namespaces":{"default":{"istio.io/dataplane-mode":"sluice"}}})"
+                           : R"({"namespaces":{"default":{}}})");
+}
+
+cni::CniRequest AddRequest(Lab& lab, const std::string& pod, const std::string& ns,
+                           const std::string& ip) {
+  cni::CniRequest add;
+  add.op = cni::Operation::kAdd;
+  add.cni_version = "1.0.0";
+  add.container_id = "sandbox-" + pod;
+  add.ifname = "eth0";
+  add.netns = "/run/netns/" + lab.pod(pod).netns;
+  add.pod_name = pod;
+  add.pod_namespace = ns;
+  add.pod_uid = "uid-" + pod;
+  add.ips = {ip + "/24"};
+  return add;
+}
+
+// A lab with server a behind web's VIP, an ADS server with WebConfig, a temp dir.
+struct AgentLab {
+  Lab lab;
+  std::string dir;
+  sluice::xds::AdsServer ads{[](const envoy::config::core::v3::Node&) { return WebConfig(); }};
+  int xds_port = 0;
+  AgentLab() {
+    lab.AddPod("a", 2);
+    lab.Serve("a", {"10.211.0.2:8080"}, "a");
+    dir = "/tmp/" + lab.tag() + "-agent";
+    fs::create_directories(dir);
+    sluice::xds::AdsServerOptions ao;
+    ao.address = "127.0.0.1:0";
+    auto port = ads.Start(ao);
+    REQUIRE(port);
+    xds_port = *port;
+  }
+  ~AgentLab() {
+    ads.Stop();
+    fs::remove_all(dir);
+  }
+};
 
 // Milliseconds until `pred` holds (polling every 20 ms), or -1 after 3 s.
 template <class F>
@@ -206,4 +248,72 @@ TEST_CASE("sluice-agent: xDS to kernel, CNI pods enrolled by labels, restart kee
 
   agent.proc->Kill();
   ads.Stop();
+}
+
+TEST_CASE("sluice-agent: pod label, opt-out and hostNetwork decide enrolment") {
+  AgentLab t;
+  t.lab.AddPod("labelled", 11);
+  t.lab.AddPod("optout", 12);
+  t.lab.AddPod("hostnet", 13);
+  WriteLabelsJson(t.dir, R"({"namespaces": {"shop": {"istio.io/dataplane-mode": "sluice"}},
+      "pods": {"plain/labelled": {"labels": {"istio.io/dataplane-mode": "sluice"}},
+               "shop/optout": {"labels": {"istio.io/dataplane-mode": "none"}},
+               "shop/hostnet": {"labels": {}, "hostNetwork": true}}})");
+  auto agent = StartAgent(t.lab, t.dir, t.xds_port);
+  const std::pair<const char*, const char*> pods[] = {
+      {"labelled", "plain"}, {"optout", "shop"}, {"hostnet", "shop"}};
+  const char* ips[] = {"10.211.0.11", "10.211.0.12", "10.211.0.13"};
+  std::map<std::string, bool> enrolled;
+  for (size_t i = 0; i < 3; i++) {
+    auto r = cni::CallAgent(t.dir + "/cni.sock",
+                            AddRequest(t.lab, pods[i].first, pods[i].second, ips[i]),
+                            std::chrono::seconds(5));
+    REQUIRE(r);
+    INFO(r->msg);
+    REQUIRE(r->ok);
+    enrolled[pods[i].first] = r->enrolled;
+  }
+  CHECK(enrolled["labelled"]);       // the pod's own label, namespace unlabelled
+  CHECK_FALSE(enrolled["optout"]);   // namespace labelled, pod opts out
+  CHECK_FALSE(enrolled["hostnet"]);  // hostNetwork: never
+  CHECK(Count(t.lab.Connect("labelled", "10.96.211.90:80", 2), "by_server", "a") == 2);
+  CHECK(Count(t.lab.Connect("optout", "10.96.211.90:80", 2), "errors", "ENETUNREACH") == 2);
+  agent.proc->Kill();
+}
+
+TEST_CASE("sluice-agent: SIGKILL under continuous L4 load fails no connection") {
+  AgentLab t;
+  t.lab.AddPod("client", 10);
+  WriteLabels(t.dir, true);
+  auto agent = StartAgent(t.lab, t.dir, t.xds_port);
+  auto r =
+      cni::CallAgent(t.dir + "/cni.sock", AddRequest(t.lab, "client", "default", "10.211.0.10"),
+                     std::chrono::seconds(5));
+  REQUIRE(r);
+  REQUIRE(r->enrolled);
+
+  auto load = t.lab.ConnectAsync("client", "10.96.211.90:80", 8000);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  kill(agent.proc->pid(), SIGKILL);
+  agent.proc->Wait();
+  agent = StartAgent(t.lab, t.dir, t.xds_port);  // restarts while the load runs
+  auto report = nlohmann::json::parse(load->ReadLine(60000));
+  INFO(report.dump());
+  CHECK(report["ok"] == 8000);
+  CHECK(report["errors"].empty());
+
+  // Reconciled: the pod is known and enrolled again, nothing else is.
+  int status = 0;
+  auto pods = HttpGet(agent.admin_port, "/pods", &status);
+  CHECK_THAT(pods, Catch::Contains("\"enrolled\": true"));
+  DataplaneOptions ro;
+  ro.pin_root = t.lab.pin_root();
+  ro.maps_only = true;
+  ro.cgroup_path = t.lab.cgroup();
+  auto maps = Dataplane::Open(ro);
+  REQUIRE(maps);
+  auto in_kernel = (*maps)->Enrolled();
+  REQUIRE(in_kernel);
+  CHECK(in_kernel->size() == 1);
+  agent.proc->Kill();
 }
