@@ -4,6 +4,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -213,11 +214,42 @@ void Server::AcceptLoop(const Listener& listener) {
       ::close(fd);
       continue;
     }
-    std::thread([this, fd, &listener] {
-      Serve(fd, listener);
+    if (!SpawnConnectionThread(fd, listener)) {
       connections_.fetch_sub(1);
-    }).detach();
+      ::close(fd);
+    }
   }
+}
+
+bool Server::SpawnConnectionThread(int fd, const Listener& listener) {
+  // A small stack: thousands of idle keep-alive connections should cost little memory;
+  // the deepest path (JSON of an echoed request) needs far less than this.
+  struct Job {
+    Server* server;
+    int fd;
+    const Listener* listener;
+  };
+  auto* job = new Job{this, fd, &listener};
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_t tid;
+  int rc = pthread_create(
+      &tid, &attr,
+      [](void* arg) -> void* {
+        std::unique_ptr<Job> j(static_cast<Job*>(arg));
+        j->server->Serve(j->fd, *j->listener);
+        j->server->connections_.fetch_sub(1);
+        return nullptr;
+      },
+      job);
+  pthread_attr_destroy(&attr);
+  if (rc != 0) {
+    delete job;
+    return false;
+  }
+  return true;
 }
 
 void Server::Serve(int fd, const Listener& listener) {

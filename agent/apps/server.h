@@ -43,6 +43,7 @@ class Server {
     std::shared_ptr<TlsContext> tls;
   };
   void AcceptLoop(const Listener& listener);
+  bool SpawnConnectionThread(int fd, const Listener& listener);
   void Serve(int fd, const Listener& listener);
 
   Handler handler_;

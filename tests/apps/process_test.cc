@@ -1,6 +1,8 @@
 // sluice-apps as a real subprocess on loopback, driven by the real curl and raw sockets.
 #include <catch2/catch.hpp>
 
+#include <signal.h>
+
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -285,4 +287,62 @@ TEST_CASE("images.json: the helloworld image's command runs the stand-in with it
   AppServer app(dir, argv, env);
   CHECK(Fetch({Url(app.port(), "/hello")}).first ==
         "Hello version: v1, instance: helloworld-v1-pod\n");
+}
+
+TEST_CASE("httpbin: hundreds of open connections are served independently") {
+  TempDir dir;
+  AppServer app(dir, {"httpbin", "--address", "127.0.0.1", "--port", "0"});
+  constexpr int kConns = 300;
+  std::vector<std::unique_ptr<Conn>> conns;
+  for (int i = 0; i < kConns; ++i)
+    conns.push_back(std::make_unique<Conn>(app.port()));
+  // The first connection stays silent while all the others are answered: a server
+  // that handled connections one at a time would be stuck on it.
+  auto t0 = Clock::now();
+  for (int i = kConns - 1; i >= 1; --i)
+    conns[i]->Send("GET /status/202 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  int answered = 0;
+  for (int i = kConns - 1; i >= 1; --i)
+    answered += conns[i]->ReadAll().starts_with("HTTP/1.1 202 ");
+  CHECK(answered == kConns - 1);
+  CHECK(Clock::now() - t0 < std::chrono::seconds(3));
+  conns[0]->Send("GET /ip HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  CHECK(conns[0]->ReadAll().starts_with("HTTP/1.1 200 "));
+}
+
+TEST_CASE("httpbin: large bodies (Expect: 100-continue) are echoed, too large ones get 413") {
+  TempDir dir;
+  AppServer app(dir, {"httpbin", "--address", "127.0.0.1", "--port", "0"});
+  std::string big(2 * 1024 * 1024, 'z');
+  { std::ofstream(dir / "big.txt") << big; }
+  json j = FetchJson({"-H", "Expect: 100-continue", "-H", "Content-Type: text/plain",
+                      "--data-binary", "@" + (dir / "big.txt"), Url(app.port(), "/anything")});
+  CHECK(j["data"].get<std::string>().size() == big.size());
+  { std::ofstream(dir / "huge.txt") << std::string(11 * 1024 * 1024, 'z'); }
+  CHECK(Fetch({"--data-binary", "@" + (dir / "huge.txt"), Url(app.port(), "/anything")}).second ==
+        413);
+}
+
+TEST_CASE("httpbin: listens on IPv6 and IPv4 with --address ::") {
+  TempDir dir;
+  AppServer app(dir, {"httpbin", "--address", "::", "--port", "0"});
+  Conn v6(app.port(), /*ipv6=*/true);
+  v6.Send("GET /ip HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+  std::string out = v6.ReadAll();
+  CHECK(out.starts_with("HTTP/1.1 200 "));
+  CHECK(out.find("\"origin\": \"::1\"") != std::string::npos);
+  CHECK(FetchJson({Url(app.port(), "/ip")})["origin"] == "127.0.0.1");
+}
+
+TEST_CASE("SIGTERM stops the server at once, even with a request in flight") {
+  TempDir dir;
+  AppServer app(dir, {"httpbin", "--address", "127.0.0.1", "--port", "0"});
+  Conn c(app.port());
+  c.Send("GET /delay/10 HTTP/1.1\r\nHost: a\r\n\r\n");
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto t0 = Clock::now();
+  kill(app.child().pid(), SIGTERM);
+  CHECK(app.child().Wait(std::chrono::seconds(2)) == 0);
+  CHECK(Clock::now() - t0 < std::chrono::seconds(1));
+  CHECK(app.Stderr().find("exiting") != std::string::npos);
 }

@@ -233,3 +233,55 @@ std::string AppsBin() {
 }
 
 }  // namespace sluice::apps::testing
+
+namespace sluice::apps::testing {
+
+Conn::Conn(int port, bool ipv6) {
+  fd_ = socket(ipv6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0)
+    throw std::runtime_error("socket failed");
+  timeval tv{3, 0};
+  setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  int rc;
+  if (ipv6) {
+    sockaddr_in6 a{};
+    a.sin6_family = AF_INET6;
+    a.sin6_port = htons(static_cast<std::uint16_t>(port));
+    a.sin6_addr = in6addr_loopback;
+    rc = connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  } else {
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<std::uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    rc = connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  }
+  if (rc != 0) {
+    int err = errno;
+    close(fd_);
+    throw std::runtime_error("connect failed: " + std::string(std::strerror(err)));
+  }
+}
+
+Conn::~Conn() {
+  close(fd_);
+}
+
+void Conn::Send(const std::string& bytes) {
+  if (send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(bytes.size()))
+    throw std::runtime_error("send failed");
+}
+
+std::string Conn::ReadAll() {
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = recv(fd_, buf, sizeof buf, 0);
+    if (n <= 0)
+      break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+}  // namespace sluice::apps::testing

@@ -81,3 +81,22 @@ std::string RawExchange(int port, const std::string& bytes);
 std::string AppsBin();
 
 }  // namespace sluice::apps::testing
+
+namespace sluice::apps::testing {
+
+// A connected loopback TCP socket, closed on destruction.
+class Conn {
+ public:
+  explicit Conn(int port, bool ipv6 = false);
+  ~Conn();
+  Conn(const Conn&) = delete;
+  Conn& operator=(const Conn&) = delete;
+  void Send(const std::string& bytes);
+  // Reads until the peer closes or 3 s pass.
+  std::string ReadAll();
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace sluice::apps::testing
