@@ -25,8 +25,10 @@ class Stream {
   Stream(int fd, SSL* ssl) : fd_(fd), ssl_(ssl) {}
   ~Stream() {
     if (ssl_) {
-      SSL_shutdown(ssl_);
+      if (!ssl_failed_)  // close_notify is not allowed after a fatal TLS error
+        SSL_shutdown(ssl_);
       SSL_free(ssl_);
+      ERR_clear_error();
     }
   }
   Stream(const Stream&) = delete;
@@ -36,7 +38,10 @@ class Stream {
   std::size_t Read(char* buf, std::size_t n) {
     if (ssl_) {
       int r = SSL_read(ssl_, buf, static_cast<int>(n));
-      return r > 0 ? static_cast<std::size_t>(r) : 0;
+      if (r > 0)
+        return static_cast<std::size_t>(r);
+      Failed(r);
+      return 0;
     }
     for (;;) {
       ssize_t r = ::recv(fd_, buf, n, 0);
@@ -51,8 +56,10 @@ class Stream {
     while (!data.empty()) {
       if (ssl_) {
         int r = SSL_write(ssl_, data.data(), static_cast<int>(data.size()));
-        if (r <= 0)
+        if (r <= 0) {
+          Failed(r);
           return false;
+        }
         data.remove_prefix(static_cast<std::size_t>(r));
         continue;
       }
@@ -68,8 +75,14 @@ class Stream {
   }
 
  private:
+  void Failed(int r) {
+    int e = SSL_get_error(ssl_, r);
+    ssl_failed_ = e == SSL_ERROR_SYSCALL || e == SSL_ERROR_SSL;
+  }
+
   int fd_;
   SSL* ssl_;
+  bool ssl_failed_ = false;
 };
 
 std::string IpString(const sockaddr_storage& ss, std::uint16_t* port) {
@@ -271,8 +284,12 @@ void Server::Serve(int fd, const Listener& listener) {
     info.tls = true;
     ssl = SSL_new(listener.tls->get());
     if (!ssl || SSL_set_fd(ssl, fd) != 1 || SSL_accept(ssl) != 1) {
+      // Not an access-log line (no request was made), but worth seeing on stderr: it is
+      // how an untrusted certificate or a plain-text client on the TLS port shows up.
+      std::string line =
+          "tls handshake from " + info.peer_ip + " failed: " + OpenSslErrors() + "\n";
+      (void)!::write(STDERR_FILENO, line.data(), line.size());
       SSL_free(ssl);
-      ERR_clear_error();
       ::close(fd);
       return;
     }

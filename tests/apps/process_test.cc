@@ -236,6 +236,9 @@ TEST_CASE("external host: HTTPS with a generated self-signed CA, SNI, and plain 
   CurlResult wrong_name = Curl({"--cacert", ca, "--resolve", "other.example:" + hp + ":127.0.0.1",
                                 "https://other.example:" + hp + "/politics"});
   CHECK(wrong_name.exit_code == 60);
+  CHECK(app.Stderr().find("tls handshake from 127.0.0.1 failed") != std::string::npos);
+  // No SNI at all (a client dialling the IP) is served too.
+  CHECK(Fetch({"-k", "https://127.0.0.1:" + hp + "/status/418"}).second == 418);
 
   auto [plain, plain_code] =
       Fetch({"-H", "Host: edition.cnn.com", Url(app.port("http"), "/politics")});
