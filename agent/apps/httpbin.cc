@@ -53,6 +53,8 @@ class Httpbin {
   Response Handle(const Request& req, const ConnectionInfo& conn) const {
     const std::string& p = req.path;
     bool get = req.method == "GET" || req.method == "HEAD";
+    if (options_.redirect_to_https && !conn.tls)
+      return RedirectToHttps(req);
     if (p == "/anything" || p.starts_with("/anything/"))
       return JsonResponse(Echo(req, conn, /*with_method=*/true, /*with_body=*/true));
     if (p == "/post" || p == "/put" || p == "/patch" || p == "/delete") {
@@ -167,6 +169,17 @@ class Httpbin {
       }
     }
     return j;
+  }
+
+  static Response RedirectToHttps(const Request& req) {
+    std::string host(req.Header("host").value_or(""));
+    // Drop a port, keeping IPv6 literals ("[::1]:80" -> "[::1]") whole.
+    if (std::size_t colon = host.rfind(':');
+        colon != std::string::npos && host.find(']', colon) == std::string::npos)
+      host.resize(colon);
+    Response r = Make(301, kHtml, "");
+    r.headers.emplace_back("Location", "https://" + host + req.target);
+    return r;
   }
 
   static Response Status(std::string_view spec) {

@@ -17,6 +17,9 @@ struct HttpbinOptions {
   // An "external host" answers every unknown GET with 200 and a small HTML page naming
   // the host and path (edition.cnn.com/politics), instead of 404.
   bool catch_all_page = false;
+  // Like edition.cnn.com itself: every plain-HTTP request is answered 301 with Location
+  // https://HOST/PATH (the port dropped), which is what Istio's egress task shows.
+  bool redirect_to_https = false;
   double max_delay_seconds = 10;
 };
 

@@ -12,9 +12,11 @@
 #include <string>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "helloworld.h"
 #include "httpbin.h"
+#include "images.h"
 #include "server.h"
 #include "tls.h"
 
@@ -84,6 +86,15 @@ int Run(const std::string& name, sluice::apps::Handler handler, const ListenFlag
   std::_Exit(0);
 }
 
+// The running binary's own path, for {sluice_apps} and to find images.json beside it.
+std::string SelfPath() {
+  char buf[4096];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0)
+    return "sluice-apps";
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
 std::optional<std::string> Env(const char* name) {
   const char* v = std::getenv(name);
   if (!v)
@@ -125,6 +136,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 65535));
   external->add_option("--address", ext_flags.address, "listen address");
   AddTlsFlags(external, ext_flags, "--https");
+  bool redirect_to_https = false;
+  external->add_flag("--redirect-https", redirect_to_https,
+                     "answer every plain-HTTP request 301 to https://HOST/PATH, as "
+                     "edition.cnn.com does");
 
   std::vector<std::string> hosts;
   std::string out_dir;
@@ -136,6 +151,18 @@ int main(int argc, char** argv) {
       ->required();
   certs->add_option("--out", out_dir, "output directory (an existing CA there is reused)")
       ->required();
+
+  std::string image_ref, map_path;
+  int container_port = -1;
+  auto* image = app.add_subcommand(
+      "image",
+      "print, as JSON, how the local cluster runs a container image: the stand-in, "
+      "its command line and env defaults (from images.json)");
+  image->add_option("IMAGE", image_ref, "container image, e.g. docker.io/kennethreitz/httpbin")
+      ->required();
+  image->add_option("--container-port", container_port, "the container's first containerPort")
+      ->check(CLI::Range(1, 65535));
+  image->add_option("--map", map_path, "image map (default: images.json next to this binary)");
 
   CLI11_PARSE(app, argc, argv);
 
@@ -154,7 +181,33 @@ int main(int argc, char** argv) {
   if (*external) {
     sluice::apps::HttpbinOptions opts;
     opts.catch_all_page = true;
+    opts.redirect_to_https = redirect_to_https;
     return Run("external", sluice::apps::MakeHttpbinHandler(opts), ext_flags, 80);
+  }
+  if (*image) {
+    std::string self = SelfPath();
+    if (map_path.empty())
+      map_path = self.substr(0, self.rfind('/') + 1) + "images.json";
+    auto map = sluice::apps::ImageMap::Load(map_path);
+    if (!map) {
+      std::fprintf(stderr, "image: %s\n", map.error().message.c_str());
+      return 1;
+    }
+    const sluice::apps::ImageEntry* entry = map->Find(image_ref);
+    if (!entry) {
+      std::fprintf(stderr, "image: no stand-in for %s (as %s) in %s\n", image_ref.c_str(),
+                   sluice::apps::NormalizeImage(image_ref).c_str(), map_path.c_str());
+      return 3;
+    }
+    nlohmann::json out = {{"image", entry->image},
+                          {"standin", entry->standin},
+                          {"env", entry->env},
+                          {"command", nullptr}};
+    if (entry->command)
+      out["command"] = sluice::apps::ExpandCommand(
+          *entry, self, container_port > 0 ? std::optional<int>(container_port) : std::nullopt);
+    std::printf("%s\n", out.dump().c_str());
+    return 0;
   }
   if (*certs) {
     auto paths = sluice::apps::MakeSelfSignedCerts(out_dir, hosts);

@@ -116,3 +116,19 @@ TEST_CASE("helloworld: exact body, None for unset variables like the Python samp
   CHECK(h(Req("POST", "/hello"), Conn()).status == 405);
   CHECK(h(Req("GET", "/hello/x"), Conn()).status == 404);
 }
+
+TEST_CASE("redirect to https: plain HTTP gets 301 to the https URL, TLS is served") {
+  HttpbinOptions opts;
+  opts.catch_all_page = true;
+  opts.redirect_to_https = true;
+  Handler h = MakeHttpbinHandler(opts);
+  Response r = h(Req("GET", "/politics?x=1", {{"Host", "edition.cnn.com:80"}}), Conn());
+  CHECK(r.status == 301);
+  bool found = false;
+  for (const auto& [k, v] : r.headers)
+    found = found || (k == "Location" && v == "https://edition.cnn.com/politics?x=1");
+  CHECK(found);
+  ConnectionInfo tls = Conn();
+  tls.tls = true;
+  CHECK(h(Req("GET", "/politics", {{"Host", "edition.cnn.com"}}), tls).status == 200);
+}
