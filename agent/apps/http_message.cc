@@ -75,9 +75,13 @@ int HexValue(char c) {
 }
 
 // Decodes a chunked body starting at `in`. Returns kIncomplete until the last chunk
-// and the trailers are all there; `consumed` counts the encoded bytes.
-ParseStatus DecodeChunked(std::string_view in, std::size_t max_body, std::string& out) {
-  out.clear();
+// and the trailers are all there; `consumed` counts the encoded bytes. With `out` null it
+// only walks the chunk headers, so the caller can wait for a whole body without copying
+// it again on every read.
+ParseStatus DecodeChunked(std::string_view in, std::size_t max_body, std::string* out) {
+  if (out)
+    out->clear();
+  std::size_t decoded = 0;
   std::size_t pos = 0;
   for (;;) {
     std::size_t eol = in.find(kCrlf, pos);
@@ -116,11 +120,13 @@ ParseStatus DecodeChunked(std::string_view in, std::size_t max_body, std::string
         }
       }
     }
-    if (out.size() + size > max_body)
+    if (decoded + size > max_body)
       return Bad(413, "request body too large");
     if (in.size() - pos < size + 2)
       return {};
-    out.append(in.substr(pos, size));
+    decoded += size;
+    if (out)
+      out->append(in.substr(pos, size));
     pos += size;
     if (in.substr(pos, 2) != kCrlf)
       return Bad(400, "chunk data not followed by CRLF");
@@ -280,10 +286,11 @@ ParseStatus ParseRequest(std::string_view buffer, const ParseLimits& limits, Req
       return Bad(400, "both Transfer-Encoding and Content-Length");
     if (!EqualsIgnoreCase(TrimOws(*te), "chunked"))
       return Bad(501, "unsupported Transfer-Encoding " + std::string(*te));
-    ParseStatus st = DecodeChunked(body_bytes, limits.max_body_bytes, request.body);
-    if (st.kind == ParseStatus::Kind::kComplete)
+    ParseStatus st = DecodeChunked(body_bytes, limits.max_body_bytes, nullptr);
+    if (st.kind == ParseStatus::Kind::kComplete) {
+      DecodeChunked(body_bytes, limits.max_body_bytes, &request.body);
       st.consumed += body_start;
-    else if (st.kind == ParseStatus::Kind::kIncomplete)
+    } else if (st.kind == ParseStatus::Kind::kIncomplete)
       st.expects_continue = expects_continue && body_bytes.empty();
     return st;
   }

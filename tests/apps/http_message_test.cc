@@ -80,6 +80,10 @@ TEST_CASE("malformed requests are refused with the right status") {
             .error_status == 431);
   CHECK(Parse("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\n", req, small).error_status ==
         413);
+  CHECK(Parse("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "3\r\nabc\r\n2\r\n",
+              req, small)
+            .error_status == 413);
 }
 
 TEST_CASE("HTTP/1.0 without Host is fine - keep-alive follows the version and Connection") {

@@ -321,6 +321,11 @@ TEST_CASE("httpbin: large bodies (Expect: 100-continue) are echoed, too large on
   json j = FetchJson({"-H", "Expect: 100-continue", "-H", "Content-Type: text/plain",
                       "--data-binary", "@" + (dir / "big.txt"), Url(app.port(), "/anything")});
   CHECK(j["data"].get<std::string>().size() == big.size());
+  json chunked =
+      FetchJson({"-H", "Transfer-Encoding: chunked", "-H", "Content-Type: text/plain",
+                 "--data-binary", "@" + (dir / "big.txt"), Url(app.port(), "/anything")});
+  CHECK(chunked["data"].get<std::string>() == big);
+  CHECK(chunked["headers"]["Transfer-Encoding"] == "chunked");
   { std::ofstream(dir / "huge.txt") << std::string(11 * 1024 * 1024, 'z'); }
   CHECK(Fetch({"--data-binary", "@" + (dir / "huge.txt"), Url(app.port(), "/anything")}).second ==
         413);
