@@ -123,6 +123,11 @@ std::string Quote(std::string_view s) {
   return out;
 }
 
+// Combined Log Format writes "-" for an absent header.
+std::string QuoteOrDash(std::string_view s) {
+  return s.empty() ? "\"-\"" : Quote(s);
+}
+
 void WriteLine(const std::string& line) {
   std::string_view rest = line;
   while (!rest.empty()) {
@@ -147,8 +152,8 @@ std::string FormatAccessLog(const AccessLogEntry& e) {
   std::snprintf(dur, sizeof dur, "%.3f", e.duration_ms);
   std::string line = e.peer_ip + " - - [" + when + "] \"" + e.method + " " + e.target + " HTTP/1." +
                      std::to_string(e.version_minor) + "\" " + std::to_string(e.status) + " " +
-                     std::to_string(e.body_bytes) + " host=" + Quote(e.host) +
-                     " user_agent=" + Quote(e.user_agent) + " duration_ms=" + dur;
+                     std::to_string(e.body_bytes) + " " + QuoteOrDash(e.referer) + " " +
+                     QuoteOrDash(e.user_agent) + " host=" + Quote(e.host) + " duration_ms=" + dur;
   if (e.tls)
     line += " tls sni=" + Quote(e.sni);
   line += '\n';
@@ -343,6 +348,7 @@ void Server::Serve(int fd, const Listener& listener) {
         log.version_minor = req.version_minor;
         log.host = req.Header("host").value_or("");
         log.user_agent = req.Header("user-agent").value_or("");
+        log.referer = req.Header("referer").value_or("");
       }
       bool wrote = stream.WriteAll(Serialize(resp, log.method, keep_alive));
       log.status = resp.status;

@@ -53,7 +53,9 @@ class Server {
 };
 
 // One access-log line, written with a single write(2) to stdout so lines from
-// concurrent connections never interleave.
+// concurrent connections never interleave. The line starts exactly like gunicorn's
+// (Combined Log Format, what `kubectl logs` shows for Istio's httpbin), then adds
+// host="…" duration_ms=… and, on TLS, tls sni="…".
 struct AccessLogEntry {
   std::string peer_ip;
   std::string method;  // "-" when the request could not be parsed
@@ -63,6 +65,7 @@ struct AccessLogEntry {
   std::size_t body_bytes = 0;
   std::string host;
   std::string user_agent;
+  std::string referer;
   std::string sni;  // TLS only
   bool tls = false;
   double duration_ms = 0;
