@@ -391,3 +391,17 @@ TEST_CASE("external --redirect-https answers plain HTTP with 301 to https, like 
   CHECK(r.out.starts_with("HTTP/1.1 301 Moved Permanently\r\n"));
   CHECK(r.out.find("Location: https://edition.cnn.com/politics\r\n") != std::string::npos);
 }
+
+TEST_CASE("httpbin: HEAD, as the ingress task's curl -I sends, answers headers only") {
+  TempDir dir;
+  AppServer app(dir, {"httpbin", "--address", "127.0.0.1", "--port", "0"});
+  CurlResult head = Curl({"-I", "-H", "Host: httpbin.example.com", Url(app.port(), "/status/200")});
+  REQUIRE(head.exit_code == 0);
+  CHECK(head.out.starts_with("HTTP/1.1 200 OK\r\n"));
+  // curl -I would fail (exit 18 or hang) if a body followed the headers.
+  CurlResult get_head = Curl({"-I", Url(app.port(), "/get")});
+  REQUIRE(get_head.exit_code == 0);
+  CHECK(get_head.out.find("Content-Type: application/json\r\n") != std::string::npos);
+  CHECK(get_head.out.ends_with("\r\n\r\n"));
+  CHECK(app.WaitForLog("\"HEAD /get HTTP/1.1\" 200 0 ", std::chrono::seconds(2)));
+}
