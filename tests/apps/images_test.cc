@@ -20,6 +20,11 @@ TEST_CASE("the shipped images.json maps every sample image Sluice stands in for"
   REQUIRE(bin);
   CHECK(ExpandCommand(*bin, "/opt/sluice-apps", std::nullopt) ==
         std::vector<std::string>{"/opt/sluice-apps", "httpbin", "--port", "80"});
+  // Istio's httpbin sample between kennethreitz and go-httpbin: gunicorn bound to 8080.
+  const ImageEntry* kong = map->Find("docker.io/kong/httpbin");
+  REQUIRE(kong);
+  CHECK(ExpandCommand(*kong, "B", 8080) ==
+        std::vector<std::string>{"B", "httpbin", "--port", "8080"});
   const ImageEntry* go = map->Find("docker.io/mccutchen/go-httpbin:v2.15.0");
   REQUIRE(go);
   CHECK(ExpandCommand(*go, "B", 8080) ==
