@@ -228,8 +228,11 @@ std::string RawExchange(int port, const std::string& bytes) {
   return out;
 }
 
+// $SLUICE_APPS_BIN runs the suite against another build (a sanitizer build, an
+// installed binary); by default the one CMake built.
 std::string AppsBin() {
-  return SLUICE_APPS_BIN;
+  const char* env = std::getenv("SLUICE_APPS_BIN");
+  return env && *env ? env : SLUICE_APPS_BIN;
 }
 
 }  // namespace sluice::apps::testing
