@@ -1,0 +1,82 @@
+// HTTP/1.1 messages for the stand-in workloads: an incremental request parser over a
+// byte buffer and a response serialiser. Plain functions over plain structs, so the
+// wire rules are tested without sockets.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "sluice/common/result.h"
+
+namespace sluice::apps {
+
+// Header names keep the spelling the client sent; lookups ignore case.
+using HeaderList = std::vector<std::pair<std::string, std::string>>;
+
+struct Request {
+  std::string method;
+  std::string target;     // as sent: "/get?a=1"
+  std::string path;       // target without the query: "/get"
+  std::string query;      // after '?', undecoded: "a=1"
+  int version_minor = 1;  // HTTP/1.<minor>
+  HeaderList headers;
+  std::string body;
+
+  // First header with this name (case-insensitive), if any.
+  [[nodiscard]] std::optional<std::string_view> Header(std::string_view name) const;
+  // Whether the connection stays open after the response (HTTP/1.1 default, 1.0 opt-in).
+  [[nodiscard]] bool KeepAlive() const;
+};
+
+struct Response {
+  int status = 200;
+  HeaderList headers;  // Content-Length and Connection are added by Serialize
+  std::string body;
+};
+
+struct ParseLimits {
+  std::size_t max_head_bytes = 64 * 1024;         // request line + headers
+  std::size_t max_body_bytes = 10 * 1024 * 1024;  // decoded body
+};
+
+// Outcome of one parse attempt over the bytes received so far.
+struct ParseStatus {
+  enum class Kind {
+    kIncomplete,  // need more bytes
+    kComplete,    // `request` filled, `consumed` bytes used
+    kBad,         // malformed: answer `error_status` with `error` and close
+  };
+  Kind kind = Kind::kIncomplete;
+  std::size_t consumed = 0;
+  int error_status = 400;
+  std::string error;
+  // Set once the head is complete and the client waits for "100 Continue".
+  bool expects_continue = false;
+};
+
+// Parses one request from the front of `buffer`. Call again with more bytes while it
+// answers kIncomplete (parsing restarts from the front; heads are small).
+ParseStatus ParseRequest(std::string_view buffer, const ParseLimits& limits, Request& request);
+
+// Wire form of a response to `request_method` (HEAD gets no body); adds Content-Length,
+// Date and Connection.
+std::string Serialize(const Response& response, std::string_view request_method, bool keep_alive);
+
+std::string_view ReasonPhrase(int status);
+
+// "x-request-id" -> "X-Request-Id", the spelling httpbin prints.
+std::string CanonicalHeaderName(std::string_view name);
+
+// Percent-decoding of a query component ('+' is a space). Bad escapes stay as they are.
+std::string DecodeQueryComponent(std::string_view in);
+
+// "a=1&b=2&a=3" -> [(a,1),(b,2),(a,3)], decoded, order kept.
+std::vector<std::pair<std::string, std::string>> ParseQuery(std::string_view query);
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b);
+
+}  // namespace sluice::apps
