@@ -11,6 +11,8 @@ namespace sluice::ctl {
 // file, resource or field that was wrong.
 void AddVersionCommand(CLI::App& app);
 void AddBpfCommands(CLI::App& app);
+// agent pods|metrics|ready|config-dump: a running sluice-agent's admin endpoint.
+void AddAgentCommands(CLI::App& app);
 // cni add|del|check: run a CNI conflist for a pod sandbox as a container runtime does.
 void AddCniCommands(CLI::App& app);
 

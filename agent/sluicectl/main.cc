@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
 
   sluice::ctl::AddVersionCommand(app);
   sluice::ctl::AddBpfCommands(app);
+  sluice::ctl::AddAgentCommands(app);
   sluice::ctl::AddCniCommands(app);
 
   CLI11_PARSE(app, argc, argv);

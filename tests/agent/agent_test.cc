@@ -222,6 +222,10 @@ TEST_CASE("sluice-agent: xDS to kernel, CNI pods enrolled by labels, restart kee
   CHECK_THAT(metrics, Catch::Contains("sluice_xds_connected 1"));
   auto pods = HttpGet(agent.admin_port, "/pods", &status);
   CHECK_THAT(pods, Catch::Contains("\"enrolled\": true"));
+  // The same, as an operator reads it.
+  auto listing = Sh(std::string(SLUICECTL_PATH) + " agent --admin 127.0.0.1:" +
+                    std::to_string(agent.admin_port) + " pods");
+  CHECK_THAT(listing, Catch::Matches("(.|\n)*default +client +10\\.211\\.0\\.10/24 +yes(.|\n)*"));
   auto dump = HttpGet(agent.admin_port, "/config_dump", &status);
   CHECK_THAT(dump, Catch::Contains("outbound|80||web.default.svc.cluster.local"));
 
