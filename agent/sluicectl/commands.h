@@ -10,5 +10,7 @@ namespace sluice::ctl {
 // CLI11 (throw CLI::RuntimeError(code)) after printing a message that names the
 // file, resource or field that was wrong.
 void AddVersionCommand(CLI::App& app);
+// translate, registryz: the Istio translator (local control plane) on YAML files.
+void AddTranslateCommands(CLI::App& app);
 
 }  // namespace sluice::ctl
