@@ -1,0 +1,62 @@
+// The agent's view of its configuration: immutable snapshots of Envoy resources, and the
+// diff between two consecutive snapshots.
+//
+// A Snapshot is never modified once published; consumers hold a SnapshotPtr for as long
+// as they need it. Resources are shared between consecutive snapshots (shared_ptr per
+// resource), so an endpoint-only update copies pointers, not 10,000 clusters.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "sluice/xds/resource_set.h"
+
+namespace sluice::config {
+
+template <class T>
+using ResourceMap = std::map<std::string, std::shared_ptr<const T>>;
+
+struct Snapshot {
+  ResourceMap<envoy::config::cluster::v3::Cluster> clusters;
+  ResourceMap<envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
+  ResourceMap<envoy::config::listener::v3::Listener> listeners;
+  ResourceMap<envoy::config::route::v3::RouteConfiguration> routes;
+  // Versions (xDS version_info per type URL) the resources came from; informational.
+  std::map<std::string, std::string> versions;
+  uint64_t generation = 0;  // set by ConfigStore: 1 for the first accepted snapshot
+
+  static Snapshot FromResourceSet(const xds::ResourceSet& rs);
+  xds::ResourceSet ToResourceSet() const;
+  std::size_t size() const {
+    return clusters.size() + endpoints.size() + listeners.size() + routes.size();
+  }
+};
+using SnapshotPtr = std::shared_ptr<const Snapshot>;
+
+// Names that appeared, changed (content differs) or disappeared for one resource type.
+struct TypeDiff {
+  std::vector<std::string> added, changed, removed;
+  bool empty() const { return added.empty() && changed.empty() && removed.empty(); }
+};
+
+// Field order is the order consumers apply it in: clusters, endpoints, listeners,
+// routes (CDS, EDS, LDS, RDS), so nothing is referenced before it exists.
+struct Diff {
+  TypeDiff clusters, endpoints, listeners, routes;
+  bool empty() const {
+    return clusters.empty() && endpoints.empty() && listeners.empty() && routes.empty();
+  }
+};
+
+Diff ComputeDiff(const Snapshot& before, const Snapshot& after);
+// As ComputeDiff, and resources of `after` whose content equals the one in `before` are
+// replaced by `before`'s object, so consumers can tell "unchanged" by pointer.
+Diff AdoptUnchanged(const Snapshot& before, Snapshot& after);
+
+// Deterministic bytes of a message (map fields sorted), for equality and hashing.
+std::string CanonicalBytes(const google::protobuf::Message& m);
+
+}  // namespace sluice::config

@@ -1,0 +1,47 @@
+#include "sluice/config/store.h"
+
+#include <algorithm>
+
+#include "sluice/config/validate.h"
+
+namespace sluice::config {
+
+ConfigStore::ConfigStore() : current_(std::make_shared<const Snapshot>()) {}
+
+SnapshotPtr ConfigStore::Current() const {
+  std::lock_guard lock(current_mu_);
+  return current_;
+}
+
+Result<Diff> ConfigStore::Apply(Snapshot candidate) {
+  std::lock_guard apply_lock(apply_mu_);
+  if (auto ok = ValidateSnapshot(candidate); !ok)
+    return std::unexpected(ok.error());
+  SnapshotPtr before = Current();
+  Diff diff = AdoptUnchanged(*before, candidate);
+  if (diff.empty())
+    return diff;
+  candidate.generation = before->generation + 1;
+  auto after = std::make_shared<const Snapshot>(std::move(candidate));
+  {
+    std::lock_guard lock(current_mu_);
+    current_ = after;
+  }
+  for (const auto& [id, sub] : subscribers_)
+    sub(after, diff);
+  return diff;
+}
+
+int ConfigStore::Subscribe(Subscriber s) {
+  std::lock_guard apply_lock(apply_mu_);
+  int id = next_id_++;
+  subscribers_.emplace_back(id, std::move(s));
+  return id;
+}
+
+void ConfigStore::Unsubscribe(int id) {
+  std::lock_guard apply_lock(apply_mu_);
+  std::erase_if(subscribers_, [id](const auto& p) { return p.first == id; });
+}
+
+}  // namespace sluice::config

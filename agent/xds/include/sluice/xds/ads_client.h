@@ -1,0 +1,105 @@
+// AdsClient: the agent's side of Envoy's Aggregated Discovery Service (state of the
+// world, one gRPC stream for CDS, EDS, LDS and RDS), feeding a config::ConfigStore.
+//
+// Protocol, as Envoy speaks it to istiod:
+// - CDS and LDS are wildcard subscriptions; EDS and RDS subscribe to the names the held
+//   clusters (EDS service names) and listeners (HCM rds.route_config_name) ask for.
+// - Every response is ACKed (version_info = its version, response_nonce = its nonce) or
+//   NACKed (version_info = the last accepted version, error_detail = why), per type.
+// - Warming: a new cluster becomes active only with its ClusterLoadAssignment, a new
+//   listener only with its RouteConfiguration; until then the previous version (if any)
+//   stays. Each accepted response yields one consistent snapshot in the store.
+// - LDS is requested once the first CDS response is applied (Envoy's init order
+//   CDS -> EDS -> LDS -> RDS).
+// - On a broken stream it reconnects with exponential backoff and jitter; the store keeps
+//   the last good snapshot for however long that takes. On reconnect it re-sends the
+//   versions it holds and its current subscriptions.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include "envoy/config/core/v3/base.pb.h"
+#include "sluice/common/result.h"
+#include "sluice/config/store.h"
+#include "sluice/xds/backoff.h"
+
+namespace grpc {
+class ClientContext;
+}
+
+namespace sluice::xds {
+
+struct AdsClientOptions {
+  std::string server = "127.0.0.1:15010";  // host:port (gRPC target)
+  // TLS (istiod's 15012): CA bundle to verify the server, and optionally the name to
+  // verify in its certificate (istiod.istio-system.svc).
+  bool tls = false;
+  std::string ca_file;
+  std::string tls_server_name;
+  // A file holding a bearer token, re-read for every stream (tokens rotate); sent as
+  // "authorization: Bearer <token>". Only over TLS (gRPC refuses call credentials on a
+  // plaintext channel).
+  std::string token_file;
+  envoy::config::core::v3::Node node;
+  BackoffPolicy backoff;
+};
+
+// Per resource type, what the client last accepted and last refused.
+struct TypeStatus {
+  std::string acked_version;  // version_info of the last ACKed response
+  std::string last_nonce;
+  std::string last_nack;  // error_detail of the last NACK sent, empty if none since ACK
+  uint64_t acks = 0, nacks = 0;
+  size_t subscribed = 0;  // explicit names (EDS/RDS); 0 for wildcard types
+};
+
+struct AdsClientStatus {
+  bool connected = false;
+  uint64_t streams = 0;          // streams opened so far
+  uint64_t failed_attempts = 0;  // connection attempts that ended without a response
+  std::chrono::milliseconds last_backoff{0};
+  std::string last_stream_error;
+  std::map<std::string, TypeStatus> types;  // by type URL
+};
+
+class AdsClient {
+ public:
+  AdsClient(AdsClientOptions opts, config::ConfigStore& store);
+  ~AdsClient();
+  AdsClient(const AdsClient&) = delete;
+  AdsClient& operator=(const AdsClient&) = delete;
+
+  // Checks the options (TLS files readable, token only over TLS), then runs the stream on
+  // its own thread, reconnecting until Stop().
+  Result<void> Start();
+  void Stop();  // cancels the stream, joins; the store keeps its snapshot
+
+  AdsClientStatus Status() const;
+
+  struct State;  // the per-stream protocol state (ads_client.cc)
+
+ private:
+  void Run();
+  // One stream until it breaks; true when at least one response arrived.
+  bool RunStream(std::string& error);
+  void PublishStatus(bool connected);
+
+  AdsClientOptions opts_;
+  config::ConfigStore& store_;
+  std::unique_ptr<State> state_;  // survives reconnects: received resources, versions
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;
+  std::shared_ptr<grpc::ClientContext> ctx_;  // the live stream, for Stop()
+  AdsClientStatus status_;
+  std::thread thread_;
+};
+
+}  // namespace sluice::xds

@@ -1,0 +1,105 @@
+// AdsServer: a state-of-the-world Aggregated Discovery Service that serves each
+// connecting proxy the ResourceSet a callback computes for its node, and pushes new
+// versions when told.
+//
+// Protocol, as Envoy and gRPC xDS clients expect it:
+// - One gRPC stream per proxy; its first request carries the Node, handed to the
+//   callback. CDS and LDS are wildcard (no resource_names, or "*"); EDS and RDS serve the
+//   names the client asks for.
+// - Every response has a version_info (the server's push generation) and a fresh nonce.
+//   A request whose response_nonce is not the last one sent for its type is stale and
+//   ignored. A request carrying error_detail is a NACK: recorded, reported, and not
+//   answered (the client keeps its previous version until the next push).
+// - Push() recomputes every stream's ResourceSet. CDS and LDS are resent whole when any
+//   of their resources changed; EDS and RDS carry only the subscribed resources that
+//   changed (SotW allows that for non-wildcard types), so an endpoint update sends one
+//   ClusterLoadAssignment, not all of them. A changed subscription is answered with
+//   every subscribed resource.
+//
+// Wiring it (e.g. `sluicectl xds serve`):
+//   AdsServer server([&](const Node& n) { return TranslateFor(n); });
+//   auto port = server.Start("127.0.0.1:15010");
+//   ... files changed ... server.Push();
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "envoy/config/core/v3/base.pb.h"
+#include "sluice/common/result.h"
+#include "sluice/xds/resource_set.h"
+
+namespace grpc {
+class Server;
+}
+
+namespace sluice::xds {
+
+// What the server saw on one stream, for status pages and tests.
+struct AdsServerEvent {
+  enum class Kind { kConnect, kRequest, kAck, kNack, kStale, kDisconnect };
+  Kind kind;
+  std::string node_id;
+  std::string type_url;
+  std::string version;  // ACK/NACK: version_info the client reports
+  std::string nonce;
+  std::vector<std::string> resource_names;
+  std::string error;  // NACK: error_detail.message
+};
+
+struct AdsServerOptions {
+  std::string address = "127.0.0.1:15010";
+  // TLS (as istiod's 15012): PEM certificate chain and key; empty means plaintext.
+  std::string cert_file, key_file;
+  // When set, every stream must carry "authorization: Bearer <token>" with this token.
+  std::string required_token;
+};
+
+class AdsServer {
+ public:
+  using ResourceFn = std::function<ResourceSet(const envoy::config::core::v3::Node&)>;
+  using EventFn = std::function<void(const AdsServerEvent&)>;
+
+  explicit AdsServer(ResourceFn resources);
+  ~AdsServer();
+  AdsServer(const AdsServer&) = delete;
+  AdsServer& operator=(const AdsServer&) = delete;
+
+  // Binds and serves; returns the bound port (useful with port 0).
+  Result<int> Start(const AdsServerOptions& opts);
+  // Recomputes every connected proxy's resources and sends what changed. Returns the new
+  // version. Safe from any thread.
+  uint64_t Push();
+  // Closes every stream and stops serving.
+  void Stop();
+
+  // Called on the stream threads; keep it quick. Set before Start().
+  void OnEvent(EventFn fn) { on_event_ = std::move(fn); }
+
+  size_t Connected() const;
+  uint64_t Version() const { return version_.load(); }
+
+  class Service;  // the gRPC service (ads_server.cc)
+  struct Stream;
+
+ private:
+  friend class Service;
+  ResourceFn resources_;
+  EventFn on_event_;
+  std::atomic<uint64_t> version_{1};
+  std::unique_ptr<Service> service_;
+  std::unique_ptr<grpc::Server> server_;
+  mutable std::mutex mu_;  // guards streams_ and stopping_
+  std::list<Stream*> streams_;
+  bool stopping_ = false;
+};
+
+}  // namespace sluice::xds

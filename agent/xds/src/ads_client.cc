@@ -1,0 +1,485 @@
+#include "sluice/xds/ads_client.h"
+
+#include <fmt/format.h>
+#include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "envoy/service/discovery/v3/ads.grpc.pb.h"
+#include "envoy/service/discovery/v3/discovery.pb.h"
+#include "sluice/config/validate.h"
+
+namespace sluice::xds {
+namespace {
+
+using envoy::config::cluster::v3::Cluster;
+using envoy::config::endpoint::v3::ClusterLoadAssignment;
+using envoy::config::listener::v3::Listener;
+using envoy::config::route::v3::RouteConfiguration;
+using envoy::service::discovery::v3::DiscoveryRequest;
+using envoy::service::discovery::v3::DiscoveryResponse;
+
+const std::string& NameOf(const Cluster& c) {
+  return c.name();
+}
+const std::string& NameOf(const ClusterLoadAssignment& c) {
+  return c.cluster_name();
+}
+const std::string& NameOf(const Listener& l) {
+  return l.name();
+}
+const std::string& NameOf(const RouteConfiguration& r) {
+  return r.name();
+}
+
+Result<void> ValidateOne(const Cluster& c) {
+  return config::ValidateCluster(c);
+}
+Result<void> ValidateOne(const ClusterLoadAssignment& c) {
+  return config::ValidateEndpoints(c);
+}
+Result<void> ValidateOne(const Listener& l) {
+  return config::ValidateListener(l);
+}
+Result<void> ValidateOne(const RouteConfiguration& r) {
+  return config::ValidateRoute(r);
+}
+
+// Decodes and checks every resource of a response on its own; the first problem becomes
+// the NACK's error_detail.
+template <class T>
+Result<config::ResourceMap<T>> Decode(const DiscoveryResponse& resp) {
+  config::ResourceMap<T> out;
+  for (int i = 0; i < resp.resources_size(); ++i) {
+    const google::protobuf::Any* any = &resp.resources(i);
+    envoy::service::discovery::v3::Resource wrapper;  // istiod may wrap (name, ttl, ...)
+    if (any->Is<envoy::service::discovery::v3::Resource>()) {
+      if (!any->UnpackTo(&wrapper)) {
+        return Fail(fmt::format("resources[{}]: cannot decode Resource wrapper", i));
+      }
+      any = &wrapper.resource();
+    }
+    if (any->type_url() != resp.type_url()) {
+      return Fail(fmt::format("resources[{}]: type {} in a response of type {}", i, any->type_url(),
+                              resp.type_url()));
+    }
+    auto res = std::make_shared<T>();
+    if (!any->UnpackTo(res.get())) {
+      return Fail(
+          fmt::format("resources[{}]: cannot decode as {}", i, T::descriptor()->full_name()));
+    }
+    if (auto ok = ValidateOne(*res); !ok)
+      return std::unexpected(ok.error());
+    const std::string name = NameOf(*res);
+    if (!out.emplace(name, std::move(res)).second) {
+      return Fail(fmt::format("resources[{}]: \"{}\" appears twice in one response", i, name));
+    }
+  }
+  return out;
+}
+
+// SotW merge for EDS/RDS: a response carries some of the subscribed resources; the others
+// keep their last received version. Names no longer subscribed are dropped.
+template <class T>
+void MergeNamed(config::ResourceMap<T>& held, config::ResourceMap<T>&& fresh,
+                const std::set<std::string>& subscribed) {
+  for (auto& [name, r] : fresh) {
+    if (subscribed.contains(name))
+      held.insert_or_assign(name, std::move(r));
+  }
+  std::erase_if(held, [&](const auto& kv) { return !subscribed.contains(kv.first); });
+}
+
+Result<std::string> ReadFile(const std::string& path, std::string_view what) {
+  std::ifstream in(path);
+  if (!in)
+    return FailErrno(fmt::format("{} {}", what, path), errno);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string Trim(std::string s) {
+  auto not_space = [](unsigned char ch) { return !std::isspace(ch); };
+  s.erase(s.begin(), std::find_if(s.begin(), s.end(), not_space));
+  s.erase(std::find_if(s.rbegin(), s.rend(), not_space).base(), s.end());
+  return s;
+}
+
+}  // namespace
+
+// The protocol state of the client: what it has received per type, what it subscribes
+// to, and the versions and nonces it answers with. It survives reconnects, so a new stream
+// starts from the versions already held. Used only on the stream thread.
+struct AdsClient::State {
+  struct PerType {
+    std::string acked_version, nonce;
+    std::set<std::string> names;  // EDS/RDS subscriptions; empty for wildcard CDS/LDS
+    bool requested = false;       // a request went out on this stream
+    bool ever_accepted = false;
+  };
+  // Everything received and individually valid, warming or not.
+  struct Received {
+    config::ResourceMap<Cluster> clusters;
+    config::ResourceMap<ClusterLoadAssignment> endpoints;
+    config::ResourceMap<Listener> listeners;
+    config::ResourceMap<RouteConfiguration> routes;
+    std::map<std::string, std::vector<std::string>> listener_rds;  // RdsNames per listener
+    std::set<std::string> eds_names, rds_names;
+  };
+
+  config::ConfigStore& store;
+  envoy::config::core::v3::Node node;
+  Received rx;
+  std::map<std::string, PerType, std::less<>> types;
+  std::map<std::string, TypeStatus> status;
+  bool first_message = true;
+  bool lds_requested = false;
+
+  State(config::ConfigStore& s, envoy::config::core::v3::Node n) : store(s), node(std::move(n)) {
+    for (auto t : {kClusterType, kEndpointType, kListenerType, kRouteType}) {
+      types[std::string(t)];
+      status[std::string(t)];
+    }
+  }
+
+  DiscoveryRequest Request(std::string_view type) {
+    PerType& t = types.find(type)->second;
+    DiscoveryRequest req;
+    if (first_message) {
+      *req.mutable_node() = node;  // once per stream, as Envoy does
+      first_message = false;
+    }
+    req.set_type_url(std::string(type));
+    req.set_version_info(t.acked_version);
+    req.set_response_nonce(t.nonce);
+    for (const auto& n : t.names)
+      req.add_resource_names(n);
+    t.requested = true;
+    status[std::string(type)].subscribed = t.names.size();
+    return req;
+  }
+
+  // A new stream: re-subscribe to everything held, CDS first. Nonces belong to the old
+  // stream and are dropped; versions are kept so the server knows what we have.
+  std::vector<DiscoveryRequest> OnStreamStart() {
+    first_message = true;
+    for (auto& [_, t] : types) {
+      t.nonce.clear();
+      t.requested = false;
+    }
+    std::vector<DiscoveryRequest> out;
+    out.push_back(Request(kClusterType));
+    if (!types.find(kEndpointType)->second.names.empty())
+      out.push_back(Request(kEndpointType));
+    if (lds_requested)
+      out.push_back(Request(kListenerType));
+    if (!types.find(kRouteType)->second.names.empty())
+      out.push_back(Request(kRouteType));
+    return out;
+  }
+
+  // The active set: received resources whose dependencies have arrived. A cluster (new
+  // or changed) waits for its ClusterLoadAssignment and a listener for its
+  // RouteConfigurations; meanwhile the version in force, if any, stays.
+  config::Snapshot BuildActive(const Received& r, const config::Snapshot& cur) const {
+    config::Snapshot s;
+    for (const auto& [name, c] : r.clusters) {
+      std::string svc = config::EdsServiceName(*c);
+      if (svc.empty()) {
+        s.clusters.emplace(name, c);
+      } else if (auto e = r.endpoints.find(svc); e != r.endpoints.end()) {
+        s.clusters.emplace(name, c);
+        s.endpoints.emplace(svc, e->second);
+      } else if (auto old = cur.clusters.find(name); old != cur.clusters.end()) {
+        std::string old_svc = config::EdsServiceName(*old->second);
+        auto oe = cur.endpoints.find(old_svc);
+        if (old_svc.empty() || oe != cur.endpoints.end()) {
+          s.clusters.emplace(name, old->second);
+          if (!old_svc.empty())
+            s.endpoints.emplace(old_svc, oe->second);
+        }
+      }
+    }
+    for (const auto& [name, l] : r.listeners) {
+      const auto& rds = r.listener_rds.at(name);
+      bool ready = std::ranges::all_of(rds, [&](const auto& n) { return r.routes.contains(n); });
+      if (ready) {
+        s.listeners.emplace(name, l);
+        for (const auto& n : rds)
+          s.routes.emplace(n, r.routes.at(n));
+      } else if (auto old = cur.listeners.find(name); old != cur.listeners.end()) {
+        auto old_rds = config::RdsNames(*old->second);
+        if (std::ranges::all_of(old_rds, [&](const auto& n) { return cur.routes.contains(n); })) {
+          s.listeners.emplace(name, old->second);
+          for (const auto& n : old_rds)
+            s.routes.emplace(n, cur.routes.at(n));
+        }
+      }
+    }
+    for (const auto& [type, t] : types) {
+      if (!t.acked_version.empty())
+        s.versions[type] = t.acked_version;
+    }
+    return s;
+  }
+
+  // Folds a decoded response into a copy of what is held; returns whether the
+  // subscription of the dependent type (EDS after CDS, RDS after LDS) changed.
+  Result<bool> Fold(const DiscoveryResponse& resp, Received& next) {
+    const std::string& type = resp.type_url();
+    if (type == kClusterType) {
+      auto got = Decode<Cluster>(resp);
+      if (!got)
+        return std::unexpected(got.error());
+      next.clusters = std::move(*got);
+      std::set<std::string> eds;
+      for (const auto& [_, c] : next.clusters) {
+        if (auto svc = config::EdsServiceName(*c); !svc.empty())
+          eds.insert(std::move(svc));
+      }
+      bool changed = eds != next.eds_names;
+      next.eds_names = std::move(eds);
+      std::erase_if(next.endpoints,
+                    [&](const auto& kv) { return !next.eds_names.contains(kv.first); });
+      return changed;
+    }
+    if (type == kEndpointType) {
+      auto got = Decode<ClusterLoadAssignment>(resp);
+      if (!got)
+        return std::unexpected(got.error());
+      MergeNamed(next.endpoints, std::move(*got), next.eds_names);
+      return false;
+    }
+    if (type == kListenerType) {
+      auto got = Decode<Listener>(resp);
+      if (!got)
+        return std::unexpected(got.error());
+      next.listeners = std::move(*got);
+      next.listener_rds.clear();
+      std::set<std::string> rds;
+      for (const auto& [name, l] : next.listeners) {
+        auto names = config::RdsNames(*l);
+        rds.insert(names.begin(), names.end());
+        next.listener_rds.emplace(name, std::move(names));
+      }
+      bool changed = rds != next.rds_names;
+      next.rds_names = std::move(rds);
+      std::erase_if(next.routes,
+                    [&](const auto& kv) { return !next.rds_names.contains(kv.first); });
+      return changed;
+    }
+    if (type == kRouteType) {
+      auto got = Decode<RouteConfiguration>(resp);
+      if (!got)
+        return std::unexpected(got.error());
+      MergeNamed(next.routes, std::move(*got), next.rds_names);
+      return false;
+    }
+    return Fail(fmt::format("type {} is not supported", type));
+  }
+
+  // Handles one response; returns the requests to send, in order.
+  std::vector<DiscoveryRequest> OnResponse(const DiscoveryResponse& resp) {
+    std::vector<DiscoveryRequest> out;
+    auto it = types.find(resp.type_url());
+    if (it == types.end()) {
+      spdlog::warn("xds: ignoring a response of unsubscribed type {}", resp.type_url());
+      return out;
+    }
+    PerType& t = it->second;
+    TypeStatus& st = status[resp.type_url()];
+    t.nonce = resp.nonce();
+    st.last_nonce = resp.nonce();
+
+    Received next = rx;
+    auto folded = Fold(resp, next);
+    Result<config::Diff> applied =
+        folded ? store.Apply(BuildActive(next, *store.Current())) : std::unexpected(folded.error());
+    if (!applied) {
+      // NACK: the version we still run, the nonce we answer, and why.
+      spdlog::warn("xds: NACK {} version {}: {}", resp.type_url(), resp.version_info(),
+                   applied.error().message);
+      DiscoveryRequest nack = Request(resp.type_url());
+      nack.mutable_error_detail()->set_code(3);  // INVALID_ARGUMENT
+      nack.mutable_error_detail()->set_message(applied.error().message);
+      out.push_back(std::move(nack));
+      st.last_nack = applied.error().message;
+      ++st.nacks;
+      return out;
+    }
+    rx = std::move(next);
+    t.acked_version = resp.version_info();
+    t.ever_accepted = true;
+    st.acked_version = resp.version_info();
+    st.last_nack.clear();
+    ++st.acks;
+
+    // As Envoy: a new EDS (RDS) subscription goes out before the CDS (LDS) ACK, so the
+    // server can answer both together.
+    if (*folded) {
+      const bool cds = resp.type_url() == kClusterType;
+      auto& dep = types.find(cds ? kEndpointType : kRouteType)->second;
+      dep.names = cds ? rx.eds_names : rx.rds_names;
+      out.push_back(Request(cds ? kEndpointType : kRouteType));
+    }
+    out.push_back(Request(resp.type_url()));
+
+    // LDS once CDS is in and the clusters have warmed (or EDS has answered at least once).
+    if (!lds_requested && types.find(kClusterType)->second.ever_accepted) {
+      bool warm = std::ranges::all_of(rx.eds_names,
+                                      [&](const auto& n) { return rx.endpoints.contains(n); });
+      if (warm || types.find(kEndpointType)->second.ever_accepted) {
+        lds_requested = true;
+        out.push_back(Request(kListenerType));
+      }
+    }
+    return out;
+  }
+};
+
+AdsClient::AdsClient(AdsClientOptions opts, config::ConfigStore& store)
+    : opts_(std::move(opts)), store_(store), state_(std::make_unique<State>(store, opts_.node)) {}
+
+AdsClient::~AdsClient() {
+  Stop();
+}
+
+Result<void> AdsClient::Start() {
+  if (!opts_.token_file.empty() && !opts_.tls) {
+    return Fail("xds: token_file needs TLS (gRPC sends no call credentials in plaintext)");
+  }
+  if (opts_.tls && !opts_.ca_file.empty()) {
+    if (auto ca = ReadFile(opts_.ca_file, "xds: ca_file"); !ca)
+      return std::unexpected(ca.error());
+  }
+  if (!opts_.token_file.empty()) {
+    if (auto t = ReadFile(opts_.token_file, "xds: token_file"); !t) {
+      return std::unexpected(t.error());
+    }
+  }
+  std::lock_guard lock(mu_);
+  if (thread_.joinable())
+    return Fail("xds: client already started");
+  stopping_ = false;
+  thread_ = std::thread([this] { Run(); });
+  return {};
+}
+
+void AdsClient::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    if (ctx_)
+      ctx_->TryCancel();
+  }
+  cv_.notify_all();
+  if (thread_.joinable())
+    thread_.join();
+}
+
+AdsClientStatus AdsClient::Status() const {
+  std::lock_guard lock(mu_);
+  return status_;
+}
+
+void AdsClient::PublishStatus(bool connected) {
+  std::lock_guard lock(mu_);
+  status_.connected = connected;
+  status_.types = state_->status;
+}
+
+void AdsClient::Run() {
+  Backoff backoff(opts_.backoff);
+  while (true) {
+    std::string error;
+    bool got_response = RunStream(error);
+    std::unique_lock lock(mu_);
+    if (stopping_)
+      return;
+    if (got_response) {
+      backoff.Reset();
+    } else {
+      ++status_.failed_attempts;
+    }
+    auto delay = backoff.Next();
+    status_.last_backoff = delay;
+    status_.last_stream_error = error;
+    spdlog::info("xds: stream to {} ended ({}); reconnecting in {} ms", opts_.server, error,
+                 delay.count());
+    cv_.wait_for(lock, delay, [this] { return stopping_; });
+    if (stopping_)
+      return;
+  }
+}
+
+bool AdsClient::RunStream(std::string& error) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);  // a full CDS/EDS response is many megabytes
+  std::shared_ptr<grpc::ChannelCredentials> creds;
+  if (opts_.tls) {
+    grpc::SslCredentialsOptions ssl;
+    if (!opts_.ca_file.empty()) {
+      auto ca = ReadFile(opts_.ca_file, "ca_file");
+      if (!ca) {
+        error = ca.error().message;
+        return false;
+      }
+      ssl.pem_root_certs = *ca;
+    }
+    if (!opts_.tls_server_name.empty())
+      args.SetSslTargetNameOverride(opts_.tls_server_name);
+    creds = grpc::SslCredentials(ssl);
+  } else {
+    creds = grpc::InsecureChannelCredentials();
+  }
+  // A fresh channel per attempt: our backoff, not the channel's, paces reconnects.
+  auto channel = grpc::CreateCustomChannel(opts_.server, creds, args);
+  auto stub = envoy::service::discovery::v3::AggregatedDiscoveryService::NewStub(channel);
+  auto ctx = std::make_shared<grpc::ClientContext>();
+  if (!opts_.token_file.empty()) {
+    auto token = ReadFile(opts_.token_file, "token_file");  // re-read: tokens rotate
+    if (!token) {
+      error = token.error().message;
+      return false;
+    }
+    ctx->set_credentials(grpc::AccessTokenCredentials(Trim(*token)));
+  }
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_)
+      return false;
+    ctx_ = ctx;
+    ++status_.streams;
+  }
+  auto stream = stub->StreamAggregatedResources(ctx.get());
+  bool ok = true;
+  for (auto& req : state_->OnStreamStart())
+    ok = ok && stream->Write(req);
+  bool got_response = false;
+  DiscoveryResponse resp;
+  while (ok && stream->Read(&resp)) {
+    if (!got_response)
+      spdlog::info("xds: connected to {}", opts_.server);
+    got_response = true;
+    for (auto& req : state_->OnResponse(resp)) {
+      if (!stream->Write(req))
+        break;
+    }
+    PublishStatus(true);
+  }
+  grpc::Status st = stream->Finish();
+  error = st.ok() ? "stream closed by server"
+                  : fmt::format("{} ({})", st.error_message(), static_cast<int>(st.error_code()));
+  {
+    std::lock_guard lock(mu_);
+    ctx_.reset();
+  }
+  PublishStatus(false);
+  return got_response;
+}
+
+}  // namespace sluice::xds
