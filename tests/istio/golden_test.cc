@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "sluice/config/validate.h"
 #include "sluice/istio/loader.h"
 #include "sluice/istio/registry.h"
 #include "sluice/istio/translator.h"
@@ -128,6 +129,11 @@ TEST_CASE("golden: Istio task manifests translate to the reviewed Envoy resource
       REQUIRE(proxy.has_value());
       Translation t = Translate(loaded.config, registry, *proxy);
       CHECK(t.warnings.empty());
+      // What the translator serves, the agent's config model must accept.
+      auto valid =
+          sluice::config::ValidateSnapshot(sluice::config::Snapshot::FromResourceSet(t.resources));
+      INFO((valid ? std::string("valid") : valid.error().message));
+      CHECK(valid.has_value());
       auto text = ResourcesToJson(t.resources);
       REQUIRE(text.has_value());
       CompareOrUpdate(dir / "expected" / ExpectedName(line), json::parse(*text));

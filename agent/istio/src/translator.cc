@@ -768,14 +768,15 @@ class Builder {
     return nullptr;
   }
 
-  route_v3::Route DefaultRoute(const std::string& cluster) const {
+  route_v3::Route DefaultRoute(const RegistryService& svc, uint32_t port) const {
     route_v3::Route r;
     r.set_name("default");
     r.mutable_match()->set_prefix("/");
     auto* ra = r.mutable_route();
-    ra->set_cluster(cluster);
+    ra->set_cluster(ClusterName(port, "", svc.hostname));
     SetDurationMs(ra->mutable_timeout(), 0);
     SetRetryPolicy(std::nullopt, ra);
+    AddHashPolicy(&svc, port, "", ra);
     return r;
   }
 
@@ -908,7 +909,7 @@ class Builder {
         if (vs)
           routes = VsRoutes(*vs, kMesh, port);
         if (routes.empty())
-          routes.push_back(DefaultRoute(ClusterName(port, "", svc->hostname)));
+          routes.push_back(DefaultRoute(*svc, port));
         for (auto& r : routes)
           *vh->add_routes() = std::move(r);
       }
