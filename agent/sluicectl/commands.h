@@ -12,5 +12,7 @@ namespace sluice::ctl {
 void AddVersionCommand(CLI::App& app);
 // translate, registryz: the Istio translator (local control plane) on YAML files.
 void AddTranslateCommands(CLI::App& app);
+// xds serve: the local control plane over gRPC ADS.
+void AddXdsServeCommand(CLI::App& app);
 
 }  // namespace sluice::ctl

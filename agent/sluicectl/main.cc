@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
 
   sluice::ctl::AddVersionCommand(app);
   sluice::ctl::AddTranslateCommands(app);
+  sluice::ctl::AddXdsServeCommand(app);
 
   CLI11_PARSE(app, argc, argv);
   return 0;

@@ -840,6 +840,7 @@ void DecodeDocument(const YAML::Node& root, const Origin& origin, LoadResult& ou
     if (errors.failed())
       return report();
     c.mesh = mesh;
+    c.mesh_set = true;
   } else if (*kind == "Gateway" || *kind == "VirtualService" || *kind == "DestinationRule" ||
              *kind == "ServiceEntry" || *kind == "Sidecar") {
     if (!api->starts_with("networking.istio.io/")) {

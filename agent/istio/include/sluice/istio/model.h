@@ -319,6 +319,7 @@ struct Config {
   std::vector<ServiceEntry> service_entries;
   std::vector<Telemetry> telemetries;
   MeshConfig mesh;
+  bool mesh_set = false;  // a mesh config (the `istio` ConfigMap) was read
 };
 
 }  // namespace sluice::istio
