@@ -61,7 +61,7 @@ ReloadReport LocalControlPlane::Reload() {
     FileState st;
     auto old = files_.find(file);
     if (old != files_.end())
-      st = old->second;
+      st = std::move(old->second);
     std::ifstream in(file, std::ios::binary);
     if (!in) {
       report.errors.push_back(file + ": cannot read: " + std::strerror(errno) +
@@ -70,21 +70,27 @@ ReloadReport LocalControlPlane::Reload() {
       std::stringstream buf;
       buf << in.rdbuf();
       std::string text = buf.str();
-      LoadResult fresh;
-      LoadText(text, file, fresh);
-      Append(report.warnings, fresh.warnings);
-      if (fresh.ok()) {
-        st.last_good = std::move(fresh);
-        st.ever_good = true;
-      } else {
-        for (const auto& e : fresh.errors) {
-          report.errors.push_back(e +
-                                  (st.ever_good ? " (keeping the file's last good version)" : ""));
-        }
-        // Never loaded cleanly: its valid documents are all there is.
-        if (!st.ever_good)
+      if (text != st.text || (st.errors.empty() && !st.ever_good)) {
+        LoadResult fresh;
+        LoadText(text, file, fresh);
+        st.warnings = fresh.warnings;
+        st.errors.clear();
+        if (fresh.ok()) {
           st.last_good = std::move(fresh);
+          st.ever_good = true;
+        } else {
+          for (const auto& e : fresh.errors) {
+            st.errors.push_back(e +
+                                (st.ever_good ? " (keeping the file's last good version)" : ""));
+          }
+          // Never loaded cleanly: its valid documents are all there is.
+          if (!st.ever_good)
+            st.last_good = std::move(fresh);
+        }
       }
+      // Unchanged files are not parsed again; their problems are reported again.
+      Append(report.warnings, st.warnings);
+      Append(report.errors, st.errors);
       st.text = std::move(text);
     }
     Merge(merged.config, st.last_good);

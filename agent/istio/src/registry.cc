@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <unordered_map>
 
 namespace sluice::istio {
 namespace {
@@ -148,9 +149,15 @@ Registry Registry::Build(const Config& config) {
   for (const auto& g : config.endpoint_groups)
     groups[g.meta.ns + "/" + g.service].push_back(&g);
   std::map<std::string, const Workload*> pods;  // ns/name -> Pod (labels for Endpoints)
+  // ns \0 key \0 value -> workloads with that label, so a selector looks at the
+  // workloads carrying its first label instead of every workload in the mesh.
+  std::unordered_map<std::string, std::vector<const Workload*>> by_label;
   for (const auto& w : config.workloads) {
     if (w.kind == "Pod")
       pods[w.meta.Key()] = &w;
+    for (const auto& [k, v] : w.pod_labels) {
+      by_label[w.meta.ns + '\0' + k + '\0' + v].push_back(&w);
+    }
   }
 
   for (const auto& svc : config.services) {
@@ -202,8 +209,12 @@ Registry Registry::Build(const Config& config) {
       }
     } else if (!svc.selector.empty()) {
       // Pods and Deployments (with sluice.io/pod-ips) that the selector picks.
-      for (const auto& w : config.workloads) {
-        if (w.meta.ns != svc.meta.ns || !SelectorMatches(svc.selector, w.pod_labels))
+      const auto& [first_key, first_value] = *svc.selector.begin();
+      auto candidates = by_label.find(svc.meta.ns + '\0' + first_key + '\0' + first_value);
+      static const std::vector<const Workload*> kNone;
+      for (const Workload* wp : candidates == by_label.end() ? kNone : candidates->second) {
+        const Workload& w = *wp;
+        if (!SelectorMatches(svc.selector, w.pod_labels))
           continue;
         for (const auto& ip : w.ips) {
           RegistryEndpoint ep;

@@ -51,6 +51,7 @@ class LocalControlPlane {
     std::string text;
     LoadResult last_good;  // its documents as of the last error-free load
     bool ever_good = false;
+    std::vector<std::string> errors, warnings;  // of the last parse of `text`
   };
   struct State {
     Config config;
