@@ -466,3 +466,32 @@ TEST_CASE("TLS with a bearer token file, as istiod's port 15012") {
   }
   cp.Stop();
 }
+
+TEST_CASE("a shared, immutable set serves without a copy per stream and push") {
+  std::mutex mu;
+  auto current = std::make_shared<const sluice::xds::ResourceSet>(testing::HttpbinSet(1));
+  std::vector<const sluice::xds::ResourceSet*> served;
+  sluice::xds::AdsServer server(
+      sluice::xds::AdsServer::SharedResourceFn([&](const envoy::config::core::v3::Node&) {
+        std::lock_guard lock(mu);
+        served.push_back(current.get());
+        return current;
+      }));
+  auto port = server.Start({.address = "127.0.0.1:0"});
+  REQUIRE(port);
+  config::ConfigStore store;
+  sx::AdsClient client(ClientOptions(*port), store);
+  REQUIRE(client.Start());
+  REQUIRE(WaitFor([&] { return Synced(store); }));
+  {
+    std::lock_guard lock(mu);
+    current = std::make_shared<const sluice::xds::ResourceSet>(testing::HttpbinSet(2));
+  }
+  server.Push();
+  REQUIRE(WaitFor([&] { return EndpointCount(store.Current(), kCluster) == 2; }));
+  client.Stop();
+  server.Stop();
+  std::lock_guard lock(mu);
+  REQUIRE(served.size() == 2);
+  CHECK(served.back() == current.get());
+}

@@ -14,6 +14,7 @@ TEST_CASE("sidecar node ID and metadata are what istiod parses") {
   id.pod_namespace = "bookinfo";
   id.workload_name = "productpage-v1";
   id.labels = {{"app", "productpage"}, {"version", "v1"}};
+  id.node_name = "worker-1";
   auto node = BuildNode(id);
   CHECK(node.id() ==
         "sidecar~10.1.2.3~productpage-v1-6b746f74dc-9stvs.bookinfo~bookinfo.svc.cluster.local");
@@ -24,6 +25,7 @@ TEST_CASE("sidecar node ID and metadata are what istiod parses") {
   CHECK(f.at("ISTIO_VERSION").string_value() == id.istio_version);
   CHECK(f.at("CLUSTER_ID").string_value() == "Kubernetes");
   CHECK(f.at("INTERCEPTION_MODE").string_value() == "REDIRECT");
+  CHECK(f.at("NODE_NAME").string_value() == "worker-1");
   CHECK(f.at("LABELS").struct_value().fields().at("version").string_value() == "v1");
 
   auto parsed = ParseNodeId(node.id());

@@ -508,12 +508,19 @@ FieldResult CheckRouteConfigFields(const RouteConfiguration& r, const std::strin
   return {};
 }
 
+// `base` (may be null) holds resources already validated: the same object under the
+// same key is not checked again.
 template <class T, class F>
-Result<void> CheckMap(std::string_view kind, const ResourceMap<T>& m, F name_of,
-                      Result<void> (*check)(const T&)) {
+Result<void> CheckMap(std::string_view kind, const ResourceMap<T>& m, const ResourceMap<T>* base,
+                      F name_of, Result<void> (*check)(const T&)) {
   for (const auto& [key, res] : m) {
     if (!res)
       return Fail(fmt::format("{} \"{}\": missing resource", kind, key));
+    if (base) {
+      auto it = base->find(key);
+      if (it != base->end() && it->second == res)
+        continue;
+    }
     if (name_of(*res) != key) {
       return Fail(fmt::format("{} \"{}\": stored under the name \"{}\"", kind, name_of(*res), key));
     }
@@ -525,9 +532,10 @@ Result<void> CheckMap(std::string_view kind, const ResourceMap<T>& m, F name_of,
 
 }  // namespace
 
-std::string EdsServiceName(const Cluster& c) {
+const std::string& EdsServiceName(const Cluster& c) {
+  static const std::string kNone;
   if (c.type() != Cluster::EDS)
-    return {};
+    return kNone;
   if (!c.eds_cluster_config().service_name().empty())
     return c.eds_cluster_config().service_name();
   return c.name();
@@ -582,25 +590,31 @@ Result<void> ValidateRoute(const RouteConfiguration& r) {
   return {};
 }
 
-Result<void> ValidateSnapshot(const Snapshot& s) {
+Result<void> ValidateSnapshot(const Snapshot& s, const Snapshot* base) {
   auto by_name = [](const auto& r) -> const std::string& { return r.name(); };
-  if (auto ok = CheckMap("cluster", s.clusters, by_name, &ValidateCluster); !ok)
+  if (auto ok = CheckMap("cluster", s.clusters, base ? &base->clusters : nullptr, by_name,
+                         &ValidateCluster);
+      !ok)
     return ok;
   if (auto ok = CheckMap(
-          "endpoints", s.endpoints,
+          "endpoints", s.endpoints, base ? &base->endpoints : nullptr,
           [](const ClusterLoadAssignment& c) -> const std::string& { return c.cluster_name(); },
           &ValidateEndpoints);
       !ok) {
     return ok;
   }
-  if (auto ok = CheckMap("listener", s.listeners, by_name, &ValidateListener); !ok)
+  if (auto ok = CheckMap("listener", s.listeners, base ? &base->listeners : nullptr, by_name,
+                         &ValidateListener);
+      !ok)
     return ok;
-  if (auto ok = CheckMap("route", s.routes, by_name, &ValidateRoute); !ok)
+  if (auto ok =
+          CheckMap("route", s.routes, base ? &base->routes : nullptr, by_name, &ValidateRoute);
+      !ok)
     return ok;
 
-  std::set<std::string> eds_names;
+  std::set<std::string_view> eds_names;
   for (const auto& [name, c] : s.clusters) {
-    std::string svc = EdsServiceName(*c);
+    const std::string& svc = EdsServiceName(*c);
     if (svc.empty())
       continue;
     if (!s.endpoints.contains(svc)) {
@@ -609,7 +623,7 @@ Result<void> ValidateSnapshot(const Snapshot& s) {
                       "ClusterLoadAssignment \"{}\"",
                       name, svc));
     }
-    eds_names.insert(std::move(svc));
+    eds_names.insert(svc);
   }
   for (const auto& [name, cla] : s.endpoints) {
     if (!eds_names.contains(name)) {

@@ -121,14 +121,23 @@ struct AdsClient::State {
     bool requested = false;       // a request went out on this stream
     bool ever_accepted = false;
   };
-  // Everything received and individually valid, warming or not.
+  // Everything received and individually valid, warming or not. Each part is shared
+  // and replaced whole when it changes, so trying a response on a copy costs pointers.
+  template <class T>
+  using Ptr = std::shared_ptr<const T>;
   struct Received {
-    config::ResourceMap<Cluster> clusters;
-    config::ResourceMap<ClusterLoadAssignment> endpoints;
-    config::ResourceMap<Listener> listeners;
-    config::ResourceMap<RouteConfiguration> routes;
-    std::map<std::string, std::vector<std::string>> listener_rds;  // RdsNames per listener
-    std::set<std::string> eds_names, rds_names;
+    Ptr<config::ResourceMap<Cluster>> clusters = std::make_shared<config::ResourceMap<Cluster>>();
+    Ptr<config::ResourceMap<ClusterLoadAssignment>> endpoints =
+        std::make_shared<config::ResourceMap<ClusterLoadAssignment>>();
+    Ptr<config::ResourceMap<Listener>> listeners =
+        std::make_shared<config::ResourceMap<Listener>>();
+    Ptr<config::ResourceMap<RouteConfiguration>> routes =
+        std::make_shared<config::ResourceMap<RouteConfiguration>>();
+    // RdsNames per listener.
+    Ptr<std::map<std::string, std::vector<std::string>>> listener_rds =
+        std::make_shared<std::map<std::string, std::vector<std::string>>>();
+    Ptr<std::set<std::string>> eds_names = std::make_shared<std::set<std::string>>();
+    Ptr<std::set<std::string>> rds_names = std::make_shared<std::set<std::string>>();
   };
 
   config::ConfigStore& store;
@@ -187,15 +196,15 @@ struct AdsClient::State {
   // RouteConfigurations; meanwhile the version in force, if any, stays.
   config::Snapshot BuildActive(const Received& r, const config::Snapshot& cur) const {
     config::Snapshot s;
-    for (const auto& [name, c] : r.clusters) {
-      std::string svc = config::EdsServiceName(*c);
+    for (const auto& [name, c] : *r.clusters) {
+      const std::string& svc = config::EdsServiceName(*c);
       if (svc.empty()) {
         s.clusters.emplace(name, c);
-      } else if (auto e = r.endpoints.find(svc); e != r.endpoints.end()) {
+      } else if (auto e = r.endpoints->find(svc); e != r.endpoints->end()) {
         s.clusters.emplace(name, c);
         s.endpoints.emplace(svc, e->second);
       } else if (auto old = cur.clusters.find(name); old != cur.clusters.end()) {
-        std::string old_svc = config::EdsServiceName(*old->second);
+        const std::string& old_svc = config::EdsServiceName(*old->second);
         auto oe = cur.endpoints.find(old_svc);
         if (old_svc.empty() || oe != cur.endpoints.end()) {
           s.clusters.emplace(name, old->second);
@@ -204,13 +213,13 @@ struct AdsClient::State {
         }
       }
     }
-    for (const auto& [name, l] : r.listeners) {
-      const auto& rds = r.listener_rds.at(name);
-      bool ready = std::ranges::all_of(rds, [&](const auto& n) { return r.routes.contains(n); });
+    for (const auto& [name, l] : *r.listeners) {
+      const auto& rds = r.listener_rds->at(name);
+      bool ready = std::ranges::all_of(rds, [&](const auto& n) { return r.routes->contains(n); });
       if (ready) {
         s.listeners.emplace(name, l);
         for (const auto& n : rds)
-          s.routes.emplace(n, r.routes.at(n));
+          s.routes.emplace(n, r.routes->at(n));
       } else if (auto old = cur.listeners.find(name); old != cur.listeners.end()) {
         auto old_rds = config::RdsNames(*old->second);
         if (std::ranges::all_of(old_rds, [&](const auto& n) { return cur.routes.contains(n); })) {
@@ -235,48 +244,57 @@ struct AdsClient::State {
       auto got = Decode<Cluster>(resp);
       if (!got)
         return std::unexpected(got.error());
-      next.clusters = std::move(*got);
-      std::set<std::string> eds;
-      for (const auto& [_, c] : next.clusters) {
-        if (auto svc = config::EdsServiceName(*c); !svc.empty())
-          eds.insert(std::move(svc));
+      next.clusters = std::make_shared<config::ResourceMap<Cluster>>(std::move(*got));
+      auto eds = std::make_shared<std::set<std::string>>();
+      for (const auto& [_, c] : *next.clusters) {
+        if (const auto& svc = config::EdsServiceName(*c); !svc.empty())
+          eds->insert(svc);
       }
-      bool changed = eds != next.eds_names;
-      next.eds_names = std::move(eds);
-      std::erase_if(next.endpoints,
-                    [&](const auto& kv) { return !next.eds_names.contains(kv.first); });
-      return changed;
+      if (*eds == *next.eds_names)
+        return false;
+      next.eds_names = eds;
+      auto kept = std::make_shared<config::ResourceMap<ClusterLoadAssignment>>(*next.endpoints);
+      std::erase_if(*kept, [&](const auto& kv) { return !eds->contains(kv.first); });
+      next.endpoints = std::move(kept);
+      return true;
     }
     if (type == kEndpointType) {
       auto got = Decode<ClusterLoadAssignment>(resp);
       if (!got)
         return std::unexpected(got.error());
-      MergeNamed(next.endpoints, std::move(*got), next.eds_names);
+      auto merged = std::make_shared<config::ResourceMap<ClusterLoadAssignment>>(*next.endpoints);
+      MergeNamed(*merged, std::move(*got), *next.eds_names);
+      next.endpoints = std::move(merged);
       return false;
     }
     if (type == kListenerType) {
       auto got = Decode<Listener>(resp);
       if (!got)
         return std::unexpected(got.error());
-      next.listeners = std::move(*got);
-      next.listener_rds.clear();
-      std::set<std::string> rds;
-      for (const auto& [name, l] : next.listeners) {
+      next.listeners = std::make_shared<config::ResourceMap<Listener>>(std::move(*got));
+      auto by_listener = std::make_shared<std::map<std::string, std::vector<std::string>>>();
+      auto rds = std::make_shared<std::set<std::string>>();
+      for (const auto& [name, l] : *next.listeners) {
         auto names = config::RdsNames(*l);
-        rds.insert(names.begin(), names.end());
-        next.listener_rds.emplace(name, std::move(names));
+        rds->insert(names.begin(), names.end());
+        by_listener->emplace(name, std::move(names));
       }
-      bool changed = rds != next.rds_names;
-      next.rds_names = std::move(rds);
-      std::erase_if(next.routes,
-                    [&](const auto& kv) { return !next.rds_names.contains(kv.first); });
-      return changed;
+      next.listener_rds = std::move(by_listener);
+      if (*rds == *next.rds_names)
+        return false;
+      next.rds_names = rds;
+      auto kept = std::make_shared<config::ResourceMap<RouteConfiguration>>(*next.routes);
+      std::erase_if(*kept, [&](const auto& kv) { return !rds->contains(kv.first); });
+      next.routes = std::move(kept);
+      return true;
     }
     if (type == kRouteType) {
       auto got = Decode<RouteConfiguration>(resp);
       if (!got)
         return std::unexpected(got.error());
-      MergeNamed(next.routes, std::move(*got), next.rds_names);
+      auto merged = std::make_shared<config::ResourceMap<RouteConfiguration>>(*next.routes);
+      MergeNamed(*merged, std::move(*got), *next.rds_names);
+      next.routes = std::move(merged);
       return false;
     }
     return Fail(fmt::format("type {} is not supported", type));
@@ -295,10 +313,17 @@ struct AdsClient::State {
     t.nonce = resp.nonce();
     st.last_nonce = resp.nonce();
 
+    auto t0 = std::chrono::steady_clock::now();
     Received next = rx;
     auto folded = Fold(resp, next);
+    auto t1 = std::chrono::steady_clock::now();
     Result<config::Diff> applied =
         folded ? store.Apply(BuildActive(next, *store.Current())) : std::unexpected(folded.error());
+    auto t2 = std::chrono::steady_clock::now();
+    spdlog::debug("xds: {} version {} ({} resources): decode {} ms, apply {} ms", resp.type_url(),
+                  resp.version_info(), resp.resources_size(),
+                  std::chrono::duration_cast<std::chrono::milliseconds>(t1 - t0).count(),
+                  std::chrono::duration_cast<std::chrono::milliseconds>(t2 - t1).count());
     if (!applied) {
       // NACK: the version we still run, the nonce we answer, and why.
       spdlog::warn("xds: NACK {} version {}: {}", resp.type_url(), resp.version_info(),
@@ -323,15 +348,15 @@ struct AdsClient::State {
     if (*folded) {
       const bool cds = resp.type_url() == kClusterType;
       auto& dep = types.find(cds ? kEndpointType : kRouteType)->second;
-      dep.names = cds ? rx.eds_names : rx.rds_names;
+      dep.names = cds ? *rx.eds_names : *rx.rds_names;
       out.push_back(Request(cds ? kEndpointType : kRouteType));
     }
     out.push_back(Request(resp.type_url()));
 
     // LDS once CDS is in and the clusters have warmed (or EDS has answered at least once).
     if (!lds_requested && types.find(kClusterType)->second.ever_accepted) {
-      bool warm = std::ranges::all_of(rx.eds_names,
-                                      [&](const auto& n) { return rx.endpoints.contains(n); });
+      bool warm = std::ranges::all_of(*rx.eds_names,
+                                      [&](const auto& n) { return rx.endpoints->contains(n); });
       if (warm || types.find(kEndpointType)->second.ever_accepted) {
         lds_requested = true;
         out.push_back(Request(kListenerType));

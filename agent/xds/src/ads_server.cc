@@ -20,7 +20,7 @@ using envoy::service::discovery::v3::DiscoveryRequest;
 using envoy::service::discovery::v3::DiscoveryResponse;
 using Event = AdsServerEvent;
 
-uint64_t ContentHash(const google::protobuf::Message& m) {
+std::string DeterministicBytes(const google::protobuf::Message& m) {
   std::string bytes;
   {
     google::protobuf::io::StringOutputStream sos(&bytes);
@@ -28,7 +28,7 @@ uint64_t ContentHash(const google::protobuf::Message& m) {
     cos.SetSerializationDeterministic(true);
     m.SerializeToCodedStream(&cos);
   }
-  return std::hash<std::string>{}(bytes);
+  return bytes;
 }
 
 bool IsWildcardType(const std::string& type) {
@@ -97,7 +97,7 @@ namespace {
 // The protocol state of one stream, used only on its handler thread.
 class Session {
  public:
-  Session(AdsServer::ResourceFn& fn, AdsServer::EventFn& on_event,
+  Session(AdsServer::SharedResourceFn& fn, AdsServer::EventFn& on_event,
           grpc::ServerReaderWriter<DiscoveryResponse, DiscoveryRequest>* stream)
       : fn_(fn), on_event_(on_event), stream_(stream) {}
 
@@ -149,13 +149,22 @@ class Session {
   void OnPush(uint64_t version) {
     if (!has_node_ || version <= version_)
       return;
+    auto t0 = std::chrono::steady_clock::now();
+    auto previous = rs_;  // freed after the sends, off the update's path
     Recompute(version);
+    auto t1 = std::chrono::steady_clock::now();
     // CDS before EDS before LDS before RDS, so a client never sees a reference first.
     for (auto type : {kClusterType, kEndpointType, kListenerType, kRouteType}) {
       auto it = types_.find(std::string(type));
       if (it != types_.end())
         Send(it->first, it->second, false);
     }
+    auto ms = [](auto d) {
+      return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+    };
+    spdlog::debug("xds server: {} push {}: resources {} ms, diff and send {} ms", node_.id(),
+                  version, ms(t1 - t0), ms(std::chrono::steady_clock::now() - t1));
+    previous.reset();
   }
 
  private:
@@ -168,6 +177,8 @@ class Session {
 
   void Recompute(uint64_t version) {
     rs_ = fn_(node_);
+    if (!rs_)
+      rs_ = std::make_shared<const ResourceSet>();
     version_ = version;
   }
 
@@ -184,33 +195,41 @@ class Session {
 
   // full: answer a (new) subscription with everything it covers. Otherwise send only
   // when something changed: the whole set for CDS/LDS, the changed resources for EDS/RDS.
+  // Each resource is serialized once, for its hash and, if sent, as the Any's value.
   void Send(const std::string& type, PerType& t, bool full) {
-    DiscoveryResponse resp;
+    const bool whole = IsWildcardType(type);
+    std::vector<std::string> out;  // serialized resources to send
     std::map<std::string, uint64_t> now;
     bool changed = false;
-    const bool whole = IsWildcardType(type);
-    ForEachOfType(rs_, type, [&](const std::string& name, const google::protobuf::Message& m) {
+    ForEachOfType(*rs_, type, [&](const std::string& name, const google::protobuf::Message& m) {
       if (!t.wildcard && !t.names.contains(name))
         return;
-      uint64_t h = ContentHash(m);
+      std::string bytes = DeterministicBytes(m);
+      uint64_t h = std::hash<std::string>{}(bytes);
       now.emplace(name, h);
       auto old = t.sent.find(name);
       bool differs = old == t.sent.end() || old->second != h;
       changed = changed || differs;
       if (full || whole || differs)
-        resp.add_resources()->PackFrom(m);
+        out.push_back(std::move(bytes));
     });
     if (now.size() != t.sent.size())
       changed = true;  // something went away
     if (!full && !changed)
       return;
-    if (!full && !whole && resp.resources_size() == 0) {
+    if (!full && !whole && out.empty()) {
       t.sent = std::move(now);  // only removals: the client drops them with its subscription
       return;
     }
+    DiscoveryResponse resp;
     resp.set_type_url(type);
     resp.set_version_info(std::to_string(version_));
     resp.set_nonce(std::to_string(++nonce_));
+    for (auto& bytes : out) {
+      auto* any = resp.add_resources();
+      any->set_type_url(type);
+      any->set_value(std::move(bytes));
+    }
     t.sent = std::move(now);
     t.last_nonce = resp.nonce();
     t.sent_version = resp.version_info();
@@ -230,12 +249,12 @@ class Session {
     on_event_(e);
   }
 
-  AdsServer::ResourceFn& fn_;
+  AdsServer::SharedResourceFn& fn_;
   AdsServer::EventFn& on_event_;
   grpc::ServerReaderWriter<DiscoveryResponse, DiscoveryRequest>* stream_;
   envoy::config::core::v3::Node node_;
   bool has_node_ = false;
-  ResourceSet rs_;
+  std::shared_ptr<const ResourceSet> rs_;
   uint64_t version_ = 0;
   uint64_t nonce_ = 0;
   std::map<std::string, PerType> types_;
@@ -262,8 +281,25 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
       return {grpc::StatusCode::UNAVAILABLE, "server stopping"};
     owner_.streams_.push_back(&s);
   }
-  // gRPC allows one reader and one writer at a time: reads happen here, writes on the
-  // handler thread below.
+  auto unregister = [&] {
+    std::lock_guard lock(owner_.mu_);
+    owner_.streams_.remove(&s);
+  };
+  // The first request is read here, before the reader thread exists, so a stream
+  // without a node ends with a status the client can read (cancelling a blocked reader
+  // would replace it with CANCELLED).
+  DiscoveryRequest first;
+  if (!stream->Read(&first)) {
+    unregister();
+    return grpc::Status::OK;
+  }
+  if (!first.has_node() || first.node().id().empty()) {
+    unregister();
+    return {grpc::StatusCode::INVALID_ARGUMENT, "the first request must carry node.id"};
+  }
+  s.inbox.push_back(std::move(first));
+  // gRPC allows one reader and one writer at a time: reads happen on this thread,
+  // writes on the handler thread below.
   std::thread reader([&s, stream] {
     DiscoveryRequest req;
     while (stream->Read(&req)) {
@@ -302,17 +338,19 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
 
   ctx->TryCancel();  // unblocks the reader
   reader.join();
-  {
-    std::lock_guard lock(owner_.mu_);
-    owner_.streams_.remove(&s);
-  }
+  unregister();
   if (owner_.on_event_ && session.has_node()) {
     owner_.on_event_(Event{Event::Kind::kDisconnect, session.node_id(), "", "", "", {}, ""});
   }
   return result;
 }
 
-AdsServer::AdsServer(ResourceFn resources) : resources_(std::move(resources)) {}
+AdsServer::AdsServer(ResourceFn resources)
+    : resources_([fn = std::move(resources)](const envoy::config::core::v3::Node& n) {
+        return std::make_shared<const ResourceSet>(fn(n));
+      }) {}
+
+AdsServer::AdsServer(SharedResourceFn resources) : resources_(std::move(resources)) {}
 
 AdsServer::~AdsServer() {
   Stop();
@@ -373,6 +411,7 @@ void AdsServer::Stop() {
     std::lock_guard lock(mu_);
     stopping_ = true;
     for (Stream* s : streams_) {
+      s->ctx->TryCancel();  // also ends a stream still waiting for its first request
       std::lock_guard slock(s->mu);
       s->stopping = true;
       s->cv.notify_one();

@@ -31,6 +31,8 @@ envoy::config::core::v3::Node BuildNode(const NodeIdentity& id) {
       fmt::format("{}", fmt::join(id.ips.empty() ? std::vector<std::string>{ip} : id.ips, ",")));
   str("OWNER", fmt::format("kubernetes://apis/apps/v1/namespaces/{}/deployments/{}",
                            id.pod_namespace, workload));
+  if (!id.node_name.empty())
+    str("NODE_NAME", id.node_name);
   auto& labels = *f["LABELS"].mutable_struct_value()->mutable_fields();
   for (const auto& [k, v] : id.labels)
     labels[k].set_string_value(v);

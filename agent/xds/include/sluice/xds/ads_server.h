@@ -65,10 +65,17 @@ struct AdsServerOptions {
 
 class AdsServer {
  public:
+  // Called on a stream's first request and on every Push(), from the stream's thread
+  // (several streams may call it at once).
   using ResourceFn = std::function<ResourceSet(const envoy::config::core::v3::Node&)>;
+  // The same, without a copy per stream and push: many nodes can share one set. The set
+  // must not change once returned; build a new one and Push().
+  using SharedResourceFn =
+      std::function<std::shared_ptr<const ResourceSet>(const envoy::config::core::v3::Node&)>;
   using EventFn = std::function<void(const AdsServerEvent&)>;
 
   explicit AdsServer(ResourceFn resources);
+  explicit AdsServer(SharedResourceFn resources);
   ~AdsServer();
   AdsServer(const AdsServer&) = delete;
   AdsServer& operator=(const AdsServer&) = delete;
@@ -92,7 +99,7 @@ class AdsServer {
 
  private:
   friend class Service;
-  ResourceFn resources_;
+  SharedResourceFn resources_;
   EventFn on_event_;
   std::atomic<uint64_t> version_{1};
   std::unique_ptr<Service> service_;

@@ -30,6 +30,7 @@ struct NodeIdentity {
   std::string istio_version = "1.24.0";
   std::string interception_mode = "REDIRECT";
   std::string service_account = "default";
+  std::string node_name;  // the Kubernetes node; sent as NODE_NAME when set
   std::map<std::string, std::string> labels;
 };
 
