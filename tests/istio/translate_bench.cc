@@ -115,6 +115,8 @@ int main(int argc, char** argv) {
       Ms(t2, t3), rs.clusters.size(), rs.endpoints.size(), lb_endpoints, rs.listeners.size(),
       rs.routes.size());
 
+  std::printf("max RSS after load + one translation: %ld MB\n", MaxRssMb());
+
   // Push to the agent's client over real gRPC.
   sluice::xds::AdsServer server(
       [&cp](const envoy::config::core::v3::Node& n) { return cp.ResourcesFor(n); });
