@@ -29,7 +29,7 @@ const fs::path kTestdata = SLUICE_ISTIO_TESTDATA;
 const std::string kHello = "helloworld.default.svc.cluster.local";
 
 template <class F>
-bool WaitFor(F pred, std::chrono::milliseconds limit = 5s) {
+bool WaitFor(F pred, std::chrono::milliseconds limit = 20s) {  // generous: shared CI cores
   auto end = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < end) {
     if (pred())
@@ -101,7 +101,7 @@ class ServeProcess {
       ::close(out_);
   }
   // Next stdout line, or "" after the timeout.
-  std::string ReadLine(std::chrono::milliseconds timeout = 5s) {
+  std::string ReadLine(std::chrono::milliseconds timeout = 20s) {
     auto end = std::chrono::steady_clock::now() + timeout;
     for (;;) {
       auto nl = buf_.find('\n');

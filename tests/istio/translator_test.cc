@@ -121,6 +121,37 @@ spec:
   CHECK_FALSE(vh.routes(1).route().has_retry_policy());
 }
 
+TEST_CASE("destination header operations go on their weighted cluster") {
+  auto r = Run(R"(apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hw}
+spec:
+  host: helloworld
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hw}
+spec:
+  hosts: [helloworld]
+  http:
+  - route:
+    - destination: {host: helloworld, subset: v1}
+      weight: 90
+      headers: {request: {set: {x-canary: "no"}}}
+    - destination: {host: helloworld, subset: v2}
+      weight: 10
+      headers: {request: {set: {x-canary: "yes"}}, response: {add: {x-served-by: v2}}}
+)");
+  REQUIRE(r.loaded.ok());
+  const auto& wc = HelloHost(r).routes(0).route().weighted_clusters();
+  REQUIRE(wc.clusters_size() == 2);
+  CHECK(wc.clusters(0).request_headers_to_add(0).header().value() == "no");
+  CHECK(wc.clusters(1).request_headers_to_add(0).header().value() == "yes");
+  CHECK(wc.clusters(1).response_headers_to_add(0).header().key() == "x-served-by");
+  CHECK(wc.clusters(0).response_headers_to_add_size() == 0);
+}
+
 TEST_CASE("redirects and direct responses") {
   auto r = Run(R"(apiVersion: networking.istio.io/v1
 kind: VirtualService

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "sluice/xds/node.h"
@@ -70,7 +71,9 @@ ReloadReport LocalControlPlane::Reload() {
       std::stringstream buf;
       buf << in.rdbuf();
       std::string text = buf.str();
-      if (text != st.text || (st.errors.empty() && !st.ever_good)) {
+      const std::size_t hash = std::hash<std::string>{}(text);
+      const bool changed = hash != st.text_hash || text.size() != st.text_size;
+      if (changed || (st.errors.empty() && !st.ever_good)) {
         LoadResult fresh;
         LoadText(text, file, fresh);
         st.warnings = fresh.warnings;
@@ -91,7 +94,8 @@ ReloadReport LocalControlPlane::Reload() {
       // Unchanged files are not parsed again; their problems are reported again.
       Append(report.warnings, st.warnings);
       Append(report.errors, st.errors);
-      st.text = std::move(text);
+      st.text_hash = hash;
+      st.text_size = text.size();
     }
     Merge(merged.config, st.last_good);
     next.emplace(file, std::move(st));

@@ -647,7 +647,12 @@ class Builder {
       auto* ra = r.mutable_route();
       // Weights are relative (Envoy divides by their sum); zero-weight destinations
       // get no traffic and are left out as istiod does.
-      std::vector<std::pair<std::string, uint32_t>> clusters;
+      struct Target {
+        std::string cluster;
+        uint32_t weight;
+        const Headers* headers;
+      };
+      std::vector<Target> targets;
       const RegistryService* first_svc = nullptr;
       uint32_t first_port = 0;
       std::string first_subset;
@@ -657,21 +662,30 @@ class Builder {
           continue;
         const RegistryService* svc = nullptr;
         auto name = DestinationCluster(rd.destination, vs_ns, listener_port, &svc);
-        if (clusters.empty()) {
+        if (targets.empty()) {
           first_svc = svc;
           first_port = DestinationPort(rd.destination, svc, listener_port);
           first_subset = rd.destination.subset;
         }
-        clusters.emplace_back(std::move(name), w);
+        targets.push_back(Target{std::move(name), w, &rd.headers});
       }
-      if (clusters.size() == 1) {
-        ra->set_cluster(clusters[0].first);
+      if (targets.size() == 1) {
+        ra->set_cluster(targets[0].cluster);
+        // A single destination's header operations apply to the whole route.
+        AddHeaderOps(targets[0].headers->request, r.mutable_request_headers_to_add(),
+                     r.mutable_request_headers_to_remove());
+        AddHeaderOps(targets[0].headers->response, r.mutable_response_headers_to_add(),
+                     r.mutable_response_headers_to_remove());
       } else {
         auto* wc = ra->mutable_weighted_clusters();
-        for (const auto& [name, w] : clusters) {
+        for (const auto& t : targets) {
           auto* cw = wc->add_clusters();
-          cw->set_name(name);
-          cw->mutable_weight()->set_value(w);
+          cw->set_name(t.cluster);
+          cw->mutable_weight()->set_value(t.weight);
+          AddHeaderOps(t.headers->request, cw->mutable_request_headers_to_add(),
+                       cw->mutable_request_headers_to_remove());
+          AddHeaderOps(t.headers->response, cw->mutable_response_headers_to_add(),
+                       cw->mutable_response_headers_to_remove());
         }
       }
       SetDurationMs(ra->mutable_timeout(), hr.timeout_ms.value_or(0));

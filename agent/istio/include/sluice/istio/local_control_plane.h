@@ -48,7 +48,8 @@ class LocalControlPlane {
 
  private:
   struct FileState {
-    std::string text;
+    std::size_t text_hash = 0;  // of the content last parsed (change detection)
+    std::size_t text_size = 0;
     LoadResult last_good;  // its documents as of the last error-free load
     bool ever_good = false;
     std::vector<std::string> errors, warnings;  // of the last parse of `text`
