@@ -374,6 +374,33 @@ spec:
   CHECK(other.t.resources.routes.empty());
 }
 
+TEST_CASE("gateway httpsRedirect makes the virtual host require TLS") {
+  auto r = Run(R"(apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["hello.example.com"]
+    tls: {httpsRedirect: true}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hello}
+spec:
+  hosts: [hello.example.com]
+  gateways: [istio-system/gw]
+  http: [{route: [{destination: {host: helloworld, port: {number: 5000}}}]}]
+)",
+               "gateway:istio=ingressgateway");
+  REQUIRE(r.loaded.ok());
+  const auto& vh = r.t.resources.routes.at("http.80").virtual_hosts(0);
+  CHECK(vh.name() == "hello.example.com:80");
+  CHECK(vh.require_tls() == route_v3::VirtualHost::ALL);
+  CHECK(vh.routes(0).route().cluster() == "outbound|5000||helloworld.default.svc.cluster.local");
+}
+
 TEST_CASE("proxy specs parse and reject malformed input") {
   auto s = ProxySpec::Parse("gateway:istio=ingressgateway,app=gw@edge");
   REQUIRE(s);

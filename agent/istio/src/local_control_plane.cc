@@ -146,7 +146,24 @@ xds::ResourceSet LocalControlPlane::ResourcesFor(const envoy::config::core::v3::
   auto spec = ProxyFor(node);
   if (!spec)
     return {};
-  return Translate(state->config, state->registry, *spec).resources;
+  const std::string key = spec->Describe();
+  std::lock_guard lock(state->cache_mu);  // concurrent streams for one key translate once
+  auto& cached = state->cache[key];
+  if (!cached) {
+    cached = std::make_shared<const xds::ResourceSet>(
+        Translate(state->config, state->registry, *spec).resources);
+  }
+  return *cached;
+}
+
+std::size_t LocalControlPlane::Translations() const {
+  std::shared_ptr<const State> state;
+  {
+    std::lock_guard lock(state_mu_);
+    state = state_;
+  }
+  std::lock_guard lock(state->cache_mu);
+  return state->cache.size();
 }
 
 // ---------------------------------------------------------------- DirWatcher

@@ -1135,6 +1135,9 @@ class Builder {
           vh.set_name(name);
           vh.add_domains(vs_host);
           vh.add_domains(vs_host + ":*");
+          // tls.httpsRedirect on an HTTP server: istiod makes Envoy redirect to https.
+          if (bound.server->https_redirect)
+            vh.set_require_tls(route_v3::VirtualHost::ALL);
           for (auto& r : routes)
             *vh.add_routes() = std::move(r);
           vhosts.emplace(name, std::move(vh));

@@ -12,6 +12,7 @@
 // selected by metadata LABELS.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -46,6 +47,9 @@ class LocalControlPlane {
 
   static Result<ProxySpec> ProxyFor(const envoy::config::core::v3::Node& node);
 
+  // Translations done since the last Reload (cache misses), for tests and status.
+  std::size_t Translations() const;
+
  private:
   struct FileState {
     std::size_t text_hash = 0;  // of the content last parsed (change detection)
@@ -57,6 +61,10 @@ class LocalControlPlane {
   struct State {
     Config config;
     Registry registry;
+    // Translations of this config, by ProxySpec::Describe(): every sidecar of a namespace
+    // (and every replica of a gateway) is served the same set, translated once.
+    mutable std::mutex cache_mu;
+    mutable std::map<std::string, std::shared_ptr<const xds::ResourceSet>> cache;
   };
 
   std::vector<std::string> paths_;
