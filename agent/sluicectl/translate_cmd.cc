@@ -61,6 +61,8 @@ void RunTranslate(const TranslateOptions& opt) {
   istio::LoadResult loaded;
   bool clean = Load(opt.files, loaded);
   auto registry = istio::Registry::Build(loaded.config);
+  for (const auto& w : registry.warnings())
+    std::cerr << "warning: " << w << "\n";
   auto translation = istio::Translate(loaded.config, registry, *proxy);
   for (const auto& w : translation.warnings)
     std::cerr << "warning: " << w << "\n";

@@ -156,3 +156,29 @@ spec:
   CHECK(ports[2].protocol == Protocol::kHttps);
   CHECK(ports[3].protocol == Protocol::kUdp);
 }
+
+TEST_CASE("two ServiceEntries for one host: the first wins, with a warning") {
+  Config c = Load(R"(apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: first}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: second}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 8443, name: tls, protocol: TLS}]
+  resolution: DNS
+)");
+  Registry r = Registry::Build(c);
+  REQUIRE(r.services().size() == 1);
+  CHECK(r.services()[0].name == "first");
+  REQUIRE(r.warnings().size() == 1);
+  CHECK(r.warnings()[0] ==
+        "host api.example.com in namespace default is defined by first and "
+        "again by second; the first one is used");
+}

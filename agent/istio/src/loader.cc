@@ -1,8 +1,11 @@
 #include "sluice/istio/loader.h"
 
+#include <arpa/inet.h>
+#include <re2/re2.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -100,6 +103,52 @@ std::string Upper(std::string s) {
 
 // ---------------------------------------------------------------- shared decoders
 
+// A host as Istio accepts it: DNS name characters, and a wildcard only as the whole
+// host ("*") or as its leftmost label ("*.example.com"). Empty when fine, else why not.
+std::string HostProblem(const std::string& host) {
+  if (host.empty())
+    return "must not be empty";
+  if (host == "*")
+    return {};
+  std::string_view rest = host;
+  if (rest.starts_with("*."))
+    rest.remove_prefix(2);
+  if (rest.find('*') != std::string_view::npos)
+    return "wildcard \"*\" is only allowed as the leftmost label (got \"" + host + "\")";
+  for (char c : rest) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_' &&
+        c != ':') {
+      return "not a valid host name (got \"" + host + "\")";
+    }
+  }
+  if (rest.empty() || rest.front() == '.' || rest.back() == '.' ||
+      rest.find("..") != std::string_view::npos)
+    return "not a valid host name (got \"" + host + "\")";
+  return {};
+}
+
+// Checks each entry of a host list field; `allow_namespace` accepts Gateway's "ns/host".
+void CheckHosts(const Field& f, const std::vector<std::string>& hosts, bool allow_namespace) {
+  std::set<std::string> seen;
+  auto items = f.List();
+  for (std::size_t i = 0; i < hosts.size() && i < items.size(); ++i) {
+    std::string host = hosts[i];
+    if (allow_namespace) {
+      auto slash = host.find('/');
+      if (slash != std::string::npos)
+        host = host.substr(slash + 1);
+    }
+    if (auto problem = HostProblem(host); !problem.empty()) {
+      items[i].Error(problem);
+      return;
+    }
+    if (!seen.insert(hosts[i]).second) {
+      items[i].Error("duplicate host \"" + hosts[i] + "\"");
+      return;
+    }
+  }
+}
+
 Meta DecodeMeta(const Field& doc, const Origin& origin) {
   Meta m;
   Field md = doc["metadata"];
@@ -136,6 +185,12 @@ std::optional<StringMatch> DecodeStringMatch(const Field& f) {
     return std::nullopt;
   }
   m.value = value.StrOr("");
+  if (m.kind == StringMatch::Kind::kRegex) {
+    // Envoy matches with RE2, so a pattern RE2 refuses would be NACKed by the proxy.
+    RE2 re(m.value, RE2::Quiet);
+    if (!re.ok())
+      value.Error("invalid RE2 regex \"" + m.value + "\": " + re.error());
+  }
   return m;
 }
 
@@ -467,6 +522,7 @@ L4Route DecodeL4Route(const Field& f, bool tls) {
     L4Match m;
     if (tls) {
       m.sni_hosts = mf["sniHosts"].StrList();
+      CheckHosts(mf["sniHosts"], m.sni_hosts, false);
       if (m.sni_hosts.empty())
         mf["sniHosts"].Error("required for a tls route");
     }
@@ -490,10 +546,7 @@ VirtualService DecodeVirtualService(const Field& doc, const Meta& meta) {
   vs.hosts = spec["hosts"].StrList();
   if (vs.hosts.empty() && !spec["hosts"].present())
     spec["hosts"].Error("required");
-  for (std::size_t i = 0; i < vs.hosts.size(); ++i) {
-    if (vs.hosts[i].empty())
-      spec["hosts"].List()[i].Error("must not be empty");
-  }
+  CheckHosts(spec["hosts"], vs.hosts, false);
   vs.gateways = spec["gateways"].StrList();
   vs.export_to = spec["exportTo"].StrList();
   for (auto& hf : spec["http"].List())
@@ -585,6 +638,8 @@ DestinationRule DecodeDestinationRule(const Field& doc, const Meta& meta) {
   dr.meta = meta;
   Field spec = doc["spec"];
   dr.host = spec["host"].Required();
+  if (auto problem = HostProblem(dr.host); !dr.host.empty() && !problem.empty())
+    spec["host"].Error(problem);
   dr.traffic_policy = DecodeTrafficPolicy(spec["trafficPolicy"]);
   dr.export_to = spec["exportTo"].StrList();
   std::set<std::string> names;
@@ -626,6 +681,7 @@ Gateway DecodeGateway(const Field& doc, const Meta& meta) {
       port["protocol"].Error("unsupported protocol \"" + s.protocol + "\"");
     }
     s.hosts = sf["hosts"].StrList();
+    CheckHosts(sf["hosts"], s.hosts, true);
     if (s.hosts.empty())
       sf["hosts"].Error("required");
     Field tls = sf["tls"];
@@ -644,14 +700,37 @@ Gateway DecodeGateway(const Field& doc, const Meta& meta) {
   return gw;
 }
 
+// "10.0.0.1", "2001:db8::1", optionally with "/len".
+bool IsIpOrCidr(const std::string& text) {
+  auto slash = text.find('/');
+  std::string ip = text.substr(0, slash);
+  unsigned char buf[16];
+  bool v6 = ::inet_pton(AF_INET6, ip.c_str(), buf) == 1;
+  if (!v6 && ::inet_pton(AF_INET, ip.c_str(), buf) != 1)
+    return false;
+  if (slash == std::string::npos)
+    return true;
+  std::string len = text.substr(slash + 1);
+  if (len.empty() || len.size() > 3 || len.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  return std::stoi(len) <= (v6 ? 128 : 32);
+}
+
 ServiceEntry DecodeServiceEntry(const Field& doc, const Meta& meta) {
   ServiceEntry se;
   se.meta = meta;
   Field spec = doc["spec"];
   se.hosts = spec["hosts"].StrList();
+  CheckHosts(spec["hosts"], se.hosts, false);
   if (se.hosts.empty())
     spec["hosts"].Error("required");
   se.addresses = spec["addresses"].StrList();
+  for (std::size_t i = 0; i < se.addresses.size(); ++i) {
+    if (!IsIpOrCidr(se.addresses[i])) {
+      spec["addresses"].List()[i].Error("must be an IP address or CIDR range (got \"" +
+                                        se.addresses[i] + "\")");
+    }
+  }
   se.export_to = spec["exportTo"].StrList();
   std::set<std::string> names;
   std::set<uint32_t> numbers;
@@ -700,6 +779,16 @@ ServiceEntry DecodeServiceEntry(const Field& doc, const Meta& meta) {
       we.ports[k] = v.Port().value_or(0);
     we.weight = static_cast<uint32_t>(ef["weight"].Int(0, 1 << 24).value_or(0));
     se.endpoints.push_back(std::move(we));
+  }
+  if (se.resolution == ServiceEntry::Resolution::kStatic) {
+    auto eps = spec["endpoints"].List();
+    for (std::size_t i = 0; i < se.endpoints.size() && i < eps.size(); ++i) {
+      if (!IsIpOrCidr(se.endpoints[i].address) ||
+          se.endpoints[i].address.find('/') != std::string::npos) {
+        eps[i]["address"].Error("must be an IP address when resolution is STATIC (got \"" +
+                                se.endpoints[i].address + "\")");
+      }
+    }
   }
   if (se.resolution == ServiceEntry::Resolution::kNone && !se.endpoints.empty()) {
     spec["endpoints"].Error("must be empty when resolution is NONE");

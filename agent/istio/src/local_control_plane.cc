@@ -110,6 +110,7 @@ ReloadReport LocalControlPlane::Reload() {
   }
   auto state = std::make_shared<State>();
   state->registry = Registry::Build(merged.config);
+  Append(report.warnings, state->registry.warnings());
   state->config = std::move(merged.config);
   {
     std::lock_guard lock(state_mu_);

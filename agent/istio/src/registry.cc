@@ -288,6 +288,19 @@ Registry Registry::Build(const Config& config) {
   std::stable_sort(r.services_.begin(), r.services_.end(), [](const auto& a, const auto& b) {
     return std::tie(a.hostname, a.ns) < std::tie(b.hostname, b.ns);
   });
+  // One service per hostname and namespace (stable_sort kept load order among equals).
+  std::vector<RegistryService> unique;
+  unique.reserve(r.services_.size());
+  for (auto& s : r.services_) {
+    if (!unique.empty() && unique.back().hostname == s.hostname && unique.back().ns == s.ns) {
+      r.warnings_.push_back("host " + s.hostname + " in namespace " + s.ns + " is defined by " +
+                            unique.back().name + " and again by " + s.name +
+                            "; the first one is used");
+      continue;
+    }
+    unique.push_back(std::move(s));
+  }
+  r.services_ = std::move(unique);
   for (std::size_t i = 0; i < r.services_.size(); ++i) {
     r.by_host_.emplace(r.services_[i].hostname, i);
   }

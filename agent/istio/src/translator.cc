@@ -3,6 +3,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <set>
 #include <unordered_map>
@@ -92,11 +93,10 @@ bool ParseCidr(const std::string& text, core_v3::CidrRange* out) {
     return false;
   uint32_t len = v6 ? 128 : 32;
   if (slash != std::string::npos) {
-    try {
-      len = static_cast<uint32_t>(std::stoul(text.substr(slash + 1)));
-    } catch (...) {
+    std::string_view digits = std::string_view(text).substr(slash + 1);
+    auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), len);
+    if (ec != std::errc() || p != digits.data() + digits.size() || len > (v6 ? 128u : 32u))
       return false;
-    }
   }
   out->set_address_prefix(ip);
   out->mutable_prefix_len()->set_value(len);
@@ -128,6 +128,21 @@ class Builder {
   // Host -> the DestinationRules and mesh-bound VirtualServices naming it, so lookups
   // cost O(rules for that host), not O(all rules): 10,000 services x 1,000 rules adds up.
   void IndexByHost() {
+    // The services this proxy sees, one per hostname: the one in the proxy's namespace
+    // when several namespaces define the host, else the first (registry order).
+    std::map<std::string, const RegistryService*> by_host;
+    for (const auto& svc : registry_.services()) {
+      if (!svc.VisibleFrom(proxy_.ns))
+        continue;
+      auto [it, inserted] = by_host.emplace(svc.hostname, &svc);
+      if (!inserted && svc.ns == proxy_.ns && it->second->ns != proxy_.ns)
+        it->second = &svc;
+    }
+    for (const auto& svc : registry_.services()) {
+      auto it = by_host.find(svc.hostname);
+      if (it != by_host.end() && it->second == &svc)
+        visible_.push_back(&svc);
+    }
     for (const auto& dr : config_.destination_rules) {
       std::string host = registry_.Qualify(dr.host, dr.meta.ns);
       if (host.starts_with("*")) {
@@ -254,9 +269,8 @@ class Builder {
   // ------------------------------------------------------------ clusters
 
   void BuildClusters() {
-    for (const auto& svc : registry_.services()) {
-      if (!svc.VisibleFrom(proxy_.ns))
-        continue;
+    for (const RegistryService* svc_ptr : visible_) {
+      const RegistryService& svc = *svc_ptr;
       const DestinationRule* dr = FindDestinationRule(svc);
       for (const auto& port : svc.ports) {
         if (port.protocol == Protocol::kUdp)
@@ -550,7 +564,10 @@ class Builder {
       if (token.empty())
         continue;
       if (token.find_first_not_of("0123456789") == std::string::npos) {
-        codes.push_back(static_cast<uint32_t>(std::stoul(token)));
+        uint32_t code = 0;
+        auto [p, ec] = std::from_chars(token.data(), token.data() + token.size(), code);
+        if (ec == std::errc() && p == token.data() + token.size())
+          codes.push_back(code);
         continue;
       }
       if (!policies.empty())
@@ -930,9 +947,8 @@ class Builder {
   // TLS port SNI filter chains; per TCP port chains matched on the services' addresses.
   void BuildSidecarListenersAndRoutes() {
     std::map<uint32_t, std::vector<const RegistryService*>> http_ports, tls_ports, tcp_ports;
-    for (const auto& svc : registry_.services()) {
-      if (!svc.VisibleFrom(proxy_.ns))
-        continue;
+    for (const RegistryService* svc_ptr : visible_) {
+      const RegistryService& svc = *svc_ptr;
       for (const auto& p : svc.ports) {
         if (p.protocol == Protocol::kUdp)
           continue;
@@ -1010,6 +1026,7 @@ class Builder {
     for (const auto& [port, services] : tcp_ports) {
       auto l = NewListener("0.0.0.0", port, true);
       bool has_default = false;
+      std::set<std::string> seen_ranges;
       for (const auto* svc : services) {
         std::vector<std::pair<std::string, uint32_t>> clusters;
         const VirtualService* vs = FindMeshVs(*svc);
@@ -1035,7 +1052,16 @@ class Builder {
         auto* f = chain.add_filters();
         f->set_name("envoy.filters.network.tcp_proxy");
         *f->mutable_typed_config() = TcpProxy(clusters);
-        if (chain.has_filter_chain_match()) {
+        std::string key;
+        for (const auto& r : chain.filter_chain_match().prefix_ranges()) {
+          key += r.address_prefix() + "/" + std::to_string(r.prefix_len().value()) + ",";
+        }
+        if (chain.has_filter_chain_match() && !seen_ranges.insert(key).second) {
+          out_.warnings.push_back("port " + std::to_string(port) + ": TCP service " +
+                                  svc->hostname +
+                                  " has the same addresses as another service "
+                                  "on that port; skipped");
+        } else if (chain.has_filter_chain_match()) {
           *l.add_filter_chains() = std::move(chain);
         } else if (!has_default) {
           *l.mutable_default_filter_chain() = std::move(chain);
@@ -1224,6 +1250,7 @@ class Builder {
   const ProxySpec& proxy_;
   bool access_log_ = false;
   Translation out_;
+  std::vector<const RegistryService*> visible_;
   std::unordered_map<std::string, std::vector<const DestinationRule*>> dr_by_host_;
   std::vector<std::pair<std::string, const DestinationRule*>> dr_wildcard_;
   std::unordered_map<std::string, std::vector<const VirtualService*>> vs_by_host_;

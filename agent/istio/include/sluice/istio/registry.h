@@ -71,6 +71,10 @@ class Registry {
 
   const std::string& domain() const { return domain_; }
 
+  // Services dropped because another one already had the same hostname in the same
+  // namespace (two ServiceEntries naming one host): the first in load order wins.
+  const std::vector<std::string>& warnings() const { return warnings_; }
+
   // The registry as istiod's /debug/registryz shows it (a JSON array).
   std::string RegistryzJson() const;
 
@@ -78,6 +82,7 @@ class Registry {
   std::vector<RegistryService> services_;
   std::multimap<std::string, std::size_t> by_host_;
   std::string domain_ = "cluster.local";
+  std::vector<std::string> warnings_;
 };
 
 // Labels `selector` selects: every key present with an equal value (empty selects all).
