@@ -127,6 +127,32 @@ std::string HostProblem(const std::string& host) {
   return {};
 }
 
+// "10.0.0.1", "2001:db8::1", optionally with "/len".
+bool IsIpOrCidr(const std::string& text) {
+  auto slash = text.find('/');
+  std::string ip = text.substr(0, slash);
+  unsigned char buf[16];
+  bool v6 = ::inet_pton(AF_INET6, ip.c_str(), buf) == 1;
+  if (!v6 && ::inet_pton(AF_INET, ip.c_str(), buf) != 1)
+    return false;
+  if (slash == std::string::npos)
+    return true;
+  std::string len = text.substr(slash + 1);
+  if (len.empty() || len.size() > 3 || len.find_first_not_of("0123456789") != std::string::npos)
+    return false;
+  return std::stoi(len) <= (v6 ? 128 : 32);
+}
+
+bool IsIp(const std::string& text) {
+  return text.find('/') == std::string::npos && IsIpOrCidr(text);
+}
+
+// Reports an address that is not an IP on field `f`.
+void CheckIp(const Field& f, const std::string& ip) {
+  if (!IsIp(ip))
+    f.Error("must be an IP address (got \"" + ip + "\")");
+}
+
 // Checks each entry of a host list field; `allow_namespace` accepts Gateway's "ns/host".
 void CheckHosts(const Field& f, const std::vector<std::string>& hosts, bool allow_namespace) {
   std::set<std::string> seen;
@@ -149,15 +175,46 @@ void CheckHosts(const Field& f, const std::vector<std::string>& hosts, bool allo
   }
 }
 
-Meta DecodeMeta(const Field& doc, const Origin& origin) {
+// Kubernetes object names: a DNS-1123 label (lower-case letters, digits, '-', at most 63,
+// alphanumeric at both ends), or with `dots` a DNS-1123 subdomain (labels joined by '.').
+bool IsDnsName(const std::string& name, bool dots) {
+  if (name.empty() || name.size() > (dots ? 253u : 63u))
+    return false;
+  std::size_t label = 0;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    char c = name[i];
+    if (c == '.' && dots) {
+      if (label == 0 || name[i - 1] == '-')
+        return false;
+      label = 0;
+      continue;
+    }
+    bool alnum = (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+    if (!alnum && c != '-')
+      return false;
+    if (c == '-' && label == 0)
+      return false;
+    ++label;
+  }
+  return name.back() != '-' && name.back() != '.';
+}
+
+Meta DecodeMeta(const Field& doc, const Origin& origin, bool name_is_label) {
   Meta m;
   Field md = doc["metadata"];
   if (md.present() && !md.is_map())
     md.Error("must be a mapping");
   m.name = md["name"].Required();
+  if (!m.name.empty() && !IsDnsName(m.name, !name_is_label)) {
+    md["name"].Error(name_is_label ? "must be a DNS-1123 label (lower-case letters, digits, '-')"
+                                   : "must be a DNS-1123 subdomain (lower-case letters, "
+                                     "digits, '-', '.')");
+  }
   m.ns = md["namespace"].StrOr("default");
   if (m.ns.empty())
     m.ns = "default";
+  if (!IsDnsName(m.ns, false))
+    md["namespace"].Error("must be a DNS-1123 label (lower-case letters, digits, '-')");
   m.labels = md["labels"].StrMap();
   m.annotations = md["annotations"].StrMap();
   m.origin = origin;
@@ -319,6 +376,19 @@ std::vector<ContainerPort> DecodeContainers(const Field& podspec) {
   return out;
 }
 
+std::vector<std::string> SplitIps(const std::string& s);
+
+// The sluice.io/pod-ips annotation: the addresses of a Pod or a Deployment's replicas.
+std::vector<std::string> AnnotatedIps(const Field& doc, const Meta& meta) {
+  auto it = meta.annotations.find("sluice.io/pod-ips");
+  if (it == meta.annotations.end())
+    return {};
+  auto ips = SplitIps(it->second);
+  for (const auto& ip : ips)
+    CheckIp(doc["metadata"]["annotations"]["sluice.io/pod-ips"], ip);
+  return ips;
+}
+
 std::vector<std::string> SplitIps(const std::string& s) {
   std::vector<std::string> out;
   std::string cur;
@@ -341,17 +411,18 @@ Workload DecodePod(const Field& doc, const Meta& meta) {
   w.pod_labels = meta.labels;
   w.container_ports = DecodeContainers(doc["spec"]);
   Field status = doc["status"];
-  for (auto& ip : status["podIPs"].List())
-    w.ips.push_back(ip["ip"].StrOr(""));
+  for (auto& ip : status["podIPs"].List()) {
+    w.ips.push_back(ip["ip"].Required());
+    CheckIp(ip["ip"], w.ips.back());
+  }
   if (w.ips.empty()) {
-    if (auto ip = status["podIP"].Str())
+    if (auto ip = status["podIP"].Str()) {
       w.ips.push_back(*ip);
+      CheckIp(status["podIP"], *ip);
+    }
   }
-  if (w.ips.empty()) {
-    auto it = meta.annotations.find("sluice.io/pod-ips");
-    if (it != meta.annotations.end())
-      w.ips = SplitIps(it->second);
-  }
+  if (w.ips.empty())
+    w.ips = AnnotatedIps(doc, meta);
   return w;
 }
 
@@ -362,9 +433,7 @@ Workload DecodeDeployment(const Field& doc, const Meta& meta) {
   Field tmpl = doc["spec"]["template"];
   w.pod_labels = tmpl["metadata"]["labels"].StrMap();
   w.container_ports = DecodeContainers(tmpl["spec"]);
-  auto it = meta.annotations.find("sluice.io/pod-ips");
-  if (it != meta.annotations.end())
-    w.ips = SplitIps(it->second);
+  w.ips = AnnotatedIps(doc, meta);
   return w;
 }
 
@@ -382,6 +451,7 @@ EndpointGroup DecodeEndpoints(const Field& doc, const Meta& meta) {
     for (auto& af : sub["addresses"].List()) {
       EndpointAddress a;
       a.ip = af["ip"].Required();
+      CheckIp(af["ip"], a.ip);
       if (af["targetRef"]["kind"].StrOr("") == "Pod")
         a.target_pod = af["targetRef"]["name"].StrOr("");
       g.addresses.push_back(std::move(a));
@@ -413,8 +483,12 @@ EndpointGroup DecodeEndpointSlice(const Field& doc, const Meta& meta) {
     std::string pod;
     if (ef["targetRef"]["kind"].StrOr("") == "Pod")
       pod = ef["targetRef"]["name"].StrOr("");
-    for (auto& ip : ef["addresses"].StrList())
-      g.addresses.push_back(EndpointAddress{ip, pod, {}});
+    auto ips = ef["addresses"].StrList();
+    auto fields = ef["addresses"].List();
+    for (std::size_t i = 0; i < ips.size(); ++i) {
+      CheckIp(fields[i], ips[i]);
+      g.addresses.push_back(EndpointAddress{ips[i], pod, {}});
+    }
   }
   for (auto& pf : doc["ports"].List()) {
     g.ports.push_back(EndpointPort{pf["name"].StrOr(""), pf["port"].Port().value_or(0)});
@@ -700,22 +774,6 @@ Gateway DecodeGateway(const Field& doc, const Meta& meta) {
   return gw;
 }
 
-// "10.0.0.1", "2001:db8::1", optionally with "/len".
-bool IsIpOrCidr(const std::string& text) {
-  auto slash = text.find('/');
-  std::string ip = text.substr(0, slash);
-  unsigned char buf[16];
-  bool v6 = ::inet_pton(AF_INET6, ip.c_str(), buf) == 1;
-  if (!v6 && ::inet_pton(AF_INET, ip.c_str(), buf) != 1)
-    return false;
-  if (slash == std::string::npos)
-    return true;
-  std::string len = text.substr(slash + 1);
-  if (len.empty() || len.size() > 3 || len.find_first_not_of("0123456789") != std::string::npos)
-    return false;
-  return std::stoi(len) <= (v6 ? 128 : 32);
-}
-
 ServiceEntry DecodeServiceEntry(const Field& doc, const Meta& meta) {
   ServiceEntry se;
   se.meta = meta;
@@ -874,7 +932,8 @@ void DecodeDocument(const YAML::Node& root, const Origin& origin, LoadResult& ou
     out.errors.push_back(where + " (" + *kind + "): apiVersion: required");
     return;
   }
-  Meta meta = DecodeMeta(doc, origin);
+  // Service and Namespace names become DNS labels (name.ns.svc.cluster.local).
+  Meta meta = DecodeMeta(doc, origin, *kind == "Service" || *kind == "Namespace");
   const std::string described = origin.Describe(*kind, meta.ns, meta.name);
   auto report = [&] { out.errors.push_back(described + ": " + *errors.first); };
   if (errors.failed())
