@@ -152,6 +152,45 @@ spec:
   CHECK(wc.clusters(0).response_headers_to_add_size() == 0);
 }
 
+TEST_CASE("VirtualService hosts outside the registry get a virtual host on port 80") {
+  auto r = Run(R"(apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: external}
+spec:
+  hosts: [www.example.com]
+  http: [{route: [{destination: {host: web}}], timeout: 3s}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hw-alias}
+spec:
+  hosts: [helloworld, hello.example.com]
+  http: [{route: [{destination: {host: helloworld, port: {number: 5000}}}]}]
+)");
+  REQUIRE(r.loaded.ok());
+  const auto& rc80 = r.t.resources.routes.at("80");
+  REQUIRE(rc80.virtual_hosts_size() == 3);  // web, www.example.com, allow_any
+  CHECK(rc80.virtual_hosts(1).name() == "www.example.com:80");
+  CHECK(rc80.virtual_hosts(1).domains(0) == "www.example.com");
+  CHECK(rc80.virtual_hosts(1).routes(0).route().cluster() ==
+        "outbound|80||web.default.svc.cluster.local");
+  CHECK(rc80.virtual_hosts(1).routes(0).route().timeout().seconds() == 3);
+  // An extra host beside a service rides on that service's HTTP ports, not on 80.
+  const auto& rc5000 = r.t.resources.routes.at("5000");
+  bool alias = false;
+  for (const auto& vh : rc5000.virtual_hosts())
+    alias = alias || vh.name() == "hello.example.com:5000";
+  CHECK(alias);
+  for (const auto& vh : rc80.virtual_hosts())
+    CHECK(vh.name() != "hello.example.com:80");
+}
+
 TEST_CASE("redirects and direct responses") {
   auto r = Run(R"(apiVersion: networking.istio.io/v1
 kind: VirtualService

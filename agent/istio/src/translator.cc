@@ -163,6 +163,10 @@ class Builder {
         }
       }
     }
+    for (const RegistryService* svc : visible_) {
+      if (const VirtualService* vs = FindMeshVs(*svc))
+        services_by_vs_[vs].push_back(svc);
+    }
   }
 
   // Candidates for a hostname, in config order (the vectors' elements are contiguous, so
@@ -832,6 +836,28 @@ class Builder {
     return domains;
   }
 
+  // Per mesh-bound VirtualService, its hosts that match no visible service, in order.
+  std::vector<std::pair<const VirtualService*, std::vector<std::string>>> UnregisteredVsHosts()
+      const {
+    std::vector<std::pair<const VirtualService*, std::vector<std::string>>> out;
+    for (const auto& vs : config_.virtual_services) {
+      if (!BoundTo(vs, kMesh) || !VisibleVs(vs))
+        continue;
+      std::vector<std::string> hosts;
+      for (const auto& h : vs.hosts) {
+        std::string host = registry_.Qualify(h, vs.meta.ns);
+        bool covered = std::any_of(visible_.begin(), visible_.end(), [&](const auto* svc) {
+          return HostMatches(host, svc->hostname);
+        });
+        if (!covered && host != "*")
+          hosts.push_back(host);
+      }
+      if (!hosts.empty())
+        out.emplace_back(&vs, std::move(hosts));
+    }
+    return out;
+  }
+
   const VirtualService* FindMeshVs(const RegistryService& svc) const {
     auto candidates = Candidates(vs_by_host_, vs_wildcard_, svc.hostname);
     return candidates.empty() ? nullptr : candidates.front();
@@ -967,11 +993,19 @@ class Builder {
       rc.set_name(std::to_string(port));
       rc.mutable_validate_clusters()->set_value(false);
       rc.set_ignore_port_in_host_matching(true);
+      // A domain may name one virtual host only (Envoy rejects the config otherwise); the
+      // first claim wins, e.g. Kubernetes "a" in namespace "b" over a ServiceEntry "a.b".
+      std::set<std::string> used_domains;
+      auto add_domains = [&](route_v3::VirtualHost* vh, const std::vector<std::string>& ds) {
+        for (const auto& d : ds) {
+          if (used_domains.insert(d).second)
+            vh->add_domains(d);
+        }
+      };
       for (const auto* svc : services) {
         auto* vh = rc.add_virtual_hosts();
         vh->set_name(svc->hostname + ":" + std::to_string(port));
-        for (auto& d : ServiceDomains(*svc, port))
-          vh->add_domains(d);
+        add_domains(vh, ServiceDomains(*svc, port));
         const VirtualService* vs = FindMeshVs(*svc);
         std::vector<route_v3::Route> routes;
         if (vs)
@@ -980,6 +1014,35 @@ class Builder {
           routes.push_back(DefaultRoute(*svc, port));
         for (auto& r : routes)
           *vh->add_routes() = std::move(r);
+      }
+      // VirtualService hosts that name no service (istiod: "no port information, default
+      // to 80"): a virtual host on the ports of the services the VirtualService does
+      // cover, or on port 80 when it covers none.
+      for (const auto& [vs, hosts] : UnregisteredVsHosts()) {
+        std::set<uint32_t> ports;
+        for (const auto* svc : services_by_vs_[vs]) {
+          for (const auto& p : svc->ports) {
+            if (IsHttp(p.protocol))
+              ports.insert(p.port);
+          }
+        }
+        if (ports.empty())
+          ports.insert(80);
+        if (!ports.count(port))
+          continue;
+        auto routes = VsRoutes(*vs, kMesh, port);
+        if (routes.empty())
+          continue;
+        for (const auto& host : hosts) {
+          route_v3::VirtualHost vh;
+          vh.set_name(host + ":" + std::to_string(port));
+          add_domains(&vh, {host, host + ":" + std::to_string(port)});
+          if (vh.domains_size() == 0)
+            continue;
+          for (const auto& r : routes)
+            *vh.add_routes() = r;
+          *rc.add_virtual_hosts() = std::move(vh);
+        }
       }
       AddCatchAllVirtualHost(rc);
       out_.resources.Add(std::move(rc));
@@ -1251,6 +1314,7 @@ class Builder {
   bool access_log_ = false;
   Translation out_;
   std::vector<const RegistryService*> visible_;
+  mutable std::map<const VirtualService*, std::vector<const RegistryService*>> services_by_vs_;
   std::unordered_map<std::string, std::vector<const DestinationRule*>> dr_by_host_;
   std::vector<std::pair<std::string, const DestinationRule*>> dr_wildcard_;
   std::unordered_map<std::string, std::vector<const VirtualService*>> vs_by_host_;
