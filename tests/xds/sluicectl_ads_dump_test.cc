@@ -1,8 +1,12 @@
 // `sluicectl ads-dump` against a real ADS server on loopback: the user-facing way to see
 // what the agent's client would run for a given proxy.
+#include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <mutex>
 #include <string>
 
 #include "envoy/config/core/v3/base.pb.h"
@@ -91,5 +95,53 @@ TEST_CASE("sluicectl ads-dump reports a NACKed config and fails") {
   CHECK(r.out.find("NACK type.googleapis.com/envoy.config.cluster.v3.Cluster: cluster \"" +
                    kCluster + "\": lb_policy: CLUSTER_PROVIDED is only valid") !=
         std::string::npos);
+  server.Stop();
+}
+
+TEST_CASE("sluicectl ads-dump --watch prints each applied diff") {
+  std::mutex mu;
+  int endpoints = 1;
+  sluice::xds::AdsServer server([&](const envoy::config::core::v3::Node&) {
+    std::lock_guard lock(mu);
+    return sluice::testing::HttpbinSet(endpoints);
+  });
+  auto port = server.Start({.address = "127.0.0.1:0"});
+  REQUIRE(port);
+  int out[2];
+  REQUIRE(pipe(out) == 0);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    dup2(out[1], STDOUT_FILENO);
+    close(out[0]);
+    close(out[1]);
+    std::string server_arg = "127.0.0.1:" + std::to_string(*port);
+    execl(SLUICECTL, SLUICECTL, "ads-dump", "--watch", "--server", server_arg.c_str(), nullptr);
+    _exit(127);
+  }
+  close(out[1]);
+  FILE* f = fdopen(out[0], "r");
+  struct Reap {
+    pid_t pid;
+    FILE* f;
+    ~Reap() {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+      fclose(f);
+    }
+  } reap{pid, f};
+  auto next_line = [&] {
+    char buf[512];
+    return fgets(buf, sizeof buf, f) ? std::string(buf) : std::string();
+  };
+  // Warming: clusters with their endpoints first, then the listener with its route.
+  CHECK(next_line() == "generation 1: clusters +1 ~0 -0  endpoints +1 ~0 -0  \n");
+  CHECK(next_line() == "generation 2: listeners +1 ~0 -0  routes +1 ~0 -0  \n");
+  {
+    std::lock_guard lock(mu);
+    endpoints = 3;
+  }
+  server.Push();
+  CHECK(next_line() == "generation 3: endpoints +0 ~1 -0  \n");
   server.Stop();
 }
