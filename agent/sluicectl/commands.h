@@ -10,6 +10,8 @@ namespace sluice::ctl {
 // CLI11 (throw CLI::RuntimeError(code)) after printing a message that names the
 // file, resource or field that was wrong.
 void AddVersionCommand(CLI::App& app);
+// ads-dump: fetch a proxy's config over ADS as the agent does, and print it.
+void AddAdsCommands(CLI::App& app);
 // translate, registryz: the Istio translator (local control plane) on YAML files.
 void AddTranslateCommands(CLI::App& app);
 // xds serve: the local control plane over gRPC ADS.

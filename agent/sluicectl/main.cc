@@ -9,6 +9,7 @@ int main(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "Show help for every subcommand");
 
   sluice::ctl::AddVersionCommand(app);
+  sluice::ctl::AddAdsCommands(app);
   sluice::ctl::AddTranslateCommands(app);
   sluice::ctl::AddXdsServeCommand(app);
 
