@@ -126,6 +126,20 @@ class ServeProcess {
       buf_.append(tmp, static_cast<size_t>(n));
     }
   }
+  // Reads lines until one starts with `prefix` (an editor-style write can take two
+  // reloads on a busy machine: the temporary file, then the rename).
+  bool WaitLine(const std::string& prefix, std::chrono::milliseconds timeout = 20s) {
+    auto end = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < end) {
+      std::string line = ReadLine(std::chrono::duration_cast<std::chrono::milliseconds>(
+          end - std::chrono::steady_clock::now()));
+      if (line.starts_with(prefix))
+        return true;
+      if (line.empty())
+        return false;
+    }
+    return false;
+  }
   int Port() {
     std::string line = ReadLine();
     INFO("first line: " << line);
@@ -205,7 +219,7 @@ TEST_CASE("sluicectl xds serve: sidecar and gateway sync, re-push on change, las
   // A new file: subsets and a 25/75 split reach the connected sidecar without reconnecting.
   uint64_t streams = sidecar_client.Status().streams;
   dir.Write("routing.yaml", ReadFile(kTestdata / "golden" / "weighted-subsets" / "config.yaml"));
-  REQUIRE(server.ReadLine().starts_with("reloaded 4 files (0 errors)"));
+  REQUIRE(server.WaitLine("reloaded 4 files (0 errors)"));
   REQUIRE(WaitFor([&] {
     auto s = sidecar_store.Current();
     if (!s->routes.count("5000"))
@@ -232,7 +246,7 @@ TEST_CASE("sluicectl xds serve: sidecar and gateway sync, re-push on change, las
             "apiVersion: networking.istio.io/v1\nkind: VirtualService\n"
             "metadata: {name: hello-routing}\nspec: {hosts: [helloworld], "
             "http: [{route: [{destination: {host: helloworld}, weight: 500}]}]}\n");
-  REQUIRE(server.ReadLine().starts_with("reloaded 4 files (1 errors)"));
+  REQUIRE(server.WaitLine("reloaded 4 files (1 errors)"));
   std::this_thread::sleep_for(300ms);  // a wrong push would have arrived by now
   CHECK(sidecar_store.Current()->generation == generation);
   CHECK(HasCluster(sidecar_store, "outbound|5000|v2|" + kHello));
@@ -243,7 +257,7 @@ TEST_CASE("sluicectl xds serve: sidecar and gateway sync, re-push on change, las
 
   // Removing the file removes what it defined.
   fs::remove(dir.path / "routing.yaml");
-  REQUIRE(server.ReadLine().starts_with("reloaded 3 files (0 errors)"));
+  REQUIRE(server.WaitLine("reloaded 3 files (0 errors)"));
   REQUIRE(WaitFor([&] { return !HasCluster(sidecar_store, "outbound|5000|v1|" + kHello); }));
   CHECK(HasCluster(sidecar_store, "outbound|5000||" + kHello));
 
