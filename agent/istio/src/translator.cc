@@ -1314,7 +1314,7 @@ class Builder {
   bool access_log_ = false;
   Translation out_;
   std::vector<const RegistryService*> visible_;
-  mutable std::map<const VirtualService*, std::vector<const RegistryService*>> services_by_vs_;
+  std::map<const VirtualService*, std::vector<const RegistryService*>> services_by_vs_;
   std::unordered_map<std::string, std::vector<const DestinationRule*>> dr_by_host_;
   std::vector<std::pair<std::string, const DestinationRule*>> dr_wildcard_;
   std::unordered_map<std::string, std::vector<const VirtualService*>> vs_by_host_;
