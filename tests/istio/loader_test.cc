@@ -119,7 +119,7 @@ TEST_CASE("YAML errors report the file's own line numbers") {
   CHECK(r.config.namespaces.size() == 1);
 }
 
-TEST_CASE("unknown kinds and foreign Gateway APIs are skipped with a warning") {
+TEST_CASE("unknown kinds and foreign Gateway APIs are skipped with a warning; Sidecar is read") {
   LoadResult r = LoadString(R"(apiVersion: apps/v1
 kind: StatefulSet
 metadata: {name: db}
@@ -131,9 +131,12 @@ metadata: {name: gw}
 apiVersion: networking.istio.io/v1
 kind: Sidecar
 metadata: {name: default}
+spec:
+  egress: [{hosts: ["./*", "istio-system/*"]}]
 )");
   CHECK(r.ok());
-  REQUIRE(r.warnings.size() == 3);
+  REQUIRE(r.warnings.size() == 2);
+  CHECK(r.config.sidecars.size() == 1);
   CHECK(r.warnings[0] ==
         "t.yaml: document 1 (StatefulSet default/db): kind StatefulSet (apps/v1) is not used by "
         "Sluice; skipped");

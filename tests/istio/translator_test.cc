@@ -191,6 +191,61 @@ spec:
     CHECK(vh.name() != "hello.example.com:80");
 }
 
+TEST_CASE("a Sidecar resource limits what the proxy sees and can set REGISTRY_ONLY") {
+  const std::string other = R"(apiVersion: v1
+kind: Service
+metadata: {name: ratings, namespace: shop}
+spec:
+  ports: [{name: http, port: 9080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: details, namespace: shop}
+spec:
+  ports: [{name: http, port: 9080}]
+---
+)";
+  auto r = Run(other + R"(apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress:
+  - hosts: ["./*", "shop/ratings.shop.svc.cluster.local"]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+)");
+  REQUIRE(r.loaded.ok());
+  const auto& clusters = r.t.resources.clusters;
+  CHECK(clusters.count("outbound|5000||helloworld.default.svc.cluster.local") == 1);
+  CHECK(clusters.count("outbound|9080||ratings.shop.svc.cluster.local") == 1);
+  CHECK(clusters.count("outbound|9080||details.shop.svc.cluster.local") == 0);
+  const auto& rc = r.t.resources.routes.at("9080");
+  REQUIRE(rc.virtual_hosts_size() == 2);
+  CHECK(rc.virtual_hosts(1).name() == "block_all");
+
+  // A workloadSelector Sidecar applies only to the pods it selects; others fall back to
+  // the namespace-wide one (none here: they see everything).
+  const std::string selected = other + R"(apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: sleep-only, namespace: default}
+spec:
+  workloadSelector: {labels: {app: sleep}}
+  egress: [{hosts: ["./*"]}]
+)";
+  auto sleep = Run(selected, "gateway:x=y");  // gateways ignore Sidecars
+  CHECK(sleep.t.resources.clusters.count("outbound|9080||details.shop.svc.cluster.local") == 1);
+  Translated sleep_pod;
+  LoadText(std::string(kHelloworld) + "---\n" + selected, "t.yaml", sleep_pod.loaded);
+  Validate(sleep_pod.loaded);
+  ProxySpec spec;
+  spec.ns = "default";
+  spec.labels = {{"app", "sleep"}};
+  auto t = Translate(sleep_pod.loaded.config, Registry::Build(sleep_pod.loaded.config), spec);
+  CHECK(t.resources.clusters.count("outbound|9080||details.shop.svc.cluster.local") == 0);
+  spec.labels = {{"app", "other"}};
+  t = Translate(sleep_pod.loaded.config, Registry::Build(sleep_pod.loaded.config), spec);
+  CHECK(t.resources.clusters.count("outbound|9080||details.shop.svc.cluster.local") == 1);
+}
+
 TEST_CASE("redirects and direct responses") {
   auto r = Run(R"(apiVersion: networking.istio.io/v1
 kind: VirtualService

@@ -861,6 +861,42 @@ ServiceEntry DecodeServiceEntry(const Field& doc, const Meta& meta) {
   return se;
 }
 
+Sidecar DecodeSidecar(const Field& doc, const Meta& meta) {
+  Sidecar sc;
+  sc.meta = meta;
+  Field spec = doc["spec"];
+  sc.workload_selector = spec["workloadSelector"]["labels"].StrMap();
+  for (auto& ef : spec["egress"].List()) {
+    auto hosts = ef["hosts"].StrList();
+    auto fields = ef["hosts"].List();
+    if (hosts.empty())
+      ef["hosts"].Error("required");
+    for (std::size_t i = 0; i < hosts.size(); ++i) {
+      auto slash = hosts[i].find('/');
+      if (slash == std::string::npos || slash == 0) {
+        fields[i].Error("must be namespace/host, e.g. \"./*\" or \"istio-system/*\" (got \"" +
+                        hosts[i] + "\")");
+        break;
+      }
+      if (auto problem = HostProblem(hosts[i].substr(slash + 1)); !problem.empty()) {
+        fields[i].Error(problem);
+        break;
+      }
+      sc.egress_hosts.push_back(hosts[i]);
+    }
+  }
+  if (auto mode = spec["outboundTrafficPolicy"]["mode"].Str()) {
+    if (*mode == "REGISTRY_ONLY") {
+      sc.registry_only = true;
+    } else if (*mode == "ALLOW_ANY") {
+      sc.registry_only = false;
+    } else {
+      spec["outboundTrafficPolicy"]["mode"].Error("must be ALLOW_ANY or REGISTRY_ONLY");
+    }
+  }
+  return sc;
+}
+
 Telemetry DecodeTelemetry(const Field& doc, const Meta& meta) {
   Telemetry t;
   t.meta = meta;
@@ -1020,9 +1056,10 @@ void DecodeDocument(const YAML::Node& root, const Origin& origin, LoadResult& ou
         return report();
       c.service_entries.push_back(std::move(s));
     } else {
-      out.warnings.push_back(described +
-                             ": Sidecar resources are not applied by Sluice "
-                             "(every proxy sees the whole mesh); skipped");
+      auto sc = DecodeSidecar(doc, meta);
+      if (errors.failed())
+        return report();
+      c.sidecars.push_back(std::move(sc));
     }
   } else if (*kind == "Telemetry") {
     if (!OneOf(*api, kTelemetryVersions))
@@ -1217,6 +1254,7 @@ void Validate(LoadResult& out) {
   DropDuplicates(c.destination_rules, "DestinationRule", out);
   DropDuplicates(c.service_entries, "ServiceEntry", out);
   DropDuplicates(c.telemetries, "Telemetry", out);
+  DropDuplicates(c.sidecars, "Sidecar", out);
 
   // Subsets a VirtualService routes to must be defined by a DestinationRule for the host;
   // Istio would accept it and answer 503 "NR" at run time, Sluice says so up front.

@@ -40,6 +40,7 @@ void Merge(Config& into, const LoadResult& file) {
   Append(into.destination_rules, c.destination_rules);
   Append(into.service_entries, c.service_entries);
   Append(into.telemetries, c.telemetries);
+  Append(into.sidecars, c.sidecars);
   if (c.mesh_set) {
     into.mesh = c.mesh;
     into.mesh_set = true;

@@ -109,6 +109,12 @@ class Builder {
       : config_(config), registry_(registry), proxy_(proxy) {}
 
   Translation Run() {
+    registry_only_ = config_.mesh.outbound == MeshConfig::OutboundPolicy::kRegistryOnly;
+    if (proxy_.kind == ProxySpec::Kind::kSidecar) {
+      sidecar_ = FindSidecar();
+      if (sidecar_ && sidecar_->registry_only)
+        registry_only_ = *sidecar_->registry_only;
+    }
     IndexByHost();
     access_log_ = AccessLogEnabled();
     BuildClusters();
@@ -127,12 +133,46 @@ class Builder {
   // then the service's namespace, then the root namespace.
   // Host -> the DestinationRules and mesh-bound VirtualServices naming it, so lookups
   // cost O(rules for that host), not O(all rules): 10,000 services x 1,000 rules adds up.
+  // The Sidecar resource for this proxy, as istiod picks it: one in the proxy's namespace
+  // whose workloadSelector matches its labels, else the namespace's selector-less one,
+  // else the root namespace's selector-less one.
+  const Sidecar* FindSidecar() const {
+    const Sidecar* ns_default = nullptr;
+    const Sidecar* root_default = nullptr;
+    for (const auto& sc : config_.sidecars) {
+      if (sc.meta.ns == proxy_.ns && !sc.workload_selector.empty() &&
+          SelectorMatches(sc.workload_selector, proxy_.labels))
+        return &sc;
+      if (sc.workload_selector.empty() && sc.meta.ns == proxy_.ns && !ns_default)
+        ns_default = &sc;
+      if (sc.workload_selector.empty() && sc.meta.ns == config_.mesh.root_namespace &&
+          !root_default)
+        root_default = &sc;
+    }
+    return ns_default ? ns_default : root_default;
+  }
+
+  // Whether the Sidecar's egress hosts ("ns/host") let this proxy reach `svc`.
+  bool SidecarAllows(const RegistryService& svc) const {
+    if (!sidecar_)
+      return true;
+    for (const auto& entry : sidecar_->egress_hosts) {
+      auto slash = entry.find('/');
+      std::string ns = entry.substr(0, slash);
+      std::string host = entry.substr(slash + 1);
+      bool ns_ok = ns == "*" || (ns == "." && svc.ns == sidecar_->meta.ns) || ns == svc.ns;
+      if (ns_ok && HostMatches(host, svc.hostname))
+        return true;
+    }
+    return false;
+  }
+
   void IndexByHost() {
     // The services this proxy sees, one per hostname: the one in the proxy's namespace
     // when several namespaces define the host, else the first (registry order).
     std::map<std::string, const RegistryService*> by_host;
     for (const auto& svc : registry_.services()) {
-      if (!svc.VisibleFrom(proxy_.ns))
+      if (!svc.VisibleFrom(proxy_.ns) || !SidecarAllows(svc))
         continue;
       auto [it, inserted] = by_host.emplace(svc.hostname, &svc);
       if (!inserted && svc.ns == proxy_.ns && it->second->ns != proxy_.ns)
@@ -880,7 +920,7 @@ class Builder {
     vh->add_domains("*");
     auto* r = vh->add_routes();
     r->mutable_match()->set_prefix("/");
-    if (config_.mesh.outbound == MeshConfig::OutboundPolicy::kAllowAny) {
+    if (!registry_only_) {
       vh->set_name("allow_any");
       r->set_name("allow_any");
       r->mutable_route()->set_cluster(kPassthrough);
@@ -1146,8 +1186,7 @@ class Builder {
     vo.set_traffic_direction(core_v3::OUTBOUND);
     auto* f = vo.mutable_default_filter_chain()->add_filters();
     f->set_name("envoy.filters.network.tcp_proxy");
-    const char* fallback =
-        config_.mesh.outbound == MeshConfig::OutboundPolicy::kAllowAny ? kPassthrough : kBlackHole;
+    const char* fallback = registry_only_ ? kBlackHole : kPassthrough;
     *f->mutable_typed_config() = TcpProxy({{fallback, 100}});
     out_.resources.Add(std::move(vo));
   }
@@ -1312,6 +1351,8 @@ class Builder {
   const Registry& registry_;
   const ProxySpec& proxy_;
   bool access_log_ = false;
+  bool registry_only_ = false;        // outboundTrafficPolicy in force for this proxy
+  const Sidecar* sidecar_ = nullptr;  // the Sidecar resource scoping this proxy, if any
   Translation out_;
   std::vector<const RegistryService*> visible_;
   std::map<const VirtualService*, std::vector<const RegistryService*>> services_by_vs_;

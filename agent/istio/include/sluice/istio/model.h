@@ -293,6 +293,15 @@ struct ServiceEntry {
   std::vector<std::string> export_to;
 };
 
+// A Sidecar resource, reduced to what shapes outbound config: which hosts the proxies it
+// applies to can reach ("ns/host" patterns) and their outbound traffic policy.
+struct Sidecar {
+  Meta meta;
+  Labels workload_selector;  // empty: every proxy of the namespace
+  std::vector<std::string> egress_hosts;
+  std::optional<bool> registry_only;  // outboundTrafficPolicy.mode, when set
+};
+
 struct Telemetry {
   Meta meta;
   std::optional<bool> access_logging;  // unset when the resource says nothing about it
@@ -318,6 +327,7 @@ struct Config {
   std::vector<DestinationRule> destination_rules;
   std::vector<ServiceEntry> service_entries;
   std::vector<Telemetry> telemetries;
+  std::vector<Sidecar> sidecars;
   MeshConfig mesh;
   bool mesh_set = false;  // a mesh config (the `istio` ConfigMap) was read
 };
