@@ -30,7 +30,7 @@ struct TempDir {
   }
 };
 
-envoy::config::core::v3::Node Sidecar(const std::string& pod, const std::string& ns) {
+envoy::config::core::v3::Node SidecarNode(const std::string& pod, const std::string& ns) {
   sx::NodeIdentity id;
   id.ips = {"10.244.1.5"};
   id.pod_name = pod;
@@ -49,7 +49,7 @@ spec:
 }  // namespace
 
 TEST_CASE("nodes map to proxies as istiod reads them") {
-  auto spec = LocalControlPlane::ProxyFor(Sidecar("sleep-1", "shop"));
+  auto spec = LocalControlPlane::ProxyFor(SidecarNode("sleep-1", "shop"));
   REQUIRE(spec);
   CHECK(spec->kind == ProxySpec::Kind::kSidecar);
   CHECK(spec->ns == "shop");
@@ -83,7 +83,7 @@ spec: {host: web, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
   CHECK(report.errors.empty());
   CHECK(report.files == 2);
   const std::string cluster = "outbound|80||web.default.svc.cluster.local";
-  auto rs = cp.ResourcesFor(Sidecar("a", "default"));
+  auto rs = cp.ResourcesFor(SidecarNode("a", "default"));
   REQUIRE(rs.clusters.count(cluster) == 1);
   CHECK(rs.clusters.at(cluster).lb_policy() == envoy::config::cluster::v3::Cluster::RANDOM);
 
@@ -100,7 +100,7 @@ spec: {host: web, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
             ": document 1 (DestinationRule default/web): spec.trafficPolicy.loadBalancer.simple: "
             "must be one of LEAST_REQUEST, ROUND_ROBIN, RANDOM, PASSTHROUGH (got \"FASTEST\") "
             "(keeping the file's last good version)");
-  rs = cp.ResourcesFor(Sidecar("a", "default"));
+  rs = cp.ResourcesFor(SidecarNode("a", "default"));
   CHECK(rs.clusters.at(cluster).lb_policy() == envoy::config::cluster::v3::Cluster::RANDOM);
   CHECK(rs.clusters.count("outbound|8080||web.default.svc.cluster.local") == 1);
 
@@ -113,11 +113,11 @@ spec: {host: web, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
             "metadata: {name: web}\nspec: {host: web, trafficPolicy: "
             "{loadBalancer: {simple: ROUND_ROBIN}}}\n");
   CHECK(cp.Reload().errors.empty());
-  CHECK(cp.ResourcesFor(Sidecar("a", "default")).clusters.at(cluster).lb_policy() ==
+  CHECK(cp.ResourcesFor(SidecarNode("a", "default")).clusters.at(cluster).lb_policy() ==
         envoy::config::cluster::v3::Cluster::ROUND_ROBIN);
   fs::remove(dir.path / "dr.yaml");
   CHECK(cp.Reload().files == 1);
-  CHECK(cp.ResourcesFor(Sidecar("a", "default")).clusters.at(cluster).lb_policy() ==
+  CHECK(cp.ResourcesFor(SidecarNode("a", "default")).clusters.at(cluster).lb_policy() ==
         envoy::config::cluster::v3::Cluster::LEAST_REQUEST);
 }
 
@@ -126,11 +126,11 @@ TEST_CASE("proxies of one namespace share one translation per config version") {
   dir.Write("svc.yaml", kService);
   LocalControlPlane cp({dir.path.string()});
   cp.Reload();
-  auto a = cp.ResourcesFor(Sidecar("a", "default"));
-  auto b = cp.ResourcesFor(Sidecar("b", "default"));
+  auto a = cp.ResourcesFor(SidecarNode("a", "default"));
+  auto b = cp.ResourcesFor(SidecarNode("b", "default"));
   CHECK(cp.Translations() == 1);
   CHECK(a.size() == b.size());
-  cp.ResourcesFor(Sidecar("c", "other"));
+  cp.ResourcesFor(SidecarNode("c", "other"));
   CHECK(cp.Translations() == 2);
   cp.Reload();  // a new config version starts with no translations
   CHECK(cp.Translations() == 0);
