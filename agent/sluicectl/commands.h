@@ -15,5 +15,11 @@ void AddBpfCommands(CLI::App& app);
 void AddAgentCommands(CLI::App& app);
 // cni add|del|check: run a CNI conflist for a pod sandbox as a container runtime does.
 void AddCniCommands(CLI::App& app);
+// ads-dump: fetch a proxy's config over ADS as the agent does, and print it.
+void AddAdsCommands(CLI::App& app);
+// translate, registryz: the Istio translator (local control plane) on YAML files.
+void AddTranslateCommands(CLI::App& app);
+// xds serve: the local control plane over gRPC ADS.
+void AddXdsServeCommand(CLI::App& app);
 
 }  // namespace sluice::ctl

@@ -12,6 +12,9 @@ int main(int argc, char** argv) {
   sluice::ctl::AddBpfCommands(app);
   sluice::ctl::AddAgentCommands(app);
   sluice::ctl::AddCniCommands(app);
+  sluice::ctl::AddAdsCommands(app);
+  sluice::ctl::AddTranslateCommands(app);
+  sluice::ctl::AddXdsServeCommand(app);
 
   CLI11_PARSE(app, argc, argv);
   return 0;

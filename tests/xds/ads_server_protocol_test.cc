@@ -1,8 +1,8 @@
 // The ADS server's side of the protocol, checked message by message with a raw gRPC
 // stream acting as the xDS client.
+#include <grpcpp/grpcpp.h>
 #include <catch2/catch.hpp>
 #include <chrono>
-#include <grpcpp/grpcpp.h>
 #include <mutex>
 #include <thread>
 
@@ -22,10 +22,11 @@ const std::string kCluster =
     sluice::testing::ClusterName("httpbin.default.svc.cluster.local", 8000);
 
 struct Harness {
-  Harness() : server([this](const envoy::config::core::v3::Node&) {
-                std::lock_guard lock(mu);
-                return rs;
-              }) {
+  Harness()
+      : server([this](const envoy::config::core::v3::Node&) {
+          std::lock_guard lock(mu);
+          return rs;
+        }) {
     rs = sluice::testing::HttpbinSet(1);
     server.OnEvent([this](const sx::AdsServerEvent& e) {
       std::lock_guard lock(mu);
@@ -33,8 +34,8 @@ struct Harness {
     });
     auto p = server.Start({.address = "127.0.0.1:0"});
     REQUIRE(p);
-    channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(*p),
-                                  grpc::InsecureChannelCredentials());
+    channel =
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(*p), grpc::InsecureChannelCredentials());
     stub = envoy::service::discovery::v3::AggregatedDiscoveryService::NewStub(channel);
     stream = stub->StreamAggregatedResources(&ctx);
   }
@@ -48,13 +49,16 @@ struct Harness {
   void Send(std::string_view type, std::vector<std::string> names = {}, std::string version = "",
             std::string nonce = "", std::string error = "") {
     DiscoveryRequest r;
-    if (first) r.mutable_node()->set_id("sidecar~10.0.0.5~t.default~default.svc.cluster.local");
+    if (first)
+      r.mutable_node()->set_id("sidecar~10.0.0.5~t.default~default.svc.cluster.local");
     first = false;
     r.set_type_url(std::string(type));
-    for (auto& n : names) r.add_resource_names(n);
+    for (auto& n : names)
+      r.add_resource_names(n);
     r.set_version_info(version);
     r.set_response_nonce(nonce);
-    if (!error.empty()) r.mutable_error_detail()->set_message(error);
+    if (!error.empty())
+      r.mutable_error_detail()->set_message(error);
     REQUIRE(stream->Write(r));
   }
   DiscoveryResponse Read() {
@@ -66,12 +70,14 @@ struct Harness {
     std::lock_guard lock(mu);
     std::vector<sx::AdsServerEvent> out;
     for (auto& e : events)
-      if (e.kind == k) out.push_back(e);
+      if (e.kind == k)
+        out.push_back(e);
     return out;
   }
   template <class F>
   bool WaitFor(F pred) {
-    for (int i = 0; i < 500 && !pred(); ++i) std::this_thread::sleep_for(5ms);
+    for (int i = 0; i < 500 && !pred(); ++i)
+      std::this_thread::sleep_for(5ms);
     return pred();
   }
 
@@ -152,6 +158,15 @@ TEST_CASE("server: a NACK is reported and not answered, a changed subscription i
   CHECK(eds2.type_url() == sx::kEndpointType);
   CHECK(eds2.resources_size() == 1);  // the set is recomputed on Push, not per request
   CHECK(eds2.nonce() != eds.nonce());
+}
+
+TEST_CASE("server: a nonce from an earlier stream is a new subscription, not stale") {
+  Harness h;
+  h.Send(sx::kClusterType, {}, "7", "nonce-from-the-previous-server");
+  auto cds = h.Read();
+  CHECK(cds.type_url() == sx::kClusterType);
+  CHECK(cds.resources_size() == 1);
+  CHECK(h.Events(Kind::kStale).empty());
 }
 
 TEST_CASE("server: the first request must name the node") {

@@ -166,6 +166,10 @@ TEST_CASE("initial sync: CDS, EDS, LDS, RDS applied and ACKed with the server's 
   auto snap = store.Current();
   CHECK(EndpointCount(snap, kCluster) == 3);
   CHECK(snap->routes.at("8000")->virtual_hosts(0).domains(0) == kHost);
+  // The snapshot records the version of each type it was built from.
+  CHECK(snap->versions.size() == 4);
+  for (const auto& [type, v] : snap->versions)
+    CHECK(v == "1");
 
   // The server saw an ACK for each type, with the version it sent and its nonce.
   std::set<std::string> acked;

@@ -118,7 +118,6 @@ struct AdsClient::State {
   struct PerType {
     std::string acked_version, nonce;
     std::set<std::string> names;  // EDS/RDS subscriptions; empty for wildcard CDS/LDS
-    bool requested = false;       // a request went out on this stream
     bool ever_accepted = false;
   };
   // Everything received and individually valid, warming or not. Each part is shared
@@ -167,7 +166,6 @@ struct AdsClient::State {
     req.set_response_nonce(t.nonce);
     for (const auto& n : t.names)
       req.add_resource_names(n);
-    t.requested = true;
     status[std::string(type)].subscribed = t.names.size();
     return req;
   }
@@ -176,10 +174,8 @@ struct AdsClient::State {
   // stream and are dropped; versions are kept so the server knows what we have.
   std::vector<DiscoveryRequest> OnStreamStart() {
     first_message = true;
-    for (auto& [_, t] : types) {
+    for (auto& [_, t] : types)
       t.nonce.clear();
-      t.requested = false;
-    }
     std::vector<DiscoveryRequest> out;
     out.push_back(Request(kClusterType));
     if (!types.find(kEndpointType)->second.names.empty())
@@ -194,7 +190,9 @@ struct AdsClient::State {
   // The active set: received resources whose dependencies have arrived. A cluster (new
   // or changed) waits for its ClusterLoadAssignment and a listener for its
   // RouteConfigurations; meanwhile the version in force, if any, stays.
-  config::Snapshot BuildActive(const Received& r, const config::Snapshot& cur) const {
+  // `resp` is the response being applied: its version goes into the snapshot's versions.
+  config::Snapshot BuildActive(const Received& r, const config::Snapshot& cur,
+                               const DiscoveryResponse& resp) const {
     config::Snapshot s;
     for (const auto& [name, c] : *r.clusters) {
       const std::string& svc = config::EdsServiceName(*c);
@@ -233,6 +231,7 @@ struct AdsClient::State {
       if (!t.acked_version.empty())
         s.versions[type] = t.acked_version;
     }
+    s.versions[resp.type_url()] = resp.version_info();
     return s;
   }
 
@@ -317,8 +316,8 @@ struct AdsClient::State {
     Received next = rx;
     auto folded = Fold(resp, next);
     auto t1 = std::chrono::steady_clock::now();
-    Result<config::Diff> applied =
-        folded ? store.Apply(BuildActive(next, *store.Current())) : std::unexpected(folded.error());
+    Result<config::Diff> applied = folded ? store.Apply(BuildActive(next, *store.Current(), resp))
+                                          : std::unexpected(folded.error());
     auto t2 = std::chrono::steady_clock::now();
     spdlog::debug("xds: {} version {} ({} resources): decode {} ms, apply {} ms", resp.type_url(),
                   resp.version_info(), resp.resources_size(),

@@ -123,7 +123,10 @@ class Session {
       return grpc::Status::OK;  // as Envoy's servers: unknown types get no response
     }
     PerType& t = types_[type];
-    if (!req.response_nonce().empty() && req.response_nonce() != t.last_nonce) {
+    // A nonce for a type this stream never answered comes from an earlier stream (a
+    // reconnect): it is a new subscription, as istiod treats it.
+    const bool answered = !t.last_nonce.empty();
+    if (answered && !req.response_nonce().empty() && req.response_nonce() != t.last_nonce) {
       Emit(Event::Kind::kStale, req);  // answers a response we have since replaced
       return grpc::Status::OK;
     }
@@ -136,7 +139,7 @@ class Session {
         Send(type, t, true);
       return grpc::Status::OK;
     }
-    if (!req.response_nonce().empty()) {  // matches our last nonce: an ACK
+    if (answered && !req.response_nonce().empty()) {  // matches our last nonce: an ACK
       Emit(Event::Kind::kAck, req);
       if (names_changed)
         Send(type, t, true);

@@ -1,11 +1,14 @@
 // ConfigStore: holds the snapshot in force and publishes each accepted change.
 //
 // Apply() validates a candidate as a whole; if it is valid, it becomes the current
-// snapshot and every subscriber receives (snapshot, diff); if not, the error is
-// returned and the current snapshot stays. A resource whose content did not change keeps
-// the previous snapshot's object, so consumers can skip it by pointer comparison. Subscribers run
-// on the caller's thread, in subscription order, one Apply at a time, so each sees every diff
-// exactly once and in order.
+// snapshot and every subscriber receives (snapshot, diff); if not, the error is returned
+// and the current snapshot stays. A resource whose content did not change keeps the
+// previous snapshot's object, so consumers can skip it by pointer comparison.
+//
+// Subscribers run on the caller's thread (for the ADS client: its stream thread, before
+// the ACK goes out), in subscription order, one Apply at a time, so each sees every diff
+// exactly once and in order. A slow subscriber delays the ACK, as a slow main thread
+// does in Envoy; hand heavy work to another thread.
 #pragma once
 
 #include <functional>

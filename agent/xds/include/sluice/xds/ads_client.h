@@ -9,14 +9,16 @@
 // - Warming: a new cluster becomes active only with its ClusterLoadAssignment, a new
 //   listener only with its RouteConfiguration; until then the previous version (if any)
 //   stays. Each accepted response yields one consistent snapshot in the store.
-// - LDS is requested once the first CDS response is applied (Envoy's init order
-//   CDS -> EDS -> LDS -> RDS).
+// - LDS is requested once CDS is accepted and its clusters have warmed (or EDS has
+//   answered), giving Envoy's init order CDS -> EDS -> LDS -> RDS. A new EDS (RDS)
+//   subscription goes out before the CDS (LDS) ACK that caused it.
+// - EDS/RDS responses may carry a subset of the subscribed names; the others keep their
+//   last version. A response is applied whole or not at all; types are independent.
 // - On a broken stream it reconnects with exponential backoff and jitter; the store keeps
 //   the last good snapshot for however long that takes. On reconnect it re-sends the
 //   versions it holds and its current subscriptions.
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <map>

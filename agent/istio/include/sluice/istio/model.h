@@ -1,0 +1,335 @@
+// Typed model of the Kubernetes and Istio resources the local control plane reads.
+//
+// Only the fields Sluice acts on are modelled; the loader (loader.h) fills these from
+// YAML and rejects wrong types and values with the field's path. Optional Istio fields
+// use std::optional so "unset" (Istio's defaults apply) differs from an explicit zero.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sluice::istio {
+
+using Labels = std::map<std::string, std::string>;
+
+// Where a resource came from, for error messages: "dir/x.yaml: document 2 (Kind ns/name)".
+struct Origin {
+  std::string file;
+  int document = 0;  // 1-based index of the YAML document in the file
+  std::string Describe(const std::string& kind, const std::string& ns,
+                       const std::string& name) const;
+};
+
+struct Meta {
+  std::string name;
+  std::string ns;  // "default" when the document has none
+  Labels labels;
+  std::map<std::string, std::string> annotations;
+  Origin origin;
+  std::string Key() const { return ns + "/" + name; }
+};
+
+// ---------------------------------------------------------------- Kubernetes
+
+struct Namespace {
+  Meta meta;
+};
+
+struct ServicePort {
+  std::string name;
+  uint32_t port = 0;
+  uint32_t target_port = 0;      // 0: same as port, or named (below)
+  std::string target_port_name;  // targetPort given as a container port name
+  std::string protocol = "TCP";  // Kubernetes L4 protocol
+  std::string app_protocol;
+};
+
+struct Service {
+  Meta meta;
+  Labels selector;
+  std::vector<ServicePort> ports;
+  std::string cluster_ip;  // "" or "None" (headless)
+};
+
+struct ContainerPort {
+  std::string name;
+  uint32_t port = 0;
+};
+
+// A Pod, or a Deployment's pod template. Deployments have no addresses in a manifest;
+// the annotation sluice.io/pod-ips ("10.0.0.5,10.0.0.6") gives the replicas' IPs so a
+// plain manifest can describe a local cluster.
+struct Workload {
+  std::string kind;  // "Pod" or "Deployment"
+  Meta meta;
+  Labels pod_labels;  // the pod's labels (template labels for a Deployment)
+  std::vector<std::string> ips;
+  std::vector<ContainerPort> container_ports;
+};
+
+struct EndpointAddress {
+  std::string ip;
+  std::string target_pod;  // targetRef name when kind is Pod
+  Labels labels;           // EndpointSlice has none; filled from the Pod when known
+};
+
+struct EndpointPort {
+  std::string name;
+  uint32_t port = 0;
+};
+
+// Endpoints and EndpointSlice, both reduced to addresses x ports for one Service.
+struct EndpointGroup {
+  std::string kind;
+  Meta meta;
+  std::string service;  // Endpoints: its own name; EndpointSlice: kubernetes.io/service-name
+  std::vector<EndpointAddress> addresses;
+  std::vector<EndpointPort> ports;
+};
+
+// ---------------------------------------------------------------- Istio
+
+struct PortSelector {
+  uint32_t number = 0;
+};
+
+struct Destination {
+  std::string host;
+  std::string subset;
+  std::optional<uint32_t> port;
+};
+
+struct StringMatch {
+  enum class Kind { kExact, kPrefix, kRegex };
+  Kind kind = Kind::kExact;
+  std::string value;
+};
+
+struct HeaderOps {
+  std::vector<std::pair<std::string, std::string>> set;
+  std::vector<std::pair<std::string, std::string>> add;
+  std::vector<std::string> remove;
+  bool empty() const { return set.empty() && add.empty() && remove.empty(); }
+};
+
+struct Headers {
+  HeaderOps request;
+  HeaderOps response;
+};
+
+struct HttpMatch {
+  std::string name;
+  std::optional<StringMatch> uri, scheme, method, authority;
+  std::vector<std::pair<std::string, StringMatch>> headers;
+  std::vector<std::pair<std::string, StringMatch>> without_headers;
+  std::vector<std::pair<std::string, StringMatch>> query_params;
+  std::optional<uint32_t> port;
+  std::vector<std::string> gateways;
+  bool ignore_uri_case = false;
+};
+
+struct RouteDestination {
+  Destination destination;
+  std::optional<int32_t> weight;
+  Headers headers;
+};
+
+struct Percent {
+  double value = 100.0;  // 0..100
+};
+
+struct HttpRedirect {
+  std::string uri, authority, scheme;
+  std::optional<uint32_t> port;
+  uint32_t code = 301;
+};
+
+struct HttpRewrite {
+  std::string uri, authority;
+};
+
+struct HttpRetry {
+  int32_t attempts = 0;
+  std::optional<int64_t> per_try_timeout_ms;
+  std::string retry_on;
+};
+
+struct HttpFault {
+  struct Delay {
+    int64_t fixed_delay_ms = 0;
+    std::optional<Percent> percentage;
+  };
+  struct Abort {
+    uint32_t http_status = 0;
+    std::optional<Percent> percentage;
+  };
+  std::optional<Delay> delay;
+  std::optional<Abort> abort;
+};
+
+struct DirectResponse {
+  uint32_t status = 0;
+  std::string body;
+};
+
+struct HttpRoute {
+  std::string name;
+  std::vector<HttpMatch> match;
+  std::vector<RouteDestination> route;
+  std::optional<HttpRedirect> redirect;
+  std::optional<DirectResponse> direct_response;
+  std::optional<HttpRewrite> rewrite;
+  std::optional<int64_t> timeout_ms;
+  std::optional<HttpRetry> retries;
+  std::optional<HttpFault> fault;
+  std::optional<Destination> mirror;
+  std::optional<Percent> mirror_percentage;
+  Headers headers;
+};
+
+struct L4Match {
+  std::vector<std::string> sni_hosts;  // TLS only
+  std::vector<std::string> destination_subnets;
+  std::optional<uint32_t> port;
+  std::vector<std::string> gateways;
+};
+
+struct L4Route {
+  std::vector<L4Match> match;
+  std::vector<RouteDestination> route;
+};
+
+struct VirtualService {
+  Meta meta;
+  std::vector<std::string> hosts;
+  std::vector<std::string> gateways;  // empty: bound to "mesh"
+  std::vector<std::string> export_to;
+  std::vector<HttpRoute> http;
+  std::vector<L4Route> tls;
+  std::vector<L4Route> tcp;
+};
+
+struct LoadBalancer {
+  enum class Simple { kUnset, kLeastRequest, kRoundRobin, kRandom, kPassthrough };
+  Simple simple = Simple::kUnset;
+  struct ConsistentHash {
+    std::string header, cookie, cookie_path, query_param;
+    std::optional<int64_t> cookie_ttl_ms;
+    bool source_ip = false;
+    bool maglev = false;
+    uint64_t table_size = 0;  // maglev table size or ring minimum size; 0 = default
+  };
+  std::optional<ConsistentHash> consistent_hash;
+};
+
+struct TrafficPolicy {
+  std::optional<LoadBalancer> load_balancer;
+  std::optional<int64_t> connect_timeout_ms;
+  struct PortPolicy {
+    uint32_t port = 0;
+    std::optional<LoadBalancer> load_balancer;
+    std::optional<int64_t> connect_timeout_ms;
+  };
+  std::vector<PortPolicy> port_level;
+};
+
+struct Subset {
+  std::string name;
+  Labels labels;
+  std::optional<TrafficPolicy> traffic_policy;
+};
+
+struct DestinationRule {
+  Meta meta;
+  std::string host;
+  std::optional<TrafficPolicy> traffic_policy;
+  std::vector<Subset> subsets;
+  std::vector<std::string> export_to;
+};
+
+struct GatewayServer {
+  std::string name;
+  uint32_t port = 0;
+  std::string port_name;
+  std::string protocol;  // upper-case: HTTP, HTTPS, TLS, TCP, HTTP2, GRPC
+  std::vector<std::string> hosts;
+  std::string tls_mode;  // PASSTHROUGH, SIMPLE, MUTUAL, ISTIO_MUTUAL, AUTO_PASSTHROUGH
+  bool https_redirect = false;
+};
+
+struct Gateway {
+  Meta meta;
+  Labels selector;
+  std::vector<GatewayServer> servers;
+};
+
+struct ServiceEntryPort {
+  std::string name;
+  uint32_t number = 0;
+  std::string protocol;
+  uint32_t target_port = 0;
+};
+
+struct WorkloadEntry {
+  std::string address;
+  std::map<std::string, uint32_t> ports;  // port name -> port
+  Labels labels;
+  uint32_t weight = 0;
+};
+
+struct ServiceEntry {
+  enum class Location { kMeshExternal, kMeshInternal };
+  enum class Resolution { kNone, kStatic, kDns, kDnsRoundRobin };
+  Meta meta;
+  std::vector<std::string> hosts;
+  std::vector<std::string> addresses;
+  std::vector<ServiceEntryPort> ports;
+  Location location = Location::kMeshExternal;
+  Resolution resolution = Resolution::kNone;
+  std::vector<WorkloadEntry> endpoints;
+  std::vector<std::string> export_to;
+};
+
+// A Sidecar resource, reduced to what shapes outbound config: which hosts the proxies it
+// applies to can reach ("ns/host" patterns) and their outbound traffic policy.
+struct Sidecar {
+  Meta meta;
+  Labels workload_selector;  // empty: every proxy of the namespace
+  std::vector<std::string> egress_hosts;
+  std::optional<bool> registry_only;  // outboundTrafficPolicy.mode, when set
+};
+
+struct Telemetry {
+  Meta meta;
+  std::optional<bool> access_logging;  // unset when the resource says nothing about it
+};
+
+struct MeshConfig {
+  enum class OutboundPolicy { kAllowAny, kRegistryOnly };
+  OutboundPolicy outbound = OutboundPolicy::kAllowAny;
+  std::string root_namespace = "istio-system";
+  std::string access_log_file;  // accessLogFile: "" = off
+  std::string domain = "cluster.local";
+  int64_t connect_timeout_ms = 10000;
+};
+
+// Everything the loader accepted, in load order.
+struct Config {
+  std::vector<Namespace> namespaces;
+  std::vector<Service> services;
+  std::vector<Workload> workloads;
+  std::vector<EndpointGroup> endpoint_groups;
+  std::vector<Gateway> gateways;
+  std::vector<VirtualService> virtual_services;
+  std::vector<DestinationRule> destination_rules;
+  std::vector<ServiceEntry> service_entries;
+  std::vector<Telemetry> telemetries;
+  std::vector<Sidecar> sidecars;
+  MeshConfig mesh;
+  bool mesh_set = false;  // a mesh config (the `istio` ConfigMap) was read
+};
+
+}  // namespace sluice::istio

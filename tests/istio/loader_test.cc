@@ -1,0 +1,274 @@
+// Loader: documents, dispatch, typed fields, and the invalid corpus with exact messages.
+#include "sluice/istio/loader.h"
+
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace fs = std::filesystem;
+using namespace sluice::istio;
+
+namespace {
+
+const std::string kTestdata = SLUICE_ISTIO_TESTDATA;
+
+std::string ReadFile(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Messages name files as given; show them relative to testdata/ as the .error files do.
+std::string Relative(std::string msg) {
+  const std::string prefix = kTestdata + "/";
+  for (auto pos = msg.find(prefix); pos != std::string::npos; pos = msg.find(prefix)) {
+    msg.erase(pos, prefix.size());
+  }
+  return msg;
+}
+
+LoadResult LoadString(const std::string& text) {
+  LoadResult r;
+  LoadText(text, "t.yaml", r);
+  Validate(r);
+  return r;
+}
+
+// A temporary directory removed on scope exit, even when an assertion fails.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() /
+           ("sluice-istio-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  void Write(const std::string& rel, const std::string& text) const {
+    fs::create_directories((path / rel).parent_path());
+    std::ofstream(path / rel) << text;
+  }
+  static inline int counter = 0;
+};
+
+}  // namespace
+
+TEST_CASE("invalid corpus: each file yields exactly its expected error") {
+  int cases = 0;
+  for (const auto& entry : fs::directory_iterator(kTestdata + "/invalid")) {
+    if (entry.path().extension() != ".yaml")
+      continue;
+    ++cases;
+    auto expected_path = entry.path();
+    expected_path.replace_extension(".error");
+    INFO("case " << entry.path().filename().string());
+    REQUIRE(fs::exists(expected_path));
+    std::string expected = ReadFile(expected_path);
+    while (!expected.empty() && expected.back() == '\n')
+      expected.pop_back();
+
+    LoadResult r = LoadPaths({entry.path().string()});
+    REQUIRE(r.errors.size() == 1);
+    CHECK(Relative(r.errors[0]) == expected);
+  }
+  CHECK(cases >= 20);
+}
+
+TEST_CASE("a bad document never drops its valid neighbours") {
+  LoadResult r = LoadPaths({kTestdata + "/invalid/bad-weight.yaml"});
+  // Document 1 (the DestinationRule) is fine; only the VirtualService is rejected.
+  REQUIRE(r.config.destination_rules.size() == 1);
+  CHECK(r.config.destination_rules[0].subsets.size() == 2);
+  CHECK(r.config.virtual_services.empty());
+
+  r = LoadString(R"(apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec: {ports: [{port: nope}]}
+---
+this: [is, not: yaml
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c, namespace: other}
+spec: {ports: [{port: 81, name: http}]}
+)");
+  CHECK(r.errors.size() == 2);
+  REQUIRE(r.config.services.size() == 2);
+  CHECK(r.config.services[0].meta.name == "a");
+  CHECK(r.config.services[1].meta.Key() == "other/c");
+  CHECK(r.config.services[1].ports[0].port == 81);
+}
+
+TEST_CASE("YAML errors report the file's own line numbers") {
+  LoadResult r = LoadString(
+      "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n"
+      "apiVersion: v1\nkind: Service\nmetadata:\n  name: [b\n");
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0].starts_with("t.yaml: document 2: line "));
+  CHECK(r.config.namespaces.size() == 1);
+}
+
+TEST_CASE("unknown kinds and foreign Gateway APIs are skipped with a warning; Sidecar is read") {
+  LoadResult r = LoadString(R"(apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec:
+  egress: [{hosts: ["./*", "istio-system/*"]}]
+)");
+  CHECK(r.ok());
+  REQUIRE(r.warnings.size() == 2);
+  CHECK(r.config.sidecars.size() == 1);
+  CHECK(r.warnings[0] ==
+        "t.yaml: document 1 (StatefulSet default/db): kind StatefulSet (apps/v1) is not used by "
+        "Sluice; skipped");
+  CHECK(r.config.gateways.empty());
+}
+
+TEST_CASE("every Istio networking version is read") {
+  for (const char* v : {"v1alpha3", "v1beta1", "v1"}) {
+    LoadResult r = LoadString(std::string("apiVersion: networking.istio.io/") + v + R"(
+kind: DestinationRule
+metadata: {name: hw}
+spec:
+  host: helloworld
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+)");
+    INFO(v);
+    REQUIRE(r.ok());
+    REQUIRE(r.config.destination_rules.size() == 1);
+    CHECK(r.config.destination_rules[0].traffic_policy->load_balancer->simple ==
+          LoadBalancer::Simple::kRandom);
+  }
+}
+
+TEST_CASE("VirtualService fields are decoded with Istio's meaning") {
+  LoadResult r = LoadString(R"(apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin, namespace: web}
+spec:
+  hosts: [httpbin]
+  http:
+  - name: primary
+    match:
+    - uri: {prefix: /status}
+      headers: {x-user: {exact: jason}}
+      port: 8000
+    route:
+    - destination: {host: httpbin, subset: v1, port: {number: 8000}}
+      weight: 25
+    - destination: {host: httpbin, subset: v2}
+      weight: 75
+    timeout: 1.5s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: 5xx}
+    fault:
+      delay: {fixedDelay: 2s, percentage: {value: 10}}
+      abort: {httpStatus: 503, percentage: {value: 0.5}}
+    mirror: {host: httpbin, subset: v2}
+    mirrorPercentage: {value: 12.5}
+    rewrite: {uri: /, authority: other}
+    headers:
+      request: {set: {x-a: "1"}, remove: [x-b]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin, namespace: web}
+spec:
+  host: httpbin.web.svc.cluster.local
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+)");
+  REQUIRE(r.ok());
+  REQUIRE(r.config.virtual_services.size() == 1);
+  const auto& h = r.config.virtual_services[0].http.at(0);
+  CHECK(h.name == "primary");
+  CHECK(h.match.at(0).uri->kind == StringMatch::Kind::kPrefix);
+  CHECK(h.match.at(0).headers.at(0).first == "x-user");
+  CHECK(h.match.at(0).port == 8000u);
+  CHECK(h.route.at(0).weight == 25);
+  CHECK(h.route.at(0).destination.port == 8000u);
+  CHECK_FALSE(h.route.at(1).destination.port.has_value());
+  CHECK(h.timeout_ms == 1500);
+  CHECK(h.retries->attempts == 3);
+  CHECK(h.retries->per_try_timeout_ms == 500);
+  CHECK(h.fault->delay->fixed_delay_ms == 2000);
+  CHECK(h.fault->abort->percentage->value == Approx(0.5));
+  CHECK(h.mirror->subset == "v2");
+  CHECK(h.mirror_percentage->value == Approx(12.5));
+  CHECK(h.rewrite->authority == "other");
+  CHECK(h.headers.request.set.at(0).second == "1");
+  CHECK(h.headers.request.remove.at(0) == "x-b");
+}
+
+TEST_CASE("mesh config comes from the istio ConfigMap") {
+  LoadResult r = LoadString(R"(apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    accessLogFile: /dev/stdout
+    outboundTrafficPolicy:
+      mode: REGISTRY_ONLY
+)");
+  REQUIRE(r.ok());
+  CHECK(r.config.mesh.outbound == MeshConfig::OutboundPolicy::kRegistryOnly);
+  CHECK(r.config.mesh.access_log_file == "/dev/stdout");
+
+  r = LoadString(R"(apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: "outboundTrafficPolicy: {mode: DENY}"
+)");
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0] ==
+        "t.yaml: document 1 (ConfigMap istio-system/istio): "
+        "data.mesh.outboundTrafficPolicy.mode: must be ALLOW_ANY or REGISTRY_ONLY");
+  CHECK(r.config.mesh.outbound == MeshConfig::OutboundPolicy::kAllowAny);
+}
+
+TEST_CASE("directories are read recursively in sorted order, hidden files skipped") {
+  TempDir dir;
+  dir.Write("b/2.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: two}\n");
+  dir.Write("a.yml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: one}\n");
+  dir.Write("b/1.json", R"({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}})");
+  dir.Write(".hidden.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: hidden}\n");
+  dir.Write("notes.txt", "not config");
+  LoadResult r = LoadPaths({dir.path.string()});
+  REQUIRE(r.ok());
+  REQUIRE(r.config.namespaces.size() == 3);
+  CHECK(r.config.namespaces[0].meta.name == "one");
+  CHECK(r.config.namespaces[1].meta.name == "x");
+  CHECK(r.config.namespaces[2].meta.name == "two");
+
+  r = LoadPaths({(dir.path / "missing.yaml").string()});
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0] == (dir.path / "missing.yaml").string() + ": no such file or directory");
+}
+
+TEST_CASE("durations parse as Go's time.ParseDuration does") {
+  CHECK(ParseDurationMs("1.5s") == 1500);
+  CHECK(ParseDurationMs("100ms") == 100);
+  CHECK(ParseDurationMs("2m") == 120000);
+  CHECK(ParseDurationMs("1h30m") == 5400000);
+  CHECK_FALSE(ParseDurationMs("5").has_value());
+  CHECK_FALSE(ParseDurationMs("5 s").has_value());
+  CHECK_FALSE(ParseDurationMs("").has_value());
+}
