@@ -3,13 +3,16 @@
 // versions when told.
 //
 // Protocol, as Envoy and gRPC xDS clients expect it:
-// - One gRPC stream per proxy; its first request carries the Node, handed to the
-//   callback. CDS and LDS are wildcard (no resource_names, or "*"); EDS and RDS serve the
-//   names the client asks for.
+// - One gRPC stream per proxy; its first request must carry the Node (else the stream
+//   ends with INVALID_ARGUMENT), which is handed to the callback. CDS and LDS requested
+//   without names (or with "*") are wildcard; otherwise, as gRPC clients do, exactly the
+//   names asked for are served. EDS and RDS always serve the names asked for.
 // - Every response has a version_info (the server's push generation) and a fresh nonce.
 //   A request whose response_nonce is not the last one sent for its type is stale and
-//   ignored. A request carrying error_detail is a NACK: recorded, reported, and not
-//   answered (the client keeps its previous version until the next push).
+//   ignored (a nonce for a type this stream never answered comes from an earlier stream
+//   and counts as a new subscription). A request carrying error_detail is a NACK:
+//   recorded, reported, and not answered (the client keeps its previous version until
+//   the next push changes something).
 // - Push() recomputes every stream's ResourceSet. CDS and LDS are resent whole when any
 //   of their resources changed; EDS and RDS carry only the subscribed resources that
 //   changed (SotW allows that for non-wildcard types), so an endpoint update sends one
@@ -18,7 +21,7 @@
 //
 // Wiring it (e.g. `sluicectl xds serve`):
 //   AdsServer server([&](const Node& n) { return TranslateFor(n); });
-//   auto port = server.Start("127.0.0.1:15010");
+//   auto port = server.Start({.address = "127.0.0.1:15010"});
 //   ... files changed ... server.Push();
 #pragma once
 
