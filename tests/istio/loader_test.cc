@@ -119,7 +119,7 @@ TEST_CASE("YAML errors report the file's own line numbers") {
   CHECK(r.config.namespaces.size() == 1);
 }
 
-TEST_CASE("unknown kinds and foreign Gateway APIs are skipped with a warning; Sidecar is read") {
+TEST_CASE("unknown kinds and foreign Gateway APIs are skipped with a warning, and Sidecar is read") {
   LoadResult r = LoadString(R"(apiVersion: apps/v1
 kind: StatefulSet
 metadata: {name: db}

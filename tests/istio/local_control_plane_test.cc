@@ -70,7 +70,7 @@ TEST_CASE("nodes map to proxies as istiod reads them") {
   CHECK_FALSE(LocalControlPlane::ProxyFor(bad).has_value());
 }
 
-TEST_CASE("a file that turns invalid keeps its last good version; others still change") {
+TEST_CASE("a file that turns invalid keeps its last good version, and others still change") {
   TempDir dir;
   dir.Write("svc.yaml", kService);
   dir.Write("dr.yaml", R"(apiVersion: networking.istio.io/v1

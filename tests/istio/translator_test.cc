@@ -440,7 +440,7 @@ TEST_CASE("a valid document beside an invalid one still translates") {
   CHECK(t.resources.clusters.count("outbound|5000|v2|helloworld.default.svc.cluster.local") == 1);
 }
 
-TEST_CASE("gateway without a matching VirtualService answers 404; other selectors see nothing") {
+TEST_CASE("gateway without a matching VirtualService answers 404, and other selectors see nothing") {
   auto r = Run(R"(apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: gw, namespace: istio-system}
