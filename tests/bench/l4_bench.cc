@@ -250,8 +250,19 @@ int main(int argc, char** argv) {
 
   std::map<std::pair<int, std::string>, Figures> results;
   std::map<int, double> install_ms;
-  for (int n : counts) {
-    // Install n services in the kernel maps (one Apply, one grace period) and in iptables.
+  struct Path {
+    std::string name, netns, cgroup, to;
+  };
+  auto paths_for = [&](int n) {
+    const std::string vip = VipOf(n / 2) + ":80";
+    return std::vector<Path>{
+        {"direct", kClient, env.cg_plain, kEndpoint},
+        {"sluice", kClient, env.cg_sluice, vip},
+        {"iptables", kIptClient, env.cg_plain, vip},
+    };
+  };
+  // Installs n services in the kernel maps (one Apply, one grace period) and in iptables.
+  auto install = [&](int n) {
     std::vector<sluice::ServiceSpec> specs;
     for (int i = 0; i < n; i++) {
       sluice::ServiceSpec s;
@@ -274,29 +285,35 @@ int main(int argc, char** argv) {
     install_ms[n] =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     InstallIptables(n);
-    const std::string vip = VipOf(n / 2) + ":80";
+  };
 
-    struct Path {
-      std::string name, netns, cgroup, to;
-    };
-    const std::vector<Path> paths{
-        {"direct", kClient, env.cg_plain, kEndpoint},
-        {"sluice", kClient, env.cg_sluice, vip},
-        {"iptables", kIptClient, env.cg_plain, vip},
-    };
-    std::map<std::string, std::vector<Figures>> samples;
-    for (int round = 0; round < rounds; round++) {
-      for (const auto& p : paths) {
+  // Rounds outside, service counts inside: both sizes see the same drift of a shared
+  // machine, and each ratio compares paths measured back to back.
+  std::map<int, std::map<std::string, std::vector<Figures>>> samples;
+  std::map<int, std::map<std::string, std::vector<double>>> ratios;  // rate / direct's
+  for (int round = 0; round < rounds; round++) {
+    for (int n : counts) {
+      install(n);
+      std::map<std::string, double> rate;
+      for (const auto& p : paths_for(n)) {
         auto c = Probe(p.netns, p.cgroup, p.to, seconds, false);
         auto r = Probe(p.netns, p.cgroup, p.to, seconds / 2, true);
         if (c["errors"].get<long>() != 0)
           Die(fmt::format("{} path: {} failed connects", p.name, c["errors"].get<long>()));
-        samples[p.name].push_back({c["rate"], c["p50_us"], c["p99_us"], r["p50_us"], r["p99_us"]});
+        samples[n][p.name].push_back(
+            {c["rate"], c["p50_us"], c["p99_us"], r["p50_us"], r["p99_us"]});
+        rate[p.name] = c["rate"];
       }
+      for (const auto& [path, r] : rate)
+        ratios[n][path].push_back(r / rate["direct"]);
+      FlushIptables();
     }
-    for (const auto& p : paths) {
-      const std::string& path = p.name;
-      auto& s = samples[path];
+    fmt::print(stderr, "round {}/{} done\n", round + 1, rounds);
+  }
+  std::map<std::pair<int, std::string>, double> ratio;
+  for (int n : counts) {
+    for (const auto& p : paths_for(n)) {
+      auto& s = samples[n][p.name];
       auto pick = [&](double Figures::*f) {
         std::vector<double> v;
         for (const auto& x : s)
@@ -305,18 +322,23 @@ int main(int argc, char** argv) {
       };
       Figures f{pick(&Figures::rate), pick(&Figures::p50), pick(&Figures::p99),
                 pick(&Figures::rr_p50), pick(&Figures::rr_p99)};
-      results[{n, path}] = f;
-      const double direct = results[{n, "direct"}].rate;
+      results[{n, p.name}] = f;
+      ratio[{n, p.name}] = Median(ratios[n][p.name]);
       fmt::print("{:>8}  {:<9} {:>11.0f} {:>8.3f}x {:>7.1f}us {:>7.1f}us {:>7.1f}us {:>7.1f}us\n",
-                 n, path, f.rate, f.rate / direct, f.p50, f.p99, f.rr_p50, f.rr_p99);
+                 n, p.name, f.rate, ratio[{n, p.name}], f.p50, f.p99, f.rr_p50, f.rr_p99);
     }
-    FlushIptables();
   }
+  fmt::print(
+      "(vs direct: median over rounds of the rate ratio to the direct connection measured "
+      "in the same round)\n");
   if (counts.size() >= 2) {
     const int lo = counts.front(), hi = counts.back();
-    fmt::print("\nsluice at {} vs {} services: {:.3f}x; sluice vs iptables at {}: {:.2f}x\n", hi,
-               lo, results[{hi, "sluice"}].rate / results[{lo, "sluice"}].rate, hi,
-               results[{hi, "sluice"}].rate / results[{hi, "iptables"}].rate);
+    fmt::print(
+        "\nsluice vs direct: {:.3f}x at {} services, {:.3f}x at {} (flatness {:.3f}); "
+        "sluice vs iptables at {}: {:.2f}x\n",
+        ratio[{lo, "sluice"}], lo, ratio[{hi, "sluice"}], hi,
+        ratio[{hi, "sluice"}] / ratio[{lo, "sluice"}], hi,
+        ratio[{hi, "sluice"}] / ratio[{hi, "iptables"}]);
   }
   for (const auto& [n, ms] : install_ms)
     fmt::print("kernel sync: {} services installed in one Apply in {:.1f} ms\n", n, ms);
