@@ -15,7 +15,13 @@
 #include <google/protobuf/util/json_util.h>
 #include <nlohmann/json.hpp>
 
+#include "envoy/extensions/access_loggers/file/v3/file.pb.h"
 #include "envoy/extensions/filters/http/fault/v3/fault.pb.h"
+#include "envoy/extensions/filters/http/router/v3/router.pb.h"
+#include "envoy/extensions/filters/listener/http_inspector/v3/http_inspector.pb.h"
+#include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
+#include "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.pb.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "sluice/proxy/config.h"
@@ -832,6 +838,17 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs) {
 }
 
 Result<xds::ResourceSet> ParseResourceSetJson(std::string_view text) {
+  // Types that appear inside Any fields must be linked in for the JSON parser to find
+  // them in the generated descriptor pool (descriptor() is defined in each .pb.cc).
+  static const google::protobuf::Descriptor* const kAnyTypes[] = {
+      envoy::extensions::filters::http::router::v3::Router::descriptor(),
+  envoy::extensions::access_loggers::file::v3::FileAccessLog::descriptor(),
+  envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::descriptor(),
+  envoy::extensions::filters::listener::http_inspector::v3::HttpInspector::descriptor(),
+  envoy::extensions::filters::listener::original_dst::v3::OriginalDst::descriptor(),
+  envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext::descriptor(),
+      HTTPFault::descriptor()};
+  (void)kAnyTypes;
   nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded() || !doc.is_object())
     return Fail("config: not a JSON object");

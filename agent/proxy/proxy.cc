@@ -245,6 +245,7 @@ class Worker {
       return FailErrno("eventfd", errno);
     epoll_event ev{};
     ev.events = EPOLLIN;
+    wake_handler_.w = this;
     ev.data.ptr = &wake_handler_;
     if (epoll_ctl(ep_, EPOLL_CTL_ADD, wake_fd_, &ev) != 0)
       return FailErrno("epoll_ctl", errno);
