@@ -21,9 +21,9 @@
 #include "envoy/extensions/filters/listener/http_inspector/v3/http_inspector.pb.h"
 #include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
 #include "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.pb.h"
-#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "sluice/proxy/config.h"
 #include "sluice/xds/resource_set.h"
 
@@ -842,11 +842,11 @@ Result<xds::ResourceSet> ParseResourceSetJson(std::string_view text) {
   // them in the generated descriptor pool (descriptor() is defined in each .pb.cc).
   static const google::protobuf::Descriptor* const kAnyTypes[] = {
       envoy::extensions::filters::http::router::v3::Router::descriptor(),
-  envoy::extensions::access_loggers::file::v3::FileAccessLog::descriptor(),
-  envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::descriptor(),
-  envoy::extensions::filters::listener::http_inspector::v3::HttpInspector::descriptor(),
-  envoy::extensions::filters::listener::original_dst::v3::OriginalDst::descriptor(),
-  envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext::descriptor(),
+      envoy::extensions::access_loggers::file::v3::FileAccessLog::descriptor(),
+      envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::descriptor(),
+      envoy::extensions::filters::listener::http_inspector::v3::HttpInspector::descriptor(),
+      envoy::extensions::filters::listener::original_dst::v3::OriginalDst::descriptor(),
+      envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext::descriptor(),
       HTTPFault::descriptor()};
   (void)kAnyTypes;
   nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);

@@ -1488,7 +1488,8 @@ void Session::Dispatch() {
     Buffer& o = out;
     (void)o;
     fmt::memory_buffer loc;
-    std::string_view scheme = r.scheme.empty() ? "http" : r.scheme;
+    std::string_view scheme =
+        r.scheme.empty() ? std::string_view("http") : std::string_view(r.scheme);
     std::string_view host = r.host.empty() ? req.host : std::string_view(r.host);
     if (r.port != 0 || !r.host.empty()) {
       std::size_t colon = host.rfind(':');
