@@ -821,6 +821,8 @@ void Worker::ReleaseSession(Session* s) {
 }
 
 void Worker::ReleaseMirror(Mirror* m) {
+  --mirror_inflight;
+  mirror_bytes -= m->bytes;
   deferred_.emplace_back(2, m);
 }
 

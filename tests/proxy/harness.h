@@ -260,7 +260,18 @@ struct RunningProxy {
   std::string log_path;
   std::string error;
   uint16_t Port(const std::string& listener = "http") const { return proxy->Port(listener); }
-  std::vector<std::string> LogLines() const {
+  // The access log is flushed by the worker after the response is written: wait up
+  // to a second for at least `min_lines`.
+  std::vector<std::string> LogLines(std::size_t min_lines = 0) const {
+    for (int i = 0; i < 100; ++i) {
+      auto v = ReadLog();
+      if (v.size() >= min_lines)
+        return v;
+      usleep(10000);
+    }
+    return ReadLog();
+  }
+  std::vector<std::string> ReadLog() const {
     std::ifstream f(log_path);
     std::vector<std::string> lines;
     std::string l;

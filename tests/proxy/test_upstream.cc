@@ -142,7 +142,7 @@ void TestUpstream::Run() {
         c->in.erase(0, total);
         return false;
       }
-      int status = 200;
+      int status = opts_.status;
       if (auto s = req.Get("x-status"); !s.empty())
         status = std::atoi(std::string(s).c_str());
       int delay = opts_.delay_ms;

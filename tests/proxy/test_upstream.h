@@ -23,6 +23,7 @@ class TestUpstream {
     std::string name = "upstream";
     uint16_t port = 0;  // 0: any
     int delay_ms = 0;
+    int status = 200;    // default status (x-status overrides)
     bool echo = true;    // body = request head; false: a fixed short body
     bool record = true;  // keep request heads for Requests()
   };
