@@ -28,6 +28,7 @@ struct Conn {
   int64_t due = 0;  // a delayed answer is waiting until then
   std::string pending;
   bool close_after = false;
+  bool echo_mode = false;  // after a 101 for "upgrade: echo": bytes come back as sent
 };
 
 }  // namespace
@@ -109,6 +110,11 @@ void TestUpstream::Run() {
   };
   // Answers whole requests at the head of c->in; stops at a delayed one.
   auto serve = [&](Conn* c) -> bool {
+    if (c->echo_mode) {
+      c->out += c->in;
+      c->in.clear();
+      return flush(c);
+    }
     while (c->due == 0) {
       proxy::http::RequestHead req;
       proxy::http::Limits lim;
@@ -138,6 +144,15 @@ void TestUpstream::Run() {
         requests_.push_back(head);
       }
       ++count_;
+      if (req.connection_upgrade && req.Get("upgrade") == "echo") {
+        c->in.erase(0, total);
+        c->out +=
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";
+        c->echo_mode = true;
+        c->out += c->in;
+        c->in.clear();
+        break;
+      }
       if (req.Get("x-close") == "1") {
         c->in.erase(0, total);
         return false;
