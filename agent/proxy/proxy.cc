@@ -445,6 +445,7 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   bool response_started = false, close_after = false, counted_request = false, in_process = false,
        request_active = false, retry_counted = false;
   bool down_eof = false, up_eof = false;
+  bool tcp_session = false;  // a TCP tunnel that is logged when it closes
   char request_id[40] = {0};
   bool generated_id = false;
   Timer route_timer, try_timer, wait_timer;
@@ -1239,6 +1240,11 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   status = 0;
   up = nullptr;
   down_eof = up_eof = false;
+  tcp_session = false;
+  cluster = nullptr;
+  route = nullptr;
+  std::strcpy(up_host, "-");
+  std::strcpy(up_local, "-");
   request_active = false;
   close_after = false;
   in_process = false;
@@ -2140,7 +2146,7 @@ void Session::Abort(uint32_t flag) {
     cluster->pending_requests.fetch_sub(1, std::memory_order_relaxed);
   }
   DropUpstream(false);
-  if (request_active || phase == Phase::kTunnel) {
+  if (request_active) {
     if (counted_request) {
       cluster->active_requests.fetch_sub(1, std::memory_order_relaxed);
       counted_request = false;
@@ -2163,6 +2169,10 @@ void Session::Close() {
     cluster->pending_requests.fetch_sub(1, std::memory_order_relaxed);
   }
   phase = Phase::kClosed;
+  if (tcp_session) {
+    tcp_session = false;
+    LogRequest();
+  }
   Worker::Cancel(route_timer);
   Worker::Cancel(try_timer);
   Worker::Cancel(wait_timer);
@@ -2210,6 +2220,7 @@ void Session::TryWrite() {
 
 void Session::StartTcp() {
   phase = Phase::kTunnel;
+  tcp_session = true;
   const TcpSettings& t = chain->tcp;
   cluster = t.cluster;
   if (!t.weighted.empty()) {
