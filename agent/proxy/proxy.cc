@@ -486,6 +486,7 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   void WriteResponseHead(const http::ResponseHead& r);
   void LogRequest();
   void StartTcp();
+  void RefreshConfig();
   void TunnelRead();
   void MaybeCloseTunnel();
   friend class Worker;
@@ -1370,6 +1371,7 @@ void Session::Process() {
   uint64_t g = gen;
   while (g == gen && (phase == Phase::kHead || phase == Phase::kBody) && !in.empty()) {
     if (phase == Phase::kHead) {
+      RefreshConfig();
       http::ParseStatus st = http::ParseRequest(in.Data(), chain->http.limits, &req);
       if (st == http::ParseStatus::kIncomplete)
         break;
@@ -2108,8 +2110,19 @@ void Session::Finish() {
     return;
   }
   phase = Phase::kHead;
+  SetEvents(EPOLLIN | EPOLLRDHUP | (out.empty() ? 0u : kEvOut));
+  if (!in.empty()) {
+    if (in_process)
+      return;  // the Process loop continues with the next request
+    Process();
+  }
+}
+
+void Session::RefreshConfig() {
   // Pick up a newer config between requests.
-  if (w->snap() != snap) {
+  if (w->snap() == snap || !w->snap())
+    return;
+  {
     for (const auto& l : w->snap()->listeners) {
       if (l.socks->name == lc->name) {
         std::size_t idx =
@@ -2130,12 +2143,6 @@ void Session::Finish() {
         }
       }
     }
-  }
-  SetEvents(EPOLLIN | EPOLLRDHUP | (out.empty() ? 0u : kEvOut));
-  if (!in.empty()) {
-    if (in_process)
-      return;  // the Process loop continues with the next request
-    Process();
   }
 }
 
