@@ -2444,7 +2444,12 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> c
   impl->Publish(*snap);
   for (auto& w : impl->workers) {
     Worker* wp = w.get();
-    impl->threads.emplace_back([wp] { wp->Run(); });
+    impl->threads.emplace_back([wp] {
+      char name[16];
+      std::snprintf(name, sizeof(name), "sluice-l7-%d", wp->index());
+      pthread_setname_np(pthread_self(), name);
+      wp->Run();
+    });
   }
   return std::unique_ptr<Proxy>(new Proxy(std::move(impl)));
 }
