@@ -1938,7 +1938,11 @@ void Session::OnUpData(UpstreamConn* u, std::string_view data) {
 }
 
 void Session::OnUpDrained(UpstreamConn*) {
-  if (phase == Phase::kTunnel && !(events & EPOLLIN) && !down_eof) {
+  if (phase != Phase::kTunnel || !up)
+    return;
+  if (down_eof) {
+    shutdown(up->fd, SHUT_WR);  // the client's half-close, passed on once its bytes are out
+  } else if (!(events & EPOLLIN)) {
     SetEvents(events | EPOLLIN);
   }
 }

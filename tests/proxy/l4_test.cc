@@ -215,3 +215,24 @@ TEST_CASE("TCP proxy to a cluster and to weighted clusters", "[tcp][proxy]") {
   CHECK(n1 > 70);
   CHECK(n2 > 70);
 }
+
+TEST_CASE("TCP proxy passes a client half-close on and still delivers the answer", "[tcp][proxy]") {
+  TestUpstream u1({.name = "u1", .record = false});
+  Json doc = {{"listeners",
+               Json::array({Listener(
+                   "tcp", Json::array({{{"filters", {TcpProxy({{"cluster", "c1"}}, false)}}}}))})},
+              {"clusters", Json::array({StaticCluster("c1", {u1.port()})})}};
+  auto p = StartProxy(doc);
+  REQUIRE(p->error == "");
+  int fd = Connect(p->Port("tcp"));
+  REQUIRE(fd >= 0);
+  std::string req = "GET /half HTTP/1.1\r\nhost: h\r\n\r\n";  // keep-alive: only the FIN ends it
+  send(fd, req.data(), req.size(), 0);
+  shutdown(fd, SHUT_WR);
+  std::string buf;
+  auto rs = ReadResponses(fd, buf, 1, 3000);
+  close(fd);
+  REQUIRE(rs.size() == 1);
+  CHECK(rs[0].status == 200);
+  CHECK(rs[0].body.rfind("GET /half ", 0) == 0);
+}
