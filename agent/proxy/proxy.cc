@@ -146,6 +146,8 @@ struct UpstreamOwner {
   virtual void OnUpDone(UpstreamConn*) = 0;
   virtual void OnUpFailure(UpstreamConn*, UpFailure) = 0;
   virtual void OnUpDrained(UpstreamConn*) {}
+  // Everything read from the upstream in one event has been handed over.
+  virtual void OnUpReadDone(UpstreamConn*) {}
   virtual ~UpstreamOwner() = default;
 };
 
@@ -446,6 +448,10 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
        request_active = false, retry_counted = false;
   bool down_eof = false, up_eof = false;
   bool tcp_session = false;  // a TCP tunnel that is logged when it closes
+  // The socket is edge-triggered: set when an edge was taken without reading the
+  // socket dry (a request was in flight, or a buffer limit stopped the read).
+  bool read_ready = false;
+  bool in_tunnel_read = false;
   char request_id[40] = {0};
   bool generated_id = false;
   Timer route_timer, try_timer, wait_timer;
@@ -460,15 +466,10 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   void OnUpDone(UpstreamConn* u) override;
   void OnUpFailure(UpstreamConn* u, UpFailure f) override;
   void OnUpDrained(UpstreamConn* u) override;
+  void OnUpReadDone(UpstreamConn* u) override;
   void StartAttempt();
 
  private:
-  void SetEvents(uint32_t ev) {
-    if (ev != events) {
-      events = ev;
-      w->EpollSet(fd, ev, this, false);
-    }
-  }
   bool ReadInto(Buffer& b);
   void Process();
   void OnHead();
@@ -677,6 +678,11 @@ void UpstreamConn::OnReadable() {
   ProcessResponse();
   if (g != gen)
     return;
+  if (owner) {
+    owner->OnUpReadDone(this);
+    if (g != gen)
+      return;
+  }
   if (peer_closed && owner) {
     if (tunnel) {
       owner->OnUpFailure(this, UpFailure::kReset);  // tunnel: EOF from upstream
@@ -1249,7 +1255,10 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   request_active = false;
   close_after = false;
   in_process = false;
-  events = EPOLLIN | EPOLLRDHUP;
+  read_ready = false;
+  in_tunnel_read = false;
+  // Edge-triggered with every event registered once: no epoll_ctl per request.
+  events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   w->EpollSet(fd, events, this, true);
   if (lc->needs_sni) {
     phase = Phase::kSniff;
@@ -1277,16 +1286,21 @@ bool Session::ReadInto(Buffer& b) {
       b.Commit(static_cast<std::size_t>(n));
       if (phase == Phase::kTunnel)
         bytes_rx += static_cast<uint64_t>(n);
-      if (static_cast<std::size_t>(n) < avail)
+      if (static_cast<std::size_t>(n) < avail) {
+        read_ready = false;  // a short read: the socket is dry
         return true;
-      if (b.size() > 1024 * 1024)
+      }
+      if (b.size() > 1024 * 1024) {
+        read_ready = true;
         return true;
+      }
       continue;
     }
     if (n == 0)
       return false;
     if (errno == EINTR)
       continue;
+    read_ready = false;
     return errno == EAGAIN;
   }
 }
@@ -1297,7 +1311,7 @@ void Session::OnEvent(uint32_t ev) {
     Abort(kFlagDC);
     return;
   }
-  if (ev & EPOLLOUT) {
+  if ((ev & EPOLLOUT) && !out.empty()) {
     TryWrite();
     if (g != gen)
       return;
@@ -1346,6 +1360,10 @@ void Session::OnEvent(uint32_t ev) {
       return;
     }
     case Phase::kTunnel:
+      if (up && up->out.size() > 1024 * 1024) {
+        read_ready = true;  // resumed by OnUpDrained
+        return;
+      }
       TunnelRead();
       return;
     case Phase::kClosing: {
@@ -1357,9 +1375,13 @@ void Session::OnEvent(uint32_t ev) {
       return;
     }
     default:
-      // A request is in flight and we are not reading: the client went away.
+      // A request is in flight and the connection is not read meanwhile (the head's
+      // views point into `in`). A FIN means the client went away; data (pipelined
+      // requests) is read when the request is done.
       if (ev & (EPOLLRDHUP | EPOLLHUP))
         Abort(kFlagDC);
+      else
+        read_ready = true;
       return;
   }
 }
@@ -1456,7 +1478,6 @@ void Session::Dispatch() {
   w->stats().requests.fetch_add(1, std::memory_order_relaxed);
   // Stop reading while the request runs: the head's views into `in` stay valid and
   // pipelined requests wait in the buffer. RDHUP still tells us if the client leaves.
-  SetEvents(EPOLLRDHUP | (out.empty() ? 0u : kEvOut));
   phase = Phase::kUpstream;
   if (!req.keep_alive)
     close_after = true;
@@ -1880,11 +1901,11 @@ void Session::OnUpHeaders(UpstreamConn* u) {
   if (r.status == 101) {
     Worker::Cancel(route_timer);
     phase = Phase::kTunnel;
-    SetEvents(EPOLLIN | EPOLLRDHUP | (out.empty() ? 0u : kEvOut));
+    TryWrite();
   } else {
     phase = Phase::kResponse;
   }
-  TryWrite();
+  // The head goes out with the first body bytes (OnUpReadDone): one send, not two.
 }
 
 void Session::WriteResponseHead(const http::ResponseHead& r) {
@@ -1931,7 +1952,12 @@ void Session::WriteResponseHead(const http::ResponseHead& r) {
 void Session::OnUpData(UpstreamConn* u, std::string_view data) {
   out.Append(data);
   bytes_tx += data.size();
-  TryWrite();
+  if (out.size() > 256 * 1024) {
+    uint64_t g = gen;
+    TryWrite();
+    if (g != gen)
+      return;
+  }
   // Backpressure: stop reading the upstream while the client is slow.
   if (out.size() > 4 * 1024 * 1024 && u == up)
     u->PauseRead(true);
@@ -1942,13 +1968,22 @@ void Session::OnUpDrained(UpstreamConn*) {
     return;
   if (down_eof) {
     shutdown(up->fd, SHUT_WR);  // the client's half-close, passed on once its bytes are out
-  } else if (!(events & EPOLLIN)) {
-    SetEvents(events | EPOLLIN);
+  } else if (read_ready) {
+    TunnelRead();  // its read clears read_ready
   }
+}
+
+void Session::OnUpReadDone(UpstreamConn*) {
+  if (!out.empty())
+    TryWrite();
 }
 
 void Session::OnUpDone(UpstreamConn* u) {
   DropUpstream(u->reusable);
+  uint64_t g = gen;
+  TryWrite();  // the response first, then the next pipelined request
+  if (g != gen)
+    return;
   Finish();
 }
 
@@ -2108,13 +2143,26 @@ void Session::Finish() {
   vh = nullptr;
   if (close_after) {
     phase = Phase::kClosing;
-    SetEvents(EPOLLIN | EPOLLRDHUP | (out.empty() ? 0u : kEvOut));
     if (out.empty())
       Close();
     return;
   }
   phase = Phase::kHead;
-  SetEvents(EPOLLIN | EPOLLRDHUP | (out.empty() ? 0u : kEvOut));
+  if (read_ready) {
+    // Bytes (pipelined requests) arrived while the request ran: read them now, the
+    // edge that announced them is gone.
+    uint64_t g = gen;
+    if (!ReadInto(in)) {
+      if (in.empty()) {
+        Close();
+      } else {
+        Abort(kFlagDC);
+      }
+      return;
+    }
+    if (g != gen)
+      return;
+  }
   if (!in.empty()) {
     if (in_process)
       return;  // the Process loop continues with the next request
@@ -2219,12 +2267,10 @@ void Session::TryWrite() {
       MaybeCloseTunnel();
       return;
     }
-    SetEvents(events & ~EPOLLOUT);
     if (up && up->read_paused)
       up->PauseRead(false);
-  } else {
-    SetEvents(events | EPOLLOUT);
   }
+  // Not written yet: EPOLLOUT (always registered, edge-triggered) calls back.
 }
 
 // ----------------------------------------------------------------------- TCP tunnel
@@ -2274,7 +2320,6 @@ void Session::StartTcp() {
   bytes_rx += in.size();
   u->out.Append(in.Data());
   in.Clear();
-  SetEvents(EPOLLIN | EPOLLRDHUP);
 }
 
 void Session::TunnelRead() {
@@ -2282,23 +2327,31 @@ void Session::TunnelRead() {
     Close();
     return;
   }
-  bool open = ReadInto(up->out);
-  UpstreamConn* u = up;
+  if (in_tunnel_read)
+    return;  // called back from the Flush below: the loop goes on
+  in_tunnel_read = true;
   uint64_t g = gen;
-  if (!u->connecting)
-    u->Flush();
-  if (g != gen)
-    return;
-  if (!open) {
-    down_eof = true;
-    SetEvents(events & ~(EPOLLIN | EPOLLRDHUP));
-    if (up && up->out.empty() && !up->connecting)
-      shutdown(up->fd, SHUT_WR);
-    MaybeCloseTunnel();
-    return;
+  while (true) {
+    bool open = ReadInto(up->out);
+    UpstreamConn* u = up;
+    if (!u->connecting)
+      u->Flush();
+    if (g != gen)
+      return;  // closed meanwhile (the flag is reset when the session is reused)
+    if (!open) {
+      down_eof = true;
+      if (up && up->out.empty() && !up->connecting)
+        shutdown(up->fd, SHUT_WR);
+      in_tunnel_read = false;
+      MaybeCloseTunnel();
+      return;
+    }
+    // ReadInto stops early (read_ready) above 1 MiB queued for the upstream; go on
+    // only if the upstream took it, else OnUpDrained resumes.
+    if (!read_ready || !up || up->out.size() > 1024 * 1024)
+      break;
   }
-  if (up && up->out.size() > 1024 * 1024)
-    SetEvents(events & ~EPOLLIN);
+  in_tunnel_read = false;
 }
 
 void Session::MaybeCloseTunnel() {

@@ -249,3 +249,43 @@ TEST_CASE("Upgrade is passed through and the connection becomes a tunnel", "[cod
   close(fd);
   CHECK(got == "ping-pong");
 }
+
+TEST_CASE("a tunnel carries 8 MiB each way with backpressure, bytes intact", "[codec][proxy]") {
+  TestUpstream up({.name = "up", .record = false});
+  auto p = StartProxy(ProxyDoc(up.port()));
+  REQUIRE(p->error == "");
+  int fd = Connect(p->Port());
+  std::string req = "GET /ws HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";
+  send(fd, req.data(), req.size(), 0);
+  std::string buf;
+  auto rs = ReadResponses(fd, buf, 1, 3000, true);
+  REQUIRE(rs.size() == 1);
+  REQUIRE(rs[0].status == 101);
+  std::string data(8 * 1024 * 1024, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i)
+    data[i] = static_cast<char>((i * 7919) >> 3);
+  std::string got = buf;
+  std::size_t sent = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (got.size() < data.size() && std::chrono::steady_clock::now() < deadline) {
+    pollfd pf{fd, static_cast<short>(POLLIN | (sent < data.size() ? POLLOUT : 0)), 0};
+    if (poll(&pf, 1, 1000) <= 0)
+      continue;
+    if ((pf.revents & POLLOUT) && sent < data.size()) {
+      ssize_t n = send(fd, data.data() + sent, std::min<std::size_t>(65536, data.size() - sent),
+                       MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0)
+        sent += static_cast<std::size_t>(n);
+    }
+    if (pf.revents & POLLIN) {
+      char tmp[65536];
+      ssize_t n = recv(fd, tmp, sizeof(tmp), MSG_DONTWAIT);
+      if (n <= 0)
+        break;
+      got.append(tmp, static_cast<std::size_t>(n));
+    }
+  }
+  close(fd);
+  REQUIRE(got.size() == data.size());
+  CHECK(got == data);
+}
