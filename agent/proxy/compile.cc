@@ -573,7 +573,8 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
   auto c = std::make_shared<Cluster>();
   c->name = pc.name();
   std::string where = "cluster " + pc.name();
-  switch (pc.lb_policy()) {
+  c->original_dst = pc.has_type() && pc.type() == cluster_v3::Cluster::ORIGINAL_DST;
+  switch (c->original_dst ? cluster_v3::Cluster::ROUND_ROBIN : pc.lb_policy()) {
     case cluster_v3::Cluster::ROUND_ROBIN:
       c->lb = LbPolicy::kRoundRobin;
       break;
@@ -631,6 +632,8 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
         case cluster_v3::Cluster::LOGICAL_DNS:
           cla = &pc.load_assignment();
           dns = true;
+          break;
+        case cluster_v3::Cluster::ORIGINAL_DST:
           break;
         case cluster_v3::Cluster::EDS: {
           auto it = rs.endpoints.find(pc.name());
@@ -808,6 +811,13 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs) {
     l.address = pl.address().socket_address().address();
     l.port = static_cast<uint16_t>(pl.address().socket_address().port_value());
     l.use_original_dst = pl.has_use_original_dst() && pl.use_original_dst().value();
+    for (const auto& lf : pl.listener_filters()) {
+      if (lf.name() == "envoy.filters.listener.original_dst" ||
+          lf.typed_config()
+              .Is<envoy::extensions::filters::listener::original_dst::v3::OriginalDst>()) {
+        l.use_original_dst = true;
+      }
+    }
     for (int i = 0; i < pl.filter_chains_size(); ++i) {
       FilterChain fc;
       std::string cw = where + ": filter_chains[" + std::to_string(i) + "]";

@@ -293,6 +293,8 @@ class Worker {
   void EpollDel(int fd) { epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr); }
 
   Endpoint* PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash);
+  // The worker's endpoint object for an original destination (ORIGINAL_DST clusters).
+  Endpoint* OriginalDstEndpoint(const sockaddr_storage& addr);
   // A connected (pooled) or connecting upstream; nullptr when the socket could not be
   // created or connect() failed at once. *overflow: the max_connections breaker.
   UpstreamConn* GetUpstream(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
@@ -359,6 +361,12 @@ class Worker {
   std::vector<std::unique_ptr<Mirror>> all_mirrors_;
   std::vector<Mirror*> free_mirrors_;
   std::unordered_map<const Endpoint*, std::vector<UpstreamConn*>> idle_;
+  struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view v) const { return std::hash<std::string_view>()(v); }
+  };
+  std::unordered_map<std::string, std::unique_ptr<Endpoint>, StringHash, std::equal_to<>>
+      original_dst_;
   std::vector<std::pair<int, void*>> deferred_;  // 0 session, 1 upstream, 2 mirror
   std::vector<Session*> pending_;
   fmt::memory_buffer log_;
@@ -421,6 +429,8 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   uint32_t events = 0;
   Buffer in, out;
   char peer[64] = "-", peer_ip[48] = "-", local[64] = "-";
+  sockaddr_storage orig_dst{};
+  bool has_orig_dst = false;
   std::string sni;
   int64_t conn_start_ms = 0;
   std::chrono::system_clock::time_point conn_start_wall;
@@ -1000,6 +1010,21 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
   return nullptr;
 }
 
+Endpoint* Worker::OriginalDstEndpoint(const sockaddr_storage& addr) {
+  char key[64];
+  FormatAddr(addr, key, sizeof(key));
+  auto it = original_dst_.find(std::string_view(key));
+  if (it != original_dst_.end())
+    return it->second.get();
+  auto ep = std::make_unique<Endpoint>();
+  ep->addr = addr;
+  ep->addr_len = addr.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  ep->address = key;
+  Endpoint* raw = ep.get();
+  original_dst_.emplace(key, std::move(ep));
+  return raw;
+}
+
 void Worker::OnEndpointResult(const Cluster& c, Endpoint* ep, bool failure) {
   if (!ep)
     return;
@@ -1233,9 +1258,13 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   FormatAddr(peer_addr, peer_ip, sizeof(peer_ip), false);
   sockaddr_storage la{};
   socklen_t ll = sizeof(la);
+  has_orig_dst = false;
   if (lc->use_original_dst && w->opts().original_dst) {
-    if (auto od = w->opts().original_dst(fd))
+    if (auto od = w->opts().original_dst(fd)) {
       la = *od;
+      orig_dst = *od;
+      has_orig_dst = true;
+    }
   } else {
     getsockname(fd, reinterpret_cast<sockaddr*>(&la), &ll);
   }
@@ -1645,7 +1674,8 @@ void Session::StartAttempt() {
       }
     }
   }
-  Endpoint* ep = w->PickEndpoint(*cluster, has_hash, hash);
+  Endpoint* ep = cluster->original_dst ? (has_orig_dst ? w->OriginalDstEndpoint(orig_dst) : nullptr)
+                                       : w->PickEndpoint(*cluster, has_hash, hash);
   if (!ep) {
     Local(503, "no healthy upstream", kFlagUH, "no_healthy_upstream");
     return;
@@ -2297,7 +2327,8 @@ void Session::StartTcp() {
     Abort(0);
     return;
   }
-  Endpoint* ep = w->PickEndpoint(*cluster, true, HashKey(peer_ip));
+  Endpoint* ep = cluster->original_dst ? (has_orig_dst ? w->OriginalDstEndpoint(orig_dst) : nullptr)
+                                       : w->PickEndpoint(*cluster, true, HashKey(peer_ip));
   if (!ep) {
     flags |= kFlagUH;
     Abort(0);

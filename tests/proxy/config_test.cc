@@ -209,3 +209,48 @@ TEST_CASE("listener hooks: a custom socket opener is used for every worker", "[c
   CHECK(opened == 2);
   CHECK(Get(p->Port(), "h", "/").status == 200);
 }
+
+TEST_CASE("ORIGINAL_DST: the original_dst hook decides where HTTP and TCP go", "[config][proxy]") {
+  TestUpstream target({.name = "target", .record = false});
+  Json od_cluster = {{"name", "PassthroughCluster"},
+                     {"type", "ORIGINAL_DST"},
+                     {"lb_policy", "CLUSTER_PROVIDED"},
+                     {"connect_timeout", "1s"}};
+  Json http = HttpListener(
+      "http",
+      RouteConfig("r", Json::array({{{"name", "all"},
+                                     {"match", {{"prefix", "/"}}},
+                                     {"route", {{"cluster", "PassthroughCluster"}}}}})),
+      true);
+  http["listener_filters"] =
+      Json::array({{{"name", "envoy.filters.listener.original_dst"},
+                    {"typed_config",
+                     {{"@type",
+                       "type.googleapis.com/"
+                       "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}}}}});
+  Json doc = {{"listeners", Json::array({http})}, {"clusters", Json::array({od_cluster})}};
+  sluice::proxy::ProxyOptions opts;
+  uint16_t target_port = target.port();
+  std::atomic<int> asked{0};
+  opts.original_dst = [&](int) -> std::optional<sockaddr_storage> {
+    ++asked;
+    sockaddr_storage ss{};
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(target_port);
+    a->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return ss;
+  };
+  auto p = StartProxy(doc, 1, opts);
+  REQUIRE(p->error == "");
+  Resp r = Get(p->Port(), "h", "/");
+  CHECK(r.status == 200);
+  CHECK(r.Header("x-upstream") == "target");
+  CHECK(asked.load() == 1);
+  auto lines = p->LogLines(1);
+  REQUIRE(lines.size() == 1);
+  // UPSTREAM_HOST and DOWNSTREAM_LOCAL_ADDRESS are the original destination.
+  std::string addr = "127.0.0.1:" + std::to_string(target_port);
+  CHECK(lines[0].find("\"" + addr + "\" PassthroughCluster ") != std::string::npos);
+  CHECK(lines[0].find(" " + addr + " 127.0.0.1:") != std::string::npos);
+}

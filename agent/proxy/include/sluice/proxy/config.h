@@ -73,6 +73,9 @@ struct Cluster {
   std::string name;
   LbPolicy lb = LbPolicy::kLeastRequest;
   std::vector<std::unique_ptr<Endpoint>> endpoints;
+  // ORIGINAL_DST: no endpoint list; each connection goes where the client originally
+  // connected (ProxyOptions.original_dst on a listener that uses it).
+  bool original_dst = false;
   Millis connect_timeout{10000};
   CircuitBreakers limits;
   OutlierDetection outlier;
