@@ -671,6 +671,7 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
       }
     }
   }
+  BuildWeights(*c);
   if (c->lb == LbPolicy::kRingHash || c->lb == LbPolicy::kMaglev) {
     uint32_t ring = 1024;
     if (pc.has_ring_hash_lb_config() && pc.ring_hash_lb_config().has_minimum_ring_size()) {

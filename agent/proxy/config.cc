@@ -275,6 +275,20 @@ uint64_t HashKey(std::string_view key) {
   return Hash64(key);
 }
 
+void BuildWeights(Cluster& c) {
+  c.cumulative_weight.clear();
+  bool differ = false;
+  for (const auto& e : c.endpoints)
+    differ |= e->weight != c.endpoints.front()->weight;
+  if (!differ)
+    return;
+  uint64_t sum = 0;
+  for (const auto& e : c.endpoints) {
+    sum += std::max<uint32_t>(1, e->weight);
+    c.cumulative_weight.push_back(sum);
+  }
+}
+
 void BuildHashTables(Cluster& c, uint32_t ring_size, uint32_t maglev_size) {
   c.ring.clear();
   c.maglev.clear();

@@ -979,14 +979,24 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
     }
     return nullptr;
   };
+  // With unequal weights, a number in [0, total weight) maps to an endpoint.
+  const bool weighted = !c.cumulative_weight.empty();
+  auto by_weight = [&](uint64_t r) -> std::size_t {
+    uint64_t total = c.cumulative_weight.back();
+    auto it = std::upper_bound(c.cumulative_weight.begin(), c.cumulative_weight.end(), r % total);
+    return static_cast<std::size_t>(it - c.cumulative_weight.begin());
+  };
+  auto random_index = [&]() { return weighted ? by_weight(Rand()) : Rand() % n; };
   switch (c.lb) {
-    case LbPolicy::kRoundRobin:
-      return probe(c.rr_next.fetch_add(1, std::memory_order_relaxed) % n);
+    case LbPolicy::kRoundRobin: {
+      uint64_t k = c.rr_next.fetch_add(1, std::memory_order_relaxed);
+      return probe(weighted ? by_weight(k) : k % n);
+    }
     case LbPolicy::kRandom:
-      return probe(Rand() % n);
+      return probe(random_index());
     case LbPolicy::kLeastRequest: {
-      Endpoint* a = probe(Rand() % n);
-      Endpoint* b = probe(Rand() % n);
+      Endpoint* a = probe(random_index());
+      Endpoint* b = probe(random_index());
       if (!a || !b)
         return a ? a : b;
       return b->active_requests.load(std::memory_order_relaxed) <

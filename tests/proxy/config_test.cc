@@ -254,3 +254,29 @@ TEST_CASE("ORIGINAL_DST: the original_dst hook decides where HTTP and TCP go", "
   CHECK(lines[0].find("\"" + addr + "\" PassthroughCluster ") != std::string::npos);
   CHECK(lines[0].find(" " + addr + " 127.0.0.1:") != std::string::npos);
 }
+
+TEST_CASE("endpoint weights: round robin and random honour load_balancing_weight",
+          "[config][lb][proxy]") {
+  TestUpstream light({.name = "light", .record = false}), heavy({.name = "heavy", .record = false});
+  auto cluster = [&](const std::string& name, const std::string& lb) {
+    Json c = StaticCluster(name, {light.port(), heavy.port()}, lb);
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["load_balancing_weight"] = 1;
+    c["load_assignment"]["endpoints"][0]["lb_endpoints"][1]["load_balancing_weight"] = 3;
+    return c;
+  };
+  Json routes = Json::array(
+      {{{"name", "rr"}, {"match", {{"prefix", "/rr"}}}, {"route", {{"cluster", "rr"}}}},
+       {{"name", "rand"}, {"match", {{"prefix", "/rand"}}}, {"route", {{"cluster", "rand"}}}}});
+  auto p = StartProxy(
+      Doc(routes, Json::array({cluster("rr", "ROUND_ROBIN"), cluster("rand", "RANDOM")})));
+  REQUIRE(p->error == "");
+  Client c(p->Port());
+  int heavy_rr = 0, heavy_rand = 0;
+  for (int i = 0; i < 400; ++i)
+    heavy_rr += c.Get("h", "/rr").Header("x-upstream") == "heavy";
+  for (int i = 0; i < 1000; ++i)
+    heavy_rand += c.Get("h", "/rand").Header("x-upstream") == "heavy";
+  CHECK(heavy_rr == 300);  // exactly 3 of every 4
+  CHECK(heavy_rand > 700);
+  CHECK(heavy_rand < 800);
+}

@@ -76,6 +76,9 @@ struct Cluster {
   // ORIGINAL_DST: no endpoint list; each connection goes where the client originally
   // connected (ProxyOptions.original_dst on a listener that uses it).
   bool original_dst = false;
+  // Endpoint weights (load_balancing_weight) as running sums, for weighted round robin,
+  // random and least-request picks; empty when all weights are equal.
+  std::vector<uint64_t> cumulative_weight;
   Millis connect_timeout{10000};
   CircuitBreakers limits;
   OutlierDetection outlier;
@@ -298,6 +301,9 @@ Result<xds::ResourceSet> ParseResourceSetJson(std::string_view json);
 
 // Builds ring / Maglev tables for the cluster's endpoints. maglev_size must be prime.
 void BuildHashTables(Cluster& c, uint32_t ring_size = 1024, uint32_t maglev_size = 65537);
+
+// Fills cumulative_weight when the endpoints' weights differ.
+void BuildWeights(Cluster& c);
 
 // The stable 64-bit hash used for consistent-hash keys.
 uint64_t HashKey(std::string_view key);
