@@ -1,6 +1,10 @@
 // The Envoy → runtime compiler (errors name the resource and field), load-balancing
 // policies, and live config updates (new routes apply, sockets survive, bad config is
 // refused and the running one keeps serving).
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+
 #include <catch2/catch.hpp>
 #include <set>
 
@@ -279,4 +283,76 @@ TEST_CASE("endpoint weights: round robin and random honour load_balancing_weight
   CHECK(heavy_rr == 300);  // exactly 3 of every 4
   CHECK(heavy_rand > 700);
   CHECK(heavy_rand < 800);
+}
+
+#ifndef SLUICE_PROXY_BIN
+#define SLUICE_PROXY_BIN ""
+#endif
+
+TEST_CASE(
+    "sluice-proxy binary: SIGHUP reloads; a bad file is reported and the running config stays",
+    "[config][proxy][binary]") {
+  TestUpstream a({.name = "a", .record = false}), b({.name = "b", .record = false});
+  TempDir dir;
+  std::string cfg = dir.path() + "/config.json", err = dir.path() + "/stderr";
+  uint16_t port = 0;
+  {
+    // A fixed port for the binary: find a free one.
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
+    socklen_t len = sizeof(sa);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+    port = ntohs(sa.sin_port);
+    close(fd);
+  }
+  auto write = [&](const Json& doc) {
+    std::ofstream f(cfg);
+    f << doc.dump();
+  };
+  auto doc_for = [&](const std::string& cluster) {
+    Json d = Doc(
+        Json::array(
+            {{{"name", "all"}, {"match", {{"prefix", "/"}}}, {"route", {{"cluster", cluster}}}}}),
+        Json::array({StaticCluster("a", {a.port()}), StaticCluster("b", {b.port()})}));
+    d["listeners"][0]["address"]["socket_address"]["port_value"] = port;
+    return d;
+  };
+  write(doc_for("a"));
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 2);
+    int devnull = open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    execl(SLUICE_PROXY_BIN, "sluice-proxy", "--config", cfg.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  REQUIRE(pid > 0);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+    }
+  } reap{pid};
+  REQUIRE(WaitFor([&] { return Get(port, "h", "/").Header("x-upstream") == "a"; }));
+  Json bad = doc_for("b");
+  bad["routes"] = Json::array(
+      {{{"name", "r"}, {"virtual_hosts", {{{"name", "v"}, {"domains", Json::array()}}}}}});
+  write(bad);
+  kill(pid, SIGHUP);
+  CHECK(WaitFor([&] {
+    std::ifstream f(err);
+    std::stringstream ss;
+    ss << f.rdbuf();
+    return ss.str().find("reload rejected") != std::string::npos &&
+           ss.str().find("domains is empty") != std::string::npos;
+  }));
+  CHECK(Get(port, "h", "/").Header("x-upstream") == "a");
+  write(doc_for("b"));
+  kill(pid, SIGHUP);
+  CHECK(WaitFor([&] { return Get(port, "h", "/").Header("x-upstream") == "b"; }));
 }
