@@ -214,7 +214,7 @@ TEST_CASE("listener hooks: a custom socket opener is used for every worker", "[c
   CHECK(Get(p->Port(), "h", "/").status == 200);
 }
 
-TEST_CASE("ORIGINAL_DST: the original_dst hook decides where HTTP and TCP go", "[config][proxy]") {
+TEST_CASE("ORIGINAL_DST: the original_dst hook decides where HTTP requests go", "[config][proxy]") {
   TestUpstream target({.name = "target", .record = false});
   Json od_cluster = {{"name", "PassthroughCluster"},
                      {"type", "ORIGINAL_DST"},
