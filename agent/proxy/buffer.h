@@ -45,6 +45,8 @@ class Buffer {
   }
   void Commit(std::size_t n) { end_ += n; }
   void Append(std::string_view s) {
+    if (s.empty())
+      return;  // memcpy from a null view is undefined, even for 0 bytes
     std::size_t avail;
     char* p = WritePtr(s.size(), &avail);
     std::memcpy(p, s.data(), s.size());
