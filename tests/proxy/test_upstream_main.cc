@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 
 #include "test_upstream.h"
@@ -26,9 +27,14 @@ int main(int argc, char** argv) {
     o.delay_ms = std::atoi(argv[3]);
   o.echo = false;
   o.record = false;
-  sluice::testing::TestUpstream up(o);
-  std::fprintf(stderr, "sluice-test-upstream %s on 127.0.0.1:%u\n", o.name.c_str(), up.port());
-  int sig;
-  sigwait(&set, &sig);
+  try {
+    sluice::testing::TestUpstream up(o);
+    std::fprintf(stderr, "sluice-test-upstream %s on 127.0.0.1:%u\n", o.name.c_str(), up.port());
+    int sig;
+    sigwait(&set, &sig);
+  } catch (const std::exception& e) {  // e.g. the port is taken
+    std::fprintf(stderr, "sluice-test-upstream: %s\n", e.what());
+    return 1;
+  }
   return 0;
 }
