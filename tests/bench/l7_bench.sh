@@ -56,6 +56,13 @@ wait_port() {
   echo "port $1 did not open" >&2; exit 1
 }
 
+for port in $UP1 $UP2 $SHADOW $PORT_SLUICE $PORT_HAPROXY $PORT_NGINX $PORT_MIRROR; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is already in use; stop what listens there first" >&2
+    exit 1
+  fi
+done
+
 start 1 "$up_bin" $UP1 v1
 start 1 "$up_bin" $UP2 v2
 start 1 "$up_bin" $SHADOW shadow 200
