@@ -353,6 +353,7 @@ class Worker {
   uint64_t version_ = 0;
   std::shared_ptr<const Snapshot> snap_;
   std::vector<std::unique_ptr<ListenerHandler>> listeners_;
+  std::vector<std::unique_ptr<ListenerHandler>> retired_listeners_;
   std::vector<TimerEntry> timers_;
   std::vector<std::unique_ptr<Session>> all_sessions_;
   std::vector<Session*> free_sessions_;
@@ -543,6 +544,25 @@ bool Replaced(const HeaderMutations* const* levels, std::size_t n, std::string_v
   return false;
 }
 
+// Envoy applies mutations from the most specific level (weighted cluster) to the least
+// (route configuration); when two levels set the same header, the later one wins.
+bool OverwrittenLater(const HeaderMutations* const* levels, std::size_t n, std::size_t level,
+                      const HeaderOp& op) {
+  if (op.action == HeaderOp::Action::kAppend)
+    return false;
+  for (std::size_t j = level + 1; j < n; ++j) {
+    if (!levels[j])
+      continue;
+    for (const HeaderOp& later : levels[j]->add) {
+      if (later.action == HeaderOp::Action::kOverwriteIfExistsOrAdd &&
+          http::EqualsIgnoreCase(later.name, op.name)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
 template <class Head>
 void EmitAdds(Buffer& dst, const HeaderMutations* const* levels, std::size_t n, const Head& h) {
   for (std::size_t i = 0; i < n; ++i) {
@@ -554,6 +574,8 @@ void EmitAdds(Buffer& dst, const HeaderMutations* const* levels, std::size_t n, 
       if (op.action == HeaderOp::Action::kAddIfAbsent && present)
         continue;
       if (op.action == HeaderOp::Action::kOverwriteIfExists && !present)
+        continue;
+      if (OverwrittenLater(levels, n, i, op))
         continue;
       dst.Append(op.name);
       dst.Append(": ");
@@ -621,6 +643,8 @@ void UpstreamConn::Flush() {
 }
 
 void UpstreamConn::OnEvent(uint32_t ev) {
+  if (fd < 0)
+    return;  // released earlier in this epoll batch: the event is stale
   uint64_t g = gen;
   if (connecting) {
     if (!(ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
@@ -1140,8 +1164,10 @@ void Worker::SwapSnapshot() {
     version_ = impl_->version.load();
   }
   if (!next) {
-    for (auto& old : listeners_)
+    for (auto& old : listeners_) {
       EpollDel(old->fd);
+      retired_listeners_.push_back(std::move(old));
+    }
     listeners_.clear();
     CloseIdle();
     snap_.reset();
@@ -1166,8 +1192,11 @@ void Worker::SwapSnapshot() {
     keep.push_back(std::move(h));
   }
   for (auto& old : listeners_) {
-    if (old)
+    if (old) {
       EpollDel(old->fd);
+      // Its event may still be in the current batch: destroyed after the batch.
+      retired_listeners_.push_back(std::move(old));
+    }
   }
   listeners_ = std::move(keep);
   snap_ = std::move(next);
@@ -1228,6 +1257,13 @@ void Worker::Run() {
       timeout = 0;
     int n = epoll_wait(ep_, events, 256, timeout);
     now_ms_ = NowMs();
+    // Again after the wait: a request that arrives after Update() returned must see the
+    // new config even when it comes in the same batch as the wake-up.
+    if (impl_->version.load(std::memory_order_acquire) != version_) {
+      SwapSnapshot();
+      if (!snap_)
+        break;
+    }
     for (int i = 0; i < n; ++i) {
       static_cast<Handler*>(events[i].data.ptr)->OnEvent(events[i].events);
     }
@@ -1241,6 +1277,7 @@ void Worker::Run() {
         free_mirrors_.push_back(static_cast<Mirror*>(p));
     }
     deferred_.clear();
+    retired_listeners_.clear();
     FlushLog();
   }
   // Shutdown: close every live connection.
@@ -1345,6 +1382,8 @@ bool Session::ReadInto(Buffer& b) {
 }
 
 void Session::OnEvent(uint32_t ev) {
+  if (fd < 0)
+    return;  // closed earlier in this epoll batch: the event is stale
   uint64_t g = gen;
   if (ev & EPOLLERR) {
     Abort(kFlagDC);

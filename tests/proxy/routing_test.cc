@@ -214,3 +214,41 @@ TEST_CASE("mesh headers: x-request-id, x-forwarded-for, x-forwarded-proto, attem
   CHECK(r.body.find("x-forwarded-for: 10.1.2.3,127.0.0.1\r\n") != std::string::npos);
   CHECK(r.Header("x-envoy-upstream-service-time") != "");
 }
+
+TEST_CASE("header mutations at several levels: the least specific overwrite wins, as in Envoy",
+          "[proxy][routing]") {
+  TestUpstream up({.name = "up"});
+  auto set = [](const std::string& k, const std::string& v) {
+    return Json{{"header", {{"key", k}, {"value", v}}},
+                {"append_action", "OVERWRITE_IF_EXISTS_OR_ADD"}};
+  };
+  auto add = [](const std::string& k, const std::string& v) {
+    return Json{{"header", {{"key", k}, {"value", v}}},
+                {"append_action", "APPEND_IF_EXISTS_OR_ADD"}};
+  };
+  Json route = {
+      {"name", "r"},
+      {"match", {{"prefix", "/"}}},
+      {"route", {{"cluster", "up"}}},
+      {"request_headers_to_add", Json::array({set("x-level", "route"), add("x-multi", "route")})}};
+  Json vh = {
+      {"name", "vh"},
+      {"domains", Json::array({"*"})},
+      {"routes", Json::array({route})},
+      {"request_headers_to_add", Json::array({set("x-level", "vhost"), add("x-multi", "vhost")})}};
+  Json rc = {{"name", "rc"},
+             {"virtual_hosts", Json::array({vh})},
+             {"request_headers_to_add", Json::array({set("x-level", "config")})}};
+  Json doc = {{"listeners", Json::array({HttpListener("http", rc)})},
+              {"clusters", Json::array({StaticCluster("up", {up.port()})})}};
+  auto p = StartProxy(doc);
+  REQUIRE(p->error == "");
+  Resp r = Get(p->Port(), "h", "/", "x-level: client\r\n");
+  REQUIRE(r.status == 200);
+  CHECK(r.body.find("x-level: config\r\n") != std::string::npos);
+  CHECK(r.body.find("x-level: route") == std::string::npos);
+  CHECK(r.body.find("x-level: vhost") == std::string::npos);
+  CHECK(r.body.find("x-level: client") == std::string::npos);
+  CHECK(r.body.find("x-multi: route\r\n") != std::string::npos);  // appends accumulate
+  CHECK(r.body.find("x-multi: vhost\r\n") != std::string::npos);
+}
