@@ -1594,8 +1594,6 @@ void Session::Dispatch() {
   }
   if (route->kind == Route::Kind::kRedirect) {
     const RedirectAction& r = route->redirect;
-    Buffer& o = out;
-    (void)o;
     fmt::memory_buffer loc;
     std::string_view scheme =
         r.scheme.empty() ? std::string_view("http") : std::string_view(r.scheme);
@@ -1909,9 +1907,6 @@ void Session::OnUpFailure(UpstreamConn* u, UpFailure f) {
   if (tunnel) {
     // Upstream EOF or error in a TCP tunnel / upgraded connection.
     up_eof = true;
-    if (up && up->in.empty()) {
-      // half-close toward the client once what we have is written
-    }
     DropUpstream(false);
     if (!(flags & kFlagUF) && f == UpFailure::kConnect)
       flags |= kFlagUF;
