@@ -707,6 +707,9 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
       found = true;
       out->access_log = h.access_log_size() > 0;
       out->http.strip_any_host_port = h.strip_any_host_port();
+      if (h.common_http_protocol_options().has_idle_timeout()) {
+        out->http.idle_timeout = ToMillis(h.common_http_protocol_options().idle_timeout());
+      }
       if (h.has_max_request_headers_kb())
         out->http.limits.max_head_bytes = h.max_request_headers_kb().value() * 1024;
       if (h.common_http_protocol_options().has_max_headers_count()) {

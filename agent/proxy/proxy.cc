@@ -340,6 +340,7 @@ class Worker {
 
   void Accept(ListenerHandler& l);
   void SwapSnapshot();
+  void SweepIdle();
   void RunTimers();
   void FlushLog();
   void CloseIdle();
@@ -350,6 +351,7 @@ class Worker {
   WakeHandler wake_handler_{};
   uint64_t rng_;
   int64_t now_ms_ = NowMs();
+  int64_t next_sweep_ms_ = 0;
   uint64_t version_ = 0;
   std::shared_ptr<const Snapshot> snap_;
   std::vector<std::unique_ptr<ListenerHandler>> listeners_;
@@ -434,6 +436,7 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   bool has_orig_dst = false;
   std::string sni;
   int64_t conn_start_ms = 0;
+  int64_t last_active_ms = 0;  // for the idle timeout
   std::chrono::system_clock::time_point conn_start_wall;
 
   // request state
@@ -1203,6 +1206,18 @@ void Worker::SwapSnapshot() {
   CloseIdle();
 }
 
+void Worker::SweepIdle() {
+  for (auto& s : all_sessions_) {
+    if (s->fd < 0 || s->phase != Session::Phase::kHead || !s->in.empty() || !s->out.empty() ||
+        !s->chain || !s->chain->is_http) {
+      continue;
+    }
+    int64_t limit = s->chain->http.idle_timeout.count();
+    if (limit > 0 && now_ms_ - s->last_active_ms >= limit)
+      s->Close();
+  }
+}
+
 void Worker::CloseIdle() {
   std::vector<UpstreamConn*> all;
   for (auto& [ep, v] : idle_)
@@ -1253,6 +1268,9 @@ void Worker::Run() {
     if (!timers_.empty()) {
       timeout = static_cast<int>(std::clamp<int64_t>(timers_.front().deadline - now_ms_, 0, 1000));
     }
+    // Idle connections are swept every 100 ms (a walk over this worker's sessions).
+    if (timeout < 0 || timeout > 100)
+      timeout = 100;
     if (!deferred_.empty() || log_.size() > 0)
       timeout = 0;
     int n = epoll_wait(ep_, events, 256, timeout);
@@ -1268,6 +1286,10 @@ void Worker::Run() {
       static_cast<Handler*>(events[i].data.ptr)->OnEvent(events[i].events);
     }
     RunTimers();
+    if (now_ms_ >= next_sweep_ms_) {
+      next_sweep_ms_ = now_ms_ + 100;
+      SweepIdle();
+    }
     for (auto& [kind, p] : deferred_) {
       if (kind == 0)
         free_sessions_.push_back(static_cast<Session*>(p));
@@ -1317,6 +1339,7 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   }
   FormatAddr(la, local, sizeof(local));
   conn_start_ms = w->now();
+  last_active_ms = conn_start_ms;
   conn_start_wall = std::chrono::system_clock::now();
   bytes_rx = bytes_tx = 0;
   flags = 0;
@@ -2222,6 +2245,7 @@ void Session::Finish() {
     return;
   }
   phase = Phase::kHead;
+  last_active_ms = w->now();
   if (read_ready) {
     // Bytes (pipelined requests) arrived while the request ran: read them now, the
     // edge that announced them is gone.

@@ -289,3 +289,24 @@ TEST_CASE("a tunnel carries 8 MiB each way with backpressure, bytes intact", "[c
   REQUIRE(got.size() == data.size());
   CHECK(got == data);
 }
+
+TEST_CASE("idle keep-alive connections are closed after the HCM idle_timeout", "[codec][proxy]") {
+  TestUpstream up({.name = "up", .record = false});
+  Json doc = ProxyDoc(up.port());
+  doc["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+     ["common_http_protocol_options"] = {{"idle_timeout", "0.3s"}};
+  auto p = StartProxy(doc);
+  REQUIRE(p->error == "");
+  Client busy(p->Port()), idle(p->Port());
+  REQUIRE(idle.Get("h", "/").status == 200);
+  // The busy connection keeps sending every 100 ms and stays open past the timeout.
+  for (int i = 0; i < 8; ++i) {
+    REQUIRE(busy.Get("h", "/").status == 200);
+    usleep(100000);
+  }
+  pollfd pf{idle.fd(), POLLIN, 0};
+  REQUIRE(poll(&pf, 1, 1000) == 1);
+  char c;
+  CHECK(recv(idle.fd(), &c, 1, 0) == 0);  // closed by the proxy
+  CHECK(busy.Get("h", "/").status == 200);
+}

@@ -250,6 +250,9 @@ struct HttpSettings {
   bool strip_any_host_port = false;
   http::Limits limits;
   std::size_t max_request_body = 1024 * 1024;  // Listener per_connection_buffer_limit_bytes
+  // HCM common_http_protocol_options.idle_timeout: a keep-alive connection with no
+  // request in flight is closed after this long (Envoy's default 1 h; 0: never).
+  Millis idle_timeout{3600 * 1000};
 };
 
 struct TcpSettings {
