@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   # build
   build-essential cmake ninja-build pkg-config clang llvm
+  libclang-rt-14-dev  # libFuzzer + sanitizer runtimes for tests/fuzz
   libbpf-dev bpftool libelf-dev zlib1g-dev
   libspdlog-dev libfmt-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc

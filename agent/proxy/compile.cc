@@ -1,0 +1,900 @@
+// Compile: Envoy resources (Listener, RouteConfiguration, Cluster,
+// ClusterLoadAssignment) → the proxy's runtime structures. Field by field, the
+// semantics are Envoy's; what Sluice does not support is refused with an error naming
+// the resource and field, never silently ignored when it would change routing.
+// Deprecated Envoy fields (HeaderValueOption.append, HeaderMatcher.exact_match, ...)
+// are still sent by control planes, so they are read, not refused.
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+
+#include <cstring>
+
+#include <google/protobuf/util/json_util.h>
+#include <nlohmann/json.hpp>
+
+#include "envoy/extensions/access_loggers/file/v3/file.pb.h"
+#include "envoy/extensions/filters/http/fault/v3/fault.pb.h"
+#include "envoy/extensions/filters/http/router/v3/router.pb.h"
+#include "envoy/extensions/filters/listener/http_inspector/v3/http_inspector.pb.h"
+#include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
+#include "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.pb.h"
+#include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
+#include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
+#include "sluice/proxy/config.h"
+#include "sluice/xds/resource_set.h"
+
+namespace sluice::proxy {
+namespace {
+
+namespace route_v3 = envoy::config::route::v3;
+namespace cluster_v3 = envoy::config::cluster::v3;
+namespace listener_v3 = envoy::config::listener::v3;
+namespace core_v3 = envoy::config::core::v3;
+using HCM = envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+using TcpProxyProto = envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+using HTTPFault = envoy::extensions::filters::http::fault::v3::HTTPFault;
+
+constexpr std::string_view kFaultFilter = "envoy.filters.http.fault";
+
+Millis ToMillis(const google::protobuf::Duration& d) {
+  return Millis(d.seconds() * 1000 + d.nanos() / 1000000);
+}
+
+uint32_t PerMillion(const envoy::type::v3::FractionalPercent& p) {
+  uint64_t n = p.numerator();
+  switch (p.denominator()) {
+    case envoy::type::v3::FractionalPercent::HUNDRED:
+      n *= 10000;
+      break;
+    case envoy::type::v3::FractionalPercent::TEN_THOUSAND:
+      n *= 100;
+      break;
+    default:
+      break;
+  }
+  return static_cast<uint32_t>(std::min<uint64_t>(n, 1000000));
+}
+
+std::string Lower(std::string s) {
+  for (char& c : s) {
+    if (c >= 'A' && c <= 'Z')
+      c = static_cast<char>(c + 32);
+  }
+  return s;
+}
+
+Result<std::shared_ptr<const RE2>> CompileRegex(const std::string& pattern,
+                                                const std::string& where) {
+  auto re = std::make_shared<const RE2>(pattern, RE2::Quiet);
+  if (!re->ok())
+    return Fail(where + ": invalid regex \"" + pattern + "\": " + re->error());
+  return re;
+}
+
+Result<StringMatcher> CompileStringMatcher(const envoy::type::matcher::v3::StringMatcher& m,
+                                           const std::string& where) {
+  using SM = envoy::type::matcher::v3::StringMatcher;
+  StringMatcher out;
+  out.ignore_case = m.ignore_case();
+  switch (m.match_pattern_case()) {
+    case SM::kExact:
+      out.kind = StringMatcher::Kind::kExact;
+      out.value = m.exact();
+      break;
+    case SM::kPrefix:
+      out.kind = StringMatcher::Kind::kPrefix;
+      out.value = m.prefix();
+      break;
+    case SM::kSuffix:
+      out.kind = StringMatcher::Kind::kSuffix;
+      out.value = m.suffix();
+      break;
+    case SM::kContains:
+      out.kind = StringMatcher::Kind::kContains;
+      out.value = m.contains();
+      break;
+    case SM::kSafeRegex: {
+      out.kind = StringMatcher::Kind::kRegex;
+      auto re = CompileRegex(m.safe_regex().regex(), where + ": safe_regex");
+      if (!re)
+        return std::unexpected(re.error());
+      out.regex = *re;
+      break;
+    }
+    default:
+      return Fail(where + ": unsupported string matcher");
+  }
+  return out;
+}
+
+Result<void> CompileHeaderOps(
+    const google::protobuf::RepeatedPtrField<core_v3::HeaderValueOption>& add,
+    const google::protobuf::RepeatedPtrField<std::string>& remove, HeaderMutations* out,
+    const std::string& where) {
+  for (const auto& hv : add) {
+    HeaderOp op;
+    op.name = Lower(hv.header().key());
+    if (op.name.empty())
+      return Fail(where + ": header to add has an empty key");
+    op.value = hv.header().value();
+    if (hv.has_append()) {
+      op.action = hv.append().value() ? HeaderOp::Action::kAppend
+                                      : HeaderOp::Action::kOverwriteIfExistsOrAdd;
+    } else {
+      switch (hv.append_action()) {
+        case core_v3::HeaderValueOption::ADD_IF_ABSENT:
+          op.action = HeaderOp::Action::kAddIfAbsent;
+          break;
+        case core_v3::HeaderValueOption::OVERWRITE_IF_EXISTS_OR_ADD:
+          op.action = HeaderOp::Action::kOverwriteIfExistsOrAdd;
+          break;
+        case core_v3::HeaderValueOption::OVERWRITE_IF_EXISTS:
+          op.action = HeaderOp::Action::kOverwriteIfExists;
+          break;
+        default:
+          op.action = HeaderOp::Action::kAppend;
+          break;
+      }
+    }
+    out->add.push_back(std::move(op));
+  }
+  for (const auto& r : remove)
+    out->remove.push_back(Lower(r));
+  return {};
+}
+
+Result<FaultPolicy> CompileFault(const HTTPFault& f, const std::string& where) {
+  FaultPolicy p;
+  if (f.has_delay()) {
+    if (!f.delay().has_fixed_delay())
+      return Fail(where + ": delay: only fixed_delay is supported");
+    p.delay = ToMillis(f.delay().fixed_delay());
+    p.delay_per_million = f.delay().has_percentage() ? PerMillion(f.delay().percentage()) : 1000000;
+  }
+  if (f.has_abort()) {
+    if (f.abort().error_type_case() !=
+        envoy::extensions::filters::http::fault::v3::FaultAbort::kHttpStatus) {
+      return Fail(where + ": abort: only http_status is supported");
+    }
+    uint32_t s = f.abort().http_status();
+    if (s < 200 || s > 599)
+      return Fail(where + ": abort: http_status " + std::to_string(s) + " out of range");
+    p.abort_status = static_cast<uint16_t>(s);
+    p.abort_per_million = f.abort().has_percentage() ? PerMillion(f.abort().percentage()) : 1000000;
+  }
+  return p;
+}
+
+Result<void> CompileRouteMatch(const route_v3::RouteMatch& m, Route* r, const std::string& where) {
+  switch (m.path_specifier_case()) {
+    case route_v3::RouteMatch::kPrefix:
+      r->path_kind = Route::PathKind::kPrefix;
+      r->path = m.prefix();
+      break;
+    case route_v3::RouteMatch::kPath:
+      r->path_kind = Route::PathKind::kPath;
+      r->path = m.path();
+      break;
+    case route_v3::RouteMatch::kPathSeparatedPrefix:
+      r->path_kind = Route::PathKind::kPathSeparatedPrefix;
+      r->path = m.path_separated_prefix();
+      break;
+    case route_v3::RouteMatch::kSafeRegex: {
+      r->path_kind = Route::PathKind::kRegex;
+      auto re = CompileRegex(m.safe_regex().regex(), where + ": match.safe_regex");
+      if (!re)
+        return std::unexpected(re.error());
+      r->path_regex = *re;
+      break;
+    }
+    default:
+      return Fail(where + ": match: unsupported path specifier");
+  }
+  r->case_sensitive = m.has_case_sensitive() ? m.case_sensitive().value() : true;
+  if (!r->case_sensitive && r->path_regex) {
+    RE2::Options o;
+    o.set_case_sensitive(false);
+    o.set_log_errors(false);
+    r->path_regex = std::make_shared<const RE2>(r->path_regex->pattern(), o);
+  }
+  for (int i = 0; i < m.headers_size(); ++i) {
+    const route_v3::HeaderMatcher& h = m.headers(i);
+    std::string hw = where + ": match.headers[" + std::to_string(i) + "] (" + h.name() + ")";
+    HeaderMatcher hm;
+    hm.name = Lower(h.name());
+    hm.invert = h.invert_match();
+    hm.kind = HeaderMatcher::Kind::kString;
+    using HM = route_v3::HeaderMatcher;
+    switch (h.header_match_specifier_case()) {
+      case HM::kExactMatch:
+        hm.match = {StringMatcher::Kind::kExact, h.exact_match()};
+        break;
+      case HM::kPrefixMatch:
+        hm.match = {StringMatcher::Kind::kPrefix, h.prefix_match()};
+        break;
+      case HM::kSuffixMatch:
+        hm.match = {StringMatcher::Kind::kSuffix, h.suffix_match()};
+        break;
+      case HM::kContainsMatch:
+        hm.match = {StringMatcher::Kind::kContains, h.contains_match()};
+        break;
+      case HM::kSafeRegexMatch: {
+        auto re = CompileRegex(h.safe_regex_match().regex(), hw);
+        if (!re)
+          return std::unexpected(re.error());
+        hm.match.kind = StringMatcher::Kind::kRegex;
+        hm.match.regex = *re;
+        break;
+      }
+      case HM::kPresentMatch:
+        hm.kind = HeaderMatcher::Kind::kPresent;
+        hm.present = h.present_match();
+        break;
+      case HM::kStringMatch: {
+        auto sm = CompileStringMatcher(h.string_match(), hw);
+        if (!sm)
+          return std::unexpected(sm.error());
+        hm.match = std::move(*sm);
+        break;
+      }
+      case HM::HEADER_MATCH_SPECIFIER_NOT_SET:
+        // Envoy: no specifier means "present".
+        hm.kind = HeaderMatcher::Kind::kPresent;
+        hm.present = true;
+        break;
+      default:
+        return Fail(hw + ": unsupported header matcher (range_match)");
+    }
+    r->headers.push_back(std::move(hm));
+  }
+  for (int i = 0; i < m.query_parameters_size(); ++i) {
+    const route_v3::QueryParameterMatcher& q = m.query_parameters(i);
+    std::string qw =
+        where + ": match.query_parameters[" + std::to_string(i) + "] (" + q.name() + ")";
+    QueryParamMatcher qm;
+    qm.name = q.name();
+    if (q.has_string_match()) {
+      auto sm = CompileStringMatcher(q.string_match(), qw);
+      if (!sm)
+        return std::unexpected(sm.error());
+      qm.match = std::move(*sm);
+    } else {
+      qm.present_only = true;
+    }
+    r->query_params.push_back(std::move(qm));
+  }
+  return {};
+}
+
+Result<void> CompileRetry(const route_v3::RetryPolicy& p, RetryPolicy* out,
+                          const std::string& where) {
+  std::string_view on = p.retry_on();
+  while (!on.empty()) {
+    std::size_t comma = on.find(',');
+    std::string_view t = on.substr(0, comma);
+    while (!t.empty() && t.front() == ' ')
+      t.remove_prefix(1);
+    while (!t.empty() && t.back() == ' ')
+      t.remove_suffix(1);
+    if (t == "5xx")
+      out->on_5xx = true;
+    else if (t == "gateway-error")
+      out->on_gateway_error = true;
+    else if (t == "connect-failure")
+      out->on_connect_failure = true;
+    else if (t == "reset")
+      out->on_reset = true;
+    else if (t == "refused-stream")
+      out->on_refused_stream = true;
+    else if (t == "retriable-status-codes")
+      out->on_retriable_status_codes = true;
+    else if (t.empty() || t == "retriable-4xx" || t == "cancelled" || t == "deadline-exceeded" ||
+             t == "internal" || t == "resource-exhausted" || t == "unavailable" ||
+             t == "retriable-headers" || t == "envoy-ratelimited" ||
+             t == "http3-post-connect-failure") {
+      // gRPC and header-based conditions never fire for HTTP/1.1 upstreams here.
+    } else {
+      return Fail(where + ": retry_policy.retry_on: unknown condition \"" + std::string(t) + "\"");
+    }
+    if (comma == std::string_view::npos)
+      break;
+    on.remove_prefix(comma + 1);
+  }
+  out->num_retries = p.has_num_retries() ? p.num_retries().value() : 1;
+  for (uint32_t c : p.retriable_status_codes())
+    out->retriable_status_codes.push_back(static_cast<uint16_t>(c));
+  if (p.has_per_try_timeout())
+    out->per_try_timeout = ToMillis(p.per_try_timeout());
+  if (p.has_retry_back_off()) {
+    out->base_interval = ToMillis(p.retry_back_off().base_interval());
+    out->max_interval = p.retry_back_off().has_max_interval()
+                            ? ToMillis(p.retry_back_off().max_interval())
+                            : out->base_interval * 10;
+  }
+  return {};
+}
+
+Result<void> CompileRouteAction(const route_v3::RouteAction& a, Route* r, const ProxyConfig& cfg,
+                                const std::string& where) {
+  RouteAction& out = r->action;
+  switch (a.cluster_specifier_case()) {
+    case route_v3::RouteAction::kCluster:
+      out.cluster_name = a.cluster();
+      out.cluster = cfg.FindCluster(a.cluster());
+      break;
+    case route_v3::RouteAction::kWeightedClusters: {
+      const auto& wcs = a.weighted_clusters();
+      for (int i = 0; i < wcs.clusters_size(); ++i) {
+        const auto& c = wcs.clusters(i);
+        std::string cw =
+            where + ": weighted_clusters.clusters[" + std::to_string(i) + "] (" + c.name() + ")";
+        WeightedCluster w;
+        w.name = c.name();
+        w.cluster = cfg.FindCluster(c.name());
+        w.weight = c.has_weight() ? c.weight().value() : 0;
+        w.host_rewrite = c.host_rewrite_literal();
+        if (auto e = CompileHeaderOps(c.request_headers_to_add(), c.request_headers_to_remove(),
+                                      &w.request_headers, cw);
+            !e) {
+          return e;
+        }
+        if (auto e = CompileHeaderOps(c.response_headers_to_add(), c.response_headers_to_remove(),
+                                      &w.response_headers, cw);
+            !e) {
+          return e;
+        }
+        out.total_weight += w.weight;
+        out.weighted.push_back(std::move(w));
+      }
+      if (out.weighted.empty())
+        return Fail(where + ": weighted_clusters: no clusters");
+      if (out.total_weight == 0)
+        return Fail(where + ": weighted_clusters: weights sum to 0");
+      break;
+    }
+    default:
+      return Fail(where + ": route: unsupported cluster specifier (cluster_header / plugin)");
+  }
+  if (!a.prefix_rewrite().empty())
+    out.prefix_rewrite = a.prefix_rewrite();
+  if (a.has_regex_rewrite()) {
+    auto re = CompileRegex(a.regex_rewrite().pattern().regex(), where + ": regex_rewrite");
+    if (!re)
+      return std::unexpected(re.error());
+    out.regex_rewrite = *re;
+    out.regex_substitution = a.regex_rewrite().substitution();
+  }
+  out.host_rewrite = a.host_rewrite_literal();
+  if (a.has_timeout())
+    out.timeout = ToMillis(a.timeout());
+  if (a.has_retry_policy()) {
+    if (auto e = CompileRetry(a.retry_policy(), &out.retry, where); !e)
+      return e;
+  }
+  for (int i = 0; i < a.request_mirror_policies_size(); ++i) {
+    const auto& m = a.request_mirror_policies(i);
+    MirrorPolicy mp;
+    mp.cluster_name = m.cluster();
+    mp.cluster = cfg.FindCluster(m.cluster());
+    if (!mp.cluster) {
+      return Fail(where + ": request_mirror_policies[" + std::to_string(i) + "]: unknown cluster " +
+                  m.cluster());
+    }
+    mp.per_million =
+        m.has_runtime_fraction() ? PerMillion(m.runtime_fraction().default_value()) : 1000000;
+    mp.disable_shadow_host_suffix = m.disable_shadow_host_suffix_append();
+    out.mirrors.push_back(std::move(mp));
+  }
+  for (const auto& h : a.hash_policy()) {
+    HashPolicy hp;
+    hp.terminal = h.terminal();
+    if (h.has_header()) {
+      hp.kind = HashKind::kHeader;
+      hp.name = Lower(h.header().header_name());
+    } else if (h.has_cookie()) {
+      hp.kind = HashKind::kCookie;
+      hp.name = h.cookie().name();
+    } else if (h.has_connection_properties() && h.connection_properties().source_ip()) {
+      hp.kind = HashKind::kSourceIp;
+    } else {
+      continue;  // query_parameter / filter_state: not hashed (falls back to random)
+    }
+    out.hash_policies.push_back(std::move(hp));
+  }
+  return {};
+}
+
+Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConfiguration& rc,
+                                                       const ProxyConfig& cfg) {
+  auto t = std::make_shared<RouteTable>();
+  t->name = rc.name();
+  t->ignore_port = rc.ignore_port_in_host_matching();
+  std::string rwhere = "route config " + rc.name();
+  if (auto e = CompileHeaderOps(rc.request_headers_to_add(), rc.request_headers_to_remove(),
+                                &t->request_headers, rwhere);
+      !e) {
+    return std::unexpected(e.error());
+  }
+  if (auto e = CompileHeaderOps(rc.response_headers_to_add(), rc.response_headers_to_remove(),
+                                &t->response_headers, rwhere);
+      !e) {
+    return std::unexpected(e.error());
+  }
+  for (const auto& v : rc.virtual_hosts()) {
+    VirtualHost vh;
+    vh.name = v.name();
+    std::string vwhere = rwhere + ": virtual host " + v.name();
+    for (const auto& d : v.domains())
+      vh.domains.push_back(d);
+    if (vh.domains.empty())
+      return Fail(vwhere + ": domains is empty");
+    if (auto e = CompileHeaderOps(v.request_headers_to_add(), v.request_headers_to_remove(),
+                                  &vh.request_headers, vwhere);
+        !e) {
+      return std::unexpected(e.error());
+    }
+    if (auto e = CompileHeaderOps(v.response_headers_to_add(), v.response_headers_to_remove(),
+                                  &vh.response_headers, vwhere);
+        !e) {
+      return std::unexpected(e.error());
+    }
+    for (int i = 0; i < v.routes_size(); ++i) {
+      const route_v3::Route& pr = v.routes(i);
+      std::string where = vwhere + ": route " + (pr.name().empty() ? std::to_string(i) : pr.name());
+      Route r;
+      r.name = pr.name();
+      if (auto e = CompileRouteMatch(pr.match(), &r, where); !e)
+        return std::unexpected(e.error());
+      switch (pr.action_case()) {
+        case route_v3::Route::kRoute:
+          r.kind = Route::Kind::kRoute;
+          if (auto e = CompileRouteAction(pr.route(), &r, cfg, where); !e)
+            return std::unexpected(e.error());
+          break;
+        case route_v3::Route::kRedirect: {
+          r.kind = Route::Kind::kRedirect;
+          const auto& rd = pr.redirect();
+          r.redirect.scheme = rd.https_redirect() ? "https" : rd.scheme_redirect();
+          r.redirect.host = rd.host_redirect();
+          r.redirect.port = rd.port_redirect();
+          r.redirect.path = rd.path_redirect();
+          r.redirect.prefix_rewrite = rd.prefix_rewrite();
+          r.redirect.strip_query = rd.strip_query();
+          switch (rd.response_code()) {
+            case route_v3::RedirectAction::FOUND:
+              r.redirect.status = 302;
+              break;
+            case route_v3::RedirectAction::SEE_OTHER:
+              r.redirect.status = 303;
+              break;
+            case route_v3::RedirectAction::TEMPORARY_REDIRECT:
+              r.redirect.status = 307;
+              break;
+            case route_v3::RedirectAction::PERMANENT_REDIRECT:
+              r.redirect.status = 308;
+              break;
+            default:
+              r.redirect.status = 301;
+              break;
+          }
+          break;
+        }
+        case route_v3::Route::kDirectResponse: {
+          r.kind = Route::Kind::kDirectResponse;
+          r.direct_status = static_cast<int>(pr.direct_response().status());
+          if (r.direct_status < 200 || r.direct_status > 599) {
+            return Fail(where + ": direct_response.status " + std::to_string(r.direct_status) +
+                        " out of range");
+          }
+          const auto& body = pr.direct_response().body();
+          r.direct_body = body.has_inline_string()  ? body.inline_string()
+                          : body.has_inline_bytes() ? body.inline_bytes()
+                                                    : "";
+          break;
+        }
+        default:
+          return Fail(where + ": unsupported action");
+      }
+      if (auto e = CompileHeaderOps(pr.request_headers_to_add(), pr.request_headers_to_remove(),
+                                    &r.request_headers, where);
+          !e) {
+        return std::unexpected(e.error());
+      }
+      if (auto e = CompileHeaderOps(pr.response_headers_to_add(), pr.response_headers_to_remove(),
+                                    &r.response_headers, where);
+          !e) {
+        return std::unexpected(e.error());
+      }
+      auto it = pr.typed_per_filter_config().find(std::string(kFaultFilter));
+      if (it != pr.typed_per_filter_config().end()) {
+        HTTPFault f;
+        if (!it->second.UnpackTo(&f))
+          return Fail(where +
+                      ": typed_per_filter_config[envoy.filters.http.fault]: not an HTTPFault");
+        auto fp = CompileFault(f, where + ": fault");
+        if (!fp)
+          return std::unexpected(fp.error());
+        r.fault = *fp;
+      }
+      vh.routes.push_back(std::move(r));
+    }
+    t->vhosts.push_back(std::move(vh));
+  }
+  t->BuildIndex();
+  return t;
+}
+
+Result<void> ResolveAddress(const core_v3::SocketAddress& sa, bool dns, Endpoint* ep,
+                            const std::string& where) {
+  std::memset(&ep->addr, 0, sizeof(ep->addr));
+  uint16_t port = static_cast<uint16_t>(sa.port_value());
+  auto* a4 = reinterpret_cast<sockaddr_in*>(&ep->addr);
+  auto* a6 = reinterpret_cast<sockaddr_in6*>(&ep->addr);
+  if (inet_pton(AF_INET, sa.address().c_str(), &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons(port);
+    ep->addr_len = sizeof(sockaddr_in);
+    ep->address = sa.address() + ":" + std::to_string(port);
+    return {};
+  }
+  if (inet_pton(AF_INET6, sa.address().c_str(), &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons(port);
+    ep->addr_len = sizeof(sockaddr_in6);
+    ep->address = "[" + sa.address() + "]:" + std::to_string(port);
+    return {};
+  }
+  if (!dns)
+    return Fail(where + ": address \"" + sa.address() +
+                "\" is not an IP (cluster type is not DNS)");
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (int rc = getaddrinfo(sa.address().c_str(), nullptr, &hints, &res); rc != 0 || !res) {
+    return Fail(where + ": cannot resolve \"" + sa.address() + "\": " + gai_strerror(rc));
+  }
+  std::memcpy(&ep->addr, res->ai_addr, res->ai_addrlen);
+  ep->addr_len = res->ai_addrlen;
+  freeaddrinfo(res);
+  if (ep->addr.ss_family == AF_INET)
+    a4->sin_port = htons(port);
+  else
+    a6->sin6_port = htons(port);
+  ep->address = sa.address() + ":" + std::to_string(port);
+  return {};
+}
+
+Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
+                                                const xds::ResourceSet& rs) {
+  auto c = std::make_shared<Cluster>();
+  c->name = pc.name();
+  std::string where = "cluster " + pc.name();
+  c->original_dst = pc.has_type() && pc.type() == cluster_v3::Cluster::ORIGINAL_DST;
+  switch (c->original_dst ? cluster_v3::Cluster::ROUND_ROBIN : pc.lb_policy()) {
+    case cluster_v3::Cluster::ROUND_ROBIN:
+      c->lb = LbPolicy::kRoundRobin;
+      break;
+    case cluster_v3::Cluster::LEAST_REQUEST:
+      c->lb = LbPolicy::kLeastRequest;
+      break;
+    case cluster_v3::Cluster::RANDOM:
+      c->lb = LbPolicy::kRandom;
+      break;
+    case cluster_v3::Cluster::RING_HASH:
+      c->lb = LbPolicy::kRingHash;
+      break;
+    case cluster_v3::Cluster::MAGLEV:
+      c->lb = LbPolicy::kMaglev;
+      break;
+    default:
+      return Fail(where + ": lb_policy " + cluster_v3::Cluster::LbPolicy_Name(pc.lb_policy()) +
+                  " is not supported");
+  }
+  if (pc.has_connect_timeout())
+    c->connect_timeout = ToMillis(pc.connect_timeout());
+  else
+    c->connect_timeout = Millis(5000);  // Envoy's default
+  for (const auto& t : pc.circuit_breakers().thresholds()) {
+    if (t.priority() != core_v3::DEFAULT)
+      continue;
+    if (t.has_max_connections())
+      c->limits.max_connections = t.max_connections().value();
+    if (t.has_max_pending_requests())
+      c->limits.max_pending_requests = t.max_pending_requests().value();
+    if (t.has_max_requests())
+      c->limits.max_requests = t.max_requests().value();
+    if (t.has_max_retries())
+      c->limits.max_retries = t.max_retries().value();
+  }
+  if (pc.has_outlier_detection()) {
+    const auto& od = pc.outlier_detection();
+    c->outlier.enabled = true;
+    if (od.has_consecutive_5xx())
+      c->outlier.consecutive_5xx = od.consecutive_5xx().value();
+    if (od.has_base_ejection_time())
+      c->outlier.base_ejection_time = ToMillis(od.base_ejection_time());
+    if (od.has_max_ejection_percent())
+      c->outlier.max_ejection_percent = od.max_ejection_percent().value();
+  }
+  const envoy::config::endpoint::v3::ClusterLoadAssignment* cla = nullptr;
+  bool dns = false;
+  switch (pc.cluster_discovery_type_case()) {
+    case cluster_v3::Cluster::kType:
+      switch (pc.type()) {
+        case cluster_v3::Cluster::STATIC:
+          cla = &pc.load_assignment();
+          break;
+        case cluster_v3::Cluster::STRICT_DNS:
+        case cluster_v3::Cluster::LOGICAL_DNS:
+          cla = &pc.load_assignment();
+          dns = true;
+          break;
+        case cluster_v3::Cluster::ORIGINAL_DST:
+          break;
+        case cluster_v3::Cluster::EDS: {
+          auto it = rs.endpoints.find(pc.name());
+          if (it != rs.endpoints.end())
+            cla = &it->second;
+          break;
+        }
+        default:
+          return Fail(where + ": type " + cluster_v3::Cluster::DiscoveryType_Name(pc.type()) +
+                      " is not supported");
+      }
+      break;
+    default:
+      cla = &pc.load_assignment();
+  }
+  if (pc.type() == cluster_v3::Cluster::EDS && (!cla || cla->endpoints_size() == 0) &&
+      pc.load_assignment().endpoints_size() > 0) {
+    cla = &pc.load_assignment();
+  }
+  if (cla) {
+    for (const auto& le : cla->endpoints()) {
+      for (const auto& lb : le.lb_endpoints()) {
+        auto ep = std::make_unique<Endpoint>();
+        if (!lb.endpoint().address().has_socket_address()) {
+          return Fail(where + ": endpoint without a socket_address");
+        }
+        if (auto e = ResolveAddress(lb.endpoint().address().socket_address(), dns, ep.get(), where);
+            !e) {
+          return std::unexpected(e.error());
+        }
+        ep->weight = lb.has_load_balancing_weight()
+                         ? std::max<uint32_t>(1, lb.load_balancing_weight().value())
+                         : 1;
+        c->endpoints.push_back(std::move(ep));
+      }
+    }
+  }
+  BuildWeights(*c);
+  if (c->lb == LbPolicy::kRingHash || c->lb == LbPolicy::kMaglev) {
+    uint32_t ring = 1024;
+    if (pc.has_ring_hash_lb_config() && pc.ring_hash_lb_config().has_minimum_ring_size()) {
+      ring = static_cast<uint32_t>(
+          std::min<uint64_t>(pc.ring_hash_lb_config().minimum_ring_size().value(), 1 << 20));
+    }
+    uint32_t table = 65537;
+    if (pc.has_maglev_lb_config() && pc.maglev_lb_config().has_table_size()) {
+      table = static_cast<uint32_t>(pc.maglev_lb_config().table_size().value());
+      bool prime = table > 2;
+      for (uint32_t d = 2; prime && d * d <= table; ++d)
+        prime = table % d != 0;
+      if (!prime)
+        return Fail(where + ": maglev_lb_config.table_size " + std::to_string(table) +
+                    " is not prime");
+    }
+    BuildHashTables(*c, ring, table);
+  }
+  return c;
+}
+
+Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, ProxyConfig& cfg,
+                          const xds::ResourceSet& rs, const std::string& where) {
+  out->name = fc.name();
+  for (const auto& s : fc.filter_chain_match().server_names())
+    out->server_names.push_back(Lower(s));
+  bool found = false;
+  for (const auto& f : fc.filters()) {
+    if (f.typed_config().Is<HCM>()) {
+      HCM h;
+      f.typed_config().UnpackTo(&h);
+      out->is_http = true;
+      found = true;
+      out->access_log = h.access_log_size() > 0;
+      out->http.strip_any_host_port = h.strip_any_host_port();
+      if (h.common_http_protocol_options().has_idle_timeout()) {
+        out->http.idle_timeout = ToMillis(h.common_http_protocol_options().idle_timeout());
+      }
+      if (h.has_max_request_headers_kb())
+        out->http.limits.max_head_bytes = h.max_request_headers_kb().value() * 1024;
+      if (h.common_http_protocol_options().has_max_headers_count()) {
+        out->http.limits.max_headers = std::min<std::size_t>(
+            h.common_http_protocol_options().max_headers_count().value(), http::kMaxHeadersHard);
+      }
+      std::shared_ptr<RouteTable> table;
+      if (h.has_rds()) {
+        out->http.route_config_name = h.rds().route_config_name();
+        auto it = cfg.route_tables.find(out->http.route_config_name);
+        if (it == cfg.route_tables.end()) {
+          auto rit = rs.routes.find(out->http.route_config_name);
+          if (rit == rs.routes.end()) {
+            // Envoy waits for RDS; until it comes, every request gets 404 NR.
+            table = std::make_shared<RouteTable>();
+            table->name = out->http.route_config_name;
+          } else {
+            auto t = CompileRouteConfig(rit->second, cfg);
+            if (!t)
+              return std::unexpected(t.error());
+            table = *t;
+          }
+          cfg.route_tables.emplace(out->http.route_config_name, table);
+        } else {
+          table = it->second;
+        }
+      } else if (h.has_route_config()) {
+        auto t = CompileRouteConfig(h.route_config(), cfg);
+        if (!t)
+          return Wrap(where, t.error());
+        table = *t;
+        out->http.route_config_name = h.route_config().name();
+      } else {
+        return Fail(where + ": http_connection_manager needs rds or route_config");
+      }
+      out->http.routes = table;
+      if (table->ignore_port || out->http.strip_any_host_port) {
+        auto copy = std::make_shared<RouteTable>(*table);
+        copy->ignore_port = true;
+        copy->BuildIndex();
+        out->http.routes = copy;
+      }
+      for (const auto& hf : h.http_filters()) {
+        if (hf.name() == kFaultFilter || hf.typed_config().Is<HTTPFault>()) {
+          HTTPFault fault;
+          if (hf.typed_config().UnpackTo(&fault)) {
+            auto fp = CompileFault(fault, where + ": http_filters[" + hf.name() + "]");
+            if (!fp)
+              return std::unexpected(fp.error());
+            out->http.fault = *fp;
+          }
+        }
+      }
+    } else if (f.typed_config().Is<TcpProxyProto>()) {
+      TcpProxyProto t;
+      f.typed_config().UnpackTo(&t);
+      out->is_http = false;
+      found = true;
+      out->access_log = t.access_log_size() > 0;
+      out->tcp.stat_prefix = t.stat_prefix();
+      if (t.has_weighted_clusters()) {
+        for (const auto& c : t.weighted_clusters().clusters()) {
+          WeightedCluster w;
+          w.name = c.name();
+          w.cluster = cfg.FindCluster(c.name());
+          w.weight = c.weight();
+          out->tcp.total_weight += w.weight;
+          out->tcp.weighted.push_back(std::move(w));
+        }
+      } else {
+        out->tcp.cluster_name = t.cluster();
+        out->tcp.cluster = cfg.FindCluster(t.cluster());
+      }
+    }
+  }
+  if (!found)
+    return Fail(where + ": no http_connection_manager or tcp_proxy filter");
+  return {};
+}
+
+}  // namespace
+
+Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs) {
+  auto cfg = std::make_shared<ProxyConfig>();
+  for (const auto& [name, pc] : rs.clusters) {
+    auto c = CompileCluster(pc, rs);
+    if (!c)
+      return std::unexpected(c.error());
+    cfg->clusters.emplace(name, *c);
+  }
+  for (const auto& [name, rc] : rs.routes) {
+    auto t = CompileRouteConfig(rc, *cfg);
+    if (!t)
+      return std::unexpected(t.error());
+    cfg->route_tables.emplace(name, *t);
+  }
+  for (const auto& [name, pl] : rs.listeners) {
+    ListenerConfig l;
+    l.name = pl.name();
+    std::string where = "listener " + l.name;
+    if (!pl.address().has_socket_address())
+      return Fail(where + ": address.socket_address is required");
+    l.address = pl.address().socket_address().address();
+    l.port = static_cast<uint16_t>(pl.address().socket_address().port_value());
+    l.use_original_dst = pl.has_use_original_dst() && pl.use_original_dst().value();
+    for (const auto& lf : pl.listener_filters()) {
+      if (lf.name() == "envoy.filters.listener.original_dst" ||
+          lf.typed_config()
+              .Is<envoy::extensions::filters::listener::original_dst::v3::OriginalDst>()) {
+        l.use_original_dst = true;
+      }
+    }
+    for (int i = 0; i < pl.filter_chains_size(); ++i) {
+      FilterChain fc;
+      std::string cw = where + ": filter_chains[" + std::to_string(i) + "]";
+      if (auto e = CompileChain(pl.filter_chains(i), &fc, *cfg, rs, cw); !e)
+        return std::unexpected(e.error());
+      if (!fc.server_names.empty())
+        l.needs_sni = true;
+      l.chains.push_back(std::move(fc));
+    }
+    if (pl.has_default_filter_chain()) {
+      FilterChain fc;
+      if (auto e = CompileChain(pl.default_filter_chain(), &fc, *cfg, rs,
+                                where + ": default_filter_chain");
+          !e) {
+        return std::unexpected(e.error());
+      }
+      l.default_chain = std::move(fc);
+    }
+    if (pl.has_per_connection_buffer_limit_bytes()) {
+      for (auto& fc : l.chains)
+        fc.http.max_request_body = pl.per_connection_buffer_limit_bytes().value();
+    }
+    if (l.chains.empty() && !l.default_chain)
+      return Fail(where + ": no filter chains");
+    cfg->listeners.push_back(std::move(l));
+  }
+  return std::shared_ptr<const ProxyConfig>(std::move(cfg));
+}
+
+Result<xds::ResourceSet> ParseResourceSetJson(std::string_view text) {
+  // Types that appear inside Any fields must be linked in for the JSON parser to find
+  // them in the generated descriptor pool (descriptor() is defined in each .pb.cc).
+  static const google::protobuf::Descriptor* const kAnyTypes[] = {
+      envoy::extensions::filters::http::router::v3::Router::descriptor(),
+      envoy::extensions::access_loggers::file::v3::FileAccessLog::descriptor(),
+      envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::descriptor(),
+      envoy::extensions::filters::listener::http_inspector::v3::HttpInspector::descriptor(),
+      envoy::extensions::filters::listener::original_dst::v3::OriginalDst::descriptor(),
+      envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext::descriptor(),
+      HTTPFault::descriptor()};
+  (void)kAnyTypes;
+  nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || !doc.is_object())
+    return Fail("config: not a JSON object");
+  xds::ResourceSet rs;
+  google::protobuf::util::JsonParseOptions opts;
+  auto each = [&](const char* key, auto proto) -> Result<void> {
+    auto it = doc.find(key);
+    if (it == doc.end())
+      return {};
+    if (!it->is_array())
+      return Fail(std::string("config: \"") + key + "\" must be an array");
+    for (std::size_t i = 0; i < it->size(); ++i) {
+      decltype(proto) msg;
+      auto st = google::protobuf::util::JsonStringToMessage((*it)[i].dump(), &msg, opts);
+      if (!st.ok()) {
+        return Fail(std::string("config: ") + key + "[" + std::to_string(i) +
+                    "]: " + std::string(st.message()));
+      }
+      rs.Add(std::move(msg));
+    }
+    return {};
+  };
+  if (auto e = each("listeners", listener_v3::Listener()); !e)
+    return std::unexpected(e.error());
+  if (auto e = each("routes", route_v3::RouteConfiguration()); !e)
+    return std::unexpected(e.error());
+  if (auto e = each("clusters", cluster_v3::Cluster()); !e)
+    return std::unexpected(e.error());
+  if (auto e = each("endpoints", envoy::config::endpoint::v3::ClusterLoadAssignment()); !e) {
+    return std::unexpected(e.error());
+  }
+  return rs;
+}
+
+}  // namespace sluice::proxy

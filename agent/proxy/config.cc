@@ -1,0 +1,342 @@
+#include "sluice/proxy/config.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace sluice::proxy {
+namespace {
+
+char Lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
+
+bool EqualsMaybeCase(std::string_view a, std::string_view b, bool ignore_case) {
+  return ignore_case ? http::EqualsIgnoreCase(a, b) : a == b;
+}
+
+bool StartsWithMaybeCase(std::string_view s, std::string_view p, bool ignore_case) {
+  return s.size() >= p.size() && EqualsMaybeCase(s.substr(0, p.size()), p, ignore_case);
+}
+
+bool EndsWithMaybeCase(std::string_view s, std::string_view p, bool ignore_case) {
+  return s.size() >= p.size() && EqualsMaybeCase(s.substr(s.size() - p.size()), p, ignore_case);
+}
+
+bool ContainsMaybeCase(std::string_view s, std::string_view p, bool ignore_case) {
+  if (p.size() > s.size())
+    return false;
+  for (std::size_t i = 0; i + p.size() <= s.size(); ++i) {
+    if (EqualsMaybeCase(s.substr(i, p.size()), p, ignore_case))
+      return true;
+  }
+  return false;
+}
+
+// Value of a query parameter (raw, not percent-decoded); found tells presence.
+std::string_view QueryParam(std::string_view query, std::string_view name, bool* found) {
+  while (!query.empty()) {
+    std::size_t amp = query.find('&');
+    std::string_view kv = query.substr(0, amp);
+    std::size_t eq = kv.find('=');
+    std::string_view k = kv.substr(0, eq);
+    if (k == name) {
+      *found = true;
+      return eq == std::string_view::npos ? std::string_view() : kv.substr(eq + 1);
+    }
+    if (amp == std::string_view::npos)
+      break;
+    query.remove_prefix(amp + 1);
+  }
+  *found = false;
+  return {};
+}
+
+}  // namespace
+
+std::string_view LbPolicyName(LbPolicy p) {
+  switch (p) {
+    case LbPolicy::kRoundRobin:
+      return "ROUND_ROBIN";
+    case LbPolicy::kLeastRequest:
+      return "LEAST_REQUEST";
+    case LbPolicy::kRandom:
+      return "RANDOM";
+    case LbPolicy::kRingHash:
+      return "RING_HASH";
+    case LbPolicy::kMaglev:
+      return "MAGLEV";
+  }
+  return "UNKNOWN";
+}
+
+bool StringMatcher::Matches(std::string_view s) const {
+  switch (kind) {
+    case Kind::kExact:
+      return EqualsMaybeCase(s, value, ignore_case);
+    case Kind::kPrefix:
+      return StartsWithMaybeCase(s, value, ignore_case);
+    case Kind::kSuffix:
+      return EndsWithMaybeCase(s, value, ignore_case);
+    case Kind::kContains:
+      return ContainsMaybeCase(s, value, ignore_case);
+    case Kind::kRegex:
+      return regex && RE2::FullMatch(re2::StringPiece(s.data(), s.size()), *regex);
+  }
+  return false;
+}
+
+void RouteTable::BuildIndex() {
+  exact.clear();
+  suffixes.clear();
+  prefixes.clear();
+  catch_all.reset();
+  for (std::size_t i = 0; i < vhosts.size(); ++i) {
+    for (const std::string& d : vhosts[i].domains) {
+      std::string l(d);
+      for (char& c : l)
+        c = Lower(c);
+      if (l == "*") {
+        if (!catch_all)
+          catch_all = i;
+      } else if (l.starts_with("*")) {
+        suffixes.emplace_back(l.substr(1), i);
+      } else if (l.ends_with("*")) {
+        prefixes.emplace_back(l.substr(0, l.size() - 1), i);
+      } else {
+        exact.emplace(l, i);
+      }
+    }
+  }
+  auto longest_first = [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); };
+  std::stable_sort(suffixes.begin(), suffixes.end(), longest_first);
+  std::stable_sort(prefixes.begin(), prefixes.end(), longest_first);
+}
+
+const VirtualHost* RouteTable::FindVirtualHost(std::string_view host) const {
+  // Lower-case into a stack buffer: no allocation per request.
+  char buf[256];
+  if (host.size() > sizeof(buf))
+    host = host.substr(0, sizeof(buf));
+  for (std::size_t i = 0; i < host.size(); ++i)
+    buf[i] = Lower(host[i]);
+  std::string_view h(buf, host.size());
+  if (ignore_port) {
+    // Strip ":port" (but not inside an IPv6 literal's brackets).
+    std::size_t colon = h.rfind(':');
+    std::size_t bracket = h.rfind(']');
+    if (colon != std::string_view::npos && (bracket == std::string_view::npos || bracket < colon)) {
+      h = h.substr(0, colon);
+    }
+  }
+  if (auto it = exact.find(h); it != exact.end())
+    return &vhosts[it->second];
+  for (const auto& [suffix, idx] : suffixes) {
+    // "*.foo.com" needs at least one character before ".foo.com"; "*-bar" likewise.
+    if (h.size() > suffix.size() && h.ends_with(suffix))
+      return &vhosts[idx];
+  }
+  for (const auto& [prefix, idx] : prefixes) {
+    if (h.size() > prefix.size() && h.starts_with(prefix))
+      return &vhosts[idx];
+  }
+  if (catch_all)
+    return &vhosts[*catch_all];
+  return nullptr;
+}
+
+bool RouteMatches(const Route& r, const http::RequestHead& req) {
+  const bool ic = !r.case_sensitive;
+  switch (r.path_kind) {
+    case Route::PathKind::kPrefix:
+      if (!StartsWithMaybeCase(req.path, r.path, ic))
+        return false;
+      break;
+    case Route::PathKind::kPath:
+      if (!EqualsMaybeCase(req.path, r.path, ic))
+        return false;
+      break;
+    case Route::PathKind::kPathSeparatedPrefix:
+      if (!StartsWithMaybeCase(req.path, r.path, ic))
+        return false;
+      if (req.path.size() > r.path.size() && req.path[r.path.size()] != '/')
+        return false;
+      break;
+    case Route::PathKind::kRegex:
+      if (!r.path_regex ||
+          !RE2::FullMatch(re2::StringPiece(req.path.data(), req.path.size()), *r.path_regex)) {
+        return false;
+      }
+      break;
+  }
+  for (const HeaderMatcher& hm : r.headers) {
+    bool found = false;
+    std::string_view v;
+    if (hm.name == ":authority" || hm.name == "host") {
+      v = req.host;
+      found = !req.host.empty();
+    } else if (hm.name == ":method") {
+      v = req.method;
+      found = true;
+    } else if (hm.name == ":path") {
+      v = req.target;
+      found = true;
+    } else {
+      v = req.Get(hm.name, &found);
+    }
+    bool result;
+    if (hm.kind == HeaderMatcher::Kind::kPresent) {
+      result = found == hm.present;
+    } else {
+      result = found && hm.match.Matches(v);
+    }
+    if (hm.invert)
+      result = !result;
+    if (!result)
+      return false;
+  }
+  for (const QueryParamMatcher& qm : r.query_params) {
+    bool found = false;
+    std::string_view v = QueryParam(req.query, qm.name, &found);
+    if (!found)
+      return false;
+    if (!qm.present_only && !qm.match.Matches(v))
+      return false;
+  }
+  return true;
+}
+
+const Route* MatchRoute(const VirtualHost& vh, const http::RequestHead& req) {
+  for (const Route& r : vh.routes) {
+    if (RouteMatches(r, req))
+      return &r;
+  }
+  return nullptr;
+}
+
+const FilterChain* ListenerConfig::SelectChain(std::string_view sni) const {
+  // Envoy: exact server name first, then the longest wildcard suffix, then chains
+  // without server_names, then the default chain.
+  const FilterChain* best_wild = nullptr;
+  std::size_t best_len = 0;
+  const FilterChain* any = nullptr;
+  for (const FilterChain& c : chains) {
+    if (c.server_names.empty()) {
+      if (!any)
+        any = &c;
+      continue;
+    }
+    if (sni.empty())
+      continue;
+    for (const std::string& n : c.server_names) {
+      if (n.starts_with("*.")) {
+        std::string_view suffix = std::string_view(n).substr(1);
+        if (sni.size() > suffix.size() &&
+            http::EqualsIgnoreCase(sni.substr(sni.size() - suffix.size()), suffix) &&
+            suffix.size() > best_len) {
+          best_wild = &c;
+          best_len = suffix.size();
+        }
+      } else if (http::EqualsIgnoreCase(sni, n)) {
+        return &c;
+      }
+    }
+  }
+  if (best_wild)
+    return best_wild;
+  if (any)
+    return any;
+  if (default_chain)
+    return &*default_chain;
+  return nullptr;
+}
+
+const Cluster* ProxyConfig::FindCluster(std::string_view name) const {
+  auto it = clusters.find(name);
+  return it == clusters.end() ? nullptr : it->second.get();
+}
+
+namespace {
+// 64-bit FNV-1a then a finalizer: stable across runs, so a key maps to the same
+// endpoint on every worker and after restarts.
+uint64_t Hash64(std::string_view s, uint64_t seed = 0) {
+  uint64_t h = 1469598103934665603ull ^ seed;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  return h;
+}
+}  // namespace
+
+uint64_t HashKey(std::string_view key) {
+  return Hash64(key);
+}
+
+void BuildWeights(Cluster& c) {
+  c.cumulative_weight.clear();
+  bool differ = false;
+  for (const auto& e : c.endpoints)
+    differ |= e->weight != c.endpoints.front()->weight;
+  if (!differ)
+    return;
+  uint64_t sum = 0;
+  for (const auto& e : c.endpoints) {
+    sum += std::max<uint32_t>(1, e->weight);
+    c.cumulative_weight.push_back(sum);
+  }
+}
+
+void BuildHashTables(Cluster& c, uint32_t ring_size, uint32_t maglev_size) {
+  c.ring.clear();
+  c.maglev.clear();
+  const std::size_t n = c.endpoints.size();
+  if (n == 0)
+    return;
+  uint64_t total_weight = 0;
+  for (const auto& e : c.endpoints)
+    total_weight += std::max<uint32_t>(1, e->weight);
+  // Ring: each endpoint gets entries in proportion to its weight.
+  for (std::size_t i = 0; i < n; ++i) {
+    const Endpoint& e = *c.endpoints[i];
+    uint64_t count =
+        std::max<uint64_t>(1, ring_size * std::max<uint32_t>(1, e.weight) / total_weight);
+    for (uint64_t k = 0; k < count; ++k) {
+      std::string key = e.address + "_" + std::to_string(k);
+      c.ring.emplace_back(Hash64(key), static_cast<uint32_t>(i));
+    }
+  }
+  std::sort(c.ring.begin(), c.ring.end());
+  // Maglev (Eisenbud et al.): each endpoint walks its own permutation of the table and
+  // claims free slots in turn; weights scale how often an endpoint takes a turn.
+  const uint32_t m = maglev_size;
+  std::vector<uint64_t> offset(n), skip(n), next(n, 0);
+  std::vector<double> credit(n, 0);
+  double max_w = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    offset[i] = Hash64(c.endpoints[i]->address, 1) % m;
+    skip[i] = Hash64(c.endpoints[i]->address, 2) % (m - 1) + 1;
+    max_w = std::max<double>(max_w, std::max<uint32_t>(1, c.endpoints[i]->weight));
+  }
+  c.maglev.assign(m, UINT32_MAX);
+  uint32_t filled = 0;
+  while (filled < m) {
+    for (std::size_t i = 0; i < n && filled < m; ++i) {
+      credit[i] += std::max<uint32_t>(1, c.endpoints[i]->weight) / max_w;
+      if (credit[i] < 1.0)
+        continue;
+      credit[i] -= 1.0;
+      uint64_t slot;
+      do {
+        slot = (offset[i] + skip[i] * next[i]) % m;
+        ++next[i];
+      } while (c.maglev[slot] != UINT32_MAX);
+      c.maglev[slot] = static_cast<uint32_t>(i);
+      ++filled;
+    }
+  }
+}
+
+}  // namespace sluice::proxy

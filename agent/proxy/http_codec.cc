@@ -1,0 +1,515 @@
+#include "sluice/proxy/http_codec.h"
+
+#include <cstring>
+
+namespace sluice::proxy::http {
+namespace {
+
+// RFC 9110 tchar.
+constexpr bool IsTokenChar(unsigned char c) {
+  if (c >= '0' && c <= '9')
+    return true;
+  if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z')
+    return true;
+  switch (c) {
+    case '!':
+    case '#':
+    case '$':
+    case '%':
+    case '&':
+    case '\'':
+    case '*':
+    case '+':
+    case '-':
+    case '.':
+    case '^':
+    case '_':
+    case '`':
+    case '|':
+    case '~':
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Field values: visible ASCII, obs-text, SP and HTAB. No CR, LF, NUL or other CTLs.
+constexpr bool IsValueChar(unsigned char c) {
+  return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+// Request-target: visible ASCII, no spaces or controls.
+constexpr bool IsTargetChar(unsigned char c) {
+  return c > 0x20 && c != 0x7f;
+}
+
+constexpr char Lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
+}
+
+std::string_view TrimOws(std::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t'))
+    v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t'))
+    v.remove_suffix(1);
+  return v;
+}
+
+// Does a comma-separated list contain this token (case-insensitive)?
+bool ListHasToken(std::string_view list, std::string_view token) {
+  while (!list.empty()) {
+    std::size_t comma = list.find(',');
+    std::string_view item = TrimOws(list.substr(0, comma));
+    if (EqualsIgnoreCase(item, token))
+      return true;
+    if (comma == std::string_view::npos)
+      break;
+    list.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+ParseStatus Error(MessageHead* m, int status, const char* why) {
+  m->error_status = status;
+  m->error = why;
+  return ParseStatus::kError;
+}
+
+// Finds the end of the head: "\r\n\r\n". A bare LF anywhere in the head is an error,
+// reported by the line parser; here we only look for the terminator.
+std::size_t FindHeadEnd(std::string_view buf) {
+  const char* p = buf.data();
+  const char* end = p + buf.size();
+  while (true) {
+    const void* lf = std::memchr(p, '\n', static_cast<std::size_t>(end - p));
+    if (lf == nullptr)
+      return std::string_view::npos;
+    const char* l = static_cast<const char*>(lf);
+    // "\r\n\r\n" ends at l when l[-1]=='\r', l[-2]=='\n', l[-3]=='\r'
+    if (l - buf.data() >= 3 && l[-1] == '\r' && l[-2] == '\n' && l[-3] == '\r') {
+      return static_cast<std::size_t>(l - buf.data()) + 1;
+    }
+    // A bare "\n\n" would also end a lenient head; find it so the strict parser can
+    // refuse it rather than wait forever.
+    if (l - buf.data() >= 1 && l[-1] == '\n')
+      return static_cast<std::size_t>(l - buf.data()) + 1;
+    p = l + 1;
+  }
+}
+
+// Parses header lines in [p, end) (end is just after the final CRLF CRLF).
+ParseStatus ParseHeaders(const char* p, const char* end, std::size_t max_headers, MessageHead* m) {
+  bool seen_cl = false;
+  bool seen_te = false;
+  while (true) {
+    if (p >= end)
+      return Error(m, 400, "truncated head");
+    if (*p == '\r') {
+      if (p + 1 < end && p[1] == '\n')
+        return ParseStatus::kDone;
+      return Error(m, 400, "bare CR in head");
+    }
+    if (*p == '\n')
+      return Error(m, 400, "bare LF in head");
+    if (*p == ' ' || *p == '\t')
+      return Error(m, 400, "obsolete line folding");
+    const char* name_start = p;
+    while (p < end && IsTokenChar(static_cast<unsigned char>(*p)))
+      ++p;
+    if (p == name_start || p >= end || *p != ':') {
+      return Error(m, 400,
+                   (p < end && (*p == ' ' || *p == '\t')) ? "whitespace before colon"
+                                                          : "invalid header name");
+    }
+    std::string_view name(name_start, static_cast<std::size_t>(p - name_start));
+    ++p;
+    const char* value_start = p;
+    while (p < end && IsValueChar(static_cast<unsigned char>(*p)))
+      ++p;
+    if (p + 1 >= end || p[0] != '\r' || p[1] != '\n') {
+      if (p < end && *p == '\n')
+        return Error(m, 400, "bare LF in head");
+      return Error(m, 400, "invalid character in header value");
+    }
+    std::string_view value =
+        TrimOws(std::string_view(value_start, static_cast<std::size_t>(p - value_start)));
+    p += 2;
+    if (m->num_headers >= max_headers || m->num_headers >= kMaxHeadersHard) {
+      return Error(m, 431, "too many headers");
+    }
+    m->headers[m->num_headers++] = Header{name, value};
+
+    if (EqualsIgnoreCase(name, "content-length")) {
+      if (seen_cl)
+        return Error(m, 400, "duplicate Content-Length");
+      seen_cl = true;
+      if (value.empty() || value.size() > 18)
+        return Error(m, 400, "invalid Content-Length");
+      int64_t n = 0;
+      for (char c : value) {
+        if (c < '0' || c > '9')
+          return Error(m, 400, "invalid Content-Length");
+        n = n * 10 + (c - '0');
+      }
+      m->content_length = n;
+    } else if (EqualsIgnoreCase(name, "transfer-encoding")) {
+      if (seen_te)
+        return Error(m, 400, "duplicate Transfer-Encoding");
+      seen_te = true;
+      // Only "chunked" alone is accepted: any other coding chain is how smuggling
+      // starts, and we never need it.
+      if (!EqualsIgnoreCase(value, "chunked"))
+        return Error(m, 501, "unsupported Transfer-Encoding");
+      m->chunked = true;
+    } else if (EqualsIgnoreCase(name, "connection")) {
+      if (ListHasToken(value, "close"))
+        m->connection_close = true;
+      if (ListHasToken(value, "keep-alive"))
+        m->connection_keep_alive = true;
+      if (ListHasToken(value, "upgrade"))
+        m->connection_upgrade = true;
+    }
+  }
+}
+
+}  // namespace
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
+  if (a.size() != b.size())
+    return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (Lower(a[i]) != Lower(b[i]))
+      return false;
+  }
+  return true;
+}
+
+bool StartsWithIgnoreCase(std::string_view s, std::string_view prefix) {
+  return s.size() >= prefix.size() && EqualsIgnoreCase(s.substr(0, prefix.size()), prefix);
+}
+
+std::string_view MessageHead::Get(std::string_view name, bool* found) const {
+  for (std::size_t i = 0; i < num_headers; ++i) {
+    if (EqualsIgnoreCase(headers[i].name, name)) {
+      if (found)
+        *found = true;
+      return headers[i].value;
+    }
+  }
+  if (found)
+    *found = false;
+  return {};
+}
+
+ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead* r) {
+  r->num_headers = 0;
+  r->chunked = false;
+  r->content_length = -1;
+  r->connection_close = r->connection_keep_alive = r->connection_upgrade = false;
+  r->expect_continue = false;
+  r->upgrade = {};
+  r->host = {};
+  r->error_status = 0;
+  r->error = nullptr;
+
+  std::size_t head_end = FindHeadEnd(buf);
+  if (head_end == std::string_view::npos) {
+    if (buf.size() > limits.max_head_bytes)
+      return Error(r, 431, "request head too large");
+    return ParseStatus::kIncomplete;
+  }
+  if (head_end > limits.max_head_bytes)
+    return Error(r, 431, "request head too large");
+  r->head_len = head_end;
+  const char* p = buf.data();
+  const char* end = p + head_end;
+
+  // method SP request-target SP HTTP/1.x CRLF
+  const char* m0 = p;
+  while (p < end && IsTokenChar(static_cast<unsigned char>(*p)))
+    ++p;
+  if (p == m0 || p >= end || *p != ' ')
+    return Error(r, 400, "invalid method");
+  r->method = std::string_view(m0, static_cast<std::size_t>(p - m0));
+  ++p;
+  const char* t0 = p;
+  while (p < end && IsTargetChar(static_cast<unsigned char>(*p)))
+    ++p;
+  if (p == t0 || p >= end || *p != ' ')
+    return Error(r, 400, "invalid request target");
+  r->target = std::string_view(t0, static_cast<std::size_t>(p - t0));
+  ++p;
+  if (end - p < 10 || std::memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1')) {
+    return Error(r, 400, "invalid HTTP version");
+  }
+  r->minor_version = p[7] - '0';
+  p += 8;
+  if (p[0] != '\r' || p[1] != '\n')
+    return Error(r, p[0] == '\n' ? 400 : 400, "invalid request line ending");
+  p += 2;
+
+  ParseStatus st = ParseHeaders(p, end, limits.max_headers, r);
+  if (st != ParseStatus::kDone)
+    return st;
+
+  if (r->target[0] != '/' && r->target != "*" && r->method != "CONNECT") {
+    // absolute-form: keep it simple and strict; proxies in a mesh see origin-form.
+    std::size_t scheme = r->target.find("://");
+    if (scheme == std::string_view::npos)
+      return Error(r, 400, "invalid request target");
+    std::size_t slash = r->target.find('/', scheme + 3);
+    r->target = slash == std::string_view::npos ? std::string_view("/") : r->target.substr(slash);
+  }
+  std::size_t q = r->target.find('?');
+  r->path = r->target.substr(0, q);
+  r->query = q == std::string_view::npos ? std::string_view() : r->target.substr(q + 1);
+
+  bool host_seen = false;
+  for (std::size_t i = 0; i < r->num_headers; ++i) {
+    const Header& h = r->headers[i];
+    if (EqualsIgnoreCase(h.name, "host")) {
+      if (host_seen)
+        return Error(r, 400, "duplicate Host");
+      host_seen = true;
+      r->host = h.value;
+    } else if (EqualsIgnoreCase(h.name, "expect")) {
+      if (EqualsIgnoreCase(h.value, "100-continue"))
+        r->expect_continue = true;
+    } else if (EqualsIgnoreCase(h.name, "upgrade")) {
+      r->upgrade = h.value;
+    }
+  }
+  if (r->minor_version == 1 && (!host_seen || r->host.empty()))
+    return Error(r, 400, "missing Host");
+  if (r->chunked && r->content_length >= 0) {
+    return Error(r, 400, "both Content-Length and Transfer-Encoding");
+  }
+  if (r->chunked && r->minor_version == 0)
+    return Error(r, 400, "Transfer-Encoding in HTTP/1.0");
+  if (!r->connection_upgrade)
+    r->upgrade = {};
+  r->keep_alive = r->minor_version == 1 ? !r->connection_close : r->connection_keep_alive;
+  return ParseStatus::kDone;
+}
+
+ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead* r) {
+  r->num_headers = 0;
+  r->chunked = false;
+  r->content_length = -1;
+  r->connection_close = r->connection_keep_alive = r->connection_upgrade = false;
+  r->error_status = 0;
+  r->error = nullptr;
+  std::size_t head_end = FindHeadEnd(buf);
+  if (head_end == std::string_view::npos) {
+    if (buf.size() > 256 * 1024)
+      return Error(r, 502, "response head too large");
+    return ParseStatus::kIncomplete;
+  }
+  r->head_len = head_end;
+  const char* p = buf.data();
+  const char* end = p + head_end;
+  if (end - p < 14 || std::memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1') ||
+      p[8] != ' ') {
+    return Error(r, 502, "invalid status line");
+  }
+  r->minor_version = p[7] - '0';
+  p += 9;
+  int status = 0;
+  for (int i = 0; i < 3; ++i) {
+    if (p[i] < '0' || p[i] > '9')
+      return Error(r, 502, "invalid status code");
+    status = status * 10 + (p[i] - '0');
+  }
+  if (status < 100)
+    return Error(r, 502, "invalid status code");
+  r->status = status;
+  p += 3;
+  const char* reason0 = p;
+  while (p < end && *p != '\r' && *p != '\n')
+    ++p;
+  if (p + 1 >= end || p[0] != '\r' || p[1] != '\n')
+    return Error(r, 502, "invalid status line");
+  r->reason = TrimOws(std::string_view(reason0, static_cast<std::size_t>(p - reason0)));
+  p += 2;
+  ParseStatus st = ParseHeaders(p, end, kMaxHeadersHard, r);
+  if (st != ParseStatus::kDone) {
+    r->error_status = 502;
+    return st;
+  }
+  if (r->chunked && r->content_length >= 0)
+    return Error(r, 502, "both Content-Length and Transfer-Encoding");
+  r->no_body = head_request || (status >= 100 && status < 200) || status == 204 || status == 304;
+  r->close_delimited = !r->no_body && !r->chunked && r->content_length < 0;
+  r->keep_alive = !r->close_delimited &&
+                  (r->minor_version == 1 ? !r->connection_close : r->connection_keep_alive);
+  return ParseStatus::kDone;
+}
+
+std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
+  std::size_t i = 0;
+  auto fail = [&](const char* why) {
+    state_ = State::kError;
+    error_ = why;
+    return i;
+  };
+  while (i < data.size()) {
+    char c = data[i];
+    switch (state_) {
+      case State::kSize: {
+        int v = -1;
+        if (c >= '0' && c <= '9')
+          v = c - '0';
+        else if (c >= 'a' && c <= 'f')
+          v = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+          v = c - 'A' + 10;
+        if (v >= 0) {
+          if (++size_digits_ > 15)
+            return fail("chunk size too large");
+          remaining_ = remaining_ * 16 + static_cast<uint64_t>(v);
+          ++i;
+          break;
+        }
+        if (size_digits_ == 0)
+          return fail("invalid chunk size");
+        if (c == ';') {
+          state_ = State::kSizeExt;
+          ++i;
+        } else if (c == '\r') {
+          state_ = State::kSizeLf;
+          ++i;
+        } else {
+          return fail("invalid chunk size");
+        }
+        break;
+      }
+      case State::kSizeExt:
+        if (c == '\r')
+          state_ = State::kSizeLf;
+        else if (!IsValueChar(static_cast<unsigned char>(c)))
+          return fail("invalid chunk extension");
+        ++i;
+        break;
+      case State::kSizeLf:
+        if (c != '\n')
+          return fail("bare CR after chunk size");
+        ++i;
+        size_digits_ = 0;
+        if (remaining_ == 0) {
+          state_ = State::kTrailer;
+          trailer_line_len_ = 0;
+        } else {
+          state_ = State::kData;
+        }
+        break;
+      case State::kData: {
+        std::size_t n = data.size() - i;
+        if (n > remaining_)
+          n = static_cast<std::size_t>(remaining_);
+        if (out)
+          out->append(data.data() + i, n);
+        i += n;
+        remaining_ -= n;
+        if (remaining_ == 0)
+          state_ = State::kDataCr;
+        break;
+      }
+      case State::kDataCr:
+        if (c != '\r')
+          return fail("missing CRLF after chunk data");
+        state_ = State::kDataLf;
+        ++i;
+        break;
+      case State::kDataLf:
+        if (c != '\n')
+          return fail("missing CRLF after chunk data");
+        state_ = State::kSize;
+        ++i;
+        break;
+      case State::kTrailer:
+        if (c == '\r') {
+          state_ = State::kTrailerLf;
+        } else if (c == '\n') {
+          return fail("bare LF in trailer");
+        } else {
+          if (++trailer_bytes_ > 16 * 1024)
+            return fail("trailers too large");
+          ++trailer_line_len_;
+        }
+        ++i;
+        break;
+      case State::kTrailerLf:
+        if (c != '\n')
+          return fail("bare CR in trailer");
+        ++i;
+        if (trailer_line_len_ == 0) {
+          state_ = State::kDone;
+          return i;
+        }
+        trailer_line_len_ = 0;
+        state_ = State::kTrailer;
+        break;
+      case State::kDone:
+      case State::kError:
+        return i;
+    }
+  }
+  return i;
+}
+
+std::string_view ReasonPhrase(int status) {
+  switch (status) {
+    case 100:
+      return "Continue";
+    case 101:
+      return "Switching Protocols";
+    case 200:
+      return "OK";
+    case 201:
+      return "Created";
+    case 204:
+      return "No Content";
+    case 301:
+      return "Moved Permanently";
+    case 302:
+      return "Found";
+    case 303:
+      return "See Other";
+    case 304:
+      return "Not Modified";
+    case 307:
+      return "Temporary Redirect";
+    case 308:
+      return "Permanent Redirect";
+    case 400:
+      return "Bad Request";
+    case 403:
+      return "Forbidden";
+    case 404:
+      return "Not Found";
+    case 408:
+      return "Request Timeout";
+    case 413:
+      return "Payload Too Large";
+    case 418:
+      return "I'm a teapot";
+    case 429:
+      return "Too Many Requests";
+    case 431:
+      return "Request Header Fields Too Large";
+    case 500:
+      return "Internal Server Error";
+    case 501:
+      return "Not Implemented";
+    case 502:
+      return "Bad Gateway";
+    case 503:
+      return "Service Unavailable";
+    case 504:
+      return "Gateway Timeout";
+    default:
+      return "Unknown";
+  }
+}
+
+}  // namespace sluice::proxy::http

@@ -1,0 +1,314 @@
+// The L7 proxy's runtime configuration: compiled, immutable structures the hot path
+// reads (route tables with precompiled RE2 matchers, clusters with endpoints and LB
+// tables, listeners with filter chains). A ProxyConfig is built once per config change
+// (Compile, from Envoy resources) and published as a shared_ptr; each worker picks the
+// new one up between events. Only counters (active requests, outlier state, circuit
+// breaker gauges) change after compilation, and those are atomics.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <re2/re2.h>
+
+#include "sluice/common/result.h"
+#include "sluice/proxy/http_codec.h"
+
+namespace sluice::xds {
+struct ResourceSet;
+}
+
+namespace sluice::proxy {
+
+using Millis = std::chrono::milliseconds;
+
+// ---------------------------------------------------------------- clusters
+
+enum class LbPolicy { kRoundRobin, kLeastRequest, kRandom, kRingHash, kMaglev };
+std::string_view LbPolicyName(LbPolicy p);
+
+struct Endpoint {
+  sockaddr_storage addr{};
+  socklen_t addr_len = 0;
+  std::string address;  // "ip:port", as the access log prints it
+  uint32_t weight = 1;
+  // Runtime state, shared by the workers.
+  std::atomic<uint32_t> active_requests{0};
+  std::atomic<uint32_t> consecutive_5xx{0};
+  std::atomic<int64_t> ejected_until_ms{0};  // steady clock; 0: not ejected
+  std::atomic<uint32_t> times_ejected{0};
+};
+
+struct CircuitBreakers {
+  uint32_t max_connections = 1024;  // Envoy's defaults
+  uint32_t max_pending_requests = 1024;
+  uint32_t max_requests = 1024;
+  uint32_t max_retries = 3;
+};
+
+struct OutlierDetection {
+  bool enabled = false;
+  uint32_t consecutive_5xx = 5;
+  Millis base_ejection_time{30000};
+  uint32_t max_ejection_percent = 10;
+};
+
+enum class HashKind { kHeader, kCookie, kSourceIp };
+struct HashPolicy {
+  HashKind kind = HashKind::kHeader;
+  std::string name;  // header (lower case) or cookie name
+  bool terminal = false;
+};
+
+struct Cluster {
+  std::string name;
+  LbPolicy lb = LbPolicy::kLeastRequest;
+  std::vector<std::unique_ptr<Endpoint>> endpoints;
+  // ORIGINAL_DST: no endpoint list; each connection goes where the client originally
+  // connected (ProxyOptions.original_dst on a listener that uses it).
+  bool original_dst = false;
+  // Endpoint weights (load_balancing_weight) as running sums, for weighted round robin,
+  // random and least-request picks; empty when all weights are equal.
+  std::vector<uint64_t> cumulative_weight;
+  Millis connect_timeout{10000};
+  CircuitBreakers limits;
+  OutlierDetection outlier;
+  // Consistent-hash tables, built by Compile: (hash, endpoint index) sorted by hash for
+  // the ring; endpoint index per slot for Maglev.
+  std::vector<std::pair<uint64_t, uint32_t>> ring;
+  std::vector<uint32_t> maglev;
+  // Gauges for circuit breaking, shared by the workers.
+  mutable std::atomic<uint32_t> active_connections{0};
+  mutable std::atomic<uint32_t> pending_requests{0};
+  mutable std::atomic<uint32_t> active_requests{0};
+  mutable std::atomic<uint32_t> active_retries{0};
+  mutable std::atomic<uint64_t> rr_next{0};
+  mutable std::atomic<uint64_t> overflow_total{0};
+};
+
+// ---------------------------------------------------------------- routes
+
+struct StringMatcher {
+  enum class Kind { kExact, kPrefix, kSuffix, kContains, kRegex };
+  Kind kind = Kind::kExact;
+  std::string value;
+  bool ignore_case = false;
+  std::shared_ptr<const RE2> regex;
+  bool Matches(std::string_view s) const;
+};
+
+struct HeaderMatcher {
+  std::string name;  // lower case
+  enum class Kind { kString, kPresent };
+  Kind kind = Kind::kPresent;
+  StringMatcher match;
+  bool present = true;  // for kPresent: must be present (true) or absent (false)
+  bool invert = false;
+};
+
+struct QueryParamMatcher {
+  std::string name;
+  bool present_only = false;
+  StringMatcher match;
+};
+
+struct HeaderOp {
+  std::string name;  // lower case
+  std::string value;
+  enum class Action { kAppend, kAddIfAbsent, kOverwriteIfExistsOrAdd, kOverwriteIfExists };
+  Action action = Action::kAppend;
+};
+
+struct HeaderMutations {
+  std::vector<HeaderOp> add;
+  std::vector<std::string> remove;  // lower case
+  bool empty() const { return add.empty() && remove.empty(); }
+};
+
+struct RetryPolicy {
+  uint32_t num_retries = 0;
+  bool on_5xx = false;
+  bool on_gateway_error = false;
+  bool on_connect_failure = false;
+  bool on_reset = false;
+  bool on_refused_stream = false;
+  bool on_retriable_status_codes = false;
+  std::vector<uint16_t> retriable_status_codes;
+  Millis per_try_timeout{0};  // 0: none
+  Millis base_interval{25};
+  Millis max_interval{250};
+};
+
+struct FaultPolicy {
+  uint32_t delay_per_million = 0;
+  Millis delay{0};
+  uint32_t abort_per_million = 0;
+  uint16_t abort_status = 0;
+  bool active() const { return delay_per_million > 0 || abort_per_million > 0; }
+};
+
+struct MirrorPolicy {
+  std::string cluster_name;
+  const Cluster* cluster = nullptr;
+  uint32_t per_million = 1000000;
+  bool disable_shadow_host_suffix = false;
+};
+
+struct WeightedCluster {
+  std::string name;
+  const Cluster* cluster = nullptr;  // null: unknown cluster (503 NC)
+  uint32_t weight = 0;
+  HeaderMutations request_headers, response_headers;
+  std::string host_rewrite;
+};
+
+struct RouteAction {
+  std::string cluster_name;
+  const Cluster* cluster = nullptr;
+  std::vector<WeightedCluster> weighted;  // non-empty: weighted split
+  uint32_t total_weight = 0;
+  std::optional<std::string> prefix_rewrite;
+  std::shared_ptr<const RE2> regex_rewrite;
+  std::string regex_substitution;
+  std::string host_rewrite;
+  Millis timeout{15000};  // 0: no route timeout
+  RetryPolicy retry;
+  std::vector<MirrorPolicy> mirrors;
+  std::vector<HashPolicy> hash_policies;
+};
+
+struct RedirectAction {
+  std::string scheme, host, path, prefix_rewrite;
+  uint32_t port = 0;
+  int status = 301;
+  bool strip_query = false;
+};
+
+struct Route {
+  std::string name;
+  // match
+  enum class PathKind { kPrefix, kPath, kRegex, kPathSeparatedPrefix };
+  PathKind path_kind = PathKind::kPrefix;
+  std::string path;
+  std::shared_ptr<const RE2> path_regex;
+  bool case_sensitive = true;
+  std::vector<HeaderMatcher> headers;
+  std::vector<QueryParamMatcher> query_params;
+  // action
+  enum class Kind { kRoute, kRedirect, kDirectResponse };
+  Kind kind = Kind::kRoute;
+  RouteAction action;
+  RedirectAction redirect;
+  int direct_status = 200;
+  std::string direct_body;
+  HeaderMutations request_headers, response_headers;
+  std::optional<FaultPolicy> fault;  // per-route override of the listener's fault filter
+};
+
+struct VirtualHost {
+  std::string name;
+  std::vector<std::string> domains;
+  std::vector<Route> routes;
+  HeaderMutations request_headers, response_headers;
+};
+
+struct RouteTable {
+  std::string name;
+  std::vector<VirtualHost> vhosts;
+  bool ignore_port = false;
+  HeaderMutations request_headers, response_headers;
+  // Domain index: exact (lower case) → vhost, wildcard lists longest first.
+  std::map<std::string, std::size_t, std::less<>> exact;
+  std::vector<std::pair<std::string, std::size_t>> suffixes;  // "*.foo.com" → ".foo.com"
+  std::vector<std::pair<std::string, std::size_t>> prefixes;  // "foo.*" → "foo."
+  std::optional<std::size_t> catch_all;
+
+  void BuildIndex();
+  // Envoy's order: exact, longest suffix wildcard, longest prefix wildcard, "*".
+  const VirtualHost* FindVirtualHost(std::string_view host) const;
+};
+
+// Request attributes a route matches on.
+const Route* MatchRoute(const VirtualHost& vh, const http::RequestHead& req);
+bool RouteMatches(const Route& r, const http::RequestHead& req);
+
+// ---------------------------------------------------------------- listeners
+
+struct HttpSettings {
+  std::string route_config_name;
+  std::shared_ptr<const RouteTable> routes;
+  FaultPolicy fault;  // from an envoy.filters.http.fault filter
+  bool strip_any_host_port = false;
+  http::Limits limits;
+  std::size_t max_request_body = 1024 * 1024;  // Listener per_connection_buffer_limit_bytes
+  // HCM common_http_protocol_options.idle_timeout: a keep-alive connection with no
+  // request in flight is closed after this long (Envoy's default 1 h; 0: never).
+  Millis idle_timeout{3600 * 1000};
+};
+
+struct TcpSettings {
+  std::string stat_prefix;
+  std::string cluster_name;
+  const Cluster* cluster = nullptr;
+  std::vector<WeightedCluster> weighted;
+  uint32_t total_weight = 0;
+};
+
+struct FilterChain {
+  std::string name;
+  std::vector<std::string> server_names;  // exact or "*.suffix"; empty: any
+  bool is_http = true;
+  HttpSettings http;
+  TcpSettings tcp;
+  bool access_log = false;
+};
+
+struct ListenerConfig {
+  std::string name;
+  std::string address = "127.0.0.1";
+  uint16_t port = 0;
+  std::vector<FilterChain> chains;
+  std::optional<FilterChain> default_chain;
+  bool needs_sni = false;  // some chain matches on server_names
+  // Ask the original_dst hook for the connection's original destination (listeners
+  // that receive redirected traffic); it is logged as the downstream local address.
+  bool use_original_dst = false;
+  // Chooses by SNI (empty when none); nullptr when nothing matches.
+  const FilterChain* SelectChain(std::string_view sni) const;
+};
+
+struct ProxyConfig {
+  std::vector<ListenerConfig> listeners;
+  std::map<std::string, std::shared_ptr<Cluster>, std::less<>> clusters;
+  std::map<std::string, std::shared_ptr<RouteTable>, std::less<>> route_tables;
+  const Cluster* FindCluster(std::string_view name) const;
+};
+
+// Builds the runtime configuration from Envoy resources. Errors name the resource and
+// field ("route config http.8080: virtual host x: route 2: safe_regex: ...").
+Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& resources);
+
+// Reads an Envoy-shaped JSON document {"listeners": [...], "routes": [...],
+// "clusters": [...], "endpoints": [...]}, each element the proto3 JSON of a Listener,
+// RouteConfiguration, Cluster or ClusterLoadAssignment.
+Result<xds::ResourceSet> ParseResourceSetJson(std::string_view json);
+
+// Builds ring / Maglev tables for the cluster's endpoints. maglev_size must be prime.
+void BuildHashTables(Cluster& c, uint32_t ring_size = 1024, uint32_t maglev_size = 65537);
+
+// Fills cumulative_weight when the endpoints' weights differ.
+void BuildWeights(Cluster& c);
+
+// The stable 64-bit hash used for consistent-hash keys.
+uint64_t HashKey(std::string_view key);
+
+}  // namespace sluice::proxy

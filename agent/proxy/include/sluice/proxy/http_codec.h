@@ -1,0 +1,113 @@
+// Zero-copy HTTP/1.1 codec: request and response heads are parsed in place, every
+// field a string_view into the caller's buffer. Strict where a lenient parser would
+// let a request be smuggled past another hop: anything ambiguous is an error with the
+// status the proxy must answer (400, 413, 431, 501).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace sluice::proxy::http {
+
+struct Header {
+  std::string_view name;   // as sent; compare with EqualsIgnoreCase
+  std::string_view value;  // optional whitespace trimmed
+};
+
+inline constexpr std::size_t kMaxHeadersHard = 128;
+
+struct Limits {
+  std::size_t max_head_bytes = 60 * 1024;  // Envoy's default max_request_headers_kb
+  std::size_t max_headers = 100;           // Envoy's default max_headers_count
+};
+
+enum class ParseStatus { kIncomplete, kDone, kError };
+
+// What both heads share: headers and the framing derived from them.
+struct MessageHead {
+  int minor_version = 1;
+  Header headers[kMaxHeadersHard];
+  std::size_t num_headers = 0;
+  std::size_t head_len = 0;  // bytes of the head, final CRLF included
+  bool chunked = false;
+  int64_t content_length = -1;  // -1: none
+  bool connection_close = false;
+  bool connection_keep_alive = false;
+  bool connection_upgrade = false;
+  // Set when the result is kError.
+  int error_status = 0;
+  const char* error = nullptr;
+
+  // First header with this name (case-insensitive), or empty with found=false.
+  std::string_view Get(std::string_view name, bool* found = nullptr) const;
+};
+
+struct RequestHead : MessageHead {
+  std::string_view method;
+  std::string_view target;   // as sent
+  std::string_view path;     // target up to '?'
+  std::string_view query;    // after '?', without it
+  std::string_view host;     // the Host header
+  std::string_view upgrade;  // the Upgrade header when Connection: upgrade
+  bool expect_continue = false;
+  bool keep_alive = true;  // after this request, by version and Connection
+};
+
+struct ResponseHead : MessageHead {
+  int status = 0;
+  std::string_view reason;
+  bool keep_alive = true;
+  // No body by rule (1xx, 204, 304, or a response to HEAD).
+  bool no_body = false;
+  // Body runs until the connection closes.
+  bool close_delimited = false;
+};
+
+bool EqualsIgnoreCase(std::string_view a, std::string_view b);
+bool StartsWithIgnoreCase(std::string_view s, std::string_view prefix);
+
+// Parses a request head from the start of buf. kIncomplete: read more (unless buf
+// already exceeds the limit, which is a 431 error).
+ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead* out);
+
+// Parses a response head; head_request tells that the request was HEAD.
+ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead* out);
+
+// Incremental chunked-body decoder. Feed raw bytes; it consumes what it can and, when
+// `out` is given, appends the payload. Trailers are read and dropped.
+class ChunkedDecoder {
+ public:
+  enum class State {
+    kSize,
+    kSizeExt,
+    kSizeLf,
+    kData,
+    kDataCr,
+    kDataLf,
+    kTrailer,
+    kTrailerLf,
+    kDone,
+    kError
+  };
+  // Returns bytes consumed; stops at the end of the body (Done) or on error.
+  std::size_t Feed(std::string_view data, std::string* out);
+  bool done() const { return state_ == State::kDone; }
+  bool failed() const { return state_ == State::kError; }
+  const char* error() const { return error_; }
+  void Reset() { *this = ChunkedDecoder(); }
+
+ private:
+  State state_ = State::kSize;
+  uint64_t remaining_ = 0;
+  int size_digits_ = 0;
+  std::size_t trailer_line_len_ = 0;
+  std::size_t trailer_bytes_ = 0;
+  const char* error_ = nullptr;
+};
+
+// Standard reason phrase ("Not Found"), "Unknown" for others.
+std::string_view ReasonPhrase(int status);
+
+}  // namespace sluice::proxy::http

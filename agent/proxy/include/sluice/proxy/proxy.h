@@ -1,0 +1,76 @@
+// The L7 proxy engine: N worker threads, each with its own epoll loop and its own
+// SO_REUSEPORT listening socket per listener (shared-nothing: a connection lives and
+// dies on the worker that accepted it). Configuration is an immutable ProxyConfig
+// published with Update(); each worker picks up the newest one between events, and
+// requests already running finish on the config they started with.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "sluice/common/result.h"
+#include "sluice/proxy/config.h"
+
+namespace sluice::proxy {
+
+struct ProxyOptions {
+  int workers = 1;
+  // Access log destination ("" or "/dev/stdout" for stdout). Each chain's access_log
+  // flag decides whether its requests are logged.
+  std::string access_log_path;
+  // Opens a listening socket for one worker. Default: socket(), SO_REUSEADDR,
+  // SO_REUSEPORT, bind(address:port), listen(). The node agent passes one that opens
+  // it inside a pod's network namespace. Must return a non-blocking listening fd.
+  std::function<Result<int>(const ListenerConfig&, uint16_t port)> open_listener;
+  // The original destination of an accepted connection, for listeners that use it.
+  // Default: getsockopt(SO_ORIGINAL_DST).
+  std::function<std::optional<sockaddr_storage>(int fd)> original_dst;
+  // Mirroring bounds, per worker: shadow requests in flight and their bytes. Beyond
+  // either, new mirror copies are dropped (counted), never queued.
+  std::size_t mirror_max_inflight = 256;
+  std::size_t mirror_max_bytes = 8 * 1024 * 1024;
+};
+
+// Counters summed over workers (relaxed atomics; for tests and the admin page).
+struct ProxyStats {
+  std::atomic<uint64_t> downstream_cx{0};
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> upstream_cx{0};
+  std::atomic<uint64_t> retries{0};
+  std::atomic<uint64_t> mirrors_sent{0};
+  std::atomic<uint64_t> mirrors_dropped{0};
+  std::atomic<uint64_t> overflow{0};
+  std::atomic<uint64_t> ejections{0};
+};
+
+class Proxy {
+ public:
+  static Result<std::unique_ptr<Proxy>> Start(std::shared_ptr<const ProxyConfig> config,
+                                              ProxyOptions options);
+  ~Proxy();
+  Proxy(const Proxy&) = delete;
+  Proxy& operator=(const Proxy&) = delete;
+
+  // Publishes a new config. Listeners with the same name and address keep their
+  // sockets; new ones are opened; removed ones are closed once every worker moved on.
+  Result<void> Update(std::shared_ptr<const ProxyConfig> config);
+  // The bound port of a listener (useful with port 0), or 0 when unknown.
+  uint16_t Port(std::string_view listener) const;
+  const ProxyStats& stats() const;
+  void Stop();
+
+  struct Impl;
+
+ private:
+  explicit Proxy(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sluice::proxy

@@ -1,0 +1,2658 @@
+// The engine: workers, downstream sessions, upstream connections, mirrors, timers.
+//
+// Ownership and lifetime: every connection object (Session, UpstreamConn, Mirror) is
+// taken from and returned to a per-worker free list, so steady-state traffic does not
+// allocate. An object released while the current epoll batch may still hold events for
+// it goes back to its free list only after the batch, and every object carries a
+// generation number so a stale timer or event cannot act on its next life.
+#include "sluice/proxy/proxy.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/netfilter_ipv4.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "buffer.h"
+#include "sluice/proxy/tls_sni.h"
+
+namespace sluice::proxy {
+namespace {
+
+constexpr uint32_t kEvOut = EPOLLOUT;
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Envoy's response flags, in Envoy's bit order (the order they print in).
+enum Flag : uint32_t {
+  kFlagUH = 1u << 0,    // no healthy upstream
+  kFlagUT = 1u << 1,    // upstream request timeout
+  kFlagLR = 1u << 2,    // local reset
+  kFlagUR = 1u << 3,    // upstream remote reset
+  kFlagUF = 1u << 4,    // upstream connection failure
+  kFlagUC = 1u << 5,    // upstream connection termination
+  kFlagUO = 1u << 6,    // upstream overflow (circuit breaker)
+  kFlagNR = 1u << 7,    // no route
+  kFlagDI = 1u << 8,    // delay injected
+  kFlagFI = 1u << 9,    // fault (abort) injected
+  kFlagDC = 1u << 10,   // downstream connection termination
+  kFlagURX = 1u << 11,  // retry limit exceeded
+  kFlagDPE = 1u << 12,  // downstream protocol error
+  kFlagNC = 1u << 13,   // no cluster
+};
+constexpr const char* kFlagNames[] = {"UH", "UT", "LR", "UR", "UF",  "UC",  "UO",
+                                      "NR", "DI", "FI", "DC", "URX", "DPE", "NC"};
+
+void FormatAddr(const sockaddr_storage& ss, char* out, std::size_t n, bool with_port = true) {
+  char ip[INET6_ADDRSTRLEN] = "-";
+  uint16_t port = 0;
+  if (ss.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+    port = ntohs(a->sin_port);
+    if (with_port)
+      snprintf(out, n, "%s:%u", ip, port);
+    else
+      snprintf(out, n, "%s", ip);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+    port = ntohs(a->sin6_port);
+    if (with_port)
+      snprintf(out, n, "[%s]:%u", ip, port);
+    else
+      snprintf(out, n, "%s", ip);
+  } else {
+    snprintf(out, n, "-");
+  }
+}
+
+// ----------------------------------------------------------------------- timers
+
+struct TimerOwner {
+  virtual void OnTimer(int kind) = 0;
+  virtual ~TimerOwner() = default;
+};
+
+struct Timer {
+  TimerOwner* owner = nullptr;
+  int kind = 0;
+  uint64_t gen = 0;
+  bool armed = false;
+};
+
+struct TimerEntry {
+  int64_t deadline;
+  uint64_t gen;
+  Timer* timer;
+  bool operator>(const TimerEntry& o) const { return deadline > o.deadline; }
+};
+
+// ----------------------------------------------------------------------- snapshot
+
+struct ListenerSockets {
+  std::string name, key;
+  uint16_t port = 0;
+  std::vector<int> fds;  // one per worker
+  ~ListenerSockets() {
+    for (int fd : fds) {
+      if (fd >= 0)
+        close(fd);
+    }
+  }
+};
+
+struct Snapshot {
+  std::shared_ptr<const ProxyConfig> cfg;
+  struct Listener {
+    const ListenerConfig* cfg;
+    std::shared_ptr<ListenerSockets> socks;
+  };
+  std::vector<Listener> listeners;
+};
+
+struct Handler {
+  virtual void OnEvent(uint32_t events) = 0;
+  virtual ~Handler() = default;
+};
+
+class Worker;
+class UpstreamConn;
+
+enum class UpFailure { kConnect, kReset, kProtocol };
+
+struct UpstreamOwner {
+  virtual void OnUpConnected(UpstreamConn*) {}
+  virtual void OnUpHeaders(UpstreamConn*) = 0;
+  virtual void OnUpData(UpstreamConn*, std::string_view data) = 0;
+  virtual void OnUpDone(UpstreamConn*) = 0;
+  virtual void OnUpFailure(UpstreamConn*, UpFailure) = 0;
+  virtual void OnUpDrained(UpstreamConn*) {}
+  // Everything read from the upstream in one event has been handed over.
+  virtual void OnUpReadDone(UpstreamConn*) {}
+  virtual ~UpstreamOwner() = default;
+};
+
+}  // namespace
+
+struct Proxy::Impl {
+  ProxyOptions opts;
+  std::mutex mu;
+  std::shared_ptr<const Snapshot> snap;  // guarded by mu
+  std::atomic<uint64_t> version{0};
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::vector<std::thread> threads;
+  ProxyStats stats;
+  int log_fd = -1;
+  bool stopped = false;
+
+  Result<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<const ProxyConfig> cfg);
+  void Publish(std::shared_ptr<const Snapshot> s);
+};
+
+namespace {
+
+// ----------------------------------------------------------------------- upstream
+
+class UpstreamConn final : public Handler, public TimerOwner {
+ public:
+  Worker* w = nullptr;
+  int fd = -1;
+  uint64_t gen = 0;
+  std::shared_ptr<const Snapshot> snap;
+  const Cluster* cluster = nullptr;
+  Endpoint* ep = nullptr;
+  UpstreamOwner* owner = nullptr;
+  bool connecting = false;
+  bool tunnel = false;
+  bool read_paused = false;
+  bool peer_closed = false;
+  bool counted = false;
+  bool head_request = false;
+  bool reusable = false;
+  uint32_t events = 0;
+  Buffer in, out;
+  http::ResponseHead resp;
+  bool head_done = false;
+  enum class Framing { kNone, kLength, kChunked, kClose } framing = Framing::kNone;
+  int64_t remaining = 0;
+  http::ChunkedDecoder chunk;
+  Timer connect_timer;
+  char local_addr[64] = "-";
+
+  void OnEvent(uint32_t ev) override;
+  void OnTimer(int kind) override;
+  void SetEvents(uint32_t ev);
+  void Flush();
+  void ResetResponse() {
+    head_done = false;
+    framing = Framing::kNone;
+    remaining = 0;
+    chunk.Reset();
+    reusable = false;
+  }
+  void PauseRead(bool pause) {
+    if (read_paused == pause)
+      return;
+    read_paused = pause;
+    SetEvents(pause ? (events & ~EPOLLIN) : (events | EPOLLIN));
+  }
+
+ private:
+  void OnReadable();
+  void ProcessResponse();
+  void Fail(UpFailure f);
+};
+
+// ----------------------------------------------------------------------- session
+
+class Session;
+class Mirror;
+
+class Worker {
+ public:
+  Worker(Proxy::Impl* impl, int index) : impl_(impl), index_(index) {
+    rng_ =
+        0x9e3779b97f4a7c15ull * static_cast<uint64_t>(index + 1) ^ static_cast<uint64_t>(NowMs());
+    timers_.reserve(4096);
+    deferred_.reserve(256);
+    pending_.reserve(256);
+  }
+  ~Worker();
+
+  Result<void> Init() {
+    ep_ = epoll_create1(EPOLL_CLOEXEC);
+    if (ep_ < 0)
+      return FailErrno("epoll_create1", errno);
+    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0)
+      return FailErrno("eventfd", errno);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    wake_handler_.w = this;
+    ev.data.ptr = &wake_handler_;
+    if (epoll_ctl(ep_, EPOLL_CTL_ADD, wake_fd_, &ev) != 0)
+      return FailErrno("epoll_ctl", errno);
+    return {};
+  }
+  void Run();
+  void Wake() {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t r = write(wake_fd_, &one, sizeof(one));
+  }
+
+  // --- shared services for sessions
+  uint64_t Rand() {
+    rng_ ^= rng_ << 13;
+    rng_ ^= rng_ >> 7;
+    rng_ ^= rng_ << 17;
+    return rng_;
+  }
+  bool Roll(uint32_t per_million) {
+    if (per_million >= 1000000)
+      return true;
+    if (per_million == 0)
+      return false;
+    return Rand() % 1000000 < per_million;
+  }
+  int64_t now() const { return now_ms_; }
+  void Arm(Timer& t, int64_t after_ms) {
+    ++t.gen;
+    t.armed = true;
+    timers_.push_back(TimerEntry{now_ms_ + after_ms, t.gen, &t});
+    std::push_heap(timers_.begin(), timers_.end(), std::greater<>());
+  }
+  static void Cancel(Timer& t) {
+    ++t.gen;
+    t.armed = false;
+  }
+  bool EpollSet(int fd, uint32_t events, Handler* h, bool add) {
+    epoll_event ev{};
+    ev.events = events;
+    ev.data.ptr = h;
+    return epoll_ctl(ep_, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) == 0;
+  }
+  void EpollDel(int fd) { epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr); }
+
+  Endpoint* PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash);
+  // The worker's endpoint object for an original destination (ORIGINAL_DST clusters).
+  Endpoint* OriginalDstEndpoint(const sockaddr_storage& addr);
+  // A connected (pooled) or connecting upstream; nullptr when the socket could not be
+  // created or connect() failed at once. *overflow: the max_connections breaker.
+  UpstreamConn* GetUpstream(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
+                            Endpoint* ep, bool* overflow);
+  void ReleaseUpstream(UpstreamConn* up, bool reuse);
+  void OnEndpointResult(const Cluster& c, Endpoint* ep, bool failure);
+
+  Session* NewSession();
+  void ReleaseSession(Session* s);
+  void AddPending(Session* s) { pending_.push_back(s); }
+  void RemovePending(Session* s) {
+    auto it = std::find(pending_.begin(), pending_.end(), s);
+    if (it != pending_.end())
+      pending_.erase(it);
+  }
+  void KickPending(const Cluster* c);
+  void SendMirror(const MirrorPolicy& m, Session& s);
+  void ReleaseMirror(Mirror* m);
+
+  void Log(std::string_view line) { log_.append(line.data(), line.data() + line.size()); }
+  fmt::memory_buffer& log_buffer() { return log_; }
+  ProxyStats& stats() { return impl_->stats; }
+  const ProxyOptions& opts() const { return impl_->opts; }
+  const std::shared_ptr<const Snapshot>& snap() const { return snap_; }
+  int index() const { return index_; }
+
+  std::size_t mirror_inflight = 0, mirror_bytes = 0;
+
+ private:
+  struct WakeHandler : Handler {
+    Worker* w;
+    void OnEvent(uint32_t) override {
+      uint64_t v;
+      [[maybe_unused]] ssize_t r = read(w->wake_fd_, &v, sizeof(v));
+    }
+  };
+  struct ListenerHandler : Handler {
+    Worker* w = nullptr;
+    int fd = -1;
+    std::string name;
+    void OnEvent(uint32_t) override { w->Accept(*this); }
+  };
+
+  void Accept(ListenerHandler& l);
+  void SwapSnapshot();
+  void SweepIdle();
+  void RunTimers();
+  void FlushLog();
+  void CloseIdle();
+
+  Proxy::Impl* impl_;
+  int index_;
+  int ep_ = -1, wake_fd_ = -1;
+  WakeHandler wake_handler_{};
+  uint64_t rng_;
+  int64_t now_ms_ = NowMs();
+  int64_t next_sweep_ms_ = 0;
+  uint64_t version_ = 0;
+  std::shared_ptr<const Snapshot> snap_;
+  std::vector<std::unique_ptr<ListenerHandler>> listeners_;
+  std::vector<std::unique_ptr<ListenerHandler>> retired_listeners_;
+  std::vector<TimerEntry> timers_;
+  std::vector<std::unique_ptr<Session>> all_sessions_;
+  std::vector<Session*> free_sessions_;
+  std::vector<std::unique_ptr<UpstreamConn>> all_upstreams_;
+  std::vector<UpstreamConn*> free_upstreams_;
+  std::vector<std::unique_ptr<Mirror>> all_mirrors_;
+  std::vector<Mirror*> free_mirrors_;
+  std::unordered_map<const Endpoint*, std::vector<UpstreamConn*>> idle_;
+  struct StringHash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view v) const { return std::hash<std::string_view>()(v); }
+  };
+  std::unordered_map<std::string, std::unique_ptr<Endpoint>, StringHash, std::equal_to<>>
+      original_dst_;
+  std::vector<std::pair<int, void*>> deferred_;  // 0 session, 1 upstream, 2 mirror
+  std::vector<Session*> pending_;
+  fmt::memory_buffer log_;
+
+  friend class UpstreamConn;
+};
+
+// A request copy sent to a shadow cluster. Owns nothing of the primary request: its
+// bytes were copied into the upstream connection's buffer when it was created.
+class Mirror final : public UpstreamOwner, public TimerOwner {
+ public:
+  Worker* w = nullptr;
+  UpstreamConn* up = nullptr;
+  std::size_t bytes = 0;
+  Timer timer;
+  bool active = false;
+
+  void OnUpHeaders(UpstreamConn*) override {}
+  void OnUpData(UpstreamConn*, std::string_view) override {}
+  void OnUpDone(UpstreamConn* u) override { Finish(u->reusable); }
+  void OnUpFailure(UpstreamConn*, UpFailure) override { Finish(false); }
+  void OnTimer(int) override { Finish(false); }
+  void Finish(bool reuse) {
+    if (!active)
+      return;
+    active = false;
+    Worker::Cancel(timer);
+    UpstreamConn* u = up;
+    up = nullptr;
+    if (u)
+      w->ReleaseUpstream(u, reuse);
+    w->ReleaseMirror(this);
+  }
+};
+
+class Session final : public Handler, public UpstreamOwner, public TimerOwner {
+ public:
+  enum class Phase {
+    kSniff,
+    kHead,
+    kBody,
+    kDelay,
+    kPending,
+    kUpstream,
+    kBackoff,
+    kResponse,
+    kTunnel,
+    kClosing,
+    kClosed
+  };
+  enum TimerKind { kRouteTimer, kTryTimer, kWaitTimer };
+
+  Worker* w = nullptr;
+  uint64_t gen = 0;
+  int fd = -1;
+  std::shared_ptr<const Snapshot> snap;
+  const ListenerConfig* lc = nullptr;
+  const FilterChain* chain = nullptr;
+  Phase phase = Phase::kClosed;
+  uint32_t events = 0;
+  Buffer in, out;
+  char peer[64] = "-", peer_ip[48] = "-", local[64] = "-";
+  sockaddr_storage orig_dst{};
+  bool has_orig_dst = false;
+  std::string sni;
+  int64_t conn_start_ms = 0;
+  int64_t last_active_ms = 0;  // for the idle timeout
+  std::chrono::system_clock::time_point conn_start_wall;
+
+  // request state
+  http::RequestHead req;
+  std::size_t body_scanned = 0;
+  bool sent_continue = false;
+  http::ChunkedDecoder chunk;
+  const VirtualHost* vh = nullptr;
+  const Route* route = nullptr;
+  const Cluster* cluster = nullptr;
+  const WeightedCluster* wc = nullptr;
+  UpstreamConn* up = nullptr;
+  Endpoint* up_ep = nullptr;
+  char up_host[64] = "-", up_local[64] = "-";
+  uint32_t attempt = 0, retries_done = 0;
+  uint32_t flags = 0;
+  int status = 0;
+  const char* details = "-";
+  uint64_t bytes_rx = 0, bytes_tx = 0;
+  int64_t start_ms = 0, service_time_ms = -1;
+  std::chrono::system_clock::time_point start_wall;
+  bool response_started = false, close_after = false, counted_request = false, in_process = false,
+       request_active = false, retry_counted = false;
+  bool down_eof = false, up_eof = false;
+  bool tcp_session = false;  // a TCP tunnel that is logged when it closes
+  // The socket is edge-triggered: set when an edge was taken without reading the
+  // socket dry (a request was in flight, or a buffer limit stopped the read).
+  bool read_ready = false;
+  bool in_tunnel_read = false;
+  char request_id[40] = {0};
+  bool generated_id = false;
+  Timer route_timer, try_timer, wait_timer;
+
+  void Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<const Snapshot> s,
+            const ListenerConfig* l);
+  void OnEvent(uint32_t ev) override;
+  void OnTimer(int kind) override;
+  void OnUpConnected(UpstreamConn* u) override;
+  void OnUpHeaders(UpstreamConn* u) override;
+  void OnUpData(UpstreamConn* u, std::string_view data) override;
+  void OnUpDone(UpstreamConn* u) override;
+  void OnUpFailure(UpstreamConn* u, UpFailure f) override;
+  void OnUpDrained(UpstreamConn* u) override;
+  void OnUpReadDone(UpstreamConn* u) override;
+  void StartAttempt();
+
+ private:
+  bool ReadInto(Buffer& b);
+  void Process();
+  void OnHead();
+  void Dispatch();
+  void ContinueAfterFault();
+  void Local(int code, std::string_view body, uint32_t flag, const char* why,
+             std::string_view extra_header = {});
+  void Finish();
+  void Abort(uint32_t flag);
+  void Close();
+  void TryWrite();
+  bool ScheduleRetry();
+  void DropUpstream(bool reuse);
+  void SerializeRequest(Buffer& dst, bool shadow);
+  void WriteResponseHead(const http::ResponseHead& r);
+  void LogRequest();
+  void StartTcp();
+  void RefreshConfig();
+  void TunnelRead();
+  void MaybeCloseTunnel();
+  friend class Worker;
+};
+
+// ----------------------------------------------------------------------- helpers
+
+void AppendNum(Buffer& b, uint64_t v) {
+  char tmp[24];
+  auto r = fmt::format_to_n(tmp, sizeof(tmp), "{}", v);
+  b.Append(std::string_view(tmp, r.size));
+}
+
+bool IsHopByHop(std::string_view name) {
+  return http::EqualsIgnoreCase(name, "connection") || http::EqualsIgnoreCase(name, "keep-alive") ||
+         http::EqualsIgnoreCase(name, "proxy-connection") || http::EqualsIgnoreCase(name, "te") ||
+         http::EqualsIgnoreCase(name, "upgrade") || http::EqualsIgnoreCase(name, "expect");
+}
+
+bool InList(const std::vector<std::string>& names, std::string_view n) {
+  for (const auto& x : names) {
+    if (http::EqualsIgnoreCase(x, n))
+      return true;
+  }
+  return false;
+}
+
+// Does any mutation list drop or replace this header?
+bool Replaced(const HeaderMutations* const* levels, std::size_t n, std::string_view name) {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!levels[i])
+      continue;
+    if (InList(levels[i]->remove, name))
+      return true;
+    for (const HeaderOp& op : levels[i]->add) {
+      if ((op.action == HeaderOp::Action::kOverwriteIfExistsOrAdd ||
+           op.action == HeaderOp::Action::kOverwriteIfExists) &&
+          http::EqualsIgnoreCase(op.name, name)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+// Envoy applies mutations from the most specific level (weighted cluster) to the least
+// (route configuration); when two levels set the same header, the later one wins.
+bool OverwrittenLater(const HeaderMutations* const* levels, std::size_t n, std::size_t level,
+                      const HeaderOp& op) {
+  if (op.action == HeaderOp::Action::kAppend)
+    return false;
+  for (std::size_t j = level + 1; j < n; ++j) {
+    if (!levels[j])
+      continue;
+    for (const HeaderOp& later : levels[j]->add) {
+      if (later.action == HeaderOp::Action::kOverwriteIfExistsOrAdd &&
+          http::EqualsIgnoreCase(later.name, op.name)) {
+        return true;
+      }
+    }
+  }
+  return false;
+}
+
+template <class Head>
+void EmitAdds(Buffer& dst, const HeaderMutations* const* levels, std::size_t n, const Head& h) {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!levels[i])
+      continue;
+    for (const HeaderOp& op : levels[i]->add) {
+      bool present = false;
+      h.Get(op.name, &present);
+      if (op.action == HeaderOp::Action::kAddIfAbsent && present)
+        continue;
+      if (op.action == HeaderOp::Action::kOverwriteIfExists && !present)
+        continue;
+      if (OverwrittenLater(levels, n, i, op))
+        continue;
+      dst.Append(op.name);
+      dst.Append(": ");
+      dst.Append(op.value);
+      dst.Append("\r\n");
+    }
+  }
+}
+
+void ShadowHost(std::string_view host, Buffer& dst) {
+  // Envoy inserts "-shadow" before the port: "svc:8080" → "svc-shadow:8080".
+  std::size_t colon = host.rfind(':');
+  std::size_t bracket = host.rfind(']');
+  if (colon != std::string_view::npos && (bracket == std::string_view::npos || bracket < colon)) {
+    dst.Append(host.substr(0, colon));
+    dst.Append("-shadow");
+    dst.Append(host.substr(colon));
+  } else {
+    dst.Append(host);
+    dst.Append("-shadow");
+  }
+}
+
+// ----------------------------------------------------------------------- UpstreamConn
+
+void UpstreamConn::SetEvents(uint32_t ev) {
+  if (ev != events) {
+    events = ev;
+    w->EpollSet(fd, ev, this, false);
+  }
+}
+
+void UpstreamConn::OnTimer(int) {
+  // Connect timeout.
+  if (connecting)
+    Fail(UpFailure::kConnect);
+}
+
+void UpstreamConn::Fail(UpFailure f) {
+  UpstreamOwner* o = owner;
+  if (o) {
+    o->OnUpFailure(this, f);  // the owner releases this connection
+  } else {
+    w->ReleaseUpstream(this, false);
+  }
+}
+
+void UpstreamConn::Flush() {
+  while (!out.empty()) {
+    ssize_t n = send(fd, out.Data().data(), out.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN)
+        break;
+      Fail(UpFailure::kReset);
+      return;
+    }
+    out.Consume(static_cast<std::size_t>(n));
+  }
+  uint32_t want = (events & ~EPOLLOUT) | (out.empty() ? 0u : kEvOut);
+  SetEvents(want);
+  if (out.empty() && owner)
+    owner->OnUpDrained(this);
+}
+
+void UpstreamConn::OnEvent(uint32_t ev) {
+  if (fd < 0)
+    return;  // released earlier in this epoll batch: the event is stale
+  uint64_t g = gen;
+  if (connecting) {
+    if (!(ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+      return;
+    int err = 0;
+    socklen_t len = sizeof(err);
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0 || (ev & EPOLLERR)) {
+      Fail(UpFailure::kConnect);
+      return;
+    }
+    connecting = false;
+    Worker::Cancel(connect_timer);
+    sockaddr_storage ls{};
+    socklen_t ll = sizeof(ls);
+    if (getsockname(fd, reinterpret_cast<sockaddr*>(&ls), &ll) == 0) {
+      FormatAddr(ls, local_addr, sizeof(local_addr));
+    }
+    SetEvents(EPOLLIN | EPOLLRDHUP | (out.empty() ? 0u : kEvOut));
+    if (owner)
+      owner->OnUpConnected(this);
+    if (g != gen)
+      return;
+    Flush();
+    return;
+  }
+  if (ev & EPOLLOUT) {
+    Flush();
+    if (g != gen)
+      return;
+  }
+  if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+    OnReadable();
+}
+
+void UpstreamConn::OnReadable() {
+  uint64_t g = gen;
+  if (!owner) {  // idle in the pool: data or EOF means the server is done with it
+    w->ReleaseUpstream(this, false);
+    return;
+  }
+  while (!read_paused) {
+    std::size_t avail;
+    char* p = in.WritePtr(16384, &avail);
+    ssize_t n = recv(fd, p, avail, 0);
+    if (n > 0) {
+      in.Commit(static_cast<std::size_t>(n));
+      if (static_cast<std::size_t>(n) < avail)
+        break;
+      if (in.size() > 256 * 1024)
+        break;  // let the owner take some first
+      continue;
+    }
+    if (n == 0) {
+      peer_closed = true;
+      break;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN)
+      break;
+    peer_closed = true;
+    break;
+  }
+  ProcessResponse();
+  if (g != gen)
+    return;
+  if (owner) {
+    owner->OnUpReadDone(this);
+    if (g != gen)
+      return;
+  }
+  if (peer_closed && owner) {
+    if (tunnel) {
+      owner->OnUpFailure(this, UpFailure::kReset);  // tunnel: EOF from upstream
+    } else if (head_done && framing == Framing::kClose) {
+      reusable = false;
+      owner->OnUpDone(this);
+    } else {
+      Fail(UpFailure::kReset);
+    }
+  } else if (peer_closed) {
+    w->ReleaseUpstream(this, false);
+  } else if (read_paused) {
+    SetEvents(events & ~EPOLLIN);
+  }
+}
+
+void UpstreamConn::ProcessResponse() {
+  uint64_t g = gen;
+  while (owner && !in.empty()) {
+    if (tunnel) {
+      std::string_view d = in.Data();
+      owner->OnUpData(this, d);
+      if (g != gen)
+        return;
+      in.Clear();
+      return;
+    }
+    if (!head_done) {
+      http::ParseStatus st = http::ParseResponse(in.Data(), head_request, &resp);
+      if (st == http::ParseStatus::kIncomplete)
+        return;
+      if (st == http::ParseStatus::kError) {
+        Fail(UpFailure::kProtocol);
+        return;
+      }
+      if (resp.status >= 100 && resp.status < 200 && resp.status != 101) {
+        in.Consume(resp.head_len);  // interim response: we answered 100-continue ourselves
+        continue;
+      }
+      head_done = true;
+      if (resp.status == 101) {
+        framing = Framing::kNone;
+      } else if (resp.no_body) {
+        framing = Framing::kNone;
+      } else if (resp.chunked) {
+        framing = Framing::kChunked;
+      } else if (resp.content_length >= 0) {
+        framing = Framing::kLength;
+        remaining = resp.content_length;
+      } else {
+        framing = Framing::kClose;
+      }
+      std::size_t head_len = resp.head_len;
+      owner->OnUpHeaders(this);
+      if (g != gen || !owner)
+        return;
+      in.Consume(head_len);
+      if (resp.status == 101) {
+        tunnel = true;
+        continue;
+      }
+      if (framing == Framing::kNone || (framing == Framing::kLength && remaining == 0)) {
+        reusable = resp.keep_alive && in.empty();
+        owner->OnUpDone(this);
+        return;
+      }
+      continue;
+    }
+    std::string_view d = in.Data();
+    bool done = false;
+    std::size_t take = d.size();
+    switch (framing) {
+      case Framing::kLength:
+        take = std::min<std::size_t>(take, static_cast<std::size_t>(remaining));
+        remaining -= static_cast<int64_t>(take);
+        done = remaining == 0;
+        break;
+      case Framing::kChunked:
+        take = chunk.Feed(d, nullptr);
+        if (chunk.failed()) {
+          Fail(UpFailure::kProtocol);
+          return;
+        }
+        done = chunk.done();
+        break;
+      default:
+        break;
+    }
+    owner->OnUpData(this, d.substr(0, take));
+    if (g != gen || !owner)
+      return;
+    in.Consume(take);
+    if (done) {
+      reusable = resp.keep_alive && in.empty();
+      owner->OnUpDone(this);
+      return;
+    }
+    if (take == 0)
+      return;
+  }
+}
+
+// ----------------------------------------------------------------------- Worker
+
+Worker::~Worker() {
+  for (auto& s : all_sessions_) {
+    if (s->fd >= 0)
+      close(s->fd);
+  }
+  for (auto& u : all_upstreams_) {
+    if (u->fd >= 0)
+      close(u->fd);
+  }
+  if (ep_ >= 0)
+    close(ep_);
+  if (wake_fd_ >= 0)
+    close(wake_fd_);
+}
+
+Session* Worker::NewSession() {
+  if (free_sessions_.empty()) {
+    all_sessions_.push_back(std::make_unique<Session>());
+    Session* s = all_sessions_.back().get();
+    s->w = this;
+    s->route_timer = Timer{s, Session::kRouteTimer};
+    s->try_timer = Timer{s, Session::kTryTimer};
+    s->wait_timer = Timer{s, Session::kWaitTimer};
+    free_sessions_.push_back(s);
+  }
+  Session* s = free_sessions_.back();
+  free_sessions_.pop_back();
+  ++s->gen;
+  return s;
+}
+
+void Worker::ReleaseSession(Session* s) {
+  ++s->gen;
+  s->snap.reset();
+  s->in.Clear();
+  s->out.Clear();
+  s->in.Shrink(64 * 1024);
+  s->out.Shrink(64 * 1024);
+  deferred_.emplace_back(0, s);
+}
+
+void Worker::ReleaseMirror(Mirror* m) {
+  --mirror_inflight;
+  mirror_bytes -= m->bytes;
+  deferred_.emplace_back(2, m);
+}
+
+UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
+                                  Endpoint* ep, bool* overflow) {
+  *overflow = false;
+  auto it = idle_.find(ep);
+  if (it != idle_.end()) {
+    while (!it->second.empty()) {
+      UpstreamConn* u = it->second.back();
+      it->second.pop_back();
+      if (u->snap != snap) {  // from an older config: do not mix
+        ReleaseUpstream(u, false);
+        continue;
+      }
+      ++u->gen;
+      u->ResetResponse();
+      u->in.Clear();
+      u->out.Clear();
+      return u;
+    }
+  }
+  if (c->active_connections.load(std::memory_order_relaxed) >= c->limits.max_connections) {
+    *overflow = true;
+    return nullptr;
+  }
+  int fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return nullptr;
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  int r = connect(fd, reinterpret_cast<const sockaddr*>(&ep->addr), ep->addr_len);
+  if (r != 0 && errno != EINPROGRESS) {
+    close(fd);
+    return nullptr;
+  }
+  if (free_upstreams_.empty()) {
+    all_upstreams_.push_back(std::make_unique<UpstreamConn>());
+    UpstreamConn* nu = all_upstreams_.back().get();
+    nu->w = this;
+    nu->connect_timer = Timer{nu, 0};
+    free_upstreams_.push_back(nu);
+  }
+  UpstreamConn* u = free_upstreams_.back();
+  free_upstreams_.pop_back();
+  ++u->gen;
+  u->fd = fd;
+  u->snap = snap;
+  u->cluster = c;
+  u->ep = ep;
+  u->owner = nullptr;
+  u->connecting = true;
+  u->tunnel = false;
+  u->read_paused = false;
+  u->peer_closed = false;
+  u->in.Clear();
+  u->out.Clear();
+  u->ResetResponse();
+  std::strcpy(u->local_addr, "-");
+  u->counted = true;
+  c->active_connections.fetch_add(1, std::memory_order_relaxed);
+  stats().upstream_cx.fetch_add(1, std::memory_order_relaxed);
+  u->events = EPOLLOUT;
+  EpollSet(fd, u->events, u, true);
+  Arm(u->connect_timer, c->connect_timeout.count());
+  return u;
+}
+
+void Worker::ReleaseUpstream(UpstreamConn* u, bool reuse) {
+  const Cluster* c = u->cluster;
+  u->owner = nullptr;
+  ++u->gen;
+  Cancel(u->connect_timer);
+  if (reuse && !u->connecting && !u->peer_closed && !u->tunnel && u->in.empty() && u->out.empty() &&
+      u->snap == snap_) {
+    u->ResetResponse();
+    u->read_paused = false;
+    u->SetEvents(EPOLLIN | EPOLLRDHUP);
+    idle_[u->ep].push_back(u);
+  } else {
+    // Drop from the idle list if it is there (a pooled connection the server closed).
+    auto it = idle_.find(u->ep);
+    if (it != idle_.end()) {
+      auto& v = it->second;
+      v.erase(std::remove(v.begin(), v.end(), u), v.end());
+    }
+    if (u->fd >= 0) {
+      EpollDel(u->fd);
+      close(u->fd);
+      u->fd = -1;
+    }
+    if (u->counted) {
+      u->cluster->active_connections.fetch_sub(1, std::memory_order_relaxed);
+      u->counted = false;
+    }
+    u->snap.reset();
+    u->in.Shrink(64 * 1024);
+    u->out.Shrink(64 * 1024);
+    deferred_.emplace_back(1, u);
+  }
+  KickPending(c);
+}
+
+void Worker::KickPending(const Cluster* c) {
+  for (std::size_t i = 0; i < pending_.size(); ++i) {
+    Session* s = pending_[i];
+    if (s->cluster != c)
+      continue;
+    pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+    c->pending_requests.fetch_sub(1, std::memory_order_relaxed);
+    --s->attempt;
+    s->StartAttempt();
+    return;
+  }
+}
+
+Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
+  const std::size_t n = c.endpoints.size();
+  if (n == 0)
+    return nullptr;
+  std::size_t healthy = 0;
+  for (const auto& e : c.endpoints) {
+    if (e->ejected_until_ms.load(std::memory_order_relaxed) <= now_ms_)
+      ++healthy;
+  }
+  // Envoy's panic mode: with no healthy endpoint, use them all.
+  const bool panic = healthy == 0;
+  auto ok = [&](std::size_t i) {
+    return panic || c.endpoints[i]->ejected_until_ms.load(std::memory_order_relaxed) <= now_ms_;
+  };
+  auto probe = [&](std::size_t start) -> Endpoint* {
+    for (std::size_t k = 0; k < n; ++k) {
+      std::size_t i = (start + k) % n;
+      if (ok(i))
+        return c.endpoints[i].get();
+    }
+    return nullptr;
+  };
+  // With unequal weights, a number in [0, total weight) maps to an endpoint.
+  const bool weighted = !c.cumulative_weight.empty();
+  auto by_weight = [&](uint64_t r) -> std::size_t {
+    uint64_t total = c.cumulative_weight.back();
+    auto it = std::upper_bound(c.cumulative_weight.begin(), c.cumulative_weight.end(), r % total);
+    return static_cast<std::size_t>(it - c.cumulative_weight.begin());
+  };
+  auto random_index = [&]() { return weighted ? by_weight(Rand()) : Rand() % n; };
+  switch (c.lb) {
+    case LbPolicy::kRoundRobin: {
+      uint64_t k = c.rr_next.fetch_add(1, std::memory_order_relaxed);
+      return probe(weighted ? by_weight(k) : k % n);
+    }
+    case LbPolicy::kRandom:
+      return probe(random_index());
+    case LbPolicy::kLeastRequest: {
+      Endpoint* a = probe(random_index());
+      Endpoint* b = probe(random_index());
+      if (!a || !b)
+        return a ? a : b;
+      return b->active_requests.load(std::memory_order_relaxed) <
+                     a->active_requests.load(std::memory_order_relaxed)
+                 ? b
+                 : a;
+    }
+    case LbPolicy::kRingHash: {
+      if (!has_hash || c.ring.empty())
+        return probe(Rand() % n);
+      auto it = std::lower_bound(c.ring.begin(), c.ring.end(), std::make_pair(hash, uint32_t{0}));
+      if (it == c.ring.end())
+        it = c.ring.begin();
+      return probe(it->second);
+    }
+    case LbPolicy::kMaglev:
+      if (!has_hash || c.maglev.empty())
+        return probe(Rand() % n);
+      return probe(c.maglev[hash % c.maglev.size()]);
+  }
+  return nullptr;
+}
+
+Endpoint* Worker::OriginalDstEndpoint(const sockaddr_storage& addr) {
+  char key[64];
+  FormatAddr(addr, key, sizeof(key));
+  auto it = original_dst_.find(std::string_view(key));
+  if (it != original_dst_.end())
+    return it->second.get();
+  auto ep = std::make_unique<Endpoint>();
+  ep->addr = addr;
+  ep->addr_len = addr.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  ep->address = key;
+  Endpoint* raw = ep.get();
+  original_dst_.emplace(key, std::move(ep));
+  return raw;
+}
+
+void Worker::OnEndpointResult(const Cluster& c, Endpoint* ep, bool failure) {
+  if (!ep)
+    return;
+  if (!failure) {
+    ep->consecutive_5xx.store(0, std::memory_order_relaxed);
+    return;
+  }
+  uint32_t n = ep->consecutive_5xx.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (!c.outlier.enabled || n < c.outlier.consecutive_5xx)
+    return;
+  if (ep->ejected_until_ms.load(std::memory_order_relaxed) > now_ms_)
+    return;
+  std::size_t ejected = 0;
+  for (const auto& e : c.endpoints) {
+    if (e->ejected_until_ms.load(std::memory_order_relaxed) > now_ms_)
+      ++ejected;
+  }
+  std::size_t max_ejected =
+      std::max<std::size_t>(1, c.endpoints.size() * c.outlier.max_ejection_percent / 100);
+  if (ejected >= max_ejected)
+    return;
+  uint32_t times = ep->times_ejected.fetch_add(1, std::memory_order_relaxed) + 1;
+  ep->ejected_until_ms.store(now_ms_ + c.outlier.base_ejection_time.count() * times,
+                             std::memory_order_relaxed);
+  ep->consecutive_5xx.store(0, std::memory_order_relaxed);
+  stats().ejections.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Worker::SendMirror(const MirrorPolicy& m, Session& s) {
+  const Cluster* c = m.cluster;
+  if (!c)
+    return;
+  const std::size_t req_bytes = s.req.head_len + s.body_scanned + 512;
+  if (mirror_inflight >= opts().mirror_max_inflight ||
+      mirror_bytes + req_bytes > opts().mirror_max_bytes) {
+    stats().mirrors_dropped.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  Endpoint* ep = PickEndpoint(*c, false, 0);
+  if (!ep)
+    return;
+  bool overflow = false;
+  UpstreamConn* u = GetUpstream(s.snap, c, ep, &overflow);
+  if (!u) {
+    stats().mirrors_dropped.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (free_mirrors_.empty()) {
+    all_mirrors_.push_back(std::make_unique<Mirror>());
+    Mirror* nm = all_mirrors_.back().get();
+    nm->w = this;
+    nm->timer = Timer{nm, 0};
+    free_mirrors_.push_back(nm);
+  }
+  Mirror* mr = free_mirrors_.back();
+  free_mirrors_.pop_back();
+  mr->active = true;
+  mr->up = u;
+  mr->bytes = req_bytes;
+  u->owner = mr;
+  u->head_request = s.req.method == "HEAD";
+  s.SerializeRequest(u->out, /*shadow=*/!m.disable_shadow_host_suffix);
+  ++mirror_inflight;
+  mirror_bytes += req_bytes;
+  stats().mirrors_sent.fetch_add(1, std::memory_order_relaxed);
+  int64_t timeout =
+      s.route && s.route->action.timeout.count() > 0 ? s.route->action.timeout.count() : 15000;
+  Arm(mr->timer, timeout);
+  if (!u->connecting)
+    u->Flush();
+}
+
+void Worker::Accept(ListenerHandler& l) {
+  const ListenerConfig* lc = nullptr;
+  for (const auto& sl : snap_->listeners) {
+    if (sl.socks->name == l.name)
+      lc = sl.cfg;
+  }
+  for (int i = 0; i < 64; ++i) {
+    sockaddr_storage peer{};
+    socklen_t plen = sizeof(peer);
+    int cfd =
+        accept4(l.fd, reinterpret_cast<sockaddr*>(&peer), &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (cfd < 0)
+      return;
+    if (!lc) {
+      close(cfd);
+      continue;
+    }
+    int one = 1;
+    setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    stats().downstream_cx.fetch_add(1, std::memory_order_relaxed);
+    Session* s = NewSession();
+    s->Open(cfd, peer, snap_, lc);
+  }
+}
+
+void Worker::SwapSnapshot() {
+  std::shared_ptr<const Snapshot> next;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    next = impl_->snap;
+    version_ = impl_->version.load();
+  }
+  if (!next) {
+    for (auto& old : listeners_) {
+      EpollDel(old->fd);
+      retired_listeners_.push_back(std::move(old));
+    }
+    listeners_.clear();
+    CloseIdle();
+    snap_.reset();
+    return;
+  }
+  // Listeners: keep handlers whose socket survives, add new ones, drop the rest.
+  std::vector<std::unique_ptr<ListenerHandler>> keep;
+  for (const auto& l : next->listeners) {
+    int fd = l.socks->fds[static_cast<std::size_t>(index_)];
+    std::unique_ptr<ListenerHandler> h;
+    for (auto& old : listeners_) {
+      if (old && old->fd == fd)
+        h = std::move(old);
+    }
+    if (!h) {
+      h = std::make_unique<ListenerHandler>();
+      h->w = this;
+      h->fd = fd;
+      h->name = l.socks->name;
+      EpollSet(fd, EPOLLIN, h.get(), true);
+    }
+    keep.push_back(std::move(h));
+  }
+  for (auto& old : listeners_) {
+    if (old) {
+      EpollDel(old->fd);
+      // Its event may still be in the current batch: destroyed after the batch.
+      retired_listeners_.push_back(std::move(old));
+    }
+  }
+  listeners_ = std::move(keep);
+  snap_ = std::move(next);
+  CloseIdle();
+}
+
+void Worker::SweepIdle() {
+  for (auto& s : all_sessions_) {
+    if (s->fd < 0 || s->phase != Session::Phase::kHead || !s->in.empty() || !s->out.empty() ||
+        !s->chain || !s->chain->is_http) {
+      continue;
+    }
+    int64_t limit = s->chain->http.idle_timeout.count();
+    if (limit > 0 && now_ms_ - s->last_active_ms >= limit)
+      s->Close();
+  }
+}
+
+void Worker::CloseIdle() {
+  std::vector<UpstreamConn*> all;
+  for (auto& [ep, v] : idle_)
+    all.insert(all.end(), v.begin(), v.end());
+  for (UpstreamConn* u : all)
+    ReleaseUpstream(u, false);
+  idle_.clear();
+}
+
+void Worker::RunTimers() {
+  while (!timers_.empty() && timers_.front().deadline <= now_ms_) {
+    std::pop_heap(timers_.begin(), timers_.end(), std::greater<>());
+    TimerEntry e = timers_.back();
+    timers_.pop_back();
+    if (!e.timer->armed || e.timer->gen != e.gen)
+      continue;
+    e.timer->armed = false;
+    e.timer->owner->OnTimer(e.timer->kind);
+  }
+}
+
+void Worker::FlushLog() {
+  if (log_.size() == 0 || impl_->log_fd < 0) {
+    log_.clear();
+    return;
+  }
+  const char* p = log_.data();
+  std::size_t n = log_.size();
+  while (n > 0) {
+    ssize_t r = write(impl_->log_fd, p, n);
+    if (r <= 0)
+      break;
+    p += r;
+    n -= static_cast<std::size_t>(r);
+  }
+  log_.clear();
+}
+
+void Worker::Run() {
+  epoll_event events[256];
+  while (true) {
+    if (impl_->version.load(std::memory_order_acquire) != version_)
+      SwapSnapshot();
+    if (!snap_)
+      break;  // Stop() publishes an empty snapshot
+    now_ms_ = NowMs();
+    int timeout = -1;
+    if (!timers_.empty()) {
+      timeout = static_cast<int>(std::clamp<int64_t>(timers_.front().deadline - now_ms_, 0, 1000));
+    }
+    // Idle connections are swept every 100 ms (a walk over this worker's sessions).
+    if (timeout < 0 || timeout > 100)
+      timeout = 100;
+    if (!deferred_.empty() || log_.size() > 0)
+      timeout = 0;
+    int n = epoll_wait(ep_, events, 256, timeout);
+    now_ms_ = NowMs();
+    // Again after the wait: a request that arrives after Update() returned must see the
+    // new config even when it comes in the same batch as the wake-up.
+    if (impl_->version.load(std::memory_order_acquire) != version_) {
+      SwapSnapshot();
+      if (!snap_)
+        break;
+    }
+    for (int i = 0; i < n; ++i) {
+      static_cast<Handler*>(events[i].data.ptr)->OnEvent(events[i].events);
+    }
+    RunTimers();
+    if (now_ms_ >= next_sweep_ms_) {
+      next_sweep_ms_ = now_ms_ + 100;
+      SweepIdle();
+    }
+    for (auto& [kind, p] : deferred_) {
+      if (kind == 0)
+        free_sessions_.push_back(static_cast<Session*>(p));
+      else if (kind == 1)
+        free_upstreams_.push_back(static_cast<UpstreamConn*>(p));
+      else
+        free_mirrors_.push_back(static_cast<Mirror*>(p));
+    }
+    deferred_.clear();
+    retired_listeners_.clear();
+    FlushLog();
+  }
+  // Shutdown: close every live connection.
+  for (auto& s : all_sessions_) {
+    if (s->fd >= 0) {
+      close(s->fd);
+      s->fd = -1;
+    }
+  }
+  FlushLog();
+}
+
+// ----------------------------------------------------------------------- Session
+
+void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<const Snapshot> s,
+                   const ListenerConfig* l) {
+  fd = cfd;
+  snap = std::move(s);
+  lc = l;
+  chain = nullptr;
+  sni.clear();
+  in.Clear();
+  out.Clear();
+  FormatAddr(peer_addr, peer, sizeof(peer));
+  FormatAddr(peer_addr, peer_ip, sizeof(peer_ip), false);
+  sockaddr_storage la{};
+  socklen_t ll = sizeof(la);
+  has_orig_dst = false;
+  if (lc->use_original_dst && w->opts().original_dst) {
+    if (auto od = w->opts().original_dst(fd)) {
+      la = *od;
+      orig_dst = *od;
+      has_orig_dst = true;
+    }
+  } else {
+    getsockname(fd, reinterpret_cast<sockaddr*>(&la), &ll);
+  }
+  FormatAddr(la, local, sizeof(local));
+  conn_start_ms = w->now();
+  last_active_ms = conn_start_ms;
+  conn_start_wall = std::chrono::system_clock::now();
+  bytes_rx = bytes_tx = 0;
+  flags = 0;
+  status = 0;
+  up = nullptr;
+  down_eof = up_eof = false;
+  tcp_session = false;
+  cluster = nullptr;
+  route = nullptr;
+  std::strcpy(up_host, "-");
+  std::strcpy(up_local, "-");
+  request_active = false;
+  close_after = false;
+  in_process = false;
+  read_ready = false;
+  in_tunnel_read = false;
+  // Edge-triggered with every event registered once: no epoll_ctl per request.
+  events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  w->EpollSet(fd, events, this, true);
+  if (lc->needs_sni) {
+    phase = Phase::kSniff;
+    return;
+  }
+  chain = lc->SelectChain("");
+  if (!chain) {
+    Close();
+    return;
+  }
+  if (chain->is_http) {
+    phase = Phase::kHead;
+  } else {
+    StartTcp();
+  }
+}
+
+bool Session::ReadInto(Buffer& b) {
+  // Returns false on EOF or error.
+  while (true) {
+    std::size_t avail;
+    char* p = b.WritePtr(8192, &avail);
+    ssize_t n = recv(fd, p, avail, 0);
+    if (n > 0) {
+      b.Commit(static_cast<std::size_t>(n));
+      if (phase == Phase::kTunnel)
+        bytes_rx += static_cast<uint64_t>(n);
+      if (static_cast<std::size_t>(n) < avail) {
+        read_ready = false;  // a short read: the socket is dry
+        return true;
+      }
+      if (b.size() > 1024 * 1024) {
+        read_ready = true;
+        return true;
+      }
+      continue;
+    }
+    if (n == 0)
+      return false;
+    if (errno == EINTR)
+      continue;
+    read_ready = false;
+    return errno == EAGAIN;
+  }
+}
+
+void Session::OnEvent(uint32_t ev) {
+  if (fd < 0)
+    return;  // closed earlier in this epoll batch: the event is stale
+  uint64_t g = gen;
+  if (ev & EPOLLERR) {
+    Abort(kFlagDC);
+    return;
+  }
+  if ((ev & EPOLLOUT) && !out.empty()) {
+    TryWrite();
+    if (g != gen)
+      return;
+  }
+  if (!(ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)))
+    return;
+  switch (phase) {
+    case Phase::kSniff: {
+      bool open = ReadInto(in);
+      std::string_view name;
+      SniStatus st = ParseClientHelloSni(in.Data(), &name);
+      if (st == SniStatus::kNeedMore && open && in.size() < 64 * 1024)
+        return;
+      if (st == SniStatus::kFound)
+        sni.assign(name);
+      chain = lc->SelectChain(sni);
+      if (!chain) {
+        Close();
+        return;
+      }
+      if (chain->is_http) {
+        phase = Phase::kHead;
+        Process();
+      } else {
+        StartTcp();
+        if (g == gen && !open) {
+          down_eof = true;
+          if (up)
+            shutdown(up->fd, SHUT_WR);
+        }
+      }
+      return;
+    }
+    case Phase::kHead:
+    case Phase::kBody: {
+      bool open = ReadInto(in);
+      if (!open) {
+        if (phase == Phase::kHead && in.empty()) {
+          Close();
+          return;
+        }
+        Abort(kFlagDC);
+        return;
+      }
+      Process();
+      return;
+    }
+    case Phase::kTunnel:
+      if (up && up->out.size() > 1024 * 1024) {
+        read_ready = true;  // resumed by OnUpDrained
+        return;
+      }
+      TunnelRead();
+      return;
+    case Phase::kClosing: {
+      char tmp[4096];
+      while (recv(fd, tmp, sizeof(tmp), 0) > 0) {
+      }
+      if (ev & (EPOLLRDHUP | EPOLLHUP))
+        Close();
+      return;
+    }
+    default:
+      // A request is in flight and the connection is not read meanwhile (the head's
+      // views point into `in`). A FIN means the client went away; data (pipelined
+      // requests) is read when the request is done.
+      if (ev & (EPOLLRDHUP | EPOLLHUP))
+        Abort(kFlagDC);
+      else
+        read_ready = true;
+      return;
+  }
+}
+
+void Session::Process() {
+  if (in_process)
+    return;
+  in_process = true;
+  uint64_t g = gen;
+  while (g == gen && (phase == Phase::kHead || phase == Phase::kBody) && !in.empty()) {
+    if (phase == Phase::kHead) {
+      RefreshConfig();
+      http::ParseStatus st = http::ParseRequest(in.Data(), chain->http.limits, &req);
+      if (st == http::ParseStatus::kIncomplete)
+        break;
+      start_ms = w->now();
+      start_wall = std::chrono::system_clock::now();
+      request_active = true;
+      flags = 0;
+      bytes_rx = 0;
+      bytes_tx = 0;
+      status = 0;
+      details = "-";
+      if (st == http::ParseStatus::kError) {
+        close_after = true;
+        req.num_headers = 0;
+        req.method = req.target = req.path = req.host = {};
+        req.head_len = in.size();
+        body_scanned = 0;
+        Local(req.error_status, req.error ? req.error : "bad request", kFlagDPE,
+              "http1.codec_error");
+        break;
+      }
+      OnHead();
+      continue;
+    }
+    // kBody: wait for the whole body (it is buffered, for retries and mirrors).
+    std::string_view body = in.Data().substr(req.head_len);
+    bool complete = false;
+    if (req.chunked) {
+      std::size_t used = chunk.Feed(body.substr(body_scanned), nullptr);
+      body_scanned += used;
+      if (chunk.failed()) {
+        close_after = true;
+        Local(400, chunk.error(), kFlagDPE, "http1.codec_error");
+        break;
+      }
+      if (body_scanned > chain->http.max_request_body) {
+        close_after = true;
+        Local(413, "Payload Too Large", 0, "request_payload_too_large");
+        break;
+      }
+      complete = chunk.done();
+    } else {
+      body_scanned =
+          std::min<std::size_t>(body.size(), static_cast<std::size_t>(req.content_length));
+      complete = body_scanned == static_cast<std::size_t>(req.content_length);
+    }
+    if (!complete) {
+      if (req.expect_continue && !sent_continue) {
+        sent_continue = true;
+        out.Append("HTTP/1.1 100 Continue\r\n\r\n");
+        TryWrite();
+      }
+      break;
+    }
+    // The buffer may have moved while the body arrived: parse the head again in place.
+    http::ParseRequest(in.Data(), chain->http.limits, &req);
+    bytes_rx = body_scanned;
+    Dispatch();
+  }
+  in_process = false;
+}
+
+void Session::OnHead() {
+  body_scanned = 0;
+  sent_continue = false;
+  chunk.Reset();
+  bool has_body = req.chunked || req.content_length > 0;
+  if (req.content_length > 0 &&
+      static_cast<std::size_t>(req.content_length) > chain->http.max_request_body) {
+    close_after = true;
+    Local(413, "Payload Too Large", 0, "request_payload_too_large");
+    return;
+  }
+  if (has_body) {
+    phase = Phase::kBody;
+    return;
+  }
+  Dispatch();
+}
+
+void Session::Dispatch() {
+  w->stats().requests.fetch_add(1, std::memory_order_relaxed);
+  // Stop reading while the request runs: the head's views into `in` stay valid and
+  // pipelined requests wait in the buffer. RDHUP still tells us if the client leaves.
+  phase = Phase::kUpstream;
+  if (!req.keep_alive)
+    close_after = true;
+  // Request id: keep the client's, else make a UUIDv4.
+  bool has_id = false;
+  req.Get("x-request-id", &has_id);
+  generated_id = !has_id;
+  if (generated_id) {
+    uint64_t a = w->Rand(), b = w->Rand();
+    a = (a & 0xffffffffffff0fffull) | 0x4000ull;
+    b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
+    snprintf(request_id, sizeof(request_id), "%08x-%04x-%04x-%04x-%012llx",
+             static_cast<uint32_t>(a >> 32), static_cast<uint32_t>((a >> 16) & 0xffff),
+             static_cast<uint32_t>(a & 0xffff), static_cast<uint32_t>(b >> 48),
+             static_cast<unsigned long long>(b & 0xffffffffffffull));
+  }
+  const RouteTable* rt = chain->http.routes.get();
+  vh = rt ? rt->FindVirtualHost(req.host) : nullptr;
+  route = vh ? MatchRoute(*vh, req) : nullptr;
+  cluster = nullptr;
+  wc = nullptr;
+  up_ep = nullptr;
+  attempt = 0;
+  retries_done = 0;
+  service_time_ms = -1;
+  response_started = false;
+  std::strcpy(up_host, "-");
+  std::strcpy(up_local, "-");
+  if (!route) {
+    Local(404, "", kFlagNR, "route_not_found");
+    return;
+  }
+  if (route->kind == Route::Kind::kDirectResponse) {
+    Local(route->direct_status, route->direct_body, 0, "direct_response");
+    return;
+  }
+  if (route->kind == Route::Kind::kRedirect) {
+    const RedirectAction& r = route->redirect;
+    fmt::memory_buffer loc;
+    std::string_view scheme =
+        r.scheme.empty() ? std::string_view("http") : std::string_view(r.scheme);
+    std::string_view host = r.host.empty() ? req.host : std::string_view(r.host);
+    if (r.port != 0 || !r.host.empty()) {
+      std::size_t colon = host.rfind(':');
+      if (colon != std::string_view::npos && host.find(']') == std::string_view::npos) {
+        host = host.substr(0, colon);
+      }
+    }
+    fmt::format_to(std::back_inserter(loc), "location: {}://{}", scheme, host);
+    if (r.port != 0)
+      fmt::format_to(std::back_inserter(loc), ":{}", r.port);
+    if (!r.path.empty()) {
+      fmt::format_to(std::back_inserter(loc), "{}", r.path);
+    } else if (!r.prefix_rewrite.empty() && route->path_kind != Route::PathKind::kRegex) {
+      std::string_view rest = req.path.substr(std::min(req.path.size(), route->path.size()));
+      fmt::format_to(std::back_inserter(loc), "{}{}", r.prefix_rewrite, rest);
+    } else {
+      fmt::format_to(std::back_inserter(loc), "{}", req.path);
+    }
+    if (!r.strip_query && !req.query.empty())
+      fmt::format_to(std::back_inserter(loc), "?{}", req.query);
+    Local(r.status, "", 0, "direct_response", std::string_view(loc.data(), loc.size()));
+    return;
+  }
+  const FaultPolicy& fault = route->fault ? *route->fault : chain->http.fault;
+  if (fault.active()) {
+    if (fault.abort_per_million > 0 && w->Roll(fault.abort_per_million)) {
+      Local(fault.abort_status, "fault filter abort", kFlagFI, "fault_filter_abort");
+      return;
+    }
+    if (fault.delay_per_million > 0 && w->Roll(fault.delay_per_million)) {
+      flags |= kFlagDI;
+      phase = Phase::kDelay;
+      w->Arm(wait_timer, fault.delay.count());
+      return;
+    }
+  }
+  ContinueAfterFault();
+}
+
+void Session::ContinueAfterFault() {
+  const RouteAction& a = route->action;
+  if (!a.weighted.empty()) {
+    uint64_t r = a.total_weight ? w->Rand() % a.total_weight : 0;
+    uint64_t acc = 0;
+    for (const WeightedCluster& c : a.weighted) {
+      acc += c.weight;
+      if (r < acc) {
+        wc = &c;
+        break;
+      }
+    }
+    if (!wc)
+      wc = &a.weighted.back();
+    cluster = wc->cluster;
+  } else {
+    cluster = a.cluster;
+  }
+  if (!cluster) {
+    Local(503, "", kFlagNC, "cluster_not_found");
+    return;
+  }
+  if (cluster->active_requests.load(std::memory_order_relaxed) >= cluster->limits.max_requests) {
+    w->stats().overflow.fetch_add(1, std::memory_order_relaxed);
+    cluster->overflow_total.fetch_add(1, std::memory_order_relaxed);
+    Local(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+          kFlagUO, "upstream_reset_before_response_started{overflow}");
+    return;
+  }
+  cluster->active_requests.fetch_add(1, std::memory_order_relaxed);
+  counted_request = true;
+  if (a.timeout.count() > 0)
+    w->Arm(route_timer, a.timeout.count());
+  for (const MirrorPolicy& m : a.mirrors) {
+    if (w->Roll(m.per_million))
+      w->SendMirror(m, *this);
+  }
+  StartAttempt();
+}
+
+void Session::StartAttempt() {
+  ++attempt;
+  if (retry_counted) {
+    cluster->active_retries.fetch_sub(1, std::memory_order_relaxed);
+    retry_counted = false;
+  }
+  phase = Phase::kUpstream;
+  bool has_hash = false;
+  uint64_t hash = 0;
+  if (cluster->lb == LbPolicy::kRingHash || cluster->lb == LbPolicy::kMaglev) {
+    for (const HashPolicy& hp : route->action.hash_policies) {
+      std::string_view key;
+      bool found = false;
+      if (hp.kind == HashKind::kHeader) {
+        key = req.Get(hp.name, &found);
+      } else if (hp.kind == HashKind::kSourceIp) {
+        key = peer_ip;
+        found = true;
+      } else {
+        std::string_view cookies = req.Get("cookie", &found);
+        found = false;
+        while (!cookies.empty()) {
+          std::size_t semi = cookies.find(';');
+          std::string_view kv = cookies.substr(0, semi);
+          while (!kv.empty() && kv.front() == ' ')
+            kv.remove_prefix(1);
+          std::size_t eq = kv.find('=');
+          if (eq != std::string_view::npos && kv.substr(0, eq) == hp.name) {
+            key = kv.substr(eq + 1);
+            found = true;
+            break;
+          }
+          if (semi == std::string_view::npos)
+            break;
+          cookies.remove_prefix(semi + 1);
+        }
+      }
+      if (found) {
+        hash = has_hash ? (hash * 31 + HashKey(key)) : HashKey(key);
+        has_hash = true;
+        if (hp.terminal)
+          break;
+      }
+    }
+  }
+  Endpoint* ep = cluster->original_dst ? (has_orig_dst ? w->OriginalDstEndpoint(orig_dst) : nullptr)
+                                       : w->PickEndpoint(*cluster, has_hash, hash);
+  if (!ep) {
+    Local(503, "no healthy upstream", kFlagUH, "no_healthy_upstream");
+    return;
+  }
+  bool overflow = false;
+  UpstreamConn* u = w->GetUpstream(snap, cluster, ep, &overflow);
+  if (!u && overflow) {
+    if (cluster->pending_requests.load(std::memory_order_relaxed) >=
+        cluster->limits.max_pending_requests) {
+      w->stats().overflow.fetch_add(1, std::memory_order_relaxed);
+      cluster->overflow_total.fetch_add(1, std::memory_order_relaxed);
+      Local(503,
+            "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            kFlagUO, "upstream_reset_before_response_started{overflow}");
+      return;
+    }
+    cluster->pending_requests.fetch_add(1, std::memory_order_relaxed);
+    phase = Phase::kPending;
+    w->AddPending(this);
+    return;
+  }
+  up_ep = ep;
+  std::snprintf(up_host, sizeof(up_host), "%s", ep->address.c_str());
+  if (!u) {
+    OnUpFailure(nullptr, UpFailure::kConnect);
+    return;
+  }
+  up = u;
+  u->owner = this;
+  u->head_request = req.method == "HEAD";
+  ep->active_requests.fetch_add(1, std::memory_order_relaxed);
+  SerializeRequest(u->out, false);
+  if (attempt == 1)
+    service_time_ms = w->now();
+  const RetryPolicy& rp = route->action.retry;
+  if (rp.per_try_timeout.count() > 0)
+    w->Arm(try_timer, rp.per_try_timeout.count());
+  if (!u->connecting) {
+    std::snprintf(up_local, sizeof(up_local), "%s", u->local_addr);
+    u->Flush();
+  }
+}
+
+void Session::SerializeRequest(Buffer& dst, bool shadow) {
+  const RouteAction& a = route->action;
+  dst.Append(req.method);
+  dst.Append(" ");
+  // Path, rewritten as the route says; the query string is kept.
+  if (a.prefix_rewrite && route->path_kind != Route::PathKind::kRegex) {
+    std::size_t matched = std::min(req.path.size(), route->path.size());
+    std::string_view rest = req.path.substr(matched);
+    // Envoy: rewriting "/prefix" to "/" with rest "/x" must not produce "//x".
+    if (a.prefix_rewrite->ends_with('/') && rest.starts_with('/'))
+      rest.remove_prefix(1);
+    dst.Append(*a.prefix_rewrite);
+    dst.Append(rest);
+    if (!req.query.empty() || req.target.find('?') != std::string_view::npos) {
+      dst.Append("?");
+      dst.Append(req.query);
+    }
+  } else if (a.regex_rewrite) {
+    std::string p(req.path);
+    RE2::GlobalReplace(&p, *a.regex_rewrite, a.regex_substitution);
+    dst.Append(p);
+    if (req.target.find('?') != std::string_view::npos) {
+      dst.Append("?");
+      dst.Append(req.query);
+    }
+  } else {
+    dst.Append(req.target);
+  }
+  dst.Append(" HTTP/1.1\r\n");
+
+  const HeaderMutations* levels[4] = {wc ? &wc->request_headers : nullptr, &route->request_headers,
+                                      &vh->request_headers, &chain->http.routes->request_headers};
+  std::string_view host_rewrite = wc && !wc->host_rewrite.empty()
+                                      ? std::string_view(wc->host_rewrite)
+                                      : std::string_view(a.host_rewrite);
+  std::string_view host = host_rewrite.empty() ? req.host : host_rewrite;
+  dst.Append("host: ");
+  if (shadow)
+    ShadowHost(host, dst);
+  else
+    dst.Append(host);
+  dst.Append("\r\n");
+  bool xff = false, xfp = false;
+  for (std::size_t i = 0; i < req.num_headers; ++i) {
+    const http::Header& h = req.headers[i];
+    if (IsHopByHop(h.name) || http::EqualsIgnoreCase(h.name, "host") ||
+        http::EqualsIgnoreCase(h.name, "x-envoy-attempt-count")) {
+      continue;
+    }
+    if (Replaced(levels, 4, h.name))
+      continue;
+    if (http::EqualsIgnoreCase(h.name, "x-forwarded-for")) {
+      xff = true;
+      dst.Append(h.name);
+      dst.Append(": ");
+      dst.Append(h.value);
+      dst.Append(",");
+      dst.Append(peer_ip);
+      dst.Append("\r\n");
+      continue;
+    }
+    if (http::EqualsIgnoreCase(h.name, "x-forwarded-proto"))
+      xfp = true;
+    dst.Append(h.name);
+    dst.Append(": ");
+    dst.Append(h.value);
+    dst.Append("\r\n");
+  }
+  if (!xff) {
+    dst.Append("x-forwarded-for: ");
+    dst.Append(peer_ip);
+    dst.Append("\r\n");
+  }
+  if (!xfp)
+    dst.Append("x-forwarded-proto: http\r\n");
+  if (generated_id) {
+    dst.Append("x-request-id: ");
+    dst.Append(request_id);
+    dst.Append("\r\n");
+  }
+  dst.Append("x-envoy-attempt-count: ");
+  AppendNum(dst, shadow ? 1 : attempt);
+  dst.Append("\r\n");
+  if (!req.upgrade.empty()) {
+    dst.Append("connection: upgrade\r\nupgrade: ");
+    dst.Append(req.upgrade);
+    dst.Append("\r\n");
+  }
+  EmitAdds(dst, levels, 4, req);
+  dst.Append("\r\n");
+  if (req.chunked || req.content_length > 0)
+    dst.Append(in.Data().substr(req.head_len, body_scanned));
+}
+
+void Session::DropUpstream(bool reuse) {
+  Worker::Cancel(try_timer);
+  if (!up)
+    return;
+  UpstreamConn* u = up;
+  up = nullptr;
+  if (up_ep)
+    up_ep->active_requests.fetch_sub(1, std::memory_order_relaxed);
+  w->ReleaseUpstream(u, reuse);
+}
+
+void Session::OnUpConnected(UpstreamConn* u) {
+  std::snprintf(up_local, sizeof(up_local), "%s", u->local_addr);
+}
+
+bool Session::ScheduleRetry() {
+  const RetryPolicy& rp = route->action.retry;
+  if (retries_done >= rp.num_retries) {
+    if (rp.num_retries > 0)
+      flags |= kFlagURX;
+    return false;
+  }
+  if (cluster->active_retries.load(std::memory_order_relaxed) >= cluster->limits.max_retries) {
+    flags |= kFlagUO;
+    w->stats().overflow.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  cluster->active_retries.fetch_add(1, std::memory_order_relaxed);
+  retry_counted = true;
+  ++retries_done;
+  w->stats().retries.fetch_add(1, std::memory_order_relaxed);
+  // Fully jittered exponential backoff, as Envoy: uniform in [0, base * 2^n), capped.
+  int64_t base = std::max<int64_t>(1, rp.base_interval.count());
+  int64_t ceiling = std::min<int64_t>(base << std::min<uint32_t>(retries_done, 10),
+                                      std::max<int64_t>(base, rp.max_interval.count()));
+  int64_t delay = static_cast<int64_t>(w->Rand() % static_cast<uint64_t>(ceiling));
+  phase = Phase::kBackoff;
+  w->Arm(wait_timer, delay);
+  return true;
+}
+
+void Session::OnUpFailure(UpstreamConn* u, UpFailure f) {
+  (void)u;
+  bool tunnel = phase == Phase::kTunnel;
+  if (tunnel) {
+    // Upstream EOF or error in a TCP tunnel / upgraded connection.
+    up_eof = true;
+    DropUpstream(false);
+    if (!(flags & kFlagUF) && f == UpFailure::kConnect)
+      flags |= kFlagUF;
+    if (f == UpFailure::kConnect) {
+      Abort(0);
+      return;
+    }
+    if (out.empty()) {
+      shutdown(fd, SHUT_WR);
+      close_after = true;
+    }
+    phase = Phase::kClosing;
+    if (out.empty())
+      Close();
+    return;
+  }
+  w->OnEndpointResult(*cluster, up_ep, true);
+  DropUpstream(false);
+  if (response_started) {
+    flags |= kFlagUC;
+    Abort(0);
+    return;
+  }
+  const RetryPolicy& rp = route->action.retry;
+  bool retriable = false;
+  if (f == UpFailure::kConnect) {
+    retriable = rp.on_connect_failure || rp.on_5xx || rp.on_gateway_error || rp.on_reset;
+  } else {
+    retriable = rp.on_reset || rp.on_5xx || rp.on_gateway_error;
+  }
+  if (retriable && ScheduleRetry())
+    return;
+  if (f == UpFailure::kConnect) {
+    Local(503,
+          "upstream connect error or disconnect/reset before headers. reset reason: connection "
+          "failure",
+          kFlagUF, "upstream_reset_before_response_started{connection_failure}");
+  } else {
+    Local(503,
+          "upstream connect error or disconnect/reset before headers. reset reason: connection "
+          "termination",
+          kFlagUC, "upstream_reset_before_response_started{connection_termination}");
+  }
+}
+
+void Session::OnUpHeaders(UpstreamConn* u) {
+  const http::ResponseHead& r = u->resp;
+  w->OnEndpointResult(*cluster, up_ep, r.status >= 500);
+  const RetryPolicy& rp = route->action.retry;
+  bool retriable = (rp.on_5xx && r.status >= 500) ||
+                   (rp.on_gateway_error && (r.status == 502 || r.status == 503 || r.status == 504));
+  if (!retriable && rp.on_retriable_status_codes) {
+    for (uint16_t c : rp.retriable_status_codes)
+      retriable |= c == r.status;
+  }
+  if (retriable && ScheduleRetry()) {
+    DropUpstream(false);
+    return;
+  }
+  Worker::Cancel(try_timer);
+  status = r.status;
+  details = "via_upstream";
+  response_started = true;
+  service_time_ms = w->now() - service_time_ms;
+  WriteResponseHead(r);
+  if (r.status == 101) {
+    Worker::Cancel(route_timer);
+    phase = Phase::kTunnel;
+    TryWrite();
+  } else {
+    phase = Phase::kResponse;
+  }
+  // The head goes out with the first body bytes (OnUpReadDone): one send, not two.
+}
+
+void Session::WriteResponseHead(const http::ResponseHead& r) {
+  std::size_t before = out.size();
+  out.Append("HTTP/1.1 ");
+  AppendNum(out, static_cast<uint64_t>(r.status));
+  out.Append(" ");
+  out.Append(r.reason.empty() ? http::ReasonPhrase(r.status) : r.reason);
+  out.Append("\r\n");
+  const HeaderMutations* levels[4] = {wc ? &wc->response_headers : nullptr,
+                                      &route->response_headers, &vh->response_headers,
+                                      &chain->http.routes->response_headers};
+  bool upgrade = r.status == 101;
+  for (std::size_t i = 0; i < r.num_headers; ++i) {
+    const http::Header& h = r.headers[i];
+    if (!upgrade && IsHopByHop(h.name))
+      continue;
+    if (upgrade && http::EqualsIgnoreCase(h.name, "keep-alive"))
+      continue;
+    if (http::EqualsIgnoreCase(h.name, "x-envoy-upstream-service-time"))
+      continue;
+    if (Replaced(levels, 4, h.name))
+      continue;
+    out.Append(h.name);
+    out.Append(": ");
+    out.Append(h.value);
+    out.Append("\r\n");
+  }
+  EmitAdds(out, levels, 4, r);
+  out.Append("x-envoy-upstream-service-time: ");
+  AppendNum(out, static_cast<uint64_t>(std::max<int64_t>(0, service_time_ms)));
+  out.Append("\r\n");
+  if (!upgrade) {
+    // A close-delimited upstream body can only be relayed by closing after it.
+    if (r.close_delimited)
+      close_after = true;
+    if (close_after)
+      out.Append("connection: close\r\n");
+  }
+  out.Append("\r\n");
+  bytes_tx += out.size() - before;
+}
+
+void Session::OnUpData(UpstreamConn* u, std::string_view data) {
+  out.Append(data);
+  bytes_tx += data.size();
+  if (out.size() > 256 * 1024) {
+    uint64_t g = gen;
+    TryWrite();
+    if (g != gen)
+      return;
+  }
+  // Backpressure: stop reading the upstream while the client is slow.
+  if (out.size() > 4 * 1024 * 1024 && u == up)
+    u->PauseRead(true);
+}
+
+void Session::OnUpDrained(UpstreamConn*) {
+  if (phase != Phase::kTunnel || !up)
+    return;
+  if (down_eof) {
+    shutdown(up->fd, SHUT_WR);  // the client's half-close, passed on once its bytes are out
+  } else if (read_ready) {
+    TunnelRead();  // its read clears read_ready
+  }
+}
+
+void Session::OnUpReadDone(UpstreamConn*) {
+  if (!out.empty())
+    TryWrite();
+}
+
+void Session::OnUpDone(UpstreamConn* u) {
+  DropUpstream(u->reusable);
+  uint64_t g = gen;
+  TryWrite();  // the response first, then the next pipelined request
+  if (g != gen)
+    return;
+  Finish();
+}
+
+void Session::OnTimer(int kind) {
+  switch (kind) {
+    case kRouteTimer:
+      if (phase == Phase::kPending) {
+        w->RemovePending(this);
+        cluster->pending_requests.fetch_sub(1, std::memory_order_relaxed);
+      }
+      DropUpstream(false);
+      if (response_started) {
+        flags |= kFlagUT;
+        Abort(0);
+        return;
+      }
+      Local(504, "upstream request timeout", kFlagUT, "upstream_response_timeout");
+      return;
+    case kTryTimer:
+      if (response_started || !up)
+        return;
+      w->OnEndpointResult(*cluster, up_ep, true);
+      DropUpstream(false);
+      {
+        const RetryPolicy& rp = route->action.retry;
+        if ((rp.on_5xx || rp.on_gateway_error || rp.on_reset) && ScheduleRetry())
+          return;
+      }
+      Local(504, "upstream request timeout", kFlagUT, "upstream_per_try_timeout");
+      return;
+    case kWaitTimer:
+      if (phase == Phase::kDelay) {
+        ContinueAfterFault();
+      } else if (phase == Phase::kBackoff) {
+        StartAttempt();
+      }
+      return;
+  }
+}
+
+void Session::Local(int code, std::string_view body, uint32_t flag, const char* why,
+                    std::string_view extra_header) {
+  flags |= flag;
+  status = code;
+  details = why;
+  DropUpstream(false);
+  std::size_t before = out.size();
+  out.Append("HTTP/1.1 ");
+  AppendNum(out, static_cast<uint64_t>(code));
+  out.Append(" ");
+  out.Append(http::ReasonPhrase(code));
+  out.Append("\r\ncontent-length: ");
+  AppendNum(out, body.size());
+  out.Append("\r\n");
+  if (!body.empty())
+    out.Append("content-type: text/plain\r\n");
+  if (!extra_header.empty()) {
+    out.Append(extra_header);
+    out.Append("\r\n");
+  }
+  if (route) {
+    const HeaderMutations* levels[3] = {&route->response_headers, &vh->response_headers,
+                                        &chain->http.routes->response_headers};
+    http::ResponseHead empty;
+    EmitAdds(out, levels, 3, empty);
+  }
+  if (close_after)
+    out.Append("connection: close\r\n");
+  out.Append("\r\n");
+  if (req.method != "HEAD")
+    out.Append(body);
+  bytes_tx += out.size() - before;
+  Finish();
+  if (phase != Phase::kClosed)
+    TryWrite();
+}
+
+void Session::LogRequest() {
+  if (!chain || !chain->access_log)
+    return;
+  auto& b = w->log_buffer();
+  auto wall = start_wall;
+  bool tcp = !chain->is_http;
+  if (tcp)
+    wall = conn_start_wall;
+  std::time_t t = std::chrono::system_clock::to_time_t(wall);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  int ms = static_cast<int>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(wall.time_since_epoch()).count() %
+      1000);
+  auto dash = [](std::string_view v) { return v.empty() ? std::string_view("-") : v; };
+  std::string_view flag_str;
+  char flag_buf[64];
+  std::size_t fl = 0;
+  for (std::size_t i = 0; i < std::size(kFlagNames); ++i) {
+    if (flags & (1u << i)) {
+      if (fl)
+        flag_buf[fl++] = ',';
+      std::size_t n = std::strlen(kFlagNames[i]);
+      std::memcpy(flag_buf + fl, kFlagNames[i], n);
+      fl += n;
+    }
+  }
+  flag_str = fl ? std::string_view(flag_buf, fl) : std::string_view("-");
+  int64_t duration = w->now() - (tcp ? conn_start_ms : start_ms);
+  const char* cluster_name = cluster ? cluster->name.c_str() : "-";
+  std::string_view route_name = route && !route->name.empty() ? std::string_view(route->name) : "-";
+  if (tcp) {
+    fmt::format_to(
+        std::back_inserter(b),
+        "[{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z] \"- - -\" 0 {} - - \"-\" {} {} {} - "
+        "\"-\" \"-\" \"-\" \"-\" \"{}\" {} {} {} {} {} -\n",
+        tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms,
+        flag_str, bytes_rx, bytes_tx, duration, up_host, cluster_name, up_local, local, peer,
+        sni.empty() ? std::string_view("-") : std::string_view(sni));
+    return;
+  }
+  std::string_view xff = req.Get("x-forwarded-for");
+  std::string_view rid = generated_id ? std::string_view(request_id) : req.Get("x-request-id");
+  char svc[24] = "-";
+  if (response_started && service_time_ms >= 0)
+    snprintf(svc, sizeof(svc), "%lld", static_cast<long long>(service_time_ms));
+  fmt::format_to(
+      std::back_inserter(b),
+      "[{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z] \"{} {} {}\" {} {} {} - \"-\" {} {} {} {} "
+      "\"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {}\n",
+      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms,
+      dash(req.method), dash(req.target),
+      req.method.empty() ? "-" : (req.minor_version ? "HTTP/1.1" : "HTTP/1.0"), status, flag_str,
+      details, bytes_rx, bytes_tx, duration, svc, dash(xff), dash(req.Get("user-agent")), dash(rid),
+      dash(req.host), up_host, cluster_name, up_local, local, peer,
+      sni.empty() ? std::string_view("-") : std::string_view(sni), route_name);
+}
+
+void Session::Finish() {
+  // The request is answered (fully queued in `out`): log, account, and move on.
+  Worker::Cancel(route_timer);
+  Worker::Cancel(try_timer);
+  Worker::Cancel(wait_timer);
+  if (retry_counted) {
+    cluster->active_retries.fetch_sub(1, std::memory_order_relaxed);
+    retry_counted = false;
+  }
+  if (counted_request) {
+    cluster->active_requests.fetch_sub(1, std::memory_order_relaxed);
+    counted_request = false;
+  }
+  LogRequest();
+  request_active = false;
+  std::size_t used = std::min(in.size(), req.head_len + body_scanned);
+  in.Consume(used);
+  req.num_headers = 0;
+  req.head_len = 0;
+  body_scanned = 0;
+  route = nullptr;
+  vh = nullptr;
+  if (close_after) {
+    phase = Phase::kClosing;
+    if (out.empty())
+      Close();
+    return;
+  }
+  phase = Phase::kHead;
+  last_active_ms = w->now();
+  if (read_ready) {
+    // Bytes (pipelined requests) arrived while the request ran: read them now, the
+    // edge that announced them is gone.
+    uint64_t g = gen;
+    if (!ReadInto(in)) {
+      if (in.empty()) {
+        Close();
+      } else {
+        Abort(kFlagDC);
+      }
+      return;
+    }
+    if (g != gen)
+      return;
+  }
+  if (!in.empty()) {
+    if (in_process)
+      return;  // the Process loop continues with the next request
+    Process();
+  }
+}
+
+void Session::RefreshConfig() {
+  // Pick up a newer config between requests.
+  if (w->snap() == snap || !w->snap())
+    return;
+  {
+    for (const auto& l : w->snap()->listeners) {
+      if (l.socks->name == lc->name) {
+        std::size_t idx =
+            static_cast<std::size_t>(chain - (lc->chains.empty() ? chain : &lc->chains[0]));
+        const ListenerConfig* nl = l.cfg;
+        const FilterChain* nc = nullptr;
+        if (lc->default_chain && chain == &*lc->default_chain) {
+          nc = nl->default_chain ? &*nl->default_chain : nullptr;
+        } else if (idx < nl->chains.size() && nl->chains.size() == lc->chains.size()) {
+          nc = &nl->chains[idx];
+        } else {
+          nc = nl->SelectChain(sni);
+        }
+        if (nc && nc->is_http) {
+          lc = nl;
+          chain = nc;
+          snap = w->snap();
+        }
+      }
+    }
+  }
+}
+
+void Session::Abort(uint32_t flag) {
+  flags |= flag;
+  if (phase == Phase::kPending) {
+    w->RemovePending(this);
+    cluster->pending_requests.fetch_sub(1, std::memory_order_relaxed);
+  }
+  DropUpstream(false);
+  if (request_active) {
+    if (counted_request) {
+      cluster->active_requests.fetch_sub(1, std::memory_order_relaxed);
+      counted_request = false;
+    }
+    if (retry_counted) {
+      cluster->active_retries.fetch_sub(1, std::memory_order_relaxed);
+      retry_counted = false;
+    }
+    LogRequest();
+    request_active = false;
+  }
+  Close();
+}
+
+void Session::Close() {
+  if (phase == Phase::kClosed)
+    return;
+  if (phase == Phase::kPending) {
+    w->RemovePending(this);
+    cluster->pending_requests.fetch_sub(1, std::memory_order_relaxed);
+  }
+  phase = Phase::kClosed;
+  if (tcp_session) {
+    tcp_session = false;
+    LogRequest();
+  }
+  Worker::Cancel(route_timer);
+  Worker::Cancel(try_timer);
+  Worker::Cancel(wait_timer);
+  DropUpstream(false);
+  if (fd >= 0) {
+    w->EpollDel(fd);
+    close(fd);
+    fd = -1;
+  }
+  w->ReleaseSession(this);
+}
+
+void Session::TryWrite() {
+  while (!out.empty()) {
+    ssize_t n = send(fd, out.Data().data(), out.size(), MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR)
+        continue;
+      if (errno == EAGAIN)
+        break;
+      Abort(kFlagDC);
+      return;
+    }
+    out.Consume(static_cast<std::size_t>(n));
+  }
+  if (out.empty()) {
+    if (phase == Phase::kClosing) {
+      Close();
+      return;
+    }
+    if (phase == Phase::kTunnel && up_eof) {
+      shutdown(fd, SHUT_WR);
+      MaybeCloseTunnel();
+      return;
+    }
+    if (up && up->read_paused)
+      up->PauseRead(false);
+  }
+  // Not written yet: EPOLLOUT (always registered, edge-triggered) calls back.
+}
+
+// ----------------------------------------------------------------------- TCP tunnel
+
+void Session::StartTcp() {
+  phase = Phase::kTunnel;
+  tcp_session = true;
+  const TcpSettings& t = chain->tcp;
+  cluster = t.cluster;
+  if (!t.weighted.empty()) {
+    uint64_t r = t.total_weight ? w->Rand() % t.total_weight : 0;
+    uint64_t acc = 0;
+    cluster = t.weighted.back().cluster;
+    for (const WeightedCluster& c : t.weighted) {
+      acc += c.weight;
+      if (r < acc) {
+        cluster = c.cluster;
+        break;
+      }
+    }
+  }
+  if (!cluster) {
+    flags |= kFlagNC;
+    Abort(0);
+    return;
+  }
+  Endpoint* ep = cluster->original_dst ? (has_orig_dst ? w->OriginalDstEndpoint(orig_dst) : nullptr)
+                                       : w->PickEndpoint(*cluster, true, HashKey(peer_ip));
+  if (!ep) {
+    flags |= kFlagUH;
+    Abort(0);
+    return;
+  }
+  bool overflow = false;
+  UpstreamConn* u = w->GetUpstream(snap, cluster, ep, &overflow);
+  up_ep = ep;
+  std::snprintf(up_host, sizeof(up_host), "%s", ep->address.c_str());
+  if (!u) {
+    flags |= overflow ? kFlagUO : kFlagUF;
+    Abort(0);
+    return;
+  }
+  up = u;
+  u->owner = this;
+  u->tunnel = true;
+  ep->active_requests.fetch_add(1, std::memory_order_relaxed);
+  // Whatever arrived already (a TLS ClientHello) goes first, untouched.
+  bytes_rx += in.size();
+  u->out.Append(in.Data());
+  in.Clear();
+}
+
+void Session::TunnelRead() {
+  if (!up) {
+    Close();
+    return;
+  }
+  if (in_tunnel_read)
+    return;  // called back from the Flush below: the loop goes on
+  in_tunnel_read = true;
+  uint64_t g = gen;
+  while (true) {
+    bool open = ReadInto(up->out);
+    UpstreamConn* u = up;
+    if (!u->connecting)
+      u->Flush();
+    if (g != gen)
+      return;  // closed meanwhile (the flag is reset when the session is reused)
+    if (!open) {
+      down_eof = true;
+      if (up && up->out.empty() && !up->connecting)
+        shutdown(up->fd, SHUT_WR);
+      in_tunnel_read = false;
+      MaybeCloseTunnel();
+      return;
+    }
+    // ReadInto stops early (read_ready) above 1 MiB queued for the upstream; go on
+    // only if the upstream took it, else OnUpDrained resumes.
+    if (!read_ready || !up || up->out.size() > 1024 * 1024)
+      break;
+  }
+  in_tunnel_read = false;
+}
+
+void Session::MaybeCloseTunnel() {
+  if (down_eof && up_eof && out.empty())
+    Abort(0);
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------- Proxy
+
+namespace {
+
+Result<int> DefaultOpenListener(const ListenerConfig& l, uint16_t port) {
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  if (inet_pton(AF_INET, l.address.c_str(), &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr) == 1) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(port);
+    len = sizeof(sockaddr_in);
+  } else if (inet_pton(AF_INET6, l.address.c_str(),
+                       &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr) == 1) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(port);
+    len = sizeof(sockaddr_in6);
+  } else {
+    return Fail("listener " + l.name + ": address " + l.address + " is not an IP address");
+  }
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return FailErrno("listener " + l.name + ": socket", errno);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+    int e = errno;
+    close(fd);
+    return FailErrno(fmt::format("listener {}: bind {}:{}", l.name, l.address, port), e);
+  }
+  if (listen(fd, 4096) != 0) {
+    int e = errno;
+    close(fd);
+    return FailErrno("listener " + l.name + ": listen", e);
+  }
+  return fd;
+}
+
+uint16_t BoundPort(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0)
+    return 0;
+  if (ss.ss_family == AF_INET)
+    return ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
+  return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
+}
+
+std::optional<sockaddr_storage> DefaultOriginalDst(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(sockaddr_in);
+  if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &ss, &len) != 0)
+    return std::nullopt;
+  return ss;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<const Snapshot>> Proxy::Impl::BuildSnapshot(
+    std::shared_ptr<const ProxyConfig> cfg) {
+  auto s = std::make_shared<Snapshot>();
+  s->cfg = cfg;
+  std::shared_ptr<const Snapshot> old;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    old = snap;
+  }
+  for (const ListenerConfig& l : cfg->listeners) {
+    std::string key = fmt::format("{}:{}", l.address, l.port);
+    std::shared_ptr<ListenerSockets> socks;
+    if (old) {
+      for (const auto& ol : old->listeners) {
+        if (ol.socks->name == l.name && ol.socks->key == key)
+          socks = ol.socks;
+      }
+    }
+    if (!socks) {
+      socks = std::make_shared<ListenerSockets>();
+      socks->name = l.name;
+      socks->key = key;
+      uint16_t port = l.port;
+      for (int i = 0; i < opts.workers; ++i) {
+        auto fd = opts.open_listener(l, port);
+        if (!fd)
+          return Wrap("opening listeners", fd.error());
+        socks->fds.push_back(*fd);
+        if (port == 0)
+          port = BoundPort(*fd);
+      }
+      socks->port = port;
+    }
+    s->listeners.push_back(Snapshot::Listener{&l, socks});
+  }
+  return s;
+}
+
+void Proxy::Impl::Publish(std::shared_ptr<const Snapshot> s) {
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    snap = std::move(s);
+    version.fetch_add(1, std::memory_order_release);
+  }
+  for (auto& w : workers)
+    w->Wake();
+}
+
+Proxy::Proxy(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> config,
+                                            ProxyOptions options) {
+  auto impl = std::make_unique<Impl>();
+  if (options.workers < 1)
+    options.workers = 1;
+  if (!options.open_listener)
+    options.open_listener = DefaultOpenListener;
+  if (!options.original_dst)
+    options.original_dst = DefaultOriginalDst;
+  impl->opts = std::move(options);
+  if (impl->opts.access_log_path.empty() || impl->opts.access_log_path == "/dev/stdout") {
+    impl->log_fd = dup(STDOUT_FILENO);
+  } else {
+    impl->log_fd =
+        open(impl->opts.access_log_path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (impl->log_fd < 0)
+      return FailErrno("access log " + impl->opts.access_log_path, errno);
+  }
+  auto snap = impl->BuildSnapshot(std::move(config));
+  if (!snap)
+    return std::unexpected(snap.error());
+  for (int i = 0; i < impl->opts.workers; ++i) {
+    auto w = std::make_unique<Worker>(impl.get(), i);
+    if (auto r = w->Init(); !r)
+      return std::unexpected(r.error());
+    impl->workers.push_back(std::move(w));
+  }
+  impl->Publish(*snap);
+  for (auto& w : impl->workers) {
+    Worker* wp = w.get();
+    impl->threads.emplace_back([wp] {
+      char name[16];
+      std::snprintf(name, sizeof(name), "sluice-l7-%d", wp->index());
+      pthread_setname_np(pthread_self(), name);
+      wp->Run();
+    });
+  }
+  return std::unique_ptr<Proxy>(new Proxy(std::move(impl)));
+}
+
+Result<void> Proxy::Update(std::shared_ptr<const ProxyConfig> config) {
+  auto snap = impl_->BuildSnapshot(std::move(config));
+  if (!snap)
+    return std::unexpected(snap.error());
+  impl_->Publish(*snap);
+  return {};
+}
+
+uint16_t Proxy::Port(std::string_view listener) const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (!impl_->snap)
+    return 0;
+  for (const auto& l : impl_->snap->listeners) {
+    if (l.socks->name == listener)
+      return l.socks->port;
+  }
+  return 0;
+}
+
+const ProxyStats& Proxy::stats() const {
+  return impl_->stats;
+}
+
+void Proxy::Stop() {
+  if (impl_->stopped)
+    return;
+  impl_->stopped = true;
+  impl_->Publish(nullptr);
+  for (auto& t : impl_->threads)
+    t.join();
+  impl_->threads.clear();
+  impl_->workers.clear();
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    impl_->snap.reset();
+  }
+  if (impl_->log_fd >= 0)
+    close(impl_->log_fd);
+  impl_->log_fd = -1;
+}
+
+Proxy::~Proxy() {
+  Stop();
+}
+
+}  // namespace sluice::proxy

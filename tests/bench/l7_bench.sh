@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# L7 benchmark: Sluice vs haproxy vs nginx on loopback, with wrk.
+#
+# The same job for each proxy: Host "bench.local" + prefix "/api" routed to two
+# upstreams weighted 50/50, HTTP/1.1 keep-alive on both sides, no access log. The
+# upstreams are the project's own (sluice-test-upstream, one epoll thread each).
+#
+# CPU pinning (the machine has 2 cores): with one proxy worker, the proxy runs on CPU 0
+# and wrk + both upstreams share CPU 1. With two workers the proxy may use both CPUs and
+# shares them with wrk and the upstreams (so "per worker" figures there are pessimistic
+# for every proxy alike).
+#
+# Then: the primary's latency with 100% mirroring to a slow shadow (200 ms per answer)
+# against the same route without mirroring.
+#
+# Usage: tests/bench/l7_bench.sh [BUILD_DIR] [SECONDS]
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+build=${1:-$root/build}
+secs=${2:-8}
+conns=${CONNS:-64}
+proxy_bin=$build/agent/proxy/sluice-proxy
+up_bin=$build/tests/proxy/sluice-test-upstream
+for b in "$proxy_bin" "$up_bin"; do
+  [[ -x $b ]] || { echo "missing $b (build sluice-proxy and sluice-test-upstream)" >&2; exit 1; }
+done
+
+tmp=$(mktemp -d /tmp/sluice-l7-bench-XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+UP1=19001 UP2=19002 SHADOW=19003 PORT_SLUICE=19080 PORT_HAPROXY=19081 PORT_NGINX=19082 PORT_MIRROR=19083
+
+start() {  # start CPUS CMD...: runs pinned, remembers the pid
+  local cpus=$1; shift
+  taskset -c "$cpus" "$@" >"$tmp/$(basename "$1").$RANDOM.log" 2>&1 &
+  pids+=($!)
+}
+stop_last() {
+  local p=${pids[-1]}
+  kill "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  unset 'pids[-1]'
+}
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "port $1 did not open" >&2; exit 1
+}
+
+for port in $UP1 $UP2 $SHADOW $PORT_SLUICE $PORT_HAPROXY $PORT_NGINX $PORT_MIRROR; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "port $port is already in use; stop what listens there first" >&2
+    exit 1
+  fi
+done
+
+start 1 "$up_bin" $UP1 v1
+start 1 "$up_bin" $UP2 v2
+start 1 "$up_bin" $SHADOW shadow 200
+wait_port $UP1; wait_port $UP2; wait_port $SHADOW
+
+# ---------------------------------------------------------------- configs
+cluster() {  # name port
+  cat <<EOF
+{"name":"$1","type":"STATIC","connect_timeout":"1s","lb_policy":"ROUND_ROBIN",
+ "load_assignment":{"cluster_name":"$1","endpoints":[{"lb_endpoints":[{"endpoint":{"address":{"socket_address":{"address":"127.0.0.1","port_value":$2}}}}]}]}}
+EOF
+}
+sluice_config() {  # port mirror(0|1)
+  local mirror=""
+  [[ $2 == 1 ]] && mirror=',"request_mirror_policies":[{"cluster":"shadow"}]'
+  cat <<EOF
+{"listeners":[{"name":"http","address":{"socket_address":{"address":"127.0.0.1","port_value":$1}},
+  "filter_chains":[{"filters":[{"name":"envoy.filters.network.http_connection_manager","typed_config":{
+   "@type":"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+   "stat_prefix":"bench","route_config":{"name":"r","virtual_hosts":[{"name":"bench","domains":["bench.local"],
+    "routes":[{"name":"api","match":{"prefix":"/api"},"route":{"weighted_clusters":{"clusters":[
+      {"name":"v1","weight":50},{"name":"v2","weight":50}]}$mirror}}]}]},
+   "http_filters":[{"name":"envoy.filters.http.router","typed_config":{"@type":"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}],
+ "clusters":[$(cluster v1 $UP1),$(cluster v2 $UP2),$(cluster shadow $SHADOW)]}
+EOF
+}
+sluice_config $PORT_SLUICE 0 >"$tmp/sluice.json"
+sluice_config $PORT_MIRROR 1 >"$tmp/sluice-mirror.json"
+
+haproxy_config() {  # threads
+  cat <<EOF
+global
+  nbthread $1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:$PORT_HAPROXY
+  acl host_bench hdr(host) -i bench.local
+  acl api path_beg /api
+  use_backend be if host_bench api
+backend be
+  balance roundrobin
+  server v1 127.0.0.1:$UP1 weight 50
+  server v2 127.0.0.1:$UP2 weight 50
+EOF
+}
+
+nginx_config() {  # workers
+  cat <<EOF
+worker_processes $1;
+daemon off;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $tmp; proxy_temp_path $tmp; fastcgi_temp_path $tmp; uwsgi_temp_path $tmp; scgi_temp_path $tmp;
+  upstream api { server 127.0.0.1:$UP1 weight=50; server 127.0.0.1:$UP2 weight=50; keepalive 128; }
+  server {
+    listen 127.0.0.1:$PORT_NGINX;
+    server_name bench.local;
+    location /api { proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location / { return 404; }
+  }
+}
+EOF
+}
+
+# ---------------------------------------------------------------- measure
+results="$tmp/results"
+: >"$results"
+cpu_ticks() {  # user+system clock ticks of a process, its threads and its children
+  local total=0 p t
+  for p in "$1" $(pgrep -P "$1" || true); do
+    for t in /proc/"$p"/task/*/stat; do
+      [[ -r $t ]] || continue
+      total=$((total + $(awk '{print $14 + $15}' "$t")))
+    done
+  done
+  echo "$total"
+}
+run_wrk() {  # label port cpus
+  local out t0 t1 pid=${pids[-1]}
+  t0=$(cpu_ticks "$pid")
+  out=$(taskset -c "$3" wrk -t1 -c"$conns" -d"${secs}s" --latency -H "Host: bench.local" \
+        "http://127.0.0.1:$2/api/items" 2>&1)
+  local rps p50 p99 non2xx
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+  t1=$(cpu_ticks "$pid")
+  # Requests per CPU-second of the proxy: its throughput per fully used core, which the
+  # shared 2-core machine cannot show directly (the load side saturates first).
+  local per_core
+  per_core=$(awk -v r="$rps" -v s="$secs" -v d="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" \
+             'BEGIN { if (d > 0) printf "%.0f", r * s / (d / hz); else print "n/a" }')
+  printf '%-22s rps=%-10s p50=%-9s p99=%-9s non2xx=%-4s req_per_cpu_s=%s\n' "$1" "$rps" "$p50" "$p99" \
+    "${non2xx:-0}" "$per_core" | tee -a "$results"
+}
+
+for workers in 1 2; do
+  if [[ $workers == 1 ]]; then pcpu=0; wcpu=1; else pcpu=0,1; wcpu=0,1; fi
+  start $pcpu "$proxy_bin" --config "$tmp/sluice.json" --workers $workers --access-log /dev/null
+  wait_port $PORT_SLUICE
+  run_wrk "sluice/$workers" $PORT_SLUICE $wcpu
+  stop_last
+
+  haproxy_config $workers >"$tmp/haproxy.cfg"
+  start $pcpu haproxy -f "$tmp/haproxy.cfg" -db
+  wait_port $PORT_HAPROXY
+  run_wrk "haproxy/$workers" $PORT_HAPROXY $wcpu
+  stop_last
+
+  nginx_config $workers >"$tmp/nginx.conf"
+  start $pcpu nginx -c "$tmp/nginx.conf" -p "$tmp"
+  wait_port $PORT_NGINX
+  run_wrk "nginx/$workers" $PORT_NGINX $wcpu
+  stop_last
+done
+
+# Mirroring: same route, one worker, with and without 100% mirroring to the slow shadow,
+# alternated over three rounds (the median p99 of each is compared: one noisy run on a
+# shared machine should not decide it).
+for round in 1 2 3; do
+  start 0 "$proxy_bin" --config "$tmp/sluice.json" --workers 1 --access-log /dev/null
+  wait_port $PORT_SLUICE
+  run_wrk "sluice/no-mirror#$round" $PORT_SLUICE 1
+  stop_last
+  start 0 "$proxy_bin" --config "$tmp/sluice-mirror.json" --workers 1 --access-log /dev/null
+  wait_port $PORT_MIRROR
+  run_wrk "sluice/mirror-100%#$round" $PORT_MIRROR 1
+  stop_last
+done
+
+echo
+echo "== ratios (sluice / haproxy, sluice / nginx)"
+awk '
+  function med(x, y, z) { return (x <= y) ? ((y <= z) ? y : ((x <= z) ? z : x)) : ((x <= z) ? x : ((y <= z) ? z : y)) }
+  function ms(v) { if (v ~ /us$/) return (v+0) / 1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return (v+0)*1000; return v+0 }
+  { split($2,a,"="); split($3,b,"="); split($4,c,"="); split($6,e,"="); rps[$1]=a[2]; p50[$1]=ms(b[2]); p99[$1]=ms(c[2]); eff[$1]=e[2] }
+  END {
+    for (w = 1; w <= 2; w++) {
+      s="sluice/" w; h="haproxy/" w; n="nginx/" w
+      printf "%d worker(s): rps %.2fx haproxy, %.2fx nginx; req per proxy CPU-second %.2fx haproxy, %.2fx nginx; p50 %.2fx haproxy, %.2fx nginx; p99 %.2fx haproxy, %.2fx nginx\n", w,
+        rps[s]/rps[h], rps[s]/rps[n], eff[s]/eff[h], eff[s]/eff[n], p50[s]/p50[h], p50[s]/p50[n], p99[s]/p99[h], p99[s]/p99[n]
+    }
+    for (r = 1; r <= 3; r++) { a[r] = p99["sluice/no-mirror#" r]; b[r] = p99["sluice/mirror-100%#" r] }
+    ma = med(a[1], a[2], a[3]); mb = med(b[1], b[2], b[3])
+    printf "mirroring: median p99 with 100%% mirror to a slow shadow %.2f ms vs %.2f ms without = %.2fx\n", mb, ma, mb / ma
+  }' "$results"

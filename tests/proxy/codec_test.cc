@@ -1,0 +1,312 @@
+// The HTTP/1.1 codec: parser units, then the smuggling / malformed-request corpus and
+// the framing features (keep-alive, pipelining, chunked, 100-continue, Upgrade)
+// through the running proxy with real clients.
+#include <sys/wait.h>
+#include <catch2/catch.hpp>
+#include <cstdio>
+
+#include "harness.h"
+#include "test_upstream.h"
+
+using namespace sluice::testing;
+namespace http = sluice::proxy::http;
+
+TEST_CASE("parser: a request head, parsed in place", "[codec]") {
+  std::string raw =
+      "POST /a/b?x=1&y=2 HTTP/1.1\r\nHost: example.com\r\nContent-Length: 3\r\nX-Sp:  v  "
+      "\r\n\r\nabc";
+  http::RequestHead r;
+  REQUIRE(http::ParseRequest(raw, {}, &r) == http::ParseStatus::kDone);
+  CHECK(r.method == "POST");
+  CHECK(r.path == "/a/b");
+  CHECK(r.query == "x=1&y=2");
+  CHECK(r.host == "example.com");
+  CHECK(r.content_length == 3);
+  CHECK(r.Get("x-sp") == "v");
+  CHECK(r.head_len == raw.size() - 3);
+  CHECK(r.path.data() >= raw.data());  // a view into the buffer, not a copy
+  CHECK(r.path.data() < raw.data() + raw.size());
+  for (std::size_t cut = 0; cut + 3 < raw.size(); ++cut) {
+    http::RequestHead p;
+    CHECK(http::ParseRequest(std::string_view(raw).substr(0, cut), {}, &p) ==
+          http::ParseStatus::kIncomplete);
+  }
+}
+
+TEST_CASE("parser: responses and chunked bodies", "[codec]") {
+  http::ResponseHead h;
+  REQUIRE(http::ParseResponse("HTTP/1.1 204 No Content\r\n\r\n", false, &h) ==
+          http::ParseStatus::kDone);
+  CHECK(h.no_body);
+  REQUIRE(http::ParseResponse("HTTP/1.0 200 OK\r\n\r\n", false, &h) == http::ParseStatus::kDone);
+  CHECK(h.close_delimited);
+  CHECK_FALSE(h.keep_alive);
+  http::ChunkedDecoder d;
+  std::string body;
+  std::string in = "4;ext=1\r\nwiki\r\n5\r\npedia\r\n0\r\nx-trailer: 1\r\n\r\nNEXT";
+  CHECK(d.Feed(in, &body) == in.size() - 4);
+  CHECK(d.done());
+  CHECK(body == "wikipedia");
+}
+
+namespace {
+
+struct Case {
+  const char* name;
+  std::string raw;
+  int status;
+};
+
+std::vector<Case> Corpus() {
+  const std::string big_header = "x-big: " + std::string(70 * 1024, 'a') + "\r\n";
+  std::string many;
+  for (int i = 0; i < 101; ++i)
+    many += "x-h" + std::to_string(i) + ": v\r\n";
+  return {
+      {"CL and TE together",
+       "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 4\r\ntransfer-encoding: "
+       "chunked\r\n\r\n0\r\n\r\n",
+       400},
+      {"duplicate CL",
+       "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\na", 400},
+      {"CL list", "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 1, 1\r\n\r\na", 400},
+      {"CL not a number", "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 12a\r\n\r\n", 400},
+      {"CL negative", "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: -1\r\n\r\n", 400},
+      {"CL with plus", "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: +5\r\n\r\nhello", 400},
+      {"TE not chunked", "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+       501},
+      {"TE twice",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\ntransfer-encoding: "
+       "chunked\r\n\r\n",
+       400},
+      {"TE in HTTP/1.0",
+       "POST / HTTP/1.0\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n", 400},
+      {"bad chunk size",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n",
+       400},
+      {"chunk size overflow",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffffff\r\na\r\n",
+       400},
+      {"chunk without CRLF",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n",
+       400},
+      {"chunk size bare LF",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n2\nab\r\n0\r\n\r\n", 400},
+      {"obs-fold", "GET / HTTP/1.1\r\nhost: h\r\nx-a: b\r\n c\r\n\r\n", 400},
+      {"bare LF in head", "GET / HTTP/1.1\r\nhost: h\nx-a: b\r\n\r\n", 400},
+      {"bare LF request line", "GET / HTTP/1.1\nhost: h\r\n\r\n", 400},
+      {"space before colon", "GET / HTTP/1.1\r\nhost : h\r\n\r\n", 400},
+      {"NUL in value", std::string("GET / HTTP/1.1\r\nhost: h\r\nx-a: a\0b\r\n\r\n", 37), 400},
+      {"missing Host", "GET / HTTP/1.1\r\nx-a: b\r\n\r\n", 400},
+      {"duplicate Host", "GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400},
+      {"bad method", "G(T / HTTP/1.1\r\nhost: h\r\n\r\n", 400},
+      {"bad version", "GET / HTTP/2.0\r\nhost: h\r\n\r\n", 400},
+      {"no target", "GET  HTTP/1.1\r\nhost: h\r\n\r\n", 400},
+      {"head too large", "GET / HTTP/1.1\r\nhost: h\r\n" + big_header + "\r\n", 431},
+      {"too many headers", "GET / HTTP/1.1\r\nhost: h\r\n" + many + "\r\n", 431},
+      {"body too large", "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 2000000\r\n\r\n", 413},
+  };
+}
+
+Json ProxyDoc(uint16_t up_port) {
+  return {{"listeners",
+           {HttpListener("http",
+                         RouteConfig("r", {{{"name", "all"},
+                                            {"match", {{"prefix", "/"}}},
+                                            {"route", {{"cluster", "up"}}}}}),
+                         false)}},
+          {"clusters", {StaticCluster("up", {up_port})}}};
+}
+
+std::string Run(const std::string& cmd) {
+  std::string out;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f)
+    return out;
+  char buf[4096];
+  std::size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+    out.append(buf, n);
+  pclose(f);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("smuggling and malformed-request corpus: each refused with its status",
+          "[codec][proxy]") {
+  TestUpstream up({.name = "up"});
+  auto p = StartProxy(ProxyDoc(up.port()));
+  REQUIRE(p->error == "");
+  for (const Case& c : Corpus()) {
+    INFO(c.name);
+    // A second request rides behind each bad one: it must never reach the upstream.
+    std::string raw = c.raw + "GET /smuggled HTTP/1.1\r\nhost: h\r\n\r\n";
+    Resp r = SendRaw(p->Port(), raw);
+    CHECK(r.status == c.status);
+    CHECK(r.Header("connection") == "close");
+  }
+  CHECK(up.count() == 0);
+}
+
+TEST_CASE("keep-alive and pipelining: responses in order on one connection", "[codec][proxy]") {
+  TestUpstream up({.name = "up"});
+  auto p = StartProxy(ProxyDoc(up.port()));
+  REQUIRE(p->error == "");
+  int fd = Connect(p->Port());
+  REQUIRE(fd >= 0);
+  std::string raw;
+  for (int i = 0; i < 5; ++i)
+    raw += "GET /p" + std::to_string(i) + " HTTP/1.1\r\nhost: h\r\n\r\n";
+  send(fd, raw.data(), raw.size(), 0);
+  std::string buf;
+  auto rs = ReadResponses(fd, buf, 5, 3000);
+  close(fd);
+  REQUIRE(rs.size() == 5);
+  for (int i = 0; i < 5; ++i)
+    CHECK(rs[i].body.rfind("GET /p" + std::to_string(i) + " ", 0) == 0);
+  CHECK(up.connections() == 1);
+}
+
+TEST_CASE("chunked request bodies are forwarded intact; HEAD has no body", "[codec][proxy]") {
+  TestUpstream up({.name = "up"});
+  auto p = StartProxy(ProxyDoc(up.port()));
+  REQUIRE(p->error == "");
+  Client c(p->Port());
+  Resp r = c.Request(
+      "POST /upload HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n "
+      "world\r\n0\r\n\r\n");
+  CHECK(r.status == 200);
+  CHECK(r.body.find("transfer-encoding: chunked\r\n") != std::string::npos);
+  // The upstream parsed the whole chunked body, so the connection is still in sync.
+  r = c.Request("GET /after HTTP/1.1\r\nhost: h\r\n\r\n");
+  CHECK(r.body.rfind("GET /after ", 0) == 0);
+  CHECK(up.count() == 2);
+  r = SendRaw(p->Port(), "HEAD /h HTTP/1.1\r\nhost: h\r\nconnection: close\r\n\r\n");
+  CHECK(r.status == 200);
+  CHECK(r.body.empty());
+}
+
+TEST_CASE("curl through the proxy, with Expect: 100-continue", "[codec][proxy][curl]") {
+  TestUpstream up({.name = "up"});
+  auto p = StartProxy(ProxyDoc(up.port()));
+  REQUIRE(p->error == "");
+  std::string url = "http://127.0.0.1:" + std::to_string(p->Port());
+  std::string out = Run("curl -s -i --max-time 5 " + url + "/hello");
+  CHECK(out.rfind("HTTP/1.1 200", 0) == 0);
+  CHECK(out.find("x-upstream: up") != std::string::npos);
+  // curl waits up to 1 s for "100 Continue" before sending the body; the proxy sends it
+  // at once, so this finishes well before that.
+  std::string file = p->dir.path() + "/body";
+  {
+    std::ofstream f(file);
+    f << std::string(4096, 'b');
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  out =
+      Run("curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Expect: 100-continue' "
+          "--data-binary @" +
+          file + " " + url + "/upload");
+  auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
+  CHECK(out == "200");
+  CHECK(ms < 800);
+  auto reqs = up.Requests();
+  REQUIRE(reqs.size() == 2);
+  std::string head = reqs[1];
+  for (char& ch : head)
+    ch = static_cast<char>(std::tolower(ch));
+  CHECK(head.find("content-length: 4096\r\n") != std::string::npos);
+  CHECK(head.find("expect") ==
+        std::string::npos);  // Expect is hop-by-hop here  // Expect is hop-by-hop here
+}
+
+TEST_CASE("Upgrade is passed through and the connection becomes a tunnel", "[codec][proxy]") {
+  TestUpstream up({.name = "up"});
+  auto p = StartProxy(ProxyDoc(up.port()));
+  REQUIRE(p->error == "");
+  int fd = Connect(p->Port());
+  std::string req = "GET /ws HTTP/1.1\r\nhost: h\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n";
+  send(fd, req.data(), req.size(), 0);
+  std::string buf;
+  auto rs = ReadResponses(fd, buf, 1, 3000, true);
+  REQUIRE(rs.size() == 1);
+  CHECK(rs[0].status == 101);
+  CHECK(rs[0].Header("upgrade") == "echo");
+  send(fd, "ping-pong", 9, 0);
+  std::string got = buf;
+  while (got.size() < 9) {
+    pollfd pf{fd, POLLIN, 0};
+    if (poll(&pf, 1, 2000) <= 0)
+      break;
+    char tmp[64];
+    ssize_t n = recv(fd, tmp, sizeof(tmp), 0);
+    if (n <= 0)
+      break;
+    got.append(tmp, static_cast<std::size_t>(n));
+  }
+  close(fd);
+  CHECK(got == "ping-pong");
+}
+
+TEST_CASE("a tunnel carries 8 MiB each way with backpressure, bytes intact", "[codec][proxy]") {
+  TestUpstream up({.name = "up", .record = false});
+  auto p = StartProxy(ProxyDoc(up.port()));
+  REQUIRE(p->error == "");
+  int fd = Connect(p->Port());
+  std::string req = "GET /ws HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";
+  send(fd, req.data(), req.size(), 0);
+  std::string buf;
+  auto rs = ReadResponses(fd, buf, 1, 3000, true);
+  REQUIRE(rs.size() == 1);
+  REQUIRE(rs[0].status == 101);
+  std::string data(8 * 1024 * 1024, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i)
+    data[i] = static_cast<char>((i * 7919) >> 3);
+  std::string got = buf;
+  std::size_t sent = 0;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (got.size() < data.size() && std::chrono::steady_clock::now() < deadline) {
+    pollfd pf{fd, static_cast<short>(POLLIN | (sent < data.size() ? POLLOUT : 0)), 0};
+    if (poll(&pf, 1, 1000) <= 0)
+      continue;
+    if ((pf.revents & POLLOUT) && sent < data.size()) {
+      ssize_t n = send(fd, data.data() + sent, std::min<std::size_t>(65536, data.size() - sent),
+                       MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0)
+        sent += static_cast<std::size_t>(n);
+    }
+    if (pf.revents & POLLIN) {
+      char tmp[65536];
+      ssize_t n = recv(fd, tmp, sizeof(tmp), MSG_DONTWAIT);
+      if (n <= 0)
+        break;
+      got.append(tmp, static_cast<std::size_t>(n));
+    }
+  }
+  close(fd);
+  REQUIRE(got.size() == data.size());
+  CHECK(got == data);
+}
+
+TEST_CASE("idle keep-alive connections are closed after the HCM idle_timeout", "[codec][proxy]") {
+  TestUpstream up({.name = "up", .record = false});
+  Json doc = ProxyDoc(up.port());
+  doc["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+     ["common_http_protocol_options"] = {{"idle_timeout", "0.3s"}};
+  auto p = StartProxy(doc);
+  REQUIRE(p->error == "");
+  Client busy(p->Port()), idle(p->Port());
+  REQUIRE(idle.Get("h", "/").status == 200);
+  // The busy connection keeps sending every 100 ms and stays open past the timeout.
+  for (int i = 0; i < 8; ++i) {
+    REQUIRE(busy.Get("h", "/").status == 200);
+    usleep(100000);
+  }
+  pollfd pf{idle.fd(), POLLIN, 0};
+  REQUIRE(poll(&pf, 1, 1000) == 1);
+  char c;
+  CHECK(recv(idle.fd(), &c, 1, 0) == 0);  // closed by the proxy
+  CHECK(busy.Get("h", "/").status == 200);
+}
