@@ -116,7 +116,8 @@ static __always_inline __u64 sluice_active(const struct sluice_backend* be) {
 static __always_inline enum sluice_verdict sluice_translate(const struct sluice_frontend_key* fe,
                                                             const struct bpf_sock* sk,
                                                             const struct sluice_enrolment* enr,
-                                                            struct sluice_endpoint* out) {
+                                                            struct sluice_endpoint* out,
+                                                            bool* count) {
   struct sluice_service* svc = sluice_find_service(fe);
   if (!svc) {
     if ((enr->flags & SLUICE_ENROL_REGISTRY_ONLY) && !sluice_always_allowed(fe)) {
@@ -164,6 +165,7 @@ static __always_inline enum sluice_verdict sluice_translate(const struct sluice_
   bk.cluster = cluster;
 
   struct sluice_backend* be = 0;
+  *count = policy == SLUICE_LB_LEAST_REQUEST;
   switch (policy) {
     case SLUICE_LB_ROUND_ROBIN:
       bk.slot = rr % n;
@@ -248,7 +250,8 @@ static __always_inline int sluice_connect(struct bpf_sock_addr* ctx,
     sluice_count(SLUICE_CNT_NOT_ENROLLED);
     return 1;
   }
-  switch (sluice_translate(fe, ctx->sk, enr, out)) {
+  bool count = false;
+  switch (sluice_translate(fe, ctx->sk, enr, out, &count)) {
     case SLUICE_PASS:
       return 1;
     case SLUICE_REFUSE:
@@ -262,7 +265,8 @@ static __always_inline int sluice_connect(struct bpf_sock_addr* ctx,
     case SLUICE_TRANSLATE:
       break;
   }
-  sluice_remember(ctx, fe, out, SLUICE_SOCK_TRANSLATED);
+  /* Only LEAST_REQUEST reads live counts: other policies skip the sockops bookkeeping. */
+  sluice_remember(ctx, fe, out, SLUICE_SOCK_TRANSLATED | (count ? SLUICE_SOCK_COUNT : 0));
   sluice_count(SLUICE_CNT_TRANSLATED);
   *rewrite = true;
   return 1;

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Connection bookkeeping (sockops) and same-node splicing (sk_msg).
  *
- * - Translated sockets (marked by the connect hook in sluice_sock_origin) count up once
- *   per endpoint when established and down once when they reach TCP_CLOSE: the live
- *   counts LEAST_REQUEST reads.
+ * - Sockets translated to a LEAST_REQUEST cluster (marked SLUICE_SOCK_COUNT by the
+ *   connect hook in sluice_sock_origin) count up once per endpoint when established and
+ *   down once when they reach TCP_CLOSE: the live counts LEAST_REQUEST reads. Other
+ *   policies need no counts and skip this work.
  * - Sockets redirected to the pod's in-pod proxy record what they dialled under their
  *   own tuple in sluice_orig_dst, for the proxy's getsockopt(SO_ORIGINAL_DST).
  * - With SLUICE_SET_SPLICE on, both ends of an app <-> in-pod proxy connection go into
@@ -108,6 +109,8 @@ static __always_inline void sluice_conn_opened(struct bpf_sock_ops* skops) {
     sluice_redirect_established(skops, o);
     return;
   }
+  if (!(o->flags & SLUICE_SOCK_COUNT))
+    return; /* not a LEAST_REQUEST cluster: no live count needed */
 
   struct sluice_endpoint_stats* st = bpf_map_lookup_elem(&sluice_endpoint_stats, &o->backend);
   if (!st) {

@@ -71,8 +71,8 @@ mkdir -p "$cg"
 "$sluicectl" bpf --pin-root "$pins" load --cgroup-root "$cg"
 echo "+ sluicectl bpf service set demo --vip 10.96.77.1 --port 80 --cluster weight=25,... --cluster weight=75,..."
 "$sluicectl" bpf --pin-root "$pins" service set demo --vip 10.96.77.1 --port 80 \
-  --cluster "name=server-a,weight=25,lb=ROUND_ROBIN,ep=10.77.0.2:8080" \
-  --cluster "name=server-b,weight=75,lb=ROUND_ROBIN,ep=10.77.0.3:8080"
+  --cluster "name=server-a,weight=25,lb=LEAST_REQUEST,ep=10.77.0.2:8080" \
+  --cluster "name=server-b,weight=75,lb=LEAST_REQUEST,ep=10.77.0.3:8080"
 "$sluicectl" bpf --pin-root "$pins" enrol --netns /run/netns/${tag}-client --ip4 10.77.0.10
 
 step "The client dials 10.96.77.1:80 1000 times"

@@ -295,7 +295,10 @@ int main(int argc, char** argv) {
     for (int n : counts) {
       install(n);
       std::map<std::string, double> rate;
-      for (const auto& p : paths_for(n)) {
+      // Rotate the order each round: no path always runs first (or right after a reload).
+      auto order = paths_for(n);
+      std::rotate(order.begin(), order.begin() + (round % order.size()), order.end());
+      for (const auto& p : order) {
         auto c = Probe(p.netns, p.cgroup, p.to, seconds, false);
         auto r = Probe(p.netns, p.cgroup, p.to, seconds / 2, true);
         if (c["errors"].get<long>() != 0)
@@ -365,7 +368,8 @@ int main(int argc, char** argv) {
   usleep(300000);
   std::map<bool, std::vector<double>> hop_p50, hop_p99;
   for (int round = 0; round < rounds; round++) {
-    for (bool splice : {false, true}) {
+    const bool first = round % 2 == 1;  // alternate which one runs first
+    for (bool splice : {first, !first}) {
       if (auto r = (*dp)->SetSplice(splice); !r)
         Die(r.error().message);
       auto rr = Probe(kClient, env.cg_sluice, "10.96.255.1:80", seconds, true);

@@ -173,6 +173,7 @@ struct sluice_sock_origin {
 #define SLUICE_SOCK_TRANSLATED 0x1
 #define SLUICE_SOCK_COUNTED 0x2
 #define SLUICE_SOCK_REDIRECTED 0x4 /* sent to the in-pod proxy; backend is the listener */
+#define SLUICE_SOCK_COUNT 0x8      /* LEAST_REQUEST cluster: sockops counts it live */
 
 /* One end's view of a TCP connection; key of sluice_orig_dst and sluice_splice. */
 struct sluice_tuple {
