@@ -3,7 +3,7 @@
 #   - two server "pods" (network namespaces, 10.77.0.2 and 10.77.0.3) behind a bridge,
 #   - one client pod (10.77.0.10), enrolled in the mesh,
 #   - a service VIP 10.96.77.1:80 split 25/75 between the two servers.
-# The client dials the VIP 1000 times; the cgroup connect hook picks a server for each
+# The client dials the VIP 4000 times; the cgroup connect hook picks a server for each
 # connection in the kernel. The script prints the spread, the kernel's view via
 # `sluicectl bpf dump` and raw `bpftool map dump`, then removes everything it made.
 #
@@ -75,14 +75,14 @@ echo "+ sluicectl bpf service set demo --vip 10.96.77.1 --port 80 --cluster weig
   --cluster "name=server-b,weight=75,lb=LEAST_REQUEST,ep=10.77.0.3:8080"
 "$sluicectl" bpf --pin-root "$pins" enrol --netns /run/netns/${tag}-client --ip4 10.77.0.10
 
-step "The client dials 10.96.77.1:80 1000 times"
-report=$("$probe" connect --netns ${tag}-client --cgroup "$cg" --to 10.96.77.1:80 --count 1000 --peer)
+step "The client dials 10.96.77.1:80 4000 times"
+report=$("$probe" connect --netns ${tag}-client --cgroup "$cg" --to 10.96.77.1:80 --count 4000 --peer)
 python3 - "$report" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
 print(f"  connections: {r['ok']} of {r['attempts']} succeeded, errors: {r['errors'] or 'none'}")
 for server, n in sorted(r["by_server"].items()):
-    print(f"  {server}: {n:5d}  ({100.0 * n / max(r['ok'], 1):.1f}%)  {'#' * (n // 20)}")
+    print(f"  {server}: {n:5d}  ({100.0 * n / max(r['ok'], 1):.1f}%)  {'#' * (n // 80)}")
 print(f"  getpeername() reported the VIP on every socket: {r['peer_mismatch'] == 0}")
 PY
 
