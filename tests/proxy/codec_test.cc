@@ -168,7 +168,7 @@ TEST_CASE("keep-alive and pipelining: responses in order on one connection", "[c
   CHECK(up.connections() == 1);
 }
 
-TEST_CASE("chunked request bodies are forwarded intact; HEAD has no body", "[codec][proxy]") {
+TEST_CASE("chunked request bodies are forwarded intact, and HEAD has no body", "[codec][proxy]") {
   TestUpstream up({.name = "up"});
   auto p = StartProxy(ProxyDoc(up.port()));
   REQUIRE(p->error == "");

@@ -80,7 +80,7 @@ TEST_CASE("compile errors name the resource and the field", "[config]") {
   CHECK(rs.error().message.find("clusters[0]") != std::string::npos);
 }
 
-TEST_CASE("an unknown cluster answers 503 NC; an empty cluster 503 UH", "[config][proxy]") {
+TEST_CASE("an unknown cluster answers 503 NC, an empty cluster 503 UH", "[config][proxy]") {
   Json c = StaticCluster("empty", {});
   Json doc =
       Doc({{{"name", "nc"}, {"match", {{"prefix", "/nc"}}}, {"route", {{"cluster", "missing"}}}},
@@ -290,7 +290,7 @@ TEST_CASE("endpoint weights: round robin and random honour load_balancing_weight
 #endif
 
 TEST_CASE(
-    "sluice-proxy binary: SIGHUP reloads; a bad file is reported and the running config stays",
+    "sluice-proxy binary: SIGHUP reloads, a bad file is reported and the running config stays",
     "[config][proxy][binary]") {
   TestUpstream a({.name = "a", .record = false}), b({.name = "b", .record = false});
   TempDir dir;

@@ -112,7 +112,7 @@ TEST_CASE("mirroring at 100% and 30%, counted at the shadow, with the -shadow ho
   CHECK(share < 34.0);
 }
 
-TEST_CASE("a slow or dead shadow leaves the primary untouched; mirror memory is bounded",
+TEST_CASE("a slow or dead shadow leaves the primary untouched, and mirror memory is bounded",
           "[proxy][mirror]") {
   TestUpstream primary({.name = "primary", .record = false});
   TestUpstream slow({.name = "slow", .delay_ms = 2000, .record = false});
