@@ -12,7 +12,7 @@ packages=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   catch2 libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libre2-dev libssl-dev
   # runtime and tests
-  iproute2 iptables containernetworking-plugins curl openssl jq
+  iproute2 iptables containernetworking-plugins curl openssl jq python3
   # benchmarks and peers
   wrk haproxy nginx-light iperf3
 )
