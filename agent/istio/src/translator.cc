@@ -1209,11 +1209,14 @@ class Builder {
     for (const auto& [port, servers] : by_port) {
       const std::string protocol = servers.front().server->protocol;
       const std::string& tls_mode = servers.front().server->tls_mode;
+      // Like istiod, the gateway listens on the targetPort its Service maps the server port
+      // to (ingressgateway: 80 -> 8080), and names the listener and route after it.
+      const uint32_t listen = GatewayListenPort(port);
       if (protocol == "HTTP" || protocol == "HTTP2" || protocol == "GRPC") {
-        BuildGatewayHttp(port, servers);
+        BuildGatewayHttp(port, listen, servers);
       } else if (((protocol == "TLS" || protocol == "HTTPS") && tls_mode == "PASSTHROUGH") ||
                  protocol == "TCP") {
-        BuildGatewayL4(port, servers, protocol == "TCP");
+        BuildGatewayL4(port, listen, servers, protocol == "TCP");
       } else {
         out_.warnings.push_back(
             servers.front().gateway->meta.origin.Describe(
@@ -1224,9 +1227,34 @@ class Builder {
     }
   }
 
+  // The port the gateway workload listens on for a Gateway server port: the targetPort of
+  // a Service in front of this gateway (selecting its labels) that exposes the port;
+  // the server port itself when there is none.
+  uint32_t GatewayListenPort(uint32_t port) const {
+    // The gateway's full pod labels: the proxy's own, or those of the workloads they
+    // select (a node may announce only istio=ingressgateway).
+    std::vector<const Labels*> pods{&proxy_.labels};
+    for (const auto& w : config_.workloads)
+      if (!proxy_.labels.empty() && SelectorMatches(proxy_.labels, w.pod_labels))
+        pods.push_back(&w.pod_labels);
+    for (const auto& svc : config_.services) {
+      if (svc.selector.empty())
+        continue;
+      bool fronts = false;
+      for (const auto* l : pods)
+        fronts |= SelectorMatches(svc.selector, *l);
+      if (!fronts)
+        continue;
+      for (const auto& sp : svc.ports)
+        if (sp.port == port && sp.target_port != 0)
+          return sp.target_port;
+    }
+    return port;
+  }
+
   template <class Servers>
-  void BuildGatewayHttp(uint32_t port, const Servers& servers) {
-    const std::string route_name = "http." + std::to_string(port);
+  void BuildGatewayHttp(uint32_t port, uint32_t listen, const Servers& servers) {
+    const std::string route_name = "http." + std::to_string(listen);
     route_v3::RouteConfiguration rc;
     rc.set_name(route_name);
     rc.mutable_validate_clusters()->set_value(false);
@@ -1287,17 +1315,17 @@ class Builder {
       *rc.add_virtual_hosts() = std::move(vh);
     out_.resources.Add(std::move(rc));
 
-    auto l = NewListener("0.0.0.0", port, false);
+    auto l = NewListener("0.0.0.0", listen, false);
     auto* f = l.add_filter_chains()->add_filters();
     f->set_name("envoy.filters.network.http_connection_manager");
     *f->mutable_typed_config() =
-        HttpConnectionManager("outbound_0.0.0.0_" + std::to_string(port), route_name);
+        HttpConnectionManager("outbound_0.0.0.0_" + std::to_string(listen), route_name);
     out_.resources.Add(std::move(l));
   }
 
   template <class Servers>
-  void BuildGatewayL4(uint32_t port, const Servers& servers, bool tcp) {
-    auto l = NewListener("0.0.0.0", port, false);
+  void BuildGatewayL4(uint32_t port, uint32_t listen, const Servers& servers, bool tcp) {
+    auto l = NewListener("0.0.0.0", listen, false);
     if (!tcp)
       AddTlsInspector(l);
     std::set<std::string> seen_sni;

@@ -5,7 +5,8 @@
 //    service port and subset, EDS endpoints, per-port route configurations ("5000")
 //    built from mesh-bound VirtualServices, outbound listeners, Passthrough/BlackHole;
 //  - a gateway (`router~…`) selected by its pod labels: listeners for the servers of the
-//    Gateways whose selector matches ("0.0.0.0_80"), "http.80" routes from the
+//    Gateways whose selector matches, on the targetPort the gateway's Service maps each
+//    server port to ("0.0.0.0_8080", "http.8080" for port 80), routes from the
 //    VirtualServices bound to those Gateways, SNI filter chains for TLS passthrough.
 // Names and semantics follow istiod; docs/control-plane.md lists what is left out.
 #pragma once
