@@ -80,8 +80,11 @@ struct PodStats {
 };
 [[nodiscard]] std::string_view CounterName(sluice_counter c);
 
-// One owner drives a Dataplane (the agent's kernel-sync loop); it is not safe to call
-// from several threads at once. Other processes may read the pinned maps at any time.
+// Threads: Apply, Services and the other calls that use the services' C++ view
+// (UpsertService, DeleteService) belong to one thread (the agent's kernel sync). The
+// calls that only touch maps — Enrol, Unenrol, Enrolled, ReadCounters, Endpoints,
+// Settings, SetSplice, AttachPod, DetachPod, Pods — may run beside them (the agent's CNI
+// and admin threads do). Other processes may read the pinned maps at any time.
 class Dataplane {
  public:
   // Loads the programs, creates or adopts the pinned maps and links, attaches.
