@@ -237,17 +237,18 @@ static __always_inline int sluice_connect(struct bpf_sock_addr* ctx,
                                           const struct sluice_frontend_key* fe,
                                           struct sluice_endpoint* out, bool* rewrite) {
   *rewrite = false;
-  /* The agent's own upstream connections (its proxy, from inside a pod's namespace)
-   * carry the bypass mark and are never translated or redirected again. */
-  struct sluice_settings* set = sluice_get_settings();
-  if (set && set->bypass_mark && ctx->sk && ctx->sk->mark == set->bypass_mark) {
-    sluice_count(SLUICE_CNT_BYPASS);
-    return 1;
-  }
   __u64 cookie = bpf_get_netns_cookie(ctx);
   struct sluice_enrolment* enr = bpf_map_lookup_elem(&sluice_enrolled, &cookie);
   if (!enr) {
     sluice_count(SLUICE_CNT_NOT_ENROLLED);
+    return 1;
+  }
+  /* The agent's own upstream connections (its proxy, inside a pod's namespace) carry
+   * the bypass mark and are never translated or redirected again. Checked after the
+   * enrolment lookup, so the node's other sockets pay nothing for it. */
+  struct sluice_settings* set = sluice_get_settings();
+  if (set && set->bypass_mark && ctx->sk && ctx->sk->mark == set->bypass_mark) {
+    sluice_count(SLUICE_CNT_BYPASS);
     return 1;
   }
   bool count = false;

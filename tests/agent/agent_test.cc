@@ -223,8 +223,8 @@ TEST_CASE("sluice-agent: xDS to kernel, CNI pods enrolled by labels, restart kee
   auto pods = HttpGet(agent.admin_port, "/pods", &status);
   CHECK_THAT(pods, Catch::Contains("\"enrolled\": true"));
   // The same, as an operator reads it.
-  auto listing = Sh(std::string(SLUICECTL_PATH) + " agent --admin 127.0.0.1:" +
-                    std::to_string(agent.admin_port) + " pods");
+  auto listing = Sh(std::string(SLUICECTL_PATH) +
+                    " agent --admin 127.0.0.1:" + std::to_string(agent.admin_port) + " pods");
   CHECK_THAT(listing, Catch::Matches("(.|\n)*default +client +10\\.211\\.0\\.10/24 +yes(.|\n)*"));
   auto dump = HttpGet(agent.admin_port, "/config_dump", &status);
   CHECK_THAT(dump, Catch::Contains("outbound|80||web.default.svc.cluster.local"));
@@ -298,8 +298,10 @@ TEST_CASE("sluice-agent: SIGKILL under continuous L4 load fails no connection") 
 
   auto load = t.lab.ConnectAsync("client", "10.96.211.90:80", 8000);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  REQUIRE(load->Running());  // the agent dies in the middle of the load...
   kill(agent.proc->pid(), SIGKILL);
   agent.proc->Wait();
+  CHECK(load->Running());                        // ...and stays dead while connects go on
   agent = StartAgent(t.lab, t.dir, t.xds_port);  // restarts while the load runs
   auto report = nlohmann::json::parse(load->ReadLine(60000));
   INFO(report.dump());

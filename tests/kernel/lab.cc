@@ -107,6 +107,14 @@ int Process::Wait() {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+bool Process::Running() {
+  if (pid_ <= 0)
+    return false;
+  siginfo_t info{};
+  return waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+         info.si_pid == 0;
+}
+
 void Process::Kill() {
   if (pid_ > 0) {
     kill(pid_, SIGKILL);

@@ -31,7 +31,8 @@ class Process {
   // Next stdout line; fails the test after `timeout_ms`.
   std::string ReadLine(int timeout_ms = 10000);
   void CloseStdin();
-  int Wait();  // exit status
+  int Wait();      // exit status
+  bool Running();  // not exited yet (does not reap it)
   void Kill();
   pid_t pid() const { return pid_; }
 

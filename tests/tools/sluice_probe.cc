@@ -153,34 +153,8 @@ void EnterNetns(const std::string& ns) {
 }
 
 std::string ErrnoName(int e) {
-  switch (e) {
-    case ECONNREFUSED:
-      return "ECONNREFUSED";
-    case ETIMEDOUT:
-      return "ETIMEDOUT";
-    case ENETUNREACH:
-      return "ENETUNREACH";
-    case EHOSTUNREACH:
-      return "EHOSTUNREACH";
-    case EPERM:
-      return "EPERM";
-    case EACCES:
-      return "EACCES";
-    case ECONNRESET:
-      return "ECONNRESET";
-    case EADDRNOTAVAIL:
-      return "EADDRNOTAVAIL";
-    case EADDRINUSE:
-      return "EADDRINUSE";
-    case EINVAL:
-      return "EINVAL";
-    case EAGAIN:
-      return "EAGAIN";
-    case EPIPE:
-      return "EPIPE";
-    default:
-      return "errno" + std::to_string(e);
-  }
+  const char* name = strerrorname_np(e);
+  return name ? name : "errno" + std::to_string(e);
 }
 
 struct Args {

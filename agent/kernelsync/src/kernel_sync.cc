@@ -42,10 +42,4 @@ Result<void> KernelSync::OnSnapshot(const config::Snapshot& snapshot) {
   return {};
 }
 
-void KernelSync::Attach(config::ConfigStore& store) {
-  store.Subscribe([this](const config::SnapshotPtr& s, const config::Diff&) {
-    (void)OnSnapshot(*s);  // errors are logged; the kernel keeps the last good services
-  });
-}
-
 }  // namespace sluice::kernelsync

@@ -1,16 +1,16 @@
 // KernelSync: keeps the kernel data plane equal to the plan of the config in force.
 //
-// Subscribed to the ConfigStore, it turns each accepted snapshot into a KernelPlan and
-// applies only the difference from what it applied before (changed and new services
-// upserted, vanished ones deleted) in one Dataplane::Apply — one RCU grace period per
-// config change. When planning or applying fails, the error is logged and returned,
-// and the services the kernel already serves stay as they were.
+// Called for each snapshot the ConfigStore accepts (the agent subscribes it), it turns each
+// accepted snapshot into a KernelPlan and applies only the difference from what it applied before
+// (changed and new services upserted, vanished ones deleted) in one Dataplane::Apply — one RCU
+// grace period per config change. When planning or applying fails, the error is logged and
+// returned, and the services the kernel already serves stay as they were.
 #pragma once
 
 #include <map>
 #include <string>
 
-#include "sluice/config/store.h"
+#include "sluice/config/snapshot.h"
 #include "sluice/kernelsync/plan.h"
 #include "sluice/loader/dataplane.h"
 
@@ -21,8 +21,6 @@ class KernelSync {
   explicit KernelSync(Dataplane& dp) : dp_(dp) {}
 
   [[nodiscard]] Result<void> OnSnapshot(const config::Snapshot& snapshot);
-  // Subscribes to `store` (the store must outlive this object's use of it).
-  void Attach(config::ConfigStore& store);
 
   [[nodiscard]] const KernelPlan& applied() const { return applied_; }
   [[nodiscard]] uint64_t applied_generation() const { return generation_; }
