@@ -13,6 +13,7 @@ packages=(
   catch2 libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libre2-dev libssl-dev
   # runtime and tests
   iproute2 iptables containernetworking-plugins curl openssl jq python3
+  python3-yaml  # scripts/tasks.sh reads the examples' YAML
   # benchmarks and peers
   wrk haproxy nginx-light iperf3
 )
