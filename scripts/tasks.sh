@@ -148,6 +148,15 @@ quiet() {
   return $RC
 }
 
+# answer: the first line of the last command's output, or that there was none.
+answer() {
+  if [[ -n $OUT ]]; then
+    printf "'%s'" "$(head -n1 <<<"$OUT")"
+  else
+    printf 'no answer (exit status %s)' "$RC"
+  fi
+}
+
 evidence() { printf '  %s▸%s %s\n' "$B" "$N" "$*"; }
 note() { printf '  %s%s%s\n' "$D" "$*" "$N"; }
 
@@ -165,7 +174,7 @@ until_ok() {
   local deadline=$((SECONDS + $1))
   shift
   while :; do
-    "$@" && return 0
+    "$@" >/dev/null && return 0
     ((SECONDS >= deadline)) && return 1
     sleep 0.3
   done
@@ -321,7 +330,9 @@ task_1() {
   else
     fail "enrolled: no line for the request (User-Agent $mark) in $log"
   fi
-  if [[ $before_k != "?" && $after_k != "?" ]] && ((after_k > before_k)); then
+  if [[ $before_k == "?" || $after_k == "?" ]]; then
+    fail "enrolled: could not read the kernel counters from the agent's /metrics ($(agent_admin))"
+  elif ((after_k > before_k)); then
     pass "enrolled: the kernel counters moved"
   else
     fail "enrolled: the kernel counters (translated+redirected) did not move ($before_k → $after_k)"
@@ -344,7 +355,9 @@ task_1() {
   else
     fail "not enrolled: the agent still logged the request: $lines"
   fi
-  if [[ $before_k != "?" && $before_k == "$after_k" ]]; then
+  if [[ $before_k == "?" || $after_k == "?" ]]; then
+    fail "not enrolled: could not read the kernel counters from the agent's /metrics ($(agent_admin))"
+  elif [[ $before_k == "$after_k" ]]; then
     pass "not enrolled: the kernel did not translate the connection"
   else
     fail "not enrolled: the kernel counters moved ($before_k → $after_k)"
@@ -389,17 +402,16 @@ task_2() {
     -H Host:httpbin.example.com "$url/status/200"
   [[ $OUT == 200 ]] || sleep 0 # keep the last answer for the report
   run curl -s -I -A "$mark" --max-time 5 -H Host:httpbin.example.com "$url/status/200"
-  local head200=$OUT
-  if [[ $head200 == "HTTP/1.1 200"* ]]; then
+  if [[ $OUT == "HTTP/1.1 200"* ]]; then
     pass "/status/200 with Host httpbin.example.com: 200"
   else
-    fail "/status/200 with Host httpbin.example.com: expected HTTP/1.1 200, got '$(head -n1 <<<"$head200")'"
+    fail "/status/200 with Host httpbin.example.com: expected HTTP/1.1 200, got $(answer)"
   fi
   run curl -s -I -A "$mark" --max-time 5 -H Host:httpbin.example.com "$url/headers"
   if [[ $OUT == "HTTP/1.1 404"* ]]; then
     pass "/headers (no route) gives 404"
   else
-    fail "/headers: expected HTTP/1.1 404, got '$(head -n1 <<<"$OUT")'"
+    fail "/headers: expected HTTP/1.1 404, got $(answer)"
   fi
 
   gw=$(first_pod istio-system --labels istio=ingressgateway)
@@ -430,10 +442,12 @@ task_3() {
   run sluicectl local apply -f examples/03-egress-http/
   ((RC == 0)) || fail "apply of examples/03-egress-http failed (exit $RC)"
 
+  # Wait for the route through the gateway: a probe request lands in the gateway's log.
+  local probe
+  probe=$(marker 3p)
+  gw_has() { quiet sluicectl local logs "$gw" -n istio-system && grep -qF -- "$probe" <<<"$OUT"; }
+  until_ok 10 eval 'quiet sluicectl local exec "$client" -- curl -s -o /dev/null --max-time 3 -A "$probe" http://edition.cnn.com/politics; gw_has'
   mark=$(marker 3)
-  # Wait for the route through the gateway: the request lands in the gateway's log.
-  gw_has() { quiet sluicectl local logs "$gw" -n istio-system && grep -qF -- "$mark" <<<"$OUT"; }
-  until_ok 10 eval 'quiet sluicectl local exec "$client" -- curl -s -o /dev/null --max-time 3 -A "$mark" http://edition.cnn.com/politics; gw_has'
   run sluicectl local exec "$client" -- curl -sS -o /dev/null -D - --max-time 5 -A "$mark" \
     http://edition.cnn.com/politics
   local status
@@ -441,9 +455,9 @@ task_3() {
   if [[ $status =~ ^[23][0-9][0-9]$ ]]; then
     pass "the client got an answer from edition.cnn.com ($status)"
   else
-    fail "the client's request to http://edition.cnn.com/politics failed: $(head -n1 <<<"$OUT")"
+    fail "the client's request to http://edition.cnn.com/politics failed: $(answer)"
   fi
-  run --max 0 sluicectl local logs "$gw" -n istio-system
+  quiet sluicectl local logs "$gw" -n istio-system
   local lines
   lines=$(grep -F -- "$mark" <<<"$OUT" | tail -n 2)
   show_cmd sluicectl local logs "$gw" -n istio-system '|' grep edition.cnn.com '|' tail -n 2
@@ -480,7 +494,7 @@ task_4() {
   if [[ $status =~ ^[23][0-9][0-9]$ ]]; then
     pass "the client got an HTTPS answer from edition.cnn.com ($status)"
   else
-    fail "the client's request to https://edition.cnn.com/politics failed: $(head -n1 <<<"$OUT")"
+    fail "the client's request to https://edition.cnn.com/politics failed: $(answer)"
   fi
   sleep 0.3
   quiet sluicectl local logs "$gw" -n istio-system
