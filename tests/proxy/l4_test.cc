@@ -303,7 +303,7 @@ TEST_CASE("use_original_dst hands a connection to the listener of its original d
   CHECK(via(0x0a020304, 7000) == "net-b");     // 10.2.3.4:7000 -> the 10.2/16 chain
 }
 
-TEST_CASE("on_worker_start runs on every worker before it serves; a failure fails Start",
+TEST_CASE("on_worker_start runs on every worker before it serves, and a failure fails Start",
           "[proxy][hooks]") {
   TestUpstream up({.name = "up", .record = false});
   Json doc = {
