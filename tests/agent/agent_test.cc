@@ -583,3 +583,96 @@ TEST_CASE("sluice-agent: after SIGKILL, L7 traffic recovers within a second of t
   CHECK(in_kernel->size() == 1);
   restarted.Kill();
 }
+
+// What istiod sends an ingress gateway selected by istio=ingressgateway: a listener on
+// the gateway pod's 8080 with route http.8080 for host httpbin.example.com.
+sluice::xds::ResourceSet GatewayConfig() {
+  (void)envoy::extensions::access_loggers::file::v3::FileAccessLog::descriptor();
+  const std::string v1 = "outbound|80|v1|api.default.svc.cluster.local";
+  sluice::xds::ResourceSet rs;
+  rs.Add(FromJson<EnvoyCluster>(Eds(v1, "ROUND_ROBIN")));
+  rs.Add(FromJson<ClusterLoadAssignment>(Cla(v1, {"10.211.0.3:8000"})));
+  rs.Add(FromJson<Listener>(
+      R"({"name":"0.0.0.0_8080","address":{"socketAddress":{"address":"0.0.0.0","portValue":8080}},"filterChains":[{"filters":[{"name":"envoy.filters.network.http_connection_manager","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager","statPrefix":"outbound_0.0.0.0_8080","rds":{"configSource":{"ads":{}},"routeConfigName":"http.8080"},"accessLog":[{"name":"envoy.access_loggers.file","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog","path":"/dev/stdout"}}],"httpFilters":[{"name":"envoy.filters.http.router","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]})"));
+  rs.Add(FromJson<RouteConfiguration>(
+      R"({"name":"http.8080","virtualHosts":[{"name":"httpbin.example.com:80","domains":["httpbin.example.com","httpbin.example.com:*"],"routes":[{"match":{"prefix":"/hello"},"route":{"cluster":")" +
+      v1 + R"("}}]}]})"));
+  return rs;
+}
+
+TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gateway's namespace") {
+  L7Lab t;
+  t.lab.AddPod("gw", 20);
+  std::atomic<int> router_asks{0};
+  std::string seen_labels;
+  std::mutex mu;
+  t.ads2->Stop();
+  const std::string admin = t.dir + "/gw-admin.sock";
+  // The xDS server on a Unix socket: reachable from the gateway pod's namespace (the
+  // local cluster serves xDS this way; on Kubernetes, istiod is a Service).
+  sluice::xds::AdsServer uads([&](const envoy::config::core::v3::Node& n) {
+    auto id = sluice::xds::ParseNodeId(n.id());
+    if (!id || id->role != sluice::xds::ProxyRole::kRouter)
+      return sluice::xds::ResourceSet{};
+    ++router_asks;
+    std::lock_guard lock(mu);
+    seen_labels = n.metadata().fields().at("LABELS").DebugString();
+    return GatewayConfig();
+  });
+  sluice::xds::AdsServerOptions uo;
+  uo.address = "unix:" + t.dir + "/xds.sock";
+  REQUIRE(uads.Start(uo));
+  Process gw2({"/usr/bin/ip",
+               "netns",
+               "exec",
+               t.lab.pod("gw").netns,
+               SLUICE_AGENT_PATH,
+               "--role",
+               "gateway",
+               "--xds-address",
+               "unix:" + t.dir + "/xds.sock",
+               "--pod-name",
+               "istio-ingressgateway-abcde",
+               "--pod-namespace",
+               "istio-system",
+               "--pod-ip",
+               "10.211.0.20",
+               "--pod-labels",
+               "istio=ingressgateway,app=istio-ingressgateway",
+               "--admin-address",
+               "unix:" + admin,
+               "--access-log",
+               t.dir + "/gw.log"});
+  auto admin_get = [&](const std::string& path) {
+    return Sh("curl -s --unix-socket " + admin + " http://admin" + path + "; true");
+  };
+  CHECK(Within([&] { return admin_get("/ready") == "ready\n"; }) >= 0);
+  CHECK(router_asks.load() > 0);
+  {
+    std::lock_guard lock(mu);
+    CHECK_THAT(seen_labels, Catch::Contains("ingressgateway"));
+  }
+  // A client outside the mesh reaches the gateway pod's 8080; the route picks by host.
+  CHECK(CurlInPod(t.lab, "other", "http://10.211.0.20:8080/hello", "httpbin.example.com") ==
+        "200 Hello version: v1, instance: v1\n");
+  CHECK(CurlInPod(t.lab, "other", "http://10.211.0.20:8080/hello", "elsewhere.example.com")
+            .starts_with("404"));
+  CHECK(CurlInPod(t.lab, "other", "http://10.211.0.20:8080/headers", "httpbin.example.com")
+            .starts_with("404"));
+  // helloworld saw the gateway pod's address.
+  CHECK_THAT(t.v1->ReadLine(2000), Catch::StartsWith("10.211.0.20 - - ["));
+  auto dump = admin_get("/config_dump");
+  CHECK_THAT(dump, Catch::Contains("\"role\": \"gateway\""));
+  CHECK_THAT(dump, Catch::Contains("router~10.211.0.20~istio-ingressgateway-abcde.istio-system"));
+  CHECK_THAT(admin_get("/metrics"), Catch::Contains("sluice_proxy_requests_total 3"));
+  std::ifstream log(t.dir + "/gw.log");
+  std::string text((std::istreambuf_iterator<char>(log)), {});
+  CHECK_THAT(text, Catch::Contains("\"GET /hello HTTP/1.1\" 200"));
+  CHECK_THAT(text, Catch::Contains(" NR "));  // no route: Envoy's flag
+
+  // SIGTERM: a clean stop; the admin socket is removed.
+  kill(gw2.pid(), SIGTERM);
+  CHECK(gw2.Wait() == 0);
+  CHECK_FALSE(fs::exists(admin));
+  uads.Stop();
+}
