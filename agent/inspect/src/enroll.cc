@@ -199,20 +199,24 @@ Result<int> LabelObject(const DocContext& c0, const YAML::Node& obj, const std::
       return std::unexpected(r.error());
     return 1;
   }
-  YAML::Node tmpl;
+  // Child lookups by value: assigning to a yaml-cpp Node would write through it.
+  auto child = [](const YAML::Node& n, const char* key) {
+    return n && n.IsMap() ? n[key] : YAML::Node(YAML::NodeType::Undefined);
+  };
   std::string tpath;
-  if (kTemplated.contains(kind)) {
-    tmpl = obj["spec"] && obj["spec"].IsMap() ? obj["spec"]["template"] : YAML::Node();
-    tpath = prefix + "spec.template";
-  } else if (kind == "CronJob") {
-    YAML::Node spec = obj["spec"];
-    YAML::Node jt = spec && spec.IsMap() ? spec["jobTemplate"] : YAML::Node();
-    YAML::Node js = jt && jt.IsMap() ? jt["spec"] : YAML::Node();
-    tmpl = js && js.IsMap() ? js["template"] : YAML::Node();
-    tpath = prefix + "spec.jobTemplate.spec.template";
-  } else {
+  const YAML::Node tmpl = [&] {
+    if (kTemplated.contains(kind)) {
+      tpath = prefix + "spec.template";
+      return child(child(obj, "spec"), "template");
+    }
+    if (kind == "CronJob") {
+      tpath = prefix + "spec.jobTemplate.spec.template";
+      return child(child(child(child(obj, "spec"), "jobTemplate"), "spec"), "template");
+    }
+    return YAML::Node(YAML::NodeType::Undefined);
+  }();
+  if (tpath.empty())
     return 0;  // not a workload: unchanged
-  }
   if (!tmpl || !tmpl.IsMap())
     return Fail(fmt::format("{}: {}: required, a pod template", c.where, tpath));
   if (auto r = LabelMeta(c, tmpl, tpath); !r)
