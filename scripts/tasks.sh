@@ -13,6 +13,8 @@
 #   --ingress-port P  local port for the ingress port-forward (default 8080).
 #   --up-arg ARG      extra argument for `sluicectl local up` (repeatable; the CTest
 #                     suite pins the agent's admin port, pin root and subnet with it).
+#   --cgroup-name N   run the cluster's pods under <cgroup2 mount>/N (passed to `local up`
+#                     as --cgroup-dir; the mount is found in /proc/mounts).
 #   --up-only         bring the cluster up (and label `default`), run nothing, keep it.
 #   --down-only       tear the cluster in --state-dir down, run nothing.
 #   --no-color        plain output.
@@ -65,6 +67,11 @@ while (($#)); do
     --state-dir) state_dir=${2:?--state-dir needs a value}; shift 2 ;;
     --ingress-port) ingress_port=${2:?--ingress-port needs a value}; shift 2 ;;
     --up-arg) up_args+=("${2?--up-arg needs a value}"); shift 2 ;;
+    --cgroup-name)
+      cg_mount=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
+      [[ -n $cg_mount ]] || { echo "tasks.sh: no cgroup2 mount in /proc/mounts" >&2; exit 1; }
+      up_args+=("--cgroup-dir=$cg_mount/${2:?--cgroup-name needs a value}")
+      shift 2 ;;
     --up-only) mode=up; keep=1; shift ;;
     --down-only) mode=down; shift ;;
     --no-color) color=0; shift ;;
