@@ -21,5 +21,7 @@ void AddAdsCommands(CLI::App& app);
 void AddTranslateCommands(CLI::App& app);
 // xds serve: the local control plane over gRPC ADS.
 void AddXdsServeCommand(CLI::App& app);
+// local up|apply|delete|down|get|label|exec|logs|port-forward: the local cluster.
+void AddLocalCommands(CLI::App& app);
 
 }  // namespace sluice::ctl

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   sluice::ctl::AddAdsCommands(app);
   sluice::ctl::AddTranslateCommands(app);
   sluice::ctl::AddXdsServeCommand(app);
+  sluice::ctl::AddLocalCommands(app);
 
   CLI11_PARSE(app, argc, argv);
   return 0;
