@@ -27,5 +27,7 @@ void AddProxyConfigCommands(CLI::App& app);
 void AddExperimentalCommands(CLI::App& app);
 // enroll: add the enrolment label to a manifest's workloads (kube-inject's habit).
 void AddEnrollCommand(CLI::App& app);
+// local up|apply|delete|down|get|label|exec|logs|port-forward: the local cluster.
+void AddLocalCommands(CLI::App& app);
 
 }  // namespace sluice::ctl

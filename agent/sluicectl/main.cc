@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   sluice::ctl::AddProxyConfigCommands(app);
   sluice::ctl::AddExperimentalCommands(app);
   sluice::ctl::AddEnrollCommand(app);
+  sluice::ctl::AddLocalCommands(app);
 
   CLI11_PARSE(app, argc, argv);
   return 0;
