@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -899,6 +900,11 @@ UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, c
     return nullptr;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (uint32_t mark = opts().upstream_mark;
+      mark != 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
+    close(fd);  // unmarked, it would be redirected back into this proxy
+    return nullptr;
+  }
   int r = connect(fd, reinterpret_cast<const sockaddr*>(&ep->addr), ep->addr_len);
   if (r != 0 && errno != EINPROGRESS) {
     close(fd);
@@ -1179,6 +1185,8 @@ void Worker::SwapSnapshot() {
   // Listeners: keep handlers whose socket survives, add new ones, drop the rest.
   std::vector<std::unique_ptr<ListenerHandler>> keep;
   for (const auto& l : next->listeners) {
+    if (l.socks->fds.empty())
+      continue;  // bind_to_port false: reached only through a hand-over
     int fd = l.socks->fds[static_cast<std::size_t>(index_)];
     std::unique_ptr<ListenerHandler> h;
     for (auto& old : listeners_) {
@@ -1312,6 +1320,39 @@ void Worker::Run() {
   FlushLog();
 }
 
+// Envoy's use_original_dst: the connection belongs to the listener whose address is the
+// original destination (exact address first, then the wildcard of its family, same
+// port); with none, the receiving listener keeps it.
+const ListenerConfig* HandOver(const Snapshot& snap, const ListenerConfig* from,
+                               const sockaddr_storage& dst) {
+  uint16_t port;
+  char ip[INET6_ADDRSTRLEN] = "";
+  const char* wildcard;
+  if (dst.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(dst);
+    port = ntohs(a.sin_port);
+    inet_ntop(AF_INET, &a.sin_addr, ip, sizeof(ip));
+    wildcard = "0.0.0.0";
+  } else if (dst.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(dst);
+    port = ntohs(a.sin6_port);
+    inet_ntop(AF_INET6, &a.sin6_addr, ip, sizeof(ip));
+    wildcard = "::";
+  } else {
+    return nullptr;
+  }
+  const ListenerConfig* wild = nullptr;
+  for (const auto& l : snap.listeners) {
+    if (l.cfg == from || l.cfg->port != port)
+      continue;
+    if (l.cfg->address == ip)
+      return l.cfg;
+    if (!wild && l.cfg->address == wildcard)
+      wild = l.cfg;
+  }
+  return wild;
+}
+
 // ----------------------------------------------------------------------- Session
 
 void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<const Snapshot> s,
@@ -1336,6 +1377,10 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
     }
   } else {
     getsockname(fd, reinterpret_cast<sockaddr*>(&la), &ll);
+  }
+  if (has_orig_dst) {
+    if (const ListenerConfig* target = HandOver(*snap, lc, orig_dst))
+      lc = target;
   }
   FormatAddr(la, local, sizeof(local));
   conn_start_ms = w->now();
@@ -1363,7 +1408,7 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
     phase = Phase::kSniff;
     return;
   }
-  chain = lc->SelectChain("");
+  chain = lc->SelectChain("", has_orig_dst ? &orig_dst : nullptr);
   if (!chain) {
     Close();
     return;
@@ -1428,7 +1473,7 @@ void Session::OnEvent(uint32_t ev) {
         return;
       if (st == SniStatus::kFound)
         sni.assign(name);
-      chain = lc->SelectChain(sni);
+      chain = lc->SelectChain(sni, has_orig_dst ? &orig_dst : nullptr);
       if (!chain) {
         Close();
         return;
@@ -2284,7 +2329,7 @@ void Session::RefreshConfig() {
         } else if (idx < nl->chains.size() && nl->chains.size() == lc->chains.size()) {
           nc = &nl->chains[idx];
         } else {
-          nc = nl->SelectChain(sni);
+          nc = nl->SelectChain(sni, has_orig_dst ? &orig_dst : nullptr);
         }
         if (nc && nc->is_http) {
           lc = nl;
@@ -2543,7 +2588,7 @@ Result<std::shared_ptr<const Snapshot>> Proxy::Impl::BuildSnapshot(
       socks->name = l.name;
       socks->key = key;
       uint16_t port = l.port;
-      for (int i = 0; i < opts.workers; ++i) {
+      for (int i = 0; l.bind_to_port && i < opts.workers; ++i) {
         auto fd = opts.open_listener(l, port);
         if (!fd)
           return Wrap("opening listeners", fd.error());
@@ -2551,7 +2596,7 @@ Result<std::shared_ptr<const Snapshot>> Proxy::Impl::BuildSnapshot(
         if (port == 0)
           port = BoundPort(*fd);
       }
-      socks->port = port;
+      socks->port = l.bind_to_port ? port : 0;
     }
     s->listeners.push_back(Snapshot::Listener{&l, socks});
   }
@@ -2598,16 +2643,34 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> c
     impl->workers.push_back(std::move(w));
   }
   impl->Publish(*snap);
+  std::vector<std::promise<Result<void>>> started(impl->workers.size());
   for (auto& w : impl->workers) {
     Worker* wp = w.get();
-    impl->threads.emplace_back([wp] {
+    const auto& hook = impl->opts.on_worker_start;
+    auto* ready = &started[static_cast<std::size_t>(wp->index())];
+    impl->threads.emplace_back([wp, &hook, ready] {
       char name[16];
       std::snprintf(name, sizeof(name), "sluice-l7-%d", wp->index());
       pthread_setname_np(pthread_self(), name);
-      wp->Run();
+      Result<void> r = hook ? hook(wp->index()) : Result<void>{};
+      bool ok = r.has_value();
+      ready->set_value(std::move(r));  // `ready` is gone after this line
+      if (ok)
+        wp->Run();
     });
   }
-  return std::unique_ptr<Proxy>(new Proxy(std::move(impl)));
+  std::optional<Error> failed;
+  for (auto& p : started) {
+    auto r = p.get_future().get();
+    if (!r && !failed)
+      failed = r.error();
+  }
+  auto proxy = std::unique_ptr<Proxy>(new Proxy(std::move(impl)));
+  if (failed) {
+    proxy->Stop();  // the workers that started see the empty snapshot and end
+    return Wrap("starting a worker", *failed);
+  }
+  return proxy;
 }
 
 Result<void> Proxy::Update(std::shared_ptr<const ProxyConfig> config) {

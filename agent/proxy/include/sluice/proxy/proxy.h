@@ -32,6 +32,13 @@ struct ProxyOptions {
   // The original destination of an accepted connection, for listeners that use it.
   // Default: getsockopt(SO_ORIGINAL_DST).
   std::function<std::optional<sockaddr_storage>(int fd)> original_dst;
+  // Runs first on each worker thread, before it serves anything; an error fails Start().
+  // The node agent moves the thread into a pod's network namespace here (setns is per
+  // thread), so the upstream sockets the worker makes leave from the pod.
+  std::function<Result<void>(int worker)> on_worker_start;
+  // SO_MARK on every upstream socket (0: none). The node agent sets the kernel's bypass
+  // mark so its own connections are not redirected back to itself.
+  uint32_t upstream_mark = 0;
   // Mirroring bounds, per worker: shadow requests in flight and their bytes. Beyond
   // either, new mirror copies are dropped (counted), never queued.
   std::size_t mirror_max_inflight = 256;
