@@ -74,6 +74,9 @@ void AddExperimentalCommands(CLI::App& app) {
       ->check(CLI::ExistingPath);
   svc->add_option("--state-file", o->state_file, "the local cluster's state file")
       ->capture_default_str();
+  svc->add_option_function<std::string>(
+      "--state-dir", [o](const std::string& dir) { o->state_file = dir + "/state.json"; },
+      "the local cluster's state directory (as `sluicectl local --state-dir`)");
   svc->callback([o] { RunDescribe(*o); });
 }
 

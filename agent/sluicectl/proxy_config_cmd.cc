@@ -173,6 +173,9 @@ void AddCommon(CLI::App* sub, const std::shared_ptr<PcOptions>& o) {
                   "with --config-dir and no POD: the gateway selected by KEY=VALUE[,KEY=VALUE]");
   sub->add_option("--state-file", o->state_file, "the local cluster's state file")
       ->capture_default_str();
+  sub->add_option_function<std::string>(
+      "--state-dir", [o](const std::string& dir) { o->state_file = dir + "/state.json"; },
+      "the local cluster's state directory (as `sluicectl local --state-dir`)");
   sub->add_option("-o,--output", o->output, "short (table), json or yaml")
       ->check(CLI::IsMember({"short", "json", "yaml"}))
       ->capture_default_str();

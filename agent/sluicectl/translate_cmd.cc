@@ -112,6 +112,9 @@ void AddTranslateCommands(CLI::App& app) {
       ->check(CLI::ExistingPath);
   reg->add_option("--state-file", *state_file, "the local cluster's state file")
       ->capture_default_str();
+  reg->add_option_function<std::string>(
+      "--state-dir", [state_file](const std::string& dir) { *state_file = dir + "/state.json"; },
+      "the local cluster's state directory (as `sluicectl local --state-dir`)");
   reg->callback([files, state_file] {
     if (files->empty()) {
       auto state = inspect::LoadLocalState(*state_file);

@@ -493,6 +493,17 @@ TEST_CASE(
     CHECK(g.out.find("/status*") != std::string::npos);
     CHECK(gateway.paths() == std::vector<std::string>{"/config_dump"});
 
+    // registryz and x describe read the cluster's config dir; describe the live labels.
+    std::ofstream(run.path() / "labels.json")
+        << R"({"namespaces": {"default": {"istio.io/dataplane-mode": "sluice"}}, "pods": {}})";
+    Run reg = Sluicectl({"registryz", "--state-dir", run.path().string()});
+    REQUIRE(reg.rc == 0);
+    CHECK(ByName(json::parse(reg.out), "hostname", kHello).is_object());
+    Run d = Sluicectl({"x", "describe", "svc", "helloworld", "--state-dir", run.path().string()});
+    REQUIRE(d.rc == 0);
+    CHECK(d.out.find("   Load balancer: RANDOM\n") != std::string::npos);
+    CHECK(d.out.find("Enrolment: namespace default is enrolled") != std::string::npos);
+
     // `agent config-dump` reaches the same endpoints.
     Run cd = Sluicectl({"agent", "--admin", gateway.address(), "config-dump"});
     REQUIRE(cd.rc == 0);

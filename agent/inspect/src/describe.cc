@@ -175,7 +175,10 @@ Result<std::string> DescribeService(const Config& config, const Registry& regist
     std::vector<std::string> matching, other;
     for (const auto& s : dr.subsets)
       (rs && Selects(s.labels, *rs) ? matching : other).push_back(s.name);
-    if (!dr.subsets.empty()) {
+    if (!dr.subsets.empty() && (!rs || rs->endpoints.empty())) {
+      // No endpoints to hold the subsets' labels against.
+      out += fmt::format("   Subsets: {}\n", fmt::join(other, ","));
+    } else if (!dr.subsets.empty()) {
       out += fmt::format("   Matching subsets: {}\n", fmt::join(matching, ","));
       if (!other.empty())
         out += fmt::format("      (Non-matching subsets {})\n", fmt::join(other, ","));
