@@ -125,6 +125,7 @@ struct GatewayArgs {
   sluice::xds::NodeIdentity id;
   std::string pod_ip, pod_labels, admin_address, access_log;
   int workers = 1;
+  std::chrono::milliseconds drain{5000};
 };
 
 // The gateway role: xDS as a router -> the L7 proxy, in this (the gateway pod's)
@@ -230,8 +231,13 @@ int RunGateway(GatewayArgs g, sigset_t sigs) {
   client.Stop();
   admin.Stop();
   std::lock_guard lock(mu);
-  if (proxy)
+  if (proxy) {
+    (void)proxy->Drain();  // stop accepting; let requests in flight finish
+    auto deadline = std::chrono::steady_clock::now() + g.drain;
+    while (proxy->stats().active_cx.load() > 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     proxy->Stop();
+  }
   return 0;
 }
 
@@ -252,6 +258,7 @@ int main(int argc, char** argv) {
   std::string labels_file, admin_address = "127.0.0.1:15000";
   std::string log_level = "info";
   std::string access_log = "-";
+  int drain_seconds = 5;
   GatewayArgs gw;
   bool ns_streams_on = true;
   nao.proxy_port = 15001;
@@ -284,6 +291,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--access-log", access_log, "L7 access log file ('-': stdout)")
       ->capture_default_str();
+  app.add_option("--drain-seconds", drain_seconds,
+                 "SIGTERM: how long L7 requests in flight may take to finish")
+      ->capture_default_str();
   app.add_flag("!--no-namespace-streams", ns_streams_on,
                "node: one xDS stream for everything instead of one per namespace with pods");
   app.add_option("--pod-name", gw.id.pod_name, "gateway: this pod's name");
@@ -314,6 +324,7 @@ int main(int argc, char** argv) {
     gw.access_log = access_log;
     if (gw.pod_ip.empty())
       gw.pod_ip = node_ip;
+    gw.drain = std::chrono::seconds(drain_seconds);
     return RunGateway(std::move(gw), sigs);
   }
 
@@ -550,6 +561,8 @@ int main(int argc, char** argv) {
   streams.StopAll();
   (*cni_server)->Stop();
   admin.Stop();
-  l7.CloseAll();  // in-pod listeners close; L4 services keep working in the kernel
+  // In-pod listeners close, requests in flight finish; L4 services keep working in the
+  // kernel, and a restarted agent reopens the listeners.
+  l7.DrainAll(std::chrono::seconds(drain_seconds));
   return 0;
 }
