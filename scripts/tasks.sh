@@ -350,13 +350,21 @@ task_1() {
   sleep 1 # the agent polls labels every 200 ms; give it a few periods
   before_lines=$( [[ -f $log ]] && wc -l <"$log" || echo 0)
   before_k=$(kernel_count translated redirected)
+  local before_ne after_ne
+  before_ne=$(kernel_count not_enrolled)
   mark=$(marker 1b)
   request "$mark"
+  status=$OUT
   sleep 0.5
   lines=$(new_log_lines "$before_lines" "$mark")
   after_k=$(kernel_count translated redirected)
-  evidence "after removing the label: request status '${OUT:-none}' (no Sluice means no VIP translation)"
-  evidence "kernel counters translated+redirected: $before_k → $after_k"
+  after_ne=$(kernel_count not_enrolled)
+  evidence "kernel counters translated+redirected: $before_k → $after_k, not_enrolled: $before_ne → $after_ne"
+  if [[ $status == 200 ]]; then
+    pass "not enrolled: the request still answers 200 (plain Service routing, no Sluice)"
+  else
+    fail "not enrolled: the request answered '${status}', not 200 (the cluster's plain Service routing)"
+  fi
   if [[ -z $lines ]]; then
     pass "not enrolled: no new access-log line"
   else
@@ -364,8 +372,10 @@ task_1() {
   fi
   if [[ $before_k == "?" || $after_k == "?" ]]; then
     fail "not enrolled: could not read the kernel counters from the agent's /metrics ($(agent_admin))"
+  elif [[ $before_k == "$after_k" ]] && ((after_ne > before_ne)); then
+    pass "not enrolled: the kernel saw the connection and left it alone (not_enrolled moved)"
   elif [[ $before_k == "$after_k" ]]; then
-    pass "not enrolled: the kernel did not translate the connection"
+    fail "not enrolled: the kernel's not_enrolled counter did not move ($before_ne → $after_ne)"
   else
     fail "not enrolled: the kernel counters moved ($before_k → $after_k)"
   fi
@@ -563,19 +573,24 @@ task_5() {
   cfg=$(config_dir)
 
   # Which hosts the example declares, by location (read from its YAML, not assumed).
-  local ext_hosts int_hosts
+  local ext_hosts int_hosts statics
   ext_hosts=$(python3 - "$dir" <<'PY'
 import glob, sys, yaml
-ext, internal = [], []
+ext, internal, static = [], [], []
 for f in sorted(glob.glob(sys.argv[1] + "/*.y*ml")):
     for d in yaml.safe_load_all(open(f)):
         if not d or d.get("kind") != "ServiceEntry":
             continue
         s = d.get("spec", {})
         (internal if s.get("location") == "MESH_INTERNAL" else ext).extend(s.get("hosts", []))
-print(" ".join(ext)); print(" ".join(internal))
+        if s.get("location") == "MESH_INTERNAL" and s.get("resolution") == "STATIC":
+            for p in s.get("ports", [])[:1]:
+                eps = ",".join(f"{e['address']}:{p['number']}" for e in s.get("endpoints", []))
+                static.append(f"outbound|{p['number']}||{s['hosts'][0]}={eps}")
+print(" ".join(ext)); print(" ".join(internal)); print(" ".join(static))
 PY
   )
+  statics=$(sed -n 3p <<<"$ext_hosts")
   int_hosts=$(sed -n 2p <<<"$ext_hosts")
   ext_hosts=$(sed -n 1p <<<"$ext_hosts")
   [[ -n $ext_hosts ]] || fail "examples/05-service-entry declares no MESH_EXTERNAL ServiceEntry"
@@ -586,7 +601,7 @@ PY
   printf '%s\n' "$OUT" >"$work/registryz.json"
   # shellcheck disable=SC2086
   quiet python3 "$CHECK" registryz "$work/registryz.json" $ext_hosts $int_hosts
-  evidence "registry entries (hostname, MeshExternal, resolution, addresses):"
+  evidence "registry entries (hostname, MeshExternal, resolution, addresses, endpoints):"
   indent 10 <<<"$OUT"
   local h
   for h in $ext_hosts; do
@@ -594,6 +609,17 @@ PY
   done
   for h in $int_hosts; do
     if grep -q "^$h MeshExternal=false" <<<"$OUT"; then pass "$h: MeshExternal false"; else fail "$h: not in the registry with MeshExternal false"; fi
+  done
+
+  # The STATIC entries' endpoints, as the client's proxy has them.
+  local entry cluster eps ep
+  for entry in $statics; do
+    cluster=${entry%%=*} eps=${entry#*=}
+    until_ok 10 eval 'quiet sluicectl proxy-config endpoint "$client" --cluster "$cluster" && grep -qF "${eps%%,*}" <<<"$OUT"'
+    run sluicectl proxy-config endpoint "$client" --cluster "$cluster"
+    for ep in ${eps//,/ }; do
+      if grep -qF "$ep " <<<"$OUT"; then pass "$cluster has endpoint $ep"; else fail "$cluster: endpoint $ep missing from proxy-config endpoint"; fi
+    done
   done
 
   # Both route: the example's README says which request reaches each kind of entry; the
