@@ -335,7 +335,16 @@ task_1() {
   if [[ -n $lines ]]; then
     pass "enrolled: the agent's access log has the request's line"
   else
-    fail "enrolled: no line for the request (User-Agent $mark) in $log"
+    # Say where the request went instead: the agent's kernel plan for the service.
+    local plan
+    plan=$(curl -s --max-time 3 "http://$(agent_admin)/config_dump" | python3 -c '
+import json, sys
+for s in (json.load(sys.stdin).get("kernel") or {}).get("services", []):
+    if s.get("name", "").startswith("httpbin.default.svc.cluster.local:"):
+        print("in the kernel (L4)" if not s.get("l7") else "sent to the in-pod proxy (L7)")
+' 2>/dev/null)
+    [[ -n $plan ]] && plan=" (the node agent's plan handles httpbin $plan)"
+    fail "enrolled: no line for the request (User-Agent $mark) in $log$plan"
   fi
   if [[ $before_k == "?" || $after_k == "?" ]]; then
     fail "enrolled: could not read the kernel counters from the agent's /metrics ($(agent_admin))"
@@ -716,7 +725,7 @@ task_7() {
   # 8 at a time. Each asks for a new connection (Connection: close), so a per-connection
   # choice (the kernel's) and a per-request one (the L7 proxy's) are measured alike.
   run --max 4 --timeout 120 sluicectl local exec "$client" -- sh -c \
-    "yes 'url = \"http://helloworld:5000/hello\"' | head -n $n | curl -s -Z --parallel-max 8 -H 'Connection: close' --max-time 5 -K -"
+    "yes 'url = \"http://helloworld:5000/hello\"' | head -n $n | curl -sS --no-progress-meter -Z --parallel-max 8 -H 'Connection: close' --max-time 5 -K -"
   printf '%s\n' "$OUT" >"$work/answers.txt"
   quiet python3 "$CHECK" spread "$work/answers.txt"
   evidence "$n requests: $(tr '\n' ' ' <<<"$OUT")"
@@ -846,9 +855,26 @@ for t in "${selected[@]}"; do
   fail_file=$work/task-$t.fail
   : >"$fail_file"
   start=$SECONDS
+  agent_log=$state_dir/logs/agent.log
+  agent_log_from=$( [[ -f $agent_log ]] && wc -l <"$agent_log" || echo 0)
+  access_log=$state_dir/logs/agent-access.log
+  access_log_from=$( [[ -f $access_log ]] && wc -l <"$access_log" || echo 0)
   (cd "$root" && "task_$t")
   sub_rc=$?
   ((sub_rc != 0)) && [[ ! -s $fail_file ]] && echo "the task's script stopped with status $sub_rc" >>"$fail_file"
+  if [[ -s $fail_file && -f $agent_log ]]; then
+    # What the node agent complained about meanwhile: often the reason itself.
+    complaints=$(tail -n +"$((agent_log_from + 1))" "$agent_log" | grep -E '\[(error|warning)\]' | awk '!seen[substr($0, 27)]++' | tail -n 5)
+    if [[ -n $complaints ]]; then
+      note "the node agent's log ($agent_log) during the task, errors and warnings:"
+      indent 5 <<<"$complaints"
+    fi
+    proxied=$(tail -n +"$((access_log_from + 1))" "$access_log" 2>/dev/null | tail -n 3)
+    if [[ -n $proxied ]]; then
+      note "the last lines of the node agent's access log ($access_log) during the task:"
+      indent 3 <<<"$proxied"
+    fi
+  fi
   if [[ -s $fail_file ]]; then
     result[$t]=FAIL
     reason[$t]=$(head -n1 "$fail_file")
