@@ -725,10 +725,11 @@ task_7() {
   # 8 at a time. Each asks for a new connection (Connection: close), so a per-connection
   # choice (the kernel's) and a per-request one (the L7 proxy's) are measured alike.
   run --max 4 --timeout 120 sluicectl local exec "$client" -- sh -c \
-    "yes 'url = \"http://helloworld:5000/hello\"' | head -n $n | curl -sS --no-progress-meter -Z --parallel-max 8 -H 'Connection: close' --max-time 5 -K -"
+    "yes 'url = \"http://helloworld:5000/hello\"' | head -n $n | curl -sS --no-progress-meter -Z --parallel-max 8 -H 'Connection: close' -K -"
   printf '%s\n' "$OUT" >"$work/answers.txt"
   quiet python3 "$CHECK" spread "$work/answers.txt"
-  evidence "$n requests: $(tr '\n' ' ' <<<"$OUT")"
+  evidence "$n requests: $(grep -v '^other:' <<<"$OUT" | tr '\n' ' ')"
+  grep '^other:' <<<"$OUT" | indent 3
   local answers v1 v2
   answers=$(sed -n 's/^answers=\([0-9]*\).*/\1/p' <<<"$OUT")
   v1=$(awk '$1 == "v1" {print $2}' <<<"$OUT")

@@ -165,6 +165,7 @@ def spread(args):
     counts = {}
     other = 0
     total = 0
+    samples = {}
     for line in open(args.file, errors="replace"):
         line = line.strip()
         if not line:
@@ -175,10 +176,13 @@ def spread(args):
             counts[m.group(1)] = counts.get(m.group(1), 0) + 1
         else:
             other += 1
+            samples[line] = samples.get(line, 0) + 1
     answered = sum(counts.values())
     print(f"answers={answered} other_lines={other}")
     for v in sorted(counts):
         print(f"{v} {counts[v]} {100.0 * counts[v] / max(answered, 1):.1f}")
+    for line, n in sorted(samples.items(), key=lambda kv: -kv[1])[:3]:
+        print(f"other: {n}x {line}")
 
 
 def main():
