@@ -22,12 +22,14 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "admin.h"
 #include "labels.h"
+#include "local_source.h"
 #include "node_agent.h"
 #include "ns_streams.h"
 #include "pod_proxies.h"
@@ -259,6 +261,7 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   std::string access_log = "-";
   int drain_seconds = 5;
+  std::string config_dir;
   GatewayArgs gw;
   bool ns_streams_on = true;
   nao.proxy_port = 15001;
@@ -266,8 +269,12 @@ int main(int argc, char** argv) {
   app.add_option("--role", role, "node (pods of this node) or gateway")
       ->check(CLI::IsMember({"node", "gateway"}))
       ->capture_default_str();
-  app.add_option("--xds-address", ads.server, "istiod (or sluicectl xds serve) host:port")
+  app.add_option("--xds-address", ads.server,
+                 "istiod (or sluicectl xds serve): host:port or unix:PATH")
       ->capture_default_str();
+  app.add_option("--config-dir", config_dir,
+                 "instead of istiod: translate the Istio/Kubernetes YAML in this directory "
+                 "(watched) and serve it to this agent over its own xDS pipeline");
   app.add_flag("--xds-tls", ads.tls, "TLS to the xDS server (istiod's 15012)");
   app.add_option("--xds-ca", ads.ca_file, "CA bundle that signed the xDS server's certificate");
   app.add_option("--xds-server-name", ads.tls_server_name, "name to verify in its certificate");
@@ -315,6 +322,19 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  std::unique_ptr<agent::LocalSource> local;
+  if (!config_dir.empty()) {
+    const std::string sock = std::filesystem::path(nao.state_file).parent_path() /
+                             (role == "gateway" ? "xds-local-gateway.sock" : "xds-local.sock");
+    auto src = agent::LocalSource::Start(config_dir, sock);
+    if (!src) {
+      spdlog::error("{}", src.error().message);
+      return 1;
+    }
+    local = std::move(*src);
+    ads.server = local->address();
+  }
 
   if (role == "gateway") {
     gw.ads = ads;
