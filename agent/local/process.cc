@@ -196,6 +196,10 @@ Result<Started> StartInPod(const PodContext& pod, const Command& cmd,
       EnterAndExec(p, err[1], true);
     }
     ::close(err[1]);
+    // The child has what it needs; the monitor must not keep the pod's namespace alive.
+    for (int fd : {p.netns_fd, p.cgroup_fd, p.log_fd, p.null_fd})
+      if (fd >= 0)
+        ::close(fd);
     std::string why = child < 0 ? "fork failed" : ReadAllFd(err[0]);
     char line[700];
     if (why.empty())
