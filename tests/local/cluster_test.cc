@@ -508,7 +508,7 @@ TEST_CASE("local cluster: an up whose agent cannot start says why and leaves not
 }
 
 TEST_CASE(
-    "local cluster: a gateway pod runs the agent's gateway role; Istio's ingress task works") {
+    "local cluster: a gateway pod runs the agent's gateway role, Istio's ingress task works") {
   TestCluster tc;
   std::string gw = tc.Write("gateway.yaml", R"(apiVersion: apps/v1
 kind: Deployment
