@@ -196,7 +196,7 @@ TEST_CASE("missing required fields are named") {
 }
 
 TEST_CASE(
-    "the mesh config (ConfigMap istio-system/istio) goes to the control plane; others are "
+    "the mesh config (ConfigMap istio-system/istio) goes to the control plane, others are "
     "ignored") {
   ManifestSet set;
   DecodeText(R"(apiVersion: v1
