@@ -1380,7 +1380,18 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
                 state_dir + "/logs/agent-access.log"};
   agent.env = BaseEnv();
   agent.log = state_dir + "/logs/agent.log";
-  auto agent_started = StartInPod(daemon_ctx, agent, state_dir + "/agent.exit");
+  // The agent lives under the cgroup its hooks are attached to, as it does on a node
+  // (where that is the root cgroup): the getsockopt hook answers SO_ORIGINAL_DST only to
+  // processes below it, and the in-pod proxy asks it for every redirected connection.
+  PodContext agent_ctx = daemon_ctx;
+  agent_ctx.cgroup = st.cgroup_dir + "/node-agent";
+  {
+    std::error_code mk;
+    fs::create_directories(agent_ctx.cgroup, mk);
+    if (mk)
+      return fail(Error{"cgroup " + agent_ctx.cgroup + ": " + mk.message()});
+  }
+  auto agent_started = StartInPod(agent_ctx, agent, state_dir + "/agent.exit");
   if (!agent_started)
     return fail(Error{"starting the agent: " + agent_started.error().message});
   (void)WriteFileAtomic(

@@ -430,6 +430,16 @@ kind: ExternalHost
 metadata:
   name: edition.cnn.com
 ---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: cnn
+spec:
+  hosts: [edition.cnn.com]
+  ports:
+  - {number: 80, name: http-port, protocol: HTTP}
+  resolution: DNS
+---
 apiVersion: v1
 kind: Pod
 metadata:
@@ -459,6 +469,23 @@ spec:
                   "https://edition.cnn.com/politics"})
             .out == "200");
   CHECK(tc.Local({"get", "externalhosts"}).out.find("Running") != std::string::npos);
+  // The client is enrolled: its HTTP request went through the agent's in-pod proxy (which
+  // found the original destination, and resolved the DNS cluster through the cluster's
+  // names).
+  // (apply returns before the control plane's push reaches the agent: retry until it has.)
+  std::string access;
+  for (int i = 0; i < 30 && access.find("outbound|80||edition.cnn.com") == std::string::npos; ++i) {
+    tc.Local({"exec", "deploy/sleep", "--", "curl", "-s", "-m", "5", "-o", "/dev/null",
+              "http://edition.cnn.com/politics"});
+    std::ifstream in(tc.state + "/logs/agent-access.log");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    access = ss.str();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  INFO(access);
+  CHECK(access.find("\"GET /politics HTTP/1.1\" 200") != std::string::npos);
+  CHECK(access.find("outbound|80||edition.cnn.com") != std::string::npos);
   // hostNetwork: no namespace, no CNI — the agent never hears of it.
   get = tc.Local({"get", "pods"});
   CHECK(get.out.find("hostnet") != std::string::npos);
