@@ -79,6 +79,14 @@ Result<void> WriteInPlace(const std::string& path, const std::string& text) {
   return {};
 }
 
+// Skips the write when the file already holds `text`: each write of a config file makes
+// the control plane reload and re-push, and every pod's creation rewrites them all.
+Result<void> WriteIfChanged(const std::string& path, const std::string& text, bool in_place) {
+  if (ReadFile(path) == text)
+    return {};
+  return in_place ? WriteInPlace(path, text) : WriteFileAtomic(path, text);
+}
+
 std::string NatChain(const Settings& st) {
   return "SLUICE-LOCAL-" + st.bridge;
 }
@@ -226,6 +234,7 @@ struct Cluster::Impl {
   ClusterState& s;
   std::ostream& out;
   std::optional<apps::ImageMap> images;
+  std::string nat_applied_;  // the rules this process last installed
 
   Impl(Cluster& cluster, std::ostream& o) : c(cluster), s(cluster.state_), out(o) {}
 
@@ -338,25 +347,31 @@ struct Cluster::Impl {
     for (auto [file, text] : {std::pair{k8s + "/namespaces.yaml", NamespacesYaml(s)},
                               std::pair{k8s + "/services.yaml", ServicesYaml(s)},
                               std::pair{k8s + "/pods.yaml", PodsYaml(s, ready)}})
-      if (auto r = WriteFileAtomic(file, text); !r)
+      if (auto r = WriteIfChanged(file, text, false); !r)
         problems.push_back(r.error().message);
-    if (auto r = WriteFileAtomic(StateDir() + "/labels.json", LabelsJson(s)); !r)
+    if (auto r = WriteIfChanged(StateDir() + "/labels.json", LabelsJson(s), false); !r)
       problems.push_back(r.error().message);
     for (const auto& p : s.pods)
       if (!p.host_network)
-        if (auto r = WriteInPlace(c.PodDir(p) + "/hosts", HostsFile(s, p.ns, p.name, p.ip)); !r)
+        if (auto r = WriteIfChanged(c.PodDir(p) + "/hosts", HostsFile(s, p.ns, p.name, p.ip), true);
+            !r)
           problems.push_back(r.error().message);
     // The node agent's and control plane's view (they resolve DNS clusters such as an
     // external host's): every Service's FQDN and every external host.
-    if (auto r = WriteInPlace(StateDir() + "/hosts", HostsFile(s, "", "", "")); !r)
+    if (auto r = WriteIfChanged(StateDir() + "/hosts", HostsFile(s, "", "", ""), true); !r)
       problems.push_back(r.error().message);
     for (const auto& h : s.external_hosts)
-      if (auto r = WriteInPlace(c.PodDir(h.pod) + "/hosts", HostsFile(s, "", h.name, h.pod.ip)); !r)
+      if (auto r =
+              WriteIfChanged(c.PodDir(h.pod) + "/hosts", HostsFile(s, "", h.name, h.pod.ip), true);
+          !r)
         problems.push_back(r.error().message);
-    if (auto r = RunTool({"iptables-restore", "-w", "--noflush"},
-                         NatRules(s, NatChain(s.settings), ready));
-        !r)
-      problems.push_back("kube-proxy stand-in: " + r.error().message);
+    std::string rules = NatRules(s, NatChain(s.settings), ready);
+    if (rules != nat_applied_) {
+      if (auto r = RunTool({"iptables-restore", "-w", "--noflush"}, rules); !r)
+        problems.push_back("kube-proxy stand-in: " + r.error().message);
+      else
+        nat_applied_ = rules;
+    }
     if (auto r = SaveState(s); !r)
       problems.push_back(r.error().message);
     if (!problems.empty()) {
