@@ -79,6 +79,14 @@ Result<void> WriteInPlace(const std::string& path, const std::string& text) {
   return {};
 }
 
+// Skips the write when the file already holds `text`: each write of a config file makes
+// the control plane reload and re-push, and every pod's creation rewrites them all.
+Result<void> WriteIfChanged(const std::string& path, const std::string& text, bool in_place) {
+  if (ReadFile(path) == text)
+    return {};
+  return in_place ? WriteInPlace(path, text) : WriteFileAtomic(path, text);
+}
+
 std::string NatChain(const Settings& st) {
   return "SLUICE-LOCAL-" + st.bridge;
 }
@@ -133,13 +141,6 @@ Daemon ReadPidFile(const std::string& path) {
   std::ifstream in(path);
   in >> d.pid >> d.start_time;
   return d;
-}
-
-// The agent's flags that this build of sluice-agent knows (the contract's --access-log
-// arrives with the L7 work; an older agent would refuse to start on it).
-bool AgentHasFlag(const std::string& agent_bin, const std::string& flag) {
-  auto r = RunTool({agent_bin, "--help"});
-  return r && r->find(flag) != std::string::npos;
 }
 
 }  // namespace
@@ -233,6 +234,7 @@ struct Cluster::Impl {
   ClusterState& s;
   std::ostream& out;
   std::optional<apps::ImageMap> images;
+  std::string nat_applied_;  // the rules this process last installed
 
   Impl(Cluster& cluster, std::ostream& o) : c(cluster), s(cluster.state_), out(o) {}
 
@@ -345,21 +347,31 @@ struct Cluster::Impl {
     for (auto [file, text] : {std::pair{k8s + "/namespaces.yaml", NamespacesYaml(s)},
                               std::pair{k8s + "/services.yaml", ServicesYaml(s)},
                               std::pair{k8s + "/pods.yaml", PodsYaml(s, ready)}})
-      if (auto r = WriteFileAtomic(file, text); !r)
+      if (auto r = WriteIfChanged(file, text, false); !r)
         problems.push_back(r.error().message);
-    if (auto r = WriteFileAtomic(StateDir() + "/labels.json", LabelsJson(s)); !r)
+    if (auto r = WriteIfChanged(StateDir() + "/labels.json", LabelsJson(s), false); !r)
       problems.push_back(r.error().message);
     for (const auto& p : s.pods)
       if (!p.host_network)
-        if (auto r = WriteInPlace(c.PodDir(p) + "/hosts", HostsFile(s, p.ns, p.name, p.ip)); !r)
+        if (auto r = WriteIfChanged(c.PodDir(p) + "/hosts", HostsFile(s, p.ns, p.name, p.ip), true);
+            !r)
           problems.push_back(r.error().message);
+    // The node agent's and control plane's view (they resolve DNS clusters such as an
+    // external host's): every Service's FQDN and every external host.
+    if (auto r = WriteIfChanged(StateDir() + "/hosts", HostsFile(s, "", "", ""), true); !r)
+      problems.push_back(r.error().message);
     for (const auto& h : s.external_hosts)
-      if (auto r = WriteInPlace(c.PodDir(h.pod) + "/hosts", HostsFile(s, "", h.name, h.pod.ip)); !r)
+      if (auto r =
+              WriteIfChanged(c.PodDir(h.pod) + "/hosts", HostsFile(s, "", h.name, h.pod.ip), true);
+          !r)
         problems.push_back(r.error().message);
-    if (auto r = RunTool({"iptables-restore", "-w", "--noflush"},
-                         NatRules(s, NatChain(s.settings), ready));
-        !r)
-      problems.push_back("kube-proxy stand-in: " + r.error().message);
+    std::string rules = NatRules(s, NatChain(s.settings), ready);
+    if (rules != nat_applied_) {
+      if (auto r = RunTool({"iptables-restore", "-w", "--noflush"}, rules); !r)
+        problems.push_back("kube-proxy stand-in: " + r.error().message);
+      else
+        nat_applied_ = rules;
+    }
     if (auto r = SaveState(s); !r)
       problems.push_back(r.error().message);
     if (!problems.empty()) {
@@ -551,7 +563,8 @@ struct Cluster::Impl {
     return cmd;
   }
 
-  // Waits (up to 5 s) until the pod's declared ports accept connections, or a container
+  // Waits (up to 5 s) until the pod's declared ports accept connections on its address
+  // (from inside its namespace, outside its cgroup: no Sluice hook sees it), or a container
   // died: `apply` returns with pods that answer, as a readiness probe would.
   void WaitPorts(const PodRec& p) {
     if (p.netns.empty() || p.ports.empty())
@@ -568,7 +581,7 @@ struct Cluster::Impl {
           sockaddr_in sin{};
           sin.sin_family = AF_INET;
           sin.sin_port = htons(static_cast<uint16_t>(cp.port));
-          sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+          inet_pton(AF_INET, p.ip.c_str(), &sin.sin_addr);
           up = ::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0;
           ::close(fd);
         });
@@ -631,6 +644,10 @@ struct Cluster::Impl {
       if (auto r = SaveState(s); !r)
         return fail(r.error());
     }
+    // The control plane learns of the pod now (a gateway's listeners depend on it), then
+    // we wait for it to listen.
+    if (auto r = Sync(); !r)
+      out << "warning: " << r.error().message << "\n";
     WaitPorts(rec);
     return {};
   }
@@ -729,11 +746,26 @@ struct Cluster::Impl {
   // ---------------------------------------------------------------- apply / delete
 
   std::string IstioFile(const IstioObj& o) const {
+    if (o.kind == "ConfigMap")
+      return MeshFile();
     std::string name = o.kind + "-" + o.ns + "-" + o.name;
     for (char& ch : name)
       if (!(std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '.' || ch == '_'))
         ch = '_';
     return ConfigDir() + "/istio/" + name + ".yaml";
+  }
+
+  std::string MeshFile() const { return ConfigDir() + "/k8s/mesh.yaml"; }
+
+  // Istio's demo profile (what the tasks are written against): access logs on stdout.
+  Result<void> WriteDefaultMesh() {
+    return WriteFileAtomic(
+        MeshFile(),
+        "# Written by sluicectl local: the mesh config of Istio's demo profile.\n"
+        "# Apply a ConfigMap istio-system/istio to replace it.\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n"
+        "  namespace: istio-system\ndata:\n  mesh: |-\n"
+        "    accessLogFile: /dev/stdout\n");
   }
 
   bool NamespaceKnown(const std::string& ns, const std::set<std::string>& incoming) {
@@ -775,6 +807,8 @@ struct Cluster::Impl {
               out << "service/" << svc.name << " created (" << svc.cluster_ip << ")\n";
             }
           } else if constexpr (std::is_same_v<T, PodObj>) {
+            if (auto r = CheckImages(o.spec, "spec"); !r)
+              return r;
             if (PodRec* cur = s.FindPod(o.ns, o.name)) {
               if (cur->spec_hash == o.spec.hash) {
                 out << "pod/" << o.name << " unchanged\n";
@@ -847,12 +881,26 @@ struct Cluster::Impl {
     std::string kind_lower;
     for (char ch : o.kind)
       kind_lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    out << kind_lower << ".networking.istio.io/" << o.name << (existed ? " configured" : " created")
-        << "\n";
+    out << kind_lower << (o.kind == "ConfigMap" ? "" : ".networking.istio.io") << "/" << o.name
+        << (existed ? " configured" : " created") << "\n";
+    return {};
+  }
+
+  // Every image must have a stand-in before anything of the document is made.
+  Result<void> CheckImages(const PodSpec& spec, const std::string& field) {
+    if (auto r = LoadImages(); !r)
+      return r;
+    for (std::size_t i = 0; i < spec.containers.size(); ++i)
+      if (!images->Find(spec.containers[i].image))
+        return Fail(field + ".containers[" + std::to_string(i) +
+                    "].image: " + spec.containers[i].image +
+                    " has no stand-in on the local cluster (see " + s.settings.images_json + ")");
     return {};
   }
 
   Result<void> ApplyDeployment(const DeploymentObj& o) {
+    if (auto r = CheckImages(o.spec, "spec.template.spec"); !r)
+      return r;
     DeploymentRec* rec = nullptr;
     for (auto& d : s.deployments)
       if (d.ns == o.ns && d.name == o.name)
@@ -909,8 +957,9 @@ struct Cluster::Impl {
     report.errors = set.errors;
     report.warnings = set.warnings;
     // Kubernetes does not care about order within a manifest; neither do we: namespaces
-    // first, then what pods need (Services for their hosts file, external hosts), then
-    // pods, then the Istio resources.
+    // first, then what pods need (Services for their hosts file, external hosts), the
+    // Istio resources (a gateway pod opens its listeners once its Gateway is there), then
+    // pods.
     auto rank = [](const Document& d) {
       return std::visit(
           [](const auto& o) {
@@ -920,9 +969,9 @@ struct Cluster::Impl {
             else if constexpr (std::is_same_v<T, ServiceObj> || std::is_same_v<T, ExternalHostObj>)
               return 1;
             else if constexpr (std::is_same_v<T, PodObj> || std::is_same_v<T, DeploymentObj>)
-              return 2;
-            else
               return 3;
+            else
+              return 2;
           },
           d.object);
     };
@@ -1001,7 +1050,13 @@ struct Cluster::Impl {
             } else if constexpr (std::is_same_v<T, IstioObj>) {
               std::string file = IstioFile(o);
               std::error_code ec;
-              bool found = fs::remove(file, ec);
+              bool found = fs::exists(file, ec);
+              if (o.kind == "ConfigMap") {
+                if (auto r2 = WriteDefaultMesh(); !r2)
+                  return r2;
+              } else {
+                fs::remove(file, ec);
+              }
               std::erase_if(s.configs, [&](const ConfigRec& c2) { return c2.file == file; });
               out << o.kind << "/" << o.name << (found ? " deleted\n" : " not found\n");
             }
@@ -1271,6 +1326,8 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
     return fail(r.error());
   if (auto r = impl.WriteConflists(); !r)
     return fail(r.error());
+  if (auto r = impl.WriteDefaultMesh(); !r)
+    return fail(r.error());
   if (auto r = impl.SetUpNat(); !r)
     return fail(r.error());
   if (auto r = impl.Sync(); !r)
@@ -1285,7 +1342,20 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
   xds.argv = {st.sluicectl_bin, "xds", "serve", "--config-dir", cs.config_dir, "--listen", cs.xds};
   xds.env = BaseEnv();
   xds.log = state_dir + "/logs/xds.log";
-  auto xds_started = StartInPod({}, xds, state_dir + "/xds.exit");
+  // /run/netns must be a shared mount before the agent gets its own mount namespace, so
+  // the pods' namespace mounts made later propagate to it. iproute2 makes it one on its
+  // first `ip netns add`.
+  {
+    std::string probe = st.netns_prefix + "probe";
+    if (auto r = RunTool({"ip", "netns", "add", probe}); !r)
+      return fail(r.error());
+    (void)RunTool({"ip", "netns", "del", probe});
+  }
+  // Both daemons stay in the host's network namespace, with the cluster's names on
+  // /etc/hosts in a private mount namespace (no DNS server here).
+  PodContext daemon_ctx;
+  daemon_ctx.hosts_file = state_dir + "/hosts";
+  auto xds_started = StartInPod(daemon_ctx, xds, state_dir + "/xds.exit");
   if (!xds_started)
     return fail(Error{"starting the control plane: " + xds_started.error().message});
   (void)WriteFileAtomic(state_dir + "/xds.pid", std::to_string(xds_started->pid) + " " +
@@ -1320,14 +1390,23 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
                 "--cgroup-root",
                 st.cgroup_dir,
                 "--pin-root",
-                st.pin_root};
-  if (AgentHasFlag(st.agent_bin, "--access-log")) {
-    agent.argv.push_back("--access-log");
-    agent.argv.push_back(state_dir + "/logs/agent-access.log");
-  }
+                st.pin_root,
+                "--access-log",
+                state_dir + "/logs/agent-access.log"};
   agent.env = BaseEnv();
   agent.log = state_dir + "/logs/agent.log";
-  auto agent_started = StartInPod({}, agent, state_dir + "/agent.exit");
+  // The agent lives under the cgroup its hooks are attached to, as it does on a node
+  // (where that is the root cgroup): the getsockopt hook answers SO_ORIGINAL_DST only to
+  // processes below it, and the in-pod proxy asks it for every redirected connection.
+  PodContext agent_ctx = daemon_ctx;
+  agent_ctx.cgroup = st.cgroup_dir + "/node-agent";
+  {
+    std::error_code mk;
+    fs::create_directories(agent_ctx.cgroup, mk);
+    if (mk)
+      return fail(Error{"cgroup " + agent_ctx.cgroup + ": " + mk.message()});
+  }
+  auto agent_started = StartInPod(agent_ctx, agent, state_dir + "/agent.exit");
   if (!agent_started)
     return fail(Error{"starting the agent: " + agent_started.error().message});
   (void)WriteFileAtomic(

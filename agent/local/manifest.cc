@@ -292,7 +292,9 @@ void DecodeDocument(const std::string& text, const std::string& file, int index,
       e << spec;
       h.spec_hash = std::to_string(std::hash<std::string>{}(e.c_str()));
       d.object = ExternalHostObj{h};
-    } else if (IsIstioApi(api)) {
+    } else if (IsIstioApi(api) ||
+               (api == "v1" && kind == "ConfigMap" && ns == "istio-system" && name == "istio")) {
+      // The `istio` ConfigMap is the mesh config istiod reads: the control plane's too.
       d.object = IstioObj{kind, ns, name, text};
     } else if (api == "v1" &&
                (kind == "ServiceAccount" || kind == "ConfigMap" || kind == "Secret")) {

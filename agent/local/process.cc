@@ -103,8 +103,11 @@ void WriteAll(int fd, const char* s) {
   if (!p.hosts.empty()) {
     if (::unshare(CLONE_NEWNS) != 0)
       die("private mount namespace");
-    if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0)
-      die("making mounts private");
+    // Slave, not private: mounts made later on the host (the bind mounts `ip netns add`
+    // makes under the shared /run/netns) still reach this namespace — the agent opens
+    // pods' namespaces by those paths — while the hosts file bind stays here.
+    if (::mount(nullptr, "/", nullptr, MS_REC | MS_SLAVE, nullptr) != 0)
+      die("making mounts slaves of the host's");
     if (::mount(p.hosts.c_str(), "/etc/hosts", nullptr, MS_BIND, nullptr) != 0)
       die("bind-mounting the pod's hosts file on /etc/hosts");
   }
@@ -193,6 +196,10 @@ Result<Started> StartInPod(const PodContext& pod, const Command& cmd,
       EnterAndExec(p, err[1], true);
     }
     ::close(err[1]);
+    // The child has what it needs; the monitor must not keep the pod's namespace alive.
+    for (int fd : {p.netns_fd, p.cgroup_fd, p.log_fd, p.null_fd})
+      if (fd >= 0)
+        ::close(fd);
     std::string why = child < 0 ? "fork failed" : ReadAllFd(err[0]);
     char line[700];
     if (why.empty())

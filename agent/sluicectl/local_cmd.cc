@@ -70,7 +70,7 @@ void Report(const std::string& cmd, const local::ApplyReport& r) {
     std::cerr << "error: " << e << "\n";
   if (!r.errors.empty()) {
     std::cerr << "sluicectl local " << cmd << ": " << r.errors.size()
-              << " document(s) not applied; the rest of the cluster is unchanged\n";
+              << " error(s); nothing of the documents named was applied, everything else was\n";
     throw CLI::RuntimeError(1);
   }
 }

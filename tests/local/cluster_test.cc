@@ -375,18 +375,122 @@ spec:
         ports:
         - containerPort: 99999
 )");
-  Run applied = tc.Local({"apply", "-f", bad});
+  std::string more = tc.Write("more.yaml", R"(apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: noimage
+  namespace: shop
+spec:
+  selector: {matchLabels: {app: noimage}}
+  template:
+    metadata: {labels: {app: noimage}}
+    spec:
+      containers:
+      - name: c
+        image: example.com/not/a/standin:1.0
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: badvs
+  namespace: shop
+spec:
+  hosts: [httpbin]
+  http:
+  - route:
+    - destination: {host: httpbin}
+      weight: -5
+)");
+  Run applied = tc.Local({"apply", "-f", bad, "-f", more});
   CHECK(applied.status == 1);
   CHECK(applied.err.find(bad + ": document 3 (Deployment shop/broken): "
                                "spec.template.spec.containers[0].ports[0].containerPort: 99999 is "
                                "out of range 1..65535") != std::string::npos);
+  CHECK(applied.err.find(more + ": document 1 (Deployment shop/noimage): "
+                                "spec.template.spec.containers[0].image: "
+                                "example.com/not/a/standin:1.0 has no stand-in") !=
+        std::string::npos);
+  CHECK(applied.err.find(more + ": document 2 (VirtualService shop/badvs): ") != std::string::npos);
+  CHECK(applied.err.find("weight") != std::string::npos);
   CHECK(applied.out.find("deployment.apps/sleep unchanged") != std::string::npos);
+  CHECK(applied.out.find("noimage") == std::string::npos);
+  CHECK(fs::directory_iterator(tc.state + "/config/istio") == fs::directory_iterator());
+  CHECK(nlohmann::json::parse(std::ifstream(tc.state + "/state.json"))["deployments"].size() == 2);
   get = tc.Local({"get", "pods", "-A"});
   CHECK(get.out.find("broken") == std::string::npos);
   CHECK(Rows(get.out).size() == 2);
   CHECK(tc.Local({"exec", "deploy/sleep", "--", "curl", "-s", "-m", "5", "-o", "/dev/null", "-w",
                   "%{http_code}", "http://httpbin.shop:8000/status/418"})
             .out == "418");
+
+  // An external host: its own namespace on the bridge, reachable by name from pods, HTTP
+  // and HTTPS with the cluster's CA.
+  std::string ext = tc.Write("ext.yaml", R"(apiVersion: sluice.io/v1
+kind: ExternalHost
+metadata:
+  name: edition.cnn.com
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: cnn
+spec:
+  hosts: [edition.cnn.com]
+  ports:
+  - {number: 80, name: http-port, protocol: HTTP}
+  resolution: DNS
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: hostnet
+spec:
+  hostNetwork: true
+  containers:
+  - name: c
+    image: curlimages/curl
+    command: [sleep, infinity]
+)");
+  Run again = Ctl([&] {
+    auto a = tc.UpArgs();
+    a.push_back("-f");
+    a.push_back(ext);
+    return a;
+  }());
+  INFO(again.out << again.err);
+  CHECK(again.status == 0);
+  CHECK(again.out.find("already up") != std::string::npos);
+  CHECK(again.out.find("externalhost/edition.cnn.com created (10.231.255.") != std::string::npos);
+  CHECK(tc.Local({"exec", "deploy/sleep", "--", "curl", "-s", "-m", "5",
+                  "http://edition.cnn.com/politics"})
+            .out.find("edition.cnn.com") != std::string::npos);
+  CHECK(tc.Local({"exec", "deploy/sleep", "--", "curl", "-s", "-m", "5", "-o", "/dev/null", "-w",
+                  "%{http_code}", "--cacert", tc.state + "/certs/ca.pem",
+                  "https://edition.cnn.com/politics"})
+            .out == "200");
+  CHECK(tc.Local({"get", "externalhosts"}).out.find("Running") != std::string::npos);
+  // The client is enrolled: its HTTP request went through the agent's in-pod proxy (which
+  // found the original destination, and resolved the DNS cluster through the cluster's
+  // names).
+  // (apply returns before the control plane's push reaches the agent: retry until it has.)
+  std::string access;
+  for (int i = 0; i < 30 && access.find("outbound|80||edition.cnn.com") == std::string::npos; ++i) {
+    tc.Local({"exec", "deploy/sleep", "--", "curl", "-s", "-m", "5", "-o", "/dev/null",
+              "http://edition.cnn.com/politics"});
+    std::ifstream in(tc.state + "/logs/agent-access.log");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    access = ss.str();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  INFO(access);
+  CHECK(access.find("\"GET /politics HTTP/1.1\" 200") != std::string::npos);
+  CHECK(access.find("outbound|80||edition.cnn.com") != std::string::npos);
+  // hostNetwork: no namespace, no CNI — the agent never hears of it.
+  get = tc.Local({"get", "pods"});
+  CHECK(get.out.find("hostnet") != std::string::npos);
+  CHECK(tc.Netns().find("hostnet") == std::string::npos);
+  CHECK(Sh("curl -s http://" + tc.admin + "/pods").find("hostnet") == std::string::npos);
 
   // delete -f: the pods go, with their network namespace and cgroup.
   Run del = tc.Local({"delete", "-f", httpbin});
@@ -428,4 +532,158 @@ TEST_CASE("local cluster: an up whose agent cannot start says why and leaves not
   CHECK(Sh("iptables -t nat -S 2>/dev/null | grep SLUICE-LOCAL-" + tc.bridge + " || true").empty());
   // ([x]: the pattern does not match the shell running pgrep)
   CHECK(Sh("pgrep -f '[x]ds serve --config-dir " + tc.state + "' || true").empty());
+}
+
+TEST_CASE(
+    "local cluster: a gateway pod runs the agent's gateway role, Istio's ingress task works") {
+  TestCluster tc;
+  std::string gw = tc.Write("gateway.yaml", R"(apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: istio-ingressgateway
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels: {istio: ingressgateway}
+  template:
+    metadata:
+      labels: {istio: ingressgateway, app: istio-ingressgateway}
+    spec:
+      containers:
+      - name: istio-proxy
+        image: docker.io/istio/proxyv2:1.24.0
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: istio-ingressgateway
+  namespace: istio-system
+spec:
+  selector: {istio: ingressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+  - {name: https, port: 443, targetPort: 8443}
+)");
+  std::string app = tc.Write("httpbin.yaml", R"(apiVersion: v1
+kind: Service
+metadata:
+  name: httpbin
+spec:
+  selector: {app: httpbin}
+  ports:
+  - {name: http, port: 8000, targetPort: 80}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: httpbin
+spec:
+  selector: {matchLabels: {app: httpbin}}
+  template:
+    metadata: {labels: {app: httpbin, version: v1}}
+    spec:
+      containers:
+      - name: httpbin
+        image: docker.io/kennethreitz/httpbin
+        ports: [{containerPort: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: httpbin-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["httpbin.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts: ["httpbin.example.com"]
+  gateways: [httpbin-gateway]
+  http:
+  - match:
+    - uri: {prefix: /status}
+    - uri: {prefix: /delay}
+    route:
+    - destination:
+        port: {number: 8000}
+        host: httpbin
+)");
+  auto args = tc.UpArgs();
+  for (const auto& f : {gw, app}) {
+    args.push_back("-f");
+    args.push_back(f);
+  }
+  Run up = Ctl(args);
+  INFO(up.out << up.err);
+  REQUIRE(up.status == 0);
+
+  // The gateway pod: Running, its admin on the Unix socket the state file names.
+  auto state = nlohmann::json::parse(std::ifstream(tc.state + "/state.json"));
+  std::string admin;
+  for (const auto& p : state["pods"])
+    if (p["namespace"] == "istio-system")
+      admin = p.value("admin", "");
+  REQUIRE(admin.rfind("unix:" + tc.state + "/pods/istio-system/istio-ingressgateway-", 0) == 0);
+  CHECK(Sh("curl -s --unix-socket " + admin.substr(5) + " http://gw/ready") == "ready\n");
+  Run get = tc.Local({"get", "pods", "-n", "istio-system"});
+  CHECK(get.out.find("Running") != std::string::npos);
+
+  // Istio's ingress task: 127.0.0.1:L -> svc/istio-ingressgateway:80 -> the gateway's
+  // 8080 listener -> httpbin.
+  int out_pipe[2];
+  REQUIRE(pipe(out_pipe) == 0);
+  pid_t pf = fork();
+  if (pf == 0) {
+    dup2(out_pipe[1], 1);
+    close(out_pipe[0]);
+    execl(SLUICECTL_PATH, SLUICECTL_PATH, "local", "port-forward", "svc/istio-ingressgateway",
+          "0:80", "-n", "istio-system", "--state-dir", tc.state.c_str(), nullptr);
+    _exit(127);
+  }
+  close(out_pipe[1]);
+  struct Reap {
+    pid_t pid;
+    ~Reap() {
+      kill(pid, SIGTERM);
+      waitpid(pid, nullptr, 0);
+    }
+  } reap{pf};
+  std::string line;
+  char ch;
+  while (read(out_pipe[0], &ch, 1) == 1 && ch != '\n')
+    line += ch;
+  close(out_pipe[0]);
+  std::smatch m;
+  REQUIRE(std::regex_search(line, m, std::regex("127\\.0\\.0\\.1:([0-9]+) -> 80")));
+  std::string url = "http://127.0.0.1:" + std::string(m[1]);
+  std::string code;
+  for (int i = 0; i < 50 && code != "200"; ++i) {  // the gateway may still be taking config
+    code = Sh("curl -s -m 5 -o /dev/null -w '%{http_code}' -H Host:httpbin.example.com " + url +
+              "/status/200");
+    if (code != "200")
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK(code == "200");
+  CHECK(Sh("curl -s -m 5 -o /dev/null -w '%{http_code}' -H Host:httpbin.example.com " + url +
+           "/headers") == "404");
+  // The gateway's access log is its container log.
+  std::string gw_pod;
+  for (const auto& p : state["pods"])
+    if (p["namespace"] == "istio-system")
+      gw_pod = p["name"];
+  Run gw_log;
+  for (int i = 0; i < 20 && gw_log.out.find("/status/200") == std::string::npos; ++i) {
+    gw_log = tc.Local({"logs", gw_pod, "-n", "istio-system"});
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  INFO(gw_log.out);
+  CHECK(gw_log.out.find("\"GET /status/200 HTTP/1.1\" 200") != std::string::npos);
 }

@@ -195,6 +195,27 @@ TEST_CASE("missing required fields are named") {
         "spec.template.metadata.labels");
 }
 
+TEST_CASE(
+    "the mesh config (ConfigMap istio-system/istio) goes to the control plane, others are "
+    "ignored") {
+  ManifestSet set;
+  DecodeText(R"(apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: "outboundTrafficPolicy: {mode: REGISTRY_ONLY}"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio}
+data: {}
+)",
+             "cm.yaml", "default", set);
+  REQUIRE(set.documents.size() == 2);
+  CHECK(As<IstioObj>(set.documents[0]).kind == "ConfigMap");
+  CHECK(As<IgnoredObj>(set.documents[1]).ns == "default");
+}
+
 TEST_CASE("label arguments: key=value sets, key- removes, anything else is refused") {
   auto set = ParseLabelArg("istio.io/dataplane-mode=sluice");
   REQUIRE(set);
