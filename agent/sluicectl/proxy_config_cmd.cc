@@ -68,17 +68,23 @@ std::set<std::string> KnownNamespaces(const istio::Config& c) {
 // (or it carries istio=…gateway), else a sidecar of its namespace.
 Result<istio::ProxySpec> ProxyForConfigPod(const istio::Config& config, const PcOptions& o) {
   inspect::PodRef ref = inspect::ParsePodRef(o.pod, o.ns);
+  // Exact names first; then generated names: a pod NAME-… of deploy/NAME (a running
+  // cluster's config holds its pods, not Deployments), a Deployment D of pod D-….
   const istio::Workload* found = nullptr;
+  const istio::Workload* generated = nullptr;
   for (const auto& w : config.workloads) {
     if (w.meta.ns != ref.ns)
       continue;
-    bool match = ref.kind == "deploy"
-                     ? w.kind == "Deployment" && w.meta.name == ref.name
-                     : w.meta.name == ref.name ||
-                           (w.kind == "Deployment" && ref.name.starts_with(w.meta.name + "-"));
-    if (match)
+    if (ref.kind == "deploy" ? w.kind == "Deployment" && w.meta.name == ref.name
+                             : w.meta.name == ref.name)
       found = &w;
+    else if (ref.kind == "deploy"
+                 ? w.kind == "Pod" && w.meta.name.starts_with(ref.name + "-")
+                 : w.kind == "Deployment" && ref.name.starts_with(w.meta.name + "-"))
+      generated = generated ? generated : &w;
   }
+  if (!found)
+    found = generated;
   if (!found)
     return Fail((ref.kind == "deploy" ? "deployment " : "pod ") + ref.ns + "/" + ref.name +
                 " not found in " + o.config_dir);

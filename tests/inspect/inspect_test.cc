@@ -306,6 +306,32 @@ TEST_CASE("proxy-config listener of the ingress gateway with task 2's Gateway") 
   CHECK(Fields(rl[2])[3] == "/delay*");
 }
 
+TEST_CASE("proxy-config deploy/NAME finds a running cluster's pod of that deployment") {
+  // A local cluster's config dir holds Pods (with IPs), not Deployments.
+  TempDir cfg;
+  CopyExamples(cfg.path(), {"02-ingress"});
+  std::ofstream(cfg.path() / "k8s.yaml") << R"(apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-ingressgateway-5f8c7-abcde
+  namespace: istio-system
+  labels: {app: istio-ingressgateway, istio: ingressgateway}
+status: {podIP: 10.244.0.3}
+)";
+  Run r = Sluicectl({"proxy-config", "listener", "deploy/istio-ingressgateway", "-n",
+                     "istio-system", "--config-dir", cfg.path().string()});
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("Route: http.8080") != std::string::npos);
+}
+
 TEST_CASE("proxy-config errors name what was not found") {
   TempDir cfg;
   CopyExamples(cfg.path(), {"samples", "istio-system"});
