@@ -165,6 +165,13 @@ Result<Json> FetchDump(const PcOptions& o) {
   auto j = Json::parse(*body, nullptr, false);
   if (j.is_discarded() || !j.is_object())
     return Fail(address + path + ": the answer is not a JSON config dump");
+  // The node agent says when a namespace's own config is not (yet) what its pods run.
+  if (auto src = j.find("source");
+      src != j.end() && src->is_string() && src->get<std::string>().starts_with("node stream"))
+    std::cerr << "note: " << address << ": " << src->get<std::string>() << "\n";
+  if (auto err = j.find("l7_error"); err != j.end() && err->is_string())
+    std::cerr << "warning: " << address << ": the agent reports: " << err->get<std::string>()
+              << "\n";
   return j;
 }
 
