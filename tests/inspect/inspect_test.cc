@@ -535,6 +535,19 @@ TEST_CASE(
     REQUIRE(cd.rc == 0);
     CHECK(json::parse(cd.out).contains("listeners"));
   }
+  SECTION("the node agent's notes reach stderr, the table stdout") {
+    json ns_dump = node_dump;
+    ns_dump["source"] = "node stream (no pods of default here yet)";
+    ns_dump["l7_error"] = "listener 0.0.0.0_5000: bind failed";
+    FakeAdmin noted(ns_dump.dump());
+    Run r = Sluicectl(
+        {"proxy-config", "cluster", "--admin", noted.address(), "-n", "default", "--fqdn", kHello});
+    REQUIRE(r.rc == 0);
+    CHECK(noted.paths() == std::vector<std::string>{"/config_dump?namespace=default"});
+    CHECK(r.out.starts_with("SERVICE FQDN"));
+    CHECK(r.err.find("node stream (no pods of default here yet)") != std::string::npos);
+    CHECK(r.err.find("the agent reports: listener 0.0.0.0_5000: bind failed") != std::string::npos);
+  }
   SECTION("an admin endpoint that is not there") {
     Run r = Sluicectl(
         {"proxy-config", "cluster", "--admin", "unix:" + (run.path() / "nothing.sock").string()});
