@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -154,6 +155,39 @@ json ByName(const json& arr, const std::string& key, const std::string& name) {
 const std::string kHello = "helloworld.default.svc.cluster.local";
 
 }  // namespace
+
+TEST_CASE("every example loads cleanly with the samples, gateways and external host") {
+  auto check = [](const std::string& what, const std::function<void(const fs::path&)>& add) {
+    TempDir cfg;
+    CopyExamples(cfg.path(), {"samples", "istio-system", "external"});
+    add(cfg.path());
+    INFO(what);
+    Run r = Sluicectl({"translate", "-f", cfg.path().string()});
+    CHECK(r.rc == 0);
+    CHECK(r.err.find("error:") == std::string::npos);
+  };
+  for (const char* task : {"01-enrolment", "02-ingress", "03-egress-http", "04-egress-tls",
+                           "05-service-entry", "06-destination-rule", "07-traffic-shifting"}) {
+    check(task, [&](const fs::path& dir) { CopyExamples(dir, {task}); });
+    CHECK(fs::exists(kExamples / task / "README.md"));
+  }
+  // 08's two VirtualService files are applied one after the other: first the route to v1
+  // (with the subsets), then the mirror route replacing it (the subsets stay).
+  const fs::path m = kExamples / "08-mirroring";
+  check("08 before mirroring", [&](const fs::path& dir) {
+    fs::copy_file(m / "httpbin-v1-v2.yaml", dir / "a.yaml");
+    fs::copy_file(m / "route-v1.yaml", dir / "b.yaml");
+  });
+  check("08 with mirroring", [&](const fs::path& dir) {
+    fs::copy_file(m / "httpbin-v1-v2.yaml", dir / "a.yaml");
+    const std::string v1 = ReadFile(m / "route-v1.yaml");
+    std::ofstream(dir / "b.yaml") << v1.substr(
+        v1.find("kind: DestinationRule") -
+        std::string("apiVersion: networking.istio.io/v1alpha3\n").size());
+    fs::copy_file(m / "route-v1-mirror-v2.yaml", dir / "c.yaml");
+  });
+  CHECK(fs::exists(m / "README.md"));
+}
 
 TEST_CASE("proxy-config cluster shows LEAST_REQUEST, then RANDOM with task 6's DestinationRule") {
   TempDir cfg;
