@@ -18,6 +18,7 @@
 #include "sluice/inspect/admin_client.h"
 #include "sluice/inspect/config_dump.h"
 #include "sluice/inspect/local_state.h"
+#include "sluice/inspect/table.h"
 #include "sluice/istio/loader.h"
 #include "sluice/istio/registry.h"
 #include "sluice/istio/translator.h"
@@ -256,6 +257,29 @@ void AddProxyConfigCommands(CLI::App& app) {
     c->callback([o] {
       Run("endpoint", *o, [&](const Json& d, inspect::Output out) {
         return inspect::PrintEndpoints(d, o->endpoint, out);
+      });
+    });
+  }
+  {
+    auto o = std::make_shared<PcOptions>();
+    auto* c =
+        pc->add_subcommand("all", "Clusters, listeners, routes and endpoints, one after another");
+    AddCommon(c, o);
+    c->callback([o] {
+      Run("all", *o, [&](const Json& d, inspect::Output out) -> Result<std::string> {
+        if (out != inspect::Output::kShort) {
+          Json all = Json::object();
+          for (const char* k : {"clusters", "listeners", "routes", "endpoints"})
+            all[k] = d.contains(k) ? d[k] : Json::array();
+          return out == inspect::Output::kYaml ? inspect::JsonToYaml(all) : all.dump(4) + "\n";
+        }
+        std::string text;
+        for (auto part : {inspect::PrintClusters(d, {}, out), inspect::PrintListeners(d, {}, out),
+                          inspect::PrintRoutes(d, {}, out), inspect::PrintEndpoints(d, {}, out)}) {
+          if (part)  // a kind the dump has none of is left out, as istioctl does
+            text += (text.empty() ? "" : "\n") + *part;
+        }
+        return text;
       });
     });
   }

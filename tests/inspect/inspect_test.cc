@@ -279,6 +279,13 @@ TEST_CASE("proxy-config route shows task 7's 25/75 weights and the VirtualServic
   CHECK(f[f.size() - 2] == "/*");
   CHECK(f.back() == "hello-routing.default");
 
+  // `all`: the four tables, one after another.
+  Run all = Sluicectl({"proxy-config", "all", "deploy/sleep", "--config-dir", cfg.path().string()});
+  REQUIRE(all.rc == 0);
+  for (const char* header : {"SERVICE FQDN", "ADDRESSES", "VHOST NAME"})
+    CHECK(all.out.find(header) != std::string::npos);
+  CHECK(all.out.find("hello-routing.default") != std::string::npos);
+
   // Without the VirtualService there is no weighted split.
   fs::remove(cfg.path() / "07-traffic-shifting-virtual-service.yaml");
   Run plain = Sluicectl({"proxy-config", "route", "deploy/sleep", "--config-dir",
