@@ -18,6 +18,7 @@
 #include "sluice/inspect/admin_client.h"
 #include "sluice/inspect/config_dump.h"
 #include "sluice/inspect/local_state.h"
+#include "sluice/inspect/table.h"
 #include "sluice/istio/loader.h"
 #include "sluice/istio/registry.h"
 #include "sluice/istio/translator.h"
@@ -68,17 +69,23 @@ std::set<std::string> KnownNamespaces(const istio::Config& c) {
 // (or it carries istio=…gateway), else a sidecar of its namespace.
 Result<istio::ProxySpec> ProxyForConfigPod(const istio::Config& config, const PcOptions& o) {
   inspect::PodRef ref = inspect::ParsePodRef(o.pod, o.ns);
+  // Exact names first; then generated names: a pod NAME-… of deploy/NAME (a running
+  // cluster's config holds its pods, not Deployments), a Deployment D of pod D-….
   const istio::Workload* found = nullptr;
+  const istio::Workload* generated = nullptr;
   for (const auto& w : config.workloads) {
     if (w.meta.ns != ref.ns)
       continue;
-    bool match = ref.kind == "deploy"
-                     ? w.kind == "Deployment" && w.meta.name == ref.name
-                     : w.meta.name == ref.name ||
-                           (w.kind == "Deployment" && ref.name.starts_with(w.meta.name + "-"));
-    if (match)
+    if (ref.kind == "deploy" ? w.kind == "Deployment" && w.meta.name == ref.name
+                             : w.meta.name == ref.name)
       found = &w;
+    else if (ref.kind == "deploy"
+                 ? w.kind == "Pod" && w.meta.name.starts_with(ref.name + "-")
+                 : w.kind == "Deployment" && ref.name.starts_with(w.meta.name + "-"))
+      generated = generated ? generated : &w;
   }
+  if (!found)
+    found = generated;
   if (!found)
     return Fail((ref.kind == "deploy" ? "deployment " : "pod ") + ref.ns + "/" + ref.name +
                 " not found in " + o.config_dir);
@@ -159,6 +166,13 @@ Result<Json> FetchDump(const PcOptions& o) {
   auto j = Json::parse(*body, nullptr, false);
   if (j.is_discarded() || !j.is_object())
     return Fail(address + path + ": the answer is not a JSON config dump");
+  // The node agent says when a namespace's own config is not (yet) what its pods run.
+  if (auto src = j.find("source");
+      src != j.end() && src->is_string() && src->get<std::string>().starts_with("node stream"))
+    std::cerr << "note: " << address << ": " << src->get<std::string>() << "\n";
+  if (auto err = j.find("l7_error"); err != j.end() && err->is_string())
+    std::cerr << "warning: " << address << ": the agent reports: " << err->get<std::string>()
+              << "\n";
   return j;
 }
 
@@ -243,6 +257,29 @@ void AddProxyConfigCommands(CLI::App& app) {
     c->callback([o] {
       Run("endpoint", *o, [&](const Json& d, inspect::Output out) {
         return inspect::PrintEndpoints(d, o->endpoint, out);
+      });
+    });
+  }
+  {
+    auto o = std::make_shared<PcOptions>();
+    auto* c =
+        pc->add_subcommand("all", "Clusters, listeners, routes and endpoints, one after another");
+    AddCommon(c, o);
+    c->callback([o] {
+      Run("all", *o, [&](const Json& d, inspect::Output out) -> Result<std::string> {
+        if (out != inspect::Output::kShort) {
+          Json all = Json::object();
+          for (const char* k : {"clusters", "listeners", "routes", "endpoints"})
+            all[k] = d.contains(k) ? d[k] : Json::array();
+          return out == inspect::Output::kYaml ? inspect::JsonToYaml(all) : all.dump(4) + "\n";
+        }
+        std::string text;
+        for (auto part : {inspect::PrintClusters(d, {}, out), inspect::PrintListeners(d, {}, out),
+                          inspect::PrintRoutes(d, {}, out), inspect::PrintEndpoints(d, {}, out)}) {
+          if (part)  // a kind the dump has none of is left out, as istioctl does
+            text += (text.empty() ? "" : "\n") + *part;
+        }
+        return text;
       });
     });
   }

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -155,6 +156,39 @@ const std::string kHello = "helloworld.default.svc.cluster.local";
 
 }  // namespace
 
+TEST_CASE("every example loads cleanly with the samples, gateways and external host") {
+  auto check = [](const std::string& what, const std::function<void(const fs::path&)>& add) {
+    TempDir cfg;
+    CopyExamples(cfg.path(), {"samples", "istio-system", "external"});
+    add(cfg.path());
+    INFO(what);
+    Run r = Sluicectl({"translate", "-f", cfg.path().string()});
+    CHECK(r.rc == 0);
+    CHECK(r.err.find("error:") == std::string::npos);
+  };
+  for (const char* task : {"01-enrolment", "02-ingress", "03-egress-http", "04-egress-tls",
+                           "05-service-entry", "06-destination-rule", "07-traffic-shifting"}) {
+    check(task, [&](const fs::path& dir) { CopyExamples(dir, {task}); });
+    CHECK(fs::exists(kExamples / task / "README.md"));
+  }
+  // 08's two VirtualService files are applied one after the other: first the route to v1
+  // (with the subsets), then the mirror route replacing it (the subsets stay).
+  const fs::path m = kExamples / "08-mirroring";
+  check("08 before mirroring", [&](const fs::path& dir) {
+    fs::copy_file(m / "httpbin-v1-v2.yaml", dir / "a.yaml");
+    fs::copy_file(m / "route-v1.yaml", dir / "b.yaml");
+  });
+  check("08 with mirroring", [&](const fs::path& dir) {
+    fs::copy_file(m / "httpbin-v1-v2.yaml", dir / "a.yaml");
+    const std::string v1 = ReadFile(m / "route-v1.yaml");
+    std::ofstream(dir / "b.yaml") << v1.substr(
+        v1.find("kind: DestinationRule") -
+        std::string("apiVersion: networking.istio.io/v1alpha3\n").size());
+    fs::copy_file(m / "route-v1-mirror-v2.yaml", dir / "c.yaml");
+  });
+  CHECK(fs::exists(m / "README.md"));
+}
+
 TEST_CASE("proxy-config cluster shows LEAST_REQUEST, then RANDOM with task 6's DestinationRule") {
   TempDir cfg;
   CopyExamples(cfg.path(), {"samples", "istio-system"});
@@ -245,6 +279,13 @@ TEST_CASE("proxy-config route shows task 7's 25/75 weights and the VirtualServic
   CHECK(f[f.size() - 2] == "/*");
   CHECK(f.back() == "hello-routing.default");
 
+  // `all`: the four tables, one after another.
+  Run all = Sluicectl({"proxy-config", "all", "deploy/sleep", "--config-dir", cfg.path().string()});
+  REQUIRE(all.rc == 0);
+  for (const char* header : {"SERVICE FQDN", "ADDRESSES", "VHOST NAME"})
+    CHECK(all.out.find(header) != std::string::npos);
+  CHECK(all.out.find("hello-routing.default") != std::string::npos);
+
   // Without the VirtualService there is no weighted split.
   fs::remove(cfg.path() / "07-traffic-shifting-virtual-service.yaml");
   Run plain = Sluicectl({"proxy-config", "route", "deploy/sleep", "--config-dir",
@@ -304,6 +345,32 @@ TEST_CASE("proxy-config listener of the ingress gateway with task 2's Gateway") 
                                                   "httpbin.example.com", "/status*",
                                                   "httpbin.default"});
   CHECK(Fields(rl[2])[3] == "/delay*");
+}
+
+TEST_CASE("proxy-config deploy/NAME finds a running cluster's pod of that deployment") {
+  // A local cluster's config dir holds Pods (with IPs), not Deployments.
+  TempDir cfg;
+  CopyExamples(cfg.path(), {"02-ingress"});
+  std::ofstream(cfg.path() / "k8s.yaml") << R"(apiVersion: v1
+kind: Service
+metadata: {name: istio-ingressgateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  ports:
+  - {name: http2, port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: istio-ingressgateway-5f8c7-abcde
+  namespace: istio-system
+  labels: {app: istio-ingressgateway, istio: ingressgateway}
+status: {podIP: 10.244.0.3}
+)";
+  Run r = Sluicectl({"proxy-config", "listener", "deploy/istio-ingressgateway", "-n",
+                     "istio-system", "--config-dir", cfg.path().string()});
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("Route: http.8080") != std::string::npos);
 }
 
 TEST_CASE("proxy-config errors name what was not found") {
@@ -508,6 +575,19 @@ TEST_CASE(
     Run cd = Sluicectl({"agent", "--admin", gateway.address(), "config-dump"});
     REQUIRE(cd.rc == 0);
     CHECK(json::parse(cd.out).contains("listeners"));
+  }
+  SECTION("the node agent's notes reach stderr, the table stdout") {
+    json ns_dump = node_dump;
+    ns_dump["source"] = "node stream (no pods of default here yet)";
+    ns_dump["l7_error"] = "listener 0.0.0.0_5000: bind failed";
+    FakeAdmin noted(ns_dump.dump());
+    Run r = Sluicectl(
+        {"proxy-config", "cluster", "--admin", noted.address(), "-n", "default", "--fqdn", kHello});
+    REQUIRE(r.rc == 0);
+    CHECK(noted.paths() == std::vector<std::string>{"/config_dump?namespace=default"});
+    CHECK(r.out.starts_with("SERVICE FQDN"));
+    CHECK(r.err.find("node stream (no pods of default here yet)") != std::string::npos);
+    CHECK(r.err.find("the agent reports: listener 0.0.0.0_5000: bind failed") != std::string::npos);
   }
   SECTION("an admin endpoint that is not there") {
     Run r = Sluicectl(
