@@ -125,7 +125,11 @@ indent() { # indent [MAX_LINES] < text
     n=$((n + 1))
     ((n <= max)) && printf '    %s\n' "$line"
   done
-  ((n > max)) && printf '    %s… (%d more lines)%s\n' "$D" $((n - max)) "$N"
+  if ((max == 0 && n > 0)); then
+    printf '    %s(%d lines)%s\n' "$D" "$n" "$N"
+  elif ((n > max)); then
+    printf '    %s… (%d more lines)%s\n' "$D" $((n - max)) "$N"
+  fi
   return 0
 }
 
