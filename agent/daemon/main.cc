@@ -435,6 +435,7 @@ int main(int argc, char** argv) {
         {
           std::lock_guard lock(sync_mu);
           ns_errors[ns] = cfg ? "" : cfg.error().message;
+          (void)ksync.OnView(ns, s.get());  // errors logged; the last good view stays
         }
         if (!cfg) {
           spdlog::error("namespace {}: L7 config {} refused, its pods keep the running one: {}", ns,
@@ -460,8 +461,11 @@ int main(int argc, char** argv) {
           node.ApplyLabels(**changed);
       }
       if (ns_streams_on && nao.proxy_port != 0) {
-        for (const auto& ns : streams.Sync(l7.Namespaces()))
+        for (const auto& ns : streams.Sync(l7.Namespaces())) {
           l7.SetNamespaceConfig(ns, nullptr);
+          std::lock_guard lock(sync_mu);
+          (void)ksync.OnView(ns, nullptr);
+        }
       }
     }
   });
