@@ -22,12 +22,14 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "admin.h"
 #include "labels.h"
+#include "local_source.h"
 #include "node_agent.h"
 #include "ns_streams.h"
 #include "pod_proxies.h"
@@ -125,6 +127,7 @@ struct GatewayArgs {
   sluice::xds::NodeIdentity id;
   std::string pod_ip, pod_labels, admin_address, access_log;
   int workers = 1;
+  std::chrono::milliseconds drain{5000};
 };
 
 // The gateway role: xDS as a router -> the L7 proxy, in this (the gateway pod's)
@@ -230,8 +233,13 @@ int RunGateway(GatewayArgs g, sigset_t sigs) {
   client.Stop();
   admin.Stop();
   std::lock_guard lock(mu);
-  if (proxy)
+  if (proxy) {
+    (void)proxy->Drain();  // stop accepting; let requests in flight finish
+    auto deadline = std::chrono::steady_clock::now() + g.drain;
+    while (proxy->stats().active_cx.load() > 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
     proxy->Stop();
+  }
   return 0;
 }
 
@@ -252,6 +260,8 @@ int main(int argc, char** argv) {
   std::string labels_file, admin_address = "127.0.0.1:15000";
   std::string log_level = "info";
   std::string access_log = "-";
+  int drain_seconds = 5;
+  std::string config_dir;
   GatewayArgs gw;
   bool ns_streams_on = true;
   nao.proxy_port = 15001;
@@ -259,8 +269,12 @@ int main(int argc, char** argv) {
   app.add_option("--role", role, "node (pods of this node) or gateway")
       ->check(CLI::IsMember({"node", "gateway"}))
       ->capture_default_str();
-  app.add_option("--xds-address", ads.server, "istiod (or sluicectl xds serve) host:port")
+  app.add_option("--xds-address", ads.server,
+                 "istiod (or sluicectl xds serve): host:port or unix:PATH")
       ->capture_default_str();
+  app.add_option("--config-dir", config_dir,
+                 "instead of istiod: translate the Istio/Kubernetes YAML in this directory "
+                 "(watched) and serve it to this agent over its own xDS pipeline");
   app.add_flag("--xds-tls", ads.tls, "TLS to the xDS server (istiod's 15012)");
   app.add_option("--xds-ca", ads.ca_file, "CA bundle that signed the xDS server's certificate");
   app.add_option("--xds-server-name", ads.tls_server_name, "name to verify in its certificate");
@@ -284,6 +298,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--access-log", access_log, "L7 access log file ('-': stdout)")
       ->capture_default_str();
+  app.add_option("--drain-seconds", drain_seconds,
+                 "SIGTERM: how long L7 requests in flight may take to finish")
+      ->capture_default_str();
   app.add_flag("!--no-namespace-streams", ns_streams_on,
                "node: one xDS stream for everything instead of one per namespace with pods");
   app.add_option("--pod-name", gw.id.pod_name, "gateway: this pod's name");
@@ -306,6 +323,19 @@ int main(int argc, char** argv) {
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
+  std::unique_ptr<agent::LocalSource> local;
+  if (!config_dir.empty()) {
+    const std::string sock = std::filesystem::path(nao.state_file).parent_path() /
+                             (role == "gateway" ? "xds-local-gateway.sock" : "xds-local.sock");
+    auto src = agent::LocalSource::Start(config_dir, sock);
+    if (!src) {
+      spdlog::error("{}", src.error().message);
+      return 1;
+    }
+    local = std::move(*src);
+    ads.server = local->address();
+  }
+
   if (role == "gateway") {
     gw.ads = ads;
     gw.id.cluster_id = id.cluster_id;
@@ -314,6 +344,7 @@ int main(int argc, char** argv) {
     gw.access_log = access_log;
     if (gw.pod_ip.empty())
       gw.pod_ip = node_ip;
+    gw.drain = std::chrono::seconds(drain_seconds);
     return RunGateway(std::move(gw), sigs);
   }
 
@@ -550,6 +581,8 @@ int main(int argc, char** argv) {
   streams.StopAll();
   (*cni_server)->Stop();
   admin.Stop();
-  l7.CloseAll();  // in-pod listeners close; L4 services keep working in the kernel
+  // In-pod listeners close, requests in flight finish; L4 services keep working in the
+  // kernel, and a restarted agent reopens the listeners.
+  l7.DrainAll(std::chrono::seconds(drain_seconds));
   return 0;
 }

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <set>
+#include <thread>
 
 #include "sluice/cni/netns.h"
 
@@ -111,6 +112,33 @@ void PodProxies::CloseAll() {
     std::lock_guard lock(mu_);
     all.swap(pods_);
   }
+  for (auto& [key, pod] : all)
+    if (pod.proxy)
+      pod.proxy->Stop();
+}
+
+void PodProxies::DrainAll(std::chrono::milliseconds grace) {
+  std::map<enrolment::PodKey, Pod> all;
+  {
+    std::lock_guard lock(mu_);
+    all.swap(pods_);
+  }
+  for (auto& [key, pod] : all)
+    if (pod.proxy)
+      (void)pod.proxy->Drain();
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  uint64_t open = 0;
+  do {
+    open = 0;
+    for (auto& [key, pod] : all)
+      if (pod.proxy)
+        open += pod.proxy->stats().active_cx.load(std::memory_order_relaxed);
+    if (open == 0)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } while (std::chrono::steady_clock::now() < deadline);
+  if (open > 0)
+    spdlog::warn("drain: {} connections still open after {} ms; closing them", open, grace.count());
   for (auto& [key, pod] : all)
     if (pod.proxy)
       pod.proxy->Stop();

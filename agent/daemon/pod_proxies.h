@@ -12,6 +12,7 @@
 // are shared by every pod of a namespace; only the capture listener is pod-local.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,6 +58,9 @@ class PodProxies {
   Result<void> Open(const enrolment::PodKey& key, const std::string& netns);
   void Close(const enrolment::PodKey& key);
   void CloseAll();
+  // SIGTERM: every capture listener closes, requests in flight finish (up to `grace`),
+  // then the proxies stop.
+  void DrainAll(std::chrono::milliseconds grace);
 
   std::vector<PodProxyStatus> List() const;
   // Namespaces with at least one pod here (the agent keeps one xDS stream for each).

@@ -164,6 +164,7 @@ struct Proxy::Impl {
   ProxyStats stats;
   int log_fd = -1;
   bool stopped = false;
+  std::atomic<bool> draining{false};  // Drain(): idle keep-alive connections are closed
 
   Result<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<const ProxyConfig> cfg);
   void Publish(std::shared_ptr<const Snapshot> s);
@@ -1160,6 +1161,7 @@ void Worker::Accept(ListenerHandler& l) {
     int one = 1;
     setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     stats().downstream_cx.fetch_add(1, std::memory_order_relaxed);
+    stats().active_cx.fetch_add(1, std::memory_order_relaxed);
     Session* s = NewSession();
     s->Open(cfd, peer, snap_, lc);
   }
@@ -1215,13 +1217,14 @@ void Worker::SwapSnapshot() {
 }
 
 void Worker::SweepIdle() {
+  const bool draining = impl_->draining.load(std::memory_order_relaxed);
   for (auto& s : all_sessions_) {
     if (s->fd < 0 || s->phase != Session::Phase::kHead || !s->in.empty() || !s->out.empty() ||
         !s->chain || !s->chain->is_http) {
       continue;
     }
     int64_t limit = s->chain->http.idle_timeout.count();
-    if (limit > 0 && now_ms_ - s->last_active_ms >= limit)
+    if (draining || (limit > 0 && now_ms_ - s->last_active_ms >= limit))
       s->Close();
   }
 }
@@ -2383,6 +2386,7 @@ void Session::Close() {
     w->EpollDel(fd);
     close(fd);
     fd = -1;
+    w->stats().active_cx.fetch_sub(1, std::memory_order_relaxed);
   }
   w->ReleaseSession(this);
 }
@@ -2577,7 +2581,7 @@ Result<std::shared_ptr<const Snapshot>> Proxy::Impl::BuildSnapshot(
   for (const ListenerConfig& l : cfg->listeners) {
     std::string key = fmt::format("{}:{}", l.address, l.port);
     std::shared_ptr<ListenerSockets> socks;
-    if (old) {
+    if (old && l.bind_to_port) {
       for (const auto& ol : old->listeners) {
         if (ol.socks->name == l.name && ol.socks->key == key)
           socks = ol.socks;
@@ -2679,6 +2683,21 @@ Result<void> Proxy::Update(std::shared_ptr<const ProxyConfig> config) {
     return std::unexpected(snap.error());
   impl_->Publish(*snap);
   return {};
+}
+
+Result<void> Proxy::Drain() {
+  std::shared_ptr<const ProxyConfig> current;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (!impl_->snap)
+      return {};
+    current = impl_->snap->cfg;
+  }
+  auto cfg = std::make_shared<ProxyConfig>(*current);
+  for (auto& l : cfg->listeners)
+    l.bind_to_port = false;  // every listening socket closes once the workers move on
+  impl_->draining = true;
+  return Update(std::move(cfg));
 }
 
 uint16_t Proxy::Port(std::string_view listener) const {

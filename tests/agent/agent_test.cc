@@ -676,3 +676,56 @@ TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gatewa
   CHECK_FALSE(fs::exists(admin));
   uads.Stop();
 }
+
+TEST_CASE("sluice-agent --config-dir: local Istio YAML through the same xDS pipeline") {
+  Lab lab;
+  lab.AddPod("client", 10);
+  lab.AddPod("a", 2);
+  lab.AddPod("b", 3);
+  lab.Serve("a", {"10.211.0.2:8080"}, "a");
+  lab.Serve("b", {"10.211.0.3:8080"}, "b");
+  const std::string dir = "/tmp/" + lab.tag() + "-agent";
+  fs::create_directories(dir + "/config");
+  struct Rm {
+    std::string d;
+    ~Rm() { fs::remove_all(d); }
+  } rm{dir};
+  WriteLabels(dir, true);
+  auto write_config = [&](const std::string& endpoint_ip) {
+    std::ofstream(dir + "/config/web.yaml.tmp") << R"(apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.211.90
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: web, namespace: default}
+subsets:
+- addresses: [{ip: )" + endpoint_ip + R"(}]
+  ports: [{name: http, port: 8080}]
+)";
+    fs::rename(dir + "/config/web.yaml.tmp", dir + "/config/web.yaml");
+  };
+  write_config("10.211.0.2");
+  auto agent = StartAgent(lab, dir, 0, {"--config-dir", dir + "/config"});
+  REQUIRE(cni::CallAgent(dir + "/cni.sock", AddRequest(lab, "client", "default", "10.211.0.10"),
+                         std::chrono::seconds(5)));
+  CHECK(Count(lab.Connect("client", "10.96.211.90:80", 10), "by_server", "a") == 10);
+
+  // An edit is picked up (the directory is watched)...
+  write_config("10.211.0.3");
+  CHECK(Within([&] {
+          return Count(lab.Connect("client", "10.96.211.90:80", 1), "by_server", "b") == 1;
+        }) >= 0);
+  // ...and a broken file is reported while its last good version stays in force.
+  std::ofstream(dir + "/config/web.yaml") << "kind: Service\nmetadata: [not, a, map\n";
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  CHECK(Count(lab.Connect("client", "10.96.211.90:80", 10), "by_server", "b") == 10);
+  int status = 0;
+  auto dump = HttpGet(agent.admin_port, "/config_dump", &status);
+  CHECK_THAT(dump, Catch::Contains("outbound|80||web.default.svc.cluster.local"));
+  agent.proc->Kill();
+}

@@ -48,6 +48,7 @@ struct ProxyOptions {
 // Counters summed over workers (relaxed atomics; for tests and the admin page).
 struct ProxyStats {
   std::atomic<uint64_t> downstream_cx{0};
+  std::atomic<uint64_t> active_cx{0};  // downstream connections open now (a gauge)
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> upstream_cx{0};
   std::atomic<uint64_t> retries{0};
@@ -68,6 +69,10 @@ class Proxy {
   // Publishes a new config. Listeners with the same name and address keep their
   // sockets; new ones are opened; removed ones are closed once every worker moved on.
   Result<void> Update(std::shared_ptr<const ProxyConfig> config);
+  // Starts draining: every listener stops accepting (its socket is closed), requests in
+  // flight finish, and idle keep-alive connections are closed. Stop() when
+  // stats().active_cx reaches 0 or a deadline passes.
+  Result<void> Drain();
   // The bound port of a listener (useful with port 0), or 0 when unknown.
   uint16_t Port(std::string_view listener) const;
   const ProxyStats& stats() const;
