@@ -648,7 +648,9 @@ struct Cluster::Impl {
     // we wait for it to listen.
     if (auto r = Sync(); !r)
       out << "warning: " << r.error().message << "\n";
-    WaitPorts(rec);
+    // A gateway listens on a port only once a Gateway asks for it: no waiting for those.
+    if (rec.admin.empty())
+      WaitPorts(rec);
     return {};
   }
 
@@ -881,7 +883,8 @@ struct Cluster::Impl {
     std::string kind_lower;
     for (char ch : o.kind)
       kind_lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    out << kind_lower << (o.kind == "ConfigMap" ? "" : ".networking.istio.io") << "/" << o.name
+    std::string group = o.api.substr(0, o.api.find('/'));
+    out << kind_lower << (o.kind == "ConfigMap" ? "" : "." + group) << "/" << o.name
         << (existed ? " configured" : " created") << "\n";
     return {};
   }

@@ -295,7 +295,7 @@ void DecodeDocument(const std::string& text, const std::string& file, int index,
     } else if (IsIstioApi(api) ||
                (api == "v1" && kind == "ConfigMap" && ns == "istio-system" && name == "istio")) {
       // The `istio` ConfigMap is the mesh config istiod reads: the control plane's too.
-      d.object = IstioObj{kind, ns, name, text};
+      d.object = IstioObj{kind, ns, name, text, api};
     } else if (api == "v1" &&
                (kind == "ServiceAccount" || kind == "ConfigMap" || kind == "Secret")) {
       d.object = IgnoredObj{kind, ns, name};

@@ -450,6 +450,26 @@ spec:
   - name: c
     image: curlimages/curl
     command: [sleep, infinity]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: done
+spec:
+  containers:
+  - name: c
+    image: curlimages/curl
+    command: ["true"]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: fails
+spec:
+  containers:
+  - name: c
+    image: curlimages/curl
+    command: [sh, -c, "echo bye; exit 3"]
 )");
   Run again = Ctl([&] {
     auto a = tc.UpArgs();
@@ -491,6 +511,33 @@ spec:
   CHECK(get.out.find("hostnet") != std::string::npos);
   CHECK(tc.Netns().find("hostnet") == std::string::npos);
   CHECK(Sh("curl -s http://" + tc.admin + "/pods").find("hostnet") == std::string::npos);
+
+  // No restart policy: a container that exits shows how it ended.
+  std::string phases;
+  for (int i = 0; i < 40; ++i) {
+    phases.clear();
+    for (const auto& r : Rows(tc.Local({"get", "pods", "-A"}).out))
+      if (r.size() > 3 && (r[1] == "done" || r[1] == "fails"))
+        phases += r[1] + "=" + r[3] + " ";
+    if (phases == "done=Completed fails=Error ")
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  CHECK(phases == "done=Completed fails=Error ");
+  CHECK(tc.Local({"logs", "fails"}).out == "bye\n");
+
+  // Removing the label takes the running pod out of the mesh again.
+  REQUIRE(tc.Local({"label", "namespace", "default", "istio.io/dataplane-mode-"}).status == 0);
+  for (int i = 0; i < 30 && enrolled; ++i) {
+    auto pods = nlohmann::json::parse(Sh("curl -s http://" + tc.admin + "/pods"), nullptr, false);
+    for (const auto& p : pods.is_array() ? pods : nlohmann::json::array())
+      if (p.value("name", "") == sleep_pod)
+        enrolled = p.value("enrolled", false);
+    if (enrolled)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  CHECK_FALSE(enrolled);
+  CHECK(tc.Local({"get", "ns"}).out.find("istio.io/dataplane-mode") == std::string::npos);
 
   // delete -f: the pods go, with their network namespace and cgroup.
   Run del = tc.Local({"delete", "-f", httpbin});

@@ -54,6 +54,7 @@ struct ExternalHostObj {
 // Istio resources: copied into the config dir unchanged.
 struct IstioObj {
   std::string kind, ns, name, text;
+  std::string api;  // apiVersion, e.g. networking.istio.io/v1
 };
 // Kinds the local cluster accepts and has nothing to do for (ServiceAccount, ConfigMap…).
 struct IgnoredObj {
