@@ -81,7 +81,10 @@ while (($#)); do
 done
 ((${#selected[@]})) || selected=(1 2 3 4 5 6 7 8)
 [[ -t 1 ]] || color=0
+state_dir=$(realpath -m "$state_dir")
 export SLUICE_LOCAL_STATE=$state_dir
+# Commands are shown and run from the checkout, as the examples' READMEs write them.
+cd "$root" || exit 1
 state_file=$state_dir/state.json
 
 if ((color)); then
@@ -246,7 +249,7 @@ cluster_up() {
   printf '\n%s━━ Local cluster%s\n' "$B" "$N"
   show_cmd export SLUICE_LOCAL_STATE="$state_dir"
   local args=(sluicectl local up -f examples/samples -f examples/istio-system -f examples/external "${up_args[@]}")
-  (cd "$root" && run --max 40 --timeout 180 "${args[@]}")
+  run --max 40 --timeout 180 "${args[@]}"
   if ((RC != 0)); then
     printf '%sFAIL: the local cluster did not come up (exit %s); no task can run.%s\n' "$R" "$RC" "$N"
     return 1
