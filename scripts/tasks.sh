@@ -783,10 +783,11 @@ task_8() {
     done
     return 0
   }
-  send() { # send MARK: n requests from the client, one exec
+  local sent_ok=0
+  send() { # send MARK: n requests from the client, one exec; sent_ok counts the 200s
     run --max 2 sluicectl local exec "$client" -- sh -c \
       "for i in \$(seq $n); do curl -s -o /dev/null -w '%{http_code}\n' --max-time 5 -A '$1' http://httpbin:8000/headers; done"
-    grep -c '^200$' <<<"$OUT"
+    sent_ok=$(grep -c '^200$' <<<"$OUT")
   }
 
   # All to v1 (wait for the route: a first request must land on v1).
@@ -796,7 +797,8 @@ task_8() {
   until_ok 10 eval 'quiet sluicectl local exec "$client" -- curl -s -o /dev/null -A "$probe" --max-time 3 http://httpbin:8000/headers; [[ -n $(logs_of "$probe" $v1_pods) && -z $(logs_of "$probe" $v2_pods) ]]'
   mark=$(marker 8a)
   local ok v1c v2c shadow
-  ok=$(send "$mark" | tail -n1)
+  send "$mark"
+  ok=$sent_ok
   sleep 0.3
   # shellcheck disable=SC2086
   v1c=$(logs_of "$mark" $v1_pods | grep -c .)
@@ -820,7 +822,8 @@ task_8() {
   # shellcheck disable=SC2086
   until_ok 10 eval 'quiet sluicectl local exec "$client" -- curl -s -o /dev/null -A "$probe" --max-time 3 http://httpbin:8000/headers; sleep 0.2; [[ -n $(logs_of "$probe" $v2_pods) ]]'
   mark=$(marker 8b)
-  ok=$(send "$mark" | tail -n1)
+  send "$mark"
+  ok=$sent_ok
   sleep 0.5 # mirrored requests are fire-and-forget: let the last ones land
   local v1_lines v2_lines
   # shellcheck disable=SC2086
