@@ -42,6 +42,11 @@ namespace {
 
 constexpr const char* kNetwork = "sluice-local";
 constexpr const char* kExternalNetwork = "sluice-external";
+// SIGTERM, then SIGKILL after this long. Longer than sluice-agent's default drain (5 s),
+// so a gateway or the node agent finishes the requests it has in flight; processes
+// that exit on SIGTERM (all the stand-ins, sleep) go at once.
+constexpr int kContainerGraceMs = 6000;
+constexpr int kDaemonGraceMs = 8000;
 
 std::string RandomHex(int n) {
   static std::mt19937_64 rng{std::random_device{}()};
@@ -478,7 +483,7 @@ struct Cluster::Impl {
   std::vector<std::string> DestroySandbox(PodRec& p, bool external) {
     std::vector<std::string> problems;
     for (const auto& ct : p.containers)
-      StopProcess(ct.pid, ct.start_time, 3000);
+      StopProcess(ct.pid, ct.start_time, kContainerGraceMs);
     if (!p.cgroup.empty())
       if (auto r = KillCgroup(p.cgroup, 2000); !r)
         problems.push_back(r.error().message);
@@ -1494,7 +1499,7 @@ Result<void> Cluster::Down(const std::string& state_dir, std::ostream& out) {
   for (const char* d : {"agent", "xds"}) {
     Daemon dm = ReadPidFile(state_dir + "/" + d + ".pid");
     if (dm.pid > 0) {
-      StopProcess(dm.pid, dm.start_time, 5000);
+      StopProcess(dm.pid, dm.start_time, kDaemonGraceMs);
       if (Alive(dm.pid, dm.start_time))
         problems.push_back(std::string(d) + " (pid " + std::to_string(dm.pid) + ") did not stop");
       else

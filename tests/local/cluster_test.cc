@@ -149,6 +149,44 @@ struct TestCluster {
   std::string Netns() const { return Sh("ip netns list | grep '^" + netns_prefix + "' || true"); }
 };
 
+// `sluicectl local port-forward …` in the background; SIGTERM and reaped on scope exit.
+// port() is the local port its first line announced (0 if none).
+class PortForward {
+ public:
+  PortForward(const std::string& state, const std::string& target, const std::string& ports,
+              const std::string& ns) {
+    int out[2];
+    REQUIRE(pipe(out) == 0);
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(out[1], 1);
+      close(out[0]);
+      execl(SLUICECTL_PATH, SLUICECTL_PATH, "local", "port-forward", target.c_str(), ports.c_str(),
+            "-n", ns.c_str(), "--state-dir", state.c_str(), nullptr);
+      _exit(127);
+    }
+    close(out[1]);
+    char ch;
+    while (read(out[0], &ch, 1) == 1 && ch != '\n')
+      line_ += ch;
+    close(out[0]);
+    std::smatch m;
+    if (std::regex_search(line_, m, std::regex("^Forwarding from 127\\.0\\.0\\.1:([0-9]+) -> ")))
+      port_ = std::stoi(m[1]);
+  }
+  ~PortForward() {
+    kill(pid_, SIGTERM);
+    waitpid(pid_, nullptr, 0);
+  }
+  int port() const { return port_; }
+  const std::string& line() const { return line_; }
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  std::string line_;
+};
+
 const char* kHttpbin = R"(apiVersion: v1
 kind: Namespace
 metadata:
@@ -327,34 +365,23 @@ TEST_CASE(
 
   // port-forward: 127.0.0.1:L -> the Service port, through a pod.
   {
-    int out_pipe[2];
-    REQUIRE(pipe(out_pipe) == 0);
-    pid_t pf = fork();
-    if (pf == 0) {
-      dup2(out_pipe[1], 1);
-      close(out_pipe[0]);
-      execl(SLUICECTL_PATH, SLUICECTL_PATH, "local", "port-forward", "svc/httpbin", "0:8000", "-n",
-            "shop", "--state-dir", tc.state.c_str(), nullptr);
-      _exit(127);
-    }
-    close(out_pipe[1]);
-    struct Reap {
-      pid_t pid;
-      ~Reap() {
-        kill(pid, SIGTERM);
-        waitpid(pid, nullptr, 0);
-      }
-    } reap{pf};
-    std::string line;
-    char ch;
-    while (read(out_pipe[0], &ch, 1) == 1 && ch != '\n')
-      line += ch;
-    close(out_pipe[0]);
-    std::smatch m;
-    REQUIRE(
-        std::regex_search(line, m, std::regex("Forwarding from 127\\.0\\.0\\.1:([0-9]+) -> 8000")));
-    std::string body = Sh("curl -s -m 5 http://127.0.0.1:" + std::string(m[1]) + "/headers");
-    CHECK(body.find("\"Host\": \"127.0.0.1:" + std::string(m[1]) + "\"") != std::string::npos);
+    PortForward svc(tc.state, "svc/httpbin", "0:8000", "shop");
+    INFO(svc.line());
+    REQUIRE(svc.port() > 0);
+    CHECK(svc.line() == "Forwarding from 127.0.0.1:" + std::to_string(svc.port()) + " -> 8000");
+    std::string url = "http://127.0.0.1:" + std::to_string(svc.port());
+    std::string body = Sh("curl -s -m 5 " + url + "/headers");
+    CHECK(body.find("\"Host\": \"127.0.0.1:" + std::to_string(svc.port()) + "\"") !=
+          std::string::npos);
+    // pod/NAME: REMOTE is the pod's own port.
+    PortForward pod(tc.state, "pod/" + httpbin_pod, "0:80", "shop");
+    REQUIRE(pod.port() > 0);
+    CHECK(Sh("curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:" +
+             std::to_string(pod.port()) + "/status/204") == "204");
+    // A Service port that does not exist is refused at once.
+    Run badport = tc.Local({"port-forward", "svc/httpbin", "0:9999", "-n", "shop"});
+    CHECK(badport.status == 1);
+    CHECK(badport.err.find("service shop/httpbin has no port 9999") != std::string::npos);
   }
 
   // A bad manifest: refused naming file, document and field; nothing of it applied, the
@@ -685,32 +712,10 @@ spec:
 
   // Istio's ingress task: 127.0.0.1:L -> svc/istio-ingressgateway:80 -> the gateway's
   // 8080 listener -> httpbin.
-  int out_pipe[2];
-  REQUIRE(pipe(out_pipe) == 0);
-  pid_t pf = fork();
-  if (pf == 0) {
-    dup2(out_pipe[1], 1);
-    close(out_pipe[0]);
-    execl(SLUICECTL_PATH, SLUICECTL_PATH, "local", "port-forward", "svc/istio-ingressgateway",
-          "0:80", "-n", "istio-system", "--state-dir", tc.state.c_str(), nullptr);
-    _exit(127);
-  }
-  close(out_pipe[1]);
-  struct Reap {
-    pid_t pid;
-    ~Reap() {
-      kill(pid, SIGTERM);
-      waitpid(pid, nullptr, 0);
-    }
-  } reap{pf};
-  std::string line;
-  char ch;
-  while (read(out_pipe[0], &ch, 1) == 1 && ch != '\n')
-    line += ch;
-  close(out_pipe[0]);
-  std::smatch m;
-  REQUIRE(std::regex_search(line, m, std::regex("127\\.0\\.0\\.1:([0-9]+) -> 80")));
-  std::string url = "http://127.0.0.1:" + std::string(m[1]);
+  PortForward fwd(tc.state, "svc/istio-ingressgateway", "0:80", "istio-system");
+  INFO(fwd.line());
+  REQUIRE(fwd.port() > 0);
+  std::string url = "http://127.0.0.1:" + std::to_string(fwd.port());
   std::string code;
   for (int i = 0; i < 50 && code != "200"; ++i) {  // the gateway may still be taking config
     code = Sh("curl -s -m 5 -o /dev/null -w '%{http_code}' -H Host:httpbin.example.com " + url +
