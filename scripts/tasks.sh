@@ -400,8 +400,17 @@ for s in (json.load(sys.stdin).get("kernel") or {}).get("services", []):
   run sluicectl local label namespace default istio.io/dataplane-mode=sluice
   sleep 1
   before_lines=$( [[ -f $log ]] && wc -l <"$log" || echo 0)
+  before_k=$(kernel_count translated redirected)
   mark=$(marker 1c)
   until_ok 5 eval 'request "$mark" >/dev/null; [[ -n $(new_log_lines "$before_lines" "$mark") ]]'
+  after_k=$(kernel_count translated redirected)
+  request "$mark"
+  evidence "kernel counters translated+redirected: $before_k → $after_k"
+  if [[ $before_k != "?" && $after_k != "?" ]] && ((after_k > before_k)); then
+    pass "labelled again: the kernel handles the pod's connections again (no restart)"
+  else
+    fail "labelled again: the kernel counters did not move ($before_k → $after_k)"
+  fi
   if [[ -n $(new_log_lines "$before_lines" "$mark") ]]; then
     pass "labelled again: requests are logged again"
   else
