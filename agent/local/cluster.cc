@@ -21,7 +21,6 @@
 #include <fstream>
 #include <iostream>
 #include <random>
-#include <set>
 #include <sstream>
 #include <thread>
 
@@ -773,10 +772,6 @@ struct Cluster::Impl {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: istio\n"
         "  namespace: istio-system\ndata:\n  mesh: |-\n"
         "    accessLogFile: /dev/stdout\n");
-  }
-
-  bool NamespaceKnown(const std::string& ns, const std::set<std::string>& incoming) {
-    return s.FindNamespace(ns) || incoming.contains(ns);
   }
 
   Result<void> ApplyOne(const Document& d) {
