@@ -92,18 +92,78 @@ struct TimerOwner {
   virtual ~TimerOwner() = default;
 };
 
+// An armed timer sits in its worker's heap; `slot` is its index there (kNoSlot when
+// not armed), so cancelling removes it at once and the heap holds only live timers
+// (about three per connection), never one entry per past request.
 struct Timer {
+  static constexpr uint32_t kNoSlot = UINT32_MAX;
   TimerOwner* owner = nullptr;
   int kind = 0;
-  uint64_t gen = 0;
-  bool armed = false;
+  int64_t deadline = 0;
+  uint32_t slot = kNoSlot;
+  bool armed() const { return slot != kNoSlot; }
 };
 
-struct TimerEntry {
-  int64_t deadline;
-  uint64_t gen;
-  Timer* timer;
-  bool operator>(const TimerEntry& o) const { return deadline > o.deadline; }
+// A binary min-heap of Timer pointers by deadline, each timer knowing its index.
+class TimerHeap {
+ public:
+  TimerHeap() { heap_.reserve(1024); }
+  bool empty() const { return heap_.empty(); }
+  std::size_t size() const { return heap_.size(); }
+  Timer* front() const { return heap_.front(); }
+  void Add(Timer& t) {
+    t.slot = static_cast<uint32_t>(heap_.size());
+    heap_.push_back(&t);
+    Up(t.slot);
+  }
+  void Remove(Timer& t) {
+    uint32_t i = t.slot;
+    if (i == Timer::kNoSlot)
+      return;
+    t.slot = Timer::kNoSlot;
+    Timer* last = heap_.back();
+    heap_.pop_back();
+    if (last == &t)
+      return;
+    heap_[i] = last;
+    last->slot = i;
+    Down(i);
+    Up(last->slot);
+  }
+
+ private:
+  void Up(uint32_t i) {
+    Timer* t = heap_[i];
+    while (i > 0) {
+      uint32_t parent = (i - 1) / 2;
+      if (heap_[parent]->deadline <= t->deadline)
+        break;
+      heap_[i] = heap_[parent];
+      heap_[i]->slot = i;
+      i = parent;
+    }
+    heap_[i] = t;
+    t->slot = i;
+  }
+  void Down(uint32_t i) {
+    const uint32_t n = static_cast<uint32_t>(heap_.size());
+    Timer* t = heap_[i];
+    while (true) {
+      uint32_t c = 2 * i + 1;
+      if (c >= n)
+        break;
+      if (c + 1 < n && heap_[c + 1]->deadline < heap_[c]->deadline)
+        ++c;
+      if (heap_[c]->deadline >= t->deadline)
+        break;
+      heap_[i] = heap_[c];
+      heap_[i]->slot = i;
+      i = c;
+    }
+    heap_[i] = t;
+    t->slot = i;
+  }
+  std::vector<Timer*> heap_;
 };
 
 // ----------------------------------------------------------------------- snapshot
@@ -232,7 +292,6 @@ class Worker {
   Worker(Proxy::Impl* impl, int index) : impl_(impl), index_(index) {
     rng_ =
         0x9e3779b97f4a7c15ull * static_cast<uint64_t>(index + 1) ^ static_cast<uint64_t>(NowMs());
-    timers_.reserve(4096);
     deferred_.reserve(256);
     pending_.reserve(256);
   }
@@ -275,15 +334,11 @@ class Worker {
   }
   int64_t now() const { return now_ms_; }
   void Arm(Timer& t, int64_t after_ms) {
-    ++t.gen;
-    t.armed = true;
-    timers_.push_back(TimerEntry{now_ms_ + after_ms, t.gen, &t});
-    std::push_heap(timers_.begin(), timers_.end(), std::greater<>());
+    timers_.Remove(t);
+    t.deadline = now_ms_ + after_ms;
+    timers_.Add(t);
   }
-  static void Cancel(Timer& t) {
-    ++t.gen;
-    t.armed = false;
-  }
+  void Cancel(Timer& t) { timers_.Remove(t); }
   bool EpollSet(int fd, uint32_t events, Handler* h, bool add) {
     epoll_event ev{};
     ev.events = events;
@@ -356,7 +411,7 @@ class Worker {
   std::shared_ptr<const Snapshot> snap_;
   std::vector<std::unique_ptr<ListenerHandler>> listeners_;
   std::vector<std::unique_ptr<ListenerHandler>> retired_listeners_;
-  std::vector<TimerEntry> timers_;
+  TimerHeap timers_;
   std::vector<std::unique_ptr<Session>> all_sessions_;
   std::vector<Session*> free_sessions_;
   std::vector<std::unique_ptr<UpstreamConn>> all_upstreams_;
@@ -396,7 +451,7 @@ class Mirror final : public UpstreamOwner, public TimerOwner {
     if (!active)
       return;
     active = false;
-    Worker::Cancel(timer);
+    w->Cancel(timer);
     UpstreamConn* u = up;
     up = nullptr;
     if (u)
@@ -509,10 +564,43 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
 
 // ----------------------------------------------------------------------- helpers
 
+// Decimal digits of v, written by hand (no locale, no format parsing on the hot path).
 void AppendNum(Buffer& b, uint64_t v) {
-  char tmp[24];
-  auto r = fmt::format_to_n(tmp, sizeof(tmp), "{}", v);
-  b.Append(std::string_view(tmp, r.size));
+  char tmp[20];
+  char* end = tmp + sizeof(tmp);
+  char* p = end;
+  do {
+    *--p = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  b.Append(std::string_view(p, static_cast<std::size_t>(end - p)));
+}
+
+// Copies a NUL-terminated string into a fixed array, truncating.
+template <std::size_t N>
+void CopyStr(char (&dst)[N], std::string_view src) {
+  std::size_t n = std::min(src.size(), N - 1);
+  std::memcpy(dst, src.data(), n);
+  dst[n] = '\0';
+}
+
+// A random UUIDv4 in its text form (36 characters and a NUL).
+void FormatUuid4(uint64_t a, uint64_t b, char (&out)[40]) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  a = (a & 0xffffffffffff0fffull) | 0x4000ull;
+  b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
+  char* p = out;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 8 || i == 12)
+      *p++ = '-';
+    *p++ = kHex[(a >> (60 - 4 * i)) & 0xf];
+  }
+  for (int i = 0; i < 16; ++i) {
+    if (i == 0 || i == 4)
+      *p++ = '-';
+    *p++ = kHex[(b >> (60 - 4 * i)) & 0xf];
+  }
+  *p = '\0';
 }
 
 bool IsHopByHop(std::string_view name) {
@@ -660,7 +748,7 @@ void UpstreamConn::OnEvent(uint32_t ev) {
       return;
     }
     connecting = false;
-    Worker::Cancel(connect_timer);
+    w->Cancel(connect_timer);
     sockaddr_storage ls{};
     socklen_t ll = sizeof(ls);
     if (getsockname(fd, reinterpret_cast<sockaddr*>(&ls), &ll) == 0) {
@@ -1228,14 +1316,10 @@ void Worker::CloseIdle() {
 }
 
 void Worker::RunTimers() {
-  while (!timers_.empty() && timers_.front().deadline <= now_ms_) {
-    std::pop_heap(timers_.begin(), timers_.end(), std::greater<>());
-    TimerEntry e = timers_.back();
-    timers_.pop_back();
-    if (!e.timer->armed || e.timer->gen != e.gen)
-      continue;
-    e.timer->armed = false;
-    e.timer->owner->OnTimer(e.timer->kind);
+  while (!timers_.empty() && timers_.front()->deadline <= now_ms_) {
+    Timer* t = timers_.front();
+    timers_.Remove(*t);
+    t->owner->OnTimer(t->kind);
   }
 }
 
@@ -1266,7 +1350,7 @@ void Worker::Run() {
     now_ms_ = NowMs();
     int timeout = -1;
     if (!timers_.empty()) {
-      timeout = static_cast<int>(std::clamp<int64_t>(timers_.front().deadline - now_ms_, 0, 1000));
+      timeout = static_cast<int>(std::clamp<int64_t>(timers_.front()->deadline - now_ms_, 0, 1000));
     }
     // Idle connections are swept every 100 ms (a walk over this worker's sessions).
     if (timeout < 0 || timeout > 100)
@@ -1588,12 +1672,7 @@ void Session::Dispatch() {
   generated_id = !has_id;
   if (generated_id) {
     uint64_t a = w->Rand(), b = w->Rand();
-    a = (a & 0xffffffffffff0fffull) | 0x4000ull;
-    b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
-    snprintf(request_id, sizeof(request_id), "%08x-%04x-%04x-%04x-%012llx",
-             static_cast<uint32_t>(a >> 32), static_cast<uint32_t>((a >> 16) & 0xffff),
-             static_cast<uint32_t>(a & 0xffff), static_cast<uint32_t>(b >> 48),
-             static_cast<unsigned long long>(b & 0xffffffffffffull));
+    FormatUuid4(a, b, request_id);
   }
   const RouteTable* rt = chain->http.routes.get();
   vh = rt ? rt->FindVirtualHost(req.host) : nullptr;
@@ -1768,7 +1847,7 @@ void Session::StartAttempt() {
     return;
   }
   up_ep = ep;
-  std::snprintf(up_host, sizeof(up_host), "%s", ep->address.c_str());
+  CopyStr(up_host, ep->address);
   if (!u) {
     OnUpFailure(nullptr, UpFailure::kConnect);
     return;
@@ -1784,7 +1863,7 @@ void Session::StartAttempt() {
   if (rp.per_try_timeout.count() > 0)
     w->Arm(try_timer, rp.per_try_timeout.count());
   if (!u->connecting) {
-    std::snprintf(up_local, sizeof(up_local), "%s", u->local_addr);
+    CopyStr(up_local, u->local_addr);
     u->Flush();
   }
 }
@@ -1884,7 +1963,7 @@ void Session::SerializeRequest(Buffer& dst, bool shadow) {
 }
 
 void Session::DropUpstream(bool reuse) {
-  Worker::Cancel(try_timer);
+  w->Cancel(try_timer);
   if (!up)
     return;
   UpstreamConn* u = up;
@@ -1895,7 +1974,7 @@ void Session::DropUpstream(bool reuse) {
 }
 
 void Session::OnUpConnected(UpstreamConn* u) {
-  std::snprintf(up_local, sizeof(up_local), "%s", u->local_addr);
+  CopyStr(up_local, u->local_addr);
 }
 
 bool Session::ScheduleRetry() {
@@ -1989,14 +2068,14 @@ void Session::OnUpHeaders(UpstreamConn* u) {
     DropUpstream(false);
     return;
   }
-  Worker::Cancel(try_timer);
+  w->Cancel(try_timer);
   status = r.status;
   details = "via_upstream";
   response_started = true;
   service_time_ms = w->now() - service_time_ms;
   WriteResponseHead(r);
   if (r.status == 101) {
-    Worker::Cancel(route_timer);
+    w->Cancel(route_timer);
     phase = Phase::kTunnel;
     TryWrite();
   } else {
@@ -2218,9 +2297,9 @@ void Session::LogRequest() {
 
 void Session::Finish() {
   // The request is answered (fully queued in `out`): log, account, and move on.
-  Worker::Cancel(route_timer);
-  Worker::Cancel(try_timer);
-  Worker::Cancel(wait_timer);
+  w->Cancel(route_timer);
+  w->Cancel(try_timer);
+  w->Cancel(wait_timer);
   if (retry_counted) {
     cluster->active_retries.fetch_sub(1, std::memory_order_relaxed);
     retry_counted = false;
@@ -2330,9 +2409,9 @@ void Session::Close() {
     tcp_session = false;
     LogRequest();
   }
-  Worker::Cancel(route_timer);
-  Worker::Cancel(try_timer);
-  Worker::Cancel(wait_timer);
+  w->Cancel(route_timer);
+  w->Cancel(try_timer);
+  w->Cancel(wait_timer);
   DropUpstream(false);
   if (fd >= 0) {
     w->EpollDel(fd);
@@ -2405,7 +2484,7 @@ void Session::StartTcp() {
   bool overflow = false;
   UpstreamConn* u = w->GetUpstream(snap, cluster, ep, &overflow);
   up_ep = ep;
-  std::snprintf(up_host, sizeof(up_host), "%s", ep->address.c_str());
+  CopyStr(up_host, ep->address);
   if (!u) {
     flags |= overflow ? kFlagUO : kFlagUF;
     Abort(0);

@@ -1,6 +1,6 @@
 // "No allocation per request on the hot path", measured: malloc/calloc/realloc are
 // counted per thread, and only the proxy's worker threads (named "sluice-l7-N") are looked at.
-// After a warm-up, 2000 keep-alive requests through a route with header mutations
+// After a warm-up, 10000 keep-alive requests through a route with header mutations
 // and a weighted split must not allocate at all in the worker.
 #include <pthread.h>
 
@@ -75,7 +75,10 @@ TEST_CASE("the worker does not allocate per request once warm", "[proxy][alloc]"
   for (int i = 0; i < 500; ++i)
     REQUIRE(c.Request(req).status == 200);
   uint64_t before = g_worker_allocs.load();
-  for (int i = 0; i < 2000; ++i)
+  // Many more requests than any container's initial reserve: a structure that grows
+  // with the number of past requests (such as timer entries left behind by cancelled
+  // route timeouts) must show up here as an allocation.
+  for (int i = 0; i < 10000; ++i)
     REQUIRE(c.Request(req).status == 200);
   uint64_t during = g_worker_allocs.load() - before;
   CHECK(during == 0);
