@@ -248,6 +248,7 @@ class UpstreamConn final : public Handler, public TimerOwner {
   bool counted = false;
   bool head_request = false;
   bool reusable = false;
+  bool mirror_conn = false;  // opened for mirror copies (counted against their cap)
   uint32_t events = 0;
   Buffer in, out;
   http::ResponseHead resp;
@@ -294,6 +295,7 @@ class Worker {
         0x9e3779b97f4a7c15ull * static_cast<uint64_t>(index + 1) ^ static_cast<uint64_t>(NowMs());
     deferred_.reserve(256);
     pending_.reserve(256);
+    mirror_flush_.reserve(256);
   }
   ~Worker();
 
@@ -352,8 +354,10 @@ class Worker {
   Endpoint* OriginalDstEndpoint(const sockaddr_storage& addr);
   // A connected (pooled) or connecting upstream; nullptr when the socket could not be
   // created or connect() failed at once. *overflow: the max_connections breaker.
+  // for_mirror: a new connection only within ProxyOptions.mirror_max_connections
+  // (else nullptr with *overflow set).
   UpstreamConn* GetUpstream(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
-                            Endpoint* ep, bool* overflow);
+                            Endpoint* ep, bool* overflow, bool for_mirror = false);
   void ReleaseUpstream(UpstreamConn* up, bool reuse);
   void OnEndpointResult(const Cluster& c, Endpoint* ep, bool failure);
 
@@ -376,7 +380,7 @@ class Worker {
   const std::shared_ptr<const Snapshot>& snap() const { return snap_; }
   int index() const { return index_; }
 
-  std::size_t mirror_inflight = 0, mirror_bytes = 0;
+  std::size_t mirror_inflight = 0, mirror_bytes = 0, mirror_conns = 0;
 
  private:
   struct WakeHandler : Handler {
@@ -397,6 +401,7 @@ class Worker {
   void SwapSnapshot();
   void SweepIdle();
   void RunTimers();
+  void FlushMirrors();
   void FlushLog();
   void CloseIdle();
 
@@ -427,6 +432,8 @@ class Worker {
       original_dst_;
   std::vector<std::pair<int, void*>> deferred_;  // 0 session, 1 upstream, 2 mirror
   std::vector<Session*> pending_;
+  // Mirror copies are written after the batch's primary requests (see SendMirror).
+  std::vector<std::pair<UpstreamConn*, uint64_t>> mirror_flush_;
   fmt::memory_buffer log_;
 
   friend class UpstreamConn;
@@ -960,7 +967,7 @@ void Worker::ReleaseMirror(Mirror* m) {
 }
 
 UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
-                                  Endpoint* ep, bool* overflow) {
+                                  Endpoint* ep, bool* overflow, bool for_mirror) {
   *overflow = false;
   auto it = idle_.find(ep);
   if (it != idle_.end()) {
@@ -978,7 +985,8 @@ UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, c
       return u;
     }
   }
-  if (c->active_connections.load(std::memory_order_relaxed) >= c->limits.max_connections) {
+  if (c->active_connections.load(std::memory_order_relaxed) >= c->limits.max_connections ||
+      (for_mirror && mirror_conns >= opts().mirror_max_connections)) {
     *overflow = true;
     return nullptr;
   }
@@ -1016,6 +1024,9 @@ UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, c
   u->ResetResponse();
   std::strcpy(u->local_addr, "-");
   u->counted = true;
+  u->mirror_conn = for_mirror;
+  if (for_mirror)
+    ++mirror_conns;
   c->active_connections.fetch_add(1, std::memory_order_relaxed);
   stats().upstream_cx.fetch_add(1, std::memory_order_relaxed);
   u->events = EPOLLOUT;
@@ -1050,6 +1061,10 @@ void Worker::ReleaseUpstream(UpstreamConn* u, bool reuse) {
     if (u->counted) {
       u->cluster->active_connections.fetch_sub(1, std::memory_order_relaxed);
       u->counted = false;
+    }
+    if (u->mirror_conn) {
+      --mirror_conns;
+      u->mirror_conn = false;
     }
     u->snap.reset();
     u->in.Shrink(64 * 1024);
@@ -1192,7 +1207,7 @@ void Worker::SendMirror(const MirrorPolicy& m, Session& s) {
   if (!ep)
     return;
   bool overflow = false;
-  UpstreamConn* u = GetUpstream(s.snap, c, ep, &overflow);
+  UpstreamConn* u = GetUpstream(s.snap, c, ep, &overflow, /*for_mirror=*/true);
   if (!u) {
     stats().mirrors_dropped.fetch_add(1, std::memory_order_relaxed);
     return;
@@ -1218,8 +1233,19 @@ void Worker::SendMirror(const MirrorPolicy& m, Session& s) {
   int64_t timeout =
       s.route && s.route->action.timeout.count() > 0 ? s.route->action.timeout.count() : 15000;
   Arm(mr->timer, timeout);
+  // The copy is only serialised here; it is sent after this batch's events, so the
+  // primary request (sent next by the session) never waits behind the shadow's send.
   if (!u->connecting)
-    u->Flush();
+    mirror_flush_.emplace_back(u, u->gen);
+}
+
+void Worker::FlushMirrors() {
+  for (std::size_t i = 0; i < mirror_flush_.size(); ++i) {
+    auto [u, g] = mirror_flush_[i];
+    if (u->gen == g && u->fd >= 0 && !u->connecting)
+      u->Flush();
+  }
+  mirror_flush_.clear();
 }
 
 void Worker::Accept(ListenerHandler& l) {
@@ -1355,7 +1381,7 @@ void Worker::Run() {
     // Idle connections are swept every 100 ms (a walk over this worker's sessions).
     if (timeout < 0 || timeout > 100)
       timeout = 100;
-    if (!deferred_.empty() || log_.size() > 0)
+    if (!deferred_.empty() || log_.size() > 0 || !mirror_flush_.empty())
       timeout = 0;
     int n = epoll_wait(ep_, events, 256, timeout);
     now_ms_ = NowMs();
@@ -1370,6 +1396,7 @@ void Worker::Run() {
       static_cast<Handler*>(events[i].data.ptr)->OnEvent(events[i].events);
     }
     RunTimers();
+    FlushMirrors();
     if (now_ms_ >= next_sweep_ms_) {
       next_sweep_ms_ = now_ms_ + 100;
       SweepIdle();
