@@ -1091,16 +1091,24 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
   const std::size_t n = c.endpoints.size();
   if (n == 0)
     return nullptr;
-  std::size_t healthy = 0;
+  std::size_t healthy = 0, degraded = 0;
   for (const auto& e : c.endpoints) {
     if (e->ejected_until_ms.load(std::memory_order_relaxed) <= now_ms_)
-      ++healthy;
+      ++(e->degraded ? degraded : healthy);
   }
-  // Envoy's panic mode: with no healthy endpoint, use them all.
-  const bool panic = healthy == 0;
+  // As Envoy: DEGRADED endpoints only when no healthy one is left; with neither (all
+  // ejected by outlier detection), panic mode: use them all.
+  const bool panic = healthy == 0 && degraded == 0;
+  const bool use_degraded = healthy == 0;
+  const std::size_t eligible = panic ? n : (use_degraded ? degraded : healthy);
   auto ok = [&](std::size_t i) {
-    return panic || c.endpoints[i]->ejected_until_ms.load(std::memory_order_relaxed) <= now_ms_;
+    const Endpoint& e = *c.endpoints[i];
+    if (panic)
+      return true;
+    return e.ejected_until_ms.load(std::memory_order_relaxed) <= now_ms_ &&
+           (use_degraded || !e.degraded);
   };
+  // Consistent hashing walks on to the next usable slot's endpoint.
   auto probe = [&](std::size_t start) -> Endpoint* {
     for (std::size_t k = 0; k < n; ++k) {
       std::size_t i = (start + k) % n;
@@ -1109,24 +1117,57 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
     }
     return nullptr;
   };
-  // With unequal weights, a number in [0, total weight) maps to an endpoint.
   const bool weighted = !c.cumulative_weight.empty();
-  auto by_weight = [&](uint64_t r) -> std::size_t {
-    uint64_t total = c.cumulative_weight.back();
-    auto it = std::upper_bound(c.cumulative_weight.begin(), c.cumulative_weight.end(), r % total);
-    return static_cast<std::size_t>(it - c.cumulative_weight.begin());
+  auto weight = [&](std::size_t i) -> uint64_t {
+    return weighted ? std::max<uint32_t>(1, c.endpoints[i]->weight) : 1;
   };
-  auto random_index = [&]() { return weighted ? by_weight(Rand()) : Rand() % n; };
+  // When some endpoints are left out (ejected, or degraded while healthy ones remain),
+  // the rest share the traffic by weight: the r-th unit of their weights, r taken modulo
+  // its sum. (Walking on from an unusable endpoint would send its share to its
+  // neighbour.)
+  const bool all_usable = eligible == n;
+  uint64_t usable_weight = 0;
+  if (!all_usable) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (ok(i))
+        usable_weight += weight(i);
+    }
+  }
+  auto nth_usable = [&](uint64_t r) -> Endpoint* {
+    r %= usable_weight;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!ok(i))
+        continue;
+      if (r < weight(i))
+        return c.endpoints[i].get();
+      r -= weight(i);
+    }
+    return nullptr;
+  };
+  auto random_pick = [&]() -> Endpoint* {
+    if (!all_usable)
+      return nth_usable(Rand());
+    if (!weighted)
+      return c.endpoints[Rand() % n].get();
+    uint64_t r = Rand() % c.cumulative_weight.back();
+    auto it = std::upper_bound(c.cumulative_weight.begin(), c.cumulative_weight.end(), r);
+    return c.endpoints[static_cast<std::size_t>(it - c.cumulative_weight.begin())].get();
+  };
   switch (c.lb) {
     case LbPolicy::kRoundRobin: {
       uint64_t k = c.rr_next.fetch_add(1, std::memory_order_relaxed);
-      return probe(weighted ? by_weight(k) : k % n);
+      if (!all_usable)
+        return nth_usable(k);
+      // Weighted: a smooth schedule (b, a, b, a, b for 2:3), not runs per endpoint.
+      if (!c.rr_schedule.empty())
+        return c.endpoints[c.rr_schedule[k % c.rr_schedule.size()]].get();
+      return c.endpoints[k % n].get();
     }
     case LbPolicy::kRandom:
-      return probe(random_index());
+      return random_pick();
     case LbPolicy::kLeastRequest: {
-      Endpoint* a = probe(random_index());
-      Endpoint* b = probe(random_index());
+      Endpoint* a = random_pick();
+      Endpoint* b = random_pick();
       if (!a || !b)
         return a ? a : b;
       return b->active_requests.load(std::memory_order_relaxed) <
@@ -1136,7 +1177,7 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
     }
     case LbPolicy::kRingHash: {
       if (!has_hash || c.ring.empty())
-        return probe(Rand() % n);
+        return random_pick();
       auto it = std::lower_bound(c.ring.begin(), c.ring.end(), std::make_pair(hash, uint32_t{0}));
       if (it == c.ring.end())
         it = c.ring.begin();
@@ -1144,7 +1185,7 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
     }
     case LbPolicy::kMaglev:
       if (!has_hash || c.maglev.empty())
-        return probe(Rand() % n);
+        return random_pick();
       return probe(c.maglev[hash % c.maglev.size()]);
   }
   return nullptr;
