@@ -4,9 +4,13 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
+
+#include <cstring>
 
 namespace sluice::agent {
 
@@ -15,6 +19,23 @@ AdminServer::~AdminServer() {
 }
 
 Result<int> AdminServer::Start(const std::string& address) {
+  if (address.starts_with("unix:")) {
+    unix_path_ = address.substr(5);
+    sockaddr_un sun{};
+    if (unix_path_.empty() || unix_path_.size() >= sizeof(sun.sun_path))
+      return Fail("--admin-address '" + address + "': bad Unix socket path");
+    sun.sun_family = AF_UNIX;
+    std::memcpy(sun.sun_path, unix_path_.c_str(), unix_path_.size() + 1);
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ::unlink(unix_path_.c_str());  // a stale socket of an earlier run
+    mode_t old = umask(0177);
+    int rc = bind(fd_, reinterpret_cast<sockaddr*>(&sun), sizeof(sun));
+    umask(old);
+    if (rc != 0 || listen(fd_, 64) != 0)
+      return FailErrno("admin endpoint " + address, errno);
+    thread_ = std::thread([this] { Serve(); });
+    return 0;
+  }
   auto colon = address.rfind(':');
   if (colon == std::string::npos)
     return Fail("--admin-address '" + address + "': expected 127.0.0.1:PORT");
@@ -44,6 +65,9 @@ void AdminServer::Stop() {
   if (fd_ >= 0)
     close(fd_);
   fd_ = -1;
+  if (!unix_path_.empty())
+    ::unlink(unix_path_.c_str());
+  unix_path_.clear();
 }
 
 void AdminServer::Serve() {
@@ -70,14 +94,18 @@ void AdminServer::Serve() {
     if (sp2 != std::string::npos) {
       const std::string method = req.substr(0, sp1);
       std::string path = req.substr(sp1 + 1, sp2 - sp1 - 1);
-      path = path.substr(0, path.find('?'));
+      std::string query;
+      if (auto q = path.find('?'); q != std::string::npos) {
+        query = path.substr(q + 1);
+        path.resize(q);
+      }
       auto h = handlers_.find(path);
       if (method != "GET")
         reply = {405, "text/plain", "only GET\n"};
       else if (h == handlers_.end())
         reply = {404, "text/plain", "not found; try /ready /metrics /config_dump /pods\n"};
       else
-        reply = h->second();
+        reply = h->second(query);
     }
     const char* reason = reply.status == 200   ? "OK"
                          : reply.status == 503 ? "Service Unavailable"

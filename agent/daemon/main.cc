@@ -1,13 +1,20 @@
-// sluice-agent: the node agent. One per node (a DaemonSet), replacing per-pod sidecars.
+// sluice-agent: Sluice's agent, in one of two roles.
 //
-//   sluice-agent [--xds-address istiod.istio-system.svc:15010] [--cgroup-root DIR]
-//                [--labels-file FILE] [--admin-address 127.0.0.1:15000] ...
+//   sluice-agent [--role node] [--xds-address istiod.istio-system.svc:15010]
+//                [--labels-file FILE] [--proxy-port 15001] [--admin-address 127.0.0.1:15000]
+//   sluice-agent --role gateway --pod-name N --pod-namespace NS --pod-labels k=v,...
 //
-// It loads (or adopts) the kernel data plane, follows its configuration over xDS (from
-// istiod, or from `sluicectl xds serve` on a machine without Kubernetes — the same
-// stream either way), keeps the kernel's services equal to it, and enrols the pods the
-// CNI plugin hands over according to their labels. SIGTERM stops it cleanly; the kernel
-// path keeps working while it is down, and a restart adopts everything.
+// node (one per node, a DaemonSet, replacing per-pod sidecars): loads (or adopts) the
+// kernel data plane, follows its configuration over xDS (from istiod, or from
+// `sluicectl xds serve` on a machine without Kubernetes — the same stream either way),
+// keeps the kernel's services equal to it, enrols the pods the CNI plugin hands over
+// according to their labels, and runs the L7 proxy inside each enrolled pod (one xDS
+// stream per namespace with pods here). SIGTERM stops it cleanly; the kernel path keeps
+// working while it is down, and a restart adopts everything and reopens the pods.
+//
+// gateway (the container of an ingress or egress gateway pod, in that pod's network
+// namespace): asks xDS as a router with the pod's labels and serves the listeners it
+// gets with the L7 proxy. No kernel data plane.
 #include <google/protobuf/util/json_util.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -15,15 +22,20 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
 #include "admin.h"
 #include "labels.h"
+#include "local_source.h"
 #include "node_agent.h"
+#include "ns_streams.h"
+#include "pod_proxies.h"
 #include "sluice/config/store.h"
 #include "sluice/kernelsync/kernel_sync.h"
+#include "sluice/proxy/proxy.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/node.h"
 
@@ -47,6 +59,190 @@ nlohmann::json ToJson(const M& msg) {
   return nlohmann::json::parse(s, nullptr, false);
 }
 
+// The Envoy resources of a snapshot, as /config_dump shows them.
+nlohmann::json DumpResources(const config::Snapshot& s) {
+  nlohmann::json j;
+  j["generation"] = s.generation;
+  j["versions"] = s.versions;
+  j["clusters"] = nlohmann::json::array();
+  j["endpoints"] = nlohmann::json::array();
+  j["listeners"] = nlohmann::json::array();
+  j["routes"] = nlohmann::json::array();
+  for (const auto& [n, c] : s.clusters)
+    j["clusters"].push_back(ToJson(*c));
+  for (const auto& [n, e] : s.endpoints)
+    j["endpoints"].push_back(ToJson(*e));
+  for (const auto& [n, l] : s.listeners)
+    j["listeners"].push_back(ToJson(*l));
+  for (const auto& [n, r] : s.routes)
+    j["routes"].push_back(ToJson(*r));
+  return j;
+}
+
+// "namespace=default&x=y" -> "default" for key "namespace".
+std::string QueryParam(const std::string& query, const std::string& key) {
+  size_t pos = 0;
+  while (pos <= query.size()) {
+    size_t amp = query.find('&', pos);
+    std::string part = query.substr(pos, amp == std::string::npos ? amp : amp - pos);
+    if (part.starts_with(key + "="))
+      return part.substr(key.size() + 1);
+    if (amp == std::string::npos)
+      break;
+    pos = amp + 1;
+  }
+  return "";
+}
+
+// The L7 proxy's view of a snapshot; errors name the resource and field.
+Result<std::shared_ptr<const proxy::ProxyConfig>> CompileL7(const config::Snapshot& s) {
+  return proxy::Compile(s.ToResourceSet());
+}
+
+std::vector<std::pair<std::string, uint64_t>> XdsSamples(const sluice::xds::AdsClientStatus& st,
+                                                         const std::string& labels) {
+  return {{"{" + labels + "}", st.connected ? 1u : 0u}};
+}
+
+// "app=x,istio=ingressgateway" -> map; errors name the flag.
+Result<std::map<std::string, std::string>> ParseLabelList(const std::string& text) {
+  std::map<std::string, std::string> out;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t comma = text.find(',', pos);
+    std::string kv = text.substr(pos, comma == std::string::npos ? comma : comma - pos);
+    auto eq = kv.find('=');
+    if (eq == std::string::npos || eq == 0)
+      return Fail("--pod-labels: '" + kv + "' is not key=value");
+    out[kv.substr(0, eq)] = kv.substr(eq + 1);
+    if (comma == std::string::npos)
+      break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
+struct GatewayArgs {
+  sluice::xds::AdsClientOptions ads;
+  sluice::xds::NodeIdentity id;
+  std::string pod_ip, pod_labels, admin_address, access_log;
+  int workers = 1;
+  std::chrono::milliseconds drain{5000};
+};
+
+// The gateway role: xDS as a router -> the L7 proxy, in this (the gateway pod's)
+// network namespace.
+int RunGateway(GatewayArgs g, sigset_t sigs) {
+  g.id.role = sluice::xds::ProxyRole::kRouter;
+  if (g.id.pod_name.empty()) {
+    spdlog::error("--role gateway needs --pod-name (the gateway pod's name)");
+    return 2;
+  }
+  auto labels = ParseLabelList(g.pod_labels);
+  if (!labels) {
+    spdlog::error("{}", labels.error().message);
+    return 2;
+  }
+  g.id.labels = *labels;
+  g.id.ips = {g.pod_ip};
+  g.ads.node = sluice::xds::BuildNode(g.id);
+
+  config::ConfigStore store;
+  std::mutex mu;  // guards proxy and last_error
+  std::unique_ptr<proxy::Proxy> proxy;
+  std::string last_error;
+  proxy::ProxyOptions po;
+  po.workers = g.workers;
+  po.access_log_path = g.access_log == "-" ? "" : g.access_log;
+  store.Subscribe([&](const config::SnapshotPtr& s, const config::Diff&) {
+    auto cfg = CompileL7(*s);
+    std::lock_guard lock(mu);
+    if (!cfg) {
+      last_error = cfg.error().message;
+      spdlog::error("L7 config {} refused, keeping the running one: {}", s->generation, last_error);
+      return;
+    }
+    Result<void> r;
+    if (!proxy) {
+      auto p = proxy::Proxy::Start(*cfg, po);
+      if (p)
+        proxy = std::move(*p);
+      else
+        r = std::unexpected(p.error());
+    } else {
+      r = proxy->Update(*cfg);
+    }
+    if (!r) {
+      last_error = r.error().message;
+      spdlog::error("L7 config {}: {}", s->generation, last_error);
+      return;
+    }
+    last_error.clear();
+    for (const auto& l : (*cfg)->listeners)
+      spdlog::info("gateway listener {} on {}:{}", l.name, l.address, proxy->Port(l.name));
+  });
+  sluice::xds::AdsClient client(g.ads, store);
+  if (auto r = client.Start(); !r) {
+    spdlog::error("{}", r.error().message);
+    return 1;
+  }
+  agent::AdminServer admin;
+  admin.Handle("/ready", [&] {
+    std::lock_guard lock(mu);
+    if (!proxy)
+      return agent::AdminReply{
+          503, "text/plain",
+          "not ready: " + (last_error.empty() ? "no configuration yet" : last_error) + "\n"};
+    return agent::AdminReply{200, "text/plain", "ready\n"};
+  });
+  admin.Handle("/config_dump", [&] {
+    auto j = DumpResources(*store.Current());
+    j["role"] = "gateway";
+    j["node"] = g.ads.node.id();
+    return agent::AdminReply{200, "application/json", j.dump(1) + "\n"};
+  });
+  admin.Handle("/metrics", [&] {
+    std::string out;
+    out += Prometheus("sluice_config_generation", "Config generation in force", "gauge",
+                      {{"", store.Current()->generation}});
+    out += Prometheus("sluice_xds_connected", "1 while the xDS stream is up", "gauge",
+                      XdsSamples(client.Status(), ""));
+    std::lock_guard lock(mu);
+    if (proxy) {
+      const auto& st = proxy->stats();
+      out += Prometheus("sluice_proxy_requests_total", "HTTP requests", "counter",
+                        {{"", st.requests.load()}});
+      out += Prometheus("sluice_proxy_downstream_cx_total", "Downstream connections", "counter",
+                        {{"", st.downstream_cx.load()}});
+      out += Prometheus("sluice_proxy_mirrors_total", "Mirror copies", "counter",
+                        {{"{outcome=\"sent\"}", st.mirrors_sent.load()},
+                         {"{outcome=\"dropped\"}", st.mirrors_dropped.load()}});
+    }
+    return agent::AdminReply{200, "text/plain; version=0.0.4", out};
+  });
+  auto port = admin.Start(g.admin_address);
+  if (!port) {
+    spdlog::error("{}", port.error().message);
+    return 1;
+  }
+  spdlog::info("gateway {}: xDS from {} as {}; admin on {}", g.id.pod_name, g.ads.server,
+               g.ads.node.id(), g.admin_address);
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  spdlog::info("{}: stopping the gateway", strsignal(sig));
+  client.Stop();
+  admin.Stop();
+  std::lock_guard lock(mu);
+  if (proxy) {
+    (void)proxy->Drain();  // stop accepting; let requests in flight finish
+    auto deadline = std::chrono::steady_clock::now() + g.drain;
+    while (proxy->stats().active_cx.load() > 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    proxy->Stop();
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -63,12 +259,22 @@ int main(int argc, char** argv) {
   agent::NodeAgentOptions nao;
   std::string labels_file, admin_address = "127.0.0.1:15000";
   std::string log_level = "info";
+  std::string access_log = "-";
+  int drain_seconds = 5;
+  std::string config_dir;
+  GatewayArgs gw;
+  bool ns_streams_on = true;
+  nao.proxy_port = 15001;
 
   app.add_option("--role", role, "node (pods of this node) or gateway")
       ->check(CLI::IsMember({"node", "gateway"}))
       ->capture_default_str();
-  app.add_option("--xds-address", ads.server, "istiod (or sluicectl xds serve) host:port")
+  app.add_option("--xds-address", ads.server,
+                 "istiod (or sluicectl xds serve): host:port or unix:PATH")
       ->capture_default_str();
+  app.add_option("--config-dir", config_dir,
+                 "instead of istiod: translate the Istio/Kubernetes YAML in this directory "
+                 "(watched) and serve it to this agent over its own xDS pipeline");
   app.add_flag("--xds-tls", ads.tls, "TLS to the xDS server (istiod's 15012)");
   app.add_option("--xds-ca", ads.ca_file, "CA bundle that signed the xDS server's certificate");
   app.add_option("--xds-server-name", ads.tls_server_name, "name to verify in its certificate");
@@ -87,27 +293,60 @@ int main(int argc, char** argv) {
   app.add_option("--labels-file", labels_file,
                  "namespace/pod labels (stands in for the Kubernetes API watch); polled");
   app.add_option("--proxy-port", nao.proxy_port,
-                 "in-pod outbound listener port for L7 services (0: no L7 proxy)")
+                 "in-pod capture listener (127.0.0.1) for L7 services (0: no L7 proxy; the "
+                 "kernel then refuses L7 services rather than bypass their policy)")
       ->capture_default_str();
+  app.add_option("--access-log", access_log, "L7 access log file ('-': stdout)")
+      ->capture_default_str();
+  app.add_option("--drain-seconds", drain_seconds,
+                 "SIGTERM: how long L7 requests in flight may take to finish")
+      ->capture_default_str();
+  app.add_flag("!--no-namespace-streams", ns_streams_on,
+               "node: one xDS stream for everything instead of one per namespace with pods");
+  app.add_option("--pod-name", gw.id.pod_name, "gateway: this pod's name");
+  app.add_option("--pod-namespace", gw.id.pod_namespace, "gateway: this pod's namespace")
+      ->capture_default_str();
+  app.add_option("--pod-ip", gw.pod_ip, "gateway: this pod's IP (xDS node ID)");
+  app.add_option("--pod-labels", gw.pod_labels,
+                 "gateway: this pod's labels, k=v,k2=v2 (istiod selects Gateways by them)");
+  app.add_option("--workers", gw.workers, "gateway: L7 worker threads")->capture_default_str();
   app.add_option("--admin-address", admin_address, "admin HTTP (127.0.0.1 only)")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::from_str(log_level));
 
-  if (role == "gateway") {
-    spdlog::error(
-        "--role gateway: this build of sluice-agent runs the node role only; the "
-        "gateway role needs the L7 proxy engine wired in (see docs/node-agent.md)");
-    return 2;
-  }
-
-  // Signals are taken by sigwait below, never by a handler on another thread.
+  // Signals are taken by sigwait, never by a handler on another thread.
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  std::unique_ptr<agent::LocalSource> local;
+  if (!config_dir.empty()) {
+    const std::string sock = std::filesystem::path(nao.state_file).parent_path() /
+                             (role == "gateway" ? "xds-local-gateway.sock" : "xds-local.sock");
+    auto src = agent::LocalSource::Start(config_dir, sock);
+    if (!src) {
+      spdlog::error("{}", src.error().message);
+      return 1;
+    }
+    local = std::move(*src);
+    ads.server = local->address();
+  }
+
+  if (role == "gateway") {
+    gw.ads = ads;
+    gw.id.cluster_id = id.cluster_id;
+    gw.id.node_name = id.node_name;
+    gw.admin_address = admin_address;
+    gw.access_log = access_log;
+    if (gw.pod_ip.empty())
+      gw.pod_ip = node_ip;
+    gw.drain = std::chrono::seconds(drain_seconds);
+    return RunGateway(std::move(gw), sigs);
+  }
 
   auto dp = Dataplane::Open(dpo);
   if (!dp) {
@@ -119,16 +358,29 @@ int main(int argc, char** argv) {
 
   config::ConfigStore store;
   kernelsync::KernelSync ksync(**dp);
-  agent::NodeAgent node(**dp, nao);
-  std::mutex sync_mu;  // the kernel sync's view, shared with the admin handlers
+  uint32_t bypass_mark = SLUICE_DEFAULT_BYPASS_MARK;
+  if (auto st = (*dp)->Settings(); st && st->bypass_mark != 0)
+    bypass_mark = st->bypass_mark;
+  agent::PodProxies l7(
+      {.port = nao.proxy_port, .access_log_path = access_log, .upstream_mark = bypass_mark});
+  agent::NodeAgent node(**dp, nao, nao.proxy_port != 0 ? &l7 : nullptr);
+  std::mutex sync_mu;    // the kernel sync's view, shared with the admin handlers
+  std::string l7_error;  // the last L7 compile error (under sync_mu)
   store.Subscribe([&](const config::SnapshotPtr& s, const config::Diff&) {
     bool registry_only;
+    auto cfg = CompileL7(*s);
     {
       std::lock_guard lock(sync_mu);
       (void)ksync.OnSnapshot(*s);  // errors are logged; the kernel keeps its last good state
       registry_only = ksync.applied().registry_only;
+      l7_error = cfg ? "" : cfg.error().message;
     }
     node.SetRegistryOnly(registry_only);
+    if (cfg)
+      l7.SetNodeConfig(*cfg);
+    else
+      spdlog::error("L7 config {} refused, pods keep the running one: {}", s->generation,
+                    cfg.error().message);
   });
 
   std::unique_ptr<agent::LabelFile> labels;
@@ -152,6 +404,7 @@ int main(int argc, char** argv) {
   }
 
   id.ips = {node_ip};
+  const sluice::xds::AdsClientOptions ads_base = ads;
   ads.node = sluice::xds::BuildNode(id);
   sluice::xds::AdsClient client(ads, store);
   if (auto r = client.Start(); !r) {
@@ -159,15 +412,41 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  // One stream per namespace with enrolled pods here: each namespace's pods get what
+  // that namespace's sidecar would get.
+  sluice::xds::NodeIdentity ns_id = id;
+  ns_id.pod_name = "sluice-node-" + (id.node_name.empty() ? node_ip : id.node_name);
+  std::map<std::string, std::string> ns_errors;  // under sync_mu
+  agent::NamespaceStreams streams(
+      ads_base, ns_id, [&](const std::string& ns, const config::SnapshotPtr& s) {
+        auto cfg = CompileL7(*s);
+        {
+          std::lock_guard lock(sync_mu);
+          ns_errors[ns] = cfg ? "" : cfg.error().message;
+        }
+        if (!cfg) {
+          spdlog::error("namespace {}: L7 config {} refused, its pods keep the running one: {}", ns,
+                        s->generation, cfg.error().message);
+          return;
+        }
+        l7.SetNamespaceConfig(ns, *cfg);
+      });
+
   std::atomic<bool> stopping{false};
   std::thread label_poller([&] {
-    while (labels && !stopping) {
+    while (!stopping) {
       std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      auto changed = labels->Poll();
-      if (!changed)
-        spdlog::error("{} (keeping the last good labels)", changed.error().message);
-      else if (*changed)
-        node.ApplyLabels(**changed);
+      if (labels) {
+        auto changed = labels->Poll();
+        if (!changed)
+          spdlog::error("{} (keeping the last good labels)", changed.error().message);
+        else if (*changed)
+          node.ApplyLabels(**changed);
+      }
+      if (ns_streams_on && nao.proxy_port != 0) {
+        for (const auto& ns : streams.Sync(l7.Namespaces()))
+          l7.SetNamespaceConfig(ns, nullptr);
+      }
     }
   });
 
@@ -185,12 +464,13 @@ int main(int argc, char** argv) {
       std::lock_guard lock(sync_mu);
       out += Prometheus("sluice_config_generation", "Config generation applied to the kernel",
                         "gauge", {{"", ksync.applied_generation()}});
-      size_t l7 = 0;
+      size_t l7_services = 0;
       for (const auto& s : ksync.applied().services)
-        l7 += s.redirect_to_proxy;
-      out += Prometheus(
-          "sluice_kernel_services", "Kernel services by where they are handled", "gauge",
-          {{"{path=\"kernel\"}", ksync.applied().services.size() - l7}, {"{path=\"proxy\"}", l7}});
+        l7_services += s.redirect_to_proxy;
+      out +=
+          Prometheus("sluice_kernel_services", "Kernel services by where they are handled", "gauge",
+                     {{"{path=\"kernel\"}", ksync.applied().services.size() - l7_services},
+                      {"{path=\"proxy\"}", l7_services}});
     }
     out += Prometheus("sluice_xds_connected", "1 while the xDS stream is up", "gauge",
                       {{"", st.connected ? 1u : 0u}});
@@ -214,25 +494,43 @@ int main(int argc, char** argv) {
     auto pods = node.Pods();
     for (const auto& p : pods)
       enrolled += p.enrolled;
+    std::vector<std::pair<std::string, uint64_t>> reqs, cxs;
+    for (const auto& p : l7.List()) {
+      std::string lbl = "{namespace=\"" + p.key.pod_namespace + "\",pod=\"" + p.key.name + "\"}";
+      reqs.push_back({lbl, p.requests});
+      cxs.push_back({lbl, p.downstream_cx});
+    }
+    out += Prometheus("sluice_proxy_requests_total", "HTTP requests through a pod's L7 proxy",
+                      "counter", reqs);
+    out += Prometheus("sluice_proxy_downstream_cx_total",
+                      "Connections into a pod's L7 capture listener", "counter", cxs);
+    std::vector<std::pair<std::string, uint64_t>> nss;
+    for (const auto& [ns, nst] : streams.Status())
+      nss.push_back({"{namespace=\"" + ns + "\"}", nst.connected ? 1u : 0u});
+    out += Prometheus("sluice_xds_namespace_connected", "1 while a namespace's xDS stream is up",
+                      "gauge", nss);
     out += Prometheus(
         "sluice_pods", "Pods known to the agent", "gauge",
         {{"{enrolled=\"true\"}", enrolled}, {"{enrolled=\"false\"}", pods.size() - enrolled}});
     return agent::AdminReply{200, "text/plain; version=0.0.4", out};
   });
-  admin.Handle("/config_dump", [&] {
+  admin.Handle("/config_dump", [&](const std::string& query) {
+    if (std::string ns = QueryParam(query, "namespace"); !ns.empty()) {
+      // What the pods of one namespace run: its own stream's config, else the node's.
+      auto snap = streams.Current(ns);
+      nlohmann::json j = DumpResources(snap ? *snap : *store.Current());
+      j["namespace"] = ns;
+      j["source"] = snap ? "namespace stream" : "node stream (no pods of " + ns + " here yet)";
+      std::lock_guard lock(sync_mu);
+      if (auto e = ns_errors.find(ns); e != ns_errors.end() && !e->second.empty())
+        j["l7_error"] = e->second;
+      return agent::AdminReply{200, "application/json", j.dump(1) + "\n"};
+    }
     auto s = store.Current();
-    nlohmann::json j;
-    j["generation"] = s->generation;
-    j["versions"] = s->versions;
-    for (const auto& [n, c] : s->clusters)
-      j["clusters"].push_back(ToJson(*c));
-    for (const auto& [n, e] : s->endpoints)
-      j["endpoints"].push_back(ToJson(*e));
-    for (const auto& [n, l] : s->listeners)
-      j["listeners"].push_back(ToJson(*l));
-    for (const auto& [n, r] : s->routes)
-      j["routes"].push_back(ToJson(*r));
+    nlohmann::json j = DumpResources(*s);
     std::lock_guard lock(sync_mu);
+    if (!l7_error.empty())
+      j["l7_error"] = l7_error;
     for (const auto& svc : ksync.applied().services) {
       nlohmann::json k{{"name", svc.name}, {"port", svc.port}, {"l7", svc.redirect_to_proxy}};
       for (const auto& v : svc.vips)
@@ -244,15 +542,26 @@ int main(int argc, char** argv) {
     return agent::AdminReply{200, "application/json", j.dump(1) + "\n"};
   });
   admin.Handle("/pods", [&] {
+    std::map<enrolment::PodKey, agent::PodProxyStatus> proxies;
+    for (auto& p : l7.List())
+      proxies[p.key] = p;
     nlohmann::json j = nlohmann::json::array();
-    for (const auto& p : node.Pods())
-      j.push_back({{"namespace", p.key.pod_namespace},
-                   {"name", p.key.name},
-                   {"netns", p.netns},
-                   {"ips", p.ips},
-                   {"cookie", p.cookie},
-                   {"enrolled", p.enrolled},
-                   {"reason", p.reason}});
+    for (const auto& p : node.Pods()) {
+      nlohmann::json o{{"namespace", p.key.pod_namespace},
+                       {"name", p.key.name},
+                       {"netns", p.netns},
+                       {"ips", p.ips},
+                       {"cookie", p.cookie},
+                       {"enrolled", p.enrolled},
+                       {"reason", p.reason}};
+      if (auto it = proxies.find(p.key); it != proxies.end()) {
+        o["l7"] = {{"listening", it->second.listening},
+                   {"address", "127.0.0.1:" + std::to_string(nao.proxy_port)},
+                   {"config", it->second.config},
+                   {"requests", it->second.requests}};
+      }
+      j.push_back(std::move(o));
+    }
     return agent::AdminReply{200, "application/json", j.dump(1) + "\n"};
   });
   auto port = admin.Start(admin_address);
@@ -267,9 +576,13 @@ int main(int argc, char** argv) {
   sigwait(&sigs, &sig);
   spdlog::info("{}: stopping (the kernel data plane stays in place)", strsignal(sig));
   stopping = true;
+  label_poller.join();
   client.Stop();
+  streams.StopAll();
   (*cni_server)->Stop();
   admin.Stop();
-  label_poller.join();
+  // In-pod listeners close, requests in flight finish; L4 services keep working in the
+  // kernel, and a restarted agent reopens the listeners.
+  l7.DrainAll(std::chrono::seconds(drain_seconds));
   return 0;
 }

@@ -132,12 +132,21 @@ Result<void> NodeAgent::Apply(const enrolment::Changes& changes) {
       result = std::unexpected(r.error());
       continue;
     }
+    if (l7_)
+      l7_->Close(p.key);  // after the kernel stopped redirecting to it
     spdlog::info("unenrolled pod {}/{}", p.key.pod_namespace, p.key.name);
   }
   for (const auto& p : changes.enrol) {
     auto it = pods_.find(p.key);
     if (it == pods_.end())
       continue;  // labelled, but not (yet) on this node
+    // The capture listener first: once enrolled, the kernel redirects L7 services to it.
+    if (l7_ && opts_.proxy_port != 0) {
+      if (auto r = l7_->Open(p.key, it->second.info.netns); !r) {
+        result = Wrap("enrolling pod " + p.key.pod_namespace + "/" + p.key.name, r.error());
+        continue;
+      }
+    }
     if (auto r = dp_.Enrol(it->second.cookie, InfoFor(it->second)); !r) {
       result = Wrap("enrolling pod " + p.key.pod_namespace + "/" + p.key.name, r.error());
       continue;
@@ -174,6 +183,8 @@ Result<void> NodeAgent::OnDel(const cni::PodInfo& pod) {
     return {};  // unknown pod: DEL is idempotent
   if (state_.IsEnrolled(key))
     (void)dp_.Unenrol(it->second.cookie);
+  if (l7_)
+    l7_->Close(key);
   if (it->second.host_ifindex)
     (void)dp_.DetachPod(it->second.host_ifindex);
   state_.RemovePod(key);
@@ -292,6 +303,13 @@ Result<void> NodeAgent::Restore() {
   for (const auto& [cookie, info] : *enrolled)
     if (!want.contains(cookie))
       (void)dp_.Unenrol(cookie);
+  // Enrolled pods lost their capture listener with the previous agent: reopen them.
+  for (const auto& [key, rec] : pods_) {
+    if (!l7_ || opts_.proxy_port == 0 || !state_.IsEnrolled(key))
+      continue;
+    if (auto r = l7_->Open(key, rec.info.netns); !r)
+      spdlog::error("{}", r.error().message);
+  }
   spdlog::info("restored {} pods from {}", pods_.size(), opts_.state_file);
   Save();
   return {};

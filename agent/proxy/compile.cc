@@ -721,6 +721,27 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
   out->name = fc.name();
   for (const auto& s : fc.filter_chain_match().server_names())
     out->server_names.push_back(Lower(s));
+  for (const auto& pr : fc.filter_chain_match().prefix_ranges()) {
+    CidrRange r;
+    r.prefix_len = pr.has_prefix_len() ? pr.prefix_len().value() : 0;
+    if (inet_pton(AF_INET, pr.address_prefix().c_str(), r.bytes) == 1) {
+      r.family = AF_INET;
+      if (!pr.has_prefix_len())
+        r.prefix_len = 32;
+    } else if (inet_pton(AF_INET6, pr.address_prefix().c_str(), r.bytes) == 1) {
+      r.family = AF_INET6;
+      if (!pr.has_prefix_len())
+        r.prefix_len = 128;
+    } else {
+      return Fail(where + ": filter_chain_match.prefix_ranges: \"" + pr.address_prefix() +
+                  "\" is not an IP address");
+    }
+    if (r.prefix_len > (r.family == AF_INET ? 32u : 128u)) {
+      return Fail(where + ": filter_chain_match.prefix_ranges: prefix_len " +
+                  std::to_string(r.prefix_len) + " is too long for " + pr.address_prefix());
+    }
+    out->destination_ranges.push_back(r);
+  }
   bool found = false;
   for (const auto& f : fc.filters()) {
     if (f.typed_config().Is<HCM>()) {
@@ -838,6 +859,7 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs) {
     l.address = pl.address().socket_address().address();
     l.port = static_cast<uint16_t>(pl.address().socket_address().port_value());
     l.use_original_dst = pl.has_use_original_dst() && pl.use_original_dst().value();
+    l.bind_to_port = !pl.has_bind_to_port() || pl.bind_to_port().value();
     for (const auto& lf : pl.listener_filters()) {
       if (lf.name() == "envoy.filters.listener.original_dst" ||
           lf.typed_config()

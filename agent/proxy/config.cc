@@ -1,5 +1,7 @@
 #include "sluice/proxy/config.h"
 
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -215,13 +217,55 @@ const Route* MatchRoute(const VirtualHost& vh, const http::RequestHead& req) {
   return nullptr;
 }
 
-const FilterChain* ListenerConfig::SelectChain(std::string_view sni) const {
-  // Envoy: exact server name first, then the longest wildcard suffix, then chains
-  // without server_names, then the default chain.
+bool CidrRange::Contains(const sockaddr_storage& addr) const {
+  const uint8_t* a = nullptr;
+  if (addr.ss_family == AF_INET && family == AF_INET)
+    a = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in&>(addr).sin_addr);
+  else if (addr.ss_family == AF_INET6 && family == AF_INET6)
+    a = reinterpret_cast<const sockaddr_in6&>(addr).sin6_addr.s6_addr;
+  if (!a)
+    return false;
+  uint32_t full = prefix_len / 8, rest = prefix_len % 8;
+  if (std::memcmp(a, bytes, full) != 0)
+    return false;
+  if (rest == 0)
+    return true;
+  uint8_t mask = static_cast<uint8_t>(0xff << (8 - rest));
+  return (a[full] & mask) == (bytes[full] & mask);
+}
+
+const FilterChain* ListenerConfig::SelectChain(std::string_view sni,
+                                               const sockaddr_storage* dst) const {
+  // Envoy's order: destination IP (most specific prefix; chains without prefix_ranges
+  // match any destination, least specifically), then server names — exact first, then
+  // the longest wildcard suffix, then chains without server_names — then the default.
+  int best_ip = -1;
+  for (const FilterChain& c : chains) {
+    int spec = 0;
+    if (!c.destination_ranges.empty()) {
+      spec = -1;
+      for (const CidrRange& r : c.destination_ranges) {
+        if (dst && r.Contains(*dst))
+          spec = std::max(spec, static_cast<int>(r.prefix_len) + 1);
+      }
+    }
+    best_ip = std::max(best_ip, spec);
+  }
+  auto ip_ok = [&](const FilterChain& c) {
+    if (c.destination_ranges.empty())
+      return best_ip == 0;
+    for (const CidrRange& r : c.destination_ranges) {
+      if (dst && r.Contains(*dst) && static_cast<int>(r.prefix_len) + 1 == best_ip)
+        return true;
+    }
+    return false;
+  };
   const FilterChain* best_wild = nullptr;
   std::size_t best_len = 0;
   const FilterChain* any = nullptr;
   for (const FilterChain& c : chains) {
+    if (best_ip < 0 || !ip_ok(c))
+      continue;
     if (c.server_names.empty()) {
       if (!any)
         any = &c;

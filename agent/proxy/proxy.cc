@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <future>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -223,6 +224,7 @@ struct Proxy::Impl {
   ProxyStats stats;
   int log_fd = -1;
   bool stopped = false;
+  std::atomic<bool> draining{false};  // Drain(): idle keep-alive connections are closed
 
   Result<std::shared_ptr<const Snapshot>> BuildSnapshot(std::shared_ptr<const ProxyConfig> cfg);
   void Publish(std::shared_ptr<const Snapshot> s);
@@ -995,6 +997,11 @@ UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, c
     return nullptr;
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  if (uint32_t mark = opts().upstream_mark;
+      mark != 0 && setsockopt(fd, SOL_SOCKET, SO_MARK, &mark, sizeof(mark)) != 0) {
+    close(fd);  // unmarked, it would be redirected back into this proxy
+    return nullptr;
+  }
   int r = connect(fd, reinterpret_cast<const sockaddr*>(&ep->addr), ep->addr_len);
   if (r != 0 && errno != EINPROGRESS) {
     close(fd);
@@ -1309,6 +1316,7 @@ void Worker::Accept(ListenerHandler& l) {
     int one = 1;
     setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     stats().downstream_cx.fetch_add(1, std::memory_order_relaxed);
+    stats().active_cx.fetch_add(1, std::memory_order_relaxed);
     Session* s = NewSession();
     s->Open(cfd, peer, snap_, lc);
   }
@@ -1334,6 +1342,8 @@ void Worker::SwapSnapshot() {
   // Listeners: keep handlers whose socket survives, add new ones, drop the rest.
   std::vector<std::unique_ptr<ListenerHandler>> keep;
   for (const auto& l : next->listeners) {
+    if (l.socks->fds.empty())
+      continue;  // bind_to_port false: reached only through a hand-over
     int fd = l.socks->fds[static_cast<std::size_t>(index_)];
     std::unique_ptr<ListenerHandler> h;
     for (auto& old : listeners_) {
@@ -1362,13 +1372,14 @@ void Worker::SwapSnapshot() {
 }
 
 void Worker::SweepIdle() {
+  const bool draining = impl_->draining.load(std::memory_order_relaxed);
   for (auto& s : all_sessions_) {
     if (s->fd < 0 || s->phase != Session::Phase::kHead || !s->in.empty() || !s->out.empty() ||
         !s->chain || !s->chain->is_http) {
       continue;
     }
     int64_t limit = s->chain->http.idle_timeout.count();
-    if (limit > 0 && now_ms_ - s->last_active_ms >= limit)
+    if (draining || (limit > 0 && now_ms_ - s->last_active_ms >= limit))
       s->Close();
   }
 }
@@ -1464,6 +1475,39 @@ void Worker::Run() {
   FlushLog();
 }
 
+// Envoy's use_original_dst: the connection belongs to the listener whose address is the
+// original destination (exact address first, then the wildcard of its family, same
+// port); with none, the receiving listener keeps it.
+const ListenerConfig* HandOver(const Snapshot& snap, const ListenerConfig* from,
+                               const sockaddr_storage& dst) {
+  uint16_t port;
+  char ip[INET6_ADDRSTRLEN] = "";
+  const char* wildcard;
+  if (dst.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(dst);
+    port = ntohs(a.sin_port);
+    inet_ntop(AF_INET, &a.sin_addr, ip, sizeof(ip));
+    wildcard = "0.0.0.0";
+  } else if (dst.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(dst);
+    port = ntohs(a.sin6_port);
+    inet_ntop(AF_INET6, &a.sin6_addr, ip, sizeof(ip));
+    wildcard = "::";
+  } else {
+    return nullptr;
+  }
+  const ListenerConfig* wild = nullptr;
+  for (const auto& l : snap.listeners) {
+    if (l.cfg == from || l.cfg->port != port)
+      continue;
+    if (l.cfg->address == ip)
+      return l.cfg;
+    if (!wild && l.cfg->address == wildcard)
+      wild = l.cfg;
+  }
+  return wild;
+}
+
 // ----------------------------------------------------------------------- Session
 
 void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<const Snapshot> s,
@@ -1488,6 +1532,10 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
     }
   } else {
     getsockname(fd, reinterpret_cast<sockaddr*>(&la), &ll);
+  }
+  if (has_orig_dst) {
+    if (const ListenerConfig* target = HandOver(*snap, lc, orig_dst))
+      lc = target;
   }
   FormatAddr(la, local, sizeof(local));
   conn_start_ms = w->now();
@@ -1515,7 +1563,7 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
     phase = Phase::kSniff;
     return;
   }
-  chain = lc->SelectChain("");
+  chain = lc->SelectChain("", has_orig_dst ? &orig_dst : nullptr);
   if (!chain) {
     Close();
     return;
@@ -1580,7 +1628,7 @@ void Session::OnEvent(uint32_t ev) {
         return;
       if (st == SniStatus::kFound)
         sni.assign(name);
-      chain = lc->SelectChain(sni);
+      chain = lc->SelectChain(sni, has_orig_dst ? &orig_dst : nullptr);
       if (!chain) {
         Close();
         return;
@@ -2431,7 +2479,7 @@ void Session::RefreshConfig() {
         } else if (idx < nl->chains.size() && nl->chains.size() == lc->chains.size()) {
           nc = &nl->chains[idx];
         } else {
-          nc = nl->SelectChain(sni);
+          nc = nl->SelectChain(sni, has_orig_dst ? &orig_dst : nullptr);
         }
         if (nc && nc->is_http) {
           lc = nl;
@@ -2485,6 +2533,7 @@ void Session::Close() {
     w->EpollDel(fd);
     close(fd);
     fd = -1;
+    w->stats().active_cx.fetch_sub(1, std::memory_order_relaxed);
   }
   w->ReleaseSession(this);
 }
@@ -2679,7 +2728,7 @@ Result<std::shared_ptr<const Snapshot>> Proxy::Impl::BuildSnapshot(
   for (const ListenerConfig& l : cfg->listeners) {
     std::string key = fmt::format("{}:{}", l.address, l.port);
     std::shared_ptr<ListenerSockets> socks;
-    if (old) {
+    if (old && l.bind_to_port) {
       for (const auto& ol : old->listeners) {
         if (ol.socks->name == l.name && ol.socks->key == key)
           socks = ol.socks;
@@ -2690,7 +2739,7 @@ Result<std::shared_ptr<const Snapshot>> Proxy::Impl::BuildSnapshot(
       socks->name = l.name;
       socks->key = key;
       uint16_t port = l.port;
-      for (int i = 0; i < opts.workers; ++i) {
+      for (int i = 0; l.bind_to_port && i < opts.workers; ++i) {
         auto fd = opts.open_listener(l, port);
         if (!fd)
           return Wrap("opening listeners", fd.error());
@@ -2698,7 +2747,7 @@ Result<std::shared_ptr<const Snapshot>> Proxy::Impl::BuildSnapshot(
         if (port == 0)
           port = BoundPort(*fd);
       }
-      socks->port = port;
+      socks->port = l.bind_to_port ? port : 0;
     }
     s->listeners.push_back(Snapshot::Listener{&l, socks});
   }
@@ -2745,16 +2794,34 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> c
     impl->workers.push_back(std::move(w));
   }
   impl->Publish(*snap);
+  std::vector<std::promise<Result<void>>> started(impl->workers.size());
   for (auto& w : impl->workers) {
     Worker* wp = w.get();
-    impl->threads.emplace_back([wp] {
+    const auto& hook = impl->opts.on_worker_start;
+    auto* ready = &started[static_cast<std::size_t>(wp->index())];
+    impl->threads.emplace_back([wp, &hook, ready] {
       char name[16];
       std::snprintf(name, sizeof(name), "sluice-l7-%d", wp->index());
       pthread_setname_np(pthread_self(), name);
-      wp->Run();
+      Result<void> r = hook ? hook(wp->index()) : Result<void>{};
+      bool ok = r.has_value();
+      ready->set_value(std::move(r));  // `ready` is gone after this line
+      if (ok)
+        wp->Run();
     });
   }
-  return std::unique_ptr<Proxy>(new Proxy(std::move(impl)));
+  std::optional<Error> failed;
+  for (auto& p : started) {
+    auto r = p.get_future().get();
+    if (!r && !failed)
+      failed = r.error();
+  }
+  auto proxy = std::unique_ptr<Proxy>(new Proxy(std::move(impl)));
+  if (failed) {
+    proxy->Stop();  // the workers that started see the empty snapshot and end
+    return Wrap("starting a worker", *failed);
+  }
+  return proxy;
 }
 
 Result<void> Proxy::Update(std::shared_ptr<const ProxyConfig> config) {
@@ -2763,6 +2830,21 @@ Result<void> Proxy::Update(std::shared_ptr<const ProxyConfig> config) {
     return std::unexpected(snap.error());
   impl_->Publish(*snap);
   return {};
+}
+
+Result<void> Proxy::Drain() {
+  std::shared_ptr<const ProxyConfig> current;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mu);
+    if (!impl_->snap)
+      return {};
+    current = impl_->snap->cfg;
+  }
+  auto cfg = std::make_shared<ProxyConfig>(*current);
+  for (auto& l : cfg->listeners)
+    l.bind_to_port = false;  // every listening socket closes once the workers move on
+  impl_->draining = true;
+  return Update(std::move(cfg));
 }
 
 uint16_t Proxy::Port(std::string_view listener) const {

@@ -14,9 +14,11 @@
 #include <thread>
 
 #include "../kernelsync/fixtures.h"
+#include "envoy/extensions/access_loggers/file/v3/file.pb.h"
 #include "lab.h"
 #include "sluice/cni/protocol.h"
 #include "sluice/xds/ads_server.h"
+#include "sluice/xds/node.h"
 
 using namespace sluice;
 using namespace sluice::test;
@@ -40,6 +42,77 @@ sluice::xds::ResourceSet WebConfig() {
       R"({"name":"80","virtualHosts":[{"name":"web.default.svc.cluster.local:80","domains":["web.default.svc.cluster.local","web","10.96.211.90"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":")" +
       c + R"(","timeout":"0s",)" + kDefaultRetry + "}}]}]}"));
   return rs;
+}
+
+// WebConfig plus an L7 service: api (VIP 10.96.211.91:80) routed by path — /one to
+// subset v1 (10.211.0.3:8000), /two to v2 (10.211.0.4:8000), both rewritten to /hello.
+// The short host name "api" is in its virtual host only for sidecars of namespace
+// `ns` == "default", as istiod qualifies short names in the proxy's own namespace.
+sluice::xds::ResourceSet L7Config(const std::string& ns) {
+  auto rs = WebConfig();
+  const std::string web = "outbound|80||web.default.svc.cluster.local";
+  const std::string v1 = "outbound|80|v1|api.default.svc.cluster.local";
+  const std::string v2 = "outbound|80|v2|api.default.svc.cluster.local";
+  rs.Add(FromJson<EnvoyCluster>(Eds(v1, "ROUND_ROBIN")));
+  rs.Add(FromJson<EnvoyCluster>(Eds(v2, "ROUND_ROBIN")));
+  rs.Add(FromJson<ClusterLoadAssignment>(Cla(v1, {"10.211.0.3:8000"})));
+  rs.Add(FromJson<ClusterLoadAssignment>(Cla(v2, {"10.211.0.4:8000"})));
+  rs.Add(FromJson<EnvoyCluster>(
+      R"({"name":"PassthroughCluster","type":"ORIGINAL_DST","lbPolicy":"CLUSTER_PROVIDED","connectTimeout":"1s"})"));
+  // Access logging on, as istiod sets it for meshConfig.accessLogFile. (The type inside
+  // the Any must be linked in for the JSON parser to know it.)
+  (void)envoy::extensions::access_loggers::file::v3::FileAccessLog::descriptor();
+  std::string http80 = HttpListener(80);
+  const std::string stat = R"("statPrefix":"outbound_0.0.0.0_80",)";
+  http80.replace(
+      http80.find(stat), stat.size(),
+      stat +
+          R"("accessLog":[{"name":"envoy.access_loggers.file","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog","path":"/dev/stdout"}}],)");
+  rs.Add(FromJson<Listener>(http80));
+  std::string api_domains = R"("api.default.svc.cluster.local","10.96.211.91")";
+  if (ns == "default")
+    api_domains += R"(,"api","api.default")";
+  rs.Add(FromJson<RouteConfiguration>(
+      R"({"name":"80","virtualHosts":[)"
+      R"({"name":"web.default.svc.cluster.local:80","domains":["web.default.svc.cluster.local","web","10.96.211.90"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":")" +
+      web +
+      R"(","timeout":"0s"}}]},)"
+      R"({"name":"api.default.svc.cluster.local:80","domains":[)" +
+      api_domains + R"(],"routes":[{"name":"one","match":{"prefix":"/one"},"route":{"cluster":")" +
+      v1 +
+      R"(","prefixRewrite":"/hello"}},{"name":"two","match":{"prefix":"/two"},"route":{"cluster":")" +
+      v2 +
+      R"(","prefixRewrite":"/hello"}}]},)"
+      R"({"name":"block_all","domains":["*"],"routes":[{"match":{"prefix":"/"},"directResponse":{"status":404}}]}]})"));
+  return rs;
+}
+
+// The namespace a node asks for (sidecar~IP~NAME.NS~NS.svc.cluster.local).
+std::string NodeNamespace(const envoy::config::core::v3::Node& node) {
+  auto id = sluice::xds::ParseNodeId(node.id());
+  return id ? id->pod_namespace : "";
+}
+
+// curl inside a pod (its network namespace, in the lab's cgroup where the hooks are):
+// "STATUS BODY".
+std::string CurlInPod(Lab& lab, const std::string& pod, const std::string& url,
+                      const std::string& host = "") {
+  std::string cmd = "sh -c 'echo $$ > " + lab.cgroup() + "/cgroup.procs && ip netns exec " +
+                    lab.pod(pod).netns + " curl -s -m 2 -o - -w \" %{http_code}\" " +
+                    (host.empty() ? "" : "-H \"Host: " + host + "\" ") + url + "; true' 2>&1";
+  std::string out = Sh(cmd);
+  auto sp = out.rfind(' ');
+  return sp == std::string::npos ? out : out.substr(sp + 1) + " " + out.substr(0, sp);
+}
+
+// helloworld (the project's stand-in) in a pod; its access log (stdout) shows each
+// request's TCP peer.
+std::unique_ptr<Process> Helloworld(Lab& lab, const std::string& pod, const std::string& version) {
+  // stderr (the "listening" line) joins stdout (the access log).
+  return std::make_unique<Process>(std::vector<std::string>{
+      "/bin/sh", "-c",
+      "exec ip netns exec " + lab.pod(pod).netns + " " + SLUICE_APPS_PATH +
+          " helloworld --port 8000 --service-version " + version + " --instance " + pod + " 2>&1"});
 }
 
 std::string HttpGet(int port, const std::string& path, int* status) {
@@ -66,19 +139,33 @@ std::string HttpGet(int port, const std::string& path, int* status) {
   return body == std::string::npos ? "" : out.substr(body + 4);
 }
 
+// The agent runs in the cgroup its hooks are attached to, as it does on a node (there,
+// the cgroup2 root): its L7 workers ask SO_ORIGINAL_DST of the cgroup/getsockopt hook.
+std::vector<std::string> InCgroup(Lab& lab, const std::vector<std::string>& argv) {
+  std::string cmd = "echo $$ > " + lab.cgroup() + "/cgroup.procs && exec";
+  for (const auto& a : argv)
+    cmd += " '" + a + "'";
+  return {"/bin/sh", "-c", cmd};
+}
+
 struct Agent {
   std::unique_ptr<Process> proc;
   int admin_port = 0;
 };
 
 // Starts sluice-agent and waits for its admin endpoint and readiness.
-Agent StartAgent(Lab& lab, const std::string& dir, int xds_port) {
+Agent StartAgent(Lab& lab, const std::string& dir, int xds_port,
+                 std::vector<std::string> extra = {}) {
   Agent a;
-  a.proc = std::make_unique<Process>(std::vector<std::string>{
-      SLUICE_AGENT_PATH, "--xds-address", "127.0.0.1:" + std::to_string(xds_port), "--pin-root",
-      lab.pin_root(), "--cgroup-root", lab.cgroup(), "--cni-socket", dir + "/cni.sock",
-      "--state-file", dir + "/pods.json", "--labels-file", dir + "/labels.json", "--admin-address",
-      "127.0.0.1:0"});
+  std::vector<std::string> argv{
+      SLUICE_AGENT_PATH,    "--xds-address",    "127.0.0.1:" + std::to_string(xds_port),
+      "--pin-root",         lab.pin_root(),     "--cgroup-root",
+      lab.cgroup(),         "--cni-socket",     dir + "/cni.sock",
+      "--state-file",       dir + "/pods.json", "--labels-file",
+      dir + "/labels.json", "--admin-address",  "127.0.0.1:0",
+      "--access-log",       dir + "/access.log"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  a.proc = std::make_unique<Process>(InCgroup(lab, argv));
   for (int i = 0; i < 50 && a.admin_port == 0; i++) {
     std::string line = a.proc->ReadLine(20000);
     auto at = line.find("admin on 127.0.0.1:");
@@ -321,5 +408,324 @@ TEST_CASE("sluice-agent: SIGKILL under continuous L4 load fails no connection") 
   auto in_kernel = (*maps)->Enrolled();
   REQUIRE(in_kernel);
   CHECK(in_kernel->size() == 1);
+  agent.proc->Kill();
+}
+
+// The L7 half of the node agent: the in-pod capture listener, per-namespace config, and
+// the kernel's split between L4 and L7 services, all from one client pod.
+struct L7Lab : AgentLab {
+  std::unique_ptr<Process> v1, v2;
+  L7Lab() {
+    lab.AddPod("v1", 3);
+    lab.AddPod("v2", 4);
+    lab.AddPod("client", 10);
+    lab.AddPod("other", 11);
+    v1 = Helloworld(lab, "v1", "v1");
+    v2 = Helloworld(lab, "v2", "v2");
+    ads.Stop();
+    ads2 = std::make_unique<sluice::xds::AdsServer>(
+        [](const envoy::config::core::v3::Node& n) { return L7Config(NodeNamespace(n)); });
+    sluice::xds::AdsServerOptions ao;
+    ao.address = "127.0.0.1:0";
+    auto port = ads2->Start(ao);
+    REQUIRE(port);
+    xds_port = *port;
+    // Both stand-ins print their listening line once they serve.
+    REQUIRE_THAT(v1->ReadLine(5000), Catch::Contains("listening"));
+    REQUIRE_THAT(v2->ReadLine(5000), Catch::Contains("listening"));
+    WriteLabelsJson(dir, R"({"namespaces":{"default":{"istio.io/dataplane-mode":"sluice"},)"
+                         R"("other":{"istio.io/dataplane-mode":"sluice"}}})");
+  }
+  ~L7Lab() {
+    if (ads2)
+      ads2->Stop();
+  }
+  std::unique_ptr<sluice::xds::AdsServer> ads2;
+};
+
+TEST_CASE(
+    "sluice-agent: an L4 service in the kernel and an L7 service routed by path, from one pod") {
+  L7Lab t;
+  auto agent = StartAgent(t.lab, t.dir, t.xds_port);
+  auto r =
+      cni::CallAgent(t.dir + "/cni.sock", AddRequest(t.lab, "client", "default", "10.211.0.10"),
+                     std::chrono::seconds(5));
+  REQUIRE(r);
+  REQUIRE(r->enrolled);
+  auto before = t.lab.ReadCounters();
+
+  // L4: web's VIP is translated in the kernel, straight to server a.
+  CHECK(Count(t.lab.Connect("client", "10.96.211.90:80", 20), "by_server", "a") == 20);
+  // L7: api's VIP goes to the pod's capture listener; the route is chosen by path.
+  CHECK(CurlInPod(t.lab, "client", "http://10.96.211.91/one") ==
+        "200 Hello version: v1, instance: v1\n");
+  CHECK(CurlInPod(t.lab, "client", "http://10.96.211.91/two") ==
+        "200 Hello version: v2, instance: v2\n");
+  CHECK(CurlInPod(t.lab, "client", "http://10.96.211.91/one", "api") ==
+        "200 Hello version: v1, instance: v1\n");
+  CHECK(CurlInPod(t.lab, "client", "http://10.96.211.91/three").starts_with("404"));
+
+  // The servers saw the client pod's own address: the proxy's upstream connections
+  // leave from inside the pod.
+  CHECK_THAT(t.v1->ReadLine(2000), Catch::StartsWith("10.211.0.10 - - ["));
+  CHECK_THAT(t.v2->ReadLine(2000), Catch::StartsWith("10.211.0.10 - - ["));
+
+  // The kernel: web's connects were translated; api's were redirected to the proxy, and
+  // the proxy's own upstream connects carried the bypass mark.
+  auto after = t.lab.ReadCounters();
+  CHECK(Delta(before, after, SLUICE_CNT_TRANSLATED) >= 20);
+  CHECK(Delta(before, after, SLUICE_CNT_REDIRECTED) >= 4);
+  CHECK(Delta(before, after, SLUICE_CNT_ORIG_DST) >= 4);
+  CHECK(Delta(before, after, SLUICE_CNT_BYPASS) >= 2);
+
+  // Visible to an operator: the pod's listener, the access log, the metrics.
+  int status = 0;
+  auto pods = HttpGet(agent.admin_port, "/pods", &status);
+  CHECK_THAT(pods, Catch::Contains("\"listening\": true"));
+  CHECK_THAT(pods, Catch::Contains("\"config\": \"namespace default\""));
+  auto metrics = HttpGet(agent.admin_port, "/metrics", &status);
+  CHECK_THAT(metrics, Catch::Contains("sluice_kernel_services{path=\"proxy\"} 1"));
+  CHECK_THAT(metrics, Catch::Contains(
+                          "sluice_proxy_requests_total{namespace=\"default\",pod=\"client\"} 4"));
+  CHECK_THAT(metrics, Catch::Contains("sluice_xds_namespace_connected{namespace=\"default\"} 1"));
+  std::ifstream log(t.dir + "/access.log");
+  std::string text((std::istreambuf_iterator<char>(log)), {});
+  CHECK_THAT(text, Catch::Contains("\"GET /one HTTP/1.1\" 200"));
+  CHECK_THAT(text, Catch::Contains("outbound|80|v1|api.default.svc.cluster.local"));
+
+  // Unenrolled: no redirect, so the L7 VIP is no longer reachable at all, and the
+  // capture listener is gone.
+  WriteLabelsJson(t.dir, R"({"namespaces":{"default":{}}})");
+  CHECK(Within([&] {
+          return !CurlInPod(t.lab, "client", "http://10.96.211.91/one").starts_with("200");
+        }) >= 0);
+  pods = HttpGet(agent.admin_port, "/pods", &status);
+  CHECK_THAT(pods, !Catch::Contains("\"listening\""));
+  agent.proc->Kill();
+}
+
+TEST_CASE("sluice-agent: short host names resolve in the client pod's own namespace") {
+  L7Lab t;
+  auto agent = StartAgent(t.lab, t.dir, t.xds_port);
+  REQUIRE(cni::CallAgent(t.dir + "/cni.sock", AddRequest(t.lab, "client", "default", "10.211.0.10"),
+                         std::chrono::seconds(5)));
+  REQUIRE(cni::CallAgent(t.dir + "/cni.sock", AddRequest(t.lab, "other", "other", "10.211.0.11"),
+                         std::chrono::seconds(5)));
+  // Each namespace's pods get their own xDS answer (one stream per namespace).
+  int status = 0;
+  CHECK(Within([&] {
+          auto m = HttpGet(agent.admin_port, "/metrics", &status);
+          return m.find("sluice_xds_namespace_connected{namespace=\"other\"} 1") !=
+                     std::string::npos &&
+                 HttpGet(agent.admin_port, "/pods", &status).find("pending") == std::string::npos;
+        }) >= 0);
+  // "api" is api.default for a pod of default, and nothing known for a pod of other.
+  CHECK(CurlInPod(t.lab, "client", "http://10.96.211.91/one", "api") ==
+        "200 Hello version: v1, instance: v1\n");
+  CHECK(CurlInPod(t.lab, "other", "http://10.96.211.91/one", "api").starts_with("404"));
+  // The fully qualified name works from both.
+  CHECK(CurlInPod(t.lab, "other", "http://10.96.211.91/one", "api.default.svc.cluster.local") ==
+        "200 Hello version: v1, instance: v1\n");
+  auto dump = HttpGet(agent.admin_port, "/config_dump?namespace=other", &status);
+  CHECK(status == 200);
+  CHECK_THAT(dump, Catch::Contains("\"source\": \"namespace stream\""));
+  CHECK_THAT(dump, !Catch::Contains("\"api.default\""));
+  agent.proc->Kill();
+}
+
+TEST_CASE("sluice-agent: after SIGKILL, L7 traffic recovers within a second of the restart") {
+  L7Lab t;
+  auto agent = StartAgent(t.lab, t.dir, t.xds_port);
+  REQUIRE(cni::CallAgent(t.dir + "/cni.sock", AddRequest(t.lab, "client", "default", "10.211.0.10"),
+                         std::chrono::seconds(5)));
+  REQUIRE(CurlInPod(t.lab, "client", "http://10.96.211.91/one").starts_with("200"));
+  kill(agent.proc->pid(), SIGKILL);
+  agent.proc->Wait();
+  // L4 goes on in the kernel; L7 has no listener while the agent is down.
+  CHECK(Count(t.lab.Connect("client", "10.96.211.90:80", 5), "by_server", "a") == 5);
+  CHECK(CurlInPod(t.lab, "client", "http://10.96.211.91/one").starts_with("000"));
+
+  auto start = std::chrono::steady_clock::now();
+  std::vector<std::string> argv{
+      SLUICE_AGENT_PATH,      "--xds-address",      "127.0.0.1:" + std::to_string(t.xds_port),
+      "--pin-root",           t.lab.pin_root(),     "--cgroup-root",
+      t.lab.cgroup(),         "--cni-socket",       t.dir + "/cni.sock",
+      "--state-file",         t.dir + "/pods.json", "--labels-file",
+      t.dir + "/labels.json", "--admin-address",    "127.0.0.1:0",
+      "--access-log",         t.dir + "/access.log"};
+  Process restarted(InCgroup(t.lab, argv));
+  long recovered_ms = -1;
+  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+    if (CurlInPod(t.lab, "client", "http://10.96.211.91/one").starts_with("200")) {
+      recovered_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                         std::chrono::steady_clock::now() - start)
+                         .count();
+      break;
+    }
+  }
+  WARN("L7 answered " << recovered_ms << " ms after the restart");
+  CHECK(recovered_ms >= 0);
+  CHECK(recovered_ms < 1000);
+
+  // Reconciled: one capture listener in the pod (the old one died with the process),
+  // one enrolment entry.
+  std::string ss =
+      Sh("ip netns exec " + t.lab.pod("client").netns + " ss -Htln 'sport = :15001' | wc -l");
+  CHECK(std::atoi(ss.c_str()) == 1);
+  DataplaneOptions ro;
+  ro.pin_root = t.lab.pin_root();
+  ro.maps_only = true;
+  ro.cgroup_path = t.lab.cgroup();
+  auto maps = Dataplane::Open(ro);
+  REQUIRE(maps);
+  auto in_kernel = (*maps)->Enrolled();
+  REQUIRE(in_kernel);
+  CHECK(in_kernel->size() == 1);
+  restarted.Kill();
+}
+
+// What istiod sends an ingress gateway selected by istio=ingressgateway: a listener on
+// the gateway pod's 8080 with route http.8080 for host httpbin.example.com.
+sluice::xds::ResourceSet GatewayConfig() {
+  (void)envoy::extensions::access_loggers::file::v3::FileAccessLog::descriptor();
+  const std::string v1 = "outbound|80|v1|api.default.svc.cluster.local";
+  sluice::xds::ResourceSet rs;
+  rs.Add(FromJson<EnvoyCluster>(Eds(v1, "ROUND_ROBIN")));
+  rs.Add(FromJson<ClusterLoadAssignment>(Cla(v1, {"10.211.0.3:8000"})));
+  rs.Add(FromJson<Listener>(
+      R"({"name":"0.0.0.0_8080","address":{"socketAddress":{"address":"0.0.0.0","portValue":8080}},"filterChains":[{"filters":[{"name":"envoy.filters.network.http_connection_manager","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager","statPrefix":"outbound_0.0.0.0_8080","rds":{"configSource":{"ads":{}},"routeConfigName":"http.8080"},"accessLog":[{"name":"envoy.access_loggers.file","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog","path":"/dev/stdout"}}],"httpFilters":[{"name":"envoy.filters.http.router","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]})"));
+  rs.Add(FromJson<RouteConfiguration>(
+      R"({"name":"http.8080","virtualHosts":[{"name":"httpbin.example.com:80","domains":["httpbin.example.com","httpbin.example.com:*"],"routes":[{"match":{"prefix":"/hello"},"route":{"cluster":")" +
+      v1 + R"("}}]}]})"));
+  return rs;
+}
+
+TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gateway's namespace") {
+  L7Lab t;
+  t.lab.AddPod("gw", 20);
+  std::atomic<int> router_asks{0};
+  std::string seen_labels;
+  std::mutex mu;
+  t.ads2->Stop();
+  const std::string admin = t.dir + "/gw-admin.sock";
+  // The xDS server on a Unix socket: reachable from the gateway pod's namespace (the
+  // local cluster serves xDS this way; on Kubernetes, istiod is a Service).
+  sluice::xds::AdsServer uads([&](const envoy::config::core::v3::Node& n) {
+    auto id = sluice::xds::ParseNodeId(n.id());
+    if (!id || id->role != sluice::xds::ProxyRole::kRouter)
+      return sluice::xds::ResourceSet{};
+    ++router_asks;
+    std::lock_guard lock(mu);
+    seen_labels = n.metadata().fields().at("LABELS").DebugString();
+    return GatewayConfig();
+  });
+  sluice::xds::AdsServerOptions uo;
+  uo.address = "unix:" + t.dir + "/xds.sock";
+  REQUIRE(uads.Start(uo));
+  Process gw2({"/usr/bin/ip",
+               "netns",
+               "exec",
+               t.lab.pod("gw").netns,
+               SLUICE_AGENT_PATH,
+               "--role",
+               "gateway",
+               "--xds-address",
+               "unix:" + t.dir + "/xds.sock",
+               "--pod-name",
+               "istio-ingressgateway-abcde",
+               "--pod-namespace",
+               "istio-system",
+               "--pod-ip",
+               "10.211.0.20",
+               "--pod-labels",
+               "istio=ingressgateway,app=istio-ingressgateway",
+               "--admin-address",
+               "unix:" + admin,
+               "--access-log",
+               t.dir + "/gw.log"});
+  auto admin_get = [&](const std::string& path) {
+    return Sh("curl -s --unix-socket " + admin + " http://admin" + path + "; true");
+  };
+  CHECK(Within([&] { return admin_get("/ready") == "ready\n"; }) >= 0);
+  CHECK(router_asks.load() > 0);
+  {
+    std::lock_guard lock(mu);
+    CHECK_THAT(seen_labels, Catch::Contains("ingressgateway"));
+  }
+  // A client outside the mesh reaches the gateway pod's 8080; the route picks by host.
+  CHECK(CurlInPod(t.lab, "other", "http://10.211.0.20:8080/hello", "httpbin.example.com") ==
+        "200 Hello version: v1, instance: v1\n");
+  CHECK(CurlInPod(t.lab, "other", "http://10.211.0.20:8080/hello", "elsewhere.example.com")
+            .starts_with("404"));
+  CHECK(CurlInPod(t.lab, "other", "http://10.211.0.20:8080/headers", "httpbin.example.com")
+            .starts_with("404"));
+  // helloworld saw the gateway pod's address.
+  CHECK_THAT(t.v1->ReadLine(2000), Catch::StartsWith("10.211.0.20 - - ["));
+  auto dump = admin_get("/config_dump");
+  CHECK_THAT(dump, Catch::Contains("\"role\": \"gateway\""));
+  CHECK_THAT(dump, Catch::Contains("router~10.211.0.20~istio-ingressgateway-abcde.istio-system"));
+  CHECK_THAT(admin_get("/metrics"), Catch::Contains("sluice_proxy_requests_total 3"));
+  std::ifstream log(t.dir + "/gw.log");
+  std::string text((std::istreambuf_iterator<char>(log)), {});
+  CHECK_THAT(text, Catch::Contains("\"GET /hello HTTP/1.1\" 200"));
+  CHECK_THAT(text, Catch::Contains(" NR "));  // no route: Envoy's flag
+
+  // SIGTERM: a clean stop; the admin socket is removed.
+  kill(gw2.pid(), SIGTERM);
+  CHECK(gw2.Wait() == 0);
+  CHECK_FALSE(fs::exists(admin));
+  uads.Stop();
+}
+
+TEST_CASE("sluice-agent --config-dir: local Istio YAML through the same xDS pipeline") {
+  Lab lab;
+  lab.AddPod("client", 10);
+  lab.AddPod("a", 2);
+  lab.AddPod("b", 3);
+  lab.Serve("a", {"10.211.0.2:8080"}, "a");
+  lab.Serve("b", {"10.211.0.3:8080"}, "b");
+  const std::string dir = "/tmp/" + lab.tag() + "-agent";
+  fs::create_directories(dir + "/config");
+  struct Rm {
+    std::string d;
+    ~Rm() { fs::remove_all(d); }
+  } rm{dir};
+  WriteLabels(dir, true);
+  auto write_config = [&](const std::string& endpoint_ip) {
+    std::ofstream(dir + "/config/web.yaml.tmp") << R"(apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIP: 10.96.211.90
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Endpoints
+metadata: {name: web, namespace: default}
+subsets:
+- addresses: [{ip: )" + endpoint_ip + R"(}]
+  ports: [{name: http, port: 8080}]
+)";
+    fs::rename(dir + "/config/web.yaml.tmp", dir + "/config/web.yaml");
+  };
+  write_config("10.211.0.2");
+  auto agent = StartAgent(lab, dir, 0, {"--config-dir", dir + "/config"});
+  REQUIRE(cni::CallAgent(dir + "/cni.sock", AddRequest(lab, "client", "default", "10.211.0.10"),
+                         std::chrono::seconds(5)));
+  CHECK(Count(lab.Connect("client", "10.96.211.90:80", 10), "by_server", "a") == 10);
+
+  // An edit is picked up (the directory is watched)...
+  write_config("10.211.0.3");
+  CHECK(Within([&] {
+          return Count(lab.Connect("client", "10.96.211.90:80", 1), "by_server", "b") == 1;
+        }) >= 0);
+  // ...and a broken file is reported while its last good version stays in force.
+  std::ofstream(dir + "/config/web.yaml") << "kind: Service\nmetadata: [not, a, map\n";
+  std::this_thread::sleep_for(std::chrono::milliseconds(600));
+  CHECK(Count(lab.Connect("client", "10.96.211.90:80", 10), "by_server", "b") == 10);
+  int status = 0;
+  auto dump = HttpGet(agent.admin_port, "/config_dump", &status);
+  CHECK_THAT(dump, Catch::Contains("outbound|80||web.default.svc.cluster.local"));
   agent.proc->Kill();
 }

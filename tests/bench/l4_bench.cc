@@ -2,7 +2,7 @@
 // same connection made directly to the endpoint and through iptables DNAT of the VIP
 // (kube-proxy's iptables mode), with 10 and 10,000 services installed, in one run.
 //
-//   sluice_bench_l4 [--services 10,10000] [--seconds 5] [--rounds 3]
+//   sluice_bench_l4 [--services 10,10000] [--seconds 5] [--rounds 3] [--hop-only]
 //
 // Topology: a client and a server network namespace joined by a veth pair. The server
 // (sluice_probe serve) runs on CPU 1, the client (sluice_probe bench) on CPU 0. The
@@ -180,8 +180,11 @@ int main(int argc, char** argv) {
       seconds = std::stod(next());
     } else if (a == "--rounds") {
       rounds = std::stoi(next());
+    } else if (a == "--hop-only") {
+      counts.clear();  // only the in-pod proxy hop
     } else {
-      Die("usage: sluice_bench_l4 [--services 10,10000] [--seconds 5] [--rounds 3]");
+      Die("usage: sluice_bench_l4 [--services 10,10000] [--seconds 5] [--rounds 3] "
+          "[--hop-only]");
     }
   }
   if (geteuid() != 0)
@@ -331,9 +334,10 @@ int main(int argc, char** argv) {
                  n, p.name, f.rate, ratio[{n, p.name}], f.p50, f.p99, f.rr_p50, f.rr_p99);
     }
   }
-  fmt::print(
-      "(vs direct: median over rounds of the rate ratio to the direct connection measured "
-      "in the same round)\n");
+  if (!counts.empty())
+    fmt::print(
+        "(vs direct: median over rounds of the rate ratio to the direct connection measured "
+        "in the same round)\n");
   if (counts.size() >= 2) {
     const int lo = counts.front(), hi = counts.back();
     fmt::print(
@@ -356,34 +360,40 @@ int main(int argc, char** argv) {
   l7.redirect_to_proxy = true;
   if (auto r = (*dp)->Apply({l7}, {}); !r)
     Die(r.error().message);
-  pid_t proxy = fork();
-  if (proxy == 0) {
-    int devnull = open("/dev/null", O_WRONLY);
-    dup2(devnull, STDOUT_FILENO);
-    execlp("taskset", "taskset", "-c", "1", SLUICE_PROBE_PATH, "serve", "--netns", kClient,
-           "--cgroup", env.cg_sluice.c_str(), "--listen", "127.0.0.1:15001", "--id", "proxy",
-           nullptr);
-    _exit(127);
-  }
-  usleep(300000);
-  std::map<bool, std::vector<double>> hop_p50, hop_p99;
-  for (int round = 0; round < rounds; round++) {
-    const bool first = round % 2 == 1;  // alternate which one runs first
-    for (bool splice : {first, !first}) {
-      if (auto r = (*dp)->SetSplice(splice); !r)
-        Die(r.error().message);
-      auto rr = Probe(kClient, env.cg_sluice, "10.96.255.1:80", seconds, true);
-      hop_p50[splice].push_back(rr["p50_us"]);
-      hop_p99[splice].push_back(rr["p99_us"]);
-    }
-  }
-  kill(proxy, SIGKILL);
-  waitpid(proxy, nullptr, 0);
-  const double off = Median(hop_p50[false]), on = Median(hop_p50[true]);
+  // Two placements of the listener against the client (pinned to CPU 0): on the other
+  // CPU (every hop is a cross-CPU wake-up) and on the same CPU. Both happen on a node.
   fmt::print("\nin-pod proxy hop (1-byte request/response through the redirect):\n");
-  fmt::print("  TCP loopback   p50 {:6.1f}us  p99 {:6.1f}us\n", off, Median(hop_p99[false]));
-  fmt::print("  sk_msg splice  p50 {:6.1f}us  p99 {:6.1f}us  ({:.0f}% lower p50)\n", on,
-             Median(hop_p99[true]), 100.0 * (off - on) / off);
+  for (const char* cpu : {"1", "0"}) {
+    pid_t proxy = fork();
+    if (proxy == 0) {
+      int devnull = open("/dev/null", O_WRONLY);
+      dup2(devnull, STDOUT_FILENO);
+      execlp("taskset", "taskset", "-c", cpu, SLUICE_PROBE_PATH, "serve", "--netns", kClient,
+             "--cgroup", env.cg_sluice.c_str(), "--listen", "127.0.0.1:15001", "--id", "proxy",
+             nullptr);
+      _exit(127);
+    }
+    usleep(300000);
+    std::map<bool, std::vector<double>> hop_p50, hop_p99;
+    for (int round = 0; round < rounds; round++) {
+      const bool first = round % 2 == 1;  // alternate which one runs first
+      for (bool splice : {first, !first}) {
+        if (auto r = (*dp)->SetSplice(splice); !r)
+          Die(r.error().message);
+        auto rr = Probe(kClient, env.cg_sluice, "10.96.255.1:80", seconds, true);
+        hop_p50[splice].push_back(rr["p50_us"]);
+        hop_p99[splice].push_back(rr["p99_us"]);
+      }
+    }
+    kill(proxy, SIGKILL);
+    waitpid(proxy, nullptr, 0);
+    const double off = Median(hop_p50[false]), on = Median(hop_p50[true]);
+    fmt::print("  listener on CPU {} ({}):\n", cpu,
+               std::string(cpu) == "1" ? "the other CPU" : "the client's CPU");
+    fmt::print("    TCP loopback   p50 {:6.1f}us  p99 {:6.1f}us\n", off, Median(hop_p99[false]));
+    fmt::print("    sk_msg splice  p50 {:6.1f}us  p99 {:6.1f}us  ({:.0f}% lower p50)\n", on,
+               Median(hop_p99[true]), 100.0 * (off - on) / off);
+  }
   dp->reset();
   env.Teardown();
   return 0;

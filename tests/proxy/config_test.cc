@@ -356,3 +356,39 @@ TEST_CASE(
   kill(pid, SIGHUP);
   CHECK(WaitFor([&] { return Get(port, "h", "/").Header("x-upstream") == "b"; }));
 }
+
+TEST_CASE("Drain: the listener closes, a request in flight finishes, idle connections close",
+          "[config][proxy][drain]") {
+  TestUpstream a({.name = "a", .record = false});
+  auto p = StartProxy(
+      Doc({{{"name", "all"}, {"match", {{"prefix", "/"}}}, {"route", {{"cluster", "a"}}}}},
+          {StaticCluster("a", {a.port()})}));
+  REQUIRE(p->error == "");
+  const uint16_t port = p->Port();
+  Client idle(port);
+  CHECK(idle.Get("h", "/").status == 200);  // a keep-alive connection, now idle
+  Client busy(port);
+  std::string slow = "GET / HTTP/1.1\r\nhost: h\r\nx-delay-ms: 400\r\n\r\n";
+  REQUIRE(write(busy.fd(), slow.data(), slow.size()) == static_cast<ssize_t>(slow.size()));
+  usleep(100 * 1000);  // the request is at the upstream
+  CHECK(p->proxy->stats().active_cx.load() == 2);
+
+  REQUIRE(p->proxy->Drain());
+  // New connections are refused once the worker has let go of the socket.
+  CHECK(WaitFor([&] {
+    int fd = Connect(port);
+    bool refused = fd < 0;
+    if (fd >= 0)
+      close(fd);
+    return refused;
+  }));
+  // The request in flight still gets its answer...
+  std::string buf;
+  auto r = ReadResponses(busy.fd(), buf, 1, 3000);
+  REQUIRE(r.size() == 1);
+  CHECK(r[0].status == 200);
+  // ...and every connection is closed by the proxy soon after.
+  CHECK(WaitFor([&] { return p->proxy->stats().active_cx.load() == 0; }));
+  char c;
+  CHECK(read(idle.fd(), &c, 1) == 0);  // EOF from the proxy
+}

@@ -9,6 +9,9 @@
 
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <mutex>
+#include <set>
+#include <thread>
 
 #include "harness.h"
 #include "sluice/proxy/tls_sni.h"
@@ -235,4 +238,103 @@ TEST_CASE("TCP proxy passes a client half-close on and still delivers the answer
   REQUIRE(rs.size() == 1);
   CHECK(rs[0].status == 200);
   CHECK(rs[0].body.rfind("GET /half ", 0) == 0);
+}
+
+TEST_CASE("use_original_dst hands a connection to the listener of its original destination",
+          "[tcp][proxy][handover]") {
+  // istiod's sidecar shape: virtualOutbound receives everything; listeners with
+  // bind_to_port false (0.0.0.0_8080, 0.0.0.0_7000) own the ports they name.
+  TestUpstream fallback({.name = "fallback", .record = false});
+  TestUpstream web({.name = "web", .record = false});
+  TestUpstream net_a({.name = "net-a", .record = false});
+  TestUpstream net_b({.name = "net-b", .record = false});
+  Json vo = Listener("virtualOutbound", Json::array());
+  vo["use_original_dst"] = true;
+  vo.erase("filter_chains");
+  vo["default_filter_chain"] = {{"filters", Json::array({TcpProxy({{"cluster", "fallback"}})})}};
+  Json http = HttpListener("0.0.0.0_8080",
+                           RouteConfig("8080", Json::array({{{"name", "all"},
+                                                             {"match", {{"prefix", "/"}}},
+                                                             {"route", {{"cluster", "web"}}}}})));
+  http["address"]["socket_address"]["address"] = "0.0.0.0";
+  http["address"]["socket_address"]["port_value"] = 8080;
+  http["bind_to_port"] = false;
+  auto ranged = [](const char* prefix, const char* cluster) {
+    return Json{
+        {"filter_chain_match",
+         {{"prefix_ranges", Json::array({{{"address_prefix", prefix}, {"prefix_len", 16}}})}}},
+        {"filters", Json::array({TcpProxy({{"cluster", cluster}})})}};
+  };
+  Json tcp = Listener("0.0.0.0_7000",
+                      Json::array({ranged("10.1.0.0", "net-a"), ranged("10.2.0.0", "net-b")}));
+  tcp["address"]["socket_address"]["address"] = "0.0.0.0";
+  tcp["address"]["socket_address"]["port_value"] = 7000;
+  tcp["bind_to_port"] = false;
+  Json doc = {{"listeners", Json::array({vo, http, tcp})},
+              {"clusters", Json::array({StaticCluster("fallback", {fallback.port()}),
+                                        StaticCluster("web", {web.port()}),
+                                        StaticCluster("net-a", {net_a.port()}),
+                                        StaticCluster("net-b", {net_b.port()})})}};
+  std::atomic<uint32_t> dst_ip{0};
+  std::atomic<uint16_t> dst_port{0};
+  sluice::proxy::ProxyOptions opts;
+  opts.original_dst = [&](int) -> std::optional<sockaddr_storage> {
+    sockaddr_storage ss{};
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(dst_port.load());
+    a->sin_addr.s_addr = htonl(dst_ip.load());
+    return ss;
+  };
+  auto p = StartProxy(doc, 1, opts);
+  REQUIRE(p->error == "");
+  uint16_t port = p->Port("virtualOutbound");
+  REQUIRE(port != 0);
+  CHECK(p->Port("0.0.0.0_8080") == 0);  // never bound
+
+  auto via = [&](uint32_t ip, uint16_t dport) {
+    dst_ip = ip;
+    dst_port = dport;
+    return Get(port, "anything.example", "/").Header("x-upstream");
+  };
+  CHECK(via(0x0a090909, 8080) == "web");       // 10.9.9.9:8080 -> 0.0.0.0_8080's route
+  CHECK(via(0x0a090909, 1234) == "fallback");  // no listener on 1234: virtualOutbound keeps it
+  CHECK(via(0x0a010203, 7000) == "net-a");     // 10.1.2.3:7000 -> the 10.1/16 chain
+  CHECK(via(0x0a020304, 7000) == "net-b");     // 10.2.3.4:7000 -> the 10.2/16 chain
+}
+
+TEST_CASE("on_worker_start runs on every worker before it serves, and a failure fails Start",
+          "[proxy][hooks]") {
+  TestUpstream up({.name = "up", .record = false});
+  Json doc = {
+      {"listeners",
+       Json::array({Listener(
+           "tcp", Json::array({{{"filters", Json::array({TcpProxy({{"cluster", "up"}})})}}}))})},
+      {"clusters", Json::array({StaticCluster("up", {up.port()})})}};
+  std::mutex mu;
+  std::set<int> workers;
+  std::set<std::thread::id> threads;
+  sluice::proxy::ProxyOptions opts;
+  opts.on_worker_start = [&](int w) -> sluice::Result<void> {
+    std::lock_guard lock(mu);
+    workers.insert(w);
+    threads.insert(std::this_thread::get_id());
+    return {};
+  };
+  {
+    auto p = StartProxy(doc, 2, opts);
+    REQUIRE(p->error == "");
+    CHECK(workers == std::set<int>{0, 1});
+    CHECK(threads.size() == 2);
+    CHECK(threads.count(std::this_thread::get_id()) == 0);
+    CHECK(Get(p->Port("tcp"), "h", "/").Header("x-upstream") == "up");
+  }
+  opts.on_worker_start = [](int w) -> sluice::Result<void> {
+    if (w == 1)
+      return sluice::Fail("setns: no such namespace");
+    return {};
+  };
+  auto p = StartProxy(doc, 2, opts);
+  CHECK(p->error.find("starting a worker") != std::string::npos);
+  CHECK(p->error.find("setns: no such namespace") != std::string::npos);
 }

@@ -271,9 +271,18 @@ struct TcpSettings {
   uint32_t total_weight = 0;
 };
 
+// A destination prefix (filter_chain_match.prefix_ranges).
+struct CidrRange {
+  sa_family_t family = AF_INET;
+  uint8_t bytes[16] = {};
+  uint32_t prefix_len = 0;
+  bool Contains(const sockaddr_storage& addr) const;
+};
+
 struct FilterChain {
   std::string name;
-  std::vector<std::string> server_names;  // exact or "*.suffix"; empty: any
+  std::vector<std::string> server_names;      // exact or "*.suffix"; empty: any
+  std::vector<CidrRange> destination_ranges;  // prefix_ranges; empty: any destination
   bool is_http = true;
   HttpSettings http;
   TcpSettings tcp;
@@ -290,8 +299,13 @@ struct ListenerConfig {
   // Ask the original_dst hook for the connection's original destination (listeners
   // that receive redirected traffic); it is logged as the downstream local address.
   bool use_original_dst = false;
-  // Chooses by SNI (empty when none); nullptr when nothing matches.
-  const FilterChain* SelectChain(std::string_view sni) const;
+  // bind_to_port false: no socket of its own; it receives connections handed over by a
+  // use_original_dst listener whose original destination matches its address and port
+  // (istiod's outbound listeners, 0.0.0.0_80 and the like).
+  bool bind_to_port = true;
+  // Chooses by destination address (the most specific prefix_ranges match; dst may be
+  // null), then SNI (empty when none); nullptr when nothing matches.
+  const FilterChain* SelectChain(std::string_view sni, const sockaddr_storage* dst = nullptr) const;
 };
 
 struct ProxyConfig {

@@ -32,6 +32,13 @@ struct ProxyOptions {
   // The original destination of an accepted connection, for listeners that use it.
   // Default: getsockopt(SO_ORIGINAL_DST).
   std::function<std::optional<sockaddr_storage>(int fd)> original_dst;
+  // Runs first on each worker thread, before it serves anything; an error fails Start().
+  // The node agent moves the thread into a pod's network namespace here (setns is per
+  // thread), so the upstream sockets the worker makes leave from the pod.
+  std::function<Result<void>(int worker)> on_worker_start;
+  // SO_MARK on every upstream socket (0: none). The node agent sets the kernel's bypass
+  // mark so its own connections are not redirected back to itself.
+  uint32_t upstream_mark = 0;
   // Mirroring bounds, per worker: shadow requests in flight and their bytes. Beyond
   // either, new mirror copies are dropped (counted), never queued.
   std::size_t mirror_max_inflight = 256;
@@ -45,6 +52,7 @@ struct ProxyOptions {
 // Counters summed over workers (relaxed atomics; for tests and the admin page).
 struct ProxyStats {
   std::atomic<uint64_t> downstream_cx{0};
+  std::atomic<uint64_t> active_cx{0};  // downstream connections open now (a gauge)
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> upstream_cx{0};
   std::atomic<uint64_t> retries{0};
@@ -65,6 +73,10 @@ class Proxy {
   // Publishes a new config. Listeners with the same name and address keep their
   // sockets; new ones are opened; removed ones are closed once every worker moved on.
   Result<void> Update(std::shared_ptr<const ProxyConfig> config);
+  // Starts draining: every listener stops accepting (its socket is closed), requests in
+  // flight finish, and idle keep-alive connections are closed. Stop() when
+  // stats().active_cx reaches 0 or a deadline passes.
+  Result<void> Drain();
   // The bound port of a listener (useful with port 0), or 0 when unknown.
   uint16_t Port(std::string_view listener) const;
   const ProxyStats& stats() const;

@@ -1,0 +1,221 @@
+#include "pod_proxies.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <spdlog/spdlog.h>
+
+#include <set>
+#include <thread>
+
+#include "sluice/cni/netns.h"
+
+namespace sluice::agent {
+
+std::shared_ptr<const proxy::ProxyConfig> PodProxies::ForPods(const proxy::ProxyConfig& base,
+                                                              uint16_t port) {
+  auto cfg = std::make_shared<proxy::ProxyConfig>(base);
+  bool capture = false;
+  for (auto& l : cfg->listeners) {
+    if (l.use_original_dst && !capture) {
+      // The connect hook sends redirected connections to the pod's loopback only: the
+      // capture listener is never reachable from outside the pod.
+      l.address = "127.0.0.1";
+      l.port = port;
+      l.bind_to_port = true;
+      capture = true;
+    } else {
+      l.bind_to_port = false;  // reached through the capture listener's hand-over
+    }
+  }
+  return capture ? cfg : nullptr;
+}
+
+std::shared_ptr<const proxy::ProxyConfig> PodProxies::ConfigFor(const std::string& ns,
+                                                                bool* own) const {
+  auto it = ns_.find(ns);
+  *own = it != ns_.end();
+  return *own ? it->second : node_;
+}
+
+Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
+  bool own = false;
+  auto cfg = ConfigFor(key.pod_namespace, &own);
+  if (!cfg)
+    return {};  // no config yet: started by the first SetNodeConfig/SetNamespaceConfig
+  auto ns = cni::Netns::Open(pod.netns);
+  if (!ns)
+    return std::unexpected(ns.error());
+  auto netns = std::make_shared<cni::Netns>(std::move(*ns));
+  proxy::ProxyOptions o;
+  o.workers = 1;
+  o.access_log_path = opts_.access_log_path == "-" ? "" : opts_.access_log_path;
+  o.upstream_mark = opts_.upstream_mark;
+  o.on_worker_start = [netns](int) -> Result<void> {
+    if (setns(netns->fd(), CLONE_NEWNET) != 0)
+      return FailErrno("setns into " + netns->path(), errno);
+    return {};
+  };
+  o.open_listener = [netns](const proxy::ListenerConfig& l, uint16_t port) -> Result<int> {
+    auto fd = netns->ListenTcp(l.address, port, 4096);
+    if (!fd)
+      return Wrap("listener " + l.name, fd.error());
+    int flags = fcntl(fd->get(), F_GETFL);
+    if (flags < 0 || fcntl(fd->get(), F_SETFL, flags | O_NONBLOCK) != 0)
+      return FailErrno("listener " + l.name + ": O_NONBLOCK", errno);
+    return fd->Release();
+  };
+  auto p = proxy::Proxy::Start(cfg, std::move(o));
+  if (!p)
+    return std::unexpected(p.error());
+  pod.proxy = std::move(*p);
+  pod.own_config = own;
+  spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{} ({} config)", key.pod_namespace,
+               key.name, opts_.port, own ? "namespace" : "node");
+  return {};
+}
+
+Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& netns) {
+  std::lock_guard lock(mu_);
+  auto [it, fresh] = pods_.try_emplace(key);
+  if (!fresh && it->second.netns == netns && it->second.proxy)
+    return {};
+  if (!fresh && it->second.proxy)
+    it->second.proxy->Stop();  // same pod name, new sandbox
+  it->second.netns = netns;
+  it->second.proxy.reset();
+  if (auto r = Start(key, it->second); !r) {
+    pods_.erase(it);
+    return Wrap("pod " + key.pod_namespace + "/" + key.name + ": L7 proxy", r.error());
+  }
+  return {};
+}
+
+void PodProxies::Close(const enrolment::PodKey& key) {
+  std::unique_ptr<proxy::Proxy> p;
+  {
+    std::lock_guard lock(mu_);
+    auto it = pods_.find(key);
+    if (it == pods_.end())
+      return;
+    p = std::move(it->second.proxy);
+    pods_.erase(it);
+  }
+  if (p) {
+    p->Stop();
+    spdlog::info("pod {}/{}: L7 listener closed", key.pod_namespace, key.name);
+  }
+}
+
+void PodProxies::CloseAll() {
+  std::map<enrolment::PodKey, Pod> all;
+  {
+    std::lock_guard lock(mu_);
+    all.swap(pods_);
+  }
+  for (auto& [key, pod] : all)
+    if (pod.proxy)
+      pod.proxy->Stop();
+}
+
+void PodProxies::DrainAll(std::chrono::milliseconds grace) {
+  std::map<enrolment::PodKey, Pod> all;
+  {
+    std::lock_guard lock(mu_);
+    all.swap(pods_);
+  }
+  for (auto& [key, pod] : all)
+    if (pod.proxy)
+      (void)pod.proxy->Drain();
+  const auto deadline = std::chrono::steady_clock::now() + grace;
+  uint64_t open = 0;
+  do {
+    open = 0;
+    for (auto& [key, pod] : all)
+      if (pod.proxy)
+        open += pod.proxy->stats().active_cx.load(std::memory_order_relaxed);
+    if (open == 0)
+      break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  } while (std::chrono::steady_clock::now() < deadline);
+  if (open > 0)
+    spdlog::warn("drain: {} connections still open after {} ms; closing them", open, grace.count());
+  for (auto& [key, pod] : all)
+    if (pod.proxy)
+      pod.proxy->Stop();
+}
+
+void PodProxies::Refresh(const std::string* only_ns) {
+  for (auto& [key, pod] : pods_) {
+    if (only_ns && key.pod_namespace != *only_ns)
+      continue;
+    bool own = false;
+    auto cfg = ConfigFor(key.pod_namespace, &own);
+    if (!cfg)
+      continue;
+    if (!pod.proxy) {
+      if (auto r = Start(key, pod); !r)
+        spdlog::error("pod {}/{}: L7 proxy: {}", key.pod_namespace, key.name, r.error().message);
+      continue;
+    }
+    if (auto r = pod.proxy->Update(cfg); !r) {
+      spdlog::error("pod {}/{}: L7 config refused, keeping the running one: {}", key.pod_namespace,
+                    key.name, r.error().message);
+      continue;
+    }
+    pod.own_config = own;
+  }
+}
+
+void PodProxies::SetNamespaceConfig(const std::string& ns,
+                                    std::shared_ptr<const proxy::ProxyConfig> cfg) {
+  std::lock_guard lock(mu_);
+  if (!cfg) {
+    ns_.erase(ns);
+  } else if (auto pods = ForPods(*cfg, opts_.port)) {
+    ns_[ns] = std::move(pods);
+  } else {
+    // Listeners not there yet (an xDS stream delivers clusters before listeners): the
+    // pods keep what they run rather than lose their capture listener.
+    spdlog::debug("namespace {}: config without a use_original_dst listener, not applied", ns);
+    return;
+  }
+  Refresh(&ns);
+}
+
+void PodProxies::SetNodeConfig(std::shared_ptr<const proxy::ProxyConfig> cfg) {
+  std::lock_guard lock(mu_);
+  auto pods = cfg ? ForPods(*cfg, opts_.port) : nullptr;
+  if (cfg && !pods) {
+    spdlog::debug("node config without a use_original_dst listener, not applied");
+    return;
+  }
+  node_ = std::move(pods);
+  Refresh(nullptr);
+}
+
+std::vector<PodProxyStatus> PodProxies::List() const {
+  std::lock_guard lock(mu_);
+  std::vector<PodProxyStatus> out;
+  for (const auto& [key, pod] : pods_) {
+    PodProxyStatus s{key, pod.netns, pod.proxy != nullptr,
+                     pod.proxy ? (pod.own_config ? "namespace " + key.pod_namespace
+                                                 : std::string("node (namespace config pending)"))
+                               : "none yet"};
+    if (pod.proxy) {
+      s.requests = pod.proxy->stats().requests.load(std::memory_order_relaxed);
+      s.downstream_cx = pod.proxy->stats().downstream_cx.load(std::memory_order_relaxed);
+    }
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::vector<std::string> PodProxies::Namespaces() const {
+  std::lock_guard lock(mu_);
+  std::set<std::string> s;
+  for (const auto& [key, pod] : pods_)
+    s.insert(key.pod_namespace);
+  return {s.begin(), s.end()};
+}
+
+}  // namespace sluice::agent

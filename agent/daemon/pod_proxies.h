@@ -1,0 +1,92 @@
+// PodProxies: the node agent's L7 proxy inside each enrolled pod.
+//
+// Every enrolled pod gets its own proxy::Proxy whose one worker thread lives in the
+// pod's network namespace (setns at thread start; network namespaces are per thread).
+// So the capture listener the connect hook redirects to (127.0.0.1:PORT) is the pod's
+// own loopback, and the upstream connections the worker makes leave from the pod, with
+// the pod's address, carrying the bypass mark so the connect hook lets them through.
+//
+// Configuration is per namespace: the L7 resources a sidecar of that namespace would
+// get (short host names, exportTo and Sidecar scoping resolved for it). Until a
+// namespace's own configuration has arrived, its pods use the node's. Compiled configs
+// are shared by every pod of a namespace; only the capture listener is pod-local.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "sluice/enrolment/enrolment.h"
+#include "sluice/proxy/proxy.h"
+
+namespace sluice::agent {
+
+struct PodProxyOptions {
+  uint16_t port = 15001;        // in-pod capture listener, 127.0.0.1:port
+  std::string access_log_path;  // "" or "-": stdout
+  uint32_t upstream_mark = 0;   // the kernel's bypass mark
+};
+
+struct PodProxyStatus {
+  enrolment::PodKey key;
+  std::string netns;
+  bool listening = false;  // its capture listener is open
+  std::string config;      // "namespace NS" or "node (namespace config pending)"
+  uint64_t requests = 0, downstream_cx = 0;
+};
+
+class PodProxies {
+ public:
+  explicit PodProxies(PodProxyOptions opts) : opts_(std::move(opts)) {}
+  ~PodProxies() { CloseAll(); }
+  PodProxies(const PodProxies&) = delete;
+  PodProxies& operator=(const PodProxies&) = delete;
+
+  // The L7 config of every pod of `ns` (nullptr: forget it; pods fall back to the
+  // node's). Running proxies switch at once; their listener socket is kept. A config
+  // without a use_original_dst listener is not applied (the pods keep theirs).
+  void SetNamespaceConfig(const std::string& ns, std::shared_ptr<const proxy::ProxyConfig> cfg);
+  // The node's config: the fallback for namespaces without their own yet.
+  void SetNodeConfig(std::shared_ptr<const proxy::ProxyConfig> cfg);
+
+  // Starts the pod's proxy (idempotent). With no config at all yet, the pod is
+  // remembered and its proxy starts when the first config arrives.
+  Result<void> Open(const enrolment::PodKey& key, const std::string& netns);
+  void Close(const enrolment::PodKey& key);
+  void CloseAll();
+  // SIGTERM: every capture listener closes, requests in flight finish (up to `grace`),
+  // then the proxies stop.
+  void DrainAll(std::chrono::milliseconds grace);
+
+  std::vector<PodProxyStatus> List() const;
+  // Namespaces with at least one pod here (the agent keeps one xDS stream for each).
+  std::vector<std::string> Namespaces() const;
+
+  // The capture config a pod of `ns` runs: the namespace's (or node's) listeners with
+  // the use_original_dst listener moved to 127.0.0.1:port and nothing else bound;
+  // nullptr when the config has no use_original_dst listener (yet).
+  static std::shared_ptr<const proxy::ProxyConfig> ForPods(const proxy::ProxyConfig& base,
+                                                           uint16_t port);
+
+ private:
+  struct Pod {
+    std::string netns;
+    std::unique_ptr<proxy::Proxy> proxy;
+    bool own_config = false;  // running its namespace's config (else the node's)
+  };
+  std::shared_ptr<const proxy::ProxyConfig> ConfigFor(const std::string& ns, bool* own) const;
+  Result<void> Start(const enrolment::PodKey& key, Pod& pod);
+  void Refresh(const std::string* only_ns);
+
+  PodProxyOptions opts_;
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<const proxy::ProxyConfig>> ns_;  // ForPods() applied
+  std::shared_ptr<const proxy::ProxyConfig> node_;                       // ForPods() applied
+  std::map<enrolment::PodKey, Pod> pods_;
+};
+
+}  // namespace sluice::agent
