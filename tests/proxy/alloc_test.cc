@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "harness.h"
 #include "test_upstream.h"
@@ -83,4 +84,54 @@ TEST_CASE("the worker does not allocate per request once warm", "[proxy][alloc]"
   uint64_t during = g_worker_allocs.load() - before;
   CHECK(during == 0);
   CHECK(before > 0);  // the counter does see the worker (its warm-up allocations)
+}
+
+TEST_CASE("mirroring does not allocate per request once warm, sent or dropped",
+          "[proxy][alloc][mirror]") {
+  TestUpstream primary({.name = "primary", .record = false});
+  TestUpstream fast({.name = "fast", .echo = false, .record = false});
+  TestUpstream slow({.name = "slow", .delay_ms = 200, .echo = false, .record = false});
+  auto route = [](const std::string& prefix, const std::string& shadow) {
+    return Json{
+        {"name", prefix},
+        {"match", {{"prefix", prefix}}},
+        {"route", {{"cluster", "primary"}, {"request_mirror_policies", {{{"cluster", shadow}}}}}}};
+  };
+  Json doc = {
+      {"listeners",
+       Json::array({HttpListener(
+           "http", RouteConfig("r", Json::array({route("/fast", "fast"), route("/slow", "slow")})),
+           false)})},
+      {"clusters",
+       Json::array({StaticCluster("primary", {primary.port()}),
+                    StaticCluster("fast", {fast.port()}), StaticCluster("slow", {slow.port()})})}};
+  sluice::proxy::ProxyOptions opts;
+  opts.mirror_max_connections = 4;
+  auto p = StartProxy(doc, 1, opts);
+  REQUIRE(p->error == "");
+  Client c(p->Port());
+  const std::string fast_req = "GET /fast HTTP/1.1\r\nhost: svc\r\n\r\n";
+  const std::string slow_req = "GET /slow HTTP/1.1\r\nhost: svc\r\n\r\n";
+  // Warm-up, twice past the slow shadow's answer time, so its connections have
+  // been back in the pool once.
+  for (int round = 0; round < 2; ++round) {
+    for (int i = 0; i < 500; ++i) {
+      REQUIRE(c.Request(fast_req).status == 200);
+      REQUIRE(c.Request(slow_req).status == 200);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  }
+  // Copies to the fast shadow are sent over pooled connections; copies to the slow one
+  // are mostly dropped (its four connections are busy for 200 ms).
+  const auto& st = p->proxy->stats();
+  uint64_t before = g_worker_allocs.load();
+  uint64_t sent0 = st.mirrors_sent.load(), dropped0 = st.mirrors_dropped.load();
+  for (int i = 0; i < 3000; ++i) {
+    REQUIRE(c.Request(fast_req).status == 200);
+    REQUIRE(c.Request(slow_req).status == 200);
+  }
+  uint64_t during = g_worker_allocs.load() - before;
+  CHECK(st.mirrors_sent.load() - sent0 >= 3000);
+  CHECK(st.mirrors_dropped.load() - dropped0 > 1000);
+  CHECK(during == 0);
 }
