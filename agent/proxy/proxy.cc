@@ -1141,15 +1141,19 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
     }
   }
   auto nth_usable = [&](uint64_t r) -> Endpoint* {
-    r %= usable_weight;
+    // Another worker may eject an endpoint between the passes above and this one: then
+    // the walk can come up empty, and any endpoint is as good as none.
+    if (usable_weight == 0)
+      return c.endpoints[r % n].get();
+    uint64_t left = r % usable_weight;
     for (std::size_t i = 0; i < n; ++i) {
       if (!ok(i))
         continue;
-      if (r < weight(i))
+      if (left < weight(i))
         return c.endpoints[i].get();
-      r -= weight(i);
+      left -= weight(i);
     }
-    return nullptr;
+    return c.endpoints[r % n].get();
   };
   auto random_pick = [&]() -> Endpoint* {
     if (!all_usable)

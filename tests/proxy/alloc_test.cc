@@ -122,7 +122,8 @@ TEST_CASE("mirroring does not allocate per request once warm, sent or dropped",
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
   }
   // Copies to the fast shadow are sent over pooled connections; copies to the slow one
-  // are mostly dropped (its four connections are busy for 200 ms).
+  // are mostly dropped (the worker's four mirror connections: the slow shadow's are
+  // busy for 200 ms).
   const auto& st = p->proxy->stats();
   uint64_t before = g_worker_allocs.load();
   uint64_t sent0 = st.mirrors_sent.load(), dropped0 = st.mirrors_dropped.load();
@@ -131,7 +132,8 @@ TEST_CASE("mirroring does not allocate per request once warm, sent or dropped",
     REQUIRE(c.Request(slow_req).status == 200);
   }
   uint64_t during = g_worker_allocs.load() - before;
-  CHECK(st.mirrors_sent.load() - sent0 >= 3000);
-  CHECK(st.mirrors_dropped.load() - dropped0 > 1000);
+  // Both paths were taken (how often depends on timing; zero allocations must not).
+  CHECK(st.mirrors_sent.load() - sent0 > 100);
+  CHECK(st.mirrors_dropped.load() - dropped0 > 100);
   CHECK(during == 0);
 }

@@ -159,7 +159,8 @@ TEST_CASE("a slow or dead shadow leaves the primary untouched, and mirror memory
 TEST_CASE("mirror copies reuse the shadow's pooled connections and never open more than the cap",
           "[proxy][mirror]") {
   TestUpstream primary({.name = "primary", .record = false});
-  TestUpstream slow({.name = "slow", .delay_ms = 300, .record = false});
+  // The shadow answers after a second: the burst below is over long before that.
+  TestUpstream slow({.name = "slow", .delay_ms = 1000, .record = false});
   Json action = {{"cluster", "primary"}, {"request_mirror_policies", {{{"cluster", "slow"}}}}};
   Json doc = {{"listeners", {HttpListener("http", OneRoute(action), false)}},
               {"clusters",
@@ -181,8 +182,8 @@ TEST_CASE("mirror copies reuse the shadow's pooled connections and never open mo
   CHECK(slow.connections() == 4);
   // Once the shadow has answered, its connections wait in the pool and the next copies
   // go over them: more requests at the shadow, no new connection.
-  CHECK(st.upstream_cx.load() == 5);                            // 1 primary + 4 shadow
-  std::this_thread::sleep_for(std::chrono::milliseconds(450));  // the shadow answers at 300 ms
+  CHECK(st.upstream_cx.load() == 5);                             // 1 primary + 4 shadow
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // the shadow has answered
   for (int i = 0; i < 4; ++i)
     REQUIRE(c.Get("h", "/b").status == 200);
   CHECK(WaitFor([&] { return slow.count() == 8; }));
