@@ -22,6 +22,7 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <filesystem>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -361,8 +362,19 @@ int main(int argc, char** argv) {
   uint32_t bypass_mark = SLUICE_DEFAULT_BYPASS_MARK;
   if (auto st = (*dp)->Settings(); st && st->bypass_mark != 0)
     bypass_mark = st->bypass_mark;
-  agent::PodProxies l7(
-      {.port = nao.proxy_port, .access_log_path = access_log, .upstream_mark = bypass_mark});
+  // The poller thread (below) also opens and closes namespace streams; a pod change wakes
+  // it at once rather than at its next 200 ms tick.
+  std::mutex wake_mu;
+  std::condition_variable wake_cv;
+  bool wake = false;
+  agent::PodProxies l7({.port = nao.proxy_port,
+                        .access_log_path = access_log,
+                        .upstream_mark = bypass_mark,
+                        .on_pods_changed = [&] {
+                          std::lock_guard lock(wake_mu);
+                          wake = true;
+                          wake_cv.notify_one();
+                        }});
   agent::NodeAgent node(**dp, nao, nao.proxy_port != 0 ? &l7 : nullptr);
   std::mutex sync_mu;    // the kernel sync's view, shared with the admin handlers
   std::string l7_error;  // the last L7 compile error (under sync_mu)
@@ -423,6 +435,7 @@ int main(int argc, char** argv) {
         {
           std::lock_guard lock(sync_mu);
           ns_errors[ns] = cfg ? "" : cfg.error().message;
+          (void)ksync.OnView(ns, s.get());  // errors logged; the last good view stays
         }
         if (!cfg) {
           spdlog::error("namespace {}: L7 config {} refused, its pods keep the running one: {}", ns,
@@ -435,7 +448,11 @@ int main(int argc, char** argv) {
   std::atomic<bool> stopping{false};
   std::thread label_poller([&] {
     while (!stopping) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      {
+        std::unique_lock lock(wake_mu);
+        wake_cv.wait_for(lock, std::chrono::milliseconds(200), [&] { return wake; });
+        wake = false;
+      }
       if (labels) {
         auto changed = labels->Poll();
         if (!changed)
@@ -444,8 +461,11 @@ int main(int argc, char** argv) {
           node.ApplyLabels(**changed);
       }
       if (ns_streams_on && nao.proxy_port != 0) {
-        for (const auto& ns : streams.Sync(l7.Namespaces()))
+        for (const auto& ns : streams.Sync(l7.Namespaces())) {
           l7.SetNamespaceConfig(ns, nullptr);
+          std::lock_guard lock(sync_mu);
+          (void)ksync.OnView(ns, nullptr);
+        }
       }
     }
   });

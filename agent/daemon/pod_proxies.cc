@@ -75,19 +75,24 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
 }
 
 Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& netns) {
-  std::lock_guard lock(mu_);
-  auto [it, fresh] = pods_.try_emplace(key);
-  if (!fresh && it->second.netns == netns && it->second.proxy)
-    return {};
-  if (!fresh && it->second.proxy)
-    it->second.proxy->Stop();  // same pod name, new sandbox
-  it->second.netns = netns;
-  it->second.proxy.reset();
-  if (auto r = Start(key, it->second); !r) {
-    pods_.erase(it);
-    return Wrap("pod " + key.pod_namespace + "/" + key.name + ": L7 proxy", r.error());
+  Result<void> result;
+  {
+    std::lock_guard lock(mu_);
+    auto [it, fresh] = pods_.try_emplace(key);
+    if (!fresh && it->second.netns == netns && it->second.proxy)
+      return {};
+    if (!fresh && it->second.proxy)
+      it->second.proxy->Stop();  // same pod name, new sandbox
+    it->second.netns = netns;
+    it->second.proxy.reset();
+    if (auto r = Start(key, it->second); !r) {
+      pods_.erase(it);
+      result = Wrap("pod " + key.pod_namespace + "/" + key.name + ": L7 proxy", r.error());
+    }
   }
-  return {};
+  if (opts_.on_pods_changed)
+    opts_.on_pods_changed();
+  return result;
 }
 
 void PodProxies::Close(const enrolment::PodKey& key) {
@@ -104,6 +109,8 @@ void PodProxies::Close(const enrolment::PodKey& key) {
     p->Stop();
     spdlog::info("pod {}/{}: L7 listener closed", key.pod_namespace, key.name);
   }
+  if (opts_.on_pods_changed)
+    opts_.on_pods_changed();
 }
 
 void PodProxies::CloseAll() {

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -29,6 +30,9 @@ struct PodProxyOptions {
   uint16_t port = 15001;        // in-pod capture listener, 127.0.0.1:port
   std::string access_log_path;  // "" or "-": stdout
   uint32_t upstream_mark = 0;   // the kernel's bypass mark
+  // Called (outside any lock) after a pod opened or closed: the set of namespaces may
+  // have changed, so the agent can open that namespace's xDS stream at once.
+  std::function<void()> on_pods_changed;
 };
 
 struct PodProxyStatus {

@@ -21,5 +21,13 @@ void AddAdsCommands(CLI::App& app);
 void AddTranslateCommands(CLI::App& app);
 // xds serve: the local control plane over gRPC ADS.
 void AddXdsServeCommand(CLI::App& app);
+// proxy-config cluster|route|endpoint|listener: a proxy's config, as istioctl shows it.
+void AddProxyConfigCommands(CLI::App& app);
+// x describe svc: a Service and the Istio config that applies to it.
+void AddExperimentalCommands(CLI::App& app);
+// enroll: add the enrolment label to a manifest's workloads (kube-inject's habit).
+void AddEnrollCommand(CLI::App& app);
+// local up|apply|delete|down|get|label|exec|logs|port-forward: the local cluster.
+void AddLocalCommands(CLI::App& app);
 
 }  // namespace sluice::ctl

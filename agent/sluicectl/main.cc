@@ -15,6 +15,10 @@ int main(int argc, char** argv) {
   sluice::ctl::AddAdsCommands(app);
   sluice::ctl::AddTranslateCommands(app);
   sluice::ctl::AddXdsServeCommand(app);
+  sluice::ctl::AddProxyConfigCommands(app);
+  sluice::ctl::AddExperimentalCommands(app);
+  sluice::ctl::AddEnrollCommand(app);
+  sluice::ctl::AddLocalCommands(app);
 
   CLI11_PARSE(app, argc, argv);
   return 0;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "sluice/inspect/local_state.h"
 #include "sluice/istio/loader.h"
 #include "sluice/istio/registry.h"
 #include "sluice/istio/translator.h"
@@ -105,10 +106,24 @@ void AddTranslateCommands(CLI::App& app) {
   auto* reg = app.add_subcommand(
       "registryz",
       "Print the service registry built from YAML, shaped like istiod's /debug/registryz");
-  reg->add_option("-f,--filename", *files, "YAML file or directory (repeatable)")
-      ->required()
+  auto state_file = std::make_shared<std::string>(inspect::DefaultStatePath());
+  reg->add_option("-f,--filename,--config-dir", *files,
+                  "YAML file or directory (repeatable); default: the local cluster's config")
       ->check(CLI::ExistingPath);
-  reg->callback([files] {
+  reg->add_option("--state-file", *state_file, "the local cluster's state file")
+      ->capture_default_str();
+  reg->add_option_function<std::string>(
+      "--state-dir", [state_file](const std::string& dir) { *state_file = dir + "/state.json"; },
+      "the local cluster's state directory (as `sluicectl local --state-dir`)");
+  reg->callback([files, state_file] {
+    if (files->empty()) {
+      auto state = inspect::LoadLocalState(*state_file);
+      if (!state) {
+        std::cerr << "sluicectl registryz: " << state.error().message << "\n";
+        throw CLI::RuntimeError(1);
+      }
+      files->push_back(state->config_dir);
+    }
     istio::LoadResult loaded;
     bool clean = Load(*files, loaded);
     std::cout << istio::Registry::Build(loaded.config).RegistryzJson() << "\n";

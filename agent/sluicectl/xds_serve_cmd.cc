@@ -5,6 +5,8 @@
 #include <signal.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <iostream>
@@ -27,6 +29,11 @@ struct ServeOptions {
   std::string listen = "127.0.0.1:15010";
   std::string cert_file, key_file, token;
 };
+
+// gRPC's Unix socket addresses: unix:PATH or unix:///PATH.
+bool IsUnixAddress(const std::string& a) {
+  return a.rfind("unix:", 0) == 0;
+}
 
 void PrintReport(const istio::ReloadReport& r) {
   for (const auto& w : r.warnings)
@@ -60,6 +67,15 @@ void RunServe(const ServeOptions& opt) {
       std::cerr << "disconnect: " << e.node_id << "\n";
     }
   });
+  if (IsUnixAddress(opt.listen)) {
+    // A socket file left by a server that died would make the bind fail.
+    std::string path = opt.listen.substr(opt.listen.find(':') + 1);
+    while (path.starts_with("//"))
+      path.erase(0, 1);
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+      ::unlink(path.c_str());
+  }
   xds::AdsServerOptions sopts;
   sopts.address = opt.listen;
   sopts.cert_file = opt.cert_file;
@@ -77,10 +93,12 @@ void RunServe(const ServeOptions& opt) {
     server.Stop();
     throw CLI::RuntimeError(1);
   }
-  std::string host = opt.listen.substr(0, opt.listen.rfind(':'));
   // Tests and scripts read the bound port from this line (useful with port 0).
-  std::cout << "serving " << report.files << " files from " << opt.config_dir << " on " << host
-            << ":" << *port << " (" << report.errors.size() << " errors)" << std::endl;
+  std::string where = opt.listen;
+  if (!IsUnixAddress(opt.listen))
+    where = opt.listen.substr(0, opt.listen.rfind(':')) + ":" + std::to_string(*port);
+  std::cout << "serving " << report.files << " files from " << opt.config_dir << " on " << where
+            << " (" << report.errors.size() << " errors)" << std::endl;
 
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
@@ -116,7 +134,9 @@ void AddXdsServeCommand(CLI::App& app) {
   serve->add_option("--config-dir", opt->config_dir, "directory of Istio/Kubernetes YAML")
       ->required()
       ->check(CLI::ExistingDirectory);
-  serve->add_option("--listen", opt->listen, "address to serve on (port 0: any free port)")
+  serve
+      ->add_option("--listen", opt->listen,
+                   "address to serve on: HOST:PORT (port 0: any free port) or unix:PATH")
       ->capture_default_str();
   serve->add_option("--tls-cert", opt->cert_file, "PEM certificate chain: serve TLS (as 15012)");
   serve->add_option("--tls-key", opt->key_file, "PEM private key for --tls-cert");

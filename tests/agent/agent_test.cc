@@ -452,6 +452,12 @@ TEST_CASE(
                      std::chrono::seconds(5));
   REQUIRE(r);
   REQUIRE(r->enrolled);
+  // The pod runs its own namespace's config once that stream's first answer is in.
+  int status = 0;
+  REQUIRE(Within([&] {
+            return HttpGet(agent.admin_port, "/pods", &status)
+                       .find("\"config\": \"namespace default\"") != std::string::npos;
+          }) >= 0);
   auto before = t.lab.ReadCounters();
 
   // L4: web's VIP is translated in the kernel, straight to server a.
@@ -479,7 +485,6 @@ TEST_CASE(
   CHECK(Delta(before, after, SLUICE_CNT_BYPASS) >= 2);
 
   // Visible to an operator: the pod's listener, the access log, the metrics.
-  int status = 0;
   auto pods = HttpGet(agent.admin_port, "/pods", &status);
   CHECK_THAT(pods, Catch::Contains("\"listening\": true"));
   CHECK_THAT(pods, Catch::Contains("\"config\": \"namespace default\""));

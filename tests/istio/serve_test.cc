@@ -4,6 +4,8 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -68,7 +70,8 @@ std::string ReadFile(const fs::path& p) {
 // The server process; SIGTERM and reaped on scope exit, whatever happened.
 class ServeProcess {
  public:
-  ServeProcess(const fs::path& dir, const fs::path& stderr_file) {
+  ServeProcess(const fs::path& dir, const fs::path& stderr_file,
+               const std::string& listen = "127.0.0.1:0") {
     int fds[2];
     REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
     pid_ = ::fork();
@@ -79,7 +82,7 @@ class ServeProcess {
       if (err >= 0)
         ::dup2(err, 2);
       ::execl(SLUICECTL_PATH, "sluicectl", "xds", "serve", "--config-dir", dir.c_str(), "--listen",
-              "127.0.0.1:0", static_cast<char*>(nullptr));
+              listen.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
     ::close(fds[1]);
@@ -289,6 +292,36 @@ CommandResult RunSluicectl(const std::string& args) {
 }
 
 }  // namespace
+
+TEST_CASE("sluicectl xds serve --listen unix:PATH: proxies in other namespaces reach it by file") {
+  TempDir dir;
+  fs::copy_file(kTestdata / "apps" / "helloworld.yaml", dir.path / "helloworld.yaml");
+  TempDir run;
+  std::string sock = (run.path / "xds.sock").string();
+  {
+    // A socket file left by a server that died is replaced, not a bind error.
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    std::snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", sock.c_str());
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) == 0);
+    ::close(fd);
+  }
+  ServeProcess server(dir.path, run.path / "stderr", "unix:" + sock);
+  std::string line = server.ReadLine();
+  CHECK(line == "serving 1 files from " + dir.path.string() + " on unix:" + sock + " (0 errors)");
+
+  sx::NodeIdentity sidecar;
+  sidecar.ips = {"10.244.1.5"};
+  sidecar.pod_name = "sleep-7f8b9c-x2x4z";
+  sidecar.pod_namespace = "default";
+  sx::AdsClientOptions o = Client(0, sidecar);
+  o.server = "unix:" + sock;
+  sluice::config::ConfigStore store;
+  sx::AdsClient client(o, store);
+  REQUIRE(client.Start());
+  CHECK(WaitFor([&] { return HasCluster(store, "outbound|5000||" + kHello); }));
+}
 
 TEST_CASE("sluicectl translate prints the resources and fails on invalid documents") {
   const std::string apps = (kTestdata / "apps" / "httpbin.yaml").string();

@@ -82,3 +82,38 @@ TEST_CASE("kernel sync applies config snapshots to the kernel, as diffs") {
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 2), "errors", "ENETUNREACH") == 2);
   CHECK(sync.applied_generation() == 5);
 }
+
+TEST_CASE("namespace views: a service one view routes differently goes to the proxy") {
+  Lab lab;
+  lab.AddPod("client", 10);
+  lab.AddPod("a", 2);
+  lab.AddPod("b", 3);
+  lab.Serve("a", {"10.211.0.2:8080"}, "a");
+  lab.Serve("b", {"10.211.0.3:8080"}, "b");
+  lab.Enrol("client");  // no proxy port: a redirected service is refused, visibly
+  kernelsync::KernelSync sync(lab.dp());
+
+  REQUIRE(sync.OnSnapshot(WebSnapshot(100, 0, 1)));
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
+  // A namespace whose sidecars see the same config changes nothing.
+  auto same = WebSnapshot(100, 0, 1);
+  REQUIRE(sync.OnView("team-a", &same));
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
+  // A namespace that sees another split (its own VirtualService): the kernel can serve
+  // only one, so the service goes to the in-pod proxy for everyone.
+  auto other = WebSnapshot(0, 100, 1);
+  REQUIRE(sync.OnView("team-b", &other));
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 3), "errors", "ECONNREFUSED") == 3);
+  CHECK_THAT(sync.applied().l7_reasons.back(), Catch::Contains("namespace team-b"));
+  // The view goes (its last pod left): back in the kernel.
+  REQUIRE(sync.OnView("team-b", nullptr));
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
+  // A service only a namespace's view has is served too.
+  sluice::xds::ResourceSet empty;
+  auto none = config::Snapshot::FromResourceSet(empty);
+  none.generation = 2;
+  REQUIRE(sync.OnSnapshot(none));
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
+  REQUIRE(sync.OnView("team-a", nullptr));
+  CHECK(lab.dp().Services()->empty());
+}

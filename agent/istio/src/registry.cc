@@ -333,6 +333,20 @@ std::string Registry::RegistryzJson() const {
     j["Resolution"] = static_cast<int>(s.resolution);
     j["MeshExternal"] = s.mesh_external;
     j["ResourceVersion"] = "";
+    // Not in istiod's registryz (it shows them at /debug/endpointz): a ServiceEntry's
+    // own endpoints, so a STATIC entry's workloads can be read next to its addresses.
+    if (s.source == RegistryService::Source::kServiceEntry && !s.endpoints.empty()) {
+      nlohmann::ordered_json eps = nlohmann::ordered_json::array();
+      for (const auto& e : s.endpoints) {
+        nlohmann::ordered_json ep_ports = nlohmann::ordered_json::object();
+        for (const auto& [svc_port, ep_port] : e.ports) {
+          const RegistryPort* p = s.FindPort(svc_port);
+          ep_ports[p && !p->name.empty() ? p->name : std::to_string(svc_port)] = ep_port;
+        }
+        eps.push_back({{"address", e.address}, {"ports", ep_ports}, {"labels", e.labels}});
+      }
+      j["endpoints"] = eps;
+    }
     out.push_back(std::move(j));
   }
   return out.dump(2);

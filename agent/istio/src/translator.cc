@@ -849,6 +849,14 @@ class Builder {
         routes.push_back(TranslateHttpRoute(hr, &m, vs.meta.ns, port));
       }
     }
+    // istiod's metadata: the VirtualService a route comes from (`proxy-config route`
+    // shows it in its VIRTUAL SERVICE column).
+    for (auto& r : routes) {
+      auto& istio = (*r.mutable_metadata()->mutable_filter_metadata())["istio"];
+      (*istio.mutable_fields())["config"].set_string_value(
+          "/apis/networking.istio.io/v1alpha3/namespaces/" + vs.meta.ns + "/virtual-service/" +
+          vs.meta.name);
+    }
     return routes;
   }
 

@@ -2,7 +2,43 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <optional>
+
 namespace sluice::kernelsync {
+
+namespace {
+
+// The node's plan, with every view folded in (see OnView).
+KernelPlan Merge(const KernelPlan& node, const std::map<std::string, KernelPlan>& views) {
+  KernelPlan out = node;
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < out.services.size(); i++)
+    index[out.services[i].name] = i;
+  for (const auto& [view, plan] : views) {
+    for (const auto& s : plan.services) {
+      auto it = index.find(s.name);
+      if (it == index.end()) {
+        index[s.name] = out.services.size();
+        out.services.push_back(s);
+        if (s.redirect_to_proxy)
+          out.l7_reasons.push_back(s.name + ": L7 in namespace " + view);
+        continue;
+      }
+      ServiceSpec& mine = out.services[it->second];
+      if (mine == s || mine.redirect_to_proxy)
+        continue;
+      mine.redirect_to_proxy = true;
+      out.l7_reasons.push_back(s.name + ": namespace " + view +
+                               " sees it differently; routed by each namespace's proxy");
+    }
+  }
+  std::sort(out.services.begin(), out.services.end(),
+            [](const ServiceSpec& a, const ServiceSpec& b) { return a.name < b.name; });
+  return out;
+}
+
+}  // namespace
 
 Result<void> KernelSync::OnSnapshot(const config::Snapshot& snapshot) {
   auto plan = Plan(snapshot);
@@ -11,12 +47,51 @@ Result<void> KernelSync::OnSnapshot(const config::Snapshot& snapshot) {
                   snapshot.generation, plan.error().message, generation_);
     return std::unexpected(plan.error());
   }
+  KernelPlan previous = std::move(node_);
+  node_ = std::move(*plan);
+  if (auto r = ApplyMerged(snapshot.generation); !r) {
+    node_ = std::move(previous);
+    return r;
+  }
+  return {};
+}
+
+Result<void> KernelSync::OnView(const std::string& name, const config::Snapshot* snapshot) {
+  std::optional<KernelPlan> previous;
+  if (auto it = views_.find(name); it != views_.end())
+    previous = it->second;
+  if (!snapshot) {
+    if (!previous)
+      return {};
+    views_.erase(name);
+  } else {
+    auto plan = Plan(*snapshot);
+    if (!plan) {
+      spdlog::error(
+          "kernel sync: namespace {}: config generation {}: {} (its last good view stays)", name,
+          snapshot->generation, plan.error().message);
+      return std::unexpected(plan.error());
+    }
+    views_[name] = std::move(*plan);
+  }
+  if (auto r = ApplyMerged(generation_); !r) {
+    if (previous)
+      views_[name] = std::move(*previous);
+    else
+      views_.erase(name);
+    return r;
+  }
+  return {};
+}
+
+Result<void> KernelSync::ApplyMerged(uint64_t generation) {
+  KernelPlan plan = Merge(node_, views_);
   std::map<std::string, const ServiceSpec*> before;
   for (const auto& s : applied_.services)
     before[s.name] = &s;
   std::vector<ServiceSpec> upserts;
   std::vector<std::string> deletes;
-  for (const auto& s : plan->services) {
+  for (const auto& s : plan.services) {
     auto it = before.find(s.name);
     if (it == before.end() || !(*it->second == s))
       upserts.push_back(s);
@@ -28,17 +103,17 @@ Result<void> KernelSync::OnSnapshot(const config::Snapshot& snapshot) {
   if (!upserts.empty() || !deletes.empty()) {
     if (auto r = dp_.Apply(upserts, deletes); !r) {
       spdlog::error("kernel sync: config generation {}: {} (the kernel keeps generation {})",
-                    snapshot.generation, r.error().message, generation_);
+                    generation, r.error().message, generation_);
       return r;
     }
   }
   spdlog::info(
-      "kernel sync: generation {}: {} kernel services ({} upserted, {} deleted), {} "
+      "kernel sync: generation {}{}: {} kernel services ({} upserted, {} deleted), {} "
       "sent to the in-pod proxy",
-      snapshot.generation, plan->services.size(), upserts.size(), deletes.size(),
-      plan->l7_reasons.size());
-  applied_ = std::move(*plan);
-  generation_ = snapshot.generation;
+      generation, views_.empty() ? "" : fmt::format(" + {} namespace views", views_.size()),
+      plan.services.size(), upserts.size(), deletes.size(), plan.l7_reasons.size());
+  applied_ = std::move(plan);
+  generation_ = generation;
   return {};
 }
 

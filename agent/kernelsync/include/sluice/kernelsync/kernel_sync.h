@@ -21,12 +21,22 @@ class KernelSync {
   explicit KernelSync(Dataplane& dp) : dp_(dp) {}
 
   [[nodiscard]] Result<void> OnSnapshot(const config::Snapshot& snapshot);
+  // Another view of the mesh: the config a namespace's sidecars get (the agent keeps one
+  // xDS stream per namespace with pods). The kernel serves one service per VIP and port
+  // for every enrolled pod, so the views are merged: a service only a namespace sees is
+  // added, and a service two views see differently goes to the in-pod proxy, which routes
+  // it with each namespace's own config. nullptr removes the view.
+  [[nodiscard]] Result<void> OnView(const std::string& name, const config::Snapshot* snapshot);
 
   [[nodiscard]] const KernelPlan& applied() const { return applied_; }
   [[nodiscard]] uint64_t applied_generation() const { return generation_; }
 
  private:
+  Result<void> ApplyMerged(uint64_t generation);
+
   Dataplane& dp_;
+  KernelPlan node_;                          // the plan of the node's own config
+  std::map<std::string, KernelPlan> views_;  // by view name (namespace)
   KernelPlan applied_;
   uint64_t generation_ = 0;
 };
