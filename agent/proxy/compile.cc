@@ -689,7 +689,6 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
         ep->weight = lb.has_load_balancing_weight()
                          ? std::max<uint32_t>(1, lb.load_balancing_weight().value())
                          : 1;
-        c->has_degraded |= degraded;
         c->endpoints.push_back(std::move(ep));
       }
     }

@@ -323,6 +323,7 @@ uint64_t HashKey(std::string_view key) {
 
 void BuildWeights(Cluster& c) {
   c.cumulative_weight.clear();
+  c.rr_schedule.clear();
   bool differ = false;
   for (const auto& e : c.endpoints)
     differ |= e->weight != c.endpoints.front()->weight;
@@ -333,7 +334,8 @@ void BuildWeights(Cluster& c) {
     sum += std::max<uint32_t>(1, e->weight);
     c.cumulative_weight.push_back(sum);
   }
-  BuildRoundRobinSchedule(c);
+  if (c.lb == LbPolicy::kRoundRobin)
+    BuildRoundRobinSchedule(c);
 }
 
 void BuildRoundRobinSchedule(Cluster& c) {

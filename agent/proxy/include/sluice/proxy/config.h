@@ -84,9 +84,8 @@ struct Cluster {
   std::vector<uint64_t> cumulative_weight;
   // Weighted ROUND_ROBIN: one period of a smooth schedule (endpoint indices; each
   // endpoint appears weight/gcd times, spread out rather than in runs); empty when all
-  // weights are equal.
+  // weights are equal or the policy is not ROUND_ROBIN.
   std::vector<uint32_t> rr_schedule;
-  bool has_degraded = false;  // some endpoint is DEGRADED
   Millis connect_timeout{10000};
   CircuitBreakers limits;
   OutlierDetection outlier;
