@@ -29,6 +29,11 @@ if [[ ${SHIELD:-1} == 1 ]] && [[ -w /proc/self/autogroup ]]; then
 fi
 rounds=${ROUNDS:-3}
 mirror_rounds=${MIRROR_ROUNDS:-5}
+worker_counts=${WORKERS:-1 2}
+# HOG=1: a busy loop shares CPU 0 with the one-worker proxy (equal priority), so the
+# proxy, not the load side on CPU 1, is the bottleneck and requests/s compares the
+# proxies' capacity on the same half of a core.
+hog=${HOG:-0}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$root/build}
@@ -43,6 +48,7 @@ done
 tmp=$(mktemp -d /tmp/sluice-l7-bench-XXXXXX)
 pids=()
 cleanup() {
+  if [[ -n ${hog_pid:-} ]]; then kill "$hog_pid" 2>/dev/null || true; fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$tmp"
@@ -186,8 +192,12 @@ run_wrk() {  # label port cpus
 
 # The proxies alternate within each round (ROUNDS, default 3); medians are compared.
 for round in $(seq "$rounds"); do
-for workers in 1 2; do
+for workers in $worker_counts; do
   if [[ $workers == 1 ]]; then pcpu=0; wcpu=1; else pcpu=0,1; wcpu=0,1; fi
+  if [[ $hog == 1 && $workers == 1 ]]; then
+    taskset -c 0 sh -c 'while :; do :; done' &
+    hog_pid=$!
+  fi
   start $pcpu "$proxy_bin" --config "$tmp/sluice.json" --workers $workers --access-log /dev/null
   wait_port $PORT_SLUICE
   run_wrk "sluice/$workers#$round" $PORT_SLUICE $wcpu
@@ -204,6 +214,10 @@ for workers in 1 2; do
   wait_port $PORT_NGINX
   run_wrk "nginx/$workers#$round" $PORT_NGINX $wcpu
   stop_last
+  if [[ -n ${hog_pid:-} ]]; then
+    kill "$hog_pid"; wait "$hog_pid" 2>/dev/null || true
+    hog_pid=
+  fi
 done
 done
 
@@ -223,7 +237,7 @@ done
 
 echo
 echo "== medians over $rounds rounds; ratios (sluice / haproxy, sluice / nginx)"
-awk -v rounds="$rounds" -v mrounds="$mirror_rounds" '
+awk -v rounds="$rounds" -v mrounds="$mirror_rounds" -v wcounts="$worker_counts" '
   function med(v, n,    i, j, t) {  # median of v[1..n] (sorts v)
     for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
     return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
@@ -232,7 +246,9 @@ awk -v rounds="$rounds" -v mrounds="$mirror_rounds" '
   function m(arr, label, n,    r, v) { for (r = 1; r <= n; r++) v[r] = arr[label "#" r]; return med(v, n) }
   { split($2,a,"="); split($3,b,"="); split($4,c,"="); split($6,e,"="); rps[$1]=a[2]; p50[$1]=ms(b[2]); p99[$1]=ms(c[2]); eff[$1]=e[2] }
   END {
-    for (w = 1; w <= 2; w++) {
+    nw = split(wcounts, ws, " ")
+    for (iw = 1; iw <= nw; iw++) {
+      w = ws[iw]
       split("sluice haproxy nginx", names, " ")
       for (k = 1; k <= 3; k++) {
         l = names[k] "/" w
@@ -242,6 +258,7 @@ awk -v rounds="$rounds" -v mrounds="$mirror_rounds" '
       printf "%d worker(s): rps %.2fx haproxy, %.2fx nginx; req per proxy CPU-second %.2fx haproxy, %.2fx nginx; p50 %.2fx haproxy, %.2fx nginx; p99 %.2fx haproxy, %.2fx nginx\n", w,
         R[1]/R[2], R[1]/R[3], E[1]/E[2], E[1]/E[3], P50[1]/P50[2], P50[1]/P50[3], P99[1]/P99[2], P99[1]/P99[3]
     }
+    if (mrounds == 0) exit
     ma = m(p99, "sluice/no-mirror", mrounds); mb = m(p99, "sluice/mirror-100%", mrounds)
     printf "mirroring: median p99 with 100%% mirror to a slow shadow %.2f ms vs %.2f ms without = %.2fx\n", mb, ma, mb / ma
   }' "$results"
