@@ -432,7 +432,7 @@ class Worker {
   };
   std::unordered_map<std::string, std::unique_ptr<Endpoint>, StringHash, std::equal_to<>>
       original_dst_;
-  std::vector<std::pair<int, void*>> deferred_;  // 0 session, 1 upstream, 2 mirror
+  std::vector<std::pair<int, void*>> deferred_;  // 0 session, 1 upstream
   std::vector<Session*> pending_;
   // Mirror copies are written after the batch's primary requests (see SendMirror).
   std::vector<std::pair<UpstreamConn*, uint64_t>> mirror_flush_;
@@ -965,7 +965,10 @@ void Worker::ReleaseSession(Session* s) {
 void Worker::ReleaseMirror(Mirror* m) {
   --mirror_inflight;
   mirror_bytes -= m->bytes;
-  deferred_.emplace_back(2, m);
+  // Reusable at once: a Mirror gets no epoll events (its connection does, and that
+  // connection's owner is already cleared), its timer is cancelled, and nothing else
+  // points to it. So the pool never holds more Mirrors than copies in flight.
+  free_mirrors_.push_back(m);
 }
 
 UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
@@ -1460,10 +1463,8 @@ void Worker::Run() {
     for (auto& [kind, p] : deferred_) {
       if (kind == 0)
         free_sessions_.push_back(static_cast<Session*>(p));
-      else if (kind == 1)
-        free_upstreams_.push_back(static_cast<UpstreamConn*>(p));
       else
-        free_mirrors_.push_back(static_cast<Mirror*>(p));
+        free_upstreams_.push_back(static_cast<UpstreamConn*>(p));
     }
     deferred_.clear();
     retired_listeners_.clear();
