@@ -15,6 +15,7 @@ packages=(
   iproute2 iptables containernetworking-plugins curl openssl jq python3
   # benchmarks and peers
   wrk haproxy nginx-light iperf3
+  linux-perf strace  # profiling the L7 proxy (docs/benchmarks.md)
 )
 
 missing=()
