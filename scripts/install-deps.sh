@@ -16,6 +16,7 @@ packages=(
   python3-yaml  # scripts/tasks.sh reads the examples' YAML
   # benchmarks and peers
   wrk haproxy nginx-light iperf3
+  linux-perf strace  # profiling the L7 proxy (docs/benchmarks.md)
 )
 
 missing=()

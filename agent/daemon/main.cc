@@ -96,8 +96,14 @@ std::string QueryParam(const std::string& query, const std::string& key) {
 }
 
 // The L7 proxy's view of a snapshot; errors name the resource and field.
+// Problems that do not stop the config (a DNS host that does not resolve) are logged.
 Result<std::shared_ptr<const proxy::ProxyConfig>> CompileL7(const config::Snapshot& s) {
-  return proxy::Compile(s.ToResourceSet());
+  auto cfg = proxy::Compile(s.ToResourceSet());
+  if (cfg) {
+    for (const auto& w : (*cfg)->warnings)
+      spdlog::warn("L7 config {}: {}", s.generation, w);
+  }
+  return cfg;
 }
 
 std::vector<std::pair<std::string, uint64_t>> XdsSamples(const sluice::xds::AdsClientStatus& st,

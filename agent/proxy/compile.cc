@@ -569,7 +569,8 @@ Result<void> ResolveAddress(const core_v3::SocketAddress& sa, bool dns, Endpoint
 }
 
 Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
-                                                const xds::ResourceSet& rs) {
+                                                const xds::ResourceSet& rs,
+                                                std::vector<std::string>* warnings) {
   auto c = std::make_shared<Cluster>();
   c->name = pc.name();
   std::string where = "cluster " + pc.name();
@@ -656,12 +657,33 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
   if (cla) {
     for (const auto& le : cla->endpoints()) {
       for (const auto& lb : le.lb_endpoints()) {
+        // Envoy routes to HEALTHY and UNKNOWN endpoints, to DEGRADED ones only when no
+        // healthy one is left, and never to UNHEALTHY, DRAINING or TIMEOUT ones.
+        bool degraded = false;
+        switch (lb.health_status()) {
+          case core_v3::UNHEALTHY:
+          case core_v3::DRAINING:
+          case core_v3::TIMEOUT:
+            continue;
+          case core_v3::DEGRADED:
+            degraded = true;
+            break;
+          default:
+            break;
+        }
         auto ep = std::make_unique<Endpoint>();
+        ep->degraded = degraded;
         if (!lb.endpoint().address().has_socket_address()) {
           return Fail(where + ": endpoint without a socket_address");
         }
         if (auto e = ResolveAddress(lb.endpoint().address().socket_address(), dns, ep.get(), where);
             !e) {
+          // A DNS name that does not resolve (now) costs this cluster the endpoint, not
+          // the whole config: its requests get 503 UH, every other route keeps working.
+          if (dns) {
+            warnings->push_back(e.error().message + "; the endpoint is left out");
+            continue;
+          }
           return std::unexpected(e.error());
         }
         ep->weight = lb.has_load_balancing_weight()
@@ -816,7 +838,7 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
 Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs) {
   auto cfg = std::make_shared<ProxyConfig>();
   for (const auto& [name, pc] : rs.clusters) {
-    auto c = CompileCluster(pc, rs);
+    auto c = CompileCluster(pc, rs, &cfg->warnings);
     if (!c)
       return std::unexpected(c.error());
     cfg->clusters.emplace(name, *c);

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
+#include <vector>
 
 namespace sluice::proxy {
 namespace {
@@ -321,6 +323,7 @@ uint64_t HashKey(std::string_view key) {
 
 void BuildWeights(Cluster& c) {
   c.cumulative_weight.clear();
+  c.rr_schedule.clear();
   bool differ = false;
   for (const auto& e : c.endpoints)
     differ |= e->weight != c.endpoints.front()->weight;
@@ -330,6 +333,48 @@ void BuildWeights(Cluster& c) {
   for (const auto& e : c.endpoints) {
     sum += std::max<uint32_t>(1, e->weight);
     c.cumulative_weight.push_back(sum);
+  }
+  if (c.lb == LbPolicy::kRoundRobin)
+    BuildRoundRobinSchedule(c);
+}
+
+void BuildRoundRobinSchedule(Cluster& c) {
+  // One period of smooth weighted round robin (the interleaving nginx uses; Envoy's
+  // EDF scheduler gives the same proportions): every step each endpoint gains its
+  // weight, the one with the most credit is picked and pays the total. Over a period
+  // of sum(weights) picks each endpoint is chosen exactly `weight` times, spread out.
+  // Weights are divided by their gcd first; a period longer than kMaxPeriod is scaled
+  // down (proportions then hold to within 1 / kMaxPeriod per endpoint).
+  constexpr uint64_t kMaxPeriod = 1 << 16;
+  c.rr_schedule.clear();
+  const std::size_t n = c.endpoints.size();
+  if (n == 0)
+    return;
+  uint64_t g = 0, total = 0;
+  for (const auto& e : c.endpoints) {
+    g = std::gcd(g, uint64_t{std::max<uint32_t>(1, e->weight)});
+    total += std::max<uint32_t>(1, e->weight);
+  }
+  std::vector<int64_t> w(n);
+  int64_t period = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    uint64_t wi = std::max<uint32_t>(1, c.endpoints[i]->weight) / g;
+    if (total / g > kMaxPeriod)
+      wi = std::max<uint64_t>(1, wi * kMaxPeriod / (total / g));
+    w[i] = static_cast<int64_t>(wi);
+    period += w[i];
+  }
+  std::vector<int64_t> credit(n, 0);
+  c.rr_schedule.reserve(static_cast<std::size_t>(period));
+  for (int64_t step = 0; step < period; ++step) {
+    std::size_t best = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      credit[i] += w[i];
+      if (credit[i] > credit[best])
+        best = i;
+    }
+    credit[best] -= period;
+    c.rr_schedule.push_back(static_cast<uint32_t>(best));
   }
 }
 

@@ -27,6 +27,8 @@ sluice::Result<std::shared_ptr<const sluice::proxy::ProxyConfig>> Load(const std
   auto cfg = sluice::proxy::Compile(*rs);
   if (!cfg)
     return sluice::Wrap(path, cfg.error());
+  for (const std::string& w : (*cfg)->warnings)
+    std::fprintf(stderr, "sluice-proxy: warning: %s: %s\n", path.c_str(), w.c_str());
   return cfg;
 }
 

@@ -93,18 +93,78 @@ struct TimerOwner {
   virtual ~TimerOwner() = default;
 };
 
+// An armed timer sits in its worker's heap; `slot` is its index there (kNoSlot when
+// not armed), so cancelling removes it at once and the heap holds only live timers
+// (about three per connection), never one entry per past request.
 struct Timer {
+  static constexpr uint32_t kNoSlot = UINT32_MAX;
   TimerOwner* owner = nullptr;
   int kind = 0;
-  uint64_t gen = 0;
-  bool armed = false;
+  int64_t deadline = 0;
+  uint32_t slot = kNoSlot;
+  bool armed() const { return slot != kNoSlot; }
 };
 
-struct TimerEntry {
-  int64_t deadline;
-  uint64_t gen;
-  Timer* timer;
-  bool operator>(const TimerEntry& o) const { return deadline > o.deadline; }
+// A binary min-heap of Timer pointers by deadline, each timer knowing its index.
+class TimerHeap {
+ public:
+  TimerHeap() { heap_.reserve(1024); }
+  bool empty() const { return heap_.empty(); }
+  std::size_t size() const { return heap_.size(); }
+  Timer* front() const { return heap_.front(); }
+  void Add(Timer& t) {
+    t.slot = static_cast<uint32_t>(heap_.size());
+    heap_.push_back(&t);
+    Up(t.slot);
+  }
+  void Remove(Timer& t) {
+    uint32_t i = t.slot;
+    if (i == Timer::kNoSlot)
+      return;
+    t.slot = Timer::kNoSlot;
+    Timer* last = heap_.back();
+    heap_.pop_back();
+    if (last == &t)
+      return;
+    heap_[i] = last;
+    last->slot = i;
+    Down(i);
+    Up(last->slot);
+  }
+
+ private:
+  void Up(uint32_t i) {
+    Timer* t = heap_[i];
+    while (i > 0) {
+      uint32_t parent = (i - 1) / 2;
+      if (heap_[parent]->deadline <= t->deadline)
+        break;
+      heap_[i] = heap_[parent];
+      heap_[i]->slot = i;
+      i = parent;
+    }
+    heap_[i] = t;
+    t->slot = i;
+  }
+  void Down(uint32_t i) {
+    const uint32_t n = static_cast<uint32_t>(heap_.size());
+    Timer* t = heap_[i];
+    while (true) {
+      uint32_t c = 2 * i + 1;
+      if (c >= n)
+        break;
+      if (c + 1 < n && heap_[c + 1]->deadline < heap_[c]->deadline)
+        ++c;
+      if (heap_[c]->deadline >= t->deadline)
+        break;
+      heap_[i] = heap_[c];
+      heap_[i]->slot = i;
+      i = c;
+    }
+    heap_[i] = t;
+    t->slot = i;
+  }
+  std::vector<Timer*> heap_;
 };
 
 // ----------------------------------------------------------------------- snapshot
@@ -190,6 +250,7 @@ class UpstreamConn final : public Handler, public TimerOwner {
   bool counted = false;
   bool head_request = false;
   bool reusable = false;
+  bool mirror_conn = false;  // opened for mirror copies (counted against their cap)
   uint32_t events = 0;
   Buffer in, out;
   http::ResponseHead resp;
@@ -234,9 +295,9 @@ class Worker {
   Worker(Proxy::Impl* impl, int index) : impl_(impl), index_(index) {
     rng_ =
         0x9e3779b97f4a7c15ull * static_cast<uint64_t>(index + 1) ^ static_cast<uint64_t>(NowMs());
-    timers_.reserve(4096);
     deferred_.reserve(256);
     pending_.reserve(256);
+    mirror_flush_.reserve(256);
   }
   ~Worker();
 
@@ -277,15 +338,11 @@ class Worker {
   }
   int64_t now() const { return now_ms_; }
   void Arm(Timer& t, int64_t after_ms) {
-    ++t.gen;
-    t.armed = true;
-    timers_.push_back(TimerEntry{now_ms_ + after_ms, t.gen, &t});
-    std::push_heap(timers_.begin(), timers_.end(), std::greater<>());
+    timers_.Remove(t);
+    t.deadline = now_ms_ + after_ms;
+    timers_.Add(t);
   }
-  static void Cancel(Timer& t) {
-    ++t.gen;
-    t.armed = false;
-  }
+  void Cancel(Timer& t) { timers_.Remove(t); }
   bool EpollSet(int fd, uint32_t events, Handler* h, bool add) {
     epoll_event ev{};
     ev.events = events;
@@ -299,8 +356,10 @@ class Worker {
   Endpoint* OriginalDstEndpoint(const sockaddr_storage& addr);
   // A connected (pooled) or connecting upstream; nullptr when the socket could not be
   // created or connect() failed at once. *overflow: the max_connections breaker.
+  // for_mirror: a new connection only within ProxyOptions.mirror_max_connections
+  // (else nullptr with *overflow set).
   UpstreamConn* GetUpstream(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
-                            Endpoint* ep, bool* overflow);
+                            Endpoint* ep, bool* overflow, bool for_mirror = false);
   void ReleaseUpstream(UpstreamConn* up, bool reuse);
   void OnEndpointResult(const Cluster& c, Endpoint* ep, bool failure);
 
@@ -323,7 +382,7 @@ class Worker {
   const std::shared_ptr<const Snapshot>& snap() const { return snap_; }
   int index() const { return index_; }
 
-  std::size_t mirror_inflight = 0, mirror_bytes = 0;
+  std::size_t mirror_inflight = 0, mirror_bytes = 0, mirror_conns = 0;
 
  private:
   struct WakeHandler : Handler {
@@ -344,6 +403,7 @@ class Worker {
   void SwapSnapshot();
   void SweepIdle();
   void RunTimers();
+  void FlushMirrors();
   void FlushLog();
   void CloseIdle();
 
@@ -358,7 +418,7 @@ class Worker {
   std::shared_ptr<const Snapshot> snap_;
   std::vector<std::unique_ptr<ListenerHandler>> listeners_;
   std::vector<std::unique_ptr<ListenerHandler>> retired_listeners_;
-  std::vector<TimerEntry> timers_;
+  TimerHeap timers_;
   std::vector<std::unique_ptr<Session>> all_sessions_;
   std::vector<Session*> free_sessions_;
   std::vector<std::unique_ptr<UpstreamConn>> all_upstreams_;
@@ -372,8 +432,10 @@ class Worker {
   };
   std::unordered_map<std::string, std::unique_ptr<Endpoint>, StringHash, std::equal_to<>>
       original_dst_;
-  std::vector<std::pair<int, void*>> deferred_;  // 0 session, 1 upstream, 2 mirror
+  std::vector<std::pair<int, void*>> deferred_;  // 0 session, 1 upstream
   std::vector<Session*> pending_;
+  // Mirror copies are written after the batch's primary requests (see SendMirror).
+  std::vector<std::pair<UpstreamConn*, uint64_t>> mirror_flush_;
   fmt::memory_buffer log_;
 
   friend class UpstreamConn;
@@ -398,7 +460,7 @@ class Mirror final : public UpstreamOwner, public TimerOwner {
     if (!active)
       return;
     active = false;
-    Worker::Cancel(timer);
+    w->Cancel(timer);
     UpstreamConn* u = up;
     up = nullptr;
     if (u)
@@ -511,10 +573,43 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
 
 // ----------------------------------------------------------------------- helpers
 
+// Decimal digits of v, written by hand (no locale, no format parsing on the hot path).
 void AppendNum(Buffer& b, uint64_t v) {
-  char tmp[24];
-  auto r = fmt::format_to_n(tmp, sizeof(tmp), "{}", v);
-  b.Append(std::string_view(tmp, r.size));
+  char tmp[20];
+  char* end = tmp + sizeof(tmp);
+  char* p = end;
+  do {
+    *--p = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v != 0);
+  b.Append(std::string_view(p, static_cast<std::size_t>(end - p)));
+}
+
+// Copies a NUL-terminated string into a fixed array, truncating.
+template <std::size_t N>
+void CopyStr(char (&dst)[N], std::string_view src) {
+  std::size_t n = std::min(src.size(), N - 1);
+  std::memcpy(dst, src.data(), n);
+  dst[n] = '\0';
+}
+
+// A random UUIDv4 in its text form (36 characters and a NUL).
+void FormatUuid4(uint64_t a, uint64_t b, char (&out)[40]) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  a = (a & 0xffffffffffff0fffull) | 0x4000ull;
+  b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
+  char* p = out;
+  for (int i = 0; i < 16; ++i) {
+    if (i == 8 || i == 12)
+      *p++ = '-';
+    *p++ = kHex[(a >> (60 - 4 * i)) & 0xf];
+  }
+  for (int i = 0; i < 16; ++i) {
+    if (i == 0 || i == 4)
+      *p++ = '-';
+    *p++ = kHex[(b >> (60 - 4 * i)) & 0xf];
+  }
+  *p = '\0';
 }
 
 bool IsHopByHop(std::string_view name) {
@@ -662,7 +757,7 @@ void UpstreamConn::OnEvent(uint32_t ev) {
       return;
     }
     connecting = false;
-    Worker::Cancel(connect_timer);
+    w->Cancel(connect_timer);
     sockaddr_storage ls{};
     socklen_t ll = sizeof(ls);
     if (getsockname(fd, reinterpret_cast<sockaddr*>(&ls), &ll) == 0) {
@@ -870,11 +965,14 @@ void Worker::ReleaseSession(Session* s) {
 void Worker::ReleaseMirror(Mirror* m) {
   --mirror_inflight;
   mirror_bytes -= m->bytes;
-  deferred_.emplace_back(2, m);
+  // Reusable at once: a Mirror gets no epoll events (its connection does, and that
+  // connection's owner is already cleared), its timer is cancelled, and nothing else
+  // points to it. So the pool never holds more Mirrors than copies in flight.
+  free_mirrors_.push_back(m);
 }
 
 UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
-                                  Endpoint* ep, bool* overflow) {
+                                  Endpoint* ep, bool* overflow, bool for_mirror) {
   *overflow = false;
   auto it = idle_.find(ep);
   if (it != idle_.end()) {
@@ -892,7 +990,8 @@ UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, c
       return u;
     }
   }
-  if (c->active_connections.load(std::memory_order_relaxed) >= c->limits.max_connections) {
+  if (c->active_connections.load(std::memory_order_relaxed) >= c->limits.max_connections ||
+      (for_mirror && mirror_conns >= opts().mirror_max_connections)) {
     *overflow = true;
     return nullptr;
   }
@@ -935,6 +1034,9 @@ UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, c
   u->ResetResponse();
   std::strcpy(u->local_addr, "-");
   u->counted = true;
+  u->mirror_conn = for_mirror;
+  if (for_mirror)
+    ++mirror_conns;
   c->active_connections.fetch_add(1, std::memory_order_relaxed);
   stats().upstream_cx.fetch_add(1, std::memory_order_relaxed);
   u->events = EPOLLOUT;
@@ -970,6 +1072,10 @@ void Worker::ReleaseUpstream(UpstreamConn* u, bool reuse) {
       u->cluster->active_connections.fetch_sub(1, std::memory_order_relaxed);
       u->counted = false;
     }
+    if (u->mirror_conn) {
+      --mirror_conns;
+      u->mirror_conn = false;
+    }
     u->snap.reset();
     u->in.Shrink(64 * 1024);
     u->out.Shrink(64 * 1024);
@@ -995,16 +1101,24 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
   const std::size_t n = c.endpoints.size();
   if (n == 0)
     return nullptr;
-  std::size_t healthy = 0;
+  std::size_t healthy = 0, degraded = 0;
   for (const auto& e : c.endpoints) {
     if (e->ejected_until_ms.load(std::memory_order_relaxed) <= now_ms_)
-      ++healthy;
+      ++(e->degraded ? degraded : healthy);
   }
-  // Envoy's panic mode: with no healthy endpoint, use them all.
-  const bool panic = healthy == 0;
+  // As Envoy: DEGRADED endpoints only when no healthy one is left; with neither (all
+  // ejected by outlier detection), panic mode: use them all.
+  const bool panic = healthy == 0 && degraded == 0;
+  const bool use_degraded = healthy == 0;
+  const std::size_t eligible = panic ? n : (use_degraded ? degraded : healthy);
   auto ok = [&](std::size_t i) {
-    return panic || c.endpoints[i]->ejected_until_ms.load(std::memory_order_relaxed) <= now_ms_;
+    const Endpoint& e = *c.endpoints[i];
+    if (panic)
+      return true;
+    return e.ejected_until_ms.load(std::memory_order_relaxed) <= now_ms_ &&
+           (use_degraded || !e.degraded);
   };
+  // Consistent hashing walks on to the next usable slot's endpoint.
   auto probe = [&](std::size_t start) -> Endpoint* {
     for (std::size_t k = 0; k < n; ++k) {
       std::size_t i = (start + k) % n;
@@ -1013,24 +1127,61 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
     }
     return nullptr;
   };
-  // With unequal weights, a number in [0, total weight) maps to an endpoint.
   const bool weighted = !c.cumulative_weight.empty();
-  auto by_weight = [&](uint64_t r) -> std::size_t {
-    uint64_t total = c.cumulative_weight.back();
-    auto it = std::upper_bound(c.cumulative_weight.begin(), c.cumulative_weight.end(), r % total);
-    return static_cast<std::size_t>(it - c.cumulative_weight.begin());
+  auto weight = [&](std::size_t i) -> uint64_t {
+    return weighted ? std::max<uint32_t>(1, c.endpoints[i]->weight) : 1;
   };
-  auto random_index = [&]() { return weighted ? by_weight(Rand()) : Rand() % n; };
+  // When some endpoints are left out (ejected, or degraded while healthy ones remain),
+  // the rest share the traffic by weight: the r-th unit of their weights, r taken modulo
+  // its sum. (Walking on from an unusable endpoint would send its share to its
+  // neighbour.)
+  const bool all_usable = eligible == n;
+  uint64_t usable_weight = 0;
+  if (!all_usable) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (ok(i))
+        usable_weight += weight(i);
+    }
+  }
+  auto nth_usable = [&](uint64_t r) -> Endpoint* {
+    // Another worker may eject an endpoint between the passes above and this one: then
+    // the walk can come up empty, and any endpoint is as good as none.
+    if (usable_weight == 0)
+      return c.endpoints[r % n].get();
+    uint64_t left = r % usable_weight;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!ok(i))
+        continue;
+      if (left < weight(i))
+        return c.endpoints[i].get();
+      left -= weight(i);
+    }
+    return c.endpoints[r % n].get();
+  };
+  auto random_pick = [&]() -> Endpoint* {
+    if (!all_usable)
+      return nth_usable(Rand());
+    if (!weighted)
+      return c.endpoints[Rand() % n].get();
+    uint64_t r = Rand() % c.cumulative_weight.back();
+    auto it = std::upper_bound(c.cumulative_weight.begin(), c.cumulative_weight.end(), r);
+    return c.endpoints[static_cast<std::size_t>(it - c.cumulative_weight.begin())].get();
+  };
   switch (c.lb) {
     case LbPolicy::kRoundRobin: {
       uint64_t k = c.rr_next.fetch_add(1, std::memory_order_relaxed);
-      return probe(weighted ? by_weight(k) : k % n);
+      if (!all_usable)
+        return nth_usable(k);
+      // Weighted: a smooth schedule (b, a, b, a, b for 2:3), not runs per endpoint.
+      if (!c.rr_schedule.empty())
+        return c.endpoints[c.rr_schedule[k % c.rr_schedule.size()]].get();
+      return c.endpoints[k % n].get();
     }
     case LbPolicy::kRandom:
-      return probe(random_index());
+      return random_pick();
     case LbPolicy::kLeastRequest: {
-      Endpoint* a = probe(random_index());
-      Endpoint* b = probe(random_index());
+      Endpoint* a = random_pick();
+      Endpoint* b = random_pick();
       if (!a || !b)
         return a ? a : b;
       return b->active_requests.load(std::memory_order_relaxed) <
@@ -1040,7 +1191,7 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
     }
     case LbPolicy::kRingHash: {
       if (!has_hash || c.ring.empty())
-        return probe(Rand() % n);
+        return random_pick();
       auto it = std::lower_bound(c.ring.begin(), c.ring.end(), std::make_pair(hash, uint32_t{0}));
       if (it == c.ring.end())
         it = c.ring.begin();
@@ -1048,7 +1199,7 @@ Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
     }
     case LbPolicy::kMaglev:
       if (!has_hash || c.maglev.empty())
-        return probe(Rand() % n);
+        return random_pick();
       return probe(c.maglev[hash % c.maglev.size()]);
   }
   return nullptr;
@@ -1111,7 +1262,7 @@ void Worker::SendMirror(const MirrorPolicy& m, Session& s) {
   if (!ep)
     return;
   bool overflow = false;
-  UpstreamConn* u = GetUpstream(s.snap, c, ep, &overflow);
+  UpstreamConn* u = GetUpstream(s.snap, c, ep, &overflow, /*for_mirror=*/true);
   if (!u) {
     stats().mirrors_dropped.fetch_add(1, std::memory_order_relaxed);
     return;
@@ -1137,8 +1288,19 @@ void Worker::SendMirror(const MirrorPolicy& m, Session& s) {
   int64_t timeout =
       s.route && s.route->action.timeout.count() > 0 ? s.route->action.timeout.count() : 15000;
   Arm(mr->timer, timeout);
+  // The copy is only serialised here; it is sent after this batch's events, so the
+  // primary request (sent next by the session) never waits behind the shadow's send.
   if (!u->connecting)
-    u->Flush();
+    mirror_flush_.emplace_back(u, u->gen);
+}
+
+void Worker::FlushMirrors() {
+  for (std::size_t i = 0; i < mirror_flush_.size(); ++i) {
+    auto [u, g] = mirror_flush_[i];
+    if (u->gen == g && u->fd >= 0 && !u->connecting)
+      u->Flush();
+  }
+  mirror_flush_.clear();
 }
 
 void Worker::Accept(ListenerHandler& l) {
@@ -1239,14 +1401,10 @@ void Worker::CloseIdle() {
 }
 
 void Worker::RunTimers() {
-  while (!timers_.empty() && timers_.front().deadline <= now_ms_) {
-    std::pop_heap(timers_.begin(), timers_.end(), std::greater<>());
-    TimerEntry e = timers_.back();
-    timers_.pop_back();
-    if (!e.timer->armed || e.timer->gen != e.gen)
-      continue;
-    e.timer->armed = false;
-    e.timer->owner->OnTimer(e.timer->kind);
+  while (!timers_.empty() && timers_.front()->deadline <= now_ms_) {
+    Timer* t = timers_.front();
+    timers_.Remove(*t);
+    t->owner->OnTimer(t->kind);
   }
 }
 
@@ -1277,12 +1435,12 @@ void Worker::Run() {
     now_ms_ = NowMs();
     int timeout = -1;
     if (!timers_.empty()) {
-      timeout = static_cast<int>(std::clamp<int64_t>(timers_.front().deadline - now_ms_, 0, 1000));
+      timeout = static_cast<int>(std::clamp<int64_t>(timers_.front()->deadline - now_ms_, 0, 1000));
     }
     // Idle connections are swept every 100 ms (a walk over this worker's sessions).
     if (timeout < 0 || timeout > 100)
       timeout = 100;
-    if (!deferred_.empty() || log_.size() > 0)
+    if (!deferred_.empty() || log_.size() > 0 || !mirror_flush_.empty())
       timeout = 0;
     int n = epoll_wait(ep_, events, 256, timeout);
     now_ms_ = NowMs();
@@ -1297,6 +1455,7 @@ void Worker::Run() {
       static_cast<Handler*>(events[i].data.ptr)->OnEvent(events[i].events);
     }
     RunTimers();
+    FlushMirrors();
     if (now_ms_ >= next_sweep_ms_) {
       next_sweep_ms_ = now_ms_ + 100;
       SweepIdle();
@@ -1304,10 +1463,8 @@ void Worker::Run() {
     for (auto& [kind, p] : deferred_) {
       if (kind == 0)
         free_sessions_.push_back(static_cast<Session*>(p));
-      else if (kind == 1)
-        free_upstreams_.push_back(static_cast<UpstreamConn*>(p));
       else
-        free_mirrors_.push_back(static_cast<Mirror*>(p));
+        free_upstreams_.push_back(static_cast<UpstreamConn*>(p));
     }
     deferred_.clear();
     retired_listeners_.clear();
@@ -1636,12 +1793,7 @@ void Session::Dispatch() {
   generated_id = !has_id;
   if (generated_id) {
     uint64_t a = w->Rand(), b = w->Rand();
-    a = (a & 0xffffffffffff0fffull) | 0x4000ull;
-    b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
-    snprintf(request_id, sizeof(request_id), "%08x-%04x-%04x-%04x-%012llx",
-             static_cast<uint32_t>(a >> 32), static_cast<uint32_t>((a >> 16) & 0xffff),
-             static_cast<uint32_t>(a & 0xffff), static_cast<uint32_t>(b >> 48),
-             static_cast<unsigned long long>(b & 0xffffffffffffull));
+    FormatUuid4(a, b, request_id);
   }
   const RouteTable* rt = chain->http.routes.get();
   vh = rt ? rt->FindVirtualHost(req.host) : nullptr;
@@ -1816,7 +1968,7 @@ void Session::StartAttempt() {
     return;
   }
   up_ep = ep;
-  std::snprintf(up_host, sizeof(up_host), "%s", ep->address.c_str());
+  CopyStr(up_host, ep->address);
   if (!u) {
     OnUpFailure(nullptr, UpFailure::kConnect);
     return;
@@ -1832,7 +1984,7 @@ void Session::StartAttempt() {
   if (rp.per_try_timeout.count() > 0)
     w->Arm(try_timer, rp.per_try_timeout.count());
   if (!u->connecting) {
-    std::snprintf(up_local, sizeof(up_local), "%s", u->local_addr);
+    CopyStr(up_local, u->local_addr);
     u->Flush();
   }
 }
@@ -1932,7 +2084,7 @@ void Session::SerializeRequest(Buffer& dst, bool shadow) {
 }
 
 void Session::DropUpstream(bool reuse) {
-  Worker::Cancel(try_timer);
+  w->Cancel(try_timer);
   if (!up)
     return;
   UpstreamConn* u = up;
@@ -1943,7 +2095,7 @@ void Session::DropUpstream(bool reuse) {
 }
 
 void Session::OnUpConnected(UpstreamConn* u) {
-  std::snprintf(up_local, sizeof(up_local), "%s", u->local_addr);
+  CopyStr(up_local, u->local_addr);
 }
 
 bool Session::ScheduleRetry() {
@@ -2037,14 +2189,14 @@ void Session::OnUpHeaders(UpstreamConn* u) {
     DropUpstream(false);
     return;
   }
-  Worker::Cancel(try_timer);
+  w->Cancel(try_timer);
   status = r.status;
   details = "via_upstream";
   response_started = true;
   service_time_ms = w->now() - service_time_ms;
   WriteResponseHead(r);
   if (r.status == 101) {
-    Worker::Cancel(route_timer);
+    w->Cancel(route_timer);
     phase = Phase::kTunnel;
     TryWrite();
   } else {
@@ -2266,9 +2418,9 @@ void Session::LogRequest() {
 
 void Session::Finish() {
   // The request is answered (fully queued in `out`): log, account, and move on.
-  Worker::Cancel(route_timer);
-  Worker::Cancel(try_timer);
-  Worker::Cancel(wait_timer);
+  w->Cancel(route_timer);
+  w->Cancel(try_timer);
+  w->Cancel(wait_timer);
   if (retry_counted) {
     cluster->active_retries.fetch_sub(1, std::memory_order_relaxed);
     retry_counted = false;
@@ -2378,9 +2530,9 @@ void Session::Close() {
     tcp_session = false;
     LogRequest();
   }
-  Worker::Cancel(route_timer);
-  Worker::Cancel(try_timer);
-  Worker::Cancel(wait_timer);
+  w->Cancel(route_timer);
+  w->Cancel(try_timer);
+  w->Cancel(wait_timer);
   DropUpstream(false);
   if (fd >= 0) {
     w->EpollDel(fd);
@@ -2454,7 +2606,7 @@ void Session::StartTcp() {
   bool overflow = false;
   UpstreamConn* u = w->GetUpstream(snap, cluster, ep, &overflow);
   up_ep = ep;
-  std::snprintf(up_host, sizeof(up_host), "%s", ep->address.c_str());
+  CopyStr(up_host, ep->address);
   if (!u) {
     flags |= overflow ? kFlagUO : kFlagUF;
     Abort(0);

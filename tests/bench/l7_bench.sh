@@ -11,10 +11,29 @@
 # for every proxy alike).
 #
 # Then: the primary's latency with 100% mirroring to a slow shadow (200 ms per answer)
-# against the same route without mirroring.
+# against the same route without mirroring, alternated over MIRROR_ROUNDS (default 5)
+# rounds; the medians are compared.
+#
+# Shielding from other work on the machine: when allowed (root), the script puts
+# itself and everything it starts in its own scheduler autogroup at nice -20, so that
+# concurrent builds in other sessions get little CPU while it measures (every proxy is
+# measured under the same conditions). SHIELD=0 turns this off. The 1-minute load
+# average is printed with every run.
 #
 # Usage: tests/bench/l7_bench.sh [BUILD_DIR] [SECONDS]
 set -euo pipefail
+
+if [[ ${SHIELD:-1} == 1 ]] && [[ -w /proc/self/autogroup ]]; then
+  echo -20 >/proc/self/autogroup 2>/dev/null && echo "shield: own autogroup at nice -20" ||
+    echo "shield: not permitted, running at normal priority"
+fi
+rounds=${ROUNDS:-3}
+mirror_rounds=${MIRROR_ROUNDS:-5}
+worker_counts=${WORKERS:-1 2}
+# HOG=1: a busy loop shares CPU 0 with the one-worker proxy (equal priority), so the
+# proxy, not the load side on CPU 1, is the bottleneck and requests/s compares the
+# proxies' capacity on the same half of a core.
+hog=${HOG:-0}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$root/build}
@@ -29,6 +48,7 @@ done
 tmp=$(mktemp -d /tmp/sluice-l7-bench-XXXXXX)
 pids=()
 cleanup() {
+  if [[ -n ${hog_pid:-} ]]; then kill "$hog_pid" 2>/dev/null || true; fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$tmp"
@@ -166,34 +186,45 @@ run_wrk() {  # label port cpus
   local per_core
   per_core=$(awk -v r="$rps" -v s="$secs" -v d="$((t1 - t0))" -v hz="$(getconf CLK_TCK)" \
              'BEGIN { if (d > 0) printf "%.0f", r * s / (d / hz); else print "n/a" }')
-  printf '%-22s rps=%-10s p50=%-9s p99=%-9s non2xx=%-4s req_per_cpu_s=%s\n' "$1" "$rps" "$p50" "$p99" \
-    "${non2xx:-0}" "$per_core" | tee -a "$results"
+  printf '%-22s rps=%-10s p50=%-9s p99=%-9s non2xx=%-4s req_per_cpu_s=%-7s load=%s\n' "$1" "$rps" \
+    "$p50" "$p99" "${non2xx:-0}" "$per_core" "$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$results"
 }
 
-for workers in 1 2; do
+# The proxies alternate within each round (ROUNDS, default 3); medians are compared.
+for round in $(seq "$rounds"); do
+for workers in $worker_counts; do
   if [[ $workers == 1 ]]; then pcpu=0; wcpu=1; else pcpu=0,1; wcpu=0,1; fi
+  if [[ $hog == 1 && $workers == 1 ]]; then
+    taskset -c 0 sh -c 'while :; do :; done' &
+    hog_pid=$!
+  fi
   start $pcpu "$proxy_bin" --config "$tmp/sluice.json" --workers $workers --access-log /dev/null
   wait_port $PORT_SLUICE
-  run_wrk "sluice/$workers" $PORT_SLUICE $wcpu
+  run_wrk "sluice/$workers#$round" $PORT_SLUICE $wcpu
   stop_last
 
   haproxy_config $workers >"$tmp/haproxy.cfg"
   start $pcpu haproxy -f "$tmp/haproxy.cfg" -db
   wait_port $PORT_HAPROXY
-  run_wrk "haproxy/$workers" $PORT_HAPROXY $wcpu
+  run_wrk "haproxy/$workers#$round" $PORT_HAPROXY $wcpu
   stop_last
 
   nginx_config $workers >"$tmp/nginx.conf"
   start $pcpu nginx -c "$tmp/nginx.conf" -p "$tmp"
   wait_port $PORT_NGINX
-  run_wrk "nginx/$workers" $PORT_NGINX $wcpu
+  run_wrk "nginx/$workers#$round" $PORT_NGINX $wcpu
   stop_last
+  if [[ -n ${hog_pid:-} ]]; then
+    kill "$hog_pid"; wait "$hog_pid" 2>/dev/null || true
+    hog_pid=
+  fi
+done
 done
 
 # Mirroring: same route, one worker, with and without 100% mirroring to the slow shadow,
-# alternated over three rounds (the median p99 of each is compared: one noisy run on a
+# alternated over several rounds (the median p99 of each is compared: one noisy run on a
 # shared machine should not decide it).
-for round in 1 2 3; do
+for round in $(seq "$mirror_rounds"); do
   start 0 "$proxy_bin" --config "$tmp/sluice.json" --workers 1 --access-log /dev/null
   wait_port $PORT_SLUICE
   run_wrk "sluice/no-mirror#$round" $PORT_SLUICE 1
@@ -205,18 +236,29 @@ for round in 1 2 3; do
 done
 
 echo
-echo "== ratios (sluice / haproxy, sluice / nginx)"
-awk '
-  function med(x, y, z) { return (x <= y) ? ((y <= z) ? y : ((x <= z) ? z : x)) : ((x <= z) ? x : ((y <= z) ? z : y)) }
+echo "== medians over $rounds rounds; ratios (sluice / haproxy, sluice / nginx)"
+awk -v rounds="$rounds" -v mrounds="$mirror_rounds" -v wcounts="$worker_counts" '
+  function med(v, n,    i, j, t) {  # median of v[1..n] (sorts v)
+    for (i = 2; i <= n; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+    return (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
   function ms(v) { if (v ~ /us$/) return (v+0) / 1000; if (v ~ /ms$/) return v+0; if (v ~ /s$/) return (v+0)*1000; return v+0 }
+  function m(arr, label, n,    r, v) { for (r = 1; r <= n; r++) v[r] = arr[label "#" r]; return med(v, n) }
   { split($2,a,"="); split($3,b,"="); split($4,c,"="); split($6,e,"="); rps[$1]=a[2]; p50[$1]=ms(b[2]); p99[$1]=ms(c[2]); eff[$1]=e[2] }
   END {
-    for (w = 1; w <= 2; w++) {
-      s="sluice/" w; h="haproxy/" w; n="nginx/" w
+    nw = split(wcounts, ws, " ")
+    for (iw = 1; iw <= nw; iw++) {
+      w = ws[iw]
+      split("sluice haproxy nginx", names, " ")
+      for (k = 1; k <= 3; k++) {
+        l = names[k] "/" w
+        R[k] = m(rps, l, rounds); P50[k] = m(p50, l, rounds); P99[k] = m(p99, l, rounds); E[k] = m(eff, l, rounds)
+        printf "median %-10s rps=%.0f p50=%.2fms p99=%.2fms req_per_cpu_s=%.0f\n", l, R[k], P50[k], P99[k], E[k]
+      }
       printf "%d worker(s): rps %.2fx haproxy, %.2fx nginx; req per proxy CPU-second %.2fx haproxy, %.2fx nginx; p50 %.2fx haproxy, %.2fx nginx; p99 %.2fx haproxy, %.2fx nginx\n", w,
-        rps[s]/rps[h], rps[s]/rps[n], eff[s]/eff[h], eff[s]/eff[n], p50[s]/p50[h], p50[s]/p50[n], p99[s]/p99[h], p99[s]/p99[n]
+        R[1]/R[2], R[1]/R[3], E[1]/E[2], E[1]/E[3], P50[1]/P50[2], P50[1]/P50[3], P99[1]/P99[2], P99[1]/P99[3]
     }
-    for (r = 1; r <= 3; r++) { a[r] = p99["sluice/no-mirror#" r]; b[r] = p99["sluice/mirror-100%#" r] }
-    ma = med(a[1], a[2], a[3]); mb = med(b[1], b[2], b[3])
+    if (mrounds == 0) exit
+    ma = m(p99, "sluice/no-mirror", mrounds); mb = m(p99, "sluice/mirror-100%", mrounds)
     printf "mirroring: median p99 with 100%% mirror to a slow shadow %.2f ms vs %.2f ms without = %.2fx\n", mb, ma, mb / ma
   }' "$results"

@@ -83,7 +83,7 @@ TEST_CASE("kernel sync applies config snapshots to the kernel, as diffs") {
   CHECK(sync.applied_generation() == 5);
 }
 
-TEST_CASE("namespace views: a service one view routes differently goes to the proxy") {
+TEST_CASE("namespace views: a service one view sends to L7 goes to the proxy") {
   Lab lab;
   lab.AddPod("client", 10);
   lab.AddPod("a", 2);
@@ -99,10 +99,15 @@ TEST_CASE("namespace views: a service one view routes differently goes to the pr
   auto same = WebSnapshot(100, 0, 1);
   REQUIRE(sync.OnView("team-a", &same));
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
-  // A namespace that sees another split (its own VirtualService): the kernel can serve
-  // only one, so the service goes to the in-pod proxy for everyone.
+  // A view that differs only in L4 terms (an endpoint update that reached one stream
+  // first, or another split) does not move the service: the node's view is served.
   auto other = WebSnapshot(0, 100, 1);
   REQUIRE(sync.OnView("team-b", &other));
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
+  // A namespace whose own VirtualService needs L7 (a mirror): the service goes to the
+  // in-pod proxy for everyone (no proxy port here, so the kernel refuses, visibly).
+  auto mirrored = WebSnapshot(100, 0, 1, true);
+  REQUIRE(sync.OnView("team-b", &mirrored));
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 3), "errors", "ECONNREFUSED") == 3);
   CHECK_THAT(sync.applied().l7_reasons.back(), Catch::Contains("namespace team-b"));
   // The view goes (its last pod left): back in the kernel.

@@ -156,6 +156,41 @@ TEST_CASE("a slow or dead shadow leaves the primary untouched, and mirror memory
   CHECK(slow.count() <= 16);
 }
 
+TEST_CASE("mirror copies reuse the shadow's pooled connections and never open more than the cap",
+          "[proxy][mirror]") {
+  TestUpstream primary({.name = "primary", .record = false});
+  // The shadow answers after a second: the burst below is over long before that.
+  TestUpstream slow({.name = "slow", .delay_ms = 1000, .record = false});
+  Json action = {{"cluster", "primary"}, {"request_mirror_policies", {{{"cluster", "slow"}}}}};
+  Json doc = {{"listeners", {HttpListener("http", OneRoute(action), false)}},
+              {"clusters",
+               {StaticCluster("primary", {primary.port()}), StaticCluster("slow", {slow.port()})}}};
+  sluice::proxy::ProxyOptions opts;
+  opts.mirror_max_connections = 4;  // in-flight copies stay at the default (256)
+  auto p = StartProxy(doc, 1, opts);
+  REQUIRE(p->error == "");
+  const auto& st = p->proxy->stats();
+  Client c(p->Port());
+  // A burst while the shadow is slow: four copies get a connection each, the rest are
+  // dropped and counted instead of opening one connection per copy.
+  for (int i = 0; i < 100; ++i)
+    REQUIRE(c.Get("h", "/a").status == 200);
+  CHECK(primary.count() == 100);
+  CHECK(st.mirrors_sent.load() == 4);
+  CHECK(st.mirrors_dropped.load() == 96);
+  CHECK(WaitFor([&] { return slow.count() == 4; }));
+  CHECK(slow.connections() == 4);
+  // Once the shadow has answered, its connections wait in the pool and the next copies
+  // go over them: more requests at the shadow, no new connection.
+  CHECK(st.upstream_cx.load() == 5);                             // 1 primary + 4 shadow
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // the shadow has answered
+  for (int i = 0; i < 4; ++i)
+    REQUIRE(c.Get("h", "/b").status == 200);
+  CHECK(WaitFor([&] { return slow.count() == 8; }));
+  CHECK(slow.connections() == 4);
+  CHECK(st.upstream_cx.load() == 5);
+}
+
 TEST_CASE("retries: 5xx, retriable status codes, connect failure, counted at the upstream",
           "[proxy][retry]") {
   TestUpstream up({.name = "up", .record = false});

@@ -25,12 +25,15 @@ KernelPlan Merge(const KernelPlan& node, const std::map<std::string, KernelPlan>
           out.l7_reasons.push_back(s.name + ": L7 in namespace " + view);
         continue;
       }
+      // Only L7-ness is merged. Views also differ for a moment whenever one stream's
+      // update (an endpoint change, say) lands before another's; comparing whole specs
+      // would flip services between the kernel and the proxy on every such update.
       ServiceSpec& mine = out.services[it->second];
-      if (mine == s || mine.redirect_to_proxy)
+      if (!s.redirect_to_proxy || mine.redirect_to_proxy)
         continue;
       mine.redirect_to_proxy = true;
-      out.l7_reasons.push_back(s.name + ": namespace " + view +
-                               " sees it differently; routed by each namespace's proxy");
+      out.l7_reasons.push_back(s.name + ": needs L7 in namespace " + view +
+                               "; each namespace's proxy routes it with its own config");
     }
   }
   std::sort(out.services.begin(), out.services.end(),

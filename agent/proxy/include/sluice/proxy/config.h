@@ -41,6 +41,9 @@ struct Endpoint {
   socklen_t addr_len = 0;
   std::string address;  // "ip:port", as the access log prints it
   uint32_t weight = 1;
+  // EDS health_status DEGRADED: used only when no healthy (HEALTHY/UNKNOWN) endpoint
+  // is available. UNHEALTHY, DRAINING and TIMEOUT endpoints are not compiled in at all.
+  bool degraded = false;
   // Runtime state, shared by the workers.
   std::atomic<uint32_t> active_requests{0};
   std::atomic<uint32_t> consecutive_5xx{0};
@@ -79,6 +82,10 @@ struct Cluster {
   // Endpoint weights (load_balancing_weight) as running sums, for weighted round robin,
   // random and least-request picks; empty when all weights are equal.
   std::vector<uint64_t> cumulative_weight;
+  // Weighted ROUND_ROBIN: one period of a smooth schedule (endpoint indices; each
+  // endpoint appears weight/gcd times, spread out rather than in runs); empty when all
+  // weights are equal or the policy is not ROUND_ROBIN.
+  std::vector<uint32_t> rr_schedule;
   Millis connect_timeout{10000};
   CircuitBreakers limits;
   OutlierDetection outlier;
@@ -302,6 +309,9 @@ struct ListenerConfig {
 
 struct ProxyConfig {
   std::vector<ListenerConfig> listeners;
+  // Problems that did not reject the config (a DNS cluster whose host does not
+  // resolve: it has no endpoints and answers 503 UH), each naming its resource.
+  std::vector<std::string> warnings;
   std::map<std::string, std::shared_ptr<Cluster>, std::less<>> clusters;
   std::map<std::string, std::shared_ptr<RouteTable>, std::less<>> route_tables;
   const Cluster* FindCluster(std::string_view name) const;
@@ -319,8 +329,10 @@ Result<xds::ResourceSet> ParseResourceSetJson(std::string_view json);
 // Builds ring / Maglev tables for the cluster's endpoints. maglev_size must be prime.
 void BuildHashTables(Cluster& c, uint32_t ring_size = 1024, uint32_t maglev_size = 65537);
 
-// Fills cumulative_weight when the endpoints' weights differ.
+// Fills cumulative_weight and rr_schedule when the endpoints' weights differ.
 void BuildWeights(Cluster& c);
+// Fills rr_schedule (smooth weighted round robin) from the endpoints' weights.
+void BuildRoundRobinSchedule(Cluster& c);
 
 // The stable 64-bit hash used for consistent-hash keys.
 uint64_t HashKey(std::string_view key);

@@ -42,6 +42,10 @@ struct ProxyOptions {
   // Mirroring bounds, per worker: shadow requests in flight and their bytes. Beyond
   // either, new mirror copies are dropped (counted), never queued.
   std::size_t mirror_max_inflight = 256;
+  // Upstream connections a worker opens for mirror copies (pooled ones included). A
+  // copy that finds no idle pooled connection to its shadow and would exceed this is
+  // dropped (counted), so a slow shadow never costs the worker connection set-ups.
+  std::size_t mirror_max_connections = 16;
   std::size_t mirror_max_bytes = 8 * 1024 * 1024;
 };
 
