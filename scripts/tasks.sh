@@ -81,7 +81,7 @@ while (($#)); do
 done
 ((${#selected[@]})) || selected=(1 2 3 4 5 6 7 8)
 [[ -t 1 ]] || color=0
-state_dir=$(realpath -m "$state_dir")
+state_dir=$(realpath -ms "$state_dir")
 export SLUICE_LOCAL_STATE=$state_dir
 # Commands are shown and run from the checkout, as the examples' READMEs write them.
 cd "$root" || exit 1
