@@ -269,6 +269,15 @@ static __always_inline int sluice_connect(struct bpf_sock_addr* ctx,
   /* Only LEAST_REQUEST reads live counts: other policies skip the sockops bookkeeping. */
   sluice_remember(ctx, fe, out, SLUICE_SOCK_TRANSLATED | (count ? SLUICE_SOCK_COUNT : 0));
   sluice_count(SLUICE_CNT_TRANSLATED);
+  if (set && (set->flags & SLUICE_SET_CONNLOG)) {
+    struct sluice_conn_event* ev = bpf_ringbuf_reserve(&sluice_connlog, sizeof(*ev), 0);
+    if (ev) {
+      ev->netns_cookie = cookie;
+      ev->frontend = *fe;
+      ev->backend = *out;
+      bpf_ringbuf_submit(ev, 0);
+    }
+  }
   *rewrite = true;
   return 1;
 }

@@ -311,16 +311,18 @@ task_1() {
   local client log
   client=$(client_pod) || { fail "no client pod (Deployment sleep or curl in default)"; return; }
   log=$state_dir/logs/agent-access.log
-  note "The client pod $client calls httpbin; the node agent logs each request its in-pod"
-  note "proxy handles in $log."
+  note "The client pod $client calls httpbin; the node agent logs each connection the"
+  note "kernel translates (and each request its in-pod proxy handles) in $log."
 
   request() { # request MARK: one request from the client pod, by Service name
     run sluicectl local exec "$client" -- curl -sS -o /dev/null -w '%{http_code}\n' \
       --max-time 5 -A "$1" http://httpbin:8000/get
   }
-  new_log_lines() { # new_log_lines FROM_LINE MARK
+  new_log_lines() { # new_log_lines FROM_LINE MARK: the request's line, by User-Agent (L7),
+    # or the kernel's line for a connection from this client to httpbin (L4).
     [[ -f $log ]] || return 0
-    tail -n +"$(($1 + 1))" "$log" | grep -F -- "$2" || true
+    tail -n +"$(($1 + 1))" "$log" |
+      grep -E -- "$(printf '%s' "$2" | sed 's/[][\.*^$]/\\&/g')|\"TCP\" kernel src=default/${client} .*service=httpbin\.default\.svc\.cluster\.local:8000" || true
   }
 
   # Labelled (the runner labelled `default` when the cluster came up).

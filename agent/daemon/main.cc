@@ -15,6 +15,7 @@
 // gateway (the container of an ingress or egress gateway pod, in that pod's network
 // namespace): asks xDS as a router with the pod's labels and serves the listeners it
 // gets with the L7 proxy. No kernel data plane.
+#include <arpa/inet.h>
 #include <google/protobuf/util/json_util.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -29,6 +30,7 @@
 #include <thread>
 
 #include "admin.h"
+#include "conn_log.h"
 #include "labels.h"
 #include "local_source.h"
 #include "node_agent.h"
@@ -268,6 +270,7 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   std::string access_log = "-";
   int drain_seconds = 5;
+  bool kernel_access_log = true;
   std::string config_dir;
   GatewayArgs gw;
   bool ns_streams_on = true;
@@ -305,6 +308,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--access-log", access_log, "L7 access log file ('-': stdout)")
       ->capture_default_str();
+  app.add_flag("!--no-kernel-access-log", kernel_access_log,
+               "node: no access-log lines for the connections the kernel translates");
   app.add_option("--drain-seconds", drain_seconds,
                  "SIGTERM: how long L7 requests in flight may take to finish")
       ->capture_default_str();
@@ -384,12 +389,23 @@ int main(int argc, char** argv) {
   agent::NodeAgent node(**dp, nao, nao.proxy_port != 0 ? &l7 : nullptr);
   std::mutex sync_mu;    // the kernel sync's view, shared with the admin handlers
   std::string l7_error;  // the last L7 compile error (under sync_mu)
+  // Dialled address "ip:port" -> kernel service name, for the kernel's access-log lines
+  // (under sync_mu; rebuilt after every kernel sync).
+  std::map<std::string, std::string> service_by_addr;
+  auto index_services = [&] {
+    service_by_addr.clear();
+    for (const auto& svc : ksync.applied().services)
+      for (const auto& v : svc.vips)
+        service_by_addr[(v.is_v4() ? v.ToString() : "[" + v.ToString() + "]") + ":" +
+                        std::to_string(svc.port)] = svc.name;
+  };
   store.Subscribe([&](const config::SnapshotPtr& s, const config::Diff&) {
     bool registry_only;
     auto cfg = CompileL7(*s);
     {
       std::lock_guard lock(sync_mu);
       (void)ksync.OnSnapshot(*s);  // errors are logged; the kernel keeps its last good state
+      index_services();
       registry_only = ksync.applied().registry_only;
       l7_error = cfg ? "" : cfg.error().message;
     }
@@ -415,6 +431,28 @@ int main(int argc, char** argv) {
   if (auto r = node.Restore(); !r)
     spdlog::error("restoring pods: {}", r.error().message);
 
+  std::unique_ptr<agent::ConnLog> conn_log;
+  if (kernel_access_log) {
+    auto cl = agent::ConnLog::Start(
+        **dp, access_log,
+        {.pod = [&](uint64_t cookie) { return node.PodByCookie(cookie); },
+         .service =
+             [&](const sluice_frontend_key& fe) {
+               char ip[INET6_ADDRSTRLEN] = "";
+               inet_ntop(fe.family == SLUICE_FAMILY_IPV4 ? AF_INET : AF_INET6, &fe.ip, ip,
+                         sizeof(ip));
+               std::string key =
+                   fe.family == SLUICE_FAMILY_IPV4 ? std::string(ip) : "[" + std::string(ip) + "]";
+               key += ":" + std::to_string(fe.port);
+               std::lock_guard lock(sync_mu);
+               auto it = service_by_addr.find(key);
+               return it == service_by_addr.end() ? std::string() : it->second;
+             }});
+    if (!cl)
+      spdlog::error("kernel access log: {} (continuing without it)", cl.error().message);
+    else
+      conn_log = std::move(*cl);
+  }
   auto cni_server = cni::CniServer::Start(cnio, node);
   if (!cni_server) {
     spdlog::error("{}", cni_server.error().message);
@@ -442,6 +480,7 @@ int main(int argc, char** argv) {
           std::lock_guard lock(sync_mu);
           ns_errors[ns] = cfg ? "" : cfg.error().message;
           (void)ksync.OnView(ns, s.get());  // errors logged; the last good view stays
+          index_services();
         }
         if (!cfg) {
           spdlog::error("namespace {}: L7 config {} refused, its pods keep the running one: {}", ns,
@@ -471,6 +510,7 @@ int main(int argc, char** argv) {
           l7.SetNamespaceConfig(ns, nullptr);
           std::lock_guard lock(sync_mu);
           (void)ksync.OnView(ns, nullptr);
+          index_services();
         }
       }
     }
@@ -610,5 +650,9 @@ int main(int argc, char** argv) {
   // In-pod listeners close, requests in flight finish; L4 services keep working in the
   // kernel, and a restarted agent reopens the listeners.
   l7.DrainAll(std::chrono::seconds(drain_seconds));
+  if (conn_log) {
+    (void)(*dp)->SetConnLog(false);  // nobody reads the ring buffer until a new agent runs
+    conn_log.reset();
+  }
   return 0;
 }

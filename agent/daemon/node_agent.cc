@@ -315,6 +315,18 @@ Result<void> NodeAgent::Restore() {
   return {};
 }
 
+std::string NodeAgent::PodByCookie(uint64_t cookie) const {
+  std::lock_guard lock(mu_);
+  for (const auto& [key, rec] : pods_) {
+    if (rec.cookie != cookie)
+      continue;
+    std::string ip = rec.info.ips.empty() ? "" : rec.info.ips.front();
+    ip = ip.substr(0, ip.find('/'));
+    return key.pod_namespace + "/" + key.name + (ip.empty() ? "" : " (" + ip + ")");
+  }
+  return "";
+}
+
 std::vector<PodStatus> NodeAgent::Pods() const {
   std::lock_guard lock(mu_);
   std::vector<PodStatus> out;

@@ -61,6 +61,8 @@ class NodeAgent : public cni::CniHandler {
   Result<void> Restore();
 
   std::vector<PodStatus> Pods() const;
+  // "namespace/name (ip)" of the pod with this network-namespace cookie, or "".
+  std::string PodByCookie(uint64_t cookie) const;
 
  private:
   struct Record {

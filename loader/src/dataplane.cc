@@ -34,6 +34,7 @@ static_assert(sizeof(sluice_enrolment) == 28);
 static_assert(sizeof(sluice_tuple) == 40);
 static_assert(sizeof(sluice_orig_dst) == 24);
 static_assert(sizeof(sluice_settings) == 8);
+static_assert(sizeof(sluice_conn_event) == 48);
 static_assert(sizeof(sluice_pod) == 8);
 static_assert(sizeof(sluice_pod_stats) == 40);
 static_assert(sizeof(sluice_sock_origin) == 40);
@@ -172,6 +173,7 @@ struct Dataplane::Impl {
   TypedMap<uint32_t, sluice_pod> pods;
   int pod_stats_fd = -1;
   int counters_fd = -1;
+  int connlog_fd = -1;
   std::vector<int> owned_fds;  // maps opened from pins (maps_only mode)
 
   // name -> family -> state; rebuilt from the maps on adoption.
@@ -374,6 +376,7 @@ Result<void> Dataplane::Load() {
   impl_->pods = {"sluice_pods", bpf_map__fd(m.sluice_pods)};
   impl_->pod_stats_fd = bpf_map__fd(m.sluice_pod_stats);
   impl_->counters_fd = bpf_map__fd(m.sluice_counters);
+  impl_->connlog_fd = bpf_map__fd(m.sluice_connlog);
 
   // Fresh maps get the default switches; adopted ones keep what the operator set.
   sluice_settings set{};
@@ -885,6 +888,18 @@ Result<void> Dataplane::SetSplice(bool on) {
     return std::unexpected(set.error());
   set->flags = on ? (set->flags | SLUICE_SET_SPLICE) : (set->flags & ~SLUICE_SET_SPLICE);
   return impl_->settings.Update(0, *set, BPF_ANY);
+}
+
+Result<void> Dataplane::SetConnLog(bool on) {
+  auto set = Settings();
+  if (!set)
+    return std::unexpected(set.error());
+  set->flags = on ? (set->flags | SLUICE_SET_CONNLOG) : (set->flags & ~SLUICE_SET_CONNLOG);
+  return impl_->settings.Update(0, *set, BPF_ANY);
+}
+
+int Dataplane::ConnLogFd() const {
+  return impl_->connlog_fd;
 }
 
 Result<std::vector<EndpointStats>> Dataplane::Endpoints() const {

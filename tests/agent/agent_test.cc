@@ -497,6 +497,19 @@ TEST_CASE(
   std::string text((std::istreambuf_iterator<char>(log)), {});
   CHECK_THAT(text, Catch::Contains("\"GET /one HTTP/1.1\" 200"));
   CHECK_THAT(text, Catch::Contains("outbound|80|v1|api.default.svc.cluster.local"));
+  // The kernel's connections are in the same log: one L4 line per translated connect.
+  CHECK(Within([&] {
+          std::ifstream again(t.dir + "/access.log");
+          std::string all((std::istreambuf_iterator<char>(again)), {});
+          size_t n = 0;
+          for (size_t at = 0; (at = all.find("\"TCP\" kernel src=default/client (10.211.0.10) "
+                                             "dst=10.96.211.90:80 service=",
+                                             at)) != std::string::npos;
+               at++)
+            n++;
+          return n == 20;
+        }) >= 0);
+  CHECK_THAT(text, Catch::Contains("upstream=10.211.0.2:8080"));
 
   // Unenrolled: no redirect, so the L7 VIP is no longer reachable at all, and the
   // capture listener is gone.

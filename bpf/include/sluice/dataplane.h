@@ -121,6 +121,14 @@ struct sluice_endpoint {
   __u8 _pad;
 };
 
+/* sluice_connlog record: a connection the kernel translated (the agent turns these into
+ * the L4 lines of its access log). */
+struct sluice_conn_event {
+  __u64 netns_cookie;                  /* the client pod's network namespace */
+  struct sluice_frontend_key frontend; /* the service address dialled */
+  struct sluice_endpoint backend;      /* the endpoint chosen */
+};
+
 /* sluice_backends value. */
 struct sluice_backend {
   struct sluice_endpoint ep;
@@ -200,6 +208,7 @@ struct sluice_settings {
   __u32 bypass_mark; /* SO_MARK of the agent's own upstream sockets: never translated */
 };
 #define SLUICE_SET_SPLICE 0x1 /* join app and in-pod proxy sockets with sk_msg */
+#define SLUICE_SET_CONNLOG 0x2 /* one sluice_connlog record per connect the kernel translates */
 
 /* sluice_pods value, keyed by the ifindex of a pod's host-side interface (where the tc
  * programs are attached). */

@@ -120,6 +120,14 @@ struct {
   __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_pod_stats SEC(".maps");
 
+/* Translated connections, while SLUICE_SET_CONNLOG is on (the agent's L4 access log). A
+ * full buffer drops records; the connect itself is never affected. */
+struct {
+  __uint(type, BPF_MAP_TYPE_RINGBUF);
+  __uint(max_entries, 256 * 1024);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_connlog SEC(".maps");
+
 static __always_inline struct sluice_settings* sluice_get_settings(void) {
   __u32 zero = 0;
   return bpf_map_lookup_elem(&sluice_settings, &zero);

@@ -121,6 +121,10 @@ class Dataplane {
   [[nodiscard]] Result<void> DetachPod(int ifindex);
   [[nodiscard]] Result<std::map<int, PodStats>> Pods() const;  // by ifindex
   [[nodiscard]] Result<void> SetSplice(bool on);
+  // The kernel's connection log: while on, every connect the kernel translates leaves a
+  // sluice_conn_event in the ring buffer ConnLogFd() (the agent's L4 access log).
+  [[nodiscard]] Result<void> SetConnLog(bool on);
+  [[nodiscard]] int ConnLogFd() const;
 
   [[nodiscard]] const DataplaneOptions& options() const { return opts_; }
   // True when Open() found pinned state and adopted it rather than starting fresh.
