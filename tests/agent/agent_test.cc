@@ -153,17 +153,21 @@ struct Agent {
   int admin_port = 0;
 };
 
+// sluice-agent's command line for a test: the lab's pins and cgroup, files under `dir`.
+std::vector<std::string> AgentArgv(Lab& lab, const std::string& dir, int xds_port) {
+  return {SLUICE_AGENT_PATH,    "--xds-address",    "127.0.0.1:" + std::to_string(xds_port),
+          "--pin-root",         lab.pin_root(),     "--cgroup-root",
+          lab.cgroup(),         "--cni-socket",     dir + "/cni.sock",
+          "--state-file",       dir + "/pods.json", "--labels-file",
+          dir + "/labels.json", "--admin-address",  "127.0.0.1:0",
+          "--access-log",       dir + "/access.log"};
+}
+
 // Starts sluice-agent and waits for its admin endpoint and readiness.
 Agent StartAgent(Lab& lab, const std::string& dir, int xds_port,
                  std::vector<std::string> extra = {}) {
   Agent a;
-  std::vector<std::string> argv{
-      SLUICE_AGENT_PATH,    "--xds-address",    "127.0.0.1:" + std::to_string(xds_port),
-      "--pin-root",         lab.pin_root(),     "--cgroup-root",
-      lab.cgroup(),         "--cni-socket",     dir + "/cni.sock",
-      "--state-file",       dir + "/pods.json", "--labels-file",
-      dir + "/labels.json", "--admin-address",  "127.0.0.1:0",
-      "--access-log",       dir + "/access.log"};
+  std::vector<std::string> argv = AgentArgv(lab, dir, xds_port);
   argv.insert(argv.end(), extra.begin(), extra.end());
   a.proc = std::make_unique<Process>(InCgroup(lab, argv));
   for (int i = 0; i < 50 && a.admin_port == 0; i++) {
@@ -564,14 +568,7 @@ TEST_CASE("sluice-agent: after SIGKILL, L7 traffic recovers within a second of t
   CHECK(CurlInPod(t.lab, "client", "http://10.96.211.91/one").starts_with("000"));
 
   auto start = std::chrono::steady_clock::now();
-  std::vector<std::string> argv{
-      SLUICE_AGENT_PATH,      "--xds-address",      "127.0.0.1:" + std::to_string(t.xds_port),
-      "--pin-root",           t.lab.pin_root(),     "--cgroup-root",
-      t.lab.cgroup(),         "--cni-socket",       t.dir + "/cni.sock",
-      "--state-file",         t.dir + "/pods.json", "--labels-file",
-      t.dir + "/labels.json", "--admin-address",    "127.0.0.1:0",
-      "--access-log",         t.dir + "/access.log"};
-  Process restarted(InCgroup(t.lab, argv));
+  Process restarted(InCgroup(t.lab, AgentArgv(t.lab, t.dir, t.xds_port)));
   long recovered_ms = -1;
   while (std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
     if (CurlInPod(t.lab, "client", "http://10.96.211.91/one").starts_with("200")) {
