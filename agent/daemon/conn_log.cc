@@ -1,28 +1,19 @@
 #include "conn_log.h"
 
-#include <arpa/inet.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
+
 #include <chrono>
 #include <ctime>
+#include "sluice/loader/encoding.h"
 
 namespace sluice::agent {
 
 namespace {
-
-std::string Address(const sluice_ip& ip, uint8_t family, uint16_t port) {
-  char buf[INET6_ADDRSTRLEN] = "?";
-  if (family == SLUICE_FAMILY_IPV4) {
-    inet_ntop(AF_INET, ip.v4, buf, sizeof(buf));
-    return fmt::format("{}:{}", buf, port);
-  }
-  inet_ntop(AF_INET6, ip.v6, buf, sizeof(buf));
-  return fmt::format("[{}]:{}", buf, port);
-}
 
 std::string Now() {
   auto now = std::chrono::system_clock::now();
@@ -44,12 +35,12 @@ int ConnLog::OnEvent(void* ctx, void* data, size_t size) {
   sluice_conn_event ev;
   std::memcpy(&ev, data, sizeof(ev));
   std::string pod = self->lookups_.pod ? self->lookups_.pod(ev.netns_cookie) : "";
-  std::string svc = self->lookups_.service ? self->lookups_.service(ev.frontend) : "";
-  std::string line = fmt::format(
-      "[{}] \"TCP\" kernel src={} dst={} service={} upstream={}\n", Now(),
-      pod.empty() ? fmt::format("netns:{}", ev.netns_cookie) : pod,
-      Address(ev.frontend.ip, ev.frontend.family, ev.frontend.port), svc.empty() ? "-" : svc,
-      Address(ev.backend.ip, ev.backend.family, ev.backend.port));
+  const SocketAddress dialled{FromKernel(ev.frontend.ip, ev.frontend.family), ev.frontend.port};
+  std::string svc = self->lookups_.service ? self->lookups_.service(dialled) : "";
+  std::string line =
+      fmt::format("[{}] \"TCP\" kernel src={} dst={} service={} upstream={}\n", Now(),
+                  pod.empty() ? fmt::format("netns:{}", ev.netns_cookie) : pod, dialled.ToString(),
+                  svc.empty() ? "-" : svc, FromKernel(ev.backend).ToString());
   if (write(self->out_fd_, line.data(), line.size()) > 0)
     self->lines_.fetch_add(1, std::memory_order_relaxed);
   return 0;

@@ -27,7 +27,7 @@ class ConnLog {
     // "namespace/name (ip)" of the pod with this network-namespace cookie, or "".
     std::function<std::string(uint64_t cookie)> pod;
     // The service name for a dialled address ("" when unknown).
-    std::function<std::string(const sluice_frontend_key&)> service;
+    std::function<std::string(const SocketAddress&)> service;
   };
   // Reads Dataplane::ConnLogFd() and appends to `path` ("" or "-": stdout).
   static Result<std::unique_ptr<ConnLog>> Start(Dataplane& dp, const std::string& path,

@@ -389,15 +389,14 @@ int main(int argc, char** argv) {
   agent::NodeAgent node(**dp, nao, nao.proxy_port != 0 ? &l7 : nullptr);
   std::mutex sync_mu;    // the kernel sync's view, shared with the admin handlers
   std::string l7_error;  // the last L7 compile error (under sync_mu)
-  // Dialled address "ip:port" -> kernel service name, for the kernel's access-log lines
-  // (under sync_mu; rebuilt after every kernel sync).
-  std::map<std::string, std::string> service_by_addr;
+  // Dialled address -> kernel service name, for the kernel's access-log lines (under
+  // sync_mu; rebuilt after every kernel sync).
+  std::map<SocketAddress, std::string> service_by_addr;
   auto index_services = [&] {
     service_by_addr.clear();
     for (const auto& svc : ksync.applied().services)
       for (const auto& v : svc.vips)
-        service_by_addr[(v.is_v4() ? v.ToString() : "[" + v.ToString() + "]") + ":" +
-                        std::to_string(svc.port)] = svc.name;
+        service_by_addr[SocketAddress{v, svc.port}] = svc.name;
   };
   store.Subscribe([&](const config::SnapshotPtr& s, const config::Diff&) {
     bool registry_only;
@@ -437,15 +436,9 @@ int main(int argc, char** argv) {
         **dp, access_log,
         {.pod = [&](uint64_t cookie) { return node.PodByCookie(cookie); },
          .service =
-             [&](const sluice_frontend_key& fe) {
-               char ip[INET6_ADDRSTRLEN] = "";
-               inet_ntop(fe.family == SLUICE_FAMILY_IPV4 ? AF_INET : AF_INET6, &fe.ip, ip,
-                         sizeof(ip));
-               std::string key =
-                   fe.family == SLUICE_FAMILY_IPV4 ? std::string(ip) : "[" + std::string(ip) + "]";
-               key += ":" + std::to_string(fe.port);
+             [&](const SocketAddress& dialled) {
                std::lock_guard lock(sync_mu);
-               auto it = service_by_addr.find(key);
+               auto it = service_by_addr.find(dialled);
                return it == service_by_addr.end() ? std::string() : it->second;
              }});
     if (!cl)

@@ -556,6 +556,8 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   void Local(int code, std::string_view body, uint32_t flag, const char* why,
              std::string_view extra_header = {});
   void Finish();
+  // Gives back the request's circuit-breaker counts (requests, retries) it still holds.
+  void Uncount();
   void Abort(uint32_t flag);
   void Close();
   void TryWrite();
@@ -2416,11 +2418,7 @@ void Session::LogRequest() {
       sni.empty() ? std::string_view("-") : std::string_view(sni), route_name);
 }
 
-void Session::Finish() {
-  // The request is answered (fully queued in `out`): log, account, and move on.
-  w->Cancel(route_timer);
-  w->Cancel(try_timer);
-  w->Cancel(wait_timer);
+void Session::Uncount() {
   if (retry_counted) {
     cluster->active_retries.fetch_sub(1, std::memory_order_relaxed);
     retry_counted = false;
@@ -2429,6 +2427,14 @@ void Session::Finish() {
     cluster->active_requests.fetch_sub(1, std::memory_order_relaxed);
     counted_request = false;
   }
+}
+
+void Session::Finish() {
+  // The request is answered (fully queued in `out`): log, account, and move on.
+  w->Cancel(route_timer);
+  w->Cancel(try_timer);
+  w->Cancel(wait_timer);
+  Uncount();
   LogRequest();
   request_active = false;
   std::size_t used = std::min(in.size(), req.head_len + body_scanned);
@@ -2504,14 +2510,7 @@ void Session::Abort(uint32_t flag) {
   }
   DropUpstream(false);
   if (request_active) {
-    if (counted_request) {
-      cluster->active_requests.fetch_sub(1, std::memory_order_relaxed);
-      counted_request = false;
-    }
-    if (retry_counted) {
-      cluster->active_retries.fetch_sub(1, std::memory_order_relaxed);
-      retry_counted = false;
-    }
+    Uncount();
     LogRequest();
     request_active = false;
   }
