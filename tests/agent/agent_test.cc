@@ -217,7 +217,10 @@ cni::CniRequest AddRequest(Lab& lab, const std::string& pod, const std::string& 
 struct AgentLab {
   Lab lab;
   std::string dir;
-  sluice::xds::AdsServer ads{[](const envoy::config::core::v3::Node&) { return WebConfig(); }};
+  // Built here, not in the server's callback: that runs on gRPC stream threads, where the
+  // fixtures' Catch2 assertions (not thread-safe) must not run.
+  const sluice::xds::ResourceSet web = WebConfig();
+  sluice::xds::AdsServer ads{[this](const envoy::config::core::v3::Node&) { return web; }};
   int xds_port = 0;
   AgentLab() {
     lab.AddPod("a", 2);
@@ -265,7 +268,8 @@ TEST_CASE("sluice-agent: xDS to kernel, CNI pods enrolled by labels, restart kee
   } rm{dir};
   WriteLabels(dir, true);
 
-  sluice::xds::AdsServer ads([](const envoy::config::core::v3::Node&) { return WebConfig(); });
+  const auto web = WebConfig();  // not on the stream threads (see AgentLab)
+  sluice::xds::AdsServer ads([&web](const envoy::config::core::v3::Node&) { return web; });
   sluice::xds::AdsServerOptions ao;
   ao.address = "127.0.0.1:0";
   auto xds_port = ads.Start(ao);
@@ -427,8 +431,12 @@ struct L7Lab : AgentLab {
     v1 = Helloworld(lab, "v1", "v1");
     v2 = Helloworld(lab, "v2", "v2");
     ads.Stop();
-    ads2 = std::make_unique<sluice::xds::AdsServer>(
-        [](const envoy::config::core::v3::Node& n) { return L7Config(NodeNamespace(n)); });
+    for (const char* ns : {"default", "other", "istio-system"})
+      by_namespace[ns] = L7Config(ns);  // not on the stream threads (see AgentLab)
+    ads2 = std::make_unique<sluice::xds::AdsServer>([this](const envoy::config::core::v3::Node& n) {
+      auto it = by_namespace.find(NodeNamespace(n));
+      return it != by_namespace.end() ? it->second : by_namespace.at("istio-system");
+    });
     sluice::xds::AdsServerOptions ao;
     ao.address = "127.0.0.1:0";
     auto port = ads2->Start(ao);
@@ -444,6 +452,7 @@ struct L7Lab : AgentLab {
     if (ads2)
       ads2->Stop();
   }
+  std::map<std::string, sluice::xds::ResourceSet> by_namespace;
   std::unique_ptr<sluice::xds::AdsServer> ads2;
 };
 
@@ -625,6 +634,7 @@ TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gatewa
   const std::string admin = t.dir + "/gw-admin.sock";
   // The xDS server on a Unix socket: reachable from the gateway pod's namespace (the
   // local cluster serves xDS this way; on Kubernetes, istiod is a Service).
+  const auto gateway_config = GatewayConfig();  // not on the stream threads (see AgentLab)
   sluice::xds::AdsServer uads([&](const envoy::config::core::v3::Node& n) {
     auto id = sluice::xds::ParseNodeId(n.id());
     if (!id || id->role != sluice::xds::ProxyRole::kRouter)
@@ -632,7 +642,7 @@ TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gatewa
     ++router_asks;
     std::lock_guard lock(mu);
     seen_labels = n.metadata().fields().at("LABELS").DebugString();
-    return GatewayConfig();
+    return gateway_config;
   });
   sluice::xds::AdsServerOptions uo;
   uo.address = "unix:" + t.dir + "/xds.sock";
