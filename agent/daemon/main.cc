@@ -614,8 +614,12 @@ int main(int argc, char** argv) {
                        {"enrolled", p.enrolled},
                        {"reason", p.reason}};
       if (auto it = proxies.find(p.key); it != proxies.end()) {
+        nlohmann::json addrs = {"127.0.0.1:" + std::to_string(nao.proxy_port)};
+        if (it->second.ipv6)
+          addrs.push_back("[::1]:" + std::to_string(nao.proxy_port));
         o["l7"] = {{"listening", it->second.listening},
-                   {"address", "127.0.0.1:" + std::to_string(nao.proxy_port)},
+                   {"address", addrs[0]},
+                   {"addresses", addrs},
                    {"config", it->second.config},
                    {"requests", it->second.requests}};
       }

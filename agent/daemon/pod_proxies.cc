@@ -14,20 +14,30 @@ namespace sluice::agent {
 std::shared_ptr<const proxy::ProxyConfig> PodProxies::ForPods(const proxy::ProxyConfig& base,
                                                               uint16_t port) {
   auto cfg = std::make_shared<proxy::ProxyConfig>(base);
-  bool capture = false;
-  for (auto& l : cfg->listeners) {
+  std::optional<std::size_t> capture;
+  for (std::size_t i = 0; i < cfg->listeners.size(); ++i) {
+    auto& l = cfg->listeners[i];
     if (l.use_original_dst && !capture) {
       // The connect hook sends redirected connections to the pod's loopback only: the
       // capture listener is never reachable from outside the pod.
       l.address = "127.0.0.1";
       l.port = port;
       l.bind_to_port = true;
-      capture = true;
+      capture = i;
     } else {
       l.bind_to_port = false;  // reached through the capture listener's hand-over
     }
   }
-  return capture ? cfg : nullptr;
+  if (!capture)
+    return nullptr;
+  // connect6 redirects IPv6 connections to [::1]:port. The same listener answers there;
+  // a pod without IPv6 has no ::1, and then only the IPv4 one opens.
+  proxy::ListenerConfig v6 = cfg->listeners[*capture];
+  v6.name += kIpv6CaptureSuffix;
+  v6.address = "::1";
+  v6.optional = true;
+  cfg->listeners.push_back(std::move(v6));
+  return cfg;
 }
 
 std::shared_ptr<const proxy::ProxyConfig> PodProxies::ConfigFor(const std::string& ns,
@@ -69,8 +79,14 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
     return std::unexpected(p.error());
   pod.proxy = std::move(*p);
   pod.own_config = own;
-  spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{} ({} config)", key.pod_namespace,
-               key.name, opts_.port, own ? "namespace" : "node");
+  pod.ipv6 = false;
+  for (const auto& l : cfg->listeners) {
+    if (l.optional && l.name.ends_with(kIpv6CaptureSuffix))
+      pod.ipv6 = pod.proxy->Port(l.name) != 0;
+  }
+  spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{} ({} config)", key.pod_namespace,
+               key.name, opts_.port, pod.ipv6 ? fmt::format(" and [::1]:{}", opts_.port) : "",
+               own ? "namespace" : "node");
   return {};
 }
 
@@ -208,6 +224,7 @@ std::vector<PodProxyStatus> PodProxies::List() const {
                      pod.proxy ? (pod.own_config ? "namespace " + key.pod_namespace
                                                  : std::string("node (namespace config pending)"))
                                : "none yet"};
+    s.ipv6 = pod.proxy && pod.ipv6;
     if (pod.proxy) {
       s.requests = pod.proxy->stats().requests.load(std::memory_order_relaxed);
       s.downstream_cx = pod.proxy->stats().downstream_cx.load(std::memory_order_relaxed);

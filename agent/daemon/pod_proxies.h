@@ -2,7 +2,8 @@
 //
 // Every enrolled pod gets its own proxy::Proxy whose one worker thread lives in the
 // pod's network namespace (setns at thread start; network namespaces are per thread).
-// So the capture listener the connect hook redirects to (127.0.0.1:PORT) is the pod's
+// So the capture listener the connect hook redirects to (127.0.0.1:PORT, and [::1]:PORT
+// when the pod has IPv6) is the pod's
 // own loopback, and the upstream connections the worker makes leave from the pod, with
 // the pod's address, carrying the bypass mark so the connect hook lets them through.
 //
@@ -41,6 +42,7 @@ struct PodProxyStatus {
   bool listening = false;  // its capture listener is open
   std::string config;      // "namespace NS" or "node (namespace config pending)"
   uint64_t requests = 0, downstream_cx = 0;
+  bool ipv6 = false;  // its capture listener's IPv6 twin on [::1] is open too
 };
 
 class PodProxies {
@@ -77,8 +79,11 @@ class PodProxies {
                                                            uint16_t port);
 
  private:
+  // The IPv6 twin of the capture listener is named after it with this suffix.
+  static constexpr std::string_view kIpv6CaptureSuffix = "~ipv6";
   struct Pod {
     std::string netns;
+    bool ipv6 = false;  // its [::1] capture listener is open
     std::unique_ptr<proxy::Proxy> proxy;
     bool own_config = false;  // running its namespace's config (else the node's)
   };

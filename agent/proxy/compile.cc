@@ -890,7 +890,25 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs) {
     }
     if (l.chains.empty() && !l.default_chain)
       return Fail(where + ": no filter chains");
+    // Dual-stack listeners (istiod's 0.0.0.0_80 with an additional "::"): the same
+    // listener at each further address, so binding and the use_original_dst hand-over
+    // (which matches by address and family) treat every address alike.
+    std::vector<ListenerConfig> also;
+    for (int i = 0; i < pl.additional_addresses_size(); ++i) {
+      const auto& aa = pl.additional_addresses(i).address();
+      if (!aa.has_socket_address()) {
+        return Fail(where + ": additional_addresses[" + std::to_string(i) +
+                    "]: address.socket_address is required");
+      }
+      ListenerConfig extra = l;
+      extra.address = aa.socket_address().address();
+      extra.port = static_cast<uint16_t>(aa.socket_address().port_value());
+      extra.name = l.name + "~" + extra.address;
+      also.push_back(std::move(extra));
+    }
     cfg->listeners.push_back(std::move(l));
+    for (auto& extra : also)
+      cfg->listeners.push_back(std::move(extra));
   }
   return std::shared_ptr<const ProxyConfig>(std::move(cfg));
 }

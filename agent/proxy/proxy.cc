@@ -321,6 +321,8 @@ class Worker {
     uint64_t one = 1;
     [[maybe_unused]] ssize_t r = write(wake_fd_, &one, sizeof(one));
   }
+  // Drain() was called: responses say `connection: close` and their connection closes.
+  bool draining() const { return impl_->draining.load(std::memory_order_relaxed); }
 
   // --- shared services for sessions
   uint64_t Rand() {
@@ -2238,8 +2240,9 @@ void Session::WriteResponseHead(const http::ResponseHead& r) {
   AppendNum(out, static_cast<uint64_t>(std::max<int64_t>(0, service_time_ms)));
   out.Append("\r\n");
   if (!upgrade) {
-    // A close-delimited upstream body can only be relayed by closing after it.
-    if (r.close_delimited)
+    // A close-delimited upstream body can only be relayed by closing after it; while
+    // draining, the client learns from this response not to send another request.
+    if (r.close_delimited || w->draining())
       close_after = true;
     if (close_after)
       out.Append("connection: close\r\n");
@@ -2349,6 +2352,8 @@ void Session::Local(int code, std::string_view body, uint32_t flag, const char* 
     http::ResponseHead empty;
     EmitAdds(out, levels, 3, empty);
   }
+  if (w->draining())
+    close_after = true;
   if (close_after)
     out.Append("connection: close\r\n");
   out.Append("\r\n");
@@ -2710,12 +2715,22 @@ uint16_t BoundPort(int fd) {
   return ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port);
 }
 
+// netfilter's SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST (SOL_IPV6), which the
+// kernel path's getsockopt hook answers for redirected connections. The IPv4 question
+// is asked first: it is the common case, and on an IPv6 socket the hook answers only
+// at SOL_IPV6 with room for a sockaddr_in6.
+constexpr int kIp6tSoOriginalDst = 80;  // IP6T_SO_ORIGINAL_DST, linux/netfilter_ipv6/ip6_tables.h
+
 std::optional<sockaddr_storage> DefaultOriginalDst(int fd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof(sockaddr_in);
-  if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &ss, &len) != 0)
-    return std::nullopt;
-  return ss;
+  if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &ss, &len) == 0 && ss.ss_family == AF_INET)
+    return ss;
+  ss = {};
+  len = sizeof(sockaddr_in6);
+  if (getsockopt(fd, SOL_IPV6, kIp6tSoOriginalDst, &ss, &len) == 0 && ss.ss_family == AF_INET6)
+    return ss;
+  return std::nullopt;
 }
 
 }  // namespace
@@ -2745,6 +2760,15 @@ Result<std::shared_ptr<const Snapshot>> Proxy::Impl::BuildSnapshot(
       uint16_t port = l.port;
       for (int i = 0; l.bind_to_port && i < opts.workers; ++i) {
         auto fd = opts.open_listener(l, port);
+        if (!fd && l.optional) {
+          // Its address does not exist here (no IPv6 in this network namespace, say):
+          // the listener stays without sockets (Port() answers 0) and the rest runs.
+          for (int open_fd : socks->fds)
+            close(open_fd);
+          socks->fds.clear();
+          port = 0;
+          break;
+        }
         if (!fd)
           return Wrap("opening listeners", fd.error());
         socks->fds.push_back(*fd);

@@ -44,10 +44,10 @@ sluice::xds::ResourceSet WebConfig() {
   return rs;
 }
 
-// WebConfig plus an L7 service: api (VIP 10.96.211.91:80) routed by path — /one to
-// subset v1 (10.211.0.3:8000), /two to v2 (10.211.0.4:8000), both rewritten to /hello.
-// The short host name "api" is in its virtual host only for sidecars of namespace
-// `ns` == "default", as istiod qualifies short names in the proxy's own namespace.
+// WebConfig plus an L7 service: api (VIPs 10.96.211.91 and fd96::91, port 80) routed by path — /one
+// to subset v1 (10.211.0.3:8000), /two to v2 (10.211.0.4:8000), both rewritten to /hello. The short
+// host name "api" is in its virtual host only for sidecars of namespace `ns` == "default", as
+// istiod qualifies short names in the proxy's own namespace.
 sluice::xds::ResourceSet L7Config(const std::string& ns) {
   auto rs = WebConfig();
   const std::string web = "outbound|80||web.default.svc.cluster.local";
@@ -68,8 +68,14 @@ sluice::xds::ResourceSet L7Config(const std::string& ns) {
       http80.find(stat), stat.size(),
       stat +
           R"("accessLog":[{"name":"envoy.access_loggers.file","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog","path":"/dev/stdout"}}],)");
+  // Dual stack, as istiod sends it: the same listener on "::" too.
+  const std::string addr = R"("address":{"socketAddress":{"address":"0.0.0.0","portValue":80}},)";
+  http80.replace(
+      http80.find(addr), addr.size(),
+      addr +
+          R"("additionalAddresses":[{"address":{"socketAddress":{"address":"::","portValue":80}}}],)");
   rs.Add(FromJson<Listener>(http80));
-  std::string api_domains = R"("api.default.svc.cluster.local","10.96.211.91")";
+  std::string api_domains = R"("api.default.svc.cluster.local","10.96.211.91","[fd96::91]")";
   if (ns == "default")
     api_domains += R"(,"api","api.default")";
   rs.Add(FromJson<RouteConfiguration>(
@@ -98,7 +104,7 @@ std::string NodeNamespace(const envoy::config::core::v3::Node& node) {
 std::string CurlInPod(Lab& lab, const std::string& pod, const std::string& url,
                       const std::string& host = "") {
   std::string cmd = "sh -c 'echo $$ > " + lab.cgroup() + "/cgroup.procs && ip netns exec " +
-                    lab.pod(pod).netns + " curl -s -m 2 -o - -w \" %{http_code}\" " +
+                    lab.pod(pod).netns + " curl -sS -m 2 -o - -w \" %{http_code}\" " +
                     (host.empty() ? "" : "-H \"Host: " + host + "\" ") + url + "; true' 2>&1";
   std::string out = Sh(cmd);
   auto sp = out.rfind(' ');
@@ -483,6 +489,10 @@ TEST_CASE(
   CHECK(CurlInPod(t.lab, "client", "http://10.96.211.91/one", "api") ==
         "200 Hello version: v1, instance: v1\n");
   CHECK(CurlInPod(t.lab, "client", "http://10.96.211.91/three").starts_with("404"));
+  // Over IPv6: connect6 redirects to the pod's [::1] capture listener, and the proxy
+  // asks the original destination at SOL_IPV6.
+  CHECK(CurlInPod(t.lab, "client", "http://[fd96::91]/two") ==
+        "200 Hello version: v2, instance: v2\n");
 
   // The servers saw the client pod's own address: the proxy's upstream connections
   // leave from inside the pod.
@@ -493,18 +503,19 @@ TEST_CASE(
   // the proxy's own upstream connects carried the bypass mark.
   auto after = t.lab.ReadCounters();
   CHECK(Delta(before, after, SLUICE_CNT_TRANSLATED) >= 20);
-  CHECK(Delta(before, after, SLUICE_CNT_REDIRECTED) >= 4);
-  CHECK(Delta(before, after, SLUICE_CNT_ORIG_DST) >= 4);
+  CHECK(Delta(before, after, SLUICE_CNT_REDIRECTED) >= 5);
+  CHECK(Delta(before, after, SLUICE_CNT_ORIG_DST) >= 5);
   CHECK(Delta(before, after, SLUICE_CNT_BYPASS) >= 2);
 
   // Visible to an operator: the pod's listener, the access log, the metrics.
   auto pods = HttpGet(agent.admin_port, "/pods", &status);
   CHECK_THAT(pods, Catch::Contains("\"listening\": true"));
+  CHECK_THAT(pods, Catch::Contains("\"[::1]:15001\""));
   CHECK_THAT(pods, Catch::Contains("\"config\": \"namespace default\""));
   auto metrics = HttpGet(agent.admin_port, "/metrics", &status);
   CHECK_THAT(metrics, Catch::Contains("sluice_kernel_services{path=\"proxy\"} 1"));
   CHECK_THAT(metrics, Catch::Contains(
-                          "sluice_proxy_requests_total{namespace=\"default\",pod=\"client\"} 4"));
+                          "sluice_proxy_requests_total{namespace=\"default\",pod=\"client\"} 5"));
   CHECK_THAT(metrics, Catch::Contains("sluice_xds_namespace_connected{namespace=\"default\"} 1"));
   std::ifstream log(t.dir + "/access.log");
   std::string text((std::istreambuf_iterator<char>(log)), {});

@@ -214,6 +214,38 @@ TEST_CASE("listener hooks: a custom socket opener is used for every worker", "[c
   CHECK(Get(p->Port(), "h", "/").status == 200);
 }
 
+TEST_CASE("an optional listener that cannot open is left closed, any other fails the config",
+          "[config][proxy]") {
+  TestUpstream up({.name = "up", .record = false});
+  auto doc_with = [&]() {
+    Json doc =
+        Doc({{{"name", "all"}, {"match", {{"prefix", "/"}}}, {"route", {{"cluster", "up"}}}}},
+            {StaticCluster("up", {up.port()})});
+    Json extra = doc["listeners"][0];
+    extra["name"] = "nowhere";
+    extra["address"]["socket_address"]["address"] = "192.0.2.1";  // on no interface here
+    doc["listeners"].push_back(extra);
+    return doc;
+  };
+  auto cfg = CompileJson(doc_with());
+  REQUIRE(cfg);
+  auto mutable_cfg = std::make_shared<sluice::proxy::ProxyConfig>(**cfg);
+  mutable_cfg->listeners.back().optional = true;
+  sluice::proxy::ProxyOptions quiet;
+  quiet.access_log_path = "/dev/null";
+  auto p = sluice::proxy::Proxy::Start(mutable_cfg, quiet);
+  REQUIRE(p);
+  CHECK((*p)->Port("nowhere") == 0);
+  const uint16_t port = (*p)->Port(mutable_cfg->listeners.front().name);
+  REQUIRE(port != 0);
+  CHECK(Get(port, "h", "/").Header("x-upstream") == "up");  // the rest serves
+  (*p)->Stop();
+
+  auto strict = sluice::proxy::Proxy::Start(*cfg, quiet);
+  REQUIRE_FALSE(strict);
+  CHECK_THAT(strict.error().message, Catch::Contains("listener nowhere: bind 192.0.2.1"));
+}
+
 TEST_CASE("ORIGINAL_DST: the original_dst hook decides where HTTP requests go", "[config][proxy]") {
   TestUpstream target({.name = "target", .record = false});
   Json od_cluster = {{"name", "PassthroughCluster"},
@@ -357,8 +389,10 @@ TEST_CASE(
   CHECK(WaitFor([&] { return Get(port, "h", "/").Header("x-upstream") == "b"; }));
 }
 
-TEST_CASE("Drain: the listener closes, a request in flight finishes, idle connections close",
-          "[config][proxy][drain]") {
+TEST_CASE(
+    "Drain: the listener closes, a request in flight finishes with connection: close, "
+    "idle connections close",
+    "[config][proxy][drain]") {
   TestUpstream a({.name = "a", .record = false});
   auto p = StartProxy(
       Doc({{{"name", "all"}, {"match", {{"prefix", "/"}}}, {"route", {{"cluster", "a"}}}}},
@@ -387,7 +421,10 @@ TEST_CASE("Drain: the listener closes, a request in flight finishes, idle connec
   auto r = ReadResponses(busy.fd(), buf, 1, 3000);
   REQUIRE(r.size() == 1);
   CHECK(r[0].status == 200);
-  // ...and every connection is closed by the proxy soon after.
+  // ...telling the client not to send another on this connection, which then closes.
+  CHECK(r[0].Header("connection") == "close");
+  CHECK(read(busy.fd(), buf.data(), 1) == 0);
+  // Every connection is closed by the proxy soon after.
   CHECK(WaitFor([&] { return p->proxy->stats().active_cx.load() == 0; }));
   char c;
   CHECK(read(idle.fd(), &c, 1) == 0);  // EOF from the proxy

@@ -259,6 +259,9 @@ TEST_CASE("use_original_dst hands a connection to the listener of its original d
   http["address"]["socket_address"]["address"] = "0.0.0.0";
   http["address"]["socket_address"]["port_value"] = 8080;
   http["bind_to_port"] = false;
+  // Dual stack: the same listener at "::" (an Envoy additional address).
+  http["additional_addresses"] =
+      Json::array({{{"address", {{"socket_address", {{"address", "::"}, {"port_value", 8080}}}}}}});
   auto ranged = [](const char* prefix, const char* cluster) {
     return Json{
         {"filter_chain_match",
@@ -277,9 +280,18 @@ TEST_CASE("use_original_dst hands a connection to the listener of its original d
                                         StaticCluster("net-b", {net_b.port()})})}};
   std::atomic<uint32_t> dst_ip{0};
   std::atomic<uint16_t> dst_port{0};
+  std::atomic<bool> dst_v6{false};  // then fd00::<dst_ip's last byte>
   sluice::proxy::ProxyOptions opts;
   opts.original_dst = [&](int) -> std::optional<sockaddr_storage> {
     sockaddr_storage ss{};
+    if (dst_v6) {
+      auto* a6 = reinterpret_cast<sockaddr_in6*>(&ss);
+      a6->sin6_family = AF_INET6;
+      a6->sin6_port = htons(dst_port.load());
+      a6->sin6_addr.s6_addr[0] = 0xfd;
+      a6->sin6_addr.s6_addr[15] = static_cast<uint8_t>(dst_ip.load());
+      return ss;
+    }
     auto* a = reinterpret_cast<sockaddr_in*>(&ss);
     a->sin_family = AF_INET;
     a->sin_port = htons(dst_port.load());
@@ -301,6 +313,12 @@ TEST_CASE("use_original_dst hands a connection to the listener of its original d
   CHECK(via(0x0a090909, 1234) == "fallback");  // no listener on 1234: virtualOutbound keeps it
   CHECK(via(0x0a010203, 7000) == "net-a");     // 10.1.2.3:7000 -> the 10.1/16 chain
   CHECK(via(0x0a020304, 7000) == "net-b");     // 10.2.3.4:7000 -> the 10.2/16 chain
+  // IPv6 destinations go to listeners of their own family: [fd00::9]:8080 to the "::"
+  // address of 0.0.0.0_8080; 0.0.0.0_7000 has no IPv6 address, so virtualOutbound keeps
+  // [fd00::9]:7000.
+  dst_v6 = true;
+  CHECK(via(9, 8080) == "web");
+  CHECK(via(9, 7000) == "fallback");
 }
 
 TEST_CASE("on_worker_start runs on every worker before it serves, and a failure fails Start",

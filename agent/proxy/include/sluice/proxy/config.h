@@ -302,6 +302,9 @@ struct ListenerConfig {
   // use_original_dst listener whose original destination matches its address and port
   // (istiod's outbound listeners, 0.0.0.0_80 and the like).
   bool bind_to_port = true;
+  // A listener whose socket may be impossible here (the in-pod IPv6 capture listener in
+  // a pod without IPv6): failing to open it is logged, not an error of the config.
+  bool optional = false;
   // Chooses by destination address (the most specific prefix_ranges match; dst may be
   // null), then SNI (empty when none); nullptr when nothing matches.
   const FilterChain* SelectChain(std::string_view sni, const sockaddr_storage* dst = nullptr) const;

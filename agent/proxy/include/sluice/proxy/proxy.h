@@ -74,10 +74,12 @@ class Proxy {
   // sockets; new ones are opened; removed ones are closed once every worker moved on.
   Result<void> Update(std::shared_ptr<const ProxyConfig> config);
   // Starts draining: every listener stops accepting (its socket is closed), requests in
-  // flight finish, and idle keep-alive connections are closed. Stop() when
+  // flight finish, idle keep-alive connections are closed, and every response from then
+  // on says `connection: close` and closes its connection after it. Stop() when
   // stats().active_cx reaches 0 or a deadline passes.
   Result<void> Drain();
-  // The bound port of a listener (useful with port 0), or 0 when unknown.
+  // The bound port of a listener (useful with port 0), or 0 when unknown or not open (an
+  // optional listener whose address does not exist here).
   uint16_t Port(std::string_view listener) const;
   const ProxyStats& stats() const;
   void Stop();
