@@ -427,8 +427,10 @@ struct Cluster::Impl {
     PodContext ctx;
     ctx.netns = p.netns;
     ctx.cgroup = p.cgroup;
-    if (!p.host_network)
+    if (!p.host_network) {
       ctx.hosts_file = c.PodDir(p) + "/hosts";
+      ctx.resolv_file = StateDir() + "/resolv.conf";
+    }
     return ctx;
   }
 
@@ -1356,8 +1358,18 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
   }
   // Both daemons stay in the host's network namespace, with the cluster's names on
   // /etc/hosts in a private mount namespace (no DNS server here).
+  // No DNS server either: names outside the hosts files fail at once, and nothing is
+  // asked of the machine's resolver (port 53 on the loopback has no listener).
+  if (auto r = WriteIfChanged(state_dir + "/resolv.conf",
+                              "# Written by sluicectl local: the cluster has no DNS server; names "
+                              "come from /etc/hosts.\nnameserver 127.0.0.1\noptions timeout:1 "
+                              "attempts:1\n",
+                              false);
+      !r)
+    return fail(r.error());
   PodContext daemon_ctx;
   daemon_ctx.hosts_file = state_dir + "/hosts";
+  daemon_ctx.resolv_file = state_dir + "/resolv.conf";
   auto xds_started = StartInPod(daemon_ctx, xds, state_dir + "/xds.exit");
   if (!xds_started)
     return fail(Error{"starting the control plane: " + xds_started.error().message});

@@ -29,7 +29,7 @@ struct Prepared {
   std::vector<char*> argv, env;
   std::string path_search;  // PATH for execvpe
   int netns_fd = -1, cgroup_fd = -1, log_fd = -1, null_fd = -1;
-  std::string hosts;
+  std::string hosts, resolv;
 
   ~Prepared() {
     for (int fd : {netns_fd, cgroup_fd, log_fd, null_fd})
@@ -70,6 +70,12 @@ Result<void> Prepare(const PodContext& pod, const Command& cmd, Prepared& p) {
   p.hosts = pod.hosts_file;
   if (!p.hosts.empty() && ::access(p.hosts.c_str(), R_OK) != 0)
     return FailErrno("hosts file " + p.hosts, errno);
+  if (!p.hosts.empty() && !pod.resolv_file.empty()) {
+    if (::access(pod.resolv_file.c_str(), R_OK) != 0)
+      return FailErrno("resolver file " + pod.resolv_file, errno);
+    if (::access("/etc/resolv.conf", F_OK) == 0)  // a bind mount needs its target
+      p.resolv = pod.resolv_file;
+  }
   return {};
 }
 
@@ -110,6 +116,9 @@ void WriteAll(int fd, const char* s) {
       die("making mounts slaves of the host's");
     if (::mount(p.hosts.c_str(), "/etc/hosts", nullptr, MS_BIND, nullptr) != 0)
       die("bind-mounting the pod's hosts file on /etc/hosts");
+    if (!p.resolv.empty() &&
+        ::mount(p.resolv.c_str(), "/etc/resolv.conf", nullptr, MS_BIND, nullptr) != 0)
+      die("bind-mounting the cluster's resolver file on /etc/resolv.conf");
   }
   if (p.log_fd >= 0) {
     if (::dup2(p.null_fd, 0) < 0 || ::dup2(p.log_fd, 1) < 0 || ::dup2(p.log_fd, 2) < 0)

@@ -21,6 +21,10 @@ struct PodContext {
   std::string netns;       // /var/run/netns/NAME
   std::string cgroup;      // cgroup v2 directory to join
   std::string hosts_file;  // bind-mounted on /etc/hosts in a private mount namespace
+  // With hosts_file: bind-mounted on /etc/resolv.conf too (the local cluster's points at
+  // a loopback port where no DNS server listens, so names not in the hosts file fail at
+  // once instead of asking the machine's DNS server).
+  std::string resolv_file;
 };
 
 struct Command {
