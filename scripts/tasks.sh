@@ -717,12 +717,18 @@ task_7() {
   run sluicectl local apply -f examples/07-traffic-shifting/
   ((RC == 0)) || fail "apply of examples/07-traffic-shifting failed (exit $RC)"
 
-  route_weights() {
-    quiet sluicectl proxy-config route "$client" --name 5000 -o json || return 1
+  route_weights() {  # [--admin ADDR]: the node stream's config (what the kernel serves)
+    if (($#)); then
+      quiet sluicectl proxy-config route "$@" --name 5000 -o json || return 1
+    else
+      quiet sluicectl proxy-config route "$client" --name 5000 -o json || return 1
+    fi
     printf '%s\n' "$OUT" >"$work/routes.json"
     python3 "$CHECK" weights "$work/routes.json" | grep -F "$fqdn"
   }
-  until_ok 10 eval 'route_weights | grep -q "|v2|.* 75$"'
+  # The pod's own view, and the node stream the kernel's L4 services follow (each is a
+  # stream of its own; a weights-only route is served in the kernel).
+  until_ok 10 eval 'route_weights | grep -q "|v2|.* 75$" && route_weights --admin "$(agent_admin)" | grep -q "|v2|.* 75$"'
   show_cmd sluicectl proxy-config route "$client" --name 5000 -o json '|' grep -A1 weightedClusters
   local w
   w=$(route_weights)

@@ -34,13 +34,13 @@
 #include "labels.h"
 #include "local_source.h"
 #include "node_agent.h"
-#include "ns_streams.h"
 #include "pod_proxies.h"
 #include "sluice/config/store.h"
 #include "sluice/kernelsync/kernel_sync.h"
 #include "sluice/proxy/proxy.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/node.h"
+#include "view_streams.h"
 
 using namespace sluice;
 
@@ -461,26 +461,33 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  // One stream per namespace with enrolled pods here: each namespace's pods get what
-  // that namespace's sidecar would get.
-  sluice::xds::NodeIdentity ns_id = id;
-  ns_id.pod_name = "sluice-node-" + (id.node_name.empty() ? node_ip : id.node_name);
-  std::map<std::string, std::string> ns_errors;  // under sync_mu
-  agent::NamespaceStreams streams(
-      ads_base, ns_id, [&](const std::string& ns, const config::SnapshotPtr& s) {
+  // One stream per view (namespace + labels) of enrolled pods here: each pod gets what
+  // its own sidecar would get.
+  sluice::xds::NodeIdentity view_id = id;
+  view_id.pod_name = "sluice-node-" + (id.node_name.empty() ? node_ip : id.node_name);
+  std::map<std::string, std::string> view_errors;  // under sync_mu
+  // The snapshot each view's pods run (not merely the stream's latest: a config is
+  // applied after it compiled, and one without listeners is not applied at all), so
+  // /config_dump?namespace=NS&pod=P shows what P runs. Under sync_mu.
+  std::map<std::string, config::SnapshotPtr> view_applied;
+  agent::ViewStreams streams(
+      ads_base, view_id, [&](const std::string& view, const config::SnapshotPtr& s) {
         auto cfg = CompileL7(*s);
         {
           std::lock_guard lock(sync_mu);
-          ns_errors[ns] = cfg ? "" : cfg.error().message;
-          (void)ksync.OnView(ns, s.get());  // errors logged; the last good view stays
+          view_errors[view] = cfg ? "" : cfg.error().message;
+          (void)ksync.OnView(view, s.get());  // errors logged; the last good view stays
           index_services();
         }
         if (!cfg) {
-          spdlog::error("namespace {}: L7 config {} refused, its pods keep the running one: {}", ns,
+          spdlog::error("{}: L7 config {} refused, its pods keep the running one: {}", view,
                         s->generation, cfg.error().message);
           return;
         }
-        l7.SetNamespaceConfig(ns, *cfg);
+        if (l7.SetViewConfig(view, *cfg)) {
+          std::lock_guard lock(sync_mu);
+          view_applied[view] = s;
+        }
       });
 
   std::atomic<bool> stopping{false};
@@ -499,10 +506,12 @@ int main(int argc, char** argv) {
           node.ApplyLabels(**changed);
       }
       if (ns_streams_on && nao.proxy_port != 0) {
-        for (const auto& ns : streams.Sync(l7.Namespaces())) {
-          l7.SetNamespaceConfig(ns, nullptr);
+        for (const auto& view : streams.Sync(l7.Views())) {
+          l7.SetViewConfig(view, nullptr);
           std::lock_guard lock(sync_mu);
-          (void)ksync.OnView(ns, nullptr);
+          view_applied.erase(view);
+          view_errors.erase(view);
+          (void)ksync.OnView(view, nullptr);
           index_services();
         }
       }
@@ -563,11 +572,19 @@ int main(int argc, char** argv) {
                       "counter", reqs);
     out += Prometheus("sluice_proxy_downstream_cx_total",
                       "Connections into a pod's L7 capture listener", "counter", cxs);
-    std::vector<std::pair<std::string, uint64_t>> nss;
-    for (const auto& [ns, nst] : streams.Status())
-      nss.push_back({"{namespace=\"" + ns + "\"}", nst.connected ? 1u : 0u});
-    out += Prometheus("sluice_xds_namespace_connected", "1 while a namespace's xDS stream is up",
-                      "gauge", nss);
+    std::vector<std::pair<std::string, uint64_t>> views;
+    for (const auto& [view, vst] : streams.Status()) {
+      std::string lbl = "{namespace=\"" + view.ns + "\"";
+      if (!view.labels.empty()) {  // the id's "{k=v,...}" part
+        const std::string vid = view.Id();
+        lbl +=
+            ",labels=\"" + vid.substr(view.ns.size() + 1, vid.size() - view.ns.size() - 2) + "\"";
+      }
+      views.push_back({lbl + "}", vst.connected ? 1u : 0u});
+    }
+    out +=
+        Prometheus("sluice_xds_namespace_connected",
+                   "1 while the xDS stream of a namespace (and label set) is up", "gauge", views);
     out += Prometheus(
         "sluice_pods", "Pods known to the agent", "gauge",
         {{"{enrolled=\"true\"}", enrolled}, {"{enrolled=\"false\"}", pods.size() - enrolled}});
@@ -575,13 +592,25 @@ int main(int argc, char** argv) {
   });
   admin.Handle("/config_dump", [&](const std::string& query) {
     if (std::string ns = QueryParam(query, "namespace"); !ns.empty()) {
-      // What the pods of one namespace run: its own stream's config, else the node's.
-      auto snap = streams.Current(ns);
+      // What a pod runs (&pod=NAME: its view's config), or a namespace's pods without
+      // labels; else the node's.
+      std::string view = ns;
+      const std::string pod = QueryParam(query, "pod");
+      for (const auto& p : l7.List())
+        if (p.key.pod_namespace == ns && (pod.empty() ? p.view == ns : p.key.name == pod))
+          view = p.view;
+      config::SnapshotPtr snap;
+      {
+        std::lock_guard lock(sync_mu);
+        if (auto a = view_applied.find(view); a != view_applied.end())
+          snap = a->second;
+      }
       nlohmann::json j = DumpResources(snap ? *snap : *store.Current());
       j["namespace"] = ns;
-      j["source"] = snap ? "namespace stream" : "node stream (no pods of " + ns + " here yet)";
+      j["view"] = view;
+      j["source"] = snap ? "namespace stream" : "node stream (no pods of " + view + " here yet)";
       std::lock_guard lock(sync_mu);
-      if (auto e = ns_errors.find(ns); e != ns_errors.end() && !e->second.empty())
+      if (auto e = view_errors.find(view); e != view_errors.end() && !e->second.empty())
         j["l7_error"] = e->second;
       return agent::AdminReply{200, "application/json", j.dump(1) + "\n"};
     }

@@ -142,7 +142,7 @@ Result<void> NodeAgent::Apply(const enrolment::Changes& changes) {
       continue;  // labelled, but not (yet) on this node
     // The capture listener first: once enrolled, the kernel redirects L7 services to it.
     if (l7_ && opts_.proxy_port != 0) {
-      if (auto r = l7_->Open(p.key, it->second.info.netns); !r) {
+      if (auto r = l7_->Open(p.key, it->second.info.netns, p.labels); !r) {
         result = Wrap("enrolling pod " + p.key.pod_namespace + "/" + p.key.name, r.error());
         continue;
       }
@@ -229,6 +229,15 @@ void NodeAgent::ApplyLabels(const LabelSnapshot& labels) {
     merge(state_.UpsertPod(PodFor(rec.info)));
   if (auto r = Apply(all); !r)
     spdlog::error("applying label changes: {}", r.error().message);
+  // Pods that stay enrolled may have new labels: their proxy follows its new view.
+  if (l7_ && opts_.proxy_port != 0) {
+    for (const auto& [key, rec] : pods_) {
+      if (!state_.IsEnrolled(key))
+        continue;
+      if (auto r = l7_->Open(key, rec.info.netns, PodFor(rec.info).labels); !r)
+        spdlog::error("{}", r.error().message);
+    }
+  }
 }
 
 void NodeAgent::SetRegistryOnly(bool registry_only) {
@@ -307,7 +316,7 @@ Result<void> NodeAgent::Restore() {
   for (const auto& [key, rec] : pods_) {
     if (!l7_ || opts_.proxy_port == 0 || !state_.IsEnrolled(key))
       continue;
-    if (auto r = l7_->Open(key, rec.info.netns); !r)
+    if (auto r = l7_->Open(key, rec.info.netns, PodFor(rec.info).labels); !r)
       spdlog::error("{}", r.error().message);
   }
   spdlog::info("restored {} pods from {}", pods_.size(), opts_.state_file);

@@ -40,18 +40,17 @@ std::shared_ptr<const proxy::ProxyConfig> PodProxies::ForPods(const proxy::Proxy
   return cfg;
 }
 
-std::shared_ptr<const proxy::ProxyConfig> PodProxies::ConfigFor(const std::string& ns,
-                                                                bool* own) const {
-  auto it = ns_.find(ns);
-  *own = it != ns_.end();
+std::shared_ptr<const proxy::ProxyConfig> PodProxies::ConfigFor(const Pod& pod, bool* own) const {
+  auto it = views_.find(pod.view.Id());
+  *own = it != views_.end();
   return *own ? it->second : node_;
 }
 
 Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   bool own = false;
-  auto cfg = ConfigFor(key.pod_namespace, &own);
+  auto cfg = ConfigFor(pod, &own);
   if (!cfg)
-    return {};  // no config yet: started by the first SetNodeConfig/SetNamespaceConfig
+    return {};  // no config yet: started by the first SetNodeConfig/SetViewConfig
   auto ns = cni::Netns::Open(pod.netns);
   if (!ns)
     return std::unexpected(ns.error());
@@ -86,24 +85,31 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   }
   spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{} ({} config)", key.pod_namespace,
                key.name, opts_.port, pod.ipv6 ? fmt::format(" and [::1]:{}", opts_.port) : "",
-               own ? "namespace" : "node");
+               own ? pod.view.Id() : "node");
   return {};
 }
 
-Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& netns) {
+Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& netns,
+                              const enrolment::Labels& labels) {
   Result<void> result;
   {
     std::lock_guard lock(mu_);
     auto [it, fresh] = pods_.try_emplace(key);
-    if (!fresh && it->second.netns == netns && it->second.proxy)
-      return {};
-    if (!fresh && it->second.proxy)
-      it->second.proxy->Stop();  // same pod name, new sandbox
-    it->second.netns = netns;
-    it->second.proxy.reset();
-    if (auto r = Start(key, it->second); !r) {
-      pods_.erase(it);
-      result = Wrap("pod " + key.pod_namespace + "/" + key.name + ": L7 proxy", r.error());
+    if (!fresh && it->second.netns == netns && it->second.proxy) {
+      if (it->second.view.labels == labels)
+        return {};
+      it->second.view.labels = labels;  // same sandbox, new labels: another view
+      Refresh(nullptr, &key);
+    } else {
+      if (!fresh && it->second.proxy)
+        it->second.proxy->Stop();  // same pod name, new sandbox
+      it->second.netns = netns;
+      it->second.view = View{key.pod_namespace, labels};
+      it->second.proxy.reset();
+      if (auto r = Start(key, it->second); !r) {
+        pods_.erase(it);
+        result = Wrap("pod " + key.pod_namespace + "/" + key.name + ": L7 proxy", r.error());
+      }
     }
   }
   if (opts_.on_pods_changed)
@@ -167,12 +173,12 @@ void PodProxies::DrainAll(std::chrono::milliseconds grace) {
       pod.proxy->Stop();
 }
 
-void PodProxies::Refresh(const std::string* only_ns) {
+void PodProxies::Refresh(const std::string* only_view, const enrolment::PodKey* only_pod) {
   for (auto& [key, pod] : pods_) {
-    if (only_ns && key.pod_namespace != *only_ns)
+    if ((only_view && pod.view.Id() != *only_view) || (only_pod && key != *only_pod))
       continue;
     bool own = false;
-    auto cfg = ConfigFor(key.pod_namespace, &own);
+    auto cfg = ConfigFor(pod, &own);
     if (!cfg)
       continue;
     if (!pod.proxy) {
@@ -189,20 +195,21 @@ void PodProxies::Refresh(const std::string* only_ns) {
   }
 }
 
-void PodProxies::SetNamespaceConfig(const std::string& ns,
-                                    std::shared_ptr<const proxy::ProxyConfig> cfg) {
+bool PodProxies::SetViewConfig(const std::string& view,
+                               std::shared_ptr<const proxy::ProxyConfig> cfg) {
   std::lock_guard lock(mu_);
   if (!cfg) {
-    ns_.erase(ns);
+    views_.erase(view);
   } else if (auto pods = ForPods(*cfg, opts_.port)) {
-    ns_[ns] = std::move(pods);
+    views_[view] = std::move(pods);
   } else {
     // Listeners not there yet (an xDS stream delivers clusters before listeners): the
     // pods keep what they run rather than lose their capture listener.
-    spdlog::debug("namespace {}: config without a use_original_dst listener, not applied", ns);
-    return;
+    spdlog::debug("view {}: config without a use_original_dst listener, not applied", view);
+    return false;
   }
-  Refresh(&ns);
+  Refresh(&view, nullptr);
+  return true;
 }
 
 void PodProxies::SetNodeConfig(std::shared_ptr<const proxy::ProxyConfig> cfg) {
@@ -213,7 +220,7 @@ void PodProxies::SetNodeConfig(std::shared_ptr<const proxy::ProxyConfig> cfg) {
     return;
   }
   node_ = std::move(pods);
-  Refresh(nullptr);
+  Refresh(nullptr, nullptr);
 }
 
 std::vector<PodProxyStatus> PodProxies::List() const {
@@ -221,9 +228,10 @@ std::vector<PodProxyStatus> PodProxies::List() const {
   std::vector<PodProxyStatus> out;
   for (const auto& [key, pod] : pods_) {
     PodProxyStatus s{key, pod.netns, pod.proxy != nullptr,
-                     pod.proxy ? (pod.own_config ? "namespace " + key.pod_namespace
+                     pod.proxy ? (pod.own_config ? "namespace " + pod.view.Id()
                                                  : std::string("node (namespace config pending)"))
                                : "none yet"};
+    s.view = pod.view.Id();
     s.ipv6 = pod.proxy && pod.ipv6;
     if (pod.proxy) {
       s.requests = pod.proxy->stats().requests.load(std::memory_order_relaxed);
@@ -234,11 +242,11 @@ std::vector<PodProxyStatus> PodProxies::List() const {
   return out;
 }
 
-std::vector<std::string> PodProxies::Namespaces() const {
+std::vector<View> PodProxies::Views() const {
   std::lock_guard lock(mu_);
-  std::set<std::string> s;
+  std::set<View> s;
   for (const auto& [key, pod] : pods_)
-    s.insert(key.pod_namespace);
+    s.insert(pod.view);
   return {s.begin(), s.end()};
 }
 

@@ -7,10 +7,11 @@
 // own loopback, and the upstream connections the worker makes leave from the pod, with
 // the pod's address, carrying the bypass mark so the connect hook lets them through.
 //
-// Configuration is per namespace: the L7 resources a sidecar of that namespace would
-// get (short host names, exportTo and Sidecar scoping resolved for it). Until a
-// namespace's own configuration has arrived, its pods use the node's. Compiled configs
-// are shared by every pod of a namespace; only the capture listener is pod-local.
+// Configuration is per view (namespace + labels, see view_streams.h): the L7 resources
+// a sidecar of that namespace with those labels would get (short host names, exportTo
+// and Sidecar scoping resolved for it). Until a view's own configuration has arrived,
+// its pods use the node's. Compiled configs are shared by every pod of a view; only the
+// capture listener is pod-local.
 #pragma once
 
 #include <chrono>
@@ -24,6 +25,7 @@
 
 #include "sluice/enrolment/enrolment.h"
 #include "sluice/proxy/proxy.h"
+#include "view_streams.h"
 
 namespace sluice::agent {
 
@@ -31,8 +33,8 @@ struct PodProxyOptions {
   uint16_t port = 15001;        // in-pod capture listener, 127.0.0.1:port
   std::string access_log_path;  // "" or "-": stdout
   uint32_t upstream_mark = 0;   // the kernel's bypass mark
-  // Called (outside any lock) after a pod opened or closed: the set of namespaces may
-  // have changed, so the agent can open that namespace's xDS stream at once.
+  // Called (outside any lock) after a pod opened, closed or changed labels: the set of
+  // views may have changed, so the agent can open that view's xDS stream at once.
   std::function<void()> on_pods_changed;
 };
 
@@ -40,7 +42,8 @@ struct PodProxyStatus {
   enrolment::PodKey key;
   std::string netns;
   bool listening = false;  // its capture listener is open
-  std::string config;      // "namespace NS" or "node (namespace config pending)"
+  std::string config;      // "namespace VIEW" or "node (namespace config pending)"
+  std::string view;        // its view's id: "NS" or "NS{k=v,...}"
   uint64_t requests = 0, downstream_cx = 0;
   bool ipv6 = false;  // its capture listener's IPv6 twin on [::1] is open too
 };
@@ -52,16 +55,19 @@ class PodProxies {
   PodProxies(const PodProxies&) = delete;
   PodProxies& operator=(const PodProxies&) = delete;
 
-  // The L7 config of every pod of `ns` (nullptr: forget it; pods fall back to the
-  // node's). Running proxies switch at once; their listener socket is kept. A config
-  // without a use_original_dst listener is not applied (the pods keep theirs).
-  void SetNamespaceConfig(const std::string& ns, std::shared_ptr<const proxy::ProxyConfig> cfg);
+  // The L7 config of every pod of a view (by View::Id(); nullptr: forget it, pods fall
+  // back to the node's). Running proxies switch at once; their listener socket is kept.
+  // A config without a use_original_dst listener is not applied (the pods keep theirs):
+  // false then.
+  bool SetViewConfig(const std::string& view, std::shared_ptr<const proxy::ProxyConfig> cfg);
   // The node's config: the fallback for namespaces without their own yet.
   void SetNodeConfig(std::shared_ptr<const proxy::ProxyConfig> cfg);
 
   // Starts the pod's proxy (idempotent). With no config at all yet, the pod is
-  // remembered and its proxy starts when the first config arrives.
-  Result<void> Open(const enrolment::PodKey& key, const std::string& netns);
+  // remembered and its proxy starts when the first config arrives. Called again with new
+  // labels, the running proxy moves to that view's config (its listener stays).
+  Result<void> Open(const enrolment::PodKey& key, const std::string& netns,
+                    const enrolment::Labels& labels = {});
   void Close(const enrolment::PodKey& key);
   void CloseAll();
   // SIGTERM: every capture listener closes, requests in flight finish (up to `grace`),
@@ -69,8 +75,8 @@ class PodProxies {
   void DrainAll(std::chrono::milliseconds grace);
 
   std::vector<PodProxyStatus> List() const;
-  // Namespaces with at least one pod here (the agent keeps one xDS stream for each).
-  std::vector<std::string> Namespaces() const;
+  // Views with at least one pod here (the agent keeps one xDS stream for each).
+  std::vector<View> Views() const;
 
   // The capture config a pod of `ns` runs: the namespace's (or node's) listeners with
   // the use_original_dst listener moved to 127.0.0.1:port and nothing else bound;
@@ -85,16 +91,17 @@ class PodProxies {
     std::string netns;
     bool ipv6 = false;  // its [::1] capture listener is open
     std::unique_ptr<proxy::Proxy> proxy;
-    bool own_config = false;  // running its namespace's config (else the node's)
+    bool own_config = false;  // running its view's config (else the node's)
+    View view;
   };
-  std::shared_ptr<const proxy::ProxyConfig> ConfigFor(const std::string& ns, bool* own) const;
+  std::shared_ptr<const proxy::ProxyConfig> ConfigFor(const Pod& pod, bool* own) const;
   Result<void> Start(const enrolment::PodKey& key, Pod& pod);
-  void Refresh(const std::string* only_ns);
+  void Refresh(const std::string* only_view, const enrolment::PodKey* only_pod);
 
   PodProxyOptions opts_;
   mutable std::mutex mu_;
-  std::map<std::string, std::shared_ptr<const proxy::ProxyConfig>> ns_;  // ForPods() applied
-  std::shared_ptr<const proxy::ProxyConfig> node_;                       // ForPods() applied
+  std::map<std::string, std::shared_ptr<const proxy::ProxyConfig>> views_;  // ForPods() applied
+  std::shared_ptr<const proxy::ProxyConfig> node_;                          // ForPods() applied
   std::map<enrolment::PodKey, Pod> pods_;
 };
 

@@ -7,7 +7,7 @@
 //  2. --config-dir DIR: translated in-process, offline — the sidecar of namespace -n, or
 //     the gateway a POD's labels (or --gateway KEY=VALUE) select;
 //  3. POD resolved through the local cluster's state file: a gateway pod's own admin
-//     socket, any other pod's namespace on the node agent's admin.
+//     socket, any other pod's view (namespace and labels) on the node agent's admin.
 // An explicit --config-dir wins over the state file so offline use never reaches into a
 // running cluster by accident.
 #include <iostream>
@@ -157,7 +157,7 @@ Result<Json> FetchDump(const PcOptions& o) {
       if (state->agent_admin.empty())
         return Fail(state->path + ": agent_admin: missing");
       address = state->agent_admin;
-      path += "?namespace=" + (*pod)->ns;
+      path += "?namespace=" + (*pod)->ns + "&pod=" + (*pod)->name;  // the pod's own view
     }
   }
   auto body = inspect::AdminGet(address, path);

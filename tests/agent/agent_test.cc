@@ -48,7 +48,9 @@ sluice::xds::ResourceSet WebConfig() {
 // to subset v1 (10.211.0.3:8000), /two to v2 (10.211.0.4:8000), both rewritten to /hello. The short
 // host name "api" is in its virtual host only for sidecars of namespace `ns` == "default", as
 // istiod qualifies short names in the proxy's own namespace.
-sluice::xds::ResourceSet L7Config(const std::string& ns) {
+// `api_routes` false: api's virtual host is left out, as a Sidecar whose egress hosts
+// exclude it would leave it out of the config of the pods it selects.
+sluice::xds::ResourceSet L7Config(const std::string& ns, bool api_routes = true) {
   auto rs = WebConfig();
   const std::string web = "outbound|80||web.default.svc.cluster.local";
   const std::string v1 = "outbound|80|v1|api.default.svc.cluster.local";
@@ -78,17 +80,15 @@ sluice::xds::ResourceSet L7Config(const std::string& ns) {
   std::string api_domains = R"("api.default.svc.cluster.local","10.96.211.91","[fd96::91]")";
   if (ns == "default")
     api_domains += R"(,"api","api.default")";
+  const std::string api_vh =
+      R"({"name":"api.default.svc.cluster.local:80","domains":[)" + api_domains +
+      R"(],"routes":[{"name":"one","match":{"prefix":"/one"},"route":{"cluster":")" + v1 +
+      R"(","prefixRewrite":"/hello"}},{"name":"two","match":{"prefix":"/two"},"route":{"cluster":")" +
+      v2 + R"(","prefixRewrite":"/hello"}}]},)";
   rs.Add(FromJson<RouteConfiguration>(
       R"({"name":"80","virtualHosts":[)"
       R"({"name":"web.default.svc.cluster.local:80","domains":["web.default.svc.cluster.local","web","10.96.211.90"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":")" +
-      web +
-      R"(","timeout":"0s"}}]},)"
-      R"({"name":"api.default.svc.cluster.local:80","domains":[)" +
-      api_domains + R"(],"routes":[{"name":"one","match":{"prefix":"/one"},"route":{"cluster":")" +
-      v1 +
-      R"(","prefixRewrite":"/hello"}},{"name":"two","match":{"prefix":"/two"},"route":{"cluster":")" +
-      v2 +
-      R"(","prefixRewrite":"/hello"}}]},)"
+      web + R"(","timeout":"0s"}}]},)" + (api_routes ? api_vh : std::string()) +
       R"({"name":"block_all","domains":["*"],"routes":[{"match":{"prefix":"/"},"directResponse":{"status":404}}]}]})"));
   return rs;
 }
@@ -97,6 +97,22 @@ sluice::xds::ResourceSet L7Config(const std::string& ns) {
 std::string NodeNamespace(const envoy::config::core::v3::Node& node) {
   auto id = sluice::xds::ParseNodeId(node.id());
   return id ? id->pod_namespace : "";
+}
+
+// The view a node asks for: "NS", or "NS{k=v,...}" with the LABELS of its metadata.
+std::string NodeView(const envoy::config::core::v3::Node& node) {
+  std::map<std::string, std::string> labels;
+  auto it = node.metadata().fields().find("LABELS");
+  if (it != node.metadata().fields().end())
+    for (const auto& [k, v] : it->second.struct_value().fields())
+      labels[k] = v.string_value();
+  std::string id = NodeNamespace(node);
+  if (labels.empty())
+    return id;
+  id += "{";
+  for (const auto& [k, v] : labels)
+    id += (id.back() == '{' ? "" : ",") + k + "=" + v;
+  return id + "}";
 }
 
 // curl inside a pod (its network namespace, in the lab's cgroup where the hooks are):
@@ -439,8 +455,12 @@ struct L7Lab : AgentLab {
     ads.Stop();
     for (const char* ns : {"default", "other", "istio-system"})
       by_namespace[ns] = L7Config(ns);  // not on the stream threads (see AgentLab)
+    // A Sidecar with workloadSelector app=locked in default, without api in its egress.
+    by_namespace["default{app=locked}"] = L7Config("default", /*api_routes=*/false);
     ads2 = std::make_unique<sluice::xds::AdsServer>([this](const envoy::config::core::v3::Node& n) {
-      auto it = by_namespace.find(NodeNamespace(n));
+      auto it = by_namespace.find(NodeView(n));
+      if (it == by_namespace.end())
+        it = by_namespace.find(NodeNamespace(n));
       return it != by_namespace.end() ? it->second : by_namespace.at("istio-system");
     });
     sluice::xds::AdsServerOptions ao;
@@ -575,6 +595,54 @@ TEST_CASE("sluice-agent: short host names resolve in the client pod's own namesp
   agent.proc->Kill();
 }
 
+TEST_CASE("sluice-agent: a pod's labels choose its view (a Sidecar's workloadSelector), live") {
+  L7Lab t;
+  t.lab.AddPod("locked", 12);
+  const std::string ns_labels = R"("namespaces":{"default":{"istio.io/dataplane-mode":"sluice"}})";
+  WriteLabelsJson(t.dir,
+                  "{" + ns_labels + R"(,"pods":{"default/locked":{"labels":{"app":"locked"}}}})");
+  auto agent = StartAgent(t.lab, t.dir, t.xds_port);
+  for (auto [pod, ip] : {std::pair{"client", "10.211.0.10"}, {"locked", "10.211.0.12"}}) {
+    auto r = cni::CallAgent(t.dir + "/cni.sock", AddRequest(t.lab, pod, "default", ip),
+                            std::chrono::seconds(5));
+    REQUIRE(r);
+    REQUIRE(r->enrolled);
+  }
+  int status = 0;
+  REQUIRE(Within([&] {
+            auto pods = HttpGet(agent.admin_port, "/pods", &status);
+            return pods.find("\"config\": \"namespace default{app=locked}\"") !=
+                       std::string::npos &&
+                   pods.find("\"config\": \"namespace default\"") != std::string::npos;
+          }) >= 0);
+  // Same namespace, same VIP: the unlabelled pod is routed, the selected one gets its
+  // Sidecar's config, in which api has no routes.
+  CHECK(CurlInPod(t.lab, "client", "http://10.96.211.91/one") ==
+        "200 Hello version: v1, instance: v1\n");
+  CHECK(CurlInPod(t.lab, "locked", "http://10.96.211.91/one").starts_with("404"));
+  auto metrics = HttpGet(agent.admin_port, "/metrics", &status);
+  CHECK_THAT(metrics, Catch::Contains("sluice_xds_namespace_connected{namespace=\"default\"} 1"));
+  CHECK_THAT(metrics,
+             Catch::Contains(
+                 "sluice_xds_namespace_connected{namespace=\"default\",labels=\"app=locked\"} 1"));
+  auto dump = HttpGet(agent.admin_port, "/config_dump?namespace=default&pod=locked", &status);
+  CHECK(status == 200);
+  CHECK_THAT(dump, Catch::Contains("\"view\": \"default{app=locked}\""));
+
+  // The label goes: the running pod moves to the namespace's view (no restart), and the
+  // stream of the view nobody has any more closes.
+  WriteLabelsJson(t.dir, "{" + ns_labels + "}");
+  CHECK(Within([&] {
+          return CurlInPod(t.lab, "locked", "http://10.96.211.91/one") ==
+                 "200 Hello version: v1, instance: v1\n";
+        }) >= 0);
+  CHECK(Within([&] {
+          return HttpGet(agent.admin_port, "/metrics", &status).find("app=locked") ==
+                 std::string::npos;
+        }) >= 0);
+  agent.proc->Kill();
+}
+
 TEST_CASE("sluice-agent: after SIGKILL, L7 traffic recovers within a second of the restart") {
   L7Lab t;
   auto agent = StartAgent(t.lab, t.dir, t.xds_port);
@@ -602,11 +670,11 @@ TEST_CASE("sluice-agent: after SIGKILL, L7 traffic recovers within a second of t
   CHECK(recovered_ms >= 0);
   CHECK(recovered_ms < 1000);
 
-  // Reconciled: one capture listener in the pod (the old one died with the process),
-  // one enrolment entry.
+  // Reconciled: one capture listener per address in the pod, 127.0.0.1 and [::1] (the
+  // old ones died with the process), one enrolment entry.
   std::string ss =
       Sh("ip netns exec " + t.lab.pod("client").netns + " ss -Htln 'sport = :15001' | wc -l");
-  CHECK(std::atoi(ss.c_str()) == 1);
+  CHECK(std::atoi(ss.c_str()) == 2);
   DataplaneOptions ro;
   ro.pin_root = t.lab.pin_root();
   ro.maps_only = true;

@@ -552,7 +552,8 @@ TEST_CASE(
         {"proxy-config", "cluster", "deploy/sleep", "--state-file", sf, "--fqdn", kHello});
     REQUIRE(r.rc == 0);
     CHECK(Fields(Lines(r.out).at(1)).back() == "helloworld-trafficpolicy.default");
-    CHECK(node.paths() == std::vector<std::string>{"/config_dump?namespace=default"});
+    CHECK(node.paths() ==
+        std::vector<std::string>{"/config_dump?namespace=default&pod=sleep-6d68f9c8d-q2x4z"});
 
     Run g = Sluicectl({"proxy-config", "route", "istio-ingressgateway-5f8c7-abcde.istio-system",
                        "--state-file", sf});
