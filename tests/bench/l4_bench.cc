@@ -3,6 +3,13 @@
 // (kube-proxy's iptables mode), with 10 and 10,000 services installed, in one run.
 //
 //   sluice_bench_l4 [--services 10,10000] [--seconds 5] [--rounds 3] [--hop-only]
+//                   [--halt-poll-ns LIST]
+//
+// --halt-poll-ns 0,200000 measures the in-pod hop once per value of the guest's
+// cpuidle-haltpoll setting (/sys/module/haltpoll/parameters/guest_halt_poll_ns: how long
+// an idle vCPU polls before it halts; 200000 is the kernel's default, some VMs boot with
+// 0). A halted vCPU costs a host round trip to wake, which dominates a cross-CPU hop in a
+// VM. The machine's own value is put back at exit, also on failure or a signal.
 //
 // Topology: a client and a server network namespace joined by a veth pair. The server
 // (sluice_probe serve) runs on CPU 1, the client (sluice_probe bench) on CPU 0. The
@@ -76,11 +83,18 @@ std::string Capture(const std::string& cmd) {
   return out;
 }
 
+constexpr const char* kHaltPoll = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
 struct Env {
   std::string cg_mount, cg_sluice, cg_plain;
   pid_t server = -1;
+  std::string halt_poll_orig;  // the machine's guest_halt_poll_ns, while we changed it
 
   void Teardown() {
+    if (!halt_poll_orig.empty()) {
+      std::ofstream(kHaltPoll) << halt_poll_orig;
+      halt_poll_orig.clear();
+    }
     if (server > 0) {
       kill(server, SIGKILL);
       waitpid(server, nullptr, 0);
@@ -161,6 +175,7 @@ int main(int argc, char** argv) {
   std::vector<int> counts{10, 10000};
   double seconds = 5;
   int rounds = 3;
+  std::vector<std::string> halt_polls;  // empty: leave the machine's setting alone
   for (int i = 1; i < argc; i++) {
     std::string a = argv[i];
     auto next = [&] {
@@ -182,13 +197,30 @@ int main(int argc, char** argv) {
       rounds = std::stoi(next());
     } else if (a == "--hop-only") {
       counts.clear();  // only the in-pod proxy hop
+    } else if (a == "--halt-poll-ns") {
+      std::string list = next();
+      for (size_t pos = 0; pos < list.size();) {
+        size_t comma = list.find(',', pos);
+        std::string v = list.substr(pos, comma - pos);
+        if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
+          Die("--halt-poll-ns: '" + v + "' is not a number of nanoseconds");
+        halt_polls.push_back(v);
+        pos = comma == std::string::npos ? list.size() : comma + 1;
+      }
     } else {
       Die("usage: sluice_bench_l4 [--services 10,10000] [--seconds 5] [--rounds 3] "
-          "[--hop-only]");
+          "[--hop-only] [--halt-poll-ns 0,200000]");
     }
   }
   if (geteuid() != 0)
     Die("run as root (loads BPF programs, makes network namespaces)");
+  std::string halt_poll_now;
+  if (!halt_polls.empty()) {
+    std::ifstream f(kHaltPoll);
+    if (!(f >> halt_poll_now))
+      Die(std::string("--halt-poll-ns: cannot read ") + kHaltPoll +
+          " (no cpuidle-haltpoll driver on this machine)");
+  }
 
   Env env;
   g_env = &env;
@@ -364,38 +396,51 @@ int main(int argc, char** argv) {
   // CPU (every hop is a cross-CPU wake-up), on the same CPU, and wherever the scheduler
   // puts it (as the agent's worker runs on a node).
   fmt::print("\nin-pod proxy hop (1-byte request/response through the redirect):\n");
-  for (const char* cpu : {"1", "0", "0,1"}) {
-    pid_t proxy = fork();
-    if (proxy == 0) {
-      int devnull = open("/dev/null", O_WRONLY);
-      dup2(devnull, STDOUT_FILENO);
-      execlp("taskset", "taskset", "-c", cpu, SLUICE_PROBE_PATH, "serve", "--netns", kClient,
-             "--cgroup", env.cg_sluice.c_str(), "--listen", "127.0.0.1:15001", "--id", "proxy",
-             nullptr);
-      _exit(127);
+  if (halt_polls.empty())
+    halt_polls.push_back("");  // as the machine is
+  else
+    env.halt_poll_orig = halt_poll_now;
+  for (const auto& halt_poll : halt_polls) {
+    if (!halt_poll.empty()) {
+      std::ofstream f(kHaltPoll);
+      if (!(f << halt_poll).flush())
+        Die(std::string("cannot write ") + kHaltPoll);
+      fmt::print(" guest_halt_poll_ns={}{}:\n", halt_poll,
+                 halt_poll == halt_poll_now ? " (this machine's setting)" : "");
     }
-    usleep(300000);
-    std::map<bool, std::vector<double>> hop_p50, hop_p99;
-    for (int round = 0; round < rounds; round++) {
-      const bool first = round % 2 == 1;  // alternate which one runs first
-      for (bool splice : {first, !first}) {
-        if (auto r = (*dp)->SetSplice(splice); !r)
-          Die(r.error().message);
-        auto rr = Probe(kClient, env.cg_sluice, "10.96.255.1:80", seconds, true);
-        hop_p50[splice].push_back(rr["p50_us"]);
-        hop_p99[splice].push_back(rr["p99_us"]);
+    for (const char* cpu : {"1", "0", "0,1"}) {
+      pid_t proxy = fork();
+      if (proxy == 0) {
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, STDOUT_FILENO);
+        execlp("taskset", "taskset", "-c", cpu, SLUICE_PROBE_PATH, "serve", "--netns", kClient,
+               "--cgroup", env.cg_sluice.c_str(), "--listen", "127.0.0.1:15001", "--id", "proxy",
+               nullptr);
+        _exit(127);
       }
+      usleep(300000);
+      std::map<bool, std::vector<double>> hop_p50, hop_p99;
+      for (int round = 0; round < rounds; round++) {
+        const bool first = round % 2 == 1;  // alternate which one runs first
+        for (bool splice : {first, !first}) {
+          if (auto r = (*dp)->SetSplice(splice); !r)
+            Die(r.error().message);
+          auto rr = Probe(kClient, env.cg_sluice, "10.96.255.1:80", seconds, true);
+          hop_p50[splice].push_back(rr["p50_us"]);
+          hop_p99[splice].push_back(rr["p99_us"]);
+        }
+      }
+      kill(proxy, SIGKILL);
+      waitpid(proxy, nullptr, 0);
+      const double off = Median(hop_p50[false]), on = Median(hop_p50[true]);
+      const std::string where = std::string(cpu) == "1"   ? "the other CPU"
+                                : std::string(cpu) == "0" ? "the client's CPU"
+                                                          : "not pinned";
+      fmt::print("  listener on CPU {} ({}):\n", cpu, where);
+      fmt::print("    TCP loopback   p50 {:6.1f}us  p99 {:6.1f}us\n", off, Median(hop_p99[false]));
+      fmt::print("    sk_msg splice  p50 {:6.1f}us  p99 {:6.1f}us  ({:.0f}% lower p50)\n", on,
+                 Median(hop_p99[true]), 100.0 * (off - on) / off);
     }
-    kill(proxy, SIGKILL);
-    waitpid(proxy, nullptr, 0);
-    const double off = Median(hop_p50[false]), on = Median(hop_p50[true]);
-    const std::string where = std::string(cpu) == "1"   ? "the other CPU"
-                              : std::string(cpu) == "0" ? "the client's CPU"
-                                                        : "not pinned";
-    fmt::print("  listener on CPU {} ({}):\n", cpu, where);
-    fmt::print("    TCP loopback   p50 {:6.1f}us  p99 {:6.1f}us\n", off, Median(hop_p99[false]));
-    fmt::print("    sk_msg splice  p50 {:6.1f}us  p99 {:6.1f}us  ({:.0f}% lower p50)\n", on,
-               Median(hop_p99[true]), 100.0 * (off - on) / off);
   }
   dp->reset();
   env.Teardown();
