@@ -113,7 +113,7 @@ Result<void> KernelSync::ApplyMerged(uint64_t generation) {
   spdlog::info(
       "kernel sync: generation {}{}: {} kernel services ({} upserted, {} deleted), {} "
       "sent to the in-pod proxy",
-      generation, views_.empty() ? "" : fmt::format(" + {} namespace views", views_.size()),
+      generation, views_.empty() ? "" : fmt::format(" + {} pod views", views_.size()),
       plan.services.size(), upserts.size(), deletes.size(), plan.l7_reasons.size());
   applied_ = std::move(plan);
   generation_ = generation;

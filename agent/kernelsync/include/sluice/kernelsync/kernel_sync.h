@@ -21,11 +21,11 @@ class KernelSync {
   explicit KernelSync(Dataplane& dp) : dp_(dp) {}
 
   [[nodiscard]] Result<void> OnSnapshot(const config::Snapshot& snapshot);
-  // Another view of the mesh: the config a namespace's sidecars get (the agent keeps one
-  // xDS stream per namespace with pods). The kernel serves one service per VIP and port
-  // for every enrolled pod, so the views are merged: a service only a namespace sees is
-  // added, and a service any view sends to L7 goes to the in-pod proxy for every pod,
-  // which routes it with each namespace's own config. Where views differ only in L4
+  // Another view of the mesh: the config the sidecars of one namespace and label set get
+  // (the agent keeps one xDS stream per such view of its pods). The kernel serves one
+  // service per VIP and port for every enrolled pod, so the views are merged: a service
+  // only a view sees is added, and a service any view sends to L7 goes to the in-pod
+  // proxy for every pod, which routes it with its own view's config. Where views differ only in L4
   // terms (weights, endpoints) the node's view is served. nullptr removes the view.
   [[nodiscard]] Result<void> OnView(const std::string& name, const config::Snapshot* snapshot);
 
