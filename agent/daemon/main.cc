@@ -31,6 +31,7 @@
 
 #include "admin.h"
 #include "conn_log.h"
+#include "dns_watch.h"
 #include "labels.h"
 #include "local_source.h"
 #include "node_agent.h"
@@ -163,9 +164,11 @@ int RunGateway(GatewayArgs g, sigset_t sigs) {
   proxy::ProxyOptions po;
   po.workers = g.workers;
   po.access_log_path = g.access_log == "-" ? "" : g.access_log;
-  store.Subscribe([&](const config::SnapshotPtr& s, const config::Diff&) {
-    auto cfg = CompileL7(*s);
+  // Compiles and applies a snapshot; from the xDS stream and, when a DNS answer changed,
+  // from the DNS watch (under `mu`: one at a time, so an older compile never lands last).
+  auto apply = [&](const config::SnapshotPtr& s) {
     std::lock_guard lock(mu);
+    auto cfg = CompileL7(*s);
     if (!cfg) {
       last_error = cfg.error().message;
       spdlog::error("L7 config {} refused, keeping the running one: {}", s->generation, last_error);
@@ -189,6 +192,11 @@ int RunGateway(GatewayArgs g, sigset_t sigs) {
     last_error.clear();
     for (const auto& l : (*cfg)->listeners)
       spdlog::info("gateway listener {} on {}:{}", l.name, l.address, proxy->Port(l.name));
+  };
+  store.Subscribe([&](const config::SnapshotPtr& s, const config::Diff&) { apply(s); });
+  agent::DnsWatch dns_watch([&] {
+    if (auto s = store.Current(); s && s->generation > 0)
+      apply(s);
   });
   sluice::xds::AdsClient client(g.ads, store);
   if (auto r = client.Start(); !r) {
@@ -398,7 +406,11 @@ int main(int argc, char** argv) {
       for (const auto& v : svc.vips)
         service_by_addr[SocketAddress{v, svc.port}] = svc.name;
   };
+  // L7 compiles and applies happen one at a time (from the xDS streams and the DNS
+  // watch), so an older snapshot's compile never lands after a newer one's.
+  std::mutex l7_apply_mu;
   store.Subscribe([&](const config::SnapshotPtr& s, const config::Diff&) {
+    std::lock_guard apply_lock(l7_apply_mu);
     bool registry_only;
     auto cfg = CompileL7(*s);
     {
@@ -472,6 +484,7 @@ int main(int argc, char** argv) {
   std::map<std::string, config::SnapshotPtr> view_applied;
   agent::ViewStreams streams(
       ads_base, view_id, [&](const std::string& view, const config::SnapshotPtr& s) {
+        std::lock_guard apply_lock(l7_apply_mu);
         auto cfg = CompileL7(*s);
         {
           std::lock_guard lock(sync_mu);
@@ -490,6 +503,25 @@ int main(int argc, char** argv) {
         }
       });
 
+  // A DNS cluster's answer changed: the node's config and every view's again, from the
+  // snapshots they run.
+  agent::DnsWatch dns_watch([&] {
+    std::lock_guard apply_lock(l7_apply_mu);
+    if (auto s = store.Current(); s && s->generation > 0) {
+      if (auto cfg = CompileL7(*s))
+        l7.SetNodeConfig(*cfg);
+    }
+    std::map<std::string, config::SnapshotPtr> views;
+    {
+      std::lock_guard lock(sync_mu);
+      views = view_applied;
+    }
+    for (const auto& [view, s] : views) {
+      if (auto cfg = CompileL7(*s))
+        (void)l7.SetViewConfig(view, *cfg);
+    }
+  });
+
   std::atomic<bool> stopping{false};
   std::thread label_poller([&] {
     while (!stopping) {
@@ -507,6 +539,7 @@ int main(int argc, char** argv) {
       }
       if (ns_streams_on && nao.proxy_port != 0) {
         for (const auto& view : streams.Sync(l7.Views())) {
+          std::lock_guard apply_lock(l7_apply_mu);  // not across Sync: it joins stream threads
           l7.SetViewConfig(view, nullptr);
           std::lock_guard lock(sync_mu);
           view_applied.erase(view);

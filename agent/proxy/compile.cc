@@ -25,6 +25,7 @@
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "sluice/proxy/config.h"
+#include "sluice/proxy/dns.h"
 #include "sluice/xds/resource_set.h"
 
 namespace sluice::proxy {
@@ -528,10 +529,10 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
   return t;
 }
 
-Result<void> ResolveAddress(const core_v3::SocketAddress& sa, bool dns, Endpoint* ep,
-                            const std::string& where) {
+// An IP literal's endpoint address; false when `sa` names a host instead.
+bool LiteralAddress(const core_v3::SocketAddress& sa, Endpoint* ep) {
   std::memset(&ep->addr, 0, sizeof(ep->addr));
-  uint16_t port = static_cast<uint16_t>(sa.port_value());
+  const uint16_t port = static_cast<uint16_t>(sa.port_value());
   auto* a4 = reinterpret_cast<sockaddr_in*>(&ep->addr);
   auto* a6 = reinterpret_cast<sockaddr_in6*>(&ep->addr);
   if (inet_pton(AF_INET, sa.address().c_str(), &a4->sin_addr) == 1) {
@@ -539,38 +540,41 @@ Result<void> ResolveAddress(const core_v3::SocketAddress& sa, bool dns, Endpoint
     a4->sin_port = htons(port);
     ep->addr_len = sizeof(sockaddr_in);
     ep->address = sa.address() + ":" + std::to_string(port);
-    return {};
+    return true;
   }
   if (inet_pton(AF_INET6, sa.address().c_str(), &a6->sin6_addr) == 1) {
     a6->sin6_family = AF_INET6;
     a6->sin6_port = htons(port);
     ep->addr_len = sizeof(sockaddr_in6);
     ep->address = "[" + sa.address() + "]:" + std::to_string(port);
-    return {};
+    return true;
   }
-  if (!dns)
-    return Fail(where + ": address \"" + sa.address() +
-                "\" is not an IP (cluster type is not DNS)");
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* res = nullptr;
-  if (int rc = getaddrinfo(sa.address().c_str(), nullptr, &hints, &res); rc != 0 || !res) {
-    return Fail(where + ": cannot resolve \"" + sa.address() + "\": " + gai_strerror(rc));
-  }
-  std::memcpy(&ep->addr, res->ai_addr, res->ai_addrlen);
-  ep->addr_len = res->ai_addrlen;
-  freeaddrinfo(res);
-  if (ep->addr.ss_family == AF_INET)
-    a4->sin_port = htons(port);
-  else
+  return false;
+}
+
+// One resolved address of a DNS endpoint, with the endpoint's port.
+void SetResolved(const sockaddr_storage& resolved, uint16_t port, Endpoint* ep) {
+  ep->addr = resolved;
+  char ip[INET6_ADDRSTRLEN] = "";
+  if (resolved.ss_family == AF_INET6) {
+    auto* a6 = reinterpret_cast<sockaddr_in6*>(&ep->addr);
     a6->sin6_port = htons(port);
-  ep->address = sa.address() + ":" + std::to_string(port);
-  return {};
+    ep->addr_len = sizeof(sockaddr_in6);
+    inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof(ip));
+    ep->address = std::string("[") + ip + "]:" + std::to_string(port);
+  } else {
+    auto* a4 = reinterpret_cast<sockaddr_in*>(&ep->addr);
+    a4->sin_port = htons(port);
+    ep->addr_len = sizeof(sockaddr_in);
+    inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof(ip));
+    ep->address = std::string(ip) + ":" + std::to_string(port);
+  }
 }
 
 Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
                                                 const xds::ResourceSet& rs,
-                                                std::vector<std::string>* warnings) {
+                                                std::vector<std::string>* warnings,
+                                                DnsCache& dns_cache) {
   auto c = std::make_shared<Cluster>();
   c->name = pc.name();
   std::string where = "cluster " + pc.name();
@@ -621,8 +625,12 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
     if (od.has_max_ejection_percent())
       c->outlier.max_ejection_percent = od.max_ejection_percent().value();
   }
+  const std::chrono::milliseconds dns_refresh =
+      pc.has_dns_refresh_rate() && ToMillis(pc.dns_refresh_rate()).count() > 0
+          ? std::chrono::milliseconds(ToMillis(pc.dns_refresh_rate()).count())
+          : std::chrono::milliseconds(5000);  // Envoy's default
   const envoy::config::endpoint::v3::ClusterLoadAssignment* cla = nullptr;
-  bool dns = false;
+  bool dns = false, every_address = false;
   switch (pc.cluster_discovery_type_case()) {
     case cluster_v3::Cluster::kType:
       switch (pc.type()) {
@@ -633,6 +641,7 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
         case cluster_v3::Cluster::LOGICAL_DNS:
           cla = &pc.load_assignment();
           dns = true;
+          every_address = pc.type() == cluster_v3::Cluster::STRICT_DNS;
           break;
         case cluster_v3::Cluster::ORIGINAL_DST:
           break;
@@ -671,25 +680,45 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
           default:
             break;
         }
-        auto ep = std::make_unique<Endpoint>();
-        ep->degraded = degraded;
         if (!lb.endpoint().address().has_socket_address()) {
           return Fail(where + ": endpoint without a socket_address");
         }
-        if (auto e = ResolveAddress(lb.endpoint().address().socket_address(), dns, ep.get(), where);
-            !e) {
-          // A DNS name that does not resolve (now) costs this cluster the endpoint, not
-          // the whole config: its requests get 503 UH, every other route keeps working.
-          if (dns) {
-            warnings->push_back(e.error().message + "; the endpoint is left out");
-            continue;
-          }
-          return std::unexpected(e.error());
+        const auto& sa = lb.endpoint().address().socket_address();
+        const uint32_t weight = lb.has_load_balancing_weight()
+                                    ? std::max<uint32_t>(1, lb.load_balancing_weight().value())
+                                    : 1;
+        auto ep = std::make_unique<Endpoint>();
+        ep->degraded = degraded;
+        ep->weight = weight;
+        if (LiteralAddress(sa, ep.get())) {
+          c->endpoints.push_back(std::move(ep));
+          continue;
         }
-        ep->weight = lb.has_load_balancing_weight()
-                         ? std::max<uint32_t>(1, lb.load_balancing_weight().value())
-                         : 1;
-        c->endpoints.push_back(std::move(ep));
+        if (!dns)
+          return Fail(where + ": address \"" + sa.address() +
+                      "\" is not an IP (cluster type is not DNS)");
+        // A name without an answer (yet) costs this cluster the endpoint, not the whole
+        // config: its requests get 503 UH, every other route keeps working, and the
+        // answer, when it comes, is compiled in.
+        auto answer = dns_cache.Lookup(sa.address(), dns_refresh);
+        if (answer.addrs.empty()) {
+          warnings->push_back(where + ": " +
+                              (answer.error.empty() ? "\"" + sa.address() + "\" is still resolving"
+                                                    : answer.error) +
+                              "; the endpoint is left out");
+          continue;
+        }
+        // STRICT_DNS: a host per address; LOGICAL_DNS: the first address only.
+        const std::size_t n = every_address ? answer.addrs.size() : 1;
+        for (std::size_t i = 0; i < n; ++i) {
+          if (i > 0) {
+            ep = std::make_unique<Endpoint>();
+            ep->degraded = degraded;
+            ep->weight = weight;
+          }
+          SetResolved(answer.addrs[i], static_cast<uint16_t>(sa.port_value()), ep.get());
+          c->endpoints.push_back(std::move(ep));
+        }
       }
     }
   }
@@ -835,10 +864,11 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
 
 }  // namespace
 
-Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs) {
+Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, DnsCache* dns) {
   auto cfg = std::make_shared<ProxyConfig>();
+  DnsCache& cache = dns ? *dns : DnsCache::Default();
   for (const auto& [name, pc] : rs.clusters) {
-    auto c = CompileCluster(pc, rs, &cfg->warnings);
+    auto c = CompileCluster(pc, rs, &cfg->warnings, cache);
     if (!c)
       return std::unexpected(c.error());
     cfg->clusters.emplace(name, *c);

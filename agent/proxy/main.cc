@@ -1,7 +1,9 @@
 // sluice-proxy: the L7 engine on its own, configured from an Envoy-shaped JSON file
 // ({"listeners": [...], "routes": [...], "clusters": [...], "endpoints": [...]}).
 // Used by the tests and the benchmark; the node agent embeds the library instead.
-// SIGHUP re-reads the file (a bad file is reported and the running config stays).
+// SIGHUP re-reads the file (a bad file is reported and the running config stays). When
+// a DNS cluster's answer changes (names are re-resolved at each cluster's
+// dns_refresh_rate) the config last read is compiled again.
 #include <signal.h>
 
 #include <cstdio>
@@ -10,12 +12,23 @@
 
 #include <CLI/CLI.hpp>
 
+#include "sluice/proxy/dns.h"
 #include "sluice/proxy/proxy.h"
 #include "sluice/xds/resource_set.h"
 
 namespace {
 
-sluice::Result<std::shared_ptr<const sluice::proxy::ProxyConfig>> Load(const std::string& path) {
+sluice::Result<std::shared_ptr<const sluice::proxy::ProxyConfig>> Build(
+    const std::string& path, const sluice::xds::ResourceSet& rs) {
+  auto cfg = sluice::proxy::Compile(rs);
+  if (!cfg)
+    return sluice::Wrap(path, cfg.error());
+  for (const std::string& w : (*cfg)->warnings)
+    std::fprintf(stderr, "sluice-proxy: warning: %s: %s\n", path.c_str(), w.c_str());
+  return cfg;
+}
+
+sluice::Result<sluice::xds::ResourceSet> Read(const std::string& path) {
   std::ifstream f(path);
   if (!f)
     return sluice::Fail("cannot open " + path);
@@ -24,12 +37,7 @@ sluice::Result<std::shared_ptr<const sluice::proxy::ProxyConfig>> Load(const std
   auto rs = sluice::proxy::ParseResourceSetJson(ss.str());
   if (!rs)
     return sluice::Wrap(path, rs.error());
-  auto cfg = sluice::proxy::Compile(*rs);
-  if (!cfg)
-    return sluice::Wrap(path, cfg.error());
-  for (const std::string& w : (*cfg)->warnings)
-    std::fprintf(stderr, "sluice-proxy: warning: %s: %s\n", path.c_str(), w.c_str());
-  return cfg;
+  return rs;
 }
 
 }  // namespace
@@ -43,7 +51,12 @@ int main(int argc, char** argv) {
   app.add_option("--access-log", access_log, "access log file (default: stdout)");
   CLI11_PARSE(app, argc, argv);
 
-  auto cfg = Load(config_path);
+  auto rs = Read(config_path);
+  if (!rs) {
+    std::fprintf(stderr, "sluice-proxy: %s\n", rs.error().message.c_str());
+    return 1;
+  }
+  auto cfg = Build(config_path, *rs);
   if (!cfg) {
     std::fprintf(stderr, "sluice-proxy: %s\n", cfg.error().message.c_str());
     return 1;
@@ -53,7 +66,11 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGHUP);
+  sigaddset(&set, SIGUSR1);                   // a DNS answer changed (below)
   pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before the workers start: they inherit it
+  // The cache's resolver thread must not compile; it wakes the main thread instead.
+  const uint64_t dns_sub =
+      sluice::proxy::DnsCache::Default().Subscribe([] { kill(getpid(), SIGUSR1); });
 
   sluice::proxy::ProxyOptions opts;
   opts.workers = workers;
@@ -71,18 +88,24 @@ int main(int argc, char** argv) {
   while (true) {
     int sig = 0;
     sigwait(&set, &sig);
-    if (sig != SIGHUP)
+    if (sig != SIGHUP && sig != SIGUSR1)
       break;
-    auto next = Load(config_path);
+    // SIGHUP: the file as it is now; SIGUSR1: the resources running, compiled again.
+    auto candidate = sig == SIGHUP ? Read(config_path) : rs;
+    auto next = candidate ? Build(config_path, *candidate)
+                          : sluice::Result<std::shared_ptr<const sluice::proxy::ProxyConfig>>(
+                                std::unexpected(candidate.error()));
     if (!next) {
       std::fprintf(stderr, "sluice-proxy: reload rejected, keeping the running config: %s\n",
                    next.error().message.c_str());
       continue;
     }
+    rs = std::move(candidate);
     if (auto r = (*proxy)->Update(*next); !r) {
       std::fprintf(stderr, "sluice-proxy: reload failed: %s\n", r.error().message.c_str());
     }
   }
+  sluice::proxy::DnsCache::Default().Unsubscribe(dns_sub);
   (*proxy)->Stop();
   return 0;
 }

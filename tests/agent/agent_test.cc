@@ -50,7 +50,10 @@ sluice::xds::ResourceSet WebConfig() {
 // istiod qualifies short names in the proxy's own namespace.
 // `api_routes` false: api's virtual host is left out, as a Sidecar whose egress hosts
 // exclude it would leave it out of the config of the pods it selects.
-sluice::xds::ResourceSet L7Config(const std::string& ns, bool api_routes = true) {
+// `dns_cluster`: also a virtual host dns.sluice.test routed to a STRICT_DNS cluster of that
+// name (port 8000, re-resolved every 200 ms); only for an agent with a private /etc/hosts.
+sluice::xds::ResourceSet L7Config(const std::string& ns, bool api_routes = true,
+                                  bool dns_cluster = false) {
   auto rs = WebConfig();
   const std::string web = "outbound|80||web.default.svc.cluster.local";
   const std::string v1 = "outbound|80|v1|api.default.svc.cluster.local";
@@ -85,10 +88,22 @@ sluice::xds::ResourceSet L7Config(const std::string& ns, bool api_routes = true)
       R"(],"routes":[{"name":"one","match":{"prefix":"/one"},"route":{"cluster":")" + v1 +
       R"(","prefixRewrite":"/hello"}},{"name":"two","match":{"prefix":"/two"},"route":{"cluster":")" +
       v2 + R"(","prefixRewrite":"/hello"}}]},)";
+  const std::string dns = "outbound|8000||dns.sluice.test";
+  if (dns_cluster) {
+    rs.Add(FromJson<EnvoyCluster>(
+        R"({"name":")" + dns +
+        R"(","type":"STRICT_DNS","connectTimeout":"1s","dnsRefreshRate":"0.2s","loadAssignment":{"clusterName":")" +
+        dns +
+        R"(","endpoints":[{"lbEndpoints":[{"endpoint":{"address":{"socketAddress":{"address":"dns.sluice.test","portValue":8000}}}}]}]}})"));
+  }
+  const std::string dns_vh =
+      R"({"name":"dns.sluice.test:80","domains":["dns.sluice.test"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":")" +
+      dns + R"("}}]},)";
   rs.Add(FromJson<RouteConfiguration>(
       R"({"name":"80","virtualHosts":[)"
       R"({"name":"web.default.svc.cluster.local:80","domains":["web.default.svc.cluster.local","web","10.96.211.90"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":")" +
       web + R"(","timeout":"0s"}}]},)" + (api_routes ? api_vh : std::string()) +
+      (dns_cluster ? dns_vh : std::string()) +
       R"({"name":"block_all","domains":["*"],"routes":[{"match":{"prefix":"/"},"directResponse":{"status":404}}]}]})"));
   return rs;
 }
@@ -185,12 +200,21 @@ std::vector<std::string> AgentArgv(Lab& lab, const std::string& dir, int xds_por
           "--access-log",       dir + "/access.log"};
 }
 
-// Starts sluice-agent and waits for its admin endpoint and readiness.
+// Starts sluice-agent and waits for its admin endpoint and readiness. With `etc_dir`, the
+// agent runs in a mount namespace of its own with ETC_DIR/hosts on /etc/hosts and
+// ETC_DIR/resolv.conf on /etc/resolv.conf (its names are the test's; no DNS server).
 Agent StartAgent(Lab& lab, const std::string& dir, int xds_port,
-                 std::vector<std::string> extra = {}) {
+                 std::vector<std::string> extra = {}, const std::string& etc_dir = "") {
   Agent a;
   std::vector<std::string> argv = AgentArgv(lab, dir, xds_port);
   argv.insert(argv.end(), extra.begin(), extra.end());
+  if (!etc_dir.empty()) {
+    argv.insert(argv.begin(), {"unshare", "-m", "sh", "-c",
+                               "mount --make-rslave / && mount --bind " + etc_dir +
+                                   "/hosts /etc/hosts && mount --bind " + etc_dir +
+                                   "/resolv.conf /etc/resolv.conf && exec \"$@\"",
+                               "sh"});
+  }
   a.proc = std::make_unique<Process>(InCgroup(lab, argv));
   for (int i = 0; i < 50 && a.admin_port == 0; i++) {
     std::string line = a.proc->ReadLine(20000);
@@ -639,6 +663,41 @@ TEST_CASE("sluice-agent: a pod's labels choose its view (a Sidecar's workloadSel
   CHECK(Within([&] {
           return HttpGet(agent.admin_port, "/metrics", &status).find("app=locked") ==
                  std::string::npos;
+        }) >= 0);
+  agent.proc->Kill();
+}
+
+TEST_CASE("sluice-agent: a DNS cluster follows its name, live (re-resolved and recompiled)") {
+  L7Lab t;
+  t.by_namespace["default"] = L7Config("default", true, /*dns_cluster=*/true);  // no stream yet
+  const std::string etc = t.dir + "/etc";
+  fs::create_directories(etc);
+  std::ofstream(etc + "/resolv.conf") << "nameserver 127.0.0.1\n";
+  std::ofstream(etc + "/hosts") << "127.0.0.1 localhost\n10.211.0.3 dns.sluice.test\n";
+  auto agent = StartAgent(t.lab, t.dir, t.xds_port, {}, etc);
+  auto r =
+      cni::CallAgent(t.dir + "/cni.sock", AddRequest(t.lab, "client", "default", "10.211.0.10"),
+                     std::chrono::seconds(5));
+  REQUIRE(r);
+  REQUIRE(r->enrolled);
+  int status = 0;
+  REQUIRE(Within([&] {
+            return HttpGet(agent.admin_port, "/pods", &status)
+                       .find("\"config\": \"namespace default\"") != std::string::npos;
+          }) >= 0);
+  const std::string url = "http://10.96.211.91/hello";
+  CHECK(Within([&] {
+          return CurlInPod(t.lab, "client", url, "dns.sluice.test") ==
+                 "200 Hello version: v1, instance: v1\n";
+        }) >= 0);
+  // The name moves to v2's pod (rewritten in place: the bind mount keeps the inode).
+  {
+    std::ofstream f(etc + "/hosts", std::ios::in | std::ios::out | std::ios::trunc);
+    f << "127.0.0.1 localhost\n10.211.0.4 dns.sluice.test\n";
+  }
+  CHECK(Within([&] {
+          return CurlInPod(t.lab, "client", url, "dns.sluice.test") ==
+                 "200 Hello version: v2, instance: v2\n";
         }) >= 0);
   agent.proc->Kill();
 }

@@ -40,7 +40,10 @@ TestUpstream::TestUpstream(Options o) : opts_(std::move(o)) {
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(opts_.port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (inet_pton(AF_INET, opts_.address.c_str(), &a.sin_addr) != 1) {
+    close(listen_fd_);
+    throw std::runtime_error("test upstream: address " + opts_.address + " is not IPv4");
+  }
   if (bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
       listen(listen_fd_, 1024) != 0) {
     close(listen_fd_);

@@ -21,7 +21,8 @@ class TestUpstream {
  public:
   struct Options {
     std::string name = "upstream";
-    uint16_t port = 0;  // 0: any
+    uint16_t port = 0;                  // 0: any
+    std::string address = "127.0.0.1";  // an IPv4 loopback address
     int delay_ms = 0;
     int status = 200;    // default status (x-status overrides)
     bool echo = true;    // body = request head; false: a fixed short body

@@ -320,9 +320,15 @@ struct ProxyConfig {
   const Cluster* FindCluster(std::string_view name) const;
 };
 
+class DnsCache;
+
 // Builds the runtime configuration from Envoy resources. Errors name the resource and
-// field ("route config http.8080: virtual host x: route 2: safe_regex: ...").
-Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& resources);
+// field ("route config http.8080: virtual host x: route 2: safe_regex: ..."). DNS
+// clusters' names come from `dns` (nullptr: DnsCache::Default()); one not answered yet
+// leaves its cluster without those endpoints and a warning — recompile when the cache
+// says an answer changed.
+Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& resources,
+                                                   DnsCache* dns = nullptr);
 
 // Reads an Envoy-shaped JSON document {"listeners": [...], "routes": [...],
 // "clusters": [...], "endpoints": [...]}, each element the proto3 JSON of a Listener,
