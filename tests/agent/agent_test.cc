@@ -506,21 +506,27 @@ struct L7Lab : AgentLab {
   std::unique_ptr<sluice::xds::AdsServer> ads2;
 };
 
-TEST_CASE(
-    "sluice-agent: an L4 service in the kernel and an L7 service routed by path, from one pod") {
-  L7Lab t;
-  auto agent = StartAgent(t.lab, t.dir, t.xds_port);
+// Hands the client pod (default, 10.211.0.10) to the agent over CNI and waits until it
+// runs its own namespace's config (that stream's first answer is in).
+void EnrolClient(L7Lab& t, const Agent& agent) {
   auto r =
       cni::CallAgent(t.dir + "/cni.sock", AddRequest(t.lab, "client", "default", "10.211.0.10"),
                      std::chrono::seconds(5));
   REQUIRE(r);
   REQUIRE(r->enrolled);
-  // The pod runs its own namespace's config once that stream's first answer is in.
   int status = 0;
   REQUIRE(Within([&] {
             return HttpGet(agent.admin_port, "/pods", &status)
                        .find("\"config\": \"namespace default\"") != std::string::npos;
           }) >= 0);
+}
+
+TEST_CASE(
+    "sluice-agent: an L4 service in the kernel and an L7 service routed by path, from one pod") {
+  L7Lab t;
+  auto agent = StartAgent(t.lab, t.dir, t.xds_port);
+  EnrolClient(t, agent);
+  int status = 0;
   auto before = t.lab.ReadCounters();
 
   // L4: web's VIP is translated in the kernel, straight to server a.
@@ -675,16 +681,7 @@ TEST_CASE("sluice-agent: a DNS cluster follows its name, live (re-resolved and r
   std::ofstream(etc + "/resolv.conf") << "nameserver 127.0.0.1\n";
   std::ofstream(etc + "/hosts") << "127.0.0.1 localhost\n10.211.0.3 dns.sluice.test\n";
   auto agent = StartAgent(t.lab, t.dir, t.xds_port, {}, etc);
-  auto r =
-      cni::CallAgent(t.dir + "/cni.sock", AddRequest(t.lab, "client", "default", "10.211.0.10"),
-                     std::chrono::seconds(5));
-  REQUIRE(r);
-  REQUIRE(r->enrolled);
-  int status = 0;
-  REQUIRE(Within([&] {
-            return HttpGet(agent.admin_port, "/pods", &status)
-                       .find("\"config\": \"namespace default\"") != std::string::npos;
-          }) >= 0);
+  EnrolClient(t, agent);
   const std::string url = "http://10.96.211.91/hello";
   CHECK(Within([&] {
           return CurlInPod(t.lab, "client", url, "dns.sluice.test") ==

@@ -327,19 +327,7 @@ TEST_CASE(
   TestUpstream a({.name = "a", .record = false}), b({.name = "b", .record = false});
   TempDir dir;
   std::string cfg = dir.path() + "/config.json", err = dir.path() + "/stderr";
-  uint16_t port = 0;
-  {
-    // A fixed port for the binary: find a free one.
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
-    socklen_t len = sizeof(sa);
-    getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-    port = ntohs(sa.sin_port);
-    close(fd);
-  }
+  const uint16_t port = FreeLoopbackPort();  // a fixed port for the binary
   auto write = [&](const Json& doc) {
     std::ofstream f(cfg);
     f << doc.dump();
@@ -353,23 +341,9 @@ TEST_CASE(
     return d;
   };
   write(doc_for("a"));
-  pid_t pid = fork();
-  if (pid == 0) {
-    int fd = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(fd, 2);
-    int devnull = open("/dev/null", O_WRONLY);
-    dup2(devnull, 1);
-    execl(SLUICE_PROXY_BIN, "sluice-proxy", "--config", cfg.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
+  ProxyProcess proxy(SLUICE_PROXY_BIN, cfg, err);
+  const pid_t pid = proxy.pid();
   REQUIRE(pid > 0);
-  struct Reap {
-    pid_t pid;
-    ~Reap() {
-      kill(pid, SIGTERM);
-      waitpid(pid, nullptr, 0);
-    }
-  } reap{pid};
   REQUIRE(WaitFor([&] { return Get(port, "h", "/").Header("x-upstream") == "a"; }));
   Json bad = doc_for("b");
   bad["routes"] = Json::array(

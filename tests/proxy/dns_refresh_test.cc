@@ -32,18 +32,6 @@ void WriteInPlace(const std::string& path, const std::string& text) {
   close(fd);
 }
 
-uint16_t FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa));
-  socklen_t len = sizeof(sa);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
-  close(fd);
-  return ntohs(sa.sin_port);
-}
-
 }  // namespace
 
 TEST_CASE("sluice-proxy: a STRICT_DNS cluster follows its name when the answer changes",
@@ -58,7 +46,7 @@ TEST_CASE("sluice-proxy: a STRICT_DNS cluster follows its name when the answer c
                     err = dir.path() + "/stderr";
   const std::string name = "backend.sluice.test";
   std::ofstream(hosts) << "127.0.0.1 localhost\n127.0.0.2 " << name << "\n";
-  const uint16_t port = FreePort();
+  const uint16_t port = FreeLoopbackPort();
   Json cluster = {
       {"name", "backend"},
       {"type", "STRICT_DNS"},
@@ -84,28 +72,14 @@ TEST_CASE("sluice-proxy: a STRICT_DNS cluster follows its name when the answer c
   doc["listeners"][0]["address"]["socket_address"]["port_value"] = port;
   std::ofstream(cfg) << doc.dump();
 
-  pid_t pid = fork();
-  if (pid == 0) {
-    int fd = open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(fd, 2);
-    int devnull = open("/dev/null", O_WRONLY);
-    dup2(devnull, 1);
+  ProxyProcess proxy(SLUICE_PROXY_BIN, cfg, err, [&] {
     if (unshare(CLONE_NEWNS) != 0 || mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) ||
         mount(hosts.c_str(), "/etc/hosts", nullptr, MS_BIND, nullptr) != 0) {
       perror("private /etc/hosts");
       _exit(126);
     }
-    execl(SLUICE_PROXY_BIN, "sluice-proxy", "--config", cfg.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  REQUIRE(pid > 0);
-  struct Reap {
-    pid_t pid;
-    ~Reap() {
-      kill(pid, SIGTERM);
-      waitpid(pid, nullptr, 0);
-    }
-  } reap{pid};
+  });
+  REQUIRE(proxy.pid() > 0);
 
   REQUIRE(WaitFor([&] { return Get(port, "h", "/").Header("x-upstream") == "first"; }, 3000));
   CHECK(second.count() == 0);

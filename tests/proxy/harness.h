@@ -4,15 +4,19 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -283,6 +287,52 @@ struct RunningProxy {
     if (proxy)
       proxy->Stop();
   }
+};
+
+// A loopback port nothing listens on (bound, read, released).
+inline uint16_t FreeLoopbackPort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+// The sluice-proxy binary as a child process (`--config CONFIG`, stderr to ERR_PATH,
+// stdout dropped), stopped with SIGTERM when this goes. `in_child` runs between fork and
+// exec (a test's namespace set-up); it exits the child itself on failure.
+class ProxyProcess {
+ public:
+  ProxyProcess(const std::string& bin, const std::string& config, const std::string& err_path,
+               const std::function<void()>& in_child = {}) {
+    pid_ = fork();
+    if (pid_ == 0) {
+      int fd = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, 2);
+      int devnull = open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      if (in_child)
+        in_child();
+      execl(bin.c_str(), "sluice-proxy", "--config", config.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+  }
+  ~ProxyProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+  }
+  ProxyProcess(const ProxyProcess&) = delete;
+  ProxyProcess& operator=(const ProxyProcess&) = delete;
+  pid_t pid() const { return pid_; }
+
+ private:
+  pid_t pid_ = -1;
 };
 
 inline Result<std::shared_ptr<const proxy::ProxyConfig>> CompileJson(const Json& doc) {

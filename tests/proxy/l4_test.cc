@@ -36,22 +36,10 @@ std::string Run(const std::string& cmd) {
   return out;
 }
 
-uint16_t FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 // `openssl s_server` for one name, killed (and reaped) when the object goes.
 class TlsServer {
  public:
-  TlsServer(const std::string& dir, const std::string& name) : port_(FreePort()) {
+  TlsServer(const std::string& dir, const std::string& name) : port_(FreeLoopbackPort()) {
     std::string key = dir + "/" + name + ".key", crt = dir + "/" + name + ".crt";
     Run("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=" + name + " -keyout " + key +
         " -out " + crt + " 2>/dev/null");

@@ -20,19 +20,6 @@ int64_t Ms(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(b - a).count();
 }
 
-// A loopback port with nothing listening on it.
-uint16_t DeadPort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  close(fd);
-  return ntohs(a.sin_port);
-}
-
 Json OneRoute(const Json& route_action, const Json& extra = Json::object()) {
   Json r = {{"name", "main"}, {"match", {{"prefix", "/"}}}, {"route", route_action}};
   r.update(extra);
@@ -116,7 +103,7 @@ TEST_CASE("a slow or dead shadow leaves the primary untouched, and mirror memory
           "[proxy][mirror]") {
   TestUpstream primary({.name = "primary", .record = false});
   TestUpstream slow({.name = "slow", .delay_ms = 2000, .record = false});
-  uint16_t dead = DeadPort();
+  uint16_t dead = FreeLoopbackPort();
   Json rc = {
       {"name", "r"},
       {"virtual_hosts",
@@ -194,7 +181,7 @@ TEST_CASE("mirror copies reuse the shadow's pooled connections and never open mo
 TEST_CASE("retries: 5xx, retriable status codes, connect failure, counted at the upstream",
           "[proxy][retry]") {
   TestUpstream up({.name = "up", .record = false});
-  uint16_t dead = DeadPort();
+  uint16_t dead = FreeLoopbackPort();
   Json rc = {
       {"name", "r"},
       {"virtual_hosts",
