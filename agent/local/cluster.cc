@@ -1266,6 +1266,47 @@ Result<int> Cluster::Exec(const PodRec& pod, const std::vector<std::string>& arg
 
 // ------------------------------------------------------------------ up / down
 
+namespace {
+
+// The bridge plugin turns IP forwarding on for a gateway bridge (the host routes for the
+// pods). `up` writes down what it was before, `down` puts it back.
+constexpr const char* kForwardingSysctls[] = {"/proc/sys/net/ipv4/ip_forward",
+                                              "/proc/sys/net/ipv6/conf/all/forwarding"};
+
+std::string ReadSysctl(const std::string& path) {
+  std::ifstream f(path);
+  std::string v;
+  f >> v;
+  return v;
+}
+
+void SaveForwarding(const std::string& state_dir) {
+  const std::string file = state_dir + "/forwarding.orig";
+  if (fs::exists(file))
+    return;  // an earlier `up` of this cluster saw the machine's own values
+  std::ofstream f(file);
+  for (const char* path : kForwardingSysctls)
+    if (std::string v = ReadSysctl(path); !v.empty())
+      f << path << " " << v << "\n";
+}
+
+void RestoreForwarding(const std::string& state_dir, std::ostream& out,
+                       std::vector<std::string>& problems) {
+  std::ifstream f(state_dir + "/forwarding.orig");
+  std::string path, value;
+  while (f >> path >> value) {
+    if (ReadSysctl(path) == value)
+      continue;
+    std::ofstream w(path);
+    if (!(w << value << "\n").flush())
+      problems.push_back("restoring " + path + " to " + value);
+    else
+      out << "restored " << path << " to " << value << "\n";
+  }
+}
+
+}  // namespace
+
 Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, std::ostream& out) {
   if (fs::exists(state_dir + "/state.json")) {
     auto c = Open(state_dir);
@@ -1329,6 +1370,7 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
   };
   if (auto r = SaveState(cs); !r)
     return fail(r.error());
+  SaveForwarding(state_dir);  // before the first pod: the bridge plugin changes it
   if (auto r = impl.WriteConflists(); !r)
     return fail(r.error());
   if (auto r = impl.WriteDefaultMesh(); !r)
@@ -1530,6 +1572,7 @@ Result<void> Cluster::Down(const std::string& state_dir, std::ostream& out) {
   if (!st.cgroup_dir.empty())
     if (auto r = KillCgroup(st.cgroup_dir, 2000); !r)
       problems.push_back(r.error().message);
+  RestoreForwarding(state_dir, out, problems);
   cluster.reset();
   std::error_code ec;
   fs::remove_all(state_dir, ec);

@@ -83,6 +83,10 @@ std::string_view CounterName(sluice_counter c) {
 
 namespace {
 
+// Set while creating a clsact qdisc that may already exist: the kernel's "Exclusivity
+// flag on, cannot modify" then only says so (EEXIST is handled), not a problem to warn of.
+thread_local bool g_qdisc_may_exist = false;
+
 int LibbpfPrint(enum libbpf_print_level level, const char* fmt, va_list args) {
   // Verifier logs come in one call and can be long: size the buffer to the message.
   va_list copy;
@@ -96,7 +100,8 @@ int LibbpfPrint(enum libbpf_print_level level, const char* fmt, va_list args) {
   std::string_view msg(buf.data(), static_cast<size_t>(n));
   while (!msg.empty() && msg.back() == '\n')
     msg.remove_suffix(1);
-  if (level == LIBBPF_WARN)
+  if (level == LIBBPF_WARN &&
+      !(g_qdisc_may_exist && msg.find("Exclusivity flag on") != std::string_view::npos))
     spdlog::warn("libbpf: {}", msg);
   else
     spdlog::debug("libbpf: {}", msg);
@@ -821,11 +826,19 @@ Result<void> Dataplane::AttachPod(int ifindex, bool registry_only) {
       {BPF_TC_INGRESS, impl_->podtc->progs.sluice_from_pod},
       {BPF_TC_EGRESS, impl_->podtc->progs.sluice_to_pod},
   };
-  for (const auto& [where, prog] : hooks) {
-    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = where);
-    int err = bpf_tc_hook_create(&hook);  // the clsact qdisc, shared by both hooks
+  {
+    // The clsact qdisc, shared by both hooks; it exists already when the pod's programs
+    // are attached again (adoption, a REGISTRY_ONLY change).
+    LIBBPF_OPTS(bpf_tc_hook, qdisc, .ifindex = ifindex, .attach_point = BPF_TC_INGRESS);
+    g_qdisc_may_exist = true;
+    int err = bpf_tc_hook_create(&qdisc);
+    g_qdisc_may_exist = false;
     if (err && err != -EEXIST)
       return FailErrno("creating the clsact qdisc on ifindex " + std::to_string(ifindex), -err);
+  }
+  for (const auto& [where, prog] : hooks) {
+    LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex, .attach_point = where);
+    int err = 0;
     LIBBPF_OPTS(bpf_tc_opts, opts, .prog_fd = bpf_program__fd(prog), .flags = BPF_TC_F_REPLACE,
                 .handle = kTcHandle, .priority = kTcPriority);
     if ((err = bpf_tc_attach(&hook, &opts)) != 0)

@@ -283,6 +283,14 @@ uint64_t Counter(const std::string& admin, const std::string& reason) {
 
 TEST_CASE(
     "local cluster: up, get, exec by name, label, logs, port-forward, bad manifest, delete, down") {
+  // IP forwarding off before `up` (the machine's own value comes back at the end): the
+  // bridge plugin turns it on for the pods, `down` must turn it off again.
+  const std::string fwd = "/proc/sys/net/ipv4/ip_forward";
+  struct Sysctl {
+    std::string path, saved;
+    ~Sysctl() { std::ofstream(path) << saved << "\n"; }
+  } keep{fwd, Sh("cat " + fwd + " | tr -d '\\n'")};
+  std::ofstream(fwd) << "0\n";
   TestCluster tc;
   std::string httpbin = tc.Write("httpbin.yaml", kHttpbin);
   std::string client = tc.Write("client.yaml", kClient);
@@ -588,6 +596,7 @@ spec:
   CHECK_FALSE(PidAlive(agent_pid));
   CHECK_FALSE(PidAlive(xds_pid));
   CHECK_FALSE(fs::exists(tc.state));
+  CHECK(Sh("cat " + fwd) == "0\n");  // as it was before `up`
 }
 
 TEST_CASE("local cluster: an up whose agent cannot start says why and leaves nothing behind") {
