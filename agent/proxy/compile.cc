@@ -574,7 +574,7 @@ void SetResolved(const sockaddr_storage& resolved, uint16_t port, Endpoint* ep) 
 Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
                                                 const xds::ResourceSet& rs,
                                                 std::vector<std::string>* warnings,
-                                                DnsCache& dns_cache) {
+                                                DnsCache* dns_cache) {
   auto c = std::make_shared<Cluster>();
   c->name = pc.name();
   std::string where = "cluster " + pc.name();
@@ -700,7 +700,9 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
         // A name without an answer (yet) costs this cluster the endpoint, not the whole
         // config: its requests get 503 UH, every other route keeps working, and the
         // answer, when it comes, is compiled in.
-        auto answer = dns_cache.Lookup(sa.address(), dns_refresh);
+        // The process's cache (and its resolver thread) only once a name needs it.
+        auto answer =
+            (dns_cache ? *dns_cache : DnsCache::Default()).Lookup(sa.address(), dns_refresh);
         if (answer.addrs.empty()) {
           warnings->push_back(where + ": " +
                               (answer.error.empty() ? "\"" + sa.address() + "\" is still resolving"
@@ -866,9 +868,8 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
 
 Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, DnsCache* dns) {
   auto cfg = std::make_shared<ProxyConfig>();
-  DnsCache& cache = dns ? *dns : DnsCache::Default();
   for (const auto& [name, pc] : rs.clusters) {
-    auto c = CompileCluster(pc, rs, &cfg->warnings, cache);
+    auto c = CompileCluster(pc, rs, &cfg->warnings, dns);
     if (!c)
       return std::unexpected(c.error());
     cfg->clusters.emplace(name, *c);
