@@ -17,11 +17,12 @@ const std::string kSvc = "web.default.svc.cluster.local";
 const std::string kV1 = "outbound|80|v1|" + kSvc;
 const std::string kV2 = "outbound|80|v2|" + kSvc;
 
-config::Snapshot WebSnapshot(int w1, int w2, uint64_t generation, bool mirror = false) {
+config::Snapshot WebSnapshot(int w1, int w2, uint64_t generation, bool mirror = false,
+                             const std::string& v1_endpoint = "10.211.0.2:8080") {
   sluice::xds::ResourceSet rs;
   rs.Add(FromJson<EnvoyCluster>(Eds(kV1, "RANDOM")));
   rs.Add(FromJson<EnvoyCluster>(Eds(kV2, "RANDOM")));
-  rs.Add(FromJson<ClusterLoadAssignment>(Cla(kV1, {"10.211.0.2:8080"})));
+  rs.Add(FromJson<ClusterLoadAssignment>(Cla(kV1, {v1_endpoint})));
   rs.Add(FromJson<ClusterLoadAssignment>(Cla(kV2, {"10.211.0.3:8080"})));
   rs.Add(FromJson<Listener>(HttpListener(80)));
   const std::string mirror_json =
@@ -83,7 +84,7 @@ TEST_CASE("kernel sync applies config snapshots to the kernel, as diffs") {
   CHECK(sync.applied_generation() == 5);
 }
 
-TEST_CASE("namespace views: a service one view sends to L7 goes to the proxy") {
+TEST_CASE("views: a service views route differently goes to the proxy, endpoints aside") {
   Lab lab;
   lab.AddPod("client", 10);
   lab.AddPod("a", 2);
@@ -99,17 +100,29 @@ TEST_CASE("namespace views: a service one view sends to L7 goes to the proxy") {
   auto same = WebSnapshot(100, 0, 1);
   REQUIRE(sync.OnView("team-a", &same));
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
-  // A view that differs only in L4 terms (an endpoint update that reached one stream
-  // first, or another split) does not move the service: the node's view is served.
+  // A view whose endpoints differ (an EDS update that reached one stream first) does not
+  // move the service: the node's view is served.
+  auto moved = WebSnapshot(100, 0, 1, false, "10.211.0.3:8080");
+  REQUIRE(sync.OnView("team-b", &moved));
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
+  // A view with another split (team-b's own VirtualService, exported to team-b only):
+  // one kernel service cannot serve both, so it goes to the in-pod proxy, which routes
+  // it with each pod's view (no proxy port here, so the kernel refuses, visibly).
   auto other = WebSnapshot(0, 100, 1);
   REQUIRE(sync.OnView("team-b", &other));
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 3), "errors", "ECONNREFUSED") == 3);
+  CHECK_THAT(sync.applied().l7_reasons.back(),
+             Catch::Contains("routed differently in view team-b"));
+  // The views agree again: back in the kernel.
+  auto agreed = WebSnapshot(100, 0, 1);
+  REQUIRE(sync.OnView("team-b", &agreed));
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
   // A namespace whose own VirtualService needs L7 (a mirror): the service goes to the
   // in-pod proxy for everyone (no proxy port here, so the kernel refuses, visibly).
   auto mirrored = WebSnapshot(100, 0, 1, true);
   REQUIRE(sync.OnView("team-b", &mirrored));
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 3), "errors", "ECONNREFUSED") == 3);
-  CHECK_THAT(sync.applied().l7_reasons.back(), Catch::Contains("namespace team-b"));
+  CHECK_THAT(sync.applied().l7_reasons.back(), Catch::Contains("view team-b"));
   // The view goes (its last pod left): back in the kernel.
   REQUIRE(sync.OnView("team-b", nullptr));
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);

@@ -9,6 +9,16 @@ namespace sluice::kernelsync {
 
 namespace {
 
+// What the kernel does with a service's connections, endpoints aside: its clusters, their
+// weights and LB policies. Views agree on endpoints except for a moment (EDS updates
+// reach the streams one after another); a different shape is a rule of their own.
+bool SameShape(const ServiceSpec& a, const ServiceSpec& b) {
+  return std::equal(a.clusters.begin(), a.clusters.end(), b.clusters.begin(), b.clusters.end(),
+                    [](const ClusterSpec& x, const ClusterSpec& y) {
+                      return x.name == y.name && x.weight == y.weight && x.lb == y.lb;
+                    });
+}
+
 // The node's plan, with every view folded in (see OnView).
 KernelPlan Merge(const KernelPlan& node, const std::map<std::string, KernelPlan>& views) {
   KernelPlan out = node;
@@ -22,18 +32,28 @@ KernelPlan Merge(const KernelPlan& node, const std::map<std::string, KernelPlan>
         index[s.name] = out.services.size();
         out.services.push_back(s);
         if (s.redirect_to_proxy)
-          out.l7_reasons.push_back(s.name + ": L7 in namespace " + view);
+          out.l7_reasons.push_back(s.name + ": L7 in view " + view);
         continue;
       }
-      // Only L7-ness is merged. Views also differ for a moment whenever one stream's
-      // update (an endpoint change, say) lands before another's; comparing whole specs
-      // would flip services between the kernel and the proxy on every such update.
+      // One kernel service serves every pod, so where views route a service differently
+      // (one needs L7, or its clusters, weights or LB differ: a VirtualService or
+      // DestinationRule exported to its own namespace only) it goes to the in-pod proxy,
+      // which routes it with each pod's own view. Endpoints are not compared: they differ
+      // only while an update is on its way to the streams, and comparing them would move
+      // services to the proxy and back on every endpoint change.
       ServiceSpec& mine = out.services[it->second];
-      if (!s.redirect_to_proxy || mine.redirect_to_proxy)
+      if (mine.redirect_to_proxy)
         continue;
-      mine.redirect_to_proxy = true;
-      out.l7_reasons.push_back(s.name + ": needs L7 in namespace " + view +
-                               "; each namespace's proxy routes it with its own config");
+      if (s.redirect_to_proxy) {
+        mine.redirect_to_proxy = true;
+        out.l7_reasons.push_back(s.name + ": needs L7 in view " + view +
+                                 "; each pod's proxy routes it with its own view's config");
+      } else if (!SameShape(mine, s)) {
+        mine.redirect_to_proxy = true;
+        out.l7_reasons.push_back(s.name + ": routed differently in view " + view +
+                                 " (clusters, weights or LB); each pod's proxy routes it with "
+                                 "its own view's config");
+      }
     }
   }
   std::sort(out.services.begin(), out.services.end(),

@@ -24,9 +24,10 @@ class KernelSync {
   // Another view of the mesh: the config the sidecars of one namespace and label set get
   // (the agent keeps one xDS stream per such view of its pods). The kernel serves one
   // service per VIP and port for every enrolled pod, so the views are merged: a service
-  // only a view sees is added, and a service any view sends to L7 goes to the in-pod
-  // proxy for every pod, which routes it with its own view's config. Where views differ only in L4
-  // terms (weights, endpoints) the node's view is served. nullptr removes the view.
+  // only a view sees is added, and a service the views route differently (one needs L7,
+  // or its clusters, weights or LB differ) goes to the in-pod proxy for every pod, which
+  // routes it with its own view's config. Endpoint differences are not compared (they
+  // pass as updates reach the streams). nullptr removes the view.
   [[nodiscard]] Result<void> OnView(const std::string& name, const config::Snapshot* snapshot);
 
   [[nodiscard]] const KernelPlan& applied() const { return applied_; }
