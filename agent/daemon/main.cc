@@ -322,7 +322,8 @@ int main(int argc, char** argv) {
                  "SIGTERM: how long L7 requests in flight may take to finish")
       ->capture_default_str();
   app.add_flag("!--no-namespace-streams", ns_streams_on,
-               "node: one xDS stream for everything instead of one per namespace with pods");
+               "node: one xDS stream for everything instead of one per view (namespace and "
+               "labels) of its pods");
   app.add_option("--pod-name", gw.id.pod_name, "gateway: this pod's name");
   app.add_option("--pod-namespace", gw.id.pod_namespace, "gateway: this pod's namespace")
       ->capture_default_str();
