@@ -529,48 +529,6 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
   return t;
 }
 
-// An IP literal's endpoint address; false when `sa` names a host instead.
-bool LiteralAddress(const core_v3::SocketAddress& sa, Endpoint* ep) {
-  std::memset(&ep->addr, 0, sizeof(ep->addr));
-  const uint16_t port = static_cast<uint16_t>(sa.port_value());
-  auto* a4 = reinterpret_cast<sockaddr_in*>(&ep->addr);
-  auto* a6 = reinterpret_cast<sockaddr_in6*>(&ep->addr);
-  if (inet_pton(AF_INET, sa.address().c_str(), &a4->sin_addr) == 1) {
-    a4->sin_family = AF_INET;
-    a4->sin_port = htons(port);
-    ep->addr_len = sizeof(sockaddr_in);
-    ep->address = sa.address() + ":" + std::to_string(port);
-    return true;
-  }
-  if (inet_pton(AF_INET6, sa.address().c_str(), &a6->sin6_addr) == 1) {
-    a6->sin6_family = AF_INET6;
-    a6->sin6_port = htons(port);
-    ep->addr_len = sizeof(sockaddr_in6);
-    ep->address = "[" + sa.address() + "]:" + std::to_string(port);
-    return true;
-  }
-  return false;
-}
-
-// One resolved address of a DNS endpoint, with the endpoint's port.
-void SetResolved(const sockaddr_storage& resolved, uint16_t port, Endpoint* ep) {
-  ep->addr = resolved;
-  char ip[INET6_ADDRSTRLEN] = "";
-  if (resolved.ss_family == AF_INET6) {
-    auto* a6 = reinterpret_cast<sockaddr_in6*>(&ep->addr);
-    a6->sin6_port = htons(port);
-    ep->addr_len = sizeof(sockaddr_in6);
-    inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof(ip));
-    ep->address = std::string("[") + ip + "]:" + std::to_string(port);
-  } else {
-    auto* a4 = reinterpret_cast<sockaddr_in*>(&ep->addr);
-    a4->sin_port = htons(port);
-    ep->addr_len = sizeof(sockaddr_in);
-    inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof(ip));
-    ep->address = std::string(ip) + ":" + std::to_string(port);
-  }
-}
-
 Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
                                                 const xds::ResourceSet& rs,
                                                 std::vector<std::string>* warnings,
@@ -690,7 +648,9 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
         auto ep = std::make_unique<Endpoint>();
         ep->degraded = degraded;
         ep->weight = weight;
-        if (LiteralAddress(sa, ep.get())) {
+        const auto port = static_cast<uint16_t>(sa.port_value());
+        if (auto ip = ParseIp(sa.address(), port)) {
+          SetAddress(*ep, *ip);
           c->endpoints.push_back(std::move(ep));
           continue;
         }
@@ -718,7 +678,12 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
             ep->degraded = degraded;
             ep->weight = weight;
           }
-          SetResolved(answer.addrs[i], static_cast<uint16_t>(sa.port_value()), ep.get());
+          sockaddr_storage resolved = answer.addrs[i];
+          if (resolved.ss_family == AF_INET6)
+            reinterpret_cast<sockaddr_in6*>(&resolved)->sin6_port = htons(port);
+          else
+            reinterpret_cast<sockaddr_in*>(&resolved)->sin_port = htons(port);
+          SetAddress(*ep, resolved);
           c->endpoints.push_back(std::move(ep));
         }
       }

@@ -1,8 +1,10 @@
 #include "sluice/proxy/config.h"
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <vector>
@@ -215,6 +217,52 @@ const Route* MatchRoute(const VirtualHost& vh, const http::RequestHead& req) {
       return &r;
   }
   return nullptr;
+}
+
+void FormatAddr(const sockaddr_storage& ss, char* out, std::size_t n, bool with_port) {
+  char ip[INET6_ADDRSTRLEN] = "-";
+  if (ss.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
+    inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
+    if (with_port)
+      snprintf(out, n, "%s:%u", ip, ntohs(a->sin_port));
+    else
+      snprintf(out, n, "%s", ip);
+  } else if (ss.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
+    inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
+    if (with_port)
+      snprintf(out, n, "[%s]:%u", ip, ntohs(a->sin6_port));
+    else
+      snprintf(out, n, "%s", ip);
+  } else {
+    snprintf(out, n, "-");
+  }
+}
+
+std::optional<sockaddr_storage> ParseIp(const std::string& ip, uint16_t port) {
+  sockaddr_storage ss{};
+  auto* a4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* a6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, ip.c_str(), &a4->sin_addr) == 1) {
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons(port);
+    return ss;
+  }
+  if (inet_pton(AF_INET6, ip.c_str(), &a6->sin6_addr) == 1) {
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons(port);
+    return ss;
+  }
+  return std::nullopt;
+}
+
+void SetAddress(Endpoint& ep, const sockaddr_storage& addr) {
+  ep.addr = addr;
+  ep.addr_len = addr.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  char text[64];
+  FormatAddr(addr, text, sizeof(text));
+  ep.address = text;
 }
 
 bool CidrRange::Contains(const sockaddr_storage& addr) const {

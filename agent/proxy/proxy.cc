@@ -62,30 +62,6 @@ enum Flag : uint32_t {
 constexpr const char* kFlagNames[] = {"UH", "UT", "LR", "UR", "UF",  "UC",  "UO",
                                       "NR", "DI", "FI", "DC", "URX", "DPE", "NC"};
 
-void FormatAddr(const sockaddr_storage& ss, char* out, std::size_t n, bool with_port = true) {
-  char ip[INET6_ADDRSTRLEN] = "-";
-  uint16_t port = 0;
-  if (ss.ss_family == AF_INET) {
-    const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
-    inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
-    port = ntohs(a->sin_port);
-    if (with_port)
-      snprintf(out, n, "%s:%u", ip, port);
-    else
-      snprintf(out, n, "%s", ip);
-  } else if (ss.ss_family == AF_INET6) {
-    const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
-    inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
-    port = ntohs(a->sin6_port);
-    if (with_port)
-      snprintf(out, n, "[%s]:%u", ip, port);
-    else
-      snprintf(out, n, "%s", ip);
-  } else {
-    snprintf(out, n, "-");
-  }
-}
-
 // ----------------------------------------------------------------------- timers
 
 struct TimerOwner {
@@ -1216,9 +1192,7 @@ Endpoint* Worker::OriginalDstEndpoint(const sockaddr_storage& addr) {
   if (it != original_dst_.end())
     return it->second.get();
   auto ep = std::make_unique<Endpoint>();
-  ep->addr = addr;
-  ep->addr_len = addr.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
-  ep->address = key;
+  SetAddress(*ep, addr);
   Endpoint* raw = ep.get();
   original_dst_.emplace(key, std::move(ep));
   return raw;
@@ -1490,21 +1464,18 @@ void Worker::Run() {
 const ListenerConfig* HandOver(const Snapshot& snap, const ListenerConfig* from,
                                const sockaddr_storage& dst) {
   uint16_t port;
-  char ip[INET6_ADDRSTRLEN] = "";
   const char* wildcard;
   if (dst.ss_family == AF_INET) {
-    const auto& a = reinterpret_cast<const sockaddr_in&>(dst);
-    port = ntohs(a.sin_port);
-    inet_ntop(AF_INET, &a.sin_addr, ip, sizeof(ip));
+    port = ntohs(reinterpret_cast<const sockaddr_in&>(dst).sin_port);
     wildcard = "0.0.0.0";
   } else if (dst.ss_family == AF_INET6) {
-    const auto& a = reinterpret_cast<const sockaddr_in6&>(dst);
-    port = ntohs(a.sin6_port);
-    inet_ntop(AF_INET6, &a.sin6_addr, ip, sizeof(ip));
+    port = ntohs(reinterpret_cast<const sockaddr_in6&>(dst).sin6_port);
     wildcard = "::";
   } else {
     return nullptr;
   }
+  char ip[INET6_ADDRSTRLEN];
+  FormatAddr(dst, ip, sizeof(ip), /*with_port=*/false);
   const ListenerConfig* wild = nullptr;
   for (const auto& l : snap.listeners) {
     if (l.cfg == from || l.cfg->port != port)
@@ -1534,7 +1505,7 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   socklen_t ll = sizeof(la);
   has_orig_dst = false;
   if (lc->use_original_dst && w->opts().original_dst) {
-    if (auto od = w->opts().original_dst(fd)) {
+    if (auto od = w->opts().original_dst(fd, peer_addr.ss_family)) {
       la = *od;
       orig_dst = *od;
       has_orig_dst = true;
@@ -2670,29 +2641,18 @@ void Session::MaybeCloseTunnel() {
 namespace {
 
 Result<int> DefaultOpenListener(const ListenerConfig& l, uint16_t port) {
-  sockaddr_storage ss{};
-  socklen_t len = 0;
-  if (inet_pton(AF_INET, l.address.c_str(), &reinterpret_cast<sockaddr_in*>(&ss)->sin_addr) == 1) {
-    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
-    a->sin_family = AF_INET;
-    a->sin_port = htons(port);
-    len = sizeof(sockaddr_in);
-  } else if (inet_pton(AF_INET6, l.address.c_str(),
-                       &reinterpret_cast<sockaddr_in6*>(&ss)->sin6_addr) == 1) {
-    auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons(port);
-    len = sizeof(sockaddr_in6);
-  } else {
+  auto addr = ParseIp(l.address, port);
+  if (!addr)
     return Fail("listener " + l.name + ": address " + l.address + " is not an IP address");
-  }
+  const sockaddr_storage& ss = *addr;
+  const socklen_t len = ss.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0)
     return FailErrno("listener " + l.name + ": socket", errno);
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
   setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-  if (bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) {
+  if (bind(fd, reinterpret_cast<const sockaddr*>(&ss), len) != 0) {
     int e = errno;
     close(fd);
     return FailErrno(fmt::format("listener {}: bind {}:{}", l.name, l.address, port), e);
@@ -2716,21 +2676,19 @@ uint16_t BoundPort(int fd) {
 }
 
 // netfilter's SO_ORIGINAL_DST (SOL_IP) and IP6T_SO_ORIGINAL_DST (SOL_IPV6), which the
-// kernel path's getsockopt hook answers for redirected connections. The IPv4 question
-// is asked first: it is the common case, and on an IPv6 socket the hook answers only
-// at SOL_IPV6 with room for a sockaddr_in6.
+// kernel path's getsockopt hook answers for redirected connections; the socket's family
+// (the peer's, from accept) says which to ask.
 constexpr int kIp6tSoOriginalDst = 80;  // IP6T_SO_ORIGINAL_DST, linux/netfilter_ipv6/ip6_tables.h
 
-std::optional<sockaddr_storage> DefaultOriginalDst(int fd) {
+std::optional<sockaddr_storage> DefaultOriginalDst(int fd, int family) {
   sockaddr_storage ss{};
-  socklen_t len = sizeof(sockaddr_in);
-  if (getsockopt(fd, SOL_IP, SO_ORIGINAL_DST, &ss, &len) == 0 && ss.ss_family == AF_INET)
-    return ss;
-  ss = {};
-  len = sizeof(sockaddr_in6);
-  if (getsockopt(fd, SOL_IPV6, kIp6tSoOriginalDst, &ss, &len) == 0 && ss.ss_family == AF_INET6)
-    return ss;
-  return std::nullopt;
+  const bool v6 = family == AF_INET6;
+  socklen_t len = v6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  if (getsockopt(fd, v6 ? SOL_IPV6 : SOL_IP, v6 ? kIp6tSoOriginalDst : SO_ORIGINAL_DST, &ss,
+                 &len) != 0 ||
+      ss.ss_family != family)
+    return std::nullopt;
+  return ss;
 }
 
 }  // namespace

@@ -268,7 +268,7 @@ TEST_CASE("ORIGINAL_DST: the original_dst hook decides where HTTP requests go", 
   sluice::proxy::ProxyOptions opts;
   uint16_t target_port = target.port();
   std::atomic<int> asked{0};
-  opts.original_dst = [&](int) -> std::optional<sockaddr_storage> {
+  opts.original_dst = [&](int, int) -> std::optional<sockaddr_storage> {
     ++asked;
     sockaddr_storage ss{};
     auto* a = reinterpret_cast<sockaddr_in*>(&ss);

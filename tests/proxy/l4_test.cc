@@ -270,7 +270,7 @@ TEST_CASE("use_original_dst hands a connection to the listener of its original d
   std::atomic<uint16_t> dst_port{0};
   std::atomic<bool> dst_v6{false};  // then fd00::<dst_ip's last byte>
   sluice::proxy::ProxyOptions opts;
-  opts.original_dst = [&](int) -> std::optional<sockaddr_storage> {
+  opts.original_dst = [&](int, int) -> std::optional<sockaddr_storage> {
     sockaddr_storage ss{};
     if (dst_v6) {
       auto* a6 = reinterpret_cast<sockaddr_in6*>(&ss);

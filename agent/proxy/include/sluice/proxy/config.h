@@ -51,6 +51,14 @@ struct Endpoint {
   std::atomic<uint32_t> times_ejected{0};
 };
 
+// "ip:port" or "[ip]:port" ("-" for another family) into out; with_port false: the IP
+// alone. No allocation (the access log calls it per request).
+void FormatAddr(const sockaddr_storage& ss, char* out, std::size_t n, bool with_port = true);
+// An IP literal (v4 or v6) with a port, as a socket address; nullopt when `ip` is not one.
+std::optional<sockaddr_storage> ParseIp(const std::string& ip, uint16_t port);
+// Points an endpoint at `addr`: its address, length and access-log text.
+void SetAddress(Endpoint& ep, const sockaddr_storage& addr);
+
 struct CircuitBreakers {
   uint32_t max_connections = 1024;  // Envoy's defaults
   uint32_t max_pending_requests = 1024;

@@ -29,9 +29,10 @@ struct ProxyOptions {
   // SO_REUSEPORT, bind(address:port), listen(). The node agent passes one that opens
   // it inside a pod's network namespace. Must return a non-blocking listening fd.
   std::function<Result<int>(const ListenerConfig&, uint16_t port)> open_listener;
-  // The original destination of an accepted connection, for listeners that use it.
-  // Default: getsockopt(SO_ORIGINAL_DST).
-  std::function<std::optional<sockaddr_storage>(int fd)> original_dst;
+  // The original destination of an accepted connection (its socket and address family),
+  // for listeners that use it. Default: getsockopt(SO_ORIGINAL_DST) at SOL_IP, or
+  // IP6T_SO_ORIGINAL_DST at SOL_IPV6.
+  std::function<std::optional<sockaddr_storage>(int fd, int family)> original_dst;
   // Runs first on each worker thread, before it serves anything; an error fails Start().
   // The node agent moves the thread into a pod's network namespace here (setns is per
   // thread), so the upstream sockets the worker makes leave from the pod.
