@@ -839,11 +839,7 @@ TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gatewa
 
 TEST_CASE("sluice-agent --config-dir: local Istio YAML through the same xDS pipeline") {
   Lab lab;
-  lab.AddPod("client", 10);
-  lab.AddPod("a", 2);
-  lab.AddPod("b", 3);
-  lab.Serve("a", {"10.211.0.2:8080"}, "a");
-  lab.Serve("b", {"10.211.0.3:8080"}, "b");
+  lab.AddClientAndServers();
   const std::string dir = "/tmp/" + lab.tag() + "-agent";
   fs::create_directories(dir + "/config");
   struct Rm {

@@ -171,6 +171,14 @@ std::string Lab::probe() const {
   return SLUICE_PROBE_PATH;
 }
 
+void Lab::AddClientAndServers() {
+  AddPod("client", 10);
+  AddPod("a", 2);
+  AddPod("b", 3);
+  Serve("a", {"10.211.0.2:8080"}, "a");
+  Serve("b", {"10.211.0.3:8080"}, "b");
+}
+
 const Pod& Lab::AddPod(const std::string& name, int host) {
   const std::string peer = "p" + std::to_string(next_link_++);
   Pod pod{tag_ + "-" + name, "10.211.0." + std::to_string(host), "fd11::" + std::to_string(host),

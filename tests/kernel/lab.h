@@ -62,6 +62,9 @@ class Lab {
   // the lab cgroup, as the agent's in-pod proxy runs under the hooks.
   void Serve(const std::string& pod, const std::vector<std::string>& listen, const std::string& id,
              const std::vector<std::string>& extra = {}, bool in_cgroup = false);
+  // The usual cast: pod "client" (.10) and pods "a" (.2) and "b" (.3), each serving its
+  // name on 8080.
+  void AddClientAndServers();
   // Runs `sluice_probe connect` in the pod (inside the lab cgroup); returns its report.
   nlohmann::json Connect(const std::string& pod, const std::string& to, int count,
                          const std::vector<std::string>& extra = {});

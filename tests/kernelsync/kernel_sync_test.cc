@@ -41,11 +41,7 @@ config::Snapshot WebSnapshot(int w1, int w2, uint64_t generation, bool mirror = 
 
 TEST_CASE("kernel sync applies config snapshots to the kernel, as diffs") {
   Lab lab;
-  lab.AddPod("client", 10);
-  lab.AddPod("a", 2);
-  lab.AddPod("b", 3);
-  lab.Serve("a", {"10.211.0.2:8080"}, "a");
-  lab.Serve("b", {"10.211.0.3:8080"}, "b");
+  lab.AddClientAndServers();
   lab.Enrol("client");
   kernelsync::KernelSync sync(lab.dp());
 
@@ -86,11 +82,7 @@ TEST_CASE("kernel sync applies config snapshots to the kernel, as diffs") {
 
 TEST_CASE("views: a service views route differently goes to the proxy, endpoints aside") {
   Lab lab;
-  lab.AddPod("client", 10);
-  lab.AddPod("a", 2);
-  lab.AddPod("b", 3);
-  lab.Serve("a", {"10.211.0.2:8080"}, "a");
-  lab.Serve("b", {"10.211.0.3:8080"}, "b");
+  lab.AddClientAndServers();
   lab.Enrol("client");  // no proxy port: a redirected service is refused, visibly
   kernelsync::KernelSync sync(lab.dp());
 

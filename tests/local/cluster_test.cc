@@ -343,6 +343,15 @@ TEST_CASE(
   CHECK(Counter(tc.admin, "not_enrolled") > not_enrolled);
   // exit status passes through
   CHECK(tc.Local({"exec", sleep_pod, "--", "sh", "-c", "exit 7"}).status == 7);
+  // No DNS server: a name in no hosts file fails at once, and the pod's resolver names
+  // only the loopback (nothing is asked of the machine's DNS server).
+  Run resolv = tc.Local({"exec", sleep_pod, "--", "cat", "/etc/resolv.conf"});
+  CHECK(resolv.out.find("nameserver 127.0.0.1") != std::string::npos);
+  CHECK(resolv.out.find("nameserver", resolv.out.find("nameserver 127.0.0.1") + 1) ==
+        std::string::npos);
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(tc.Local({"exec", sleep_pod, "--", "getent", "hosts", "api.facebook.com"}).status != 0);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3));
 
   // label namespace: the agent enrols the running pod, and the next request is translated
   // in the kernel.
