@@ -7,6 +7,7 @@
 #include <cstring>
 #include <new>
 #include <string_view>
+#include <utility>
 
 namespace sluice::proxy {
 
@@ -58,6 +59,13 @@ class Buffer {
       begin_ = end_ = 0;
   }
   void Clear() { begin_ = end_ = 0; }
+  // Exchanges contents and memory with another buffer (hands bytes over without a copy).
+  void Swap(Buffer& o) noexcept {
+    std::swap(data_, o.data_);
+    std::swap(cap_, o.cap_);
+    std::swap(begin_, o.begin_);
+    std::swap(end_, o.end_);
+  }
   // Gives memory back when a buffer grew large for one big message.
   void Shrink(std::size_t keep) {
     if (empty() && cap_ > keep) {

@@ -47,7 +47,11 @@ int main(int argc, char** argv) {
   std::string config_path, access_log;
   int workers = 1;
   app.add_option("--config", config_path, "Envoy-shaped JSON resources")->required();
-  app.add_option("--workers", workers, "worker threads (one epoll loop each)");
+  app.add_option("--workers", workers, "worker threads (one event loop each)");
+  std::string io = "auto";
+  app.add_option("--io", io,
+                 "socket I/O: io_uring, epoll, or auto (io_uring when the kernel offers it)")
+      ->capture_default_str();
   app.add_option("--access-log", access_log, "access log file (default: stdout)");
   CLI11_PARSE(app, argc, argv);
 
@@ -75,10 +79,22 @@ int main(int argc, char** argv) {
   sluice::proxy::ProxyOptions opts;
   opts.workers = workers;
   opts.access_log_path = access_log;
+  auto backend = sluice::proxy::ParseIoBackend(io);
+  if (!backend) {
+    std::fprintf(stderr, "sluice-proxy: --io: %s\n", backend.error().message.c_str());
+    return 2;
+  }
+  opts.io = *backend;
   auto proxy = sluice::proxy::Proxy::Start(*cfg, opts);
   if (!proxy) {
     std::fprintf(stderr, "sluice-proxy: %s\n", proxy.error().message.c_str());
     return 1;
+  }
+  if (std::string why = (*proxy)->io_fallback_reason(); !why.empty()) {
+    std::fprintf(stderr, "sluice-proxy: I/O: epoll (io_uring unavailable: %s)\n", why.c_str());
+  } else {
+    std::fprintf(stderr, "sluice-proxy: I/O: %s\n",
+                 sluice::proxy::IoBackendName((*proxy)->io_backend()));
   }
   for (const auto& l : (*cfg)->listeners) {
     std::fprintf(stderr, "sluice-proxy: listener %s on %s:%u\n", l.name.c_str(), l.address.c_str(),

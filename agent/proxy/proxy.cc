@@ -29,6 +29,7 @@
 #include <fmt/format.h>
 
 #include "buffer.h"
+#include "event_loop.h"
 #include "sluice/proxy/tls_sni.h"
 
 namespace sluice::proxy {
@@ -166,10 +167,7 @@ struct Snapshot {
   std::vector<Listener> listeners;
 };
 
-struct Handler {
-  virtual void OnEvent(uint32_t events) = 0;
-  virtual ~Handler() = default;
-};
+using Handler = IoHandler;
 
 class Worker;
 class UpstreamConn;
@@ -278,20 +276,28 @@ class Worker {
   ~Worker();
 
   Result<void> Init() {
-    ep_ = epoll_create1(EPOLL_CLOEXEC);
-    if (ep_ < 0)
-      return FailErrno("epoll_create1", errno);
+    EventLoop::Options lo;
+    lo.backend = impl_->opts.io;
+    lo.buffers = impl_->opts.io_buffers;
+    auto loop = EventLoop::Create(lo);
+    if (!loop)
+      return std::unexpected(loop.error());
+    loop_ = std::move(*loop);
+    io_backend_ = loop_->backend();
+    io_fallback_reason_ = loop_->fallback_reason();
     wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (wake_fd_ < 0)
       return FailErrno("eventfd", errno);
-    epoll_event ev{};
-    ev.events = EPOLLIN;
     wake_handler_.w = this;
-    ev.data.ptr = &wake_handler_;
-    if (epoll_ctl(ep_, EPOLL_CTL_ADD, wake_fd_, &ev) != 0)
-      return FailErrno("epoll_ctl", errno);
+    if (!loop_->Add(wake_fd_, EPOLLIN, &wake_handler_, EventLoop::Kind::kPoll))
+      return FailErrno("watching the wake-up eventfd", errno);
     return {};
   }
+  // On the worker's own thread, before Run().
+  Result<void> Activate() { return loop_->Activate(); }
+  EventLoop& loop() { return *loop_; }
+  IoBackend io_backend() const { return io_backend_; }
+  const std::string& io_fallback_reason() const { return io_fallback_reason_; }
   void Run();
   void Wake() {
     uint64_t one = 1;
@@ -321,13 +327,6 @@ class Worker {
     timers_.Add(t);
   }
   void Cancel(Timer& t) { timers_.Remove(t); }
-  bool EpollSet(int fd, uint32_t events, Handler* h, bool add) {
-    epoll_event ev{};
-    ev.events = events;
-    ev.data.ptr = h;
-    return epoll_ctl(ep_, add ? EPOLL_CTL_ADD : EPOLL_CTL_MOD, fd, &ev) == 0;
-  }
-  void EpollDel(int fd) { epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr); }
 
   Endpoint* PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash);
   // The worker's endpoint object for an original destination (ORIGINAL_DST clusters).
@@ -387,7 +386,10 @@ class Worker {
 
   Proxy::Impl* impl_;
   int index_;
-  int ep_ = -1, wake_fd_ = -1;
+  std::unique_ptr<EventLoop> loop_;
+  IoBackend io_backend_ = IoBackend::kAuto;
+  std::string io_fallback_reason_;
+  int wake_fd_ = -1;
   WakeHandler wake_handler_{};
   uint64_t rng_;
   int64_t now_ms_ = NowMs();
@@ -684,7 +686,7 @@ void ShadowHost(std::string_view host, Buffer& dst) {
 void UpstreamConn::SetEvents(uint32_t ev) {
   if (ev != events) {
     events = ev;
-    w->EpollSet(fd, ev, this, false);
+    w->loop().Modify(fd, ev, this);
   }
 }
 
@@ -704,17 +706,9 @@ void UpstreamConn::Fail(UpFailure f) {
 }
 
 void UpstreamConn::Flush() {
-  while (!out.empty()) {
-    ssize_t n = send(fd, out.Data().data(), out.size(), MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      if (errno == EAGAIN)
-        break;
-      Fail(UpFailure::kReset);
-      return;
-    }
-    out.Consume(static_cast<std::size_t>(n));
+  if (w->loop().Send(fd, out) != 0) {
+    Fail(UpFailure::kReset);
+    return;
   }
   uint32_t want = (events & ~EPOLLOUT) | (out.empty() ? 0u : kEvOut);
   SetEvents(want);
@@ -769,7 +763,7 @@ void UpstreamConn::OnReadable() {
   while (!read_paused) {
     std::size_t avail;
     char* p = in.WritePtr(16384, &avail);
-    ssize_t n = recv(fd, p, avail, 0);
+    ssize_t n = w->loop().Recv(fd, p, avail);
     if (n > 0) {
       in.Commit(static_cast<std::size_t>(n));
       if (static_cast<std::size_t>(n) < avail)
@@ -902,6 +896,7 @@ void UpstreamConn::ProcessResponse() {
 // ----------------------------------------------------------------------- Worker
 
 Worker::~Worker() {
+  loop_.reset();  // first: an io_uring holds references to the sockets it watches
   for (auto& s : all_sessions_) {
     if (s->fd >= 0)
       close(s->fd);
@@ -910,8 +905,6 @@ Worker::~Worker() {
     if (u->fd >= 0)
       close(u->fd);
   }
-  if (ep_ >= 0)
-    close(ep_);
   if (wake_fd_ >= 0)
     close(wake_fd_);
 }
@@ -1020,7 +1013,7 @@ UpstreamConn* Worker::GetUpstream(const std::shared_ptr<const Snapshot>& snap, c
   c->active_connections.fetch_add(1, std::memory_order_relaxed);
   stats().upstream_cx.fetch_add(1, std::memory_order_relaxed);
   u->events = EPOLLOUT;
-  EpollSet(fd, u->events, u, true);
+  loop_->Add(fd, u->events, u, EventLoop::Kind::kConnecting);
   Arm(u->connect_timer, c->connect_timeout.count());
   return u;
 }
@@ -1044,8 +1037,7 @@ void Worker::ReleaseUpstream(UpstreamConn* u, bool reuse) {
       v.erase(std::remove(v.begin(), v.end(), u), v.end());
     }
     if (u->fd >= 0) {
-      EpollDel(u->fd);
-      close(u->fd);
+      loop_->Close(u->fd);
       u->fd = -1;
     }
     if (u->counted) {
@@ -1316,7 +1308,7 @@ void Worker::SwapSnapshot() {
   }
   if (!next) {
     for (auto& old : listeners_) {
-      EpollDel(old->fd);
+      loop_->Remove(old->fd);
       retired_listeners_.push_back(std::move(old));
     }
     listeners_.clear();
@@ -1340,13 +1332,13 @@ void Worker::SwapSnapshot() {
       h->w = this;
       h->fd = fd;
       h->name = l.socks->name;
-      EpollSet(fd, EPOLLIN, h.get(), true);
+      loop_->Add(fd, EPOLLIN, h.get(), EventLoop::Kind::kPoll);
     }
     keep.push_back(std::move(h));
   }
   for (auto& old : listeners_) {
     if (old) {
-      EpollDel(old->fd);
+      loop_->Remove(old->fd);
       // Its event may still be in the current batch: destroyed after the batch.
       retired_listeners_.push_back(std::move(old));
     }
@@ -1404,7 +1396,6 @@ void Worker::FlushLog() {
 }
 
 void Worker::Run() {
-  epoll_event events[256];
   while (true) {
     if (impl_->version.load(std::memory_order_acquire) != version_)
       SwapSnapshot();
@@ -1420,7 +1411,7 @@ void Worker::Run() {
       timeout = 100;
     if (!deferred_.empty() || log_.size() > 0 || !mirror_flush_.empty())
       timeout = 0;
-    int n = epoll_wait(ep_, events, 256, timeout);
+    loop_->Poll(timeout);
     now_ms_ = NowMs();
     // Again after the wait: a request that arrives after Update() returned must see the
     // new config even when it comes in the same batch as the wake-up.
@@ -1429,9 +1420,7 @@ void Worker::Run() {
       if (!snap_)
         break;
     }
-    for (int i = 0; i < n; ++i) {
-      static_cast<Handler*>(events[i].data.ptr)->OnEvent(events[i].events);
-    }
+    loop_->Dispatch();
     RunTimers();
     FlushMirrors();
     if (now_ms_ >= next_sweep_ms_) {
@@ -1448,11 +1437,19 @@ void Worker::Run() {
     retired_listeners_.clear();
     FlushLog();
   }
-  // Shutdown: close every live connection.
+  // Shutdown: close every live connection (the loop goes first: an io_uring holds
+  // references to the sockets it watches, which would keep them open).
+  loop_.reset();
   for (auto& s : all_sessions_) {
     if (s->fd >= 0) {
       close(s->fd);
       s->fd = -1;
+    }
+  }
+  for (auto& u : all_upstreams_) {
+    if (u->fd >= 0) {
+      close(u->fd);
+      u->fd = -1;
     }
   }
   FlushLog();
@@ -1538,7 +1535,7 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   in_tunnel_read = false;
   // Edge-triggered with every event registered once: no epoll_ctl per request.
   events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-  w->EpollSet(fd, events, this, true);
+  w->loop().Add(fd, events, this, EventLoop::Kind::kStream);
   if (lc->needs_sni) {
     phase = Phase::kSniff;
     return;
@@ -1560,7 +1557,7 @@ bool Session::ReadInto(Buffer& b) {
   while (true) {
     std::size_t avail;
     char* p = b.WritePtr(8192, &avail);
-    ssize_t n = recv(fd, p, avail, 0);
+    ssize_t n = w->loop().Recv(fd, p, avail);
     if (n > 0) {
       b.Commit(static_cast<std::size_t>(n));
       if (phase == Phase::kTunnel)
@@ -1621,7 +1618,7 @@ void Session::OnEvent(uint32_t ev) {
         if (g == gen && !open) {
           down_eof = true;
           if (up)
-            shutdown(up->fd, SHUT_WR);
+            w->loop().ShutdownWrite(up->fd);
         }
       }
       return;
@@ -1649,7 +1646,7 @@ void Session::OnEvent(uint32_t ev) {
       return;
     case Phase::kClosing: {
       char tmp[4096];
-      while (recv(fd, tmp, sizeof(tmp), 0) > 0) {
+      while (w->loop().Recv(fd, tmp, sizeof(tmp)) > 0) {
       }
       if (ev & (EPOLLRDHUP | EPOLLHUP))
         Close();
@@ -2113,7 +2110,7 @@ void Session::OnUpFailure(UpstreamConn* u, UpFailure f) {
       return;
     }
     if (out.empty()) {
-      shutdown(fd, SHUT_WR);
+      w->loop().ShutdownWrite(fd);
       close_after = true;
     }
     phase = Phase::kClosing;
@@ -2240,7 +2237,7 @@ void Session::OnUpDrained(UpstreamConn*) {
   if (phase != Phase::kTunnel || !up)
     return;
   if (down_eof) {
-    shutdown(up->fd, SHUT_WR);  // the client's half-close, passed on once its bytes are out
+    w->loop().ShutdownWrite(up->fd);  // the client's half-close, passed on once its bytes are out
   } else if (read_ready) {
     TunnelRead();  // its read clears read_ready
   }
@@ -2510,8 +2507,7 @@ void Session::Close() {
   w->Cancel(wait_timer);
   DropUpstream(false);
   if (fd >= 0) {
-    w->EpollDel(fd);
-    close(fd);
+    w->loop().Close(fd);
     fd = -1;
     w->stats().active_cx.fetch_sub(1, std::memory_order_relaxed);
   }
@@ -2519,17 +2515,9 @@ void Session::Close() {
 }
 
 void Session::TryWrite() {
-  while (!out.empty()) {
-    ssize_t n = send(fd, out.Data().data(), out.size(), MSG_NOSIGNAL);
-    if (n < 0) {
-      if (errno == EINTR)
-        continue;
-      if (errno == EAGAIN)
-        break;
-      Abort(kFlagDC);
-      return;
-    }
-    out.Consume(static_cast<std::size_t>(n));
+  if (w->loop().Send(fd, out) != 0) {
+    Abort(kFlagDC);
+    return;
   }
   if (out.empty()) {
     if (phase == Phase::kClosing) {
@@ -2537,7 +2525,7 @@ void Session::TryWrite() {
       return;
     }
     if (phase == Phase::kTunnel && up_eof) {
-      shutdown(fd, SHUT_WR);
+      w->loop().ShutdownWrite(fd);
       MaybeCloseTunnel();
       return;
     }
@@ -2616,7 +2604,7 @@ void Session::TunnelRead() {
     if (!open) {
       down_eof = true;
       if (up && up->out.empty() && !up->connecting)
-        shutdown(up->fd, SHUT_WR);
+        w->loop().ShutdownWrite(up->fd);
       in_tunnel_read = false;
       MaybeCloseTunnel();
       return;
@@ -2761,6 +2749,14 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> c
     options.open_listener = DefaultOpenListener;
   if (!options.original_dst)
     options.original_dst = DefaultOriginalDst;
+  if (options.io == IoBackend::kAuto) {
+    if (const char* env = std::getenv("SLUICE_PROXY_IO"); env && *env) {
+      auto b = ParseIoBackend(env);
+      if (!b)
+        return Wrap("SLUICE_PROXY_IO", b.error());
+      options.io = *b;
+    }
+  }
   impl->opts = std::move(options);
   if (impl->opts.access_log_path.empty() || impl->opts.access_log_path == "/dev/stdout") {
     impl->log_fd = dup(STDOUT_FILENO);
@@ -2790,6 +2786,8 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> c
       std::snprintf(name, sizeof(name), "sluice-l7-%d", wp->index());
       pthread_setname_np(pthread_self(), name);
       Result<void> r = hook ? hook(wp->index()) : Result<void>{};
+      if (r)
+        r = wp->Activate();
       bool ok = r.has_value();
       ready->set_value(std::move(r));  // `ready` is gone after this line
       if (ok)
@@ -2842,6 +2840,14 @@ uint16_t Proxy::Port(std::string_view listener) const {
       return l.socks->port;
   }
   return 0;
+}
+
+IoBackend Proxy::io_backend() const {
+  return impl_->workers.empty() ? IoBackend::kAuto : impl_->workers.front()->io_backend();
+}
+
+std::string Proxy::io_fallback_reason() const {
+  return impl_->workers.empty() ? std::string() : impl_->workers.front()->io_fallback_reason();
 }
 
 const ProxyStats& Proxy::stats() const {

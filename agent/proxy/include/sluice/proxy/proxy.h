@@ -20,6 +20,15 @@
 
 namespace sluice::proxy {
 
+// How workers do their socket I/O (see agent/proxy/event_loop.h). kAuto: io_uring when
+// the kernel offers it (Linux 6.1+, not disabled), else epoll. With kAuto, the
+// environment variable SLUICE_PROXY_IO (auto, epoll, io_uring) decides instead, so a
+// test suite can run on each.
+enum class IoBackend { kAuto, kEpoll, kUring };
+// "auto", "epoll", "io_uring" (an empty string is auto).
+Result<IoBackend> ParseIoBackend(const std::string& name);
+const char* IoBackendName(IoBackend b);
+
 struct ProxyOptions {
   int workers = 1;
   // Access log destination ("" or "/dev/stdout" for stdout). Each chain's access_log
@@ -48,6 +57,10 @@ struct ProxyOptions {
   // dropped (counted), so a slow shadow never costs the worker connection set-ups.
   std::size_t mirror_max_connections = 16;
   std::size_t mirror_max_bytes = 8 * 1024 * 1024;
+  IoBackend io = IoBackend::kAuto;
+  // io_uring: receive buffers per worker (4 KiB each), shared by its connections; a
+  // connection holds them only while its event is handled.
+  unsigned io_buffers = 256;
 };
 
 // Counters summed over workers (relaxed atomics; for tests and the admin page).
@@ -83,6 +96,9 @@ class Proxy {
   // optional listener whose address does not exist here).
   uint16_t Port(std::string_view listener) const;
   const ProxyStats& stats() const;
+  // The I/O backend the workers use, and why io_uring was not (empty when it is).
+  IoBackend io_backend() const;
+  std::string io_fallback_reason() const;
   void Stop();
 
   struct Impl;

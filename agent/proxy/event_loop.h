@@ -1,0 +1,93 @@
+// A worker's I/O loop, with one contract and two backends.
+//
+// The engine is written against readiness, in epoll's terms: a handler registers the
+// events it wants (EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLET) and is called with the ones
+// that happened; it then calls Recv() and Send() until they would block. Both backends
+// keep that contract:
+//
+// - epoll: Recv and Send are the recv(2) and send(2) calls, Wait is epoll_wait(2).
+// - io_uring: a connected socket has a multishot receive armed into a ring of provided
+//   buffers, so data is already in user space when the handler hears of it, and Recv
+//   copies it out; Send hands the bytes to the ring (the caller's buffer is taken over,
+//   not copied), and every send of a loop iteration goes to the kernel in the one
+//   io_uring_enter(2) that also waits for the next events. A request/response through
+//   the proxy costs no recv/send system calls of its own: on loopback that is about
+//   4-5% of a worker's CPU (docs/benchmarks.md).
+//
+// io_uring is used when the kernel offers what it needs (multishot receive, provided
+// buffer rings, single-issuer deferred task work: Linux 6.1) and is not disabled;
+// otherwise the loop falls back to epoll and says why.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "buffer.h"
+#include "sluice/common/result.h"
+#include "sluice/proxy/proxy.h"
+
+namespace sluice::proxy {
+
+struct IoHandler {
+  virtual void OnEvent(uint32_t events) = 0;
+  virtual ~IoHandler() = default;
+};
+
+class EventLoop {
+ public:
+  // What a registered descriptor is.
+  enum class Kind {
+    kPoll,        // readiness only (listening sockets, eventfd): the handler does its I/O
+    kStream,      // a connected stream socket: Recv/Send/ShutdownWrite/Close go through here
+    kConnecting,  // a stream socket whose non-blocking connect() is in progress
+  };
+
+  struct Options {
+    IoBackend backend = IoBackend::kAuto;
+    unsigned buffers = 256;       // io_uring: provided receive buffers per loop
+    unsigned buffer_size = 4096;  // bytes each
+  };
+
+  // Falls back from io_uring to epoll (kAuto) when the kernel refuses; fallback_reason()
+  // says why. kUring fails instead.
+  static Result<std::unique_ptr<EventLoop>> Create(const Options& opts);
+  virtual ~EventLoop() = default;
+
+  virtual IoBackend backend() const = 0;
+  const std::string& fallback_reason() const { return fallback_reason_; }
+
+  // Must be called on the thread that will call Wait(), before the first Wait(); the
+  // descriptors may be added from another thread before it.
+  virtual Result<void> Activate() = 0;
+
+  virtual bool Add(int fd, uint32_t events, IoHandler* h, Kind kind) = 0;
+  // New interest for a registered descriptor (EPOLL_CTL_MOD: readiness is reported again).
+  virtual void Modify(int fd, uint32_t events, IoHandler* h) = 0;
+  // Stops watching fd (the caller closes it; for kPoll descriptors only).
+  virtual void Remove(int fd) = 0;
+
+  // recv(2)'s contract: bytes, 0 at end of stream, -1 with errno (EAGAIN: nothing now).
+  virtual ssize_t Recv(int fd, char* p, std::size_t n) = 0;
+  // Takes what it can of `out` (consumed from it). 0 on success: an empty `out` means
+  // everything was taken; what is left waits for EPOLLOUT. Otherwise an errno.
+  virtual int Send(int fd, Buffer& out) = 0;
+  // shutdown(SHUT_WR) once everything taken by Send has gone out.
+  virtual void ShutdownWrite(int fd) = 0;
+  // Stops watching and closes fd, once everything taken by Send has gone out. No event
+  // is delivered for it afterwards.
+  virtual void Close(int fd) = 0;
+
+  // Hands what Send took to the kernel and waits up to timeout_ms (-1: no limit) for
+  // events; Dispatch() then calls their handlers. (Split so the caller can look at the
+  // time and its configuration between the two.)
+  virtual void Poll(int timeout_ms) = 0;
+  virtual void Dispatch() = 0;
+
+ protected:
+  std::string fallback_reason_;
+};
+
+}  // namespace sluice::proxy
