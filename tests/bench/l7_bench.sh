@@ -3,7 +3,9 @@
 #
 # The same job for each proxy: Host "bench.local" + prefix "/api" routed to two
 # upstreams weighted 50/50, HTTP/1.1 keep-alive on both sides, no access log. The
-# upstreams are the project's own (sluice-test-upstream, one epoll thread each).
+# upstreams are the project's own (sluice-test-upstream, one epoll thread each). Sluice
+# runs twice per round: on its io_uring backend (the default where the kernel has it;
+# --io io_uring here, so a kernel without it fails loudly) and on epoll.
 #
 # CPU pinning (the machine has 2 cores): with one proxy worker, the proxy runs on CPU 0
 # and wrk + both upstreams share CPU 1. With two workers the proxy may use both CPUs and
@@ -198,9 +200,16 @@ for workers in $worker_counts; do
     taskset -c 0 sh -c 'while :; do :; done' &
     hog_pid=$!
   fi
-  start $pcpu "$proxy_bin" --config "$tmp/sluice.json" --workers $workers --access-log /dev/null
+  start $pcpu "$proxy_bin" --config "$tmp/sluice.json" --workers $workers --access-log /dev/null \
+    --io io_uring
   wait_port $PORT_SLUICE
   run_wrk "sluice/$workers#$round" $PORT_SLUICE $wcpu
+  stop_last
+  # The same engine on its epoll backend, to show what io_uring changes.
+  start $pcpu "$proxy_bin" --config "$tmp/sluice.json" --workers $workers --access-log /dev/null \
+    --io epoll
+  wait_port $PORT_SLUICE
+  run_wrk "sluice-epoll/$workers#$round" $PORT_SLUICE $wcpu
   stop_last
 
   haproxy_config $workers >"$tmp/haproxy.cfg"
@@ -249,14 +258,16 @@ awk -v rounds="$rounds" -v mrounds="$mirror_rounds" -v wcounts="$worker_counts" 
     nw = split(wcounts, ws, " ")
     for (iw = 1; iw <= nw; iw++) {
       w = ws[iw]
-      split("sluice haproxy nginx", names, " ")
-      for (k = 1; k <= 3; k++) {
+      split("sluice haproxy nginx sluice-epoll", names, " ")
+      for (k = 1; k <= 4; k++) {
         l = names[k] "/" w
         R[k] = m(rps, l, rounds); P50[k] = m(p50, l, rounds); P99[k] = m(p99, l, rounds); E[k] = m(eff, l, rounds)
         printf "median %-10s rps=%.0f p50=%.2fms p99=%.2fms req_per_cpu_s=%.0f\n", l, R[k], P50[k], P99[k], E[k]
       }
       printf "%d worker(s): rps %.2fx haproxy, %.2fx nginx; req per proxy CPU-second %.2fx haproxy, %.2fx nginx; p50 %.2fx haproxy, %.2fx nginx; p99 %.2fx haproxy, %.2fx nginx\n", w,
         R[1]/R[2], R[1]/R[3], E[1]/E[2], E[1]/E[3], P50[1]/P50[2], P50[1]/P50[3], P99[1]/P99[2], P99[1]/P99[3]
+      printf "%d worker(s), sluice on epoll: rps %.2fx haproxy; req per proxy CPU-second %.2fx haproxy; p99 %.2fx haproxy; io_uring vs epoll: rps %.2fx, req per CPU-second %.2fx\n", w,
+        R[4]/R[2], E[4]/E[2], P99[4]/P99[2], R[1]/R[4], E[1]/E[4]
     }
     if (mrounds == 0) exit
     ma = m(p99, "sluice/no-mirror", mrounds); mb = m(p99, "sluice/mirror-100%", mrounds)
