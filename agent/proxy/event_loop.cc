@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -137,6 +138,7 @@ class UringLoop final : public EventLoop {
   Result<void> Activate() override {
     if (SysRegister(ring_fd_, IORING_REGISTER_ENABLE_RINGS, nullptr, 0) != 0)
       return FailErrno("io_uring: enable the ring", errno);
+    active_ = true;
     return {};
   }
 
@@ -215,6 +217,7 @@ class UringLoop final : public EventLoop {
   void MaybeFinish(Channel& c);
   void OnCqe(uint64_t data, int res, uint32_t flags);
   void DropChunks(Channel& c);
+  void CancelAll();
 
   // A channel whose handler leaves more than this unread stops receiving (the kernel's
   // socket buffer then pushes back on the peer) until Recv drains it.
@@ -243,6 +246,9 @@ class UringLoop final : public EventLoop {
   io_uring_cqe* cqes_ = nullptr;
   unsigned sq_local_tail_ = 0;
   unsigned to_submit_ = 0;
+  bool active_ = false;
+  // Receives, polls and sends in the ring: each holds a reference to its socket.
+  std::size_t outstanding_ = 0;
 
   void* buf_ring_mem_ = MAP_FAILED;
   std::size_t buf_ring_size_ = 0;
@@ -330,8 +336,9 @@ Result<void> UringLoop::Init() {
 }
 
 UringLoop::~UringLoop() {
+  CancelAll();
   if (ring_fd_ >= 0)
-    close(ring_fd_);  // cancels whatever is still armed
+    close(ring_fd_);
   for (auto& c : slots_) {
     if (c && c->closing && c->fd >= 0)
       close(c->fd);  // a Close() still waiting for its last operation
@@ -345,6 +352,39 @@ UringLoop::~UringLoop() {
   if (buf_ring_mem_ != MAP_FAILED)
     munmap(buf_ring_mem_, buf_ring_size_);
   std::free(buf_mem_);
+}
+
+// Closing the ring would cancel what is armed too, but the kernel does that later, on its
+// own time: until then every socket with an armed receive or poll stays open, and a
+// listening socket keeps taking connections nobody accepts (a new listener on the port
+// shares its SO_REUSEPORT group). So the loop cancels everything itself and waits for
+// the last completion before it goes. Runs on the worker's thread (single issuer).
+void UringLoop::CancelAll() {
+  if (!active_ || ring_fd_ < 0)
+    return;
+  io_uring_sqe* s = Sqe();
+  s->opcode = IORING_OP_ASYNC_CANCEL;
+  s->fd = -1;
+  s->cancel_flags = IORING_ASYNC_CANCEL_ANY;
+  s->user_data = Tag(kOpCancel, 0, 0);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (outstanding_ > 0 && std::chrono::steady_clock::now() < deadline) {
+    unsigned n = to_submit_;
+    int r = SysEnter(ring_fd_, n, 1, IORING_ENTER_GETEVENTS, nullptr, 0);
+    if (r < 0 && errno != EINTR && errno != ETIME && errno != EBUSY && errno != EAGAIN)
+      break;
+    if (r > 0)
+      to_submit_ -= static_cast<unsigned>(r) < n ? static_cast<unsigned>(r) : n;
+    unsigned head = *cq_head_;
+    unsigned tail = std::atomic_ref<unsigned>(*cq_tail_).load(std::memory_order_acquire);
+    for (; head != tail; ++head) {
+      const io_uring_cqe& cqe = cqes_[head & cq_mask_];
+      const Op op = static_cast<Op>(cqe.user_data >> 56);
+      if (op == kOpSend || (op != kOpCancel && !(cqe.flags & IORING_CQE_F_MORE)))
+        --outstanding_;
+    }
+    std::atomic_ref<unsigned>(*cq_head_).store(head, std::memory_order_release);
+  }
 }
 
 io_uring_sqe* UringLoop::Sqe() {
@@ -407,6 +447,7 @@ void UringLoop::ArmRecv(Channel& c) {
   s->flags = IOSQE_BUFFER_SELECT;
   s->buf_group = 0;
   s->user_data = Tag(kOpRecv, c.slot, c.gen);
+  ++outstanding_;
   c.armed = true;
   c.cancelling = false;
 }
@@ -420,6 +461,7 @@ void UringLoop::ArmPoll(Channel& c) {
   s->poll32_events = connect ? (POLLOUT | POLLERR | POLLHUP) : (c.events & (POLLIN | POLLOUT));
   s->len = connect ? 0 : IORING_POLL_ADD_MULTI;
   s->user_data = Tag(connect ? kOpConnect : kOpPoll, c.slot, c.gen);
+  ++outstanding_;
   c.armed = true;
   c.cancelling = false;
 }
@@ -679,6 +721,7 @@ void UringLoop::Poll(int timeout_ms) {
     s->len = static_cast<uint32_t>(std::min<std::size_t>(c.txbuf.size(), 1u << 30));
     s->msg_flags = MSG_NOSIGNAL | MSG_WAITALL;
     s->user_data = Tag(kOpSend, c.slot, c.gen);
+    ++outstanding_;
     c.tx = Channel::Tx::kInFlight;
   }
   dirty_.clear();
@@ -755,10 +798,14 @@ void UringLoop::OnCqe(uint64_t data, int res, uint32_t flags) {
   const Op op = static_cast<Op>(data >> 56);
   const uint32_t gen = static_cast<uint32_t>(data >> 32) & 0xffffff;
   const uint32_t slot = static_cast<uint32_t>(data);
-  if (op == kOpCancel || slot >= slots_.size())
+  const bool more = flags & IORING_CQE_F_MORE;
+  if (op == kOpCancel)
+    return;
+  if (op == kOpSend || !more)
+    --outstanding_;
+  if (slot >= slots_.size())
     return;
   Channel& c = *slots_[slot];
-  const bool more = flags & IORING_CQE_F_MORE;
   if ((c.gen & 0xffffff) != gen) {
     // An operation of a channel that has since finished: nothing to do but give its
     // buffer back.
