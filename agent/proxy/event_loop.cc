@@ -274,8 +274,11 @@ Result<void> UringLoop::Init() {
   // thread that starts the proxy and enabled on the worker's own (Activate).
   p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED |
             IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
-  p.cq_entries = 8192;
-  ring_fd_ = SysSetup(1024, &p);
+  // Sized by the buffers: a loop iteration reaps at most about one completion per
+  // buffer plus the sends; more waits in the kernel's overflow list (IORING_FEAT_NODROP).
+  // 256 submission entries; Sqe() submits early when they run out.
+  p.cq_entries = std::max(1024u, 16 * nbufs_);
+  ring_fd_ = SysSetup(256, &p);
   if (ring_fd_ < 0)
     return FailErrno("io_uring_setup (single issuer, deferred task work: Linux 6.1)", errno);
   if (!(p.features & IORING_FEAT_NODROP) || !(p.features & IORING_FEAT_EXT_ARG))

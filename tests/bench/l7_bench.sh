@@ -5,7 +5,10 @@
 # upstreams weighted 50/50, HTTP/1.1 keep-alive on both sides, no access log. The
 # upstreams are the project's own (sluice-test-upstream, one epoll thread each). Sluice
 # runs twice per round: on its io_uring backend (the default where the kernel has it;
-# --io io_uring here, so a kernel without it fails loudly) and on epoll.
+# --io io_uring here, so a kernel without it fails loudly) and on epoll. With one worker
+# it also runs the floor: sluice_null_proxy, which pairs each client connection with an
+# upstream connection and copies bytes on the same event loop, doing no HTTP at all, so
+# what it costs is the kernel's part of a userspace hop (FLOOR=0 skips it).
 #
 # CPU pinning (the machine has 2 cores): with one proxy worker, the proxy runs on CPU 0
 # and wrk + both upstreams share CPU 1. With two workers the proxy may use both CPUs and
@@ -36,6 +39,7 @@ worker_counts=${WORKERS:-1 2}
 # proxy, not the load side on CPU 1, is the bottleneck and requests/s compares the
 # proxies' capacity on the same half of a core.
 hog=${HOG:-0}
+floor=${FLOOR:-1}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$root/build}
@@ -43,8 +47,9 @@ secs=${2:-8}
 conns=${CONNS:-64}
 proxy_bin=$build/agent/proxy/sluice-proxy
 up_bin=$build/tests/proxy/sluice-test-upstream
-for b in "$proxy_bin" "$up_bin"; do
-  [[ -x $b ]] || { echo "missing $b (build sluice-proxy and sluice-test-upstream)" >&2; exit 1; }
+null_bin=$build/tests/bench/sluice_null_proxy
+for b in "$proxy_bin" "$up_bin" "$null_bin"; do
+  [[ -x $b ]] || { echo "missing $b (build sluice-proxy, sluice-test-upstream, sluice_null_proxy)" >&2; exit 1; }
 done
 
 tmp=$(mktemp -d /tmp/sluice-l7-bench-XXXXXX)
@@ -223,6 +228,13 @@ for workers in $worker_counts; do
   wait_port $PORT_NGINX
   run_wrk "nginx/$workers#$round" $PORT_NGINX $wcpu
   stop_last
+
+  if [[ $floor == 1 && $workers == 1 ]]; then
+    start $pcpu "$null_bin" $PORT_SLUICE $UP1 $UP2 --io io_uring
+    wait_port $PORT_SLUICE
+    run_wrk "floor/$workers#$round" $PORT_SLUICE $wcpu
+    stop_last
+  fi
   if [[ -n ${hog_pid:-} ]]; then
     kill "$hog_pid"; wait "$hog_pid" 2>/dev/null || true
     hog_pid=
@@ -266,6 +278,12 @@ awk -v rounds="$rounds" -v mrounds="$mirror_rounds" -v wcounts="$worker_counts" 
       }
       printf "%d worker(s): rps %.2fx haproxy, %.2fx nginx; req per proxy CPU-second %.2fx haproxy, %.2fx nginx; p50 %.2fx haproxy, %.2fx nginx; p99 %.2fx haproxy, %.2fx nginx\n", w,
         R[1]/R[2], R[1]/R[3], E[1]/E[2], E[1]/E[3], P50[1]/P50[2], P50[1]/P50[3], P99[1]/P99[2], P99[1]/P99[3]
+      if (w == 1 && ("floor/1#1" in rps)) {
+        FR = m(rps, "floor/1", rounds); FE = m(eff, "floor/1", rounds)
+        printf "median floor/1    rps=%.0f req_per_cpu_s=%.0f (a proxy that only copies bytes)\n", FR, FE
+        printf "1 worker(s), the floor: req per CPU-second %.2fx haproxy, rps %.2fx haproxy; sluice reaches %.2f of the floor per CPU-second, %.2f of its rps\n",
+          FE/E[2], FR/R[2], E[1]/FE, R[1]/FR
+      }
       printf "%d worker(s), sluice on epoll: rps %.2fx haproxy; req per proxy CPU-second %.2fx haproxy; p99 %.2fx haproxy; io_uring vs epoll: rps %.2fx, req per CPU-second %.2fx\n", w,
         R[4]/R[2], E[4]/E[2], P99[4]/P99[2], R[1]/R[4], E[1]/E[4]
     }
