@@ -276,6 +276,13 @@ awk -v rounds="$rounds" -v mrounds="$mirror_rounds" -v wcounts="$worker_counts" 
         R[k] = m(rps, l, rounds); P50[k] = m(p50, l, rounds); P99[k] = m(p99, l, rounds); E[k] = m(eff, l, rounds)
         printf "median %-10s rps=%.0f p50=%.2fms p99=%.2fms req_per_cpu_s=%.0f\n", l, R[k], P50[k], P99[k], E[k]
       }
+      # Paired: the ratio within each round (measured minutes apart, not tens of minutes),
+      # then the median, which a machine whose speed drifts during the run moves less.
+      for (r = 1; r <= rounds; r++) {
+        ls = "sluice/" w "#" r; lh = "haproxy/" w "#" r
+        PR[r] = rps[ls] / rps[lh]; PE[r] = eff[ls] / eff[lh]
+      }
+      printf "%d worker(s), paired (median of the per-round ratios): rps %.2fx haproxy, req per proxy CPU-second %.2fx haproxy\n", w, med(PR, rounds), med(PE, rounds)
       printf "%d worker(s): rps %.2fx haproxy, %.2fx nginx; req per proxy CPU-second %.2fx haproxy, %.2fx nginx; p50 %.2fx haproxy, %.2fx nginx; p99 %.2fx haproxy, %.2fx nginx\n", w,
         R[1]/R[2], R[1]/R[3], E[1]/E[2], E[1]/E[3], P50[1]/P50[2], P50[1]/P50[3], P99[1]/P99[2], P99[1]/P99[3]
       if (w == 1 && ("floor/1#1" in rps)) {
