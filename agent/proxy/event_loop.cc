@@ -130,7 +130,13 @@ class UringLoop final : public EventLoop {
  public:
   explicit UringLoop(const Options& o)
       : nbufs_(RoundPow2(o.buffers < 8 ? 8 : o.buffers)),
-        buf_size_(o.buffer_size < 512 ? 512 : o.buffer_size) {}
+        buf_size_(o.buffer_size < 512 ? 512 : o.buffer_size) {
+    // Steady traffic must not allocate (tests/proxy/alloc_test.cc): the lists a loop
+    // iteration fills start with room, and channels are made in batches (GrowSlots).
+    for (auto* v : {&dirty_, &ready_, &starved_, &touched_, &scratch_, &free_slots_})
+      v->reserve(256);
+    by_fd_.assign(1024, -1);
+  }
   ~UringLoop() override;
   Result<void> Init();
 
@@ -218,6 +224,7 @@ class UringLoop final : public EventLoop {
   void OnCqe(uint64_t data, int res, uint32_t flags);
   void DropChunks(Channel& c);
   void CancelAll();
+  void GrowSlots();
 
   // A channel whose handler leaves more than this unread stops receiving (the kernel's
   // socket buffer then pushes back on the peer) until Recv drains it.
@@ -485,15 +492,10 @@ void UringLoop::CancelArmed(Channel& c) {
 bool UringLoop::Add(int fd, uint32_t events, IoHandler* h, Kind kind) {
   if (fd < 0)
     return false;
-  uint32_t slot;
-  if (!free_slots_.empty()) {
-    slot = free_slots_.back();
-    free_slots_.pop_back();
-  } else {
-    slot = static_cast<uint32_t>(slots_.size());
-    slots_.push_back(std::make_unique<Channel>());
-    slots_.back()->slot = slot;
-  }
+  if (free_slots_.empty())
+    GrowSlots();
+  const uint32_t slot = free_slots_.back();
+  free_slots_.pop_back();
   Channel& c = *slots_[slot];
   c.fd = fd;
   c.h = h;
@@ -508,7 +510,7 @@ bool UringLoop::Add(int fd, uint32_t events, IoHandler* h, Kind kind) {
   c.txbuf.Clear();
   c.shut_wr = c.closing = false;
   if (static_cast<std::size_t>(fd) >= by_fd_.size())
-    by_fd_.resize(static_cast<std::size_t>(fd) + 64, -1);
+    by_fd_.resize(std::max<std::size_t>(by_fd_.size() * 2, static_cast<std::size_t>(fd) + 1), -1);
   by_fd_[fd] = static_cast<int32_t>(slot);
   if (kind == Kind::kStream) {
     if (events & EPOLLIN)
@@ -691,7 +693,7 @@ void UringLoop::MaybeFinish(Channel& c) {
     return;
   DropChunks(c);
   c.spill.Clear();
-  c.spill.Shrink(0);
+  c.spill.Shrink(64 * 1024);  // kept (up to the usual size) for the slot's next channel
   c.txbuf.Clear();
   c.txbuf.Shrink(64 * 1024);
   if (c.fd >= 0) {
@@ -705,6 +707,22 @@ void UringLoop::MaybeFinish(Channel& c) {
   c.h = nullptr;
   ++c.gen;
   free_slots_.push_back(c.slot);
+}
+
+void UringLoop::GrowSlots() {
+  const std::size_t n = slots_.empty() ? 64 : slots_.size();  // doubles
+  slots_.reserve(slots_.size() + n);
+  if (free_slots_.capacity() < slots_.size() + n)
+    free_slots_.reserve(slots_.size() + n);
+  for (std::size_t i = 0; i < n; ++i) {
+    auto c = std::make_unique<Channel>();
+    c->slot = static_cast<uint32_t>(slots_.size());
+    c->chunks.reserve(8);
+    slots_.push_back(std::move(c));
+  }
+  // Handed out lowest first.
+  for (std::size_t i = 0; i < n; ++i)
+    free_slots_.push_back(static_cast<uint32_t>(slots_.size() - 1 - i));
 }
 
 void UringLoop::Poll(int timeout_ms) {
