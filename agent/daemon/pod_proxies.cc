@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <spdlog/spdlog.h>
 
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -86,9 +87,15 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
     if (l.optional && l.name.ends_with(kIpv6CaptureSuffix))
       pod.ipv6 = pod.proxy->Port(l.name) != 0;
   }
-  spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{} ({} config)", key.pod_namespace,
-               key.name, opts_.port, pod.ipv6 ? fmt::format(" and [::1]:{}", opts_.port) : "",
-               own ? pod.view.Id() : "node");
+  spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{} ({} config, {})",
+               key.pod_namespace, key.name, opts_.port,
+               pod.ipv6 ? fmt::format(" and [::1]:{}", opts_.port) : "",
+               own ? pod.view.Id() : "node", proxy::IoBackendName(pod.proxy->io_backend()));
+  if (std::string why = pod.proxy->io_fallback_reason(); !why.empty()) {
+    static std::once_flag once;  // the same reason for every pod: said once
+    std::call_once(once,
+                   [&] { spdlog::warn("L7 proxies run on epoll: io_uring unavailable: {}", why); });
+  }
   return {};
 }
 

@@ -180,7 +180,8 @@ class UringLoop final : public EventLoop {
     std::vector<Chunk> chunks;
     std::size_t chunk_head = 0;
     Buffer spill;
-    // Sending: `tx` is taken from the caller and queued until the next Poll submits it.
+    // Sending: `txbuf` holds what Send took from the caller, queued until the next Poll
+    // submits it (kQueued), then in the kernel's hands until its completion (kInFlight).
     enum class Tx : uint8_t { kIdle, kQueued, kInFlight } tx = Tx::kIdle;
     Buffer txbuf;
     int tx_err = 0;
