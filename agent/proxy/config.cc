@@ -220,24 +220,24 @@ const Route* MatchRoute(const VirtualHost& vh, const http::RequestHead& req) {
 }
 
 void FormatAddr(const sockaddr_storage& ss, char* out, std::size_t n, bool with_port) {
-  char ip[INET6_ADDRSTRLEN] = "-";
+  char ip[INET6_ADDRSTRLEN];
+  unsigned port;
   if (ss.ss_family == AF_INET) {
     const auto* a = reinterpret_cast<const sockaddr_in*>(&ss);
     inet_ntop(AF_INET, &a->sin_addr, ip, sizeof(ip));
-    if (with_port)
-      snprintf(out, n, "%s:%u", ip, ntohs(a->sin_port));
-    else
-      snprintf(out, n, "%s", ip);
+    port = ntohs(a->sin_port);
   } else if (ss.ss_family == AF_INET6) {
     const auto* a = reinterpret_cast<const sockaddr_in6*>(&ss);
     inet_ntop(AF_INET6, &a->sin6_addr, ip, sizeof(ip));
-    if (with_port)
-      snprintf(out, n, "[%s]:%u", ip, ntohs(a->sin6_port));
-    else
-      snprintf(out, n, "%s", ip);
+    port = ntohs(a->sin6_port);
   } else {
     snprintf(out, n, "-");
+    return;
   }
+  if (with_port)
+    snprintf(out, n, ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u", ip, port);
+  else
+    snprintf(out, n, "%s", ip);
 }
 
 std::optional<sockaddr_storage> ParseIp(const std::string& ip, uint16_t port) {

@@ -208,6 +208,12 @@ class UringLoop final : public EventLoop {
       n += c.chunks[i].len;
     return n;
   }
+  // A stream that wants data, can still get some, has no receive armed, and holds less
+  // than `below` unread.
+  bool ShouldReceive(const Channel& c, std::size_t below) const {
+    return c.kind == Kind::kStream && (c.events & EPOLLIN) && !c.armed && !c.closing && !c.eof &&
+           !c.rx_err && Buffered(c) < below;
+  }
   bool Writable(const Channel& c) const {
     return c.kind == Kind::kStream && c.tx != Channel::Tx::kInFlight && !c.tx_err;
   }
@@ -539,10 +545,9 @@ void UringLoop::Modify(int fd, uint32_t events, IoHandler* h) {
   }
   if (c->kind == Kind::kConnecting)
     return;  // the connect poll reports; interest applies once connected
-  const bool want_in = events & EPOLLIN;
-  if (want_in && !c->armed && !c->eof && !c->rx_err && Buffered(*c) < kRxCap)
+  if (ShouldReceive(*c, kRxCap))
     ArmRecv(*c);
-  else if (!want_in && c->armed)
+  else if (!(events & EPOLLIN) && c->armed)
     CancelArmed(*c);
   if (Readiness(*c))
     MarkReady(*c);  // EPOLL_CTL_MOD reports what is ready now
@@ -564,10 +569,10 @@ uint32_t UringLoop::Readiness(const Channel& c) const {
   uint32_t ev = 0;
   if (c.kind != Kind::kStream)
     return 0;
-  if ((c.events & EPOLLIN) && (Buffered(c) > 0 || c.eof || c.rx_err))
+  if ((c.events & EPOLLIN) && (Buffered(c) > 0 || c.rx_err))
     ev |= EPOLLIN;
   if (c.eof)
-    ev |= EPOLLIN | EPOLLRDHUP;
+    ev |= EPOLLIN | EPOLLRDHUP;  // as epoll: reported whatever the interest
   if (c.rx_err || c.tx_err)
     ev |= EPOLLERR | EPOLLHUP;
   if ((c.events & EPOLLOUT) && Writable(c))
@@ -611,9 +616,8 @@ ssize_t UringLoop::Recv(int fd, char* p, std::size_t n) {
     c->chunks.clear();
     c->chunk_head = 0;
   }
-  // Drained below the cap after receiving stopped for it: receive again.
-  if (!c->armed && !c->eof && !c->rx_err && !c->closing && c->kind == Kind::kStream &&
-      (c->events & EPOLLIN) && Buffered(*c) < kRxCap / 2)
+  // Drained well below the cap after receiving stopped for it: receive again.
+  if (ShouldReceive(*c, kRxCap / 2))
     ArmRecv(*c);
   if (got > 0)
     return static_cast<ssize_t>(got);
@@ -794,9 +798,7 @@ void UringLoop::Dispatch() {
   if (!starved_.empty()) {
     scratch_.swap(starved_);
     for (uint32_t slot : scratch_) {
-      Channel& c = *slots_[slot];
-      if (!c.closing && !c.armed && !c.eof && !c.rx_err && c.kind == Kind::kStream &&
-          (c.events & EPOLLIN) && Buffered(c) < kRxCap)
+      if (Channel& c = *slots_[slot]; ShouldReceive(c, kRxCap))
         ArmRecv(c);
     }
     scratch_.clear();
@@ -860,8 +862,7 @@ void UringLoop::OnCqe(uint64_t data, int res, uint32_t flags) {
         } else if (res < 0 && res != -ECANCELED) {
           c.rx_err = -res;
           ev |= EPOLLIN | EPOLLERR | EPOLLHUP;
-        } else if (res == -ECANCELED && !c.closing && (c.events & EPOLLIN) && !c.eof &&
-                   Buffered(c) < kRxCap) {
+        } else if (res == -ECANCELED && ShouldReceive(c, kRxCap)) {
           ArmRecv(c);  // cancelled for a pause that has ended since
         }
       }
@@ -869,18 +870,14 @@ void UringLoop::OnCqe(uint64_t data, int res, uint32_t flags) {
         MaybeFinish(c);
         return;
       }
-      if (ev && c.h && (c.events & (EPOLLIN | EPOLLRDHUP))) {
-        if (c.eof)
-          ev |= EPOLLRDHUP;
-        if (!c.touched) {
-          c.touched = true;
-          touched_.push_back(slot);
-        }
-        c.h->OnEvent(ev);
-      } else if (ev && c.h && !c.touched) {
-        c.touched = true;
-        touched_.push_back(slot);  // not wanted now: spilled, reported on Modify
+      if (!ev || !c.h)
+        return;
+      if (!c.touched) {    // what the handler leaves (or, not wanting it, does not read)
+        c.touched = true;  // is spilled after the batch
+        touched_.push_back(slot);
       }
+      if (c.events & (EPOLLIN | EPOLLRDHUP))
+        c.h->OnEvent(ev);
       return;
     }
     case kOpSend: {
@@ -937,7 +934,7 @@ void UringLoop::OnCqe(uint64_t data, int res, uint32_t flags) {
         ArmPoll(c);  // a multishot poll ends on overflow or a new mask
       return;
     }
-    case kOpCancel:
+    default:
       return;
   }
 }

@@ -2,7 +2,7 @@
 //
 // Ownership and lifetime: every connection object (Session, UpstreamConn, Mirror) is
 // taken from and returned to a per-worker free list, so steady-state traffic does not
-// allocate. An object released while the current epoll batch may still hold events for
+// allocate. An object released while the current event batch may still hold events for
 // it goes back to its free list only after the batch, and every object carries a
 // generation number so a stale timer or event cannot act on its next life.
 #include "sluice/proxy/proxy.h"

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../../agent/proxy/event_loop.h"
+#include "sluice/proxy/config.h"
 
 using sluice::proxy::Buffer;
 using sluice::proxy::EventLoop;
@@ -36,14 +37,6 @@ volatile std::sig_atomic_t g_stop = 0;
 int SetNonBlocking(int fd) {
   int f = fcntl(fd, F_GETFL);
   return f < 0 ? -1 : fcntl(fd, F_SETFL, f | O_NONBLOCK);
-}
-
-sockaddr_in Loopback(uint16_t port) {
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(port);
-  return a;
 }
 
 // One side of a pair: what it reads goes to its peer.
@@ -101,8 +94,8 @@ struct Listener : IoHandler {
       if (c < 0)
         return;
       int u = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-      sockaddr_in a = Loopback(upstreams[next++ % upstreams.size()]);
-      if (u < 0 || connect(u, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+      auto a = sluice::proxy::ParseIp("127.0.0.1", upstreams[next++ % upstreams.size()]);
+      if (u < 0 || connect(u, reinterpret_cast<const sockaddr*>(&*a), sizeof(sockaddr_in)) != 0) {
         std::perror("sluice_null_proxy: upstream connect");
         close(c);
         if (u >= 0)
@@ -170,8 +163,9 @@ int main(int argc, char** argv) {
   int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   int one = 1;
   setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  sockaddr_in a = Loopback(ports[0]);
-  if (bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 || listen(lfd, 4096) != 0) {
+  auto a = sluice::proxy::ParseIp("127.0.0.1", ports[0]);
+  if (bind(lfd, reinterpret_cast<const sockaddr*>(&*a), sizeof(sockaddr_in)) != 0 ||
+      listen(lfd, 4096) != 0) {
     std::perror("sluice_null_proxy: listen");
     return 1;
   }

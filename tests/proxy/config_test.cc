@@ -7,12 +7,14 @@
 #include <sys/wait.h>
 
 #include <catch2/catch.hpp>
+#include <cstdlib>
 #include <set>
 
 #include "harness.h"
 #include "test_upstream.h"
 
 using namespace sluice::testing;
+using sluice::proxy::IoBackend;
 
 namespace {
 
@@ -184,6 +186,31 @@ TEST_CASE("config update: new routes apply, the socket survives, bad config is r
   broken["routes"] = Json::array({{{"name", 5}}});
   CHECK_FALSE(CompileJson(broken));
   CHECK(Get(port, "h", "/").Header("x-upstream") == "b");
+}
+
+TEST_CASE("workers use io_uring by default, epoll when the options or SLUICE_PROXY_IO ask",
+          "[config][proxy]") {
+  TestUpstream a({.name = "a", .record = false});
+  Json doc = Doc({{{"name", "all"}, {"match", {{"prefix", "/"}}}, {"route", {{"cluster", "a"}}}}},
+                 {StaticCluster("a", {a.port()})});
+  // This suite also runs with SLUICE_PROXY_IO=epoll (its second ctest entry); io_uring
+  // must be there otherwise (Linux 6.1+, as in CI): a silent fallback would leave the
+  // io_uring backend untested.
+  const char* env = std::getenv("SLUICE_PROXY_IO");
+  const bool env_epoll = env && std::string(env) == "epoll";
+  auto check = [&](IoBackend asked, IoBackend expected) {
+    sluice::proxy::ProxyOptions o;
+    o.io = asked;
+    auto p = StartProxy(doc, 1, o);
+    REQUIRE(p->error == "");
+    INFO("asked " << sluice::proxy::IoBackendName(asked)
+                  << ", fallback reason: " << p->proxy->io_fallback_reason());
+    CHECK(p->proxy->io_backend() == expected);
+    CHECK(Get(p->Port(), "h", "/").status == 200);
+  };
+  check(IoBackend::kAuto, env_epoll ? IoBackend::kEpoll : IoBackend::kUring);
+  check(IoBackend::kEpoll, IoBackend::kEpoll);  // explicit options win over the variable
+  check(IoBackend::kUring, IoBackend::kUring);
 }
 
 TEST_CASE("Stop() closes the listening socket and every connection before it returns",

@@ -17,11 +17,14 @@
 #include <catch2/catch.hpp>
 
 #include "../../agent/proxy/event_loop.h"
+#include "harness.h"
 
 using sluice::proxy::Buffer;
 using sluice::proxy::EventLoop;
 using sluice::proxy::IoBackend;
 using sluice::proxy::IoHandler;
+using sluice::testing::Connect;
+using sluice::testing::FreeLoopbackPort;
 
 namespace {
 
@@ -56,12 +59,8 @@ struct Pairs {
   }
   ~Pairs() { close(lfd); }
   std::pair<int, int> Make() {
-    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = htons(port);
-    REQUIRE(connect(c, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+    int c = Connect(port);
+    REQUIRE(c >= 0);
     int s = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     REQUIRE(s >= 0);
     return {c, s};
@@ -298,13 +297,7 @@ TEST_CASE("event loop: a connect reports writable, a refused one an error", "[pr
       Seen ok, refused;
       int good = dial(pairs.port);
       REQUIRE(loop->Add(good, EPOLLOUT, &ok, EventLoop::Kind::kConnecting));
-      // A port nobody listens on: the one just closed.
-      uint16_t dead;
-      {
-        Pairs gone;
-        dead = gone.port;
-      }
-      int bad = dial(dead);
+      int bad = dial(FreeLoopbackPort());  // nobody listens there
       REQUIRE(loop->Add(bad, EPOLLOUT, &refused, EventLoop::Kind::kConnecting));
       CHECK(RunUntil(
           *loop, [&] { return ok.ev != 0 && refused.ev != 0; }, 2000));
