@@ -137,42 +137,95 @@ ParseStatus ParseHeaders(const char* p, const char* end, std::size_t max_headers
     if (m->num_headers >= max_headers || m->num_headers >= kMaxHeadersHard) {
       return Error(m, 431, "too many headers");
     }
-    m->headers[m->num_headers++] = Header{name, value};
+    const Header& h = m->headers[m->num_headers++] = Header{name, value, ClassifyHeader(name)};
 
-    if (EqualsIgnoreCase(name, "content-length")) {
-      if (seen_cl)
-        return Error(m, 400, "duplicate Content-Length");
-      seen_cl = true;
-      if (value.empty() || value.size() > 18)
-        return Error(m, 400, "invalid Content-Length");
-      int64_t n = 0;
-      for (char c : value) {
-        if (c < '0' || c > '9')
+    switch (h.id) {
+      case HeaderId::kContentLength: {
+        if (seen_cl)
+          return Error(m, 400, "duplicate Content-Length");
+        seen_cl = true;
+        if (value.empty() || value.size() > 18)
           return Error(m, 400, "invalid Content-Length");
-        n = n * 10 + (c - '0');
+        int64_t n = 0;
+        for (char c : value) {
+          if (c < '0' || c > '9')
+            return Error(m, 400, "invalid Content-Length");
+          n = n * 10 + (c - '0');
+        }
+        m->content_length = n;
+        break;
       }
-      m->content_length = n;
-    } else if (EqualsIgnoreCase(name, "transfer-encoding")) {
-      if (seen_te)
-        return Error(m, 400, "duplicate Transfer-Encoding");
-      seen_te = true;
-      // Only "chunked" alone is accepted: any other coding chain is how smuggling
-      // starts, and we never need it.
-      if (!EqualsIgnoreCase(value, "chunked"))
-        return Error(m, 501, "unsupported Transfer-Encoding");
-      m->chunked = true;
-    } else if (EqualsIgnoreCase(name, "connection")) {
-      if (ListHasToken(value, "close"))
-        m->connection_close = true;
-      if (ListHasToken(value, "keep-alive"))
-        m->connection_keep_alive = true;
-      if (ListHasToken(value, "upgrade"))
-        m->connection_upgrade = true;
+      case HeaderId::kTransferEncoding:
+        if (seen_te)
+          return Error(m, 400, "duplicate Transfer-Encoding");
+        seen_te = true;
+        // Only "chunked" alone is accepted: any other coding chain is how smuggling
+        // starts, and we never need it.
+        if (!EqualsIgnoreCase(value, "chunked"))
+          return Error(m, 501, "unsupported Transfer-Encoding");
+        m->chunked = true;
+        break;
+      case HeaderId::kConnection:
+        if (ListHasToken(value, "close"))
+          m->connection_close = true;
+        if (ListHasToken(value, "keep-alive"))
+          m->connection_keep_alive = true;
+        if (ListHasToken(value, "upgrade"))
+          m->connection_upgrade = true;
+        break;
+      default:
+        break;
     }
   }
 }
 
 }  // namespace
+
+HeaderId ClassifyHeader(std::string_view name) {
+  // By length first: most names are ruled out by one compare.
+  auto is = [&](std::string_view known, HeaderId id) {
+    return EqualsIgnoreCase(name, known) ? id : HeaderId::kOther;
+  };
+  switch (name.size()) {
+    case 2:
+      return is("te", HeaderId::kTe);
+    case 4:
+      return is("host", HeaderId::kHost);
+    case 6:
+      return Lower(name[0]) == 'c' ? is("cookie", HeaderId::kCookie)
+                                   : is("expect", HeaderId::kExpect);
+    case 7:
+      return is("upgrade", HeaderId::kUpgrade);
+    case 10:
+      switch (Lower(name[0])) {
+        case 'c':
+          return is("connection", HeaderId::kConnection);
+        case 'k':
+          return is("keep-alive", HeaderId::kKeepAlive);
+        case 'u':
+          return is("user-agent", HeaderId::kUserAgent);
+        default:
+          return HeaderId::kOther;
+      }
+    case 12:
+      return is("x-request-id", HeaderId::kXRequestId);
+    case 14:
+      return is("content-length", HeaderId::kContentLength);
+    case 15:
+      return is("x-forwarded-for", HeaderId::kXForwardedFor);
+    case 16:
+      return is("proxy-connection", HeaderId::kProxyConnection);
+    case 17:
+      return Lower(name[0]) == 't' ? is("transfer-encoding", HeaderId::kTransferEncoding)
+                                   : is("x-forwarded-proto", HeaderId::kXForwardedProto);
+    case 21:
+      return is("x-envoy-attempt-count", HeaderId::kXEnvoyAttemptCount);
+    case 29:
+      return is("x-envoy-upstream-service-time", HeaderId::kXEnvoyUpstreamServiceTime);
+    default:
+      return HeaderId::kOther;
+  }
+}
 
 bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
   if (a.size() != b.size())
@@ -191,6 +244,19 @@ bool StartsWithIgnoreCase(std::string_view s, std::string_view prefix) {
 std::string_view MessageHead::Get(std::string_view name, bool* found) const {
   for (std::size_t i = 0; i < num_headers; ++i) {
     if (EqualsIgnoreCase(headers[i].name, name)) {
+      if (found)
+        *found = true;
+      return headers[i].value;
+    }
+  }
+  if (found)
+    *found = false;
+  return {};
+}
+
+std::string_view MessageHead::Get(HeaderId id, bool* found) const {
+  for (std::size_t i = 0; i < num_headers; ++i) {
+    if (headers[i].id == id) {
       if (found)
         *found = true;
       return headers[i].value;
@@ -267,15 +333,15 @@ ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead
   bool host_seen = false;
   for (std::size_t i = 0; i < r->num_headers; ++i) {
     const Header& h = r->headers[i];
-    if (EqualsIgnoreCase(h.name, "host")) {
+    if (h.id == HeaderId::kHost) {
       if (host_seen)
         return Error(r, 400, "duplicate Host");
       host_seen = true;
       r->host = h.value;
-    } else if (EqualsIgnoreCase(h.name, "expect")) {
+    } else if (h.id == HeaderId::kExpect) {
       if (EqualsIgnoreCase(h.value, "100-continue"))
         r->expect_continue = true;
-    } else if (EqualsIgnoreCase(h.name, "upgrade")) {
+    } else if (h.id == HeaderId::kUpgrade) {
       r->upgrade = h.value;
     }
   }

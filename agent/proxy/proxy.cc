@@ -594,10 +594,10 @@ void FormatUuid4(uint64_t a, uint64_t b, char (&out)[40]) {
   *p = '\0';
 }
 
-bool IsHopByHop(std::string_view name) {
-  return http::EqualsIgnoreCase(name, "connection") || http::EqualsIgnoreCase(name, "keep-alive") ||
-         http::EqualsIgnoreCase(name, "proxy-connection") || http::EqualsIgnoreCase(name, "te") ||
-         http::EqualsIgnoreCase(name, "upgrade") || http::EqualsIgnoreCase(name, "expect");
+bool IsHopByHop(http::HeaderId id) {
+  using enum http::HeaderId;
+  return id == kConnection || id == kKeepAlive || id == kProxyConnection || id == kTe ||
+         id == kUpgrade || id == kExpect;
 }
 
 bool InList(const std::vector<std::string>& names, std::string_view n) {
@@ -606,6 +606,22 @@ bool InList(const std::vector<std::string>& names, std::string_view n) {
       return true;
   }
   return false;
+}
+
+bool AnyMutations(const HeaderMutations* const* levels, std::size_t n) {
+  for (std::size_t i = 0; i < n; ++i) {
+    if (levels[i] && !levels[i]->empty())
+      return true;
+  }
+  return false;
+}
+
+// Appends the header lines of a run, as received, and ends the run.
+void FlushRun(Buffer& dst, const char*& run, const char* run_end) {
+  if (run) {
+    dst.Append(std::string_view(run, static_cast<std::size_t>(run_end - run)));
+    run = nullptr;
+  }
 }
 
 // Does any mutation list drop or replace this header?
@@ -1676,7 +1692,9 @@ void Session::Process() {
       if (st == http::ParseStatus::kIncomplete)
         break;
       start_ms = w->now();
-      start_wall = std::chrono::system_clock::now();
+      // The wall clock is read only for the access log's %START_TIME%.
+      start_wall = chain->access_log ? std::chrono::system_clock::now()
+                                     : std::chrono::system_clock::time_point{};
       request_active = true;
       flags = 0;
       bytes_rx = 0;
@@ -1761,7 +1779,7 @@ void Session::Dispatch() {
     close_after = true;
   // Request id: keep the client's, else make a UUIDv4.
   bool has_id = false;
-  req.Get("x-request-id", &has_id);
+  req.Get(http::HeaderId::kXRequestId, &has_id);
   generated_id = !has_id;
   if (generated_id) {
     uint64_t a = w->Rand(), b = w->Rand();
@@ -1890,7 +1908,7 @@ void Session::StartAttempt() {
         key = peer_ip;
         found = true;
       } else {
-        std::string_view cookies = req.Get("cookie", &found);
+        std::string_view cookies = req.Get(http::HeaderId::kCookie, &found);
         found = false;
         while (!cookies.empty()) {
           std::size_t semi = cookies.find(';');
@@ -2003,16 +2021,21 @@ void Session::SerializeRequest(Buffer& dst, bool shadow) {
   else
     dst.Append(host);
   dst.Append("\r\n");
+  // Header lines that pass unchanged are copied as received, a run of adjacent ones
+  // with one append.
+  const bool mutated = AnyMutations(levels, 4);
+  const char* run = nullptr;
+  const char* run_end = nullptr;
   bool xff = false, xfp = false;
   for (std::size_t i = 0; i < req.num_headers; ++i) {
     const http::Header& h = req.headers[i];
-    if (IsHopByHop(h.name) || http::EqualsIgnoreCase(h.name, "host") ||
-        http::EqualsIgnoreCase(h.name, "x-envoy-attempt-count")) {
+    if (IsHopByHop(h.id) || h.id == http::HeaderId::kHost ||
+        h.id == http::HeaderId::kXEnvoyAttemptCount || (mutated && Replaced(levels, 4, h.name))) {
+      FlushRun(dst, run, run_end);
       continue;
     }
-    if (Replaced(levels, 4, h.name))
-      continue;
-    if (http::EqualsIgnoreCase(h.name, "x-forwarded-for")) {
+    if (h.id == http::HeaderId::kXForwardedFor) {
+      FlushRun(dst, run, run_end);
       xff = true;
       dst.Append(h.name);
       dst.Append(": ");
@@ -2022,13 +2045,13 @@ void Session::SerializeRequest(Buffer& dst, bool shadow) {
       dst.Append("\r\n");
       continue;
     }
-    if (http::EqualsIgnoreCase(h.name, "x-forwarded-proto"))
-      xfp = true;
-    dst.Append(h.name);
-    dst.Append(": ");
-    dst.Append(h.value);
-    dst.Append("\r\n");
+    xfp |= h.id == http::HeaderId::kXForwardedProto;
+    std::string_view line = h.line();
+    if (!run)
+      run = line.data();
+    run_end = line.data() + line.size();
   }
+  FlushRun(dst, run, run_end);
   if (!xff) {
     dst.Append("x-forwarded-for: ");
     dst.Append(peer_ip);
@@ -2188,21 +2211,23 @@ void Session::WriteResponseHead(const http::ResponseHead& r) {
                                       &route->response_headers, &vh->response_headers,
                                       &chain->http.routes->response_headers};
   bool upgrade = r.status == 101;
+  const bool mutated = AnyMutations(levels, 4);
+  const char* run = nullptr;
+  const char* run_end = nullptr;
   for (std::size_t i = 0; i < r.num_headers; ++i) {
     const http::Header& h = r.headers[i];
-    if (!upgrade && IsHopByHop(h.name))
+    if ((upgrade ? h.id == http::HeaderId::kKeepAlive : IsHopByHop(h.id)) ||
+        h.id == http::HeaderId::kXEnvoyUpstreamServiceTime ||
+        (mutated && Replaced(levels, 4, h.name))) {
+      FlushRun(out, run, run_end);
       continue;
-    if (upgrade && http::EqualsIgnoreCase(h.name, "keep-alive"))
-      continue;
-    if (http::EqualsIgnoreCase(h.name, "x-envoy-upstream-service-time"))
-      continue;
-    if (Replaced(levels, 4, h.name))
-      continue;
-    out.Append(h.name);
-    out.Append(": ");
-    out.Append(h.value);
-    out.Append("\r\n");
+    }
+    std::string_view line = h.line();
+    if (!run)
+      run = line.data();
+    run_end = line.data() + line.size();
   }
+  FlushRun(out, run, run_end);
   EmitAdds(out, levels, 4, r);
   out.Append("x-envoy-upstream-service-time: ");
   AppendNum(out, static_cast<uint64_t>(std::max<int64_t>(0, service_time_ms)));
@@ -2341,6 +2366,8 @@ void Session::LogRequest() {
   bool tcp = !chain->is_http;
   if (tcp)
     wall = conn_start_wall;
+  if (wall == std::chrono::system_clock::time_point{})  // logging came on mid-request
+    wall = std::chrono::system_clock::now() - std::chrono::milliseconds(w->now() - start_ms);
   std::time_t t = std::chrono::system_clock::to_time_t(wall);
   std::tm tm{};
   gmtime_r(&t, &tm);
@@ -2374,8 +2401,9 @@ void Session::LogRequest() {
         sni.empty() ? std::string_view("-") : std::string_view(sni));
     return;
   }
-  std::string_view xff = req.Get("x-forwarded-for");
-  std::string_view rid = generated_id ? std::string_view(request_id) : req.Get("x-request-id");
+  std::string_view xff = req.Get(http::HeaderId::kXForwardedFor);
+  std::string_view rid =
+      generated_id ? std::string_view(request_id) : req.Get(http::HeaderId::kXRequestId);
   char svc[24] = "-";
   if (response_started && service_time_ms >= 0)
     snprintf(svc, sizeof(svc), "%lld", static_cast<long long>(service_time_ms));
@@ -2386,9 +2414,10 @@ void Session::LogRequest() {
       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms,
       dash(req.method), dash(req.target),
       req.method.empty() ? "-" : (req.minor_version ? "HTTP/1.1" : "HTTP/1.0"), status, flag_str,
-      details, bytes_rx, bytes_tx, duration, svc, dash(xff), dash(req.Get("user-agent")), dash(rid),
-      dash(req.host), up_host, cluster_name, up_local, local, peer,
-      sni.empty() ? std::string_view("-") : std::string_view(sni), route_name);
+      details, bytes_rx, bytes_tx, duration, svc, dash(xff),
+      dash(req.Get(http::HeaderId::kUserAgent)), dash(rid), dash(req.host), up_host, cluster_name,
+      up_local, local, peer, sni.empty() ? std::string_view("-") : std::string_view(sni),
+      route_name);
 }
 
 void Session::Uncount() {

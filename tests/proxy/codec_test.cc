@@ -33,6 +33,35 @@ TEST_CASE("parser: a request head, parsed in place", "[codec]") {
   }
 }
 
+TEST_CASE("parser: headers are named once, and each keeps its line as received", "[codec]") {
+  std::string raw =
+      "GET / HTTP/1.1\r\nHOST: h\r\nX-Forwarded-Proto:https\r\ncookie: a=1\r\nExpect:\t \r\n"
+      "X-Request-Id: r1  \r\nTransfer-Encodinx: y\r\nUser-Agent: ua\r\nKeep-Alive: 5\r\n\r\n";
+  http::RequestHead r;
+  REQUIRE(http::ParseRequest(raw, {}, &r) == http::ParseStatus::kDone);
+  REQUIRE(r.num_headers == 8);
+  using enum http::HeaderId;
+  const http::HeaderId want[] = {kHost,       kXForwardedProto, kCookie,    kExpect,
+                                 kXRequestId, kOther,           kUserAgent, kKeepAlive};
+  for (std::size_t i = 0; i < 8; ++i) {
+    INFO("header " << i << " " << r.headers[i].name);
+    CHECK(r.headers[i].id == want[i]);
+  }
+  CHECK(r.Get(kXRequestId) == "r1");
+  CHECK(r.headers[3].value.empty());
+  // Lines come back byte for byte, whitespace included, and adjacent lines touch.
+  CHECK(r.headers[1].line() == "X-Forwarded-Proto:https\r\n");
+  CHECK(r.headers[3].line() == "Expect:\t \r\n");
+  CHECK(r.headers[4].line() == "X-Request-Id: r1  \r\n");
+  for (std::size_t i = 0; i + 1 < r.num_headers; ++i) {
+    std::string_view l = r.headers[i].line();
+    CHECK(l.data() + l.size() == r.headers[i + 1].name.data());
+  }
+  CHECK(http::ClassifyHeader("Proxy-Connection") == kProxyConnection);
+  CHECK(http::ClassifyHeader("x-envoy-upstream-service-time") == kXEnvoyUpstreamServiceTime);
+  CHECK(http::ClassifyHeader("x-envoy-attempt-counts") == kOther);
+}
+
 TEST_CASE("parser: responses and chunked bodies", "[codec]") {
   http::ResponseHead h;
   REQUIRE(http::ParseResponse("HTTP/1.1 204 No Content\r\n\r\n", false, &h) ==

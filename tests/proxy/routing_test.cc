@@ -213,6 +213,14 @@ TEST_CASE("mesh headers: x-request-id, x-forwarded-for, x-forwarded-proto, attem
   CHECK(r.body.find("x-request-id: abc-123\r\n") != std::string::npos);
   CHECK(r.body.find("x-forwarded-for: 10.1.2.3,127.0.0.1\r\n") != std::string::npos);
   CHECK(r.Header("x-envoy-upstream-service-time") != "");
+  // Hop-by-hop headers between ordinary ones are dropped; the ordinary ones arrive as
+  // sent, in order, with their own spacing.
+  r = Get(p->Port(), "h", "/",
+          "a: 1\r\nConnection: keep-alive\r\nB:2 \r\nKeep-Alive: 5\r\nTE: x\r\nc: 3\r\n");
+  REQUIRE(r.status == 200);
+  CHECK(r.body.find("a: 1\r\nB:2 \r\nc: 3\r\n") != std::string::npos);
+  CHECK(r.body.find("Keep-Alive") == std::string::npos);
+  CHECK(r.body.find("TE: x") == std::string::npos);
 }
 
 TEST_CASE("header mutations at several levels: the least specific overwrite wins, as in Envoy",

@@ -11,9 +11,44 @@
 
 namespace sluice::proxy::http {
 
+// The headers the proxy acts on. The parser names each header once, so the proxy's
+// per-header checks are an integer compare, not a case-insensitive string compare.
+enum class HeaderId : uint8_t {
+  kOther,
+  kHost,
+  kContentLength,
+  kTransferEncoding,
+  kConnection,
+  kKeepAlive,
+  kProxyConnection,
+  kTe,
+  kUpgrade,
+  kExpect,
+  kCookie,
+  kUserAgent,
+  kXRequestId,
+  kXForwardedFor,
+  kXForwardedProto,
+  kXEnvoyAttemptCount,
+  kXEnvoyUpstreamServiceTime,
+};
+
+// kOther for a name not in HeaderId.
+HeaderId ClassifyHeader(std::string_view name);
+
 struct Header {
   std::string_view name;   // as sent; compare with EqualsIgnoreCase
   std::string_view value;  // optional whitespace trimmed
+  HeaderId id = HeaderId::kOther;
+
+  // The header's whole line as received, "Name: value\r\n". A parsed head's lines are
+  // contiguous, so headers i..j are the bytes from headers[i].line() to headers[j]'s end.
+  std::string_view line() const {
+    const char* end = value.data() + value.size();
+    while (*end != '\n')  // past trailing whitespace; the parser checked the CRLF
+      ++end;
+    return {name.data(), static_cast<std::size_t>(end + 1 - name.data())};
+  }
 };
 
 inline constexpr std::size_t kMaxHeadersHard = 128;
@@ -42,6 +77,7 @@ struct MessageHead {
 
   // First header with this name (case-insensitive), or empty with found=false.
   std::string_view Get(std::string_view name, bool* found = nullptr) const;
+  std::string_view Get(HeaderId id, bool* found = nullptr) const;
 };
 
 struct RequestHead : MessageHead {
