@@ -39,7 +39,18 @@ worker_counts=${WORKERS:-1 2}
 # proxy, not the load side on CPU 1, is the bottleneck and requests/s compares the
 # proxies' capacity on the same half of a core.
 hog=${HOG:-0}
+# QUOTA=1: instead, the one-worker proxy runs in a cgroup capped at half a core
+# (CPU 0, 5 ms per 10 ms period) with nothing else on CPU 0. Every proxy then gets the
+# same CPU budget whether or not it sleeps between events (under HOG, a proxy that
+# waits for work hands the rest of its share to the busy loop), so requests/s is
+# each proxy's capacity on half a core. Needs root and a cgroup cpu controller (v2 or
+# v1, found in /proc/mounts).
+quota=${QUOTA:-0}
 floor=${FLOOR:-1}
+if [[ $hog == 1 && $quota == 1 ]]; then
+  echo "HOG=1 and QUOTA=1 are two ways to make the proxy the bottleneck: pick one" >&2
+  exit 1
+fi
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${1:-$root/build}
@@ -54,21 +65,58 @@ done
 
 tmp=$(mktemp -d /tmp/sluice-l7-bench-XXXXXX)
 pids=()
+cg=""  # the capped cgroup (QUOTA=1)
 cleanup() {
   if [[ -n ${hog_pid:-} ]]; then kill "$hog_pid" 2>/dev/null || true; fi
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [[ -n $cg ]]; then rmdir "$cg" 2>/dev/null || echo "could not remove cgroup $cg" >&2; fi
+  if [[ -n ${cg_enabled_cpu:-} ]]; then echo -cpu >"$cg_enabled_cpu/cgroup.subtree_control" 2>/dev/null || true; fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
 UP1=19001 UP2=19002 SHADOW=19003 PORT_SLUICE=19080 PORT_HAPROXY=19081 PORT_NGINX=19082 PORT_MIRROR=19083
 
-start() {  # start CPUS CMD...: runs pinned, remembers the pid
+start() {  # start CPUS CMD...: runs pinned (and in $capped's cgroup when set), remembers the pid
   local cpus=$1; shift
-  taskset -c "$cpus" "$@" >"$tmp/$(basename "$1").$RANDOM.log" 2>&1 &
+  if [[ -n ${capped:-} ]]; then
+    # Joins the cgroup before exec, so forked workers (nginx) are capped too.
+    sh -c 'echo $$ >"$1/cgroup.procs" && shift && exec "$@"' sh "$cg" taskset -c "$cpus" "$@" \
+      >"$tmp/$(basename "$1").$RANDOM.log" 2>&1 &
+  else
+    taskset -c "$cpus" "$@" >"$tmp/$(basename "$1").$RANDOM.log" 2>&1 &
+  fi
   pids+=($!)
 }
+
+# QUOTA=1: a cgroup capped at half a core, under the cpu controller of cgroup v2 when
+# the unified hierarchy has it, else of cgroup v1.
+make_capped_cgroup() {
+  local v2 v1
+  v2=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
+  if [[ -n $v2 ]] && grep -qw cpu "$v2/cgroup.controllers" 2>/dev/null; then
+    if ! grep -qw cpu "$v2/cgroup.subtree_control"; then
+      echo +cpu >"$v2/cgroup.subtree_control"
+      cg_enabled_cpu=$v2  # given back in cleanup
+    fi
+    cg=$v2/sluice-l7-bench.$$
+    mkdir "$cg"
+    echo "5000 10000" >"$cg/cpu.max"
+  else
+    v1=$(awk '$3 == "cgroup" && $4 ~ /(^|,)cpu(,|$)/ {print $2; exit}' /proc/mounts)
+    if [[ -z $v1 ]]; then
+      echo "QUOTA=1: no cgroup cpu controller (v2 or v1) in /proc/mounts" >&2
+      exit 1
+    fi
+    cg=$v1/sluice-l7-bench.$$
+    mkdir "$cg"
+    echo 10000 >"$cg/cpu.cfs_period_us"
+    echo 5000 >"$cg/cpu.cfs_quota_us"
+  fi
+  echo "quota: the one-worker proxies run in $cg, capped at 5 ms of CPU per 10 ms"
+}
+if [[ $quota == 1 ]]; then make_capped_cgroup; fi
 stop_last() {
   local p=${pids[-1]}
   kill "$p" 2>/dev/null || true
@@ -205,6 +253,8 @@ for workers in $worker_counts; do
     taskset -c 0 sh -c 'while :; do :; done' &
     hog_pid=$!
   fi
+  capped=""
+  if [[ $quota == 1 && $workers == 1 ]]; then capped=1; fi
   start $pcpu "$proxy_bin" --config "$tmp/sluice.json" --workers $workers --access-log /dev/null \
     --io io_uring
   wait_port $PORT_SLUICE
@@ -239,6 +289,7 @@ for workers in $worker_counts; do
     kill "$hog_pid"; wait "$hog_pid" 2>/dev/null || true
     hog_pid=
   fi
+  capped=""
 done
 done
 
