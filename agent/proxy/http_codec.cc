@@ -241,12 +241,15 @@ bool StartsWithIgnoreCase(std::string_view s, std::string_view prefix) {
   return s.size() >= prefix.size() && EqualsIgnoreCase(s.substr(0, prefix.size()), prefix);
 }
 
-std::string_view MessageHead::Get(std::string_view name, bool* found) const {
-  for (std::size_t i = 0; i < num_headers; ++i) {
-    if (EqualsIgnoreCase(headers[i].name, name)) {
+namespace {
+
+template <class Match>
+std::string_view FirstValue(const MessageHead& m, Match match, bool* found) {
+  for (std::size_t i = 0; i < m.num_headers; ++i) {
+    if (match(m.headers[i])) {
       if (found)
         *found = true;
-      return headers[i].value;
+      return m.headers[i].value;
     }
   }
   if (found)
@@ -254,17 +257,16 @@ std::string_view MessageHead::Get(std::string_view name, bool* found) const {
   return {};
 }
 
+}  // namespace
+
+std::string_view MessageHead::Get(std::string_view name, bool* found) const {
+  return FirstValue(
+      *this, [&](const Header& h) { return EqualsIgnoreCase(h.name, name); }, found);
+}
+
 std::string_view MessageHead::Get(HeaderId id, bool* found) const {
-  for (std::size_t i = 0; i < num_headers; ++i) {
-    if (headers[i].id == id) {
-      if (found)
-        *found = true;
-      return headers[i].value;
-    }
-  }
-  if (found)
-    *found = false;
-  return {};
+  return FirstValue(
+      *this, [&](const Header& h) { return h.id == id; }, found);
 }
 
 ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead* r) {

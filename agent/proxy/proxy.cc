@@ -481,7 +481,6 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   std::string sni;
   int64_t conn_start_ms = 0;
   int64_t last_active_ms = 0;  // for the idle timeout
-  std::chrono::system_clock::time_point conn_start_wall;
 
   // request state
   http::RequestHead req;
@@ -501,7 +500,6 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   const char* details = "-";
   uint64_t bytes_rx = 0, bytes_tx = 0;
   int64_t start_ms = 0, service_time_ms = -1;
-  std::chrono::system_clock::time_point start_wall;
   bool response_started = false, close_after = false, counted_request = false, in_process = false,
        request_active = false, retry_counted = false;
   bool down_eof = false, up_eof = false;
@@ -616,13 +614,28 @@ bool AnyMutations(const HeaderMutations* const* levels, std::size_t n) {
   return false;
 }
 
-// Appends the header lines of a run, as received, and ends the run.
-void FlushRun(Buffer& dst, const char*& run, const char* run_end) {
-  if (run) {
-    dst.Append(std::string_view(run, static_cast<std::size_t>(run_end - run)));
-    run = nullptr;
+// Header lines forwarded as received: adjacent lines of a parsed head are contiguous
+// in its buffer, so a run of them goes out with one append.
+class LineRun {
+ public:
+  explicit LineRun(Buffer& dst) : dst_(dst) {}
+  void Add(const http::Header& h) {
+    std::string_view line = h.line();
+    if (run_.empty())
+      run_ = line;
+    else
+      run_ = {run_.data(), static_cast<std::size_t>(line.data() + line.size() - run_.data())};
   }
-}
+  // Ends the run (before anything else is appended).
+  void Flush() {
+    dst_.Append(run_);
+    run_ = {};
+  }
+
+ private:
+  Buffer& dst_;
+  std::string_view run_;
+};
 
 // Does any mutation list drop or replace this header?
 bool Replaced(const HeaderMutations* const* levels, std::size_t n, std::string_view name) {
@@ -1533,7 +1546,6 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   FormatAddr(la, local, sizeof(local));
   conn_start_ms = w->now();
   last_active_ms = conn_start_ms;
-  conn_start_wall = std::chrono::system_clock::now();
   bytes_rx = bytes_tx = 0;
   flags = 0;
   status = 0;
@@ -1692,9 +1704,6 @@ void Session::Process() {
       if (st == http::ParseStatus::kIncomplete)
         break;
       start_ms = w->now();
-      // The wall clock is read only for the access log's %START_TIME%.
-      start_wall = chain->access_log ? std::chrono::system_clock::now()
-                                     : std::chrono::system_clock::time_point{};
       request_active = true;
       flags = 0;
       bytes_rx = 0;
@@ -2021,21 +2030,18 @@ void Session::SerializeRequest(Buffer& dst, bool shadow) {
   else
     dst.Append(host);
   dst.Append("\r\n");
-  // Header lines that pass unchanged are copied as received, a run of adjacent ones
-  // with one append.
   const bool mutated = AnyMutations(levels, 4);
-  const char* run = nullptr;
-  const char* run_end = nullptr;
   bool xff = false, xfp = false;
+  LineRun unchanged(dst);
   for (std::size_t i = 0; i < req.num_headers; ++i) {
     const http::Header& h = req.headers[i];
     if (IsHopByHop(h.id) || h.id == http::HeaderId::kHost ||
         h.id == http::HeaderId::kXEnvoyAttemptCount || (mutated && Replaced(levels, 4, h.name))) {
-      FlushRun(dst, run, run_end);
+      unchanged.Flush();
       continue;
     }
     if (h.id == http::HeaderId::kXForwardedFor) {
-      FlushRun(dst, run, run_end);
+      unchanged.Flush();
       xff = true;
       dst.Append(h.name);
       dst.Append(": ");
@@ -2046,12 +2052,9 @@ void Session::SerializeRequest(Buffer& dst, bool shadow) {
       continue;
     }
     xfp |= h.id == http::HeaderId::kXForwardedProto;
-    std::string_view line = h.line();
-    if (!run)
-      run = line.data();
-    run_end = line.data() + line.size();
+    unchanged.Add(h);
   }
-  FlushRun(dst, run, run_end);
+  unchanged.Flush();
   if (!xff) {
     dst.Append("x-forwarded-for: ");
     dst.Append(peer_ip);
@@ -2212,22 +2215,18 @@ void Session::WriteResponseHead(const http::ResponseHead& r) {
                                       &chain->http.routes->response_headers};
   bool upgrade = r.status == 101;
   const bool mutated = AnyMutations(levels, 4);
-  const char* run = nullptr;
-  const char* run_end = nullptr;
+  LineRun unchanged(out);
   for (std::size_t i = 0; i < r.num_headers; ++i) {
     const http::Header& h = r.headers[i];
     if ((upgrade ? h.id == http::HeaderId::kKeepAlive : IsHopByHop(h.id)) ||
         h.id == http::HeaderId::kXEnvoyUpstreamServiceTime ||
         (mutated && Replaced(levels, 4, h.name))) {
-      FlushRun(out, run, run_end);
+      unchanged.Flush();
       continue;
     }
-    std::string_view line = h.line();
-    if (!run)
-      run = line.data();
-    run_end = line.data() + line.size();
+    unchanged.Add(h);
   }
-  FlushRun(out, run, run_end);
+  unchanged.Flush();
   EmitAdds(out, levels, 4, r);
   out.Append("x-envoy-upstream-service-time: ");
   AppendNum(out, static_cast<uint64_t>(std::max<int64_t>(0, service_time_ms)));
@@ -2362,12 +2361,10 @@ void Session::LogRequest() {
   if (!chain || !chain->access_log)
     return;
   auto& b = w->log_buffer();
-  auto wall = start_wall;
   bool tcp = !chain->is_http;
-  if (tcp)
-    wall = conn_start_wall;
-  if (wall == std::chrono::system_clock::time_point{})  // logging came on mid-request
-    wall = std::chrono::system_clock::now() - std::chrono::milliseconds(w->now() - start_ms);
+  int64_t duration = w->now() - (tcp ? conn_start_ms : start_ms);
+  // %START_TIME%, from the loop's clock: no wall-clock read on the request path.
+  auto wall = std::chrono::system_clock::now() - std::chrono::milliseconds(duration);
   std::time_t t = std::chrono::system_clock::to_time_t(wall);
   std::tm tm{};
   gmtime_r(&t, &tm);
@@ -2388,7 +2385,6 @@ void Session::LogRequest() {
     }
   }
   flag_str = fl ? std::string_view(flag_buf, fl) : std::string_view("-");
-  int64_t duration = w->now() - (tcp ? conn_start_ms : start_ms);
   const char* cluster_name = cluster ? cluster->name.c_str() : "-";
   std::string_view route_name = route && !route->name.empty() ? std::string_view(route->name) : "-";
   if (tcp) {

@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <ctime>
 #include <future>
 #include <regex>
 
@@ -409,11 +411,18 @@ TEST_CASE("access log: Istio's default format, field by field", "[proxy][accessl
        {StaticCluster("outbound|8000||httpbin.default.svc.cluster.local", {up.port()})}}};
   auto p = StartProxy(doc);
   REQUIRE(p->error == "");
+  auto wall_ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  int64_t sent_ms = wall_ms();
   Resp r = SendRaw(
       p->Port(),
       "POST /status/201?x=1 HTTP/1.1\r\nhost: httpbin.example.com\r\nuser-agent: test-agent/1\r\n"
-      "x-request-id: rid-1\r\nx-status: 201\r\ncontent-length: 5\r\nconnection: "
-      "close\r\n\r\nhello");
+      "x-request-id: rid-1\r\nx-status: 201\r\nx-delay-ms: 300\r\ncontent-length: 5\r\n"
+      "connection: close\r\n\r\nhello");
+  int64_t answered_ms = wall_ms();
   REQUIRE(r.status == 201);
   CHECK(Get(p->Port(), "h", "/", "x-close: 1\r\n").status == 503);
   auto lines = p->LogLines(2);
@@ -422,6 +431,13 @@ TEST_CASE("access log: Istio's default format, field by field", "[proxy][accessl
       R"re(^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)\] "(\S+) (\S+) (\S+)" (\d+) (\S+) (\S+) (\S+) "(\S+)" (\d+) (\d+) (\d+) (\S+) "([^"]*)" "([^"]*)" "([^"]*)" "([^"]*)" "([^"]*)" (\S+) (\S+) (\S+) (\S+) (\S+) (\S+)$)re");
   std::smatch m;
   REQUIRE(std::regex_match(lines[0], m, re));
+  // START_TIME is when the request arrived, not when it was logged 300 ms later.
+  std::tm tm{};
+  std::string start = m[1];
+  REQUIRE(strptime(start.c_str(), "%Y-%m-%dT%H:%M:%S", &tm) != nullptr);
+  int64_t start_ms = int64_t{timegm(&tm)} * 1000 + std::stoi(start.substr(20, 3));
+  CHECK(start_ms >= sent_ms - 5);
+  CHECK(start_ms <= answered_ms - 290);
   CHECK(m[2] == "POST");
   CHECK(m[3] == "/status/201?x=1");
   CHECK(m[4] == "HTTP/1.1");
