@@ -957,6 +957,8 @@ class Builder {
     router->set_name("envoy.filters.http.router");
     router->mutable_typed_config()->PackFrom(
         envoy::extensions::filters::http::router::v3::Router());
+    // As istiod: WebSocket upgrades are allowed; any other upgrade is refused (403).
+    hcm.add_upgrade_configs()->set_upgrade_type("websocket");
     AddAccessLog(hcm.mutable_access_log());
     google::protobuf::Any any;
     any.PackFrom(hcm);
