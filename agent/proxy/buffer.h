@@ -59,6 +59,8 @@ class Buffer {
       begin_ = end_ = 0;
   }
   void Clear() { begin_ = end_ = 0; }
+  // Keeps the first n bytes (n <= size()).
+  void Truncate(std::size_t n) { end_ = begin_ + n; }
   // Exchanges contents and memory with another buffer (hands bytes over without a copy).
   void Swap(Buffer& o) noexcept {
     std::swap(data_, o.data_);

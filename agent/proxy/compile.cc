@@ -45,6 +45,16 @@ Millis ToMillis(const google::protobuf::Duration& d) {
   return Millis(d.seconds() * 1000 + d.nanos() / 1000000);
 }
 
+// A socket address's port; port_value is a uint32 in the proto, and one that does not
+// fit 16 bits is an error, never a silently wrapped port.
+Result<uint16_t> PortOf(const core_v3::SocketAddress& sa, const std::string& where) {
+  if (sa.port_value() > 65535) {
+    return Fail(where + ": socket_address.port_value " + std::to_string(sa.port_value()) +
+                " is not a port (0-65535)");
+  }
+  return static_cast<uint16_t>(sa.port_value());
+}
+
 uint32_t PerMillion(const envoy::type::v3::FractionalPercent& p) {
   uint64_t n = p.numerator();
   switch (p.denominator()) {
@@ -66,6 +76,18 @@ std::string Lower(std::string s) {
       c = static_cast<char>(c + 32);
   }
   return s;
+}
+
+template <class Configs>
+std::vector<UpgradeConfig> CompileUpgrades(const Configs& configs) {
+  std::vector<UpgradeConfig> out;
+  for (const auto& u : configs) {
+    UpgradeConfig c;
+    c.type = Lower(u.upgrade_type());
+    c.enabled = !u.has_enabled() || u.enabled().value();
+    out.push_back(std::move(c));
+  }
+  return out;
 }
 
 Result<std::shared_ptr<const RE2>> CompileRegex(const std::string& pattern,
@@ -370,6 +392,7 @@ Result<void> CompileRouteAction(const route_v3::RouteAction& a, Route* r, const 
     out.regex_substitution = a.regex_rewrite().substitution();
   }
   out.host_rewrite = a.host_rewrite_literal();
+  out.upgrades = CompileUpgrades(a.upgrade_configs());
   if (a.has_timeout())
     out.timeout = ToMillis(a.timeout());
   if (a.has_retry_policy()) {
@@ -648,7 +671,10 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
         auto ep = std::make_unique<Endpoint>();
         ep->degraded = degraded;
         ep->weight = weight;
-        const auto port = static_cast<uint16_t>(sa.port_value());
+        auto port_or = PortOf(sa, where);
+        if (!port_or)
+          return std::unexpected(port_or.error());
+        const uint16_t port = *port_or;
         if (auto ip = ParseIp(sa.address(), port)) {
           SetAddress(*ep, *ip);
           c->endpoints.push_back(std::move(ep));
@@ -749,6 +775,13 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
       if (h.common_http_protocol_options().has_idle_timeout()) {
         out->http.idle_timeout = ToMillis(h.common_http_protocol_options().idle_timeout());
       }
+      if (h.has_request_headers_timeout())
+        out->http.request_headers_timeout = ToMillis(h.request_headers_timeout());
+      if (h.has_request_timeout())
+        out->http.request_timeout = ToMillis(h.request_timeout());
+      if (h.has_stream_idle_timeout())
+        out->http.stream_idle_timeout = ToMillis(h.stream_idle_timeout());
+      out->http.upgrades = CompileUpgrades(h.upgrade_configs());
       if (h.has_max_request_headers_kb())
         out->http.limits.max_head_bytes = h.max_request_headers_kb().value() * 1024;
       if (h.common_http_protocol_options().has_max_headers_count()) {
@@ -852,7 +885,10 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
     if (!pl.address().has_socket_address())
       return Fail(where + ": address.socket_address is required");
     l.address = pl.address().socket_address().address();
-    l.port = static_cast<uint16_t>(pl.address().socket_address().port_value());
+    auto port = PortOf(pl.address().socket_address(), where + ": address");
+    if (!port)
+      return std::unexpected(port.error());
+    l.port = *port;
     l.use_original_dst = pl.has_use_original_dst() && pl.use_original_dst().value();
     l.bind_to_port = !pl.has_bind_to_port() || pl.bind_to_port().value();
     for (const auto& lf : pl.listener_filters()) {
@@ -898,7 +934,11 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
       }
       ListenerConfig extra = l;
       extra.address = aa.socket_address().address();
-      extra.port = static_cast<uint16_t>(aa.socket_address().port_value());
+      auto extra_port =
+          PortOf(aa.socket_address(), where + ": additional_addresses[" + std::to_string(i) + "]");
+      if (!extra_port)
+        return std::unexpected(extra_port.error());
+      extra.port = *extra_port;
       extra.name = l.name + "~" + extra.address;
       also.push_back(std::move(extra));
     }

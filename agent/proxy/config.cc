@@ -150,6 +150,20 @@ const VirtualHost* RouteTable::FindVirtualHost(std::string_view host) const {
   return nullptr;
 }
 
+bool UpgradeAllowed(std::string_view type, const HttpSettings& hcm, const RouteAction* route) {
+  auto find = [&](const std::vector<UpgradeConfig>& v) -> const UpgradeConfig* {
+    for (const UpgradeConfig& u : v) {
+      if (http::EqualsIgnoreCase(u.type, type))
+        return &u;
+    }
+    return nullptr;
+  };
+  if (const UpgradeConfig* r = route ? find(route->upgrades) : nullptr)
+    return r->enabled;
+  const UpgradeConfig* h = find(hcm.upgrades);
+  return h && h->enabled;
+}
+
 bool RouteMatches(const Route& r, const http::RequestHead& req) {
   const bool ic = !r.case_sensitive;
   switch (r.path_kind) {

@@ -476,7 +476,11 @@ void UringLoop::ArmPoll(Channel& c) {
   const bool connect = c.kind == Kind::kConnecting;
   // epoll's and poll's bits are the same numbers.
   s->poll32_events = connect ? (POLLOUT | POLLERR | POLLHUP) : (c.events & (POLLIN | POLLOUT));
-  s->len = connect ? 0 : IORING_POLL_ADD_MULTI;
+  // epoll's level-triggered contract (a listening socket with connections still queued
+  // is reported again) needs a one-shot poll, re-armed after its handler ran: a
+  // multishot poll reports wake-ups, not readiness, so a handler that takes part of a
+  // burst would never hear of the rest. Edge-triggered interest keeps the multishot.
+  s->len = !connect && (c.events & EPOLLET) ? IORING_POLL_ADD_MULTI : 0;
   s->user_data = Tag(connect ? kOpConnect : kOpPoll, c.slot, c.gen);
   ++outstanding_;
   c.armed = true;
@@ -930,8 +934,9 @@ void UringLoop::OnCqe(uint64_t data, int res, uint32_t flags) {
       }
       if (res >= 0 && c.h)
         c.h->OnEvent(static_cast<uint32_t>(res));
+      // A one-shot poll has ended; a multishot one ends on overflow or a new mask.
       if (!c.armed && !c.closing)
-        ArmPoll(c);  // a multishot poll ends on overflow or a new mask
+        ArmPoll(c);
       return;
     }
     default:

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cassert>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -57,11 +58,13 @@ enum Flag : uint32_t {
   kFlagFI = 1u << 9,    // fault (abort) injected
   kFlagDC = 1u << 10,   // downstream connection termination
   kFlagURX = 1u << 11,  // retry limit exceeded
-  kFlagDPE = 1u << 12,  // downstream protocol error
-  kFlagNC = 1u << 13,   // no cluster
+  kFlagSI = 1u << 12,   // stream idle timeout
+  kFlagDPE = 1u << 13,  // downstream protocol error
+  kFlagUPE = 1u << 14,  // upstream protocol error
+  kFlagNC = 1u << 15,   // no cluster
 };
-constexpr const char* kFlagNames[] = {"UH", "UT", "LR", "UR", "UF",  "UC",  "UO",
-                                      "NR", "DI", "FI", "DC", "URX", "DPE", "NC"};
+constexpr const char* kFlagNames[] = {"UH", "UT", "LR", "UR",  "UF", "UC",  "UO",  "NR",
+                                      "DI", "FI", "DC", "URX", "SI", "DPE", "UPE", "NC"};
 
 // ----------------------------------------------------------------------- timers
 
@@ -146,10 +149,17 @@ class TimerHeap {
 
 // ----------------------------------------------------------------------- snapshot
 
+// Downstream connections open on a listener, over all workers (its connection limit).
+// Kept apart from the sockets: a connection may outlive its listener's sockets.
+struct ListenerCount {
+  std::atomic<uint32_t> active{0};
+};
+
 struct ListenerSockets {
   std::string name, key;
   uint16_t port = 0;
   std::vector<int> fds;  // one per worker
+  std::shared_ptr<ListenerCount> count = std::make_shared<ListenerCount>();
   ~ListenerSockets() {
     for (int fd : fds) {
       if (fd >= 0)
@@ -352,6 +362,31 @@ class Worker {
   void SendMirror(const MirrorPolicy& m, Session& s);
   void ReleaseMirror(Mirror* m);
 
+  // The worker's buffer budget (ProxyOptions.worker_buffer_limit). A connection may
+  // always hold this much (a request head, a small body, a response's first bytes).
+  static constexpr std::size_t kHeadFloor = 64 * 1024;
+  // Response bytes waiting for a slow client: beyond the floor, only while the worker
+  // holds less than its budget (else the upstream is not read).
+  bool MayBuffer(std::size_t held) const {
+    return held < kHeadFloor || buffered_ < opts().worker_buffer_limit;
+  }
+  // A request body beyond the floor is read only under a reservation of its whole size
+  // (its content-length, or max_request_body when chunked), so the bodies being received
+  // never add up to more than the budget, and a body once begun can always be finished
+  // (no two requests each wait for the other's memory). One request may take more than
+  // the budget when nothing else holds any, so a large body always gets its turn.
+  bool Reserve(Session* s, std::size_t n);
+  void Unreserve(Session* s);
+  void Charge(std::size_t now, std::size_t before) {
+    buffered_ += now;
+    buffered_ -= before;
+    if (now > before)
+      stats().buffered_bytes.fetch_add(now - before, std::memory_order_relaxed);
+    else
+      stats().buffered_bytes.fetch_sub(before - now, std::memory_order_relaxed);
+  }
+  void WaitForMemory(Session* s);
+
   void Log(std::string_view line) { log_.append(line.data(), line.data() + line.size()); }
   fmt::memory_buffer& log_buffer() { return log_; }
   ProxyStats& stats() { return impl_->stats; }
@@ -373,6 +408,7 @@ class Worker {
     Worker* w = nullptr;
     int fd = -1;
     std::string name;
+    std::shared_ptr<ListenerCount> count;
     void OnEvent(uint32_t) override { w->Accept(*this); }
   };
 
@@ -383,6 +419,7 @@ class Worker {
   void FlushMirrors();
   void FlushLog();
   void CloseIdle();
+  void ResumeMemoryWaiters();
 
   Proxy::Impl* impl_;
   int index_;
@@ -417,6 +454,9 @@ class Worker {
   // Mirror copies are written after the batch's primary requests (see SendMirror).
   std::vector<std::pair<UpstreamConn*, uint64_t>> mirror_flush_;
   fmt::memory_buffer log_;
+  std::size_t buffered_ = 0;  // the sum of the sessions' `accounted`
+  std::size_t reserved_ = 0;  // the sum of the sessions' `reserved`
+  std::vector<std::pair<Session*, uint64_t>> memory_waiters_;  // (session, its gen)
 
   friend class UpstreamConn;
 };
@@ -464,7 +504,7 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
     kClosing,
     kClosed
   };
-  enum TimerKind { kRouteTimer, kTryTimer, kWaitTimer };
+  enum TimerKind { kRouteTimer, kTryTimer, kWaitTimer, kStreamTimer };
 
   Worker* w = nullptr;
   uint64_t gen = 0;
@@ -510,10 +550,24 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   bool in_tunnel_read = false;
   char request_id[40] = {0};
   bool generated_id = false;
-  Timer route_timer, try_timer, wait_timer;
+  // The request's own deadlines (the HCM's request_headers_timeout, request_timeout and
+  // stream_idle_timeout) share one timer; see StreamDeadline.
+  int64_t head_start_ms = -1;     // the request's first byte; -1 before it
+  int64_t last_io_ms = 0;         // the request's last byte received or response byte sent on
+  bool request_complete = false;  // its head and body are in
+  // Response bytes went to the client: an upstream protocol error can no longer become
+  // a 502 (the head written so far, from resp_head_at in `out`, is still unsent).
+  bool response_sent = false;
+  std::size_t resp_head_at = 0;
+  bool strip_h2c = false;       // an h2c upgrade request, served as plain HTTP/1.1 (as Envoy)
+  bool waiting_memory = false;  // not read until its body's reservation is granted
+  std::size_t accounted = 0;    // in + out, as last charged to the worker's budget
+  std::size_t reserved = 0;     // the worker's budget held for this request's body
+  std::shared_ptr<ListenerCount> lcount;
+  Timer route_timer, try_timer, wait_timer, stream_timer;
 
   void Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<const Snapshot> s,
-            const ListenerConfig* l);
+            const ListenerConfig* l, std::shared_ptr<ListenerCount> count);
   void OnEvent(uint32_t ev) override;
   void OnTimer(int kind) override;
   void OnUpConnected(UpstreamConn* u) override;
@@ -527,6 +581,9 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
 
  private:
   bool ReadInto(Buffer& b);
+  // Reads (first, when read_first) and handles requests for as long as the connection
+  // has more of them.
+  void ServeRequests(bool read_first);
   void Process();
   void OnHead();
   void Dispatch();
@@ -543,11 +600,36 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   void DropUpstream(bool reuse);
   void SerializeRequest(Buffer& dst, bool shadow);
   void WriteResponseHead(const http::ResponseHead& r);
+  // `connection: close`, or for an HTTP/1.0 client kept alive `connection: keep-alive`.
+  void AppendConnection();
   void LogRequest();
   void StartTcp();
   void RefreshConfig();
   void TunnelRead();
   void MaybeCloseTunnel();
+  // Charges the worker for what this session holds now.
+  void Account() {
+    const std::size_t now = in.size() + out.size();
+    if (now != accounted) {
+      w->Charge(now, accounted);
+      accounted = now;
+    }
+  }
+  // Leaves the cluster's queue of requests waiting for a connection, if in it.
+  void StopWaiting();
+  // The body this request may still need to buffer (see Worker::Reserve).
+  std::size_t BodyReservation() const {
+    return req.chunked ? chain->http.max_request_body
+                       : static_cast<std::size_t>(std::max<int64_t>(0, req.content_length));
+  }
+  // Forgets a head that was never parsed (a protocol error, a timeout before it was
+  // complete): the whole buffer is the request, and it is logged without a method.
+  void ForgetHead();
+  // The request's nearest deadline (kNoDeadline when none applies); *which says whose.
+  enum class Deadline { kNone, kHead, kRequest, kIdle };
+  int64_t StreamDeadline(Deadline* which) const;
+  void ArmStreamTimer();
+  void OnStreamTimer();
   friend class Worker;
 };
 
@@ -946,6 +1028,7 @@ Session* Worker::NewSession() {
     s->route_timer = Timer{s, Session::kRouteTimer};
     s->try_timer = Timer{s, Session::kTryTimer};
     s->wait_timer = Timer{s, Session::kWaitTimer};
+    s->stream_timer = Timer{s, Session::kStreamTimer};
     free_sessions_.push_back(s);
   }
   Session* s = free_sessions_.back();
@@ -955,6 +1038,7 @@ Session* Worker::NewSession() {
 }
 
 void Worker::ReleaseSession(Session* s) {
+  assert(!s->counted_request && !s->retry_counted && !s->up);
   ++s->gen;
   s->snap.reset();
   s->in.Clear();
@@ -1308,6 +1392,8 @@ void Worker::Accept(ListenerHandler& l) {
     if (sl.socks->name == l.name)
       lc = sl.cfg;
   }
+  // At most 64 per event, so one listener's burst cannot starve the connections already
+  // open; the listening socket is reported again while connections wait (level-triggered).
   for (int i = 0; i < 64; ++i) {
     sockaddr_storage peer{};
     socklen_t plen = sizeof(peer);
@@ -1319,13 +1405,61 @@ void Worker::Accept(ListenerHandler& l) {
       close(cfd);
       continue;
     }
+    if (l.count->active.load(std::memory_order_relaxed) >= opts().max_connections_per_listener) {
+      close(cfd);  // as Envoy at a listener's connection limit: closed at once, counted
+      stats().cx_overflow.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    l.count->active.fetch_add(1, std::memory_order_relaxed);
     int one = 1;
     setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     stats().downstream_cx.fetch_add(1, std::memory_order_relaxed);
     stats().active_cx.fetch_add(1, std::memory_order_relaxed);
     Session* s = NewSession();
-    s->Open(cfd, peer, snap_, lc);
+    s->Open(cfd, peer, snap_, lc, l.count);
   }
+}
+
+bool Worker::Reserve(Session* s, std::size_t n) {
+  if (reserved_ != 0 && reserved_ + n > opts().worker_buffer_limit)
+    return false;
+  reserved_ += n;
+  s->reserved = n;
+  return true;
+}
+
+void Worker::Unreserve(Session* s) {
+  reserved_ -= s->reserved;
+  s->reserved = 0;
+}
+
+void Worker::WaitForMemory(Session* s) {
+  if (s->waiting_memory)
+    return;
+  s->waiting_memory = true;
+  memory_waiters_.emplace_back(s, s->gen);
+  stats().buffer_limit_waits.fetch_add(1, std::memory_order_relaxed);
+  // Not receiving at all (io_uring would otherwise keep filling its buffers for it).
+  s->events &= ~static_cast<uint32_t>(EPOLLIN);
+  loop_->Modify(s->fd, s->events, s);
+}
+
+// In arrival order: the first waiter whose body does not fit stops the rest.
+void Worker::ResumeMemoryWaiters() {
+  std::size_t i = 0;
+  for (; i < memory_waiters_.size(); ++i) {
+    auto [s, g] = memory_waiters_[i];
+    if (s->gen != g || !s->waiting_memory)
+      continue;  // closed meanwhile
+    if (!Reserve(s, s->BodyReservation()))
+      break;
+    s->waiting_memory = false;
+    // Interest again: the loop reports what arrived meanwhile (EPOLL_CTL_MOD re-arms).
+    s->events |= EPOLLIN;
+    loop_->Modify(s->fd, s->events, s);
+  }
+  memory_waiters_.erase(memory_waiters_.begin(),
+                        memory_waiters_.begin() + static_cast<std::ptrdiff_t>(i));
 }
 
 void Worker::SwapSnapshot() {
@@ -1361,6 +1495,7 @@ void Worker::SwapSnapshot() {
       h->w = this;
       h->fd = fd;
       h->name = l.socks->name;
+      h->count = l.socks->count;
       loop_->Add(fd, EPOLLIN, h.get(), EventLoop::Kind::kPoll);
     }
     keep.push_back(std::move(h));
@@ -1379,14 +1514,25 @@ void Worker::SwapSnapshot() {
 
 void Worker::SweepIdle() {
   const bool draining = impl_->draining.load(std::memory_order_relaxed);
+  // Near a listener's connection limit, idle connections make room sooner (as Envoy's
+  // overload manager scales the idle timeout down).
+  const uint32_t pressed = opts().max_connections_per_listener / 4 * 3;
   for (auto& s : all_sessions_) {
     if (s->fd < 0 || s->phase != Session::Phase::kHead || !s->in.empty() || !s->out.empty() ||
         !s->chain || !s->chain->is_http) {
       continue;
     }
     int64_t limit = s->chain->http.idle_timeout.count();
-    if (draining || (limit > 0 && now_ms_ - s->last_active_ms >= limit))
+    if (s->lcount && s->lcount->active.load(std::memory_order_relaxed) >= pressed) {
+      const int64_t overload = opts().overload_idle_timeout.count();
+      limit = limit > 0 ? std::min(limit, overload) : overload;
+    }
+    if (draining) {
       s->Close();
+    } else if (limit > 0 && now_ms_ - s->last_active_ms >= limit) {
+      stats().cx_idle_timeout.fetch_add(1, std::memory_order_relaxed);
+      s->Close();
+    }
   }
 }
 
@@ -1464,6 +1610,8 @@ void Worker::Run() {
     }
     deferred_.clear();
     retired_listeners_.clear();
+    if (!memory_waiters_.empty())
+      ResumeMemoryWaiters();
     FlushLog();
   }
   // Shutdown: close every live connection (the loop goes first: an io_uring holds
@@ -1517,10 +1665,11 @@ const ListenerConfig* HandOver(const Snapshot& snap, const ListenerConfig* from,
 // ----------------------------------------------------------------------- Session
 
 void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<const Snapshot> s,
-                   const ListenerConfig* l) {
+                   const ListenerConfig* l, std::shared_ptr<ListenerCount> count) {
   fd = cfd;
   snap = std::move(s);
   lc = l;
+  lcount = std::move(count);
   chain = nullptr;
   sni.clear();
   in.Clear();
@@ -1561,6 +1710,11 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   in_process = false;
   read_ready = false;
   in_tunnel_read = false;
+  head_start_ms = -1;
+  request_complete = false;
+  response_sent = false;
+  strip_h2c = false;
+  waiting_memory = false;
   // Edge-triggered with every event registered once: no epoll_ctl per request.
   events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   w->loop().Add(fd, events, this, EventLoop::Kind::kStream);
@@ -1582,24 +1736,52 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
 
 bool Session::ReadInto(Buffer& b) {
   // Returns false on EOF or error.
+  // A request being received is read up to the worker's per-connection floor; a body
+  // beyond it only under a reservation (Worker::Reserve).
+  const bool floored = &b == &in && (phase == Phase::kHead || phase == Phase::kBody);
+  // Room for a whole head always, so a head is never waited on.
+  const std::size_t floor =
+      floored ? std::max(Worker::kHeadFloor, chain->http.limits.max_head_bytes + 1) : 0;
   while (true) {
+    std::size_t room = SIZE_MAX;
+    if (floored && reserved == 0) {
+      if (b.size() >= floor) {
+        read_ready = true;  // a head: read again once these requests are taken (Finish)
+        if (phase == Phase::kBody && !w->Reserve(this, BodyReservation())) {
+          w->WaitForMemory(this);  // resumed once its reservation is granted
+          Account();
+          return true;
+        }
+        if (phase == Phase::kHead) {
+          Account();
+          return true;
+        }
+      } else {
+        room = floor - b.size();
+      }
+    }
     std::size_t avail;
     char* p = b.WritePtr(8192, &avail);
-    ssize_t n = w->loop().Recv(fd, p, avail);
+    const std::size_t want = std::min(avail, room);
+    ssize_t n = w->loop().Recv(fd, p, want);
     if (n > 0) {
       b.Commit(static_cast<std::size_t>(n));
+      last_io_ms = w->now();
       if (phase == Phase::kTunnel)
         bytes_rx += static_cast<uint64_t>(n);
-      if (static_cast<std::size_t>(n) < avail) {
+      if (static_cast<std::size_t>(n) < want) {
         read_ready = false;  // a short read: the socket is dry
+        Account();
         return true;
       }
       if (b.size() > 1024 * 1024) {
         read_ready = true;
+        Account();
         return true;
       }
       continue;
     }
+    Account();
     if (n == 0)
       return false;
     if (errno == EINTR)
@@ -1640,7 +1822,7 @@ void Session::OnEvent(uint32_t ev) {
       }
       if (chain->is_http) {
         phase = Phase::kHead;
-        Process();
+        ServeRequests(/*read_first=*/false);
       } else {
         StartTcp();
         if (g == gen && !open) {
@@ -1652,19 +1834,9 @@ void Session::OnEvent(uint32_t ev) {
       return;
     }
     case Phase::kHead:
-    case Phase::kBody: {
-      bool open = ReadInto(in);
-      if (!open) {
-        if (phase == Phase::kHead && in.empty()) {
-          Close();
-          return;
-        }
-        Abort(kFlagDC);
-        return;
-      }
-      Process();
+    case Phase::kBody:
+      ServeRequests(/*read_first=*/true);
       return;
-    }
     case Phase::kTunnel:
       if (up && up->out.size() > 1024 * 1024) {
         read_ready = true;  // resumed by OnUpDrained
@@ -1700,10 +1872,16 @@ void Session::Process() {
   while (g == gen && (phase == Phase::kHead || phase == Phase::kBody) && !in.empty()) {
     if (phase == Phase::kHead) {
       RefreshConfig();
+      if (head_start_ms < 0) {
+        // A request's first byte: its head and whole-request deadlines start now.
+        head_start_ms = last_io_ms = w->now();
+        request_complete = false;
+        ArmStreamTimer();
+      }
       http::ParseStatus st = http::ParseRequest(in.Data(), chain->http.limits, &req);
       if (st == http::ParseStatus::kIncomplete)
         break;
-      start_ms = w->now();
+      start_ms = head_start_ms;
       request_active = true;
       flags = 0;
       bytes_rx = 0;
@@ -1711,11 +1889,7 @@ void Session::Process() {
       status = 0;
       details = "-";
       if (st == http::ParseStatus::kError) {
-        close_after = true;
-        req.num_headers = 0;
-        req.method = req.target = req.path = req.host = {};
-        req.head_len = in.size();
-        body_scanned = 0;
+        ForgetHead();
         Local(req.error_status, req.error ? req.error : "bad request", kFlagDPE,
               "http1.codec_error");
         break;
@@ -1761,6 +1935,14 @@ void Session::Process() {
   in_process = false;
 }
 
+void Session::ForgetHead() {
+  close_after = true;  // where this request ends, and so the next begins, is unknown
+  req.num_headers = 0;
+  req.method = req.target = req.path = req.host = req.upgrade = {};
+  req.head_len = in.size();
+  body_scanned = 0;
+}
+
 void Session::OnHead() {
   body_scanned = 0;
   sent_continue = false;
@@ -1774,6 +1956,7 @@ void Session::OnHead() {
   }
   if (has_body) {
     phase = Phase::kBody;
+    ArmStreamTimer();
     return;
   }
   Dispatch();
@@ -1784,6 +1967,9 @@ void Session::Dispatch() {
   // Stop reading while the request runs: the head's views into `in` stay valid and
   // pipelined requests wait in the buffer. RDHUP still tells us if the client leaves.
   phase = Phase::kUpstream;
+  request_complete = true;
+  response_sent = false;
+  ArmStreamTimer();
   if (!req.keep_alive)
     close_after = true;
   // Request id: keep the client's, else make a UUIDv4.
@@ -1806,6 +1992,23 @@ void Session::Dispatch() {
   response_started = false;
   std::strcpy(up_host, "-");
   std::strcpy(up_local, "-");
+  strip_h2c = false;
+  if (!req.upgrade.empty()) {
+    if (http::EqualsIgnoreCase(req.upgrade, "h2c")) {
+      // As Envoy's HTTP/1 codec: an h2c upgrade is not taken; the request is served as
+      // the HTTP/1.1 request it also is, without its upgrade headers.
+      req.upgrade = {};
+      strip_h2c = true;
+    } else if (!UpgradeAllowed(
+                   req.upgrade, chain->http,
+                   route && route->kind == Route::Kind::kRoute ? &route->action : nullptr)) {
+      // Only the upgrade types configured on the connection manager or the route; any
+      // other would open a tunnel whose requests no route ever sees.
+      w->stats().upgrades_refused.fetch_add(1, std::memory_order_relaxed);
+      Local(403, "", 0, "upgrade_failed");
+      return;
+    }
+  }
   if (!route) {
     Local(404, "", kFlagNR, "route_not_found");
     return;
@@ -2036,7 +2239,8 @@ void Session::SerializeRequest(Buffer& dst, bool shadow) {
   for (std::size_t i = 0; i < req.num_headers; ++i) {
     const http::Header& h = req.headers[i];
     if (IsHopByHop(h.id) || h.id == http::HeaderId::kHost ||
-        h.id == http::HeaderId::kXEnvoyAttemptCount || (mutated && Replaced(levels, 4, h.name))) {
+        h.id == http::HeaderId::kXEnvoyAttemptCount || (mutated && Replaced(levels, 4, h.name)) ||
+        (strip_h2c && http::EqualsIgnoreCase(h.name, "http2-settings"))) {
       unchanged.Flush();
       continue;
     }
@@ -2146,8 +2350,19 @@ void Session::OnUpFailure(UpstreamConn* u, UpFailure f) {
   }
   w->OnEndpointResult(*cluster, up_ep, true);
   DropUpstream(false);
+  if (response_started && f == UpFailure::kProtocol && !response_sent) {
+    // The upstream broke its framing before any of its response left here: its head is
+    // still queued, so the client gets a 502 rather than a bare close. Not retried: the
+    // upstream did answer.
+    bytes_tx -= out.size() - resp_head_at;
+    out.Truncate(resp_head_at);
+    response_started = false;
+    Local(502, "upstream protocol error", kFlagUPE,
+          "upstream_reset_after_response_started{protocol_error}");
+    return;
+  }
   if (response_started) {
-    flags |= kFlagUC;
+    flags |= f == UpFailure::kProtocol ? kFlagUPE : kFlagUC;
     Abort(0);
     return;
   }
@@ -2165,6 +2380,11 @@ void Session::OnUpFailure(UpstreamConn* u, UpFailure f) {
           "upstream connect error or disconnect/reset before headers. reset reason: connection "
           "failure",
           kFlagUF, "upstream_reset_before_response_started{connection_failure}");
+  } else if (f == UpFailure::kProtocol) {
+    Local(502,
+          "upstream connect error or disconnect/reset before headers. reset reason: protocol "
+          "error",
+          kFlagUPE, "upstream_reset_before_response_started{protocol_error}");
   } else {
     Local(503,
           "upstream connect error or disconnect/reset before headers. reset reason: connection "
@@ -2191,7 +2411,9 @@ void Session::OnUpHeaders(UpstreamConn* u) {
   status = r.status;
   details = "via_upstream";
   response_started = true;
+  last_io_ms = w->now();
   service_time_ms = w->now() - service_time_ms;
+  resp_head_at = out.size();
   WriteResponseHead(r);
   if (r.status == 101) {
     w->Cancel(route_timer);
@@ -2236,24 +2458,33 @@ void Session::WriteResponseHead(const http::ResponseHead& r) {
     // draining, the client learns from this response not to send another request.
     if (r.close_delimited || w->draining())
       close_after = true;
-    if (close_after)
-      out.Append("connection: close\r\n");
+    AppendConnection();
   }
   out.Append("\r\n");
   bytes_tx += out.size() - before;
 }
 
+void Session::AppendConnection() {
+  if (close_after)
+    out.Append("connection: close\r\n");
+  else if (req.minor_version == 0)
+    out.Append("connection: keep-alive\r\n");  // HTTP/1.0 is kept alive only when told so
+}
+
 void Session::OnUpData(UpstreamConn* u, std::string_view data) {
   out.Append(data);
   bytes_tx += data.size();
+  last_io_ms = w->now();
   if (out.size() > 256 * 1024) {
     uint64_t g = gen;
     TryWrite();
     if (g != gen)
       return;
   }
-  // Backpressure: stop reading the upstream while the client is slow.
-  if (out.size() > 4 * 1024 * 1024 && u == up)
+  Account();
+  // Backpressure: stop reading the upstream while the client is slow, or while the
+  // worker holds more than its budget (TryWrite resumes it once `out` is written).
+  if (u == up && (out.size() > 4 * 1024 * 1024 || !w->MayBuffer(out.size())))
     u->PauseRead(true);
 }
 
@@ -2284,10 +2515,7 @@ void Session::OnUpDone(UpstreamConn* u) {
 void Session::OnTimer(int kind) {
   switch (kind) {
     case kRouteTimer:
-      if (phase == Phase::kPending) {
-        w->RemovePending(this);
-        cluster->pending_requests.fetch_sub(1, std::memory_order_relaxed);
-      }
+      StopWaiting();
       DropUpstream(false);
       if (response_started) {
         flags |= kFlagUT;
@@ -2315,7 +2543,93 @@ void Session::OnTimer(int kind) {
         StartAttempt();
       }
       return;
+    case kStreamTimer:
+      OnStreamTimer();
+      return;
   }
+}
+
+int64_t Session::StreamDeadline(Deadline* which) const {
+  *which = Deadline::kNone;
+  int64_t best = INT64_MAX;
+  if (head_start_ms < 0 || !chain || !chain->is_http)
+    return best;  // no request under way
+  auto consider = [&](int64_t from, Millis limit, Deadline d) {
+    if (limit.count() > 0 && from + limit.count() < best) {
+      best = from + limit.count();
+      *which = d;
+    }
+  };
+  const HttpSettings& h = chain->http;
+  if (phase == Phase::kHead)
+    consider(head_start_ms, h.request_headers_timeout, Deadline::kHead);
+  if (!request_complete)
+    consider(head_start_ms, h.request_timeout, Deadline::kRequest);
+  consider(last_io_ms, h.stream_idle_timeout, Deadline::kIdle);
+  return best;
+}
+
+void Session::ArmStreamTimer() {
+  Deadline which;
+  const int64_t at = StreamDeadline(&which);
+  if (which == Deadline::kNone) {
+    w->Cancel(stream_timer);
+    return;
+  }
+  // An idle deadline moves with every byte: the timer is not moved then, but checked
+  // again when it fires (OnStreamTimer), so a busy request costs no timer operations.
+  if (!stream_timer.armed() || stream_timer.deadline > at)
+    w->Arm(stream_timer, std::max<int64_t>(0, at - w->now()));
+}
+
+void Session::OnStreamTimer() {
+  Deadline which;
+  const int64_t at = StreamDeadline(&which);
+  if (which == Deadline::kNone)
+    return;
+  if (at > w->now()) {
+    ArmStreamTimer();
+    return;
+  }
+  int code = 408;
+  const char* body = "request header timeout";
+  const char* why = "request_header_timeout";
+  uint32_t flag = 0;
+  switch (which) {
+    case Deadline::kHead:
+      w->stats().rq_header_timeout.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case Deadline::kRequest:
+      w->stats().rq_timeout.fetch_add(1, std::memory_order_relaxed);
+      body = "request timeout";
+      why = "request_overall_timeout";
+      break;
+    case Deadline::kIdle:
+      w->stats().rq_idle_timeout.fetch_add(1, std::memory_order_relaxed);
+      flag = kFlagSI;
+      if (response_started) {
+        Abort(kFlagSI);  // part of the response is out: all that is left is a reset
+        return;
+      }
+      body = "stream timeout";
+      why = "stream_idle_timeout";
+      code = request_complete ? 504 : 408;  // Envoy: 408 only while the request is incomplete
+      break;
+    case Deadline::kNone:
+      return;
+  }
+  StopWaiting();
+  if (phase == Phase::kHead) {  // a head that never completed
+    ForgetHead();
+    request_active = true;
+    start_ms = head_start_ms;
+    flags = 0;
+    bytes_rx = in.size();
+    bytes_tx = 0;
+  }
+  if (!request_complete)
+    close_after = true;  // the rest of this request would be read as the next one
+  Local(code, body, flag, why);
 }
 
 void Session::Local(int code, std::string_view body, uint32_t flag, const char* why,
@@ -2346,8 +2660,7 @@ void Session::Local(int code, std::string_view body, uint32_t flag, const char* 
   }
   if (w->draining())
     close_after = true;
-  if (close_after)
-    out.Append("connection: close\r\n");
+  AppendConnection();
   out.Append("\r\n");
   if (req.method != "HEAD")
     out.Append(body);
@@ -2432,11 +2745,16 @@ void Session::Finish() {
   w->Cancel(route_timer);
   w->Cancel(try_timer);
   w->Cancel(wait_timer);
+  w->Cancel(stream_timer);
   Uncount();
   LogRequest();
   request_active = false;
+  head_start_ms = -1;
+  request_complete = false;
+  w->Unreserve(this);
   std::size_t used = std::min(in.size(), req.head_len + body_scanned);
   in.Consume(used);
+  Account();
   req.num_headers = 0;
   req.head_len = 0;
   body_scanned = 0;
@@ -2450,25 +2768,32 @@ void Session::Finish() {
   }
   phase = Phase::kHead;
   last_active_ms = w->now();
-  if (read_ready) {
-    // Bytes (pipelined requests) arrived while the request ran: read them now, the
-    // edge that announced them is gone.
-    uint64_t g = gen;
-    if (!ReadInto(in)) {
-      if (in.empty()) {
+  if (in_process)
+    return;  // answered from within ServeRequests, whose loops go on with the rest
+  // Bytes (pipelined requests) may have arrived while the request ran, announced by an
+  // edge that is gone: read them now.
+  if (read_ready || !in.empty())
+    ServeRequests(/*read_first=*/read_ready);
+}
+
+void Session::ServeRequests(bool read_first) {
+  uint64_t g = gen;
+  bool read = read_first;
+  while (true) {
+    if (read && !ReadInto(in)) {
+      if (phase == Phase::kHead && in.empty())
         Close();
-      } else {
+      else
         Abort(kFlagDC);
-      }
       return;
     }
-    if (g != gen)
-      return;
-  }
-  if (!in.empty()) {
-    if (in_process)
-      return;  // the Process loop continues with the next request
     Process();
+    // The socket may hold more than was read (a read stops at the connection's floor or
+    // its 1 MiB): edge-triggered, nothing will say so again, so read on.
+    if (g != gen || !read_ready || waiting_memory ||
+        (phase != Phase::kHead && phase != Phase::kBody))
+      return;
+    read = true;
   }
 }
 
@@ -2502,27 +2827,30 @@ void Session::RefreshConfig() {
 
 void Session::Abort(uint32_t flag) {
   flags |= flag;
+  Close();
+}
+
+// The one way a session ends, whatever ended it: a request still open (an upgraded
+// one in its tunnel, one waiting for a pooled connection) gives back what it holds of
+// its cluster's circuit breakers and is logged, so nothing of it outlives the session.
+void Session::StopWaiting() {
   if (phase == Phase::kPending) {
     w->RemovePending(this);
     cluster->pending_requests.fetch_sub(1, std::memory_order_relaxed);
   }
+}
+
+void Session::Close() {
+  if (phase == Phase::kClosed)
+    return;
+  StopWaiting();
+  phase = Phase::kClosed;
   DropUpstream(false);
   if (request_active) {
     Uncount();
     LogRequest();
     request_active = false;
   }
-  Close();
-}
-
-void Session::Close() {
-  if (phase == Phase::kClosed)
-    return;
-  if (phase == Phase::kPending) {
-    w->RemovePending(this);
-    cluster->pending_requests.fetch_sub(1, std::memory_order_relaxed);
-  }
-  phase = Phase::kClosed;
   if (tcp_session) {
     tcp_session = false;
     LogRequest();
@@ -2530,20 +2858,31 @@ void Session::Close() {
   w->Cancel(route_timer);
   w->Cancel(try_timer);
   w->Cancel(wait_timer);
-  DropUpstream(false);
+  w->Cancel(stream_timer);
   if (fd >= 0) {
     w->loop().Close(fd);
     fd = -1;
     w->stats().active_cx.fetch_sub(1, std::memory_order_relaxed);
   }
+  if (lcount) {
+    lcount->active.fetch_sub(1, std::memory_order_relaxed);
+    lcount.reset();
+  }
+  w->Charge(0, accounted);
+  accounted = 0;
+  w->Unreserve(this);
+  waiting_memory = false;
   w->ReleaseSession(this);
 }
 
 void Session::TryWrite() {
+  if (response_started && !out.empty())
+    response_sent = true;
   if (w->loop().Send(fd, out) != 0) {
     Abort(kFlagDC);
     return;
   }
+  Account();
   if (out.empty()) {
     if (phase == Phase::kClosing) {
       Close();

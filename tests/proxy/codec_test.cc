@@ -253,7 +253,7 @@ TEST_CASE("curl through the proxy, with Expect: 100-continue", "[codec][proxy][c
 
 TEST_CASE("Upgrade is passed through and the connection becomes a tunnel", "[codec][proxy]") {
   TestUpstream up({.name = "up"});
-  auto p = StartProxy(ProxyDoc(up.port()));
+  auto p = StartProxy(WithUpgrades(ProxyDoc(up.port()), {"echo"}));
   REQUIRE(p->error == "");
   int fd = Connect(p->Port());
   std::string req = "GET /ws HTTP/1.1\r\nhost: h\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n";
@@ -281,7 +281,7 @@ TEST_CASE("Upgrade is passed through and the connection becomes a tunnel", "[cod
 
 TEST_CASE("a tunnel carries 8 MiB each way with backpressure, bytes intact", "[codec][proxy]") {
   TestUpstream up({.name = "up", .record = false});
-  auto p = StartProxy(ProxyDoc(up.port()));
+  auto p = StartProxy(WithUpgrades(ProxyDoc(up.port()), {"echo"}));
   REQUIRE(p->error == "");
   int fd = Connect(p->Port());
   std::string req = "GET /ws HTTP/1.1\r\nhost: h\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";

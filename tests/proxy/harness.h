@@ -219,6 +219,16 @@ inline Json Hcm(const Json& route_config, bool access_log = true,
   return {{"name", "envoy.filters.network.http_connection_manager"}, {"typed_config", h}};
 }
 
+// The document with these upgrade types allowed on the first listener's connection
+// manager (upgrade_configs), as istiod allows "websocket".
+inline Json WithUpgrades(Json doc, const std::vector<std::string>& types) {
+  Json list = Json::array();
+  for (const auto& t : types)
+    list.push_back({{"upgrade_type", t}});
+  doc["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["upgrade_configs"] = list;
+  return doc;
+}
+
 inline Json Listener(const std::string& name, const Json& chains) {
   return {{"name", name},
           {"address", {{"socket_address", {{"address", "127.0.0.1"}, {"port_value", 0}}}}},
@@ -260,6 +270,7 @@ class TempDir {
 
 struct RunningProxy {
   TempDir dir;
+  std::shared_ptr<const proxy::ProxyConfig> config;  // as started (its clusters' gauges live)
   std::unique_ptr<proxy::Proxy> proxy;
   std::string log_path;
   std::string error;
@@ -353,6 +364,7 @@ inline std::unique_ptr<RunningProxy> StartProxy(const Json& doc, int workers = 1
   }
   opts.workers = workers;
   opts.access_log_path = rp->log_path;
+  rp->config = *cfg;
   auto p = proxy::Proxy::Start(*cfg, opts);
   if (!p) {
     rp->error = p.error().message;

@@ -186,6 +186,13 @@ struct WeightedCluster {
   std::string host_rewrite;
 };
 
+// One entry of upgrade_configs (the connection manager's or a route's): an HTTP/1.1
+// Upgrade of this type (lower case, "websocket") is allowed or refused.
+struct UpgradeConfig {
+  std::string type;
+  bool enabled = true;
+};
+
 struct RouteAction {
   std::string cluster_name;
   const Cluster* cluster = nullptr;
@@ -199,6 +206,7 @@ struct RouteAction {
   RetryPolicy retry;
   std::vector<MirrorPolicy> mirrors;
   std::vector<HashPolicy> hash_policies;
+  std::vector<UpgradeConfig> upgrades;  // overrides the connection manager's, per type
 };
 
 struct RedirectAction {
@@ -268,7 +276,25 @@ struct HttpSettings {
   // HCM common_http_protocol_options.idle_timeout: a keep-alive connection with no
   // request in flight is closed after this long (Envoy's default 1 h; 0: never).
   Millis idle_timeout{3600 * 1000};
+  // The HCM's timeouts for a request (0: none). Where Envoy has none by default, Sluice
+  // has one, so a client cannot hold a connection by sending slowly:
+  // - request_headers_timeout: from a request's first byte until its head is complete
+  //   (408; Envoy: none; Sluice: 10 s);
+  // - request_timeout: from its first byte until the whole request (body included) is
+  //   in (408; Envoy: none; Sluice: 60 s);
+  // - stream_idle_timeout: nothing received or sent for the request for this long
+  //   (408 before the response started, else a reset; flag SI; Envoy's 5 min).
+  Millis request_headers_timeout{10000};
+  Millis request_timeout{60000};
+  Millis stream_idle_timeout{300000};
+  // upgrade_configs: the Upgrade types let through (a route may override per type);
+  // any other Upgrade request is answered 403, as Envoy does.
+  std::vector<UpgradeConfig> upgrades;
 };
+
+// Envoy's rule: the route's entry for the type decides when it has one, else the
+// connection manager's; a type in neither is refused. (`type` in any case.)
+bool UpgradeAllowed(std::string_view type, const HttpSettings& hcm, const RouteAction* route);
 
 struct TcpSettings {
   std::string stat_prefix;

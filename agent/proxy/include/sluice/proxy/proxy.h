@@ -61,6 +61,17 @@ struct ProxyOptions {
   // io_uring: receive buffers per worker (4 KiB each), shared by its connections; a
   // connection holds them only while its event is handled.
   unsigned io_buffers = 256;
+  // Bytes a worker holds for its downstream connections (requests being received,
+  // responses not yet written). Above it, connections holding more than a request head
+  // stop being read (TCP pushes back on their clients) and upstream responses wait,
+  // until the worker is below three quarters of it again.
+  std::size_t worker_buffer_limit = 32 * 1024 * 1024;
+  // Downstream connections open at once per listener (over all workers). A connection
+  // beyond it is closed as soon as it is accepted (counted); above three quarters of it,
+  // idle keep-alive connections are closed after overload_idle_timeout instead of the
+  // connection manager's idle_timeout.
+  uint32_t max_connections_per_listener = 4096;
+  Millis overload_idle_timeout{5000};
 };
 
 // Counters summed over workers (relaxed atomics; for tests and the admin page).
@@ -74,6 +85,15 @@ struct ProxyStats {
   std::atomic<uint64_t> mirrors_dropped{0};
   std::atomic<uint64_t> overflow{0};
   std::atomic<uint64_t> ejections{0};
+  // Limits and timeouts (Envoy's names in brackets).
+  std::atomic<uint64_t> cx_overflow{0};         // refused: listener limit [downstream_cx_overflow]
+  std::atomic<uint64_t> cx_idle_timeout{0};     // [downstream_cx_idle_timeout]
+  std::atomic<uint64_t> rq_header_timeout{0};   // [downstream_rq_header_timeout]
+  std::atomic<uint64_t> rq_timeout{0};          // request_timeout [downstream_rq_timeout]
+  std::atomic<uint64_t> rq_idle_timeout{0};     // stream_idle_timeout [downstream_rq_idle_timeout]
+  std::atomic<uint64_t> upgrades_refused{0};    // 403: not in upgrade_configs
+  std::atomic<uint64_t> buffer_limit_waits{0};  // reads deferred by worker_buffer_limit
+  std::atomic<uint64_t> buffered_bytes{0};      // held for downstream connections now (a gauge)
 };
 
 class Proxy {
