@@ -32,10 +32,11 @@
 #include "admin.h"
 #include "conn_log.h"
 #include "dns_watch.h"
+#include "l7_host.h"
+#include "l7_supervisor.h"
 #include "labels.h"
 #include "local_source.h"
 #include "node_agent.h"
-#include "pod_proxies.h"
 #include "sluice/config/store.h"
 #include "sluice/kernelsync/kernel_sync.h"
 #include "sluice/proxy/proxy.h"
@@ -52,6 +53,26 @@ std::string Prometheus(const std::string& name, const std::string& help, const s
   std::string out = "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
   for (const auto& [labels, v] : samples)
     out += name + labels + " " + std::to_string(v) + "\n";
+  return out;
+}
+
+// Every proxy counter (proxy::NamedStats) of every pod, one family per counter,
+// labelled by pod: sluice_proxy_requests_total{namespace="default",pod="sleep-1"}.
+std::string ProxyMetrics(const std::vector<agent::PodProxyStatus>& pods) {
+  std::string out;
+  for (const auto& st : proxy::NamedStats(proxy::ProxyStats{})) {
+    std::vector<std::pair<std::string, uint64_t>> samples;
+    for (const auto& p : pods) {
+      uint64_t v = 0;
+      for (const auto& [n, value] : p.stats)
+        if (n == st.name)
+          v = value;
+      samples.push_back(
+          {"{namespace=\"" + p.key.pod_namespace + "\",pod=\"" + p.key.name + "\"}", v});
+    }
+    out += Prometheus("sluice_proxy_" + std::string(st.name), std::string(st.help),
+                      st.gauge ? "gauge" : "counter", samples);
+  }
   return out;
 }
 
@@ -226,14 +247,9 @@ int RunGateway(GatewayArgs g, sigset_t sigs) {
                       XdsSamples(client.Status(), ""));
     std::lock_guard lock(mu);
     if (proxy) {
-      const auto& st = proxy->stats();
-      out += Prometheus("sluice_proxy_requests_total", "HTTP requests", "counter",
-                        {{"", st.requests.load()}});
-      out += Prometheus("sluice_proxy_downstream_cx_total", "Downstream connections", "counter",
-                        {{"", st.downstream_cx.load()}});
-      out += Prometheus("sluice_proxy_mirrors_total", "Mirror copies", "counter",
-                        {{"{outcome=\"sent\"}", st.mirrors_sent.load()},
-                         {"{outcome=\"dropped\"}", st.mirrors_dropped.load()}});
+      for (const auto& st : proxy::NamedStats(proxy->stats()))
+        out += Prometheus("sluice_proxy_" + std::string(st.name), std::string(st.help),
+                          st.gauge ? "gauge" : "counter", {{"", st.value}});
     }
     return agent::AdminReply{200, "text/plain; version=0.0.4", out};
   });
@@ -283,10 +299,16 @@ int main(int argc, char** argv) {
   GatewayArgs gw;
   bool ns_streams_on = true;
   nao.proxy_port = 15001;
+  agent::L7HostOptions l7o;
 
-  app.add_option("--role", role, "node (pods of this node) or gateway")
-      ->check(CLI::IsMember({"node", "gateway"}))
+  app.add_option("--role", role,
+                 "node (pods of this node) or gateway (l7: the node agent's own L7 process)")
+      ->check(CLI::IsMember({"node", "gateway", "l7"}))
       ->capture_default_str();
+  // Set by the node agent when it starts its L7 process (hidden from --help).
+  app.add_option("--l7-socket-fd", l7o.sock)->group("");
+  app.add_option("--l7-agent-pid", l7o.agent_pid)->group("");
+  app.add_option("--l7-upstream-mark", l7o.upstream_mark)->group("");
   app.add_option("--xds-address", ads.server,
                  "istiod (or sluicectl xds serve): host:port or unix:PATH")
       ->capture_default_str();
@@ -357,6 +379,16 @@ int main(int argc, char** argv) {
     ads.server = local->address();
   }
 
+  if (role == "l7") {
+    if (l7o.sock < 0) {
+      spdlog::error("--role l7 is the node agent's own L7 process; it starts it");
+      return 2;
+    }
+    l7o.port = nao.proxy_port;
+    l7o.access_log_path = access_log == "-" ? "" : access_log;
+    return agent::RunL7Host(l7o);
+  }
+
   if (role == "gateway") {
     gw.ads = ads;
     gw.id.cluster_id = id.cluster_id;
@@ -387,17 +419,25 @@ int main(int argc, char** argv) {
   std::mutex wake_mu;
   std::condition_variable wake_cv;
   bool wake = false;
-  agent::PodProxies l7({.port = nao.proxy_port,
-                        .access_log_path = access_log,
-                        .upstream_mark = bypass_mark,
-                        .on_pods_changed = [&] {
-                          std::lock_guard lock(wake_mu);
-                          wake = true;
-                          wake_cv.notify_one();
-                        }});
+  // The pods' L7 proxies run in a supervised process of their own (l7_supervisor.h).
+  agent::L7Supervisor l7(
+      {.argv = {"/proc/self/exe", "--role", "l7", "--proxy-port", std::to_string(nao.proxy_port),
+                "--access-log", access_log, "--log-level", log_level, "--l7-upstream-mark",
+                std::to_string(bypass_mark)},
+       .port = nao.proxy_port,
+       .on_pods_changed = [&] {
+         std::lock_guard lock(wake_mu);
+         wake = true;
+         wake_cv.notify_one();
+       }});
+  if (nao.proxy_port != 0) {
+    if (auto r = l7.Start(); !r) {
+      spdlog::error("{}", r.error().message);
+      return 1;
+    }
+  }
   agent::NodeAgent node(**dp, nao, nao.proxy_port != 0 ? &l7 : nullptr);
-  std::mutex sync_mu;    // the kernel sync's view, shared with the admin handlers
-  std::string l7_error;  // the last L7 compile error (under sync_mu)
+  std::mutex sync_mu;  // the kernel sync's view, shared with the admin handlers
   // Dialled address -> kernel service name, for the kernel's access-log lines (under
   // sync_mu; rebuilt after every kernel sync).
   std::map<SocketAddress, std::string> service_by_addr;
@@ -407,26 +447,17 @@ int main(int argc, char** argv) {
       for (const auto& v : svc.vips)
         service_by_addr[SocketAddress{v, svc.port}] = svc.name;
   };
-  // L7 compiles and applies happen one at a time (from the xDS streams and the DNS
-  // watch), so an older snapshot's compile never lands after a newer one's.
-  std::mutex l7_apply_mu;
   store.Subscribe([&](const config::SnapshotPtr& s, const config::Diff&) {
-    std::lock_guard apply_lock(l7_apply_mu);
     bool registry_only;
-    auto cfg = CompileL7(*s);
     {
       std::lock_guard lock(sync_mu);
       (void)ksync.OnSnapshot(*s);  // errors are logged; the kernel keeps its last good state
       index_services();
       registry_only = ksync.applied().registry_only;
-      l7_error = cfg ? "" : cfg.error().message;
     }
     node.SetRegistryOnly(registry_only);
-    if (cfg)
-      l7.SetNodeConfig(*cfg);
-    else
-      spdlog::error("L7 config {} refused, pods keep the running one: {}", s->generation,
-                    cfg.error().message);
+    if (nao.proxy_port != 0)
+      l7.SetNodeConfig(s);  // compiled (and refused, if it must be) by the L7 process
   });
 
   std::unique_ptr<agent::LabelFile> labels;
@@ -478,50 +509,18 @@ int main(int argc, char** argv) {
   // its own sidecar would get.
   sluice::xds::NodeIdentity view_id = id;
   view_id.pod_name = "sluice-node-" + (id.node_name.empty() ? node_ip : id.node_name);
-  std::map<std::string, std::string> view_errors;  // under sync_mu
-  // The snapshot each view's pods run (not merely the stream's latest: a config is
-  // applied after it compiled, and one without listeners is not applied at all), so
-  // /config_dump?namespace=NS&pod=P shows what P runs. Under sync_mu.
-  std::map<std::string, config::SnapshotPtr> view_applied;
+  // What a view's pods run (its snapshot once the L7 process applied it, and why one was
+  // refused) is the L7 process's to say: L7Supervisor::ViewStates(). DNS clusters are
+  // re-resolved and recompiled there too.
   agent::ViewStreams streams(
       ads_base, view_id, [&](const std::string& view, const config::SnapshotPtr& s) {
-        std::lock_guard apply_lock(l7_apply_mu);
-        auto cfg = CompileL7(*s);
         {
           std::lock_guard lock(sync_mu);
-          view_errors[view] = cfg ? "" : cfg.error().message;
           (void)ksync.OnView(view, s.get());  // errors logged; the last good view stays
           index_services();
         }
-        if (!cfg) {
-          spdlog::error("{}: L7 config {} refused, its pods keep the running one: {}", view,
-                        s->generation, cfg.error().message);
-          return;
-        }
-        if (l7.SetViewConfig(view, *cfg)) {
-          std::lock_guard lock(sync_mu);
-          view_applied[view] = s;
-        }
+        l7.SetViewConfig(view, s);
       });
-
-  // A DNS cluster's answer changed: the node's config and every view's again, from the
-  // snapshots they run.
-  agent::DnsWatch dns_watch([&] {
-    std::lock_guard apply_lock(l7_apply_mu);
-    if (auto s = store.Current(); s && s->generation > 0) {
-      if (auto cfg = CompileL7(*s))
-        l7.SetNodeConfig(*cfg);
-    }
-    std::map<std::string, config::SnapshotPtr> views;
-    {
-      std::lock_guard lock(sync_mu);
-      views = view_applied;
-    }
-    for (const auto& [view, s] : views) {
-      if (auto cfg = CompileL7(*s))
-        (void)l7.SetViewConfig(view, *cfg);
-    }
-  });
 
   std::atomic<bool> stopping{false};
   std::thread label_poller([&] {
@@ -540,11 +539,8 @@ int main(int argc, char** argv) {
       }
       if (ns_streams_on && nao.proxy_port != 0) {
         for (const auto& view : streams.Sync(l7.Views())) {
-          std::lock_guard apply_lock(l7_apply_mu);  // not across Sync: it joins stream threads
           l7.SetViewConfig(view, nullptr);
           std::lock_guard lock(sync_mu);
-          view_applied.erase(view);
-          view_errors.erase(view);
           (void)ksync.OnView(view, nullptr);
           index_services();
         }
@@ -596,16 +592,15 @@ int main(int argc, char** argv) {
     auto pods = node.Pods();
     for (const auto& p : pods)
       enrolled += p.enrolled;
-    std::vector<std::pair<std::string, uint64_t>> reqs, cxs;
-    for (const auto& p : l7.List()) {
-      std::string lbl = "{namespace=\"" + p.key.pod_namespace + "\",pod=\"" + p.key.name + "\"}";
-      reqs.push_back({lbl, p.requests});
-      cxs.push_back({lbl, p.downstream_cx});
+    if (nao.proxy_port != 0) {
+      // The pods' proxies, as the L7 process counts them now (asked, not cached).
+      l7.RefreshStatus(std::chrono::milliseconds(300));
+      out += ProxyMetrics(l7.List());
+      out += Prometheus("sluice_l7_up", "1 while the L7 process runs", "gauge",
+                        {{"", l7.pid() > 0 ? 1u : 0u}});
+      out += Prometheus("sluice_l7_restarts_total", "L7 processes started after the first",
+                        "counter", {{"", l7.restarts()}});
     }
-    out += Prometheus("sluice_proxy_requests_total", "HTTP requests through a pod's L7 proxy",
-                      "counter", reqs);
-    out += Prometheus("sluice_proxy_downstream_cx_total",
-                      "Connections into a pod's L7 capture listener", "counter", cxs);
     std::vector<std::pair<std::string, uint64_t>> views;
     for (const auto& [view, vst] : streams.Status()) {
       std::string lbl = "{namespace=\"" + view.ns + "\"";
@@ -633,26 +628,25 @@ int main(int argc, char** argv) {
       for (const auto& p : l7.List())
         if (p.key.pod_namespace == ns && (pod.empty() ? p.view == ns : p.key.name == pod))
           view = p.view;
-      config::SnapshotPtr snap;
-      {
-        std::lock_guard lock(sync_mu);
-        if (auto a = view_applied.find(view); a != view_applied.end())
-          snap = a->second;
-      }
+      // The snapshot the view's pods run (not merely the stream's latest: a config is
+      // applied once it compiled, and one without listeners is not applied at all).
+      agent::L7ConfigState state;
+      if (auto views = l7.ViewStates(); views.count(view))
+        state = views[view];
+      const config::SnapshotPtr& snap = state.running;
       nlohmann::json j = DumpResources(snap ? *snap : *store.Current());
       j["namespace"] = ns;
       j["view"] = view;
       j["source"] = snap ? "namespace stream" : "node stream (no pods of " + view + " here yet)";
-      std::lock_guard lock(sync_mu);
-      if (auto e = view_errors.find(view); e != view_errors.end() && !e->second.empty())
-        j["l7_error"] = e->second;
+      if (!state.error.empty())
+        j["l7_error"] = state.error;
       return agent::AdminReply{200, "application/json", j.dump(1) + "\n"};
     }
     auto s = store.Current();
     nlohmann::json j = DumpResources(*s);
+    if (auto node_l7 = l7.Node(); !node_l7.error.empty())
+      j["l7_error"] = node_l7.error;
     std::lock_guard lock(sync_mu);
-    if (!l7_error.empty())
-      j["l7_error"] = l7_error;
     for (const auto& svc : ksync.applied().services) {
       nlohmann::json k{{"name", svc.name}, {"port", svc.port}, {"l7", svc.redirect_to_proxy}};
       for (const auto& v : svc.vips)
@@ -664,6 +658,7 @@ int main(int argc, char** argv) {
     return agent::AdminReply{200, "application/json", j.dump(1) + "\n"};
   });
   admin.Handle("/pods", [&] {
+    l7.RefreshStatus(std::chrono::milliseconds(300));
     std::map<enrolment::PodKey, agent::PodProxyStatus> proxies;
     for (auto& p : l7.List())
       proxies[p.key] = p;

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "labels.h"
-#include "pod_proxies.h"
+#include "pod_l7.h"
 #include "sluice/cni/server.h"
 #include "sluice/enrolment/enrolment.h"
 #include "sluice/loader/dataplane.h"
@@ -45,7 +45,7 @@ class NodeAgent : public cni::CniHandler {
  public:
   // `l7` (may be null: no L7 proxy) gets a capture listener in each pod before the pod
   // is enrolled, and loses it after the pod is unenrolled.
-  NodeAgent(Dataplane& dp, NodeAgentOptions opts, PodProxies* l7 = nullptr)
+  NodeAgent(Dataplane& dp, NodeAgentOptions opts, PodL7* l7 = nullptr)
       : dp_(dp), opts_(std::move(opts)), l7_(l7) {}
 
   Result<cni::AddReply> OnAdd(const cni::PodInfo& pod) override;
@@ -79,7 +79,7 @@ class NodeAgent : public cni::CniHandler {
 
   Dataplane& dp_;
   NodeAgentOptions opts_;
-  PodProxies* l7_ = nullptr;
+  PodL7* l7_ = nullptr;
   mutable std::mutex mu_;
   enrolment::EnrolmentState state_;
   LabelSnapshot labels_;

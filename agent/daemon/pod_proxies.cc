@@ -12,6 +12,32 @@
 
 namespace sluice::agent {
 
+Result<CaptureSockets> OpenCaptureSockets(const std::string& netns, uint16_t port) {
+  auto ns = cni::Netns::Open(netns);
+  if (!ns)
+    return std::unexpected(ns.error());
+  auto nonblocking = [](cni::UniqueFd& fd) -> Result<void> {
+    int flags = fcntl(fd.get(), F_GETFL);
+    if (flags < 0 || fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0)
+      return FailErrno("capture listener: O_NONBLOCK", errno);
+    return {};
+  };
+  CaptureSockets s;
+  auto v4 = ns->ListenTcp("127.0.0.1", port, 4096);
+  if (!v4)
+    return Wrap("capture listener 127.0.0.1:" + std::to_string(port), v4.error());
+  s.v4 = std::move(*v4);
+  if (auto r = nonblocking(s.v4); !r)
+    return std::unexpected(r.error());
+  // A pod without IPv6 has no ::1: then the IPv4 listener alone.
+  if (auto v6 = ns->ListenTcp("::1", port, 4096)) {
+    s.v6 = std::move(*v6);
+    if (auto r = nonblocking(s.v6); !r)
+      return std::unexpected(r.error());
+  }
+  return s;
+}
+
 std::shared_ptr<const proxy::ProxyConfig> PodProxies::ForPods(const proxy::ProxyConfig& base,
                                                               uint16_t port) {
   auto cfg = std::make_shared<proxy::ProxyConfig>(base);
@@ -68,14 +94,17 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
       return FailErrno("setns into " + netns->path(), errno);
     return {};
   };
-  o.open_listener = [netns](const proxy::ListenerConfig& l, uint16_t port) -> Result<int> {
-    auto fd = netns->ListenTcp(l.address, port, 4096);
-    if (!fd)
-      return Wrap("listener " + l.name, fd.error());
-    int flags = fcntl(fd->get(), F_GETFL);
-    if (flags < 0 || fcntl(fd->get(), F_SETFL, flags | O_NONBLOCK) != 0)
-      return FailErrno("listener " + l.name + ": O_NONBLOCK", errno);
-    return fd->Release();
+  // The capture listeners are the agent's sockets (ForPods binds nothing else): the
+  // proxy gets a descriptor of its own for each and closes only that.
+  o.open_listener = [sockets = pod.sockets](const proxy::ListenerConfig& l,
+                                            uint16_t) -> Result<int> {
+    const cni::UniqueFd& s = l.address == "::1" ? sockets->v6 : sockets->v4;
+    if (!s)
+      return Fail("listener " + l.name + ": no capture socket on " + l.address + " in this pod");
+    int fd = fcntl(s.get(), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+      return FailErrno("listener " + l.name + ": dup", errno);
+    return fd;
   };
   auto p = proxy::Proxy::Start(cfg, std::move(o));
   if (!p)
@@ -100,7 +129,7 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
 }
 
 Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& netns,
-                              const enrolment::Labels& labels) {
+                              const enrolment::Labels& labels, CaptureSockets sockets) {
   Result<void> result;
   {
     std::lock_guard lock(mu_);
@@ -114,6 +143,7 @@ Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& n
       if (!fresh && it->second.proxy)
         it->second.proxy->Stop();  // same pod name, new sandbox
       it->second.netns = netns;
+      it->second.sockets = std::make_shared<const CaptureSockets>(std::move(sockets));
       it->second.view = View{key.pod_namespace, labels};
       it->second.proxy.reset();
       if (auto r = Start(key, it->second); !r) {
@@ -222,15 +252,16 @@ bool PodProxies::SetViewConfig(const std::string& view,
   return true;
 }
 
-void PodProxies::SetNodeConfig(std::shared_ptr<const proxy::ProxyConfig> cfg) {
+bool PodProxies::SetNodeConfig(std::shared_ptr<const proxy::ProxyConfig> cfg) {
   std::lock_guard lock(mu_);
   auto pods = cfg ? ForPods(*cfg, opts_.port) : nullptr;
   if (cfg && !pods) {
     spdlog::debug("node config without a use_original_dst listener, not applied");
-    return;
+    return false;
   }
   node_ = std::move(pods);
   Refresh(nullptr, nullptr);
+  return true;
 }
 
 std::vector<PodProxyStatus> PodProxies::List() const {
@@ -246,6 +277,8 @@ std::vector<PodProxyStatus> PodProxies::List() const {
     if (pod.proxy) {
       s.requests = pod.proxy->stats().requests.load(std::memory_order_relaxed);
       s.downstream_cx = pod.proxy->stats().downstream_cx.load(std::memory_order_relaxed);
+      for (const auto& st : proxy::NamedStats(pod.proxy->stats()))
+        s.stats.emplace_back(std::string(st.name), st.value);
     }
     out.push_back(std::move(s));
   }

@@ -1,11 +1,12 @@
-// PodProxies: the node agent's L7 proxy inside each enrolled pod.
+// PodProxies: the L7 proxy inside each enrolled pod (run by the L7 process, l7_host.h).
 //
 // Every enrolled pod gets its own proxy::Proxy whose one worker thread lives in the
 // pod's network namespace (setns at thread start; network namespaces are per thread).
-// So the capture listener the connect hook redirects to (127.0.0.1:PORT, and [::1]:PORT
-// when the pod has IPv6) is the pod's
-// own loopback, and the upstream connections the worker makes leave from the pod, with
-// the pod's address, carrying the bypass mark so the connect hook lets them through.
+// Its capture listener (127.0.0.1:PORT, and [::1]:PORT when the pod has IPv6) is a
+// socket the agent opened in the pod (OpenCaptureSockets) and handed over, so the
+// socket outlives this process: while it restarts, redirected connections wait in the
+// backlog. The upstream connections the worker makes leave from the pod, with the
+// pod's address, carrying the bypass mark so the connect hook lets them through.
 //
 // Configuration is per view (namespace + labels, see view_streams.h): the L7 resources
 // a sidecar of that namespace with those labels would get (short host names, exportTo
@@ -23,11 +24,20 @@
 #include <string>
 #include <vector>
 
+#include "sluice/cni/netns.h"
 #include "sluice/enrolment/enrolment.h"
 #include "sluice/proxy/proxy.h"
 #include "view_streams.h"
 
 namespace sluice::agent {
+
+// A pod's capture listening sockets, opened by the agent inside the pod's namespace.
+struct CaptureSockets {
+  cni::UniqueFd v4;  // 127.0.0.1:port
+  cni::UniqueFd v6;  // [::1]:port; none when the pod has no IPv6 loopback
+};
+// Opens them (non-blocking, backlog 4096); only the IPv4 one must succeed.
+Result<CaptureSockets> OpenCaptureSockets(const std::string& netns, uint16_t port);
 
 struct PodProxyOptions {
   uint16_t port = 15001;        // in-pod capture listener, 127.0.0.1:port
@@ -46,6 +56,7 @@ struct PodProxyStatus {
   std::string view;        // its view's id: "NS" or "NS{k=v,...}"
   uint64_t requests = 0, downstream_cx = 0;
   bool ipv6 = false;  // its capture listener's IPv6 twin on [::1] is open too
+  std::vector<std::pair<std::string, uint64_t>> stats;  // proxy::NamedStats, by name
 };
 
 class PodProxies {
@@ -60,14 +71,15 @@ class PodProxies {
   // A config without a use_original_dst listener is not applied (the pods keep theirs):
   // false then.
   bool SetViewConfig(const std::string& view, std::shared_ptr<const proxy::ProxyConfig> cfg);
-  // The node's config: the fallback for namespaces without their own yet.
-  void SetNodeConfig(std::shared_ptr<const proxy::ProxyConfig> cfg);
+  // The node's config: the fallback for namespaces without their own yet (false, as
+  // SetViewConfig, when it has no use_original_dst listener and is not applied).
+  bool SetNodeConfig(std::shared_ptr<const proxy::ProxyConfig> cfg);
 
   // Starts the pod's proxy (idempotent). With no config at all yet, the pod is
   // remembered and its proxy starts when the first config arrives. Called again with new
   // labels, the running proxy moves to that view's config (its listener stays).
   Result<void> Open(const enrolment::PodKey& key, const std::string& netns,
-                    const enrolment::Labels& labels = {});
+                    const enrolment::Labels& labels, CaptureSockets sockets);
   void Close(const enrolment::PodKey& key);
   void CloseAll();
   // SIGTERM: every capture listener closes, requests in flight finish (up to `grace`),
@@ -89,6 +101,7 @@ class PodProxies {
   static constexpr std::string_view kIpv6CaptureSuffix = "~ipv6";
   struct Pod {
     std::string netns;
+    std::shared_ptr<const CaptureSockets> sockets;
     bool ipv6 = false;  // its [::1] capture listener is open
     std::unique_ptr<proxy::Proxy> proxy;
     bool own_config = false;  // running its view's config (else the node's)

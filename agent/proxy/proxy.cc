@@ -3102,6 +3102,35 @@ void Proxy::Impl::Publish(std::shared_ptr<const Snapshot> s) {
     w->Wake();
 }
 
+std::vector<NamedStat> NamedStats(const ProxyStats& s) {
+  auto v = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  return {
+      {"requests_total", "HTTP requests", false, v(s.requests)},
+      {"downstream_cx_total", "Downstream connections accepted", false, v(s.downstream_cx)},
+      {"downstream_cx_active", "Downstream connections open", true, v(s.active_cx)},
+      {"upstream_cx_total", "Upstream connections opened", false, v(s.upstream_cx)},
+      {"retries_total", "Request retries", false, v(s.retries)},
+      {"mirrors_sent_total", "Mirror copies sent", false, v(s.mirrors_sent)},
+      {"mirrors_dropped_total", "Mirror copies dropped at a limit", false, v(s.mirrors_dropped)},
+      {"upstream_overflow_total", "Requests refused by a circuit breaker", false, v(s.overflow)},
+      {"ejections_total", "Endpoints ejected by outlier detection", false, v(s.ejections)},
+      {"downstream_cx_overflow_total", "Connections closed at a listener's limit", false,
+       v(s.cx_overflow)},
+      {"downstream_cx_idle_timeout_total", "Keep-alive connections closed idle", false,
+       v(s.cx_idle_timeout)},
+      {"downstream_rq_header_timeout_total", "Requests whose head came too slowly (408)", false,
+       v(s.rq_header_timeout)},
+      {"downstream_rq_timeout_total", "Requests not received within request_timeout (408)", false,
+       v(s.rq_timeout)},
+      {"downstream_rq_idle_timeout_total", "Requests idle past stream_idle_timeout", false,
+       v(s.rq_idle_timeout)},
+      {"upgrades_refused_total", "Upgrade requests refused (403)", false, v(s.upgrades_refused)},
+      {"buffer_limit_waits_total", "Reads deferred by the worker buffer limit", false,
+       v(s.buffer_limit_waits)},
+      {"buffered_bytes", "Bytes held for downstream connections", true, v(s.buffered_bytes)},
+  };
+}
+
 Proxy::Proxy(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> config,

@@ -11,6 +11,8 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "../kernelsync/fixtures.h"
@@ -482,6 +484,7 @@ struct L7Lab : AgentLab {
     // A Sidecar with workloadSelector app=locked in default, without api in its egress.
     by_namespace["default{app=locked}"] = L7Config("default", /*api_routes=*/false);
     ads2 = std::make_unique<sluice::xds::AdsServer>([this](const envoy::config::core::v3::Node& n) {
+      std::lock_guard lock(mu);
       auto it = by_namespace.find(NodeView(n));
       if (it == by_namespace.end())
         it = by_namespace.find(NodeNamespace(n));
@@ -502,9 +505,22 @@ struct L7Lab : AgentLab {
     if (ads2)
       ads2->Stop();
   }
+  std::mutex mu;  // by_namespace, once the server runs
   std::map<std::string, sluice::xds::ResourceSet> by_namespace;
   std::unique_ptr<sluice::xds::AdsServer> ads2;
 };
+
+// The agent's L7 process: its only child.
+pid_t L7Process(const Agent& agent) {
+  std::string out = Sh("pgrep -P " + std::to_string(agent.proc->pid()) + " || true");
+  return static_cast<pid_t>(std::atol(out.c_str()));
+}
+
+int64_t WallMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 // Hands the client pod (default, 10.211.0.10) to the agent over CNI and waits until it
 // runs its own namespace's config (that stream's first answer is in).
@@ -741,6 +757,100 @@ TEST_CASE("sluice-agent: after SIGKILL, L7 traffic recovers within a second of t
   REQUIRE(in_kernel);
   CHECK(in_kernel->size() == 1);
   restarted.Kill();
+}
+
+TEST_CASE(
+    "sluice-agent: the L7 process crashing under load is back within a second, and kernel sync, "
+    "CNI, xDS and L4 traffic carry on") {
+  L7Lab t;
+  auto agent = StartAgent(t.lab, t.dir, t.xds_port);
+  EnrolClient(t, agent);
+  REQUIRE(CurlInPod(t.lab, "client", "http://10.96.211.91/one").starts_with("200"));
+  const pid_t first = L7Process(agent);
+  REQUIRE(first > 0);
+
+  // Load on both paths: L4 connects through the kernel, and L7 requests one after another,
+  // each line "START_MS END_MS STATUS".
+  auto l4 = t.lab.ConnectAsync("client", "10.96.211.90:80", 4000);
+  Process l7load({"/bin/sh", "-c",
+                  "echo $$ > " + t.lab.cgroup() + "/cgroup.procs && exec ip netns exec " +
+                      t.lab.pod("client").netns +
+                      " sh -c 'for i in $(seq 60); do s=$(date +%s%3N); c=$(curl -s -m 3 -o "
+                      "/dev/null -w %{http_code} http://10.96.211.91/one); echo $s $(date "
+                      "+%s%3N) $c; done'"});
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const int64_t killed_at = WallMs();
+  REQUIRE(kill(first, SIGSEGV) == 0);  // as a fault in the engine would end it
+
+  // While it is down and coming back, the rest of the agent works:
+  // xDS and the kernel sync: a new L4 service is pushed and is served in the kernel;
+  auto with_db = L7Config("default");
+  const std::string db = "outbound|5432||db.default.svc.cluster.local";
+  with_db.Add(FromJson<EnvoyCluster>(Eds(db, "ROUND_ROBIN")));
+  with_db.Add(FromJson<ClusterLoadAssignment>(Cla(db, {"10.211.0.2:8080"})));
+  with_db.Add(FromJson<Listener>(TcpListener("10.96.211.92", 5432, db)));
+  {
+    std::lock_guard lock(t.mu);
+    t.by_namespace["default"] = with_db;
+    t.by_namespace["istio-system"] = with_db;
+  }
+  t.ads2->Push();
+  // the CNI server: another pod is taken and enrolled.
+  auto other =
+      cni::CallAgent(t.dir + "/cni.sock", AddRequest(t.lab, "other", "other", "10.211.0.11"),
+                     std::chrono::seconds(5));
+  REQUIRE(other);
+  CHECK(other->enrolled);
+  CHECK(Within([&] {
+          return Count(t.lab.Connect("client", "10.96.211.92:5432", 1), "by_server", "a") == 1;
+        }) >= 0);
+
+  // L4 connects through the kernel never noticed.
+  auto report = nlohmann::json::parse(l4->ReadLine(60000));
+  INFO(report.dump());
+  CHECK(report["ok"] == 4000);
+  CHECK(report["errors"].empty());
+
+  // L7: requests started after the crash waited in the capture socket's backlog (the
+  // agent holds it) and were answered by the new process; the first within a second.
+  int64_t recovered_at = -1;
+  int failed_after = 0, lines = 0;
+  for (int i = 0; i < 60; ++i) {
+    std::istringstream in(l7load.ReadLine(10000));
+    int64_t start = 0, end = 0;
+    std::string code;
+    in >> start >> end >> code;
+    ++lines;
+    if (start <= killed_at)
+      continue;  // in flight at the crash: may have died with the process
+    if (code == "200" && recovered_at < 0)
+      recovered_at = end;
+    if (code != "200")
+      ++failed_after;
+  }
+  CHECK(lines == 60);
+  WARN("L7 answered " << recovered_at - killed_at << " ms after the crash");
+  REQUIRE(recovered_at > 0);
+  CHECK(recovered_at - killed_at < 1000);
+  CHECK(failed_after == 0);
+
+  // A new process, counted; the first is gone, and the pods are served again.
+  const pid_t second = L7Process(agent);
+  CHECK(second > 0);
+  CHECK(second != first);
+  CHECK(kill(first, 0) != 0);
+  int status = 0;
+  auto metrics = HttpGet(agent.admin_port, "/metrics", &status);
+  CHECK_THAT(metrics, Catch::Contains("sluice_l7_restarts_total 1"));
+  CHECK_THAT(metrics, Catch::Contains("sluice_l7_up 1"));
+  CHECK(Within([&] {
+          auto pods = HttpGet(agent.admin_port, "/pods", &status);
+          return pods.find("\"listening\": false") == std::string::npos &&
+                 pods.find("\"name\": \"other\"") != std::string::npos;
+        }) >= 0);
+  CHECK(CurlInPod(t.lab, "other", "http://10.96.211.91/two", "api.default.svc.cluster.local")
+            .starts_with("200"));
+  agent.proc->Kill();
 }
 
 // What istiod sends an ingress gateway selected by istio=ingressgateway: a listener on

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "sluice/common/result.h"
 #include "sluice/proxy/config.h"
@@ -95,6 +96,16 @@ struct ProxyStats {
   std::atomic<uint64_t> buffer_limit_waits{0};  // reads deferred by worker_buffer_limit
   std::atomic<uint64_t> buffered_bytes{0};      // held for downstream connections now (a gauge)
 };
+
+// ProxyStats as named samples, for metrics and reports (one list, so every exporter
+// shows the same names): "requests_total", "downstream_cx_active", ...
+struct NamedStat {
+  std::string_view name;
+  std::string_view help;
+  bool gauge = false;
+  uint64_t value = 0;
+};
+std::vector<NamedStat> NamedStats(const ProxyStats& s);
 
 class Proxy {
  public:

@@ -1,0 +1,441 @@
+#include "l7_supervisor.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+
+namespace sluice::agent {
+namespace {
+
+std::string ExitReason(int status) {
+  if (WIFSIGNALED(status))
+    return fmt::format("killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
+  if (WIFEXITED(status))
+    return fmt::format("exited with status {}", WEXITSTATUS(status));
+  return "ended";
+}
+
+bool SameConfig(const l7wire::Message& a, const l7wire::Message& b) {
+  if (a.type != b.type)
+    return false;
+  if (a.type == l7wire::Type::kNodeConfig || a.type == l7wire::Type::kStatusRequest)
+    return true;
+  return a.type == l7wire::Type::kViewConfig &&
+         a.meta.value("view", "") == b.meta.value("view", "");
+}
+
+}  // namespace
+
+L7Supervisor::L7Supervisor(L7SupervisorOptions opts) : opts_(std::move(opts)) {}
+
+L7Supervisor::~L7Supervisor() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    if (pid_ > 0)
+      kill(pid_, SIGKILL);
+  }
+  cv_.notify_all();
+  if (runner_.joinable())
+    runner_.join();
+  {
+    std::lock_guard lock(mu_);
+    writer_stop_ = true;
+  }
+  cv_.notify_all();
+  if (writer_.joinable())
+    writer_.join();
+}
+
+Result<void> L7Supervisor::Start() {
+  runner_ = std::thread([this] { Run(); });
+  writer_ = std::thread([this] { WriterLoop(); });
+  return {};
+}
+
+Result<pid_t> L7Supervisor::Spawn(std::shared_ptr<cni::UniqueFd>* sock) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    return FailErrno("L7 process: socketpair", errno);
+  std::vector<std::string> args = opts_.argv;
+  args.insert(args.end(), {"--l7-socket-fd", std::to_string(sv[1]), "--l7-agent-pid",
+                           std::to_string(getpid())});
+  std::vector<char*> argv;
+  for (auto& a : args)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  pid_t pid = fork();
+  if (pid == 0) {
+    // Only async-signal-safe calls until exec: the agent has threads.
+    fcntl(sv[1], F_SETFD, 0);                  // this end survives the exec
+    sigprocmask(SIG_SETMASK, &none, nullptr);  // the agent blocks SIGTERM for sigwait
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  const int err = errno;
+  close(sv[1]);
+  if (pid < 0) {
+    close(sv[0]);
+    return FailErrno("L7 process: fork", err);
+  }
+  *sock = std::make_shared<cni::UniqueFd>(sv[0]);
+  return pid;
+}
+
+void L7Supervisor::Run() {
+  std::chrono::milliseconds backoff{0};
+  while (true) {
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait_for(lock, backoff, [this] { return stopping_; });
+      if (stopping_)
+        return;
+    }
+    std::shared_ptr<cni::UniqueFd> sock;
+    auto pid = Spawn(&sock);
+    if (!pid) {
+      spdlog::error("{}", pid.error().message);
+      backoff = std::min<std::chrono::milliseconds>(
+          std::max(backoff * 2, std::chrono::milliseconds(100)), std::chrono::seconds(5));
+      continue;
+    }
+    const auto started = std::chrono::steady_clock::now();
+    {
+      std::lock_guard lock(mu_);
+      sock_ = sock;
+      pid_ = *pid;
+      if (starts_++ > 0)
+        spdlog::info("L7 process {} started (restart {})", pid_, starts_ - 1);
+      else
+        spdlog::info("L7 process {} started", pid_);
+      outbox_.clear();
+      ReplayLocked();
+    }
+    cv_.notify_all();
+    // Its reports, until its stream ends or it falls silent.
+    while (true) {
+      pollfd p{sock->get(), POLLIN, 0};
+      int r = poll(&p, 1, static_cast<int>(opts_.heartbeat_timeout.count()));
+      if (r < 0 && errno == EINTR)
+        continue;
+      if (r == 0) {
+        spdlog::error("L7 process {} silent for {} ms: killing it", *pid,
+                      opts_.heartbeat_timeout.count());
+        break;
+      }
+      auto m = l7wire::Receive(sock->get());
+      if (!m) {
+        spdlog::error("L7 process {}: {}", *pid, m.error().message);
+        break;
+      }
+      if (!*m)
+        break;
+      OnMessage(std::move(**m));
+    }
+    kill(*pid, SIGKILL);  // if it is still there (silent, or a broken stream)
+    int status = 0;
+    while (waitpid(*pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    bool stopping;
+    {
+      std::lock_guard lock(mu_);
+      sock_.reset();
+      pid_ = -1;
+      status_.clear();
+      stopping = stopping_;
+    }
+    cv_.notify_all();
+    if (stopping) {
+      spdlog::info("L7 process {} {}", *pid, ExitReason(status));
+      return;
+    }
+    // At once after a process that ran a while; after quick deaths, wait a little longer
+    // each time (up to 5 s), so a config that kills it cannot make a busy loop.
+    const bool quick = std::chrono::steady_clock::now() - started < std::chrono::seconds(1);
+    backoff =
+        quick ? std::min<std::chrono::milliseconds>(
+                    std::max(backoff * 2, std::chrono::milliseconds(100)), std::chrono::seconds(5))
+              : std::chrono::milliseconds(0);
+    spdlog::error("L7 process {} {}: restarting{}", *pid, ExitReason(status),
+                  backoff.count() ? fmt::format(" in {} ms", backoff.count()) : "");
+  }
+}
+
+void L7Supervisor::WriterLoop() {
+  while (true) {
+    std::unique_lock lock(mu_);
+    cv_.wait(lock, [this] { return writer_stop_ || (!outbox_.empty() && sock_); });
+    if (writer_stop_)
+      return;
+    l7wire::Message m = std::move(outbox_.front());
+    outbox_.pop_front();
+    std::shared_ptr<cni::UniqueFd> sock = sock_;
+    lock.unlock();
+    // A process that died meanwhile fails this send; its successor gets a replay.
+    if (auto r = l7wire::Send(sock->get(), m); !r)
+      spdlog::debug("{}", r.error().message);
+  }
+}
+
+void L7Supervisor::Enqueue(l7wire::Message m) {
+  if (m.type == l7wire::Type::kNodeConfig || m.type == l7wire::Type::kViewConfig ||
+      m.type == l7wire::Type::kStatusRequest) {
+    std::erase_if(outbox_, [&](const l7wire::Message& q) { return SameConfig(q, m); });
+  }
+  outbox_.push_back(std::move(m));
+  cv_.notify_all();
+}
+
+l7wire::Message L7Supervisor::ConfigMessage(const std::string& view,
+                                            const config::SnapshotPtr& s) const {
+  l7wire::Message m;
+  m.type = view.empty() ? l7wire::Type::kNodeConfig : l7wire::Type::kViewConfig;
+  m.meta = {{"view", view}, {"generation", s ? s->generation : 0}};
+  if (s)
+    m.blob = l7wire::EncodeResources(s->ToResourceSet());
+  return m;
+}
+
+l7wire::Message L7Supervisor::PodMessage(const enrolment::PodKey& key, const Pod& pod) const {
+  l7wire::Message m;
+  m.type = l7wire::Type::kPodOpen;
+  nlohmann::json labels = nlohmann::json::object();
+  for (const auto& [k, v] : pod.labels)
+    labels[k] = v;
+  m.meta = {{"namespace", key.pod_namespace},
+            {"name", key.name},
+            {"netns", pod.netns},
+            {"labels", std::move(labels)}};
+  for (const cni::UniqueFd* s : {&pod.sockets.v4, &pod.sockets.v6}) {
+    if (*s)
+      m.fds.emplace_back(fcntl(s->get(), F_DUPFD_CLOEXEC, 0));
+  }
+  return m;
+}
+
+// A new process gets everything: the configs first, so its pods start configured.
+void L7Supervisor::ReplayLocked() {
+  if (node_snap_)
+    Enqueue(ConfigMessage("", node_snap_));
+  for (const auto& [view, s] : view_snaps_)
+    Enqueue(ConfigMessage(view, s));
+  for (const auto& [key, pod] : pods_)
+    Enqueue(PodMessage(key, pod));
+}
+
+void L7Supervisor::SetNodeConfig(config::SnapshotPtr s) {
+  l7wire::Message m = ConfigMessage("", s);  // encoded outside the lock
+  std::lock_guard lock(mu_);
+  node_snap_ = s;
+  if (s) {
+    node_.state.sent = s->generation;
+    node_.in_flight[s->generation] = s;
+  }
+  Enqueue(std::move(m));
+}
+
+void L7Supervisor::SetViewConfig(const std::string& view, config::SnapshotPtr s) {
+  l7wire::Message m = ConfigMessage(view, s);
+  std::lock_guard lock(mu_);
+  if (!s) {
+    view_snaps_.erase(view);
+    views_.erase(view);
+  } else {
+    view_snaps_[view] = s;
+    ConfigSlot& slot = views_[view];
+    slot.state.sent = s->generation;
+    slot.in_flight[s->generation] = s;
+  }
+  Enqueue(std::move(m));
+}
+
+void L7Supervisor::OnMessage(l7wire::Message m) {
+  std::lock_guard lock(mu_);
+  if (m.type == l7wire::Type::kApplied) {
+    const std::string view = m.meta.value("view", "");
+    ConfigSlot* slot = &node_;
+    if (!view.empty()) {
+      auto it = views_.find(view);
+      if (it == views_.end())
+        return;  // forgotten meanwhile
+      slot = &it->second;
+    }
+    const uint64_t gen = m.meta.value("generation", uint64_t{0});
+    auto snap = slot->in_flight.find(gen);
+    if (m.meta.value("applied", false)) {
+      slot->state.applied = gen;
+      slot->state.error.clear();
+      if (snap != slot->in_flight.end())
+        slot->state.running = snap->second;
+    } else if (std::string e = m.meta.value("error", ""); !e.empty()) {
+      slot->state.error = e;
+    }
+    // Older ones will not be answered any more; the one answered may be compiled again
+    // (a DNS change) and stays while it is the newest.
+    std::erase_if(slot->in_flight, [&](const auto& kv) {
+      return kv.first < gen || (kv.first == gen && kv.first != slot->state.sent);
+    });
+    return;
+  }
+  if (m.type == l7wire::Type::kStatus) {
+    status_.clear();
+    const nlohmann::json pods = m.meta.value("pods", nlohmann::json::array());
+    for (const auto& p : pods) {
+      PodProxyStatus s;
+      s.key = {p.value("namespace", ""), p.value("name", "")};
+      s.listening = p.value("listening", false);
+      s.config = p.value("config", "");
+      s.view = p.value("view", "");
+      s.ipv6 = p.value("ipv6", false);
+      const nlohmann::json stats = p.value("stats", nlohmann::json::object());
+      for (const auto& [n, v] : stats.items())
+        s.stats.emplace_back(n, v.get<uint64_t>());
+      for (const auto& [n, v] : s.stats) {
+        if (n == "requests_total")
+          s.requests = v;
+        else if (n == "downstream_cx_total")
+          s.downstream_cx = v;
+      }
+      status_[s.key] = std::move(s);
+    }
+    status_seq_ = std::max(status_seq_, m.meta.value("seq", uint64_t{0}));
+    cv_.notify_all();
+  }
+}
+
+Result<void> L7Supervisor::Open(const enrolment::PodKey& key, const std::string& netns,
+                                const enrolment::Labels& labels) {
+  bool relabelled = false;
+  {
+    std::lock_guard lock(mu_);
+    if (auto it = pods_.find(key); it != pods_.end() && it->second.netns == netns) {
+      if (it->second.labels == labels)
+        return {};
+      it->second.labels = labels;  // same sandbox, new labels: another view
+      Enqueue(PodMessage(key, it->second));
+      relabelled = true;
+    }
+  }
+  if (!relabelled) {
+    // Before the pod is enrolled: from then on, redirected connections wait here.
+    auto sockets = OpenCaptureSockets(netns, opts_.port);
+    if (!sockets)
+      return Wrap("pod " + key.pod_namespace + "/" + key.name + ": L7", sockets.error());
+    std::lock_guard lock(mu_);
+    Pod& pod = pods_[key];  // a new sandbox of the same pod replaces the old one's sockets
+    pod = Pod{netns, labels, std::move(*sockets)};
+    Enqueue(PodMessage(key, pod));
+    spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{}", key.pod_namespace, key.name,
+                 opts_.port, pod.sockets.v6 ? fmt::format(" and [::1]:{}", opts_.port) : "");
+  }
+  if (opts_.on_pods_changed)
+    opts_.on_pods_changed();
+  return {};
+}
+
+void L7Supervisor::Close(const enrolment::PodKey& key) {
+  {
+    std::lock_guard lock(mu_);
+    if (pods_.erase(key) == 0)
+      return;
+    status_.erase(key);
+    l7wire::Message m;
+    m.type = l7wire::Type::kPodClose;
+    m.meta = {{"namespace", key.pod_namespace}, {"name", key.name}};
+    Enqueue(std::move(m));
+  }
+  spdlog::info("pod {}/{}: L7 listener closed", key.pod_namespace, key.name);
+  if (opts_.on_pods_changed)
+    opts_.on_pods_changed();
+}
+
+void L7Supervisor::DrainAll(std::chrono::milliseconds grace) {
+  std::unique_lock lock(mu_);
+  stopping_ = true;
+  l7wire::Message m;
+  m.type = l7wire::Type::kDrain;
+  m.meta = {{"grace_ms", grace.count()}};
+  Enqueue(std::move(m));
+  // The process closes its listeners, lets requests finish and ends; one that does not
+  // is killed a little after the grace period.
+  if (!cv_.wait_for(lock, grace + std::chrono::seconds(2), [this] { return pid_ < 0; }) &&
+      pid_ > 0) {
+    spdlog::warn("L7 process {} still running after the drain: killing it", pid_);
+    kill(pid_, SIGKILL);
+  }
+  pods_.clear();  // the capture sockets close
+}
+
+void L7Supervisor::RefreshStatus(std::chrono::milliseconds wait) {
+  std::unique_lock lock(mu_);
+  if (!sock_)
+    return;
+  const uint64_t seq = ++asked_seq_;
+  l7wire::Message m;
+  m.type = l7wire::Type::kStatusRequest;
+  m.meta = {{"seq", seq}};
+  Enqueue(std::move(m));
+  cv_.wait_for(lock, wait, [&] { return status_seq_ >= seq || !sock_; });
+}
+
+std::vector<PodProxyStatus> L7Supervisor::List() const {
+  std::lock_guard lock(mu_);
+  std::vector<PodProxyStatus> out;
+  for (const auto& [key, pod] : pods_) {
+    PodProxyStatus s;
+    if (auto it = status_.find(key); it != status_.end())
+      s = it->second;
+    else
+      s.config = "none yet";
+    s.key = key;
+    s.netns = pod.netns;
+    s.view = View{key.pod_namespace, pod.labels}.Id();
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::vector<View> L7Supervisor::Views() const {
+  std::lock_guard lock(mu_);
+  std::vector<View> out;
+  for (const auto& [key, pod] : pods_) {
+    View v{key.pod_namespace, pod.labels};
+    if (std::find(out.begin(), out.end(), v) == out.end())
+      out.push_back(std::move(v));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+L7ConfigState L7Supervisor::Node() const {
+  std::lock_guard lock(mu_);
+  return node_.state;
+}
+
+std::map<std::string, L7ConfigState> L7Supervisor::ViewStates() const {
+  std::lock_guard lock(mu_);
+  std::map<std::string, L7ConfigState> out;
+  for (const auto& [view, slot] : views_)
+    out[view] = slot.state;
+  return out;
+}
+
+pid_t L7Supervisor::pid() const {
+  std::lock_guard lock(mu_);
+  return pid_;
+}
+
+uint64_t L7Supervisor::restarts() const {
+  std::lock_guard lock(mu_);
+  return starts_ > 0 ? starts_ - 1 : 0;
+}
+
+}  // namespace sluice::agent

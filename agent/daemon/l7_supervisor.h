@@ -1,0 +1,133 @@
+// L7Supervisor: the node agent's side of its L7 process (l7_host.h).
+//
+// The pods' L7 proxies parse what any client and any upstream sends; a fault there must
+// not take the node agent with it. So they run in a process of their own, which this
+// class starts, feeds and restarts:
+//
+// - It owns the pods' capture sockets (opened in each pod's namespace when the pod is
+//   enrolled) and hands the L7 process a copy of each. While the process restarts, the
+//   kernel keeps redirecting to those sockets and connections wait in their backlog,
+//   so a restart costs the pods time, not refused connections.
+// - It keeps the last config of the node and of each view, and every pod, and replays
+//   them to each new process; config updates supersede queued ones, so a slow or
+//   stopped process never makes the agent's xDS threads wait.
+// - It restarts the process at once when it exits (with a short backoff when it keeps
+//   dying) and kills it when it stays silent past the heartbeat timeout (a wedge).
+//
+// The kernel's state is the agent's alone and is never touched on the way.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "l7_wire.h"
+#include "pod_l7.h"
+#include "pod_proxies.h"
+#include "sluice/config/snapshot.h"
+#include "view_streams.h"
+
+namespace sluice::agent {
+
+struct L7SupervisorOptions {
+  // The L7 process's command line; the supervisor adds --l7-socket-fd and
+  // --l7-agent-pid (normally: this executable, --role l7 and the L7 options).
+  std::vector<std::string> argv;
+  uint16_t port = 15001;  // the capture listeners'
+  // Called (outside any lock) after a pod opened, closed or changed labels.
+  std::function<void()> on_pods_changed;
+  // A process that sends nothing for this long (it reports every second) is killed.
+  std::chrono::milliseconds heartbeat_timeout{5000};
+};
+
+// How a config (the node's, or a view's) fared in the L7 process.
+struct L7ConfigState {
+  uint64_t sent = 0;            // generation last handed over
+  uint64_t applied = 0;         // generation its pods run
+  std::string error;            // why the last one was refused ("" when it was not)
+  config::SnapshotPtr running;  // the snapshot of `applied`
+};
+
+class L7Supervisor : public PodL7 {
+ public:
+  explicit L7Supervisor(L7SupervisorOptions opts);
+  ~L7Supervisor() override;
+  L7Supervisor(const L7Supervisor&) = delete;
+  L7Supervisor& operator=(const L7Supervisor&) = delete;
+
+  // Starts the first L7 process.
+  Result<void> Start();
+
+  // The node's config, and each view's (nullptr: forget the view); handed over now and
+  // to every later process.
+  void SetNodeConfig(config::SnapshotPtr s);
+  void SetViewConfig(const std::string& view, config::SnapshotPtr s);
+
+  // Opens the pod's capture sockets (so the pod can be enrolled at once) and hands the
+  // pod over; called again with other labels, moves it to that view.
+  Result<void> Open(const enrolment::PodKey& key, const std::string& netns,
+                    const enrolment::Labels& labels) override;
+  void Close(const enrolment::PodKey& key) override;
+  // SIGTERM: the process stops accepting, finishes requests (up to `grace`) and ends.
+  void DrainAll(std::chrono::milliseconds grace);
+
+  // Asks the process for its status and waits up to `wait` for it (else the last one).
+  void RefreshStatus(std::chrono::milliseconds wait);
+  std::vector<PodProxyStatus> List() const;
+  std::vector<View> Views() const;
+  L7ConfigState Node() const;
+  std::map<std::string, L7ConfigState> ViewStates() const;
+  pid_t pid() const;
+  uint64_t restarts() const;  // processes started after the first
+
+ private:
+  struct Pod {
+    std::string netns;
+    enrolment::Labels labels;
+    CaptureSockets sockets;
+  };
+  struct ConfigSlot {
+    L7ConfigState state;
+    std::map<uint64_t, config::SnapshotPtr> in_flight;  // sent, not yet answered
+  };
+
+  void Run();  // the supervising thread: start, read, reap, restart
+  Result<pid_t> Spawn(std::shared_ptr<cni::UniqueFd>* sock);
+  void WriterLoop();
+  // Queues a message; a config message replaces a queued one for the same config.
+  void Enqueue(l7wire::Message m);
+  l7wire::Message ConfigMessage(const std::string& view, const config::SnapshotPtr& s) const;
+  l7wire::Message PodMessage(const enrolment::PodKey& key, const Pod& pod) const;
+  void OnMessage(l7wire::Message m);
+  void ReplayLocked();
+
+  const L7SupervisorOptions opts_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // the outbox, the status, the process's end
+  std::map<enrolment::PodKey, Pod> pods_;
+  ConfigSlot node_;
+  config::SnapshotPtr node_snap_;
+  std::map<std::string, ConfigSlot> views_;
+  std::map<std::string, config::SnapshotPtr> view_snaps_;
+  std::map<enrolment::PodKey, PodProxyStatus> status_;
+  uint64_t status_seq_ = 0, asked_seq_ = 0;
+  std::deque<l7wire::Message> outbox_;
+  // The current process's stream (none between processes); shared with a send under
+  // way, so the descriptor is not closed (and its number reused) beneath it.
+  std::shared_ptr<cni::UniqueFd> sock_;
+  pid_t pid_ = -1;
+  uint64_t starts_ = 0;
+  bool stopping_ = false, writer_stop_ = false;
+  std::thread runner_, writer_;
+};
+
+}  // namespace sluice::agent

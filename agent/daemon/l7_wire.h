@@ -1,0 +1,52 @@
+// The wire between the node agent and its L7 process (l7_supervisor.h, l7_host.h).
+//
+// One SOCK_STREAM socketpair carries framed messages both ways. A frame is a 12-byte
+// header (type, metadata length, blob length, native byte order: both ends are the same
+// binary on the same machine), JSON metadata, and an optional binary blob; a frame may
+// carry file descriptors (SCM_RIGHTS, on its header). Configurations travel as their
+// Envoy resources (a DiscoveryResponse of Any-packed resources), so the L7 process
+// compiles exactly what the agent received.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "sluice/cni/netns.h"
+#include "sluice/common/result.h"
+#include "sluice/xds/resource_set.h"
+
+namespace sluice::agent::l7wire {
+
+enum class Type : uint32_t {
+  // agent -> L7 process
+  kNodeConfig = 1,     // meta {generation}; blob: resources (empty: none)
+  kViewConfig = 2,     // meta {view, generation}; blob: resources (empty: forget the view)
+  kPodOpen = 3,        // meta {namespace, name, netns, labels{}}; fds: capture listeners v4[, v6]
+  kPodClose = 4,       // meta {namespace, name}
+  kDrain = 5,          // meta {grace_ms}: stop accepting, finish what runs, exit
+  kStatusRequest = 6,  // meta {seq}: a status now, carrying this seq
+  // L7 process -> agent
+  kApplied = 100,  // meta {view ("" for the node's), generation, applied, error}
+  kStatus = 101,   // meta {seq, pods: [...]}: every second (seq 0), and when asked
+};
+
+struct Message {
+  Type type = Type::kStatus;
+  nlohmann::json meta = nlohmann::json::object();
+  std::string blob;
+  std::vector<cni::UniqueFd> fds;
+};
+
+// Writes the whole frame (blocking). Errors name what failed.
+Result<void> Send(int sock, const Message& m);
+// Reads one whole frame (blocking); nullopt at end of stream.
+Result<std::optional<Message>> Receive(int sock);
+
+std::string EncodeResources(const xds::ResourceSet& rs);
+Result<xds::ResourceSet> DecodeResources(const std::string& blob);
+
+}  // namespace sluice::agent::l7wire
