@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string_view>
@@ -115,7 +116,16 @@ PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
                     "sluice-cni supports ADD, DEL, CHECK and VERSION");
   }
 
-  // The network configuration on stdin.
+  // The network configuration on stdin. Past the cap the plugin has not read the whole
+  // configuration: the spec's "failed to read network config bytes from stdin" (5).
+  if (stdin_text.size() > kMaxNetworkConfigBytes) {
+    return ErrorOut("", codes::kIoFailure,
+                    "network configuration on stdin is over sluice-cni's limit of " +
+                        std::to_string(kMaxNetworkConfigBytes) + " bytes (" +
+                        std::to_string(kMaxNetworkConfigBytes >> 20) + " MiB)",
+                    "sluice-cni stopped reading at the limit; a configuration with its "
+                    "prevResult is a few kilobytes");
+  }
   ojson conf = ojson::parse(stdin_text, nullptr, /*allow_exceptions=*/false);
   if (conf.is_discarded() || !conf.is_object()) {
     return ErrorOut("", codes::kDecodeFailure,
@@ -253,6 +263,12 @@ PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
            req.pod_name + ": " + (reply->enrolled ? "enrolled" : "not enrolled") +
            (reply->msg.empty() ? "" : " (" + reply->msg + ")");
   return ok;
+}
+
+PluginOutput StdinReadFailed(int err) {
+  return ErrorOut(
+      "", codes::kIoFailure,
+      std::string("reading the network configuration from stdin: ") + std::strerror(err));
 }
 
 }  // namespace sluice::cni

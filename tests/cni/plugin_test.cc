@@ -1,8 +1,10 @@
 // Runs the real sluice-cni binary the way a container runtime does: CNI_* environment,
 // network configuration on stdin, result or error JSON on stdout, exit status.
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <nlohmann/json.hpp>
 
+#include "sluice/cni/plugin.h"
 #include "sluice/cni/server.h"
 #include "test_support.h"
 
@@ -127,6 +129,54 @@ TEST_CASE("bad inputs give the spec's error codes") {
     auto j = ExpectError(RunSluiceCni(e, Conf(sock).dump()), 4);
     CHECK_THAT(j["msg"].get<std::string>(), Catch::Contains("garbage"));
   }
+}
+
+TEST_CASE("stdin is read up to 1 MiB: a huge or endless input is refused at once with code 5") {
+  TempDir tmp;
+  const std::string sock = tmp / "cni.sock";
+  // The input comes from the shell, not from this process: a forked copy of a test
+  // holding 100 MB would count in the child's peak memory.
+  auto run_shell = [](const std::string& command) {
+    return RunProcess({"/bin/sh", "-c", command, SLUICE_CNI_BINARY}, EnvList(Env("ADD")), "",
+                      std::chrono::seconds(5));
+  };
+  // Answered within a second, at most 64 MiB resident: without the cap, 100 MB took
+  // 13 s and 394 MB, and /dev/zero never ended.
+  for (const auto& [what, command] : std::vector<std::pair<std::string, std::string>>{
+           {"100 MB piped in", R"({ printf '{"cniVersion":"1.0.0","name":"'; )"
+                               R"(head -c 104857600 /dev/zero | tr '\0' a; printf '"}'; })"
+                               R"( | exec "$0")"},
+           {"/dev/zero piped in", R"(cat /dev/zero | exec "$0")"},
+           {"stdin is /dev/zero", R"(exec "$0" </dev/zero)"}}) {
+    INFO(what);
+    const auto start = std::chrono::steady_clock::now();
+    sluice::Result<ProcessResult> r = run_shell(command);
+    const auto took = std::chrono::steady_clock::now() - start;
+    REQUIRE(r);  // an error here is RunProcess's 5 s timeout: the plugin kept reading
+    auto j = ExpectError(*r, codes::kIoFailure);
+    CHECK(j["msg"] ==
+          "network configuration on stdin is over sluice-cni's limit of 1048576 bytes (1 MiB)");
+    CHECK(took < std::chrono::seconds(1));
+    CHECK(r->max_rss_kb < 64 * 1024);
+  }
+
+  // The cap itself: a configuration padded to exactly 1 MiB is read and parsed (the
+  // agent is absent: 11); one byte more is refused unparsed.
+  std::string at_cap = Conf(sock).dump();
+  at_cap.resize(kMaxNetworkConfigBytes, ' ');
+  ExpectError(RunSluiceCni(Env("ADD"), at_cap), codes::kTryAgainLater);
+  ExpectError(RunSluiceCni(Env("ADD"), at_cap + " "), codes::kIoFailure);
+  // A failed read is an I/O failure too (a directory as stdin: EISDIR).
+  auto dir = run_shell(R"(exec "$0" </)");
+  REQUIRE(dir);
+  CHECK(ExpectError(*dir, codes::kIoFailure)["msg"] ==
+        "reading the network configuration from stdin: Is a directory");
+  // VERSION needs no configuration and still answers.
+  auto v = RunProcess({"/bin/sh", "-c", "exec \"$0\" </dev/zero", SLUICE_CNI_BINARY},
+                      EnvList(Env("VERSION")), "", std::chrono::seconds(5));
+  REQUIRE(v);
+  CHECK(v->exit_status == 0);
+  CHECK(json::parse(v->out)["cniVersion"] == "1.0.0");
 }
 
 TEST_CASE("agent down: ADD fails closed by default, passes through with failOpen") {
