@@ -7,6 +7,7 @@
 #include <optional>
 #include <string_view>
 
+#include "prev_result.h"
 #include "sluice/cni/protocol.h"
 
 namespace sluice::cni {
@@ -87,10 +88,9 @@ std::optional<std::map<std::string, std::string>> ParseCniArgs(std::string_view 
   return out;
 }
 
-}  // namespace
-
-PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
-                       const std::string& stdin_text) {
+// RunPlugin's work; `note` gets a line for the log that comes before the outcome's.
+PluginOutput Run(const std::map<std::string, std::string>& env, const std::string& stdin_text,
+                 std::string* note) {
   const std::string command = Get(env, "CNI_COMMAND");
   if (command.empty()) {
     return ErrorOut("", codes::kInvalidEnvironment, "CNI_COMMAND is not set");
@@ -181,14 +181,20 @@ PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
   }
 
   // prevResult: required for ADD and CHECK (a chained plugin runs after the one that made
-  // the interface); optional for DEL, where the runtime may not have it.
+  // the interface); optional for DEL, where the runtime may not have it. It is checked
+  // before its addresses are used or it is handed back. A DEL does not fail on a bad one
+  // (that would only block the sandbox's removal): it goes on without it.
   const ojson* prev = nullptr;
   if (auto it = conf.find("prevResult"); it != conf.end() && !it->is_null()) {
-    if (!it->is_object()) {
-      return ErrorOut(version, codes::kInvalidNetworkConfig,
-                      "network configuration: field \"prevResult\" is not an object");
+    std::string problem =
+        it->is_object() ? PrevResultProblem(*it) : "prevResult: must be an object";
+    if (problem.empty()) {
+      prev = &*it;
+    } else if (op == Operation::kDel) {
+      *note = "sluice-cni: DEL: ignoring prevResult: " + problem;
+    } else {
+      return ErrorOut(version, codes::kInvalidNetworkConfig, "network configuration: " + problem);
     }
-    prev = &*it;
   }
   if (!prev && op != Operation::kDel) {
     return ErrorOut(version, codes::kInvalidNetworkConfig,
@@ -223,12 +229,10 @@ PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
   req.pod_namespace = (*args)["K8S_POD_NAMESPACE"];
   req.pod_uid = (*args)["K8S_POD_UID"];
   if (prev) {
+    // PrevResultProblem() made sure: an array of objects, each with a CIDR "address".
     if (auto ips = prev->find("ips"); ips != prev->end() && ips->is_array()) {
-      for (const auto& ip : *ips) {
-        if (auto a = ip.find("address"); a != ip.end() && a->is_string()) {
-          req.ips.push_back(a->get<std::string>());
-        }
-      }
+      for (const auto& ip : *ips)
+        req.ips.push_back(ip.at("address").get<std::string>());
     }
   }
 
@@ -263,6 +267,17 @@ PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
            req.pod_name + ": " + (reply->enrolled ? "enrolled" : "not enrolled") +
            (reply->msg.empty() ? "" : " (" + reply->msg + ")");
   return ok;
+}
+
+}  // namespace
+
+PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
+                       const std::string& stdin_text) {
+  std::string note;
+  PluginOutput out = Run(env, stdin_text, &note);
+  if (!note.empty())
+    out.log = note + (out.log.empty() ? "" : "\n" + out.log);
+  return out;
 }
 
 PluginOutput StdinReadFailed(int err) {
