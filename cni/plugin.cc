@@ -2,10 +2,12 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string_view>
 
+#include "prev_result.h"
 #include "sluice/cni/protocol.h"
 
 namespace sluice::cni {
@@ -86,10 +88,9 @@ std::optional<std::map<std::string, std::string>> ParseCniArgs(std::string_view 
   return out;
 }
 
-}  // namespace
-
-PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
-                       const std::string& stdin_text) {
+// RunPlugin's work; `note` gets a line for the log that comes before the outcome's.
+PluginOutput Run(const std::map<std::string, std::string>& env, const std::string& stdin_text,
+                 std::string* note) {
   const std::string command = Get(env, "CNI_COMMAND");
   if (command.empty()) {
     return ErrorOut("", codes::kInvalidEnvironment, "CNI_COMMAND is not set");
@@ -115,7 +116,16 @@ PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
                     "sluice-cni supports ADD, DEL, CHECK and VERSION");
   }
 
-  // The network configuration on stdin.
+  // The network configuration on stdin. Past the cap the plugin has not read the whole
+  // configuration: the spec's "failed to read network config bytes from stdin" (5).
+  if (stdin_text.size() > kMaxNetworkConfigBytes) {
+    return ErrorOut("", codes::kIoFailure,
+                    "network configuration on stdin is over sluice-cni's limit of " +
+                        std::to_string(kMaxNetworkConfigBytes) + " bytes (" +
+                        std::to_string(kMaxNetworkConfigBytes >> 20) + " MiB)",
+                    "sluice-cni stopped reading at the limit; a configuration with its "
+                    "prevResult is a few kilobytes");
+  }
   ojson conf = ojson::parse(stdin_text, nullptr, /*allow_exceptions=*/false);
   if (conf.is_discarded() || !conf.is_object()) {
     return ErrorOut("", codes::kDecodeFailure,
@@ -171,14 +181,20 @@ PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
   }
 
   // prevResult: required for ADD and CHECK (a chained plugin runs after the one that made
-  // the interface); optional for DEL, where the runtime may not have it.
+  // the interface); optional for DEL, where the runtime may not have it. It is checked
+  // before its addresses are used or it is handed back. A DEL does not fail on a bad one
+  // (that would only block the sandbox's removal): it goes on without it.
   const ojson* prev = nullptr;
   if (auto it = conf.find("prevResult"); it != conf.end() && !it->is_null()) {
-    if (!it->is_object()) {
-      return ErrorOut(version, codes::kInvalidNetworkConfig,
-                      "network configuration: field \"prevResult\" is not an object");
+    std::string problem =
+        it->is_object() ? PrevResultProblem(*it) : "prevResult: must be an object";
+    if (problem.empty()) {
+      prev = &*it;
+    } else if (op == Operation::kDel) {
+      *note = "sluice-cni: DEL: ignoring prevResult: " + problem;
+    } else {
+      return ErrorOut(version, codes::kInvalidNetworkConfig, "network configuration: " + problem);
     }
-    prev = &*it;
   }
   if (!prev && op != Operation::kDel) {
     return ErrorOut(version, codes::kInvalidNetworkConfig,
@@ -213,12 +229,10 @@ PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
   req.pod_namespace = (*args)["K8S_POD_NAMESPACE"];
   req.pod_uid = (*args)["K8S_POD_UID"];
   if (prev) {
+    // PrevResultProblem() made sure: an array of objects, each with a CIDR "address".
     if (auto ips = prev->find("ips"); ips != prev->end() && ips->is_array()) {
-      for (const auto& ip : *ips) {
-        if (auto a = ip.find("address"); a != ip.end() && a->is_string()) {
-          req.ips.push_back(a->get<std::string>());
-        }
-      }
+      for (const auto& ip : *ips)
+        req.ips.push_back(ip.at("address").get<std::string>());
     }
   }
 
@@ -253,6 +267,23 @@ PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
            req.pod_name + ": " + (reply->enrolled ? "enrolled" : "not enrolled") +
            (reply->msg.empty() ? "" : " (" + reply->msg + ")");
   return ok;
+}
+
+}  // namespace
+
+PluginOutput RunPlugin(const std::map<std::string, std::string>& env,
+                       const std::string& stdin_text) {
+  std::string note;
+  PluginOutput out = Run(env, stdin_text, &note);
+  if (!note.empty())
+    out.log = note + (out.log.empty() ? "" : "\n" + out.log);
+  return out;
+}
+
+PluginOutput StdinReadFailed(int err) {
+  return ErrorOut(
+      "", codes::kIoFailure,
+      std::string("reading the network configuration from stdin: ") + std::strerror(err));
 }
 
 }  // namespace sluice::cni

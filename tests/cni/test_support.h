@@ -95,12 +95,15 @@ struct CniEnv {
   std::string args = "K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-7d9;K8S_POD_UID=uid-1";
 };
 
+inline std::vector<std::string> EnvList(const CniEnv& e) {
+  return {"CNI_COMMAND=" + e.command, "CNI_CONTAINERID=" + e.container_id,
+          "CNI_NETNS=" + e.netns,     "CNI_IFNAME=" + e.ifname,
+          "CNI_ARGS=" + e.args,       "CNI_PATH=/usr/lib/cni",
+          "PATH=/usr/bin:/bin"};
+}
+
 inline ProcessResult RunSluiceCni(const CniEnv& e, const std::string& stdin_text) {
-  std::vector<std::string> env = {"CNI_COMMAND=" + e.command, "CNI_CONTAINERID=" + e.container_id,
-                                  "CNI_NETNS=" + e.netns,     "CNI_IFNAME=" + e.ifname,
-                                  "CNI_ARGS=" + e.args,       "CNI_PATH=/usr/lib/cni",
-                                  "PATH=/usr/bin:/bin"};
-  auto r = RunProcess({SLUICE_CNI_BINARY}, env, stdin_text, std::chrono::seconds(10));
+  auto r = RunProcess({SLUICE_CNI_BINARY}, EnvList(e), stdin_text, std::chrono::seconds(10));
   if (!r)
     throw std::runtime_error("running sluice-cni: " + r.error().message);
   return *r;

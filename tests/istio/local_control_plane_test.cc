@@ -121,6 +121,31 @@ spec: {host: web, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
         envoy::config::cluster::v3::Cluster::LEAST_REQUEST);
 }
 
+TEST_CASE("an edit with a misspelled field is refused by path and the last good version stays") {
+  TempDir dir;
+  dir.Write("svc.yaml", kService);
+  const std::string head =
+      "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web}\n";
+  dir.Write("dr.yaml",
+            head + "spec: {host: web, trafficPolicy: {loadBalancer: {simple: RANDOM}}}\n");
+  LocalControlPlane cp({dir.path.string()});
+  REQUIRE(cp.Reload().errors.empty());
+  const std::string cluster = "outbound|80||web.default.svc.cluster.local";
+
+  // Without the check this edit applied ROUND_ROBIN and silently dropped the limits.
+  dir.Write("dr.yaml", head +
+                           "spec: {host: web, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}, "
+                           "conectionPool: {tcp: {maxConnections: 10}}}}\n");
+  auto report = cp.Reload();
+  REQUIRE(report.errors.size() == 1);
+  CHECK(report.errors[0] == (dir.path / "dr.yaml").string() +
+                                ": document 1 (DestinationRule default/web): "
+                                "spec.trafficPolicy.conectionPool: unknown field (did you mean "
+                                "\"connectionPool\"?) (keeping the file's last good version)");
+  CHECK(cp.ResourcesFor(SidecarNode("a", "default")).clusters.at(cluster).lb_policy() ==
+        envoy::config::cluster::v3::Cluster::RANDOM);
+}
+
 TEST_CASE("proxies of one namespace share one translation per config version") {
   TempDir dir;
   dir.Write("svc.yaml", kService);

@@ -16,6 +16,7 @@
 #include <sstream>
 #include <system_error>
 
+#include "api_fields.h"
 #include "yaml_field.h"
 
 namespace sluice::istio {
@@ -968,6 +969,11 @@ void DecodeDocument(const YAML::Node& root, const Origin& origin, LoadResult& ou
     out.errors.push_back(where + " (" + *kind + "): apiVersion: required");
     return;
   }
+  const bool istio = OneOf(*api, kIstioNetworkingVersions);
+  // Before any field is read: a misspelled field explains the errors that would follow
+  // (a VirtualService whose `htttp:` leaves it without routes).
+  if (istio)
+    detail::CheckKnownFields(doc, *kind);
   // Service and Namespace names become DNS labels (name.ns.svc.cluster.local).
   Meta meta = DecodeMeta(doc, origin, *kind == "Service" || *kind == "Namespace");
   const std::string described = origin.Describe(*kind, meta.ns, meta.name);
@@ -981,7 +987,6 @@ void DecodeDocument(const YAML::Node& root, const Origin& origin, LoadResult& ou
   };
   Config& c = out.config;
   const bool core = *api == "v1";
-  const bool istio = OneOf(*api, kIstioNetworkingVersions);
   const std::string istio_versions = "networking.istio.io/v1alpha3, v1beta1, v1";
 
   if (*kind == "Namespace" && core) {

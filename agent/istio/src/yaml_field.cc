@@ -75,7 +75,7 @@ std::vector<std::pair<std::string, Field>> Field::Entries() const {
       return out;
     }
     std::string key = kv.first.Scalar();
-    out.emplace_back(key, Field(kv.second, path_ + "." + key, errors_));
+    out.emplace_back(key, Field(kv.second, path_.empty() ? key : path_ + "." + key, errors_));
   }
   return out;
 }

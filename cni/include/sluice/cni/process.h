@@ -12,6 +12,7 @@ namespace sluice::cni {
 
 struct ProcessResult {
   int exit_status = -1;  // exit code, or 128 + signal when it was killed
+  long max_rss_kb = 0;   // peak resident memory of the child or of a child it waited for
   std::string out;
   std::string err;
 };

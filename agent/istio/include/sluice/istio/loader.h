@@ -4,7 +4,9 @@
 // each file into documents itself so that one malformed document never drops its
 // neighbours, and dispatches on apiVersion/kind. Every problem is reported as
 //   FILE: document N (Kind ns/name): field.path: what is wrong
-// and only the offending document is skipped. Unknown kinds are warnings.
+// and only the offending document is skipped. Unknown kinds are warnings. A field the
+// Istio networking API does not have (`spec.htttp`) is an error, as with kubectl's strict
+// field validation; Kubernetes kinds are not held to their full schema.
 // After loading, Validate() runs the checks that span resources (duplicate names,
 // subsets a VirtualService names that no DestinationRule defines).
 #pragma once
