@@ -80,6 +80,140 @@ TEST_CASE("parser: responses and chunked bodies", "[codec]") {
 
 namespace {
 
+http::RequestHead Req(std::string_view raw, http::ParseStatus want = http::ParseStatus::kDone) {
+  http::RequestHead r;
+  CHECK(http::ParseRequest(raw, {}, &r) == want);
+  return r;
+}
+
+// An error text, "" for none (a check that fails must not crash the run).
+std::string_view Why(const char* error) {
+  return error ? error : "";
+}
+
+}  // namespace
+
+TEST_CASE("parser: Host is a uri-host with an optional port (RFC 9110 7.2), and only one",
+          "[codec]") {
+  for (const char* host : {"example.com", "Example.COM:8080", "h:", "10.0.0.1:80", "[::1]:8080",
+                           "[::1]:", "[2001:db8::7]", "[::ffff:10.0.0.1]", "[v1.fe:x]",
+                           "a%2Db.example", "xn--bcher-kva.example", "a_b~!$&'()*+,;=-.c"}) {
+    INFO(host);
+    std::string raw = "GET / HTTP/1.1\r\nHost: " + std::string(host) + " \r\n\r\n";
+    http::RequestHead r = Req(raw);  // views into raw
+    CHECK(r.host == host);
+  }
+  for (const char* host : {"a b",
+                           "user@example.com",
+                           "example.com/x",
+                           "a?b",
+                           "a#b",
+                           "a\"b",
+                           "a<b>",
+                           "a\\b",
+                           "a|b",
+                           "a^b",
+                           "a`b",
+                           "a{b}",
+                           "\xc3\xa9.example",
+                           "a%zz",
+                           "a%2",
+                           ":80",
+                           "h:8o",
+                           "h:80:81",
+                           "::1",
+                           "[::1",
+                           "[::1]x",
+                           "[zz::1]",
+                           "[fe80::1%25eth0]",
+                           "[v.x]",
+                           "[vx.y]",
+                           "[v1.]",
+                           "[]"}) {
+    INFO(host);
+    http::RequestHead r =
+        Req("GET / HTTP/1.1\r\nHost: " + std::string(host) + "\r\n\r\n", http::ParseStatus::kError);
+    CHECK(r.error_status == 400);
+    CHECK(Why(r.error) == "invalid Host");
+  }
+  // RFC 9112 §3.2: no Host in HTTP/1.1, an empty one, or two of them: 400.
+  CHECK(Req("GET / HTTP/1.1\r\n\r\n", http::ParseStatus::kError).error_status == 400);
+  CHECK(Req("GET / HTTP/1.1\r\nHost:\r\n\r\n", http::ParseStatus::kError).error_status == 400);
+  CHECK(
+      Req("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", http::ParseStatus::kError).error_status ==
+      400);
+  // HTTP/1.0 needs none; if it sends one, it must be valid.
+  CHECK(Req("GET / HTTP/1.0\r\n\r\n").host.empty());
+  CHECK(Req("GET / HTTP/1.0\r\nHost: a/b\r\n\r\n", http::ParseStatus::kError).error_status == 400);
+}
+
+TEST_CASE("parser: an absolute-form target gives the host and the origin-form", "[codec]") {
+  // RFC 9112 §3.2.2: the target's authority replaces Host; the proxy forwards origin-form.
+  std::string raw = "GET http://example.com:8080/p?q=1 HTTP/1.1\r\nHost: other\r\n\r\n";
+  http::RequestHead r = Req(raw);
+  CHECK(r.host == "example.com:8080");
+  CHECK(r.target == "/p?q=1");
+  CHECK(r.path == "/p");
+  CHECK(r.query == "q=1");
+  CHECK(r.Get(http::HeaderId::kHost) == "other");  // the header itself is as received
+  CHECK(r.host.data() > raw.data());
+  CHECK(r.target.data() + r.target.size() < raw.data() + raw.size());
+  r = Req("GET HTTPS://[::1]:8443 HTTP/1.1\r\nHost: x\r\n\r\n");
+  CHECK(r.host == "[::1]:8443");
+  CHECK(r.target == "/");
+  CHECK(r.path == "/");
+  r = Req("GET http://h/ HTTP/1.0\r\n\r\n");  // HTTP/1.0: no Host needed
+  CHECK(r.host == "h");
+  // Refused: another scheme, userinfo, an empty or invalid authority, "?" with no path,
+  // no scheme at all; and still, as RFC 9112 §3.2 says, a missing or invalid Host.
+  for (const char* bad :
+       {"GET ftp://h/p HTTP/1.1\r\nHost: h\r\n\r\n", "GET http://u@h/p HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http:///p HTTP/1.1\r\nHost: h\r\n\r\n", "GET http://h:x/p HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n", "GET h/p HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h/p HTTP/1.1\r\n\r\n", "GET http://h/p HTTP/1.1\r\nHost: a b\r\n\r\n"}) {
+    INFO(bad);
+    CHECK(Req(bad, http::ParseStatus::kError).error_status == 400);
+  }
+}
+
+TEST_CASE("parser: a request line without a version (HTTP/0.9) is refused at once", "[codec]") {
+  // No need to wait for the rest of the head: the request line alone is decisive.
+  for (const char* raw : {"GET /\r\n", "GET /\r\n\r\n", "GET /index.html\n", "GET\r\n",
+                          "\x16\x03\x01\x02\x10\x01\n"}) {
+    INFO(raw);
+    http::RequestHead r = Req(raw, http::ParseStatus::kError);
+    CHECK(r.error_status == 400);
+  }
+  CHECK(Why(Req("GET /\r\n", http::ParseStatus::kError).error) ==
+        "request line without an HTTP version");
+  Req("GET / HTTP/1.1\r\n", http::ParseStatus::kIncomplete);  // a valid line: wait
+  Req("GET / HTTP/1.1\r\nhost: h\r\n", http::ParseStatus::kIncomplete);
+}
+
+TEST_CASE("parser: empty lines before the request line are skipped, a few", "[codec]") {
+  // RFC 9112 §2.2. They belong to the head (head_len), and every view still points at
+  // the bytes as received.
+  std::string raw = "\r\n\nGET /p HTTP/1.1\r\nHost: h\r\nX-A:  v \r\n\r\nNEXT";
+  http::RequestHead r = Req(raw);
+  CHECK(r.head_len == raw.size() - 4);
+  CHECK(r.method == "GET");
+  CHECK(r.method.data() == raw.data() + 3);
+  CHECK(r.target == "/p");
+  CHECK(r.host == "h");
+  REQUIRE(r.num_headers == 2);
+  CHECK(r.headers[1].line() == "X-A:  v \r\n");
+  CHECK(r.headers[1].line().data() + r.headers[1].line().size() + 2 == raw.data() + r.head_len);
+  Req("\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n");  // four: fine
+  CHECK(Req("\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", http::ParseStatus::kError)
+            .error_status == 400);  // five: no
+  Req("\r\n", http::ParseStatus::kIncomplete);
+  Req("\r\n\r", http::ParseStatus::kIncomplete);
+  CHECK(Req("\r\n\rGET / HTTP/1.1\r\nHost: h\r\n\r\n", http::ParseStatus::kError).error_status ==
+        400);
+}
+
+namespace {
+
 struct Case {
   const char* name;
   std::string raw;
@@ -134,6 +268,14 @@ std::vector<Case> Corpus() {
       {"head too large", "GET / HTTP/1.1\r\nhost: h\r\n" + big_header + "\r\n", 431},
       {"too many headers", "GET / HTTP/1.1\r\nhost: h\r\n" + many + "\r\n", 431},
       {"body too large", "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 2000000\r\n\r\n", 413},
+      {"Host with a space", "GET / HTTP/1.1\r\nhost: a b\r\n\r\n", 400},
+      {"Host with userinfo", "GET / HTTP/1.1\r\nhost: u@h\r\n\r\n", 400},
+      {"Host with a path", "GET / HTTP/1.1\r\nhost: h/p\r\n\r\n", 400},
+      {"absolute-form, other scheme", "GET ftp://h/p HTTP/1.1\r\nhost: h\r\n\r\n", 400},
+      {"absolute-form, bad authority", "GET http://[::1/p HTTP/1.1\r\nhost: h\r\n\r\n", 400},
+      {"absolute-form, userinfo", "GET http://u@h/p HTTP/1.1\r\nhost: h\r\n\r\n", 400},
+      {"HTTP/0.9 request line", "GET /\r\n\r\n", 400},
+      {"five empty lines first", "\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nhost: h\r\n\r\n", 400},
   };
 }
 

@@ -82,10 +82,14 @@ struct MessageHead {
 
 struct RequestHead : MessageHead {
   std::string_view method;
-  std::string_view target;   // as sent
-  std::string_view path;     // target up to '?'
-  std::string_view query;    // after '?', without it
-  std::string_view host;     // the Host header
+  // As sent, except that an absolute-form target ("http://a.b:8080/p?q") becomes its
+  // origin-form ("/p?q"; a static "/" when the path is empty).
+  std::string_view target;
+  std::string_view path;   // target up to '?'
+  std::string_view query;  // after '?', without it
+  // The Host header's value, or the absolute-form target's authority (RFC 9112 §3.2.2:
+  // that replaces Host). Always a valid uri-host [ ":" port ], or empty in HTTP/1.0.
+  std::string_view host;
   std::string_view upgrade;  // the Upgrade header when Connection: upgrade
   bool expect_continue = false;
   bool keep_alive = true;  // after this request, by version and Connection
@@ -105,7 +109,9 @@ bool EqualsIgnoreCase(std::string_view a, std::string_view b);
 bool StartsWithIgnoreCase(std::string_view s, std::string_view prefix);
 
 // Parses a request head from the start of buf. kIncomplete: read more (unless buf
-// already exceeds the limit, which is a 431 error).
+// already exceeds the limit, which is a 431 error). Up to four empty lines before the
+// request line are skipped and counted in head_len. A request line is refused as soon as
+// it is complete and invalid, before the rest of the head arrives.
 ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead* out);
 
 // Parses a response head; head_request tells that the request was HEAD.
