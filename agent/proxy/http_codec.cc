@@ -174,6 +174,43 @@ bool IsValidAuthority(std::string_view a) {
   return true;
 }
 
+// Transfer-Encoding: only "chunked" alone frames a body here. The rest is refused with
+// the status RFC 9112 gives: when chunked is not the final coding (or is not there at
+// all) a request's length cannot be determined (§6.3: 400, then close); chunked applied
+// twice is invalid (§6.1); chunked after codings we do not implement is 501 (§6.1). A
+// response gets 502 for all of these (ParseResponse): RFC 9112 would read a response
+// without a final chunked as close-delimited, but a proxy that relays it cannot make every
+// client read the same framing, and Envoy refuses such a response too.
+ParseStatus CheckTransferEncoding(std::string_view value, MessageHead* m) {
+  if (EqualsIgnoreCase(value, "chunked")) {
+    m->chunked = true;
+    return ParseStatus::kDone;
+  }
+  bool last_chunked = false;
+  bool chunked_before_last = false;
+  while (true) {
+    std::size_t comma = value.find(',');
+    std::string_view item = TrimOws(value.substr(0, comma));
+    std::string_view coding = TrimOws(item.substr(0, item.find(';')));
+    if (coding.empty())
+      return Error(m, 400, "invalid Transfer-Encoding");
+    for (char c : coding) {
+      if (!IsTokenChar(static_cast<unsigned char>(c)))
+        return Error(m, 400, "invalid Transfer-Encoding");
+    }
+    chunked_before_last |= last_chunked;
+    last_chunked = EqualsIgnoreCase(coding, "chunked");
+    if (comma == std::string_view::npos)
+      break;
+    value.remove_prefix(comma + 1);
+  }
+  if (!last_chunked)
+    return Error(m, 400, "Transfer-Encoding: chunked is not the final coding");
+  if (chunked_before_last)
+    return Error(m, 400, "Transfer-Encoding: chunked applied more than once");
+  return Error(m, 501, "unsupported Transfer-Encoding");
+}
+
 // Finds the end of the head: "\r\n\r\n". A bare LF anywhere in the head is an error,
 // reported by the line parser; here we only look for the terminator.
 std::size_t FindHeadEnd(std::string_view buf) {
@@ -258,11 +295,8 @@ ParseStatus ParseHeaders(const char* p, const char* end, std::size_t max_headers
         if (seen_te)
           return Error(m, 400, "duplicate Transfer-Encoding");
         seen_te = true;
-        // Only "chunked" alone is accepted: any other coding chain is how smuggling
-        // starts, and we never need it.
-        if (!EqualsIgnoreCase(value, "chunked"))
-          return Error(m, 501, "unsupported Transfer-Encoding");
-        m->chunked = true;
+        if (CheckTransferEncoding(value, m) != ParseStatus::kDone)
+          return ParseStatus::kError;
         break;
       case HeaderId::kConnection:
         if (ListHasToken(value, "close"))
@@ -636,7 +670,6 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
         size_digits_ = 0;
         if (remaining_ == 0) {
           state_ = State::kTrailer;
-          trailer_line_len_ = 0;
         } else {
           state_ = State::kData;
         }
@@ -665,15 +698,59 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
         state_ = State::kSize;
         ++i;
         break;
-      case State::kTrailer:
+      // Trailer fields: "name: value" lines, checked as strictly as the head's, until an
+      // empty line. Their bytes are counted against a bound and otherwise dropped.
+      case State::kTrailer:  // at the start of a line
         if (c == '\r') {
           state_ = State::kTrailerLf;
+          trailer_empty_line_ = true;
+          ++i;
+          break;
+        }
+        if (c == ' ' || c == '\t')
+          return fail("obsolete line folding in trailer");
+        state_ = State::kTrailerName;
+        trailer_name_len_ = 0;
+        break;  // the same byte again, as part of the name
+      case State::kTrailerName:
+        if (++trailer_bytes_ > kMaxTrailerBytes)
+          return fail("trailers too large");
+        if (IsTokenChar(static_cast<unsigned char>(c))) {
+          if (trailer_name_len_ < sizeof(trailer_name_))
+            trailer_name_[trailer_name_len_] = c;
+          ++trailer_name_len_;
+          ++i;
+          break;
+        }
+        if (c != ':' || trailer_name_len_ == 0)
+          return fail("invalid trailer field");
+        if (trailer_name_len_ <= sizeof(trailer_name_)) {
+          // RFC 9110 §6.5.1: fields that frame or route the message are not allowed in
+          // trailers; a hop that merged them into the head would read them as real.
+          switch (ClassifyHeader(std::string_view(trailer_name_, trailer_name_len_))) {
+            case HeaderId::kContentLength:
+              return fail("Content-Length in trailers");
+            case HeaderId::kTransferEncoding:
+              return fail("Transfer-Encoding in trailers");
+            case HeaderId::kHost:
+              return fail("Host in trailers");
+            default:
+              break;
+          }
+        }
+        state_ = State::kTrailerValue;
+        ++i;
+        break;
+      case State::kTrailerValue:
+        if (++trailer_bytes_ > kMaxTrailerBytes)
+          return fail("trailers too large");
+        if (c == '\r') {
+          state_ = State::kTrailerLf;
+          trailer_empty_line_ = false;
         } else if (c == '\n') {
           return fail("bare LF in trailer");
-        } else {
-          if (++trailer_bytes_ > 16 * 1024)
-            return fail("trailers too large");
-          ++trailer_line_len_;
+        } else if (!IsValueChar(static_cast<unsigned char>(c))) {
+          return fail("invalid character in trailer value");
         }
         ++i;
         break;
@@ -681,11 +758,10 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
         if (c != '\n')
           return fail("bare CR in trailer");
         ++i;
-        if (trailer_line_len_ == 0) {
+        if (trailer_empty_line_) {
           state_ = State::kDone;
           return i;
         }
-        trailer_line_len_ = 0;
         state_ = State::kTrailer;
         break;
       case State::kDone:

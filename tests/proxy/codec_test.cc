@@ -176,6 +176,66 @@ TEST_CASE("parser: an absolute-form target gives the host and the origin-form", 
   }
 }
 
+TEST_CASE("parser: Transfer-Encoding other than chunked is 400 or 501 (RFC 9112 6)", "[codec]") {
+  struct TeCase {
+    const char* te;
+    int request_status;
+  };
+  // Chunked not final (or absent): the length cannot be known, 400. Chunked last after
+  // codings we do not implement: 501. A response gets 502 for all of them.
+  for (const TeCase& c :
+       {TeCase{"chunked, identity", 400}, TeCase{"identity", 400}, TeCase{"gzip", 400},
+        TeCase{"chunked, gzip", 400}, TeCase{"chunked, chunked", 400}, TeCase{"chunked,", 400},
+        TeCase{"", 400}, TeCase{"chu nked", 400}, TeCase{"gzip, chunked", 501},
+        TeCase{"gzip,chunked", 501}, TeCase{"chunked;x=1", 501}}) {
+    INFO("transfer-encoding: " << c.te);
+    std::string te = std::string("transfer-encoding: ") + c.te + "\r\n";
+    http::RequestHead r =
+        Req("POST / HTTP/1.1\r\nhost: h\r\n" + te + "\r\n", http::ParseStatus::kError);
+    CHECK(r.error_status == c.request_status);
+    http::ResponseHead h;
+    CHECK(http::ParseResponse("HTTP/1.1 200 OK\r\n" + te + "\r\n", false, &h) ==
+          http::ParseStatus::kError);
+    CHECK(h.error_status == 502);
+  }
+  CHECK(Req("POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: Chunked\r\n\r\n").chunked);
+}
+
+TEST_CASE("chunked trailers: no Content-Length, Transfer-Encoding or Host", "[codec]") {
+  auto feed = [](std::string_view in, bool byte_by_byte) {
+    http::ChunkedDecoder d;
+    if (!byte_by_byte) {
+      d.Feed(in, nullptr);
+      return d;
+    }
+    for (std::size_t i = 0; i < in.size() && !d.done() && !d.failed(); ++i) {
+      std::size_t used = d.Feed(in.substr(i, 1), nullptr);
+      CHECK(used == (d.failed() ? 0u : 1u));
+    }
+    return d;
+  };
+  for (bool bytes : {false, true}) {
+    INFO("byte by byte: " << bytes);
+    for (const char* trailer :
+         {"Content-Length: 5", "transfer-encoding: chunked", "HOST: evil", "content-length:0"}) {
+      INFO(trailer);
+      http::ChunkedDecoder d =
+          feed(std::string("2\r\nab\r\n0\r\nx-ok: 1\r\n") + trailer + "\r\n\r\n", bytes);
+      CHECK(d.failed());
+      CHECK(Why(d.error()).ends_with(" in trailers"));
+    }
+    // Malformed trailer lines would let such a field slip past a lenient next hop.
+    for (const char* trailer : {"Content-Length : 5", " folded", ": v", "no-colon", "x: a\x01"}) {
+      INFO(trailer);
+      CHECK(feed(std::string("0\r\n") + trailer + "\r\n\r\n", bytes).failed());
+    }
+    // Other trailers are fine, long names included.
+    std::string ok = "0\r\nx-checksum: abc\r\nx-transfer-encodings: v\r\nhost-x: y\r\n\r\n";
+    http::ChunkedDecoder d = feed(ok, bytes);
+    CHECK(d.done());
+  }
+}
+
 TEST_CASE("parser: a request line without a version (HTTP/0.9) is refused at once", "[codec]") {
   // No need to wait for the rest of the head: the request line alone is decisive.
   for (const char* raw : {"GET /\r\n", "GET /\r\n\r\n", "GET /index.html\n", "GET\r\n",
@@ -274,6 +334,21 @@ std::vector<Case> Corpus() {
       {"absolute-form, other scheme", "GET ftp://h/p HTTP/1.1\r\nhost: h\r\n\r\n", 400},
       {"absolute-form, bad authority", "GET http://[::1/p HTTP/1.1\r\nhost: h\r\n\r\n", 400},
       {"absolute-form, userinfo", "GET http://u@h/p HTTP/1.1\r\nhost: h\r\n\r\n", 400},
+      {"TE chunked then identity",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400},
+      {"TE identity", "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: identity\r\n\r\n", 400},
+      {"Content-Length in trailers",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+       "content-length: 40\r\n\r\n",
+       400},
+      {"Transfer-Encoding in trailers",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n0\r\n"
+       "transfer-encoding: chunked\r\n\r\n",
+       400},
+      {"Host in trailers",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n0\r\nhost: "
+       "evil\r\n\r\n",
+       400},
       {"HTTP/0.9 request line", "GET /\r\n\r\n", 400},
       {"five empty lines first", "\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nhost: h\r\n\r\n", 400},
   };

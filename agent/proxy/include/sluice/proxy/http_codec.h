@@ -118,7 +118,8 @@ ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead
 ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead* out);
 
 // Incremental chunked-body decoder. Feed raw bytes; it consumes what it can and, when
-// `out` is given, appends the payload. Trailers are read and dropped.
+// `out` is given, appends the payload. Trailers are checked and dropped: a malformed
+// trailer line, or Content-Length, Transfer-Encoding or Host in the trailers, fails.
 class ChunkedDecoder {
  public:
   enum class State {
@@ -128,7 +129,9 @@ class ChunkedDecoder {
     kData,
     kDataCr,
     kDataLf,
-    kTrailer,
+    kTrailer,  // at the start of a trailer line
+    kTrailerName,
+    kTrailerValue,
     kTrailerLf,
     kDone,
     kError
@@ -144,7 +147,11 @@ class ChunkedDecoder {
   State state_ = State::kSize;
   uint64_t remaining_ = 0;
   int size_digits_ = 0;
-  std::size_t trailer_line_len_ = 0;
+  static constexpr std::size_t kMaxTrailerBytes = 16 * 1024;
+  // A trailer name's first bytes, enough to tell the fields trailers may not carry.
+  char trailer_name_[sizeof("transfer-encoding") - 1] = {};
+  std::size_t trailer_name_len_ = 0;
+  bool trailer_empty_line_ = false;
   std::size_t trailer_bytes_ = 0;
   const char* error_ = nullptr;
 };
