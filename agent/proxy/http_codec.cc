@@ -561,7 +561,8 @@ ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead
     return Error(r, 400, "Transfer-Encoding in HTTP/1.0");
   if (!r->connection_upgrade)
     r->upgrade = {};
-  r->keep_alive = r->minor_version == 1 ? !r->connection_close : r->connection_keep_alive;
+  // RFC 9112 §9.3: close always wins; HTTP/1.0 persists only with keep-alive.
+  r->keep_alive = !r->connection_close && (r->minor_version == 1 || r->connection_keep_alive);
   return ParseStatus::kDone;
 }
 
@@ -569,6 +570,7 @@ ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead*
   r->num_headers = 0;
   r->chunked = false;
   r->content_length = -1;
+  r->drop_content_length = false;
   r->connection_close = r->connection_keep_alive = r->connection_upgrade = false;
   r->error_status = 0;
   r->error = nullptr;
@@ -611,10 +613,22 @@ ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead*
   }
   if (r->chunked && r->content_length >= 0)
     return Error(r, 502, "both Content-Length and Transfer-Encoding");
+  // RFC 9110 §8.6, RFC 9112 §6.1: a server MUST NOT send Content-Length or
+  // Transfer-Encoding in a 1xx or 204 response. As in Envoy (strict 1xx/204 headers),
+  // either is an upstream protocol error, except "Content-Length: 0", which is harmless
+  // and only dropped. A 304's Content-Length describes the representation: it stays.
+  // 101 is left alone: the connection stops being HTTP after it.
+  if ((status >= 100 && status < 200 && status != 101) || status == 204) {
+    if (r->chunked)
+      return Error(r, 502, "Transfer-Encoding in a 1xx or 204 response");
+    if (r->content_length > 0)
+      return Error(r, 502, "non-zero Content-Length in a 1xx or 204 response");
+    r->drop_content_length = r->content_length == 0;
+  }
   r->no_body = head_request || (status >= 100 && status < 200) || status == 204 || status == 304;
   r->close_delimited = !r->no_body && !r->chunked && r->content_length < 0;
-  r->keep_alive = !r->close_delimited &&
-                  (r->minor_version == 1 ? !r->connection_close : r->connection_keep_alive);
+  r->keep_alive = !r->close_delimited && !r->connection_close &&
+                  (r->minor_version == 1 || r->connection_keep_alive);
   return ParseStatus::kDone;
 }
 

@@ -272,6 +272,60 @@ TEST_CASE("parser: empty lines before the request line are skipped, a few", "[co
         400);
 }
 
+TEST_CASE("parser: 1xx and 204 responses carry no framing, while 304 keeps Content-Length",
+          "[codec]") {
+  auto resp = [](std::string_view raw, http::ParseStatus want = http::ParseStatus::kDone) {
+    http::ResponseHead h;
+    CHECK(http::ParseResponse(raw, false, &h) == want);
+    return h;
+  };
+  // Envoy (strict 1xx/204 headers): Transfer-Encoding, or a Content-Length other than 0,
+  // is an upstream protocol error.
+  for (const char* raw : {"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello",
+                          "HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+                          "HTTP/1.1 100 Continue\r\ncontent-length: 1\r\n\r\n",
+                          "HTTP/1.1 103 Early Hints\r\ntransfer-encoding: chunked\r\n\r\n"}) {
+    INFO(raw);
+    CHECK(resp(raw, http::ParseStatus::kError).error_status == 502);
+  }
+  // "Content-Length: 0" is accepted, and marked to be dropped.
+  http::ResponseHead h = resp("HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
+  CHECK(h.no_body);
+  CHECK(h.drop_content_length);
+  CHECK(resp("HTTP/1.1 100 Continue\r\nContent-Length: 0\r\n\r\n").drop_content_length);
+  CHECK_FALSE(resp("HTTP/1.1 204 No Content\r\n\r\n").drop_content_length);
+  // 304: Content-Length describes the representation; it stays, and there is no body.
+  h = resp("HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n");
+  CHECK(h.no_body);
+  CHECK(h.content_length == 10);
+  CHECK_FALSE(h.drop_content_length);
+  CHECK_FALSE(resp("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").drop_content_length);
+}
+
+TEST_CASE("parser: keep-alive by version and Connection, and close always wins", "[codec]") {
+  // RFC 9112 §9.3.
+  struct KaCase {
+    const char* version;
+    const char* connection;
+    bool keep_alive;
+  };
+  for (const KaCase& c :
+       {KaCase{"1.1", nullptr, true}, KaCase{"1.1", "close", false},
+        KaCase{"1.1", "keep-alive, close", false}, KaCase{"1.0", nullptr, false},
+        KaCase{"1.0", "keep-alive", true}, KaCase{"1.0", "Keep-Alive", true},
+        KaCase{"1.0", "keep-alive, close", false}, KaCase{"1.0", "close, keep-alive", false}}) {
+    INFO("HTTP/" << c.version << " connection: " << (c.connection ? c.connection : "-"));
+    std::string conn = c.connection ? std::string("connection: ") + c.connection + "\r\n" : "";
+    CHECK(Req(std::string("GET / HTTP/") + c.version + "\r\nhost: h\r\n" + conn + "\r\n")
+              .keep_alive == c.keep_alive);
+    http::ResponseHead h;
+    REQUIRE(http::ParseResponse(std::string("HTTP/") + c.version + " 200 OK\r\n" + conn +
+                                    "content-length: 0\r\n\r\n",
+                                false, &h) == http::ParseStatus::kDone);
+    CHECK(h.keep_alive == c.keep_alive);
+  }
+}
+
 namespace {
 
 struct Case {

@@ -1,7 +1,7 @@
 // Zero-copy HTTP/1.1 codec: request and response heads are parsed in place, every
 // field a string_view into the caller's buffer. Strict where a lenient parser would
 // let a request be smuggled past another hop: anything ambiguous is an error with the
-// status the proxy must answer (400, 413, 431, 501).
+// status the proxy must answer (400, 413, 431, 501; 502 for a response).
 #pragma once
 
 #include <cstddef>
@@ -103,6 +103,9 @@ struct ResponseHead : MessageHead {
   bool no_body = false;
   // Body runs until the connection closes.
   bool close_delimited = false;
+  // A 1xx or 204 with "Content-Length: 0": accepted, but the header is not to be
+  // forwarded (RFC 9110 §8.6: such a response has no Content-Length).
+  bool drop_content_length = false;
 };
 
 bool EqualsIgnoreCase(std::string_view a, std::string_view b);
