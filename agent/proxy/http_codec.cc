@@ -1,5 +1,10 @@
+// The HTTP/1.1 codec's rules, each from RFC 9110/9112 or from Envoy where the RFC
+// leaves a choice; docs/l7-proxy.md lists them with the status each error answers.
 #include "sluice/proxy/http_codec.h"
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <cstring>
 
 namespace sluice::proxy::http {
@@ -43,6 +48,36 @@ constexpr bool IsTargetChar(unsigned char c) {
   return c > 0x20 && c != 0x7f;
 }
 
+constexpr bool IsHexDigit(unsigned char c) {
+  return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+
+// RFC 3986 unreserved / sub-delims: what a reg-name holds besides pct-encoded octets.
+constexpr bool IsRegNameChar(unsigned char c) {
+  if ((c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'z'))
+    return true;
+  switch (c) {
+    case '-':
+    case '.':
+    case '_':
+    case '~':
+    case '!':
+    case '$':
+    case '&':
+    case '\'':
+    case '(':
+    case ')':
+    case '*':
+    case '+':
+    case ',':
+    case ';':
+    case '=':
+      return true;
+    default:
+      return false;
+  }
+}
+
 constexpr char Lower(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
 }
@@ -73,6 +108,107 @@ ParseStatus Error(MessageHead* m, int status, const char* why) {
   m->error_status = status;
   m->error = why;
   return ParseStatus::kError;
+}
+
+// IP-literal without its brackets: IPv6address or IPvFuture (RFC 3986 §3.2.2). No zone
+// identifiers (RFC 6874 is not part of RFC 9110's URI).
+bool IsValidIpLiteral(std::string_view s) {
+  if (!s.empty() && (s[0] == 'v' || s[0] == 'V')) {
+    std::size_t dot = s.find('.');
+    if (dot == std::string_view::npos || dot == 1 || dot + 1 == s.size())
+      return false;
+    for (std::size_t i = 1; i < dot; ++i) {
+      if (!IsHexDigit(static_cast<unsigned char>(s[i])))
+        return false;
+    }
+    for (std::size_t i = dot + 1; i < s.size(); ++i) {
+      if (!IsRegNameChar(static_cast<unsigned char>(s[i])) && s[i] != ':')
+        return false;
+    }
+    return true;
+  }
+  char buf[48];  // the longest IPv6 text form is 45 characters
+  if (s.size() >= sizeof(buf))
+    return false;
+  std::memcpy(buf, s.data(), s.size());
+  buf[s.size()] = '\0';
+  in6_addr a;
+  return inet_pton(AF_INET6, buf, &a) == 1;
+}
+
+// RFC 9110 §4.2.1 and §7.2: uri-host [ ":" port ], uri-host = IP-literal / IPv4address /
+// reg-name, port = *DIGIT. The host may not be empty (an "http" URI with an empty host
+// is invalid). IPv4address needs no case of its own: its characters are a reg-name's.
+bool IsValidAuthority(std::string_view a) {
+  std::size_t host_end;
+  if (!a.empty() && a[0] == '[') {
+    host_end = a.find(']');
+    if (host_end == std::string_view::npos || !IsValidIpLiteral(a.substr(1, host_end - 1)))
+      return false;
+    ++host_end;
+  } else {
+    host_end = std::min(a.find(':'), a.size());
+    if (host_end == 0)
+      return false;
+    for (std::size_t i = 0; i < host_end; ++i) {
+      auto c = static_cast<unsigned char>(a[i]);
+      if (c == '%') {  // pct-encoded
+        if (i + 2 >= host_end || !IsHexDigit(static_cast<unsigned char>(a[i + 1])) ||
+            !IsHexDigit(static_cast<unsigned char>(a[i + 2]))) {
+          return false;
+        }
+        i += 2;
+      } else if (!IsRegNameChar(c)) {
+        return false;
+      }
+    }
+  }
+  if (host_end == a.size())
+    return true;
+  if (a[host_end] != ':')
+    return false;
+  for (std::size_t i = host_end + 1; i < a.size(); ++i) {
+    if (a[i] < '0' || a[i] > '9')
+      return false;
+  }
+  return true;
+}
+
+// Transfer-Encoding: only "chunked" alone frames a body here. The rest is refused with
+// the status RFC 9112 gives: when chunked is not the final coding (or is not there at
+// all) a request's length cannot be determined (§6.3: 400, then close); chunked applied
+// twice is invalid (§6.1); chunked after codings we do not implement is 501 (§6.1). A
+// response gets 502 for all of these (ParseResponse): RFC 9112 would read a response
+// without a final chunked as close-delimited, but a proxy that relays it cannot make every
+// client read the same framing, and Envoy refuses such a response too.
+ParseStatus CheckTransferEncoding(std::string_view value, MessageHead* m) {
+  if (EqualsIgnoreCase(value, "chunked")) {
+    m->chunked = true;
+    return ParseStatus::kDone;
+  }
+  bool last_chunked = false;
+  bool chunked_before_last = false;
+  while (true) {
+    std::size_t comma = value.find(',');
+    std::string_view item = TrimOws(value.substr(0, comma));
+    std::string_view coding = TrimOws(item.substr(0, item.find(';')));
+    if (coding.empty())
+      return Error(m, 400, "invalid Transfer-Encoding");
+    for (char c : coding) {
+      if (!IsTokenChar(static_cast<unsigned char>(c)))
+        return Error(m, 400, "invalid Transfer-Encoding");
+    }
+    chunked_before_last |= last_chunked;
+    last_chunked = EqualsIgnoreCase(coding, "chunked");
+    if (comma == std::string_view::npos)
+      break;
+    value.remove_prefix(comma + 1);
+  }
+  if (!last_chunked)
+    return Error(m, 400, "Transfer-Encoding: chunked is not the final coding");
+  if (chunked_before_last)
+    return Error(m, 400, "Transfer-Encoding: chunked applied more than once");
+  return Error(m, 501, "unsupported Transfer-Encoding");
 }
 
 // Finds the end of the head: "\r\n\r\n". A bare LF anywhere in the head is an error,
@@ -159,11 +295,8 @@ ParseStatus ParseHeaders(const char* p, const char* end, std::size_t max_headers
         if (seen_te)
           return Error(m, 400, "duplicate Transfer-Encoding");
         seen_te = true;
-        // Only "chunked" alone is accepted: any other coding chain is how smuggling
-        // starts, and we never need it.
-        if (!EqualsIgnoreCase(value, "chunked"))
-          return Error(m, 501, "unsupported Transfer-Encoding");
-        m->chunked = true;
+        if (CheckTransferEncoding(value, m) != ParseStatus::kDone)
+          return ParseStatus::kError;
         break;
       case HeaderId::kConnection:
         if (ListHasToken(value, "close"))
@@ -269,6 +402,73 @@ std::string_view MessageHead::Get(HeaderId id, bool* found) const {
       *this, [&](const Header& h) { return h.id == id; }, found);
 }
 
+namespace {
+
+// RFC 9112 §2.2: a server SHOULD ignore at least one empty line (CRLF) received before
+// the request-line (some clients send one after a POST body). A few are ignored; more
+// are not a client being sloppy.
+constexpr int kMaxLeadingEmptyLines = 4;
+
+// absolute-form (RFC 9112 §3.2.2): "http" or "https" "://" authority path-abempty
+// [ "?" query ]. On success target becomes the origin-form (the path, "/" when empty,
+// and the query) and *authority the authority.
+ParseStatus ParseAbsoluteForm(RequestHead* r, std::string_view* authority) {
+  std::string_view t = r->target;
+  std::size_t sep = t.find("://");
+  if (sep == std::string_view::npos)
+    return Error(r, 400, "invalid request target");
+  std::string_view scheme = t.substr(0, sep);
+  if (!EqualsIgnoreCase(scheme, "http") && !EqualsIgnoreCase(scheme, "https"))
+    return Error(r, 400, "absolute-form target with a scheme other than http or https");
+  t.remove_prefix(sep + 3);
+  std::size_t auth_end = t.find_first_of("/?");
+  *authority = t.substr(0, auth_end);
+  if (!IsValidAuthority(*authority))
+    return Error(r, 400, "invalid authority in the absolute-form target");
+  if (auth_end == std::string_view::npos) {
+    r->target = "/";  // static: the buffer holds no "/" to point at
+  } else if (t[auth_end] == '?') {
+    // The origin-form would be "/?query", which is not a view into the buffer.
+    return Error(r, 400, "absolute-form target with a query but no path");
+  } else {
+    r->target = t.substr(auth_end);
+  }
+  return ParseStatus::kDone;
+}
+
+// method SP request-target SP HTTP-version CRLF; `line` ends with its LF.
+ParseStatus ParseRequestLine(std::string_view line, RequestHead* r) {
+  const char* p = line.data();
+  const char* end = p + line.size() - 1;  // at the LF
+  if (end == p || end[-1] != '\r')
+    return Error(r, 400, "bare LF after the request line");
+  --end;  // at the CR
+  const char* m0 = p;
+  while (p < end && IsTokenChar(static_cast<unsigned char>(*p)))
+    ++p;
+  if (p == m0 || p == end || *p != ' ')
+    return Error(r, 400, "invalid method");
+  r->method = std::string_view(m0, static_cast<std::size_t>(p - m0));
+  ++p;
+  const char* t0 = p;
+  while (p < end && IsTargetChar(static_cast<unsigned char>(*p)))
+    ++p;
+  if (p == t0)
+    return Error(r, 400, "invalid request target");
+  if (p == end)  // HTTP/0.9's "GET /path": we speak 1.0 and 1.1 only
+    return Error(r, 400, "request line without an HTTP version");
+  if (*p != ' ')
+    return Error(r, 400, "invalid request target");
+  r->target = std::string_view(t0, static_cast<std::size_t>(p - t0));
+  ++p;
+  if (end - p != 8 || std::memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1'))
+    return Error(r, 400, "invalid HTTP version");
+  r->minor_version = p[7] - '0';
+  return ParseStatus::kDone;
+}
+
+}  // namespace
+
 ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead* r) {
   r->num_headers = 0;
   r->chunked = false;
@@ -280,58 +480,59 @@ ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead
   r->error_status = 0;
   r->error = nullptr;
 
-  std::size_t head_end = FindHeadEnd(buf);
+  // Skip the empty lines before the request line; they count in head_len, so the caller
+  // consumes them with the head.
+  std::size_t start = 0;
+  for (int n = 0; start < buf.size(); ++n) {
+    std::size_t eol = buf[start] == '\n' ? 1 : buf.substr(start, 2) == "\r\n" ? 2 : 0;
+    if (eol == 0)
+      break;
+    if (n == kMaxLeadingEmptyLines)
+      return Error(r, 400, "too many empty lines before the request line");
+    start += eol;
+  }
+  std::string_view rest = buf.substr(start);
+
+  // The request line is checked as soon as it is complete: a request that can never be
+  // valid (HTTP/0.9, not HTTP at all) is refused without waiting for a head that may
+  // never come.
+  std::size_t line_end = rest.find('\n');
+  if (line_end == std::string_view::npos) {
+    if (buf.size() > limits.max_head_bytes)
+      return Error(r, 431, "request head too large");
+    return ParseStatus::kIncomplete;
+  }
+  if (start + line_end >= limits.max_head_bytes)
+    return Error(r, 431, "request head too large");
+  if (ParseRequestLine(rest.substr(0, line_end + 1), r) != ParseStatus::kDone)
+    return ParseStatus::kError;
+
+  std::size_t head_end = FindHeadEnd(rest);
   if (head_end == std::string_view::npos) {
     if (buf.size() > limits.max_head_bytes)
       return Error(r, 431, "request head too large");
     return ParseStatus::kIncomplete;
   }
-  if (head_end > limits.max_head_bytes)
+  if (start + head_end > limits.max_head_bytes)
     return Error(r, 431, "request head too large");
-  r->head_len = head_end;
-  const char* p = buf.data();
-  const char* end = p + head_end;
-
-  // method SP request-target SP HTTP/1.x CRLF
-  const char* m0 = p;
-  while (p < end && IsTokenChar(static_cast<unsigned char>(*p)))
-    ++p;
-  if (p == m0 || p >= end || *p != ' ')
-    return Error(r, 400, "invalid method");
-  r->method = std::string_view(m0, static_cast<std::size_t>(p - m0));
-  ++p;
-  const char* t0 = p;
-  while (p < end && IsTargetChar(static_cast<unsigned char>(*p)))
-    ++p;
-  if (p == t0 || p >= end || *p != ' ')
-    return Error(r, 400, "invalid request target");
-  r->target = std::string_view(t0, static_cast<std::size_t>(p - t0));
-  ++p;
-  if (end - p < 10 || std::memcmp(p, "HTTP/1.", 7) != 0 || (p[7] != '0' && p[7] != '1')) {
-    return Error(r, 400, "invalid HTTP version");
-  }
-  r->minor_version = p[7] - '0';
-  p += 8;
-  if (p[0] != '\r' || p[1] != '\n')
-    return Error(r, p[0] == '\n' ? 400 : 400, "invalid request line ending");
-  p += 2;
-
-  ParseStatus st = ParseHeaders(p, end, limits.max_headers, r);
+  r->head_len = start + head_end;
+  const char* end = rest.data() + head_end;
+  ParseStatus st = ParseHeaders(rest.data() + line_end + 1, end, limits.max_headers, r);
   if (st != ParseStatus::kDone)
     return st;
 
-  if (r->target[0] != '/' && r->target != "*" && r->method != "CONNECT") {
-    // absolute-form: keep it simple and strict; proxies in a mesh see origin-form.
-    std::size_t scheme = r->target.find("://");
-    if (scheme == std::string_view::npos)
-      return Error(r, 400, "invalid request target");
-    std::size_t slash = r->target.find('/', scheme + 3);
-    r->target = slash == std::string_view::npos ? std::string_view("/") : r->target.substr(slash);
-  }
+  // RFC 9112 §3.2.2: a proxy ignores the Host header of an absolute-form request and
+  // uses the target's authority; it forwards the origin-form. (Envoy does the same.)
+  std::string_view authority;
+  bool absolute_form = r->target[0] != '/' && r->target != "*" && r->method != "CONNECT";
+  if (absolute_form && ParseAbsoluteForm(r, &authority) != ParseStatus::kDone)
+    return ParseStatus::kError;
   std::size_t q = r->target.find('?');
   r->path = r->target.substr(0, q);
   r->query = q == std::string_view::npos ? std::string_view() : r->target.substr(q + 1);
 
+  // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, for more than one Host,
+  // and for an invalid Host value, even when absolute-form makes Host unused.
   bool host_seen = false;
   for (std::size_t i = 0; i < r->num_headers; ++i) {
     const Header& h = r->headers[i];
@@ -339,6 +540,8 @@ ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead
       if (host_seen)
         return Error(r, 400, "duplicate Host");
       host_seen = true;
+      if (!h.value.empty() && !IsValidAuthority(h.value))
+        return Error(r, 400, "invalid Host");
       r->host = h.value;
     } else if (h.id == HeaderId::kExpect) {
       if (EqualsIgnoreCase(h.value, "100-continue"))
@@ -349,6 +552,8 @@ ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead
   }
   if (r->minor_version == 1 && (!host_seen || r->host.empty()))
     return Error(r, 400, "missing Host");
+  if (absolute_form)
+    r->host = authority;
   if (r->chunked && r->content_length >= 0) {
     return Error(r, 400, "both Content-Length and Transfer-Encoding");
   }
@@ -356,7 +561,8 @@ ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead
     return Error(r, 400, "Transfer-Encoding in HTTP/1.0");
   if (!r->connection_upgrade)
     r->upgrade = {};
-  r->keep_alive = r->minor_version == 1 ? !r->connection_close : r->connection_keep_alive;
+  // RFC 9112 §9.3: close always wins; HTTP/1.0 persists only with keep-alive.
+  r->keep_alive = !r->connection_close && (r->minor_version == 1 || r->connection_keep_alive);
   return ParseStatus::kDone;
 }
 
@@ -364,6 +570,7 @@ ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead*
   r->num_headers = 0;
   r->chunked = false;
   r->content_length = -1;
+  r->drop_content_length = false;
   r->connection_close = r->connection_keep_alive = r->connection_upgrade = false;
   r->error_status = 0;
   r->error = nullptr;
@@ -406,10 +613,22 @@ ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead*
   }
   if (r->chunked && r->content_length >= 0)
     return Error(r, 502, "both Content-Length and Transfer-Encoding");
+  // RFC 9110 §8.6, RFC 9112 §6.1: a server MUST NOT send Content-Length or
+  // Transfer-Encoding in a 1xx or 204 response. As in Envoy (strict 1xx/204 headers),
+  // either is an upstream protocol error, except "Content-Length: 0", which is harmless
+  // and only dropped. A 304's Content-Length describes the representation: it stays.
+  // 101 is left alone: the connection stops being HTTP after it.
+  if ((status >= 100 && status < 200 && status != 101) || status == 204) {
+    if (r->chunked)
+      return Error(r, 502, "Transfer-Encoding in a 1xx or 204 response");
+    if (r->content_length > 0)
+      return Error(r, 502, "non-zero Content-Length in a 1xx or 204 response");
+    r->drop_content_length = r->content_length == 0;
+  }
   r->no_body = head_request || (status >= 100 && status < 200) || status == 204 || status == 304;
   r->close_delimited = !r->no_body && !r->chunked && r->content_length < 0;
-  r->keep_alive = !r->close_delimited &&
-                  (r->minor_version == 1 ? !r->connection_close : r->connection_keep_alive);
+  r->keep_alive = !r->close_delimited && !r->connection_close &&
+                  (r->minor_version == 1 || r->connection_keep_alive);
   return ParseStatus::kDone;
 }
 
@@ -465,7 +684,6 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
         size_digits_ = 0;
         if (remaining_ == 0) {
           state_ = State::kTrailer;
-          trailer_line_len_ = 0;
         } else {
           state_ = State::kData;
         }
@@ -494,15 +712,59 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
         state_ = State::kSize;
         ++i;
         break;
-      case State::kTrailer:
+      // Trailer fields: "name: value" lines, checked as strictly as the head's, until an
+      // empty line. Their bytes are counted against a bound and otherwise dropped.
+      case State::kTrailer:  // at the start of a line
         if (c == '\r') {
           state_ = State::kTrailerLf;
+          trailer_empty_line_ = true;
+          ++i;
+          break;
+        }
+        if (c == ' ' || c == '\t')
+          return fail("obsolete line folding in trailer");
+        state_ = State::kTrailerName;
+        trailer_name_len_ = 0;
+        break;  // the same byte again, as part of the name
+      case State::kTrailerName:
+        if (++trailer_bytes_ > kMaxTrailerBytes)
+          return fail("trailers too large");
+        if (IsTokenChar(static_cast<unsigned char>(c))) {
+          if (trailer_name_len_ < sizeof(trailer_name_))
+            trailer_name_[trailer_name_len_] = c;
+          ++trailer_name_len_;
+          ++i;
+          break;
+        }
+        if (c != ':' || trailer_name_len_ == 0)
+          return fail("invalid trailer field");
+        if (trailer_name_len_ <= sizeof(trailer_name_)) {
+          // RFC 9110 §6.5.1: fields that frame or route the message are not allowed in
+          // trailers; a hop that merged them into the head would read them as real.
+          switch (ClassifyHeader(std::string_view(trailer_name_, trailer_name_len_))) {
+            case HeaderId::kContentLength:
+              return fail("Content-Length in trailers");
+            case HeaderId::kTransferEncoding:
+              return fail("Transfer-Encoding in trailers");
+            case HeaderId::kHost:
+              return fail("Host in trailers");
+            default:
+              break;
+          }
+        }
+        state_ = State::kTrailerValue;
+        ++i;
+        break;
+      case State::kTrailerValue:
+        if (++trailer_bytes_ > kMaxTrailerBytes)
+          return fail("trailers too large");
+        if (c == '\r') {
+          state_ = State::kTrailerLf;
+          trailer_empty_line_ = false;
         } else if (c == '\n') {
           return fail("bare LF in trailer");
-        } else {
-          if (++trailer_bytes_ > 16 * 1024)
-            return fail("trailers too large");
-          ++trailer_line_len_;
+        } else if (!IsValueChar(static_cast<unsigned char>(c))) {
+          return fail("invalid character in trailer value");
         }
         ++i;
         break;
@@ -510,11 +772,10 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
         if (c != '\n')
           return fail("bare CR in trailer");
         ++i;
-        if (trailer_line_len_ == 0) {
+        if (trailer_empty_line_) {
           state_ = State::kDone;
           return i;
         }
-        trailer_line_len_ = 0;
         state_ = State::kTrailer;
         break;
       case State::kDone:

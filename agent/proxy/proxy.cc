@@ -2115,7 +2115,13 @@ void Session::StartAttempt() {
       std::string_view key;
       bool found = false;
       if (hp.kind == HashKind::kHeader) {
-        key = req.Get(hp.name, &found);
+        // The authority is req.host (an absolute-form target's, not the Host line's).
+        if (hp.name == "host" || hp.name == ":authority") {
+          key = req.host;
+          found = !key.empty();
+        } else {
+          key = req.Get(hp.name, &found);
+        }
       } else if (hp.kind == HashKind::kSourceIp) {
         key = peer_ip;
         found = true;
@@ -2442,6 +2448,7 @@ void Session::WriteResponseHead(const http::ResponseHead& r) {
     const http::Header& h = r.headers[i];
     if ((upgrade ? h.id == http::HeaderId::kKeepAlive : IsHopByHop(h.id)) ||
         h.id == http::HeaderId::kXEnvoyUpstreamServiceTime ||
+        (r.drop_content_length && h.id == http::HeaderId::kContentLength) ||
         (mutated && Replaced(levels, 4, h.name))) {
       unchanged.Flush();
       continue;

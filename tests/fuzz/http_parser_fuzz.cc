@@ -1,6 +1,8 @@
 // libFuzzer target for the HTTP/1.1 codec and the ClientHello SNI reader. Beyond "no
 // crash, no UB" (ASan/UBSan), it checks the invariants the proxy relies on: every view
-// points inside the input, and a parsed head is never longer than the input.
+// points inside the input, header lines inside the head, a parsed head is never longer
+// than the input, and the chunked decoder gives the same answer however the body is
+// split across Feed calls.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -18,6 +20,25 @@ void Inside(std::string_view whole, std::string_view part) {
   if (part.empty())
     return;
   if (part.data() < whole.data() || part.data() + part.size() > whole.data() + whole.size())
+    std::abort();
+}
+
+// Decodes body in one Feed and again in two (split at `cut`): both must agree.
+void CheckChunked(std::string_view body, std::size_t cut) {
+  http::ChunkedDecoder whole;
+  std::string out;
+  std::size_t used = whole.Feed(body, &out);
+  if (used > body.size() || out.size() > used)
+    std::abort();
+  cut = cut % (body.size() + 1);
+  http::ChunkedDecoder split;
+  std::string out2;
+  std::size_t used2 = split.Feed(body.substr(0, cut), &out2);
+  if (used2 == cut && !split.done() && !split.failed())
+    used2 += split.Feed(body.substr(cut), &out2);
+  if (whole.done() != split.done() || whole.failed() != split.failed() || out != out2)
+    std::abort();
+  if (whole.done() && used != used2)
     std::abort();
 }
 
@@ -42,22 +63,24 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (std::size_t i = 0; i < req.num_headers; ++i) {
       Inside(in, req.headers[i].name);
       Inside(in, req.headers[i].value);
+      Inside(in.substr(0, req.head_len), req.headers[i].line());
     }
     if (req.chunked && req.content_length >= 0)
       std::abort();  // smuggling guard
-    if (req.chunked) {
-      http::ChunkedDecoder d;
-      std::string body;
-      std::size_t used = d.Feed(in.substr(req.head_len), &body);
-      if (used > size - req.head_len || body.size() > used)
-        std::abort();
-    }
+    if (req.chunked)
+      CheckChunked(in.substr(req.head_len), size);
   }
   static http::ResponseHead resp;
   if (http::ParseResponse(in, false, &resp) == http::ParseStatus::kDone) {
     if (resp.head_len > size)
       std::abort();
     Inside(in, resp.reason);
+    for (std::size_t i = 0; i < resp.num_headers; ++i)
+      Inside(in.substr(0, resp.head_len), resp.headers[i].line());
+    if (resp.drop_content_length && resp.content_length != 0)
+      std::abort();
+    if (resp.chunked)
+      CheckChunked(in.substr(resp.head_len), size / 2);
   }
   std::string_view sni;
   if (sluice::proxy::ParseClientHelloSni(in, &sni) == sluice::proxy::SniStatus::kFound)

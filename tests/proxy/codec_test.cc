@@ -80,6 +80,254 @@ TEST_CASE("parser: responses and chunked bodies", "[codec]") {
 
 namespace {
 
+http::RequestHead Req(std::string_view raw, http::ParseStatus want = http::ParseStatus::kDone) {
+  http::RequestHead r;
+  CHECK(http::ParseRequest(raw, {}, &r) == want);
+  return r;
+}
+
+// An error text, "" for none (a check that fails must not crash the run).
+std::string_view Why(const char* error) {
+  return error ? error : "";
+}
+
+}  // namespace
+
+TEST_CASE("parser: Host is a uri-host with an optional port (RFC 9110 7.2), and only one",
+          "[codec]") {
+  for (const char* host : {"example.com", "Example.COM:8080", "h:", "10.0.0.1:80", "[::1]:8080",
+                           "[::1]:", "[2001:db8::7]", "[::ffff:10.0.0.1]", "[v1.fe:x]",
+                           "a%2Db.example", "xn--bcher-kva.example", "a_b~!$&'()*+,;=-.c"}) {
+    INFO(host);
+    std::string raw = "GET / HTTP/1.1\r\nHost: " + std::string(host) + " \r\n\r\n";
+    http::RequestHead r = Req(raw);  // views into raw
+    CHECK(r.host == host);
+  }
+  for (const char* host : {"a b",
+                           "user@example.com",
+                           "example.com/x",
+                           "a?b",
+                           "a#b",
+                           "a\"b",
+                           "a<b>",
+                           "a\\b",
+                           "a|b",
+                           "a^b",
+                           "a`b",
+                           "a{b}",
+                           "\xc3\xa9.example",
+                           "a%zz",
+                           "a%2",
+                           ":80",
+                           "h:8o",
+                           "h:80:81",
+                           "::1",
+                           "[::1",
+                           "[::1]x",
+                           "[zz::1]",
+                           "[fe80::1%25eth0]",
+                           "[v.x]",
+                           "[vx.y]",
+                           "[v1.]",
+                           "[]"}) {
+    INFO(host);
+    http::RequestHead r =
+        Req("GET / HTTP/1.1\r\nHost: " + std::string(host) + "\r\n\r\n", http::ParseStatus::kError);
+    CHECK(r.error_status == 400);
+    CHECK(Why(r.error) == "invalid Host");
+  }
+  // RFC 9112 §3.2: no Host in HTTP/1.1, an empty one, or two of them: 400.
+  CHECK(Req("GET / HTTP/1.1\r\n\r\n", http::ParseStatus::kError).error_status == 400);
+  CHECK(Req("GET / HTTP/1.1\r\nHost:\r\n\r\n", http::ParseStatus::kError).error_status == 400);
+  CHECK(
+      Req("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", http::ParseStatus::kError).error_status ==
+      400);
+  // HTTP/1.0 needs none; if it sends one, it must be valid.
+  CHECK(Req("GET / HTTP/1.0\r\n\r\n").host.empty());
+  CHECK(Req("GET / HTTP/1.0\r\nHost: a/b\r\n\r\n", http::ParseStatus::kError).error_status == 400);
+}
+
+TEST_CASE("parser: an absolute-form target gives the host and the origin-form", "[codec]") {
+  // RFC 9112 §3.2.2: the target's authority replaces Host; the proxy forwards origin-form.
+  std::string raw = "GET http://example.com:8080/p?q=1 HTTP/1.1\r\nHost: other\r\n\r\n";
+  http::RequestHead r = Req(raw);
+  CHECK(r.host == "example.com:8080");
+  CHECK(r.target == "/p?q=1");
+  CHECK(r.path == "/p");
+  CHECK(r.query == "q=1");
+  CHECK(r.Get(http::HeaderId::kHost) == "other");  // the header itself is as received
+  CHECK(r.host.data() > raw.data());
+  CHECK(r.target.data() + r.target.size() < raw.data() + raw.size());
+  r = Req("GET HTTPS://[::1]:8443 HTTP/1.1\r\nHost: x\r\n\r\n");
+  CHECK(r.host == "[::1]:8443");
+  CHECK(r.target == "/");
+  CHECK(r.path == "/");
+  r = Req("GET http://h/ HTTP/1.0\r\n\r\n");  // HTTP/1.0: no Host needed
+  CHECK(r.host == "h");
+  // Refused: another scheme, userinfo, an empty or invalid authority, "?" with no path,
+  // no scheme at all; and still, as RFC 9112 §3.2 says, a missing or invalid Host.
+  for (const char* bad :
+       {"GET ftp://h/p HTTP/1.1\r\nHost: h\r\n\r\n", "GET http://u@h/p HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http:///p HTTP/1.1\r\nHost: h\r\n\r\n", "GET http://h:x/p HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h?q HTTP/1.1\r\nHost: h\r\n\r\n", "GET h/p HTTP/1.1\r\nHost: h\r\n\r\n",
+        "GET http://h/p HTTP/1.1\r\n\r\n", "GET http://h/p HTTP/1.1\r\nHost: a b\r\n\r\n"}) {
+    INFO(bad);
+    CHECK(Req(bad, http::ParseStatus::kError).error_status == 400);
+  }
+}
+
+TEST_CASE("parser: Transfer-Encoding other than chunked is 400 or 501 (RFC 9112 6)", "[codec]") {
+  struct TeCase {
+    const char* te;
+    int request_status;
+  };
+  // Chunked not final (or absent): the length cannot be known, 400. Chunked last after
+  // codings we do not implement: 501. A response gets 502 for all of them.
+  for (const TeCase& c :
+       {TeCase{"chunked, identity", 400}, TeCase{"identity", 400}, TeCase{"gzip", 400},
+        TeCase{"chunked, gzip", 400}, TeCase{"chunked, chunked", 400}, TeCase{"chunked,", 400},
+        TeCase{"", 400}, TeCase{"chu nked", 400}, TeCase{"gzip, chunked", 501},
+        TeCase{"gzip,chunked", 501}, TeCase{"chunked;x=1", 501}}) {
+    INFO("transfer-encoding: " << c.te);
+    std::string te = std::string("transfer-encoding: ") + c.te + "\r\n";
+    http::RequestHead r =
+        Req("POST / HTTP/1.1\r\nhost: h\r\n" + te + "\r\n", http::ParseStatus::kError);
+    CHECK(r.error_status == c.request_status);
+    http::ResponseHead h;
+    CHECK(http::ParseResponse("HTTP/1.1 200 OK\r\n" + te + "\r\n", false, &h) ==
+          http::ParseStatus::kError);
+    CHECK(h.error_status == 502);
+  }
+  CHECK(Req("POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: Chunked\r\n\r\n").chunked);
+}
+
+TEST_CASE("chunked trailers: no Content-Length, Transfer-Encoding or Host", "[codec]") {
+  auto feed = [](std::string_view in, bool byte_by_byte) {
+    http::ChunkedDecoder d;
+    if (!byte_by_byte) {
+      d.Feed(in, nullptr);
+      return d;
+    }
+    for (std::size_t i = 0; i < in.size() && !d.done() && !d.failed(); ++i) {
+      std::size_t used = d.Feed(in.substr(i, 1), nullptr);
+      CHECK(used == (d.failed() ? 0u : 1u));
+    }
+    return d;
+  };
+  for (bool bytes : {false, true}) {
+    INFO("byte by byte: " << bytes);
+    for (const char* trailer :
+         {"Content-Length: 5", "transfer-encoding: chunked", "HOST: evil", "content-length:0"}) {
+      INFO(trailer);
+      http::ChunkedDecoder d =
+          feed(std::string("2\r\nab\r\n0\r\nx-ok: 1\r\n") + trailer + "\r\n\r\n", bytes);
+      CHECK(d.failed());
+      CHECK(Why(d.error()).ends_with(" in trailers"));
+    }
+    // Malformed trailer lines would let such a field slip past a lenient next hop.
+    for (const char* trailer : {"Content-Length : 5", " folded", ": v", "no-colon", "x: a\x01"}) {
+      INFO(trailer);
+      CHECK(feed(std::string("0\r\n") + trailer + "\r\n\r\n", bytes).failed());
+    }
+    // Other trailers are fine, long names included.
+    std::string ok = "0\r\nx-checksum: abc\r\nx-transfer-encodings: v\r\nhost-x: y\r\n\r\n";
+    http::ChunkedDecoder d = feed(ok, bytes);
+    CHECK(d.done());
+  }
+}
+
+TEST_CASE("parser: a request line without a version (HTTP/0.9) is refused at once", "[codec]") {
+  // No need to wait for the rest of the head: the request line alone is decisive.
+  for (const char* raw : {"GET /\r\n", "GET /\r\n\r\n", "GET /index.html\n", "GET\r\n",
+                          "\x16\x03\x01\x02\x10\x01\n"}) {
+    INFO(raw);
+    http::RequestHead r = Req(raw, http::ParseStatus::kError);
+    CHECK(r.error_status == 400);
+  }
+  CHECK(Why(Req("GET /\r\n", http::ParseStatus::kError).error) ==
+        "request line without an HTTP version");
+  Req("GET / HTTP/1.1\r\n", http::ParseStatus::kIncomplete);  // a valid line: wait
+  Req("GET / HTTP/1.1\r\nhost: h\r\n", http::ParseStatus::kIncomplete);
+}
+
+TEST_CASE("parser: empty lines before the request line are skipped, a few", "[codec]") {
+  // RFC 9112 §2.2. They belong to the head (head_len), and every view still points at
+  // the bytes as received.
+  std::string raw = "\r\n\nGET /p HTTP/1.1\r\nHost: h\r\nX-A:  v \r\n\r\nNEXT";
+  http::RequestHead r = Req(raw);
+  CHECK(r.head_len == raw.size() - 4);
+  CHECK(r.method == "GET");
+  CHECK(r.method.data() == raw.data() + 3);
+  CHECK(r.target == "/p");
+  CHECK(r.host == "h");
+  REQUIRE(r.num_headers == 2);
+  CHECK(r.headers[1].line() == "X-A:  v \r\n");
+  CHECK(r.headers[1].line().data() + r.headers[1].line().size() + 2 == raw.data() + r.head_len);
+  Req("\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n");  // four: fine
+  CHECK(Req("\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", http::ParseStatus::kError)
+            .error_status == 400);  // five: no
+  Req("\r\n", http::ParseStatus::kIncomplete);
+  Req("\r\n\r", http::ParseStatus::kIncomplete);
+  CHECK(Req("\r\n\rGET / HTTP/1.1\r\nHost: h\r\n\r\n", http::ParseStatus::kError).error_status ==
+        400);
+}
+
+TEST_CASE("parser: 1xx and 204 responses carry no framing, while 304 keeps Content-Length",
+          "[codec]") {
+  auto resp = [](std::string_view raw, http::ParseStatus want = http::ParseStatus::kDone) {
+    http::ResponseHead h;
+    CHECK(http::ParseResponse(raw, false, &h) == want);
+    return h;
+  };
+  // Envoy (strict 1xx/204 headers): Transfer-Encoding, or a Content-Length other than 0,
+  // is an upstream protocol error.
+  for (const char* raw : {"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello",
+                          "HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+                          "HTTP/1.1 100 Continue\r\ncontent-length: 1\r\n\r\n",
+                          "HTTP/1.1 103 Early Hints\r\ntransfer-encoding: chunked\r\n\r\n"}) {
+    INFO(raw);
+    CHECK(resp(raw, http::ParseStatus::kError).error_status == 502);
+  }
+  // "Content-Length: 0" is accepted, and marked to be dropped.
+  http::ResponseHead h = resp("HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
+  CHECK(h.no_body);
+  CHECK(h.drop_content_length);
+  CHECK(resp("HTTP/1.1 100 Continue\r\nContent-Length: 0\r\n\r\n").drop_content_length);
+  CHECK_FALSE(resp("HTTP/1.1 204 No Content\r\n\r\n").drop_content_length);
+  // 304: Content-Length describes the representation; it stays, and there is no body.
+  h = resp("HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n");
+  CHECK(h.no_body);
+  CHECK(h.content_length == 10);
+  CHECK_FALSE(h.drop_content_length);
+  CHECK_FALSE(resp("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").drop_content_length);
+}
+
+TEST_CASE("parser: keep-alive by version and Connection, and close always wins", "[codec]") {
+  // RFC 9112 §9.3.
+  struct KaCase {
+    const char* version;
+    const char* connection;
+    bool keep_alive;
+  };
+  for (const KaCase& c :
+       {KaCase{"1.1", nullptr, true}, KaCase{"1.1", "close", false},
+        KaCase{"1.1", "keep-alive, close", false}, KaCase{"1.0", nullptr, false},
+        KaCase{"1.0", "keep-alive", true}, KaCase{"1.0", "Keep-Alive", true},
+        KaCase{"1.0", "keep-alive, close", false}, KaCase{"1.0", "close, keep-alive", false}}) {
+    INFO("HTTP/" << c.version << " connection: " << (c.connection ? c.connection : "-"));
+    std::string conn = c.connection ? std::string("connection: ") + c.connection + "\r\n" : "";
+    CHECK(Req(std::string("GET / HTTP/") + c.version + "\r\nhost: h\r\n" + conn + "\r\n")
+              .keep_alive == c.keep_alive);
+    http::ResponseHead h;
+    REQUIRE(http::ParseResponse(std::string("HTTP/") + c.version + " 200 OK\r\n" + conn +
+                                    "content-length: 0\r\n\r\n",
+                                false, &h) == http::ParseStatus::kDone);
+    CHECK(h.keep_alive == c.keep_alive);
+  }
+}
+
+namespace {
+
 struct Case {
   const char* name;
   std::string raw;
@@ -134,6 +382,29 @@ std::vector<Case> Corpus() {
       {"head too large", "GET / HTTP/1.1\r\nhost: h\r\n" + big_header + "\r\n", 431},
       {"too many headers", "GET / HTTP/1.1\r\nhost: h\r\n" + many + "\r\n", 431},
       {"body too large", "POST / HTTP/1.1\r\nhost: h\r\ncontent-length: 2000000\r\n\r\n", 413},
+      {"Host with a space", "GET / HTTP/1.1\r\nhost: a b\r\n\r\n", 400},
+      {"Host with userinfo", "GET / HTTP/1.1\r\nhost: u@h\r\n\r\n", 400},
+      {"Host with a path", "GET / HTTP/1.1\r\nhost: h/p\r\n\r\n", 400},
+      {"absolute-form, other scheme", "GET ftp://h/p HTTP/1.1\r\nhost: h\r\n\r\n", 400},
+      {"absolute-form, bad authority", "GET http://[::1/p HTTP/1.1\r\nhost: h\r\n\r\n", 400},
+      {"absolute-form, userinfo", "GET http://u@h/p HTTP/1.1\r\nhost: h\r\n\r\n", 400},
+      {"TE chunked then identity",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400},
+      {"TE identity", "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: identity\r\n\r\n", 400},
+      {"Content-Length in trailers",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n"
+       "content-length: 40\r\n\r\n",
+       400},
+      {"Transfer-Encoding in trailers",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n0\r\n"
+       "transfer-encoding: chunked\r\n\r\n",
+       400},
+      {"Host in trailers",
+       "POST / HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n0\r\nhost: "
+       "evil\r\n\r\n",
+       400},
+      {"HTTP/0.9 request line", "GET /\r\n\r\n", 400},
+      {"five empty lines first", "\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nhost: h\r\n\r\n", 400},
   };
 }
 

@@ -1,7 +1,7 @@
 // Zero-copy HTTP/1.1 codec: request and response heads are parsed in place, every
 // field a string_view into the caller's buffer. Strict where a lenient parser would
 // let a request be smuggled past another hop: anything ambiguous is an error with the
-// status the proxy must answer (400, 413, 431, 501).
+// status the proxy must answer (400, 413, 431, 501; 502 for a response).
 #pragma once
 
 #include <cstddef>
@@ -82,10 +82,14 @@ struct MessageHead {
 
 struct RequestHead : MessageHead {
   std::string_view method;
-  std::string_view target;   // as sent
-  std::string_view path;     // target up to '?'
-  std::string_view query;    // after '?', without it
-  std::string_view host;     // the Host header
+  // As sent, except that an absolute-form target ("http://a.b:8080/p?q") becomes its
+  // origin-form ("/p?q"; a static "/" when the path is empty).
+  std::string_view target;
+  std::string_view path;   // target up to '?'
+  std::string_view query;  // after '?', without it
+  // The Host header's value, or the absolute-form target's authority (RFC 9112 §3.2.2:
+  // that replaces Host). Always a valid uri-host [ ":" port ], or empty in HTTP/1.0.
+  std::string_view host;
   std::string_view upgrade;  // the Upgrade header when Connection: upgrade
   bool expect_continue = false;
   bool keep_alive = true;  // after this request, by version and Connection
@@ -99,20 +103,26 @@ struct ResponseHead : MessageHead {
   bool no_body = false;
   // Body runs until the connection closes.
   bool close_delimited = false;
+  // A 1xx or 204 with "Content-Length: 0": accepted, but the header is not to be
+  // forwarded (RFC 9110 §8.6: such a response has no Content-Length).
+  bool drop_content_length = false;
 };
 
 bool EqualsIgnoreCase(std::string_view a, std::string_view b);
 bool StartsWithIgnoreCase(std::string_view s, std::string_view prefix);
 
 // Parses a request head from the start of buf. kIncomplete: read more (unless buf
-// already exceeds the limit, which is a 431 error).
+// already exceeds the limit, which is a 431 error). Up to four empty lines before the
+// request line are skipped and counted in head_len. A request line is refused as soon as
+// it is complete and invalid, before the rest of the head arrives.
 ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead* out);
 
 // Parses a response head; head_request tells that the request was HEAD.
 ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead* out);
 
 // Incremental chunked-body decoder. Feed raw bytes; it consumes what it can and, when
-// `out` is given, appends the payload. Trailers are read and dropped.
+// `out` is given, appends the payload. Trailers are checked and dropped: a malformed
+// trailer line, or Content-Length, Transfer-Encoding or Host in the trailers, fails.
 class ChunkedDecoder {
  public:
   enum class State {
@@ -122,7 +132,9 @@ class ChunkedDecoder {
     kData,
     kDataCr,
     kDataLf,
-    kTrailer,
+    kTrailer,  // at the start of a trailer line
+    kTrailerName,
+    kTrailerValue,
     kTrailerLf,
     kDone,
     kError
@@ -138,7 +150,11 @@ class ChunkedDecoder {
   State state_ = State::kSize;
   uint64_t remaining_ = 0;
   int size_digits_ = 0;
-  std::size_t trailer_line_len_ = 0;
+  static constexpr std::size_t kMaxTrailerBytes = 16 * 1024;
+  // A trailer name's first bytes, enough to tell the fields trailers may not carry.
+  char trailer_name_[sizeof("transfer-encoding") - 1] = {};
+  std::size_t trailer_name_len_ = 0;
+  bool trailer_empty_line_ = false;
   std::size_t trailer_bytes_ = 0;
   const char* error_ = nullptr;
 };
