@@ -109,8 +109,8 @@ void DumpServices(Dataplane& dp) {
     for (const auto& k : s.frontends)
       fe += (fe.empty() ? "" : " ") + Frontend(k);
     if (s.redirect_to_proxy) {
-      std::cout << fmt::format("{:<40} {:<24} {:>4} {:>4}  L7: to the pod's in-pod proxy\n", s.name,
-                               fe, s.id, s.revision);
+      std::cout << fmt::format("{:<40} {:<24} {:>4} {:>4}  L7: to the pod's in-pod proxy ({})\n",
+                               s.name, fe, s.id, s.revision, L7ReasonName(s.l7_reason));
       continue;
     }
     uint32_t prev = 0;

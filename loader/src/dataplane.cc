@@ -30,6 +30,7 @@ static_assert(sizeof(sluice_endpoint) == 20);
 static_assert(sizeof(sluice_endpoint_stats) == 16);
 static_assert(sizeof(sluice_cluster_key) == 12);
 static_assert(sizeof(sluice_maglev_table) == 2 * (SLUICE_MAGLEV_SIZE + 1));
+static_assert(static_cast<int>(L7Reason::kViews) + 1 == SLUICE_L7_REASON_MAX);
 static_assert(sizeof(sluice_enrolment) == 28);
 static_assert(sizeof(sluice_tuple) == 40);
 static_assert(sizeof(sluice_orig_dst) == 24);
@@ -795,6 +796,7 @@ Result<std::vector<KernelService>> Dataplane::Services() const {
       if (!*found)
         continue;
       ks.redirect_to_proxy = rec.flags & SLUICE_SVC_REDIRECT;
+      ks.l7_reason = static_cast<L7Reason>(rec.l7_reason);
       for (uint32_t c = 0; c < rec.n_clusters && c < SLUICE_MAX_CLUSTERS; c++) {
         ks.clusters.push_back(rec.clusters[c]);
         std::vector<SocketAddress> slots;

@@ -55,6 +55,7 @@ Result<EncodedService> Encode(const ServiceSpec& spec, uint8_t family, uint32_t 
   r.revision = revision;
   r.n_clusters = static_cast<uint8_t>(spec.clusters.size());
   r.flags = spec.redirect_to_proxy ? SLUICE_SVC_REDIRECT : 0;
+  r.l7_reason = spec.redirect_to_proxy ? static_cast<uint8_t>(spec.l7_reason) : 0;
   std::strncpy(r.name, spec.name.c_str(), sizeof(r.name) - 1);
 
   for (const auto& ip : spec.vips) {

@@ -6,6 +6,30 @@
 
 namespace sluice {
 
+std::string_view L7ReasonName(L7Reason r) {
+  switch (r) {
+    case L7Reason::kUnspecified:
+      return "set by hand";
+    case L7Reason::kHttpRouting:
+      return "HTTP routing rules";
+    case L7Reason::kTlsSni:
+      return "TLS routed by SNI";
+    case L7Reason::kSniffed:
+      return "sniffed protocol, HTTP and TCP routed differently";
+    case L7Reason::kBySource:
+      return "filter chain chosen by the client";
+    case L7Reason::kByHost:
+      return "hosts without a VIP, routed by Host";
+    case L7Reason::kCluster:
+      return "a cluster only the proxy can serve";
+    case L7Reason::kCidr:
+      return "a destination range";
+    case L7Reason::kViews:
+      return "the pods' views route it differently";
+  }
+  return "unknown";
+}
+
 std::string_view LbPolicyName(LbPolicy p) {
   switch (p) {
     case LbPolicy::kRoundRobin:

@@ -511,6 +511,8 @@ HttpMatch DecodeHttpMatch(const Field& f) {
   m.query_params = DecodeMatchMap(f["queryParams"]);
   m.port = f["port"].Port();
   m.gateways = f["gateways"].StrList();
+  m.source_labels = f["sourceLabels"].StrMap();
+  m.source_namespace = f["sourceNamespace"].Str().value_or("");
   m.ignore_uri_case = f["ignoreUriCase"].Bool().value_or(false);
   return m;
 }
@@ -604,6 +606,8 @@ L4Route DecodeL4Route(const Field& f, bool tls) {
     m.destination_subnets = mf["destinationSubnets"].StrList();
     m.port = mf["port"].Port();
     m.gateways = mf["gateways"].StrList();
+    m.source_labels = mf["sourceLabels"].StrMap();
+    m.source_namespace = mf["sourceNamespace"].Str().value_or("");
     r.match.push_back(std::move(m));
   }
   if (tls && r.match.empty())

@@ -48,6 +48,10 @@ const char* ProtocolName(Protocol p) {
       return "TCP";
     case Protocol::kMongo:
       return "Mongo";
+    case Protocol::kRedis:
+      return "Redis";
+    case Protocol::kMysql:
+      return "MySQL";
     case Protocol::kUdp:
       return "UDP";
     case Protocol::kUnknown:
@@ -72,6 +76,10 @@ Protocol ParseProtocol(std::string_view name) {
     return Protocol::kTcp;
   if (n == "mongo")
     return Protocol::kMongo;
+  if (n == "redis")
+    return Protocol::kRedis;
+  if (n == "mysql")
+    return Protocol::kMysql;
   if (n == "udp")
     return Protocol::kUdp;
   return Protocol::kUnknown;

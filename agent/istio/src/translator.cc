@@ -790,15 +790,20 @@ class Builder {
   }
 
   // Does a VirtualService's match apply to this proxy and port? `gateway` is "mesh" or
-  // the "ns/name" of a gateway.
-  static bool MatchApplies(const std::vector<std::string>& match_gateways,
-                           const std::optional<uint32_t>& match_port, const std::string& gateway,
-                           const std::string& vs_ns, uint32_t port) {
-    if (match_port && *match_port != port)
+  // the "ns/name" of a gateway. As istiod, sourceLabels and sourceNamespace are decided
+  // here, for the proxy the config is built for (a view: its namespace and labels).
+  template <class Match>
+  bool MatchApplies(const Match& m, const std::string& gateway, const std::string& vs_ns,
+                    uint32_t port) const {
+    if (m.port && *m.port != port)
       return false;
-    if (match_gateways.empty())
+    if (!m.source_namespace.empty() && m.source_namespace != proxy_.ns)
+      return false;
+    if (!SelectorMatches(m.source_labels, proxy_.labels))
+      return false;
+    if (m.gateways.empty())
       return true;
-    for (const auto& g : match_gateways) {
+    for (const auto& g : m.gateways) {
       if (GatewayRef(g, vs_ns) == gateway)
         return true;
     }
@@ -844,7 +849,7 @@ class Builder {
         continue;
       }
       for (const auto& m : hr.match) {
-        if (!MatchApplies(m.gateways, m.port, gateway, vs.meta.ns, port))
+        if (!MatchApplies(m, gateway, vs.meta.ns, port))
           continue;
         routes.push_back(TranslateHttpRoute(hr, &m, vs.meta.ns, port));
       }
@@ -965,9 +970,11 @@ class Builder {
     return any;
   }
 
-  google::protobuf::Any TcpProxy(
-      const std::vector<std::pair<std::string, uint32_t>>& clusters) const {
+  google::protobuf::Any TcpProxy(const std::vector<std::pair<std::string, uint32_t>>& clusters,
+                                 bool source_ip_hash = false) const {
     tcp_v3::TcpProxy tcp;
+    if (source_ip_hash)  // as istiod's maybeSetHashPolicy: consistent hashing on the client
+      tcp.add_hash_policy()->mutable_source_ip();
     if (clusters.size() == 1) {
       tcp.set_stat_prefix(clusters[0].first);
       tcp.set_cluster(clusters[0].first);
@@ -1006,6 +1013,86 @@ class Builder {
         envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector());
   }
 
+  // Whether a DestinationRule puts consistent hashing on the client's IP on this
+  // destination (the subset's load balancer, when it has one, decides).
+  bool SourceIpHash(const RegistryService* svc, const std::string& subset, uint32_t port) const {
+    const DestinationRule* dr = svc ? FindDestinationRule(*svc) : nullptr;
+    if (!dr)
+      return false;
+    const Subset* sub = nullptr;
+    for (const auto& s : dr->subsets) {
+      if (s.name == subset)
+        sub = &s;
+    }
+    auto policy = Policy(dr, sub, port);
+    return policy.lb && policy.lb->consistent_hash && policy.lb->consistent_hash->source_ip;
+  }
+
+  // The filter chains of a TCP service on `port`, as istiod's
+  // buildSidecarOutboundTCPFilterChainOpts: its VirtualService's tcp routes in order — a
+  // route whose applying matches name destinationSubnets gets a chain on those; one that
+  // applies to any destination ends the list — then, unless that happened, a chain to the
+  // service's own cluster. `own`: the service's prefixes (a wildcard listener's chains
+  // match on them; a VIP listener's on nothing).
+  std::vector<listener_v3::FilterChain> TcpChains(const RegistryService& svc, uint32_t port,
+                                                  const std::vector<std::string>& own) const {
+    std::vector<listener_v3::FilterChain> out;
+    auto chain = [&](const std::vector<std::string>& prefixes,
+                     const std::vector<std::pair<std::string, uint32_t>>& clusters,
+                     bool source_ip_hash) {
+      listener_v3::FilterChain c;
+      for (const auto& p : prefixes) {
+        core_v3::CidrRange range;
+        if (ParseCidr(p, &range))
+          *c.mutable_filter_chain_match()->add_prefix_ranges() = std::move(range);
+      }
+      auto* f = c.add_filters();
+      f->set_name("envoy.filters.network.tcp_proxy");
+      *f->mutable_typed_config() = TcpProxy(clusters, source_ip_hash);
+      out.push_back(std::move(c));
+    };
+    auto hashed = [&](const L4Route& tr, const std::string& vs_ns) {
+      if (tr.route.size() != 1)
+        return false;  // istiod hashes a single destination only
+      const RegistryService* dest = nullptr;
+      DestinationCluster(tr.route[0].destination, vs_ns, port, &dest);
+      return SourceIpHash(dest, tr.route[0].destination.subset, port);
+    };
+    bool terminal = false;
+    if (const VirtualService* vs = FindMeshVs(svc)) {
+      for (const auto& tr : vs->tcp) {
+        if (tr.route.empty())
+          continue;
+        std::vector<std::string> subnets;
+        bool any_destination = tr.match.empty();
+        for (const auto& m : tr.match) {
+          if (!MatchApplies(m, kMesh, vs->meta.ns, port))
+            continue;
+          if (m.destination_subnets.empty()) {
+            any_destination = true;
+            break;
+          }
+          subnets.insert(subnets.end(), m.destination_subnets.begin(), m.destination_subnets.end());
+        }
+        if (any_destination) {
+          chain(own, L4Clusters(tr, vs->meta.ns, port), hashed(tr, vs->meta.ns));
+          terminal = true;
+          break;
+        }
+        if (!subnets.empty()) {
+          chain(subnets, L4Clusters(tr, vs->meta.ns, port), hashed(tr, vs->meta.ns));
+          std::vector<std::string> a = subnets, b = own;
+          std::sort(a.begin(), a.end());
+          std::sort(b.begin(), b.end());
+          terminal |= a == b;  // the service's own chain would be its duplicate
+        }
+      }
+    }
+    if (!terminal)
+      chain(own, {{ClusterName(port, "", svc.hostname), 100}}, SourceIpHash(&svc, "", port));
+    return out;
+  }
+
   std::vector<std::pair<std::string, uint32_t>> L4Clusters(const L4Route& r,
                                                            const std::string& vs_ns,
                                                            uint32_t port) const {
@@ -1022,6 +1109,7 @@ class Builder {
   // Sidecar outbound: per HTTP port a listener + route config named after the port; per
   // TLS port SNI filter chains; per TCP port chains matched on the services' addresses.
   void BuildSidecarListenersAndRoutes() {
+    emitted_listeners_.clear();
     std::map<uint32_t, std::vector<const RegistryService*>> http_ports, tls_ports, tcp_ports;
     for (const RegistryService* svc_ptr : visible_) {
       const RegistryService& svc = *svc_ptr;
@@ -1115,7 +1203,7 @@ class Builder {
         if (vs) {
           for (const auto& tr : vs->tls) {
             for (const auto& m : tr.match) {
-              if (!MatchApplies(m.gateways, m.port, kMesh, vs->meta.ns, port))
+              if (!MatchApplies(m, kMesh, vs->meta.ns, port))
                 continue;
               bool sni = std::any_of(m.sni_hosts.begin(), m.sni_hosts.end(), [&](auto& h) {
                 return HostsIntersect(registry_.Qualify(h, vs->meta.ns), svc->hostname);
@@ -1136,57 +1224,72 @@ class Builder {
       out_.resources.Add(std::move(l));
     }
 
+    // TCP ports, as istiod builds them (its buildSidecarOutboundListener): a listener on
+    // each service's VIP, "VIP_PORT" (further VIPs as additional addresses); a service
+    // whose address is a CIDR gets chains matched on it in the port's wildcard listener,
+    // and one without an address the wildcard's default chain.
     for (const auto& [port, services] : tcp_ports) {
-      auto l = NewListener("0.0.0.0", port, true);
-      bool has_default = false;
+      std::optional<listener_v3::Listener> wildcard;
       std::set<std::string> seen_ranges;
       for (const auto* svc : services) {
-        std::vector<std::pair<std::string, uint32_t>> clusters;
-        const VirtualService* vs = FindMeshVs(*svc);
-        if (vs) {
-          for (const auto& tr : vs->tcp) {
-            bool applies = tr.match.empty();
-            for (const auto& m : tr.match) {
-              applies = applies || MatchApplies(m.gateways, m.port, kMesh, vs->meta.ns, port);
-            }
-            if (applies && clusters.empty())
-              clusters = L4Clusters(tr, vs->meta.ns, port);
-          }
-        }
-        if (clusters.empty())
-          clusters.emplace_back(ClusterName(port, "", svc->hostname), 100);
-        listener_v3::FilterChain chain;
+        std::vector<std::string> ips, cidrs;
         for (const auto& a : svc->addresses) {
           core_v3::CidrRange range;
-          if (ParseCidr(a, &range)) {
-            *chain.mutable_filter_chain_match()->add_prefix_ranges() = std::move(range);
+          if (!ParseCidr(a, &range))
+            continue;
+          const bool host = a.find('/') == std::string::npos ||
+                            range.prefix_len().value() ==
+                                (a.find(':') == std::string::npos ? 32u : 128u);
+          (host ? ips : cidrs).push_back(range.address_prefix());
+          if (!host)
+            cidrs.back() = a;
+        }
+        if (!ips.empty()) {
+          auto l = NewListener(ips.front(), port, true);
+          if (emitted_listeners_.count(l.name())) {
+            out_.warnings.push_back("port " + std::to_string(port) + ": TCP service " +
+                                    svc->hostname + " has the address " + ips.front() +
+                                    " of another service on that port; skipped");
+          } else {
+            for (std::size_t k = 1; k < ips.size(); ++k) {
+              auto* sa = l.add_additional_addresses()->mutable_address()->mutable_socket_address();
+              sa->set_address(ips[k]);
+              sa->set_port_value(port);
+            }
+            for (auto& chain : TcpChains(*svc, port, {}))
+              *l.add_filter_chains() = std::move(chain);
+            emitted_listeners_.insert(l.name());
+            out_.resources.Add(std::move(l));
           }
         }
-        auto* f = chain.add_filters();
-        f->set_name("envoy.filters.network.tcp_proxy");
-        *f->mutable_typed_config() = TcpProxy(clusters);
-        std::string key;
-        for (const auto& r : chain.filter_chain_match().prefix_ranges()) {
-          key += r.address_prefix() + "/" + std::to_string(r.prefix_len().value()) + ",";
-        }
-        if (chain.has_filter_chain_match() && !seen_ranges.insert(key).second) {
-          out_.warnings.push_back("port " + std::to_string(port) + ": TCP service " +
-                                  svc->hostname +
-                                  " has the same addresses as another service "
-                                  "on that port; skipped");
-        } else if (chain.has_filter_chain_match()) {
-          *l.add_filter_chains() = std::move(chain);
-        } else if (!has_default) {
-          *l.mutable_default_filter_chain() = std::move(chain);
-          has_default = true;
-        } else {
-          out_.warnings.push_back("port " + std::to_string(port) + ": TCP service " +
-                                  svc->hostname +
-                                  " has no address to tell it apart from another "
-                                  "service on the same port; skipped");
+        if (!cidrs.empty() || ips.empty()) {
+          if (!wildcard)
+            wildcard = NewListener("0.0.0.0", port, true);
+          for (auto& chain : TcpChains(*svc, port, cidrs)) {
+            std::string key;
+            for (const auto& r : chain.filter_chain_match().prefix_ranges())
+              key += r.address_prefix() + "/" + std::to_string(r.prefix_len().value()) + ",";
+            if (!chain.filter_chain_match().prefix_ranges().empty()) {
+              if (seen_ranges.insert(key).second)
+                *wildcard->add_filter_chains() = std::move(chain);
+              else
+                out_.warnings.push_back("port " + std::to_string(port) + ": TCP service " +
+                                        svc->hostname +
+                                        " has the same addresses as another service on that "
+                                        "port; skipped");
+            } else if (!wildcard->has_default_filter_chain()) {
+              *wildcard->mutable_default_filter_chain() = std::move(chain);
+            } else {
+              out_.warnings.push_back("port " + std::to_string(port) + ": TCP service " +
+                                      svc->hostname +
+                                      " has no address to tell it apart from another service "
+                                      "on the same port; skipped");
+            }
+          }
         }
       }
-      out_.resources.Add(std::move(l));
+      if (wildcard)
+        out_.resources.Add(std::move(*wildcard));
     }
 
     // Everything the proxy intercepts without a more specific listener.
@@ -1346,7 +1449,7 @@ class Builder {
           continue;
         for (const auto& r : tcp ? vs.tcp : vs.tls) {
           for (const auto& m : r.match) {
-            if (!MatchApplies(m.gateways, m.port, gw_ref, vs.meta.ns, port))
+            if (!MatchApplies(m, gw_ref, vs.meta.ns, port))
               continue;
             std::vector<std::string> sni;
             for (const auto& h : m.sni_hosts) {
@@ -1398,6 +1501,7 @@ class Builder {
   std::vector<std::pair<std::string, const DestinationRule*>> dr_wildcard_;
   std::unordered_map<std::string, std::vector<const VirtualService*>> vs_by_host_;
   std::vector<std::pair<std::string, const VirtualService*>> vs_wildcard_;
+  std::set<std::string> emitted_listeners_;  // TCP listeners by name (one per VIP and port)
 };
 
 }  // namespace

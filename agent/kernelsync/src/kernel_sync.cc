@@ -46,10 +46,12 @@ KernelPlan Merge(const KernelPlan& node, const std::map<std::string, KernelPlan>
         continue;
       if (s.redirect_to_proxy) {
         mine.redirect_to_proxy = true;
+        mine.l7_reason = s.l7_reason;
         out.l7_reasons.push_back(s.name + ": needs L7 in view " + view +
                                  "; each pod's proxy routes it with its own view's config");
       } else if (!SameShape(mine, s)) {
         mine.redirect_to_proxy = true;
+        mine.l7_reason = L7Reason::kViews;
         out.l7_reasons.push_back(s.name + ": routed differently in view " + view +
                                  " (clusters, weights or LB); each pod's proxy routes it with "
                                  "its own view's config");

@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "sluice/config/validate.h"
 #include "sluice/dataplane.h"
+#include "sluice/filterchain/envoy.h"
 #include "sluice/loader/lb_tables.h"
 
 namespace sluice::kernelsync {
@@ -121,7 +123,7 @@ bool NonZero(const google::protobuf::Duration& d) {
 }
 
 // Why a virtual host needs the proxy; empty when the kernel can serve it. Fills dests.
-std::string L7Reason(const VirtualHost& vh, std::vector<Destination>* dests) {
+std::string HttpL7Reason(const VirtualHost& vh, std::vector<Destination>* dests) {
   if (vh.routes_size() != 1)
     return fmt::format("{} routes (the kernel serves one catch-all)", vh.routes_size());
   if (vh.request_headers_to_add_size() || vh.request_headers_to_remove_size() ||
@@ -205,18 +207,408 @@ bool Unpack(const envoy::config::listener::v3::Filter& f, T* out) {
   return f.has_typed_config() && f.typed_config().UnpackTo(out);
 }
 
-ServiceSpec Redirect(const std::string& name, std::vector<IpAddress> vips, uint16_t port) {
-  ServiceSpec s;
-  s.name = KernelName(name);
-  s.vips = std::move(vips);
-  s.port = port;
-  s.redirect_to_proxy = true;
-  return s;
-}
-
 std::vector<IpAddress> AnyAddress() {
   return {*IpAddress::Parse("0.0.0.0"), *IpAddress::Parse("::")};
 }
+
+bool IsWildcard(const IpAddress& a) {
+  return std::all_of(a.bytes.begin(), a.bytes.end(), [](uint8_t b) { return b == 0; });
+}
+
+// A listener's addresses on its port: the primary and the additional ones.
+std::vector<IpAddress> ListenerAddresses(const Listener& l) {
+  std::vector<IpAddress> out;
+  if (auto a = IpAddress::Parse(l.address().socket_address().address()))
+    out.push_back(*a);
+  for (const auto& aa : l.additional_addresses()) {
+    const auto& sa = aa.address().socket_address();
+    if (sa.port_value() != l.address().socket_address().port_value())
+      continue;
+    if (auto a = IpAddress::Parse(sa.address()))
+      out.push_back(*a);
+  }
+  return out;
+}
+
+// What one filter chain does with a connection.
+struct ChainAction {
+  std::optional<TcpProxy> tcp;
+  const envoy::config::route::v3::RouteConfiguration* routes = nullptr;  // HTTP
+  bool http = false;
+};
+
+ChainAction ActionOf(const config::Snapshot& s,
+                     const envoy::config::listener::v3::FilterChain& fc) {
+  ChainAction a;
+  for (const auto& f : fc.filters()) {
+    HttpConnectionManager hcm;
+    TcpProxy tp;
+    if (Unpack(f, &hcm)) {
+      a.http = true;
+      if (hcm.has_rds()) {
+        auto it = s.routes.find(hcm.rds().route_config_name());
+        if (it != s.routes.end())
+          a.routes = it->second.get();
+      } else if (hcm.has_route_config()) {
+        a.routes = &hcm.route_config();
+      }
+    } else if (Unpack(f, &tp)) {
+      a.tcp = std::move(tp);
+    }
+  }
+  return a;
+}
+
+std::vector<Destination> TcpDestinations(const TcpProxy& tp) {
+  std::vector<Destination> dests;
+  if (tp.cluster_specifier_case() == TcpProxy::kCluster) {
+    dests.push_back({tp.cluster(), 1});
+  } else {
+    for (const auto& wc : tp.weighted_clusters().clusters())
+      if (wc.weight() > 0)
+        dests.push_back({wc.name(), wc.weight()});
+  }
+  return dests;
+}
+
+bool IsPassthroughOrBlackhole(const std::string& cluster) {
+  return cluster == "PassthroughCluster" || cluster == "InboundPassthroughClusterIpv4" ||
+         cluster == "InboundPassthroughClusterIpv6" || cluster == "BlackHoleCluster";
+}
+
+// The decision for one frontend: a kernel service, or a redirect and why.
+struct Decision {
+  std::vector<ClusterSpec> clusters;
+  L7Reason reason = L7Reason::kUnspecified;
+  std::string why;    // empty: the kernel serves it
+  bool skip = false;  // nothing to plan (passthrough, or a chain that does nothing)
+};
+
+class Planner {
+ public:
+  explicit Planner(const config::Snapshot& s) : s_(s) {}
+
+  Result<KernelPlan> Run() {
+    for (const auto& [name, lp] : s_.listeners) {
+      const Listener& l = *lp;
+      if (l.traffic_direction() == envoy::config::core::v3::INBOUND)
+        continue;
+      if (l.has_use_original_dst() && l.use_original_dst().value()) {
+        plan_.registry_only |= RegistryOnly(l);
+        continue;
+      }
+      if (!l.address().has_socket_address())
+        continue;  // internal listeners (HBONE) and pipes: nothing the connect hook sees
+      const uint32_t port = l.address().socket_address().port_value();
+      if (port == 0 || port > 65535)
+        continue;
+      auto addrs = ListenerAddresses(l);
+      if (addrs.empty())
+        continue;
+      (IsWildcard(addrs.front()) ? wildcard_ : exact_).push_back(&l);
+    }
+    // Envoy hands a redirected connection to the listener of its exact destination first,
+    // and only without one to the wildcard listener of its port: so exact listeners
+    // claim their frontends before any wildcard chain can.
+    for (const Listener* l : exact_) {
+      if (auto r = PlanExact(*l); !r)
+        return std::unexpected(r.error());
+    }
+    for (const Listener* l : wildcard_) {
+      if (auto r = PlanWildcard(*l); !r)
+        return std::unexpected(r.error());
+    }
+    for (auto& [name, spec] : by_name_) {
+      if (auto v = Validate(spec); !v)
+        return Wrap("planning kernel services", v.error());
+      plan_.services.push_back(std::move(spec));
+    }
+    return std::move(plan_);
+  }
+
+ private:
+  // virtualOutbound: where connections to no known destination go (its default chain,
+  // or istiod's catch-all chains on 0.0.0.0/0 and ::/0). BlackHoleCluster there is
+  // outboundTrafficPolicy REGISTRY_ONLY.
+  bool RegistryOnly(const Listener& l) {
+    auto blackhole = [&](const envoy::config::listener::v3::FilterChain& fc) {
+      ChainAction a = ActionOf(s_, fc);
+      return a.tcp && a.tcp->cluster() == "BlackHoleCluster";
+    };
+    std::vector<filterchain::Match> matches;
+    for (const auto& fc : l.filter_chains()) {
+      auto m = filterchain::FromEnvoy(fc.filter_chain_match());
+      matches.push_back(m ? *m : filterchain::Match{});
+    }
+    // An address no service has (TEST-NET-1 and its IPv6 documentation twin).
+    bool any = false;
+    for (const char* unknown : {"192.0.2.1", "2001:db8::1"}) {
+      filterchain::Connection c;
+      c.destination = *IpAddress::Parse(unknown);
+      c.destination_port = 9;
+      auto chosen = filterchain::Select(matches, c);
+      if (chosen.empty()) {
+        any |= l.has_default_filter_chain() && blackhole(l.default_filter_chain());
+      } else {
+        any |= std::all_of(chosen.begin(), chosen.end(),
+                           [&](std::size_t i) { return blackhole(l.filter_chains(i)); });
+      }
+    }
+    return any;
+  }
+
+  Result<std::vector<filterchain::Match>> Matches(const Listener& l) {
+    std::vector<filterchain::Match> out;
+    for (int i = 0; i < l.filter_chains_size(); ++i) {
+      auto m = filterchain::FromEnvoy(l.filter_chains(i).filter_chain_match());
+      if (!m)
+        return Wrap(fmt::format("listener {}: filter_chains[{}].filter_chain_match", l.name(), i),
+                    m.error());
+      out.push_back(std::move(*m));
+    }
+    return out;
+  }
+
+  // A listener on a service's own address ("10.96.0.20_3306"): each of its addresses is a
+  // frontend, served by the chain Envoy would pick for it.
+  Result<void> PlanExact(const Listener& l) {
+    auto matches = Matches(l);
+    if (!matches)
+      return std::unexpected(matches.error());
+    const auto port = static_cast<uint16_t>(l.address().socket_address().port_value());
+    for (const IpAddress& vip : ListenerAddresses(l)) {
+      Decision d = ForDestination(l, *matches, vip, port);
+      if (!d.skip)
+        Add(KernelName(l.name()), {vip}, port, std::move(d));
+    }
+    return {};
+  }
+
+  // A wildcard listener ("0.0.0.0_PORT"): its frontends are the addresses its chains name
+  // (TCP chains' host prefixes, HTTP virtual hosts' VIP domains); ranges, chains that
+  // match any address, and routing by SNI or Host make the whole port the proxy's.
+  Result<void> PlanWildcard(const Listener& l) {
+    auto matches = Matches(l);
+    if (!matches)
+      return std::unexpected(matches.error());
+    const auto port = static_cast<uint16_t>(l.address().socket_address().port_value());
+    std::optional<std::pair<L7Reason, std::string>> port_wide;
+    auto whole_port = [&](L7Reason r, std::string why) {
+      if (!port_wide)
+        port_wide = {r, std::move(why)};
+    };
+    std::set<IpAddress> hosts;
+    for (int i = 0; i < l.filter_chains_size(); ++i) {
+      const auto& fc = l.filter_chains(i);
+      const auto& m = (*matches)[static_cast<std::size_t>(i)];
+      if (!m.server_names.empty() || m.transport_protocol == "tls") {
+        whole_port(L7Reason::kTlsSni, "TLS routing by SNI");
+        continue;
+      }
+      ChainAction a = ActionOf(s_, fc);
+      bool any_address = m.prefix_ranges.empty();
+      for (const auto& p : m.prefix_ranges) {
+        if (p.IsHost())
+          hosts.insert(p.address);
+        else if (p.length == 0)
+          any_address = true;
+        else if (!(a.tcp && IsPassthroughOrBlackhole(a.tcp->cluster())))
+          whole_port(L7Reason::kCidr, "destinations in the range " + p.ToString());
+      }
+      if (a.http && a.routes) {
+        // Istio's HTTP ports: one chain for every service, virtual hosts by Host.
+        PlanVirtualHosts(*a.routes, port, &hosts, &whole_port);
+      } else if (any_address && a.tcp && !IsPassthroughOrBlackhole(a.tcp->cluster()) &&
+                 !TcpDestinations(*a.tcp).empty()) {
+        whole_port(L7Reason::kCidr, "a TCP service without an address of its own on this port");
+      }
+    }
+    if (l.has_default_filter_chain()) {
+      ChainAction a = ActionOf(s_, l.default_filter_chain());
+      if (a.tcp && !IsPassthroughOrBlackhole(a.tcp->cluster()))
+        whole_port(L7Reason::kCidr, "a TCP service without an address of its own on this port");
+    }
+    for (const IpAddress& vip : hosts) {
+      if (claimed_.count({vip, port}))
+        continue;
+      Decision d = ForDestination(l, *matches, vip, port);
+      if (!d.skip)
+        Add(fmt::format("{}_{}", vip.ToString(), port), {vip}, port, std::move(d));
+    }
+    if (port_wide) {
+      Decision d;
+      d.reason = port_wide->first;
+      d.why = port_wide->second;
+      Add(fmt::format("0.0.0.0_{}", port), AnyAddress(), port, std::move(d));
+    }
+    return {};
+  }
+
+  // Istio's HTTP listeners: each virtual host with VIPs among its domains is a frontend
+  // of its own (kernel or proxy by its routes); hosts without a VIP mean the port's
+  // remaining addresses are routed by Host in the proxy.
+  template <class WholePort>
+  void PlanVirtualHosts(const envoy::config::route::v3::RouteConfiguration& rc, uint16_t port,
+                        std::set<IpAddress>* taken, WholePort* whole_port) {
+    bool hosts_without_vip = false;
+    for (const auto& vh : rc.virtual_hosts()) {
+      const bool star = vh.domains_size() == 1 && vh.domains(0) == "*";
+      std::vector<IpAddress> vips;
+      for (const auto& ip : VipsOf(vh, port)) {
+        if (!claimed_.count({ip, port}) && !taken->count(ip))
+          vips.push_back(ip);
+      }
+      if (vips.empty()) {
+        hosts_without_vip |= !star && VipsOf(vh, port).empty();
+        continue;
+      }
+      Add(vh.name(), std::move(vips), port, ForVirtualHost(vh));
+    }
+    if (hosts_without_vip)
+      (*whole_port)(L7Reason::kByHost,
+                    "hosts without a VIP (e.g. ServiceEntry, resolved by DNS) are routed by Host");
+  }
+
+  // The chain Envoy picks for a connection to vip:port, and what the kernel makes of it.
+  Decision ForDestination(const Listener& l, const std::vector<filterchain::Match>& matches,
+                          const IpAddress& vip, uint16_t port) {
+    filterchain::Connection c;
+    c.destination = vip;
+    c.destination_port = port;
+    auto chosen = filterchain::Select(matches, c);
+    std::vector<const envoy::config::listener::v3::FilterChain*> chains;
+    for (std::size_t i : chosen)
+      chains.push_back(&l.filter_chains(static_cast<int>(i)));
+    if (chains.empty() && l.has_default_filter_chain())
+      chains.push_back(&l.default_filter_chain());
+    if (chains.empty()) {
+      Decision d;
+      d.skip = true;  // no chain: Envoy closes such connections; nothing to plan
+      return d;
+    }
+    std::vector<Decision> options;
+    for (const auto* fc : chains)
+      options.push_back(ForChain(*fc, vip, port));
+    if (options.size() == 1)
+      return options.front();
+    // Several chains possible: the choice is made on what the client sends (SNI, ALPN,
+    // its address). The kernel can still serve it when every chain would route alike.
+    const bool alike = std::all_of(options.begin(), options.end(), [&](const Decision& d) {
+      return d.why.empty() && !d.skip && SameClusters(d.clusters, options.front().clusters);
+    });
+    if (alike)
+      return options.front();
+    Decision d;
+    bool by_source = false, by_bytes = false;
+    for (std::size_t i : chosen) {
+      const auto& m = matches[i];
+      by_bytes |= !m.server_names.empty() || !m.transport_protocol.empty() ||
+                  !m.application_protocols.empty();
+      by_source |= !m.source_prefix_ranges.empty() || !m.direct_source_prefix_ranges.empty() ||
+                   !m.source_ports.empty() || m.source_type != filterchain::SourceType::kAny;
+    }
+    if (by_bytes && !by_source) {
+      d.reason = L7Reason::kSniffed;
+      d.why = "the protocol is sniffed (HTTP or TCP) and the two are routed differently";
+    } else {
+      d.reason = L7Reason::kBySource;
+      d.why = "the filter chain depends on the client's address or port";
+    }
+    return d;
+  }
+
+  Decision ForChain(const envoy::config::listener::v3::FilterChain& fc, const IpAddress& vip,
+                    uint16_t port) {
+    ChainAction a = ActionOf(s_, fc);
+    Decision d;
+    if (a.tcp) {
+      if (IsPassthroughOrBlackhole(a.tcp->cluster())) {
+        d.skip = true;
+        return d;
+      }
+      auto clusters = Resolve(s_, TcpDestinations(*a.tcp));
+      if (!clusters) {
+        d.reason = L7Reason::kCluster;
+        d.why = clusters.error().message;
+        return d;
+      }
+      d.clusters = std::move(*clusters);
+      return d;
+    }
+    if (a.http && a.routes) {
+      // The virtual host Envoy serves for this address: one naming it, else the only one.
+      const envoy::config::route::v3::VirtualHost* chosen = nullptr;
+      int naming = 0;
+      for (const auto& vh : a.routes->virtual_hosts()) {
+        auto vips = VipsOf(vh, port);
+        if (std::find(vips.begin(), vips.end(), vip) != vips.end()) {
+          chosen = &vh;
+          ++naming;
+        }
+      }
+      if (naming == 0 && a.routes->virtual_hosts_size() == 1)
+        chosen = &a.routes->virtual_hosts(0);
+      if (!chosen || naming > 1) {
+        d.reason = L7Reason::kByHost;
+        d.why = "the virtual host is chosen by the Host header";
+        return d;
+      }
+      return ForVirtualHost(*chosen);
+    }
+    d.skip = true;
+    return d;
+  }
+
+  Decision ForVirtualHost(const VirtualHost& vh) {
+    Decision d;
+    std::vector<Destination> dests;
+    d.why = HttpL7Reason(vh, &dests);
+    if (!d.why.empty()) {
+      d.reason = L7Reason::kHttpRouting;
+      return d;
+    }
+    auto clusters = Resolve(s_, dests);
+    if (!clusters) {
+      d.reason = L7Reason::kCluster;
+      d.why = clusters.error().message;
+      return d;
+    }
+    d.clusters = std::move(*clusters);
+    return d;
+  }
+
+  static bool SameClusters(const std::vector<ClusterSpec>& a, const std::vector<ClusterSpec>& b) {
+    return a == b;
+  }
+
+  // One frontend, one service: the first listener or virtual host to claim it wins.
+  void Add(const std::string& name, std::vector<IpAddress> vips, uint16_t port, Decision d) {
+    std::vector<IpAddress> fresh;
+    for (const auto& ip : vips)
+      if (claimed_.insert({ip, port}).second)
+        fresh.push_back(ip);
+    if (fresh.empty())
+      return;
+    ServiceSpec spec;
+    spec.name = KernelName(name);
+    spec.vips = std::move(fresh);
+    spec.port = port;
+    if (d.why.empty()) {
+      spec.clusters = std::move(d.clusters);
+    } else {
+      spec.redirect_to_proxy = true;
+      spec.l7_reason = d.reason;
+      plan_.l7_reasons.push_back(spec.name + ": " + d.why);
+    }
+    by_name_.emplace(spec.name, std::move(spec));
+  }
+
+  const config::Snapshot& s_;
+  KernelPlan plan_;
+  std::vector<const Listener*> exact_, wildcard_;
+  std::map<std::string, ServiceSpec> by_name_;
+  std::set<std::pair<IpAddress, uint16_t>> claimed_;  // frontends already planned
+};
 
 }  // namespace
 
@@ -228,137 +620,7 @@ std::string KernelName(const std::string& name) {
 }
 
 Result<KernelPlan> Plan(const config::Snapshot& s) {
-  KernelPlan plan;
-  std::map<std::string, ServiceSpec> by_name;
-  std::set<std::pair<IpAddress, uint16_t>> claimed;  // frontends already planned
-  auto add = [&](ServiceSpec spec, const std::string& reason) {
-    // One frontend, one service: the first listener or virtual host to claim it wins.
-    std::vector<IpAddress> fresh;
-    for (const auto& ip : spec.vips)
-      if (claimed.insert({ip, spec.port}).second)
-        fresh.push_back(ip);
-    if (fresh.empty())
-      return;
-    spec.vips = std::move(fresh);
-    if (!reason.empty())
-      plan.l7_reasons.push_back(spec.name + ": " + reason);
-    by_name.emplace(spec.name, std::move(spec));
-  };
-
-  for (const auto& [lname, lp] : s.listeners) {
-    const Listener& l = *lp;
-    if (l.traffic_direction() == envoy::config::core::v3::INBOUND)
-      continue;
-    if (l.has_use_original_dst() && l.use_original_dst().value()) {
-      // virtualOutbound: where unknown destinations go.
-      if (l.has_default_filter_chain()) {
-        for (const auto& f : l.default_filter_chain().filters()) {
-          TcpProxy tp;
-          if (Unpack(f, &tp) && tp.cluster() == "BlackHoleCluster")
-            plan.registry_only = true;
-        }
-      }
-      continue;
-    }
-    if (!l.address().has_socket_address())
-      continue;
-    const auto& sa = l.address().socket_address();
-    const uint32_t port = sa.port_value();
-    if (port == 0 || port > 65535)
-      continue;
-    auto laddr = IpAddress::Parse(sa.address());
-    if (!laddr)
-      continue;
-    const bool wildcard =
-        std::all_of(laddr->bytes.begin(), laddr->bytes.end(), [](uint8_t b) { return b == 0; });
-    const auto p16 = static_cast<uint16_t>(port);
-
-    bool sni_chains = false;
-    for (const auto& fc : l.filter_chains())
-      if (fc.filter_chain_match().server_names_size() ||
-          fc.filter_chain_match().transport_protocol() == "tls")
-        sni_chains = true;
-    if (sni_chains) {
-      // TLS passthrough by SNI: only the proxy can read the ClientHello.
-      add(Redirect(fmt::format("tls:{}", port), wildcard ? AnyAddress() : std::vector{*laddr}, p16),
-          "TLS routing by SNI");
-      continue;
-    }
-
-    for (const auto& fc : l.filter_chains()) {
-      for (const auto& f : fc.filters()) {
-        HttpConnectionManager hcm;
-        TcpProxy tp;
-        if (Unpack(f, &hcm)) {
-          const envoy::config::route::v3::RouteConfiguration* rc = nullptr;
-          if (hcm.has_rds()) {
-            auto it = s.routes.find(hcm.rds().route_config_name());
-            if (it != s.routes.end())
-              rc = it->second.get();
-          } else if (hcm.has_route_config()) {
-            rc = &hcm.route_config();
-          }
-          if (!rc)
-            continue;
-          bool hosts_without_vip = false;
-          for (const auto& vh : rc->virtual_hosts()) {
-            const bool star = vh.domains_size() == 1 && vh.domains(0) == "*";
-            auto vips = wildcard ? VipsOf(vh, port) : std::vector<IpAddress>{*laddr};
-            if (vips.empty()) {
-              hosts_without_vip |= !star;
-              continue;
-            }
-            std::vector<Destination> dests;
-            std::string reason = L7Reason(vh, &dests);
-            if (reason.empty()) {
-              auto clusters = Resolve(s, dests);
-              if (clusters) {
-                ServiceSpec spec;
-                spec.name = KernelName(vh.name());
-                spec.vips = std::move(vips);
-                spec.port = p16;
-                spec.clusters = std::move(*clusters);
-                add(std::move(spec), "");
-                continue;
-              }
-              reason = clusters.error().message;
-            }
-            add(Redirect(vh.name(), std::move(vips), p16), reason);
-          }
-          if (hosts_without_vip && wildcard)
-            add(Redirect(fmt::format("http:{}", port), AnyAddress(), p16),
-                "hosts without a VIP (e.g. ServiceEntry, resolved by DNS) are routed by Host");
-        } else if (Unpack(f, &tp)) {
-          if (wildcard)
-            continue;  // passthrough-style TCP listeners stay with the catch-all policy
-          std::vector<Destination> dests;
-          if (tp.cluster_specifier_case() == TcpProxy::kCluster)
-            dests.push_back({tp.cluster(), 1});
-          else
-            for (const auto& wc : tp.weighted_clusters().clusters())
-              if (wc.weight() > 0)
-                dests.push_back({wc.name(), wc.weight()});
-          auto clusters = Resolve(s, dests);
-          if (!clusters) {
-            add(Redirect(lname, {*laddr}, p16), clusters.error().message);
-            continue;
-          }
-          ServiceSpec spec;
-          spec.name = KernelName(lname);
-          spec.vips = {*laddr};
-          spec.port = p16;
-          spec.clusters = std::move(*clusters);
-          add(std::move(spec), "");
-        }
-      }
-    }
-  }
-  for (auto& [name, spec] : by_name) {
-    if (auto v = Validate(spec); !v)
-      return Wrap("planning kernel services", v.error());
-    plan.services.push_back(std::move(spec));
-  }
-  return plan;
+  return Planner(s).Run();
 }
 
 }  // namespace sluice::kernelsync

@@ -91,8 +91,9 @@ struct sluice_service {
   __u32 revision;     /* backends of this revision are live */
   __u32 total_weight; /* sum of cluster weights */
   __u8 n_clusters;
-  __u8 flags; /* SLUICE_SVC_* */
-  __u8 _pad[2];
+  __u8 flags;     /* SLUICE_SVC_* */
+  __u8 l7_reason; /* enum sluice_l7_reason, with SLUICE_SVC_REDIRECT */
+  __u8 _pad;
   __u32 rr_cursor[SLUICE_MAX_CLUSTERS]; /* ROUND_ROBIN position, advanced under lock */
   struct sluice_service_cluster clusters[SLUICE_MAX_CLUSTERS];
   char name[SLUICE_SERVICE_NAME_LEN]; /* for people reading bpftool dumps */
@@ -102,6 +103,21 @@ struct sluice_service {
  * egress, ...): connects go to the pod's in-pod proxy listener, which recovers the
  * dialled address with getsockopt(SO_ORIGINAL_DST). Clusters are then unused. */
 #define SLUICE_SVC_REDIRECT 0x1
+
+/* Why a service is redirected (sluice_service.l7_reason): kept for people reading dumps
+ * (`sluicectl bpf dump services` prints it); the programs do not read it. */
+enum sluice_l7_reason {
+  SLUICE_L7_UNSPECIFIED = 0, /* set by hand (sluicectl bpf service set --l7) */
+  SLUICE_L7_HTTP_ROUTING,    /* HTTP routes beyond one catch-all: matches, rewrites, ... */
+  SLUICE_L7_TLS_SNI,         /* a TLS port routed by SNI */
+  SLUICE_L7_SNIFFED,         /* a sniffed port whose HTTP and TCP chains route differently */
+  SLUICE_L7_BY_SOURCE,       /* a filter chain chosen by the client's address or port */
+  SLUICE_L7_BY_HOST,         /* hosts without a VIP on the port, routed by Host */
+  SLUICE_L7_CLUSTER,         /* a cluster the kernel cannot serve (DNS, ORIGINAL_DST, ...) */
+  SLUICE_L7_CIDR,            /* a destination range rather than one address */
+  SLUICE_L7_VIEWS,           /* the pods' views route it differently */
+  SLUICE_L7_REASON_MAX,
+};
 
 /* sluice_backends key: one slot of one cluster of one service revision. Weighted
  * endpoints occupy several slots (smooth weighted order for ROUND_ROBIN). */

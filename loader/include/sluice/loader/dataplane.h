@@ -58,6 +58,7 @@ struct KernelService {
   uint32_t id = 0;
   uint32_t revision = 0;
   bool redirect_to_proxy = false;
+  L7Reason l7_reason = L7Reason::kUnspecified;
   std::vector<sluice_frontend_key> frontends;
   std::vector<sluice_service_cluster> clusters;
   std::vector<std::vector<SocketAddress>> backends;  // per cluster, by slot

@@ -29,6 +29,20 @@ enum class LbPolicy : uint8_t {
 
 enum class Protocol : uint8_t { kTcp = 6, kUdp = 17 };
 
+// Why a service goes to the in-pod proxy (enum sluice_l7_reason).
+enum class L7Reason : uint8_t {
+  kUnspecified = 0,
+  kHttpRouting,
+  kTlsSni,
+  kSniffed,
+  kBySource,
+  kByHost,
+  kCluster,
+  kCidr,
+  kViews,
+};
+[[nodiscard]] std::string_view L7ReasonName(L7Reason r);
+
 struct EndpointSpec {
   SocketAddress address;
   uint32_t weight = 1;
@@ -54,6 +68,7 @@ struct ServiceSpec {
   // endpoint (clusters may then be empty). A VIP of 0.0.0.0 or :: makes the service the
   // catch-all for its port (e.g. any address on port 80 -> the proxy).
   bool redirect_to_proxy = false;
+  L7Reason l7_reason = L7Reason::kUnspecified;  // with redirect_to_proxy
   bool operator==(const ServiceSpec&) const = default;
 };
 

@@ -128,6 +128,8 @@ struct HttpMatch {
   std::vector<std::pair<std::string, StringMatch>> query_params;
   std::optional<uint32_t> port;
   std::vector<std::string> gateways;
+  Labels source_labels;          // the client proxy's labels must include these
+  std::string source_namespace;  // the client proxy's namespace, when set
   bool ignore_uri_case = false;
 };
 
@@ -195,6 +197,8 @@ struct L4Match {
   std::vector<std::string> destination_subnets;
   std::optional<uint32_t> port;
   std::vector<std::string> gateways;
+  Labels source_labels;          // the client proxy's labels must include these
+  std::string source_namespace;  // the client proxy's namespace, when set
 };
 
 struct L4Route {

@@ -15,7 +15,19 @@ namespace sluice::istio {
 
 // Application protocol of a port, as Istio infers it from the port's protocol field,
 // appProtocol, or name prefix ("http-web" -> HTTP).
-enum class Protocol { kHttp, kHttp2, kGrpc, kHttps, kTls, kTcp, kMongo, kUdp, kUnknown };
+enum class Protocol {
+  kHttp,
+  kHttp2,
+  kGrpc,
+  kHttps,
+  kTls,
+  kTcp,
+  kMongo,
+  kRedis,
+  kMysql,
+  kUdp,
+  kUnknown
+};
 const char* ProtocolName(Protocol p);
 Protocol ParseProtocol(std::string_view name);  // "HTTP", "tls", ... ; kUnknown otherwise
 bool IsHttp(Protocol p);                        // HTTP, HTTP2, GRPC (and unknown: sniffed as HTTP)
