@@ -1649,6 +1649,9 @@ std::string Shrink(const Setup& setup, const std::vector<Sequence>& seqs, std::s
       break;
     }
   }
+  if (chosen.empty() && replays == 0)
+    return "  not replayed: the run's shrinking budget is spent (SLUICE_FUZZ_SEED=<seed> "
+           "runs this seed alone)\n";
   if (chosen.empty())
     return "  not reproduced by a replay in a fresh process (" + std::to_string(replays) +
            " tries): timing-dependent, or needs more history than was replayed\n";
