@@ -551,6 +551,7 @@ struct Reading {
   std::size_t bytes = 0;      // every byte received
   bool eof = false;           // FIN or reset
   bool reset = false;
+  int recv_errno = 0;  // what recv failed with (ECONNRESET for a reset)
   bool timed_out = false;
   bool keep_alive = true;  // of the last response
   bool partial = false;    // a response started and did not finish
@@ -562,7 +563,9 @@ struct Reading {
       s = "no response";
     if (partial)
       s += ", then part of a response";
-    if (eof)
+    if (eof && reset && recv_errno != ECONNRESET)
+      s += std::string(", then recv failed: ") + strerrorname_np(recv_errno);
+    else if (eof)
       s += reset ? ", then reset" : ", then EOF";
     else if (timed_out)
       s += ", then nothing (timed out)";
@@ -638,6 +641,7 @@ Reading ReadAnswers(int fd, std::string& buf, std::size_t want, int timeout_ms, 
     } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
       r.eof = true;
       r.reset = n < 0;
+      r.recv_errno = n < 0 ? errno : 0;
     }
   }
 }
@@ -1385,6 +1389,7 @@ struct Outcome {
   std::vector<std::string> failing;  // the failing sequence, readable
   std::vector<std::string> all;      // every sequence it ran, readable
   std::string stderr_tail;
+  std::string access_log_tail;  // the proxy's own account of the last requests
   int events = 0;
   int bursts = 0;  // burst events it ran to the end, and the largest
   long largest_burst = 0;
@@ -1564,8 +1569,10 @@ Outcome RunOnce(const Setup& setup, const std::vector<Sequence>& seqs, std::size
     cur.push_back("    ** " + o.signature + ": " + o.detail);
   o.failing = cur;
   o.all.insert(o.all.end(), cur.begin(), cur.end());
-  if (!o.clean)
+  if (!o.clean) {
     o.stderr_tail = Tail(err_path, kAsan ? 60 : 25);
+    o.access_log_tail = Tail(setup.dir + "/access.log", 6);
+  }
   return o;
 }
 
@@ -1802,6 +1809,8 @@ std::string Report(const Failure& f, std::size_t n, std::size_t total, const cha
       s += " [" + a + "]";
     s += "\n";
   }
+  if (!o.access_log_tail.empty())
+    s += "  the proxy's access log, last lines:\n" + o.access_log_tail;
   if (!o.stderr_tail.empty())
     s += "  the process's stderr, last lines:\n" + o.stderr_tail;
   return s;
