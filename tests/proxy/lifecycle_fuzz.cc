@@ -1352,8 +1352,10 @@ void Driver::Settle(int index) {
   if (at != std::string::npos) {
     std::size_t b = text.rfind('\n', at);
     std::size_t e = text.find('\n', at);
-    rep_.Fail("ubsan: runtime error", text.substr(b == std::string::npos ? 0 : b + 1,
-                                                  e == std::string::npos ? e : e - b - 1));
+    std::string line =
+        text.substr(b == std::string::npos ? 0 : b + 1, e == std::string::npos ? e : e - b - 1);
+    std::string what = text.substr(at + 15, e == std::string::npos ? e : e - at - 15);
+    rep_.Fail("ubsan: " + what.substr(0, what.find(" of type")), line);
   }
   stderr_seen_ = text.size();
   if (index >= 0) {
@@ -1415,10 +1417,11 @@ std::string Tail(const std::string& path, std::size_t max_lines) {
   return out;
 }
 
-// A sanitizer's verdict from the child's stderr: "asan: heap-use-after-free" and the like.
+// A sanitizer's verdict from the child's stderr: "asan: SEGV", "asan: heap-use-after-free",
+// "ubsan: member access within null pointer" (ASan's, which ends the process, first).
 std::string SanitizerVerdict(const std::string& path) {
   std::ifstream f(path);
-  std::string l;
+  std::string l, ubsan;
   while (std::getline(f, l)) {
     std::size_t at = l.find("ERROR: AddressSanitizer: ");
     if (at != std::string::npos) {
@@ -1427,10 +1430,13 @@ std::string SanitizerVerdict(const std::string& path) {
     }
     if (l.find("ERROR: LeakSanitizer") != std::string::npos)
       return "lsan: leak";
-    if (l.find("runtime error:") != std::string::npos)
-      return "ubsan: runtime error";
+    at = l.find("runtime error: ");
+    if (at != std::string::npos && ubsan.empty()) {
+      std::string what = l.substr(at + 15);
+      ubsan = "ubsan: " + what.substr(0, what.find(" of type"));
+    }
   }
-  return "";
+  return ubsan;
 }
 
 int InactivitySeconds() {
