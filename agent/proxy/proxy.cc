@@ -233,6 +233,7 @@ class UpstreamConn final : public Handler, public TimerOwner {
   bool peer_closed = false;
   bool counted = false;
   bool head_request = false;
+  bool upgrade_request = false;  // a 101 answers only a request that asked to upgrade
   bool reusable = false;
   bool mirror_conn = false;  // opened for mirror copies (counted against their cap)
   uint32_t events = 0;
@@ -547,6 +548,9 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   // The socket is edge-triggered: set when an edge was taken without reading the
   // socket dry (a request was in flight, or a buffer limit stopped the read).
   bool read_ready = false;
+  // The client's FIN was reported (edge-triggered: it comes once, maybe with data): reads
+  // go on to the end of stream instead of stopping at a short read.
+  bool peer_hup = false;
   bool in_tunnel_read = false;
   char request_id[40] = {0};
   bool generated_id = false;
@@ -935,6 +939,10 @@ void UpstreamConn::ProcessResponse() {
         return;
       if (st == http::ParseStatus::kError) {
         Fail(UpFailure::kProtocol);
+        return;
+      }
+      if (resp.status == 101 && !upgrade_request) {
+        Fail(UpFailure::kProtocol);  // switching protocols nobody asked for: as Envoy, a 502
         return;
       }
       if (resp.status >= 100 && resp.status < 200 && resp.status != 101) {
@@ -1364,6 +1372,7 @@ void Worker::SendMirror(const MirrorPolicy& m, Session& s) {
   mr->bytes = req_bytes;
   u->owner = mr;
   u->head_request = s.req.method == "HEAD";
+  u->upgrade_request = !s.req.upgrade.empty();
   s.SerializeRequest(u->out, /*shadow=*/!m.disable_shadow_host_suffix);
   ++mirror_inflight;
   mirror_bytes += req_bytes;
@@ -1693,7 +1702,9 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
       lc = target;
   }
   FormatAddr(la, local, sizeof(local));
-  conn_start_ms = w->now();
+  // The clock now, not the batch's: a connection accepted late in a long batch must not
+  // look idle since before it came (the idle sweep would close it unread).
+  conn_start_ms = NowMs();
   last_active_ms = conn_start_ms;
   bytes_rx = bytes_tx = 0;
   flags = 0;
@@ -1709,7 +1720,9 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   close_after = false;
   in_process = false;
   read_ready = false;
+  peer_hup = false;
   in_tunnel_read = false;
+  generated_id = false;
   head_start_ms = -1;
   request_complete = false;
   response_sent = false;
@@ -1769,7 +1782,7 @@ bool Session::ReadInto(Buffer& b) {
       last_io_ms = w->now();
       if (phase == Phase::kTunnel)
         bytes_rx += static_cast<uint64_t>(n);
-      if (static_cast<std::size_t>(n) < want) {
+      if (static_cast<std::size_t>(n) < want && !peer_hup) {
         read_ready = false;  // a short read: the socket is dry
         Account();
         return true;
@@ -1799,6 +1812,8 @@ void Session::OnEvent(uint32_t ev) {
     Abort(kFlagDC);
     return;
   }
+  if (ev & (EPOLLRDHUP | EPOLLHUP))
+    peer_hup = true;
   if ((ev & EPOLLOUT) && !out.empty()) {
     TryWrite();
     if (g != gen)
@@ -1937,6 +1952,7 @@ void Session::Process() {
 
 void Session::ForgetHead() {
   close_after = true;  // where this request ends, and so the next begins, is unknown
+  generated_id = false;  // not the previous request's id
   req.num_headers = 0;
   req.method = req.target = req.path = req.host = req.upgrade = {};
   req.head_len = in.size();
@@ -2184,6 +2200,7 @@ void Session::StartAttempt() {
   up = u;
   u->owner = this;
   u->head_request = req.method == "HEAD";
+  u->upgrade_request = !req.upgrade.empty();
   ep->active_requests.fetch_add(1, std::memory_order_relaxed);
   SerializeRequest(u->out, false);
   if (attempt == 1)
