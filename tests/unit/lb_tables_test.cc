@@ -129,6 +129,21 @@ TEST_CASE("the Maglev table is deterministic and disrupts little when a backend 
   CHECK(static_cast<double>(to_new) / kSize == Approx(1.0 / 11).margin(0.01));
 }
 
+TEST_CASE("the Maglev table depends on the set of backends, not the order they are listed in") {
+  constexpr uint32_t kSize = 16381;
+  auto names = Names(6);
+  std::vector<uint32_t> w{1, 2, 1, 3, 1, 1};
+  auto table = BuildMaglevTable(names, w, kSize);
+  // The same backends reversed: every entry names the same backend (at its new index).
+  std::vector<std::string> rnames(names.rbegin(), names.rend());
+  std::vector<uint32_t> rw(w.rbegin(), w.rend());
+  auto reversed = BuildMaglevTable(rnames, rw, kSize);
+  size_t differ = 0;
+  for (uint32_t i = 0; i < kSize; i++)
+    differ += names[table[i]] != rnames[reversed[i]];
+  CHECK(differ == 0);
+}
+
 TEST_CASE("an empty backend list gives an all-zero table, not a crash") {
   auto table = BuildMaglevTable(std::vector<std::string>{}, std::vector<uint32_t>{}, 13);
   CHECK(table == std::vector<uint16_t>(13, 0));
