@@ -1,5 +1,6 @@
-// Table building for the kernel's selection policies: weighted cluster ranges, smooth
-// weighted round-robin slots, and the weighted Maglev table.
+// The load-balancing tables of both paths (the kernel's encoding and the L7 proxy):
+// weighted cluster ranges, smooth weighted round-robin slots, and the weighted Maglev
+// table.
 #include "sluice/loader/lb_tables.h"
 
 #include <algorithm>

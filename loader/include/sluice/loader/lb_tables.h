@@ -1,4 +1,8 @@
-// Table building for the kernel's selection policies (pure functions, unit-tested).
+// The load-balancing algorithms of both paths (pure functions, unit-tested): the kernel's
+// tables are encoded with them (encoding.cc) and the L7 proxy builds its clusters' tables
+// with them (agent/proxy/lb.cc), so both hold the same table for the same endpoints. The
+// client-address hash that indexes a Maglev table is sluice_hash_ip, in the header the
+// BPF programs share (bpf/include/sluice/lb.h).
 #pragma once
 
 #include <cstdint>
