@@ -26,6 +26,7 @@
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "sluice/proxy/config.h"
 #include "sluice/proxy/dns.h"
+#include "sluice/proxy/lb.h"
 #include "sluice/xds/resource_set.h"
 
 namespace sluice::proxy {
@@ -715,25 +716,21 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
       }
     }
   }
-  BuildWeights(*c);
-  if (c->lb == LbPolicy::kRingHash || c->lb == LbPolicy::kMaglev) {
-    uint32_t ring = 1024;
-    if (pc.has_ring_hash_lb_config() && pc.ring_hash_lb_config().has_minimum_ring_size()) {
-      ring = static_cast<uint32_t>(
-          std::min<uint64_t>(pc.ring_hash_lb_config().minimum_ring_size().value(), 1 << 20));
-    }
-    uint32_t table = 65537;
-    if (pc.has_maglev_lb_config() && pc.maglev_lb_config().has_table_size()) {
-      table = static_cast<uint32_t>(pc.maglev_lb_config().table_size().value());
-      bool prime = table > 2;
-      for (uint32_t d = 2; prime && d * d <= table; ++d)
-        prime = table % d != 0;
-      if (!prime)
-        return Fail(where + ": maglev_lb_config.table_size " + std::to_string(table) +
-                    " is not prime");
-    }
-    BuildHashTables(*c, ring, table);
+  // Envoy refuses a Maglev table size that is not a prime up to 5000011; that is
+  // checked, but the table is the kernel's size on both paths (see lb.h), for RING_HASH
+  // too.
+  const bool hashed = c->lb == LbPolicy::kRingHash || c->lb == LbPolicy::kMaglev;
+  if (hashed && pc.has_maglev_lb_config() && pc.maglev_lb_config().has_table_size()) {
+    const uint64_t table = pc.maglev_lb_config().table_size().value();
+    bool prime = table > 2 && table <= 5000011;
+    for (uint64_t d = 2; prime && d * d <= table; ++d)
+      prime = table % d != 0;
+    if (!prime)
+      return Fail(where + ": maglev_lb_config.table_size " + std::to_string(table) +
+                  " is not a prime up to 5000011");
   }
+  if (auto built = BuildLbTables(*c); !built)
+    return Wrap(where, built.error());
   return c;
 }
 

@@ -31,6 +31,7 @@
 
 #include "buffer.h"
 #include "event_loop.h"
+#include "sluice/proxy/lb.h"
 #include "sluice/proxy/tls_sni.h"
 
 namespace sluice::proxy {
@@ -339,7 +340,11 @@ class Worker {
   }
   void Cancel(Timer& t) { timers_.Remove(t); }
 
-  Endpoint* PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash);
+  // The cluster's endpoint for a request or connection (lb.h), on the worker's clock and
+  // random numbers.
+  Endpoint* PickEndpoint(const Cluster& c, std::optional<LbHash> hash) {
+    return proxy::PickEndpoint(c, now_ms_, Rand(), Rand(), hash);
+  }
   // The worker's endpoint object for an original destination (ORIGINAL_DST clusters).
   Endpoint* OriginalDstEndpoint(const sockaddr_storage& addr);
   // A connected (pooled) or connecting upstream; nullptr when the socket could not be
@@ -517,6 +522,7 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   uint32_t events = 0;
   Buffer in, out;
   char peer[64] = "-", peer_ip[48] = "-", local[64] = "-";
+  LbHash source_hash;  // the peer's address as a source-IP hash key
   sockaddr_storage orig_dst{};
   bool has_orig_dst = false;
   std::string sni;
@@ -1190,114 +1196,6 @@ void Worker::KickPending(const Cluster* c) {
   }
 }
 
-Endpoint* Worker::PickEndpoint(const Cluster& c, bool has_hash, uint64_t hash) {
-  const std::size_t n = c.endpoints.size();
-  if (n == 0)
-    return nullptr;
-  std::size_t healthy = 0, degraded = 0;
-  for (const auto& e : c.endpoints) {
-    if (e->ejected_until_ms.load(std::memory_order_relaxed) <= now_ms_)
-      ++(e->degraded ? degraded : healthy);
-  }
-  // As Envoy: DEGRADED endpoints only when no healthy one is left; with neither (all
-  // ejected by outlier detection), panic mode: use them all.
-  const bool panic = healthy == 0 && degraded == 0;
-  const bool use_degraded = healthy == 0;
-  const std::size_t eligible = panic ? n : (use_degraded ? degraded : healthy);
-  auto ok = [&](std::size_t i) {
-    const Endpoint& e = *c.endpoints[i];
-    if (panic)
-      return true;
-    return e.ejected_until_ms.load(std::memory_order_relaxed) <= now_ms_ &&
-           (use_degraded || !e.degraded);
-  };
-  // Consistent hashing walks on to the next usable slot's endpoint.
-  auto probe = [&](std::size_t start) -> Endpoint* {
-    for (std::size_t k = 0; k < n; ++k) {
-      std::size_t i = (start + k) % n;
-      if (ok(i))
-        return c.endpoints[i].get();
-    }
-    return nullptr;
-  };
-  const bool weighted = !c.cumulative_weight.empty();
-  auto weight = [&](std::size_t i) -> uint64_t {
-    return weighted ? std::max<uint32_t>(1, c.endpoints[i]->weight) : 1;
-  };
-  // When some endpoints are left out (ejected, or degraded while healthy ones remain),
-  // the rest share the traffic by weight: the r-th unit of their weights, r taken modulo
-  // its sum. (Walking on from an unusable endpoint would send its share to its
-  // neighbour.)
-  const bool all_usable = eligible == n;
-  uint64_t usable_weight = 0;
-  if (!all_usable) {
-    for (std::size_t i = 0; i < n; ++i) {
-      if (ok(i))
-        usable_weight += weight(i);
-    }
-  }
-  auto nth_usable = [&](uint64_t r) -> Endpoint* {
-    // Another worker may eject an endpoint between the passes above and this one: then
-    // the walk can come up empty, and any endpoint is as good as none.
-    if (usable_weight == 0)
-      return c.endpoints[r % n].get();
-    uint64_t left = r % usable_weight;
-    for (std::size_t i = 0; i < n; ++i) {
-      if (!ok(i))
-        continue;
-      if (left < weight(i))
-        return c.endpoints[i].get();
-      left -= weight(i);
-    }
-    return c.endpoints[r % n].get();
-  };
-  auto random_pick = [&]() -> Endpoint* {
-    if (!all_usable)
-      return nth_usable(Rand());
-    if (!weighted)
-      return c.endpoints[Rand() % n].get();
-    uint64_t r = Rand() % c.cumulative_weight.back();
-    auto it = std::upper_bound(c.cumulative_weight.begin(), c.cumulative_weight.end(), r);
-    return c.endpoints[static_cast<std::size_t>(it - c.cumulative_weight.begin())].get();
-  };
-  switch (c.lb) {
-    case LbPolicy::kRoundRobin: {
-      uint64_t k = c.rr_next.fetch_add(1, std::memory_order_relaxed);
-      if (!all_usable)
-        return nth_usable(k);
-      // Weighted: a smooth schedule (b, a, b, a, b for 2:3), not runs per endpoint.
-      if (!c.rr_schedule.empty())
-        return c.endpoints[c.rr_schedule[k % c.rr_schedule.size()]].get();
-      return c.endpoints[k % n].get();
-    }
-    case LbPolicy::kRandom:
-      return random_pick();
-    case LbPolicy::kLeastRequest: {
-      Endpoint* a = random_pick();
-      Endpoint* b = random_pick();
-      if (!a || !b)
-        return a ? a : b;
-      return b->active_requests.load(std::memory_order_relaxed) <
-                     a->active_requests.load(std::memory_order_relaxed)
-                 ? b
-                 : a;
-    }
-    case LbPolicy::kRingHash: {
-      if (!has_hash || c.ring.empty())
-        return random_pick();
-      auto it = std::lower_bound(c.ring.begin(), c.ring.end(), std::make_pair(hash, uint32_t{0}));
-      if (it == c.ring.end())
-        it = c.ring.begin();
-      return probe(it->second);
-    }
-    case LbPolicy::kMaglev:
-      if (!has_hash || c.maglev.empty())
-        return random_pick();
-      return probe(c.maglev[hash % c.maglev.size()]);
-  }
-  return nullptr;
-}
-
 Endpoint* Worker::OriginalDstEndpoint(const sockaddr_storage& addr) {
   char key[64];
   FormatAddr(addr, key, sizeof(key));
@@ -1349,7 +1247,7 @@ void Worker::SendMirror(const MirrorPolicy& m, Session& s) {
     stats().mirrors_dropped.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  Endpoint* ep = PickEndpoint(*c, false, 0);
+  Endpoint* ep = PickEndpoint(*c, std::nullopt);
   if (!ep)
     return;
   bool overflow = false;
@@ -1685,6 +1583,7 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   out.Clear();
   FormatAddr(peer_addr, peer, sizeof(peer));
   FormatAddr(peer_addr, peer_ip, sizeof(peer_ip), false);
+  source_hash = SourceIpHash(peer_addr);
   sockaddr_storage la{};
   socklen_t ll = sizeof(la);
   has_orig_dst = false;
@@ -2124,8 +2023,7 @@ void Session::StartAttempt() {
     retry_counted = false;
   }
   phase = Phase::kUpstream;
-  bool has_hash = false;
-  uint64_t hash = 0;
+  std::optional<LbHash> hash;
   if (cluster->lb == LbPolicy::kRingHash || cluster->lb == LbPolicy::kMaglev) {
     for (const HashPolicy& hp : route->action.hash_policies) {
       std::string_view key;
@@ -2139,8 +2037,7 @@ void Session::StartAttempt() {
           key = req.Get(hp.name, &found);
         }
       } else if (hp.kind == HashKind::kSourceIp) {
-        key = peer_ip;
-        found = true;
+        found = source_hash.family != 0;
       } else {
         std::string_view cookies = req.Get(http::HeaderId::kCookie, &found);
         found = false;
@@ -2161,15 +2058,16 @@ void Session::StartAttempt() {
         }
       }
       if (found) {
-        hash = has_hash ? (hash * 31 + HashKey(key)) : HashKey(key);
-        has_hash = true;
+        // A source-IP key is the kernel's client hash, so both paths pick alike.
+        const LbHash k = hp.kind == HashKind::kSourceIp ? source_hash : LbHash{HashKey(key), 0};
+        hash = hash ? LbHash{hash->value * 31 + k.value, std::max(hash->family, k.family)} : k;
         if (hp.terminal)
           break;
       }
     }
   }
   Endpoint* ep = cluster->original_dst ? (has_orig_dst ? w->OriginalDstEndpoint(orig_dst) : nullptr)
-                                       : w->PickEndpoint(*cluster, has_hash, hash);
+                                       : w->PickEndpoint(*cluster, hash);
   if (!ep) {
     Local(503, "no healthy upstream", kFlagUH, "no_healthy_upstream");
     return;
@@ -2948,7 +2846,7 @@ void Session::StartTcp() {
     return;
   }
   Endpoint* ep = cluster->original_dst ? (has_orig_dst ? w->OriginalDstEndpoint(orig_dst) : nullptr)
-                                       : w->PickEndpoint(*cluster, true, HashKey(peer_ip));
+                                       : w->PickEndpoint(*cluster, source_hash);
   if (!ep) {
     flags |= kFlagUH;
     Abort(0);

@@ -92,10 +92,17 @@ std::vector<uint16_t> BuildMaglevTable(std::span<const std::string> names,
   if (std::all_of(turns.begin(), turns.end(), [](uint64_t t) { return t == 0; }))
     return table;
 
+  // Backends take their turns in name order: who wins a contested entry must not
+  // depend on the order the endpoints were listed in.
+  std::vector<size_t> order(n);
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return names[a] < names[b]; });
+
   std::vector<bool> filled(size, false);
   uint32_t count = 0;
   while (true) {
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i : order) {
       for (uint64_t t = 0; t < turns[i]; t++) {
         uint64_t c;
         do {

@@ -1,7 +1,8 @@
 // "No allocation per request on the hot path", measured: malloc/calloc/realloc are
 // counted per thread, and only the proxy's worker threads (named "sluice-l7-N") are looked at.
 // After a warm-up, 10000 keep-alive requests through a route with header mutations
-// and a weighted split must not allocate at all in the worker.
+// and a weighted split must not allocate at all in the worker; nor may mirroring, nor
+// consistent hashing (the endpoint picker, agent/proxy/lb.cc).
 #include <pthread.h>
 
 #include <atomic>
@@ -136,4 +137,46 @@ TEST_CASE("mirroring does not allocate per request once warm, sent or dropped",
   CHECK(st.mirrors_sent.load() - sent0 > 100);
   CHECK(st.mirrors_dropped.load() - dropped0 > 100);
   CHECK(during == 0);
+}
+
+TEST_CASE("consistent hashing does not allocate per request once warm", "[proxy][alloc][lb]") {
+  std::vector<std::unique_ptr<TestUpstream>> ups;
+  std::vector<uint16_t> ports;
+  for (const char* name : {"a", "b", "c"}) {
+    ups.push_back(
+        std::make_unique<TestUpstream>(TestUpstream::Options{.name = name, .record = false}));
+    ports.push_back(ups.back()->port());
+  }
+  // A header key and the source IP, combined: the picker's hashed path with a family.
+  Json hash = Json::array({{{"header", {{"header_name", "x-user"}}}},
+                           {{"connection_properties", {{"source_ip", true}}}}});
+  auto route = [&](const std::string& prefix, const std::string& cluster) {
+    return Json{{"name", prefix},
+                {"match", {{"prefix", prefix}}},
+                {"route", {{"cluster", cluster}, {"hash_policy", hash}}}};
+  };
+  Json doc = {
+      {"listeners",
+       Json::array({HttpListener(
+           "http",
+           RouteConfig("r", Json::array({route("/maglev", "maglev"), route("/ring", "ring")})),
+           false)})},
+      {"clusters", Json::array({StaticCluster("maglev", ports, "MAGLEV"),
+                                StaticCluster("ring", ports, "RING_HASH")})}};
+  auto p = StartProxy(doc);
+  REQUIRE(p->error == "");
+  Client c(p->Port());
+  std::vector<std::string> reqs;
+  for (const char* path : {"/maglev", "/ring"}) {
+    for (int u = 0; u < 8; ++u) {
+      reqs.push_back(std::string("GET ") + path + " HTTP/1.1\r\nhost: svc\r\nx-user: u" +
+                     std::to_string(u) + "\r\n\r\n");
+    }
+  }
+  for (int i = 0; i < 500; ++i)
+    REQUIRE(c.Request(reqs[i % reqs.size()]).status == 200);
+  uint64_t before = g_worker_allocs.load();
+  for (int i = 0; i < 5000; ++i)
+    REQUIRE(c.Request(reqs[i % reqs.size()]).status == 200);
+  CHECK(g_worker_allocs.load() - before == 0);
 }

@@ -1,5 +1,6 @@
-// Table building for the kernel's selection policies: weighted cluster ranges, smooth
-// weighted round-robin slots, and the weighted Maglev table.
+// The load-balancing tables of both paths (the kernel's encoding and the L7 proxy):
+// weighted cluster ranges, smooth weighted round-robin slots, and the weighted Maglev
+// table.
 #include "sluice/loader/lb_tables.h"
 
 #include <algorithm>
@@ -127,6 +128,21 @@ TEST_CASE("the Maglev table is deterministic and disrupts little when a backend 
   CHECK(static_cast<double>(moved) / kSize < 0.03);
   size_t to_new = std::count(b.begin(), b.end(), uint16_t{10});
   CHECK(static_cast<double>(to_new) / kSize == Approx(1.0 / 11).margin(0.01));
+}
+
+TEST_CASE("the Maglev table depends on the set of backends, not the order they are listed in") {
+  constexpr uint32_t kSize = 16381;
+  auto names = Names(6);
+  std::vector<uint32_t> w{1, 2, 1, 3, 1, 1};
+  auto table = BuildMaglevTable(names, w, kSize);
+  // The same backends reversed: every entry names the same backend (at its new index).
+  std::vector<std::string> rnames(names.rbegin(), names.rend());
+  std::vector<uint32_t> rw(w.rbegin(), w.rend());
+  auto reversed = BuildMaglevTable(rnames, rw, kSize);
+  size_t differ = 0;
+  for (uint32_t i = 0; i < kSize; i++)
+    differ += names[table[i]] != rnames[reversed[i]];
+  CHECK(differ == 0);
 }
 
 TEST_CASE("an empty backend list gives an all-zero table, not a crash") {

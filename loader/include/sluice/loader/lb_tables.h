@@ -1,4 +1,8 @@
-// Table building for the kernel's selection policies (pure functions, unit-tested).
+// The load-balancing algorithms of both paths (pure functions, unit-tested): the kernel's
+// tables are encoded with them (encoding.cc) and the L7 proxy builds its clusters' tables
+// with them (agent/proxy/lb.cc), so both hold the same table for the same endpoints. The
+// client-address hash that indexes a Maglev table is sluice_hash_ip, in the header the
+// BPF programs share (bpf/include/sluice/lb.h).
 #pragma once
 
 #include <cstdint>
@@ -20,8 +24,10 @@ namespace sluice {
                                                   size_t max_slots);
 
 // A weighted Maglev lookup table of `size` entries (size prime) over backends named by
-// stable strings ("10.0.0.1:80"): entry -> backend index. Deterministic, so an agent
-// restart rebuilds the same table; adding a backend moves about 1/(n+1) of entries.
+// stable strings ("10.0.0.1:80", "[fd00::1]:80"): entry -> backend index (at most 65535
+// backends). It depends only on the set of (name, weight) pairs, not on their order, so
+// an agent restart or an update that merely reorders endpoints rebuilds the same table;
+// adding a backend moves about 1/(n+1) of entries.
 [[nodiscard]] std::vector<uint16_t> BuildMaglevTable(std::span<const std::string> names,
                                                      std::span<const uint32_t> weights,
                                                      uint32_t size);

@@ -73,6 +73,14 @@ struct OutlierDetection {
   uint32_t max_ejection_percent = 10;
 };
 
+// A consistent-hash table over some of a cluster's endpoints: Maglev, built with the
+// kernel's algorithm and table size (see lb.h).
+struct HashTable {
+  std::vector<uint16_t> entries;  // SLUICE_MAGLEV_SIZE entries, each an index into members
+  std::vector<uint32_t> members;  // the cluster's endpoint indices in this table, in order
+  bool empty() const { return members.empty(); }
+};
+
 enum class HashKind { kHeader, kCookie, kSourceIp };
 struct HashPolicy {
   HashKind kind = HashKind::kHeader;
@@ -87,20 +95,22 @@ struct Cluster {
   // ORIGINAL_DST: no endpoint list; each connection goes where the client originally
   // connected (ProxyOptions.original_dst on a listener that uses it).
   bool original_dst = false;
-  // Endpoint weights (load_balancing_weight) as running sums, for weighted round robin,
-  // random and least-request picks; empty when all weights are equal.
+  // The load-balancing tables, built by BuildLbTables (lb.h) when the cluster is compiled.
+  // Endpoint weights (load_balancing_weight) as running sums, for weighted random and
+  // least-request picks; empty when all weights are equal.
   std::vector<uint64_t> cumulative_weight;
   // Weighted ROUND_ROBIN: one period of a smooth schedule (endpoint indices; each
   // endpoint appears weight/gcd times, spread out rather than in runs); empty when all
   // weights are equal or the policy is not ROUND_ROBIN.
-  std::vector<uint32_t> rr_schedule;
+  std::vector<uint16_t> rr_schedule;
   Millis connect_timeout{10000};
   CircuitBreakers limits;
   OutlierDetection outlier;
-  // Consistent-hash tables, built by Compile: (hash, endpoint index) sorted by hash for
-  // the ring; endpoint index per slot for Maglev.
-  std::vector<std::pair<uint64_t, uint32_t>> ring;
-  std::vector<uint32_t> maglev;
+  // MAGLEV and RING_HASH (both served by Maglev, as in the kernel): the table over every
+  // endpoint, and, when the cluster has endpoints of both families, one per family for
+  // source-IP hashing (the kernel's table for an IPv4 connect holds only IPv4 endpoints).
+  HashTable hash_table;
+  HashTable hash_table_v4, hash_table_v6;
   // Gauges for circuit breaking, shared by the workers.
   mutable std::atomic<uint32_t> active_connections{0};
   mutable std::atomic<uint32_t> pending_requests{0};
@@ -368,16 +378,5 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& resou
 // "clusters": [...], "endpoints": [...]}, each element the proto3 JSON of a Listener,
 // RouteConfiguration, Cluster or ClusterLoadAssignment.
 Result<xds::ResourceSet> ParseResourceSetJson(std::string_view json);
-
-// Builds ring / Maglev tables for the cluster's endpoints. maglev_size must be prime.
-void BuildHashTables(Cluster& c, uint32_t ring_size = 1024, uint32_t maglev_size = 65537);
-
-// Fills cumulative_weight and rr_schedule when the endpoints' weights differ.
-void BuildWeights(Cluster& c);
-// Fills rr_schedule (smooth weighted round robin) from the endpoints' weights.
-void BuildRoundRobinSchedule(Cluster& c);
-
-// The stable 64-bit hash used for consistent-hash keys.
-uint64_t HashKey(std::string_view key);
 
 }  // namespace sluice::proxy
