@@ -102,7 +102,8 @@ class Host {
           socks.v4 = std::move(m.fds[0]);
         if (m.fds.size() > 1)
           socks.v6 = std::move(m.fds[1]);
-        if (auto r = pods_.Open(key, m.meta.value("netns", ""), labels, std::move(socks)); !r)
+        const auto ips = m.meta.value("ips", std::vector<std::string>{});
+        if (auto r = pods_.Open(key, m.meta.value("netns", ""), labels, ips, std::move(socks)); !r)
           spdlog::error("L7: {}", r.error().message);
         return;
       }

@@ -213,7 +213,8 @@ l7wire::Message L7Supervisor::PodMessage(const enrolment::PodKey& key, const Pod
   m.meta = {{"namespace", key.pod_namespace},
             {"name", key.name},
             {"netns", pod.netns},
-            {"labels", std::move(labels)}};
+            {"labels", std::move(labels)},
+            {"ips", pod.ips}};
   for (const cni::UniqueFd* s : {&pod.sockets.v4, &pod.sockets.v6}) {
     if (*s)
       m.fds.emplace_back(fcntl(s->get(), F_DUPFD_CLOEXEC, 0));
@@ -312,7 +313,8 @@ void L7Supervisor::OnMessage(l7wire::Message m) {
 }
 
 Result<void> L7Supervisor::Open(const enrolment::PodKey& key, const std::string& netns,
-                                const enrolment::Labels& labels) {
+                                const enrolment::Labels& labels,
+                                const std::vector<std::string>& ips) {
   bool relabelled = false;
   {
     std::lock_guard lock(mu_);
@@ -331,7 +333,7 @@ Result<void> L7Supervisor::Open(const enrolment::PodKey& key, const std::string&
       return Wrap("pod " + key.pod_namespace + "/" + key.name + ": L7", sockets.error());
     std::lock_guard lock(mu_);
     Pod& pod = pods_[key];  // a new sandbox of the same pod replaces the old one's sockets
-    pod = Pod{netns, labels, std::move(*sockets)};
+    pod = Pod{netns, labels, ips, std::move(*sockets)};
     Enqueue(PodMessage(key, pod));
     spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{}", key.pod_namespace, key.name,
                  opts_.port, pod.sockets.v6 ? fmt::format(" and [::1]:{}", opts_.port) : "");

@@ -75,7 +75,7 @@ class L7Supervisor : public PodL7 {
   // Opens the pod's capture sockets (so the pod can be enrolled at once) and hands the
   // pod over; called again with other labels, moves it to that view.
   Result<void> Open(const enrolment::PodKey& key, const std::string& netns,
-                    const enrolment::Labels& labels) override;
+                    const enrolment::Labels& labels, const std::vector<std::string>& ips) override;
   void Close(const enrolment::PodKey& key) override;
   // SIGTERM: the process stops accepting, finishes requests (up to `grace`) and ends.
   void DrainAll(std::chrono::milliseconds grace);
@@ -93,6 +93,7 @@ class L7Supervisor : public PodL7 {
   struct Pod {
     std::string netns;
     enrolment::Labels labels;
+    std::vector<std::string> ips;
     CaptureSockets sockets;
   };
   struct ConfigSlot {

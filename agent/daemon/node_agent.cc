@@ -142,7 +142,7 @@ Result<void> NodeAgent::Apply(const enrolment::Changes& changes) {
       continue;  // labelled, but not (yet) on this node
     // The capture listener first: once enrolled, the kernel redirects L7 services to it.
     if (l7_ && opts_.proxy_port != 0) {
-      if (auto r = l7_->Open(p.key, it->second.info.netns, p.labels); !r) {
+      if (auto r = l7_->Open(p.key, it->second.info.netns, p.labels, it->second.info.ips); !r) {
         result = Wrap("enrolling pod " + p.key.pod_namespace + "/" + p.key.name, r.error());
         continue;
       }
@@ -234,7 +234,7 @@ void NodeAgent::ApplyLabels(const LabelSnapshot& labels) {
     for (const auto& [key, rec] : pods_) {
       if (!state_.IsEnrolled(key))
         continue;
-      if (auto r = l7_->Open(key, rec.info.netns, PodFor(rec.info).labels); !r)
+      if (auto r = l7_->Open(key, rec.info.netns, PodFor(rec.info).labels, rec.info.ips); !r)
         spdlog::error("{}", r.error().message);
     }
   }
@@ -316,7 +316,7 @@ Result<void> NodeAgent::Restore() {
   for (const auto& [key, rec] : pods_) {
     if (!l7_ || opts_.proxy_port == 0 || !state_.IsEnrolled(key))
       continue;
-    if (auto r = l7_->Open(key, rec.info.netns, PodFor(rec.info).labels); !r)
+    if (auto r = l7_->Open(key, rec.info.netns, PodFor(rec.info).labels, rec.info.ips); !r)
       spdlog::error("{}", r.error().message);
   }
   spdlog::info("restored {} pods from {}", pods_.size(), opts_.state_file);

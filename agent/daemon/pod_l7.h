@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "sluice/common/result.h"
 #include "sluice/enrolment/enrolment.h"
@@ -13,8 +14,10 @@ namespace sluice::agent {
 class PodL7 {
  public:
   virtual ~PodL7() = default;
+  // `ips`: the pod's addresses, as CNI gave them ("10.1.0.5/24").
   virtual Result<void> Open(const enrolment::PodKey& key, const std::string& netns,
-                            const enrolment::Labels& labels) = 0;
+                            const enrolment::Labels& labels,
+                            const std::vector<std::string>& ips) = 0;
   virtual void Close(const enrolment::PodKey& key) = 0;
 };
 

@@ -86,6 +86,7 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   o.workers = 1;
   o.access_log_path = opts_.access_log_path == "-" ? "" : opts_.access_log_path;
   o.upstream_mark = opts_.upstream_mark;
+  o.pod_addresses = pod.addresses;
   // One pod's traffic: a quarter of the default receive buffers (256 KiB), since a node
   // runs one of these per enrolled pod.
   o.io_buffers = 64;
@@ -129,7 +130,8 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
 }
 
 Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& netns,
-                              const enrolment::Labels& labels, CaptureSockets sockets) {
+                              const enrolment::Labels& labels, const std::vector<std::string>& ips,
+                              CaptureSockets sockets) {
   Result<void> result;
   {
     std::lock_guard lock(mu_);
@@ -144,6 +146,11 @@ Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& n
         it->second.proxy->Stop();  // same pod name, new sandbox
       it->second.netns = netns;
       it->second.sockets = std::make_shared<const CaptureSockets>(std::move(sockets));
+      it->second.addresses.clear();
+      for (const auto& cidr : ips) {
+        if (auto a = proxy::ParseIp(cidr.substr(0, cidr.find('/')), 0))
+          it->second.addresses.push_back(*a);
+      }
       it->second.view = View{key.pod_namespace, labels};
       it->second.proxy.reset();
       if (auto r = Start(key, it->second); !r) {

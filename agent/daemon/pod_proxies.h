@@ -78,8 +78,10 @@ class PodProxies {
   // Starts the pod's proxy (idempotent). With no config at all yet, the pod is
   // remembered and its proxy starts when the first config arrives. Called again with new
   // labels, the running proxy moves to that view's config (its listener stays).
+  // `ips`: the pod's own addresses ("10.1.0.5/24"): its redirected connections' client.
   Result<void> Open(const enrolment::PodKey& key, const std::string& netns,
-                    const enrolment::Labels& labels, CaptureSockets sockets);
+                    const enrolment::Labels& labels, const std::vector<std::string>& ips,
+                    CaptureSockets sockets);
   void Close(const enrolment::PodKey& key);
   void CloseAll();
   // SIGTERM: every capture listener closes, requests in flight finish (up to `grace`),
@@ -102,7 +104,8 @@ class PodProxies {
   struct Pod {
     std::string netns;
     std::shared_ptr<const CaptureSockets> sockets;
-    bool ipv6 = false;  // its [::1] capture listener is open
+    std::vector<sockaddr_storage> addresses;  // the pod's, for its redirected connections
+    bool ipv6 = false;                        // its [::1] capture listener is open
     std::unique_ptr<proxy::Proxy> proxy;
     bool own_config = false;  // running its view's config (else the node's)
     View view;

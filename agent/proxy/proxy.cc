@@ -1539,6 +1539,34 @@ void Worker::Run() {
   FlushLog();
 }
 
+bool IsLoopback(const sockaddr_storage& a) {
+  if (a.ss_family == AF_INET)
+    return (ntohl(reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr) >> 24) == 127;
+  if (a.ss_family == AF_INET6) {
+    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(a).sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
+  }
+  return false;
+}
+
+// A redirected connection from the pod's loopback is from the pod's application: its
+// client address becomes the pod's of the same family (the port stays).
+void PodClient(const std::vector<sockaddr_storage>& pod, sockaddr_storage* peer) {
+  if (pod.empty() || !IsLoopback(*peer))
+    return;
+  for (const sockaddr_storage& a : pod) {
+    if (a.ss_family != peer->ss_family)
+      continue;
+    if (a.ss_family == AF_INET)
+      reinterpret_cast<sockaddr_in&>(*peer).sin_addr =
+          reinterpret_cast<const sockaddr_in&>(a).sin_addr;
+    else
+      reinterpret_cast<sockaddr_in6&>(*peer).sin6_addr =
+          reinterpret_cast<const sockaddr_in6&>(a).sin6_addr;
+    return;
+  }
+}
+
 // Envoy's use_original_dst: the connection belongs to the listener whose address is the
 // original destination (exact address first, then the wildcard of its family, same
 // port); with none, the receiving listener keeps it.
@@ -1571,8 +1599,9 @@ const ListenerConfig* HandOver(const Snapshot& snap, const ListenerConfig* from,
 
 // ----------------------------------------------------------------------- Session
 
-void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<const Snapshot> s,
-                   const ListenerConfig* l, std::shared_ptr<ListenerCount> count) {
+void Session::Open(int cfd, const sockaddr_storage& accepted_peer,
+                   std::shared_ptr<const Snapshot> s, const ListenerConfig* l,
+                   std::shared_ptr<ListenerCount> count) {
   fd = cfd;
   snap = std::move(s);
   lc = l;
@@ -1581,14 +1610,11 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   sni.clear();
   in.Clear();
   out.Clear();
-  FormatAddr(peer_addr, peer, sizeof(peer));
-  FormatAddr(peer_addr, peer_ip, sizeof(peer_ip), false);
-  source_hash = SourceIpHash(peer_addr);
   sockaddr_storage la{};
   socklen_t ll = sizeof(la);
   has_orig_dst = false;
   if (lc->use_original_dst && w->opts().original_dst) {
-    if (auto od = w->opts().original_dst(fd, peer_addr.ss_family)) {
+    if (auto od = w->opts().original_dst(fd, accepted_peer.ss_family)) {
       la = *od;
       orig_dst = *od;
       has_orig_dst = true;
@@ -1596,6 +1622,12 @@ void Session::Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<c
   } else {
     getsockname(fd, reinterpret_cast<sockaddr*>(&la), &ll);
   }
+  sockaddr_storage peer_addr = accepted_peer;
+  if (has_orig_dst)
+    PodClient(w->opts().pod_addresses, &peer_addr);
+  FormatAddr(peer_addr, peer, sizeof(peer));
+  FormatAddr(peer_addr, peer_ip, sizeof(peer_ip), false);
+  source_hash = SourceIpHash(peer_addr);
   if (has_orig_dst) {
     if (const ListenerConfig* target = HandOver(*snap, lc, orig_dst))
       lc = target;
@@ -1850,7 +1882,7 @@ void Session::Process() {
 }
 
 void Session::ForgetHead() {
-  close_after = true;  // where this request ends, and so the next begins, is unknown
+  close_after = true;    // where this request ends, and so the next begins, is unknown
   generated_id = false;  // not the previous request's id
   req.num_headers = 0;
   req.method = req.target = req.path = req.host = req.upgrade = {};

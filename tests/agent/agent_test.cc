@@ -587,6 +587,10 @@ TEST_CASE(
   std::string text((std::istreambuf_iterator<char>(log)), {});
   CHECK_THAT(text, Catch::Contains("\"GET /one HTTP/1.1\" 200"));
   CHECK_THAT(text, Catch::Contains("outbound|80|v1|api.default.svc.cluster.local"));
+  // The client is the pod's application at the pod's address, as a sidecar sees it (the
+  // redirected connection itself comes from the pod's loopback).
+  CHECK_THAT(text, Catch::Contains(" 10.211.0.10:"));
+  CHECK_THAT(text, !Catch::Contains(" 127.0.0.1:"));
   // The kernel's connections are in the same log: one L4 line per translated connect.
   CHECK(Within([&] {
           std::ifstream again(t.dir + "/access.log");

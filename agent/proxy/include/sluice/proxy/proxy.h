@@ -47,6 +47,12 @@ struct ProxyOptions {
   // The node agent moves the thread into a pod's network namespace here (setns is per
   // thread), so the upstream sockets the worker makes leave from the pod.
   std::function<Result<void>(int worker)> on_worker_start;
+  // The pod's own addresses (the node agent's in-pod proxies). A connection the connect
+  // hook redirected comes from the pod's loopback; its client is the pod's application,
+  // so it is given the pod's address of its family, as an Envoy sidecar sees it: for
+  // source-IP hashing (the kernel path hashes the pod's address too), x-forwarded-for
+  // and the access log.
+  std::vector<sockaddr_storage> pod_addresses;
   // SO_MARK on every upstream socket (0: none). The node agent sets the kernel's bypass
   // mark so its own connections are not redirected back to itself.
   uint32_t upstream_mark = 0;
