@@ -105,12 +105,17 @@ const ImageEntry* ImageMap::Find(std::string_view image) const {
 }
 
 std::vector<std::string> ExpandCommand(const ImageEntry& entry, std::string_view sluice_apps_bin,
-                                       std::optional<int> container_port) {
+                                       std::optional<int> container_port,
+                                       const std::vector<std::string>& container_args) {
   std::vector<std::string> out;
   if (!entry.command)
     return out;
   std::string port = std::to_string(container_port.value_or(entry.default_port));
   for (std::string arg : *entry.command) {
+    if (arg == "{args}") {
+      out.insert(out.end(), container_args.begin(), container_args.end());
+      continue;
+    }
     for (auto [key, value] :
          {std::pair<std::string_view, std::string_view>{"{sluice_apps}", sluice_apps_bin},
           {"{port}", port}}) {

@@ -40,7 +40,10 @@ class ImageMap {
 
 // The entry's command with {sluice_apps} and {port} filled in (empty for command-less
 // entries). `container_port` is the container's first containerPort, if it declares one.
+// An argument that is exactly "{args}" is replaced by the container's args (the image's
+// own arguments, as a Kubernetes container gives them: tcp-echo-server's ports and prefix).
 std::vector<std::string> ExpandCommand(const ImageEntry& entry, std::string_view sluice_apps_bin,
-                                       std::optional<int> container_port);
+                                       std::optional<int> container_port,
+                                       const std::vector<std::string>& container_args = {});
 
 }  // namespace sluice::apps

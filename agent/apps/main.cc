@@ -18,6 +18,7 @@
 #include "httpbin.h"
 #include "images.h"
 #include "server.h"
+#include "tcp_echo.h"
 #include "tls.h"
 
 namespace {
@@ -129,6 +130,12 @@ int main(int argc, char** argv) {
   hello->add_option("--service-version", version, "overrides $SERVICE_VERSION");
   hello->add_option("--instance", instance, "overrides $HOSTNAME");
 
+  std::string echo_ports, echo_prefix;
+  auto* tcp_echo = app.add_subcommand(
+      "tcp-echo", "Istio's tcp-echo sample: each line answered with PREFIX and the line");
+  tcp_echo->add_option("PORTS", echo_ports, "comma-separated ports, e.g. 9000,9001")->required();
+  tcp_echo->add_option("PREFIX", echo_prefix, "what each answer starts with, e.g. one")->required();
+
   ListenFlags ext_flags;
   auto* external = app.add_subcommand(
       "external", "a host outside the mesh: httpbin endpoints plus a 200 page for any other path");
@@ -178,6 +185,8 @@ int main(int argc, char** argv) {
                                          instance ? instance : Env("HOSTNAME")};
     return Run("helloworld", sluice::apps::MakeHelloworldHandler(opts), hello_flags, 5000);
   }
+  if (*tcp_echo)
+    return sluice::apps::RunTcpEcho(echo_ports, echo_prefix);
   if (*external) {
     sluice::apps::HttpbinOptions opts;
     opts.catch_all_page = true;

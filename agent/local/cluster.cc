@@ -532,7 +532,7 @@ struct Cluster::Impl {
     if (!spec.ports.empty())
       port = spec.ports.front().port;
     if (entry->command) {
-      cmd.argv = apps::ExpandCommand(*entry, s.settings.apps_bin, port);
+      cmd.argv = apps::ExpandCommand(*entry, s.settings.apps_bin, port, spec.args);
     } else {
       cmd.argv = spec.command;
       cmd.argv.insert(cmd.argv.end(), spec.args.begin(), spec.args.end());

@@ -634,6 +634,43 @@ TEST_CASE("x describe svc: ports, DestinationRule subsets and load balancer, wei
         std::string::npos);
 }
 
+TEST_CASE("x describe svc: each port's data path, the kernel or the in-pod proxy and why") {
+  TempDir cfg;
+  std::ofstream(cfg.path() / "echo.yaml") << R"(apiVersion: v1
+kind: Service
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  selector: {app: tcp-echo}
+  clusterIP: 10.96.0.90
+  ports:
+  - {name: tcp, port: 9000}
+  - {name: http, port: 8080}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  host: tcp-echo
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo, namespace: default}
+spec:
+  hosts: [tcp-echo]
+  http:
+  - match: [{uri: {prefix: /admin}}]
+    route: [{destination: {host: tcp-echo}}]
+)";
+  Run r = Sluicectl({"x", "describe", "svc", "tcp-echo", "--config-dir", cfg.path().string()});
+  REQUIRE(r.rc == 0);
+  CHECK(r.out.find("   Data path, port 9000: the kernel, at connect time "
+                   "(outbound|9000||tcp-echo.default.svc.cluster.local weight 1 ROUND_ROBIN)\n") !=
+        std::string::npos);
+  CHECK(r.out.find("   Data path, port 8080: the in-pod L7 proxy (route matches beyond one "
+                   "catch-all)\n") != std::string::npos);
+}
+
 TEST_CASE(
     "registryz: MESH_EXTERNAL entries true, the STATIC MESH_INTERNAL entry false with VIPs and "
     "endpoints") {

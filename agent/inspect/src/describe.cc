@@ -2,7 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <vector>
+
+#include "sluice/istio/translator.h"
+#include "sluice/kernelsync/plan.h"
 
 namespace sluice::inspect {
 namespace {
@@ -136,6 +140,50 @@ bool VsConcerns(const VirtualService& vs, const Registry& reg, const RegistrySer
   return false;
 }
 
+// Where each port's connections are decided for a pod of `ns`: the kernel's plan for the
+// config such a pod's sidecar would get (kernelsync::Plan, as the node agent runs it).
+std::string DataPaths(const Config& config, const Registry& registry, const RegistryService& svc,
+                      const std::string& ns) {
+  istio::ProxySpec proxy;
+  proxy.ns = ns;
+  auto t = istio::Translate(config, registry, proxy);
+  auto plan = kernelsync::Plan(config::Snapshot::FromResourceSet(t.resources));
+  if (!plan)
+    return fmt::format("   Data path: not planned ({})\n", plan.error().message);
+  std::string out;
+  for (const auto& port : svc.ports) {
+    const ServiceSpec* found = nullptr;
+    for (const auto& k : plan->services) {
+      if (k.port != port.port)
+        continue;
+      for (const auto& vip : k.vips) {
+        const std::string v = vip.ToString();
+        if (std::find(svc.addresses.begin(), svc.addresses.end(), v) != svc.addresses.end() ||
+            (!found && (v == "0.0.0.0" || v == "::")))
+          found = &k;
+      }
+    }
+    if (!found) {
+      out += fmt::format("   Data path, port {}: not a kernel service (no VIP, or passthrough)\n",
+                         port.port);
+    } else if (found->redirect_to_proxy) {
+      std::string why(L7ReasonName(found->l7_reason));
+      for (const auto& r : plan->l7_reasons) {
+        if (r.starts_with(found->name + ": "))
+          why = r.substr(found->name.size() + 2);
+      }
+      out += fmt::format("   Data path, port {}: the in-pod L7 proxy ({})\n", port.port, why);
+    } else {
+      std::vector<std::string> clusters;
+      for (const auto& c : found->clusters)
+        clusters.push_back(fmt::format("{} weight {} {}", c.name, c.weight, LbPolicyName(c.lb)));
+      out += fmt::format("   Data path, port {}: the kernel, at connect time ({})\n", port.port,
+                         fmt::join(clusters, "; "));
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 Result<std::string> DescribeService(const Config& config, const Registry& registry,
@@ -159,6 +207,8 @@ Result<std::string> DescribeService(const Config& config, const Registry& regist
                                                        : std::to_string(p.port);
     out += fmt::format("   Port: {} {}/{} targets pod port {}\n", p.name, p.port, proto, target);
   }
+  if (rs)
+    out += DataPaths(config, registry, *rs, ns);
   if (rs) {
     std::vector<std::string> eps;
     for (const auto& ep : rs->endpoints)
