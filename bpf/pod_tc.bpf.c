@@ -13,7 +13,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-#include "sluice/dataplane.h"
+#include "sluice/bpf_abi.h"
 #include "sluice/maps.bpf.h"
 
 #define TC_ACT_OK 0

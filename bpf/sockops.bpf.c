@@ -23,7 +23,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-#include "sluice/dataplane.h"
+#include "sluice/bpf_abi.h"
 #include "sluice/maps.bpf.h"
 
 #define TCP_CLOSE_ 7

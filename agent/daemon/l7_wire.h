@@ -17,7 +17,7 @@
 
 #include "sluice/cni/netns.h"
 #include "sluice/common/result.h"
-#include "sluice/xds/resource_set.h"
+#include "sluice/envoy/resource_set.h"
 
 namespace sluice::agent::l7wire {
 

@@ -27,7 +27,7 @@
 #include "sluice/proxy/config.h"
 #include "sluice/proxy/dns.h"
 #include "sluice/proxy/lb.h"
-#include "sluice/xds/resource_set.h"
+#include "sluice/envoy/resource_set.h"
 
 namespace sluice::proxy {
 namespace {

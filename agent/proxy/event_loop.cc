@@ -1,4 +1,4 @@
-#include "event_loop.h"
+#include "sluice/proxy/event_loop.h"
 
 #include <linux/io_uring.h>
 #include <linux/time_types.h>

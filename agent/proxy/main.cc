@@ -14,7 +14,7 @@
 
 #include "sluice/proxy/dns.h"
 #include "sluice/proxy/proxy.h"
-#include "sluice/xds/resource_set.h"
+#include "sluice/envoy/resource_set.h"
 
 namespace {
 

@@ -29,8 +29,8 @@
 
 #include <fmt/format.h>
 
-#include "buffer.h"
-#include "event_loop.h"
+#include "sluice/proxy/buffer.h"
+#include "sluice/proxy/event_loop.h"
 #include "sluice/proxy/lb.h"
 #include "sluice/proxy/tls_sni.h"
 

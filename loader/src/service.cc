@@ -2,7 +2,7 @@
 
 #include <set>
 
-#include "sluice/dataplane.h"
+#include "sluice/bpf_abi.h"
 
 namespace sluice {
 

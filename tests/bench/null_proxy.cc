@@ -23,7 +23,7 @@
 #include <string>
 #include <vector>
 
-#include "../../agent/proxy/event_loop.h"
+#include "sluice/proxy/event_loop.h"
 #include "sluice/proxy/config.h"
 
 using sluice::proxy::Buffer;

@@ -382,11 +382,24 @@ TEST_CASE("directories are read recursively in sorted order, hidden files skippe
 }
 
 TEST_CASE("durations parse as Go's time.ParseDuration does") {
-  CHECK(ParseDurationMs("1.5s") == 1500);
-  CHECK(ParseDurationMs("100ms") == 100);
-  CHECK(ParseDurationMs("2m") == 120000);
-  CHECK(ParseDurationMs("1h30m") == 5400000);
-  CHECK_FALSE(ParseDurationMs("5").has_value());
-  CHECK_FALSE(ParseDurationMs("5 s").has_value());
-  CHECK_FALSE(ParseDurationMs("").has_value());
+  auto timeout = [](const std::string& d) -> std::optional<int64_t> {
+    auto r = LoadString(R"(apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: t, namespace: default}
+spec:
+  hosts: [t]
+  http:
+  - route: [{destination: {host: t}}]
+    timeout: )" + d + "\n");
+    if (!r.ok() || r.config.virtual_services.empty())
+      return std::nullopt;
+    return r.config.virtual_services[0].http.at(0).timeout_ms;
+  };
+  CHECK(timeout("1.5s") == 1500);
+  CHECK(timeout("100ms") == 100);
+  CHECK(timeout("2m") == 120000);
+  CHECK(timeout("1h30m") == 5400000);
+  CHECK_FALSE(timeout("5").has_value());
+  CHECK_FALSE(timeout("\"5 s\"").has_value());
+  CHECK_FALSE(timeout("\"\"").has_value());
 }

@@ -16,7 +16,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "../../agent/proxy/event_loop.h"
+#include "sluice/proxy/event_loop.h"
 #include "harness.h"
 
 using sluice::proxy::Buffer;

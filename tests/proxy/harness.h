@@ -27,7 +27,7 @@
 
 #include "sluice/proxy/http_codec.h"
 #include "sluice/proxy/proxy.h"
-#include "sluice/xds/resource_set.h"
+#include "sluice/envoy/resource_set.h"
 
 namespace sluice::testing {
 

@@ -6,7 +6,7 @@
 
 #include "envoy/extensions/filters/http/router/v3/router.pb.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
-#include "sluice/xds/resource_set.h"
+#include "sluice/envoy/resource_set.h"
 
 namespace sluice::testing {
 

@@ -1,4 +1,4 @@
-#include "sluice/xds/resource_set.h"
+#include "sluice/envoy/resource_set.h"
 
 #include <catch2/catch.hpp>
 

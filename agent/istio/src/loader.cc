@@ -1099,51 +1099,6 @@ std::string Origin::Describe(const std::string& kind, const std::string& ns,
   return s + ns + "/" + shown + ")";
 }
 
-std::optional<int64_t> ParseDurationMs(std::string_view text) {
-  // Sequence of <number><unit>, as Go's time.ParseDuration: "1h30m", "1.5s", "250ms".
-  if (text.empty())
-    return std::nullopt;
-  double total_ms = 0;
-  std::size_t i = 0;
-  while (i < text.size()) {
-    std::size_t j = i;
-    while (j < text.size() &&
-           (std::isdigit(static_cast<unsigned char>(text[j])) || text[j] == '.')) {
-      ++j;
-    }
-    if (j == i)
-      return std::nullopt;
-    double value = 0;
-    auto [p, ec] = std::from_chars(text.data() + i, text.data() + j, value);
-    if (ec != std::errc() || p != text.data() + j)
-      return std::nullopt;
-    std::size_t k = j;
-    while (k < text.size() && std::isalpha(static_cast<unsigned char>(text[k])))
-      ++k;
-    std::string_view unit = text.substr(j, k - j);
-    double scale = 0;
-    if (unit == "h") {
-      scale = 3600e3;
-    } else if (unit == "m") {
-      scale = 60e3;
-    } else if (unit == "s") {
-      scale = 1e3;
-    } else if (unit == "ms") {
-      scale = 1;
-    } else if (unit == "us" || unit == "µs") {
-      scale = 1e-3;
-    } else if (unit == "ns") {
-      scale = 1e-6;
-    } else {
-      return std::nullopt;
-    }
-    total_ms += value * scale;
-    i = k;
-  }
-  if (total_ms > 1e15)
-    return std::nullopt;
-  return static_cast<int64_t>(std::llround(total_ms));
-}
 
 void LoadText(std::string_view text, const std::string& file, LoadResult& out) {
   auto docs = SplitDocuments(text);

@@ -12,10 +12,15 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 namespace sluice::istio::detail {
+
+// Durations as Istio writes them, as Go's time.ParseDuration reads them ("1.5s", "100ms",
+// "2m", "1h30m"); nullopt if malformed. Field::DurationMs reads them.
+std::optional<int64_t> ParseDurationMs(std::string_view text);
 
 struct FieldErrors {
   std::optional<std::string> first;  // "spec.hosts: must be a list of strings"

@@ -10,7 +10,7 @@
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "sluice/config/validate.h"
-#include "sluice/dataplane.h"
+#include "sluice/bpf_abi.h"
 #include "sluice/filterchain/envoy.h"
 #include "sluice/loader/lb_tables.h"
 

@@ -6,7 +6,7 @@
 #ifndef SLUICE_LB_H
 #define SLUICE_LB_H
 
-#include "sluice/dataplane.h"
+#include "sluice/bpf_abi.h"
 
 #ifdef __bpf__
 #define SLUICE_INLINE static __always_inline

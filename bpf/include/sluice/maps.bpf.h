@@ -11,7 +11,7 @@
 
 #include <bpf/bpf_helpers.h>
 
-#include "sluice/dataplane.h"
+#include "sluice/bpf_abi.h"
 
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "sluice/common/result.h"
-#include "sluice/dataplane.h"
+#include "sluice/bpf_abi.h"
 #include "sluice/loader/service.h"
 
 namespace sluice {

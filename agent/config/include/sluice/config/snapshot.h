@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "sluice/xds/resource_set.h"
+#include "sluice/envoy/resource_set.h"
 
 namespace sluice::config {
 

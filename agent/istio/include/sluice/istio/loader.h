@@ -42,7 +42,5 @@ void Validate(LoadResult& out);
 std::vector<std::string> ListConfigFiles(const std::vector<std::string>& paths,
                                          std::vector<std::string>* errors);
 
-// Durations as Istio writes them ("1.5s", "100ms", "2m", "1h"); nullopt if malformed.
-std::optional<int64_t> ParseDurationMs(std::string_view text);
 
 }  // namespace sluice::istio

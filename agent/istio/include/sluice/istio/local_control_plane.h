@@ -23,7 +23,7 @@
 #include "sluice/istio/loader.h"
 #include "sluice/istio/registry.h"
 #include "sluice/istio/translator.h"
-#include "sluice/xds/resource_set.h"
+#include "sluice/envoy/resource_set.h"
 
 namespace sluice::istio {
 

@@ -18,7 +18,7 @@
 #include "sluice/common/result.h"
 #include "sluice/istio/model.h"
 #include "sluice/istio/registry.h"
-#include "sluice/xds/resource_set.h"
+#include "sluice/envoy/resource_set.h"
 
 namespace sluice::istio {
 

@@ -38,7 +38,7 @@
 
 #include "envoy/config/core/v3/base.pb.h"
 #include "sluice/common/result.h"
-#include "sluice/xds/resource_set.h"
+#include "sluice/envoy/resource_set.h"
 
 namespace grpc {
 class Server;

@@ -12,8 +12,8 @@
  * revision. A connect therefore sees either the old or the new backend set, never a mix,
  * and no connect can pick a removed backend once the update has returned.
  */
-#ifndef SLUICE_DATAPLANE_H
-#define SLUICE_DATAPLANE_H
+#ifndef SLUICE_BPF_ABI_H
+#define SLUICE_BPF_ABI_H
 
 #ifndef __bpf__
 #include <linux/bpf.h>
@@ -246,4 +246,4 @@ struct sluice_pod_stats {
 };
 #define SLUICE_DEFAULT_BYPASS_MARK 0x5117
 
-#endif /* SLUICE_DATAPLANE_H */
+#endif /* SLUICE_BPF_ABI_H */

@@ -27,11 +27,19 @@
 #include <memory>
 #include <string>
 
-#include "buffer.h"
+#include "sluice/proxy/buffer.h"
 #include "sluice/common/result.h"
-#include "sluice/proxy/proxy.h"
 
 namespace sluice::proxy {
+
+// How workers do their socket I/O (the loops below). kAuto: io_uring when
+// the kernel offers it (Linux 6.1+, not disabled), else epoll. With kAuto, the
+// environment variable SLUICE_PROXY_IO (auto, epoll, io_uring) decides instead, so a
+// test suite can run on each.
+enum class IoBackend { kAuto, kEpoll, kUring };
+// "auto", "epoll", "io_uring" (an empty string is auto).
+Result<IoBackend> ParseIoBackend(const std::string& name);
+const char* IoBackendName(IoBackend b);
 
 struct IoHandler {
   virtual void OnEvent(uint32_t events) = 0;
