@@ -103,8 +103,7 @@ Result<CniChain> CniChain::FromFile(const std::string& path) {
   if (j.is_discarded())
     return Fail("conflist " + path + ": not valid JSON");
   auto chain = FromJson(j);
-  if (!chain)
-    return Wrap(path, chain.error());
+  SLUICE_RETURN_IF_ERROR_CTX(chain, path);
   return chain;
 }
 
@@ -200,8 +199,7 @@ Result<void> CniChain::Check(const RuntimeConf& rt, const ojson& cached, PluginE
   if (disable_check_)
     return {};
   for (const auto& p : plugins_) {
-    if (auto r = Invoke(p, "CHECK", rt, &cached, error); !r)
-      return std::unexpected(r.error());
+    SLUICE_RETURN_IF_ERROR(Invoke(p, "CHECK", rt, &cached, error));
   }
   return {};
 }
@@ -210,8 +208,7 @@ Result<void> CniChain::Del(const RuntimeConf& rt, const ojson* cached, PluginErr
   // Before 0.4.0 DEL carried no prevResult.
   const ojson* prev = AtLeast040(cni_version_) ? cached : nullptr;
   for (auto it = plugins_.rbegin(); it != plugins_.rend(); ++it) {
-    if (auto r = Invoke(*it, "DEL", rt, prev, error); !r)
-      return std::unexpected(r.error());
+    SLUICE_RETURN_IF_ERROR(Invoke(*it, "DEL", rt, prev, error));
   }
   return {};
 }
@@ -271,8 +268,7 @@ Result<void> ResultCache::Save(const std::string& network, const RuntimeConf& rt
 
 Result<std::optional<ojson>> ResultCache::Load(const std::string& network,
                                                const RuntimeConf& rt) const {
-  if (auto r = CheckKey(network, rt); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(CheckKey(network, rt));
   const std::string path = PathFor(network, rt);
   std::ifstream in(path);
   if (!in) {

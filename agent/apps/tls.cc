@@ -87,12 +87,9 @@ Result<Owned<X509>> NewCert(const std::string& subject_cn, EVP_PKEY* key, X509* 
   X509V3_CTX ctx;
   X509V3_set_ctx(&ctx, issuer ? issuer : cert.get(), cert.get(), nullptr, nullptr, 0);
   if (is_ca) {
-    if (auto r = AddExt(cert.get(), &ctx, NID_basic_constraints, "critical,CA:TRUE"); !r)
-      return std::unexpected(r.error());
-    if (auto r = AddExt(cert.get(), &ctx, NID_key_usage, "critical,keyCertSign,cRLSign"); !r)
-      return std::unexpected(r.error());
-    if (auto r = AddExt(cert.get(), &ctx, NID_subject_key_identifier, "hash"); !r)
-      return std::unexpected(r.error());
+    SLUICE_RETURN_IF_ERROR(AddExt(cert.get(), &ctx, NID_basic_constraints, "critical,CA:TRUE"));
+    SLUICE_RETURN_IF_ERROR(AddExt(cert.get(), &ctx, NID_key_usage, "critical,keyCertSign,cRLSign"));
+    SLUICE_RETURN_IF_ERROR(AddExt(cert.get(), &ctx, NID_subject_key_identifier, "hash"));
   } else {
     for (auto [nid, value] : {std::pair{NID_basic_constraints, std::string("CA:FALSE")},
                               {NID_key_usage, "critical,digitalSignature,keyEncipherment"},
@@ -100,8 +97,7 @@ Result<Owned<X509>> NewCert(const std::string& subject_cn, EVP_PKEY* key, X509* 
                               {NID_subject_key_identifier, "hash"},
                               {NID_authority_key_identifier, "keyid:always"},
                               {NID_subject_alt_name, san}}) {
-      if (auto r = AddExt(cert.get(), &ctx, nid, value); !r)
-        return std::unexpected(r.error());
+      SLUICE_RETURN_IF_ERROR(AddExt(cert.get(), &ctx, nid, value));
     }
   }
   if (X509_sign(cert.get(), issuer_key, EVP_sha256()) <= 0)
@@ -198,17 +194,13 @@ Result<CertPaths> MakeSelfSignedCerts(const std::string& dir,
       return Fail("existing CA key " + paths.ca_key + " does not match " + paths.ca_cert);
   } else {
     auto key = NewKey();
-    if (!key)
-      return std::unexpected(key.error());
+    SLUICE_RETURN_IF_ERROR(key);
     ca_key = std::move(*key);
     auto cert = NewCert("Sluice stand-in CA", ca_key.get(), nullptr, ca_key.get(), 3650, true, "");
-    if (!cert)
-      return Wrap("CA certificate", cert.error());
+    SLUICE_RETURN_IF_ERROR_CTX(cert, "CA certificate");
     ca = std::move(*cert);
-    if (auto r = WritePem(paths.ca_key, nullptr, ca_key.get()); !r)
-      return std::unexpected(r.error());
-    if (auto r = WritePem(paths.ca_cert, ca.get(), nullptr); !r)
-      return std::unexpected(r.error());
+    SLUICE_RETURN_IF_ERROR(WritePem(paths.ca_key, nullptr, ca_key.get()));
+    SLUICE_RETURN_IF_ERROR(WritePem(paths.ca_cert, ca.get(), nullptr));
     paths.ca_created = true;
   }
 
@@ -223,15 +215,11 @@ Result<CertPaths> MakeSelfSignedCerts(const std::string& dir,
     san += (ip ? "IP:" : "DNS:") + h;
   }
   auto key = NewKey();
-  if (!key)
-    return std::unexpected(key.error());
+  SLUICE_RETURN_IF_ERROR(key);
   auto cert = NewCert(hosts[0], key->get(), ca.get(), ca_key.get(), 825, false, san);
-  if (!cert)
-    return Wrap("server certificate for " + hosts[0], cert.error());
-  if (auto r = WritePem(paths.key, nullptr, key->get()); !r)
-    return std::unexpected(r.error());
-  if (auto r = WritePem(paths.cert, cert->get(), nullptr); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR_CTX(cert, "server certificate for " + hosts[0]);
+  SLUICE_RETURN_IF_ERROR(WritePem(paths.key, nullptr, key->get()));
+  SLUICE_RETURN_IF_ERROR(WritePem(paths.cert, cert->get(), nullptr));
   return paths;
 }
 

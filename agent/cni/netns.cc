@@ -85,8 +85,7 @@ Result<std::uint64_t> Netns::Cookie() const {
     }
     out = cookie;
   });
-  if (!r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(r);
   return out;
 }
 
@@ -128,8 +127,7 @@ Result<UniqueFd> Netns::ListenTcp(const std::string& ip, std::uint16_t port, int
     }
     out = std::move(s);
   });
-  if (!r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(r);
   return out;
 }
 

@@ -168,8 +168,7 @@ Result<CniRequest> ParseRequest(std::string_view body) {
     return Fail("request body: not a JSON object");
   CniRequest req;
   auto op = RequireString(j, "op", false);
-  if (!op)
-    return Wrap("request", op.error());
+  SLUICE_RETURN_IF_ERROR_CTX(op, "request");
   if (*op == "ADD") {
     req.op = Operation::kAdd;
   } else if (*op == "DEL") {
@@ -180,13 +179,11 @@ Result<CniRequest> ParseRequest(std::string_view body) {
     return Fail("request: field \"op\": unknown operation \"" + *op + "\"");
   }
   auto cid = RequireString(j, "containerId", false);
-  if (!cid)
-    return Wrap("request", cid.error());
+  SLUICE_RETURN_IF_ERROR_CTX(cid, "request");
   req.container_id = *cid;
   // DEL may come without a namespace (already gone); ADD and CHECK need one.
   auto netns = RequireString(j, "netns", req.op == Operation::kDel);
-  if (!netns)
-    return Wrap("request", netns.error());
+  SLUICE_RETURN_IF_ERROR_CTX(netns, "request");
   req.netns = *netns;
   req.cni_version = GetString(j, "cniVersion");
   req.ifname = GetString(j, "ifname");
@@ -247,8 +244,7 @@ Result<CniReply> ParseReply(std::string_view body) {
 
 Result<void> WriteFrame(int fd, FrameKind kind, std::string_view body, Deadline deadline) {
   auto frame = EncodeFrame(kind, body);
-  if (!frame)
-    return std::unexpected(frame.error());
+  SLUICE_RETURN_IF_ERROR(frame);
   std::size_t sent = 0;
   while (sent < frame->size()) {
     ssize_t n = ::send(fd, frame->data() + sent, frame->size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -274,16 +270,13 @@ Result<std::string> ReadFrame(int fd, FrameKind expected, Deadline deadline) {
     return std::unexpected(r.error());
   }
   auto header = DecodeHeader(raw);
-  if (!header)
-    return std::unexpected(header.error());
+  SLUICE_RETURN_IF_ERROR(header);
   if (header->kind != expected) {
     return Fail("frame header: unexpected frame kind " +
                 std::to_string(static_cast<int>(header->kind)));
   }
   std::string body(header->length, '\0');
-  if (auto r = ReadExact(fd, body.data(), body.size(), deadline, "read frame body"); !r) {
-    return std::unexpected(r.error());
-  }
+  SLUICE_RETURN_IF_ERROR(ReadExact(fd, body.data(), body.size(), deadline, "read frame body"));
   return body;
 }
 
@@ -323,16 +316,13 @@ Result<CniReply> CallAgent(const std::string& socket_path, const CniRequest& req
     if (!early)
       return Wrap(where, w.error());
     auto reply = ParseReply(*early);
-    if (!reply)
-      return Wrap(where, reply.error());
+    SLUICE_RETURN_IF_ERROR_CTX(reply, where);
     return reply;
   }
   auto body = ReadFrame(fd, FrameKind::kReply, deadline);
-  if (!body)
-    return Wrap(where, body.error());
+  SLUICE_RETURN_IF_ERROR_CTX(body, where);
   auto reply = ParseReply(*body);
-  if (!reply)
-    return Wrap(where, reply.error());
+  SLUICE_RETURN_IF_ERROR_CTX(reply, where);
   return reply;
 }
 

@@ -68,8 +68,7 @@ Result<std::unique_ptr<CniServer>> CniServer::Start(CniServerOptions options, Cn
   if (options.socket_path.empty() || options.socket_path.size() >= sizeof(addr.sun_path)) {
     return Fail("CNI socket path \"" + options.socket_path + "\" is empty or too long");
   }
-  if (auto r = EnsureDirectory(path.parent_path()); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(EnsureDirectory(path.parent_path()));
   // A socket file left by a previous agent would make bind fail; a non-socket is not ours.
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {

@@ -62,8 +62,7 @@ Result<std::unique_ptr<ConnLog>> ConnLog::Start(Dataplane& dp, const std::string
   log->rb_ = ring_buffer__new(dp.ConnLogFd(), &ConnLog::OnEvent, log.get(), nullptr);
   if (!log->rb_)
     return FailErrno("ring buffer on sluice_connlog", errno);
-  if (auto r = dp.SetConnLog(true); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(dp.SetConnLog(true));
   ConnLog* self = log.get();
   log->thread_ = std::thread([self] {
     while (!self->stop_) {

@@ -329,8 +329,7 @@ Result<void> L7Supervisor::Open(const enrolment::PodKey& key, const std::string&
   if (!relabelled) {
     // Before the pod is enrolled: from then on, redirected connections wait here.
     auto sockets = OpenCaptureSockets(netns, opts_.port);
-    if (!sockets)
-      return Wrap("pod " + key.pod_namespace + "/" + key.name + ": L7", sockets.error());
+    SLUICE_RETURN_IF_ERROR_CTX(sockets, "pod " + key.pod_namespace + "/" + key.name + ": L7");
     std::lock_guard lock(mu_);
     Pod& pod = pods_[key];  // a new sandbox of the same pod replaces the old one's sockets
     pod = Pod{netns, labels, ips, std::move(*sockets)};

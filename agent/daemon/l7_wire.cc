@@ -128,18 +128,15 @@ Result<std::optional<Message>> Receive(int sock) {
   }
   if (static_cast<std::size_t>(r) < sizeof(h)) {
     auto rest = ReadAll(sock, reinterpret_cast<char*>(&h) + r, sizeof(h) - r, false);
-    if (!rest)
-      return std::unexpected(rest.error());
+    SLUICE_RETURN_IF_ERROR(rest);
   }
   if (h.meta_len > kMaxMeta || h.blob_len > kMaxBlob)
     return Fail("L7 wire: a frame larger than the limits (corrupt stream?)");
   m.type = static_cast<Type>(h.type);
   std::string meta(h.meta_len, '\0');
-  if (auto ok = ReadAll(sock, meta.data(), meta.size(), false); !ok)
-    return std::unexpected(ok.error());
+  SLUICE_RETURN_IF_ERROR(ReadAll(sock, meta.data(), meta.size(), false));
   m.blob.resize(h.blob_len);
-  if (auto ok = ReadAll(sock, m.blob.data(), m.blob.size(), false); !ok)
-    return std::unexpected(ok.error());
+  SLUICE_RETURN_IF_ERROR(ReadAll(sock, m.blob.data(), m.blob.size(), false));
   m.meta = nlohmann::json::parse(meta, nullptr, /*allow_exceptions=*/false);
   if (m.meta.is_discarded())
     return Fail("L7 wire: a frame's metadata is not JSON");

@@ -32,8 +32,7 @@ Result<LabelSnapshot> ParseLabels(const std::string& text, const std::string& fi
       return Fail(file + ": namespaces: must be an object");
     for (const auto& [ns, v] : j["namespaces"].items()) {
       auto l = labels_of(v, "namespaces." + ns);
-      if (!l)
-        return std::unexpected(l.error());
+      SLUICE_RETURN_IF_ERROR(l);
       out.namespaces[ns] = std::move(*l);
     }
   }
@@ -48,8 +47,7 @@ Result<LabelSnapshot> ParseLabels(const std::string& text, const std::string& fi
         return Fail(file + ": pods." + key + ": must be an object");
       PodLabels p;
       auto l = labels_of(v.value("labels", nlohmann::json()), "pods." + key + ".labels");
-      if (!l)
-        return std::unexpected(l.error());
+      SLUICE_RETURN_IF_ERROR(l);
       p.labels = std::move(*l);
       if (v.contains("hostNetwork")) {
         if (!v["hostNetwork"].is_boolean())
@@ -73,8 +71,7 @@ Result<std::optional<LabelSnapshot>> LabelFile::Poll() {
   std::stringstream text;
   text << in.rdbuf();
   auto parsed = ParseLabels(text.str(), path_);
-  if (!parsed)
-    return std::unexpected(parsed.error());
+  SLUICE_RETURN_IF_ERROR(parsed);
   mtime_ = st.st_mtim;
   size_ = st.st_size;
   return std::optional<LabelSnapshot>(std::move(*parsed));

@@ -25,8 +25,7 @@ Result<std::unique_ptr<LocalSource>> LocalSource::Start(const std::string& confi
   if (!std::filesystem::is_directory(config_dir, ec))
     return Fail("--config-dir " + config_dir + ": not a directory");
   auto watcher = istio::DirWatcher::Open(config_dir);
-  if (!watcher)
-    return Wrap("--config-dir " + config_dir, watcher.error());
+  SLUICE_RETURN_IF_ERROR_CTX(watcher, "--config-dir " + config_dir);
   std::unique_ptr<LocalSource> s(new LocalSource());
   s->cp_ = std::make_unique<istio::LocalControlPlane>(std::vector<std::string>{config_dir});
   auto report = s->cp_->Reload();
@@ -38,8 +37,7 @@ Result<std::unique_ptr<LocalSource>> LocalSource::Start(const std::string& confi
   ::unlink(socket_path.c_str());  // a stale socket of an earlier run
   xds::AdsServerOptions o;
   o.address = "unix:" + socket_path;
-  if (auto port = s->server_->Start(o); !port)
-    return Wrap("--config-dir " + config_dir, port.error());
+  SLUICE_RETURN_IF_ERROR_CTX(s->server_->Start(o), "--config-dir " + config_dir);
   s->socket_path_ = socket_path;
   s->address_ = o.address;
   spdlog::info("config from {} ({} files, {} errors), served to this agent on {}", config_dir,

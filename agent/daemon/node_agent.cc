@@ -28,8 +28,7 @@ std::optional<IpAddress> HostPart(const std::string& cidr) {
 
 Result<uint64_t> CookieOf(const std::string& netns_path) {
   auto ns = cni::Netns::Open(netns_path);
-  if (!ns)
-    return std::unexpected(ns.error());
+  SLUICE_RETURN_IF_ERROR(ns);
   return ns->Cookie();
 }
 
@@ -169,8 +168,7 @@ Result<cni::AddReply> NodeAgent::OnAdd(const cni::PodInfo& pod) {
   auto changes = state_.UpsertPod(PodFor(pod));
   auto applied = Apply(changes);
   Save();
-  if (!applied)
-    return std::unexpected(applied.error());
+  SLUICE_RETURN_IF_ERROR(applied);
   const auto decision = state_.DecisionFor({pod.pod_namespace, pod.name});
   return cni::AddReply{decision.enrolled, std::string(enrolment::ReasonName(decision.reason))};
 }
@@ -201,8 +199,7 @@ Result<cni::AddReply> NodeAgent::OnCheck(const cni::PodInfo& pod) {
     return Fail("pod " + pod.pod_namespace + "/" + pod.name + " is not known to the agent");
   const bool want = state_.IsEnrolled(key);
   auto enrolled = dp_.Enrolled();
-  if (!enrolled)
-    return std::unexpected(enrolled.error());
+  SLUICE_RETURN_IF_ERROR(enrolled);
   if (want != enrolled->contains(it->second.cookie))
     return Fail("pod " + pod.pod_namespace + "/" + pod.name + ": enrolment map disagrees (" +
                 (want ? "missing" : "present") + ")");
@@ -303,8 +300,7 @@ Result<void> NodeAgent::Restore() {
   }
   // The kernel's enrolment map keeps only pods this agent knows and enrols.
   auto enrolled = dp_.Enrolled();
-  if (!enrolled)
-    return std::unexpected(enrolled.error());
+  SLUICE_RETURN_IF_ERROR(enrolled);
   std::set<uint64_t> want;
   for (const auto& [key, rec] : pods_)
     if (state_.IsEnrolled(key))

@@ -14,8 +14,7 @@ namespace sluice::agent {
 
 Result<CaptureSockets> OpenCaptureSockets(const std::string& netns, uint16_t port) {
   auto ns = cni::Netns::Open(netns);
-  if (!ns)
-    return std::unexpected(ns.error());
+  SLUICE_RETURN_IF_ERROR(ns);
   auto nonblocking = [](cni::UniqueFd& fd) -> Result<void> {
     int flags = fcntl(fd.get(), F_GETFL);
     if (flags < 0 || fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0)
@@ -24,16 +23,13 @@ Result<CaptureSockets> OpenCaptureSockets(const std::string& netns, uint16_t por
   };
   CaptureSockets s;
   auto v4 = ns->ListenTcp("127.0.0.1", port, 4096);
-  if (!v4)
-    return Wrap("capture listener 127.0.0.1:" + std::to_string(port), v4.error());
+  SLUICE_RETURN_IF_ERROR_CTX(v4, "capture listener 127.0.0.1:" + std::to_string(port));
   s.v4 = std::move(*v4);
-  if (auto r = nonblocking(s.v4); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(nonblocking(s.v4));
   // A pod without IPv6 has no ::1: then the IPv4 listener alone.
   if (auto v6 = ns->ListenTcp("::1", port, 4096)) {
     s.v6 = std::move(*v6);
-    if (auto r = nonblocking(s.v6); !r)
-      return std::unexpected(r.error());
+    SLUICE_RETURN_IF_ERROR(nonblocking(s.v6));
   }
   return s;
 }
@@ -79,8 +75,7 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   if (!cfg)
     return {};  // no config yet: started by the first SetNodeConfig/SetViewConfig
   auto ns = cni::Netns::Open(pod.netns);
-  if (!ns)
-    return std::unexpected(ns.error());
+  SLUICE_RETURN_IF_ERROR(ns);
   auto netns = std::make_shared<cni::Netns>(std::move(*ns));
   proxy::ProxyOptions o;
   o.workers = 1;
@@ -108,8 +103,7 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
     return fd;
   };
   auto p = proxy::Proxy::Start(cfg, std::move(o));
-  if (!p)
-    return std::unexpected(p.error());
+  SLUICE_RETURN_IF_ERROR(p);
   pod.proxy = std::move(*p);
   pod.own_config = own;
   pod.ipv6 = false;

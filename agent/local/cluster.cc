@@ -264,8 +264,7 @@ struct Cluster::Impl {
     if (images)
       return {};
     auto m = apps::ImageMap::Load(s.settings.images_json);
-    if (!m)
-      return std::unexpected(m.error());
+    SLUICE_RETURN_IF_ERROR(m);
     images = std::move(*m);
     return {};
   }
@@ -274,8 +273,7 @@ struct Cluster::Impl {
 
   Result<void> WriteConflists() {
     auto net = ParseSubnet16(s.settings.pod_subnet, "pod subnet");
-    if (!net)
-      return std::unexpected(net.error());
+    SLUICE_RETURN_IF_ERROR(net);
     auto bridge = [&](const std::string& start, const std::string& end) {
       return ojson{{"type", "bridge"},
                    {"bridge", s.settings.bridge},
@@ -319,8 +317,7 @@ struct Cluster::Impl {
         continue;
       std::vector<std::string> add = {"iptables", "-w", "-t", "nat", "-A"};
       add.insert(add.end(), rule.begin(), rule.end());
-      if (auto r = RunTool(add); !r)
-        return Wrap("kube-proxy stand-in", r.error());
+      SLUICE_RETURN_IF_ERROR_CTX(RunTool(add), "kube-proxy stand-in");
     }
     return {};
   }
@@ -450,12 +447,11 @@ struct Cluster::Impl {
     std::string name = s.settings.netns_prefix + (external ? "ext" : p.ns) + "-" + p.name;
     p.netns_name = name;
     p.netns = "/var/run/netns/" + name;
-    if (auto r = RunTool({"ip", "netns", "add", name}); !r)
-      return Wrap("pod " + p.ns + "/" + p.name, r.error());
+    SLUICE_RETURN_IF_ERROR_CTX(RunTool({"ip", "netns", "add", name}), "pod " + p.ns + "/" + p.name);
     if (auto r = WriteInPlace(c.PodDir(p) + "/hosts", HostsFile(s, p.ns, p.name, "")); !r)
       return r;
-    if (auto lo = LoopbackChain().Add(Runtime(p, "lo")); !lo)
-      return Wrap("pod " + p.ns + "/" + p.name + ": loopback", lo.error());
+    SLUICE_RETURN_IF_ERROR_CTX(LoopbackChain().Add(Runtime(p, "lo")),
+                               "pod " + p.ns + "/" + p.name + ": loopback");
     cni::CniChain chain = Chain(external ? ExternalConflist() : Conflist());
     cni::RuntimeConf rt = Runtime(p);
     p.cni_added = true;  // from here on, DEL is owed even if ADD fails half-way
@@ -685,8 +681,7 @@ struct Cluster::Impl {
       certs.push_back("--host");
       certs.push_back(n);
     }
-    if (auto r = RunTool(certs); !r)
-      return Wrap("ExternalHost " + h.name, r.error());
+    SLUICE_RETURN_IF_ERROR_CTX(RunTool(certs), "ExternalHost " + h.name);
     std::string safe;
     for (char ch : h.name)
       safe += (std::isalnum(static_cast<unsigned char>(ch)) || ch == '-') ? ch : '-';
@@ -803,8 +798,7 @@ struct Cluster::Impl {
             } else {
               if (svc.cluster_ip != "None") {
                 auto vip = AllocateVip(s, svc.cluster_ip);
-                if (!vip)
-                  return std::unexpected(vip.error());
+                SLUICE_RETURN_IF_ERROR(vip);
                 svc.cluster_ip = *vip;
               }
               s.services.push_back(svc);
@@ -1138,8 +1132,7 @@ Result<std::optional<Cluster>> Cluster::Open(const std::string& state_dir) {
   if (!fs::exists(state_dir + "/state.json"))
     return std::optional<Cluster>{};
   auto lock = TakeLock(state_dir);
-  if (!lock)
-    return std::unexpected(lock.error());
+  SLUICE_RETURN_IF_ERROR(lock);
   auto st = LoadState(state_dir);
   if (!st) {
     ::close(*lock);
@@ -1154,8 +1147,7 @@ Result<std::optional<Cluster>> Cluster::Open(const std::string& state_dir) {
 
 Result<std::optional<Cluster>> Cluster::OpenReadOnly(const std::string& state_dir) {
   auto st = LoadState(state_dir);
-  if (!st)
-    return std::unexpected(st.error());
+  SLUICE_RETURN_IF_ERROR(st);
   if (!*st)
     return std::optional<Cluster>{};
   return std::optional<Cluster>{Cluster(std::move(**st), -1)};
@@ -1181,8 +1173,7 @@ Result<void> Cluster::LabelNamespace(const std::string& name,
   Labels labels = ns->labels;
   for (const auto& c : changes) {
     auto kv = ParseLabelArg(c);
-    if (!kv)
-      return std::unexpected(kv.error());
+    SLUICE_RETURN_IF_ERROR(kv);
     if (kv->second)
       labels[kv->first] = *kv->second;
     else
@@ -1310,8 +1301,7 @@ void RestoreForwarding(const std::string& state_dir, std::ostream& out,
 Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, std::ostream& out) {
   if (fs::exists(state_dir + "/state.json")) {
     auto c = Open(state_dir);
-    if (!c)
-      return std::unexpected(c.error());
+    SLUICE_RETURN_IF_ERROR(c);
     Daemon agent = ReadPidFile(state_dir + "/agent.pid");
     if (*c && Alive(agent.pid, agent.start_time)) {
       out << "A local cluster is already up at " << state_dir << ": applying the files only.\n";
@@ -1325,20 +1315,16 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
   s.state_dir = state_dir;
   s.settings = opts.settings;
   Settings& pre = s.settings;
-  if (auto r = ParseSubnet16(pre.pod_subnet, "--pod-subnet"); !r)
-    return std::unexpected(r.error());
-  if (auto r = ParseSubnet16(pre.service_subnet, "--service-subnet"); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(ParseSubnet16(pre.pod_subnet, "--pod-subnet"));
+  SLUICE_RETURN_IF_ERROR(ParseSubnet16(pre.service_subnet, "--service-subnet"));
   if (pre.bridge.empty() || pre.bridge.size() > 15)
     return Fail("--bridge \"" + pre.bridge + "\": an interface name of 1 to 15 characters");
   if (pre.cgroup_dir.empty()) {
     auto cg = Cgroup2Mount();
-    if (!cg)
-      return std::unexpected(cg.error());
+    SLUICE_RETURN_IF_ERROR(cg);
     pre.cgroup_dir = *cg + "/sluice-local";
   }
-  if (auto r = FindPrograms(pre); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(FindPrograms(pre));
   s.xds = "unix:" + state_dir + "/xds.sock";
   s.config_dir = state_dir + "/config";
   s.namespaces = {{"default", {}}, {"istio-system", {}}};
@@ -1353,8 +1339,7 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
     return Fail("cgroup " + pre.cgroup_dir + ": " + ec.message());
 
   auto lock = TakeLock(state_dir);
-  if (!lock)
-    return std::unexpected(lock.error());
+  SLUICE_RETURN_IF_ERROR(lock);
   Cluster cluster(std::move(s), *lock);
   Impl impl(cluster, out);
   ClusterState& cs = cluster.state_;

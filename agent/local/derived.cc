@@ -51,8 +51,7 @@ Result<Subnet16> ParseSubnet16(const std::string& cidr, const std::string& what)
 
 Result<std::string> AllocateVip(const ClusterState& s, const std::string& wanted) {
   auto net = ParseSubnet16(s.settings.service_subnet, "service subnet");
-  if (!net)
-    return std::unexpected(net.error());
+  SLUICE_RETURN_IF_ERROR(net);
   std::set<std::string> used;
   for (const auto& svc : s.services)
     used.insert(svc.cluster_ip);

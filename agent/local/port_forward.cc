@@ -70,10 +70,8 @@ Result<int> ConnectIn(const ForwardTarget& t) {
     connect();
   } else {
     auto ns = cni::Netns::Open(t.netns);
-    if (!ns)
-      return std::unexpected(ns.error());
-    if (auto r = ns->Run(connect); !r)
-      return std::unexpected(r.error());
+    SLUICE_RETURN_IF_ERROR(ns);
+    SLUICE_RETURN_IF_ERROR(ns->Run(connect));
   }
   if (fd < 0)
     return FailErrno("connecting to " + t.ip + ":" + std::to_string(t.port), err);

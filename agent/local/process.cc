@@ -163,8 +163,7 @@ void WriteExitFile(const char* path, int status) {
 Result<Started> StartInPod(const PodContext& pod, const Command& cmd,
                            const std::string& exit_file) {
   Prepared p;
-  if (auto r = Prepare(pod, cmd, p); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(Prepare(pod, cmd, p));
   std::string exit_path = exit_file;
   ::unlink(exit_path.c_str());
   int report[2];
@@ -241,8 +240,7 @@ Result<Started> StartInPod(const PodContext& pod, const Command& cmd,
 
 Result<int> RunInPod(const PodContext& pod, const Command& cmd) {
   Prepared p;
-  if (auto r = Prepare(pod, cmd, p); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(Prepare(pod, cmd, p));
   int err[2];
   if (::pipe2(err, O_CLOEXEC) != 0)
     return FailErrno("pipe", errno);

@@ -241,8 +241,7 @@ Result<std::optional<ClusterState>> LoadState(const std::string& state_dir) {
   if (j.is_discarded())
     return Fail(file + ": not valid JSON");
   auto s = FromJson(j, file);
-  if (!s)
-    return std::unexpected(s.error());
+  SLUICE_RETURN_IF_ERROR(s);
   s->state_dir = state_dir;
   return std::optional<ClusterState>{std::move(*s)};
 }

@@ -24,10 +24,10 @@
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
+#include "sluice/envoy/resource_set.h"
 #include "sluice/proxy/config.h"
 #include "sluice/proxy/dns.h"
 #include "sluice/proxy/lb.h"
-#include "sluice/envoy/resource_set.h"
 
 namespace sluice::proxy {
 namespace {
@@ -124,8 +124,7 @@ Result<StringMatcher> CompileStringMatcher(const envoy::type::matcher::v3::Strin
     case SM::kSafeRegex: {
       out.kind = StringMatcher::Kind::kRegex;
       auto re = CompileRegex(m.safe_regex().regex(), where + ": safe_regex");
-      if (!re)
-        return std::unexpected(re.error());
+      SLUICE_RETURN_IF_ERROR(re);
       out.regex = *re;
       break;
     }
@@ -210,8 +209,7 @@ Result<void> CompileRouteMatch(const route_v3::RouteMatch& m, Route* r, const st
     case route_v3::RouteMatch::kSafeRegex: {
       r->path_kind = Route::PathKind::kRegex;
       auto re = CompileRegex(m.safe_regex().regex(), where + ": match.safe_regex");
-      if (!re)
-        return std::unexpected(re.error());
+      SLUICE_RETURN_IF_ERROR(re);
       r->path_regex = *re;
       break;
     }
@@ -248,8 +246,7 @@ Result<void> CompileRouteMatch(const route_v3::RouteMatch& m, Route* r, const st
         break;
       case HM::kSafeRegexMatch: {
         auto re = CompileRegex(h.safe_regex_match().regex(), hw);
-        if (!re)
-          return std::unexpected(re.error());
+        SLUICE_RETURN_IF_ERROR(re);
         hm.match.kind = StringMatcher::Kind::kRegex;
         hm.match.regex = *re;
         break;
@@ -260,8 +257,7 @@ Result<void> CompileRouteMatch(const route_v3::RouteMatch& m, Route* r, const st
         break;
       case HM::kStringMatch: {
         auto sm = CompileStringMatcher(h.string_match(), hw);
-        if (!sm)
-          return std::unexpected(sm.error());
+        SLUICE_RETURN_IF_ERROR(sm);
         hm.match = std::move(*sm);
         break;
       }
@@ -283,8 +279,7 @@ Result<void> CompileRouteMatch(const route_v3::RouteMatch& m, Route* r, const st
     qm.name = q.name();
     if (q.has_string_match()) {
       auto sm = CompileStringMatcher(q.string_match(), qw);
-      if (!sm)
-        return std::unexpected(sm.error());
+      SLUICE_RETURN_IF_ERROR(sm);
       qm.match = std::move(*sm);
     } else {
       qm.present_only = true;
@@ -387,8 +382,7 @@ Result<void> CompileRouteAction(const route_v3::RouteAction& a, Route* r, const 
     out.prefix_rewrite = a.prefix_rewrite();
   if (a.has_regex_rewrite()) {
     auto re = CompileRegex(a.regex_rewrite().pattern().regex(), where + ": regex_rewrite");
-    if (!re)
-      return std::unexpected(re.error());
+    SLUICE_RETURN_IF_ERROR(re);
     out.regex_rewrite = *re;
     out.regex_substitution = a.regex_rewrite().substitution();
   }
@@ -472,13 +466,11 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
       std::string where = vwhere + ": route " + (pr.name().empty() ? std::to_string(i) : pr.name());
       Route r;
       r.name = pr.name();
-      if (auto e = CompileRouteMatch(pr.match(), &r, where); !e)
-        return std::unexpected(e.error());
+      SLUICE_RETURN_IF_ERROR(CompileRouteMatch(pr.match(), &r, where));
       switch (pr.action_case()) {
         case route_v3::Route::kRoute:
           r.kind = Route::Kind::kRoute;
-          if (auto e = CompileRouteAction(pr.route(), &r, cfg, where); !e)
-            return std::unexpected(e.error());
+          SLUICE_RETURN_IF_ERROR(CompileRouteAction(pr.route(), &r, cfg, where));
           break;
         case route_v3::Route::kRedirect: {
           r.kind = Route::Kind::kRedirect;
@@ -541,8 +533,7 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
           return Fail(where +
                       ": typed_per_filter_config[envoy.filters.http.fault]: not an HTTPFault");
         auto fp = CompileFault(f, where + ": fault");
-        if (!fp)
-          return std::unexpected(fp.error());
+        SLUICE_RETURN_IF_ERROR(fp);
         r.fault = *fp;
       }
       vh.routes.push_back(std::move(r));
@@ -673,8 +664,7 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
         ep->degraded = degraded;
         ep->weight = weight;
         auto port_or = PortOf(sa, where);
-        if (!port_or)
-          return std::unexpected(port_or.error());
+        SLUICE_RETURN_IF_ERROR(port_or);
         const uint16_t port = *port_or;
         if (auto ip = ParseIp(sa.address(), port)) {
           SetAddress(*ep, *ip);
@@ -729,8 +719,7 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
       return Fail(where + ": maglev_lb_config.table_size " + std::to_string(table) +
                   " is not a prime up to 5000011");
   }
-  if (auto built = BuildLbTables(*c); !built)
-    return Wrap(where, built.error());
+  SLUICE_RETURN_IF_ERROR_CTX(BuildLbTables(*c), where);
   return c;
 }
 
@@ -797,8 +786,7 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
             table->name = out->http.route_config_name;
           } else {
             auto t = CompileRouteConfig(rit->second, cfg);
-            if (!t)
-              return std::unexpected(t.error());
+            SLUICE_RETURN_IF_ERROR(t);
             table = *t;
           }
           cfg.route_tables.emplace(out->http.route_config_name, table);
@@ -807,8 +795,7 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
         }
       } else if (h.has_route_config()) {
         auto t = CompileRouteConfig(h.route_config(), cfg);
-        if (!t)
-          return Wrap(where, t.error());
+        SLUICE_RETURN_IF_ERROR_CTX(t, where);
         table = *t;
         out->http.route_config_name = h.route_config().name();
       } else {
@@ -826,8 +813,7 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
           HTTPFault fault;
           if (hf.typed_config().UnpackTo(&fault)) {
             auto fp = CompileFault(fault, where + ": http_filters[" + hf.name() + "]");
-            if (!fp)
-              return std::unexpected(fp.error());
+            SLUICE_RETURN_IF_ERROR(fp);
             out->http.fault = *fp;
           }
         }
@@ -865,14 +851,12 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
   auto cfg = std::make_shared<ProxyConfig>();
   for (const auto& [name, pc] : rs.clusters) {
     auto c = CompileCluster(pc, rs, &cfg->warnings, dns);
-    if (!c)
-      return std::unexpected(c.error());
+    SLUICE_RETURN_IF_ERROR(c);
     cfg->clusters.emplace(name, *c);
   }
   for (const auto& [name, rc] : rs.routes) {
     auto t = CompileRouteConfig(rc, *cfg);
-    if (!t)
-      return std::unexpected(t.error());
+    SLUICE_RETURN_IF_ERROR(t);
     cfg->route_tables.emplace(name, *t);
   }
   for (const auto& [name, pl] : rs.listeners) {
@@ -883,8 +867,7 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
       return Fail(where + ": address.socket_address is required");
     l.address = pl.address().socket_address().address();
     auto port = PortOf(pl.address().socket_address(), where + ": address");
-    if (!port)
-      return std::unexpected(port.error());
+    SLUICE_RETURN_IF_ERROR(port);
     l.port = *port;
     l.use_original_dst = pl.has_use_original_dst() && pl.use_original_dst().value();
     l.bind_to_port = !pl.has_bind_to_port() || pl.bind_to_port().value();
@@ -898,8 +881,7 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
     for (int i = 0; i < pl.filter_chains_size(); ++i) {
       FilterChain fc;
       std::string cw = where + ": filter_chains[" + std::to_string(i) + "]";
-      if (auto e = CompileChain(pl.filter_chains(i), &fc, *cfg, rs, cw); !e)
-        return std::unexpected(e.error());
+      SLUICE_RETURN_IF_ERROR(CompileChain(pl.filter_chains(i), &fc, *cfg, rs, cw));
       if (!fc.server_names.empty())
         l.needs_sni = true;
       l.chains.push_back(std::move(fc));
@@ -933,8 +915,7 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
       extra.address = aa.socket_address().address();
       auto extra_port =
           PortOf(aa.socket_address(), where + ": additional_addresses[" + std::to_string(i) + "]");
-      if (!extra_port)
-        return std::unexpected(extra_port.error());
+      SLUICE_RETURN_IF_ERROR(extra_port);
       extra.port = *extra_port;
       extra.name = l.name + "~" + extra.address;
       also.push_back(std::move(extra));
@@ -980,15 +961,10 @@ Result<xds::ResourceSet> ParseResourceSetJson(std::string_view text) {
     }
     return {};
   };
-  if (auto e = each("listeners", listener_v3::Listener()); !e)
-    return std::unexpected(e.error());
-  if (auto e = each("routes", route_v3::RouteConfiguration()); !e)
-    return std::unexpected(e.error());
-  if (auto e = each("clusters", cluster_v3::Cluster()); !e)
-    return std::unexpected(e.error());
-  if (auto e = each("endpoints", envoy::config::endpoint::v3::ClusterLoadAssignment()); !e) {
-    return std::unexpected(e.error());
-  }
+  SLUICE_RETURN_IF_ERROR(each("listeners", listener_v3::Listener()));
+  SLUICE_RETURN_IF_ERROR(each("routes", route_v3::RouteConfiguration()));
+  SLUICE_RETURN_IF_ERROR(each("clusters", cluster_v3::Cluster()));
+  SLUICE_RETURN_IF_ERROR(each("endpoints", envoy::config::endpoint::v3::ClusterLoadAssignment()));
   return rs;
 }
 

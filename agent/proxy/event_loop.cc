@@ -958,8 +958,7 @@ Result<std::unique_ptr<EventLoop>> EventLoop::Create(const Options& opts) {
       reason = r.error().message;
   }
   auto e = std::make_unique<EpollLoop>();
-  if (auto r = e->Init(); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(e->Init());
   e->fallback_reason_ = std::move(reason);
   return std::unique_ptr<EventLoop>(std::move(e));
 }

@@ -292,8 +292,7 @@ class Worker {
     lo.backend = impl_->opts.io;
     lo.buffers = impl_->opts.io_buffers;
     auto loop = EventLoop::Create(lo);
-    if (!loop)
-      return std::unexpected(loop.error());
+    SLUICE_RETURN_IF_ERROR(loop);
     loop_ = std::move(*loop);
     io_backend_ = loop_->backend();
     io_fallback_reason_ = loop_->fallback_reason();
@@ -3033,8 +3032,7 @@ Result<std::shared_ptr<const Snapshot>> Proxy::Impl::BuildSnapshot(
           port = 0;
           break;
         }
-        if (!fd)
-          return Wrap("opening listeners", fd.error());
+        SLUICE_RETURN_IF_ERROR_CTX(fd, "opening listeners");
         socks->fds.push_back(*fd);
         if (port == 0)
           port = BoundPort(*fd);
@@ -3099,8 +3097,7 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> c
   if (options.io == IoBackend::kAuto) {
     if (const char* env = std::getenv("SLUICE_PROXY_IO"); env && *env) {
       auto b = ParseIoBackend(env);
-      if (!b)
-        return Wrap("SLUICE_PROXY_IO", b.error());
+      SLUICE_RETURN_IF_ERROR_CTX(b, "SLUICE_PROXY_IO");
       options.io = *b;
     }
   }
@@ -3114,12 +3111,10 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> c
       return FailErrno("access log " + impl->opts.access_log_path, errno);
   }
   auto snap = impl->BuildSnapshot(std::move(config));
-  if (!snap)
-    return std::unexpected(snap.error());
+  SLUICE_RETURN_IF_ERROR(snap);
   for (int i = 0; i < impl->opts.workers; ++i) {
     auto w = std::make_unique<Worker>(impl.get(), i);
-    if (auto r = w->Init(); !r)
-      return std::unexpected(r.error());
+    SLUICE_RETURN_IF_ERROR(w->Init());
     impl->workers.push_back(std::move(w));
   }
   impl->Publish(*snap);
@@ -3157,8 +3152,7 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> c
 
 Result<void> Proxy::Update(std::shared_ptr<const ProxyConfig> config) {
   auto snap = impl_->BuildSnapshot(std::move(config));
-  if (!snap)
-    return std::unexpected(snap.error());
+  SLUICE_RETURN_IF_ERROR(snap);
   impl_->Publish(*snap);
   return {};
 }

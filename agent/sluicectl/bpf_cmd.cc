@@ -63,8 +63,7 @@ Result<ClusterSpec> ParseCluster(const std::string& text) {
       }
     } else if (key == "lb") {
       auto lb = ParseLbPolicy(value);
-      if (!lb)
-        return Wrap("--cluster '" + text + "'", lb.error());
+      SLUICE_RETURN_IF_ERROR_CTX(lb, "--cluster '" + text + "'");
       c.lb = *lb;
     } else if (key == "name") {
       c.name = value;
@@ -81,8 +80,7 @@ Result<ClusterSpec> ParseCluster(const std::string& text) {
         value = value.substr(0, star);
       }
       auto addr = SocketAddress::Parse(value);
-      if (!addr)
-        return Wrap("--cluster '" + text + "'", addr.error());
+      SLUICE_RETURN_IF_ERROR_CTX(addr, "--cluster '" + text + "'");
       ep.address = *addr;
       c.endpoints.push_back(ep);
     } else {

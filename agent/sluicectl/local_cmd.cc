@@ -276,8 +276,7 @@ void PortForward(const LocalOptions& o) {
     Cluster& cl = **c;
     if (!is_svc) {
       auto p = cl.ResolvePod(opts.ns, target);
-      if (!p)
-        return std::unexpected(p.error());
+      SLUICE_RETURN_IF_ERROR(p);
       return local::ForwardTarget{(*p)->netns, (*p)->ip, remote_port};
     }
     auto* svc = const_cast<local::ClusterState&>(cl.state()).FindService(opts.ns, name);

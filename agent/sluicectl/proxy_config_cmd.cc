@@ -113,8 +113,7 @@ Result<Json> TranslateDir(const PcOptions& o) {
   istio::ProxySpec spec;
   if (!o.pod.empty()) {
     auto s = ProxyForConfigPod(loaded.config, o);
-    if (!s)
-      return std::unexpected(s.error());
+    SLUICE_RETURN_IF_ERROR(s);
     spec = *s;
   } else if (!o.gateway.empty()) {
     auto s = istio::ProxySpec::Parse("gateway:" + o.gateway + (o.ns.empty() ? "" : "@" + o.ns));
@@ -129,8 +128,7 @@ Result<Json> TranslateDir(const PcOptions& o) {
   auto registry = istio::Registry::Build(loaded.config);
   auto translation = istio::Translate(loaded.config, registry, spec);
   auto json = istio::ResourcesToJson(translation.resources);
-  if (!json)
-    return std::unexpected(json.error());
+  SLUICE_RETURN_IF_ERROR(json);
   return Json::parse(*json);
 }
 
@@ -144,13 +142,11 @@ Result<Json> FetchDump(const PcOptions& o) {
     return TranslateDir(o);
   } else {
     auto state = inspect::LoadLocalState(o.state_file);
-    if (!state)
-      return std::unexpected(state.error());
+    SLUICE_RETURN_IF_ERROR(state);
     if (o.pod.empty())
       return Fail("which pod? give POD or deploy/NAME (or --admin ADDR, or --config-dir DIR)");
     auto pod = inspect::FindPod(*state, o.pod, o.ns);
-    if (!pod)
-      return std::unexpected(pod.error());
+    SLUICE_RETURN_IF_ERROR(pod);
     if (!(*pod)->admin.empty()) {
       address = (*pod)->admin;  // a gateway: its own admin, its own config
     } else {
@@ -161,8 +157,7 @@ Result<Json> FetchDump(const PcOptions& o) {
     }
   }
   auto body = inspect::AdminGet(address, path);
-  if (!body)
-    return std::unexpected(body.error());
+  SLUICE_RETURN_IF_ERROR(body);
   auto j = Json::parse(*body, nullptr, false);
   if (j.is_discarded() || !j.is_object())
     return Fail(address + path + ": the answer is not a JSON config dump");

@@ -207,8 +207,7 @@ struct Dataplane::Impl {
   Result<void> Ref(const sluice_endpoint& ep, int delta) {
     uint32_t n = 0;
     auto found = known.Lookup(ep, &n);
-    if (!found)
-      return std::unexpected(found.error());
+    SLUICE_RETURN_IF_ERROR(found);
     if (delta < 0 && n <= 1) {
       auto r = known.Delete(ep);
       return r ? Result<void>{} : std::unexpected(r.error());
@@ -225,13 +224,11 @@ struct Dataplane::Impl {
         if (auto got = backends.Lookup(k, &b); got && *got)
           if (auto r = Ref(b.ep, -1); !r)
             return r;
-        if (auto r = backends.Delete(k); !r)
-          return std::unexpected(r.error());
+        SLUICE_RETURN_IF_ERROR(backends.Delete(k));
       }
       if (g.layout.table[c]) {
         sluice_cluster_key k{g.id, g.revision, static_cast<uint8_t>(c), {}};
-        if (auto r = maglev.Delete(k); !r)
-          return std::unexpected(r.error());
+        SLUICE_RETURN_IF_ERROR(maglev.Delete(k));
       }
     }
     return {};
@@ -268,23 +265,17 @@ Result<std::unique_ptr<Dataplane>> Dataplane::Open(const DataplaneOptions& opts)
   std::unique_ptr<Dataplane> dp(new Dataplane(opts));
   if (dp->opts_.cgroup_path.empty()) {
     auto cg = FindCgroup2Mount();
-    if (!cg)
-      return std::unexpected(cg.error());
+    SLUICE_RETURN_IF_ERROR(cg);
     dp->opts_.cgroup_path = *cg;
   }
   if (dp->opts_.maps_only) {
-    if (auto r = dp->OpenPinnedMaps(); !r)
-      return std::unexpected(r.error());
+    SLUICE_RETURN_IF_ERROR(dp->OpenPinnedMaps());
   } else {
-    if (auto r = dp->Load(); !r)
-      return Wrap("loading the data plane", r.error());
-    if (auto r = dp->Attach(); !r)
-      return Wrap("attaching to " + dp->opts_.cgroup_path, r.error());
+    SLUICE_RETURN_IF_ERROR_CTX(dp->Load(), "loading the data plane");
+    SLUICE_RETURN_IF_ERROR_CTX(dp->Attach(), "attaching to " + dp->opts_.cgroup_path);
   }
-  if (auto r = dp->CreateGracePeriodMap(); !r)
-    return std::unexpected(r.error());
-  if (auto r = dp->Reconcile(); !r)
-    return Wrap("adopting pinned state", r.error());
+  SLUICE_RETURN_IF_ERROR(dp->CreateGracePeriodMap());
+  SLUICE_RETURN_IF_ERROR_CTX(dp->Reconcile(), "adopting pinned state");
   return dp;
 }
 
@@ -386,8 +377,7 @@ Result<void> Dataplane::Load() {
 
   // Fresh maps get the default switches; adopted ones keep what the operator set.
   sluice_settings set{};
-  if (auto r = impl_->settings.Lookup(0, &set); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(impl_->settings.Lookup(0, &set));
   if (set.flags == 0 && set.bypass_mark == 0) {
     set.flags = SLUICE_SET_SPLICE;
     set.bypass_mark = SLUICE_DEFAULT_BYPASS_MARK;
@@ -418,8 +408,7 @@ Result<void> Dataplane::OpenPinnedMaps() {
                               "sluice_pod_stats"};
   for (int i = 0; i < kMaps; i++) {
     auto fd = open(names[i]);
-    if (!fd)
-      return std::unexpected(fd.error());
+    SLUICE_RETURN_IF_ERROR(fd);
     fds[i] = *fd;
   }
   adopted_ = true;
@@ -466,8 +455,7 @@ Result<void> Dataplane::Attach() {
     return Fail("creating " + links_dir + ": " + ec.message());
 
   auto cgroup_id = CgroupId(opts_.cgroup_path);
-  if (!cgroup_id)
-    return std::unexpected(cgroup_id.error());
+  SLUICE_RETURN_IF_ERROR(cgroup_id);
   int cg = open(opts_.cgroup_path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (cg < 0)
     return FailErrno("opening cgroup " + opts_.cgroup_path, errno);
@@ -529,8 +517,7 @@ Result<void> Dataplane::Attach() {
 
   // Adopted pods get the new tc programs; pods whose interface is gone are forgotten.
   auto pods = impl_->pods.Keys();
-  if (!pods)
-    return std::unexpected(pods.error());
+  SLUICE_RETURN_IF_ERROR(pods);
   for (uint32_t ifindex : *pods) {
     char name[IF_NAMESIZE];
     sluice_pod pod{};
@@ -547,14 +534,12 @@ Result<void> Dataplane::Attach() {
 
 Result<void> Dataplane::Reconcile() {
   auto keys = impl_->services.Keys();
-  if (!keys)
-    return std::unexpected(keys.error());
+  SLUICE_RETURN_IF_ERROR(keys);
   std::set<std::pair<uint32_t, uint32_t>> live;
   for (const auto& key : *keys) {
     sluice_service rec{};
     auto found = impl_->services.Lookup(key, &rec, BPF_F_LOCK);
-    if (!found)
-      return std::unexpected(found.error());
+    SLUICE_RETURN_IF_ERROR(found);
     if (!*found)
       continue;
     auto& fs = impl_->state[rec.name][key.family];
@@ -573,15 +558,13 @@ Result<void> Dataplane::Reconcile() {
   // tables of revisions no frontend points to.
   size_t swept = 0;
   auto bkeys = impl_->backends.Keys();
-  if (!bkeys)
-    return std::unexpected(bkeys.error());
+  SLUICE_RETURN_IF_ERROR(bkeys);
   for (const auto& k : *bkeys) {
     if (!live.contains({k.service_id, k.revision}) && impl_->backends.Delete(k).value_or(false))
       swept++;
   }
   auto tkeys = impl_->maglev.Keys();
-  if (!tkeys)
-    return std::unexpected(tkeys.error());
+  SLUICE_RETURN_IF_ERROR(tkeys);
   for (const auto& k : *tkeys) {
     if (!live.contains({k.service_id, k.revision}) && impl_->maglev.Delete(k).value_or(false))
       swept++;
@@ -590,8 +573,7 @@ Result<void> Dataplane::Reconcile() {
   // backends, so a crash between its updates cannot leave it wrong.
   std::map<std::vector<uint8_t>, std::pair<sluice_endpoint, uint32_t>> refs;
   auto live_backends = impl_->backends.Keys();
-  if (!live_backends)
-    return std::unexpected(live_backends.error());
+  SLUICE_RETURN_IF_ERROR(live_backends);
   for (const auto& k : *live_backends) {
     sluice_backend b{};
     if (!impl_->backends.Lookup(k, &b).value_or(false))
@@ -602,8 +584,7 @@ Result<void> Dataplane::Reconcile() {
     slot.second++;
   }
   auto known = impl_->known.Keys();
-  if (!known)
-    return std::unexpected(known.error());
+  SLUICE_RETURN_IF_ERROR(known);
   for (const auto& ep : *known) {
     const auto* p = reinterpret_cast<const uint8_t*>(&ep);
     if (!refs.contains(std::vector<uint8_t>(p, p + sizeof(ep))))
@@ -629,8 +610,7 @@ Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
       auto key = FrontendKey(ip, spec.port, spec.protocol);
       sluice_service cur{};
       auto found = impl_->services.Lookup(key, &cur);
-      if (!found)
-        return std::unexpected(found.error());
+      SLUICE_RETURN_IF_ERROR(found);
       if (*found && spec.name != cur.name)
         return Fail("service '" + spec.name + "': frontend " + FrontendString(key) +
                     " already belongs to service '" + cur.name + "'");
@@ -645,8 +625,7 @@ Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
   };
   auto drop_frontends = [&](const std::vector<sluice_frontend_key>& keys) -> Result<void> {
     for (const auto& k : keys)
-      if (auto r = impl_->services.Delete(k); !r)
-        return std::unexpected(r.error());
+      SLUICE_RETURN_IF_ERROR(impl_->services.Delete(k));
     return {};
   };
 
@@ -657,8 +636,7 @@ Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
       if (fs.id == 0)
         fs.id = impl_->next_id++;
       auto enc = Encode(spec, family, fs.id, fs.current + 1);
-      if (!enc)
-        return std::unexpected(enc.error());
+      SLUICE_RETURN_IF_ERROR(enc);
       if (auto r = impl_->WriteRevision(*enc); !r) {
         // Nothing points at the half-written revision: remove it, keep the old one.
         (void)impl_->DeleteRevision({fs.id, fs.current + 1, LayoutOf(enc->record)});
@@ -670,8 +648,7 @@ Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
                                    [&](const auto& k) { return SameKey(k, key); });
         auto r = impl_->services.Update(key, enc->record,
                                         existed ? (BPF_F_LOCK | BPF_EXIST) : BPF_NOEXIST);
-        if (!r)
-          return Wrap("service '" + spec.name + "'", r.error());
+        SLUICE_RETURN_IF_ERROR_CTX(r, "service '" + spec.name + "'");
       }
       std::vector<sluice_frontend_key> removed;
       for (const auto& k : fs.frontends) {
@@ -741,13 +718,11 @@ Result<bool> Dataplane::Unenrol(uint64_t cookie) {
 Result<std::map<uint64_t, EnrolmentInfo>> Dataplane::Enrolled() const {
   std::map<uint64_t, EnrolmentInfo> out;
   auto keys = impl_->enrolled.Keys();
-  if (!keys)
-    return std::unexpected(keys.error());
+  SLUICE_RETURN_IF_ERROR(keys);
   for (uint64_t k : *keys) {
     sluice_enrolment v{};
     auto found = impl_->enrolled.Lookup(k, &v);
-    if (!found)
-      return std::unexpected(found.error());
+    SLUICE_RETURN_IF_ERROR(found);
     if (!*found)
       continue;
     EnrolmentInfo info;
@@ -791,8 +766,7 @@ Result<std::vector<KernelService>> Dataplane::Services() const {
         continue;
       sluice_service rec{};
       auto found = impl_->services.Lookup(fs.frontends.front(), &rec, BPF_F_LOCK);
-      if (!found)
-        return std::unexpected(found.error());
+      SLUICE_RETURN_IF_ERROR(found);
       if (!*found)
         continue;
       ks.redirect_to_proxy = rec.flags & SLUICE_SVC_REDIRECT;
@@ -805,8 +779,7 @@ Result<std::vector<KernelService>> Dataplane::Services() const {
                                static_cast<uint8_t>(c), 0};
           sluice_backend b{};
           auto got = impl_->backends.Lookup(k, &b);
-          if (!got)
-            return std::unexpected(got.error());
+          SLUICE_RETURN_IF_ERROR(got);
           if (*got)
             slots.push_back(FromKernel(b.ep));
         }
@@ -863,8 +836,7 @@ Result<void> Dataplane::DetachPod(int ifindex) {
 Result<std::map<int, PodStats>> Dataplane::Pods() const {
   std::map<int, PodStats> out;
   auto keys = impl_->pods.Keys();
-  if (!keys)
-    return std::unexpected(keys.error());
+  SLUICE_RETURN_IF_ERROR(keys);
   int ncpu = libbpf_num_possible_cpus();
   if (ncpu <= 0)
     return FailErrno("counting possible CPUs", -ncpu);
@@ -892,23 +864,20 @@ Result<std::map<int, PodStats>> Dataplane::Pods() const {
 Result<sluice_settings> Dataplane::Settings() const {
   sluice_settings set{};
   auto found = impl_->settings.Lookup(0, &set);
-  if (!found)
-    return std::unexpected(found.error());
+  SLUICE_RETURN_IF_ERROR(found);
   return set;
 }
 
 Result<void> Dataplane::SetSplice(bool on) {
   auto set = Settings();
-  if (!set)
-    return std::unexpected(set.error());
+  SLUICE_RETURN_IF_ERROR(set);
   set->flags = on ? (set->flags | SLUICE_SET_SPLICE) : (set->flags & ~SLUICE_SET_SPLICE);
   return impl_->settings.Update(0, *set, BPF_ANY);
 }
 
 Result<void> Dataplane::SetConnLog(bool on) {
   auto set = Settings();
-  if (!set)
-    return std::unexpected(set.error());
+  SLUICE_RETURN_IF_ERROR(set);
   set->flags = on ? (set->flags | SLUICE_SET_CONNLOG) : (set->flags & ~SLUICE_SET_CONNLOG);
   return impl_->settings.Update(0, *set, BPF_ANY);
 }
@@ -920,13 +889,11 @@ int Dataplane::ConnLogFd() const {
 Result<std::vector<EndpointStats>> Dataplane::Endpoints() const {
   std::vector<EndpointStats> out;
   auto keys = impl_->endpoint_stats.Keys();
-  if (!keys)
-    return std::unexpected(keys.error());
+  SLUICE_RETURN_IF_ERROR(keys);
   for (const auto& k : *keys) {
     sluice_endpoint_stats st{};
     auto found = impl_->endpoint_stats.Lookup(k, &st);
-    if (!found)
-      return std::unexpected(found.error());
+    SLUICE_RETURN_IF_ERROR(found);
     if (*found)
       out.push_back({FromKernel(k), st.active, st.total});
   }

@@ -67,8 +67,7 @@ Result<EncodedService> Encode(const ServiceSpec& spec, uint8_t family, uint32_t 
   for (const auto& c : spec.clusters)
     weights.push_back(c.weight);
   auto ends = CumulativeWeights(weights);
-  if (!ends)
-    return Wrap("service '" + spec.name + "': clusters", ends.error());
+  SLUICE_RETURN_IF_ERROR_CTX(ends, "service '" + spec.name + "': clusters");
   r.total_weight = ends->empty() ? 0 : ends->back();
 
   for (size_t c = 0; c < spec.clusters.size(); c++) {

@@ -58,8 +58,7 @@ Result<SocketAddress> SocketAddress::Parse(std::string_view text) {
     port = text.substr(colon + 1);
   }
   auto ip = IpAddress::Parse(host);
-  if (!ip)
-    return Wrap(std::string(text), ip.error());
+  SLUICE_RETURN_IF_ERROR_CTX(ip, std::string(text));
   unsigned value = 0;
   auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
   if (ec != std::errc() || end != port.data() + port.size() || value == 0 || value > 65535)

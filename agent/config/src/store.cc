@@ -19,8 +19,7 @@ Result<Diff> ConfigStore::Apply(Snapshot candidate) {
   // Equal content first takes the accepted object, so validation skips what was already
   // checked: an endpoint update does not re-check 10,000 clusters.
   Diff diff = AdoptUnchanged(*before, candidate);
-  if (auto ok = ValidateSnapshot(candidate, before.get()); !ok)
-    return std::unexpected(ok.error());
+  SLUICE_RETURN_IF_ERROR(ValidateSnapshot(candidate, before.get()));
   if (diff.empty())
     return diff;
   candidate.generation = before->generation + 1;

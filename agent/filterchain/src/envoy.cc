@@ -12,8 +12,7 @@ Result<std::vector<Prefix>> Prefixes(const Ranges& ranges, const char* field) {
     auto p = Prefix::Make(r.address_prefix(), r.has_prefix_len()
                                                   ? std::optional<uint32_t>(r.prefix_len().value())
                                                   : std::nullopt);
-    if (!p)
-      return Wrap(field, p.error());
+    SLUICE_RETURN_IF_ERROR_CTX(p, field);
     out.push_back(*p);
   }
   return out;
@@ -27,12 +26,9 @@ Result<Match> FromEnvoy(const FilterChainMatch& f) {
   auto dst = Prefixes(f.prefix_ranges(), "prefix_ranges");
   auto direct = Prefixes(f.direct_source_prefix_ranges(), "direct_source_prefix_ranges");
   auto src = Prefixes(f.source_prefix_ranges(), "source_prefix_ranges");
-  if (!dst)
-    return std::unexpected(dst.error());
-  if (!direct)
-    return std::unexpected(direct.error());
-  if (!src)
-    return std::unexpected(src.error());
+  SLUICE_RETURN_IF_ERROR(dst);
+  SLUICE_RETURN_IF_ERROR(direct);
+  SLUICE_RETURN_IF_ERROR(src);
   m.prefix_ranges = std::move(*dst);
   m.direct_source_prefix_ranges = std::move(*direct);
   m.source_prefix_ranges = std::move(*src);

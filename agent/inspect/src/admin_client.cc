@@ -79,8 +79,7 @@ Result<int> Connect(const std::string& address) {
 
 Result<std::string> AdminGet(const std::string& address, const std::string& path, int timeout_ms) {
   auto fd_or = Connect(address);
-  if (!fd_or)
-    return std::unexpected(fd_or.error());
+  SLUICE_RETURN_IF_ERROR(fd_or);
   Fd fd(*fd_or);
   const std::string req =
       "GET " + path + " HTTP/1.0\r\nHost: sluice-agent\r\nConnection: close\r\n\r\n";

@@ -140,8 +140,7 @@ bool ParseSubsetKey(const std::string& name, SubsetKey& out) {
 
 Result<std::string> PrintClusters(const Json& dump, const ClusterFilter& f, Output out) {
   auto all = Section(dump, "clusters", "clusters");
-  if (!all)
-    return std::unexpected(all.error());
+  SLUICE_RETURN_IF_ERROR(all);
   std::vector<Json> clusters;
   for (const auto& c : *all) {
     const std::string name = Str(c, "name");
@@ -248,8 +247,7 @@ bool IsPassthrough(const Json& route) {
 
 Result<std::string> PrintRoutes(const Json& dump, const RouteFilter& f, Output out) {
   auto all = Section(dump, "routes", "routes");
-  if (!all)
-    return std::unexpected(all.error());
+  SLUICE_RETURN_IF_ERROR(all);
   std::vector<Json> routes;
   for (const auto& r : *all) {
     if (f.name.empty() || Str(r, "name") == f.name)
@@ -572,8 +570,7 @@ std::string DescribeChainMatch(const Json& m) {
 
 Result<std::string> PrintListeners(const Json& dump, const ListenerFilter& f, Output out) {
   auto all = Section(dump, "listeners", "listeners");
-  if (!all)
-    return std::unexpected(all.error());
+  SLUICE_RETURN_IF_ERROR(all);
   std::vector<Json> listeners;
   for (const auto& l : *all) {
     if (!f.address.empty() && Lower(ListenerAddress(l)) != Lower(f.address))

@@ -195,8 +195,7 @@ Result<int> LabelObject(const DocContext& c0, const YAML::Node& obj, const std::
     return n;
   }
   if (kind == "Pod") {
-    if (auto r = LabelMeta(c, obj, path.empty() ? "" : path); !r)
-      return std::unexpected(r.error());
+    SLUICE_RETURN_IF_ERROR(LabelMeta(c, obj, path.empty() ? "" : path));
     return 1;
   }
   // Child lookups by value: assigning to a yaml-cpp Node would write through it.
@@ -219,8 +218,7 @@ Result<int> LabelObject(const DocContext& c0, const YAML::Node& obj, const std::
     return 0;  // not a workload: unchanged
   if (!tmpl || !tmpl.IsMap())
     return Fail(fmt::format("{}: {}: required, a pod template", c.where, tpath));
-  if (auto r = LabelMeta(c, tmpl, tpath); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(LabelMeta(c, tmpl, tpath));
   return 1;
 }
 
@@ -268,8 +266,7 @@ Result<EnrollResult> Enroll(std::string_view text, const std::string& file) {
       return Fail(c.where + ": not a mapping (expected a Kubernetes object)");
     try {
       auto n = LabelObject(c, root, "");
-      if (!n)
-        return std::unexpected(n.error());
+      SLUICE_RETURN_IF_ERROR(n);
       result.workloads += *n;
     } catch (const YAML::Exception& e) {
       return Fail(fmt::format("{}: {}", c.where, e.msg));

@@ -122,8 +122,7 @@ ReloadReport LocalControlPlane::Reload() {
 
 Result<ProxySpec> LocalControlPlane::ProxyFor(const envoy::config::core::v3::Node& node) {
   auto id = xds::ParseNodeId(node.id());
-  if (!id)
-    return Wrap("node \"" + node.id() + "\"", id.error());
+  SLUICE_RETURN_IF_ERROR_CTX(id, "node \"" + node.id() + "\"");
   ProxySpec spec;
   spec.ns = id->pod_namespace;
   const auto& md = node.metadata().fields();
@@ -180,8 +179,7 @@ Result<DirWatcher> DirWatcher::Open(const std::string& dir) {
   if (fd < 0)
     return FailErrno("inotify_init1", errno);
   DirWatcher w(fd);
-  if (auto r = w.AddTree(dir); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(w.AddTree(dir));
   return w;
 }
 

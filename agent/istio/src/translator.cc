@@ -1237,9 +1237,9 @@ class Builder {
           core_v3::CidrRange range;
           if (!ParseCidr(a, &range))
             continue;
-          const bool host = a.find('/') == std::string::npos ||
-                            range.prefix_len().value() ==
-                                (a.find(':') == std::string::npos ? 32u : 128u);
+          const bool host =
+              a.find('/') == std::string::npos ||
+              range.prefix_len().value() == (a.find(':') == std::string::npos ? 32u : 128u);
           (host ? ips : cidrs).push_back(range.address_prefix());
           if (!host)
             cidrs.back() = a;
@@ -1587,14 +1587,10 @@ Result<std::string> ResourcesToJson(const xds::ResourceSet& resources) {
     out += "]";
     return {};
   };
-  if (auto r = section("listeners", resources.listeners); !r)
-    return std::unexpected(r.error());
-  if (auto r = section("routes", resources.routes); !r)
-    return std::unexpected(r.error());
-  if (auto r = section("clusters", resources.clusters); !r)
-    return std::unexpected(r.error());
-  if (auto r = section("endpoints", resources.endpoints); !r)
-    return std::unexpected(r.error());
+  SLUICE_RETURN_IF_ERROR(section("listeners", resources.listeners));
+  SLUICE_RETURN_IF_ERROR(section("routes", resources.routes));
+  SLUICE_RETURN_IF_ERROR(section("clusters", resources.clusters));
+  SLUICE_RETURN_IF_ERROR(section("endpoints", resources.endpoints));
   out += "}";
   return out;
 }

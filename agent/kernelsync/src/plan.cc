@@ -9,8 +9,8 @@
 
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
-#include "sluice/config/validate.h"
 #include "sluice/bpf_abi.h"
+#include "sluice/config/validate.h"
 #include "sluice/filterchain/envoy.h"
 #include "sluice/loader/lb_tables.h"
 
@@ -311,16 +311,13 @@ class Planner {
     // and only without one to the wildcard listener of its port: so exact listeners
     // claim their frontends before any wildcard chain can.
     for (const Listener* l : exact_) {
-      if (auto r = PlanExact(*l); !r)
-        return std::unexpected(r.error());
+      SLUICE_RETURN_IF_ERROR(PlanExact(*l));
     }
     for (const Listener* l : wildcard_) {
-      if (auto r = PlanWildcard(*l); !r)
-        return std::unexpected(r.error());
+      SLUICE_RETURN_IF_ERROR(PlanWildcard(*l));
     }
     for (auto& [name, spec] : by_name_) {
-      if (auto v = Validate(spec); !v)
-        return Wrap("planning kernel services", v.error());
+      SLUICE_RETURN_IF_ERROR_CTX(Validate(spec), "planning kernel services");
       plan_.services.push_back(std::move(spec));
     }
     return std::move(plan_);
@@ -373,8 +370,7 @@ class Planner {
   // frontend, served by the chain Envoy would pick for it.
   Result<void> PlanExact(const Listener& l) {
     auto matches = Matches(l);
-    if (!matches)
-      return std::unexpected(matches.error());
+    SLUICE_RETURN_IF_ERROR(matches);
     const auto port = static_cast<uint16_t>(l.address().socket_address().port_value());
     for (const IpAddress& vip : ListenerAddresses(l)) {
       Decision d = ForDestination(l, *matches, vip, port);
@@ -389,8 +385,7 @@ class Planner {
   // match any address, and routing by SNI or Host make the whole port the proxy's.
   Result<void> PlanWildcard(const Listener& l) {
     auto matches = Matches(l);
-    if (!matches)
-      return std::unexpected(matches.error());
+    SLUICE_RETURN_IF_ERROR(matches);
     const auto port = static_cast<uint16_t>(l.address().socket_address().port_value());
     std::optional<std::pair<L7Reason, std::string>> port_wide;
     auto whole_port = [&](L7Reason r, std::string why) {

@@ -71,8 +71,7 @@ Result<config::ResourceMap<T>> Decode(const DiscoveryResponse& resp) {
       return Fail(
           fmt::format("resources[{}]: cannot decode as {}", i, T::descriptor()->full_name()));
     }
-    if (auto ok = ValidateOne(*res); !ok)
-      return std::unexpected(ok.error());
+    SLUICE_RETURN_IF_ERROR(ValidateOne(*res));
     const std::string name = NameOf(*res);
     if (!out.emplace(name, std::move(res)).second) {
       return Fail(fmt::format("resources[{}]: \"{}\" appears twice in one response", i, name));
@@ -241,8 +240,7 @@ struct AdsClient::State {
     const std::string& type = resp.type_url();
     if (type == kClusterType) {
       auto got = Decode<Cluster>(resp);
-      if (!got)
-        return std::unexpected(got.error());
+      SLUICE_RETURN_IF_ERROR(got);
       next.clusters = std::make_shared<config::ResourceMap<Cluster>>(std::move(*got));
       auto eds = std::make_shared<std::set<std::string>>();
       for (const auto& [_, c] : *next.clusters) {
@@ -259,8 +257,7 @@ struct AdsClient::State {
     }
     if (type == kEndpointType) {
       auto got = Decode<ClusterLoadAssignment>(resp);
-      if (!got)
-        return std::unexpected(got.error());
+      SLUICE_RETURN_IF_ERROR(got);
       auto merged = std::make_shared<config::ResourceMap<ClusterLoadAssignment>>(*next.endpoints);
       MergeNamed(*merged, std::move(*got), *next.eds_names);
       next.endpoints = std::move(merged);
@@ -268,8 +265,7 @@ struct AdsClient::State {
     }
     if (type == kListenerType) {
       auto got = Decode<Listener>(resp);
-      if (!got)
-        return std::unexpected(got.error());
+      SLUICE_RETURN_IF_ERROR(got);
       next.listeners = std::make_shared<config::ResourceMap<Listener>>(std::move(*got));
       auto by_listener = std::make_shared<std::map<std::string, std::vector<std::string>>>();
       auto rds = std::make_shared<std::set<std::string>>();
@@ -289,8 +285,7 @@ struct AdsClient::State {
     }
     if (type == kRouteType) {
       auto got = Decode<RouteConfiguration>(resp);
-      if (!got)
-        return std::unexpected(got.error());
+      SLUICE_RETURN_IF_ERROR(got);
       auto merged = std::make_shared<config::ResourceMap<RouteConfiguration>>(*next.routes);
       MergeNamed(*merged, std::move(*got), *next.rds_names);
       next.routes = std::move(merged);
@@ -377,13 +372,10 @@ Result<void> AdsClient::Start() {
     return Fail("xds: token_file needs TLS (gRPC sends no call credentials in plaintext)");
   }
   if (opts_.tls && !opts_.ca_file.empty()) {
-    if (auto ca = ReadFile(opts_.ca_file, "xds: ca_file"); !ca)
-      return std::unexpected(ca.error());
+    SLUICE_RETURN_IF_ERROR(ReadFile(opts_.ca_file, "xds: ca_file"));
   }
   if (!opts_.token_file.empty()) {
-    if (auto t = ReadFile(opts_.token_file, "xds: token_file"); !t) {
-      return std::unexpected(t.error());
-    }
+    SLUICE_RETURN_IF_ERROR(ReadFile(opts_.token_file, "xds: token_file"));
   }
   std::lock_guard lock(mu_);
   if (thread_.joinable())

@@ -365,11 +365,9 @@ Result<int> AdsServer::Start(const AdsServerOptions& opts) {
   std::shared_ptr<grpc::ServerCredentials> creds;
   if (!opts.cert_file.empty() || !opts.key_file.empty()) {
     auto cert = ReadFile(opts.cert_file, "xds server: cert_file");
-    if (!cert)
-      return std::unexpected(cert.error());
+    SLUICE_RETURN_IF_ERROR(cert);
     auto key = ReadFile(opts.key_file, "xds server: key_file");
-    if (!key)
-      return std::unexpected(key.error());
+    SLUICE_RETURN_IF_ERROR(key);
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
     creds = grpc::SslServerCredentials(ssl);

@@ -45,3 +45,21 @@ using Result = std::expected<T, Error>;
 }
 
 }  // namespace sluice
+
+// Returns a failed Result's error from the enclosing function (which returns a Result
+// of any type); a good one goes on. `expr` is evaluated once and may be a variable:
+//   auto fd = OpenSocket();
+//   SLUICE_RETURN_IF_ERROR(fd);
+//   SLUICE_RETURN_IF_ERROR(Bind(*fd, addr));
+#define SLUICE_RETURN_IF_ERROR(expr)                     \
+  do {                                                   \
+    if (auto&& sluice_result_ = (expr); !sluice_result_) \
+      return std::unexpected(sluice_result_.error());    \
+  } while (false)
+
+// The same, with context on the way up: "loading config: <inner>" (as Wrap).
+#define SLUICE_RETURN_IF_ERROR_CTX(expr, context)               \
+  do {                                                          \
+    if (auto&& sluice_result_ = (expr); !sluice_result_)        \
+      return ::sluice::Wrap((context), sluice_result_.error()); \
+  } while (false)
