@@ -38,7 +38,8 @@
 #   request or per connection, which is what a leak looks like. The end is after the
 #   settle, when no connection is open, so it should be at or below the baseline.
 #
-# Other knobs: SCALE (1; multiplies every client rate), BUILD_DIR (./build), KEEP_LOGS=1
+# Other knobs: SCALE (1; multiplies every client rate), SOAK_CLASSES (e.g. "partial-body,h2c":
+# only these client classes, to reproduce a finding), BUILD_DIR (./build), KEEP_LOGS=1
 # (keep the cluster's logs next to the report). Needs root and the build tree
 # (sluicectl, sluice-agent, sluice-apps, sluice-cni).
 set -uo pipefail
@@ -285,6 +286,7 @@ say "== soak: $duration s of clients (tests/bench/soak_clients.py in deploy/slee
 t0=$SECONDS  # samples' times count from the clients' start
 sluicectl local exec deploy/sleep -- /usr/bin/python3 "$root/tests/bench/soak_clients.py" \
   --target soak-echo:8080 --duration "$duration" --linger "$linger" --scale "$scale" \
+  ${SOAK_CLASSES:+--only "$SOAK_CLASSES"} \
   --report "$client_report" </dev/null >"$client_log" 2>&1 &
 client_pid=$!
 shown=0

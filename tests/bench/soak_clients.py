@@ -626,8 +626,9 @@ class Soak:
 
     async def run(self):
         s = self.args.scale
+        only = set(self.args.only.split(",")) if self.args.only else set(CLASSES)
         workers = [asyncio.ensure_future(self.keepalive_worker(i, self.args.rate * s / self.args.connections))
-                   for i in range(self.args.connections)]
+                   for i in range(self.args.connections if "keepalive" in only else 0)]
         schedule = [
             ("websocket", 1.0, self.websocket, 20),
             ("h2c", 2.0, self.h2c, 20),
@@ -642,7 +643,7 @@ class Soak:
             ("burst", 20.0, self.burst, 2),
         ]
         spawners = [asyncio.ensure_future(self.every(cls, period / s, fn, cap))
-                    for cls, period, fn, cap in schedule]
+                    for cls, period, fn, cap in schedule if cls in only]
         progress = asyncio.ensure_future(self.progress())
         await asyncio.gather(*spawners, progress)
         await asyncio.gather(*workers)
@@ -692,8 +693,11 @@ def main():
     p.add_argument("--connections", type=int, default=8, help="keep-alive connections")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every rate")
     p.add_argument("--linger", type=float, default=75)
+    p.add_argument("--only", help="CLASS,... : run only these classes (to reproduce a finding)")
     p.add_argument("--report", help="write the JSON report here")
     args = p.parse_args()
+    if args.only and not set(args.only.split(",")) <= set(CLASSES):
+        p.error(f"--only: classes are {', '.join(CLASSES)}")
     host, _, port = args.target.rpartition(":")
     args.host = args.target
     addr = (socket.gethostbyname(host), int(port))
