@@ -17,6 +17,11 @@
 # paths alternated within a round.
 #
 #   tests/bench/l4_local_bench.sh [--services 10,10000] [--seconds 5] [--rounds 3]
+#                                 [--agent-arg ARG]...
+#
+# --agent-arg passes ARG to the node agent (through a wrapper given to `local up
+# --agent-bin`), e.g. --agent-arg --no-kernel-access-log to measure the hook without the
+# agent's per-connection access-log lines.
 #
 # Root. The cluster is private (state dir, bridge, subnets, pins and cgroup named
 # "sluicet-l4b…") and is torn down on exit, also on failure or Ctrl-C.
@@ -28,11 +33,13 @@ probe="$build/tests/tools/sluice_probe"
 counts=10,10000
 seconds=5
 rounds=3
+agent_args=()
 while (($#)); do
   case $1 in
     --services) counts=$2; shift 2 ;;
     --seconds) seconds=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
+    --agent-arg) agent_args+=("$2"); shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "l4_local_bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -111,6 +118,16 @@ spec:
 EOF
 done
 
+agent_bin=()
+if ((${#agent_args[@]})); then
+  printf '#!/bin/sh\nexec %q "$@"' "$build/agent/daemon/sluice-agent" >"$work/agent"
+  printf ' %q' "${agent_args[@]}" >>"$work/agent"
+  printf '\n' >>"$work/agent"
+  chmod +x "$work/agent"
+  agent_bin=(--agent-bin "$work/agent")
+  echo "l4_local_bench: agent arguments: ${agent_args[*]}"
+fi
+
 IFS=, read -r -a ns_counts <<<"$counts"
 first=${ns_counts[0]}
 services_yaml 1 "$first" >"$work/services-1.yaml"
@@ -118,7 +135,7 @@ echo "l4_local_bench: cluster up with $first services (state $state)"
 "$ctl" local up --state-dir "$state" --bridge sluicet-l4b0 --pod-subnet 10.245.0.0/16 \
   --service-subnet 10.98.0.0/16 --netns-prefix sluicet-l4b- --cgroup-dir "$cg/sluicet-l4b" \
   --pin-root /sys/fs/bpf/sluicet-l4b --admin-address 127.0.0.1:18470 --proxy-port 18471 \
-  -f "$work/base.yaml" -f "$work/services-1.yaml" >/dev/null
+  "${agent_bin[@]}" -f "$work/base.yaml" -f "$work/services-1.yaml" >/dev/null
 
 pod_field() {  # NAMESPACE FIELD: of the pod of deployment "client"/"server" there
   jq -r --arg ns "$1" '.pods[] | select(.namespace == $ns) | .'"$2" "$state/state.json" | head -1
