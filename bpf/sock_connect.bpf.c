@@ -5,8 +5,9 @@
  * rewrite the destination, and remember the service address in socket storage so
  * getpeername reports what the application dialled.
  *
- * Minimum kernel: 5.8 (getpeername hooks, netns cookie in sock_addr), 5.18 for the
- * ECONNREFUSED answer on an empty cluster (bpf_set_retval); see docs/kernel-dataplane.md.
+ * Minimum kernel: 5.8 (getpeername hooks, netns cookie in sock_addr). A refused connect
+ * fails with ECONNREFUSED where the kernel has bpf_set_retval (5.18), else with EPERM
+ * (the loader probes it and sets sluice_use_set_retval); see docs/kernel-dataplane.md.
  */
 #include "vmlinux.h"
 
@@ -20,11 +21,19 @@
 #define ECONNREFUSED 111
 #define IPPROTO_TCP_ 6
 
+/* Set by the loader before load from its probe of bpf_set_retval (or forced off). The
+ * verifier knows read-only data, so with this false it never visits the helper call and
+ * a kernel without the helper accepts the program. */
+const volatile bool sluice_use_set_retval = false;
+
 #define SOL_IP_ 0
 #define SOL_IPV6_ 41
 #define SO_ORIGINAL_DST_ 80 /* also IP6T_SO_ORIGINAL_DST at SOL_IPV6 */
 #define AF_INET_ 2
 #define AF_INET6_ 10
+#define SLUICE_BPF_SOCK_DST_PORT_OFF 48 /* offsetof(struct bpf_sock, dst_port), UAPI */
+_Static_assert(__builtin_offsetof(struct bpf_sock, dst_port) == SLUICE_BPF_SOCK_DST_PORT_OFF,
+               "bpf_sock.dst_port moved");
 
 /* Stores into the sock_addr context must be whole 32-bit writes; a barrier keeps the
  * compiler from splitting one into byte stores the verifier would refuse. */
@@ -39,7 +48,7 @@ enum sluice_verdict {
   SLUICE_PASS,      /* not ours: leave the connect alone */
   SLUICE_TRANSLATE, /* rewrite to *out */
   SLUICE_REDIRECT,  /* rewrite to the pod's proxy listener (in *out) */
-  SLUICE_REFUSE,    /* fail the connect with ECONNREFUSED */
+  SLUICE_REFUSE,    /* fail the connect: ECONNREFUSED, or EPERM without set_retval */
 };
 
 /* Exact frontend first; then the port's catch-all (address all zero), which is how L7
@@ -256,7 +265,9 @@ static __always_inline int sluice_connect(struct bpf_sock_addr* ctx,
     case SLUICE_PASS:
       return 1;
     case SLUICE_REFUSE:
-      bpf_set_retval(-ECONNREFUSED);
+      /* Returning 0 alone makes connect() fail with EPERM. */
+      if (sluice_use_set_retval)
+        bpf_set_retval(-ECONNREFUSED);
       return 0;
     case SLUICE_REDIRECT:
       sluice_remember(ctx, fe, out, SLUICE_SOCK_TRANSLATED | SLUICE_SOCK_REDIRECTED);
@@ -369,6 +380,16 @@ int sluice_getpeername6(struct bpf_sock_addr* ctx) {
   return 1;
 }
 
+/* bpf_sock.dst_port (network order) as a 4-byte load, the one form every kernel accepts
+ * and answers alike: before 5.18 the field is a __u32 that only allows 4-byte loads; since
+ * then it is a __be16 followed by padding, and a 4-byte load at its offset is kept for old
+ * programs. Both give the port zero-extended. A plain `sk->dst_port` compiles to a 2-byte
+ * load against today's vmlinux.h. The offset is fixed UAPI (no CO-RE relocation). */
+static __always_inline __u16 sluice_sk_dst_port(const struct bpf_sock* sk) {
+  __u32 port = *(const volatile __u32*)((const char*)sk + SLUICE_BPF_SOCK_DST_PORT_OFF);
+  return bpf_ntohs((__u16)port);
+}
+
 /* The in-pod proxy asks its accepted socket where the application meant to go, with
  * getsockopt(SOL_IP or SOL_IPV6, SO_ORIGINAL_DST) as it would behind iptables REDIRECT.
  * The connect hook and sockops recorded it under the application's side of the
@@ -381,7 +402,7 @@ int sluice_getsockopt(struct bpf_sockopt* ctx) {
   if (!sk)
     return 1;
   struct sluice_tuple key = {};
-  key.local_port = bpf_ntohs(sk->dst_port);
+  key.local_port = sluice_sk_dst_port(sk);
   key.remote_port = (__u16)sk->src_port;
   if (sk->family == AF_INET_) {
     __u32 a = sk->dst_ip4, b = sk->src_ip4;

@@ -15,8 +15,11 @@
  * the receiver could read a spliced message before an earlier one still queued in TCP.
  * The proxy's socket joins the sockhash before it can send anything, so its direction
  * is always spliced. The application's socket may send before the proxy's side is in
- * the sockhash; its first message then marks the flow SLUICE_ORIG_NO_SPLICE and the
- * whole direction stays on TCP.
+ * the sockhash; its first message then marks the flow no_splice and the whole direction
+ * stays on TCP.
+ *
+ * Minimum kernel 5.10 (bpf_sock_ops.sk). No atomic but the 64-bit add (BPF_XADD, in
+ * every kernel with BPF): the splice marks are single-writer bytes, see sluice_orig_dst.
  */
 #include "vmlinux.h"
 
@@ -30,6 +33,10 @@
 #define AF_INET_ 2
 #define SK_PASS_ 1
 #define BPF_F_INGRESS_ 1
+
+/* Single-byte accesses the compiler must neither merge with neighbours nor cache. */
+#define READ_ONCE_U8(x) (*(volatile __u8*)&(x))
+#define WRITE_ONCE_U8(x, v) (*(volatile __u8*)&(x) = (v))
 
 /* This socket's own view (local, remote) from sockops context. */
 static __always_inline void sluice_ops_tuple(const struct bpf_sock_ops* skops,
@@ -93,7 +100,8 @@ static __always_inline void sluice_passive_established(struct bpf_sock_ops* skop
   if (!od || !sluice_splice_on())
     return;
   if (bpf_sock_hash_update(skops, &sluice_splice, &self, BPF_ANY) == 0) {
-    __sync_fetch_and_or(&od->flags, SLUICE_ORIG_PEER_READY);
+    /* Only this hook writes peer_ready, and only ever to 1: a plain store. */
+    WRITE_ONCE_U8(od->peer_ready, 1);
     sluice_count(SLUICE_CNT_SPLICED);
   }
 }
@@ -196,10 +204,13 @@ int sluice_splice_msg(struct sk_msg_md* msg) {
   struct sluice_orig_dst* od = bpf_map_lookup_elem(&sluice_orig_dst, &self);
   if (od) {
     /* The application's side. */
-    if (od->flags & SLUICE_ORIG_NO_SPLICE)
+    __u8 ready = READ_ONCE_U8(od->peer_ready);
+    if (READ_ONCE_U8(od->no_splice) || (ready & SLUICE_ORIG_LEGACY_NO_SPLICE))
       return SK_PASS_;
-    if (!(od->flags & SLUICE_ORIG_PEER_READY)) {
-      __sync_fetch_and_or(&od->flags, SLUICE_ORIG_NO_SPLICE);
+    if (!ready) {
+      /* Only this side writes no_splice, and only ever to 1. Should sockops set
+       * peer_ready at this moment, the next message still sees no_splice first. */
+      WRITE_ONCE_U8(od->no_splice, 1);
       return SK_PASS_;
     }
     bpf_msg_redirect_hash(msg, &sluice_splice, &peer, BPF_F_INGRESS_);

@@ -14,9 +14,7 @@
 #include <cstring>
 #include <thread>
 
-#ifndef SO_NETNS_COOKIE
-#define SO_NETNS_COOKIE 71
-#endif
+#include "sluice/loader/netns_cookie.h"
 
 namespace sluice::cni {
 
@@ -70,23 +68,8 @@ Result<void> Netns::Run(const std::function<void()>& fn) const {
 }
 
 Result<std::uint64_t> Netns::Cookie() const {
-  Result<std::uint64_t> out = Fail("netns cookie: not read");
-  auto r = Run([&] {
-    UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!s) {
-      out = FailErrno("netns cookie of " + path_ + ": socket", errno);
-      return;
-    }
-    std::uint64_t cookie = 0;
-    socklen_t len = sizeof cookie;
-    if (::getsockopt(s.get(), SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len) != 0) {
-      out = FailErrno("netns cookie of " + path_ + ": getsockopt(SO_NETNS_COOKIE)", errno);
-      return;
-    }
-    out = cookie;
-  });
-  SLUICE_RETURN_IF_ERROR(r);
-  return out;
+  // SO_NETNS_COOKIE where the kernel has it (5.14+), else the loader's BPF probe.
+  return NetnsCookieOfFd(fd_.get(), path_);
 }
 
 Result<UniqueFd> Netns::ListenTcp(const std::string& ip, std::uint16_t port, int backlog) const {

@@ -39,6 +39,7 @@
 #include "node_agent.h"
 #include "sluice/config/store.h"
 #include "sluice/kernelsync/kernel_sync.h"
+#include "sluice/loader/kernel_features.h"
 #include "sluice/proxy/proxy.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/node.h"
@@ -295,6 +296,7 @@ int main(int argc, char** argv) {
   std::string access_log = "-";
   int drain_seconds = 5;
   bool kernel_access_log = true;
+  std::string kernel_fallback;
   std::string config_dir;
   GatewayArgs gw;
   bool ns_streams_on = true;
@@ -340,6 +342,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("!--no-kernel-access-log", kernel_access_log,
                "node: no access-log lines for the connections the kernel translates");
+  app.add_option("--kernel-fallback", kernel_fallback,
+                 "node: kernel features to do without even where the kernel has them "
+                 "(set_retval,netns_cookie or all), so their fallbacks run; see "
+                 "docs/kernel-dataplane.md");
   app.add_option("--drain-seconds", drain_seconds,
                  "SIGTERM: how long L7 requests in flight may take to finish")
       ->capture_default_str();
@@ -401,6 +407,12 @@ int main(int argc, char** argv) {
     return RunGateway(std::move(gw), sigs);
   }
 
+  if (auto f = ParseKernelFallbacks(kernel_fallback); f) {
+    dpo.kernel_fallbacks = *f;
+  } else {
+    spdlog::error("--kernel-fallback: {}", f.error().message);
+    return 2;
+  }
   auto dp = Dataplane::Open(dpo);
   if (!dp) {
     spdlog::error("{}", dp.error().message);
@@ -579,6 +591,15 @@ int main(int argc, char** argv) {
     }
     out += Prometheus("sluice_xds_acks_total", "xDS responses accepted", "counter", acks);
     out += Prometheus("sluice_xds_nacks_total", "xDS responses refused", "counter", nacks);
+    {
+      std::vector<std::pair<std::string, uint64_t>> f;
+      for (KernelFeature kf : kKernelFeatures)
+        f.push_back({"{feature=\"" + std::string(Describe(kf).name) + "\"}",
+                     (*dp)->features().Has(kf) ? 1u : 0u});
+      out +=
+          Prometheus("sluice_kernel_feature",
+                     "1 where the kernel feature is in use, 0 where its fallback runs", "gauge", f);
+    }
     if (auto c = (*dp)->ReadCounters(); c) {
       std::vector<std::pair<std::string, uint64_t>> k;
       for (uint32_t i = 0; i < SLUICE_CNT_MAX; i++)

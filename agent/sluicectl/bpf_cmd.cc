@@ -22,6 +22,7 @@ struct BpfFlags {
   std::string pin_root = "/sys/fs/bpf/sluice";
   std::string cgroup_root;
   MapSizes sizes;
+  std::string kernel_fallback;
 };
 
 [[noreturn]] void Die(const Error& e) {
@@ -201,13 +202,20 @@ void AddBpfCommands(CLI::App& app) {
       ->capture_default_str();
   load->add_option("--max-enrolled", flags->sizes.enrolled_netns, "enrolled network namespaces")
       ->capture_default_str();
+  load->add_option("--kernel-fallback", flags->kernel_fallback,
+                   "kernel features to do without (set_retval,netns_cookie or all)");
   load->callback([flags] {
     DataplaneOptions o{flags->pin_root, flags->cgroup_root, flags->sizes, false};
+    auto fallbacks = ParseKernelFallbacks(flags->kernel_fallback);
+    if (!fallbacks)
+      Die(fallbacks.error());
+    o.kernel_fallbacks = *fallbacks;
     auto dp = Dataplane::Open(o);
     if (!dp)
       Die(dp.error());
     std::cout << ((*dp)->adopted() ? "adopted" : "loaded") << " the data plane at "
               << flags->pin_root << ", attached to " << (*dp)->options().cgroup_path << "\n";
+    std::cout << "kernel features: " << (*dp)->features().Summary() << "\n";
   });
 
   auto* cleanup = bpf->add_subcommand("cleanup", "Detach the programs and remove every pin");

@@ -14,6 +14,7 @@
 
 #include "sluice/loader/bpf_map.h"
 #include "sluice/loader/encoding.h"
+#include "sluice/loader/netns_cookie.h"
 #include "sluice/loader/system.h"
 #include "sluice_pod_tc.skel.h"
 #include "sluice_sock_connect.skel.h"
@@ -283,6 +284,19 @@ Result<void> Dataplane::Load() {
   libbpf_set_print(LibbpfPrint);
   if (auto r = EnsureBpffs(opts_.pin_root); !r)
     return r;
+  // Before any program loads: a missing required feature is refused here by name, and
+  // the optional ones pick their variant (read-only data) or their fallback.
+  auto features = ProbeKernelFeatures(opts_.kernel_fallbacks);
+  SLUICE_RETURN_IF_ERROR_CTX(features, "probing kernel features");
+  features_ = std::move(*features);
+  SetNetnsCookieSource(features_.netns_cookie ? NetnsCookieSource::kAuto
+                                              : NetnsCookieSource::kBpfProbe);
+  spdlog::info("kernel features: {}", features_.Summary());
+  for (KernelFeature f : kKernelFeatures)
+    if (!features_.Has(f))
+      spdlog::warn("kernel feature {} (Linux {}+) is off{}: {}", Describe(f).name,
+                   Describe(f).min_kernel, features_.forced.contains(f) ? " (forced)" : "",
+                   Describe(f).fallback);
 
   const std::map<std::string, uint32_t> sizes = {
       {"sluice_services", opts_.sizes.frontends},
@@ -342,6 +356,7 @@ Result<void> Dataplane::Load() {
     return FailErrno("opening BPF object sock_connect", errno);
   if (auto r = prepare(impl_->connect->obj); !r)
     return r;
+  impl_->connect->rodata->sluice_use_set_retval = features_.set_retval;
   if (int err = sluice_sock_connect__load(impl_->connect))
     return FailErrno("loading BPF object sock_connect (verifier log above)", err);
 

@@ -1,5 +1,7 @@
 #include "sluice/loader/system.h"
 
+#include "sluice/loader/netns_cookie.h"
+
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/mount.h>
@@ -13,9 +15,6 @@
 #include <sstream>
 #include <thread>
 
-#ifndef SO_NETNS_COOKIE
-#define SO_NETNS_COOKIE 71
-#endif
 #ifndef BPF_FS_MAGIC
 #define BPF_FS_MAGIC 0xcafe4a11
 #endif
@@ -72,35 +71,14 @@ Result<uint64_t> CgroupId(const std::string& cgroup_path) {
 }
 
 Result<uint64_t> CurrentNetnsCookie() {
-  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0)
-    s = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0)
-    return FailErrno("socket for SO_NETNS_COOKIE", errno);
-  uint64_t cookie = 0;
-  socklen_t len = sizeof(cookie);
-  int rc = getsockopt(s, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &len);
-  int err = errno;
-  close(s);
-  if (rc != 0)
-    return FailErrno("getsockopt(SO_NETNS_COOKIE) (needs Linux 5.14+)", err);
-  return cookie;
+  return NetnsCookieOfFd(-1, "the current network namespace");
 }
 
 Result<uint64_t> NetnsCookie(const std::string& netns_path) {
   int fd = open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return FailErrno("network namespace " + netns_path, errno);
-  Result<uint64_t> out = Fail("unset");
-  // setns affects only the calling thread: do it on a short-lived one.
-  std::thread t([&] {
-    if (setns(fd, CLONE_NEWNET) != 0) {
-      out = FailErrno("entering network namespace " + netns_path, errno);
-      return;
-    }
-    out = CurrentNetnsCookie();
-  });
-  t.join();
+  auto out = NetnsCookieOfFd(fd, netns_path);
   close(fd);
   return out;
 }

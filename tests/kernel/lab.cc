@@ -248,6 +248,7 @@ DataplaneOptions Lab::options() const {
   o.sizes.maglev_tables = 64;
   o.sizes.endpoints = 1024;
   o.sizes.enrolled_netns = 64;
+  o.kernel_fallbacks = fallbacks_;
   return o;
 }
 

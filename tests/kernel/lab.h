@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,8 @@ class Lab {
 
   // The data plane attached to the lab cgroup (opened on first use).
   Dataplane& dp();
+  // Kernel features the data plane is to do without (set before dp() is first used).
+  void ForceFallbacks(std::set<KernelFeature> f) { fallbacks_ = std::move(f); }
   // Drops this process's handle to the data plane (the pins stay, like a killed agent).
   void CloseDataplane() { dp_.reset(); }
   DataplaneOptions options() const;
@@ -103,6 +106,7 @@ class Lab {
   std::map<std::string, Pod> pods_;
   std::vector<std::unique_ptr<Process>> servers_;
   std::unique_ptr<Dataplane> dp_;
+  std::set<KernelFeature> fallbacks_;
   int next_link_ = 0;
 };
 

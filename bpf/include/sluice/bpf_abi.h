@@ -210,20 +210,27 @@ struct sluice_tuple {
 };
 
 /* sluice_orig_dst value, keyed by the application's side of a redirected connection:
- * the address it dialled, for getsockopt(SO_ORIGINAL_DST) on the proxy's side. */
+ * the address it dialled, for getsockopt(SO_ORIGINAL_DST) on the proxy's side.
+ *
+ * The two splice marks are separate bytes, each written once (to 1) by one writer: plain
+ * byte stores, no read-modify-write, so neither can undo the other and no atomic OR
+ * (Linux 5.12) is needed. Before this layout both were bits of one u32 (PEER_READY 0x1,
+ * NO_SPLICE 0x2 in the first byte); readers still honour that NO_SPLICE bit, so a record
+ * written by an older program read back after an upgrade keeps its meaning. */
 struct sluice_orig_dst {
   struct sluice_endpoint dialled;
-  __u32 flags; /* SLUICE_ORIG_* */
+  __u8 peer_ready; /* sockops: the proxy's accepted socket is in sluice_splice */
+  __u8 no_splice;  /* sk_msg: bytes went through TCP first: never splice (ordering) */
+  __u8 _pad[2];
 };
-#define SLUICE_ORIG_PEER_READY 0x1 /* the proxy's accepted socket is in sluice_splice */
-#define SLUICE_ORIG_NO_SPLICE 0x2  /* bytes went through TCP first: never splice (ordering) */
+#define SLUICE_ORIG_LEGACY_NO_SPLICE 0x2 /* the old NO_SPLICE bit, in peer_ready's byte */
 
 /* sluice_settings (array, one entry): switches the agent sets at run time. */
 struct sluice_settings {
   __u32 flags;       /* SLUICE_SET_* */
   __u32 bypass_mark; /* SO_MARK of the agent's own upstream sockets: never translated */
 };
-#define SLUICE_SET_SPLICE 0x1 /* join app and in-pod proxy sockets with sk_msg */
+#define SLUICE_SET_SPLICE 0x1  /* join app and in-pod proxy sockets with sk_msg */
 #define SLUICE_SET_CONNLOG 0x2 /* one sluice_connlog record per connect the kernel translates */
 
 /* sluice_pods value, keyed by the ifindex of a pod's host-side interface (where the tc

@@ -13,12 +13,14 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
 
-#include "sluice/common/result.h"
 #include "sluice/bpf_abi.h"
+#include "sluice/common/result.h"
+#include "sluice/loader/kernel_features.h"
 #include "sluice/loader/service.h"
 
 namespace sluice {
@@ -38,6 +40,9 @@ struct DataplaneOptions {
   // Only open the pinned maps of a running data plane (no program load, no attach):
   // what sluicectl uses to inspect and edit state without touching the hooks.
   bool maps_only = false;
+  // Kernel features to treat as missing even where the kernel has them, so the fallback
+  // runs (--kernel-fallback; see kernel_features.h). Ignored with maps_only.
+  std::set<KernelFeature> kernel_fallbacks;
 };
 
 struct EnrolmentInfo {
@@ -130,6 +135,8 @@ class Dataplane {
   [[nodiscard]] const DataplaneOptions& options() const { return opts_; }
   // True when Open() found pinned state and adopted it rather than starting fresh.
   [[nodiscard]] bool adopted() const { return adopted_; }
+  // What the load probed (and forced off); empty with maps_only, which loads nothing.
+  [[nodiscard]] const KernelFeatures& features() const { return features_; }
 
  private:
   struct Impl;
@@ -143,6 +150,7 @@ class Dataplane {
 
   DataplaneOptions opts_;
   bool adopted_ = false;
+  KernelFeatures features_;
   std::unique_ptr<Impl> impl_;
 };
 

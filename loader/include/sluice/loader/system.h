@@ -19,8 +19,9 @@ namespace sluice {
 // The cgroup id (inode of the cgroup2 directory), as bpf link info reports it.
 [[nodiscard]] Result<uint64_t> CgroupId(const std::string& cgroup_path);
 
-// The cookie of a network namespace given by path (/run/netns/NAME, /proc/PID/ns/net),
-// read with SO_NETNS_COOKIE from a socket opened inside it.
+// The cookie of a network namespace given by path (/run/netns/NAME, /proc/PID/ns/net):
+// SO_NETNS_COOKIE from a socket opened inside it, or the BPF probe where the kernel has
+// no SO_NETNS_COOKIE (see netns_cookie.h).
 [[nodiscard]] Result<uint64_t> NetnsCookie(const std::string& netns_path);
 
 // The cookie of the calling thread's current network namespace.

@@ -62,8 +62,9 @@ class Netns {
   // is the caller's own namespace fn runs directly (no CAP_SYS_ADMIN needed).
   Result<void> Run(const std::function<void()>& fn) const;
 
-  // The namespace's cookie (SO_NETNS_COOKIE, Linux 5.14+): the key BPF programs see
-  // through bpf_get_netns_cookie(), hence the key of the kernel's enrolment map.
+  // The namespace's cookie: the key BPF programs see through bpf_get_netns_cookie(),
+  // hence the key of the kernel's enrolment map. SO_NETNS_COOKIE (Linux 5.14+), else read
+  // by the loader's BPF probe (sluice/loader/netns_cookie.h).
   Result<std::uint64_t> Cookie() const;
 
   // A TCP listener bound to ip:port (port 0: any) inside this namespace.
