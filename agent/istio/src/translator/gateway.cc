@@ -1,0 +1,192 @@
+// A gateway proxy's config: the servers of the Gateways whose selector matches its
+// labels, grouped by port, become listeners on the port the gateway's Service targets —
+// HTTP servers a listener and an "http.PORT" route configuration from the VirtualServices
+// bound to the Gateway, TLS passthrough and TCP servers filter chains by SNI or to the
+// tcp routes. istiod's counterpart is pilot/pkg/networking/core/gateway.go.
+#include <algorithm>
+
+#include "translator/builder.h"
+
+namespace sluice::istio::detail {
+
+void Builder::BuildGateway() {
+  struct BoundServer {
+    const Gateway* gateway;
+    const GatewayServer* server;
+  };
+  std::map<uint32_t, std::vector<BoundServer>> by_port;
+  for (const auto& gw : config_.gateways) {
+    if (gw.selector.empty() || !SelectorMatches(gw.selector, proxy_.labels))
+      continue;
+    for (const auto& s : gw.servers)
+      by_port[s.port].push_back(BoundServer{&gw, &s});
+  }
+
+  for (const auto& [port, servers] : by_port) {
+    const std::string protocol = servers.front().server->protocol;
+    const std::string& tls_mode = servers.front().server->tls_mode;
+    // Like istiod, the gateway listens on the targetPort its Service maps the server port
+    // to (ingressgateway: 80 -> 8080), and names the listener and route after it.
+    const uint32_t listen = GatewayListenPort(port);
+    if (protocol == "HTTP" || protocol == "HTTP2" || protocol == "GRPC") {
+      BuildGatewayHttp(port, listen, servers);
+    } else if (((protocol == "TLS" || protocol == "HTTPS") && tls_mode == "PASSTHROUGH") ||
+               protocol == "TCP") {
+      BuildGatewayL4(port, listen, servers, protocol == "TCP");
+    } else {
+      out_.warnings.push_back(
+          servers.front().gateway->meta.origin.Describe("Gateway", servers.front().gateway->meta.ns,
+                                                        servers.front().gateway->meta.name) +
+          ": port " + std::to_string(port) + " protocol " + protocol + " with TLS mode " +
+          tls_mode + " needs certificates, which Sluice does not serve; skipped");
+    }
+  }
+}
+
+// The port the gateway workload listens on for a Gateway server port: the targetPort of
+// a Service in front of this gateway (selecting its labels) that exposes the port;
+// the server port itself when there is none.
+uint32_t Builder::GatewayListenPort(uint32_t port) const {
+  // The gateway's full pod labels: the proxy's own, or those of the workloads they
+  // select (a node may announce only istio=ingressgateway).
+  std::vector<const Labels*> pods{&proxy_.labels};
+  for (const auto& w : config_.workloads)
+    if (!proxy_.labels.empty() && SelectorMatches(proxy_.labels, w.pod_labels))
+      pods.push_back(&w.pod_labels);
+  for (const auto& svc : config_.services) {
+    if (svc.selector.empty())
+      continue;
+    bool fronts = false;
+    for (const auto* l : pods)
+      fronts |= SelectorMatches(svc.selector, *l);
+    if (!fronts)
+      continue;
+    for (const auto& sp : svc.ports)
+      if (sp.port == port && sp.target_port != 0)
+        return sp.target_port;
+  }
+  return port;
+}
+
+template <class Servers>
+void Builder::BuildGatewayHttp(uint32_t port, uint32_t listen, const Servers& servers) {
+  const std::string route_name = "http." + std::to_string(listen);
+  route_v3::RouteConfiguration rc;
+  rc.set_name(route_name);
+  rc.mutable_validate_clusters()->set_value(false);
+  rc.set_ignore_port_in_host_matching(true);
+
+  std::map<std::string, route_v3::VirtualHost> vhosts;  // by name, as istiod sorts
+  for (const auto& bound : servers) {
+    const std::string gw_ref = bound.gateway->meta.ns + "/" + bound.gateway->meta.name;
+    for (const auto& vs : config_.virtual_services) {
+      if (!BoundTo(vs, gw_ref))
+        continue;
+      for (const auto& vs_host : vs.hosts) {
+        bool matched = std::any_of(
+            bound.server->hosts.begin(), bound.server->hosts.end(), [&](const std::string& h) {
+              // Server hosts may be "ns/host"; the namespace part selects VirtualServices.
+              auto slash = h.find('/');
+              std::string ns_part = slash == std::string::npos ? "*" : h.substr(0, slash);
+              std::string host_part = slash == std::string::npos ? h : h.substr(slash + 1);
+              if (ns_part != "*" && ns_part != "." && ns_part != vs.meta.ns)
+                return false;
+              if (ns_part == "." && vs.meta.ns != bound.gateway->meta.ns)
+                return false;
+              return HostsIntersect(host_part, vs_host);
+            });
+        if (!matched)
+          continue;
+        std::string name = vs_host + ":" + std::to_string(port);
+        if (vhosts.count(name))
+          continue;  // first VirtualService for a host wins
+        auto routes = VsRoutes(vs, gw_ref, port);
+        if (routes.empty())
+          continue;
+        route_v3::VirtualHost vh;
+        vh.set_name(name);
+        vh.add_domains(vs_host);
+        vh.add_domains(vs_host + ":*");
+        // tls.httpsRedirect on an HTTP server: istiod makes Envoy redirect to https.
+        if (bound.server->https_redirect)
+          vh.set_require_tls(route_v3::VirtualHost::ALL);
+        for (auto& r : routes)
+          *vh.add_routes() = std::move(r);
+        vhosts.emplace(name, std::move(vh));
+      }
+    }
+  }
+  if (vhosts.empty()) {
+    // No VirtualService for this server: istiod answers 404 for every request.
+    route_v3::VirtualHost vh;
+    vh.set_name("blackhole:" + std::to_string(port));
+    vh.add_domains("*");
+    auto* r = vh.add_routes();
+    r->set_name("default");
+    r->mutable_match()->set_prefix("/");
+    r->mutable_direct_response()->set_status(404);
+    vhosts.emplace(vh.name(), vh);
+  }
+  for (auto& [name, vh] : vhosts)
+    *rc.add_virtual_hosts() = std::move(vh);
+  out_.resources.Add(std::move(rc));
+
+  auto l = NewListener("0.0.0.0", listen, false);
+  auto* f = l.add_filter_chains()->add_filters();
+  f->set_name("envoy.filters.network.http_connection_manager");
+  *f->mutable_typed_config() =
+      HttpConnectionManager("outbound_0.0.0.0_" + std::to_string(listen), route_name);
+  out_.resources.Add(std::move(l));
+}
+
+template <class Servers>
+void Builder::BuildGatewayL4(uint32_t port, uint32_t listen, const Servers& servers, bool tcp) {
+  auto l = NewListener("0.0.0.0", listen, false);
+  if (!tcp)
+    AddTlsInspector(l);
+  std::set<std::string> seen_sni;
+  for (const auto& bound : servers) {
+    const std::string gw_ref = bound.gateway->meta.ns + "/" + bound.gateway->meta.name;
+    for (const auto& vs : config_.virtual_services) {
+      if (!BoundTo(vs, gw_ref))
+        continue;
+      for (const auto& r : tcp ? vs.tcp : vs.tls) {
+        for (const auto& m : r.match) {
+          if (!MatchApplies(m, gw_ref, vs.meta.ns, port))
+            continue;
+          std::vector<std::string> sni;
+          for (const auto& h : m.sni_hosts) {
+            bool allowed = std::any_of(
+                bound.server->hosts.begin(), bound.server->hosts.end(), [&](const std::string& sh) {
+                  auto slash = sh.find('/');
+                  return HostsIntersect(slash == std::string::npos ? sh : sh.substr(slash + 1), h);
+                });
+            if (allowed && seen_sni.insert(h).second)
+              sni.push_back(h);
+          }
+          if (!tcp && sni.empty())
+            continue;
+          auto* fc = l.add_filter_chains();
+          for (const auto& h : sni)
+            fc->mutable_filter_chain_match()->add_server_names(h);
+          auto* f = fc->add_filters();
+          f->set_name("envoy.filters.network.tcp_proxy");
+          *f->mutable_typed_config() = TcpProxy(L4Clusters(r, vs.meta.ns, port));
+        }
+        if (tcp && r.match.empty()) {
+          auto* f = l.add_filter_chains()->add_filters();
+          f->set_name("envoy.filters.network.tcp_proxy");
+          *f->mutable_typed_config() = TcpProxy(L4Clusters(r, vs.meta.ns, port));
+        }
+      }
+    }
+  }
+  if (l.filter_chains_size() == 0) {
+    out_.warnings.push_back("gateway port " + std::to_string(port) +
+                            ": no VirtualService routes bound to it; no listener");
+    return;
+  }
+  out_.resources.Add(std::move(l));
+}
+
+}  // namespace sluice::istio::detail
