@@ -13,7 +13,7 @@ packages=(
   catch2 libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libre2-dev libssl-dev
   # runtime and tests
   iproute2 iptables containernetworking-plugins curl openssl jq python3
-  python3-yaml  # scripts/tasks.sh reads the examples' YAML
+  python3-yaml  # examples/05-service-entry/check.sh reads the example's YAML
   # benchmarks and peers
   wrk haproxy nginx-light iperf3
   linux-perf strace  # profiling the L7 proxy (docs/benchmarks.md)

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "cli.h"
 #include "commands.h"
 #include "sluice/config/store.h"
 #include "sluice/config/validate.h"
@@ -148,8 +149,7 @@ void RunAdsDump(const AdsDumpOptions& o) {
   if (o.role == "router") {
     id.role = xds::ProxyRole::kRouter;
   } else if (o.role != "sidecar") {
-    std::cerr << "sluicectl ads-dump: --role: \"" << o.role << "\" is not sidecar or router\n";
-    throw CLI::RuntimeError(2);
+    Die("ads-dump", "--role: \"" + o.role + "\" is not sidecar or router", 2);
   }
   id.ips = {o.ip};
   id.pod_name = o.pod;
@@ -157,8 +157,7 @@ void RunAdsDump(const AdsDumpOptions& o) {
   for (const auto& kv : o.labels) {
     auto eq = kv.find('=');
     if (eq == std::string::npos) {
-      std::cerr << "sluicectl ads-dump: --label: \"" << kv << "\" is not key=value\n";
-      throw CLI::RuntimeError(2);
+      Die("ads-dump", "--label: \"" + kv + "\" is not key=value", 2);
     }
     id.labels[kv.substr(0, eq)] = kv.substr(eq + 1);
   }
@@ -176,8 +175,7 @@ void RunAdsDump(const AdsDumpOptions& o) {
     store.Subscribe(PrintDiff);
   xds::AdsClient client(co, store);
   if (auto ok = client.Start(); !ok) {
-    std::cerr << "sluicectl ads-dump: " << ok.error().message << "\n";
-    throw CLI::RuntimeError(2);
+    Die("ads-dump", ok.error().message, 2);
   }
   auto deadline = std::chrono::steady_clock::now() +
                   std::chrono::milliseconds(static_cast<int64_t>(o.timeout_s * 1000));

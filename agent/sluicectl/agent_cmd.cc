@@ -7,23 +7,19 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli.h"
 #include "commands.h"
 #include "sluice/inspect/admin_client.h"
 
 namespace sluice::ctl {
 namespace {
 
-[[noreturn]] void Die(const std::string& msg) {
-  std::cerr << "sluicectl: " << msg << "\n";
-  throw CLI::RuntimeError(1);
-}
-
 // GET path on the admin endpoint (HOST:PORT or unix:PATH); the body, or exit 1 naming
 // what failed.
 std::string AdminGet(const std::string& address, const std::string& path) {
   auto body = inspect::AdminGet(address, path);
   if (!body)
-    Die(body.error().message + " (is the agent running? --admin sets the address)");
+    Die("", body.error().message + " (is the agent running? --admin sets the address)");
   return *body;
 }
 
@@ -40,7 +36,7 @@ void AddAgentCommands(CLI::App& app) {
       ->callback([admin] {
         auto pods = nlohmann::json::parse(AdminGet(*admin, "/pods"), nullptr, false);
         if (!pods.is_array())
-          Die("unexpected /pods answer");
+          Die("", "unexpected /pods answer");
         std::cout << fmt::format("{:<16} {:<28} {:<18} {:<9} {:<10} {}\n", "NAMESPACE", "POD", "IP",
                                  "ENROLLED", "COOKIE", "REASON");
         for (const auto& p : pods) {

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "commands.h"
 #include "sluice/loader/dataplane.h"
 #include "sluice/loader/encoding.h"
@@ -25,18 +26,13 @@ struct BpfFlags {
   std::string kernel_fallback;
 };
 
-[[noreturn]] void Die(const Error& e) {
-  std::cerr << "sluicectl: " << e.message << "\n";
-  throw CLI::RuntimeError(1);
-}
-
 std::unique_ptr<Dataplane> OpenMaps(const BpfFlags& f) {
   DataplaneOptions o;
   o.pin_root = f.pin_root;
   o.maps_only = true;
   auto dp = Dataplane::Open(o);
   if (!dp)
-    Die(dp.error());
+    Die("", dp.error().message);
   return std::move(*dp);
 }
 
@@ -100,7 +96,7 @@ std::string Frontend(const sluice_frontend_key& k) {
 void DumpServices(Dataplane& dp) {
   auto services = dp.Services();
   if (!services)
-    Die(services.error());
+    Die("", services.error().message);
   std::cout << fmt::format("{:<40} {:<24} {:>4} {:>4}  {}\n", "SERVICE", "FRONTEND", "ID", "REV",
                            "CLUSTERS (weight share, policy: backends)");
   for (const auto& s : *services) {
@@ -133,7 +129,7 @@ void DumpServices(Dataplane& dp) {
 void DumpEndpoints(Dataplane& dp) {
   auto eps = dp.Endpoints();
   if (!eps)
-    Die(eps.error());
+    Die("", eps.error().message);
   std::cout << fmt::format("{:<28} {:>8} {:>10}\n", "ENDPOINT", "ACTIVE", "TOTAL");
   for (const auto& e : *eps)
     std::cout << fmt::format("{:<28} {:>8} {:>10}\n", e.endpoint.ToString(), e.active, e.total);
@@ -142,7 +138,7 @@ void DumpEndpoints(Dataplane& dp) {
 void DumpEnrolment(Dataplane& dp) {
   auto en = dp.Enrolled();
   if (!en)
-    Die(en.error());
+    Die("", en.error().message);
   std::cout << fmt::format("{:<20} {:<16} {:<24} {:<11} {}\n", "NETNS COOKIE", "POD IPV4",
                            "POD IPV6", "PROXY PORT", "OUTBOUND POLICY");
   for (const auto& [cookie, info] : *en)
@@ -155,7 +151,7 @@ void DumpEnrolment(Dataplane& dp) {
 void DumpPods(Dataplane& dp) {
   auto pods = dp.Pods();
   if (!pods)
-    Die(pods.error());
+    Die("", pods.error().message);
   std::cout << fmt::format("{:<20} {:<14} {:>12} {:>14} {:>12} {:>14} {:>8}\n", "INTERFACE",
                            "POLICY", "FROM PKTS", "FROM BYTES", "TO PKTS", "TO BYTES", "DENIED");
   for (const auto& [ifindex, s] : *pods) {
@@ -172,7 +168,7 @@ void DumpPods(Dataplane& dp) {
 void DumpCounters(Dataplane& dp) {
   auto c = dp.ReadCounters();
   if (!c)
-    Die(c.error());
+    Die("", c.error().message);
   std::cout << fmt::format("{:<20} {:>12}\n", "COUNTER", "VALUE");
   for (uint32_t i = 0; i < SLUICE_CNT_MAX; i++)
     std::cout << fmt::format("{:<20} {:>12}\n", CounterName(static_cast<sluice_counter>(i)),
@@ -208,11 +204,11 @@ void AddBpfCommands(CLI::App& app) {
     DataplaneOptions o{flags->pin_root, flags->cgroup_root, flags->sizes, false};
     auto fallbacks = ParseKernelFallbacks(flags->kernel_fallback);
     if (!fallbacks)
-      Die(fallbacks.error());
+      Die("", fallbacks.error().message);
     o.kernel_fallbacks = *fallbacks;
     auto dp = Dataplane::Open(o);
     if (!dp)
-      Die(dp.error());
+      Die("", dp.error().message);
     std::cout << ((*dp)->adopted() ? "adopted" : "loaded") << " the data plane at "
               << flags->pin_root << ", attached to " << (*dp)->options().cgroup_path << "\n";
     std::cout << "kernel features: " << (*dp)->features().Summary() << "\n";
@@ -221,7 +217,7 @@ void AddBpfCommands(CLI::App& app) {
   auto* cleanup = bpf->add_subcommand("cleanup", "Detach the programs and remove every pin");
   cleanup->callback([flags] {
     if (auto r = Dataplane::Cleanup(flags->pin_root); !r)
-      Die(r.error());
+      Die("", r.error().message);
     std::cout << "removed " << flags->pin_root << "\n";
   });
 
@@ -254,25 +250,25 @@ void AddBpfCommands(CLI::App& app) {
     if (args->protocol == "UDP")
       spec.protocol = Protocol::kUdp;
     else if (args->protocol != "TCP")
-      Die(Error{"--protocol: expected TCP or UDP, got '" + args->protocol + "'"});
+      Die("", "--protocol: expected TCP or UDP, got '" + args->protocol + "'");
     for (const auto& v : args->vips) {
       auto ip = IpAddress::Parse(v);
       if (!ip)
-        Die(Error{"--vip: " + ip.error().message});
+        Die("", "--vip: " + ip.error().message);
       spec.vips.push_back(*ip);
     }
     spec.redirect_to_proxy = args->l7;
     if (args->clusters.empty() && !args->l7)
-      Die(Error{"--cluster is required (at least one), unless --l7"});
+      Die("", "--cluster is required (at least one), unless --l7");
     for (const auto& c : args->clusters) {
       auto cl = ParseCluster(c);
       if (!cl)
-        Die(cl.error());
+        Die("", cl.error().message);
       spec.clusters.push_back(*cl);
     }
     auto dp = OpenMaps(*flags);
     if (auto r = dp->UpsertService(spec); !r)
-      Die(r.error());
+      Die("", r.error().message);
   });
   auto del_name = std::make_shared<std::string>();
   auto* del = service->add_subcommand("delete", "Delete a service");
@@ -280,7 +276,7 @@ void AddBpfCommands(CLI::App& app) {
   del->callback([flags, del_name] {
     auto dp = OpenMaps(*flags);
     if (auto r = dp->DeleteService(*del_name); !r)
-      Die(r.error());
+      Die("", r.error().message);
   });
 
   struct EnrolArgs {
@@ -304,21 +300,21 @@ void AddBpfCommands(CLI::App& app) {
   enrol->callback([flags, enrol_args] {
     auto cookie = NetnsCookie(enrol_args->netns);
     if (!cookie)
-      Die(cookie.error());
+      Die("", cookie.error().message);
     EnrolmentInfo info;
     auto ip4 = IpAddress::Parse(enrol_args->ip4);
     auto ip6 = IpAddress::Parse(enrol_args->ip6);
     if (!ip4 || !ip4->is_v4())
-      Die(Error{"--ip4: '" + enrol_args->ip4 + "' is not an IPv4 address"});
+      Die("", "--ip4: '" + enrol_args->ip4 + "' is not an IPv4 address");
     if (!ip6 || ip6->is_v4())
-      Die(Error{"--ip6: '" + enrol_args->ip6 + "' is not an IPv6 address"});
+      Die("", "--ip6: '" + enrol_args->ip6 + "' is not an IPv6 address");
     info.ip4 = *ip4;
     info.ip6 = *ip6;
     info.proxy_port = enrol_args->proxy_port;
     info.registry_only = enrol_args->registry_only;
     auto dp = OpenMaps(*flags);
     if (auto r = dp->Enrol(*cookie, info); !r)
-      Die(r.error());
+      Die("", r.error().message);
     std::cout << "enrolled " << enrol_args->netns << " (netns cookie " << *cookie << ")\n";
   });
   auto unenrol_ns = std::make_shared<std::string>();
@@ -328,11 +324,11 @@ void AddBpfCommands(CLI::App& app) {
   unenrol->callback([flags, unenrol_ns] {
     auto cookie = NetnsCookie(*unenrol_ns);
     if (!cookie)
-      Die(cookie.error());
+      Die("", cookie.error().message);
     auto dp = OpenMaps(*flags);
     auto r = dp->Unenrol(*cookie);
     if (!r)
-      Die(r.error());
+      Die("", r.error().message);
     std::cout << (*r ? "unenrolled " : "was not enrolled: ") << *unenrol_ns << "\n";
   });
 
@@ -345,7 +341,7 @@ void AddBpfCommands(CLI::App& app) {
   splice_cmd->callback([flags, splice] {
     auto dp = OpenMaps(*flags);
     if (auto r = dp->SetSplice(*splice == "on"); !r)
-      Die(r.error());
+      Die("", r.error().message);
     std::cout << "splice " << *splice << "\n";
   });
 

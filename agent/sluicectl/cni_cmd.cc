@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "commands.h"
 #include "sluice/cni/chain.h"
 
@@ -42,11 +43,6 @@ cni::RuntimeConf LoopbackRuntime(const cni::RuntimeConf& rt) {
   return lo;
 }
 
-[[noreturn]] void Die(const std::string& what, const std::string& msg) {
-  std::cerr << "sluicectl cni " << what << ": " << msg << "\n";
-  throw CLI::RuntimeError(1);
-}
-
 cni::RuntimeConf MakeRuntime(const std::string& what, const CniOptions& o) {
   cni::RuntimeConf rt;
   rt.container_id = o.container_id;
@@ -55,7 +51,7 @@ cni::RuntimeConf MakeRuntime(const std::string& what, const CniOptions& o) {
   if (!o.pod.empty()) {
     auto slash = o.pod.find('/');
     if (slash == std::string::npos || slash == 0 || slash + 1 == o.pod.size())
-      Die(what, "--pod \"" + o.pod + "\": expected NAMESPACE/NAME");
+      Die("cni " + what, "--pod \"" + o.pod + "\": expected NAMESPACE/NAME");
     rt.args.emplace_back("K8S_POD_NAMESPACE", o.pod.substr(0, slash));
     rt.args.emplace_back("K8S_POD_NAME", o.pod.substr(slash + 1));
     rt.args.emplace_back("K8S_POD_INFRA_CONTAINER_ID", o.container_id);
@@ -65,7 +61,7 @@ cni::RuntimeConf MakeRuntime(const std::string& what, const CniOptions& o) {
   for (const auto& kv : o.args) {
     auto eq = kv.find('=');
     if (eq == std::string::npos || eq == 0)
-      Die(what, "--arg \"" + kv + "\": expected KEY=VALUE");
+      Die("cni " + what, "--arg \"" + kv + "\": expected KEY=VALUE");
     rt.args.emplace_back(kv.substr(0, eq), kv.substr(eq + 1));
   }
   return rt;
@@ -74,7 +70,7 @@ cni::RuntimeConf MakeRuntime(const std::string& what, const CniOptions& o) {
 cni::CniChain LoadChain(const std::string& what, const CniOptions& o) {
   auto chain = cni::CniChain::FromFile(o.conflist);
   if (!chain)
-    Die(what, chain.error().message);
+    Die("cni " + what, chain.error().message);
   chain->set_plugin_dirs(o.cni_path);
   return std::move(*chain);
 }
@@ -84,7 +80,7 @@ void Add(const CniOptions& o) {
   auto rt = MakeRuntime("add", o);
   if (o.loopback) {
     if (auto lo = LoopbackChain(o).Add(LoopbackRuntime(rt)); !lo)
-      Die("add", "loopback: " + lo.error().message);
+      Die("cni add", "loopback: " + lo.error().message);
   }
   cni::ResultCache cache(o.cache_dir);
   cni::PluginError perr;
@@ -93,12 +89,12 @@ void Add(const CniOptions& o) {
     // As a runtime tears down a sandbox whose set-up failed: DEL the whole list so the
     // plugins that did succeed release what they took.
     auto del = chain.Del(rt, nullptr);
-    Die("add",
+    Die("cni add",
         result.error().message + (del ? "; ran DEL to release what the other plugins set up"
                                       : "; clean-up DEL also failed: " + del.error().message));
   }
   if (auto saved = cache.Save(chain.name(), rt, *result); !saved)
-    Die("add", saved.error().message);
+    Die("cni add", saved.error().message);
   std::cout << result->dump(2) << "\n";
 }
 
@@ -108,16 +104,16 @@ void Del(const CniOptions& o) {
   cni::ResultCache cache(o.cache_dir);
   auto cached = cache.Load(chain.name(), rt);
   if (!cached)
-    Die("del", cached.error().message);
+    Die("cni del", cached.error().message);
   const nlohmann::ordered_json* prev = cached->has_value() ? &**cached : nullptr;
   if (auto r = chain.Del(rt, prev); !r)
-    Die("del", r.error().message);
+    Die("cni del", r.error().message);
   if (o.loopback) {
     if (auto lo = LoopbackChain(o).Del(LoopbackRuntime(rt), nullptr); !lo)
-      Die("del", "loopback: " + lo.error().message);
+      Die("cni del", "loopback: " + lo.error().message);
   }
   if (auto r = cache.Remove(chain.name(), rt); !r)
-    Die("del", r.error().message);
+    Die("cni del", r.error().message);
 }
 
 void Check(const CniOptions& o) {
@@ -126,13 +122,13 @@ void Check(const CniOptions& o) {
   cni::ResultCache cache(o.cache_dir);
   auto cached = cache.Load(chain.name(), rt);
   if (!cached)
-    Die("check", cached.error().message);
+    Die("cni check", cached.error().message);
   if (!cached->has_value()) {
-    Die("check", "no cached ADD result for network " + chain.name() + ", container " +
-                     rt.container_id + " (" + cache.PathFor(chain.name(), rt) + ")");
+    Die("cni check", "no cached ADD result for network " + chain.name() + ", container " +
+                         rt.container_id + " (" + cache.PathFor(chain.name(), rt) + ")");
   }
   if (auto r = chain.Check(rt, **cached); !r)
-    Die("check", r.error().message);
+    Die("cni check", r.error().message);
   std::cout << "ok\n";
 }
 

@@ -3,6 +3,7 @@
 // the namespace's live enrolment labels when a local cluster is running.
 #include <iostream>
 
+#include "cli.h"
 #include "commands.h"
 #include "sluice/inspect/describe.h"
 #include "sluice/inspect/local_state.h"
@@ -20,20 +21,15 @@ struct DescribeOptions {
   std::string state_file = inspect::DefaultStatePath();
 };
 
-[[noreturn]] void Die(const std::string& msg) {
-  std::cerr << "sluicectl x describe: " << msg << "\n";
-  throw CLI::RuntimeError(1);
-}
-
 void RunDescribe(const DescribeOptions& o) {
   std::string dir = o.config_dir;
   std::optional<inspect::LocalState> state;
   if (dir.empty()) {
     auto s = inspect::LoadLocalState(o.state_file);
     if (!s)
-      Die(s.error().message);
+      Die("x describe", s.error().message);
     if (s->config_dir.empty())
-      Die(s->path + ": config_dir: missing");
+      Die("x describe", s->path + ": config_dir: missing");
     state = std::move(*s);
     dir = state->config_dir;
   }
@@ -51,7 +47,7 @@ void RunDescribe(const DescribeOptions& o) {
   auto text = inspect::DescribeService(loaded.config, registry, name, ns,
                                        state ? &state->namespace_labels : nullptr);
   if (!text)
-    Die(text.error().message + " in " + dir);
+    Die("x describe", text.error().message + " in " + dir);
   std::cout << *text;
 }
 

@@ -7,6 +7,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "cli.h"
 #include "commands.h"
 #include "sluice/inspect/enroll.h"
 
@@ -18,11 +19,6 @@ struct EnrollOptions {
   std::string output;
 };
 
-[[noreturn]] void Die(const std::string& msg) {
-  std::cerr << "sluicectl enroll: " << msg << "\n";
-  throw CLI::RuntimeError(1);
-}
-
 void RunEnroll(const EnrollOptions& o) {
   std::stringstream ss;
   std::string name = o.file;
@@ -32,12 +28,12 @@ void RunEnroll(const EnrollOptions& o) {
   } else {
     std::ifstream in(o.file);
     if (!in)
-      Die(o.file + ": cannot read");
+      Die("enroll", o.file + ": cannot read");
     ss << in.rdbuf();
   }
   auto r = inspect::Enroll(ss.str(), name);
   if (!r)
-    Die(r.error().message);
+    Die("enroll", r.error().message);
   if (o.output.empty()) {
     std::cout << r->text;
     std::cout.flush();
@@ -49,11 +45,11 @@ void RunEnroll(const EnrollOptions& o) {
     std::ofstream out(tmp, std::ios::trunc);
     out << r->text;
     if (!out.flush())
-      Die(o.output + ": cannot write");
+      Die("enroll", o.output + ": cannot write");
   }
   if (std::rename(tmp.c_str(), o.output.c_str()) != 0) {
     std::remove(tmp.c_str());
-    Die(o.output + ": cannot write");
+    Die("enroll", o.output + ": cannot write");
   }
 }
 

@@ -12,6 +12,7 @@
 #include <iostream>
 #include <thread>
 
+#include "cli.h"
 #include "commands.h"
 #include "sluice/local/cluster.h"
 #include "sluice/local/derived.h"
@@ -33,11 +34,6 @@ void CatchStopSignals() {
   sigaction(SIGTERM, &sa, nullptr);
 }
 
-[[noreturn]] void Die(const std::string& cmd, const std::string& msg, int code = 1) {
-  std::cerr << "sluicectl local " << cmd << ": " << msg << "\n";
-  throw CLI::RuntimeError(code);
-}
-
 struct LocalOptions {
   std::string state_dir = local::DefaultStateDir();
   std::vector<std::string> files;
@@ -56,9 +52,9 @@ struct LocalOptions {
 Cluster OpenOrDie(const std::string& cmd, const LocalOptions& o, bool lock) {
   auto c = lock ? Cluster::Open(o.state_dir) : Cluster::OpenReadOnly(o.state_dir);
   if (!c)
-    Die(cmd, c.error().message);
+    Die("local " + cmd, c.error().message);
   if (!*c)
-    Die(cmd, "no local cluster at " + o.state_dir + " (run `sluicectl local up` first)");
+    Die("local " + cmd, "no local cluster at " + o.state_dir + " (run `sluicectl local up` first)");
   return std::move(**c);
 }
 
@@ -69,9 +65,9 @@ void Report(const std::string& cmd, const local::ApplyReport& r) {
   for (const auto& e : r.errors)
     std::cerr << "error: " << e << "\n";
   if (!r.errors.empty()) {
-    std::cerr << "sluicectl local " << cmd << ": " << r.errors.size()
-              << " error(s); nothing of the documents named was applied, everything else was\n";
-    throw CLI::RuntimeError(1);
+    Die("local " + cmd,
+        std::to_string(r.errors.size()) +
+            " error(s); nothing of the documents named was applied, everything else was");
   }
 }
 
@@ -158,7 +154,7 @@ void Get(const LocalOptions& o) {
       rows.push_back({h.name, h.pod.ip, names, c.StatusOf(h.pod).phase});
     }
   } else {
-    Die("get", "unknown resource type \"" + o.what + "\" (pods, svc, ns, externalhosts)");
+    Die("local get", "unknown resource type \"" + o.what + "\" (pods, svc, ns, externalhosts)");
   }
   if (rows.size() <= 1 && o.what != "ns") {
     std::cerr << "No resources found" << (o.all_namespaces ? "" : " in " + o.ns + " namespace")
@@ -170,25 +166,26 @@ void Get(const LocalOptions& o) {
 
 void Exec(const LocalOptions& o) {
   if (o.args.empty())
-    Die("exec", "no command given (sluicectl local exec POD -- CMD ARGS…)");
+    Die("local exec", "no command given (sluicectl local exec POD -- CMD ARGS…)");
   Cluster c = OpenOrDie("exec", o, false);
   auto pod = c.ResolvePod(o.ns, o.name);
   if (!pod)
-    Die("exec", pod.error().message);
+    Die("local exec", pod.error().message);
   const local::PodRec& p = **pod;
   if (!o.container.empty()) {
     bool found = false;
     for (const auto& ct : p.containers)
       found = found || ct.name == o.container;
     if (!found)
-      Die("exec", "container \"" + o.container + "\" not found in pod " + p.ns + "/" + p.name);
+      Die("local exec",
+          "container \"" + o.container + "\" not found in pod " + p.ns + "/" + p.name);
   }
   if (c.StatusOf(p).phase != "Running")
-    Die("exec", "pod " + p.ns + "/" + p.name + " is not running");
+    Die("local exec", "pod " + p.ns + "/" + p.name + " is not running");
   std::cout.flush();
   auto status = c.Exec(p, o.args);
   if (!status)
-    Die("exec", status.error().message, 126);
+    Die("local exec", status.error().message, 126);
   if (*status != 0)
     throw CLI::RuntimeError(*status);
 }
@@ -197,21 +194,21 @@ void Logs(const LocalOptions& o) {
   Cluster c = OpenOrDie("logs", o, false);
   auto pod = c.ResolvePod(o.ns, o.name);
   if (!pod)
-    Die("logs", pod.error().message);
+    Die("local logs", pod.error().message);
   const local::PodRec& p = **pod;
   const local::ContainerRec* ct = nullptr;
   for (const auto& x : p.containers)
     if (o.container.empty() || x.name == o.container)
       ct = ct ? ct : &x;
   if (!ct)
-    Die("logs", o.container.empty()
-                    ? "pod " + p.ns + "/" + p.name + " has no containers"
-                    : "container \"" + o.container + "\" not found in pod " + p.ns + "/" + p.name);
+    Die("local logs", o.container.empty() ? "pod " + p.ns + "/" + p.name + " has no containers"
+                                          : "container \"" + o.container + "\" not found in pod " +
+                                                p.ns + "/" + p.name);
   if (o.container.empty() && p.containers.size() > 1)
-    Die("logs", "pod " + p.ns + "/" + p.name + " has several containers: choose one with -c");
+    Die("local logs", "pod " + p.ns + "/" + p.name + " has several containers: choose one with -c");
   std::ifstream in(ct->log, std::ios::binary);
   if (!in)
-    Die("logs", "cannot read " + ct->log);
+    Die("local logs", "cannot read " + ct->log);
   std::cout << in.rdbuf();
   std::cout.flush();
   if (!o.follow)
@@ -238,12 +235,12 @@ void PortForward(const LocalOptions& o) {
   std::string target = o.what;
   auto colon = o.name.find(':');
   if (colon == std::string::npos)
-    Die("port-forward", "\"" + o.name + "\": expected LOCAL:REMOTE (e.g. 8080:80)");
+    Die("local port-forward", "\"" + o.name + "\": expected LOCAL:REMOTE (e.g. 8080:80)");
   int local_port = std::atoi(o.name.substr(0, colon).c_str());
   std::string remote = o.name.substr(colon + 1);
   int remote_port = std::atoi(remote.c_str());
   if (local_port < 0 || local_port > 65535 || remote_port <= 0 || remote_port > 65535)
-    Die("port-forward", "\"" + o.name + "\": ports must be 1..65535 (LOCAL may be 0)");
+    Die("local port-forward", "\"" + o.name + "\": ports must be 1..65535 (LOCAL may be 0)");
   bool is_svc = target.rfind("svc/", 0) == 0 || target.rfind("service/", 0) == 0;
   std::string name = target.substr(target.find('/') + 1);
   if (target.find('/') == std::string::npos)
@@ -254,14 +251,14 @@ void PortForward(const LocalOptions& o) {
     if (is_svc) {
       auto* svc = const_cast<local::ClusterState&>(c.state()).FindService(o.ns, name);
       if (!svc)
-        Die("port-forward", "service \"" + name + "\" not found in namespace " + o.ns);
+        Die("local port-forward", "service \"" + name + "\" not found in namespace " + o.ns);
       bool has = false;
       for (const auto& p : svc->ports)
         has = has || p.port == remote_port;
       if (!has)
-        Die("port-forward", "service " + o.ns + "/" + name + " has no port " + remote);
+        Die("local port-forward", "service " + o.ns + "/" + name + " has no port " + remote);
     } else if (auto p = c.ResolvePod(o.ns, target); !p) {
-      Die("port-forward", p.error().message);
+      Die("local port-forward", p.error().message);
     }
   }
   auto rr = std::make_shared<std::atomic<unsigned>>(0);
@@ -299,7 +296,7 @@ void PortForward(const LocalOptions& o) {
   local::PortForwarder fwd;
   auto port = fwd.Listen(fo);
   if (!port)
-    Die("port-forward", port.error().message);
+    Die("local port-forward", port.error().message);
   CatchStopSignals();
   std::cout << "Forwarding from " << o.address << ":" << *port << " -> " << remote_port
             << std::endl;
@@ -358,7 +355,7 @@ void AddLocalCommands(CLI::App& app) {
     auto r = Cluster::Up(o->state_dir, uo, std::cout);
     std::cout.flush();
     if (!r)
-      Die("up", r.error().message);
+      Die("local up", r.error().message);
     Report("up", *r);
     std::cout << "cluster up: `sluicectl local get pods -A` lists the pods\n";
   });
@@ -373,7 +370,7 @@ void AddLocalCommands(CLI::App& app) {
     auto r = c.Apply(o->files, o->ns, std::cout);
     std::cout.flush();
     if (!r)
-      Die("apply", r.error().message);
+      Die("local apply", r.error().message);
     Report("apply", *r);
   });
 
@@ -386,7 +383,7 @@ void AddLocalCommands(CLI::App& app) {
     auto r = c.Delete(o->files, o->ns, std::cout);
     std::cout.flush();
     if (!r)
-      Die("delete", r.error().message);
+      Die("local delete", r.error().message);
     Report("delete", *r);
   });
 
@@ -396,7 +393,7 @@ void AddLocalCommands(CLI::App& app) {
   down->callback([o] {
     auto r = Cluster::Down(o->state_dir, std::cout);
     if (!r)
-      Die("down", r.error().message);
+      Die("local down", r.error().message);
   });
 
   auto* get = group->add_subcommand("get", "List pods, svc, ns or externalhosts");
@@ -418,7 +415,7 @@ void AddLocalCommands(CLI::App& app) {
   label->callback([o] {
     Cluster c = OpenOrDie("label", *o, true);
     if (auto r = c.LabelNamespace(o->name, o->args, std::cout); !r)
-      Die("label", r.error().message);
+      Die("local label", r.error().message);
   });
 
   auto* exec = group->add_subcommand("exec", "Run a command inside a pod (stdio attached)");

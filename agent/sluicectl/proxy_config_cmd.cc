@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "cli.h"
 #include "commands.h"
 #include "sluice/inspect/admin_client.h"
 #include "sluice/inspect/config_dump.h"
@@ -41,11 +42,6 @@ struct PcOptions {
   inspect::EndpointFilter endpoint;
   inspect::ListenerFilter listener;
 };
-
-[[noreturn]] void Die(const std::string& cmd, const std::string& msg) {
-  std::cerr << "sluicectl proxy-config " << cmd << ": " << msg << "\n";
-  throw CLI::RuntimeError(1);
-}
 
 std::set<std::string> KnownNamespaces(const istio::Config& c) {
   std::set<std::string> out{"default"};
@@ -194,13 +190,13 @@ template <class Print>
 void Run(const std::string& cmd, const PcOptions& o, Print print) {
   auto out = inspect::ParseOutput(o.output);
   if (!out)
-    Die(cmd, out.error().message);
+    Die("proxy-config " + cmd, out.error().message);
   auto dump = FetchDump(o);
   if (!dump)
-    Die(cmd, dump.error().message);
+    Die("proxy-config " + cmd, dump.error().message);
   auto text = print(*dump, *out);
   if (!text)
-    Die(cmd, text.error().message);
+    Die("proxy-config " + cmd, text.error().message);
   std::cout << *text;
   std::cout.flush();
 }

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cli.h"
 #include "commands.h"
 #include "sluice/inspect/local_state.h"
 #include "sluice/istio/loader.h"
@@ -56,8 +57,7 @@ struct TranslateOptions {
 void RunTranslate(const TranslateOptions& opt) {
   auto proxy = istio::ProxySpec::Parse(opt.proxy);
   if (!proxy) {
-    std::cerr << "sluicectl translate: " << proxy.error().message << "\n";
-    throw CLI::RuntimeError(2);
+    Die("translate", proxy.error().message, 2);
   }
   istio::LoadResult loaded;
   // A one-shot command: a refused document fails the whole translation, with nothing on
@@ -72,8 +72,7 @@ void RunTranslate(const TranslateOptions& opt) {
     std::cerr << "warning: " << w << "\n";
   auto json = istio::ResourcesToJson(translation.resources);
   if (!json) {
-    std::cerr << "sluicectl translate: " << json.error().message << "\n";
-    throw CLI::RuntimeError(1);
+    Die("translate", json.error().message);
   }
   auto doc = nlohmann::ordered_json::parse(*json);
   if (opt.output == "yaml") {
@@ -119,8 +118,7 @@ void AddTranslateCommands(CLI::App& app) {
     if (files->empty()) {
       auto state = inspect::LoadLocalState(*state_file);
       if (!state) {
-        std::cerr << "sluicectl registryz: " << state.error().message << "\n";
-        throw CLI::RuntimeError(1);
+        Die("registryz", state.error().message);
       }
       files->push_back(state->config_dir);
     }

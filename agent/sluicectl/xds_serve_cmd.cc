@@ -11,6 +11,7 @@
 #include <atomic>
 #include <iostream>
 
+#include "cli.h"
 #include "commands.h"
 #include "sluice/istio/local_control_plane.h"
 #include "sluice/xds/ads_server.h"
@@ -83,15 +84,12 @@ void RunServe(const ServeOptions& opt) {
   sopts.required_token = opt.token;
   auto port = server.Start(sopts);
   if (!port) {
-    std::cerr << "sluicectl xds serve: " << port.error().message << "\n";
-    throw CLI::RuntimeError(1);
+    Die("xds serve", port.error().message);
   }
   auto watcher = istio::DirWatcher::Open(opt.config_dir);
   if (!watcher) {
-    std::cerr << "sluicectl xds serve: watching " << opt.config_dir << ": "
-              << watcher.error().message << "\n";
     server.Stop();
-    throw CLI::RuntimeError(1);
+    Die("xds serve", "watching " + opt.config_dir + ": " + watcher.error().message);
   }
   // Tests and scripts read the bound port from this line (useful with port 0).
   std::string where = opt.listen;

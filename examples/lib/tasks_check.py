@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Small readers used by scripts/tasks.sh to look inside JSON and logs.
+"""Small readers used by the task checks (examples/NN-*/check.sh, examples/lib/tasks.sh)
+to look inside JSON and logs.
 
 Each subcommand reads what a user's command printed (state.json, `proxy-config -o
 json`, `registryz`, access logs) and prints a few plain lines the shell script checks

@@ -1,0 +1,82 @@
+// The admin endpoint's formats: Prometheus families, config dumps, query strings
+// (admin_text.h).
+#include "admin_text.h"
+
+#include <google/protobuf/util/json_util.h>
+
+#include "sluice/proxy/proxy.h"
+
+namespace sluice::agent {
+
+namespace {
+
+template <class M>
+nlohmann::json ToJson(const M& msg) {
+  std::string s;
+  google::protobuf::util::JsonPrintOptions o;
+  (void)google::protobuf::util::MessageToJsonString(msg, &s, o);
+  return nlohmann::json::parse(s, nullptr, false);
+}
+
+}  // namespace
+
+std::string Prometheus(const std::string& name, const std::string& help, const std::string& type,
+                       const std::vector<std::pair<std::string, uint64_t>>& samples) {
+  std::string out = "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+  for (const auto& [labels, v] : samples)
+    out += name + labels + " " + std::to_string(v) + "\n";
+  return out;
+}
+
+std::string ProxyMetrics(const std::vector<PodProxyStatus>& pods) {
+  std::string out;
+  for (const auto& st : proxy::NamedStats(proxy::ProxyStats{})) {
+    std::vector<std::pair<std::string, uint64_t>> samples;
+    for (const auto& p : pods) {
+      uint64_t v = 0;
+      for (const auto& [n, value] : p.stats)
+        if (n == st.name)
+          v = value;
+      samples.push_back(
+          {"{namespace=\"" + p.key.pod_namespace + "\",pod=\"" + p.key.name + "\"}", v});
+    }
+    out += Prometheus("sluice_proxy_" + std::string(st.name), std::string(st.help),
+                      st.gauge ? "gauge" : "counter", samples);
+  }
+  return out;
+}
+
+nlohmann::json DumpResources(const config::Snapshot& s) {
+  nlohmann::json j;
+  j["generation"] = s.generation;
+  j["versions"] = s.versions;
+  j["clusters"] = nlohmann::json::array();
+  j["endpoints"] = nlohmann::json::array();
+  j["listeners"] = nlohmann::json::array();
+  j["routes"] = nlohmann::json::array();
+  for (const auto& [n, c] : s.clusters)
+    j["clusters"].push_back(ToJson(*c));
+  for (const auto& [n, e] : s.endpoints)
+    j["endpoints"].push_back(ToJson(*e));
+  for (const auto& [n, l] : s.listeners)
+    j["listeners"].push_back(ToJson(*l));
+  for (const auto& [n, r] : s.routes)
+    j["routes"].push_back(ToJson(*r));
+  return j;
+}
+
+std::string QueryParam(const std::string& query, const std::string& key) {
+  size_t pos = 0;
+  while (pos <= query.size()) {
+    size_t amp = query.find('&', pos);
+    std::string part = query.substr(pos, amp == std::string::npos ? amp : amp - pos);
+    if (part.starts_with(key + "="))
+      return part.substr(key.size() + 1);
+    if (amp == std::string::npos)
+      break;
+    pos = amp + 1;
+  }
+  return "";
+}
+
+}  // namespace sluice::agent

@@ -1,0 +1,214 @@
+// sluice-agent's wiring (app.h): the node role's parts built and connected in order, the
+// other roles handed their options.
+#include "app.h"
+
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "admin.h"
+#include "admin_routes.h"
+#include "config_fanout.h"
+#include "conn_log.h"
+#include "gateway_role.h"
+#include "l7_host.h"
+#include "l7_supervisor.h"
+#include "labels.h"
+#include "local_source.h"
+#include "node_agent.h"
+#include "pod_poller.h"
+#include "sluice/config/store.h"
+#include "sluice/loader/kernel_features.h"
+#include "sluice/xds/ads_client.h"
+#include "sluice/xds/node.h"
+#include "view_streams.h"
+
+namespace sluice::agent {
+
+namespace {
+
+// The node role: the pods of this node, the kernel data plane, their L7 proxies.
+int RunNode(AgentFlags& f, sigset_t sigs) {
+  auto& nao = f.node;
+  if (auto fb = ParseKernelFallbacks(f.kernel_fallback); fb) {
+    f.dataplane.kernel_fallbacks = *fb;
+  } else {
+    spdlog::error("--kernel-fallback: {}", fb.error().message);
+    return 2;
+  }
+  auto dp = Dataplane::Open(f.dataplane);
+  if (!dp) {
+    spdlog::error("{}", dp.error().message);
+    return 1;
+  }
+  spdlog::info("kernel data plane {} at {}, hooks on {}", (*dp)->adopted() ? "adopted" : "loaded",
+               f.dataplane.pin_root, (*dp)->options().cgroup_path);
+
+  config::ConfigStore store;
+  uint32_t bypass_mark = SLUICE_DEFAULT_BYPASS_MARK;
+  if (auto st = (*dp)->Settings(); st && st->bypass_mark != 0)
+    bypass_mark = st->bypass_mark;
+  // The poller thread (started below) also opens and closes view streams; a pod change
+  // wakes it at once rather than at its next 200 ms tick.
+  PodPoller poller;
+  // The pods' L7 proxies run in a supervised process of their own (l7_supervisor.h).
+  L7Supervisor l7(
+      {.argv = {"/proc/self/exe", "--role", "l7", "--proxy-port", std::to_string(nao.proxy_port),
+                "--access-log", f.access_log, "--log-level", f.log_level, "--l7-upstream-mark",
+                std::to_string(bypass_mark)},
+       .port = nao.proxy_port,
+       .on_pods_changed = [&poller] { poller.Wake(); }});
+  if (nao.proxy_port != 0) {
+    if (auto r = l7.Start(); !r) {
+      spdlog::error("{}", r.error().message);
+      return 1;
+    }
+  }
+  NodeAgent node(**dp, nao, nao.proxy_port != 0 ? &l7 : nullptr);
+  ConfigFanout fanout(**dp, node, l7, nao.proxy_port != 0);
+  store.Subscribe(
+      [&](const config::SnapshotPtr& s, const config::Diff&) { fanout.OnNodeSnapshot(s); });
+
+  std::unique_ptr<LabelFile> labels;
+  if (!f.labels_file.empty()) {
+    labels = std::make_unique<LabelFile>(f.labels_file);
+    auto first = labels->Poll();
+    if (!first) {
+      spdlog::error("{}", first.error().message);
+      return 1;
+    }
+    if (*first)
+      node.ApplyLabels(**first);
+  }
+  if (auto r = node.Restore(); !r)
+    spdlog::error("restoring pods: {}", r.error().message);
+
+  std::unique_ptr<ConnLog> conn_log;
+  if (f.kernel_access_log) {
+    auto cl = ConnLog::Start(
+        **dp, f.access_log,
+        {.pod = [&](uint64_t cookie) { return node.PodByCookie(cookie); },
+         .service = [&](const SocketAddress& dialled) { return fanout.ServiceAt(dialled); }});
+    if (!cl)
+      spdlog::error("kernel access log: {} (continuing without it)", cl.error().message);
+    else
+      conn_log = std::move(*cl);
+  }
+  auto cni_server = cni::CniServer::Start(f.cni, node);
+  if (!cni_server) {
+    spdlog::error("{}", cni_server.error().message);
+    return 1;
+  }
+
+  f.id.ips = {f.node_ip};
+  const xds::AdsClientOptions ads_base = f.ads;
+  f.ads.node = xds::BuildNode(f.id);
+  xds::AdsClient client(f.ads, store);
+  if (auto r = client.Start(); !r) {
+    spdlog::error("{}", r.error().message);
+    return 1;
+  }
+
+  // One stream per view (namespace + labels) of enrolled pods here: each pod gets what
+  // its own sidecar would get.
+  xds::NodeIdentity view_id = f.id;
+  view_id.pod_name = "sluice-node-" + (f.id.node_name.empty() ? f.node_ip : f.id.node_name);
+  // What a view's pods run (its snapshot once the L7 process applied it, and why one was
+  // refused) is the L7 process's to say: L7Supervisor::ViewStates(). DNS clusters are
+  // re-resolved and recompiled there too.
+  ViewStreams streams(ads_base, view_id,
+                      [&](const std::string& view, const config::SnapshotPtr& s) {
+                        fanout.OnViewSnapshot(view, s);
+                      });
+
+  poller.Start({.labels = labels.get(),
+                .node = &node,
+                .l7 = &l7,
+                .streams = &streams,
+                .fanout = &fanout,
+                .sync_views = f.ns_streams && nao.proxy_port != 0});
+
+  AdminServer admin;
+  NodeAdminRoutes routes({.store = store,
+                          .client = client,
+                          .streams = streams,
+                          .fanout = fanout,
+                          .dataplane = **dp,
+                          .node = node,
+                          .l7 = l7,
+                          .proxy_port = nao.proxy_port});
+  routes.Register(admin);
+  auto port = admin.Start(f.admin_address);
+  if (!port) {
+    spdlog::error("{}", port.error().message);
+    poller.Stop();
+    return 1;
+  }
+  spdlog::info("admin on 127.0.0.1:{}; CNI on {}; xDS from {}", *port, f.cni.socket_path,
+               f.ads.server);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  spdlog::info("{}: stopping (the kernel data plane stays in place)", strsignal(sig));
+  poller.Stop();
+  client.Stop();
+  streams.StopAll();
+  (*cni_server)->Stop();
+  admin.Stop();
+  // In-pod listeners close, requests in flight finish; L4 services keep working in the
+  // kernel, and a restarted agent reopens the listeners.
+  l7.DrainAll(std::chrono::seconds(f.drain_seconds));
+  if (conn_log) {
+    (void)(*dp)->SetConnLog(false);  // nobody reads the ring buffer until a new agent runs
+    conn_log.reset();
+  }
+  return 0;
+}
+
+}  // namespace
+
+int RunAgent(AgentFlags f, sigset_t sigs) {
+  std::unique_ptr<LocalSource> local;
+  if (!f.config_dir.empty()) {
+    const std::string sock = std::filesystem::path(f.node.state_file).parent_path() /
+                             (f.role == "gateway" ? "xds-local-gateway.sock" : "xds-local.sock");
+    auto src = LocalSource::Start(f.config_dir, sock);
+    if (!src) {
+      spdlog::error("{}", src.error().message);
+      return 1;
+    }
+    local = std::move(*src);
+    f.ads.server = local->address();
+  }
+
+  if (f.role == "l7") {
+    if (f.l7.sock < 0) {
+      spdlog::error("--role l7 is the node agent's own L7 process; it starts it");
+      return 2;
+    }
+    f.l7.port = f.node.proxy_port;
+    f.l7.access_log_path = f.access_log == "-" ? "" : f.access_log;
+    return RunL7Host(f.l7);
+  }
+
+  if (f.role == "gateway") {
+    GatewayOptions gw = f.gateway;
+    gw.ads = f.ads;
+    gw.id.cluster_id = f.id.cluster_id;
+    gw.id.node_name = f.id.node_name;
+    gw.admin_address = f.admin_address;
+    gw.access_log = f.access_log;
+    if (gw.pod_ip.empty())
+      gw.pod_ip = f.node_ip;
+    gw.drain = std::chrono::seconds(f.drain_seconds);
+    return GatewayRole(std::move(gw)).Run(sigs);
+  }
+
+  return RunNode(f, sigs);
+}
+
+}  // namespace sluice::agent

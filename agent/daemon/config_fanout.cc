@@ -1,0 +1,58 @@
+// The node agent's config fan-out: node and view snapshots to the kernel and the L7
+// process (config_fanout.h).
+#include "config_fanout.h"
+
+namespace sluice::agent {
+
+ConfigFanout::ConfigFanout(Dataplane& dp, NodeAgent& node, L7Supervisor& l7, bool node_l7)
+    : node_(node), l7_(l7), node_l7_(node_l7), ksync_(dp) {}
+
+void ConfigFanout::IndexServicesLocked() {
+  service_by_addr_.clear();
+  for (const auto& svc : ksync_.applied().services)
+    for (const auto& v : svc.vips)
+      service_by_addr_[SocketAddress{v, svc.port}] = svc.name;
+}
+
+void ConfigFanout::OnNodeSnapshot(const config::SnapshotPtr& s) {
+  bool registry_only;
+  {
+    std::lock_guard lock(mu_);
+    (void)ksync_.OnSnapshot(*s);  // errors are logged; the kernel keeps its last good state
+    IndexServicesLocked();
+    registry_only = ksync_.applied().registry_only;
+  }
+  node_.SetRegistryOnly(registry_only);
+  if (node_l7_)
+    l7_.SetNodeConfig(s);  // compiled (and refused, if it must be) by the L7 process
+}
+
+void ConfigFanout::OnViewSnapshot(const std::string& view, const config::SnapshotPtr& s) {
+  {
+    std::lock_guard lock(mu_);
+    (void)ksync_.OnView(view, s.get());  // errors logged; the last good view stays
+    IndexServicesLocked();
+  }
+  l7_.SetViewConfig(view, s);
+}
+
+void ConfigFanout::OnViewClosed(const std::string& view) {
+  l7_.SetViewConfig(view, nullptr);
+  std::lock_guard lock(mu_);
+  (void)ksync_.OnView(view, nullptr);
+  IndexServicesLocked();
+}
+
+std::string ConfigFanout::ServiceAt(const SocketAddress& dialled) const {
+  std::lock_guard lock(mu_);
+  auto it = service_by_addr_.find(dialled);
+  return it == service_by_addr_.end() ? std::string() : it->second;
+}
+
+void ConfigFanout::ReadKernel(
+    const std::function<void(const kernelsync::KernelSync&)>& read) const {
+  std::lock_guard lock(mu_);
+  read(ksync_);
+}
+
+}  // namespace sluice::agent

@@ -1,0 +1,79 @@
+// sluice-agent's flags (flags.h).
+#include "flags.h"
+
+#include <CLI/CLI.hpp>
+
+namespace sluice::agent {
+
+AgentFlags::AgentFlags() {
+  ads.server = "127.0.0.1:15010";
+  id.pod_name = "sluice-agent";
+  id.pod_namespace = "istio-system";
+  node.proxy_port = 15001;
+}
+
+void AddFlags(CLI::App& app, AgentFlags& f) {
+  app.add_option("--role", f.role,
+                 "node (pods of this node) or gateway (l7: the node agent's own L7 process)")
+      ->check(CLI::IsMember({"node", "gateway", "l7"}))
+      ->capture_default_str();
+  // Set by the node agent when it starts its L7 process (hidden from --help).
+  app.add_option("--l7-socket-fd", f.l7.sock)->group("");
+  app.add_option("--l7-agent-pid", f.l7.agent_pid)->group("");
+  app.add_option("--l7-upstream-mark", f.l7.upstream_mark)->group("");
+  app.add_option("--xds-address", f.ads.server,
+                 "istiod (or sluicectl xds serve): host:port or unix:PATH")
+      ->capture_default_str();
+  app.add_option("--config-dir", f.config_dir,
+                 "instead of istiod: translate the Istio/Kubernetes YAML in this directory "
+                 "(watched) and serve it to this agent over its own xDS pipeline");
+  app.add_flag("--xds-tls", f.ads.tls, "TLS to the xDS server (istiod's 15012)");
+  app.add_option("--xds-ca", f.ads.ca_file, "CA bundle that signed the xDS server's certificate");
+  app.add_option("--xds-server-name", f.ads.tls_server_name, "name to verify in its certificate");
+  app.add_option("--xds-token", f.ads.token_file, "file with a bearer token (TLS only)");
+  app.add_option("--node-ip", f.node_ip, "this node's address (xDS node ID)")
+      ->capture_default_str();
+  app.add_option("--node-name", f.id.node_name, "Kubernetes node name");
+  app.add_option("--cluster-id", f.id.cluster_id, "CLUSTER_ID metadata")->capture_default_str();
+  app.add_option("--pin-root", f.dataplane.pin_root, "bpffs directory for maps and links")
+      ->capture_default_str();
+  app.add_option("--cgroup-root", f.dataplane.cgroup_path,
+                 "cgroup v2 directory the hooks attach to (default: the cgroup2 mount)");
+  app.add_option("--cni-socket", f.cni.socket_path, "where sluice-cni reaches the agent")
+      ->capture_default_str();
+  app.add_option("--state-file", f.node.state_file, "the agent's record of its pods")
+      ->capture_default_str();
+  app.add_option("--labels-file", f.labels_file,
+                 "namespace/pod labels (stands in for the Kubernetes API watch); polled");
+  app.add_option("--proxy-port", f.node.proxy_port,
+                 "in-pod capture listener (127.0.0.1) for L7 services (0: no L7 proxy; the "
+                 "kernel then refuses L7 services rather than bypass their policy)")
+      ->capture_default_str();
+  app.add_option("--access-log", f.access_log, "L7 access log file ('-': stdout)")
+      ->capture_default_str();
+  app.add_flag("!--no-kernel-access-log", f.kernel_access_log,
+               "node: no access-log lines for the connections the kernel translates");
+  app.add_option("--kernel-fallback", f.kernel_fallback,
+                 "node: kernel features to do without even where the kernel has them "
+                 "(set_retval,netns_cookie or all), so their fallbacks run; see "
+                 "docs/kernel-dataplane.md");
+  app.add_option("--drain-seconds", f.drain_seconds,
+                 "SIGTERM: how long L7 requests in flight may take to finish")
+      ->capture_default_str();
+  app.add_flag("!--no-namespace-streams", f.ns_streams,
+               "node: one xDS stream for everything instead of one per view (namespace and "
+               "labels) of its pods");
+  app.add_option("--pod-name", f.gateway.id.pod_name, "gateway: this pod's name");
+  app.add_option("--pod-namespace", f.gateway.id.pod_namespace, "gateway: this pod's namespace")
+      ->capture_default_str();
+  app.add_option("--pod-ip", f.gateway.pod_ip, "gateway: this pod's IP (xDS node ID)");
+  app.add_option("--pod-labels", f.gateway.pod_labels,
+                 "gateway: this pod's labels, k=v,k2=v2 (istiod selects Gateways by them)");
+  app.add_option("--workers", f.gateway.workers, "gateway: L7 worker threads")
+      ->capture_default_str();
+  app.add_option("--admin-address", f.admin_address, "admin HTTP (127.0.0.1 only)")
+      ->capture_default_str();
+  app.add_option("--log-level", f.log_level, "trace|debug|info|warn|error")->capture_default_str();
+}
+
+}  // namespace sluice::agent

@@ -1,0 +1,46 @@
+// sluice-agent's command line: every flag, its default and its help text, in one struct.
+// main() parses it; RunAgent() (app.h) wires the parts from it.
+#pragma once
+
+#include <string>
+
+#include "gateway_role.h"
+#include "l7_host.h"
+#include "node_agent.h"
+#include "sluice/cni/server.h"
+#include "sluice/loader/dataplane.h"
+#include "sluice/xds/ads_client.h"
+#include "sluice/xds/node.h"
+
+namespace CLI {
+class App;
+}
+
+namespace sluice::agent {
+
+struct AgentFlags {
+  AgentFlags();  // the defaults --help shows
+
+  std::string role = "node";  // node, gateway or l7
+  xds::AdsClientOptions ads;
+  xds::NodeIdentity id;  // the node's (node role)
+  std::string node_ip = "127.0.0.1";
+  DataplaneOptions dataplane;
+  cni::CniServerOptions cni;
+  NodeAgentOptions node;
+  std::string labels_file, admin_address = "127.0.0.1:15000";
+  std::string log_level = "info";
+  std::string access_log = "-";
+  int drain_seconds = 5;
+  bool kernel_access_log = true;
+  std::string kernel_fallback;  // kernel features to do without (kernel_features.h)
+  std::string config_dir;
+  GatewayOptions gateway;  // the gateway role's own flags (--pod-*, --workers)
+  bool ns_streams = true;
+  L7HostOptions l7;  // --role l7 (set by the node agent)
+};
+
+// Adds every flag to `app`, bound to `f` (whose values are the defaults shown).
+void AddFlags(CLI::App& app, AgentFlags& f);
+
+}  // namespace sluice::agent

@@ -1,0 +1,62 @@
+// GatewayRole: sluice-agent as the container of an ingress or egress gateway pod.
+//
+// In that pod's network namespace it asks xDS as a router with the pod's labels (istiod
+// selects Gateways by them) and serves the listeners it gets with the L7 proxy; no kernel
+// data plane. A config that does not compile is refused and the running one kept; a DNS
+// answer that changed recompiles the current one. Its admin endpoint has /ready,
+// /config_dump and /metrics. SIGTERM drains the proxy (requests in flight finish).
+#pragma once
+
+#include <signal.h>
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "admin.h"
+#include "sluice/config/store.h"
+#include "sluice/proxy/proxy.h"
+#include "sluice/xds/ads_client.h"
+#include "sluice/xds/node.h"
+
+namespace sluice::agent {
+
+struct GatewayOptions {
+  xds::AdsClientOptions ads;
+  xds::NodeIdentity id;
+  std::string pod_ip, pod_labels, admin_address, access_log;
+  int workers = 1;
+  std::chrono::milliseconds drain{5000};
+};
+
+class GatewayRole {
+ public:
+  explicit GatewayRole(GatewayOptions opts) : g_(std::move(opts)) {}
+  GatewayRole(const GatewayRole&) = delete;
+  GatewayRole& operator=(const GatewayRole&) = delete;
+
+  // Runs until a signal of `sigs` (blocked in every thread) arrives; the exit status.
+  int Run(sigset_t sigs);
+
+ private:
+  // Compiles and applies a snapshot; from the xDS stream and, when a DNS answer changed,
+  // from the DNS watch (under `mu_`: one at a time, so an older compile never lands last).
+  void Apply(const config::SnapshotPtr& s);
+
+  // The admin pages.
+  AdminReply Ready();
+  AdminReply ConfigDump();
+  AdminReply Metrics();
+
+  GatewayOptions g_;
+  config::ConfigStore store_;
+  proxy::ProxyOptions po_;
+  std::mutex mu_;  // guards proxy_ and last_error_
+  std::unique_ptr<proxy::Proxy> proxy_;
+  std::string last_error_;
+  // Last, so it stops (and calls Apply no more) before the proxy goes.
+  std::unique_ptr<xds::AdsClient> client_;
+};
+
+}  // namespace sluice::agent
