@@ -25,13 +25,13 @@
 #include <thread>
 
 #include "images.h"
-#include "sluice/cni/chain.h"
-#include "sluice/cni/netns.h"
 #include "sluice/istio/loader.h"
 #include "sluice/loader/dataplane.h"
+#include "sluice/local/cni_chain.h"
 #include "sluice/local/derived.h"
 #include "sluice/local/manifest.h"
 #include "sluice/local/process.h"
+#include "sluice/netns/netns.h"
 
 namespace sluice::local {
 namespace fs = std::filesystem;
@@ -386,23 +386,23 @@ struct Cluster::Impl {
 
   // ---------------------------------------------------------------- pods
 
-  cni::CniChain Chain(const std::string& file) const {
-    auto chain = cni::CniChain::FromFile(file);
+  CniChain Chain(const std::string& file) const {
+    auto chain = CniChain::FromFile(file);
     chain->set_plugin_dirs({s.settings.cni_bin_dir, "/usr/lib/cni", "/opt/cni/bin"});
     chain->set_timeout(std::chrono::seconds(20));
     return std::move(*chain);
   }
 
-  cni::CniChain LoopbackChain() const {
-    auto chain = cni::CniChain::FromJson({{"cniVersion", "1.0.0"},
-                                          {"name", "cni-loopback"},
-                                          {"plugins", ojson::array({{{"type", "loopback"}}})}});
+  CniChain LoopbackChain() const {
+    auto chain = CniChain::FromJson({{"cniVersion", "1.0.0"},
+                                     {"name", "cni-loopback"},
+                                     {"plugins", ojson::array({{{"type", "loopback"}}})}});
     chain->set_plugin_dirs({"/usr/lib/cni", "/opt/cni/bin"});
     return std::move(*chain);
   }
 
-  cni::RuntimeConf Runtime(const PodRec& p, const std::string& ifname = "eth0") const {
-    cni::RuntimeConf rt;
+  RuntimeConf Runtime(const PodRec& p, const std::string& ifname = "eth0") const {
+    RuntimeConf rt;
     rt.container_id = p.uid;
     rt.netns = p.netns;
     rt.ifname = ifname;
@@ -452,8 +452,8 @@ struct Cluster::Impl {
       return r;
     SLUICE_RETURN_IF_ERROR_CTX(LoopbackChain().Add(Runtime(p, "lo")),
                                "pod " + p.ns + "/" + p.name + ": loopback");
-    cni::CniChain chain = Chain(external ? ExternalConflist() : Conflist());
-    cni::RuntimeConf rt = Runtime(p);
+    CniChain chain = Chain(external ? ExternalConflist() : Conflist());
+    RuntimeConf rt = Runtime(p);
     p.cni_added = true;  // from here on, DEL is owed even if ADD fails half-way
     if (auto r = SaveState(s); !r)
       return r;
@@ -461,7 +461,7 @@ struct Cluster::Impl {
     if (!result)
       return Wrap("pod " + (p.ns.empty() ? p.name : p.ns + "/" + p.name) + ": CNI ADD",
                   result.error());
-    cni::ResultCache cache(StateDir() + "/cni/results");
+    ResultCache cache(StateDir() + "/cni/results");
     (void)cache.Save(chain.name(), rt, *result);
     for (const auto& ip : result->value("ips", ojson::array())) {
       std::string addr = ip.value("address", "");
@@ -485,9 +485,9 @@ struct Cluster::Impl {
       if (auto r = KillCgroup(p.cgroup, 2000); !r)
         problems.push_back(r.error().message);
     if (p.cni_added) {
-      cni::CniChain chain = Chain(external ? ExternalConflist() : Conflist());
-      cni::RuntimeConf rt = Runtime(p);
-      cni::ResultCache cache(StateDir() + "/cni/results");
+      CniChain chain = Chain(external ? ExternalConflist() : Conflist());
+      RuntimeConf rt = Runtime(p);
+      ResultCache cache(StateDir() + "/cni/results");
       auto cached = cache.Load(chain.name(), rt);
       const ojson* prev = (cached && cached->has_value()) ? &**cached : nullptr;
       if (auto r = chain.Del(rt, prev); !r)
@@ -571,7 +571,7 @@ struct Cluster::Impl {
   void WaitPorts(const PodRec& p) {
     if (p.netns.empty() || p.ports.empty())
       return;
-    auto ns = cni::Netns::Open(p.netns);
+    auto ns = netns::Netns::Open(p.netns);
     if (!ns)
       return;
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);

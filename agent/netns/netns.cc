@@ -1,4 +1,6 @@
-#include "sluice/cni/netns.h"
+// Network-namespace handles: open and check a namespace file, run code on a thread that
+// joined it, read its cookie, open listeners inside it.
+#include "sluice/netns/netns.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -18,7 +20,7 @@
 #define SO_NETNS_COOKIE 71
 #endif
 
-namespace sluice::cni {
+namespace sluice::netns {
 
 void UniqueFd::Reset() {
   if (fd_ >= 0)
@@ -143,4 +145,4 @@ Result<std::uint16_t> LocalPort(int sock) {
   return Fail("getsockname: not an IP socket");
 }
 
-}  // namespace sluice::cni
+}  // namespace sluice::netns
