@@ -59,7 +59,7 @@ Result<void> L7Supervisor::Start() {
   return {};
 }
 
-Result<pid_t> L7Supervisor::Spawn(std::shared_ptr<cni::UniqueFd>* sock) {
+Result<pid_t> L7Supervisor::Spawn(std::shared_ptr<netns::UniqueFd>* sock) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return FailErrno("L7 process: socketpair", errno);
@@ -86,7 +86,7 @@ Result<pid_t> L7Supervisor::Spawn(std::shared_ptr<cni::UniqueFd>* sock) {
     close(sv[0]);
     return FailErrno("L7 process: fork", err);
   }
-  *sock = std::make_shared<cni::UniqueFd>(sv[0]);
+  *sock = std::make_shared<netns::UniqueFd>(sv[0]);
   return pid;
 }
 
@@ -99,7 +99,7 @@ void L7Supervisor::Run() {
       if (stopping_)
         return;
     }
-    std::shared_ptr<cni::UniqueFd> sock;
+    std::shared_ptr<netns::UniqueFd> sock;
     auto pid = Spawn(&sock);
     if (!pid) {
       spdlog::error("{}", pid.error().message);
@@ -177,7 +177,7 @@ void L7Supervisor::WriterLoop() {
       return;
     l7wire::Message m = std::move(outbox_.front());
     outbox_.pop_front();
-    std::shared_ptr<cni::UniqueFd> sock = sock_;
+    std::shared_ptr<netns::UniqueFd> sock = sock_;
     lock.unlock();
     // A process that died meanwhile fails this send; its successor gets a replay.
     if (auto r = l7wire::Send(sock->get(), m); !r)
@@ -215,7 +215,7 @@ l7wire::Message L7Supervisor::PodMessage(const enrolment::PodKey& key, const Pod
             {"netns", pod.netns},
             {"labels", std::move(labels)},
             {"ips", pod.ips}};
-  for (const cni::UniqueFd* s : {&pod.sockets.v4, &pod.sockets.v6}) {
+  for (const netns::UniqueFd* s : {&pod.sockets.v4, &pod.sockets.v6}) {
     if (*s)
       m.fds.emplace_back(fcntl(s->get(), F_DUPFD_CLOEXEC, 0));
   }

@@ -102,7 +102,7 @@ class L7Supervisor : public PodL7 {
   };
 
   void Run();  // the supervising thread: start, read, reap, restart
-  Result<pid_t> Spawn(std::shared_ptr<cni::UniqueFd>* sock);
+  Result<pid_t> Spawn(std::shared_ptr<netns::UniqueFd>* sock);
   void WriterLoop();
   // Queues a message; a config message replaces a queued one for the same config.
   void Enqueue(l7wire::Message m);
@@ -124,7 +124,7 @@ class L7Supervisor : public PodL7 {
   std::deque<l7wire::Message> outbox_;
   // The current process's stream (none between processes); shared with a send under
   // way, so the descriptor is not closed (and its number reused) beneath it.
-  std::shared_ptr<cni::UniqueFd> sock_;
+  std::shared_ptr<netns::UniqueFd> sock_;
   pid_t pid_ = -1;
   uint64_t starts_ = 0;
   bool stopping_ = false, writer_stop_ = false;

@@ -15,9 +15,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "sluice/cni/netns.h"
 #include "sluice/common/result.h"
 #include "sluice/envoy/resource_set.h"
+#include "sluice/netns/netns.h"
 
 namespace sluice::agent::l7wire {
 
@@ -38,7 +38,7 @@ struct Message {
   Type type = Type::kStatus;
   nlohmann::json meta = nlohmann::json::object();
   std::string blob;
-  std::vector<cni::UniqueFd> fds;
+  std::vector<netns::UniqueFd> fds;
 };
 
 // Writes the whole frame (blocking). Errors name what failed.

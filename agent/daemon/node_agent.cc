@@ -8,7 +8,7 @@
 #include <set>
 #include <sstream>
 
-#include "sluice/cni/netns.h"
+#include "sluice/netns/netns.h"
 
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
@@ -27,7 +27,7 @@ std::optional<IpAddress> HostPart(const std::string& cidr) {
 }
 
 Result<uint64_t> CookieOf(const std::string& netns_path) {
-  auto ns = cni::Netns::Open(netns_path);
+  auto ns = netns::Netns::Open(netns_path);
   SLUICE_RETURN_IF_ERROR(ns);
   return ns->Cookie();
 }
@@ -40,7 +40,7 @@ Result<uint64_t> CookieOf(const std::string& netns_path) {
 // interface (an index alone could name anything).
 int NodeAgent::HostIfindex(const cni::PodInfo& pod) const {
   const std::string ifname = pod.ifname.empty() ? "eth0" : pod.ifname;
-  auto ns = cni::Netns::Open(pod.netns);
+  auto ns = netns::Netns::Open(pod.netns);
   if (!ns)
     return 0;
   int self = 0, peer = 0;

@@ -16,9 +16,9 @@
 #include <string>
 #include <vector>
 
+#include "cni_server.h"
 #include "labels.h"
 #include "pod_l7.h"
-#include "sluice/cni/server.h"
 #include "sluice/enrolment/enrolment.h"
 #include "sluice/loader/dataplane.h"
 

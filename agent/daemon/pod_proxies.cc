@@ -8,14 +8,14 @@
 #include <set>
 #include <thread>
 
-#include "sluice/cni/netns.h"
+#include "sluice/netns/netns.h"
 
 namespace sluice::agent {
 
 Result<CaptureSockets> OpenCaptureSockets(const std::string& netns, uint16_t port) {
-  auto ns = cni::Netns::Open(netns);
+  auto ns = netns::Netns::Open(netns);
   SLUICE_RETURN_IF_ERROR(ns);
-  auto nonblocking = [](cni::UniqueFd& fd) -> Result<void> {
+  auto nonblocking = [](netns::UniqueFd& fd) -> Result<void> {
     int flags = fcntl(fd.get(), F_GETFL);
     if (flags < 0 || fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0)
       return FailErrno("capture listener: O_NONBLOCK", errno);
@@ -74,9 +74,9 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   auto cfg = ConfigFor(pod, &own);
   if (!cfg)
     return {};  // no config yet: started by the first SetNodeConfig/SetViewConfig
-  auto ns = cni::Netns::Open(pod.netns);
+  auto ns = netns::Netns::Open(pod.netns);
   SLUICE_RETURN_IF_ERROR(ns);
-  auto netns = std::make_shared<cni::Netns>(std::move(*ns));
+  auto netns = std::make_shared<netns::Netns>(std::move(*ns));
   proxy::ProxyOptions o;
   o.workers = 1;
   o.access_log_path = opts_.access_log_path == "-" ? "" : opts_.access_log_path;
@@ -94,7 +94,7 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   // proxy gets a descriptor of its own for each and closes only that.
   o.open_listener = [sockets = pod.sockets](const proxy::ListenerConfig& l,
                                             uint16_t) -> Result<int> {
-    const cni::UniqueFd& s = l.address == "::1" ? sockets->v6 : sockets->v4;
+    const netns::UniqueFd& s = l.address == "::1" ? sockets->v6 : sockets->v4;
     if (!s)
       return Fail("listener " + l.name + ": no capture socket on " + l.address + " in this pod");
     int fd = fcntl(s.get(), F_DUPFD_CLOEXEC, 0);

@@ -24,8 +24,8 @@
 #include <string>
 #include <vector>
 
-#include "sluice/cni/netns.h"
 #include "sluice/enrolment/enrolment.h"
+#include "sluice/netns/netns.h"
 #include "sluice/proxy/proxy.h"
 #include "view_streams.h"
 
@@ -33,8 +33,8 @@ namespace sluice::agent {
 
 // A pod's capture listening sockets, opened by the agent inside the pod's namespace.
 struct CaptureSockets {
-  cni::UniqueFd v4;  // 127.0.0.1:port
-  cni::UniqueFd v6;  // [::1]:port; none when the pod has no IPv6 loopback
+  netns::UniqueFd v4;  // 127.0.0.1:port
+  netns::UniqueFd v6;  // [::1]:port; none when the pod has no IPv6 loopback
 };
 // Opens them (non-blocking, backlog 4096); only the IPv4 one must succeed.
 Result<CaptureSockets> OpenCaptureSockets(const std::string& netns, uint16_t port);

@@ -10,7 +10,7 @@
 #include <iostream>
 #include <thread>
 
-#include "sluice/cni/netns.h"
+#include "sluice/netns/netns.h"
 
 namespace sluice::local {
 namespace {
@@ -69,7 +69,7 @@ Result<int> ConnectIn(const ForwardTarget& t) {
   if (t.netns.empty()) {
     connect();
   } else {
-    auto ns = cni::Netns::Open(t.netns);
+    auto ns = netns::Netns::Open(t.netns);
     SLUICE_RETURN_IF_ERROR(ns);
     SLUICE_RETURN_IF_ERROR(ns->Run(connect));
   }

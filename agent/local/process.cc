@@ -16,7 +16,7 @@
 #include <sstream>
 #include <thread>
 
-#include "sluice/cni/process.h"
+#include "sluice/local/run_process.h"
 
 namespace sluice::local {
 namespace {
@@ -395,8 +395,8 @@ Result<std::string> RunTool(const std::vector<std::string>& argv, const std::str
       }
     }
   }
-  auto r = cni::RunProcess(args, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, input,
-                           std::chrono::seconds(20));
+  auto r =
+      RunProcess(args, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, input, std::chrono::seconds(20));
   std::string line;
   for (const auto& a : argv)
     line += (line.empty() ? "" : " ") + a;

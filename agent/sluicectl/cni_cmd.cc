@@ -9,7 +9,7 @@
 
 #include "cli.h"
 #include "commands.h"
-#include "sluice/cni/chain.h"
+#include "sluice/local/cni_chain.h"
 
 namespace sluice::ctl {
 namespace {
@@ -28,8 +28,8 @@ struct CniOptions {
 };
 
 // containerd brings a sandbox's loopback up with the loopback plugin, as its own network.
-cni::CniChain LoopbackChain(const CniOptions& o) {
-  auto chain = cni::CniChain::FromJson(
+local::CniChain LoopbackChain(const CniOptions& o) {
+  auto chain = local::CniChain::FromJson(
       {{"cniVersion", "1.0.0"},
        {"name", "cni-loopback"},
        {"plugins", nlohmann::ordered_json::array({{{"type", "loopback"}}})}});
@@ -37,14 +37,14 @@ cni::CniChain LoopbackChain(const CniOptions& o) {
   return std::move(*chain);
 }
 
-cni::RuntimeConf LoopbackRuntime(const cni::RuntimeConf& rt) {
-  cni::RuntimeConf lo = rt;
+local::RuntimeConf LoopbackRuntime(const local::RuntimeConf& rt) {
+  local::RuntimeConf lo = rt;
   lo.ifname = "lo";
   return lo;
 }
 
-cni::RuntimeConf MakeRuntime(const std::string& what, const CniOptions& o) {
-  cni::RuntimeConf rt;
+local::RuntimeConf MakeRuntime(const std::string& what, const CniOptions& o) {
+  local::RuntimeConf rt;
   rt.container_id = o.container_id;
   rt.netns = o.netns;
   rt.ifname = o.ifname;
@@ -67,8 +67,8 @@ cni::RuntimeConf MakeRuntime(const std::string& what, const CniOptions& o) {
   return rt;
 }
 
-cni::CniChain LoadChain(const std::string& what, const CniOptions& o) {
-  auto chain = cni::CniChain::FromFile(o.conflist);
+local::CniChain LoadChain(const std::string& what, const CniOptions& o) {
+  auto chain = local::CniChain::FromFile(o.conflist);
   if (!chain)
     Die("cni " + what, chain.error().message);
   chain->set_plugin_dirs(o.cni_path);
@@ -82,8 +82,8 @@ void Add(const CniOptions& o) {
     if (auto lo = LoopbackChain(o).Add(LoopbackRuntime(rt)); !lo)
       Die("cni add", "loopback: " + lo.error().message);
   }
-  cni::ResultCache cache(o.cache_dir);
-  cni::PluginError perr;
+  local::ResultCache cache(o.cache_dir);
+  local::PluginError perr;
   auto result = chain.Add(rt, &perr);
   if (!result) {
     // As a runtime tears down a sandbox whose set-up failed: DEL the whole list so the
@@ -101,7 +101,7 @@ void Add(const CniOptions& o) {
 void Del(const CniOptions& o) {
   auto chain = LoadChain("del", o);
   auto rt = MakeRuntime("del", o);
-  cni::ResultCache cache(o.cache_dir);
+  local::ResultCache cache(o.cache_dir);
   auto cached = cache.Load(chain.name(), rt);
   if (!cached)
     Die("cni del", cached.error().message);
@@ -119,7 +119,7 @@ void Del(const CniOptions& o) {
 void Check(const CniOptions& o) {
   auto chain = LoadChain("check", o);
   auto rt = MakeRuntime("check", o);
-  cni::ResultCache cache(o.cache_dir);
+  local::ResultCache cache(o.cache_dir);
   auto cached = cache.Load(chain.name(), rt);
   if (!cached)
     Die("cni check", cached.error().message);

@@ -22,13 +22,15 @@
 #include <memory>
 #include <thread>
 
-#include "sluice/cni/chain.h"
-#include "sluice/cni/netns.h"
-#include "sluice/cni/server.h"
+#include "cni_server.h"
+#include "sluice/local/cni_chain.h"
+#include "sluice/netns/netns.h"
 #include "test_support.h"
 
 using namespace sluice;
 using namespace sluice::cni;
+using namespace sluice::local;  // CniChain
+using namespace sluice::netns;
 using namespace sluice::cni::testing;
 using ojson = nlohmann::ordered_json;
 

@@ -6,10 +6,10 @@
 #include <fstream>
 #include <sstream>
 
-#include "sluice/cni/chain.h"
+#include "sluice/local/cni_chain.h"
 #include "test_support.h"
 
-using namespace sluice::cni;
+using namespace sluice::local;
 using namespace sluice::cni::testing;
 using ojson = nlohmann::ordered_json;
 

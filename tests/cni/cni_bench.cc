@@ -9,12 +9,13 @@
 #include <string>
 #include <vector>
 
-#include "sluice/cni/process.h"
-#include "sluice/cni/server.h"
+#include "cni_server.h"
+#include "sluice/local/run_process.h"
 #include "test_support.h"
 
 using namespace sluice;
 using namespace sluice::cni;
+using namespace sluice::local;  // RunProcess
 using Clock = std::chrono::steady_clock;
 
 namespace {

@@ -7,10 +7,11 @@
 #include <catch2/catch.hpp>
 #include <fstream>
 
-#include "sluice/cni/netns.h"
+#include "sluice/netns/netns.h"
 #include "test_support.h"
 
-using namespace sluice::cni;
+using namespace sluice::netns;
+using sluice::cni::testing::TempDir;
 
 TEST_CASE("Netns opens network namespaces and refuses other files") {
   auto self = Netns::Open("/proc/self/ns/net");
@@ -25,7 +26,7 @@ TEST_CASE("Netns opens network namespaces and refuses other files") {
   CHECK(missing.error().code == ENOENT);
   CHECK_THAT(missing.error().message, Catch::Contains("sluicet-does-not-exist"));
 
-  testing::TempDir tmp;
+  TempDir tmp;
   std::ofstream(tmp / "plain") << "x";
   auto plain = Netns::Open(tmp / "plain");
   REQUIRE_FALSE(plain);

@@ -5,12 +5,13 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "cni_server.h"
 #include "sluice/cni/plugin.h"
-#include "sluice/cni/server.h"
 #include "test_support.h"
 
 using namespace sluice;
 using namespace sluice::cni;
+using namespace sluice::local;  // RunProcess
 using namespace sluice::cni::testing;
 using json = nlohmann::json;
 

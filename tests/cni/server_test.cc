@@ -11,7 +11,7 @@
 #include <fstream>
 #include <thread>
 
-#include "sluice/cni/server.h"
+#include "cni_server.h"
 #include "test_support.h"
 
 using namespace sluice;

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "sluice/cni/process.h"
-#include "sluice/cni/server.h"
+#include "cni_server.h"
+#include "sluice/local/run_process.h"
 
 namespace sluice::cni::testing {
 
@@ -102,8 +102,8 @@ inline std::vector<std::string> EnvList(const CniEnv& e) {
           "PATH=/usr/bin:/bin"};
 }
 
-inline ProcessResult RunSluiceCni(const CniEnv& e, const std::string& stdin_text) {
-  auto r = RunProcess({SLUICE_CNI_BINARY}, EnvList(e), stdin_text, std::chrono::seconds(10));
+inline local::ProcessResult RunSluiceCni(const CniEnv& e, const std::string& stdin_text) {
+  auto r = local::RunProcess({SLUICE_CNI_BINARY}, EnvList(e), stdin_text, std::chrono::seconds(10));
   if (!r)
     throw std::runtime_error("running sluice-cni: " + r.error().message);
   return *r;

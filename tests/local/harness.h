@@ -21,7 +21,7 @@
 #include <thread>
 #include <vector>
 
-#include "sluice/cni/process.h"
+#include "sluice/local/run_process.h"
 
 namespace sluice::local_test {
 
@@ -35,7 +35,7 @@ struct Run {
 inline Run Ctl(const std::vector<std::string>& args, int timeout_s = 60) {
   std::vector<std::string> argv = {SLUICECTL_PATH};
   argv.insert(argv.end(), args.begin(), args.end());
-  auto r = sluice::cni::RunProcess(
+  auto r = sluice::local::RunProcess(
       argv, {"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}, "",
       std::chrono::seconds(timeout_s));
   Run out;
@@ -50,8 +50,8 @@ inline Run Ctl(const std::vector<std::string>& args, int timeout_s = 60) {
 }
 
 inline std::string Sh(const std::string& cmd) {
-  auto r = sluice::cni::RunProcess({"/bin/sh", "-c", cmd}, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
-                                   "", std::chrono::seconds(20));
+  auto r = sluice::local::RunProcess({"/bin/sh", "-c", cmd}, {"PATH=/usr/sbin:/usr/bin:/sbin:/bin"},
+                                     "", std::chrono::seconds(20));
   return r ? r->out : "";
 }
 

@@ -8,7 +8,7 @@
 
 #include "sluice/common/result.h"
 
-namespace sluice::cni {
+namespace sluice::local {
 
 struct ProcessResult {
   int exit_status = -1;  // exit code, or 128 + signal when it was killed
@@ -23,4 +23,4 @@ Result<ProcessResult> RunProcess(const std::vector<std::string>& argv,
                                  const std::vector<std::string>& env, const std::string& input,
                                  std::chrono::milliseconds timeout);
 
-}  // namespace sluice::cni
+}  // namespace sluice::local

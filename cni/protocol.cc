@@ -1,3 +1,5 @@
+// The agent<->plugin wire format: frame header checks, JSON bodies of requests and
+// replies, and CallAgent, the plugin's side of one round trip.
 #include "sluice/cni/protocol.h"
 
 #include <arpa/inet.h>

@@ -4,7 +4,8 @@
 // gets the previous plugin's result as prevResult; CHECK and DEL get the result of the
 // last ADD as prevResult (when the runtime has it).
 //
-// Used by the kernel tests and the local cluster to make pods with real plugins.
+// Used by the local cluster to make pods with real plugins, by `sluicectl cni` and by the
+// CNI tests.
 #pragma once
 
 #include <chrono>
@@ -17,7 +18,7 @@
 
 #include "sluice/common/result.h"
 
-namespace sluice::cni {
+namespace sluice::local {
 
 // The per-sandbox part of a plugin call (CNI_* environment variables).
 struct RuntimeConf {
@@ -93,4 +94,4 @@ class ResultCache {
   std::string dir_;
 };
 
-}  // namespace sluice::cni
+}  // namespace sluice::local

@@ -1,4 +1,6 @@
-#include "sluice/cni/netns.h"
+// Network-namespace handles: open and check a namespace file, run code on a thread that
+// joined it, read its cookie, open listeners inside it.
+#include "sluice/netns/netns.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -16,7 +18,7 @@
 
 #include "sluice/loader/netns_cookie.h"
 
-namespace sluice::cni {
+namespace sluice::netns {
 
 void UniqueFd::Reset() {
   if (fd_ >= 0)
@@ -126,4 +128,4 @@ Result<std::uint16_t> LocalPort(int sock) {
   return Fail("getsockname: not an IP socket");
 }
 
-}  // namespace sluice::cni
+}  // namespace sluice::netns

@@ -10,7 +10,7 @@
 
 #include "sluice/common/result.h"
 
-namespace sluice::cni {
+namespace sluice::netns {
 
 // An owned file descriptor, closed on destruction.
 class UniqueFd {
@@ -82,4 +82,4 @@ class Netns {
 // The port a bound socket got (for listeners opened on port 0).
 Result<std::uint16_t> LocalPort(int sock);
 
-}  // namespace sluice::cni
+}  // namespace sluice::netns

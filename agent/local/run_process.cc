@@ -1,4 +1,6 @@
-#include "sluice/cni/process.h"
+// RunProcess: fork/exec with a fixed environment, stdin fed and stdout/stderr collected
+// through poll, killed on timeout.
+#include "sluice/local/run_process.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -10,7 +12,7 @@
 
 #include <cerrno>
 
-namespace sluice::cni {
+namespace sluice::local {
 namespace {
 
 struct Fd {
@@ -148,4 +150,4 @@ Result<ProcessResult> RunProcess(const std::vector<std::string>& argv,
   return result;
 }
 
-}  // namespace sluice::cni
+}  // namespace sluice::local

@@ -1,4 +1,7 @@
-#include "sluice/cni/server.h"
+// The agent's CNI server: accepts sluice-cni's connections on a Unix socket, reads one
+// framed request each (cni/include/sluice/cni/protocol.h) and hands it to the agent's
+// CniHandler, one call at a time.
+#include "cni_server.h"
 
 #include <fcntl.h>
 #include <poll.h>

@@ -1,4 +1,6 @@
-#include "sluice/cni/chain.h"
+// CniChain: a .conflist's plugins run in order (ADD, CHECK) or reverse order (DEL) the
+// way libcni does, and the result cache a runtime keeps for DEL.
+#include "sluice/local/cni_chain.h"
 
 #include <unistd.h>
 
@@ -6,7 +8,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "sluice/cni/process.h"
+#include "sluice/local/run_process.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -16,7 +18,7 @@
 
 extern char** environ;
 
-namespace sluice::cni {
+namespace sluice::local {
 namespace {
 
 using ojson = nlohmann::ordered_json;
@@ -295,4 +297,4 @@ Result<void> ResultCache::Remove(const std::string& network, const RuntimeConf& 
   return {};
 }
 
-}  // namespace sluice::cni
+}  // namespace sluice::local
