@@ -1,6 +1,8 @@
-// HTTP/1.1 messages for the stand-in workloads: an incremental request parser over a
-// byte buffer and a response serialiser. Plain functions over plain structs, so the
-// wire rules are tested without sockets.
+// HTTP/1.1 messages for the stand-in workloads: requests as owned strings for the
+// handlers, parsed from a byte buffer by the proxy's codec (sluice/proxy/http_codec.h:
+// one HTTP/1.1 parser, with one set of rules, for the proxy and the apps), and a
+// response serialiser. Plain functions over plain structs, so the wire rules are tested
+// without sockets.
 #pragma once
 
 #include <cstddef>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "sluice/common/result.h"
+#include "sluice/proxy/http_codec.h"
 
 namespace sluice::apps {
 
@@ -25,11 +28,13 @@ struct Request {
   int version_minor = 1;  // HTTP/1.<minor>
   HeaderList headers;
   std::string body;
+  // Whether the connection stays open after the response (HTTP/1.1 default, 1.0 opt-in,
+  // `Connection: close` wins), as the codec reads the head.
+  bool keep_alive = true;
 
   // First header with this name (case-insensitive), if any.
   [[nodiscard]] std::optional<std::string_view> Header(std::string_view name) const;
-  // Whether the connection stays open after the response (HTTP/1.1 default, 1.0 opt-in).
-  [[nodiscard]] bool KeepAlive() const;
+  [[nodiscard]] bool KeepAlive() const { return keep_alive; }
 };
 
 struct Response {
@@ -59,7 +64,10 @@ struct ParseStatus {
 };
 
 // Parses one request from the front of `buffer`. Call again with more bytes while it
-// answers kIncomplete (parsing restarts from the front; heads are small).
+// answers kIncomplete (parsing restarts from the front; heads are small). The head is
+// the codec's (http::ParseRequest, with its statuses: 400, 431, 501); a method that
+// cannot be one is refused before its line ends (http::CouldBeRequest); the body is
+// read by Content-Length or the codec's chunked decoder, within max_body_bytes (413).
 ParseStatus ParseRequest(std::string_view buffer, const ParseLimits& limits, Request& request);
 
 // Wire form of a response to `request_method` (HEAD gets no body); adds Content-Length,
@@ -77,6 +85,6 @@ std::string DecodeQueryComponent(std::string_view in);
 // "a=1&b=2&a=3" -> [(a,1),(b,2),(a,3)], decoded, order kept.
 std::vector<std::pair<std::string, std::string>> ParseQuery(std::string_view query);
 
-bool EqualsIgnoreCase(std::string_view a, std::string_view b);
+using proxy::http::EqualsIgnoreCase;
 
 }  // namespace sluice::apps

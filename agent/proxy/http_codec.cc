@@ -566,6 +566,17 @@ ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead
   return ParseStatus::kDone;
 }
 
+bool CouldBeRequest(std::string_view buf) {
+  std::size_t i = 0;
+  while (i < buf.size() && (buf[i] == '\r' || buf[i] == '\n'))
+    ++i;  // empty lines before the request line (ParseRequest bounds how many)
+  for (; i < buf.size() && buf[i] != ' '; ++i) {
+    if (!IsTokenChar(static_cast<unsigned char>(buf[i])))
+      return false;
+  }
+  return true;
+}
+
 ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead* r) {
   r->num_headers = 0;
   r->chunked = false;
@@ -685,6 +696,7 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
         if (remaining_ == 0) {
           state_ = State::kTrailer;
         } else {
+          body_size_ += remaining_;  // < 2^60 per chunk, whose data comes first
           state_ = State::kData;
         }
         break;

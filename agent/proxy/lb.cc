@@ -215,4 +215,87 @@ Endpoint* PickEndpoint(const Cluster& c, int64_t now_ms, uint64_t random_a, uint
   return nullptr;
 }
 
+std::optional<LbHash> RequestHash(const std::vector<HashPolicy>& policies,
+                                  const http::RequestHead& req, const LbHash& source) {
+  std::optional<LbHash> hash;
+  for (const HashPolicy& hp : policies) {
+    std::string_view key;
+    bool found = false;
+    if (hp.kind == HashKind::kHeader) {
+      // The authority is req.host (an absolute-form target's, not the Host line's).
+      if (hp.name == "host" || hp.name == ":authority") {
+        key = req.host;
+        found = !key.empty();
+      } else {
+        key = req.Get(hp.name, &found);
+      }
+    } else if (hp.kind == HashKind::kSourceIp) {
+      found = source.family != 0;
+    } else {
+      std::string_view cookies = req.Get(http::HeaderId::kCookie, &found);
+      found = false;
+      while (!cookies.empty()) {
+        std::size_t semi = cookies.find(';');
+        std::string_view kv = cookies.substr(0, semi);
+        while (!kv.empty() && kv.front() == ' ')
+          kv.remove_prefix(1);
+        std::size_t eq = kv.find('=');
+        if (eq != std::string_view::npos && kv.substr(0, eq) == hp.name) {
+          key = kv.substr(eq + 1);
+          found = true;
+          break;
+        }
+        if (semi == std::string_view::npos)
+          break;
+        cookies.remove_prefix(semi + 1);
+      }
+    }
+    if (found) {
+      // A source-IP key is the kernel's client hash, so both paths pick alike.
+      const LbHash k = hp.kind == HashKind::kSourceIp ? source : LbHash{HashKey(key), 0};
+      hash = hash ? LbHash{hash->value * 31 + k.value, std::max(hash->family, k.family)} : k;
+      if (hp.terminal)
+        break;
+    }
+  }
+  return hash;
+}
+
+const WeightedCluster& PickWeightedCluster(const std::vector<WeightedCluster>& clusters,
+                                           uint64_t point) {
+  uint64_t acc = 0;
+  for (const WeightedCluster& c : clusters) {
+    acc += c.weight;
+    if (point < acc)
+      return c;
+  }
+  return clusters.back();
+}
+
+bool RecordEndpointResult(const Cluster& c, Endpoint& ep, bool failure, int64_t now_ms) {
+  if (!failure) {
+    ep.consecutive_5xx.store(0, std::memory_order_relaxed);
+    return false;
+  }
+  uint32_t n = ep.consecutive_5xx.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (!c.outlier.enabled || n < c.outlier.consecutive_5xx)
+    return false;
+  if (ep.ejected_until_ms.load(std::memory_order_relaxed) > now_ms)
+    return false;
+  std::size_t ejected = 0;
+  for (const auto& e : c.endpoints) {
+    if (e->ejected_until_ms.load(std::memory_order_relaxed) > now_ms)
+      ++ejected;
+  }
+  std::size_t max_ejected =
+      std::max<std::size_t>(1, c.endpoints.size() * c.outlier.max_ejection_percent / 100);
+  if (ejected >= max_ejected)
+    return false;
+  uint32_t times = ep.times_ejected.fetch_add(1, std::memory_order_relaxed) + 1;
+  ep.ejected_until_ms.store(now_ms + c.outlier.base_ejection_time.count() * times,
+                            std::memory_order_relaxed);
+  ep.consecutive_5xx.store(0, std::memory_order_relaxed);
+  return true;
+}
+
 }  // namespace sluice::proxy

@@ -250,6 +250,37 @@ TEST_CASE("parser: a request line without a version (HTTP/0.9) is refused at onc
   Req("GET / HTTP/1.1\r\nhost: h\r\n", http::ParseStatus::kIncomplete);
 }
 
+TEST_CASE("parser: a method that cannot be one is told before its line ends", "[codec]") {
+  // For servers that answer a TLS ClientHello on a plain-text port at once (the
+  // stand-in apps); ParseRequest itself waits for the line.
+  for (const char* raw : {"", "G", "GET", "GET ", "GET /x", "\r\nPOS", "GET /\x01 HTTP"}) {
+    INFO(raw);
+    CHECK(http::CouldBeRequest(raw));
+  }
+  for (std::string_view raw : {std::string_view("\x16\x03\x01\x02\x00", 5),
+                               std::string_view("GE(T"), std::string_view("\r\nG\x7f")}) {
+    INFO(raw);
+    CHECK_FALSE(http::CouldBeRequest(raw));
+    http::RequestHead r;
+    CHECK(http::ParseRequest(raw, {}, &r) == http::ParseStatus::kIncomplete);
+  }
+}
+
+TEST_CASE("chunked: the declared body size is known before the data arrives", "[codec]") {
+  http::ChunkedDecoder d;
+  CHECK(d.body_size() == 0);
+  d.Feed("3\r\nabc\r\n", nullptr);
+  CHECK(d.body_size() == 3);
+  d.Feed("10;ext=1\r\n", nullptr);  // 16 more, none of it here yet
+  CHECK(d.body_size() == 19);
+  d.Feed(std::string(16, 'x') + "\r\n0\r\n\r\n", nullptr);
+  CHECK(d.done());
+  CHECK(d.body_size() == 19);
+  http::ChunkedDecoder large;  // the size counts before any data: the 15-digit maximum
+  large.Feed("fffffffffffffff\r\n", nullptr);
+  CHECK(large.body_size() == 0xfffffffffffffffull);
+}
+
 TEST_CASE("parser: empty lines before the request line are skipped, a few", "[codec]") {
   // RFC 9112 §2.2. They belong to the head (head_len), and every view still points at
   // the bytes as received.

@@ -418,3 +418,133 @@ TEST_CASE("tables: a schedule only for weighted round robin, Maglev only for has
   CHECK(hashed->hash_table.entries.size() == SLUICE_MAGLEV_SIZE);
   CHECK(hashed->hash_table_v4.empty());  // one family: the one table serves it
 }
+
+// ---------------------------------------------------------------- the pick's inputs
+
+namespace {
+
+// A parsed request head over `wire` (which must outlive it).
+proxy::http::RequestHead Head(const std::string& wire) {
+  proxy::http::RequestHead h;
+  REQUIRE(proxy::http::ParseRequest(wire, proxy::http::Limits{}, &h) ==
+          proxy::http::ParseStatus::kDone);
+  return h;
+}
+
+proxy::HashPolicy Policy(proxy::HashKind kind, std::string name = {}, bool terminal = false) {
+  proxy::HashPolicy p;
+  p.kind = kind;
+  p.name = std::move(name);
+  p.terminal = terminal;
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("request hash: a header, the authority, a cookie or the source address", "[proxy][lb]") {
+  using proxy::HashKind;
+  const std::string wire =
+      "GET /p HTTP/1.1\r\nHost: svc:8080\r\nX-User: alice\r\n"
+      "Cookie: a=1; session=xyz; b=2\r\n\r\n";
+  const auto req = Head(wire);
+  const LbHash src{0x1234, 4};
+  auto hash = [&](std::vector<proxy::HashPolicy> ps, LbHash source = {}) {
+    return proxy::RequestHash(ps, req, source);
+  };
+  REQUIRE(hash({Policy(HashKind::kHeader, "x-user")}));
+  CHECK(hash({Policy(HashKind::kHeader, "x-user")})->value == proxy::HashKey("alice"));
+  CHECK(hash({Policy(HashKind::kHeader, "x-user")})->family == 0);
+  CHECK(hash({Policy(HashKind::kHeader, ":authority")})->value == proxy::HashKey("svc:8080"));
+  CHECK(hash({Policy(HashKind::kHeader, "host")})->value == proxy::HashKey("svc:8080"));
+  CHECK(hash({Policy(HashKind::kCookie, "session")})->value == proxy::HashKey("xyz"));
+  CHECK(hash({Policy(HashKind::kCookie, "b")})->value == proxy::HashKey("2"));
+  CHECK_FALSE(hash({Policy(HashKind::kCookie, "missing")}));
+  CHECK_FALSE(hash({Policy(HashKind::kHeader, "x-missing")}));
+  // The source address: the peer's hash as given, with its family.
+  CHECK(hash({Policy(HashKind::kSourceIp)}, src)->value == 0x1234);
+  CHECK(hash({Policy(HashKind::kSourceIp)}, src)->family == 4);
+  CHECK_FALSE(hash({Policy(HashKind::kSourceIp)}, LbHash{}));  // not an IP peer
+  CHECK_FALSE(hash({}));
+}
+
+TEST_CASE("request hash: keys combine in order, a terminal policy with a key ends the walk",
+          "[proxy][lb]") {
+  using proxy::HashKind;
+  const std::string wire = "GET / HTTP/1.1\r\nHost: h\r\nX-A: a\r\nX-B: b\r\n\r\n";
+  const auto req = Head(wire);
+  const LbHash src{77, 6};
+  const uint64_t a = proxy::HashKey("a"), b = proxy::HashKey("b");
+  auto both = proxy::RequestHash(
+      {Policy(HashKind::kHeader, "x-a"), Policy(HashKind::kHeader, "x-b")}, req, src);
+  REQUIRE(both);
+  CHECK(both->value == a * 31 + b);
+  // A terminal policy that found its key stops; one that did not, does not.
+  auto stopped = proxy::RequestHash(
+      {Policy(HashKind::kHeader, "x-a", true), Policy(HashKind::kHeader, "x-b")}, req, src);
+  CHECK(stopped->value == a);
+  auto went_on = proxy::RequestHash(
+      {Policy(HashKind::kHeader, "x-none", true), Policy(HashKind::kHeader, "x-b")}, req, src);
+  CHECK(went_on->value == b);
+  // The source address's family survives a combination.
+  auto mixed =
+      proxy::RequestHash({Policy(HashKind::kHeader, "x-a"), Policy(HashKind::kSourceIp)}, req, src);
+  CHECK(mixed->value == a * 31 + 77);
+  CHECK(mixed->family == 6);
+}
+
+TEST_CASE("weighted clusters: the point's range of running weights, else the last", "[proxy][lb]") {
+  std::vector<proxy::WeightedCluster> w(3);
+  w[0].name = "a";
+  w[0].weight = 10;
+  w[1].name = "b";
+  w[1].weight = 0;
+  w[2].name = "c";
+  w[2].weight = 90;
+  CHECK(proxy::PickWeightedCluster(w, 0).name == "a");
+  CHECK(proxy::PickWeightedCluster(w, 9).name == "a");
+  CHECK(proxy::PickWeightedCluster(w, 10).name == "c");  // a zero weight never wins
+  CHECK(proxy::PickWeightedCluster(w, 99).name == "c");
+  CHECK(proxy::PickWeightedCluster(w, 1000).name == "c");
+  std::vector<proxy::WeightedCluster> zero(2);
+  zero[0].name = "x";
+  zero[1].name = "y";
+  CHECK(proxy::PickWeightedCluster(zero, 0).name == "y");
+}
+
+TEST_CASE("outlier detection: consecutive 5xx eject, for longer each time, within the cap",
+          "[proxy][lb]") {
+  auto c = MakeCluster(LbPolicy::kRoundRobin, Numbered(10));
+  c->outlier.enabled = true;
+  c->outlier.consecutive_5xx = 3;
+  c->outlier.base_ejection_time = proxy::Millis(1000);
+  c->outlier.max_ejection_percent = 20;  // two of ten
+  Endpoint& e0 = *c->endpoints[0];
+  CHECK_FALSE(proxy::RecordEndpointResult(*c, e0, true, 100));
+  CHECK_FALSE(proxy::RecordEndpointResult(*c, e0, true, 100));
+  CHECK_FALSE(proxy::RecordEndpointResult(*c, e0, false, 100));  // a success resets the run
+  CHECK_FALSE(proxy::RecordEndpointResult(*c, e0, true, 100));
+  CHECK_FALSE(proxy::RecordEndpointResult(*c, e0, true, 100));
+  CHECK(proxy::RecordEndpointResult(*c, e0, true, 100));
+  CHECK(e0.ejected_until_ms == 1100);
+  CHECK(e0.consecutive_5xx == 0);
+  // Ejected already: failures meanwhile do not extend it.
+  for (int i = 0; i < 3; ++i)
+    CHECK_FALSE(proxy::RecordEndpointResult(*c, e0, true, 500));
+  // Back, and ejected again: twice as long.
+  CHECK(proxy::RecordEndpointResult(*c, e0, true, 2000));
+  CHECK(e0.ejected_until_ms == 4000);
+  // The cap: with two of ten out, a third is not ejected.
+  Endpoint& e1 = *c->endpoints[1];
+  Endpoint& e2 = *c->endpoints[2];
+  for (int i = 0; i < 2; ++i)
+    proxy::RecordEndpointResult(*c, e1, true, 2000);
+  CHECK(proxy::RecordEndpointResult(*c, e1, true, 2000));
+  for (int i = 0; i < 2; ++i)
+    proxy::RecordEndpointResult(*c, e2, true, 2000);
+  CHECK_FALSE(proxy::RecordEndpointResult(*c, e2, true, 2000));
+  CHECK(e2.ejected_until_ms == 0);
+  // Disabled: failures are counted, nobody is ejected.
+  c->outlier.enabled = false;
+  for (int i = 0; i < 10; ++i)
+    CHECK_FALSE(proxy::RecordEndpointResult(*c, *c->endpoints[3], true, 2000));
+}

@@ -117,6 +117,12 @@ bool StartsWithIgnoreCase(std::string_view s, std::string_view prefix);
 // it is complete and invalid, before the rest of the head arrives.
 ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead* out);
 
+// For a server that answers nonsense at once: false when the bytes received so far (an
+// incomplete request line) cannot begin a request, because the method has a byte that is
+// not a token character (a TLS ClientHello on a plain-text port does). ParseRequest
+// itself waits for the line to end.
+bool CouldBeRequest(std::string_view buf);
+
 // Parses a response head; head_request tells that the request was HEAD.
 ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead* out);
 
@@ -144,11 +150,16 @@ class ChunkedDecoder {
   bool done() const { return state_ == State::kDone; }
   bool failed() const { return state_ == State::kError; }
   const char* error() const { return error_; }
+  // The payload size of every chunk whose size line has been read, the current chunk's
+  // whole size included: a server can refuse a body that would be too large before its
+  // data arrives.
+  uint64_t body_size() const { return body_size_; }
   void Reset() { *this = ChunkedDecoder(); }
 
  private:
   State state_ = State::kSize;
   uint64_t remaining_ = 0;
+  uint64_t body_size_ = 0;
   int size_digits_ = 0;
   static constexpr std::size_t kMaxTrailerBytes = 16 * 1024;
   // A trailer name's first bytes, enough to tell the fields trailers may not carry.

@@ -1,7 +1,9 @@
 // Which endpoint of a cluster a request or a TCP connection goes to: the L7 proxy's load
 // balancer. Picking is a pure function of the cluster (its endpoints, their health and
 // load, its tables), the time, two random numbers and the request's hash; the only
-// state it changes is the cluster's round-robin cursor. Tested without sockets in
+// state it changes is the cluster's round-robin cursor. The inputs it is given are made
+// here too: the request's hash from the route's hash policies, the weighted cluster, and
+// the endpoints' health from outlier detection. Tested without sockets in
 // tests/proxy/lb_test.cc.
 //
 // One library for both paths: the tables are built with the algorithms the kernel's
@@ -24,9 +26,11 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include "sluice/common/result.h"
 #include "sluice/proxy/config.h"
+#include "sluice/proxy/http_codec.h"
 
 namespace sluice::proxy {
 
@@ -61,5 +65,26 @@ Result<void> BuildLbTables(Cluster& c);
 // without a hash they pick at random. Allocates nothing.
 Endpoint* PickEndpoint(const Cluster& c, int64_t now_ms, uint64_t random_a, uint64_t random_b,
                        std::optional<LbHash> hash);
+
+// A request's consistent-hash key from the route's hash policies, in order: a header
+// ("host" and ":authority" are the request's authority), a cookie, or the peer's
+// address (`source`, its SourceIpHash). Keys combine as value * 31 + next; a terminal
+// policy that produced a key ends the walk. nullopt when no policy produced one (the
+// pick is then random). Allocates nothing.
+std::optional<LbHash> RequestHash(const std::vector<HashPolicy>& policies,
+                                  const http::RequestHead& req, const LbHash& source);
+
+// Weighted clusters (a route's or a TCP proxy's): the cluster whose range of the running
+// weight sums holds `point` (the caller draws it in [0, total weight)); the last one
+// when none does. `clusters` is not empty.
+const WeightedCluster& PickWeightedCluster(const std::vector<WeightedCluster>& clusters,
+                                           uint64_t point);
+
+// Outlier detection (consecutive 5xx): records one request's result on an endpoint at
+// now_ms. A success resets the endpoint's run of failures; the failure that completes a
+// run of outlier.consecutive_5xx ejects it for base_ejection_time times the number of
+// times it was ejected, unless max_ejection_percent of the cluster's endpoints (at least
+// one) are out already. Returns true when it ejected the endpoint.
+bool RecordEndpointResult(const Cluster& c, Endpoint& ep, bool failure, int64_t now_ms);
 
 }  // namespace sluice::proxy

@@ -1,0 +1,707 @@
+// A session's life: accepting it (and the listener hand-over of a redirected
+// connection), reading and parsing requests, finishing each one, its deadlines and
+// timers, and closing it (see session.h for where the rest of its methods are).
+#include "session.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include <cassert>
+#include <cerrno>
+#include <climits>
+
+#include "sluice/proxy/retry.h"
+#include "sluice/proxy/tls_sni.h"
+#include "upstream_pool.h"
+
+namespace sluice::proxy::engine {
+namespace {
+
+bool IsLoopback(const sockaddr_storage& a) {
+  if (a.ss_family == AF_INET)
+    return (ntohl(reinterpret_cast<const sockaddr_in&>(a).sin_addr.s_addr) >> 24) == 127;
+  if (a.ss_family == AF_INET6) {
+    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(a).sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
+  }
+  return false;
+}
+
+// A redirected connection from the pod's loopback is from the pod's application: its
+// client address becomes the pod's of the same family (the port stays).
+void PodClient(const std::vector<sockaddr_storage>& pod, sockaddr_storage* peer) {
+  if (pod.empty() || !IsLoopback(*peer))
+    return;
+  for (const sockaddr_storage& a : pod) {
+    if (a.ss_family != peer->ss_family)
+      continue;
+    if (a.ss_family == AF_INET)
+      reinterpret_cast<sockaddr_in&>(*peer).sin_addr =
+          reinterpret_cast<const sockaddr_in&>(a).sin_addr;
+    else
+      reinterpret_cast<sockaddr_in6&>(*peer).sin6_addr =
+          reinterpret_cast<const sockaddr_in6&>(a).sin6_addr;
+    return;
+  }
+}
+
+// Envoy's use_original_dst: the connection belongs to the listener whose address is the
+// original destination (exact address first, then the wildcard of its family, same
+// port); with none, the receiving listener keeps it.
+const ListenerConfig* HandOver(const Snapshot& snap, const ListenerConfig* from,
+                               const sockaddr_storage& dst) {
+  uint16_t port;
+  const char* wildcard;
+  if (dst.ss_family == AF_INET) {
+    port = ntohs(reinterpret_cast<const sockaddr_in&>(dst).sin_port);
+    wildcard = "0.0.0.0";
+  } else if (dst.ss_family == AF_INET6) {
+    port = ntohs(reinterpret_cast<const sockaddr_in6&>(dst).sin6_port);
+    wildcard = "::";
+  } else {
+    return nullptr;
+  }
+  char ip[INET6_ADDRSTRLEN];
+  FormatAddr(dst, ip, sizeof(ip), /*with_port=*/false);
+  const ListenerConfig* wild = nullptr;
+  for (const auto& l : snap.listeners) {
+    if (l.cfg == from || l.cfg->port != port)
+      continue;
+    if (l.cfg->address == ip)
+      return l.cfg;
+    if (!wild && l.cfg->address == wildcard)
+      wild = l.cfg;
+  }
+  return wild;
+}
+
+}  // namespace
+
+Session* SessionPool::NewSession() {
+  if (free_sessions_.empty()) {
+    all_sessions_.push_back(std::make_unique<Session>());
+    Session* s = all_sessions_.back().get();
+    s->w = &ctx_;
+    s->route_timer = Timer{s, Session::kRouteTimer};
+    s->try_timer = Timer{s, Session::kTryTimer};
+    s->wait_timer = Timer{s, Session::kWaitTimer};
+    s->stream_timer = Timer{s, Session::kStreamTimer};
+    free_sessions_.push_back(s);
+  }
+  Session* s = free_sessions_.back();
+  free_sessions_.pop_back();
+  ++s->gen;
+  return s;
+}
+
+void SessionPool::ReleaseSession(Session* s) {
+  assert(!s->counted_request && !s->retry_counted && !s->up);
+  ++s->gen;
+  s->snap.reset();
+  s->in.Clear();
+  s->out.Clear();
+  s->in.Shrink(64 * 1024);
+  s->out.Shrink(64 * 1024);
+  deferred_.push_back(s);
+}
+
+void Session::Open(int cfd, const sockaddr_storage& accepted_peer,
+                   std::shared_ptr<const Snapshot> s, const ListenerConfig* l,
+                   std::shared_ptr<ListenerCount> count) {
+  fd = cfd;
+  snap = std::move(s);
+  lc = l;
+  lcount = std::move(count);
+  chain = nullptr;
+  sni.clear();
+  in.Clear();
+  out.Clear();
+  sockaddr_storage la{};
+  socklen_t ll = sizeof(la);
+  has_orig_dst = false;
+  if (lc->use_original_dst && w->opts().original_dst) {
+    if (auto od = w->opts().original_dst(fd, accepted_peer.ss_family)) {
+      la = *od;
+      orig_dst = *od;
+      has_orig_dst = true;
+    }
+  } else {
+    getsockname(fd, reinterpret_cast<sockaddr*>(&la), &ll);
+  }
+  sockaddr_storage peer_addr = accepted_peer;
+  if (has_orig_dst)
+    PodClient(w->opts().pod_addresses, &peer_addr);
+  FormatAddr(peer_addr, peer, sizeof(peer));
+  FormatAddr(peer_addr, peer_ip, sizeof(peer_ip), false);
+  source_hash = SourceIpHash(peer_addr);
+  if (has_orig_dst) {
+    if (const ListenerConfig* target = HandOver(*snap, lc, orig_dst))
+      lc = target;
+  }
+  FormatAddr(la, local, sizeof(local));
+  // The clock now, not the batch's: a connection accepted late in a long batch must not
+  // look idle since before it came (the idle sweep would close it unread).
+  conn_start_ms = NowMs();
+  last_active_ms = conn_start_ms;
+  bytes_rx = bytes_tx = 0;
+  flags = 0;
+  status = 0;
+  up = nullptr;
+  down_eof = up_eof = false;
+  tcp_session = false;
+  cluster = nullptr;
+  route = nullptr;
+  std::strcpy(up_host, "-");
+  std::strcpy(up_local, "-");
+  request_active = false;
+  close_after = false;
+  in_process = false;
+  read_ready = false;
+  peer_hup = false;
+  in_tunnel_read = false;
+  generated_id = false;
+  head_start_ms = -1;
+  request_complete = false;
+  response_sent = false;
+  strip_h2c = false;
+  waiting_memory = false;
+  // Edge-triggered with every event registered once: no epoll_ctl per request.
+  events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  w->loop().Add(fd, events, this, EventLoop::Kind::kStream);
+  if (lc->needs_sni) {
+    phase = Phase::kSniff;
+    return;
+  }
+  chain = lc->SelectChain("", has_orig_dst ? &orig_dst : nullptr);
+  if (!chain) {
+    Close();
+    return;
+  }
+  if (chain->is_http) {
+    phase = Phase::kHead;
+  } else {
+    StartTcp();
+  }
+}
+
+bool Session::ReadInto(Buffer& b) {
+  // Returns false on EOF or error.
+  // A request being received is read up to the worker's per-connection floor; a body
+  // beyond it only under a reservation (MemoryBudget::Reserve).
+  const bool floored = &b == &in && (phase == Phase::kHead || phase == Phase::kBody);
+  // Room for a whole head always, so a head is never waited on.
+  const std::size_t floor =
+      floored ? std::max(MemoryBudget::kHeadFloor, chain->http.limits.max_head_bytes + 1) : 0;
+  while (true) {
+    std::size_t room = SIZE_MAX;
+    if (floored && reserved == 0) {
+      if (b.size() >= floor) {
+        read_ready = true;  // a head: read again once these requests are taken (Finish)
+        if (phase == Phase::kBody && !w->budget().Reserve(this, BodyReservation())) {
+          w->budget().WaitForMemory(this);  // resumed once its reservation is granted
+          Account();
+          return true;
+        }
+        if (phase == Phase::kHead) {
+          Account();
+          return true;
+        }
+      } else {
+        room = floor - b.size();
+      }
+    }
+    std::size_t avail;
+    char* p = b.WritePtr(8192, &avail);
+    const std::size_t want = std::min(avail, room);
+    ssize_t n = w->loop().Recv(fd, p, want);
+    if (n > 0) {
+      b.Commit(static_cast<std::size_t>(n));
+      last_io_ms = w->now();
+      if (phase == Phase::kTunnel)
+        bytes_rx += static_cast<uint64_t>(n);
+      if (static_cast<std::size_t>(n) < want && !peer_hup) {
+        read_ready = false;  // a short read: the socket is dry
+        Account();
+        return true;
+      }
+      if (b.size() > 1024 * 1024) {
+        read_ready = true;
+        Account();
+        return true;
+      }
+      continue;
+    }
+    Account();
+    if (n == 0)
+      return false;
+    if (errno == EINTR)
+      continue;
+    read_ready = false;
+    return errno == EAGAIN;
+  }
+}
+
+void Session::OnEvent(uint32_t ev) {
+  if (fd < 0)
+    return;  // closed earlier in this epoll batch: the event is stale
+  uint64_t g = gen;
+  if (ev & EPOLLERR) {
+    Abort(kFlagDC);
+    return;
+  }
+  if (ev & (EPOLLRDHUP | EPOLLHUP))
+    peer_hup = true;
+  if ((ev & EPOLLOUT) && !out.empty()) {
+    TryWrite();
+    if (g != gen)
+      return;
+  }
+  if (!(ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)))
+    return;
+  switch (phase) {
+    case Phase::kSniff: {
+      bool open = ReadInto(in);
+      std::string_view name;
+      SniStatus st = ParseClientHelloSni(in.Data(), &name);
+      if (st == SniStatus::kNeedMore && open && in.size() < 64 * 1024)
+        return;
+      if (st == SniStatus::kFound)
+        sni.assign(name);
+      chain = lc->SelectChain(sni, has_orig_dst ? &orig_dst : nullptr);
+      if (!chain) {
+        Close();
+        return;
+      }
+      if (chain->is_http) {
+        phase = Phase::kHead;
+        ServeRequests(/*read_first=*/false);
+      } else {
+        StartTcp();
+        if (g == gen && !open) {
+          down_eof = true;
+          if (up)
+            w->loop().ShutdownWrite(up->fd);
+        }
+      }
+      return;
+    }
+    case Phase::kHead:
+    case Phase::kBody:
+      ServeRequests(/*read_first=*/true);
+      return;
+    case Phase::kTunnel:
+      if (up && up->out.size() > 1024 * 1024) {
+        read_ready = true;  // resumed by OnUpDrained
+        return;
+      }
+      TunnelRead();
+      return;
+    case Phase::kClosing: {
+      char tmp[4096];
+      while (w->loop().Recv(fd, tmp, sizeof(tmp)) > 0) {
+      }
+      if (ev & (EPOLLRDHUP | EPOLLHUP))
+        Close();
+      return;
+    }
+    default:
+      // A request is in flight and the connection is not read meanwhile (the head's
+      // views point into `in`). A FIN means the client went away; data (pipelined
+      // requests) is read when the request is done.
+      if (ev & (EPOLLRDHUP | EPOLLHUP))
+        Abort(kFlagDC);
+      else
+        read_ready = true;
+      return;
+  }
+}
+
+void Session::Process() {
+  if (in_process)
+    return;
+  in_process = true;
+  uint64_t g = gen;
+  while (g == gen && (phase == Phase::kHead || phase == Phase::kBody) && !in.empty()) {
+    if (phase == Phase::kHead) {
+      RefreshConfig();
+      if (head_start_ms < 0) {
+        // A request's first byte: its head and whole-request deadlines start now.
+        head_start_ms = last_io_ms = w->now();
+        request_complete = false;
+        ArmStreamTimer();
+      }
+      http::ParseStatus st = http::ParseRequest(in.Data(), chain->http.limits, &req);
+      if (st == http::ParseStatus::kIncomplete)
+        break;
+      start_ms = head_start_ms;
+      request_active = true;
+      flags = 0;
+      bytes_rx = 0;
+      bytes_tx = 0;
+      status = 0;
+      details = "-";
+      if (st == http::ParseStatus::kError) {
+        ForgetHead();
+        Local(req.error_status, req.error ? req.error : "bad request", kFlagDPE,
+              "http1.codec_error");
+        break;
+      }
+      OnHead();
+      continue;
+    }
+    // kBody: wait for the whole body (it is buffered, for retries and mirrors).
+    std::string_view body = in.Data().substr(req.head_len);
+    bool complete = false;
+    if (req.chunked) {
+      std::size_t used = chunk.Feed(body.substr(body_scanned), nullptr);
+      body_scanned += used;
+      if (chunk.failed()) {
+        close_after = true;
+        Local(400, chunk.error(), kFlagDPE, "http1.codec_error");
+        break;
+      }
+      if (body_scanned > chain->http.max_request_body) {
+        close_after = true;
+        Local(413, "Payload Too Large", 0, "request_payload_too_large");
+        break;
+      }
+      complete = chunk.done();
+    } else {
+      body_scanned =
+          std::min<std::size_t>(body.size(), static_cast<std::size_t>(req.content_length));
+      complete = body_scanned == static_cast<std::size_t>(req.content_length);
+    }
+    if (!complete) {
+      if (req.expect_continue && !sent_continue) {
+        sent_continue = true;
+        out.Append("HTTP/1.1 100 Continue\r\n\r\n");
+        TryWrite();
+      }
+      break;
+    }
+    // The buffer may have moved while the body arrived: parse the head again in place.
+    http::ParseRequest(in.Data(), chain->http.limits, &req);
+    bytes_rx = body_scanned;
+    Dispatch();
+  }
+  in_process = false;
+}
+
+void Session::ForgetHead() {
+  close_after = true;    // where this request ends, and so the next begins, is unknown
+  generated_id = false;  // not the previous request's id
+  req.num_headers = 0;
+  req.method = req.target = req.path = req.host = req.upgrade = {};
+  req.head_len = in.size();
+  body_scanned = 0;
+}
+
+void Session::OnHead() {
+  body_scanned = 0;
+  sent_continue = false;
+  chunk.Reset();
+  bool has_body = req.chunked || req.content_length > 0;
+  if (req.content_length > 0 &&
+      static_cast<std::size_t>(req.content_length) > chain->http.max_request_body) {
+    close_after = true;
+    Local(413, "Payload Too Large", 0, "request_payload_too_large");
+    return;
+  }
+  if (has_body) {
+    phase = Phase::kBody;
+    ArmStreamTimer();
+    return;
+  }
+  Dispatch();
+}
+
+void Session::OnTimer(int kind) {
+  switch (kind) {
+    case kRouteTimer:
+      StopWaiting();
+      DropUpstream(false);
+      if (response_started) {
+        flags |= kFlagUT;
+        Abort(0);
+        return;
+      }
+      Local(504, "upstream request timeout", kFlagUT, "upstream_response_timeout");
+      return;
+    case kTryTimer:
+      if (response_started || !up)
+        return;
+      w->upstreams().OnEndpointResult(*cluster, up_ep, true);
+      DropUpstream(false);
+      if (RetriableTimeout(route->action.retry) && ScheduleRetry())
+        return;
+      Local(504, "upstream request timeout", kFlagUT, "upstream_per_try_timeout");
+      return;
+    case kWaitTimer:
+      if (phase == Phase::kDelay) {
+        ContinueAfterFault();
+      } else if (phase == Phase::kBackoff) {
+        StartAttempt();
+      }
+      return;
+    case kStreamTimer:
+      OnStreamTimer();
+      return;
+  }
+}
+
+int64_t Session::StreamDeadline(Deadline* which) const {
+  *which = Deadline::kNone;
+  int64_t best = INT64_MAX;
+  if (head_start_ms < 0 || !chain || !chain->is_http)
+    return best;  // no request under way
+  auto consider = [&](int64_t from, Millis limit, Deadline d) {
+    if (limit.count() > 0 && from + limit.count() < best) {
+      best = from + limit.count();
+      *which = d;
+    }
+  };
+  const HttpSettings& h = chain->http;
+  if (phase == Phase::kHead)
+    consider(head_start_ms, h.request_headers_timeout, Deadline::kHead);
+  if (!request_complete)
+    consider(head_start_ms, h.request_timeout, Deadline::kRequest);
+  consider(last_io_ms, h.stream_idle_timeout, Deadline::kIdle);
+  return best;
+}
+
+void Session::ArmStreamTimer() {
+  Deadline which;
+  const int64_t at = StreamDeadline(&which);
+  if (which == Deadline::kNone) {
+    w->Cancel(stream_timer);
+    return;
+  }
+  // An idle deadline moves with every byte: the timer is not moved then, but checked
+  // again when it fires (OnStreamTimer), so a busy request costs no timer operations.
+  if (!stream_timer.armed() || stream_timer.deadline > at)
+    w->Arm(stream_timer, std::max<int64_t>(0, at - w->now()));
+}
+
+void Session::OnStreamTimer() {
+  Deadline which;
+  const int64_t at = StreamDeadline(&which);
+  if (which == Deadline::kNone)
+    return;
+  if (at > w->now()) {
+    ArmStreamTimer();
+    return;
+  }
+  int code = 408;
+  const char* body = "request header timeout";
+  const char* why = "request_header_timeout";
+  uint32_t flag = 0;
+  switch (which) {
+    case Deadline::kHead:
+      w->stats().rq_header_timeout.fetch_add(1, std::memory_order_relaxed);
+      break;
+    case Deadline::kRequest:
+      w->stats().rq_timeout.fetch_add(1, std::memory_order_relaxed);
+      body = "request timeout";
+      why = "request_overall_timeout";
+      break;
+    case Deadline::kIdle:
+      w->stats().rq_idle_timeout.fetch_add(1, std::memory_order_relaxed);
+      flag = kFlagSI;
+      if (response_started) {
+        Abort(kFlagSI);  // part of the response is out: all that is left is a reset
+        return;
+      }
+      body = "stream timeout";
+      why = "stream_idle_timeout";
+      code = request_complete ? 504 : 408;  // Envoy: 408 only while the request is incomplete
+      break;
+    case Deadline::kNone:
+      return;
+  }
+  StopWaiting();
+  if (phase == Phase::kHead) {  // a head that never completed
+    ForgetHead();
+    request_active = true;
+    start_ms = head_start_ms;
+    flags = 0;
+    bytes_rx = in.size();
+    bytes_tx = 0;
+  }
+  if (!request_complete)
+    close_after = true;  // the rest of this request would be read as the next one
+  Local(code, body, flag, why);
+}
+
+void Session::Uncount() {
+  if (retry_counted) {
+    cluster->active_retries.fetch_sub(1, std::memory_order_relaxed);
+    retry_counted = false;
+  }
+  if (counted_request) {
+    cluster->active_requests.fetch_sub(1, std::memory_order_relaxed);
+    counted_request = false;
+  }
+}
+
+void Session::Finish() {
+  // The request is answered (fully queued in `out`): log, account, and move on.
+  w->Cancel(route_timer);
+  w->Cancel(try_timer);
+  w->Cancel(wait_timer);
+  w->Cancel(stream_timer);
+  Uncount();
+  LogRequest();
+  request_active = false;
+  head_start_ms = -1;
+  request_complete = false;
+  w->budget().Unreserve(this);
+  std::size_t used = std::min(in.size(), req.head_len + body_scanned);
+  in.Consume(used);
+  Account();
+  req.num_headers = 0;
+  req.head_len = 0;
+  body_scanned = 0;
+  route = nullptr;
+  vh = nullptr;
+  if (close_after) {
+    phase = Phase::kClosing;
+    if (out.empty())
+      Close();
+    return;
+  }
+  phase = Phase::kHead;
+  last_active_ms = w->now();
+  if (in_process)
+    return;  // answered from within ServeRequests, whose loops go on with the rest
+  // Bytes (pipelined requests) may have arrived while the request ran, announced by an
+  // edge that is gone: read them now.
+  if (read_ready || !in.empty())
+    ServeRequests(/*read_first=*/read_ready);
+}
+
+void Session::ServeRequests(bool read_first) {
+  uint64_t g = gen;
+  bool read = read_first;
+  while (true) {
+    if (read && !ReadInto(in)) {
+      if (phase == Phase::kHead && in.empty())
+        Close();
+      else
+        Abort(kFlagDC);
+      return;
+    }
+    Process();
+    // The socket may hold more than was read (a read stops at the connection's floor or
+    // its 1 MiB): edge-triggered, nothing will say so again, so read on.
+    if (g != gen || !read_ready || waiting_memory ||
+        (phase != Phase::kHead && phase != Phase::kBody))
+      return;
+    read = true;
+  }
+}
+
+void Session::RefreshConfig() {
+  // Pick up a newer config between requests.
+  if (w->snap() == snap || !w->snap())
+    return;
+  {
+    for (const auto& l : w->snap()->listeners) {
+      if (l.socks->name == lc->name) {
+        std::size_t idx =
+            static_cast<std::size_t>(chain - (lc->chains.empty() ? chain : &lc->chains[0]));
+        const ListenerConfig* nl = l.cfg;
+        const FilterChain* nc = nullptr;
+        if (lc->default_chain && chain == &*lc->default_chain) {
+          nc = nl->default_chain ? &*nl->default_chain : nullptr;
+        } else if (idx < nl->chains.size() && nl->chains.size() == lc->chains.size()) {
+          nc = &nl->chains[idx];
+        } else {
+          nc = nl->SelectChain(sni, has_orig_dst ? &orig_dst : nullptr);
+        }
+        if (nc && nc->is_http) {
+          lc = nl;
+          chain = nc;
+          snap = w->snap();
+        }
+      }
+    }
+  }
+}
+
+void Session::Abort(uint32_t flag) {
+  flags |= flag;
+  Close();
+}
+
+// The one way a session ends, whatever ended it: a request still open (an upgraded
+// one in its tunnel, one waiting for a pooled connection) gives back what it holds of
+// its cluster's circuit breakers and is logged, so nothing of it outlives the session.
+void Session::StopWaiting() {
+  if (phase == Phase::kPending) {
+    w->upstreams().RemovePending(this);
+    cluster->pending_requests.fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
+void Session::Close() {
+  if (phase == Phase::kClosed)
+    return;
+  StopWaiting();
+  phase = Phase::kClosed;
+  DropUpstream(false);
+  if (request_active) {
+    Uncount();
+    LogRequest();
+    request_active = false;
+  }
+  if (tcp_session) {
+    tcp_session = false;
+    LogRequest();
+  }
+  w->Cancel(route_timer);
+  w->Cancel(try_timer);
+  w->Cancel(wait_timer);
+  w->Cancel(stream_timer);
+  if (fd >= 0) {
+    w->loop().Close(fd);
+    fd = -1;
+    w->stats().active_cx.fetch_sub(1, std::memory_order_relaxed);
+  }
+  if (lcount) {
+    lcount->active.fetch_sub(1, std::memory_order_relaxed);
+    lcount.reset();
+  }
+  w->budget().Charge(0, accounted);
+  accounted = 0;
+  w->budget().Unreserve(this);
+  waiting_memory = false;
+  w->sessions().ReleaseSession(this);
+}
+
+void Session::TryWrite() {
+  if (response_started && !out.empty())
+    response_sent = true;
+  if (w->loop().Send(fd, out) != 0) {
+    Abort(kFlagDC);
+    return;
+  }
+  Account();
+  if (out.empty()) {
+    if (phase == Phase::kClosing) {
+      Close();
+      return;
+    }
+    if (phase == Phase::kTunnel && up_eof) {
+      w->loop().ShutdownWrite(fd);
+      MaybeCloseTunnel();
+      return;
+    }
+    if (up && up->read_paused)
+      up->PauseRead(false);
+  }
+  // Not written yet: EPOLLOUT (always registered, edge-triggered) calls back.
+}
+
+}  // namespace sluice::proxy::engine

@@ -1,0 +1,234 @@
+// A downstream connection and the requests on it: the session. One object follows the
+// connection from accept to close through its phases (sniffing a TLS ClientHello, reading
+// a request head and body, waiting on a fault delay, a pooled connection or a retry
+// backoff, relaying the response, tunnelling) and owns at most one upstream connection
+// at a time. Its methods are spread by role:
+//   session.cc           its life: open, read, parse, finish a request, timers, close
+//   router.cc            the request path: route, faults, cluster and endpoint, forward
+//   retry.cc             the retry decision and backoff
+//   session_response.cc  the response path, and local replies
+//   tcp_tunnel.cc        TCP proxying and upgraded (101) connections
+//   access_log.cc        its access log line
+// Sessions come from and return to the worker's SessionPool, so steady-state traffic
+// does not allocate; `gen` changes on every release so a stale event or timer is
+// recognised.
+#pragma once
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "access_log.h"
+#include "memory_budget.h"
+#include "sluice/proxy/buffer.h"
+#include "sluice/proxy/config.h"
+#include "sluice/proxy/http_codec.h"
+#include "sluice/proxy/lb.h"
+#include "snapshot.h"
+#include "timer_heap.h"
+#include "upstream_conn.h"
+#include "worker_context.h"
+
+namespace sluice::proxy::engine {
+
+class Session final : public Handler, public UpstreamOwner, public TimerOwner {
+ public:
+  enum class Phase {
+    kSniff,
+    kHead,
+    kBody,
+    kDelay,
+    kPending,
+    kUpstream,
+    kBackoff,
+    kResponse,
+    kTunnel,
+    kClosing,
+    kClosed
+  };
+  enum TimerKind { kRouteTimer, kTryTimer, kWaitTimer, kStreamTimer };
+
+  WorkerContext* w = nullptr;
+  uint64_t gen = 0;
+  int fd = -1;
+  std::shared_ptr<const Snapshot> snap;
+  const ListenerConfig* lc = nullptr;
+  const FilterChain* chain = nullptr;
+  Phase phase = Phase::kClosed;
+  uint32_t events = 0;
+  Buffer in, out;
+  char peer[64] = "-", peer_ip[48] = "-", local[64] = "-";
+  LbHash source_hash;  // the peer's address as a source-IP hash key
+  sockaddr_storage orig_dst{};
+  bool has_orig_dst = false;
+  std::string sni;
+  int64_t conn_start_ms = 0;
+  int64_t last_active_ms = 0;  // for the idle timeout
+
+  // request state
+  http::RequestHead req;
+  std::size_t body_scanned = 0;
+  bool sent_continue = false;
+  http::ChunkedDecoder chunk;
+  const VirtualHost* vh = nullptr;
+  const Route* route = nullptr;
+  const Cluster* cluster = nullptr;
+  const WeightedCluster* wc = nullptr;
+  UpstreamConn* up = nullptr;
+  Endpoint* up_ep = nullptr;
+  char up_host[64] = "-", up_local[64] = "-";
+  uint32_t attempt = 0, retries_done = 0;
+  uint32_t flags = 0;
+  int status = 0;
+  const char* details = "-";
+  uint64_t bytes_rx = 0, bytes_tx = 0;
+  int64_t start_ms = 0, service_time_ms = -1;
+  bool response_started = false, close_after = false, counted_request = false, in_process = false,
+       request_active = false, retry_counted = false;
+  bool down_eof = false, up_eof = false;
+  bool tcp_session = false;  // a TCP tunnel that is logged when it closes
+  // The socket is edge-triggered: set when an edge was taken without reading the
+  // socket dry (a request was in flight, or a buffer limit stopped the read).
+  bool read_ready = false;
+  // The client's FIN was reported (edge-triggered: it comes once, maybe with data): reads
+  // go on to the end of stream instead of stopping at a short read.
+  bool peer_hup = false;
+  bool in_tunnel_read = false;
+  char request_id[40] = {0};
+  bool generated_id = false;
+  // The request's own deadlines (the HCM's request_headers_timeout, request_timeout and
+  // stream_idle_timeout) share one timer; see StreamDeadline.
+  int64_t head_start_ms = -1;     // the request's first byte; -1 before it
+  int64_t last_io_ms = 0;         // the request's last byte received or response byte sent on
+  bool request_complete = false;  // its head and body are in
+  // Response bytes went to the client: an upstream protocol error can no longer become
+  // a 502 (the head written so far, from resp_head_at in `out`, is still unsent).
+  bool response_sent = false;
+  std::size_t resp_head_at = 0;
+  bool strip_h2c = false;       // an h2c upgrade request, served as plain HTTP/1.1 (as Envoy)
+  bool waiting_memory = false;  // not read until its body's reservation is granted
+  std::size_t accounted = 0;    // in + out, as last charged to the worker's budget
+  std::size_t reserved = 0;     // the worker's budget held for this request's body
+  std::shared_ptr<ListenerCount> lcount;
+  Timer route_timer, try_timer, wait_timer, stream_timer;
+
+  void Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<const Snapshot> s,
+            const ListenerConfig* l, std::shared_ptr<ListenerCount> count);
+  void OnEvent(uint32_t ev) override;
+  void OnTimer(int kind) override;
+  void OnUpConnected(UpstreamConn* u) override;
+  void OnUpHeaders(UpstreamConn* u) override;
+  void OnUpData(UpstreamConn* u, std::string_view data) override;
+  void OnUpDone(UpstreamConn* u) override;
+  void OnUpFailure(UpstreamConn* u, UpFailure f) override;
+  void OnUpDrained(UpstreamConn* u) override;
+  void OnUpReadDone(UpstreamConn* u) override;
+  void StartAttempt();
+
+ private:
+  bool ReadInto(Buffer& b);
+  // Reads (first, when read_first) and handles requests for as long as the connection
+  // has more of them.
+  void ServeRequests(bool read_first);
+  void Process();
+  void OnHead();
+  void Dispatch();
+  void ContinueAfterFault();
+  void Local(int code, std::string_view body, uint32_t flag, const char* why,
+             std::string_view extra_header = {});
+  void Finish();
+  // Gives back the request's circuit-breaker counts (requests, retries) it still holds.
+  void Uncount();
+  void Abort(uint32_t flag);
+  void Close();
+  void TryWrite();
+  bool ScheduleRetry();
+  void DropUpstream(bool reuse);
+  void SerializeRequest(Buffer& dst, bool shadow);
+  void WriteResponseHead(const http::ResponseHead& r);
+  // `connection: close`, or for an HTTP/1.0 client kept alive `connection: keep-alive`.
+  void AppendConnection();
+  void LogRequest();
+  void StartTcp();
+  void RefreshConfig();
+  void TunnelRead();
+  void MaybeCloseTunnel();
+  // Charges the worker for what this session holds now.
+  void Account() {
+    const std::size_t now = in.size() + out.size();
+    if (now != accounted) {
+      w->budget().Charge(now, accounted);
+      accounted = now;
+    }
+  }
+  // Leaves the cluster's queue of requests waiting for a connection, if in it.
+  void StopWaiting();
+  // The body this request may still need to buffer (see MemoryBudget::Reserve).
+  std::size_t BodyReservation() const {
+    return req.chunked ? chain->http.max_request_body
+                       : static_cast<std::size_t>(std::max<int64_t>(0, req.content_length));
+  }
+  // Forgets a head that was never parsed (a protocol error, a timeout before it was
+  // complete): the whole buffer is the request, and it is logged without a method.
+  void ForgetHead();
+  // The request's nearest deadline (kNoDeadline when none applies); *which says whose.
+  enum class Deadline { kNone, kHead, kRequest, kIdle };
+  int64_t StreamDeadline(Deadline* which) const;
+  void ArmStreamTimer();
+  void OnStreamTimer();
+  friend class Worker;
+  friend class MemoryBudget;
+  friend class ShadowWriter;
+};
+
+// The worker's sessions: every Session ever made, and the free list they are taken from.
+class SessionPool {
+ public:
+  explicit SessionPool(WorkerContext& ctx) : ctx_(ctx) { deferred_.reserve(256); }
+  SessionPool(const SessionPool&) = delete;
+  SessionPool& operator=(const SessionPool&) = delete;
+
+  Session* NewSession();
+  // A released session may still have events in the current batch: it is reused only
+  // after the batch (EndBatch).
+  void ReleaseSession(Session* s);
+  bool has_deferred() const { return !deferred_.empty(); }
+  void EndBatch() {
+    free_sessions_.insert(free_sessions_.end(), deferred_.begin(), deferred_.end());
+    deferred_.clear();
+  }
+  const std::vector<std::unique_ptr<Session>>& all() const { return all_sessions_; }
+  // Shutdown: closes every socket (after the event loop is gone).
+  void CloseAll() {
+    for (auto& s : all_sessions_) {
+      if (s->fd >= 0) {
+        close(s->fd);
+        s->fd = -1;
+      }
+    }
+  }
+
+ private:
+  WorkerContext& ctx_;
+  std::vector<std::unique_ptr<Session>> all_sessions_;
+  std::vector<Session*> free_sessions_;
+  std::vector<Session*> deferred_;
+};
+
+// Copies a NUL-terminated string into a fixed array, truncating.
+template <std::size_t N>
+inline void CopyStr(char (&dst)[N], std::string_view src) {
+  std::size_t n = std::min(src.size(), N - 1);
+  std::memcpy(dst, src.data(), n);
+  dst[n] = '\0';
+}
+
+}  // namespace sluice::proxy::engine

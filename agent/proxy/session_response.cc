@@ -1,0 +1,165 @@
+// The response path of a session: the upstream's head (retried if its status says so),
+// rewritten and relayed with its body under backpressure, the connection kept or
+// closed after it; and the local replies the proxy makes itself (404, 503, 504, a
+// fault's abort, a direct response, a redirect).
+#include <algorithm>
+
+#include "header_rewrite.h"
+#include "session.h"
+#include "sluice/proxy/retry.h"
+#include "upstream_pool.h"
+
+namespace sluice::proxy::engine {
+
+void Session::OnUpHeaders(UpstreamConn* u) {
+  const http::ResponseHead& r = u->resp;
+  w->upstreams().OnEndpointResult(*cluster, up_ep, r.status >= 500);
+  if (RetriableStatus(route->action.retry, r.status) && ScheduleRetry()) {
+    DropUpstream(false);
+    return;
+  }
+  w->Cancel(try_timer);
+  status = r.status;
+  details = "via_upstream";
+  response_started = true;
+  last_io_ms = w->now();
+  service_time_ms = w->now() - service_time_ms;
+  resp_head_at = out.size();
+  WriteResponseHead(r);
+  if (r.status == 101) {
+    w->Cancel(route_timer);
+    phase = Phase::kTunnel;
+    TryWrite();
+  } else {
+    phase = Phase::kResponse;
+  }
+  // The head goes out with the first body bytes (OnUpReadDone): one send, not two.
+}
+
+void Session::WriteResponseHead(const http::ResponseHead& r) {
+  std::size_t before = out.size();
+  out.Append("HTTP/1.1 ");
+  AppendNum(out, static_cast<uint64_t>(r.status));
+  out.Append(" ");
+  out.Append(r.reason.empty() ? http::ReasonPhrase(r.status) : r.reason);
+  out.Append("\r\n");
+  const HeaderMutations* levels[4] = {wc ? &wc->response_headers : nullptr,
+                                      &route->response_headers, &vh->response_headers,
+                                      &chain->http.routes->response_headers};
+  bool upgrade = r.status == 101;
+  const bool mutated = AnyMutations(levels, 4);
+  LineRun unchanged(out);
+  for (std::size_t i = 0; i < r.num_headers; ++i) {
+    const http::Header& h = r.headers[i];
+    if ((upgrade ? h.id == http::HeaderId::kKeepAlive : IsHopByHop(h.id)) ||
+        h.id == http::HeaderId::kXEnvoyUpstreamServiceTime ||
+        (r.drop_content_length && h.id == http::HeaderId::kContentLength) ||
+        (mutated && Replaced(levels, 4, h.name))) {
+      unchanged.Flush();
+      continue;
+    }
+    unchanged.Add(h);
+  }
+  unchanged.Flush();
+  EmitAdds(out, levels, 4, r);
+  out.Append("x-envoy-upstream-service-time: ");
+  AppendNum(out, static_cast<uint64_t>(std::max<int64_t>(0, service_time_ms)));
+  out.Append("\r\n");
+  if (!upgrade) {
+    // A close-delimited upstream body can only be relayed by closing after it; while
+    // draining, the client learns from this response not to send another request.
+    if (r.close_delimited || w->draining())
+      close_after = true;
+    AppendConnection();
+  }
+  out.Append("\r\n");
+  bytes_tx += out.size() - before;
+}
+
+void Session::AppendConnection() {
+  if (close_after)
+    out.Append("connection: close\r\n");
+  else if (req.minor_version == 0)
+    out.Append("connection: keep-alive\r\n");  // HTTP/1.0 is kept alive only when told so
+}
+
+void Session::OnUpData(UpstreamConn* u, std::string_view data) {
+  out.Append(data);
+  bytes_tx += data.size();
+  last_io_ms = w->now();
+  if (out.size() > 256 * 1024) {
+    uint64_t g = gen;
+    TryWrite();
+    if (g != gen)
+      return;
+  }
+  Account();
+  // Backpressure: stop reading the upstream while the client is slow, or while the
+  // worker holds more than its budget (TryWrite resumes it once `out` is written).
+  if (u == up && (out.size() > 4 * 1024 * 1024 || !w->budget().MayBuffer(out.size())))
+    u->PauseRead(true);
+}
+
+void Session::OnUpDrained(UpstreamConn*) {
+  if (phase != Phase::kTunnel || !up)
+    return;
+  if (down_eof) {
+    w->loop().ShutdownWrite(up->fd);  // the client's half-close, passed on once its bytes are out
+  } else if (read_ready) {
+    TunnelRead();  // its read clears read_ready
+  }
+}
+
+void Session::OnUpReadDone(UpstreamConn*) {
+  if (!out.empty())
+    TryWrite();
+}
+
+void Session::OnUpDone(UpstreamConn* u) {
+  DropUpstream(u->reusable);
+  uint64_t g = gen;
+  TryWrite();  // the response first, then the next pipelined request
+  if (g != gen)
+    return;
+  Finish();
+}
+
+void Session::Local(int code, std::string_view body, uint32_t flag, const char* why,
+                    std::string_view extra_header) {
+  flags |= flag;
+  status = code;
+  details = why;
+  DropUpstream(false);
+  std::size_t before = out.size();
+  out.Append("HTTP/1.1 ");
+  AppendNum(out, static_cast<uint64_t>(code));
+  out.Append(" ");
+  out.Append(http::ReasonPhrase(code));
+  out.Append("\r\ncontent-length: ");
+  AppendNum(out, body.size());
+  out.Append("\r\n");
+  if (!body.empty())
+    out.Append("content-type: text/plain\r\n");
+  if (!extra_header.empty()) {
+    out.Append(extra_header);
+    out.Append("\r\n");
+  }
+  if (route) {
+    const HeaderMutations* levels[3] = {&route->response_headers, &vh->response_headers,
+                                        &chain->http.routes->response_headers};
+    http::ResponseHead empty;
+    EmitAdds(out, levels, 3, empty);
+  }
+  if (w->draining())
+    close_after = true;
+  AppendConnection();
+  out.Append("\r\n");
+  if (req.method != "HEAD")
+    out.Append(body);
+  bytes_tx += out.size() - before;
+  Finish();
+  if (phase != Phase::kClosed)
+    TryWrite();
+}
+
+}  // namespace sluice::proxy::engine

@@ -1,0 +1,97 @@
+// One connection to an upstream endpoint: connecting (with its timeout), writing the
+// request its owner serialised into `out`, and reading the response. It parses the
+// response head and frames the body (content-length, chunked, close-delimited, or a
+// tunnel after a 101) and hands both to its owner, a Session or a Mirror, through
+// UpstreamOwner. The pool (upstream_pool.h) opens, reuses and releases it.
+#pragma once
+
+#include <sys/epoll.h>
+
+#include <cstdint>
+#include <memory>
+#include <string_view>
+
+#include "sluice/proxy/buffer.h"
+#include "sluice/proxy/config.h"
+#include "sluice/proxy/http_codec.h"
+#include "sluice/proxy/retry.h"
+#include "snapshot.h"
+#include "timer_heap.h"
+#include "worker_context.h"
+
+namespace sluice::proxy::engine {
+
+class UpstreamConn;
+
+using UpFailure = UpstreamFailure;
+
+struct UpstreamOwner {
+  virtual void OnUpConnected(UpstreamConn*) {}
+  virtual void OnUpHeaders(UpstreamConn*) = 0;
+  virtual void OnUpData(UpstreamConn*, std::string_view data) = 0;
+  virtual void OnUpDone(UpstreamConn*) = 0;
+  virtual void OnUpFailure(UpstreamConn*, UpFailure) = 0;
+  virtual void OnUpDrained(UpstreamConn*) {}
+  // Everything read from the upstream in one event has been handed over.
+  virtual void OnUpReadDone(UpstreamConn*) {}
+  virtual ~UpstreamOwner() = default;
+};
+
+class UpstreamConn final : public Handler, public TimerOwner {
+ public:
+  WorkerContext* w = nullptr;
+  int fd = -1;
+  uint64_t gen = 0;
+  std::shared_ptr<const Snapshot> snap;
+  const Cluster* cluster = nullptr;
+  Endpoint* ep = nullptr;
+  UpstreamOwner* owner = nullptr;
+  bool connecting = false;
+  bool tunnel = false;
+  bool read_paused = false;
+  bool peer_closed = false;
+  bool counted = false;
+  bool head_request = false;
+  bool upgrade_request = false;  // a 101 answers only a request that asked to upgrade
+  bool reusable = false;
+  bool mirror_conn = false;  // opened for mirror copies (counted against their cap)
+  uint32_t events = 0;
+  Buffer in, out;
+  http::ResponseHead resp;
+  bool head_done = false;
+  enum class Framing { kNone, kLength, kChunked, kClose } framing = Framing::kNone;
+  int64_t remaining = 0;
+  http::ChunkedDecoder chunk;
+  Timer connect_timer;
+  char local_addr[64] = "-";
+
+  void OnEvent(uint32_t ev) override;
+  void OnTimer(int kind) override;
+  void SetEvents(uint32_t ev) {
+    if (ev != events) {
+      events = ev;
+      w->loop().Modify(fd, ev, this);
+    }
+  }
+  void Flush();
+  void ResetResponse() {
+    head_done = false;
+    framing = Framing::kNone;
+    remaining = 0;
+    chunk.Reset();
+    reusable = false;
+  }
+  void PauseRead(bool pause) {
+    if (read_paused == pause)
+      return;
+    read_paused = pause;
+    SetEvents(pause ? (events & ~EPOLLIN) : (events | EPOLLIN));
+  }
+
+ private:
+  void OnReadable();
+  void ProcessResponse();
+  void Fail(UpFailure f);
+};
+
+}  // namespace sluice::proxy::engine
