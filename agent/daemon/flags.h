@@ -4,10 +4,10 @@
 
 #include <string>
 
+#include "cni_server.h"
 #include "gateway_role.h"
 #include "l7_host.h"
 #include "node_agent.h"
-#include "sluice/cni/server.h"
 #include "sluice/loader/dataplane.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/node.h"
