@@ -702,9 +702,9 @@ void UringLoop::MaybeFinish(Channel& c) {
     return;
   DropChunks(c);
   c.spill.Clear();
-  c.spill.Shrink(64 * 1024);  // kept (up to the usual size) for the slot's next channel
+  c.spill.Shrink(0);
   c.txbuf.Clear();
-  c.txbuf.Shrink(64 * 1024);
+  c.txbuf.Shrink(0);
   if (c.fd >= 0) {
     if (static_cast<std::size_t>(c.fd) < by_fd_.size() &&
         by_fd_[c.fd] == static_cast<int32_t>(c.slot))

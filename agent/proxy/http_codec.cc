@@ -469,6 +469,19 @@ ParseStatus ParseRequestLine(std::string_view line, RequestHead* r) {
 
 }  // namespace
 
+void MoveViews(RequestHead* r, const char* from, std::size_t len, const char* to) {
+  auto move = [&](std::string_view& v) {
+    if (!v.empty() && v.data() >= from && v.data() < from + len)
+      v = {to + (v.data() - from), v.size()};
+  };
+  for (std::string_view* v : {&r->method, &r->target, &r->path, &r->query, &r->host, &r->upgrade})
+    move(*v);
+  for (std::size_t i = 0; i < r->num_headers; ++i) {
+    move(r->headers[i].name);
+    move(r->headers[i].value);
+  }
+}
+
 ParseStatus ParseRequest(std::string_view buf, const Limits& limits, RequestHead* r) {
   r->num_headers = 0;
   r->chunked = false;

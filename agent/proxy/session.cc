@@ -102,8 +102,8 @@ void SessionPool::ReleaseSession(Session* s) {
   s->snap.reset();
   s->in.Clear();
   s->out.Clear();
-  s->in.Shrink(64 * 1024);
-  s->out.Shrink(64 * 1024);
+  s->in.Shrink(0);
+  s->out.Shrink(0);
   deferred_.push_back(s);
 }
 
@@ -213,7 +213,13 @@ bool Session::ReadInto(Buffer& b) {
       }
     }
     std::size_t avail;
+    const std::string_view before = b.Data();
     char* p = b.WritePtr(8192, &avail);
+    if (&b == &in && b.Data().data() != before.data()) {
+      // The buffer moved under the parsed head (a body grew it): keep req's views on
+      // its bytes, which the access log and a retry still read.
+      http::MoveViews(&req, before.data(), before.size(), b.Data().data());
+    }
     const std::size_t want = std::min(avail, room);
     ssize_t n = w->loop().Recv(fd, p, want);
     if (n > 0) {

@@ -120,8 +120,8 @@ void UpstreamPool::ReleaseUpstream(UpstreamConn* u, bool reuse) {
       u->mirror_conn = false;
     }
     u->snap.reset();
-    u->in.Shrink(64 * 1024);
-    u->out.Shrink(64 * 1024);
+    u->in.Shrink(0);
+    u->out.Shrink(0);
     deferred_.push_back(u);
   }
   KickPending(c);

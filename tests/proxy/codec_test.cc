@@ -33,6 +33,34 @@ TEST_CASE("parser: a request head, parsed in place", "[codec]") {
   }
 }
 
+TEST_CASE("parser: a head's views follow its buffer when the buffer moves", "[codec]") {
+  const std::string raw =
+      "GET http://h.example:81/p?q=1 HTTP/1.1\r\nHost: h.example:81\r\nUpgrade: websocket\r\n"
+      "Connection: upgrade\r\n\r\n";
+  std::string first = raw, moved = raw;
+  http::RequestHead r;
+  REQUIRE(http::ParseRequest(first, {}, &r) == http::ParseStatus::kDone);
+  http::MoveViews(&r, first.data(), first.size(), moved.data());
+  first.assign(first.size(), 'x');  // the old bytes are gone
+  CHECK(r.method == "GET");
+  CHECK(r.path == "/p");
+  CHECK(r.query == "q=1");
+  CHECK(r.host == "h.example:81");
+  CHECK(r.upgrade == "websocket");
+  CHECK(r.Get("connection") == "upgrade");
+  CHECK(r.headers[0].line() == "Host: h.example:81\r\n");
+  CHECK(r.method.data() == moved.data());
+  // An absolute-form target with no path has the parser's static "/": left alone.
+  std::string bare = "GET http://h.example HTTP/1.1\r\nHost: h.example\r\n\r\n";
+  http::RequestHead b;
+  REQUIRE(http::ParseRequest(bare, {}, &b) == http::ParseStatus::kDone);
+  const char* slash = b.target.data();
+  std::string copy = bare;
+  http::MoveViews(&b, bare.data(), bare.size(), copy.data());
+  CHECK(b.target.data() == slash);
+  CHECK(b.host.data() >= copy.data());
+}
+
 TEST_CASE("parser: headers are named once, and each keeps its line as received", "[codec]") {
   std::string raw =
       "GET / HTTP/1.1\r\nHOST: h\r\nX-Forwarded-Proto:https\r\ncookie: a=1\r\nExpect:\t \r\n"

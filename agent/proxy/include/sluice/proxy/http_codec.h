@@ -126,6 +126,12 @@ bool CouldBeRequest(std::string_view buf);
 // Parses a response head; head_request tells that the request was HEAD.
 ParseStatus ParseResponse(std::string_view buf, bool head_request, ResponseHead* out);
 
+// A parsed head's views point into the buffer it was parsed from. When that buffer moves
+// (it grew, or compacted before growing), MoveViews points every view that lay in the old
+// bytes [from, from + len) at the same offset from `to`; views elsewhere (the static "/"
+// of an absolute-form target) are left alone.
+void MoveViews(RequestHead* r, const char* from, std::size_t len, const char* to);
+
 // Incremental chunked-body decoder. Feed raw bytes; it consumes what it can and, when
 // `out` is given, appends the payload. Trailers are checked and dropped: a malformed
 // trailer line, or Content-Length, Transfer-Encoding or Host in the trailers, fails.
