@@ -1,3 +1,6 @@
+// The agent's CNI server (agent/daemon/cni_server.cc) over its real Unix socket: the
+// socket file, requests reaching the handler, errors as CNI codes, bad frames, slow,
+// excess and foreign peers, stopping, and many plugins at once.
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -11,8 +14,8 @@
 #include <fstream>
 #include <thread>
 
+#include "cni/test_support.h"
 #include "cni_server.h"
-#include "test_support.h"
 
 using namespace sluice;
 using namespace sluice::cni;

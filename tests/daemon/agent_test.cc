@@ -15,8 +15,8 @@
 #include <sstream>
 #include <thread>
 
-#include "../kernelsync/fixtures.h"
 #include "envoy/extensions/access_loggers/file/v3/file.pb.h"
+#include "kernelsync/fixtures.h"
 #include "lab.h"
 #include "sluice/cni/protocol.h"
 #include "sluice/xds/ads_server.h"

@@ -1,3 +1,5 @@
+// Result<T> (agent/common/include/sluice/common/result.h): a value or an error that
+// names what failed.
 #include <catch2/catch.hpp>
 
 #include "sluice/common/result.h"

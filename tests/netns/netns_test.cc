@@ -7,8 +7,8 @@
 #include <catch2/catch.hpp>
 #include <fstream>
 
+#include "cni/test_support.h"
 #include "sluice/netns/netns.h"
-#include "test_support.h"
 
 using namespace sluice::netns;
 using sluice::cni::testing::TempDir;

@@ -6,8 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "cni/test_support.h"
 #include "sluice/local/cni_chain.h"
-#include "test_support.h"
 
 using namespace sluice::local;
 using namespace sluice::cni::testing;

@@ -1,3 +1,5 @@
+// The enrolment rule (agent/enrolment): which pods Sluice serves, from namespace and pod
+// labels, and how label, pod and namespace changes enrol or unenrol them.
 #include <catch2/catch.hpp>
 
 #include "sluice/enrolment/enrolment.h"
