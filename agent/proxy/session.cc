@@ -387,8 +387,6 @@ void Session::Process() {
       }
       break;
     }
-    // The buffer may have moved while the body arrived: parse the head again in place.
-    http::ParseRequest(in.Data(), chain->http.limits, &req);
     bytes_rx = body_scanned;
     Dispatch();
   }
