@@ -135,6 +135,12 @@ Result<ProxySpec> LocalControlPlane::ProxyFor(const envoy::config::core::v3::Nod
   }
   spec.kind =
       id->role == xds::ProxyRole::kRouter ? ProxySpec::Kind::kGateway : ProxySpec::Kind::kSidecar;
+  // istiod picks its generator from the node's metadata: istio-agent's grpc-agent
+  // template (proxyless gRPC) sends GENERATOR: grpc with a sidecar node ID.
+  if (auto it = md.find("GENERATOR"); it != md.end() && it->second.string_value() == "grpc" &&
+                                      spec.kind == ProxySpec::Kind::kSidecar) {
+    spec.kind = ProxySpec::Kind::kGrpc;
+  }
   return spec;
 }
 

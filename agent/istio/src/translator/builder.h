@@ -4,7 +4,8 @@
 // Builder's member functions live in the file of their xDS part, as istiod lays out
 // pilot/pkg/networking/core/: scope.cc (what the proxy sees), clusters.cc (CDS/EDS),
 // routes.cc (RDS), listeners.cc (a sidecar's LDS), gateway.cc (a gateway's listeners and
-// routes), access_log.cc; translator.cc runs them in order.
+// routes), grpc.cc (a proxyless gRPC client's resources), access_log.cc; translator.cc
+// runs them in order.
 #pragma once
 
 #include <cstdint>
@@ -45,6 +46,11 @@ core_v3::ConfigSource AdsSource();
 // A host pattern from Istio config matches a hostname ("*.example.com", "*") (scope.cc).
 bool HostMatches(const std::string& pattern, const std::string& host);
 bool HostsIntersect(const std::string& a, const std::string& b);
+
+// The endpoints of one service port (and subset), grouped by locality (clusters.cc).
+endpoint_v3::ClusterLoadAssignment Endpoints(const RegistryService& svc, const RegistryPort& port,
+                                             const Subset* subset, const std::string& name,
+                                             bool dns);
 
 // A DestinationRule's traffic policy for one port and subset, merged (clusters.cc).
 struct EffectivePolicy {
@@ -132,6 +138,12 @@ class Builder {
                                                            const std::string& vs_ns,
                                                            uint32_t port) const;
   void BuildSidecarListenersAndRoutes();
+
+  // ------------------------------------------------------------ grpc.cc
+  std::vector<std::string> GrpcShortNames(const RegistryService& svc) const;
+  void AddGrpcCluster(const RegistryService& svc, const RegistryPort& port,
+                      const DestinationRule* dr, const Subset* subset);
+  void BuildGrpc();
 
   // ------------------------------------------------------------ gateway.cc
   void BuildGateway();

@@ -3,6 +3,9 @@
 // connect timeout, port-level settings), EDS or DNS endpoints, and the BlackHole and
 // Passthrough clusters. istiod's counterparts are pilot/pkg/networking/core/cluster.go,
 // cluster_builder.go and cluster_traffic_policy.go.
+#include <map>
+#include <tuple>
+
 #include "translator/builder.h"
 
 namespace sluice::istio::detail {
@@ -49,44 +52,83 @@ void SetLbPolicy(cluster_v3::Cluster& c, const std::optional<LoadBalancer>& lb) 
   }
 }
 
-// The endpoints of one service port, filtered by the subset's labels. DNS clusters
-// with no endpoints resolve the hostname itself.
+// istiod's locality of an endpoint, from its pod's labels: `istio-locality`
+// ("region.zone.subzone"), else topology.kubernetes.io/region and /zone (node labels on a
+// real cluster, copied to the pod here) and topology.istio.io/subzone. Empty if none.
+core_v3::Locality LocalityOf(const Labels& labels) {
+  core_v3::Locality l;
+  auto get = [&](const char* key) -> std::string {
+    auto it = labels.find(key);
+    return it == labels.end() ? "" : it->second;
+  };
+  if (std::string v = get("istio-locality"); !v.empty()) {
+    auto dot = v.find('.');
+    l.set_region(v.substr(0, dot));
+    if (dot != std::string::npos) {
+      auto dot2 = v.find('.', dot + 1);
+      l.set_zone(v.substr(dot + 1, dot2 == std::string::npos ? std::string::npos : dot2 - dot - 1));
+      if (dot2 != std::string::npos)
+        l.set_sub_zone(v.substr(dot2 + 1));
+    }
+    return l;
+  }
+  l.set_region(get("topology.kubernetes.io/region"));
+  l.set_zone(get("topology.kubernetes.io/zone"));
+  l.set_sub_zone(get("topology.istio.io/subzone"));
+  return l;
+}
+
+}  // namespace
+
+// The endpoints of one service port, filtered by the subset's labels, grouped by
+// locality as istiod groups them: every group names its locality (empty when the pods
+// carry none — gRPC clients reject a group without one) and weighs the sum of its
+// endpoints' weights. DNS clusters with no endpoints resolve the hostname itself.
 endpoint_v3::ClusterLoadAssignment Endpoints(const RegistryService& svc, const RegistryPort& port,
                                              const Subset* subset, const std::string& name,
                                              bool dns) {
   endpoint_v3::ClusterLoadAssignment cla;
   cla.set_cluster_name(name);
   if (dns && svc.endpoints.empty()) {
-    auto* lb = cla.add_endpoints()->add_lb_endpoints();
+    auto* group = cla.add_endpoints();
+    group->mutable_locality();
+    auto* lb = group->add_lb_endpoints();
     auto* sa = lb->mutable_endpoint()->mutable_address()->mutable_socket_address();
     sa->set_address(svc.hostname);
     sa->set_port_value(port.port);
     lb->mutable_load_balancing_weight()->set_value(1);
     return cla;
   }
-  endpoint_v3::LocalityLbEndpoints* locality = nullptr;
-  uint32_t total = 0;
+  // Groups in order of (region, zone, subzone), so the output is deterministic.
+  std::map<std::tuple<std::string, std::string, std::string>, endpoint_v3::LocalityLbEndpoints>
+      groups;
   for (const auto& ep : svc.endpoints) {
     if (subset && !SelectorMatches(subset->labels, ep.labels))
       continue;
     auto pit = ep.ports.find(port.port);
     if (pit == ep.ports.end())
       continue;
-    if (!locality)
-      locality = cla.add_endpoints();
-    auto* lb = locality->add_lb_endpoints();
+    core_v3::Locality loc = LocalityOf(ep.labels);
+    auto& group = groups[{loc.region(), loc.zone(), loc.sub_zone()}];
+    *group.mutable_locality() = std::move(loc);
+    auto* lb = group.add_lb_endpoints();
     auto* sa = lb->mutable_endpoint()->mutable_address()->mutable_socket_address();
     sa->set_address(ep.address);
     sa->set_port_value(pit->second);
     if (!dns)
       lb->set_health_status(core_v3::HEALTHY);
     lb->mutable_load_balancing_weight()->set_value(ep.weight);
-    total += ep.weight;
+    if (!dns) {
+      auto* w = group.mutable_load_balancing_weight();
+      w->set_value(w->value() + ep.weight);
+    }
   }
-  if (locality && !dns)
-    locality->mutable_load_balancing_weight()->set_value(total);
+  for (auto& [key, group] : groups)
+    *cla.add_endpoints() = std::move(group);
   return cla;
 }
+
+namespace {
 
 void ApplyPolicy(const TrafficPolicy& tp, uint32_t port, EffectivePolicy& eff) {
   if (tp.load_balancer)

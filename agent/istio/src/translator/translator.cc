@@ -6,6 +6,8 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include <nlohmann/json.hpp>
+
 #include "translator/builder.h"
 
 namespace sluice::istio::detail {
@@ -25,12 +27,16 @@ core_v3::ConfigSource AdsSource() {
 
 Translation Builder::Run() {
   registry_only_ = config_.mesh.outbound == MeshConfig::OutboundPolicy::kRegistryOnly;
-  if (proxy_.kind == ProxySpec::Kind::kSidecar) {
+  if (proxy_.kind != ProxySpec::Kind::kGateway) {
     sidecar_ = FindSidecar();
     if (sidecar_ && sidecar_->registry_only)
       registry_only_ = *sidecar_->registry_only;
   }
   IndexByHost();
+  if (proxy_.kind == ProxySpec::Kind::kGrpc) {
+    BuildGrpc();  // its own clusters: EDS only, no Passthrough or BlackHole
+    return std::move(out_);
+  }
   access_log_ = AccessLogEnabled();
   BuildClusters();
   if (proxy_.kind == ProxySpec::Kind::kSidecar) {
@@ -59,6 +65,13 @@ Result<ProxySpec> ProxySpec::Parse(std::string_view text) {
     p.ns = std::string(rest);
     return p;
   }
+  if (kind == "grpc") {
+    p.kind = Kind::kGrpc;
+    if (rest.empty())
+      return Fail("--proxy grpc:NAMESPACE: namespace missing");
+    p.ns = std::string(rest);
+    return p;
+  }
   if (kind == "gateway") {
     p.kind = Kind::kGateway;
     p.ns = "istio-system";
@@ -82,12 +95,14 @@ Result<ProxySpec> ProxySpec::Parse(std::string_view text) {
     return p;
   }
   return Fail("--proxy \"" + std::string(text) +
-              "\": want sidecar:NAMESPACE or gateway:KEY=VALUE[,KEY=VALUE]");
+              "\": want sidecar:NAMESPACE, grpc:NAMESPACE or gateway:KEY=VALUE[,KEY=VALUE]");
 }
 
 std::string ProxySpec::Describe() const {
   if (kind == Kind::kSidecar)
     return "sidecar:" + ns;
+  if (kind == Kind::kGrpc)
+    return "grpc:" + ns;
   std::string s = "gateway:";
   bool first = true;
   for (const auto& [k, v] : labels) {
@@ -132,6 +147,10 @@ Result<std::string> ResourcesToJson(const xds::ResourceSet& resources) {
   SLUICE_RETURN_IF_ERROR(section("routes", resources.routes));
   SLUICE_RETURN_IF_ERROR(section("clusters", resources.clusters));
   SLUICE_RETURN_IF_ERROR(section("endpoints", resources.endpoints));
+  if (!resources.listener_aliases.empty()) {  // a proxyless gRPC client's short names
+    nlohmann::json aliases(resources.listener_aliases);
+    out += ",\"listenerAliases\":" + aliases.dump();
+  }
   out += "}";
   return out;
 }

@@ -31,6 +31,8 @@ struct ResourceSet {
   std::map<std::string, envoy::config::route::v3::RouteConfiguration> routes;
   std::map<std::string, envoy::config::cluster::v3::Cluster> clusters;
   std::map<std::string, envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
+  // Other names a subscriber may use for a listener: alias -> canonical listener name.
+  std::map<std::string, std::string> listener_aliases;
 
   // Each Add keys the resource by its own name field.
   void Add(envoy::config::listener::v3::Listener l) {

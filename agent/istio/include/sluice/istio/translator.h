@@ -1,13 +1,16 @@
 // Translator: Istio config -> the Envoy resources istiod would serve one proxy.
 //
-// Two kinds of proxy, as istiod distinguishes them by node ID:
+// Three kinds of proxy, as istiod distinguishes them by node ID and metadata:
 //  - a sidecar (`sidecar~…`) in a namespace: outbound clusters for every visible
 //    service port and subset, EDS endpoints, per-port route configurations ("5000")
 //    built from mesh-bound VirtualServices, outbound listeners, Passthrough/BlackHole;
 //  - a gateway (`router~…`) selected by its pod labels: listeners for the servers of the
 //    Gateways whose selector matches, on the targetPort the gateway's Service maps each
 //    server port to ("0.0.0.0_8080", "http.8080" for port 80), routes from the
-//    VirtualServices bound to those Gateways, SNI filter chains for TLS passthrough.
+//    VirtualServices bound to those Gateways, SNI filter chains for TLS passthrough;
+//  - a proxyless gRPC client (metadata GENERATOR: grpc) in a namespace: API listeners
+//    "FQDN:PORT" (short-name aliases too), route configs "outbound|PORT||FQDN", EDS
+//    clusters and endpoints — istiod's grpc generator (translator/grpc.cc).
 // Names and semantics follow istiod; docs/control-plane.md lists what is left out.
 #pragma once
 
@@ -23,12 +26,12 @@
 namespace sluice::istio {
 
 struct ProxySpec {
-  enum class Kind { kSidecar, kGateway };
+  enum class Kind { kSidecar, kGateway, kGrpc };
   Kind kind = Kind::kSidecar;
   std::string ns = "default";  // the proxy's namespace (gateways: istio-system)
   Labels labels;               // the proxy pod's labels; select Gateways
 
-  // "sidecar:NAMESPACE" or "gateway:KEY=VALUE[,KEY=VALUE…][@NAMESPACE]".
+  // "sidecar:NAMESPACE", "grpc:NAMESPACE" or "gateway:KEY=VALUE[,KEY=VALUE…][@NAMESPACE]".
   static Result<ProxySpec> Parse(std::string_view text);
   std::string Describe() const;
 };
@@ -42,7 +45,8 @@ struct Translation {
 Translation Translate(const Config& config, const Registry& registry, const ProxySpec& proxy);
 
 // The resources as one JSON document {"listeners":[…],"routes":[…],"clusters":[…],
-// "endpoints":[…]}, each list sorted by name, printed with protobuf's JSON printer.
+// "endpoints":[…]}, each list sorted by name, printed with protobuf's JSON printer; and
+// "listenerAliases":{alias: listener} when there are any (proxyless gRPC).
 Result<std::string> ResourcesToJson(const xds::ResourceSet& resources);
 
 }  // namespace sluice::istio
