@@ -65,6 +65,15 @@ TEST_CASE("nodes map to proxies as istiod reads them") {
   CHECK(spec->kind == ProxySpec::Kind::kGateway);
   CHECK(spec->labels.at("istio") == "egressgateway");
 
+  // Istio's grpc-agent template: a sidecar ID with GENERATOR: grpc in the metadata.
+  auto grpc_node = SidecarNode("echo-v1-1", "echo-grpc");
+  (*grpc_node.mutable_metadata()->mutable_fields())["GENERATOR"].set_string_value("grpc");
+  spec = LocalControlPlane::ProxyFor(grpc_node);
+  REQUIRE(spec);
+  CHECK(spec->kind == ProxySpec::Kind::kGrpc);
+  CHECK(spec->ns == "echo-grpc");
+  CHECK(spec->Describe() == "grpc:echo-grpc");
+
   envoy::config::core::v3::Node bad;
   bad.set_id("envoy-without-istio-id");
   CHECK_FALSE(LocalControlPlane::ProxyFor(bad).has_value());
