@@ -129,11 +129,16 @@ TEST_CASE("golden: Istio task manifests translate to the reviewed Envoy resource
       REQUIRE(proxy.has_value());
       Translation t = Translate(loaded.config, registry, *proxy);
       CHECK(t.warnings.empty());
-      // What the translator serves, the agent's config model must accept.
-      auto valid =
-          sluice::config::ValidateSnapshot(sluice::config::Snapshot::FromResourceSet(t.resources));
-      INFO((valid ? std::string("valid") : valid.error().message));
-      CHECK(valid.has_value());
+      // What the translator serves a sidecar or gateway, the agent's config model must
+      // accept. A proxyless gRPC node's API listeners are for gRPC's client, which Envoy
+      // (and the agent) refuse over LDS; gRPC's own client checks those
+      // (grpc_proxyless_test).
+      if (proxy->kind != ProxySpec::Kind::kGrpc) {
+        auto valid = sluice::config::ValidateSnapshot(
+            sluice::config::Snapshot::FromResourceSet(t.resources));
+        INFO((valid ? std::string("valid") : valid.error().message));
+        CHECK(valid.has_value());
+      }
       auto text = ResourcesToJson(t.resources);
       REQUIRE(text.has_value());
       CompareOrUpdate(dir / "expected" / ExpectedName(line), json::parse(*text));

@@ -175,8 +175,7 @@ void CheckAllTypesAcked(const Run& run) {
     if (e.kind == Kind::kNack)
       FAIL_CHECK(e.type_url << " NACKed: " << e.error);
   }
-  CHECK(acked == std::set<std::string>{std::string(sx::kListenerType),
-                                       std::string(sx::kRouteType),
+  CHECK(acked == std::set<std::string>{std::string(sx::kListenerType), std::string(sx::kRouteType),
                                        std::string(sx::kClusterType),
                                        std::string(sx::kEndpointType)});
 }

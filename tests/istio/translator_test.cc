@@ -440,7 +440,8 @@ TEST_CASE("a valid document beside an invalid one still translates") {
   CHECK(t.resources.clusters.count("outbound|5000|v2|helloworld.default.svc.cluster.local") == 1);
 }
 
-TEST_CASE("gateway without a matching VirtualService answers 404, and other selectors see nothing") {
+TEST_CASE(
+    "gateway without a matching VirtualService answers 404, and other selectors see nothing") {
   auto r = Run(R"(apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: gw, namespace: istio-system}
@@ -503,7 +504,13 @@ TEST_CASE("proxy specs parse and reject malformed input") {
   CHECK(s->labels.at("app") == "gw");
   CHECK(s->Describe() == "gateway:app=gw,istio=ingressgateway@edge");
   CHECK_FALSE(ProxySpec::Parse("sidecar:").has_value());
+  CHECK_FALSE(ProxySpec::Parse("grpc:").has_value());
+  auto g = ProxySpec::Parse("grpc:echo-grpc");
+  REQUIRE(g);
+  CHECK(g->kind == ProxySpec::Kind::kGrpc);
+  CHECK(g->Describe() == "grpc:echo-grpc");
   CHECK_FALSE(ProxySpec::Parse("gateway:istio").has_value());
   CHECK(ProxySpec::Parse("router:x").error().message ==
-        "--proxy \"router:x\": want sidecar:NAMESPACE or gateway:KEY=VALUE[,KEY=VALUE]");
+        "--proxy \"router:x\": want sidecar:NAMESPACE, grpc:NAMESPACE or "
+        "gateway:KEY=VALUE[,KEY=VALUE]");
 }
