@@ -72,7 +72,7 @@ int FreePort() {
 // The sample's shape (Istio's samples/grpc-echo): Service echo in echo-grpc with a gRPC
 // port 7070, pods of versions v1 and v2 on the loopback addresses the client's servers
 // bind, and a DestinationRule with a subset per version.
-std::string Config(int target_port, int v1_weight, int v2_weight) {
+std::string Config(int target_port, int v1_weight, int v2_weight, std::string route_extra = "") {
   return fmt::format(R"(apiVersion: v1
 kind: Namespace
 metadata: {{name: echo-grpc, labels: {{istio-injection: enabled}}}}
@@ -118,8 +118,9 @@ spec:
       weight: {1}
     - destination: {{host: echo.echo-grpc.svc.cluster.local, subset: v2}}
       weight: {2}
+{3}
 )",
-                     target_port, v1_weight, v2_weight);
+                     target_port, v1_weight, v2_weight, route_extra);
 }
 
 struct Run {
@@ -221,5 +222,19 @@ TEST_CASE("proxyless gRPC: a short name from the service's namespace resolves li
   INFO(run.output);
   REQUIRE(run.status == 0);
   CHECK(run.v2 == 10);
+  CheckAllTypesAcked(run);
+}
+
+TEST_CASE("proxyless gRPC: a VirtualService abort with grpcStatus fails the RPCs with it") {
+  const int port = FreePort();
+  // Istio's fault.abort.grpcStatus: gRPC's client injects it itself (its fault filter
+  // reads the route's envoy.filters.http.fault config).
+  Run run = RunClient(Config(port, 0, 100,
+                             "    fault:\n      abort:\n        grpcStatus: UNAVAILABLE\n"
+                             "        percentage: {value: 100}"),
+                      port, "echo.echo-grpc.svc.cluster.local:7070", 5);
+  INFO(run.output);
+  CHECK(run.status != 0);
+  CHECK(run.output.find("rpc: 14 ") != std::string::npos);  // UNAVAILABLE
   CheckAllTypesAcked(run);
 }

@@ -3,6 +3,8 @@
 // and header operations. String matches with a regex are checked with RE2, as Envoy
 // would reject them.
 #include <re2/re2.h>
+#include <algorithm>
+#include <array>
 
 #include "loader/decode.h"
 
@@ -180,9 +182,39 @@ HttpRoute DecodeHttpRoute(const Field& f) {
     }
     if (Field a = ff["abort"]; a.present()) {
       HttpFault::Abort abort;
-      if (!a["httpStatus"].present())
-        a["httpStatus"].Error("required");
-      abort.http_status = static_cast<uint32_t>(a["httpStatus"].Int(200, 599).value_or(0));
+      if (Field g = a["grpcStatus"]; g.present()) {
+        // gRPC's status code names, as Istio's validation accepts them.
+        static constexpr std::array<std::string_view, 17> kCodes = {"OK",
+                                                                    "CANCELLED",
+                                                                    "UNKNOWN",
+                                                                    "INVALID_ARGUMENT",
+                                                                    "DEADLINE_EXCEEDED",
+                                                                    "NOT_FOUND",
+                                                                    "ALREADY_EXISTS",
+                                                                    "PERMISSION_DENIED",
+                                                                    "RESOURCE_EXHAUSTED",
+                                                                    "FAILED_PRECONDITION",
+                                                                    "ABORTED",
+                                                                    "OUT_OF_RANGE",
+                                                                    "UNIMPLEMENTED",
+                                                                    "INTERNAL",
+                                                                    "UNAVAILABLE",
+                                                                    "DATA_LOSS",
+                                                                    "UNAUTHENTICATED"};
+        std::string name = g.StrOr("");
+        auto it = std::find(kCodes.begin(), kCodes.end(), name);
+        if (it == kCodes.end()) {
+          g.Error("\"" + name + "\" is not a gRPC status code name (UNAVAILABLE, INTERNAL, …)");
+        } else {
+          abort.grpc_status = static_cast<uint32_t>(it - kCodes.begin());
+        }
+        if (a["httpStatus"].present())
+          a["httpStatus"].Error("only one of httpStatus and grpcStatus may be set");
+      } else {
+        if (!a["httpStatus"].present())
+          a["httpStatus"].Error("required (or grpcStatus)");
+        abort.http_status = static_cast<uint32_t>(a["httpStatus"].Int(200, 599).value_or(0));
+      }
       abort.percentage = DecodePercent(a["percentage"]);
       fault.abort = abort;
     }

@@ -327,7 +327,11 @@ route_v3::Route Builder::TranslateHttpRoute(const HttpRoute& hr, const HttpMatch
     }
     if (hr.fault->abort) {
       auto* a = fault.mutable_abort();
-      a->set_http_status(hr.fault->abort->http_status);
+      if (hr.fault->abort->grpc_status) {
+        a->set_grpc_status(*hr.fault->abort->grpc_status);
+      } else {
+        a->set_http_status(hr.fault->abort->http_status);
+      }
       SetPercent(a->mutable_percentage(),
                  hr.fault->abort->percentage ? hr.fault->abort->percentage->value : 100.0);
     }

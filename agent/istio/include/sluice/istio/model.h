@@ -166,6 +166,7 @@ struct HttpFault {
   };
   struct Abort {
     uint32_t http_status = 0;
+    std::optional<uint32_t> grpc_status;  // grpcStatus, as its code (14 for UNAVAILABLE)
     std::optional<Percent> percentage;
   };
   std::optional<Delay> delay;
