@@ -74,7 +74,8 @@ ParseStatus ParseRequest(std::string_view buffer, const ParseLimits& limits, Req
 // Date and Connection.
 std::string Serialize(const Response& response, std::string_view request_method, bool keep_alive);
 
-std::string_view ReasonPhrase(int status);
+// One reason-phrase table for the proxy and the apps: the codec's.
+using proxy::http::ReasonPhrase;
 
 // "x-request-id" -> "X-Request-Id", the spelling httpbin prints.
 std::string CanonicalHeaderName(std::string_view name);
