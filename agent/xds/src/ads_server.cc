@@ -1,14 +1,18 @@
+// The ADS server: one handler thread and one reader thread per stream, and the SotW
+// protocol rules (subscriptions, what each request and push sends) in Session below.
 #include "sluice/xds/ads_server.h"
 
 #include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <deque>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "envoy/service/discovery/v3/ads.grpc.pb.h"
 #include "envoy/service/discovery/v3/discovery.pb.h"
@@ -95,6 +99,9 @@ class AdsServer::Service final
 namespace {
 
 // The protocol state of one stream, used only on its handler thread.
+//
+// The rules follow Envoy's xds_protocol.rst (section names in the comments below) and,
+// where the spec leaves a choice, istiod (pkg/xds/server.go ShouldRespond, pilot/pkg/xds).
 class Session {
  public:
   Session(AdsServer::SharedResourceFn& fn, AdsServer::EventFn& on_event,
@@ -117,11 +124,6 @@ class Session {
     }
     const std::string& type = req.type_url();
     Emit(Event::Kind::kRequest, req);
-    if (type != kClusterType && type != kEndpointType && type != kListenerType &&
-        type != kRouteType) {
-      spdlog::warn("xds server: {} asked for unsupported type {}", node_.id(), type);
-      return grpc::Status::OK;  // as Envoy's servers: unknown types get no response
-    }
     PerType& t = types_[type];
     // A nonce for a type this stream never answered comes from an earlier stream (a
     // reconnect): it is a new subscription, as istiod treats it.
@@ -130,22 +132,23 @@ class Session {
       Emit(Event::Kind::kStale, req);  // answers a response we have since replaced
       return grpc::Status::OK;
     }
-    bool names_changed = SetSubscription(t, type, req);
-    if (req.has_error_detail()) {
+    const bool is_new = !answered || req.response_nonce().empty();
+    const bool nack = req.has_error_detail();
+    const Change change = SetSubscription(t, type, req);
+    if (!IsSupportedType(type))
+      return AnswerUnsupported(type, t, req, is_new && !nack, change);
+    if (nack) {
       spdlog::warn("xds server: {} NACKed {} version {}: {}", node_.id(), type, t.sent_version,
                    req.error_detail().message());
       Emit(Event::Kind::kNack, req);
-      if (names_changed)
-        Send(type, t, true);
-      return grpc::Status::OK;
+    } else if (!is_new) {
+      Emit(Event::Kind::kAck, req);  // matches our last nonce
     }
-    if (answered && !req.response_nonce().empty()) {  // matches our last nonce: an ACK
-      Emit(Event::Kind::kAck, req);
-      if (names_changed)
-        Send(type, t, true);
-      return grpc::Status::OK;
+    if (is_new && !nack) {
+      Send(type, t, Why::kNewSubscription, Change{});
+    } else if (change.changed) {
+      Send(type, t, nack ? Why::kNackedChange : Why::kChange, change);
     }
-    Send(type, t, true);  // a new subscription on this stream
     return grpc::Status::OK;
   }
 
@@ -160,7 +163,7 @@ class Session {
     for (auto type : {kClusterType, kEndpointType, kListenerType, kRouteType}) {
       auto it = types_.find(std::string(type));
       if (it != types_.end())
-        Send(it->first, it->second, false);
+        Send(it->first, it->second, Why::kPush, Change{});
     }
     auto ms = [](auto d) {
       return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
@@ -172,11 +175,36 @@ class Session {
 
  private:
   struct PerType {
-    bool wildcard = false;
-    std::set<std::string> names;
-    std::map<std::string, uint64_t> sent;  // name -> content hash last sent
+    bool requested = false;  // a request of this type has arrived on this stream
+    // "How the client specifies what resources to return": an LDS/CDS stream whose first
+    // request named nothing is a (legacy) wildcard, and stays one while the client keeps
+    // sending empty lists (as Envoy does in its ACKs). Once it names anything, "*"
+    // included, an empty list means "no longer interested in any resource of the type".
+    bool legacy_wildcard = false;
+    bool wildcard = false;        // "*" (or legacy): everything this node is served
+    std::set<std::string> names;  // explicitly named, "*" excluded
+    // What the client holds from us: name -> hash of the bytes last sent. Unsubscribed
+    // names are dropped, so subscribing to one again sends it again, as the spec asks.
+    std::map<std::string, uint64_t> sent;
     std::string last_nonce, sent_version;
+    bool warned = false;  // an unsupported type has been logged
   };
+  struct Change {
+    bool changed = false;         // the subscription differs from the previous one
+    std::set<std::string> added;  // newly named
+    bool wildcard_added = false;  // "*" (or legacy wildcard) is new
+    bool dropped = false;         // something the client held is no longer subscribed
+  };
+  enum class Why { kNewSubscription, kChange, kNackedChange, kPush };
+  struct Item {
+    std::string name, bytes;
+    uint64_t hash;
+  };
+
+  static bool IsSupportedType(const std::string& type) {
+    return type == kClusterType || type == kEndpointType || type == kListenerType ||
+           type == kRouteType;
+  }
 
   void Recompute(uint64_t version) {
     rs_ = fn_(node_);
@@ -185,58 +213,212 @@ class Session {
     version_ = version;
   }
 
-  static bool SetSubscription(PerType& t, const std::string& type, const DiscoveryRequest& req) {
+  static Change SetSubscription(PerType& t, const std::string& type, const DiscoveryRequest& req) {
     std::set<std::string> names(req.resource_names().begin(), req.resource_names().end());
-    bool wildcard = IsWildcardType(type) && (names.empty() || names.contains("*"));
-    if (wildcard)
-      names.clear();
-    bool changed = wildcard != t.wildcard || names != t.names;
+    bool wildcard = false;
+    if (IsWildcardType(type)) {
+      if (!t.requested && names.empty())
+        t.legacy_wildcard = true;  // the first request named nothing
+      else if (!names.empty())
+        t.legacy_wildcard = false;  // from now on [] means "unsubscribe from all"
+      wildcard = t.legacy_wildcard || names.erase("*") > 0;
+    }
+    t.requested = true;
+    Change c;
+    c.wildcard_added = wildcard && !t.wildcard;
+    for (const auto& n : names)
+      if (!t.names.contains(n))
+        c.added.insert(n);
+    c.changed = wildcard != t.wildcard || names != t.names;
     t.wildcard = wildcard;
     t.names = std::move(names);
-    return changed;
+    if (!t.wildcard) {
+      // The client drops what it unsubscribed from ("Unsubscribing From Resources").
+      std::erase_if(t.sent, [&](const auto& kv) {
+        bool gone = !t.names.contains(kv.first);
+        c.dropped = c.dropped || gone;
+        return gone;
+      });
+    }
+    return c;
   }
 
-  // full: answer a (new) subscription with everything it covers. Otherwise send only
-  // when something changed: the whole set for CDS/LDS, the changed resources for EDS/RDS.
-  // Each resource is serialized once, for its hash and, if sent, as the Any's value.
-  void Send(const std::string& type, PerType& t, bool full) {
-    const bool whole = IsWildcardType(type);
-    std::vector<std::string> out;  // serialized resources to send
-    std::map<std::string, uint64_t> now;
-    bool changed = false;
-    ForEachOfType(*rs_, type, [&](const std::string& name, const google::protobuf::Message& m) {
-      if (!t.wildcard && !t.names.contains(name))
-        return;
+  // The resources of `type` the subscription covers, by name: for a wildcard, every
+  // resource of the type (listener aliases excluded), plus any explicitly named ones.
+  // A named LDS name that is no listener but an alias gets the canonical listener under
+  // the alias's name. Names that match nothing are simply absent.
+  std::vector<Item> Covered(const std::string& type, const PerType& t) const {
+    std::vector<Item> out;
+    auto add = [&](const std::string& name, const google::protobuf::Message& m) {
       std::string bytes = DeterministicBytes(m);
       uint64_t h = std::hash<std::string>{}(bytes);
-      now.emplace(name, h);
-      auto old = t.sent.find(name);
-      bool differs = old == t.sent.end() || old->second != h;
-      changed = changed || differs;
-      if (full || whole || differs)
-        out.push_back(std::move(bytes));
-    });
-    if (now.size() != t.sent.size())
-      changed = true;  // something went away
-    if (!full && !changed)
-      return;
-    if (!full && !whole && out.empty()) {
-      t.sent = std::move(now);  // only removals: the client drops them with its subscription
-      return;
+      out.push_back({name, std::move(bytes), h});
+    };
+    if (t.wildcard)
+      ForEachOfType(*rs_, type, add);
+    for (const auto& name : t.names) {
+      if (t.wildcard && HasResource(type, name))
+        continue;  // already in
+      if (!LookUp(type, name, add) && type == kListenerType) {
+        auto alias = rs_->listener_aliases.find(name);
+        if (alias == rs_->listener_aliases.end())
+          continue;
+        auto l = rs_->listeners.find(alias->second);
+        if (l == rs_->listeners.end())
+          continue;
+        auto copy = l->second;
+        copy.set_name(name);
+        add(name, copy);
+      }
     }
+    std::ranges::sort(out, {}, &Item::name);  // Send() looks names up in it
+    return out;
+  }
+
+  bool HasResource(const std::string& type, const std::string& name) const {
+    return LookUp(type, name, [](const std::string&, const google::protobuf::Message&) {});
+  }
+
+  template <class F>
+  bool LookUp(const std::string& type, const std::string& name, F&& f) const {
+    auto find = [&](const auto& m) {
+      auto it = m.find(name);
+      if (it == m.end())
+        return false;
+      f(name, static_cast<const google::protobuf::Message&>(it->second));
+      return true;
+    };
+    if (type == kClusterType)
+      return find(rs_->clusters);
+    if (type == kEndpointType)
+      return find(rs_->endpoints);
+    if (type == kListenerType)
+      return find(rs_->listeners);
+    if (type == kRouteType)
+      return find(rs_->routes);
+    return false;
+  }
+
+  // Decides what one response of `type` carries, if any, and sends it.
+  //
+  // LDS/CDS ("Grouping Resources into Responses"): every response carries the complete
+  // set the subscription covers, and a resource missing from it is deleted by the client
+  // ("Deleting Resources"). So:
+  // - a new subscription is answered with the set; a named one whose names match nothing
+  //   this node has gets no response (the client's does-not-exist timer handles them,
+  //   "Knowing When a Requested Resource Does Not Exist"); a wildcard one is answered
+  //   even when empty, since there the absence is the answer;
+  // - a changed subscription (as istiod answers changes of wildcard-capable types) is
+  //   answered with the new set unless that set is empty and not a wildcard: after
+  //   "unsubscribe from all" (`[]` once names were used) the client holds nothing of the
+  //   type and wants nothing, so an empty "delete everything" response would be noise;
+  // - a NACK that changes the subscription is answered only if it subscribes to something
+  //   that exists and the client does not hold. The complete set then necessarily carries
+  //   the rejected resources again, unchanged (the spec's two requirements, the new names
+  //   and the complete set, leave no other choice); Envoy and gRPC apply the valid
+  //   resources of a response and NACK the rest once more, and that second NACK changes
+  //   nothing, so it is not answered. A NACK that only drops names is not answered, as
+  //   istiod answers no NACK;
+  // - a push sends the set when any covered resource changed, appeared or went away.
+  //
+  // EDS/RDS: responses carry only what the client lacks ("Grouping Resources into
+  // Responses" allows it for these types; istiod sends only the newly subscribed names):
+  // - a new subscription gets the named resources that exist, and nothing if none does;
+  // - a changed subscription (ACK or NACK) gets only the newly named resources, and
+  //   nothing if there are none, so a NACK never brings back what it rejected;
+  // - a push sends the covered resources that changed or appeared; removals send nothing
+  //   (the parent resource stops referring to them).
+  void Send(const std::string& type, PerType& t, Why why, const Change& change) {
+    const bool whole = IsWildcardType(type);
+    const std::vector<Item> covered = Covered(type, t);
+    auto held = [&](const Item& i) { return t.sent.contains(i.name); };
+    auto fresh = [&](const Item& i) {  // not held, or held with other content
+      auto old = t.sent.find(i.name);
+      return old == t.sent.end() || old->second != i.hash;
+    };
+    auto named_now = [&](const Item& i) { return change.added.contains(i.name); };
+    std::vector<const Item*> out;
+    bool send = false;
+    if (whole) {
+      switch (why) {
+        case Why::kNewSubscription:
+          send = t.wildcard || !covered.empty();
+          break;
+        case Why::kChange:
+          send = change.wildcard_added || std::ranges::any_of(covered, named_now) ||
+                 (change.dropped && (t.wildcard || !covered.empty()));
+          break;
+        case Why::kNackedChange:
+          send = std::ranges::any_of(covered, [&](const Item& i) {
+            return !held(i) && (change.wildcard_added || named_now(i));
+          });
+          break;
+        case Why::kPush:
+          send = covered.size() != t.sent.size() || std::ranges::any_of(covered, fresh);
+          break;
+      }
+      if (send) {
+        t.sent.clear();  // the complete set replaces what the client held
+        for (const auto& i : covered)
+          out.push_back(&i);
+      }
+    } else {
+      if (why == Why::kNewSubscription)
+        t.sent.clear();
+      if (why == Why::kPush) {  // what went away needs no message: its parent changed
+        std::erase_if(t.sent, [&](const auto& kv) {
+          return !std::ranges::binary_search(covered, kv.first, {}, &Item::name);
+        });
+      }
+      for (const auto& i : covered) {
+        if (why == Why::kNewSubscription || (why == Why::kPush && fresh(i)) ||
+            (why != Why::kPush && named_now(i)))
+          out.push_back(&i);
+      }
+      send = !out.empty();
+    }
+    if (!send)
+      return;
     DiscoveryResponse resp;
     resp.set_type_url(type);
     resp.set_version_info(std::to_string(version_));
     resp.set_nonce(std::to_string(++nonce_));
-    for (auto& bytes : out) {
+    for (const Item* i : out) {
       auto* any = resp.add_resources();
       any->set_type_url(type);
-      any->set_value(std::move(bytes));
+      any->set_value(i->bytes);
+      t.sent[i->name] = i->hash;
     }
-    t.sent = std::move(now);
     t.last_nonce = resp.nonce();
     t.sent_version = resp.version_info();
     stream_->Write(resp);
+  }
+
+  // A type this server does not serve (SDS, or anything else) is answered, not ignored:
+  // with an empty response carrying version and nonce, as istiod answers types it has no
+  // generator for ("an empty response, to not break waiting code"), so the client's watch
+  // resolves instead of waiting for a timeout. The first request and any request that
+  // names something new are answered; ACKs and NACKs of those answers are not.
+  grpc::Status AnswerUnsupported(const std::string& type, PerType& t, const DiscoveryRequest& req,
+                                 bool is_new, const Change& change) {
+    if (!is_new && (req.has_error_detail() || change.added.empty()))
+      return grpc::Status::OK;
+    if (!t.warned) {
+      spdlog::warn(
+          "xds server: {} asked for {}, a type this server does not serve; answering "
+          "with no resources",
+          node_.id(), type);
+      t.warned = true;
+    }
+    Emit(Event::Kind::kUnsupportedType, req);
+    DiscoveryResponse resp;
+    resp.set_type_url(type);
+    resp.set_version_info(std::to_string(version_));
+    resp.set_nonce(std::to_string(++nonce_));
+    t.last_nonce = resp.nonce();
+    t.sent_version = resp.version_info();
+    stream_->Write(resp);
+    return grpc::Status::OK;
   }
 
   void Emit(Event::Kind kind, const DiscoveryRequest& req) {
@@ -339,7 +521,16 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
       session.OnPush(pushed);
   }
 
-  ctx->TryCancel();  // unblocks the reader
+  // After the client half-closed (WritesDone), every request it sent has been answered
+  // above; the stream then ends with OK, not CANCELLED. Otherwise (Stop(), an error
+  // status) the reader may still be blocked in Read(), and only a cancel unblocks it.
+  bool half_closed;
+  {
+    std::lock_guard lock(s.mu);
+    half_closed = s.reader_done && !s.stopping;
+  }
+  if (!half_closed || !result.ok())
+    ctx->TryCancel();
   reader.join();
   unregister();
   if (owner_.on_event_ && session.has_node()) {

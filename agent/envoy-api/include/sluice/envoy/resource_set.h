@@ -32,6 +32,9 @@ struct ResourceSet {
   std::map<std::string, envoy::config::cluster::v3::Cluster> clusters;
   std::map<std::string, envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
   // Other names a subscriber may use for a listener: alias -> canonical listener name.
+  // Proxyless gRPC asks for LDS "helloworld:5000" or "helloworld.default:5000"; istiod
+  // answers with the FQDN's listener under the name asked for. The ADS server serves an
+  // alias only to a subscription that names it, never as part of a wildcard answer.
   std::map<std::string, std::string> listener_aliases;
 
   // Each Add keys the resource by its own name field.

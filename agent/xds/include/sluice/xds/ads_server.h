@@ -2,22 +2,31 @@
 // connecting proxy the ResourceSet a callback computes for its node, and pushes new
 // versions when told.
 //
-// Protocol, as Envoy and gRPC xDS clients expect it:
+// Protocol, as Envoy's xds_protocol.rst describes SotW and istiod behaves (ads_server.cc
+// cites the rules; docs/control-plane.md has the whole table):
 // - One gRPC stream per proxy; its first request must carry the Node (else the stream
-//   ends with INVALID_ARGUMENT), which is handed to the callback. CDS and LDS requested
-//   without names (or with "*") are wildcard; otherwise, as gRPC clients do, exactly the
-//   names asked for are served. EDS and RDS always serve the names asked for.
+//   ends with INVALID_ARGUMENT), which is handed to the callback.
+// - Subscriptions. LDS and CDS: a first request naming nothing is a (legacy) wildcard;
+//   "*" is an explicit wildcard, and ["*", "X"] is the wildcard plus X. Once a client has
+//   named anything, [] unsubscribes from all. EDS and RDS serve the names asked for.
 // - Every response has a version_info (the server's push generation) and a fresh nonce.
 //   A request whose response_nonce is not the last one sent for its type is stale and
 //   ignored (a nonce for a type this stream never answered comes from an earlier stream
 //   and counts as a new subscription). A request carrying error_detail is a NACK:
-//   recorded, reported, and not answered (the client keeps its previous version until
-//   the next push changes something).
+//   recorded and reported; it is answered only when it also subscribes to something new,
+//   and never with EDS/RDS content the client rejected.
+// - Names that match nothing get no response (the client's does-not-exist timer
+//   decides); a later Push() that creates them sends them.
 // - Push() recomputes every stream's ResourceSet. CDS and LDS are resent whole when any
-//   of their resources changed; EDS and RDS carry only the subscribed resources that
-//   changed (SotW allows that for non-wildcard types), so an endpoint update sends one
-//   ClusterLoadAssignment, not all of them. A changed subscription is answered with
-//   every subscribed resource.
+//   of their covered resources changed, appeared or went away; EDS and RDS carry only the
+//   subscribed resources that changed (SotW allows that for these types), so an endpoint
+//   update sends one ClusterLoadAssignment, not all of them.
+// - A named LDS subscription to one of ResourceSet::listener_aliases gets the canonical
+//   listener under the alias's name; a wildcard never includes aliases.
+// - Types other than the four (SDS, ...) are answered with an empty response, as istiod
+//   answers types it has no generator for.
+// - When the client half-closes, every request already received is answered and the
+//   stream ends with OK.
 //
 // Wiring it (e.g. `sluicectl xds serve`):
 //   AdsServer server([&](const Node& n) { return TranslateFor(n); });
@@ -48,7 +57,9 @@ namespace sluice::xds {
 
 // What the server saw on one stream, for status pages and tests.
 struct AdsServerEvent {
-  enum class Kind { kConnect, kRequest, kAck, kNack, kStale, kDisconnect };
+  // kUnsupportedType: a request for a type this server does not serve (e.g. SDS), answered
+  // with an empty response.
+  enum class Kind { kConnect, kRequest, kAck, kNack, kStale, kUnsupportedType, kDisconnect };
   Kind kind;
   std::string node_id;
   std::string type_url;
