@@ -1,3 +1,5 @@
+// The echo app's text formats (see echo_format.h): field lines written in the order
+// Istio's pkg/test/echo server and forwarder write them, and Go's duration spelling.
 #include "echo_format.h"
 
 #include <algorithm>

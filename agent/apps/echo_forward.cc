@@ -1,3 +1,5 @@
+// Echo calls the way the echo app's forwarder makes them (see echo_forward.h): one
+// channel, up to 20 calls at once, one deadline for the whole set, grpc-go's error text.
 #include "echo_forward.h"
 
 #include <algorithm>
@@ -35,6 +37,24 @@ void ApplyHeaders(grpc::ClientContext& ctx, const ForwardRequest& req) {
     else
       ctx.AddMetadata(Lower(k), v);
   }
+}
+
+// gRPC aborts the process on metadata it considers illegal, and ForwardEcho takes
+// headers from the network: check them first. Keys (lowercased) are [0-9a-z_.-], values
+// printable ASCII, as gRPC validates them.
+Result<void> CheckHeaders(const ForwardRequest& req) {
+  for (const auto& [k, v] : req.headers) {
+    std::string key = Lower(k);
+    if (key.empty() ||
+        key.find_first_not_of("0123456789abcdefghijklmnopqrstuvwxyz_.-") != std::string::npos)
+      return Fail("header \"" + k + "\": a gRPC metadata name is [0-9a-z_.-] (any case here)");
+    if (key.ends_with("-bin"))
+      return Fail("header \"" + k + "\": binary (-bin) metadata is not supported");
+    for (char c : v)
+      if (c < 0x20 || c > 0x7e)
+        return Fail("header \"" + k + "\": the value must be printable ASCII");
+  }
+  return {};
 }
 
 std::chrono::system_clock::time_point SystemDeadline(Clock::time_point deadline) {
@@ -75,6 +95,7 @@ Result<std::string> GrpcTarget(const std::string& url) {
 Result<ForwardResult> ForwardEcho(const ForwardRequest& req) {
   auto target = GrpcTarget(req.url);
   SLUICE_RETURN_IF_ERROR(target);
+  SLUICE_RETURN_IF_ERROR(CheckHeaders(req));
   // One channel for every call, as the echo app reuses its connection: with xds:///
   // each call is routed (and weighted) by the xDS route on its own.
   auto channel = grpc::CreateChannel(*target, grpc::InsecureChannelCredentials());
@@ -133,6 +154,7 @@ Result<std::vector<std::string>> ForwardEchoVia(const std::string& server,
                                                 const ForwardRequest& req) {
   auto target = GrpcTarget(server);
   SLUICE_RETURN_IF_ERROR_CTX(target, "--forward-via");
+  // Headers travel as ForwardEchoRequest fields; the remote server checks them.
   auto stub = proto::EchoTestService::NewStub(
       grpc::CreateChannel(*target, grpc::InsecureChannelCredentials()));
   proto::ForwardEchoRequest in;

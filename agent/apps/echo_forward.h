@@ -41,7 +41,8 @@ struct ForwardResult {
 Result<std::string> GrpcTarget(const std::string& url);
 
 // Makes the calls (up to 20 at a time over one channel, as the echo app does) and
-// collects every output and error. Fails only for a URL it cannot dial at all.
+// collects every output and error. Fails only for a URL it cannot dial at all, or a
+// header gRPC cannot send (named).
 Result<ForwardResult> ForwardEcho(const ForwardRequest& request);
 
 // Calls proto.EchoTestService/ForwardEcho on `server` (HOST:PORT) with `request`: the

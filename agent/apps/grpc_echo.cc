@@ -1,3 +1,6 @@
+// The echo stand-in's servers (see grpc_echo.h): one gRPC server per --grpc port (each
+// reply names its own port), the apps' HTTP server for --port, a thread per TCP echo
+// connection for --tcp, then a wait for SIGTERM.
 #include "grpc_echo.h"
 
 #include <arpa/inet.h>

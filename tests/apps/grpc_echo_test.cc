@@ -222,6 +222,21 @@ TEST_CASE("grpc-client: calls to a server that is down print errors and exit 1")
   CHECK(r.err.find("3/3 requests had errors; first error: rpc error: code = Unavailable") !=
         std::string::npos);
 
+  SECTION("a header gRPC cannot send is refused, naming it, here and in ForwardEcho") {
+    Run h = RunApps(dir, {"grpc-client", Addr(dead), "-H", "bad key: v"});
+    CHECK(h.exit_code == 1);
+    CHECK(h.err.find("header \"bad key\": a gRPC metadata name is") != std::string::npos);
+    AppServer live(
+        dir, {"grpc-echo", "--address", "127.0.0.1", "--grpc", "0", "--port", "0", "--tcp", "0"},
+        {}, 3);
+    Run f = RunApps(dir, {"grpc-client", "--forward-via", Addr(live.port("grpc")), "--url",
+                          Addr(live.port("grpc")), "-H", "bad key: v"});
+    CHECK(f.exit_code == 1);
+    CHECK(f.err.find("rpc error: code = Unknown desc = header \"bad key\":") != std::string::npos);
+    // The server refused it (gRPC would have aborted the process) and still serves.
+    Run ok = RunApps(dir, {"grpc-client", Addr(live.port("grpc"))});
+    CHECK(ok.exit_code == 0);
+  }
   SECTION("a URL it cannot call is refused, naming it") {
     Run u = RunApps(dir, {"grpc-client", "http://echo:8080/"});
     CHECK(u.exit_code == 1);
