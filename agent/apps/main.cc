@@ -1,8 +1,12 @@
 // sluice-apps: the built-in stand-ins for the container images of Istio's samples.
-//   sluice-apps httpbin     [--port 80] [--https-port P --cert F --key F] [--style
-//   httpbin|go-httpbin] sluice-apps helloworld  [--port 5000]          (SERVICE_VERSION, HOSTNAME
-//   from the env) sluice-apps external    [--http 80] [--https 443 --cert F --key F] sluice-apps
-//   certs       --host edition.cnn.com [--host …] --out DIR
+//   sluice-apps httpbin     [--port 80] [--https-port P --cert F --key F]
+//                           [--style httpbin|go-httpbin]
+//   sluice-apps helloworld  [--port 5000]   (SERVICE_VERSION, HOSTNAME from the env)
+//   sluice-apps external    [--http 80] [--https 443 --cert F --key F]
+//   sluice-apps certs       --host edition.cnn.com [--host …] --out DIR
+//   sluice-apps grpc-echo   [--grpc 7070 …] [--port 8080 …] [--tcp 9090 …] [--version V]
+//   sluice-apps grpc-client URL|--url URL [--count N] [--timeout 5s] [--msg M]
+//                           [-H 'k: v'] [--forward-via HOST:PORT]
 #include <signal.h>
 #include <unistd.h>
 
@@ -14,6 +18,9 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "echo_format.h"
+#include "echo_forward.h"
+#include "grpc_echo.h"
 #include "helloworld.h"
 #include "httpbin.h"
 #include "images.h"
@@ -103,6 +110,24 @@ std::optional<std::string> Env(const char* name) {
   return std::string(v);
 }
 
+std::string Hostname() {
+  if (auto h = Env("HOSTNAME"); h && !h->empty())
+    return *h;
+  char buf[256] = "";
+  gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+
+// A port list as the echo app takes it: repeated (--grpc 1 --grpc 2) or comma-separated.
+CLI::Option* AddPorts(CLI::App* cmd, const std::string& name, std::vector<int>& ports,
+                      const std::string& help) {
+  return cmd->add_option(name, ports, help)
+      ->delimiter(',')
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->check(CLI::Range(0, 65535));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -171,7 +196,96 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 65535));
   image->add_option("--map", map_path, "image map (default: images.json next to this binary)");
 
+  // Istio's echo app (registry.istio.io/testing/app) with the flags its samples pass.
+  sluice::apps::GrpcEchoOptions echo_opts;
+  std::vector<int> grpc_ports, http_ports, tcp_ports, xds_grpc_ports;
+  int metrics_port = 0;
+  std::string echo_crt, echo_key, echo_ca;
+  auto* grpc_echo = app.add_subcommand(
+      "grpc-echo",
+      "Istio's echo app: proto.EchoTestService (Echo, ForwardEcho) on each --grpc port, "
+      "its HTTP and TCP echo on each --port and --tcp port");
+  AddPorts(grpc_echo, "--grpc", grpc_ports, "gRPC ports (default 7070)");
+  AddPorts(grpc_echo, "--port", http_ports, "HTTP ports (default 8080)");
+  AddPorts(grpc_echo, "--tcp", tcp_ports, "TCP echo ports (default 9090)");
+  AddPorts(grpc_echo, "--xds-grpc-server", xds_grpc_ports,
+           "gRPC ports Istio serves with xDS server-side config; served as plain gRPC here");
+  grpc_echo->add_option("--metrics", metrics_port, "metrics port (accepted, not served)");
+  grpc_echo->add_option("--version", echo_opts.identity.version, "ServiceVersion in replies");
+  grpc_echo->add_option("--cluster", echo_opts.identity.cluster, "Cluster in replies");
+  grpc_echo->add_option("--istio-version", echo_opts.identity.istio_version,
+                        "IstioVersion in replies");
+  grpc_echo->add_option("--crt", echo_crt, "TLS certificate (accepted, not used: no --tls ports)");
+  grpc_echo->add_option("--key", echo_key, "TLS key (accepted, not used: no --tls ports)");
+  grpc_echo->add_option("--ca", echo_ca, "TLS CA (accepted, not used: no --tls ports)");
+  grpc_echo->add_option("--address", echo_opts.address, "listen address (0.0.0.0, ::, 127.0.0.1)");
+
+  // Istio's echo client, for gRPC URLs.
+  sluice::apps::ForwardRequest fwd;
+  std::string url_arg, timeout_text = "5s", forward_via;
+  std::vector<std::string> header_args;
+  auto* grpc_client = app.add_subcommand(
+      "grpc-client",
+      "Istio's echo client for gRPC: Echo calls to xds:///HOST:PORT, grpc://HOST:PORT or "
+      "HOST:PORT, printed as the echo client prints them");
+  grpc_client->add_option("URL", url_arg, "same as --url");
+  grpc_client->add_option("--url", fwd.url, "xds:///echo.ns.svc.cluster.local:7070, HOST:PORT");
+  grpc_client->add_option("--count", fwd.count, "number of calls")->check(CLI::Range(1, 100000));
+  grpc_client->add_option("--qps", fwd.qps, "calls per second (0: no pacing)")
+      ->check(CLI::Range(0, 100000));
+  grpc_client->add_option("--timeout", timeout_text, "for the whole set of calls (5s, 500ms)");
+  grpc_client->add_option("--msg", fwd.message, "the EchoRequest message");
+  grpc_client->add_option("-H,--header", header_args, "'name: value' (Host sets :authority)");
+  grpc_client->add_option("--forward-via", forward_via,
+                          "HOST:PORT of an echo server: it makes the calls (ForwardEcho) and "
+                          "this prints its output");
+
   CLI11_PARSE(app, argc, argv);
+
+  if (*grpc_echo) {
+    if (!grpc_ports.empty())
+      echo_opts.grpc_ports = grpc_ports;
+    if (!http_ports.empty())
+      echo_opts.http_ports = http_ports;
+    if (!tcp_ports.empty())
+      echo_opts.tcp_ports = tcp_ports;
+    echo_opts.identity.hostname = Hostname();
+    echo_opts.identity.ns = Env("NAMESPACE").value_or("");
+    for (int p : xds_grpc_ports)
+      std::fprintf(stderr,
+                   "grpc-echo: --xds-grpc-server %d: served as plain gRPC (no xDS server-side "
+                   "listener, no mTLS)\n",
+                   p);
+    if (metrics_port != 0)
+      std::fprintf(stderr, "grpc-echo: --metrics %d: not served\n", metrics_port);
+    return sluice::apps::RunGrpcEcho(echo_opts);
+  }
+  if (*grpc_client) {
+    if (fwd.url.empty())
+      fwd.url = url_arg;
+    if (fwd.url.empty()) {
+      std::fprintf(stderr, "grpc-client: give a URL (--url xds:///HOST:PORT or HOST:PORT)\n");
+      return 2;
+    }
+    auto timeout = sluice::apps::ParseGoDuration(timeout_text);
+    if (!timeout) {
+      std::fprintf(stderr, "grpc-client: --timeout: %s\n", timeout.error().message.c_str());
+      return 2;
+    }
+    fwd.timeout = *timeout;
+    for (const auto& h : header_args) {
+      auto colon = h.find(':');
+      if (colon == std::string::npos) {
+        std::fprintf(stderr, "grpc-client: -H \"%s\": want name:value\n", h.c_str());
+        return 2;
+      }
+      std::string value = h.substr(colon + 1);
+      value.erase(0, value.find_first_not_of(" \t"));
+      value.erase(value.find_last_not_of(" \t") + 1);
+      fwd.headers.emplace_back(h.substr(0, colon), value);
+    }
+    return sluice::apps::RunGrpcClient(fwd, forward_via);
+  }
 
   if (*httpbin) {
     sluice::apps::HttpbinOptions opts;

@@ -36,6 +36,24 @@ TEST_CASE("the shipped images.json maps every sample image Sluice stands in for"
     CHECK(hw->env.at("SERVICE_VERSION") == version);
     CHECK(ExpandCommand(*hw, "B", std::nullopt).back() == "5000");
   }
+  // Istio's echo app (samples/grpc-echo): the container's args, as the sample gives them.
+  const std::vector<std::string> echo_args = {"--metrics=15014", "--port",
+                                              "18080",           "--tcp",
+                                              "19090",           "--xds-grpc-server=17070",
+                                              "--grpc",          "17070",
+                                              "--grpc",          "17171",
+                                              "--port",          "3333",
+                                              "--port",          "8080",
+                                              "--version",       "v1",
+                                              "--crt=/cert.crt", "--key=/cert.key"};
+  for (const char* image : {"registry.istio.io/testing/app:latest", "gcr.io/istio-testing/app"}) {
+    const ImageEntry* app = map->Find(image);
+    REQUIRE(app);
+    CHECK(app->standin == "grpc-echo");
+    std::vector<std::string> want = {"B", "grpc-echo"};
+    want.insert(want.end(), echo_args.begin(), echo_args.end());
+    CHECK(ExpandCommand(*app, "B", 17070, echo_args) == want);
+  }
   const ImageEntry* curl = map->Find("curlimages/curl:8.8.0");
   REQUIRE(curl);
   CHECK_FALSE(curl->command.has_value());

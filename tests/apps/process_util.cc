@@ -132,14 +132,15 @@ AppServer::AppServer(const TempDir& dir, std::vector<std::string> args,
   stderr_path_ = dir / ("stderr-" + tag + ".log");
   args.insert(args.begin(), AppsBin());
   child_ = std::make_unique<Child>(std::move(args), stdout_path_, stderr_path_, env);
-  static const std::regex kListening(R"(listening on (https?) \S+:(\d+))");
+  static const std::regex kListening(R"(listening on (https?|grpc|tcp) \S+:(\d+))");
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (;;) {
     std::string err = ReadFile(stderr_path_);
     ports_.clear();
-    for (std::sregex_iterator it(err.begin(), err.end(), kListening), end; it != end; ++it)
-      ports_[(*it)[1]] = std::stoi((*it)[2]);
-    if (static_cast<int>(ports_.size()) >= listeners)
+    int found = 0;
+    for (std::sregex_iterator it(err.begin(), err.end(), kListening), end; it != end; ++it, ++found)
+      ports_[(*it)[1]].push_back(std::stoi((*it)[2]));
+    if (found >= listeners)
       return;
     if (child_->Wait(std::chrono::milliseconds(0)) >= 0 ||
         std::chrono::steady_clock::now() > deadline)
@@ -152,7 +153,12 @@ int AppServer::port(const std::string& scheme) const {
   auto it = ports_.find(scheme);
   if (it == ports_.end())
     throw std::runtime_error("no " + scheme + " listener");
-  return it->second;
+  return it->second.front();
+}
+
+std::vector<int> AppServer::ports(const std::string& scheme) const {
+  auto it = ports_.find(scheme);
+  return it == ports_.end() ? std::vector<int>{} : it->second;
 }
 
 bool AppServer::WaitForLog(const std::string& needle, std::chrono::milliseconds timeout) const {
@@ -285,6 +291,16 @@ std::string Conn::ReadAll() {
     out.append(buf, static_cast<std::size_t>(n));
   }
   return out;
+}
+
+}  // namespace sluice::apps::testing
+
+namespace sluice::apps::testing {
+
+std::string Conn::ReadSome() {
+  char buf[4096];
+  ssize_t n = recv(fd_, buf, sizeof buf, 0);
+  return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
 }
 
 }  // namespace sluice::apps::testing

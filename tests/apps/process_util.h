@@ -49,12 +49,14 @@ class Child {
 };
 
 // A running stand-in server: its files live in `dir`, its ports are read from the
-// "listening on" lines it prints.
+// "listening on http|https|grpc|tcp ADDRESS:PORT" lines it prints; `listeners` is how
+// many such lines to wait for.
 class AppServer {
  public:
   AppServer(const TempDir& dir, std::vector<std::string> args,
             const std::map<std::string, std::string>& env = {}, int listeners = 1);
-  int port(const std::string& scheme = "http") const;
+  int port(const std::string& scheme = "http") const;  // the first of that scheme
+  std::vector<int> ports(const std::string& scheme) const;
   std::string AccessLog() const { return ReadFile(stdout_path_); }
   std::string Stderr() const { return ReadFile(stderr_path_); }
   // Waits until the access log holds `needle` (lines are written after each response).
@@ -64,7 +66,7 @@ class AppServer {
  private:
   std::string stdout_path_, stderr_path_;
   std::unique_ptr<Child> child_;
-  std::map<std::string, int> ports_;
+  std::map<std::string, std::vector<int>> ports_;
 };
 
 struct CurlResult {
@@ -94,6 +96,8 @@ class Conn {
   void Send(const std::string& bytes);
   // Reads until the peer closes or 3 s pass.
   std::string ReadAll();
+  // One read: what has arrived (waits up to 3 s for something); "" on close or timeout.
+  std::string ReadSome();
 
  private:
   int fd_ = -1;
