@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The eight Istio traffic-management tasks, run on the local cluster as a user would run
-# them, each checked and reported: the commands, the evidence, PASS or FAIL.
+# The eight Istio traffic-management tasks, and Istio's proxyless gRPC example (task 9),
+# run on the local cluster as a user would run them, each checked and reported: the
+# commands, the evidence, PASS or FAIL.
 #
 #   scripts/tasks.sh [--task N]... [--keep] [--state-dir DIR]
 #
-#   --task N          run only task N (1-8, or its name: enrolment, ingress, egress-http,
+#   --task N          run only task N (1-9, or its name: enrolment, ingress, egress-http,
 #                     egress-tls, service-entry, destination-rule, traffic-shifting,
-#                     mirroring); repeatable. Default: all eight, in order.
+#                     mirroring, grpc-proxyless); repeatable. Default: all nine, in order.
 #   --keep            leave the cluster up at the end (default: `sluicectl local down`).
 #   --state-dir DIR   the local cluster's state directory (default $SLUICE_LOCAL_STATE or
 #                     /var/run/sluice/local).
@@ -44,7 +45,7 @@ up_args=()
 usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 task_names=(_ enrolment ingress egress-http egress-tls service-entry destination-rule
-  traffic-shifting mirroring)
+  traffic-shifting mirroring grpc-proxyless)
 task_titles=(_
   "Enrolment: label the namespace, traffic goes through Sluice; remove it, it does not"
   "Ingress: Gateway + VirtualService for httpbin.example.com through the ingress gateway"
@@ -53,17 +54,18 @@ task_titles=(_
   "ServiceEntry: MESH_EXTERNAL and MESH_INTERNAL entries in the registry, and routed"
   "DestinationRule: load-balancing policy LEAST_REQUEST, then RANDOM"
   "Traffic shifting: 25% to helloworld v1, 75% to v2"
-  "Mirroring: all traffic to httpbin v1, a copy of each request to v2")
+  "Mirroring: all traffic to httpbin v1, a copy of each request to v2"
+  "Proxyless gRPC: grpc-agent pods, a 25/75 split by the client's own xDS, no proxy")
 
 while (($#)); do
   case $1 in
     --task)
       [[ $# -ge 2 ]] || { echo "tasks.sh: --task needs a value" >&2; exit 2; }
       n=""
-      for i in 1 2 3 4 5 6 7 8; do
+      for i in 1 2 3 4 5 6 7 8 9; do
         [[ $2 == "$i" || $2 == "${task_names[$i]}" || $2 == "0$i" ]] && n=$i
       done
-      [[ -n $n ]] || { echo "tasks.sh: no task '$2' (1-8 or ${task_names[*]:1})" >&2; exit 2; }
+      [[ -n $n ]] || { echo "tasks.sh: no task '$2' (1-9 or ${task_names[*]:1})" >&2; exit 2; }
       selected+=("$n")
       shift 2 ;;
     --keep) keep=1; shift ;;
@@ -82,7 +84,7 @@ while (($#)); do
     *) echo "tasks.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-((${#selected[@]})) || selected=(1 2 3 4 5 6 7 8)
+((${#selected[@]})) || selected=(1 2 3 4 5 6 7 8 9)
 [[ -t 1 ]] || color=0
 state_dir=$(realpath -ms "$state_dir")
 export SLUICE_LOCAL_STATE=$state_dir

@@ -19,10 +19,10 @@ Result<LabelSnapshot> ParseLabels(const std::string& text, const std::string& fi
     if (v.is_null())
       return l;
     if (!v.is_object())
-      return Fail(file + ": " + where + ": labels must be an object of strings");
+      return Fail(file + ": " + where + ": must be an object of strings");
     for (const auto& [k, val] : v.items()) {
       if (!val.is_string())
-        return Fail(file + ": " + where + "." + k + ": label value must be a string");
+        return Fail(file + ": " + where + "." + k + ": must be a string");
       l[k] = val.get<std::string>();
     }
     return l;
@@ -49,6 +49,9 @@ Result<LabelSnapshot> ParseLabels(const std::string& text, const std::string& fi
       auto l = labels_of(v.value("labels", nlohmann::json()), "pods." + key + ".labels");
       SLUICE_RETURN_IF_ERROR(l);
       p.labels = std::move(*l);
+      auto a = labels_of(v.value("annotations", nlohmann::json()), "pods." + key + ".annotations");
+      SLUICE_RETURN_IF_ERROR(a);
+      p.annotations = std::move(*a);
       if (v.contains("hostNetwork")) {
         if (!v["hostNetwork"].is_boolean())
           return Fail(file + ": pods." + key + ".hostNetwork: must be true or false");

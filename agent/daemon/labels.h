@@ -4,7 +4,9 @@
 // the agent reads the same facts from a JSON file it polls (the local cluster writes
 // it; tests edit it). Shape:
 //   {"namespaces": {"default": {"istio.io/dataplane-mode": "sluice"}},
-//    "pods": {"default/sleep-1": {"labels": {"app": "sleep"}, "hostNetwork": false}}}
+//    "pods": {"default/sleep-1": {"labels": {"app": "sleep"}, "hostNetwork": false,
+//                                 "annotations": {"inject.istio.io/templates": "grpc-agent"}}}}
+// ("annotations" is optional: the enrolment rule reads Istio's injection annotations.)
 #pragma once
 
 #include <ctime>
@@ -20,6 +22,7 @@ namespace sluice::agent {
 struct PodLabels {
   enrolment::Labels labels;
   bool host_network = false;
+  enrolment::Labels annotations;
 };
 
 struct LabelSnapshot {

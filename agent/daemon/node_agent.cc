@@ -102,6 +102,7 @@ enrolment::Pod NodeAgent::PodFor(const cni::PodInfo& info) const {
   if (auto it = labels_.pods.find(p.key); it != labels_.pods.end()) {
     p.labels = it->second.labels;
     p.host_network = it->second.host_network;
+    p.annotations = it->second.annotations;
   }
   return p;
 }

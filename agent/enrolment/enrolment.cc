@@ -34,6 +34,8 @@ std::string_view ReasonName(Reason r) {
       return "namespace-label";
     case Reason::kHostNetwork:
       return "host-network";
+    case Reason::kProxylessGrpc:
+      return "proxyless-grpc";
     case Reason::kPodOptOut:
       return "pod-opt-out";
     case Reason::kOtherDataplane:
@@ -44,9 +46,37 @@ std::string_view ReasonName(Reason r) {
   return "unknown";
 }
 
-Decision Decide(const Labels& ns_labels, const Labels& pod_labels, bool host_network) {
+bool NamesGrpcAgentTemplate(std::string_view templates) {
+  while (!templates.empty()) {
+    auto comma = templates.find(',');
+    std::string_view name = templates.substr(0, comma);
+    while (!name.empty() && (name.front() == ' ' || name.front() == '\t'))
+      name.remove_prefix(1);
+    while (!name.empty() && (name.back() == ' ' || name.back() == '\t'))
+      name.remove_suffix(1);
+    if (name == kGrpcAgentTemplate)
+      return true;
+    if (comma == std::string_view::npos)
+      break;
+    templates.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+bool IsProxylessGrpc(const Labels& pod_annotations) {
+  auto templates = pod_annotations.find(kInjectTemplatesAnnotation);
+  return templates != pod_annotations.end() && NamesGrpcAgentTemplate(templates->second) &&
+         pod_annotations.contains(kSidecarStatusAnnotation);
+}
+
+Decision Decide(const Labels& ns_labels, const Labels& pod_labels, bool host_network,
+                const Labels& pod_annotations) {
   if (host_network)
     return {false, Reason::kHostNetwork};
+  // Before the labels: even a pod that asks for Sluice by label runs its own xDS client
+  // once it has the grpc-agent template, and a redirect would only get in its way.
+  if (IsProxylessGrpc(pod_annotations))
+    return {false, Reason::kProxylessGrpc};
   if (const std::string* mode = ModeOf(pod_labels)) {
     if (*mode == kModeSluice)
       return {true, Reason::kPodLabel};
@@ -61,7 +91,8 @@ Decision Decide(const Labels& ns_labels, const Labels& pod_labels, bool host_net
 
 Decision EnrolmentState::Evaluate(const Pod& pod) const {
   auto ns = namespaces_.find(pod.key.pod_namespace);
-  return Decide(ns == namespaces_.end() ? Empty() : ns->second, pod.labels, pod.host_network);
+  return Decide(ns == namespaces_.end() ? Empty() : ns->second, pod.labels, pod.host_network,
+                pod.annotations);
 }
 
 Changes EnrolmentState::SetNamespace(const std::string& name, Labels labels) {
@@ -143,7 +174,8 @@ Changes Diff(const ClusterView& before, const ClusterView& after) {
     std::map<PodKey, const Pod*> out;
     for (const auto& pod : view.pods) {
       auto ns = view.namespaces.find(pod.key.pod_namespace);
-      if (Decide(ns == view.namespaces.end() ? Empty() : ns->second, pod.labels, pod.host_network)
+      if (Decide(ns == view.namespaces.end() ? Empty() : ns->second, pod.labels, pod.host_network,
+                 pod.annotations)
               .enrolled) {
         out[pod.key] = &pod;
       }

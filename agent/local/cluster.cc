@@ -25,6 +25,7 @@
 #include "cluster_impl.h"
 #include "sluice/loader/dataplane.h"
 #include "sluice/local/derived.h"
+#include "sluice/local/injection.h"
 
 namespace sluice::local {
 namespace fs = std::filesystem;
@@ -335,6 +336,12 @@ Result<int> Cluster::Exec(const PodRec& pod, const std::vector<std::string>& arg
   cmd.env["POD_NAME"] = pod.name;
   cmd.env["POD_NAMESPACE"] = pod.ns;
   cmd.env["INSTANCE_IP"] = pod.ip;
+  // The env the pod's containers got from Istio's grpc-agent template (kubectl exec runs
+  // with the container's environment), and the tools directory on PATH.
+  if (!pod.grpc_bootstrap.empty())
+    cmd.env[kGrpcBootstrapEnv] = pod.grpc_bootstrap;
+  cmd.env["PATH"] += ":" + impl.ToolsDir();
+  impl.EnsureToolsDir();
   if (const char* term = std::getenv("TERM"))
     cmd.env["TERM"] = term;
   PodContext ctx = impl.Context(pod);

@@ -86,7 +86,16 @@ struct Cluster::Impl {
   PodContext Context(const PodRec& p) const;
   Result<void> MakeSandbox(PodRec& p, bool external);
   std::vector<std::string> DestroySandbox(PodRec& p, bool external);
-  Result<Command> ContainerCommand(const PodRec& p, const ContainerSpec& spec);
+  Result<Command> ContainerCommand(const PodRec& p, const PodSpec& pod, const ContainerSpec& spec);
+  // What Istio's injector would do to the pod (its grpc-agent template): annotations and
+  // labels on the record, before the agent hears of the pod (sandbox.cc).
+  void Inject(PodRec& p, const PodSpec& spec) const;
+  // The grpc-agent pod's bootstrap file, once its address is known (sandbox.cc).
+  Result<void> WriteGrpcBootstrap(PodRec& p, const PodSpec& spec);
+  // STATE/bin: tools every pod's PATH ends with (`sluice-apps`, for `exec … sluice-apps
+  // grpc-client …`), made on first use (sandbox.cc).
+  std::string ToolsDir() const;
+  void EnsureToolsDir() const;
   void WaitPorts(const PodRec& p);
   Result<void> CreatePod(const std::string& ns, const std::string& name, const std::string& owner,
                          const PodSpec& spec);

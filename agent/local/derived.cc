@@ -213,8 +213,14 @@ std::string LabelsJson(const ClusterState& s) {
   nlohmann::json j{{"namespaces", nlohmann::json::object()}, {"pods", nlohmann::json::object()}};
   for (const auto& n : s.namespaces)
     j["namespaces"][n.name] = n.labels;
-  for (const auto& p : s.pods)
-    j["pods"][p.ns + "/" + p.name] = {{"labels", p.labels}, {"hostNetwork", p.host_network}};
+  for (const auto& p : s.pods) {
+    auto& pod = j["pods"][p.ns + "/" + p.name];
+    pod = {{"labels", p.labels}, {"hostNetwork", p.host_network}};
+    // The agent's enrolment rule reads Istio's injection annotations (a grpc-agent pod is
+    // proxyless).
+    if (!p.annotations.empty())
+      pod["annotations"] = p.annotations;
+  }
   return j.dump(1) + "\n";
 }
 

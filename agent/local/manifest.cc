@@ -115,13 +115,32 @@ void CheckName(const std::string& name, const std::string& field) {
                                 "most 63, starting and ending alphanumeric)"};
 }
 
+// The downward API fields an env var may name (valueFrom.fieldRef.fieldPath).
+constexpr const char* kDownwardFields =
+    "metadata.name, metadata.namespace, metadata.uid, spec.serviceAccountName, spec.nodeName, "
+    "status.podIP, status.podIPs, status.hostIP, status.hostIPs";
+
+bool IsDownwardField(const std::string& path) {
+  for (const char* f :
+       {"metadata.name", "metadata.namespace", "metadata.uid", "spec.serviceAccountName",
+        "spec.nodeName", "status.podIP", "status.podIPs", "status.hostIP", "status.hostIPs"})
+    if (path == f)
+      return true;
+  return false;
+}
+
 PodSpec DecodePodSpec(const YAML::Node& meta, const YAML::Node& spec, const std::string& at) {
   PodSpec p;
-  p.labels = StrMap(meta["labels"], at.empty() ? "metadata.labels" : at + ".metadata.labels");
+  std::string mf = at.empty() ? "metadata" : at + ".metadata";
+  p.labels = StrMap(meta["labels"], mf + ".labels");
+  p.annotations = StrMap(meta["annotations"], mf + ".annotations");
   std::string sp = at.empty() ? "spec" : at + ".spec";
   if (!spec || !spec.IsMap())
     throw FieldError{sp, "required"};
   p.host_network = Bool(spec["hostNetwork"], sp + ".hostNetwork");
+  p.service_account = Str(spec["serviceAccountName"], sp + ".serviceAccountName");
+  if (p.service_account.empty())
+    p.service_account = "default";
   const YAML::Node cs = spec["containers"];
   if (!cs || !cs.IsSequence() || cs.size() == 0)
     throw FieldError{sp + ".containers", "must list at least one container"};
@@ -141,9 +160,19 @@ PodSpec DecodePodSpec(const YAML::Node& meta, const YAML::Node& spec, const std:
         throw FieldError{cf + ".env", "must be a list"};
       for (std::size_t k = 0; k < env.size(); ++k) {
         std::string ef = cf + ".env[" + std::to_string(k) + "]";
-        EnvVar v{Str(env[k]["name"], ef + ".name", true), Str(env[k]["value"], ef + ".value")};
-        if (env[k]["valueFrom"])
-          throw FieldError{ef + ".valueFrom", "is not supported by the local cluster"};
+        EnvVar v{Str(env[k]["name"], ef + ".name", true), Str(env[k]["value"], ef + ".value"), ""};
+        if (const YAML::Node from = env[k]["valueFrom"]; from && !from.IsNull()) {
+          // The downward API's pod fields (Istio's samples pass INSTANCE_IP this way);
+          // secrets, config maps and resource fields are not.
+          const YAML::Node ref = from["fieldRef"];
+          if (!from.IsMap() || !ref || !ref.IsMap())
+            throw FieldError{ef + ".valueFrom", "only fieldRef is supported by the local cluster"};
+          v.field_path = Str(ref["fieldPath"], ef + ".valueFrom.fieldRef.fieldPath", true);
+          if (!IsDownwardField(v.field_path))
+            throw FieldError{ef + ".valueFrom.fieldRef.fieldPath",
+                             "\"" + v.field_path + "\" is not one the local cluster fills (" +
+                                 std::string(kDownwardFields) + ")"};
+        }
         cont.env.push_back(v);
       }
     }
@@ -167,6 +196,8 @@ PodSpec DecodePodSpec(const YAML::Node& meta, const YAML::Node& spec, const std:
   }
   YAML::Emitter e;
   e << meta["labels"] << spec;
+  if (meta["annotations"])  // only when present: unannotated pods keep the hash they had
+    e << meta["annotations"];
   p.hash = std::to_string(std::hash<std::string>{}(e.c_str()));
   return p;
 }

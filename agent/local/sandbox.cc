@@ -2,7 +2,9 @@
 // and a named network namespace, CNI ADD through the real chain (loopback, then the
 // cluster's conflist: bridge + host-local, sluice-cni), the containers' processes started
 // inside (their commands from the image map), and all of it undone again (CNI DEL with
-// the cached result). External hosts are sandboxes on a network of their own.
+// the cached result). External hosts are sandboxes on a network of their own. A pod
+// Istio's injector would give the grpc-agent template gets what that template gives it
+// (injection.h): a gRPC xDS bootstrap and GRPC_XDS_BOOTSTRAP, and no capture.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -20,6 +22,7 @@
 
 #include "cluster_impl.h"
 #include "sluice/local/derived.h"
+#include "sluice/local/injection.h"
 #include "sluice/netns/netns.h"
 
 namespace sluice::local {
@@ -40,6 +43,14 @@ std::string RandomHex(int n) {
   for (int i = 0; i < n; ++i)
     out += kHex[rng() % 16];
   return out;
+}
+
+// The node's name, as `spec.nodeName` reads on a one-node cluster: the machine's.
+std::string NodeName() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0)
+    return "localhost";
+  return host;
 }
 
 std::string Uuid() {
@@ -199,8 +210,85 @@ std::vector<std::string> Cluster::Impl::DestroySandbox(PodRec& p, bool external)
   return problems;
 }
 
+std::string Cluster::Impl::ToolsDir() const {
+  return StateDir() + "/bin";
+}
+
+void Cluster::Impl::EnsureToolsDir() const {
+  std::error_code ec;
+  std::string link = ToolsDir() + "/sluice-apps";
+  if (fs::read_symlink(link, ec) == fs::path(s.settings.apps_bin))
+    return;
+  fs::create_directories(ToolsDir(), ec);
+  fs::remove(link, ec);
+  fs::create_symlink(s.settings.apps_bin, link, ec);
+  if (ec)
+    out << "warning: " << link << ": " << ec.message() << "\n";
+}
+
+void Cluster::Impl::Inject(PodRec& p, const PodSpec& spec) const {
+  p.annotations = spec.annotations;
+  const NamespaceRec* n = s.FindNamespace(p.ns);
+  if (!InjectsGrpcAgent(p.ns, n ? n->labels : Labels{}, spec.labels, spec.annotations,
+                        spec.host_network))
+    return;
+  // The grpc-agent template's metadata (grpc-agent.yaml): canonical labels unless the pod
+  // has them, the revision, default containers, and the injector's status.
+  std::string workload = p.owner.rfind("Deployment/", 0) == 0
+                             ? p.owner.substr(std::string("Deployment/").size())
+                             : p.name;
+  auto first_of = [&](std::initializer_list<const char*> keys, const std::string& def) {
+    for (const char* k : keys)
+      if (auto it = p.labels.find(k); it != p.labels.end())
+        return it->second;
+    return def;
+  };
+  p.labels.emplace("service.istio.io/canonical-name",
+                   first_of({"app.kubernetes.io/name", "app"}, workload));
+  p.labels.emplace("service.istio.io/canonical-revision",
+                   first_of({"app.kubernetes.io/version", "version"}, "latest"));
+  std::vector<std::string> names;
+  for (const auto& ct : spec.containers)
+    names.push_back(ct.name);
+  p.annotations.emplace("istio.io/rev", "default");
+  p.annotations.emplace("kubectl.kubernetes.io/default-container", names.front());
+  p.annotations.emplace("kubectl.kubernetes.io/default-logs-container", names.front());
+  p.annotations["sidecar.istio.io/rewriteAppHTTPProbers"] = "false";
+  p.annotations["sidecar.istio.io/status"] = GrpcAgentStatus(names);
+}
+
+Result<void> Cluster::Impl::WriteGrpcBootstrap(PodRec& p, const PodSpec& spec) {
+  if (!IsProxylessGrpcPod(p.annotations))
+    return {};
+  GrpcBootstrapInput in;
+  // Absolute: the file is read by the pod's processes, whatever their working directory.
+  in.xds_socket = fs::absolute(StateDir() + "/xds.sock").lexically_normal().string();
+  in.pod_name = p.name;
+  in.pod_namespace = p.ns;
+  in.pod_ip = p.ip;
+  in.labels = p.labels;
+  in.annotations = p.annotations;
+  bool deployment = p.owner.rfind("Deployment/", 0) == 0;
+  in.workload_name = deployment ? p.owner.substr(std::string("Deployment/").size()) : p.name;
+  in.owner = deployment ? "kubernetes://apis/apps/v1/namespaces/" + p.ns + "/deployments/" +
+                              in.workload_name
+                        : "kubernetes://apis/v1/namespaces/" + p.ns + "/pods/" + p.name;
+  in.service_account = spec.service_account;
+  for (const auto& ct : spec.containers) {
+    in.containers.push_back(ct.name);
+    in.ports.insert(in.ports.end(), ct.ports.begin(), ct.ports.end());
+  }
+  std::string file =
+      fs::absolute(c.PodDir(p) + "/" + kGrpcBootstrapFile).lexically_normal().string();
+  SLUICE_RETURN_IF_ERROR_CTX(WriteFileAtomic(file, GrpcBootstrapJson(in)),
+                             "pod " + p.ns + "/" + p.name + ": gRPC bootstrap");
+  p.grpc_bootstrap = file;
+  return {};
+}
+
 // The container's command line from the image map; errors name the pod and image.
-Result<Command> Cluster::Impl::ContainerCommand(const PodRec& p, const ContainerSpec& spec) {
+Result<Command> Cluster::Impl::ContainerCommand(const PodRec& p, const PodSpec& pod,
+                                                const ContainerSpec& spec) {
   const apps::ImageEntry* entry = images->Find(spec.image);
   std::string where = "pod " + p.ns + "/" + p.name + " container " + spec.name;
   if (!entry)
@@ -241,12 +329,36 @@ Result<Command> Cluster::Impl::ContainerCommand(const PodRec& p, const Container
         arg.replace(pos, key.size(), value);
     }
   }
-  for (const auto& e : spec.env)
-    cmd.env[e.name] = e.value;
+  cmd.env["PATH"] += ":" + ToolsDir();
+  for (const auto& e : spec.env) {
+    if (e.field_path.empty()) {
+      cmd.env[e.name] = e.value;
+      continue;
+    }
+    // The downward API (manifest.cc lists the fields it accepts).
+    const std::string& f = e.field_path;
+    if (f == "metadata.name")
+      cmd.env[e.name] = p.name;
+    else if (f == "metadata.namespace")
+      cmd.env[e.name] = p.ns;
+    else if (f == "metadata.uid")
+      cmd.env[e.name] = p.uid;
+    else if (f == "spec.serviceAccountName")
+      cmd.env[e.name] = pod.service_account;
+    else if (f == "spec.nodeName")
+      cmd.env[e.name] = NodeName();
+    else if (f == "status.podIP" || f == "status.podIPs")
+      cmd.env[e.name] = p.ip;
+    else if (f == "status.hostIP" || f == "status.hostIPs")
+      cmd.env[e.name] = ParseSubnet16(s.settings.pod_subnet, "pod subnet")->Address(0, 1);
+  }
   cmd.env["HOSTNAME"] = p.name;
   cmd.env["POD_NAME"] = p.name;
   cmd.env["POD_NAMESPACE"] = p.ns;
   cmd.env["INSTANCE_IP"] = p.ip;
+  // The grpc-agent template's env, over the container's own (it is patched in last).
+  if (!p.grpc_bootstrap.empty())
+    cmd.env[kGrpcBootstrapEnv] = p.grpc_bootstrap;
   cmd.log = LogFile(p, spec.name);
   return cmd;
 }
@@ -292,6 +404,7 @@ Result<void> Cluster::Impl::CreatePod(const std::string& ns, const std::string& 
   p.labels = spec.labels;
   p.host_network = spec.host_network;
   p.created = std::time(nullptr);
+  Inject(p, spec);
   for (const auto& ct : spec.containers)
     p.ports.insert(p.ports.end(), ct.ports.begin(), ct.ports.end());
   // Check every image before making anything.
@@ -313,10 +426,13 @@ Result<void> Cluster::Impl::CreatePod(const std::string& ns, const std::string& 
   };
   if (auto r = MakeSandbox(rec, false); !r)
     return fail(r.error());
+  if (auto r = WriteGrpcBootstrap(rec, spec); !r)
+    return fail(r.error());
+  EnsureToolsDir();
   std::error_code ec;
   fs::create_directories(fs::path(LogFile(rec, "x")).parent_path(), ec);
   for (const auto& ct : spec.containers) {
-    auto cmd = ContainerCommand(rec, ct);
+    auto cmd = ContainerCommand(rec, spec, ct);
     if (!cmd)
       return fail(cmd.error());
     if (images->Find(ct.image)->standin == "gateway")

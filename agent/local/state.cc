@@ -31,6 +31,10 @@ json PodToJson(const PodRec& p) {
          {"containers", json::array()}};
   if (!p.admin.empty())
     j["admin"] = p.admin;
+  if (!p.annotations.empty())
+    j["annotations"] = p.annotations;
+  if (!p.grpc_bootstrap.empty())
+    j["grpc_bootstrap"] = p.grpc_bootstrap;
   for (const auto& cp : p.ports)
     j["ports"].push_back({{"name", cp.name}, {"port", cp.port}});
   for (const auto& c : p.containers)
@@ -59,6 +63,8 @@ PodRec PodFromJson(const json& j) {
   p.cni_added = j.value("cni_added", false);
   p.created = j.value("created", std::int64_t{0});
   p.admin = j.value("admin", "");
+  p.annotations = j.value("annotations", Labels{});
+  p.grpc_bootstrap = j.value("grpc_bootstrap", "");
   for (const auto& cp : j.value("ports", json::array()))
     p.ports.push_back({cp.value("name", ""), cp.value("port", 0)});
   for (const auto& c : j.value("containers", json::array())) {

@@ -67,6 +67,49 @@ TEST_CASE("enrolment rule table") {
   CHECK_FALSE(Decide({{"istio.io/dataplane-mode", "Sluice"}}, kNone, false).enrolled);
 }
 
+TEST_CASE("a pod injected with Istio's grpc-agent template is proxyless: never enrolled") {
+  const Labels injected = {{"inject.istio.io/templates", "grpc-agent"},
+                           {"sidecar.istio.io/status", R"({"revision":"default"})"}};
+  // In an enrolled namespace, and even when the pod asks for Sluice by label: its gRPC
+  // library does the routing, a redirect would take the connects away from it.
+  for (const Labels& pod : {kNone, kSluice, kOther}) {
+    Decision d = Decide(kSluice, pod, false, injected);
+    CHECK_FALSE(d.enrolled);
+    CHECK(d.reason == Reason::kProxylessGrpc);
+    CHECK(ReasonName(d.reason) == "proxyless-grpc");
+  }
+  CHECK(Decide(kSluice, kNone, true, injected).reason == Reason::kHostNetwork);
+  // Asked for but never injected (the namespace is not selected for injection): an
+  // ordinary pod, enrolled by its namespace as any other.
+  CHECK(Decide(kSluice, kNone, false, {{"inject.istio.io/templates", "grpc-agent"}}) ==
+        Decision{true, Reason::kNamespaceLabel});
+  // Injected with another template (a sidecar): the labels decide as before.
+  CHECK(Decide(kSluice, kNone, false,
+               {{"inject.istio.io/templates", "sidecar"}, {"sidecar.istio.io/status", "{}"}})
+            .enrolled);
+  // The annotation is a comma-separated list, names trimmed as Istio trims them.
+  CHECK(NamesGrpcAgentTemplate("grpc-agent"));
+  CHECK(NamesGrpcAgentTemplate("custom, grpc-agent "));
+  CHECK_FALSE(NamesGrpcAgentTemplate("grpc-agent-v2"));
+  CHECK_FALSE(NamesGrpcAgentTemplate("grpc-simple"));
+  CHECK_FALSE(NamesGrpcAgentTemplate(""));
+
+  // A running pod's annotations are part of it: the state re-decides on upsert.
+  EnrolmentState state;
+  state.SetNamespace("echo", kSluice);
+  Pod echo = MakePod("echo", "echo-v1");
+  CHECK(Names(state.UpsertPod(echo).enrol) == V{"echo/echo-v1"});
+  echo.annotations = injected;
+  auto changes = state.UpsertPod(echo);
+  CHECK(Names(changes.unenrol) == V{"echo/echo-v1"});
+  CHECK(changes.enrol.empty());
+  CHECK(state.DecisionFor({"echo", "echo-v1"}).reason == Reason::kProxylessGrpc);
+  ClusterView before{{{"echo", kSluice}}, {MakePod("echo", "echo-v1")}};
+  ClusterView after = before;
+  after.pods[0].annotations = injected;
+  CHECK(Names(Diff(before, after).unenrol) == V{"echo/echo-v1"});
+}
+
 TEST_CASE("labelling a namespace enrols its pods, removing the label unenrols them") {
   EnrolmentState state;
   CHECK(state.UpsertPod(MakePod("shop", "cart")).empty());

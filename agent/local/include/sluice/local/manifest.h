@@ -17,6 +17,9 @@ namespace sluice::local {
 
 struct EnvVar {
   std::string name, value;
+  // valueFrom.fieldRef.fieldPath (the downward API: metadata.name, metadata.namespace,
+  // status.podIP…), resolved when the container starts; "" for a plain value.
+  std::string field_path;
 };
 
 struct ContainerSpec {
@@ -28,9 +31,11 @@ struct ContainerSpec {
 
 struct PodSpec {
   Labels labels;
+  Labels annotations;           // metadata.annotations (Istio's injection reads them)
+  std::string service_account;  // spec.serviceAccountName ("default" when unset)
   bool host_network = false;
   std::vector<ContainerSpec> containers;
-  std::string hash;  // of the whole template (labels + spec), to tell a changed one
+  std::string hash;  // of the whole template (labels, annotations, spec), to tell a changed one
 };
 
 struct NamespaceObj {

@@ -55,9 +55,15 @@ struct PodRec {
   std::string netns_name;  // NAME
   std::string cgroup;
   Labels labels;
+  // The pod's annotations as the cluster made it: the template's, plus what the
+  // stand-in for Istio's injector added (sidecar.istio.io/status on a grpc-agent pod).
+  Labels annotations;
   bool host_network = false;
   bool cni_added = false;
   std::string admin;  // gateway pods: unix:STATE/pods/NS/NAME/admin.sock
+  // Proxyless gRPC pods (Istio's grpc-agent template): STATE/pods/NS/NAME/grpc-bootstrap.json,
+  // named by GRPC_XDS_BOOTSTRAP in every container and in `exec` ("" for other pods).
+  std::string grpc_bootstrap;
   std::vector<ContainerPort> ports;
   std::vector<ContainerRec> containers;
   std::int64_t created = 0;  // unix seconds
