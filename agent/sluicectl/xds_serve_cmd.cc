@@ -10,6 +10,8 @@
 
 #include <atomic>
 #include <iostream>
+#include <mutex>
+#include <set>
 
 #include "cli.h"
 #include "commands.h"
@@ -50,9 +52,19 @@ void RunServe(const ServeOptions& opt) {
   auto report = cp.Reload();
   PrintReport(report);
 
-  xds::AdsServer server(
-      [&cp](const envoy::config::core::v3::Node& node) { return cp.ResourcesFor(node); });
-  server.OnEvent([](const xds::AdsServerEvent& e) {
+  // Which translation each connected node gets (sidecar, gateway, proxyless gRPC), logged
+  // once per stream: the event carries only the ID, the resource callback the whole node.
+  std::mutex seen_mu;
+  std::set<std::string> seen;
+  xds::AdsServer server([&](const envoy::config::core::v3::Node& node) {
+    if (auto spec = istio::LocalControlPlane::ProxyFor(node)) {
+      std::lock_guard lock(seen_mu);
+      if (seen.insert(node.id()).second)
+        std::cerr << "serving " << node.id() << " as " << spec->Describe() << "\n";
+    }
+    return cp.ResourcesFor(node);
+  });
+  server.OnEvent([&](const xds::AdsServerEvent& e) {
     using K = xds::AdsServerEvent::Kind;
     if (e.kind == K::kConnect) {
       auto spec = istio::LocalControlPlane::ProxyFor([&] {
@@ -64,8 +76,13 @@ void RunServe(const ServeOptions& opt) {
                 << (spec ? "" : " (not an istiod node ID: served nothing)") << "\n";
     } else if (e.kind == K::kNack) {
       std::cerr << "NACK from " << e.node_id << " for " << e.type_url << ": " << e.error << "\n";
+    } else if (e.kind == K::kUnsupportedType) {
+      std::cerr << "unsupported type " << e.type_url << " from " << e.node_id
+                << ": answered with no resources\n";
     } else if (e.kind == K::kDisconnect) {
       std::cerr << "disconnect: " << e.node_id << "\n";
+      std::lock_guard lock(seen_mu);
+      seen.erase(e.node_id);
     }
   });
   if (IsUnixAddress(opt.listen)) {

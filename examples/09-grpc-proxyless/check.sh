@@ -152,15 +152,16 @@ EOF
   fi
 
   # 5. The control plane served the pods' own gRPC xDS clients (node IDs of their
-  #    bootstraps; the node agent opens no stream for a pod it does not enrol).
+  #    bootstraps; the node agent opens no stream for a pod it does not enrol) with the
+  #    proxyless-gRPC generator ("serving ID as grpc:NS").
   local xlog=$state_dir/logs/xds.log lines
-  show_cmd grep "connect: sidecar~$ip1~" "$xlog"
-  lines=$(grep -F "connect: $want_id" "$xlog" 2>/dev/null | tail -n 3)
+  show_cmd grep "serving sidecar~$ip1~" "$xlog"
+  lines=$(grep -F "serving $want_id as " "$xlog" 2>/dev/null | tail -n 3)
   [[ -n $lines ]] && indent 3 <<<"$lines"
-  if [[ -n $lines ]]; then
-    pass "the control plane's log shows the GENERATOR: grpc node $want_id connecting"
+  if grep -qF "serving $want_id as grpc:$ns" <<<"$lines"; then
+    pass "the control plane served the GENERATOR: grpc node $want_id its proxyless-gRPC translation"
   else
-    fail "no 'connect: $want_id' in $xlog: the control plane never saw the pod's gRPC client"
+    fail "no 'serving $want_id as grpc:$ns' in $xlog: the control plane never served the pod's gRPC client as proxyless gRPC"
   fi
 
   run sluicectl local delete -f $dir/
