@@ -42,6 +42,25 @@ Result<void> Prepare(const PodContext& pod, const Command& cmd, Prepared& p) {
   if (cmd.argv.empty())
     return Fail("empty command");
   p.argv_s = cmd.argv;
+  // A bare command name is looked up in the command's own PATH, as the container's shell
+  // would (execvpe searches the caller's PATH, not the one it is given).
+  if (auto path = cmd.env.find("PATH");
+      path != cmd.env.end() && p.argv_s[0].find('/') == std::string::npos) {
+    std::string_view dirs = path->second;
+    while (!dirs.empty()) {
+      auto colon = dirs.find(':');
+      std::string dir(dirs.substr(0, colon));
+      dirs = colon == std::string_view::npos ? "" : dirs.substr(colon + 1);
+      if (dir.empty())
+        continue;
+      std::string candidate = dir + "/" + p.argv_s[0];
+      std::error_code ec;
+      if (fs::is_regular_file(candidate, ec) && ::access(candidate.c_str(), X_OK) == 0) {
+        p.argv_s[0] = std::move(candidate);
+        break;
+      }
+    }
+  }
   for (const auto& [k, v] : cmd.env)
     p.env_s.push_back(k + "=" + v);
   for (auto& s : p.argv_s)

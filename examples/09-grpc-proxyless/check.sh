@@ -135,8 +135,11 @@ EOF
   show_cmd sluicectl agent metrics '|' grep sluice_kernel_connects_total
   evidence "kernel translated+redirected: $before_k → $after_k; not_enrolled: $before_ne → $after_ne"
   evidence "kube-proxy stand-in packets to $ns/echo:7070: $before_nat → $after_nat"
-  if [[ $before_k != "?" && $before_k == "$after_k" && $after_ne -gt $before_ne ]]; then
-    pass "Sluice's kernel saw the calls' connects and rewrote none (not_enrolled moved)"
+  # (The calls dial pod addresses, which no Service frontend names, so the connect hook
+  # has nothing to count for them either way; a VIP dialled from these pods would count
+  # as not_enrolled.)
+  if [[ $before_k != "?" && $before_k == "$after_k" ]]; then
+    pass "Sluice's kernel translated or redirected none of the calls' connects"
   else
     fail "the kernel counters say Sluice handled the calls (translated+redirected $before_k → $after_k, not_enrolled $before_ne → $after_ne)"
   fi
