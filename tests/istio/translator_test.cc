@@ -514,3 +514,34 @@ TEST_CASE("proxy specs parse and reject malformed input") {
         "--proxy \"router:x\": want sidecar:NAMESPACE, grpc:NAMESPACE or "
         "gateway:KEY=VALUE[,KEY=VALUE]");
 }
+
+TEST_CASE("proxyless gRPC: a Maglev DestinationRule refuses its cluster by name, never sends it") {
+  auto t = Run(R"(apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: hw}
+spec:
+  host: helloworld
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      loadBalancer:
+        consistentHash: {maglev: {tableSize: 65537}, httpHeaderName: x-user}
+  - name: v2
+    labels: {version: v2}
+)",
+               "grpc:default");
+  const auto& clusters = t.t.resources.clusters;
+  // gRPC has no Maglev: the v1 subset's cluster is refused (the client's route to it
+  // fails its RPCs), v2 and the service's default cluster are served.
+  CHECK_FALSE(clusters.contains("outbound|5000|v1|helloworld.default.svc.cluster.local"));
+  CHECK(clusters.contains("outbound|5000|v2|helloworld.default.svc.cluster.local"));
+  CHECK(clusters.contains("outbound|5000||helloworld.default.svc.cluster.local"));
+  REQUIRE(t.t.warnings.size() == 2);  // one per port (5000, 5001)
+  CHECK(t.t.warnings[0].find("DestinationRule default/hw asks for maglev") != std::string::npos);
+  // No Passthrough or BlackHole for a gRPC client, and only API listeners, one per port.
+  CHECK_FALSE(clusters.contains("PassthroughCluster"));
+  CHECK(t.t.resources.listeners.size() == 2);
+  CHECK(t.t.resources.listeners.contains("helloworld.default.svc.cluster.local:5000"));
+  CHECK(t.t.resources.listeners.at("helloworld.default.svc.cluster.local:5001").has_api_listener());
+}

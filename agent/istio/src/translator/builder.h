@@ -52,6 +52,10 @@ endpoint_v3::ClusterLoadAssignment Endpoints(const RegistryService& svc, const R
                                              const Subset* subset, const std::string& name,
                                              bool dns);
 
+// A proxyless gRPC client's API-listener connection manager, RDS `route_name` over ADS
+// (listeners.cc).
+google::protobuf::Any ApiListenerConnectionManager(const std::string& route_name);
+
 // A DestinationRule's traffic policy for one port and subset, merged (clusters.cc).
 struct EffectivePolicy {
   std::optional<LoadBalancer> lb;

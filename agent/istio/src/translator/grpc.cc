@@ -17,34 +17,11 @@
 //  - EDS: the same ClusterLoadAssignments as a sidecar's, with a locality per group.
 // Services whose endpoints are found by DNS or passed through (resolution DNS, NONE)
 // have no EDS endpoints to give a gRPC client and are left out.
-#include "envoy/extensions/filters/http/fault/v3/fault.pb.h"
-#include "envoy/extensions/filters/http/router/v3/router.pb.h"
-#include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "translator/builder.h"
 
 namespace sluice::istio::detail {
 
 namespace {
-
-namespace hcm_v3 = envoy::extensions::filters::network::http_connection_manager::v3;
-
-// The API listener's connection manager: istiod's supported filters (fault, router) and
-// RDS over ADS. No stat prefix: gRPC has no stats tree to put it in.
-google::protobuf::Any GrpcConnectionManager(const std::string& route_name) {
-  hcm_v3::HttpConnectionManager hcm;
-  auto* rds = hcm.mutable_rds();
-  rds->mutable_config_source()->mutable_ads();
-  rds->set_route_config_name(route_name);
-  auto* fault = hcm.add_http_filters();
-  fault->set_name("envoy.filters.http.fault");
-  fault->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::fault::v3::HTTPFault());
-  auto* router = hcm.add_http_filters();
-  router->set_name("envoy.filters.http.router");
-  router->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::router::v3::Router());
-  google::protobuf::Any any;
-  any.PackFrom(hcm);
-  return any;
-}
 
 // istiod's setTimeout for a proxyless node: gRPC ignores `timeout` and reads
 // max_stream_duration, so the route's timeout (0: none) goes there too.
@@ -67,8 +44,9 @@ std::vector<std::string> Builder::GrpcShortNames(const RegistryService& svc) con
 
 void Builder::AddGrpcCluster(const RegistryService& svc, const RegistryPort& port,
                              const DestinationRule* dr, const Subset* subset) {
+  const std::string name = ClusterName(port.port, subset ? subset->name : "", svc.hostname);
   cluster_v3::Cluster c;
-  c.set_name(ClusterName(port.port, subset ? subset->name : "", svc.hostname));
+  c.set_name(name);
   c.set_type(cluster_v3::Cluster::EDS);
   c.mutable_eds_cluster_config()->set_service_name(c.name());
   c.mutable_eds_cluster_config()->mutable_eds_config()->mutable_ads();
@@ -79,7 +57,7 @@ void Builder::AddGrpcCluster(const RegistryService& svc, const RegistryPort& por
       // cluster. Refuse it here, by name, rather than serve one that cannot work.
       out_.warnings.push_back("proxyless gRPC: DestinationRule " + dr->meta.ns + "/" +
                               dr->meta.name + " asks for maglev, which gRPC does not " +
-                              "implement; cluster " + c.name() + " is not served");
+                              "implement; cluster " + name + " is not served");
       return;
     }
     c.set_lb_policy(cluster_v3::Cluster::RING_HASH);
@@ -92,8 +70,7 @@ void Builder::AddGrpcCluster(const RegistryService& svc, const RegistryPort& por
   }
   // ROUND_ROBIN and unset: gRPC's default. RANDOM: istiod warns and keeps the default.
   out_.resources.Add(std::move(c));
-  out_.resources.Add(Endpoints(
-      svc, port, subset, ClusterName(port.port, subset ? subset->name : "", svc.hostname), false));
+  out_.resources.Add(Endpoints(svc, port, subset, name, false));
 }
 
 void Builder::BuildGrpc() {
@@ -121,7 +98,7 @@ void Builder::BuildGrpc() {
                           ? "0.0.0.0"
                           : svc.addresses[0]);
       sa->set_port_value(port.port);
-      *l.mutable_api_listener()->mutable_api_listener() = GrpcConnectionManager(route_name);
+      *l.mutable_api_listener()->mutable_api_listener() = ApiListenerConnectionManager(route_name);
       for (const auto& alias : GrpcShortNames(svc))
         out_.resources.listener_aliases[alias + suffix] = l.name();
       out_.resources.Add(std::move(l));

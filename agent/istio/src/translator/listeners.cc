@@ -41,7 +41,30 @@ bool ParseCidr(const std::string& text, core_v3::CidrRange* out) {
   return true;
 }
 
+// The HTTP filters istiod's sidecars and proxyless gRPC clients share: fault, router.
+void AddFaultAndRouter(hcm_v3::HttpConnectionManager& hcm) {
+  auto* fault = hcm.add_http_filters();
+  fault->set_name("envoy.filters.http.fault");
+  fault->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::fault::v3::HTTPFault());
+  auto* router = hcm.add_http_filters();
+  router->set_name("envoy.filters.http.router");
+  router->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::router::v3::Router());
+}
+
 }  // namespace
+
+// A proxyless gRPC client's API listener (grpc.cc): the fault and router filters and RDS
+// over ADS. No stat prefix, no access log, no upgrades: gRPC reads none of them.
+google::protobuf::Any ApiListenerConnectionManager(const std::string& route_name) {
+  hcm_v3::HttpConnectionManager hcm;
+  auto* rds = hcm.mutable_rds();
+  rds->mutable_config_source()->mutable_ads();
+  rds->set_route_config_name(route_name);
+  AddFaultAndRouter(hcm);
+  google::protobuf::Any any;
+  any.PackFrom(hcm);
+  return any;
+}
 
 google::protobuf::Any Builder::HttpConnectionManager(const std::string& stat_prefix,
                                                      const std::string& route_name) const {
@@ -50,12 +73,7 @@ google::protobuf::Any Builder::HttpConnectionManager(const std::string& stat_pre
   auto* rds = hcm.mutable_rds();
   *rds->mutable_config_source() = AdsSource();
   rds->set_route_config_name(route_name);
-  auto* fault = hcm.add_http_filters();
-  fault->set_name("envoy.filters.http.fault");
-  fault->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::fault::v3::HTTPFault());
-  auto* router = hcm.add_http_filters();
-  router->set_name("envoy.filters.http.router");
-  router->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::router::v3::Router());
+  AddFaultAndRouter(hcm);
   // As istiod: WebSocket upgrades are allowed; any other upgrade is refused (403).
   hcm.add_upgrade_configs()->set_upgrade_type("websocket");
   AddAccessLog(hcm.mutable_access_log());
