@@ -301,6 +301,19 @@ long Within(F pred) {
   return -1;
 }
 
+// How many network namespaces the kernel's enrolment map holds, read from the pins.
+std::size_t KernelEnrolledCount(Lab& lab) {
+  DataplaneOptions ro;
+  ro.pin_root = lab.pin_root();
+  ro.maps_only = true;
+  ro.cgroup_path = lab.cgroup();
+  auto maps = Dataplane::Open(ro);
+  REQUIRE(maps);
+  auto in_kernel = (*maps)->Enrolled();
+  REQUIRE(in_kernel);
+  return in_kernel->size();
+}
+
 }  // namespace
 
 TEST_CASE("sluice-agent: xDS to kernel, CNI pods enrolled by labels, restart keeps the data path") {
@@ -455,15 +468,7 @@ TEST_CASE("sluice-agent: SIGKILL under continuous L4 load fails no connection") 
   int status = 0;
   auto pods = HttpGet(agent.admin_port, "/pods", &status);
   CHECK_THAT(pods, Catch::Contains("\"enrolled\": true"));
-  DataplaneOptions ro;
-  ro.pin_root = t.lab.pin_root();
-  ro.maps_only = true;
-  ro.cgroup_path = t.lab.cgroup();
-  auto maps = Dataplane::Open(ro);
-  REQUIRE(maps);
-  auto in_kernel = (*maps)->Enrolled();
-  REQUIRE(in_kernel);
-  CHECK(in_kernel->size() == 1);
+  CHECK(KernelEnrolledCount(t.lab) == 1);
   agent.proc->Kill();
 }
 
@@ -751,15 +756,7 @@ TEST_CASE("sluice-agent: after SIGKILL, L7 traffic recovers within a second of t
   std::string ss =
       Sh("ip netns exec " + t.lab.pod("client").netns + " ss -Htln 'sport = :15001' | wc -l");
   CHECK(std::atoi(ss.c_str()) == 2);
-  DataplaneOptions ro;
-  ro.pin_root = t.lab.pin_root();
-  ro.maps_only = true;
-  ro.cgroup_path = t.lab.cgroup();
-  auto maps = Dataplane::Open(ro);
-  REQUIRE(maps);
-  auto in_kernel = (*maps)->Enrolled();
-  REQUIRE(in_kernel);
-  CHECK(in_kernel->size() == 1);
+  CHECK(KernelEnrolledCount(t.lab) == 1);
   restarted.Kill();
 }
 
