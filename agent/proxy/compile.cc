@@ -927,45 +927,4 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
   return std::shared_ptr<const ProxyConfig>(std::move(cfg));
 }
 
-Result<xds::ResourceSet> ParseResourceSetJson(std::string_view text) {
-  // Types that appear inside Any fields must be linked in for the JSON parser to find
-  // them in the generated descriptor pool (descriptor() is defined in each .pb.cc).
-  static const google::protobuf::Descriptor* const kAnyTypes[] = {
-      envoy::extensions::filters::http::router::v3::Router::descriptor(),
-      envoy::extensions::access_loggers::file::v3::FileAccessLog::descriptor(),
-      envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector::descriptor(),
-      envoy::extensions::filters::listener::http_inspector::v3::HttpInspector::descriptor(),
-      envoy::extensions::filters::listener::original_dst::v3::OriginalDst::descriptor(),
-      envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext::descriptor(),
-      HTTPFault::descriptor()};
-  (void)kAnyTypes;
-  nlohmann::json doc = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (doc.is_discarded() || !doc.is_object())
-    return Fail("config: not a JSON object");
-  xds::ResourceSet rs;
-  google::protobuf::util::JsonParseOptions opts;
-  auto each = [&](const char* key, auto proto) -> Result<void> {
-    auto it = doc.find(key);
-    if (it == doc.end())
-      return {};
-    if (!it->is_array())
-      return Fail(std::string("config: \"") + key + "\" must be an array");
-    for (std::size_t i = 0; i < it->size(); ++i) {
-      decltype(proto) msg;
-      auto st = google::protobuf::util::JsonStringToMessage((*it)[i].dump(), &msg, opts);
-      if (!st.ok()) {
-        return Fail(std::string("config: ") + key + "[" + std::to_string(i) +
-                    "]: " + std::string(st.message()));
-      }
-      rs.Add(std::move(msg));
-    }
-    return {};
-  };
-  SLUICE_RETURN_IF_ERROR(each("listeners", listener_v3::Listener()));
-  SLUICE_RETURN_IF_ERROR(each("routes", route_v3::RouteConfiguration()));
-  SLUICE_RETURN_IF_ERROR(each("clusters", cluster_v3::Cluster()));
-  SLUICE_RETURN_IF_ERROR(each("endpoints", envoy::config::endpoint::v3::ClusterLoadAssignment()));
-  return rs;
-}
-
 }  // namespace sluice::proxy

@@ -1,5 +1,7 @@
 // sluice-proxy: the L7 engine on its own, configured from an Envoy-shaped JSON file
-// ({"listeners": [...], "routes": [...], "clusters": [...], "endpoints": [...]}).
+// ({"listeners": [...], "routes": [...], "clusters": [...], "endpoints": [...]}) or an
+// Envoy admin /config_dump (config_json.cc; a resource that does not parse is named and
+// left out).
 // Used by the tests and the benchmark; the node agent embeds the library instead.
 // SIGHUP re-reads the file (a bad file is reported and the running config stays). When
 // a DNS cluster's answer changes (names are re-resolved at each cluster's
@@ -12,9 +14,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include "sluice/envoy/resource_set.h"
+#include "sluice/proxy/config_json.h"
 #include "sluice/proxy/dns.h"
 #include "sluice/proxy/proxy.h"
-#include "sluice/envoy/resource_set.h"
 
 namespace {
 
@@ -34,10 +37,16 @@ sluice::Result<sluice::xds::ResourceSet> Read(const std::string& path) {
     return sluice::Fail("cannot open " + path);
   std::stringstream ss;
   ss << f.rdbuf();
-  auto rs = sluice::proxy::ParseResourceSetJson(ss.str());
-  if (!rs)
-    return sluice::Wrap(path, rs.error());
-  return rs;
+  auto loaded = sluice::proxy::LoadConfigJson(ss.str());
+  if (!loaded)
+    return sluice::Wrap(path, loaded.error());
+  // As Envoy takes a resource at a time: one that does not parse is named and left out,
+  // the rest are served.
+  for (const std::string& u : loaded->unparsed)
+    std::fprintf(stderr, "sluice-proxy: warning: %s: not served: %s\n", path.c_str(), u.c_str());
+  for (const std::string& s : loaded->skipped)
+    std::fprintf(stderr, "sluice-proxy: note: %s: %s\n", path.c_str(), s.c_str());
+  return std::move(loaded->resources);
 }
 
 }  // namespace
@@ -46,7 +55,8 @@ int main(int argc, char** argv) {
   CLI::App app{"sluice-proxy: Sluice's L7 proxy engine, standalone"};
   std::string config_path, access_log;
   int workers = 1;
-  app.add_option("--config", config_path, "Envoy-shaped JSON resources")->required();
+  app.add_option("--config", config_path, "Envoy-shaped JSON resources, or an Envoy /config_dump")
+      ->required();
   app.add_option("--workers", workers, "worker threads (one event loop each)");
   std::string io = "auto";
   app.add_option("--io", io,

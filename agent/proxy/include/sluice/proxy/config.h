@@ -376,7 +376,9 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& resou
 
 // Reads an Envoy-shaped JSON document {"listeners": [...], "routes": [...],
 // "clusters": [...], "endpoints": [...]}, each element the proto3 JSON of a Listener,
-// RouteConfiguration, Cluster or ClusterLoadAssignment.
+// RouteConfiguration, Cluster or ClusterLoadAssignment, or an Envoy admin /config_dump
+// (config_json.h: LoadConfigJson, strict — the first resource that does not parse is the
+// error).
 Result<xds::ResourceSet> ParseResourceSetJson(std::string_view json);
 
 }  // namespace sluice::proxy
