@@ -4,18 +4,20 @@
 
 #include <google/protobuf/util/json_util.h>
 
+#include "sluice/envoy/descriptor_pool.h"
 #include "sluice/proxy/proxy.h"
 
 namespace sluice::agent {
 
 namespace {
 
+// Every linked type prints as Envoy would; an Any of a type Sluice does not link prints
+// as {"@type", "value": base64} rather than failing the resource (descriptor_pool.h),
+// so /config_dump is always valid JSON.
 template <class M>
 nlohmann::json ToJson(const M& msg) {
-  std::string s;
   google::protobuf::util::JsonPrintOptions o;
-  (void)google::protobuf::util::MessageToJsonString(msg, &s, o);
-  return nlohmann::json::parse(s, nullptr, false);
+  return nlohmann::json::parse(descriptors::MessageToJson(msg, o), nullptr, false);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "commands.h"
 #include "sluice/config/store.h"
 #include "sluice/config/validate.h"
+#include "sluice/envoy/descriptor_pool.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/node.h"
 
@@ -50,13 +51,12 @@ bool Synced(const xds::AdsClientStatus& st) {
          (!needed(xds::kRouteType) || acked(xds::kRouteType));
 }
 
+// Valid JSON for every resource: Any payloads of types Sluice does not link print as
+// {"@type", "value": base64} (descriptor_pool.h), never null.
 std::string Json(const google::protobuf::Message& m) {
-  std::string out;
   google::protobuf::util::JsonPrintOptions o;
   o.preserve_proto_field_names = true;
-  if (!google::protobuf::util::MessageToJsonString(m, &out, o).ok())
-    return "null";
-  return out;
+  return descriptors::MessageToJson(m, o);
 }
 
 template <class Map>

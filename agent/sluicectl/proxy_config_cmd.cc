@@ -2,6 +2,10 @@
 // configuration a workload's proxy runs, printed as istioctl prints it.
 //
 // Where the configuration comes from, first match wins:
+//  0. --file PATH: a saved config dump, offline — an Envoy admin /config_dump (as
+//     `istioctl proxy-config all -o json` or Envoy's admin print it; each resource read
+//     through the linked descriptor pool, one that does not parse named on stderr) or
+//     Sluice's own {"listeners": [...], ...};
 //  1. --admin ADDR (HOST:PORT or unix:PATH): a running agent's /config_dump
 //     (with ?namespace=NS when -n is given: the node agent's per-namespace L7 config);
 //  2. --config-dir DIR: translated in-process, offline — the sidecar of namespace -n, or
@@ -10,12 +14,17 @@
 //     socket, any other pod's view (namespace and labels) on the node agent's admin.
 // An explicit --config-dir wins over the state file so offline use never reaches into a
 // running cluster by accident.
+#include <google/protobuf/util/json_util.h>
+
+#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <sstream>
 
 #include "cli.h"
 #include "commands.h"
+#include "sluice/envoy/descriptor_pool.h"
 #include "sluice/inspect/admin_client.h"
 #include "sluice/inspect/config_dump.h"
 #include "sluice/inspect/local_state.h"
@@ -23,6 +32,8 @@
 #include "sluice/istio/loader.h"
 #include "sluice/istio/registry.h"
 #include "sluice/istio/translator.h"
+#include "sluice/proxy/config.h"
+#include "sluice/proxy/config_json.h"
 
 namespace sluice::ctl {
 namespace {
@@ -33,6 +44,7 @@ struct PcOptions {
   std::string pod;
   std::string ns;
   std::string admin;
+  std::string file;
   std::string config_dir;
   std::string gateway;  // KEY=VALUE[,KEY=VALUE]
   std::string state_file = inspect::DefaultStatePath();
@@ -128,8 +140,37 @@ Result<Json> TranslateDir(const PcOptions& o) {
   return Json::parse(*json);
 }
 
+// A saved dump: its resources as the admin's /config_dump serves them (camelCase proto
+// JSON in plain arrays), whichever form the file has.
+Result<Json> ReadDumpFile(const std::string& path) {
+  std::ifstream f(path);
+  if (!f)
+    return Fail("cannot open " + path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  auto loaded = proxy::LoadConfigJson(ss.str());
+  if (!loaded)
+    return Wrap(path, loaded.error());
+  for (const std::string& u : loaded->unparsed)
+    std::cerr << "warning: " << path << ": not shown: " << u << "\n";
+  Json out = Json::object();
+  auto add = [&](const char* key, const auto& map) {
+    out[key] = Json::array();
+    google::protobuf::util::JsonPrintOptions opts;
+    for (const auto& [name, r] : map)
+      out[key].push_back(Json::parse(descriptors::MessageToJson(r, opts)));
+  };
+  add("clusters", loaded->resources.clusters);
+  add("endpoints", loaded->resources.endpoints);
+  add("listeners", loaded->resources.listeners);
+  add("routes", loaded->resources.routes);
+  return out;
+}
+
 Result<Json> FetchDump(const PcOptions& o) {
   std::string address, path = "/config_dump";
+  if (!o.file.empty())
+    return ReadDumpFile(o.file);
   if (!o.admin.empty()) {
     address = o.admin;
     if (!o.ns.empty())
@@ -171,6 +212,9 @@ void AddCommon(CLI::App* sub, const std::shared_ptr<PcOptions>& o) {
   sub->add_option("pod", o->pod, "POD, POD.NAMESPACE or deploy/NAME");
   sub->add_option("-n,--namespace", o->ns, "namespace of the pod (default: default)");
   sub->add_option("--admin", o->admin, "ask this admin endpoint: HOST:PORT or unix:PATH");
+  sub->add_option("--file", o->file,
+                  "read a saved config dump: an Envoy /config_dump (e.g. `istioctl "
+                  "proxy-config all -o json`) or sluice-agent's /config_dump");
   sub->add_option("--config-dir", o->config_dir,
                   "offline: translate the Istio/Kubernetes YAML in DIR in-process")
       ->check(CLI::ExistingPath);
