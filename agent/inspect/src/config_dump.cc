@@ -74,8 +74,9 @@ std::string DescribeManagement(const Json& resource) {
       Str(Get(Get(Get(resource, "metadata"), "filterMetadata"), "istio"), "config");
   if (config.empty())
     return "";
-  constexpr std::string_view kPrefix = "/apis/networking.istio.io/v1alpha3/namespaces/";
-  if (!config.starts_with(kPrefix))
+  // Any API version (istiod writes v1alpha3 before 1.22, v1 since), as istioctl's
+  // renderConfig: "/apis/networking.istio.io/VERSION/namespaces/NS/KIND/NAME".
+  if (!config.starts_with("/apis/networking.istio.io/"))
     return "<unknown>";
   std::vector<std::string> pieces;
   std::size_t start = 0;
