@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "envoy/extensions/access_loggers/file/v3/file.pb.h"
+#include "envoy/extensions/filters/http/cors/v3/cors.pb.h"
 #include "envoy/extensions/filters/http/fault/v3/fault.pb.h"
 #include "envoy/extensions/filters/http/router/v3/router.pb.h"
 #include "envoy/extensions/filters/listener/http_inspector/v3/http_inspector.pb.h"
@@ -40,7 +41,11 @@ using HCM = envoy::extensions::filters::network::http_connection_manager::v3::Ht
 using TcpProxyProto = envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
 using HTTPFault = envoy::extensions::filters::http::fault::v3::HTTPFault;
 
+using CorsProto = envoy::extensions::filters::http::cors::v3::CorsPolicy;
+using CorsFilterProto = envoy::extensions::filters::http::cors::v3::Cors;
+
 constexpr std::string_view kFaultFilter = "envoy.filters.http.fault";
+constexpr std::string_view kCorsFilter = "envoy.filters.http.cors";
 
 Millis ToMillis(const google::protobuf::Duration& d) {
   return Millis(d.seconds() * 1000 + d.nanos() / 1000000);
@@ -427,6 +432,152 @@ Result<void> CompileRouteAction(const route_v3::RouteAction& a, Route* r, const 
   return {};
 }
 
+// One level's CORS policy (route, virtual host or route configuration) before the levels
+// are merged: which fields it sets.
+struct CorsLevel {
+  std::vector<StringMatcher> allow_origins;
+  std::string allow_methods, allow_headers, expose_headers, max_age;
+  std::optional<bool> allow_credentials, allow_private_network_access,
+      forward_not_matching_preflights;
+  std::optional<uint32_t> enabled_per_million, shadow_per_million;
+};
+
+// The filter's CorsPolicy and the deprecated route-level one have the same fields.
+template <class Proto>
+Result<CorsLevel> CompileCorsLevel(const Proto& p, const std::string& where) {
+  CorsLevel l;
+  for (int i = 0; i < p.allow_origin_string_match_size(); ++i) {
+    auto m = CompileStringMatcher(p.allow_origin_string_match(i),
+                                  where + ": allow_origin_string_match[" + std::to_string(i) + "]");
+    SLUICE_RETURN_IF_ERROR(m);
+    l.allow_origins.push_back(std::move(*m));
+  }
+  l.allow_methods = p.allow_methods();
+  l.allow_headers = p.allow_headers();
+  l.expose_headers = p.expose_headers();
+  l.max_age = p.max_age();
+  if (p.has_allow_credentials())
+    l.allow_credentials = p.allow_credentials().value();
+  if (p.has_allow_private_network_access())
+    l.allow_private_network_access = p.allow_private_network_access().value();
+  if (p.has_forward_not_matching_preflights())
+    l.forward_not_matching_preflights = p.forward_not_matching_preflights().value();
+  if (p.has_filter_enabled())
+    l.enabled_per_million = PerMillion(p.filter_enabled().default_value());
+  if (p.has_shadow_enabled())
+    l.shadow_per_million = PerMillion(p.shadow_enabled().default_value());
+  return l;
+}
+
+// A level's typed_per_filter_config entry for the cors filter: its policy, none, or
+// "disabled here" (a FilterConfig wrapper with disabled: true).
+struct CorsEntry {
+  bool present = false;
+  bool disabled = false;
+  CorsLevel level;
+};
+
+Result<CorsEntry> CorsFromTypedConfig(
+    const google::protobuf::Map<std::string, google::protobuf::Any>& typed,
+    const std::string& where) {
+  CorsEntry e;
+  auto it = typed.find(std::string(kCorsFilter));
+  if (it == typed.end())
+    return e;
+  const std::string w = where + ": typed_per_filter_config[" + std::string(kCorsFilter) + "]";
+  const google::protobuf::Any* any = &it->second;
+  route_v3::FilterConfig wrapper;
+  if (any->Is<route_v3::FilterConfig>()) {
+    if (!any->UnpackTo(&wrapper))
+      return Fail(w + ": FilterConfig does not parse");
+    if (wrapper.disabled()) {
+      e.present = e.disabled = true;
+      return e;
+    }
+    if (!wrapper.has_config())
+      return e;
+    any = &wrapper.config();
+  }
+  CorsProto p;
+  if (!any->Is<CorsProto>() || !any->UnpackTo(&p)) {
+    return Fail(w + ": not an envoy.extensions.filters.http.cors.v3.CorsPolicy (" +
+                any->type_url() + ")");
+  }
+  auto l = CompileCorsLevel(p, w);
+  SLUICE_RETURN_IF_ERROR(l);
+  e.present = true;
+  e.level = std::move(*l);
+  return e;
+}
+
+// Envoy's CORS filter reads each field from the most specific policy that sets it;
+// filter_enabled and shadow_enabled come from the most specific policy alone.
+std::shared_ptr<const CorsPolicy> MergeCors(const std::vector<const CorsLevel*>& levels) {
+  if (levels.empty())
+    return nullptr;
+  auto p = std::make_shared<CorsPolicy>();
+  p->enabled_per_million = levels.front()->enabled_per_million.value_or(1000000);
+  p->shadow_per_million = levels.front()->shadow_per_million.value_or(0);
+  auto first_string = [&](std::string CorsLevel::*field) {
+    for (const CorsLevel* l : levels) {
+      if (!(l->*field).empty())
+        return l->*field;
+    }
+    return std::string();
+  };
+  auto first_bool = [&](std::optional<bool> CorsLevel::*field, bool dflt) {
+    for (const CorsLevel* l : levels) {
+      if (l->*field)
+        return *(l->*field);
+    }
+    return dflt;
+  };
+  for (const CorsLevel* l : levels) {
+    if (!l->allow_origins.empty()) {
+      p->allow_origins = l->allow_origins;
+      break;
+    }
+  }
+  p->allow_methods = first_string(&CorsLevel::allow_methods);
+  p->allow_headers = first_string(&CorsLevel::allow_headers);
+  p->expose_headers = first_string(&CorsLevel::expose_headers);
+  p->max_age = first_string(&CorsLevel::max_age);
+  p->allow_credentials = first_bool(&CorsLevel::allow_credentials, false);
+  p->allow_private_network_access = first_bool(&CorsLevel::allow_private_network_access, false);
+  p->forward_not_matching_preflights =
+      first_bool(&CorsLevel::forward_not_matching_preflights, true);
+  return p;
+}
+
+// The policy a route runs with. typed_per_filter_config at any level (route, virtual
+// host, route configuration) decides; only when no level has one are the deprecated
+// RouteAction.cors and VirtualHost.cors read, route first (Envoy's filter does the same).
+// A level whose entry is a FilterConfig with disabled: true turns the filter off there
+// unless a more specific level sets it.
+std::shared_ptr<const CorsPolicy> RouteCors(const CorsEntry& route, const CorsEntry& vhost,
+                                            const CorsEntry& config,
+                                            const std::optional<CorsLevel>& route_deprecated,
+                                            const std::optional<CorsLevel>& vhost_deprecated) {
+  std::vector<const CorsLevel*> levels;
+  for (const CorsEntry* e : {&route, &vhost, &config}) {
+    if (!e->present)
+      continue;
+    if (e->disabled) {
+      if (levels.empty())
+        return nullptr;
+      continue;
+    }
+    levels.push_back(&e->level);
+  }
+  if (levels.empty()) {
+    if (route_deprecated)
+      levels.push_back(&*route_deprecated);
+    if (vhost_deprecated)
+      levels.push_back(&*vhost_deprecated);
+  }
+  return MergeCors(levels);
+}
+
 Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConfiguration& rc,
                                                        const ProxyConfig& cfg) {
   auto t = std::make_shared<RouteTable>();
@@ -443,6 +594,8 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
       !e) {
     return std::unexpected(e.error());
   }
+  auto config_cors = CorsFromTypedConfig(rc.typed_per_filter_config(), rwhere);
+  SLUICE_RETURN_IF_ERROR(config_cors);
   for (const auto& v : rc.virtual_hosts()) {
     VirtualHost vh;
     vh.name = v.name();
@@ -460,6 +613,14 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
                                   &vh.response_headers, vwhere);
         !e) {
       return std::unexpected(e.error());
+    }
+    auto vhost_cors = CorsFromTypedConfig(v.typed_per_filter_config(), vwhere);
+    SLUICE_RETURN_IF_ERROR(vhost_cors);
+    std::optional<CorsLevel> vhost_cors_deprecated;
+    if (v.has_cors()) {
+      auto l = CompileCorsLevel(v.cors(), vwhere + ": cors");
+      SLUICE_RETURN_IF_ERROR(l);
+      vhost_cors_deprecated = std::move(*l);
     }
     for (int i = 0; i < v.routes_size(); ++i) {
       const route_v3::Route& pr = v.routes(i);
@@ -535,6 +696,20 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
         auto fp = CompileFault(f, where + ": fault");
         SLUICE_RETURN_IF_ERROR(fp);
         r.fault = *fp;
+      }
+      // CORS applies to routes that forward (Envoy's filter skips redirects and direct
+      // responses: they have no route entry).
+      if (r.kind == Route::Kind::kRoute) {
+        auto route_cors = CorsFromTypedConfig(pr.typed_per_filter_config(), where);
+        SLUICE_RETURN_IF_ERROR(route_cors);
+        std::optional<CorsLevel> route_cors_deprecated;
+        if (pr.route().has_cors()) {
+          auto l = CompileCorsLevel(pr.route().cors(), where + ": route.cors");
+          SLUICE_RETURN_IF_ERROR(l);
+          route_cors_deprecated = std::move(*l);
+        }
+        r.cors = RouteCors(*route_cors, *vhost_cors, *config_cors, route_cors_deprecated,
+                           vhost_cors_deprecated);
       }
       vh.routes.push_back(std::move(r));
     }
@@ -808,8 +983,15 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
         copy->BuildIndex();
         out->http.routes = copy;
       }
+      bool seen_fault = false;
       for (const auto& hf : h.http_filters()) {
+        if ((hf.name() == kCorsFilter || hf.typed_config().Is<CorsFilterProto>()) &&
+            !hf.disabled()) {
+          out->http.cors = true;
+          out->http.cors_before_fault = !seen_fault;
+        }
         if (hf.name() == kFaultFilter || hf.typed_config().Is<HTTPFault>()) {
+          seen_fault = true;
           HTTPFault fault;
           if (hf.typed_config().UnpackTo(&fault)) {
             auto fp = CompileFault(fault, where + ": http_filters[" + hf.name() + "]");

@@ -90,6 +90,14 @@ bool StringMatcher::Matches(std::string_view s) const {
   return false;
 }
 
+bool CorsPolicy::OriginAllowed(std::string_view origin) const {
+  for (const StringMatcher& m : allow_origins) {
+    if (m.Matches("*") || m.Matches(origin))
+      return true;
+  }
+  return false;
+}
+
 void RouteTable::BuildIndex() {
   exact.clear();
   suffixes.clear();

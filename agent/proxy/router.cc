@@ -37,6 +37,7 @@ void Session::Dispatch() {
     uint64_t a = w->Rand(), b = w->Rand();
     FormatUuid4(a, b, request_id);
   }
+  cors = nullptr;
   const RouteTable* rt = chain->http.routes.get();
   vh = rt ? rt->FindVirtualHost(req.host) : nullptr;
   route = vh ? MatchRoute(*vh, req) : nullptr;
@@ -102,6 +103,10 @@ void Session::Dispatch() {
     Local(r.status, "", 0, "direct_response", std::string_view(loc.data(), loc.size()));
     return;
   }
+  // The HCM's filters in their order: CORS before the fault filter only when configured
+  // so (istiod puts it after: an aborted request gets no CORS headers).
+  if (chain->http.cors_before_fault && CorsRequest())
+    return;
   const FaultPolicy& fault = route->fault ? *route->fault : chain->http.fault;
   if (fault.active()) {
     if (fault.abort_per_million > 0 && w->Roll(fault.abort_per_million)) {
@@ -119,6 +124,8 @@ void Session::Dispatch() {
 }
 
 void Session::ContinueAfterFault() {
+  if (chain->http.cors && !chain->http.cors_before_fault && CorsRequest())
+    return;
   const RouteAction& a = route->action;
   if (!a.weighted.empty()) {
     uint64_t r = a.total_weight ? w->Rand() % a.total_weight : 0;
@@ -147,6 +154,67 @@ void Session::ContinueAfterFault() {
       w->shadow().SendMirror(m, *this);
   }
   StartAttempt();
+}
+
+// Envoy's CORS filter (envoy.filters.http.cors) on a request: nothing without a policy,
+// while disabled, or without an Origin; a preflight (OPTIONS with Origin and
+// Access-Control-Request-Method) is answered here with 200 — unless its origin is not
+// allowed and the policy forwards such preflights; any other request with an allowed
+// origin is latched so its response gets the CORS headers. No allocation: the origin is a
+// view into the request head, which stays in `in` until the request is finished.
+bool Session::CorsRequest() {
+  const CorsPolicy* p = route->cors.get();
+  if (!chain->http.cors || !p)
+    return false;
+  if (p->enabled_per_million < 1000000 && !w->Roll(p->enabled_per_million))
+    return false;  // disabled for this request (shadow mode changes nothing: see CorsPolicy)
+  std::string_view origin = req.Get("origin");
+  if (origin.empty())
+    return false;
+  const bool allowed = p->OriginAllowed(origin);
+  if (allowed) {
+    cors = p;
+    cors_origin = origin;
+  }
+  if (req.method != "OPTIONS")
+    return false;
+  std::string_view request_method = req.Get("access-control-request-method");
+  if (request_method.empty())
+    return false;
+  if (!allowed && p->forward_not_matching_preflights)
+    return false;
+  // The preflight's answer: only the CORS headers (Envoy's local reply from the filter;
+  // the route's response header mutations do not apply).
+  fmt::memory_buffer h;
+  auto line = [&h](std::string_view name, std::string_view value) {
+    if (h.size() > 0)
+      h.append(std::string_view("\r\n"));
+    h.append(name);
+    h.append(std::string_view(": "));
+    h.append(value);
+  };
+  if (allowed)
+    line("access-control-allow-origin", origin);
+  if (p->allow_credentials)
+    line("access-control-allow-credentials", "true");
+  if (!p->allow_methods.empty())
+    line("access-control-allow-methods",
+         p->allow_methods == "*" ? request_method : std::string_view(p->allow_methods));
+  if (!p->allow_headers.empty()) {
+    line("access-control-allow-headers", p->allow_headers == "*"
+                                             ? req.Get("access-control-request-headers")
+                                             : std::string_view(p->allow_headers));
+  }
+  if (!p->max_age.empty())
+    line("access-control-max-age", p->max_age);
+  if (p->allow_private_network_access &&
+      req.Get("access-control-request-private-network") == "true") {
+    line("access-control-allow-private-network", "true");
+  }
+  cors = nullptr;  // the answer carries its own headers
+  Local(200, "", 0, "cors_response", std::string_view(h.data(), h.size()),
+        /*route_headers=*/false);
+  return true;
 }
 
 void Session::StartAttempt() {

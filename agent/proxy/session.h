@@ -113,6 +113,11 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   // a 502 (the head written so far, from resp_head_at in `out`, is still unsent).
   bool response_sent = false;
   std::size_t resp_head_at = 0;
+  // The CORS filter took the request and its origin is allowed: its responses carry
+  // access-control-allow-origin (the origin) and the policy's other headers. Set in
+  // Dispatch, read only while `route` is set.
+  const CorsPolicy* cors = nullptr;
+  std::string_view cors_origin;
   bool strip_h2c = false;       // an h2c upgrade request, served as plain HTTP/1.1 (as Envoy)
   bool waiting_memory = false;  // not read until its body's reservation is granted
   std::size_t accounted = 0;    // in + out, as last charged to the worker's budget
@@ -142,8 +147,16 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   void OnHead();
   void Dispatch();
   void ContinueAfterFault();
+  // The CORS filter's request step (router.cc): true when it answered a preflight itself.
+  bool CorsRequest();
+  // The CORS headers of a response to a request CorsRequest latched (session_response.cc:
+  // WriteResponseHead, Local), and whether they replace an upstream header of this name.
+  void AppendCorsHeaders(Buffer& dst) const;
+  bool CorsReplaces(std::string_view name) const;
+  // A local reply. route_headers: the route's response header mutations apply (not to
+  // the CORS filter's preflight answer, which Envoy sends before the router runs).
   void Local(int code, std::string_view body, uint32_t flag, const char* why,
-             std::string_view extra_header = {});
+             std::string_view extra_header = {}, bool route_headers = true);
   void Finish();
   // Gives back the request's circuit-breaker counts (requests, retries) it still holds.
   void Uncount();

@@ -54,7 +54,7 @@ void Session::WriteResponseHead(const http::ResponseHead& r) {
     if ((upgrade ? h.id == http::HeaderId::kKeepAlive : IsHopByHop(h.id)) ||
         h.id == http::HeaderId::kXEnvoyUpstreamServiceTime ||
         (r.drop_content_length && h.id == http::HeaderId::kContentLength) ||
-        (mutated && Replaced(levels, 4, h.name))) {
+        (mutated && Replaced(levels, 4, h.name)) || (cors && CorsReplaces(h.name))) {
       unchanged.Flush();
       continue;
     }
@@ -62,6 +62,8 @@ void Session::WriteResponseHead(const http::ResponseHead& r) {
   }
   unchanged.Flush();
   EmitAdds(out, levels, 4, r);
+  if (cors)
+    AppendCorsHeaders(out);
   out.Append("x-envoy-upstream-service-time: ");
   AppendNum(out, static_cast<uint64_t>(std::max<int64_t>(0, service_time_ms)));
   out.Append("\r\n");
@@ -124,8 +126,31 @@ void Session::OnUpDone(UpstreamConn* u) {
   Finish();
 }
 
+// Envoy's CORS filter on a response (its encodeHeaders): the latched origin, and the
+// policy's credentials and expose headers, each replacing the upstream's own.
+bool Session::CorsReplaces(std::string_view name) const {
+  return http::EqualsIgnoreCase(name, "access-control-allow-origin") ||
+         (cors->allow_credentials &&
+          http::EqualsIgnoreCase(name, "access-control-allow-credentials")) ||
+         (!cors->expose_headers.empty() &&
+          http::EqualsIgnoreCase(name, "access-control-expose-headers"));
+}
+
+void Session::AppendCorsHeaders(Buffer& dst) const {
+  dst.Append("access-control-allow-origin: ");
+  dst.Append(cors_origin);
+  dst.Append("\r\n");
+  if (cors->allow_credentials)
+    dst.Append("access-control-allow-credentials: true\r\n");
+  if (!cors->expose_headers.empty()) {
+    dst.Append("access-control-expose-headers: ");
+    dst.Append(cors->expose_headers);
+    dst.Append("\r\n");
+  }
+}
+
 void Session::Local(int code, std::string_view body, uint32_t flag, const char* why,
-                    std::string_view extra_header) {
+                    std::string_view extra_header, bool route_headers) {
   flags |= flag;
   status = code;
   details = why;
@@ -144,12 +169,16 @@ void Session::Local(int code, std::string_view body, uint32_t flag, const char* 
     out.Append(extra_header);
     out.Append("\r\n");
   }
-  if (route) {
+  if (route && route_headers) {
     const HeaderMutations* levels[3] = {&route->response_headers, &vh->response_headers,
                                         &chain->http.routes->response_headers};
     http::ResponseHead empty;
     EmitAdds(out, levels, 3, empty);
   }
+  // A local reply after the CORS filter let the request on (a 503, a timeout's 504)
+  // passes back through it, as in Envoy.
+  if (route && cors)
+    AppendCorsHeaders(out);
   if (w->draining())
     close_after = true;
   AppendConnection();

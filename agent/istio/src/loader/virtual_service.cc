@@ -1,7 +1,7 @@
 // Decoder of VirtualService: hosts, gateways, exportTo, and its http, tls and tcp routes
-// with their matches, weighted destinations, redirects, rewrites, retries, faults, mirrors
-// and header operations. String matches with a regex are checked with RE2, as Envoy
-// would reject them.
+// with their matches, weighted destinations, redirects, rewrites, retries, faults, CORS
+// policies, mirrors and header operations. String matches with a regex are checked with
+// RE2, as Envoy would reject them.
 #include <re2/re2.h>
 #include <algorithm>
 #include <array>
@@ -219,6 +219,33 @@ HttpRoute DecodeHttpRoute(const Field& f) {
       fault.abort = abort;
     }
     r.fault = fault;
+  }
+  if (Field cf = f["corsPolicy"]; cf.present()) {
+    CorsPolicy c;
+    if (Field of = cf["allowOrigins"]; of.present()) {
+      for (auto& m : of.List()) {
+        if (auto sm = DecodeStringMatch(m))
+          c.allow_origins.push_back(std::move(*sm));
+      }
+    }
+    c.allow_origin = cf["allowOrigin"].StrList();
+    c.allow_methods = cf["allowMethods"].StrList();
+    c.allow_headers = cf["allowHeaders"].StrList();
+    c.expose_headers = cf["exposeHeaders"].StrList();
+    if (Field mf = cf["maxAge"]; mf.present()) {
+      c.max_age_ms = mf.DurationMs();
+      if (!c.max_age_ms)
+        mf.Error("not a duration (\"24h\", \"600s\")");
+    }
+    c.allow_credentials = cf["allowCredentials"].Bool();
+    if (Field uf = cf["unmatchedPreflights"]; uf.present()) {
+      std::string v = uf.StrOr("");
+      if (v == "IGNORE")
+        c.forward_unmatched_preflights = false;
+      else if (v != "FORWARD" && v != "UNSPECIFIED")
+        uf.Error("\"" + v + "\" is not one of UNSPECIFIED, FORWARD, IGNORE");
+    }
+    r.cors = std::move(c);
   }
   if (Field mf = f["mirror"]; mf.present())
     r.mirror = DecodeDestination(mf);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <charconv>
 
+#include "envoy/extensions/filters/http/cors/v3/cors.pb.h"
 #include "envoy/extensions/filters/http/fault/v3/fault.pb.h"
 #include "envoy/extensions/filters/http/router/v3/router.pb.h"
 #include "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.pb.h"
@@ -42,10 +43,17 @@ bool ParseCidr(const std::string& text, core_v3::CidrRange* out) {
 }
 
 // The HTTP filters istiod's sidecars and proxyless gRPC clients share: fault, router.
-void AddFaultAndRouter(hcm_v3::HttpConnectionManager& hcm) {
+// Sidecars and gateways also have cors between them (istiod's listener_builder.go: the
+// filters routes' typed_per_filter_config needs); proxyless gRPC has no CORS.
+void AddFaultAndRouter(hcm_v3::HttpConnectionManager& hcm, bool cors = false) {
   auto* fault = hcm.add_http_filters();
   fault->set_name("envoy.filters.http.fault");
   fault->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::fault::v3::HTTPFault());
+  if (cors) {
+    auto* c = hcm.add_http_filters();
+    c->set_name("envoy.filters.http.cors");
+    c->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::cors::v3::Cors());
+  }
   auto* router = hcm.add_http_filters();
   router->set_name("envoy.filters.http.router");
   router->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::router::v3::Router());
@@ -73,7 +81,7 @@ google::protobuf::Any Builder::HttpConnectionManager(const std::string& stat_pre
   auto* rds = hcm.mutable_rds();
   *rds->mutable_config_source() = AdsSource();
   rds->set_route_config_name(route_name);
-  AddFaultAndRouter(hcm);
+  AddFaultAndRouter(hcm, /*cors=*/true);
   // As istiod: WebSocket upgrades are allowed; any other upgrade is refused (403).
   hcm.add_upgrade_configs()->set_upgrade_type("websocket");
   AddAccessLog(hcm.mutable_access_log());

@@ -1,11 +1,12 @@
 // RDS: Envoy routes from the HTTP routes of a VirtualService (matches, weighted
-// destinations, redirects, direct responses, rewrites, timeouts, retries, faults, mirrors,
-// header operations, consistent-hash policies), a service's virtual-host domains, the
-// default route and the catch-all virtual host. istiod's counterparts are
+// destinations, redirects, direct responses, rewrites, timeouts, retries, faults, CORS
+// policies, mirrors, header operations, consistent-hash policies), a service's
+// virtual-host domains, the default route and the catch-all virtual host. istiod's counterparts are
 // pilot/pkg/networking/core/httproute.go, route/route.go and route/retry/retry.go.
 #include <charconv>
 #include <cmath>
 
+#include "envoy/extensions/filters/http/cors/v3/cors.pb.h"
 #include "envoy/extensions/filters/http/fault/v3/fault.pb.h"
 #include "translator/builder.h"
 
@@ -336,6 +337,36 @@ route_v3::Route Builder::TranslateHttpRoute(const HttpRoute& hr, const HttpMatch
                  hr.fault->abort->percentage ? hr.fault->abort->percentage->value : 100.0);
     }
     (*r.mutable_typed_per_filter_config())["envoy.filters.http.fault"].PackFrom(fault);
+  }
+  if (hr.cors) {
+    // istiod's TranslateCORSPolicy (1.20 on): the cors filter's per-route policy.
+    const CorsPolicy& in = *hr.cors;
+    envoy::extensions::filters::http::cors::v3::CorsPolicy cors;
+    cors.mutable_forward_not_matching_preflights()->set_value(in.forward_unmatched_preflights);
+    if (!in.allow_origins.empty()) {
+      for (const StringMatch& m : in.allow_origins)
+        SetStringMatcher(m, false, cors.add_allow_origin_string_match());
+    } else {
+      for (const std::string& o : in.allow_origin)
+        cors.add_allow_origin_string_match()->set_exact(o);
+    }
+    auto* enabled = cors.mutable_filter_enabled()->mutable_default_value();
+    enabled->set_numerator(100);
+    enabled->set_denominator(FractionalPercent::HUNDRED);
+    if (in.allow_credentials)
+      cors.mutable_allow_credentials()->set_value(*in.allow_credentials);
+    auto join = [](const std::vector<std::string>& v) {
+      std::string out;
+      for (const auto& s : v)
+        out += (out.empty() ? "" : ",") + s;
+      return out;
+    };
+    cors.set_allow_headers(join(in.allow_headers));
+    cors.set_allow_methods(join(in.allow_methods));
+    cors.set_expose_headers(join(in.expose_headers));
+    if (in.max_age_ms)
+      cors.set_max_age(std::to_string(*in.max_age_ms / 1000));
+    (*r.mutable_typed_per_filter_config())["envoy.filters.http.cors"].PackFrom(cors);
   }
   AddHeaderOps(hr.headers.request, r.mutable_request_headers_to_add(),
                r.mutable_request_headers_to_remove());

@@ -173,6 +173,17 @@ struct HttpFault {
   std::optional<Abort> abort;
 };
 
+// VirtualService http[].corsPolicy. istiod turns it into the route's CORS filter policy
+// (route/route.go TranslateCORSPolicy).
+struct CorsPolicy {
+  std::vector<StringMatch> allow_origins;
+  std::vector<std::string> allow_origin;  // deprecated exact origins (used without allowOrigins)
+  std::vector<std::string> allow_methods, allow_headers, expose_headers;
+  std::optional<int64_t> max_age_ms;
+  std::optional<bool> allow_credentials;
+  bool forward_unmatched_preflights = true;  // unmatchedPreflights: IGNORE makes it false
+};
+
 struct DirectResponse {
   uint32_t status = 0;
   std::string body;
@@ -188,6 +199,7 @@ struct HttpRoute {
   std::optional<int64_t> timeout_ms;
   std::optional<HttpRetry> retries;
   std::optional<HttpFault> fault;
+  std::optional<CorsPolicy> cors;
   std::optional<Destination> mirror;
   std::optional<Percent> mirror_percentage;
   Headers headers;

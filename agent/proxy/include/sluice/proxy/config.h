@@ -226,6 +226,28 @@ struct RedirectAction {
   bool strip_query = false;
 };
 
+// A CORS policy as the envoy.filters.http.cors filter applies it to a route: the
+// policies of the route, its virtual host and its route configuration
+// (typed_per_filter_config, or the deprecated RouteAction.cors / VirtualHost.cors that
+// istiod 1.18 and 1.19 send) merged once at compile time, field by field, the most
+// specific level that sets a field winning, as Envoy's filter reads them per request.
+struct CorsPolicy {
+  std::vector<StringMatcher> allow_origins;  // allow_origin_string_match
+  std::string allow_methods, allow_headers, expose_headers, max_age;
+  bool allow_credentials = false;
+  bool allow_private_network_access = false;
+  // A preflight whose origin is not allowed goes upstream (Envoy's default) or is
+  // answered here without access-control-allow-origin.
+  bool forward_not_matching_preflights = true;
+  // filter_enabled / shadow_enabled of the most specific policy (runtime default
+  // values; Sluice has no runtime). Shadow mode evaluates the origin for Envoy's stats
+  // only and never changes a request, so it has no effect here.
+  uint32_t enabled_per_million = 1000000;
+  uint32_t shadow_per_million = 0;
+  // Envoy's test: a matcher that matches "*" or the origin itself.
+  bool OriginAllowed(std::string_view origin) const;
+};
+
 struct Route {
   std::string name;
   // match
@@ -245,6 +267,9 @@ struct Route {
   std::string direct_body;
   HeaderMutations request_headers, response_headers;
   std::optional<FaultPolicy> fault;  // per-route override of the listener's fault filter
+  // The CORS policy in force on this route (kRoute only); used when the connection
+  // manager has the cors filter. Null: none.
+  std::shared_ptr<const CorsPolicy> cors;
 };
 
 struct VirtualHost {
@@ -280,6 +305,10 @@ struct HttpSettings {
   std::string route_config_name;
   std::shared_ptr<const RouteTable> routes;
   FaultPolicy fault;  // from an envoy.filters.http.fault filter
+  // An envoy.filters.http.cors filter is in http_filters (routes' CorsPolicy apply), and
+  // whether it comes before the fault filter (istiod puts it after).
+  bool cors = false;
+  bool cors_before_fault = false;
   bool strip_any_host_port = false;
   http::Limits limits;
   std::size_t max_request_body = 1024 * 1024;  // Listener per_connection_buffer_limit_bytes
