@@ -12,9 +12,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include "sluice/envoy/resource_set.h"
 #include "sluice/proxy/dns.h"
 #include "sluice/proxy/proxy.h"
-#include "sluice/envoy/resource_set.h"
 
 namespace {
 
@@ -25,6 +25,9 @@ sluice::Result<std::shared_ptr<const sluice::proxy::ProxyConfig>> Build(
     return sluice::Wrap(path, cfg.error());
   for (const std::string& w : (*cfg)->warnings)
     std::fprintf(stderr, "sluice-proxy: warning: %s: %s\n", path.c_str(), w.c_str());
+  for (const auto& r : (*cfg)->refused)
+    std::fprintf(stderr, "sluice-proxy: %s: %s %s refused: %s\n", path.c_str(), r.kind.c_str(),
+                 r.name.c_str(), r.reason.c_str());
   return cfg;
 }
 
