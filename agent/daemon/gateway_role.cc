@@ -24,6 +24,8 @@ Result<std::shared_ptr<const proxy::ProxyConfig>> CompileL7(const config::Snapsh
   if (cfg) {
     for (const auto& w : (*cfg)->warnings)
       spdlog::warn("L7 config {}: {}", s.generation, w);
+    for (const auto& r : (*cfg)->refused)
+      spdlog::warn("L7 config {}: {} {} refused: {}", s.generation, r.kind, r.name, r.reason);
   }
   return cfg;
 }

@@ -143,6 +143,9 @@ class Host {
     } else {
       for (const auto& w : (*cfg)->warnings)
         spdlog::warn("L7 config {} ({}): {}", generation, view.empty() ? "node" : view, w);
+      for (const auto& r : (*cfg)->refused)
+        spdlog::warn("L7 config {} ({}): {} {} refused: {}", generation,
+                     view.empty() ? "node" : view, r.kind, r.name, r.reason);
       applied = view.empty() ? pods_.SetNodeConfig(*cfg) : pods_.SetViewConfig(view, *cfg);
     }
     meta["applied"] = applied;

@@ -22,10 +22,13 @@ constexpr const char* kFlagNames[] = {"UH", "UT", "LR", "UR",  "UF", "UC",  "UO"
 }  // namespace
 
 void Session::LogRequest() {
-  if (!chain || !chain->access_log)
+  // A connection no chain served (NR) or one closed by a chain that fails closed is
+  // logged by the listener's own access_log; the rest by their chain's.
+  const bool served = chain && chain->fail_closed.empty();
+  if (!(served ? chain->access_log : lc && lc->access_log))
     return;
   auto& b = w->log_buffer();
-  bool tcp = !chain->is_http;
+  bool tcp = !served || !chain->is_http;
   int64_t duration = w->now() - (tcp ? conn_start_ms : start_ms);
   // %START_TIME%, from the loop's clock: no wall-clock read on the request path.
   auto wall = std::chrono::system_clock::now() - std::chrono::milliseconds(duration);
@@ -54,11 +57,11 @@ void Session::LogRequest() {
   if (tcp) {
     fmt::format_to(
         std::back_inserter(b),
-        "[{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z] \"- - -\" 0 {} - - \"-\" {} {} {} - "
+        "[{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z] \"- - -\" 0 {} - {} \"-\" {} {} {} - "
         "\"-\" \"-\" \"-\" \"-\" \"{}\" {} {} {} {} {} -\n",
         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms,
-        flag_str, bytes_rx, bytes_tx, duration, up_host, cluster_name, up_local, local, peer,
-        sni.empty() ? std::string_view("-") : std::string_view(sni));
+        flag_str, termination, bytes_rx, bytes_tx, duration, up_host, cluster_name, up_local, local,
+        peer, sni.empty() ? std::string_view("-") : std::string_view(sni));
     return;
   }
   std::string_view xff = req.Get(http::HeaderId::kXForwardedFor);

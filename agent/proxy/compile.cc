@@ -26,6 +26,7 @@
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "sluice/envoy/resource_set.h"
+#include "sluice/filterchain/envoy.h"
 #include "sluice/proxy/config.h"
 #include "sluice/proxy/dns.h"
 #include "sluice/proxy/lb.h"
@@ -727,6 +728,16 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
   c->name = pc.name();
   std::string where = "cluster " + pc.name();
   c->original_dst = pc.has_type() && pc.type() == cluster_v3::Cluster::ORIGINAL_DST;
+  if (pc.has_upstream_bind_config()) {
+    const auto& src = pc.upstream_bind_config().source_address();
+    auto port = PortOf(src, where + ": upstream_bind_config.source_address");
+    SLUICE_RETURN_IF_ERROR(port);
+    c->bind_source = ParseIp(src.address(), *port);
+    if (!c->bind_source) {
+      return Fail(where + ": upstream_bind_config.source_address: \"" + src.address() +
+                  "\" is not an IP address");
+    }
+  }
   switch (c->original_dst ? cluster_v3::Cluster::ROUND_ROBIN : pc.lb_policy()) {
     case cluster_v3::Cluster::ROUND_ROBIN:
       c->lb = LbPolicy::kRoundRobin;
@@ -901,28 +912,25 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
 Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, ProxyConfig& cfg,
                           const xds::ResourceSet& rs, const std::string& where) {
   out->name = fc.name();
-  for (const auto& s : fc.filter_chain_match().server_names())
-    out->server_names.push_back(Lower(s));
-  for (const auto& pr : fc.filter_chain_match().prefix_ranges()) {
-    CidrRange r;
-    r.prefix_len = pr.has_prefix_len() ? pr.prefix_len().value() : 0;
-    if (inet_pton(AF_INET, pr.address_prefix().c_str(), r.bytes) == 1) {
-      r.family = AF_INET;
-      if (!pr.has_prefix_len())
-        r.prefix_len = 32;
-    } else if (inet_pton(AF_INET6, pr.address_prefix().c_str(), r.bytes) == 1) {
-      r.family = AF_INET6;
-      if (!pr.has_prefix_len())
-        r.prefix_len = 128;
-    } else {
-      return Fail(where + ": filter_chain_match.prefix_ranges: \"" + pr.address_prefix() +
-                  "\" is not an IP address");
+  auto match = filterchain::FromEnvoy(fc.filter_chain_match());
+  SLUICE_RETURN_IF_ERROR_CTX(match, where + ": filter_chain_match");
+  out->match = std::move(*match);
+  if (fc.has_transport_socket()) {
+    // Only a plaintext transport socket is served; a chain that terminates TLS (istiod's
+    // mTLS chains, a gateway's TLS servers) fails closed until Sluice terminates TLS
+    // (issue 18). Its filters are not compiled: no byte of it is ever served.
+    const auto& ts = fc.transport_socket();
+    if (ts.name() != "envoy.transport_sockets.raw_buffer" &&
+        !ts.typed_config().type_url().ends_with(".RawBuffer")) {
+      out->fail_closed =
+          "filter chain \"" + fc.name() + "\" has transport_socket " +
+          (ts.typed_config().type_url().empty() ? ts.name() : ts.typed_config().type_url()) +
+          ": Sluice does not terminate TLS yet (issue 18); connections that "
+          "select it are closed";
+      cfg.warnings.push_back(where + ": " + out->fail_closed);
+      out->is_http = false;
+      return {};
     }
-    if (r.prefix_len > (r.family == AF_INET ? 32u : 128u)) {
-      return Fail(where + ": filter_chain_match.prefix_ranges: prefix_len " +
-                  std::to_string(r.prefix_len) + " is too long for " + pr.address_prefix());
-    }
-    out->destination_ranges.push_back(r);
   }
   bool found = false;
   for (const auto& f : fc.filters()) {
@@ -1027,13 +1035,127 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
   return {};
 }
 
+// filter_disabled of a listener filter: destination_port_range, or an or_match of them
+// (what istiod sends); anything else is refused, since the filter would run where
+// Envoy's would not.
+Result<void> CompileDisabled(const listener_v3::ListenerFilterChainMatchPredicate& p,
+                             Inspector* out, const std::string& where) {
+  using P = listener_v3::ListenerFilterChainMatchPredicate;
+  switch (p.rule_case()) {
+    case P::kDestinationPortRange:
+      out->disabled_ports.emplace_back(
+          static_cast<uint32_t>(std::clamp<int64_t>(p.destination_port_range().start(), 0, 65536)),
+          static_cast<uint32_t>(std::clamp<int64_t>(p.destination_port_range().end(), 0, 65536)));
+      return {};
+    case P::kOrMatch:
+      for (const auto& r : p.or_match().rules())
+        SLUICE_RETURN_IF_ERROR(CompileDisabled(r, out, where));
+      return {};
+    default:
+      return Fail(where +
+                  ": filter_disabled: only destination_port_range (and or_match of "
+                  "them) is supported");
+  }
+}
+
+// One Listener: the entries it is served at (its address and each additional address).
+Result<std::vector<ListenerConfig>> CompileListener(const listener_v3::Listener& pl,
+                                                    ProxyConfig& cfg, const xds::ResourceSet& rs) {
+  ListenerConfig l;
+  l.name = pl.name();
+  std::string where = "listener " + l.name;
+  if (!pl.address().has_socket_address()) {
+    // An internal listener (HBONE's connect_originate) or a pipe: nothing Sluice binds.
+    return Fail(where + ": no address.socket_address (internal listener); not served");
+  }
+  l.address = pl.address().socket_address().address();
+  auto port = PortOf(pl.address().socket_address(), where + ": address");
+  SLUICE_RETURN_IF_ERROR(port);
+  l.port = *port;
+  l.use_original_dst = pl.has_use_original_dst() && pl.use_original_dst().value();
+  // Envoy adds the original_dst listener filter itself to a use_original_dst listener.
+  l.restore_original_dst = l.use_original_dst;
+  l.bind_to_port = !pl.has_bind_to_port() || pl.bind_to_port().value();
+  if (pl.has_listener_filters_timeout())
+    l.filters_timeout = ToMillis(pl.listener_filters_timeout());
+  l.continue_on_filters_timeout = pl.continue_on_listener_filters_timeout();
+  l.access_log = pl.access_log_size() > 0;
+  for (const auto& lf : pl.listener_filters()) {
+    const std::string fw = where + ": listener_filters[" + lf.name() + "]";
+    Inspector* inspector = nullptr;
+    if (lf.name() == "envoy.filters.listener.original_dst" ||
+        lf.typed_config()
+            .Is<envoy::extensions::filters::listener::original_dst::v3::OriginalDst>()) {
+      l.restore_original_dst = true;  // restores the destination; no hand-over
+    } else if (lf.name() == "envoy.filters.listener.tls_inspector" ||
+               lf.typed_config()
+                   .Is<envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector>()) {
+      inspector = &l.tls_inspector;
+    } else if (lf.name() == "envoy.filters.listener.http_inspector" ||
+               lf.typed_config()
+                   .Is<envoy::extensions::filters::listener::http_inspector::v3::HttpInspector>()) {
+      inspector = &l.http_inspector;
+    }
+    if (inspector) {
+      inspector->enabled = true;
+      if (lf.has_filter_disabled())
+        SLUICE_RETURN_IF_ERROR(CompileDisabled(lf.filter_disabled(), inspector, fw));
+    }
+  }
+  for (int i = 0; i < pl.filter_chains_size(); ++i) {
+    FilterChain fc;
+    std::string cw = where + ": filter_chains[" + std::to_string(i) + "]";
+    SLUICE_RETURN_IF_ERROR(CompileChain(pl.filter_chains(i), &fc, cfg, rs, cw));
+    l.matches.push_back(fc.match);
+    l.chains.push_back(std::move(fc));
+  }
+  if (pl.has_default_filter_chain()) {
+    FilterChain fc;
+    SLUICE_RETURN_IF_ERROR(
+        CompileChain(pl.default_filter_chain(), &fc, cfg, rs, where + ": default_filter_chain"));
+    l.default_chain = std::move(fc);
+  }
+  if (pl.has_per_connection_buffer_limit_bytes()) {
+    for (auto& fc : l.chains)
+      fc.http.max_request_body = pl.per_connection_buffer_limit_bytes().value();
+  }
+  if (l.chains.empty() && !l.default_chain)
+    return Fail(where + ": no filter chains");
+  // Dual-stack listeners (istiod's 0.0.0.0_80 with an additional "::"): the same
+  // listener at each further address, so binding and the use_original_dst hand-over
+  // (which matches by address and family) treat every address alike.
+  std::vector<ListenerConfig> out;
+  for (int i = 0; i < pl.additional_addresses_size(); ++i) {
+    const auto& aa = pl.additional_addresses(i).address();
+    if (!aa.has_socket_address()) {
+      return Fail(where + ": additional_addresses[" + std::to_string(i) +
+                  "]: address.socket_address is required");
+    }
+    ListenerConfig extra = l;
+    extra.address = aa.socket_address().address();
+    auto extra_port =
+        PortOf(aa.socket_address(), where + ": additional_addresses[" + std::to_string(i) + "]");
+    SLUICE_RETURN_IF_ERROR(extra_port);
+    extra.port = *extra_port;
+    extra.name = l.name + "~" + extra.address;
+    out.push_back(std::move(extra));
+  }
+  out.insert(out.begin(), std::move(l));
+  return out;
+}
+
 }  // namespace
 
 Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, DnsCache* dns) {
   auto cfg = std::make_shared<ProxyConfig>();
+  // Envoy's per-resource acceptance: a cluster or listener that cannot be built is left
+  // out and named; the others are served.
   for (const auto& [name, pc] : rs.clusters) {
     auto c = CompileCluster(pc, rs, &cfg->warnings, dns);
-    SLUICE_RETURN_IF_ERROR(c);
+    if (!c) {
+      cfg->refused.push_back({"cluster", name, c.error().message});
+      continue;
+    }
     cfg->clusters.emplace(name, *c);
   }
   for (const auto& [name, rc] : rs.routes) {
@@ -1042,69 +1164,13 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
     cfg->route_tables.emplace(name, *t);
   }
   for (const auto& [name, pl] : rs.listeners) {
-    ListenerConfig l;
-    l.name = pl.name();
-    std::string where = "listener " + l.name;
-    if (!pl.address().has_socket_address())
-      return Fail(where + ": address.socket_address is required");
-    l.address = pl.address().socket_address().address();
-    auto port = PortOf(pl.address().socket_address(), where + ": address");
-    SLUICE_RETURN_IF_ERROR(port);
-    l.port = *port;
-    l.use_original_dst = pl.has_use_original_dst() && pl.use_original_dst().value();
-    l.bind_to_port = !pl.has_bind_to_port() || pl.bind_to_port().value();
-    for (const auto& lf : pl.listener_filters()) {
-      if (lf.name() == "envoy.filters.listener.original_dst" ||
-          lf.typed_config()
-              .Is<envoy::extensions::filters::listener::original_dst::v3::OriginalDst>()) {
-        l.use_original_dst = true;
-      }
+    auto ls = CompileListener(pl, *cfg, rs);
+    if (!ls) {
+      cfg->refused.push_back({"listener", name, ls.error().message});
+      continue;
     }
-    for (int i = 0; i < pl.filter_chains_size(); ++i) {
-      FilterChain fc;
-      std::string cw = where + ": filter_chains[" + std::to_string(i) + "]";
-      SLUICE_RETURN_IF_ERROR(CompileChain(pl.filter_chains(i), &fc, *cfg, rs, cw));
-      if (!fc.server_names.empty())
-        l.needs_sni = true;
-      l.chains.push_back(std::move(fc));
-    }
-    if (pl.has_default_filter_chain()) {
-      FilterChain fc;
-      if (auto e = CompileChain(pl.default_filter_chain(), &fc, *cfg, rs,
-                                where + ": default_filter_chain");
-          !e) {
-        return std::unexpected(e.error());
-      }
-      l.default_chain = std::move(fc);
-    }
-    if (pl.has_per_connection_buffer_limit_bytes()) {
-      for (auto& fc : l.chains)
-        fc.http.max_request_body = pl.per_connection_buffer_limit_bytes().value();
-    }
-    if (l.chains.empty() && !l.default_chain)
-      return Fail(where + ": no filter chains");
-    // Dual-stack listeners (istiod's 0.0.0.0_80 with an additional "::"): the same
-    // listener at each further address, so binding and the use_original_dst hand-over
-    // (which matches by address and family) treat every address alike.
-    std::vector<ListenerConfig> also;
-    for (int i = 0; i < pl.additional_addresses_size(); ++i) {
-      const auto& aa = pl.additional_addresses(i).address();
-      if (!aa.has_socket_address()) {
-        return Fail(where + ": additional_addresses[" + std::to_string(i) +
-                    "]: address.socket_address is required");
-      }
-      ListenerConfig extra = l;
-      extra.address = aa.socket_address().address();
-      auto extra_port =
-          PortOf(aa.socket_address(), where + ": additional_addresses[" + std::to_string(i) + "]");
-      SLUICE_RETURN_IF_ERROR(extra_port);
-      extra.port = *extra_port;
-      extra.name = l.name + "~" + extra.address;
-      also.push_back(std::move(extra));
-    }
-    cfg->listeners.push_back(std::move(l));
-    for (auto& extra : also)
-      cfg->listeners.push_back(std::move(extra));
+    for (auto& l : *ls)
+      cfg->listeners.push_back(std::move(l));
   }
   return std::shared_ptr<const ProxyConfig>(std::move(cfg));
 }

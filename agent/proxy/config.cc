@@ -286,83 +286,24 @@ void SetAddress(Endpoint& ep, const sockaddr_storage& addr) {
   ep.address = text;
 }
 
-bool CidrRange::Contains(const sockaddr_storage& addr) const {
-  const uint8_t* a = nullptr;
-  if (addr.ss_family == AF_INET && family == AF_INET)
-    a = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in&>(addr).sin_addr);
-  else if (addr.ss_family == AF_INET6 && family == AF_INET6)
-    a = reinterpret_cast<const sockaddr_in6&>(addr).sin6_addr.s6_addr;
-  if (!a)
+bool Inspector::On(uint16_t destination_port) const {
+  if (!enabled)
     return false;
-  uint32_t full = prefix_len / 8, rest = prefix_len % 8;
-  if (std::memcmp(a, bytes, full) != 0)
-    return false;
-  if (rest == 0)
-    return true;
-  uint8_t mask = static_cast<uint8_t>(0xff << (8 - rest));
-  return (a[full] & mask) == (bytes[full] & mask);
+  for (const auto& [start, end] : disabled_ports) {
+    if (destination_port >= start && destination_port < end)
+      return false;
+  }
+  return true;
 }
 
-const FilterChain* ListenerConfig::SelectChain(std::string_view sni,
-                                               const sockaddr_storage* dst) const {
-  // Envoy's order: destination IP (most specific prefix; chains without prefix_ranges
-  // match any destination, least specifically), then server names — exact first, then
-  // the longest wildcard suffix, then chains without server_names — then the default.
-  int best_ip = -1;
-  for (const FilterChain& c : chains) {
-    int spec = 0;
-    if (!c.destination_ranges.empty()) {
-      spec = -1;
-      for (const CidrRange& r : c.destination_ranges) {
-        if (dst && r.Contains(*dst))
-          spec = std::max(spec, static_cast<int>(r.prefix_len) + 1);
-      }
-    }
-    best_ip = std::max(best_ip, spec);
-  }
-  auto ip_ok = [&](const FilterChain& c) {
-    if (c.destination_ranges.empty())
-      return best_ip == 0;
-    for (const CidrRange& r : c.destination_ranges) {
-      if (dst && r.Contains(*dst) && static_cast<int>(r.prefix_len) + 1 == best_ip)
-        return true;
-    }
-    return false;
-  };
-  const FilterChain* best_wild = nullptr;
-  std::size_t best_len = 0;
-  const FilterChain* any = nullptr;
-  for (const FilterChain& c : chains) {
-    if (best_ip < 0 || !ip_ok(c))
-      continue;
-    if (c.server_names.empty()) {
-      if (!any)
-        any = &c;
-      continue;
-    }
-    if (sni.empty())
-      continue;
-    for (const std::string& n : c.server_names) {
-      if (n.starts_with("*.")) {
-        std::string_view suffix = std::string_view(n).substr(1);
-        if (sni.size() > suffix.size() &&
-            http::EqualsIgnoreCase(sni.substr(sni.size() - suffix.size()), suffix) &&
-            suffix.size() > best_len) {
-          best_wild = &c;
-          best_len = suffix.size();
-        }
-      } else if (http::EqualsIgnoreCase(sni, n)) {
-        return &c;
-      }
-    }
-  }
-  if (best_wild)
-    return best_wild;
-  if (any)
-    return any;
-  if (default_chain)
-    return &*default_chain;
-  return nullptr;
+const FilterChain* ListenerConfig::Select(const filterchain::Connection& c, bool* decided) const {
+  auto in = filterchain::Select(matches, c, decided);
+  if (!*decided)
+    return nullptr;
+  // Envoy refuses a listener whose chains have equal matches, so one is left at most.
+  if (!in.empty())
+    return &chains[in.front()];
+  return default_chain ? &*default_chain : nullptr;
 }
 
 const Cluster* ProxyConfig::FindCluster(std::string_view name) const {

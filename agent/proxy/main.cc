@@ -28,6 +28,9 @@ sluice::Result<std::shared_ptr<const sluice::proxy::ProxyConfig>> Build(
     return sluice::Wrap(path, cfg.error());
   for (const std::string& w : (*cfg)->warnings)
     std::fprintf(stderr, "sluice-proxy: warning: %s: %s\n", path.c_str(), w.c_str());
+  for (const auto& r : (*cfg)->refused)
+    std::fprintf(stderr, "sluice-proxy: %s: %s %s refused: %s\n", path.c_str(), r.kind.c_str(),
+                 r.name.c_str(), r.reason.c_str());
   return cfg;
 }
 

@@ -12,8 +12,8 @@
 #include <cerrno>
 #include <climits>
 
+#include "sluice/proxy/listener_filters.h"
 #include "sluice/proxy/retry.h"
-#include "sluice/proxy/tls_sni.h"
 #include "upstream_pool.h"
 
 namespace sluice::proxy::engine {
@@ -45,6 +45,31 @@ void PodClient(const std::vector<sockaddr_storage>& pod, sockaddr_storage* peer)
           reinterpret_cast<const sockaddr_in6&>(a).sin6_addr;
     return;
   }
+}
+
+// An address as the filter-chain match reads it (an IPv4-mapped IPv6 address as IPv4);
+// *port is its port.
+std::optional<IpAddress> ToIp(const sockaddr_storage& a, uint16_t* port) {
+  IpAddress ip;
+  if (a.ss_family == AF_INET) {
+    const auto& v4 = reinterpret_cast<const sockaddr_in&>(a);
+    std::memcpy(ip.bytes.data(), &v4.sin_addr, 4);
+    *port = ntohs(v4.sin_port);
+    return ip;
+  }
+  if (a.ss_family == AF_INET6) {
+    const auto& v6 = reinterpret_cast<const sockaddr_in6&>(a);
+    *port = ntohs(v6.sin6_port);
+    if (IN6_IS_ADDR_V4MAPPED(&v6.sin6_addr)) {
+      std::memcpy(ip.bytes.data(), v6.sin6_addr.s6_addr + 12, 4);
+      return ip;
+    }
+    ip.family = 6;
+    std::memcpy(ip.bytes.data(), v6.sin6_addr.s6_addr, 16);
+    return ip;
+  }
+  *port = 0;
+  return std::nullopt;
 }
 
 // Envoy's use_original_dst: the connection belongs to the listener whose address is the
@@ -120,15 +145,16 @@ void Session::Open(int cfd, const sockaddr_storage& accepted_peer,
   out.Clear();
   sockaddr_storage la{};
   socklen_t ll = sizeof(la);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&la), &ll);
   has_orig_dst = false;
-  if (lc->use_original_dst && w->opts().original_dst) {
+  // The original_dst listener filter (implied by use_original_dst): the local address,
+  // for matching and logging, becomes the original destination.
+  if (lc->restore_original_dst && w->opts().original_dst) {
     if (auto od = w->opts().original_dst(fd, accepted_peer.ss_family)) {
       la = *od;
       orig_dst = *od;
       has_orig_dst = true;
     }
-  } else {
-    getsockname(fd, reinterpret_cast<sockaddr*>(&la), &ll);
   }
   sockaddr_storage peer_addr = accepted_peer;
   if (has_orig_dst)
@@ -136,10 +162,20 @@ void Session::Open(int cfd, const sockaddr_storage& accepted_peer,
   FormatAddr(peer_addr, peer, sizeof(peer));
   FormatAddr(peer_addr, peer_ip, sizeof(peer_ip), false);
   source_hash = SourceIpHash(peer_addr);
-  if (has_orig_dst) {
+  // use_original_dst alone hands the connection over (Envoy: only a restored address).
+  if (has_orig_dst && lc->use_original_dst) {
     if (const ListenerConfig* target = HandOver(*snap, lc, orig_dst))
       lc = target;
   }
+  facts = {};
+  uint16_t port = 0;
+  if (auto ip = ToIp(la, &port))
+    facts.destination = *ip;
+  facts.destination_port = port;
+  facts.direct_source = ToIp(accepted_peer, &port);
+  facts.source = ToIp(peer_addr, &port);
+  facts.source_port = port;
+  termination = "-";
   FormatAddr(la, local, sizeof(local));
   // The clock now, not the batch's: a connection accepted late in a long batch must not
   // look idle since before it came (the idle sweep would close it unread).
@@ -170,19 +206,103 @@ void Session::Open(int cfd, const sockaddr_storage& accepted_peer,
   // Edge-triggered with every event registered once: no epoll_ctl per request.
   events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   w->loop().Add(fd, events, this, EventLoop::Kind::kStream);
-  if (lc->needs_sni) {
-    phase = Phase::kSniff;
+  phase = Phase::kSniff;
+  ChooseChain(/*open=*/true, /*timed_out=*/false);
+}
+
+void Session::ChooseChain(bool open, bool timed_out) {
+  const uint64_t g = gen;
+  const bool tls_on = lc->tls_inspector.On(facts.destination_port);
+  const bool http_on = lc->http_inspector.On(facts.destination_port);
+  bool need_more = false;
+  // tls_inspector: transport protocol, SNI and ALPN from a ClientHello. Without it the
+  // transport protocol is Envoy's default "raw_buffer" and there is no SNI.
+  if (!facts.transport_protocol) {
+    TlsHello hello;
+    if (!tls_on) {
+      facts.transport_protocol = "raw_buffer";
+      facts.server_name = "";
+    } else if (!in.empty() && InspectTls(in.Data(), &hello) == Inspect::kDone) {
+      facts.transport_protocol = hello.tls ? "tls" : "raw_buffer";
+      facts.server_name = hello.server_name;
+      if (hello.tls)
+        facts.application_protocols = std::move(hello.alpn);
+    } else {
+      need_more = true;
+    }
+  }
+  // http_inspector, for what is not TLS: http/1.1, http/1.0 or h2c as the ALPN.
+  if (facts.transport_protocol && !facts.application_protocols) {
+    std::string proto;
+    if (!http_on || *facts.transport_protocol != "raw_buffer") {
+      facts.application_protocols.emplace();
+    } else if (!in.empty() && InspectHttp(in.Data(), &proto) == Inspect::kDone) {
+      facts.application_protocols.emplace();
+      if (!proto.empty())
+        facts.application_protocols->push_back(std::move(proto));
+    } else {
+      need_more = true;
+    }
+  }
+  filterchain::Connection c = facts;
+  if (timed_out) {
+    // continue_on_listener_filters_timeout: what the inspectors did not learn is
+    // Envoy's default (raw_buffer, no SNI, no ALPN).
+    if (!c.transport_protocol)
+      c.transport_protocol = "raw_buffer";
+    if (!c.server_name)
+      c.server_name = "";
+    if (!c.application_protocols)
+      c.application_protocols.emplace();
+  }
+  bool decided = false;
+  const FilterChain* chosen = lc->Select(c, &decided);
+  if (!decided) {
+    // Only a chain that needs a fact the inspectors read makes the proxy read: a
+    // server-first protocol on a listener that does not sniff is never waited on.
+    if (!open || (need_more && in.size() >= 64 * 1024)) {
+      Close();  // the client went away (or sent too much) before the match could be made
+      return;
+    }
+    if (lc->filters_timeout.count() > 0 && !wait_timer.armed())
+      w->Arm(wait_timer, lc->filters_timeout.count());
     return;
   }
-  chain = lc->SelectChain("", has_orig_dst ? &orig_dst : nullptr);
+  w->Cancel(wait_timer);
+  facts = std::move(c);
+  if (facts.server_name)
+    sni = *facts.server_name;
+  chain = chosen;
   if (!chain) {
+    // No chain and no default: closed, and the listener's access log says NR.
+    w->stats().cx_no_chain.fetch_add(1, std::memory_order_relaxed);
+    flags |= kFlagNR;
+    termination = "filter_chain_not_found";
+    tcp_session = lc->access_log;
+    Close();
+    return;
+  }
+  if (!chain->fail_closed.empty()) {
+    // A chain Sluice cannot serve (TLS termination): closed, never passed through.
+    w->stats().cx_fail_closed.fetch_add(1, std::memory_order_relaxed);
+    termination = "sluice_tls_termination_unsupported";
+    tcp_session = lc->access_log;
     Close();
     return;
   }
   if (chain->is_http) {
     phase = Phase::kHead;
-  } else {
-    StartTcp();
+    if (!open && in.empty())
+      Close();
+    else if (!in.empty())
+      ServeRequests(/*read_first=*/false);  // the inspected bytes, replayed
+    return;
+  }
+  StartTcp();
+  if (g == gen && !open && phase == Phase::kTunnel) {
+    down_eof = true;
+    if (up)
+      w->loop().ShutdownWrite(up->fd);
   }
 }
 
@@ -267,32 +387,9 @@ void Session::OnEvent(uint32_t ev) {
   if (!(ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP)))
     return;
   switch (phase) {
-    case Phase::kSniff: {
-      bool open = ReadInto(in);
-      std::string_view name;
-      SniStatus st = ParseClientHelloSni(in.Data(), &name);
-      if (st == SniStatus::kNeedMore && open && in.size() < 64 * 1024)
-        return;
-      if (st == SniStatus::kFound)
-        sni.assign(name);
-      chain = lc->SelectChain(sni, has_orig_dst ? &orig_dst : nullptr);
-      if (!chain) {
-        Close();
-        return;
-      }
-      if (chain->is_http) {
-        phase = Phase::kHead;
-        ServeRequests(/*read_first=*/false);
-      } else {
-        StartTcp();
-        if (g == gen && !open) {
-          down_eof = true;
-          if (up)
-            w->loop().ShutdownWrite(up->fd);
-        }
-      }
+    case Phase::kSniff:
+      ChooseChain(ReadInto(in), /*timed_out=*/false);
       return;
-    }
     case Phase::kHead:
     case Phase::kBody:
       ServeRequests(/*read_first=*/true);
@@ -443,7 +540,13 @@ void Session::OnTimer(int kind) {
       Local(504, "upstream request timeout", kFlagUT, "upstream_per_try_timeout");
       return;
     case kWaitTimer:
-      if (phase == Phase::kDelay) {
+      if (phase == Phase::kSniff) {
+        // listener_filters_timeout: go on with what is known, or close.
+        if (lc->continue_on_filters_timeout)
+          ChooseChain(/*open=*/true, /*timed_out=*/true);
+        else
+          Close();
+      } else if (phase == Phase::kDelay) {
         ContinueAfterFault();
       } else if (phase == Phase::kBackoff) {
         StartAttempt();
@@ -622,7 +725,8 @@ void Session::RefreshConfig() {
         } else if (idx < nl->chains.size() && nl->chains.size() == lc->chains.size()) {
           nc = &nl->chains[idx];
         } else {
-          nc = nl->SelectChain(sni, has_orig_dst ? &orig_dst : nullptr);
+          bool decided = false;
+          nc = nl->Select(facts, &decided);
         }
         if (nc && nc->is_http) {
           lc = nl;

@@ -70,6 +70,12 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   sockaddr_storage orig_dst{};
   bool has_orig_dst = false;
   std::string sni;
+  // What is known of the connection for the filter-chain match: addresses at accept,
+  // transport protocol, SNI and ALPN once the listener filters have read them (unknown
+  // while they may still; see ChooseChain).
+  filterchain::Connection facts;
+  // The connection's end (NR, a chain that fails closed) as CONNECTION_TERMINATION_DETAILS.
+  const char* termination = "-";
   int64_t conn_start_ms = 0;
   int64_t last_active_ms = 0;  // for the idle timeout
 
@@ -171,6 +177,10 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   void AppendConnection();
   void LogRequest();
   void StartTcp();
+  // The listener filters (tls_inspector, http_inspector) over what has been read, then
+  // the filter-chain match; `timed_out`: listener_filters_timeout passed. Either starts
+  // the chosen chain, waits for more bytes (phase kSniff), or closes.
+  void ChooseChain(bool open, bool timed_out);
   void RefreshConfig();
   void TunnelRead();
   void MaybeCloseTunnel();

@@ -49,6 +49,15 @@ UpstreamConn* UpstreamPool::GetUpstream(const std::shared_ptr<const Snapshot>& s
     close(fd);  // unmarked, it would be redirected back into this proxy
     return nullptr;
   }
+  // upstream_bind_config: leave from the cluster's source address (istiod's 127.0.0.6).
+  if (c->bind_source && c->bind_source->ss_family == ep->addr.ss_family) {
+    const socklen_t len =
+        c->bind_source->ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+    if (bind(fd, reinterpret_cast<const sockaddr*>(&*c->bind_source), len) != 0) {
+      close(fd);
+      return nullptr;
+    }
+  }
   int r = connect(fd, reinterpret_cast<const sockaddr*>(&ep->addr), ep->addr_len);
   if (r != 0 && errno != EINPROGRESS) {
     close(fd);

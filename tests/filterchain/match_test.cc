@@ -131,3 +131,44 @@ TEST_CASE("prefixes: parsing and containment") {
   CHECK_FALSE(Prefix::Make("10.0.0.0", 33));
   CHECK_FALSE(Prefix::Make("not-an-ip", 8));
 }
+
+TEST_CASE("decided: false while an unknown fact could still change the answer") {
+  // One chain left that names a server: without the SNI it may still fail, so the
+  // answer is not final (the proxy reads the ClientHello first).
+  std::vector<Match> one(1);
+  one[0].server_names = {"a.test"};
+  bool decided = true;
+  CHECK(Select(one, To("10.0.0.1", 443), &decided) == std::vector<std::size_t>{0});
+  CHECK_FALSE(decided);
+  Connection c = To("10.0.0.1", 443);
+  c.server_name = "b.test";
+  CHECK(Select(one, c, &decided).empty());  // known and not matched: the default chain
+  CHECK(decided);
+  // A criterion no chain sets needs no fact: decided without reading.
+  std::vector<Match> ports(2);
+  ports[0].destination_port = 80;
+  ports[1].transport_protocol = "tls";
+  CHECK(Select(ports, To("10.0.0.1", 80), &decided) == std::vector<std::size_t>{0});
+  CHECK(decided);
+  // The port's bucket sets the transport protocol: not decided until it is known.
+  CHECK(Select(ports, To("10.0.0.1", 81), &decided) == std::vector<std::size_t>{1});
+  CHECK_FALSE(decided);
+  c = To("10.0.0.1", 81);
+  c.transport_protocol = "raw_buffer";
+  CHECK(Select(ports, c, &decided).empty());
+  CHECK(decided);
+}
+
+TEST_CASE("the hierarchy does not fall back: a port's chains that all fail leave none") {
+  // Envoy picks the destination-port bucket first; when none of its chains matches the
+  // later criteria, the chains for any port are not tried (the default chain serves).
+  std::vector<Match> chains(2);
+  chains[0].destination_port = 80;
+  chains[0].transport_protocol = "tls";
+  chains[1] = {};
+  Connection c = To("10.0.0.1", 80);
+  c.transport_protocol = "raw_buffer";
+  CHECK(Select(chains, c).empty());
+  c.destination_port = 81;
+  CHECK(Select(chains, c) == std::vector<std::size_t>{1});
+}

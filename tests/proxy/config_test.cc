@@ -29,9 +29,16 @@ Json Doc(const Json& routes, const Json& clusters, bool access_log = false) {
           {"clusters", Arr(clusters)}};
 }
 
+// The config's error, or (Envoy's per-resource acceptance) the reasons of the listeners
+// and clusters it refused.
 std::string CompileError(const Json& doc) {
   auto c = CompileJson(doc);
-  return c ? "" : c.error().message;
+  if (!c)
+    return c.error().message;
+  std::string refused;
+  for (const auto& r : (*c)->refused)
+    refused += (refused.empty() ? "" : "; ") + r.reason;
+  return refused;
 }
 
 }  // namespace

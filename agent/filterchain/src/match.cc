@@ -101,40 +101,44 @@ std::string Prefix::ToString() const {
   return address.ToString() + "/" + std::to_string(length);
 }
 
-std::vector<std::size_t> Select(std::span<const Match> chains, const Connection& c) {
+std::vector<std::size_t> Select(std::span<const Match> chains, const Connection& c, bool* decided) {
+  bool scratch = true;
+  bool& final_answer = decided ? *decided : scratch;
+  final_answer = true;
   std::vector<std::size_t> in(chains.size());
   for (std::size_t i = 0; i < in.size(); ++i)
     in[i] = i;
-  auto done = [&] { return in.empty(); };
+  // One criterion; true when the walk stops here (nothing left, or the criterion is
+  // undecided for want of its fact).
+  auto stop = [&](bool known, auto sets, auto score) {
+    if (!Narrow(in, chains, known, sets, score)) {
+      final_answer = false;
+      return true;
+    }
+    return in.empty();
+  };
 
-  if (!Narrow(
-          in, chains, true, [](const Match& m) { return m.destination_port != 0; },
-          [&](const Match& m) { return m.destination_port == c.destination_port ? 1 : kNo; }) ||
-      done())
+  if (stop(
+          true, [](const Match& m) { return m.destination_port != 0; },
+          [&](const Match& m) { return m.destination_port == c.destination_port ? 1 : kNo; }))
     return in;
-  if (!Narrow(
-          in, chains, true, [](const Match& m) { return !m.prefix_ranges.empty(); },
-          [&](const Match& m) { return PrefixScore(m.prefix_ranges, c.destination); }) ||
-      done())
+  if (stop(
+          true, [](const Match& m) { return !m.prefix_ranges.empty(); },
+          [&](const Match& m) { return PrefixScore(m.prefix_ranges, c.destination); }))
     return in;
-  if (!Narrow(
-          in, chains, c.server_name.has_value(),
-          [](const Match& m) { return !m.server_names.empty(); },
-          [&](const Match& m) { return ServerNameScore(m.server_names, *c.server_name); }) ||
-      done())
+  if (stop(
+          c.server_name.has_value(), [](const Match& m) { return !m.server_names.empty(); },
+          [&](const Match& m) { return ServerNameScore(m.server_names, *c.server_name); }))
     return in;
-  if (!Narrow(
-          in, chains, c.transport_protocol.has_value(),
+  if (stop(
+          c.transport_protocol.has_value(),
           [](const Match& m) { return !m.transport_protocol.empty(); },
-          [&](const Match& m) {
-            return m.transport_protocol == *c.transport_protocol ? 1 : kNo;
-          }) ||
-      done())
+          [&](const Match& m) { return m.transport_protocol == *c.transport_protocol ? 1 : kNo; }))
     return in;
   // ALPN: the first of the client's protocols that some chain names decides; then the
   // chains naming none.
+  std::string chosen;
   if (c.application_protocols) {
-    std::string chosen;
     for (const std::string& p : *c.application_protocols) {
       for (std::size_t i : in) {
         const auto& aps = chains[i].application_protocols;
@@ -146,47 +150,38 @@ std::vector<std::size_t> Select(std::span<const Match> chains, const Connection&
       if (!chosen.empty())
         break;
     }
-    Narrow(
-        in, chains, true, [](const Match& m) { return !m.application_protocols.empty(); },
-        [&](const Match& m) {
-          return !chosen.empty() &&
-                         std::find(m.application_protocols.begin(), m.application_protocols.end(),
-                                   chosen) != m.application_protocols.end()
-                     ? 1
-                     : kNo;
-        });
-  } else if (!Narrow(
-                 in, chains, false, [](const Match& m) { return !m.application_protocols.empty(); },
-                 [](const Match&) { return kNo; })) {
-    return in;
   }
-  if (done())
+  if (stop(
+          c.application_protocols.has_value(),
+          [](const Match& m) { return !m.application_protocols.empty(); },
+          [&](const Match& m) {
+            return !chosen.empty() &&
+                           std::find(m.application_protocols.begin(), m.application_protocols.end(),
+                                     chosen) != m.application_protocols.end()
+                       ? 1
+                       : kNo;
+          }))
     return in;
-  if (!Narrow(
-          in, chains, c.direct_source.has_value(),
+  if (stop(
+          c.direct_source.has_value(),
           [](const Match& m) { return !m.direct_source_prefix_ranges.empty(); },
           [&](const Match& m) {
             return PrefixScore(m.direct_source_prefix_ranges, *c.direct_source);
-          }) ||
-      done())
+          }))
     return in;
-  if (!Narrow(
-          in, chains, c.source.has_value(),
-          [](const Match& m) { return m.source_type != SourceType::kAny; },
+  if (stop(
+          c.source.has_value(), [](const Match& m) { return m.source_type != SourceType::kAny; },
           [&](const Match& m) {
             const bool local = *c.source == c.destination || IsLoopback(*c.source);
             return (m.source_type == SourceType::kSameIpOrLoopback) == local ? 1 : kNo;
-          }) ||
-      done())
+          }))
     return in;
-  if (!Narrow(
-          in, chains, c.source.has_value(),
-          [](const Match& m) { return !m.source_prefix_ranges.empty(); },
-          [&](const Match& m) { return PrefixScore(m.source_prefix_ranges, *c.source); }) ||
-      done())
+  if (stop(
+          c.source.has_value(), [](const Match& m) { return !m.source_prefix_ranges.empty(); },
+          [&](const Match& m) { return PrefixScore(m.source_prefix_ranges, *c.source); }))
     return in;
-  Narrow(
-      in, chains, c.source_port.has_value(), [](const Match& m) { return !m.source_ports.empty(); },
+  stop(
+      c.source_port.has_value(), [](const Match& m) { return !m.source_ports.empty(); },
       [&](const Match& m) {
         return std::find(m.source_ports.begin(), m.source_ports.end(), *c.source_port) !=
                        m.source_ports.end()

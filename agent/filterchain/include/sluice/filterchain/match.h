@@ -68,6 +68,11 @@ struct Connection {
 // The chains (indices into `chains`) that may serve the connection: one when every
 // criterion the chains set is decided by a known fact, none when no chain matches (the
 // default chain serves), several when the choice depends on a fact not known.
-std::vector<std::size_t> Select(std::span<const Match> chains, const Connection& c);
+// `decided` (optional) says whether the answer is final: false when a fact left unknown
+// could still change it (even when one chain is left, which may yet fail that criterion)
+// -- the proxy then reads the connection's first bytes (its listener filters) and asks
+// again.
+std::vector<std::size_t> Select(std::span<const Match> chains, const Connection& c,
+                                bool* decided = nullptr);
 
 }  // namespace sluice::filterchain

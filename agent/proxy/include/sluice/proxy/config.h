@@ -21,6 +21,7 @@
 #include <re2/re2.h>
 
 #include "sluice/common/result.h"
+#include "sluice/filterchain/match.h"
 #include "sluice/proxy/http_codec.h"
 
 namespace sluice::xds {
@@ -95,6 +96,10 @@ struct Cluster {
   // ORIGINAL_DST: no endpoint list; each connection goes where the client originally
   // connected (ProxyOptions.original_dst on a listener that uses it).
   bool original_dst = false;
+  // upstream_bind_config.source_address: upstream connections leave from this address
+  // (istiod's 127.0.0.6 for inbound clusters, so the app and iptables tell the proxy's
+  // connections apart); port 0: any.
+  std::optional<sockaddr_storage> bind_source;
   // The load-balancing tables, built by BuildLbTables (lb.h) when the cluster is compiled.
   // Endpoint weights (load_balancing_weight) as running sums, for weighted random and
   // least-request picks; empty when all weights are equal.
@@ -343,22 +348,26 @@ struct TcpSettings {
   uint32_t total_weight = 0;
 };
 
-// A destination prefix (filter_chain_match.prefix_ranges).
-struct CidrRange {
-  sa_family_t family = AF_INET;
-  uint8_t bytes[16] = {};
-  uint32_t prefix_len = 0;
-  bool Contains(const sockaddr_storage& addr) const;
-};
-
 struct FilterChain {
   std::string name;
-  std::vector<std::string> server_names;      // exact or "*.suffix"; empty: any
-  std::vector<CidrRange> destination_ranges;  // prefix_ranges; empty: any destination
+  // Its filter_chain_match, as the filter-chain matcher (filterchain::Select) reads it.
+  filterchain::Match match;
   bool is_http = true;
   HttpSettings http;
   TcpSettings tcp;
   bool access_log = false;
+  // A chain Sluice cannot serve yet (a transport_socket that terminates TLS, issue 18):
+  // a connection that selects it is closed, counted and logged with this reason, never
+  // passed through as plaintext. Empty: served.
+  std::string fail_closed;
+};
+
+// A listener filter that reads the first bytes (tls_inspector, http_inspector), and the
+// destination ports its filter_disabled predicate turns it off for.
+struct Inspector {
+  bool enabled = false;
+  std::vector<std::pair<uint32_t, uint32_t>> disabled_ports;  // [start, end)
+  bool On(uint16_t destination_port) const;
 };
 
 struct ListenerConfig {
@@ -366,21 +375,40 @@ struct ListenerConfig {
   std::string address = "127.0.0.1";
   uint16_t port = 0;
   std::vector<FilterChain> chains;
+  std::vector<filterchain::Match> matches;  // chains[i].match, as Select reads them
   std::optional<FilterChain> default_chain;
-  bool needs_sni = false;  // some chain matches on server_names
-  // Ask the original_dst hook for the connection's original destination (listeners
-  // that receive redirected traffic); it is logged as the downstream local address.
+  // The original_dst listener filter (or use_original_dst, which implies it in Envoy):
+  // the connection's local address, for chain matching and logging, becomes its
+  // original destination (the original_dst hook, SO_ORIGINAL_DST by default).
+  bool restore_original_dst = false;
+  // use_original_dst: the hand-over. A connection whose restored destination is another
+  // listener's address (bind_to_port false: istiod's outbound listeners 0.0.0.0_80 and
+  // the like) goes to that listener; with none, this listener keeps it.
   bool use_original_dst = false;
   // bind_to_port false: no socket of its own; it receives connections handed over by a
-  // use_original_dst listener whose original destination matches its address and port
-  // (istiod's outbound listeners, 0.0.0.0_80 and the like).
+  // use_original_dst listener whose original destination matches its address and port.
   bool bind_to_port = true;
   // A listener whose socket may be impossible here (the in-pod IPv6 capture listener in
   // a pod without IPv6): failing to open it is logged, not an error of the config.
   bool optional = false;
-  // Chooses by destination address (the most specific prefix_ranges match; dst may be
-  // null), then SNI (empty when none); nullptr when nothing matches.
-  const FilterChain* SelectChain(std::string_view sni, const sockaddr_storage* dst = nullptr) const;
+  Inspector tls_inspector, http_inspector;
+  // listener_filters_timeout (Envoy's default 15 s; 0: none) and what to do when the
+  // inspectors have not finished by then: choose with what is known, or close.
+  Millis filters_timeout{15000};
+  bool continue_on_filters_timeout = false;
+  // The listener's own access_log: a connection no chain takes is logged (flag NR).
+  bool access_log = false;
+  // Envoy's filter-chain match over what is known of a connection (filterchain::Select),
+  // falling back to the default chain. nullptr with *decided true: no chain and no
+  // default (the connection is closed, NR). *decided false: a fact left unknown (SNI,
+  // transport or application protocol) could change the choice; read more first.
+  const FilterChain* Select(const filterchain::Connection& c, bool* decided) const;
+};
+
+// A resource Compile could not build: left out, the rest served. kind: "listener",
+// "cluster".
+struct Refused {
+  std::string kind, name, reason;
 };
 
 struct ProxyConfig {
@@ -388,6 +416,9 @@ struct ProxyConfig {
   // Problems that did not reject the config (a DNS cluster whose host does not
   // resolve: it has no endpoints and answers 503 UH), each naming its resource.
   std::vector<std::string> warnings;
+  // Listeners and clusters left out, each with its reason; routes to a refused cluster
+  // behave as to an unknown one (503 NC, TCP closed).
+  std::vector<Refused> refused;
   std::map<std::string, std::shared_ptr<Cluster>, std::less<>> clusters;
   std::map<std::string, std::shared_ptr<RouteTable>, std::less<>> route_tables;
   const Cluster* FindCluster(std::string_view name) const;
@@ -395,8 +426,10 @@ struct ProxyConfig {
 
 class DnsCache;
 
-// Builds the runtime configuration from Envoy resources. Errors name the resource and
-// field ("route config http.8080: virtual host x: route 2: safe_regex: ..."). DNS
+// Builds the runtime configuration from Envoy resources. A listener or cluster it
+// cannot build is left out and named in `refused` with its reason (Envoy's per-resource
+// acceptance); the rest is served. Reasons name the resource and field ("listener x:
+// filter_chains[2]: ..."); an error is returned only for what fails the whole config. DNS
 // clusters' names come from `dns` (nullptr: DnsCache::Default()); one not answered yet
 // leaves its cluster without those endpoints and a warning — recompile when the cache
 // says an answer changed.
