@@ -226,6 +226,13 @@ TEST_CASE("security filters refuse the listener by name, so it fails closed") {
   CHECK(e.use == sc::Use::kRefused);
   CHECK(e.reason_class == "ecds_filter");
   CHECK(e.reason.find("WasmPlugin") != std::string::npos);
+  // ... and so is the listener carrying it, with that reason (not as malformed).
+  auto a = sc::AcceptListener(HttpListenerWith({ecds}));
+  CHECK(a.use == sc::Use::kRefused);
+  CHECK(a.reason_class == "ecds_filter");
+  CHECK(
+      a.reason.starts_with("filter_chains[0].filters[0].typed_config.http_filters[6]: filter "
+                           "\"extensions.istio.io/wasmplugin/default.openid\" comes from ECDS"));
 }
 
 TEST_CASE("an unknown filter refuses its listener, and Envoy's type decides, not the name") {
