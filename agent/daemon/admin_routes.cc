@@ -25,6 +25,12 @@ AdminReply NodeAdminRoutes::Ready() const {
       [&](const kernelsync::KernelSync& ksync) { generation = ksync.applied_generation(); });
   if (generation == 0)
     return AdminReply{503, "text/plain", "not ready: no configuration applied yet\n"};
+  // A refused listener is config the node does not serve: not ready, in every stream.
+  std::string refused = RefusedListeners(p_.client.Status());
+  for (const auto& [view, vst] : p_.streams.Status())
+    refused += RefusedListeners(vst, "namespace view " + view.Id() + ": ");
+  if (!refused.empty())
+    return AdminReply{503, "text/plain", "not ready: xDS refused listeners\n" + refused};
   return AdminReply{200, "text/plain", "ready\n"};
 }
 
@@ -92,6 +98,10 @@ AdminReply NodeAdminRoutes::Metrics() const {
   }
   out += Prometheus("sluice_xds_namespace_connected",
                     "1 while the xDS stream of a namespace (and label set) is up", "gauge", views);
+  std::vector<std::pair<std::string, xds::AdsClientStatus>> streams{{"", st}};
+  for (const auto& [view, vst] : p_.streams.Status())
+    streams.push_back({"view=\"" + view.Id() + "\"", vst});
+  out += XdsAcceptanceMetrics(streams);
   out += Prometheus(
       "sluice_pods", "Pods known to the agent", "gauge",
       {{"{enrolled=\"true\"}", enrolled}, {"{enrolled=\"false\"}", pods.size() - enrolled}});

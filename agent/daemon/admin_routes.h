@@ -1,9 +1,11 @@
 // NodeAdminRoutes: the node agent's admin pages (served by AdminServer, admin.h).
 //
-//   /ready        200 once a configuration reached the kernel, else 503
+//   /ready        200 once a configuration reached the kernel and no stream (the node's
+//                 or a view's) has a refused listener; else 503, naming each refused one
 //   /metrics      Prometheus: config generation, kernel services, features in use and
-//                 connect counters, xDS streams (the node's and each view's), pods, the
-//                 L7 process and every pod proxy's counters
+//                 connect counters, xDS streams (the node's and each view's) with their
+//                 refused and skipped resources and skipped filter types, pods, the L7
+//                 process and every pod proxy's counters
 //   /config_dump  the node's config and the kernel's services; ?namespace=NS[&pod=NAME]:
 //                 what that view's pods run in the L7 process
 //   /pods         the pods the agent knows, enrolled or not, and their L7 listeners

@@ -22,14 +22,6 @@ nlohmann::json ToJson(const M& msg) {
 
 }  // namespace
 
-std::string Prometheus(const std::string& name, const std::string& help, const std::string& type,
-                       const std::vector<std::pair<std::string, uint64_t>>& samples) {
-  std::string out = "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
-  for (const auto& [labels, v] : samples)
-    out += name + labels + " " + std::to_string(v) + "\n";
-  return out;
-}
-
 std::string ProxyMetrics(const std::vector<PodProxyStatus>& pods) {
   std::string out;
   for (const auto& st : proxy::NamedStats(proxy::ProxyStats{})) {

@@ -1,6 +1,7 @@
 // What the admin endpoint's pages are made of, for the node and the gateway alike:
-// Prometheus text exposition (a metric family with its HELP and TYPE lines), the
-// /config_dump JSON of a config snapshot, and the query string of a request.
+// the pod proxies' counters, the /config_dump JSON of a config snapshot, and the query
+// string of a request; Prometheus families and the xDS acceptance text come with
+// xds_status_text.h.
 #pragma once
 
 #include <cstdint>
@@ -11,12 +12,9 @@
 
 #include "pod_proxies.h"
 #include "sluice/config/snapshot.h"
+#include "xds_status_text.h"
 
 namespace sluice::agent {
-
-// One metric family: samples are (labels such as `{pod="x"}` or "", value).
-std::string Prometheus(const std::string& name, const std::string& help, const std::string& type,
-                       const std::vector<std::pair<std::string, uint64_t>>& samples);
 
 // Every proxy counter (proxy::NamedStats) of every pod, one family per counter,
 // labelled by pod: sluice_proxy_requests_total{namespace="default",pod="sleep-1"}.

@@ -89,6 +89,15 @@ AdminReply GatewayRole::Ready() {
     return AdminReply{
         503, "text/plain",
         "not ready: " + (last_error_.empty() ? "no configuration yet" : last_error_) + "\n"};
+  // The proxy runs an older config: the newest did not compile, so its listeners are not
+  // what istiod sent.
+  if (!last_error_.empty())
+    return AdminReply{
+        503, "text/plain",
+        "not ready: the newest config was refused (the previous one runs): " + last_error_ + "\n"};
+  // A listener xDS refused is not served (an earlier version may be): not ready.
+  if (std::string refused = RefusedListeners(client_->Status()); !refused.empty())
+    return AdminReply{503, "text/plain", "not ready: xDS refused listeners\n" + refused};
   return AdminReply{200, "text/plain", "ready\n"};
 }
 
@@ -105,6 +114,7 @@ AdminReply GatewayRole::Metrics() {
                     {{"", store_.Current()->generation}});
   out += Prometheus("sluice_xds_connected", "1 while the xDS stream is up", "gauge",
                     XdsSamples(client_->Status(), ""));
+  out += XdsAcceptanceMetrics({{"", client_->Status()}});
   std::lock_guard lock(mu_);
   if (proxy_) {
     for (const auto& st : proxy::NamedStats(proxy_->stats()))

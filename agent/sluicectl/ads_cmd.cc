@@ -38,9 +38,10 @@ struct AdsDumpOptions {
 // Every type the server was asked for has been ACKed at least once (and EDS/RDS only
 // matter when there is something to subscribe to).
 bool Synced(const xds::AdsClientStatus& st) {
+  // Applied, wholly or with some resources refused by name (those are reported).
   auto acked = [&](std::string_view type) {
     auto it = st.types.find(std::string(type));
-    return it != st.types.end() && it->second.acks > 0;
+    return it != st.types.end() && it->second.applied > 0;
   };
   auto needed = [&](std::string_view type) {
     auto it = st.types.find(std::string(type));
@@ -201,6 +202,13 @@ void RunAdsDump(const AdsDumpOptions& o) {
       std::this_thread::sleep_for(std::chrono::hours(1));  // until ^C
   }
   auto versions = Versions(client.Status());
+  bool refused = false;  // by name, in a NACK: printed, and the exit status says so
+  for (const auto& [type, t] : client.Status().types) {
+    for (const auto& [name, issue] : t.refused) {
+      std::cerr << "refused " << type << " \"" << name << "\": " << issue.reason << "\n";
+      refused = true;
+    }
+  }
   client.Stop();
   auto snap = store.Current();
   if (o.json) {
@@ -208,6 +216,8 @@ void RunAdsDump(const AdsDumpOptions& o) {
   } else {
     PrintTables(*snap, versions);
   }
+  if (refused)
+    throw CLI::RuntimeError(1);
 }
 
 }  // namespace

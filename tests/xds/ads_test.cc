@@ -254,8 +254,9 @@ TEST_CASE("a bad resource is NACKed with its error and the previous config stays
   auto nack = cp.Events(Kind::kNack).at(0);
   CHECK(nack.type_url == sx::kClusterType);
   CHECK(nack.version == "1");  // the version the client still runs
-  CHECK(nack.error == "cluster \"" + kCluster +
-                          "\": lb_policy: CLUSTER_PROVIDED is only valid for an ORIGINAL_DST "
+  // Envoy's CDS text: the refused clusters by name, each with its reason.
+  CHECK(nack.error == "Error adding/updating cluster(s) " + kCluster +
+                          ": lb_policy: CLUSTER_PROVIDED is only valid for an ORIGINAL_DST "
                           "cluster, not EDS");
   std::this_thread::sleep_for(100ms);
   CHECK(store.Current()->generation == before->generation);

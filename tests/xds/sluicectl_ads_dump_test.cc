@@ -89,12 +89,11 @@ TEST_CASE("sluicectl ads-dump reports a NACKed config and fails") {
   REQUIRE(port);
   auto r = Sluicectl("ads-dump --server 127.0.0.1:" + std::to_string(*port) + " --timeout 1");
   INFO(r.out);
+  // The refused cluster is named with its reason; the rest is applied and printed, as
+  // Envoy would run it, and the exit status says something was refused.
   CHECK(r.status == 1);
-  CHECK(r.out.find("no complete config from 127.0.0.1:" + std::to_string(*port)) !=
-        std::string::npos);
-  CHECK(r.out.find("NACK type.googleapis.com/envoy.config.cluster.v3.Cluster: cluster \"" +
-                   kCluster + "\": lb_policy: CLUSTER_PROVIDED is only valid") !=
-        std::string::npos);
+  CHECK(r.out.find("refused type.googleapis.com/envoy.config.cluster.v3.Cluster \"" + kCluster +
+                   "\": lb_policy: CLUSTER_PROVIDED is only valid") != std::string::npos);
   server.Stop();
 }
 

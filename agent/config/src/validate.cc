@@ -254,7 +254,7 @@ FieldResult CheckHcm(const std::string& path, const google::protobuf::Any& any) 
     if (f.name().empty())
       return Field(fp + ".name", "must not be empty");
     if (f.has_config_discovery())
-      return Field(fp + ".config_discovery", "is not supported");
+      continue;  // ECDS: filters.h refuses it, saying why
     if (!f.has_typed_config())
       continue;  // Envoy picks the factory by name
     bool router = Is<envoy::extensions::filters::http::router::v3::Router>(f.typed_config());
@@ -313,7 +313,7 @@ FieldResult CheckFilterChain(const std::string& path,
     std::string fp = fmt::format("{}.filters[{}]", path, j);
     if (f.name().empty())
       return Field(fp + ".name", "must not be empty");
-    if (!f.has_typed_config())
+    if (!f.has_typed_config() && !f.has_config_discovery())  // ECDS: see filters.h
       return Field(fp + ".typed_config", "required");
     if (Is<HttpConnectionManager>(f.typed_config())) {
       if (auto ok = CheckHcm(fp + ".typed_config", f.typed_config()); !ok)
@@ -508,6 +508,13 @@ FieldResult CheckRouteConfigFields(const RouteConfiguration& r, const std::strin
   return {};
 }
 
+// A field check's outcome as an Acceptance: served, or refused as invalid.
+Acceptance Refusal(const FieldResult& r) {
+  if (r)
+    return Acceptance{};
+  return Acceptance{Use::kRefused, r.error().message, std::string(kInvalid), {}};
+}
+
 // `base` (may be null) holds resources already validated: the same object under the
 // same key is not checked again.
 template <class T, class F>
@@ -561,6 +568,36 @@ std::vector<std::string> RdsNames(const Listener& l) {
   return out;
 }
 
+Acceptance AcceptCluster(const Cluster& c) {
+  if (Verdict v = ClassifyCluster(c); v.use == Use::kSkipped)
+    return Acceptance{Use::kSkipped, std::move(v.reason), std::move(v.reason_class), {}};
+  return Refusal(CheckClusterFields(c));
+}
+
+Acceptance AcceptEndpoints(const ClusterLoadAssignment& cla) {
+  if (cla.cluster_name().empty())
+    return Refusal(Field("cluster_name", "must not be empty"));
+  return Refusal(CheckLocalities("", cla, true));
+}
+
+Acceptance AcceptListener(const Listener& l) {
+  ListenerVerdict v = ClassifyListener(l);
+  if (v.use == Use::kSkipped)
+    return Acceptance{Use::kSkipped, std::move(v.reason), std::move(v.reason_class), {}};
+  // A field error first: it names what is malformed, which a filter verdict cannot.
+  if (auto ok = CheckListenerFields(l); !ok)
+    return Refusal(ok);
+  if (v.use == Use::kRefused)
+    return Acceptance{Use::kRefused, std::move(v.reason), std::move(v.reason_class), {}};
+  return Acceptance{Use::kServed, "", "", std::move(v.skipped_filters)};
+}
+
+Acceptance AcceptRoute(const RouteConfiguration& r) {
+  if (r.name().empty())
+    return Refusal(Field("name", "must not be empty"));
+  return Refusal(CheckRouteConfigFields(r, ""));
+}
+
 Result<void> ValidateCluster(const Cluster& c) {
   if (auto ok = CheckClusterFields(c); !ok)
     return Named("cluster", c.name(), ok.error());
@@ -568,25 +605,20 @@ Result<void> ValidateCluster(const Cluster& c) {
 }
 
 Result<void> ValidateEndpoints(const ClusterLoadAssignment& cla) {
-  if (cla.cluster_name().empty())
-    return Named("endpoints", "", Error{"cluster_name: must not be empty"});
-  if (auto ok = CheckLocalities("", cla, true); !ok) {
-    return Named("endpoints", cla.cluster_name(), ok.error());
-  }
+  if (Acceptance a = AcceptEndpoints(cla); a.use == Use::kRefused)
+    return Named("endpoints", cla.cluster_name(), Error{a.reason});
   return {};
 }
 
 Result<void> ValidateListener(const Listener& l) {
-  if (auto ok = CheckListenerFields(l); !ok)
-    return Named("listener", l.name(), ok.error());
+  if (Acceptance a = AcceptListener(l); a.use == Use::kRefused)
+    return Named("listener", l.name(), Error{a.reason});
   return {};
 }
 
 Result<void> ValidateRoute(const RouteConfiguration& r) {
-  if (r.name().empty())
-    return Named("route", "", Error{"name: must not be empty"});
-  if (auto ok = CheckRouteConfigFields(r, ""); !ok)
-    return Named("route", r.name(), ok.error());
+  if (Acceptance a = AcceptRoute(r); a.use == Use::kRefused)
+    return Named("route", r.name(), Error{a.reason});
   return {};
 }
 

@@ -35,24 +35,33 @@ const std::string& NameOf(const RouteConfiguration& r) {
   return r.name();
 }
 
-Result<void> ValidateOne(const Cluster& c) {
-  return config::ValidateCluster(c);
+config::Acceptance AcceptOne(const Cluster& c) {
+  return config::AcceptCluster(c);
 }
-Result<void> ValidateOne(const ClusterLoadAssignment& c) {
-  return config::ValidateEndpoints(c);
+config::Acceptance AcceptOne(const ClusterLoadAssignment& c) {
+  return config::AcceptEndpoints(c);
 }
-Result<void> ValidateOne(const Listener& l) {
-  return config::ValidateListener(l);
+config::Acceptance AcceptOne(const Listener& l) {
+  return config::AcceptListener(l);
 }
-Result<void> ValidateOne(const RouteConfiguration& r) {
-  return config::ValidateRoute(r);
+config::Acceptance AcceptOne(const RouteConfiguration& r) {
+  return config::AcceptRoute(r);
 }
 
-// Decodes and checks every resource of a response on its own; the first problem becomes
-// the NACK's error_detail.
+// One response, resource by resource. What fails the whole response (a resource that
+// does not decode, of another type, or named twice) is an error; otherwise each resource
+// is accepted, skipped or refused on its own, as Envoy's LDS and CDS do.
 template <class T>
-Result<config::ResourceMap<T>> Decode(const DiscoveryResponse& resp) {
-  config::ResourceMap<T> out;
+struct Decoded {
+  config::ResourceMap<T> accepted;
+  std::map<std::string, ResourceIssue> refused, skipped;
+  std::map<std::string, std::vector<std::string>> skipped_filters;  // accepted listeners
+  std::set<std::string> names;  // every resource of the response
+};
+
+template <class T>
+Result<Decoded<T>> Decode(const DiscoveryResponse& resp) {
+  Decoded<T> out;
   for (int i = 0; i < resp.resources_size(); ++i) {
     const google::protobuf::Any* any = &resp.resources(i);
     envoy::service::discovery::v3::Resource wrapper;  // istiod may wrap (name, ttl, ...)
@@ -71,13 +80,73 @@ Result<config::ResourceMap<T>> Decode(const DiscoveryResponse& resp) {
       return Fail(
           fmt::format("resources[{}]: cannot decode as {}", i, T::descriptor()->full_name()));
     }
-    SLUICE_RETURN_IF_ERROR(ValidateOne(*res));
     const std::string name = NameOf(*res);
-    if (!out.emplace(name, std::move(res)).second) {
+    if (!out.names.insert(name).second) {
       return Fail(fmt::format("resources[{}]: \"{}\" appears twice in one response", i, name));
+    }
+    config::Acceptance a = AcceptOne(*res);
+    switch (a.use) {
+      case config::Use::kServed:
+        if (!a.skipped_filters.empty())
+          out.skipped_filters.emplace(name, std::move(a.skipped_filters));
+        out.accepted.emplace(name, std::move(res));
+        break;
+      case config::Use::kSkipped:
+        out.skipped.emplace(name, ResourceIssue{std::move(a.reason), std::move(a.reason_class)});
+        break;
+      case config::Use::kRefused:
+        out.refused.emplace(name, ResourceIssue{std::move(a.reason), std::move(a.reason_class)});
+        break;
     }
   }
   return out;
+}
+
+// SotW for CDS/LDS with per-resource acceptance: the response's accepted resources, and
+// for each refused one the version held before, if any (Envoy keeps the old listener or
+// cluster; a new one stays absent).
+template <class T>
+std::shared_ptr<config::ResourceMap<T>> KeepRefused(Decoded<T>& got,
+                                                    const config::ResourceMap<T>& held) {
+  auto out = std::make_shared<config::ResourceMap<T>>(std::move(got.accepted));
+  for (const auto& [name, _] : got.refused) {
+    if (auto it = held.find(name); it != held.end())
+      out->emplace(name, it->second);
+  }
+  return out;
+}
+
+// Envoy's NACK text for refused resources: LDS "Error adding/updating listener(s) a: why\n
+// b: why\n", CDS (and here EDS, RDS) the names joined by ", ".
+std::string RefusalMessage(std::string_view type, const std::map<std::string, ResourceIssue>& r) {
+  std::string out;
+  if (type == kListenerType) {
+    out = "Error adding/updating listener(s) ";
+    for (const auto& [name, issue] : r)
+      out += fmt::format("{}: {}\n", name, issue.reason);
+    return out;
+  }
+  std::string_view kind = type == kClusterType    ? "cluster(s)"
+                          : type == kEndpointType ? "endpoints"
+                                                  : "route(s)";
+  out = fmt::format("Error adding/updating {} ", kind);
+  bool first = true;
+  for (const auto& [name, issue] : r) {
+    out += fmt::format("{}{}: {}", first ? "" : ", ", name, issue.reason);
+    first = false;
+  }
+  return out;
+}
+
+// "listener" for the listener type URL, and so on, for logs.
+std::string_view ShortType(std::string_view type) {
+  if (type == kClusterType)
+    return "cluster";
+  if (type == kEndpointType)
+    return "endpoints";
+  if (type == kListenerType)
+    return "listener";
+  return "route";
 }
 
 // SotW merge for EDS/RDS: a response carries some of the subscribed resources; the others
@@ -145,6 +214,7 @@ struct AdsClient::State {
   std::map<std::string, TypeStatus> status;
   bool first_message = true;
   bool lds_requested = false;
+  std::set<std::string> warned_filter_types;  // each skipped filter type is logged once
 
   State(config::ConfigStore& s, envoy::config::core::v3::Node n) : store(s), node(std::move(n)) {
     for (auto t : {kClusterType, kEndpointType, kListenerType, kRouteType}) {
@@ -234,14 +304,31 @@ struct AdsClient::State {
     return s;
   }
 
+  // What one response refused and skipped, by name, and the filter types its accepted
+  // listeners skip.
+  struct Issues {
+    std::map<std::string, ResourceIssue> refused, skipped;
+    std::map<std::string, std::vector<std::string>> skipped_filters;
+    std::set<std::string> decided;  // every name the response carried
+  };
+
+  template <class T>
+  static void TakeIssues(Decoded<T>& got, Issues& issues) {
+    issues.refused = std::move(got.refused);
+    issues.skipped = std::move(got.skipped);
+    issues.skipped_filters = std::move(got.skipped_filters);
+    issues.decided = std::move(got.names);
+  }
+
   // Folds a decoded response into a copy of what is held; returns whether the
   // subscription of the dependent type (EDS after CDS, RDS after LDS) changed.
-  Result<bool> Fold(const DiscoveryResponse& resp, Received& next) {
+  Result<bool> Fold(const DiscoveryResponse& resp, Received& next, Issues& issues) {
     const std::string& type = resp.type_url();
     if (type == kClusterType) {
       auto got = Decode<Cluster>(resp);
       SLUICE_RETURN_IF_ERROR(got);
-      next.clusters = std::make_shared<config::ResourceMap<Cluster>>(std::move(*got));
+      next.clusters = KeepRefused(*got, *next.clusters);
+      TakeIssues(*got, issues);
       auto eds = std::make_shared<std::set<std::string>>();
       for (const auto& [_, c] : *next.clusters) {
         if (const auto& svc = config::EdsServiceName(*c); !svc.empty())
@@ -259,14 +346,16 @@ struct AdsClient::State {
       auto got = Decode<ClusterLoadAssignment>(resp);
       SLUICE_RETURN_IF_ERROR(got);
       auto merged = std::make_shared<config::ResourceMap<ClusterLoadAssignment>>(*next.endpoints);
-      MergeNamed(*merged, std::move(*got), *next.eds_names);
+      MergeNamed(*merged, std::move(got->accepted), *next.eds_names);
       next.endpoints = std::move(merged);
+      TakeIssues(*got, issues);
       return false;
     }
     if (type == kListenerType) {
       auto got = Decode<Listener>(resp);
       SLUICE_RETURN_IF_ERROR(got);
-      next.listeners = std::make_shared<config::ResourceMap<Listener>>(std::move(*got));
+      next.listeners = KeepRefused(*got, *next.listeners);
+      TakeIssues(*got, issues);
       auto by_listener = std::make_shared<std::map<std::string, std::vector<std::string>>>();
       auto rds = std::make_shared<std::set<std::string>>();
       for (const auto& [name, l] : *next.listeners) {
@@ -287,11 +376,60 @@ struct AdsClient::State {
       auto got = Decode<RouteConfiguration>(resp);
       SLUICE_RETURN_IF_ERROR(got);
       auto merged = std::make_shared<config::ResourceMap<RouteConfiguration>>(*next.routes);
-      MergeNamed(*merged, std::move(*got), *next.rds_names);
+      MergeNamed(*merged, std::move(got->accepted), *next.rds_names);
       next.routes = std::move(merged);
+      TakeIssues(*got, issues);
       return false;
     }
     return Fail(fmt::format("type {} is not supported", type));
+  }
+
+  // Records what a response refused and skipped in the type's status: for CDS and LDS
+  // (state of the world) the response's lists replace the old ones; EDS and RDS carry
+  // some names, so only those are updated, and names no longer subscribed go. A skipped
+  // resource and a skipped filter type are logged once, when first seen.
+  void Record(const std::string& type, Issues& issues) {
+    TypeStatus& st = status[type];
+    const bool sotw = type == kClusterType || type == kListenerType;
+    auto update = [&](std::map<std::string, ResourceIssue>& held,
+                      std::map<std::string, ResourceIssue>& fresh,
+                      const std::set<std::string>& decided) {
+      if (sotw) {
+        held = std::move(fresh);
+        return;
+      }
+      for (const auto& name : decided)
+        held.erase(name);
+      for (auto& [name, issue] : fresh)
+        held.insert_or_assign(name, std::move(issue));
+      const auto& subscribed = types.find(type)->second.names;
+      std::erase_if(held, [&](const auto& kv) { return !subscribed.contains(kv.first); });
+    };
+    for (const auto& [name, issue] : issues.skipped) {
+      auto old = st.skipped.find(name);
+      if (old == st.skipped.end() || old->second.reason != issue.reason)
+        spdlog::warn("xds: {} \"{}\": {}", ShortType(type), name, issue.reason);
+      ++st.skipped_total[issue.reason_class];
+    }
+    for (const auto& [name, issue] : issues.refused)
+      ++st.refused_total[issue.reason_class];
+    update(st.refused, issues.refused, issues.decided);
+    update(st.skipped, issues.skipped, issues.decided);
+    if (type == kListenerType) {
+      // The filter types skipped by the listeners of this response that were accepted.
+      st.skipped_filters.clear();
+      for (const auto& [listener, filter_types] : issues.skipped_filters) {
+        for (const auto& ft : filter_types) {
+          ++st.skipped_filters[ft];
+          if (warned_filter_types.insert(ft).second) {
+            spdlog::warn(
+                "xds: filter type {} (first in listener \"{}\") has no effect on where "
+                "traffic goes: skipped",
+                ft, listener);
+          }
+        }
+      }
+    }
   }
 
   // Handles one response; returns the requests to send, in order.
@@ -309,7 +447,8 @@ struct AdsClient::State {
 
     auto t0 = std::chrono::steady_clock::now();
     Received next = rx;
-    auto folded = Fold(resp, next);
+    Issues issues;
+    auto folded = Fold(resp, next, issues);
     auto t1 = std::chrono::steady_clock::now();
     Result<config::Diff> applied = folded ? store.Apply(BuildActive(next, *store.Current(), resp))
                                           : std::unexpected(folded.error());
@@ -318,24 +457,27 @@ struct AdsClient::State {
                   resp.version_info(), resp.resources_size(),
                   std::chrono::duration_cast<std::chrono::milliseconds>(t1 - t0).count(),
                   std::chrono::duration_cast<std::chrono::milliseconds>(t2 - t1).count());
-    if (!applied) {
+    auto nack = [&](const std::string& why) {
       // NACK: the version we still run, the nonce we answer, and why.
-      spdlog::warn("xds: NACK {} version {}: {}", resp.type_url(), resp.version_info(),
-                   applied.error().message);
-      DiscoveryRequest nack = Request(resp.type_url());
-      nack.mutable_error_detail()->set_code(3);  // INVALID_ARGUMENT
-      nack.mutable_error_detail()->set_message(applied.error().message);
-      out.push_back(std::move(nack));
-      st.last_nack = applied.error().message;
+      spdlog::warn("xds: NACK {} version {}: {}", resp.type_url(), resp.version_info(), why);
+      DiscoveryRequest req = Request(resp.type_url());
+      req.mutable_error_detail()->set_code(3);  // INVALID_ARGUMENT
+      req.mutable_error_detail()->set_message(why);
+      st.last_nack = why;
       ++st.nacks;
+      return req;
+    };
+    if (!applied) {
+      out.push_back(nack(applied.error().message));
       return out;
     }
+    // Applied: every accepted resource is in force, whether or not some were refused.
     rx = std::move(next);
-    t.acked_version = resp.version_info();
     t.ever_accepted = true;
-    st.acked_version = resp.version_info();
-    st.last_nack.clear();
-    ++st.acks;
+    ++st.applied;
+    const bool partial = !issues.refused.empty();
+    const std::string refusal = partial ? RefusalMessage(resp.type_url(), issues.refused) : "";
+    Record(resp.type_url(), issues);
 
     // As Envoy: a new EDS (RDS) subscription goes out before the CDS (LDS) ACK, so the
     // server can answer both together.
@@ -345,7 +487,17 @@ struct AdsClient::State {
       dep.names = cds ? *rx.eds_names : *rx.rds_names;
       out.push_back(Request(cds ? kEndpointType : kRouteType));
     }
-    out.push_back(Request(resp.type_url()));
+    if (partial) {
+      // Some refused: NACKed with every refused resource named, and the version in force
+      // stays the last fully accepted one (as Envoy's mux), though the rest is applied.
+      out.push_back(nack(refusal));
+    } else {
+      t.acked_version = resp.version_info();
+      st.acked_version = resp.version_info();
+      st.last_nack.clear();
+      ++st.acks;
+      out.push_back(Request(resp.type_url()));
+    }
 
     // LDS once CDS is in and the clusters have warmed (or EDS has answered at least once).
     if (!lds_requested && types.find(kClusterType)->second.ever_accepted) {
@@ -481,11 +633,12 @@ bool AdsClient::RunStream(std::string& error) {
     if (!got_response)
       spdlog::info("xds: connected to {}", opts_.server);
     got_response = true;
-    for (auto& req : state_->OnResponse(resp)) {
+    auto reqs = state_->OnResponse(resp);
+    PublishStatus(true);  // before the ACK/NACK: whoever sees it sees this status
+    for (auto& req : reqs) {
       if (!stream->Write(req))
         break;
     }
-    PublishStatus(true);
   }
   grpc::Status st = stream->Finish();
   error = st.ok() ? "stream closed by server"

@@ -11,14 +11,33 @@
 #include <vector>
 
 #include "sluice/common/result.h"
+#include "sluice/config/filters.h"
 #include "sluice/config/snapshot.h"
 
 namespace sluice::config {
 
 Result<void> ValidateCluster(const envoy::config::cluster::v3::Cluster& c);
 Result<void> ValidateEndpoints(const envoy::config::endpoint::v3::ClusterLoadAssignment& cla);
+// ValidateListener also refuses a listener that carries a filter Sluice must not drop
+// (filters.h); an internal listener passes here and is skipped by AcceptListener.
 Result<void> ValidateListener(const envoy::config::listener::v3::Listener& l);
 Result<void> ValidateRoute(const envoy::config::route::v3::RouteConfiguration& r);
+
+// Per-resource acceptance, as Envoy's: what the xDS client does with one resource of a
+// response. kServed: applied; kSkipped: ACKed but not served (Sluice has no use for it,
+// filters.h says why); kRefused: named in the NACK, while the response's other resources
+// are applied. `reason` is relative to the resource (the field, then the problem), as
+// the ValidateX messages after their "kind \"name\": " prefix.
+struct Acceptance {
+  Use use = Use::kServed;
+  std::string reason;
+  std::string reason_class;                  // filters.h's k* classes; kInvalid for a failed check
+  std::vector<std::string> skipped_filters;  // listeners: filter types skipped, sorted
+};
+Acceptance AcceptCluster(const envoy::config::cluster::v3::Cluster& c);
+Acceptance AcceptEndpoints(const envoy::config::endpoint::v3::ClusterLoadAssignment& cla);
+Acceptance AcceptListener(const envoy::config::listener::v3::Listener& l);
+Acceptance AcceptRoute(const envoy::config::route::v3::RouteConfiguration& r);
 
 // Every resource, plus the references between them: each EDS cluster has its
 // ClusterLoadAssignment, each listener's RDS name has its RouteConfiguration, each

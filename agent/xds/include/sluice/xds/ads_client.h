@@ -13,7 +13,14 @@
 //   answered), giving Envoy's init order CDS -> EDS -> LDS -> RDS. A new EDS (RDS)
 //   subscription goes out before the CDS (LDS) ACK that caused it.
 // - EDS/RDS responses may carry a subset of the subscribed names; the others keep their
-//   last version. A response is applied whole or not at all; types are independent.
+//   last version. Types are independent.
+// - Per-resource acceptance, as Envoy's LDS and CDS: a resource Sluice cannot serve is
+//   refused by name and the response's other resources are applied; the response is then
+//   NACKed (version in force = the last fully accepted one, error_detail naming every
+//   refused resource). A refused resource keeps its earlier version, if any. Resources
+//   Sluice has no use for (an internal listener, a custom cluster type) are skipped:
+//   ACKed, not served, logged once. A response that does not decode, or names a resource
+//   twice, is NACKed whole.
 // - On a broken stream it reconnects with exponential backoff and jitter; the store keeps
 //   the last good snapshot for however long that takes. On reconnect it re-sends the
 //   versions it holds and its current subscriptions.
@@ -53,13 +60,28 @@ struct AdsClientOptions {
   BackoffPolicy backoff;
 };
 
+// Why one resource was refused or skipped; reason_class is one of sluice/config/filters.h's
+// classes (config::kInvalid for a failed check), for metrics.
+struct ResourceIssue {
+  std::string reason;
+  std::string reason_class;
+};
+
 // Per resource type, what the client last accepted and last refused.
 struct TypeStatus {
   std::string acked_version;  // version_info of the last ACKed response
   std::string last_nonce;
   std::string last_nack;  // error_detail of the last NACK sent, empty if none since ACK
   uint64_t acks = 0, nacks = 0;
+  uint64_t applied = 0;   // responses applied, wholly (ACKed) or in part (some refused)
   size_t subscribed = 0;  // explicit names (EDS/RDS); 0 for wildcard types
+  // Resources refused (NACKed by name; an earlier version, if any, stays in force) and
+  // skipped (ACKed, not served), as the latest responses left them.
+  std::map<std::string, ResourceIssue> refused, skipped;
+  // Refusals and skips seen so far, by reason class (counters).
+  std::map<std::string, uint64_t> refused_total, skipped_total;
+  // LDS: filter types skipped, and in how many of the accepted listeners.
+  std::map<std::string, uint64_t> skipped_filters;
 };
 
 struct AdsClientStatus {
