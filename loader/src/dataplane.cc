@@ -16,6 +16,7 @@
 #include "sluice/loader/encoding.h"
 #include "sluice/loader/netns_cookie.h"
 #include "sluice/loader/system.h"
+#include "sluice_pod_inbound.skel.h"
 #include "sluice_pod_tc.skel.h"
 #include "sluice_sock_connect.skel.h"
 #include "sluice_sockops.skel.h"
@@ -77,6 +78,8 @@ std::string_view CounterName(sluice_counter c) {
       return "spliced";
     case SLUICE_CNT_NONTCP_DENIED:
       return "nontcp_denied";
+    case SLUICE_CNT_INBOUND_STEERED:
+      return "inbound_steered";
     case SLUICE_CNT_MAX:
       break;
   }
@@ -166,6 +169,7 @@ struct Dataplane::Impl {
   sluice_sock_connect* connect = nullptr;
   sluice_sockops* sockops = nullptr;
   sluice_pod_tc* podtc = nullptr;
+  sluice_pod_inbound* inbound = nullptr;
   std::vector<bpf_link*> links;
   int rcu_outer = -1;
   int rcu_inner = -1;
@@ -179,6 +183,7 @@ struct Dataplane::Impl {
   TypedMap<sluice_endpoint, uint32_t> known;  // refcount per backend slot
   TypedMap<uint32_t, sluice_pod> pods;
   int pod_stats_fd = -1;
+  int inbound_fd = -1;
   int counters_fd = -1;
   int connlog_fd = -1;
   std::vector<int> owned_fds;  // maps opened from pins (maps_only mode)
@@ -192,6 +197,8 @@ struct Dataplane::Impl {
       bpf_link__destroy(l);  // closes fds; pinned links stay attached
     if (podtc)
       sluice_pod_tc__destroy(podtc);  // tc filters keep their own program references
+    if (inbound)
+      sluice_pod_inbound__destroy(inbound);  // pinned netns links keep theirs
     if (sockops)
       sluice_sockops__destroy(sockops);
     if (connect)
@@ -369,6 +376,14 @@ Result<void> Dataplane::Load() {
   if (int err = sluice_pod_tc__load(impl_->podtc))
     return FailErrno("loading BPF object pod_tc (verifier log above)", err);
 
+  impl_->inbound = sluice_pod_inbound__open_opts(&open_opts);
+  if (!impl_->inbound)
+    return FailErrno("opening BPF object pod_inbound", errno);
+  if (auto r = prepare(impl_->inbound->obj); !r)
+    return r;
+  if (int err = sluice_pod_inbound__load(impl_->inbound))
+    return FailErrno("loading BPF object pod_inbound (verifier log above)", err);
+
   impl_->sockops = sluice_sockops__open_opts(&open_opts);
   if (!impl_->sockops)
     return FailErrno("opening BPF object sockops", errno);
@@ -387,6 +402,7 @@ Result<void> Dataplane::Load() {
   impl_->known = {"sluice_known_endpoints", bpf_map__fd(m.sluice_known_endpoints)};
   impl_->pods = {"sluice_pods", bpf_map__fd(m.sluice_pods)};
   impl_->pod_stats_fd = bpf_map__fd(m.sluice_pod_stats);
+  impl_->inbound_fd = bpf_map__fd(m.sluice_inbound);
   impl_->counters_fd = bpf_map__fd(m.sluice_counters);
   impl_->connlog_fd = bpf_map__fd(m.sluice_connlog);
 
@@ -415,12 +431,12 @@ Result<void> Dataplane::OpenPinnedMaps() {
     impl_->owned_fds.push_back(fd);
     return fd;
   };
-  constexpr int kMaps = 10;
+  constexpr int kMaps = 11;
   int fds[kMaps];
   const char* names[kMaps] = {"sluice_services",       "sluice_backends",        "sluice_maglev",
                               "sluice_endpoint_stats", "sluice_enrolled",        "sluice_counters",
                               "sluice_settings",       "sluice_known_endpoints", "sluice_pods",
-                              "sluice_pod_stats"};
+                              "sluice_pod_stats",      "sluice_inbound"};
   for (int i = 0; i < kMaps; i++) {
     auto fd = open(names[i]);
     SLUICE_RETURN_IF_ERROR(fd);
@@ -437,6 +453,7 @@ Result<void> Dataplane::OpenPinnedMaps() {
   impl_->known = {names[7], fds[7]};
   impl_->pods = {names[8], fds[8]};
   impl_->pod_stats_fd = fds[9];
+  impl_->inbound_fd = fds[10];
   return {};
 }
 
@@ -846,6 +863,91 @@ Result<void> Dataplane::DetachPod(int ifindex) {
   (void)bpf_map_delete_elem(impl_->pod_stats_fd, &key);
   auto r = impl_->pods.Delete(key);
   return r ? Result<void>{} : std::unexpected(r.error());
+}
+
+namespace {
+std::string InboundLinkPin(const std::string& pin_root, uint64_t netns_cookie) {
+  return pin_root + "/links/inbound-" + std::to_string(netns_cookie);
+}
+}  // namespace
+
+Result<void> Dataplane::AttachInbound(int netns_fd, uint64_t netns_cookie) {
+  if (opts_.maps_only)
+    return Fail("attaching the inbound program needs the loaded data plane, not maps only");
+  bpf_program* prog = impl_->inbound->progs.sluice_inbound_lookup;
+  const std::string pin = InboundLinkPin(opts_.pin_root, netns_cookie);
+  std::error_code ec;
+  fs::create_directories(opts_.pin_root + "/links", ec);
+  if (fs::exists(pin, ec)) {
+    // Attached by an earlier agent: keep the link (no moment without the program) and
+    // make it run this load's program.
+    bpf_link* link = bpf_link__open(pin.c_str());
+    if (!link)
+      return FailErrno("opening pinned link " + pin, errno);
+    int err = bpf_link__update_program(link, prog);
+    bpf_link__destroy(link);
+    if (err == 0)
+      return {};
+    spdlog::warn("inbound link {}: {}; attaching anew", pin, std::strerror(-err));
+    (void)unlink(pin.c_str());
+  }
+  bpf_link* link = bpf_program__attach_netns(prog, netns_fd);
+  if (!link)
+    return FailErrno("attaching sluice_inbound_lookup (sk_lookup) to netns cookie " +
+                         std::to_string(netns_cookie),
+                     errno);
+  int err = bpf_link__pin(link, pin.c_str());
+  bpf_link__destroy(link);  // the pin holds it
+  if (err)
+    return FailErrno("pinning " + pin, -err);
+  return {};
+}
+
+Result<void> Dataplane::DetachInbound(uint64_t netns_cookie) {
+  const std::string pin = InboundLinkPin(opts_.pin_root, netns_cookie);
+  bpf_link* link = bpf_link__open(pin.c_str());
+  if (!link) {
+    if (errno == ENOENT)
+      return {};
+    return FailErrno("opening pinned link " + pin, errno);
+  }
+  (void)bpf_link__detach(link);
+  (void)unlink(pin.c_str());
+  bpf_link__destroy(link);
+  return {};
+}
+
+Result<void> Dataplane::SetInbound(const IpAddress& pod, uint16_t port, int listener_fd) {
+  sluice_frontend_key key = FrontendKey(pod, port, Protocol::kTcp);
+  uint64_t value = static_cast<uint64_t>(listener_fd);
+  if (bpf_map_update_elem(impl_->inbound_fd, &key, &value, BPF_ANY) != 0)
+    return FailErrno("map sluice_inbound: update " + pod.ToString() + ":" + std::to_string(port),
+                     errno);
+  return {};
+}
+
+Result<bool> Dataplane::ClearInbound(const IpAddress& pod, uint16_t port) {
+  sluice_frontend_key key = FrontendKey(pod, port, Protocol::kTcp);
+  if (bpf_map_delete_elem(impl_->inbound_fd, &key) == 0)
+    return true;
+  if (errno == ENOENT)
+    return false;
+  return FailErrno("map sluice_inbound: delete", errno);
+}
+
+Result<std::vector<std::pair<std::pair<IpAddress, uint16_t>, uint64_t>>> Dataplane::Inbound()
+    const {
+  std::vector<std::pair<std::pair<IpAddress, uint16_t>, uint64_t>> out;
+  sluice_frontend_key key{}, next{};
+  const void* prev = nullptr;
+  while (bpf_map_get_next_key(impl_->inbound_fd, prev, &next) == 0) {
+    uint64_t cookie = 0;
+    if (bpf_map_lookup_elem(impl_->inbound_fd, &next, &cookie) == 0)
+      out.push_back({{FromKernel(next.ip, next.family), next.port}, cookie});
+    key = next;
+    prev = &key;
+  }
+  return out;
 }
 
 Result<std::map<int, PodStats>> Dataplane::Pods() const {

@@ -217,14 +217,15 @@ const std::map<int, HelperUse> kHelpers = {
     {BPF_FUNC_spin_lock, {"5.1", false}},         {BPF_FUNC_spin_unlock, {"5.1", false}},
     {BPF_FUNC_sk_storage_get, {"5.10", false}},   {BPF_FUNC_get_netns_cookie, {"5.7", false}},
     {BPF_FUNC_ringbuf_reserve, {"5.8", false}},   {BPF_FUNC_ringbuf_submit, {"5.8", false}},
+    {BPF_FUNC_sk_assign, {"5.9", false}},         {BPF_FUNC_sk_release, {"5.9", false}},
     {BPF_FUNC_set_retval, {"5.18", true}},
 };
 
 }  // namespace
 
 TEST_CASE("the compiled objects call only matrix helpers and use no atomic beyond add") {
-  for (const char* name :
-       {"sluice_sock_connect", "sluice_sockops", "sluice_pod_tc", "sluice_netns_probe"}) {
+  for (const char* name : {"sluice_sock_connect", "sluice_sockops", "sluice_pod_tc",
+                           "sluice_pod_inbound", "sluice_netns_probe"}) {
     const std::string path = std::string(SLUICE_BPF_OBJECT_DIR) + "/" + name + ".bpf.o";
     bpf_object* obj = bpf_object__open_file(path.c_str(), nullptr);
     INFO(path);

@@ -57,6 +57,7 @@ enum sluice_counter {
   SLUICE_CNT_ORIG_DST,          /* getsockopt(SO_ORIGINAL_DST) answered for the proxy */
   SLUICE_CNT_SPLICED,           /* socket joined to the sockhash (sk_msg splice) */
   SLUICE_CNT_NONTCP_DENIED,     /* tc: REGISTRY_ONLY pod sent non-TCP to an unknown place */
+  SLUICE_CNT_INBOUND_STEERED,   /* sk_lookup: a connection to a pod port sent to its inbound side */
   SLUICE_CNT_MAX,
 };
 

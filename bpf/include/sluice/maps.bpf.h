@@ -120,6 +120,17 @@ struct {
   __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_pod_stats SEC(".maps");
 
+/* The inbound side of enrolled pods (sk_lookup, pod_inbound.bpf.c): (pod address, port,
+ * TCP) -> the listening socket of the pod's inbound proxy, which serves connections to
+ * that port. A port that is not here reaches the pod's application directly. */
+struct {
+  __uint(type, BPF_MAP_TYPE_SOCKHASH);
+  __uint(max_entries, 65536);
+  __type(key, struct sluice_frontend_key);
+  __type(value, __u64);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_inbound SEC(".maps");
+
 /* Translated connections, while SLUICE_SET_CONNLOG is on (the agent's L4 access log). A
  * full buffer drops records; the connect itself is never affected. */
 struct {

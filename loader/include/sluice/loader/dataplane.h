@@ -126,6 +126,18 @@ class Dataplane {
   [[nodiscard]] Result<void> AttachPod(int ifindex, bool registry_only);
   [[nodiscard]] Result<void> DetachPod(int ifindex);
   [[nodiscard]] Result<std::map<int, PodStats>> Pods() const;  // by ifindex
+  // The inbound side of a pod (pod_inbound.bpf.c): the sk_lookup program attached to the
+  // pod's network namespace (`netns_fd`), through a link pinned per namespace cookie so
+  // it outlives the agent; attaching again keeps the link and runs this load's program.
+  // SetInbound sends TCP connections to (pod address, port) to `listener_fd`, a listening
+  // socket inside that namespace; ports not set reach the application.
+  [[nodiscard]] Result<void> AttachInbound(int netns_fd, uint64_t netns_cookie);
+  [[nodiscard]] Result<void> DetachInbound(uint64_t netns_cookie);
+  [[nodiscard]] Result<void> SetInbound(const IpAddress& pod, uint16_t port, int listener_fd);
+  [[nodiscard]] Result<bool> ClearInbound(const IpAddress& pod, uint16_t port);
+  // (pod address, port) entries in force, with the socket cookie of their listener.
+  [[nodiscard]] Result<std::vector<std::pair<std::pair<IpAddress, uint16_t>, uint64_t>>> Inbound()
+      const;
   [[nodiscard]] Result<void> SetSplice(bool on);
   // The kernel's connection log: while on, every connect the kernel translates leaves a
   // sluice_conn_event in the ring buffer ConnLogFd() (the agent's L4 access log).

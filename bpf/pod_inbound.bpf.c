@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: GPL-2.0
+/* The inbound side of an enrolled pod, without iptables: an sk_lookup program attached to
+ * the pod's network namespace. When a TCP connection arrives for (pod address, port) and
+ * sluice_inbound holds a socket for it — the pod's inbound proxy listener, which the
+ * agent opened inside the pod — the kernel hands the connection to that socket instead of
+ * the application's. The packet is not rewritten: the accepted socket's local address is
+ * still the pod address and port the client dialled, so the proxy reads the original
+ * destination with getsockname (no conntrack, no SO_ORIGINAL_DST).
+ *
+ * Connections from a loopback source are left alone: the proxy's own upstream connection
+ * to the application (bound to 127.0.0.6, istiod's upstream_bind_config) must reach the
+ * application, not the proxy again. So is every port the agent did not register: only
+ * ports whose inbound configuration needs the proxy pay for the hop.
+ */
+#include "vmlinux.h"
+
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "sluice/bpf_abi.h"
+#include "sluice/maps.bpf.h"
+
+#define IPPROTO_TCP_ 6
+#define AF_INET_ 2
+#define AF_INET6_ 10
+
+/* Fills the key from the connection's local (pod) address; false for a loopback source. */
+static __always_inline bool sluice_inbound_key(struct bpf_sk_lookup* ctx,
+                                               struct sluice_frontend_key* key) {
+  key->port = (__u16)ctx->local_port; /* host byte order in this context */
+  key->protocol = IPPROTO_TCP_;
+  if (ctx->family == AF_INET_) {
+    __u32 remote = ctx->remote_ip4;
+    if (((__u8*)&remote)[0] == 127)
+      return false;
+    __u32 local = ctx->local_ip4;
+    __builtin_memcpy(key->ip.v4, &local, 4);
+    key->family = SLUICE_FAMILY_IPV4;
+    return true;
+  }
+  if (ctx->family == AF_INET6_) {
+    __u32 r0 = ctx->remote_ip6[0], r1 = ctx->remote_ip6[1], r2 = ctx->remote_ip6[2],
+          r3 = ctx->remote_ip6[3];
+    if (r0 == 0 && r1 == 0 && r2 == 0 && r3 == bpf_htonl(1))
+      return false;
+    __u32 l[4] = {ctx->local_ip6[0], ctx->local_ip6[1], ctx->local_ip6[2], ctx->local_ip6[3]};
+    __builtin_memcpy(key->ip.v6, l, 16);
+    key->family = SLUICE_FAMILY_IPV6;
+    return true;
+  }
+  return false;
+}
+
+SEC("sk_lookup")
+int sluice_inbound_lookup(struct bpf_sk_lookup* ctx) {
+  if (ctx->protocol != IPPROTO_TCP_)
+    return SK_PASS;
+  struct sluice_frontend_key key = {};
+  if (!sluice_inbound_key(ctx, &key))
+    return SK_PASS;
+  struct bpf_sock* sk = bpf_map_lookup_elem(&sluice_inbound, &key);
+  if (!sk)
+    return SK_PASS;
+  long err = bpf_sk_assign(ctx, sk, 0);
+  bpf_sk_release(sk);
+  if (err == 0)
+    sluice_count(SLUICE_CNT_INBOUND_STEERED);
+  /* A failed assignment (the socket is closing) leaves the normal lookup: the
+   * application gets the connection, as without the inbound side. */
+  return SK_PASS;
+}
+
+char LICENSE[] SEC("license") = "GPL";
