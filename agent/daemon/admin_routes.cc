@@ -133,6 +133,7 @@ AdminReply NodeAdminRoutes::ConfigDump(const std::string& query) const {
   }
   auto s = p_.store.Current();
   nlohmann::json j = DumpResources(*s);
+  j["xds"] = XdsAcceptanceJson(p_.client.Status());
   if (auto node_l7 = p_.l7.Node(); !node_l7.error.empty())
     j["l7_error"] = node_l7.error;
   p_.fanout.ReadKernel([&](const kernelsync::KernelSync& ksync) {

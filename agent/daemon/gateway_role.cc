@@ -105,6 +105,7 @@ AdminReply GatewayRole::ConfigDump() {
   auto j = DumpResources(*store_.Current());
   j["role"] = "gateway";
   j["node"] = g_.ads.node.id();
+  j["xds"] = XdsAcceptanceJson(client_->Status());
   return AdminReply{200, "application/json", j.dump(1) + "\n"};
 }
 

@@ -24,6 +24,21 @@ std::string RefusedListeners(const xds::AdsClientStatus& st, const std::string& 
   return out;
 }
 
+nlohmann::json XdsAcceptanceJson(const xds::AdsClientStatus& st) {
+  nlohmann::json j = {{"refused", nlohmann::json::object()},
+                      {"skipped", nlohmann::json::object()},
+                      {"skipped_filters", nlohmann::json::object()}};
+  for (const auto& [type_url, ts] : st.types) {
+    for (const auto& [name, issue] : ts.refused)
+      j["refused"][type_url][name] = issue.reason;
+    for (const auto& [name, issue] : ts.skipped)
+      j["skipped"][type_url][name] = issue.reason;
+    for (const auto& [filter, n] : ts.skipped_filters)
+      j["skipped_filters"][filter] = n;
+  }
+  return j;
+}
+
 std::string XdsAcceptanceMetrics(
     const std::vector<std::pair<std::string, xds::AdsClientStatus>>& streams) {
   using Samples = std::vector<std::pair<std::string, uint64_t>>;

@@ -8,6 +8,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "sluice/xds/ads_client.h"
 
 namespace sluice::agent {
@@ -28,6 +30,12 @@ std::string RefusedListeners(const xds::AdsClientStatus& st, const std::string& 
 //   sluice_xds_resources_refused_total{type,reason_class} counter
 //   sluice_xds_resources_skipped_total{type,reason_class} counter
 //   sluice_xds_skipped_filters{filter_type}               gauge: listeners skipping it
+// What /config_dump shows of per-resource acceptance: {"refused": {TYPE: {NAME: REASON}},
+// "skipped": {TYPE: {NAME: REASON}}, "skipped_filters": {FILTER_TYPE: LISTENERS}}, TYPE
+// being the resource's type URL. Refused and skipped resources are not in the dump's
+// resource lists (a refused one's earlier version is, if it had one).
+nlohmann::json XdsAcceptanceJson(const xds::AdsClientStatus& st);
+
 std::string XdsAcceptanceMetrics(
     const std::vector<std::pair<std::string, xds::AdsClientStatus>>& streams);
 

@@ -25,6 +25,7 @@
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
+#include "sluice/config/filters.h"
 #include "sluice/envoy/resource_set.h"
 #include "sluice/filterchain/envoy.h"
 #include "sluice/proxy/config.h"
@@ -1150,7 +1151,14 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
   auto cfg = std::make_shared<ProxyConfig>();
   // Envoy's per-resource acceptance: a cluster or listener that cannot be built is left
   // out and named; the others are served.
+  // What Sluice must refuse or may skip is config::Classify*'s one table (filters.h), the
+  // same the xDS client applies before a resource gets here: a file given to sluice-proxy
+  // gets the same answers.
   for (const auto& [name, pc] : rs.clusters) {
+    if (auto v = config::ClassifyCluster(pc); v.use == config::Use::kSkipped) {
+      cfg->warnings.push_back("cluster " + name + ": skipped: " + v.reason);
+      continue;
+    }
     auto c = CompileCluster(pc, rs, &cfg->warnings, dns);
     if (!c) {
       cfg->refused.push_back({"cluster", name, c.error().message});
@@ -1160,10 +1168,23 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
   }
   for (const auto& [name, rc] : rs.routes) {
     auto t = CompileRouteConfig(rc, *cfg);
-    SLUICE_RETURN_IF_ERROR(t);
+    if (!t) {
+      // Listeners naming it answer as before RDS arrives (404 NR).
+      cfg->refused.push_back({"route", name, t.error().message});
+      continue;
+    }
     cfg->route_tables.emplace(name, *t);
   }
   for (const auto& [name, pl] : rs.listeners) {
+    auto v = config::ClassifyListener(pl);
+    if (v.use == config::Use::kSkipped) {
+      cfg->warnings.push_back("listener " + name + ": skipped: " + v.reason);
+      continue;
+    }
+    if (v.use == config::Use::kRefused) {
+      cfg->refused.push_back({"listener", name, v.reason});
+      continue;
+    }
     auto ls = CompileListener(pl, *cfg, rs);
     if (!ls) {
       cfg->refused.push_back({"listener", name, ls.error().message});

@@ -82,6 +82,14 @@ TEST_CASE("a refused listener is named in /ready and counted in /metrics until f
   CHECK(Has(m,
             "sluice_xds_skipped_filters{filter_type=\"type.googleapis.com/"
             "envoy.tcp.metadataexchange.config.MetadataExchange\"} 1"));
+  // /config_dump lists what is not served, and the telemetry filters skipped.
+  auto dump = sluice::agent::XdsAcceptanceJson(st);
+  const std::string lds_url = "type.googleapis.com/envoy.config.listener.v3.Listener";
+  CHECK(dump["refused"][lds_url].contains("guarded"));
+  CHECK(dump["skipped"][lds_url].contains("connect_originate"));
+  CHECK_FALSE(dump["refused"][lds_url].contains("tcp"));
+  CHECK(dump["skipped_filters"]["type.googleapis.com/"
+                                "envoy.tcp.metadataexchange.config.MetadataExchange"] == 1);
   // A view's stream carries its label.
   CHECK(Has(sluice::agent::XdsAcceptanceMetrics({{"view=\"default\"", st}}),
             "sluice_xds_refused_resources{view=\"default\"," + lds +

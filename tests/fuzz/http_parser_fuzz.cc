@@ -10,6 +10,7 @@
 #include <string_view>
 
 #include "sluice/proxy/http_codec.h"
+#include "sluice/proxy/listener_filters.h"
 #include "sluice/proxy/tls_sni.h"
 
 namespace http = sluice::proxy::http;
@@ -85,5 +86,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string_view sni;
   if (sluice::proxy::ParseClientHelloSni(in, &sni) == sluice::proxy::SniStatus::kFound)
     Inside(in, sni);
+  // The listener filters' readers on the same bytes; an ALPN name they return is 1 to
+  // 255 bytes long (RFC 7301), whatever the input claims.
+  sluice::proxy::TlsHello hello;
+  if (sluice::proxy::InspectTls(in, &hello) == sluice::proxy::Inspect::kDone && hello.tls) {
+    for (const auto& p : hello.alpn)
+      if (p.empty() || p.size() > 255)
+        std::abort();
+  }
+  std::string protocol;
+  (void)sluice::proxy::InspectHttp(in, &protocol);
   return 0;
 }
