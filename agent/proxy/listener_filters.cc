@@ -4,6 +4,7 @@
 // nearly every client sends it.
 #include "sluice/proxy/listener_filters.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 
