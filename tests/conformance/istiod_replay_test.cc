@@ -7,9 +7,10 @@
 // its README): only what istiod sent is replayed — a dump's dynamic resources; its
 // static ones came from the bootstrap. The server is a stand-in for istiod (which does
 // not run here) that follows its state-of-the-world ADS: CDS and LDS answer with every
-// resource, EDS and RDS with the names asked for, an ACK or NACK is not answered, and an
-// EDS name without endpoints in the dump gets an empty ClusterLoadAssignment, as istiod
-// sends for a service without endpoints.
+// resource, EDS and RDS with the names asked for, an ACK or NACK is not answered. A name
+// the dump lacks (the 1.18 capture holds listeners only) is answered as istiod answers
+// every name it is asked for: an empty ClusterLoadAssignment (a service without
+// endpoints), an empty RouteConfiguration of that name (no virtual host: 404 NR).
 #include <grpcpp/grpcpp.h>
 
 #include <catch2/catch.hpp>
@@ -100,8 +101,10 @@ class IstiodStandIn final
         }
       } else if (type == sx::kRouteType) {
         for (const auto& n : names) {
-          if (auto r = rs_.routes.find(n); r != rs_.routes.end())
-            resp.add_resources()->PackFrom(r->second);
+          auto r = rs_.routes.find(n);
+          envoy::config::route::v3::RouteConfiguration empty;
+          empty.set_name(n);
+          resp.add_resources()->PackFrom(r != rs_.routes.end() ? r->second : empty);
         }
       }
       if (!stream->Write(resp))
