@@ -1168,11 +1168,7 @@ Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, D
   }
   for (const auto& [name, rc] : rs.routes) {
     auto t = CompileRouteConfig(rc, *cfg);
-    if (!t) {
-      // Listeners naming it answer as before RDS arrives (404 NR).
-      cfg->refused.push_back({"route", name, t.error().message});
-      continue;
-    }
+    SLUICE_RETURN_IF_ERROR(t);
     cfg->route_tables.emplace(name, *t);
   }
   for (const auto& [name, pl] : rs.listeners) {

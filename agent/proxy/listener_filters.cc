@@ -114,7 +114,9 @@ Inspect InspectTls(std::string_view buf, TlsHello* out) {
         Reader list = body.Sub(body.Take(2));
         while (list.ok && list.n > 0) {
           Reader proto = list.Sub(list.Take(1));
-          if (list.ok)
+          // An empty name is not a protocol (RFC 7301 forbids it) and matches no
+          // application_protocols entry: left out.
+          if (list.ok && proto.n > 0)
             hello.alpn.emplace_back(proto.View());
         }
         if (!list.ok)

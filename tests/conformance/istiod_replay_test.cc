@@ -253,7 +253,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "an Istio 1.10 sidecar: every cluster and route accepted; listeners served but "
+    "an Istio 1.10 sidecar: every cluster and route accepted, every listener served but "
     "virtualInbound, whose legacy authn filter is not even decodable") {
   Replay r("sidecar-1.10-details.json");
   // The 1.10 virtualInbound carries istio.authentication.v1alpha1 (no proto here): the
