@@ -82,15 +82,7 @@ std::string Run(const std::string& cmd) {
 class CorsApp {
  public:
   CorsApp() {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    listen(fd_, 16);
-    socklen_t len = sizeof(a);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
-    port_ = ntohs(a.sin_port);
+    fd_ = ListenLoopback(16, &port_);
     thread_ = std::thread([this] {
       while (!stop_) {
         int c = accept(fd_, nullptr, nullptr);

@@ -25,9 +25,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "sluice/envoy/resource_set.h"
 #include "sluice/proxy/http_codec.h"
 #include "sluice/proxy/proxy.h"
-#include "sluice/envoy/resource_set.h"
 
 namespace sluice::testing {
 
@@ -299,6 +299,23 @@ struct RunningProxy {
       proxy->Stop();
   }
 };
+
+// A listening TCP socket on 127.0.0.1 at a free port (written to *port): the test
+// servers' shared opening.
+inline int ListenLoopback(int backlog, uint16_t* port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  listen(fd, backlog);
+  socklen_t len = sizeof(a);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  *port = ntohs(a.sin_port);
+  return fd;
+}
 
 // A loopback port nothing listens on (bound, read, released).
 inline uint16_t FreeLoopbackPort() {

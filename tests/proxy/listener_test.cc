@@ -90,17 +90,7 @@ class LineServer {
  public:
   explicit LineServer(std::string name, std::string banner = "")
       : name_(std::move(name)), banner_(std::move(banner)) {
-    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-    listen(fd_, 64);
-    socklen_t l = sizeof(a);
-    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &l);
-    port_ = ntohs(a.sin_port);
+    fd_ = ListenLoopback(64, &port_);
     thread_ = std::thread([this] { Run(); });
   }
   ~LineServer() {
