@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "sluice/inspect/admin_client.h"
+#include "sluicectl_run.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -76,31 +77,8 @@ class Child {
   pid_t pid_ = -1;
 };
 
-struct Run {
-  int rc = -1;
-  std::string out;
-};
-
-Run Sluicectl(const std::vector<std::string>& args) {
-  TempDir io;
-  pid_t pid = fork();
-  if (pid == 0) {
-    int fd = open((io.path() / "out").c_str(), O_WRONLY | O_CREAT, 0600);
-    dup2(fd, 1);
-    std::vector<char*> argv{const_cast<char*>(SLUICECTL_PATH)};
-    for (const auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(SLUICECTL_PATH, argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  std::ifstream in(io.path() / "out");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ss.str()};
-}
+using sluice::testing::Run;
+using sluice::testing::Sluicectl;
 
 std::string ReadAll(const fs::path& p) {
   std::ifstream in(p);

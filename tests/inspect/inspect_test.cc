@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "sluice/inspect/table.h"
+#include "sluicectl_run.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -33,10 +34,8 @@ namespace {
 
 const fs::path kExamples = SLUICE_EXAMPLES;
 
-struct Run {
-  int rc = -1;
-  std::string out, err;
-};
+using sluice::testing::Run;
+using sluice::testing::Sluicectl;
 
 std::string ReadFile(const fs::path& p) {
   std::ifstream in(p);
@@ -61,34 +60,6 @@ class TempDir {
  private:
   fs::path path_;
 };
-
-// Runs the built sluicectl with `args` (no shell), stdin from `input`.
-Run Sluicectl(const std::vector<std::string>& args, const std::string& input = "") {
-  TempDir io;
-  const fs::path in = io.path() / "in", out = io.path() / "out", err = io.path() / "err";
-  std::ofstream(in) << input;
-  pid_t pid = fork();
-  if (pid == 0) {
-    int fi = open(in.c_str(), O_RDONLY), fo = open(out.c_str(), O_WRONLY | O_CREAT, 0600),
-        fe = open(err.c_str(), O_WRONLY | O_CREAT, 0600);
-    dup2(fi, 0);
-    dup2(fo, 1);
-    dup2(fe, 2);
-    std::vector<char*> argv{const_cast<char*>(SLUICECTL_PATH)};
-    for (const auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(SLUICECTL_PATH, argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  Run r;
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = ReadFile(out);
-  r.err = ReadFile(err);
-  return r;
-}
 
 // A config directory made of example files, as `sluicectl local apply -f` would leave it.
 void CopyExamples(const fs::path& dir, const std::vector<std::string>& parts) {
@@ -553,7 +524,7 @@ TEST_CASE(
     REQUIRE(r.rc == 0);
     CHECK(Fields(Lines(r.out).at(1)).back() == "helloworld-trafficpolicy.default");
     CHECK(node.paths() ==
-        std::vector<std::string>{"/config_dump?namespace=default&pod=sleep-6d68f9c8d-q2x4z"});
+          std::vector<std::string>{"/config_dump?namespace=default&pod=sleep-6d68f9c8d-q2x4z"});
 
     Run g = Sluicectl({"proxy-config", "route", "istio-ingressgateway-5f8c7-abcde.istio-system",
                        "--state-file", sf});

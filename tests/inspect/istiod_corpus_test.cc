@@ -26,6 +26,7 @@
 #include "sluice/envoy/descriptor_pool.h"
 #include "sluice/proxy/config.h"
 #include "sluice/proxy/config_json.h"
+#include "sluicectl_run.h"
 
 namespace fs = std::filesystem;
 
@@ -40,38 +41,8 @@ std::string ReadFile(const fs::path& p) {
   return ss.str();
 }
 
-struct Run {
-  int rc = -1;
-  std::string out, err;
-};
-
-// The built sluicectl as a process (no shell); stdout and stderr through files.
-Run Sluicectl(const std::vector<std::string>& args) {
-  char tmpl[] = "/tmp/sluice-corpus-XXXXXX";
-  const fs::path dir = mkdtemp(tmpl);
-  const fs::path out = dir / "out", err = dir / "err";
-  pid_t pid = fork();
-  if (pid == 0) {
-    int fo = open(out.c_str(), O_WRONLY | O_CREAT, 0600),
-        fe = open(err.c_str(), O_WRONLY | O_CREAT, 0600);
-    dup2(fo, 1);
-    dup2(fe, 2);
-    std::vector<char*> argv{const_cast<char*>(SLUICECTL_PATH)};
-    for (const auto& a : args)
-      argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(SLUICECTL_PATH, argv.data());
-    _exit(127);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  Run r;
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = ReadFile(out);
-  r.err = ReadFile(err);
-  fs::remove_all(dir);
-  return r;
-}
+using sluice::testing::Run;
+using sluice::testing::Sluicectl;
 
 using Rows = std::vector<std::vector<std::string>>;
 

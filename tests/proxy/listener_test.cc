@@ -470,7 +470,7 @@ TEST_CASE(
 
 // ------------------------------------------------------------------ per-resource compile
 
-TEST_CASE("Compile refuses one listener or cluster by name and serves the rest",
+TEST_CASE("Compile refuses a broken cluster by name, skips an internal listener, serves the rest",
           "[listener][config]") {
   Json internal = {{"name", "connect_originate"},
                    {"internal_listener", Json::object()},
