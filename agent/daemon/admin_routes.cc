@@ -167,11 +167,16 @@ AdminReply NodeAdminRoutes::Pods() const {
       nlohmann::json addrs = {"127.0.0.1:" + std::to_string(p_.proxy_port)};
       if (it->second.ipv6)
         addrs.push_back("[::1]:" + std::to_string(p_.proxy_port));
+      // The ports the kernel steers to the pod's inbound listener, and why each needs it.
+      nlohmann::json inbound = nlohmann::json::array();
+      for (const auto& in : it->second.inbound)
+        inbound.push_back({{"port", in.port}, {"reason", in.reason}});
       o["l7"] = {{"listening", it->second.listening},
                  {"address", addrs[0]},
                  {"addresses", addrs},
                  {"config", it->second.config},
-                 {"requests", it->second.requests}};
+                 {"requests", it->second.requests},
+                 {"inbound", std::move(inbound)}};
     }
     j.push_back(std::move(o));
   }

@@ -56,11 +56,15 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   // wakes it at once rather than at its next 200 ms tick.
   PodPoller poller;
   // The pods' L7 proxies run in a supervised process of their own (l7_supervisor.h).
+  // Each pod's inbound side: the ports its proxy serves there, steered by the kernel.
+  DataplaneSteering steering(**dp);
   L7Supervisor l7(
       {.argv = {"/proc/self/exe", "--role", "l7", "--proxy-port", std::to_string(nao.proxy_port),
-                "--access-log", f.access_log, "--log-level", f.log_level, "--l7-upstream-mark",
-                std::to_string(bypass_mark)},
+                "--inbound-port", std::to_string(nao.inbound_port), "--access-log", f.access_log,
+                "--log-level", f.log_level, "--l7-upstream-mark", std::to_string(bypass_mark)},
        .port = nao.proxy_port,
+       .inbound_port = nao.inbound_port,
+       .inbound = nao.inbound_port != 0 ? &steering : nullptr,
        .on_pods_changed = [&poller] { poller.Wake(); }});
   if (nao.proxy_port != 0) {
     if (auto r = l7.Start(); !r) {
@@ -191,6 +195,7 @@ int RunAgent(AgentFlags f, sigset_t sigs) {
       return 2;
     }
     f.l7.port = f.node.proxy_port;
+    f.l7.inbound_port = f.node.inbound_port;
     f.l7.access_log_path = f.access_log == "-" ? "" : f.access_log;
     return RunL7Host(f.l7);
   }

@@ -49,6 +49,11 @@ void AddFlags(CLI::App& app, AgentFlags& f) {
                  "in-pod capture listener (127.0.0.1) for L7 services (0: no L7 proxy; the "
                  "kernel then refuses L7 services rather than bypass their policy)")
       ->capture_default_str();
+  app.add_option("--inbound-port", f.node.inbound_port,
+                 "in-pod inbound listener (127.0.0.1): the kernel steers to it the pod ports "
+                 "whose inbound config needs the proxy, e.g. a Sidecar ingress defaultEndpoint "
+                 "(0: no inbound side; those ports then reach the application directly)")
+      ->capture_default_str();
   app.add_option("--access-log", f.access_log, "L7 access log file ('-': stdout)")
       ->capture_default_str();
   app.add_flag("!--no-kernel-access-log", f.kernel_access_log,

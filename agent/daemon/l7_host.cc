@@ -28,8 +28,14 @@ class Host {
   explicit Host(const L7HostOptions& o)
       : opts_(o),
         pods_({.port = o.port,
+               .inbound_port = o.inbound_port,
                .access_log_path = o.access_log_path,
-               .upstream_mark = o.upstream_mark}),
+               .upstream_mark = o.upstream_mark,
+               .on_inbound =
+                   [this](const enrolment::PodKey& key, const std::string& netns,
+                          const std::vector<InboundPort>& ports) {
+                     SendInbound(key, netns, ports);
+                   }}),
         dns_([this] { RecompileAll(); }) {}
 
   int Run() {
@@ -97,11 +103,18 @@ class Host {
         const nlohmann::json given = m.meta.value("labels", nlohmann::json::object());
         for (const auto& [k, v] : given.items())
           labels[k] = v.get<std::string>();
-        CaptureSockets socks;
-        if (!m.fds.empty())
-          socks.v4 = std::move(m.fds[0]);
-        if (m.fds.size() > 1)
-          socks.v6 = std::move(m.fds[1]);
+        PodSockets socks;
+        const auto names = m.meta.value("sockets", std::vector<std::string>{});
+        for (std::size_t i = 0; i < names.size() && i < m.fds.size(); ++i) {
+          if (names[i] == "capture_v4")
+            socks.capture_v4 = std::move(m.fds[i]);
+          else if (names[i] == "capture_v6")
+            socks.capture_v6 = std::move(m.fds[i]);
+          else if (names[i] == "inbound_v4")
+            socks.inbound_v4 = std::move(m.fds[i]);
+          else if (names[i] == "inbound_v6")
+            socks.inbound_v6 = std::move(m.fds[i]);
+        }
         const auto ips = m.meta.value("ips", std::vector<std::string>{});
         if (auto r = pods_.Open(key, m.meta.value("netns", ""), labels, ips, std::move(socks)); !r)
           spdlog::error("L7: {}", r.error().message);
@@ -179,9 +192,28 @@ class Host {
                       {"config", p.config},
                       {"view", p.view},
                       {"ipv6", p.ipv6},
+                      {"inbound", InboundJson(p.inbound)},
                       {"stats", std::move(stats)}});
     }
     SendToAgent(Message{Type::kStatus, {{"seq", seq}, {"pods", std::move(pods)}}, {}, {}});
+  }
+
+  static nlohmann::json InboundJson(const std::vector<InboundPort>& ports) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& p : ports)
+      out.push_back({{"port", p.port}, {"reason", p.reason}});
+    return out;
+  }
+
+  void SendInbound(const enrolment::PodKey& key, const std::string& netns,
+                   const std::vector<InboundPort>& ports) {
+    SendToAgent(Message{Type::kInbound,
+                        {{"namespace", key.pod_namespace},
+                         {"name", key.name},
+                         {"netns", netns},
+                         {"ports", InboundJson(ports)}},
+                        {},
+                        {}});
   }
 
   // A heartbeat: the agent restarts a process that stays silent.

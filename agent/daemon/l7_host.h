@@ -7,9 +7,10 @@
 // and every L4 service in the kernel carry on (see docs/node-agent.md).
 //
 // It takes configs (the Envoy resources of the node and of each view), pods (their
-// namespace, labels and capture sockets) and drain orders from the wire (l7_wire.h),
-// compiles and serves them with PodProxies, and reports each config's outcome and,
-// every second or when asked, the pods' status. It ends when the agent does: at the
+// namespace, labels and listening sockets) and drain orders from the wire (l7_wire.h),
+// compiles and serves them with PodProxies, and reports each config's outcome, the
+// ports each pod's inbound side serves (for the agent to steer), and, every second or
+// when asked, the pods' status. It ends when the agent does: at the
 // end of its stream, and by PR_SET_PDEATHSIG if the agent is killed.
 #pragma once
 
@@ -21,9 +22,10 @@
 namespace sluice::agent {
 
 struct L7HostOptions {
-  int sock = -1;                // the agent's end is the other
-  uint16_t port = 15001;        // the capture listeners' port
-  std::string access_log_path;  // "" or "-": stdout
+  int sock = -1;                  // the agent's end is the other
+  uint16_t port = 15001;          // the capture listeners' port
+  uint16_t inbound_port = 15006;  // the inbound listeners' port (0: no inbound side)
+  std::string access_log_path;    // "" or "-": stdout
   uint32_t upstream_mark = 0;
   pid_t agent_pid = 0;  // the agent that started it (it exits at once if that one is gone)
 };

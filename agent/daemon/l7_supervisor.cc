@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <set>
 
 namespace sluice::agent {
 namespace {
@@ -215,10 +216,19 @@ l7wire::Message L7Supervisor::PodMessage(const enrolment::PodKey& key, const Pod
             {"netns", pod.netns},
             {"labels", std::move(labels)},
             {"ips", pod.ips}};
-  for (const netns::UniqueFd* s : {&pod.sockets.v4, &pod.sockets.v6}) {
-    if (*s)
+  std::vector<std::string> names;
+  const std::pair<const char*, const netns::UniqueFd*> sockets[] = {
+      {"capture_v4", &pod.sockets.capture_v4},
+      {"capture_v6", &pod.sockets.capture_v6},
+      {"inbound_v4", &pod.sockets.inbound_v4},
+      {"inbound_v6", &pod.sockets.inbound_v6}};
+  for (const auto& [name, s] : sockets) {
+    if (*s) {
       m.fds.emplace_back(fcntl(s->get(), F_DUPFD_CLOEXEC, 0));
+      names.emplace_back(name);
+    }
   }
+  m.meta["sockets"] = std::move(names);
   return m;
 }
 
@@ -258,8 +268,36 @@ void L7Supervisor::SetViewConfig(const std::string& view, config::SnapshotPtr s)
   Enqueue(std::move(m));
 }
 
+void L7Supervisor::SteerLocked(const enrolment::PodKey& key, Pod& pod,
+                               std::vector<InboundPort> ports) {
+  if (!opts_.inbound || ports == pod.inbound)
+    return;
+  std::set<uint16_t> set;
+  for (const auto& p : ports)
+    set.insert(p.port);
+  const int v4 = pod.sockets.inbound_v4 ? pod.sockets.inbound_v4.get() : -1;
+  const int v6 = pod.sockets.inbound_v6 ? pod.sockets.inbound_v6.get() : -1;
+  if (auto r = opts_.inbound->Steer(pod.netns, pod.ips, set, v4, v6); !r) {
+    // The ports stay with the application: the pod works as without an inbound side.
+    spdlog::error("pod {}/{}: {}", key.pod_namespace, key.name, r.error().message);
+    ports.clear();
+    (void)opts_.inbound->Steer(pod.netns, pod.ips, {}, -1, -1);
+  }
+  pod.inbound = std::move(ports);
+}
+
 void L7Supervisor::OnMessage(l7wire::Message m) {
   std::lock_guard lock(mu_);
+  if (m.type == l7wire::Type::kInbound) {
+    auto it = pods_.find({m.meta.value("namespace", ""), m.meta.value("name", "")});
+    if (it == pods_.end() || it->second.netns != m.meta.value("netns", ""))
+      return;  // closed meanwhile, or an earlier sandbox's
+    std::vector<InboundPort> ports;
+    for (const auto& p : m.meta.value("ports", nlohmann::json::array()))
+      ports.push_back({p.value("port", uint16_t{0}), p.value("reason", "")});
+    SteerLocked(it->first, it->second, std::move(ports));
+    return;
+  }
   if (m.type == l7wire::Type::kApplied) {
     const std::string view = m.meta.value("view", "");
     ConfigSlot* slot = &node_;
@@ -296,6 +334,8 @@ void L7Supervisor::OnMessage(l7wire::Message m) {
       s.config = p.value("config", "");
       s.view = p.value("view", "");
       s.ipv6 = p.value("ipv6", false);
+      for (const auto& in : p.value("inbound", nlohmann::json::array()))
+        s.inbound.push_back({in.value("port", uint16_t{0}), in.value("reason", "")});
       const nlohmann::json stats = p.value("stats", nlohmann::json::object());
       for (const auto& [n, v] : stats.items())
         s.stats.emplace_back(n, v.get<uint64_t>());
@@ -328,14 +368,19 @@ Result<void> L7Supervisor::Open(const enrolment::PodKey& key, const std::string&
   }
   if (!relabelled) {
     // Before the pod is enrolled: from then on, redirected connections wait here.
-    auto sockets = OpenCaptureSockets(netns, opts_.port);
+    auto sockets = OpenPodSockets(netns, opts_.port, opts_.inbound ? opts_.inbound_port : 0);
     SLUICE_RETURN_IF_ERROR_CTX(sockets, "pod " + key.pod_namespace + "/" + key.name + ": L7");
     std::lock_guard lock(mu_);
     Pod& pod = pods_[key];  // a new sandbox of the same pod replaces the old one's sockets
-    pod = Pod{netns, labels, ips, std::move(*sockets)};
+    if (pod.netns != netns && !pod.inbound.empty())
+      SteerLocked(key, pod, {});
+    pod = Pod{netns, labels, ips, std::move(*sockets), {}};
     Enqueue(PodMessage(key, pod));
-    spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{}", key.pod_namespace, key.name,
-                 opts_.port, pod.sockets.v6 ? fmt::format(" and [::1]:{}", opts_.port) : "");
+    spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{}{}", key.pod_namespace, key.name,
+                 opts_.port, pod.sockets.capture_v6 ? fmt::format(" and [::1]:{}", opts_.port) : "",
+                 pod.sockets.inbound_v4
+                     ? fmt::format(", inbound listener on 127.0.0.1:{}", opts_.inbound_port)
+                     : "");
   }
   if (opts_.on_pods_changed)
     opts_.on_pods_changed();
@@ -345,8 +390,11 @@ Result<void> L7Supervisor::Open(const enrolment::PodKey& key, const std::string&
 void L7Supervisor::Close(const enrolment::PodKey& key) {
   {
     std::lock_guard lock(mu_);
-    if (pods_.erase(key) == 0)
+    auto it = pods_.find(key);
+    if (it == pods_.end())
       return;
+    SteerLocked(key, it->second, {});
+    pods_.erase(it);
     status_.erase(key);
     l7wire::Message m;
     m.type = l7wire::Type::kPodClose;
@@ -372,6 +420,8 @@ void L7Supervisor::DrainAll(std::chrono::milliseconds grace) {
     spdlog::warn("L7 process {} still running after the drain: killing it", pid_);
     kill(pid_, SIGKILL);
   }
+  for (auto& [key, pod] : pods_)
+    SteerLocked(key, pod, {});
   pods_.clear();  // the capture sockets close
 }
 
@@ -399,6 +449,7 @@ std::vector<PodProxyStatus> L7Supervisor::List() const {
     s.key = key;
     s.netns = pod.netns;
     s.view = View{key.pod_namespace, pod.labels}.Id();
+    s.inbound = pod.inbound;  // what the kernel steers
     out.push_back(std::move(s));
   }
   return out;

@@ -4,17 +4,20 @@
 // not take the node agent with it. So they run in a process of their own, which this
 // class starts, feeds and restarts:
 //
-// - It owns the pods' capture sockets (opened in each pod's namespace when the pod is
-//   enrolled) and hands the L7 process a copy of each. While the process restarts, the
-//   kernel keeps redirecting to those sockets and connections wait in their backlog,
-//   so a restart costs the pods time, not refused connections.
+// - It owns the pods' listening sockets (capture and inbound, opened in each pod's
+//   namespace when the pod is enrolled) and hands the L7 process a copy of each. While
+//   the process restarts, the kernel keeps redirecting and steering to those sockets
+//   and connections wait in their backlog, so a restart costs the pods time, not
+//   refused connections.
+// - It steers to a pod's inbound socket exactly the ports the L7 process says the pod's
+//   proxy serves there (InboundSteering), once the config that serves them is in force.
 // - It keeps the last config of the node and of each view, and every pod, and replays
 //   them to each new process; config updates supersede queued ones, so a slow or
 //   stopped process never makes the agent's xDS threads wait.
 // - It restarts the process at once when it exits (with a short backoff when it keeps
 //   dying) and kills it when it stays silent past the heartbeat timeout (a wedge).
 //
-// The kernel's state is the agent's alone and is never touched on the way.
+// The kernel's state is the agent's alone: the L7 process never touches it.
 #pragma once
 
 #include <sys/types.h>
@@ -30,6 +33,7 @@
 #include <thread>
 #include <vector>
 
+#include "inbound_steering.h"
 #include "l7_wire.h"
 #include "pod_l7.h"
 #include "pod_proxies.h"
@@ -42,7 +46,11 @@ struct L7SupervisorOptions {
   // The L7 process's command line; the supervisor adds --l7-socket-fd and
   // --l7-agent-pid (normally: this executable, --role l7 and the L7 options).
   std::vector<std::string> argv;
-  uint16_t port = 15001;  // the capture listeners'
+  uint16_t port = 15001;          // the capture listeners'
+  uint16_t inbound_port = 15006;  // the inbound listeners' (0: no inbound side)
+  // Where a pod's inbound ports are steered (nullptr: nowhere; the inbound listeners
+  // then receive nothing).
+  InboundSteering* inbound = nullptr;
   // Called (outside any lock) after a pod opened, closed or changed labels.
   std::function<void()> on_pods_changed;
   // A process that sends nothing for this long (it reports every second) is killed.
@@ -72,7 +80,7 @@ class L7Supervisor : public PodL7 {
   void SetNodeConfig(config::SnapshotPtr s);
   void SetViewConfig(const std::string& view, config::SnapshotPtr s);
 
-  // Opens the pod's capture sockets (so the pod can be enrolled at once) and hands the
+  // Opens the pod's listening sockets (so the pod can be enrolled at once) and hands the
   // pod over; called again with other labels, moves it to that view.
   Result<void> Open(const enrolment::PodKey& key, const std::string& netns,
                     const enrolment::Labels& labels, const std::vector<std::string>& ips) override;
@@ -94,8 +102,10 @@ class L7Supervisor : public PodL7 {
     std::string netns;
     enrolment::Labels labels;
     std::vector<std::string> ips;
-    CaptureSockets sockets;
+    PodSockets sockets;
+    std::vector<InboundPort> inbound;  // steered to its inbound sockets
   };
+  void SteerLocked(const enrolment::PodKey& key, Pod& pod, std::vector<InboundPort> ports);
   struct ConfigSlot {
     L7ConfigState state;
     std::map<uint64_t, config::SnapshotPtr> in_flight;  // sent, not yet answered

@@ -29,6 +29,9 @@ struct NodeAgentOptions {
   // Port of the in-pod outbound listener (0: no L7 proxy attached; L7 services are then
   // refused by the kernel rather than bypassing their policy).
   uint16_t proxy_port = 0;
+  // Port of the in-pod inbound listener (127.0.0.1), where the kernel steers the ports
+  // whose inbound config needs the pod's proxy (0: no inbound side).
+  uint16_t inbound_port = 15006;
 };
 
 struct PodStatus {

@@ -1,6 +1,8 @@
 #include "pod_proxies.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <spdlog/spdlog.h>
 
@@ -12,32 +14,123 @@
 
 namespace sluice::agent {
 
-Result<CaptureSockets> OpenCaptureSockets(const std::string& netns, uint16_t port) {
+namespace {
+
+Result<void> NonBlocking(netns::UniqueFd& fd, const std::string& what) {
+  int flags = fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0)
+    return FailErrno(what + ": O_NONBLOCK", errno);
+  return {};
+}
+
+// The pod's inbound listener: the first one that restores the original destination
+// without handing connections over (istiod's virtualInbound).
+const proxy::ListenerConfig* InboundListener(const proxy::ProxyConfig& cfg) {
+  for (const auto& l : cfg.listeners) {
+    if (l.restore_original_dst && !l.use_original_dst)
+      return &l;
+  }
+  return nullptr;
+}
+
+// Why a cluster does not deliver a connection for `port` unchanged to the application
+// ("" when it does: ORIGINAL_DST, or only loopback endpoints on that port).
+std::string Changes(const std::string& name, const proxy::Cluster* c, uint16_t port) {
+  if (!c)
+    return "cluster " + name + " unknown (connections closed)";
+  if (c->original_dst)
+    return "";
+  if (c->endpoints.empty())
+    return "cluster " + name + " has no endpoints (connections closed)";
+  for (const auto& ep : c->endpoints) {
+    uint16_t p = 0;
+    bool loopback = false;
+    if (ep->addr.ss_family == AF_INET) {
+      const auto& a = reinterpret_cast<const sockaddr_in&>(ep->addr);
+      p = ntohs(a.sin_port);
+      loopback = (ntohl(a.sin_addr.s_addr) >> 24) == 127;
+    } else if (ep->addr.ss_family == AF_INET6) {
+      const auto& a = reinterpret_cast<const sockaddr_in6&>(ep->addr);
+      p = ntohs(a.sin6_port);
+      loopback = IN6_IS_ADDR_LOOPBACK(&a.sin6_addr);
+    }
+    if (!loopback || p != port)
+      return "cluster " + name + " sends to " + ep->address;
+  }
+  return "";
+}
+
+}  // namespace
+
+Result<PodSockets> OpenPodSockets(const std::string& netns, uint16_t port, uint16_t inbound_port) {
   auto ns = netns::Netns::Open(netns);
   SLUICE_RETURN_IF_ERROR(ns);
-  auto nonblocking = [](netns::UniqueFd& fd) -> Result<void> {
-    int flags = fcntl(fd.get(), F_GETFL);
-    if (flags < 0 || fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0)
-      return FailErrno("capture listener: O_NONBLOCK", errno);
-    return {};
-  };
-  CaptureSockets s;
+  PodSockets s;
+  const std::string capture = "capture listener 127.0.0.1:" + std::to_string(port);
   auto v4 = ns->ListenTcp("127.0.0.1", port, 4096);
-  SLUICE_RETURN_IF_ERROR_CTX(v4, "capture listener 127.0.0.1:" + std::to_string(port));
-  s.v4 = std::move(*v4);
-  SLUICE_RETURN_IF_ERROR(nonblocking(s.v4));
+  SLUICE_RETURN_IF_ERROR_CTX(v4, capture);
+  s.capture_v4 = std::move(*v4);
+  SLUICE_RETURN_IF_ERROR(NonBlocking(s.capture_v4, capture));
   // A pod without IPv6 has no ::1: then the IPv4 listener alone.
   if (auto v6 = ns->ListenTcp("::1", port, 4096)) {
-    s.v6 = std::move(*v6);
-    SLUICE_RETURN_IF_ERROR(nonblocking(s.v6));
+    s.capture_v6 = std::move(*v6);
+    SLUICE_RETURN_IF_ERROR(NonBlocking(s.capture_v6, "capture listener [::1]"));
+  }
+  if (inbound_port == 0)
+    return s;
+  const std::string inbound = "inbound listener 127.0.0.1:" + std::to_string(inbound_port);
+  if (auto in4 = ns->ListenTcp("127.0.0.1", inbound_port, 4096); !in4) {
+    // The application holds the port (or the like): the pod works without its inbound
+    // side, as before it had one, and says so.
+    spdlog::warn("{}: {}: {}; its inbound side stays off", netns, inbound, in4.error().message);
+    return s;
+  } else {
+    s.inbound_v4 = std::move(*in4);
+  }
+  SLUICE_RETURN_IF_ERROR(NonBlocking(s.inbound_v4, inbound));
+  if (auto in6 = ns->ListenTcp("::1", inbound_port, 4096)) {
+    s.inbound_v6 = std::move(*in6);
+    SLUICE_RETURN_IF_ERROR(NonBlocking(s.inbound_v6, "inbound listener [::1]"));
   }
   return s;
 }
 
+std::vector<InboundPort> InboundPorts(const proxy::ProxyConfig& cfg) {
+  std::map<uint16_t, std::string> need;
+  const proxy::ListenerConfig* l = InboundListener(cfg);
+  if (!l)
+    return {};
+  for (const auto& chain : l->chains) {
+    const auto port = static_cast<uint16_t>(chain.match.destination_port);
+    if (port == 0 || need.contains(port))
+      continue;
+    std::string why;
+    if (!chain.fail_closed.empty()) {
+      why = "chain " + chain.name + " closes its connections (" + chain.fail_closed + ")";
+    } else if (chain.is_http) {
+      why = "HTTP chain " + chain.name;
+    } else if (!chain.tcp.weighted.empty()) {
+      for (const auto& w : chain.tcp.weighted) {
+        if (why = Changes(w.name, w.cluster, port); !why.empty())
+          break;
+      }
+    } else {
+      why = Changes(chain.tcp.cluster_name, chain.tcp.cluster, port);
+    }
+    if (!why.empty())
+      need[port] = std::move(why);
+  }
+  std::vector<InboundPort> out;
+  for (auto& [port, why] : need)
+    out.push_back({port, std::move(why)});
+  return out;
+}
+
 std::shared_ptr<const proxy::ProxyConfig> PodProxies::ForPods(const proxy::ProxyConfig& base,
-                                                              uint16_t port) {
+                                                              uint16_t port,
+                                                              uint16_t inbound_port) {
   auto cfg = std::make_shared<proxy::ProxyConfig>(base);
-  std::optional<std::size_t> capture;
+  std::optional<std::size_t> capture, inbound;
   for (std::size_t i = 0; i < cfg->listeners.size(); ++i) {
     auto& l = cfg->listeners[i];
     if (l.use_original_dst && !capture) {
@@ -47,20 +140,57 @@ std::shared_ptr<const proxy::ProxyConfig> PodProxies::ForPods(const proxy::Proxy
       l.port = port;
       l.bind_to_port = true;
       capture = i;
+    } else if (l.restore_original_dst && !l.use_original_dst && !inbound && inbound_port) {
+      // The inbound listener, on the loopback too: only steered connections reach it.
+      // A pod whose inbound socket could not be opened runs without it.
+      l.address = "127.0.0.1";
+      l.port = inbound_port;
+      l.bind_to_port = true;
+      l.optional = true;
+      inbound = i;
     } else {
       l.bind_to_port = false;  // reached through the capture listener's hand-over
     }
   }
   if (!capture)
     return nullptr;
-  // connect6 redirects IPv6 connections to [::1]:port. The same listener answers there;
-  // a pod without IPv6 has no ::1, and then only the IPv4 one opens.
-  proxy::ListenerConfig v6 = cfg->listeners[*capture];
-  v6.name += kIpv6CaptureSuffix;
-  v6.address = "::1";
-  v6.optional = true;
-  cfg->listeners.push_back(std::move(v6));
+  // connect6 redirects IPv6 connections to [::1]:port (and the inbound side steers IPv6
+  // connections to [::1]:inbound_port). The same listener answers there; a pod without
+  // IPv6 has no ::1, and then only the IPv4 one opens.
+  for (auto i : {capture, inbound}) {
+    if (!i)
+      continue;
+    proxy::ListenerConfig v6 = cfg->listeners[*i];
+    v6.name += kIpv6CaptureSuffix;
+    v6.address = "::1";
+    v6.optional = true;
+    cfg->listeners.push_back(std::move(v6));
+  }
   return cfg;
+}
+
+void PodProxies::ReportInbound(const enrolment::PodKey& key, Pod& pod,
+                               const proxy::ProxyConfig& cfg) {
+  std::vector<InboundPort> ports;
+  const proxy::ListenerConfig* l = InboundListener(cfg);
+  // Only what the running proxy can serve: its inbound listener open on the socket.
+  if (l && pod.proxy && pod.proxy->Port(l->name) != 0)
+    ports = InboundPorts(cfg);
+  if (pod.inbound == ports)
+    return;
+  const bool first = !pod.inbound;
+  pod.inbound = ports;
+  if (!ports.empty()) {
+    std::string list;
+    for (const auto& p : ports)
+      list += fmt::format("{}{} ({})", list.empty() ? "" : ", ", p.port, p.reason);
+    spdlog::info("pod {}/{}: inbound side serves port{} {}", key.pod_namespace, key.name,
+                 ports.size() == 1 ? "" : "s", list);
+  } else if (!first) {
+    spdlog::info("pod {}/{}: inbound side serves no port any more", key.pod_namespace, key.name);
+  }
+  if (opts_.on_inbound)
+    opts_.on_inbound(key, pod.netns, ports);
 }
 
 std::shared_ptr<const proxy::ProxyConfig> PodProxies::ConfigFor(const Pod& pod, bool* own) const {
@@ -92,11 +222,14 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   };
   // The capture listeners are the agent's sockets (ForPods binds nothing else): the
   // proxy gets a descriptor of its own for each and closes only that.
-  o.open_listener = [sockets = pod.sockets](const proxy::ListenerConfig& l,
-                                            uint16_t) -> Result<int> {
-    const netns::UniqueFd& s = l.address == "::1" ? sockets->v6 : sockets->v4;
+  o.open_listener = [sockets = pod.sockets, inbound_port = opts_.inbound_port](
+                        const proxy::ListenerConfig& l, uint16_t) -> Result<int> {
+    const bool v6 = l.address == "::1", inbound = inbound_port && l.port == inbound_port;
+    const netns::UniqueFd& s = inbound ? (v6 ? sockets->inbound_v6 : sockets->inbound_v4)
+                                       : (v6 ? sockets->capture_v6 : sockets->capture_v4);
     if (!s)
-      return Fail("listener " + l.name + ": no capture socket on " + l.address + " in this pod");
+      return Fail("listener " + l.name + ": no " + (inbound ? "inbound" : "capture") +
+                  " socket on " + l.address + " in this pod");
     int fd = fcntl(s.get(), F_DUPFD_CLOEXEC, 0);
     if (fd < 0)
       return FailErrno("listener " + l.name + ": dup", errno);
@@ -108,9 +241,10 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   pod.own_config = own;
   pod.ipv6 = false;
   for (const auto& l : cfg->listeners) {
-    if (l.optional && l.name.ends_with(kIpv6CaptureSuffix))
+    if (l.optional && l.port == opts_.port && l.name.ends_with(kIpv6CaptureSuffix))
       pod.ipv6 = pod.proxy->Port(l.name) != 0;
   }
+  ReportInbound(key, pod, *cfg);
   spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{} ({} config, {})",
                key.pod_namespace, key.name, opts_.port,
                pod.ipv6 ? fmt::format(" and [::1]:{}", opts_.port) : "",
@@ -125,7 +259,7 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
 
 Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& netns,
                               const enrolment::Labels& labels, const std::vector<std::string>& ips,
-                              CaptureSockets sockets) {
+                              PodSockets sockets) {
   Result<void> result;
   {
     std::lock_guard lock(mu_);
@@ -139,7 +273,7 @@ Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& n
       if (!fresh && it->second.proxy)
         it->second.proxy->Stop();  // same pod name, new sandbox
       it->second.netns = netns;
-      it->second.sockets = std::make_shared<const CaptureSockets>(std::move(sockets));
+      it->second.sockets = std::make_shared<const PodSockets>(std::move(sockets));
       it->second.addresses.clear();
       for (const auto& cidr : ips) {
         if (auto a = proxy::ParseIp(cidr.substr(0, cidr.find('/')), 0))
@@ -147,6 +281,7 @@ Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& n
       }
       it->second.view = View{key.pod_namespace, labels};
       it->second.proxy.reset();
+      it->second.inbound.reset();  // a new sandbox: its first report sets what is steered
       if (auto r = Start(key, it->second); !r) {
         pods_.erase(it);
         result = Wrap("pod " + key.pod_namespace + "/" + key.name + ": L7 proxy", r.error());
@@ -233,6 +368,7 @@ void PodProxies::Refresh(const std::string* only_view, const enrolment::PodKey* 
       continue;
     }
     pod.own_config = own;
+    ReportInbound(key, pod, *cfg);
   }
 }
 
@@ -241,7 +377,7 @@ bool PodProxies::SetViewConfig(const std::string& view,
   std::lock_guard lock(mu_);
   if (!cfg) {
     views_.erase(view);
-  } else if (auto pods = ForPods(*cfg, opts_.port)) {
+  } else if (auto pods = ForPods(*cfg, opts_.port, opts_.inbound_port)) {
     views_[view] = std::move(pods);
   } else {
     // Listeners not there yet (an xDS stream delivers clusters before listeners): the
@@ -255,7 +391,7 @@ bool PodProxies::SetViewConfig(const std::string& view,
 
 bool PodProxies::SetNodeConfig(std::shared_ptr<const proxy::ProxyConfig> cfg) {
   std::lock_guard lock(mu_);
-  auto pods = cfg ? ForPods(*cfg, opts_.port) : nullptr;
+  auto pods = cfg ? ForPods(*cfg, opts_.port, opts_.inbound_port) : nullptr;
   if (cfg && !pods) {
     spdlog::debug("node config without a use_original_dst listener, not applied");
     return false;
@@ -275,6 +411,7 @@ std::vector<PodProxyStatus> PodProxies::List() const {
                                : "none yet"};
     s.view = pod.view.Id();
     s.ipv6 = pod.proxy && pod.ipv6;
+    s.inbound = pod.inbound.value_or(std::vector<InboundPort>{});
     if (pod.proxy) {
       s.requests = pod.proxy->stats().requests.load(std::memory_order_relaxed);
       s.downstream_cx = pod.proxy->stats().downstream_cx.load(std::memory_order_relaxed);

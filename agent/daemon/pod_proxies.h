@@ -3,10 +3,17 @@
 // Every enrolled pod gets its own proxy::Proxy whose one worker thread lives in the
 // pod's network namespace (setns at thread start; network namespaces are per thread).
 // Its capture listener (127.0.0.1:PORT, and [::1]:PORT when the pod has IPv6) is a
-// socket the agent opened in the pod (OpenCaptureSockets) and handed over, so the
-// socket outlives this process: while it restarts, redirected connections wait in the
+// socket the agent opened in the pod (OpenPodSockets) and handed over, so the socket
+// outlives this process: while it restarts, redirected connections wait in the
 // backlog. The upstream connections the worker makes leave from the pod, with the
 // pod's address, carrying the bypass mark so the connect hook lets them through.
+//
+// The inbound side: when the pod's config has an inbound listener (istiod's
+// virtualInbound: original_dst, no hand-over), it runs on the pod's inbound socket
+// (127.0.0.1:INBOUND_PORT, opened by the agent too). Nothing reaches that socket but the
+// connections the kernel's sk_lookup program steers to it, and the agent steers only
+// the ports InboundPorts() names: those whose inbound chain does more than deliver the
+// connection unchanged to the application.
 //
 // Configuration is per view (namespace + labels, see view_streams.h): the L7 resources
 // a sidecar of that namespace with those labels would get (short host names, exportTo
@@ -31,21 +38,49 @@
 
 namespace sluice::agent {
 
-// A pod's capture listening sockets, opened by the agent inside the pod's namespace.
-struct CaptureSockets {
-  netns::UniqueFd v4;  // 127.0.0.1:port
-  netns::UniqueFd v6;  // [::1]:port; none when the pod has no IPv6 loopback
+// A pod's listening sockets, opened by the agent inside the pod's namespace. All are
+// bound to the pod's loopback: the capture ones are reached through the connect hook's
+// redirection, the inbound ones through the sk_lookup program's steering.
+struct PodSockets {
+  netns::UniqueFd capture_v4;  // 127.0.0.1:port
+  netns::UniqueFd capture_v6;  // [::1]:port; none when the pod has no IPv6 loopback
+  netns::UniqueFd inbound_v4;  // 127.0.0.1:inbound_port; none when it could not be opened
+  netns::UniqueFd inbound_v6;  // [::1]:inbound_port
 };
-// Opens them (non-blocking, backlog 4096); only the IPv4 one must succeed.
-Result<CaptureSockets> OpenCaptureSockets(const std::string& netns, uint16_t port);
+// Opens them (non-blocking, backlog 4096). Only the IPv4 capture socket must succeed: a
+// pod without IPv6 has no [::1], and one whose application holds the inbound port keeps
+// its inbound side off (logged), the rest working.
+Result<PodSockets> OpenPodSockets(const std::string& netns, uint16_t port, uint16_t inbound_port);
+
+// A port of the pod whose inbound connections need its proxy, and why.
+struct InboundPort {
+  uint16_t port = 0;
+  std::string reason;  // "HTTP chain inbound|9080||", "cluster inbound|9080|| → 127.0.0.1:8080"
+  bool operator==(const InboundPort&) const = default;
+};
+// The ports of `cfg`'s inbound listener (the first listener with original_dst and no
+// hand-over) that need the proxy. A chain needs it unless it is plain TCP whose every
+// cluster delivers the connection unchanged: ORIGINAL_DST, or endpoints on the loopback
+// at the port the client dialled. HTTP chains always need it (routes, faults and header
+// rules act on every request); so does a chain Sluice closes (fail_closed). Chains with
+// no destination port (istiod's passthrough chains) deliver what nobody else takes and
+// are not steered. Sorted by port, each port once.
+std::vector<InboundPort> InboundPorts(const proxy::ProxyConfig& cfg);
 
 struct PodProxyOptions {
-  uint16_t port = 15001;        // in-pod capture listener, 127.0.0.1:port
-  std::string access_log_path;  // "" or "-": stdout
-  uint32_t upstream_mark = 0;   // the kernel's bypass mark
+  uint16_t port = 15001;          // in-pod capture listener, 127.0.0.1:port
+  uint16_t inbound_port = 15006;  // in-pod inbound listener, 127.0.0.1:inbound_port
+  std::string access_log_path;    // "" or "-": stdout
+  uint32_t upstream_mark = 0;     // the kernel's bypass mark
   // Called (outside any lock) after a pod opened, closed or changed labels: the set of
   // views may have changed, so the agent can open that view's xDS stream at once.
   std::function<void()> on_pods_changed;
+  // Called (under the proxies' lock: do not call back) when the ports a running pod's
+  // proxy serves on its inbound side change, after the config that serves them is in
+  // force: the agent steers exactly these (none: its inbound listener is not open).
+  std::function<void(const enrolment::PodKey&, const std::string& netns,
+                     const std::vector<InboundPort>&)>
+      on_inbound;
 };
 
 struct PodProxyStatus {
@@ -55,7 +90,8 @@ struct PodProxyStatus {
   std::string config;      // "namespace VIEW" or "node (namespace config pending)"
   std::string view;        // its view's id: "NS" or "NS{k=v,...}"
   uint64_t requests = 0, downstream_cx = 0;
-  bool ipv6 = false;  // its capture listener's IPv6 twin on [::1] is open too
+  bool ipv6 = false;                 // its capture listener's IPv6 twin on [::1] is open too
+  std::vector<InboundPort> inbound;  // the ports its inbound side serves
   std::vector<std::pair<std::string, uint64_t>> stats;  // proxy::NamedStats, by name
 };
 
@@ -81,7 +117,7 @@ class PodProxies {
   // `ips`: the pod's own addresses ("10.1.0.5/24"): its redirected connections' client.
   Result<void> Open(const enrolment::PodKey& key, const std::string& netns,
                     const enrolment::Labels& labels, const std::vector<std::string>& ips,
-                    CaptureSockets sockets);
+                    PodSockets sockets);
   void Close(const enrolment::PodKey& key);
   void CloseAll();
   // SIGTERM: every capture listener closes, requests in flight finish (up to `grace`),
@@ -92,24 +128,31 @@ class PodProxies {
   // Views with at least one pod here (the agent keeps one xDS stream for each).
   std::vector<View> Views() const;
 
-  // The capture config a pod of `ns` runs: the namespace's (or node's) listeners with
-  // the use_original_dst listener moved to 127.0.0.1:port and nothing else bound;
-  // nullptr when the config has no use_original_dst listener (yet).
+  // The config a pod of `ns` runs: the namespace's (or node's) listeners with the
+  // use_original_dst listener moved to 127.0.0.1:port (the capture listener), the
+  // inbound listener (if any) to 127.0.0.1:inbound_port, and nothing else bound; nullptr
+  // when the config has no use_original_dst listener (yet).
   static std::shared_ptr<const proxy::ProxyConfig> ForPods(const proxy::ProxyConfig& base,
-                                                           uint16_t port);
+                                                           uint16_t port, uint16_t inbound_port);
 
  private:
-  // The IPv6 twin of the capture listener is named after it with this suffix.
+  // The IPv6 twins of the capture and inbound listeners are named after them with this
+  // suffix.
   static constexpr std::string_view kIpv6CaptureSuffix = "~ipv6";
   struct Pod {
     std::string netns;
-    std::shared_ptr<const CaptureSockets> sockets;
+    std::shared_ptr<const PodSockets> sockets;
     std::vector<sockaddr_storage> addresses;  // the pod's, for its redirected connections
     bool ipv6 = false;                        // its [::1] capture listener is open
     std::unique_ptr<proxy::Proxy> proxy;
     bool own_config = false;  // running its view's config (else the node's)
     View view;
+    // Last reported through on_inbound (none yet in this process: the first report
+    // is made even when empty, so the agent drops what an earlier process asked for).
+    std::optional<std::vector<InboundPort>> inbound;
   };
+  // Reports the pod's inbound ports when they changed (after a start or an update).
+  void ReportInbound(const enrolment::PodKey& key, Pod& pod, const proxy::ProxyConfig& cfg);
   std::shared_ptr<const proxy::ProxyConfig> ConfigFor(const Pod& pod, bool* own) const;
   Result<void> Start(const enrolment::PodKey& key, Pod& pod);
   void Refresh(const std::string* only_view, const enrolment::PodKey* only_pod);

@@ -29,6 +29,29 @@ bool IsLoopback(const sockaddr_storage& a) {
   return false;
 }
 
+// A connection whose local address is not its listening socket's own (another port, or
+// another address than a specifically bound one) was steered to that socket.
+bool Steered(const sockaddr_storage& local, int listen_fd) {
+  sockaddr_storage bound{};
+  socklen_t len = sizeof(bound);
+  if (getsockname(listen_fd, reinterpret_cast<sockaddr*>(&bound), &len) != 0 ||
+      bound.ss_family != local.ss_family)
+    return false;
+  if (local.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(local);
+    const auto& b = reinterpret_cast<const sockaddr_in&>(bound);
+    return a.sin_port != b.sin_port ||
+           (b.sin_addr.s_addr != htonl(INADDR_ANY) && a.sin_addr.s_addr != b.sin_addr.s_addr);
+  }
+  if (local.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(local);
+    const auto& b = reinterpret_cast<const sockaddr_in6&>(bound);
+    return a.sin6_port != b.sin6_port || (!IN6_IS_ADDR_UNSPECIFIED(&b.sin6_addr) &&
+                                          !IN6_ARE_ADDR_EQUAL(&a.sin6_addr, &b.sin6_addr));
+  }
+  return false;
+}
+
 // A redirected connection from the pod's loopback is from the pod's application: its
 // client address becomes the pod's of the same family (the port stays).
 void PodClient(const std::vector<sockaddr_storage>& pod, sockaddr_storage* peer) {
@@ -132,7 +155,7 @@ void SessionPool::ReleaseSession(Session* s) {
   deferred_.push_back(s);
 }
 
-void Session::Open(int cfd, const sockaddr_storage& accepted_peer,
+void Session::Open(int cfd, int listen_fd, const sockaddr_storage& accepted_peer,
                    std::shared_ptr<const Snapshot> s, const ListenerConfig* l,
                    std::shared_ptr<ListenerCount> count) {
   fd = cfd;
@@ -153,6 +176,12 @@ void Session::Open(int cfd, const sockaddr_storage& accepted_peer,
     if (auto od = w->opts().original_dst(fd, accepted_peer.ss_family)) {
       la = *od;
       orig_dst = *od;
+      has_orig_dst = true;
+    } else if (Steered(la, listen_fd)) {
+      // Delivered to this socket without a rewrite (the inbound side's sk_lookup, or
+      // TPROXY): the local address is the destination the client dialled, as Envoy's
+      // ORIGINAL_DST cluster reads it.
+      orig_dst = la;
       has_orig_dst = true;
     }
   }

@@ -131,8 +131,11 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   std::shared_ptr<ListenerCount> lcount;
   Timer route_timer, try_timer, wait_timer, stream_timer;
 
-  void Open(int cfd, const sockaddr_storage& peer_addr, std::shared_ptr<const Snapshot> s,
-            const ListenerConfig* l, std::shared_ptr<ListenerCount> count);
+  // `listen_fd`: the listening socket that accepted it (a steered connection's local
+  // address is not that socket's own).
+  void Open(int cfd, int listen_fd, const sockaddr_storage& peer_addr,
+            std::shared_ptr<const Snapshot> s, const ListenerConfig* l,
+            std::shared_ptr<ListenerCount> count);
   void OnEvent(uint32_t ev) override;
   void OnTimer(int kind) override;
   void OnUpConnected(UpstreamConn* u) override;

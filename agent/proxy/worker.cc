@@ -83,7 +83,7 @@ void Worker::Accept(ListenerHandler& l) {
     ctx_.stats().downstream_cx.fetch_add(1, std::memory_order_relaxed);
     ctx_.stats().active_cx.fetch_add(1, std::memory_order_relaxed);
     Session* s = sessions_.NewSession();
-    s->Open(cfd, peer, ctx_.snap_, lc, l.count);
+    s->Open(cfd, l.fd, peer, ctx_.snap_, lc, l.count);
   }
 }
 

@@ -37,14 +37,20 @@ void AddAgentCommands(CLI::App& app) {
         auto pods = nlohmann::json::parse(AdminGet(*admin, "/pods"), nullptr, false);
         if (!pods.is_array())
           Die("", "unexpected /pods answer");
-        std::cout << fmt::format("{:<16} {:<28} {:<18} {:<9} {:<10} {}\n", "NAMESPACE", "POD", "IP",
-                                 "ENROLLED", "COOKIE", "REASON");
+        std::cout << fmt::format("{:<16} {:<28} {:<18} {:<9} {:<10} {:<12} {}\n", "NAMESPACE",
+                                 "POD", "IP", "ENROLLED", "COOKIE", "INBOUND", "REASON");
         for (const auto& p : pods) {
           std::string ip = p["ips"].empty() ? "-" : p["ips"][0].get<std::string>();
-          std::cout << fmt::format("{:<16} {:<28} {:<18} {:<9} {:<10} {}\n",
+          // The ports the kernel steers to the pod's inbound proxy listener.
+          std::string inbound;
+          if (p.contains("l7"))
+            for (const auto& in : p["l7"].value("inbound", nlohmann::json::array()))
+              inbound += (inbound.empty() ? "" : ",") + std::to_string(in.value("port", 0));
+          std::cout << fmt::format("{:<16} {:<28} {:<18} {:<9} {:<10} {:<12} {}\n",
                                    p["namespace"].get<std::string>(), p["name"].get<std::string>(),
                                    ip, p["enrolled"].get<bool>() ? "yes" : "no",
-                                   p["cookie"].get<uint64_t>(), p["reason"].get<std::string>());
+                                   p["cookie"].get<uint64_t>(), inbound.empty() ? "-" : inbound,
+                                   p["reason"].get<std::string>());
         }
       });
   agent->add_subcommand("metrics", "Prometheus metrics")->callback([admin] {

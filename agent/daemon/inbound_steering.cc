@@ -1,0 +1,77 @@
+// The kernel half of a pod's inbound side over the data plane (inbound_steering.h).
+#include "inbound_steering.h"
+
+#include <spdlog/spdlog.h>
+
+#include "sluice/netns/netns.h"
+
+namespace sluice::agent {
+
+void DataplaneSteering::ClearLocked(const std::string& netns, Pod& pod,
+                                    const std::set<uint16_t>& keep) {
+  for (uint16_t port : pod.ports) {
+    if (keep.contains(port))
+      continue;
+    for (const IpAddress& ip : pod.ips) {
+      if (auto r = dp_.ClearInbound(ip, port); !r)
+        spdlog::warn("{}: inbound {}:{}: {}", netns, ip.ToString(), port, r.error().message);
+    }
+  }
+}
+
+Result<void> DataplaneSteering::Steer(const std::string& netns, const std::vector<std::string>& ips,
+                                      const std::set<uint16_t>& ports, int fd_v4, int fd_v6) {
+  std::lock_guard lock(mu_);
+  auto it = pods_.find(netns);
+  if (ports.empty()) {
+    if (it != pods_.end()) {
+      ClearLocked(netns, it->second, {});
+      if (auto r = dp_.DetachInbound(it->second.cookie); !r)
+        spdlog::warn("{}: inbound side: {}", netns, r.error().message);
+      pods_.erase(it);
+    }
+    return {};
+  }
+  if (it == pods_.end()) {
+    auto ns = netns::Netns::Open(netns);
+    SLUICE_RETURN_IF_ERROR_CTX(ns, "inbound side");
+    auto cookie = ns->Cookie();
+    SLUICE_RETURN_IF_ERROR_CTX(cookie, "inbound side of " + netns);
+    SLUICE_RETURN_IF_ERROR_CTX(dp_.AttachInbound(ns->fd(), *cookie), "inbound side of " + netns);
+    it = pods_.emplace(netns, Pod{.cookie = *cookie}).first;
+  }
+  Pod& pod = it->second;
+  std::vector<IpAddress> addrs;
+  for (const auto& cidr : ips) {
+    auto ip = IpAddress::Parse(cidr.substr(0, cidr.find('/')));
+    SLUICE_RETURN_IF_ERROR_CTX(ip, "inbound side of " + netns + ": pod address");
+    addrs.push_back(*ip);
+  }
+  // Addresses the pod no longer has lose every entry; the rest keep the ports still
+  // listed, then every listed port is (re)set.
+  if (addrs != pod.ips)
+    ClearLocked(netns, pod, {});
+  else
+    ClearLocked(netns, pod, ports);
+  pod.ips = addrs;
+  pod.ports.clear();
+  for (uint16_t port : ports) {
+    for (const IpAddress& ip : addrs) {
+      const int fd = ip.is_v4() ? fd_v4 : fd_v6;
+      if (fd < 0)
+        continue;  // no inbound socket of that family: that address is not steered
+      SLUICE_RETURN_IF_ERROR_CTX(
+          dp_.SetInbound(ip, port, fd),
+          "inbound side of " + netns + ": " + ip.ToString() + ":" + std::to_string(port));
+    }
+    pod.ports.insert(port);
+  }
+  return {};
+}
+
+void DataplaneSteering::Release(const std::string& netns) {
+  if (auto r = Steer(netns, {}, {}, -1, -1); !r)
+    spdlog::warn("{}", r.error().message);
+}
+
+}  // namespace sluice::agent
