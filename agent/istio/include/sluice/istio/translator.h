@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "sluice/common/result.h"
+#include "sluice/envoy/resource_set.h"
 #include "sluice/istio/model.h"
 #include "sluice/istio/registry.h"
-#include "sluice/envoy/resource_set.h"
 
 namespace sluice::istio {
 
@@ -31,7 +31,8 @@ struct ProxySpec {
   std::string ns = "default";  // the proxy's namespace (gateways: istio-system)
   Labels labels;               // the proxy pod's labels; select Gateways
 
-  // "sidecar:NAMESPACE", "grpc:NAMESPACE" or "gateway:KEY=VALUE[,KEY=VALUE…][@NAMESPACE]".
+  // "sidecar:NAMESPACE", "sidecar:KEY=VALUE[,KEY=VALUE…]@NAMESPACE" (a pod with labels),
+  // "grpc:NAMESPACE" or "gateway:KEY=VALUE[,KEY=VALUE…][@NAMESPACE]".
   static Result<ProxySpec> Parse(std::string_view text);
   std::string Describe() const;
 };
