@@ -41,6 +41,7 @@ Translation Builder::Run() {
   BuildClusters();
   if (proxy_.kind == ProxySpec::Kind::kSidecar) {
     BuildSidecarListenersAndRoutes();
+    BuildInbound();
   } else {
     BuildGateway();
   }

@@ -4,6 +4,8 @@
 //  - a sidecar (`sidecar~…`) in a namespace: outbound clusters for every visible
 //    service port and subset, EDS endpoints, per-port route configurations ("5000")
 //    built from mesh-bound VirtualServices, outbound listeners, Passthrough/BlackHole;
+//    and, when its Sidecar resource has ingress listeners, virtualInbound and the
+//    "inbound|PORT||" clusters (translator/inbound.cc);
 //  - a gateway (`router~…`) selected by its pod labels: listeners for the servers of the
 //    Gateways whose selector matches, on the targetPort the gateway's Service maps each
 //    server port to ("0.0.0.0_8080", "http.8080" for port 80), routes from the
