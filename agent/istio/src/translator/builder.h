@@ -3,7 +3,8 @@
 //
 // Builder's member functions live in the file of their xDS part, as istiod lays out
 // pilot/pkg/networking/core/: scope.cc (what the proxy sees), clusters.cc (CDS/EDS),
-// routes.cc (RDS), listeners.cc (a sidecar's LDS), gateway.cc (a gateway's listeners and
+// routes.cc (RDS), listeners.cc (a sidecar's LDS), inbound.cc (a sidecar's virtualInbound
+// and inbound clusters, from Sidecar ingress), gateway.cc (a gateway's listeners and
 // routes), grpc.cc (a proxyless gRPC client's resources), access_log.cc; translator.cc
 // runs them in order.
 #pragma once
@@ -23,6 +24,10 @@
 #include "envoy/config/accesslog/v3/accesslog.pb.h"
 #include "envoy/config/core/v3/config_source.pb.h"
 #include "sluice/istio/translator.h"
+
+namespace envoy::extensions::filters::network::http_connection_manager::v3 {
+class HttpConnectionManager;
+}
 
 namespace sluice::istio::detail {
 
@@ -51,6 +56,11 @@ bool HostsIntersect(const std::string& a, const std::string& b);
 endpoint_v3::ClusterLoadAssignment Endpoints(const RegistryService& svc, const RegistryPort& port,
                                              const Subset* subset, const std::string& name,
                                              bool dns);
+
+// The fault, (cors,) router HTTP filters of istiod's connection managers (listeners.cc).
+void AddFaultAndRouter(
+    envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager& hcm,
+    bool cors);
 
 // A proxyless gRPC client's API-listener connection manager, RDS `route_name` over ADS
 // (listeners.cc).
@@ -142,6 +152,13 @@ class Builder {
                                                            const std::string& vs_ns,
                                                            uint32_t port) const;
   void BuildSidecarListenersAndRoutes();
+
+  // ------------------------------------------------------------ inbound.cc
+  void BuildInbound();
+  cluster_v3::Cluster InboundCluster(const SidecarIngress& in) const;
+  google::protobuf::Any InboundHttpConnectionManager(const std::string& stat_prefix,
+                                                     const std::string& cluster,
+                                                     uint32_t port) const;
 
   // ------------------------------------------------------------ grpc.cc
   std::vector<std::string> GrpcShortNames(const RegistryService& svc) const;

@@ -42,10 +42,12 @@ bool ParseCidr(const std::string& text, core_v3::CidrRange* out) {
   return true;
 }
 
+}  // namespace
+
 // The HTTP filters istiod's sidecars and proxyless gRPC clients share: fault, router.
 // Sidecars and gateways also have cors between them (istiod's listener_builder.go: the
 // filters routes' typed_per_filter_config needs); proxyless gRPC has no CORS.
-void AddFaultAndRouter(hcm_v3::HttpConnectionManager& hcm, bool cors = false) {
+void AddFaultAndRouter(hcm_v3::HttpConnectionManager& hcm, bool cors) {
   auto* fault = hcm.add_http_filters();
   fault->set_name("envoy.filters.http.fault");
   fault->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::fault::v3::HTTPFault());
@@ -59,8 +61,6 @@ void AddFaultAndRouter(hcm_v3::HttpConnectionManager& hcm, bool cors = false) {
   router->mutable_typed_config()->PackFrom(envoy::extensions::filters::http::router::v3::Router());
 }
 
-}  // namespace
-
 // A proxyless gRPC client's API listener (grpc.cc): the fault and router filters and RDS
 // over ADS. No stat prefix, no access log, no upgrades: gRPC reads none of them.
 google::protobuf::Any ApiListenerConnectionManager(const std::string& route_name) {
@@ -68,7 +68,7 @@ google::protobuf::Any ApiListenerConnectionManager(const std::string& route_name
   auto* rds = hcm.mutable_rds();
   rds->mutable_config_source()->mutable_ads();
   rds->set_route_config_name(route_name);
-  AddFaultAndRouter(hcm);
+  AddFaultAndRouter(hcm, /*cors=*/false);
   google::protobuf::Any any;
   any.PackFrom(hcm);
   return any;

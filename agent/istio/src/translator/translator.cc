@@ -41,6 +41,7 @@ Translation Builder::Run() {
   BuildClusters();
   if (proxy_.kind == ProxySpec::Kind::kSidecar) {
     BuildSidecarListenersAndRoutes();
+    BuildInbound();
   } else {
     BuildGateway();
   }
@@ -53,13 +54,50 @@ namespace sluice::istio {
 
 using detail::Builder;
 
+namespace {
+
+// "KEY=VALUE[,KEY=VALUE…]" into `out`; an error names the bad entry.
+Result<void> ParseLabels(std::string_view rest, const char* usage, Labels& out) {
+  while (!rest.empty()) {
+    auto comma = rest.find(',');
+    std::string_view kv = rest.substr(0, comma);
+    rest = comma == std::string_view::npos ? "" : rest.substr(comma + 1);
+    auto eq = kv.find('=');
+    if (eq == std::string_view::npos || eq == 0) {
+      return Fail(std::string(usage) + ": \"" + std::string(kv) + "\" is not KEY=VALUE");
+    }
+    out[std::string(kv.substr(0, eq))] = std::string(kv.substr(eq + 1));
+  }
+  return {};
+}
+
+std::string DescribeLabels(const Labels& labels) {
+  std::string s;
+  for (const auto& [k, v] : labels) {
+    if (!s.empty())
+      s += ",";
+    s += k + "=" + v;
+  }
+  return s;
+}
+
+}  // namespace
+
 Result<ProxySpec> ProxySpec::Parse(std::string_view text) {
   ProxySpec p;
   auto colon = text.find(':');
   std::string_view kind = text.substr(0, colon);
   std::string_view rest = colon == std::string_view::npos ? "" : text.substr(colon + 1);
   if (kind == "sidecar") {
+    // "sidecar:NAMESPACE", or "sidecar:KEY=VALUE[,…]@NAMESPACE" for a pod with labels (a
+    // Sidecar's workloadSelector, a match's sourceLabels).
     p.kind = Kind::kSidecar;
+    auto at = rest.find('@');
+    if (at != std::string_view::npos) {
+      SLUICE_RETURN_IF_ERROR(
+          ParseLabels(rest.substr(0, at), "--proxy sidecar:KEY=VALUE@NAMESPACE", p.labels));
+      rest = rest.substr(at + 1);
+    }
     if (rest.empty())
       return Fail("--proxy sidecar:NAMESPACE: namespace missing");
     p.ns = std::string(rest);
@@ -80,38 +118,24 @@ Result<ProxySpec> ProxySpec::Parse(std::string_view text) {
       p.ns = std::string(rest.substr(at + 1));
       rest = rest.substr(0, at);
     }
-    while (!rest.empty()) {
-      auto comma = rest.find(',');
-      std::string_view kv = rest.substr(0, comma);
-      rest = comma == std::string_view::npos ? "" : rest.substr(comma + 1);
-      auto eq = kv.find('=');
-      if (eq == std::string_view::npos || eq == 0) {
-        return Fail("--proxy gateway:KEY=VALUE: \"" + std::string(kv) + "\" is not KEY=VALUE");
-      }
-      p.labels[std::string(kv.substr(0, eq))] = std::string(kv.substr(eq + 1));
-    }
+    SLUICE_RETURN_IF_ERROR(ParseLabels(rest, "--proxy gateway:KEY=VALUE", p.labels));
     if (p.labels.empty())
       return Fail("--proxy gateway:KEY=VALUE: labels missing");
     return p;
   }
   return Fail("--proxy \"" + std::string(text) +
-              "\": want sidecar:NAMESPACE, grpc:NAMESPACE or gateway:KEY=VALUE[,KEY=VALUE]");
+              "\": want sidecar:NAMESPACE, sidecar:KEY=VALUE[,KEY=VALUE]@NAMESPACE, "
+              "grpc:NAMESPACE or gateway:KEY=VALUE[,KEY=VALUE]");
 }
 
+// Also the key of LocalControlPlane's translation cache: it must tell apart every input
+// of a translation, so a sidecar's labels are part of it.
 std::string ProxySpec::Describe() const {
   if (kind == Kind::kSidecar)
-    return "sidecar:" + ns;
+    return labels.empty() ? "sidecar:" + ns : "sidecar:" + DescribeLabels(labels) + "@" + ns;
   if (kind == Kind::kGrpc)
     return "grpc:" + ns;
-  std::string s = "gateway:";
-  bool first = true;
-  for (const auto& [k, v] : labels) {
-    if (!first)
-      s += ",";
-    s += k + "=" + v;
-    first = false;
-  }
-  return s + "@" + ns;
+  return "gateway:" + DescribeLabels(labels) + "@" + ns;
 }
 
 Translation Translate(const Config& config, const Registry& registry, const ProxySpec& proxy) {

@@ -20,10 +20,10 @@
 
 #include "envoy/config/core/v3/base.pb.h"
 #include "sluice/common/result.h"
+#include "sluice/envoy/resource_set.h"
 #include "sluice/istio/loader.h"
 #include "sluice/istio/registry.h"
 #include "sluice/istio/translator.h"
-#include "sluice/envoy/resource_set.h"
 
 namespace sluice::istio {
 
@@ -62,7 +62,9 @@ class LocalControlPlane {
     Config config;
     Registry registry;
     // Translations of this config, by ProxySpec::Describe(): every sidecar of a namespace
-    // (and every replica of a gateway) is served the same set, translated once.
+    // with the same labels (and every replica of a gateway) is served the same set,
+    // translated once. Labels are part of the key: a Sidecar's workloadSelector and a
+    // match's sourceLabels make pods of one namespace differ.
     mutable std::mutex cache_mu;
     mutable std::map<std::string, std::shared_ptr<const xds::ResourceSet>> cache;
   };

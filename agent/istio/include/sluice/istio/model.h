@@ -310,13 +310,30 @@ struct ServiceEntry {
   std::vector<std::string> export_to;
 };
 
-// A Sidecar resource, reduced to what shapes outbound config: which hosts the proxies it
-// applies to can reach ("ns/host" patterns) and their outbound traffic policy.
+// One Sidecar ingress listener: the inbound port istiod gives a chain on the proxy's
+// virtualInbound listener and an "inbound|PORT||" cluster. What Sluice cannot serve
+// (bind, captureMode NONE, tls, a defaultEndpoint on the instance IP or a unix socket,
+// connection limits) is refused by the loader, never kept here half-understood.
+struct SidecarIngress {
+  uint32_t port = 0;
+  std::string port_name;
+  std::string protocol;  // upper-case as Istio parses it ("HTTP", "GRPC-WEB"); "" = sniffed
+  // defaultEndpoint, parsed: empty address = ORIGINAL_DST (the pod's own address and the
+  // same port); else "127.0.0.1" or "::1" and the port to deliver to.
+  std::string endpoint_address;
+  uint32_t endpoint_port = 0;
+  // connectionPool.tcp.connectTimeout of this listener, else of inboundConnectionPool.
+  std::optional<int64_t> connect_timeout_ms;
+};
+
+// A Sidecar resource: which hosts the proxies it applies to can reach ("ns/host"
+// patterns), their outbound traffic policy, and their ingress listeners.
 struct Sidecar {
   Meta meta;
   Labels workload_selector;  // empty: every proxy of the namespace
   std::vector<std::string> egress_hosts;
   std::optional<bool> registry_only;  // outboundTrafficPolicy.mode, when set
+  std::vector<SidecarIngress> ingress;
 };
 
 struct Telemetry {

@@ -4,6 +4,8 @@
 //  - a sidecar (`sidecar~…`) in a namespace: outbound clusters for every visible
 //    service port and subset, EDS endpoints, per-port route configurations ("5000")
 //    built from mesh-bound VirtualServices, outbound listeners, Passthrough/BlackHole;
+//    and, when its Sidecar resource has ingress listeners, virtualInbound and the
+//    "inbound|PORT||" clusters (translator/inbound.cc);
 //  - a gateway (`router~…`) selected by its pod labels: listeners for the servers of the
 //    Gateways whose selector matches, on the targetPort the gateway's Service maps each
 //    server port to ("0.0.0.0_8080", "http.8080" for port 80), routes from the
@@ -19,9 +21,9 @@
 #include <vector>
 
 #include "sluice/common/result.h"
+#include "sluice/envoy/resource_set.h"
 #include "sluice/istio/model.h"
 #include "sluice/istio/registry.h"
-#include "sluice/envoy/resource_set.h"
 
 namespace sluice::istio {
 
@@ -31,7 +33,8 @@ struct ProxySpec {
   std::string ns = "default";  // the proxy's namespace (gateways: istio-system)
   Labels labels;               // the proxy pod's labels; select Gateways
 
-  // "sidecar:NAMESPACE", "grpc:NAMESPACE" or "gateway:KEY=VALUE[,KEY=VALUE…][@NAMESPACE]".
+  // "sidecar:NAMESPACE", "sidecar:KEY=VALUE[,KEY=VALUE…]@NAMESPACE" (a pod with labels),
+  // "grpc:NAMESPACE" or "gateway:KEY=VALUE[,KEY=VALUE…][@NAMESPACE]".
   static Result<ProxySpec> Parse(std::string_view text);
   std::string Describe() const;
 };
