@@ -118,17 +118,23 @@ TEST_CASE(
   CHECK(get("http://" + pod_ip + ":8080/hello.txt") == "exit 7");
 
   // With it, the kernel steers 9080 to the inbound listener, whose chain delivers to
-  // 127.0.0.1:8080 — from 127.0.0.6, as istiod's inbound clusters bind.
+  // 127.0.0.1:8080. (15006 too: istiod's virtualInbound blackholes connections dialled to
+  // the inbound port itself, and the pod's proxy does the same.)
   Run applied = tc.Local({"apply", "-f", tc.Write("sidecar.yaml", kSidecar)});
   INFO(applied.out << applied.err);
   REQUIRE(applied.status == 0);
-  REQUIRE(WaitUntil([&] { return inbound_ports() == "9080"; }, 20));
+  REQUIRE(WaitUntil([&] { return inbound_ports() == "9080,15006"; }, 20));
   const uint64_t steered = Counter(tc.admin, "inbound_steered");
   CHECK(get("http://inner:9080/hello.txt") == hello);
   CHECK(get("http://" + pod_ip + ":9080/hello.txt") == hello);
   CHECK(Counter(tc.admin, "inbound_steered") >= steered + 2);
   // Other ports are not steered: 8080 from outside is still refused.
   CHECK(get("http://" + pod_ip + ":8080/hello.txt") == "exit 7");
+  // The pod's proxy served them on the port's own chain: the inbound cluster, the app's
+  // loopback endpoint, the original destination (the pod's address and 9080).
+  const std::string log = Sh("cat " + tc.state + "/logs/agent-access.log");
+  CHECK(log.find("\"127.0.0.1:8080\" inbound|9080|| ") != std::string::npos);
+  CHECK(log.find(" " + pod_ip + ":9080 ") != std::string::npos);
 
   // Without the Sidecar again, the steering goes: 9080 is refused as before.
   Run removed = tc.Local({"delete", "-f", tc.dir + "/sidecar.yaml"});
