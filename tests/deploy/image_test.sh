@@ -47,7 +47,7 @@ got=$(in_image /usr/local/bin/sluicectl version) || fail "sluicectl version fail
 [[ $got == "sluicectl $version" ]] || fail "sluicectl version printed '$got'"
 
 # sluice-cni without CNI_COMMAND answers with a CNI error object (JSON on stdout).
-out=$(in_image /usr/local/bin/sluice-cni </dev/null || true)
+out=$(in_image /usr/local/bin/sluice-cni </dev/null 2>/dev/null || true)
 jq -e '.code' <<<"$out" >/dev/null || fail "sluice-cni in the image did not answer with a CNI error object: $out"
 
 # install-cni.sh end to end inside the image: chain into a conflist, then remove again.
