@@ -14,6 +14,9 @@ packages=(
   # runtime and tests
   iproute2 iptables containernetworking-plugins curl openssl jq python3
   python3-yaml  # examples/05-service-entry/check.sh reads the example's YAML
+  # deploy/kubernetes: rendered with `kubectl kustomize`, checked against the API's models
+  # (tests/deploy); the image is built without docker (scripts/build-image.sh)
+  python3-kubernetes umoci
   # benchmarks and peers
   wrk haproxy nginx-light iperf3
   linux-perf strace  # profiling the L7 proxy (docs/benchmarks.md)
@@ -27,6 +30,11 @@ for p in "${packages[@]}"; do
 done
 if ! command -v npm >/dev/null 2>&1; then
   missing+=(npm)
+fi
+# kubectl (with kustomize built in): Debian's kubernetes-client, unless the machine has a
+# kubectl already (another package owning /usr/bin/kubectl would make it fail to install).
+if ! command -v kubectl >/dev/null 2>&1; then
+  missing+=(kubernetes-client)
 fi
 
 if ((${#missing[@]})); then

@@ -28,10 +28,16 @@
 #include "app.h"
 #include "flags.h"
 
+#ifndef SLUICE_VERSION
+#define SLUICE_VERSION "unknown"
+#endif
+
 int main(int argc, char** argv) {
   CLI::App app{"sluice-agent: Sluice's node agent (kernel L4 data plane, enrolment, xDS)"};
   sluice::agent::AgentFlags flags;
   sluice::agent::AddFlags(app, flags);
+  // The project version (CMakeLists.txt's project(VERSION)); the image test runs it.
+  app.set_version_flag("--version", "sluice-agent " SLUICE_VERSION);
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::from_str(flags.log_level));
 
