@@ -511,8 +511,8 @@ TEST_CASE("proxy specs parse and reject malformed input") {
   CHECK(g->Describe() == "grpc:echo-grpc");
   CHECK_FALSE(ProxySpec::Parse("gateway:istio").has_value());
   CHECK(ProxySpec::Parse("router:x").error().message ==
-        "--proxy \"router:x\": want sidecar:NAMESPACE, grpc:NAMESPACE or "
-        "gateway:KEY=VALUE[,KEY=VALUE]");
+        "--proxy \"router:x\": want sidecar:NAMESPACE, sidecar:KEY=VALUE[,KEY=VALUE]@NAMESPACE, "
+        "grpc:NAMESPACE or gateway:KEY=VALUE[,KEY=VALUE]");
 }
 
 TEST_CASE("proxyless gRPC: a Maglev DestinationRule refuses its cluster by name, never sends it") {
