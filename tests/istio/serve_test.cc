@@ -359,7 +359,9 @@ TEST_CASE("sluicectl translate prints the resources and fails on invalid documen
 
   r = RunSluicectl("translate -f " + apps + " --proxy router:x");
   CHECK(r.exit_code == 2);
-  CHECK(r.err.find("want sidecar:NAMESPACE, grpc:NAMESPACE or gateway:KEY=VALUE") != std::string::npos);
+  CHECK(r.err.find(
+            "want sidecar:NAMESPACE, sidecar:KEY=VALUE[,KEY=VALUE]@NAMESPACE, grpc:NAMESPACE or "
+            "gateway:KEY=VALUE") != std::string::npos);
 
   r = RunSluicectl("registryz -f " +
                    (kTestdata / "golden" / "serviceentry" / "config.yaml").string());
