@@ -387,27 +387,33 @@ TEST_CASE("rbac actions: ALLOW, DENY, LOG, empty policy maps and the policy repo
   Json other = {{"url_path", {{"path", {{"prefix", "/other"}}}}}};
 
   // ALLOW: allowed iff a policy matches. An empty policy map denies everything.
-  auto allow = Engine(Policy(admin, kAny, "ALLOW")).Evaluate(r.Facts());
+  // (A decision points into its engine: each engine is kept while its decision is read.)
+  RbacEngine allow_admin = Engine(Policy(admin, kAny, "ALLOW"));
+  auto allow = allow_admin.Evaluate(r.Facts());
   CHECK(allow.allowed);
   CHECK(allow.matched_policy == "p");
-  auto allow_miss = Engine(Policy(other, kAny, "ALLOW")).Evaluate(r.Facts());
+  RbacEngine allow_other = Engine(Policy(other, kAny, "ALLOW"));
+  auto allow_miss = allow_other.Evaluate(r.Facts());
   CHECK_FALSE(allow_miss.allowed);
   CHECK(allow_miss.matched_policy.empty());
   CHECK_FALSE(Allowed(Engine({{"action", "ALLOW"}}), r));
   CHECK_FALSE(Allowed(Engine(Json::object()), r));  // ALLOW is the default action
 
   // DENY: denied iff a policy matches; with no policies nothing is denied.
-  auto deny = Engine(Policy(admin, kAny, "DENY")).Evaluate(r.Facts());
+  RbacEngine deny_admin = Engine(Policy(admin, kAny, "DENY"));
+  auto deny = deny_admin.Evaluate(r.Facts());
   CHECK_FALSE(deny.allowed);
   CHECK(deny.matched_policy == "p");
   CHECK(Allowed(Engine(Policy(other, kAny, "DENY")), r));
   CHECK(Allowed(Engine({{"action", "DENY"}}), r));
 
   // LOG: always allowed; the log hint says whether a policy matched.
-  auto log = Engine(Policy(admin, kAny, "LOG")).Evaluate(r.Facts());
+  RbacEngine log_admin = Engine(Policy(admin, kAny, "LOG"));
+  auto log = log_admin.Evaluate(r.Facts());
   CHECK(log.allowed);
   CHECK(log.log);
-  auto log_miss = Engine(Policy(other, kAny, "LOG")).Evaluate(r.Facts());
+  RbacEngine log_other = Engine(Policy(other, kAny, "LOG"));
+  auto log_miss = log_other.Evaluate(r.Facts());
   CHECK(log_miss.allowed);
   CHECK_FALSE(log_miss.log);
 
@@ -428,10 +434,11 @@ TEST_CASE("rbac actions: ALLOW, DENY, LOG, empty policy maps and the policy repo
        {{"ns[x]-policy[zeta]-rule[0]", {{"permissions", {admin}}, {"principals", {kAny}}}},
         {"ns[x]-policy[alpha]-rule[0]", {{"permissions", {admin}}, {"principals", {kAny}}}},
         {"ns[x]-policy[aaa]-rule[0]", {{"permissions", {other}}, {"principals", {kAny}}}}}}};
-  auto d = Engine(many).Evaluate(r.Facts());
+  RbacEngine many_engine = Engine(many);
+  auto d = many_engine.Evaluate(r.Facts());
   CHECK_FALSE(d.allowed);
   CHECK(d.matched_policy == "ns[x]-policy[alpha]-rule[0]");
-  CHECK(Engine(many).policy_count() == 3);
+  CHECK(many_engine.policy_count() == 3);
 }
 
 TEST_CASE(
@@ -447,7 +454,8 @@ TEST_CASE(
   Req r = Get("/");  // plaintext: no peer certificate
 
   CHECK_FALSE(Allowed(Engine(Policy(kAny, from, "ALLOW")), r));
-  auto deny = Engine(Policy(kAny, from, "DENY")).Evaluate(r.Facts());
+  RbacEngine deny_from = Engine(Policy(kAny, from, "DENY"));
+  auto deny = deny_from.Evaluate(r.Facts());
   CHECK(deny.allowed);
   CHECK(deny.matched_policy.empty());
   // notPrincipals (not_id) does match a plaintext peer, as in Envoy.
