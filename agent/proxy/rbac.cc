@@ -10,7 +10,8 @@
 //   inverted) unless treat_missing_header_as_empty, invert_match flips the rest, the
 //   deprecated exact_match "" matches any value, range_match parses an int64;
 // - url_path: the :path header without its query and fragment;
-// - IP ranges: same family, prefix bits equal; ports: the local address's port;
+// - IP ranges: same family (a v4-mapped IPv6 address counts as IPv4, as Envoy converts
+//   it on accept), prefix bits equal; ports: the local address's port;
 // - authenticated: never with a plaintext peer; else URI SANs, DNS SANs, then subject;
 // - metadata: dynamic metadata, which no Sluice filter writes, so the value is absent
 //   and the matcher's result is its `invert` (the names it reads are recorded).
@@ -50,14 +51,26 @@ struct Cidr {
   uint32_t len = 0;
 
   bool Contains(const sockaddr_storage* ss) const {
-    if (!ss || ss->ss_family != family)
+    if (!ss)
       return false;
     const uint8_t* a;
-    if (family == AF_INET) {
+    int af = ss->ss_family;
+    if (af == AF_INET) {
       a = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in*>(ss)->sin_addr);
-    } else {
+    } else if (af == AF_INET6) {
       a = reinterpret_cast<const sockaddr_in6*>(ss)->sin6_addr.s6_addr;
+      // An IPv4 client on a dual-stack socket (::ffff:a.b.c.d) is an IPv4 address to
+      // Envoy, which converts such addresses when it accepts.
+      static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+      if (std::memcmp(a, kMapped, sizeof(kMapped)) == 0) {
+        af = AF_INET;
+        a += sizeof(kMapped);
+      }
+    } else {
+      return false;
     }
+    if (af != family)
+      return false;
     uint32_t full = len / 8, rest = len % 8;
     if (std::memcmp(a, bytes, full) != 0)
       return false;

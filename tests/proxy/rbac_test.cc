@@ -250,6 +250,12 @@ TEST_CASE("rbac principals: each kind matches what Envoy's does", "[proxy][rbac]
   CHECK(PrincipalMatches(
       {{"direct_remote_ip", {{"address_prefix", "2001:db8::"}, {"prefix_len", 64}}}}, v6));
   CHECK_FALSE(PrincipalMatches({{"direct_remote_ip", peer_net}}, v6));
+  // An IPv4 client seen on a dual-stack socket (::ffff:10.0.0.5) is the IPv4 address.
+  Req mapped = Get("/");
+  mapped.peer = Addr("::ffff:10.0.0.5", 1234);
+  CHECK(PrincipalMatches({{"direct_remote_ip", peer_net}}, mapped));
+  CHECK_FALSE(PrincipalMatches(
+      {{"direct_remote_ip", {{"address_prefix", "::ffff:0:0"}, {"prefix_len", 96}}}}, mapped));
 
   // header and url_path as principals.
   CHECK(PrincipalMatches({{"header", {{"name", "x-forwarded-for"}, {"prefix_match", "192."}}}}, r));
