@@ -96,6 +96,7 @@ class RbacEngine {
 
  private:
   friend Result<RbacEngine> CompileRbac(const envoy::config::rbac::v3::RBAC&, std::string_view);
+  RbacEngine() = default;  // only CompileRbac makes one: an engine always has its trees
   Action action_ = Action::kAllow;
   std::shared_ptr<const Compiled> compiled_;
 };
