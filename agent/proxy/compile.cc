@@ -25,6 +25,7 @@
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
+#include "matchers.h"
 #include "sluice/config/filters.h"
 #include "sluice/envoy/resource_set.h"
 #include "sluice/filterchain/envoy.h"
@@ -94,49 +95,6 @@ std::vector<UpgradeConfig> CompileUpgrades(const Configs& configs) {
     c.type = Lower(u.upgrade_type());
     c.enabled = !u.has_enabled() || u.enabled().value();
     out.push_back(std::move(c));
-  }
-  return out;
-}
-
-Result<std::shared_ptr<const RE2>> CompileRegex(const std::string& pattern,
-                                                const std::string& where) {
-  auto re = std::make_shared<const RE2>(pattern, RE2::Quiet);
-  if (!re->ok())
-    return Fail(where + ": invalid regex \"" + pattern + "\": " + re->error());
-  return re;
-}
-
-Result<StringMatcher> CompileStringMatcher(const envoy::type::matcher::v3::StringMatcher& m,
-                                           const std::string& where) {
-  using SM = envoy::type::matcher::v3::StringMatcher;
-  StringMatcher out;
-  out.ignore_case = m.ignore_case();
-  switch (m.match_pattern_case()) {
-    case SM::kExact:
-      out.kind = StringMatcher::Kind::kExact;
-      out.value = m.exact();
-      break;
-    case SM::kPrefix:
-      out.kind = StringMatcher::Kind::kPrefix;
-      out.value = m.prefix();
-      break;
-    case SM::kSuffix:
-      out.kind = StringMatcher::Kind::kSuffix;
-      out.value = m.suffix();
-      break;
-    case SM::kContains:
-      out.kind = StringMatcher::Kind::kContains;
-      out.value = m.contains();
-      break;
-    case SM::kSafeRegex: {
-      out.kind = StringMatcher::Kind::kRegex;
-      auto re = CompileRegex(m.safe_regex().regex(), where + ": safe_regex");
-      SLUICE_RETURN_IF_ERROR(re);
-      out.regex = *re;
-      break;
-    }
-    default:
-      return Fail(where + ": unsupported string matcher");
   }
   return out;
 }

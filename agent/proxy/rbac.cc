@@ -35,6 +35,7 @@
 #include "envoy/config/rbac/v3/rbac.pb.h"
 #include "envoy/extensions/filters/http/rbac/v3/rbac.pb.h"
 #include "envoy/extensions/filters/network/rbac/v3/rbac.pb.h"
+#include "matchers.h"
 #include "sluice/proxy/config.h"
 
 namespace sluice::proxy {
@@ -140,49 +141,9 @@ std::string Lower(std::string_view s) {
 struct Compiler {
   std::vector<std::string>* metadata_filters;
 
-  Result<StringMatcher> String(const matcher_v3::StringMatcher& m, const std::string& where) {
-    using SM = matcher_v3::StringMatcher;
-    StringMatcher out;
-    out.ignore_case = m.ignore_case();
-    switch (m.match_pattern_case()) {
-      case SM::kExact:
-        out.kind = StringMatcher::Kind::kExact;
-        out.value = m.exact();
-        break;
-      case SM::kPrefix:
-        out.kind = StringMatcher::Kind::kPrefix;
-        out.value = m.prefix();
-        break;
-      case SM::kSuffix:
-        out.kind = StringMatcher::Kind::kSuffix;
-        out.value = m.suffix();
-        break;
-      case SM::kContains:
-        out.kind = StringMatcher::Kind::kContains;
-        out.value = m.contains();
-        break;
-      case SM::kSafeRegex: {
-        // Envoy: RE2, the whole value must match; ignore_case does not apply.
-        auto re = Regex(m.safe_regex().regex(), where + ".safe_regex");
-        SLUICE_RETURN_IF_ERROR(re);
-        out.kind = StringMatcher::Kind::kRegex;
-        out.regex = std::move(*re);
-        break;
-      }
-      case SM::kCustom:
-        return Fail(where + ".custom: string matcher extensions are not supported");
-      default:
-        return Fail(where + ": no match pattern");
-    }
-    return out;
-  }
-
-  static Result<std::shared_ptr<const RE2>> Regex(const std::string& pattern,
-                                                  const std::string& where) {
-    auto re = std::make_shared<const RE2>(pattern, RE2::Quiet);
-    if (!re->ok())
-      return Fail(where + ": invalid regex \"" + pattern + "\": " + re->error());
-    return re;
+  static Result<StringMatcher> String(const matcher_v3::StringMatcher& m,
+                                      const std::string& where) {
+    return CompileStringMatcher(m, where, ".");
   }
 
   Result<HeaderRule> Header(const envoy::config::route::v3::HeaderMatcher& h,
@@ -214,7 +175,7 @@ struct Compiler {
         plain(StringMatcher::Kind::kContains, h.contains_match());
         break;
       case HM::kSafeRegexMatch: {
-        auto re = Regex(h.safe_regex_match().regex(), where + ".safe_regex_match");
+        auto re = CompileRegex(h.safe_regex_match().regex(), where + ".safe_regex_match");
         SLUICE_RETURN_IF_ERROR(re);
         r.type = HeaderRule::Type::kString;
         r.match.kind = StringMatcher::Kind::kRegex;
