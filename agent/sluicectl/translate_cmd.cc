@@ -94,7 +94,8 @@ void AddTranslateCommands(CLI::App& app) {
       ->required()
       ->check(CLI::ExistingPath);
   cmd->add_option("--proxy", opt->proxy,
-                  "sidecar:NAMESPACE, grpc:NAMESPACE (proxyless gRPC) or "
+                  "sidecar:NAMESPACE, sidecar:KEY=VALUE[,KEY=VALUE]@NAMESPACE (a pod with "
+                  "those labels), grpc:NAMESPACE (proxyless gRPC) or "
                   "gateway:KEY=VALUE[,KEY=VALUE][@NAMESPACE]")
       ->capture_default_str();
   cmd->add_option("-o,--output", opt->output, "json or yaml")
