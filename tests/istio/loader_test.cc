@@ -160,6 +160,17 @@ TEST_CASE("a field the Istio networking API does not have is refused by its path
                     "spec: {egress: [{host: [./*]}]}\n") ==
         "t.yaml: document 1 (Sidecar default/c): spec.egress[0].host: unknown field (did you "
         "mean \"hosts\"?)");
+  // An egress listener Sluice does not build is refused, never widened to every port.
+  CHECK(first_error("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: c}\n"
+                    "spec: {egress: [{port: {number: 9080, protocol: HTTP, name: http}, "
+                    "hosts: [./*]}]}\n") ==
+        "t.yaml: document 1 (Sidecar default/c): spec.egress[0].port: not supported by Sluice: "
+        "an egress listener on one port; Sluice scopes hosts for every port (leave port "
+        "unset)");
+  CHECK(first_error("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: c}\n"
+                    "spec: {egress: [{bind: 127.0.0.1, hosts: [./*]}]}\n") ==
+        "t.yaml: document 1 (Sidecar default/c): spec.egress[0].bind: not supported by Sluice: "
+        "bind on an egress listener");
 
   // The refused document is dropped by name; its neighbours load. Kubernetes kinds keep
   // their fields Sluice does not know, and status is never checked.

@@ -221,6 +221,17 @@ Sidecar DecodeSidecar(const Field& doc, const Meta& meta) {
   Field spec = doc["spec"];
   sc.workload_selector = spec["workloadSelector"]["labels"].StrMap();
   for (auto& ef : spec["egress"].List()) {
+    // An egress listener on one port, bound to an address or with its own capture mode
+    // is a listener Sluice does not build: refused, not widened to every port.
+    if (ef["port"].present())
+      ef["port"].Error(std::string(kNotSupported) +
+                       "an egress listener on one port; Sluice scopes hosts for every port "
+                       "(leave port unset)");
+    else if (auto bind = ef["bind"].Str(); bind && !bind->empty())
+      ef["bind"].Error(std::string(kNotSupported) + "bind on an egress listener");
+    else if (auto mode = ef["captureMode"].Str(); mode && *mode != "DEFAULT" && *mode != "IPTABLES")
+      ef["captureMode"].Error(std::string(kNotSupported) + "captureMode " + *mode +
+                              " on an egress listener");
     auto hosts = ef["hosts"].StrList();
     auto fields = ef["hosts"].List();
     if (hosts.empty())
