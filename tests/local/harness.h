@@ -219,6 +219,25 @@ inline uint64_t Counter(const std::string& admin, const std::string& reason) {
   return std::regex_search(metrics, m, re) ? std::stoull(m[1]) : 0;
 }
 
+// A client pod (Istio's sleep sample): curl and python3 inside, doing nothing by itself.
+inline constexpr const char* kSleep = R"(apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: sleep
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: sleep}
+  template:
+    metadata:
+      labels: {app: sleep}
+    spec:
+      containers:
+      - name: sleep
+        image: curlimages/curl
+        command: ["/bin/sleep", "infinity"]
+)";
+
 // Polls `pred` every 100 ms for up to `seconds`; whether it came true.
 template <class F>
 bool WaitUntil(F pred, int seconds = 15) {

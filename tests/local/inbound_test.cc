@@ -39,23 +39,6 @@ spec:
   selector: {app: inner}
   ports:
   - {name: http, port: 9080}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: sleep
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: sleep}
-  template:
-    metadata:
-      labels: {app: sleep}
-    spec:
-      containers:
-      - name: sleep
-        image: curlimages/curl
-        command: ["/bin/sleep", "infinity"]
 )";
 }
 
@@ -82,7 +65,7 @@ TEST_CASE(
   Run up = Ctl([&] {
     auto a = tc.UpArgs();
     a.push_back("-f");
-    a.push_back(tc.Write("inner.yaml", Inner(tc.dir)));
+    a.push_back(tc.Write("inner.yaml", Inner(tc.dir) + "---\n" + kSleep));
     return a;
   }());
   INFO(up.out << up.err);

@@ -59,24 +59,6 @@ spec:
 )";
 }
 
-const char* kSleep = R"(apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: sleep
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: sleep}
-  template:
-    metadata:
-      labels: {app: sleep}
-    spec:
-      containers:
-      - name: sleep
-        image: curlimages/curl
-        command: ["/bin/sleep", "infinity"]
-)";
-
 // A client inside the sleep pod: N connections to HOST:PORT, one after another (or all
 // held open at once with --hold), each sending a line and reading the answer; prints
 // the answers' prefixes, one per line, in order.

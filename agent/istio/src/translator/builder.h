@@ -156,6 +156,11 @@ class Builder {
   // ------------------------------------------------------------ inbound.cc
   void BuildInbound();
   cluster_v3::Cluster InboundCluster(const SidecarIngress& in) const;
+  // The filters, upgrades and access log every sidecar connection manager (outbound RDS
+  // and inbound inline) ends with, packed.
+  google::protobuf::Any FinishConnectionManager(
+      envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager& hcm)
+      const;
   google::protobuf::Any InboundHttpConnectionManager(const std::string& stat_prefix,
                                                      const std::string& cluster,
                                                      uint32_t port) const;

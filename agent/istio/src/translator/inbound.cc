@@ -165,12 +165,7 @@ google::protobuf::Any Builder::InboundHttpConnectionManager(const std::string& s
   r->mutable_decorator()->set_operation(
       (port && sidecar_ ? sidecar_->meta.name + "." + sidecar_->meta.ns : std::string()) + ":" +
       std::to_string(port) + "/*");
-  AddFaultAndRouter(hcm, /*cors=*/true);
-  hcm.add_upgrade_configs()->set_upgrade_type("websocket");
-  AddAccessLog(hcm.mutable_access_log());
-  google::protobuf::Any any;
-  any.PackFrom(hcm);
-  return any;
+  return FinishConnectionManager(hcm);
 }
 
 void Builder::BuildInbound() {

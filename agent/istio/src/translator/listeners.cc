@@ -81,6 +81,10 @@ google::protobuf::Any Builder::HttpConnectionManager(const std::string& stat_pre
   auto* rds = hcm.mutable_rds();
   *rds->mutable_config_source() = AdsSource();
   rds->set_route_config_name(route_name);
+  return FinishConnectionManager(hcm);
+}
+
+google::protobuf::Any Builder::FinishConnectionManager(hcm_v3::HttpConnectionManager& hcm) const {
   AddFaultAndRouter(hcm, /*cors=*/true);
   // As istiod: WebSocket upgrades are allowed; any other upgrade is refused (403).
   hcm.add_upgrade_configs()->set_upgrade_type("websocket");
