@@ -18,11 +18,13 @@
 #include "envoy/extensions/access_loggers/file/v3/file.pb.h"
 #include "envoy/extensions/filters/http/cors/v3/cors.pb.h"
 #include "envoy/extensions/filters/http/fault/v3/fault.pb.h"
+#include "envoy/extensions/filters/http/rbac/v3/rbac.pb.h"
 #include "envoy/extensions/filters/http/router/v3/router.pb.h"
 #include "envoy/extensions/filters/listener/http_inspector/v3/http_inspector.pb.h"
 #include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
 #include "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.pb.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
+#include "envoy/extensions/filters/network/rbac/v3/rbac.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "matchers.h"
@@ -49,6 +51,25 @@ using CorsFilterProto = envoy::extensions::filters::http::cors::v3::Cors;
 
 constexpr std::string_view kFaultFilter = "envoy.filters.http.fault";
 constexpr std::string_view kCorsFilter = "envoy.filters.http.cors";
+constexpr std::string_view kHttpRbacFilter = "envoy.filters.http.rbac";
+using HttpRbacProto = envoy::extensions::filters::http::rbac::v3::RBAC;
+using HttpRbacPerRoute = envoy::extensions::filters::http::rbac::v3::RBACPerRoute;
+using NetworkRbacProto = envoy::extensions::filters::network::rbac::v3::RBAC;
+
+// A per-route (or virtual host, or route config) RBAC override would replace or switch
+// off the connection manager's policy for those routes; Sluice does not apply one, so a
+// level carrying it fails its listener rather than serve the route with the wrong policy.
+Result<void> NoRbacOverride(
+    const google::protobuf::Map<std::string, google::protobuf::Any>& per_filter,
+    const std::string& where) {
+  for (const auto& [name, any] : per_filter) {
+    if (name == kHttpRbacFilter || any.Is<HttpRbacPerRoute>()) {
+      return Fail(where + ": typed_per_filter_config[" + name +
+                  "]: per-route RBAC (RBACPerRoute) is not supported");
+    }
+  }
+  return {};
+}
 
 Millis ToMillis(const google::protobuf::Duration& d) {
   return Millis(d.seconds() * 1000 + d.nanos() / 1000000);
@@ -556,6 +577,7 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
   }
   auto config_cors = CorsFromTypedConfig(rc.typed_per_filter_config(), rwhere);
   SLUICE_RETURN_IF_ERROR(config_cors);
+  SLUICE_RETURN_IF_ERROR(NoRbacOverride(rc.typed_per_filter_config(), rwhere));
   for (const auto& v : rc.virtual_hosts()) {
     VirtualHost vh;
     vh.name = v.name();
@@ -576,6 +598,7 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
     }
     auto vhost_cors = CorsFromTypedConfig(v.typed_per_filter_config(), vwhere);
     SLUICE_RETURN_IF_ERROR(vhost_cors);
+    SLUICE_RETURN_IF_ERROR(NoRbacOverride(v.typed_per_filter_config(), vwhere));
     std::optional<CorsLevel> vhost_cors_deprecated;
     if (v.has_cors()) {
       auto l = CompileCorsLevel(v.cors(), vwhere + ": cors");
@@ -647,6 +670,7 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
           !e) {
         return std::unexpected(e.error());
       }
+      SLUICE_RETURN_IF_ERROR(NoRbacOverride(pr.typed_per_filter_config(), where));
       auto it = pr.typed_per_filter_config().find(std::string(kFaultFilter));
       if (it != pr.typed_per_filter_config().end()) {
         HTTPFault f;
@@ -893,6 +917,17 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
   }
   bool found = false;
   for (const auto& f : fc.filters()) {
+    if (f.name() == "envoy.filters.network.rbac" && !f.has_typed_config())
+      return Fail(where + ": filters[" + f.name() + "]: rbac without typed_config");
+    if (f.typed_config().Is<NetworkRbacProto>()) {
+      auto proto = std::make_shared<NetworkRbacProto>();
+      if (!f.typed_config().UnpackTo(proto.get()))
+        return Fail(where + ": filters[" + f.name() + "]: not a network RBAC config");
+      auto rf = CompileNetworkRbac(*proto, where + ": filters[" + f.name() + "]");
+      SLUICE_RETURN_IF_ERROR(rf);
+      out->network_rbac.push_back(NetworkRbac{f.name(), std::move(*rf), std::move(proto)});
+      continue;
+    }
     if (f.typed_config().Is<HCM>()) {
       HCM h;
       f.typed_config().UnpackTo(&h);
@@ -900,6 +935,8 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
       found = true;
       out->access_log = h.access_log_size() > 0;
       out->http.strip_any_host_port = h.strip_any_host_port();
+      out->http.use_remote_address = h.use_remote_address().value();
+      out->http.xff_num_trusted_hops = h.xff_num_trusted_hops();
       if (h.common_http_protocol_options().has_idle_timeout()) {
         out->http.idle_timeout = ToMillis(h.common_http_protocol_options().idle_timeout());
       }
@@ -952,6 +989,26 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
       }
       bool seen_fault = false;
       for (const auto& hf : h.http_filters()) {
+        if (hf.name() == kHttpRbacFilter && !hf.has_typed_config() && !hf.disabled())
+          return Fail(where + ": http_filters[" + hf.name() + "]: rbac without typed_config");
+        if (hf.typed_config().Is<HttpRbacProto>()) {
+          const std::string fw = where + ": http_filters[" + hf.name() + "]";
+          // disabled: runs only where a route enables it, and per-route RBAC is refused.
+          if (hf.disabled())
+            continue;
+          if (seen_fault || out->http.cors) {
+            return Fail(fw +
+                        ": an rbac filter after the fault or CORS filter is not "
+                        "supported (istiod puts it before them)");
+          }
+          HttpRbacProto rp;
+          if (!hf.typed_config().UnpackTo(&rp))
+            return Fail(fw + ": not an HTTP RBAC config");
+          auto rf = CompileHttpRbac(rp, fw);
+          SLUICE_RETURN_IF_ERROR(rf);
+          out->http.rbac.push_back(HttpRbac{hf.name(), std::move(*rf)});
+          continue;
+        }
         if ((hf.name() == kCorsFilter || hf.typed_config().Is<CorsFilterProto>()) &&
             !hf.disabled()) {
           out->http.cors = true;

@@ -148,6 +148,28 @@ void Proxy::Impl::Publish(std::shared_ptr<const engine::Snapshot> s) {
     w->Wake();
 }
 
+void RbacPolicyStats::Add(std::string_view policy, bool allowed, bool shadow) {
+  std::lock_guard lock(mu_);
+  auto it = counts_.find(policy);
+  if (it == counts_.end()) {
+    std::string_view key = counts_.size() < kMaxPolicies ? policy : kOverflow;
+    it = counts_.find(key);
+    if (it == counts_.end())
+      it = counts_.emplace(std::string(key), Count{std::string(key)}).first;
+  }
+  Count& c = it->second;
+  ++(shadow ? (allowed ? c.shadow_allowed : c.shadow_denied) : (allowed ? c.allowed : c.denied));
+}
+
+std::vector<RbacPolicyStats::Count> RbacPolicyStats::Snapshot() const {
+  std::lock_guard lock(mu_);
+  std::vector<Count> out;
+  out.reserve(counts_.size());
+  for (const auto& [name, c] : counts_)
+    out.push_back(c);
+  return out;
+}
+
 std::vector<NamedStat> NamedStats(const ProxyStats& s) {
   auto v = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
   return {
@@ -179,6 +201,14 @@ std::vector<NamedStat> NamedStats(const ProxyStats& s) {
       {"buffer_limit_waits_total", "Reads deferred by the worker buffer limit", false,
        v(s.buffer_limit_waits)},
       {"buffered_bytes", "Bytes held for downstream connections", true, v(s.buffered_bytes)},
+      {"rbac_allowed_total", "Requests and connections RBAC filters allowed", false,
+       v(s.rbac_allowed)},
+      {"rbac_denied_total", "Requests (403) and connections (closed) RBAC filters denied", false,
+       v(s.rbac_denied)},
+      {"rbac_shadow_allowed_total", "Decisions of RBAC shadow rules that would allow", false,
+       v(s.rbac_shadow_allowed)},
+      {"rbac_shadow_denied_total", "Decisions of RBAC shadow rules that would deny", false,
+       v(s.rbac_shadow_denied)},
   };
 }
 

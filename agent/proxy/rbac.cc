@@ -15,7 +15,8 @@
 // - authenticated: never with a plaintext peer; else URI SANs, DNS SANs, then subject;
 // - metadata: dynamic metadata, which no Sluice filter writes, so the value is absent
 //   and the matcher's result is its `invert` (the names it reads are recorded).
-// What is not implemented (filter_state, uri_template, matcher extensions, CEL
+// - filter_state: only istio_authn's peer identity keys, which need mTLS: never set.
+// What is not implemented (other filter_state keys, uri_template, matcher extensions, CEL
 // conditions, audit loggers, string matcher extensions, the xDS matcher tree) is an
 // error naming the field: the caller refuses the listener.
 // Deprecated fields (HeaderMatcher.exact_match, Principal.source_ip) are what istiod
@@ -288,6 +289,24 @@ struct Compiler {
     return n;
   }
 
+  // filter_state: istiod (1.20+) matches peer identity on the keys istio_authn sets from a
+  // verified mTLS peer certificate (io.istio.peer_principal, io.istio.peer_namespace).
+  // Sluice has no mTLS, so no filter ever sets them: absent filter state never matches
+  // (Envoy's FilterStateMatcher), like `authenticated` with a plaintext peer. Any other
+  // key could be set by a filter Sluice skips (set_filter_state), so it is refused.
+  Result<Node> PeerIdentity(const matcher_v3::FilterStateMatcher& m, const std::string& where) {
+    if (m.key() != "io.istio.peer_principal" && m.key() != "io.istio.peer_namespace")
+      return Fail(where + ": not supported (" + m.key() + ")");
+    if (m.matcher_case() != matcher_v3::FilterStateMatcher::kStringMatch)
+      return Fail(where + ": only string_match is supported (" + m.key() + ")");
+    auto sm = String(m.string_match(), where + ".string_match");
+    SLUICE_RETURN_IF_ERROR(sm);
+    Node n;
+    n.kind = Node::Kind::kConstant;
+    n.constant = false;
+    return n;
+  }
+
   Result<Node> Path(const matcher_v3::PathMatcher& p, const std::string& where) {
     if (p.rule_case() != matcher_v3::PathMatcher::kPath)
       return Fail(where + ": no path rule");
@@ -451,7 +470,7 @@ struct Compiler {
       case P::kMetadata:
         return Metadata(p.metadata(), where + ".metadata");
       case P::kFilterState:
-        return Fail(where + ".filter_state: not supported (" + p.filter_state().key() + ")");
+        return PeerIdentity(p.filter_state(), where + ".filter_state");
       default:
         return Fail(where + ": no identifier set (or one this Envoy API version does not know)");
     }

@@ -67,6 +67,9 @@ void Session::Dispatch() {
       return;
     }
   }
+  // The connection manager's filters run before the router: RBAC first (istiod's order).
+  if (!chain->http.rbac.empty() && HttpRbacDenied())
+    return;
   if (!route) {
     Local(404, "", kFlagNR, "route_not_found");
     return;

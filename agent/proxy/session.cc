@@ -188,6 +188,8 @@ void Session::Open(int cfd, int listen_fd, const sockaddr_storage& accepted_peer
   sockaddr_storage peer_addr = accepted_peer;
   if (has_orig_dst)
     PodClient(w->opts().pod_addresses, &peer_addr);
+  local_ss = la;
+  peer_ss = peer_addr;
   FormatAddr(peer_addr, peer, sizeof(peer));
   FormatAddr(peer_addr, peer_ip, sizeof(peer_ip), false);
   source_hash = SourceIpHash(peer_addr);
@@ -316,6 +318,13 @@ void Session::ChooseChain(bool open, bool timed_out) {
     w->stats().cx_fail_closed.fetch_add(1, std::memory_order_relaxed);
     termination = "sluice_tls_termination_unsupported";
     tcp_session = lc->access_log;
+    Close();
+    return;
+  }
+  if (!chain->network_rbac.empty() && NetworkRbacDenied()) {
+    // tcp_proxy's access log records the denied connection; a connection manager's logs
+    // requests only, and there was none.
+    tcp_session = !chain->is_http && chain->access_log;
     Close();
     return;
   }

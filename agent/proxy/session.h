@@ -8,6 +8,7 @@
 //   retry.cc             the retry decision and backoff
 //   session_response.cc  the response path, and local replies
 //   tcp_tunnel.cc        TCP proxying and upgraded (101) connections
+//   session_rbac.cc      RBAC filters on the connection and on each request
 //   access_log.cc        its access log line
 // Sessions come from and return to the worker's SessionPool, so steady-state traffic
 // does not allocate; `gen` changes on every release so a stale event or timer is
@@ -69,6 +70,11 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   LbHash source_hash;  // the peer's address as a source-IP hash key
   sockaddr_storage orig_dst{};
   bool has_orig_dst = false;
+  // The connection's local address (its original destination once restored) and its
+  // peer (the pod's address for an in-pod client), as RBAC reads them.
+  sockaddr_storage local_ss{}, peer_ss{};
+  // A denial's response code details or termination details (points into it).
+  std::string rbac_details;
   std::string sni;
   // What is known of the connection for the filter-chain match: addresses at accept,
   // transport protocol, SNI and ALPN once the listener filters have read them (unknown
@@ -184,6 +190,12 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   // the filter-chain match; `timed_out`: listener_filters_timeout passed. Either starts
   // the chosen chain, waits for more bytes (phase kSniff), or closes.
   void ChooseChain(bool open, bool timed_out);
+  // RBAC (session_rbac.cc): the chain's network filters once it is chosen (true: denied,
+  // the connection is to be closed) and the connection manager's HTTP filters on a
+  // request (true: denied, answered 403).
+  bool NetworkRbacDenied();
+  bool HttpRbacDenied();
+  void CountRbac(const RbacFilterResult& r);
   void RefreshConfig();
   void TunnelRead();
   void MaybeCloseTunnel();

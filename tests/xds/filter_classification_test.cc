@@ -181,16 +181,23 @@ TEST_CASE("istiod's telemetry filters are skipped, and the listener is served") 
 }
 
 TEST_CASE("security filters refuse the listener by name, so it fails closed") {
-  // configdump.yaml's inbound HTTP chain: envoy.filters.http.rbac before the router.
-  auto v = sc::ClassifyListener(HttpListenerWith(
-      {Http("envoy.filters.http.rbac", Opaque("envoy.extensions.filters.http.rbac.v3.RBAC"))}));
+  // configdump.yaml's inbound HTTP chain: envoy.filters.http.rbac before the router is
+  // served (the proxy enforces it, agent/proxy/session_rbac.cc) ...
+  CHECK(sc::ClassifyListener(
+            HttpListenerWith({Http("envoy.filters.http.rbac",
+                                   Opaque("envoy.extensions.filters.http.rbac.v3.RBAC"))}))
+            .use == sc::Use::kServed);
+  // ... but a filter Sluice does not implement refuses its listener, named.
+  auto v = sc::ClassifyListener(
+      HttpListenerWith({Http("envoy.filters.http.ext_authz",
+                             Opaque("envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"))}));
   CHECK(v.use == sc::Use::kRefused);
   CHECK(v.reason_class == "security_filter");
   CHECK(v.reason ==
         "filter_chains[0].filters[0].typed_config.http_filters[6]: filter "
-        "\"envoy.filters.http.rbac\" (type "
-        "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC) enforces policy, which "
-        "Sluice does not yet (issue 17): refused so it fails closed");
+        "\"envoy.filters.http.ext_authz\" (type "
+        "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz) enforces policy "
+        "that Sluice does not implement: refused so it fails closed");
   // ... and through validation: the listener is refused, named.
   auto ok = sc::ValidateListener(
       HttpListenerWith({Http("envoy.filters.http.ext_authz",
@@ -203,11 +210,21 @@ TEST_CASE("security filters refuse the listener by name, so it fails closed") {
   // virtualInbound: istio_authn as a TypedStruct of io.istio.network.authn.Config.
   auto authn = sc::ClassifyNetworkFilter(
       Network("istio_authn", TypedStruct("io.istio.network.authn.Config")));
-  CHECK(authn.use == sc::Use::kRefused);
-  CHECK(authn.reason_class == "security_filter");
+  // It only records an mTLS peer's identity: nothing on a plaintext connection.
+  CHECK(authn.use == sc::Use::kSkipped);
+  CHECK(authn.reason_class == "mtls_only_filter");
   CHECK(sc::ClassifyNetworkFilter(Network("envoy.filters.network.rbac",
                                           Opaque("envoy.extensions.filters.network.rbac.v3.RBAC")))
+            .use == sc::Use::kServed);
+  CHECK(sc::ClassifyNetworkFilter(
+            Network("envoy.filters.network.ext_authz",
+                    Opaque("envoy.extensions.filters.network.ext_authz.v3.ExtAuthz")))
             .use == sc::Use::kRefused);
+  // The old HTTP authn filter also authenticates JWTs: refused.
+  CHECK(
+      sc::ClassifyHttpFilter(
+          Http("istio_authn", Opaque("istio.envoy.config.filter.http.authn.v2alpha1.FilterConfig")))
+          .use == sc::Use::kRefused);
   CHECK(sc::ClassifyHttpFilter(Http("envoy.filters.http.jwt_authn",
                                     Opaque("envoy.extensions.filters.http.jwt_authn.v3."
                                            "JwtAuthentication")))
@@ -254,8 +271,10 @@ TEST_CASE("an unknown filter refuses its listener, and Envoy's type decides, not
             .use == sc::Use::kServed);
   // Without typed_config the name decides.
   HttpFilter bare;
-  bare.set_name("envoy.filters.http.rbac");
+  bare.set_name("envoy.filters.http.jwt_authn");
   CHECK(sc::ClassifyHttpFilter(bare).use == sc::Use::kRefused);
+  bare.set_name("envoy.filters.http.rbac");
+  CHECK(sc::ClassifyHttpFilter(bare).use == sc::Use::kServed);
   // An optional filter Sluice does not know is skipped, as Envoy skips one it lacks.
   HttpFilter opt = Http("x.custom", Opaque("x.Custom"));
   opt.set_is_optional(true);

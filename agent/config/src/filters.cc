@@ -23,9 +23,10 @@ using HttpConnectionManager =
 using HttpFilter = envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
 
 enum class Kind { kNetwork, kHttp, kListener };
-// How a row is used: served, skipped, refused for enforcing policy, or Wasm (decided by
-// what the module is, see WasmVerdict).
-enum class Row { kServe, kSkip, kSecurity, kWasm };
+// How a row is used: served, skipped (no effect on routing), skipped because it acts only
+// on mTLS connections, refused for enforcing policy Sluice does not implement, or Wasm
+// (decided by what the module is, see WasmVerdict).
+enum class Row { kServe, kSkip, kPlaintextNoop, kSecurity, kWasm };
 
 struct Entry {
   Kind kind;
@@ -57,20 +58,27 @@ constexpr std::array kTable{
     Entry{Kind::kListener, "envoy.filters.listener.original_dst",
           "envoy.extensions.filters.listener.original_dst.v3.OriginalDst", Row::kServe},
 
-    // Security: they decide what is let through. Until policy is enforced (issue 17) a
-    // listener carrying one is refused, so it fails closed rather than open.
+    // AuthorizationPolicy: Envoy's RBAC engine, served by the proxy (agent/proxy/rbac.cc);
+    // a config it cannot enforce exactly refuses its listener there, by field.
     Entry{Kind::kHttp, "envoy.filters.http.rbac", "envoy.extensions.filters.http.rbac.v3.RBAC",
-          Row::kSecurity},
+          Row::kServe},
     Entry{Kind::kNetwork, "envoy.filters.network.rbac",
-          "envoy.extensions.filters.network.rbac.v3.RBAC", Row::kSecurity},
+          "envoy.extensions.filters.network.rbac.v3.RBAC", Row::kServe},
+    // Istio's network authn filter (1.18+, a TypedStruct) only records the peer identity
+    // of a verified mTLS certificate (io.istio.peer_principal / peer_namespace) for rbac
+    // to read; on a plaintext connection it records nothing, which is what Sluice's rbac
+    // assumes (those matchers never match).
+    Entry{Kind::kNetwork, "istio_authn", "io.istio.network.authn.Config", Row::kPlaintextNoop},
+
+    // Security: they decide what is let through, and Sluice does not implement them: a
+    // listener carrying one is refused, so it fails closed rather than open.
     Entry{Kind::kHttp, "envoy.filters.http.ext_authz",
           "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz", Row::kSecurity},
     Entry{Kind::kNetwork, "envoy.filters.network.ext_authz",
           "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz", Row::kSecurity},
     Entry{Kind::kHttp, "envoy.filters.http.jwt_authn",
           "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication", Row::kSecurity},
-    // Istio's authn: the network filter (1.18+, a TypedStruct) and the old HTTP one.
-    Entry{Kind::kNetwork, "istio_authn", "io.istio.network.authn.Config", Row::kSecurity},
+    // Istio's old HTTP authn filter also validates JWTs (origin authentication).
     Entry{Kind::kHttp, "istio_authn", "istio.envoy.config.filter.http.authn.v2alpha1.FilterConfig",
           Row::kSecurity},
     Entry{Kind::kHttp, "istio.authn", "istio.envoy.config.filter.http.authn.v2alpha1.FilterConfig",
@@ -266,10 +274,16 @@ Verdict Classify(Kind kind, std::string_view name, const google::protobuf::Any* 
           Use::kSkipped,
           fmt::format("filter \"{}\" (type {}) has no effect on routing: skipped", name, shown),
           std::string(kTelemetryFilter), shown};
+    case Row::kPlaintextNoop:
+      return Verdict{Use::kSkipped,
+                     fmt::format("filter \"{}\" (type {}) acts only on mTLS peers, and Sluice "
+                                 "has no mTLS: no effect on plaintext connections",
+                                 name, shown),
+                     std::string(kMtlsOnlyFilter), shown};
     case Row::kSecurity:
       return Verdict{Use::kRefused,
-                     fmt::format("filter \"{}\" (type {}) enforces policy, which Sluice does not "
-                                 "yet (issue 17): refused so it fails closed",
+                     fmt::format("filter \"{}\" (type {}) enforces policy that Sluice does not "
+                                 "implement: refused so it fails closed",
                                  name, shown),
                      std::string(kSecurityFilter), shown};
     case Row::kWasm:

@@ -21,11 +21,12 @@ namespace sluice::config {
 enum class Use { kServed, kSkipped, kRefused };
 
 // Reason classes (metric labels) for skipped and refused resources and filters.
-inline constexpr std::string_view kSecurityFilter = "security_filter";         // refused: issue 17
+inline constexpr std::string_view kSecurityFilter = "security_filter";         // refused
 inline constexpr std::string_view kEcdsFilter = "ecds_filter";                 // refused
 inline constexpr std::string_view kWasmFilter = "wasm_filter";                 // refused
 inline constexpr std::string_view kUnknownFilter = "unknown_filter";           // refused
 inline constexpr std::string_view kTelemetryFilter = "telemetry_filter";       // skipped
+inline constexpr std::string_view kMtlsOnlyFilter = "mtls_only_filter";        // skipped
 inline constexpr std::string_view kInternalListener = "internal_listener";     // skipped
 inline constexpr std::string_view kCustomClusterType = "custom_cluster_type";  // skipped
 inline constexpr std::string_view kInternalUpstream = "internal_upstream";     // skipped

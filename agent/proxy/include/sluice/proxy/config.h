@@ -23,6 +23,7 @@
 #include "sluice/common/result.h"
 #include "sluice/filterchain/match.h"
 #include "sluice/proxy/http_codec.h"
+#include "sluice/proxy/rbac.h"
 
 namespace sluice::xds {
 struct ResourceSet;
@@ -306,8 +307,30 @@ bool RouteMatches(const Route& r, const http::RequestHead& req);
 
 // ---------------------------------------------------------------- listeners
 
+// An envoy.filters.http.rbac filter of a connection manager (in http_filters order; all
+// run before the fault and CORS filters, as istiod orders them).
+struct HttpRbac {
+  std::string name;  // the filter's name in http_filters
+  RbacFilter filter;
+};
+
+// An envoy.filters.network.rbac filter of a chain, before its terminal filter. `proto` is
+// the filter's config as received, for what reads more than the compiled engine (the
+// node agent's projection of L4-only rules into the kernel).
+struct NetworkRbac {
+  std::string name;
+  RbacFilter filter;
+  std::shared_ptr<const envoy::extensions::filters::network::rbac::v3::RBAC> proto;
+};
+
 struct HttpSettings {
   std::string route_config_name;
+  // Envoy's downstream address rules, for the RBAC remote_ip principal: with
+  // use_remote_address false the client is the XFF entry xff_num_trusted_hops from the
+  // right; with it true, the peer (or, with trusted hops, the XFF entry hops-1 from it).
+  bool use_remote_address = false;
+  uint32_t xff_num_trusted_hops = 0;
+  std::vector<HttpRbac> rbac;
   std::shared_ptr<const RouteTable> routes;
   FaultPolicy fault;  // from an envoy.filters.http.fault filter
   // An envoy.filters.http.cors filter is in http_filters (routes' CorsPolicy apply), and
@@ -353,6 +376,9 @@ struct FilterChain {
   // Its filter_chain_match, as the filter-chain matcher (filterchain::Select) reads it.
   filterchain::Match match;
   bool is_http = true;
+  // Network rbac filters, in order, evaluated once the chain is chosen (Envoy evaluates
+  // them on the first byte; the facts they read are all known by then).
+  std::vector<NetworkRbac> network_rbac;
   HttpSettings http;
   TcpSettings tcp;
   bool access_log = false;

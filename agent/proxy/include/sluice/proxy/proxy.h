@@ -10,7 +10,9 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -73,6 +75,26 @@ struct ProxyOptions {
   Millis overload_idle_timeout{5000};
 };
 
+// RBAC decisions per policy (Envoy's per-rule stats, rbac.policy.<name>.allowed and
+// .denied): counted when a policy decided, enforced or shadow. At most kMaxPolicies
+// names are kept; later ones count under kOverflow, so a churning config cannot grow it
+// without bound.
+class RbacPolicyStats {
+ public:
+  static constexpr std::size_t kMaxPolicies = 1024;
+  static constexpr std::string_view kOverflow = "_other";
+  struct Count {
+    std::string policy;
+    uint64_t allowed = 0, denied = 0, shadow_allowed = 0, shadow_denied = 0;
+  };
+  void Add(std::string_view policy, bool allowed, bool shadow);
+  std::vector<Count> Snapshot() const;  // by policy name
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, Count, std::less<>> counts_;
+};
+
 // Counters summed over workers (relaxed atomics; for tests and the admin page).
 struct ProxyStats {
   std::atomic<uint64_t> downstream_cx{0};
@@ -95,6 +117,13 @@ struct ProxyStats {
   std::atomic<uint64_t> upgrades_refused{0};    // 403: not in upgrade_configs
   std::atomic<uint64_t> buffer_limit_waits{0};  // reads deferred by worker_buffer_limit
   std::atomic<uint64_t> buffered_bytes{0};      // held for downstream connections now (a gauge)
+  // RBAC filters (Envoy's rbac.allowed / denied / shadow_allowed / shadow_denied), HTTP
+  // requests and TCP connections alike, and per policy.
+  std::atomic<uint64_t> rbac_allowed{0};
+  std::atomic<uint64_t> rbac_denied{0};
+  std::atomic<uint64_t> rbac_shadow_allowed{0};
+  std::atomic<uint64_t> rbac_shadow_denied{0};
+  RbacPolicyStats rbac_policies;
 };
 
 // ProxyStats as named samples, for metrics and reports (one list, so every exporter
