@@ -20,6 +20,22 @@ nlohmann::json ToJson(const M& msg) {
   return nlohmann::json::parse(descriptors::MessageToJson(msg, o), nullptr, false);
 }
 
+// A Prometheus label value: backslash, double quote and newline escaped (text format).
+std::string LabelValue(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (char c : v) {
+    if (c == '\\' || c == '"')
+      out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string ProxyMetrics(const std::vector<PodProxyStatus>& pods) {
@@ -37,6 +53,28 @@ std::string ProxyMetrics(const std::vector<PodProxyStatus>& pods) {
     out += Prometheus("sluice_proxy_" + std::string(st.name), std::string(st.help),
                       st.gauge ? "gauge" : "counter", samples);
   }
+  // RBAC decisions per policy (AuthorizationPolicy rules: "ns[NS]-policy[NAME]-rule[i]").
+  std::vector<std::pair<std::string, uint64_t>> samples;
+  for (const auto& p : pods) {
+    for (const auto& c : p.rbac_policies) {
+      const std::pair<std::string_view, uint64_t> decisions[] = {
+          {"allowed", c.allowed},
+          {"denied", c.denied},
+          {"shadow_allowed", c.shadow_allowed},
+          {"shadow_denied", c.shadow_denied}};
+      for (const auto& [decision, v] : decisions) {
+        if (v == 0)
+          continue;
+        samples.push_back({"{namespace=\"" + p.key.pod_namespace + "\",pod=\"" + p.key.name +
+                               "\",policy=\"" + LabelValue(c.policy) + "\",decision=\"" +
+                               std::string(decision) + "\"}",
+                           v});
+      }
+    }
+  }
+  out += Prometheus("sluice_proxy_rbac_policy_total",
+                    "RBAC decisions per policy (enforced and shadow) by each pod's proxy",
+                    "counter", samples);
   return out;
 }
 

@@ -186,6 +186,14 @@ class Host {
       nlohmann::json stats = nlohmann::json::object();
       for (const auto& [n, v] : p.stats)
         stats[n] = v;
+      nlohmann::json rbac = nlohmann::json::array();
+      for (const auto& c : p.rbac_policies) {
+        rbac.push_back({{"policy", c.policy},
+                        {"allowed", c.allowed},
+                        {"denied", c.denied},
+                        {"shadow_allowed", c.shadow_allowed},
+                        {"shadow_denied", c.shadow_denied}});
+      }
       pods.push_back({{"namespace", p.key.pod_namespace},
                       {"name", p.key.name},
                       {"listening", p.listening},
@@ -193,7 +201,8 @@ class Host {
                       {"view", p.view},
                       {"ipv6", p.ipv6},
                       {"inbound", InboundJson(p.inbound)},
-                      {"stats", std::move(stats)}});
+                      {"stats", std::move(stats)},
+                      {"rbac_policies", std::move(rbac)}});
     }
     SendToAgent(Message{Type::kStatus, {{"seq", seq}, {"pods", std::move(pods)}}, {}, {}});
   }

@@ -339,6 +339,11 @@ void L7Supervisor::OnMessage(l7wire::Message m) {
       const nlohmann::json stats = p.value("stats", nlohmann::json::object());
       for (const auto& [n, v] : stats.items())
         s.stats.emplace_back(n, v.get<uint64_t>());
+      for (const auto& c : p.value("rbac_policies", nlohmann::json::array())) {
+        s.rbac_policies.push_back(
+            {c.value("policy", ""), c.value("allowed", uint64_t{0}), c.value("denied", uint64_t{0}),
+             c.value("shadow_allowed", uint64_t{0}), c.value("shadow_denied", uint64_t{0})});
+      }
       for (const auto& [n, v] : s.stats) {
         if (n == "requests_total")
           s.requests = v;

@@ -417,6 +417,7 @@ std::vector<PodProxyStatus> PodProxies::List() const {
       s.downstream_cx = pod.proxy->stats().downstream_cx.load(std::memory_order_relaxed);
       for (const auto& st : proxy::NamedStats(pod.proxy->stats()))
         s.stats.emplace_back(std::string(st.name), st.value);
+      s.rbac_policies = pod.proxy->stats().rbac_policies.Snapshot();
     }
     out.push_back(std::move(s));
   }

@@ -92,7 +92,8 @@ struct PodProxyStatus {
   uint64_t requests = 0, downstream_cx = 0;
   bool ipv6 = false;                 // its capture listener's IPv6 twin on [::1] is open too
   std::vector<InboundPort> inbound;  // the ports its inbound side serves
-  std::vector<std::pair<std::string, uint64_t>> stats;  // proxy::NamedStats, by name
+  std::vector<std::pair<std::string, uint64_t>> stats;       // proxy::NamedStats, by name
+  std::vector<proxy::RbacPolicyStats::Count> rbac_policies;  // RBAC decisions per policy
 };
 
 class PodProxies {

@@ -218,22 +218,22 @@ std::set<std::string> ListenerNames(const sluice::proxy::ProxyConfig& c) {
 }  // namespace
 
 TEST_CASE(
-    "an Istio 1.18 sidecar's listeners: security filters refused by name, HBONE "
-    "internal listeners skipped, every other listener served") {
+    "an Istio 1.18 sidecar's listeners: virtualInbound served with its rbac filters, HBONE "
+    "listeners skipped or refused by name, every other listener served") {
   Replay r("sidecar-1.18-productpage-listeners.json");
   CHECK(r.unparsed.empty());
   REQUIRE(r.sent.listeners.size() == 27);
-  // virtualInbound carries the rbac and Istio authn HTTP filters (AuthorizationPolicy
-  // and PeerAuthentication), connect_terminate the authn filter: until policy is
-  // enforced (issue 17) they fail closed — refused, named in the NACK.
-  CHECK(r.Refused(sx::kListenerType) ==
-        std::set<std::string>{"connect_terminate", "virtualInbound"});
+  // virtualInbound carries the rbac filters (AuthorizationPolicy) and Istio's network
+  // authn filter (mTLS peer identity: nothing on plaintext): served. HBONE's
+  // connect_terminate carries connect_baggage, which Sluice does not know: refused by
+  // name, in the NACK.
+  CHECK(r.Refused(sx::kListenerType) == std::set<std::string>{"connect_terminate"});
   for (const auto& [name, issue] : r.Type(sx::kListenerType).refused) {
     INFO(name << ": " << issue.reason);
-    CHECK(issue.reason_class == "security_filter");
+    CHECK(issue.reason_class == "unknown_filter");
   }
   const std::string nack = r.istiod.Nack(sx::kListenerType);
-  CHECK(nack.find("virtualInbound") != std::string::npos);
+  CHECK(nack.find("virtualInbound") == std::string::npos);
   CHECK(nack.find("connect_terminate") != std::string::npos);
   // The HBONE listeners have no socket address: no use without mTLS, skipped (ACKed).
   CHECK(r.Skipped(sx::kListenerType) ==
@@ -244,12 +244,25 @@ TEST_CASE(
   // Everything else is in force and compiles: no listener refused by the proxy.
   const auto accepted = Minus(Minus(Names(r.sent.listeners), r.Refused(sx::kListenerType)),
                               r.Skipped(sx::kListenerType));
-  CHECK(accepted.size() == 23);
+  CHECK(accepted.size() == 24);
   CHECK(Names(r.store.Current()->listeners) == accepted);
   auto served = Served(r);
   for (const auto& x : served->refused)
     FAIL_CHECK(x.kind << " " << x.name << ": " << x.reason);
   CHECK(ListenerNames(*served) == accepted);
+  // The proxy enforces virtualInbound's policy: its HTTP chains carry the compiled rbac
+  // filters, its TCP chains the network ones.
+  std::size_t http_rbac = 0, network_rbac = 0;
+  for (const auto& l : served->listeners) {
+    if (l.name != "virtualInbound")
+      continue;
+    for (const auto& c : l.chains) {
+      http_rbac += c.http.rbac.size();
+      network_rbac += c.network_rbac.size();
+    }
+  }
+  CHECK(http_rbac > 0);
+  CHECK(network_rbac > 0);
 }
 
 TEST_CASE(

@@ -60,8 +60,8 @@ TEST_CASE("a refused listener is named in /ready and counted in /metrics until f
   internal.mutable_internal_listener();
   REQUIRE(f.ads.Send(std::string(sx::kListenerType), "l1", "n2",
                      {Pack(Tcp("tcp", 9000)),
-                      Pack(With(Tcp("guarded", 9001), "envoy.filters.network.rbac",
-                                "envoy.extensions.filters.network.rbac.v3.RBAC")),
+                      Pack(With(Tcp("guarded", 9001), "envoy.filters.network.ext_authz",
+                                "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz")),
                       Pack(With(Tcp("counted", 9002), "istio.metadata_exchange",
                                 "envoy.tcp.metadataexchange.config.MetadataExchange")),
                       Pack(internal)}));
@@ -70,9 +70,9 @@ TEST_CASE("a refused listener is named in /ready and counted in /metrics until f
   auto st = f.client->Status();
   CHECK(sluice::agent::RefusedListeners(st, "view default: ") ==
         "view default: listener guarded refused: filter_chains[0].filters[0]: filter "
-        "\"envoy.filters.network.rbac\" (type "
-        "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC) enforces policy, "
-        "which Sluice does not yet (issue 17): refused so it fails closed\n");
+        "\"envoy.filters.network.ext_authz\" (type "
+        "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz) enforces "
+        "policy that Sluice does not implement: refused so it fails closed\n");
   std::string m = sluice::agent::XdsAcceptanceMetrics({{"", st}});
   const std::string lds = "type=\"type.googleapis.com/envoy.config.listener.v3.Listener\"";
   CHECK(Has(m, "sluice_xds_refused_resources{" + lds + ",reason_class=\"security_filter\"} 1"));

@@ -197,10 +197,11 @@ TEST_CASE("one bad cluster among good ones: NACKed by name, the good ones in for
 TEST_CASE("one bad listener among good ones: NACKed by name, the good ones in force") {
   Fixture f;
   ClustersIn(f);
-  // A network RBAC filter: policy Sluice does not enforce yet, so the listener is refused
+  // A network ext_authz filter: policy Sluice does not enforce, so the listener is refused
   // (fails closed); a listener with an unknown filter is refused too, never served without it.
-  Listener rbac = WithNetworkFilter(TcpListener("rbac", 9001, "s"), "envoy.filters.network.rbac",
-                                    Opaque("envoy.extensions.filters.network.rbac.v3.RBAC"));
+  Listener rbac =
+      WithNetworkFilter(TcpListener("rbac", 9001, "s"), "envoy.filters.network.ext_authz",
+                        Opaque("envoy.extensions.filters.network.ext_authz.v3.ExtAuthz"));
   Listener sni =
       WithNetworkFilter(TcpListener("sni", 9002, "s"), "envoy.filters.network.sni_cluster",
                         Opaque("envoy.extensions.filters.network.sni_cluster.v3.SniCluster"));
@@ -216,9 +217,9 @@ TEST_CASE("one bad listener among good ones: NACKed by name, the good ones in fo
   CHECK(nack.response_nonce() == "n1");
   CHECK(nack.error_detail().message() ==
         "Error adding/updating listener(s) "
-        "rbac: filter_chains[0].filters[0]: filter \"envoy.filters.network.rbac\" (type "
-        "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC) enforces policy, "
-        "which Sluice does not yet (issue 17): refused so it fails closed\n"
+        "rbac: filter_chains[0].filters[0]: filter \"envoy.filters.network.ext_authz\" (type "
+        "type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz) enforces "
+        "policy that Sluice does not implement: refused so it fails closed\n"
         "sni: filter_chains[0].filters[0]: filter \"envoy.filters.network.sni_cluster\" (type "
         "type.googleapis.com/envoy.extensions.filters.network.sni_cluster.v3.SniCluster) is not "
         "supported\n");
@@ -251,8 +252,8 @@ TEST_CASE("one bad listener among good ones: NACKed by name, the good ones in fo
   // A refused update of a served listener keeps the version in force.
   auto before = snap->listeners.at("tcp");
   Listener tcp_rbac =
-      WithNetworkFilter(TcpListener("tcp", 9000, "other"), "envoy.filters.network.rbac",
-                        Opaque("envoy.extensions.filters.network.rbac.v3.RBAC"));
+      WithNetworkFilter(TcpListener("tcp", 9000, "other"), "envoy.filters.network.ext_authz",
+                        Opaque("envoy.extensions.filters.network.ext_authz.v3.ExtAuthz"));
   REQUIRE(f.ads.Send(std::string(sx::kListenerType), "l3", "n4",
                      {Pack(HttpListener("http", 8080, "r1")), Pack(TcpListener("rbac", 9001, "s")),
                       Pack(tcp_rbac), Pack(TcpListener("sni", 9002, "s"))}));

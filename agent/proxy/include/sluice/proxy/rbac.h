@@ -5,8 +5,7 @@
 // from); anything Envoy supports that Sluice does not is an error naming the field, so
 // the caller refuses the listener rather than serve it with a policy half applied.
 //
-// Nothing serves these filters yet (issue 17): a listener carrying one is still refused
-// by agent/config's filter classification. docs/policy.md says what is implemented.
+// The proxy enforces them (session_rbac.cc); docs/policy.md says what is implemented.
 #pragma once
 
 #include <sys/socket.h>
