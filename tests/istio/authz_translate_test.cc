@@ -199,7 +199,8 @@ sockaddr_storage Addr(const char* ip, uint16_t port) {
 // The compiled filters of a chain, in order.
 std::vector<sluice::proxy::RbacFilter> CompiledHttp(const listener_v3::FilterChain& fc) {
   std::vector<sluice::proxy::RbacFilter> out;
-  for (const auto& f : Hcm(fc).http_filters()) {
+  const auto hcm = Hcm(fc);
+  for (const auto& f : hcm.http_filters()) {
     if (f.name() != "envoy.filters.http.rbac")
       continue;
     http_rbac::RBAC cfg;
@@ -280,7 +281,8 @@ TEST_CASE("authz: istiod's HTTP goldens are the filters of the workload's HTTP c
     const auto* fc = Chain(*l, "0.0.0.0_8080", true);
     REQUIRE(fc);
     std::vector<hcm_v3::HttpFilter> got;
-    for (const auto& f : Hcm(*fc).http_filters()) {
+    const auto hcm = Hcm(*fc);
+    for (const auto& f : hcm.http_filters()) {
       if (f.name() == "envoy.filters.http.rbac")
         got.push_back(f);
     }
@@ -456,7 +458,8 @@ spec:
       return out;
     const auto* fc = Chain(*l, "virtualInbound-catchall-http", true);
     REQUIRE(fc);
-    for (const auto& f : Hcm(*fc).http_filters()) {
+    const auto hcm = Hcm(*fc);
+    for (const auto& f : hcm.http_filters()) {
       if (f.name() != "envoy.filters.http.rbac")
         continue;
       http_rbac::RBAC cfg;
