@@ -66,6 +66,22 @@ constexpr std::pair<std::string_view, std::string_view> kMessages[] = {
     {"L4MatchAttributes",
      "destinationSubnets port sourceSubnet sourceLabels gateways sourceNamespace"},
 
+    // security/v1beta1/authorization_policy.proto (v1 shares it)
+    {"AuthorizationPolicy",
+     "selector:LabelSelector targetRef:PolicyTargetReference "
+     "targetRefs[]:PolicyTargetReference rules[]:AuthzRule action provider:ExtensionProvider"},
+    {"PolicyTargetReference", "group kind name namespace"},
+    {"ExtensionProvider", "name"},
+    {"AuthzRule", "from[]:AuthzFrom to[]:AuthzTo when[]:AuthzCondition"},
+    {"AuthzFrom", "source:AuthzSource"},
+    {"AuthzTo", "operation:AuthzOperation"},
+    {"AuthzSource",
+     "principals notPrincipals requestPrincipals notRequestPrincipals namespaces "
+     "notNamespaces serviceAccounts notServiceAccounts ipBlocks notIpBlocks remoteIpBlocks "
+     "notRemoteIpBlocks trustDomains notTrustDomains"},
+    {"AuthzOperation", "hosts notHosts ports notPorts methods notMethods paths notPaths"},
+    {"AuthzCondition", "key values notValues"},
+
     // destination_rule.proto
     {"DestinationRule",
      "host trafficPolicy:TrafficPolicy subsets[]:Subset exportTo "
@@ -280,8 +296,8 @@ void Walk(const Field& f, std::string_view message) {
 }  // namespace
 
 bool HasApiSchema(const std::string& kind) {
-  for (const char* k :
-       {"Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "Sidecar"}) {
+  for (const char* k : {"Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "Sidecar",
+                        "AuthorizationPolicy"}) {
     if (kind == k)
       return true;
   }

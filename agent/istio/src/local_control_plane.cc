@@ -41,6 +41,7 @@ void Merge(Config& into, const LoadResult& file) {
   Append(into.service_entries, c.service_entries);
   Append(into.telemetries, c.telemetries);
   Append(into.sidecars, c.sidecars);
+  Append(into.authorization_policies, c.authorization_policies);
   if (c.mesh_set) {
     into.mesh = c.mesh;
     into.mesh_set = true;

@@ -48,6 +48,13 @@ Gateway DecodeGateway(const Field& doc, const Meta& meta);
 ServiceEntry DecodeServiceEntry(const Field& doc, const Meta& meta);
 Sidecar DecodeSidecar(const Field& doc, const Meta& meta);
 
+// authorization_policy.cc. RejectedAuthorizationPolicy keeps what can be read of a
+// refused document (namespace, selector, action) with `reason`, so the translator fails
+// closed for the workloads it would have selected.
+AuthorizationPolicy DecodeAuthorizationPolicy(const Field& doc, const Meta& meta);
+AuthorizationPolicy RejectedAuthorizationPolicy(const YAML::Node& root, const Meta& meta,
+                                                const std::string& reason);
+
 // mesh_config.cc
 Telemetry DecodeTelemetry(const Field& doc, const Meta& meta);
 void DecodeMeshConfigMap(const Field& doc, MeshConfig& mesh, FieldErrors& errors);

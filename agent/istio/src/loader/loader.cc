@@ -41,6 +41,7 @@ using detail::OneOf;
 
 constexpr const char* kIstioNetworkingVersions[] = {
     "networking.istio.io/v1alpha3", "networking.istio.io/v1beta1", "networking.istio.io/v1"};
+constexpr const char* kSecurityVersions[] = {"security.istio.io/v1beta1", "security.istio.io/v1"};
 constexpr const char* kTelemetryVersions[] = {"telemetry.istio.io/v1alpha1",
                                               "telemetry.istio.io/v1"};
 
@@ -128,14 +129,40 @@ void DecodeDocument(const YAML::Node& root, const Origin& origin, LoadResult& ou
     return;
   }
   const bool istio = OneOf(*api, kIstioNetworkingVersions);
+  const bool authz = *kind == "AuthorizationPolicy" && api->starts_with("security.istio.io/");
   // Before any field is read: a misspelled field explains the errors that would follow
   // (a VirtualService whose `htttp:` leaves it without routes).
-  if (istio)
+  if (istio || (authz && OneOf(*api, kSecurityVersions)))
     detail::CheckKnownFields(doc, *kind);
   // Service and Namespace names become DNS labels (name.ns.svc.cluster.local).
   Meta meta = DecodeMeta(doc, origin, *kind == "Service" || *kind == "Namespace");
   const std::string described = origin.Describe(*kind, meta.ns, meta.name);
   auto report = [&] { out.errors.push_back(described + ": " + *errors.first); };
+  // A refused AuthorizationPolicy must not fail open: what can be read of it stays, marked
+  // rejected, and the translator denies for the workloads it selects (authz.cc).
+  auto reject_policy = [&](const std::string& reason) {
+    out.errors.push_back(described + ": " + reason +
+                         " (refused; the workloads it selects fail closed)");
+    Meta kept = meta;
+    if (kept.name.empty())
+      kept.name = "<unnamed>";
+    out.config.authorization_policies.push_back(
+        detail::RejectedAuthorizationPolicy(root, kept, reason));
+  };
+  if (authz) {
+    if (!OneOf(*api, kSecurityVersions)) {
+      return reject_policy("apiVersion: " + *api +
+                           " is not a version of AuthorizationPolicy that Sluice reads "
+                           "(security.istio.io/v1beta1, v1)");
+    }
+    if (errors.failed())
+      return reject_policy(*errors.first);
+    auto p = detail::DecodeAuthorizationPolicy(doc, meta);
+    if (errors.failed())
+      return reject_policy(*errors.first);
+    out.config.authorization_policies.push_back(std::move(p));
+    return;
+  }
   if (errors.failed())
     return report();
 
@@ -224,6 +251,12 @@ void DecodeDocument(const YAML::Node& root, const Origin& origin, LoadResult& ou
         return report();
       c.sidecars.push_back(std::move(sc));
     }
+  } else if (*kind == "RequestAuthentication" && api->starts_with("security.istio.io/")) {
+    // Its JWT rules would feed request.auth.* of AuthorizationPolicy; ignoring it would
+    // change what a policy means, so it is refused, never skipped.
+    out.errors.push_back(described +
+                         ": RequestAuthentication is not supported: Sluice has no JWT "
+                         "authentication (jwt_authn); refused");
   } else if (*kind == "Telemetry") {
     if (!OneOf(*api, kTelemetryVersions))
       return wrong_version("telemetry.istio.io/v1alpha1, v1");

@@ -49,6 +49,7 @@ void Validate(LoadResult& out) {
   DropDuplicates(c.service_entries, "ServiceEntry", out);
   DropDuplicates(c.telemetries, "Telemetry", out);
   DropDuplicates(c.sidecars, "Sidecar", out);
+  DropDuplicates(c.authorization_policies, "AuthorizationPolicy", out);
 
   // Subsets a VirtualService routes to must be defined by a DestinationRule for the host;
   // Istio would accept it and answer 503 "NR" at run time, Sluice says so up front.

@@ -153,6 +153,10 @@ class Builder {
                                                            uint32_t port) const;
   void BuildSidecarListenersAndRoutes();
 
+  // ------------------------------------------------------------ authz.cc
+  std::vector<const AuthorizationPolicy*> SelectedPolicies() const;
+  void BuildAuthz();  // fills authz_, authz_http_, authz_tcp_
+
   // ------------------------------------------------------------ inbound.cc
   void BuildInbound();
   cluster_v3::Cluster InboundCluster(const SidecarIngress& in) const;
@@ -162,8 +166,8 @@ class Builder {
       envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager& hcm)
       const;
   google::protobuf::Any InboundHttpConnectionManager(const std::string& stat_prefix,
-                                                     const std::string& cluster,
-                                                     uint32_t port) const;
+                                                     const std::string& cluster, uint32_t port,
+                                                     const std::string& decorator_host) const;
 
   // ------------------------------------------------------------ grpc.cc
   std::vector<std::string> GrpcShortNames(const RegistryService& svc) const;
@@ -195,6 +199,11 @@ class Builder {
   std::unordered_map<std::string, std::vector<const VirtualService*>> vs_by_host_;
   std::vector<std::pair<std::string, const VirtualService*>> vs_wildcard_;
   std::set<std::string> emitted_listeners_;  // TCP listeners by name (one per VIP and port)
+  // AuthorizationPolicy for this proxy (authz.cc): whether any selects it, and the packed
+  // envoy.filters.http.rbac / envoy.filters.network.rbac configs in istiod's order.
+  bool authz_ = false;
+  std::vector<google::protobuf::Any> authz_http_;
+  std::vector<google::protobuf::Any> authz_tcp_;
 };
 
 }  // namespace sluice::istio::detail

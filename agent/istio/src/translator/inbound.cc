@@ -1,14 +1,20 @@
-// A sidecar's inbound side, from its Sidecar resource's ingress listeners: the
-// virtualInbound listener (0.0.0.0:15006) with one chain per ingress port and istiod's
-// passthrough chains, the "inbound|PORT||" clusters that deliver to the defaultEndpoint
-// (or, unset, to the pod's own address on the same port) and InboundPassthroughCluster.
+// A sidecar's inbound side: the virtualInbound listener (0.0.0.0:15006) with one chain
+// per inbound port and istiod's passthrough chains, the "inbound|PORT||" clusters that
+// deliver to the defaultEndpoint (or, unset, to the pod's own address on the same port)
+// and InboundPassthroughCluster. The inbound ports are the Sidecar resource's ingress
+// listeners when it has some, else, when an AuthorizationPolicy selects the workload, the
+// target ports of the Services that select it (istiod's buildInboundChainConfigs; the
+// Sidecar's ports replace the Services', as without PILOT_ENABLE_SIDECAR_SERVICE_INBOUND_
+// LISTENER_MERGE). The policy's rbac filters (authz.cc) go where istiod puts them: the
+// HTTP filter first in every inbound connection manager, the network filter before
+// tcp_proxy on every TCP chain, the passthrough chains included.
 //
 // The shape is istiod's (pilot/pkg/networking/core/listener_inbound.go,
 // cluster.go buildInboundClustersFromSidecar, cluster_builder.go buildInboundCluster) for
 // a proxy with redirected inbound traffic and no mTLS — Sluice terminates no TLS (issue
 // 18), so the chains are istiod's plaintext ones (transport_protocol raw_buffer). A proxy
-// whose Sidecar has no ingress gets no inbound listener: istiod would build chains from
-// the Services selecting the pod, which the node agent's inbound side does not take yet.
+// with neither ingress listeners nor a policy gets no inbound listener: istiod always
+// builds one, but the node agent's inbound side only needs it where it changes behaviour.
 #include <algorithm>
 #include <set>
 
@@ -48,6 +54,21 @@ ChainKind KindOf(const SidecarIngress& in) {
     return ChainKind::kSniffed;
   return IsHttp(ParseProtocol(in.protocol)) ? ChainKind::kHttp : ChainKind::kTcp;
 }
+
+// A Service port as istiod's inbound side sees it: an unknown protocol is detected.
+ChainKind KindOf(Protocol p) {
+  if (p == Protocol::kUnknown)
+    return ChainKind::kSniffed;
+  return IsHttp(p) ? ChainKind::kHttp : ChainKind::kTcp;
+}
+
+// One inbound port: its chains and its "inbound|PORT||" cluster.
+struct InboundPort {
+  SidecarIngress cluster;  // port = the target port the chains match
+  ChainKind kind = ChainKind::kTcp;
+  uint32_t service_port = 0;   // the virtual host's and the trace decorator's port
+  std::string decorator_host;  // the Service's FQDN, or the Sidecar's "name.namespace"
+};
 
 // "0.0.0.0_9080": istiod's chain name for an ingress port without bind (the wildcard
 // address, since Sluice does not give the translator the pod's own IP).
@@ -107,6 +128,61 @@ void DisableOnPorts(listener_v3::ListenerFilter& lf, const std::set<uint32_t>& p
     range(rules->add_rules(), p);
 }
 
+// The target ports of the Services in the proxy's namespace that select it, one per
+// target port (the first Service in name order wins a conflict, as istiod keeps the
+// oldest), each with the Service port's protocol.
+std::vector<InboundPort> ServiceInboundPorts(const Config& config_, const Registry& registry_,
+                                             const ProxySpec& proxy_,
+                                             std::vector<std::string>& warnings) {
+  std::vector<InboundPort> out;
+  std::set<uint32_t> seen;
+  std::vector<const Service*> services;
+  for (const auto& svc : config_.services) {
+    if (svc.meta.ns == proxy_.ns && !svc.selector.empty() &&
+        SelectorMatches(svc.selector, proxy_.labels))
+      services.push_back(&svc);
+  }
+  std::sort(services.begin(), services.end(),
+            [](const Service* a, const Service* b) { return a->meta.name < b->meta.name; });
+  for (const Service* svc : services) {
+    const std::string fqdn = svc->meta.name + "." + svc->meta.ns + ".svc." + registry_.domain();
+    const RegistryService* reg = registry_.Resolve(fqdn, proxy_.ns);
+    for (const auto& sp : svc->ports) {
+      if (sp.protocol == "UDP" || sp.protocol == "SCTP")
+        continue;
+      uint32_t target = sp.target_port ? sp.target_port : sp.port;
+      if (!sp.target_port_name.empty()) {
+        // A named targetPort: the container port of this workload's pods.
+        target = 0;
+        for (const auto& w : config_.workloads) {
+          if (w.meta.ns != proxy_.ns || !SelectorMatches(proxy_.labels, w.pod_labels))
+            continue;
+          for (const auto& cp : w.container_ports)
+            if (cp.name == sp.target_port_name)
+              target = cp.port;
+        }
+        if (!target) {
+          warnings.push_back("Service " + svc->meta.Key() + " port " + std::to_string(sp.port) +
+                             ": targetPort \"" + sp.target_port_name +
+                             "\" names no container port of this workload; its traffic "
+                             "takes the inbound passthrough chains");
+          continue;
+        }
+      }
+      if (!seen.insert(target).second)
+        continue;
+      InboundPort p;
+      p.cluster.port = target;
+      const RegistryPort* rp = reg ? reg->FindPort(sp.port) : nullptr;
+      p.kind = KindOf(rp ? rp->protocol : Protocol::kUnknown);
+      p.service_port = sp.port;
+      p.decorator_host = fqdn;
+      out.push_back(std::move(p));
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 // istiod's buildInboundCluster for one ingress listener: STATIC to the defaultEndpoint,
@@ -141,11 +217,18 @@ cluster_v3::Cluster Builder::InboundCluster(const SidecarIngress& in) const {
 // istiod's inbound HTTP connection manager (buildSidecarInboundHTTPOpts): an inline route
 // configuration named after the cluster, one virtual host "inbound|http|PORT" for every
 // domain, its "default" route to the cluster with no timeout.
-google::protobuf::Any Builder::InboundHttpConnectionManager(const std::string& stat_prefix,
-                                                            const std::string& cluster,
-                                                            uint32_t port) const {
+google::protobuf::Any Builder::InboundHttpConnectionManager(
+    const std::string& stat_prefix, const std::string& cluster, uint32_t port,
+    const std::string& decorator_host) const {
   hcm_v3::HttpConnectionManager hcm;
   hcm.set_stat_prefix(stat_prefix);
+  // AuthorizationPolicy first, as istiod's buildHTTPConnectionManager orders them (no
+  // metadata exchange or authn filter precedes it without mTLS).
+  for (const auto& rbac : authz_http_) {
+    auto* f = hcm.add_http_filters();
+    f->set_name("envoy.filters.http.rbac");
+    *f->mutable_typed_config() = rbac;
+  }
   auto* rc = hcm.mutable_route_config();
   rc->set_name(cluster);
   rc->mutable_validate_clusters()->set_value(false);
@@ -160,19 +243,38 @@ google::protobuf::Any Builder::InboundHttpConnectionManager(const std::string& s
   ra->mutable_timeout();  // 0s: none, inbound
   ra->mutable_max_stream_duration()->mutable_max_stream_duration();
   ra->mutable_max_stream_duration()->mutable_grpc_timeout_header_max();
-  // istiod's trace operation: the Sidecar's synthetic host ("name.namespace"), or ":0"
-  // for the passthrough chain.
-  r->mutable_decorator()->set_operation(
-      (port && sidecar_ ? sidecar_->meta.name + "." + sidecar_->meta.ns : std::string()) + ":" +
-      std::to_string(port) + "/*");
+  // istiod's trace operation: the Service's FQDN or the Sidecar's synthetic host
+  // ("name.namespace"), or ":0" for the passthrough chain.
+  r->mutable_decorator()->set_operation(decorator_host + ":" + std::to_string(port) + "/*");
   return FinishConnectionManager(hcm);
 }
 
 void Builder::BuildInbound() {
-  if (!sidecar_ || sidecar_->ingress.empty())
+  BuildAuthz();
+  std::vector<InboundPort> ports;
+  if (sidecar_ && !sidecar_->ingress.empty()) {
+    for (const auto& in : sidecar_->ingress) {
+      InboundPort p;
+      p.cluster = in;
+      p.kind = KindOf(in);
+      p.service_port = in.port;
+      p.decorator_host = sidecar_->meta.name + "." + sidecar_->meta.ns;
+      ports.push_back(std::move(p));
+    }
+  } else if (authz_) {
+    ports = ServiceInboundPorts(config_, registry_, proxy_, out_.warnings);
+  } else {
     return;
+  }
 
-  auto tcp_filter = [&](listener_v3::FilterChain& fc, const std::string& cluster) {
+  auto tcp_filter = [&](listener_v3::FilterChain& fc, const std::string& cluster, bool rbac) {
+    if (rbac) {
+      for (const auto& config : authz_tcp_) {
+        auto* f = fc.add_filters();
+        f->set_name("envoy.filters.network.rbac");
+        *f->mutable_typed_config() = config;
+      }
+    }
     tcp_v3::TcpProxy tcp;
     tcp.set_stat_prefix(cluster);
     tcp.set_cluster(cluster);
@@ -182,10 +284,10 @@ void Builder::BuildInbound() {
     f->mutable_typed_config()->PackFrom(tcp);
   };
   auto http_filter = [&](listener_v3::FilterChain& fc, const std::string& stat_prefix,
-                         const std::string& cluster, uint32_t port) {
+                         const std::string& cluster, uint32_t port, const std::string& host) {
     auto* f = fc.add_filters();
     f->set_name("envoy.filters.network.http_connection_manager");
-    *f->mutable_typed_config() = InboundHttpConnectionManager(stat_prefix, cluster, port);
+    *f->mutable_typed_config() = InboundHttpConnectionManager(stat_prefix, cluster, port, host);
   };
 
   listener_v3::Listener l;
@@ -199,42 +301,41 @@ void Builder::BuildInbound() {
 
   // Passthrough chains (istiod's buildInboundPassthroughChains): connections to the
   // listener's own port are dropped (they would loop); the rest go to the pod's own
-  // address unchanged, HTTP through a connection manager.
+  // address unchanged, HTTP through a connection manager. Policy applies to them too:
+  // a port no Service names is no way around it.
   auto blackhole = PlainChain("virtualInbound-blackhole", kInboundListenPort, false);
   blackhole.mutable_filter_chain_match()->clear_transport_protocol();
-  tcp_filter(blackhole, kBlackHole);
+  tcp_filter(blackhole, kBlackHole, false);
   *l.add_filter_chains() = std::move(blackhole);
   auto catchall_http = PlainChain("virtualInbound-catchall-http", 0, true);
-  http_filter(catchall_http, kInboundPassthrough, kInboundPassthrough, 0);
+  http_filter(catchall_http, kInboundPassthrough, kInboundPassthrough, 0, "");
   *l.add_filter_chains() = std::move(catchall_http);
   auto catchall_tcp = PlainChain(kVirtualInbound, 0, false);
-  tcp_filter(catchall_tcp, kInboundPassthrough);
+  tcp_filter(catchall_tcp, kInboundPassthrough, true);
   *l.add_filter_chains() = std::move(catchall_tcp);
 
-  // One chain per ingress port (two when the protocol is detected), in port order.
-  std::vector<const SidecarIngress*> ingress;
-  for (const auto& in : sidecar_->ingress)
-    ingress.push_back(&in);
-  std::sort(ingress.begin(), ingress.end(),
-            [](const SidecarIngress* a, const SidecarIngress* b) { return a->port < b->port; });
+  // One chain per inbound port (two when the protocol is detected), in port order.
+  std::sort(ports.begin(), ports.end(), [](const InboundPort& a, const InboundPort& b) {
+    return a.cluster.port < b.cluster.port;
+  });
   std::set<uint32_t> no_http_inspection = {kInboundListenPort};
-  for (const SidecarIngress* in : ingress) {
-    const std::string cluster = InboundClusterName(in->port);
-    const std::string name = ChainName(in->port);
-    const ChainKind kind = KindOf(*in);
-    if (kind != ChainKind::kSniffed)
-      no_http_inspection.insert(in->port);
-    if (kind != ChainKind::kTcp) {
-      auto fc = PlainChain(name, in->port, kind == ChainKind::kSniffed);
-      http_filter(fc, "inbound_" + name, cluster, in->port);
+  for (const InboundPort& in : ports) {
+    const uint32_t port = in.cluster.port;
+    const std::string cluster = InboundClusterName(port);
+    const std::string name = ChainName(port);
+    if (in.kind != ChainKind::kSniffed)
+      no_http_inspection.insert(port);
+    if (in.kind != ChainKind::kTcp) {
+      auto fc = PlainChain(name, port, in.kind == ChainKind::kSniffed);
+      http_filter(fc, "inbound_" + name, cluster, in.service_port, in.decorator_host);
       *l.add_filter_chains() = std::move(fc);
     }
-    if (kind != ChainKind::kHttp) {
-      auto fc = PlainChain(name, in->port, false);
-      tcp_filter(fc, cluster);
+    if (in.kind != ChainKind::kHttp) {
+      auto fc = PlainChain(name, port, false);
+      tcp_filter(fc, cluster, true);
       *l.add_filter_chains() = std::move(fc);
     }
-    out_.resources.Add(InboundCluster(*in));
+    out_.resources.Add(InboundCluster(in.cluster));
   }
 
   // original_dst first (the chains match on the destination the connection was

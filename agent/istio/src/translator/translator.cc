@@ -44,6 +44,13 @@ Translation Builder::Run() {
     BuildInbound();
   } else {
     BuildGateway();
+    // istiod also puts rbac filters on a gateway's listeners; the local control plane does
+    // not yet, so it says so rather than pretend the policy is in force.
+    for (const AuthorizationPolicy* p : SelectedPolicies()) {
+      out_.warnings.push_back("AuthorizationPolicy " + p->meta.Key() +
+                              " selects this gateway, but the local control plane does not "
+                              "translate policies for gateways: it is not enforced here");
+    }
   }
   return std::move(out_);
 }

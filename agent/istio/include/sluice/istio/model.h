@@ -341,6 +341,53 @@ struct Telemetry {
   std::optional<bool> access_logging;  // unset when the resource says nothing about it
 };
 
+// ---------------------------------------------------------------- Istio security
+
+// security.istio.io AuthorizationPolicy (v1 and v1beta1), as istiod's authz builder
+// reads it (pilot/pkg/security/authz). Values are kept as written: the translator
+// (translator/authz.cc) turns them into Envoy RBAC matchers exactly as istiod does.
+struct AuthzSource {
+  std::vector<std::string> principals, not_principals;
+  std::vector<std::string> request_principals, not_request_principals;
+  std::vector<std::string> namespaces, not_namespaces;
+  std::vector<std::string> service_accounts, not_service_accounts;
+  std::vector<std::string> trust_domains, not_trust_domains;
+  std::vector<std::string> ip_blocks, not_ip_blocks;
+  std::vector<std::string> remote_ip_blocks, not_remote_ip_blocks;
+};
+
+struct AuthzOperation {
+  std::vector<std::string> hosts, not_hosts;
+  std::vector<std::string> ports, not_ports;
+  std::vector<std::string> methods, not_methods;
+  std::vector<std::string> paths, not_paths;
+};
+
+struct AuthzCondition {
+  std::string key;  // "request.headers[x-user]", "source.ip", ...
+  std::vector<std::string> values, not_values;
+};
+
+struct AuthzRule {
+  std::vector<AuthzSource> from;
+  std::vector<AuthzOperation> to;
+  std::vector<AuthzCondition> when;
+};
+
+struct AuthorizationPolicy {
+  // kCustom only on a rejected policy (CUSTOM needs an ext_authz provider Sluice lacks).
+  enum class Action { kAllow, kDeny, kAudit, kCustom };
+  Meta meta;
+  Labels selector;  // spec.selector.matchLabels; empty selects every workload in scope
+  Action action = Action::kAllow;
+  std::vector<AuthzRule> rules;
+  bool dry_run = false;  // annotation istio.io/dry-run: the rules become shadow rules
+  // Non-empty when the loader refused the document (the error it reported). The policy is
+  // then kept only to fail closed: the translator gives the workloads it selects a policy
+  // that allows nothing (ALLOW) or denies everything (DENY, CUSTOM), never no policy.
+  std::string rejected;
+};
+
 struct MeshConfig {
   enum class OutboundPolicy { kAllowAny, kRegistryOnly };
   OutboundPolicy outbound = OutboundPolicy::kAllowAny;
@@ -362,6 +409,7 @@ struct Config {
   std::vector<ServiceEntry> service_entries;
   std::vector<Telemetry> telemetries;
   std::vector<Sidecar> sidecars;
+  std::vector<AuthorizationPolicy> authorization_policies;
   MeshConfig mesh;
   bool mesh_set = false;  // a mesh config (the `istio` ConfigMap) was read
 };
