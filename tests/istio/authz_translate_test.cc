@@ -739,3 +739,65 @@ spec:
   CHECK_FALSE(HttpAllowed(CompiledHttp(*Chain(*la, "virtualInbound-catchall-http", true)),
                           "GET /x/y HTTP/1.1\r\nHost: h\r\n\r\n"));
 }
+
+TEST_CASE("authz: a policy selecting a gateway goes on the gateway's own listeners") {
+  auto r = Load(R"(apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - {port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}
+  - {port: {number: 9000, name: tcp, protocol: TCP}, hosts: ["*"]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs, namespace: istio-system}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http: [{route: [{destination: {host: httpbin.foo.svc.cluster.local, port: {number: 8000}}}]}]
+  tcp: [{match: [{port: 9000}], route: [{destination: {host: httpbin.foo.svc.cluster.local, port: {number: 9000}}}]}]
+---
+)" + std::string(kApps) +
+                R"(---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: gw-deny, namespace: istio-system}
+spec:
+  selector: {matchLabels: {istio: ingressgateway}}
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin*"]}}]
+  - from: [{source: {ipBlocks: ["10.0.0.6"]}}]
+)");
+  REQUIRE(r.errors.empty());
+  auto t = TranslateFor(r, "gateway:istio=ingressgateway@istio-system");
+  CHECK(t.warnings.empty());
+  // HTTP: rbac first in the server's connection manager, and it denies /admin.
+  const auto& http_l = t.resources.listeners.at("0.0.0.0_8080");
+  REQUIRE(http_l.filter_chains_size() == 1);
+  auto hcm = Hcm(http_l.filter_chains(0));
+  REQUIRE(hcm.http_filters_size() > 1);
+  CHECK(hcm.http_filters(0).name() == "envoy.filters.http.rbac");
+  auto http = CompiledHttp(http_l.filter_chains(0));
+  REQUIRE(http.size() == 1);
+  CHECK(HttpAllowed(http, "GET /status HTTP/1.1\r\nHost: x\r\n\r\n"));
+  CHECK_FALSE(HttpAllowed(http, "GET /admin/x HTTP/1.1\r\nHost: x\r\n\r\n"));
+  // TCP: the network rbac before tcp_proxy; the ipBlocks rule holds there (and the path
+  // rule widens to every connection, as istiod's DENY on a TCP chain).
+  const auto& tcp_l = t.resources.listeners.at("0.0.0.0_9000");
+  REQUIRE(tcp_l.filter_chains_size() == 1);
+  CHECK(FilterNames(tcp_l.filter_chains(0)) ==
+        std::vector<std::string>{"envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"});
+  auto tcp = CompiledTcp(tcp_l.filter_chains(0));
+  REQUIRE(tcp.size() == 1);
+  CHECK_FALSE(TcpAllowed(tcp, "10.0.0.6", 9000));
+  // A gateway no policy selects gets none.
+  auto other = TranslateFor(r, "gateway:istio=egressgateway@istio-system");
+  for (const auto& [name, l] : other.resources.listeners) {
+    for (const auto& fc : l.filter_chains())
+      for (const auto& f : fc.filters())
+        CHECK(f.name() != "envoy.filters.network.rbac");
+  }
+}

@@ -182,6 +182,7 @@ class Builder {
   void BuildGatewayHttp(uint32_t port, uint32_t listen, const Servers& servers);
   template <class Servers>
   void BuildGatewayL4(uint32_t port, uint32_t listen, const Servers& servers, bool tcp);
+  void AddGatewayTcpFilters(listener_v3::FilterChain& fc, google::protobuf::Any tcp_proxy) const;
 
   const Config& config_;
   const Registry& registry_;

@@ -139,6 +139,19 @@ void Builder::BuildGatewayHttp(uint32_t port, uint32_t listen, const Servers& se
   out_.resources.Add(std::move(l));
 }
 
+// A gateway TCP chain: the AuthorizationPolicies' network rbac filters, then tcp_proxy.
+void Builder::AddGatewayTcpFilters(listener_v3::FilterChain& fc,
+                                   google::protobuf::Any tcp_proxy) const {
+  for (const auto& config : authz_tcp_) {
+    auto* f = fc.add_filters();
+    f->set_name("envoy.filters.network.rbac");
+    *f->mutable_typed_config() = config;
+  }
+  auto* f = fc.add_filters();
+  f->set_name("envoy.filters.network.tcp_proxy");
+  *f->mutable_typed_config() = std::move(tcp_proxy);
+}
+
 template <class Servers>
 void Builder::BuildGatewayL4(uint32_t port, uint32_t listen, const Servers& servers, bool tcp) {
   auto l = NewListener("0.0.0.0", listen, false);
@@ -169,15 +182,10 @@ void Builder::BuildGatewayL4(uint32_t port, uint32_t listen, const Servers& serv
           auto* fc = l.add_filter_chains();
           for (const auto& h : sni)
             fc->mutable_filter_chain_match()->add_server_names(h);
-          auto* f = fc->add_filters();
-          f->set_name("envoy.filters.network.tcp_proxy");
-          *f->mutable_typed_config() = TcpProxy(L4Clusters(r, vs.meta.ns, port));
+          AddGatewayTcpFilters(*fc, TcpProxy(L4Clusters(r, vs.meta.ns, port)));
         }
-        if (tcp && r.match.empty()) {
-          auto* f = l.add_filter_chains()->add_filters();
-          f->set_name("envoy.filters.network.tcp_proxy");
-          *f->mutable_typed_config() = TcpProxy(L4Clusters(r, vs.meta.ns, port));
-        }
+        if (tcp && r.match.empty())
+          AddGatewayTcpFilters(*l.add_filter_chains(), TcpProxy(L4Clusters(r, vs.meta.ns, port)));
       }
     }
   }

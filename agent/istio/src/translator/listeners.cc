@@ -85,6 +85,15 @@ google::protobuf::Any Builder::HttpConnectionManager(const std::string& stat_pre
 }
 
 google::protobuf::Any Builder::FinishConnectionManager(hcm_v3::HttpConnectionManager& hcm) const {
+  // A gateway's connection managers enforce the AuthorizationPolicies selecting it, before
+  // any other filter (a sidecar's inbound one adds its own; its outbound ones have none).
+  if (proxy_.kind == ProxySpec::Kind::kGateway) {
+    for (const auto& rbac : authz_http_) {
+      auto* f = hcm.add_http_filters();
+      f->set_name("envoy.filters.http.rbac");
+      *f->mutable_typed_config() = rbac;
+    }
+  }
   AddFaultAndRouter(hcm, /*cors=*/true);
   // As istiod: WebSocket upgrades are allowed; any other upgrade is refused (403).
   hcm.add_upgrade_configs()->set_upgrade_type("websocket");

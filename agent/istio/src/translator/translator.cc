@@ -43,14 +43,10 @@ Translation Builder::Run() {
     BuildSidecarListenersAndRoutes();
     BuildInbound();
   } else {
+    // A gateway's policies go on its own listeners, as istiod's: HTTP rbac first in each
+    // connection manager (FinishConnectionManager), network rbac before each tcp_proxy.
+    BuildAuthz();
     BuildGateway();
-    // istiod also puts rbac filters on a gateway's listeners; the local control plane does
-    // not yet, so it says so rather than pretend the policy is in force.
-    for (const AuthorizationPolicy* p : SelectedPolicies()) {
-      out_.warnings.push_back("AuthorizationPolicy " + p->meta.Key() +
-                              " selects this gateway, but the local control plane does not "
-                              "translate policies for gateways: it is not enforced here");
-    }
   }
   return std::move(out_);
 }
