@@ -770,6 +770,13 @@ void Session::RefreshConfig() {
           lc = nl;
           chain = nc;
           snap = w->snap();
+          // The previous request's route, cluster and endpoint belong to the config being
+          // let go: a request that ends before routing (a parse error) must not log them.
+          route = nullptr;
+          vh = nullptr;
+          cluster = nullptr;
+          wc = nullptr;
+          up_ep = nullptr;
         }
       }
     }
