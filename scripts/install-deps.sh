@@ -17,6 +17,8 @@ packages=(
   # deploy/kubernetes: rendered with `kubectl kustomize`, checked against the API's models
   # (tests/deploy); the image is built without docker (scripts/build-image.sh)
   python3-kubernetes umoci
+  # Istio's metrics (/stats/prometheus) parsed by a real Prometheus parser (tests/proxy)
+  python3-prometheus-client
   # benchmarks and peers
   wrk haproxy nginx-light iperf3
   linux-perf strace  # profiling the L7 proxy (docs/benchmarks.md)

@@ -1,4 +1,5 @@
-// The node agent's admin pages: /ready, /metrics, /config_dump, /pods (admin_routes.h).
+// The node agent's admin pages: /ready, /metrics, /config_dump, /pods, /stats/prometheus
+// (admin_routes.h).
 #include "admin_routes.h"
 
 #include <chrono>
@@ -17,6 +18,7 @@ void NodeAdminRoutes::Register(AdminServer& server) {
   server.Handle("/metrics", [this] { return Metrics(); });
   server.Handle("/config_dump", [this](const std::string& query) { return ConfigDump(query); });
   server.Handle("/pods", [this] { return Pods(); });
+  server.Handle("/stats/prometheus", [this] { return IstioStats(); });
 }
 
 AdminReply NodeAdminRoutes::Ready() const {
@@ -147,6 +149,15 @@ AdminReply NodeAdminRoutes::ConfigDump(const std::string& query) const {
     j["kernel"]["l7_reasons"] = ksync.applied().l7_reasons;
   });
   return AdminReply{200, "application/json", j.dump(1) + "\n"};
+}
+
+AdminReply NodeAdminRoutes::IstioStats() const {
+  if (p_.proxy_port == 0)
+    return AdminReply{200, "text/plain; version=0.0.4", ""};  // no pod proxies: no series
+  auto text = p_.l7.IstioMetrics(std::chrono::milliseconds(2000));
+  if (!text)
+    return AdminReply{503, "text/plain", "the L7 process did not answer\n"};
+  return AdminReply{200, "text/plain; version=0.0.4", std::move(*text)};
 }
 
 AdminReply NodeAdminRoutes::Pods() const {

@@ -9,6 +9,9 @@
 //   /config_dump  the node's config and the kernel's services; ?namespace=NS[&pod=NAME]:
 //                 what that view's pods run in the L7 process
 //   /pods         the pods the agent knows, enrolled or not, and their L7 listeners
+//   /stats/prometheus  Istio's standard metrics of the pods' proxies (istio_requests_total,
+//                 ...; docs/telemetry.md), as an Envoy sidecar serves them; 503 when the
+//                 L7 process does not answer
 //
 // The routes only read: the kernel's state through ConfigFanout (under its lock), the
 // rest from the objects that own it.
@@ -50,6 +53,7 @@ class NodeAdminRoutes {
   AdminReply Metrics() const;
   AdminReply ConfigDump(const std::string& query) const;
   AdminReply Pods() const;
+  AdminReply IstioStats() const;
 
  private:
   NodeAdminParts p_;

@@ -126,6 +126,12 @@ class Host {
       case Type::kStatusRequest:
         SendStatus(m.meta.value("seq", uint64_t{0}));
         return;
+      case Type::kIstioStatsRequest:
+        SendToAgent(Message{Type::kIstioStats,
+                            {{"seq", m.meta.value("seq", uint64_t{0})}},
+                            pods_.IstioMetrics(),
+                            {}});
+        return;
       default:
         spdlog::warn("L7: unexpected message {}", static_cast<uint32_t>(m.type));
         return;

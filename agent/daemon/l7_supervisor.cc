@@ -324,6 +324,15 @@ void L7Supervisor::OnMessage(l7wire::Message m) {
     });
     return;
   }
+  if (m.type == l7wire::Type::kIstioStats) {
+    const uint64_t seq = m.meta.value("seq", uint64_t{0});
+    if (seq >= istio_seq_) {
+      istio_seq_ = seq;
+      istio_text_ = std::move(m.blob);
+    }
+    cv_.notify_all();
+    return;
+  }
   if (m.type == l7wire::Type::kStatus) {
     status_.clear();
     const nlohmann::json pods = m.meta.value("pods", nlohmann::json::array());
@@ -440,6 +449,22 @@ void L7Supervisor::RefreshStatus(std::chrono::milliseconds wait) {
   m.meta = {{"seq", seq}};
   Enqueue(std::move(m));
   cv_.wait_for(lock, wait, [&] { return status_seq_ >= seq || !sock_; });
+}
+
+std::optional<std::string> L7Supervisor::IstioMetrics(std::chrono::milliseconds wait) {
+  std::unique_lock lock(mu_);
+  if (!sock_)
+    return std::nullopt;
+  // Shares asked_seq_ with the status requests: one sequence, so no answer is taken for
+  // another's.
+  const uint64_t seq = ++asked_seq_;
+  l7wire::Message m;
+  m.type = l7wire::Type::kIstioStatsRequest;
+  m.meta = {{"seq", seq}};
+  Enqueue(std::move(m));
+  if (!cv_.wait_for(lock, wait, [&] { return istio_seq_ >= seq || !sock_; }) || istio_seq_ < seq)
+    return std::nullopt;
+  return istio_text_;
 }
 
 std::vector<PodProxyStatus> L7Supervisor::List() const {

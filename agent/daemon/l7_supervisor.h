@@ -29,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -91,6 +92,9 @@ class L7Supervisor : public PodL7 {
   // Asks the process for its status and waits up to `wait` for it (else the last one).
   void RefreshStatus(std::chrono::milliseconds wait);
   std::vector<PodProxyStatus> List() const;
+  // Asks the process for its pods' Istio metrics (Prometheus text) and waits up to
+  // `wait`; nullopt when no process answered in time.
+  std::optional<std::string> IstioMetrics(std::chrono::milliseconds wait);
   std::vector<View> Views() const;
   L7ConfigState Node() const;
   std::map<std::string, L7ConfigState> ViewStates() const;
@@ -131,6 +135,8 @@ class L7Supervisor : public PodL7 {
   std::map<std::string, config::SnapshotPtr> view_snaps_;
   std::map<enrolment::PodKey, PodProxyStatus> status_;
   uint64_t status_seq_ = 0, asked_seq_ = 0;
+  uint64_t istio_seq_ = 0;  // the last kIstioStats answered, and its text
+  std::string istio_text_;
   std::deque<l7wire::Message> outbox_;
   // The current process's stream (none between processes); shared with a send under
   // way, so the descriptor is not closed (and its number reused) beneath it.

@@ -23,19 +23,21 @@ namespace sluice::agent::l7wire {
 
 enum class Type : uint32_t {
   // agent -> L7 process
-  kNodeConfig = 1,     // meta {generation}; blob: resources (empty: none)
-  kViewConfig = 2,     // meta {view, generation}; blob: resources (empty: forget the view)
-  kPodOpen = 3,        // meta {namespace, name, netns, labels{}, ips[], sockets[]}; fds: the
-                       // pod's listening sockets, named in that order by sockets[]
-                       // ("capture_v4", "capture_v6", "inbound_v4", "inbound_v6")
-  kPodClose = 4,       // meta {namespace, name}
-  kDrain = 5,          // meta {grace_ms}: stop accepting, finish what runs, exit
-  kStatusRequest = 6,  // meta {seq}: a status now, carrying this seq
+  kNodeConfig = 1,         // meta {generation}; blob: resources (empty: none)
+  kViewConfig = 2,         // meta {view, generation}; blob: resources (empty: forget the view)
+  kPodOpen = 3,            // meta {namespace, name, netns, labels{}, ips[], sockets[]}; fds: the
+                           // pod's listening sockets, named in that order by sockets[]
+                           // ("capture_v4", "capture_v6", "inbound_v4", "inbound_v6")
+  kPodClose = 4,           // meta {namespace, name}
+  kDrain = 5,              // meta {grace_ms}: stop accepting, finish what runs, exit
+  kStatusRequest = 6,      // meta {seq}: a status now, carrying this seq
+  kIstioStatsRequest = 7,  // meta {seq}: the pods' Istio metrics now, carrying this seq
   // L7 process -> agent
-  kApplied = 100,  // meta {view ("" for the node's), generation, applied, error}
-  kStatus = 101,   // meta {seq, pods: [...]}: every second (seq 0), and when asked
-  kInbound = 102,  // meta {namespace, name, netns, ports: [{port, reason}]}: the ports the
-                   // pod's inbound side serves now (the agent steers exactly these)
+  kApplied = 100,     // meta {view ("" for the node's), generation, applied, error}
+  kStatus = 101,      // meta {seq, pods: [...]}: every second (seq 0), and when asked
+  kInbound = 102,     // meta {namespace, name, netns, ports: [{port, reason}]}: the ports the
+                      // pod's inbound side serves now (the agent steers exactly these)
+  kIstioStats = 103,  // meta {seq}; blob: Prometheus text (PodProxies::IstioMetrics)
 };
 
 struct Message {

@@ -212,6 +212,7 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   o.access_log_path = opts_.access_log_path == "-" ? "" : opts_.access_log_path;
   o.upstream_mark = opts_.upstream_mark;
   o.pod_addresses = pod.addresses;
+  o.istio_stats = pod.istio;
   // One pod's traffic: a quarter of the default receive buffers (256 KiB), since a node
   // runs one of these per enrolled pod.
   o.io_buffers = 64;
@@ -268,6 +269,7 @@ Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& n
       if (it->second.view.labels == labels)
         return {};
       it->second.view.labels = labels;  // same sandbox, new labels: another view
+      Identify(key, it->second, labels);
       Refresh(nullptr, &key);
     } else {
       if (!fresh && it->second.proxy)
@@ -280,6 +282,15 @@ Result<void> PodProxies::Open(const enrolment::PodKey& key, const std::string& n
           it->second.addresses.push_back(*a);
       }
       it->second.view = View{key.pod_namespace, labels};
+      for (const auto& ip : it->second.peer_ips)
+        peers_->Erase(ip, it->second.identity);
+      it->second.peer_ips.clear();
+      for (const auto& cidr : ips) {
+        if (auto a = IpAddress::Parse(cidr.substr(0, cidr.find('/'))); a)
+          it->second.peer_ips.push_back(*a);
+      }
+      it->second.istio.reset();
+      Identify(key, it->second, labels);
       it->second.proxy.reset();
       it->second.inbound.reset();  // a new sandbox: its first report sets what is steered
       if (auto r = Start(key, it->second); !r) {
@@ -301,6 +312,8 @@ void PodProxies::Close(const enrolment::PodKey& key) {
     if (it == pods_.end())
       return;
     p = std::move(it->second.proxy);
+    for (const auto& ip : it->second.peer_ips)
+      peers_->Erase(ip, it->second.identity);
     pods_.erase(it);
   }
   if (p) {
@@ -422,6 +435,29 @@ std::vector<PodProxyStatus> PodProxies::List() const {
     out.push_back(std::move(s));
   }
   return out;
+}
+
+void PodProxies::Identify(const enrolment::PodKey& key, Pod& pod, const enrolment::Labels& labels) {
+  pod.identity = proxy::telemetry::Intern(proxy::telemetry::PodWorkload(
+      key.pod_namespace, key.name,
+      std::map<std::string, std::string>(labels.begin(), labels.end())));
+  if (pod.istio)
+    pod.istio->SetSelf(pod.identity);
+  else
+    pod.istio = std::make_shared<proxy::telemetry::IstioStats>(pod.identity, peers_);
+  for (const auto& ip : pod.peer_ips)
+    peers_->Set(ip, pod.identity);
+}
+
+std::string PodProxies::IstioMetrics() const {
+  std::vector<proxy::telemetry::Sample> samples;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [key, pod] : pods_)
+      if (pod.istio)
+        pod.istio->Collect(&samples);
+  }
+  return proxy::telemetry::RenderPrometheus(samples);
 }
 
 std::vector<View> PodProxies::Views() const {

@@ -32,7 +32,9 @@
 #include <vector>
 
 #include "sluice/enrolment/enrolment.h"
+#include "sluice/loader/ip.h"
 #include "sluice/netns/netns.h"
+#include "sluice/proxy/istio_stats.h"
 #include "sluice/proxy/proxy.h"
 #include "view_streams.h"
 
@@ -128,6 +130,8 @@ class PodProxies {
   std::vector<PodProxyStatus> List() const;
   // Views with at least one pod here (the agent keeps one xDS stream for each).
   std::vector<View> Views() const;
+  // Istio's standard metrics of every pod here, as Prometheus text (istio_stats.h).
+  std::string IstioMetrics() const;
 
   // The config a pod of `ns` runs: the namespace's (or node's) listeners with the
   // use_original_dst listener moved to 127.0.0.1:port (the capture listener), the
@@ -151,7 +155,14 @@ class PodProxies {
     // Last reported through on_inbound (none yet in this process: the first report
     // is made even when empty, so the agent drops what an earlier process asked for).
     std::optional<std::vector<InboundPort>> inbound;
+    // Istio's metrics of this sandbox (kept across its proxy's restarts here), and the
+    // identity and addresses it has in the peer directory.
+    std::shared_ptr<proxy::telemetry::IstioStats> istio;
+    const proxy::telemetry::Workload* identity = nullptr;
+    std::vector<IpAddress> peer_ips;
   };
+  // Publishes the pod's identity under its addresses (after an open or a relabel).
+  void Identify(const enrolment::PodKey& key, Pod& pod, const enrolment::Labels& labels);
   // Reports the pod's inbound ports when they changed (after a start or an update).
   void ReportInbound(const enrolment::PodKey& key, Pod& pod, const proxy::ProxyConfig& cfg);
   std::shared_ptr<const proxy::ProxyConfig> ConfigFor(const Pod& pod, bool* own) const;
@@ -163,6 +174,9 @@ class PodProxies {
   std::map<std::string, std::shared_ptr<const proxy::ProxyConfig>> views_;  // ForPods() applied
   std::shared_ptr<const proxy::ProxyConfig> node_;                          // ForPods() applied
   std::map<enrolment::PodKey, Pod> pods_;
+  // Every pod here by address: the peers of the pods' Istio metrics.
+  std::shared_ptr<proxy::telemetry::PeerDirectory> peers_ =
+      std::make_shared<proxy::telemetry::PeerDirectory>();
 };
 
 }  // namespace sluice::agent

@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 
 #include "session.h"
+#include "telemetry_hooks.h"
 
 namespace sluice::proxy::engine {
 namespace {
@@ -22,6 +23,7 @@ constexpr const char* kFlagNames[] = {"UH", "UT", "LR", "UR",  "UF", "UC",  "UO"
 }  // namespace
 
 void Session::LogRequest() {
+  RecordTelemetry(*this);  // Istio's metrics, whether or not the chain logs
   // A connection no chain served (NR) or one closed by a chain that fails closed is
   // logged by the listener's own access_log; the rest by their chain's.
   const bool served = chain && chain->fail_closed.empty();

@@ -33,6 +33,7 @@
 #include "sluice/filterchain/envoy.h"
 #include "sluice/proxy/config.h"
 #include "sluice/proxy/dns.h"
+#include "sluice/proxy/istio_stats.h"
 #include "sluice/proxy/lb.h"
 
 namespace sluice::proxy {
@@ -709,6 +710,7 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
                                                 DnsCache* dns_cache) {
   auto c = std::make_shared<Cluster>();
   c->name = pc.name();
+  c->istio_service = telemetry::ClusterService(pc);
   std::string where = "cluster " + pc.name();
   c->original_dst = pc.has_type() && pc.type() == cluster_v3::Cluster::ORIGINAL_DST;
   if (pc.has_upstream_bind_config()) {
@@ -832,6 +834,7 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
         auto ep = std::make_unique<Endpoint>();
         ep->degraded = degraded;
         ep->weight = weight;
+        ep->istio_workload = telemetry::EndpointWorkload(lb.metadata());
         auto port_or = PortOf(sa, where);
         SLUICE_RETURN_IF_ERROR(port_or);
         const uint16_t port = *port_or;
@@ -863,6 +866,7 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
             ep = std::make_unique<Endpoint>();
             ep->degraded = degraded;
             ep->weight = weight;
+            ep->istio_workload = telemetry::EndpointWorkload(lb.metadata());
           }
           sockaddr_storage resolved = answer.addrs[i];
           if (resolved.ss_family == AF_INET6)

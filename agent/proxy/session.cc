@@ -216,6 +216,7 @@ void Session::Open(int cfd, int listen_fd, const sockaddr_storage& accepted_peer
   flags = 0;
   status = 0;
   up = nullptr;
+  up_ep = nullptr;  // a pooled session's last endpoint may be gone with its config
   down_eof = up_eof = false;
   tcp_session = false;
   cluster = nullptr;

@@ -3,6 +3,7 @@
 // upgraded by a 101. Bytes pass both ways untouched, each direction's half-close is
 // passed on once its bytes are out, and the tunnel closes when both sides are done.
 #include "session.h"
+#include "telemetry_hooks.h"
 #include "upstream_pool.h"
 
 namespace sluice::proxy::engine {
@@ -32,6 +33,7 @@ void Session::StartTcp() {
   bool overflow = false;
   UpstreamConn* u = w->upstreams().GetUpstream(snap, cluster, ep, &overflow);
   up_ep = ep;
+  RecordTcpOpen(*this);
   CopyStr(up_host, ep->address);
   if (!u) {
     flags |= overflow ? kFlagUO : kFlagUF;

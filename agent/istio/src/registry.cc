@@ -30,6 +30,15 @@ Protocol KubernetesPortProtocol(const ServicePort& p) {
   return ParseProtocol(prefix);
 }
 
+// The workload name istiod gives an endpoint (pkg/kube GetWorkloadMetaFromPod): the
+// service.istio.io/workload-name label, else the Deployment's name; a Pod of its own is
+// its own workload.
+std::string WorkloadName(const Workload& w) {
+  if (auto it = w.pod_labels.find("service.istio.io/workload-name"); it != w.pod_labels.end())
+    return it->second;
+  return w.meta.name;
+}
+
 }  // namespace
 
 const char* ProtocolName(Protocol p) {
@@ -204,8 +213,10 @@ Registry Registry::Build(const Config& config) {
           RegistryEndpoint ep;
           ep.address = a.ip;
           auto pod = pods.find(svc.meta.ns + "/" + a.target_pod);
-          if (pod != pods.end())
+          if (pod != pods.end()) {
             ep.labels = pod->second->pod_labels;
+            ep.workload = WorkloadName(*pod->second);
+          }
           for (const auto& sp : svc.ports) {
             for (const auto& gp : g->ports) {
               if (gp.name == sp.name || g->ports.size() == 1)
@@ -228,6 +239,7 @@ Registry Registry::Build(const Config& config) {
           RegistryEndpoint ep;
           ep.address = ip;
           ep.labels = w.pod_labels;
+          ep.workload = WorkloadName(w);
           for (const auto& sp : svc.ports) {
             uint32_t target = sp.target_port != 0 ? sp.target_port : sp.port;
             if (!sp.target_port_name.empty()) {

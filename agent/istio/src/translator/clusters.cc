@@ -55,6 +55,30 @@ void SetLbPolicy(cluster_v3::Cluster& c, const std::optional<LoadBalancer>& lb) 
 // istiod's locality of an endpoint, from its pod's labels: `istio-locality`
 // ("region.zone.subzone"), else topology.kubernetes.io/region and /zone (node labels on a
 // real cluster, copied to the pod here) and topology.istio.io/subzone. Empty if none.
+// istiod's telemetry metadata on an endpoint (AppendLbEndpointMetadata):
+// filter_metadata.istio.workload = "name;namespace;canonical service;canonical revision
+// (empty for "latest");cluster", the canonical pair as labels.CanonicalService derives it.
+// Proxies label Istio's metrics with it when the peer is not otherwise known.
+void SetWorkloadMetadata(endpoint_v3::LbEndpoint& lb, const RegistryEndpoint& ep,
+                         const std::string& ns) {
+  auto first = [&](std::initializer_list<const char*> keys, const std::string& def) {
+    for (const char* k : keys)
+      if (auto it = ep.labels.find(k); it != ep.labels.end())
+        return it->second;
+    return def;
+  };
+  std::string revision =
+      first({"service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"}, "");
+  if (revision == "latest")
+    revision.clear();
+  const std::string value =
+      ep.workload + ";" + (ep.workload.empty() ? "" : ns) + ";" +
+      first({"service.istio.io/canonical-name", "app.kubernetes.io/name", "app"}, ep.workload) +
+      ";" + revision + ";Kubernetes";
+  (*(*lb.mutable_metadata()->mutable_filter_metadata())["istio"].mutable_fields())["workload"]
+      .set_string_value(value);
+}
+
 core_v3::Locality LocalityOf(const Labels& labels) {
   core_v3::Locality l;
   auto get = [&](const char* key) -> std::string {
@@ -117,6 +141,7 @@ endpoint_v3::ClusterLoadAssignment Endpoints(const RegistryService& svc, const R
     sa->set_port_value(pit->second);
     if (!dns)
       lb->set_health_status(core_v3::HEALTHY);
+    SetWorkloadMetadata(*lb, ep, svc.ns);
     lb->mutable_load_balancing_weight()->set_value(ep.weight);
     if (!dns) {
       auto* w = group.mutable_load_balancing_weight();

@@ -43,6 +43,10 @@ struct RegistryEndpoint {
   Labels labels;
   uint32_t weight = 1;
   std::map<uint32_t, uint32_t> ports;  // service port -> endpoint (target) port
+  // The workload it belongs to, as istiod names it (a Deployment's name, a Pod's own
+  // name or its service.istio.io/workload-name label); empty when not known. Its
+  // namespace is the service's.
+  std::string workload;
 };
 
 struct RegistryService {

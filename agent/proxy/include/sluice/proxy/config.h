@@ -31,6 +31,11 @@ struct ResourceSet;
 
 namespace sluice::proxy {
 
+namespace telemetry {
+struct Workload;
+struct Service;
+}  // namespace telemetry
+
 using Millis = std::chrono::milliseconds;
 
 // ---------------------------------------------------------------- clusters
@@ -46,6 +51,8 @@ struct Endpoint {
   // EDS health_status DEGRADED: used only when no healthy (HEALTHY/UNKNOWN) endpoint
   // is available. UNHEALTHY, DRAINING and TIMEOUT endpoints are not compiled in at all.
   bool degraded = false;
+  // istiod's endpoint metadata istio.workload, for Istio's metrics (nullptr: none).
+  const telemetry::Workload* istio_workload = nullptr;
   // Runtime state, shared by the workers.
   std::atomic<uint32_t> active_requests{0};
   std::atomic<uint32_t> consecutive_5xx{0};
@@ -92,6 +99,8 @@ struct HashPolicy {
 
 struct Cluster {
   std::string name;
+  // The service of istiod's cluster metadata, for Istio's metrics (nullptr: none).
+  const telemetry::Service* istio_service = nullptr;
   LbPolicy lb = LbPolicy::kLeastRequest;
   std::vector<std::unique_ptr<Endpoint>> endpoints;
   // ORIGINAL_DST: no endpoint list; each connection goes where the client originally

@@ -21,6 +21,7 @@
 #include "sluice/common/result.h"
 #include "sluice/proxy/config.h"
 #include "sluice/proxy/event_loop.h"
+#include "sluice/proxy/istio_stats.h"
 
 namespace sluice::proxy {
 
@@ -29,6 +30,9 @@ struct ProxyOptions {
   // Access log destination ("" or "/dev/stdout" for stdout). Each chain's access_log
   // flag decides whether its requests are logged.
   std::string access_log_path;
+  // Istio's standard metrics of this proxy's pod (istio_stats.h): every request and TCP
+  // connection a chain serves is counted there. None: not kept.
+  std::shared_ptr<telemetry::IstioStats> istio_stats;
   // Opens a listening socket for one worker. Default: socket(), SO_REUSEADDR,
   // SO_REUSEPORT, bind(address:port), listen(). The node agent passes one that opens
   // it inside a pod's network namespace. Must return a non-blocking listening fd.

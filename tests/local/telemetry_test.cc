@@ -1,0 +1,195 @@
+// Istio's standard metrics end to end on a local cluster: an enrolled client (Istio's
+// sleep sample) sends a known mix of requests to helloworld's two versions through its
+// in-pod proxy (a VirtualService routes by header, so the proxy serves the service);
+// the agent's /stats/prometheus must then carry exactly that mix per response_code and
+// destination_workload, labelled as Istio labels it, and parse as Prometheus text.
+#include "harness.h"
+
+using namespace sluice::local_test;
+
+namespace {
+
+const char* kHelloworld = R"(apiVersion: v1
+kind: Service
+metadata:
+  name: helloworld
+spec:
+  ports:
+  - {port: 5000, name: http}
+  selector: {app: helloworld}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: helloworld-v1
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: helloworld, version: v1}
+  template:
+    metadata:
+      labels: {app: helloworld, version: v1}
+    spec:
+      containers:
+      - name: helloworld
+        image: docker.io/istio/examples-helloworld-v1
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: helloworld-v2
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: helloworld, version: v2}
+  template:
+    metadata:
+      labels: {app: helloworld, version: v2}
+    spec:
+      containers:
+      - name: helloworld
+        image: docker.io/istio/examples-helloworld-v2
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: helloworld
+spec:
+  host: helloworld.default.svc.cluster.local
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: helloworld
+spec:
+  hosts: [helloworld.default.svc.cluster.local]
+  http:
+  - match:
+    - headers:
+        x-version: {exact: v1}
+    route:
+    - destination: {host: helloworld.default.svc.cluster.local, subset: v1}
+  - route:
+    - destination: {host: helloworld.default.svc.cluster.local, subset: v2}
+)";
+
+// The value of every istio_requests_total sample whose labels include all of `want`.
+double Requests(const std::string& text,
+                const std::vector<std::pair<std::string, std::string>>& want) {
+  double sum = 0;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("istio_requests_total{", 0) != 0)
+      continue;
+    bool all = true;
+    for (const auto& [k, v] : want) {
+      const std::string pair = k + "=\"" + v + "\"";
+      all = all && (line.find("," + pair) != std::string::npos ||
+                    line.find("{" + pair) != std::string::npos);
+    }
+    if (all)
+      sum += std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return sum;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "local cluster: after a known request mix, istio_requests_total on the agent's "
+    "/stats/prometheus counts it exactly per response_code and destination_workload") {
+  TestCluster tc;
+  Run up = Ctl([&] {
+    auto a = tc.UpArgs();
+    a.push_back("-f");
+    a.push_back(tc.Write("mesh.yaml", std::string(kHelloworld) + "---\n" + kSleep));
+    return a;
+  }());
+  INFO(up.out << up.err);
+  REQUIRE(up.status == 0);
+  REQUIRE(tc.Local({"label", "namespace", "default", "istio.io/dataplane-mode=sluice"}).status ==
+          0);
+  // curl from the client pod: the status code, or curl's exit status ("exit N").
+  auto status = [&](const std::string& path, const std::string& header = "") {
+    std::vector<std::string> cmd = {"exec",         "deploy/sleep", "--",        "curl",
+                                    "-s",           "-o",           "/dev/null", "-w",
+                                    "%{http_code}", "--max-time",   "5"};
+    if (!header.empty()) {
+      cmd.push_back("-H");
+      cmd.push_back(header);
+    }
+    cmd.push_back("http://helloworld:5000" + path);
+    Run r = tc.Local(cmd, 30);
+    return r.status == 0 ? r.out : "exit " + std::to_string(r.status);
+  };
+  auto scrape = [&] { return Sh("curl -s http://" + tc.admin + "/stats/prometheus"); };
+  // Enrolled, with the header route in force: a v1 request reaches v1 through the proxy
+  // (the kernel alone would spread it over both versions).
+  REQUIRE(WaitUntil(
+      [&] {
+        return status("/hello", "x-version: v1") == "200" &&
+               Requests(scrape(), {{"destination_workload", "helloworld-v1"}}) > 0;
+      },
+      30));
+  const std::string before = scrape();
+  auto count = [&](const std::string& text, const std::string& code, const std::string& wl) {
+    return Requests(text, {{"reporter", "source"},
+                           {"source_workload", "sleep"},
+                           {"response_code", code},
+                           {"destination_workload", wl}});
+  };
+  const double v1_before = count(before, "200", "helloworld-v1");
+
+  for (int i = 0; i < 7; ++i)
+    CHECK(status("/hello") == "200");
+  for (int i = 0; i < 3; ++i)
+    CHECK(status("/nothere") == "404");
+  for (int i = 0; i < 2; ++i)
+    CHECK(status("/hello", "x-version: v1") == "200");
+
+  std::string text;
+  REQUIRE(WaitUntil(
+      [&] {
+        text = scrape();
+        return count(text, "200", "helloworld-v1") - v1_before == 2;
+      },
+      10));
+  INFO(text);
+  CHECK(count(text, "200", "helloworld-v2") - count(before, "200", "helloworld-v2") == 7);
+  CHECK(count(text, "404", "helloworld-v2") - count(before, "404", "helloworld-v2") == 3);
+  CHECK(count(text, "404", "helloworld-v1") == count(before, "404", "helloworld-v1"));
+  // Labelled as Istio labels them: the service from istiod's cluster metadata, the
+  // workloads from the pods, the endpoint's canonical revision from its metadata.
+  CHECK(Requests(text, {{"reporter", "source"},
+                        {"source_workload", "sleep"},
+                        {"source_workload_namespace", "default"},
+                        {"source_app", "sleep"},
+                        {"source_principal", "unknown"},
+                        {"destination_service", "helloworld.default.svc.cluster.local"},
+                        {"destination_service_name", "helloworld"},
+                        {"destination_service_namespace", "default"},
+                        {"destination_workload", "helloworld-v2"},
+                        {"destination_workload_namespace", "default"},
+                        {"destination_canonical_service", "helloworld"},
+                        {"destination_canonical_revision", "v2"},
+                        {"destination_app", "helloworld"},
+                        {"destination_version", "v2"},
+                        {"request_protocol", "http"},
+                        {"response_flags", "-"},
+                        {"connection_security_policy", "unknown"}}) >= 7);
+  CHECK(text.find("# TYPE istio_requests_total counter") != std::string::npos);
+  CHECK(text.find("# TYPE istio_request_duration_milliseconds histogram") != std::string::npos);
+  // A real Prometheus parser reads the scrape (Debian's python3-prometheus-client).
+  tc.Write("scrape.txt", text);
+  const std::string parsed =
+      Sh("/usr/bin/python3 -c 'import sys; from prometheus_client.parser import "
+         "text_string_to_metric_families as p; f = list(p(open(sys.argv[1]).read())); "
+         "print(\"families\", len(f), sum(len(x.samples) for x in f))' " +
+         tc.dir + "/scrape.txt 2>&1");
+  INFO(parsed);
+  CHECK(parsed.rfind("families ", 0) == 0);
+}
