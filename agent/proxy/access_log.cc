@@ -15,13 +15,6 @@
 #include "telemetry_hooks.h"
 
 namespace sluice::proxy::engine {
-namespace {
-
-constexpr const char* kFlagNames[] = {"UH", "UT", "LR", "UR",  "UF", "UC",  "UO",  "NR",
-                                      "DI", "FI", "DC", "URX", "SI", "DPE", "UPE", "NC"};
-
-}  // namespace
-
 void Session::LogRequest() {
   RecordTelemetry(*this);  // Istio's metrics, whether or not the chain logs
   // A connection no chain served (NR) or one closed by a chain that fails closed is

@@ -28,4 +28,9 @@ enum Flag : uint32_t {
   kFlagNC = 1u << 15,   // no cluster
 };
 
+// Their short names, by bit: what the access log and the Istio metrics' response_flags
+// print, comma-separated in this order.
+inline constexpr const char* kFlagNames[] = {"UH", "UT", "LR", "UR",  "UF", "UC",  "UO",  "NR",
+                                             "DI", "FI", "DC", "URX", "SI", "DPE", "UPE", "NC"};
+
 }  // namespace sluice::proxy::engine

@@ -287,15 +287,14 @@ void IstioStats::Collect(std::vector<Sample>* out) const {
 // ---------------------------------------------------------------- labels
 
 std::string FlagString(uint32_t flags) {
-  // Envoy's short names, in its order (access_log.h's bits).
-  static constexpr const char* kNames[] = {"UH", "UT", "LR", "UR",  "UF", "UC",  "UO",  "NR",
-                                           "DI", "FI", "DC", "URX", "SI", "DPE", "UPE", "NC"};
+  // Envoy's short names, in its order (access_log.h).
+  using engine::kFlagNames;
   std::string out;
-  for (std::size_t i = 0; i < std::size(kNames); ++i) {
+  for (std::size_t i = 0; i < std::size(kFlagNames); ++i) {
     if (flags & (1u << i)) {
       if (!out.empty())
         out += ',';
-      out += kNames[i];
+      out += kFlagNames[i];
     }
   }
   return out.empty() ? "-" : out;
