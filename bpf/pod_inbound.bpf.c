@@ -11,6 +11,12 @@
  * to the application (bound to 127.0.0.6, istiod's upstream_bind_config) must reach the
  * application, not the proxy again. So is every port the agent did not register: only
  * ports whose inbound configuration needs the proxy pay for the hop.
+ *
+ * Before steering, the port's L4 policy (sluice_inbound_policy, the network rbac filters
+ * that need only addresses and ports) decides: a refused connection gets SK_DROP, so the
+ * kernel finds no socket and answers the SYN with a RST (the client's connect fails with
+ * ECONNREFUSED), counted as policy_denied. The loopback exemption above comes first: the
+ * proxy's own upstream connection has passed the policy already.
  */
 #include "vmlinux.h"
 
@@ -51,6 +57,41 @@ static __always_inline bool sluice_inbound_key(struct bpf_sk_lookup* ctx,
   return false;
 }
 
+/* True when the port's policy refuses the connection's source. */
+static __always_inline bool sluice_policy_denies(struct bpf_sk_lookup* ctx,
+                                                 const struct sluice_frontend_key* key) {
+  struct sluice_inbound_policy* pol = bpf_map_lookup_elem(&sluice_inbound_policy, key);
+  if (!pol)
+    return false;
+  struct sluice_policy_key pk = {};
+  pk.family = key->family;
+  pk.gen = pol->gen;
+  pk.port = key->port;
+  __builtin_memcpy(pk.pod, key->ip.v6, 16);
+  if (key->family == SLUICE_FAMILY_IPV4) {
+    __u32 remote = ctx->remote_ip4;
+    __builtin_memcpy(pk.src, &remote, 4);
+    pk.prefixlen = SLUICE_POLICY_FIXED_BITS + 32;
+  } else {
+    __u32 r[4] = {ctx->remote_ip6[0], ctx->remote_ip6[1], ctx->remote_ip6[2], ctx->remote_ip6[3]};
+    __builtin_memcpy(pk.src, r, 16);
+    pk.prefixlen = SLUICE_POLICY_FIXED_BITS + 128;
+  }
+  /* Envoy runs every filter of the chain; the connection survives only if none refuses. */
+  for (__u32 i = 0; i < SLUICE_POLICY_MAX_RULES; i++) {
+    if (i >= pol->n_rules)
+      break;
+    __u8 kind = pol->kind[i];
+    pk.rule = (__u8)i;
+    bool held = bpf_map_lookup_elem(&sluice_policy_prefixes, &pk) != NULL;
+    if (kind == SLUICE_POLICY_DENY && held)
+      return true;
+    if (kind == SLUICE_POLICY_ALLOW && !held)
+      return true;
+  }
+  return false;
+}
+
 SEC("sk_lookup")
 int sluice_inbound_lookup(struct bpf_sk_lookup* ctx) {
   if (ctx->protocol != IPPROTO_TCP_)
@@ -58,6 +99,10 @@ int sluice_inbound_lookup(struct bpf_sk_lookup* ctx) {
   struct sluice_frontend_key key = {};
   if (!sluice_inbound_key(ctx, &key))
     return SK_PASS;
+  if (sluice_policy_denies(ctx, &key)) {
+    sluice_count(SLUICE_CNT_POLICY_DENIED);
+    return SK_DROP;
+  }
   struct bpf_sock* sk = bpf_map_lookup_elem(&sluice_inbound, &key);
   if (!sk)
     return SK_PASS;

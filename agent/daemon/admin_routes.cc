@@ -187,7 +187,9 @@ AdminReply NodeAdminRoutes::Pods() const {
                  {"addresses", addrs},
                  {"config", it->second.config},
                  {"requests", it->second.requests},
-                 {"inbound", std::move(inbound)}};
+                 {"inbound", std::move(inbound)},
+                 // The L4 policies the kernel enforces on its ports (per pod address).
+                 {"policy", PoliciesJson(it->second.policies)}};
     }
     j.push_back(std::move(o));
   }

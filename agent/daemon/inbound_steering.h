@@ -10,6 +10,10 @@
 // attaching the program to a pod's namespace when it first needs it and detaching it
 // when the pod needs it no more or goes away. It only ever runs in the agent: the
 // kernel's state is never the L7 process's to touch.
+//
+// The same program enforces the L4 policy of the pod's ports (the network rbac filters
+// that need only addresses, agent/proxy/rbac_l4.h), steered or not: a pod with any
+// policy keeps the program attached even when no port is steered.
 #pragma once
 
 #include <cstdint>
@@ -30,9 +34,13 @@ class InboundSteering {
   virtual ~InboundSteering() = default;
   // The pod in `netns` (addresses `ips`, "10.1.0.5/24" as CNI gave them) gets exactly
   // `ports` steered to its inbound sockets (IPv4 addresses to `fd_v4`, IPv6 ones to
-  // `fd_v6`; -1: none). Ports no longer listed reach the application again.
+  // `fd_v6`; -1: none), and exactly `policies` enforced. Ports no longer listed reach the
+  // application again; policies no longer listed are removed. Policies are written
+  // before ports are steered; one that cannot be written is logged as an error (and
+  // tried again on the next call), not returned.
   virtual Result<void> Steer(const std::string& netns, const std::vector<std::string>& ips,
-                             const std::set<uint16_t>& ports, int fd_v4, int fd_v6) = 0;
+                             const std::set<uint16_t>& ports, int fd_v4, int fd_v6,
+                             const std::vector<InboundPolicy>& policies) = 0;
   // The pod is gone or closed: nothing is steered to it any more.
   virtual void Release(const std::string& netns) = 0;
 };
@@ -42,7 +50,8 @@ class DataplaneSteering : public InboundSteering {
  public:
   explicit DataplaneSteering(Dataplane& dp) : dp_(dp) {}
   Result<void> Steer(const std::string& netns, const std::vector<std::string>& ips,
-                     const std::set<uint16_t>& ports, int fd_v4, int fd_v6) override;
+                     const std::set<uint16_t>& ports, int fd_v4, int fd_v6,
+                     const std::vector<InboundPolicy>& policies) override;
   void Release(const std::string& netns) override;
 
  private:
@@ -50,8 +59,12 @@ class DataplaneSteering : public InboundSteering {
     uint64_t cookie = 0;
     std::vector<IpAddress> ips;
     std::set<uint16_t> ports;
+    // In force: (pod address, port) -> rules.
+    std::map<std::pair<IpAddress, uint16_t>, std::vector<InboundPolicyRule>> policies;
   };
   void ClearLocked(const std::string& netns, Pod& pod, const std::set<uint16_t>& keep);
+  Result<void> PoliciesLocked(const std::string& netns, Pod& pod,
+                              const std::vector<InboundPolicy>& want);
 
   Dataplane& dp_;
   std::mutex mu_;

@@ -33,8 +33,9 @@ class Host {
                .upstream_mark = o.upstream_mark,
                .on_inbound =
                    [this](const enrolment::PodKey& key, const std::string& netns,
-                          const std::vector<InboundPort>& ports) {
-                     SendInbound(key, netns, ports);
+                          const std::vector<InboundPort>& ports,
+                          const std::vector<KernelPolicy>& policies) {
+                     SendInbound(key, netns, ports, policies);
                    }}),
         dns_([this] { RecompileAll(); }) {}
 
@@ -207,6 +208,7 @@ class Host {
                       {"view", p.view},
                       {"ipv6", p.ipv6},
                       {"inbound", InboundJson(p.inbound)},
+                      {"policies", PoliciesJson(p.policies)},
                       {"stats", std::move(stats)},
                       {"rbac_policies", std::move(rbac)}});
     }
@@ -221,12 +223,14 @@ class Host {
   }
 
   void SendInbound(const enrolment::PodKey& key, const std::string& netns,
-                   const std::vector<InboundPort>& ports) {
+                   const std::vector<InboundPort>& ports,
+                   const std::vector<KernelPolicy>& policies) {
     SendToAgent(Message{Type::kInbound,
                         {{"namespace", key.pod_namespace},
                          {"name", key.name},
                          {"netns", netns},
-                         {"ports", InboundJson(ports)}},
+                         {"ports", InboundJson(ports)},
+                         {"policies", PoliciesJson(policies)}},
                         {},
                         {}});
   }

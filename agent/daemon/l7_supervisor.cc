@@ -268,22 +268,58 @@ void L7Supervisor::SetViewConfig(const std::string& view, config::SnapshotPtr s)
   Enqueue(std::move(m));
 }
 
+namespace {
+
+// The kernel's form of the policies the L7 process reported (addresses as text there).
+Result<std::vector<InboundPolicy>> ToKernel(const std::vector<KernelPolicy>& policies) {
+  std::vector<InboundPolicy> out;
+  for (const auto& p : policies) {
+    auto ip = IpAddress::Parse(p.address);
+    SLUICE_RETURN_IF_ERROR_CTX(ip, "inbound policy of port " + std::to_string(p.port));
+    InboundPolicy k{*ip, p.port, {}};
+    for (const auto& r : p.rules) {
+      InboundPolicyRule rule{r.deny, {}};
+      for (const auto& s : r.sources) {
+        auto c = Cidr::Parse(s);
+        SLUICE_RETURN_IF_ERROR_CTX(c, "inbound policy of port " + std::to_string(p.port));
+        rule.sources.push_back(*c);
+      }
+      k.rules.push_back(std::move(rule));
+    }
+    out.push_back(std::move(k));
+  }
+  return out;
+}
+
+}  // namespace
+
 void L7Supervisor::SteerLocked(const enrolment::PodKey& key, Pod& pod,
-                               std::vector<InboundPort> ports) {
-  if (!opts_.inbound || ports == pod.inbound)
+                               std::vector<InboundPort> ports, std::vector<KernelPolicy> policies) {
+  if (!opts_.inbound || (ports == pod.inbound && policies == pod.policies))
     return;
   std::set<uint16_t> set;
   for (const auto& p : ports)
     set.insert(p.port);
   const int v4 = pod.sockets.inbound_v4 ? pod.sockets.inbound_v4.get() : -1;
   const int v6 = pod.sockets.inbound_v6 ? pod.sockets.inbound_v6.get() : -1;
-  if (auto r = opts_.inbound->Steer(pod.netns, pod.ips, set, v4, v6); !r) {
+  auto kernel = ToKernel(policies);
+  if (!kernel) {
+    // Not expected (the L7 process printed these): keep what is in force, and say so.
+    spdlog::error("pod {}/{}: {}; its kernel policy is unchanged", key.pod_namespace, key.name,
+                  kernel.error().message);
+    return;
+  }
+  if (auto r = opts_.inbound->Steer(pod.netns, pod.ips, set, v4, v6, *kernel); !r) {
     // The ports stay with the application: the pod works as without an inbound side.
+    // Its kernel policies stay.
     spdlog::error("pod {}/{}: {}", key.pod_namespace, key.name, r.error().message);
     ports.clear();
-    (void)opts_.inbound->Steer(pod.netns, pod.ips, {}, -1, -1);
+    if (auto again = opts_.inbound->Steer(pod.netns, pod.ips, {}, -1, -1, *kernel); !again)
+      spdlog::error("pod {}/{}: its kernel policy is not in force: {}", key.pod_namespace, key.name,
+                    again.error().message);
   }
   pod.inbound = std::move(ports);
+  pod.policies = std::move(policies);
 }
 
 void L7Supervisor::OnMessage(l7wire::Message m) {
@@ -295,7 +331,8 @@ void L7Supervisor::OnMessage(l7wire::Message m) {
     std::vector<InboundPort> ports;
     for (const auto& p : m.meta.value("ports", nlohmann::json::array()))
       ports.push_back({p.value("port", uint16_t{0}), p.value("reason", "")});
-    SteerLocked(it->first, it->second, std::move(ports));
+    SteerLocked(it->first, it->second, std::move(ports),
+                PoliciesFromJson(m.meta.value("policies", nlohmann::json::array())));
     return;
   }
   if (m.type == l7wire::Type::kApplied) {
@@ -345,6 +382,7 @@ void L7Supervisor::OnMessage(l7wire::Message m) {
       s.ipv6 = p.value("ipv6", false);
       for (const auto& in : p.value("inbound", nlohmann::json::array()))
         s.inbound.push_back({in.value("port", uint16_t{0}), in.value("reason", "")});
+      s.policies = PoliciesFromJson(p.value("policies", nlohmann::json::array()));
       const nlohmann::json stats = p.value("stats", nlohmann::json::object());
       for (const auto& [n, v] : stats.items())
         s.stats.emplace_back(n, v.get<uint64_t>());
@@ -386,9 +424,9 @@ Result<void> L7Supervisor::Open(const enrolment::PodKey& key, const std::string&
     SLUICE_RETURN_IF_ERROR_CTX(sockets, "pod " + key.pod_namespace + "/" + key.name + ": L7");
     std::lock_guard lock(mu_);
     Pod& pod = pods_[key];  // a new sandbox of the same pod replaces the old one's sockets
-    if (pod.netns != netns && !pod.inbound.empty())
-      SteerLocked(key, pod, {});
-    pod = Pod{netns, labels, ips, std::move(*sockets), {}};
+    if (pod.netns != netns && (!pod.inbound.empty() || !pod.policies.empty()))
+      SteerLocked(key, pod, {}, {});
+    pod = Pod{netns, labels, ips, std::move(*sockets), {}, {}};
     Enqueue(PodMessage(key, pod));
     spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{}{}", key.pod_namespace, key.name,
                  opts_.port, pod.sockets.capture_v6 ? fmt::format(" and [::1]:{}", opts_.port) : "",
@@ -407,7 +445,7 @@ void L7Supervisor::Close(const enrolment::PodKey& key) {
     auto it = pods_.find(key);
     if (it == pods_.end())
       return;
-    SteerLocked(key, it->second, {});
+    SteerLocked(key, it->second, {}, {});
     pods_.erase(it);
     status_.erase(key);
     l7wire::Message m;
@@ -435,7 +473,7 @@ void L7Supervisor::DrainAll(std::chrono::milliseconds grace) {
     kill(pid_, SIGKILL);
   }
   for (auto& [key, pod] : pods_)
-    SteerLocked(key, pod, {});
+    SteerLocked(key, pod, {}, {});
   pods_.clear();  // the capture sockets close
 }
 
@@ -479,7 +517,8 @@ std::vector<PodProxyStatus> L7Supervisor::List() const {
     s.key = key;
     s.netns = pod.netns;
     s.view = View{key.pod_namespace, pod.labels}.Id();
-    s.inbound = pod.inbound;  // what the kernel steers
+    s.inbound = pod.inbound;    // what the kernel steers
+    s.policies = pod.policies;  // and enforces
     out.push_back(std::move(s));
   }
   return out;

@@ -107,9 +107,11 @@ class L7Supervisor : public PodL7 {
     enrolment::Labels labels;
     std::vector<std::string> ips;
     PodSockets sockets;
-    std::vector<InboundPort> inbound;  // steered to its inbound sockets
+    std::vector<InboundPort> inbound;    // steered to its inbound sockets
+    std::vector<KernelPolicy> policies;  // enforced by the kernel
   };
-  void SteerLocked(const enrolment::PodKey& key, Pod& pod, std::vector<InboundPort> ports);
+  void SteerLocked(const enrolment::PodKey& key, Pod& pod, std::vector<InboundPort> ports,
+                   std::vector<KernelPolicy> policies);
   struct ConfigSlot {
     L7ConfigState state;
     std::map<uint64_t, config::SnapshotPtr> in_flight;  // sent, not yet answered

@@ -35,8 +35,10 @@ enum class Type : uint32_t {
   // L7 process -> agent
   kApplied = 100,     // meta {view ("" for the node's), generation, applied, error}
   kStatus = 101,      // meta {seq, pods: [...]}: every second (seq 0), and when asked
-  kInbound = 102,     // meta {namespace, name, netns, ports: [{port, reason}]}: the ports the
-                      // pod's inbound side serves now (the agent steers exactly these)
+  kInbound = 102,     // meta {namespace, name, netns, ports: [{port, reason}], policies:
+                      // [{port, address, rules: [{action, sources[]}]}]}: the ports the pod's
+                      // inbound side serves now (the agent steers exactly these) and the
+                      // kernel policies of its ports (the agent enforces exactly these)
   kIstioStats = 103,  // meta {seq}; blob: Prometheus text (PodProxies::IstioMetrics)
 };
 

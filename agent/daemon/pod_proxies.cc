@@ -2,13 +2,17 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <fmt/ranges.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <cstring>
 #include <mutex>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "sluice/netns/netns.h"
 
@@ -95,6 +99,64 @@ Result<PodSockets> OpenPodSockets(const std::string& netns, uint16_t port, uint1
   return s;
 }
 
+namespace {
+
+// What the kernel could hold for one port: its chains' network rbac, projected, or why
+// the port needs the proxy for it.
+struct PortRbac {
+  bool any = false;                  // some chain of the port carries network rbac
+  std::vector<proxy::L4Rule> rules;  // every chain's projection (they agree), chain order
+  std::string needs_proxy;           // non-empty: the kernel cannot enforce it
+};
+
+// As many rules as the kernel's policy value holds (SLUICE_POLICY_MAX_RULES).
+constexpr std::size_t kMaxKernelRules = 8;
+
+std::map<uint16_t, PortRbac> PortsRbac(const proxy::ListenerConfig& l) {
+  std::map<uint16_t, PortRbac> out;
+  std::map<uint16_t, bool> seen;  // a chain of the port was looked at already
+  for (const auto& chain : l.chains) {
+    const auto port = static_cast<uint16_t>(chain.match.destination_port);
+    if (port == 0)
+      continue;
+    PortRbac& pr = out[port];
+    std::vector<proxy::L4Rule> rules;
+    std::string why;
+    for (const auto& f : chain.network_rbac) {
+      pr.any = true;
+      if (!f.proto) {
+        why = "network rbac " + f.name + " (no config to project: needs the proxy)";
+        break;
+      }
+      auto projected = proxy::ProjectNetworkRbac(*f.proto, port);
+      if (!projected) {
+        why = "network rbac (" + projected.error().message + ": needs the proxy)";
+        break;
+      }
+      if (*projected)
+        rules.push_back(std::move(**projected));
+    }
+    if (why.empty() && rules.size() > kMaxKernelRules)
+      why = "network rbac: " + std::to_string(rules.size()) + " filters, the kernel holds " +
+            std::to_string(kMaxKernelRules);
+    const bool first = !seen[port];
+    seen[port] = true;
+    if (!pr.needs_proxy.empty())
+      continue;
+    if (!why.empty()) {
+      pr.needs_proxy = std::move(why);
+    } else if (first) {
+      pr.rules = std::move(rules);
+    } else if (rules != pr.rules) {
+      // The chain is chosen by what the kernel cannot see (transport, ALPN, SNI).
+      pr.needs_proxy = "network rbac differs between the chains of port " + std::to_string(port);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
 std::vector<InboundPort> InboundPorts(const proxy::ProxyConfig& cfg) {
   std::map<uint16_t, std::string> need;
   const proxy::ListenerConfig* l = InboundListener(cfg);
@@ -120,9 +182,85 @@ std::vector<InboundPort> InboundPorts(const proxy::ProxyConfig& cfg) {
     if (!why.empty())
       need[port] = std::move(why);
   }
+  // A policy the kernel cannot enforce is the proxy's to enforce: such a port is never
+  // delivered around it.
+  for (auto& [port, pr] : PortsRbac(*l))
+    if (!pr.needs_proxy.empty() && !need.contains(port))
+      need[port] = std::move(pr.needs_proxy);
   std::vector<InboundPort> out;
   for (auto& [port, why] : need)
     out.push_back({port, std::move(why)});
+  return out;
+}
+
+std::vector<InboundL4Policy> InboundPolicies(const proxy::ProxyConfig& cfg) {
+  const proxy::ListenerConfig* l = InboundListener(cfg);
+  if (!l)
+    return {};
+  std::vector<InboundL4Policy> out;
+  for (auto& [port, pr] : PortsRbac(*l))
+    if (pr.any && pr.needs_proxy.empty() && !pr.rules.empty())
+      out.push_back({port, std::move(pr.rules)});
+  return out;
+}
+
+std::vector<KernelPolicy> KernelPolicies(const std::vector<InboundL4Policy>& policies,
+                                         const std::vector<sockaddr_storage>& addresses) {
+  std::vector<KernelPolicy> out;
+  for (const auto& ss : addresses) {
+    proxy::IpPrefix dst;
+    if (ss.ss_family == AF_INET) {
+      dst.family = 4;
+      dst.len = 32;
+      std::memcpy(dst.bytes.data(), &reinterpret_cast<const sockaddr_in&>(ss).sin_addr, 4);
+    } else if (ss.ss_family == AF_INET6) {
+      dst.family = 6;
+      dst.len = 128;
+      std::memcpy(dst.bytes.data(), &reinterpret_cast<const sockaddr_in6&>(ss).sin6_addr, 16);
+    } else {
+      continue;
+    }
+    std::string address = dst.ToString();
+    address.resize(address.rfind('/'));
+    for (const auto& p : policies) {
+      KernelPolicy k{p.port, address, {}};
+      for (const auto& r : p.rules) {
+        KernelRule kr{r.action == proxy::L4Rule::Action::kDeny, {}};
+        for (const auto& src : r.SourcesFor(dst))
+          kr.sources.push_back(src.ToString());
+        k.rules.push_back(std::move(kr));
+      }
+      out.push_back(std::move(k));
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const KernelPolicy& a, const KernelPolicy& b) {
+    return std::tie(a.port, a.address) < std::tie(b.port, b.address);
+  });
+  return out;
+}
+
+nlohmann::json PoliciesJson(const std::vector<KernelPolicy>& policies) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& p : policies) {
+    nlohmann::json rules = nlohmann::json::array();
+    for (const auto& r : p.rules)
+      rules.push_back({{"action", r.deny ? "DENY" : "ALLOW"}, {"sources", r.sources}});
+    out.push_back({{"port", p.port}, {"address", p.address}, {"rules", std::move(rules)}});
+  }
+  return out;
+}
+
+std::vector<KernelPolicy> PoliciesFromJson(const nlohmann::json& j) {
+  std::vector<KernelPolicy> out;
+  if (!j.is_array())
+    return out;
+  for (const auto& p : j) {
+    KernelPolicy k{p.value("port", uint16_t{0}), p.value("address", ""), {}};
+    for (const auto& r : p.value("rules", nlohmann::json::array()))
+      k.rules.push_back(
+          {r.value("action", "") == "DENY", r.value("sources", std::vector<std::string>{})});
+    out.push_back(std::move(k));
+  }
   return out;
 }
 
@@ -176,8 +314,26 @@ void PodProxies::ReportInbound(const enrolment::PodKey& key, Pod& pod,
   // Only what the running proxy can serve: its inbound listener open on the socket.
   if (l && pod.proxy && pod.proxy->Port(l->name) != 0)
     ports = InboundPorts(cfg);
-  if (pod.inbound == ports)
+  // The kernel's policies need no socket: they hold while the config is in force.
+  std::vector<KernelPolicy> policies;
+  if (pod.proxy)
+    policies = KernelPolicies(InboundPolicies(cfg), pod.addresses);
+  if (pod.inbound == ports && pod.policies == policies)
     return;
+  if (policies != pod.policies) {
+    std::set<uint16_t> list;
+    for (const auto& p : policies)
+      list.insert(p.port);
+    spdlog::info("pod {}/{}: the kernel enforces the L4 policy of {} port{}{}", key.pod_namespace,
+                 key.name, list.size(), list.size() == 1 ? "" : "s",
+                 list.empty() ? "" : fmt::format(" ({})", fmt::join(list, ", ")));
+  }
+  pod.policies = policies;
+  if (pod.inbound == ports) {
+    if (opts_.on_inbound)
+      opts_.on_inbound(key, pod.netns, ports, policies);
+    return;
+  }
   const bool first = !pod.inbound;
   pod.inbound = ports;
   if (!ports.empty()) {
@@ -190,7 +346,7 @@ void PodProxies::ReportInbound(const enrolment::PodKey& key, Pod& pod,
     spdlog::info("pod {}/{}: inbound side serves no port any more", key.pod_namespace, key.name);
   }
   if (opts_.on_inbound)
-    opts_.on_inbound(key, pod.netns, ports);
+    opts_.on_inbound(key, pod.netns, ports, policies);
 }
 
 std::shared_ptr<const proxy::ProxyConfig> PodProxies::ConfigFor(const Pod& pod, bool* own) const {
@@ -425,6 +581,7 @@ std::vector<PodProxyStatus> PodProxies::List() const {
     s.view = pod.view.Id();
     s.ipv6 = pod.proxy && pod.ipv6;
     s.inbound = pod.inbound.value_or(std::vector<InboundPort>{});
+    s.policies = pod.policies;
     if (pod.proxy) {
       s.requests = pod.proxy->stats().requests.load(std::memory_order_relaxed);
       s.downstream_cx = pod.proxy->stats().downstream_cx.load(std::memory_order_relaxed);

@@ -31,11 +31,14 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "sluice/enrolment/enrolment.h"
 #include "sluice/loader/ip.h"
 #include "sluice/netns/netns.h"
 #include "sluice/proxy/istio_stats.h"
 #include "sluice/proxy/proxy.h"
+#include "sluice/proxy/rbac_l4.h"
 #include "view_streams.h"
 
 namespace sluice::agent {
@@ -66,8 +69,41 @@ struct InboundPort {
 // at the port the client dialled. HTTP chains always need it (routes, faults and header
 // rules act on every request); so does a chain Sluice closes (fail_closed). Chains with
 // no destination port (istiod's passthrough chains) deliver what nobody else takes and
-// are not steered. Sorted by port, each port once.
+// are not steered. A chain whose network rbac filters the kernel cannot enforce
+// (proxy::ProjectNetworkRbac refuses one, or the port's chains differ in them) needs the
+// proxy too. Sorted by port, each port once.
 std::vector<InboundPort> InboundPorts(const proxy::ProxyConfig& cfg);
+
+// The kernel's share of a port's policy: its chains' network rbac filters, projected
+// (rbac_l4.h), in chain order. Only ports where every chain projects to the same rules;
+// a port with no network rbac is not listed. Steered ports are listed too (the kernel
+// then refuses before the proxy would). Sorted by port.
+struct InboundL4Policy {
+  uint16_t port = 0;
+  std::vector<proxy::L4Rule> rules;
+  bool operator==(const InboundL4Policy&) const = default;
+};
+std::vector<InboundL4Policy> InboundPolicies(const proxy::ProxyConfig& cfg);
+
+// One rule as the kernel holds it for one pod address (sluice_inbound_policy).
+struct KernelRule {
+  bool deny = false;
+  std::vector<std::string> sources;  // "10.0.0.0/8", of the address's family
+  bool operator==(const KernelRule&) const = default;
+};
+struct KernelPolicy {
+  uint16_t port = 0;
+  std::string address;  // the pod's ("10.1.0.5")
+  std::vector<KernelRule> rules;
+  bool operator==(const KernelPolicy&) const = default;
+};
+// `policies` for each of the pod's `addresses`.
+std::vector<KernelPolicy> KernelPolicies(const std::vector<InboundL4Policy>& policies,
+                                         const std::vector<sockaddr_storage>& addresses);
+// As the L7 wire (kInbound, kStatus) and /pods carry them:
+// [{port, address, rules: [{action: "ALLOW"|"DENY", sources: [...]}]}].
+nlohmann::json PoliciesJson(const std::vector<KernelPolicy>& policies);
+std::vector<KernelPolicy> PoliciesFromJson(const nlohmann::json& j);
 
 struct PodProxyOptions {
   uint16_t port = 15001;          // in-pod capture listener, 127.0.0.1:port
@@ -78,10 +114,11 @@ struct PodProxyOptions {
   // views may have changed, so the agent can open that view's xDS stream at once.
   std::function<void()> on_pods_changed;
   // Called (under the proxies' lock: do not call back) when the ports a running pod's
-  // proxy serves on its inbound side change, after the config that serves them is in
-  // force: the agent steers exactly these (none: its inbound listener is not open).
+  // proxy serves on its inbound side, or its ports' kernel policies, change, after the
+  // config that serves them is in force: the agent steers exactly these ports (none: its
+  // inbound listener is not open) and enforces exactly these policies.
   std::function<void(const enrolment::PodKey&, const std::string& netns,
-                     const std::vector<InboundPort>&)>
+                     const std::vector<InboundPort>&, const std::vector<KernelPolicy>&)>
       on_inbound;
 };
 
@@ -92,8 +129,9 @@ struct PodProxyStatus {
   std::string config;      // "namespace VIEW" or "node (namespace config pending)"
   std::string view;        // its view's id: "NS" or "NS{k=v,...}"
   uint64_t requests = 0, downstream_cx = 0;
-  bool ipv6 = false;                 // its capture listener's IPv6 twin on [::1] is open too
-  std::vector<InboundPort> inbound;  // the ports its inbound side serves
+  bool ipv6 = false;                   // its capture listener's IPv6 twin on [::1] is open too
+  std::vector<InboundPort> inbound;    // the ports its inbound side serves
+  std::vector<KernelPolicy> policies;  // what the kernel enforces on its ports
   std::vector<std::pair<std::string, uint64_t>> stats;       // proxy::NamedStats, by name
   std::vector<proxy::RbacPolicyStats::Count> rbac_policies;  // RBAC decisions per policy
 };
@@ -160,6 +198,7 @@ class PodProxies {
     std::shared_ptr<proxy::telemetry::IstioStats> istio;
     const proxy::telemetry::Workload* identity = nullptr;
     std::vector<IpAddress> peer_ips;
+    std::vector<KernelPolicy> policies;  // last reported with it
   };
   // Publishes the pod's identity under its addresses (after an open or a relabel).
   void Identify(const enrolment::PodKey& key, Pod& pod, const enrolment::Labels& labels);

@@ -5,6 +5,7 @@
 
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 
 #include "cli.h"
@@ -37,8 +38,9 @@ void AddAgentCommands(CLI::App& app) {
         auto pods = nlohmann::json::parse(AdminGet(*admin, "/pods"), nullptr, false);
         if (!pods.is_array())
           Die("", "unexpected /pods answer");
-        std::cout << fmt::format("{:<16} {:<28} {:<18} {:<9} {:<10} {:<12} {}\n", "NAMESPACE",
-                                 "POD", "IP", "ENROLLED", "COOKIE", "INBOUND", "REASON");
+        std::cout << fmt::format("{:<16} {:<28} {:<18} {:<9} {:<10} {:<12} {:<12} {}\n",
+                                 "NAMESPACE", "POD", "IP", "ENROLLED", "COOKIE", "INBOUND",
+                                 "POLICY", "REASON");
         for (const auto& p : pods) {
           std::string ip = p["ips"].empty() ? "-" : p["ips"][0].get<std::string>();
           // The ports the kernel steers to the pod's inbound proxy listener.
@@ -46,11 +48,19 @@ void AddAgentCommands(CLI::App& app) {
           if (p.contains("l7"))
             for (const auto& in : p["l7"].value("inbound", nlohmann::json::array()))
               inbound += (inbound.empty() ? "" : ",") + std::to_string(in.value("port", 0));
-          std::cout << fmt::format("{:<16} {:<28} {:<18} {:<9} {:<10} {:<12} {}\n",
+          // The ports whose L4 policy the kernel enforces (each port once).
+          std::set<int> policy_ports;
+          if (p.contains("l7"))
+            for (const auto& pol : p["l7"].value("policy", nlohmann::json::array()))
+              policy_ports.insert(pol.value("port", 0));
+          std::string policy;
+          for (int port : policy_ports)
+            policy += (policy.empty() ? "" : ",") + std::to_string(port);
+          std::cout << fmt::format("{:<16} {:<28} {:<18} {:<9} {:<10} {:<12} {:<12} {}\n",
                                    p["namespace"].get<std::string>(), p["name"].get<std::string>(),
                                    ip, p["enrolled"].get<bool>() ? "yes" : "no",
                                    p["cookie"].get<uint64_t>(), inbound.empty() ? "-" : inbound,
-                                   p["reason"].get<std::string>());
+                                   policy.empty() ? "-" : policy, p["reason"].get<std::string>());
         }
       });
   agent->add_subcommand("metrics", "Prometheus metrics")->callback([admin] {

@@ -7,7 +7,9 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdarg>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -41,6 +43,9 @@ static_assert(sizeof(sluice_conn_event) == 48);
 static_assert(sizeof(sluice_pod) == 8);
 static_assert(sizeof(sluice_pod_stats) == 40);
 static_assert(sizeof(sluice_sock_origin) == 40);
+static_assert(sizeof(sluice_inbound_policy) == 4 + SLUICE_POLICY_MAX_RULES);
+static_assert(sizeof(sluice_policy_key) == 44);
+static_assert(offsetof(sluice_policy_key, pod) * 8 - 32 + 16 * 8 == SLUICE_POLICY_FIXED_BITS);
 
 namespace fs = std::filesystem;
 
@@ -80,6 +85,8 @@ std::string_view CounterName(sluice_counter c) {
       return "nontcp_denied";
     case SLUICE_CNT_INBOUND_STEERED:
       return "inbound_steered";
+    case SLUICE_CNT_POLICY_DENIED:
+      return "policy_denied";
     case SLUICE_CNT_MAX:
       break;
   }
@@ -184,6 +191,8 @@ struct Dataplane::Impl {
   TypedMap<uint32_t, sluice_pod> pods;
   int pod_stats_fd = -1;
   int inbound_fd = -1;
+  int policy_fd = -1;    // sluice_inbound_policy
+  int prefixes_fd = -1;  // sluice_policy_prefixes
   int counters_fd = -1;
   int connlog_fd = -1;
   std::vector<int> owned_fds;  // maps opened from pins (maps_only mode)
@@ -403,6 +412,8 @@ Result<void> Dataplane::Load() {
   impl_->pods = {"sluice_pods", bpf_map__fd(m.sluice_pods)};
   impl_->pod_stats_fd = bpf_map__fd(m.sluice_pod_stats);
   impl_->inbound_fd = bpf_map__fd(m.sluice_inbound);
+  impl_->policy_fd = bpf_map__fd(m.sluice_inbound_policy);
+  impl_->prefixes_fd = bpf_map__fd(m.sluice_policy_prefixes);
   impl_->counters_fd = bpf_map__fd(m.sluice_counters);
   impl_->connlog_fd = bpf_map__fd(m.sluice_connlog);
 
@@ -431,12 +442,13 @@ Result<void> Dataplane::OpenPinnedMaps() {
     impl_->owned_fds.push_back(fd);
     return fd;
   };
-  constexpr int kMaps = 11;
+  constexpr int kMaps = 13;
   int fds[kMaps];
-  const char* names[kMaps] = {"sluice_services",       "sluice_backends",        "sluice_maglev",
-                              "sluice_endpoint_stats", "sluice_enrolled",        "sluice_counters",
-                              "sluice_settings",       "sluice_known_endpoints", "sluice_pods",
-                              "sluice_pod_stats",      "sluice_inbound"};
+  const char* names[kMaps] = {
+      "sluice_services",       "sluice_backends",  "sluice_maglev",   "sluice_endpoint_stats",
+      "sluice_enrolled",       "sluice_counters",  "sluice_settings", "sluice_known_endpoints",
+      "sluice_pods",           "sluice_pod_stats", "sluice_inbound",  "sluice_inbound_policy",
+      "sluice_policy_prefixes"};
   for (int i = 0; i < kMaps; i++) {
     auto fd = open(names[i]);
     SLUICE_RETURN_IF_ERROR(fd);
@@ -454,6 +466,8 @@ Result<void> Dataplane::OpenPinnedMaps() {
   impl_->pods = {names[8], fds[8]};
   impl_->pod_stats_fd = fds[9];
   impl_->inbound_fd = fds[10];
+  impl_->policy_fd = fds[11];
+  impl_->prefixes_fd = fds[12];
   return {};
 }
 
@@ -946,6 +960,160 @@ Result<std::vector<std::pair<std::pair<IpAddress, uint16_t>, uint64_t>>> Datapla
       out.push_back({{FromKernel(next.ip, next.family), next.port}, cookie});
     key = next;
     prev = &key;
+  }
+  return out;
+}
+
+Result<Cidr> Cidr::Parse(std::string_view text) {
+  const auto slash = text.find('/');
+  auto ip = IpAddress::Parse(text.substr(0, slash));
+  SLUICE_RETURN_IF_ERROR_CTX(ip, "prefix '" + std::string(text) + "'");
+  Cidr c{*ip, static_cast<uint8_t>(ip->is_v4() ? 32 : 128)};
+  if (slash != std::string_view::npos) {
+    const std::string len(text.substr(slash + 1));
+    char* end = nullptr;
+    const long n = std::strtol(len.c_str(), &end, 10);
+    if (len.empty() || *end != '\0' || n < 0 || n > c.len)
+      return Fail("prefix '" + std::string(text) + "': bad length");
+    c.len = static_cast<uint8_t>(n);
+  }
+  // Host bits off, so equal prefixes compare equal.
+  for (size_t i = 0; i < 16; i++) {
+    const int keep = std::clamp(static_cast<int>(c.len) - static_cast<int>(i) * 8, 0, 8);
+    c.ip.bytes[i] &= static_cast<uint8_t>(0xff00 >> keep);
+  }
+  return c;
+}
+
+std::string Cidr::ToString() const {
+  return ip.ToString() + "/" + std::to_string(len);
+}
+
+namespace {
+
+sluice_policy_key PolicyKey(const sluice_frontend_key& fk, uint8_t gen, uint8_t rule) {
+  sluice_policy_key k{};
+  k.family = fk.family;
+  k.gen = gen;
+  k.rule = rule;
+  k.port = fk.port;
+  std::memcpy(k.pod, fk.ip.v6, 16);
+  return k;
+}
+
+// Every sluice_policy_prefixes key of (pod, port), of generation `gen` (any: -1).
+std::vector<sluice_policy_key> PolicyPrefixes(int fd, const sluice_frontend_key& fk, int gen) {
+  std::vector<sluice_policy_key> out;
+  sluice_policy_key key{}, next{};
+  const void* prev = nullptr;
+  while (bpf_map_get_next_key(fd, prev, &next) == 0) {
+    if (next.family == fk.family && next.port == fk.port &&
+        std::memcmp(next.pod, fk.ip.v6, 16) == 0 && (gen < 0 || next.gen == gen))
+      out.push_back(next);
+    key = next;
+    prev = &key;
+  }
+  return out;
+}
+
+Result<void> DeletePrefixes(int fd, const std::vector<sluice_policy_key>& keys) {
+  for (const auto& k : keys)
+    if (bpf_map_delete_elem(fd, &k) != 0 && errno != ENOENT)
+      return FailErrno("map sluice_policy_prefixes: delete", errno);
+  return {};
+}
+
+}  // namespace
+
+Result<void> Dataplane::SetInboundPolicy(const IpAddress& pod, uint16_t port,
+                                         const std::vector<InboundPolicyRule>& rules) {
+  const std::string what =
+      "inbound policy of " + SocketAddress{pod, port}.ToString() + ": map sluice_inbound_policy";
+  if (rules.empty()) {
+    auto cleared = ClearInboundPolicy(pod, port);
+    SLUICE_RETURN_IF_ERROR(cleared);
+    return {};
+  }
+  if (rules.size() > SLUICE_POLICY_MAX_RULES)
+    return Fail(what + ": " + std::to_string(rules.size()) + " rules, at most " +
+                std::to_string(SLUICE_POLICY_MAX_RULES));
+  const sluice_frontend_key fk = FrontendKey(pod, port, Protocol::kTcp);
+  sluice_inbound_policy cur{};
+  const bool existed = bpf_map_lookup_elem(impl_->policy_fd, &fk, &cur) == 0;
+  if (!existed && errno != ENOENT)
+    return FailErrno(what + ": lookup", errno);
+  const uint8_t gen = existed ? static_cast<uint8_t>(cur.gen ^ 1) : 0;
+  // Leftovers of an interrupted update in the generation about to be written.
+  SLUICE_RETURN_IF_ERROR(
+      DeletePrefixes(impl_->prefixes_fd, PolicyPrefixes(impl_->prefixes_fd, fk, gen)));
+  sluice_inbound_policy val{};
+  val.n_rules = static_cast<uint8_t>(rules.size());
+  val.gen = gen;
+  const uint8_t one = 1;
+  for (size_t i = 0; i < rules.size(); i++) {
+    val.kind[i] = rules[i].deny ? SLUICE_POLICY_DENY : SLUICE_POLICY_ALLOW;
+    for (const Cidr& c : rules[i].sources) {
+      if (c.ip.family != pod.family)
+        continue;  // a connection to this address never comes from that family
+      sluice_policy_key k = PolicyKey(fk, gen, static_cast<uint8_t>(i));
+      std::memcpy(k.src, c.ip.bytes.data(), pod.is_v4() ? 4 : 16);
+      k.prefixlen = SLUICE_POLICY_FIXED_BITS + c.len;
+      if (bpf_map_update_elem(impl_->prefixes_fd, &k, &one, BPF_ANY) != 0)
+        return FailErrno(what + ": map sluice_policy_prefixes: add " + c.ToString(), errno);
+    }
+  }
+  if (bpf_map_update_elem(impl_->policy_fd, &fk, &val, BPF_ANY) != 0)
+    return FailErrno(what + ": update", errno);
+  if (!existed)
+    return {};
+  // No connect still reads the old generation after this wait.
+  SLUICE_RETURN_IF_ERROR(GracePeriod());
+  return DeletePrefixes(impl_->prefixes_fd, PolicyPrefixes(impl_->prefixes_fd, fk, gen ^ 1));
+}
+
+Result<bool> Dataplane::ClearInboundPolicy(const IpAddress& pod, uint16_t port) {
+  const sluice_frontend_key fk = FrontendKey(pod, port, Protocol::kTcp);
+  bool existed = true;
+  if (bpf_map_delete_elem(impl_->policy_fd, &fk) != 0) {
+    if (errno != ENOENT)
+      return FailErrno("map sluice_inbound_policy: delete " + SocketAddress{pod, port}.ToString(),
+                       errno);
+    existed = false;
+  }
+  auto keys = PolicyPrefixes(impl_->prefixes_fd, fk, -1);
+  if (keys.empty())
+    return existed;
+  if (existed)
+    SLUICE_RETURN_IF_ERROR(GracePeriod());
+  SLUICE_RETURN_IF_ERROR(DeletePrefixes(impl_->prefixes_fd, keys));
+  return existed;
+}
+
+Result<std::vector<InboundPolicy>> Dataplane::InboundPolicies() const {
+  std::vector<InboundPolicy> out;
+  sluice_frontend_key key{}, next{};
+  const void* prev = nullptr;
+  while (bpf_map_get_next_key(impl_->policy_fd, prev, &next) == 0) {
+    key = next;
+    prev = &key;
+    sluice_inbound_policy val{};
+    if (bpf_map_lookup_elem(impl_->policy_fd, &key, &val) != 0)
+      continue;
+    InboundPolicy p{FromKernel(key.ip, key.family), key.port, {}};
+    for (uint32_t i = 0; i < val.n_rules && i < SLUICE_POLICY_MAX_RULES; i++)
+      p.rules.push_back({val.kind[i] == SLUICE_POLICY_DENY, {}});
+    for (const auto& k : PolicyPrefixes(impl_->prefixes_fd, key, val.gen)) {
+      if (k.rule >= p.rules.size())
+        continue;
+      Cidr c;
+      c.ip.family = k.family == SLUICE_FAMILY_IPV4 ? 4 : 6;
+      std::memcpy(c.ip.bytes.data(), k.src, c.ip.is_v4() ? 4 : 16);
+      c.len = static_cast<uint8_t>(k.prefixlen - SLUICE_POLICY_FIXED_BITS);
+      p.rules[k.rule].sources.push_back(c);
+    }
+    for (auto& r : p.rules)
+      std::sort(r.sources.begin(), r.sources.end());
+    out.push_back(std::move(p));
   }
   return out;
 }

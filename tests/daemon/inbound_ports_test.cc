@@ -3,6 +3,9 @@
 // sidecar's virtualInbound, tests/conformance/istiod) and on small configs that tell the
 // rules apart. The kernel steers exactly these ports (tests/kernel/inbound_test.cc); a
 // port left out here reaches the application directly.
+#include <arpa/inet.h>
+
+#include <google/protobuf/util/json_util.h>
 #include <algorithm>
 #include <catch2/catch.hpp>
 #include <fstream>
@@ -11,6 +14,7 @@
 #include "envoy/config/cluster/v3/cluster.pb.h"
 #include "envoy/config/listener/v3/listener.pb.h"
 #include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
+#include "envoy/extensions/filters/network/rbac/v3/rbac.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "pod_proxies.h"
 #include "sluice/proxy/config_json.h"
@@ -63,7 +67,9 @@ std::shared_ptr<const proxy::ProxyConfig> CompileDump(const std::string& file,
 // An inbound listener (original_dst, no hand-over) with one TCP chain for `port` to
 // `cluster`, and that cluster: STATIC at `endpoint` ("127.0.0.1:8080"), or ORIGINAL_DST
 // when `endpoint` is empty. Plus an outbound capture listener, as every pod config has.
-std::shared_ptr<const proxy::ProxyConfig> TcpInbound(uint32_t port, const std::string& endpoint) {
+// `rbac`: network rbac filters (proto JSON) put before the tcp_proxy, in this order.
+std::shared_ptr<const proxy::ProxyConfig> TcpInbound(uint32_t port, const std::string& endpoint,
+                                                     const std::vector<nlohmann::json>& rbac = {}) {
   namespace listener_v3 = envoy::config::listener::v3;
   sluice::xds::ResourceSet rs;
   listener_v3::Listener in;
@@ -80,6 +86,13 @@ std::shared_ptr<const proxy::ProxyConfig> TcpInbound(uint32_t port, const std::s
   envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy tcp;
   tcp.set_stat_prefix("inbound");
   tcp.set_cluster("inbound|" + std::to_string(port) + "||");
+  for (const auto& r : rbac) {
+    envoy::extensions::filters::network::rbac::v3::RBAC proto;
+    REQUIRE(google::protobuf::util::JsonStringToMessage(r.dump(), &proto).ok());
+    auto* rf = chain->add_filters();
+    rf->set_name("envoy.filters.network.rbac");
+    rf->mutable_typed_config()->PackFrom(proto);
+  }
   auto* f = chain->add_filters();
   f->set_name("envoy.filters.network.tcp_proxy");
   f->mutable_typed_config()->PackFrom(tcp);
@@ -195,5 +208,112 @@ TEST_CASE("a pod's proxy binds its inbound listener on the pod's loopback inboun
       if (l.name.starts_with("virtualInbound"))
         CHECK_FALSE(l.bind_to_port);
     }
+  }
+}
+
+namespace {
+
+// istiod's network rbac for one AuthorizationPolicy rule: `to` ports, `from` principals.
+nlohmann::json NetworkRbac(const std::string& action, int port, const nlohmann::json& principal) {
+  using J = nlohmann::json;
+  J port_rule = J::object();
+  port_rule["destinationPort"] = port;
+  J permission = J::object();
+  permission["andRules"]["rules"] = J::array({J{{"orRules", J{{"rules", J::array({port_rule})}}}}});
+  J policy = J::object();
+  policy["permissions"] = J::array({permission});
+  policy["principals"] = J::array({principal});
+  J out = J::object();
+  out["statPrefix"] = "tcp.";
+  out["rules"]["action"] = action;
+  out["rules"]["policies"]["ns[foo]-policy[bar]-rule[0]"] = policy;
+  return out;
+}
+nlohmann::json IpBlocks(const std::string& ip, int len) {
+  return {
+      {"andIds",
+       {{"ids",
+         {{{"orIds",
+            {{"ids", {{{"directRemoteIp", {{"addressPrefix", ip}, {"prefixLen", len}}}}}}}}}}}}}};
+}
+
+sockaddr_storage Address(const std::string& ip) {
+  sockaddr_storage ss{};
+  if (ip.find(':') == std::string::npos) {
+    ss.ss_family = AF_INET;
+    inet_pton(AF_INET, ip.c_str(), &reinterpret_cast<sockaddr_in&>(ss).sin_addr);
+  } else {
+    ss.ss_family = AF_INET6;
+    inet_pton(AF_INET6, ip.c_str(), &reinterpret_cast<sockaddr_in6&>(ss).sin6_addr);
+  }
+  return ss;
+}
+
+}  // namespace
+
+TEST_CASE("network rbac of addresses and ports only: a kernel rule, the port not steered") {
+  // A TCP-only DENY on port 9000 of a port otherwise delivered unchanged.
+  auto cfg = TcpInbound(9000, "", {NetworkRbac("DENY", 9000, {{"any", true}})});
+  CHECK(InboundPorts(*cfg).empty());
+  auto pols = InboundPolicies(*cfg);
+  REQUIRE(pols.size() == 1);
+  CHECK(pols[0].port == 9000);
+  REQUIRE(pols[0].rules.size() == 1);
+  CHECK(pols[0].rules[0].action == proxy::L4Rule::Action::kDeny);
+  // Per pod address, as the agent writes it: every source of its family.
+  auto kernel = KernelPolicies(pols, {Address("10.1.0.5"), Address("fd00::5")});
+  REQUIRE(kernel.size() == 2);
+  CHECK(kernel[0].address == "10.1.0.5");
+  CHECK(kernel[0].rules == std::vector<KernelRule>{{true, {"0.0.0.0/0"}}});
+  CHECK(kernel[1].address == "fd00::5");
+  CHECK(kernel[1].rules == std::vector<KernelRule>{{true, {"::/0"}}});
+  // The L7 wire form reads back the same.
+  CHECK(PoliciesFromJson(PoliciesJson(kernel)) == kernel);
+
+  SECTION("ALLOW ipBlocks: only that source, and no IPv6 source") {
+    auto allow = TcpInbound(9000, "", {NetworkRbac("ALLOW", 9000, IpBlocks("10.1.0.7", 32))});
+    CHECK(InboundPorts(*allow).empty());
+    auto k = KernelPolicies(InboundPolicies(*allow), {Address("10.1.0.5"), Address("fd00::5")});
+    REQUIRE(k.size() == 2);
+    CHECK(k[0].rules == std::vector<KernelRule>{{false, {"10.1.0.7/32"}}});
+    CHECK(k[1].rules == std::vector<KernelRule>{{false, {}}});
+  }
+  SECTION("a filter without rules adds nothing") {
+    auto none = TcpInbound(9000, "", {{{"statPrefix", "tcp."}}});
+    CHECK(InboundPorts(*none).empty());
+    CHECK(InboundPolicies(*none).empty());
+  }
+  SECTION("a port steered anyway keeps its kernel rule (refused before the proxy)") {
+    auto moved = TcpInbound(9000, "127.0.0.1:8080", {NetworkRbac("DENY", 9000, {{"any", true}})});
+    auto ports = InboundPorts(*moved);
+    REQUIRE(ports.size() == 1);
+    CHECK(ports[0].reason == "cluster inbound|9000|| sends to 127.0.0.1:8080");
+    CHECK(InboundPolicies(*moved).size() == 1);
+  }
+}
+
+TEST_CASE("network rbac the kernel cannot enforce: the port is steered, with the policy named") {
+  // source.namespaces: an authenticated principal (peer identity, the proxy's to judge).
+  nlohmann::json ns = {
+      {"andIds",
+       {{"ids",
+         {{{"orIds",
+            {{"ids",
+              {{{"authenticated",
+                 {{"principalName", {{"safeRegex", {{"regex", ".*/ns/ns-1/.*"}}}}}}}}}}}}}}}}}};
+  auto cfg = TcpInbound(9000, "", {NetworkRbac("DENY", 9000, ns)});
+  auto ports = InboundPorts(*cfg);
+  REQUIRE(ports.size() == 1);
+  CHECK(ports[0].port == 9000);
+  CHECK(ports[0].reason ==
+        "network rbac (policy ns[foo]-policy[bar]-rule[0]: "
+        "principals[0].and_ids.ids[0].or_ids.ids[0].authenticated: needs the proxy)");
+  CHECK(InboundPolicies(*cfg).empty());
+
+  SECTION("one such filter among kernel-enforceable ones is enough") {
+    auto mixed = TcpInbound(
+        9000, "", {NetworkRbac("DENY", 9000, {{"any", true}}), NetworkRbac("ALLOW", 9000, ns)});
+    REQUIRE(InboundPorts(*mixed).size() == 1);
+    CHECK(InboundPolicies(*mixed).empty());
   }
 }

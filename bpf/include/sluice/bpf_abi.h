@@ -58,6 +58,7 @@ enum sluice_counter {
   SLUICE_CNT_SPLICED,           /* socket joined to the sockhash (sk_msg splice) */
   SLUICE_CNT_NONTCP_DENIED,     /* tc: REGISTRY_ONLY pod sent non-TCP to an unknown place */
   SLUICE_CNT_INBOUND_STEERED,   /* sk_lookup: a connection to a pod port sent to its inbound side */
+  SLUICE_CNT_POLICY_DENIED,     /* sk_lookup: a connection to a pod port refused by its L4 policy */
   SLUICE_CNT_MAX,
 };
 
@@ -253,5 +254,46 @@ struct sluice_pod_stats {
   __u64 denied_packets;
 };
 #define SLUICE_DEFAULT_BYPASS_MARK 0x5117
+
+/* L4 policy of a pod port, enforced by the sk_lookup program (pod_inbound.bpf.c) before
+ * it steers: the network rbac filters of the port's inbound chain that need only
+ * addresses and ports (agent/proxy/rbac_l4.h), one rule per filter in chain order. A
+ * connection is refused when some DENY rule holds its source, or some ALLOW rule does not
+ * (an ALLOW rule without sources refuses everything), exactly Envoy's outcome for those
+ * filters. */
+#define SLUICE_POLICY_MAX_RULES 8
+
+enum sluice_policy_kind {
+  SLUICE_POLICY_NONE = 0,
+  SLUICE_POLICY_ALLOW = 1, /* refused unless the source is in the rule's prefixes */
+  SLUICE_POLICY_DENY = 2,  /* refused if the source is in the rule's prefixes */
+};
+
+/* sluice_inbound_policy value, keyed by (pod address, port, TCP) like sluice_inbound. The
+ * rules' prefixes are sluice_policy_prefixes entries of generation `gen`: an update
+ * writes the other generation, switches this value, waits for an RCU grace period, then
+ * removes the old generation, so a connect sees one whole policy. */
+struct sluice_inbound_policy {
+  __u8 n_rules;
+  __u8 gen; /* 0 or 1 */
+  __u8 _pad[2];
+  __u8 kind[SLUICE_POLICY_MAX_RULES]; /* enum sluice_policy_kind, per rule */
+};
+
+/* sluice_policy_prefixes key (LPM trie): one source prefix of one rule. Every field up to
+ * `src` is always matched whole (SLUICE_POLICY_FIXED_BITS); prefixlen is that plus the
+ * source prefix length. IPv4 addresses use the first 4 bytes of pod and src. */
+struct sluice_policy_key {
+  __u32 prefixlen;
+  __u8 family; /* enum sluice_family */
+  __u8 gen;
+  __u8 rule; /* index in chain order */
+  __u8 _pad;
+  __u16 port; /* host byte order */
+  __u16 _pad2;
+  __u8 pod[16];
+  __u8 src[16];
+};
+#define SLUICE_POLICY_FIXED_BITS ((8 + 16) * 8)
 
 #endif /* SLUICE_BPF_ABI_H */

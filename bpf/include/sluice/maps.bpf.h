@@ -139,6 +139,25 @@ struct {
   __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_connlog SEC(".maps");
 
+/* L4 policy of pod ports (sk_lookup, pod_inbound.bpf.c): which ports have one and its
+ * rules, and each rule's source prefixes. A port that is not here has no kernel policy. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 16384);
+  __type(key, struct sluice_frontend_key);
+  __type(value, struct sluice_inbound_policy);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_inbound_policy SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+  __uint(max_entries, 65536);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct sluice_policy_key);
+  __type(value, __u8); /* unused (1) */
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_policy_prefixes SEC(".maps");
+
 static __always_inline struct sluice_settings* sluice_get_settings(void) {
   __u32 zero = 0;
   return bpf_map_lookup_elem(&sluice_settings, &zero);

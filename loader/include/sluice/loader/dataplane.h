@@ -86,6 +86,31 @@ struct PodStats {
 };
 [[nodiscard]] std::string_view CounterName(sluice_counter c);
 
+// An address prefix: "10.0.0.0/8", "fd00::/64"; a bare address is a host prefix.
+struct Cidr {
+  IpAddress ip;
+  uint8_t len = 32;
+  [[nodiscard]] static Result<Cidr> Parse(std::string_view text);
+  [[nodiscard]] std::string ToString() const;
+  auto operator<=>(const Cidr&) const = default;
+};
+
+// One rule of a pod port's kernel policy: one network rbac filter of the port's inbound
+// chain, projected to source prefixes (agent/proxy/rbac_l4.h). A DENY rule refuses the
+// sources it holds; an ALLOW rule refuses all others (none held: refuses everything).
+struct InboundPolicyRule {
+  bool deny = false;
+  std::vector<Cidr> sources;  // prefixes of the pod address's family; others are ignored
+  auto operator<=>(const InboundPolicyRule&) const = default;
+};
+
+// A pod port's kernel policy as read back from the maps.
+struct InboundPolicy {
+  IpAddress pod;
+  uint16_t port = 0;
+  std::vector<InboundPolicyRule> rules;  // chain order
+};
+
 // Threads: Apply, Services and the other calls that use the services' C++ view
 // (UpsertService, DeleteService) belong to one thread (the agent's kernel sync). The
 // calls that only touch maps — Enrol, Unenrol, Enrolled, ReadCounters, Endpoints,
@@ -138,6 +163,14 @@ class Dataplane {
   // (pod address, port) entries in force, with the socket cookie of their listener.
   [[nodiscard]] Result<std::vector<std::pair<std::pair<IpAddress, uint16_t>, uint64_t>>> Inbound()
       const;
+  // The L4 policy of (pod address, port), enforced by the same sk_lookup program before it
+  // steers (so it needs AttachInbound too): a refused connect fails with ECONNREFUSED and
+  // counts policy_denied. Replacing a policy is atomic as seen by a connect (generations
+  // and an RCU grace period). At most SLUICE_POLICY_MAX_RULES rules.
+  [[nodiscard]] Result<void> SetInboundPolicy(const IpAddress& pod, uint16_t port,
+                                              const std::vector<InboundPolicyRule>& rules);
+  [[nodiscard]] Result<bool> ClearInboundPolicy(const IpAddress& pod, uint16_t port);
+  [[nodiscard]] Result<std::vector<InboundPolicy>> InboundPolicies() const;
   [[nodiscard]] Result<void> SetSplice(bool on);
   // The kernel's connection log: while on, every connect the kernel translates leaves a
   // sluice_conn_event in the ring buffer ConnLogFd() (the agent's L4 access log).
