@@ -16,6 +16,7 @@
 #include "envoy/config/cluster/v3/cluster.pb.h"
 #include "envoy/config/core/v3/base.pb.h"
 #include "session.h"
+#include "sluice/common/kube_names.h"
 #include "telemetry_hooks.h"
 
 namespace sluice::proxy::telemetry {
@@ -59,14 +60,6 @@ const std::string* FindLabel(const std::map<std::string, std::string>& labels,
     if (auto it = labels.find(k); it != labels.end())
       return &it->second;
   return nullptr;
-}
-
-// Kubernetes' generateName suffix: 5 characters of its safe alphabet.
-bool GeneratedSuffix(std::string_view s) {
-  static constexpr std::string_view kAlphabet = "bcdfghjklmnpqrstvwxz2456789";
-  return s.size() == 5 && std::all_of(s.begin(), s.end(), [](char c) {
-           return kAlphabet.find(c) != std::string_view::npos;
-         });
 }
 
 const std::string& Or(const std::string& v, const std::string& fallback) {
@@ -144,18 +137,7 @@ Workload PodWorkload(const std::string& ns, const std::string& name,
   Workload w;
   w.ns = ns;
   w.cluster = cluster;
-  if (const std::string* v = FindLabel(labels, {"service.istio.io/workload-name"})) {
-    w.name = *v;
-  } else if (auto h = labels.find("pod-template-hash");
-             h != labels.end() && !h->second.empty() &&
-             name.find("-" + h->second + "-") != std::string::npos) {
-    w.name = name.substr(0, name.rfind("-" + h->second + "-"));
-  } else if (auto dash = name.rfind('-');
-             dash != std::string::npos && dash > 0 && GeneratedSuffix(name.substr(dash + 1))) {
-    w.name = name.substr(0, dash);
-  } else {
-    w.name = name;
-  }
+  w.name = kube::PodWorkloadName(name, labels);
   const std::string* cs =
       FindLabel(labels, {"service.istio.io/canonical-name", "app.kubernetes.io/name", "app"});
   w.canonical_service = cs ? *cs : w.name;

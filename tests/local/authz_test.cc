@@ -109,7 +109,7 @@ bool EndsWith(const std::string& s, const std::string& suffix) {
 }  // namespace
 
 TEST_CASE(
-    "local cluster: an AuthorizationPolicy DENY on one path answers 403 there, 200 elsewhere; "
+    "local cluster: an AuthorizationPolicy DENY on one path answers 403 there and 200 elsewhere, "
     "an ALLOW with ipBlocks lets one pod in and keeps another out") {
   Cluster c;
   REQUIRE(c.Up());

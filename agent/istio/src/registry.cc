@@ -6,6 +6,8 @@
 #include <cctype>
 #include <unordered_map>
 
+#include "sluice/common/kube_names.h"
+
 namespace sluice::istio {
 namespace {
 
@@ -30,12 +32,14 @@ Protocol KubernetesPortProtocol(const ServicePort& p) {
   return ParseProtocol(prefix);
 }
 
-// The workload name istiod gives an endpoint (pkg/kube GetWorkloadMetaFromPod): the
-// service.istio.io/workload-name label, else the Deployment's name; a Pod of its own is
-// its own workload.
+// The workload name istiod gives an endpoint (pkg/kube GetWorkloadMetaFromPod): for a
+// Pod, as kube::PodWorkloadName derives it from its name and labels (the same rule the
+// proxy's metrics use for the pod itself); a Deployment is its own workload.
 std::string WorkloadName(const Workload& w) {
   if (auto it = w.pod_labels.find("service.istio.io/workload-name"); it != w.pod_labels.end())
     return it->second;
+  if (w.kind == "Pod")
+    return kube::PodWorkloadName(w.meta.name, w.pod_labels);
   return w.meta.name;
 }
 
