@@ -104,6 +104,12 @@ int sluice_inbound_lookup(struct bpf_sk_lookup* ctx) {
     return SK_DROP;
   }
   struct bpf_sock* sk = bpf_map_lookup_elem(&sluice_inbound, &key);
+  if (!sk) {
+    /* Port 0 stands for every port not registered on its own: a pod whose passthrough
+     * chains (ports no Service declares) carry a policy sends them all to its proxy. */
+    key.port = 0;
+    sk = bpf_map_lookup_elem(&sluice_inbound, &key);
+  }
   if (!sk)
     return SK_PASS;
   long err = bpf_sk_assign(ctx, sk, 0);

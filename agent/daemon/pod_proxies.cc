@@ -187,6 +187,16 @@ std::vector<InboundPort> InboundPorts(const proxy::ProxyConfig& cfg) {
   for (auto& [port, pr] : PortsRbac(*l))
     if (!pr.needs_proxy.empty() && !need.contains(port))
       need[port] = std::move(pr.needs_proxy);
+  // istiod's passthrough chains (no destination port) carry the workload's policy too, so
+  // a port no Service declares is no way around it: port 0 steers every port not
+  // registered on its own (pod_inbound.bpf.c falls back to it).
+  for (const auto& chain : l->chains) {
+    if (chain.match.destination_port == 0 &&
+        (!chain.network_rbac.empty() || !chain.http.rbac.empty())) {
+      need[0] = "passthrough chain " + chain.name + " carries rbac: every other port";
+      break;
+    }
+  }
   std::vector<InboundPort> out;
   for (auto& [port, why] : need)
     out.push_back({port, std::move(why)});

@@ -47,7 +47,9 @@ void AddAgentCommands(CLI::App& app) {
           std::string inbound;
           if (p.contains("l7"))
             for (const auto& in : p["l7"].value("inbound", nlohmann::json::array()))
-              inbound += (inbound.empty() ? "" : ",") + std::to_string(in.value("port", 0));
+              inbound += (inbound.empty() ? "" : ",") + (in.value("port", 0) == 0
+                                                             ? std::string("*")  // every other port
+                                                             : std::to_string(in.value("port", 0)));
           // The ports whose L4 policy the kernel enforces (each port once).
           std::set<int> policy_ports;
           if (p.contains("l7"))

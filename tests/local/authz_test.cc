@@ -36,6 +36,10 @@ spec:
         image: curlimages/curl
         command: ["python3", "-m", "http.server", "9000", "--directory", ")" +
          dir + R"("]
+      - name: undeclared
+        image: curlimages/curl
+        command: ["python3", "-m", "http.server", "7000", "--directory", ")" +
+         dir + R"("]
 ---
 apiVersion: v1
 kind: Service
@@ -117,6 +121,10 @@ TEST_CASE(
   REQUIRE(
       WaitUntil([&] { return EndsWith(c.Get("sleep", "http://web:8000/hello.txt"), " 200"); }, 30));
   CHECK(EndsWith(c.Get("sleep", "http://web:8000/admin/secret.txt"), " 200"));
+  // A port no Service declares (7000) answers too.
+  const std::string web_ip = c.PodIp("web-");
+  REQUIRE(!web_ip.empty());
+  CHECK(EndsWith(c.Get("other", "http://" + web_ip + ":7000/hello.txt"), " 200"));
 
   REQUIRE(c.Apply("deny.yaml", R"(apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -170,6 +178,10 @@ spec:
       20));
   CHECK(c.Get("sleep", "http://web:8000/hello.txt") == c.hello + " 200");
   CHECK(c.Get("sleep", "http://web:8000/admin/secret.txt") == "RBAC: access denied 403");
+  // The undeclared port is no way around it: istiod's passthrough chains carry the policy,
+  // and every port not registered on its own goes through the pod's proxy.
+  CHECK(c.Get("other", "http://" + web_ip + ":7000/hello.txt") == "RBAC: access denied 403");
+  CHECK(c.Get("sleep", "http://" + web_ip + ":7000/hello.txt") == c.hello + " 200");
 
   // Deleting the policies restores access.
   REQUIRE(c.tc.Local({"delete", "-f", c.tc.dir + "/allow.yaml"}).status == 0);
