@@ -67,28 +67,13 @@ spec:
         - containerPort: 80
 )";
 
-const char* kClient = R"(apiVersion: v1
+// Istio's sleep sample with its ServiceAccount.
+const std::string kClient = std::string(R"(apiVersion: v1
 kind: ServiceAccount
 metadata:
   name: sleep
 ---
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: sleep
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {app: sleep}
-  template:
-    metadata:
-      labels: {app: sleep}
-    spec:
-      containers:
-      - name: sleep
-        image: curlimages/curl
-        command: ["/bin/sleep", "infinity"]
-)";
+)") + kSleep;
 
 }  // namespace
 

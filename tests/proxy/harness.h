@@ -44,8 +44,18 @@ struct Resp {
   }
 };
 
-inline int Connect(uint16_t port) {
+// A connection to 127.0.0.1:port, from `source` (another loopback address) when given.
+inline int Connect(uint16_t port, const char* source = nullptr) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (source) {
+    sockaddr_in s{};
+    s.sin_family = AF_INET;
+    inet_pton(AF_INET, source, &s.sin_addr);
+    if (bind(fd, reinterpret_cast<sockaddr*>(&s), sizeof(s)) != 0) {
+      close(fd);
+      return -1;
+    }
+  }
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(port);

@@ -65,30 +65,9 @@ Json HttpDoc(const Json& filters, uint16_t upstream) {
   return Doc(HttpListener("http", rc, true, filters), upstream);
 }
 
-// A connection to 127.0.0.1:port from `source` (another loopback address).
-int ConnectFrom(const char* source, uint16_t port) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in s{};
-  s.sin_family = AF_INET;
-  inet_pton(AF_INET, source, &s.sin_addr);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&s), sizeof(s)) != 0) {
-    close(fd);
-    return -1;
-  }
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 Resp GetFrom(const char* source, uint16_t port, const std::string& path,
              const std::string& extra = "") {
-  int fd = ConnectFrom(source, port);
+  int fd = Connect(port, source);
   if (fd < 0)
     return {};
   std::string raw =
@@ -225,7 +204,7 @@ TEST_CASE("rbac enforced: the network filter closes a denied TCP connection befo
   auto p = StartProxy(Doc(Listener("http", Json::array({chain})), up.port()));
   REQUIRE(p->error.empty());
 
-  int denied = ConnectFrom("127.0.0.3", p->Port());
+  int denied = Connect(p->Port(), "127.0.0.3");
   REQUIRE(denied >= 0);
   std::string got;
   CHECK(ClosedWithin(denied, 2000, &got));
