@@ -17,6 +17,12 @@
  * kernel finds no socket and answers the SYN with a RST (the client's connect fails with
  * ECONNREFUSED), counted as policy_denied. The loopback exemption above comes first: the
  * proxy's own upstream connection has passed the policy already.
+ *
+ * A steered port whose socket is missing — the agent's sockets close when it exits or
+ * crashes, and a pod's inbound socket may never have opened — is decided by the port's
+ * guard (sluice_inbound_guard), which the agent leaves in place: a port whose policy only
+ * the proxy enforces is refused (SK_DROP, counted inbound_unserved) until a proxy takes it
+ * again; any other port reaches the application, as it would without the inbound side.
  */
 #include "vmlinux.h"
 
@@ -92,6 +98,17 @@ static __always_inline bool sluice_policy_denies(struct bpf_sk_lookup* ctx,
   return false;
 }
 
+/* True when the port's guard (its own, else port 0's) refuses a connection no inbound
+ * socket took. */
+static __always_inline bool sluice_guard_closed(struct sluice_frontend_key* key) {
+  __u8* guard = bpf_map_lookup_elem(&sluice_inbound_guard, key);
+  if (!guard) {
+    key->port = 0;
+    guard = bpf_map_lookup_elem(&sluice_inbound_guard, key);
+  }
+  return guard && *guard == SLUICE_GUARD_CLOSED;
+}
+
 SEC("sk_lookup")
 int sluice_inbound_lookup(struct bpf_sk_lookup* ctx) {
   if (ctx->protocol != IPPROTO_TCP_)
@@ -103,6 +120,7 @@ int sluice_inbound_lookup(struct bpf_sk_lookup* ctx) {
     sluice_count(SLUICE_CNT_POLICY_DENIED);
     return SK_DROP;
   }
+  const __u16 port = key.port;
   struct bpf_sock* sk = bpf_map_lookup_elem(&sluice_inbound, &key);
   if (!sk) {
     /* Port 0 stands for every port not registered on its own: a pod whose passthrough
@@ -110,14 +128,22 @@ int sluice_inbound_lookup(struct bpf_sk_lookup* ctx) {
     key.port = 0;
     sk = bpf_map_lookup_elem(&sluice_inbound, &key);
   }
-  if (!sk)
-    return SK_PASS;
-  long err = bpf_sk_assign(ctx, sk, 0);
-  bpf_sk_release(sk);
-  if (err == 0)
-    sluice_count(SLUICE_CNT_INBOUND_STEERED);
-  /* A failed assignment (the socket is closing) leaves the normal lookup: the
-   * application gets the connection, as without the inbound side. */
+  if (sk) {
+    long err = bpf_sk_assign(ctx, sk, 0);
+    bpf_sk_release(sk);
+    if (err == 0) {
+      sluice_count(SLUICE_CNT_INBOUND_STEERED);
+      return SK_PASS;
+    }
+  }
+  /* No inbound socket took it: none is registered (the port is not steered, or the agent
+   * is restarting and its sockets went with it), or the one registered is closing. The
+   * port's guard, left by the agent, says whether the application may have it. */
+  key.port = port;
+  if (sluice_guard_closed(&key)) {
+    sluice_count(SLUICE_CNT_INBOUND_UNSERVED);
+    return SK_DROP;
+  }
   return SK_PASS;
 }
 

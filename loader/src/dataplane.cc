@@ -87,6 +87,8 @@ std::string_view CounterName(sluice_counter c) {
       return "inbound_steered";
     case SLUICE_CNT_POLICY_DENIED:
       return "policy_denied";
+    case SLUICE_CNT_INBOUND_UNSERVED:
+      return "inbound_unserved";
     case SLUICE_CNT_MAX:
       break;
   }
@@ -192,6 +194,7 @@ struct Dataplane::Impl {
   int pod_stats_fd = -1;
   int inbound_fd = -1;
   int policy_fd = -1;    // sluice_inbound_policy
+  int guard_fd = -1;     // sluice_inbound_guard
   int prefixes_fd = -1;  // sluice_policy_prefixes
   int counters_fd = -1;
   int connlog_fd = -1;
@@ -413,6 +416,7 @@ Result<void> Dataplane::Load() {
   impl_->pod_stats_fd = bpf_map__fd(m.sluice_pod_stats);
   impl_->inbound_fd = bpf_map__fd(m.sluice_inbound);
   impl_->policy_fd = bpf_map__fd(m.sluice_inbound_policy);
+  impl_->guard_fd = bpf_map__fd(m.sluice_inbound_guard);
   impl_->prefixes_fd = bpf_map__fd(m.sluice_policy_prefixes);
   impl_->counters_fd = bpf_map__fd(m.sluice_counters);
   impl_->connlog_fd = bpf_map__fd(m.sluice_connlog);
@@ -442,13 +446,14 @@ Result<void> Dataplane::OpenPinnedMaps() {
     impl_->owned_fds.push_back(fd);
     return fd;
   };
-  constexpr int kMaps = 13;
+  constexpr int kMaps = 14;
   int fds[kMaps];
   const char* names[kMaps] = {
-      "sluice_services",       "sluice_backends",  "sluice_maglev",   "sluice_endpoint_stats",
-      "sluice_enrolled",       "sluice_counters",  "sluice_settings", "sluice_known_endpoints",
-      "sluice_pods",           "sluice_pod_stats", "sluice_inbound",  "sluice_inbound_policy",
-      "sluice_policy_prefixes"};
+      "sluice_services",        "sluice_backends",        "sluice_maglev",
+      "sluice_endpoint_stats",  "sluice_enrolled",        "sluice_counters",
+      "sluice_settings",        "sluice_known_endpoints", "sluice_pods",
+      "sluice_pod_stats",       "sluice_inbound",         "sluice_inbound_policy",
+      "sluice_policy_prefixes", "sluice_inbound_guard"};
   for (int i = 0; i < kMaps; i++) {
     auto fd = open(names[i]);
     SLUICE_RETURN_IF_ERROR(fd);
@@ -468,6 +473,7 @@ Result<void> Dataplane::OpenPinnedMaps() {
   impl_->inbound_fd = fds[10];
   impl_->policy_fd = fds[11];
   impl_->prefixes_fd = fds[12];
+  impl_->guard_fd = fds[13];
   return {};
 }
 
@@ -958,6 +964,39 @@ Result<std::vector<std::pair<std::pair<IpAddress, uint16_t>, uint64_t>>> Datapla
     uint64_t cookie = 0;
     if (bpf_map_lookup_elem(impl_->inbound_fd, &next, &cookie) == 0)
       out.push_back({{FromKernel(next.ip, next.family), next.port}, cookie});
+    key = next;
+    prev = &key;
+  }
+  return out;
+}
+
+Result<void> Dataplane::SetInboundGuard(const IpAddress& pod, uint16_t port, bool closed) {
+  sluice_frontend_key key = FrontendKey(pod, port, Protocol::kTcp);
+  const uint8_t value = closed ? SLUICE_GUARD_CLOSED : SLUICE_GUARD_OPEN;
+  if (bpf_map_update_elem(impl_->guard_fd, &key, &value, BPF_ANY) != 0)
+    return FailErrno("map sluice_inbound_guard: update " + SocketAddress{pod, port}.ToString(),
+                     errno);
+  return {};
+}
+
+Result<bool> Dataplane::ClearInboundGuard(const IpAddress& pod, uint16_t port) {
+  sluice_frontend_key key = FrontendKey(pod, port, Protocol::kTcp);
+  if (bpf_map_delete_elem(impl_->guard_fd, &key) == 0)
+    return true;
+  if (errno == ENOENT)
+    return false;
+  return FailErrno("map sluice_inbound_guard: delete " + SocketAddress{pod, port}.ToString(),
+                   errno);
+}
+
+Result<std::map<std::pair<IpAddress, uint16_t>, bool>> Dataplane::InboundGuards() const {
+  std::map<std::pair<IpAddress, uint16_t>, bool> out;
+  sluice_frontend_key key{}, next{};
+  const void* prev = nullptr;
+  while (bpf_map_get_next_key(impl_->guard_fd, prev, &next) == 0) {
+    uint8_t value = 0;
+    if (bpf_map_lookup_elem(impl_->guard_fd, &next, &value) == 0)
+      out[{FromKernel(next.ip, next.family), next.port}] = value == SLUICE_GUARD_CLOSED;
     key = next;
     prev = &key;
   }

@@ -208,3 +208,71 @@ TEST_CASE("the inbound link is pinned: it outlives the loader and is taken over 
   CHECK(r["by_server"]["inbound 10.211.0.2:8080"] == 2);
   REQUIRE(lab.dp().DetachInbound(cookie));
 }
+
+TEST_CASE(
+    "a steered port's guard decides when its inbound socket is gone: a policy port is "
+    "refused and counted, the others reach the application, guards outlive the loader") {
+  Lab lab;
+  lab.AddClientAndServers();  // client .10; a .2 and b .3 serve their names on 8080
+  lab.Serve("a", {"10.211.0.2:9090", "10.211.0.2:7000"}, "a-other");
+  const std::string ns = lab.pod("a").netns;
+  const auto pod_ip = *IpAddress::Parse("10.211.0.2");
+  const uint64_t cookie = lab.Cookie("a");
+  int nsfd = open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
+  REQUIRE(nsfd >= 0);
+  REQUIRE(lab.dp().AttachInbound(nsfd, cookie));
+  auto unserved = [&] { return lab.ReadCounters()[SLUICE_CNT_INBOUND_UNSERVED]; };
+
+  // 8080 carries a policy only the proxy enforces (guard closed); 9090 is steered for
+  // routing only (guard open). Both reach the inbound listener while it is there.
+  REQUIRE(lab.dp().SetInboundGuard(pod_ip, 8080, true));
+  REQUIRE(lab.dp().SetInboundGuard(pod_ip, 9090, false));
+  {
+    InboundListener inbound(ns);
+    REQUIRE(lab.dp().SetInbound(pod_ip, 8080, inbound.fd()));
+    REQUIRE(lab.dp().SetInbound(pod_ip, 9090, inbound.fd()));
+    auto r = lab.Connect("client", "10.211.0.2:8080", 2);
+    CHECK(r["by_server"]["inbound 10.211.0.2:8080"] == 2);
+    r = lab.Connect("client", "10.211.0.2:9090", 1);
+    CHECK(r["by_server"]["inbound 10.211.0.2:9090"] == 1);
+  }  // the listener closes, as the agent's sockets do when it exits: its entries go
+
+  uint64_t before = unserved();
+  auto r = lab.Connect("client", "10.211.0.2:8080", 3);
+  INFO(r.dump());
+  CHECK(Count(r, "errors", "ECONNREFUSED") == 3);  // never the application's "a"
+  CHECK(unserved() - before == 3);
+  r = lab.Connect("client", "10.211.0.2:9090", 2);
+  CHECK(r["by_server"]["a-other"] == 2);
+  // A port with no guard of its own and no port-0 guard: the application's.
+  r = lab.Connect("client", "10.211.0.2:7000", 1);
+  CHECK(r["by_server"]["a-other"] == 1);
+  // A port-0 guard (passthrough chains with a policy) covers every port without its own;
+  // a port's own open guard still wins.
+  REQUIRE(lab.dp().SetInboundGuard(pod_ip, 0, true));
+  before = unserved();
+  r = lab.Connect("client", "10.211.0.2:7000", 2);
+  CHECK(Count(r, "errors", "ECONNREFUSED") == 2);
+  r = lab.Connect("client", "10.211.0.2:9090", 1);
+  CHECK(r["by_server"]["a-other"] == 1);
+  CHECK(unserved() - before == 2);
+  // The proxy's own connections (from 127.0.0.6) are never the guard's.
+  CHECK(DialFromProxy(ns, "10.211.0.2", 8080) == "a\n");
+
+  // The agent goes away: guards stay in force, and the next one reads them back.
+  lab.CloseDataplane();
+  r = lab.Connect("client", "10.211.0.2:8080", 1);
+  CHECK(Count(r, "errors", "ECONNREFUSED") == 1);
+  auto guards = lab.dp().InboundGuards();
+  REQUIRE(guards);
+  CHECK(*guards == std::map<std::pair<IpAddress, uint16_t>, bool>{
+                       {{pod_ip, 0}, true}, {{pod_ip, 8080}, true}, {{pod_ip, 9090}, false}});
+
+  // Cleared: the application again.
+  REQUIRE(lab.dp().ClearInboundGuard(pod_ip, 0));
+  REQUIRE(lab.dp().ClearInboundGuard(pod_ip, 8080));
+  r = lab.Connect("client", "10.211.0.2:8080", 1);
+  CHECK(r["by_server"]["a"] == 1);
+  REQUIRE(lab.dp().DetachInbound(cookie));
+  close(nsfd);
+}

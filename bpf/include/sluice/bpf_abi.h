@@ -59,6 +59,7 @@ enum sluice_counter {
   SLUICE_CNT_NONTCP_DENIED,     /* tc: REGISTRY_ONLY pod sent non-TCP to an unknown place */
   SLUICE_CNT_INBOUND_STEERED,   /* sk_lookup: a connection to a pod port sent to its inbound side */
   SLUICE_CNT_POLICY_DENIED,     /* sk_lookup: a connection to a pod port refused by its L4 policy */
+  SLUICE_CNT_INBOUND_UNSERVED,  /* sk_lookup: a guarded pod port had no inbound socket: refused */
   SLUICE_CNT_MAX,
 };
 
@@ -295,5 +296,16 @@ struct sluice_policy_key {
   __u8 src[16];
 };
 #define SLUICE_POLICY_FIXED_BITS ((8 + 16) * 8)
+
+/* sluice_inbound_guard value, keyed by (pod address, port or 0, TCP) like sluice_inbound:
+ * what the sk_lookup program does with a connection to a port the agent steers when that
+ * port's inbound socket is missing (the agent is restarting and took its sockets with it,
+ * or the pod's inbound socket never opened). The agent writes it before it steers the port
+ * and removes it after it stops, and leaves it in place when it exits: it outlives the
+ * sockets on purpose. */
+enum sluice_guard {
+  SLUICE_GUARD_OPEN = 0,   /* the application may take the connection */
+  SLUICE_GUARD_CLOSED = 1, /* the port carries policy: refused (counted inbound_unserved) */
+};
 
 #endif /* SLUICE_BPF_ABI_H */

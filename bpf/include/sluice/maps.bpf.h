@@ -131,6 +131,18 @@ struct {
   __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_inbound SEC(".maps");
 
+/* What a steered pod port wants when its inbound socket is gone (enum sluice_guard): the
+ * sockets close with the agent, these entries stay, so a port whose policy only the pod's
+ * proxy enforces is refused while no proxy can take it, never handed to the application
+ * unchecked. Port 0 stands for every port not registered on its own, as in sluice_inbound. */
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct sluice_frontend_key);
+  __type(value, __u8);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_inbound_guard SEC(".maps");
+
 /* Translated connections, while SLUICE_SET_CONNLOG is on (the agent's L4 access log). A
  * full buffer drops records; the connect itself is never affected. */
 struct {

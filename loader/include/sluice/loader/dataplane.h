@@ -167,6 +167,14 @@ class Dataplane {
   // steers (so it needs AttachInbound too): a refused connect fails with ECONNREFUSED and
   // counts policy_denied. Replacing a policy is atomic as seen by a connect (generations
   // and an RCU grace period). At most SLUICE_POLICY_MAX_RULES rules.
+  // What the same program does with a connection to a steered (pod address, port) — port
+  // 0: every port not registered on its own — that no inbound socket takes (the agent's
+  // sockets close with it; they may never have opened): `closed` refuses it (counted
+  // inbound_unserved), else the application gets it. Guards outlive the agent on purpose;
+  // a restarted agent reads them back (InboundGuards) and keeps or clears them.
+  [[nodiscard]] Result<void> SetInboundGuard(const IpAddress& pod, uint16_t port, bool closed);
+  [[nodiscard]] Result<bool> ClearInboundGuard(const IpAddress& pod, uint16_t port);
+  [[nodiscard]] Result<std::map<std::pair<IpAddress, uint16_t>, bool>> InboundGuards() const;
   [[nodiscard]] Result<void> SetInboundPolicy(const IpAddress& pod, uint16_t port,
                                               const std::vector<InboundPolicyRule>& rules);
   [[nodiscard]] Result<bool> ClearInboundPolicy(const IpAddress& pod, uint16_t port);
