@@ -179,9 +179,7 @@ AdminReply NodeAdminRoutes::Pods() const {
       if (it->second.ipv6)
         addrs.push_back("[::1]:" + std::to_string(p_.proxy_port));
       // The ports the kernel steers to the pod's inbound listener, and why each needs it.
-      nlohmann::json inbound = nlohmann::json::array();
-      for (const auto& in : it->second.inbound)
-        inbound.push_back({{"port", in.port}, {"reason", in.reason}});
+      nlohmann::json inbound = InboundJson(it->second.inbound);
       o["l7"] = {{"listening", it->second.listening},
                  {"address", addrs[0]},
                  {"addresses", addrs},

@@ -3,25 +3,50 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "sluice/netns/netns.h"
 
 namespace sluice::agent {
 
+Result<DataplaneSteering::Pod> DataplaneSteering::Leftovers(const std::vector<IpAddress>& addrs) {
+  Pod pod;
+  if (addrs.empty())
+    return pod;
+  auto mine = [&](const IpAddress& ip) { return std::ranges::find(addrs, ip) != addrs.end(); };
+  auto guards = dp_.InboundGuards();
+  SLUICE_RETURN_IF_ERROR_CTX(guards, "reading the kernel's inbound guards");
+  for (const auto& [key, closed] : *guards)
+    if (mine(key.first))
+      pod.guards[key] = closed;
+  auto policies = dp_.InboundPolicies();
+  SLUICE_RETURN_IF_ERROR_CTX(policies, "reading the kernel's inbound policies");
+  for (const auto& p : *policies)
+    if (mine(p.pod))
+      pod.policies[{p.pod, p.port}] = p.rules;
+  return pod;
+}
+
 void DataplaneSteering::ClearLocked(const std::string& netns, Pod& pod,
-                                    const std::set<uint16_t>& keep) {
-  for (uint16_t port : pod.ports) {
-    if (keep.contains(port))
+                                    const std::map<Key, bool>& keep) {
+  for (auto it = pod.guards.begin(); it != pod.guards.end();) {
+    if (keep.contains(it->first)) {
+      ++it;
       continue;
-    for (const IpAddress& ip : pod.ips) {
-      if (auto r = dp_.ClearInbound(ip, port); !r)
-        spdlog::warn("{}: inbound {}:{}: {}", netns, ip.ToString(), port, r.error().message);
     }
+    const auto& [ip, port] = it->first;
+    // The guard first: until the socket entry goes, the proxy still takes the port.
+    if (auto r = dp_.ClearInboundGuard(ip, port); !r)
+      spdlog::warn("{}: inbound guard {}:{}: {}", netns, ip.ToString(), port, r.error().message);
+    if (auto r = dp_.ClearInbound(ip, port); !r)
+      spdlog::warn("{}: inbound {}:{}: {}", netns, ip.ToString(), port, r.error().message);
+    it = pod.guards.erase(it);
   }
 }
 
 Result<void> DataplaneSteering::PoliciesLocked(const std::string& netns, Pod& pod,
                                                const std::vector<InboundPolicy>& want) {
-  std::map<std::pair<IpAddress, uint16_t>, std::vector<InboundPolicyRule>> next;
+  std::map<Key, std::vector<InboundPolicyRule>> next;
   for (const auto& p : want)
     next[{p.pod, p.port}] = p.rules;
   Result<void> result;
@@ -54,57 +79,74 @@ Result<void> DataplaneSteering::PoliciesLocked(const std::string& netns, Pod& po
 }
 
 Result<void> DataplaneSteering::Steer(const std::string& netns, const std::vector<std::string>& ips,
-                                      const std::set<uint16_t>& ports, int fd_v4, int fd_v6,
+                                      const std::map<uint16_t, bool>& ports, int fd_v4, int fd_v6,
                                       const std::vector<InboundPolicy>& policies) {
-  std::lock_guard lock(mu_);
-  auto it = pods_.find(netns);
-  if (ports.empty() && policies.empty()) {
-    if (it != pods_.end()) {
-      ClearLocked(netns, it->second, {});
-      (void)PoliciesLocked(netns, it->second, {});
-      if (auto r = dp_.DetachInbound(it->second.cookie); !r)
-        spdlog::warn("{}: inbound side: {}", netns, r.error().message);
-      pods_.erase(it);
-    }
-    return {};
-  }
-  if (it == pods_.end()) {
-    auto ns = netns::Netns::Open(netns);
-    SLUICE_RETURN_IF_ERROR_CTX(ns, "inbound side");
-    auto cookie = ns->Cookie();
-    SLUICE_RETURN_IF_ERROR_CTX(cookie, "inbound side of " + netns);
-    SLUICE_RETURN_IF_ERROR_CTX(dp_.AttachInbound(ns->fd(), *cookie), "inbound side of " + netns);
-    it = pods_.emplace(netns, Pod{.cookie = *cookie}).first;
-  }
-  Pod& pod = it->second;
-  // Policy first: a port is never steered (or left to the application) before its policy
-  // is in force. A policy that cannot be written (a full map) is logged as an error and
-  // tried again on the next change; it does not take the steered ports with it.
-  (void)PoliciesLocked(netns, pod, policies);
   std::vector<IpAddress> addrs;
   for (const auto& cidr : ips) {
     auto ip = IpAddress::Parse(cidr.substr(0, cidr.find('/')));
     SLUICE_RETURN_IF_ERROR_CTX(ip, "inbound side of " + netns + ": pod address");
     addrs.push_back(*ip);
   }
-  // Addresses the pod no longer has lose every entry; the rest keep the ports still
-  // listed, then every listed port is (re)set.
-  if (addrs != pod.ips)
-    ClearLocked(netns, pod, {});
-  else
-    ClearLocked(netns, pod, ports);
-  pod.ips = addrs;
-  pod.ports.clear();
-  for (uint16_t port : ports) {
-    for (const IpAddress& ip : addrs) {
-      const int fd = ip.is_v4() ? fd_v4 : fd_v6;
-      if (fd < 0)
-        continue;  // no inbound socket of that family: that address is not steered
-      SLUICE_RETURN_IF_ERROR_CTX(
-          dp_.SetInbound(ip, port, fd),
-          "inbound side of " + netns + ": " + ip.ToString() + ":" + std::to_string(port));
+  std::lock_guard lock(mu_);
+  const bool wanted = !ports.empty() || !policies.empty();
+  auto it = pods_.find(netns);
+  if (it == pods_.end()) {
+    // First time this agent steers the pod: what the kernel holds for its addresses (an
+    // earlier agent's guards and policies, which fail closed while no agent runs) is the
+    // starting point, brought to what is wanted below.
+    auto left = Leftovers(addrs);
+    if (!left)
+      spdlog::error("{}: {}", netns, left.error().message);
+    Pod pod = left ? std::move(*left) : Pod{};
+    if (!wanted && pod.guards.empty() && pod.policies.empty())
+      return {};
+    auto ns = netns::Netns::Open(netns);
+    Result<uint64_t> cookie = ns ? ns->Cookie() : std::unexpected(ns.error());
+    if (!wanted) {
+      // Only leftovers, for a pod that needs nothing now (or is gone).
+      ClearLocked(netns, pod, {});
+      (void)PoliciesLocked(netns, pod, {});
+      if (cookie)
+        (void)dp_.DetachInbound(*cookie);
+      return {};
     }
-    pod.ports.insert(port);
+    SLUICE_RETURN_IF_ERROR_CTX(cookie, "inbound side of " + netns);
+    SLUICE_RETURN_IF_ERROR_CTX(dp_.AttachInbound(ns->fd(), *cookie), "inbound side of " + netns);
+    pod.cookie = *cookie;
+    it = pods_.emplace(netns, std::move(pod)).first;
+  }
+  Pod& pod = it->second;
+  // Policy first: a port is never steered (or left to the application) before its policy
+  // is in force. A policy that cannot be written (a full map) is logged as an error and
+  // tried again on the next change; it does not take the steered ports with it.
+  (void)PoliciesLocked(netns, pod, policies);
+  std::map<Key, bool> want;
+  for (const auto& [port, closed] : ports)
+    for (const IpAddress& ip : addrs)
+      want[{ip, port}] = closed;
+  ClearLocked(netns, pod, want);
+  // Then each port's guard, then its socket: a port is never steered without a guard.
+  for (const auto& [key, closed] : want) {
+    const auto& [ip, port] = key;
+    const std::string where =
+        "inbound side of " + netns + ": " + ip.ToString() + ":" + std::to_string(port);
+    if (auto cur = pod.guards.find(key); cur == pod.guards.end() || cur->second != closed) {
+      SLUICE_RETURN_IF_ERROR_CTX(dp_.SetInboundGuard(ip, port, closed), where);
+      pod.guards[key] = closed;
+    }
+    const int fd = ip.is_v4() ? fd_v4 : fd_v6;
+    if (fd < 0) {
+      // No socket of that family serves it: the guard alone decides.
+      if (auto r = dp_.ClearInbound(ip, port); !r)
+        spdlog::warn("{}: {}", where, r.error().message);
+      continue;
+    }
+    SLUICE_RETURN_IF_ERROR_CTX(dp_.SetInbound(ip, port, fd), where);
+  }
+  if (pod.guards.empty() && pod.policies.empty()) {
+    if (auto r = dp_.DetachInbound(pod.cookie); !r)
+      spdlog::warn("{}: inbound side: {}", netns, r.error().message);
+    pods_.erase(it);
   }
   return {};
 }

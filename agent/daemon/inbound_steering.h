@@ -14,6 +14,13 @@
 // The same program enforces the L4 policy of the pod's ports (the network rbac filters
 // that need only addresses, agent/proxy/rbac_l4.h), steered or not: a pod with any
 // policy keeps the program attached even when no port is steered.
+//
+// Every steered port also gets a guard (sluice_inbound_guard) saying what the program does
+// when the port's socket is missing: a port whose policy only the proxy enforces is
+// refused, never handed to the application unchecked. The sockets close with the agent;
+// guards, policies and the pinned link stay, so while the agent restarts those ports fail
+// closed. A restarted agent reads back what the kernel holds for a pod's addresses the
+// first time it steers the pod, and keeps or clears it from there.
 #pragma once
 
 #include <cstdint>
@@ -34,12 +41,14 @@ class InboundSteering {
   virtual ~InboundSteering() = default;
   // The pod in `netns` (addresses `ips`, "10.1.0.5/24" as CNI gave them) gets exactly
   // `ports` steered to its inbound sockets (IPv4 addresses to `fd_v4`, IPv6 ones to
-  // `fd_v6`; -1: none), and exactly `policies` enforced. Ports no longer listed reach the
-  // application again; policies no longer listed are removed. Policies are written
-  // before ports are steered; one that cannot be written is logged as an error (and
-  // tried again on the next call), not returned.
+  // `fd_v6`; -1: none, nothing of that family is steered), each port guarded (true:
+  // refused while no socket takes it; false: the application's), and exactly `policies`
+  // enforced. Ports no longer listed reach the application again; policies no longer
+  // listed are removed. Policies and guards are written before ports are steered; a
+  // policy that cannot be written is logged as an error (and tried again on the next
+  // call), not returned.
   virtual Result<void> Steer(const std::string& netns, const std::vector<std::string>& ips,
-                             const std::set<uint16_t>& ports, int fd_v4, int fd_v6,
+                             const std::map<uint16_t, bool>& ports, int fd_v4, int fd_v6,
                              const std::vector<InboundPolicy>& policies) = 0;
   // The pod is gone or closed: nothing is steered to it any more.
   virtual void Release(const std::string& netns) = 0;
@@ -50,19 +59,23 @@ class DataplaneSteering : public InboundSteering {
  public:
   explicit DataplaneSteering(Dataplane& dp) : dp_(dp) {}
   Result<void> Steer(const std::string& netns, const std::vector<std::string>& ips,
-                     const std::set<uint16_t>& ports, int fd_v4, int fd_v6,
+                     const std::map<uint16_t, bool>& ports, int fd_v4, int fd_v6,
                      const std::vector<InboundPolicy>& policies) override;
   void Release(const std::string& netns) override;
 
  private:
+  using Key = std::pair<IpAddress, uint16_t>;  // (pod address, port)
   struct Pod {
     uint64_t cookie = 0;
-    std::vector<IpAddress> ips;
-    std::set<uint16_t> ports;
-    // In force: (pod address, port) -> rules.
-    std::map<std::pair<IpAddress, uint16_t>, std::vector<InboundPolicyRule>> policies;
+    // In force: guards (and, where the address's family has a socket, steering), and
+    // policies.
+    std::map<Key, bool> guards;
+    std::map<Key, std::vector<InboundPolicyRule>> policies;
   };
-  void ClearLocked(const std::string& netns, Pod& pod, const std::set<uint16_t>& keep);
+  // What the kernel holds for `addrs` from an earlier agent (or an earlier pod of those
+  // addresses), as a Pod that Steer then brings to what is wanted.
+  Result<Pod> Leftovers(const std::vector<IpAddress>& addrs);
+  void ClearLocked(const std::string& netns, Pod& pod, const std::map<Key, bool>& keep);
   Result<void> PoliciesLocked(const std::string& netns, Pod& pod,
                               const std::vector<InboundPolicy>& want);
 

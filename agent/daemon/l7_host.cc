@@ -215,13 +215,6 @@ class Host {
     SendToAgent(Message{Type::kStatus, {{"seq", seq}, {"pods", std::move(pods)}}, {}, {}});
   }
 
-  static nlohmann::json InboundJson(const std::vector<InboundPort>& ports) {
-    nlohmann::json out = nlohmann::json::array();
-    for (const auto& p : ports)
-      out.push_back({{"port", p.port}, {"reason", p.reason}});
-    return out;
-  }
-
   void SendInbound(const enrolment::PodKey& key, const std::string& netns,
                    const std::vector<InboundPort>& ports,
                    const std::vector<KernelPolicy>& policies) {

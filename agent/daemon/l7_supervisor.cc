@@ -295,13 +295,19 @@ Result<std::vector<InboundPolicy>> ToKernel(const std::vector<KernelPolicy>& pol
 
 void L7Supervisor::SteerLocked(const enrolment::PodKey& key, Pod& pod,
                                std::vector<InboundPort> ports, std::vector<KernelPolicy> policies) {
-  if (!opts_.inbound || (ports == pod.inbound && policies == pod.policies))
+  // The first report of a pod is always applied: the kernel may hold an earlier agent's
+  // guards and policies for it (inbound_steering.h), which only Steer reconciles.
+  if (!opts_.inbound || (pod.reported && ports == pod.inbound && policies == pod.policies))
     return;
-  std::set<uint16_t> set;
-  for (const auto& p : ports)
-    set.insert(p.port);
-  const int v4 = pod.sockets.inbound_v4 ? pod.sockets.inbound_v4.get() : -1;
-  const int v6 = pod.sockets.inbound_v6 ? pod.sockets.inbound_v6.get() : -1;
+  pod.reported = true;
+  std::map<uint16_t, bool> guards;  // port -> refused while no socket takes it
+  bool serving = true;
+  for (const auto& p : ports) {
+    guards[p.port] = p.guard;
+    serving = serving && p.serving;
+  }
+  const int v4 = serving && pod.sockets.inbound_v4 ? pod.sockets.inbound_v4.get() : -1;
+  const int v6 = serving && pod.sockets.inbound_v6 ? pod.sockets.inbound_v6.get() : -1;
   auto kernel = ToKernel(policies);
   if (!kernel) {
     // Not expected (the L7 process printed these): keep what is in force, and say so.
@@ -309,14 +315,15 @@ void L7Supervisor::SteerLocked(const enrolment::PodKey& key, Pod& pod,
                   kernel.error().message);
     return;
   }
-  if (auto r = opts_.inbound->Steer(pod.netns, pod.ips, set, v4, v6, *kernel); !r) {
-    // The ports stay with the application: the pod works as without an inbound side.
-    // Its kernel policies stay.
+  if (auto r = opts_.inbound->Steer(pod.netns, pod.ips, guards, v4, v6, *kernel); !r) {
+    // Nothing is steered: the ports stay with the application (the pod works as without
+    // an inbound side), except those whose guard refuses them; its kernel policies stay.
     spdlog::error("pod {}/{}: {}", key.pod_namespace, key.name, r.error().message);
-    ports.clear();
-    if (auto again = opts_.inbound->Steer(pod.netns, pod.ips, {}, -1, -1, *kernel); !again)
-      spdlog::error("pod {}/{}: its kernel policy is not in force: {}", key.pod_namespace, key.name,
-                    again.error().message);
+    for (auto& p : ports)
+      p.serving = false;
+    if (auto again = opts_.inbound->Steer(pod.netns, pod.ips, guards, -1, -1, *kernel); !again)
+      spdlog::error("pod {}/{}: its guards and kernel policy are not in force: {}",
+                    key.pod_namespace, key.name, again.error().message);
   }
   pod.inbound = std::move(ports);
   pod.policies = std::move(policies);
@@ -328,10 +335,8 @@ void L7Supervisor::OnMessage(l7wire::Message m) {
     auto it = pods_.find({m.meta.value("namespace", ""), m.meta.value("name", "")});
     if (it == pods_.end() || it->second.netns != m.meta.value("netns", ""))
       return;  // closed meanwhile, or an earlier sandbox's
-    std::vector<InboundPort> ports;
-    for (const auto& p : m.meta.value("ports", nlohmann::json::array()))
-      ports.push_back({p.value("port", uint16_t{0}), p.value("reason", "")});
-    SteerLocked(it->first, it->second, std::move(ports),
+    SteerLocked(it->first, it->second,
+                InboundFromJson(m.meta.value("ports", nlohmann::json::array())),
                 PoliciesFromJson(m.meta.value("policies", nlohmann::json::array())));
     return;
   }
@@ -380,8 +385,7 @@ void L7Supervisor::OnMessage(l7wire::Message m) {
       s.config = p.value("config", "");
       s.view = p.value("view", "");
       s.ipv6 = p.value("ipv6", false);
-      for (const auto& in : p.value("inbound", nlohmann::json::array()))
-        s.inbound.push_back({in.value("port", uint16_t{0}), in.value("reason", "")});
+      s.inbound = InboundFromJson(p.value("inbound", nlohmann::json::array()));
       s.policies = PoliciesFromJson(p.value("policies", nlohmann::json::array()));
       const nlohmann::json stats = p.value("stats", nlohmann::json::object());
       for (const auto& [n, v] : stats.items())
@@ -426,7 +430,7 @@ Result<void> L7Supervisor::Open(const enrolment::PodKey& key, const std::string&
     Pod& pod = pods_[key];  // a new sandbox of the same pod replaces the old one's sockets
     if (pod.netns != netns && (!pod.inbound.empty() || !pod.policies.empty()))
       SteerLocked(key, pod, {}, {});
-    pod = Pod{netns, labels, ips, std::move(*sockets), {}, {}};
+    pod = Pod{netns, labels, ips, std::move(*sockets), {}, {}, false};
     Enqueue(PodMessage(key, pod));
     spdlog::info("pod {}/{}: L7 capture listener on 127.0.0.1:{}{}{}", key.pod_namespace, key.name,
                  opts_.port, pod.sockets.capture_v6 ? fmt::format(" and [::1]:{}", opts_.port) : "",

@@ -107,8 +107,9 @@ class L7Supervisor : public PodL7 {
     enrolment::Labels labels;
     std::vector<std::string> ips;
     PodSockets sockets;
-    std::vector<InboundPort> inbound;    // steered to its inbound sockets
+    std::vector<InboundPort> inbound;    // steered to its inbound sockets (or only guarded)
     std::vector<KernelPolicy> policies;  // enforced by the kernel
+    bool reported = false;               // the L7 process has reported its inbound side
   };
   void SteerLocked(const enrolment::PodKey& key, Pod& pod, std::vector<InboundPort> ports,
                    std::vector<KernelPolicy> policies);

@@ -162,6 +162,12 @@ std::vector<InboundPort> InboundPorts(const proxy::ProxyConfig& cfg) {
   const proxy::ListenerConfig* l = InboundListener(cfg);
   if (!l)
     return {};
+  // Chains whose policy must never be bypassed, by port (0: istiod's passthrough chains).
+  std::set<uint16_t> guarded;
+  for (const auto& chain : l->chains) {
+    if (!chain.network_rbac.empty() || !chain.http.rbac.empty() || !chain.fail_closed.empty())
+      guarded.insert(static_cast<uint16_t>(chain.match.destination_port));
+  }
   for (const auto& chain : l->chains) {
     const auto port = static_cast<uint16_t>(chain.match.destination_port);
     if (port == 0 || need.contains(port))
@@ -199,7 +205,23 @@ std::vector<InboundPort> InboundPorts(const proxy::ProxyConfig& cfg) {
   }
   std::vector<InboundPort> out;
   for (auto& [port, why] : need)
-    out.push_back({port, std::move(why)});
+    out.push_back({port, std::move(why), guarded.contains(port)});
+  return out;
+}
+
+nlohmann::json InboundJson(const std::vector<InboundPort>& ports) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& p : ports)
+    out.push_back(
+        {{"port", p.port}, {"reason", p.reason}, {"guard", p.guard}, {"serving", p.serving}});
+  return out;
+}
+
+std::vector<InboundPort> InboundFromJson(const nlohmann::json& j) {
+  std::vector<InboundPort> out;
+  for (const auto& p : j)
+    out.push_back({p.value("port", uint16_t{0}), p.value("reason", ""), p.value("guard", false),
+                   p.value("serving", true)});
   return out;
 }
 
@@ -321,9 +343,15 @@ void PodProxies::ReportInbound(const enrolment::PodKey& key, Pod& pod,
                                const proxy::ProxyConfig& cfg) {
   std::vector<InboundPort> ports;
   const proxy::ListenerConfig* l = InboundListener(cfg);
-  // Only what the running proxy can serve: its inbound listener open on the socket.
-  if (l && pod.proxy && pod.proxy->Port(l->name) != 0)
+  // Steered only where the running proxy serves: its inbound listener open on the socket.
+  // A proxy without it (the pod's inbound socket did not open) still reports its ports,
+  // unserved, so that the guarded ones are refused rather than reach the application.
+  if (l && pod.proxy) {
     ports = InboundPorts(cfg);
+    const bool serving = pod.proxy->Port(l->name) != 0;
+    for (auto& p : ports)
+      p.serving = serving;
+  }
   // The kernel's policies need no socket: they hold while the config is in force.
   std::vector<KernelPolicy> policies;
   if (pod.proxy)
@@ -346,7 +374,16 @@ void PodProxies::ReportInbound(const enrolment::PodKey& key, Pod& pod,
   }
   const bool first = !pod.inbound;
   pod.inbound = ports;
-  if (!ports.empty()) {
+  if (!ports.empty() && !ports.front().serving) {
+    std::string list;
+    for (const auto& p : ports)
+      if (p.guard)
+        list += fmt::format("{}{}", list.empty() ? "" : ", ", p.port);
+    spdlog::error(
+        "pod {}/{}: its proxy has no inbound listener: nothing is steered{}", key.pod_namespace,
+        key.name,
+        list.empty() ? "" : fmt::format("; port(s) {} carry policy and are refused", list));
+  } else if (!ports.empty()) {
     std::string list;
     for (const auto& p : ports)
       list += fmt::format("{}{} ({})", list.empty() ? "" : ", ", p.port, p.reason);

@@ -61,15 +61,26 @@ Result<PodSockets> OpenPodSockets(const std::string& netns, uint16_t port, uint1
 struct InboundPort {
   uint16_t port = 0;
   std::string reason;  // "HTTP chain inbound|9080||", "cluster inbound|9080|| → 127.0.0.1:8080"
+  // Its chains carry a policy only the proxy enforces (rbac the kernel does not take, or
+  // a chain Sluice closes): while no proxy takes the port, the kernel refuses it rather
+  // than hand it to the application (the guard, inbound_steering.h).
+  bool guard = false;
+  // The proxy's inbound listener is open on the pod's inbound socket. False: the port
+  // is not steered (nobody would accept), only guarded.
+  bool serving = true;
   bool operator==(const InboundPort&) const = default;
 };
+// The L7 wire's and /pods' form: [{port, reason, guard, serving}].
+nlohmann::json InboundJson(const std::vector<InboundPort>& ports);
+std::vector<InboundPort> InboundFromJson(const nlohmann::json& j);
 // The ports of `cfg`'s inbound listener (the first listener with original_dst and no
 // hand-over) that need the proxy. A chain needs it unless it is plain TCP whose every
 // cluster delivers the connection unchanged: ORIGINAL_DST, or endpoints on the loopback
 // at the port the client dialled. HTTP chains always need it (routes, faults and header
 // rules act on every request); so does a chain Sluice closes (fail_closed). Chains with
 // no destination port (istiod's passthrough chains) deliver what nobody else takes and
-// are not steered. A chain whose network rbac filters the kernel cannot enforce
+// are not steered. A port is guarded when one of its chains carries rbac (HTTP or
+// network) or closes its connections. A chain whose network rbac filters the kernel cannot enforce
 // (proxy::ProjectNetworkRbac refuses one, or the port's chains differ in them) needs the
 // proxy too. Sorted by port, each port once.
 std::vector<InboundPort> InboundPorts(const proxy::ProxyConfig& cfg);

@@ -356,12 +356,20 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
     auto c = Open(state_dir);
     SLUICE_RETURN_IF_ERROR(c);
     Daemon agent = ReadPidFile(state_dir + "/agent.pid");
-    if (*c && Alive(agent.pid, agent.start_time)) {
+    if (!*c)
+      return Fail("a local cluster state exists at " + state_dir +
+                  " but cannot be opened; run `sluicectl local down` first");
+    if (Alive(agent.pid, agent.start_time)) {
       out << "A local cluster is already up at " << state_dir << ": applying the files only.\n";
       return (*c)->Apply(opts.files, opts.default_ns, out);
     }
-    return Fail("a local cluster state exists at " + state_dir +
-                " but its agent is not running; run `sluicectl local down` first");
+    // Its agent stopped (crashed, killed, or the machine's processes were stopped): start
+    // what is not running, as a node's DaemonSet would restart its agent. The new agent
+    // adopts the pinned data plane and the pods from its state file.
+    out << "A local cluster is at " << state_dir << " but its agent is not running: starting it.\n";
+    Impl impl(**c, out);
+    SLUICE_RETURN_IF_ERROR(impl.StartDaemons(opts.ready_timeout_ms, /*only_stopped=*/true));
+    return (*c)->Apply(opts.files, opts.default_ns, out);
   }
 
   ClusterState s;

@@ -117,7 +117,8 @@ struct Cluster::Impl {
 
   // daemons.cc: the control plane, then the node agent, each started and ready (the
   // agent within agent_ready_timeout_ms); and both stopped.
-  Result<void> StartDaemons(int agent_ready_timeout_ms);
+  // Both daemons; with only_stopped, those whose pidfile names no live process.
+  Result<void> StartDaemons(int agent_ready_timeout_ms, bool only_stopped = false);
   void StopDaemons(const std::string& state_dir, std::vector<std::string>& problems);
 };
 

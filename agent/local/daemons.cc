@@ -80,7 +80,7 @@ Daemon ReadPidFile(const std::string& path) {
   return d;
 }
 
-Result<void> Cluster::Impl::StartDaemons(int agent_ready_timeout_ms) {
+Result<void> Cluster::Impl::StartDaemons(int agent_ready_timeout_ms, bool only_stopped) {
   const std::string& state_dir = s.state_dir;
   const ClusterState& cs = s;
   const Settings& st = s.settings;
@@ -124,7 +124,12 @@ Result<void> Cluster::Impl::StartDaemons(int agent_ready_timeout_ms) {
   xds.ready = [&] { return fs::exists(xds_sock); };
   xds.not_ready = xds.title + " did not open " + xds_sock;
   xds.timeout_ms = 10000;
-  SLUICE_RETURN_IF_ERROR(StartDaemon(state_dir, xds, out));
+  auto running = [&](const DaemonSpec& d) {
+    const Daemon dm = ReadPidFile(state_dir + "/" + d.name + ".pid");
+    return only_stopped && dm.pid > 0 && Alive(dm.pid, dm.start_time);
+  };
+  if (!running(xds))
+    SLUICE_RETURN_IF_ERROR(StartDaemon(state_dir, xds, out));
 
   DaemonSpec agent;
   agent.name = "agent";
@@ -168,7 +173,8 @@ Result<void> Cluster::Impl::StartDaemons(int agent_ready_timeout_ms) {
   agent.ready = [&] { return HttpGet(st.agent_admin, "/ready", 1000).status == 200; };
   agent.not_ready = "the agent's /ready on " + st.agent_admin + " did not answer 200";
   agent.timeout_ms = agent_ready_timeout_ms;
-  SLUICE_RETURN_IF_ERROR(StartDaemon(state_dir, agent, out));
+  if (!running(agent))
+    SLUICE_RETURN_IF_ERROR(StartDaemon(state_dir, agent, out));
   return {};
 }
 

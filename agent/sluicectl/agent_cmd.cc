@@ -43,13 +43,18 @@ void AddAgentCommands(CLI::App& app) {
                                  "POLICY", "REASON");
         for (const auto& p : pods) {
           std::string ip = p["ips"].empty() ? "-" : p["ips"][0].get<std::string>();
-          // The ports the kernel steers to the pod's inbound proxy listener.
+          // The ports the kernel steers to the pod's inbound proxy listener ("*": every
+          // other port). Without a listener to take them: "(refused)" for a port whose
+          // policy only the proxy enforces, "(app)" for one the application gets.
           std::string inbound;
           if (p.contains("l7"))
-            for (const auto& in : p["l7"].value("inbound", nlohmann::json::array()))
-              inbound += (inbound.empty() ? "" : ",") + (in.value("port", 0) == 0
-                                                             ? std::string("*")  // every other port
-                                                             : std::to_string(in.value("port", 0)));
+            for (const auto& in : p["l7"].value("inbound", nlohmann::json::array())) {
+              const int port = in.value("port", 0);
+              inbound += (inbound.empty() ? "" : ",") +
+                         (port == 0 ? std::string("*") : std::to_string(port));
+              if (!in.value("serving", true))
+                inbound += in.value("guard", false) ? "(refused)" : "(app)";
+            }
           // The ports whose L4 policy the kernel enforces (each port once).
           std::set<int> policy_ports;
           if (p.contains("l7"))

@@ -323,7 +323,9 @@ void AddLocalCommands(CLI::App& app) {
   AddStateDir(group, *o);
 
   auto* up = group->add_subcommand(
-      "up", "Start the cluster (control plane, node agent) and apply manifests");
+      "up",
+      "Start the cluster (control plane, node agent) and apply manifests; on a cluster whose "
+      "agent stopped, start what is not running");
   AddStateDir(up, *o);
   up->add_option("-f,--filename", o->files, "manifest file or directory (repeatable)");
   AddNamespace(up, *o);

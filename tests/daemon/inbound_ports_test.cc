@@ -148,9 +148,12 @@ TEST_CASE(
   // Sluice closes) — never delivered around the proxy.
   CHECK(ports[0].port == 9080);
   CHECK_THAT(ports[0].reason, Catch::Contains("0.0.0.0_9080"));
+  // The chain Sluice closes is never bypassed either: refused while no proxy takes it.
+  CHECK(ports[0].guard);
   // 15006 itself: istiod blackholes connections dialled to the inbound port.
   CHECK(ports[1].port == 15006);
   CHECK_THAT(ports[1].reason, Catch::Contains("BlackHoleCluster"));
+  CHECK_FALSE(ports[1].guard);  // no policy: the application's while no proxy runs
   // The passthrough chains (no destination port) are not steered: every other port
   // reaches the application directly.
 }
@@ -162,6 +165,7 @@ TEST_CASE(
     REQUIRE(ports.size() == 1);
     CHECK(ports[0].port == 9080);
     CHECK(ports[0].reason == "cluster inbound|9080|| sends to 127.0.0.1:8080");
+    CHECK_FALSE(ports[0].guard);
   }
   SECTION("the same port on the loopback: delivered unchanged, not steered") {
     CHECK(InboundPorts(*TcpInbound(9080, "127.0.0.1:9080")).empty());
@@ -288,6 +292,7 @@ TEST_CASE("network rbac of addresses and ports only: a kernel rule, the port not
     auto ports = InboundPorts(*moved);
     REQUIRE(ports.size() == 1);
     CHECK(ports[0].reason == "cluster inbound|9000|| sends to 127.0.0.1:8080");
+    CHECK(ports[0].guard);  // its chain carries rbac
     CHECK(InboundPolicies(*moved).size() == 1);
   }
 }
@@ -308,7 +313,12 @@ TEST_CASE("network rbac the kernel cannot enforce: the port is steered, with the
   CHECK(ports[0].reason ==
         "network rbac (policy ns[foo]-policy[bar]-rule[0]: "
         "principals[0].and_ids.ids[0].or_ids.ids[0].authenticated: needs the proxy)");
+  // Only the proxy enforces it: while no proxy takes the port, the kernel refuses it.
+  CHECK(ports[0].guard);
   CHECK(InboundPolicies(*cfg).empty());
+  // The L7 wire form reads back the same, unserved included.
+  ports[0].serving = false;
+  CHECK(InboundFromJson(InboundJson(ports)) == ports);
 
   SECTION("one such filter among kernel-enforceable ones is enough") {
     auto mixed = TcpInbound(

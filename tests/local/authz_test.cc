@@ -4,7 +4,9 @@
 // (L4-only TCP policy), and real curl clients in enrolled pods.
 //   - a DENY on one path: 403 "RBAC: access denied" there, 200 elsewhere;
 //   - an ALLOW with ipBlocks: one client pod in, another kept out;
-//   - a TCP-only DENY on a port: the connect is refused by the kernel (counter).
+//   - a TCP-only DENY on a port: the connect is refused by the kernel (counter);
+//   - while the node's agent restarts, a port whose policy only the proxy enforces is
+//     refused, not handed to the application.
 #include "harness.h"
 
 using namespace sluice::local_test;
@@ -155,6 +157,34 @@ spec:
   const std::string metrics = Sh("curl -s http://" + c.tc.admin + "/metrics");
   CHECK(metrics.find("policy=\"ns[default]-policy[deny-admin]-rule[0]\",decision=\"denied\"") !=
         std::string::npos);
+
+  // The node's agent restarts (killed here, as a crash or an upgrade would stop it): its
+  // sockets go with it, and while no proxy can take the pod's ports, those whose policy
+  // only the proxy enforces are refused at connect — never handed to the application
+  // unchecked, where /admin would answer 200. The node itself is the client here (its own
+  // traffic never passes through a pod's proxy).
+  auto direct = [&](const std::string& path) {
+    return Sh("curl -s -o /dev/null --max-time 5 -w '%{http_code}' http://" + web_ip + ":8000" +
+              path + "; printf ' exit %d' $?");
+  };
+  CHECK(direct("/admin/secret.txt") == "403 exit 0");
+  const int agent_pid = PidFromFile(c.tc.state + "/agent.pid");
+  REQUIRE(agent_pid > 0);
+  REQUIRE(kill(agent_pid, SIGKILL) == 0);
+  REQUIRE(WaitUntil([&] { return !PidAlive(agent_pid); }, 10));
+  // (The L7 process follows its agent within moments.)
+  CHECK(WaitUntil([&] { return direct("/admin/secret.txt") == "000 exit 7"; }, 10));
+  CHECK(direct("/hello.txt") == "000 exit 7");
+  // `local up` starts the agent again: it adopts the pinned data plane and its pods, and
+  // the policy is served again.
+  {
+    Run up = Ctl(c.tc.UpArgs());
+    INFO(up.out << up.err);
+    REQUIRE(up.status == 0);
+  }
+  CHECK(WaitUntil([&] { return direct("/admin/secret.txt") == "403 exit 0"; }, 20));
+  CHECK(direct("/hello.txt") == "200 exit 0");
+  CHECK(Counter(c.tc.admin, "inbound_unserved") >= 2);
 
   // ALLOW only sleep's address: other is kept out on every path, sleep keeps its access
   // (the DENY still holds for /admin).
