@@ -125,6 +125,12 @@ AdminReply GatewayRole::Metrics() {
   return AdminReply{200, "text/plain; version=0.0.4", out};
 }
 
+AdminReply GatewayRole::IstioStats() {
+  std::vector<proxy::telemetry::Sample> samples;
+  istio_->Collect(&samples);
+  return AdminReply{200, "text/plain; version=0.0.4", proxy::telemetry::RenderPrometheus(samples)};
+}
+
 int GatewayRole::Run(sigset_t sigs) {
   g_.id.role = sluice::xds::ProxyRole::kRouter;
   if (g_.id.pod_name.empty()) {
@@ -140,6 +146,13 @@ int GatewayRole::Run(sigset_t sigs) {
   g_.id.ips = {g_.pod_ip};
   g_.ads.node = sluice::xds::BuildNode(g_.id);
 
+  // Istio's metrics, as the gateway's own workload (the node's pods are not this
+  // process's to know: a peer is named by the endpoint's metadata, as istiod writes it).
+  istio_ = std::make_shared<proxy::telemetry::IstioStats>(
+      proxy::telemetry::Intern(proxy::telemetry::PodWorkload(g_.id.pod_namespace, g_.id.pod_name,
+                                                             g_.id.labels, g_.id.cluster_id)),
+      std::make_shared<const proxy::telemetry::PeerDirectory>());
+  po_.istio_stats = istio_;
   po_.workers = g_.workers;
   po_.access_log_path = g_.access_log == "-" ? "" : g_.access_log;
   store_.Subscribe([this](const config::SnapshotPtr& s, const config::Diff&) { Apply(s); });
@@ -156,6 +169,7 @@ int GatewayRole::Run(sigset_t sigs) {
   admin.Handle("/ready", [this] { return Ready(); });
   admin.Handle("/config_dump", [this] { return ConfigDump(); });
   admin.Handle("/metrics", [this] { return Metrics(); });
+  admin.Handle("/stats/prometheus", [this] { return IstioStats(); });
   auto port = admin.Start(g_.admin_address);
   if (!port) {
     spdlog::error("{}", port.error().message);

@@ -4,7 +4,9 @@
 // selects Gateways by them) and serves the listeners it gets with the L7 proxy; no kernel
 // data plane. A config that does not compile is refused and the running one kept; a DNS
 // answer that changed recompiles the current one. Its admin endpoint has /ready,
-// /config_dump and /metrics. SIGTERM drains the proxy (requests in flight finish).
+// /config_dump, /metrics and /stats/prometheus (Istio's standard metrics, reported as
+// Istio's gateways report them: reporter "source", the gateway's own workload the
+// source). SIGTERM drains the proxy (requests in flight finish).
 #pragma once
 
 #include <signal.h>
@@ -48,11 +50,13 @@ class GatewayRole {
   AdminReply Ready();
   AdminReply ConfigDump();
   AdminReply Metrics();
+  AdminReply IstioStats();
 
   GatewayOptions g_;
   config::ConfigStore store_;
   proxy::ProxyOptions po_;
-  std::mutex mu_;  // guards proxy_ and last_error_
+  std::shared_ptr<proxy::telemetry::IstioStats> istio_;  // this gateway's Istio metrics
+  std::mutex mu_;                                        // guards proxy_ and last_error_
   std::unique_ptr<proxy::Proxy> proxy_;
   std::string last_error_;
   // Last, so it stops (and calls Apply no more) before the proxy goes.

@@ -21,6 +21,7 @@
 #include "sluice/cni/protocol.h"
 #include "sluice/xds/ads_server.h"
 #include "sluice/xds/node.h"
+#include "udpa/type/v1/typed_struct.pb.h"
 
 using namespace sluice;
 using namespace sluice::test;
@@ -857,13 +858,14 @@ TEST_CASE(
 // What istiod sends an ingress gateway selected by istio=ingressgateway: a listener on
 // the gateway pod's 8080 with route http.8080 for host httpbin.example.com.
 sluice::xds::ResourceSet GatewayConfig() {
+  (void)udpa::type::v1::TypedStruct::descriptor();  // istio.stats' config, as istiod sends it
   (void)envoy::extensions::access_loggers::file::v3::FileAccessLog::descriptor();
   const std::string v1 = "outbound|80|v1|api.default.svc.cluster.local";
   sluice::xds::ResourceSet rs;
   rs.Add(FromJson<EnvoyCluster>(Eds(v1, "ROUND_ROBIN")));
   rs.Add(FromJson<ClusterLoadAssignment>(Cla(v1, {"10.211.0.3:8000"})));
   rs.Add(FromJson<Listener>(
-      R"({"name":"0.0.0.0_8080","address":{"socketAddress":{"address":"0.0.0.0","portValue":8080}},"filterChains":[{"filters":[{"name":"envoy.filters.network.http_connection_manager","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager","statPrefix":"outbound_0.0.0.0_8080","rds":{"configSource":{"ads":{}},"routeConfigName":"http.8080"},"accessLog":[{"name":"envoy.access_loggers.file","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog","path":"/dev/stdout"}}],"httpFilters":[{"name":"envoy.filters.http.router","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]})"));
+      R"({"name":"0.0.0.0_8080","address":{"socketAddress":{"address":"0.0.0.0","portValue":8080}},"filterChains":[{"filters":[{"name":"envoy.filters.network.http_connection_manager","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager","statPrefix":"outbound_0.0.0.0_8080","rds":{"configSource":{"ads":{}},"routeConfigName":"http.8080"},"accessLog":[{"name":"envoy.access_loggers.file","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog","path":"/dev/stdout"}}],"httpFilters":[{"name":"istio.stats","typedConfig":{"@type":"type.googleapis.com/udpa.type.v1.TypedStruct","typeUrl":"type.googleapis.com/stats.PluginConfig","value":{}}},{"name":"envoy.filters.http.router","typedConfig":{"@type":"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]})"));
   rs.Add(FromJson<RouteConfiguration>(
       R"({"name":"http.8080","virtualHosts":[{"name":"httpbin.example.com:80","domains":["httpbin.example.com","httpbin.example.com:*"],"routes":[{"match":{"prefix":"/hello"},"route":{"cluster":")" +
       v1 + R"("}}]}]})"));
@@ -903,13 +905,13 @@ TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gatewa
                "--xds-address",
                "unix:" + t.dir + "/xds.sock",
                "--pod-name",
-               "istio-ingressgateway-abcde",
+               "istio-ingressgateway-7d4f8b9c6-abcde",
                "--pod-namespace",
                "istio-system",
                "--pod-ip",
                "10.211.0.20",
                "--pod-labels",
-               "istio=ingressgateway,app=istio-ingressgateway",
+               "istio=ingressgateway,app=istio-ingressgateway,pod-template-hash=7d4f8b9c6",
                "--admin-address",
                "unix:" + admin,
                "--access-log",
@@ -934,8 +936,19 @@ TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gatewa
   CHECK_THAT(t.v1->ReadLine(2000), Catch::StartsWith("10.211.0.20 - - ["));
   auto dump = admin_get("/config_dump");
   CHECK_THAT(dump, Catch::Contains("\"role\": \"gateway\""));
-  CHECK_THAT(dump, Catch::Contains("router~10.211.0.20~istio-ingressgateway-abcde.istio-system"));
+  CHECK_THAT(dump, Catch::Contains("router~10.211.0.20~istio-ingressgateway-7d4f8b9c6-abcde.istio-system"));
   CHECK_THAT(admin_get("/metrics"), Catch::Contains("sluice_proxy_requests_total 3"));
+  // Istio's standard metrics, as a gateway reports them: reporter "source", the gateway's
+  // workload (its Deployment's name) the source, the route's service the destination.
+  const std::string istio = admin_get("/stats/prometheus");
+  INFO(istio);
+  CHECK_THAT(istio, Catch::Contains("# TYPE istio_requests_total counter"));
+  CHECK_THAT(istio, Catch::Contains("reporter=\"source\",source_workload=\"istio-ingressgateway\","
+                                    "source_canonical_service=\"istio-ingressgateway\""));
+  CHECK_THAT(istio, Catch::Contains("source_workload_namespace=\"istio-system\""));
+  CHECK_THAT(istio, Catch::Contains("response_code=\"200\""));
+  CHECK_THAT(istio, Catch::Contains("response_code=\"404\""));
+  CHECK_THAT(istio, Catch::Contains("response_flags=\"NR\""));
   std::ifstream log(t.dir + "/gw.log");
   std::string text((std::istreambuf_iterator<char>(log)), {});
   CHECK_THAT(text, Catch::Contains("\"GET /hello HTTP/1.1\" 200"));
