@@ -66,6 +66,12 @@ int main(int argc, char** argv) {
                  "socket I/O: io_uring, epoll, or auto (io_uring when the kernel offers it)")
       ->capture_default_str();
   app.add_option("--access-log", access_log, "access log file (default: stdout)");
+  std::string istio_workload, istio_out;
+  app.add_option("--istio-workload", istio_workload,
+                 "keep Istio's standard metrics as this pod, NAMESPACE/POD (the node agent does "
+                 "this for every pod it serves)");
+  app.add_option("--istio-stats-file", istio_out,
+                 "with --istio-workload: write the metrics (Prometheus text) here on exit");
   CLI11_PARSE(app, argc, argv);
 
   auto rs = Read(config_path);
@@ -98,6 +104,22 @@ int main(int argc, char** argv) {
     return 2;
   }
   opts.io = *backend;
+  if (!istio_workload.empty()) {
+    const auto slash = istio_workload.find('/');
+    if (slash == std::string::npos || slash == 0 || slash + 1 == istio_workload.size()) {
+      std::fprintf(stderr, "sluice-proxy: --istio-workload '%s': want NAMESPACE/POD\n",
+                   istio_workload.c_str());
+      return 2;
+    }
+    namespace tm = sluice::proxy::telemetry;
+    opts.istio_stats = std::make_shared<tm::IstioStats>(
+        tm::Intern(
+            tm::PodWorkload(istio_workload.substr(0, slash), istio_workload.substr(slash + 1), {})),
+        std::make_shared<const tm::PeerDirectory>());
+  } else if (!istio_out.empty()) {
+    std::fprintf(stderr, "sluice-proxy: --istio-stats-file needs --istio-workload\n");
+    return 2;
+  }
   auto proxy = sluice::proxy::Proxy::Start(*cfg, opts);
   if (!proxy) {
     std::fprintf(stderr, "sluice-proxy: %s\n", proxy.error().message.c_str());
@@ -136,5 +158,10 @@ int main(int argc, char** argv) {
   }
   sluice::proxy::DnsCache::Default().Unsubscribe(dns_sub);
   (*proxy)->Stop();
+  if (!istio_out.empty()) {
+    std::vector<sluice::proxy::telemetry::Sample> samples;
+    opts.istio_stats->Collect(&samples);
+    std::ofstream(istio_out) << sluice::proxy::telemetry::RenderPrometheus(samples);
+  }
   return 0;
 }
