@@ -96,7 +96,9 @@ TEST_CASE(
           0);
   const std::string pins = "--pin-root=" + tc.pins;
   REQUIRE(WaitUntil([&] {
-    return Ctl({"bpf", pins, "dump", "services"}).out.find("tcp-echo") != std::string::npos;
+    // Named by istiod's listener (VIP_PORT) or by the service.
+    const std::string dump = Ctl({"bpf", pins, "dump", "services"}).out;
+    return dump.find("tcp-echo") != std::string::npos || dump.find("_9000") != std::string::npos;
   }));
   const std::string client = tc.Write("client.py", kClientPy);
   const std::string parse = tc.Write("parse.py", kParsePy);
