@@ -223,7 +223,8 @@ static __always_inline enum sluice_verdict sluice_translate(const struct sluice_
 
 static __always_inline void sluice_remember(struct bpf_sock_addr* ctx,
                                             const struct sluice_frontend_key* fe,
-                                            const struct sluice_endpoint* be, __u8 flags) {
+                                            const struct sluice_endpoint* be, __u8 flags,
+                                            __u64 cookie) {
   struct bpf_sock* sk = ctx->sk;
   if (!sk)
     return;
@@ -238,6 +239,7 @@ static __always_inline void sluice_remember(struct bpf_sock_addr* ctx,
   o->family = fe->family;
   o->flags = flags;
   o->backend = *be;
+  o->netns_cookie = cookie;
 }
 
 /* Shared tail of connect4/connect6: enrolment check, translate, verdict. Returns the
@@ -270,15 +272,19 @@ static __always_inline int sluice_connect(struct bpf_sock_addr* ctx,
         bpf_set_retval(-ECONNREFUSED);
       return 0;
     case SLUICE_REDIRECT:
-      sluice_remember(ctx, fe, out, SLUICE_SOCK_TRANSLATED | SLUICE_SOCK_REDIRECTED);
+      sluice_remember(ctx, fe, out, SLUICE_SOCK_TRANSLATED | SLUICE_SOCK_REDIRECTED, cookie);
       sluice_count(SLUICE_CNT_REDIRECTED);
       *rewrite = true;
       return 1;
     case SLUICE_TRANSLATE:
       break;
   }
-  /* Only LEAST_REQUEST reads live counts: other policies skip the sockops bookkeeping. */
-  sluice_remember(ctx, fe, out, SLUICE_SOCK_TRANSLATED | (count ? SLUICE_SOCK_COUNT : 0));
+  /* Only LEAST_REQUEST reads live counts: other policies skip that sockops bookkeeping.
+   * TCP metrics (Istio's, from the kernel path) are decided here, once per connection. */
+  __u8 flags = SLUICE_SOCK_TRANSLATED | (count ? SLUICE_SOCK_COUNT : 0);
+  if (set && (set->flags & SLUICE_SET_TCP_METRICS) && fe->protocol == IPPROTO_TCP_)
+    flags |= SLUICE_SOCK_METRICS;
+  sluice_remember(ctx, fe, out, flags, cookie);
   sluice_count(SLUICE_CNT_TRANSLATED);
   if (set && (set->flags & SLUICE_SET_CONNLOG)) {
     struct sluice_conn_event* ev = bpf_ringbuf_reserve(&sluice_connlog, sizeof(*ev), 0);

@@ -1,6 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Connection bookkeeping (sockops) and same-node splicing (sk_msg).
  *
+ * - Sockets translated while SLUICE_SET_TCP_METRICS was on (SLUICE_SOCK_METRICS) count
+ *   in sluice_tcp_metrics per (client pod, service address, endpoint): opened when
+ *   established; closed, and the bytes both ways, when they reach TCP_CLOSE. The agent
+ *   serves them as Istio's istio_tcp_* series (reporter source).
  * - Sockets translated to a LEAST_REQUEST cluster (marked SLUICE_SOCK_COUNT by the
  *   connect hook in sluice_sock_origin) count up once per endpoint when established and
  *   down once when they reach TCP_CLOSE: the live counts LEAST_REQUEST reads. Other
@@ -29,7 +33,13 @@
 #include "sluice/bpf_abi.h"
 #include "sluice/maps.bpf.h"
 
+#define TCP_FIN_WAIT1_ 4
+#define TCP_FIN_WAIT2_ 5
 #define TCP_CLOSE_ 7
+#define TCP_CLOSE_WAIT_ 8
+#define TCP_LAST_ACK_ 9
+#define TCP_CLOSING_ 11
+#define IPPROTO_TCP_ 6
 #define AF_INET_ 2
 #define SK_PASS_ 1
 #define BPF_F_INGRESS_ 1
@@ -106,6 +116,83 @@ static __always_inline void sluice_passive_established(struct bpf_sock_ops* skop
   }
 }
 
+/* The sluice_tcp_metrics record of a translated socket, created on first use. */
+static __always_inline struct sluice_tcp_metrics* sluice_tcp_metrics_of(
+    const struct sluice_sock_origin* o) {
+  struct sluice_tcp_metrics_key k = {};
+  k.netns_cookie = o->netns_cookie;
+  k.frontend.ip = o->vip;
+  k.frontend.port = o->vip_port;
+  k.frontend.family = o->family;
+  k.frontend.protocol = IPPROTO_TCP_;
+  k.backend = o->backend;
+  struct sluice_tcp_metrics* m = bpf_map_lookup_elem(&sluice_tcp_metrics, &k);
+  if (m)
+    return m;
+  struct sluice_tcp_metrics zero = {};
+  bpf_map_update_elem(&sluice_tcp_metrics, &k, &zero, BPF_NOEXIST);
+  return bpf_map_lookup_elem(&sluice_tcp_metrics, &k);
+}
+
+static __always_inline void sluice_metrics_opened(struct bpf_sock_ops* skops,
+                                                  struct sluice_sock_origin* o) {
+  if (!(o->flags & SLUICE_SOCK_METRICS) || (o->flags & SLUICE_SOCK_METRICS_OPEN))
+    return;
+  struct sluice_tcp_metrics* m = sluice_tcp_metrics_of(o);
+  if (!m)
+    return;
+  __sync_fetch_and_add(&m->opened, 1);
+  o->flags |= SLUICE_SOCK_METRICS_OPEN;
+  /* TCP_CLOSE adds the close and the bytes. */
+  bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* bytes_acked and bytes_received count sequence numbers, so they include the SYN (acked
+ * by the SYN-ACK) and each FIN that was acknowledged or received on this socket; the
+ * metrics want payload. The FINs are told from the states the socket went through:
+ * - the peer's FIN was processed here if it moved the state to CLOSE_WAIT or CLOSING,
+ *   or closed it from FIN_WAIT2 (TIME_WAIT); an orphaned socket that is closed as soon as
+ *   its FIN is acknowledged (a FIN_WAIT2 timewait) or a reset leaves rcv_nxt where it was
+ *   on entering FIN_WAIT2;
+ * - our FIN was acknowledged if the socket closes from FIN_WAIT2, or from FIN_WAIT1,
+ *   CLOSING or LAST_ACK with nothing left unacknowledged. */
+static __always_inline void sluice_metrics_state(struct bpf_sock_ops* skops,
+                                                 struct sluice_sock_origin* o) {
+  if (!(o->flags & SLUICE_SOCK_METRICS_OPEN))
+    return;
+  const __u32 old_state = skops->args[0], new_state = skops->args[1];
+  if (new_state == TCP_CLOSE_WAIT_ || new_state == TCP_CLOSING_) {
+    o->flags |= SLUICE_SOCK_PEER_FIN;
+    return;
+  }
+  if (new_state == TCP_FIN_WAIT2_) {
+    o->fw2_rcv_nxt = skops->rcv_nxt;
+    o->flags |= SLUICE_SOCK_FIN_WAIT2;
+    return;
+  }
+  if (new_state != TCP_CLOSE_)
+    return;
+  o->flags &= ~SLUICE_SOCK_METRICS_OPEN;
+  struct sluice_tcp_metrics* m = sluice_tcp_metrics_of(o);
+  if (!m)
+    return;
+  bool peer_fin = o->flags & SLUICE_SOCK_PEER_FIN;
+  if (old_state == TCP_FIN_WAIT2_ && (o->flags & SLUICE_SOCK_FIN_WAIT2) &&
+      skops->rcv_nxt != o->fw2_rcv_nxt)
+    peer_fin = true;
+  bool our_fin =
+      old_state == TCP_FIN_WAIT2_ ||
+      ((old_state == TCP_FIN_WAIT1_ || old_state == TCP_CLOSING_ || old_state == TCP_LAST_ACK_) &&
+       skops->snd_una == skops->snd_nxt);
+  __u64 sent = skops->bytes_acked, received = skops->bytes_received;
+  __u64 sent_extra = 1 + (our_fin ? 1 : 0), received_extra = peer_fin ? 1 : 0;
+  sent = sent > sent_extra ? sent - sent_extra : 0;
+  received = received > received_extra ? received - received_extra : 0;
+  __sync_fetch_and_add(&m->closed, 1);
+  __sync_fetch_and_add(&m->client_sent, sent);
+  __sync_fetch_and_add(&m->client_received, received);
+}
+
 static __always_inline void sluice_conn_opened(struct bpf_sock_ops* skops) {
   struct bpf_sock* sk = skops->sk;
   if (!sk)
@@ -117,6 +204,7 @@ static __always_inline void sluice_conn_opened(struct bpf_sock_ops* skops) {
     sluice_redirect_established(skops, o);
     return;
   }
+  sluice_metrics_opened(skops, o);
   if (!(o->flags & SLUICE_SOCK_COUNT))
     return; /* not a LEAST_REQUEST cluster: no live count needed */
 
@@ -148,6 +236,7 @@ static __always_inline void sluice_conn_closed(struct bpf_sock_ops* skops) {
     bpf_map_delete_elem(&sluice_orig_dst, &self);
     return;
   }
+  sluice_metrics_state(skops, o);
   if (!(o->flags & SLUICE_SOCK_COUNTED))
     return;
   o->flags &= ~SLUICE_SOCK_COUNTED;
@@ -155,6 +244,16 @@ static __always_inline void sluice_conn_closed(struct bpf_sock_ops* skops) {
   if (st && st->active > 0)
     __sync_fetch_and_add(&st->active, -1);
   sluice_count(SLUICE_CNT_CONN_CLOSED);
+}
+
+/* A translated socket's state changed short of TCP_CLOSE (the TCP metrics' FIN marks). */
+static __always_inline void sluice_conn_state(struct bpf_sock_ops* skops) {
+  struct bpf_sock* sk = skops->sk;
+  if (!sk)
+    return;
+  struct sluice_sock_origin* o = bpf_sk_storage_get(&sluice_sock_origin, sk, 0, 0);
+  if (o && !(o->flags & SLUICE_SOCK_REDIRECTED))
+    sluice_metrics_state(skops, o);
 }
 
 SEC("sockops")
@@ -169,6 +268,8 @@ int sluice_sockops(struct bpf_sock_ops* skops) {
     case BPF_SOCK_OPS_STATE_CB:
       if (skops->args[1] == TCP_CLOSE_)
         sluice_conn_closed(skops);
+      else
+        sluice_conn_state(skops);
       break;
   }
   return 1;

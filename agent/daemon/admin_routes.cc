@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "admin_text.h"
+#include "istio_samples_wire.h"
+#include "kernel_tcp_stats.h"
 #include "sluice/loader/kernel_features.h"
 
 namespace sluice::agent {
@@ -152,12 +154,39 @@ AdminReply NodeAdminRoutes::ConfigDump(const std::string& query) const {
 }
 
 AdminReply NodeAdminRoutes::IstioStats() const {
-  if (p_.proxy_port == 0)
-    return AdminReply{200, "text/plain; version=0.0.4", ""};  // no pod proxies: no series
-  auto text = p_.l7.IstioMetrics(std::chrono::milliseconds(2000));
-  if (!text)
-    return AdminReply{503, "text/plain", "the L7 process did not answer\n"};
-  return AdminReply{200, "text/plain; version=0.0.4", std::move(*text)};
+  namespace telemetry = proxy::telemetry;
+  std::vector<telemetry::Sample> samples;
+  if (p_.proxy_port != 0) {  // the pods' proxies: the L7 process's series
+    auto blob = p_.l7.IstioMetrics(std::chrono::milliseconds(2000));
+    if (!blob)
+      return AdminReply{503, "text/plain", "the L7 process did not answer\n"};
+    auto l7 = DecodeIstioSamples(*blob);
+    if (!l7)
+      return AdminReply{500, "text/plain", l7.error().message + "\n"};
+    samples = std::move(*l7);
+  }
+  // The kernel path's TCP series (connections no proxy carried), labelled alike.
+  auto records = p_.dataplane.TcpMetrics();
+  if (!records)
+    return AdminReply{500, "text/plain", records.error().message + "\n"};
+  if (!records->empty()) {
+    KernelTcpLookups lookups;
+    lookups.services = p_.fanout.KernelServiceTelemetry();
+    for (const auto& pod : p_.node.PodIdentities()) {
+      const telemetry::Workload* w = telemetry::Intern(telemetry::PodWorkload(
+          pod.key.pod_namespace, pod.key.name,
+          std::map<std::string, std::string>(pod.labels.begin(), pod.labels.end())));
+      if (pod.cookie != 0)
+        lookups.pods[pod.cookie] = w;
+      for (const auto& cidr : pod.ips)
+        if (auto ip = IpAddress::Parse(cidr.substr(0, cidr.find('/'))); ip)
+          lookups.pod_ips[*ip] = w;
+    }
+    auto kernel = KernelTcpSamples(*records, lookups);
+    samples.insert(samples.end(), std::make_move_iterator(kernel.begin()),
+                   std::make_move_iterator(kernel.end()));
+  }
+  return AdminReply{200, "text/plain; version=0.0.4", telemetry::RenderPrometheus(samples)};
 }
 
 AdminReply NodeAdminRoutes::Pods() const {

@@ -48,6 +48,11 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   spdlog::info("kernel data plane {} at {}, hooks on {}", (*dp)->adopted() ? "adopted" : "loaded",
                f.dataplane.pin_root, (*dp)->options().cgroup_path);
 
+  // Istio's TCP metrics of the kernel path (served at /stats/prometheus); an adopted data
+  // plane keeps its maps, so the switch is set either way.
+  if (auto r = (*dp)->SetTcpMetrics(f.kernel_tcp_metrics); !r)
+    spdlog::error("kernel TCP metrics: {} (continuing)", r.error().message);
+
   config::ConfigStore store;
   uint32_t bypass_mark = SLUICE_DEFAULT_BYPASS_MARK;
   if (auto st = (*dp)->Settings(); st && st->bypass_mark != 0)

@@ -12,6 +12,11 @@ void ConfigFanout::IndexServicesLocked() {
   for (const auto& svc : ksync_.applied().services)
     for (const auto& v : svc.vips)
       service_by_addr_[SocketAddress{v, svc.port}] = svc.name;
+  std::vector<config::SnapshotPtr> snapshots{node_snapshot_};
+  for (const auto& [view, s] : view_snapshots_)
+    snapshots.push_back(s);
+  telemetry_ = std::make_shared<const ServiceTelemetryIndex>(
+      IndexServiceTelemetry(ksync_.applied(), snapshots));
 }
 
 void ConfigFanout::OnNodeSnapshot(const config::SnapshotPtr& s) {
@@ -19,6 +24,7 @@ void ConfigFanout::OnNodeSnapshot(const config::SnapshotPtr& s) {
   {
     std::lock_guard lock(mu_);
     (void)ksync_.OnSnapshot(*s);  // errors are logged; the kernel keeps its last good state
+    node_snapshot_ = s;
     IndexServicesLocked();
     registry_only = ksync_.applied().registry_only;
   }
@@ -31,6 +37,7 @@ void ConfigFanout::OnViewSnapshot(const std::string& view, const config::Snapsho
   {
     std::lock_guard lock(mu_);
     (void)ksync_.OnView(view, s.get());  // errors logged; the last good view stays
+    view_snapshots_[view] = s;
     IndexServicesLocked();
   }
   l7_.SetViewConfig(view, s);
@@ -40,6 +47,7 @@ void ConfigFanout::OnViewClosed(const std::string& view) {
   l7_.SetViewConfig(view, nullptr);
   std::lock_guard lock(mu_);
   (void)ksync_.OnView(view, nullptr);
+  view_snapshots_.erase(view);
   IndexServicesLocked();
 }
 
@@ -47,6 +55,11 @@ std::string ConfigFanout::ServiceAt(const SocketAddress& dialled) const {
   std::lock_guard lock(mu_);
   auto it = service_by_addr_.find(dialled);
   return it == service_by_addr_.end() ? std::string() : it->second;
+}
+
+std::shared_ptr<const ServiceTelemetryIndex> ConfigFanout::KernelServiceTelemetry() const {
+  std::lock_guard lock(mu_);
+  return telemetry_;
 }
 
 void ConfigFanout::ReadKernel(

@@ -14,6 +14,7 @@
 #include <mutex>
 #include <string>
 
+#include "kernel_tcp_stats.h"
 #include "l7_supervisor.h"
 #include "node_agent.h"
 #include "sluice/config/snapshot.h"
@@ -38,6 +39,9 @@ class ConfigFanout {
 
   // The kernel service dialled at this address ("" if none), for the kernel's access log.
   std::string ServiceAt(const SocketAddress& dialled) const;
+  // Each kernel service address's Istio service and endpoint workloads (the kernel
+  // path's TCP metrics), rebuilt after every kernel sync.
+  std::shared_ptr<const ServiceTelemetryIndex> KernelServiceTelemetry() const;
   // Runs `read` on the kernel sync's state, under the lock its updates take.
   void ReadKernel(const std::function<void(const kernelsync::KernelSync&)>& read) const;
 
@@ -52,6 +56,11 @@ class ConfigFanout {
   // Dialled address -> kernel service name, for the kernel's access-log lines (under
   // mu_; rebuilt after every kernel sync).
   std::map<SocketAddress, std::string> service_by_addr_;
+  // The snapshots the kernel's services came from (under mu_): their clusters' and
+  // endpoints' Istio metadata label the kernel path's metrics.
+  config::SnapshotPtr node_snapshot_;
+  std::map<std::string, config::SnapshotPtr> view_snapshots_;
+  std::shared_ptr<const ServiceTelemetryIndex> telemetry_;
 };
 
 }  // namespace sluice::agent

@@ -58,6 +58,9 @@ void AddFlags(CLI::App& app, AgentFlags& f) {
       ->capture_default_str();
   app.add_flag("!--no-kernel-access-log", f.kernel_access_log,
                "node: no access-log lines for the connections the kernel translates");
+  app.add_flag("!--no-kernel-tcp-metrics", f.kernel_tcp_metrics,
+               "node: no Istio TCP metrics (istio_tcp_*) for the connections the kernel "
+               "translates; sockops then does no per-connection metrics work");
   app.add_option("--kernel-fallback", f.kernel_fallback,
                  "node: kernel features to do without even where the kernel has them "
                  "(set_retval,netns_cookie or all), so their fallbacks run; see "

@@ -33,7 +33,8 @@ struct AgentFlags {
   std::string access_log = "-";
   int drain_seconds = 5;
   bool kernel_access_log = true;
-  std::string kernel_fallback;  // kernel features to do without (kernel_features.h)
+  bool kernel_tcp_metrics = true;  // Istio's TCP metrics of the kernel path (sockops)
+  std::string kernel_fallback;     // kernel features to do without (kernel_features.h)
   std::string config_dir;
   GatewayOptions gateway;  // the gateway role's own flags (--pod-*, --workers)
   bool ns_streams = true;

@@ -92,7 +92,7 @@ class L7Supervisor : public PodL7 {
   // Asks the process for its status and waits up to `wait` for it (else the last one).
   void RefreshStatus(std::chrono::milliseconds wait);
   std::vector<PodProxyStatus> List() const;
-  // Asks the process for its pods' Istio metrics (Prometheus text) and waits up to
+  // Asks the process for its pods' Istio metrics (istio_samples_wire.h) and waits up to
   // `wait`; nullopt when no process answered in time.
   std::optional<std::string> IstioMetrics(std::chrono::milliseconds wait);
   std::vector<View> Views() const;

@@ -39,7 +39,7 @@ enum class Type : uint32_t {
                       // [{port, address, rules: [{action, sources[]}]}]}: the ports the pod's
                       // inbound side serves now (the agent steers exactly these) and the
                       // kernel policies of its ports (the agent enforces exactly these)
-  kIstioStats = 103,  // meta {seq}; blob: Prometheus text (PodProxies::IstioMetrics)
+  kIstioStats = 103,  // meta {seq}; blob: the samples as JSON (istio_samples_wire.h)
 };
 
 struct Message {

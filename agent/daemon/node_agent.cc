@@ -333,6 +333,18 @@ std::string NodeAgent::PodByCookie(uint64_t cookie) const {
   return "";
 }
 
+std::vector<PodIdentity> NodeAgent::PodIdentities() const {
+  std::lock_guard lock(mu_);
+  std::vector<PodIdentity> out;
+  for (const auto& [key, rec] : pods_) {
+    PodIdentity p{key, {}, rec.info.ips, rec.cookie};
+    if (auto it = labels_.pods.find(key); it != labels_.pods.end())
+      p.labels = it->second.labels;
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
 std::vector<PodStatus> NodeAgent::Pods() const {
   std::lock_guard lock(mu_);
   std::vector<PodStatus> out;

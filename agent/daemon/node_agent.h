@@ -44,6 +44,15 @@ struct PodStatus {
   std::string reason;  // why (not) enrolled
 };
 
+// A pod's identity as telemetry needs it: who it is, its labels, and where its traffic
+// comes from (its network namespace and addresses).
+struct PodIdentity {
+  enrolment::PodKey key;
+  enrolment::Labels labels;
+  std::vector<std::string> ips;  // as the CNI reported them ("10.244.0.5/24")
+  uint64_t cookie = 0;
+};
+
 class NodeAgent : public cni::CniHandler {
  public:
   // `l7` (may be null: no L7 proxy) gets a capture listener in each pod before the pod
@@ -66,6 +75,8 @@ class NodeAgent : public cni::CniHandler {
   std::vector<PodStatus> Pods() const;
   // "namespace/name (ip)" of the pod with this network-namespace cookie, or "".
   std::string PodByCookie(uint64_t cookie) const;
+  // Every pod here with its labels (the kernel path's Istio metrics name them).
+  std::vector<PodIdentity> PodIdentities() const;
 
  private:
   struct Record {

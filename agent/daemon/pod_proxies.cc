@@ -14,6 +14,7 @@
 #include <thread>
 #include <tuple>
 
+#include "istio_samples_wire.h"
 #include "sluice/netns/netns.h"
 
 namespace sluice::agent {
@@ -661,7 +662,7 @@ std::string PodProxies::IstioMetrics() const {
       if (pod.istio)
         pod.istio->Collect(&samples);
   }
-  return proxy::telemetry::RenderPrometheus(samples);
+  return EncodeIstioSamples(samples);  // the agent adds the kernel path's and renders
 }
 
 std::vector<View> PodProxies::Views() const {

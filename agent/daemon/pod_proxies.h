@@ -179,7 +179,8 @@ class PodProxies {
   std::vector<PodProxyStatus> List() const;
   // Views with at least one pod here (the agent keeps one xDS stream for each).
   std::vector<View> Views() const;
-  // Istio's standard metrics of every pod here, as Prometheus text (istio_stats.h).
+  // Istio's standard metrics of every pod here, as samples on the L7 wire
+  // (istio_samples_wire.h): the agent adds the kernel path's series and renders them.
   std::string IstioMetrics() const;
 
   // The config a pod of `ns` runs: the namespace's (or node's) listeners with the

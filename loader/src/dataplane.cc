@@ -42,7 +42,11 @@ static_assert(sizeof(sluice_settings) == 8);
 static_assert(sizeof(sluice_conn_event) == 48);
 static_assert(sizeof(sluice_pod) == 8);
 static_assert(sizeof(sluice_pod_stats) == 40);
-static_assert(sizeof(sluice_sock_origin) == 40);
+static_assert(sizeof(sluice_sock_origin) == 56);
+static_assert(offsetof(sluice_sock_origin, netns_cookie) == 40);
+static_assert(sizeof(sluice_tcp_metrics_key) == 48);
+static_assert(offsetof(sluice_tcp_metrics_key, backend) == 28);
+static_assert(sizeof(sluice_tcp_metrics) == 32);
 static_assert(sizeof(sluice_inbound_policy) == 4 + SLUICE_POLICY_MAX_RULES);
 static_assert(sizeof(sluice_policy_key) == 44);
 static_assert(offsetof(sluice_policy_key, pod) * 8 - 32 + 16 * 8 == SLUICE_POLICY_FIXED_BITS);
@@ -198,6 +202,7 @@ struct Dataplane::Impl {
   int prefixes_fd = -1;  // sluice_policy_prefixes
   int counters_fd = -1;
   int connlog_fd = -1;
+  TypedMap<sluice_tcp_metrics_key, sluice_tcp_metrics> tcp_metrics;
   std::vector<int> owned_fds;  // maps opened from pins (maps_only mode)
 
   // name -> family -> state; rebuilt from the maps on adoption.
@@ -420,12 +425,13 @@ Result<void> Dataplane::Load() {
   impl_->prefixes_fd = bpf_map__fd(m.sluice_policy_prefixes);
   impl_->counters_fd = bpf_map__fd(m.sluice_counters);
   impl_->connlog_fd = bpf_map__fd(m.sluice_connlog);
+  impl_->tcp_metrics = {"sluice_tcp_metrics", bpf_map__fd(m.sluice_tcp_metrics)};
 
   // Fresh maps get the default switches; adopted ones keep what the operator set.
   sluice_settings set{};
   SLUICE_RETURN_IF_ERROR(impl_->settings.Lookup(0, &set));
   if (set.flags == 0 && set.bypass_mark == 0) {
-    set.flags = SLUICE_SET_SPLICE;
+    set.flags = SLUICE_SET_SPLICE | SLUICE_SET_TCP_METRICS;
     set.bypass_mark = SLUICE_DEFAULT_BYPASS_MARK;
     if (auto r = impl_->settings.Update(0, set, BPF_ANY); !r)
       return r;
@@ -474,6 +480,12 @@ Result<void> Dataplane::OpenPinnedMaps() {
   impl_->policy_fd = fds[11];
   impl_->prefixes_fd = fds[12];
   impl_->guard_fd = fds[13];
+  // A data plane pinned by an older version has no TCP metrics map: TcpMetrics() is
+  // then empty rather than the whole inspection failing.
+  if (int fd = bpf_obj_get((opts_.pin_root + "/sluice_tcp_metrics").c_str()); fd >= 0) {
+    impl_->owned_fds.push_back(fd);
+    impl_->tcp_metrics = {"sluice_tcp_metrics", fd};
+  }
   return {};
 }
 
@@ -1204,6 +1216,61 @@ Result<void> Dataplane::SetConnLog(bool on) {
   SLUICE_RETURN_IF_ERROR(set);
   set->flags = on ? (set->flags | SLUICE_SET_CONNLOG) : (set->flags & ~SLUICE_SET_CONNLOG);
   return impl_->settings.Update(0, *set, BPF_ANY);
+}
+
+Result<void> Dataplane::SetTcpMetrics(bool on) {
+  auto set = Settings();
+  SLUICE_RETURN_IF_ERROR(set);
+  set->flags = on ? (set->flags | SLUICE_SET_TCP_METRICS) : (set->flags & ~SLUICE_SET_TCP_METRICS);
+  return impl_->settings.Update(0, *set, BPF_ANY);
+}
+
+Result<std::vector<TcpMetricsRecord>> Dataplane::TcpMetrics() const {
+  std::vector<TcpMetricsRecord> out;
+  const int fd = impl_->tcp_metrics.fd();
+  if (fd < 0)
+    return out;
+  auto add = [&](const sluice_tcp_metrics_key& k, const sluice_tcp_metrics& v) {
+    out.push_back({k.netns_cookie,
+                   {FromKernel(k.frontend.ip, k.frontend.family), k.frontend.port},
+                   FromKernel(k.backend),
+                   v.opened,
+                   v.closed,
+                   v.client_sent,
+                   v.client_received});
+  };
+  // One batch syscall per 4096 entries where the kernel has it (5.6); else key by key.
+  constexpr uint32_t kBatch = 4096;
+  std::vector<sluice_tcp_metrics_key> keys(kBatch);
+  std::vector<sluice_tcp_metrics> values(kBatch);
+  uint64_t batch = 0;
+  bool first = true;
+  for (;;) {
+    uint32_t n = kBatch;
+    int rc = bpf_map_lookup_batch(fd, first ? nullptr : &batch, &batch, keys.data(), values.data(),
+                                  &n, nullptr);
+    const int err = rc == 0 ? 0 : errno;
+    if (rc != 0 && err != ENOENT) {
+      if (first && (err == EINVAL || err == ENOTSUP || err == EOPNOTSUPP))
+        break;  // no batch operations: the loop below
+      return FailErrno("map sluice_tcp_metrics: batch lookup", err);
+    }
+    for (uint32_t i = 0; i < n; i++)
+      add(keys[i], values[i]);
+    if (err == ENOENT)
+      return out;
+    first = false;
+  }
+  auto all = impl_->tcp_metrics.Keys();
+  SLUICE_RETURN_IF_ERROR(all);
+  for (const auto& k : *all) {
+    sluice_tcp_metrics v{};
+    auto found = impl_->tcp_metrics.Lookup(k, &v);
+    SLUICE_RETURN_IF_ERROR(found);
+    if (*found)
+      add(k, v);
+  }
+  return out;
 }
 
 int Dataplane::ConnLogFd() const {

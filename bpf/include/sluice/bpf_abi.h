@@ -188,19 +188,48 @@ struct sluice_enrolment {
  * (or loopback, or DNS on port 53) are refused instead of passed through. */
 #define SLUICE_ENROL_REGISTRY_ONLY 0x1
 
-/* sluice_sock_origin (socket local storage): what a translated socket dialled. */
+/* sluice_sock_origin (socket local storage): what a translated socket dialled, and from
+ * where (sockops has no netns cookie before Linux 5.15, so the connect hook records it). */
 struct sluice_sock_origin {
   union sluice_ip vip;
   __u16 vip_port; /* host byte order */
   __u8 family;
   __u8 flags; /* SLUICE_SOCK_* */
   struct sluice_endpoint backend;
+  __u64 netns_cookie; /* the client pod's network namespace */
+  __u32 fw2_rcv_nxt;  /* sockops (TCP metrics): rcv_nxt on entering FIN_WAIT2 */
+  __u32 _pad;
 };
 
 #define SLUICE_SOCK_TRANSLATED 0x1
 #define SLUICE_SOCK_COUNTED 0x2
-#define SLUICE_SOCK_REDIRECTED 0x4 /* sent to the in-pod proxy; backend is the listener */
-#define SLUICE_SOCK_COUNT 0x8      /* LEAST_REQUEST cluster: sockops counts it live */
+#define SLUICE_SOCK_REDIRECTED 0x4    /* sent to the in-pod proxy; backend is the listener */
+#define SLUICE_SOCK_COUNT 0x8         /* LEAST_REQUEST cluster: sockops counts it live */
+#define SLUICE_SOCK_METRICS 0x10      /* SLUICE_SET_TCP_METRICS was on: sockops counts it */
+#define SLUICE_SOCK_METRICS_OPEN 0x20 /* counted as opened in sluice_tcp_metrics */
+#define SLUICE_SOCK_PEER_FIN 0x40     /* TCP metrics: the peer's FIN moved the state */
+#define SLUICE_SOCK_FIN_WAIT2 0x80    /* TCP metrics: fw2_rcv_nxt is set */
+
+/* sluice_tcp_metrics key: the connections one pod made to one service address that the
+ * kernel sent to one endpoint (Istio's TCP metrics of the kernel path, reporter source). */
+struct sluice_tcp_metrics_key {
+  __u64 netns_cookie;                  /* the client pod's network namespace */
+  struct sluice_frontend_key frontend; /* the service address dialled (protocol TCP) */
+  struct sluice_endpoint backend;      /* the endpoint chosen */
+};
+
+/* sluice_tcp_metrics value, kept by sockops for translated (not redirected) connections
+ * while SLUICE_SET_TCP_METRICS is on; counters only grow (atomic adds). The byte counts
+ * are the client socket's payload, added when the connection reaches TCP_CLOSE:
+ * client_sent is what the endpoint acknowledged (tcp_sock.bytes_acked), client_received
+ * what it sent (bytes_received), each less the SYN and FIN that those kernel counters
+ * include. Istio names them from the proxy's side: its received bytes are client_sent. */
+struct sluice_tcp_metrics {
+  __u64 opened; /* established (BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB) */
+  __u64 closed; /* reached TCP_CLOSE after being established */
+  __u64 client_sent;
+  __u64 client_received;
+};
 
 /* One end's view of a TCP connection; key of sluice_orig_dst and sluice_splice. */
 struct sluice_tuple {
@@ -233,8 +262,9 @@ struct sluice_settings {
   __u32 flags;       /* SLUICE_SET_* */
   __u32 bypass_mark; /* SO_MARK of the agent's own upstream sockets: never translated */
 };
-#define SLUICE_SET_SPLICE 0x1  /* join app and in-pod proxy sockets with sk_msg */
-#define SLUICE_SET_CONNLOG 0x2 /* one sluice_connlog record per connect the kernel translates */
+#define SLUICE_SET_SPLICE 0x1      /* join app and in-pod proxy sockets with sk_msg */
+#define SLUICE_SET_CONNLOG 0x2     /* one sluice_connlog record per connect the kernel translates */
+#define SLUICE_SET_TCP_METRICS 0x4 /* count translated connections in sluice_tcp_metrics */
 
 /* sluice_pods value, keyed by the ifindex of a pod's host-side interface (where the tc
  * programs are attached). */

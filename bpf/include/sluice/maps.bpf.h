@@ -151,6 +151,17 @@ struct {
   __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_connlog SEC(".maps");
 
+/* Istio's TCP metrics of connections the kernel translates (SLUICE_SET_TCP_METRICS), per
+ * (client pod, service address, endpoint). LRU: past its size the least recently used
+ * key is dropped with its counts; the agent reads it at every scrape. */
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, 65536);
+  __type(key, struct sluice_tcp_metrics_key);
+  __type(value, struct sluice_tcp_metrics);
+  __uint(pinning, LIBBPF_PIN_BY_NAME);
+} sluice_tcp_metrics SEC(".maps");
+
 /* L4 policy of pod ports (sk_lookup, pod_inbound.bpf.c): which ports have one and its
  * rules, and each rule's source prefixes. A port that is not here has no kernel policy. */
 struct {

@@ -77,6 +77,18 @@ struct EndpointStats {
 
 using Counters = std::array<uint64_t, SLUICE_CNT_MAX>;
 
+// Istio's TCP metrics of the kernel path (sluice_tcp_metrics): the connections one pod
+// (its network namespace) made to one service address that the kernel sent to one
+// endpoint. Bytes are the client socket's, added when a connection closes.
+struct TcpMetricsRecord {
+  uint64_t netns_cookie = 0;
+  SocketAddress service;  // the address dialled
+  SocketAddress backend;  // the endpoint chosen
+  uint64_t opened = 0, closed = 0;
+  uint64_t client_sent = 0;      // acknowledged by the endpoint (Istio: received bytes)
+  uint64_t client_received = 0;  // received from the endpoint (Istio: sent bytes)
+};
+
 // Per-pod packet counters from the tc programs on the pod's host-side interface.
 struct PodStats {
   bool registry_only = false;
@@ -114,8 +126,8 @@ struct InboundPolicy {
 // Threads: Apply, Services and the other calls that use the services' C++ view
 // (UpsertService, DeleteService) belong to one thread (the agent's kernel sync). The
 // calls that only touch maps — Enrol, Unenrol, Enrolled, ReadCounters, Endpoints,
-// Settings, SetSplice, AttachPod, DetachPod, Pods — may run beside them (the agent's CNI
-// and admin threads do). Other processes may read the pinned maps at any time.
+// Settings, SetSplice, SetTcpMetrics, TcpMetrics, AttachPod, DetachPod, Pods — may run beside them
+// (the agent's CNI and admin threads do). Other processes may read the pinned maps at any time.
 class Dataplane {
  public:
   // Loads the programs, creates or adopts the pinned maps and links, attaches.
@@ -184,6 +196,10 @@ class Dataplane {
   // sluice_conn_event in the ring buffer ConnLogFd() (the agent's L4 access log).
   [[nodiscard]] Result<void> SetConnLog(bool on);
   [[nodiscard]] int ConnLogFd() const;
+  // Istio's TCP metrics of the kernel path: while on (the default), sockops counts every
+  // connection the kernel translates from then on in sluice_tcp_metrics (TcpMetrics()).
+  [[nodiscard]] Result<void> SetTcpMetrics(bool on);
+  [[nodiscard]] Result<std::vector<TcpMetricsRecord>> TcpMetrics() const;
 
   [[nodiscard]] const DataplaneOptions& options() const { return opts_; }
   // True when Open() found pinned state and adopted it rather than starting fresh.
