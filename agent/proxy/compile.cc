@@ -53,6 +53,7 @@ using CorsFilterProto = envoy::extensions::filters::http::cors::v3::Cors;
 constexpr std::string_view kFaultFilter = "envoy.filters.http.fault";
 constexpr std::string_view kCorsFilter = "envoy.filters.http.cors";
 constexpr std::string_view kHttpRbacFilter = "envoy.filters.http.rbac";
+constexpr std::string_view kIstioStatsFilter = "istio.stats";
 using HttpRbacProto = envoy::extensions::filters::http::rbac::v3::RBAC;
 using HttpRbacPerRoute = envoy::extensions::filters::http::rbac::v3::RBACPerRoute;
 using NetworkRbacProto = envoy::extensions::filters::network::rbac::v3::RBAC;
@@ -69,6 +70,28 @@ Result<void> NoRbacOverride(
                   "]: per-route RBAC (RBACPerRoute) is not supported");
     }
   }
+  return {};
+}
+
+// istiod's istio.stats filter (stats.PluginConfig, typed or in a TypedStruct): the chain
+// records Istio's metrics as it says. One per chain: a second would count twice.
+bool IsIstioStats(const std::string& name, const google::protobuf::Any& typed) {
+  return config::EffectiveTypeUrl(typed).ends_with("/stats.PluginConfig") ||
+         (name == kIstioStatsFilter && typed.type_url().empty());
+}
+
+Result<void> CompileIstioStats(const google::protobuf::Any& typed, bool disabled, FilterChain* out,
+                               const std::string& where) {
+  const std::string& fw = where;
+  if (disabled)
+    return Fail(fw + ": a disabled istio.stats (enabled per route) is not supported");
+  if (typed.type_url().empty())
+    return Fail(fw + ": istio.stats without typed_config");
+  if (out->istio_stats)
+    return Fail(fw + ": a second istio.stats filter in one chain is not supported");
+  auto c = telemetry::CompileStatsConfig(typed);
+  SLUICE_RETURN_IF_ERROR_CTX(c, fw);
+  out->istio_stats = *c;
   return {};
 }
 
@@ -921,6 +944,11 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
   }
   bool found = false;
   for (const auto& f : fc.filters()) {
+    if (IsIstioStats(f.name(), f.typed_config())) {
+      SLUICE_RETURN_IF_ERROR(
+          CompileIstioStats(f.typed_config(), false, out, where + ": filters[" + f.name() + "]"));
+      continue;
+    }
     if (f.name() == "envoy.filters.network.rbac" && !f.has_typed_config())
       return Fail(where + ": filters[" + f.name() + "]: rbac without typed_config");
     if (f.typed_config().Is<NetworkRbacProto>()) {
@@ -993,6 +1021,11 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
       }
       bool seen_fault = false;
       for (const auto& hf : h.http_filters()) {
+        if (IsIstioStats(hf.name(), hf.typed_config())) {
+          SLUICE_RETURN_IF_ERROR(CompileIstioStats(hf.typed_config(), hf.disabled(), out,
+                                                   where + ": http_filters[" + hf.name() + "]"));
+          continue;
+        }
         if (hf.name() == kHttpRbacFilter && !hf.has_typed_config() && !hf.disabled())
           return Fail(where + ": http_filters[" + hf.name() + "]: rbac without typed_config");
         if (hf.typed_config().Is<HttpRbacProto>()) {

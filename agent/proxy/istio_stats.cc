@@ -1,9 +1,14 @@
 // Istio's standard metrics: identities (interned), the label values Istio's stats filter
 // gives them, the per-pod series and their Prometheus text (istio_stats.h); and the
 // session's hooks (telemetry_hooks.h) that record a request when its access-log entry
-// is written and a TCP connection when it opens and closes.
+// is written and a TCP connection when it opens and closes; and a chain's istio.stats
+// config (stats.PluginConfig) compiled into drop and label masks.
 #include "sluice/proxy/istio_stats.h"
 
+#include <google/protobuf/any.pb.h>
+#include <google/protobuf/struct.pb.h>
+#include <google/protobuf/unknown_field_set.h>
+#include <google/protobuf/util/json_util.h>
 #include <netinet/in.h>
 
 #include <algorithm>
@@ -15,9 +20,12 @@
 
 #include "envoy/config/cluster/v3/cluster.pb.h"
 #include "envoy/config/core/v3/base.pb.h"
+#include "istio-proxy/stats/config.pb.h"
 #include "session.h"
+#include "sluice/common/cel_literal.h"
 #include "sluice/common/kube_names.h"
 #include "telemetry_hooks.h"
+#include "udpa/type/v1/typed_struct.pb.h"
 
 namespace sluice::proxy::telemetry {
 namespace {
@@ -53,6 +61,10 @@ Interner<Service>& Services() {
   static auto* i = new Interner<Service>;
   return *i;
 }
+Interner<StatsConfig>& StatsConfigs() {
+  static auto* i = new Interner<StatsConfig>;
+  return *i;
+}
 
 const std::string* FindLabel(const std::map<std::string, std::string>& labels,
                              std::initializer_list<const char*> keys) {
@@ -76,6 +88,149 @@ const Workload* Intern(const Workload& w) {
 }
 const Service* Intern(const Service& s) {
   return Services().Get(s);
+}
+const StatsConfig* Intern(const StatsConfig& c) {
+  return StatsConfigs().Get(c);
+}
+
+int TagIndex(std::string_view name) {
+  for (std::size_t i = 0; i < kTagNames.size(); ++i)
+    if (kTagNames[i] == name)
+      return static_cast<int>(i);
+  return -1;
+}
+
+// ---------------------------------------------------------------- istio.stats config
+
+namespace {
+
+Result<void> CompileInto(const ::stats::PluginConfig& pc, StatsConfig* out) {
+  if (pc.reporter() == ::stats::SERVER_GATEWAY)
+    return Fail("reporter SERVER_GATEWAY (a waypoint's reporter \"waypoint\") is not supported");
+  for (int i = 0; i < pc.definitions_size(); ++i) {
+    const auto& d = pc.definitions(i);
+    // istio/proxy ignores a definition that names a standard metric.
+    if (std::find(kMetricNames.begin(), kMetricNames.end(), d.name()) != kMetricNames.end() ||
+        d.name() == "request_messages_total" || d.name() == "response_messages_total")
+      continue;
+    return Fail(fmt::format("definitions[{}] (metric \"{}\"): custom metrics are not supported", i,
+                            d.name()));
+  }
+  for (int i = 0; i < pc.metrics_size(); ++i) {
+    const auto& mc = pc.metrics(i);
+    const std::string where =
+        fmt::format("metrics[{}] (metric \"{}\")", i, mc.name().empty() ? "all" : mc.name());
+    // The metrics it applies to: one by name, all when unnamed; a name that is not one
+    // Sluice records (gRPC's message counters, a custom metric) changes nothing here.
+    uint32_t targets = 0;
+    if (mc.name().empty()) {
+      targets = (1u << kMetricCount) - 1;
+    } else if (auto it = std::find(kMetricNames.begin(), kMetricNames.end(), mc.name());
+               it != kMetricNames.end()) {
+      targets = 1u << (it - kMetricNames.begin());
+    }
+    if (mc.drop()) {
+      // As istio/proxy: only a named metric is dropped (an unnamed drop matches none),
+      // and the entry's tag changes are not read.
+      if (!mc.name().empty())
+        out->drop |= targets;
+      continue;
+    }
+    auto each = [&](auto f) {
+      for (int m = 0; m < kMetricCount; ++m)
+        if (targets & (1u << m))
+          f(out->tags[m]);
+    };
+    for (const auto& tag : mc.tags_to_remove()) {
+      const int idx = TagIndex(tag);
+      if (idx < 0)
+        continue;  // istio/proxy: only standard tags are removed; another is ignored
+      each([&](StatsConfig::MetricTags& t) {
+        t.removed |= 1u << idx;
+        std::erase_if(t.replaced, [&](const auto& r) { return r.first == idx; });
+      });
+    }
+    // In tag-name order, as istio/proxy applies them.
+    std::vector<std::pair<std::string, std::string>> dims(mc.dimensions().begin(),
+                                                          mc.dimensions().end());
+    std::sort(dims.begin(), dims.end());
+    for (const auto& [tag, expr] : dims) {
+      if (!targets)
+        continue;
+      auto value = cel::StringLiteral(expr);
+      if (!value) {
+        return Fail(fmt::format(
+            "{}: dimensions[\"{}\"]: value `{}` is a CEL expression Sluice does not evaluate "
+            "(only a string literal, such as 'v', is supported)",
+            where, tag, expr));
+      }
+      const int idx = TagIndex(tag);
+      if (idx >= 0) {
+        each([&](StatsConfig::MetricTags& t) {
+          t.removed &= ~(1u << idx);
+          std::erase_if(t.replaced, [&](const auto& r) { return r.first == idx; });
+          t.replaced.emplace_back(static_cast<uint8_t>(idx), *value);
+        });
+        continue;
+      }
+      if (!cel::PrometheusLabelName(tag)) {
+        return Fail(fmt::format("{}: dimensions[\"{}\"]: not a Prometheus label name", where, tag));
+      }
+      Result<void> dup = {};
+      each([&](StatsConfig::MetricTags& t) {
+        for (const auto& [n, v] : t.added) {
+          if (n == tag && dup) {
+            dup =
+                Fail(fmt::format("{}: dimensions[\"{}\"]: the tag is added twice to a metric "
+                                 "(istio/proxy would report it twice)",
+                                 where, tag));
+          }
+        }
+        t.added.emplace_back(tag, *value);
+      });
+      SLUICE_RETURN_IF_ERROR(dup);
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<const StatsConfig*> CompileStatsConfig(const google::protobuf::Any& any) {
+  ::stats::PluginConfig pc;
+  std::string_view type = any.type_url();
+  type = type.substr(type.rfind('/') + 1);
+  if (type == "udpa.type.v1.TypedStruct" || type == "xds.type.v3.TypedStruct") {
+    // The two TypedStructs have one wire layout: type_url = 1, value = 2 (a Struct).
+    udpa::type::v1::TypedStruct ts;
+    if (!ts.ParseFromString(any.value()))
+      return Fail("typed_config: not a TypedStruct");
+    std::string inner = ts.type_url().substr(ts.type_url().rfind('/') + 1);
+    if (inner != "stats.PluginConfig")
+      return Fail("typed_config: a TypedStruct of " + ts.type_url() + ", not stats.PluginConfig");
+    std::string json;
+    (void)google::protobuf::util::MessageToJsonString(ts.value(), &json);
+    auto st = google::protobuf::util::JsonStringToMessage(json, &pc);
+    if (!st.ok())
+      return Fail("typed_config: stats.PluginConfig: " + std::string(st.message()));
+  } else if (type == "stats.PluginConfig") {
+    if (!pc.ParseFromString(any.value()))
+      return Fail("typed_config: not a stats.PluginConfig");
+    // Fields 1-5 are istio/proxy's retired ones (it ignores them); any other unknown
+    // field may change what is counted.
+    const auto& unknown = pc.GetReflection()->GetUnknownFields(pc);
+    for (int i = 0; i < unknown.field_count(); ++i) {
+      if (unknown.field(i).number() > 5) {
+        return Fail(fmt::format("typed_config: stats.PluginConfig field {} is not known",
+                                unknown.field(i).number()));
+      }
+    }
+  } else {
+    return Fail("typed_config: type " + std::string(any.type_url()) + " is not stats.PluginConfig");
+  }
+  StatsConfig c;
+  SLUICE_RETURN_IF_ERROR(CompileInto(pc, &c));
+  return Intern(c);
 }
 
 const Workload* EndpointWorkload(const envoy::config::core::v3::Metadata& md) {
@@ -211,6 +366,7 @@ std::size_t SeriesKeyHash::operator()(const SeriesKey& k) const {
   h = mix(h, reinterpret_cast<uintptr_t>(k.peer_local));
   h = mix(h, reinterpret_cast<uintptr_t>(k.peer_eds));
   h = mix(h, reinterpret_cast<uintptr_t>(k.service));
+  h = mix(h, reinterpret_cast<uintptr_t>(k.stats));
   h = mix(h, (uint64_t{k.flags} << 24) | (uint64_t{k.code} << 8) | k.kind);
   return static_cast<std::size_t>(h ^ (h >> 29));
 }
@@ -226,7 +382,9 @@ Series& IstioStats::Get(SeriesKey key) {
     return *it->second;
   if (series_.size() >= max_series_) {
     // One overflow series per reporter and protocol (kept apart from the cap).
-    key = SeriesKey{.kind = static_cast<uint8_t>((key.kind & (kInbound | kTcp)) | kOverflow)};
+    // (and per istio.stats config, so what it drops stays dropped).
+    key = SeriesKey{.stats = key.stats,
+                    .kind = static_cast<uint8_t>((key.kind & (kInbound | kTcp)) | kOverflow)};
     if (auto it = series_.find(key); it != series_.end())
       return *it->second;
   }
@@ -253,6 +411,7 @@ void IstioStats::Collect(std::vector<Sample>* out) const {
   for (const auto& [key, s] : series_) {
     Sample o;
     o.labels = Labels(key);
+    o.stats = key.stats;
     o.tcp = key.kind & kTcp;
     o.requests = s->requests.load(std::memory_order_relaxed);
     hist(s->duration_ms, &o.duration_ms);
@@ -424,48 +583,70 @@ void Add(Sample::Hist& a, const Sample::Hist& b) {
   a.sum += b.sum;
 }
 
+// A sample's label text for one metric: its chain's istio.stats config removes,
+// replaces and adds labels.
+std::string LabelTextFor(const Sample& s, Metric m) {
+  const StatsConfig::MetricTags& t = s.stats->tags[m];
+  std::vector<std::pair<std::string_view, std::string>> labels;
+  labels.reserve(s.labels.size() + t.added.size());
+  for (const auto& [n, v] : s.labels) {
+    const int idx = TagIndex(n);
+    if (idx >= 0 && (t.removed & (1u << idx)))
+      continue;
+    const std::string* value = &v;
+    for (const auto& [r, rv] : t.replaced)
+      if (r == idx)
+        value = &rv;
+    labels.emplace_back(n, *value);
+  }
+  for (const auto& [n, v] : t.added)
+    labels.emplace_back(n, v);
+  return LabelText(labels);
+}
+
 }  // namespace
 
 std::string RenderPrometheus(const std::vector<Sample>& samples) {
-  // Equal label sets summed, in a stable order.
-  std::map<std::string, Sample> http, tcp;
-  for (const auto& s : samples) {
-    auto& m = s.tcp ? tcp : http;
-    auto [it, fresh] = m.try_emplace(LabelText(s.labels), s);
-    if (fresh)
-      continue;
-    Sample& t = it->second;
-    t.requests += s.requests;
-    Add(t.duration_ms, s.duration_ms);
-    Add(t.request_bytes, s.request_bytes);
-    Add(t.response_bytes, s.response_bytes);
-    t.tcp_opened += s.tcp_opened;
-    t.tcp_closed += s.tcp_closed;
-    t.tcp_sent += s.tcp_sent;
-    t.tcp_received += s.tcp_received;
-  }
+  // Each sample's label text once; a metric whose labels its config changes gets its own.
+  std::vector<std::string> base(samples.size());
+  for (std::size_t i = 0; i < samples.size(); ++i)
+    base[i] = LabelText(samples[i].labels);
   std::string out;
-  auto counter = [&](std::string_view name, const std::map<std::string, Sample>& m,
-                     uint64_t Sample::*field) {
-    bool typed = false;
-    for (const auto& [labels, s] : m) {
-      if (!typed) {
-        fmt::format_to(std::back_inserter(out), "# TYPE {} counter\n", name);
-        typed = true;
-      }
-      fmt::format_to(std::back_inserter(out), "{}{{{}}} {}\n", name, labels, s.*field);
+  // Equal label sets summed (per metric: a removed label may make two series one), in a
+  // stable order.
+  auto rows = [&](Metric m, bool tcp, auto&& add) {
+    for (std::size_t i = 0; i < samples.size(); ++i) {
+      const Sample& s = samples[i];
+      if (s.tcp != tcp || (s.stats && s.stats->Dropped(m)))
+        continue;
+      if (s.stats && s.stats->tags[m].Changes())
+        add(LabelTextFor(s, m), s);
+      else
+        add(base[i], s);
     }
   };
-  auto histogram = [&](std::string_view name, Sample::Hist Sample::*field) {
-    bool typed = false;
-    for (const auto& [labels, s] : http) {
-      const Sample::Hist& h = s.*field;
-      if (h.count == 0)
-        continue;  // a request that ended before this was measured
-      if (!typed) {
-        fmt::format_to(std::back_inserter(out), "# TYPE {} histogram\n", name);
-        typed = true;
-      }
+  auto counter = [&](Metric m, bool tcp, uint64_t Sample::*field) {
+    std::map<std::string, uint64_t> sum;
+    rows(m, tcp, [&](const std::string& labels, const Sample& s) { sum[labels] += s.*field; });
+    if (sum.empty())
+      return;
+    const std::string name = fmt::format("istio_{}", kMetricNames[m]);
+    fmt::format_to(std::back_inserter(out), "# TYPE {} counter\n", name);
+    for (const auto& [labels, v] : sum)
+      fmt::format_to(std::back_inserter(out), "{}{{{}}} {}\n", name, labels, v);
+  };
+  auto histogram = [&](Metric m, Sample::Hist Sample::*field) {
+    std::map<std::string, Sample::Hist> sum;
+    rows(m, false, [&](const std::string& labels, const Sample& s) {
+      if ((s.*field).count == 0)
+        return;  // a request that ended before this was measured
+      Add(sum[labels], s.*field);
+    });
+    if (sum.empty())
+      return;
+    const std::string name = fmt::format("istio_{}", kMetricNames[m]);
+    fmt::format_to(std::back_inserter(out), "# TYPE {} histogram\n", name);
+    for (const auto& [labels, h] : sum) {
       uint64_t cumulative = 0;
       for (std::size_t i = 0; i < kBuckets.size(); ++i) {
         cumulative += h.buckets[i];
@@ -478,14 +659,14 @@ std::string RenderPrometheus(const std::vector<Sample>& samples) {
       fmt::format_to(std::back_inserter(out), "{}_count{{{}}} {}\n", name, labels, h.count);
     }
   };
-  counter("istio_requests_total", http, &Sample::requests);
-  histogram("istio_request_duration_milliseconds", &Sample::duration_ms);
-  histogram("istio_request_bytes", &Sample::request_bytes);
-  histogram("istio_response_bytes", &Sample::response_bytes);
-  counter("istio_tcp_sent_bytes_total", tcp, &Sample::tcp_sent);
-  counter("istio_tcp_received_bytes_total", tcp, &Sample::tcp_received);
-  counter("istio_tcp_connections_opened_total", tcp, &Sample::tcp_opened);
-  counter("istio_tcp_connections_closed_total", tcp, &Sample::tcp_closed);
+  counter(kRequestsTotal, false, &Sample::requests);
+  histogram(kRequestDuration, &Sample::duration_ms);
+  histogram(kRequestBytes, &Sample::request_bytes);
+  histogram(kResponseBytes, &Sample::response_bytes);
+  counter(kTcpSentBytes, true, &Sample::tcp_sent);
+  counter(kTcpReceivedBytes, true, &Sample::tcp_received);
+  counter(kTcpOpened, true, &Sample::tcp_opened);
+  counter(kTcpClosed, true, &Sample::tcp_closed);
   return out;
 }
 
@@ -515,6 +696,7 @@ telemetry::SeriesKey KeyOf(const Session& s, const telemetry::IstioStats& st,
     k.peer_local = st.peers() ? st.peers()->Find(ep->addr) : nullptr;
   }
   k.service = cluster ? cluster->istio_service : nullptr;
+  k.stats = s.chain ? s.chain->istio_stats : nullptr;
   return k;
 }
 
@@ -522,8 +704,11 @@ telemetry::SeriesKey KeyOf(const Session& s, const telemetry::IstioStats& st,
 
 void RecordTelemetry(const Session& s) {
   telemetry::IstioStats* st = s.w->opts().istio_stats.get();
-  if (!st || !s.chain || !s.chain->fail_closed.empty())
-    return;  // no chain served it: Istio's filters never ran
+  if (!st || !s.chain || !s.chain->fail_closed.empty() || !s.chain->istio_stats)
+    return;  // no chain served it, or its chain carries no istio.stats: nothing recorded
+  const telemetry::StatsConfig& cfg = *s.chain->istio_stats;
+  using telemetry::Metric;
+  auto on = [&](Metric m) { return !cfg.Dropped(m); };
   if (s.chain->is_http) {
     // cluster and endpoint are this request's only once it was routed (Dispatch); a
     // request that failed before keeps the last one's, which must not be read.
@@ -533,26 +718,35 @@ void RecordTelemetry(const Session& s) {
     k.code = static_cast<uint16_t>(s.status);
     k.flags = s.flags;
     telemetry::Series& se = st->Get(k);
-    se.requests.fetch_add(1, std::memory_order_relaxed);
-    se.duration_ms.Record(static_cast<uint64_t>(std::max<int64_t>(0, s.w->now() - s.start_ms)));
-    se.request_bytes.Record(s.req.head_len + s.bytes_rx);
-    se.response_bytes.Record(s.bytes_tx);
+    if (on(telemetry::kRequestsTotal))
+      se.requests.fetch_add(1, std::memory_order_relaxed);
+    if (on(telemetry::kRequestDuration)) {
+      se.duration_ms.Record(static_cast<uint64_t>(std::max<int64_t>(0, s.w->now() - s.start_ms)));
+    }
+    if (on(telemetry::kRequestBytes))
+      se.request_bytes.Record(s.req.head_len + s.bytes_rx);
+    if (on(telemetry::kResponseBytes))
+      se.response_bytes.Record(s.bytes_tx);
     return;
   }
   telemetry::SeriesKey k = KeyOf(s, *st, s.cluster, s.up_ep);
   k.kind |= telemetry::kTcp;
   k.flags = s.flags;
   telemetry::Series& se = st->Get(k);
-  if (!s.up_ep)  // it never reached an endpoint, so RecordTcpOpen did not count it
-    se.tcp_opened.fetch_add(1, std::memory_order_relaxed);
-  se.tcp_closed.fetch_add(1, std::memory_order_relaxed);
-  se.tcp_sent.fetch_add(s.bytes_tx, std::memory_order_relaxed);
-  se.tcp_received.fetch_add(s.bytes_rx, std::memory_order_relaxed);
+  if (!s.up_ep && on(telemetry::kTcpOpened))                // it never reached an endpoint, so
+    se.tcp_opened.fetch_add(1, std::memory_order_relaxed);  // RecordTcpOpen did not count it
+  if (on(telemetry::kTcpClosed))
+    se.tcp_closed.fetch_add(1, std::memory_order_relaxed);
+  if (on(telemetry::kTcpSentBytes))
+    se.tcp_sent.fetch_add(s.bytes_tx, std::memory_order_relaxed);
+  if (on(telemetry::kTcpReceivedBytes))
+    se.tcp_received.fetch_add(s.bytes_rx, std::memory_order_relaxed);
 }
 
 void RecordTcpOpen(const Session& s) {
   telemetry::IstioStats* st = s.w->opts().istio_stats.get();
-  if (!st)
+  if (!st || !s.chain || !s.chain->istio_stats ||
+      s.chain->istio_stats->Dropped(telemetry::kTcpOpened))
     return;
   telemetry::SeriesKey k = KeyOf(s, *st, s.cluster, s.up_ep);
   k.kind |= telemetry::kTcp;

@@ -27,6 +27,7 @@
 #include "sluice/config/store.h"
 #include "sluice/proxy/config.h"
 #include "sluice/proxy/config_json.h"
+#include "sluice/proxy/istio_stats.h"
 #include "sluice/xds/ads_client.h"
 
 using namespace std::chrono_literals;
@@ -263,6 +264,20 @@ TEST_CASE(
   }
   CHECK(http_rbac > 0);
   CHECK(network_rbac > 0);
+  // istiod put istio.stats (an empty stats.PluginConfig) on every chain: each served
+  // chain records Istio's metrics, with nothing dropped.
+  std::size_t chains = 0;
+  for (const auto& l : served->listeners) {
+    for (const auto& c : l.chains) {
+      if (!c.fail_closed.empty())
+        continue;
+      INFO(l.name << " " << c.name);
+      ++chains;
+      REQUIRE(c.istio_stats);
+      CHECK(c.istio_stats->drop == 0);
+    }
+  }
+  CHECK(chains > 20);
 }
 
 TEST_CASE(

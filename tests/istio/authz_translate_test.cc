@@ -375,7 +375,7 @@ spec:
   CHECK(HttpFilterNames(hcm) ==
         std::vector<std::string>{"envoy.filters.http.rbac", "envoy.filters.http.rbac",
                                  "envoy.filters.http.fault", "envoy.filters.http.cors",
-                                 "envoy.filters.http.router"});
+                                 "istio.stats", "envoy.filters.http.router"});
   http_rbac::RBAC first;
   REQUIRE(hcm.http_filters(0).typed_config().UnpackTo(&first));
   CHECK(first.rules().action() == envoy::config::rbac::v3::RBAC::DENY);
@@ -385,11 +385,11 @@ spec:
   CHECK(hcm.route_config().virtual_hosts(0).routes(0).decorator().operation() ==
         "httpbin.foo.svc.cluster.local:8000/*");
 
-  // TCP: network rbac (DENY, then ALLOW) before tcp_proxy.
+  // TCP: network rbac (DENY, then ALLOW), then istio.stats, before tcp_proxy.
   const auto* tcp = Chain(*l, "0.0.0.0_9000", false);
   REQUIRE(tcp);
   CHECK(FilterNames(*tcp) == std::vector<std::string>{"envoy.filters.network.rbac",
-                                                      "envoy.filters.network.rbac",
+                                                      "envoy.filters.network.rbac", "istio.stats",
                                                       "envoy.filters.network.tcp_proxy"});
   CHECK_FALSE(Chain(*l, "0.0.0.0_9000", true));
 
@@ -406,7 +406,7 @@ spec:
   CHECK(HttpFilterNames(Hcm(*Chain(*l, "virtualInbound-catchall-http", true))).front() ==
         "envoy.filters.http.rbac");
   CHECK(FilterNames(*Chain(*l, "virtualInbound-blackhole", false)) ==
-        std::vector<std::string>{"envoy.filters.network.tcp_proxy"});
+        std::vector<std::string>{"istio.stats", "envoy.filters.network.tcp_proxy"});
 
   // The inbound clusters of the service ports exist.
   CHECK(t.resources.clusters.count("inbound|8080||"));
@@ -789,7 +789,8 @@ spec:
   const auto& tcp_l = t.resources.listeners.at("0.0.0.0_9000");
   REQUIRE(tcp_l.filter_chains_size() == 1);
   CHECK(FilterNames(tcp_l.filter_chains(0)) ==
-        std::vector<std::string>{"envoy.filters.network.rbac", "envoy.filters.network.tcp_proxy"});
+        std::vector<std::string>{"envoy.filters.network.rbac", "istio.stats",
+                                 "envoy.filters.network.tcp_proxy"});
   auto tcp = CompiledTcp(tcp_l.filter_chains(0));
   REQUIRE(tcp.size() == 1);
   CHECK_FALSE(TcpAllowed(tcp, "10.0.0.6", 9000));

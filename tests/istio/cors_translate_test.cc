@@ -126,19 +126,20 @@ TEST_CASE("corsPolicy becomes the route's cors filter policy, as istiod writes i
 }
 
 TEST_CASE(
-    "sidecar and gateway connection managers have fault, cors and router in istiod's "
-    "order") {
+    "sidecar and gateway connection managers have fault, cors, istio.stats and router in "
+    "istiod's order") {
   auto r = Run(kVs);
   REQUIRE(r.t.resources.listeners.count("0.0.0.0_8000") == 1);
   const auto& l = r.t.resources.listeners.at("0.0.0.0_8000");
   HCM hcm;
   REQUIRE(l.filter_chains(0).filters(0).typed_config().UnpackTo(&hcm));
-  REQUIRE(hcm.http_filters_size() == 3);
+  REQUIRE(hcm.http_filters_size() == 4);
   CHECK(hcm.http_filters(0).name() == "envoy.filters.http.fault");
   CHECK(hcm.http_filters(1).name() == "envoy.filters.http.cors");
   CHECK(hcm.http_filters(1).typed_config().type_url() ==
         "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors");
-  CHECK(hcm.http_filters(2).name() == "envoy.filters.http.router");
+  CHECK(hcm.http_filters(2).name() == "istio.stats");  // Istio's metrics (Telemetry)
+  CHECK(hcm.http_filters(3).name() == "envoy.filters.http.router");
 }
 
 TEST_CASE("the proxy compiles the translated CORS policy and enforces what it says") {

@@ -379,11 +379,9 @@ data: {mesh: "outboundTrafficPolicy: {mode: REGISTRY_ONLY}"}
   CHECK(last.domains(0) == "*");
   CHECK(last.routes(0).direct_response().status() == 502);
   envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy tcp;
-  REQUIRE(r.t.resources.listeners.at("virtualOutbound")
-              .default_filter_chain()
-              .filters(0)
-              .typed_config()
-              .UnpackTo(&tcp));
+  // tcp_proxy is the chain's last filter (istio.stats comes before it).
+  const auto& vo_chain = r.t.resources.listeners.at("virtualOutbound").default_filter_chain();
+  REQUIRE(vo_chain.filters(vo_chain.filters_size() - 1).typed_config().UnpackTo(&tcp));
   CHECK(tcp.cluster() == "BlackHoleCluster");
 }
 

@@ -3,6 +3,9 @@
 // series a known traffic mix leaves through a real proxy, the cardinality cap, and the
 // Prometheus text. (tests/proxy/parse_istio_stats.py parses the same scrape with
 // prometheus_client's parser.)
+#include <google/protobuf/any.pb.h>
+#include <google/protobuf/util/json_util.h>
+
 #include <catch2/catch.hpp>
 #include <map>
 #include <sstream>
@@ -324,4 +327,217 @@ TEST_CASE("the Prometheus text has one TYPE line per metric and sums equal label
   CHECK(Sum(Find(text, "istio_request_duration_milliseconds_sum", {})) == 7003);
   // No TCP series: no TCP families at all.
   CHECK(text.find("istio_tcp_") == std::string::npos);
+}
+
+// ---------------------------------------------------------------- the istio.stats filter
+
+namespace {
+
+// The outbound side's istio_requests_total lines for reviews-v2, by the labels they carry.
+double SourceReviews(const std::string& text, const std::string& metric,
+                     std::vector<std::pair<std::string, std::string>> more = {}) {
+  more.emplace_back("reporter", "source");
+  more.emplace_back("destination_workload", "reviews-v2");
+  return Sum(Find(text, metric, more));
+}
+
+}  // namespace
+
+TEST_CASE("a chain without istio.stats records none of Istio's metrics, as in Envoy",
+          "[istio_stats]") {
+  IstioMixStats f;
+  f.outbound = std::nullopt;  // the outbound HTTP chain carries no istio.stats
+  auto m = StartIstioMix(f);
+  REQUIRE(m->proxy->error.empty());
+  RunIstioMix(*m);
+  std::string text;
+  // The chains that carry it still record.
+  REQUIRE(WaitFor([&] {
+    text = Scrape(*m->stats);
+    return Sum(Find(text, "istio_requests_total", {{"reporter", "destination"}})) == 4 &&
+           Sum(Find(text, "istio_tcp_connections_closed_total", {})) == 1;
+  }));
+  INFO(text);
+  CHECK(Find(text, "istio_requests_total", {{"reporter", "source"}}).empty());
+  CHECK(Find(text, "istio_request_duration_milliseconds_count", {{"reporter", "source"}}).empty());
+  CHECK(Find(text, "istio_response_bytes_count", {{"reporter", "source"}}).empty());
+}
+
+TEST_CASE("istio.stats drop: requests_total is gone for that chain, its histograms stay",
+          "[istio_stats]") {
+  IstioMixStats f;
+  f.outbound = Json{{"metrics", Json::array({{{"name", "requests_total"}, {"drop", true}}})}};
+  f.tcp = Json{{"metrics", Json::array({{{"name", "tcp_sent_bytes_total"}, {"drop", true}},
+                                        // An unnamed drop drops nothing in istio/proxy.
+                                        {{"drop", true}}})}};
+  auto m = StartIstioMix(f);
+  REQUIRE(m->proxy->error.empty());
+  RunIstioMix(*m);
+  std::string text;
+  REQUIRE(WaitFor([&] {
+    text = Scrape(*m->stats);
+    return Sum(Find(text, "istio_request_duration_milliseconds_count", {{"reporter", "source"}})) ==
+               13 &&
+           Sum(Find(text, "istio_requests_total", {{"reporter", "destination"}})) == 4 &&
+           Sum(Find(text, "istio_tcp_connections_closed_total", {})) == 1;
+  }));
+  INFO(text);
+  CHECK(Find(text, "istio_requests_total", {{"reporter", "source"}}).empty());
+  CHECK(SourceReviews(text, "istio_request_duration_milliseconds_count",
+                      {{"response_code", "200"}}) == 7);
+  CHECK(SourceReviews(text, "istio_request_bytes_count", {{"response_code", "404"}}) == 3);
+  // The TCP chain: sent bytes dropped, the rest kept.
+  CHECK(Find(text, "istio_tcp_sent_bytes_total", {}).empty());
+  CHECK(text.find("# TYPE istio_tcp_sent_bytes_total") == std::string::npos);
+  CHECK(Sum(Find(text, "istio_tcp_received_bytes_total", {})) == m->tcp_sent);
+  CHECK(Sum(Find(text, "istio_tcp_connections_opened_total", {})) == 1);
+}
+
+TEST_CASE("istio.stats tags_to_remove: response_code gone, 200 and 404 summed in one series",
+          "[istio_stats]") {
+  IstioMixStats f;
+  f.outbound =
+      Json{{"metrics",
+            Json::array({{{"name", "requests_total"},
+                          {"tags_to_remove", Json::array({"response_code", "not_a_tag"})}}})}};
+  auto m = StartIstioMix(f);
+  REQUIRE(m->proxy->error.empty());
+  RunIstioMix(*m);
+  std::string text;
+  REQUIRE(WaitFor([&] {
+    text = Scrape(*m->stats);
+    return Sum(Find(text, "istio_requests_total", {{"reporter", "source"}})) == 13 &&
+           Sum(Find(text, "istio_requests_total", {{"reporter", "destination"}})) == 4;
+  }));
+  INFO(text);
+  auto lines = Find(text, "istio_requests_total",
+                    {{"reporter", "source"}, {"destination_workload", "reviews-v2"}});
+  REQUIRE(lines.size() == 1);  // 7 × 200 and 3 × 404, one series
+  CHECK(lines[0].second == 10);
+  CHECK(lines[0].first.find("response_code") == std::string::npos);
+  CHECK(lines[0].first.find("response_flags=\"-\"") != std::string::npos);
+  // Only that metric: the histograms keep response_code, and so does the inbound side.
+  CHECK(SourceReviews(text, "istio_request_duration_milliseconds_count",
+                      {{"response_code", "404"}}) == 3);
+  CHECK(Sum(Find(text, "istio_requests_total",
+                 {{"reporter", "destination"}, {"response_code", "200"}})) == 4);
+  // Still one TYPE line per metric.
+  std::size_t types = 0;
+  for (std::size_t p = 0; (p = text.find("# TYPE istio_requests_total ", p)) != std::string::npos;
+       ++p)
+    ++types;
+  CHECK(types == 1);
+}
+
+TEST_CASE("istio.stats dimensions: a literal value sets or adds a label", "[istio_stats]") {
+  IstioMixStats f;
+  // As istiod writes a Telemetry tagOverride UPSERT: one MetricConfig per metric.
+  f.outbound = Json{
+      {"metrics",
+       Json::array({{{"name", "requests_total"},
+                     {"dimensions",
+                      {{"destination_service", "'reviews-alias'"}, {"mesh_id", "\"mesh1\""}}}}})}};
+  auto m = StartIstioMix(f);
+  REQUIRE(m->proxy->error.empty());
+  RunIstioMix(*m);
+  std::string text;
+  REQUIRE(WaitFor([&] {
+    text = Scrape(*m->stats);
+    return Sum(Find(text, "istio_requests_total", {{"reporter", "source"}})) == 13;
+  }));
+  INFO(text);
+  CHECK(SourceReviews(text, "istio_requests_total",
+                      {{"destination_service", "reviews-alias"}, {"mesh_id", "mesh1"}}) == 10);
+  CHECK(SourceReviews(text, "istio_requests_total",
+                      {{"destination_service", "reviews.default.svc.cluster.local"}}) == 0);
+  // Added labels come after Istio's.
+  auto lines = Find(text, "istio_requests_total", {{"mesh_id", "mesh1"}});
+  REQUIRE_FALSE(lines.empty());
+  CHECK(lines[0].first.find("connection_security_policy=\"unknown\",mesh_id=\"mesh1\"}") !=
+        std::string::npos);
+  // The histograms are not changed.
+  CHECK(SourceReviews(text, "istio_request_duration_milliseconds_count",
+                      {{"destination_service", "reviews.default.svc.cluster.local"}}) == 10);
+  CHECK(Find(text, "istio_request_duration_milliseconds_count", {{"mesh_id", "mesh1"}}).empty());
+}
+
+TEST_CASE(
+    "istio.stats a dimension Sluice cannot evaluate refuses the listener, naming metric and "
+    "tag",
+    "[istio_stats]") {
+  Json doc = {
+      {"listeners",
+       Json::array(
+           {HttpListener(
+                "http", RouteConfig("rc", Json::array()), true,
+                Json::array({IstioStatsFilter(
+                    {{"metrics",
+                      Json::array({{{"name", "requests_total"},
+                                    {"dimensions", {{"request_host", "request.host"}}}}})}})})),
+            HttpListener("plain", RouteConfig("rc2", Json::array()), true,
+                         Json::array({IstioStatsFilter()}))})}};
+  auto cfg = CompileJson(doc);
+  REQUIRE(cfg);
+  REQUIRE((*cfg)->refused.size() == 1);
+  const auto& r = (*cfg)->refused[0];
+  CHECK(r.name == "http");
+  INFO(r.reason);
+  CHECK(r.reason.find("istio.stats") != std::string::npos);
+  CHECK(r.reason.find("\"requests_total\"") != std::string::npos);
+  CHECK(r.reason.find("dimensions[\"request_host\"]") != std::string::npos);
+  CHECK(r.reason.find("request.host") != std::string::npos);
+  // The other listener is served, with its filter.
+  REQUIRE((*cfg)->listeners.size() == 1);
+  CHECK((*cfg)->listeners[0].chains[0].istio_stats != nullptr);
+}
+
+TEST_CASE("istio.stats config: istiod's encodings, and what is refused by name", "[istio_stats]") {
+  auto compile = [](const Json& pc) {
+    google::protobuf::Any any;
+    Json j = pc;
+    j["@type"] = "type.googleapis.com/stats.PluginConfig";
+    REQUIRE(google::protobuf::util::JsonStringToMessage(j.dump(), &any).ok());
+    return ist::CompileStatsConfig(any);
+  };
+  // Empty (istiod's default): a config that changes nothing, one interned pointer.
+  auto plain = compile(Json::object());
+  REQUIRE(plain);
+  CHECK((*plain)->drop == 0);
+  CHECK(*compile({{"disable_host_header_fallback", true}, {"tcp_reporting_duration", "10s"}}) ==
+        *plain);
+  // An unnamed entry applies to every metric; a later one overrides an earlier.
+  auto all = compile({{"metrics", Json::array({{{"tags_to_remove", Json::array({"source_app"})}},
+                                               {{"name", "request_bytes"},
+                                                {"dimensions", {{"source_app", "'x'"}}}}})}});
+  REQUIRE(all);
+  const int app = ist::TagIndex("source_app");
+  CHECK(((*all)->tags[ist::kTcpClosed].removed >> app & 1) == 1);
+  CHECK(((*all)->tags[ist::kRequestBytes].removed >> app & 1) == 0);
+  REQUIRE((*all)->tags[ist::kRequestBytes].replaced.size() == 1);
+  CHECK((*all)->tags[ist::kRequestBytes].replaced[0].second == "x");
+  // A TypedStruct of one (Istio's waypoints and older control planes).
+  google::protobuf::Any ts;
+  REQUIRE(google::protobuf::util::JsonStringToMessage(
+              R"({"@type":"type.googleapis.com/udpa.type.v1.TypedStruct",
+                  "type_url":"type.googleapis.com/stats.PluginConfig",
+                  "value":{"metrics":[{"name":"requests_total","drop":true}]}})",
+              &ts)
+              .ok());
+  auto fromStruct = ist::CompileStatsConfig(ts);
+  REQUIRE(fromStruct);
+  CHECK((*fromStruct)->Dropped(ist::kRequestsTotal));
+  CHECK_FALSE((*fromStruct)->Dropped(ist::kRequestDuration));
+  // Refused, by name.
+  auto waypoint = compile({{"reporter", "SERVER_GATEWAY"}});
+  REQUIRE_FALSE(waypoint);
+  CHECK(waypoint.error().message.find("SERVER_GATEWAY") != std::string::npos);
+  auto custom = compile({{"definitions", Json::array({{{"name", "my_count"}, {"value", "1"}}})}});
+  REQUIRE_FALSE(custom);
+  CHECK(custom.error().message.find("\"my_count\"") != std::string::npos);
+  auto expr = compile({{"metrics", Json::array({{{"dimensions", {{"x", "'a' + 'b'"}}}}})}});
+  REQUIRE_FALSE(expr);
+  CHECK(expr.error().message.find("metric \"all\"") != std::string::npos);
+  auto bad_name = compile({{"metrics", Json::array({{{"dimensions", {{"a-b", "'v'"}}}}})}});
+  REQUIRE_FALSE(bad_name);
+  CHECK(bad_name.error().message.find("\"a-b\"") != std::string::npos);
 }

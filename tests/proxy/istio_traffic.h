@@ -3,10 +3,13 @@
 // (istio_stats_scrape.cc): an outbound HTTP listener to a cluster of two workloads
 // (reviews-v1, reviews-v2, each endpoint with istiod's istio.workload metadata, the
 // cluster with istiod's istio.services), a route with no cluster, an inbound listener
-// (original_dst, no hand-over: the pod's inbound side) and a TCP proxy.
+// (original_dst, no hand-over: the pod's inbound side) and a TCP proxy. Each chain
+// carries istiod's istio.stats filter (as istiod puts it on every sidecar chain), with
+// the PluginConfig a test gives, or none.
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "harness.h"
@@ -38,6 +41,18 @@ inline Json IstioCluster(const std::string& name, const Json& lb_endpoints,
        {{"cluster_name", name}, {"endpoints", Json::array({{{"lb_endpoints", lb_endpoints}}})}}}};
 }
 
+// istiod's istio.stats filter: a stats.PluginConfig (its fields as proto3 JSON).
+inline Json IstioStatsFilter(const Json& plugin_config = Json::object()) {
+  Json tc = plugin_config;
+  tc["@type"] = "type.googleapis.com/stats.PluginConfig";
+  return {{"name", "istio.stats"}, {"typed_config", tc}};
+}
+
+// The istio.stats filter of each of the mix's listeners; nullopt: the chain has none.
+struct IstioMixStats {
+  std::optional<Json> outbound = Json::object(), inbound = Json::object(), tcp = Json::object();
+};
+
 struct IstioMix {
   std::unique_ptr<TestUpstream> v1, v2, ratings;
   std::shared_ptr<proxy::telemetry::PeerDirectory> peers =
@@ -50,7 +65,7 @@ struct IstioMix {
 
 // Starts it all; the pod is productpage-v1-6f9c7d8b5d-x2k4p (default) with app/version
 // labels. 127.0.0.1 (every peer here) is registered as a pod of the node, ratings-v1.
-inline std::unique_ptr<IstioMix> StartIstioMix() {
+inline std::unique_ptr<IstioMix> StartIstioMix(const IstioMixStats& filters = {}) {
   namespace ist = proxy::telemetry;
   auto m = std::make_unique<IstioMix>();
   m->v1 = std::make_unique<TestUpstream>(TestUpstream::Options{.name = "v1"});
@@ -69,27 +84,32 @@ inline std::unique_ptr<IstioMix> StartIstioMix() {
       {{{"match", {{"prefix", "/nocluster"}}}, {"route", {{"cluster", "missing"}}}},
        {{"match", {{"prefix", "/v1"}}}, {"route", {{"cluster", "outbound|9080|v1|reviews"}}}},
        {{"match", {{"prefix", "/"}}}, {"route", {{"cluster", "outbound|9080|v2|reviews"}}}}});
-  Json inbound = HttpListener(
-      "inbound", RouteConfig("in", Json::array({{{"match", {{"prefix", "/"}}},
-                                                 {"route", {{"cluster", "inbound|9080||"}}}}})));
+  auto http_filters = [](const std::optional<Json>& cfg) {
+    return cfg ? Json::array({IstioStatsFilter(*cfg)}) : Json::array();
+  };
+  Json inbound =
+      HttpListener("inbound",
+                   RouteConfig("in", Json::array({{{"match", {{"prefix", "/"}}},
+                                                   {"route", {{"cluster", "inbound|9080||"}}}}})),
+                   true, http_filters(filters.inbound));
   inbound["listener_filters"] =
       Json::array({{{"name", "envoy.filters.listener.original_dst"},
                     {"typed_config",
                      {{"@type",
                        "type.googleapis.com/"
                        "envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}}}}});
-  Json tcp = Listener(
-      "tcp",
-      Json::array(
-          {{{"filters", Json::array({{{"name", "envoy.filters.network.tcp_proxy"},
-                                      {"typed_config",
-                                       {{"@type",
-                                         "type.googleapis.com/"
-                                         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"},
-                                        {"stat_prefix", "tcp"},
-                                        {"cluster", "outbound|9080||ratings"}}}}})}}}));
+  Json tcp_filters = http_filters(filters.tcp);
+  tcp_filters.push_back(
+      {{"name", "envoy.filters.network.tcp_proxy"},
+       {"typed_config",
+        {{"@type", "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"},
+         {"stat_prefix", "tcp"},
+         {"cluster", "outbound|9080||ratings"}}}});
+  Json tcp = Listener("tcp", Json::array({{{"filters", tcp_filters}}}));
   Json doc = {
-      {"listeners", Json::array({HttpListener("http", RouteConfig("rc", routes)), inbound, tcp})},
+      {"listeners", Json::array({HttpListener("http", RouteConfig("rc", routes), true,
+                                              http_filters(filters.outbound)),
+                                 inbound, tcp})},
       {"clusters",
        Json::array(
            {IstioCluster("outbound|9080|v1|reviews",

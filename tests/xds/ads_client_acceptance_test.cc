@@ -314,9 +314,10 @@ TEST_CASE("telemetry filters are skipped with one warning per type, and counted"
   LogCapture log;
   Fixture f;
   ClustersIn(f);
+  // TCP metadata exchange (istio.stats itself is served by the proxy).
   auto stats = [](const std::string& name, int port) {
-    return WithNetworkFilter(TcpListener(name, port, "s"), "istio.stats",
-                             TypedStruct("stats.PluginConfig"));
+    return WithNetworkFilter(TcpListener(name, port, "s"), "istio.metadata_exchange",
+                             TypedStruct("envoy.tcp.metadataexchange.config.MetadataExchange"));
   };
   REQUIRE(f.ads.Send(std::string(sx::kListenerType), "l1", "n1",
                      {Pack(stats("a", 9001)), Pack(stats("b", 9002))}));
@@ -324,6 +325,9 @@ TEST_CASE("telemetry filters are skipped with one warning per type, and counted"
   CHECK_FALSE(ack.has_error_detail());
   CHECK(f.store.Current()->listeners.size() == 2);
   auto st = TypeOf(f.client->Status(), sx::kListenerType);
-  CHECK(st.skipped_filters.at("type.googleapis.com/stats.PluginConfig") == 2);
-  CHECK(log.Count("filter type type.googleapis.com/stats.PluginConfig") == 1);
+  CHECK(st.skipped_filters.at(
+            "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange") == 2);
+  CHECK(log.Count(
+            "filter type type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange") ==
+        1);
 }

@@ -155,18 +155,20 @@ TEST_CASE("istiod's telemetry filters are skipped, and the listener is served") 
                                  "FilterConfig",
                                  "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
                                  "type.googleapis.com/istio.envoy.config.filter.http.alpn.v2alpha1."
-                                 "FilterConfig",
-                                 "type.googleapis.com/stats.PluginConfig"});
+                                 "FilterConfig"});
   // virtualInbound's TCP chain: istio.metadata_exchange (MetadataExchange) and istio.stats.
   CHECK(
       sc::ClassifyNetworkFilter(Network("istio.metadata_exchange",
                                         Opaque("envoy.tcp.metadataexchange.config.MetadataExchange",
                                                Ld(1, "istio-peer-exchange"))))
           .use == sc::Use::kSkipped);
+  // istio.stats is served: the proxy records Istio's metrics where it is, as it says.
   auto stats = sc::ClassifyNetworkFilter(Network("istio.stats", TypedStruct("stats.PluginConfig")));
-  CHECK(stats.use == sc::Use::kSkipped);
-  CHECK(stats.reason_class == "telemetry_filter");
+  CHECK(stats.use == sc::Use::kServed);
+  CHECK(stats.reason_class.empty());
   CHECK(stats.type == "type.googleapis.com/stats.PluginConfig");
+  CHECK(sc::ClassifyHttpFilter(Http("istio.stats", TypedStruct("stats.PluginConfig"))).use ==
+        sc::Use::kServed);
   // Istio 1.22+: HTTP metadata exchange as io.istio.http.peer_metadata in a TypedStruct.
   CHECK(sc::ClassifyHttpFilter(
             Http("istio.metadata_exchange", TypedStruct("io.istio.http.peer_metadata.Config")))

@@ -94,10 +94,13 @@ constexpr std::array kTable{
     Entry{Kind::kNetwork, "envoy.filters.network.wasm",
           "envoy.extensions.filters.network.wasm.v3.Wasm", Row::kWasm},
 
-    // Telemetry: Istio's metrics (stats.PluginConfig, in a TypedStruct) ...
-    Entry{Kind::kHttp, "istio.stats", "stats.PluginConfig", Row::kSkip},
-    Entry{Kind::kNetwork, "istio.stats", "stats.PluginConfig", Row::kSkip},
-    // ... metadata exchange: the TCP one speaks only on ALPN "istio-peer-exchange", which
+    // Istio's metrics (stats.PluginConfig, typed or in a TypedStruct): served by the
+    // proxy (agent/proxy/istio_stats.h), which records them only on chains that carry it,
+    // as its config says; a config it cannot follow exactly refuses its listener there.
+    Entry{Kind::kHttp, "istio.stats", "stats.PluginConfig", Row::kServe},
+    Entry{Kind::kNetwork, "istio.stats", "stats.PluginConfig", Row::kServe},
+
+    // Telemetry: metadata exchange: the TCP one speaks only on ALPN "istio-peer-exchange", which
     // needs mTLS; the HTTP ones add and read x-envoy-peer-metadata headers.
     Entry{Kind::kNetwork, "istio.metadata_exchange",
           "envoy.tcp.metadataexchange.config.MetadataExchange", Row::kSkip},

@@ -5,10 +5,11 @@
 // pilot/pkg/networking/core/: scope.cc (what the proxy sees), clusters.cc (CDS/EDS),
 // routes.cc (RDS), listeners.cc (a sidecar's LDS), inbound.cc (a sidecar's virtualInbound
 // and inbound clusters, from Sidecar ingress), gateway.cc (a gateway's listeners and
-// routes), grpc.cc (a proxyless gRPC client's resources), access_log.cc; translator.cc
-// runs them in order.
+// routes), grpc.cc (a proxyless gRPC client's resources), access_log.cc, telemetry.cc
+// (the istio.stats filters from Telemetry metrics); translator.cc runs them in order.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -116,6 +117,16 @@ class Builder {
   void AddAccessLog(
       google::protobuf::RepeatedPtrField<envoy::config::accesslog::v3::AccessLog>* logs) const;
 
+  // ------------------------------------------------------------ telemetry.cc
+  // The Telemetry resources that apply to this proxy, in istiod's merge order.
+  std::vector<const Telemetry*> ApplicableTelemetries() const;
+  // stats_: the istio.stats config (packed stats.PluginConfig) of the client side (and
+  // gateways) and of the server side; none where metrics are off for that side.
+  void BuildStatsConfigs();
+  // Puts the filter on every chain of the listeners built: before the router of each
+  // connection manager, before each tcp_proxy.
+  void AddStatsFilters();
+
   // ------------------------------------------------------------ clusters.cc
   static EffectivePolicy Policy(const DestinationRule* dr, const Subset* subset, uint32_t port);
   void BuildClusters();
@@ -188,6 +199,7 @@ class Builder {
   const Registry& registry_;
   const ProxySpec& proxy_;
   bool access_log_ = false;
+  std::array<std::optional<google::protobuf::Any>, 2> stats_;  // [server]
   bool registry_only_ = false;        // outboundTrafficPolicy in force for this proxy
   const Sidecar* sidecar_ = nullptr;  // the Sidecar resource scoping this proxy, if any
   Translation out_;

@@ -48,6 +48,9 @@ Translation Builder::Run() {
     BuildAuthz();
     BuildGateway();
   }
+  // Istio's metrics on every chain built, as the Telemetry resources say (telemetry.cc).
+  BuildStatsConfigs();
+  AddStatsFilters();
   return std::move(out_);
 }
 

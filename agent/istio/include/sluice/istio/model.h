@@ -336,9 +336,33 @@ struct Sidecar {
   std::vector<SidecarIngress> ingress;
 };
 
+// Telemetry `metrics` (telemetry.istio.io Metrics), as istiod's mergeMetrics reads it
+// (pilot/pkg/model/telemetry.go). Only the prometheus provider exists here.
+struct TelemetryTagOverride {
+  bool remove = false;  // operation REMOVE, else UPSERT with `value` (a CEL string literal)
+  std::string value;
+  auto operator<=>(const TelemetryTagOverride&) const = default;
+};
+struct TelemetryMetricOverride {
+  // match.metric (ALL_METRICS, REQUEST_COUNT, ...; "" with no match: all metrics), or
+  // match.customMetric with `custom` set.
+  std::string metric;
+  bool custom = false;
+  enum class Mode { kClientAndServer, kClient, kServer } mode = Mode::kClientAndServer;
+  std::optional<bool> disabled;
+  std::map<std::string, TelemetryTagOverride> tags;  // tagOverrides
+};
+struct TelemetryMetrics {
+  std::vector<std::string> providers;  // providers[].name; empty: inherited
+  std::vector<TelemetryMetricOverride> overrides;
+  std::optional<int64_t> reporting_interval_ms;
+};
+
 struct Telemetry {
   Meta meta;
   std::optional<bool> access_logging;  // unset when the resource says nothing about it
+  Labels selector;                     // spec.selector.matchLabels; empty: namespace-wide
+  std::vector<TelemetryMetrics> metrics;
 };
 
 // ---------------------------------------------------------------- Istio security

@@ -32,6 +32,10 @@ struct ResourceSet;
 namespace sluice::proxy {
 
 namespace telemetry {
+struct StatsConfig;
+}
+
+namespace telemetry {
 struct Workload;
 struct Service;
 }  // namespace telemetry
@@ -382,6 +386,10 @@ struct TcpSettings {
 
 struct FilterChain {
   std::string name;
+  // The chain's istio.stats filter (HTTP in the connection manager, or network before
+  // tcp_proxy), compiled and interned; nullptr: the chain carries none, and, as in Envoy,
+  // records none of Istio's metrics.
+  const telemetry::StatsConfig* istio_stats = nullptr;
   // Its filter_chain_match, as the filter-chain matcher (filterchain::Select) reads it.
   filterchain::Match match;
   bool is_http = true;

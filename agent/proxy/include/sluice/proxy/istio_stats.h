@@ -14,6 +14,14 @@
 // worker) and adds to relaxed atomics. Label strings exist only when rendered. A proxy
 // keeps at most `max_series` series; beyond it, samples go to one overflow series per
 // reporter and protocol whose other labels say "overflow".
+//
+// As with Envoy, a listener chain records Istio's metrics only if it carries istiod's
+// `istio.stats` filter (HTTP or network), and that filter's stats.PluginConfig decides
+// what is recorded: `drop` leaves a metric out, `tags_to_remove` a label, `dimensions`
+// set a label's value (CompileStatsConfig). The compiled config is interned, and a
+// series' key points at it: recording skips dropped metrics (a bit test); labels are
+// removed and set when the series is rendered, where series that then coincide are
+// summed, as Envoy's stats do for equal tag sets.
 #pragma once
 
 #include <sys/socket.h>
@@ -30,8 +38,12 @@
 #include <unordered_map>
 #include <vector>
 
+#include "sluice/common/result.h"
 #include "sluice/loader/ip.h"
 
+namespace google::protobuf {
+class Any;
+}
 namespace envoy::config::core::v3 {
 class Metadata;
 }
@@ -107,6 +119,93 @@ struct Histogram {
   void Record(uint64_t v);
 };
 
+// Istio's standard metrics, by the names its stats filter's config uses (PluginConfig
+// MetricConfig.name; the Prometheus name is "istio_" + it). gRPC's message counters
+// (request_messages_total, response_messages_total) are never recorded here (no gRPC
+// streaming is counted): a config naming them changes nothing.
+enum Metric : uint8_t {
+  kRequestsTotal,
+  kRequestDuration,
+  kRequestBytes,
+  kResponseBytes,
+  kTcpSentBytes,
+  kTcpReceivedBytes,
+  kTcpOpened,
+  kTcpClosed,
+  kMetricCount,
+};
+inline constexpr std::array<std::string_view, kMetricCount> kMetricNames = {
+    "requests_total",
+    "request_duration_milliseconds",
+    "request_bytes",
+    "response_bytes",
+    "tcp_sent_bytes_total",
+    "tcp_received_bytes_total",
+    "tcp_connections_opened_total",
+    "tcp_connections_closed_total"};
+
+// Istio's standard labels (the stats filter's tag names); a label's bit in a removal
+// mask is its index here.
+inline constexpr std::array<std::string_view, 25> kTagNames = {"reporter",
+                                                               "source_workload",
+                                                               "source_workload_namespace",
+                                                               "source_principal",
+                                                               "source_app",
+                                                               "source_version",
+                                                               "source_canonical_service",
+                                                               "source_canonical_revision",
+                                                               "source_cluster",
+                                                               "destination_workload",
+                                                               "destination_workload_namespace",
+                                                               "destination_principal",
+                                                               "destination_app",
+                                                               "destination_version",
+                                                               "destination_service",
+                                                               "destination_service_name",
+                                                               "destination_service_namespace",
+                                                               "destination_canonical_service",
+                                                               "destination_canonical_revision",
+                                                               "destination_cluster",
+                                                               "request_protocol",
+                                                               "response_flags",
+                                                               "connection_security_policy",
+                                                               "response_code",
+                                                               "grpc_response_status"};
+// A standard label's index in kTagNames; -1 for another name.
+int TagIndex(std::string_view name);
+
+// One chain's istio.stats filter, compiled (stats.PluginConfig, as istio/proxy's filter
+// reads it). Interned: equal configs are one pointer, valid for the life of the process,
+// so series recorded under a config outlive the config update that replaced it.
+struct StatsConfig {
+  // What one metric's labels become: standard labels left out (bit per kTagNames index),
+  // standard labels given another value (in place), and labels added after Istio's
+  // (in the config's order).
+  struct MetricTags {
+    uint32_t removed = 0;
+    std::vector<std::pair<uint8_t, std::string>> replaced;
+    std::vector<std::pair<std::string, std::string>> added;
+    bool Changes() const { return removed || !replaced.empty() || !added.empty(); }
+    auto operator<=>(const MetricTags&) const = default;
+  };
+  uint32_t drop = 0;  // bit per Metric: not recorded, not rendered
+  std::array<MetricTags, kMetricCount> tags;
+  bool Dropped(Metric m) const { return drop & (1u << m); }
+  auto operator<=>(const StatsConfig&) const = default;
+};
+const StatsConfig* Intern(const StatsConfig& c);
+
+// An istio.stats filter's typed_config (stats.PluginConfig, or a TypedStruct of one),
+// compiled. What the proxy cannot do exactly is an error naming the field (and the
+// metric and tag): a dimension whose value is not a CEL string literal, custom metric
+// definitions, the waypoint reporter (SERVER_GATEWAY), a field this schema does not
+// know. Ignored, as having no effect on what is counted: tcp_reporting_duration (TCP
+// connections are reported when they close, not every interval), the deprecated
+// rotation_interval and graceful_deletion_interval (istio/proxy ignores them too),
+// MetricConfig.match (not implemented by istio/proxy either) and
+// disable_host_header_fallback (Sluice never falls back to the Host header).
+Result<const StatsConfig*> CompileStatsConfig(const google::protobuf::Any& typed_config);
+
 enum Kind : uint8_t {
   kInbound = 1,   // reporter "destination" (the pod's inbound side), else "source"
   kTcp = 2,       // request_protocol "tcp", else "http"
@@ -119,8 +218,9 @@ struct SeriesKey {
   const Workload* peer_local = nullptr;  // the other end, a pod of this node
   const Workload* peer_eds = nullptr;    // the other end from the endpoint's metadata
   const Service* service = nullptr;
-  uint32_t flags = 0;  // Envoy's response flags (access_log.h bits)
-  uint16_t code = 0;   // HTTP status (0: none)
+  const StatsConfig* stats = nullptr;  // the chain's istio.stats config (nullptr: none)
+  uint32_t flags = 0;                  // Envoy's response flags (access_log.h bits)
+  uint16_t code = 0;                   // HTTP status (0: none)
   uint8_t kind = 0;
   bool operator==(const SeriesKey&) const = default;
 };
@@ -138,6 +238,7 @@ struct Series {
 // What one series holds, its labels resolved (Istio's label names and order).
 struct Sample {
   std::vector<std::pair<std::string_view, std::string>> labels;  // without response_code etc.
+  const StatsConfig* stats = nullptr;  // what its chain's istio.stats drops and relabels
   bool tcp = false;
   uint64_t requests = 0;
   struct Hist {
@@ -182,8 +283,10 @@ class IstioStats {
 };
 
 // Prometheus text (format 0.0.4, as Envoy's /stats/prometheus): for each metric one
-// `# TYPE` line, then its samples; series with equal labels (two pods of one workload)
-// are summed. Histograms as `_bucket{...,le="..."}` (cumulative, then "+Inf"), `_sum`,
+// `# TYPE` line, then its samples; series with equal labels (two pods of one workload,
+// or series that a removed label made equal) are summed. A metric a sample's config
+// drops is left out for it; its removed labels are absent and its set ones replaced. Histograms as
+// `_bucket{...,le="..."}` (cumulative, then "+Inf"), `_sum`,
 // `_count`.
 std::string RenderPrometheus(const std::vector<Sample>& samples);
 
