@@ -254,7 +254,8 @@ TEST_CASE(
   auto tcp = ChainsFor(l, 9090);
   REQUIRE(tcp.size() == 1);
   tcp_v3::TcpProxy tp;
-  REQUIRE(tcp[0]->filters(0).typed_config().UnpackTo(&tp));
+  // tcp_proxy is the chain's last filter (istio.stats before it, as istiod).
+  REQUIRE(tcp[0]->filters(tcp[0]->filters_size() - 1).typed_config().UnpackTo(&tp));
   CHECK(tp.cluster() == "inbound|9090||");
 
   const auto& loopback = rs.clusters.at("inbound|9080||");

@@ -2,7 +2,10 @@
 // sleep sample) sends a known mix of requests to helloworld's two versions through its
 // in-pod proxy (a VirtualService routes by header, so the proxy serves the service);
 // the agent's /stats/prometheus must then carry exactly that mix per response_code and
-// destination_workload, labelled as Istio labels it, and parse as Prometheus text.
+// destination_workload, labelled as Istio labels it, and parse as Prometheus text. Then a
+// Telemetry disabling REQUEST_COUNT for the namespace reaches the proxy as istiod's
+// istio.stats config: new requests add to no istio_requests_total series (the duration
+// histogram still counts them).
 #include "harness.h"
 
 using namespace sluice::local_test;
@@ -192,4 +195,53 @@ TEST_CASE(
          tc.dir + "/scrape.txt 2>&1");
   INFO(parsed);
   CHECK(parsed.rfind("families ", 0) == 0);
+
+  // Telemetry: REQUEST_COUNT disabled in default. The series already counted stay (their
+  // chains' old config keeps them); new requests add to none, and the histogram counts on.
+  auto durations = [&](const std::string& t) {
+    double sum = 0;
+    std::istringstream in(t);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("istio_request_duration_milliseconds_count{", 0) == 0 &&
+          line.find("source_workload=\"sleep\"") != std::string::npos &&
+          line.find("reporter=\"source\"") != std::string::npos)
+        sum += std::stod(line.substr(line.rfind(' ') + 1));
+    }
+    return sum;
+  };
+  Run applied =
+      tc.Local({"apply", "-f", tc.Write("telemetry.yaml", R"(apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: no-request-count, namespace: default}
+spec:
+  metrics:
+  - providers: [{name: prometheus}]
+    overrides:
+    - match: {metric: REQUEST_COUNT}
+      disabled: true
+)")});
+  INFO(applied.out << applied.err);
+  REQUIRE(applied.status == 0);
+  // The config reaches the proxy when a request no longer adds to the counter but still
+  // adds to the histogram.
+  std::string after;
+  REQUIRE(WaitUntil(
+      [&] {
+        const std::string a = scrape();
+        const double total = Requests(a, {{"reporter", "source"}, {"source_workload", "sleep"}});
+        const double hist = durations(a);
+        if (status("/hello") != "200")
+          return false;
+        after = scrape();
+        return Requests(after, {{"reporter", "source"}, {"source_workload", "sleep"}}) == total &&
+               durations(after) == hist + 1;
+      },
+      30));
+  const double total = Requests(after, {{"reporter", "source"}, {"source_workload", "sleep"}});
+  const double hist = durations(after);
+  for (int i = 0; i < 3; ++i)
+    CHECK(status("/hello") == "200");
+  REQUIRE(WaitUntil([&] { return durations(scrape()) == hist + 3; }, 10));
+  CHECK(Requests(scrape(), {{"reporter", "source"}, {"source_workload", "sleep"}}) == total);
 }
