@@ -146,7 +146,7 @@ TEST_CASE("filters Sluice serves") {
   }
 }
 
-TEST_CASE("istiod's telemetry filters are skipped, and the listener is served") {
+TEST_CASE("istiod's telemetry filters: istio.stats served, the others skipped, the listener served") {
   auto v = sc::ClassifyListener(HttpListenerWith({}));
   CHECK(v.use == sc::Use::kServed);
   CHECK(v.reason.empty());
