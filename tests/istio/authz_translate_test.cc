@@ -27,9 +27,11 @@
 #include "sluice/istio/translator.h"
 #include "sluice/proxy/http_codec.h"
 #include "sluice/proxy/rbac.h"
+#include "translate_harness.h"
 
 namespace fs = std::filesystem;
 using namespace sluice::istio;
+using namespace sluice::istio::test;
 using nlohmann::json;
 namespace hcm_v3 = envoy::extensions::filters::network::http_connection_manager::v3;
 namespace listener_v3 = envoy::config::listener::v3;
@@ -53,27 +55,6 @@ spec:
   - {name: tcp, port: 9000}
   - {port: 9100}
 )";
-
-std::string ReadFile(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-LoadResult Load(const std::string& text) {
-  LoadResult r;
-  LoadText(text, "t.yaml", r);
-  Validate(r);
-  return r;
-}
-
-Translation TranslateFor(const LoadResult& r, const std::string& proxy) {
-  auto spec = ProxySpec::Parse(proxy);
-  REQUIRE(spec.has_value());
-  Registry registry = Registry::Build(r.config);
-  return Translate(r.config, registry, *spec);
-}
 
 const listener_v3::Listener* VirtualInbound(const Translation& t) {
   auto it = t.resources.listeners.find("virtualInbound");

@@ -30,8 +30,10 @@
 #include "sluice/proxy/proxy.h"
 #include "sluice/xds/node.h"
 #include "test_upstream.h"
+#include "translate_harness.h"
 
 using namespace sluice::istio;
+using sluice::istio::test::Load;
 
 namespace {
 
@@ -43,13 +45,6 @@ std::string SidecarDoc(const std::string& spec) {
          "spec:\n"
          "  workloadSelector: {labels: {app: ratings}}\n" +
          spec;
-}
-
-LoadResult Load(const std::string& text) {
-  LoadResult r;
-  LoadText(text, "t.yaml", r);
-  Validate(r);
-  return r;
 }
 
 // The one error loading the Sidecar gives, without the "t.yaml: document 1 (Sidecar
@@ -205,9 +200,7 @@ Translation TranslateFor(const std::string& yaml, const std::string& proxy) {
   auto loaded = Load(yaml);
   INFO((loaded.errors.empty() ? "" : loaded.errors.front()));
   REQUIRE(loaded.errors.empty());
-  auto spec = ProxySpec::Parse(proxy);
-  REQUIRE(spec);
-  return Translate(loaded.config, Registry::Build(loaded.config), *spec);
+  return sluice::istio::test::TranslateFor(loaded, proxy);
 }
 
 // The chains of virtualInbound whose destination_port is `port`.

@@ -74,19 +74,7 @@ struct Cluster {
     std::filesystem::create_directories(tc.dir + "/admin");
     tc.Write("admin/secret.txt", "secret\n");
   }
-  bool Up() {
-    Run up = Ctl([&] {
-      auto a = tc.UpArgs();
-      a.push_back("-f");
-      a.push_back(
-          tc.Write("apps.yaml", Server(tc.dir) + "---\n" + kSleep + "---\n" + SecondClient()));
-      return a;
-    }());
-    UNSCOPED_INFO(up.out << up.err);
-    return up.status == 0 &&
-           tc.Local({"label", "namespace", "default", "istio.io/dataplane-mode=sluice"}).status ==
-               0;
-  }
+  bool Up() { return tc.UpEnrolled(Server(tc.dir) + "---\n" + kSleep + "---\n" + SecondClient()); }
   // curl from a client pod: "STATUS body" or curl's exit status ("exit N").
   std::string Get(const std::string& from, const std::string& url) {
     Run r = tc.Local({"exec", "deploy/" + from, "--", "curl", "-sS", "--max-time", "5", "-w",

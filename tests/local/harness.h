@@ -146,6 +146,17 @@ struct TestCluster {
     std::ofstream(path) << text;
     return path;
   }
+  // `local up` with `manifests` (written to mesh.yaml), then namespace default enrolled:
+  // most cases' first step. What `up` printed goes to the failure message.
+  bool UpEnrolled(const std::string& manifests) {
+    std::vector<std::string> args = UpArgs();
+    args.push_back("-f");
+    args.push_back(Write("mesh.yaml", manifests));
+    Run up = Ctl(args);
+    UNSCOPED_INFO(up.out << up.err);
+    return up.status == 0 &&
+           Local({"label", "namespace", "default", "istio.io/dataplane-mode=sluice"}).status == 0;
+  }
   std::string Netns() const { return Sh("ip netns list | grep '^" + netns_prefix + "' || true"); }
 };
 

@@ -62,16 +62,7 @@ TEST_CASE(
   TestCluster tc;
   const std::string hello = "hello from the loopback-only app " + tc.tag + "\n";
   tc.Write("hello.txt", hello);
-  Run up = Ctl([&] {
-    auto a = tc.UpArgs();
-    a.push_back("-f");
-    a.push_back(tc.Write("inner.yaml", Inner(tc.dir) + "---\n" + kSleep));
-    return a;
-  }());
-  INFO(up.out << up.err);
-  REQUIRE(up.status == 0);
-  REQUIRE(tc.Local({"label", "namespace", "default", "istio.io/dataplane-mode=sluice"}).status ==
-          0);
+  REQUIRE(tc.UpEnrolled(Inner(tc.dir) + "---\n" + kSleep));
   // curl from the client pod: the body, or curl's exit status ("exit N").
   auto get = [&](const std::string& url) {
     Run r = tc.Local({"exec", "deploy/sleep", "--", "curl", "-sS", "--max-time", "5", url}, 30);

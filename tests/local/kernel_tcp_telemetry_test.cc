@@ -84,16 +84,7 @@ TEST_CASE(
     "local cluster: a TCP connection the kernel serves alone shows in istio_tcp_* on "
     "/stats/prometheus, opened and closed once, with its exact bytes") {
   TestCluster tc;
-  Run up = Ctl([&] {
-    auto a = tc.UpArgs();
-    a.push_back("-f");
-    a.push_back(tc.Write("mesh.yaml", std::string(kEcho) + "---\n" + kSleep));
-    return a;
-  }());
-  INFO(up.out << up.err);
-  REQUIRE(up.status == 0);
-  REQUIRE(tc.Local({"label", "namespace", "default", "istio.io/dataplane-mode=sluice"}).status ==
-          0);
+  REQUIRE(tc.UpEnrolled(std::string(kEcho) + "---\n" + kSleep));
   const std::string pins = "--pin-root=" + tc.pins;
   REQUIRE(WaitUntil([&] {
     // Named by istiod's listener (VIP_PORT) or by the service.

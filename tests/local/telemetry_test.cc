@@ -106,16 +106,7 @@ TEST_CASE(
     "local cluster: after a known request mix, istio_requests_total on the agent's "
     "/stats/prometheus counts it exactly per response_code and destination_workload") {
   TestCluster tc;
-  Run up = Ctl([&] {
-    auto a = tc.UpArgs();
-    a.push_back("-f");
-    a.push_back(tc.Write("mesh.yaml", std::string(kHelloworld) + "---\n" + kSleep));
-    return a;
-  }());
-  INFO(up.out << up.err);
-  REQUIRE(up.status == 0);
-  REQUIRE(tc.Local({"label", "namespace", "default", "istio.io/dataplane-mode=sluice"}).status ==
-          0);
+  REQUIRE(tc.UpEnrolled(std::string(kHelloworld) + "---\n" + kSleep));
   // curl from the client pod: the status code, or curl's exit status ("exit N").
   auto status = [&](const std::string& path, const std::string& header = "") {
     std::vector<std::string> cmd = {"exec",         "deploy/sleep", "--",        "curl",
