@@ -11,6 +11,7 @@ packages=(
   libspdlog-dev libfmt-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   catch2 libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libre2-dev libssl-dev
+  libcurl4-openssl-dev  # the Kubernetes API client (agent/kube)
   # runtime and tests
   iproute2 iptables containernetworking-plugins curl openssl jq python3
   python3-yaml  # examples/05-service-entry/check.sh reads the example's YAML
