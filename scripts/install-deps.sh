@@ -18,6 +18,8 @@ packages=(
   # deploy/kubernetes: rendered with `kubectl kustomize`, checked against the API's models
   # (tests/deploy); the image is built without docker (scripts/build-image.sh)
   python3-kubernetes umoci
+  # vagrant/ and deploy/kubernetes/smoke-test.sh, checked offline (tests/deploy)
+  vagrant shellcheck
   # Istio's metrics (/stats/prometheus) parsed by a real Prometheus parser (tests/proxy)
   python3-prometheus-client
   # benchmarks and peers
