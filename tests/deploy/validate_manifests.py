@@ -28,12 +28,76 @@ import sys
 import yaml
 from kubernetes import client
 
+# Kinds newer than python3-kubernetes' models (Kubernetes 1.22): ValidatingAdmissionPolicy
+# and its binding (admissionregistration.k8s.io/v1, GA in 1.30), written out here from
+# the API reference (kubernetes.io/docs/reference/kubernetes-api/policy-resources/
+# validating-admission-policy-v1/) in the generated models' shape: the JSON names, their
+# types, and the required ones. Cluster-scoped.
+def hand_model(name, fields, required=()):
+    """A class shaped as the generated models (attribute_map, openapi_types, a setter
+    check that refuses a missing required field with ValueError)."""
+    def init(self, **kwargs):
+        for attr in required:
+            if kwargs.get(attr) is None:
+                raise ValueError(f"Invalid value for `{attr}`, must not be `None`")
+    return type(name, (), {
+        "attribute_map": {a: a for a in fields},
+        "openapi_types": dict(fields),
+        "__init__": init,
+    })
+
+
+HAND_MODELS = {
+    "HandNamedRuleWithOperations": hand_model("HandNamedRuleWithOperations", {
+        "apiGroups": "list[str]", "apiVersions": "list[str]", "operations": "list[str]",
+        "resourceNames": "list[str]", "resources": "list[str]", "scope": "str"}),
+    "HandMatchResources": hand_model("HandMatchResources", {
+        "excludeResourceRules": "list[HandNamedRuleWithOperations]", "matchPolicy": "str",
+        "namespaceSelector": "V1LabelSelector", "objectSelector": "V1LabelSelector",
+        "resourceRules": "list[HandNamedRuleWithOperations]"}),
+    "HandValidation": hand_model("HandValidation", {
+        "expression": "str", "message": "str", "messageExpression": "str", "reason": "str"},
+        required=("expression",)),
+    "HandNamedExpression": hand_model("HandNamedExpression", {
+        "name": "str", "expression": "str"}, required=("name", "expression")),
+    "HandAuditAnnotation": hand_model("HandAuditAnnotation", {
+        "key": "str", "valueExpression": "str"}, required=("key", "valueExpression")),
+    "HandParamKind": hand_model("HandParamKind", {"apiVersion": "str", "kind": "str"}),
+    "HandParamRef": hand_model("HandParamRef", {
+        "name": "str", "namespace": "str", "parameterNotFoundAction": "str",
+        "selector": "V1LabelSelector"}),
+    "HandValidatingAdmissionPolicySpec": hand_model("HandValidatingAdmissionPolicySpec", {
+        "auditAnnotations": "list[HandAuditAnnotation]", "failurePolicy": "str",
+        "matchConditions": "list[HandNamedExpression]", "matchConstraints": "HandMatchResources",
+        "paramKind": "HandParamKind", "validations": "list[HandValidation]",
+        "variables": "list[HandNamedExpression]"}),
+    "HandValidatingAdmissionPolicyBindingSpec": hand_model(
+        "HandValidatingAdmissionPolicyBindingSpec", {
+            "matchResources": "HandMatchResources", "paramRef": "HandParamRef",
+            "policyName": "str", "validationActions": "list[str]"}),
+    "HandValidatingAdmissionPolicy": hand_model("HandValidatingAdmissionPolicy", {
+        "apiVersion": "str", "kind": "str", "metadata": "V1ObjectMeta",
+        "spec": "HandValidatingAdmissionPolicySpec"}),
+    "HandValidatingAdmissionPolicyBinding": hand_model("HandValidatingAdmissionPolicyBinding", {
+        "apiVersion": "str", "kind": "str", "metadata": "V1ObjectMeta",
+        "spec": "HandValidatingAdmissionPolicyBindingSpec"}),
+}
+HAND_KINDS = {("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy"),
+              ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding")}
+
+
+def find_model(type_name):
+    return HAND_MODELS.get(type_name) or getattr(client.models, type_name, None)
+
+
 LIST_RE = re.compile(r"^list\[(.*)\]$")
 DICT_RE = re.compile(r"^dict\(([^,]*), (.*)\)$")
 
 
 def model_class(api_version, kind):
     """The model class of apiVersion/kind, or an error text."""
+    if (api_version, kind) in HAND_KINDS:
+        return HAND_MODELS["Hand" + kind], False, None
     group, _, version = api_version.partition("/")
     if not version:
         group, version = "core", group
@@ -99,7 +163,7 @@ def walk(value, type_name, path, errors):
                 errors.append((f"{path}.{k}", "map key is not a string"))
             walk(v, m.group(2), f"{path}.{k}", errors)
         return
-    cls = getattr(client.models, type_name, None)
+    cls = find_model(type_name)
     if cls is None:
         try:
             ok = check_scalar(value, type_name)
@@ -214,6 +278,39 @@ def pod_spec_policy(ds, objects):
     return errors
 
 
+def token_policy(objects):
+    """When a ClusterRole lets the agent create service account tokens, a bound
+    ValidatingAdmissionPolicy must limit it to the audience istio-ca and pod-bound tokens."""
+    errors = []
+    for (kind, _, name), role in objects.items():
+        if kind != "ClusterRole":
+            continue
+        for i, rule in enumerate(role.get("rules") or []):
+            if "serviceaccounts/token" not in (rule.get("resources") or []):
+                continue
+            policies = [o for (k, _, _), o in objects.items() if k == "ValidatingAdmissionPolicy"
+                        and any("serviceaccounts/token" in (r.get("resources") or [])
+                                for r in (((o.get("spec") or {}).get("matchConstraints") or {})
+                                          .get("resourceRules") or []))]
+            if not policies:
+                errors.append((f"ClusterRole {name}", f"rules[{i}]",
+                               "creating serviceaccounts/token needs a ValidatingAdmissionPolicy on it"))
+                continue
+            for pol in policies:
+                pname = pol["metadata"].get("name")
+                exprs = " ".join(v.get("expression", "") for v in (pol["spec"].get("validations") or []))
+                if "'istio-ca'" not in exprs or "boundObjectRef" not in exprs:
+                    errors.append((f"ValidatingAdmissionPolicy {pname}", "spec.validations",
+                                   "must limit tokens to the audience istio-ca and to pod-bound tokens"))
+                if not any(k == "ValidatingAdmissionPolicyBinding" and
+                           (o.get("spec") or {}).get("policyName") == pname and
+                           "Deny" in ((o.get("spec") or {}).get("validationActions") or [])
+                           for (k, _, _), o in objects.items()):
+                    errors.append((f"ValidatingAdmissionPolicy {pname}", "(binding)",
+                                   "no ValidatingAdmissionPolicyBinding with validationActions [Deny]"))
+    return errors
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="*")
@@ -257,6 +354,7 @@ def main():
         for d in ds:
             problems += [("policy", f"DaemonSet {d['metadata'].get('namespace')}/sluice-agent", p, m)
                          for p, m in pod_spec_policy(d, objects)]
+        problems += [("policy", n, p, m) for n, p, m in token_policy(objects)]
 
     for source, name, path, msg in problems:
         print(f"{source}: {name}: {path or '(object)'}: {msg}")
