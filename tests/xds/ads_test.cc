@@ -472,6 +472,94 @@ TEST_CASE("TLS with a bearer token file, as istiod's port 15012") {
   cp.Stop();
 }
 
+TEST_CASE("istiod's XDS identity check: a stream acts only as its token's namespace and account") {
+  // The rule of istiod's checkConnectionIdentity (pilot/pkg/xds/auth.go), on the node
+  // itself: the config namespace must be the identity's, and a set SERVICE_ACCOUNT too.
+  auto node_of = [](std::string ns, std::string sa) {
+    sx::NodeIdentity id = TestNode();
+    id.pod_namespace = std::move(ns);
+    id.service_account = std::move(sa);
+    return sx::BuildNode(id);
+  };
+  const std::vector<std::string> ids = {"not-a-spiffe-id",
+                                        "spiffe://cluster.local/ns/default/sa/sleep"};
+  auto ok = sx::CheckConnectionIdentity(node_of("default", "sleep"), ids);
+  REQUIRE(ok);
+  CHECK(*ok == 1);
+  CHECK(sx::CheckConnectionIdentity(node_of("default", ""), ids));  // no SA: namespace only
+  auto other_ns = sx::CheckConnectionIdentity(node_of("bookinfo", "sleep"), ids);
+  REQUIRE_FALSE(other_ns);
+  CHECK(other_ns.error().message ==
+        "no identities ([not-a-spiffe-id spiffe://cluster.local/ns/default/sa/sleep]) matched "
+        "bookinfo/sleep");
+  CHECK_FALSE(sx::CheckConnectionIdentity(node_of("default", "httpbin"), ids));
+  CHECK_FALSE(sx::CheckConnectionIdentity(node_of("default", "sleep"), {}));
+
+  // The same rule on a real stream: a token table stands in for istiod's TokenReview.
+  char tmpl[] = "/tmp/sluice-xds-idcheck-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  std::filesystem::path dir(tmpl);
+  struct Cleanup {
+    std::filesystem::path d;
+    ~Cleanup() { std::filesystem::remove_all(d); }
+  } cleanup{dir};
+  std::string cmd =
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=istiod -addext "
+      "subjectAltName=DNS:istiod.istio-system.svc -keyout " +
+      (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() + " >/dev/null 2>&1";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+  ControlPlane cp(testing::HttpbinSet(2));
+  sx::AdsServerOptions so;
+  so.cert_file = (dir / "cert.pem").string();
+  so.key_file = (dir / "key.pem").string();
+  so.authenticate = [](const std::string& token) -> Result<std::vector<std::string>> {
+    if (token == "token-default-sleep")
+      return std::vector<std::string>{"spiffe://cluster.local/ns/default/sa/sleep"};
+    return Fail("the token is not authenticated");
+  };
+  int port = cp.Start(0, so);
+  auto opts = ClientOptions(port);
+  opts.tls = true;
+  opts.ca_file = (dir / "cert.pem").string();
+  opts.tls_server_name = "istiod.istio-system.svc";
+  auto run = [&](std::string token, std::string ns, std::string sa) {
+    auto o = opts;
+    o.node = node_of(std::move(ns), std::move(sa));
+    o.token_source = [token]() -> Result<std::string> { return token; };
+    return o;
+  };
+
+  SECTION("the pods' own namespace and account sync") {
+    config::ConfigStore store;
+    sx::AdsClient client(run("token-default-sleep", "default", "sleep"), store);
+    REQUIRE(client.Start());
+    REQUIRE(WaitFor([&] { return Synced(store); }));
+    client.Stop();
+  }
+  SECTION("another namespace is refused as istiod refuses it") {
+    config::ConfigStore store;
+    sx::AdsClient client(run("token-default-sleep", "bookinfo", "sleep"), store);
+    REQUIRE(client.Start());
+    REQUIRE(WaitFor([&] { return client.Status().failed_attempts >= 2; }));
+    CHECK(client.Status().last_stream_error.find(
+              "authorization failed: no identities ([spiffe://cluster.local/ns/default/sa/"
+              "sleep]) matched bookinfo/sleep") != std::string::npos);
+    CHECK(store.Current()->size() == 0);
+    client.Stop();
+  }
+  SECTION("an unknown token is unauthenticated") {
+    config::ConfigStore store;
+    sx::AdsClient client(run("forged", "default", "sleep"), store);
+    REQUIRE(client.Start());
+    REQUIRE(WaitFor([&] { return client.Status().failed_attempts >= 2; }));
+    CHECK(client.Status().last_stream_error.find(
+              "authentication failure: the token is not authenticated") != std::string::npos);
+    CHECK(store.Current()->size() == 0);
+    client.Stop();
+  }
+  cp.Stop();
+}
+
 TEST_CASE("a shared, immutable set serves without a copy per stream and push") {
   std::mutex mu;
   auto current = std::make_shared<const sluice::xds::ResourceSet>(testing::HttpbinSet(1));

@@ -523,6 +523,9 @@ Result<void> AdsClient::Start() {
   if (!opts_.token_file.empty() && !opts_.tls) {
     return Fail("xds: token_file needs TLS (gRPC sends no call credentials in plaintext)");
   }
+  if (opts_.token_source && !opts_.tls) {
+    return Fail("xds: a token source needs TLS (gRPC sends no call credentials in plaintext)");
+  }
   if (opts_.tls && !opts_.ca_file.empty()) {
     SLUICE_RETURN_IF_ERROR(ReadFile(opts_.ca_file, "xds: ca_file"));
   }
@@ -608,7 +611,14 @@ bool AdsClient::RunStream(std::string& error) {
   auto channel = grpc::CreateCustomChannel(opts_.server, creds, args);
   auto stub = envoy::service::discovery::v3::AggregatedDiscoveryService::NewStub(channel);
   auto ctx = std::make_shared<grpc::ClientContext>();
-  if (!opts_.token_file.empty()) {
+  if (opts_.token_source) {
+    auto token = opts_.token_source();  // a fresh one per stream
+    if (!token) {
+      error = "token: " + token.error().message;
+      return false;
+    }
+    ctx->set_credentials(grpc::AccessTokenCredentials(Trim(*token)));
+  } else if (!opts_.token_file.empty()) {
     auto token = ReadFile(opts_.token_file, "token_file");  // re-read: tokens rotate
     if (!token) {
       error = token.error().message;

@@ -1,8 +1,10 @@
 // The ADS server: one handler thread and one reader thread per stream, and the SotW
 // protocol rules (subscriptions, what each request and push sends) in Session below.
 #include "sluice/xds/ads_server.h"
+#include "sluice/xds/node.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
@@ -87,6 +89,7 @@ class AdsServer::Service final
  public:
   explicit Service(AdsServer& owner) : owner_(owner) {}
   std::string required_token;
+  std::function<Result<std::vector<std::string>>(const std::string&)> authenticate;
 
   grpc::Status StreamAggregatedResources(
       grpc::ServerContext* ctx,
@@ -445,6 +448,63 @@ class Session {
   std::map<std::string, PerType> types_;
 };
 
+// The token of "authorization: Bearer <token>", or "" when the stream carries none.
+std::string BearerToken(const grpc::ServerContext& ctx) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end())
+    return "";
+  std::string_view v(it->second.data(), it->second.size());
+  constexpr std::string_view kBearer = "Bearer ";
+  return v.starts_with(kBearer) ? std::string(v.substr(kBearer.size())) : "";
+}
+
+std::string MetadataString(const envoy::config::core::v3::Node& node, const char* key) {
+  const auto& f = node.metadata().fields();
+  auto it = f.find(key);
+  return it != f.end() && it->second.has_string_value() ? it->second.string_value() : "";
+}
+
+}  // namespace
+
+Result<size_t> CheckConnectionIdentity(const envoy::config::core::v3::Node& node,
+                                       const std::vector<std::string>& identities) {
+  // The config namespace: metadata NAMESPACE, else the node id's "POD.NS" part
+  // (istiod's GetProxyConfigNamespace).
+  std::string ns = MetadataString(node, "NAMESPACE");
+  if (ns.empty()) {
+    if (auto parsed = ParseNodeId(node.id()))
+      ns = parsed->pod_namespace;
+  }
+  const std::string sa = MetadataString(node, "SERVICE_ACCOUNT");
+  for (size_t i = 0; i < identities.size(); ++i) {
+    // spiffe://TRUST_DOMAIN/ns/NS/sa/SA (istiod's spiffe.ParseIdentity; others are skipped)
+    std::string_view id = identities[i];
+    constexpr std::string_view kScheme = "spiffe://";
+    if (!id.starts_with(kScheme))
+      continue;
+    id.remove_prefix(kScheme.size());
+    std::vector<std::string_view> parts;
+    for (size_t start = 0;;) {
+      size_t slash = id.find('/', start);
+      parts.push_back(id.substr(start, slash == std::string_view::npos ? id.npos : slash - start));
+      if (slash == std::string_view::npos)
+        break;
+      start = slash + 1;
+    }
+    if (parts.size() != 5 || parts[1] != "ns" || parts[3] != "sa")
+      continue;
+    if (!ns.empty() && parts[2] != ns)
+      continue;
+    if (!sa.empty() && parts[4] != sa)
+      continue;
+    return i;
+  }
+  return Fail(fmt::format("no identities ([{}]) matched {}/{}", fmt::join(identities, " "), ns, sa));
+}
+
+namespace {
+
 }  // namespace
 
 grpc::Status AdsServer::Service::StreamAggregatedResources(
@@ -481,6 +541,20 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
   if (!first.has_node() || first.node().id().empty()) {
     unregister();
     return {grpc::StatusCode::INVALID_ARGUMENT, "the first request must carry node.id"};
+  }
+  if (authenticate) {
+    // istiod authenticates when the stream opens and authorizes the node on its first
+    // request (pilot/pkg/xds/ads.go initConnection); both end the stream before any
+    // response.
+    auto ids = authenticate(BearerToken(*ctx));
+    if (!ids) {
+      unregister();
+      return {grpc::StatusCode::UNAUTHENTICATED, "authentication failure: " + ids.error().message};
+    }
+    if (auto ok = CheckConnectionIdentity(first.node(), *ids); !ok) {
+      unregister();
+      return {grpc::StatusCode::PERMISSION_DENIED, "authorization failed: " + ok.error().message};
+    }
   }
   s.inbox.push_back(std::move(first));
   // gRPC allows one reader and one writer at a time: reads happen on this thread,
@@ -567,6 +641,7 @@ Result<int> AdsServer::Start(const AdsServerOptions& opts) {
   }
   service_ = std::make_unique<Service>(*this);
   service_->required_token = opts.required_token;
+  service_->authenticate = opts.authenticate;
   {
     std::lock_guard lock(mu_);
     stopping_ = false;

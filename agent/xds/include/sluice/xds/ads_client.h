@@ -28,6 +28,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -56,6 +57,10 @@ struct AdsClientOptions {
   // "authorization: Bearer <token>". Only over TLS (gRPC refuses call credentials on a
   // plaintext channel).
   std::string token_file;
+  // Instead of token_file: called for every stream to get its bearer token (the node
+  // agent asks the API server for a token of the pods' service account, see
+  // docs/kubernetes.md "istiod's identity check"). Only over TLS, as token_file.
+  std::function<Result<std::string>()> token_source;
   envoy::config::core::v3::Node node;
   BackoffPolicy backoff;
 };

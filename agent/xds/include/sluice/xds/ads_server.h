@@ -75,7 +75,23 @@ struct AdsServerOptions {
   std::string cert_file, key_file;
   // When set, every stream must carry "authorization: Bearer <token>" with this token.
   std::string required_token;
+  // Authentication with istiod's XDS identity check (PILOT_ENABLE_XDS_IDENTITY_CHECK, on by
+  // default in istiod). When set, it is called with each stream's bearer token (without
+  // "Bearer "; empty when none came) and returns the caller's identities as SPIFFE URIs
+  // ("spiffe://cluster.local/ns/NS/sa/SA"), or an error: the stream ends UNAUTHENTICATED.
+  // The stream's node must then match one identity as istiod's checkConnectionIdentity
+  // decides: the proxy's config namespace (metadata NAMESPACE, else the node id's) equals
+  // the identity's namespace, and its metadata SERVICE_ACCOUNT, when set, the identity's
+  // service account. Otherwise the stream ends PERMISSION_DENIED "authorization failed: no
+  // identities ([...]) matched NS/SA", as istiod answers.
+  using AuthenticateFn = std::function<Result<std::vector<std::string>>(const std::string& token)>;
+  AuthenticateFn authenticate;
 };
+
+// istiod's checkConnectionIdentity (pilot/pkg/xds/auth.go) for one node: the index of the
+// first identity that may act as it, or an error in istiod's words. Exposed for tests.
+Result<size_t> CheckConnectionIdentity(const envoy::config::core::v3::Node& node,
+                                       const std::vector<std::string>& identities);
 
 class AdsServer {
  public:
