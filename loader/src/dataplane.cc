@@ -293,6 +293,8 @@ Result<std::unique_ptr<Dataplane>> Dataplane::Open(const DataplaneOptions& opts)
     SLUICE_RETURN_IF_ERROR(cg);
     dp->opts_.cgroup_path = *cg;
   }
+  if (!dp->opts_.maps_only)
+    SLUICE_RETURN_IF_ERROR(CheckCgroupCoversPods(dp->opts_.cgroup_path));
   if (dp->opts_.maps_only) {
     SLUICE_RETURN_IF_ERROR(dp->OpenPinnedMaps());
   } else {
