@@ -115,7 +115,7 @@ source "$examples/lib/tasks.sh"
 cluster_up() {
   printf '\n%s━━ Local cluster%s\n' "$B" "$N"
   show_cmd export SLUICE_LOCAL_STATE="$state_dir"
-  local args=(sluicectl local up -f examples/samples -f examples/istio-system -f examples/external "${up_args[@]}")
+  local args=(sluicectl local up --profile demo -f examples/samples -f examples/external "${up_args[@]}")
   run --max 40 --timeout 180 "${args[@]}"
   if ((RC != 0)); then
     printf '%sFAIL: the local cluster did not come up (exit %s); no task can run.%s\n' "$R" "$RC" "$N"
@@ -189,8 +189,8 @@ run_task() {
 
 # ---------------------------------------------------------------------------------------
 
-if [[ ! -d $examples/samples || ! -d $examples/istio-system || ! -d $examples/external ]]; then
-  echo "tasks.sh: examples/samples, examples/istio-system and examples/external must exist" >&2
+if [[ ! -d $examples/samples || ! -d $examples/external ]]; then
+  echo "tasks.sh: examples/samples and examples/external must exist" >&2
   exit 1
 fi
 cluster_up || exit 1

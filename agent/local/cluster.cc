@@ -4,6 +4,7 @@
 // helpers the parts share. The work is done by Cluster::Impl, defined by part in
 // node_network.cc, sandbox.cc, apply.cc and daemons.cc (see cluster_impl.h).
 #include "sluice/local/cluster.h"
+#include "sluice/local/profiles.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -372,6 +373,8 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
     return (*c)->Apply(opts.files, opts.default_ns, out);
   }
 
+  auto profile = ProfileManifests(opts.profile);
+  SLUICE_RETURN_IF_ERROR(profile);
   ClusterState s;
   s.state_dir = state_dir;
   s.settings = opts.settings;
@@ -431,7 +434,25 @@ Result<ApplyReport> Cluster::Up(const std::string& state_dir, UpOptions opts, st
   // The control plane, then the node agent, each up and ready (daemons.cc).
   if (auto r = impl.StartDaemons(opts.ready_timeout_ms); !r)
     return fail(r.error());
-  auto report = impl.Apply(opts.files, opts.default_ns);
+  // The profile's components, as files in the state directory (what `local get` and a
+  // user reading the state see), applied before the user's manifests.
+  std::vector<std::string> files;
+  for (const auto& m : *profile) {
+    const std::string path = state_dir + "/profile/" + std::string(m.name) + ".yaml";
+    fs::create_directories(state_dir + "/profile", ec);
+    std::ofstream f(path);
+    f << m.yaml;
+    if (!f.flush())
+      return fail(Error{"writing " + path});
+    files.push_back(path);
+  }
+  std::string installed;
+  for (const auto& m : *profile)
+    installed += (installed.empty() ? "istio-" : ", istio-") + std::string(m.name);
+  out << "profile " << opts.profile << ": " << (installed.empty() ? "no gateway" : installed)
+      << "\n";
+  files.insert(files.end(), opts.files.begin(), opts.files.end());
+  auto report = impl.Apply(files, opts.default_ns);
   return report;
 }
 

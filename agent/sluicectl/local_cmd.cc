@@ -17,6 +17,7 @@
 #include "sluice/local/cluster.h"
 #include "sluice/local/derived.h"
 #include "sluice/local/port_forward.h"
+#include "sluice/local/profiles.h"
 
 namespace sluice::ctl {
 namespace {
@@ -42,6 +43,7 @@ struct LocalOptions {
   std::string container;
   local::Settings settings;
   int ready_timeout_s = 30;
+  std::string profile = std::string(local::kDefaultProfile);
   std::string what;  // get: pods|svc|ns; label: namespace
   std::string name;  // label: the namespace; exec/logs: the pod
   std::vector<std::string> args;
@@ -348,12 +350,17 @@ void AddLocalCommands(CLI::App& app) {
   up->add_option("--agent-bin", st.agent_bin, "sluice-agent to run (default: the build's)");
   up->add_option("--ready-timeout", o->ready_timeout_s, "seconds to wait for the agent's /ready")
       ->capture_default_str();
+  up->add_option("--profile", o->profile,
+                 "what a new cluster installs in istio-system, as istioctl's profiles: default "
+                 "(the ingress gateway), demo (ingress and egress gateways), minimal (none)")
+      ->capture_default_str();
   up->callback([o] {
     local::UpOptions uo;
     uo.settings = o->settings;
     uo.files = o->files;
     uo.default_ns = o->ns;
     uo.ready_timeout_ms = o->ready_timeout_s * 1000;
+    uo.profile = o->profile;
     auto r = Cluster::Up(o->state_dir, uo, std::cout);
     std::cout.flush();
     if (!r)

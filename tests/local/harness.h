@@ -133,7 +133,9 @@ struct TestCluster {
             "--admin-address",
             admin,
             "--ready-timeout",
-            "20"};
+            "20",
+            "--profile",
+            "minimal"};  // tests apply the gateways they need
   }
   Run Local(std::vector<std::string> args, int timeout_s = 60) const {
     // After the subcommand, before any "--" (exec's command follows it).

@@ -7,6 +7,7 @@
 
 #include "sluice/local/derived.h"
 #include "sluice/local/manifest.h"
+#include "sluice/local/profiles.h"
 
 using namespace sluice::local;
 
@@ -377,4 +378,32 @@ TEST_CASE("state.json round-trips, in the shape the contract gives") {
   REQUIRE(back);
   CHECK(ToJson(*back) == j);
   CHECK_FALSE(FromJson(nlohmann::json{{"version", 2}}, "state.json"));
+}
+
+TEST_CASE("installation profiles: what istio-system gets, as istioctl's profiles") {
+  auto deployments = [](std::string_view profile) {
+    auto m = ProfileManifests(profile);
+    REQUIRE(m);
+    std::vector<std::string> names;
+    for (const auto& pm : *m) {
+      ManifestSet set;
+      DecodeText(std::string(pm.yaml), std::string(pm.name) + ".yaml", "default", set);
+      CHECK(set.errors.empty());
+      for (const auto& d : set.documents) {
+        if (const auto* dep = std::get_if<DeploymentObj>(&d.object)) {
+          CHECK(dep->ns == "istio-system");
+          CHECK(dep->spec.containers.at(0).image.find("istio/proxyv2") == 0);
+          names.push_back(dep->name);
+        }
+      }
+    }
+    return names;
+  };
+  CHECK(deployments("default") == std::vector<std::string>{"istio-ingressgateway"});
+  CHECK(deployments("demo") ==
+        std::vector<std::string>{"istio-ingressgateway", "istio-egressgateway"});
+  CHECK(deployments("minimal").empty());
+  auto bad = ProfileManifests("ambient");
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().message.find("--profile \"ambient\": not a profile; use default") == 0);
 }

@@ -21,6 +21,8 @@ struct UpOptions {
   std::vector<std::string> files;
   std::string default_ns = "default";
   int ready_timeout_ms = 30000;
+  // What istio-system gets on a new cluster, before `files` (sluice/local/profiles.h).
+  std::string profile = "default";
 };
 
 // The outcome of an apply or delete: what was wrong, per document. Nothing of a
