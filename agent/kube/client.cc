@@ -361,8 +361,28 @@ Result<ReviewedToken> ReviewToken(Client& c, std::string_view token,
   if (!status.is_object())
     return out;
   out.authenticated = status.value("authenticated", false);
-  if (status.contains("user") && status["user"].is_object())
-    out.username = status["user"].value("username", "");
+  if (status.contains("user") && status["user"].is_object()) {
+    const auto& user = status["user"];
+    out.username = user.value("username", "");
+    if (user.contains("groups") && user["groups"].is_array()) {
+      for (const auto& g : user["groups"]) {
+        if (g.is_string())
+          out.groups.push_back(g.get<std::string>());
+      }
+    }
+    // extra: map of string to list of strings; the first value counts (as istiod reads it)
+    auto extra = [&](const char* key) -> std::string {
+      if (!user.contains("extra") || !user["extra"].is_object())
+        return "";
+      const auto& e = user["extra"];
+      auto it = e.find(key);
+      if (it == e.end() || !it->is_array() || it->empty() || !(*it)[0].is_string())
+        return "";
+      return (*it)[0].get<std::string>();
+    };
+    out.pod_name = extra("authentication.kubernetes.io/pod-name");
+    out.pod_uid = extra("authentication.kubernetes.io/pod-uid");
+  }
   out.error = status.value("error", "");
   return out;
 }

@@ -16,6 +16,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "sluice/istio/local_control_plane.h"
+#include "sluice/kube/identity.h"
 #include "sluice/xds/ads_server.h"
 
 namespace sluice::ctl {
@@ -31,6 +32,11 @@ struct ServeOptions {
   std::string config_dir;
   std::string listen = "127.0.0.1:15010";
   std::string cert_file, key_file, token;
+  // --authenticate kube: istiod's JWT authentication (a TokenReview at the API server)
+  // and its XDS identity check.
+  std::string authenticate;
+  std::string kube_server, kube_ca_file, kube_token_file;
+  std::string trust_domain = "cluster.local";
 };
 
 // gRPC's Unix socket addresses: unix:PATH or unix:///PATH.
@@ -99,6 +105,25 @@ void RunServe(const ServeOptions& opt) {
   sopts.cert_file = opt.cert_file;
   sopts.key_file = opt.key_file;
   sopts.required_token = opt.token;
+  if (opt.authenticate == "kube") {
+    if (opt.cert_file.empty())
+      Die("xds serve", "--authenticate kube needs --tls-cert and --tls-key: gRPC clients send "
+                       "their tokens only over TLS");
+    kube::ClientConfig kc{.server = opt.kube_server,
+                          .ca_file = opt.kube_ca_file,
+                          .token_file = opt.kube_token_file};
+    if (kc.server.empty()) {
+      auto in_cluster = kube::InClusterConfig();
+      if (!in_cluster)
+        Die("xds serve", "--authenticate kube needs --kube-server or an in-cluster config: " +
+                             in_cluster.error().message);
+      kc = *in_cluster;
+    }
+    auto api = std::make_shared<kube::Client>(std::move(kc));
+    sopts.authenticate = [api, td = opt.trust_domain](const std::string& token) {
+      return kube::IstioIdentities(*api, token, td);
+    };
+  }
   auto port = server.Start(sopts);
   if (!port) {
     Die("xds serve", port.error().message);
@@ -157,6 +182,18 @@ void AddXdsServeCommand(CLI::App& app) {
   serve->add_option("--tls-key", opt->key_file, "PEM private key for --tls-cert");
   serve->add_option("--require-token", opt->token,
                     "require 'authorization: Bearer TOKEN' on every stream");
+  serve
+      ->add_option("--authenticate", opt->authenticate,
+                   "kube: authenticate each stream's token with a TokenReview at the API server "
+                   "(audience istio-ca) and enforce istiod's XDS identity check (TLS only)")
+      ->check(CLI::IsMember({"kube"}));
+  serve->add_option("--kube-server", opt->kube_server,
+                    "the API server for --authenticate kube (default: in-cluster config)");
+  serve->add_option("--kube-ca-file", opt->kube_ca_file, "CA bundle verifying --kube-server");
+  serve->add_option("--kube-token-file", opt->kube_token_file,
+                    "this server's own token for the TokenReview calls");
+  serve->add_option("--trust-domain", opt->trust_domain, "the mesh's SPIFFE trust domain")
+      ->capture_default_str();
   serve->callback([opt] { RunServe(*opt); });
 }
 

@@ -132,7 +132,11 @@ struct IssuedToken {
 struct ReviewedToken {
   bool authenticated = false;
   std::string username;  // "system:serviceaccount:NS:SA" for a service account
-  std::string error;     // the review's status.error when not authenticated
+  std::vector<std::string> groups;  // "system:serviceaccounts" for a service account
+  // The pod a bound token is bound to (user.extra "authentication.kubernetes.io/pod-name"
+  // and "…/pod-uid"), empty otherwise.
+  std::string pod_name, pod_uid;
+  std::string error;  // the review's status.error when not authenticated
 };
 [[nodiscard]] Result<ReviewedToken> ReviewToken(Client& c, std::string_view token,
                                                 const std::vector<std::string>& audiences);
