@@ -7,15 +7,19 @@
 namespace sluice::agent {
 
 std::string View::Id() const {
-  if (labels.empty())
-    return ns;
-  std::string id = ns + "{";
-  for (const auto& [k, v] : labels) {
-    if (id.back() != '{')
-      id += ',';
-    id += k + "=" + v;
+  std::string id = ns;
+  if (!labels.empty()) {
+    id += "{";
+    for (const auto& [k, v] : labels) {
+      if (id.back() != '{')
+        id += ',';
+      id += k + "=" + v;
+    }
+    id += "}";
   }
-  return id + "}";
+  if (!service_account.empty())
+    id += "@" + service_account;
+  return id;
 }
 
 namespace {
@@ -67,8 +71,13 @@ std::vector<std::string> ViewStreams::Sync(const std::vector<View>& views) {
       node.labels = {view->labels.begin(), view->labels.end()};
       if (!view->labels.empty())
         node.pod_name += "-" + LabelsTag(view->labels);
+      if (!view->service_account.empty())
+        node.service_account = view->service_account;
       xds::AdsClientOptions o = base_;
       o.node = xds::BuildNode(node);
+      if (token_fn_) {
+        o.token_source = [fn = token_fn_, v = *view] { return fn(v); };
+      }
       s.client = std::make_unique<xds::AdsClient>(o, *s.store);
       if (auto r = s.client->Start(); !r) {
         spdlog::error("xDS stream for {}: {}", id, r.error().message);

@@ -29,7 +29,12 @@ namespace sluice::agent {
 struct View {
   std::string ns;
   enrolment::Labels labels;
-  // "NS", or "NS{k=v,k2=v2}" with labels: the key of streams, configs and metrics.
+  // The pods' service account (spec.serviceAccountName) when the agent knows it (from the
+  // API server): the stream then asks as that account, which istiod's XDS identity check
+  // holds against the stream's token. Empty: the node identity's own.
+  std::string service_account;
+  // "NS", or "NS{k=v,k2=v2}" with labels, then "@SA" with a service account: the key of
+  // streams, configs and metrics.
   std::string Id() const;
   auto operator<=>(const View&) const = default;
 };
@@ -41,6 +46,13 @@ class ViewStreams {
   ViewStreams(xds::AdsClientOptions base, xds::NodeIdentity identity, OnConfig on_config)
       : base_(std::move(base)), identity_(std::move(identity)), on_config_(std::move(on_config)) {}
   ~ViewStreams() { StopAll(); }
+
+  // Where each view's stream gets its bearer token (called for every stream it opens):
+  // on Kubernetes, a token the API server issues for the view's service account (see
+  // docs/kubernetes.md, "istiod's XDS identity check"). Unset: the base options' token
+  // file, the same for every view. Set before the first Sync().
+  using TokenFn = std::function<Result<std::string>(const View&)>;
+  void SetTokenSource(TokenFn fn) { token_fn_ = std::move(fn); }
 
   // Starts streams for new views and stops those no longer listed; returns the ids of
   // the views whose stream was stopped.
@@ -62,6 +74,7 @@ class ViewStreams {
   xds::AdsClientOptions base_;
   xds::NodeIdentity identity_;
   OnConfig on_config_;
+  TokenFn token_fn_;
   mutable std::mutex mu_;
   std::map<std::string, Stream> streams_;  // by View::Id()
 };
