@@ -20,10 +20,16 @@ void NodeAdminRoutes::Register(AdminServer& server) {
   server.Handle("/metrics", [this] { return Metrics(); });
   server.Handle("/config_dump", [this](const std::string& query) { return ConfigDump(query); });
   server.Handle("/pods", [this] { return Pods(); });
+  if (p_.kube_status)
+    server.Handle("/kube", [this] { return Kube(); });
   server.Handle("/stats/prometheus", [this] { return IstioStats(); });
 }
 
 AdminReply NodeAdminRoutes::Ready() const {
+  if (p_.labels_not_ready) {
+    if (std::string why = p_.labels_not_ready(); !why.empty())
+      return AdminReply{503, "text/plain", "not ready: " + why + "\n"};
+  }
   uint64_t generation = 0;
   p_.fanout.ReadKernel(
       [&](const kernelsync::KernelSync& ksync) { generation = ksync.applied_generation(); });
@@ -38,8 +44,33 @@ AdminReply NodeAdminRoutes::Ready() const {
   return AdminReply{200, "text/plain", "ready\n"};
 }
 
+AdminReply NodeAdminRoutes::Kube() const {
+  return AdminReply{200, "application/json", p_.kube_status().dump(1) + "\n"};
+}
+
 AdminReply NodeAdminRoutes::Metrics() const {
   std::string out;
+  if (p_.kube_status) {
+    const auto k = p_.kube_status();
+    auto family = [&](const char* name, const char* help, const char* type, const char* field) {
+      std::vector<std::pair<std::string, uint64_t>> v;
+      for (const char* c : {"namespaces", "pods"}) {
+        const auto& x = k[c][field];
+        v.push_back({std::string("{collection=\"") + c + "\"}",
+                     x.is_boolean() ? (x.get<bool>() ? 1u : 0u) : x.get<uint64_t>()});
+      }
+      out += Prometheus(name, help, type, v);
+    };
+    family("sluice_kube_synced", "1 once the collection's first list is applied", "gauge",
+           "synced");
+    family("sluice_kube_lists_total", "Full lists (the first, then after a 410 or an error)",
+           "counter", "lists");
+    family("sluice_kube_gone_total", "410 Gone answers (an expired resourceVersion)", "counter",
+           "gone");
+    family("sluice_kube_watch_events_total", "Watch and relist changes applied", "counter",
+           "events");
+    family("sluice_kube_errors_total", "Failed API requests", "counter", "errors");
+  }
   auto st = p_.client.Status();
   p_.fanout.ReadKernel([&](const kernelsync::KernelSync& ksync) {
     out += Prometheus("sluice_config_generation", "Config generation applied to the kernel",

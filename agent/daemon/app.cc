@@ -5,9 +5,12 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 
 #include "admin.h"
@@ -15,6 +18,7 @@
 #include "config_fanout.h"
 #include "conn_log.h"
 #include "gateway_role.h"
+#include "kube_labels.h"
 #include "l7_host.h"
 #include "l7_supervisor.h"
 #include "labels.h"
@@ -22,6 +26,7 @@
 #include "node_agent.h"
 #include "pod_poller.h"
 #include "sluice/config/store.h"
+#include "sluice/kube/client.h"
 #include "sluice/loader/kernel_features.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/node.h"
@@ -31,6 +36,54 @@ namespace sluice::agent {
 
 namespace {
 
+// Where the API server is, from the flags: "" config server when the labels come from
+// elsewhere (a file, or none).
+Result<std::optional<kube::ClientConfig>> KubeConfigFromFlags(const AgentFlags& f) {
+  const int ways = int(f.kubernetes) + int(!f.kubeconfig.empty()) + int(!f.kube_server.empty());
+  if (ways == 0)
+    return std::optional<kube::ClientConfig>();
+  if (ways > 1)
+    return Fail("--kubernetes, --kubeconfig and --kube-server are alternatives: give one");
+  if (!f.labels_file.empty())
+    return Fail(
+        "--labels-file and the API server (--kubernetes, --kubeconfig, --kube-server) "
+        "are alternatives: give one");
+  if (f.kubernetes) {
+    auto c = kube::InClusterConfig();
+    SLUICE_RETURN_IF_ERROR_CTX(c, "--kubernetes");
+    return std::optional<kube::ClientConfig>(*c);
+  }
+  if (!f.kubeconfig.empty()) {
+    auto c = kube::KubeconfigConfig(f.kubeconfig);
+    SLUICE_RETURN_IF_ERROR_CTX(c, "--kubeconfig");
+    return std::optional<kube::ClientConfig>(*c);
+  }
+  kube::ClientConfig c;
+  c.server = f.kube_server;
+  c.token_file = f.kube_token_file;
+  c.ca_file = f.kube_ca_file;
+  return std::optional<kube::ClientConfig>(c);
+}
+
+std::set<std::string> SplitComma(const std::string& s) {
+  std::set<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find(',', start);
+    if (end == std::string::npos)
+      end = s.size();
+    std::string item = s.substr(start, end - start);
+    while (!item.empty() && item.front() == ' ')
+      item.erase(item.begin());
+    while (!item.empty() && item.back() == ' ')
+      item.pop_back();
+    if (!item.empty())
+      out.insert(item);
+    start = end + 1;
+  }
+  return out;
+}
+
 // The node role: the pods of this node, the kernel data plane, their L7 proxies.
 int RunNode(AgentFlags& f, sigset_t sigs) {
   auto& nao = f.node;
@@ -39,6 +92,20 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   } else {
     spdlog::error("--kernel-fallback: {}", fb.error().message);
     return 2;
+  }
+  nao.excluded_namespaces = SplitComma(f.excluded_namespaces);
+  auto kube_config = KubeConfigFromFlags(f);
+  if (!kube_config) {
+    spdlog::error("{}", kube_config.error().message);
+    return 2;
+  }
+  if (*kube_config && f.id.node_name.empty()) {
+    if (const char* env = std::getenv("NODE_NAME"); env != nullptr)
+      f.id.node_name = env;
+    if (f.id.node_name.empty()) {
+      spdlog::error("the API server's pods are followed per node: give --node-name (or NODE_NAME)");
+      return 2;
+    }
   }
   auto dp = Dataplane::Open(f.dataplane);
   if (!dp) {
@@ -82,18 +149,38 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   store.Subscribe(
       [&](const config::SnapshotPtr& s, const config::Diff&) { fanout.OnNodeSnapshot(s); });
 
-  std::unique_ptr<LabelFile> labels;
-  if (!f.labels_file.empty()) {
-    labels = std::make_unique<LabelFile>(f.labels_file);
-    auto first = labels->Poll();
+  // Labels: from the API server (two reflectors, asynchronous; each change wakes the
+  // poller), or from a polled file, read once here before the pods are restored.
+  std::unique_ptr<kube::Client> kube_client;
+  std::unique_ptr<KubeLabels> kube_labels;
+  std::unique_ptr<LabelFile> label_file;
+  LabelSource* labels = nullptr;
+  if (*kube_config) {
+    kube_client = std::make_unique<kube::Client>(**kube_config);
+    kube_labels =
+        std::make_unique<KubeLabels>(*kube_client, f.id.node_name, [&poller] { poller.Wake(); });
+    node.SetPodLookup([&kl = *kube_labels](const std::string& ns, const std::string& name,
+                                           bool with_ns) -> Result<LookedUpPod> {
+      auto r = kl.Fetch(ns, name, with_ns);
+      SLUICE_RETURN_IF_ERROR(r);
+      return LookedUpPod{r->pod, r->ns_labels};
+    });
+    kube_labels->Start();
+    labels = kube_labels.get();
+  } else if (!f.labels_file.empty()) {
+    label_file = std::make_unique<LabelFile>(f.labels_file);
+    auto first = label_file->Poll();
     if (!first) {
       spdlog::error("{}", first.error().message);
       return 1;
     }
     if (*first)
       node.ApplyLabels(**first);
+    labels = label_file.get();
   }
-  if (auto r = node.Restore(); !r)
+  // With the API server the first labels come later: the enrolment map is reconciled
+  // then, so pods stay enrolled across the agent's restart meanwhile.
+  if (auto r = node.Restore(kube_labels != nullptr); !r)
     spdlog::error("restoring pods: {}", r.error().message);
 
   std::unique_ptr<ConnLog> conn_log;
@@ -134,7 +221,7 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
                         fanout.OnViewSnapshot(view, s);
                       });
 
-  poller.Start({.labels = labels.get(),
+  poller.Start({.labels = labels,
                 .node = &node,
                 .l7 = &l7,
                 .streams = &streams,
@@ -142,6 +229,17 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
                 .sync_views = f.ns_streams && nao.proxy_port != 0});
 
   AdminServer admin;
+  // With the API server: not ready until its first lists are applied; /kube.
+  std::function<std::string()> labels_not_ready;
+  std::function<nlohmann::json()> kube_status;
+  if (kube_labels) {
+    labels_not_ready = [&kl = *kube_labels, &poller]() -> std::string {
+      if (!kl.Synced() || !poller.LabelsApplied())
+        return "waiting for the first list of pods and namespaces from the API server";
+      return "";
+    };
+    kube_status = [&kl = *kube_labels] { return kl.Status(); };
+  }
   NodeAdminRoutes routes({.store = store,
                           .client = client,
                           .streams = streams,
@@ -149,7 +247,9 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
                           .dataplane = **dp,
                           .node = node,
                           .l7 = l7,
-                          .proxy_port = nao.proxy_port});
+                          .proxy_port = nao.proxy_port,
+                          .labels_not_ready = labels_not_ready,
+                          .kube_status = kube_status});
   routes.Register(admin);
   auto port = admin.Start(f.admin_address);
   if (!port) {
@@ -164,6 +264,8 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   sigwait(&sigs, &sig);
   spdlog::info("{}: stopping (the kernel data plane stays in place)", strsignal(sig));
   poller.Stop();
+  if (kube_labels)
+    kube_labels->Stop();
   client.Stop();
   streams.StopAll();
   (*cni_server)->Stop();

@@ -33,7 +33,9 @@ void AddFlags(CLI::App& app, AgentFlags& f) {
   app.add_option("--xds-token", f.ads.token_file, "file with a bearer token (TLS only)");
   app.add_option("--node-ip", f.node_ip, "this node's address (xDS node ID)")
       ->capture_default_str();
-  app.add_option("--node-name", f.id.node_name, "Kubernetes node name");
+  app.add_option("--node-name", f.id.node_name,
+                 "Kubernetes node name (default: $NODE_NAME); with the API server, the agent "
+                 "follows the pods scheduled to it");
   app.add_option("--cluster-id", f.id.cluster_id, "CLUSTER_ID metadata")->capture_default_str();
   app.add_option("--pin-root", f.dataplane.pin_root, "bpffs directory for maps and links")
       ->capture_default_str();
@@ -44,7 +46,20 @@ void AddFlags(CLI::App& app, AgentFlags& f) {
   app.add_option("--state-file", f.node.state_file, "the agent's record of its pods")
       ->capture_default_str();
   app.add_option("--labels-file", f.labels_file,
-                 "namespace/pod labels (stands in for the Kubernetes API watch); polled");
+                 "namespace/pod labels from a JSON file (instead of the API server); polled");
+  app.add_flag("--kubernetes", f.kubernetes,
+               "labels from the Kubernetes API server, with the pod's own service account "
+               "(KUBERNETES_SERVICE_HOST/PORT, its token and ca.crt)");
+  app.add_option("--kubeconfig", f.kubeconfig,
+                 "labels from the API server of this kubeconfig's current context");
+  app.add_option("--kube-server", f.kube_server,
+                 "labels from the API server at this URL (with --kube-token-file, --kube-ca-file)");
+  app.add_option("--kube-token-file", f.kube_token_file,
+                 "bearer token for --kube-server (re-read when it changes)");
+  app.add_option("--kube-ca-file", f.kube_ca_file, "CA bundle that verifies --kube-server");
+  app.add_option("--excluded-namespaces", f.excluded_namespaces,
+                 "comma list of namespaces whose pods are never enrolled, whatever their labels")
+      ->capture_default_str();
   app.add_option("--proxy-port", f.node.proxy_port,
                  "in-pod capture listener (127.0.0.1) for L7 services (0: no L7 proxy; the "
                  "kernel then refuses L7 services rather than bypass their policy)")

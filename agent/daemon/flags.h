@@ -29,6 +29,11 @@ struct AgentFlags {
   cni::CniServerOptions cni;
   NodeAgentOptions node;
   std::string labels_file, admin_address = "127.0.0.1:15000";
+  // Labels from the API server: in-cluster credentials (--kubernetes), a kubeconfig, or
+  // a server URL with token and CA files.
+  bool kubernetes = false;
+  std::string kubeconfig, kube_server, kube_token_file, kube_ca_file;
+  std::string excluded_namespaces = "kube-system";  // comma list
   std::string log_level = "info";
   std::string access_log = "-";
   int drain_seconds = 5;

@@ -52,6 +52,24 @@ Result<LabelSnapshot> ParseLabels(const std::string& text, const std::string& fi
       auto a = labels_of(v.value("annotations", nlohmann::json()), "pods." + key + ".annotations");
       SLUICE_RETURN_IF_ERROR(a);
       p.annotations = std::move(*a);
+      const std::string where = file + ": pods." + key + ".";
+      for (const auto& [field, dest] : {std::pair<const char*, std::string*>{"uid", &p.uid},
+                                        {"serviceAccount", &p.service_account}}) {
+        if (!v.contains(field))
+          continue;
+        if (!v[field].is_string())
+          return Fail(where + field + ": must be a string");
+        *dest = v[field].get<std::string>();
+      }
+      if (v.contains("podIPs")) {
+        if (!v["podIPs"].is_array())
+          return Fail(where + "podIPs: must be an array of strings");
+        for (const auto& ip : v["podIPs"]) {
+          if (!ip.is_string())
+            return Fail(where + "podIPs: must be an array of strings");
+          p.ips.push_back(ip.get<std::string>());
+        }
+      }
       if (v.contains("hostNetwork")) {
         if (!v["hostNetwork"].is_boolean())
           return Fail(file + ": pods." + key + ".hostNetwork: must be true or false");

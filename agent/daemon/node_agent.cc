@@ -157,20 +157,71 @@ Result<void> NodeAgent::Apply(const enrolment::Changes& changes) {
   return result;
 }
 
+void NodeAgent::SetPodLookup(PodLookup lookup) {
+  std::lock_guard lock(mu_);
+  lookup_ = std::move(lookup);
+}
+
+enrolment::Changes NodeAgent::Upsert(const cni::PodInfo& info) {
+  if (Excluded(info.pod_namespace))
+    return state_.RemovePod({info.pod_namespace, info.name});
+  return state_.UpsertPod(PodFor(info));
+}
+
 Result<cni::AddReply> NodeAgent::OnAdd(const cni::PodInfo& pod) {
   auto cookie = CookieOf(pod.netns);
   if (!cookie)
     return Wrap("pod " + pod.pod_namespace + "/" + pod.name + ": network namespace " + pod.netns,
                 cookie.error());
   const int host_if = HostIfindex(pod);
+  const enrolment::PodKey key{pod.pod_namespace, pod.name};
+  // A pod the label source has not shown yet: read it directly before deciding.
+  PodLookup lookup;
+  bool need_ns = false;
+  {
+    std::lock_guard lock(mu_);
+    if (lookup_ && !Excluded(pod.pod_namespace) && !labels_.pods.contains(key)) {
+      lookup = lookup_;
+      need_ns = !labels_.namespaces.contains(pod.pod_namespace);
+    }
+  }
+  std::optional<LookedUpPod> found;
+  if (lookup) {
+    auto r = lookup(pod.pod_namespace, pod.name, need_ns);
+    if (!r)
+      spdlog::warn("pod {}/{}: looking it up: {} (deciding on the labels known)", pod.pod_namespace,
+                   pod.name, r.error().message);
+    else
+      found = std::move(*r);
+  }
   std::lock_guard lock(mu_);
-  auto& rec = pods_[{pod.pod_namespace, pod.name}] = Record{pod, *cookie, host_if};
+  enrolment::Changes ns_changes;
+  if (found) {
+    const auto now = std::chrono::steady_clock::now();
+    if (found->pod && !labels_.pods.contains(key)) {
+      fetched_pods_[key] = {*found->pod, now};
+      labels_.pods[key] = *found->pod;
+    }
+    if (found->ns_labels && !labels_.namespaces.contains(pod.pod_namespace)) {
+      fetched_namespaces_[pod.pod_namespace] = {*found->ns_labels, now};
+      labels_.namespaces[pod.pod_namespace] = *found->ns_labels;
+      ns_changes = state_.SetNamespace(pod.pod_namespace, *found->ns_labels);
+    }
+    spdlog::info("pod {}/{}: not in the label cache yet; read from the API ({})", pod.pod_namespace,
+                 pod.name, found->pod ? "found" : "no such pod");
+  }
+  auto& rec = pods_[key] = Record{pod, *cookie, host_if};
   AttachTc(rec);
-  auto changes = state_.UpsertPod(PodFor(pod));
+  auto changes = Upsert(pod);
+  changes.enrol.insert(changes.enrol.end(), ns_changes.enrol.begin(), ns_changes.enrol.end());
+  changes.unenrol.insert(changes.unenrol.end(), ns_changes.unenrol.begin(),
+                         ns_changes.unenrol.end());
   auto applied = Apply(changes);
   Save();
   SLUICE_RETURN_IF_ERROR(applied);
-  const auto decision = state_.DecisionFor({pod.pod_namespace, pod.name});
+  if (Excluded(pod.pod_namespace))
+    return cni::AddReply{false, "excluded-namespace"};
+  const auto decision = state_.DecisionFor(key);
   return cni::AddReply{decision.enrolled, std::string(enrolment::ReasonName(decision.reason))};
 }
 
@@ -210,23 +261,48 @@ Result<cni::AddReply> NodeAgent::OnCheck(const cni::PodInfo& pod) {
 void NodeAgent::ApplyLabels(const LabelSnapshot& labels) {
   std::lock_guard lock(mu_);
   labels_ = labels;
+  // Labels read directly for a CNI ADD stand until the source shows the object (or for
+  // half a minute: an object the source never shows is gone).
+  const auto now = std::chrono::steady_clock::now();
+  constexpr auto kKeepFetched = std::chrono::seconds(30);
+  for (auto it = fetched_pods_.begin(); it != fetched_pods_.end();) {
+    if (labels_.pods.contains(it->first) || !pods_.contains(it->first) ||
+        now - it->second.second > kKeepFetched) {
+      it = fetched_pods_.erase(it);
+    } else {
+      labels_.pods[it->first] = it->second.first;
+      ++it;
+    }
+  }
+  for (auto it = fetched_namespaces_.begin(); it != fetched_namespaces_.end();) {
+    if (labels_.namespaces.contains(it->first) || now - it->second.second > kKeepFetched) {
+      it = fetched_namespaces_.erase(it);
+    } else {
+      labels_.namespaces[it->first] = it->second.first;
+      ++it;
+    }
+  }
   enrolment::Changes all;
   auto merge = [&](enrolment::Changes c) {
     all.enrol.insert(all.enrol.end(), c.enrol.begin(), c.enrol.end());
     all.unenrol.insert(all.unenrol.end(), c.unenrol.begin(), c.unenrol.end());
   };
-  for (const auto& [ns, l] : labels.namespaces)
+  for (const auto& [ns, l] : labels_.namespaces)
     merge(state_.SetNamespace(ns, l));
   std::set<std::string> known_ns;
   for (const auto& [key, rec] : pods_)
     known_ns.insert(key.pod_namespace);
   for (const auto& ns : known_ns)
-    if (!labels.namespaces.contains(ns))
+    if (!labels_.namespaces.contains(ns))
       merge(state_.RemoveNamespace(ns));
   for (const auto& [key, rec] : pods_)
-    merge(state_.UpsertPod(PodFor(rec.info)));
+    merge(Upsert(rec.info));
   if (auto r = Apply(all); !r)
     spdlog::error("applying label changes: {}", r.error().message);
+  if (reconcile_pending_) {
+    reconcile_pending_ = false;
+    ReconcileKernel();
+  }
   // Pods that stay enrolled may have new labels: their proxy follows its new view.
   if (l7_ && opts_.proxy_port != 0) {
     for (const auto& [key, rec] : pods_) {
@@ -270,7 +346,7 @@ void NodeAgent::Save() const {
     spdlog::error("writing {}: {}", opts_.state_file, ec.message());
 }
 
-Result<void> NodeAgent::Restore() {
+Result<void> NodeAgent::Restore(bool until_labels) {
   std::lock_guard lock(mu_);
   std::ifstream in(opts_.state_file);
   if (in) {
@@ -296,12 +372,28 @@ Result<void> NodeAgent::Restore() {
         continue;
       }
       pods_[{info.pod_namespace, info.name}] = Record{info, cookie, p.value("host_ifindex", 0)};
-      state_.UpsertPod(PodFor(info));
+      (void)Upsert(info);
     }
   }
+  if (until_labels) {
+    reconcile_pending_ = true;
+    spdlog::info("restored {} pods from {}; the enrolment map is reconciled once labels arrive",
+                 pods_.size(), opts_.state_file);
+  } else {
+    ReconcileKernel();
+    spdlog::info("restored {} pods from {}", pods_.size(), opts_.state_file);
+  }
+  Save();
+  return {};
+}
+
+void NodeAgent::ReconcileKernel() {
   // The kernel's enrolment map keeps only pods this agent knows and enrols.
   auto enrolled = dp_.Enrolled();
-  SLUICE_RETURN_IF_ERROR(enrolled);
+  if (!enrolled) {
+    spdlog::error("reconciling the enrolment map: {}", enrolled.error().message);
+    return;
+  }
   std::set<uint64_t> want;
   for (const auto& [key, rec] : pods_)
     if (state_.IsEnrolled(key))
@@ -316,9 +408,6 @@ Result<void> NodeAgent::Restore() {
     if (auto r = l7_->Open(key, rec.info.netns, PodFor(rec.info).labels, rec.info.ips); !r)
       spdlog::error("{}", r.error().message);
   }
-  spdlog::info("restored {} pods from {}", pods_.size(), opts_.state_file);
-  Save();
-  return {};
 }
 
 std::string NodeAgent::PodByCookie(uint64_t cookie) const {
@@ -351,7 +440,9 @@ std::vector<PodStatus> NodeAgent::Pods() const {
   for (const auto& [key, rec] : pods_) {
     auto d = state_.DecisionFor(key);
     out.push_back({key, rec.info.uid, rec.info.netns, rec.info.ips, rec.cookie, rec.host_ifindex,
-                   d.enrolled, std::string(enrolment::ReasonName(d.reason))});
+                   d.enrolled,
+                   Excluded(key.pod_namespace) ? std::string("excluded-namespace")
+                                               : std::string(enrolment::ReasonName(d.reason))});
   }
   return out;
 }

@@ -11,8 +11,12 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -32,7 +36,20 @@ struct NodeAgentOptions {
   // Port of the in-pod inbound listener (127.0.0.1), where the kernel steers the ports
   // whose inbound config needs the pod's proxy (0: no inbound side).
   uint16_t inbound_port = 15006;
+  // Namespaces whose pods are never enrolled, whatever their labels (--excluded-namespaces;
+  // the cluster's own, kube-system, by default). Their pods are listed with the reason
+  // "excluded-namespace".
+  std::set<std::string> excluded_namespaces = {"kube-system"};
 };
+
+// A CNI ADD of a pod the label source has not shown yet: its labels (and its namespace's,
+// when asked for) read directly, e.g. a GET on the API server (KubeLabels::Fetch).
+struct LookedUpPod {
+  std::optional<PodLabels> pod;
+  std::optional<enrolment::Labels> ns_labels;
+};
+using PodLookup = std::function<Result<LookedUpPod>(const std::string& ns, const std::string& name,
+                                                    bool with_namespace)>;
 
 struct PodStatus {
   enrolment::PodKey key;
@@ -69,8 +86,13 @@ class NodeAgent : public cni::CniHandler {
   // outboundTrafficPolicy of the config in force; re-enrols pods when it changes.
   void SetRegistryOnly(bool registry_only);
   // At start: reads the state file, reopens the pods that still exist, and makes the
-  // kernel's enrolment map match (stale entries removed).
-  Result<void> Restore();
+  // kernel's enrolment map match (stale entries removed). With `until_labels` (a label
+  // source that lists asynchronously, the API server), the kernel's map is left as it is
+  // until the first ApplyLabels, so a restarted agent does not unenrol pods it merely
+  // has no labels for yet.
+  Result<void> Restore(bool until_labels = false);
+  // Pods of CNI ADDs the label source does not know yet are looked up with this.
+  void SetPodLookup(PodLookup lookup);
 
   std::vector<PodStatus> Pods() const;
   // "namespace/name (ip)" of the pod with this network-namespace cookie, or "".
@@ -89,6 +111,10 @@ class NodeAgent : public cni::CniHandler {
   Result<void> Apply(const enrolment::Changes& changes);
   EnrolmentInfo InfoFor(const Record& r) const;
   enrolment::Pod PodFor(const cni::PodInfo& info) const;
+  // The enrolment state's view of a pod: excluded namespaces' pods are not in it.
+  enrolment::Changes Upsert(const cni::PodInfo& info);
+  bool Excluded(const std::string& ns) const { return opts_.excluded_namespaces.contains(ns); }
+  void ReconcileKernel();
   void Save() const;
 
   Dataplane& dp_;
@@ -99,6 +125,13 @@ class NodeAgent : public cni::CniHandler {
   LabelSnapshot labels_;
   std::map<enrolment::PodKey, Record> pods_;
   bool registry_only_ = false;
+  PodLookup lookup_;
+  // Looked-up labels, kept over label snapshots that do not have them yet (for a while).
+  std::map<enrolment::PodKey, std::pair<PodLabels, std::chrono::steady_clock::time_point>>
+      fetched_pods_;
+  std::map<std::string, std::pair<enrolment::Labels, std::chrono::steady_clock::time_point>>
+      fetched_namespaces_;
+  bool reconcile_pending_ = false;
 };
 
 }  // namespace sluice::agent

@@ -9,6 +9,8 @@ namespace sluice::agent {
 
 void PodPoller::Start(PodPollerParts parts) {
   p_ = parts;
+  if (p_.labels == nullptr)
+    labels_applied_ = true;
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -35,8 +37,10 @@ void PodPoller::Run() {
       auto changed = p_.labels->Poll();
       if (!changed)
         spdlog::error("{} (keeping the last good labels)", changed.error().message);
-      else if (*changed)
+      else if (*changed) {
         p_.node->ApplyLabels(**changed);
+        labels_applied_ = true;
+      }
     }
     if (p_.sync_views) {
       for (const auto& view : p_.streams->Sync(p_.l7->Views()))

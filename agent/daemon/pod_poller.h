@@ -1,9 +1,9 @@
 // PodPoller: the node agent's thread that follows its pods.
 //
 // Every 200 ms, or at once when a pod opened, closed or changed labels (Wake(), from the
-// L7 supervisor), it polls the label file (the stand-in for the Kubernetes API watch)
-// and hands changed labels to the node agent, then opens an xDS stream for each view
-// (namespace and labels) of the pods here and stops those of views no pod is in any
+// L7 supervisor and from the API server's watch), it polls the label source (the API
+// server, or the label file) and hands changed labels to the node agent, then opens an xDS stream
+// for each view (namespace and labels) of the pods here and stops those of views no pod is in any
 // more; a stopped view is forgotten by the kernel and the L7 process (ConfigFanout).
 #pragma once
 
@@ -21,7 +21,7 @@
 namespace sluice::agent {
 
 struct PodPollerParts {
-  LabelFile* labels = nullptr;  // none: no label file
+  LabelSource* labels = nullptr;  // none: no labels
   NodeAgent* node = nullptr;
   L7Supervisor* l7 = nullptr;
   ViewStreams* streams = nullptr;
@@ -42,6 +42,8 @@ class PodPoller {
   // Start() (the first poll then comes at once).
   void Wake();
   void Stop();
+  // The label source's first labels have been applied (always true without a source).
+  bool LabelsApplied() const { return labels_applied_.load(); }
 
  private:
   void Run();
@@ -51,6 +53,7 @@ class PodPoller {
   std::condition_variable wake_cv_;
   bool wake_ = false;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> labels_applied_{false};
   std::thread thread_;
 };
 
