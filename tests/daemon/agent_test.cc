@@ -194,13 +194,18 @@ struct Agent {
 };
 
 // sluice-agent's command line for a test: the lab's pins and cgroup, files under `dir`.
+// Under SLUICE_AGENT_CAPS, only with those capabilities (tests/kernel/capabilities_test.sh).
 std::vector<std::string> AgentArgv(Lab& lab, const std::string& dir, int xds_port) {
-  return {SLUICE_AGENT_PATH,    "--xds-address",    "127.0.0.1:" + std::to_string(xds_port),
-          "--pin-root",         lab.pin_root(),     "--cgroup-root",
-          lab.cgroup(),         "--cni-socket",     dir + "/cni.sock",
-          "--state-file",       dir + "/pods.json", "--labels-file",
-          dir + "/labels.json", "--admin-address",  "127.0.0.1:0",
-          "--access-log",       dir + "/access.log"};
+  std::vector<std::string> argv = AgentCapsPrefix();
+  for (const std::string& a :
+       {std::string(SLUICE_AGENT_PATH), std::string("--xds-address"),
+        "127.0.0.1:" + std::to_string(xds_port), std::string("--pin-root"), lab.pin_root(),
+        std::string("--cgroup-root"), lab.cgroup(), std::string("--cni-socket"), dir + "/cni.sock",
+        std::string("--state-file"), dir + "/pods.json", std::string("--labels-file"),
+        dir + "/labels.json", std::string("--admin-address"), std::string("127.0.0.1:0"),
+        std::string("--access-log"), dir + "/access.log"})
+    argv.push_back(a);
+  return argv;
 }
 
 // Starts sluice-agent and waits for its admin endpoint and readiness. With `etc_dir`, the

@@ -62,7 +62,7 @@ TEST_CASE("a running pod is found by /proc scan, named by its runtime netns, IP 
     }
   } cleanup{ns, base, pod, &child};
   REQUIRE(std::system(("ip netns add " + ns).c_str()) == 0);
-  REQUIRE(std::system(("ip -n " + ns + " link add d0 type dummy && ip -n " + ns +
+  REQUIRE(std::system(("ip -n " + ns + " link add d0 type veth peer name d1 && ip -n " + ns +
                        " addr add 10.250.7.9/32 dev d0 && ip -n " + ns + " link set d0 up")
                           .c_str()) == 0);
   fs::create_directories(pod);

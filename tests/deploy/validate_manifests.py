@@ -226,7 +226,7 @@ def validate(obj):
 
 def pod_spec_policy(ds, objects):
     """Sluice's own rules for the agent's DaemonSet (--sluice-policy)."""
-    allowed_caps = {"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "PERFMON"}
+    allowed_caps = {"BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE"}
     errors = []
     spec = ds.get("spec", {}).get("template", {}).get("spec", {})
     base = "spec.template.spec"

@@ -10,6 +10,8 @@
 #include <sched.h>
 
 #include <array>
+#include <cctype>
+#include <cstdlib>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
@@ -373,6 +375,26 @@ void Apply(Lab& lab, const ServiceSpec& spec) {
 
 uint64_t Delta(const Counters& before, const Counters& after, sluice_counter c) {
   return after[c] - before[c];
+}
+
+std::vector<std::string> AgentCapsPrefix() {
+  const char* caps = std::getenv("SLUICE_AGENT_CAPS");
+  if (caps == nullptr || *caps == '\0')
+    return {};
+  std::string bounding = "--bounding-set=-all";
+  std::string c = caps;
+  for (size_t start = 0; start <= c.size();) {
+    size_t comma = c.find(',', start);
+    std::string one = c.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    for (char& ch : one)
+      ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (!one.empty())
+      bounding += ",+" + one;
+    if (comma == std::string::npos)
+      break;
+    start = comma + 1;
+  }
+  return {"setpriv", bounding, "--inh-caps=-all", "--"};
 }
 
 }  // namespace sluice::test

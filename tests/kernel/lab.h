@@ -123,6 +123,12 @@ ServiceSpec Service(const std::string& name, std::vector<std::string> vips, uint
                     std::vector<ClusterSpec> clusters);
 // Upserts through the lab's data plane; fails the test with the error message.
 void Apply(Lab& lab, const ServiceSpec& spec);
+
+// The command prefix that runs the agent under exactly the capabilities in the
+// environment variable SLUICE_AGENT_CAPS ("BPF,NET_ADMIN,..." as the DaemonSet lists
+// them): setpriv with that bounding set, so the uid-0 agent gets those and no others
+// (tests/kernel/capabilities_test.sh). Empty when the variable is unset.
+std::vector<std::string> AgentCapsPrefix();
 uint64_t Delta(const Counters& before, const Counters& after, sluice_counter c);
 
 }  // namespace sluice::test
