@@ -88,14 +88,14 @@ long Within(F pred, std::chrono::milliseconds limit = 3000ms) {
 
 // A CNI plugin standing in for the node's network plugin: the lab already wired the
 // pod, so it only reports the address its configuration names ("ip").
-constexpr const char* kLabNet = R"(#!/bin/sh
+constexpr const char* kLabNet = R"SH(#!/bin/sh
 conf=$(cat)
 if [ "$CNI_COMMAND" = ADD ]; then
   ip=$(printf '%s' "$conf" | sed -n 's/.*"ip": *"\([^"]*\)".*/\1/p')
   printf '{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"%s"}],"ips":[{"address":"%s","interface":0}]}' "$CNI_NETNS" "$ip"
 fi
 exit 0
-)";
+)SH";
 
 struct KubeAgentLab {
   Lab lab;
