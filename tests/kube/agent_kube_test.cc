@@ -15,10 +15,12 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "kernelsync/fixtures.h"
 #include "lab.h"
+#include "sluice/kube/identity.h"
 #include "sluice/xds/ads_server.h"
 #include "standin_process.h"
 
@@ -107,6 +109,8 @@ struct KubeAgentLab {
   std::unique_ptr<kube::Client> admin;
   std::unique_ptr<Process> agent;
   int admin_port = 0;
+  std::string xds_address;               // default: the lab's plaintext ADS server
+  std::vector<std::string> extra_args;  // more agent flags
 
   KubeAgentLab() {
     lab.AddPod("client", 10);
@@ -135,9 +139,13 @@ struct KubeAgentLab {
   void StartAgent(bool wait_ready = true) {
     const auto cfg = api.Config(kube::testing::kAdminToken, "agent-token");
     std::string cmd = "echo $$ > " + lab.cgroup() + "/cgroup.procs && exec";
+    // Under SLUICE_AGENT_CAPS, only with those capabilities (capabilities_test.sh).
+    for (const std::string& a : AgentCapsPrefix())
+      cmd += " '" + a + "'";
     for (const std::string& a : {std::string(SLUICE_AGENT_PATH),
                                  std::string("--xds-address"),
-                                 "127.0.0.1:" + std::to_string(xds_port),
+                                 xds_address.empty() ? "127.0.0.1:" + std::to_string(xds_port)
+                                                     : xds_address,
                                  std::string("--pin-root"),
                                  lab.pin_root(),
                                  std::string("--cgroup-root"),
@@ -158,6 +166,8 @@ struct KubeAgentLab {
                                  cfg.ca_file,
                                  std::string("--node-name"),
                                  std::string("node-1")})
+      cmd += " '" + a + "'";
+    for (const std::string& a : extra_args)
       cmd += " '" + a + "'";
     agent = std::make_unique<Process>(std::vector<std::string>{"/bin/sh", "-c", cmd});
     admin_port = 0;
@@ -365,4 +375,145 @@ TEST_CASE(
   CHECK(p["enrolled"] == false);
   t.LabelNamespace("default", true);
   CHECK(Within([&] { return t.ViaVip(); }) >= 0);
+}
+
+TEST_CASE(
+    "sluice-agent --kube-server: a pod that ran before the agent is found by its cgroup and "
+    "enrolled, no CNI ADD") {
+  KubeAgentLab t;
+  const auto& early = t.lab.AddPod("early", 11);
+  t.LabelNamespace("default", true);
+  // The pod as the API shows it once the kubelet ran it: its UID and IP.
+  auto pod_json = kube::testing::MakePod("default", "early", "node-1");
+  pod_json["status"] = {{"phase", "Running"},
+                        {"podIP", "10.211.0.11"},
+                        {"podIPs", {{{"ip", "10.211.0.11"}}}}};
+  auto created = t.admin->Post("/api/v1/namespaces/default/pods", pod_json);
+  REQUIRE(created);
+  std::string uid = (*created)["metadata"]["uid"].get<std::string>();
+  // Its container, as the kubelet places it (systemd driver): a process in the pod's
+  // netns under kubepods-besteffort-pod<UID with _>.slice.
+  std::string slice_uid = uid;
+  for (char& c : slice_uid)
+    if (c == '-')
+      c = '_';
+  const fs::path slice = fs::path(t.lab.cgroup()) / "kubepods.slice" /
+                         ("kubepods-besteffort-pod" + slice_uid + ".slice");
+  fs::create_directories(slice);
+  Process container({"/bin/sh", "-c",
+                     "echo $$ > " + (slice / "cgroup.procs").string() + " && exec ip netns exec " +
+                         early.netns + " sleep 600"});
+  struct Reap {
+    Process& p;
+    fs::path slice;
+    ~Reap() {
+      p.Kill();
+      rmdir(slice.c_str());
+      rmdir(slice.parent_path().c_str());
+    }
+  } reap{container, slice};
+
+  t.StartAgent();
+  // No CNI ADD: the agent finds it by /proc scan, checks 10.211.0.11 inside that netns.
+  long found = Within([&] { return t.Enrolled("default", "early"); }, 5000ms);
+  INFO(t.Get("/pods").dump());
+  CHECK(found >= 0);
+  CHECK(t.AgentPod("default", "early")["netns"] == "/var/run/netns/" + early.netns);
+  CHECK(t.ViaVip("early"));
+}
+
+TEST_CASE(
+    "sluice-agent --kube-server: each view's stream passes istiod's XDS identity check with a "
+    "token the API issued for its pods' account") {
+  KubeAgentLab t;
+  // istiod's 15012 stand-in: TLS, every stream's token reviewed by the API stand-in, the
+  // node held against the identity.
+  const std::string pki = t.dir + "/istiod";
+  fs::create_directories(pki);
+  REQUIRE(std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=istiod "
+                       "-addext subjectAltName=DNS:istiod.istio-system.svc -keyout " +
+                       pki + "/key.pem -out " + pki + "/cert.pem >/dev/null 2>&1")
+                          .c_str()) == 0);
+  std::mutex mu;
+  std::vector<std::string> acked, refused;
+  sluice::xds::AdsServer istiod{[&t](const envoy::config::core::v3::Node&) { return t.web; }};
+  istiod.OnEvent([&](const sluice::xds::AdsServerEvent& e) {
+    std::lock_guard lock(mu);
+    if (e.kind == sluice::xds::AdsServerEvent::Kind::kAck)
+      acked.push_back(e.node_id);
+  });
+  kube::Client reviewer(t.api.Config());
+  sluice::xds::AdsServerOptions so;
+  so.address = "127.0.0.1:0";
+  so.cert_file = pki + "/cert.pem";
+  so.key_file = pki + "/key.pem";
+  so.authenticate = [&](const std::string& token) {
+    auto ids = kube::IstioIdentities(reviewer, token, "cluster.local");
+    if (!ids) {
+      std::lock_guard lock(mu);
+      refused.push_back(ids.error().message);
+    }
+    return ids;
+  };
+  auto port = istiod.Start(so);
+  REQUIRE(port);
+  // The agent's own account and token (the DaemonSet's projected istio-ca token).
+  auto must = [&](const std::string& path, const nlohmann::json& obj) {
+    auto r = t.admin->Post(path, obj);
+    INFO(path << ": " << (r ? "" : r.error().message));
+    REQUIRE(r);
+  };
+  must("/api/v1/namespaces", {{"metadata", {{"name", "sluice-system"}}}});
+  must("/api/v1/namespaces/sluice-system/serviceaccounts",
+       {{"metadata", {{"name", "sluice-agent"}}}});
+  must("/api/v1/namespaces/default/serviceaccounts", {{"metadata", {{"name", "sleep"}}}});
+  auto own = kube::RequestToken(
+      *t.admin, {.ns = "sluice-system", .service_account = "sluice-agent", .audience = "istio-ca"});
+  REQUIRE(own);
+  std::ofstream(t.dir + "/istio-token") << own->token;
+  auto pod_json = kube::testing::MakePod("default", "client", "node-1");
+  pod_json["spec"]["serviceAccountName"] = "sleep";
+  must("/api/v1/namespaces/default/pods", pod_json);
+  t.LabelNamespace("default", true);
+
+  auto run = [&](std::vector<std::string> extra) {
+    t.xds_address = "127.0.0.1:" + std::to_string(*port);
+    t.extra_args = {"--xds-tls", "--xds-ca", pki + "/cert.pem", "--xds-server-name", "istiod.istio-system.svc",
+                    "--xds-token", t.dir + "/istio-token", "--xds-namespace", "sluice-system",
+                    "--xds-service-account", "sluice-agent"};
+    t.extra_args.insert(t.extra_args.end(), extra.begin(), extra.end());
+    t.StartAgent();
+    t.CniAdd("client", "default");
+  };
+  auto view_acked = [&] {
+    std::lock_guard lock(mu);
+    for (const auto& id : acked)
+      if (id.find(".default~default.svc") != std::string::npos)
+        return true;
+    return false;
+  };
+  SECTION("with tokens per view: the node stream and the view's stream are both served") {
+    run({});
+    CHECK(Within([&] { return view_acked(); }, 5000ms) >= 0);
+    int status = 0;
+    CHECK_THAT(HttpGet(t.admin_port, "/metrics", &status),
+               Catch::Contains("sluice_xds_namespace_connected{namespace=\"default\"} 1"));
+    std::lock_guard lock(mu);
+    bool node_acked = false;
+    for (const auto& id : acked)
+      node_acked |= id.find(".sluice-system~sluice-system.svc") != std::string::npos;
+    CHECK(node_acked);
+    auto stats = t.api.Control("stats");
+    CHECK(stats["requests"]["create serviceaccounts/token"].get<int>() >= 1);
+  }
+  SECTION("with the agent's own token for the view, istiod's check refuses it") {
+    run({"--no-view-tokens"});
+    std::this_thread::sleep_for(2s);
+    CHECK_FALSE(view_acked());
+    int status = 0;
+    auto metrics = HttpGet(t.admin_port, "/metrics", &status);
+    INFO(metrics);
+    CHECK_THAT(metrics, Catch::Contains("sluice_xds_namespace_connected{namespace=\"default\"} 0"));
+  }
+  istiod.Stop();
 }
