@@ -19,6 +19,7 @@
 #include "conn_log.h"
 #include "gateway_role.h"
 #include "kube_labels.h"
+#include "proc_scan.h"
 #include "l7_host.h"
 #include "l7_supervisor.h"
 #include "labels.h"
@@ -220,13 +221,45 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
                       [&](const std::string& view, const config::SnapshotPtr& s) {
                         fanout.OnViewSnapshot(view, s);
                       });
+  if (kube_labels && f.ads.tls && f.view_tokens) {
+    // istiod's XDS identity check lets a stream act only as its token's namespace and
+    // service account: each view asks as its pods' account, with a token the API server
+    // issues for it, bound to one of the view's pods (docs/kubernetes.md).
+    streams.SetIdentitySource(
+        [&kl = *kube_labels](const View& v) {
+          auto pod = kl.PodOfView(v.ns, v.labels);
+          return pod ? pod->service_account : std::string();
+        },
+        [&kl = *kube_labels, &api = *kube_client, aud = f.view_token_audience](
+            const View& v, const std::string& account) -> Result<std::string> {
+          auto pod = kl.PodOfView(v.ns, v.labels, account);
+          if (!pod)
+            return Fail("no pod of view " + v.Id() + " with service account " + account +
+                        " to bind its token to");
+          auto token = kube::RequestToken(api, {.ns = v.ns,
+                                                .service_account = pod->service_account,
+                                                .audience = aud,
+                                                .bound_pod_name = pod->name,
+                                                .bound_pod_uid = pod->uid});
+          SLUICE_RETURN_IF_ERROR_CTX(token, "a token for " + v.ns + "/" + pod->service_account);
+          return token->token;
+        });
+  }
 
   poller.Start({.labels = labels,
                 .node = &node,
                 .l7 = &l7,
                 .streams = &streams,
                 .fanout = &fanout,
-                .sync_views = f.ns_streams && nao.proxy_port != 0});
+                .sync_views = f.ns_streams && nao.proxy_port != 0,
+                // Pods that ran before the agent (no CNI ADD will come for them): found by
+                // their cgroups once the API server names them.
+                .after_labels = kube_labels ? std::function<void(const LabelSnapshot&)>(
+                                                  [&node, &f](const LabelSnapshot& snap) {
+                                                    AddRunningPods(node, snap, f.proc_root,
+                                                                   f.netns_dir);
+                                                  })
+                                            : nullptr});
 
   AdminServer admin;
   // With the API server: not ready until its first lists are applied; /kube.

@@ -37,6 +37,28 @@ void AddFlags(CLI::App& app, AgentFlags& f) {
                  "Kubernetes node name (default: $NODE_NAME); with the API server, the agent "
                  "follows the pods scheduled to it");
   app.add_option("--cluster-id", f.id.cluster_id, "CLUSTER_ID metadata")->capture_default_str();
+  app.add_option("--xds-namespace", f.id.pod_namespace,
+                 "the namespace the node's own xDS stream asks as (NAMESPACE metadata; with "
+                 "istiod's XDS identity check, the namespace of --xds-token's account)")
+      ->capture_default_str();
+  app.add_option("--xds-service-account", f.id.service_account,
+                 "the service account the node's own xDS stream asks as (SERVICE_ACCOUNT "
+                 "metadata; --xds-token's account)")
+      ->capture_default_str();
+  app.add_flag("!--no-view-tokens", f.view_tokens,
+               "with the API server and --xds-tls, views' streams use the agent's own token "
+               "instead of one the API server issues for each view's service account (istiod "
+               "then refuses them unless PILOT_ENABLE_XDS_IDENTITY_CHECK=false)");
+  app.add_option("--proc-root", f.proc_root,
+                 "the host's /proc, where the agent finds pods that ran before it (with the "
+                 "API server): their cgroups name their UIDs")
+      ->capture_default_str();
+  app.add_option("--netns-dir", f.netns_dir,
+                 "where the container runtime names pods' network namespaces")
+      ->capture_default_str();
+  app.add_option("--view-token-audience", f.view_token_audience,
+                 "the audience of the views' tokens (istiod's TOKEN_AUDIENCES)")
+      ->capture_default_str();
   app.add_option("--pin-root", f.dataplane.pin_root, "bpffs directory for maps and links")
       ->capture_default_str();
   app.add_option("--cgroup-root", f.dataplane.cgroup_path,

@@ -34,6 +34,14 @@ struct AgentFlags {
   bool kubernetes = false;
   std::string kubeconfig, kube_server, kube_token_file, kube_ca_file;
   std::string excluded_namespaces = "kube-system";  // comma list
+  // With the API server and TLS to istiod: each view's stream asks as its pods' service
+  // account with a token the API server issues for it (istiod's XDS identity check).
+  bool view_tokens = true;
+  std::string view_token_audience = "istio-ca";
+  // Where the /proc scan for pods that ran before the agent looks (the host's /proc in a
+  // container) and where the runtime names network namespaces.
+  std::string proc_root = "/proc";
+  std::string netns_dir = "/var/run/netns";
   std::string log_level = "info";
   std::string access_log = "-";
   int drain_seconds = 5;

@@ -123,6 +123,24 @@ Result<FetchedPod> KubeLabels::Fetch(const std::string& ns, const std::string& n
   return out;
 }
 
+std::optional<KubeLabels::ViewPod> KubeLabels::PodOfView(const std::string& ns,
+                                                         const enrolment::Labels& labels,
+                                                         const std::string& service_account) const {
+  for (const auto& [key, pod] : pods_->Objects()) {  // ordered by "NS/NAME"
+    const auto& meta = pod.value("metadata", nlohmann::json::object());
+    if (meta.value("namespace", "") != ns || meta.contains("deletionTimestamp"))
+      continue;
+    PodLabels p = FromPod(pod);
+    if (p.labels != labels || p.host_network)
+      continue;
+    const std::string sa = p.service_account.empty() ? "default" : p.service_account;
+    if (!service_account.empty() && sa != service_account)
+      continue;
+    return ViewPod{meta.value("name", ""), p.uid, sa};
+  }
+  return std::nullopt;
+}
+
 nlohmann::json KubeLabels::Status() const {
   return {{"server", client_.config().server},
           {"node", node_name_},

@@ -44,6 +44,14 @@ class KubeLabels : public LabelSource {
   bool Synced() const;
   [[nodiscard]] Result<FetchedPod> Fetch(const std::string& ns, const std::string& name,
                                          bool with_namespace);
+  // A running pod of this node in namespace `ns` with exactly these labels (and this
+  // service account, when given): what a view's xDS stream authenticates as and binds its
+  // token to (docs/kubernetes.md, "istiod's XDS identity check"). The first by name.
+  struct ViewPod {
+    std::string name, uid, service_account;
+  };
+  std::optional<ViewPod> PodOfView(const std::string& ns, const enrolment::Labels& labels,
+                                   const std::string& service_account = "") const;
   // {"pods": ReflectorStatus, "namespaces": ...} for /kube and /metrics.
   nlohmann::json Status() const;
   const std::string& node_name() const { return node_name_; }

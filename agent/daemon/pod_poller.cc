@@ -39,6 +39,8 @@ void PodPoller::Run() {
         spdlog::error("{} (keeping the last good labels)", changed.error().message);
       else if (*changed) {
         p_.node->ApplyLabels(**changed);
+        if (p_.after_labels)
+          p_.after_labels(**changed);
         labels_applied_ = true;
       }
     }

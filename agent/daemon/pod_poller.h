@@ -8,6 +8,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -27,6 +28,9 @@ struct PodPollerParts {
   ViewStreams* streams = nullptr;
   ConfigFanout* fanout = nullptr;
   bool sync_views = true;  // one xDS stream per view (else the node's stream serves all)
+  // Called on the poller's thread after each new label state was applied (the API-server
+  // source: pods that ran before the agent are looked for here).
+  std::function<void(const LabelSnapshot&)> after_labels;
 };
 
 class PodPoller {

@@ -8,7 +8,11 @@
 #include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
+#include <spdlog/spdlog.h>
+
+#include "node_agent.h"
 #include "sluice/netns/netns.h"
 
 namespace sluice::agent {
@@ -129,6 +133,59 @@ Result<bool> NetnsHasAddress(const std::string& netns_path, const std::string& i
   if (err != 0)
     return FailErrno("listing the addresses of " + netns_path, err);
   return found;
+}
+
+size_t AddRunningPods(NodeAgent& node, const LabelSnapshot& labels, const std::string& proc_root,
+                      const std::string& netns_dir) {
+  std::set<enrolment::PodKey> known;
+  for (const auto& p : node.Pods())
+    known.insert(p.key);
+  std::vector<std::pair<enrolment::PodKey, const PodLabels*>> missing;
+  for (const auto& [key, pod] : labels.pods) {
+    if (!known.contains(key) && !pod.uid.empty() && !pod.ips.empty() && !pod.host_network)
+      missing.emplace_back(key, &pod);
+  }
+  if (missing.empty())
+    return 0;
+  auto found = ScanPods(proc_root, netns_dir);
+  if (!found) {
+    spdlog::warn("looking for pods that ran before the agent: {}", found.error().message);
+    return 0;
+  }
+  size_t added = 0;
+  for (const auto& [key, pod] : missing) {
+    auto it = found->find(pod->uid);
+    if (it == found->end())
+      continue;
+    const std::string& ip = pod->ips.front();
+    auto has = NetnsHasAddress(it->second.netns, ip);
+    if (!has || !*has) {
+      spdlog::warn("pod {}/{} (uid {}): process {} is not in a namespace with the pod's IP {}; "
+                   "not taken",
+                   key.pod_namespace, key.name, pod->uid, it->second.pid, ip);
+      continue;
+    }
+    cni::PodInfo info;
+    info.name = key.name;
+    info.pod_namespace = key.pod_namespace;
+    info.uid = pod->uid;
+    info.netns = it->second.netns;
+    info.container_id = "proc-scan-" + pod->uid;
+    info.ifname = "eth0";
+    for (const auto& a : pod->ips)
+      info.ips.push_back(a + (a.find(':') == std::string::npos ? "/32" : "/128"));
+    auto r = node.OnAdd(info);
+    if (!r) {
+      spdlog::warn("pod {}/{} that ran before the agent: {}", key.pod_namespace, key.name,
+                   r.error().message);
+      continue;
+    }
+    spdlog::info("pod {}/{} ran before the agent: found by its cgroup (pid {}, {}), {}",
+                 key.pod_namespace, key.name, it->second.pid, it->second.netns,
+                 r->enrolled ? "enrolled" : "not enrolled");
+    ++added;
+  }
+  return added;
 }
 
 }  // namespace sluice::agent

@@ -42,4 +42,15 @@ Result<std::map<std::string, FoundPod>> ScanPods(const std::string& proc_root = 
 // Whether the network namespace at `netns` has `ip` (no prefix) on one of its interfaces.
 Result<bool> NetnsHasAddress(const std::string& netns, const std::string& ip);
 
+// Adds to the node agent every pod of `labels` that it does not know yet (no CNI ADD came:
+// it ran before the agent) and that has a UID, an IP and no host network, when the scan
+// finds its namespace and the pod's IP is in it: as a CNI ADD would (enrolled or not by
+// the rule). Returns how many were added. Pods the scan cannot find are left alone (not
+// started yet, or on another runtime's layout) and looked for again on the next call.
+class NodeAgent;
+struct LabelSnapshot;
+size_t AddRunningPods(NodeAgent& node, const LabelSnapshot& labels,
+                      const std::string& proc_root = "/proc",
+                      const std::string& netns_dir = "/var/run/netns");
+
 }  // namespace sluice::agent

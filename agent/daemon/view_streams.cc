@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <set>
 
 namespace sluice::agent {
@@ -17,8 +18,6 @@ std::string View::Id() const {
     }
     id += "}";
   }
-  if (!service_account.empty())
-    id += "@" + service_account;
   return id;
 }
 
@@ -50,11 +49,15 @@ std::vector<std::string> ViewStreams::Sync(const std::vector<View>& views) {
   {
     std::lock_guard lock(mu_);
     for (auto it = streams_.begin(); it != streams_.end();) {
-      if (want.contains(it->first)) {
+      // A view whose pods now run as another service account asks again as that one
+      // (its first pod may have been seen before the API server said whose it is).
+      const bool same_account = !account_fn_ || account_fn_(it->second.view) == it->second.account;
+      if (want.contains(it->first) && same_account) {
         ++it;
         continue;
       }
-      stopped.push_back(it->first);
+      if (!want.contains(it->first))
+        stopped.push_back(it->first);  // a restarted one keeps its config meanwhile
       gone.insert(streams_.extract(it++));
     }
     for (const auto& [id, view] : want) {
@@ -71,12 +74,16 @@ std::vector<std::string> ViewStreams::Sync(const std::vector<View>& views) {
       node.labels = {view->labels.begin(), view->labels.end()};
       if (!view->labels.empty())
         node.pod_name += "-" + LabelsTag(view->labels);
-      if (!view->service_account.empty())
-        node.service_account = view->service_account;
+      std::string account;
+      if (account_fn_)
+        account = account_fn_(*view);
+      if (!account.empty())
+        node.service_account = account;
+      s.account = account;
       xds::AdsClientOptions o = base_;
       o.node = xds::BuildNode(node);
       if (token_fn_) {
-        o.token_source = [fn = token_fn_, v = *view] { return fn(v); };
+        o.token_source = [fn = token_fn_, v = *view, account] { return fn(v, account); };
       }
       s.client = std::make_unique<xds::AdsClient>(o, *s.store);
       if (auto r = s.client->Start(); !r) {
@@ -89,7 +96,10 @@ std::vector<std::string> ViewStreams::Sync(const std::vector<View>& views) {
   }
   for (auto& [id, s] : gone) {  // outside the lock: Stop joins the stream thread
     s.client->Stop();
-    spdlog::info("xDS: stream for {} closed (no pods left)", id);
+    if (std::find(stopped.begin(), stopped.end(), id) != stopped.end())
+      spdlog::info("xDS: stream for {} closed (no pods left)", id);
+    else
+      spdlog::info("xDS: stream for {} restarted as another service account", id);
   }
   return stopped;
 }

@@ -29,12 +29,7 @@ namespace sluice::agent {
 struct View {
   std::string ns;
   enrolment::Labels labels;
-  // The pods' service account (spec.serviceAccountName) when the agent knows it (from the
-  // API server): the stream then asks as that account, which istiod's XDS identity check
-  // holds against the stream's token. Empty: the node identity's own.
-  std::string service_account;
-  // "NS", or "NS{k=v,k2=v2}" with labels, then "@SA" with a service account: the key of
-  // streams, configs and metrics.
+  // "NS", or "NS{k=v,k2=v2}" with labels: the key of streams, configs and metrics.
   std::string Id() const;
   auto operator<=>(const View&) const = default;
 };
@@ -47,12 +42,18 @@ class ViewStreams {
       : base_(std::move(base)), identity_(std::move(identity)), on_config_(std::move(on_config)) {}
   ~ViewStreams() { StopAll(); }
 
-  // Where each view's stream gets its bearer token (called for every stream it opens):
-  // on Kubernetes, a token the API server issues for the view's service account (see
-  // docs/kubernetes.md, "istiod's XDS identity check"). Unset: the base options' token
-  // file, the same for every view. Set before the first Sync().
-  using TokenFn = std::function<Result<std::string>(const View&)>;
-  void SetTokenSource(TokenFn fn) { token_fn_ = std::move(fn); }
+  // Who each view's stream is, for istiod's XDS identity check (docs/kubernetes.md):
+  // `account` gives the service account of the view's pods when its stream starts (sent
+  // as SERVICE_ACCOUNT; "" keeps the node identity's), and `token` a bearer token for that
+  // account, called for every stream it opens (on Kubernetes a TokenRequest bound to one
+  // of the view's pods). Unset: the base options' token file, the same for every view.
+  // Set before the first Sync().
+  using AccountFn = std::function<std::string(const View&)>;
+  using TokenFn = std::function<Result<std::string>(const View&, const std::string& account)>;
+  void SetIdentitySource(AccountFn account, TokenFn token) {
+    account_fn_ = std::move(account);
+    token_fn_ = std::move(token);
+  }
 
   // Starts streams for new views and stops those no longer listed; returns the ids of
   // the views whose stream was stopped.
@@ -68,12 +69,14 @@ class ViewStreams {
  private:
   struct Stream {
     View view;
+    std::string account;  // the service account it asks as ("" for the node's)
     std::unique_ptr<config::ConfigStore> store;
     std::unique_ptr<xds::AdsClient> client;
   };
   xds::AdsClientOptions base_;
   xds::NodeIdentity identity_;
   OnConfig on_config_;
+  AccountFn account_fn_;
   TokenFn token_fn_;
   mutable std::mutex mu_;
   std::map<std::string, Stream> streams_;  // by View::Id()

@@ -34,12 +34,12 @@ bool WaitFor(F&& pred, std::chrono::milliseconds limit = 5000ms) {
 }
 
 envoy::config::core::v3::Node ViewNode(const std::string& ns, const std::string& sa) {
-  xds::NodeIdentity id;
+  sluice::xds::NodeIdentity id;
   id.ips = {"10.244.1.5"};
   id.pod_name = "sluice-agent-node-1";
   id.pod_namespace = ns;
   id.service_account = sa;
-  return xds::BuildNode(id);
+  return sluice::xds::BuildNode(id);
 }
 
 }  // namespace
@@ -75,8 +75,8 @@ TEST_CASE("xDS identity: per-view tokens from TokenRequest pass istiod's check, 
                        "-addext subjectAltName=DNS:istiod.istio-system.svc -keyout " +
                        dir + "/key.pem -out " + dir + "/cert.pem >/dev/null 2>&1")
                           .c_str()) == 0);
-  xds::AdsServer server([](const envoy::config::core::v3::Node&) { return testing::HttpbinSet(1); });
-  xds::AdsServerOptions so;
+  sluice::xds::AdsServer server([](const envoy::config::core::v3::Node&) { return testing::HttpbinSet(1); });
+  sluice::xds::AdsServerOptions so;
   so.address = "127.0.0.1:0";
   so.cert_file = dir + "/cert.pem";
   so.key_file = dir + "/key.pem";
@@ -103,7 +103,7 @@ TEST_CASE("xDS identity: per-view tokens from TokenRequest pass istiod's check, 
   const std::string agent_token = token_for("sluice-system", "sluice-agent", "", "");
 
   auto stream = [&](envoy::config::core::v3::Node node, std::string token) {
-    xds::AdsClientOptions o;
+    sluice::xds::AdsClientOptions o;
     o.server = "127.0.0.1:" + std::to_string(*port);
     o.tls = true;
     o.ca_file = dir + "/cert.pem";
@@ -114,9 +114,9 @@ TEST_CASE("xDS identity: per-view tokens from TokenRequest pass istiod's check, 
     return o;
   };
   auto synced = [](config::ConfigStore& s) { return s.Current()->clusters.size() == 1; };
-  auto refused_with = [&](xds::AdsClientOptions o, const std::string& why) {
+  auto refused_with = [&](sluice::xds::AdsClientOptions o, const std::string& why) {
     config::ConfigStore store;
-    xds::AdsClient client(std::move(o), store);
+    sluice::xds::AdsClient client(std::move(o), store);
     REQUIRE(client.Start());
     REQUIRE(WaitFor([&] { return client.Status().failed_attempts >= 2; }));
     INFO(client.Status().last_stream_error);
@@ -127,7 +127,7 @@ TEST_CASE("xDS identity: per-view tokens from TokenRequest pass istiod's check, 
 
   SECTION("the view's own token and account sync") {
     config::ConfigStore store;
-    xds::AdsClient client(stream(ViewNode("demo", "sleep"), view_token), store);
+    sluice::xds::AdsClient client(stream(ViewNode("demo", "sleep"), view_token), store);
     REQUIRE(client.Start());
     REQUIRE(WaitFor([&] { return synced(store); }));
     client.Stop();
