@@ -23,6 +23,12 @@ Result<DaemonSetRef> DaemonSetRef::Parse(const std::string& text) {
 StopDecision DecideStop(const DaemonSetRef& ref,
                         const Result<std::optional<nlohmann::json>>& lookup) {
   const std::string ds = "DaemonSet " + ref.ToString();
+  if (!lookup && lookup.error().code == 401) {
+    // The token is refused: the agent's service account was deleted, which only an
+    // uninstall does (as Istio's CNI agent reads it).
+    return {true, "the API server refuses the agent's token (401) looking up " + ds +
+                      ": its service account is gone, an uninstall"};
+  }
   if (!lookup) {
     return {false, "could not look up " + ds + " (" + lookup.error().message +
                        "); keeping the data plane, as for an upgrade"};

@@ -7,8 +7,10 @@
 //     conflist entry stay, so traffic keeps flowing, and the next agent adopts the pins
 //     (no second set of programs);
 //   - 404, or its metadata.deletionTimestamp set (a foreground deletion waits for its
-//     pods) → an uninstall: the conflist entry goes (the original back, as
-//     install-cni.sh --uninstall does), every pod is unenrolled, the programs are
+//     pods), or 401 (the agent's token refused: its service account was deleted, which
+//     `kubectl delete -k` does; Istio's CNI agent reads a 401 the same way; a 403 is
+//     not, as RBAC may be edited for other reasons) → an uninstall: the conflist entry goes (the
+//     original back, as install-cni.sh --uninstall does), every pod is unenrolled, the programs are
 //     detached and every pin under the pin root is removed (Dataplane::Cleanup, what
 //     `sluicectl bpf cleanup` does), and the files the agent wrote for sluice-cni go.
 // Doubt means upgrade: removing the data plane of a node whose agent is merely being

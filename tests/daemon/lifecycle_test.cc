@@ -400,6 +400,13 @@ TEST_CASE("shutdown: upgrade or uninstall, decided by the DaemonSet") {
     CHECK_THAT(d.why, Catch::Contains("connection refused"));
     auto forbidden = DecideStop(ref, Lookup(Fail("403 Forbidden", 403)));
     CHECK_FALSE(forbidden.uninstall);
+    auto server_error = DecideStop(ref, Lookup(Fail("500 InternalError", 500)));
+    CHECK_FALSE(server_error.uninstall);
+  }
+  SECTION("the agent's token refused (its service account deleted): an uninstall") {
+    auto d = DecideStop(ref, Lookup(Fail("GET ...: 401 Unauthorized", 401)));
+    CHECK(d.uninstall);
+    CHECK_THAT(d.why, Catch::Contains("401"));
   }
 }
 
