@@ -21,6 +21,7 @@ MODULES = {
     "loader": ("loader", 1),
     "agent/enrolment": ("enrolment", 1),
     "cni": ("cni", 1),
+    "agent/kube": ("kube", 1),
     "agent/config": ("config", 2),
     "agent/netns": ("netns", 2),
     "agent/filterchain": ("filterchain", 2),

@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <map>
 #include <memory>
@@ -39,7 +40,9 @@ inline constexpr std::string_view kServiceAccountDir =
 struct ClientConfig {
   std::string server;      // "https://10.96.0.1:443"; "http://127.0.0.1:N" only in tests
   std::string ca_file;     // PEM bundle that verifies the server; empty: the system's
-  std::string token_file;  // bearer token, re-read when the file changes; empty: none
+  std::string ca_data;     // PEM bundle given inline (kubeconfig certificate-authority-data)
+  std::string token_file;  // bearer token, re-read when the file changes; empty: `token`
+  std::string token;       // a fixed bearer token (kubeconfig `token`); empty: none
   std::string user_agent = "sluice";
   std::chrono::milliseconds request_timeout{10000};  // a whole non-watch request
   std::chrono::milliseconds connect_timeout{3000};
@@ -64,8 +67,15 @@ class Client {
   // 2xx answer is parsed as JSON; anything else is an Error whose code is the HTTP status
   // (0 when no answer came) and whose message names the method, path, status, and the
   // Status object's reason and message. Thread-safe.
-  [[nodiscard]] Result<nlohmann::json> Get(std::string_view path);
+  // A request given `stop` ends (an Error "stopped", code 0) soon after *stop is true.
+  [[nodiscard]] Result<nlohmann::json> Get(std::string_view path,
+                                           const std::atomic<bool>* stop = nullptr);
   [[nodiscard]] Result<nlohmann::json> Post(std::string_view path, const nlohmann::json& body);
+  // Any method with an optional JSON body of this content type.
+  [[nodiscard]] Result<nlohmann::json> Request(std::string_view method, std::string_view path,
+                                               const nlohmann::json* body = nullptr,
+                                               std::string_view content_type = "application/json",
+                                               const std::atomic<bool>* stop = nullptr);
 
   // Streams a watch (the path carries watch=true and the resourceVersion). Calls on_event
   // with each event object ({"type": ..., "object": ...}) as it arrives; returns when the
@@ -78,7 +88,7 @@ class Client {
   const ClientConfig& config() const { return config_; }
 
  private:
-  std::string Token();  // the current token, re-read when its file changed
+  std::string Token(bool force_reread = false);  // re-read when its file changed
   ClientConfig config_;
   std::mutex token_mu_;
   std::string token_;
@@ -147,12 +157,12 @@ enum class EventType { kAdded, kModified, kDeleted };
 struct ReflectorStatus {
   bool synced = false;  // the first list has been applied
   std::string resource_version;
-  uint64_t lists = 0;     // full lists (the first, then one after each 410 or error)
-  uint64_t watches = 0;   // watch streams opened
-  uint64_t events = 0;    // ADDED/MODIFIED/DELETED applied (bookmarks not counted)
+  uint64_t lists = 0;    // full lists (the first, then one after each 410 or error)
+  uint64_t watches = 0;  // watch streams opened
+  uint64_t events = 0;   // ADDED/MODIFIED/DELETED applied (bookmarks not counted)
   uint64_t bookmarks = 0;
-  uint64_t gone = 0;      // 410 Gone answers (expired resourceVersion or continue token)
-  uint64_t errors = 0;    // other failed requests
+  uint64_t gone = 0;       // 410 Gone answers (expired resourceVersion or continue token)
+  uint64_t errors = 0;     // other failed requests
   std::string last_error;  // "" when the last request went well
 };
 
@@ -180,12 +190,18 @@ class Reflector {
 
  private:
   void Run();
+  bool List();  // false: failed (counted, backoff follows)
+  bool WatchOnce(bool* relist);
+  void Sleep(std::chrono::milliseconds d);  // wakes on Stop()
+  void NoteError(const std::string& error, bool gone);
   Client& client_;
   ReflectorOptions options_;
   OnEvent on_event_;
   std::function<void()> on_synced_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> synced_{false};
+  std::mutex stop_mu_;
+  std::condition_variable stop_cv_;
   mutable std::mutex mu_;
   std::map<std::string, nlohmann::json> objects_;
   ReflectorStatus status_;
