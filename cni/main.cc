@@ -1,4 +1,6 @@
 // sluice-cni: a chained CNI plugin that hands each pod to the node's sluice-agent.
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -36,6 +38,9 @@ int ReadUpTo(int fd, std::size_t limit, std::string* out) {
 }  // namespace
 
 int main() {
+  // stdout carries the CNI result alone: the libraries' log lines (the API client's)
+  // go to stderr, which the runtime logs.
+  spdlog::set_default_logger(spdlog::stderr_logger_st("sluice-cni"));
   std::map<std::string, std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string kv(*e);

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string_view>
 
+#include "agent_down.h"
 #include "prev_result.h"
 #include "sluice/cni/protocol.h"
 
@@ -171,6 +172,31 @@ PluginOutput Run(const std::map<std::string, std::string>& env, const std::strin
     }
     fail_open = it->get<bool>();
   }
+  AgentDownPolicy agent_down;
+  if (auto it = conf.find("excludeNamespaces"); it != conf.end()) {
+    bool ok = it->is_array();
+    std::vector<std::string> names;
+    for (const auto& n : ok ? *it : ojson::array()) {
+      if (!n.is_string() || n.get<std::string>().empty()) {
+        ok = false;
+        break;
+      }
+      names.push_back(n.get<std::string>());
+    }
+    if (!ok) {
+      return ErrorOut(version, codes::kInvalidNetworkConfig,
+                      "network configuration: field \"excludeNamespaces\" must be a list of "
+                      "namespace names");
+    }
+    agent_down.exclude_namespaces = std::move(names);
+  }
+  if (auto it = conf.find("kubeconfig"); it != conf.end()) {
+    if (!it->is_string()) {
+      return ErrorOut(version, codes::kInvalidNetworkConfig,
+                      "network configuration: field \"kubeconfig\" must be a path");
+    }
+    agent_down.kubeconfig = it->get<std::string>();
+  }
   if (auto it = conf.find("agentTimeoutMs"); it != conf.end()) {
     if (!it->is_number_integer() || it->get<long long>() <= 0) {
       return ErrorOut(version, codes::kInvalidNetworkConfig,
@@ -254,7 +280,14 @@ PluginOutput Run(const std::map<std::string, std::string>& env, const std::strin
       return ok;
     }
     if (unreachable) {
-      return ErrorOut(version, codes::kTryAgainLater, "sluice agent is unreachable",
+      // Only mesh pods need the agent (agent_down.h).
+      auto verdict = DecideAgentDown(agent_down, req.pod_namespace, req.pod_name);
+      if (verdict.pass) {
+        ok.log = "sluice-cni: " + std::string(OperationName(op)) + ": " + reply.error().message +
+                 "; " + verdict.why + ": pod continues without the mesh";
+        return ok;
+      }
+      return ErrorOut(version, codes::kTryAgainLater, "sluice agent is unreachable: " + verdict.why,
                       reply.error().message);
     }
     return ErrorOut(version, codes::kAgentProtocol, "bad exchange with the sluice agent",

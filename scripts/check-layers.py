@@ -20,8 +20,10 @@ MODULES = {
     "agent/envoy-api": ("envoy", 1),
     "loader": ("loader", 1),
     "agent/enrolment": ("enrolment", 1),
-    "cni": ("cni", 1),
     "agent/kube": ("kube", 1),
+    # sluice-cni asks the API server (kube) and applies the enrolment rule when the
+    # agent is down (issue 19).
+    "cni": ("cni", 2),
     "agent/config": ("config", 2),
     "agent/netns": ("netns", 2),
     "agent/filterchain": ("filterchain", 2),

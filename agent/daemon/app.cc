@@ -15,6 +15,7 @@
 
 #include "admin.h"
 #include "admin_routes.h"
+#include "cni_conf.h"
 #include "config_fanout.h"
 #include "conn_log.h"
 #include "gateway_role.h"
@@ -26,6 +27,7 @@
 #include "local_source.h"
 #include "node_agent.h"
 #include "pod_poller.h"
+#include "shutdown.h"
 #include "sluice/config/store.h"
 #include "sluice/kube/client.h"
 #include "sluice/loader/kernel_features.h"
@@ -85,9 +87,46 @@ std::set<std::string> SplitComma(const std::string& s) {
   return out;
 }
 
+// kube::GetDaemonSet for the stop (shutdown.h): a short budget, one more try after a
+// transport error or a 5xx, so the decision fits in the pod's grace period.
+DaemonSetLookup StopLookup(kube::ClientConfig api, DaemonSetRef ref) {
+  api.request_timeout = std::chrono::milliseconds(2000);
+  api.connect_timeout = std::chrono::milliseconds(1000);
+  api.user_agent = "sluice-agent/stop";
+  return [api = std::move(api), ref = std::move(ref)]() {
+    kube::Client client(api);
+    auto r = kube::GetDaemonSet(client, ref.ns, ref.name);
+    if (!r && (r.error().code == 0 || r.error().code >= 500))
+      r = kube::GetDaemonSet(client, ref.ns, ref.name);
+    return r;
+  };
+}
+
 // The node role: the pods of this node, the kernel data plane, their L7 proxies.
 int RunNode(AgentFlags& f, sigset_t sigs) {
   auto& nao = f.node;
+  // --daemonset: the DaemonSet a stop looks up to tell an upgrade from an uninstall.
+  auto api = KubeConfigFromFlags(f);
+  if (!api) {
+    spdlog::error("{}", api.error().message);
+    return 2;
+  }
+  std::optional<DaemonSetRef> daemonset;
+  DaemonSetLookup daemonset_lookup;
+  if (!f.daemonset.empty()) {
+    auto ref = DaemonSetRef::Parse(f.daemonset);
+    if (!ref) {
+      spdlog::error("{}", ref.error().message);
+      return 2;
+    }
+    if (!*api) {
+      spdlog::error("--daemonset {} needs the API server (--kubernetes or --kube-server)",
+                    f.daemonset);
+      return 2;
+    }
+    daemonset = *ref;
+    daemonset_lookup = StopLookup(**api, *ref);
+  }
   if (auto fb = ParseKernelFallbacks(f.kernel_fallback); fb) {
     f.dataplane.kernel_fallbacks = *fb;
   } else {
@@ -95,11 +134,7 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
     return 2;
   }
   nao.excluded_namespaces = SplitComma(f.excluded_namespaces);
-  auto kube_config = KubeConfigFromFlags(f);
-  if (!kube_config) {
-    spdlog::error("{}", kube_config.error().message);
-    return 2;
-  }
+  auto& kube_config = api;
   if (*kube_config && f.id.node_name.empty()) {
     if (const char* env = std::getenv("NODE_NAME"); env != nullptr)
       f.id.node_name = env;
@@ -200,6 +235,31 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
     spdlog::error("{}", cni_server.error().message);
     return 1;
   }
+  // The agent's own sluice-cni entry (cni_conf.h), written once the agent is ready: the
+  // data plane is loaded and the CNI socket listens (both true from here on), and with
+  // the API server its first lists are applied (so a pod's ADD is decided on its labels).
+  std::unique_ptr<CniConfKeeper> cni_conf;
+  if (!f.cni_conf.conf_dir.empty()) {
+    CniConfOptions o = f.cni_conf;
+    if (o.entry.agent_socket.empty())
+      o.entry.agent_socket = f.cni.socket_path;
+    // sluice-cni's kubeconfig: only with an API server to point it at.
+    if (*api) {
+      o.kube = {(*api)->server, (*api)->ca_file, (*api)->token_file};
+    } else if (!o.entry.kubeconfig.empty()) {
+      spdlog::warn("--cni-kubeconfig {}: no API server configured; the entry gets none",
+                   o.entry.kubeconfig);
+      o.entry.kubeconfig.clear();
+    }
+    auto keeper = CniConfKeeper::Start(std::move(o), [kl = kube_labels.get(), &poller] {
+      return kl == nullptr || (kl->Synced() && poller.LabelsApplied());
+    });
+    if (!keeper) {
+      spdlog::error("--cni-conf-dir: {}", keeper.error().message);
+      return 1;
+    }
+    cni_conf = std::move(*keeper);
+  }
 
   f.id.ips = {f.node_ip};
   const xds::AdsClientOptions ads_base = f.ads;
@@ -284,6 +344,11 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
                           .labels_not_ready = labels_not_ready,
                           .kube_status = kube_status});
   routes.Register(admin);
+  if (cni_conf) {
+    admin.Handle("/cni_conf", [&cni_conf] {
+      return AdminReply{200, "text/plain; charset=utf-8", cni_conf->StatusText()};
+    });
+  }
   auto port = admin.Start(f.admin_address);
   if (!port) {
     spdlog::error("{}", port.error().message);
@@ -295,7 +360,13 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
 
   int sig = 0;
   sigwait(&sigs, &sig);
-  spdlog::info("{}: stopping (the kernel data plane stays in place)", strsignal(sig));
+  // Upgrade or uninstall (shutdown.h): asked before anything stops.
+  if (cni_conf)
+    cni_conf->Stop();
+  StopDecision stop{false, "no --daemonset given: the kernel data plane stays in place"};
+  if (daemonset_lookup)
+    stop = DecideStop(*daemonset, daemonset_lookup());
+  spdlog::info("{}: stopping; {}", strsignal(sig), stop.why);
   poller.Stop();
   if (kube_labels)
     kube_labels->Stop();
@@ -309,6 +380,17 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   if (conn_log) {
     (void)(*dp)->SetConnLog(false);  // nobody reads the ring buffer until a new agent runs
     conn_log.reset();
+  }
+  if (stop.uninstall) {
+    auto r = Uninstall({.cni_conf_dir = f.cni_conf.conf_dir,
+                        .pin_root = f.dataplane.pin_root,
+                        .state_file = nao.state_file,
+                        .dataplane = dp->get()});
+    if (!r) {
+      spdlog::error("uninstall left something behind: {}", r.error().message);
+      return 1;
+    }
+    spdlog::info("uninstall: done; nothing of sluice is left on this node but its binaries");
   }
   return 0;
 }

@@ -119,6 +119,33 @@ void AddFlags(CLI::App& app, AgentFlags& f) {
   app.add_option("--admin-address", f.admin_address, "admin HTTP (127.0.0.1 only)")
       ->capture_default_str();
   app.add_option("--log-level", f.log_level, "trace|debug|info|warn|error")->capture_default_str();
+
+  // The node's lifecycle (cni_conf.h, shutdown.h).
+  app.add_option("--cni-conf-dir", f.cni_conf.conf_dir,
+                 "node: chain sluice-cni into the CNI configuration in this directory once "
+                 "ready, and re-chain it when the primary CNI rewrites its file (empty: leave "
+                 "the CNI configuration alone)");
+  app.add_option("--cni-conflist", f.cni_conf.conflist,
+                 "node: the primary CNI configuration's file name (default: the first "
+                 "*.conflist, *.conf or *.json by name, as libcni picks it)");
+  app.add_option("--cni-agent-socket", f.cni_conf.entry.agent_socket,
+                 "node: agentSocket in the sluice-cni entry, the CNI socket as the host sees "
+                 "it (default: --cni-socket)");
+  app.add_flag("--cni-fail-open", f.cni_conf.entry.fail_open,
+               "node: failOpen in the sluice-cni entry: every pod starts while the agent is "
+               "unreachable, mesh pods without the mesh");
+  app.add_option("--cni-exclude-namespaces", f.cni_conf.entry.exclude_namespaces,
+                 "node: excludeNamespaces in the sluice-cni entry: pods there start while the "
+                 "agent is unreachable (comma-separated)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--cni-kubeconfig", f.cni_conf.entry.kubeconfig,
+                 "node: where sluice-cni on the host finds the kubeconfig the agent writes "
+                 "into --cni-conf-dir (default: CNI_CONF_DIR/sluice-kubeconfig)");
+  app.add_option("--daemonset", f.daemonset,
+                 "node: NAMESPACE/NAME of the agent's own DaemonSet; on SIGTERM, gone (or "
+                 "being deleted) means an uninstall: the conflist entry, enrolments, programs "
+                 "and pins are removed; present or unknown: all stay (an upgrade)");
 }
 
 }  // namespace sluice::agent

@@ -4,10 +4,12 @@
 
 #include <string>
 
+#include "cni_conf.h"
 #include "cni_server.h"
 #include "gateway_role.h"
 #include "l7_host.h"
 #include "node_agent.h"
+#include "sluice/kube/client.h"
 #include "sluice/loader/dataplane.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/node.h"
@@ -52,6 +54,11 @@ struct AgentFlags {
   GatewayOptions gateway;  // the gateway role's own flags (--pod-*, --workers)
   bool ns_streams = true;
   L7HostOptions l7;  // --role l7 (set by the node agent)
+  // The node's lifecycle (issue 19): the agent's own sluice-cni conflist entry
+  // (--cni-conf-dir; empty: off) and, on SIGTERM, its DaemonSet ("NS/NAME") to tell an
+  // upgrade from an uninstall (empty: always keep the data plane).
+  CniConfOptions cni_conf;
+  std::string daemonset;
 };
 
 // Adds every flag to `app`, bound to `f` (whose values are the defaults shown).

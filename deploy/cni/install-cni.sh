@@ -3,9 +3,11 @@
 #
 #   install-cni.sh [options]              install (idempotent)
 #   install-cni.sh --uninstall [options]  remove, restoring the original configuration
+#   install-cni.sh --binary-only --plugin-binary PATH   only copy the binary
 #
-# Run by the DaemonSet's init container (with the host's CNI dirs mounted) or by an
-# admin. What install does:
+# The DaemonSet's init container copies the binary (--binary-only); the agent chains
+# sluice-cni itself once it is ready and keeps it chained (agent/daemon/cni_conf.h, same
+# rules as below). An admin may still run this script by hand. What install does:
 #   1. copies the sluice-cni binary into the CNI bin dir (when --plugin-binary is given);
 #   2. picks the primary network configuration: --conflist, else the first *.conflist,
 #      *.conf or *.json in the conf dir by name — the one the runtime uses (libcni order);
@@ -31,6 +33,9 @@ plugin_binary=
 conflist=
 agent_socket=
 fail_open=
+exclude_namespaces=
+kubeconfig=
+binary_only=0
 wait_seconds=0
 uninstall=0
 remove_binary=0
@@ -44,6 +49,11 @@ usage: $prog [--uninstall] [options]
   --conflist NAME        the configuration file to chain into (default: the first by name)
   --agent-socket PATH    sets "agentSocket" in the sluice-cni entry
   --fail-open            sets "failOpen": true (pods start even when the agent is down)
+  --exclude-namespaces L sets "excludeNamespaces" (comma-separated; the plugin's default is
+                         kube-system): pods there start even when the agent is down
+  --kubeconfig PATH      sets "kubeconfig": sluice-cni asks the API server whether a pod
+                         is in the mesh when the agent is down
+  --binary-only          with --plugin-binary: copy the binary, leave the configuration
   --wait SECONDS         wait this long for the primary CNI to write its configuration
   --uninstall            remove sluice-cni from the configuration
   --remove-binary        with --uninstall: also delete sluice-cni from the bin dir
@@ -64,6 +74,9 @@ while (($#)); do
     --conflist) conflist=${2:?}; shift 2 ;;
     --agent-socket) agent_socket=${2:?}; shift 2 ;;
     --fail-open) fail_open=1; shift ;;
+    --exclude-namespaces) exclude_namespaces=${2?}; shift 2 ;;
+    --kubeconfig) kubeconfig=${2:?}; shift 2 ;;
+    --binary-only) binary_only=1; shift ;;
     --wait) wait_seconds=${2:?}; shift 2 ;;
     --uninstall) uninstall=1; shift ;;
     --remove-binary) remove_binary=1; shift ;;
@@ -118,9 +131,12 @@ as_conflist() {
 
 sluice_entry() {
   jq -n --arg socket "$agent_socket" --arg failopen "$fail_open" \
+    --arg exclude "$exclude_namespaces" --arg kubeconfig "$kubeconfig" \
     '{type: "sluice-cni"}
      + (if $socket != "" then {agentSocket: $socket} else {} end)
-     + (if $failopen != "" then {failOpen: true} else {} end)'
+     + (if $failopen != "" then {failOpen: true} else {} end)
+     + (if $exclude != "" then {excludeNamespaces: ($exclude | split(",") | map(select(. != "")))} else {} end)
+     + (if $kubeconfig != "" then {kubeconfig: $kubeconfig} else {} end)'
 }
 
 without_sluice() { jq '.plugins |= map(select(.type != "sluice-cni"))'; }
@@ -148,6 +164,10 @@ install() {
     # shellcheck disable=SC2094 # reads the source, writes a temp file beside the target
     atomic_write "$bin_dir/sluice-cni" "$plugin_binary" <"$plugin_binary"
     log "installed $bin_dir/sluice-cni"
+  fi
+  if ((binary_only)); then
+    [[ -n $plugin_binary ]] || die "--binary-only needs --plugin-binary"
+    return
   fi
 
   local primary waited=0

@@ -148,6 +148,21 @@ expect "--conflist picks a file" run --conflist 99-late.conflist
 expect "chosen file chained" test "$(types "$dir/net.d/99-late.conflist")" = '["ptp","sluice-cni"]'
 expect "calico untouched" cmp -s "$dir/pristine" "$dir/net.d/10-calico.conflist"
 
+# --- the fields for an agent outage; --binary-only leaves the configuration ----------
+begin fields
+write_calico
+expect "install with the outage fields exits 0" \
+  run --exclude-namespaces kube-system,infra --kubeconfig /etc/cni/net.d/sluice-kubeconfig
+expect "excludeNamespaces and kubeconfig set" \
+  test "$(jq -c '.plugins[-1]' "$dir/net.d/10-calico.conflist")" = '{"type":"sluice-cni","excludeNamespaces":["kube-system","infra"],"kubeconfig":"/etc/cni/net.d/sluice-kubeconfig"}'
+begin binary-only
+write_calico
+expect "--binary-only exits 0" run --binary-only --plugin-binary "$binary"
+expect "binary installed" cmp -s "$binary" "$dir/bin/sluice-cni"
+expect "configuration untouched" cmp -s "$dir/pristine" "$dir/net.d/10-calico.conflist"
+expect "no original kept" test ! -e "$dir/net.d/.10-calico.conflist.sluice-orig"
+expect "--binary-only needs the binary" eval '! run --binary-only'
+
 # --- errors: clear message, non-zero, nothing changed ----------------------------------
 begin errors
 expect "empty dir fails" eval '! run'
