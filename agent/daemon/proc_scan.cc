@@ -119,8 +119,8 @@ Result<bool> NetnsHasAddress(const std::string& netns_path, const std::string& i
       if (!a->ifa_addr || (a->ifa_addr->sa_family != AF_INET && a->ifa_addr->sa_family != AF_INET6))
         continue;
       char host[NI_MAXHOST];
-      const socklen_t len = a->ifa_addr->sa_family == AF_INET ? sizeof(sockaddr_in)
-                                                              : sizeof(sockaddr_in6);
+      const socklen_t len =
+          a->ifa_addr->sa_family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
       if (getnameinfo(a->ifa_addr, len, host, sizeof host, nullptr, 0, NI_NUMERICHOST) != 0)
         continue;
       std::string h(host);
@@ -160,9 +160,10 @@ size_t AddRunningPods(NodeAgent& node, const LabelSnapshot& labels, const std::s
     const std::string& ip = pod->ips.front();
     auto has = NetnsHasAddress(it->second.netns, ip);
     if (!has || !*has) {
-      spdlog::warn("pod {}/{} (uid {}): process {} is not in a namespace with the pod's IP {}; "
-                   "not taken",
-                   key.pod_namespace, key.name, pod->uid, it->second.pid, ip);
+      spdlog::warn(
+          "pod {}/{} (uid {}): process {} is not in a namespace with the pod's IP {}; "
+          "not taken",
+          key.pod_namespace, key.name, pod->uid, it->second.pid, ip);
       continue;
     }
     cni::PodInfo info;

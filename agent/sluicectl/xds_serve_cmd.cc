@@ -107,11 +107,11 @@ void RunServe(const ServeOptions& opt) {
   sopts.required_token = opt.token;
   if (opt.authenticate == "kube") {
     if (opt.cert_file.empty())
-      Die("xds serve", "--authenticate kube needs --tls-cert and --tls-key: gRPC clients send "
-                       "their tokens only over TLS");
-    kube::ClientConfig kc{.server = opt.kube_server,
-                          .ca_file = opt.kube_ca_file,
-                          .token_file = opt.kube_token_file};
+      Die("xds serve",
+          "--authenticate kube needs --tls-cert and --tls-key: gRPC clients send "
+          "their tokens only over TLS");
+    kube::ClientConfig kc{
+        .server = opt.kube_server, .ca_file = opt.kube_ca_file, .token_file = opt.kube_token_file};
     if (kc.server.empty()) {
       auto in_cluster = kube::InClusterConfig();
       if (!in_cluster)

@@ -80,8 +80,9 @@ Result<void> CheckCgroupCoversPods(const std::string& dir, const std::string& se
     if (type != "cgroup2")
       continue;
     const std::string w = want.string();
-    const bool above = w == point || point == "/" ||
-                       (w.rfind(point, 0) == 0 && w.size() > point.size() && w[point.size()] == '/');
+    const bool above =
+        w == point || point == "/" ||
+        (w.rfind(point, 0) == 0 && w.size() > point.size() && w[point.size()] == '/');
     if (above && point.size() >= best_point.size()) {
       best_point = point;
       best_root = root;

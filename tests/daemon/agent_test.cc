@@ -941,7 +941,8 @@ TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gatewa
   CHECK_THAT(t.v1->ReadLine(2000), Catch::StartsWith("10.211.0.20 - - ["));
   auto dump = admin_get("/config_dump");
   CHECK_THAT(dump, Catch::Contains("\"role\": \"gateway\""));
-  CHECK_THAT(dump, Catch::Contains("router~10.211.0.20~istio-ingressgateway-7d4f8b9c6-abcde.istio-system"));
+  CHECK_THAT(dump, Catch::Contains(
+                       "router~10.211.0.20~istio-ingressgateway-7d4f8b9c6-abcde.istio-system"));
   CHECK_THAT(admin_get("/metrics"), Catch::Contains("sluice_proxy_requests_total 3"));
   // Istio's standard metrics, as a gateway reports them: reporter "source", the gateway's
   // workload (its Deployment's name) the source, the route's service the destination.

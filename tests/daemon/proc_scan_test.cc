@@ -19,10 +19,10 @@ using sluice::agent::PodUidFromCgroupLine;
 
 TEST_CASE("a pod's UID is read from its kubelet cgroup, with either cgroup driver") {
   // systemd driver (kubeadm's default), a containerd container scope inside the pod slice
-  CHECK(PodUidFromCgroupLine(
-            "/kubepods.slice/kubepods-besteffort.slice/"
-            "kubepods-besteffort-pod0f5e3a52_9c1b_4d8e_a0b7_2c4f1e6d8a90.slice/"
-            "cri-containerd-4b1d9e3f.scope") == "0f5e3a52-9c1b-4d8e-a0b7-2c4f1e6d8a90");
+  CHECK(PodUidFromCgroupLine("/kubepods.slice/kubepods-besteffort.slice/"
+                             "kubepods-besteffort-pod0f5e3a52_9c1b_4d8e_a0b7_2c4f1e6d8a90.slice/"
+                             "cri-containerd-4b1d9e3f.scope") ==
+        "0f5e3a52-9c1b-4d8e-a0b7-2c4f1e6d8a90");
   // guaranteed pods sit right under kubepods.slice
   CHECK(PodUidFromCgroupLine("/kubepods.slice/kubepods-pod1a2b3c4d_0000_1111_2222_333344445555"
                              ".slice/crio-77.scope") == "1a2b3c4d-0000-1111-2222-333344445555");

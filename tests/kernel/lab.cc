@@ -10,11 +10,11 @@
 #include <sched.h>
 
 #include <array>
-#include <cctype>
-#include <cstdlib>
 #include <catch2/catch.hpp>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -385,7 +385,8 @@ std::vector<std::string> AgentCapsPrefix() {
   std::string c = caps;
   for (size_t start = 0; start <= c.size();) {
     size_t comma = c.find(',', start);
-    std::string one = c.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    std::string one =
+        c.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     for (char& ch : one)
       ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
     if (!one.empty())

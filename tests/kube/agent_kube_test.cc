@@ -109,7 +109,7 @@ struct KubeAgentLab {
   std::unique_ptr<kube::Client> admin;
   std::unique_ptr<Process> agent;
   int admin_port = 0;
-  std::string xds_address;               // default: the lab's plaintext ADS server
+  std::string xds_address;              // default: the lab's plaintext ADS server
   std::vector<std::string> extra_args;  // more agent flags
 
   KubeAgentLab() {
@@ -142,30 +142,30 @@ struct KubeAgentLab {
     // Under SLUICE_AGENT_CAPS, only with those capabilities (capabilities_test.sh).
     for (const std::string& a : AgentCapsPrefix())
       cmd += " '" + a + "'";
-    for (const std::string& a : {std::string(SLUICE_AGENT_PATH),
-                                 std::string("--xds-address"),
-                                 xds_address.empty() ? "127.0.0.1:" + std::to_string(xds_port)
-                                                     : xds_address,
-                                 std::string("--pin-root"),
-                                 lab.pin_root(),
-                                 std::string("--cgroup-root"),
-                                 lab.cgroup(),
-                                 std::string("--cni-socket"),
-                                 dir + "/cni.sock",
-                                 std::string("--state-file"),
-                                 dir + "/pods.json",
-                                 std::string("--admin-address"),
-                                 std::string("127.0.0.1:0"),
-                                 std::string("--access-log"),
-                                 dir + "/access.log",
-                                 std::string("--kube-server"),
-                                 api.url(),
-                                 std::string("--kube-token-file"),
-                                 cfg.token_file,
-                                 std::string("--kube-ca-file"),
-                                 cfg.ca_file,
-                                 std::string("--node-name"),
-                                 std::string("node-1")})
+    for (const std::string& a :
+         {std::string(SLUICE_AGENT_PATH),
+          std::string("--xds-address"),
+          xds_address.empty() ? "127.0.0.1:" + std::to_string(xds_port) : xds_address,
+          std::string("--pin-root"),
+          lab.pin_root(),
+          std::string("--cgroup-root"),
+          lab.cgroup(),
+          std::string("--cni-socket"),
+          dir + "/cni.sock",
+          std::string("--state-file"),
+          dir + "/pods.json",
+          std::string("--admin-address"),
+          std::string("127.0.0.1:0"),
+          std::string("--access-log"),
+          dir + "/access.log",
+          std::string("--kube-server"),
+          api.url(),
+          std::string("--kube-token-file"),
+          cfg.token_file,
+          std::string("--kube-ca-file"),
+          cfg.ca_file,
+          std::string("--node-name"),
+          std::string("node-1")})
       cmd += " '" + a + "'";
     for (const std::string& a : extra_args)
       cmd += " '" + a + "'";
@@ -385,9 +385,8 @@ TEST_CASE(
   t.LabelNamespace("default", true);
   // The pod as the API shows it once the kubelet ran it: its UID and IP.
   auto pod_json = kube::testing::MakePod("default", "early", "node-1");
-  pod_json["status"] = {{"phase", "Running"},
-                        {"podIP", "10.211.0.11"},
-                        {"podIPs", {{{"ip", "10.211.0.11"}}}}};
+  pod_json["status"] = {
+      {"phase", "Running"}, {"podIP", "10.211.0.11"}, {"podIPs", {{{"ip", "10.211.0.11"}}}}};
   auto created = t.admin->Post("/api/v1/namespaces/default/pods", pod_json);
   REQUIRE(created);
   std::string uid = (*created)["metadata"]["uid"].get<std::string>();
@@ -478,9 +477,17 @@ TEST_CASE(
 
   auto run = [&](std::vector<std::string> extra) {
     t.xds_address = "127.0.0.1:" + std::to_string(*port);
-    t.extra_args = {"--xds-tls", "--xds-ca", pki + "/cert.pem", "--xds-server-name", "istiod.istio-system.svc",
-                    "--xds-token", t.dir + "/istio-token", "--xds-namespace", "sluice-system",
-                    "--xds-service-account", "sluice-agent"};
+    t.extra_args = {"--xds-tls",
+                    "--xds-ca",
+                    pki + "/cert.pem",
+                    "--xds-server-name",
+                    "istiod.istio-system.svc",
+                    "--xds-token",
+                    t.dir + "/istio-token",
+                    "--xds-namespace",
+                    "sluice-system",
+                    "--xds-service-account",
+                    "sluice-agent"};
     t.extra_args.insert(t.extra_args.end(), extra.begin(), extra.end());
     t.StartAgent();
     t.CniAdd("client", "default");

@@ -113,8 +113,9 @@ TEST_CASE(
   src.Stop();
 }
 
-TEST_CASE("kube labels: Fetch reads a pod (and its namespace) directly, and a missing pod is no error",
-          "[kube]") {
+TEST_CASE(
+    "kube labels: Fetch reads a pod (and its namespace) directly, and a missing pod is no error",
+    "[kube]") {
   StandinProcess api;
   kube::Client c(api.Config());
   Must(c.Post("/api/v1/namespaces",

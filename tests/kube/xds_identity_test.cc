@@ -75,7 +75,8 @@ TEST_CASE("xDS identity: per-view tokens from TokenRequest pass istiod's check, 
                        "-addext subjectAltName=DNS:istiod.istio-system.svc -keyout " +
                        dir + "/key.pem -out " + dir + "/cert.pem >/dev/null 2>&1")
                           .c_str()) == 0);
-  sluice::xds::AdsServer server([](const envoy::config::core::v3::Node&) { return testing::HttpbinSet(1); });
+  sluice::xds::AdsServer server(
+      [](const envoy::config::core::v3::Node&) { return testing::HttpbinSet(1); });
   sluice::xds::AdsServerOptions so;
   so.address = "127.0.0.1:0";
   so.cert_file = dir + "/cert.pem";
@@ -144,7 +145,8 @@ TEST_CASE("xDS identity: per-view tokens from TokenRequest pass istiod's check, 
   }
   SECTION("a token of another audience, and one whose pod is gone, are unauthenticated") {
     auto other = kube::RequestToken(
-        admin, {.ns = "demo", .service_account = "sleep", .audience = "https://kubernetes.default.svc"});
+        admin,
+        {.ns = "demo", .service_account = "sleep", .audience = "https://kubernetes.default.svc"});
     REQUIRE(other.has_value());
     refused_with(stream(ViewNode("demo", "sleep"), other->token), "authentication failure");
     REQUIRE(admin.Request("DELETE", "/api/v1/namespaces/demo/pods/sleep-1", nullptr, ""));

@@ -500,12 +500,11 @@ Result<size_t> CheckConnectionIdentity(const envoy::config::core::v3::Node& node
       continue;
     return i;
   }
-  return Fail(fmt::format("no identities ([{}]) matched {}/{}", fmt::join(identities, " "), ns, sa));
+  return Fail(
+      fmt::format("no identities ([{}]) matched {}/{}", fmt::join(identities, " "), ns, sa));
 }
 
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 grpc::Status AdsServer::Service::StreamAggregatedResources(
     grpc::ServerContext* ctx,

@@ -131,7 +131,7 @@ struct IssuedToken {
 // client's token: authenticated, the audience among `audiences`, and the username.
 struct ReviewedToken {
   bool authenticated = false;
-  std::string username;  // "system:serviceaccount:NS:SA" for a service account
+  std::string username;             // "system:serviceaccount:NS:SA" for a service account
   std::vector<std::string> groups;  // "system:serviceaccounts" for a service account
   // The pod a bound token is bound to (user.extra "authentication.kubernetes.io/pod-name"
   // and "…/pod-uid"), empty otherwise.

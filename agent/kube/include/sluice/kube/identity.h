@@ -14,10 +14,8 @@
 namespace sluice::kube {
 
 // The SPIFFE identities of the token's holder, or an error in istiod's words.
-[[nodiscard]] Result<std::vector<std::string>> IstioIdentities(Client& api,
-                                                               const std::string& token,
-                                                               const std::string& trust_domain,
-                                                               const std::vector<std::string>&
-                                                                   audiences = {"istio-ca"});
+[[nodiscard]] Result<std::vector<std::string>> IstioIdentities(
+    Client& api, const std::string& token, const std::string& trust_domain,
+    const std::vector<std::string>& audiences = {"istio-ca"});
 
 }  // namespace sluice::kube
