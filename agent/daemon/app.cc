@@ -39,18 +39,15 @@ namespace sluice::agent {
 
 namespace {
 
-// Where the API server is, from the flags: "" config server when the labels come from
-// elsewhere (a file, or none).
+// Where the API server is, from the flags (nullopt: none). Labels come from it unless
+// --labels-file is given; the stop's DaemonSet lookup and sluice-cni's kubeconfig use it
+// either way.
 Result<std::optional<kube::ClientConfig>> KubeConfigFromFlags(const AgentFlags& f) {
   const int ways = int(f.kubernetes) + int(!f.kubeconfig.empty()) + int(!f.kube_server.empty());
   if (ways == 0)
     return std::optional<kube::ClientConfig>();
   if (ways > 1)
     return Fail("--kubernetes, --kubeconfig and --kube-server are alternatives: give one");
-  if (!f.labels_file.empty())
-    return Fail(
-        "--labels-file and the API server (--kubernetes, --kubeconfig, --kube-server) "
-        "are alternatives: give one");
   if (f.kubernetes) {
     auto c = kube::InClusterConfig();
     SLUICE_RETURN_IF_ERROR_CTX(c, "--kubernetes");
@@ -135,7 +132,8 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   }
   nao.excluded_namespaces = SplitComma(f.excluded_namespaces);
   auto& kube_config = api;
-  if (*kube_config && f.id.node_name.empty()) {
+  const bool labels_from_api = *kube_config && f.labels_file.empty();
+  if (labels_from_api && f.id.node_name.empty()) {
     if (const char* env = std::getenv("NODE_NAME"); env != nullptr)
       f.id.node_name = env;
     if (f.id.node_name.empty()) {
@@ -191,7 +189,7 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   std::unique_ptr<KubeLabels> kube_labels;
   std::unique_ptr<LabelFile> label_file;
   LabelSource* labels = nullptr;
-  if (*kube_config) {
+  if (labels_from_api) {
     kube_client = std::make_unique<kube::Client>(**kube_config);
     kube_labels =
         std::make_unique<KubeLabels>(*kube_client, f.id.node_name, [&poller] { poller.Wake(); });

@@ -68,7 +68,8 @@ void AddFlags(CLI::App& app, AgentFlags& f) {
   app.add_option("--state-file", f.node.state_file, "the agent's record of its pods")
       ->capture_default_str();
   app.add_option("--labels-file", f.labels_file,
-                 "namespace/pod labels from a JSON file (instead of the API server); polled");
+                 "namespace/pod labels from a JSON file (polled); with an API server given too, it "
+                 "serves only the stop's DaemonSet lookup and sluice-cni's kubeconfig");
   app.add_flag("--kubernetes", f.kubernetes,
                "labels from the Kubernetes API server, with the pod's own service account "
                "(KUBERNETES_SERVICE_HOST/PORT, its token and ca.crt)");

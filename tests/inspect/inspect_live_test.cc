@@ -93,8 +93,12 @@ TEST_CASE("proxy-config asks a real gateway agent on its unix: admin socket") {
   TempDir dir;
   const fs::path cfg = dir.path() / "config";
   fs::create_directories(cfg);
+  // istio-system's gateways: the demo profile's (agent/local/profiles).
   for (const char* part : {"samples", "istio-system", "02-ingress"}) {
-    for (const auto& e : fs::directory_iterator(fs::path(SLUICE_EXAMPLES) / part))
+    const fs::path src = std::string(part) == "istio-system"
+                             ? fs::path(SLUICE_EXAMPLES).parent_path() / "agent/local/profiles"
+                             : fs::path(SLUICE_EXAMPLES) / part;
+    for (const auto& e : fs::directory_iterator(src))
       fs::copy_file(e.path(), cfg / (std::string(part) + "-" + e.path().filename().string()));
   }
   const std::string xds = "unix:" + (dir.path() / "xds.sock").string();

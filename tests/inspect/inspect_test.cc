@@ -62,9 +62,12 @@ class TempDir {
 };
 
 // A config directory made of example files, as `sluicectl local apply -f` would leave it.
+// "istio-system" is the demo profile's gateways, as `sluicectl local up --profile demo`
+// installs them (agent/local/profiles).
 void CopyExamples(const fs::path& dir, const std::vector<std::string>& parts) {
   for (const auto& part : parts) {
-    fs::path src = kExamples / part;
+    fs::path src = part == "istio-system" ? kExamples.parent_path() / "agent/local/profiles"
+                                          : kExamples / part;
     if (fs::is_directory(src)) {
       for (const auto& e : fs::directory_iterator(src)) {
         if (e.path().extension() == ".yaml")
