@@ -123,10 +123,13 @@ EnrolmentInfo NodeAgent::InfoFor(const Record& r) const {
 }
 
 Result<void> NodeAgent::Apply(const enrolment::Changes& changes) {
+  // `changes` may merge several steps (a namespace label, then a pod's own labels) that
+  // decided one pod both ways; the state's final decision is what the kernel gets, once.
   Result<void> result;
+  std::set<enrolment::PodKey> done;
   for (const auto& p : changes.unenrol) {
     auto it = pods_.find(p.key);
-    if (it == pods_.end())
+    if (it == pods_.end() || state_.IsEnrolled(p.key) || !done.insert(p.key).second)
       continue;
     if (auto r = dp_.Unenrol(it->second.cookie); !r) {
       result = std::unexpected(r.error());
@@ -140,6 +143,8 @@ Result<void> NodeAgent::Apply(const enrolment::Changes& changes) {
     auto it = pods_.find(p.key);
     if (it == pods_.end())
       continue;  // labelled, but not (yet) on this node
+    if (!state_.IsEnrolled(p.key) || !done.insert(p.key).second)
+      continue;  // decided otherwise by a later step, or already done
     // The capture listener first: once enrolled, the kernel redirects L7 services to it.
     if (l7_ && opts_.proxy_port != 0) {
       if (auto r = l7_->Open(p.key, it->second.info.netns, p.labels, it->second.info.ips); !r) {
