@@ -5,6 +5,7 @@
 // kernel's `translated` counter moves once per connection and `no_service` does not.
 #include <cmath>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <set>
 
 #include "harness.h"
@@ -171,6 +172,15 @@ spec:
   REQUIRE(WaitUntil([&] {
     return Ctl({"bpf", pins, "dump", "services"}).out.find("tcp-echo") != std::string::npos ||
            Ctl({"bpf", pins, "dump", "services"}).out.find("_9000") != std::string::npos;
+  }));
+  // And the client pod is enrolled: the namespace label reaches the agent on its next
+  // poll, which may come after the services (connects before it are not_enrolled).
+  REQUIRE(WaitUntil([&] {
+    auto pods = nlohmann::json::parse(Sh("curl -s http://" + tc.admin + "/pods"), nullptr, false);
+    for (const auto& p : pods.is_array() ? pods : nlohmann::json::array())
+      if (p.value("name", "").rfind("sleep-", 0) == 0 && p.value("enrolled", false))
+        return true;
+    return false;
   }));
 
   SECTION("a three-way tcp split, 15/35/50, in the kernel") {
