@@ -62,7 +62,6 @@ TEST_CASE("a container's own cgroup is refused as the hooks' cgroup, the host's 
   char tmpl[] = "/tmp/sluice-cgroot-XXXXXX";
   REQUIRE(mkdtemp(tmpl) != nullptr);
   const fs::path mnt(tmpl);
-  fs::create_directory(cg);
   struct Cleanup {
     fs::path cg, mnt;
     ~Cleanup() {
@@ -70,6 +69,7 @@ TEST_CASE("a container's own cgroup is refused as the hooks' cgroup, the host's 
       rmdir(mnt.c_str());
     }
   } cleanup{cg, mnt};
+  fs::create_directory(cg);
 
   // In the host's namespaces every cgroup passes: a child cgroup is a deliberate choice.
   CHECK(sluice::CheckCgroupCoversPods(*host));
