@@ -155,30 +155,6 @@ std::unique_ptr<Process> Helloworld(Lab& lab, const std::string& pod, const std:
           " helloworld --port 8000 --service-version " + version + " --instance " + pod + " 2>&1"});
 }
 
-std::string HttpGet(int port, const std::string& path, int* status) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  sin.sin_port = htons(static_cast<uint16_t>(port));
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  *status = 0;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0) {
-    std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n";
-    if (write(fd, req.data(), req.size()) > 0) {
-      char buf[8192];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0)
-        out.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  if (out.size() > 12)
-    *status = std::atoi(out.c_str() + 9);
-  auto body = out.find("\r\n\r\n");
-  return body == std::string::npos ? "" : out.substr(body + 4);
-}
-
 // The agent runs in the cgroup its hooks are attached to, as it does on a node (there,
 // the cgroup2 root): its L7 workers ask SO_ORIGINAL_DST of the cgroup/getsockopt hook.
 std::vector<std::string> InCgroup(Lab& lab, const std::vector<std::string>& argv) {
@@ -292,20 +268,6 @@ struct AgentLab {
     fs::remove_all(dir);
   }
 };
-
-// Milliseconds until `pred` holds (polling every 20 ms), or -1 after 3 s.
-template <class F>
-long Within(F pred) {
-  auto start = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - start < std::chrono::seconds(3)) {
-    if (pred())
-      return std::chrono::duration_cast<std::chrono::milliseconds>(
-                 std::chrono::steady_clock::now() - start)
-          .count();
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return -1;
-}
 
 // How many network namespaces the kernel's enrolment map holds, read from the pins.
 std::size_t KernelEnrolledCount(Lab& lab) {

@@ -68,43 +68,6 @@ bool Chained(const std::string& path) {
          !j["plugins"].empty() && j["plugins"].back().value("type", "") == "sluice-cni";
 }
 
-template <class F>
-long Within(F pred, std::chrono::milliseconds limit = std::chrono::milliseconds(3000)) {
-  auto start = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - start < limit) {
-    if (pred())
-      return std::chrono::duration_cast<std::chrono::milliseconds>(
-                 std::chrono::steady_clock::now() - start)
-          .count();
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return -1;
-}
-
-std::string HttpGet(int port, const std::string& path, int* status) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  sin.sin_port = htons(static_cast<uint16_t>(port));
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  *status = 0;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0) {
-    std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\n\r\n";
-    if (write(fd, req.data(), req.size()) > 0) {
-      char buf[8192];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0)
-        out.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  if (out.size() > 12)
-    *status = std::atoi(out.c_str() + 9);
-  auto body = out.find("\r\n\r\n");
-  return body == std::string::npos ? "" : out.substr(body + 4);
-}
-
 // Programs attached to the lab cgroup, over the hooks the data plane uses.
 int AttachedPrograms(const std::string& cgroup) {
   int cg = open(cgroup.c_str(), O_RDONLY | O_DIRECTORY);

@@ -1,12 +1,15 @@
 #include "lab.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <net/if.h>
+#include <netinet/in.h>
 #include <sched.h>
 
 #include <array>
@@ -375,6 +378,30 @@ void Apply(Lab& lab, const ServiceSpec& spec) {
 
 uint64_t Delta(const Counters& before, const Counters& after, sluice_counter c) {
   return after[c] - before[c];
+}
+
+std::string HttpGet(int port, const std::string& path, int* status) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sin{};
+  sin.sin_family = AF_INET;
+  sin.sin_port = htons(static_cast<uint16_t>(port));
+  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  *status = 0;
+  if (connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0) {
+    std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    if (write(fd, req.data(), req.size()) > 0) {
+      char buf[8192];
+      ssize_t n;
+      while ((n = read(fd, buf, sizeof(buf))) > 0)
+        out.append(buf, static_cast<size_t>(n));
+    }
+  }
+  close(fd);
+  if (out.size() > 12)
+    *status = std::atoi(out.c_str() + 9);
+  auto body = out.find("\r\n\r\n");
+  return body == std::string::npos ? "" : out.substr(body + 4);
 }
 
 std::vector<std::string> AgentCapsPrefix() {

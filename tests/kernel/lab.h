@@ -8,11 +8,13 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "sluice/loader/dataplane.h"
@@ -123,6 +125,24 @@ ServiceSpec Service(const std::string& name, std::vector<std::string> vips, uint
                     std::vector<ClusterSpec> clusters);
 // Upserts through the lab's data plane; fails the test with the error message.
 void Apply(Lab& lab, const ServiceSpec& spec);
+
+// GET http://127.0.0.1:PORT/PATH (an agent's admin endpoint): the body, and the status in
+// *status (0 when nothing answered).
+std::string HttpGet(int port, const std::string& path, int* status);
+
+// Milliseconds until `pred` holds (polled every 20 ms), or -1 after `limit`.
+template <class F>
+long Within(F pred, std::chrono::milliseconds limit = std::chrono::milliseconds(3000)) {
+  const auto start = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - start < limit) {
+    if (pred())
+      return std::chrono::duration_cast<std::chrono::milliseconds>(
+                 std::chrono::steady_clock::now() - start)
+          .count();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return -1;
+}
 
 // The command prefix that runs the agent under exactly the capabilities in the
 // environment variable SLUICE_AGENT_CAPS ("BPF,NET_ADMIN,..." as the DaemonSet lists

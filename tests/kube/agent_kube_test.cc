@@ -23,6 +23,7 @@
 #include "sluice/kube/identity.h"
 #include "sluice/xds/ads_server.h"
 #include "standin_process.h"
+#include "xds/istiod_cert.h"
 
 using namespace sluice;
 using namespace sluice::test;
@@ -48,44 +49,6 @@ sluice::xds::ResourceSet WebConfig() {
       R"({"name":"80","virtualHosts":[{"name":"web.default.svc.cluster.local:80","domains":["web.default.svc.cluster.local","web","10.96.211.90"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":")" +
       c + R"(","timeout":"0s",)" + kDefaultRetry + "}}]}]}"));
   return rs;
-}
-
-std::string HttpGet(int port, const std::string& path, int* status) {
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sin{};
-  sin.sin_family = AF_INET;
-  sin.sin_port = htons(static_cast<uint16_t>(port));
-  sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  std::string out;
-  *status = 0;
-  if (connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0) {
-    std::string req = "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    if (write(fd, req.data(), req.size()) > 0) {
-      char buf[8192];
-      ssize_t n;
-      while ((n = read(fd, buf, sizeof(buf))) > 0)
-        out.append(buf, static_cast<size_t>(n));
-    }
-  }
-  close(fd);
-  if (out.size() > 12)
-    *status = std::atoi(out.c_str() + 9);
-  auto body = out.find("\r\n\r\n");
-  return body == std::string::npos ? "" : out.substr(body + 4);
-}
-
-// Milliseconds until `pred` holds (polling every 20 ms), or -1 after `limit`.
-template <class F>
-long Within(F pred, std::chrono::milliseconds limit = 3000ms) {
-  auto start = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - start < limit) {
-    if (pred())
-      return std::chrono::duration_cast<std::chrono::milliseconds>(
-                 std::chrono::steady_clock::now() - start)
-          .count();
-    std::this_thread::sleep_for(20ms);
-  }
-  return -1;
 }
 
 // A CNI plugin standing in for the node's network plugin: the lab already wired the
@@ -429,10 +392,7 @@ TEST_CASE(
   // node held against the identity.
   const std::string pki = t.dir + "/istiod";
   fs::create_directories(pki);
-  REQUIRE(std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=istiod "
-                       "-addext subjectAltName=DNS:istiod.istio-system.svc -keyout " +
-                       pki + "/key.pem -out " + pki + "/cert.pem >/dev/null 2>&1")
-                          .c_str()) == 0);
+  REQUIRE(sluice::testing::MakeIstiodCert(pki));
   std::mutex mu;
   std::vector<std::string> acked, refused;
   sluice::xds::AdsServer istiod{[&t](const envoy::config::core::v3::Node&) { return t.web; }};

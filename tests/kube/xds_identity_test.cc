@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "../xds/fixtures.h"
+#include "../xds/istiod_cert.h"
 #include "sluice/kube/identity.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/ads_server.h"
@@ -71,10 +72,7 @@ TEST_CASE("xDS identity: per-view tokens from TokenRequest pass istiod's check, 
     std::string d;
     ~Cleanup() { std::filesystem::remove_all(d); }
   } cleanup{dir};
-  REQUIRE(std::system(("openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=istiod "
-                       "-addext subjectAltName=DNS:istiod.istio-system.svc -keyout " +
-                       dir + "/key.pem -out " + dir + "/cert.pem >/dev/null 2>&1")
-                          .c_str()) == 0);
+  REQUIRE(testing::MakeIstiodCert(dir));
   sluice::xds::AdsServer server(
       [](const envoy::config::core::v3::Node&) { return testing::HttpbinSet(1); });
   sluice::xds::AdsServerOptions so;

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "fixtures.h"
+#include "istiod_cert.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/ads_server.h"
 #include "sluice/xds/node.h"
@@ -421,11 +422,7 @@ TEST_CASE("TLS with a bearer token file, as istiod's port 15012") {
     std::filesystem::path d;
     ~Cleanup() { std::filesystem::remove_all(d); }
   } cleanup{dir};
-  std::string cmd =
-      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=istiod -addext "
-      "subjectAltName=DNS:istiod.istio-system.svc -keyout " +
-      (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() + " >/dev/null 2>&1";
-  REQUIRE(std::system(cmd.c_str()) == 0);
+  REQUIRE(testing::MakeIstiodCert(dir.string()));
   std::ofstream(dir / "token") << "s3cr3t-jwt\n";
   std::ofstream(dir / "wrong") << "not-the-token\n";
 
@@ -503,11 +500,7 @@ TEST_CASE("istiod's XDS identity check: a stream acts only as its token's namesp
     std::filesystem::path d;
     ~Cleanup() { std::filesystem::remove_all(d); }
   } cleanup{dir};
-  std::string cmd =
-      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=istiod -addext "
-      "subjectAltName=DNS:istiod.istio-system.svc -keyout " +
-      (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() + " >/dev/null 2>&1";
-  REQUIRE(std::system(cmd.c_str()) == 0);
+  REQUIRE(testing::MakeIstiodCert(dir.string()));
   ControlPlane cp(testing::HttpbinSet(2));
   sx::AdsServerOptions so;
   so.cert_file = (dir / "cert.pem").string();
