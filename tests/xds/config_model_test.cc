@@ -251,3 +251,94 @@ TEST_CASE("ConfigStore publishes valid snapshots with a per-type diff") {
     CHECK(generations == std::vector<uint64_t>{1, 2});
   }
 }
+
+TEST_CASE("ConfigStore::Edit applies a change at the cost of the change, with the same checks") {
+  using CLA = envoy::config::endpoint::v3::ClusterLoadAssignment;
+  ConfigStore store;
+  std::vector<config::Diff> seen;
+  store.Subscribe([&](const config::SnapshotPtr&, const config::Diff& d) { seen.push_back(d); });
+  REQUIRE(store.Apply(Snapshot::FromResourceSet(testing::HttpbinSet(2))));
+  auto before = store.Current();
+
+  SECTION("an endpoint put changes only that resource, every other object is shared") {
+    config::SnapshotEdit e;
+    e.endpoints[kCluster] =
+        std::make_shared<const CLA>(testing::Cla(kCluster, "10.0.0.1", 9000, 3));
+    e.versions["eds"] = "v2";
+    auto d = store.Edit(std::move(e));
+    REQUIRE(d);
+    CHECK(d->endpoints.changed == std::vector<std::string>{kCluster});
+    CHECK(d->clusters.empty());
+    CHECK(d->listeners.empty());
+    CHECK(store.Current()->generation == 2);
+    CHECK(store.Current()->versions.at("eds") == "v2");
+    CHECK(store.Current()->clusters.at(kCluster) == before->clusters.at(kCluster));
+    CHECK(store.Current()->routes.at("8000") == before->routes.at("8000"));
+    CHECK(store.Current()->endpoints.at(kCluster)->endpoints(0).lb_endpoints_size() == 3);
+  }
+  SECTION("a put equal to the resource in force is no change and publishes nothing") {
+    config::SnapshotEdit e;
+    e.endpoints[kCluster] = std::make_shared<const CLA>(*before->endpoints.at(kCluster));
+    auto d = store.Edit(std::move(e));
+    REQUIRE(d);
+    CHECK(d->empty());
+    CHECK(seen.size() == 1);
+    CHECK(store.Current() == before);
+  }
+  SECTION("an invalid put is refused by name and the snapshot in force stays") {
+    config::SnapshotEdit e;
+    auto c = std::make_shared<Cluster>(*before->clusters.at(kCluster));
+    c->set_lb_policy(Cluster::CLUSTER_PROVIDED);
+    e.clusters[kCluster] = c;
+    auto d = store.Edit(std::move(e));
+    REQUIRE_FALSE(d);
+    CHECK(d.error().message.starts_with("cluster \"" + kCluster + "\": lb_policy:"));
+    CHECK(store.Current() == before);
+  }
+  SECTION("removing endpoints a cluster still uses is refused, naming the cluster") {
+    config::SnapshotEdit e;
+    e.removed_endpoints = {kCluster};
+    auto d = store.Edit(std::move(e));
+    REQUIRE_FALSE(d);
+    CHECK(d.error().message == "cluster \"" + kCluster +
+                                   "\": eds_cluster_config.service_name: no "
+                                   "ClusterLoadAssignment \"" +
+                                   kCluster + "\"");
+    CHECK(store.Current() == before);
+  }
+  SECTION("removing a cluster alone leaves its endpoints unused, which is refused") {
+    config::SnapshotEdit e;
+    e.removed_clusters = {kCluster};
+    auto d = store.Edit(std::move(e));
+    REQUIRE_FALSE(d);
+    CHECK(d.error().message ==
+          "endpoints \"" + kCluster + "\": cluster_name: no EDS cluster uses this name");
+  }
+  SECTION("a cluster and its endpoints removed together go, reported per type") {
+    config::SnapshotEdit e;
+    e.removed_clusters = {kCluster};
+    e.removed_endpoints = {kCluster};
+    auto d = store.Edit(std::move(e));
+    REQUIRE(d);
+    CHECK(d->clusters.removed == std::vector<std::string>{kCluster});
+    CHECK(d->endpoints.removed == std::vector<std::string>{kCluster});
+    CHECK_FALSE(store.Current()->clusters.contains(kCluster));
+  }
+  SECTION("a route removed while a listener asks for it is refused, naming the listener") {
+    config::SnapshotEdit e;
+    e.removed_routes = {"8000"};
+    auto d = store.Edit(std::move(e));
+    REQUIRE_FALSE(d);
+    CHECK(d.error().message ==
+          "listener \"0.0.0.0_8000\": rds.route_config_name: no RouteConfiguration \"8000\"");
+  }
+  SECTION("a name both put and removed is an error") {
+    config::SnapshotEdit e;
+    e.endpoints[kCluster] = before->endpoints.at(kCluster);
+    e.removed_endpoints = {kCluster};
+    auto d = store.Edit(std::move(e));
+    REQUIRE_FALSE(d);
+    CHECK(d.error().message ==
+          "endpoints \"" + kCluster + "\": both updated and removed in one change");
+  }
+}

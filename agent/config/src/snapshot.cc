@@ -1,7 +1,10 @@
 #include "sluice/config/snapshot.h"
 
+#include <fmt/format.h>
 #include <google/protobuf/io/coded_stream.h>
+
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <algorithm>
 
 namespace sluice::config {
 namespace {
@@ -50,6 +53,35 @@ TypeDiff DiffMaps(const ResourceMap<T>& before, ResourceMap<T>& after, bool adop
   return d;
 }
 
+// One type of an edit: puts then removals, into `m` (a copy of the snapshot's map).
+template <class T>
+Result<TypeDiff> EditMap(std::string_view kind, ResourceMap<T>& m, ResourceMap<T>&& puts,
+                         const std::vector<std::string>& removes) {
+  TypeDiff d;
+  for (const auto& name : removes) {
+    if (puts.contains(name))
+      return Fail(fmt::format("{} \"{}\": both updated and removed in one change", kind, name));
+    if (m.erase(name))
+      d.removed.push_back(name);
+  }
+  for (auto& [name, r] : puts) {
+    if (!r)
+      return Fail(fmt::format("{} \"{}\": missing resource", kind, name));
+    auto it = m.find(name);
+    if (it == m.end()) {
+      d.added.push_back(name);
+      m.emplace(name, std::move(r));
+    } else if (it->second != r && CanonicalBytes(*it->second) != CanonicalBytes(*r)) {
+      d.changed.push_back(name);
+      it->second = std::move(r);
+    }
+  }
+  std::ranges::sort(d.added);
+  std::ranges::sort(d.changed);
+  std::ranges::sort(d.removed);
+  return d;
+}
+
 }  // namespace
 
 std::string CanonicalBytes(const google::protobuf::Message& m) {
@@ -87,6 +119,34 @@ Diff ComputeDiff(const Snapshot& before, const Snapshot& after) {
               DiffMaps(before.endpoints, copy.endpoints, false),
               DiffMaps(before.listeners, copy.listeners, false),
               DiffMaps(before.routes, copy.routes, false)};
+}
+
+Result<std::pair<Snapshot, Diff>> ApplyEdit(const Snapshot& before, SnapshotEdit edit) {
+  std::pair<Snapshot, Diff> out;
+  Snapshot& after = out.first;
+  Diff& diff = out.second;
+  // A Snapshot owns its maps, so each is copied: pointers only, no resource is touched.
+  after = before;
+  auto type = [](auto& m, auto&& puts, const auto& removes, std::string_view kind,
+                 TypeDiff& d) -> Result<void> {
+    if (puts.empty() && removes.empty())
+      return {};
+    auto r = EditMap(kind, m, std::move(puts), removes);
+    SLUICE_RETURN_IF_ERROR(r);
+    d = std::move(*r);
+    return {};
+  };
+  SLUICE_RETURN_IF_ERROR(type(after.clusters, std::move(edit.clusters), edit.removed_clusters,
+                              "cluster", diff.clusters));
+  SLUICE_RETURN_IF_ERROR(type(after.endpoints, std::move(edit.endpoints), edit.removed_endpoints,
+                              "endpoints", diff.endpoints));
+  SLUICE_RETURN_IF_ERROR(type(after.listeners, std::move(edit.listeners), edit.removed_listeners,
+                              "listener", diff.listeners));
+  SLUICE_RETURN_IF_ERROR(
+      type(after.routes, std::move(edit.routes), edit.removed_routes, "route", diff.routes));
+  for (auto& [t, v] : edit.versions)
+    after.versions[t] = std::move(v);
+  return out;
 }
 
 Diff AdoptUnchanged(const Snapshot& before, Snapshot& after) {

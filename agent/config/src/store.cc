@@ -20,10 +20,25 @@ Result<Diff> ConfigStore::Apply(Snapshot candidate) {
   // checked: an endpoint update does not re-check 10,000 clusters.
   Diff diff = AdoptUnchanged(*before, candidate);
   SLUICE_RETURN_IF_ERROR(ValidateSnapshot(candidate, before.get()));
+  return Publish(before, std::move(candidate), std::move(diff));
+}
+
+Result<Diff> ConfigStore::Edit(SnapshotEdit edit) {
+  std::lock_guard apply_lock(apply_mu_);
+  SnapshotPtr before = Current();
+  auto edited = ApplyEdit(*before, std::move(edit));
+  SLUICE_RETURN_IF_ERROR(edited);
+  auto& [next, diff] = *edited;
+  SLUICE_RETURN_IF_ERROR(ValidateEdit(*before, next, diff));
+  return Publish(before, std::move(next), std::move(diff));
+}
+
+// Under apply_mu_.
+Result<Diff> ConfigStore::Publish(const SnapshotPtr& before, Snapshot next, Diff diff) {
   if (diff.empty())
     return diff;
-  candidate.generation = before->generation + 1;
-  auto after = std::make_shared<const Snapshot>(std::move(candidate));
+  next.generation = before->generation + 1;
+  auto after = std::make_shared<const Snapshot>(std::move(next));
   {
     std::lock_guard lock(current_mu_);
     current_ = after;

@@ -677,3 +677,111 @@ Result<void> ValidateSnapshot(const Snapshot& s, const Snapshot* base) {
 }
 
 }  // namespace sluice::config
+
+namespace sluice::config {
+namespace {
+
+// Whether some cluster of `s` takes its endpoints from the ClusterLoadAssignment `svc`:
+// the cluster of that name first (istiod names them alike), then all of them.
+bool EdsNameUsed(const Snapshot& s, const std::string& svc) {
+  if (auto it = s.clusters.find(svc); it != s.clusters.end() && EdsServiceName(*it->second) == svc)
+    return true;
+  return std::ranges::any_of(s.clusters,
+                             [&](const auto& kv) { return EdsServiceName(*kv.second) == svc; });
+}
+
+template <class T, class F>
+Result<void> CheckNames(std::string_view kind, const ResourceMap<T>& m, const TypeDiff& d,
+                        F name_of, Result<void> (*check)(const T&)) {
+  for (const auto* names : {&d.added, &d.changed}) {
+    for (const auto& key : *names) {
+      auto it = m.find(key);
+      if (it == m.end() || !it->second)
+        return Fail(fmt::format("{} \"{}\": missing resource", kind, key));
+      if (name_of(*it->second) != key) {
+        return Fail(fmt::format("{} \"{}\": stored under the name \"{}\"", kind,
+                                name_of(*it->second), key));
+      }
+      if (auto ok = check(*it->second); !ok)
+        return ok;
+    }
+  }
+  return {};
+}
+
+Result<void> CheckClusterHasEndpoints(const Snapshot& s, const std::string& name) {
+  const std::string& svc = EdsServiceName(*s.clusters.at(name));
+  if (!svc.empty() && !s.endpoints.contains(svc)) {
+    return Fail(fmt::format(
+        "cluster \"{}\": eds_cluster_config.service_name: no ClusterLoadAssignment \"{}\"", name,
+        svc));
+  }
+  return {};
+}
+
+Result<void> CheckEndpointsUsed(const Snapshot& s, const std::string& name) {
+  if (s.endpoints.contains(name) && !EdsNameUsed(s, name))
+    return Fail(fmt::format("endpoints \"{}\": cluster_name: no EDS cluster uses this name", name));
+  return {};
+}
+
+}  // namespace
+
+Result<void> ValidateEdit(const Snapshot& before, const Snapshot& after, const Diff& diff) {
+  auto by_name = [](const auto& r) -> const std::string& { return r.name(); };
+  SLUICE_RETURN_IF_ERROR(
+      CheckNames("cluster", after.clusters, diff.clusters, by_name, &ValidateCluster));
+  SLUICE_RETURN_IF_ERROR(CheckNames(
+      "endpoints", after.endpoints, diff.endpoints,
+      [](const ClusterLoadAssignment& c) -> const std::string& { return c.cluster_name(); },
+      &ValidateEndpoints));
+  SLUICE_RETURN_IF_ERROR(
+      CheckNames("listener", after.listeners, diff.listeners, by_name, &ValidateListener));
+  SLUICE_RETURN_IF_ERROR(CheckNames("route", after.routes, diff.routes, by_name, &ValidateRoute));
+
+  // Clusters put: their endpoints exist. Clusters changed or removed: the endpoints they
+  // used are still used by some cluster.
+  for (const auto* names : {&diff.clusters.added, &diff.clusters.changed})
+    for (const auto& name : *names)
+      SLUICE_RETURN_IF_ERROR(CheckClusterHasEndpoints(after, name));
+  for (const auto* names : {&diff.clusters.changed, &diff.clusters.removed}) {
+    for (const auto& name : *names) {
+      const std::string& old_svc = EdsServiceName(*before.clusters.at(name));
+      if (!old_svc.empty())
+        SLUICE_RETURN_IF_ERROR(CheckEndpointsUsed(after, old_svc));
+    }
+  }
+  // Endpoints put: some cluster uses them. Endpoints removed: no cluster needs them.
+  for (const auto* names : {&diff.endpoints.added, &diff.endpoints.changed})
+    for (const auto& name : *names)
+      SLUICE_RETURN_IF_ERROR(CheckEndpointsUsed(after, name));
+  for (const auto& name : diff.endpoints.removed) {
+    for (const auto& [cname, c] : after.clusters) {
+      if (EdsServiceName(*c) == name) {
+        return Fail(fmt::format(
+            "cluster \"{}\": eds_cluster_config.service_name: no ClusterLoadAssignment \"{}\"",
+            cname, name));
+      }
+    }
+  }
+  // Listeners put: their routes exist. Routes removed: no listener asks for them.
+  auto check_listener = [&](const std::string& name, const Listener& l) -> Result<void> {
+    for (const auto& rds : RdsNames(l)) {
+      if (!after.routes.contains(rds)) {
+        return Fail(fmt::format(
+            "listener \"{}\": rds.route_config_name: no RouteConfiguration \"{}\"", name, rds));
+      }
+    }
+    return {};
+  };
+  for (const auto* names : {&diff.listeners.added, &diff.listeners.changed})
+    for (const auto& name : *names)
+      SLUICE_RETURN_IF_ERROR(check_listener(name, *after.listeners.at(name)));
+  if (!diff.routes.removed.empty()) {
+    for (const auto& [name, l] : after.listeners)
+      SLUICE_RETURN_IF_ERROR(check_listener(name, *l));
+  }
+  return {};
+}
+
+}  // namespace sluice::config

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "sluice/common/result.h"
 #include "sluice/envoy/resource_set.h"
 
 namespace sluice::config {
@@ -51,10 +52,34 @@ struct Diff {
   }
 };
 
+// A change to a snapshot, as an incremental (Delta) xDS response or an EDS/RDS update
+// brings it: per type, resources put (added, or replacing the one of that name) and names
+// removed. A name both put and removed is an error. `versions` are merged into the
+// snapshot's.
+struct SnapshotEdit {
+  ResourceMap<envoy::config::cluster::v3::Cluster> clusters;
+  ResourceMap<envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
+  ResourceMap<envoy::config::listener::v3::Listener> listeners;
+  ResourceMap<envoy::config::route::v3::RouteConfiguration> routes;
+  std::vector<std::string> removed_clusters, removed_endpoints, removed_listeners, removed_routes;
+  std::map<std::string, std::string> versions;
+  bool empty() const {
+    return clusters.empty() && endpoints.empty() && listeners.empty() && routes.empty() &&
+           removed_clusters.empty() && removed_endpoints.empty() && removed_listeners.empty() &&
+           removed_routes.empty();
+  }
+};
+
 Diff ComputeDiff(const Snapshot& before, const Snapshot& after);
 // As ComputeDiff, and resources of `after` whose content equals the one in `before` are
 // replaced by `before`'s object, so consumers can tell "unchanged" by pointer.
 Diff AdoptUnchanged(const Snapshot& before, Snapshot& after);
+// `before` with `edit` applied: its cost follows the edit (the changed types' maps are
+// copied as pointers; only put resources are compared, by content, with the ones they
+// replace; a put equal to the one in force keeps the object in force and is no change).
+// Fails, naming the resource, when a name is both put and removed, or when a put
+// resource's name differs from its key.
+Result<std::pair<Snapshot, Diff>> ApplyEdit(const Snapshot& before, SnapshotEdit edit);
 
 // Deterministic bytes of a message (map fields sorted), for equality and hashing.
 std::string CanonicalBytes(const google::protobuf::Message& m);

@@ -33,6 +33,12 @@ class ConfigStore {
   // An empty diff publishes nothing (no new generation, no callbacks).
   Result<Diff> Apply(Snapshot candidate);
 
+  // As Apply, for a change to the snapshot in force: only the put resources are checked,
+  // and only the references the edit can break (a put or removed cluster, endpoints,
+  // listener or route and what names it). Its cost follows the size of the edit, not of
+  // the snapshot (plus a pointer copy of each changed type's map).
+  Result<Diff> Edit(SnapshotEdit edit);
+
   // Returns an id for Unsubscribe. The subscriber is not called for past snapshots.
   int Subscribe(Subscriber s);
   void Unsubscribe(int id);
@@ -40,6 +46,7 @@ class ConfigStore {
  private:
   mutable std::mutex current_mu_;  // guards current_ only
   SnapshotPtr current_;
+  Result<Diff> Publish(const SnapshotPtr& before, Snapshot next, Diff diff);
   std::mutex apply_mu_;  // serialises Apply and the subscriber list
   std::vector<std::pair<int, Subscriber>> subscribers_;
   int next_id_ = 1;

@@ -46,6 +46,13 @@ Acceptance AcceptRoute(const envoy::config::route::v3::RouteConfiguration& r);
 // skip their own checks; references are always checked.
 Result<void> ValidateSnapshot(const Snapshot& s, const Snapshot* base = nullptr);
 
+// ValidateSnapshot for `after` = `before` + an edit whose effect is `diff`: the added and
+// changed resources are checked, and the references they, or the removals, can break.
+// Costs follow the diff, except that a ClusterLoadAssignment left without the cluster of
+// its own name, and a removed RouteConfiguration, are looked up among all clusters
+// (listeners).
+Result<void> ValidateEdit(const Snapshot& before, const Snapshot& after, const Diff& diff);
+
 // The EDS service name of a cluster (eds_cluster_config.service_name, else its name);
 // empty when the cluster is not of type EDS.
 const std::string& EdsServiceName(const envoy::config::cluster::v3::Cluster& c);
