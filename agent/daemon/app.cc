@@ -181,7 +181,7 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   NodeAgent node(**dp, nao, nao.proxy_port != 0 ? &l7 : nullptr);
   ConfigFanout fanout(**dp, node, l7, nao.proxy_port != 0);
   store.Subscribe(
-      [&](const config::SnapshotPtr& s, const config::Diff&) { fanout.OnNodeSnapshot(s); });
+      [&](const config::SnapshotPtr& s, const config::Diff& d) { fanout.OnNodeSnapshot(s, d); });
 
   // Labels: from the API server (two reflectors, asynchronous; each change wakes the
   // poller), or from a polled file, read once here before the pods are restored.
@@ -276,9 +276,8 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   // refused) is the L7 process's to say: L7Supervisor::ViewStates(). DNS clusters are
   // re-resolved and recompiled there too.
   ViewStreams streams(ads_base, view_id,
-                      [&](const std::string& view, const config::SnapshotPtr& s) {
-                        fanout.OnViewSnapshot(view, s);
-                      });
+                      [&](const std::string& view, const config::SnapshotPtr& s,
+                          const config::Diff& d) { fanout.OnViewSnapshot(view, s, d); });
   if (kube_labels && f.ads.tls && f.view_tokens) {
     // istiod's XDS identity check lets a stream act only as its token's namespace and
     // service account: each view asks as its pods' account, with a token the API server

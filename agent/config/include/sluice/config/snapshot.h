@@ -28,6 +28,9 @@ struct Snapshot {
   // Versions (xDS version_info per type URL) the resources came from; informational.
   std::map<std::string, std::string> versions;
   uint64_t generation = 0;  // set by ConfigStore: 1 for the first accepted snapshot
+  // Set by ConfigStore: unique among every store's snapshots in the process (0: never
+  // published), so a Diff can name the snapshot it was taken against.
+  uint64_t id = 0;
 
   static Snapshot FromResourceSet(const xds::ResourceSet& rs);
   xds::ResourceSet ToResourceSet() const;
@@ -47,6 +50,7 @@ struct TypeDiff {
 // routes (CDS, EDS, LDS, RDS), so nothing is referenced before it exists.
 struct Diff {
   TypeDiff clusters, endpoints, listeners, routes;
+  uint64_t base = 0;  // the id of the snapshot it goes from (ConfigStore sets it)
   bool empty() const {
     return clusters.empty() && endpoints.empty() && listeners.empty() && routes.empty();
   }
