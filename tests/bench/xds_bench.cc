@@ -276,6 +276,7 @@ class Pipeline {
     sluice::DataplaneOptions o;
     o.pin_root = pin_root_;
     o.cgroup_path = cgroup_;
+    o.reclaim_in_background = true;  // as the agent runs it
     auto dp = sluice::Dataplane::Open(o);
     SLUICE_RETURN_IF_ERROR(dp);
     dp_ = std::move(*dp);
@@ -286,6 +287,7 @@ class Pipeline {
   struct Times {
     double kernel_ms = 0, l7_ms = 0;
     size_t kernel_services = 0, l7_clusters = 0;
+    sluice::kernelsync::SyncStats sync;
   };
   // On the store's thread, as the agent's ConfigFanout runs.
   Times Apply(const sluice::config::SnapshotPtr& s, const sluice::config::Diff& d) {
@@ -303,6 +305,7 @@ class Pipeline {
     t.kernel_ms = Ms(k1 - k0);
     t.l7_ms = Ms(k2 - k1);
     t.kernel_services = sync_->applied().services.size();
+    t.sync = sync_->last_sync();
     t.l7_clusters = l7_ ? l7_->clusters.size() : 0;
     return t;
   }
@@ -446,6 +449,11 @@ int main(int argc, char** argv) {
     to_store.v.push_back(Ms(last_store - start));
     to_live.v.push_back(Ms(last_live - start));
     kernel.v.push_back(last_times.kernel_ms);
+    if (pipeline && std::getenv("XDS_BENCH_DEBUG")) {
+      std::fprintf(stderr, "update %d: kernel %.2f ms (%s, %zu decided, %zu written)\n", u,
+                   last_times.kernel_ms, last_times.sync.incremental ? "incremental" : "whole",
+                   last_times.sync.replanned, last_times.sync.upserts);
+    }
     l7.v.push_back(last_times.l7_ms);
   }
 
