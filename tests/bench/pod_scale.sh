@@ -32,9 +32,7 @@ tag=sluicet-ps
 state=/tmp/$tag-local
 work=$(mktemp -d /tmp/$tag-XXXXXX)
 cg=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
-load_pid=""
 cleanup() {
-  if [[ -n $load_pid ]]; then kill "$load_pid" 2>/dev/null || true; fi
   "$ctl" local down --state-dir "$state" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -56,17 +54,16 @@ spec:
   ports:
   - {name: http, port: 5000}
 ---
-apiVersion: apps/v1
-kind: Deployment
+# A request timeout: the client's outbound proxy routes the Service (L7), not the kernel.
+apiVersion: networking.istio.io/v1
+kind: VirtualService
 metadata: {name: helloworld, namespace: scale}
 spec:
-  replicas: $pods
-  selector: {matchLabels: {app: helloworld}}
-  template:
-    metadata: {labels: {app: helloworld, version: v1}}
-    spec:
-      containers:
-      - {name: helloworld, image: istio/examples-helloworld-v1, ports: [{containerPort: 5000}]}
+  hosts: [helloworld]
+  http:
+  - timeout: 5s
+    route:
+    - destination: {host: helloworld}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -81,6 +78,25 @@ spec:
       - {name: sleep, image: curlimages/curl, command: ["/bin/sleep", "infinity"]}
 EOF
 
+# Two Deployments (v1, v2: the local cluster takes up to 100 replicas each).
+for v in 1 2; do
+  n=$(( v == 1 ? (pods + 1) / 2 : pods / 2 ))
+  cat >>"$work/scale.yaml" <<EOF
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: helloworld-v$v, namespace: scale}
+spec:
+  replicas: $n
+  selector: {matchLabels: {app: helloworld, version: v$v}}
+  template:
+    metadata: {labels: {app: helloworld, version: v$v}}
+    spec:
+      containers:
+      - {name: helloworld, image: istio/examples-helloworld-v$v, ports: [{containerPort: 5000}]}
+EOF
+done
+
 echo "pod_scale: cluster up with $pods helloworld pods and a client (state $state)"
 t0=$SECONDS
 "$ctl" local up --state-dir "$state" --profile minimal --bridge sluicet-ps0 \
@@ -94,7 +110,7 @@ echo "pod_scale: up in $((SECONDS - t0)) s"
 pid_of_role() {
   local role=$1 p
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "sluice-agent.*--role $role.*sluicet-ps\|sluice-agent.*sluicet-ps.*--role $role"; then
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q -- "sluice-agent.*--role $role.*sluicet-ps\|sluice-agent.*sluicet-ps.*--role $role"; then
       basename "$p"; return
     fi
   done
@@ -135,12 +151,14 @@ figures "$agent" "node agent"
 figures "$l7" "L7 process"
 echo "idle CPU over $seconds s: $(cpu_over "$seconds")"
 
-echo "== under load: the client requests helloworld:5000/hello in a loop"
+echo "== under load: wrk in the client pod, 16 connections to helloworld:5000/hello (L7: the VirtualService's timeout)"
+a0=$(ticks "$agent"); l0=$(ticks "$l7")
 "$ctl" local exec --state-dir "$state" -n scale deploy/client -- \
-  sh -c 'while :; do curl -s -o /dev/null http://helloworld.scale:5000/hello; done' \
-  >/dev/null 2>&1 &
-load_pid=$!
-sleep 2
-echo "CPU over $seconds s: $(cpu_over "$seconds")"
+  wrk -t1 -c16 -d"${seconds}s" http://helloworld.scale:5000/hello >"$work/wrk.txt" 2>&1 || true
+a1=$(ticks "$agent"); l1=$(ticks "$l7")
+hz=$(getconf CLK_TCK)
+grep -E "Requests/sec|Non-2xx|Socket errors" "$work/wrk.txt" || { cat "$work/wrk.txt"; exit 1; }
+printf 'CPU over the run: agent %.1f%%, L7 process %.1f%% of one core\n' \
+  "$(echo "100 * ($a1 - $a0) / $hz / $seconds" | bc -l)" "$(echo "100 * ($l1 - $l0) / $hz / $seconds" | bc -l)"
 figures "$agent" "node agent"
 figures "$l7" "L7 process"
