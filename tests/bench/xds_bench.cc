@@ -14,7 +14,10 @@
 // with --churn, the client's CPU and memory under a stream of endpoint changes.
 //
 //   xds_bench [--services 10000] [--endpoints 50000] [--updates 20] [--pipeline [--no-l7]]
-//             [--churn SECONDS] [--rate CHANGES_PER_SECOND]
+//             [--churn SECONDS] [--rate CHANGES_PER_SECOND] [--protocol sotw|delta|both]
+//
+// Both protocols (the default) run one after the other against the same server, each
+// with a fresh client, store and pipeline.
 //
 // --no-l7 leaves the L7 compile out: what the node agent's own process does (its L7
 // process compiles apart), for the agent's RSS and CPU.
@@ -173,17 +176,17 @@ double Ms(Clock::duration d) {
 
 // The control plane (child process): serves the set; 'p' prepares the next update (one
 // endpoint's port changes) and answers, 'u' pushes it, 'c' + 8 bytes (seconds, rate)
-// runs a churn of that many changes per second and answers when done; EOF ends it.
+// runs a churn of that many changes per second, each pushed on its own, and answers when
+// done; EOF ends it. Every push carries a hint naming the changed ClusterLoadAssignment,
+// as istiod's EDS pushes name what changed (PushRequest.ConfigsUpdated).
 [[noreturn]] void Serve(int services, int endpoints, int cmd, int ready) {
   auto t0 = Clock::now();
-  std::shared_ptr<const sx::ResourceSet> current =
-      std::make_shared<const sx::ResourceSet>(Build(services, endpoints));
+  auto current = std::make_shared<sx::ResourceSet>(Build(services, endpoints));
   double build_ms = Ms(Clock::now() - t0);
   std::mutex mu;
-  // The set is immutable once served: an update builds the next one and pushes it.
   sx::AdsServer server(sx::AdsServer::SharedResourceFn([&](const envoy::config::core::v3::Node&) {
     std::lock_guard lock(mu);
-    return current;
+    return std::shared_ptr<const sx::ResourceSet>(current);
   }));
   auto port = server.Start({.address = "127.0.0.1:0"});
   if (!port) {
@@ -193,15 +196,21 @@ double Ms(Clock::duration d) {
   int p = *port;
   if (write(ready, &p, sizeof p) != sizeof p)
     _exit(1);
-  int salt = 0;
+  int salt = 0, changes = 0, copies = 0;
   double copy_ms = 0;
-  int copies = 0;
-  auto prepare = [&] {
-    auto c0 = Clock::now();
-    auto next = std::make_shared<sx::ResourceSet>(*current);
-    copy_ms += Ms(Clock::now() - c0);
-    ++copies;
-    next->endpoints.at(ClusterOf(salt % services))
+  // One endpoint's port changes. A set a stream still holds is never written: the change
+  // copies it then (copy on write); when no stream holds it -- the usual case once the
+  // previous push went out -- it is changed in place.
+  auto change = [&] {
+    std::lock_guard lock(mu);
+    if (current.use_count() > 1) {
+      auto c0 = Clock::now();
+      current = std::make_shared<sx::ResourceSet>(*current);
+      copy_ms += Ms(Clock::now() - c0);
+      ++copies;
+    }
+    const std::string name = ClusterOf(salt % services);
+    current->endpoints.at(name)
         .mutable_endpoints(0)
         ->mutable_lb_endpoints(0)
         ->mutable_endpoint()
@@ -209,24 +218,23 @@ double Ms(Clock::duration d) {
         ->mutable_socket_address()
         ->set_port_value(static_cast<uint32_t>(9001 + salt % 50000));
     ++salt;
-    return next;
+    ++changes;
+    return name;
   };
-  auto push = [&](std::shared_ptr<sx::ResourceSet> next) {
-    {
-      std::lock_guard lock(mu);
-      current = std::move(next);
-    }
-    server.Push();
+  auto push = [&](const std::string& name) {
+    sx::PushHint hint;
+    hint.Add(sx::kEndpointType, name);
+    server.Push(hint);
   };
-  std::shared_ptr<sx::ResourceSet> next;
+  std::string next;
   char c;
   while (read(cmd, &c, 1) == 1) {
     if (c == 'p') {  // prepare, then tell the parent to start its clock
-      next = prepare();
+      next = change();
       if (write(ready, &c, 1) != 1)
         _exit(1);
     } else if (c == 'u') {
-      push(std::move(next));
+      push(next);
     } else if (c == 'c') {
       int args[2];
       if (read(cmd, args, sizeof args) != sizeof args)
@@ -236,7 +244,7 @@ double Ms(Clock::duration d) {
       auto due = Clock::now();
       int late = 0;
       while (Clock::now() < end) {
-        push(prepare());
+        push(change());
         due += period;
         if (Clock::now() > due)
           ++late;
@@ -249,9 +257,9 @@ double Ms(Clock::duration d) {
   }
   server.Stop();
   std::printf(
-      "server: build %.0f ms, copy of the set per update (not in the latency) %.0f ms, peak RSS "
-      "%ld MiB\n",
-      build_ms, copies ? copy_ms / copies : 0.0, PeakRssKb() / 1024);
+      "server: build %.0f ms; %d changes, %d of them copied the set (a stream still held it; "
+      "%.0f ms per copy); peak RSS %ld MiB\n",
+      build_ms, changes, copies, copies ? copy_ms / copies : 0.0, PeakRssKb() / 1024);
   std::fflush(stdout);
   _exit(0);
 }
@@ -271,10 +279,11 @@ class Pipeline {
   // Without L7: the node agent's own process (its L7 process compiles apart).
   void DisableL7() { l7_enabled_ = false; }
 
-  sluice::Result<void> Open() {
+  sluice::Result<void> Open(int run) {
     auto cg = sluice::FindCgroup2Mount();
     SLUICE_RETURN_IF_ERROR(cg);
-    const std::string tag = "sluice-xds-bench-" + std::to_string(getpid());
+    const std::string tag =
+        "sluice-xds-bench-" + std::to_string(getpid()) + "-" + std::to_string(run);
     cgroup_ = *cg + "/" + tag;
     if (mkdir(cgroup_.c_str(), 0755) != 0)
       return sluice::FailErrno("creating " + cgroup_, errno);
@@ -337,11 +346,167 @@ struct Percentiles {
   }
 };
 
+struct Options {
+  int services, endpoints, updates, churn_s, rate;
+  bool pipeline, with_l7;
+  int port, cmd, ready;
+};
+
+// One client (protocol `protocol`) against the running server: initial sync, one-endpoint
+// updates, then the churn; prints its figures.
+int RunClient(sx::XdsProtocol protocol, const Options& o) {
+  static int run = 0;
+  Pipeline pipe_line;
+  if (!o.with_l7)
+    pipe_line.DisableL7();
+  if (o.pipeline) {
+    if (auto r = pipe_line.Open(run++); !r) {
+      std::fprintf(stderr, "--pipeline: %s\n", r.error().message.c_str());
+      return 1;
+    }
+  }
+  const long rss_base = RssKb();
+  sluice::config::ConfigStore store;
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t published = 0;
+  Clock::time_point last_store, last_live;
+  Pipeline::Times last_times;
+  store.Subscribe([&](const sluice::config::SnapshotPtr& s, const sluice::config::Diff& d) {
+    auto stored = Clock::now();
+    Pipeline::Times t;
+    if (o.pipeline)
+      t = pipe_line.Apply(s, d);
+    std::lock_guard lock(mu);
+    ++published;
+    last_store = stored;
+    last_live = Clock::now();
+    last_times = t;
+    cv.notify_all();
+  });
+  sx::AdsClientOptions opts;
+  opts.server = "127.0.0.1:" + std::to_string(o.port);
+  opts.protocol = protocol;
+  sx::NodeIdentity id;
+  id.ips = {"10.244.0.9"};
+  id.pod_name = "bench-0";
+  opts.node = sx::BuildNode(id);
+
+  auto t0 = Clock::now();
+  sx::AdsClient client(opts, store);
+  if (!client.Start())
+    return 1;
+  {
+    std::unique_lock lock(mu);
+    bool synced = cv.wait_for(lock, std::chrono::minutes(5), [&] {
+      auto s = store.Current();
+      return s->clusters.size() == static_cast<size_t>(o.services) &&
+             s->endpoints.size() == static_cast<size_t>(o.services) &&
+             s->listeners.size() == kPorts && s->routes.size() == kPorts;
+    });
+    if (!synced) {
+      std::fprintf(stderr, "the initial sync did not complete\n");
+      return 1;
+    }
+  }
+  const double sync_ms = Ms(last_live - t0);
+  const long rss_after_sync = RssKb();
+  const Pipeline::Times sync_times = last_times;
+
+  Percentiles to_store, to_live, kernel, l7;
+  for (int u = 0; u < o.updates; ++u) {
+    uint64_t before;
+    {
+      std::lock_guard lock(mu);
+      before = published;
+    }
+    char ack;
+    if (write(o.cmd, "p", 1) != 1 || read(o.ready, &ack, 1) != 1)
+      return 1;
+    auto start = Clock::now();
+    if (write(o.cmd, "u", 1) != 1)
+      return 1;
+    std::unique_lock lock(mu);
+    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return published > before; })) {
+      std::fprintf(stderr, "update %d did not arrive\n", u);
+      return 1;
+    }
+    to_store.v.push_back(Ms(last_store - start));
+    to_live.v.push_back(Ms(last_live - start));
+    kernel.v.push_back(last_times.kernel_ms);
+    l7.v.push_back(last_times.l7_ms);
+    if (o.pipeline && std::getenv("XDS_BENCH_DEBUG")) {
+      std::fprintf(stderr, "update %d: kernel %.2f ms (%s, %zu decided, %zu written)\n", u,
+                   last_times.kernel_ms, last_times.sync.incremental ? "incremental" : "whole",
+                   last_times.sync.replanned, last_times.sync.upserts);
+    }
+  }
+
+  const auto st = client.Status();
+  std::printf("== %s (the client's stream: %s)\n", std::string(sx::XdsProtocolName(protocol)).c_str(),
+              st.protocol.c_str());
+  std::printf("services %d, endpoints %d, route configs %d%s\n", o.services, o.endpoints, kPorts,
+              !o.pipeline ? "" : o.with_l7 ? ", pipeline: kernel + L7" : ", pipeline: kernel");
+  std::printf("initial sync (client start -> all %s) %.0f ms\n", o.pipeline ? "live" : "applied",
+              sync_ms);
+  if (o.pipeline) {
+    std::printf("  kernel services %zu, L7 clusters %zu\n", sync_times.kernel_services,
+                sync_times.l7_clusters);
+  }
+  std::printf(
+      "one-endpoint update, Push -> store: median %.1f ms, p99 %.1f ms, max %.1f ms (%zu)\n",
+      to_store.at(0.5), to_store.at(0.99), to_store.at(1.0), to_store.v.size());
+  if (o.pipeline) {
+    std::printf("one-endpoint update, Push -> live (%s): median %.1f ms, p99 %.1f ms, max %.1f ms\n",
+                o.with_l7 ? "kernel + L7" : "kernel", to_live.at(0.5), to_live.at(0.99),
+                to_live.at(1.0));
+    std::printf("  of which kernel sync: median %.2f ms; L7 compile: median %.2f ms\n",
+                kernel.at(0.5), l7.at(0.5));
+  }
+  std::printf("client RSS: %ld MiB after sync (%ld MiB of it this run's)\n", rss_after_sync / 1024,
+              (rss_after_sync - rss_base) / 1024);
+
+  if (o.churn_s > 0) {
+    uint64_t before;
+    {
+      std::lock_guard lock(mu);
+      before = published;
+    }
+    const long rss0 = RssKb();
+    const double cpu0 = CpuSeconds();
+    const auto w0 = Clock::now();
+    char c = 'c';
+    int args[2] = {o.churn_s, o.rate};
+    int late = 0;
+    if (write(o.cmd, &c, 1) != 1 || write(o.cmd, args, sizeof args) != sizeof args ||
+        read(o.ready, &late, sizeof late) != sizeof late)
+      return 1;
+    const long rss_mid = RssKb();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the last changes land
+    const double wall = std::chrono::duration<double>(Clock::now() - w0).count();
+    const double cpu = CpuSeconds() - cpu0;
+    uint64_t applied;
+    {
+      std::lock_guard lock(mu);
+      applied = published - before;
+    }
+    std::printf(
+        "churn: %d s at %d changes/s (%d pushed late): %lu snapshots applied, client CPU %.1f%% of "
+        "one core, RSS %ld MiB before, %ld MiB at the end\n",
+        o.churn_s, o.rate, late, static_cast<unsigned long>(applied), 100.0 * cpu / wall,
+        rss0 / 1024, rss_mid / 1024);
+  }
+  client.Stop();
+  std::fflush(stdout);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int services = 10000, endpoints = 50000, updates = 20, churn_s = 0, rate = 200;
   bool pipeline = false, with_l7 = true;
+  std::vector<sx::XdsProtocol> protocols = {sx::XdsProtocol::kSotw, sx::XdsProtocol::kDelta};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--pipeline") {
@@ -355,6 +520,18 @@ int main(int argc, char** argv) {
     if (i + 1 >= argc) {
       std::fprintf(stderr, "%s needs a value\n", a.c_str());
       return 2;
+    }
+    if (a == "--protocol") {
+      std::string v = argv[++i];
+      if (v == "both")
+        continue;
+      auto proto = sx::ParseXdsProtocol(v);
+      if (!proto) {
+        std::fprintf(stderr, "--protocol: %s\n", proto.error().message.c_str());
+        return 2;
+      }
+      protocols = {*proto};
+      continue;
     }
     int v = std::atoi(argv[++i]);
     if (a == "--services")
@@ -388,144 +565,11 @@ int main(int argc, char** argv) {
   if (read(ready[0], &port, sizeof port) != sizeof port)
     return 1;
 
-  Pipeline pipe_line;
-  if (!with_l7)
-    pipe_line.DisableL7();
-  if (pipeline) {
-    if (auto r = pipe_line.Open(); !r) {
-      std::fprintf(stderr, "--pipeline: %s\n", r.error().message.c_str());
-      return 1;
-    }
+  for (auto protocol : protocols) {
+    Options o{services, endpoints, updates, churn_s, rate, pipeline, with_l7, port, cmd[1], ready[0]};
+    if (int rc = RunClient(protocol, o); rc != 0)
+      return rc;
   }
-  sluice::config::ConfigStore store;
-  std::mutex mu;
-  std::condition_variable cv;
-  uint64_t published = 0;
-  Clock::time_point last_store, last_live;
-  Pipeline::Times last_times;
-  store.Subscribe([&](const sluice::config::SnapshotPtr& s, const sluice::config::Diff& d) {
-    auto stored = Clock::now();
-    Pipeline::Times t;
-    if (pipeline)
-      t = pipe_line.Apply(s, d);
-    std::lock_guard lock(mu);
-    ++published;
-    last_store = stored;
-    last_live = Clock::now();
-    last_times = t;
-    cv.notify_all();
-  });
-  sx::AdsClientOptions opts;
-  opts.server = "127.0.0.1:" + std::to_string(port);
-  sx::NodeIdentity id;
-  id.ips = {"10.244.0.9"};
-  id.pod_name = "bench-0";
-  opts.node = sx::BuildNode(id);
-
-  auto t0 = Clock::now();
-  sx::AdsClient client(opts, store);
-  if (!client.Start())
-    return 1;
-  {
-    std::unique_lock lock(mu);
-    bool synced = cv.wait_for(lock, std::chrono::minutes(5), [&] {
-      auto s = store.Current();
-      return s->clusters.size() == static_cast<size_t>(services) &&
-             s->endpoints.size() == static_cast<size_t>(services) &&
-             s->listeners.size() == kPorts && s->routes.size() == kPorts;
-    });
-    if (!synced) {
-      std::fprintf(stderr, "the initial sync did not complete\n");
-      return 1;
-    }
-  }
-  double sync_ms = Ms(last_live - t0);
-  long rss_after_sync = RssKb();
-  Pipeline::Times sync_times = last_times;
-
-  Percentiles to_store, to_live, kernel, l7;
-  for (int u = 0; u < updates; ++u) {
-    uint64_t before;
-    {
-      std::lock_guard lock(mu);
-      before = published;
-    }
-    char ack;
-    if (write(cmd[1], "p", 1) != 1 || read(ready[0], &ack, 1) != 1)
-      return 1;
-    auto start = Clock::now();
-    if (write(cmd[1], "u", 1) != 1)
-      return 1;
-    std::unique_lock lock(mu);
-    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return published > before; })) {
-      std::fprintf(stderr, "update %d did not arrive\n", u);
-      return 1;
-    }
-    to_store.v.push_back(Ms(last_store - start));
-    to_live.v.push_back(Ms(last_live - start));
-    kernel.v.push_back(last_times.kernel_ms);
-    if (pipeline && std::getenv("XDS_BENCH_DEBUG")) {
-      std::fprintf(stderr, "update %d: kernel %.2f ms (%s, %zu decided, %zu written)\n", u,
-                   last_times.kernel_ms, last_times.sync.incremental ? "incremental" : "whole",
-                   last_times.sync.replanned, last_times.sync.upserts);
-    }
-    l7.v.push_back(last_times.l7_ms);
-  }
-
-  std::printf("services %d, endpoints %d, route configs %d%s\n", services, endpoints, kPorts,
-              !pipeline ? ""
-              : with_l7 ? ", pipeline: kernel + L7"
-                        : ", pipeline: kernel");
-  std::printf("initial sync (client start -> all %s) %.0f ms\n", pipeline ? "live" : "applied",
-              sync_ms);
-  if (pipeline) {
-    std::printf("  kernel services %zu, L7 clusters %zu\n", sync_times.kernel_services,
-                sync_times.l7_clusters);
-  }
-  std::printf(
-      "one-endpoint update, Push -> store: median %.1f ms, p99 %.1f ms, max %.1f ms (%zu)\n",
-      to_store.at(0.5), to_store.at(0.99), to_store.at(1.0), to_store.v.size());
-  if (pipeline) {
-    std::printf(
-        "one-endpoint update, Push -> live (%s): median %.1f ms, p99 %.1f ms, max %.1f ms\n",
-        with_l7 ? "kernel + L7" : "kernel", to_live.at(0.5), to_live.at(0.99), to_live.at(1.0));
-    std::printf("  of which kernel sync: median %.2f ms; L7 compile: median %.2f ms\n",
-                kernel.at(0.5), l7.at(0.5));
-  }
-  std::printf("client RSS after sync %ld MiB, peak %ld MiB\n", rss_after_sync / 1024,
-              PeakRssKb() / 1024);
-
-  if (churn_s > 0) {
-    uint64_t before;
-    {
-      std::lock_guard lock(mu);
-      before = published;
-    }
-    const long rss0 = RssKb();
-    const double cpu0 = CpuSeconds();
-    const auto w0 = Clock::now();
-    char c = 'c';
-    int args[2] = {churn_s, rate};
-    int late = 0;
-    if (write(cmd[1], &c, 1) != 1 || write(cmd[1], args, sizeof args) != sizeof args ||
-        read(ready[0], &late, sizeof late) != sizeof late)
-      return 1;
-    // Let the last changes land.
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
-    const double wall = std::chrono::duration<double>(Clock::now() - w0).count();
-    const double cpu = CpuSeconds() - cpu0;
-    uint64_t applied;
-    {
-      std::lock_guard lock(mu);
-      applied = published - before;
-    }
-    std::printf(
-        "churn: %d s at %d changes/s (%d pushed late): %lu snapshots applied, client CPU %.1f%% of "
-        "one core, RSS %ld -> %ld MiB\n",
-        churn_s, rate, late, static_cast<unsigned long>(applied), 100.0 * cpu / wall, rss0 / 1024,
-        RssKb() / 1024);
-  }
-  client.Stop();
   close(cmd[1]);
   int status = 0;
   waitpid(child, &status, 0);
