@@ -3,6 +3,9 @@
 
 #include <CLI/CLI.hpp>
 
+#include <map>
+#include <string>
+
 namespace sluice::agent {
 
 AgentFlags::AgentFlags() {
@@ -31,6 +34,14 @@ void AddFlags(CLI::App& app, AgentFlags& f) {
   app.add_option("--xds-ca", f.ads.ca_file, "CA bundle that signed the xDS server's certificate");
   app.add_option("--xds-server-name", f.ads.tls_server_name, "name to verify in its certificate");
   app.add_option("--xds-token", f.ads.token_file, "file with a bearer token (TLS only)");
+  static const std::map<std::string, xds::XdsProtocol> kXdsProtocols{
+      {"auto", xds::XdsProtocol::kAuto},
+      {"delta", xds::XdsProtocol::kDelta},
+      {"sotw", xds::XdsProtocol::kSotw}};
+  app.add_option("--xds-protocol", f.ads.protocol,
+                 "auto (default: Delta xDS, state of the world if the server has no Delta), "
+                 "delta or sotw")
+      ->transform(CLI::CheckedTransformer(kXdsProtocols));
   app.add_option("--node-ip", f.node_ip, "this node's address (xDS node ID)")
       ->capture_default_str();
   app.add_option("--node-name", f.id.node_name,

@@ -117,6 +117,7 @@ sx::AdsClientOptions ClientOptions(int port) {
   o.server = "127.0.0.1:" + std::to_string(port);
   o.node = sx::BuildNode(TestNode());
   o.backoff = {.initial = 20ms, .max = 200ms, .multiplier = 2.0, .jitter = 0.2};
+  o.protocol = sx::XdsProtocol::kSotw;  // this file checks the SotW exchange (Delta: delta_test.cc)
   return o;
 }
 

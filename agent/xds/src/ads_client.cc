@@ -4,10 +4,13 @@
 #include <grpcpp/grpcpp.h>
 #include <spdlog/spdlog.h>
 
+#include <grpcpp/channel.h>
 #include <fstream>
 #include <set>
 #include <sstream>
 
+#include "client_delta.h"
+#include "client_detail.h"
 #include "envoy/service/discovery/v3/ads.grpc.pb.h"
 #include "envoy/service/discovery/v3/discovery.pb.h"
 #include "sluice/config/validate.h"
@@ -21,32 +24,7 @@ using envoy::config::listener::v3::Listener;
 using envoy::config::route::v3::RouteConfiguration;
 using envoy::service::discovery::v3::DiscoveryRequest;
 using envoy::service::discovery::v3::DiscoveryResponse;
-
-const std::string& NameOf(const Cluster& c) {
-  return c.name();
-}
-const std::string& NameOf(const ClusterLoadAssignment& c) {
-  return c.cluster_name();
-}
-const std::string& NameOf(const Listener& l) {
-  return l.name();
-}
-const std::string& NameOf(const RouteConfiguration& r) {
-  return r.name();
-}
-
-config::Acceptance AcceptOne(const Cluster& c) {
-  return config::AcceptCluster(c);
-}
-config::Acceptance AcceptOne(const ClusterLoadAssignment& c) {
-  return config::AcceptEndpoints(c);
-}
-config::Acceptance AcceptOne(const Listener& l) {
-  return config::AcceptListener(l);
-}
-config::Acceptance AcceptOne(const RouteConfiguration& r) {
-  return config::AcceptRoute(r);
-}
+using namespace client_detail;
 
 // One response, resource by resource. What fails the whole response (a resource that
 // does not decode, of another type, or named twice) is an error; otherwise each resource
@@ -114,39 +92,6 @@ std::shared_ptr<config::ResourceMap<T>> KeepRefused(Decoded<T>& got,
       out->emplace(name, it->second);
   }
   return out;
-}
-
-// Envoy's NACK text for refused resources: LDS "Error adding/updating listener(s) a: why\n
-// b: why\n", CDS (and here EDS, RDS) the names joined by ", ".
-std::string RefusalMessage(std::string_view type, const std::map<std::string, ResourceIssue>& r) {
-  std::string out;
-  if (type == kListenerType) {
-    out = "Error adding/updating listener(s) ";
-    for (const auto& [name, issue] : r)
-      out += fmt::format("{}: {}\n", name, issue.reason);
-    return out;
-  }
-  std::string_view kind = type == kClusterType    ? "cluster(s)"
-                          : type == kEndpointType ? "endpoints"
-                                                  : "route(s)";
-  out = fmt::format("Error adding/updating {} ", kind);
-  bool first = true;
-  for (const auto& [name, issue] : r) {
-    out += fmt::format("{}{}: {}", first ? "" : ", ", name, issue.reason);
-    first = false;
-  }
-  return out;
-}
-
-// "listener" for the listener type URL, and so on, for logs.
-std::string_view ShortType(std::string_view type) {
-  if (type == kClusterType)
-    return "cluster";
-  if (type == kEndpointType)
-    return "endpoints";
-  if (type == kListenerType)
-    return "listener";
-  return "route";
 }
 
 // SotW merge for EDS/RDS: a response carries some of the subscribed resources; the others
@@ -513,7 +458,12 @@ struct AdsClient::State {
 };
 
 AdsClient::AdsClient(AdsClientOptions opts, config::ConfigStore& store)
-    : opts_(std::move(opts)), store_(store), state_(std::make_unique<State>(store, opts_.node)) {}
+    : opts_(std::move(opts)),
+      store_(store),
+      state_(std::make_unique<State>(store, opts_.node)),
+      delta_(std::make_unique<DeltaState>(store, opts_.node)) {
+  status_.configured = opts_.protocol;
+}
 
 AdsClient::~AdsClient() {
   Stop();
@@ -560,7 +510,7 @@ AdsClientStatus AdsClient::Status() const {
 void AdsClient::PublishStatus(bool connected) {
   std::lock_guard lock(mu_);
   status_.connected = connected;
-  status_.types = state_->status;
+  status_.types = use_delta_ ? delta_->status : state_->status;
 }
 
 void AdsClient::Run() {
@@ -609,31 +559,75 @@ bool AdsClient::RunStream(std::string& error) {
   }
   // A fresh channel per attempt: our backoff, not the channel's, paces reconnects.
   auto channel = grpc::CreateCustomChannel(opts_.server, creds, args);
-  auto stub = envoy::service::discovery::v3::AggregatedDiscoveryService::NewStub(channel);
-  auto ctx = std::make_shared<grpc::ClientContext>();
-  if (opts_.token_source) {
-    auto token = opts_.token_source();  // a fresh one per stream
-    if (!token) {
-      error = "token: " + token.error().message;
-      return false;
+  // A context per stream, with a fresh bearer token; registered for Stop().
+  auto open = [&](bool delta) -> std::shared_ptr<grpc::ClientContext> {
+    auto ctx = std::make_shared<grpc::ClientContext>();
+    if (opts_.token_source) {
+      auto token = opts_.token_source();  // a fresh one per stream
+      if (!token) {
+        error = "token: " + token.error().message;
+        return nullptr;
+      }
+      ctx->set_credentials(grpc::AccessTokenCredentials(Trim(*token)));
+    } else if (!opts_.token_file.empty()) {
+      auto token = ReadFile(opts_.token_file, "token_file");  // re-read: tokens rotate
+      if (!token) {
+        error = token.error().message;
+        return nullptr;
+      }
+      ctx->set_credentials(grpc::AccessTokenCredentials(Trim(*token)));
     }
-    ctx->set_credentials(grpc::AccessTokenCredentials(Trim(*token)));
-  } else if (!opts_.token_file.empty()) {
-    auto token = ReadFile(opts_.token_file, "token_file");  // re-read: tokens rotate
-    if (!token) {
-      error = token.error().message;
-      return false;
-    }
-    ctx->set_credentials(grpc::AccessTokenCredentials(Trim(*token)));
-  }
-  {
     std::lock_guard lock(mu_);
     if (stopping_)
-      return false;
+      return nullptr;
     ctx_ = ctx;
     ++status_.streams;
+    use_delta_ = delta;
+    status_.protocol = delta ? "delta" : "sotw";
+    return ctx;
+  };
+  auto finish = [&](const grpc::Status& st) {
+    error = st.ok() ? "stream closed by server"
+                    : fmt::format("{} ({})", st.error_message(), static_cast<int>(st.error_code()));
+    std::lock_guard lock(mu_);
+    ctx_.reset();
+  };
+  const bool try_delta = opts_.protocol == XdsProtocol::kDelta ||
+                         (opts_.protocol == XdsProtocol::kAuto && !delta_unimplemented_);
+  if (try_delta) {
+    auto ctx = open(true);
+    if (!ctx)
+      return false;
+    grpc::Status st;
+    bool got = RunDelta(channel, *ctx, st);
+    finish(st);
+    if (got || st.error_code() != grpc::StatusCode::UNIMPLEMENTED ||
+        opts_.protocol != XdsProtocol::kAuto) {
+      PublishStatus(false);
+      return got;
+    }
+    // auto: this server has no Delta; state of the world from now on, on this channel.
+    spdlog::warn("xds: {} does not implement Delta ADS ({}); using state of the world",
+                 opts_.server, st.error_message());
+    std::lock_guard lock(mu_);
+    delta_unimplemented_ = true;
+    status_.delta_unimplemented = true;
+    --status_.streams;  // the Delta attempt was no stream
   }
-  auto stream = stub->StreamAggregatedResources(ctx.get());
+  auto ctx = open(false);
+  if (!ctx)
+    return false;
+  grpc::Status st;
+  bool got = RunSotw(channel, *ctx, st);
+  finish(st);
+  PublishStatus(false);
+  return got;
+}
+
+bool AdsClient::RunSotw(const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext& ctx,
+                        grpc::Status& st) {
+  auto stub = envoy::service::discovery::v3::AggregatedDiscoveryService::NewStub(channel);
+  auto stream = stub->StreamAggregatedResources(&ctx);
   bool ok = true;
   for (auto& req : state_->OnStreamStart())
     ok = ok && stream->Write(req);
@@ -641,7 +635,7 @@ bool AdsClient::RunStream(std::string& error) {
   DiscoveryResponse resp;
   while (ok && stream->Read(&resp)) {
     if (!got_response)
-      spdlog::info("xds: connected to {}", opts_.server);
+      spdlog::info("xds: connected to {} (state of the world)", opts_.server);
     got_response = true;
     auto reqs = state_->OnResponse(resp);
     PublishStatus(true);  // before the ACK/NACK: whoever sees it sees this status
@@ -650,15 +644,28 @@ bool AdsClient::RunStream(std::string& error) {
         break;
     }
   }
-  grpc::Status st = stream->Finish();
-  error = st.ok() ? "stream closed by server"
-                  : fmt::format("{} ({})", st.error_message(), static_cast<int>(st.error_code()));
-  {
-    std::lock_guard lock(mu_);
-    ctx_.reset();
-  }
-  PublishStatus(false);
+  st = stream->Finish();
   return got_response;
+}
+
+std::string_view XdsProtocolName(XdsProtocol p) {
+  switch (p) {
+    case XdsProtocol::kAuto:
+      return "auto";
+    case XdsProtocol::kDelta:
+      return "delta";
+    case XdsProtocol::kSotw:
+      return "sotw";
+  }
+  return "auto";
+}
+
+Result<XdsProtocol> ParseXdsProtocol(std::string_view s) {
+  for (auto p : {XdsProtocol::kAuto, XdsProtocol::kDelta, XdsProtocol::kSotw}) {
+    if (s == XdsProtocolName(p))
+      return p;
+  }
+  return Fail(fmt::format("xds protocol \"{}\": expected auto, delta or sotw", s));
 }
 
 }  // namespace sluice::xds

@@ -11,9 +11,12 @@
 #include <algorithm>
 #include <deque>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <thread>
+#include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include "envoy/service/discovery/v3/ads.grpc.pb.h"
@@ -22,6 +25,8 @@
 namespace sluice::xds {
 namespace {
 
+using envoy::service::discovery::v3::DeltaDiscoveryRequest;
+using envoy::service::discovery::v3::DeltaDiscoveryResponse;
 using envoy::service::discovery::v3::DiscoveryRequest;
 using envoy::service::discovery::v3::DiscoveryResponse;
 using Event = AdsServerEvent;
@@ -71,16 +76,151 @@ Result<std::string> ReadFile(const std::string& path, std::string_view what) {
   return ss.str();
 }
 
+bool IsSupportedType(const std::string& type) {
+  return type == kClusterType || type == kEndpointType || type == kListenerType ||
+         type == kRouteType;
+}
+
+// What one stream serves: the node's ResourceSet, and a hash of each resource's bytes kept
+// between pushes, so a push with a hint hashes only what the hint names.
+class ServedSet {
+ public:
+  struct Item {
+    std::string name;
+    const google::protobuf::Message* msg = nullptr;
+    std::shared_ptr<const google::protobuf::Message> owned;  // an alias's renamed copy
+    uint64_t hash = 0;
+    std::string bytes;  // set when hashing needed them
+    const std::string& Bytes() {
+      if (bytes.empty())
+        bytes = DeterministicBytes(*msg);
+      return bytes;
+    }
+  };
+
+  const ResourceSet& rs() const { return *rs_; }
+
+  // A full recompute: every hash is recomputed when next needed.
+  void Reset(std::shared_ptr<const ResourceSet> rs) {
+    previous_ = std::move(rs_);
+    rs_ = rs ? std::move(rs) : std::make_shared<const ResourceSet>();
+    hashes_.clear();
+  }
+  // A push with a hint: only the named resources may differ from the previous set.
+  void Update(std::shared_ptr<const ResourceSet> rs, const PushHint& hint) {
+    previous_ = std::move(rs_);
+    rs_ = rs ? std::move(rs) : std::make_shared<const ResourceSet>();
+    for (const auto& [type, names] : hint.changed) {
+      auto it = hashes_.find(type);
+      if (it == hashes_.end())
+        continue;
+      for (const auto& n : names)
+        it->second.erase(n);
+    }
+  }
+  // The set replaced by the last Reset/Update, freed by the caller off the update's path.
+  void DropPrevious() { previous_.reset(); }
+
+  bool Has(const std::string& type, const std::string& name) const {
+    return Find(type, name) != nullptr;
+  }
+
+  // The resource `name` of `type`; with `named`, a listener alias resolves to the
+  // canonical listener under the alias's name (served only to a subscription naming it).
+  std::optional<Item> Get(const std::string& type, const std::string& name, bool named) {
+    if (const auto* m = Find(type, name))
+      return Make(type, name, *m);
+    if (!named || type != kListenerType)
+      return std::nullopt;
+    auto alias = rs_->listener_aliases.find(name);
+    if (alias == rs_->listener_aliases.end())
+      return std::nullopt;
+    auto l = rs_->listeners.find(alias->second);
+    if (l == rs_->listeners.end())
+      return std::nullopt;
+    auto copy = std::make_shared<envoy::config::listener::v3::Listener>(l->second);
+    copy->set_name(name);
+    Item i{name, copy.get(), copy, 0, DeterministicBytes(*copy)};
+    i.hash = std::hash<std::string>{}(i.bytes);  // aliases are rare: not cached
+    return i;
+  }
+
+  // Calls f(Item&&) for every canonical resource of `type`.
+  template <class F>
+  void ForEach(const std::string& type, F&& f) {
+    ForEachOfType(*rs_, type, [&](const std::string& name, const google::protobuf::Message& m) {
+      f(Make(type, name, m));
+    });
+  }
+
+  // The names a hint gives for `type`, plus the aliases in `named` of hinted listeners.
+  std::set<std::string> Hinted(const std::string& type, const PushHint& hint,
+                               const std::set<std::string>& named) const {
+    std::set<std::string> out;
+    auto it = hint.changed.find(type);
+    if (it != hint.changed.end())
+      out = it->second;
+    if (type == kListenerType && it != hint.changed.end()) {
+      for (const auto& n : named) {
+        auto a = rs_->listener_aliases.find(n);
+        if (a != rs_->listener_aliases.end() && it->second.contains(a->second))
+          out.insert(n);
+      }
+    }
+    return out;
+  }
+
+ private:
+  const google::protobuf::Message* Find(const std::string& type, const std::string& name) const {
+    auto find = [&](const auto& m) -> const google::protobuf::Message* {
+      auto it = m.find(name);
+      return it == m.end() ? nullptr : &it->second;
+    };
+    if (type == kClusterType)
+      return find(rs_->clusters);
+    if (type == kEndpointType)
+      return find(rs_->endpoints);
+    if (type == kListenerType)
+      return find(rs_->listeners);
+    if (type == kRouteType)
+      return find(rs_->routes);
+    return nullptr;
+  }
+
+  Item Make(const std::string& type, const std::string& name, const google::protobuf::Message& m) {
+    Item i{name, &m, nullptr, 0, {}};
+    auto& cache = hashes_[type];
+    if (auto h = cache.find(name); h != cache.end()) {
+      i.hash = h->second;
+    } else {
+      i.bytes = DeterministicBytes(m);
+      i.hash = std::hash<std::string>{}(i.bytes);
+      cache.emplace(name, i.hash);
+    }
+    return i;
+  }
+
+  std::shared_ptr<const ResourceSet> rs_ = std::make_shared<const ResourceSet>();
+  std::shared_ptr<const ResourceSet> previous_;
+  std::map<std::string, std::unordered_map<std::string, uint64_t>> hashes_;  // type -> name -> hash
+};
+
+// The version of one resource in Delta responses: its hash, in hex.
+std::string VersionOf(uint64_t hash) {
+  return fmt::format("{:016x}", hash);
+}
+
 }  // namespace
 
 // What the server shares with one stream's threads.
 struct AdsServer::Stream {
   std::mutex mu;
   std::condition_variable cv;
-  std::deque<DiscoveryRequest> inbox;
   bool reader_done = false;
   bool stopping = false;
-  uint64_t pushed = 0;  // latest version Push() asked for
+  uint64_t pushed = 0;     // latest version Push() asked for
+  bool push_full = false;  // a push without hint is pending
+  PushHint hint;           // merged hints of the pending pushes
   grpc::ServerContext* ctx = nullptr;
 };
 
@@ -94,25 +234,74 @@ class AdsServer::Service final
   grpc::Status StreamAggregatedResources(
       grpc::ServerContext* ctx,
       grpc::ServerReaderWriter<DiscoveryResponse, DiscoveryRequest>* stream) override;
+  grpc::Status DeltaAggregatedResources(
+      grpc::ServerContext* ctx,
+      grpc::ServerReaderWriter<DeltaDiscoveryResponse, DeltaDiscoveryRequest>* stream) override;
 
  private:
+  template <class SessionT, class Req, class Resp>
+  grpc::Status Serve(grpc::ServerContext* ctx, grpc::ServerReaderWriter<Resp, Req>* stream);
   AdsServer& owner_;
 };
 
 namespace {
 
-// The protocol state of one stream, used only on its handler thread.
+// Common to both protocols' sessions: the node, what it is served, and events.
+class SessionBase {
+ public:
+  SessionBase(AdsServer::SharedResourceFn& fn, AdsServer::EventFn& on_event, bool delta)
+      : fn_(fn), on_event_(on_event), delta_(delta) {}
+  const std::string& node_id() const { return node_.id(); }
+  bool has_node() const { return has_node_; }
+
+ protected:
+  // The stream's first request: takes the node and computes its set.
+  void Connect(const envoy::config::core::v3::Node& node, uint64_t version) {
+    node_ = node;
+    has_node_ = true;
+    Recompute(version, nullptr);
+  }
+  void Recompute(uint64_t version, const PushHint* hint) {
+    if (hint)
+      served_.Update(fn_(node_), *hint);
+    else
+      served_.Reset(fn_(node_));
+    version_ = version;
+  }
+  void Emit(Event e) {
+    if (!on_event_)
+      return;
+    e.node_id = node_.id();
+    e.delta = delta_;
+    on_event_(e);
+  }
+  bool Observed() const { return static_cast<bool>(on_event_); }
+
+  AdsServer::SharedResourceFn& fn_;
+  AdsServer::EventFn& on_event_;
+  const bool delta_;
+  envoy::config::core::v3::Node node_;
+  bool has_node_ = false;
+  ServedSet served_;
+  uint64_t version_ = 0;
+  uint64_t nonce_ = 0;
+};
+
+double Ms(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
+
+// The protocol state of one SotW stream, used only on its handler thread.
 //
 // The rules follow Envoy's xds_protocol.rst (section names in the comments below) and,
 // where the spec leaves a choice, istiod (pkg/xds/server.go ShouldRespond, pilot/pkg/xds).
-class Session {
+class Session : public SessionBase {
  public:
+  using Request = DiscoveryRequest;
+  using Response = DiscoveryResponse;
   Session(AdsServer::SharedResourceFn& fn, AdsServer::EventFn& on_event,
           grpc::ServerReaderWriter<DiscoveryResponse, DiscoveryRequest>* stream)
-      : fn_(fn), on_event_(on_event), stream_(stream) {}
-
-  const std::string& node_id() const { return node_.id(); }
-  bool has_node() const { return has_node_; }
+      : SessionBase(fn, on_event, false), stream_(stream) {}
 
   // Returns an error status to end the stream with, or OK to go on.
   grpc::Status OnRequest(const DiscoveryRequest& req, uint64_t version) {
@@ -120,10 +309,8 @@ class Session {
       if (!req.has_node() || req.node().id().empty()) {
         return {grpc::StatusCode::INVALID_ARGUMENT, "the first request must carry node.id"};
       }
-      node_ = req.node();
-      has_node_ = true;
+      Connect(req.node(), version);
       Emit(Event::Kind::kConnect, req);
-      Recompute(version);
     }
     const std::string& type = req.type_url();
     Emit(Event::Kind::kRequest, req);
@@ -155,25 +342,27 @@ class Session {
     return grpc::Status::OK;
   }
 
-  void OnPush(uint64_t version) {
+  // A push: a full recompute without hint, else only the hinted resources are compared.
+  void OnPush(uint64_t version, const PushHint* hint) {
     if (!has_node_ || version <= version_)
       return;
     auto t0 = std::chrono::steady_clock::now();
-    auto previous = rs_;  // freed after the sends, off the update's path
-    Recompute(version);
+    Recompute(version, hint);
     auto t1 = std::chrono::steady_clock::now();
     // CDS before EDS before LDS before RDS, so a client never sees a reference first.
     for (auto type : {kClusterType, kEndpointType, kListenerType, kRouteType}) {
       auto it = types_.find(std::string(type));
-      if (it != types_.end())
+      if (it == types_.end())
+        continue;
+      if (hint)
+        SendHinted(it->first, it->second, *hint);
+      else
         Send(it->first, it->second, Why::kPush, Change{});
     }
-    auto ms = [](auto d) {
-      return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-    };
-    spdlog::debug("xds server: {} push {}: resources {} ms, diff and send {} ms", node_.id(),
-                  version, ms(t1 - t0), ms(std::chrono::steady_clock::now() - t1));
-    previous.reset();
+    spdlog::debug("xds server: {} push {}{}: resources {:.2f} ms, diff and send {:.2f} ms",
+                  node_.id(), version, hint ? " (hinted)" : "", Ms(t1 - t0),
+                  Ms(std::chrono::steady_clock::now() - t1));
+    served_.DropPrevious();
   }
 
  private:
@@ -199,22 +388,7 @@ class Session {
     bool dropped = false;         // something the client held is no longer subscribed
   };
   enum class Why { kNewSubscription, kChange, kNackedChange, kPush };
-  struct Item {
-    std::string name, bytes;
-    uint64_t hash;
-  };
-
-  static bool IsSupportedType(const std::string& type) {
-    return type == kClusterType || type == kEndpointType || type == kListenerType ||
-           type == kRouteType;
-  }
-
-  void Recompute(uint64_t version) {
-    rs_ = fn_(node_);
-    if (!rs_)
-      rs_ = std::make_shared<const ResourceSet>();
-    version_ = version;
-  }
+  using Item = ServedSet::Item;
 
   static Change SetSubscription(PerType& t, const std::string& type, const DiscoveryRequest& req) {
     std::set<std::string> names(req.resource_names().begin(), req.resource_names().end());
@@ -250,56 +424,27 @@ class Session {
   // resource of the type (listener aliases excluded), plus any explicitly named ones.
   // A named LDS name that is no listener but an alias gets the canonical listener under
   // the alias's name. Names that match nothing are simply absent.
-  std::vector<Item> Covered(const std::string& type, const PerType& t) const {
+  std::vector<Item> Covered(const std::string& type, const PerType& t) {
     std::vector<Item> out;
-    auto add = [&](const std::string& name, const google::protobuf::Message& m) {
-      std::string bytes = DeterministicBytes(m);
-      uint64_t h = std::hash<std::string>{}(bytes);
-      out.push_back({name, std::move(bytes), h});
-    };
     if (t.wildcard)
-      ForEachOfType(*rs_, type, add);
+      served_.ForEach(type, [&](Item&& i) { out.push_back(std::move(i)); });
     for (const auto& name : t.names) {
-      if (t.wildcard && HasResource(type, name))
+      if (t.wildcard && served_.Has(type, name))
         continue;  // already in
-      if (!LookUp(type, name, add) && type == kListenerType) {
-        auto alias = rs_->listener_aliases.find(name);
-        if (alias == rs_->listener_aliases.end())
-          continue;
-        auto l = rs_->listeners.find(alias->second);
-        if (l == rs_->listeners.end())
-          continue;
-        auto copy = l->second;
-        copy.set_name(name);
-        add(name, copy);
-      }
+      if (auto i = served_.Get(type, name, true))
+        out.push_back(std::move(*i));
     }
     std::ranges::sort(out, {}, &Item::name);  // Send() looks names up in it
     return out;
   }
 
-  bool HasResource(const std::string& type, const std::string& name) const {
-    return LookUp(type, name, [](const std::string&, const google::protobuf::Message&) {});
-  }
-
-  template <class F>
-  bool LookUp(const std::string& type, const std::string& name, F&& f) const {
-    auto find = [&](const auto& m) {
-      auto it = m.find(name);
-      if (it == m.end())
-        return false;
-      f(name, static_cast<const google::protobuf::Message&>(it->second));
-      return true;
-    };
-    if (type == kClusterType)
-      return find(rs_->clusters);
-    if (type == kEndpointType)
-      return find(rs_->endpoints);
-    if (type == kListenerType)
-      return find(rs_->listeners);
-    if (type == kRouteType)
-      return find(rs_->routes);
-    return false;
+  // The subscription's view of one name: the resource it is served under that name, if any.
+  std::optional<Item> CoveredOne(const std::string& type, const PerType& t,
+                                 const std::string& name) {
+    const bool named = t.names.contains(name);
+    if (!named && !t.wildcard)
+      return std::nullopt;
+    return served_.Get(type, name, named);
   }
 
   // Decides what one response of `type` carries, if any, and sends it.
@@ -333,14 +478,14 @@ class Session {
   //   (the parent resource stops referring to them).
   void Send(const std::string& type, PerType& t, Why why, const Change& change) {
     const bool whole = IsWildcardType(type);
-    const std::vector<Item> covered = Covered(type, t);
+    std::vector<Item> covered = Covered(type, t);
     auto held = [&](const Item& i) { return t.sent.contains(i.name); };
     auto fresh = [&](const Item& i) {  // not held, or held with other content
       auto old = t.sent.find(i.name);
       return old == t.sent.end() || old->second != i.hash;
     };
     auto named_now = [&](const Item& i) { return change.added.contains(i.name); };
-    std::vector<const Item*> out;
+    std::vector<Item*> out;
     bool send = false;
     if (whole) {
       switch (why) {
@@ -362,7 +507,7 @@ class Session {
       }
       if (send) {
         t.sent.clear();  // the complete set replaces what the client held
-        for (const auto& i : covered)
+        for (auto& i : covered)
           out.push_back(&i);
       }
     } else {
@@ -373,28 +518,77 @@ class Session {
           return !std::ranges::binary_search(covered, kv.first, {}, &Item::name);
         });
       }
-      for (const auto& i : covered) {
+      for (auto& i : covered) {
         if (why == Why::kNewSubscription || (why == Why::kPush && fresh(i)) ||
             (why != Why::kPush && named_now(i)))
           out.push_back(&i);
       }
       send = !out.empty();
     }
-    if (!send)
+    if (send)
+      Write(type, t, out);
+  }
+
+  // A push with a hint: only the hinted names are looked at. CDS/LDS send the complete
+  // set when one of them changed, appeared or went away for this subscription; EDS/RDS
+  // send the hinted resources that changed or appeared.
+  void SendHinted(const std::string& type, PerType& t, const PushHint& hint) {
+    const std::set<std::string> names = served_.Hinted(type, hint, t.names);
+    if (names.empty())
       return;
+    if (IsWildcardType(type)) {
+      bool changed = false;
+      for (const auto& n : names) {
+        auto i = CoveredOne(type, t, n);
+        auto old = t.sent.find(n);
+        if (i ? old == t.sent.end() || old->second != i->hash : old != t.sent.end()) {
+          changed = true;
+          break;
+        }
+      }
+      if (changed)
+        Send(type, t, Why::kPush, Change{});
+      return;
+    }
+    std::vector<Item> items;
+    for (const auto& n : names) {
+      auto i = CoveredOne(type, t, n);
+      auto old = t.sent.find(n);
+      if (!i) {
+        if (old != t.sent.end())
+          t.sent.erase(old);  // gone: its parent stops referring to it
+      } else if (old == t.sent.end() || old->second != i->hash) {
+        items.push_back(std::move(*i));
+      }
+    }
+    if (items.empty())
+      return;
+    std::vector<Item*> out;
+    for (auto& i : items)
+      out.push_back(&i);
+    Write(type, t, out);
+  }
+
+  void Write(const std::string& type, PerType& t, const std::vector<Item*>& out) {
     DiscoveryResponse resp;
     resp.set_type_url(type);
     resp.set_version_info(std::to_string(version_));
     resp.set_nonce(std::to_string(++nonce_));
-    for (const Item* i : out) {
+    for (Item* i : out) {
       auto* any = resp.add_resources();
       any->set_type_url(type);
-      any->set_value(i->bytes);
+      any->set_value(i->Bytes());
       t.sent[i->name] = i->hash;
     }
     t.last_nonce = resp.nonce();
     t.sent_version = resp.version_info();
     stream_->Write(resp);
+    if (Observed()) {
+      Event e{Event::Kind::kResponse, {}, type, resp.version_info(), resp.nonce(), {}, {}};
+      for (Item* i : out)
+        e.resource_names.push_back(i->name);
+      SessionBase::Emit(std::move(e));
+    }
   }
 
   // A type this server does not serve (SDS, or anything else) is answered, not ignored:
@@ -414,37 +608,277 @@ class Session {
       t.warned = true;
     }
     Emit(Event::Kind::kUnsupportedType, req);
-    DiscoveryResponse resp;
-    resp.set_type_url(type);
-    resp.set_version_info(std::to_string(version_));
-    resp.set_nonce(std::to_string(++nonce_));
-    t.last_nonce = resp.nonce();
-    t.sent_version = resp.version_info();
-    stream_->Write(resp);
+    Write(type, t, {});
     return grpc::Status::OK;
   }
 
   void Emit(Event::Kind kind, const DiscoveryRequest& req) {
-    if (!on_event_)
+    if (!Observed())
       return;
-    Event e{kind,
-            node_.id(),
-            req.type_url(),
-            req.version_info(),
-            req.response_nonce(),
-            {req.resource_names().begin(), req.resource_names().end()},
-            req.has_error_detail() ? req.error_detail().message() : ""};
-    on_event_(e);
+    SessionBase::Emit(Event{kind,
+                            {},
+                            req.type_url(),
+                            req.version_info(),
+                            req.response_nonce(),
+                            {req.resource_names().begin(), req.resource_names().end()},
+                            req.has_error_detail() ? req.error_detail().message() : ""});
   }
 
-  AdsServer::SharedResourceFn& fn_;
-  AdsServer::EventFn& on_event_;
   grpc::ServerReaderWriter<DiscoveryResponse, DiscoveryRequest>* stream_;
-  envoy::config::core::v3::Node node_;
-  bool has_node_ = false;
-  std::shared_ptr<const ResourceSet> rs_;
-  uint64_t version_ = 0;
-  uint64_t nonce_ = 0;
+  std::map<std::string, PerType> types_;
+};
+
+// The protocol state of one Delta stream, used only on its handler thread.
+//
+// Rules from xds_protocol.rst "Incremental xDS" (section names below); where it leaves a
+// choice, istiod's pilot/pkg/xds/delta.go (shouldRespondDelta).
+class DeltaSession : public SessionBase {
+ public:
+  using Request = DeltaDiscoveryRequest;
+  using Response = DeltaDiscoveryResponse;
+  DeltaSession(AdsServer::SharedResourceFn& fn, AdsServer::EventFn& on_event,
+               grpc::ServerReaderWriter<DeltaDiscoveryResponse, DeltaDiscoveryRequest>* stream)
+      : SessionBase(fn, on_event, true), stream_(stream) {}
+
+  grpc::Status OnRequest(const DeltaDiscoveryRequest& req, uint64_t version) {
+    if (!has_node_) {
+      if (!req.has_node() || req.node().id().empty()) {
+        return {grpc::StatusCode::INVALID_ARGUMENT, "the first request must carry node.id"};
+      }
+      Connect(req.node(), version);
+      Emit(Event::Kind::kConnect, req);
+    }
+    const std::string& type = req.type_url();
+    Emit(Event::Kind::kRequest, req);
+    PerType& t = types_[type];
+    const bool has_sub_change =
+        req.resource_names_subscribe_size() > 0 || req.resource_names_unsubscribe_size() > 0;
+    if (!req.response_nonce().empty() && t.requested) {
+      // "ACK and NACK semantics": the nonce names the response answered. One that is not
+      // the last sent for the type answers a response since replaced: ignored, as istiod.
+      if (req.response_nonce() != t.last_nonce) {
+        Emit(Event::Kind::kStale, req);
+        return grpc::Status::OK;
+      }
+      if (req.has_error_detail()) {
+        // Recorded, not answered (istiod): a resend would carry what was just refused.
+        spdlog::warn("xds server: {} NACKed delta {} nonce {}: {}", node_.id(), type,
+                     req.response_nonce(), req.error_detail().message());
+        Emit(Event::Kind::kNack, req);
+        return grpc::Status::OK;
+      }
+      Emit(Event::Kind::kAck, req);
+      if (!has_sub_change)
+        return grpc::Status::OK;
+    } else if (req.has_error_detail()) {
+      Emit(Event::Kind::kNack, req);
+      return grpc::Status::OK;
+    }
+    const bool first = !t.requested;
+    t.requested = true;
+    if (first) {
+      // "Reconnect": what the client already holds, by name and version. Nothing it holds
+      // at the current version is sent again.
+      for (const auto& [name, v] : req.initial_resource_versions())
+        t.held.emplace(name, v);
+    }
+    // "How the client specifies what resources to return": "*" is the wildcard; a first
+    // CDS/LDS request naming nothing is the legacy wildcard. Named subscriptions add to
+    // a wildcard; only unsubscribing "*" ends it.
+    std::vector<std::string> added;
+    bool wildcard_added = false;
+    if (first && IsWildcardType(type) && req.resource_names_subscribe_size() == 0) {
+      t.wildcard = true;
+      wildcard_added = true;
+    }
+    for (const auto& n : req.resource_names_subscribe()) {
+      if (n == "*") {
+        wildcard_added = wildcard_added || !t.wildcard;
+        t.wildcard = true;
+      } else if (t.names.insert(n).second) {
+        added.push_back(n);
+      }
+    }
+    for (const auto& n : req.resource_names_unsubscribe()) {
+      if (n == "*")
+        t.wildcard = false;
+      else
+        t.names.erase(n);
+    }
+    // "Unsubscribing from resources": the client forgets what it no longer subscribes
+    // to, so subscribing again sends it again.
+    if (req.resource_names_unsubscribe_size() > 0) {
+      std::erase_if(t.held, [&](const auto& kv) {
+        return !t.names.contains(kv.first) && !(t.wildcard && served_.Has(type, kv.first));
+      });
+    }
+    if (!IsSupportedType(type)) {
+      if (first || !added.empty())
+        AnswerUnsupported(type, t, req);
+      return grpc::Status::OK;
+    }
+    std::vector<Item> out;
+    std::vector<std::string> removed;
+    if (first || wildcard_added) {
+      // Everything covered that the client lacks; on a new stream also what it reported
+      // holding that no longer exists.
+      Reconcile(type, t, nullptr, out, removed);
+    } else {
+      for (const auto& n : added) {
+        auto i = served_.Get(type, n, true);
+        if (i && !Holds(t, *i))
+          out.push_back(std::move(*i));
+      }
+    }
+    // A first wildcard request is answered even when there is nothing: the answer is that
+    // there is nothing (istiod answers it too). Named names that match nothing are not
+    // ("Knowing When a Requested Resource Does Not Exist": the client's timer decides).
+    if (!out.empty() || !removed.empty() || (first && t.wildcard))
+      Write(type, t, out, removed);
+    return grpc::Status::OK;
+  }
+
+  void OnPush(uint64_t version, const PushHint* hint) {
+    if (!has_node_ || version <= version_)
+      return;
+    auto t0 = std::chrono::steady_clock::now();
+    Recompute(version, hint);
+    auto t1 = std::chrono::steady_clock::now();
+    for (auto type : {kClusterType, kEndpointType, kListenerType, kRouteType}) {
+      auto it = types_.find(std::string(type));
+      if (it == types_.end())
+        continue;
+      std::vector<Item> out;
+      std::vector<std::string> removed;
+      Reconcile(it->first, it->second, hint, out, removed);
+      if (!out.empty() || !removed.empty())
+        Write(it->first, it->second, out, removed);
+    }
+    spdlog::debug("xds server: {} delta push {}{}: resources {:.2f} ms, diff and send {:.2f} ms",
+                  node_.id(), version, hint ? " (hinted)" : "", Ms(t1 - t0),
+                  Ms(std::chrono::steady_clock::now() - t1));
+    served_.DropPrevious();
+  }
+
+ private:
+  struct PerType {
+    bool requested = false;
+    bool wildcard = false;
+    std::set<std::string> names;  // explicitly subscribed, "*" excluded
+    // What the client holds: name -> version. From initial_resource_versions, then what
+    // was sent; removals and unsubscriptions take names out.
+    std::map<std::string, std::string> held;
+    std::string last_nonce;
+    bool warned = false;
+  };
+  using Item = ServedSet::Item;
+
+  static bool Holds(const PerType& t, const Item& i) {
+    auto h = t.held.find(i.name);
+    return h != t.held.end() && h->second == VersionOf(i.hash);
+  }
+
+  // What the client lacks (`out`) and holds but should not (`removed`): over every name
+  // the subscription covers and every name held, or (with a hint) over the hinted names
+  // only. A name held and covered by nothing (deleted, or named in
+  // initial_resource_versions and gone since) is removed.
+  void Reconcile(const std::string& type, PerType& t, const PushHint* hint, std::vector<Item>& out,
+                 std::vector<std::string>& removed) {
+    auto consider = [&](const std::string& n) {
+      const bool named = t.names.contains(n);
+      std::optional<Item> i;
+      if (named || t.wildcard)
+        i = served_.Get(type, n, named);
+      if (i) {
+        if (!Holds(t, *i))
+          out.push_back(std::move(*i));
+      } else if (t.held.contains(n)) {
+        removed.push_back(n);
+      }
+    };
+    if (hint) {
+      for (const auto& n : served_.Hinted(type, *hint, t.names))
+        consider(n);
+      return;
+    }
+    std::set<std::string> seen;
+    if (t.wildcard) {
+      served_.ForEach(type, [&](Item&& i) {
+        seen.insert(i.name);
+        if (!Holds(t, i))
+          out.push_back(std::move(i));
+      });
+    }
+    for (const auto& n : t.names) {
+      if (!seen.contains(n)) {
+        seen.insert(n);
+        consider(n);
+      }
+    }
+    for (const auto& [n, _] : t.held) {
+      if (!seen.contains(n))
+        removed.push_back(n);
+    }
+  }
+
+  void Write(const std::string& type, PerType& t, std::vector<Item>& out,
+             const std::vector<std::string>& removed) {
+    DeltaDiscoveryResponse resp;
+    resp.set_type_url(type);
+    resp.set_system_version_info(std::to_string(version_));
+    resp.set_nonce(std::to_string(++nonce_));
+    for (auto& i : out) {
+      auto* r = resp.add_resources();
+      r->set_name(i.name);
+      r->set_version(VersionOf(i.hash));
+      r->mutable_resource()->set_type_url(type);
+      r->mutable_resource()->set_value(i.Bytes());
+      t.held[i.name] = r->version();
+    }
+    for (const auto& n : removed) {
+      resp.add_removed_resources(n);
+      t.held.erase(n);
+    }
+    t.last_nonce = resp.nonce();
+    stream_->Write(resp);
+    if (Observed()) {
+      Event e{Event::Kind::kResponse, {}, type, resp.system_version_info(), resp.nonce(), {}, {}};
+      for (const auto& i : out)
+        e.resource_names.push_back(i.name);
+      e.removed = removed;
+      SessionBase::Emit(std::move(e));
+    }
+  }
+
+  void AnswerUnsupported(const std::string& type, PerType& t, const DeltaDiscoveryRequest& req) {
+    if (!t.warned) {
+      spdlog::warn(
+          "xds server: {} asked (delta) for {}, a type this server does not serve; answering "
+          "with no resources",
+          node_.id(), type);
+      t.warned = true;
+    }
+    Emit(Event::Kind::kUnsupportedType, req);
+    std::vector<Item> none;
+    Write(type, t, none, {});
+  }
+
+  void Emit(Event::Kind kind, const DeltaDiscoveryRequest& req) {
+    if (!Observed())
+      return;
+    Event e{kind,
+            {},
+            req.type_url(),
+            {},
+            req.response_nonce(),
+            {req.resource_names_subscribe().begin(), req.resource_names_subscribe().end()},
+            req.has_error_detail() ? req.error_detail().message() : ""};
+    e.removed.assign(req.resource_names_unsubscribe().begin(),
+                     req.resource_names_unsubscribe().end());
+    SessionBase::Emit(std::move(e));
+  }
+
+  grpc::ServerReaderWriter<DeltaDiscoveryResponse, DeltaDiscoveryRequest>* stream_;
   std::map<std::string, PerType> types_;
 };
 
@@ -504,11 +938,24 @@ Result<size_t> CheckConnectionIdentity(const envoy::config::core::v3::Node& node
       fmt::format("no identities ([{}]) matched {}/{}", fmt::join(identities, " "), ns, sa));
 }
 
-namespace {}  // namespace
-
 grpc::Status AdsServer::Service::StreamAggregatedResources(
     grpc::ServerContext* ctx,
     grpc::ServerReaderWriter<DiscoveryResponse, DiscoveryRequest>* stream) {
+  return Serve<Session>(ctx, stream);
+}
+
+grpc::Status AdsServer::Service::DeltaAggregatedResources(
+    grpc::ServerContext* ctx,
+    grpc::ServerReaderWriter<DeltaDiscoveryResponse, DeltaDiscoveryRequest>* stream) {
+  ++owner_.delta_streams_;
+  return Serve<DeltaSession>(ctx, stream);
+}
+
+// One stream of either protocol: authentication, a reader thread feeding an inbox, and the
+// handler loop that answers requests and pushes in order.
+template <class SessionT, class Req, class Resp>
+grpc::Status AdsServer::Service::Serve(grpc::ServerContext* ctx,
+                                       grpc::ServerReaderWriter<Resp, Req>* stream) {
   if (!required_token.empty()) {
     auto md = ctx->client_metadata();
     auto it = md.find("authorization");
@@ -517,7 +964,10 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
       return {grpc::StatusCode::UNAUTHENTICATED, "missing or wrong bearer token"};
     }
   }
-  Stream s;
+  struct Inbox : Stream {
+    std::deque<Req> requests;
+  };
+  Inbox s;
   s.ctx = ctx;
   {
     std::lock_guard lock(owner_.mu_);
@@ -532,7 +982,7 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
   // The first request is read here, before the reader thread exists, so a stream
   // without a node ends with a status the client can read (cancelling a blocked reader
   // would replace it with CANCELLED).
-  DiscoveryRequest first;
+  Req first;
   if (!stream->Read(&first)) {
     unregister();
     return grpc::Status::OK;
@@ -555,14 +1005,14 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
       return {grpc::StatusCode::PERMISSION_DENIED, "authorization failed: " + ok.error().message};
     }
   }
-  s.inbox.push_back(std::move(first));
+  s.requests.push_back(std::move(first));
   // gRPC allows one reader and one writer at a time: reads happen on this thread,
   // writes on the handler thread below.
   std::thread reader([&s, stream] {
-    DiscoveryRequest req;
+    Req req;
     while (stream->Read(&req)) {
       std::lock_guard lock(s.mu);
-      s.inbox.push_back(std::move(req));
+      s.requests.push_back(std::move(req));
       s.cv.notify_one();
     }
     std::lock_guard lock(s.mu);
@@ -570,20 +1020,26 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
     s.cv.notify_one();
   });
 
-  Session session(owner_.resources_, owner_.on_event_, stream);
+  SessionT session(owner_.resources_, owner_.on_event_, stream);
   grpc::Status result = grpc::Status::OK;
   while (result.ok()) {
-    std::deque<DiscoveryRequest> batch;
+    std::deque<Req> batch;
     uint64_t pushed;
+    bool full;
+    PushHint hint;
     {
       std::unique_lock lock(s.mu);
       s.cv.wait(lock,
-                [&] { return s.stopping || !s.inbox.empty() || s.reader_done || s.pushed > 0; });
-      if (s.stopping || (s.reader_done && s.inbox.empty()))
+                [&] { return s.stopping || !s.requests.empty() || s.reader_done || s.pushed > 0; });
+      if (s.stopping || (s.reader_done && s.requests.empty()))
         break;
-      batch.swap(s.inbox);
+      batch.swap(s.requests);
       pushed = s.pushed;
+      full = s.push_full;
+      hint = std::move(s.hint);
       s.pushed = 0;
+      s.push_full = false;
+      s.hint = {};
     }
     for (const auto& req : batch) {
       result = session.OnRequest(req, owner_.version_.load());
@@ -591,7 +1047,7 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
         break;
     }
     if (pushed > 0 && result.ok())
-      session.OnPush(pushed);
+      session.OnPush(pushed, full ? nullptr : &hint);
   }
 
   // After the client half-closed (WritesDone), every request it sent has been answered
@@ -607,7 +1063,9 @@ grpc::Status AdsServer::Service::StreamAggregatedResources(
   reader.join();
   unregister();
   if (owner_.on_event_ && session.has_node()) {
-    owner_.on_event_(Event{Event::Kind::kDisconnect, session.node_id(), "", "", "", {}, ""});
+    Event e{Event::Kind::kDisconnect, session.node_id(), "", "", "", {}, ""};
+    e.delta = std::is_same_v<SessionT, DeltaSession>;
+    owner_.on_event_(e);
   }
   return result;
 }
@@ -660,11 +1118,26 @@ Result<int> AdsServer::Start(const AdsServerOptions& opts) {
 }
 
 uint64_t AdsServer::Push() {
+  return QueuePush(nullptr);
+}
+
+uint64_t AdsServer::Push(const PushHint& hint) {
+  return QueuePush(&hint);
+}
+
+uint64_t AdsServer::QueuePush(const PushHint* hint) {
   uint64_t v = ++version_;
   std::lock_guard lock(mu_);
   for (Stream* s : streams_) {
     std::lock_guard slock(s->mu);
     s->pushed = v;
+    if (!hint) {
+      s->push_full = true;
+      s->hint = {};
+    } else if (!s->push_full) {
+      for (const auto& [type, names] : hint->changed)
+        s->hint.changed[type].insert(names.begin(), names.end());
+    }
     s->cv.notify_one();
   }
   return v;

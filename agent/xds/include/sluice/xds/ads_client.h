@@ -1,7 +1,20 @@
-// AdsClient: the agent's side of Envoy's Aggregated Discovery Service (state of the
-// world, one gRPC stream for CDS, EDS, LDS and RDS), feeding a config::ConfigStore.
+// AdsClient: the agent's side of Envoy's Aggregated Discovery Service (one gRPC stream for
+// CDS, EDS, LDS and RDS), feeding a config::ConfigStore. It speaks incremental (Delta) or
+// state-of-the-world (SotW) xDS, as AdsClientOptions::protocol says: auto tries Delta and
+// uses SotW from then on if the server answers Delta with UNIMPLEMENTED.
 //
-// Protocol, as Envoy speaks it to istiod:
+// Delta (xds_protocol.rst "Incremental xDS", as Envoy speaks it): CDS and LDS are wildcard
+// (a first request naming nothing); EDS and RDS subscribe and unsubscribe by name as
+// clusters and listeners come and go (the subscription goes out before the ACK that
+// caused it). Each response is ACKed or NACKed by its nonce; resources are taken one by
+// one (refused ones are named in the NACK, keep their earlier version, the rest apply);
+// removed_resources are removed; names are opaque (xdstp:// included). Every response
+// becomes one ConfigStore::Edit, whose cost follows the change. On reconnect the first
+// request of each type carries initial_resource_versions (what is held, by name). Warming
+// is as in SotW below. A CLA or route configuration the server removes while a cluster or
+// listener still uses it becomes empty, as Envoy does.
+//
+// State of the world, as Envoy speaks it to istiod:
 // - CDS and LDS are wildcard subscriptions; EDS and RDS subscribe to the names the held
 //   clusters (EDS service names) and listeners (HCM rds.route_config_name) ask for.
 // - Every response is ACKed (version_info = its version, response_nonce = its nonce) or
@@ -33,6 +46,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "envoy/config/core/v3/base.pb.h"
@@ -41,10 +55,18 @@
 #include "sluice/xds/backoff.h"
 
 namespace grpc {
+class Channel;
 class ClientContext;
-}
+class Status;
+}  // namespace grpc
 
 namespace sluice::xds {
+
+// Which ADS protocol the client speaks. kAuto: Delta, unless the server answers it with
+// UNIMPLEMENTED; then SotW for the rest of the client's life (logged once).
+enum class XdsProtocol { kAuto, kDelta, kSotw };
+std::string_view XdsProtocolName(XdsProtocol p);  // "auto", "delta", "sotw"
+Result<XdsProtocol> ParseXdsProtocol(std::string_view s);
 
 struct AdsClientOptions {
   std::string server = "127.0.0.1:15010";  // host:port (gRPC target)
@@ -63,6 +85,7 @@ struct AdsClientOptions {
   std::function<Result<std::string>()> token_source;
   envoy::config::core::v3::Node node;
   BackoffPolicy backoff;
+  XdsProtocol protocol = XdsProtocol::kAuto;
 };
 
 // Why one resource was refused or skipped; reason_class is one of sluice/config/filters.h's
@@ -74,12 +97,15 @@ struct ResourceIssue {
 
 // Per resource type, what the client last accepted and last refused.
 struct TypeStatus {
-  std::string acked_version;  // version_info of the last ACKed response
+  // version_info (SotW) or system_version_info (Delta) of the last ACKed response
+  std::string acked_version;
   std::string last_nonce;
   std::string last_nack;  // error_detail of the last NACK sent, empty if none since ACK
   uint64_t acks = 0, nacks = 0;
   uint64_t applied = 0;   // responses applied, wholly (ACKed) or in part (some refused)
   size_t subscribed = 0;  // explicit names (EDS/RDS); 0 for wildcard types
+  size_t held = 0;        // Delta: resources held (what initial_resource_versions names)
+  uint64_t removed = 0;   // Delta: removed_resources applied
   // Resources refused (NACKed by name; an earlier version, if any, stays in force) and
   // skipped (ACKed, not served), as the latest responses left them.
   std::map<std::string, ResourceIssue> refused, skipped;
@@ -95,7 +121,10 @@ struct AdsClientStatus {
   uint64_t failed_attempts = 0;  // connection attempts that ended without a response
   std::chrono::milliseconds last_backoff{0};
   std::string last_stream_error;
-  std::map<std::string, TypeStatus> types;  // by type URL
+  std::map<std::string, TypeStatus> types;  // by type URL, of the protocol in use
+  XdsProtocol configured = XdsProtocol::kAuto;
+  std::string protocol;              // "delta" or "sotw": the latest stream's; "" before any
+  bool delta_unimplemented = false;  // auto: the server answered Delta with UNIMPLEMENTED
 };
 
 class AdsClient {
@@ -112,17 +141,26 @@ class AdsClient {
 
   AdsClientStatus Status() const;
 
-  struct State;  // the per-stream protocol state (ads_client.cc)
+  struct State;       // the SotW protocol state (ads_client.cc)
+  struct DeltaState;  // the Delta protocol state (ads_client_delta.cc)
 
  private:
   void Run();
   // One stream until it breaks; true when at least one response arrived.
   bool RunStream(std::string& error);
+  // One stream of either protocol on `channel`; true when at least one response arrived.
+  bool RunSotw(const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext& ctx,
+               grpc::Status& st);
+  bool RunDelta(const std::shared_ptr<grpc::Channel>& channel, grpc::ClientContext& ctx,
+                grpc::Status& st);
   void PublishStatus(bool connected);
 
   AdsClientOptions opts_;
   config::ConfigStore& store_;
   std::unique_ptr<State> state_;  // survives reconnects: received resources, versions
+  std::unique_ptr<DeltaState> delta_;
+  bool use_delta_ = false;  // the protocol of the current stream
+  bool delta_unimplemented_ = false;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;

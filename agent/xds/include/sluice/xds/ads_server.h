@@ -1,6 +1,7 @@
-// AdsServer: a state-of-the-world Aggregated Discovery Service that serves each
-// connecting proxy the ResourceSet a callback computes for its node, and pushes new
-// versions when told.
+// AdsServer: an Aggregated Discovery Service, state of the world (SotW,
+// StreamAggregatedResources) and incremental (Delta, DeltaAggregatedResources) on the same
+// service, that serves each connecting proxy the ResourceSet a callback computes for its
+// node, and pushes new versions when told.
 //
 // Protocol, as Envoy's xds_protocol.rst describes SotW and istiod behaves (ads_server.cc
 // cites the rules; docs/control-plane.md has the whole table):
@@ -28,6 +29,27 @@
 // - When the client half-closes, every request already received is answered and the
 //   stream ends with OK.
 //
+// Delta (xds_protocol.rst "Incremental xDS", istiod's pilot/pkg/xds/delta.go where the spec
+// leaves a choice; docs/control-plane.md has the table):
+// - Every resource has a version: a hash of its canonical bytes. The stream keeps, per type,
+//   what the client holds (name -> version): what it reported in initial_resource_versions
+//   on a new stream, then what was sent, minus what it unsubscribed from.
+// - Subscriptions: resource_names_subscribe / _unsubscribe change the set; "*" is the
+//   wildcard, and a first CDS/LDS request naming nothing is a (legacy) wildcard.
+// - A response carries only resources the client lacks or holds at another version, and
+//   removed_resources for names the client holds that no longer exist (also for
+//   initial_resource_versions naming something gone). Each response has a fresh nonce and
+//   system_version_info (the push generation).
+// - A request with response_nonce is an ACK (or, with error_detail, a NACK, recorded and
+//   not answered); one whose nonce is not the last sent for its type is stale and ignored.
+//   A request without nonce changes the subscription and is answered with what it adds.
+// - A first wildcard request is answered even when the set is empty; types other than the
+//   four get an empty response.
+//
+// Costs follow the change: the server keeps per stream a hash per resource between pushes.
+// Push(hint) names the resources that changed (istiod's PushRequest.ConfigsUpdated); only
+// those are hashed and compared, in both protocols. Push() without a hint recomputes all.
+//
 // Wiring it (e.g. `sluicectl xds serve`):
 //   AdsServer server([&](const Node& n) { return TranslateFor(n); });
 //   auto port = server.Start({.address = "127.0.0.1:15010"});
@@ -42,7 +64,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "envoy/config/core/v3/base.pb.h"
@@ -59,14 +83,37 @@ namespace sluice::xds {
 struct AdsServerEvent {
   // kUnsupportedType: a request for a type this server does not serve (e.g. SDS), answered
   // with an empty response.
-  enum class Kind { kConnect, kRequest, kAck, kNack, kStale, kUnsupportedType, kDisconnect };
+  // kResponse: a response went out; resource_names are the resources it carries and
+  // removed the names it removes (Delta).
+  enum class Kind {
+    kConnect,
+    kRequest,
+    kAck,
+    kNack,
+    kStale,
+    kUnsupportedType,
+    kDisconnect,
+    kResponse
+  };
   Kind kind;
   std::string node_id;
   std::string type_url;
   std::string version;  // ACK/NACK: version_info the client reports
   std::string nonce;
-  std::vector<std::string> resource_names;
-  std::string error;  // NACK: error_detail.message
+  std::vector<std::string> resource_names;  // SotW: the request's; Delta: subscribed
+  std::string error;                        // NACK: error_detail.message
+  bool delta = false;                       // the stream is a Delta one
+  std::vector<std::string> removed;         // Delta: unsubscribed (request), removed (response)
+};
+
+// What a push changed, per type URL: names of resources that changed, appeared or went
+// away (listener aliases included when theirs change). Only these are hashed and compared;
+// a type not named is unchanged. As istiod's PushRequest.ConfigsUpdated.
+struct PushHint {
+  std::map<std::string, std::set<std::string>> changed;
+  void Add(std::string_view type, std::string name) {
+    changed[std::string(type)].insert(std::move(name));
+  }
 };
 
 struct AdsServerOptions {
@@ -115,6 +162,10 @@ class AdsServer {
   // Recomputes every connected proxy's resources and sends what changed. Returns the new
   // version. Safe from any thread.
   uint64_t Push();
+  // As Push(), when the caller knows what changed: only the hinted resources are hashed
+  // and compared with what each client holds; the others are taken as unchanged. Pushes
+  // not yet sent to a stream merge (a full one wins).
+  uint64_t Push(const PushHint& hint);
   // Closes every stream and stops serving.
   void Stop();
 
@@ -126,12 +177,16 @@ class AdsServer {
 
   class Service;  // the gRPC service (ads_server.cc)
   struct Stream;
+  // Streams served so far by protocol, for status pages and tests.
+  uint64_t DeltaStreams() const { return delta_streams_.load(); }
 
  private:
   friend class Service;
   SharedResourceFn resources_;
   EventFn on_event_;
   std::atomic<uint64_t> version_{1};
+  std::atomic<uint64_t> delta_streams_{0};
+  uint64_t QueuePush(const PushHint* hint);
   std::unique_ptr<Service> service_;
   std::unique_ptr<grpc::Server> server_;
   mutable std::mutex mu_;  // guards streams_ and stopping_

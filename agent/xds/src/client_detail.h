@@ -1,0 +1,80 @@
+// Helpers both ADS client protocols share (ads_client.cc, ads_client_delta.cc).
+#pragma once
+
+#include <fmt/format.h>
+
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "sluice/config/validate.h"
+#include "sluice/xds/ads_client.h"
+
+namespace sluice::xds::client_detail {
+
+using envoy::config::cluster::v3::Cluster;
+using envoy::config::endpoint::v3::ClusterLoadAssignment;
+using envoy::config::listener::v3::Listener;
+using envoy::config::route::v3::RouteConfiguration;
+
+inline const std::string& NameOf(const Cluster& c) {
+  return c.name();
+}
+inline const std::string& NameOf(const ClusterLoadAssignment& c) {
+  return c.cluster_name();
+}
+inline const std::string& NameOf(const Listener& l) {
+  return l.name();
+}
+inline const std::string& NameOf(const RouteConfiguration& r) {
+  return r.name();
+}
+
+inline config::Acceptance AcceptOne(const Cluster& c) {
+  return config::AcceptCluster(c);
+}
+inline config::Acceptance AcceptOne(const ClusterLoadAssignment& c) {
+  return config::AcceptEndpoints(c);
+}
+inline config::Acceptance AcceptOne(const Listener& l) {
+  return config::AcceptListener(l);
+}
+inline config::Acceptance AcceptOne(const RouteConfiguration& r) {
+  return config::AcceptRoute(r);
+}
+
+// Envoy's NACK text for refused resources: LDS "Error adding/updating listener(s) a: why\n
+// b: why\n", CDS (and here EDS, RDS) the names joined by ", ".
+inline std::string RefusalMessage(std::string_view type,
+                                  const std::map<std::string, ResourceIssue>& r) {
+  std::string out;
+  if (type == kListenerType) {
+    out = "Error adding/updating listener(s) ";
+    for (const auto& [name, issue] : r)
+      out += fmt::format("{}: {}\n", name, issue.reason);
+    return out;
+  }
+  std::string_view kind = type == kClusterType    ? "cluster(s)"
+                          : type == kEndpointType ? "endpoints"
+                                                  : "route(s)";
+  out = fmt::format("Error adding/updating {} ", kind);
+  bool first = true;
+  for (const auto& [name, issue] : r) {
+    out += fmt::format("{}{}: {}", first ? "" : ", ", name, issue.reason);
+    first = false;
+  }
+  return out;
+}
+
+// "listener" for the listener type URL, and so on, for logs.
+inline std::string_view ShortType(std::string_view type) {
+  if (type == kClusterType)
+    return "cluster";
+  if (type == kEndpointType)
+    return "endpoints";
+  if (type == kListenerType)
+    return "listener";
+  return "route";
+}
+
+}  // namespace sluice::xds::client_detail
