@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <optional>
 #include <set>
 
@@ -162,12 +163,17 @@ Result<void> KernelSync::OnSnapshot(const config::Snapshot& snapshot, const conf
   SLUICE_RETURN_IF_ERROR(done);
   if (*done)
     return {};
+  const auto t0 = std::chrono::steady_clock::now();
   auto plan = Plan(snapshot);
   if (!plan) {
     spdlog::error("kernel sync: config generation {}: {} (the kernel keeps generation {})",
                   snapshot.generation, plan.error().message, generation_);
     return std::unexpected(plan.error());
   }
+  spdlog::debug(
+      "kernel sync: generation {}: whole plan of {} services in {:.1f} ms", snapshot.generation,
+      plan->services.size(),
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   Source previous = std::move(node_);
   node_ = Source{std::move(*plan), snapshot.generation, snapshot.id};
   if (auto r = ApplyMerged(snapshot.generation); !r) {
@@ -214,7 +220,10 @@ Result<void> KernelSync::OnView(const std::string& name, const config::Snapshot*
 }
 
 Result<void> KernelSync::ApplyMerged(uint64_t generation) {
+  using Ms = std::chrono::duration<double, std::milli>;
+  const auto t0 = std::chrono::steady_clock::now();
   KernelPlan plan = MergeAll();
+  const auto t1 = std::chrono::steady_clock::now();
   std::map<std::string, const ServiceSpec*> before;
   for (const auto& s : applied_.services)
     before[s.name] = &s;
@@ -229,6 +238,7 @@ Result<void> KernelSync::ApplyMerged(uint64_t generation) {
   }
   for (const auto& [name, spec] : before)
     deletes.push_back(name);
+  const auto t2 = std::chrono::steady_clock::now();
   if (!upserts.empty() || !deletes.empty()) {
     if (auto r = dp_.Apply(upserts, deletes); !r) {
       spdlog::error("kernel sync: config generation {}: {} (the kernel keeps generation {})",
@@ -236,6 +246,9 @@ Result<void> KernelSync::ApplyMerged(uint64_t generation) {
       return r;
     }
   }
+  spdlog::debug("kernel sync: generation {}: merge {:.1f} ms, compare {:.1f} ms, write {:.1f} ms",
+                generation, Ms(t1 - t0).count(), Ms(t2 - t1).count(),
+                Ms(std::chrono::steady_clock::now() - t2).count());
   spdlog::info(
       "kernel sync: generation {}{}: {} kernel services ({} upserted, {} deleted), {} "
       "sent to the in-pod proxy",
