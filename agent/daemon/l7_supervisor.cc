@@ -210,12 +210,15 @@ void L7Supervisor::Enqueue(Outgoing o) {
 
 L7Supervisor::Outgoing L7Supervisor::ConfigMessage(const std::string& view,
                                                    const config::SnapshotPtr& s,
-                                                   const config::SnapshotPtr& before) const {
+                                                   const config::SnapshotPtr& before,
+                                                   const config::Diff* diff) const {
   Outgoing o;
   o.m.type = view.empty() ? l7wire::Type::kNodeConfig : l7wire::Type::kViewConfig;
   o.m.meta = {{"view", view}, {"generation", s ? s->generation : 0}};
   o.snap = s;
-  if (s && before && before->generation != 0 && before->generation != s->generation)
+  if (s && before && diff && before->generation + 1 == s->generation)
+    o.m.blob = l7wire::EncodeDelta(before->generation, *s, *diff, &o.m.meta);
+  else if (s && before && before->generation != 0 && before->generation != s->generation)
     o.m.blob = l7wire::EncodeDelta(*before, *s, &o.m.meta);
   else
     o.full = s != nullptr;
@@ -259,12 +262,13 @@ void L7Supervisor::ReplayLocked() {
     Enqueue(PodMessage(key, pod));
 }
 
-void L7Supervisor::SetNodeConfig(config::SnapshotPtr s) {
-  SetConfig("", std::move(s));
+void L7Supervisor::SetNodeConfig(config::SnapshotPtr s, const config::Diff* diff) {
+  SetConfig("", std::move(s), diff);
 }
 
-void L7Supervisor::SetViewConfig(const std::string& view, config::SnapshotPtr s) {
-  SetConfig(view, std::move(s));
+void L7Supervisor::SetViewConfig(const std::string& view, config::SnapshotPtr s,
+                                 const config::Diff* diff) {
+  SetConfig(view, std::move(s), diff);
 }
 
 config::SnapshotPtr L7Supervisor::SentLocked(const std::string& view) const {
@@ -274,13 +278,14 @@ config::SnapshotPtr L7Supervisor::SentLocked(const std::string& view) const {
   return it == view_snaps_.end() ? nullptr : it->second;
 }
 
-void L7Supervisor::SetConfig(const std::string& view, config::SnapshotPtr s) {
+void L7Supervisor::SetConfig(const std::string& view, config::SnapshotPtr s,
+                             const config::Diff* diff) {
   config::SnapshotPtr before;
   {
     std::lock_guard lock(mu_);
     before = SentLocked(view);
   }
-  Outgoing o = ConfigMessage(view, s, before);  // the change encoded outside the lock
+  Outgoing o = ConfigMessage(view, s, before, diff);  // the change encoded outside the lock
   std::lock_guard lock(mu_);
   if (SentLocked(view) != before && !o.full && s) {
     // Another update came in between: the change is not against what was sent last.

@@ -86,9 +86,13 @@ class L7Supervisor : public PodL7 {
   Result<void> Start();
 
   // The node's config, and each view's (nullptr: forget the view); handed over now and
-  // to every later process.
-  void SetNodeConfig(config::SnapshotPtr s);
-  void SetViewConfig(const std::string& view, config::SnapshotPtr s);
+  // to every later process. `diff`, when given, is the change from the snapshot given
+  // before for that config (the config store's, when each of its snapshots is given in
+  // order): the change sent is made from it, at the cost of the change; without it (or
+  // when the generations are not consecutive) from a walk over both snapshots.
+  void SetNodeConfig(config::SnapshotPtr s, const config::Diff* diff = nullptr);
+  void SetViewConfig(const std::string& view, config::SnapshotPtr s,
+                     const config::Diff* diff = nullptr);
 
   // Opens the pod's listening sockets (so the pod can be enrolled at once) and hands the
   // pod over; called again with other labels, moves it to that view.
@@ -146,8 +150,9 @@ class L7Supervisor : public PodL7 {
   // The config `s` of `view` ("" for the node's): its change against `before` (the one
   // sent before) when there is one, else the whole set; nullptr: forget it.
   Outgoing ConfigMessage(const std::string& view, const config::SnapshotPtr& s,
-                         const config::SnapshotPtr& before) const;
-  void SetConfig(const std::string& view, config::SnapshotPtr s);
+                         const config::SnapshotPtr& before,
+                         const config::Diff* diff = nullptr) const;
+  void SetConfig(const std::string& view, config::SnapshotPtr s, const config::Diff* diff);
   l7wire::Message PodMessage(const enrolment::PodKey& key, const Pod& pod) const;
   void OnMessage(l7wire::Message m);
   void ReplayLocked();

@@ -196,6 +196,10 @@ nlohmann::json DeltaOf(const config::ResourceMap<T>& before, const config::Resou
   nlohmann::json removed = nlohmann::json::array();
   auto b = before.begin();
   for (const auto& [name, r] : after) {
+    if (b != before.end() && b->second == r) {
+      ++b;  // the same object (the common case): no name to compare
+      continue;
+    }
     while (b != before.end() && b->first < name) {
       removed.push_back(b->first);
       ++b;
@@ -232,6 +236,35 @@ std::string EncodeDelta(const config::Snapshot& before, const config::Snapshot& 
                             {"listeners", DeltaOf(before.listeners, after.listeners, &d)},
                             {"routes", DeltaOf(before.routes, after.routes, &d)}};
   (*meta)["base"] = before.generation;
+  (*meta)["removed"] = std::move(removed);
+  (*meta)["versions"] = after.versions;
+  return d.SerializeAsString();
+}
+
+namespace {
+
+template <class T>
+nlohmann::json DeltaOf(const config::ResourceMap<T>& after, const config::TypeDiff& diff,
+                       envoy::service::discovery::v3::DiscoveryResponse* d) {
+  for (const auto* names : {&diff.added, &diff.changed}) {
+    for (const auto& name : *names) {
+      if (auto it = after.find(name); it != after.end())
+        d->add_resources()->PackFrom(*it->second);
+    }
+  }
+  return diff.removed;
+}
+
+}  // namespace
+
+std::string EncodeDelta(uint64_t base, const config::Snapshot& after, const config::Diff& diff,
+                        nlohmann::json* meta) {
+  envoy::service::discovery::v3::DiscoveryResponse d;
+  nlohmann::json removed = {{"clusters", DeltaOf(after.clusters, diff.clusters, &d)},
+                            {"endpoints", DeltaOf(after.endpoints, diff.endpoints, &d)},
+                            {"listeners", DeltaOf(after.listeners, diff.listeners, &d)},
+                            {"routes", DeltaOf(after.routes, diff.routes, &d)}};
+  (*meta)["base"] = base;
   (*meta)["removed"] = std::move(removed);
   (*meta)["versions"] = after.versions;
   return d.SerializeAsString();

@@ -74,6 +74,10 @@ Result<xds::ResourceSet> DecodeResources(const std::string& blob);
 // changed. Sets meta "base" to before.generation.
 std::string EncodeDelta(const config::Snapshot& before, const config::Snapshot& after,
                         nlohmann::json* meta);
+// The same from `diff`, the change from the snapshot of generation `base` to `after` (as
+// the config store gives it): its cost follows the change alone.
+std::string EncodeDelta(uint64_t base, const config::Snapshot& after, const config::Diff& diff,
+                        nlohmann::json* meta);
 // A delta's edit (config::ApplyEdit applies it); errors name the resource that does not
 // unpack.
 Result<config::SnapshotEdit> DecodeDelta(const nlohmann::json& meta, const std::string& blob);
