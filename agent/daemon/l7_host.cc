@@ -16,6 +16,7 @@
 #include "dns_watch.h"
 #include "l7_wire.h"
 #include "pod_proxies.h"
+#include "sluice/config/snapshot.h"
 
 namespace sluice::agent {
 namespace {
@@ -68,34 +69,48 @@ class Host {
   }
 
  private:
+  // A config as this process holds it: the resources (the base the agent's deltas apply
+  // to) and what they compiled to (the base of the next incremental compile; null when
+  // they did not compile, and the next one is compiled whole).
   struct Config {
-    xds::ResourceSet resources;
-    uint64_t generation = 0;
+    config::SnapshotPtr snapshot;
+    std::shared_ptr<const proxy::ProxyConfig> compiled;
   };
 
   void Handle(Message m) {
     switch (m.type) {
-      case Type::kNodeConfig: {
-        std::lock_guard lock(mu_);
-        node_.reset();
-        if (!m.blob.empty())
-          node_ = Decode(m);
-        Apply("", node_ ? &*node_ : nullptr, m.meta.value("generation", uint64_t{0}));
-        return;
-      }
+      case Type::kNodeConfig:
       case Type::kViewConfig: {
         std::lock_guard lock(mu_);
-        const std::string view = m.meta.value("view", "");
+        const std::string view = m.type == Type::kNodeConfig ? "" : m.meta.value("view", "");
+        const uint64_t generation = m.meta.value("generation", uint64_t{0});
+        const uint64_t base = m.meta.value("base", uint64_t{0});
+        Config* held = view.empty() ? (node_ ? &*node_ : nullptr)
+                                    : (views_.contains(view) ? &views_[view] : nullptr);
+        if (base != 0) {
+          if (!held || held->snapshot->generation != base) {
+            // Not the base the delta was made against (this process is new, or missed
+            // one): nothing applied, the agent sends the whole set.
+            Resend(view, generation, base, held);
+            return;
+          }
+          ApplyDelta(view, *held, m, generation);
+          return;
+        }
         std::optional<Config> c;
         if (!m.blob.empty())
           c = Decode(m);
-        if (c)
-          views_[view] = std::move(*c);
-        else
-          views_.erase(view);
-        auto it = views_.find(view);
-        Apply(view, it == views_.end() ? nullptr : &it->second,
-              m.meta.value("generation", uint64_t{0}));
+        if (view.empty()) {
+          node_ = std::move(c);
+          Apply("", node_ ? &*node_ : nullptr, generation, {});
+        } else {
+          if (c)
+            views_[view] = std::move(*c);
+          else
+            views_.erase(view);
+          auto it = views_.find(view);
+          Apply(view, it == views_.end() ? nullptr : &it->second, generation, {});
+        }
         return;
       }
       case Type::kPodOpen: {
@@ -145,27 +160,83 @@ class Host {
       spdlog::error("L7: {}", rs.error().message);
       return std::nullopt;
     }
-    return Config{std::move(*rs), m.meta.value("generation", uint64_t{0})};
+    auto s = std::make_shared<config::Snapshot>(config::Snapshot::FromResourceSet(*rs));
+    s->generation = m.meta.value("generation", uint64_t{0});
+    return Config{std::move(s), nullptr};
+  }
+
+  void Resend(const std::string& view, uint64_t generation, uint64_t base, const Config* held) {
+    spdlog::info(
+        "L7 config {} ({}): a change against generation {}, which this process {}; "
+        "asking for the whole set",
+        generation, view.empty() ? "node" : view, base,
+        held ? fmt::format("does not hold (it holds {})", held->snapshot->generation)
+             : std::string("has no config of"));
+    SendToAgent(Message{Type::kApplied,
+                        {{"view", view},
+                         {"generation", generation},
+                         {"applied", false},
+                         {"error", ""},
+                         {"resend", true}},
+                        {},
+                        {}});
+  }
+
+  // A delta on the config held (its base checked): the resources edited, then compiled
+  // incrementally. Under mu_.
+  void ApplyDelta(const std::string& view, Config& held, const Message& m, uint64_t generation) {
+    auto edit = l7wire::DecodeDelta(m.meta, m.blob);
+    Result<std::pair<config::Snapshot, config::Diff>> next =
+        edit ? config::ApplyEdit(*held.snapshot, std::move(*edit))
+             : Result<std::pair<config::Snapshot, config::Diff>>(std::unexpected(edit.error()));
+    if (!next) {
+      // The agent's store accepted this change, so it should apply here: ask for the
+      // whole set rather than run on a config that differs from the agent's.
+      spdlog::error("L7 config {} ({}): {}", generation, view.empty() ? "node" : view,
+                    next.error().message);
+      Resend(view, generation, held.snapshot->generation, &held);
+      return;
+    }
+    auto s = std::make_shared<config::Snapshot>(std::move(next->first));
+    s->generation = generation;
+    held.snapshot = std::move(s);
+    Apply(view, &held, generation, next->second);
   }
 
   // Compiles one config (the node's when view is "") and hands it to the pods; the
-  // agent hears what came of it. Under mu_.
-  void Apply(const std::string& view, const Config* c, uint64_t generation) {
+  // agent hears what came of it. With its compiled base, only what `diff` (against that
+  // base's resources) names is compiled again. Under mu_.
+  void Apply(const std::string& view, Config* c, uint64_t generation, const config::Diff& diff,
+             const std::vector<std::string>& dns_changed = {}) {
     nlohmann::json meta{{"view", view}, {"generation", generation}};
     bool applied = false;
     std::string error;
     if (!c) {
       applied = view.empty() ? pods_.SetNodeConfig(nullptr) : pods_.SetViewConfig(view, nullptr);
-    } else if (auto cfg = proxy::Compile(c->resources); !cfg) {
+    } else if (auto cfg = c->compiled ? proxy::CompileUpdate(*c->compiled, *c->snapshot, diff,
+                                                             nullptr, dns_changed)
+                                      : proxy::Compile(*c->snapshot);
+               !cfg) {
+      c->compiled = nullptr;  // the next change is compiled whole
       error = cfg.error().message;
       spdlog::error("L7 config {} ({}) refused, its pods keep the running one: {}", generation,
                     view.empty() ? "node" : view, error);
     } else {
-      for (const auto& w : (*cfg)->warnings)
-        spdlog::warn("L7 config {} ({}): {}", generation, view.empty() ? "node" : view, w);
-      for (const auto& r : (*cfg)->refused)
-        spdlog::warn("L7 config {} ({}): {} {} refused: {}", generation,
-                     view.empty() ? "node" : view, r.kind, r.name, r.reason);
+      // Warnings and refusals, when they are not the ones the config before had (an
+      // incremental compile keeps those of the resources it did not touch).
+      const bool same = c->compiled && c->compiled->warnings == (*cfg)->warnings &&
+                        c->compiled->refused.size() == (*cfg)->refused.size();
+      c->compiled = *cfg;
+      if (!same) {
+        for (const auto& w : (*cfg)->warnings)
+          spdlog::warn("L7 config {} ({}): {}", generation, view.empty() ? "node" : view, w);
+        for (const auto& r : (*cfg)->refused)
+          spdlog::warn("L7 config {} ({}): {} {} refused: {}", generation,
+                       view.empty() ? "node" : view, r.kind, r.name, r.reason);
+      }
+      meta["built"] = {{"clusters", (*cfg)->built_clusters},
+                       {"routes", (*cfg)->built_routes},
+                       {"listeners", (*cfg)->built_listeners}};
       applied = view.empty() ? pods_.SetNodeConfig(*cfg) : pods_.SetViewConfig(view, *cfg);
     }
     meta["applied"] = applied;
@@ -173,13 +244,18 @@ class Host {
     SendToAgent(Message{Type::kApplied, std::move(meta), {}, {}});
   }
 
-  // A DNS cluster's answer changed: every config again, from the resources it came from.
+  // A DNS cluster's answer changed: every config's DNS clusters again, from the
+  // resources they came from.
   void RecompileAll() {
     std::lock_guard lock(mu_);
+    auto again = [&](const std::string& view, Config& c) {
+      const auto dns = c.compiled ? proxy::DnsClusters(*c.compiled) : std::vector<std::string>{};
+      Apply(view, &c, c.snapshot->generation, {}, dns);
+    };
     if (node_)
-      Apply("", &*node_, node_->generation);
-    for (const auto& [view, c] : views_)
-      Apply(view, &c, c.generation);
+      again("", *node_);
+    for (auto& [view, c] : views_)
+      again(view, c);
   }
 
   void Drain(std::chrono::milliseconds grace) {

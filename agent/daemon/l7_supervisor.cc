@@ -176,33 +176,53 @@ void L7Supervisor::WriterLoop() {
     cv_.wait(lock, [this] { return writer_stop_ || (!outbox_.empty() && sock_); });
     if (writer_stop_)
       return;
-    l7wire::Message m = std::move(outbox_.front());
+    Outgoing o = std::move(outbox_.front());
     outbox_.pop_front();
     std::shared_ptr<netns::UniqueFd> sock = sock_;
     lock.unlock();
+    l7wire::Message& m = o.m;
+    if (o.full && o.snap)
+      m.blob = l7wire::EncodeResources(o.snap->ToResourceSet());
     // A process that died meanwhile fails this send; its successor gets a replay.
     if (auto r = l7wire::Send(sock->get(), m); !r)
       spdlog::debug("{}", r.error().message);
   }
 }
 
-void L7Supervisor::Enqueue(l7wire::Message m) {
+void L7Supervisor::Enqueue(Outgoing o) {
+  l7wire::Message& m = o.m;
   if (m.type == l7wire::Type::kNodeConfig || m.type == l7wire::Type::kViewConfig ||
       m.type == l7wire::Type::kStatusRequest) {
-    std::erase_if(outbox_, [&](const l7wire::Message& q) { return SameConfig(q, m); });
+    const auto dropped =
+        std::erase_if(outbox_, [&](const Outgoing& q) { return SameConfig(q.m, m); });
+    if (dropped > 0 && m.meta.contains("base")) {
+      // The change queued before this one is gone: the process gets the whole set.
+      m.meta.erase("base");
+      m.meta.erase("removed");
+      m.meta.erase("versions");
+      m.blob.clear();
+      o.full = true;
+    }
   }
-  outbox_.push_back(std::move(m));
+  outbox_.push_back(std::move(o));
   cv_.notify_all();
 }
 
-l7wire::Message L7Supervisor::ConfigMessage(const std::string& view,
-                                            const config::SnapshotPtr& s) const {
-  l7wire::Message m;
-  m.type = view.empty() ? l7wire::Type::kNodeConfig : l7wire::Type::kViewConfig;
-  m.meta = {{"view", view}, {"generation", s ? s->generation : 0}};
-  if (s)
-    m.blob = l7wire::EncodeResources(s->ToResourceSet());
-  return m;
+L7Supervisor::Outgoing L7Supervisor::ConfigMessage(const std::string& view,
+                                                   const config::SnapshotPtr& s,
+                                                   const config::SnapshotPtr& before,
+                                                   const config::Diff* diff) const {
+  Outgoing o;
+  o.m.type = view.empty() ? l7wire::Type::kNodeConfig : l7wire::Type::kViewConfig;
+  o.m.meta = {{"view", view}, {"generation", s ? s->generation : 0}};
+  o.snap = s;
+  if (s && before && diff && before->generation + 1 == s->generation)
+    o.m.blob = l7wire::EncodeDelta(before->generation, *s, *diff, &o.m.meta);
+  else if (s && before && before->generation != 0 && before->generation != s->generation)
+    o.m.blob = l7wire::EncodeDelta(*before, *s, &o.m.meta);
+  else
+    o.full = s != nullptr;
+  return o;
 }
 
 l7wire::Message L7Supervisor::PodMessage(const enrolment::PodKey& key, const Pod& pod) const {
@@ -235,37 +255,56 @@ l7wire::Message L7Supervisor::PodMessage(const enrolment::PodKey& key, const Pod
 // A new process gets everything: the configs first, so its pods start configured.
 void L7Supervisor::ReplayLocked() {
   if (node_snap_)
-    Enqueue(ConfigMessage("", node_snap_));
+    Enqueue(ConfigMessage("", node_snap_, nullptr));
   for (const auto& [view, s] : view_snaps_)
-    Enqueue(ConfigMessage(view, s));
+    Enqueue(ConfigMessage(view, s, nullptr));
   for (const auto& [key, pod] : pods_)
     Enqueue(PodMessage(key, pod));
 }
 
-void L7Supervisor::SetNodeConfig(config::SnapshotPtr s) {
-  l7wire::Message m = ConfigMessage("", s);  // encoded outside the lock
-  std::lock_guard lock(mu_);
-  node_snap_ = s;
-  if (s) {
-    node_.state.sent = s->generation;
-    node_.in_flight[s->generation] = s;
-  }
-  Enqueue(std::move(m));
+void L7Supervisor::SetNodeConfig(config::SnapshotPtr s, const config::Diff* diff) {
+  SetConfig("", std::move(s), diff);
 }
 
-void L7Supervisor::SetViewConfig(const std::string& view, config::SnapshotPtr s) {
-  l7wire::Message m = ConfigMessage(view, s);
+void L7Supervisor::SetViewConfig(const std::string& view, config::SnapshotPtr s,
+                                 const config::Diff* diff) {
+  SetConfig(view, std::move(s), diff);
+}
+
+config::SnapshotPtr L7Supervisor::SentLocked(const std::string& view) const {
+  if (view.empty())
+    return node_snap_;
+  auto it = view_snaps_.find(view);
+  return it == view_snaps_.end() ? nullptr : it->second;
+}
+
+void L7Supervisor::SetConfig(const std::string& view, config::SnapshotPtr s,
+                             const config::Diff* diff) {
+  config::SnapshotPtr before;
+  {
+    std::lock_guard lock(mu_);
+    before = SentLocked(view);
+  }
+  Outgoing o = ConfigMessage(view, s, before, diff);  // the change encoded outside the lock
   std::lock_guard lock(mu_);
+  if (SentLocked(view) != before && !o.full && s) {
+    // Another update came in between: the change is not against what was sent last.
+    o = ConfigMessage(view, s, nullptr);
+  }
   if (!s) {
-    view_snaps_.erase(view);
-    views_.erase(view);
+    if (view.empty()) {
+      node_snap_ = nullptr;
+    } else {
+      view_snaps_.erase(view);
+      views_.erase(view);
+    }
   } else {
-    view_snaps_[view] = s;
-    ConfigSlot& slot = views_[view];
+    (view.empty() ? node_snap_ : view_snaps_[view]) = s;
+    ConfigSlot& slot = view.empty() ? node_ : views_[view];
     slot.state.sent = s->generation;
     slot.in_flight[s->generation] = s;
   }
-  Enqueue(std::move(m));
+  Enqueue(std::move(o));
 }
 
 namespace {
@@ -350,10 +389,19 @@ void L7Supervisor::OnMessage(l7wire::Message m) {
       slot = &it->second;
     }
     const uint64_t gen = m.meta.value("generation", uint64_t{0});
+    if (m.meta.value("resend", false)) {
+      // The process does not hold the base of a change: the whole set of the config now.
+      if (config::SnapshotPtr now = SentLocked(view))
+        Enqueue(ConfigMessage(view, now, nullptr));
+      return;
+    }
     auto snap = slot->in_flight.find(gen);
     if (m.meta.value("applied", false)) {
       slot->state.applied = gen;
       slot->state.error.clear();
+      const nlohmann::json built = m.meta.value("built", nlohmann::json::object());
+      slot->state.built = {built.value("clusters", uint64_t{0}), built.value("routes", uint64_t{0}),
+                           built.value("listeners", uint64_t{0})};
       if (snap != slot->in_flight.end())
         slot->state.running = snap->second;
     } else if (std::string e = m.meta.value("error", ""); !e.empty()) {

@@ -13,7 +13,11 @@
 //   proxy serves there (InboundSteering), once the config that serves them is in force.
 // - It keeps the last config of the node and of each view, and every pod, and replays
 //   them to each new process; config updates supersede queued ones, so a slow or
-//   stopped process never makes the agent's xDS threads wait.
+//   stopped process never makes the agent's xDS threads wait. A config update travels
+//   as its change against the one sent before (l7_wire.h); the whole set goes to a new
+//   process, when the process asks for it (it does not hold that base), and when the
+//   update supersedes a queued one (whose change would otherwise be lost). Whole sets
+//   are encoded by the writer thread, not the caller's.
 // - It restarts the process at once when it exits (with a short backoff when it keeps
 //   dying) and kills it when it stays silent past the heartbeat timeout (a wedge).
 //
@@ -64,6 +68,11 @@ struct L7ConfigState {
   uint64_t applied = 0;         // generation its pods run
   std::string error;            // why the last one was refused ("" when it was not)
   config::SnapshotPtr running;  // the snapshot of `applied`
+  // What the L7 process compiled for `applied` (proxy::ProxyConfig's built_*): the whole
+  // config after a whole set, only what changed after a change.
+  struct Built {
+    uint64_t clusters = 0, routes = 0, listeners = 0;
+  } built;
 };
 
 class L7Supervisor : public PodL7 {
@@ -77,9 +86,13 @@ class L7Supervisor : public PodL7 {
   Result<void> Start();
 
   // The node's config, and each view's (nullptr: forget the view); handed over now and
-  // to every later process.
-  void SetNodeConfig(config::SnapshotPtr s);
-  void SetViewConfig(const std::string& view, config::SnapshotPtr s);
+  // to every later process. `diff`, when given, is the change from the snapshot given
+  // before for that config (the config store's, when each of its snapshots is given in
+  // order): the change sent is made from it, at the cost of the change; without it (or
+  // when the generations are not consecutive) from a walk over both snapshots.
+  void SetNodeConfig(config::SnapshotPtr s, const config::Diff* diff = nullptr);
+  void SetViewConfig(const std::string& view, config::SnapshotPtr s,
+                     const config::Diff* diff = nullptr);
 
   // Opens the pod's listening sockets (so the pod can be enrolled at once) and hands the
   // pod over; called again with other labels, moves it to that view.
@@ -121,9 +134,25 @@ class L7Supervisor : public PodL7 {
   void Run();  // the supervising thread: start, read, reap, restart
   Result<pid_t> Spawn(std::shared_ptr<netns::UniqueFd>* sock);
   void WriterLoop();
-  // Queues a message; a config message replaces a queued one for the same config.
-  void Enqueue(l7wire::Message m);
-  l7wire::Message ConfigMessage(const std::string& view, const config::SnapshotPtr& s) const;
+  // A message queued for the process. A config's whole set (`full`) is encoded from
+  // `snap` when it is sent.
+  struct Outgoing {
+    l7wire::Message m;
+    config::SnapshotPtr snap;
+    bool full = false;
+  };
+  // Queues a message; a config message replaces a queued one for the same config (and,
+  // when it is a change, becomes the whole set: the change it superseded is lost).
+  void Enqueue(Outgoing o);
+  void Enqueue(l7wire::Message m) { Enqueue(Outgoing{std::move(m), nullptr, false}); }
+  // The config last given for `view` (nullptr: none). Under mu_.
+  config::SnapshotPtr SentLocked(const std::string& view) const;
+  // The config `s` of `view` ("" for the node's): its change against `before` (the one
+  // sent before) when there is one, else the whole set; nullptr: forget it.
+  Outgoing ConfigMessage(const std::string& view, const config::SnapshotPtr& s,
+                         const config::SnapshotPtr& before,
+                         const config::Diff* diff = nullptr) const;
+  void SetConfig(const std::string& view, config::SnapshotPtr s, const config::Diff* diff);
   l7wire::Message PodMessage(const enrolment::PodKey& key, const Pod& pod) const;
   void OnMessage(l7wire::Message m);
   void ReplayLocked();
@@ -140,7 +169,7 @@ class L7Supervisor : public PodL7 {
   uint64_t status_seq_ = 0, asked_seq_ = 0;
   uint64_t istio_seq_ = 0;  // the last kIstioStats answered, and its text
   std::string istio_text_;
-  std::deque<l7wire::Message> outbox_;
+  std::deque<Outgoing> outbox_;
   // The current process's stream (none between processes); shared with a send under
   // way, so the descriptor is not closed (and its number reused) beneath it.
   std::shared_ptr<netns::UniqueFd> sock_;

@@ -186,4 +186,116 @@ Result<xds::ResourceSet> DecodeResources(const std::string& blob) {
   return rs;
 }
 
+namespace {
+
+// Puts (into d) the resources of `after` that are not `before`'s object, and returns the
+// names only `before` has. Both maps are sorted by name: one walk over the two.
+template <class T>
+nlohmann::json DeltaOf(const config::ResourceMap<T>& before, const config::ResourceMap<T>& after,
+                       envoy::service::discovery::v3::DiscoveryResponse* d) {
+  nlohmann::json removed = nlohmann::json::array();
+  auto b = before.begin();
+  for (const auto& [name, r] : after) {
+    if (b != before.end() && b->second == r) {
+      ++b;  // the same object (the common case): no name to compare
+      continue;
+    }
+    while (b != before.end() && b->first < name) {
+      removed.push_back(b->first);
+      ++b;
+    }
+    const bool same = b != before.end() && b->first == name && b->second == r;
+    if (b != before.end() && b->first == name)
+      ++b;
+    if (!same)
+      d->add_resources()->PackFrom(*r);
+  }
+  for (; b != before.end(); ++b)
+    removed.push_back(b->first);
+  return removed;
+}
+
+template <class T>
+Result<void> Put(const google::protobuf::Any& any, config::ResourceMap<T>* out,
+                 const std::string& (T::*name)() const) {
+  auto r = std::make_shared<T>();
+  if (!any.UnpackTo(r.get()))
+    return Fail("L7 wire: a delta's resource of type " + any.type_url() + " does not unpack");
+  std::string key = ((*r).*name)();
+  (*out)[std::move(key)] = std::move(r);
+  return {};
+}
+
+}  // namespace
+
+std::string EncodeDelta(const config::Snapshot& before, const config::Snapshot& after,
+                        nlohmann::json* meta) {
+  envoy::service::discovery::v3::DiscoveryResponse d;
+  nlohmann::json removed = {{"clusters", DeltaOf(before.clusters, after.clusters, &d)},
+                            {"endpoints", DeltaOf(before.endpoints, after.endpoints, &d)},
+                            {"listeners", DeltaOf(before.listeners, after.listeners, &d)},
+                            {"routes", DeltaOf(before.routes, after.routes, &d)}};
+  (*meta)["base"] = before.generation;
+  (*meta)["removed"] = std::move(removed);
+  (*meta)["versions"] = after.versions;
+  return d.SerializeAsString();
+}
+
+namespace {
+
+template <class T>
+nlohmann::json DeltaOf(const config::ResourceMap<T>& after, const config::TypeDiff& diff,
+                       envoy::service::discovery::v3::DiscoveryResponse* d) {
+  for (const auto* names : {&diff.added, &diff.changed}) {
+    for (const auto& name : *names) {
+      if (auto it = after.find(name); it != after.end())
+        d->add_resources()->PackFrom(*it->second);
+    }
+  }
+  return diff.removed;
+}
+
+}  // namespace
+
+std::string EncodeDelta(uint64_t base, const config::Snapshot& after, const config::Diff& diff,
+                        nlohmann::json* meta) {
+  envoy::service::discovery::v3::DiscoveryResponse d;
+  nlohmann::json removed = {{"clusters", DeltaOf(after.clusters, diff.clusters, &d)},
+                            {"endpoints", DeltaOf(after.endpoints, diff.endpoints, &d)},
+                            {"listeners", DeltaOf(after.listeners, diff.listeners, &d)},
+                            {"routes", DeltaOf(after.routes, diff.routes, &d)}};
+  (*meta)["base"] = base;
+  (*meta)["removed"] = std::move(removed);
+  (*meta)["versions"] = after.versions;
+  return d.SerializeAsString();
+}
+
+Result<config::SnapshotEdit> DecodeDelta(const nlohmann::json& meta, const std::string& blob) {
+  envoy::service::discovery::v3::DiscoveryResponse d;
+  if (!d.ParseFromString(blob))
+    return Fail("L7 wire: a delta's resources do not parse");
+  config::SnapshotEdit e;
+  for (const auto& any : d.resources()) {
+    Result<void> r;
+    if (any.type_url() == xds::kClusterType)
+      r = Put(any, &e.clusters, &envoy::config::cluster::v3::Cluster::name);
+    else if (any.type_url() == xds::kEndpointType)
+      r = Put(any, &e.endpoints, &envoy::config::endpoint::v3::ClusterLoadAssignment::cluster_name);
+    else if (any.type_url() == xds::kListenerType)
+      r = Put(any, &e.listeners, &envoy::config::listener::v3::Listener::name);
+    else if (any.type_url() == xds::kRouteType)
+      r = Put(any, &e.routes, &envoy::config::route::v3::RouteConfiguration::name);
+    else
+      r = Fail("L7 wire: a delta carries a resource of type " + any.type_url());
+    SLUICE_RETURN_IF_ERROR(r);
+  }
+  const nlohmann::json removed = meta.value("removed", nlohmann::json::object());
+  e.removed_clusters = removed.value("clusters", std::vector<std::string>{});
+  e.removed_endpoints = removed.value("endpoints", std::vector<std::string>{});
+  e.removed_listeners = removed.value("listeners", std::vector<std::string>{});
+  e.removed_routes = removed.value("routes", std::vector<std::string>{});
+  e.versions = meta.value("versions", std::map<std::string, std::string>{});
+  return e;
+}
+
 }  // namespace sluice::agent::l7wire

@@ -180,11 +180,11 @@ std::vector<InboundPort> InboundPorts(const proxy::ProxyConfig& cfg) {
       why = "HTTP chain " + chain.name;
     } else if (!chain.tcp.weighted.empty()) {
       for (const auto& w : chain.tcp.weighted) {
-        if (why = Changes(w.name, w.cluster, port); !why.empty())
+        if (why = Changes(w.name, cfg.ClusterAt(w.cluster), port); !why.empty())
           break;
       }
     } else {
-      why = Changes(chain.tcp.cluster_name, chain.tcp.cluster, port);
+      why = Changes(chain.tcp.cluster_name, cfg.ClusterAt(chain.tcp.cluster), port);
     }
     if (!why.empty())
       need[port] = std::move(why);

@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 
 #include <cstring>
+#include <set>
 
 #include <google/protobuf/util/json_util.h>
 #include <nlohmann/json.hpp>
@@ -29,6 +30,7 @@
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "matchers.h"
 #include "sluice/config/filters.h"
+#include "sluice/config/snapshot.h"
 #include "sluice/envoy/resource_set.h"
 #include "sluice/filterchain/envoy.h"
 #include "sluice/proxy/config.h"
@@ -353,7 +355,7 @@ Result<void> CompileRouteAction(const route_v3::RouteAction& a, Route* r, const 
   switch (a.cluster_specifier_case()) {
     case route_v3::RouteAction::kCluster:
       out.cluster_name = a.cluster();
-      out.cluster = cfg.FindCluster(a.cluster());
+      out.cluster = InternCluster(a.cluster());
       break;
     case route_v3::RouteAction::kWeightedClusters: {
       const auto& wcs = a.weighted_clusters();
@@ -363,7 +365,7 @@ Result<void> CompileRouteAction(const route_v3::RouteAction& a, Route* r, const 
             where + ": weighted_clusters.clusters[" + std::to_string(i) + "] (" + c.name() + ")";
         WeightedCluster w;
         w.name = c.name();
-        w.cluster = cfg.FindCluster(c.name());
+        w.cluster = InternCluster(c.name());
         w.weight = c.has_weight() ? c.weight().value() : 0;
         w.host_rewrite = c.host_rewrite_literal();
         if (auto e = CompileHeaderOps(c.request_headers_to_add(), c.request_headers_to_remove(),
@@ -408,8 +410,8 @@ Result<void> CompileRouteAction(const route_v3::RouteAction& a, Route* r, const 
     const auto& m = a.request_mirror_policies(i);
     MirrorPolicy mp;
     mp.cluster_name = m.cluster();
-    mp.cluster = cfg.FindCluster(m.cluster());
-    if (!mp.cluster) {
+    mp.cluster = InternCluster(m.cluster());
+    if (!cfg.ClusterAt(mp.cluster)) {
       return Fail(where + ": request_mirror_policies[" + std::to_string(i) + "]: unknown cluster " +
                   m.cluster());
     }
@@ -724,15 +726,25 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
     t->vhosts.push_back(std::move(vh));
   }
   t->BuildIndex();
+  for (const auto& vh : t->vhosts) {
+    for (const auto& r : vh.routes) {
+      for (const auto& m : r.action.mirrors) {
+        if (std::find(t->mirror_clusters.begin(), t->mirror_clusters.end(), m.cluster_name) ==
+            t->mirror_clusters.end())
+          t->mirror_clusters.push_back(m.cluster_name);
+      }
+    }
+  }
   return t;
 }
 
-Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
-                                                const xds::ResourceSet& rs,
-                                                std::vector<std::string>* warnings,
-                                                DnsCache* dns_cache) {
+// `eds`: the set's ClusterLoadAssignment of the cluster's name (nullptr: none).
+Result<std::shared_ptr<Cluster>> CompileCluster(
+    const cluster_v3::Cluster& pc, const envoy::config::endpoint::v3::ClusterLoadAssignment* eds,
+    std::vector<std::string>* warnings, DnsCache* dns_cache) {
   auto c = std::make_shared<Cluster>();
   c->name = pc.name();
+  c->id = InternCluster(pc.name());
   c->istio_service = telemetry::ClusterService(pc);
   std::string where = "cluster " + pc.name();
   c->original_dst = pc.has_type() && pc.type() == cluster_v3::Cluster::ORIGINAL_DST;
@@ -809,15 +821,13 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
           cla = &pc.load_assignment();
           dns = true;
           every_address = pc.type() == cluster_v3::Cluster::STRICT_DNS;
+          c->dns = true;
           break;
         case cluster_v3::Cluster::ORIGINAL_DST:
           break;
-        case cluster_v3::Cluster::EDS: {
-          auto it = rs.endpoints.find(pc.name());
-          if (it != rs.endpoints.end())
-            cla = &it->second;
+        case cluster_v3::Cluster::EDS:
+          cla = eds;
           break;
-        }
         default:
           return Fail(where + ": type " + cluster_v3::Cluster::DiscoveryType_Name(pc.type()) +
                       " is not supported");
@@ -919,8 +929,20 @@ Result<std::shared_ptr<Cluster>> CompileCluster(const cluster_v3::Cluster& pc,
   return c;
 }
 
+// The RDS table of that name in `cfg`; until RDS brings it, an empty one (Envoy waits for
+// RDS; meanwhile every request gets 404 NR).
+std::shared_ptr<RouteTable> RdsTable(ProxyConfig& cfg, const std::string& name) {
+  auto it = cfg.route_tables.find(name);
+  if (it != cfg.route_tables.end())
+    return it->second;
+  auto table = std::make_shared<RouteTable>();
+  table->name = name;
+  cfg.route_tables.emplace(name, table);
+  return table;
+}
+
 Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, ProxyConfig& cfg,
-                          const xds::ResourceSet& rs, const std::string& where) {
+                          std::vector<std::string>* warnings, const std::string& where) {
   out->name = fc.name();
   auto match = filterchain::FromEnvoy(fc.filter_chain_match());
   SLUICE_RETURN_IF_ERROR_CTX(match, where + ": filter_chain_match");
@@ -937,7 +959,7 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
           (ts.typed_config().type_url().empty() ? ts.name() : ts.typed_config().type_url()) +
           ": Sluice does not terminate TLS yet (issue 18); connections that "
           "select it are closed";
-      cfg.warnings.push_back(where + ": " + out->fail_closed);
+      warnings->push_back(where + ": " + out->fail_closed);
       out->is_http = false;
       return {};
     }
@@ -987,23 +1009,10 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
       }
       std::shared_ptr<RouteTable> table;
       if (h.has_rds()) {
+        // The set's route tables are compiled before its listeners.
         out->http.route_config_name = h.rds().route_config_name();
-        auto it = cfg.route_tables.find(out->http.route_config_name);
-        if (it == cfg.route_tables.end()) {
-          auto rit = rs.routes.find(out->http.route_config_name);
-          if (rit == rs.routes.end()) {
-            // Envoy waits for RDS; until it comes, every request gets 404 NR.
-            table = std::make_shared<RouteTable>();
-            table->name = out->http.route_config_name;
-          } else {
-            auto t = CompileRouteConfig(rit->second, cfg);
-            SLUICE_RETURN_IF_ERROR(t);
-            table = *t;
-          }
-          cfg.route_tables.emplace(out->http.route_config_name, table);
-        } else {
-          table = it->second;
-        }
+        out->http.rds = true;
+        table = RdsTable(cfg, out->http.route_config_name);
       } else if (h.has_route_config()) {
         auto t = CompileRouteConfig(h.route_config(), cfg);
         SLUICE_RETURN_IF_ERROR_CTX(t, where);
@@ -1012,13 +1021,9 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
       } else {
         return Fail(where + ": http_connection_manager needs rds or route_config");
       }
+      // strip_any_host_port is applied at lookup (HttpSettings::StripPort), so the
+      // listener shares the RDS table rather than a copy of it.
       out->http.routes = table;
-      if (table->ignore_port || out->http.strip_any_host_port) {
-        auto copy = std::make_shared<RouteTable>(*table);
-        copy->ignore_port = true;
-        copy->BuildIndex();
-        out->http.routes = copy;
-      }
       bool seen_fault = false;
       for (const auto& hf : h.http_filters()) {
         if (IsIstioStats(hf.name(), hf.typed_config())) {
@@ -1072,14 +1077,14 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
         for (const auto& c : t.weighted_clusters().clusters()) {
           WeightedCluster w;
           w.name = c.name();
-          w.cluster = cfg.FindCluster(c.name());
+          w.cluster = InternCluster(c.name());
           w.weight = c.weight();
           out->tcp.total_weight += w.weight;
           out->tcp.weighted.push_back(std::move(w));
         }
       } else {
         out->tcp.cluster_name = t.cluster();
-        out->tcp.cluster = cfg.FindCluster(t.cluster());
+        out->tcp.cluster = InternCluster(t.cluster());
       }
     }
   }
@@ -1113,9 +1118,11 @@ Result<void> CompileDisabled(const listener_v3::ListenerFilterChainMatchPredicat
 
 // One Listener: the entries it is served at (its address and each additional address).
 Result<std::vector<ListenerConfig>> CompileListener(const listener_v3::Listener& pl,
-                                                    ProxyConfig& cfg, const xds::ResourceSet& rs) {
+                                                    ProxyConfig& cfg,
+                                                    std::vector<std::string>* warnings) {
   ListenerConfig l;
   l.name = pl.name();
+  l.resource = pl.name();
   std::string where = "listener " + l.name;
   if (!pl.address().has_socket_address()) {
     // An internal listener (HBONE's connect_originate) or a pipe: nothing Sluice binds.
@@ -1158,14 +1165,14 @@ Result<std::vector<ListenerConfig>> CompileListener(const listener_v3::Listener&
   for (int i = 0; i < pl.filter_chains_size(); ++i) {
     FilterChain fc;
     std::string cw = where + ": filter_chains[" + std::to_string(i) + "]";
-    SLUICE_RETURN_IF_ERROR(CompileChain(pl.filter_chains(i), &fc, cfg, rs, cw));
+    SLUICE_RETURN_IF_ERROR(CompileChain(pl.filter_chains(i), &fc, cfg, warnings, cw));
     l.matches.push_back(fc.match);
     l.chains.push_back(std::move(fc));
   }
   if (pl.has_default_filter_chain()) {
     FilterChain fc;
-    SLUICE_RETURN_IF_ERROR(
-        CompileChain(pl.default_filter_chain(), &fc, cfg, rs, where + ": default_filter_chain"));
+    SLUICE_RETURN_IF_ERROR(CompileChain(pl.default_filter_chain(), &fc, cfg, warnings,
+                                        where + ": default_filter_chain"));
     l.default_chain = std::move(fc);
   }
   if (pl.has_per_connection_buffer_limit_bytes()) {
@@ -1197,50 +1204,285 @@ Result<std::vector<ListenerConfig>> CompileListener(const listener_v3::Listener&
   return out;
 }
 
+// ---------------------------------------------------------------- whole configs and updates
+//
+// One set of steps for Compile (everything, from an empty config) and CompileUpdate (the
+// resources a change touched, over a copy of the config before): each step redoes one
+// resource and its bookkeeping (slot, warnings, refusal) in `cfg`; Finish lists the
+// warnings and refusals of the whole config.
+
+template <class T>
+const T* Ptr(const T& t) {
+  return &t;
+}
+template <class T>
+const T* Ptr(const std::shared_ptr<const T>& t) {
+  return t.get();
+}
+// A resource of the set by name: ResourceSet maps hold them by value, Snapshot maps by
+// pointer. nullptr: not in the set.
+template <class Map>
+auto Find(const Map& m, const std::string& name) -> decltype(Ptr(m.begin()->second)) {
+  auto it = m.find(name);
+  return it == m.end() ? nullptr : Ptr(it->second);
+}
+
+void SetSlot(ProxyConfig& cfg, ClusterId id, std::shared_ptr<Cluster> c) {
+  if (id >= cfg.cluster_slots.size()) {
+    if (!c)
+      return;
+    cfg.cluster_slots.resize(id + 1);
+  }
+  auto& slot = cfg.cluster_slots[id];
+  cfg.cluster_count += (c ? 1 : 0) - (slot ? 1 : 0);
+  slot = std::move(c);
+}
+
+// The cluster `name` as the set has it (pc nullptr: gone).
+void BuildCluster(ProxyConfig& cfg, const std::string& name, const cluster_v3::Cluster* pc,
+                  const envoy::config::endpoint::v3::ClusterLoadAssignment* eds, DnsCache* dns) {
+  cfg.cluster_warnings.erase(name);
+  cfg.refused_clusters.erase(name);
+  const ClusterId id = InternCluster(name);
+  SetSlot(cfg, id, nullptr);
+  if (!pc)
+    return;
+  // Envoy's per-resource acceptance: a cluster that cannot be built is left out and
+  // named; the others are served. What Sluice must refuse or may skip is
+  // config::Classify*'s one table (filters.h), the same the xDS client applies before a
+  // resource gets here: a file given to sluice-proxy gets the same answers.
+  if (auto v = config::ClassifyCluster(*pc); v.use == config::Use::kSkipped) {
+    cfg.cluster_warnings[name].push_back("cluster " + name + ": skipped: " + v.reason);
+    return;
+  }
+  ++cfg.built_clusters;
+  std::vector<std::string> warnings;
+  auto c = CompileCluster(*pc, eds, &warnings, dns);
+  if (!warnings.empty())
+    cfg.cluster_warnings[name] = std::move(warnings);
+  if (!c) {
+    cfg.refused_clusters[name] = c.error().message;
+    return;
+  }
+  SetSlot(cfg, id, std::move(*c));
+}
+
+// The route table `name` (rc nullptr: gone). A table that does not compile fails the
+// whole config.
+Result<void> BuildRoute(ProxyConfig& cfg, const std::string& name,
+                        const route_v3::RouteConfiguration* rc) {
+  if (!rc) {
+    cfg.route_tables.erase(name);
+    return {};
+  }
+  ++cfg.built_routes;
+  auto t = CompileRouteConfig(*rc, cfg);
+  SLUICE_RETURN_IF_ERROR(t);
+  cfg.route_tables.insert_or_assign(name, std::move(*t));
+  return {};
+}
+
+// The entries of listener `name` (pl nullptr: gone), appended to `out`.
+void BuildListener(ProxyConfig& cfg, const std::string& name, const listener_v3::Listener* pl,
+                   std::vector<ListenerConfig>* out) {
+  cfg.listener_warnings.erase(name);
+  cfg.refused_listeners.erase(name);
+  if (!pl)
+    return;
+  auto v = config::ClassifyListener(*pl);
+  if (v.use == config::Use::kSkipped) {
+    cfg.listener_warnings[name].push_back("listener " + name + ": skipped: " + v.reason);
+    return;
+  }
+  if (v.use == config::Use::kRefused) {
+    cfg.refused_listeners[name] = v.reason;
+    return;
+  }
+  ++cfg.built_listeners;
+  std::vector<std::string> warnings;
+  auto ls = CompileListener(*pl, cfg, &warnings);
+  if (!warnings.empty())
+    cfg.listener_warnings[name] = std::move(warnings);
+  if (!ls) {
+    cfg.refused_listeners[name] = ls.error().message;
+    return;
+  }
+  for (auto& l : *ls)
+    out->push_back(std::move(l));
+}
+
+void Finish(ProxyConfig& cfg) {
+  cfg.warnings.clear();
+  cfg.refused.clear();
+  for (const auto& [name, w] : cfg.cluster_warnings)
+    cfg.warnings.insert(cfg.warnings.end(), w.begin(), w.end());
+  for (const auto& [name, w] : cfg.listener_warnings)
+    cfg.warnings.insert(cfg.warnings.end(), w.begin(), w.end());
+  for (const auto& [name, why] : cfg.refused_clusters)
+    cfg.refused.push_back({"cluster", name, why});
+  for (const auto& [name, why] : cfg.refused_listeners)
+    cfg.refused.push_back({"listener", name, why});
+}
+
+template <class Set>
+Result<std::shared_ptr<const ProxyConfig>> CompileAll(const Set& rs, DnsCache* dns) {
+  auto cfg = std::make_shared<ProxyConfig>();
+  for (const auto& [name, pc] : rs.clusters)
+    BuildCluster(*cfg, name, Ptr(pc), Find(rs.endpoints, name), dns);
+  for (const auto& [name, rc] : rs.routes)
+    SLUICE_RETURN_IF_ERROR(BuildRoute(*cfg, name, Ptr(rc)));
+  for (const auto& [name, pl] : rs.listeners)
+    BuildListener(*cfg, name, Ptr(pl), &cfg->listeners);
+  Finish(*cfg);
+  return std::shared_ptr<const ProxyConfig>(std::move(cfg));
+}
+
+void Insert(std::set<std::string>* s, const std::vector<std::string>& names) {
+  s->insert(names.begin(), names.end());
+}
+
 }  // namespace
 
 Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& rs, DnsCache* dns) {
-  auto cfg = std::make_shared<ProxyConfig>();
-  // Envoy's per-resource acceptance: a cluster or listener that cannot be built is left
-  // out and named; the others are served.
-  // What Sluice must refuse or may skip is config::Classify*'s one table (filters.h), the
-  // same the xDS client applies before a resource gets here: a file given to sluice-proxy
-  // gets the same answers.
-  for (const auto& [name, pc] : rs.clusters) {
-    if (auto v = config::ClassifyCluster(pc); v.use == config::Use::kSkipped) {
-      cfg->warnings.push_back("cluster " + name + ": skipped: " + v.reason);
-      continue;
-    }
-    auto c = CompileCluster(pc, rs, &cfg->warnings, dns);
-    if (!c) {
-      cfg->refused.push_back({"cluster", name, c.error().message});
-      continue;
-    }
-    cfg->clusters.emplace(name, *c);
+  return CompileAll(rs, dns);
+}
+
+Result<std::shared_ptr<const ProxyConfig>> Compile(const config::Snapshot& s, DnsCache* dns) {
+  return CompileAll(s, dns);
+}
+
+std::vector<std::string> DnsClusters(const ProxyConfig& cfg) {
+  std::vector<std::string> out;
+  for (const auto& c : cfg.cluster_slots) {
+    if (c && c->dns)
+      out.push_back(c->name);
   }
-  for (const auto& [name, rc] : rs.routes) {
-    auto t = CompileRouteConfig(rc, *cfg);
-    SLUICE_RETURN_IF_ERROR(t);
-    cfg->route_tables.emplace(name, *t);
+  return out;
+}
+
+Result<std::shared_ptr<const ProxyConfig>> CompileUpdate(
+    const ProxyConfig& prev, const config::Snapshot& next, const config::Diff& diff, DnsCache* dns,
+    const std::vector<std::string>& dns_changed) {
+  // A copy of the config before: pointers to its clusters and route tables (shared, not
+  // copied), its listeners (copied), its bookkeeping.
+  auto cfg = std::make_shared<ProxyConfig>(prev);
+  cfg->built_clusters = cfg->built_routes = cfg->built_listeners = cfg->rebound_listeners = 0;
+
+  // Clusters: a cluster is compiled with its ClusterLoadAssignment, so a change to either
+  // rebuilds it.
+  std::set<std::string> clusters;
+  for (const config::TypeDiff* d : {&diff.clusters, &diff.endpoints}) {
+    Insert(&clusters, d->added);
+    Insert(&clusters, d->changed);
+    Insert(&clusters, d->removed);
   }
-  for (const auto& [name, pl] : rs.listeners) {
-    auto v = config::ClassifyListener(pl);
-    if (v.use == config::Use::kSkipped) {
-      cfg->warnings.push_back("listener " + name + ": skipped: " + v.reason);
-      continue;
-    }
-    if (v.use == config::Use::kRefused) {
-      cfg->refused.push_back({"listener", name, v.reason});
-      continue;
-    }
-    auto ls = CompileListener(pl, *cfg, rs);
-    if (!ls) {
-      cfg->refused.push_back({"listener", name, ls.error().message});
-      continue;
-    }
-    for (auto& l : *ls)
-      cfg->listeners.push_back(std::move(l));
+  Insert(&clusters, dns_changed);
+  std::set<std::string> gone;  // served before, not now: what mirrors to it fails
+  for (const auto& name : clusters) {
+    const bool had = prev.FindCluster(name) != nullptr;
+    BuildCluster(*cfg, name, Find(next.clusters, name), Find(next.endpoints, name), dns);
+    if (had && !cfg->FindCluster(name))
+      gone.insert(name);
   }
+
+  // Route tables: the changed ones, and those that mirror to a cluster that went away
+  // (Compile refuses them). Routes name clusters by id, so a rebuilt cluster needs none.
+  std::set<std::string> routes;
+  Insert(&routes, diff.routes.added);
+  Insert(&routes, diff.routes.changed);
+  Insert(&routes, diff.routes.removed);
+  auto mirrors_gone = [&](const RouteTable& t) {
+    for (const auto& m : t.mirror_clusters) {
+      if (gone.contains(m))
+        return true;
+    }
+    return false;
+  };
+  if (!gone.empty()) {
+    for (const auto& [name, t] : prev.route_tables) {
+      if (mirrors_gone(*t))
+        routes.insert(name);
+    }
+  }
+  for (const auto& name : routes)
+    SLUICE_RETURN_IF_ERROR(BuildRoute(*cfg, name, Find(next.routes, name)));
+
+  // Listeners: the changed ones (and those whose own route_config mirrors to a cluster
+  // that went away) are compiled; the others keep their entries, re-pointed at the route
+  // tables now in force.
+  std::set<std::string> listeners;
+  Insert(&listeners, diff.listeners.added);
+  Insert(&listeners, diff.listeners.changed);
+  Insert(&listeners, diff.listeners.removed);
+  if (!gone.empty()) {
+    for (const auto& l : prev.listeners) {
+      auto inline_gone = [&](const FilterChain& c) {
+        return c.is_http && !c.http.rds && c.http.routes && mirrors_gone(*c.http.routes);
+      };
+      bool hit = l.default_chain && inline_gone(*l.default_chain);
+      for (const auto& c : l.chains)
+        hit = hit || inline_gone(c);
+      if (hit)
+        listeners.insert(l.resource);
+    }
+  }
+  std::set<const ListenerConfig*> compiled;
+  if (!listeners.empty()) {
+    // Listeners in the set's order, as Compile lists them; the entries of one listener
+    // are contiguous.
+    std::vector<ListenerConfig> out;
+    out.reserve(prev.listeners.size());
+    std::map<std::string, std::pair<std::size_t, std::size_t>> kept;  // resource → range
+    for (std::size_t i = 0; i < cfg->listeners.size(); ++i) {
+      auto [it, fresh] = kept.try_emplace(cfg->listeners[i].resource, i, i + 1);
+      if (!fresh)
+        it->second.second = i + 1;
+    }
+    for (const auto& name : listeners) {
+      if (!next.listeners.contains(name))
+        BuildListener(*cfg, name, nullptr, &out);
+    }
+    std::vector<std::size_t> fresh_ranges;  // [begin, end) pairs into out
+    for (const auto& [name, pl] : next.listeners) {
+      if (listeners.contains(name)) {
+        fresh_ranges.push_back(out.size());
+        BuildListener(*cfg, name, pl.get(), &out);
+        fresh_ranges.push_back(out.size());
+      } else if (auto it = kept.find(name); it != kept.end()) {
+        for (std::size_t i = it->second.first; i < it->second.second; ++i)
+          out.push_back(std::move(cfg->listeners[i]));
+      }
+    }
+    cfg->listeners = std::move(out);
+    for (std::size_t r = 0; r < fresh_ranges.size(); r += 2) {
+      for (std::size_t i = fresh_ranges[r]; i < fresh_ranges[r + 1]; ++i)
+        compiled.insert(&cfg->listeners[i]);
+    }
+  }
+  // A listener of RDS whose table was rebuilt (or went away, or came) points at the one
+  // in force now.
+  if (!routes.empty()) {
+    for (auto& l : cfg->listeners) {
+      if (compiled.contains(&l))
+        continue;
+      bool rebound = false;
+      auto rebind = [&](FilterChain& c) {
+        if (!c.is_http || !c.http.rds || !routes.contains(c.http.route_config_name))
+          return;
+        auto table = RdsTable(*cfg, c.http.route_config_name);
+        if (table != c.http.routes) {
+          c.http.routes = std::move(table);
+          rebound = true;
+        }
+      };
+      for (auto& c : l.chains)
+        rebind(c);
+      if (l.default_chain)
+        rebind(*l.default_chain);
+      cfg->rebound_listeners += rebound ? 1 : 0;
+    }
+  }
+  Finish(*cfg);
   return std::shared_ptr<const ProxyConfig>(std::move(cfg));
 }
 

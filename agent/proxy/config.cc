@@ -6,10 +6,17 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 namespace sluice::proxy {
 namespace {
+
+struct StringViewHash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view v) const { return std::hash<std::string_view>()(v); }
+};
 
 char Lower(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
@@ -125,7 +132,7 @@ void RouteTable::BuildIndex() {
   std::stable_sort(prefixes.begin(), prefixes.end(), longest_first);
 }
 
-const VirtualHost* RouteTable::FindVirtualHost(std::string_view host) const {
+const VirtualHost* RouteTable::FindVirtualHost(std::string_view host, bool strip_port) const {
   // Lower-case into a stack buffer: no allocation per request.
   char buf[256];
   if (host.size() > sizeof(buf))
@@ -133,7 +140,7 @@ const VirtualHost* RouteTable::FindVirtualHost(std::string_view host) const {
   for (std::size_t i = 0; i < host.size(); ++i)
     buf[i] = Lower(host[i]);
   std::string_view h(buf, host.size());
-  if (ignore_port) {
+  if (strip_port) {
     // Strip ":port" (but not inside an IPv6 literal's brackets).
     std::size_t colon = h.rfind(':');
     std::size_t bracket = h.rfind(']');
@@ -306,9 +313,42 @@ const FilterChain* ListenerConfig::Select(const filterchain::Connection& c, bool
   return default_chain ? &*default_chain : nullptr;
 }
 
+namespace {
+
+// Every cluster name any config of this process named, with its id. Only compiles touch
+// it; the hot path reads a config's cluster_slots by id.
+struct ClusterNames {
+  std::mutex mu;
+  std::unordered_map<std::string, ClusterId, StringViewHash, std::equal_to<>> ids;
+};
+ClusterNames& Names() {
+  static ClusterNames* n = new ClusterNames();  // never destroyed: workers may outlive main
+  return *n;
+}
+
+}  // namespace
+
+ClusterId InternCluster(std::string_view name) {
+  ClusterNames& n = Names();
+  std::lock_guard lock(n.mu);
+  if (auto it = n.ids.find(name); it != n.ids.end())
+    return it->second;
+  const auto id = static_cast<ClusterId>(n.ids.size());
+  n.ids.emplace(std::string(name), id);
+  return id;
+}
+
+std::optional<ClusterId> FindClusterId(std::string_view name) {
+  ClusterNames& n = Names();
+  std::lock_guard lock(n.mu);
+  if (auto it = n.ids.find(name); it != n.ids.end())
+    return it->second;
+  return std::nullopt;
+}
+
 const Cluster* ProxyConfig::FindCluster(std::string_view name) const {
-  auto it = clusters.find(name);
-  return it == clusters.end() ? nullptr : it->second.get();
+  auto id = FindClusterId(name);
+  return id ? ClusterAt(*id) : nullptr;
 }
 
 }  // namespace sluice::proxy

@@ -39,7 +39,7 @@ void Session::Dispatch() {
   }
   cors = nullptr;
   const RouteTable* rt = chain->http.routes.get();
-  vh = rt ? rt->FindVirtualHost(req.host) : nullptr;
+  vh = rt ? rt->FindVirtualHost(req.host, chain->http.StripPort()) : nullptr;
   route = vh ? MatchRoute(*vh, req) : nullptr;
   cluster = nullptr;
   wc = nullptr;
@@ -133,9 +133,9 @@ void Session::ContinueAfterFault() {
   if (!a.weighted.empty()) {
     uint64_t r = a.total_weight ? w->Rand() % a.total_weight : 0;
     wc = &PickWeightedCluster(a.weighted, r);
-    cluster = wc->cluster;
+    cluster = snap->cfg->ClusterAt(wc->cluster);
   } else {
-    cluster = a.cluster;
+    cluster = snap->cfg->ClusterAt(a.cluster);
   }
   if (!cluster) {
     Local(503, "", kFlagNC, "cluster_not_found");

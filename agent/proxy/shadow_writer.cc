@@ -20,7 +20,7 @@ void Mirror::Finish(bool reuse) {
 }
 
 void ShadowWriter::SendMirror(const MirrorPolicy& m, Session& s) {
-  const Cluster* c = m.cluster;
+  const Cluster* c = s.snap->cfg->ClusterAt(m.cluster);
   if (!c)
     return;
   const std::size_t req_bytes = s.req.head_len + s.body_scanned + 512;

@@ -12,10 +12,10 @@ void Session::StartTcp() {
   phase = Phase::kTunnel;
   tcp_session = true;
   const TcpSettings& t = chain->tcp;
-  cluster = t.cluster;
+  cluster = snap->cfg->ClusterAt(t.cluster);
   if (!t.weighted.empty()) {
     uint64_t r = t.total_weight ? w->Rand() % t.total_weight : 0;
-    cluster = PickWeightedCluster(t.weighted, r).cluster;
+    cluster = snap->cfg->ClusterAt(PickWeightedCluster(t.weighted, r).cluster);
   }
   if (!cluster) {
     flags |= kFlagNC;

@@ -23,7 +23,7 @@ UpstreamConn* UpstreamPool::GetUpstream(const std::shared_ptr<const Snapshot>& s
     while (!it->second.empty()) {
       UpstreamConn* u = it->second.back();
       it->second.pop_back();
-      if (u->snap != snap) {  // from an older config: do not mix
+      if (u->cluster != c) {  // another cluster object (an older config's): do not mix
         ReleaseUpstream(u, false);
         continue;
       }
@@ -104,7 +104,7 @@ void UpstreamPool::ReleaseUpstream(UpstreamConn* u, bool reuse) {
   ++u->gen;
   ctx_.Cancel(u->connect_timer);
   if (reuse && !u->connecting && !u->peer_closed && !u->tunnel && u->in.empty() && u->out.empty() &&
-      u->snap == ctx_.snap()) {
+      Current(u)) {
     u->ResetResponse();
     u->read_paused = false;
     u->SetEvents(EPOLLIN | EPOLLRDHUP);
@@ -167,6 +167,32 @@ void UpstreamPool::OnEndpointResult(const Cluster& c, Endpoint* ep, bool failure
     return;
   if (RecordEndpointResult(c, *ep, failure, ctx_.now()))
     ctx_.stats().ejections.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool UpstreamPool::Current(UpstreamConn* u) {
+  const auto& now = ctx_.snap();
+  if (u->snap == now)
+    return true;
+  // Made on an older config: kept when the config in force still has its cluster, the
+  // same object (CompileUpdate shares the clusters a change did not touch); it then
+  // holds the config in force, which keeps the cluster and its endpoints alive.
+  if (!now || !u->cluster || now->cfg->ClusterAt(u->cluster->id) != u->cluster)
+    return false;
+  u->snap = now;
+  return true;
+}
+
+void UpstreamPool::Rebase() {
+  std::vector<UpstreamConn*> stale;
+  for (auto& [ep, v] : idle_) {
+    for (UpstreamConn* u : v) {
+      if (!Current(u))
+        stale.push_back(u);
+    }
+  }
+  for (UpstreamConn* u : stale)
+    ReleaseUpstream(u, false);
+  std::erase_if(idle_, [](const auto& e) { return e.second.empty(); });
 }
 
 void UpstreamPool::CloseIdle() {

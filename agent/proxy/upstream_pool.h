@@ -57,8 +57,11 @@ class UpstreamPool {
   // Back to the idle list when `reuse` and the connection is clean and on the current
   // config; else closed. Either way a request waiting for this cluster is started.
   void ReleaseUpstream(UpstreamConn* up, bool reuse);
-  // Closes every idle connection (a new config, or shutting down).
+  // Closes every idle connection (no config any more, or shutting down).
   void CloseIdle();
+  // A new config is in force: idle connections whose cluster it still has (the same
+  // object) stay pooled for it; the others are closed.
+  void Rebase();
 
   // Requests waiting for a connection (the max_connections breaker was hit).
   void AddPending(Session* s) { pending_.push_back(s); }
@@ -87,6 +90,10 @@ class UpstreamPool {
   }
 
  private:
+  // The connection may serve the config in force (its cluster is that config's); moves
+  // it onto that config.
+  bool Current(UpstreamConn* u);
+
   WorkerContext& ctx_;
   std::vector<std::unique_ptr<UpstreamConn>> all_upstreams_;
   std::vector<UpstreamConn*> free_upstreams_;

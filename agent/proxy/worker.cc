@@ -134,7 +134,7 @@ void Worker::SwapSnapshot() {
   }
   listeners_ = std::move(keep);
   ctx_.snap_ = std::move(next);
-  upstreams_.CloseIdle();
+  upstreams_.Rebase();
 }
 
 void Worker::SweepIdle() {

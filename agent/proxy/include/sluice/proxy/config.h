@@ -28,6 +28,10 @@
 namespace sluice::xds {
 struct ResourceSet;
 }
+namespace sluice::config {
+struct Snapshot;
+struct Diff;
+}  // namespace sluice::config
 
 namespace sluice::proxy {
 
@@ -41,6 +45,17 @@ struct Service;
 }  // namespace telemetry
 
 using Millis = std::chrono::milliseconds;
+
+// A cluster as routes, mirrors and TCP proxies name it: an id given to its name once per
+// process (InternCluster), so a route table or listener resolves its clusters through
+// the ProxyConfig in force (ProxyConfig::ClusterAt) rather than by pointer. That lets a
+// config change rebuild one cluster without rebuilding, or copying, the route tables
+// that name it (CompileUpdate), and lets a route follow a cluster that arrives later.
+using ClusterId = uint32_t;
+inline constexpr ClusterId kNoCluster = UINT32_MAX;  // resolves to no cluster
+ClusterId InternCluster(std::string_view name);
+// The id of a name already interned; nullopt: no config of this process ever named it.
+std::optional<ClusterId> FindClusterId(std::string_view name);
 
 // ---------------------------------------------------------------- clusters
 
@@ -103,6 +118,10 @@ struct HashPolicy {
 
 struct Cluster {
   std::string name;
+  ClusterId id = kNoCluster;  // InternCluster(name)
+  // Resolved through DNS (STRICT_DNS, LOGICAL_DNS with a name): rebuilt when an answer
+  // changes.
+  bool dns = false;
   // The service of istiod's cluster metadata, for Istio's metrics (nullptr: none).
   const telemetry::Service* istio_service = nullptr;
   LbPolicy lb = LbPolicy::kLeastRequest;
@@ -202,14 +221,14 @@ struct FaultPolicy {
 
 struct MirrorPolicy {
   std::string cluster_name;
-  const Cluster* cluster = nullptr;
+  ClusterId cluster = kNoCluster;
   uint32_t per_million = 1000000;
   bool disable_shadow_host_suffix = false;
 };
 
 struct WeightedCluster {
   std::string name;
-  const Cluster* cluster = nullptr;  // null: unknown cluster (503 NC)
+  ClusterId cluster = kNoCluster;  // ProxyConfig::ClusterAt null: unknown cluster (503 NC)
   uint32_t weight = 0;
   HeaderMutations request_headers, response_headers;
   std::string host_rewrite;
@@ -224,7 +243,7 @@ struct UpgradeConfig {
 
 struct RouteAction {
   std::string cluster_name;
-  const Cluster* cluster = nullptr;
+  ClusterId cluster = kNoCluster;         // valid when cluster_name is set (weighted empty)
   std::vector<WeightedCluster> weighted;  // non-empty: weighted split
   uint32_t total_weight = 0;
   std::optional<std::string> prefix_rewrite;
@@ -309,9 +328,18 @@ struct RouteTable {
   std::vector<std::pair<std::string, std::size_t>> prefixes;  // "foo.*" → "foo."
   std::optional<std::size_t> catch_all;
 
+  // The clusters its routes mirror to (a mirror to a cluster that is not there fails the
+  // table, so a change that removes one recompiles the tables that name it).
+  std::vector<std::string> mirror_clusters;
+
   void BuildIndex();
   // Envoy's order: exact, longest suffix wildcard, longest prefix wildcard, "*".
-  const VirtualHost* FindVirtualHost(std::string_view host) const;
+  // strip_port: compare without ":port" (ignore_port here, or the connection manager's
+  // strip_any_host_port).
+  const VirtualHost* FindVirtualHost(std::string_view host) const {
+    return FindVirtualHost(host, ignore_port);
+  }
+  const VirtualHost* FindVirtualHost(std::string_view host, bool strip_port) const;
 };
 
 // Request attributes a route matches on.
@@ -338,6 +366,9 @@ struct NetworkRbac {
 
 struct HttpSettings {
   std::string route_config_name;
+  // From RDS (route_tables[route_config_name], rebound when that table changes) rather
+  // than the connection manager's own route_config.
+  bool rds = false;
   // Envoy's downstream address rules, for the RBAC remote_ip principal: with
   // use_remote_address false the client is the XFF entry xff_num_trusted_hops from the
   // right; with it true, the peer (or, with trusted hops, the XFF entry hops-1 from it).
@@ -370,6 +401,8 @@ struct HttpSettings {
   // upgrade_configs: the Upgrade types let through (a route may override per type);
   // any other Upgrade request is answered 403, as Envoy does.
   std::vector<UpgradeConfig> upgrades;
+  // The routes' virtual host is found with ":port" stripped.
+  bool StripPort() const { return strip_any_host_port || (routes && routes->ignore_port); }
 };
 
 // Envoy's rule: the route's entry for the type decides when it has one, else the
@@ -379,7 +412,7 @@ bool UpgradeAllowed(std::string_view type, const HttpSettings& hcm, const RouteA
 struct TcpSettings {
   std::string stat_prefix;
   std::string cluster_name;
-  const Cluster* cluster = nullptr;
+  ClusterId cluster = kNoCluster;  // valid when cluster_name is set
   std::vector<WeightedCluster> weighted;
   uint32_t total_weight = 0;
 };
@@ -415,6 +448,9 @@ struct Inspector {
 
 struct ListenerConfig {
   std::string name;
+  // The Listener resource it comes from (name is "resource~address" for the entries of
+  // additional_addresses).
+  std::string resource;
   std::string address = "127.0.0.1";
   uint16_t port = 0;
   std::vector<FilterChain> chains;
@@ -462,9 +498,26 @@ struct ProxyConfig {
   // Listeners and clusters left out, each with its reason; routes to a refused cluster
   // behave as to an unknown one (503 NC, TCP closed).
   std::vector<Refused> refused;
-  std::map<std::string, std::shared_ptr<Cluster>, std::less<>> clusters;
+  // The clusters by ClusterId (null: none of that name here). A cluster object is shared
+  // by consecutive configs while its resources do not change, so its pooled upstream
+  // connections, circuit-breaker gauges and outlier state carry over a config swap.
+  std::vector<std::shared_ptr<Cluster>> cluster_slots;
+  std::size_t cluster_count = 0;
   std::map<std::string, std::shared_ptr<RouteTable>, std::less<>> route_tables;
+  const Cluster* ClusterAt(ClusterId id) const {
+    return id < cluster_slots.size() ? cluster_slots[id].get() : nullptr;
+  }
   const Cluster* FindCluster(std::string_view name) const;
+
+  // What the compile that made this config built (the rest it took over from the config
+  // before, unchanged objects shared): clusters, route tables and listeners compiled from
+  // their resources, and listeners copied to point at a rebuilt route table.
+  std::size_t built_clusters = 0, built_routes = 0, built_listeners = 0, rebound_listeners = 0;
+
+  // Per resource, what the compile said of it (for the next CompileUpdate, which redoes
+  // only the resources it rebuilds; `warnings` and `refused` are these, clusters first).
+  std::map<std::string, std::vector<std::string>, std::less<>> cluster_warnings, listener_warnings;
+  std::map<std::string, std::string, std::less<>> refused_clusters, refused_listeners;
 };
 
 class DnsCache;
@@ -478,6 +531,23 @@ class DnsCache;
 // says an answer changed.
 Result<std::shared_ptr<const ProxyConfig>> Compile(const xds::ResourceSet& resources,
                                                    DnsCache* dns = nullptr);
+// The same from the agent's snapshot (its resources held by pointer).
+Result<std::shared_ptr<const ProxyConfig>> Compile(const config::Snapshot& resources,
+                                                   DnsCache* dns = nullptr);
+
+// `prev` (compiled from some snapshot) brought to `next`, where `diff` names what differs
+// between the two (config::Diff, as the config store or ApplyEdit gives it). Its cost
+// follows the change: only the clusters whose Cluster or ClusterLoadAssignment changed,
+// the route tables that changed (or mirror to a cluster that went away) and the listeners
+// that changed are compiled; every other cluster and route table is the same object as in
+// `prev`, and the other listeners are copied, re-pointed at rebuilt route tables. The
+// result is what Compile(next) would give. `dns_changed`: DNS clusters to rebuild as well
+// (their answer changed).
+Result<std::shared_ptr<const ProxyConfig>> CompileUpdate(
+    const ProxyConfig& prev, const config::Snapshot& next, const config::Diff& diff,
+    DnsCache* dns = nullptr, const std::vector<std::string>& dns_changed = {});
+// The DNS clusters of a config, by name (for CompileUpdate's dns_changed).
+std::vector<std::string> DnsClusters(const ProxyConfig& cfg);
 
 // Reads an Envoy-shaped JSON document {"listeners": [...], "routes": [...],
 // "clusters": [...], "endpoints": [...]}, each element the proto3 JSON of a Listener,
