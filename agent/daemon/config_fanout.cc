@@ -29,7 +29,7 @@ void ConfigFanout::OnNodeSnapshot(const config::SnapshotPtr& s, const config::Di
   }
   node_.SetRegistryOnly(registry_only);
   if (node_l7_)
-    l7_.SetNodeConfig(s);  // compiled (and refused, if it must be) by the L7 process
+    l7_.SetNodeConfig(s, &diff);  // compiled (and refused, if it must be) by the L7 process
 }
 
 void ConfigFanout::OnViewSnapshot(const std::string& view, const config::SnapshotPtr& s,
@@ -41,7 +41,7 @@ void ConfigFanout::OnViewSnapshot(const std::string& view, const config::Snapsho
     view_snapshots_[view] = s;
     AfterSyncLocked(synced);
   }
-  l7_.SetViewConfig(view, s);
+  l7_.SetViewConfig(view, s, &diff);
 }
 
 void ConfigFanout::OnViewClosed(const std::string& view) {

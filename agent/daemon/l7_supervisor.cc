@@ -216,7 +216,8 @@ L7Supervisor::Outgoing L7Supervisor::ConfigMessage(const std::string& view,
   o.m.type = view.empty() ? l7wire::Type::kNodeConfig : l7wire::Type::kViewConfig;
   o.m.meta = {{"view", view}, {"generation", s ? s->generation : 0}};
   o.snap = s;
-  if (s && before && diff && before->generation + 1 == s->generation)
+  // The store's diff, when it starts from the snapshot sent before (Diff::base).
+  if (s && before && diff && diff->base != 0 && diff->base == before->id)
     o.m.blob = l7wire::EncodeDelta(before->generation, *s, *diff, &o.m.meta);
   else if (s && before && before->generation != 0 && before->generation != s->generation)
     o.m.blob = l7wire::EncodeDelta(*before, *s, &o.m.meta);

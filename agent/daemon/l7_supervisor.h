@@ -89,7 +89,8 @@ class L7Supervisor : public PodL7 {
   // to every later process. `diff`, when given, is the change from the snapshot given
   // before for that config (the config store's, when each of its snapshots is given in
   // order): the change sent is made from it, at the cost of the change; without it (or
-  // when the generations are not consecutive) from a walk over both snapshots.
+  // when it does not start from the snapshot given before: Diff::base) from a walk over
+  // both snapshots.
   void SetNodeConfig(config::SnapshotPtr s, const config::Diff* diff = nullptr);
   void SetViewConfig(const std::string& view, config::SnapshotPtr s,
                      const config::Diff* diff = nullptr);

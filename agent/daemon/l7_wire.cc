@@ -191,7 +191,7 @@ namespace {
 // Puts (into d) the resources of `after` that are not `before`'s object, and returns the
 // names only `before` has. Both maps are sorted by name: one walk over the two.
 template <class T>
-nlohmann::json DeltaOf(const config::ResourceMap<T>& before, const config::ResourceMap<T>& after,
+nlohmann::json DeltaOf(const config::Resources<T>& before, const config::Resources<T>& after,
                        envoy::service::discovery::v3::DiscoveryResponse* d) {
   nlohmann::json removed = nlohmann::json::array();
   auto b = before.begin();
@@ -244,7 +244,7 @@ std::string EncodeDelta(const config::Snapshot& before, const config::Snapshot& 
 namespace {
 
 template <class T>
-nlohmann::json DeltaOf(const config::ResourceMap<T>& after, const config::TypeDiff& diff,
+nlohmann::json DeltaOf(const config::Resources<T>& after, const config::TypeDiff& diff,
                        envoy::service::discovery::v3::DiscoveryResponse* d) {
   for (const auto* names : {&diff.added, &diff.changed}) {
     for (const auto& name : *names) {

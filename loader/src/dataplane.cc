@@ -17,6 +17,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "sluice/loader/bpf_map.h"
 #include "sluice/loader/encoding.h"
@@ -243,16 +244,29 @@ struct Dataplane::Impl {
   }
 
   // Adjusts the known-endpoint refcount of one backend slot.
+  // The map holds each endpoint with live backend slots (the tc program asks only
+  // whether it is there); the count of slots is kept here, so only a first slot and a
+  // last one cost a map write (Reconcile rebuilds both from the backends).
   Result<void> Ref(const sluice_endpoint& ep, int delta) {
-    uint32_t n = 0;
-    auto found = known.Lookup(ep, &n);
-    SLUICE_RETURN_IF_ERROR(found);
-    if (delta < 0 && n <= 1) {
+    const std::string key(reinterpret_cast<const char*>(&ep), sizeof(ep));
+    auto it = refs.find(key);
+    uint32_t n = it == refs.end() ? 0 : it->second;
+    if (delta < 0) {
+      if (n > 1) {
+        it->second = n - 1;
+        return {};
+      }
+      if (it != refs.end())
+        refs.erase(it);
       auto r = known.Delete(ep);
       return r ? Result<void>{} : std::unexpected(r.error());
     }
-    return known.Update(ep, n + delta, BPF_ANY);
+    if (n == 0)
+      SLUICE_RETURN_IF_ERROR(known.Update(ep, 1, BPF_ANY));
+    refs[key] = n + 1;
+    return {};
   }
+  std::unordered_map<std::string, uint32_t> refs;  // endpoint bytes -> live backend slots
 
   Result<void> DeleteRevision(const Garbage& g) {
     for (size_t c = 0; c < g.layout.slots.size(); c++) {
@@ -724,9 +738,12 @@ Result<void> Dataplane::Reconcile() {
     if (!refs.contains(std::vector<uint8_t>(p, p + sizeof(ep))))
       (void)impl_->known.Delete(ep);
   }
-  for (const auto& [bytes, entry] : refs)
-    if (auto r = impl_->known.Update(entry.first, entry.second, BPF_ANY); !r)
+  impl_->refs.clear();
+  for (const auto& [bytes, entry] : refs) {
+    if (auto r = impl_->known.Update(entry.first, 1, BPF_ANY); !r)
       return r;
+    impl_->refs.emplace(std::string(bytes.begin(), bytes.end()), entry.second);
+  }
 
   if (adopted_)
     spdlog::info("adopted pinned data plane at {}: {} services, {} stale entries swept",

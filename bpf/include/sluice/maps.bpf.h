@@ -94,8 +94,8 @@ struct {
   __uint(pinning, LIBBPF_PIN_BY_NAME);
 } sluice_settings SEC(".maps");
 
-/* Every endpoint address some live service revision points at (refcount per slot),
- * kept by the loader: the registry as tc sees it. */
+/* Every endpoint address some live service revision points at (value 1; the loader
+ * counts the slots in userspace), kept by the loader: the registry as tc sees it. */
 struct {
   __uint(type, BPF_MAP_TYPE_HASH);
   __uint(max_entries, 131072);
