@@ -6,8 +6,10 @@
 //
 // With --pipeline (root), the client side is the node agent's whole config path: each
 // accepted snapshot goes to KernelSync on a real Dataplane (its own pin root and cgroup,
-// removed at exit) and to the L7 compile, and an update counts as live when both are
-// done -- kernel maps written and L7 tables built.
+// removed at exit), on the store's thread as in the agent, and to the L7 side on a thread
+// of its own (as the agent's L7 process runs beside it): the wire's delta encoded and
+// decoded, ApplyEdit, CompileUpdate. An update counts as live when both are done --
+// kernel maps written and L7 tables built.
 //
 // Reports: initial sync (client start -> whole config live), the latency of a
 // one-endpoint update (server Push -> live) with its parts, peak RSS of both sides, and
@@ -32,7 +34,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -272,10 +276,19 @@ double Ms(Clock::duration d) {
 }
 
 // The agent's config path after the store: the kernel (KernelSync on a Dataplane of its
-// own) and the L7 compile. Absent without --pipeline.
+// own), on the store's thread as in the agent, and the L7 side on a thread of its own,
+// as the agent's L7 process runs beside it. Absent without --pipeline.
 class Pipeline {
  public:
   ~Pipeline() {
+    if (l7_thread_.joinable()) {
+      {
+        std::lock_guard lock(l7_mu_);
+        l7_stop_ = true;
+      }
+      l7_cv_.notify_all();
+      l7_thread_.join();
+    }
     dp_.reset();
     if (!pin_root_.empty())
       (void)sluice::Dataplane::Cleanup(pin_root_);
@@ -307,27 +320,43 @@ class Pipeline {
   }
 
   struct Times {
-    double kernel_ms = 0, l7_ms = 0;
-    size_t kernel_services = 0, l7_clusters = 0, l7_built = 0;
+    double kernel_ms = 0;
+    size_t kernel_services = 0;
     sluice::kernelsync::SyncStats sync;
   };
-  // On the store's thread, as the agent's ConfigFanout runs.
+  // On the store's thread, as the agent's ConfigFanout runs: the kernel now, the L7 side
+  // handed over (in order, as the supervisor's queue).
   Times Apply(const sluice::config::SnapshotPtr& s, const sluice::config::Diff& d) {
     Times t;
     auto k0 = Clock::now();
     if (auto r = sync_->OnSnapshot(*s, &d); !r)
       std::fprintf(stderr, "kernel sync: %s\n", r.error().message.c_str());
-    auto k1 = Clock::now();
-    if (l7_enabled_)
-      ApplyL7(s, d);
-    auto k2 = Clock::now();
-    t.kernel_ms = Ms(k1 - k0);
-    t.l7_ms = Ms(k2 - k1);
+    t.kernel_ms = Ms(Clock::now() - k0);
     t.kernel_services = sync_->applied().services.size();
     t.sync = sync_->last_sync();
-    t.l7_clusters = l7_ ? l7_->cluster_count : 0;
-    t.l7_built = l7_ ? l7_->built_clusters + l7_->built_routes + l7_->built_listeners : 0;
+    if (l7_enabled_) {
+      std::lock_guard lock(l7_mu_);
+      if (!l7_thread_.joinable())
+        l7_thread_ = std::thread([this] { L7Loop(); });
+      l7_queue_.emplace_back(s, d);
+      l7_cv_.notify_all();
+    }
     return t;
+  }
+
+  // When the L7 side had compiled generation `g` (at once without L7).
+  struct L7Done {
+    Clock::time_point at;
+    double ms = 0;
+    size_t clusters = 0, built = 0;
+  };
+  std::optional<L7Done> WaitL7(uint64_t g) {
+    if (!l7_enabled_)
+      return L7Done{Clock::time_point::min()};
+    std::unique_lock lock(l7_mu_);
+    if (!l7_cv_.wait_for(lock, std::chrono::seconds(60), [&] { return l7_generation_ >= g; }))
+      return std::nullopt;
+    return l7_done_;
   }
 
  private:
@@ -379,6 +408,26 @@ class Pipeline {
     l7_ = std::move(cfg);
   }
 
+  void L7Loop() {
+    std::unique_lock lock(l7_mu_);
+    for (;;) {
+      l7_cv_.wait(lock, [&] { return l7_stop_ || !l7_queue_.empty(); });
+      if (l7_stop_)
+        return;
+      auto [s, d] = std::move(l7_queue_.front());
+      l7_queue_.pop_front();
+      lock.unlock();
+      auto t0 = Clock::now();
+      ApplyL7(s, d);
+      L7Done done{Clock::now(), Ms(Clock::now() - t0), l7_ ? l7_->cluster_count : 0,
+                  l7_ ? l7_->built_clusters + l7_->built_routes + l7_->built_listeners : 0};
+      lock.lock();
+      l7_done_ = done;
+      l7_generation_ = s->generation;
+      l7_cv_.notify_all();
+    }
+  }
+
  public:
  private:
   std::string cgroup_, pin_root_;
@@ -389,6 +438,13 @@ class Pipeline {
   sluice::config::SnapshotPtr sent_;                             // the last snapshot sent
   std::shared_ptr<const sluice::config::Snapshot> l7_snapshot_;  // the L7 side's copy
   bool l7_enabled_ = true;
+  std::mutex l7_mu_;
+  std::condition_variable l7_cv_;
+  std::deque<std::pair<sluice::config::SnapshotPtr, sluice::config::Diff>> l7_queue_;
+  uint64_t l7_generation_ = 0;
+  L7Done l7_done_;
+  bool l7_stop_ = false;
+  std::thread l7_thread_;
 };
 
 struct Percentiles {
@@ -464,7 +520,24 @@ int RunClient(sx::XdsProtocol protocol, const Options& o) {
       return 1;
     }
   }
-  const double sync_ms = Ms(last_live - t0);
+  // Live: the kernel written (on the store's thread) and the L7 side compiled.
+  auto live_at = [&](Clock::time_point kernel_done) -> std::optional<Pipeline::L7Done> {
+    auto l7 = pipe_line.WaitL7(store.Current()->generation);
+    if (l7)
+      l7->at = std::max(l7->at, kernel_done);
+    return l7;
+  };
+  Clock::time_point kernel_done;
+  {
+    std::lock_guard lock(mu);
+    kernel_done = last_live;
+  }
+  auto sync_l7 = o.pipeline ? live_at(kernel_done) : Pipeline::L7Done{kernel_done};
+  if (!sync_l7) {
+    std::fprintf(stderr, "the L7 side did not compile the initial config\n");
+    return 1;
+  }
+  const double sync_ms = Ms(sync_l7->at - t0);
   const long rss_after_sync = RssKb();
   const Pipeline::Times sync_times = last_times;
 
@@ -485,22 +558,33 @@ int RunClient(sx::XdsProtocol protocol, const Options& o) {
     auto start = Clock::now();
     if (write(o.cmd, "u", 1) != 1)
       return 1;
-    std::unique_lock lock(mu);
-    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return published > before; })) {
-      std::fprintf(stderr, "update %d did not arrive\n", u);
+    Clock::time_point stored;
+    Pipeline::Times times;
+    {
+      std::unique_lock lock(mu);
+      if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return published > before; })) {
+        std::fprintf(stderr, "update %d did not arrive\n", u);
+        return 1;
+      }
+      stored = last_store;
+      kernel_done = last_live;
+      times = last_times;
+    }
+    auto done = o.pipeline ? live_at(kernel_done) : Pipeline::L7Done{kernel_done};
+    if (!done) {
+      std::fprintf(stderr, "update %d: the L7 side did not compile it\n", u);
       return 1;
     }
-    to_store.v.push_back(Ms(last_store - start));
-    to_live.v.push_back(Ms(last_live - start));
-    kernel.v.push_back(last_times.kernel_ms);
-    l7.v.push_back(last_times.l7_ms);
+    to_store.v.push_back(Ms(stored - start));
+    to_live.v.push_back(Ms(done->at - start));
+    kernel.v.push_back(times.kernel_ms);
+    l7.v.push_back(done->ms);
     if (o.pipeline && std::getenv("XDS_BENCH_DEBUG")) {
       std::fprintf(stderr,
                    "update %d: kernel %.2f ms (%s, %zu decided, %zu written); L7 %.2f ms (%zu "
                    "built)\n",
-                   u, last_times.kernel_ms, last_times.sync.incremental ? "incremental" : "whole",
-                   last_times.sync.replanned, last_times.sync.upserts, last_times.l7_ms,
-                   last_times.l7_built);
+                   u, times.kernel_ms, times.sync.incremental ? "incremental" : "whole",
+                   times.sync.replanned, times.sync.upserts, done->ms, done->built);
     }
   }
 
@@ -517,7 +601,7 @@ int RunClient(sx::XdsProtocol protocol, const Options& o) {
     std::printf(
         "  kernel services %zu, L7 clusters %zu; the last snapshot's kernel sync %.0f ms, L7 "
         "compile %.0f ms\n",
-        sync_times.kernel_services, sync_times.l7_clusters, sync_times.kernel_ms, sync_times.l7_ms);
+        sync_times.kernel_services, sync_l7->clusters, sync_times.kernel_ms, sync_l7->ms);
   }
   std::printf(
       "one-endpoint update, Push -> store: median %.1f ms, p99 %.1f ms, max %.1f ms (%zu)\n",
