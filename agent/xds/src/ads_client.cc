@@ -6,6 +6,7 @@
 
 #include <grpcpp/channel.h>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -150,6 +151,11 @@ struct AdsClient::State {
         std::make_shared<std::map<std::string, std::vector<std::string>>>();
     Ptr<std::set<std::string>> eds_names = std::make_shared<std::set<std::string>>();
     Ptr<std::set<std::string>> rds_names = std::make_shared<std::set<std::string>>();
+    // Who uses each child: EDS service name -> clusters, route name -> listeners.
+    Ptr<std::map<std::string, std::vector<std::string>>> eds_users =
+        std::make_shared<std::map<std::string, std::vector<std::string>>>();
+    Ptr<std::map<std::string, std::vector<std::string>>> route_users =
+        std::make_shared<std::map<std::string, std::vector<std::string>>>();
   };
 
   config::ConfigStore& store;
@@ -265,6 +271,80 @@ struct AdsClient::State {
     issues.decided = std::move(got.names);
   }
 
+  // SotW EDS/RDS responses carry some of the subscribed names: their change to the active
+  // set, as a ConfigStore::Edit whose cost follows the response (the resources it carries,
+  // and the clusters or listeners they complete), instead of BuildActive's whole set.
+  // nullopt when a user of a carried resource is in force at another version than the one
+  // received (a warming update whose completion also retires what the old version named):
+  // then BuildActive decides. `issues` names what the response carried and refused.
+  static bool SameContent(const google::protobuf::Message& a, const google::protobuf::Message& b) {
+    return config::CanonicalBytes(a) == config::CanonicalBytes(b);
+  }
+  template <class T>
+  static bool InForce(const config::ResourceMap<T>& cur, const std::string& name,
+                      const std::shared_ptr<const T>& received) {
+    auto it = cur.find(name);
+    return it != cur.end() && (it->second == received || SameContent(*it->second, *received));
+  }
+
+  std::optional<config::SnapshotEdit> IncrementalEdit(const Received& r,
+                                                      const config::Snapshot& cur,
+                                                      const DiscoveryResponse& resp,
+                                                      const Issues& issues) const {
+    config::SnapshotEdit e;
+    const bool eds = resp.type_url() == kEndpointType;
+    for (const auto& n : issues.decided) {
+      if (issues.refused.contains(n) || issues.skipped.contains(n))
+        continue;
+      bool active = false;
+      if (eds) {
+        auto cla = r.endpoints->find(n);
+        auto users = r.eds_users->find(n);
+        if (cla == r.endpoints->end() || users == r.eds_users->end())
+          continue;  // not subscribed
+        for (const auto& c : users->second) {
+          const auto& rc = r.clusters->at(c);
+          if (!cur.clusters.contains(c))
+            e.clusters[c] = rc;  // was waiting for these endpoints
+          else if (!InForce(cur.clusters, c, rc))
+            return std::nullopt;
+          active = true;
+        }
+        if (active)
+          e.endpoints[n] = cla->second;
+      } else {
+        auto route = r.routes->find(n);
+        auto users = r.route_users->find(n);
+        if (route == r.routes->end() || users == r.route_users->end())
+          continue;
+        for (const auto& l : users->second) {
+          const auto& rl = r.listeners->at(l);
+          if (cur.listeners.contains(l)) {
+            if (!InForce(cur.listeners, l, rl))
+              return std::nullopt;
+            active = true;
+            continue;
+          }
+          const auto& rds = r.listener_rds->at(l);
+          if (!std::ranges::all_of(rds, [&](const auto& rn) { return r.routes->contains(rn); }))
+            continue;  // still waiting for another route
+          e.listeners[l] = rl;
+          for (const auto& rn : rds)
+            e.routes[rn] = r.routes->at(rn);
+          active = true;
+        }
+        if (active)
+          e.routes[n] = route->second;
+      }
+    }
+    for (const auto& [type, t] : types) {
+      if (!t.acked_version.empty())
+        e.versions[type] = t.acked_version;
+    }
+    e.versions[resp.type_url()] = resp.version_info();
+    return e;
+  }
+
   // Folds a decoded response into a copy of what is held; returns whether the
   // subscription of the dependent type (EDS after CDS, RDS after LDS) changed.
   Result<bool> Fold(const DiscoveryResponse& resp, Received& next, Issues& issues) {
@@ -275,10 +355,14 @@ struct AdsClient::State {
       next.clusters = KeepRefused(*got, *next.clusters);
       TakeIssues(*got, issues);
       auto eds = std::make_shared<std::set<std::string>>();
-      for (const auto& [_, c] : *next.clusters) {
-        if (const auto& svc = config::EdsServiceName(*c); !svc.empty())
+      auto users = std::make_shared<std::map<std::string, std::vector<std::string>>>();
+      for (const auto& [name, c] : *next.clusters) {
+        if (const auto& svc = config::EdsServiceName(*c); !svc.empty()) {
           eds->insert(svc);
+          (*users)[svc].push_back(name);
+        }
       }
+      next.eds_users = std::move(users);
       if (*eds == *next.eds_names)
         return false;
       next.eds_names = eds;
@@ -303,12 +387,16 @@ struct AdsClient::State {
       TakeIssues(*got, issues);
       auto by_listener = std::make_shared<std::map<std::string, std::vector<std::string>>>();
       auto rds = std::make_shared<std::set<std::string>>();
+      auto users = std::make_shared<std::map<std::string, std::vector<std::string>>>();
       for (const auto& [name, l] : *next.listeners) {
         auto names = config::RdsNames(*l);
         rds->insert(names.begin(), names.end());
+        for (const auto& n : names)
+          (*users)[n].push_back(name);
         by_listener->emplace(name, std::move(names));
       }
       next.listener_rds = std::move(by_listener);
+      next.route_users = std::move(users);
       if (*rds == *next.rds_names)
         return false;
       next.rds_names = rds;
@@ -395,8 +483,16 @@ struct AdsClient::State {
     Issues issues;
     auto folded = Fold(resp, next, issues);
     auto t1 = std::chrono::steady_clock::now();
-    Result<config::Diff> applied = folded ? store.Apply(BuildActive(next, *store.Current(), resp))
-                                          : std::unexpected(folded.error());
+    Result<config::Diff> applied = std::unexpected(Error{});
+    if (!folded) {
+      applied = std::unexpected(folded.error());
+    } else {
+      config::SnapshotPtr cur = store.Current();
+      std::optional<config::SnapshotEdit> edit;
+      if (resp.type_url() == kEndpointType || resp.type_url() == kRouteType)
+        edit = IncrementalEdit(next, *cur, resp, issues);
+      applied = edit ? store.Edit(std::move(*edit)) : store.Apply(BuildActive(next, *cur, resp));
+    }
     auto t2 = std::chrono::steady_clock::now();
     spdlog::debug("xds: {} version {} ({} resources): decode {} ms, apply {} ms", resp.type_url(),
                   resp.version_info(), resp.resources_size(),
