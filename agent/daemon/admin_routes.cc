@@ -179,7 +179,10 @@ AdminReply NodeAdminRoutes::ConfigDump(const std::string& query) const {
       j["kernel"]["services"].push_back(k);
     }
     j["kernel"]["registry_only"] = ksync.applied().registry_only;
-    j["kernel"]["l7_reasons"] = ksync.applied().l7_reasons;
+    // "name: why", as the agent logs them.
+    j["kernel"]["l7_reasons"] = nlohmann::json::array();
+    for (const auto& [name, why] : ksync.applied().l7_reasons)
+      j["kernel"]["l7_reasons"].push_back(name + ": " + why);
   });
   return AdminReply{200, "application/json", j.dump(1) + "\n"};
 }

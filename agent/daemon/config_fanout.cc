@@ -7,25 +7,24 @@ namespace sluice::agent {
 ConfigFanout::ConfigFanout(Dataplane& dp, NodeAgent& node, L7Supervisor& l7, bool node_l7)
     : node_(node), l7_(l7), node_l7_(node_l7), ksync_(dp) {}
 
-void ConfigFanout::IndexServicesLocked() {
+void ConfigFanout::AfterSyncLocked(bool synced) {
+  telemetry_ = nullptr;
+  if (synced && ksync_.last_sync().incremental)
+    return;
   service_by_addr_.clear();
   for (const auto& svc : ksync_.applied().services)
     for (const auto& v : svc.vips)
       service_by_addr_[SocketAddress{v, svc.port}] = svc.name;
-  std::vector<config::SnapshotPtr> snapshots{node_snapshot_};
-  for (const auto& [view, s] : view_snapshots_)
-    snapshots.push_back(s);
-  telemetry_ = std::make_shared<const ServiceTelemetryIndex>(
-      IndexServiceTelemetry(ksync_.applied(), snapshots));
 }
 
-void ConfigFanout::OnNodeSnapshot(const config::SnapshotPtr& s) {
+void ConfigFanout::OnNodeSnapshot(const config::SnapshotPtr& s, const config::Diff& diff) {
   bool registry_only;
   {
     std::lock_guard lock(mu_);
-    (void)ksync_.OnSnapshot(*s);  // errors are logged; the kernel keeps its last good state
+    // Errors are logged; the kernel keeps its last good state.
+    const bool synced = ksync_.OnSnapshot(*s, &diff).has_value();
     node_snapshot_ = s;
-    IndexServicesLocked();
+    AfterSyncLocked(synced);
     registry_only = ksync_.applied().registry_only;
   }
   node_.SetRegistryOnly(registry_only);
@@ -33,12 +32,14 @@ void ConfigFanout::OnNodeSnapshot(const config::SnapshotPtr& s) {
     l7_.SetNodeConfig(s);  // compiled (and refused, if it must be) by the L7 process
 }
 
-void ConfigFanout::OnViewSnapshot(const std::string& view, const config::SnapshotPtr& s) {
+void ConfigFanout::OnViewSnapshot(const std::string& view, const config::SnapshotPtr& s,
+                                  const config::Diff& diff) {
   {
     std::lock_guard lock(mu_);
-    (void)ksync_.OnView(view, s.get());  // errors logged; the last good view stays
+    // Errors logged; the last good view stays.
+    const bool synced = ksync_.OnView(view, s.get(), &diff).has_value();
     view_snapshots_[view] = s;
-    IndexServicesLocked();
+    AfterSyncLocked(synced);
   }
   l7_.SetViewConfig(view, s);
 }
@@ -48,7 +49,7 @@ void ConfigFanout::OnViewClosed(const std::string& view) {
   std::lock_guard lock(mu_);
   (void)ksync_.OnView(view, nullptr);
   view_snapshots_.erase(view);
-  IndexServicesLocked();
+  AfterSyncLocked(false);
 }
 
 std::string ConfigFanout::ServiceAt(const SocketAddress& dialled) const {
@@ -59,6 +60,13 @@ std::string ConfigFanout::ServiceAt(const SocketAddress& dialled) const {
 
 std::shared_ptr<const ServiceTelemetryIndex> ConfigFanout::KernelServiceTelemetry() const {
   std::lock_guard lock(mu_);
+  if (!telemetry_) {
+    std::vector<config::SnapshotPtr> snapshots{node_snapshot_};
+    for (const auto& [view, s] : view_snapshots_)
+      snapshots.push_back(s);
+    telemetry_ = std::make_shared<const ServiceTelemetryIndex>(
+        IndexServiceTelemetry(ksync_.applied(), snapshots));
+  }
   return telemetry_;
 }
 

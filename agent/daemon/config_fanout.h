@@ -30,23 +30,29 @@ class ConfigFanout {
   ConfigFanout(const ConfigFanout&) = delete;
   ConfigFanout& operator=(const ConfigFanout&) = delete;
 
-  // A snapshot of the node's stream (a ConfigStore subscriber).
-  void OnNodeSnapshot(const config::SnapshotPtr& s);
+  // A snapshot of the node's stream (a ConfigStore subscriber), with the store's diff
+  // from the previous one: an update of clusters and endpoints alone is planned and
+  // written for the services it touches only (KernelSync).
+  void OnNodeSnapshot(const config::SnapshotPtr& s, const config::Diff& diff);
   // A snapshot of a view's stream (ViewStreams' callback, on that stream's thread).
-  void OnViewSnapshot(const std::string& view, const config::SnapshotPtr& s);
+  void OnViewSnapshot(const std::string& view, const config::SnapshotPtr& s,
+                      const config::Diff& diff);
   // A view whose stream was stopped: the kernel and the L7 process forget it.
   void OnViewClosed(const std::string& view);
 
   // The kernel service dialled at this address ("" if none), for the kernel's access log.
   std::string ServiceAt(const SocketAddress& dialled) const;
   // Each kernel service address's Istio service and endpoint workloads (the kernel
-  // path's TCP metrics), rebuilt after every kernel sync.
+  // path's TCP metrics), rebuilt on the first call after a kernel sync (off the config
+  // path: an endpoint update does not wait for it).
   std::shared_ptr<const ServiceTelemetryIndex> KernelServiceTelemetry() const;
   // Runs `read` on the kernel sync's state, under the lock its updates take.
   void ReadKernel(const std::function<void(const kernelsync::KernelSync&)>& read) const;
 
  private:
-  void IndexServicesLocked();
+  // After a kernel sync: the address index when services may have moved (a whole plan),
+  // and the telemetry index on its next use.
+  void AfterSyncLocked(bool synced);
 
   NodeAgent& node_;
   L7Supervisor& l7_;
@@ -54,13 +60,14 @@ class ConfigFanout {
   mutable std::mutex mu_;  // the kernel sync's view, shared with the admin handlers
   kernelsync::KernelSync ksync_;
   // Dialled address -> kernel service name, for the kernel's access-log lines (under
-  // mu_; rebuilt after every kernel sync).
+  // mu_; rebuilt after a kernel sync that planned everything: an incremental one moves
+  // no address).
   std::map<SocketAddress, std::string> service_by_addr_;
   // The snapshots the kernel's services came from (under mu_): their clusters' and
   // endpoints' Istio metadata label the kernel path's metrics.
   config::SnapshotPtr node_snapshot_;
   std::map<std::string, config::SnapshotPtr> view_snapshots_;
-  std::shared_ptr<const ServiceTelemetryIndex> telemetry_;
+  mutable std::shared_ptr<const ServiceTelemetryIndex> telemetry_;  // null: to rebuild
 };
 
 }  // namespace sluice::agent

@@ -66,8 +66,8 @@ std::vector<std::string> ViewStreams::Sync(const std::vector<View>& views) {
       Stream s;
       s.view = *view;
       s.store = std::make_unique<config::ConfigStore>();
-      s.store->Subscribe([this, id](const config::SnapshotPtr& snap, const config::Diff&) {
-        on_config_(id, snap);
+      s.store->Subscribe([this, id](const config::SnapshotPtr& snap, const config::Diff& diff) {
+        on_config_(id, snap, diff);
       });
       xds::NodeIdentity node = identity_;
       node.pod_namespace = view->ns;

@@ -37,7 +37,9 @@ struct View {
 class ViewStreams {
  public:
   // Called on a stream's thread with each new config of a view (by its Id()).
-  using OnConfig = std::function<void(const std::string& view, const config::SnapshotPtr&)>;
+  // A view's snapshot, with its store's diff from the view's previous one.
+  using OnConfig =
+      std::function<void(const std::string& view, const config::SnapshotPtr&, const config::Diff&)>;
   ViewStreams(xds::AdsClientOptions base, xds::NodeIdentity identity, OnConfig on_config)
       : base_(std::move(base)), identity_(std::move(identity)), on_config_(std::move(on_config)) {}
   ~ViewStreams() { StopAll(); }

@@ -8,11 +8,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdarg>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
+#include <mutex>
 #include <set>
+#include <thread>
 
 #include "sluice/loader/bpf_map.h"
 #include "sluice/loader/encoding.h"
@@ -205,6 +209,16 @@ struct Dataplane::Impl {
   TypedMap<sluice_tcp_metrics_key, sluice_tcp_metrics> tcp_metrics;
   std::vector<int> owned_fds;  // maps opened from pins (maps_only mode)
 
+  // Revisions retired by Apply and freed after an RCU grace period by the reclaimer
+  // thread (reclaim_in_background). `mu` serialises Apply's map writes with its
+  // deletes: both change the endpoints' reference counts.
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<Garbage> pending;
+  bool reclaiming = false;  // a batch taken from `pending` is being freed
+  bool stopping = false;
+  std::thread reclaimer;
+
   // name -> family -> state; rebuilt from the maps on adoption.
   std::map<std::string, std::map<uint8_t, FamilyState>> state;
   uint32_t next_id = 1;
@@ -284,7 +298,61 @@ struct Dataplane::Impl {
 };
 
 Dataplane::Dataplane(DataplaneOptions opts) : opts_(std::move(opts)), impl_(new Impl) {}
-Dataplane::~Dataplane() = default;
+Dataplane::~Dataplane() {
+  if (impl_->reclaimer.joinable()) {
+    {
+      std::lock_guard lock(impl_->mu);
+      impl_->stopping = true;
+    }
+    impl_->cv.notify_all();
+    impl_->reclaimer.join();
+  }
+  if (!impl_->pending.empty() && GracePeriod()) {
+    for (const auto& g : impl_->pending)
+      (void)impl_->DeleteRevision(g);
+  }
+}
+
+// The reclaimer: takes what Apply retired, waits one grace period without holding the
+// lock (Apply goes on meanwhile), then frees that batch; what was retired during the wait
+// waits for the next round.
+void Dataplane::ReclaimLoop() {
+  std::unique_lock lock(impl_->mu);
+  for (;;) {
+    impl_->cv.wait(lock, [&] { return impl_->stopping || !impl_->pending.empty(); });
+    if (impl_->stopping)
+      return;
+    std::vector<Garbage> batch = std::move(impl_->pending);
+    impl_->pending.clear();
+    impl_->reclaiming = true;
+    lock.unlock();
+    auto waited = GracePeriod();
+    lock.lock();
+    if (!waited) {
+      spdlog::warn("kernel: {} (retired revisions kept for the next round)",
+                   waited.error().message);
+      std::move(batch.begin(), batch.end(), std::back_inserter(impl_->pending));
+    } else {
+      for (const auto& g : batch)
+        if (auto r = impl_->DeleteRevision(g); !r)
+          spdlog::warn("kernel: freeing a retired revision: {}", r.error().message);
+    }
+    impl_->reclaiming = false;
+    impl_->cv.notify_all();
+    if (!waited) {
+      lock.unlock();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      lock.lock();
+    }
+  }
+}
+
+void Dataplane::WaitReclaimed() {
+  std::unique_lock lock(impl_->mu);
+  impl_->cv.wait(lock, [&] {
+    return (impl_->pending.empty() && !impl_->reclaiming) || !impl_->reclaimer.joinable();
+  });
+}
 
 Result<std::unique_ptr<Dataplane>> Dataplane::Open(const DataplaneOptions& opts) {
   std::unique_ptr<Dataplane> dp(new Dataplane(opts));
@@ -683,6 +751,7 @@ Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
     }
   }
 
+  std::unique_lock lock(impl_->mu);
   std::vector<Garbage> garbage;
   auto retire = [&](FamilyState& fs) {
     for (auto& [rev, layout] : fs.revisions)
@@ -703,10 +772,19 @@ Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
         fs.id = impl_->next_id++;
       auto enc = Encode(spec, family, fs.id, fs.current + 1);
       SLUICE_RETURN_IF_ERROR(enc);
-      if (auto r = impl_->WriteRevision(*enc); !r) {
+      auto written = impl_->WriteRevision(*enc);
+      if (!written && (!impl_->pending.empty() || impl_->reclaiming)) {
+        // The maps may be full of revisions waiting for their grace period (updates
+        // faster than the reclaimer): wait for it, then try once more.
+        (void)impl_->DeleteRevision({fs.id, fs.current + 1, LayoutOf(enc->record)});
+        impl_->cv.notify_all();
+        impl_->cv.wait(lock, [&] { return impl_->pending.empty() && !impl_->reclaiming; });
+        written = impl_->WriteRevision(*enc);
+      }
+      if (!written) {
         // Nothing points at the half-written revision: remove it, keep the old one.
         (void)impl_->DeleteRevision({fs.id, fs.current + 1, LayoutOf(enc->record)});
-        return Wrap("service '" + spec.name + "'", r.error());
+        return Wrap("service '" + spec.name + "'", written.error());
       }
       // Switch each frontend to the new revision in place, under the record's lock.
       for (const auto& key : enc->frontends) {
@@ -757,9 +835,18 @@ Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
 
   if (garbage.empty())
     return {};
+  if (opts_.reclaim_in_background) {
+    std::move(garbage.begin(), garbage.end(), std::back_inserter(impl_->pending));
+    if (!impl_->reclaimer.joinable())
+      impl_->reclaimer = std::thread([this] { ReclaimLoop(); });
+    impl_->cv.notify_all();
+    return {};
+  }
   // No connect that might still hold an old revision survives this wait.
+  lock.unlock();
   if (auto r = GracePeriod(); !r)
     return r;
+  lock.lock();
   for (const auto& g : garbage)
     if (auto r = impl_->DeleteRevision(g); !r)
       return r;

@@ -1,15 +1,28 @@
 // xDS benchmark (not a CI test): Sluice's ADS server serves a synthetic istiod-sized
-// configuration -- N services (one EDS cluster and one virtual host each, spread over
-// route configurations per port) with M endpoints in all -- and Sluice's ADS client
-// applies it into a ConfigStore. The server runs in a child process so each side's
-// memory is its own; they talk gRPC over loopback.
+// configuration -- N services (one EDS cluster and one virtual host each, with a VIP,
+// spread over route configurations per port) with M endpoints in all -- and Sluice's
+// ADS client applies it into a ConfigStore. The server runs in a child process so each
+// side's memory is its own; they talk gRPC over loopback.
 //
-// Reports: initial sync (client start -> whole config applied), the client's own apply
-// time (decode + warm + validate + diff + publish, per response), the latency of a
-// one-endpoint update (server Push -> client subscriber), and peak RSS of both sides.
+// With --pipeline (root), the client side is the node agent's whole config path: each
+// accepted snapshot goes to KernelSync on a real Dataplane (its own pin root and cgroup,
+// removed at exit) and to the L7 compile, and an update counts as live when both are
+// done -- kernel maps written and L7 tables built.
 //
-//   xds_bench [--services 10000] [--endpoints 50000] [--updates 20]
+// Reports: initial sync (client start -> whole config live), the latency of a
+// one-endpoint update (server Push -> live) with its parts, peak RSS of both sides, and
+// with --churn, the client's CPU and memory under a stream of endpoint changes.
+//
+//   xds_bench [--services 10000] [--endpoints 50000] [--updates 20] [--pipeline [--no-l7]]
+//             [--churn SECONDS] [--rate CHANGES_PER_SECOND] [--protocol sotw|delta|both]
+//
+// Both protocols (the default) run one after the other against the same server, each
+// with a fresh client, store and pipeline.
+//
+// --no-l7 leaves the L7 compile out: what the node agent's own process does (its L7
+// process compiles apart), for the agent's RSS and CPU.
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,6 +42,11 @@
 #include "envoy/extensions/filters/http/router/v3/router.pb.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "sluice/config/store.h"
+#include "sluice/kernelsync/kernel_sync.h"
+#include "sluice/loader/dataplane.h"
+#include "sluice/loader/system.h"
+#include "sluice/proxy/config.h"
+#include "sluice/proxy/dns.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/ads_server.h"
 #include "sluice/xds/node.h"
@@ -45,6 +63,9 @@ std::string Host(int i) {
 }
 int PortOf(int i) {
   return 8000 + i % kPorts;
+}
+std::string Vip(int i) {
+  return fmt::format("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
 }
 std::string ClusterOf(int i) {
   return "outbound|" + std::to_string(PortOf(i)) + "||" + Host(i);
@@ -110,13 +131,18 @@ sx::ResourceSet Build(int services, int endpoints) {
     vh->add_domains(Host(i));
     vh->add_domains(Host(i) + ":" + std::to_string(PortOf(i)));
     vh->add_domains("svc-" + std::to_string(i));
+    vh->add_domains(Vip(i));
+    vh->add_domains(Vip(i) + ":" + std::to_string(PortOf(i)));
     auto* route = vh->add_routes();
     route->mutable_match()->set_prefix("/");
     auto* ra = route->mutable_route();
     ra->set_cluster(ClusterOf(i));
     ra->mutable_timeout()->set_seconds(0);
-    ra->mutable_retry_policy()->set_retry_on("connect-failure,refused-stream,unavailable");
+    // istiod's default policy: the kernel serves such a service.
+    ra->mutable_retry_policy()->set_retry_on(
+        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes");
     ra->mutable_retry_policy()->mutable_num_retries()->set_value(2);
+    ra->mutable_retry_policy()->add_retriable_status_codes(503);
   }
   return rs;
 }
@@ -127,22 +153,40 @@ long PeakRssKb() {
   return ru.ru_maxrss;
 }
 
+long RssKb() {
+  long pages = 0, resident = 0;
+  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+    if (std::fscanf(f, "%ld %ld", &pages, &resident) != 2)
+      resident = 0;
+    std::fclose(f);
+  }
+  return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+double CpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
 double Ms(Clock::duration d) {
   return std::chrono::duration<double, std::milli>(d).count();
 }
 
-// Child: serve the set; on each byte from `cmd`, change one endpoint and push; on EOF,
-// report peak RSS and exit.
+// The control plane (child process): serves the set; 'p' prepares the next update (one
+// endpoint's port changes) and answers, 'u' pushes it, 'c' + 8 bytes (seconds, rate)
+// runs a churn of that many changes per second, each pushed on its own, and answers when
+// done; EOF ends it. Every push carries a hint naming the changed ClusterLoadAssignment,
+// as istiod's EDS pushes name what changed (PushRequest.ConfigsUpdated).
 [[noreturn]] void Serve(int services, int endpoints, int cmd, int ready) {
   auto t0 = Clock::now();
-  std::shared_ptr<const sx::ResourceSet> current =
-      std::make_shared<const sx::ResourceSet>(Build(services, endpoints));
+  auto current = std::make_shared<sx::ResourceSet>(Build(services, endpoints));
   double build_ms = Ms(Clock::now() - t0);
   std::mutex mu;
-  // The set is immutable once served: an update builds the next one and pushes it.
   sx::AdsServer server(sx::AdsServer::SharedResourceFn([&](const envoy::config::core::v3::Node&) {
     std::lock_guard lock(mu);
-    return current;
+    return std::shared_ptr<const sx::ResourceSet>(current);
   }));
   auto port = server.Start({.address = "127.0.0.1:0"});
   if (!port) {
@@ -152,61 +196,358 @@ double Ms(Clock::duration d) {
   int p = *port;
   if (write(ready, &p, sizeof p) != sizeof p)
     _exit(1);
-  char c;
-  int salt = 0;
+  int salt = 0, changes = 0, copies = 0;
   double copy_ms = 0;
-  // The next set is prepared on 'p' and pushed on 'u', so the measured latency is
-  // Push -> client applied; the control plane's copy-on-write is reported on its own.
-  auto prepare = [&] {
-    auto c0 = Clock::now();
-    auto next = std::make_shared<sx::ResourceSet>(*current);
-    copy_ms += Ms(Clock::now() - c0);
-    next->endpoints.at(ClusterOf(salt % services))
+  // One endpoint's port changes. A set a stream still holds is never written: the change
+  // copies it then (copy on write); when no stream holds it -- the usual case once the
+  // previous push went out -- it is changed in place.
+  auto change = [&] {
+    std::lock_guard lock(mu);
+    if (current.use_count() > 1) {
+      auto c0 = Clock::now();
+      current = std::make_shared<sx::ResourceSet>(*current);
+      copy_ms += Ms(Clock::now() - c0);
+      ++copies;
+    }
+    const std::string name = ClusterOf(salt % services);
+    current->endpoints.at(name)
         .mutable_endpoints(0)
         ->mutable_lb_endpoints(0)
         ->mutable_endpoint()
         ->mutable_address()
         ->mutable_socket_address()
-        ->set_port_value(static_cast<uint32_t>(9001 + salt));
+        ->set_port_value(static_cast<uint32_t>(9001 + salt % 50000));
     ++salt;
-    return next;
+    ++changes;
+    return name;
   };
-  std::shared_ptr<sx::ResourceSet> next;
+  auto push = [&](const std::string& name) {
+    sx::PushHint hint;
+    hint.Add(sx::kEndpointType, name);
+    server.Push(hint);
+  };
+  std::string next;
+  char c;
   while (read(cmd, &c, 1) == 1) {
     if (c == 'p') {  // prepare, then tell the parent to start its clock
-      next = prepare();
+      next = change();
       if (write(ready, &c, 1) != 1)
         _exit(1);
-      continue;
+    } else if (c == 'u') {
+      push(next);
+    } else if (c == 'c') {
+      int args[2];
+      if (read(cmd, args, sizeof args) != sizeof args)
+        _exit(1);
+      const auto period = std::chrono::microseconds(1'000'000 / std::max(1, args[1]));
+      const auto end = Clock::now() + std::chrono::seconds(args[0]);
+      auto due = Clock::now();
+      int late = 0;
+      while (Clock::now() < end) {
+        push(change());
+        due += period;
+        if (Clock::now() > due)
+          ++late;
+        else
+          std::this_thread::sleep_until(due);
+      }
+      if (write(ready, &late, sizeof late) != sizeof late)
+        _exit(1);
     }
-    {
-      std::lock_guard lock(mu);
-      current = std::move(next);
-    }
-    server.Push();
   }
   server.Stop();
   std::printf(
-      "server: build %.0f ms, copy of the set per update (not in the latency) %.0f ms, peak RSS "
-      "%ld MiB\n",
-      build_ms, salt ? copy_ms / salt : 0.0, PeakRssKb() / 1024);
+      "server: build %.0f ms; %d changes, %d of them copied the set (a stream still held it; "
+      "%.0f ms per copy); peak RSS %ld MiB\n",
+      build_ms, changes, copies, copies ? copy_ms / copies : 0.0, PeakRssKb() / 1024);
   std::fflush(stdout);
   _exit(0);
+}
+
+// The agent's config path after the store: the kernel (KernelSync on a Dataplane of its
+// own) and the L7 compile. Absent without --pipeline.
+class Pipeline {
+ public:
+  ~Pipeline() {
+    dp_.reset();
+    if (!pin_root_.empty())
+      (void)sluice::Dataplane::Cleanup(pin_root_);
+    if (!cgroup_.empty())
+      rmdir(cgroup_.c_str());
+  }
+
+  // Without L7: the node agent's own process (its L7 process compiles apart).
+  void DisableL7() { l7_enabled_ = false; }
+
+  sluice::Result<void> Open(int run) {
+    auto cg = sluice::FindCgroup2Mount();
+    SLUICE_RETURN_IF_ERROR(cg);
+    const std::string tag =
+        "sluice-xds-bench-" + std::to_string(getpid()) + "-" + std::to_string(run);
+    cgroup_ = *cg + "/" + tag;
+    if (mkdir(cgroup_.c_str(), 0755) != 0)
+      return sluice::FailErrno("creating " + cgroup_, errno);
+    pin_root_ = "/sys/fs/bpf/" + tag;
+    sluice::DataplaneOptions o;
+    o.pin_root = pin_root_;
+    o.cgroup_path = cgroup_;
+    o.reclaim_in_background = true;  // as the agent runs it
+    auto dp = sluice::Dataplane::Open(o);
+    SLUICE_RETURN_IF_ERROR(dp);
+    dp_ = std::move(*dp);
+    sync_ = std::make_unique<sluice::kernelsync::KernelSync>(*dp_);
+    return {};
+  }
+
+  struct Times {
+    double kernel_ms = 0, l7_ms = 0;
+    size_t kernel_services = 0, l7_clusters = 0;
+    sluice::kernelsync::SyncStats sync;
+  };
+  // On the store's thread, as the agent's ConfigFanout runs.
+  Times Apply(const sluice::config::SnapshotPtr& s, const sluice::config::Diff& d) {
+    Times t;
+    auto k0 = Clock::now();
+    if (auto r = sync_->OnSnapshot(*s, &d); !r)
+      std::fprintf(stderr, "kernel sync: %s\n", r.error().message.c_str());
+    auto k1 = Clock::now();
+    if (l7_enabled_) {
+      auto cfg = sluice::proxy::Compile(s->ToResourceSet(), &dns_);
+      if (!cfg)
+        std::fprintf(stderr, "L7 compile: %s\n", cfg.error().message.c_str());
+      else
+        l7_ = *cfg;
+    }
+    auto k2 = Clock::now();
+    t.kernel_ms = Ms(k1 - k0);
+    t.l7_ms = Ms(k2 - k1);
+    t.kernel_services = sync_->applied().services.size();
+    t.sync = sync_->last_sync();
+    t.l7_clusters = l7_ ? l7_->clusters.size() : 0;
+    return t;
+  }
+
+ private:
+  std::string cgroup_, pin_root_;
+  std::unique_ptr<sluice::Dataplane> dp_;
+  std::unique_ptr<sluice::kernelsync::KernelSync> sync_;
+  sluice::proxy::DnsCache dns_;
+  std::shared_ptr<const sluice::proxy::ProxyConfig> l7_;
+  bool l7_enabled_ = true;
+};
+
+struct Percentiles {
+  std::vector<double> v;
+  double at(double p) {
+    if (v.empty())
+      return 0;
+    std::sort(v.begin(), v.end());
+    return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1))];
+  }
+};
+
+struct Options {
+  int services, endpoints, updates, churn_s, rate;
+  bool pipeline, with_l7;
+  int port, cmd, ready;
+};
+
+// One client (protocol `protocol`) against the running server: initial sync, one-endpoint
+// updates, then the churn; prints its figures.
+int RunClient(sx::XdsProtocol protocol, const Options& o) {
+  static int run = 0;
+  Pipeline pipe_line;
+  if (!o.with_l7)
+    pipe_line.DisableL7();
+  if (o.pipeline) {
+    if (auto r = pipe_line.Open(run++); !r) {
+      std::fprintf(stderr, "--pipeline: %s\n", r.error().message.c_str());
+      return 1;
+    }
+  }
+  const long rss_base = RssKb();
+  sluice::config::ConfigStore store;
+  std::mutex mu;
+  std::condition_variable cv;
+  uint64_t published = 0;
+  Clock::time_point last_store, last_live;
+  Pipeline::Times last_times;
+  store.Subscribe([&](const sluice::config::SnapshotPtr& s, const sluice::config::Diff& d) {
+    auto stored = Clock::now();
+    Pipeline::Times t;
+    if (o.pipeline)
+      t = pipe_line.Apply(s, d);
+    std::lock_guard lock(mu);
+    ++published;
+    last_store = stored;
+    last_live = Clock::now();
+    last_times = t;
+    cv.notify_all();
+  });
+  sx::AdsClientOptions opts;
+  opts.server = "127.0.0.1:" + std::to_string(o.port);
+  opts.protocol = protocol;
+  sx::NodeIdentity id;
+  id.ips = {"10.244.0.9"};
+  id.pod_name = "bench-0";
+  opts.node = sx::BuildNode(id);
+
+  auto t0 = Clock::now();
+  sx::AdsClient client(opts, store);
+  if (!client.Start())
+    return 1;
+  {
+    std::unique_lock lock(mu);
+    bool synced = cv.wait_for(lock, std::chrono::minutes(5), [&] {
+      auto s = store.Current();
+      return s->clusters.size() == static_cast<size_t>(o.services) &&
+             s->endpoints.size() == static_cast<size_t>(o.services) &&
+             s->listeners.size() == kPorts && s->routes.size() == kPorts;
+    });
+    if (!synced) {
+      std::fprintf(stderr, "the initial sync did not complete\n");
+      return 1;
+    }
+  }
+  const double sync_ms = Ms(last_live - t0);
+  const long rss_after_sync = RssKb();
+  const Pipeline::Times sync_times = last_times;
+
+  Percentiles to_store, to_live, kernel, l7;
+  for (int u = 0; u < o.updates; ++u) {
+    uint64_t before;
+    {
+      std::lock_guard lock(mu);
+      before = published;
+    }
+    char ack;
+    if (write(o.cmd, "p", 1) != 1 || read(o.ready, &ack, 1) != 1)
+      return 1;
+    auto start = Clock::now();
+    if (write(o.cmd, "u", 1) != 1)
+      return 1;
+    std::unique_lock lock(mu);
+    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return published > before; })) {
+      std::fprintf(stderr, "update %d did not arrive\n", u);
+      return 1;
+    }
+    to_store.v.push_back(Ms(last_store - start));
+    to_live.v.push_back(Ms(last_live - start));
+    kernel.v.push_back(last_times.kernel_ms);
+    l7.v.push_back(last_times.l7_ms);
+    if (o.pipeline && std::getenv("XDS_BENCH_DEBUG")) {
+      std::fprintf(stderr, "update %d: kernel %.2f ms (%s, %zu decided, %zu written)\n", u,
+                   last_times.kernel_ms, last_times.sync.incremental ? "incremental" : "whole",
+                   last_times.sync.replanned, last_times.sync.upserts);
+    }
+  }
+
+  const auto st = client.Status();
+  std::printf("== %s (the client's stream: %s)\n", std::string(sx::XdsProtocolName(protocol)).c_str(),
+              st.protocol.c_str());
+  std::printf("services %d, endpoints %d, route configs %d%s\n", o.services, o.endpoints, kPorts,
+              !o.pipeline ? "" : o.with_l7 ? ", pipeline: kernel + L7" : ", pipeline: kernel");
+  std::printf("initial sync (client start -> all %s) %.0f ms\n", o.pipeline ? "live" : "applied",
+              sync_ms);
+  if (o.pipeline) {
+    std::printf("  kernel services %zu, L7 clusters %zu\n", sync_times.kernel_services,
+                sync_times.l7_clusters);
+  }
+  std::printf(
+      "one-endpoint update, Push -> store: median %.1f ms, p99 %.1f ms, max %.1f ms (%zu)\n",
+      to_store.at(0.5), to_store.at(0.99), to_store.at(1.0), to_store.v.size());
+  if (o.pipeline) {
+    std::printf("one-endpoint update, Push -> live (%s): median %.1f ms, p99 %.1f ms, max %.1f ms\n",
+                o.with_l7 ? "kernel + L7" : "kernel", to_live.at(0.5), to_live.at(0.99),
+                to_live.at(1.0));
+    std::printf("  of which kernel sync: median %.2f ms; L7 compile: median %.2f ms\n",
+                kernel.at(0.5), l7.at(0.5));
+  }
+  std::printf("client RSS: %ld MiB after sync (%ld MiB of it this run's)\n", rss_after_sync / 1024,
+              (rss_after_sync - rss_base) / 1024);
+
+  if (o.churn_s > 0) {
+    uint64_t before;
+    {
+      std::lock_guard lock(mu);
+      before = published;
+    }
+    const long rss0 = RssKb();
+    const double cpu0 = CpuSeconds();
+    const auto w0 = Clock::now();
+    char c = 'c';
+    int args[2] = {o.churn_s, o.rate};
+    int late = 0;
+    if (write(o.cmd, &c, 1) != 1 || write(o.cmd, args, sizeof args) != sizeof args ||
+        read(o.ready, &late, sizeof late) != sizeof late)
+      return 1;
+    const long rss_mid = RssKb();
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the last changes land
+    const double wall = std::chrono::duration<double>(Clock::now() - w0).count();
+    const double cpu = CpuSeconds() - cpu0;
+    uint64_t applied;
+    {
+      std::lock_guard lock(mu);
+      applied = published - before;
+    }
+    std::printf(
+        "churn: %d s at %d changes/s (%d pushed late): %lu snapshots applied, client CPU %.1f%% of "
+        "one core, RSS %ld MiB before, %ld MiB at the end\n",
+        o.churn_s, o.rate, late, static_cast<unsigned long>(applied), 100.0 * cpu / wall,
+        rss0 / 1024, rss_mid / 1024);
+  }
+  client.Stop();
+  std::fflush(stdout);
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int services = 10000, endpoints = 50000, updates = 20;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  int services = 10000, endpoints = 50000, updates = 20, churn_s = 0, rate = 200;
+  bool pipeline = false, with_l7 = true;
+  std::vector<sx::XdsProtocol> protocols = {sx::XdsProtocol::kSotw, sx::XdsProtocol::kDelta};
+  for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    int v = std::atoi(argv[i + 1]);
+    if (a == "--pipeline") {
+      pipeline = true;
+      continue;
+    }
+    if (a == "--no-l7") {
+      with_l7 = false;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s needs a value\n", a.c_str());
+      return 2;
+    }
+    if (a == "--protocol") {
+      std::string v = argv[++i];
+      if (v == "both")
+        continue;
+      auto proto = sx::ParseXdsProtocol(v);
+      if (!proto) {
+        std::fprintf(stderr, "--protocol: %s\n", proto.error().message.c_str());
+        return 2;
+      }
+      protocols = {*proto};
+      continue;
+    }
+    int v = std::atoi(argv[++i]);
     if (a == "--services")
       services = v;
     else if (a == "--endpoints")
       endpoints = v;
     else if (a == "--updates")
       updates = v;
+    else if (a == "--churn")
+      churn_s = v;
+    else if (a == "--rate")
+      rate = v;
+    else {
+      std::fprintf(stderr, "unknown option %s\n", a.c_str());
+      return 2;
+    }
   }
   spdlog::set_level(std::getenv("XDS_BENCH_DEBUG") ? spdlog::level::debug : spdlog::level::warn);
   int cmd[2], ready[2];
@@ -224,94 +565,13 @@ int main(int argc, char** argv) {
   if (read(ready[0], &port, sizeof port) != sizeof port)
     return 1;
 
-  sluice::config::ConfigStore store;
-  std::mutex mu;
-  std::condition_variable cv;
-  uint64_t published = 0;
-  size_t eps = 0;
-  Clock::time_point last_publish;
-  store.Subscribe([&](const sluice::config::SnapshotPtr& s, const sluice::config::Diff&) {
-    std::lock_guard lock(mu);
-    ++published;
-    eps = 0;
-    for (const auto& [_, cla] : s->endpoints) {
-      for (const auto& loc : cla->endpoints())
-        eps += loc.lb_endpoints_size();
-    }
-    last_publish = Clock::now();
-    cv.notify_all();
-  });
-  sx::AdsClientOptions opts;
-  opts.server = "127.0.0.1:" + std::to_string(port);
-  sx::NodeIdentity id;
-  id.ips = {"10.244.0.9"};
-  id.pod_name = "bench-0";
-  opts.node = sx::BuildNode(id);
-
-  auto t0 = Clock::now();
-  sx::AdsClient client(opts, store);
-  if (!client.Start())
-    return 1;
-  {
-    std::unique_lock lock(mu);
-    cv.wait_for(lock, std::chrono::minutes(5), [&] {
-      auto s = store.Current();
-      return s->clusters.size() == static_cast<size_t>(services) && s->listeners.size() == kPorts &&
-             eps == static_cast<size_t>(endpoints);
-    });
+  for (auto protocol : protocols) {
+    Options o{services, endpoints, updates, churn_s, rate, pipeline, with_l7, port, cmd[1], ready[0]};
+    if (int rc = RunClient(protocol, o); rc != 0)
+      return rc;
   }
-  double sync_ms = Ms(last_publish - t0);
-  long rss_after_sync = PeakRssKb();
-
-  // The client-side apply alone: the same snapshot applied to a fresh store
-  // (whole-set validation + diff against empty), and an endpoint-only change to it.
-  auto snap = store.Current();
-  sluice::config::ConfigStore fresh;
-  auto a0 = Clock::now();
-  auto ok = fresh.Apply(*snap);
-  double apply_ms = Ms(Clock::now() - a0);
-  if (!ok) {
-    std::fprintf(stderr, "apply failed: %s\n", ok.error().message.c_str());
-    return 1;
-  }
-
-  std::vector<double> lat;
-  for (int u = 0; u < updates; ++u) {
-    uint64_t before;
-    {
-      std::lock_guard lock(mu);
-      before = published;
-    }
-    char ack;
-    if (write(cmd[1], "p", 1) != 1 || read(ready[0], &ack, 1) != 1)
-      return 1;
-    auto start = Clock::now();
-    if (write(cmd[1], "u", 1) != 1)
-      return 1;
-    std::unique_lock lock(mu);
-    if (!cv.wait_for(lock, std::chrono::seconds(30), [&] { return published > before; })) {
-      std::fprintf(stderr, "update %d did not arrive\n", u);
-      return 1;
-    }
-    lat.push_back(Ms(last_publish - start));
-  }
-  client.Stop();
   close(cmd[1]);
   int status = 0;
   waitpid(child, &status, 0);
-
-  std::sort(lat.begin(), lat.end());
-  auto pct = [&](double p) {
-    return lat.empty() ? 0.0 : lat[static_cast<size_t>(p * (lat.size() - 1))];
-  };
-  std::printf("services %d, endpoints %d, route configs %d\n", services, endpoints, kPorts);
-  std::printf("client: initial sync (start -> all applied) %.0f ms\n", sync_ms);
-  std::printf("client: ConfigStore::Apply of the whole set %.0f ms\n", apply_ms);
-  std::printf(
-      "client: one-endpoint update, Push -> applied: median %.1f ms, p90 %.1f ms, max %.1f ms (%zu "
-      "updates)\n",
-      pct(0.5), pct(0.9), lat.empty() ? 0.0 : lat.back(), lat.size());
-  std::printf("client: peak RSS after sync %ld MiB, at end %ld MiB\n", rss_after_sync / 1024,
-              PeakRssKb() / 1024);
   return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
 }

@@ -254,6 +254,7 @@ DataplaneOptions Lab::options() const {
   o.sizes.endpoints = 1024;
   o.sizes.enrolled_netns = 64;
   o.kernel_fallbacks = fallbacks_;
+  o.reclaim_in_background = reclaim_in_background_;
   return o;
 }
 

@@ -82,6 +82,9 @@ class Lab {
   Dataplane& dp();
   // Kernel features the data plane is to do without (set before dp() is first used).
   void ForceFallbacks(std::set<KernelFeature> f) { fallbacks_ = std::move(f); }
+  // Replaced revisions freed by the data plane's own thread, as the agent runs it (set
+  // before dp() is first used).
+  void ReclaimInBackground(bool on) { reclaim_in_background_ = on; }
   // Drops this process's handle to the data plane (the pins stay, like a killed agent).
   void CloseDataplane() { dp_.reset(); }
   DataplaneOptions options() const;
@@ -109,6 +112,7 @@ class Lab {
   std::vector<std::unique_ptr<Process>> servers_;
   std::unique_ptr<Dataplane> dp_;
   std::set<KernelFeature> fallbacks_;
+  bool reclaim_in_background_ = false;
   int next_link_ = 0;
 };
 

@@ -3,6 +3,7 @@
 
 #include "fixtures.h"
 #include "lab.h"
+#include "sluice/config/store.h"
 
 using namespace sluice;
 using namespace sluice::test;
@@ -103,7 +104,7 @@ TEST_CASE("views: a service views route differently goes to the proxy, endpoints
   auto other = WebSnapshot(0, 100, 1);
   REQUIRE(sync.OnView("team-b", &other));
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 3), "errors", "ECONNREFUSED") == 3);
-  CHECK_THAT(sync.applied().l7_reasons.back(),
+  CHECK_THAT(sync.applied().l7_reasons.begin()->second,
              Catch::Contains("routed differently in view team-b"));
   // The views agree again: back in the kernel.
   auto agreed = WebSnapshot(100, 0, 1);
@@ -114,7 +115,7 @@ TEST_CASE("views: a service views route differently goes to the proxy, endpoints
   auto mirrored = WebSnapshot(100, 0, 1, true);
   REQUIRE(sync.OnView("team-b", &mirrored));
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 3), "errors", "ECONNREFUSED") == 3);
-  CHECK_THAT(sync.applied().l7_reasons.back(), Catch::Contains("view team-b"));
+  CHECK_THAT(sync.applied().l7_reasons.begin()->second, Catch::Contains("view team-b"));
   // The view goes (its last pod left): back in the kernel.
   REQUIRE(sync.OnView("team-b", nullptr));
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
@@ -126,4 +127,43 @@ TEST_CASE("views: a service views route differently goes to the proxy, endpoints
   CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
   REQUIRE(sync.OnView("team-a", nullptr));
   CHECK(lab.dp().Services()->empty());
+}
+
+TEST_CASE("an endpoint update reaches the kernel for its service alone") {
+  Lab lab;
+  lab.AddClientAndServers();
+  lab.Enrol("client");
+  kernelsync::KernelSync sync(lab.dp());
+  config::ConfigStore store;
+  store.Subscribe([&](const config::SnapshotPtr& s, const config::Diff& d) {
+    REQUIRE(sync.OnSnapshot(*s, &d));
+  });
+  REQUIRE(store.Apply(WebSnapshot(100, 0, 0)));
+  CHECK_FALSE(sync.last_sync().incremental);  // the first one is planned whole
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "a") == 10);
+
+  // v1's one endpoint moves to server b: only the service reading v1 is decided again
+  // and written, and connections follow at once.
+  config::SnapshotEdit e;
+  e.endpoints[kV1] = std::make_shared<const ClusterLoadAssignment>(
+      FromJson<ClusterLoadAssignment>(Cla(kV1, {"10.211.0.3:8080"})));
+  REQUIRE(store.Edit(std::move(e)));
+  CHECK(sync.last_sync().incremental);
+  CHECK(sync.last_sync().replanned == 1);
+  CHECK(sync.last_sync().upserts == 1);
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 10), "by_server", "b") == 10);
+  CHECK(sync.applied_generation() == 2);
+
+  // Endpoints of a cluster no kernel service reads: nothing decided, nothing written.
+  config::SnapshotEdit e2;
+  e2.endpoints[kV2] = std::make_shared<const ClusterLoadAssignment>(
+      FromJson<ClusterLoadAssignment>(Cla(kV2, {"10.211.0.2:8080"})));
+  REQUIRE(store.Edit(std::move(e2)));
+  CHECK(sync.last_sync().incremental);
+  CHECK(sync.last_sync().upserts == 0);  // weight 0: v2 is not among its clusters
+
+  // A route change (a mirror) is planned whole: the service goes to the proxy.
+  REQUIRE(store.Apply(WebSnapshot(100, 0, 0, true, "10.211.0.3:8080")));
+  CHECK_FALSE(sync.last_sync().incremental);
+  CHECK(Count(lab.Connect("client", "10.96.211.70:80", 3), "errors", "ECONNREFUSED") == 3);
 }

@@ -153,7 +153,7 @@ TEST_CASE("TCP: the most specific prefix wins, and a range makes the port the pr
   CHECK(range->redirect_to_proxy);
   CHECK(range->l7_reason == L7Reason::kCidr);
   REQUIRE(plan.l7_reasons.size() == 1);
-  CHECK(plan.l7_reasons[0] == "0.0.0.0_3306: destinations in the range 10.96.0.0/24");
+  CHECK(plan.l7_reasons.at("0.0.0.0_3306") == "destinations in the range 10.96.0.0/24");
 }
 
 TEST_CASE("TCP: a listener on the exact address wins over a wildcard chain for it") {

@@ -98,7 +98,7 @@ TEST_CASE("what needs a request read sends the service to the in-pod proxy, with
     CHECK(plan.services[0].redirect_to_proxy);
     CHECK(plan.services[0].vips[0].ToString() == "10.96.0.50");
     REQUIRE(plan.l7_reasons.size() == 1);
-    CHECK_THAT(plan.l7_reasons[0], Catch::Contains(c.reason));
+    CHECK_THAT(plan.l7_reasons.begin()->second, Catch::Contains(c.reason));
   }
   // Istio's implicit default retry policy alone keeps the service in the kernel.
   auto plain = MustPlan(Hello(to_v1 + "," + kDefaultRetry + "}"));
@@ -159,7 +159,7 @@ TEST_CASE("a cluster the kernel cannot resolve sends its service to the proxy") 
   auto plan = MustPlan(rs);
   REQUIRE(plan.services.size() == 1);
   CHECK(plan.services[0].redirect_to_proxy);
-  CHECK_THAT(plan.l7_reasons[0], Catch::Contains("STRICT_DNS"));
+  CHECK_THAT(plan.l7_reasons.at(plan.services[0].name), Catch::Contains("STRICT_DNS"));
 }
 
 TEST_CASE("long names are shortened to the kernel's 63 bytes, stably and distinctly") {

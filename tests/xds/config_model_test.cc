@@ -1,5 +1,10 @@
 // The config model: whole-snapshot validation with messages naming resource and field,
 // snapshots that stay in force when a candidate is refused, and per-type diffs.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <random>
+
 #include <catch2/catch.hpp>
 
 #include "fixtures.h"
@@ -341,4 +346,51 @@ TEST_CASE("ConfigStore::Edit applies a change at the cost of the change, with th
     CHECK(d.error().message ==
           "endpoints \"" + kCluster + "\": both updated and removed in one change");
   }
+}
+
+TEST_CASE("Resources behaves as an ordered map, and copies share every chunk not written") {
+  using R = config::Resources<std::string>;
+  std::map<std::string, std::shared_ptr<const std::string>> model;
+  R r;
+  std::mt19937 rng(7);
+  auto key = [&] { return fmt::format("k{:05}", rng() % 3000); };
+  for (int i = 0; i < 20000; ++i) {
+    const std::string k = key();
+    switch (rng() % 4) {
+      case 0:
+      case 1: {
+        auto v = std::make_shared<const std::string>(std::to_string(i));
+        CHECK(r.insert_or_assign(k, v) == !model.contains(k));
+        model.insert_or_assign(k, v);
+        break;
+      }
+      case 2:
+        CHECK(r.erase(k) == model.erase(k));
+        break;
+      case 3:
+        CHECK(r.contains(k) == model.contains(k));
+        if (model.contains(k))
+          CHECK(r.at(k) == model.at(k));
+        break;
+    }
+  }
+  REQUIRE(r.size() == model.size());
+  CHECK(r.ToMap() == model);  // every entry, in order
+  CHECK(std::ranges::equal(r, model));
+  CHECK_THROWS_AS(r.at("absent"), std::out_of_range);
+
+  // A copy shares everything; one write copies one chunk, and the original stays.
+  R copy = r;
+  REQUIRE(r.Chunks() > 10);
+  CHECK(copy.SharedChunks(r) == r.Chunks());
+  const std::string some = r.begin()->first;
+  copy.insert_or_assign(some, std::make_shared<const std::string>("new"));
+  CHECK(copy.SharedChunks(r) == r.Chunks() - 1);
+  CHECK(*copy.at(some) == "new");
+  CHECK(r.at(some) == model.at(some));
+  copy[some] = std::make_shared<const std::string>("newer");
+  CHECK(*copy.at(some) == "newer");
+  CHECK(copy.EraseIf([](const auto& kv) { return kv.first < "k01000"; }) > 0);
+  CHECK(copy.begin()->first >= "k01000");
+  CHECK(r.ToMap() == model);
 }

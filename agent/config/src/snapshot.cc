@@ -10,24 +10,25 @@ namespace sluice::config {
 namespace {
 
 template <class T>
-ResourceMap<T> Share(const std::map<std::string, T>& in) {
+Resources<T> Share(const std::map<std::string, T>& in) {
   ResourceMap<T> out;
   for (const auto& [name, r] : in)
-    out.emplace(name, std::make_shared<const T>(r));
-  return out;
+    out.emplace_hint(out.end(), name, std::make_shared<const T>(r));
+  return Resources<T>(std::move(out));
 }
 
 template <class T>
-std::map<std::string, T> Unshare(const ResourceMap<T>& in) {
+std::map<std::string, T> Unshare(const Resources<T>& in) {
   std::map<std::string, T> out;
   for (const auto& [name, r] : in)
-    out.emplace(name, *r);
+    out.emplace_hint(out.end(), name, *r);
   return out;
 }
 
 template <class T>
-TypeDiff DiffMaps(const ResourceMap<T>& before, ResourceMap<T>& after, bool adopt) {
+TypeDiff DiffMaps(const Resources<T>& before, Resources<T>& after, bool adopt) {
   TypeDiff d;
+  std::vector<std::pair<std::string, std::shared_ptr<const T>>> adopted;
   auto b = before.begin();
   auto a = after.begin();
   while (b != before.end() || a != after.end()) {
@@ -43,19 +44,22 @@ TypeDiff DiffMaps(const ResourceMap<T>& before, ResourceMap<T>& after, bool adop
         if (CanonicalBytes(*a->second) != CanonicalBytes(*b->second)) {
           d.changed.push_back(a->first);
         } else if (adopt) {
-          a->second = b->second;
+          adopted.emplace_back(a->first, b->second);
         }
       }
       ++a;
       ++b;
     }
   }
+  // After the walk: replacing an entry may copy its chunk under the iterators.
+  for (auto& [name, r] : adopted)
+    after.insert_or_assign(name, std::move(r));
   return d;
 }
 
 // One type of an edit: puts then removals, into `m` (a copy of the snapshot's map).
 template <class T>
-Result<TypeDiff> EditMap(std::string_view kind, ResourceMap<T>& m, ResourceMap<T>&& puts,
+Result<TypeDiff> EditMap(std::string_view kind, Resources<T>& m, ResourceMap<T>&& puts,
                          const std::vector<std::string>& removes) {
   TypeDiff d;
   for (const auto& name : removes) {
@@ -70,10 +74,10 @@ Result<TypeDiff> EditMap(std::string_view kind, ResourceMap<T>& m, ResourceMap<T
     auto it = m.find(name);
     if (it == m.end()) {
       d.added.push_back(name);
-      m.emplace(name, std::move(r));
+      m.insert_or_assign(name, std::move(r));
     } else if (it->second != r && CanonicalBytes(*it->second) != CanonicalBytes(*r)) {
       d.changed.push_back(name);
-      it->second = std::move(r);
+      m.insert_or_assign(name, std::move(r));
     }
   }
   std::ranges::sort(d.added);
@@ -125,7 +129,7 @@ Result<std::pair<Snapshot, Diff>> ApplyEdit(const Snapshot& before, SnapshotEdit
   std::pair<Snapshot, Diff> out;
   Snapshot& after = out.first;
   Diff& diff = out.second;
-  // A Snapshot owns its maps, so each is copied: pointers only, no resource is touched.
+  // The maps share their chunks with `before`'s; the edit copies the chunks it writes.
   after = before;
   auto type = [](auto& m, auto&& puts, const auto& removes, std::string_view kind,
                  TypeDiff& d) -> Result<void> {

@@ -1,6 +1,7 @@
 #include "sluice/config/store.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "sluice/config/validate.h"
 
@@ -37,7 +38,10 @@ Result<Diff> ConfigStore::Edit(SnapshotEdit edit) {
 Result<Diff> ConfigStore::Publish(const SnapshotPtr& before, Snapshot next, Diff diff) {
   if (diff.empty())
     return diff;
+  static std::atomic<uint64_t> next_id{1};
   next.generation = before->generation + 1;
+  next.id = next_id.fetch_add(1, std::memory_order_relaxed);
+  diff.base = before->id;
   auto after = std::make_shared<const Snapshot>(std::move(next));
   {
     std::lock_guard lock(current_mu_);

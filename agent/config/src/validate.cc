@@ -517,9 +517,9 @@ Acceptance Refusal(const FieldResult& r) {
 
 // `base` (may be null) holds resources already validated: the same object under the
 // same key is not checked again.
-template <class T, class F>
-Result<void> CheckMap(std::string_view kind, const ResourceMap<T>& m, const ResourceMap<T>* base,
-                      F name_of, Result<void> (*check)(const T&)) {
+template <class M, class T, class F>
+Result<void> CheckMap(std::string_view kind, const M& m, const M* base, F name_of,
+                      Result<void> (*check)(const T&)) {
   for (const auto& [key, res] : m) {
     if (!res)
       return Fail(fmt::format("{} \"{}\": missing resource", kind, key));
@@ -690,9 +690,9 @@ bool EdsNameUsed(const Snapshot& s, const std::string& svc) {
                              [&](const auto& kv) { return EdsServiceName(*kv.second) == svc; });
 }
 
-template <class T, class F>
-Result<void> CheckNames(std::string_view kind, const ResourceMap<T>& m, const TypeDiff& d,
-                        F name_of, Result<void> (*check)(const T&)) {
+template <class M, class T, class F>
+Result<void> CheckNames(std::string_view kind, const M& m, const TypeDiff& d, F name_of,
+                        Result<void> (*check)(const T&)) {
   for (const auto* names : {&d.added, &d.changed}) {
     for (const auto& key : *names) {
       auto it = m.find(key);

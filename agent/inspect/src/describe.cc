@@ -168,10 +168,8 @@ std::string DataPaths(const Config& config, const Registry& registry, const Regi
                          port.port);
     } else if (found->redirect_to_proxy) {
       std::string why(L7ReasonName(found->l7_reason));
-      for (const auto& r : plan->l7_reasons) {
-        if (r.starts_with(found->name + ": "))
-          why = r.substr(found->name.size() + 2);
-      }
+      if (auto r = plan->l7_reasons.find(found->name); r != plan->l7_reasons.end())
+        why = r->second;
       out += fmt::format("   Data path, port {}: the in-pod L7 proxy ({})\n", port.port, why);
     } else {
       std::vector<std::string> clusters;

@@ -282,7 +282,28 @@ struct Decision {
   L7Reason reason = L7Reason::kUnspecified;
   std::string why;    // empty: the kernel serves it
   bool skip = false;  // nothing to plan (passthrough, or a chain that does nothing)
+  // What it read of the clusters (ServiceInputs).
+  std::vector<Destination> destinations;
+  bool resolvable = false;
+  std::set<std::string> read;  // every cluster consulted
 };
+
+// The decision made from destinations alone: the kernel serves them when each resolves.
+Decision FromDestinations(const config::Snapshot& s, std::vector<Destination> dests) {
+  Decision d;
+  auto clusters = Resolve(s, dests);
+  if (clusters) {
+    d.clusters = std::move(*clusters);
+  } else {
+    d.reason = L7Reason::kCluster;
+    d.why = clusters.error().message;
+  }
+  for (const auto& dest : dests)
+    d.read.insert(dest.cluster);
+  d.destinations = std::move(dests);
+  d.resolvable = true;
+  return d;
+}
 
 class Planner {
  public:
@@ -319,6 +340,13 @@ class Planner {
     for (auto& [name, spec] : by_name_) {
       SLUICE_RETURN_IF_ERROR_CTX(Validate(spec), "planning kernel services");
       plan_.services.push_back(std::move(spec));
+    }
+    for (const auto& [cluster, _] : plan_.services_by_cluster) {
+      auto it = s_.clusters.find(cluster);
+      if (it == s_.clusters.end())
+        continue;
+      if (const std::string& eds = config::EdsServiceName(*it->second); !eds.empty())
+        plan_.clusters_by_eds_name[eds].push_back(cluster);
     }
     return std::move(plan_);
   }
@@ -488,12 +516,22 @@ class Planner {
       return options.front();
     // Several chains possible: the choice is made on what the client sends (SNI, ALPN,
     // its address). The kernel can still serve it when every chain would route alike.
+    // Either way the decision compared them all, endpoints included: only a whole plan
+    // decides it again.
+    std::set<std::string> read;
+    for (const auto& o : options)
+      read.insert(o.read.begin(), o.read.end());
     const bool alike = std::all_of(options.begin(), options.end(), [&](const Decision& d) {
       return d.why.empty() && !d.skip && SameClusters(d.clusters, options.front().clusters);
     });
-    if (alike)
-      return options.front();
+    if (alike) {
+      Decision d = options.front();
+      d.resolvable = false;
+      d.read = std::move(read);
+      return d;
+    }
     Decision d;
+    d.read = std::move(read);
     bool by_source = false, by_bytes = false;
     for (std::size_t i : chosen) {
       const auto& m = matches[i];
@@ -521,14 +559,7 @@ class Planner {
         d.skip = true;
         return d;
       }
-      auto clusters = Resolve(s_, TcpDestinations(*a.tcp));
-      if (!clusters) {
-        d.reason = L7Reason::kCluster;
-        d.why = clusters.error().message;
-        return d;
-      }
-      d.clusters = std::move(*clusters);
-      return d;
+      return FromDestinations(s_, TcpDestinations(*a.tcp));
     }
     if (a.http && a.routes) {
       // The virtual host Envoy serves for this address: one naming it, else the only one.
@@ -562,14 +593,7 @@ class Planner {
       d.reason = L7Reason::kHttpRouting;
       return d;
     }
-    auto clusters = Resolve(s_, dests);
-    if (!clusters) {
-      d.reason = L7Reason::kCluster;
-      d.why = clusters.error().message;
-      return d;
-    }
-    d.clusters = std::move(*clusters);
-    return d;
+    return FromDestinations(s_, std::move(dests));
   }
 
   static bool SameClusters(const std::vector<ClusterSpec>& a, const std::vector<ClusterSpec>& b) {
@@ -588,12 +612,22 @@ class Planner {
     spec.name = KernelName(name);
     spec.vips = std::move(fresh);
     spec.port = port;
+    if (by_name_.contains(spec.name))
+      return;  // the first of a name wins
     if (d.why.empty()) {
       spec.clusters = std::move(d.clusters);
     } else {
       spec.redirect_to_proxy = true;
       spec.l7_reason = d.reason;
-      plan_.l7_reasons.push_back(spec.name + ": " + d.why);
+      plan_.l7_reasons.emplace(spec.name, std::move(d.why));
+    }
+    if (!d.read.empty()) {
+      ServiceInputs& in = plan_.inputs[spec.name];
+      in.resolvable = d.resolvable;
+      for (const auto& dest : d.destinations)
+        in.destinations.emplace_back(dest.cluster, dest.weight);
+      for (const auto& c : d.read)
+        plan_.services_by_cluster[c].push_back(spec.name);
     }
     by_name_.emplace(spec.name, std::move(spec));
   }
@@ -616,6 +650,109 @@ std::string KernelName(const std::string& name) {
 
 Result<KernelPlan> Plan(const config::Snapshot& s) {
   return Planner(s).Run();
+}
+
+const ServiceSpec* KernelPlan::Find(const std::string& name) const {
+  auto it = std::lower_bound(services.begin(), services.end(), name,
+                             [](const ServiceSpec& s, const std::string& n) { return s.name < n; });
+  return it != services.end() && it->name == name ? &*it : nullptr;
+}
+
+Result<std::optional<PlanEdit>> Replan(const KernelPlan& plan, const config::Snapshot& s,
+                                       const config::Diff& diff) {
+  using Out = std::optional<PlanEdit>;
+  if (!diff.listeners.empty() || !diff.routes.empty())
+    return Out();  // frontends, chains and virtual hosts: a whole plan
+  // The clusters whose reading may differ now: changed, added or removed themselves, or
+  // their endpoints changed. A ClusterLoadAssignment added or removed comes with its
+  // cluster (the store refuses dangling references), and a cluster that changes its EDS
+  // name is itself changed.
+  std::set<std::string> clusters;
+  for (const auto* names : {&diff.clusters.added, &diff.clusters.changed, &diff.clusters.removed})
+    clusters.insert(names->begin(), names->end());
+  for (const auto* names :
+       {&diff.endpoints.added, &diff.endpoints.changed, &diff.endpoints.removed}) {
+    for (const auto& n : *names) {
+      if (auto it = plan.clusters_by_eds_name.find(n); it != plan.clusters_by_eds_name.end())
+        clusters.insert(it->second.begin(), it->second.end());
+    }
+  }
+  std::set<std::string> services;
+  for (const auto& c : clusters) {
+    auto it = plan.services_by_cluster.find(c);
+    if (it == plan.services_by_cluster.end())
+      continue;
+    for (const auto& svc : it->second) {
+      if (!plan.inputs.at(svc).resolvable)
+        return Out();
+      services.insert(svc);
+    }
+  }
+  PlanEdit edit;
+  for (const auto& name : services) {
+    const ServiceSpec* cur = plan.Find(name);
+    if (!cur)
+      return Out();
+    std::vector<Destination> dests;
+    for (const auto& [cluster, weight] : plan.inputs.at(name).destinations)
+      dests.push_back({cluster, weight});
+    Decision d = FromDestinations(s, std::move(dests));
+    ++edit.replanned;
+    ServiceSpec spec = *cur;
+    std::optional<std::string> reason;
+    if (d.why.empty()) {
+      spec.clusters = std::move(d.clusters);
+      spec.redirect_to_proxy = false;
+      spec.l7_reason = L7Reason::kUnspecified;
+    } else {
+      spec.clusters.clear();
+      spec.redirect_to_proxy = true;
+      spec.l7_reason = d.reason;
+      reason = std::move(d.why);
+    }
+    SLUICE_RETURN_IF_ERROR_CTX(Validate(spec), "planning kernel services");
+    auto old = plan.l7_reasons.find(name);
+    const bool same_reason =
+        old == plan.l7_reasons.end() ? !reason : reason && *reason == old->second;
+    if (spec == *cur && same_reason)
+      continue;
+    edit.reasons[name] = std::move(reason);
+    edit.services.push_back(std::move(spec));
+  }
+  for (const auto* names : {&diff.clusters.added, &diff.clusters.changed}) {
+    for (const auto& c : *names) {
+      if (!plan.services_by_cluster.contains(c))
+        continue;
+      if (const std::string& eds = config::EdsServiceName(*s.clusters.at(c)); !eds.empty())
+        edit.eds_names.emplace_back(eds, c);
+    }
+  }
+  return Out(std::move(edit));
+}
+
+void Commit(KernelPlan& plan, PlanEdit edit) {
+  for (auto& spec : edit.services) {
+    auto it =
+        std::lower_bound(plan.services.begin(), plan.services.end(), spec.name,
+                         [](const ServiceSpec& x, const std::string& n) { return x.name < n; });
+    if (auto r = edit.reasons.find(spec.name); r != edit.reasons.end()) {
+      if (r->second)
+        plan.l7_reasons[spec.name] = std::move(*r->second);
+      else
+        plan.l7_reasons.erase(spec.name);
+    }
+    if (it != plan.services.end() && it->name == spec.name)
+      *it = std::move(spec);
+    else
+      plan.services.insert(it, std::move(spec));
+  }
+  // A cluster whose EDS name changed keeps its old entry too: it only costs a needless
+  // re-decision when that name's endpoints change.
+  for (auto& [eds, cluster] : edit.eds_names) {
+    auto& users = plan.clusters_by_eds_name[eds];
+    if (std::find(users.begin(), users.end(), cluster) == users.end())
+      users.push_back(std::move(cluster));
+  }
 }
 
 }  // namespace sluice::kernelsync

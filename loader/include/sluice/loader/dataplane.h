@@ -40,6 +40,11 @@ struct DataplaneOptions {
   // Only open the pinned maps of a running data plane (no program load, no attach):
   // what sluicectl uses to inspect and edit state without touching the hooks.
   bool maps_only = false;
+  // Free replaced revisions on a thread of the data plane's own, after the RCU grace
+  // period, instead of in Apply (which then returns in microseconds, not after the 5-20
+  // ms a grace period takes). For a long-lived owner (the agent); a short-lived one
+  // (sluicectl) leaves it off, so nothing is left unfreed when it exits.
+  bool reclaim_in_background = false;
   // Kernel features to treat as missing even where the kernel has them, so the fallback
   // runs (--kernel-fallback; see kernel_features.h). Ignored with maps_only.
   std::set<KernelFeature> kernel_fallbacks;
@@ -140,11 +145,16 @@ class Dataplane {
   Dataplane& operator=(const Dataplane&) = delete;
 
   // Creates or replaces services; deletes others by name. Atomic per service as seen by
-  // a concurrent connect, and when it returns no connect can reach a removed backend.
-  // One RCU grace period per call, however many services it carries.
+  // a concurrent connect; once it returns, every new connect sees the new services. The
+  // revisions it replaced are freed after an RCU grace period (no connect still holds
+  // them then): before it returns (one grace period per call, however many services it
+  // carries), or with reclaim_in_background by a thread of its own, so an update does
+  // not wait for it (WaitReclaimed waits).
   [[nodiscard]] Result<void> Apply(const std::vector<ServiceSpec>& upserts,
                                    const std::vector<std::string>& deletes);
   [[nodiscard]] Result<void> UpsertService(const ServiceSpec& spec) { return Apply({spec}, {}); }
+  // Returns once every revision Apply retired so far is freed.
+  void WaitReclaimed();
   [[nodiscard]] Result<void> DeleteService(const std::string& name) { return Apply({}, {name}); }
 
   [[nodiscard]] Result<void> Enrol(uint64_t netns_cookie, const EnrolmentInfo& info);
@@ -216,6 +226,7 @@ class Dataplane {
   [[nodiscard]] Result<void> Attach();
   [[nodiscard]] Result<void> Reconcile();
   [[nodiscard]] Result<void> GracePeriod();
+  void ReclaimLoop();
 
   DataplaneOptions opts_;
   bool adopted_ = false;

@@ -3,7 +3,8 @@
 //
 // A Snapshot is never modified once published; consumers hold a SnapshotPtr for as long
 // as they need it. Resources are shared between consecutive snapshots (shared_ptr per
-// resource), so an endpoint-only update copies pointers, not 10,000 clusters.
+// resource, and the maps in chunks), so an endpoint-only update copies one chunk of
+// pointers, not 10,000 clusters.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "sluice/common/result.h"
+#include "sluice/config/resources.h"
 #include "sluice/envoy/resource_set.h"
 
 namespace sluice::config {
@@ -21,13 +23,18 @@ template <class T>
 using ResourceMap = std::map<std::string, std::shared_ptr<const T>>;
 
 struct Snapshot {
-  ResourceMap<envoy::config::cluster::v3::Cluster> clusters;
-  ResourceMap<envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
-  ResourceMap<envoy::config::listener::v3::Listener> listeners;
-  ResourceMap<envoy::config::route::v3::RouteConfiguration> routes;
+  // Shared in chunks between snapshots (resources.h): a snapshot made from the previous
+  // one by one change copies one chunk per changed type.
+  Resources<envoy::config::cluster::v3::Cluster> clusters;
+  Resources<envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
+  Resources<envoy::config::listener::v3::Listener> listeners;
+  Resources<envoy::config::route::v3::RouteConfiguration> routes;
   // Versions (xDS version_info per type URL) the resources came from; informational.
   std::map<std::string, std::string> versions;
   uint64_t generation = 0;  // set by ConfigStore: 1 for the first accepted snapshot
+  // Set by ConfigStore: unique among every store's snapshots in the process (0: never
+  // published), so a Diff can name the snapshot it was taken against.
+  uint64_t id = 0;
 
   static Snapshot FromResourceSet(const xds::ResourceSet& rs);
   xds::ResourceSet ToResourceSet() const;
@@ -47,6 +54,7 @@ struct TypeDiff {
 // routes (CDS, EDS, LDS, RDS), so nothing is referenced before it exists.
 struct Diff {
   TypeDiff clusters, endpoints, listeners, routes;
+  uint64_t base = 0;  // the id of the snapshot it goes from (ConfigStore sets it)
   bool empty() const {
     return clusters.empty() && endpoints.empty() && listeners.empty() && routes.empty();
   }
@@ -74,8 +82,8 @@ Diff ComputeDiff(const Snapshot& before, const Snapshot& after);
 // As ComputeDiff, and resources of `after` whose content equals the one in `before` are
 // replaced by `before`'s object, so consumers can tell "unchanged" by pointer.
 Diff AdoptUnchanged(const Snapshot& before, Snapshot& after);
-// `before` with `edit` applied: its cost follows the edit (the changed types' maps are
-// copied as pointers; only put resources are compared, by content, with the ones they
+// `before` with `edit` applied: its cost follows the edit (the maps share every chunk the
+// edit does not touch; only put resources are compared, by content, with the ones they
 // replace; a put equal to the one in force keeps the object in force and is no change).
 // Fails, naming the resource, when a name is both put and removed, or when a put
 // resource's name differs from its key.

@@ -20,6 +20,8 @@
 // (anything else) sends the service to the proxy.
 #pragma once
 
+#include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,16 +31,53 @@
 
 namespace sluice::kernelsync {
 
+// What a service's decision read of the clusters, so that an update of clusters and
+// endpoints alone re-plans only the services that read them (Replan).
+struct ServiceInputs {
+  std::vector<std::pair<std::string, uint32_t>> destinations;  // (cluster, weight)
+  // The decision is Resolve(destinations) alone: in the kernel with those clusters, or
+  // in the proxy because one cannot be resolved. Otherwise (several filter chains
+  // compared) only a whole plan decides again.
+  bool resolvable = false;
+};
+
 struct KernelPlan {
   std::vector<ServiceSpec> services;  // sorted by name, names unique
   // virtualOutbound's default route is BlackHoleCluster: outboundTrafficPolicy
   // REGISTRY_ONLY for the pods served by this configuration.
   bool registry_only = false;
-  // Why each redirected service needs L7 ("name: reason"), for logs and sluicectl.
-  std::vector<std::string> l7_reasons;
+  // Why each redirected service needs L7, by service name, for logs and sluicectl.
+  std::map<std::string, std::string> l7_reasons;
+
+  // For Replan: each service's inputs (services that read no cluster are absent), the
+  // services reading each cluster, and the clusters reading each ClusterLoadAssignment.
+  std::map<std::string, ServiceInputs> inputs;
+  std::map<std::string, std::vector<std::string>> services_by_cluster;
+  std::map<std::string, std::vector<std::string>> clusters_by_eds_name;
+
+  const ServiceSpec* Find(const std::string& name) const;
 };
 
 [[nodiscard]] Result<KernelPlan> Plan(const config::Snapshot& snapshot);
+
+// What changes in a plan when only clusters and endpoints changed (Replan).
+struct PlanEdit {
+  std::vector<ServiceSpec> services;  // the services decided again whose spec or reason
+                                      // changed, their new spec (sorted by name)
+  std::map<std::string, std::optional<std::string>> reasons;   // their new L7 reason, if any
+  std::vector<std::pair<std::string, std::string>> eds_names;  // (EDS name, cluster) to index
+  size_t replanned = 0;  // services decided again (changed or not)
+};
+
+// The change to `plan` (the plan of the snapshot `diff` was taken against) that makes it
+// the plan of `snapshot`, when the change allows it: when no listener or route changed,
+// only the services reading a changed, added or removed cluster (or its endpoints) are
+// decided again. nullopt when only a whole Plan can decide. With Commit, the result
+// equals Plan(snapshot) (tests/kernelsync/replan_test.cc checks it).
+[[nodiscard]] Result<std::optional<PlanEdit>> Replan(const KernelPlan& plan,
+                                                     const config::Snapshot& snapshot,
+                                                     const config::Diff& diff);
+void Commit(KernelPlan& plan, PlanEdit edit);
 
 // Kernel service names hold 63 bytes; longer names keep their head and a hash suffix.
 [[nodiscard]] std::string KernelName(const std::string& name);
