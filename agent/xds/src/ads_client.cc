@@ -281,7 +281,7 @@ struct AdsClient::State {
     return config::CanonicalBytes(a) == config::CanonicalBytes(b);
   }
   template <class T>
-  static bool InForce(const config::ResourceMap<T>& cur, const std::string& name,
+  static bool InForce(const config::Resources<T>& cur, const std::string& name,
                       const std::shared_ptr<const T>& received) {
     auto it = cur.find(name);
     return it != cur.end() && (it->second == received || SameContent(*it->second, *received));

@@ -176,10 +176,9 @@ class LayerChange {
   // all arrived is put with them; one still warming keeps the version in force (and that
   // version's children stay); a parent no longer received goes. A child stays while a
   // received parent names it or a kept version needs it.
-  void Resolve(const config::ResourceMap<P>& cur_parents,
-               const config::ResourceMap<C>& cur_children, config::ResourceMap<P>& put_p,
-               std::vector<std::string>& rm_p, config::ResourceMap<C>& put_c,
-               std::vector<std::string>& rm_c) {
+  void Resolve(const config::Resources<P>& cur_parents, const config::Resources<C>& cur_children,
+               config::ResourceMap<P>& put_p, std::vector<std::string>& rm_p,
+               config::ResourceMap<C>& put_c, std::vector<std::string>& rm_c) {
     std::set<std::string> kids_to_check = children;
     for (const auto& p : parents) {
       if (auto k = l_.kept.find(p); k != l_.kept.end()) {
