@@ -110,19 +110,21 @@ struct Harness {
   void Settle() {
     uint64_t last = ~0ull;
     for (int i = 0; i < 100; ++i) {
-      std::this_thread::sleep_for(30ms);
+      std::this_thread::sleep_for(100ms);
       uint64_t n = Mark();
       if (n == last)
         return;
       last = n;
     }
   }
-  size_t Synced(size_t clusters) {
-    return WaitFor([&] {
-      auto s = store.Current();
-      return s->clusters.size() == clusters && s->endpoints.size() == clusters &&
-             s->listeners.size() == 1 && s->routes.size() == 1;
-    });
+  bool Synced(size_t clusters, std::chrono::milliseconds limit = 5s) {
+    return WaitFor(
+        [&] {
+          auto s = store.Current();
+          return s->clusters.size() == clusters && s->endpoints.size() == clusters &&
+                 s->listeners.size() == 1 && s->routes.size() == 1;
+        },
+        limit);
   }
 
   std::mutex mu;
@@ -427,7 +429,7 @@ TEST_CASE("a push hint at 10,000 services: the cost of a one-endpoint push, hint
     spdlog::set_level(spdlog::level::debug);  // per-response costs of client and server
   Harness h(Services(kServices), protocol);
   h.StartClient();
-  REQUIRE(WaitFor([&] { return h.store.Current()->endpoints.size() == kServices + 1; }, 60s));
+  REQUIRE(h.Synced(kServices + 1, 60s));
   h.Settle();
   auto one = [&](int port, const sx::PushHint* hint) {
     auto next = h.Get();

@@ -96,15 +96,16 @@ std::shared_ptr<config::ResourceMap<T>> KeepRefused(Decoded<T>& got,
 }
 
 // SotW merge for EDS/RDS: a response carries some of the subscribed resources; the others
-// keep their last received version. Names no longer subscribed are dropped.
+// keep their last received version. (Names no longer subscribed were dropped when the
+// CDS/LDS response that unsubscribed them was folded.) `held` is copy-on-write: the cost
+// follows the response.
 template <class T>
-void MergeNamed(config::ResourceMap<T>& held, config::ResourceMap<T>&& fresh,
+void MergeNamed(config::Resources<T>& held, config::ResourceMap<T>&& fresh,
                 const std::set<std::string>& subscribed) {
   for (auto& [name, r] : fresh) {
     if (subscribed.contains(name))
       held.insert_or_assign(name, std::move(r));
   }
-  std::erase_if(held, [&](const auto& kv) { return !subscribed.contains(kv.first); });
 }
 
 Result<std::string> ReadFile(const std::string& path, std::string_view what) {
@@ -140,12 +141,12 @@ struct AdsClient::State {
   using Ptr = std::shared_ptr<const T>;
   struct Received {
     Ptr<config::ResourceMap<Cluster>> clusters = std::make_shared<config::ResourceMap<Cluster>>();
-    Ptr<config::ResourceMap<ClusterLoadAssignment>> endpoints =
-        std::make_shared<config::ResourceMap<ClusterLoadAssignment>>();
+    // Copy-on-write (config::Resources): copying Received copies chunk pointers, and an
+    // EDS/RDS response copies only the chunks it writes.
+    config::Resources<ClusterLoadAssignment> endpoints;
     Ptr<config::ResourceMap<Listener>> listeners =
         std::make_shared<config::ResourceMap<Listener>>();
-    Ptr<config::ResourceMap<RouteConfiguration>> routes =
-        std::make_shared<config::ResourceMap<RouteConfiguration>>();
+    config::Resources<RouteConfiguration> routes;
     // RdsNames per listener.
     Ptr<std::map<std::string, std::vector<std::string>>> listener_rds =
         std::make_shared<std::map<std::string, std::vector<std::string>>>();
@@ -218,7 +219,7 @@ struct AdsClient::State {
       const std::string& svc = config::EdsServiceName(*c);
       if (svc.empty()) {
         s.clusters.emplace(name, c);
-      } else if (auto e = r.endpoints->find(svc); e != r.endpoints->end()) {
+      } else if (auto e = r.endpoints.find(svc); e != r.endpoints.end()) {
         s.clusters.emplace(name, c);
         s.endpoints.emplace(svc, e->second);
       } else if (auto old = cur.clusters.find(name); old != cur.clusters.end()) {
@@ -233,11 +234,11 @@ struct AdsClient::State {
     }
     for (const auto& [name, l] : *r.listeners) {
       const auto& rds = r.listener_rds->at(name);
-      bool ready = std::ranges::all_of(rds, [&](const auto& n) { return r.routes->contains(n); });
+      bool ready = std::ranges::all_of(rds, [&](const auto& n) { return r.routes.contains(n); });
       if (ready) {
         s.listeners.emplace(name, l);
         for (const auto& n : rds)
-          s.routes.emplace(n, r.routes->at(n));
+          s.routes.emplace(n, r.routes.at(n));
       } else if (auto old = cur.listeners.find(name); old != cur.listeners.end()) {
         auto old_rds = config::RdsNames(*old->second);
         if (std::ranges::all_of(old_rds, [&](const auto& n) { return cur.routes.contains(n); })) {
@@ -298,9 +299,9 @@ struct AdsClient::State {
         continue;
       bool active = false;
       if (eds) {
-        auto cla = r.endpoints->find(n);
+        auto cla = r.endpoints.find(n);
         auto users = r.eds_users->find(n);
-        if (cla == r.endpoints->end() || users == r.eds_users->end())
+        if (cla == r.endpoints.end() || users == r.eds_users->end())
           continue;  // not subscribed
         for (const auto& c : users->second) {
           const auto& rc = r.clusters->at(c);
@@ -313,9 +314,9 @@ struct AdsClient::State {
         if (active)
           e.endpoints[n] = cla->second;
       } else {
-        auto route = r.routes->find(n);
+        auto route = r.routes.find(n);
         auto users = r.route_users->find(n);
-        if (route == r.routes->end() || users == r.route_users->end())
+        if (route == r.routes.end() || users == r.route_users->end())
           continue;
         for (const auto& l : users->second) {
           const auto& rl = r.listeners->at(l);
@@ -326,11 +327,11 @@ struct AdsClient::State {
             continue;
           }
           const auto& rds = r.listener_rds->at(l);
-          if (!std::ranges::all_of(rds, [&](const auto& rn) { return r.routes->contains(rn); }))
+          if (!std::ranges::all_of(rds, [&](const auto& rn) { return r.routes.contains(rn); }))
             continue;  // still waiting for another route
           e.listeners[l] = rl;
           for (const auto& rn : rds)
-            e.routes[rn] = r.routes->at(rn);
+            e.routes[rn] = r.routes.at(rn);
           active = true;
         }
         if (active)
@@ -366,17 +367,13 @@ struct AdsClient::State {
       if (*eds == *next.eds_names)
         return false;
       next.eds_names = eds;
-      auto kept = std::make_shared<config::ResourceMap<ClusterLoadAssignment>>(*next.endpoints);
-      std::erase_if(*kept, [&](const auto& kv) { return !eds->contains(kv.first); });
-      next.endpoints = std::move(kept);
+      next.endpoints.EraseIf([&](const auto& kv) { return !eds->contains(kv.first); });
       return true;
     }
     if (type == kEndpointType) {
       auto got = Decode<ClusterLoadAssignment>(resp);
       SLUICE_RETURN_IF_ERROR(got);
-      auto merged = std::make_shared<config::ResourceMap<ClusterLoadAssignment>>(*next.endpoints);
-      MergeNamed(*merged, std::move(got->accepted), *next.eds_names);
-      next.endpoints = std::move(merged);
+      MergeNamed(next.endpoints, std::move(got->accepted), *next.eds_names);
       TakeIssues(*got, issues);
       return false;
     }
@@ -400,17 +397,13 @@ struct AdsClient::State {
       if (*rds == *next.rds_names)
         return false;
       next.rds_names = rds;
-      auto kept = std::make_shared<config::ResourceMap<RouteConfiguration>>(*next.routes);
-      std::erase_if(*kept, [&](const auto& kv) { return !rds->contains(kv.first); });
-      next.routes = std::move(kept);
+      next.routes.EraseIf([&](const auto& kv) { return !rds->contains(kv.first); });
       return true;
     }
     if (type == kRouteType) {
       auto got = Decode<RouteConfiguration>(resp);
       SLUICE_RETURN_IF_ERROR(got);
-      auto merged = std::make_shared<config::ResourceMap<RouteConfiguration>>(*next.routes);
-      MergeNamed(*merged, std::move(got->accepted), *next.rds_names);
-      next.routes = std::move(merged);
+      MergeNamed(next.routes, std::move(got->accepted), *next.rds_names);
       TakeIssues(*got, issues);
       return false;
     }
@@ -543,7 +536,7 @@ struct AdsClient::State {
     // LDS once CDS is in and the clusters have warmed (or EDS has answered at least once).
     if (!lds_requested && types.find(kClusterType)->second.ever_accepted) {
       bool warm = std::ranges::all_of(*rx.eds_names,
-                                      [&](const auto& n) { return rx.endpoints->contains(n); });
+                                      [&](const auto& n) { return rx.endpoints.contains(n); });
       if (warm || types.find(kEndpointType)->second.ever_accepted) {
         lds_requested = true;
         out.push_back(Request(kListenerType));
