@@ -41,7 +41,8 @@ void AddFlags(CLI::App& app, AgentFlags& f) {
   app.add_option("--xds-protocol", f.ads.protocol,
                  "auto (default: Delta xDS, state of the world if the server has no Delta), "
                  "delta or sotw")
-      ->transform(CLI::CheckedTransformer(kXdsProtocols));
+      ->transform(CLI::CheckedTransformer(kXdsProtocols))
+      ->option_text("auto|delta|sotw");
   app.add_option("--node-ip", f.node_ip, "this node's address (xDS node ID)")
       ->capture_default_str();
   app.add_option("--node-name", f.id.node_name,

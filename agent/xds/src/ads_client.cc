@@ -6,6 +6,7 @@
 
 #include <grpcpp/channel.h>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -95,15 +96,16 @@ std::shared_ptr<config::ResourceMap<T>> KeepRefused(Decoded<T>& got,
 }
 
 // SotW merge for EDS/RDS: a response carries some of the subscribed resources; the others
-// keep their last received version. Names no longer subscribed are dropped.
+// keep their last received version. (Names no longer subscribed were dropped when the
+// CDS/LDS response that unsubscribed them was folded.) `held` is copy-on-write: the cost
+// follows the response.
 template <class T>
-void MergeNamed(config::ResourceMap<T>& held, config::ResourceMap<T>&& fresh,
+void MergeNamed(config::Resources<T>& held, config::ResourceMap<T>&& fresh,
                 const std::set<std::string>& subscribed) {
   for (auto& [name, r] : fresh) {
     if (subscribed.contains(name))
       held.insert_or_assign(name, std::move(r));
   }
-  std::erase_if(held, [&](const auto& kv) { return !subscribed.contains(kv.first); });
 }
 
 Result<std::string> ReadFile(const std::string& path, std::string_view what) {
@@ -139,17 +141,22 @@ struct AdsClient::State {
   using Ptr = std::shared_ptr<const T>;
   struct Received {
     Ptr<config::ResourceMap<Cluster>> clusters = std::make_shared<config::ResourceMap<Cluster>>();
-    Ptr<config::ResourceMap<ClusterLoadAssignment>> endpoints =
-        std::make_shared<config::ResourceMap<ClusterLoadAssignment>>();
+    // Copy-on-write (config::Resources): copying Received copies chunk pointers, and an
+    // EDS/RDS response copies only the chunks it writes.
+    config::Resources<ClusterLoadAssignment> endpoints;
     Ptr<config::ResourceMap<Listener>> listeners =
         std::make_shared<config::ResourceMap<Listener>>();
-    Ptr<config::ResourceMap<RouteConfiguration>> routes =
-        std::make_shared<config::ResourceMap<RouteConfiguration>>();
+    config::Resources<RouteConfiguration> routes;
     // RdsNames per listener.
     Ptr<std::map<std::string, std::vector<std::string>>> listener_rds =
         std::make_shared<std::map<std::string, std::vector<std::string>>>();
     Ptr<std::set<std::string>> eds_names = std::make_shared<std::set<std::string>>();
     Ptr<std::set<std::string>> rds_names = std::make_shared<std::set<std::string>>();
+    // Who uses each child: EDS service name -> clusters, route name -> listeners.
+    Ptr<std::map<std::string, std::vector<std::string>>> eds_users =
+        std::make_shared<std::map<std::string, std::vector<std::string>>>();
+    Ptr<std::map<std::string, std::vector<std::string>>> route_users =
+        std::make_shared<std::map<std::string, std::vector<std::string>>>();
   };
 
   config::ConfigStore& store;
@@ -212,7 +219,7 @@ struct AdsClient::State {
       const std::string& svc = config::EdsServiceName(*c);
       if (svc.empty()) {
         s.clusters.emplace(name, c);
-      } else if (auto e = r.endpoints->find(svc); e != r.endpoints->end()) {
+      } else if (auto e = r.endpoints.find(svc); e != r.endpoints.end()) {
         s.clusters.emplace(name, c);
         s.endpoints.emplace(svc, e->second);
       } else if (auto old = cur.clusters.find(name); old != cur.clusters.end()) {
@@ -227,11 +234,11 @@ struct AdsClient::State {
     }
     for (const auto& [name, l] : *r.listeners) {
       const auto& rds = r.listener_rds->at(name);
-      bool ready = std::ranges::all_of(rds, [&](const auto& n) { return r.routes->contains(n); });
+      bool ready = std::ranges::all_of(rds, [&](const auto& n) { return r.routes.contains(n); });
       if (ready) {
         s.listeners.emplace(name, l);
         for (const auto& n : rds)
-          s.routes.emplace(n, r.routes->at(n));
+          s.routes.emplace(n, r.routes.at(n));
       } else if (auto old = cur.listeners.find(name); old != cur.listeners.end()) {
         auto old_rds = config::RdsNames(*old->second);
         if (std::ranges::all_of(old_rds, [&](const auto& n) { return cur.routes.contains(n); })) {
@@ -265,6 +272,80 @@ struct AdsClient::State {
     issues.decided = std::move(got.names);
   }
 
+  // SotW EDS/RDS responses carry some of the subscribed names: their change to the active
+  // set, as a ConfigStore::Edit whose cost follows the response (the resources it carries,
+  // and the clusters or listeners they complete), instead of BuildActive's whole set.
+  // nullopt when a user of a carried resource is in force at another version than the one
+  // received (a warming update whose completion also retires what the old version named):
+  // then BuildActive decides. `issues` names what the response carried and refused.
+  static bool SameContent(const google::protobuf::Message& a, const google::protobuf::Message& b) {
+    return config::CanonicalBytes(a) == config::CanonicalBytes(b);
+  }
+  template <class T>
+  static bool InForce(const config::Resources<T>& cur, const std::string& name,
+                      const std::shared_ptr<const T>& received) {
+    auto it = cur.find(name);
+    return it != cur.end() && (it->second == received || SameContent(*it->second, *received));
+  }
+
+  std::optional<config::SnapshotEdit> IncrementalEdit(const Received& r,
+                                                      const config::Snapshot& cur,
+                                                      const DiscoveryResponse& resp,
+                                                      const Issues& issues) const {
+    config::SnapshotEdit e;
+    const bool eds = resp.type_url() == kEndpointType;
+    for (const auto& n : issues.decided) {
+      if (issues.refused.contains(n) || issues.skipped.contains(n))
+        continue;
+      bool active = false;
+      if (eds) {
+        auto cla = r.endpoints.find(n);
+        auto users = r.eds_users->find(n);
+        if (cla == r.endpoints.end() || users == r.eds_users->end())
+          continue;  // not subscribed
+        for (const auto& c : users->second) {
+          const auto& rc = r.clusters->at(c);
+          if (!cur.clusters.contains(c))
+            e.clusters[c] = rc;  // was waiting for these endpoints
+          else if (!InForce(cur.clusters, c, rc))
+            return std::nullopt;
+          active = true;
+        }
+        if (active)
+          e.endpoints[n] = cla->second;
+      } else {
+        auto route = r.routes.find(n);
+        auto users = r.route_users->find(n);
+        if (route == r.routes.end() || users == r.route_users->end())
+          continue;
+        for (const auto& l : users->second) {
+          const auto& rl = r.listeners->at(l);
+          if (cur.listeners.contains(l)) {
+            if (!InForce(cur.listeners, l, rl))
+              return std::nullopt;
+            active = true;
+            continue;
+          }
+          const auto& rds = r.listener_rds->at(l);
+          if (!std::ranges::all_of(rds, [&](const auto& rn) { return r.routes.contains(rn); }))
+            continue;  // still waiting for another route
+          e.listeners[l] = rl;
+          for (const auto& rn : rds)
+            e.routes[rn] = r.routes.at(rn);
+          active = true;
+        }
+        if (active)
+          e.routes[n] = route->second;
+      }
+    }
+    for (const auto& [type, t] : types) {
+      if (!t.acked_version.empty())
+        e.versions[type] = t.acked_version;
+    }
+    e.versions[resp.type_url()] = resp.version_info();
+    return e;
+  }
+
   // Folds a decoded response into a copy of what is held; returns whether the
   // subscription of the dependent type (EDS after CDS, RDS after LDS) changed.
   Result<bool> Fold(const DiscoveryResponse& resp, Received& next, Issues& issues) {
@@ -275,24 +356,24 @@ struct AdsClient::State {
       next.clusters = KeepRefused(*got, *next.clusters);
       TakeIssues(*got, issues);
       auto eds = std::make_shared<std::set<std::string>>();
-      for (const auto& [_, c] : *next.clusters) {
-        if (const auto& svc = config::EdsServiceName(*c); !svc.empty())
+      auto users = std::make_shared<std::map<std::string, std::vector<std::string>>>();
+      for (const auto& [name, c] : *next.clusters) {
+        if (const auto& svc = config::EdsServiceName(*c); !svc.empty()) {
           eds->insert(svc);
+          (*users)[svc].push_back(name);
+        }
       }
+      next.eds_users = std::move(users);
       if (*eds == *next.eds_names)
         return false;
       next.eds_names = eds;
-      auto kept = std::make_shared<config::ResourceMap<ClusterLoadAssignment>>(*next.endpoints);
-      std::erase_if(*kept, [&](const auto& kv) { return !eds->contains(kv.first); });
-      next.endpoints = std::move(kept);
+      next.endpoints.EraseIf([&](const auto& kv) { return !eds->contains(kv.first); });
       return true;
     }
     if (type == kEndpointType) {
       auto got = Decode<ClusterLoadAssignment>(resp);
       SLUICE_RETURN_IF_ERROR(got);
-      auto merged = std::make_shared<config::ResourceMap<ClusterLoadAssignment>>(*next.endpoints);
-      MergeNamed(*merged, std::move(got->accepted), *next.eds_names);
-      next.endpoints = std::move(merged);
+      MergeNamed(next.endpoints, std::move(got->accepted), *next.eds_names);
       TakeIssues(*got, issues);
       return false;
     }
@@ -303,26 +384,26 @@ struct AdsClient::State {
       TakeIssues(*got, issues);
       auto by_listener = std::make_shared<std::map<std::string, std::vector<std::string>>>();
       auto rds = std::make_shared<std::set<std::string>>();
+      auto users = std::make_shared<std::map<std::string, std::vector<std::string>>>();
       for (const auto& [name, l] : *next.listeners) {
         auto names = config::RdsNames(*l);
         rds->insert(names.begin(), names.end());
+        for (const auto& n : names)
+          (*users)[n].push_back(name);
         by_listener->emplace(name, std::move(names));
       }
       next.listener_rds = std::move(by_listener);
+      next.route_users = std::move(users);
       if (*rds == *next.rds_names)
         return false;
       next.rds_names = rds;
-      auto kept = std::make_shared<config::ResourceMap<RouteConfiguration>>(*next.routes);
-      std::erase_if(*kept, [&](const auto& kv) { return !rds->contains(kv.first); });
-      next.routes = std::move(kept);
+      next.routes.EraseIf([&](const auto& kv) { return !rds->contains(kv.first); });
       return true;
     }
     if (type == kRouteType) {
       auto got = Decode<RouteConfiguration>(resp);
       SLUICE_RETURN_IF_ERROR(got);
-      auto merged = std::make_shared<config::ResourceMap<RouteConfiguration>>(*next.routes);
-      MergeNamed(*merged, std::move(got->accepted), *next.rds_names);
-      next.routes = std::move(merged);
+      MergeNamed(next.routes, std::move(got->accepted), *next.rds_names);
       TakeIssues(*got, issues);
       return false;
     }
@@ -395,8 +476,16 @@ struct AdsClient::State {
     Issues issues;
     auto folded = Fold(resp, next, issues);
     auto t1 = std::chrono::steady_clock::now();
-    Result<config::Diff> applied = folded ? store.Apply(BuildActive(next, *store.Current(), resp))
-                                          : std::unexpected(folded.error());
+    Result<config::Diff> applied = std::unexpected(Error{});
+    if (!folded) {
+      applied = std::unexpected(folded.error());
+    } else {
+      config::SnapshotPtr cur = store.Current();
+      std::optional<config::SnapshotEdit> edit;
+      if (resp.type_url() == kEndpointType || resp.type_url() == kRouteType)
+        edit = IncrementalEdit(next, *cur, resp, issues);
+      applied = edit ? store.Edit(std::move(*edit)) : store.Apply(BuildActive(next, *cur, resp));
+    }
     auto t2 = std::chrono::steady_clock::now();
     spdlog::debug("xds: {} version {} ({} resources): decode {} ms, apply {} ms", resp.type_url(),
                   resp.version_info(), resp.resources_size(),
@@ -447,7 +536,7 @@ struct AdsClient::State {
     // LDS once CDS is in and the clusters have warmed (or EDS has answered at least once).
     if (!lds_requested && types.find(kClusterType)->second.ever_accepted) {
       bool warm = std::ranges::all_of(*rx.eds_names,
-                                      [&](const auto& n) { return rx.endpoints->contains(n); });
+                                      [&](const auto& n) { return rx.endpoints.contains(n); });
       if (warm || types.find(kEndpointType)->second.ever_accepted) {
         lds_requested = true;
         out.push_back(Request(kListenerType));

@@ -175,7 +175,8 @@ class AdsServer {
   size_t Connected() const;
   uint64_t Version() const { return version_.load(); }
 
-  class Service;  // the gRPC service (ads_server.cc)
+  class Service;    // the gRPC service (ads_server.cc)
+  class Reclaimer;  // frees replaced sets off the streams' threads (ads_server.cc)
   struct Stream;
   // Streams served so far by protocol, for status pages and tests.
   uint64_t DeltaStreams() const { return delta_streams_.load(); }
@@ -188,6 +189,7 @@ class AdsServer {
   std::atomic<uint64_t> delta_streams_{0};
   uint64_t QueuePush(const PushHint* hint);
   std::unique_ptr<Service> service_;
+  std::unique_ptr<Reclaimer> reclaimer_;
   std::unique_ptr<grpc::Server> server_;
   mutable std::mutex mu_;  // guards streams_ and stopping_
   std::list<Stream*> streams_;
