@@ -18,6 +18,10 @@ void ConfigFanout::AfterSyncLocked(bool synced) {
 }
 
 void ConfigFanout::OnNodeSnapshot(const config::SnapshotPtr& s, const config::Diff& diff) {
+  // The L7 process first: handing over only queues (its compile runs there, beside the
+  // kernel sync below). Its config holds every service, whichever side serves it.
+  if (node_l7_)
+    l7_.SetNodeConfig(s, &diff);  // compiled (and refused, if it must be) by the L7 process
   bool registry_only;
   {
     std::lock_guard lock(mu_);
@@ -28,20 +32,16 @@ void ConfigFanout::OnNodeSnapshot(const config::SnapshotPtr& s, const config::Di
     registry_only = ksync_.applied().registry_only;
   }
   node_.SetRegistryOnly(registry_only);
-  if (node_l7_)
-    l7_.SetNodeConfig(s, &diff);  // compiled (and refused, if it must be) by the L7 process
 }
 
 void ConfigFanout::OnViewSnapshot(const std::string& view, const config::SnapshotPtr& s,
                                   const config::Diff& diff) {
-  {
-    std::lock_guard lock(mu_);
-    // Errors logged; the last good view stays.
-    const bool synced = ksync_.OnView(view, s.get(), &diff).has_value();
-    view_snapshots_[view] = s;
-    AfterSyncLocked(synced);
-  }
   l7_.SetViewConfig(view, s, &diff);
+  std::lock_guard lock(mu_);
+  // Errors logged; the last good view stays.
+  const bool synced = ksync_.OnView(view, s.get(), &diff).has_value();
+  view_snapshots_[view] = s;
+  AfterSyncLocked(synced);
 }
 
 void ConfigFanout::OnViewClosed(const std::string& view) {

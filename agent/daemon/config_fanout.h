@@ -2,10 +2,11 @@
 //
 // Three streams of config reach a node: the node's own xDS stream (a snapshot for the
 // whole node), one stream per view of its pods (namespace and labels, view_streams.h),
-// and the end of a view when its last pod left. Each one goes to two places, in this
-// order: the kernel (KernelSync: its services, its registry-only mode) and the L7 process
-// (L7Supervisor: it compiles the config, and refuses it when it must, for the pods'
-// proxies; DNS clusters are re-resolved and recompiled there too). The kernel side is
+// and the end of a view when its last pod left. Each one goes to two places: the L7
+// process (L7Supervisor: it compiles the config, and refuses it when it must, for the
+// pods' proxies; DNS clusters are re-resolved and recompiled there too), handed over
+// first because that only queues it, so its compile runs beside the kernel's update; then
+// the kernel (KernelSync: its services, its registry-only mode). The kernel side is
 // guarded by one lock, which the admin pages and the kernel's access log read through.
 #pragma once
 

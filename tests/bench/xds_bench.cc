@@ -324,23 +324,23 @@ class Pipeline {
     size_t kernel_services = 0;
     sluice::kernelsync::SyncStats sync;
   };
-  // On the store's thread, as the agent's ConfigFanout runs: the kernel now, the L7 side
-  // handed over (in order, as the supervisor's queue).
+  // On the store's thread, as the agent's ConfigFanout runs: the L7 side handed over (in
+  // order, as the supervisor's queue), then the kernel.
   Times Apply(const sluice::config::SnapshotPtr& s, const sluice::config::Diff& d) {
     Times t;
-    auto k0 = Clock::now();
-    if (auto r = sync_->OnSnapshot(*s, &d); !r)
-      std::fprintf(stderr, "kernel sync: %s\n", r.error().message.c_str());
-    t.kernel_ms = Ms(Clock::now() - k0);
-    t.kernel_services = sync_->applied().services.size();
-    t.sync = sync_->last_sync();
-    if (l7_enabled_) {
+    if (l7_enabled_) {  // first, as the agent's ConfigFanout: handing over only queues
       std::lock_guard lock(l7_mu_);
       if (!l7_thread_.joinable())
         l7_thread_ = std::thread([this] { L7Loop(); });
       l7_queue_.emplace_back(s, d);
       l7_cv_.notify_all();
     }
+    auto k0 = Clock::now();
+    if (auto r = sync_->OnSnapshot(*s, &d); !r)
+      std::fprintf(stderr, "kernel sync: %s\n", r.error().message.c_str());
+    t.kernel_ms = Ms(Clock::now() - k0);
+    t.kernel_services = sync_->applied().services.size();
+    t.sync = sync_->last_sync();
     return t;
   }
 
