@@ -23,6 +23,7 @@
 //
 // --no-l7 leaves the L7 compile out: what the node agent's own process does (its L7
 // process compiles apart), for the agent's RSS and CPU.
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -35,6 +36,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -43,8 +45,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include "envoy/extensions/filters/http/router/v3/router.pb.h"
-#include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "l7_wire.h"
 #include "sluice/config/store.h"
 #include "sluice/kernelsync/kernel_sync.h"
@@ -55,102 +55,14 @@
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/ads_server.h"
 #include "sluice/xds/node.h"
+#include "xds/istio_mesh.h"
 
 namespace sx = sluice::xds;
 using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr int kPorts = 10;  // route configurations / listeners, as istiod's per-port RDS
-
-std::string Host(int i) {
-  return "svc-" + std::to_string(i) + ".bench.svc.cluster.local";
-}
-int PortOf(int i) {
-  return 8000 + i % kPorts;
-}
-std::string Vip(int i) {
-  return fmt::format("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
-}
-std::string ClusterOf(int i) {
-  return "outbound|" + std::to_string(PortOf(i)) + "||" + Host(i);
-}
-
-envoy::config::endpoint::v3::ClusterLoadAssignment Endpoints(int svc, int count, int salt) {
-  envoy::config::endpoint::v3::ClusterLoadAssignment cla;
-  cla.set_cluster_name(ClusterOf(svc));
-  auto* loc = cla.add_endpoints();
-  loc->mutable_locality()->set_region("bench");
-  for (int e = 0; e < count; ++e) {
-    uint32_t ip = 0x0a000000u + static_cast<uint32_t>(svc) * 16u + static_cast<uint32_t>(e);
-    auto* lbe = loc->add_lb_endpoints();
-    auto* sa = lbe->mutable_endpoint()->mutable_address()->mutable_socket_address();
-    sa->set_address(
-        fmt::format("{}.{}.{}.{}", ip >> 24, (ip >> 16) & 255, (ip >> 8) & 255, ip & 255));
-    sa->set_port_value(static_cast<uint32_t>(9000 + salt));
-    lbe->mutable_load_balancing_weight()->set_value(1);
-  }
-  return cla;
-}
-
-sx::ResourceSet Build(int services, int endpoints) {
-  using HCM =
-      envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-  sx::ResourceSet rs;
-  for (int p = 0; p < kPorts; ++p) {
-    const int port = 8000 + p;
-    envoy::config::route::v3::RouteConfiguration r;
-    r.set_name(std::to_string(port));
-    rs.Add(std::move(r));
-    envoy::config::listener::v3::Listener l;
-    l.set_name("0.0.0.0_" + std::to_string(port));
-    l.mutable_address()->mutable_socket_address()->set_address("0.0.0.0");
-    l.mutable_address()->mutable_socket_address()->set_port_value(static_cast<uint32_t>(port));
-    HCM hcm;
-    hcm.set_stat_prefix("outbound_0.0.0.0_" + std::to_string(port));
-    hcm.mutable_rds()->set_route_config_name(std::to_string(port));
-    hcm.mutable_rds()->mutable_config_source()->mutable_ads();
-    auto* router = hcm.add_http_filters();
-    router->set_name("envoy.filters.http.router");
-    router->mutable_typed_config()->PackFrom(
-        envoy::extensions::filters::http::router::v3::Router());
-    auto* f = l.add_filter_chains()->add_filters();
-    f->set_name("envoy.filters.network.http_connection_manager");
-    f->mutable_typed_config()->PackFrom(hcm);
-    rs.Add(std::move(l));
-  }
-  for (int i = 0; i < services; ++i) {
-    envoy::config::cluster::v3::Cluster c;
-    c.set_name(ClusterOf(i));
-    c.set_type(envoy::config::cluster::v3::Cluster::EDS);
-    c.mutable_eds_cluster_config()->set_service_name(c.name());
-    c.mutable_eds_cluster_config()->mutable_eds_config()->mutable_ads();
-    c.mutable_connect_timeout()->set_seconds(10);
-    c.set_lb_policy(envoy::config::cluster::v3::Cluster::LEAST_REQUEST);
-    rs.Add(std::move(c));
-    // Endpoints spread evenly; the remainder goes to the first services.
-    int n = endpoints / services + (i < endpoints % services ? 1 : 0);
-    rs.Add(Endpoints(i, n, 0));
-    auto* vh = rs.routes.at(std::to_string(PortOf(i))).add_virtual_hosts();
-    vh->set_name(Host(i) + ":" + std::to_string(PortOf(i)));
-    vh->add_domains(Host(i));
-    vh->add_domains(Host(i) + ":" + std::to_string(PortOf(i)));
-    vh->add_domains("svc-" + std::to_string(i));
-    vh->add_domains(Vip(i));
-    vh->add_domains(Vip(i) + ":" + std::to_string(PortOf(i)));
-    auto* route = vh->add_routes();
-    route->mutable_match()->set_prefix("/");
-    auto* ra = route->mutable_route();
-    ra->set_cluster(ClusterOf(i));
-    ra->mutable_timeout()->set_seconds(0);
-    // istiod's default policy: the kernel serves such a service.
-    ra->mutable_retry_policy()->set_retry_on(
-        "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes");
-    ra->mutable_retry_policy()->mutable_num_retries()->set_value(2);
-    ra->mutable_retry_policy()->add_retriable_status_codes(503);
-  }
-  return rs;
-}
+using namespace sluice::testing::mesh;
 
 long PeakRssKb() {
   rusage ru{};
@@ -302,6 +214,7 @@ class Pipeline {
   sluice::Result<void> Open(int run) {
     auto cg = sluice::FindCgroup2Mount();
     SLUICE_RETURN_IF_ERROR(cg);
+    SweepDeadRuns(*cg);
     const std::string tag =
         "sluice-xds-bench-" + std::to_string(getpid()) + "-" + std::to_string(run);
     cgroup_ = *cg + "/" + tag;
@@ -317,6 +230,29 @@ class Pipeline {
     dp_ = std::move(*dp);
     sync_ = std::make_unique<sluice::kernelsync::KernelSync>(*dp_);
     return {};
+  }
+
+  // Pins and cgroups of earlier runs that were killed before their destructor ran
+  // ("sluice-xds-bench-PID-N" whose PID is gone).
+  static void SweepDeadRuns(const std::string& cgroup_root) {
+    namespace fs = std::filesystem;
+    const std::string prefix = "sluice-xds-bench-";
+    std::error_code ec;
+    for (const auto& dir : {std::string("/sys/fs/bpf"), cgroup_root}) {
+      for (const auto& e : fs::directory_iterator(dir, ec)) {
+        const std::string name = e.path().filename();
+        if (!name.starts_with(prefix))
+          continue;
+        const pid_t pid = std::atoi(name.c_str() + prefix.size());
+        if (pid <= 0 || kill(pid, 0) == 0 || errno != ESRCH)
+          continue;
+        if (dir == "/sys/fs/bpf")
+          (void)sluice::Dataplane::Cleanup(e.path());
+        else
+          rmdir(e.path().c_str());
+        std::fprintf(stderr, "removed %s, left by a killed run\n", e.path().c_str());
+      }
+    }
   }
 
   struct Times {
@@ -700,6 +636,8 @@ int main(int argc, char** argv) {
     }
   }
   spdlog::set_level(std::getenv("XDS_BENCH_DEBUG") ? spdlog::level::debug : spdlog::level::warn);
+  // Output piped into `head` must not kill the run before it removes its pins and cgroup.
+  signal(SIGPIPE, SIG_IGN);
   int cmd[2], ready[2];
   if (pipe(cmd) != 0 || pipe(ready) != 0)
     return 1;

@@ -9,12 +9,11 @@
 
 #include <catch2/catch.hpp>
 
-#include "envoy/extensions/filters/http/router/v3/router.pb.h"
-#include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "harness.h"
 #include "sluice/config/snapshot.h"
 #include "sluice/proxy/config.h"
 #include "test_upstream.h"
+#include "xds/istio_mesh.h"
 
 using namespace sluice::testing;
 namespace proxy = sluice::proxy;
@@ -22,80 +21,7 @@ namespace config = sluice::config;
 
 namespace {
 
-constexpr int kPorts = 10;  // listeners and RDS tables, one per port, as istiod's outbound
-
-std::string Host(int i) {
-  return "svc-" + std::to_string(i) + ".test.svc.cluster.local";
-}
-int PortOf(int i) {
-  return 8000 + i % kPorts;
-}
-std::string ClusterOf(int i) {
-  return "outbound|" + std::to_string(PortOf(i)) + "||" + Host(i);
-}
-
-envoy::config::endpoint::v3::ClusterLoadAssignment Cla(int svc, int count, uint32_t port) {
-  envoy::config::endpoint::v3::ClusterLoadAssignment cla;
-  cla.set_cluster_name(ClusterOf(svc));
-  auto* loc = cla.add_endpoints();
-  for (int e = 0; e < count; ++e) {
-    const uint32_t ip = 0x0a000000u + static_cast<uint32_t>(svc) * 16u + static_cast<uint32_t>(e);
-    auto* sa =
-        loc->add_lb_endpoints()->mutable_endpoint()->mutable_address()->mutable_socket_address();
-    sa->set_address(std::to_string(ip >> 24) + "." + std::to_string((ip >> 16) & 255) + "." +
-                    std::to_string((ip >> 8) & 255) + "." + std::to_string(ip & 255));
-    sa->set_port_value(port);
-  }
-  return cla;
-}
-
-// `services` EDS services with `endpoints` endpoints in all; each a virtual host in its
-// port's RDS table; one listener per port.
-sluice::xds::ResourceSet Mesh(int services, int endpoints) {
-  using HCM =
-      envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
-  sluice::xds::ResourceSet rs;
-  for (int p = 0; p < kPorts; ++p) {
-    const int port = 8000 + p;
-    envoy::config::route::v3::RouteConfiguration r;
-    r.set_name(std::to_string(port));
-    rs.Add(std::move(r));
-    envoy::config::listener::v3::Listener l;
-    l.set_name("0.0.0.0_" + std::to_string(port));
-    l.mutable_address()->mutable_socket_address()->set_address("0.0.0.0");
-    l.mutable_address()->mutable_socket_address()->set_port_value(static_cast<uint32_t>(port));
-    HCM hcm;
-    hcm.set_stat_prefix("outbound_" + std::to_string(port));
-    hcm.mutable_rds()->set_route_config_name(std::to_string(port));
-    hcm.mutable_rds()->mutable_config_source()->mutable_ads();
-    auto* router = hcm.add_http_filters();
-    router->set_name("envoy.filters.http.router");
-    router->mutable_typed_config()->PackFrom(
-        envoy::extensions::filters::http::router::v3::Router());
-    auto* f = l.add_filter_chains()->add_filters();
-    f->set_name("envoy.filters.network.http_connection_manager");
-    f->mutable_typed_config()->PackFrom(hcm);
-    rs.Add(std::move(l));
-  }
-  for (int i = 0; i < services; ++i) {
-    envoy::config::cluster::v3::Cluster c;
-    c.set_name(ClusterOf(i));
-    c.set_type(envoy::config::cluster::v3::Cluster::EDS);
-    c.mutable_eds_cluster_config()->mutable_eds_config()->mutable_ads();
-    c.mutable_connect_timeout()->set_seconds(10);
-    c.set_lb_policy(envoy::config::cluster::v3::Cluster::LEAST_REQUEST);
-    rs.Add(std::move(c));
-    rs.Add(Cla(i, endpoints / services + (i < endpoints % services ? 1 : 0), 9000));
-    auto* vh = rs.routes.at(std::to_string(PortOf(i))).add_virtual_hosts();
-    vh->set_name(Host(i));
-    vh->add_domains(Host(i));
-    vh->add_domains(Host(i) + ":" + std::to_string(PortOf(i)));
-    auto* route = vh->add_routes();
-    route->mutable_match()->set_prefix("/");
-    route->mutable_route()->set_cluster(ClusterOf(i));
-  }
-  return rs;
-}
+using namespace sluice::testing::mesh;
 
 // `before` with `edit` applied, as the config store would publish it.
 std::pair<config::Snapshot, config::Diff> Apply(const config::Snapshot& before,
@@ -154,7 +80,7 @@ void CheckSameAsFull(const proxy::ProxyConfig& got, const config::Snapshot& next
 TEST_CASE("a one-endpoint update compiles one cluster, no route table and no listener",
           "[proxy][compile]") {
   constexpr int kServices = 300;
-  const auto s0 = config::Snapshot::FromResourceSet(Mesh(kServices, 1500));
+  const auto s0 = config::Snapshot::FromResourceSet(Build(kServices, 1500));
   auto c0 = Full(s0);
   // A full compile builds everything: the counts below fail if the update does that.
   CHECK(c0->built_clusters == kServices);
@@ -163,7 +89,8 @@ TEST_CASE("a one-endpoint update compiles one cluster, no route table and no lis
 
   config::SnapshotEdit edit;
   edit.endpoints[ClusterOf(7)] =
-      std::make_shared<const envoy::config::endpoint::v3::ClusterLoadAssignment>(Cla(7, 5, 9001));
+      std::make_shared<const envoy::config::endpoint::v3::ClusterLoadAssignment>(
+          Endpoints(7, 5, 9001));
   auto [s1, diff] = Apply(s0, std::move(edit));
   REQUIRE(diff.endpoints.changed == std::vector<std::string>{ClusterOf(7)});
   auto c1 = Update(*c0, s1, diff);
@@ -187,7 +114,7 @@ TEST_CASE("a one-endpoint update compiles one cluster, no route table and no lis
 
 TEST_CASE("a route table change rebuilds that table and re-points its listener only",
           "[proxy][compile]") {
-  const auto s0 = config::Snapshot::FromResourceSet(Mesh(40, 40));
+  const auto s0 = config::Snapshot::FromResourceSet(Build(40, 40));
   auto c0 = Full(s0);
   auto rc = std::make_shared<envoy::config::route::v3::RouteConfiguration>(*s0.routes.at("8003"));
   rc->mutable_virtual_hosts(0)->add_domains("extra.example");
@@ -218,7 +145,7 @@ TEST_CASE("a route table change rebuilds that table and re-points its listener o
 
 TEST_CASE("a listener change compiles that listener, and clusters come and go by name",
           "[proxy][compile]") {
-  const auto s0 = config::Snapshot::FromResourceSet(Mesh(40, 40));
+  const auto s0 = config::Snapshot::FromResourceSet(Build(40, 40));
   auto c0 = Full(s0);
   auto l =
       std::make_shared<envoy::config::listener::v3::Listener>(*s0.listeners.at("0.0.0.0_8005"));
@@ -351,7 +278,7 @@ TEST_CASE("compile time: a one-endpoint update against a full compile at 10,000 
           "[.bench][proxy][compile]") {
   using Clock = std::chrono::steady_clock;
   auto ms = [](Clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
-  const auto s0 = config::Snapshot::FromResourceSet(Mesh(10000, 50000));
+  const auto s0 = config::Snapshot::FromResourceSet(Build(10000, 50000));
   auto t0 = Clock::now();
   auto c0 = Full(s0);
   const double full_ms = ms(Clock::now() - t0);
@@ -362,7 +289,7 @@ TEST_CASE("compile time: a one-endpoint update against a full compile at 10,000 
     config::SnapshotEdit edit;
     edit.endpoints[ClusterOf(i * 97 % 10000)] =
         std::make_shared<const envoy::config::endpoint::v3::ClusterLoadAssignment>(
-            Cla(i * 97 % 10000, 5, static_cast<uint32_t>(9001 + i)));
+            Endpoints(i * 97 % 10000, 5, static_cast<uint32_t>(9001 + i)));
     auto e0 = Clock::now();
     auto r = config::ApplyEdit(*snap, std::move(edit));
     REQUIRE(r);

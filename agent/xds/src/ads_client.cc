@@ -717,22 +717,8 @@ bool AdsClient::RunSotw(const std::shared_ptr<grpc::Channel>& channel, grpc::Cli
                         grpc::Status& st) {
   auto stub = envoy::service::discovery::v3::AggregatedDiscoveryService::NewStub(channel);
   auto stream = stub->StreamAggregatedResources(&ctx);
-  bool ok = true;
-  for (auto& req : state_->OnStreamStart())
-    ok = ok && stream->Write(req);
-  bool got_response = false;
-  DiscoveryResponse resp;
-  while (ok && stream->Read(&resp)) {
-    if (!got_response)
-      spdlog::info("xds: connected to {} (state of the world)", opts_.server);
-    got_response = true;
-    auto reqs = state_->OnResponse(resp);
-    PublishStatus(true);  // before the ACK/NACK: whoever sees it sees this status
-    for (auto& req : reqs) {
-      if (!stream->Write(req))
-        break;
-    }
-  }
+  bool got_response = client_detail::PumpStream<DiscoveryResponse>(
+      *stream, *state_, opts_.server, "state of the world", [this] { PublishStatus(true); });
   st = stream->Finish();
   return got_response;
 }

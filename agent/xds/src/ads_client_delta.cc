@@ -550,22 +550,8 @@ bool AdsClient::RunDelta(const std::shared_ptr<grpc::Channel>& channel, grpc::Cl
                          grpc::Status& st) {
   auto stub = envoy::service::discovery::v3::AggregatedDiscoveryService::NewStub(channel);
   auto stream = stub->DeltaAggregatedResources(&ctx);
-  bool ok = true;
-  for (auto& req : delta_->OnStreamStart())
-    ok = ok && stream->Write(req);
-  bool got_response = false;
-  DeltaState::Response resp;
-  while (ok && stream->Read(&resp)) {
-    if (!got_response)
-      spdlog::info("xds: connected to {} (delta)", opts_.server);
-    got_response = true;
-    auto reqs = delta_->OnResponse(resp);
-    PublishStatus(true);  // before the ACK/NACK: whoever sees it sees this status
-    for (auto& req : reqs) {
-      if (!stream->Write(req))
-        break;
-    }
-  }
+  bool got_response = client_detail::PumpStream<DeltaState::Response>(
+      *stream, *delta_, opts_.server, "delta", [this] { PublishStatus(true); });
   st = stream->Finish();
   return got_response;
 }

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <map>
 #include <string>
@@ -75,6 +76,31 @@ inline std::string_view ShortType(std::string_view type) {
   if (type == kListenerType)
     return "listener";
   return "route";
+}
+
+// One stream of either protocol until it breaks: `state`'s first requests, then each
+// response handed to it and its answers (ACK/NACK, new subscriptions) written, with
+// `publish` (the client's status) run before they go out. True when a response came.
+template <class Response, class Stream, class State, class Publish>
+bool PumpStream(Stream& stream, State& state, std::string_view server, std::string_view protocol,
+                Publish publish) {
+  bool ok = true;
+  for (auto& req : state.OnStreamStart())
+    ok = ok && stream.Write(req);
+  bool got_response = false;
+  Response resp;
+  while (ok && stream.Read(&resp)) {
+    if (!got_response)
+      spdlog::info("xds: connected to {} ({})", server, protocol);
+    got_response = true;
+    auto reqs = state.OnResponse(resp);
+    publish();  // before the ACK/NACK: whoever sees it sees this status
+    for (auto& req : reqs) {
+      if (!stream.Write(req))
+        break;
+    }
+  }
+  return got_response;
 }
 
 }  // namespace sluice::xds::client_detail
