@@ -12,6 +12,7 @@ packages=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   catch2 libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libre2-dev libssl-dev
   libcurl4-openssl-dev  # the Kubernetes API client (agent/kube)
+  libgoogle-perftools-dev  # tcmalloc for the agent and the proxy (SLUICE_MALLOC)
   # runtime and tests
   iproute2 iptables containernetworking-plugins curl openssl jq python3
   python3-yaml  # examples/05-service-entry/check.sh reads the example's YAML
