@@ -216,7 +216,8 @@ struct Dataplane::Impl {
   std::mutex mu;
   std::condition_variable cv;
   std::vector<Garbage> pending;
-  bool reclaiming = false;  // a batch taken from `pending` is being freed
+  bool reclaiming = false;               // a batch taken from `pending` is being freed
+  uint64_t reclaimed_in_background = 0;  // revisions the reclaimer freed
   bool stopping = false;
   std::thread reclaimer;
 
@@ -431,6 +432,7 @@ void Dataplane::ReclaimLoop() {
       for (const auto& g : batch)
         if (auto r = impl_->DeleteRevision(g); !r)
           spdlog::warn("kernel: freeing a retired revision: {}", r.error().message);
+      impl_->reclaimed_in_background += batch.size();
     }
     impl_->reclaiming = false;
     impl_->cv.notify_all();
@@ -440,6 +442,11 @@ void Dataplane::ReclaimLoop() {
       lock.lock();
     }
   }
+}
+
+uint64_t Dataplane::ReclaimedInBackground() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->reclaimed_in_background;
 }
 
 void Dataplane::WaitReclaimed() {

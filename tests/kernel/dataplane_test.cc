@@ -434,8 +434,13 @@ TEST_CASE("updates are atomic to concurrent connects and final when they return"
   CHECK(Delta(before, after, SLUICE_CNT_CONN_OPENED) > 0);
   CHECK(Delta(before, after, SLUICE_CNT_CONN_OPENED) < static_cast<uint64_t>(attempts));
 
-  // Old revisions are gone from the maps: only the live one's backends remain.
+  // Old revisions are gone from the maps: only the live one's backends remain, freed by
+  // the reclaimer thread in the agent's way, by Apply itself otherwise.
   t.lab.dp().WaitReclaimed();
+  if (background)
+    CHECK(t.lab.dp().ReclaimedInBackground() >= 100);
+  else
+    CHECK(t.lab.dp().ReclaimedInBackground() == 0);
   auto services = t.lab.dp().Services();
   REQUIRE(services);
   REQUIRE(services->size() == 1);
