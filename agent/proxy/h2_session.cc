@@ -157,6 +157,8 @@ struct Callbacks {
 
   static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* ud) {
     Session* s = S(ud);
+    if (s->failed_)  // GOAWAY queued: stop reading the rest of the input
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
     if (frame->hd.type != NGHTTP2_HEADERS)
       return 0;
     int32_t id = frame->hd.stream_id;
@@ -240,7 +242,7 @@ struct Callbacks {
   static int OnFrameRecv(nghttp2_session* ng, const nghttp2_frame* frame, void* ud) {
     Session* s = S(ud);
     if (s->failed_)
-      return 0;
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
     int32_t id = frame->hd.stream_id;
     bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;
     // Envoy's max_consecutive_inbound_frames_with_empty_payload: empty DATA frames that
@@ -325,8 +327,19 @@ struct Callbacks {
 
   static int OnFrameSend(nghttp2_session*, const nghttp2_frame* frame, void* ud) {
     Session* s = S(ud);
-    if (frame->hd.type == NGHTTP2_GOAWAY)
+    if (frame->hd.type == NGHTTP2_GOAWAY) {
       ++s->stats_.goaways_sent;
+      if (frame->goaway.error_code != NGHTTP2_NO_ERROR && !s->failed_) {
+        // A connection error nghttp2 found itself; its debug data says which.
+        s->failed_ = true;
+        s->error_.assign(reinterpret_cast<const char*>(frame->goaway.opaque_data),
+                         frame->goaway.opaque_data_len);
+        if (s->error_.find("too many setting entries") != std::string::npos)
+          ++s->stats_.settings_floods;
+        if (s->error_.empty())
+          s->error_ = "connection error (GOAWAY sent)";
+      }
+    }
     if (frame->hd.type == NGHTTP2_RST_STREAM) {
       ++s->stats_.resets_sent;
       if (frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM)
@@ -461,13 +474,7 @@ bool Session::Receive(std::string_view bytes) {
         break;
     }
   }
-  Flush();
-  // nghttp2 ends the session itself on a connection error (a GOAWAY it queued).
-  if (!failed_ && !nghttp2_session_want_read(ng_) && !nghttp2_session_want_write(ng_) &&
-      !streams_.empty()) {
-    failed_ = true;
-    error_ = "connection error";
-  }
+  Flush();  // nghttp2 ends the session itself on some errors: OnFrameSend sees its GOAWAY
   return !failed_;
 }
 

@@ -209,7 +209,8 @@ class Session {
   bool Done() const;
   std::size_t open_streams() const { return streams_.size(); }
   const Stats& stats() const { return stats_; }
-  const char* error() const { return error_; }
+  // Why the connection ended (nullptr while it has not).
+  const char* error() const { return error_.empty() ? nullptr : error_.c_str(); }
   Role role() const { return role_; }
 
  private:
@@ -232,7 +233,7 @@ class Session {
   std::string out_;
   std::size_t out_pos_ = 0;
   Stats stats_;
-  const char* error_ = nullptr;
+  std::string error_;
   bool failed_ = false;
   // Rapid reset accounting.
   uint64_t closed_counted_ = 0;
