@@ -695,8 +695,6 @@ bool Session::SendTrailers(int32_t stream, const std::vector<Field>& trailers) {
     st->trailer_kv.emplace_back(reinterpret_cast<const char*>(nv.name), nv.namelen);
     st->trailer_kv.emplace_back(reinterpret_cast<const char*>(nv.value), nv.valuelen);
   }
-  if (st->trailer_kv.empty())  // nothing to send: the body just ends
-    st->trailer_kv.clear();
   st->send_end = true;
   bool ok = ResumeData(st);
   Flush();

@@ -3,6 +3,9 @@
 // malformed requests refused as RFC 9113 §8 requires. The clock is a fake one, so the
 // time-based bounds are exact.
 #include <catch2/catch.hpp>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -400,4 +403,24 @@ TEST_CASE("h2: a connection that does not start with the preface is refused") {
   Server srv;
   CHECK_FALSE(srv.s.Receive("GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
   CHECK(srv.s.error() != nullptr);
+}
+
+// The fuzz target's seeds (tests/fuzz/corpus-h2/: a mode byte, then the frames after the
+// preface and SETTINGS) must stay valid requests, or the campaign starts from nothing.
+TEST_CASE("h2: the fuzz seed corpus holds valid requests") {
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(SLUICE_H2_CORPUS)) {
+    INFO(e.path());
+    std::ifstream f(e.path(), std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    REQUIRE(bytes.size() > 1);
+    Server srv;
+    srv.Start();
+    REQUIRE(srv.s.Receive(std::string_view(bytes).substr(1)));
+    REQUIRE(!srv.rec.streams.empty());
+    CHECK(srv.rec.streams.begin()->second.heads == 1);
+    CHECK(srv.s.stats().messaging_errors == 0);
+    ++files;
+  }
+  CHECK(files >= 2);
 }
