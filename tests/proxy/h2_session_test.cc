@@ -355,3 +355,35 @@ TEST_CASE("h2: h2load multiplexes 2000 requests over 4 connections") {
   CHECK(Contains(out, "2000 succeeded, 0 failed, 0 errored"));
   CHECK(srv.requests == 2000);
 }
+
+TEST_CASE("h2: client trailers reach the server, a 1xx head comes before the final one") {
+  Pair p;
+  p.server_rec.on_end = [&p](int32_t id, StreamLog&) {
+    Head interim;
+    interim.status = 103;
+    interim.fields = {{"link", "</a.css>; rel=preload"}};
+    REQUIRE(p.server.SubmitResponse(id, interim, false));
+    Head h;
+    h.status = 200;
+    REQUIRE(p.server.SubmitResponse(id, h, true));
+  };
+  Head req;
+  req.method = "POST";
+  req.path = "/pkg.Service/Method";
+  req.authority = "grpc.svc";
+  req.fields = {{"content-type", "application/grpc"}, {"te", "trailers"}};
+  int32_t id = p.client.SubmitRequest(req, false);
+  REQUIRE(p.client.SendData(id, std::string("\0\0\0\0\5hello", 10), false));
+  REQUIRE(p.client.SendTrailers(id, {{"x-checksum", "42"}}));
+  Pump(p.client, p.server);
+  const StreamLog& s = p.server_rec.streams.at(id);
+  CHECK(s.body.size() == 10);
+  REQUIRE(s.trailers.size() == 1);
+  CHECK(s.trailers[0].second == "42");
+  const StreamLog& r = p.client_rec.streams.at(id);
+  CHECK(r.heads == 2);  // 103, then 200
+  CHECK(r.status == 200);
+  CHECK(r.trailers.empty());
+  CHECK(r.closed);
+  CHECK(r.close_code == 0);
+}
