@@ -187,6 +187,8 @@ struct Callbacks {
   static int OnHeader(nghttp2_session* ng, const nghttp2_frame* frame, nghttp2_rcbuf* name,
                       nghttp2_rcbuf* value, uint8_t, void* ud) {
     Session* s = S(ud);
+    if (s->failed_)
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
     Session::Stream* st = s->Find(frame->hd.stream_id);
     if (!st || st->rejected || frame->hd.type != NGHTTP2_HEADERS)
       return 0;
@@ -194,18 +196,19 @@ struct Callbacks {
     std::string_view n(reinterpret_cast<const char*>(nv.base), nv.len);
     std::string_view v(reinterpret_cast<const char*>(vv.base), vv.len);
     Block& b = *st->cur;
+    bool pseudo = !n.empty() && n[0] == ':';
     // Counted before anything is kept: a small block that decodes to a huge list (an
     // HPACK bomb) is stopped at the first field over the limit.
     b.list_bytes += n.size() + v.size() + 32;
     bool too_large = b.list_bytes > s->opt_.max_header_list_bytes;
-    bool too_many = !too_large && n[0] != ':' && b.fields.size() >= s->opt_.max_headers;
+    bool too_many = !too_large && !pseudo && b.fields.size() >= s->opt_.max_headers;
     if (too_large || too_many) {
       ++(too_large ? s->stats_.header_list_too_large : s->stats_.too_many_headers);
       st->rejected = true;
       nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_PROTOCOL_ERROR);
       return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    if (n[0] == ':') {
+    if (pseudo) {
       Block::Ref r = b.Add(v);
       if (n == ":method")
         b.method = r;
@@ -297,6 +300,25 @@ struct Callbacks {
       case NGHTTP2_RST_STREAM:
         ++s->stats_.resets_received;
         return 0;
+      // Frames that cost the peer little and us work, bounded as Envoy bounds them:
+      // PRIORITY by max_inbound_priority_frames_per_stream x (1 + streams opened),
+      // WINDOW_UPDATE by 1 + 2 x (streams opened + max_inbound_window_update_frames_per_
+      // data_frame_sent x DATA frames we sent).
+      case NGHTTP2_PRIORITY:
+        if (++s->priority_frames_ >
+            uint64_t{s->opt_.max_priority_frames_per_stream} * (1 + s->stats_.streams_opened)) {
+          ++s->stats_.priority_floods;
+          s->Fail("PRIORITY flood", kEnhanceYourCalm);
+        }
+        return 0;
+      case NGHTTP2_WINDOW_UPDATE:
+        if (++s->window_update_frames_ >
+            1 + 2 * (s->stats_.streams_opened +
+                     uint64_t{s->opt_.max_window_updates_per_data_frame} * s->data_frames_sent_)) {
+          ++s->stats_.window_update_floods;
+          s->Fail("WINDOW_UPDATE flood", kEnhanceYourCalm);
+        }
+        return 0;
       case NGHTTP2_GOAWAY:
         ++s->stats_.goaways_received;
         s->goaway_received_ = true;
@@ -340,6 +362,8 @@ struct Callbacks {
           s->error_ = "connection error (GOAWAY sent)";
       }
     }
+    if (frame->hd.type == NGHTTP2_DATA)
+      ++s->data_frames_sent_;
     if (frame->hd.type == NGHTTP2_RST_STREAM) {
       ++s->stats_.resets_sent;
       if (frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM)

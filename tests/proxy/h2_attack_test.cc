@@ -424,3 +424,40 @@ TEST_CASE("h2: the fuzz seed corpus holds valid requests") {
   }
   CHECK(files >= 2);
 }
+
+TEST_CASE("h2 attack: a PRIORITY flood closes the connection past Envoy's per-stream bound") {
+  Options o;
+  o.max_priority_frames_per_stream = 10;
+  Server srv(o);
+  srv.Start();
+  Hpack hp;
+  REQUIRE(srv.s.Receive(Headers(1, hp.Encode(Get("/")), true)));
+  // 1 stream opened: up to 10 x (1 + 1) = 20 PRIORITY frames are fine.
+  std::string prio = Frame(2 /* PRIORITY */, 0, 3, U32(1) + std::string(1, '\x10'));
+  std::string wire;
+  for (int i = 0; i < 20; ++i)
+    wire += prio;
+  REQUIRE(srv.s.Receive(wire));
+  CHECK(srv.s.stats().priority_floods == 0);
+  CHECK_FALSE(srv.s.Receive(prio));
+  CHECK(srv.s.stats().priority_floods == 1);
+  auto ga = FindFrame(Drain(srv.s), kGoaway);
+  REQUIRE(ga);
+  CHECK(ga->Code() == ErrorCode::kEnhanceYourCalm);
+}
+
+TEST_CASE("h2 attack: a WINDOW_UPDATE flood closes the connection") {
+  Server srv;
+  srv.Start();
+  Hpack hp;
+  REQUIRE(srv.s.Receive(Headers(1, hp.Encode(Get("/")), false)));
+  // No DATA sent by us, one stream opened: 1 + 2 x 1 = 3 updates are fine, the 4th is not.
+  std::string wire;
+  for (int i = 0; i < 3; ++i)
+    wire += WindowUpdate(0, 1);
+  REQUIRE(srv.s.Receive(wire));
+  CHECK(srv.s.stats().window_update_floods == 0);
+  CHECK_FALSE(srv.s.Receive(WindowUpdate(1, 1)));
+  CHECK(srv.s.stats().window_update_floods == 1);
+  CHECK(FindFrame(Drain(srv.s), kGoaway));
+}

@@ -36,6 +36,9 @@
 //                                 stall_timeout_ms CheckDeadlines() resets it.
 //   empty DATA frames             max_consecutive_empty_frames (Envoy's
 //                                 max_consecutive_inbound_frames_with_empty_payload, 1).
+//   PRIORITY / WINDOW_UPDATE      Envoy's bounds relative to streams opened and DATA
+//   floods                        frames sent (max_priority_frames_per_stream,
+//                                 max_window_updates_per_data_frame).
 // The clock is Options::now_ms (monotonic milliseconds), replaceable in tests.
 #pragma once
 
@@ -89,6 +92,8 @@ struct Options {
   uint32_t max_settings = 32;        // entries per SETTINGS frame
   uint32_t max_continuations = 8;
   uint32_t max_consecutive_empty_frames = 1;
+  uint32_t max_priority_frames_per_stream = 100;    // Envoy's default
+  uint32_t max_window_updates_per_data_frame = 10;  // Envoy's default
   // Rapid reset: a stream closed by a reset (from the peer, or ours for its protocol
   // error) younger than min_stream_lifetime_ms is premature. Envoy's runtime defaults:
   // at premature_reset_total_streams closed streams, GOAWAY when half or more were
@@ -124,6 +129,8 @@ struct Stats {
   uint64_t control_floods = 0;   // SETTINGS/PING ACKs piling up (nghttp2 FLOODED)
   uint64_t settings_floods = 0;  // too many entries in a SETTINGS frame
   uint64_t empty_frame_floods = 0;
+  uint64_t priority_floods = 0;
+  uint64_t window_update_floods = 0;
   uint64_t stalled_stream_resets = 0;
   uint64_t max_header_list_seen = 0;  // largest decoded list kept, bytes (≤ the limit)
 };
@@ -240,6 +247,7 @@ class Session {
   // Header block begun and not yet ended (CONTINUATION left open): since when.
   int64_t header_block_since_ = -1;
   uint32_t consecutive_empty_ = 0;
+  uint64_t priority_frames_ = 0, window_update_frames_ = 0, data_frames_sent_ = 0;
   bool goaway_received_ = false;
   bool busy_ = false;  // inside nghttp2_session_mem_recv/mem_send
 };
