@@ -230,6 +230,16 @@ TEST_CASE("h2 attack: a PING flood trips max_outbound_ack, output stays bounded"
   CHECK_FALSE(alive);
   CHECK(srv.s.stats().control_floods == 1);
   CHECK(srv.s.PendingOutput().size() <= 64 * 1024 + 17 + 17);  // watermark + a frame + GOAWAY
+  // The peer reads at last: the GOAWAY is in what it gets, then nothing more.
+  std::vector<RawFrame> all;
+  for (int i = 0; i < 1000 && !srv.s.PendingOutput().empty(); ++i)
+    for (auto& f : Drain(srv.s))
+      all.push_back(f);
+  auto ga = FindFrame(all, kGoaway);
+  REQUIRE(ga);
+  CHECK(ga->Code() == ErrorCode::kEnhanceYourCalm);
+  CHECK(all.size() < 3855 + 1000 + 2);  // what the watermark and nghttp2's queue held
+  CHECK(srv.s.Done());
 }
 
 TEST_CASE("h2 attack: the control-frame bound is the configured one") {

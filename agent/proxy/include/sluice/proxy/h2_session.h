@@ -153,7 +153,9 @@ struct Head {
 
 // Per-stream events. A stream's life: OnHead (maybe more than once on the client: 1xx
 // heads, then the final one), OnData*, OnTrailers?, then OnStreamClose. end_stream marks
-// the peer's last frame on the stream.
+// the peer's last frame on the stream. A stream refused for its head (malformed, too
+// large) gets only OnStreamClose. Callbacks may call the Session's Submit*/Send*/Reset*/
+// Consume methods, never destroy it.
 class Handler {
  public:
   virtual ~Handler() = default;
