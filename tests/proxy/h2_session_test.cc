@@ -5,13 +5,18 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -386,4 +391,159 @@ TEST_CASE("h2: client trailers reach the server, a 1xx head comes before the fin
   CHECK(r.trailers.empty());
   CHECK(r.closed);
   CHECK(r.close_code == 0);
+}
+
+// ---- the client role against a third-party server -----------------------------------
+
+namespace {
+
+// nginx serving h2c by prior knowledge on a loopback port, from a private prefix that
+// is removed afterwards; the process is ours and stopped by its pid.
+class Nginx {
+ public:
+  explicit Nginx(uint32_t max_streams) {
+    char tmpl[] = "/tmp/sluice-h2-nginx-XXXXXX";
+    REQUIRE(mkdtemp(tmpl));
+    dir_ = tmpl;
+    REQUIRE(system(("mkdir -p " + dir_ + "/www").c_str()) == 0);
+    {
+      std::ofstream big(dir_ + "/www/big", std::ios::binary);
+      for (int i = 0; i < (1 << 20); ++i)
+        big.put(static_cast<char>('a' + i % 23));
+    }
+    port_ = FreePort();
+    std::ofstream conf(dir_ + "/nginx.conf");
+    conf
+        << "daemon off; master_process off; worker_processes 1;\n"
+        << "pid " << dir_ << "/nginx.pid; error_log " << dir_ << "/error.log;\n"
+        << "events { worker_connections 64; }\n"
+        << "http { access_log off; client_body_temp_path " << dir_ << "; proxy_temp_path " << dir_
+        << "; fastcgi_temp_path " << dir_ << "; uwsgi_temp_path " << dir_ << "; scgi_temp_path "
+        << dir_ << ";\n"
+        << "  server { listen 127.0.0.1:" << port_ << " http2; http2_max_concurrent_streams "
+        << max_streams << "; root " << dir_ << "/www;\n"
+        << "    location = /hello { add_header x-served-by nginx; return 200 \"hello\\n\"; } } }\n";
+    conf.close();
+    pid_ = fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      execlp("nginx", "nginx", "-p", dir_.c_str(), "-e", (dir_ + "/error.log").c_str(), "-c",
+             (dir_ + "/nginx.conf").c_str(), nullptr);
+      _exit(127);
+    }
+    for (int i = 0; i < 100; ++i) {  // up within 5 s
+      int fd = Connect();
+      if (fd >= 0) {
+        close(fd);
+        return;
+      }
+      usleep(50'000);
+    }
+    FAIL("nginx did not start: " << Run("cat " + dir_ + "/error.log"));
+  }
+  ~Nginx() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      waitpid(pid_, nullptr, 0);
+    }
+    std::string rm = "rm -rf " + dir_;
+    if (system(rm.c_str()) != 0) {
+    }
+  }
+  int Connect() const {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(static_cast<uint16_t>(port_));
+    if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+      close(fd);
+      return -1;
+    }
+    return fd;
+  }
+  std::string Big() const { return Run("cat " + dir_ + "/www/big"); }
+
+ private:
+  static int FreePort() {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    socklen_t len = sizeof a;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    close(fd);
+    return ntohs(a.sin_port);
+  }
+  std::string dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+// Drives a client session on a socket until `done` or 10 s.
+void Drive(int fd, Session& s, const std::function<bool()>& done) {
+  char buf[65536];
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!done() && std::chrono::steady_clock::now() < deadline) {
+    std::string_view out = s.PendingOutput();
+    if (!out.empty()) {
+      ssize_t n = send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+      REQUIRE(n > 0);
+      s.ConsumeOutput(static_cast<std::size_t>(n));
+      continue;
+    }
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 50) <= 0)
+      continue;
+    ssize_t n = read(fd, buf, sizeof buf);
+    REQUIRE(n > 0);
+    REQUIRE(s.Receive(std::string_view(buf, static_cast<std::size_t>(n))));
+  }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "h2: our client role against nginx, 1 MiB through flow control, streams under its limit") {
+  Nginx nginx(4);
+  int fd = nginx.Connect();
+  REQUIRE(fd >= 0);
+  Recorder rec;
+  Session s(Role::kClient, &rec);
+  rec.session = &s;
+
+  Head get;
+  get.method = "GET";
+  get.authority = "nginx.test";
+  get.path = "/big";
+  int32_t big = s.SubmitRequest(get, true);
+  REQUIRE(big > 0);
+  Drive(fd, s, [&] { return rec.streams[big].closed; });
+  const StreamLog& r = rec.streams[big];
+  CHECK(r.status == 200);
+  CHECK(r.close_code == 0);
+  CHECK(r.body.size() == (1u << 20));
+  CHECK(r.body == nginx.Big());
+
+  // nginx says SETTINGS_MAX_CONCURRENT_STREAMS 4: ten requests go four at a time.
+  get.path = "/hello";
+  int done = 0;
+  std::size_t most_open = 0;
+  std::vector<int32_t> ids;
+  rec.on_end = [&](int32_t, StreamLog&) { ++done; };
+  Drive(fd, s, [&] {
+    while (ids.size() < 10 && s.CanOpenStream()) {
+      ids.push_back(s.SubmitRequest(get, true));
+      most_open = std::max(most_open, s.open_streams());
+    }
+    return done == 10;
+  });
+  CHECK(done == 10);
+  CHECK(most_open == 4);
+  for (int32_t id : ids) {
+    CHECK(rec.streams[id].body == "hello\n");
+    CHECK(rec.streams[id].Field("x-served-by") == "nginx");
+  }
+  close(fd);
 }
