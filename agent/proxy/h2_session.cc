@@ -155,6 +155,17 @@ struct Session::Stream {
 struct Callbacks {
   static Session* S(void* ud) { return static_cast<Session*>(ud); }
 
+  // Envoy's max_outbound_frames: frames we owe a peer that does not read (RST_STREAMs for
+  // its bad requests, responses) pile up in nghttp2's queue, which bounds only the ACKs
+  // among them. Checked on every frame received, valid or not.
+  static bool OutboundFlood(nghttp2_session* ng, Session* s) {
+    if (nghttp2_session_get_outbound_queue_size(ng) <= s->opt_.max_outbound_frames)
+      return false;
+    ++s->stats_.outbound_floods;
+    s->Fail("outbound frame flood: the peer does not read what it asks for", kEnhanceYourCalm);
+    return true;
+  }
+
   static int OnBeginHeaders(nghttp2_session*, const nghttp2_frame* frame, void* ud) {
     Session* s = S(ud);
     if (s->failed_)  // GOAWAY queued: stop reading the rest of the input
@@ -230,8 +241,11 @@ struct Callbacks {
     return 0;
   }
 
-  static int OnInvalidFrame(nghttp2_session*, const nghttp2_frame* frame, int lib_error, void* ud) {
+  static int OnInvalidFrame(nghttp2_session* ng, const nghttp2_frame* frame, int lib_error,
+                            void* ud) {
     Session* s = S(ud);
+    if (s->failed_ || OutboundFlood(ng, s))
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
     if (frame->hd.type == NGHTTP2_HEADERS || lib_error == NGHTTP2_ERR_HTTP_HEADER ||
         lib_error == NGHTTP2_ERR_HTTP_MESSAGING)
       ++s->stats_.messaging_errors;
@@ -245,6 +259,8 @@ struct Callbacks {
   static int OnFrameRecv(nghttp2_session* ng, const nghttp2_frame* frame, void* ud) {
     Session* s = S(ud);
     if (s->failed_)
+      return NGHTTP2_ERR_CALLBACK_FAILURE;
+    if (OutboundFlood(ng, s))
       return NGHTTP2_ERR_CALLBACK_FAILURE;
     int32_t id = frame->hd.stream_id;
     bool end = frame->hd.flags & NGHTTP2_FLAG_END_STREAM;

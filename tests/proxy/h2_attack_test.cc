@@ -471,3 +471,25 @@ TEST_CASE("h2 attack: a WINDOW_UPDATE flood closes the connection") {
   CHECK(srv.s.stats().window_update_floods == 1);
   CHECK(FindFrame(Drain(srv.s), kGoaway));
 }
+
+TEST_CASE("h2 attack: a reset flood (CVE-2019-9514) to a peer that does not read is bounded") {
+  Options o;
+  o.premature_reset_total_streams = 1'000'000;  // the rapid-reset rule out of the way
+  o.max_pending_output = 4096;
+  o.max_outbound_frames = 500;
+  Server srv(o);
+  srv.Start();
+  Hpack hp;
+  auto bad = Get("/");
+  bad.emplace_back("connection", "close");  // each one makes us queue a RST_STREAM
+  std::string block = hp.Encode(bad);
+  std::string wire;
+  for (uint32_t i = 0; i < 3000; ++i)
+    wire += Headers(1 + 2 * i, block, true);
+  CHECK_FALSE(srv.s.Receive(wire));
+  CHECK(srv.s.stats().outbound_floods == 1);
+  // Reset frames written to the watermark (13 bytes each) and 500 queued, then GOAWAY.
+  CHECK(srv.s.stats().messaging_errors <= 500 + 4096 / 13 + 2);
+  auto ga = FindFrame(Drain(srv.s), kGoaway);
+  CHECK(srv.s.stats().goaways_sent + (ga ? 1 : 0) >= 1);
+}

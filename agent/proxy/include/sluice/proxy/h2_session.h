@@ -36,6 +36,8 @@
 //                                 stall_timeout_ms CheckDeadlines() resets it.
 //   empty DATA frames             max_consecutive_empty_frames (Envoy's
 //                                 max_consecutive_inbound_frames_with_empty_payload, 1).
+//   outbound frame flood          frames queued in nghttp2 for a peer that does not read
+//                                 (RST_STREAMs for its bad requests): max_outbound_frames.
 //   PRIORITY / WINDOW_UPDATE      Envoy's bounds relative to streams opened and DATA
 //   floods                        frames sent (max_priority_frames_per_stream,
 //                                 max_window_updates_per_data_frame).
@@ -88,8 +90,9 @@ struct Options {
   uint32_t max_header_list_bytes = 60 * 1024;
   uint32_t max_headers = 100;
   // nghttp2's own floods bounds.
-  uint32_t max_outbound_ack = 1000;  // Envoy's max_outbound_control_frames
-  uint32_t max_settings = 32;        // entries per SETTINGS frame
+  uint32_t max_outbound_ack = 1000;      // Envoy's max_outbound_control_frames
+  uint32_t max_outbound_frames = 10000;  // Envoy's max_outbound_frames: all queued frames
+  uint32_t max_settings = 32;            // entries per SETTINGS frame
   uint32_t max_continuations = 8;
   uint32_t max_consecutive_empty_frames = 1;
   uint32_t max_priority_frames_per_stream = 100;    // Envoy's default
@@ -130,6 +133,7 @@ struct Stats {
   uint64_t settings_floods = 0;  // too many entries in a SETTINGS frame
   uint64_t empty_frame_floods = 0;
   uint64_t priority_floods = 0;
+  uint64_t outbound_floods = 0;  // frames queued for a peer that does not read
   uint64_t window_update_floods = 0;
   uint64_t stalled_stream_resets = 0;
   uint64_t max_header_list_seen = 0;  // largest decoded list kept, bytes (≤ the limit)
