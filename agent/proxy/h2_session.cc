@@ -145,6 +145,7 @@ struct Session::Stream {
   bool send_end = false;  // the caller's last byte is queued
   bool sent_end = false;
   std::vector<std::string> trailer_kv;  // name, value, name, value...
+  bool responded = false;               // a final head was submitted (server)
   bool reset_by_app = false;
   int64_t stalled_since = -1;
 
@@ -635,7 +636,9 @@ void Session::CheckPrematureResets() {
 
 bool Session::SubmitResponse(int32_t stream, const Head& head, bool end_stream) {
   Stream* st = Find(stream);
-  if (!st || role_ != Role::kServer || failed_)
+  // One final head per stream; no 101 in HTTP/2 (RFC 9113 §8.6).
+  if (!st || st->rejected || st->responded || role_ != Role::kServer || failed_ ||
+      head.status == 101)
     return false;
   char status[4];
   int code = std::clamp(head.status, 100, 999);
@@ -654,6 +657,7 @@ bool Session::SubmitResponse(int32_t stream, const Head& head, bool end_stream) 
     rv = nghttp2_submit_headers(ng_, NGHTTP2_FLAG_NONE, stream, nullptr, nva.data(), nva.size(),
                                 nullptr);
   } else {
+    st->responded = true;
     st->provider = !end_stream;
     rv = nghttp2_submit_response(ng_, stream, nva.data(), nva.size(), end_stream ? nullptr : &prd);
     st->sent_end = end_stream;

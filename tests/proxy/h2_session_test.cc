@@ -369,8 +369,11 @@ TEST_CASE("h2: client trailers reach the server, a 1xx head comes before the fin
     interim.fields = {{"link", "</a.css>; rel=preload"}};
     REQUIRE(p.server.SubmitResponse(id, interim, false));
     Head h;
+    h.status = 101;
+    CHECK_FALSE(p.server.SubmitResponse(id, h, false));  // no 101 in HTTP/2
     h.status = 200;
     REQUIRE(p.server.SubmitResponse(id, h, true));
+    CHECK_FALSE(p.server.SubmitResponse(id, h, true));  // one final head
   };
   Head req;
   req.method = "POST";
