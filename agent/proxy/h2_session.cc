@@ -133,9 +133,10 @@ struct Session::Stream {
   int32_t id = 0;
   int64_t opened_ms = 0;
   Block head, trailers;
-  Block* cur = &head;     // the block being received
-  bool rejected = false;  // reset for its headers: the rest of the block is ignored
-  bool got_head = false;  // a final head was delivered (client: a non-1xx one)
+  Block* cur = &head;        // the block being received
+  bool rejected = false;     // reset for its headers: the rest of the block is ignored
+  bool limit_reset = false;  // ... for a header limit (not a malformed message)
+  bool got_head = false;     // a final head was delivered (client: a non-1xx one)
   uint64_t unconsumed = 0;
   // Send side.
   std::string queue;
@@ -216,7 +217,7 @@ struct Callbacks {
     bool too_many = !too_large && !pseudo && b.fields.size() >= s->opt_.max_headers;
     if (too_large || too_many) {
       ++(too_large ? s->stats_.header_list_too_large : s->stats_.too_many_headers);
-      st->rejected = true;
+      st->rejected = st->limit_reset = true;
       nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_PROTOCOL_ERROR);
       return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
@@ -247,9 +248,6 @@ struct Callbacks {
     Session* s = S(ud);
     if (s->failed_ || OutboundFlood(ng, s))
       return NGHTTP2_ERR_CALLBACK_FAILURE;
-    if (frame->hd.type == NGHTTP2_HEADERS || lib_error == NGHTTP2_ERR_HTTP_HEADER ||
-        lib_error == NGHTTP2_ERR_HTTP_MESSAGING)
-      ++s->stats_.messaging_errors;
     if (lib_error == NGHTTP2_ERR_TOO_MANY_SETTINGS)
       ++s->stats_.settings_floods;
     if (frame->hd.type == NGHTTP2_HEADERS)
@@ -294,7 +292,6 @@ struct Callbacks {
           // request malformed; without :authority, Host is the authority.
           std::string_view host = h.Get("host");
           if (b.has_authority && !host.empty() && !IEquals(host, h.authority)) {
-            ++s->stats_.messaging_errors;
             st->rejected = true;
             nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_PROTOCOL_ERROR);
             return 0;
@@ -385,6 +382,12 @@ struct Callbacks {
       ++s->stats_.resets_sent;
       if (frame->rst_stream.error_code == NGHTTP2_REFUSED_STREAM)
         ++s->stats_.refused_streams;
+      // A malformed message, whoever found it (nghttp2's checks, ours), is reset with
+      // PROTOCOL_ERROR; the limits have counters of their own.
+      Session::Stream* st = s->Find(frame->hd.stream_id);
+      if (frame->rst_stream.error_code == NGHTTP2_PROTOCOL_ERROR &&
+          (!st || (!st->limit_reset && !st->reset_by_app)))
+        ++s->stats_.messaging_errors;
     }
     return 0;
   }

@@ -381,6 +381,7 @@ TEST_CASE("h2: malformed requests are reset, never delivered (RFC 9113 §8)") {
       {"pseudo-header after a regular field",
        {{":method", "GET"}, {":scheme", "http"}, {"x-a", "1"}, {":path", "/"}}},
       {"unknown pseudo-header", with(":foo", "bar")},
+      {"duplicate pseudo-header", with(":path", "/again")},
   };
   for (const Case& c : cases) {
     INFO(c.what);
@@ -492,4 +493,22 @@ TEST_CASE("h2 attack: a reset flood (CVE-2019-9514) to a peer that does not read
   CHECK(srv.s.stats().messaging_errors <= 500 + 4096 / 13 + 2);
   auto ga = FindFrame(Drain(srv.s), kGoaway);
   CHECK(srv.s.stats().goaways_sent + (ga ? 1 : 0) >= 1);
+}
+
+TEST_CASE("h2: a body that does not match its content-length is reset") {
+  Server srv;
+  srv.Start();
+  Hpack hp;
+  auto post = Get("/");
+  post[0].second = "POST";
+  post.emplace_back("content-length", "10");
+  std::string wire = Headers(1, hp.Encode(post), false) + Frame(kData, kEndStream, 1, "12345");
+  REQUIRE(srv.s.Receive(wire));
+  auto rst = FindFrame(Drain(srv.s), kRst, 1);
+  REQUIRE(rst);
+  CHECK(rst->Code() == ErrorCode::kProtocolError);
+  CHECK(srv.rec.streams[1].heads == 1);
+  CHECK_FALSE(srv.rec.streams[1].ended);  // the short body never looked complete
+  CHECK(srv.rec.streams[1].closed);
+  CHECK(srv.s.stats().messaging_errors == 1);
 }
