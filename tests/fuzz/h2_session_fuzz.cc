@@ -1,6 +1,8 @@
-// libFuzzer target for the HTTP/2 connection layer (agent/proxy/h2_session.cc) in the
-// server role. The input follows a valid client preface and SETTINGS, so the fuzzer starts
-// past the preface check; its first byte picks how the rest is cut into reads. The handler
+// libFuzzer target for the HTTP/2 connection layer (agent/proxy/h2_session.cc), mostly in
+// the server role: the input follows a valid client preface and SETTINGS, so the fuzzer
+// starts past the preface check; its first byte picks how the rest is cut into reads and
+// the handler's behaviour (mode bit 3: the client role instead, three requests open and
+// the input read as the server's frames after its SETTINGS). The handler
 // answers requests (head, body, trailers), consumes or holds body bytes, resets some
 // streams; a fake clock moves on every read and CheckDeadlines runs, so the time bounds
 // are exercised too. Beyond ASan/UBSan, it checks the bounds the layer promises: no
@@ -33,10 +35,15 @@ struct App : h2::Handler {
   };
   std::map<int32_t, State> streams;
 
+  bool client = false;
+
   void OnHead(int32_t id, const h2::Head& h, bool end) override {
     State& st = streams[id];
     Check(!st.closed && !st.ended);
-    Check(!h.method.empty() && (h.method == "CONNECT" || !h.path.empty()));
+    if (client)
+      Check(h.status >= 100 && h.status <= 999);
+    else
+      Check(!h.method.empty() && (h.method == "CONNECT" || !h.path.empty()));
     for (const auto& f : h.fields)
       for (char c : f.name)
         Check(!(c >= 'A' && c <= 'Z'));
@@ -67,6 +74,8 @@ struct App : h2::Handler {
   }
   void Answer(int32_t id, State& st) {
     st.ended = true;
+    if (client)
+      return;
     if (mode & 2) {  // mode bit 1: refuse
       s->ResetStream(id, h2::kRefusedStream);
       return;
@@ -93,14 +102,32 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   opt.stall_timeout_ms = 50;
   opt.now_ms = [&now] { return now; };
   App app;
-  h2::Session s(h2::Role::kServer, &app, opt);
-  app.s = &s;
   app.mode = data[0] >> 4;
+  app.client = app.mode & 8;
+  h2::Session s(app.client ? h2::Role::kClient : h2::Role::kServer, &app, opt);
+  app.s = &s;
   std::size_t step = 1 + (data[0] & 0x0f) * 97;
   std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
 
-  // Preface and an empty SETTINGS.
-  std::string start(h2::kClientPreface);
+  // Client role: requests open (stream 1 GET, 3 POST with body and trailers, 5 GET), then
+  // the server's empty SETTINGS. Server role: the preface and an empty SETTINGS.
+  std::string start;
+  if (app.client) {
+    h2::Head get;
+    get.method = "GET";
+    get.path = "/";
+    get.authority = "svc";
+    Check(s.SubmitRequest(get, true) == 1);
+    h2::Head post = get;
+    post.method = "POST";
+    Check(s.SubmitRequest(post, false) == 3);
+    Check(s.SendData(3, std::string(70000, 'p'), false));
+    Check(s.SendTrailers(3, {{"x-sum", "1"}}));
+    Check(s.SubmitRequest(get, true) == 5);
+    s.ConsumeOutput(s.PendingOutput().size());
+  } else {
+    start.assign(h2::kClientPreface);
+  }
   start.append("\0\0\0\4\0\0\0\0\0", 9);
   Check(s.Receive(start));
   while (!in.empty()) {
