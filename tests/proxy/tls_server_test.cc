@@ -273,10 +273,11 @@ TEST_CASE("TLS termination with client certificates: MUTUAL verifies them agains
   Server s(*ctx);
   int st = -1;
   // A request body goes through the records whole.
-  std::string out = Curl(c, s.port(), "a.example.com",
-                         "--cert " + c.Path("client.pem") + " --key " + c.Path("client.key") +
-                             " --data-binary @" + c.Path("body.bin") + " -H 'Content-Type: x' -H 'Expect:'",
-                         &st);
+  std::string out =
+      Curl(c, s.port(), "a.example.com",
+           "--cert " + c.Path("client.pem") + " --key " + c.Path("client.key") +
+               " --data-binary @" + c.Path("body.bin") + " -H 'Content-Type: x' -H 'Expect:'",
+           &st);
   CHECK(st == 0);
   CHECK(out == "sni=a.example.com alpn=http/1.1 body=1048576\n");
   Curl(c, s.port(), "a.example.com", "", &st);
