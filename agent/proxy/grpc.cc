@@ -93,12 +93,13 @@ RequestTimeouts RouteTimeouts(const RouteAction& route, bool grpc_request,
   const StreamTimeouts& st = route.stream_timeouts;
   RequestTimeouts t;
   std::optional<Millis> header;
-  if (grpc_request && grpc_timeout)
+  if (grpc_timeout)
     header = ParseGrpcTimeout(*grpc_timeout);
 
   if (st.has_max_stream_duration) {
-    // Envoy's connection manager (refreshDurationTimeout); the router's own timeout is
-    // none on such a route.
+    // Envoy's connection manager (refreshDurationTimeout), which reads grpc-timeout on
+    // any request (only a gRPC one has it rewritten); the router's own timeout is none
+    // on such a route.
     std::optional<Millis> d;
     if (header && st.grpc_timeout_header_max) {
       Millis v = *header;

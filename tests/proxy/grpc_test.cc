@@ -198,6 +198,12 @@ TEST_CASE("route timeouts: grpc_timeout_header_max caps, then the offset", "[pro
   CHECK(grpc::RouteTimeouts(r, true, "500m").stream_duration == ms(0));
   CHECK(grpc::RouteTimeouts(r, true, "100m").stream_duration == ms(0));
 
+  // Envoy's connection manager reads the header on any request; only a gRPC request's
+  // is rewritten upstream.
+  t = grpc::RouteTimeouts(r, false, "3S");
+  CHECK(t.stream_duration == ms(2500));
+  CHECK_FALSE(grpc::UpstreamGrpcTimeout(t, ms(0)));
+
   // grpc_timeout_header_max 0: uncapped (istiod's inbound routes).
   st.grpc_timeout_header_max = ms(0);
   st.grpc_timeout_header_offset.reset();

@@ -95,11 +95,11 @@ struct RequestTimeouts {
 
 // Envoy's rules for a request on `route`:
 // - the route has max_stream_duration (Envoy's "new timeouts"): the route's `timeout`
-//   does not apply. A gRPC request with a valid grpc-timeout header, on a route with
-//   grpc_timeout_header_max, runs for the header's value capped by that max (0: no
-//   cap), then less grpc_timeout_header_offset (an offset at least as large leaves 0);
-//   any other request runs for max_stream_duration (0: no limit) or, without it, the
-//   connection manager's `hcm_max_stream_duration` (0: none). A gRPC request's
+//   does not apply. A request with a valid grpc-timeout header (any request, as
+//   Envoy's connection manager reads it), on a route with grpc_timeout_header_max, runs for the
+//   header's value capped by that max (0: no cap), then less grpc_timeout_header_offset (an offset
+//   at least as large leaves 0); any other request runs for max_stream_duration (0: no limit) or,
+//   without it, the connection manager's `hcm_max_stream_duration` (0: none). A gRPC request's
 //   grpc-timeout upstream becomes that duration.
 // - otherwise a gRPC request on a route with max_grpc_timeout: the route timeout is the
 //   header's value (none when absent or 0) less grpc_timeout_offset when the offset is
