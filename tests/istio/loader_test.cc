@@ -414,3 +414,54 @@ spec:
   CHECK_FALSE(timeout("\"5 s\"").has_value());
   CHECK_FALSE(timeout("\"\"").has_value());
 }
+
+TEST_CASE(
+    "a Secret is read as a gateway's credential: tls.crt/tls.key or cert/key, ca.crt for MUTUAL") {
+  // base64 of "CERT", "KEY", "CA" (kubectl create secret tls writes data like this).
+  auto r = LoadString(R"(apiVersion: v1
+kind: Secret
+metadata: {name: httpbin-credential, namespace: istio-system}
+type: kubernetes.io/tls
+data: {tls.crt: Q0VSVA==, tls.key: S0VZ, ca.crt: Q0E=}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: generic, namespace: istio-system}
+stringData: {cert: PLAIN-CERT, key: PLAIN-KEY, cacert: PLAIN-CA}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: other, namespace: istio-system}
+data: {password: cGFzcw==, token: dA==, username: dQ==, extra: eA==}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: broken, namespace: istio-system}
+data: {tls.crt: "not base64!"}
+)");
+  REQUIRE(r.errors.size() == 1);
+  CHECK(r.errors[0] ==
+        "t.yaml: document 4 (Secret istio-system/broken): data.tls.crt: value: not base64 "
+        "(character '!')");
+  REQUIRE(r.config.secrets.size() == 3);
+  const auto& tls = r.config.secrets[0];
+  CHECK(tls.meta.ns == "istio-system");
+  CHECK(tls.type == "kubernetes.io/tls");
+  auto cert = ExtractCertInfo(tls);
+  REQUIRE(cert);
+  CHECK(cert->cert == "CERT");
+  CHECK(cert->key == "KEY");
+  CHECK(ExtractRoot(tls).value() == "CA");
+  // cert/key come first, as istiod reads them; stringData is plain text.
+  auto generic = ExtractCertInfo(r.config.secrets[1]);
+  REQUIRE(generic);
+  CHECK(generic->cert == "PLAIN-CERT");
+  CHECK(ExtractRoot(r.config.secrets[1]).value() == "PLAIN-CA");
+  // istiod's words for a Secret without the keys.
+  CHECK(ExtractCertInfo(r.config.secrets[2]).error().message ==
+        "Secret istio-system/other: found secret, but didn't have expected keys (cert and key) "
+        "or (tls.crt and tls.key); found: extra, password, token, and 1 more...");
+  CHECK(ExtractRoot(r.config.secrets[2]).error().message ==
+        "Secret istio-system/other: found secret, but didn't have expected keys cacert or "
+        "ca.crt; found: extra, password, token, and 1 more...");
+}

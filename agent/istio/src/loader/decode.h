@@ -57,6 +57,7 @@ AuthorizationPolicy RejectedAuthorizationPolicy(const YAML::Node& root, const Me
 
 // mesh_config.cc
 Telemetry DecodeTelemetry(const Field& doc, const Meta& meta);
+Secret DecodeSecret(const Field& doc, const Meta& meta);
 void DecodeMeshConfigMap(const Field& doc, MeshConfig& mesh, FieldErrors& errors);
 
 }  // namespace sluice::istio::detail

@@ -251,6 +251,11 @@ void DecodeDocument(const YAML::Node& root, const Origin& origin, LoadResult& ou
         return report();
       c.sidecars.push_back(std::move(sc));
     }
+  } else if (*kind == "Secret" && core) {
+    auto secret = detail::DecodeSecret(doc, meta);
+    if (errors.failed())
+      return report();
+    c.secrets.push_back(std::move(secret));
   } else if (*kind == "RequestAuthentication" && api->starts_with("security.istio.io/")) {
     // Its JWT rules would feed request.auth.* of AuthorizationPolicy; ignoring it would
     // change what a policy means, so it is refused, never skipped.

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "sluice/common/result.h"
+
 namespace sluice::istio {
 
 using Labels = std::map<std::string, std::string>;
@@ -429,6 +431,24 @@ struct MeshConfig {
 };
 
 // Everything the loader accepted, in load order.
+// A Kubernetes Secret (v1): what a Gateway's credentialName names. `data` is decoded
+// (the document's base64 `data`, with `stringData` over it, as the API server merges).
+struct Secret {
+  Meta meta;
+  std::string type;  // "kubernetes.io/tls", "Opaque", ...
+  std::map<std::string, std::string> data;
+};
+
+// What istiod serves from a Secret for a gateway's certificate: `cert` and `key`, else
+// `tls.crt` and `tls.key` (pilot/pkg/credentials/kube/secrets.go ExtractCertInfo).
+struct CertInfo {
+  std::string cert, key;
+};
+Result<CertInfo> ExtractCertInfo(const Secret& s);
+// ... and for its client CA (MUTUAL: credentialName-cacert): `cacert`, else `ca.crt`
+// (ExtractRoot). Errors say what the Secret has instead, as istiod's do.
+Result<std::string> ExtractRoot(const Secret& s);
+
 struct Config {
   std::vector<Namespace> namespaces;
   std::vector<Service> services;
@@ -441,6 +461,7 @@ struct Config {
   std::vector<Telemetry> telemetries;
   std::vector<Sidecar> sidecars;
   std::vector<AuthorizationPolicy> authorization_policies;
+  std::vector<Secret> secrets;
   MeshConfig mesh;
   bool mesh_set = false;  // a mesh config (the `istio` ConfigMap) was read
 };
