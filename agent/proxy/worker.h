@@ -1,9 +1,12 @@
-// A worker: one thread with its own event loop, serving every listener through its own
+// A worker: one event loop's share of a Proxy, serving every listener through its own
 // SO_REUSEPORT socket (shared-nothing: a connection lives and dies on the worker that
-// accepted it). It accepts connections, takes each new config snapshot between events,
-// closes idle keep-alive connections, runs its timers, and owns the parts its
-// connections use: the context they reach it through (worker_context.h), the upstream
-// pool, the shadow writer, the memory budget and the session pool.
+// accepted it). It runs on a thread of its own with its own loop (Run), or, when the
+// Proxy has a worker group (worker_group.h), on a group thread whose loop it shares with
+// other Proxies' workers: the thread then calls the parts of an iteration (Prepare,
+// AfterWait, Finish) for each worker attached to it, and Detach at the end. It accepts connections,
+// takes each new config snapshot between events, closes idle keep-alive connections, runs its
+// timers, and owns the parts its connections use: the context they reach it through
+// (worker_context.h), the upstream pool, the shadow writer, the memory budget and the session pool.
 //
 // Ownership and lifetime: every connection object (Session, UpstreamConn, Mirror) is
 // taken from and returned to a per-worker free list, so steady-state traffic does not
@@ -36,12 +39,31 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  Result<void> Init();
+  // Its own loop and wake-up eventfd; or, with `shared`, the group thread's loop and
+  // eventfd (io_backend() is then the loop's).
+  Result<void> Init(EventLoop* shared = nullptr, int shared_wake_fd = -1);
   // On the worker's own thread, before Run().
   Result<void> Activate() { return ctx_.loop().Activate(); }
   IoBackend io_backend() const { return io_backend_; }
   const std::string& io_fallback_reason() const { return io_fallback_reason_; }
+  // Its own thread's loop, until Stop() publishes the empty snapshot.
   void Run();
+
+  // One loop iteration in parts, on the thread that runs the loop (a group thread's
+  // loop runs them for each attached worker). Before the wait: takes a new snapshot
+  // and lowers *timeout_ms to what its timers and pending work need; false once the
+  // snapshot is empty.
+  bool Prepare(int64_t now_ms, int* timeout_ms);
+  // After the wait, before the events are dispatched: takes a snapshot published
+  // meanwhile (false once it is empty).
+  bool AfterWait(int64_t now_ms);
+  // After the events: timers, mirrors, the idle sweep, the end of the batch, the log.
+  void Finish();
+  // A shared loop's worker leaves it: its listeners stop being watched, and every
+  // connection it has is closed through the loop (which then forgets them). Between
+  // iterations, on the loop's thread.
+  void Detach();
+
   void Wake() {
     uint64_t one = 1;
     [[maybe_unused]] ssize_t r = write(wake_fd_, &one, sizeof(one));
@@ -80,7 +102,9 @@ class Worker {
   SessionPool sessions_;
   IoBackend io_backend_ = IoBackend::kAuto;
   std::string io_fallback_reason_;
-  int wake_fd_ = -1;
+  std::unique_ptr<EventLoop> own_loop_;  // none on a group thread
+  int wake_fd_ = -1;                     // own, or the group thread's (not closed here)
+  bool own_wake_fd_ = false;
   WakeHandler wake_handler_{};
   int64_t next_sweep_ms_ = 0;
   uint64_t version_ = 0;

@@ -7,9 +7,10 @@
 //
 // A plain class, not an interface: the per-request calls (Arm, Cancel, now, Rand,
 // stats) are inline, with no virtual call on the hot path. The Worker owns it, runs its
-// clock and timers, and swaps its snapshot (worker.cc). One per worker thread; nothing
-// in it is shared with another thread but the counters (relaxed atomics) and the
-// options (read-only).
+// clock and timers, and swaps its snapshot (worker.cc). One per worker; nothing in it is
+// shared with another thread but the counters (relaxed atomics) and the options
+// (read-only). The event loop is the worker's own, or, in a worker group
+// (worker_group.h), its group thread's, shared with the other workers on that thread.
 #pragma once
 
 #include <atomic>
@@ -97,7 +98,7 @@ class WorkerContext {
   ProxyStats& stats_;
   const ProxyOptions& opts_;
   const std::atomic<bool>& draining_;
-  std::unique_ptr<EventLoop> loop_;
+  EventLoop* loop_ = nullptr;  // the worker's own (Worker::own_loop_) or its group thread's
   uint64_t rng_;
   int64_t now_ms_ = NowMs();
   TimerHeap timers_;
