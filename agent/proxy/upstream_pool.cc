@@ -71,6 +71,7 @@ UpstreamConn* UpstreamPool::GetUpstream(const std::shared_ptr<const Snapshot>& s
     all_upstreams_.push_back(std::make_unique<UpstreamConn>());
     UpstreamConn* nu = all_upstreams_.back().get();
     nu->w = &ctx_;
+    nu->io_owner = ctx_.io_owner();
     nu->connect_timer = Timer{nu, 0};
     free_upstreams_.push_back(nu);
   }

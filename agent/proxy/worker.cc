@@ -37,10 +37,15 @@ Worker::~Worker() {
     close(wake_fd_);
 }
 
-Result<void> Worker::Init(EventLoop* shared, int shared_wake_fd) {
+Result<void> Worker::Init(const SharedLoop* shared) {
   if (shared) {
-    ctx_.loop_ = shared;
-    wake_fd_ = shared_wake_fd;
+    ctx_.loop_ = shared->loop;
+    ctx_.clock_ = shared->clock;
+    wake_fd_ = shared->wake_fd;
+    published_ = shared->published;
+    owner_.w = this;
+    owner_.batch = shared->batch;
+    ctx_.io_owner_ = &owner_;
   } else {
     EventLoop::Options lo;
     lo.backend = impl_->opts.io;
@@ -128,6 +133,7 @@ void Worker::SwapSnapshot() {
     if (!h) {
       h = std::make_unique<ListenerHandler>();
       h->w = this;
+      h->io_owner = ctx_.io_owner();
       h->fd = fd;
       h->name = l.socks->name;
       h->count = l.socks->count;
@@ -164,7 +170,7 @@ void Worker::SweepIdle() {
     }
     if (draining) {
       s->Close();
-    } else if (limit > 0 && ctx_.now_ms_ - s->last_active_ms >= limit) {
+    } else if (limit > 0 && ctx_.now() - s->last_active_ms >= limit) {
       ctx_.stats().cx_idle_timeout.fetch_add(1, std::memory_order_relaxed);
       s->Close();
     }
@@ -172,7 +178,7 @@ void Worker::SweepIdle() {
 }
 
 void Worker::RunTimers() {
-  while (!ctx_.timers_.empty() && ctx_.timers_.front()->deadline <= ctx_.now_ms_) {
+  while (!ctx_.timers_.empty() && ctx_.timers_.front()->deadline <= ctx_.now()) {
     Timer* t = ctx_.timers_.front();
     ctx_.timers_.Remove(*t);
     t->owner->OnTimer(t->kind);
@@ -219,6 +225,23 @@ bool Worker::Prepare(int64_t now_ms, int* timeout_ms) {
   return true;
 }
 
+bool Worker::SwapIfNew() {
+  if (impl_->version.load(std::memory_order_acquire) == version_)
+    return false;
+  SwapSnapshot();
+  return true;
+}
+
+int64_t Worker::Due() const {
+  if (sessions_.has_deferred() || upstreams_.has_deferred() || ctx_.log_.size() > 0 ||
+      shadow_.has_flush())
+    return ctx_.now();
+  int64_t due = next_sweep_ms_;
+  if (!ctx_.timers_.empty())
+    due = std::min(due, ctx_.timers_.front()->deadline);
+  return due;
+}
+
 bool Worker::AfterWait(int64_t now_ms) {
   ctx_.now_ms_ = now_ms;
   // Again after the wait: a request that arrives after Update() returned must see the
@@ -234,12 +257,13 @@ bool Worker::AfterWait(int64_t now_ms) {
 void Worker::Finish() {
   // Each step only when it has something to do: a group thread calls this for every
   // worker attached to it, most of them idle.
-  if (!ctx_.timers_.empty() && ctx_.timers_.front()->deadline <= ctx_.now_ms_)
+  const int64_t now = ctx_.now();
+  if (!ctx_.timers_.empty() && ctx_.timers_.front()->deadline <= now)
     RunTimers();
   if (shadow_.has_flush())
     shadow_.FlushMirrors();
-  if (ctx_.now_ms_ >= next_sweep_ms_) {
-    next_sweep_ms_ = ctx_.now_ms_ + 100;
+  if (now >= next_sweep_ms_) {
+    next_sweep_ms_ = now + 100;
     SweepIdle();
   }
   if (sessions_.has_deferred())

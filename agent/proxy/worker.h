@@ -2,8 +2,9 @@
 // SO_REUSEPORT socket (shared-nothing: a connection lives and dies on the worker that
 // accepted it). It runs on a thread of its own with its own loop (Run), or, when the
 // Proxy has a worker group (worker_group.h), on a group thread whose loop it shares with
-// other Proxies' workers: the thread then calls the parts of an iteration (Prepare,
-// AfterWait, Finish) for each worker attached to it, and Detach at the end. It accepts connections,
+// other Proxies' workers: the thread then takes its snapshots (SwapIfNew), runs its
+// per-batch work (Finish) when its handlers had events or it is Due, and Detaches it at
+// the end. It accepts connections,
 // takes each new config snapshot between events, closes idle keep-alive connections, runs its
 // timers, and owns the parts its connections use: the context they reach it through
 // (worker_context.h), the upstream pool, the shadow writer, the memory budget and the session pool.
@@ -18,6 +19,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -39,9 +41,19 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  // Its own loop and wake-up eventfd; or, with `shared`, the group thread's loop and
-  // eventfd (io_backend() is then the loop's).
-  Result<void> Init(EventLoop* shared = nullptr, int shared_wake_fd = -1);
+  // A group thread's loop, as its workers see it: the loop, its wake-up eventfd, its
+  // clock (one per batch), the count Wake() bumps so the thread looks for new snapshots,
+  // and the list the loop puts the workers whose handlers had events in.
+  struct SharedLoop {
+    EventLoop* loop = nullptr;
+    int wake_fd = -1;
+    const int64_t* clock = nullptr;
+    std::atomic<uint64_t>* published = nullptr;
+    std::vector<IoOwner*>* batch = nullptr;
+  };
+  // Its own loop and wake-up eventfd; or, with `shared`, the group thread's loop
+  // (io_backend() is then the loop's).
+  Result<void> Init(const SharedLoop* shared = nullptr);
   // On the worker's own thread, before Run().
   Result<void> Activate() { return ctx_.loop().Activate(); }
   IoBackend io_backend() const { return io_backend_; }
@@ -49,8 +61,7 @@ class Worker {
   // Its own thread's loop, until Stop() publishes the empty snapshot.
   void Run();
 
-  // One loop iteration in parts, on the thread that runs the loop (a group thread's
-  // loop runs them for each attached worker). Before the wait: takes a new snapshot
+  // One iteration of Run in parts. Before the wait: takes a new snapshot
   // and lowers *timeout_ms to what its timers and pending work need; false once the
   // snapshot is empty.
   bool Prepare(int64_t now_ms, int* timeout_ms);
@@ -59,12 +70,25 @@ class Worker {
   bool AfterWait(int64_t now_ms);
   // After the events: timers, mirrors, the idle sweep, the end of the batch, the log.
   void Finish();
+  // On a group thread (worker_group.cc), which runs the parts of an iteration only for
+  // the workers that need them. SwapIfNew: takes a snapshot published since the last
+  // (true if it did). Due: when it next needs Finish() without an event of its own (its
+  // timers, its idle sweep; now when work is pending).
+  bool SwapIfNew();
+  int64_t Due() const;
+  // Its handlers' owner on a shared loop (event_loop.h).
+  struct Owner : IoOwner {
+    Worker* w = nullptr;
+  };
+  std::size_t group_slot = 0;  // its place in its group thread's list
   // A shared loop's worker leaves it: its listeners stop being watched, and every
   // connection it has is closed through the loop (which then forgets them). Between
   // iterations, on the loop's thread.
   void Detach();
 
   void Wake() {
+    if (published_)
+      published_->fetch_add(1, std::memory_order_release);
     uint64_t one = 1;
     [[maybe_unused]] ssize_t r = write(wake_fd_, &one, sizeof(one));
   }
@@ -105,6 +129,8 @@ class Worker {
   std::unique_ptr<EventLoop> own_loop_;  // none on a group thread
   int wake_fd_ = -1;                     // own, or the group thread's (not closed here)
   bool own_wake_fd_ = false;
+  std::atomic<uint64_t>* published_ = nullptr;  // a group thread's (Wake bumps it)
+  Owner owner_;
   WakeHandler wake_handler_{};
   int64_t next_sweep_ms_ = 0;
   uint64_t version_ = 0;

@@ -54,7 +54,7 @@ class WorkerContext {
 
   // --- clock, random numbers, timers
   // The worker's clock: read once per event batch, not per event.
-  int64_t now() const { return now_ms_; }
+  int64_t now() const { return *clock_; }
   uint64_t Rand() {
     rng_ ^= rng_ << 13;
     rng_ ^= rng_ >> 7;
@@ -70,7 +70,7 @@ class WorkerContext {
   }
   void Arm(Timer& t, int64_t after_ms) {
     timers_.Remove(t);
-    t.deadline = now_ms_ + after_ms;
+    t.deadline = now() + after_ms;
     timers_.Add(t);
   }
   void Cancel(Timer& t) { timers_.Remove(t); }
@@ -81,6 +81,8 @@ class WorkerContext {
   const ProxyOptions& opts() const { return opts_; }
   // Drain() was called: responses say `connection: close` and their connection closes.
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
+  // On a shared loop: who this worker's handlers belong to (none on its own loop).
+  IoOwner* io_owner() const { return io_owner_; }
   // The newest config this worker took; a session moves to it between requests.
   const std::shared_ptr<const Snapshot>& snap() const { return snap_; }
   // Access-log lines, written out once per event batch.
@@ -101,6 +103,9 @@ class WorkerContext {
   EventLoop* loop_ = nullptr;  // the worker's own (Worker::own_loop_) or its group thread's
   uint64_t rng_;
   int64_t now_ms_ = NowMs();
+  // now(): now_ms_, or a group thread's clock (one write per batch for all its workers).
+  const int64_t* clock_ = &now_ms_;
+  IoOwner* io_owner_ = nullptr;
   TimerHeap timers_;
   std::shared_ptr<const Snapshot> snap_;
   fmt::memory_buffer log_;

@@ -36,11 +36,30 @@ struct GroupThread {
   int wake_fd = -1;
   WakeHandler wake;
   std::thread thread;
-  std::vector<Worker*> workers;  // the loop thread's
-  int count = 0;                 // attached or being attached (the group's mutex)
+  // The loop thread's: its attached workers with when each is next due (contiguous, so
+  // the per-iteration look at them touches no worker's memory), its clock, the workers
+  // whose handlers had events in this batch (filled by the loop), the publish count seen.
+  struct Entry {
+    Worker* w;
+    int64_t due;
+  };
+  std::vector<Entry> entries;
+  int64_t now = NowMs();
+  std::vector<IoOwner*> batch;
+  uint64_t seen = 0;
+  std::atomic<uint64_t> published{0};  // bumped by a worker's Wake() (Proxy's Publish)
+  int count = 0;                       // attached or being attached (the group's mutex)
   std::mutex mu;
   std::vector<std::function<void()>> posted;  // guarded by mu
   bool stop = false;                          // guarded by mu
+
+  Worker::SharedLoop Shared() {
+    return {.loop = loop.get(),
+            .wake_fd = wake_fd,
+            .clock = &now,
+            .published = &published,
+            .batch = &batch};
+  }
 
   ~GroupThread() {
     loop.reset();  // first: an io_uring holds references to the sockets it watches
@@ -86,21 +105,66 @@ struct GroupThread {
     return !stopping;
   }
 
-  // The iteration of Worker::Run, once for all attached workers: one wait, one
-  // dispatch. (A worker's snapshot is never empty here: Proxy::Stop detaches it first.)
+  // A Proxy published a snapshot: its workers take it.
+  void Swaps() {
+    const uint64_t p = published.load(std::memory_order_acquire);
+    if (p == seen)
+      return;
+    seen = p;  // first: a publish during the walk is seen next time
+    for (auto& e : entries) {
+      if (e.w->SwapIfNew())
+        e.due = now;
+    }
+  }
+
+  void Add(Worker* w) {
+    w->group_slot = entries.size();
+    entries.push_back({w, now});
+    w->SwapIfNew();
+  }
+
+  void Remove(Worker* w) {
+    const std::size_t i = w->group_slot;
+    if (i >= entries.size() || entries[i].w != w)
+      return;
+    entries[i] = entries.back();
+    entries[i].w->group_slot = i;
+    entries.pop_back();
+    w->Detach();
+  }
+
+  // The iteration of Worker::Run for all attached workers: one wait, one dispatch; then
+  // the per-batch work of the workers whose handlers had events, and of those due (their
+  // timers, their idle sweep), not of every worker.
   void Loop() {
     while (RunPosted()) {
-      int timeout = -1;
-      int64_t now = NowMs();
-      for (Worker* w : workers)
-        w->Prepare(now, &timeout);
-      loop->Poll(timeout);
       now = NowMs();
-      for (Worker* w : workers)
-        w->AfterWait(now);
+      Swaps();
+      int64_t timeout = -1;
+      for (const auto& e : entries) {
+        const int64_t t = std::max<int64_t>(e.due - now, 0);
+        if (timeout < 0 || t < timeout)
+          timeout = t;
+      }
+      loop->Poll(static_cast<int>(std::min<int64_t>(timeout, 1000)));
+      now = NowMs();
+      // Again after the wait: a request that arrives after Update() returned must see
+      // the new config even when it comes in the same batch as the wake-up.
+      Swaps();
       loop->Dispatch();
-      for (Worker* w : workers)
+      for (IoOwner* o : batch) {
+        o->touched = false;
+        Worker* w = static_cast<Worker::Owner*>(o)->w;
         w->Finish();
+        entries[w->group_slot].due = w->Due();
+      }
+      batch.clear();
+      for (auto& e : entries) {
+        if (e.due <= now) {
+          e.w->Finish();
+          e.due = e.w->Due();
+        }
+      }
     }
   }
 };
@@ -220,23 +284,18 @@ engine::GroupThread* WorkerGroup::Pick() {
 }
 
 Result<void> WorkerGroup::Attach(engine::GroupThread* t, engine::Worker* w) {
-  if (auto r = w->Init(t->loop.get(), t->wake_fd); !r) {
+  const engine::Worker::SharedLoop shared = t->Shared();
+  if (auto r = w->Init(&shared); !r) {
     std::lock_guard lock(impl_->mu);
     --t->count;
     return r;
   }
-  t->Run([t, w] { t->workers.push_back(w); });
+  t->Run([t, w] { t->Add(w); });
   return {};
 }
 
 void WorkerGroup::Detach(engine::GroupThread* t, engine::Worker* w) {
-  t->Run([t, w] {
-    auto it = std::find(t->workers.begin(), t->workers.end(), w);
-    if (it == t->workers.end())
-      return;
-    t->workers.erase(it);
-    w->Detach();
-  });
+  t->Run([t, w] { t->Remove(w); });
   std::lock_guard lock(impl_->mu);
   --t->count;
 }
