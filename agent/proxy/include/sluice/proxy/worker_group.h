@@ -6,9 +6,11 @@
 // budget, drain. Its worker is attached to the group thread with the fewest workers at
 // Proxy::Start and detached at Proxy::Stop (both run on that thread, between loop
 // iterations; the caller waits for them). A group thread's iteration waits once for all
-// its workers' sockets, then dispatches the events to their handlers, and runs each
-// attached worker's per-iteration steps (snapshot swap, timers, idle sweep, log), each
-// only when it has something due. Update() of one Proxy wakes its worker's thread.
+// its workers' sockets, dispatches the events to their handlers, then runs the per-batch
+// steps (timers, mirrors, idle sweep, end of batch, log) only of the workers whose
+// handlers had events (the loop marks their IoOwner) or that are due (a timer, the idle
+// sweep): an idle pod costs the thread nothing per iteration but a look at its due time.
+// Update() of one Proxy wakes its worker's thread, which then takes the new snapshot.
 //
 // Upstream sockets: a group thread stays in the process's network namespace; a Proxy
 // that must connect from elsewhere passes ProxyOptions::make_socket.
