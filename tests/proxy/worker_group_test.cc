@@ -2,6 +2,7 @@
 // keeping its own routing, counters and connections. Real loopback sockets, the
 // project's own upstream; every case runs on epoll and on io_uring.
 #include <dirent.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <atomic>
@@ -190,4 +191,31 @@ TEST_CASE("a group refuses on_worker_start (a shared thread cannot move into a n
   auto p = StartProxy(Doc(1), 1, o);
   CHECK(p->error.find("on_worker_start") != std::string::npos);
   CHECK(group->Attached() == std::vector<int>{0});
+}
+
+TEST_CASE("draining one proxy of a group closes its idle connections with no event of theirs",
+          "[proxy][group]") {
+  const IoBackend io = GENERATE(IoBackend::kEpoll, IoBackend::kUring);
+  INFO("backend " << sluice::proxy::IoBackendName(io));
+  TestUpstream u({.name = "u", .record = false});
+  auto group = Group(io, 1);
+  auto a = StartProxy(Doc(u.port()), 1, On(group));
+  auto b = StartProxy(Doc(u.port()), 1, On(group));
+  REQUIRE(a->error == "");
+  REQUIRE(b->error == "");
+  const uint16_t a_port = a->Port();
+  Client ca(a_port), cb(b->Port());
+  REQUIRE(ca.Get("h", "/").status == 200);
+  REQUIRE(cb.Get("h", "/").status == 200);
+  // A's connection is idle: only its worker's due idle sweep can close it.
+  REQUIRE(a->proxy->Drain());
+  pollfd p{ca.fd(), POLLIN, 0};
+  REQUIRE(poll(&p, 1, 2000) == 1);
+  char byte;
+  CHECK(recv(ca.fd(), &byte, 1, 0) == 0);
+  CHECK(WaitFor([&] { return a->proxy->stats().active_cx.load() == 0; }));
+  CHECK(Get(a_port, "h", "/", "", 500).status == 0);  // its listener is closed
+  // B, on the same thread, neither drained nor disturbed.
+  CHECK(cb.Get("h", "/").status == 200);
+  CHECK(b->proxy->stats().active_cx.load() == 1);
 }
