@@ -12,6 +12,7 @@ packages=(
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   catch2 libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libre2-dev libssl-dev
   libcurl4-openssl-dev  # the Kubernetes API client (agent/kube)
+  libgoogle-perftools-dev  # tcmalloc for the agent and the proxy (SLUICE_MALLOC)
   # runtime and tests
   iproute2 iptables containernetworking-plugins curl openssl jq python3
   python3-yaml  # examples/05-service-entry/check.sh reads the example's YAML
@@ -25,6 +26,7 @@ packages=(
   python3-prometheus-client
   # benchmarks and peers
   wrk haproxy nginx-light iperf3
+  libnghttp2-dev nghttp2-client  # HTTP/2 (agent/proxy/h2_session.cc); nghttp/h2load as peers
   linux-perf strace  # profiling the L7 proxy (docs/benchmarks.md)
 )
 

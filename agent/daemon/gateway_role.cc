@@ -17,11 +17,16 @@ namespace sluice::agent {
 
 namespace {
 
-// The L7 proxy's view of a snapshot; errors name the resource and field.
-// Problems that do not stop the config (a DNS host that does not resolve) are logged.
-Result<std::shared_ptr<const proxy::ProxyConfig>> CompileL7(const config::Snapshot& s) {
-  auto cfg = proxy::Compile(s.ToResourceSet());
-  if (cfg) {
+// The L7 proxy's view of a snapshot; errors name the resource and field. With `prev`
+// compiled from the snapshot `diff` starts from, only what the diff names is compiled
+// again (proxy::CompileUpdate). Problems that do not stop the config (a DNS host that
+// does not resolve) are logged, when they are not those of `prev`.
+Result<std::shared_ptr<const proxy::ProxyConfig>> CompileL7(const config::Snapshot& s,
+                                                            const proxy::ProxyConfig* prev,
+                                                            const config::Diff* diff) {
+  auto cfg = prev && diff ? proxy::CompileUpdate(*prev, s, *diff) : proxy::Compile(s);
+  if (cfg && !(prev && prev->warnings == (*cfg)->warnings &&
+               prev->refused.size() == (*cfg)->refused.size())) {
     for (const auto& w : (*cfg)->warnings)
       spdlog::warn("L7 config {}: {}", s.generation, w);
     for (const auto& r : (*cfg)->refused)
@@ -55,10 +60,12 @@ Result<std::map<std::string, std::string>> ParseLabelList(const std::string& tex
 
 }  // namespace
 
-void GatewayRole::Apply(const config::SnapshotPtr& s) {
+void GatewayRole::Apply(const config::SnapshotPtr& s, const config::Diff* diff) {
   std::lock_guard lock(mu_);
-  auto cfg = CompileL7(*s);
+  const bool incremental = compiled_ && diff && diff->base == compiled_id_;
+  auto cfg = CompileL7(*s, incremental ? compiled_.get() : nullptr, incremental ? diff : nullptr);
   if (!cfg) {
+    compiled_ = nullptr;  // the next change is compiled whole
     last_error_ = cfg.error().message;
     spdlog::error("L7 config {} refused, keeping the running one: {}", s->generation, last_error_);
     return;
@@ -74,10 +81,13 @@ void GatewayRole::Apply(const config::SnapshotPtr& s) {
     r = proxy_->Update(*cfg);
   }
   if (!r) {
+    compiled_ = nullptr;
     last_error_ = r.error().message;
     spdlog::error("L7 config {}: {}", s->generation, last_error_);
     return;
   }
+  compiled_ = *cfg;
+  compiled_id_ = s->id;
   last_error_.clear();
   for (const auto& l : (*cfg)->listeners)
     spdlog::info("gateway listener {} on {}:{}", l.name, l.address, proxy_->Port(l.name));
@@ -117,6 +127,14 @@ AdminReply GatewayRole::Metrics() {
                     XdsSamples(client_->Status(), ""));
   out += XdsAcceptanceMetrics({{"", client_->Status()}});
   std::lock_guard lock(mu_);
+  if (compiled_) {
+    out +=
+        Prometheus("sluice_l7_last_compile_built",
+                   "What the last L7 compile built (a change compiles only what it names)", "gauge",
+                   {{"{kind=\"clusters\"}", compiled_->built_clusters},
+                    {"{kind=\"routes\"}", compiled_->built_routes},
+                    {"{kind=\"listeners\"}", compiled_->built_listeners}});
+  }
   if (proxy_) {
     for (const auto& st : proxy::NamedStats(proxy_->stats()))
       out += Prometheus("sluice_proxy_" + std::string(st.name), std::string(st.help),
@@ -155,7 +173,7 @@ int GatewayRole::Run(sigset_t sigs) {
   po_.istio_stats = istio_;
   po_.workers = g_.workers;
   po_.access_log_path = g_.access_log == "-" ? "" : g_.access_log;
-  store_.Subscribe([this](const config::SnapshotPtr& s, const config::Diff&) { Apply(s); });
+  store_.Subscribe([this](const config::SnapshotPtr& s, const config::Diff& d) { Apply(s, &d); });
   DnsWatch dns_watch([this] {
     if (auto s = store_.Current(); s && s->generation > 0)
       Apply(s);

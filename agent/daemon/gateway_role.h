@@ -42,9 +42,11 @@ class GatewayRole {
   int Run(sigset_t sigs);
 
  private:
-  // Compiles and applies a snapshot; from the xDS stream and, when a DNS answer changed,
-  // from the DNS watch (under `mu_`: one at a time, so an older compile never lands last).
-  void Apply(const config::SnapshotPtr& s);
+  // Compiles and applies a snapshot; from the xDS stream (with the store's diff: when it
+  // starts from the snapshot running, only what changed is compiled) and, when a DNS
+  // answer changed, from the DNS watch (no diff: compiled whole). Under `mu_`: one at a
+  // time, so an older compile never lands last.
+  void Apply(const config::SnapshotPtr& s, const config::Diff* diff = nullptr);
 
   // The admin pages.
   AdminReply Ready();
@@ -58,6 +60,8 @@ class GatewayRole {
   std::shared_ptr<proxy::telemetry::IstioStats> istio_;  // this gateway's Istio metrics
   std::mutex mu_;                                        // guards proxy_ and last_error_
   std::unique_ptr<proxy::Proxy> proxy_;
+  std::shared_ptr<const proxy::ProxyConfig> compiled_;  // what proxy_ runs
+  uint64_t compiled_id_ = 0;                            // ... compiled from this snapshot
   std::string last_error_;
   // Last, so it stops (and calls Apply no more) before the proxy goes.
   std::unique_ptr<xds::AdsClient> client_;

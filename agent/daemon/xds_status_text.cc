@@ -25,7 +25,9 @@ std::string RefusedListeners(const xds::AdsClientStatus& st, const std::string& 
 }
 
 nlohmann::json XdsAcceptanceJson(const xds::AdsClientStatus& st) {
-  nlohmann::json j = {{"refused", nlohmann::json::object()},
+  nlohmann::json j = {{"protocol", st.protocol},
+                      {"connected", st.connected},
+                      {"refused", nlohmann::json::object()},
                       {"skipped", nlohmann::json::object()},
                       {"skipped_filters", nlohmann::json::object()}};
   for (const auto& [type_url, ts] : st.types) {
@@ -42,11 +44,13 @@ nlohmann::json XdsAcceptanceJson(const xds::AdsClientStatus& st) {
 std::string XdsAcceptanceMetrics(
     const std::vector<std::pair<std::string, xds::AdsClientStatus>>& streams) {
   using Samples = std::vector<std::pair<std::string, uint64_t>>;
-  Samples refused, skipped, refused_total, skipped_total, filters;
+  Samples refused, skipped, refused_total, skipped_total, filters, protocols;
   auto labels = [](const std::string& stream, const std::string& rest) {
     return "{" + (stream.empty() ? rest : stream + "," + rest) + "}";
   };
   for (const auto& [stream, st] : streams) {
+    if (!st.protocol.empty())
+      protocols.push_back({labels(stream, "protocol=\"" + st.protocol + "\""), 1});
     for (const auto& [type_url, ts] : st.types) {
       const std::string type = "type=\"" + type_url + "\"";
       std::map<std::string, uint64_t> now_refused, now_skipped;
@@ -67,6 +71,9 @@ std::string XdsAcceptanceMetrics(
     }
   }
   std::string out;
+  out += Prometheus("sluice_xds_protocol",
+                    "The ADS protocol of the stream (delta or sotw): 1 for the one in use", "gauge",
+                    protocols);
   out += Prometheus("sluice_xds_refused_resources",
                     "xDS resources refused now (NACKed by name), by type and reason class", "gauge",
                     refused);

@@ -25,12 +25,14 @@ std::string RefusedListeners(const xds::AdsClientStatus& st, const std::string& 
 
 // xDS per-resource acceptance as Prometheus families, one set of samples per stream
 // (labels such as `view="default"`, or "" for the node's or gateway's stream):
+//   sluice_xds_protocol{protocol}                         gauge: 1 for "delta" or "sotw"
 //   sluice_xds_refused_resources{type,reason_class}       gauge: refused now
 //   sluice_xds_skipped_resources{type,reason_class}       gauge: skipped now
 //   sluice_xds_resources_refused_total{type,reason_class} counter
 //   sluice_xds_resources_skipped_total{type,reason_class} counter
 //   sluice_xds_skipped_filters{filter_type}               gauge: listeners skipping it
-// What /config_dump shows of per-resource acceptance: {"refused": {TYPE: {NAME: REASON}},
+// What /config_dump shows of the stream and its per-resource acceptance: {"protocol":
+// "delta"|"sotw" ("" before a stream), "connected": bool, "refused": {TYPE: {NAME: REASON}},
 // "skipped": {TYPE: {NAME: REASON}}, "skipped_filters": {FILTER_TYPE: LISTENERS}}, TYPE
 // being the resource's type URL. Refused and skipped resources are not in the dump's
 // resource lists (a refused one's earlier version is, if it had one).

@@ -323,11 +323,21 @@ Result<void> CompileRetry(const route_v3::RetryPolicy& p, RetryPolicy* out,
       out->on_refused_stream = true;
     else if (t == "retriable-status-codes")
       out->on_retriable_status_codes = true;
-    else if (t.empty() || t == "retriable-4xx" || t == "cancelled" || t == "deadline-exceeded" ||
-             t == "internal" || t == "resource-exhausted" || t == "unavailable" ||
-             t == "retriable-headers" || t == "envoy-ratelimited" ||
-             t == "http3-post-connect-failure") {
-      // gRPC and header-based conditions never fire for HTTP/1.1 upstreams here.
+    // The gRPC conditions (Envoy's x-envoy-retry-grpc-on names, also valid in retry_on):
+    // read from a trailers-only response's grpc-status (RetriableGrpcStatus).
+    else if (t == "cancelled")
+      out->on_grpc_cancelled = true;
+    else if (t == "deadline-exceeded")
+      out->on_grpc_deadline_exceeded = true;
+    else if (t == "resource-exhausted")
+      out->on_grpc_resource_exhausted = true;
+    else if (t == "internal")
+      out->on_grpc_internal = true;
+    else if (t == "unavailable")
+      out->on_grpc_unavailable = true;
+    else if (t.empty() || t == "retriable-4xx" || t == "retriable-headers" ||
+             t == "envoy-ratelimited" || t == "http3-post-connect-failure") {
+      // Envoy conditions not implemented yet: they never fire; the others still do.
     } else {
       return Fail(where + ": retry_policy.retry_on: unknown condition \"" + std::string(t) + "\"");
     }
@@ -402,6 +412,43 @@ Result<void> CompileRouteAction(const route_v3::RouteAction& a, Route* r, const 
   out.upgrades = CompileUpgrades(a.upgrade_configs());
   if (a.has_timeout())
     out.timeout = ToMillis(a.timeout());
+  // gRPC and stream-duration timeouts (grpc::RouteTimeouts applies them); Envoy's
+  // validation refuses a negative one.
+  auto duration = [&](const google::protobuf::Duration& d, std::string_view field,
+                      std::optional<Millis>* to) -> Result<void> {
+    if (d.seconds() < 0 || d.nanos() < 0)
+      return Fail(where + ": " + std::string(field) + ": must not be negative");
+    *to = ToMillis(d);
+    return {};
+  };
+  StreamTimeouts& st = out.stream_timeouts;
+  if (a.has_max_stream_duration()) {
+    const auto& msd = a.max_stream_duration();
+    st.has_max_stream_duration = true;
+    if (msd.has_max_stream_duration()) {
+      SLUICE_RETURN_IF_ERROR(duration(msd.max_stream_duration(),
+                                      "max_stream_duration.max_stream_duration",
+                                      &st.max_stream_duration));
+    }
+    if (msd.has_grpc_timeout_header_max()) {
+      SLUICE_RETURN_IF_ERROR(duration(msd.grpc_timeout_header_max(),
+                                      "max_stream_duration.grpc_timeout_header_max",
+                                      &st.grpc_timeout_header_max));
+    }
+    if (msd.has_grpc_timeout_header_offset()) {
+      SLUICE_RETURN_IF_ERROR(duration(msd.grpc_timeout_header_offset(),
+                                      "max_stream_duration.grpc_timeout_header_offset",
+                                      &st.grpc_timeout_header_offset));
+    }
+  }
+  if (a.has_max_grpc_timeout()) {
+    SLUICE_RETURN_IF_ERROR(
+        duration(a.max_grpc_timeout(), "max_grpc_timeout", &st.max_grpc_timeout));
+  }
+  if (a.has_grpc_timeout_offset()) {
+    SLUICE_RETURN_IF_ERROR(
+        duration(a.grpc_timeout_offset(), "grpc_timeout_offset", &st.grpc_timeout_offset));
+  }
   if (a.has_retry_policy()) {
     if (auto e = CompileRetry(a.retry_policy(), &out.retry, where); !e)
       return e;
@@ -993,6 +1040,10 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
       out->http.xff_num_trusted_hops = h.xff_num_trusted_hops();
       if (h.common_http_protocol_options().has_idle_timeout()) {
         out->http.idle_timeout = ToMillis(h.common_http_protocol_options().idle_timeout());
+      }
+      if (h.common_http_protocol_options().has_max_stream_duration()) {
+        out->http.max_stream_duration =
+            ToMillis(h.common_http_protocol_options().max_stream_duration());
       }
       if (h.has_request_headers_timeout())
         out->http.request_headers_timeout = ToMillis(h.request_headers_timeout());

@@ -4,6 +4,7 @@
 // route's num_retries and the cluster's retry budget and arms the backoff. Its callers
 // are the failure paths: router.cc (a connect failure, reset or protocol error),
 // session_response.cc (a retriable status) and session.cc (a per-try timeout).
+// RetriableGrpcStatus has no caller yet: HTTP/2 sessions will apply it to gRPC responses.
 #include "sluice/proxy/retry.h"
 
 #include <algorithm>
@@ -26,6 +27,23 @@ bool RetriableStatus(const RetryPolicy& rp, int status) {
       retriable |= c == status;
   }
   return retriable;
+}
+
+bool RetriableGrpcStatus(const RetryPolicy& rp, int grpc_status) {
+  switch (grpc_status) {
+    case 1:
+      return rp.on_grpc_cancelled;
+    case 4:
+      return rp.on_grpc_deadline_exceeded;
+    case 8:
+      return rp.on_grpc_resource_exhausted;
+    case 13:
+      return rp.on_grpc_internal;
+    case 14:
+      return rp.on_grpc_unavailable;
+    default:
+      return false;
+  }
 }
 
 bool RetriableTimeout(const RetryPolicy& rp) {

@@ -216,7 +216,8 @@ struct Dataplane::Impl {
   std::mutex mu;
   std::condition_variable cv;
   std::vector<Garbage> pending;
-  bool reclaiming = false;  // a batch taken from `pending` is being freed
+  bool reclaiming = false;               // a batch taken from `pending` is being freed
+  uint64_t reclaimed_in_background = 0;  // revisions the reclaimer freed
   bool stopping = false;
   std::thread reclaimer;
 
@@ -287,59 +288,108 @@ struct Dataplane::Impl {
     return {};
   }
 
-  // Writes one revision's backends and tables (new keys only: nothing live changes).
-  Result<void> WriteRevision(const EncodedService& enc) {
-    // The revision's backend slots in one batched update (one bpf() call instead of one
-    // per slot: a whole sync writes 10,000s), one by one if the kernel refuses the batch.
+  // Removes what WriteRevisions wrote of `encs` (nothing points at it yet): the tables
+  // and backend slots, and, with `refs_taken`, the endpoints' references it took.
+  void UnwriteRevisions(const std::vector<const EncodedService*>& encs, bool refs_taken) {
+    for (const auto* enc : encs) {
+      for (size_t c = 0; c < enc->clusters.size(); c++) {
+        const auto& cl = enc->clusters[c];
+        for (size_t s = 0; s < cl.slots.size(); s++) {
+          if (refs_taken)
+            (void)Ref(cl.slots[s].ep, -1);
+          (void)backends.Delete({enc->record.id, enc->record.revision, static_cast<uint16_t>(s),
+                                 static_cast<uint8_t>(c), 0});
+        }
+        if (cl.maglev)
+          (void)maglev.Delete({enc->record.id, enc->record.revision, static_cast<uint8_t>(c), {}});
+      }
+    }
+  }
+
+  // Writes new revisions (new keys only: nothing live changes until a frontend points at
+  // one): every revision's backend slots in one batched bpf() call, the endpoints seen
+  // for the first time into the registry in another (a whole sync writes 10,000s of
+  // each), then the consistent-hash tables. All or nothing: on an error what was written
+  // is removed again, and *failed is the index in `encs` of the revision it concerns.
+  Result<void> WriteRevisions(const std::vector<const EncodedService*>& encs, size_t* failed) {
     std::vector<sluice_backend_key> keys;
     std::vector<sluice_backend> values;
-    for (size_t c = 0; c < enc.clusters.size(); c++) {
-      const auto& cl = enc.clusters[c];
-      for (size_t s = 0; s < cl.slots.size(); s++) {
-        keys.push_back({enc.record.id, enc.record.revision, static_cast<uint16_t>(s),
-                        static_cast<uint8_t>(c), 0});
-        values.push_back(cl.slots[s]);
+    std::vector<size_t> owner;  // index in encs of keys[i]
+    for (size_t e = 0; e < encs.size(); e++) {
+      const auto& enc = *encs[e];
+      for (size_t c = 0; c < enc.clusters.size(); c++) {
+        const auto& cl = enc.clusters[c];
+        for (size_t s = 0; s < cl.slots.size(); s++) {
+          keys.push_back({enc.record.id, enc.record.revision, static_cast<uint16_t>(s),
+                          static_cast<uint8_t>(c), 0});
+          values.push_back(cl.slots[s]);
+          owner.push_back(e);
+        }
       }
     }
-    if (!keys.empty()) {
-      LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = BPF_ANY);
-      auto count = static_cast<__u32>(keys.size());
-      if (bpf_map_update_batch(backends.fd(), keys.data(), values.data(), &count, &opts) != 0 ||
-          count != keys.size()) {
-        for (size_t i = 0; i < keys.size(); i++)
-          SLUICE_RETURN_IF_ERROR(backends.Update(keys[i], values[i], BPF_ANY));
-      }
+    size_t at = 0;
+    if (auto r = backends.UpdateBatch(keys, values, BPF_ANY, &at); !r) {
+      *failed = owner[at];
+      UnwriteRevisions(encs, false);
+      return r;
     }
-    // Endpoints seen for the first time go into the registry in one batch too.
-    std::vector<sluice_endpoint> fresh;
-    for (const auto& cl : enc.clusters) {
-      for (const auto& slot : cl.slots) {
-        const std::string key(reinterpret_cast<const char*>(&slot.ep), sizeof(slot.ep));
-        if (refs[key]++ == 0)
-          fresh.push_back(slot.ep);
-      }
-    }
-    if (!fresh.empty()) {
-      std::vector<uint32_t> ones(fresh.size(), 1);
-      LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = BPF_ANY);
-      auto count = static_cast<__u32>(fresh.size());
-      if (bpf_map_update_batch(known.fd(), fresh.data(), ones.data(), &count, &opts) != 0 ||
-          count != fresh.size()) {
-        for (const auto& ep : fresh)
-          SLUICE_RETURN_IF_ERROR(known.Update(ep, 1, BPF_ANY));
-      }
-    }
-    for (size_t c = 0; c < enc.clusters.size(); c++) {
-      const auto& cl = enc.clusters[c];
-      if (cl.maglev) {
+    for (size_t e = 0; e < encs.size(); e++) {
+      const auto& enc = *encs[e];
+      for (size_t c = 0; c < enc.clusters.size(); c++) {
+        const auto& cl = enc.clusters[c];
+        if (!cl.maglev)
+          continue;
         sluice_cluster_key k{enc.record.id, enc.record.revision, static_cast<uint8_t>(c), {}};
         auto table = std::make_unique<sluice_maglev_table>();
         std::memcpy(table->slot, cl.maglev->data(), sizeof(table->slot));
-        if (auto r = maglev.Update(k, *table, BPF_ANY); !r)
+        if (auto r = maglev.Update(k, *table, BPF_ANY); !r) {
+          *failed = e;
+          UnwriteRevisions(encs, false);
           return r;
+        }
       }
     }
+    // The references last, so that undoing them is the only undo that touches the
+    // registry.
+    std::vector<sluice_endpoint> fresh;
+    std::vector<size_t> fresh_owner;
+    for (size_t e = 0; e < encs.size(); e++) {
+      for (const auto& cl : encs[e]->clusters) {
+        for (const auto& slot : cl.slots) {
+          const std::string key(reinterpret_cast<const char*>(&slot.ep), sizeof(slot.ep));
+          if (refs[key]++ == 0) {
+            fresh.push_back(slot.ep);
+            fresh_owner.push_back(e);
+          }
+        }
+      }
+    }
+    if (auto r = known.UpdateBatch(fresh, std::vector<uint32_t>(fresh.size(), 1), BPF_ANY, &at);
+        !r) {
+      *failed = fresh_owner[at];
+      UnwriteRevisions(encs, true);
+      return r;
+    }
     return {};
+  }
+
+  // frontend key -> the service it belongs to: what Apply checks a new frontend against
+  // (kept with `state`'s frontends; the maps hold nothing this does not).
+  std::unordered_map<std::string, std::string> owners;
+  static std::string OwnerKey(const sluice_frontend_key& k) {
+    return {reinterpret_cast<const char*>(&k), sizeof(k)};
+  }
+  // fs.frontends = keys, with `owners` following.
+  void SetFrontends(const std::string& name, FamilyState& fs,
+                    std::vector<sluice_frontend_key> keys) {
+    for (const auto& k : fs.frontends) {
+      auto it = owners.find(OwnerKey(k));
+      if (it != owners.end() && it->second == name)
+        owners.erase(it);
+    }
+    for (const auto& k : keys)
+      owners[OwnerKey(k)] = name;
+    fs.frontends = std::move(keys);
   }
 };
 
@@ -382,6 +432,7 @@ void Dataplane::ReclaimLoop() {
       for (const auto& g : batch)
         if (auto r = impl_->DeleteRevision(g); !r)
           spdlog::warn("kernel: freeing a retired revision: {}", r.error().message);
+      impl_->reclaimed_in_background += batch.size();
     }
     impl_->reclaiming = false;
     impl_->cv.notify_all();
@@ -391,6 +442,11 @@ void Dataplane::ReclaimLoop() {
       lock.lock();
     }
   }
+}
+
+uint64_t Dataplane::ReclaimedInBackground() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->reclaimed_in_background;
 }
 
 void Dataplane::WaitReclaimed() {
@@ -727,6 +783,7 @@ Result<void> Dataplane::Reconcile() {
     fs.current = std::max(fs.current, rec.revision);
     fs.revisions[rec.revision] = LayoutOf(rec);
     fs.frontends.push_back(key);
+    impl_->owners[Impl::OwnerKey(key)] = rec.name;
     live.insert({rec.id, rec.revision});
     impl_->next_id = std::max(impl_->next_id, rec.id + 1);
   }
@@ -785,34 +842,37 @@ Result<void> Dataplane::Reconcile() {
 
 Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
                               const std::vector<std::string>& deletes) {
-  // Validate everything first: a bad spec changes nothing.
+  std::unique_lock lock(impl_->mu);
+  // Validate everything first: a bad spec changes nothing. A frontend may belong to no
+  // other service, here or among the upserts.
+  std::unordered_map<std::string, const std::string*> claimed;
+  std::set<std::string_view> names;
   for (const auto& spec : upserts) {
     if (auto r = Validate(spec); !r)
       return r;
+    if (!names.insert(spec.name).second)
+      return Fail("service '" + spec.name + "': upserted twice in one update");
     for (const auto& ip : spec.vips) {
       auto key = FrontendKey(ip, spec.port, spec.protocol);
-      sluice_service cur{};
-      auto found = impl_->services.Lookup(key, &cur);
-      SLUICE_RETURN_IF_ERROR(found);
-      if (*found && spec.name != cur.name)
+      const std::string k = Impl::OwnerKey(key);
+      auto owner = impl_->owners.find(k);
+      if (owner != impl_->owners.end() && owner->second != spec.name)
         return Fail("service '" + spec.name + "': frontend " + FrontendString(key) +
-                    " already belongs to service '" + cur.name + "'");
+                    " already belongs to service '" + owner->second + "'");
+      auto [other, fresh] = claimed.try_emplace(k, &spec.name);
+      if (!fresh && *other->second != spec.name)
+        return Fail("service '" + spec.name + "': frontend " + FrontendString(key) +
+                    " is claimed by service '" + *other->second + "' too");
     }
   }
 
-  std::unique_lock lock(impl_->mu);
-  std::vector<Garbage> garbage;
-  auto retire = [&](FamilyState& fs) {
-    for (auto& [rev, layout] : fs.revisions)
-      garbage.push_back({fs.id, rev, std::move(layout)});
-    fs.revisions.clear();
+  // Every upsert's new revisions, written before any frontend moves to one.
+  struct Change {
+    const ServiceSpec* spec;
+    FamilyState* fs;
+    EncodedService enc;
   };
-  auto drop_frontends = [&](const std::vector<sluice_frontend_key>& keys) -> Result<void> {
-    for (const auto& k : keys)
-      SLUICE_RETURN_IF_ERROR(impl_->services.Delete(k));
-    return {};
-  };
-
+  std::vector<Change> changes;
   for (const auto& spec : upserts) {
     auto& families = impl_->state[spec.name];
     for (uint8_t family : Families(spec)) {
@@ -820,48 +880,112 @@ Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
       if (fs.id == 0)
         fs.id = impl_->next_id++;
       auto enc = Encode(spec, family, fs.id, fs.current + 1);
-      SLUICE_RETURN_IF_ERROR(enc);
-      auto written = impl_->WriteRevision(*enc);
-      if (!written && (!impl_->pending.empty() || impl_->reclaiming)) {
-        // The maps may be full of revisions waiting for their grace period (updates
-        // faster than the reclaimer): wait for it, then try once more.
-        (void)impl_->DeleteRevision({fs.id, fs.current + 1, LayoutOf(enc->record)});
-        impl_->cv.notify_all();
-        impl_->cv.wait(lock, [&] { return impl_->pending.empty() && !impl_->reclaiming; });
-        written = impl_->WriteRevision(*enc);
-      }
-      if (!written) {
-        // Nothing points at the half-written revision: remove it, keep the old one.
-        (void)impl_->DeleteRevision({fs.id, fs.current + 1, LayoutOf(enc->record)});
-        return Wrap("service '" + spec.name + "'", written.error());
-      }
-      // Switch each frontend to the new revision in place, under the record's lock.
-      for (const auto& key : enc->frontends) {
-        bool existed = std::any_of(fs.frontends.begin(), fs.frontends.end(),
-                                   [&](const auto& k) { return SameKey(k, key); });
-        auto r = impl_->services.Update(key, enc->record,
-                                        existed ? (BPF_F_LOCK | BPF_EXIST) : BPF_NOEXIST);
-        SLUICE_RETURN_IF_ERROR_CTX(r, "service '" + spec.name + "'");
-      }
-      std::vector<sluice_frontend_key> removed;
-      for (const auto& k : fs.frontends) {
-        if (std::none_of(enc->frontends.begin(), enc->frontends.end(),
-                         [&](const auto& n) { return SameKey(n, k); }))
-          removed.push_back(k);
-      }
-      if (auto r = drop_frontends(removed); !r)
-        return r;
-      retire(fs);
-      fs.current = enc->record.revision;
-      fs.revisions[fs.current] = LayoutOf(enc->record);
-      fs.frontends = enc->frontends;
+      SLUICE_RETURN_IF_ERROR_CTX(enc, "service '" + spec.name + "'");
+      changes.push_back({&spec, &fs, std::move(*enc)});
     }
-    // A family whose VIPs are all gone.
+  }
+  std::vector<const EncodedService*> encs;
+  for (const auto& c : changes)
+    encs.push_back(&c.enc);
+  size_t failed = 0;
+  auto written = impl_->WriteRevisions(encs, &failed);
+  if (!written && (!impl_->pending.empty() || impl_->reclaiming)) {
+    // The maps may be full of revisions waiting for their grace period (updates faster
+    // than the reclaimer): wait for it, then try once more.
+    impl_->cv.notify_all();
+    impl_->cv.wait(lock, [&] { return impl_->pending.empty() && !impl_->reclaiming; });
+    written = impl_->WriteRevisions(encs, &failed);
+  }
+  if (!written)  // nothing points at what was written: it is gone again, nothing changed
+    return Wrap("service '" + changes[failed].spec->name + "'", written.error());
+
+  // Switch each frontend to its new revision in place, under the record's lock: all in
+  // one batched call. A new frontend is inserted the same way (BPF_F_LOCK alone).
+  std::vector<sluice_frontend_key> keys;
+  std::vector<sluice_service> records;
+  std::vector<size_t> owner;
+  for (size_t i = 0; i < changes.size(); i++) {
+    for (const auto& key : changes[i].enc.frontends) {
+      keys.push_back(key);
+      records.push_back(changes[i].enc.record);
+      owner.push_back(i);
+    }
+  }
+  size_t at = 0;
+  auto switched = impl_->services.UpdateBatch(keys, records, BPF_F_LOCK, &at);
+  // Without an error every change is in force; with one, those before the failing
+  // element's service are (its frontends may be in part), and the later ones' revisions
+  // are removed: as if the upserts had been applied one by one up to the failing one.
+  const size_t done = switched ? changes.size() : owner[at];
+  if (!switched) {
+    std::vector<const EncodedService*> unused;
+    for (size_t i = done + 1; i < changes.size(); i++)
+      unused.push_back(&changes[i].enc);
+    impl_->UnwriteRevisions(unused, true);
+  }
+
+  std::vector<Garbage> garbage;
+  auto retire = [&](FamilyState& fs) {
+    for (auto& [rev, layout] : fs.revisions)
+      garbage.push_back({fs.id, rev, std::move(layout)});
+    fs.revisions.clear();
+  };
+  auto drop_frontends = [&](const std::vector<sluice_frontend_key>& dropped) -> Result<void> {
+    for (const auto& k : dropped)
+      SLUICE_RETURN_IF_ERROR(impl_->services.Delete(k));
+    return {};
+  };
+  auto queue_garbage = [&]() -> Result<void> {
+    if (garbage.empty())
+      return {};
+    if (opts_.reclaim_in_background) {
+      std::move(garbage.begin(), garbage.end(), std::back_inserter(impl_->pending));
+      if (!impl_->reclaimer.joinable())
+        impl_->reclaimer = std::thread([this] { ReclaimLoop(); });
+      impl_->cv.notify_all();
+      return {};
+    }
+    // No connect that might still hold an old revision survives this wait.
+    lock.unlock();
+    if (auto r = GracePeriod(); !r)
+      return r;
+    lock.lock();
+    for (const auto& g : garbage)
+      if (auto r = impl_->DeleteRevision(g); !r)
+        return r;
+    return {};
+  };
+
+  for (size_t i = 0; i < done; i++) {
+    auto& [spec, fs, enc] = changes[i];
+    std::vector<sluice_frontend_key> removed;
+    for (const auto& k : fs->frontends) {
+      if (std::none_of(enc.frontends.begin(), enc.frontends.end(),
+                       [&](const auto& n) { return SameKey(n, k); }))
+        removed.push_back(k);
+    }
+    if (auto r = drop_frontends(removed); !r)
+      return r;
+    retire(*fs);
+    fs->current = enc.record.revision;
+    fs->revisions[fs->current] = LayoutOf(enc.record);
+    impl_->SetFrontends(spec->name, *fs, enc.frontends);
+  }
+  if (!switched) {
+    // The old revisions of the services switched so far are freed as usual.
+    (void)queue_garbage();
+    return Wrap("service '" + changes[done].spec->name + "'", switched.error());
+  }
+
+  // A family whose VIPs are all gone.
+  for (const auto& spec : upserts) {
+    auto& families = impl_->state[spec.name];
     const auto present = Families(spec);
     for (auto it = families.begin(); it != families.end();) {
       if (std::find(present.begin(), present.end(), it->first) == present.end()) {
         if (auto r = drop_frontends(it->second.frontends); !r)
           return r;
+        impl_->SetFrontends(spec.name, it->second, {});
         retire(it->second);
         it = families.erase(it);
       } else {
@@ -877,29 +1001,12 @@ Result<void> Dataplane::Apply(const std::vector<ServiceSpec>& upserts,
     for (auto& [family, fs] : it->second) {
       if (auto r = drop_frontends(fs.frontends); !r)
         return r;
+      impl_->SetFrontends(name, fs, {});
       retire(fs);
     }
     impl_->state.erase(it);
   }
-
-  if (garbage.empty())
-    return {};
-  if (opts_.reclaim_in_background) {
-    std::move(garbage.begin(), garbage.end(), std::back_inserter(impl_->pending));
-    if (!impl_->reclaimer.joinable())
-      impl_->reclaimer = std::thread([this] { ReclaimLoop(); });
-    impl_->cv.notify_all();
-    return {};
-  }
-  // No connect that might still hold an old revision survives this wait.
-  lock.unlock();
-  if (auto r = GracePeriod(); !r)
-    return r;
-  lock.lock();
-  for (const auto& g : garbage)
-    if (auto r = impl_->DeleteRevision(g); !r)
-      return r;
-  return {};
+  return queue_garbage();
 }
 
 Result<void> Dataplane::Enrol(uint64_t cookie, const EnrolmentInfo& info) {

@@ -86,6 +86,10 @@ TEST_CASE("a refused listener is named in /ready and counted in /metrics until f
   auto dump = sluice::agent::XdsAcceptanceJson(st);
   const std::string lds_url = "type.googleapis.com/envoy.config.listener.v3.Listener";
   CHECK(dump["refused"][lds_url].contains("guarded"));
+  // ... and which protocol the stream speaks (this fixture's server speaks SotW only).
+  CHECK(dump["protocol"] == "sotw");
+  CHECK(dump["connected"] == true);
+  CHECK(Has(m, "sluice_xds_protocol{protocol=\"sotw\"} 1"));
   CHECK(dump["skipped"][lds_url].contains("connect_originate"));
   CHECK_FALSE(dump["refused"][lds_url].contains("tcp"));
   CHECK(dump["skipped_filters"]["type.googleapis.com/"

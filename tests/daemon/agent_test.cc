@@ -849,7 +849,7 @@ TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gatewa
   const std::string admin = t.dir + "/gw-admin.sock";
   // The xDS server on a Unix socket: reachable from the gateway pod's namespace (the
   // local cluster serves xDS this way; on Kubernetes, istiod is a Service).
-  const auto gateway_config = GatewayConfig();  // not on the stream threads (see AgentLab)
+  auto gateway_config = GatewayConfig();  // not on the stream threads (see AgentLab)
   sluice::xds::AdsServer uads([&](const envoy::config::core::v3::Node& n) {
     auto id = sluice::xds::ParseNodeId(n.id());
     if (!id || id->role != sluice::xds::ProxyRole::kRouter)
@@ -921,6 +921,24 @@ TEST_CASE("sluice-agent --role gateway: xDS as a router, listeners in the gatewa
   std::string text((std::istreambuf_iterator<char>(log)), {});
   CHECK_THAT(text, Catch::Contains("\"GET /hello HTTP/1.1\" 200"));
   CHECK_THAT(text, Catch::Contains(" NR "));  // no route: Envoy's flag
+
+  // A route change is compiled alone: the route table again, no cluster. The virtual
+  // host now answers elsewhere.example.com too.
+  CHECK_THAT(admin_get("/metrics"), Catch::Contains("sluice_l7_last_compile_built{kind="));
+  {
+    std::lock_guard lock(mu);
+    gateway_config.routes.clear();
+    gateway_config.Add(FromJson<RouteConfiguration>(
+        R"({"name":"http.8080","virtualHosts":[{"name":"httpbin.example.com:80","domains":["httpbin.example.com","httpbin.example.com:*","elsewhere.example.com"],"routes":[{"match":{"prefix":"/hello"},"route":{"cluster":"outbound|80|v1|api.default.svc.cluster.local"}}]}]})"));
+  }
+  uads.Push();
+  CHECK(Within([&] {
+          return CurlInPod(t.lab, "other", "http://10.211.0.20:8080/hello", "elsewhere.example.com")
+              .starts_with("200");
+        }) >= 0);
+  const std::string metrics = admin_get("/metrics");
+  CHECK_THAT(metrics, Catch::Contains("sluice_l7_last_compile_built{kind=\"clusters\"} 0"));
+  CHECK_THAT(metrics, Catch::Contains("sluice_l7_last_compile_built{kind=\"routes\"} 1"));
 
   // SIGTERM: a clean stop; the admin socket is removed.
   kill(gw2.pid(), SIGTERM);

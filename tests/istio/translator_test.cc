@@ -5,12 +5,14 @@
 
 #include "envoy/extensions/filters/http/fault/v3/fault.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "sluice/istio/loader.h"
 #include "sluice/istio/registry.h"
 
 using namespace sluice::istio;
 namespace route_v3 = envoy::config::route::v3;
 namespace cluster_v3 = envoy::config::cluster::v3;
+namespace listener_v3 = envoy::config::listener::v3;
 
 namespace {
 
@@ -492,6 +494,102 @@ spec:
   CHECK(vh.name() == "hello.example.com:80");
   CHECK(vh.require_tls() == route_v3::VirtualHost::ALL);
   CHECK(vh.routes(0).route().cluster() == "outbound|5000||helloworld.default.svc.cluster.local");
+}
+
+TEST_CASE(
+    "gateway HTTPS servers terminating TLS take istiod's shape: SDS secrets, SNI chains, https "
+    "routes") {
+  auto r = Run(R"(apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: mygateway, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: httpbin-credential}
+    hosts: ["httpbin.example.com"]
+  - port: {number: 443, name: https-helloworld, protocol: HTTPS}
+    tls: {mode: MUTUAL, credentialName: helloworld-credential, subjectAltNames: [spiffe://cluster.local/ns/x/sa/y]}
+    hosts: ["istio-system/helloworld.example.com"]
+  - port: {number: 443, name: https-files, protocol: HTTPS}
+    tls: {mode: SIMPLE, serverCertificate: /etc/certs/cert.pem, privateKey: /etc/certs/key.pem}
+    hosts: ["files.example.com"]
+  - port: {number: 443, name: https-pinned, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: pinned-credential, minProtocolVersion: TLSV1_3}
+    hosts: ["pinned.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: httpbin}
+spec:
+  hosts: [httpbin.example.com]
+  gateways: [istio-system/mygateway]
+  http: [{route: [{destination: {host: httpbin, port: {number: 8000}}}]}]
+)",
+               "gateway:istio=ingressgateway");
+  REQUIRE(r.loaded.ok());
+  namespace tls_v3 = envoy::extensions::transport_sockets::tls::v3;
+  REQUIRE(r.t.resources.listeners.count("0.0.0.0_443"));
+  const auto& l = r.t.resources.listeners.at("0.0.0.0_443");
+  REQUIRE(l.listener_filters_size() == 1);
+  CHECK(l.listener_filters(0).name() == "envoy.filters.listener.tls_inspector");
+  // The server with certificate files, and one with a TLS field Sluice does not honour,
+  // are refused by name, not served half.
+  REQUIRE(l.filter_chains_size() == 2);
+  bool files = false, pinned = false;
+  for (const auto& w : r.t.warnings) {
+    UNSCOPED_INFO(w);
+    files |= w.find("server https-files (port 443): TLS mode SIMPLE without credentialName") !=
+             std::string::npos;
+    pinned |= w.find("server https-pinned (port 443): tls.minProtocolVersion not supported") !=
+              std::string::npos;
+  }
+  CHECK(files);
+  CHECK(pinned);
+
+  auto context = [](const listener_v3::FilterChain& fc) {
+    REQUIRE(fc.transport_socket().name() == "envoy.transport_sockets.tls");
+    tls_v3::DownstreamTlsContext ctx;
+    REQUIRE(fc.transport_socket().typed_config().UnpackTo(&ctx));
+    return ctx;
+  };
+  const auto& simple = l.filter_chains(0);
+  CHECK(simple.filter_chain_match().server_names(0) == "httpbin.example.com");
+  auto s = context(simple);
+  CHECK_FALSE(s.require_client_certificate().value());
+  REQUIRE(s.common_tls_context().tls_certificate_sds_secret_configs_size() == 1);
+  const auto& cert = s.common_tls_context().tls_certificate_sds_secret_configs(0);
+  CHECK(cert.name() == "kubernetes://httpbin-credential");
+  CHECK(cert.sds_config().has_ads());
+  CHECK(cert.sds_config().resource_api_version() == envoy::config::core::v3::V3);
+  CHECK(s.common_tls_context().alpn_protocols(0) == "h2");
+  CHECK(s.common_tls_context().alpn_protocols(1) == "http/1.1");
+  CHECK_FALSE(s.common_tls_context().has_combined_validation_context());
+
+  const auto& mutual = l.filter_chains(1);
+  CHECK(mutual.filter_chain_match().server_names(0) == "helloworld.example.com");
+  auto m = context(mutual);
+  CHECK(m.require_client_certificate().value());
+  const auto& cvc = m.common_tls_context().combined_validation_context();
+  CHECK(cvc.validation_context_sds_secret_config().name() ==
+        "kubernetes://helloworld-credential-cacert");
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  CHECK(cvc.default_validation_context().match_subject_alt_names(0).exact() ==
+        "spiffe://cluster.local/ns/x/sa/y");
+#pragma GCC diagnostic pop
+
+  // Each server its own route configuration, named as istiod names it.
+  CHECK(r.t.resources.routes.count("https.443.https.mygateway.istio-system"));
+  CHECK(r.t.resources.routes.count("https.443.https-helloworld.mygateway.istio-system"));
+  const auto& rc = r.t.resources.routes.at("https.443.https.mygateway.istio-system");
+  CHECK(rc.virtual_hosts(0).name() == "httpbin.example.com:443");
+  CHECK(rc.virtual_hosts(0).routes(0).route().cluster() ==
+        "outbound|8000||httpbin.default.svc.cluster.local");
+  // No VirtualService for helloworld.example.com: istiod's 404 blackhole.
+  CHECK(r.t.resources.routes.at("https.443.https-helloworld.mygateway.istio-system")
+            .virtual_hosts(0)
+            .name() == "blackhole:443");
 }
 
 TEST_CASE("proxy specs parse and reject malformed input") {

@@ -291,6 +291,72 @@ TEST_CASE("a cluster without endpoints refuses the connect at once, counted as n
   CHECK(Delta(before, after, SLUICE_CNT_NO_BACKEND) == 10);
 }
 
+TEST_CASE("an update that cannot be written whole changes nothing, and frontends keep one owner") {
+  ThreeServers t;
+  Apply(t.lab, Service("kept", {"10.96.212.1"}, 80,
+                       {Cluster("kept", 1, LbPolicy::kRoundRobin, {Ep("10.211.0.2:8080")})}));
+  const std::string pins = t.lab.pin_root();
+  const size_t frontends = PinnedEntries(pins + "/sluice_services");
+  const size_t slots = PinnedEntries(pins + "/sluice_backends");
+  const size_t known = PinnedEntries(pins + "/sluice_known_endpoints");
+  auto unchanged = [&] {
+    CHECK(PinnedEntries(pins + "/sluice_services") == frontends);
+    CHECK(PinnedEntries(pins + "/sluice_backends") == slots);
+    CHECK(PinnedEntries(pins + "/sluice_known_endpoints") == known);
+    auto r = t.lab.Connect("client", "10.96.212.1:80", 3);
+    INFO(r.dump());
+    CHECK(r["ok"] == 3);
+  };
+
+  SECTION("more backend slots than the map holds: not one service of the update is written") {
+    // The lab's backends map holds 4,096 slots: 8 services of 600 endpoints do not fit,
+    // though the first six would.
+    std::vector<ServiceSpec> specs;
+    for (int s = 0; s < 8; s++) {
+      std::vector<EndpointSpec> eps;
+      for (int e = 0; e < 600; e++)
+        eps.push_back(Ep("10.212." + std::to_string(s) + "." + std::to_string(e % 250 + 1) + ":" +
+                         std::to_string(9000 + e / 250)));
+      specs.push_back(Service("big-" + std::to_string(s), {"10.96.213." + std::to_string(s + 1)},
+                              80, {Cluster("big", 1, LbPolicy::kRoundRobin, eps)}));
+    }
+    auto r = t.lab.dp().Apply(specs, {});
+    REQUIRE_FALSE(r);
+    CHECK_THAT(r.error().message, Catch::Contains("service 'big-") && Catch::Contains("full"));
+    unchanged();
+    auto services = t.lab.dp().Services();
+    REQUIRE(services);
+    CHECK(services->size() == 1);
+  }
+  SECTION("a frontend of another service is refused, and so is one claimed twice") {
+    auto theirs = t.lab.dp().Apply(
+        {Service("other", {"10.96.212.2"}, 80,
+                 {Cluster("o", 1, LbPolicy::kRoundRobin, {Ep("10.211.0.3:8080")})}),
+         Service("thief", {"10.96.212.1"}, 80,
+                 {Cluster("t", 1, LbPolicy::kRoundRobin, {Ep("10.211.0.3:8080")})})},
+        {});
+    REQUIRE_FALSE(theirs);
+    CHECK_THAT(theirs.error().message,
+               Catch::Contains("service 'thief'") && Catch::Contains("belongs to service 'kept'"));
+    auto twice = t.lab.dp().Apply(
+        {Service("one", {"10.96.212.3"}, 80,
+                 {Cluster("o", 1, LbPolicy::kRoundRobin, {Ep("10.211.0.3:8080")})}),
+         Service("two", {"10.96.212.3"}, 80,
+                 {Cluster("t", 1, LbPolicy::kRoundRobin, {Ep("10.211.0.4:8080")})})},
+        {});
+    REQUIRE_FALSE(twice);
+    CHECK_THAT(twice.error().message, Catch::Contains("claimed by service 'one' too"));
+    unchanged();
+    // Once its owner lets it go, another service may take it (in a later update).
+    REQUIRE(t.lab.dp().Apply({}, {"kept"}));
+    Apply(t.lab, Service("heir", {"10.96.212.1"}, 80,
+                         {Cluster("h", 1, LbPolicy::kRoundRobin, {Ep("10.211.0.4:8080")})}));
+    auto r = t.lab.Connect("client", "10.96.212.1:80", 3);
+    INFO(r.dump());
+    CHECK(Share(r, "c") == 1.0);
+  }
+}
+
 TEST_CASE("updates are atomic to concurrent connects and final when they return") {
   // Replaced revisions freed in Apply, or by the data plane's reclaimer thread (the
   // agent's way): either way no connect finds a backend freed under it.
@@ -368,8 +434,13 @@ TEST_CASE("updates are atomic to concurrent connects and final when they return"
   CHECK(Delta(before, after, SLUICE_CNT_CONN_OPENED) > 0);
   CHECK(Delta(before, after, SLUICE_CNT_CONN_OPENED) < static_cast<uint64_t>(attempts));
 
-  // Old revisions are gone from the maps: only the live one's backends remain.
+  // Old revisions are gone from the maps: only the live one's backends remain, freed by
+  // the reclaimer thread in the agent's way, by Apply itself otherwise.
   t.lab.dp().WaitReclaimed();
+  if (background)
+    CHECK(t.lab.dp().ReclaimedInBackground() >= 100);
+  else
+    CHECK(t.lab.dp().ReclaimedInBackground() == 0);
   auto services = t.lab.dp().Services();
   REQUIRE(services);
   REQUIRE(services->size() == 1);

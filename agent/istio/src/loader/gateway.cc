@@ -38,6 +38,15 @@ Gateway DecodeGateway(const Field& doc, const Meta& meta) {
       if (!s.tls_mode.empty() && !OneOf(s.tls_mode, kTlsModes)) {
         tls["mode"].Error("unsupported TLS mode \"" + s.tls_mode + "\"");
       }
+      s.credential_name = tls["credentialName"].StrOr("");
+      s.subject_alt_names = tls["subjectAltNames"].StrList();
+      for (const char* f : {"serverCertificate", "privateKey", "caCertificates", "caCrl",
+                            "credentialNames", "caCertCredentialName", "tlsCertificates",
+                            "verifyCertificateSpki", "verifyCertificateHash", "minProtocolVersion",
+                            "maxProtocolVersion", "cipherSuites", "ecdhCurves"}) {
+        if (tls[f].present())
+          s.unsupported_tls_fields.push_back(f);
+      }
     }
     if ((s.protocol == "TLS" || s.protocol == "HTTPS") && s.tls_mode.empty()) {
       sf["tls"].Error("required for protocol " + s.protocol);

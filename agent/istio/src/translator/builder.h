@@ -191,6 +191,13 @@ class Builder {
   uint32_t GatewayListenPort(uint32_t port) const;
   template <class Servers>
   void BuildGatewayHttp(uint32_t port, uint32_t listen, const Servers& servers);
+  // The route configuration `name` of gateway servers on `port`: a virtual host per host
+  // of the VirtualServices bound to them, or istiod's 404 blackhole when none.
+  template <class Servers>
+  route_v3::RouteConfiguration GatewayRoutes(const std::string& name, uint32_t port,
+                                             const Servers& servers) const;
+  template <class Servers>
+  void BuildGatewayHttps(uint32_t port, uint32_t listen, const Servers& servers);
   template <class Servers>
   void BuildGatewayL4(uint32_t port, uint32_t listen, const Servers& servers, bool tcp);
   void AddGatewayTcpFilters(listener_v3::FilterChain& fc, google::protobuf::Any tcp_proxy) const;

@@ -5,6 +5,7 @@
 // tcp routes. istiod's counterpart is pilot/pkg/networking/core/gateway.go.
 #include <algorithm>
 
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "translator/builder.h"
 
 namespace sluice::istio::detail {
@@ -30,6 +31,8 @@ void Builder::BuildGateway() {
     const uint32_t listen = GatewayListenPort(port);
     if (protocol == "HTTP" || protocol == "HTTP2" || protocol == "GRPC") {
       BuildGatewayHttp(port, listen, servers);
+    } else if (protocol == "HTTPS" && (tls_mode == "SIMPLE" || tls_mode == "MUTUAL")) {
+      BuildGatewayHttps(port, listen, servers);
     } else if (((protocol == "TLS" || protocol == "HTTPS") && tls_mode == "PASSTHROUGH") ||
                protocol == "TCP") {
       BuildGatewayL4(port, listen, servers, protocol == "TCP");
@@ -69,10 +72,10 @@ uint32_t Builder::GatewayListenPort(uint32_t port) const {
 }
 
 template <class Servers>
-void Builder::BuildGatewayHttp(uint32_t port, uint32_t listen, const Servers& servers) {
-  const std::string route_name = "http." + std::to_string(listen);
+route_v3::RouteConfiguration Builder::GatewayRoutes(const std::string& name, uint32_t port,
+                                                    const Servers& servers) const {
   route_v3::RouteConfiguration rc;
-  rc.set_name(route_name);
+  rc.set_name(name);
   rc.mutable_validate_clusters()->set_value(false);
   rc.set_ignore_port_in_host_matching(true);
 
@@ -97,14 +100,14 @@ void Builder::BuildGatewayHttp(uint32_t port, uint32_t listen, const Servers& se
             });
         if (!matched)
           continue;
-        std::string name = vs_host + ":" + std::to_string(port);
-        if (vhosts.count(name))
+        std::string vh_name = vs_host + ":" + std::to_string(port);
+        if (vhosts.count(vh_name))
           continue;  // first VirtualService for a host wins
         auto routes = VsRoutes(vs, gw_ref, port);
         if (routes.empty())
           continue;
         route_v3::VirtualHost vh;
-        vh.set_name(name);
+        vh.set_name(vh_name);
         vh.add_domains(vs_host);
         vh.add_domains(vs_host + ":*");
         // tls.httpsRedirect on an HTTP server: istiod makes Envoy redirect to https.
@@ -112,7 +115,7 @@ void Builder::BuildGatewayHttp(uint32_t port, uint32_t listen, const Servers& se
           vh.set_require_tls(route_v3::VirtualHost::ALL);
         for (auto& r : routes)
           *vh.add_routes() = std::move(r);
-        vhosts.emplace(name, std::move(vh));
+        vhosts.emplace(vh_name, std::move(vh));
       }
     }
   }
@@ -127,15 +130,114 @@ void Builder::BuildGatewayHttp(uint32_t port, uint32_t listen, const Servers& se
     r->mutable_direct_response()->set_status(404);
     vhosts.emplace(vh.name(), vh);
   }
-  for (auto& [name, vh] : vhosts)
+  for (auto& [vh_name, vh] : vhosts)
     *rc.add_virtual_hosts() = std::move(vh);
-  out_.resources.Add(std::move(rc));
+  return rc;
+}
 
+template <class Servers>
+void Builder::BuildGatewayHttp(uint32_t port, uint32_t listen, const Servers& servers) {
+  const std::string route_name = "http." + std::to_string(listen);
+  out_.resources.Add(GatewayRoutes(route_name, port, servers));
   auto l = NewListener("0.0.0.0", listen, false);
   auto* f = l.add_filter_chains()->add_filters();
   f->set_name("envoy.filters.network.http_connection_manager");
   *f->mutable_typed_config() =
       HttpConnectionManager("outbound_0.0.0.0_" + std::to_string(listen), route_name);
+  out_.resources.Add(std::move(l));
+}
+
+// HTTPS servers that terminate TLS (tls.mode SIMPLE or MUTUAL with a credentialName), in
+// istiod's shape (pilot/pkg/networking/core/gateway.go, listener.go and
+// pilot/pkg/security/model/authentication.go): one listener with the TLS inspector, and
+// per server a filter chain matching its hosts as SNI names (none when a host is "*"), a
+// DownstreamTlsContext whose certificate is the SDS secret "kubernetes://CREDENTIAL" over
+// ADS (MUTUAL: client certificates required, verified against the secret
+// "kubernetes://CREDENTIAL-cacert" and the server's subjectAltNames), ALPN h2 and
+// http/1.1, and a connection manager on the route configuration
+// "https.PORT.PORT_NAME.GATEWAY.NAMESPACE".
+template <class Servers>
+void Builder::BuildGatewayHttps(uint32_t port, uint32_t listen, const Servers& servers) {
+  namespace tls_v3 = envoy::extensions::transport_sockets::tls::v3;
+  auto l = NewListener("0.0.0.0", listen, false);
+  AddTlsInspector(l);
+  auto sds = [](const std::string& name) {
+    tls_v3::SdsSecretConfig c;
+    c.set_name(name);
+    c.mutable_sds_config()->mutable_ads();
+    c.mutable_sds_config()->set_resource_api_version(envoy::config::core::v3::V3);
+    return c;
+  };
+  for (const auto& bound : servers) {
+    const GatewayServer& srv = *bound.server;
+    const Meta& gw = bound.gateway->meta;
+    const std::string where = gw.origin.Describe("Gateway", gw.ns, gw.name) + ": server " +
+                              (srv.name.empty() ? srv.port_name : srv.name) + " (port " +
+                              std::to_string(port) + ")";
+    if (srv.tls_mode != "SIMPLE" && srv.tls_mode != "MUTUAL") {
+      out_.warnings.push_back(where + ": TLS mode " + srv.tls_mode +
+                              " on an HTTPS port shared with SIMPLE/MUTUAL servers; skipped");
+      continue;
+    }
+    if (srv.credential_name.empty()) {
+      out_.warnings.push_back(where + ": TLS mode " + srv.tls_mode +
+                              " without credentialName (certificate files in the gateway pod "
+                              "are not supported); skipped");
+      continue;
+    }
+    if (!srv.unsupported_tls_fields.empty()) {
+      std::string list;
+      for (const auto& f : srv.unsupported_tls_fields)
+        list += (list.empty() ? "" : ", ") + f;
+      out_.warnings.push_back(where + ": tls." + list +
+                              " not supported by Sluice; the server is skipped (fail closed)");
+      continue;
+    }
+    const std::string route_name =
+        "https." + std::to_string(port) + "." + srv.port_name + "." + gw.name + "." + gw.ns;
+    out_.resources.Add(
+        GatewayRoutes(route_name, port, std::vector<std::decay_t<decltype(bound)>>{bound}));
+
+    auto* fc = l.add_filter_chains();
+    std::set<std::string> sni;
+    for (const auto& h : srv.hosts) {
+      auto slash = h.find('/');
+      sni.insert(slash == std::string::npos ? h : h.substr(slash + 1));
+    }
+    if (!sni.contains("*"))
+      for (const auto& h : sni)
+        fc->mutable_filter_chain_match()->add_server_names(h);
+
+    tls_v3::DownstreamTlsContext ctx;
+    auto* common = ctx.mutable_common_tls_context();
+    common->add_alpn_protocols("h2");
+    common->add_alpn_protocols("http/1.1");
+    *common->add_tls_certificate_sds_secret_configs() = sds("kubernetes://" + srv.credential_name);
+    const bool mutual = srv.tls_mode == "MUTUAL";
+    ctx.mutable_require_client_certificate()->set_value(mutual);
+    if (mutual) {
+      auto* combined = common->mutable_combined_validation_context();
+      // istiod still writes the deprecated match_subject_alt_names (StringToExactMatch).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+      for (const auto& san : srv.subject_alt_names)
+        combined->mutable_default_validation_context()->add_match_subject_alt_names()->set_exact(
+            san);
+#pragma GCC diagnostic pop
+      *combined->mutable_validation_context_sds_secret_config() =
+          sds("kubernetes://" + srv.credential_name + "-cacert");
+    }
+    auto* ts = fc->mutable_transport_socket();
+    ts->set_name("envoy.transport_sockets.tls");
+    ts->mutable_typed_config()->PackFrom(ctx);
+
+    auto* f = fc->add_filters();
+    f->set_name("envoy.filters.network.http_connection_manager");
+    *f->mutable_typed_config() =
+        HttpConnectionManager(srv.name.empty() ? route_name : srv.name, route_name);
+  }
+  if (l.filter_chains_size() == 0)
+    return;
   out_.resources.Add(std::move(l));
 }
 

@@ -4,6 +4,7 @@
 #include <bpf/bpf.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <string>
 #include <utility>
 #include <vector>
@@ -37,6 +38,30 @@ class TypedMap {
       return Fail("map " + name_ + ": full (raise its size with the loader's --max-* options)",
                   E2BIG);
     return FailErrno("map " + name_ + ": update", errno);
+  }
+
+  // Writes keys[i] -> values[i] for every i in one bpf() call (BPF_MAP_UPDATE_BATCH;
+  // flags: 0 or BPF_F_LOCK), or one by one when the kernel refuses the batch. On an
+  // error, *failed is the index of an element that could not be written; the others may
+  // or may not be.
+  [[nodiscard]] Result<void> UpdateBatch(const std::vector<K>& keys, const std::vector<V>& values,
+                                         uint64_t flags, std::size_t* failed = nullptr) {
+    if (keys.empty())
+      return {};
+    LIBBPF_OPTS(bpf_map_batch_opts, opts, .elem_flags = flags);
+    auto count = static_cast<__u32>(keys.size());
+    if (bpf_map_update_batch(fd_, keys.data(), values.data(), &count, &opts) == 0 &&
+        count == keys.size())
+      return {};
+    // Rewriting an element is harmless: from the start, whatever the batch reported.
+    for (std::size_t i = 0; i < keys.size(); i++) {
+      if (auto r = Update(keys[i], values[i], flags); !r) {
+        if (failed)
+          *failed = i;
+        return r;
+      }
+    }
+    return {};
   }
 
   // False when the key was already absent.

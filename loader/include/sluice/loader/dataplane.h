@@ -155,6 +155,8 @@ class Dataplane {
   [[nodiscard]] Result<void> UpsertService(const ServiceSpec& spec) { return Apply({spec}, {}); }
   // Returns once every revision Apply retired so far is freed.
   void WaitReclaimed();
+  // Revisions freed by the reclaimer thread so far (0 without reclaim_in_background).
+  [[nodiscard]] uint64_t ReclaimedInBackground() const;
   [[nodiscard]] Result<void> DeleteService(const std::string& name) { return Apply({}, {name}); }
 
   [[nodiscard]] Result<void> Enrol(uint64_t netns_cookie, const EnrolmentInfo& info);

@@ -275,6 +275,13 @@ struct GatewayServer {
   std::vector<std::string> hosts;
   std::string tls_mode;  // PASSTHROUGH, SIMPLE, MUTUAL, ISTIO_MUTUAL, AUTO_PASSTHROUGH
   bool https_redirect = false;
+  // SIMPLE and MUTUAL: the Secret (in the gateway's namespace) holding tls.crt and
+  // tls.key (and ca.crt for MUTUAL), served over SDS as istiod does.
+  std::string credential_name;
+  std::vector<std::string> subject_alt_names;  // MUTUAL: accepted client SANs (exact)
+  // TLS fields Sluice does not honour yet (file paths, spki/hash pins, cipher suites,
+  // protocol versions, credentialNames): such a server is refused by name (fail closed).
+  std::vector<std::string> unsupported_tls_fields;
 };
 
 struct Gateway {

@@ -206,6 +206,13 @@ struct RetryPolicy {
   bool on_refused_stream = false;
   bool on_retriable_status_codes = false;
   std::vector<uint16_t> retriable_status_codes;
+  // The gRPC conditions: the response's grpc-status is 1, 4, 8, 13 or 14
+  // (RetriableGrpcStatus in retry.h).
+  bool on_grpc_cancelled = false;
+  bool on_grpc_deadline_exceeded = false;
+  bool on_grpc_resource_exhausted = false;
+  bool on_grpc_internal = false;
+  bool on_grpc_unavailable = false;
   Millis per_try_timeout{0};  // 0: none
   Millis base_interval{25};
   Millis max_interval{250};
@@ -241,6 +248,21 @@ struct UpgradeConfig {
   bool enabled = true;
 };
 
+// A route's stream-duration and gRPC timeout fields, applied by grpc::RouteTimeouts
+// (grpc.h). nullopt: the field is absent (which differs from 0 in Envoy's rules).
+struct StreamTimeouts {
+  // RouteAction.max_stream_duration is present (Envoy's "new timeouts": the route's
+  // `timeout` no longer applies) with its three fields.
+  bool has_max_stream_duration = false;
+  std::optional<Millis> max_stream_duration;         // 0: no limit
+  std::optional<Millis> grpc_timeout_header_max;     // 0: the header's value, uncapped
+  std::optional<Millis> grpc_timeout_header_offset;  // subtracted after the cap
+  // The deprecated RouteAction.max_grpc_timeout (istiod's outbound routes) and
+  // grpc_timeout_offset.
+  std::optional<Millis> max_grpc_timeout;  // 0: the header's value, uncapped
+  std::optional<Millis> grpc_timeout_offset;
+};
+
 struct RouteAction {
   std::string cluster_name;
   ClusterId cluster = kNoCluster;         // valid when cluster_name is set (weighted empty)
@@ -251,6 +273,7 @@ struct RouteAction {
   std::string regex_substitution;
   std::string host_rewrite;
   Millis timeout{15000};  // 0: no route timeout
+  StreamTimeouts stream_timeouts;
   RetryPolicy retry;
   std::vector<MirrorPolicy> mirrors;
   std::vector<HashPolicy> hash_policies;
@@ -398,6 +421,9 @@ struct HttpSettings {
   Millis request_headers_timeout{10000};
   Millis request_timeout{60000};
   Millis stream_idle_timeout{300000};
+  // common_http_protocol_options.max_stream_duration (0: none): a stream's limit where
+  // its route sets none (grpc::RouteTimeouts).
+  Millis max_stream_duration{0};
   // upgrade_configs: the Upgrade types let through (a route may override per type);
   // any other Upgrade request is answered 403, as Envoy does.
   std::vector<UpgradeConfig> upgrades;

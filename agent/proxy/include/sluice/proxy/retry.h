@@ -27,6 +27,12 @@ bool RetriableFailure(const RetryPolicy& rp, UpstreamFailure f);
 // among retriable_status_codes when retriable-status-codes is set.
 bool RetriableStatus(const RetryPolicy& rp, int status);
 
+// A gRPC response's grpc-status (a trailers-only response: grpc-status in its head, as
+// Envoy reads it; a response whose head went downstream can no longer be retried): on
+// cancelled (1), deadline-exceeded (4), resource-exhausted (8), internal (13) or
+// unavailable (14), each when its retry_on condition is set.
+bool RetriableGrpcStatus(const RetryPolicy& rp, int grpc_status);
+
 // An attempt past its per_try_timeout: on 5xx, gateway-error or reset.
 bool RetriableTimeout(const RetryPolicy& rp);
 
