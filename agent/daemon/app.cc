@@ -170,7 +170,8 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
   L7Supervisor l7(
       {.argv = {"/proc/self/exe", "--role", "l7", "--proxy-port", std::to_string(nao.proxy_port),
                 "--inbound-port", std::to_string(nao.inbound_port), "--access-log", f.access_log,
-                "--log-level", f.log_level, "--l7-upstream-mark", std::to_string(bypass_mark)},
+                "--log-level", f.log_level, "--l7-upstream-mark", std::to_string(bypass_mark),
+                "--l7-workers", std::to_string(f.l7.workers)},
        .port = nao.proxy_port,
        .inbound_port = nao.inbound_port,
        .inbound = nao.inbound_port != 0 ? &steering : nullptr,

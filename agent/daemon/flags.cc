@@ -129,6 +129,10 @@ void AddFlags(CLI::App& app, AgentFlags& f) {
                  "gateway: this pod's labels, k=v,k2=v2 (istiod selects Gateways by them)");
   app.add_option("--workers", f.gateway.workers, "gateway: L7 worker threads")
       ->capture_default_str();
+  app.add_option("--l7-workers", f.l7.workers,
+                 "node: L7 worker threads every pod's proxy shares (-1: one per CPU; 0: a "
+                 "thread per pod, in its network namespace)")
+      ->capture_default_str();
   app.add_option("--admin-address", f.admin_address, "admin HTTP (127.0.0.1 only)")
       ->capture_default_str();
   app.add_option("--log-level", f.log_level, "trace|debug|info|warn|error")->capture_default_str();

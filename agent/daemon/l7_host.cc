@@ -28,7 +28,8 @@ class Host {
  public:
   explicit Host(const L7HostOptions& o)
       : opts_(o),
-        pods_({.port = o.port,
+        pods_({.workers = o.workers,
+               .port = o.port,
                .inbound_port = o.inbound_port,
                .access_log_path = o.access_log_path,
                .upstream_mark = o.upstream_mark,

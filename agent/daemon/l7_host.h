@@ -27,6 +27,9 @@ struct L7HostOptions {
   uint16_t inbound_port = 15006;  // the inbound listeners' port (0: no inbound side)
   std::string access_log_path;    // "" or "-": stdout
   uint32_t upstream_mark = 0;
+  // Threads every pod's proxy shares (PodProxyOptions::workers): -1 one per CPU, 0 a
+  // thread per pod (--l7-workers).
+  int workers = -1;
   pid_t agent_pid = 0;  // the agent that started it (it exits at once if that one is gone)
 };
 

@@ -403,6 +403,30 @@ std::shared_ptr<const proxy::ProxyConfig> PodProxies::ConfigFor(const Pod& pod, 
   return *own ? it->second : node_;
 }
 
+PodProxies::PodProxies(PodProxyOptions opts) : opts_(std::move(opts)) {
+  int n = opts_.workers;
+  if (n < 0)
+    n = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  if (n == 0)
+    return;
+  int fd = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    spdlog::error("L7: /proc/thread-self/ns/net: {}; pods' proxies run a thread each",
+                  std::strerror(errno));
+    return;
+  }
+  auto g = proxy::WorkerGroup::Create({.threads = n, .name = "sluice-l7"});
+  if (!g) {
+    close(fd);
+    spdlog::error("L7: shared workers: {}; pods' proxies run a thread each", g.error().message);
+    return;
+  }
+  group_ = std::move(*g);
+  host_netns_ = std::make_shared<const netns::UniqueFd>(fd);
+  spdlog::info("L7: every pod's proxy runs on {} shared worker thread{} ({})", n, n == 1 ? "" : "s",
+               proxy::IoBackendName(group_->io_backend()));
+}
+
 Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   bool own = false;
   auto cfg = ConfigFor(pod, &own);
@@ -417,14 +441,36 @@ Result<void> PodProxies::Start(const enrolment::PodKey& key, Pod& pod) {
   o.upstream_mark = opts_.upstream_mark;
   o.pod_addresses = pod.addresses;
   o.istio_stats = pod.istio;
-  // One pod's traffic: a quarter of the default receive buffers (256 KiB), since a node
-  // runs one of these per enrolled pod.
-  o.io_buffers = 64;
-  o.on_worker_start = [netns](int) -> Result<void> {
-    if (setns(netns->fd(), CLONE_NEWNET) != 0)
-      return FailErrno("setns into " + netns->path(), errno);
-    return {};
-  };
+  if (group_) {
+    // A shared thread stays in this process's namespace; each upstream socket is made in
+    // the pod's (and keeps it). A failed return leaves the thread in the pod's, which
+    // harms no other pod (each socket is made after a setns into its own pod) but is
+    // said.
+    o.group = group_;
+    o.make_socket = [netns, host = host_netns_](int family, int type) -> int {
+      if (setns(netns->fd(), CLONE_NEWNET) != 0)
+        return -1;
+      int fd = socket(family, type, 0);
+      const int e = errno;
+      if (setns(host->get(), CLONE_NEWNET) != 0) {
+        static std::once_flag once;
+        std::call_once(once, [&] {
+          spdlog::error("L7: setns back from {}: {}", netns->path(), std::strerror(errno));
+        });
+      }
+      errno = e;
+      return fd;
+    };
+  } else {
+    // One pod's traffic: a quarter of the default receive buffers (256 KiB), since a
+    // node runs one of these per enrolled pod.
+    o.io_buffers = 64;
+    o.on_worker_start = [netns](int) -> Result<void> {
+      if (setns(netns->fd(), CLONE_NEWNET) != 0)
+        return FailErrno("setns into " + netns->path(), errno);
+      return {};
+    };
+  }
   // The capture listeners are the agent's sockets (ForPods binds nothing else): the
   // proxy gets a descriptor of its own for each and closes only that.
   o.open_listener = [sockets = pod.sockets, inbound_port = opts_.inbound_port](

@@ -1,12 +1,22 @@
 // PodProxies: the L7 proxy inside each enrolled pod (run by the L7 process, l7_host.h).
 //
-// Every enrolled pod gets its own proxy::Proxy whose one worker thread lives in the
-// pod's network namespace (setns at thread start; network namespaces are per thread).
-// Its capture listener (127.0.0.1:PORT, and [::1]:PORT when the pod has IPv6) is a
+// Every enrolled pod gets its own proxy::Proxy (its own snapshot, counters, Istio
+// stats, upstream pool, buffer budget, drain) with one worker. The workers of all pods
+// share a fixed set of threads, a proxy::WorkerGroup of PodProxyOptions::workers
+// threads (by default one per CPU), as ztunnel serves every pod of a node from shared
+// workers: a node of 110 pods runs those threads, not 110. A pod's worker is attached
+// to the thread with the fewest. Its upstream sockets are made in the pod's network
+// namespace (make_socket: setns into the pod, socket(), setns back; a socket keeps the
+// namespace it was made in), so its upstream connections leave from the pod, with the
+// pod's address, carrying the bypass mark so the connect hook lets them through. With
+// workers 0 (the earlier design), each pod's worker is a thread of its own that lives
+// in the pod's namespace (setns at thread start). docs/benchmarks.md ("pods per node")
+// compares the two at 111 pods.
+//
+// A pod's capture listener (127.0.0.1:PORT, and [::1]:PORT when the pod has IPv6) is a
 // socket the agent opened in the pod (OpenPodSockets) and handed over, so the socket
 // outlives this process: while it restarts, redirected connections wait in the
-// backlog. The upstream connections the worker makes leave from the pod, with the
-// pod's address, carrying the bypass mark so the connect hook lets them through.
+// backlog.
 //
 // The inbound side: when the pod's config has an inbound listener (istiod's
 // virtualInbound: original_dst, no hand-over), it runs on the pod's inbound socket
@@ -39,6 +49,7 @@
 #include "sluice/proxy/istio_stats.h"
 #include "sluice/proxy/proxy.h"
 #include "sluice/proxy/rbac_l4.h"
+#include "sluice/proxy/worker_group.h"
 #include "view_streams.h"
 
 namespace sluice::agent {
@@ -117,6 +128,9 @@ nlohmann::json PoliciesJson(const std::vector<KernelPolicy>& policies);
 std::vector<KernelPolicy> PoliciesFromJson(const nlohmann::json& j);
 
 struct PodProxyOptions {
+  // Threads all pods' proxies share (a proxy::WorkerGroup); -1: one per CPU; 0: none,
+  // each pod's proxy a thread of its own in the pod's namespace.
+  int workers = -1;
   uint16_t port = 15001;          // in-pod capture listener, 127.0.0.1:port
   uint16_t inbound_port = 15006;  // in-pod inbound listener, 127.0.0.1:inbound_port
   std::string access_log_path;    // "" or "-": stdout
@@ -149,7 +163,9 @@ struct PodProxyStatus {
 
 class PodProxies {
  public:
-  explicit PodProxies(PodProxyOptions opts) : opts_(std::move(opts)) {}
+  // Starts the shared threads (opts.workers): a failure there is logged, and the pods'
+  // proxies then run a thread each.
+  explicit PodProxies(PodProxyOptions opts);
   ~PodProxies() { CloseAll(); }
   PodProxies(const PodProxies&) = delete;
   PodProxies& operator=(const PodProxies&) = delete;
@@ -221,6 +237,10 @@ class PodProxies {
   void Refresh(const std::string* only_view, const enrolment::PodKey* only_pod);
 
   PodProxyOptions opts_;
+  // The shared threads (none: a thread per pod), and this process's own network
+  // namespace, where make_socket returns to.
+  std::shared_ptr<proxy::WorkerGroup> group_;
+  std::shared_ptr<const netns::UniqueFd> host_netns_;
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<const proxy::ProxyConfig>> views_;  // ForPods() applied
   std::shared_ptr<const proxy::ProxyConfig> node_;                          // ForPods() applied

@@ -89,7 +89,7 @@ class EpollLoop final : public EventLoop {
   void Poll(int timeout_ms) override { n_ = epoll_wait(ep_, events_, kMaxEvents, timeout_ms); }
   void Dispatch() override {
     for (int i = 0; i < n_; ++i)
-      static_cast<IoHandler*>(events_[i].data.ptr)->OnEvent(events_[i].events);
+      Deliver(static_cast<IoHandler*>(events_[i].data.ptr), events_[i].events);
     n_ = 0;
   }
 
@@ -783,7 +783,7 @@ void UringLoop::Dispatch() {
       if (uint32_t ev = Readiness(c)) {
         c.touched = true;
         touched_.push_back(slot);
-        c.h->OnEvent(ev);
+        Deliver(c.h, ev);
       }
     }
     scratch_.clear();
@@ -881,7 +881,7 @@ void UringLoop::OnCqe(uint64_t data, int res, uint32_t flags) {
         touched_.push_back(slot);
       }
       if (c.events & (EPOLLIN | EPOLLRDHUP))
-        c.h->OnEvent(ev);
+        Deliver(c.h, ev);
       return;
     }
     case kOpSend: {
@@ -906,7 +906,7 @@ void UringLoop::OnCqe(uint64_t data, int res, uint32_t flags) {
       }
       if (c.h && ((c.events & EPOLLOUT) || c.tx_err)) {
         uint32_t ev = c.tx_err ? (EPOLLERR | EPOLLHUP) : EPOLLOUT;
-        c.h->OnEvent(ev);
+        Deliver(c.h, ev);
       }
       return;
     }
@@ -927,13 +927,13 @@ void UringLoop::OnCqe(uint64_t data, int res, uint32_t flags) {
             ArmRecv(c);
         }
         if (c.h && res >= 0)
-          c.h->OnEvent(static_cast<uint32_t>(res));
+          Deliver(c.h, static_cast<uint32_t>(res));
         else if (c.h)
-          c.h->OnEvent(EPOLLERR);
+          Deliver(c.h, EPOLLERR);
         return;
       }
       if (res >= 0 && c.h)
-        c.h->OnEvent(static_cast<uint32_t>(res));
+        Deliver(c.h, static_cast<uint32_t>(res));
       // A one-shot poll has ended; a multishot one ends on overflow or a new mask.
       if (!c.armed && !c.closing)
         ArmPoll(c);

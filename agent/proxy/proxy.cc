@@ -3,7 +3,8 @@
 // default listener opener and original-destination lookup live here too.
 //
 // The engine itself, by role (all in namespace sluice::proxy::engine):
-//   worker.{h,cc}            a worker thread: accept, snapshot swap, idle sweep, its loop
+//   worker.{h,cc}            a worker: accept, snapshot swap, idle sweep, its loop
+//   worker_group.cc          the shared threads many Proxies' workers run on (worker_group.h)
 //   worker_context.h         what a worker's parts reach it through (timers, clock, stats)
 //   timer_heap.h             the worker's timers
 //   session.{h,cc}           a downstream connection's life (router.cc, retry.cc,
@@ -33,6 +34,7 @@
 #include <fmt/format.h>
 
 #include "proxy_impl.h"
+#include "sluice/proxy/worker_group.h"
 #include "worker.h"
 
 namespace sluice::proxy {
@@ -230,6 +232,13 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> c
       options.io = *b;
     }
   }
+  if (options.group && options.on_worker_start)
+    return Fail(
+        "on_worker_start needs threads of the proxy's own; with a worker group, "
+        "make_socket decides where upstream sockets are made");
+  if (options.group) {
+    options.io = options.group->io_backend();
+  }
   impl->opts = std::move(options);
   if (impl->opts.access_log_path.empty() || impl->opts.access_log_path == "/dev/stdout") {
     impl->log_fd = dup(STDOUT_FILENO);
@@ -241,6 +250,22 @@ Result<std::unique_ptr<Proxy>> Proxy::Start(std::shared_ptr<const ProxyConfig> c
   }
   auto snap = impl->BuildSnapshot(std::move(config));
   SLUICE_RETURN_IF_ERROR(snap);
+  if (const auto& group = impl->opts.group) {
+    for (int i = 0; i < impl->opts.workers; ++i)
+      impl->workers.push_back(std::make_unique<engine::Worker>(impl.get(), i));
+    impl->Publish(*snap);  // before attaching: a group thread takes it at once
+    auto proxy = std::unique_ptr<Proxy>(new Proxy(std::move(impl)));
+    Impl& pi = *proxy->impl_;
+    for (auto& w : pi.workers) {
+      engine::GroupThread* t = group->Pick();
+      if (auto r = group->Attach(t, w.get()); !r) {
+        proxy->Stop();  // detaches those attached
+        return Wrap("attaching a worker to its group", r.error());
+      }
+      pi.group_threads.push_back(t);
+    }
+    return proxy;
+  }
   for (int i = 0; i < impl->opts.workers; ++i) {
     auto w = std::make_unique<engine::Worker>(impl.get(), i);
     SLUICE_RETURN_IF_ERROR(w->Init());
@@ -328,6 +353,11 @@ void Proxy::Stop() {
   if (impl_->stopped)
     return;
   impl_->stopped = true;
+  // Group threads: each worker leaves its thread first (its connections closed there),
+  // so no shared loop ever runs a worker without a snapshot.
+  for (std::size_t i = 0; i < impl_->group_threads.size(); ++i)
+    impl_->opts.group->Detach(impl_->group_threads[i], impl_->workers[i].get());
+  impl_->group_threads.clear();
   impl_->Publish(nullptr);
   for (auto& t : impl_->threads)
     t.join();

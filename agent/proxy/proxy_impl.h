@@ -1,5 +1,6 @@
 // Proxy's state shared by its threads: the options, the published snapshot and its
-// version, the workers and their threads, the counters. The workers read it (worker.cc);
+// version, the workers and their threads (or the group threads they are attached to),
+// the counters. The workers read it (worker.cc);
 // proxy.cc starts, updates, drains and stops them.
 #pragma once
 
@@ -16,7 +17,8 @@ namespace sluice::proxy {
 
 namespace engine {
 class Worker;
-}
+struct GroupThread;
+}  // namespace engine
 
 struct Proxy::Impl {
   ProxyOptions opts;
@@ -24,7 +26,8 @@ struct Proxy::Impl {
   std::shared_ptr<const engine::Snapshot> snap;  // guarded by mu
   std::atomic<uint64_t> version{0};
   std::vector<std::unique_ptr<engine::Worker>> workers;
-  std::vector<std::thread> threads;
+  std::vector<std::thread> threads;                 // own threads (no group)
+  std::vector<engine::GroupThread*> group_threads;  // with opts.group: each worker's thread
   ProxyStats stats;
   int log_fd = -1;
   bool stopped = false;

@@ -132,6 +132,7 @@ Session* SessionPool::NewSession() {
     all_sessions_.push_back(std::make_unique<Session>());
     Session* s = all_sessions_.back().get();
     s->w = &ctx_;
+    s->io_owner = ctx_.io_owner();
     s->route_timer = Timer{s, Session::kRouteTimer};
     s->try_timer = Timer{s, Session::kTryTimer};
     s->wait_timer = Timer{s, Session::kWaitTimer};

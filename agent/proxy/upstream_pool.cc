@@ -39,7 +39,11 @@ UpstreamConn* UpstreamPool::GetUpstream(const std::shared_ptr<const Snapshot>& s
     *overflow = true;
     return nullptr;
   }
-  int fd = socket(ep->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  // Made where ProxyOptions::make_socket says (a pod's network namespace, for a worker
+  // on a shared group thread).
+  constexpr int kType = SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC;
+  const auto& make = ctx_.opts().make_socket;
+  int fd = make ? make(ep->addr.ss_family, kType) : socket(ep->addr.ss_family, kType, 0);
   if (fd < 0)
     return nullptr;
   int one = 1;
@@ -67,6 +71,7 @@ UpstreamConn* UpstreamPool::GetUpstream(const std::shared_ptr<const Snapshot>& s
     all_upstreams_.push_back(std::make_unique<UpstreamConn>());
     UpstreamConn* nu = all_upstreams_.back().get();
     nu->w = &ctx_;
+    nu->io_owner = ctx_.io_owner();
     nu->connect_timer = Timer{nu, 0};
     free_upstreams_.push_back(nu);
   }

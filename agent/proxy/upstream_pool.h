@@ -79,11 +79,15 @@ class UpstreamPool {
     free_upstreams_.insert(free_upstreams_.end(), deferred_.begin(), deferred_.end());
     deferred_.clear();
   }
-  // Shutdown: closes every socket (after the event loop is gone).
-  void CloseAll() {
+  // Shutdown: closes every socket, after the event loop is gone, or through `loop` (a
+  // group thread's, which outlives the worker).
+  void CloseAll(EventLoop* loop = nullptr) {
     for (auto& u : all_upstreams_) {
       if (u->fd >= 0) {
-        close(u->fd);
+        if (loop)
+          loop->Close(u->fd);
+        else
+          close(u->fd);
         u->fd = -1;
       }
     }

@@ -27,28 +27,43 @@ Worker::Worker(Proxy::Impl* impl, int index)
 }
 
 Worker::~Worker() {
-  ctx_.loop_.reset();  // first: an io_uring holds references to the sockets it watches
+  // First: an io_uring holds references to the sockets it watches. (A group thread's
+  // worker was detached: its connections are closed and the loop is not its own.)
+  own_loop_.reset();
+  ctx_.loop_ = nullptr;
   sessions_.CloseAll();
   upstreams_.CloseAll();
-  if (wake_fd_ >= 0)
+  if (own_wake_fd_ && wake_fd_ >= 0)
     close(wake_fd_);
 }
 
-Result<void> Worker::Init() {
-  EventLoop::Options lo;
-  lo.backend = impl_->opts.io;
-  lo.buffers = impl_->opts.io_buffers;
-  auto loop = EventLoop::Create(lo);
-  SLUICE_RETURN_IF_ERROR(loop);
-  ctx_.loop_ = std::move(*loop);
+Result<void> Worker::Init(const SharedLoop* shared) {
+  if (shared) {
+    ctx_.loop_ = shared->loop;
+    ctx_.clock_ = shared->clock;
+    wake_fd_ = shared->wake_fd;
+    published_ = shared->published;
+    owner_.w = this;
+    owner_.batch = shared->batch;
+    ctx_.io_owner_ = &owner_;
+  } else {
+    EventLoop::Options lo;
+    lo.backend = impl_->opts.io;
+    lo.buffers = impl_->opts.io_buffers;
+    auto loop = EventLoop::Create(lo);
+    SLUICE_RETURN_IF_ERROR(loop);
+    own_loop_ = std::move(*loop);
+    ctx_.loop_ = own_loop_.get();
+    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (wake_fd_ < 0)
+      return FailErrno("eventfd", errno);
+    own_wake_fd_ = true;
+    wake_handler_.w = this;
+    if (!ctx_.loop_->Add(wake_fd_, EPOLLIN, &wake_handler_, EventLoop::Kind::kPoll))
+      return FailErrno("watching the wake-up eventfd", errno);
+  }
   io_backend_ = ctx_.loop_->backend();
   io_fallback_reason_ = ctx_.loop_->fallback_reason();
-  wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0)
-    return FailErrno("eventfd", errno);
-  wake_handler_.w = this;
-  if (!ctx_.loop_->Add(wake_fd_, EPOLLIN, &wake_handler_, EventLoop::Kind::kPoll))
-    return FailErrno("watching the wake-up eventfd", errno);
   return {};
 }
 
@@ -118,6 +133,7 @@ void Worker::SwapSnapshot() {
     if (!h) {
       h = std::make_unique<ListenerHandler>();
       h->w = this;
+      h->io_owner = ctx_.io_owner();
       h->fd = fd;
       h->name = l.socks->name;
       h->count = l.socks->count;
@@ -154,7 +170,7 @@ void Worker::SweepIdle() {
     }
     if (draining) {
       s->Close();
-    } else if (limit > 0 && ctx_.now_ms_ - s->last_active_ms >= limit) {
+    } else if (limit > 0 && ctx_.now() - s->last_active_ms >= limit) {
       ctx_.stats().cx_idle_timeout.fetch_add(1, std::memory_order_relaxed);
       s->Close();
     }
@@ -162,7 +178,7 @@ void Worker::SweepIdle() {
 }
 
 void Worker::RunTimers() {
-  while (!ctx_.timers_.empty() && ctx_.timers_.front()->deadline <= ctx_.now_ms_) {
+  while (!ctx_.timers_.empty() && ctx_.timers_.front()->deadline <= ctx_.now()) {
     Timer* t = ctx_.timers_.front();
     ctx_.timers_.Remove(*t);
     t->owner->OnTimer(t->kind);
@@ -186,50 +202,116 @@ void Worker::FlushLog() {
   ctx_.log_.clear();
 }
 
+bool Worker::Prepare(int64_t now_ms, int* timeout_ms) {
+  if (impl_->version.load(std::memory_order_acquire) != version_)
+    SwapSnapshot();
+  if (!ctx_.snap_)
+    return false;  // Stop() publishes an empty snapshot
+  ctx_.now_ms_ = now_ms;
+  if (*timeout_ms == 0)
+    return true;
+  if (sessions_.has_deferred() || upstreams_.has_deferred() || ctx_.log_.size() > 0 ||
+      shadow_.has_flush()) {
+    *timeout_ms = 0;
+    return true;
+  }
+  // Idle connections are swept every 100 ms (a walk over this worker's sessions).
+  int64_t t = std::max<int64_t>(next_sweep_ms_ - now_ms, 0);
+  if (!ctx_.timers_.empty())
+    t = std::min<int64_t>(t, std::max<int64_t>(ctx_.timers_.front()->deadline - now_ms, 0));
+  t = std::min<int64_t>(t, 100);
+  if (*timeout_ms < 0 || t < *timeout_ms)
+    *timeout_ms = static_cast<int>(t);
+  return true;
+}
+
+bool Worker::SwapIfNew() {
+  if (impl_->version.load(std::memory_order_acquire) == version_)
+    return false;
+  SwapSnapshot();
+  return true;
+}
+
+int64_t Worker::Due() const {
+  if (sessions_.has_deferred() || upstreams_.has_deferred() || ctx_.log_.size() > 0 ||
+      shadow_.has_flush())
+    return ctx_.now();
+  int64_t due = next_sweep_ms_;
+  if (!ctx_.timers_.empty())
+    due = std::min(due, ctx_.timers_.front()->deadline);
+  return due;
+}
+
+bool Worker::AfterWait(int64_t now_ms) {
+  ctx_.now_ms_ = now_ms;
+  // Again after the wait: a request that arrives after Update() returned must see the
+  // new config even when it comes in the same batch as the wake-up.
+  if (impl_->version.load(std::memory_order_acquire) != version_) {
+    SwapSnapshot();
+    if (!ctx_.snap_)
+      return false;
+  }
+  return true;
+}
+
+void Worker::Finish() {
+  // Each step only when it has something to do: a group thread calls this for every
+  // worker attached to it, most of them idle.
+  const int64_t now = ctx_.now();
+  if (!ctx_.timers_.empty() && ctx_.timers_.front()->deadline <= now)
+    RunTimers();
+  if (shadow_.has_flush())
+    shadow_.FlushMirrors();
+  if (now >= next_sweep_ms_) {
+    next_sweep_ms_ = now + 100;
+    SweepIdle();
+  }
+  if (sessions_.has_deferred())
+    sessions_.EndBatch();
+  if (upstreams_.has_deferred())
+    upstreams_.EndBatch();
+  if (!retired_listeners_.empty())
+    retired_listeners_.clear();
+  if (budget_.has_waiters())
+    budget_.ResumeMemoryWaiters();
+  if (ctx_.log_.size() > 0)
+    FlushLog();
+}
+
+void Worker::Detach() {
+  for (auto& l : listeners_)
+    ctx_.loop_->Remove(l->fd);
+  listeners_.clear();
+  retired_listeners_.clear();
+  // The loop closes each socket once what it took to send is out, and delivers no
+  // event for it afterwards; the Session and UpstreamConn objects go with the worker.
+  for (auto& s : sessions_.all()) {
+    if (s->fd >= 0) {
+      ctx_.loop_->Close(s->fd);
+      s->fd = -1;
+    }
+  }
+  upstreams_.CloseAll(ctx_.loop_);
+  FlushLog();
+  ctx_.snap_.reset();
+  ctx_.loop_ = nullptr;
+}
+
 void Worker::Run() {
   while (true) {
-    if (impl_->version.load(std::memory_order_acquire) != version_)
-      SwapSnapshot();
-    if (!ctx_.snap_)
-      break;  // Stop() publishes an empty snapshot
-    ctx_.now_ms_ = NowMs();
     int timeout = -1;
-    if (!ctx_.timers_.empty()) {
-      timeout = static_cast<int>(
-          std::clamp<int64_t>(ctx_.timers_.front()->deadline - ctx_.now_ms_, 0, 1000));
-    }
-    // Idle connections are swept every 100 ms (a walk over this worker's sessions).
-    if (timeout < 0 || timeout > 100)
-      timeout = 100;
-    if (sessions_.has_deferred() || upstreams_.has_deferred() || ctx_.log_.size() > 0 ||
-        shadow_.has_flush())
-      timeout = 0;
+    if (!Prepare(NowMs(), &timeout))
+      break;
     ctx_.loop_->Poll(timeout);
-    ctx_.now_ms_ = NowMs();
-    // Again after the wait: a request that arrives after Update() returned must see the
-    // new config even when it comes in the same batch as the wake-up.
-    if (impl_->version.load(std::memory_order_acquire) != version_) {
-      SwapSnapshot();
-      if (!ctx_.snap_)
-        break;
-    }
+    if (!AfterWait(NowMs()))
+      break;
     ctx_.loop_->Dispatch();
-    RunTimers();
-    shadow_.FlushMirrors();
-    if (ctx_.now_ms_ >= next_sweep_ms_) {
-      next_sweep_ms_ = ctx_.now_ms_ + 100;
-      SweepIdle();
-    }
-    sessions_.EndBatch();
-    upstreams_.EndBatch();
-    retired_listeners_.clear();
-    if (budget_.has_waiters())
-      budget_.ResumeMemoryWaiters();
-    FlushLog();
+    Finish();
   }
   // Shutdown: close every live connection (the loop goes first: an io_uring holds
   // references to the sockets it watches, which would keep them open).
-  ctx_.loop_.reset();
+  own_loop_.reset();
+  ctx_.loop_ = nullptr;
   sessions_.CloseAll();
   upstreams_.CloseAll();
   FlushLog();

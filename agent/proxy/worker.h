@@ -1,9 +1,13 @@
-// A worker: one thread with its own event loop, serving every listener through its own
+// A worker: one event loop's share of a Proxy, serving every listener through its own
 // SO_REUSEPORT socket (shared-nothing: a connection lives and dies on the worker that
-// accepted it). It accepts connections, takes each new config snapshot between events,
-// closes idle keep-alive connections, runs its timers, and owns the parts its
-// connections use: the context they reach it through (worker_context.h), the upstream
-// pool, the shadow writer, the memory budget and the session pool.
+// accepted it). It runs on a thread of its own with its own loop (Run), or, when the
+// Proxy has a worker group (worker_group.h), on a group thread whose loop it shares with
+// other Proxies' workers: the thread then takes its snapshots (SwapIfNew), runs its
+// per-batch work (Finish) when its handlers had events or it is Due, and Detaches it at
+// the end. It accepts connections,
+// takes each new config snapshot between events, closes idle keep-alive connections, runs its
+// timers, and owns the parts its connections use: the context they reach it through
+// (worker_context.h), the upstream pool, the shadow writer, the memory budget and the session pool.
 //
 // Ownership and lifetime: every connection object (Session, UpstreamConn, Mirror) is
 // taken from and returned to a per-worker free list, so steady-state traffic does not
@@ -15,6 +19,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -36,13 +41,54 @@ class Worker {
   Worker(const Worker&) = delete;
   Worker& operator=(const Worker&) = delete;
 
-  Result<void> Init();
+  // A group thread's loop, as its workers see it: the loop, its wake-up eventfd, its
+  // clock (one per batch), the count Wake() bumps so the thread looks for new snapshots,
+  // and the list the loop puts the workers whose handlers had events in.
+  struct SharedLoop {
+    EventLoop* loop = nullptr;
+    int wake_fd = -1;
+    const int64_t* clock = nullptr;
+    std::atomic<uint64_t>* published = nullptr;
+    std::vector<IoOwner*>* batch = nullptr;
+  };
+  // Its own loop and wake-up eventfd; or, with `shared`, the group thread's loop
+  // (io_backend() is then the loop's).
+  Result<void> Init(const SharedLoop* shared = nullptr);
   // On the worker's own thread, before Run().
   Result<void> Activate() { return ctx_.loop().Activate(); }
   IoBackend io_backend() const { return io_backend_; }
   const std::string& io_fallback_reason() const { return io_fallback_reason_; }
+  // Its own thread's loop, until Stop() publishes the empty snapshot.
   void Run();
+
+  // One iteration of Run in parts. Before the wait: takes a new snapshot
+  // and lowers *timeout_ms to what its timers and pending work need; false once the
+  // snapshot is empty.
+  bool Prepare(int64_t now_ms, int* timeout_ms);
+  // After the wait, before the events are dispatched: takes a snapshot published
+  // meanwhile (false once it is empty).
+  bool AfterWait(int64_t now_ms);
+  // After the events: timers, mirrors, the idle sweep, the end of the batch, the log.
+  void Finish();
+  // On a group thread (worker_group.cc), which runs the parts of an iteration only for
+  // the workers that need them. SwapIfNew: takes a snapshot published since the last
+  // (true if it did). Due: when it next needs Finish() without an event of its own (its
+  // timers, its idle sweep; now when work is pending).
+  bool SwapIfNew();
+  int64_t Due() const;
+  // Its handlers' owner on a shared loop (event_loop.h).
+  struct Owner : IoOwner {
+    Worker* w = nullptr;
+  };
+  std::size_t group_slot = 0;  // its place in its group thread's list
+  // A shared loop's worker leaves it: its listeners stop being watched, and every
+  // connection it has is closed through the loop (which then forgets them). Between
+  // iterations, on the loop's thread.
+  void Detach();
+
   void Wake() {
+    if (published_)
+      published_->fetch_add(1, std::memory_order_release);
     uint64_t one = 1;
     [[maybe_unused]] ssize_t r = write(wake_fd_, &one, sizeof(one));
   }
@@ -80,7 +126,11 @@ class Worker {
   SessionPool sessions_;
   IoBackend io_backend_ = IoBackend::kAuto;
   std::string io_fallback_reason_;
-  int wake_fd_ = -1;
+  std::unique_ptr<EventLoop> own_loop_;  // none on a group thread
+  int wake_fd_ = -1;                     // own, or the group thread's (not closed here)
+  bool own_wake_fd_ = false;
+  std::atomic<uint64_t>* published_ = nullptr;  // a group thread's (Wake bumps it)
+  Owner owner_;
   WakeHandler wake_handler_{};
   int64_t next_sweep_ms_ = 0;
   uint64_t version_ = 0;

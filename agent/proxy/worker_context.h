@@ -7,9 +7,10 @@
 //
 // A plain class, not an interface: the per-request calls (Arm, Cancel, now, Rand,
 // stats) are inline, with no virtual call on the hot path. The Worker owns it, runs its
-// clock and timers, and swaps its snapshot (worker.cc). One per worker thread; nothing
-// in it is shared with another thread but the counters (relaxed atomics) and the
-// options (read-only).
+// clock and timers, and swaps its snapshot (worker.cc). One per worker; nothing in it is
+// shared with another thread but the counters (relaxed atomics) and the options
+// (read-only). The event loop is the worker's own, or, in a worker group
+// (worker_group.h), its group thread's, shared with the other workers on that thread.
 #pragma once
 
 #include <atomic>
@@ -53,7 +54,7 @@ class WorkerContext {
 
   // --- clock, random numbers, timers
   // The worker's clock: read once per event batch, not per event.
-  int64_t now() const { return now_ms_; }
+  int64_t now() const { return *clock_; }
   uint64_t Rand() {
     rng_ ^= rng_ << 13;
     rng_ ^= rng_ >> 7;
@@ -69,7 +70,7 @@ class WorkerContext {
   }
   void Arm(Timer& t, int64_t after_ms) {
     timers_.Remove(t);
-    t.deadline = now_ms_ + after_ms;
+    t.deadline = now() + after_ms;
     timers_.Add(t);
   }
   void Cancel(Timer& t) { timers_.Remove(t); }
@@ -80,6 +81,8 @@ class WorkerContext {
   const ProxyOptions& opts() const { return opts_; }
   // Drain() was called: responses say `connection: close` and their connection closes.
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
+  // On a shared loop: who this worker's handlers belong to (none on its own loop).
+  IoOwner* io_owner() const { return io_owner_; }
   // The newest config this worker took; a session moves to it between requests.
   const std::shared_ptr<const Snapshot>& snap() const { return snap_; }
   // Access-log lines, written out once per event batch.
@@ -97,9 +100,12 @@ class WorkerContext {
   ProxyStats& stats_;
   const ProxyOptions& opts_;
   const std::atomic<bool>& draining_;
-  std::unique_ptr<EventLoop> loop_;
+  EventLoop* loop_ = nullptr;  // the worker's own (Worker::own_loop_) or its group thread's
   uint64_t rng_;
   int64_t now_ms_ = NowMs();
+  // now(): now_ms_, or a group thread's clock (one write per batch for all its workers).
+  const int64_t* clock_ = &now_ms_;
+  IoOwner* io_owner_ = nullptr;
   TimerHeap timers_;
   std::shared_ptr<const Snapshot> snap_;
   fmt::memory_buffer log_;

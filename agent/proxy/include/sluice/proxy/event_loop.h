@@ -26,9 +26,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "sluice/proxy/buffer.h"
 #include "sluice/common/result.h"
+#include "sluice/proxy/buffer.h"
 
 namespace sluice::proxy {
 
@@ -41,10 +42,29 @@ enum class IoBackend { kAuto, kEpoll, kUring };
 Result<IoBackend> ParseIoBackend(const std::string& name);
 const char* IoBackendName(IoBackend b);
 
+// Who a handler belongs to, on a loop several owners share (a worker group's thread,
+// worker_group.h): before a handler's event is delivered, its owner is marked and listed
+// in `batch` (once per batch), so the thread runs the per-batch work of those owners
+// only. Handlers of a loop with one owner have none.
+struct IoOwner {
+  bool touched = false;
+  std::vector<IoOwner*>* batch = nullptr;
+};
+
 struct IoHandler {
   virtual void OnEvent(uint32_t events) = 0;
   virtual ~IoHandler() = default;
+  IoOwner* io_owner = nullptr;
 };
+
+// What a loop's Dispatch does for each event.
+inline void Deliver(IoHandler* h, uint32_t events) {
+  if (IoOwner* o = h->io_owner; o && !o->touched) {
+    o->touched = true;
+    o->batch->push_back(o);
+  }
+  h->OnEvent(events);
+}
 
 class EventLoop {
  public:

@@ -1,8 +1,8 @@
-// The L7 proxy engine: N worker threads, each with its own epoll loop and its own
-// SO_REUSEPORT listening socket per listener (shared-nothing: a connection lives and
-// dies on the worker that accepted it). Configuration is an immutable ProxyConfig
-// published with Update(); each worker picks up the newest one between events, and
-// requests already running finish on the config they started with.
+// The L7 proxy engine: N workers, each with its own event loop (or a share of a worker
+// group's, see worker_group.h) and its own SO_REUSEPORT listening socket per listener
+// (shared-nothing: a connection lives and dies on the worker that accepted it). Configuration is an
+// immutable ProxyConfig published with Update(); each worker picks up the newest one between
+// events, and requests already running finish on the config they started with.
 #pragma once
 
 #include <sys/socket.h>
@@ -25,8 +25,18 @@
 
 namespace sluice::proxy {
 
+class WorkerGroup;  // worker_group.h
+
 struct ProxyOptions {
+  // Workers: each its own thread, or, with `group`, each attached to one of the group's
+  // threads (the one with the fewest workers), many Proxies sharing them.
   int workers = 1;
+  // A fixed set of threads this proxy's workers run on, beside other Proxies' (the node
+  // agent's pods). The proxy keeps its own snapshot, counters, pools, budget and drain;
+  // the group's threads run its loop iterations. None: threads of its own. With a group,
+  // `io` and `io_buffers` are the group's, and on_worker_start is refused (a shared
+  // thread cannot move into one pod's network namespace): see make_socket.
+  std::shared_ptr<WorkerGroup> group;
   // Access log destination ("" or "/dev/stdout" for stdout). Each chain's access_log
   // flag decides whether its requests are logged.
   std::string access_log_path;
@@ -45,6 +55,12 @@ struct ProxyOptions {
   // The node agent moves the thread into a pod's network namespace here (setns is per
   // thread), so the upstream sockets the worker makes leave from the pod.
   std::function<Result<void>(int worker)> on_worker_start;
+  // Makes an upstream socket: (family, type) -> fd, or -1 with errno. Default:
+  // socket(family, type, 0). The node agent's shared workers pass one that makes it in
+  // the pod's network namespace (setns there, socket(), setns back: a socket keeps the
+  // namespace it was made in), so a worker serving many pods connects from each. Called
+  // on a worker's thread, for each new upstream connection (pooled ones are reused).
+  std::function<int(int family, int type)> make_socket;
   // The pod's own addresses (the node agent's in-pod proxies). A connection the connect
   // hook redirected comes from the pod's loopback; its client is the pod's application,
   // so it is given the pod's address of its family, as an Envoy sidecar sees it: for
