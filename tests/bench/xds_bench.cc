@@ -549,8 +549,13 @@ int RunClient(sx::XdsProtocol protocol, const Options& o) {
     std::printf("  of which kernel sync: median %.2f ms; L7 compile: median %.2f ms\n",
                 kernel.at(0.5), l7.at(0.5));
   }
-  std::printf("client RSS: %ld MiB after sync (%ld MiB of it this run's)\n", rss_after_sync / 1024,
-              (rss_after_sync - rss_base) / 1024);
+  // And once the updates are through: the client has settled (a large response's freed
+  // memory is handed back after its ACK, on the stream's thread, so the figure right
+  // after the sync may still hold it).
+  const long rss_settled = RssKb();
+  std::printf(
+      "client RSS: %ld MiB after sync (%ld MiB of it this run's), %ld MiB after the updates\n",
+      rss_after_sync / 1024, (rss_after_sync - rss_base) / 1024, rss_settled / 1024);
 
   if (o.churn_s > 0) {
     uint64_t before;

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "sluice/common/release_memory.h"
 #include "sluice/config/validate.h"
 #include "sluice/xds/ads_client.h"
 
@@ -78,6 +79,9 @@ inline std::string_view ShortType(std::string_view type) {
   return "route";
 }
 
+// Responses with at least this many resources are followed by ReleaseFreeMemory().
+inline constexpr int kLargeResponse = 1000;
+
 // One stream of either protocol until it breaks: `state`'s first requests, then each
 // response handed to it and its answers (ACK/NACK, new subscriptions) written, with
 // `publish` (the client's status) run before they go out. True when a response came.
@@ -98,6 +102,13 @@ bool PumpStream(Stream& stream, State& state, std::string_view server, std::stri
     for (auto& req : reqs) {
       if (!stream.Write(req))
         break;
+    }
+    // A large response (an initial sync, a full push) leaves megabytes of decoded
+    // resources and replaced snapshots freed: the message's own storage, reused by the
+    // next Read otherwise, and what the allocator holds go back to the system.
+    if (resp.resources_size() >= kLargeResponse) {
+      Response().Swap(&resp);
+      ReleaseFreeMemory();
     }
   }
   return got_response;
