@@ -28,6 +28,7 @@
 #include "pod_poller.h"
 #include "proc_scan.h"
 #include "shutdown.h"
+#include "sluice/common/release_memory.h"
 #include "sluice/config/store.h"
 #include "sluice/kube/client.h"
 #include "sluice/loader/kernel_features.h"
@@ -399,6 +400,9 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
 }  // namespace
 
 int RunAgent(AgentFlags f, sigset_t sigs) {
+  // In every role: what a burst freed (a replaced snapshot, a large xDS response) goes
+  // back to the system once it is freed, so resident memory settles at what is used.
+  MemoryReleaser releaser;
   std::unique_ptr<LocalSource> local;
   if (!f.config_dir.empty()) {
     const std::string sock = std::filesystem::path(f.node.state_file).parent_path() /

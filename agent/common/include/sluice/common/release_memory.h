@@ -7,7 +7,15 @@
 
 #include <malloc.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <mutex>
+#include <thread>
+
 extern "C" void MallocExtension_ReleaseFreeMemory(void) __attribute__((weak));
+extern "C" int MallocExtension_GetNumericProperty(const char* property, size_t* value)
+    __attribute__((weak));
 
 namespace sluice {
 
@@ -17,5 +25,49 @@ inline void ReleaseFreeMemory() {
   else
     malloc_trim(0);
 }
+
+// Bytes the allocator holds free (tcmalloc's page heap, glibc's free chunks).
+inline std::size_t FreeHeldBytes() {
+  if (MallocExtension_GetNumericProperty) {
+    size_t v = 0;
+    MallocExtension_GetNumericProperty("tcmalloc.pageheap_free_bytes", &v);
+    return v;
+  }
+  return mallinfo2().fordblks;
+}
+
+// Every `period`, returns what the allocator holds free to the system when it is more
+// than `threshold`: frees that come after a burst (a replaced snapshot released by its
+// last reader, a revision freed by the data plane's reclaimer) are handed back too, so
+// the process's resident memory settles at what it uses. A property read per period
+// otherwise.
+class MemoryReleaser {
+ public:
+  explicit MemoryReleaser(std::chrono::milliseconds period = std::chrono::seconds(2),
+                          std::size_t threshold = std::size_t{4} << 20)
+      : thread_([this, period, threshold] {
+          std::unique_lock lock(mu_);
+          while (!cv_.wait_for(lock, period, [&] { return stop_; })) {
+            if (FreeHeldBytes() > threshold)
+              ReleaseFreeMemory();
+          }
+        }) {}
+  ~MemoryReleaser() {
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  MemoryReleaser(const MemoryReleaser&) = delete;
+  MemoryReleaser& operator=(const MemoryReleaser&) = delete;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::thread thread_;  // last: starts once the rest is built
+};
 
 }  // namespace sluice
