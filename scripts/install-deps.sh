@@ -28,6 +28,7 @@ packages=(
   wrk haproxy nginx-light iperf3
   libnghttp2-dev nghttp2-client  # HTTP/2 (agent/proxy/h2_session.cc); nghttp/h2load as peers
   linux-perf strace  # profiling the L7 proxy (docs/benchmarks.md)
+  patchelf  # the allocator comparison of xds_bench (docs/benchmarks.md)
 )
 
 missing=()
