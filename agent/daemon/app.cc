@@ -402,6 +402,7 @@ int RunNode(AgentFlags& f, sigset_t sigs) {
 int RunAgent(AgentFlags f, sigset_t sigs) {
   // In every role: what a burst freed (a replaced snapshot, a large xDS response) goes
   // back to the system once it is freed, so resident memory settles at what is used.
+  ConfigureAllocator();
   MemoryReleaser releaser;
   std::unique_ptr<LocalSource> local;
   if (!f.config_dir.empty()) {

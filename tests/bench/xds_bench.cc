@@ -433,7 +433,9 @@ int RunClient(sx::XdsProtocol protocol, const Options& o) {
     }
   }
   const long rss_base = RssKb();
-  // As the agent runs one in every role (app.cc): freed memory handed back every 2 s.
+  // As the agent runs in every role (app.cc): its allocator settings, and freed memory
+  // handed back every 2 s.
+  sluice::ConfigureAllocator();
   sluice::MemoryReleaser releaser;
   sluice::config::ConfigStore store;
   std::mutex mu;
