@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cctype>
 
+#include "sluice/filterchain/match.h"
+
 namespace sluice::proxy::tls {
 
 namespace {
@@ -31,15 +33,6 @@ using OwnedBio = std::unique_ptr<BIO, BioFree>;
 
 OwnedBio MemBio(const std::string& pem) {
   return OwnedBio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-}
-
-// "*.example.com" takes "a.example.com" (one label or more, as Envoy's server_names
-// wildcard), not "example.com".
-bool WildcardMatch(std::string_view pattern, std::string_view name) {
-  if (!pattern.starts_with("*."))
-    return false;
-  std::string_view suffix = pattern.substr(1);  // ".example.com"
-  return name.size() > suffix.size() && name.ends_with(suffix);
 }
 
 std::string Lower(std::string_view s) {
@@ -180,27 +173,17 @@ Result<std::shared_ptr<const ServerContext>> ServerContext::Create(const ServerC
 }
 
 const ServerContext::Cert* ServerContext::Select(std::string_view sni) const {
-  const Cert* wildcard = nullptr;
-  std::size_t wildcard_len = 0;
-  const Cert* any = nullptr;
+  // As Envoy ranks filter chains by server_names (the filter-chain matcher's own score):
+  // exact, then the longest wildcard suffix, then names unset; the first on a tie.
+  const Cert* best = nullptr;
+  int best_score = -1;
   for (const auto& c : certs_) {
-    if (c->names.empty()) {
-      if (!any)
-        any = c.get();
-      continue;
-    }
-    if (sni.empty())
-      continue;
-    for (const auto& n : c->names) {
-      if (n == sni)
-        return c.get();
-      if (WildcardMatch(n, sni) && n.size() > wildcard_len) {
-        wildcard = c.get();
-        wildcard_len = n.size();
-      }
+    if (int score = filterchain::ServerNameScore(c->names, sni); score > best_score) {
+      best = c.get();
+      best_score = score;
     }
   }
-  return wildcard ? wildcard : any;
+  return best;
 }
 
 Connection::Connection(std::shared_ptr<const ServerContext> ctx) : ctx_(std::move(ctx)) {

@@ -21,19 +21,6 @@ int PrefixScore(const std::vector<Prefix>& ranges, const IpAddress& a) {
   return best;
 }
 
-int ServerNameScore(const std::vector<std::string>& names, const std::string& sni) {
-  if (names.empty())
-    return kUnset;
-  int best = kNo;
-  for (const std::string& n : names) {
-    if (n == sni && !sni.empty())
-      return 1 << 20;  // exact beats every wildcard
-    if (n.starts_with("*.") && sni.size() > n.size() - 1 && sni.ends_with(n.substr(1)))
-      best = std::max(best, static_cast<int>(n.size()));  // the longest suffix wins
-  }
-  return best;
-}
-
 // One criterion over the chains still in the running. `known`: the fact it reads is
 // there. Returns false when the choice stops here undecided (the fact is unknown and a
 // chain sets the criterion); `in` is then every chain still possible.
@@ -189,6 +176,20 @@ std::vector<std::size_t> Select(std::span<const Match> chains, const Connection&
                    : kNo;
       });
   return in;
+}
+
+int ServerNameScore(const std::vector<std::string>& names, std::string_view sni) {
+  if (names.empty())
+    return kUnset;
+  int best = kNo;
+  for (const std::string& n : names) {
+    if (n == sni && !sni.empty())
+      return 1 << 20;  // exact beats every wildcard
+    if (n.starts_with("*.") && sni.size() > n.size() - 1 &&
+        sni.ends_with(std::string_view(n).substr(1)))
+      best = std::max(best, static_cast<int>(n.size()));  // the longest suffix wins
+  }
+  return best;
 }
 
 }  // namespace sluice::filterchain

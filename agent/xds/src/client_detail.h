@@ -8,7 +8,6 @@
 #include <string>
 #include <string_view>
 
-#include "sluice/common/release_memory.h"
 #include "sluice/config/validate.h"
 #include "sluice/xds/ads_client.h"
 
@@ -79,7 +78,7 @@ inline std::string_view ShortType(std::string_view type) {
   return "route";
 }
 
-// Responses with at least this many resources are followed by ReleaseFreeMemory().
+// Responses with at least this many resources do not keep their storage for the next.
 inline constexpr int kLargeResponse = 1000;
 
 // One stream of either protocol until it breaks: `state`'s first requests, then each
@@ -103,13 +102,11 @@ bool PumpStream(Stream& stream, State& state, std::string_view server, std::stri
       if (!stream.Write(req))
         break;
     }
-    // A large response (an initial sync, a full push) leaves megabytes of decoded
-    // resources and replaced snapshots freed: the message's own storage, reused by the
-    // next Read otherwise, and what the allocator holds go back to the system.
-    if (resp.resources_size() >= kLargeResponse) {
+    // A large response (an initial sync, a full push): the message's own storage, which
+    // the next Read would otherwise keep reusing, is freed (the allocator hands it back,
+    // sluice/common/release_memory.h).
+    if (resp.resources_size() >= kLargeResponse)
       Response().Swap(&resp);
-      ReleaseFreeMemory();
-    }
   }
   return got_response;
 }

@@ -20,6 +20,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "sluice/common/result.h"
@@ -74,5 +75,12 @@ struct Connection {
 // again.
 std::vector<std::size_t> Select(std::span<const Match> chains, const Connection& c,
                                 bool* decided = nullptr);
+
+// How `server_names` (lower case) meet a server name, as Select ranks chains by it: 0
+// when `names` is empty (any name, and none), -1 when none takes `sni` ("" takes only
+// an empty list), else the specificity: an exact name above every wildcard, a longer
+// wildcard suffix above a shorter one ("*.example.com" takes "a.example.com", not
+// "example.com"). TLS termination picks its certificate by it too.
+int ServerNameScore(const std::vector<std::string>& names, std::string_view sni);
 
 }  // namespace sluice::filterchain

@@ -10,7 +10,8 @@
 // Contexts are immutable and shared by every connection of a config.
 //
 // The certificate is chosen by the ClientHello's server name, as Envoy chooses a filter
-// chain by `server_names`: an exact name first, then the longest wildcard suffix
+// chain by `server_names` (filterchain::ServerNameScore, the same ranking): an exact name first,
+// then the longest wildcard suffix
 // ("*.example.com" matches "a.example.com", not "example.com"), then a certificate with no
 // names (a chain without server_names). A name that none of them takes fails the handshake
 // with an unrecognized_name alert; so does a ClientHello without a name when no
