@@ -107,6 +107,9 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
        request_active = false, retry_counted = false;
   bool down_eof = false, up_eof = false;
   bool tcp_session = false;  // a TCP tunnel that is logged when it closes
+  // The request came on an HTTP/2 stream (the downstream's protocol, for the access log
+  // and for clusters that use the downstream protocol upstream).
+  bool downstream_h2 = false;
   // The socket is edge-triggered: set when an edge was taken without reading the
   // socket dry (a request was in flight, or a buffer limit stopped the read).
   bool read_ready = false;

@@ -38,6 +38,9 @@ namespace sluice::proxy {
 namespace telemetry {
 struct StatsConfig;
 }
+namespace tls {
+class ServerContext;
+}
 
 namespace telemetry {
 struct Workload;
@@ -458,6 +461,10 @@ struct FilterChain {
   HttpSettings http;
   TcpSettings tcp;
   bool access_log = false;
+  // The chain's DownstreamTlsContext (transport_socket envoy.transport_sockets.tls), with
+  // its SDS secrets resolved: the session terminates TLS with it before the HTTP codec.
+  // nullptr: plaintext.
+  std::shared_ptr<const tls::ServerContext> tls;
   // A chain Sluice cannot serve yet (a transport_socket that terminates TLS, issue 18):
   // a connection that selects it is closed, counted and logged with this reason, never
   // passed through as plaintext. Empty: served.
