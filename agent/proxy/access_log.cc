@@ -65,17 +65,29 @@ void Session::LogRequest() {
   char svc[24] = "-";
   if (response_started && service_time_ms >= 0)
     snprintf(svc, sizeof(svc), "%lld", static_cast<long long>(service_time_ms));
+  // %PROTOCOL%: the downstream's (an HTTP/2 stream is served as HTTP/1.1 inside).
+  const char* protocol = req.method.empty()  ? "-"
+                         : downstream_h2     ? "HTTP/2"
+                         : req.minor_version ? "HTTP/1.1"
+                                             : "HTTP/1.0";
   fmt::format_to(
       std::back_inserter(b),
       "[{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z] \"{} {} {}\" {} {} {} - \"-\" {} {} {} {} "
-      "\"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {}\n",
+      "\"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {}",
       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms,
-      dash(req.method), dash(req.target),
-      req.method.empty() ? "-" : (req.minor_version ? "HTTP/1.1" : "HTTP/1.0"), status, flag_str,
-      details, bytes_rx, bytes_tx, duration, svc, dash(xff),
-      dash(req.Get(http::HeaderId::kUserAgent)), dash(rid), dash(req.host), up_host, cluster_name,
-      up_local, local, peer, sni.empty() ? std::string_view("-") : std::string_view(sni),
-      route_name);
+      dash(req.method), dash(req.target), protocol, status, flag_str, details, bytes_rx, bytes_tx,
+      duration, svc, dash(xff), dash(req.Get(http::HeaderId::kUserAgent)), dash(rid),
+      dash(req.host), up_host, cluster_name, up_local, local, peer,
+      sni.empty() ? std::string_view("-") : std::string_view(sni), route_name);
+  // A gRPC request's line ends with its grpc-status (Envoy's %GRPC_STATUS_NUMBER%, as
+  // grpc.h's GrpcStatusForLog finds it: trailers, else the head, else from the HTTP
+  // status), "-" when there is none.
+  if (grpc) {
+    std::string gs = GrpcStatus();
+    b.push_back(' ');
+    b.append(gs.empty() ? std::string_view("-") : std::string_view(gs));
+  }
+  b.push_back('\n');
 }
 
 }  // namespace sluice::proxy::engine

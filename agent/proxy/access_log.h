@@ -24,13 +24,15 @@ enum Flag : uint32_t {
   kFlagURX = 1u << 11,  // retry limit exceeded
   kFlagSI = 1u << 12,   // stream idle timeout
   kFlagDPE = 1u << 13,  // downstream protocol error
-  kFlagUPE = 1u << 14,  // upstream protocol error
-  kFlagNC = 1u << 15,   // no cluster
+  kFlagDT = 1u << 14,   // max stream duration reached (DurationTimeout)
+  kFlagUPE = 1u << 15,  // upstream protocol error
+  kFlagNC = 1u << 16,   // no cluster
 };
 
 // Their short names, by bit: what the access log and the Istio metrics' response_flags
 // print, comma-separated in this order.
-inline constexpr const char* kFlagNames[] = {"UH", "UT", "LR", "UR",  "UF", "UC",  "UO",  "NR",
-                                             "DI", "FI", "DC", "URX", "SI", "DPE", "UPE", "NC"};
+inline constexpr const char* kFlagNames[] = {"UH", "UT",  "LR", "UR",  "UF", "UC",
+                                             "UO", "NR",  "DI", "FI",  "DC", "URX",
+                                             "SI", "DPE", "DT", "UPE", "NC"};
 
 }  // namespace sluice::proxy::engine

@@ -778,12 +778,26 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
               break;
           }
         }
+        in_grpc_status_ =
+            EqualsIgnoreCase(
+                std::string_view(trailer_name_, std::min(trailer_name_len_, sizeof(trailer_name_))),
+                "grpc-status") &&
+            trailer_name_len_ == sizeof("grpc-status") - 1;
+        if (in_grpc_status_) {
+          has_grpc_status_ = true;
+          grpc_status_len_ = 0;
+        }
         state_ = State::kTrailerValue;
         ++i;
         break;
       case State::kTrailerValue:
         if (++trailer_bytes_ > kMaxTrailerBytes)
           return fail("trailers too large");
+        if (in_grpc_status_ && c != '\r' && !(grpc_status_len_ == 0 && (c == ' ' || c == '\t'))) {
+          if (grpc_status_len_ < sizeof(grpc_status_))
+            grpc_status_[grpc_status_len_] = c;
+          ++grpc_status_len_;
+        }
         if (c == '\r') {
           state_ = State::kTrailerLf;
           trailer_empty_line_ = false;

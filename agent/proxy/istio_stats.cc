@@ -369,6 +369,7 @@ std::size_t SeriesKeyHash::operator()(const SeriesKey& k) const {
   h = mix(h, reinterpret_cast<uintptr_t>(k.service));
   h = mix(h, reinterpret_cast<uintptr_t>(k.stats));
   h = mix(h, (uint64_t{k.flags} << 24) | (uint64_t{k.code} << 8) | k.kind);
+  h = mix(h, static_cast<uint32_t>(k.grpc_status));
   return static_cast<std::size_t>(h ^ (h >> 29));
 }
 
@@ -536,10 +537,10 @@ std::vector<std::pair<std::string_view, std::string>> Labels(const SeriesKey& k)
     add("destination_service_namespace", Or(peer_ns, kUnknown));
     add("destination_cluster", Or(peer_cluster, kUnknown));
   }
-  add("request_protocol", tcp ? "tcp" : "http");
+  add("request_protocol", tcp ? "tcp" : (k.kind & kGrpc) ? "grpc" : "http");
   if (!tcp) {
     add("response_code", std::to_string(k.code));
-    add("grpc_response_status", "");  // HTTP/1.1 only: no gRPC here
+    add("grpc_response_status", k.grpc_status >= 0 ? std::to_string(k.grpc_status) : "");
   }
   add("response_flags", FlagString(k.flags));
   // Plaintext: the server side says "none"; the client side cannot tell ("unknown").
@@ -742,6 +743,12 @@ void RecordTelemetry(const Session& s) {
     telemetry::SeriesKey k = KeyOf(s, *st, cluster, ep);
     k.code = static_cast<uint16_t>(s.status);
     k.flags = s.flags;
+    if (s.grpc) {
+      k.kind |= telemetry::kGrpc;
+      std::string gs = s.GrpcStatus();
+      if (auto v = grpc::ParseGrpcStatus(gs))
+        k.grpc_status = *v;
+    }
     telemetry::Series& se = st->Get(k);
     if (on(telemetry::kRequestsTotal))
       se.requests.fetch_add(1, std::memory_order_relaxed);

@@ -199,6 +199,8 @@ std::vector<NamedStat> NamedStats(const ProxyStats& s) {
        v(s.rq_timeout)},
       {"downstream_rq_idle_timeout_total", "Requests idle past stream_idle_timeout", false,
        v(s.rq_idle_timeout)},
+      {"downstream_rq_max_duration_reached_total", "Requests past their maximum stream duration",
+       false, v(s.rq_max_duration)},
       {"upgrades_refused_total", "Upgrade requests refused (403)", false, v(s.upgrades_refused)},
       {"buffer_limit_waits_total", "Reads deferred by the worker buffer limit", false,
        v(s.buffer_limit_waits)},

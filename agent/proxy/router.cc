@@ -38,6 +38,10 @@ void Session::Dispatch() {
     FormatUuid4(a, b, request_id);
   }
   cors = nullptr;
+  grpc = grpc::IsGrpcRequest(req.path, req.Get("content-type"));
+  timeouts = {};
+  complete_ms = w->now();
+  has_grpc_head_status = has_grpc_trailer_status = false;
   const RouteTable* rt = chain->http.routes.get();
   vh = rt ? rt->FindVirtualHost(req.host, chain->http.StripPort()) : nullptr;
   route = vh ? MatchRoute(*vh, req) : nullptr;
@@ -150,8 +154,17 @@ void Session::ContinueAfterFault() {
   }
   cluster->active_requests.fetch_add(1, std::memory_order_relaxed);
   counted_request = true;
-  if (a.timeout.count() > 0)
-    w->Arm(route_timer, a.timeout.count());
+  // The route's timeouts for this request (Envoy's router and, for max_stream_duration,
+  // its connection manager): a gRPC request's grpc-timeout can set them.
+  bool has_grpc_timeout = false;
+  std::string_view grpc_timeout = req.Get("grpc-timeout", &has_grpc_timeout);
+  timeouts = grpc::RouteTimeouts(
+      a, grpc, has_grpc_timeout ? std::optional<std::string_view>(grpc_timeout) : std::nullopt,
+      chain->http.max_stream_duration);
+  if (timeouts.route.count() > 0)
+    w->Arm(route_timer, timeouts.route.count());
+  if (timeouts.stream_duration)
+    ArmStreamTimer();
   for (const MirrorPolicy& m : a.mirrors) {
     if (w->Roll(m.per_million))
       w->shadow().SendMirror(m, *this);
@@ -268,9 +281,8 @@ void Session::StartAttempt() {
   SerializeRequest(u->out, false);
   if (attempt == 1)
     service_time_ms = w->now();
-  const RetryPolicy& rp = route->action.retry;
-  if (rp.per_try_timeout.count() > 0)
-    w->Arm(try_timer, rp.per_try_timeout.count());
+  if (timeouts.per_try.count() > 0)
+    w->Arm(try_timer, timeouts.per_try.count());
   if (!u->connecting) {
     CopyStr(up_local, u->local_addr);
     u->Flush();
@@ -321,11 +333,17 @@ void Session::SerializeRequest(Buffer& dst, bool shadow) {
   dst.Append("\r\n");
   const bool mutated = AnyMutations(levels, 4);
   bool xff = false, xfp = false;
+  // The grpc-timeout upstream, when the route's timeouts rewrite it (Envoy's router: each
+  // attempt gets the time it has left).
+  const std::optional<Millis> grpc_timeout =
+      grpc ? grpc::UpstreamGrpcTimeout(timeouts, Millis{shadow ? 0 : w->now() - complete_ms})
+           : std::nullopt;
   LineRun unchanged(dst);
   for (std::size_t i = 0; i < req.num_headers; ++i) {
     const http::Header& h = req.headers[i];
     if (IsHopByHop(h.id) || h.id == http::HeaderId::kHost ||
         h.id == http::HeaderId::kXEnvoyAttemptCount || (mutated && Replaced(levels, 4, h.name)) ||
+        (grpc_timeout && http::EqualsIgnoreCase(h.name, "grpc-timeout")) ||
         (strip_h2c && http::EqualsIgnoreCase(h.name, "http2-settings"))) {
       unchanged.Flush();
       continue;
@@ -351,7 +369,12 @@ void Session::SerializeRequest(Buffer& dst, bool shadow) {
     dst.Append("\r\n");
   }
   if (!xfp)
-    dst.Append("x-forwarded-proto: http\r\n");
+    dst.Append(chain->tls ? "x-forwarded-proto: https\r\n" : "x-forwarded-proto: http\r\n");
+  if (grpc_timeout) {
+    dst.Append("grpc-timeout: ");
+    dst.Append(grpc::FormatGrpcTimeout(*grpc_timeout));
+    dst.Append("\r\n");
+  }
   if (generated_id) {
     dst.Append("x-request-id: ");
     dst.Append(request_id);

@@ -615,6 +615,14 @@ int64_t Session::StreamDeadline(Deadline* which) const {
   if (!request_complete)
     consider(head_start_ms, h.request_timeout, Deadline::kRequest);
   consider(last_io_ms, h.stream_idle_timeout, Deadline::kIdle);
+  // The stream's maximum duration (grpc::RouteTimeouts: max_stream_duration, or a
+  // grpc-timeout under grpc_timeout_header_max), from the request's first byte; 0 is
+  // already reached.
+  if (route && timeouts.stream_duration &&
+      head_start_ms + timeouts.stream_duration->count() < best) {
+    best = head_start_ms + timeouts.stream_duration->count();
+    *which = Deadline::kDuration;
+  }
   return best;
 }
 
@@ -664,6 +672,19 @@ void Session::OnStreamTimer() {
       why = "stream_idle_timeout";
       code = request_complete ? 504 : 408;  // Envoy: 408 only while the request is incomplete
       break;
+    case Deadline::kDuration:
+      // Envoy's onStreamMaxDurationReached: a 408 (DEADLINE_EXCEEDED to a gRPC client)
+      // before the response started, else a reset.
+      w->stats().rq_max_duration.fetch_add(1, std::memory_order_relaxed);
+      if (response_started) {
+        Abort(kFlagDT);
+        return;
+      }
+      flag = kFlagDT;
+      body = "downstream duration timeout";
+      why = "max_duration_timeout";
+      DropUpstream(false);
+      break;
     case Deadline::kNone:
       return;
   }
@@ -703,6 +724,7 @@ void Session::Finish() {
   request_active = false;
   head_start_ms = -1;
   request_complete = false;
+  grpc = false;
   w->budget().Unreserve(this);
   std::size_t used = std::min(in.size(), req.head_len + body_scanned);
   in.Consume(used);

@@ -31,6 +31,7 @@
 #include "memory_budget.h"
 #include "sluice/proxy/buffer.h"
 #include "sluice/proxy/config.h"
+#include "sluice/proxy/grpc.h"
 #include "sluice/proxy/http_codec.h"
 #include "sluice/proxy/lb.h"
 #include "snapshot.h"
@@ -133,6 +134,16 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   // Dispatch, read only while `route` is set.
   const CorsPolicy* cors = nullptr;
   std::string_view cors_origin;
+  // gRPC (grpc.h): the request has a gRPC content-type (Dispatch); its timeouts from the
+  // route (ContinueAfterFault); when it was complete, for the grpc-timeout of a retry; and
+  // the grpc-status its response head carried (a trailers-only response, or a local
+  // reply's), "" with has_grpc_head_status false when none. The trailers' status is read
+  // from the upstream's chunked decoder when the response ends (grpc_trailer_status).
+  bool grpc = false;
+  grpc::RequestTimeouts timeouts;
+  int64_t complete_ms = 0;
+  bool has_grpc_head_status = false, has_grpc_trailer_status = false;
+  char grpc_head_status[12] = {0}, grpc_trailer_status[12] = {0};
   bool strip_h2c = false;       // an h2c upgrade request, served as plain HTTP/1.1 (as Envoy)
   bool waiting_memory = false;  // not read until its body's reservation is granted
   std::size_t accounted = 0;    // in + out, as last charged to the worker's budget
@@ -155,6 +166,9 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   void OnUpDrained(UpstreamConn* u) override;
   void OnUpReadDone(UpstreamConn* u) override;
   void StartAttempt();
+  // The response's grpc-status for the access log and Istio's metrics (grpc.h's
+  // GrpcStatusForLog): "" for a request that is not gRPC.
+  std::string GrpcStatus() const;
 
  private:
   bool ReadInto(Buffer& b);
@@ -175,6 +189,8 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   // the CORS filter's preflight answer, which Envoy sends before the router runs).
   void Local(int code, std::string_view body, uint32_t flag, const char* why,
              std::string_view extra_header = {}, bool route_headers = true);
+  // Local's reply to a gRPC request: trailers-only, the status in its head.
+  void LocalGrpc(int code, std::string_view body, std::string_view extra_header);
   void Finish();
   // Gives back the request's circuit-breaker counts (requests, retries) it still holds.
   void Uncount();
@@ -221,7 +237,7 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   // complete): the whole buffer is the request, and it is logged without a method.
   void ForgetHead();
   // The request's nearest deadline (kNoDeadline when none applies); *which says whose.
-  enum class Deadline { kNone, kHead, kRequest, kIdle };
+  enum class Deadline { kNone, kHead, kRequest, kIdle, kDuration };
   int64_t StreamDeadline(Deadline* which) const;
   void ArmStreamTimer();
   void OnStreamTimer();

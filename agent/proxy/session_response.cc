@@ -14,9 +14,22 @@ namespace sluice::proxy::engine {
 void Session::OnUpHeaders(UpstreamConn* u) {
   const http::ResponseHead& r = u->resp;
   w->upstreams().OnEndpointResult(*cluster, up_ep, r.status >= 500);
+  bool has_status = false;
+  std::string_view grpc_status = grpc ? r.Get("grpc-status", &has_status) : std::string_view();
   if (RetriableStatus(route->action.retry, r.status) && ScheduleRetry()) {
     DropUpstream(false);
     return;
+  }
+  if (has_status) {
+    // A trailers-only response: its grpc-status is in the head. Envoy's retry_on gRPC
+    // conditions read it there (not from trailers, which come after the response began).
+    std::optional<int> code = grpc::ParseGrpcStatus(grpc_status);
+    if (code && RetriableGrpcStatus(route->action.retry, *code) && ScheduleRetry()) {
+      DropUpstream(false);
+      return;
+    }
+    has_grpc_head_status = true;
+    CopyStr(grpc_head_status, grpc_status);
   }
   w->Cancel(try_timer);
   status = r.status;
@@ -118,6 +131,12 @@ void Session::OnUpReadDone(UpstreamConn*) {
 }
 
 void Session::OnUpDone(UpstreamConn* u) {
+  if (grpc) {
+    if (auto v = u->chunk.grpc_status()) {
+      has_grpc_trailer_status = true;
+      CopyStr(grpc_trailer_status, *v);
+    }
+  }
   DropUpstream(u->reusable);
   uint64_t g = gen;
   TryWrite();  // the response first, then the next pipelined request
@@ -156,6 +175,10 @@ void Session::Local(int code, std::string_view body, uint32_t flag, const char* 
   details = why;
   DropUpstream(false);
   std::size_t before = out.size();
+  if (grpc && route_headers) {
+    LocalGrpc(code, body, extra_header);
+    return;
+  }
   out.Append("HTTP/1.1 ");
   AppendNum(out, static_cast<uint64_t>(code));
   out.Append(" ");
@@ -189,6 +212,65 @@ void Session::Local(int code, std::string_view body, uint32_t flag, const char* 
   Finish();
   if (phase != Phase::kClosed)
     TryWrite();
+}
+
+// A local reply to a gRPC request, as Envoy's sendLocalReply makes it: a trailers-only
+// response (HTTP 200, the status and message in its head, no body; grpc.h's
+// LocalReplyHead). What goes out is a 200, and that is what the access log and the
+// metrics record, as Envoy's do; the reply's meaning is in its grpc-status.
+void Session::LocalGrpc(int code, std::string_view body, std::string_view extra_header) {
+  std::size_t before = out.size();
+  status = 200;
+  std::optional<grpc::Status> forced;
+  if (flags & kFlagDT)
+    forced = grpc::kDeadlineExceeded;  // Envoy's max-duration reply
+  const std::vector<grpc::Field> head = grpc::LocalReplyHead(code, body, forced);
+  for (const grpc::Field& f : head) {
+    if (f.name == ":status") {
+      out.Append("HTTP/1.1 ");
+      out.Append(f.value);
+      out.Append(" OK\r\ncontent-length: 0\r\n");
+      continue;
+    }
+    out.Append(f.name);
+    out.Append(": ");
+    out.Append(f.value);
+    out.Append("\r\n");
+    if (f.name == "grpc-status") {
+      has_grpc_head_status = true;
+      CopyStr(grpc_head_status, f.value);
+    }
+  }
+  if (!extra_header.empty()) {
+    out.Append(extra_header);
+    out.Append("\r\n");
+  }
+  if (route) {
+    const HeaderMutations* levels[3] = {&route->response_headers, &vh->response_headers,
+                                        &chain->http.routes->response_headers};
+    http::ResponseHead empty;
+    EmitAdds(out, levels, 3, empty);
+  }
+  if (route && cors)
+    AppendCorsHeaders(out);
+  if (w->draining())
+    close_after = true;
+  AppendConnection();
+  out.Append("\r\n");
+  bytes_tx += out.size() - before;
+  Finish();
+  if (phase != Phase::kClosed)
+    TryWrite();
+}
+
+std::string Session::GrpcStatus() const {
+  if (!grpc)
+    return {};
+  auto view = [](bool has, const char* v) {
+    return has ? std::optional<std::string_view>(v) : std::nullopt;
+  };
+  return grpc::GrpcStatusForLog(view(has_grpc_head_status, grpc_head_status),
+                                view(has_grpc_trailer_status, grpc_trailer_status), status);
 }
 
 }  // namespace sluice::proxy::engine

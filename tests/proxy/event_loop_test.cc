@@ -16,8 +16,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "sluice/proxy/event_loop.h"
 #include "harness.h"
+#include "sluice/proxy/event_loop.h"
 
 using sluice::proxy::Buffer;
 using sluice::proxy::EventLoop;

@@ -179,11 +179,18 @@ TEST_CASE("labels carry Istio's values on the client and the server side", "[ist
   CHECK(out["destination_app"] == "reviews");
   CHECK(out["destination_version"] == "v2");
   // Nothing known of the destination (no route, no cluster): Istio's unknowns.
-  out = LabelMap({.self = self, .flags = 1u << 15, .code = 503});
+  out = LabelMap({.self = self, .flags = 1u << 16 /* NC */, .code = 503});
   CHECK(out["destination_workload"] == "unknown");
   CHECK(out["destination_service"] == "unknown");
   CHECK(out["destination_canonical_revision"] == "latest");
   CHECK(out["response_flags"] == "NC");
+  CHECK(out["request_protocol"] == "http");
+  CHECK(out["grpc_response_status"] == "");
+  // A gRPC request: its protocol and status, as Istio labels them.
+  out = LabelMap({.self = self, .code = 200, .grpc_status = 14, .kind = ist::kGrpc});
+  CHECK(out["request_protocol"] == "grpc");
+  CHECK(out["grpc_response_status"] == "14");
+  CHECK(out["response_code"] == "200");
   // Server side: the pod is the destination; plaintext is "none"; no istio.services on
   // the inbound cluster: the service is the canonical service.
   out = LabelMap({.self = self, .peer_local = local, .code = 200, .kind = ist::kInbound});

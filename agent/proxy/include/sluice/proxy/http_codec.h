@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -160,6 +161,18 @@ class ChunkedDecoder {
   // whole size included: a server can refuse a body that would be too large before its
   // data arrives.
   uint64_t body_size() const { return body_size_; }
+  // The value of a grpc-status trailer, once read (a gRPC response relayed as HTTP/1.1
+  // carries its status there; the access log and Istio's metrics read it). nullopt:
+  // none; a value longer than any status reads as "" (not a number).
+  std::optional<std::string_view> grpc_status() const {
+    if (!has_grpc_status_)
+      return std::nullopt;
+    std::string_view v(grpc_status_,
+                       grpc_status_len_ <= sizeof(grpc_status_) ? grpc_status_len_ : 0);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t'))
+      v.remove_suffix(1);
+    return v;
+  }
   void Reset() { *this = ChunkedDecoder(); }
 
  private:
@@ -173,6 +186,9 @@ class ChunkedDecoder {
   std::size_t trailer_name_len_ = 0;
   bool trailer_empty_line_ = false;
   std::size_t trailer_bytes_ = 0;
+  bool in_grpc_status_ = false, has_grpc_status_ = false;
+  char grpc_status_[11] = {};
+  std::size_t grpc_status_len_ = 0;
   const char* error_ = nullptr;
 };
 

@@ -210,6 +210,7 @@ enum Kind : uint8_t {
   kInbound = 1,   // reporter "destination" (the pod's inbound side), else "source"
   kTcp = 2,       // request_protocol "tcp", else "http"
   kOverflow = 4,  // the series past max_series
+  kGrpc = 8,      // request_protocol "grpc" (a gRPC request), with grpc_response_status
 };
 
 // One label set's key: every pointer interned (or nullptr: unknown).
@@ -221,6 +222,7 @@ struct SeriesKey {
   const StatsConfig* stats = nullptr;  // the chain's istio.stats config (nullptr: none)
   uint32_t flags = 0;                  // Envoy's response flags (access_log.h bits)
   uint16_t code = 0;                   // HTTP status (0: none)
+  int32_t grpc_status = -1;            // a gRPC request's grpc-status (-1: none)
   uint8_t kind = 0;
   bool operator==(const SeriesKey&) const = default;
 };
