@@ -82,6 +82,21 @@ TEST_CASE("a dual-stack socket dialling ::ffff:VIP is translated to the IPv4 bac
   CHECK(Within([&] { return Active(t.lab, "10.211.0.2:8080") == 0; }) >= 0);
 }
 
+TEST_CASE("under MAGLEV a mapped connect hashes the pod's IPv4 address, as connect4 does") {
+  MappedLab t;
+  Apply(t.lab, Service("hash", {"10.96.212.7"}, 80,
+                       {Cluster("hash", 1, LbPolicy::kMaglev,
+                                {Ep("10.211.0.2:8080"), Ep("10.211.0.3:8080")})}));
+  auto v4 = t.lab.Connect("client", "10.96.212.7:80", 5);
+  INFO(v4.dump());
+  REQUIRE(v4["ok"] == 5);
+  REQUIRE(v4["by_server"].size() == 1);  // one client, one endpoint
+  const std::string chosen = v4["by_server"].begin().key();
+  auto mapped = t.lab.Connect("client", "[::ffff:10.96.212.7]:80", 5);
+  INFO(mapped.dump());
+  CHECK(Count(mapped, "by_server", chosen) == 5);
+}
+
 TEST_CASE("a mapped connect is counted in the IPv4 service's TCP metrics and connection log") {
   MappedLab t;
   Apply(t.lab, Service("tcpm", {"10.96.212.2"}, 9000,
