@@ -3,7 +3,9 @@
  * getpeername hooks. For a socket in an enrolled network namespace that connects to a
  * service frontend: pick a weighted cluster, pick an endpoint by the cluster's policy,
  * rewrite the destination, and remember the service address in socket storage so
- * getpeername reports what the application dialled.
+ * getpeername reports what the application dialled. connect6 treats an IPv4-mapped
+ * destination (::ffff:VIP, from a dual-stack socket) as the IPv4 frontend it is and
+ * writes the IPv4 backend back mapped (sluice/addr.bpf.h).
  *
  * Minimum kernel: 5.8 (getpeername hooks, netns cookie in sock_addr). A refused connect
  * fails with ECONNREFUSED where the kernel has bpf_set_retval (5.18), else with EPERM
@@ -14,6 +16,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "sluice/addr.bpf.h"
 #include "sluice/bpf_abi.h"
 #include "sluice/lb.h"
 #include "sluice/maps.bpf.h"
@@ -330,13 +333,25 @@ int sluice_connect6(struct bpf_sock_addr* ctx) {
   dst[1] = ctx->user_ip6[1];
   dst[2] = ctx->user_ip6[2];
   dst[3] = ctx->user_ip6[3];
-  __builtin_memcpy(fe.ip.v6, dst, 16);
+  /* ::ffff:VIP is the IPv4 frontend VIP: its backend (or the proxy's 127.0.0.1) is IPv4
+   * and goes back mapped. A real IPv6 destination stays IPv6 and only ever gets IPv6
+   * backends (sluice_translate refuses a family mismatch). */
+  const bool mapped = sluice_v4_mapped(dst);
+  if (mapped) {
+    __builtin_memcpy(fe.ip.v4, &dst[3], 4);
+    fe.family = SLUICE_FAMILY_IPV4;
+  } else {
+    __builtin_memcpy(fe.ip.v6, dst, 16);
+    fe.family = SLUICE_FAMILY_IPV6;
+  }
   fe.port = bpf_ntohs((__u16)ctx->user_port);
-  fe.family = SLUICE_FAMILY_IPV6;
   fe.protocol = ctx->protocol;
   int ret = sluice_connect(ctx, &fe, &be, &rewrite);
   if (rewrite) {
-    __builtin_memcpy(dst, be.ip.v6, 16);
+    if (mapped)
+      sluice_map_v4(dst, be.ip.v4);
+    else
+      __builtin_memcpy(dst, be.ip.v6, 16);
     SLUICE_CTX_STORE(ctx->user_ip6[0], dst[0]);
     SLUICE_CTX_STORE(ctx->user_ip6[1], dst[1]);
     SLUICE_CTX_STORE(ctx->user_ip6[2], dst[2]);
@@ -346,13 +361,15 @@ int sluice_connect6(struct bpf_sock_addr* ctx) {
   return ret;
 }
 
+/* The origin of a translated socket whose frontend family is `family`, or of either
+ * family when `either` (an AF_INET6 socket remembers an IPv4 frontend it dialled mapped). */
 static __always_inline struct sluice_sock_origin* sluice_origin(struct bpf_sock_addr* ctx,
-                                                                __u8 family) {
+                                                                __u8 family, bool either) {
   struct bpf_sock* sk = ctx->sk;
   if (!sk)
     return 0;
   struct sluice_sock_origin* o = bpf_sk_storage_get(&sluice_sock_origin, sk, 0, 0);
-  if (!o || !(o->flags & SLUICE_SOCK_TRANSLATED) || o->family != family)
+  if (!o || !(o->flags & SLUICE_SOCK_TRANSLATED) || (o->family != family && !either))
     return 0;
   sluice_count(SLUICE_CNT_PEERNAME_RESTORED);
   return o;
@@ -361,7 +378,7 @@ static __always_inline struct sluice_sock_origin* sluice_origin(struct bpf_sock_
 /* A translated socket reports the service address it dialled, as with kube-proxy. */
 SEC("cgroup/getpeername4")
 int sluice_getpeername4(struct bpf_sock_addr* ctx) {
-  struct sluice_sock_origin* o = sluice_origin(ctx, SLUICE_FAMILY_IPV4);
+  struct sluice_sock_origin* o = sluice_origin(ctx, SLUICE_FAMILY_IPV4, false);
   if (o) {
     __u32 vip;
     __builtin_memcpy(&vip, o->vip.v4, 4);
@@ -371,12 +388,17 @@ int sluice_getpeername4(struct bpf_sock_addr* ctx) {
   return 1;
 }
 
+/* A dual-stack socket that dialled ::ffff:VIP remembers the IPv4 frontend: it reads the
+ * mapped VIP back. */
 SEC("cgroup/getpeername6")
 int sluice_getpeername6(struct bpf_sock_addr* ctx) {
-  struct sluice_sock_origin* o = sluice_origin(ctx, SLUICE_FAMILY_IPV6);
+  struct sluice_sock_origin* o = sluice_origin(ctx, SLUICE_FAMILY_IPV6, true);
   if (o) {
     __u32 vip[4];
-    __builtin_memcpy(vip, o->vip.v6, 16);
+    if (o->family == SLUICE_FAMILY_IPV4)
+      sluice_map_v4(vip, o->vip.v4);
+    else
+      __builtin_memcpy(vip, o->vip.v6, 16);
     SLUICE_CTX_STORE(ctx->user_ip6[0], vip[0]);
     SLUICE_CTX_STORE(ctx->user_ip6[1], vip[1]);
     SLUICE_CTX_STORE(ctx->user_ip6[2], vip[2]);
@@ -399,7 +421,8 @@ static __always_inline __u16 sluice_sk_dst_port(const struct bpf_sock* sk) {
 /* The in-pod proxy asks its accepted socket where the application meant to go, with
  * getsockopt(SOL_IP or SOL_IPV6, SO_ORIGINAL_DST) as it would behind iptables REDIRECT.
  * The connect hook and sockops recorded it under the application's side of the
- * connection, which is this socket's (remote, local). */
+ * connection, which is this socket's (remote, local). A connection between mapped
+ * addresses is IPv4 here as there (sluice_tuple_addrs6), and so is its answer. */
 SEC("cgroup/getsockopt")
 int sluice_getsockopt(struct bpf_sockopt* ctx) {
   if (ctx->optname != SO_ORIGINAL_DST_ || (ctx->level != SOL_IP_ && ctx->level != SOL_IPV6_))
@@ -425,9 +448,7 @@ int sluice_getsockopt(struct bpf_sockopt* ctx) {
     b[1] = sk->src_ip6[1];
     b[2] = sk->src_ip6[2];
     b[3] = sk->src_ip6[3];
-    __builtin_memcpy(key.local.v6, a, 16);
-    __builtin_memcpy(key.remote.v6, b, 16);
-    key.family = SLUICE_FAMILY_IPV6;
+    sluice_tuple_addrs6(&key, a, b);
   }
   struct sluice_orig_dst* od = bpf_map_lookup_elem(&sluice_orig_dst, &key);
   if (!od)

@@ -30,6 +30,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
+#include "sluice/addr.bpf.h"
 #include "sluice/bpf_abi.h"
 #include "sluice/maps.bpf.h"
 
@@ -48,7 +49,9 @@
 #define READ_ONCE_U8(x) (*(volatile __u8*)&(x))
 #define WRITE_ONCE_U8(x, v) (*(volatile __u8*)&(x) = (v))
 
-/* This socket's own view (local, remote) from sockops context. */
+/* This socket's own view (local, remote) from sockops context. A dual-stack socket's
+ * IPv4 connection (mapped addresses) is an IPv4 tuple, the key its AF_INET peer and the
+ * connect hook's records use (sluice/addr.bpf.h). */
 static __always_inline void sluice_ops_tuple(const struct bpf_sock_ops* skops,
                                              struct sluice_tuple* t) {
   __builtin_memset(t, 0, sizeof(*t));
@@ -64,9 +67,7 @@ static __always_inline void sluice_ops_tuple(const struct bpf_sock_ops* skops,
                   skops->local_ip6[3]};
     __u32 r[4] = {skops->remote_ip6[0], skops->remote_ip6[1], skops->remote_ip6[2],
                   skops->remote_ip6[3]};
-    __builtin_memcpy(t->local.v6, l, 16);
-    __builtin_memcpy(t->remote.v6, r, 16);
-    t->family = SLUICE_FAMILY_IPV6;
+    sluice_tuple_addrs6(t, l, r);
   }
 }
 
@@ -275,7 +276,7 @@ int sluice_sockops(struct bpf_sock_ops* skops) {
   return 1;
 }
 
-/* This socket's own view from sk_msg context. */
+/* This socket's own view from sk_msg context, IPv4 for mapped addresses as above. */
 static __always_inline void sluice_msg_tuple(const struct sk_msg_md* msg, struct sluice_tuple* t) {
   __builtin_memset(t, 0, sizeof(*t));
   t->local_port = (__u16)msg->local_port;
@@ -288,9 +289,7 @@ static __always_inline void sluice_msg_tuple(const struct sk_msg_md* msg, struct
   } else {
     __u32 l[4] = {msg->local_ip6[0], msg->local_ip6[1], msg->local_ip6[2], msg->local_ip6[3]};
     __u32 r[4] = {msg->remote_ip6[0], msg->remote_ip6[1], msg->remote_ip6[2], msg->remote_ip6[3]};
-    __builtin_memcpy(t->local.v6, l, 16);
-    __builtin_memcpy(t->remote.v6, r, 16);
-    t->family = SLUICE_FAMILY_IPV6;
+    sluice_tuple_addrs6(t, l, r);
   }
 }
 
