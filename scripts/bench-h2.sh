@@ -13,8 +13,9 @@
 #   nginx    `listen … http2` (h2c by prior knowledge), upstream weights 50/50,
 #            keepalive 128, worker_processes 1
 #
-# Load: h2load -c CONNS -m STREAMS (concurrent streams per connection) -t 1 for SECONDS,
-# after a 1 s warm-up, with every request's latency written to a log (--log-file); p50
+# Load: h2load -c CONNS -m STREAMS (concurrent streams per connection) -t 1 for SECONDS
+# (connections made inside the window, no warm-up, so the requests and the proxy's CPU
+# time cover the same span), every request's latency written to a log (--log-file); p50
 # and p99 come from that log. With one proxy worker the proxy is pinned to CPU 0, h2load
 # and the upstreams share CPU 1 (as l7_bench.sh does); the load side is usually the
 # bottleneck, so besides requests/s the script reports requests per CPU-second of the
@@ -121,7 +122,7 @@ error_log $tmp/nginx-error.log;
 events { worker_connections 4096; }
 http {
   access_log off;
-  http2_max_requests 1000000;
+  keepalive_requests 1000000;  # streams per h2 connection too (nginx >= 1.19.7)
   client_body_temp_path $tmp; proxy_temp_path $tmp; fastcgi_temp_path $tmp; uwsgi_temp_path $tmp; scgi_temp_path $tmp;
   upstream api { server 127.0.0.1:$UP1 weight=50; server 127.0.0.1:$UP2 weight=50; keepalive 128; }
   server {
@@ -171,11 +172,9 @@ run_h2load() {  # label port
   local pid=${pids[-1]} log=$tmp/h2load.log out t0 t1
   rm -f "$log"
   t0=$(cpu_ticks "$pid")
-  out=$(taskset -c 1 h2load -t 1 -c "$conns" -m "$streams" -D "$secs" --warm-up-time=1 \
+  out=$(taskset -c 1 h2load -t 1 -c "$conns" -m "$streams" -D "$secs" \
         --log-file="$log" -H ':authority: bench.local' "http://127.0.0.1:$2/api/items" 2>&1)
   t1=$(cpu_ticks "$pid")
-  # "finished in 9.00s, 41234.56 req/s, …" covers the warm-up too; the measurement is
-  # the log (requests of the main duration only) over SECONDS.
   local done ok2xx lat
   done=$(awk '/^requests:/ {print $8}' <<<"$out")
   ok2xx=$(awk '/^status codes:/ {print $3}' <<<"$out")
@@ -187,8 +186,8 @@ run_h2load() {  # label port
   local p50 p99 n rps per_cpu
   read -r p50 p99 n <<<"$lat"
   rps=$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
-  # Requests per proxy CPU-second, over the whole h2load run (warm-up included on both
-  # sides: every request h2load completed, over the CPU the proxy spent meanwhile).
+  # Requests per proxy CPU-second: every request h2load completed, over the CPU the
+  # proxy spent meanwhile.
   per_cpu=$(awk -v r="${done:-0}" -v d="$((t1 - t0))" -v hz="$hz" \
             'BEGIN { if (d > 0) printf "%.0f", r / (d / hz); else print "n/a" }')
   printf '%-14s rps=%-9s p50=%-9s p99=%-9s done=%-8s 2xx=%-8s req_per_cpu_s=%-7s load=%s\n' "$1" "$rps" \

@@ -45,6 +45,61 @@ probe_check() {
 # count_of VERSION: "vN K" of the last echo-versions output.
 count_of() { awk -v v="$1" '$1 == v {print $2}' <<<"$OUT" | head -n1; }
 
+# nat_packets SVC:PORT: packets the kube-proxy stand-in's DNAT rules for grpc-e2e/SVC:PORT
+# counted. A connection Sluice's connect hook translates or redirects never reaches them;
+# one that bypasses Sluice does.
+nat_packets() {
+  local chain
+  chain="SLUICE-LOCAL-$(python3 "$CHECK" state --state "$state_file" bridge 2>/dev/null)"
+  iptables -w -t nat -L "$chain" -n -v -x 2>/dev/null |
+    awk -v c="/* $ns/$1 */" 'index($0, c) {s += $1} END {print s + 0}'
+}
+access_log=$state_dir/logs/agent-access.log
+log_lines() { wc -l <"$access_log" 2>/dev/null || echo 0; }
+# proxied FROM PATTERN: the in-pod proxies' access-log lines since line FROM matching
+# PATTERN (a request line such as "POST /proto.EchoTestService/Echo HTTP/2").
+proxied() { tail -n +"$(($1 + 1))" "$access_log" 2>/dev/null | grep -F -- "$2" || true; }
+
+# last_path SERVICE:PORT FROM: who carried the last connection to SERVICE:PORT since line
+# FROM of the access log: the kernel's L4 path (a "TCP" kernel line), the in-pod proxy (an
+# outbound|… line), or the proxy refusing it (a request line "- - -", e.g. a codec error).
+last_path() {
+  local svc=${1%%:*} port=${1##*:} line
+  line=$(tail -n +"$(($2 + 1))" "$access_log" 2>/dev/null |
+    grep -E "service=$svc:$port |outbound\|$port\|[^|]*\|$svc|\"- - -\"" | tail -n1)
+  if [[ -z $line ]]; then
+    echo "no access-log line for $1"
+  elif [[ $line == *'"TCP" kernel'* ]]; then
+    echo "the kernel's L4 path carried it to ${line##*upstream=}, no proxy"
+  else
+    echo "the in-pod proxy logged: $(cut -d' ' -f2-6 <<<"$line")"
+  fi
+}
+
+# probe_proxied: one Unary call to the probe; true once the in-pod proxy has logged one
+# since line $log0 of the access log (the caller's).
+probe_proxied() {
+  quiet "$SLUICECTL" local exec -n $ns deploy/client -- $PY "$PROBE" unary --target "$probe_target"
+  [[ -n $(proxied "$log0" "/probe.Probe/Unary") ]]
+}
+
+# through_sluice WHAT SVC:PORT NAT_BEFORE LOG_FROM PATTERN: the calls of WHAT went through
+# Sluice (no packet took the stand-in's DNAT rules) and its in-pod proxy logged them.
+through_sluice() {
+  local what=$1 svc=$2 before=$3 from=$4 pattern=$5 after lines
+  after=$(nat_packets "$svc")
+  lines=$(proxied "$from" "$pattern")
+  evidence "kube-proxy stand-in packets to $ns/$svc: $before → $after; in-pod proxy lines '$pattern': $(grep -c . <<<"$lines")"
+  [[ -n $lines ]] && indent 2 <<<"$lines"
+  if ((after > before)); then
+    fail "$what bypassed Sluice: $((after - before)) packets took the kube-proxy stand-in's DNAT rule for $ns/$svc (gRPC's C core dials an IPv4 VIP as ::ffff:VIP from a dual-stack socket; the connect6 hook does not translate v4-mapped addresses)"
+  elif [[ -z $lines ]]; then
+    fail "$what: the in-pod proxy logged no '$pattern' request (the kernel's L4 path or no proxy carried them)"
+  else
+    pass "$what went through the in-pod proxy (its access log has them; no packet took the stand-in's DNAT)"
+  fi
+}
+
 setup() {
   sed "s|@PROBE@|$PROBE|" $dir/workloads.yaml >"$work/workloads.yaml"
   show_cmd sed "s|@PROBE@|$PROBE|" $dir/workloads.yaml '>' workloads.yaml
@@ -66,7 +121,7 @@ setup() {
 
 teardown() {
   run sluicectl local delete -f "$work/workloads.yaml" -f $dir/destination-rules.yaml \
-    -f $dir/route-split.yaml -f $dir/route-retries.yaml
+    -f $dir/route-split.yaml -f $dir/route-retries.yaml -f $dir/httpbin-l7.yaml
 }
 
 check_grpc() {
@@ -84,6 +139,8 @@ check_grpc() {
   fi
 
   # 2. Routing by method: Echo -> v1, ForwardEcho -> v2.
+  local nat0 log0
+  nat0=$(nat_packets echo:7070) log0=$(log_lines)
   run sluicectl local apply -f $dir/destination-rules.yaml -f $dir/route-by-method.yaml
   ((RC == 0)) || fail "apply of the DestinationRules and route-by-method.yaml failed (exit $RC)"
   # The push reaches the agent a moment after the apply.
@@ -91,9 +148,9 @@ check_grpc() {
     --target "$echo_target" --count 5
   until_ok 10 eval '[[ $(quiet "$SLUICECTL" local exec -n $ns deploy/client -- $PY "$PROBE" echo-versions --target "$echo_target" --count 10; count_of v1) == 10 ]]'
   if probe_check client echo-versions --target "$echo_target" --method Echo --count 20; then
-    pass "unary: 20 Echo calls through the in-pod proxy answered"
+    pass "unary: 20 Echo calls to echo:7070 answered"
   else
-    fail "unary through the in-pod proxy: $VERDICT"
+    fail "unary: Echo calls to echo:7070: $VERDICT"
   fi
   local v1 v2
   v1=$(count_of v1) v2=$(count_of v2)
@@ -112,6 +169,7 @@ check_grpc() {
   else
     fail "routing by method: of 10 ForwardEcho calls v2 answered ${v2:-0}, v1 ${v1:-0} (want all v2): $VERDICT"
   fi
+  through_sluice "the Echo calls" echo:7070 "$nat0" "$log0" "POST /proto.EchoTestService/Echo HTTP/2"
 
   # 3. A 50/50 split over 2000 calls: Binomial(2000, 0.5) has sd 1.1 points; ±3 points is
   #    2.7 sd.
@@ -129,14 +187,19 @@ check_grpc() {
     fail "50/50 split: v1 answered $v1 and v2 $v2 of 2000 calls, not within 47-53 % each: $VERDICT"
   fi
 
-  # 4. The probe server: streaming, trailers, deadline, retries.
+  # 4. The probe server: streaming, trailers, deadline, retries. Its VirtualService (explicit
+  #    retries) is applied first: a route with L7 rules sends the calls through the in-pod
+  #    proxy (docs/node-agent.md: a plain route stays on the kernel's L4 path).
+  nat0=$(nat_packets probe:7070) log0=$(log_lines)
+  run sluicectl local apply -f $dir/route-retries.yaml
+  ((RC == 0)) || fail "apply of route-retries.yaml failed (exit $RC)"
+  # (until the proxy logs a call: the push reaches the agent a moment after the apply)
+  until_ok 10 probe_proxied
   if probe_check client unary --target "$probe_target"; then pass "${VERDICT#OK: }"; else fail "unary to the probe server: ${VERDICT#FAIL: }"; fi
   if probe_check client stream --target "$probe_target" --n 50; then pass "${VERDICT#OK: }"; else fail "server streaming: ${VERDICT#FAIL: }"; fi
   if probe_check client status --target "$probe_target" --code 5; then pass "trailers: ${VERDICT#OK: }"; else fail "trailers: ${VERDICT#FAIL: }"; fi
   if probe_check client deadline --target "$probe_target" --timeout 5; then pass "deadline: ${VERDICT#OK: }"; else fail "deadline: ${VERDICT#FAIL: }"; fi
 
-  run sluicectl local apply -f $dir/route-retries.yaml
-  ((RC == 0)) || fail "apply of route-retries.yaml failed (exit $RC)"
   # Each attempt uses a fresh key; retry while the route's new retry policy propagates.
   local deadline=$((SECONDS + 15))
   while ! probe_check client retry --target "$probe_target" --fails 3; do
@@ -148,6 +211,7 @@ check_grpc() {
   else
     fail "retries on UNAVAILABLE (retryOn: unavailable, attempts 3): ${VERDICT#FAIL: }"
   fi
+  through_sluice "the probe calls" probe:7070 "$nat0" "$log0" "/probe.Probe/"
 }
 
 check_http2() {
@@ -155,18 +219,35 @@ check_http2() {
   # Baseline: HTTP/1.1 through the proxy works, so what follows tests HTTP/2 only.
   in_pod client curl -s -o /dev/null -w '%{http_code} HTTP/%{http_version}\n' --max-time 5 "$httpbin/status/200"
   if [[ $OUT == "200 HTTP/1.1" ]]; then
-    pass "HTTP/1.1 to httpbin through the in-pod proxy: 200"
+    pass "HTTP/1.1 to httpbin from the client pod: 200"
   else
-    fail "HTTP/1.1 to httpbin through the in-pod proxy: expected '200 HTTP/1.1', got $(answer)"
+    fail "HTTP/1.1 to httpbin from the client pod: expected '200 HTTP/1.1', got $(answer)"
   fi
   # h2c by prior knowledge downstream; httpbin speaks HTTP/1.1 only, so a 200 over HTTP/2
-  # means the proxy translated.
+  # means a proxy translated. First as a user finds it (httpbin has no VirtualService: the
+  # kernel decides whether the proxy sees the connection), then with a route that has L7
+  # rules (httpbin-l7.yaml), which always goes through the in-pod proxy.
+  local from
+  from=$(log_lines)
   in_pod client curl -s -o /dev/null -w '%{http_code} HTTP/%{http_version}\n' --max-time 5 \
     --http2-prior-knowledge "$httpbin/status/200"
   if [[ $OUT == "200 HTTP/2" ]]; then
-    pass "curl --http2-prior-knowledge to httpbin (HTTP/1.1 only) through the proxy: 200 over HTTP/2"
+    pass "curl --http2-prior-knowledge to httpbin (no VirtualService): 200 over HTTP/2"
   else
-    fail "curl --http2-prior-knowledge to httpbin through the proxy: expected '200 HTTP/2', got $(answer) (curl exit $RC)"
+    fail "curl --http2-prior-knowledge to httpbin (no VirtualService): expected '200 HTTP/2', got $(answer) (curl exit $RC; $(last_path httpbin.default.svc.cluster.local:8000 "$from"))"
+  fi
+  run sluicectl local apply -f $dir/httpbin-l7.yaml
+  ((RC == 0)) || fail "apply of $dir/httpbin-l7.yaml failed (exit $RC)"
+  local log0
+  log0=$(log_lines)
+  until_ok 10 eval '[[ -n $(quiet "$SLUICECTL" local exec -n $ns deploy/client -- curl -s -o /dev/null --max-time 3 "$httpbin/status/204"; proxied "$log0" "GET /status/204 HTTP/1.1") ]]'
+  from=$(log_lines)
+  in_pod client curl -s -o /dev/null -w '%{http_code} HTTP/%{http_version}\n' --max-time 5 \
+    --http2-prior-knowledge "$httpbin/status/200"
+  if [[ $OUT == "200 HTTP/2" ]]; then
+    pass "curl --http2-prior-knowledge to httpbin (HTTP/1.1 only) through the in-pod proxy (route with retries): 200 over HTTP/2"
+  else
+    fail "curl --http2-prior-knowledge to httpbin through the in-pod proxy (route with retries): expected '200 HTTP/2', got $(answer) (curl exit $RC; $(last_path httpbin.default.svc.cluster.local:8000 "$from"))"
   fi
   in_pod client curl -s -w '\n%{http_code} HTTP/%{http_version}\n' --max-time 5 \
     --http2-prior-knowledge -H 'X-Sluicet-H2c: yes' "$httpbin/headers"
@@ -180,20 +261,24 @@ check_http2() {
   # header + EchoRequest-shaped message "h11"). Only the proxy speaking HTTP/2 upstream
   # gets an answer from the Python gRPC server.
   printf '\x00\x00\x00\x00\x05\x0a\x03h11' >"$work/h11-request.bin"
-  run sluicectl local apply -f $dir/destination-rules.yaml
+  # probe (port grpc) with its retry route (through the proxy); probe-http (port http) with
+  # only the DestinationRule's h2UpgradePolicy, as a user writes it.
+  run sluicectl local apply -f $dir/destination-rules.yaml -f $dir/route-retries.yaml
+  sleep 1
   local svc port
   for svc in probe:7070 probe-http:8080; do
     port=${svc#*:} svc=${svc%%:*}
     rm -f "$work/h11-$svc.body"
+    from=$(log_lines)
     in_pod client curl -s --http1.1 -o "$work/h11-$svc.body" -w '%{http_code} HTTP/%{http_version} %{content_type}\n' \
       --max-time 5 -H 'content-type: application/grpc' -H 'te: trailers' \
       --data-binary @"$work/h11-request.bin" "http://$svc.$ns.svc.cluster.local:$port/probe.Probe/Unary"
-    local why="Service port named grpc"
-    [[ $svc == probe-http ]] && why="port named http, DestinationRule h2UpgradePolicy: UPGRADE"
+    local why="Service port named grpc, route with retries"
+    [[ $svc == probe-http ]] && why="port named http, DestinationRule h2UpgradePolicy: UPGRADE, no VirtualService"
     if [[ $OUT == "200 HTTP/1.1 application/grpc"* ]] && grep -qa 'ServiceVersion=v1' "$work/h11-$svc.body" 2>/dev/null; then
       pass "HTTP/1.1 to the h2c-only gRPC server via $svc ($why): 200, application/grpc, its reply in the body"
     else
-      fail "HTTP/1.1 to the h2c-only gRPC server via $svc ($why): expected '200 HTTP/1.1 application/grpc' and the reply, got $(answer) (curl exit $RC)"
+      fail "HTTP/1.1 to the h2c-only gRPC server via $svc ($why): expected '200 HTTP/1.1 application/grpc' and the reply, got $(answer) (curl exit $RC; $(last_path "$svc.$ns.svc.cluster.local:$port" "$from"))"
     fi
   done
 }

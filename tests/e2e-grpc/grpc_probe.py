@@ -311,7 +311,8 @@ def check_deadline(args):
         secs = float(left)
     except ValueError:
         return done(False, "the server saw no deadline (Deadline=%s): grpc-timeout did not reach it" % left)
-    if 0 < secs <= args.timeout and secs > args.timeout - 1:
+    # grpc-timeout is rounded up to its unit; the server's clock starts after the client's.
+    if args.timeout - 1 < secs <= args.timeout + 0.05:
         return done(True, "the server saw a deadline of %.3fs left of the client's %gs (grpc-timeout arrived)" % (secs, args.timeout))
     return done(False, "the server's deadline %.3fs does not match the client's %gs" % (secs, args.timeout))
 
