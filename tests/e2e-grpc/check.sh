@@ -76,6 +76,23 @@ last_path() {
   fi
 }
 
+# echo_answers VERSION N MIN: N Echo calls from the client pod; true when VERSION answered
+# at least MIN of them (waiting for a route to be in force).
+echo_answers() {
+  quiet "$SLUICECTL" local exec -n $ns deploy/client -- $PY "$PROBE" echo-versions \
+    --target "$echo_target" --count "$2"
+  local got
+  got=$(count_of "$1")
+  ((${got:-0} >= $3))
+}
+
+# httpbin_proxied: one HTTP/1.1 request to httpbin; true once the in-pod proxy has logged
+# one since line $log0 of the access log (the caller's).
+httpbin_proxied() {
+  quiet "$SLUICECTL" local exec -n $ns deploy/client -- curl -s -o /dev/null --max-time 3 "$httpbin/status/204"
+  [[ -n $(proxied "$log0" "GET /status/204 HTTP/1.1") ]]
+}
+
 # probe_proxied: one Unary call to the probe; true once the in-pod proxy has logged one
 # since line $log0 of the access log (the caller's).
 probe_proxied() {
@@ -146,7 +163,7 @@ check_grpc() {
   # The push reaches the agent a moment after the apply.
   until_ok 15 quiet "$SLUICECTL" local exec -n $ns deploy/client -- $PY "$PROBE" echo-versions \
     --target "$echo_target" --count 5
-  until_ok 10 eval '[[ $(quiet "$SLUICECTL" local exec -n $ns deploy/client -- $PY "$PROBE" echo-versions --target "$echo_target" --count 10; count_of v1) == 10 ]]'
+  until_ok 10 echo_answers v1 10 10
   if probe_check client echo-versions --target "$echo_target" --method Echo --count 20; then
     pass "unary: 20 Echo calls to echo:7070 answered"
   else
@@ -175,7 +192,7 @@ check_grpc() {
   #    2.7 sd.
   run sluicectl local apply -f $dir/route-split.yaml
   ((RC == 0)) || fail "apply of route-split.yaml failed (exit $RC)"
-  until_ok 15 eval '[[ $(quiet "$SLUICECTL" local exec -n $ns deploy/client -- $PY "$PROBE" echo-versions --target "$echo_target" --count 20; count_of v2) -gt 0 ]]'
+  until_ok 15 echo_answers v2 20 1
   TIMEOUT=120 probe_check client echo-versions --target "$echo_target" --count 2000
   v1=$(count_of v1) v2=$(count_of v2)
   v1=${v1:-0} v2=${v2:-0}
@@ -240,7 +257,7 @@ check_http2() {
   ((RC == 0)) || fail "apply of $dir/httpbin-l7.yaml failed (exit $RC)"
   local log0
   log0=$(log_lines)
-  until_ok 10 eval '[[ -n $(quiet "$SLUICECTL" local exec -n $ns deploy/client -- curl -s -o /dev/null --max-time 3 "$httpbin/status/204"; proxied "$log0" "GET /status/204 HTTP/1.1") ]]'
+  until_ok 10 httpbin_proxied
   from=$(log_lines)
   in_pod client curl -s -o /dev/null -w '%{http_code} HTTP/%{http_version}\n' --max-time 5 \
     --http2-prior-knowledge "$httpbin/status/200"
