@@ -14,9 +14,10 @@ check() {
   mkdir -p "$certs"
 
   # 1. A CA, and a certificate for httpbin.example.com signed by it (the Istio task's commands).
-  run openssl req -x509 -sha256 -nodes -days 365 -newkey rsa:2048 \
+  # (--max 0: openssl's key-generation progress dots are not worth showing)
+  run --max 0 openssl req -x509 -sha256 -nodes -days 365 -newkey rsa:2048 \
     -subj '/O=example Inc./CN=example.com' -keyout "$certs/example.com.key" -out "$certs/example.com.crt"
-  run openssl req -out "$certs/httpbin.example.com.csr" -newkey rsa:2048 -nodes \
+  run --max 0 openssl req -out "$certs/httpbin.example.com.csr" -newkey rsa:2048 -nodes \
     -keyout "$certs/httpbin.example.com.key" -subj "/CN=httpbin.example.com/O=httpbin organization"
   run openssl x509 -req -sha256 -days 365 -CA "$certs/example.com.crt" -CAkey "$certs/example.com.key" \
     -set_serial 0 -in "$certs/httpbin.example.com.csr" -out "$certs/httpbin.example.com.crt"
@@ -34,7 +35,12 @@ check() {
     return
   fi
   run sluicectl local apply -f "$certs/httpbin-credential.yaml"
-  ((RC == 0)) || fail "apply of the Secret httpbin-credential failed (exit $RC): $(answer)"
+  if ((RC != 0)); then
+    fail "apply of the Secret httpbin-credential failed (exit $RC): $(answer)"
+  elif grep -q "nothing to do for a Secret" <<<"$OUT"; then
+    # The gateway's certificate comes from this Secret (credentialName, over SDS).
+    fail "the local cluster ignored the Secret httpbin-credential ($(answer)): the control plane never sees the gateway's certificate"
+  fi
   run sluicectl local apply -f $dir/gateway.yaml -f $dir/virtual-service.yaml
   ((RC == 0)) || fail "apply of $dir/gateway.yaml and virtual-service.yaml failed (exit $RC): $(answer)"
 
@@ -60,19 +66,21 @@ check() {
     --cacert "$certs/example.com.crt" "$url/status/200"
   run --max 0 curl -v -sS -A "$mark" --max-time 5 --resolve "$resolve" --cacert "$certs/example.com.crt" \
     --http2 -o "$work/teapot.body" -w '\n%{http_code} HTTP/%{http_version}\n' "$url/status/418"
-  local rc=$RC handshake=0
+  local rc=$RC handshake=0 tls_out=$OUT
   evidence "the TLS handshake and the answer, as curl -v shows them:"
-  grep -E 'ALPN: server|subject:|issuer:|SSL certificate verify|SSL connection using|^< HTTP|^curl: \(' <<<"$OUT" | indent 8
-  grep -q 'SSL certificate verify ok' <<<"$OUT" && handshake=1
-  if ((handshake)) && grep -q 'subject: CN=httpbin.example.com' <<<"$OUT"; then
+  grep -E 'ALPN: server|subject:|issuer:|SSL certificate verify|SSL connection using|^< HTTP|^curl: \(' <<<"$tls_out" | indent 8
+  grep -q 'SSL certificate verify ok' <<<"$tls_out" && handshake=1
+  if ((handshake)) && grep -q 'subject: CN=httpbin.example.com' <<<"$tls_out"; then
     pass "the gateway presented the certificate of httpbin-credential (CN=httpbin.example.com), verified by the example.com CA"
   else
-    fail "no verified TLS handshake with the gateway for httpbin.example.com (curl exit $rc): $(grep -E '^curl: \(|ALPN' <<<"$OUT" | head -n1)"
+    fail "no verified TLS handshake with the gateway for httpbin.example.com (curl exit $rc): $(grep -E '^curl: \(' <<<"$tls_out" | head -n1)"
+    # What the gateway listens with, as istioctl would show it: is there a TLS chain on 8443?
+    run --max 10 sluicectl proxy-config listener deploy/istio-ingressgateway -n istio-system
   fi
-  if [[ $(tail -n1 <<<"$OUT") == "418 HTTP/2" ]] && grep -qi teapot "$work/teapot.body" 2>/dev/null; then
+  if [[ $(tail -n1 <<<"$tls_out") == "418 HTTP/2" ]] && grep -qi teapot "$work/teapot.body" 2>/dev/null; then
     pass "https://httpbin.example.com/status/418 over HTTP/2 (ALPN h2): 418, httpbin's teapot"
   else
-    fail "https://httpbin.example.com/status/418 with --http2: expected 418 over HTTP/2 and a teapot, got '$(tail -n1 <<<"$OUT")' (curl exit $rc)"
+    fail "https://httpbin.example.com/status/418 with --http2: expected 418 over HTTP/2 and a teapot, got '$(tail -n1 <<<"$tls_out")' (curl exit $rc)"
   fi
   run curl -sS -A "$mark" --max-time 5 --resolve "$resolve" --cacert "$certs/example.com.crt" \
     --http1.1 -o /dev/null -w '%{http_code} HTTP/%{http_version}\n' "$url/status/418"
