@@ -16,7 +16,7 @@ packages=(
   # runtime and tests
   iproute2 iptables containernetworking-plugins curl openssl jq python3
   python3-yaml  # examples/05-service-entry/check.sh reads the example's YAML
-  python3-grpcio python3-protobuf  # the Delta xDS stand-in server (tests/xds)
+  python3-grpcio python3-protobuf  # the Delta xDS stand-in server (tests/xds); the gRPC client and server of tests/e2e-grpc
   # deploy/kubernetes: rendered with `kubectl kustomize`, checked against the API's models
   # (tests/deploy); the image is built without docker (scripts/build-image.sh)
   python3-kubernetes umoci

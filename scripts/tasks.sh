@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The eight Istio traffic-management tasks, and Istio's proxyless gRPC example (task 9),
+# The eight Istio traffic-management tasks, Istio's proxyless gRPC example (task 9) and
+# the Secure Gateways task (task 10),
 # run on the local cluster as a user would run them, each checked and reported: the
 # commands, the evidence, PASS or FAIL.
 #
 #   scripts/tasks.sh [--task N]... [--keep] [--state-dir DIR]
 #
-#   --task N          run only task N (1-9, or its name: enrolment, ingress, egress-http,
+#   --task N          run only task N (1-10, or its name: enrolment, ingress, egress-http,
 #                     egress-tls, service-entry, destination-rule, traffic-shifting,
-#                     mirroring, grpc-proxyless); repeatable. Default: all nine, in order.
+#                     mirroring, grpc-proxyless, secure-gateway); repeatable. Default: all
+#                     ten, in order.
 #   --keep            leave the cluster up at the end (default: `sluicectl local down`).
 #   --state-dir DIR   the local cluster's state directory (default $SLUICE_LOCAL_STATE or
 #                     /var/run/sluice/local).
@@ -45,7 +47,7 @@ up_args=()
 usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 task_names=(_ enrolment ingress egress-http egress-tls service-entry destination-rule
-  traffic-shifting mirroring grpc-proxyless)
+  traffic-shifting mirroring grpc-proxyless secure-gateway)
 task_titles=(_
   "Enrolment: label the namespace, traffic goes through Sluice; remove it, it does not"
   "Ingress: Gateway + VirtualService for httpbin.example.com through the ingress gateway"
@@ -55,17 +57,18 @@ task_titles=(_
   "DestinationRule: load-balancing policy LEAST_REQUEST, then RANDOM"
   "Traffic shifting: 25% to helloworld v1, 75% to v2"
   "Mirroring: all traffic to httpbin v1, a copy of each request to v2"
-  "Proxyless gRPC: grpc-agent pods, a 25/75 split by the client's own xDS, no proxy")
+  "Proxyless gRPC: grpc-agent pods, a 25/75 split by the client's own xDS, no proxy"
+  "Secure gateway: SIMPLE TLS on 443 for httpbin.example.com with a Secret, over HTTP/2")
 
 while (($#)); do
   case $1 in
     --task)
       [[ $# -ge 2 ]] || { echo "tasks.sh: --task needs a value" >&2; exit 2; }
       n=""
-      for i in 1 2 3 4 5 6 7 8 9; do
-        [[ $2 == "$i" || $2 == "${task_names[$i]}" || $2 == "0$i" ]] && n=$i
+      for i in 1 2 3 4 5 6 7 8 9 10; do
+        [[ $2 == "$i" || $2 == "${task_names[$i]}" || $2 == "$(printf %02d "$i")" ]] && n=$i
       done
-      [[ -n $n ]] || { echo "tasks.sh: no task '$2' (1-9 or ${task_names[*]:1})" >&2; exit 2; }
+      [[ -n $n ]] || { echo "tasks.sh: no task '$2' (1-10 or ${task_names[*]:1})" >&2; exit 2; }
       selected+=("$n")
       shift 2 ;;
     --keep) keep=1; shift ;;
@@ -84,7 +87,7 @@ while (($#)); do
     *) echo "tasks.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-((${#selected[@]})) || selected=(1 2 3 4 5 6 7 8 9)
+((${#selected[@]})) || selected=(1 2 3 4 5 6 7 8 9 10)
 [[ -t 1 ]] || color=0
 state_dir=$(realpath -ms "$state_dir")
 export SLUICE_LOCAL_STATE=$state_dir
@@ -175,9 +178,9 @@ trap 'exit 130' INT TERM
 # run_task N: runs task N's check; its failed checks land in $fail_file.
 run_task() {
   local dir
-  dir=$(ls -d "$examples"/0"$1"-* 2>/dev/null | head -n1)
+  dir=$(ls -d "$examples"/"$(printf %02d "$1")"-* 2>/dev/null | head -n1)
   if [[ -z $dir ]]; then
-    fail "examples/0$1-${task_names[$1]} is missing (the task's Istio resources are not in the tree)"
+    fail "examples/$(printf %02d "$1")-${task_names[$1]} is missing (the task's Istio resources are not in the tree)"
     return 1
   fi
   if [[ ! -x $dir/check.sh ]]; then
@@ -199,7 +202,7 @@ cluster_up || exit 1
 declare -A result reason
 for t in "${selected[@]}"; do
   printf '\n%s━━ Task %d: %s%s\n' "$B" "$t" "${task_titles[$t]}" "$N"
-  note "examples/$(basename "$(ls -d "$examples"/0"$t"-* 2>/dev/null | head -n1)" 2>/dev/null)/README.md"
+  note "examples/$(basename "$(ls -d "$examples"/"$(printf %02d "$t")"-* 2>/dev/null | head -n1)" 2>/dev/null)/README.md"
   fail_file=$work/task-$t.fail
   : >"$fail_file"
   start=$SECONDS
