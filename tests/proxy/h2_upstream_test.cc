@@ -80,6 +80,8 @@ class H2Server {
   int accepted() const { return accepted_.load(); }
   int requests() const { return requests_.load(); }
   int max_open() const { return max_open_.load(); }  // most streams open on one connection
+  int closed() const { return closed_.load(); }      // connections ended (by either side)
+  int goaways() const { return goaways_.load(); }    // GOAWAYs received on those
   // Responses to /hold wait until this many are held (or 3 s pass).
   std::atomic<int> hold_target{0};
   std::vector<Req> seen() {
@@ -279,6 +281,8 @@ class H2Server {
       for (std::size_t i = 0; i < conns.size();) {
         Conn* c = conns[i].get();
         if (c->close_now || c->s->Done()) {
+          goaways_ += static_cast<int>(c->s->stats().goaways_received);
+          ++closed_;
           std::erase_if(held_, [c](const Held& h) { return h.c == c; });
           std::erase_if(delayed_, [c](const auto& d) { return d.first.c == c; });
           close(c->fd);
@@ -300,7 +304,7 @@ class H2Server {
   uint16_t port_ = 0;
   std::thread thread_;
   std::atomic<bool> stop_{false};
-  std::atomic<int> accepted_{0}, requests_{0}, max_open_{0};
+  std::atomic<int> accepted_{0}, requests_{0}, max_open_{0}, closed_{0}, goaways_{0};
   std::vector<Held> held_;
   std::vector<std::pair<Held, std::chrono::steady_clock::time_point>> delayed_;
   int flaky_ = 0;
@@ -652,6 +656,9 @@ TEST_CASE("h2 upstream: use_downstream_protocol_config sends an HTTP/1.1 request
   REQUIRE(cl);
   CHECK(cl->protocol == sluice::proxy::Cluster::Protocol::kDownstream);
   CHECK(cl->http2.max_concurrent_streams == 1073741824u);
+  // The router's choice: HTTP/2 for a request that came on HTTP/2, HTTP/1.1 otherwise.
+  CHECK(cl->Http2For(/*downstream_h2=*/true));
+  CHECK_FALSE(cl->Http2For(/*downstream_h2=*/false));
 }
 
 TEST_CASE("h2 upstream: mirrors to an HTTP/2 cluster go as streams too") {
@@ -712,4 +719,25 @@ TEST_CASE("h2 upstream: the cluster's protocol options compile, or are refused b
   CHECK(refused({{"explicit_http_config", {{"http_protocol_options", Json::object()}}},
                  {"common_http_protocol_options", {{"idle_timeout", "5s"}}}})
             .empty());
+}
+
+TEST_CASE(
+    "h2 upstream: idle_timeout closes an idle connection (GOAWAY), max_requests_per_connection") {
+  H2Server srv;
+  Json c = StaticCluster("h2c", {srv.port()});
+  c["typed_extension_protocol_options"] = H2Options();
+  c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+   ["common_http_protocol_options"] = {{"idle_timeout", "0.2s"},
+                                       {"max_requests_per_connection", 2}};
+  auto rp = StartProxy(Doc(c));
+  REQUIRE(rp->error.empty());
+  Client cl(rp->Port());
+  for (int i = 0; i < 3; ++i)
+    CHECK(cl.Get("svc", "/r" + std::to_string(i)).status == 200);
+  // Two requests per connection: the third opened a second one; the first closed after
+  // its second stream.
+  CHECK(srv.accepted() == 2);
+  REQUIRE(WaitFor([&] { return srv.closed() == 2; }, 3000));
+  CHECK(srv.goaways() == 2);
+  CHECK(rp->config->FindCluster("h2c")->active_connections.load() == 0);
 }
