@@ -316,7 +316,8 @@ class H2Server {
 // request's connection serial number and protocol; a private prefix removed afterwards.
 class Nginx {
  public:
-  Nginx() {
+  // huge: also /huge, 32 MiB.
+  explicit Nginx(bool huge = false) {
     char tmpl[] = "/tmp/sluice-h2up-nginx-XXXXXX";
     REQUIRE(mkdtemp(tmpl));
     dir_ = tmpl;
@@ -325,6 +326,11 @@ class Nginx {
       std::ofstream big(dir_ + "/www/big", std::ios::binary);
       for (int i = 0; i < (1 << 20); ++i)
         big.put(static_cast<char>('a' + i % 23));
+    }
+    if (huge) {
+      std::ofstream f(dir_ + "/www/huge", std::ios::binary);
+      for (int i = 0; i < (32 << 20); ++i)
+        f.put(static_cast<char>('a' + i % 19));
     }
     h2_port_ = FreeLoopbackPort();
     h1_port_ = FreeLoopbackPort();
@@ -740,4 +746,43 @@ TEST_CASE(
   REQUIRE(WaitFor([&] { return srv.closed() == 2; }, 3000));
   CHECK(srv.goaways() == 2);
   CHECK(rp->config->FindCluster("h2c")->active_connections.load() == 0);
+}
+
+TEST_CASE(
+    "h2 upstream: a client that does not read holds back its own stream, not the connection") {
+  Nginx nginx(/*huge=*/true);
+  auto rp = StartProxy(Doc(H2Cluster(nginx.h2_port())));
+  REQUIRE(rp->error.empty());
+  // A 32 MiB response to a client that does not read: the proxy stops taking its stream's
+  // DATA once 4 MiB wait for the client; nginx's stream waits for its window.
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  int small = 64 * 1024;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(rp->Port());
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+  std::string raw = "GET /huge HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n";
+  send(fd, raw.data(), raw.size(), MSG_NOSIGNAL);
+  usleep(500'000);
+  // Meanwhile another request goes on the same HTTP/2 connection.
+  Resp r = Get(rp->Port(), "svc", "/hello");
+  CHECK(r.status == 200);
+  CHECK(r.body == "hello\n");
+  CHECK(rp->proxy->stats().upstream_cx_http2.load() == 1);
+  // What the proxy holds for it is bounded by the pause (4 MiB) and one stream window,
+  // not the 32 MiB nginx would send if its DATA were taken regardless.
+  CHECK(rp->proxy->stats().buffered_bytes.load() < (6u << 20));
+  // Then the slow client reads all of it, byte for byte.
+  std::string buf;
+  auto v = ReadResponses(fd, buf, 1, 20000);
+  close(fd);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].status == 200);
+  CHECK(v[0].body.size() == (32u << 20));
+  bool same = true;
+  for (std::size_t i = 0; same && i < v[0].body.size(); ++i)
+    same = v[0].body[i] == static_cast<char>('a' + i % 19);
+  CHECK(same);
 }
