@@ -28,6 +28,7 @@
 #include "envoy/extensions/filters/network/rbac/v3/rbac.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
+#include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb.h"
 #include "matchers.h"
 #include "sluice/config/filters.h"
 #include "sluice/config/snapshot.h"
@@ -785,6 +786,123 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
   return t;
 }
 
+// http2_protocol_options for the upstream connection layer (h2_upstream.h): what Sluice
+// honours is copied, what it cannot is refused by name (a cluster is never served with
+// half of its HTTP/2 settings).
+Result<void> CompileHttp2Options(const core_v3::Http2ProtocolOptions& o, Cluster::Http2* out,
+                                 const std::string& where) {
+  if (o.has_connection_keepalive())
+    return Fail(where + ".connection_keepalive: HTTP/2 PING keepalive is not supported");
+  if (o.custom_settings_parameters_size() > 0)
+    return Fail(where + ".custom_settings_parameters: custom SETTINGS are not supported");
+  if (o.allow_metadata())
+    return Fail(where + ".allow_metadata: METADATA frames are not supported");
+  if (o.has_max_concurrent_streams())
+    out->max_concurrent_streams = std::max<uint32_t>(1, o.max_concurrent_streams().value());
+  if (o.has_initial_stream_window_size())
+    out->initial_stream_window = o.initial_stream_window_size().value();
+  if (o.has_initial_connection_window_size())
+    out->initial_connection_window = o.initial_connection_window_size().value();
+  if (o.has_hpack_table_size())
+    out->hpack_table_size = o.hpack_table_size().value();
+  if (o.has_max_outbound_frames())
+    out->max_outbound_frames = o.max_outbound_frames().value();
+  if (o.has_max_outbound_control_frames())
+    out->max_outbound_control_frames = o.max_outbound_control_frames().value();
+  if (o.has_max_consecutive_inbound_frames_with_empty_payload())
+    out->max_consecutive_inbound_frames_with_empty_payload =
+        o.max_consecutive_inbound_frames_with_empty_payload().value();
+  if (o.has_max_inbound_priority_frames_per_stream())
+    out->max_inbound_priority_frames_per_stream =
+        o.max_inbound_priority_frames_per_stream().value();
+  if (o.has_max_inbound_window_update_frames_per_data_frame_sent())
+    out->max_inbound_window_update_frames_per_data_frame_sent =
+        o.max_inbound_window_update_frames_per_data_frame_sent().value();
+  return {};
+}
+
+void CompileCommonHttpOptions(const core_v3::HttpProtocolOptions& o, Cluster* c) {
+  if (o.has_idle_timeout())
+    c->idle_timeout = ToMillis(o.idle_timeout());
+  if (o.has_max_requests_per_connection())
+    c->max_requests_per_connection = o.max_requests_per_connection().value();
+}
+
+// The cluster's upstream protocol: typed_extension_protocol_options'
+// envoy.extensions.upstreams.http.v3.HttpProtocolOptions (istiod's setH2Options and
+// setUseDownstreamProtocol), else the deprecated Cluster fields, which Envoy refuses
+// beside it.
+Result<void> CompileUpstreamProtocol(const cluster_v3::Cluster& pc, Cluster* c,
+                                     const std::string& where) {
+  using UpstreamHttp = envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+  constexpr std::string_view kKey = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+  const google::protobuf::Any* any = nullptr;
+  for (const auto& [name, a] : pc.typed_extension_protocol_options()) {
+    if (name == kKey || a.Is<UpstreamHttp>())
+      any = &a;
+  }
+  const bool deprecated = pc.has_http2_protocol_options() || pc.has_http_protocol_options() ||
+                          pc.has_common_http_protocol_options() ||
+                          pc.protocol_selection() == cluster_v3::Cluster::USE_DOWNSTREAM_PROTOCOL;
+  if (!any) {
+    if (pc.has_common_http_protocol_options())
+      CompileCommonHttpOptions(pc.common_http_protocol_options(), c);
+    if (pc.has_http2_protocol_options()) {
+      c->protocol = pc.protocol_selection() == cluster_v3::Cluster::USE_DOWNSTREAM_PROTOCOL
+                        ? Cluster::Protocol::kDownstream
+                        : Cluster::Protocol::kHttp2;
+      return CompileHttp2Options(pc.http2_protocol_options(), &c->http2,
+                                 where + ": http2_protocol_options");
+    }
+    return {};
+  }
+  const std::string at = where + ": typed_extension_protocol_options[" + std::string(kKey) + "]";
+  if (deprecated) {
+    return Fail(at +
+                ": set beside the deprecated http_protocol_options / http2_protocol_options "
+                "/ common_http_protocol_options / protocol_selection (Envoy refuses both)");
+  }
+  UpstreamHttp o;
+  if (!any->UnpackTo(&o))
+    return Fail(at + ": not an HttpProtocolOptions");
+  if (o.http_filters_size() > 0)
+    return Fail(at + ".http_filters: upstream HTTP filters are not supported");
+  if (o.has_header_validation_config())
+    return Fail(at + ".header_validation_config: is not supported");
+  if (o.has_common_http_protocol_options())
+    CompileCommonHttpOptions(o.common_http_protocol_options(), c);
+  switch (o.upstream_protocol_options_case()) {
+    case UpstreamHttp::kExplicitHttpConfig: {
+      const auto& e = o.explicit_http_config();
+      if (e.has_http3_protocol_options())
+        return Fail(at + ".explicit_http_config.http3_protocol_options: HTTP/3 is not supported");
+      if (e.has_http2_protocol_options()) {
+        c->protocol = Cluster::Protocol::kHttp2;
+        return CompileHttp2Options(e.http2_protocol_options(), &c->http2,
+                                   at + ".explicit_http_config.http2_protocol_options");
+      }
+      return {};  // HTTP/1.1
+    }
+    case UpstreamHttp::kUseDownstreamProtocolConfig: {
+      const auto& d = o.use_downstream_protocol_config();
+      if (d.has_http3_protocol_options()) {
+        return Fail(at +
+                    ".use_downstream_protocol_config.http3_protocol_options: HTTP/3 is not "
+                    "supported");
+      }
+      c->protocol = Cluster::Protocol::kDownstream;
+      return CompileHttp2Options(d.http2_protocol_options(), &c->http2,
+                                 at + ".use_downstream_protocol_config.http2_protocol_options");
+    }
+    case UpstreamHttp::kAutoConfig:
+      return Fail(at +
+                  ".auto_config: needs ALPN over an upstream TLS connection, which Sluice "
+                  "does not originate");
+    default:
+      return {};  // HTTP/1.1
+  }
+}
+
 // `eds`: the set's ClusterLoadAssignment of the cluster's name (nullptr: none).
 Result<std::shared_ptr<Cluster>> CompileCluster(
     const cluster_v3::Cluster& pc, const envoy::config::endpoint::v3::ClusterLoadAssignment* eds,
@@ -829,6 +947,7 @@ Result<std::shared_ptr<Cluster>> CompileCluster(
     c->connect_timeout = ToMillis(pc.connect_timeout());
   else
     c->connect_timeout = Millis(5000);  // Envoy's default
+  SLUICE_RETURN_IF_ERROR(CompileUpstreamProtocol(pc, c.get(), where));
   for (const auto& t : pc.circuit_breakers().thresholds()) {
     if (t.priority() != core_v3::DEFAULT)
       continue;

@@ -251,7 +251,10 @@ void Session::StartAttempt() {
     return;
   }
   bool overflow = false;
-  UpstreamConn* u = w->upstreams().GetUpstream(snap, cluster, ep, &overflow);
+  // HTTP/2 upstream when the cluster says so (or uses the downstream's protocol and the
+  // request came on HTTP/2); an upgrade always goes HTTP/1.1.
+  const bool http2 = cluster->Http2For(downstream_h2) && req.upgrade.empty();
+  UpstreamConn* u = w->upstreams().GetUpstream(snap, cluster, ep, &overflow, false, http2);
   if (!u && overflow) {
     if (cluster->pending_requests.load(std::memory_order_relaxed) >=
         cluster->limits.max_pending_requests) {

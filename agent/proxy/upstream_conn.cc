@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "h2_upstream.h"
 #include "upstream_pool.h"
 
 namespace sluice::proxy::engine {
@@ -32,6 +33,13 @@ void UpstreamConn::Fail(UpFailure f) {
 }
 
 void UpstreamConn::Flush() {
+  if (h2) {
+    uint64_t g = gen;
+    h2->Submit(this);  // the request in `out` becomes (more of) its stream
+    if (g == gen && out.empty() && owner)
+      owner->OnUpDrained(this);
+    return;
+  }
   if (w->loop().Send(fd, out) != 0) {
     Fail(UpFailure::kReset);
     return;
@@ -40,6 +48,10 @@ void UpstreamConn::Flush() {
   SetEvents(want);
   if (out.empty() && owner)
     owner->OnUpDrained(this);
+}
+
+void UpstreamConn::ResumeStream() {
+  h2->Resume(this);
 }
 
 void UpstreamConn::OnEvent(uint32_t ev) {

@@ -146,6 +146,35 @@ struct Cluster {
   std::vector<uint16_t> rr_schedule;
   Millis connect_timeout{10000};
   CircuitBreakers limits;
+  // The protocol of its upstream requests (Envoy's HttpProtocolOptions in
+  // typed_extension_protocol_options, or the deprecated http2_protocol_options /
+  // protocol_selection): HTTP/1.1, HTTP/2 (h2c by prior knowledge: Sluice originates no
+  // TLS, so no ALPN), or the downstream's (use_downstream_protocol_config: HTTP/2 for a
+  // request that came on HTTP/2). Upgrades and TCP proxying are always HTTP/1.1 / TCP.
+  enum class Protocol : uint8_t { kHttp1, kHttp2, kDownstream };
+  Protocol protocol = Protocol::kHttp1;
+  // http2_protocol_options, for HTTP/2 connections (h2_upstream.h). 0: the h2 layer's
+  // own default (h2::Options).
+  struct Http2 {
+    // Streams per connection, further bounded by the server's SETTINGS (Envoy's default).
+    uint32_t max_concurrent_streams = 2147483647;
+    uint32_t initial_stream_window = 0;
+    uint32_t initial_connection_window = 0;
+    uint32_t hpack_table_size = 4096;
+    uint32_t max_outbound_frames = 0;
+    uint32_t max_outbound_control_frames = 0;
+    uint32_t max_consecutive_inbound_frames_with_empty_payload = 0;
+    uint32_t max_inbound_priority_frames_per_stream = 0;
+    uint32_t max_inbound_window_update_frames_per_data_frame_sent = 0;
+  } http2;
+  // common_http_protocol_options: an HTTP/2 connection without streams this long is closed
+  // (Envoy's default 1 h; 0: never), and one that carried this many streams takes no
+  // more (0: no limit).
+  Millis idle_timeout{3600000};
+  uint32_t max_requests_per_connection = 0;
+  bool Http2For(bool downstream_h2) const {
+    return protocol == Protocol::kHttp2 || (protocol == Protocol::kDownstream && downstream_h2);
+  }
   OutlierDetection outlier;
   // MAGLEV and RING_HASH (both served by Maglev, as in the kernel): the table over every
   // endpoint, and, when the cluster has endpoints of both families, one per family for

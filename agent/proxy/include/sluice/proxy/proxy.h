@@ -121,6 +121,10 @@ struct ProxyStats {
   std::atomic<uint64_t> active_cx{0};  // downstream connections open now (a gauge)
   std::atomic<uint64_t> requests{0};
   std::atomic<uint64_t> upstream_cx{0};
+  // HTTP/2 upstreams (h2_upstream.h): connections opened (Envoy's upstream_cx_http2_total)
+  // and requests sent on them as streams.
+  std::atomic<uint64_t> upstream_cx_http2{0};
+  std::atomic<uint64_t> upstream_rq_http2{0};
   std::atomic<uint64_t> retries{0};
   std::atomic<uint64_t> mirrors_sent{0};
   std::atomic<uint64_t> mirrors_dropped{0};
