@@ -159,7 +159,7 @@ void H2Upstream::Submit(UpstreamConn* u) {
       return;
     }
     if (closing && !session_->CanOpenStream()) {
-      u->Fail(UpFailure::kReset);  // never sent: as a stream the server refused
+      u->Fail(UpFailure::kRefused);  // never sent: as a stream the server refused
       return;
     }
     if (!session_->CanOpenStream()) {
@@ -474,7 +474,7 @@ void H2Upstream::ProcessDirty() {
       if (u->h2s.closed) {
         // Closed and still held: reset by the server (or refused by its GOAWAY), or the
         // connection went; the response did not finish.
-        u->Fail(UpFailure::kReset);
+        u->Fail(u->h2s.close_code == h2::kRefusedStream ? UpFailure::kRefused : UpFailure::kReset);
         continue;
       }
       if (!u->read_paused && u->h2s.unconsumed > 0 && session_) {

@@ -16,6 +16,8 @@ namespace sluice::proxy {
 bool RetriableFailure(const RetryPolicy& rp, UpstreamFailure f) {
   if (f == UpstreamFailure::kConnect)
     return rp.on_connect_failure || rp.on_5xx || rp.on_gateway_error || rp.on_reset;
+  if (f == UpstreamFailure::kRefused)  // Envoy: refused-stream, and what retries resets
+    return rp.on_refused_stream || rp.on_reset || rp.on_5xx || rp.on_gateway_error;
   return rp.on_reset || rp.on_5xx || rp.on_gateway_error;
 }
 

@@ -18,6 +18,31 @@
 #include "upstream_pool.h"
 
 namespace sluice::proxy::engine {
+namespace {
+
+// Envoy's answer to a request a circuit breaker turned away carries this header.
+constexpr std::string_view kOverloaded = "x-envoy-overloaded: true";
+
+// A TE value that lists the "trailers" token ("trailers", "trailers, deflate;q=0.5").
+bool HasTrailersToken(std::string_view te) {
+  while (!te.empty()) {
+    std::size_t comma = te.find(',');
+    std::string_view t = te.substr(0, comma);
+    while (!t.empty() && (t.front() == ' ' || t.front() == '\t'))
+      t.remove_prefix(1);
+    t = t.substr(0, t.find(';'));
+    while (!t.empty() && (t.back() == ' ' || t.back() == '\t'))
+      t.remove_suffix(1);
+    if (http::EqualsIgnoreCase(t, "trailers"))
+      return true;
+    if (comma == std::string_view::npos)
+      break;
+    te.remove_prefix(comma + 1);
+  }
+  return false;
+}
+
+}  // namespace
 
 void Session::Dispatch() {
   w->stats().requests.fetch_add(1, std::memory_order_relaxed);
@@ -149,7 +174,7 @@ void Session::ContinueAfterFault() {
     w->stats().overflow.fetch_add(1, std::memory_order_relaxed);
     cluster->overflow_total.fetch_add(1, std::memory_order_relaxed);
     Local(503, "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-          kFlagUO, "upstream_reset_before_response_started{overflow}");
+          kFlagUO, "upstream_reset_before_response_started{overflow}", kOverloaded);
     return;
   }
   cluster->active_requests.fetch_add(1, std::memory_order_relaxed);
@@ -262,7 +287,7 @@ void Session::StartAttempt() {
       cluster->overflow_total.fetch_add(1, std::memory_order_relaxed);
       Local(503,
             "upstream connect error or disconnect/reset before headers. reset reason: overflow",
-            kFlagUO, "upstream_reset_before_response_started{overflow}");
+            kFlagUO, "upstream_reset_before_response_started{overflow}", kOverloaded);
       return;
     }
     cluster->pending_requests.fetch_add(1, std::memory_order_relaxed);
@@ -344,6 +369,12 @@ void Session::SerializeRequest(Buffer& dst, bool shadow) {
   LineRun unchanged(dst);
   for (std::size_t i = 0; i < req.num_headers; ++i) {
     const http::Header& h = req.headers[i];
+    if (h.id == http::HeaderId::kTe && HasTrailersToken(h.value)) {
+      // The one TE Envoy passes on: "trailers" (gRPC servers require it).
+      unchanged.Flush();
+      dst.Append("te: trailers\r\n");
+      continue;
+    }
     if (IsHopByHop(h.id) || h.id == http::HeaderId::kHost ||
         h.id == http::HeaderId::kXEnvoyAttemptCount || (mutated && Replaced(levels, 4, h.name)) ||
         (grpc_timeout && http::EqualsIgnoreCase(h.name, "grpc-timeout")) ||
@@ -459,6 +490,11 @@ void Session::OnUpFailure(UpstreamConn* u, UpFailure f) {
           "upstream connect error or disconnect/reset before headers. reset reason: connection "
           "failure",
           kFlagUF, "upstream_reset_before_response_started{connection_failure}");
+  } else if (f == UpFailure::kRefused) {
+    Local(503,
+          "upstream connect error or disconnect/reset before headers. reset reason: remote "
+          "refused stream reset",
+          kFlagUR, "upstream_reset_before_response_started{remote_refused_stream_reset}");
   } else if (f == UpFailure::kProtocol) {
     Local(502,
           "upstream connect error or disconnect/reset before headers. reset reason: protocol "

@@ -17,6 +17,8 @@ enum class UpstreamFailure {
   kConnect,   // could not connect (or the connect timed out)
   kReset,     // closed or reset before the response was complete
   kProtocol,  // answered something that is not a valid HTTP/1.1 response
+  kRefused,   // an HTTP/2 stream the server refused (REFUSED_STREAM, or above its GOAWAY):
+              // it never reached the application
 };
 
 // A connect failure is retried on connect-failure, 5xx, gateway-error or reset; a reset
