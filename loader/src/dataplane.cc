@@ -39,7 +39,7 @@ static_assert(sizeof(sluice_endpoint) == 20);
 static_assert(sizeof(sluice_endpoint_stats) == 16);
 static_assert(sizeof(sluice_cluster_key) == 12);
 static_assert(sizeof(sluice_maglev_table) == 2 * (SLUICE_MAGLEV_SIZE + 1));
-static_assert(static_cast<int>(L7Reason::kViews) + 1 == SLUICE_L7_REASON_MAX);
+static_assert(static_cast<int>(L7Reason::kHttp2) + 1 == SLUICE_L7_REASON_MAX);
 static_assert(sizeof(sluice_enrolment) == 28);
 static_assert(sizeof(sluice_tuple) == 40);
 static_assert(sizeof(sluice_orig_dst) == 24);

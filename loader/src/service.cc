@@ -26,6 +26,8 @@ std::string_view L7ReasonName(L7Reason r) {
       return "a destination range";
     case L7Reason::kViews:
       return "the pods' views route it differently";
+    case L7Reason::kHttp2:
+      return "HTTP/2 or gRPC: balanced per request";
   }
   return "unknown";
 }

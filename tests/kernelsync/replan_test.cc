@@ -2,6 +2,7 @@
 // that read them, and the result is the plan a whole Plan() makes of the new snapshot.
 #include <random>
 
+#include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb.h"
 #include "fixtures.h"
 #include "sluice/config/store.h"
 #include "sluice/kernelsync/plan.h"
@@ -148,7 +149,7 @@ TEST_CASE("replanning equals planning the whole snapshot, across random cluster 
     const auto cur = store.Current();
     config::SnapshotEdit e;
     const bool eds = cur->endpoints.contains(ClusterOf(svc));
-    switch (rng() % 5) {
+    switch (rng() % 6) {
       case 0:
       case 1:  // new endpoints
         if (eds)
@@ -169,6 +170,22 @@ TEST_CASE("replanning equals planning the whole snapshot, across random cluster 
           e.removed_endpoints.push_back(ClusterOf(svc));
         } else if (c->type() == Cluster::STRICT_DNS) {
           *c = FromJson<Cluster>(Eds(ClusterOf(svc), "ROUND_ROBIN"));
+        }
+        e.clusters[ClusterOf(svc)] = c;
+        break;
+      }
+      case 5: {  // HTTP/2 upstream (an HTTP service then needs the proxy), or not
+        if (!cur->clusters.contains(ClusterOf(svc)))
+          break;
+        auto c = std::make_shared<Cluster>(*cur->clusters.at(ClusterOf(svc)));
+        if (c->typed_extension_protocol_options().empty()) {
+          envoy::extensions::upstreams::http::v3::HttpProtocolOptions o;
+          o.mutable_explicit_http_config()->mutable_http2_protocol_options();
+          (*c->mutable_typed_extension_protocol_options())
+              ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                  .PackFrom(o);
+        } else {
+          c->clear_typed_extension_protocol_options();
         }
         e.clusters[ClusterOf(svc)] = c;
         break;

@@ -19,17 +19,33 @@ std::string Lower(std::string_view s) {
 }
 
 // Istio's protocol selection for a Kubernetes port: appProtocol, then the name's
-// prefix before '-' ("http-web", "grpc"), else unknown (auto-detected).
+// prefix before '-' ("http-web", "grpc"), else unknown (auto-detected). Kubernetes'
+// standard appProtocol names count as istiod counts them (pkg/config/kube
+// ConvertProtocol): kubernetes.io/h2c is HTTP2, kubernetes.io/ws HTTP, kubernetes.io/wss
+// HTTPS; and its well-known ports are TCP when neither names a protocol.
 Protocol KubernetesPortProtocol(const ServicePort& p) {
   if (p.protocol == "UDP")
     return Protocol::kUdp;
   if (!p.app_protocol.empty()) {
-    Protocol ap = ParseProtocol(p.app_protocol);
+    if (p.app_protocol == "kubernetes.io/h2c")
+      return Protocol::kHttp2;
+    if (p.app_protocol == "kubernetes.io/ws")
+      return Protocol::kHttp;
+    if (p.app_protocol == "kubernetes.io/wss")
+      return Protocol::kHttps;
+    Protocol ap = ParseProtocol(p.app_protocol.substr(0, p.app_protocol.find('-')));
+    if (ap == Protocol::kUnknown)
+      ap = ParseProtocol(p.app_protocol);  // "grpc-web"
     if (ap != Protocol::kUnknown)
       return ap;
   }
   std::string prefix = p.name.substr(0, p.name.find('-'));
-  return ParseProtocol(prefix);
+  Protocol named = ParseProtocol(prefix);
+  // Ports istiod never sniffs (SMTP, DNS, MySQL, MongoDB): TCP when nothing names them.
+  if (named == Protocol::kUnknown &&
+      (p.port == 25 || p.port == 53 || p.port == 3306 || p.port == 27017))
+    return Protocol::kTcp;
+  return named;
 }
 
 // The workload name istiod gives an endpoint (pkg/kube GetWorkloadMetaFromPod): for a

@@ -9,6 +9,7 @@
 
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
+#include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb.h"
 #include "sluice/bpf_abi.h"
 #include "sluice/config/validate.h"
 #include "sluice/filterchain/envoy.h"
@@ -108,6 +109,26 @@ Result<std::vector<ClusterSpec>> Resolve(const config::Snapshot& s,
     out.push_back(std::move(cs));
   }
   return out;
+}
+
+// Does the cluster speak HTTP/2 upstream whatever the client speaks? HttpProtocolOptions
+// with explicit HTTP/2 (istiod's shape for HTTP2 and gRPC ports, and for an HTTP port
+// upgraded by h2UpgradePolicy), or the deprecated cluster-level http2_protocol_options
+// of older control planes. use_downstream_protocol_config follows the client, which the
+// kernel's pass-through does as well.
+bool Http2Upstream(const Cluster& c) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  if (c.has_http2_protocol_options())
+    return true;
+#pragma GCC diagnostic pop
+  auto it = c.typed_extension_protocol_options().find(
+      "envoy.extensions.upstreams.http.v3.HttpProtocolOptions");
+  if (it == c.typed_extension_protocol_options().end())
+    return false;
+  envoy::extensions::upstreams::http::v3::HttpProtocolOptions o;
+  return it->second.UnpackTo(&o) && o.has_explicit_http_config() &&
+         o.explicit_http_config().has_http2_protocol_options();
 }
 
 bool IsIstioDefaultRetry(const envoy::config::route::v3::RetryPolicy& r) {
@@ -285,15 +306,31 @@ struct Decision {
   // What it read of the clusters (ServiceInputs).
   std::vector<Destination> destinations;
   bool resolvable = false;
+  bool http = false;           // the destinations of an HTTP virtual host
   std::set<std::string> read;  // every cluster consulted
 };
 
-// The decision made from destinations alone: the kernel serves them when each resolves.
-Decision FromDestinations(const config::Snapshot& s, std::vector<Destination> dests) {
+// The decision made from destinations alone: the kernel serves them when each resolves
+// and, for HTTP (`http`), none is HTTP/2 upstream. gRPC and HTTP/2 clients hold one
+// connection for many requests, balanced per request (a weighted split of a gRPC channel
+// is a split of its calls); and a client speaking HTTP/1.1 to an upgraded (h2UpgradePolicy
+// UPGRADE) cluster needs the proxy to speak HTTP/2 for it. The kernel balances per
+// connection and forwards bytes as they are, so both go to the proxy.
+Decision FromDestinations(const config::Snapshot& s, std::vector<Destination> dests, bool http) {
   Decision d;
+  d.http = http;
   auto clusters = Resolve(s, dests);
   if (clusters) {
-    d.clusters = std::move(*clusters);
+    for (const auto& c : *clusters) {
+      if (http && Http2Upstream(*s.clusters.at(c.name))) {
+        d.reason = L7Reason::kHttp2;
+        d.why = "cluster '" + c.name +
+                "' is HTTP/2 upstream (gRPC or HTTP/2): the proxy balances it per request";
+        break;
+      }
+    }
+    if (d.why.empty())
+      d.clusters = std::move(*clusters);
   } else {
     d.reason = L7Reason::kCluster;
     d.why = clusters.error().message;
@@ -559,7 +596,7 @@ class Planner {
         d.skip = true;
         return d;
       }
-      return FromDestinations(s_, TcpDestinations(*a.tcp));
+      return FromDestinations(s_, TcpDestinations(*a.tcp), false);
     }
     if (a.http && a.routes) {
       // The virtual host Envoy serves for this address: one naming it, else the only one.
@@ -593,7 +630,7 @@ class Planner {
       d.reason = L7Reason::kHttpRouting;
       return d;
     }
-    return FromDestinations(s_, std::move(dests));
+    return FromDestinations(s_, std::move(dests), true);
   }
 
   static bool SameClusters(const std::vector<ClusterSpec>& a, const std::vector<ClusterSpec>& b) {
@@ -624,6 +661,7 @@ class Planner {
     if (!d.read.empty()) {
       ServiceInputs& in = plan_.inputs[spec.name];
       in.resolvable = d.resolvable;
+      in.http = d.http;
       for (const auto& dest : d.destinations)
         in.destinations.emplace_back(dest.cluster, dest.weight);
       for (const auto& c : d.read)
@@ -696,7 +734,7 @@ Result<std::optional<PlanEdit>> Replan(const KernelPlan& plan, const config::Sna
     std::vector<Destination> dests;
     for (const auto& [cluster, weight] : plan.inputs.at(name).destinations)
       dests.push_back({cluster, weight});
-    Decision d = FromDestinations(s, std::move(dests));
+    Decision d = FromDestinations(s, std::move(dests), plan.inputs.at(name).http);
     ++edit.replanned;
     ServiceSpec spec = *cur;
     std::optional<std::string> reason;

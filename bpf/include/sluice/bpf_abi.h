@@ -119,6 +119,7 @@ enum sluice_l7_reason {
   SLUICE_L7_CLUSTER,         /* a cluster the kernel cannot serve (DNS, ORIGINAL_DST, ...) */
   SLUICE_L7_CIDR,            /* a destination range rather than one address */
   SLUICE_L7_VIEWS,           /* the pods' views route it differently */
+  SLUICE_L7_HTTP2,           /* HTTP/2 or gRPC upstream: balanced per request */
   SLUICE_L7_REASON_MAX,
 };
 

@@ -1,6 +1,6 @@
 // Decoder of DestinationRule: its host, exportTo, subsets and the traffic policies
-// Sluice applies (load balancer, including consistent hashing; connect timeout;
-// port-level settings).
+// Sluice applies (load balancer, including consistent hashing; connect timeout; the
+// connection pool's limits and HTTP/2 choices; port-level settings).
 #include <set>
 
 #include "loader/decode.h"
@@ -60,12 +60,46 @@ std::optional<LoadBalancer> DecodeLoadBalancer(const Field& f) {
   return lb;
 }
 
+// connectionPool beyond tcp.connectTimeout (read apart): nullopt when absent. Values
+// are refused where istio's validation refuses them (negative counts, an unknown
+// h2UpgradePolicy).
+std::optional<ConnectionPool> DecodeConnectionPool(const Field& f) {
+  if (!f.present())
+    return std::nullopt;
+  constexpr int64_t kMaxI32 = 2147483647;
+  auto count = [](const Field& v) { return static_cast<uint32_t>(v.Int(0, kMaxI32).value_or(0)); };
+  ConnectionPool p;
+  Field tcp = f["tcp"];
+  Field http = f["http"];
+  p.max_connections = count(tcp["maxConnections"]);
+  p.http1_max_pending_requests = count(http["http1MaxPendingRequests"]);
+  p.http2_max_requests = count(http["http2MaxRequests"]);
+  p.max_retries = count(http["maxRetries"]);
+  p.max_concurrent_streams = count(http["maxConcurrentStreams"]);
+  p.use_client_protocol = http["useClientProtocol"].Bool().value_or(false);
+  if (auto v = http["h2UpgradePolicy"].Str()) {
+    if (*v == "DEFAULT")
+      p.h2_upgrade = H2UpgradePolicy::kDefault;
+    else if (*v == "DO_NOT_UPGRADE")
+      p.h2_upgrade = H2UpgradePolicy::kDoNotUpgrade;
+    else if (*v == "UPGRADE")
+      p.h2_upgrade = H2UpgradePolicy::kUpgrade;
+    else
+      http["h2UpgradePolicy"].Error("must be one of DEFAULT, DO_NOT_UPGRADE, UPGRADE (got \"" + *v +
+                                    "\")");
+  }
+  if (p.h2_upgrade == H2UpgradePolicy::kUpgrade && p.use_client_protocol)
+    http["useClientProtocol"].Error("must not be true when h2UpgradePolicy is UPGRADE");
+  return p;
+}
+
 std::optional<TrafficPolicy> DecodeTrafficPolicy(const Field& f) {
   if (!f.present())
     return std::nullopt;
   TrafficPolicy tp;
   tp.load_balancer = DecodeLoadBalancer(f["loadBalancer"]);
   tp.connect_timeout_ms = f["connectionPool"]["tcp"]["connectTimeout"].DurationMs();
+  tp.connection_pool = DecodeConnectionPool(f["connectionPool"]);
   std::set<uint32_t> seen;
   for (auto& pf : f["portLevelSettings"].List()) {
     TrafficPolicy::PortPolicy pp;
@@ -76,6 +110,7 @@ std::optional<TrafficPolicy> DecodeTrafficPolicy(const Field& f) {
       pf["port"]["number"].Error("duplicate port");
     pp.load_balancer = DecodeLoadBalancer(pf["loadBalancer"]);
     pp.connect_timeout_ms = pf["connectionPool"]["tcp"]["connectTimeout"].DurationMs();
+    pp.connection_pool = DecodeConnectionPool(pf["connectionPool"]);
     tp.port_level.push_back(std::move(pp));
   }
   return tp;

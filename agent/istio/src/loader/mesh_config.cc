@@ -160,6 +160,14 @@ void DecodeMeshConfigMap(const Field& doc, MeshConfig& mesh, FieldErrors& errors
     mesh.domain = *v;
   if (auto v = m["connectTimeout"].DurationMs())
     mesh.connect_timeout_ms = *v;
+  if (auto v = m["h2UpgradePolicy"].Str()) {
+    if (*v == "DO_NOT_UPGRADE")
+      mesh.h2_upgrade = H2UpgradePolicy::kDoNotUpgrade;
+    else if (*v == "UPGRADE")
+      mesh.h2_upgrade = H2UpgradePolicy::kUpgrade;
+    else
+      m["h2UpgradePolicy"].Error("must be DO_NOT_UPGRADE or UPGRADE (got \"" + *v + "\")");
+  }
 }
 
 }  // namespace sluice::istio::detail

@@ -71,7 +71,21 @@ google::protobuf::Any ApiListenerConnectionManager(const std::string& route_name
 struct EffectivePolicy {
   std::optional<LoadBalancer> lb;
   std::optional<int64_t> connect_timeout_ms;
+  std::optional<ConnectionPool> connection_pool;
 };
+
+// A cluster's upstream HTTP protocol and connection-pool limits, in istiod's order
+// (cluster_builder.go setUpstreamProtocol, cluster_traffic_policy.go applyH2Upgrade and
+// applyConnectionPool): typed_extension_protocol_options
+// envoy.extensions.upstreams.http.v3.HttpProtocolOptions with explicit HTTP/2 for HTTP2
+// and gRPC ports, use_downstream_protocol_config for a sidecar's sniffed ports, the h2
+// upgrade of outbound clusters, max_concurrent_streams on HTTP/2 clusters,
+// useClientProtocol; and the circuit-breaker thresholds (istiod's defaults when the
+// cluster has none yet) the pool overrides (clusters.cc).
+void ApplyHttpProtocol(cluster_v3::Cluster& c, Protocol protocol, bool sidecar, bool outbound,
+                       const std::optional<ConnectionPool>& pool, H2UpgradePolicy mesh_h2);
+// istiod's passthroughHttpProtocolOptions: the client's protocol, idle timeout 5 min.
+void SetPassthroughHttpProtocol(cluster_v3::Cluster& c);
 
 class Builder {
  public:
@@ -170,7 +184,10 @@ class Builder {
 
   // ------------------------------------------------------------ inbound.cc
   void BuildInbound();
-  cluster_v3::Cluster InboundCluster(const SidecarIngress& in) const;
+  // `protocol`: the port's; `svc` and `service_port`: the Service whose DestinationRule's
+  // connection pool applies (none for a Sidecar ingress listener, as istiod).
+  cluster_v3::Cluster InboundCluster(const SidecarIngress& in, Protocol protocol,
+                                     const RegistryService* svc, uint32_t service_port) const;
   // The filters, upgrades and access log every sidecar connection manager (outbound RDS
   // and inbound inline) ends with, packed.
   google::protobuf::Any FinishConnectionManager(

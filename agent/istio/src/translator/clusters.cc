@@ -1,18 +1,23 @@
 // CDS and EDS: an outbound cluster per visible service port and DestinationRule subset
 // ("outbound|PORT|SUBSET|FQDN"), its DestinationRule traffic policy (load balancer,
-// connect timeout, port-level settings), EDS or DNS endpoints, and the BlackHole and
+// connect timeout, connection pool, port-level settings), its upstream HTTP protocol
+// (HttpProtocolOptions: HTTP/2, or the client's), EDS or DNS endpoints, and the BlackHole and
 // Passthrough clusters. istiod's counterparts are pilot/pkg/networking/core/cluster.go,
 // cluster_builder.go and cluster_traffic_policy.go.
 #include <map>
 #include <tuple>
 
+#include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb.h"
 #include "translator/builder.h"
 
 namespace sluice::istio::detail {
 
 namespace {
 
+namespace upstream_http_v3 = envoy::extensions::upstreams::http::v3;
+
 constexpr uint32_t kMaxU32 = 4294967295u;
+constexpr char kHttpProtocolOptionsKey[] = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 
 void SetCircuitBreakers(cluster_v3::Cluster& c) {
   auto* t = c.mutable_circuit_breakers()->add_thresholds();
@@ -21,6 +26,58 @@ void SetCircuitBreakers(cluster_v3::Cluster& c) {
   t->mutable_max_requests()->set_value(kMaxU32);
   t->mutable_max_retries()->set_value(kMaxU32);
   t->set_track_remaining(true);
+}
+
+// istiod's protocol.Instance IsHTTP2 (HTTP2, GRPC, GRPC-Web) and IsHTTP (those and HTTP;
+// not a sniffed port).
+bool IsHttp2Protocol(Protocol p) {
+  return p == Protocol::kHttp2 || p == Protocol::kGrpc;
+}
+bool IsExplicitHttp(Protocol p) {
+  return p == Protocol::kHttp || IsHttp2Protocol(p);
+}
+
+// istiod's shouldH2Upgrade (outbound clusters only): useClientProtocol never upgrades;
+// the DestinationRule's UPGRADE does on any port (the user says it is HTTP),
+// DO_NOT_UPGRADE never; else the mesh's h2UpgradePolicy, on HTTP ports only (a sniffed
+// port keeps the client's protocol).
+bool ShouldH2Upgrade(Protocol p, const ConnectionPool& pool, H2UpgradePolicy mesh) {
+  if (pool.use_client_protocol)
+    return false;
+  if (pool.h2_upgrade == H2UpgradePolicy::kUpgrade)
+    return true;
+  if (pool.h2_upgrade == H2UpgradePolicy::kDoNotUpgrade)
+    return false;
+  if (!IsExplicitHttp(p))
+    return false;
+  return mesh == H2UpgradePolicy::kUpgrade;
+}
+
+// istiod's setUseDownstreamProtocol: HTTP/1.1 or HTTP/2 upstream as the client spoke,
+// keeping explicit HTTP/1.1 options if there were any.
+void SetUseDownstreamProtocol(upstream_http_v3::HttpProtocolOptions& o) {
+  core_v3::Http1ProtocolOptions h1;
+  if (o.has_explicit_http_config() && o.explicit_http_config().has_http_protocol_options())
+    h1 = o.explicit_http_config().http_protocol_options();
+  auto* d = o.mutable_use_downstream_protocol_config();
+  *d->mutable_http_protocol_options() = std::move(h1);
+  d->mutable_http2_protocol_options();
+}
+
+// istiod's setH2Options: HTTP/2 upstream, unless the upstream protocol is already chosen.
+void SetH2Options(upstream_http_v3::HttpProtocolOptions& o) {
+  if (o.upstream_protocol_options_case() ==
+      upstream_http_v3::HttpProtocolOptions::UPSTREAM_PROTOCOL_OPTIONS_NOT_SET)
+    o.mutable_explicit_http_config()->mutable_http2_protocol_options();
+}
+
+// clusterWrapper.build(): the options under their extension key, HTTP/1.1 explicitly
+// when nothing chose the upstream protocol (Envoy requires one).
+void PackHttpProtocolOptions(cluster_v3::Cluster& c, upstream_http_v3::HttpProtocolOptions o) {
+  if (o.upstream_protocol_options_case() ==
+      upstream_http_v3::HttpProtocolOptions::UPSTREAM_PROTOCOL_OPTIONS_NOT_SET)
+    o.mutable_explicit_http_config()->mutable_http_protocol_options();
+  (*c.mutable_typed_extension_protocol_options())[kHttpProtocolOptionsKey].PackFrom(o);
 }
 
 void SetLbPolicy(cluster_v3::Cluster& c, const std::optional<LoadBalancer>& lb) {
@@ -155,22 +212,84 @@ endpoint_v3::ClusterLoadAssignment Endpoints(const RegistryService& svc, const R
 
 namespace {
 
-void ApplyPolicy(const TrafficPolicy& tp, uint32_t port, EffectivePolicy& eff) {
+// The connection pool as istiod merges it (GetPortLevelTrafficPolicy,
+// MergeSubsetTrafficPolicy): a port's settings replace the policy's whole, so its
+// connectionPool (or none) is the one; a subset's replaces the DestinationRule's when it
+// has one or port-level settings for the port.
+void ApplyPolicy(const TrafficPolicy& tp, uint32_t port, EffectivePolicy& eff, bool subset) {
   if (tp.load_balancer)
     eff.lb = tp.load_balancer;
   if (tp.connect_timeout_ms)
     eff.connect_timeout_ms = tp.connect_timeout_ms;
+  const TrafficPolicy::PortPolicy* own = nullptr;
   for (const auto& pl : tp.port_level) {
     if (pl.port != port)
       continue;
+    own = &pl;
     if (pl.load_balancer)
       eff.lb = pl.load_balancer;
     if (pl.connect_timeout_ms)
       eff.connect_timeout_ms = pl.connect_timeout_ms;
   }
+  if (own)
+    eff.connection_pool = own->connection_pool;
+  else if (!subset || tp.connection_pool)
+    eff.connection_pool = tp.connection_pool;
 }
 
 }  // namespace
+
+void ApplyHttpProtocol(cluster_v3::Cluster& c, Protocol protocol, bool sidecar, bool outbound,
+                       const std::optional<ConnectionPool>& pool, H2UpgradePolicy mesh_h2) {
+  std::optional<upstream_http_v3::HttpProtocolOptions> opts;
+  auto options = [&]() -> upstream_http_v3::HttpProtocolOptions& {
+    if (!opts)
+      opts.emplace();
+    return *opts;
+  };
+  // setUpstreamProtocol (buildCluster): HTTP/2 ports are HTTP/2 upstream; a sniffed port
+  // of a sidecar follows the client (a gateway does not sniff).
+  if (IsHttp2Protocol(protocol))
+    SetH2Options(options());
+  else if (sidecar && protocol == Protocol::kUnknown)
+    SetUseDownstreamProtocol(options());
+  // applyTrafficPolicy: the h2 upgrade (outbound only), then applyConnectionPool.
+  const ConnectionPool cp = pool.value_or(ConnectionPool{});
+  if (outbound && ShouldH2Upgrade(protocol, cp, mesh_h2))
+    SetH2Options(options());
+  if (c.circuit_breakers().thresholds_size() == 0)
+    SetCircuitBreakers(c);
+  auto* t = c.mutable_circuit_breakers()->mutable_thresholds(0);
+  if (cp.http2_max_requests > 0)
+    t->mutable_max_requests()->set_value(cp.http2_max_requests);
+  if (cp.http1_max_pending_requests > 0)
+    t->mutable_max_pending_requests()->set_value(cp.http1_max_pending_requests);
+  if (cp.max_retries > 0)
+    t->mutable_max_retries()->set_value(cp.max_retries);
+  if (cp.max_connections > 0)
+    t->mutable_max_connections()->set_value(cp.max_connections);
+  if (cp.max_concurrent_streams > 0) {
+    auto& o = options();
+    o.mutable_common_http_protocol_options();
+    if (o.has_explicit_http_config() && o.explicit_http_config().has_http2_protocol_options()) {
+      o.mutable_explicit_http_config()
+          ->mutable_http2_protocol_options()
+          ->mutable_max_concurrent_streams()
+          ->set_value(cp.max_concurrent_streams);
+    }
+  }
+  if (cp.use_client_protocol)
+    SetUseDownstreamProtocol(options());
+  if (opts)
+    PackHttpProtocolOptions(c, std::move(*opts));
+}
+
+void SetPassthroughHttpProtocol(cluster_v3::Cluster& c) {
+  upstream_http_v3::HttpProtocolOptions o;
+  o.mutable_common_http_protocol_options()->mutable_idle_timeout()->set_seconds(300);
+  SetUseDownstreamProtocol(o);
+  PackHttpProtocolOptions(c, std::move(o));
+}
 
 std::string ClusterName(uint32_t port, const std::string& subset, const std::string& host) {
   return "outbound|" + std::to_string(port) + "|" + subset + "|" + host;
@@ -179,9 +298,9 @@ std::string ClusterName(uint32_t port, const std::string& subset, const std::str
 EffectivePolicy Builder::Policy(const DestinationRule* dr, const Subset* subset, uint32_t port) {
   EffectivePolicy eff;
   if (dr && dr->traffic_policy)
-    ApplyPolicy(*dr->traffic_policy, port, eff);
+    ApplyPolicy(*dr->traffic_policy, port, eff, false);
   if (subset && subset->traffic_policy)
-    ApplyPolicy(*subset->traffic_policy, port, eff);
+    ApplyPolicy(*subset->traffic_policy, port, eff, true);
   return eff;
 }
 
@@ -212,6 +331,7 @@ void Builder::BuildClusters() {
   passthrough.set_lb_policy(cluster_v3::Cluster::CLUSTER_PROVIDED);
   SetDurationMs(passthrough.mutable_connect_timeout(), config_.mesh.connect_timeout_ms);
   SetCircuitBreakers(passthrough);
+  SetPassthroughHttpProtocol(passthrough);
   out_.resources.Add(std::move(passthrough));
 }
 
@@ -251,6 +371,10 @@ void Builder::AddServiceCluster(const RegistryService& svc, const RegistryPort& 
     }
   }
   SetCircuitBreakers(c);
+  // The upstream HTTP protocol and the connection pool's limits (istiod's
+  // setUpstreamProtocol, applyH2Upgrade, applyConnectionPool).
+  ApplyHttpProtocol(c, port.protocol, proxy_.kind == ProxySpec::Kind::kSidecar, true,
+                    policy.connection_pool, config_.mesh.h2_upgrade);
 
   // istiod's metadata: which service (and DestinationRule, subset) a cluster serves;
   // `proxy-config cluster` reads its DESTINATION RULE column from here.

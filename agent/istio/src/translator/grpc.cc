@@ -69,6 +69,12 @@ void Builder::AddGrpcCluster(const RegistryService& svc, const RegistryPort& por
     c.set_lb_policy(cluster_v3::Cluster::LEAST_REQUEST);
   }
   // ROUND_ROBIN and unset: gRPC's default. RANDOM: istiod warns and keeps the default.
+  // Circuit breaking: gRPC implements max_requests only (gRFC A32), from http2MaxRequests
+  // (istiod's grpcgen applyCircuitBreakers); no threshold otherwise.
+  if (policy.connection_pool && policy.connection_pool->http2_max_requests > 0) {
+    c.mutable_circuit_breakers()->add_thresholds()->mutable_max_requests()->set_value(
+        policy.connection_pool->http2_max_requests);
+  }
   out_.resources.Add(std::move(c));
   out_.resources.Add(Endpoints(svc, port, subset, name, false));
 }

@@ -66,7 +66,9 @@ ChainKind KindOf(Protocol p) {
 struct InboundPort {
   SidecarIngress cluster;  // port = the target port the chains match
   ChainKind kind = ChainKind::kTcp;
-  uint32_t service_port = 0;   // the virtual host's and the trace decorator's port
+  Protocol protocol = Protocol::kUnknown;    // the port's: its cluster's upstream HTTP protocol
+  const RegistryService* service = nullptr;  // the Service (not for Sidecar ingress)
+  uint32_t service_port = 0;                 // the virtual host's and the trace decorator's port
   std::string decorator_host;  // the Service's FQDN, or the Sidecar's "name.namespace"
 };
 
@@ -174,7 +176,9 @@ std::vector<InboundPort> ServiceInboundPorts(const Config& config_, const Regist
       InboundPort p;
       p.cluster.port = target;
       const RegistryPort* rp = reg ? reg->FindPort(sp.port) : nullptr;
-      p.kind = KindOf(rp ? rp->protocol : Protocol::kUnknown);
+      p.protocol = rp ? rp->protocol : Protocol::kUnknown;
+      p.kind = KindOf(p.protocol);
+      p.service = reg;
       p.service_port = sp.port;
       p.decorator_host = fqdn;
       out.push_back(std::move(p));
@@ -188,12 +192,23 @@ std::vector<InboundPort> ServiceInboundPorts(const Config& config_, const Regist
 // istiod's buildInboundCluster for one ingress listener: STATIC to the defaultEndpoint,
 // or ORIGINAL_DST when it is unset. Every inbound cluster but one to loopback leaves from
 // 127.0.0.6, so the pod's redirection does not loop the proxy's own connection back to it.
-cluster_v3::Cluster Builder::InboundCluster(const SidecarIngress& in) const {
+// Its upstream HTTP protocol is the port's (HTTP/2 for HTTP2 and gRPC ports, the client's
+// for a sniffed one), and the connection pool of the DestinationRule of its Service (port
+// level by the Service port) applies, limits and connect timeout, as istiod applies it
+// server side too; never an h2 upgrade (istiod's applyH2Upgrade is outbound only).
+cluster_v3::Cluster Builder::InboundCluster(const SidecarIngress& in, Protocol protocol,
+                                            const RegistryService* svc,
+                                            uint32_t service_port) const {
   cluster_v3::Cluster c;
   c.set_name(InboundClusterName(in.port));
+  EffectivePolicy policy;
+  if (svc)
+    policy = Policy(FindDestinationRule(*svc), nullptr, service_port);
   SetDurationMs(c.mutable_connect_timeout(),
-                in.connect_timeout_ms.value_or(config_.mesh.connect_timeout_ms));
+                in.connect_timeout_ms.value_or(
+                    policy.connect_timeout_ms.value_or(config_.mesh.connect_timeout_ms)));
   SetCircuitBreakerDefaults(c);
+  ApplyHttpProtocol(c, protocol, true, false, policy.connection_pool, config_.mesh.h2_upgrade);
   if (in.endpoint_address.empty()) {
     c.set_type(cluster_v3::Cluster::ORIGINAL_DST);
     c.set_lb_policy(cluster_v3::Cluster::CLUSTER_PROVIDED);
@@ -257,6 +272,7 @@ void Builder::BuildInbound() {
       InboundPort p;
       p.cluster = in;
       p.kind = KindOf(in);
+      p.protocol = in.protocol.empty() ? Protocol::kUnknown : ParseProtocol(in.protocol);
       p.service_port = in.port;
       p.decorator_host = sidecar_->meta.name + "." + sidecar_->meta.ns;
       ports.push_back(std::move(p));
@@ -335,7 +351,7 @@ void Builder::BuildInbound() {
       tcp_filter(fc, cluster, true);
       *l.add_filter_chains() = std::move(fc);
     }
-    out_.resources.Add(InboundCluster(in.cluster));
+    out_.resources.Add(InboundCluster(in.cluster, in.protocol, in.service, in.service_port));
   }
 
   // original_dst first (the chains match on the destination the connection was
@@ -364,6 +380,7 @@ void Builder::BuildInbound() {
   passthrough.set_lb_policy(cluster_v3::Cluster::CLUSTER_PROVIDED);
   SetDurationMs(passthrough.mutable_connect_timeout(), config_.mesh.connect_timeout_ms);
   SetCircuitBreakerDefaults(passthrough);
+  SetPassthroughHttpProtocol(passthrough);  // istiod's buildDefaultPassthroughCluster
   SetPassthroughBind(passthrough);
   out_.resources.Add(std::move(passthrough));
 }

@@ -40,6 +40,7 @@ enum class L7Reason : uint8_t {
   kCluster,
   kCidr,
   kViews,
+  kHttp2,
 };
 [[nodiscard]] std::string_view L7ReasonName(L7Reason r);
 

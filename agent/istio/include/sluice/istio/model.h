@@ -244,13 +244,34 @@ struct LoadBalancer {
   std::optional<ConsistentHash> consistent_hash;
 };
 
+// h2UpgradePolicy, of a DestinationRule's connectionPool.http and of the mesh config.
+enum class H2UpgradePolicy { kDefault, kDoNotUpgrade, kUpgrade };
+
+// connectionPool (ConnectionPoolSettings) beyond tcp.connectTimeout (kept apart, above):
+// the limits and HTTP protocol choices istiod's applyConnectionPool and shouldH2Upgrade
+// read (pilot/pkg/networking/core/cluster_traffic_policy.go). 0 = unset, as istiod reads
+// them (it cannot tell an explicit 0 from unset either).
+struct ConnectionPool {
+  uint32_t max_connections = 0;                            // tcp.maxConnections
+  uint32_t http1_max_pending_requests = 0;                 // http.http1MaxPendingRequests
+  uint32_t http2_max_requests = 0;                         // http.http2MaxRequests
+  uint32_t max_retries = 0;                                // http.maxRetries
+  uint32_t max_concurrent_streams = 0;                     // http.maxConcurrentStreams
+  H2UpgradePolicy h2_upgrade = H2UpgradePolicy::kDefault;  // http.h2UpgradePolicy
+  bool use_client_protocol = false;                        // http.useClientProtocol
+};
+
 struct TrafficPolicy {
   std::optional<LoadBalancer> load_balancer;
   std::optional<int64_t> connect_timeout_ms;
+  // The connectionPool block, when present: a subset's or a port's replaces the whole
+  // block of the level above, as istiod merges them.
+  std::optional<ConnectionPool> connection_pool;
   struct PortPolicy {
     uint32_t port = 0;
     std::optional<LoadBalancer> load_balancer;
     std::optional<int64_t> connect_timeout_ms;
+    std::optional<ConnectionPool> connection_pool;
   };
   std::vector<PortPolicy> port_level;
 };
@@ -428,6 +449,9 @@ struct MeshConfig {
   std::string access_log_file;  // accessLogFile: "" = off
   std::string domain = "cluster.local";
   int64_t connect_timeout_ms = 10000;
+  // h2UpgradePolicy: UPGRADE makes every HTTP port's outbound clusters HTTP/2 unless a
+  // DestinationRule says otherwise (istiod's shouldH2Upgrade).
+  H2UpgradePolicy h2_upgrade = H2UpgradePolicy::kDefault;
 };
 
 // Everything the loader accepted, in load order.

@@ -6,10 +6,13 @@
 //  - In the kernel (L4): an HTTP virtual host whose only route is a catch-all to one
 //    cluster or weighted clusters, with nothing that needs a request read (no matches,
 //    mirroring, faults, rewrites, header changes, explicit retries or timeouts, header
-//    or cookie hashing); and every TCP service (tcp_proxy). Clusters must have their
-//    endpoints at hand (EDS or STATIC). The kernel picks the cluster by weight and the
-//    endpoint by the cluster's lb_policy.
-//  - In the in-pod proxy (L7 redirect): every other service with a VIP, and a port-wide
+//    or cookie hashing) and no cluster HTTP/2 upstream; and every TCP service
+//    (tcp_proxy). Clusters must have their endpoints at hand (EDS or STATIC). The kernel
+//    picks the cluster by weight and the endpoint by the cluster's lb_policy.
+//  - In the in-pod proxy (L7 redirect): every other service with a VIP — among them the
+//    HTTP services whose clusters are HTTP/2 upstream (gRPC and HTTP2 ports, an HTTP port
+//    upgraded by h2UpgradePolicy: per-request balancing and HTTP/1.1 -> HTTP/2 need the
+//    proxy; reason kHttp2) — and a port-wide
 //    catch-all (0.0.0.0 and ::) for HTTP ports that serve hosts without VIPs (ServiceEntry
 //    hosts resolved by DNS) and for TLS-passthrough ports (the proxy reads the SNI).
 //
@@ -39,6 +42,9 @@ struct ServiceInputs {
   // in the proxy because one cannot be resolved. Otherwise (several filter chains
   // compared) only a whole plan decides again.
   bool resolvable = false;
+  // The destinations are an HTTP virtual host's: an HTTP/2 upstream cluster among them
+  // sends the service to the proxy (L7Reason::kHttp2).
+  bool http = false;
 };
 
 struct KernelPlan {
