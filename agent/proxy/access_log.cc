@@ -71,8 +71,11 @@ void Session::LogRequest() {
       "\"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} {} {} {} {} {}\n",
       tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ms,
       dash(req.method), dash(req.target),
-      req.method.empty() ? "-" : (req.minor_version ? "HTTP/1.1" : "HTTP/1.0"), status, flag_str,
-      details, bytes_rx, bytes_tx, duration, svc, dash(xff),
+      req.method.empty()  ? "-"
+      : downstream_h2     ? "HTTP/2"
+      : req.minor_version ? "HTTP/1.1"
+                          : "HTTP/1.0",
+      status, flag_str, details, bytes_rx, bytes_tx, duration, svc, dash(xff),
       dash(req.Get(http::HeaderId::kUserAgent)), dash(rid), dash(req.host), up_host, cluster_name,
       up_local, local, peer, sni.empty() ? std::string_view("-") : std::string_view(sni),
       route_name);
