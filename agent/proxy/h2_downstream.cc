@@ -14,14 +14,17 @@
 namespace sluice::proxy::engine {
 namespace {
 
-void AppendHex(Buffer& b, std::size_t n) {
-  char buf[20];
-  auto r = std::to_chars(buf, buf + sizeof(buf), n, 16);
-  b.Append(std::string_view(buf, static_cast<std::size_t>(r.ptr - buf)));
-}
-
 bool Is(std::string_view a, std::string_view b) {
   return http::EqualsIgnoreCase(a, b);
+}
+
+// Appends to a stream Session's `in`, keeping its parsed head's views on their bytes when
+// the buffer moves (as Session::ReadInto does).
+void AppendIn(Session* s, std::string_view bytes) {
+  const std::string_view before = s->in.Data();
+  s->in.Append(bytes);
+  if (s->in.Data().data() != before.data() && !before.empty())
+    http::MoveViews(&s->req, before.data(), before.size(), s->in.Data().data());
 }
 
 }  // namespace
@@ -306,18 +309,20 @@ void H2Downstream::OnData(int32_t id, std::string_view data, bool end_stream) {
     return;
   }
   Stream& st = it->second;
-  Buffer& b = s->in;
   if (st.req_chunked) {
     if (!data.empty()) {
-      AppendHex(b, data.size());
-      b.Append("\r\n");
-      b.Append(data);
-      b.Append("\r\n");
+      char size[24];
+      auto r = std::to_chars(size, size + sizeof(size) - 2, data.size(), 16);
+      *r.ptr++ = '\r';
+      *r.ptr++ = '\n';
+      AppendIn(s, std::string_view(size, static_cast<std::size_t>(r.ptr - size)));
+      AppendIn(s, data);
+      AppendIn(s, "\r\n");
     }
     if (end_stream)
-      b.Append("0\r\n\r\n");
+      AppendIn(s, "0\r\n\r\n");
   } else {
-    b.Append(data);
+    AppendIn(s, data);
   }
   if (end_stream)
     st.req_ended = true;
@@ -336,15 +341,15 @@ void H2Downstream::OnTrailers(int32_t id, const h2::Head& trailers) {
     return;
   Stream& st = it->second;
   if (st.req_chunked && !st.req_ended) {
-    Buffer& b = st.s->in;
-    b.Append("0\r\n");
+    std::string t = "0\r\n";
     for (const h2::Field& f : trailers.fields) {
-      b.Append(f.name);
-      b.Append(": ");
-      b.Append(f.value);
-      b.Append("\r\n");
+      t.append(f.name);
+      t.append(": ");
+      t.append(f.value);
+      t.append("\r\n");
     }
-    b.Append("\r\n");
+    t.append("\r\n");
+    AppendIn(st.s, t);
   }
   st.req_ended = true;
   if (!st.queued) {

@@ -59,7 +59,7 @@ Json Route(const std::string& prefix, const Json& action, const Json& headers = 
   return {{"match", m}, {"route", action}};
 }
 
-[[maybe_unused]] Json FaultFilter() {
+Json FaultFilter() {
   return {{"name", "envoy.filters.http.fault"},
           {"typed_config",
            {{"@type", "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"}}}};
@@ -232,8 +232,8 @@ struct Certs {
 
 // Starts the proxy with every HTTP chain of the document terminating TLS with `ctx`
 // (what helper T's DownstreamTlsContext compile will fill in).
-[[maybe_unused]] std::unique_ptr<RunningProxy> StartTlsProxy(
-    const Json& doc, std::shared_ptr<const tls::ServerContext> ctx) {
+std::unique_ptr<RunningProxy> StartTlsProxy(const Json& doc,
+                                            std::shared_ptr<const tls::ServerContext> ctx) {
   auto rp = std::make_unique<RunningProxy>();
   rp->log_path = rp->dir.path() + "/access.log";
   auto cfg = CompileJson(doc);
@@ -325,4 +325,240 @@ TEST_CASE("h2c: h2load with 2 connections and 10 streams each, all 2xx", "[proxy
   CHECK(out.find("200 total, 200 started, 200 done, 200 succeeded, 0 failed, 0 errored") !=
         std::string::npos);
   CHECK(out.find("status codes: 200 2xx") != std::string::npos);
+}
+
+TEST_CASE("h2c: routing by :path and by header, a split, a fault abort and a route timeout",
+          "[proxy][h2][routing]") {
+  TestUpstream a({.name = "a"}), b({.name = "b"});
+  Json fault = {{"@type", "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"},
+                {"abort", {{"http_status", 418}, {"percentage", {{"numerator", 100}}}}}};
+  Json abort_route = Route("/abort", {{"cluster", "a"}});
+  abort_route["typed_per_filter_config"]["envoy.filters.http.fault"] = fault;
+  Json split = {{"weighted_clusters",
+                 {{"clusters", Json::array({{{"name", "a"}, {"weight", 50}},
+                                            {{"name", "b"}, {"weight", 50}}})}}}};
+  Json pick = Json::array({{{"name", "x-pick"}, {"string_match", {{"exact", "b"}}}}});
+  Json routes =
+      Json::array({Route("/b/", {{"cluster", "b"}}), abort_route,
+                   Route("/slow", {{"cluster", "a"}, {"timeout", "0.2s"}}), Route("/split", split),
+                   Route("/", {{"cluster", "b"}}, pick), Route("/", {{"cluster", "a"}})});
+  auto p = StartProxy(
+      Doc(routes, Json::array({StaticCluster("a", {a.port()}), StaticCluster("b", {b.port()})}),
+          "AUTO", Json::array({FaultFilter()})));
+  REQUIRE(p->error.empty());
+  const uint16_t port = p->Port();
+
+  // By :path, and by a header, on streams of one connection.
+  std::string out = Sh("nghttp -v " + Url(port, "/b/x") + " " + Url(port, "/plain"));
+  INFO(out);
+  CHECK(out.find("x-upstream: b") != std::string::npos);
+  CHECK(out.find("x-upstream: a") != std::string::npos);
+  CHECK(b.Requests().size() == 1);
+  CHECK(a.Requests().size() == 1);
+  std::string picked = Sh("nghttp -v -H 'x-pick: b' " + Url(port, "/plain"));
+  INFO(picked);
+  CHECK(picked.find("x-upstream: b") != std::string::npos);
+  CHECK(b.Requests().size() == 2);
+
+  // A fault's abort and a route timeout are answered on the stream.
+  std::string aborted = Sh("nghttp -v " + Url(port, "/abort"));
+  INFO(aborted);
+  CHECK(aborted.find(":status: 418") != std::string::npos);
+  std::string slow = Sh("nghttp -v -H 'x-delay-ms: 1500' " + Url(port, "/slow"));
+  INFO(slow);
+  CHECK(slow.find(":status: 504") != std::string::npos);
+  CHECK(slow.find("upstream request timeout") != std::string::npos);
+
+  // A 50/50 split is still a split on HTTP/2 streams.
+  a.Reset();
+  b.Reset();
+  std::string load = Sh("h2load -n 200 -c 1 -m 10 " + Url(port, "/split"));
+  INFO(load);
+  CHECK(load.find("status codes: 200 2xx") != std::string::npos);
+  CHECK(a.count() + b.count() == 200);
+  CHECK(a.count() > 50);
+  CHECK(b.count() > 50);
+
+  auto lines = p->LogLines(6);
+  bool timeout_logged = false, abort_logged = false;
+  for (const auto& l : lines) {
+    timeout_logged |= l.find("\"GET /slow HTTP/2\" 504 UT") != std::string::npos;
+    abort_logged |= l.find("\"GET /abort HTTP/2\" 418 FI") != std::string::npos;
+  }
+  CHECK(timeout_logged);
+  CHECK(abort_logged);
+}
+
+TEST_CASE("h2c: upstream chunked trailers arrive as HTTP/2 trailers (gRPC's grpc-status)",
+          "[proxy][h2][trailers]") {
+  TrailerUpstream up;
+  auto p = StartProxy(Doc(Json::array({Route("/", {{"cluster", "grpc"}})}),
+                          Json::array({StaticCluster("grpc", {up.port()})})));
+  REQUIRE(p->error.empty());
+  const uint16_t port = p->Port();
+  std::string out = Sh("nghttp -v " + Url(port, "/pkg.Svc/Call"));
+  INFO(out);
+  const std::size_t data = out.find("recv DATA frame");
+  const std::size_t status = out.find("grpc-status: 0");
+  REQUIRE(data != std::string::npos);
+  REQUIRE(status != std::string::npos);
+  CHECK(data < status);  // after the body, in a HEADERS frame that ends the stream
+  const std::size_t trailers = out.find("recv HEADERS frame", status);
+  REQUIRE(trailers != std::string::npos);
+  CHECK(out.substr(trailers, out.find('\n', trailers) - trailers).find("flags=0x05") !=
+        std::string::npos);  // END_STREAM | END_HEADERS
+  CHECK(out.find("grpc-message: all good") != std::string::npos);
+  CHECK(out.find("recv DATA frame <length=6") != std::string::npos);  // "hello "
+  CHECK(out.find("recv DATA frame <length=5") != std::string::npos);  // "world"
+  CHECK(out.find("transfer-encoding") == std::string::npos);
+
+  // A trailers-only reply: one HEADERS frame with END_STREAM, no DATA.
+  std::string only = Sh("nghttp -v " + Url(port, "/trailers-only"));
+  INFO(only);
+  CHECK(only.find("grpc-status: 7") != std::string::npos);
+  CHECK(only.find("recv DATA frame") == std::string::npos);
+  CHECK(Count(only, "recv HEADERS frame") == 1);
+  const std::size_t head = only.find("recv HEADERS frame");
+  CHECK(only.substr(head, only.find('\n', head) - head).find("flags=0x05") != std::string::npos);
+}
+
+TEST_CASE("h2c: a client's RST_STREAM mid-request aborts only that stream", "[proxy][h2][reset]") {
+  TestUpstream up({.name = "app"});
+  auto p = StartProxy(Doc(Json::array({Route("/", {{"cluster", "app"}})}),
+                          Json::array({StaticCluster("app", {up.port()})})));
+  REQUIRE(p->error.empty());
+  H2Client c(p->Port());
+  // A POST whose body is not finished, and two slow GETs on the same connection.
+  const int32_t post = c.Get("/upload", {{"content-length", "100"}}, /*end=*/false);
+  REQUIRE(post > 0);
+  REQUIRE(c.session_().SendData(post, "partial", false));
+  const int32_t g1 = c.Get("/one", {{"x-delay-ms", "300"}});
+  const int32_t g2 = c.Get("/two", {{"x-delay-ms", "300"}});
+  c.RunUntil([] { return false; }, 100);  // the proxy has them all
+  REQUIRE(c.session_().ResetStream(post, h2::kCancel));
+  REQUIRE(c.RunUntil([&] { return c.streams[g1].closed && c.streams[g2].closed; }));
+  CHECK(c.streams[g1].status == 200);
+  CHECK(c.streams[g2].status == 200);
+  CHECK(c.streams[g1].close_code == h2::kNoError);
+  CHECK(c.streams[g2].body.find("GET /two HTTP/1.1") != std::string::npos);
+  CHECK(c.streams[post].status == 0);
+  // The reset request is logged as a downstream disconnect, without an upstream.
+  auto lines = p->LogLines(3);
+  bool dc = false;
+  for (const auto& l : lines)
+    dc |= l.find("\"POST /upload HTTP/2\" 0 DC") != std::string::npos;
+  CHECK(dc);
+  CHECK(up.count() == 2);
+}
+
+TEST_CASE("h2c: codec_type HTTP1 refuses the preface; AUTO serves HTTP/1.1 and h2c on one port",
+          "[proxy][h2][codec]") {
+  TestUpstream up({.name = "app"});
+  Json routes = Json::array({Route("/", {{"cluster", "app"}})});
+  Json clusters = Json::array({StaticCluster("app", {up.port()})});
+  {
+    auto p = StartProxy(Doc(routes, clusters, "HTTP1"));
+    REQUIRE(p->error.empty());
+    std::string h2 = Sh("curl -sSv --http2-prior-knowledge --max-time 3 " + Url(p->Port(), "/"));
+    INFO(h2);
+    CHECK(h2.find("< HTTP/2 200") == std::string::npos);
+    Resp raw = SendRaw(p->Port(), std::string(h2::kClientPreface));
+    CHECK(raw.status == 400);
+    CHECK(Get(p->Port(), "app", "/").status == 200);
+  }
+  {
+    auto p = StartProxy(Doc(routes, clusters, "AUTO"));
+    REQUIRE(p->error.empty());
+    std::string h1 = Sh("curl -sSv --http1.1 --max-time 3 " + Url(p->Port(), "/h1"));
+    std::string h2 = Sh("curl -sSv --http2-prior-knowledge --max-time 3 " + Url(p->Port(), "/h2"));
+    INFO(h1 << h2);
+    CHECK(h1.find("< HTTP/1.1 200") != std::string::npos);
+    CHECK(h2.find("< HTTP/2 200") != std::string::npos);
+    auto lines = p->LogLines(2);
+    REQUIRE(lines.size() == 2);
+    CHECK(lines[0].find("\"GET /h1 HTTP/1.1\" 200") != std::string::npos);
+    CHECK(lines[1].find("\"GET /h2 HTTP/2\" 200") != std::string::npos);
+  }
+  {
+    // HTTP2: only HTTP/2 (an HTTP/1.1 request is not answered as one).
+    auto p = StartProxy(Doc(routes, clusters, "HTTP2"));
+    REQUIRE(p->error.empty());
+    std::string h1 = Sh("curl -sSv --http1.1 --max-time 3 " + Url(p->Port(), "/h1"));
+    INFO(h1);
+    CHECK(h1.find("< HTTP/1.1 200") == std::string::npos);
+    std::string h2 = Sh("curl -sSv --http2-prior-knowledge --max-time 3 " + Url(p->Port(), "/h2"));
+    CHECK(h2.find("< HTTP/2 200") != std::string::npos);
+  }
+}
+
+TEST_CASE("tls: HTTP/2 and HTTP/1.1 by ALPN, the certificate by SNI, unknown SNI refused",
+          "[proxy][h2][tls]") {
+  Certs certs;
+  tls::ServerConfig sc;
+  sc.certificates = {certs.Cert("a"), certs.Cert("b")};
+  auto ctx = tls::ServerContext::Create(sc);
+  REQUIRE(ctx.has_value());
+  TestUpstream up({.name = "app"});
+  auto p = StartTlsProxy(Doc(Json::array({Route("/", {{"cluster", "app"}})}),
+                             Json::array({StaticCluster("app", {up.port()})})),
+                         *ctx);
+  REQUIRE(p->error.empty());
+  const std::string port = std::to_string(p->Port());
+  auto curl = [&](const std::string& host, const std::string& flags, const std::string& paths) {
+    std::string urls;
+    for (const char* path = paths.c_str(); *path;) {
+      const char* end = std::strchr(path, ' ');
+      std::string one = end ? std::string(path, end) : std::string(path);
+      urls += " https://" + host + ":" + port + one;
+      path = end ? end + 1 : path + one.size();
+    }
+    return Sh("curl -sSv --max-time 5 --cacert " + certs.Path("ca.pem") + " --resolve " + host +
+              ":" + port + ":127.0.0.1 " + flags + urls);
+  };
+
+  // ALPN h2: HTTP/2 over TLS, two requests on one connection.
+  std::string h2 = curl("a.example.com", "--http2", "/x /y");
+  INFO(h2);
+  CHECK(h2.find("ALPN: server accepted h2") != std::string::npos);
+  CHECK(Count(h2, "< HTTP/2 200") == 2);
+  CHECK(Count(h2, "Connected to") == 1);
+  CHECK(h2.find("subject: CN=a.example.com") != std::string::npos);
+  CHECK(h2.find("GET /y HTTP/1.1") != std::string::npos);
+
+  // ALPN http/1.1: the HTTP/1.1 Session over the same TLS transport; SNI picks b's.
+  std::string h1 = curl("b.example.com", "--http1.1", "/z");
+  INFO(h1);
+  CHECK(h1.find("ALPN: server accepted http/1.1") != std::string::npos);
+  CHECK(h1.find("< HTTP/1.1 200") != std::string::npos);
+  CHECK(h1.find("subject: CN=b.example.com") != std::string::npos);
+  CHECK(h1.find("x-forwarded-proto") != std::string::npos);
+
+  // A larger body both ways over TLS and HTTP/2 (many records, flow control).
+  std::string big = Sh("head -c 300000 /dev/urandom | base64 -w0 > " + certs.Path("big.txt") +
+                       " && curl -sS --http2 --max-time 10 --cacert " + certs.Path("ca.pem") +
+                       " --resolve a.example.com:" + port + ":127.0.0.1 --data-binary @" +
+                       certs.Path("big.txt") + " -o /dev/null -w '%{http_code} %{size_upload}' " +
+                       "https://a.example.com:" + port + "/big");
+  INFO(big);
+  CHECK(big.find("200 400000") != std::string::npos);
+
+  // An unknown SNI fails the handshake (and is counted).
+  const uint64_t before = p->proxy->stats().tls_handshake_errors.load();
+  int st = 0;
+  std::string unknown =
+      Sh("curl -sS --max-time 5 --cacert " + certs.Path("ca.pem") +
+             " --resolve c.example.com:" + port + ":127.0.0.1 https://c.example.com:" + port + "/",
+         &st);
+  INFO(unknown);
+  CHECK(st == 35);
+  CHECK(WaitFor([&] { return p->proxy->stats().tls_handshake_errors.load() == before + 1; }));
+  CHECK(up.count() == 4);
+
+  // The access log: the protocol per request and the SNI.
+  auto lines = p->LogLines(4);
+  REQUIRE(lines.size() >= 4);
+  CHECK(lines[0].find("\"GET /x HTTP/2\" 200") != std::string::npos);
+  CHECK(lines[0].find(" a.example.com ") != std::string::npos);
+  CHECK(lines[2].find("\"GET /z HTTP/1.1\" 200") != std::string::npos);
+  CHECK(lines[2].find(" b.example.com ") != std::string::npos);
 }
