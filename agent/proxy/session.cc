@@ -370,7 +370,8 @@ void Session::ChooseChain(bool open, bool timed_out) {
     Close();
     return;
   }
-  if (!chain->fail_closed.empty()) {
+  if (!chain->fail_closed.empty() || (chain->tls && !chain->is_http)) {
+    // (TLS is terminated for HTTP chains only: a tcp_proxy chain with TLS fails closed.)
     // A chain Sluice cannot serve (TLS termination): closed, never passed through.
     w->stats().cx_fail_closed.fetch_add(1, std::memory_order_relaxed);
     termination = "sluice_tls_termination_unsupported";

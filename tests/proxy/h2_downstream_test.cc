@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -77,9 +78,10 @@ std::string Url(uint16_t port, const std::string& path) {
   return "http://127.0.0.1:" + std::to_string(port) + path;
 }
 
-// An HTTP/1.1 upstream whose every answer is chunked with trailers (as a gRPC server's
-// reply would be over HTTP/1.1): "hello " "world", then grpc-status and grpc-message.
-// With path /trailers-only the answer has no body: 200, content-length 0.
+// An HTTP/1.1 upstream whose answers are chunked with trailers (as a gRPC server's reply
+// would be over HTTP/1.1): "hello " "world", then grpc-status and grpc-message. By path:
+// /trailers-only: no body (200, content-length 0); /big: 2 MiB; /partial: 10 of 1000
+// body bytes, then the connection closes.
 class TrailerUpstream {
  public:
   TrailerUpstream() {
@@ -89,33 +91,8 @@ class TrailerUpstream {
         int c = accept(fd_, nullptr, nullptr);
         if (c < 0)
           return;
-        std::string in;
-        char buf[4096];
-        while (true) {
-          std::size_t end = in.find("\r\n\r\n");
-          if (end != std::string::npos) {
-            std::string head = in.substr(0, end);
-            in.erase(0, end + 4);
-            std::string out;
-            if (head.find(" /trailers-only") != std::string::npos) {
-              out =
-                  "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 7\r\n"
-                  "content-length: 0\r\n\r\n";
-            } else {
-              out =
-                  "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
-                  "transfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n"
-                  "grpc-status: 0\r\ngrpc-message: all good\r\n\r\n";
-            }
-            send(c, out.data(), out.size(), MSG_NOSIGNAL);
-            continue;
-          }
-          ssize_t n = recv(c, buf, sizeof(buf), 0);
-          if (n <= 0)
-            break;
-          in.append(buf, static_cast<std::size_t>(n));
-        }
-        close(c);
+        std::lock_guard lock(mu_);
+        conns_.emplace_back([c] { Serve(c); });
       }
     });
   }
@@ -124,14 +101,58 @@ class TrailerUpstream {
     shutdown(fd_, SHUT_RDWR);
     close(fd_);
     thread_.join();
+    std::lock_guard lock(mu_);
+    for (auto& t : conns_)
+      t.join();
   }
   uint16_t port() const { return port_; }
 
  private:
+  static void Serve(int c) {
+    std::string in;
+    char buf[4096];
+    while (true) {
+      std::size_t end = in.find("\r\n\r\n");
+      if (end != std::string::npos) {
+        std::string head = in.substr(0, end);
+        in.erase(0, end + 4);
+        std::string out;
+        if (head.find(" /partial") != std::string::npos) {
+          // Half a body, then the connection ends: the stream must not look complete.
+          out = "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789";
+          send(c, out.data(), out.size(), MSG_NOSIGNAL);
+          break;
+        }
+        if (head.find(" /big") != std::string::npos) {
+          // 2 MiB: many windows' worth for a client that reads as it goes.
+          out = "HTTP/1.1 200 OK\r\ncontent-length: 2097152\r\n\r\n" + std::string(2097152, 'x');
+        } else if (head.find(" /trailers-only") != std::string::npos) {
+          out =
+              "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ngrpc-status: 7\r\n"
+              "content-length: 0\r\n\r\n";
+        } else {
+          out =
+              "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\n"
+              "transfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n"
+              "grpc-status: 0\r\ngrpc-message: all good\r\n\r\n";
+        }
+        send(c, out.data(), out.size(), MSG_NOSIGNAL);
+        continue;
+      }
+      ssize_t n = recv(c, buf, sizeof(buf), 0);
+      if (n <= 0)
+        break;
+      in.append(buf, static_cast<std::size_t>(n));
+    }
+    close(c);
+  }
+
   int fd_ = -1;
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
   std::thread thread_;
+  std::mutex mu_;
+  std::vector<std::thread> conns_;
 };
 
 // An HTTP/2 client over a blocking loopback socket, on h2_session's client role.
@@ -451,7 +472,7 @@ TEST_CASE("h2c: a client's RST_STREAM mid-request aborts only that stream", "[pr
   CHECK(up.count() == 2);
 }
 
-TEST_CASE("h2c: codec_type HTTP1 refuses the preface; AUTO serves HTTP/1.1 and h2c on one port",
+TEST_CASE("h2c: codec_type HTTP1 refuses the preface, AUTO serves HTTP/1.1 and h2c on one port",
           "[proxy][h2][codec]") {
   TestUpstream up({.name = "app"});
   Json routes = Json::array({Route("/", {{"cluster", "app"}})});
@@ -561,4 +582,27 @@ TEST_CASE("tls: HTTP/2 and HTTP/1.1 by ALPN, the certificate by SNI, unknown SNI
   CHECK(lines[0].find(" a.example.com ") != std::string::npos);
   CHECK(lines[2].find("\"GET /z HTTP/1.1\" 200") != std::string::npos);
   CHECK(lines[2].find(" b.example.com ") != std::string::npos);
+}
+
+TEST_CASE("h2c: a large response under flow control, and an upstream reset mid-body",
+          "[proxy][h2][flow]") {
+  TrailerUpstream up;
+  auto p = StartProxy(Doc(Json::array({Route("/", {{"cluster", "raw"}})}),
+                          Json::array({StaticCluster("raw", {up.port()})})));
+  REQUIRE(p->error.empty());
+  H2Client c(p->Port());
+  const int32_t big = c.Get("/big");
+  const int32_t partial = c.Get("/partial");
+  const int32_t small = c.Get("/small");
+  REQUIRE(c.RunUntil(
+      [&] { return c.streams[big].closed && c.streams[partial].closed && c.streams[small].closed; },
+      10000));
+  CHECK(c.streams[big].status == 200);
+  CHECK(c.streams[big].body.size() == 2097152);
+  CHECK(c.streams[big].close_code == h2::kNoError);
+  CHECK(c.streams[small].trailers.size() == 2);
+  // The head went out, the body did not complete: reset with INTERNAL_ERROR, as Envoy.
+  CHECK(c.streams[partial].status == 200);
+  CHECK(c.streams[partial].body == "0123456789");
+  CHECK(c.streams[partial].close_code == h2::kInternalError);
 }
