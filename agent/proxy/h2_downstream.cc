@@ -326,6 +326,7 @@ void H2Downstream::OnData(int32_t id, std::string_view data, bool end_stream) {
   }
   if (end_stream)
     st.req_ended = true;
+  s->last_io_ms = w->now();  // the request's stream_idle_timeout restarts, as for a read
   // In the Session's buffer: the client's windows open by as much (its body limits
   // answer a body too large, 413).
   h2_->Consume(id, data.size());

@@ -606,3 +606,19 @@ TEST_CASE("h2c: a large response under flow control, and an upstream reset mid-b
   CHECK(c.streams[partial].body == "0123456789");
   CHECK(c.streams[partial].close_code == h2::kInternalError);
 }
+
+TEST_CASE("h2c: drain sends GOAWAY and lets the open stream finish", "[proxy][h2][drain]") {
+  TestUpstream up({.name = "app"});
+  auto p = StartProxy(Doc(Json::array({Route("/", {{"cluster", "app"}})}),
+                          Json::array({StaticCluster("app", {up.port()})})));
+  REQUIRE(p->error.empty());
+  H2Client c(p->Port());
+  const int32_t slow = c.Get("/slow", {{"x-delay-ms", "400"}});
+  c.RunUntil([] { return false; }, 100);
+  std::thread drain([&] { (void)p->proxy->Drain(); });
+  REQUIRE(c.RunUntil([&] { return c.streams[slow].closed; }, 5000));
+  drain.join();
+  CHECK(c.streams[slow].status == 200);
+  CHECK(c.streams[slow].close_code == h2::kNoError);
+  CHECK(c.session_().stats().goaways_received == 1);
+}
