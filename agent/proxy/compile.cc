@@ -1171,6 +1171,28 @@ Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, 
       if (h.has_stream_idle_timeout())
         out->http.stream_idle_timeout = ToMillis(h.stream_idle_timeout());
       out->http.upgrades = CompileUpgrades(h.upgrade_configs());
+      switch (h.codec_type()) {
+        case HCM::HTTP1:
+          out->http.codec = HttpSettings::Codec::kHttp1;
+          break;
+        case HCM::HTTP2:
+          out->http.codec = HttpSettings::Codec::kHttp2;
+          break;
+        case HCM::AUTO:
+          break;
+        default:
+          return Fail(where + ": http_connection_manager: codec_type " +
+                      HCM::CodecType_Name(h.codec_type()) + " is not served (AUTO, HTTP1, HTTP2)");
+      }
+      if (h.has_http2_protocol_options()) {
+        const auto& o = h.http2_protocol_options();
+        if (o.has_max_concurrent_streams())
+          out->http.h2_max_concurrent_streams = o.max_concurrent_streams().value();
+        if (o.has_initial_stream_window_size())
+          out->http.h2_initial_stream_window = o.initial_stream_window_size().value();
+        if (o.has_initial_connection_window_size())
+          out->http.h2_initial_connection_window = o.initial_connection_window_size().value();
+      }
       if (h.has_max_request_headers_kb())
         out->http.limits.max_head_bytes = h.max_request_headers_kb().value() * 1024;
       if (h.common_http_protocol_options().has_max_headers_count()) {

@@ -197,6 +197,8 @@ std::vector<NamedStat> NamedStats(const ProxyStats& s) {
       {"downstream_cx_fail_closed_total",
        "Connections closed by a filter chain Sluice cannot serve (TLS termination)", false,
        v(s.cx_fail_closed)},
+      {"ssl_handshake_error_total", "Downstream TLS handshakes that failed", false,
+       v(s.tls_handshake_errors)},
       {"downstream_rq_header_timeout_total", "Requests whose head came too slowly (408)", false,
        v(s.rq_header_timeout)},
       {"downstream_rq_timeout_total", "Requests not received within request_timeout (408)", false,

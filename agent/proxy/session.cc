@@ -145,6 +145,21 @@ Session* SessionPool::NewSession() {
   return s;
 }
 
+H2Downstream* SessionPool::NewH2() {
+  if (free_h2_.empty()) {
+    all_h2_.push_back(std::make_unique<H2Downstream>());
+    H2Downstream* h = all_h2_.back().get();
+    h->w = &ctx_;
+    h->io_owner = ctx_.io_owner();
+    h->timer = Timer{h, 0};
+    free_h2_.push_back(h);
+  }
+  H2Downstream* h = free_h2_.back();
+  free_h2_.pop_back();
+  ++h->gen;
+  return h;
+}
+
 void SessionPool::ReleaseSession(Session* s) {
   assert(!s->counted_request && !s->retry_counted && !s->up);
   ++s->gen;
@@ -213,6 +228,46 @@ void Session::Open(int cfd, int listen_fd, const sockaddr_storage& accepted_peer
   // look idle since before it came (the idle sweep would close it unread).
   conn_start_ms = NowMs();
   last_active_ms = conn_start_ms;
+  ResetConnectionState();
+  // Edge-triggered with every event registered once: no epoll_ctl per request.
+  events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+  w->loop().Add(fd, events, this, EventLoop::Kind::kStream);
+  phase = Phase::kSniff;
+  ChooseChain(/*open=*/true, /*timed_out=*/false);
+}
+
+void Session::OpenStream(H2Downstream& h, int32_t stream) {
+  fd = -1;
+  snap = h.snap;
+  lc = h.lc;
+  chain = h.chain;
+  lcount.reset();
+  sni = h.sni;
+  in.Clear();
+  out.Clear();
+  std::memcpy(peer, h.peer, sizeof(peer));
+  std::memcpy(peer_ip, h.peer_ip, sizeof(peer_ip));
+  std::memcpy(local, h.local, sizeof(local));
+  source_hash = h.source_hash;
+  orig_dst = h.orig_dst;
+  has_orig_dst = h.has_orig_dst;
+  local_ss = h.local_ss;
+  peer_ss = h.peer_ss;
+  facts = h.facts;
+  termination = "-";
+  conn_start_ms = h.conn_start_ms;
+  last_active_ms = w->now();
+  ResetConnectionState();
+  h2conn = &h;
+  h2_stream = stream;
+  downstream_h2 = true;
+  proto_decided = true;
+  close_after = true;  // one request per stream
+  events = 0;
+  phase = Phase::kHead;
+}
+
+void Session::ResetConnectionState() {
   bytes_rx = bytes_tx = 0;
   flags = 0;
   status = 0;
@@ -236,11 +291,11 @@ void Session::Open(int cfd, int listen_fd, const sockaddr_storage& accepted_peer
   response_sent = false;
   strip_h2c = false;
   waiting_memory = false;
-  // Edge-triggered with every event registered once: no epoll_ctl per request.
-  events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
-  w->loop().Add(fd, events, this, EventLoop::Kind::kStream);
-  phase = Phase::kSniff;
-  ChooseChain(/*open=*/true, /*timed_out=*/false);
+  downstream_h2 = false;
+  h2conn = nullptr;
+  h2_stream = 0;
+  tls.reset();
+  proto_decided = false;
 }
 
 void Session::ChooseChain(bool open, bool timed_out) {
@@ -315,7 +370,8 @@ void Session::ChooseChain(bool open, bool timed_out) {
     Close();
     return;
   }
-  if (!chain->fail_closed.empty()) {
+  if (!chain->fail_closed.empty() || (chain->tls && !chain->is_http)) {
+    // (TLS is terminated for HTTP chains only: a tcp_proxy chain with TLS fails closed.)
     // A chain Sluice cannot serve (TLS termination): closed, never passed through.
     w->stats().cx_fail_closed.fetch_add(1, std::memory_order_relaxed);
     termination = "sluice_tls_termination_unsupported";
@@ -332,6 +388,20 @@ void Session::ChooseChain(bool open, bool timed_out) {
   }
   if (chain->is_http) {
     phase = Phase::kHead;
+    if (chain->tls) {
+      // TLS termination: what was read (the ClientHello) starts the handshake; `in`
+      // holds plaintext from now on.
+      tls = std::make_unique<TlsTransport>(chain->tls);
+      const bool ok = tls->Feed(w->loop(), fd, in.Data());
+      in.Clear();
+      if (!ok) {
+        TlsFailed();
+        return;
+      }
+      if (!open)
+        Close();
+      return;
+    }
     if (!open && in.empty())
       Close();
     else if (!in.empty())
@@ -348,6 +418,10 @@ void Session::ChooseChain(bool open, bool timed_out) {
 
 bool Session::ReadInto(Buffer& b) {
   // Returns false on EOF or error.
+  if (h2conn) {
+    read_ready = false;  // a stream's bytes are written into `in` by its connection
+    return true;
+  }
   // A request being received is read up to the worker's per-connection floor; a body
   // beyond it only under a reservation (MemoryBudget::Reserve).
   const bool floored = &b == &in && (phase == Phase::kHead || phase == Phase::kBody);
@@ -381,7 +455,7 @@ bool Session::ReadInto(Buffer& b) {
       http::MoveViews(&req, before.data(), before.size(), b.Data().data());
     }
     const std::size_t want = std::min(avail, room);
-    ssize_t n = w->loop().Recv(fd, p, want);
+    ssize_t n = tls ? tls->Recv(w->loop(), fd, p, want) : w->loop().Recv(fd, p, want);
     if (n > 0) {
       b.Commit(static_cast<std::size_t>(n));
       last_io_ms = w->now();
@@ -419,7 +493,7 @@ void Session::OnEvent(uint32_t ev) {
   }
   if (ev & (EPOLLRDHUP | EPOLLHUP))
     peer_hup = true;
-  if ((ev & EPOLLOUT) && !out.empty()) {
+  if ((ev & EPOLLOUT) && (!out.empty() || (tls && tls->wire_pending()))) {
     TryWrite();
     if (g != gen)
       return;
@@ -755,12 +829,16 @@ void Session::ServeRequests(bool read_first) {
   bool read = read_first;
   while (true) {
     if (read && !ReadInto(in)) {
-      if (phase == Phase::kHead && in.empty())
+      if (tls && tls->failed())
+        TlsFailed();
+      else if (phase == Phase::kHead && in.empty())
         Close();
       else
         Abort(kFlagDC);
       return;
     }
+    if (!proto_decided && !DecideProtocol())
+      return;  // waiting for the handshake or the preface, or served as HTTP/2 now
     Process();
     // The socket may hold more than was read (a read stops at the connection's floor or
     // its 1 MiB): edge-triggered, nothing will say so again, so read on.
@@ -769,6 +847,51 @@ void Session::ServeRequests(bool read_first) {
       return;
     read = true;
   }
+}
+
+bool Session::DecideProtocol() {
+  if (tls && !tls->handshake_done())
+    return false;
+  if (tls && sni.empty())
+    sni = tls->conn().sni();
+  bool h2 = false;
+  switch (chain->http.codec) {
+    case HttpSettings::Codec::kHttp1:
+      break;
+    case HttpSettings::Codec::kHttp2:
+      h2 = true;
+      break;
+    case HttpSettings::Codec::kAuto:
+      if (tls && !tls->conn().alpn().empty()) {
+        h2 = tls->conn().alpn() == "h2";
+      } else {
+        // h2c with prior knowledge (or no ALPN over TLS): the client's preface says.
+        const h2::PrefaceMatch m = h2::LooksLikeH2Preface(in.Data());
+        if (m == h2::PrefaceMatch::kNeedMore)
+          return false;
+        h2 = m == h2::PrefaceMatch::kYes;
+      }
+      break;
+  }
+  proto_decided = true;
+  if (!h2)
+    return true;
+  // The connection becomes an H2Downstream: it takes the socket, the TLS transport, the
+  // listener's count and the bytes read; this session ends without a request to log.
+  H2Downstream* h = w->sessions().NewH2();
+  h->Open(*this);
+  fd = -1;
+  Close();
+  h->Start();
+  return false;
+}
+
+void Session::TlsFailed() {
+  w->stats().tls_handshake_errors.fetch_add(1, std::memory_order_relaxed);
+  termination = tls && tls->conn().failure() != tls::Failure::kNone
+                    ? tls::FailureName(tls->conn().failure())
+                    : "ssl.connection_error";
+  Close();
 }
 
 void Session::RefreshConfig() {
@@ -825,6 +948,7 @@ void Session::StopWaiting() {
 void Session::Close() {
   if (phase == Phase::kClosed)
     return;
+  const bool aborted = request_active;
   StopWaiting();
   phase = Phase::kClosed;
   DropUpstream(false);
@@ -841,7 +965,13 @@ void Session::Close() {
   w->Cancel(try_timer);
   w->Cancel(wait_timer);
   w->Cancel(stream_timer);
+  if (H2Downstream* h = h2conn) {
+    h2conn = nullptr;
+    h->StreamSessionClosed(this, aborted);
+  }
   if (fd >= 0) {
+    if (tls)
+      tls->Shutdown(w->loop(), fd);  // close_notify
     w->loop().Close(fd);
     fd = -1;
     w->stats().active_cx.fetch_sub(1, std::memory_order_relaxed);
@@ -854,13 +984,19 @@ void Session::Close() {
   accounted = 0;
   w->budget().Unreserve(this);
   waiting_memory = false;
+  tls.reset();
   w->sessions().ReleaseSession(this);
 }
 
 void Session::TryWrite() {
   if (response_started && !out.empty())
     response_sent = true;
-  if (w->loop().Send(fd, out) != 0) {
+  if (h2conn) {
+    if (!h2conn->TakeOutput(this)) {
+      Abort(kFlagDC);
+      return;
+    }
+  } else if ((tls ? tls->Send(w->loop(), fd, out) : w->loop().Send(fd, out)) != 0) {
     Abort(kFlagDC);
     return;
   }

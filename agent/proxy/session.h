@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "access_log.h"
+#include "h2_downstream.h"
 #include "memory_budget.h"
 #include "sluice/proxy/buffer.h"
 #include "sluice/proxy/config.h"
@@ -36,6 +37,7 @@
 #include "sluice/proxy/lb.h"
 #include "snapshot.h"
 #include "timer_heap.h"
+#include "tls_transport.h"
 #include "upstream_conn.h"
 #include "worker_context.h"
 
@@ -111,6 +113,14 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   // The request came on an HTTP/2 stream (the downstream's protocol, for the access log
   // and for clusters that use the downstream protocol upstream).
   bool downstream_h2 = false;
+  // A stream transport: the request is HTTP/2 stream h2_stream of h2conn, which writes
+  // it into `in` as HTTP/1.1 and takes the response from `out` (TryWrite); fd is -1.
+  H2Downstream* h2conn = nullptr;
+  int32_t h2_stream = 0;
+  // The chain terminates TLS: the socket's bytes go through it (tls_transport.h).
+  std::unique_ptr<TlsTransport> tls;
+  // HTTP/1.1 or HTTP/2 is decided (DecideProtocol).
+  bool proto_decided = false;
   // The socket is edge-triggered: set when an edge was taken without reading the
   // socket dry (a request was in flight, or a buffer limit stopped the read).
   bool read_ready = false;
@@ -156,6 +166,9 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   void Open(int cfd, int listen_fd, const sockaddr_storage& peer_addr,
             std::shared_ptr<const Snapshot> s, const ListenerConfig* l,
             std::shared_ptr<ListenerCount> count);
+  // A Session serving one HTTP/2 stream of h (no socket of its own): the connection's
+  // listener, chain, snapshot, addresses and facts; one request, then it closes.
+  void OpenStream(H2Downstream& h, int32_t stream);
   void OnEvent(uint32_t ev) override;
   void OnTimer(int kind) override;
   void OnUpConnected(UpstreamConn* u) override;
@@ -172,6 +185,14 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
 
  private:
   bool ReadInto(Buffer& b);
+  // The state a connection starts with (Open, OpenStream).
+  void ResetConnectionState();
+  // HTTP/1.1 here, or HTTP/2 on an H2Downstream that takes the connection over (codec
+  // type, ALPN after TLS, the preface): true to go on as HTTP/1.1; false while waiting
+  // for the TLS handshake or the preface's bytes, or when handed over (gen changed).
+  bool DecideProtocol();
+  // A TLS chain's handshake failed or its connection broke: counted, closed.
+  void TlsFailed();
   // Reads (first, when read_first) and handles requests for as long as the connection
   // has more of them.
   void ServeRequests(bool read_first);
@@ -242,6 +263,7 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   void ArmStreamTimer();
   void OnStreamTimer();
   friend class Worker;
+  friend class H2Downstream;
   friend class MemoryBudget;
   friend class ShadowWriter;
 };
@@ -257,11 +279,20 @@ class SessionPool {
   // A released session may still have events in the current batch: it is reused only
   // after the batch (EndBatch).
   void ReleaseSession(Session* s);
-  bool has_deferred() const { return !deferred_.empty(); }
+  bool has_deferred() const { return !deferred_.empty() || !deferred_h2_.empty(); }
   void EndBatch() {
     free_sessions_.insert(free_sessions_.end(), deferred_.begin(), deferred_.end());
     deferred_.clear();
+    free_h2_.insert(free_h2_.end(), deferred_h2_.begin(), deferred_h2_.end());
+    deferred_h2_.clear();
   }
+  // HTTP/2 downstream connections, pooled the same way.
+  H2Downstream* NewH2();
+  void ReleaseH2(H2Downstream* h) {
+    ++h->gen;
+    deferred_h2_.push_back(h);
+  }
+  const std::vector<std::unique_ptr<H2Downstream>>& all_h2() const { return all_h2_; }
   const std::vector<std::unique_ptr<Session>>& all() const { return all_sessions_; }
   // Shutdown: closes every socket (after the event loop is gone).
   void CloseAll() {
@@ -271,6 +302,8 @@ class SessionPool {
         s->fd = -1;
       }
     }
+    for (auto& h : all_h2_)
+      h->CloseSocket(nullptr);
   }
 
  private:
@@ -278,6 +311,8 @@ class SessionPool {
   std::vector<std::unique_ptr<Session>> all_sessions_;
   std::vector<Session*> free_sessions_;
   std::vector<Session*> deferred_;
+  std::vector<std::unique_ptr<H2Downstream>> all_h2_;
+  std::vector<H2Downstream*> free_h2_, deferred_h2_;
 };
 
 // Copies a NUL-terminated string into a fixed array, truncating.

@@ -175,6 +175,8 @@ void Worker::SweepIdle() {
       s->Close();
     }
   }
+  for (std::size_t i = 0; i < sessions_.all_h2().size(); ++i)
+    sessions_.all_h2()[i]->Sweep(draining);
 }
 
 void Worker::RunTimers() {
@@ -291,6 +293,8 @@ void Worker::Detach() {
       s->fd = -1;
     }
   }
+  for (auto& h : sessions_.all_h2())
+    h->CloseSocket(ctx_.loop_);
   upstreams_.CloseAll(ctx_.loop_);
   FlushLog();
   ctx_.snap_.reset();

@@ -459,6 +459,16 @@ struct HttpSettings {
   // upgrade_configs: the Upgrade types let through (a route may override per type);
   // any other Upgrade request is answered 403, as Envoy does.
   std::vector<UpgradeConfig> upgrades;
+  // codec_type: AUTO serves HTTP/1.1 and HTTP/2 (h2c by its preface, or ALPN h2 after
+  // TLS); HTTP1 never HTTP/2 (the preface is a 400); HTTP2 only HTTP/2.
+  enum class Codec : uint8_t { kAuto, kHttp1, kHttp2 };
+  Codec codec = Codec::kAuto;
+  // http2_protocol_options (0: unset, h2::Options' default: 100 streams, 64 KiB per
+  // stream, 1 MiB per connection; Envoy's own defaults are 2^31-1 and 256 MiB, which let
+  // one client park that much in the proxy).
+  uint32_t h2_max_concurrent_streams = 0;
+  uint32_t h2_initial_stream_window = 0;
+  uint32_t h2_initial_connection_window = 0;
   // The routes' virtual host is found with ":port" stripped.
   bool StripPort() const { return strip_any_host_port || (routes && routes->ignore_port); }
 };
