@@ -19,6 +19,7 @@
 
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
+#include "harness.h"
 #include "sluice/config/snapshot.h"
 #include "sluice/istio/loader.h"
 #include "sluice/istio/local_control_plane.h"
@@ -485,4 +486,42 @@ spec:
     REQUIRE(fc);
     CHECK(HandshakeCn(fc->tls, host) == host);
   }
+}
+
+TEST_CASE("require_tls: a plaintext request gets 301 to https with the same host and path",
+          "[proxy][tls]") {
+  namespace t = sluice::testing;
+  t::Json routes =
+      t::Json::array({{{"match", {{"prefix", "/"}}}, {"direct_response", {{"status", 200}}}}});
+  t::Json all = t::RouteConfig("r", routes,
+                               t::Json::array({"secure.example.com", "secure.example.com:8080"}));
+  all["virtual_hosts"][0]["require_tls"] = "ALL";
+  t::Json external = {{"name", "ext"},
+                      {"domains", {"ext.example.com"}},
+                      {"require_tls", "EXTERNAL_ONLY"},
+                      {"routes", routes}};
+  t::Json open = {{"name", "open"}, {"domains", {"*"}}, {"routes", routes}};
+  all["virtual_hosts"].push_back(external);
+  all["virtual_hosts"].push_back(open);
+  t::Json doc = {{"listeners", {t::HttpListener("http", all)}}};
+  auto p = t::StartProxy(doc);
+  REQUIRE(p->error == "");
+  const uint16_t port = p->Port();
+
+  t::Resp r = t::Get(port, "secure.example.com", "/a/b?x=1");
+  CHECK(r.status == 301);
+  CHECK(r.Header("location") == "https://secure.example.com/a/b?x=1");
+  r = t::Get(port, "secure.example.com:8080", "/");
+  CHECK(r.status == 301);
+  CHECK(r.Header("location") == "https://secure.example.com:8080/");
+  // EXTERNAL_ONLY: an internal request (x-envoy-internal: true) is served as it is.
+  r = t::Get(port, "ext.example.com", "/p");
+  CHECK(r.status == 301);
+  CHECK(r.Header("location") == "https://ext.example.com/p");
+  r = t::SendRaw(port,
+                 "GET /p HTTP/1.1\r\nHost: ext.example.com\r\nx-envoy-internal: true\r\n\r\n");
+  CHECK(r.status == 200);
+  // A virtual host without the requirement is untouched.
+  r = t::Get(port, "other.example.com", "/p");
+  CHECK(r.status == 200);
 }
