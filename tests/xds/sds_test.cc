@@ -1,14 +1,20 @@
 // SDS over ADS (issue 18): the agent's client asks for the secrets its listeners name, by
 // name, and Sluice's server answers with exactly those, over real gRPC streams on loopback,
-// in both protocols (SotW and Delta). A secret change, and a listener that names another
-// secret, reach the store.
+// in both protocols (SotW and Delta), in plaintext and as Kubernetes mode meets istiod
+// (TLS on 15012 with a bearer token: the agent reads Secrets only through istiod's SDS). A
+// secret change, and a listener that names another secret, reach the store.
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <thread>
 
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "fixtures.h"
+#include "istiod_cert.h"
 #include "sluice/config/store.h"
 #include "sluice/xds/ads_client.h"
 #include "sluice/xds/ads_server.h"
@@ -115,10 +121,25 @@ std::string CertOf(const config::SnapshotPtr& s, const std::string& name) {
 TEST_CASE("SDS: the client asks for the secrets its listeners name and receives exactly those",
           "[xds][sds]") {
   const auto protocol = GENERATE(sx::XdsProtocol::kSotw, sx::XdsProtocol::kDelta);
-  INFO((protocol == sx::XdsProtocol::kSotw ? "SotW" : "Delta"));
+  const bool istiod = GENERATE(false, true);
+  INFO((protocol == sx::XdsProtocol::kSotw ? "SotW" : "Delta") << (istiod ? ", TLS+token" : ""));
+  char tmpl[] = "/tmp/sluice-sds-test-XXXXXX";
+  REQUIRE(mkdtemp(tmpl) != nullptr);
+  const std::filesystem::path dir(tmpl);
+  struct Cleanup {
+    std::filesystem::path d;
+    ~Cleanup() { std::filesystem::remove_all(d); }
+  } cleanup{dir};
   ControlPlane cp(Set("kubernetes://a-cred", "CERT a"));
   sx::AdsServerOptions so;
   so.address = "127.0.0.1:0";
+  if (istiod) {  // istiod's 15012: TLS, and the agent's bearer token
+    REQUIRE(sluice::testing::MakeIstiodCert(dir.string()));
+    std::ofstream(dir / "token") << "s3cr3t-jwt\n";
+    so.cert_file = (dir / "cert.pem").string();
+    so.key_file = (dir / "key.pem").string();
+    so.required_token = "s3cr3t-jwt";
+  }
   auto port = cp.server.Start(so);
   REQUIRE(port);
 
@@ -132,6 +153,12 @@ TEST_CASE("SDS: the client asks for the secrets its listeners name and receives 
   o.node = sx::BuildNode(id);
   o.backoff = {.initial = 20ms, .max = 200ms, .multiplier = 2.0, .jitter = 0.2};
   o.protocol = protocol;
+  if (istiod) {
+    o.tls = true;
+    o.ca_file = (dir / "cert.pem").string();
+    o.tls_server_name = "istiod.istio-system.svc";
+    o.token_file = (dir / "token").string();
+  }
   sx::AdsClient client(o, store);
   REQUIRE(client.Start());
 
