@@ -42,6 +42,7 @@ void Merge(Config& into, const LoadResult& file) {
   Append(into.telemetries, c.telemetries);
   Append(into.sidecars, c.sidecars);
   Append(into.authorization_policies, c.authorization_policies);
+  Append(into.secrets, c.secrets);
   if (c.mesh_set) {
     into.mesh = c.mesh;
     into.mesh_set = true;
