@@ -29,7 +29,6 @@
 namespace agent = sluice::agent;
 namespace config = sluice::config;
 namespace l7wire = sluice::agent::l7wire;
-namespace xds = sluice::xds;
 using nlohmann::json;
 
 namespace {
@@ -253,7 +252,7 @@ TEST_CASE("SDS secrets travel on the wire, whole and as deltas, and /config_dump
     return s;
   };
   const config::Snapshot s1 = Mesh();
-  xds::ResourceSet rs = s1.ToResourceSet();
+  sluice::xds::ResourceSet rs = s1.ToResourceSet();
   rs.Add(secret("kubernetes://a", "CERT a"));
   auto ca = secret("kubernetes://a-cacert", "");
   ca.clear_tls_certificate();
@@ -265,7 +264,8 @@ TEST_CASE("SDS secrets travel on the wire, whole and as deltas, and /config_dump
   CHECK(whole->secrets.at("kubernetes://a").tls_certificate().private_key().inline_bytes() ==
         "PRIVATE KEY BYTES");
 
-  const config::Snapshot s2 = config::Snapshot::FromResourceSet(rs);
+  config::Snapshot s2 = config::Snapshot::FromResourceSet(rs);
+  config::AdoptUnchanged(s1, s2);  // unchanged resources keep s1's objects, as the store does
   json meta = json::object();
   std::string blob = l7wire::EncodeDelta(s1, s2, &meta);
   auto edit = l7wire::DecodeDelta(meta, blob);
@@ -273,7 +273,7 @@ TEST_CASE("SDS secrets travel on the wire, whole and as deltas, and /config_dump
   CHECK(edit->secrets.size() == 2);
   CHECK(edit->listeners.empty());
   // A rotated certificate and a removed CA.
-  xds::ResourceSet rotated = rs;
+  sluice::xds::ResourceSet rotated = rs;
   rotated.Add(secret("kubernetes://a", "CERT a2"));
   rotated.secrets.erase("kubernetes://a-cacert");
   config::Snapshot s3 = config::Snapshot::FromResourceSet(rotated);
