@@ -36,6 +36,30 @@ std::string LabelValue(std::string_view v) {
   return out;
 }
 
+// Envoy's config dump redacts what is marked sensitive (MessageUtil::redact): a secret's
+// private key and password print as "[redacted]", certificates and CAs as they are.
+envoy::extensions::transport_sockets::tls::v3::Secret Redacted(
+    envoy::extensions::transport_sockets::tls::v3::Secret s) {
+  auto redact = [](envoy::config::core::v3::DataSource* d) {
+    if (d->has_inline_string())
+      d->set_inline_string("[redacted]");
+    else if (d->specifier_case() != envoy::config::core::v3::DataSource::SPECIFIER_NOT_SET)
+      d->set_inline_bytes("[redacted]");
+  };
+  if (s.has_tls_certificate()) {
+    redact(s.mutable_tls_certificate()->mutable_private_key());
+    if (s.tls_certificate().has_password())
+      redact(s.mutable_tls_certificate()->mutable_password());
+  }
+  if (s.has_session_ticket_keys()) {
+    for (auto& k : *s.mutable_session_ticket_keys()->mutable_keys())
+      redact(&k);
+  }
+  if (s.has_generic_secret())
+    redact(s.mutable_generic_secret()->mutable_secret());
+  return s;
+}
+
 }  // namespace
 
 std::string ProxyMetrics(const std::vector<PodProxyStatus>& pods) {
@@ -86,6 +110,7 @@ nlohmann::json DumpResources(const config::Snapshot& s) {
   j["endpoints"] = nlohmann::json::array();
   j["listeners"] = nlohmann::json::array();
   j["routes"] = nlohmann::json::array();
+  j["secrets"] = nlohmann::json::array();
   for (const auto& [n, c] : s.clusters)
     j["clusters"].push_back(ToJson(*c));
   for (const auto& [n, e] : s.endpoints)
@@ -94,6 +119,8 @@ nlohmann::json DumpResources(const config::Snapshot& s) {
     j["listeners"].push_back(ToJson(*l));
   for (const auto& [n, r] : s.routes)
     j["routes"].push_back(ToJson(*r));
+  for (const auto& [n, sec] : s.secrets)
+    j["secrets"].push_back(ToJson(Redacted(*sec)));
   return j;
 }
 

@@ -20,7 +20,8 @@ namespace sluice::agent {
 // labelled by pod: sluice_proxy_requests_total{namespace="default",pod="sleep-1"}.
 std::string ProxyMetrics(const std::vector<PodProxyStatus>& pods);
 
-// The Envoy resources of a snapshot, as /config_dump shows them.
+// The Envoy resources of a snapshot, as /config_dump shows them; SDS secrets without key
+// material (private keys and passwords "[redacted]", as Envoy's config dump).
 nlohmann::json DumpResources(const config::Snapshot& s);
 
 // "namespace=default&x=y" -> "default" for key "namespace".

@@ -153,6 +153,8 @@ std::string EncodeResources(const xds::ResourceSet& rs) {
     d.add_resources()->PackFrom(r);
   for (const auto& [n, r] : rs.routes)
     d.add_resources()->PackFrom(r);
+  for (const auto& [n, r] : rs.secrets)
+    d.add_resources()->PackFrom(r);
   return d.SerializeAsString();
 }
 
@@ -179,6 +181,10 @@ Result<xds::ResourceSet> DecodeResources(const std::string& blob) {
       envoy::config::route::v3::RouteConfiguration r;
       ok = any.UnpackTo(&r);
       rs.Add(std::move(r));
+    } else if (any.type_url() == xds::kSecretType) {
+      envoy::extensions::transport_sockets::tls::v3::Secret sec;
+      ok = any.UnpackTo(&sec);
+      rs.Add(std::move(sec));
     }
     if (!ok)
       return Fail("L7 wire: resource of type " + any.type_url() + " does not unpack");
@@ -234,7 +240,8 @@ std::string EncodeDelta(const config::Snapshot& before, const config::Snapshot& 
   nlohmann::json removed = {{"clusters", DeltaOf(before.clusters, after.clusters, &d)},
                             {"endpoints", DeltaOf(before.endpoints, after.endpoints, &d)},
                             {"listeners", DeltaOf(before.listeners, after.listeners, &d)},
-                            {"routes", DeltaOf(before.routes, after.routes, &d)}};
+                            {"routes", DeltaOf(before.routes, after.routes, &d)},
+                            {"secrets", DeltaOf(before.secrets, after.secrets, &d)}};
   (*meta)["base"] = before.generation;
   (*meta)["removed"] = std::move(removed);
   (*meta)["versions"] = after.versions;
@@ -263,7 +270,8 @@ std::string EncodeDelta(uint64_t base, const config::Snapshot& after, const conf
   nlohmann::json removed = {{"clusters", DeltaOf(after.clusters, diff.clusters, &d)},
                             {"endpoints", DeltaOf(after.endpoints, diff.endpoints, &d)},
                             {"listeners", DeltaOf(after.listeners, diff.listeners, &d)},
-                            {"routes", DeltaOf(after.routes, diff.routes, &d)}};
+                            {"routes", DeltaOf(after.routes, diff.routes, &d)},
+                            {"secrets", DeltaOf(after.secrets, diff.secrets, &d)}};
   (*meta)["base"] = base;
   (*meta)["removed"] = std::move(removed);
   (*meta)["versions"] = after.versions;
@@ -285,6 +293,8 @@ Result<config::SnapshotEdit> DecodeDelta(const nlohmann::json& meta, const std::
       r = Put(any, &e.listeners, &envoy::config::listener::v3::Listener::name);
     else if (any.type_url() == xds::kRouteType)
       r = Put(any, &e.routes, &envoy::config::route::v3::RouteConfiguration::name);
+    else if (any.type_url() == xds::kSecretType)
+      r = Put(any, &e.secrets, &envoy::extensions::transport_sockets::tls::v3::Secret::name);
     else
       r = Fail("L7 wire: a delta carries a resource of type " + any.type_url());
     SLUICE_RETURN_IF_ERROR(r);
@@ -294,6 +304,7 @@ Result<config::SnapshotEdit> DecodeDelta(const nlohmann::json& meta, const std::
   e.removed_endpoints = removed.value("endpoints", std::vector<std::string>{});
   e.removed_listeners = removed.value("listeners", std::vector<std::string>{});
   e.removed_routes = removed.value("routes", std::vector<std::string>{});
+  e.removed_secrets = removed.value("secrets", std::vector<std::string>{});
   e.versions = meta.value("versions", std::map<std::string, std::string>{});
   return e;
 }

@@ -188,7 +188,7 @@ Result<void> Cluster::Impl::ApplyIstio(const IstioObj& o, const Document& d) {
   for (char ch : o.kind)
     kind_lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   std::string group = o.api.substr(0, o.api.find('/'));
-  out << kind_lower << (o.kind == "ConfigMap" ? "" : "." + group) << "/" << o.name
+  out << kind_lower << (o.api == "v1" ? "" : "." + group) << "/" << o.name
       << (existed ? " configured" : " created") << "\n";
   return {};
 }

@@ -324,11 +324,12 @@ void DecodeDocument(const std::string& text, const std::string& file, int index,
       h.spec_hash = std::to_string(std::hash<std::string>{}(e.c_str()));
       d.object = ExternalHostObj{h};
     } else if (IsIstioApi(api) ||
-               (api == "v1" && kind == "ConfigMap" && ns == "istio-system" && name == "istio")) {
-      // The `istio` ConfigMap is the mesh config istiod reads: the control plane's too.
+               (api == "v1" && kind == "ConfigMap" && ns == "istio-system" && name == "istio") ||
+               (api == "v1" && kind == "Secret")) {
+      // The `istio` ConfigMap is the mesh config istiod reads: the control plane's too. A
+      // Secret may be a Gateway's credentialName: the control plane serves it over SDS.
       d.object = IstioObj{kind, ns, name, text, api};
-    } else if (api == "v1" &&
-               (kind == "ServiceAccount" || kind == "ConfigMap" || kind == "Secret")) {
+    } else if (api == "v1" && (kind == "ServiceAccount" || kind == "ConfigMap")) {
       d.object = IgnoredObj{kind, ns, name};
     } else {
       out.warnings.push_back(where + ": kind " + kind + " (apiVersion " + api +

@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 
 #include <cstring>
+#include <functional>
 #include <set>
 
 #include <google/protobuf/util/json_util.h>
@@ -32,12 +33,14 @@
 #include "matchers.h"
 #include "sluice/config/filters.h"
 #include "sluice/config/snapshot.h"
+#include "sluice/config/validate.h"
 #include "sluice/envoy/resource_set.h"
 #include "sluice/filterchain/envoy.h"
 #include "sluice/proxy/config.h"
 #include "sluice/proxy/dns.h"
 #include "sluice/proxy/istio_stats.h"
 #include "sluice/proxy/lb.h"
+#include "sluice/proxy/tls_server.h"
 
 namespace sluice::proxy {
 namespace {
@@ -660,6 +663,16 @@ Result<std::shared_ptr<RouteTable>> CompileRouteConfig(const route_v3::RouteConf
       vh.domains.push_back(d);
     if (vh.domains.empty())
       return Fail(vwhere + ": domains is empty");
+    switch (v.require_tls()) {
+      case route_v3::VirtualHost::ALL:
+        vh.require_tls = VirtualHost::TlsRequirement::kAll;
+        break;
+      case route_v3::VirtualHost::EXTERNAL_ONLY:
+        vh.require_tls = VirtualHost::TlsRequirement::kExternalOnly;
+        break;
+      default:
+        break;
+    }
     if (auto e = CompileHeaderOps(v.request_headers_to_add(), v.request_headers_to_remove(),
                                   &vh.request_headers, vwhere);
         !e) {
@@ -1107,27 +1120,286 @@ std::shared_ptr<RouteTable> RdsTable(ProxyConfig& cfg, const std::string& name) 
   return table;
 }
 
+// ---------------------------------------------------------------- downstream TLS
+//
+// A filter chain's DownstreamTlsContext (istiod's shape for a Gateway server with
+// tls.mode SIMPLE or MUTUAL and a credentialName) → tls::ServerConfig → ServerContext.
+// What Sluice does not honour fails the chain closed, naming the field: a TLS chain is
+// never served as plaintext, and a client-certificate requirement is never dropped.
+
+namespace tls_v3 = envoy::extensions::transport_sockets::tls::v3;
+
+// The SDS secrets a compile resolves names against (the snapshot's, or a ResourceSet's).
+using SecretFinder = std::function<const tls_v3::Secret*(const std::string&)>;
+
+std::string DataSourceBytes(const core_v3::DataSource& d) {
+  return d.has_inline_bytes() ? d.inline_bytes() : d.inline_string();
+}
+
+// Data sources the compile reads: the bytes themselves (config::ValidateSecret refuses
+// the others in secrets; inline contexts are checked here).
+std::string InlineOnly(const core_v3::DataSource& d, const std::string& field) {
+  if (d.specifier_case() == core_v3::DataSource::kInlineBytes ||
+      d.specifier_case() == core_v3::DataSource::kInlineString ||
+      d.specifier_case() == core_v3::DataSource::SPECIFIER_NOT_SET) {
+    return {};
+  }
+  return field + ": only inline_bytes and inline_string are served";
+}
+
+// The SDS config of a secret reference: only ADS (istiod's `ads {}`) brings secrets here.
+std::string AdsOnly(const tls_v3::SdsSecretConfig& sds, const std::string& field) {
+  if (sds.name().empty())
+    return field + ".name: empty";
+  if (sds.has_sds_config() && !sds.sds_config().has_ads())
+    return field + ".sds_config: only ads {} is served (secret " + sds.name() + ")";
+  return {};
+}
+
+// The fields of a validation context Sluice does not check: set, they fail the chain.
+std::string UnhonouredValidation(const tls_v3::CertificateValidationContext& v,
+                                 const std::string& field) {
+  if (v.match_subject_alt_names_size() > 0)
+    return field + ".match_subject_alt_names: client certificate SAN checks are not implemented";
+  if (v.match_typed_subject_alt_names_size() > 0) {
+    return field +
+           ".match_typed_subject_alt_names: client certificate SAN checks are not implemented";
+  }
+  if (v.verify_certificate_spki_size() > 0)
+    return field + ".verify_certificate_spki: not implemented";
+  if (v.verify_certificate_hash_size() > 0)
+    return field + ".verify_certificate_hash: not implemented";
+  if (v.has_crl())
+    return field + ".crl: certificate revocation lists are not implemented";
+  if (v.only_verify_leaf_cert_crl())
+    return field + ".only_verify_leaf_cert_crl: not implemented";
+  if (v.allow_expired_certificate())
+    return field + ".allow_expired_certificate: not implemented";
+  if (v.trust_chain_verification() != tls_v3::CertificateValidationContext::VERIFY_TRUST_CHAIN)
+    return field + ".trust_chain_verification: only VERIFY_TRUST_CHAIN is served";
+  if (v.has_custom_validator_config())
+    return field + ".custom_validator_config: not implemented";
+  if (v.has_max_verify_depth())
+    return field + ".max_verify_depth: not implemented";
+  if (v.has_watched_directory())
+    return field + ".watched_directory: not implemented";
+  if (v.has_system_root_certs())
+    return field + ".system_root_certs: not implemented";
+  if (v.has_ca_certificate_provider_instance())
+    return field + ".ca_certificate_provider_instance: not implemented";
+  if (auto why = InlineOnly(v.trusted_ca(), field + ".trusted_ca"); !why.empty())
+    return why;
+  return {};
+}
+
+int TlsVersion(tls_v3::TlsParameters::TlsProtocol p, int automatic) {
+  if (p == tls_v3::TlsParameters::TLS_AUTO)
+    return automatic;
+  return 0x0300 + static_cast<int>(p);  // TLSv1_0 = 1 → 0x0301 (TLS1_VERSION), ...
+}
+
+// The chain's TLS context, or why it cannot be served (*why set, nullptr returned).
+std::shared_ptr<const tls::ServerContext> CompileDownstreamTls(const listener_v3::FilterChain& fc,
+                                                               const SecretFinder& secrets,
+                                                               std::string* why) {
+  const auto& ts = fc.transport_socket();
+  tls_v3::DownstreamTlsContext ctx;
+  if (!ts.typed_config().Is<tls_v3::DownstreamTlsContext>() || !ts.typed_config().UnpackTo(&ctx)) {
+    *why = "transport_socket.typed_config: not a DownstreamTlsContext (" +
+           ts.typed_config().type_url() + ")";
+    return nullptr;
+  }
+  const std::string f = "transport_socket.typed_config";
+  auto fail = [&](std::string reason) {
+    *why = std::move(reason);
+    return nullptr;
+  };
+  // Fields of DownstreamTlsContext Sluice does not honour.
+  if (ctx.has_require_sni() && ctx.require_sni().value())
+    return fail(f + ".require_sni: not implemented");
+  if (ctx.has_session_ticket_keys() || ctx.has_session_ticket_keys_sds_secret_config())
+    return fail(f + ".session_ticket_keys: session ticket keys are not implemented");
+  if (ctx.disable_stateless_session_resumption())
+    return fail(f + ".disable_stateless_session_resumption: not implemented");
+  if (ctx.disable_stateful_session_resumption())
+    return fail(f + ".disable_stateful_session_resumption: not implemented");
+  if (ctx.has_session_timeout())
+    return fail(f + ".session_timeout: not implemented");
+  if (ctx.ocsp_staple_policy() != tls_v3::DownstreamTlsContext::LENIENT_STAPLING)
+    return fail(f + ".ocsp_staple_policy: OCSP stapling is not implemented");
+  if (ctx.full_scan_certs_on_sni_mismatch().value())
+    return fail(f + ".full_scan_certs_on_sni_mismatch: not implemented");
+
+  const auto& common = ctx.common_tls_context();
+  const std::string c = f + ".common_tls_context";
+  if (common.has_tls_certificate_provider_instance() ||
+      common.has_tls_certificate_certificate_provider_instance()) {
+    return fail(c + ".tls_certificate_provider_instance: not implemented");
+  }
+  if (common.has_custom_handshaker())
+    return fail(c + ".custom_handshaker: not implemented");
+  if (common.has_key_log())
+    return fail(c + ".key_log: not implemented");
+  if (common.has_validation_context_certificate_provider() ||
+      common.has_validation_context_certificate_provider_instance()) {
+    return fail(c + ".validation_context_certificate_provider: not implemented");
+  }
+
+  tls::ServerConfig sc;
+  // TLS parameters: versions; cipher suites, curves and signature algorithms are not
+  // configurable here (OpenSSL's defaults), so a context that names them fails.
+  const auto& p = common.tls_params();
+  if (p.cipher_suites_size() > 0)
+    return fail(c + ".tls_params.cipher_suites: not implemented");
+  if (p.ecdh_curves_size() > 0)
+    return fail(c + ".tls_params.ecdh_curves: not implemented");
+  if (p.signature_algorithms_size() > 0)
+    return fail(c + ".tls_params.signature_algorithms: not implemented");
+  sc.min_version = TlsVersion(p.tls_minimum_protocol_version(), 0x0303);
+  sc.max_version = TlsVersion(p.tls_maximum_protocol_version(), 0x0304);
+  if (sc.min_version > sc.max_version)
+    return fail(c + ".tls_params: tls_minimum_protocol_version above the maximum");
+
+  sc.alpn.assign(common.alpn_protocols().begin(), common.alpn_protocols().end());
+  auto match = filterchain::FromEnvoy(fc.filter_chain_match());
+  std::vector<std::string> names = match ? match->server_names : std::vector<std::string>{};
+
+  // Certificates: inline, then SDS, in order.
+  for (int i = 0; i < common.tls_certificates_size(); ++i) {
+    const auto& tc = common.tls_certificates(i);
+    const std::string cf = c + ".tls_certificates[" + std::to_string(i) + "]";
+    for (auto [ds, name] : {std::pair{&tc.certificate_chain(), ".certificate_chain"},
+                            std::pair{&tc.private_key(), ".private_key"}}) {
+      if (auto w = InlineOnly(*ds, cf + name); !w.empty())
+        return fail(w);
+    }
+    if (tc.has_private_key_provider() || tc.has_password())
+      return fail(cf + ": private_key_provider and password are not implemented");
+    sc.certificates.push_back(
+        {cf, DataSourceBytes(tc.certificate_chain()), DataSourceBytes(tc.private_key()), names});
+  }
+  for (int i = 0; i < common.tls_certificate_sds_secret_configs_size(); ++i) {
+    const auto& sds = common.tls_certificate_sds_secret_configs(i);
+    const std::string cf = c + ".tls_certificate_sds_secret_configs[" + std::to_string(i) + "]";
+    if (auto w = AdsOnly(sds, cf); !w.empty())
+      return fail(w);
+    const tls_v3::Secret* secret = secrets ? secrets(sds.name()) : nullptr;
+    if (!secret)
+      return fail(cf + ": secret " + sds.name() + " not received");
+    if (!secret->has_tls_certificate())
+      return fail(cf + ": secret " + sds.name() + " is not a tls_certificate");
+    const auto& tc = secret->tls_certificate();
+    if (tc.has_private_key_provider() || tc.has_password())
+      return fail(cf + ": secret " + sds.name() +
+                  ": private_key_provider and password are not implemented");
+    sc.certificates.push_back({sds.name(), DataSourceBytes(tc.certificate_chain()),
+                               DataSourceBytes(tc.private_key()), names});
+  }
+  if (sc.certificates.empty())
+    return fail(c + ": no tls_certificates or tls_certificate_sds_secret_configs");
+
+  // Client certificate validation (MUTUAL): the inline context, the SDS one, or the
+  // combined one (the default context with the SDS one merged over it, as Envoy does).
+  std::optional<tls_v3::CertificateValidationContext> validation;
+  std::string vfield;
+  auto from_sds = [&](const tls_v3::SdsSecretConfig& sds, const std::string& field) -> std::string {
+    if (auto w = AdsOnly(sds, field); !w.empty())
+      return w;
+    const tls_v3::Secret* secret = secrets ? secrets(sds.name()) : nullptr;
+    if (!secret)
+      return field + ": secret " + sds.name() + " not received";
+    if (!secret->has_validation_context())
+      return field + ": secret " + sds.name() + " is not a validation_context";
+    if (!validation)
+      validation.emplace();
+    validation->MergeFrom(secret->validation_context());
+    return {};
+  };
+  switch (common.validation_context_type_case()) {
+    case tls_v3::CommonTlsContext::kValidationContext:
+      validation = common.validation_context();
+      vfield = c + ".validation_context";
+      break;
+    case tls_v3::CommonTlsContext::kValidationContextSdsSecretConfig:
+      vfield = c + ".validation_context_sds_secret_config";
+      if (auto w = from_sds(common.validation_context_sds_secret_config(), vfield); !w.empty())
+        return fail(w);
+      break;
+    case tls_v3::CommonTlsContext::kCombinedValidationContext: {
+      const auto& cv = common.combined_validation_context();
+      vfield = c + ".combined_validation_context";
+      if (cv.has_validation_context_certificate_provider() ||
+          cv.has_validation_context_certificate_provider_instance()) {
+        return fail(vfield + ".validation_context_certificate_provider: not implemented");
+      }
+      validation = cv.default_validation_context();
+      if (auto w = from_sds(cv.validation_context_sds_secret_config(),
+                            vfield + ".validation_context_sds_secret_config");
+          !w.empty()) {
+        return fail(w);
+      }
+      break;
+    }
+    case tls_v3::CommonTlsContext::VALIDATION_CONTEXT_TYPE_NOT_SET:
+      break;
+    default:
+      return fail(c + ": this validation context type is not implemented");
+  }
+  sc.require_client_certificate = ctx.require_client_certificate().value();
+  if (validation) {
+    if (auto w = UnhonouredValidation(*validation, vfield); !w.empty())
+      return fail(w);
+    sc.client_ca_pem = DataSourceBytes(validation->trusted_ca());
+    if (!sc.require_client_certificate) {
+      // Envoy asks for a certificate and checks one that comes (OPTIONAL_MUTUAL);
+      // ServerContext either requires one or does not ask.
+      return fail(vfield +
+                  ": a validation context without require_client_certificate "
+                  "(optional client certificates) is not implemented");
+    }
+    if (sc.client_ca_pem.empty())
+      return fail(vfield + ".trusted_ca: empty, so no client certificate could be verified");
+  } else if (sc.require_client_certificate) {
+    return fail(f + ".require_client_certificate: set without a validation context");
+  }
+  auto made = tls::ServerContext::Create(sc);
+  if (!made)
+    return fail(f + ": " + made.error().message);
+  return std::move(*made);
+}
+
 Result<void> CompileChain(const listener_v3::FilterChain& fc, FilterChain* out, ProxyConfig& cfg,
-                          std::vector<std::string>* warnings, const std::string& where) {
+                          std::vector<std::string>* warnings, const std::string& where,
+                          const SecretFinder& secrets) {
   out->name = fc.name();
   auto match = filterchain::FromEnvoy(fc.filter_chain_match());
   SLUICE_RETURN_IF_ERROR_CTX(match, where + ": filter_chain_match");
   out->match = std::move(*match);
   if (fc.has_transport_socket()) {
-    // Only a plaintext transport socket is served; a chain that terminates TLS (istiod's
-    // mTLS chains, a gateway's TLS servers) fails closed until Sluice terminates TLS
-    // (issue 18). Its filters are not compiled: no byte of it is ever served.
+    // A plaintext transport socket, or TLS terminated with the chain's
+    // DownstreamTlsContext. Anything else (istiod's upstream contexts, ALTS, ...), and a
+    // TLS context that cannot be honoured or whose secret has not come yet (Envoy keeps
+    // such a listener warming), fails the chain closed: its filters are not compiled
+    // and no byte of it is served.
     const auto& ts = fc.transport_socket();
-    if (ts.name() != "envoy.transport_sockets.raw_buffer" &&
-        !ts.typed_config().type_url().ends_with(".RawBuffer")) {
-      out->fail_closed =
-          "filter chain \"" + fc.name() + "\" has transport_socket " +
-          (ts.typed_config().type_url().empty() ? ts.name() : ts.typed_config().type_url()) +
-          ": Sluice does not terminate TLS yet (issue 18); connections that "
-          "select it are closed";
-      warnings->push_back(where + ": " + out->fail_closed);
-      out->is_http = false;
-      return {};
+    const std::string& type = ts.typed_config().type_url();
+    const bool raw =
+        ts.name() == "envoy.transport_sockets.raw_buffer" || type.ends_with(".RawBuffer");
+    if (!raw) {
+      std::string why;
+      if (ts.typed_config().Is<tls_v3::DownstreamTlsContext>() ||
+          (type.empty() && ts.name() == "envoy.transport_sockets.tls")) {
+        out->tls = CompileDownstreamTls(fc, secrets, &why);
+      } else {
+        why = "transport_socket " + (type.empty() ? ts.name() : type) + ": not served";
+      }
+      if (!out->tls) {
+        out->fail_closed = "filter chain \"" + fc.name() + "\": " + why +
+                           "; connections that select it are closed";
+        warnings->push_back(where + ": " + out->fail_closed);
+        out->is_http = false;
+        return {};
+      }
     }
   }
   bool found = false;
@@ -1311,7 +1583,8 @@ Result<void> CompileDisabled(const listener_v3::ListenerFilterChainMatchPredicat
 // One Listener: the entries it is served at (its address and each additional address).
 Result<std::vector<ListenerConfig>> CompileListener(const listener_v3::Listener& pl,
                                                     ProxyConfig& cfg,
-                                                    std::vector<std::string>* warnings) {
+                                                    std::vector<std::string>* warnings,
+                                                    const SecretFinder& secrets) {
   ListenerConfig l;
   l.name = pl.name();
   l.resource = pl.name();
@@ -1357,14 +1630,14 @@ Result<std::vector<ListenerConfig>> CompileListener(const listener_v3::Listener&
   for (int i = 0; i < pl.filter_chains_size(); ++i) {
     FilterChain fc;
     std::string cw = where + ": filter_chains[" + std::to_string(i) + "]";
-    SLUICE_RETURN_IF_ERROR(CompileChain(pl.filter_chains(i), &fc, cfg, warnings, cw));
+    SLUICE_RETURN_IF_ERROR(CompileChain(pl.filter_chains(i), &fc, cfg, warnings, cw, secrets));
     l.matches.push_back(fc.match);
     l.chains.push_back(std::move(fc));
   }
   if (pl.has_default_filter_chain()) {
     FilterChain fc;
     SLUICE_RETURN_IF_ERROR(CompileChain(pl.default_filter_chain(), &fc, cfg, warnings,
-                                        where + ": default_filter_chain"));
+                                        where + ": default_filter_chain", secrets));
     l.default_chain = std::move(fc);
   }
   if (pl.has_per_connection_buffer_limit_bytes()) {
@@ -1476,7 +1749,7 @@ Result<void> BuildRoute(ProxyConfig& cfg, const std::string& name,
 
 // The entries of listener `name` (pl nullptr: gone), appended to `out`.
 void BuildListener(ProxyConfig& cfg, const std::string& name, const listener_v3::Listener* pl,
-                   std::vector<ListenerConfig>* out) {
+                   std::vector<ListenerConfig>* out, const SecretFinder& secrets) {
   cfg.listener_warnings.erase(name);
   cfg.refused_listeners.erase(name);
   if (!pl)
@@ -1492,7 +1765,7 @@ void BuildListener(ProxyConfig& cfg, const std::string& name, const listener_v3:
   }
   ++cfg.built_listeners;
   std::vector<std::string> warnings;
-  auto ls = CompileListener(*pl, cfg, &warnings);
+  auto ls = CompileListener(*pl, cfg, &warnings, secrets);
   if (!warnings.empty())
     cfg.listener_warnings[name] = std::move(warnings);
   if (!ls) {
@@ -1516,6 +1789,12 @@ void Finish(ProxyConfig& cfg) {
     cfg.refused.push_back({"listener", name, why});
 }
 
+// The set's secrets by name (nullptr: not received).
+template <class Set>
+SecretFinder SecretsOf(const Set& rs) {
+  return [&rs](const std::string& name) { return Find(rs.secrets, name); };
+}
+
 template <class Set>
 Result<std::shared_ptr<const ProxyConfig>> CompileAll(const Set& rs, DnsCache* dns) {
   auto cfg = std::make_shared<ProxyConfig>();
@@ -1524,7 +1803,7 @@ Result<std::shared_ptr<const ProxyConfig>> CompileAll(const Set& rs, DnsCache* d
   for (const auto& [name, rc] : rs.routes)
     SLUICE_RETURN_IF_ERROR(BuildRoute(*cfg, name, Ptr(rc)));
   for (const auto& [name, pl] : rs.listeners)
-    BuildListener(*cfg, name, Ptr(pl), &cfg->listeners);
+    BuildListener(*cfg, name, Ptr(pl), &cfg->listeners, SecretsOf(rs));
   Finish(*cfg);
   return std::shared_ptr<const ProxyConfig>(std::move(cfg));
 }
@@ -1606,6 +1885,22 @@ Result<std::shared_ptr<const ProxyConfig>> CompileUpdate(
   Insert(&listeners, diff.listeners.added);
   Insert(&listeners, diff.listeners.changed);
   Insert(&listeners, diff.listeners.removed);
+  // A secret that came, changed or went rebuilds the listeners whose TLS contexts name
+  // it (a chain waiting for its secret is served once it comes). Secrets change rarely;
+  // the listeners are looked through only then.
+  if (!diff.secrets.empty()) {
+    std::set<std::string> changed;
+    for (const auto* names : {&diff.secrets.added, &diff.secrets.changed, &diff.secrets.removed})
+      Insert(&changed, *names);
+    for (const auto& [name, pl] : next.listeners) {
+      for (const auto& sds : config::SdsNames(*pl)) {
+        if (changed.contains(sds)) {
+          listeners.insert(name);
+          break;
+        }
+      }
+    }
+  }
   if (!gone.empty()) {
     for (const auto& l : prev.listeners) {
       auto inline_gone = [&](const FilterChain& c) {
@@ -1632,13 +1927,13 @@ Result<std::shared_ptr<const ProxyConfig>> CompileUpdate(
     }
     for (const auto& name : listeners) {
       if (!next.listeners.contains(name))
-        BuildListener(*cfg, name, nullptr, &out);
+        BuildListener(*cfg, name, nullptr, &out, SecretsOf(next));
     }
     std::vector<std::size_t> fresh_ranges;  // [begin, end) pairs into out
     for (const auto& [name, pl] : next.listeners) {
       if (listeners.contains(name)) {
         fresh_ranges.push_back(out.size());
-        BuildListener(*cfg, name, pl.get(), &out);
+        BuildListener(*cfg, name, pl.get(), &out, SecretsOf(next));
         fresh_ranges.push_back(out.size());
       } else if (auto it = kept.find(name); it != kept.end()) {
         for (std::size_t i = it->second.first; i < it->second.second; ++i)

@@ -80,6 +80,24 @@ void Session::Dispatch() {
   std::strcpy(up_host, "-");
   std::strcpy(up_local, "-");
   strip_h2c = false;
+  if (vh && vh->require_tls != VirtualHost::TlsRequirement::kNone && !chain->tls) {
+    // Envoy's SSL redirect: before any route (and its filters), the same host and path.
+    bool internal = false;
+    if (vh->require_tls == VirtualHost::TlsRequirement::kExternalOnly) {
+      bool found = false;
+      std::string_view v = req.Get("x-envoy-internal", &found);
+      internal = found && v == "true";
+    }
+    if (!internal) {
+      fmt::memory_buffer loc;
+      fmt::format_to(std::back_inserter(loc), "location: https://{}{}", req.host, req.path);
+      if (!req.query.empty())
+        fmt::format_to(std::back_inserter(loc), "?{}", req.query);
+      route = nullptr;
+      Local(301, "", 0, "direct_response", std::string_view(loc.data(), loc.size()));
+      return;
+    }
+  }
   if (!req.upgrade.empty()) {
     if (http::EqualsIgnoreCase(req.upgrade, "h2c")) {
       // As Envoy's HTTP/1 codec: an h2c upgrade is not taken; the request is served as

@@ -19,6 +19,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "admin_text.h"
 #include "l7_host.h"
 #include "l7_supervisor.h"
 #include "l7_wire.h"
@@ -239,6 +240,66 @@ TEST_CASE("a delta made from the store's diff carries what the walk over both sn
   CHECK(config::CanonicalBytes(*a->endpoints.begin()->second) ==
         config::CanonicalBytes(*b->endpoints.begin()->second));
   CHECK(b->removed_clusters == std::vector<std::string>{ClusterOf(4)});
+}
+
+TEST_CASE("SDS secrets travel on the wire, whole and as deltas, and /config_dump redacts keys",
+          "[daemon][l7][tls]") {
+  auto secret = [](const std::string& name, const std::string& cert) {
+    envoy::extensions::transport_sockets::tls::v3::Secret s;
+    s.set_name(name);
+    s.mutable_tls_certificate()->mutable_certificate_chain()->set_inline_bytes(cert);
+    s.mutable_tls_certificate()->mutable_private_key()->set_inline_bytes("PRIVATE KEY BYTES");
+    return s;
+  };
+  const config::Snapshot s1 = Mesh();
+  sluice::xds::ResourceSet rs = s1.ToResourceSet();
+  rs.Add(secret("kubernetes://a", "CERT a"));
+  auto ca = secret("kubernetes://a-cacert", "");
+  ca.clear_tls_certificate();
+  ca.mutable_validation_context()->mutable_trusted_ca()->set_inline_bytes("CA a");
+  rs.Add(ca);
+  auto whole = l7wire::DecodeResources(l7wire::EncodeResources(rs));
+  REQUIRE(whole);
+  REQUIRE(whole->secrets.size() == 2);
+  CHECK(whole->secrets.at("kubernetes://a").tls_certificate().private_key().inline_bytes() ==
+        "PRIVATE KEY BYTES");
+
+  config::Snapshot s2 = config::Snapshot::FromResourceSet(rs);
+  config::AdoptUnchanged(s1, s2);  // unchanged resources keep s1's objects, as the store does
+  json meta = json::object();
+  std::string blob = l7wire::EncodeDelta(s1, s2, &meta);
+  auto edit = l7wire::DecodeDelta(meta, blob);
+  REQUIRE(edit);
+  CHECK(edit->secrets.size() == 2);
+  CHECK(edit->listeners.empty());
+  // A rotated certificate and a removed CA.
+  sluice::xds::ResourceSet rotated = rs;
+  rotated.Add(secret("kubernetes://a", "CERT a2"));
+  rotated.secrets.erase("kubernetes://a-cacert");
+  config::Snapshot s3 = config::Snapshot::FromResourceSet(rotated);
+  const config::Diff diff = config::AdoptUnchanged(s2, s3);
+  meta = json::object();
+  blob = l7wire::EncodeDelta(2, s3, diff, &meta);
+  CHECK(meta["removed"]["secrets"] == json::array({"kubernetes://a-cacert"}));
+  edit = l7wire::DecodeDelta(meta, blob);
+  REQUIRE(edit);
+  REQUIRE(edit->secrets.size() == 1);
+  CHECK(edit->secrets.at("kubernetes://a")->tls_certificate().certificate_chain().inline_bytes() ==
+        "CERT a2");
+  CHECK(edit->removed_secrets == std::vector<std::string>{"kubernetes://a-cacert"});
+
+  // The dump shows the certificates and CAs, never a private key.
+  json dump = agent::DumpResources(s2);
+  REQUIRE(dump["secrets"].size() == 2);
+  const std::string text = dump.dump();
+  CHECK(text.find("PRIVATE KEY BYTES") == std::string::npos);
+  CHECK(text.find("UFJJVkFURSBLRVkgQllURVM=") == std::string::npos);  // nor its base64
+  const json& cert = dump["secrets"][0];
+  CHECK(cert["name"] == "kubernetes://a");
+  // "[redacted]" as bytes, printed base64 as proto3 JSON prints bytes (Envoy's dump too).
+  CHECK(cert["tlsCertificate"]["privateKey"]["inlineBytes"] == "W3JlZGFjdGVkXQ==");
+  CHECK(cert["tlsCertificate"]["certificateChain"]["inlineBytes"] == "Q0VSVCBh");  // "CERT a"
+  CHECK(dump["secrets"][1]["validationContext"]["trustedCa"]["inlineBytes"] == "Q0EgYQ==");
 }
 
 TEST_CASE("the L7 process applies a delta on its base only, and asks for the whole set otherwise",

@@ -191,3 +191,52 @@ TEST_CASE("DirWatcher sees writes, renames and new subdirectories") {
   CHECK(*changed);  // the new subdirectory is watched too
   CHECK(!DirWatcher::Open((dir.path / "missing").string()).has_value());
 }
+
+TEST_CASE("a gateway is served its namespace's Secrets as SDS secrets, a sidecar none") {
+  TempDir dir;
+  // base64 of "CERT", "KEY", "CA".
+  dir.Write("secrets.yaml", R"(apiVersion: v1
+kind: Secret
+metadata: {name: httpbin-credential, namespace: istio-system}
+type: kubernetes.io/tls
+data: {tls.crt: Q0VSVA==, tls.key: S0VZ, ca.crt: Q0E=}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: plain-credential, namespace: istio-system}
+type: kubernetes.io/tls
+data: {tls.crt: Q0VSVA==, tls.key: S0VZ}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: elsewhere, namespace: default}
+type: kubernetes.io/tls
+data: {tls.crt: Q0VSVA==, tls.key: S0VZ}
+)");
+  LocalControlPlane cp({dir.path.string()});
+  auto report = cp.Reload();
+  REQUIRE(report.errors.empty());
+
+  sx::NodeIdentity gw;
+  gw.role = sx::ProxyRole::kRouter;
+  gw.ips = {"10.244.0.8"};
+  gw.pod_name = "istio-ingressgateway-1";
+  gw.pod_namespace = "istio-system";
+  gw.labels = {{"istio", "ingressgateway"}};
+  auto rs = cp.ResourcesFor(sx::BuildNode(gw));
+  std::vector<std::string> names;
+  for (const auto& [n, _] : rs.secrets)
+    names.push_back(n);
+  CHECK(names == std::vector<std::string>{"kubernetes://httpbin-credential",
+                                          "kubernetes://httpbin-credential-cacert",
+                                          "kubernetes://plain-credential"});
+  const auto& cert = rs.secrets.at("kubernetes://httpbin-credential").tls_certificate();
+  CHECK(cert.certificate_chain().inline_bytes() == "CERT");
+  CHECK(cert.private_key().inline_bytes() == "KEY");
+  CHECK(rs.secrets.at("kubernetes://httpbin-credential-cacert")
+            .validation_context()
+            .trusted_ca()
+            .inline_bytes() == "CA");
+
+  CHECK(cp.ResourcesFor(SidecarNode("sleep-1", "default")).secrets.empty());
+}

@@ -217,6 +217,23 @@ data: {}
   CHECK(As<IgnoredObj>(set.documents[1]).ns == "default");
 }
 
+TEST_CASE("a Secret goes to the control plane, which serves it to gateways over SDS") {
+  ManifestSet set;
+  DecodeText(R"(apiVersion: v1
+kind: Secret
+metadata: {name: httpbin-credential, namespace: istio-system}
+type: kubernetes.io/tls
+data: {tls.crt: Q0VSVA==, tls.key: S0VZ}
+)",
+             "secret.yaml", "default", set);
+  REQUIRE(set.errors.empty());
+  REQUIRE(set.documents.size() == 1);
+  const auto& o = As<IstioObj>(set.documents[0]);
+  CHECK(o.kind == "Secret");
+  CHECK(o.ns == "istio-system");
+  CHECK(o.name == "httpbin-credential");
+}
+
 TEST_CASE("label arguments: key=value sets, key- removes, anything else is refused") {
   auto set = ParseLabelArg("istio.io/dataplane-mode=sluice");
   REQUIRE(set);

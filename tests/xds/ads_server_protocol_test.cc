@@ -23,8 +23,9 @@ namespace {
 const std::string kCluster =
     sluice::testing::ClusterName("httpbin.default.svc.cluster.local", 8000);
 const std::string kListener = "0.0.0.0_8000";
-const std::string kSecretType =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+// A type the server does not serve (SRDS; SDS is served since issue 18).
+const std::string kUnservedType =
+    "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
 
 // A server with a ResourceSet the test edits, and one raw client stream. Responses are
 // read by a thread into a queue, so a test can also check that nothing arrives.
@@ -400,14 +401,14 @@ TEST_CASE("server: Stop() still ends a stream the client keeps open") {
 
 TEST_CASE("server: an unsupported type is answered empty, other types are unaffected") {
   Harness h;
-  h.Send(kSecretType, {"default"});
+  h.Send(kUnservedType, {"default"});
   auto sds = h.Read();
-  CHECK(sds.type_url() == kSecretType);
+  CHECK(sds.type_url() == kUnservedType);
   CHECK(sds.resources_size() == 0);
   CHECK(sds.version_info() == "1");
   CHECK_FALSE(sds.nonce().empty());
   REQUIRE(h.Events(Kind::kUnsupportedType).size() == 1);
-  CHECK(h.Events(Kind::kUnsupportedType)[0].type_url == kSecretType);
+  CHECK(h.Events(Kind::kUnsupportedType)[0].type_url == kUnservedType);
 
   const std::string made_up = "type.googleapis.com/sluice.test.NoSuchThing";
   h.Send(made_up);

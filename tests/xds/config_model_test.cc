@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "fixtures.h"
 #include "sluice/config/store.h"
 #include "sluice/config/validate.h"
@@ -393,4 +394,67 @@ TEST_CASE("Resources behaves as an ordered map, and copies share every chunk not
   CHECK(copy.EraseIf([](const auto& kv) { return kv.first < "k01000"; }) > 0);
   CHECK(copy.begin()->first >= "k01000");
   CHECK(r.ToMap() == model);
+}
+
+TEST_CASE("SDS secrets in snapshots: diffed, edited, validated by name, named by listeners",
+          "[config][sds]") {
+  using Secret = envoy::extensions::transport_sockets::tls::v3::Secret;
+  auto cert = [](const std::string& name, const std::string& pem) {
+    Secret s;
+    s.set_name(name);
+    s.mutable_tls_certificate()->mutable_certificate_chain()->set_inline_bytes(pem);
+    s.mutable_tls_certificate()->mutable_private_key()->set_inline_bytes("KEY");
+    return s;
+  };
+  sluice::xds::ResourceSet rs = testing::HttpbinSet(1);
+  rs.Add(cert("kubernetes://a", "A"));
+  ConfigStore store;
+  auto d = store.Apply(Snapshot::FromResourceSet(rs));
+  REQUIRE(d);
+  CHECK(d->secrets.added == std::vector<std::string>{"kubernetes://a"});
+  CHECK(store.Current()->ToResourceSet().secrets.size() == 1);
+
+  // An edit: one secret rotated, one added; the diff names them, nothing else.
+  config::SnapshotEdit e;
+  e.secrets["kubernetes://a"] = std::make_shared<const Secret>(cert("kubernetes://a", "A2"));
+  e.secrets["kubernetes://b"] = std::make_shared<const Secret>(cert("kubernetes://b", "B"));
+  d = store.Edit(std::move(e));
+  REQUIRE(d);
+  CHECK(d->secrets.changed == std::vector<std::string>{"kubernetes://a"});
+  CHECK(d->secrets.added == std::vector<std::string>{"kubernetes://b"});
+  CHECK(d->clusters.empty());
+  CHECK(d->listeners.empty());
+  config::SnapshotEdit rm;
+  rm.removed_secrets = {"kubernetes://b"};
+  d = store.Edit(std::move(rm));
+  REQUIRE(d);
+  CHECK(d->secrets.removed == std::vector<std::string>{"kubernetes://b"});
+
+  // What the agent cannot use is refused, naming the secret and the field.
+  Secret file = cert("kubernetes://f", "");
+  file.mutable_tls_certificate()->mutable_private_key()->set_filename("/etc/key.pem");
+  config::SnapshotEdit bad;
+  bad.secrets["kubernetes://f"] = std::make_shared<const Secret>(file);
+  auto refused = store.Edit(std::move(bad));
+  REQUIRE_FALSE(refused);
+  CHECK(refused.error().message ==
+        "secret \"kubernetes://f\": tls_certificate.private_key: only inline_bytes and "
+        "inline_string are served");
+  Secret empty;
+  empty.set_name("kubernetes://e");
+  CHECK(
+      config::ValidateSecret(empty).error().message ==
+      "secret \"kubernetes://e\": type: one of tls_certificate or validation_context must be set");
+
+  // The names a listener's TLS contexts ask for, once each.
+  auto l = testing::HttpListener("0.0.0.0_443", 443, "https");
+  envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext ctx;
+  auto* common = ctx.mutable_common_tls_context();
+  common->add_tls_certificate_sds_secret_configs()->set_name("kubernetes://a");
+  common->mutable_combined_validation_context()
+      ->mutable_validation_context_sds_secret_config()
+      ->set_name("kubernetes://a-cacert");
+  l.mutable_filter_chains(0)->mutable_transport_socket()->mutable_typed_config()->PackFrom(ctx);
+  *l.add_filter_chains() = l.filter_chains(0);
+  CHECK(config::SdsNames(l) == std::vector<std::string>{"kubernetes://a", "kubernetes://a-cacert"});
 }

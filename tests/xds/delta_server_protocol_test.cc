@@ -23,8 +23,9 @@ namespace {
 
 const std::string kCluster =
     sluice::testing::ClusterName("httpbin.default.svc.cluster.local", 8000);
-const std::string kSecretType =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+// A type the server does not serve (SRDS; SDS is served since issue 18).
+const std::string kUnservedType =
+    "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration";
 
 struct Stream {
   explicit Stream(int port) {
@@ -265,12 +266,12 @@ TEST_CASE("delta server: initial_resource_versions: nothing held is resent, gone
 TEST_CASE("delta server: a type it does not serve is answered empty") {
   Server s;
   Stream c(s.port);
-  c.Send(kSecretType, {"default"});
+  c.Send(kUnservedType, {"default"});
   auto r = c.Read();
-  CHECK(r.type_url() == kSecretType);
+  CHECK(r.type_url() == kUnservedType);
   CHECK(r.resources_size() == 0);
   CHECK_FALSE(r.nonce().empty());
-  c.Send(kSecretType, {}, {}, r.nonce());
+  c.Send(kUnservedType, {}, {}, r.nonce());
   CHECK(c.Silent());
   CHECK(s.Events(Kind::kUnsupportedType).size() == 1);
 }

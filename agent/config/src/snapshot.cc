@@ -105,6 +105,7 @@ Snapshot Snapshot::FromResourceSet(const xds::ResourceSet& rs) {
   s.endpoints = Share(rs.endpoints);
   s.listeners = Share(rs.listeners);
   s.routes = Share(rs.routes);
+  s.secrets = Share(rs.secrets);
   return s;
 }
 
@@ -114,15 +115,18 @@ xds::ResourceSet Snapshot::ToResourceSet() const {
   rs.endpoints = Unshare(endpoints);
   rs.listeners = Unshare(listeners);
   rs.routes = Unshare(routes);
+  rs.secrets = Unshare(secrets);
   return rs;
 }
 
 Diff ComputeDiff(const Snapshot& before, const Snapshot& after) {
   Snapshot copy = after;  // pointers only
-  return Diff{DiffMaps(before.clusters, copy.clusters, false),
-              DiffMaps(before.endpoints, copy.endpoints, false),
-              DiffMaps(before.listeners, copy.listeners, false),
-              DiffMaps(before.routes, copy.routes, false)};
+  Diff d{DiffMaps(before.clusters, copy.clusters, false),
+         DiffMaps(before.endpoints, copy.endpoints, false),
+         DiffMaps(before.listeners, copy.listeners, false),
+         DiffMaps(before.routes, copy.routes, false)};
+  d.secrets = DiffMaps(before.secrets, copy.secrets, false);
+  return d;
 }
 
 Result<std::pair<Snapshot, Diff>> ApplyEdit(const Snapshot& before, SnapshotEdit edit) {
@@ -148,16 +152,20 @@ Result<std::pair<Snapshot, Diff>> ApplyEdit(const Snapshot& before, SnapshotEdit
                               "listener", diff.listeners));
   SLUICE_RETURN_IF_ERROR(
       type(after.routes, std::move(edit.routes), edit.removed_routes, "route", diff.routes));
+  SLUICE_RETURN_IF_ERROR(
+      type(after.secrets, std::move(edit.secrets), edit.removed_secrets, "secret", diff.secrets));
   for (auto& [t, v] : edit.versions)
     after.versions[t] = std::move(v);
   return out;
 }
 
 Diff AdoptUnchanged(const Snapshot& before, Snapshot& after) {
-  return Diff{DiffMaps(before.clusters, after.clusters, true),
-              DiffMaps(before.endpoints, after.endpoints, true),
-              DiffMaps(before.listeners, after.listeners, true),
-              DiffMaps(before.routes, after.routes, true)};
+  Diff d{DiffMaps(before.clusters, after.clusters, true),
+         DiffMaps(before.endpoints, after.endpoints, true),
+         DiffMaps(before.listeners, after.listeners, true),
+         DiffMaps(before.routes, after.routes, true)};
+  d.secrets = DiffMaps(before.secrets, after.secrets, true);
+  return d;
 }
 
 }  // namespace sluice::config

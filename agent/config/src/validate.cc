@@ -13,6 +13,7 @@
 #include "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.pb.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 
 namespace sluice::config {
 namespace {
@@ -24,6 +25,8 @@ using envoy::config::route::v3::RouteConfiguration;
 using HttpConnectionManager =
     envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 using TcpProxy = envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+using Secret = envoy::extensions::transport_sockets::tls::v3::Secret;
+using DownstreamTlsContext = envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 
 // Field errors are collected relative to the resource, then prefixed with its kind and
 // name by the public entry points.
@@ -568,6 +571,34 @@ std::vector<std::string> RdsNames(const Listener& l) {
   return out;
 }
 
+std::vector<std::string> SdsNames(const Listener& l) {
+  std::vector<std::string> out;
+  auto add = [&out](const auto& sds) {
+    if (!sds.name().empty() && std::ranges::find(out, sds.name()) == out.end())
+      out.push_back(sds.name());
+  };
+  auto scan = [&](const envoy::config::listener::v3::FilterChain& fc) {
+    if (!fc.has_transport_socket() ||
+        !fc.transport_socket().typed_config().Is<DownstreamTlsContext>())
+      return;
+    DownstreamTlsContext ctx;
+    if (!fc.transport_socket().typed_config().UnpackTo(&ctx))
+      return;
+    const auto& common = ctx.common_tls_context();
+    for (const auto& sds : common.tls_certificate_sds_secret_configs())
+      add(sds);
+    if (common.has_validation_context_sds_secret_config())
+      add(common.validation_context_sds_secret_config());
+    if (common.combined_validation_context().has_validation_context_sds_secret_config())
+      add(common.combined_validation_context().validation_context_sds_secret_config());
+  };
+  for (const auto& fc : l.filter_chains())
+    scan(fc);
+  if (l.has_default_filter_chain())
+    scan(l.default_filter_chain());
+  return out;
+}
+
 Acceptance AcceptCluster(const Cluster& c) {
   if (Verdict v = ClassifyCluster(c); v.use == Use::kSkipped)
     return Acceptance{Use::kSkipped, std::move(v.reason), std::move(v.reason_class), {}};
@@ -596,6 +627,55 @@ Acceptance AcceptRoute(const RouteConfiguration& r) {
   if (r.name().empty())
     return Refusal(Field("name", "must not be empty"));
   return Refusal(CheckRouteConfigFields(r, ""));
+}
+
+namespace {
+// A data source the agent can use: the bytes themselves. A file or environment variable
+// names something on istiod's side of the wire, not here.
+FieldResult CheckInline(const std::string& path, const envoy::config::core::v3::DataSource& d,
+                        bool required) {
+  switch (d.specifier_case()) {
+    case envoy::config::core::v3::DataSource::kInlineBytes:
+    case envoy::config::core::v3::DataSource::kInlineString:
+      return {};
+    case envoy::config::core::v3::DataSource::SPECIFIER_NOT_SET:
+      if (required)
+        return Field(path, "must be set (inline_bytes)");
+      return {};
+    default:
+      return Field(path, "only inline_bytes and inline_string are served");
+  }
+}
+}  // namespace
+
+Acceptance AcceptSecret(const Secret& s) {
+  if (s.name().empty())
+    return Refusal(Field("name", "must not be empty"));
+  switch (s.type_case()) {
+    case Secret::kTlsCertificate: {
+      const auto& c = s.tls_certificate();
+      if (auto ok = CheckInline("tls_certificate.certificate_chain", c.certificate_chain(), true);
+          !ok)
+        return Refusal(ok);
+      if (c.has_private_key_provider())
+        return Refusal(Field("tls_certificate.private_key_provider", "not served"));
+      return Refusal(CheckInline("tls_certificate.private_key", c.private_key(), true));
+    }
+    case Secret::kValidationContext:
+      return Refusal(
+          CheckInline("validation_context.trusted_ca", s.validation_context().trusted_ca(), false));
+    case Secret::TYPE_NOT_SET:
+      return Refusal(Field("type", "one of tls_certificate or validation_context must be set"));
+    default:
+      return Refusal(
+          Field("type", "only tls_certificate and validation_context secrets are served"));
+  }
+}
+
+Result<void> ValidateSecret(const Secret& s) {
+  if (Acceptance a = AcceptSecret(s); a.use == Use::kRefused)
+    return Named("secret", s.name(), Error{a.reason});
+  return {};
 }
 
 Result<void> ValidateCluster(const Cluster& c) {
@@ -641,6 +721,13 @@ Result<void> ValidateSnapshot(const Snapshot& s, const Snapshot* base) {
     return ok;
   if (auto ok =
           CheckMap("route", s.routes, base ? &base->routes : nullptr, by_name, &ValidateRoute);
+      !ok)
+    return ok;
+  // A secret no listener names yet is kept (SDS pushes may precede the listener), and a
+  // listener whose secret has not come is accepted: its chain fails closed until it does,
+  // as Envoy keeps such a listener warming.
+  if (auto ok =
+          CheckMap("secret", s.secrets, base ? &base->secrets : nullptr, by_name, &ValidateSecret);
       !ok)
     return ok;
 
@@ -738,6 +825,8 @@ Result<void> ValidateEdit(const Snapshot& before, const Snapshot& after, const D
   SLUICE_RETURN_IF_ERROR(
       CheckNames("listener", after.listeners, diff.listeners, by_name, &ValidateListener));
   SLUICE_RETURN_IF_ERROR(CheckNames("route", after.routes, diff.routes, by_name, &ValidateRoute));
+  SLUICE_RETURN_IF_ERROR(
+      CheckNames("secret", after.secrets, diff.secrets, by_name, &ValidateSecret));
 
   // Clusters put: their endpoints exist. Clusters changed or removed: the endpoints they
   // used are still used by some cluster.

@@ -42,6 +42,7 @@ void Merge(Config& into, const LoadResult& file) {
   Append(into.telemetries, c.telemetries);
   Append(into.sidecars, c.sidecars);
   Append(into.authorization_policies, c.authorization_policies);
+  Append(into.secrets, c.secrets);
   if (c.mesh_set) {
     into.mesh = c.mesh;
     into.mesh_set = true;
@@ -145,6 +146,27 @@ Result<ProxySpec> LocalControlPlane::ProxyFor(const envoy::config::core::v3::Nod
   return spec;
 }
 
+void AddGatewaySecrets(const Config& config, const std::string& ns, xds::ResourceSet* out) {
+  for (const auto& s : config.secrets) {
+    if (s.meta.ns != ns)
+      continue;
+    if (auto cert = ExtractCertInfo(s)) {
+      envoy::extensions::transport_sockets::tls::v3::Secret sec;
+      sec.set_name("kubernetes://" + s.meta.name);
+      auto* tc = sec.mutable_tls_certificate();
+      tc->mutable_certificate_chain()->set_inline_bytes(cert->cert);
+      tc->mutable_private_key()->set_inline_bytes(cert->key);
+      out->Add(std::move(sec));
+    }
+    if (auto root = ExtractRoot(s)) {
+      envoy::extensions::transport_sockets::tls::v3::Secret sec;
+      sec.set_name("kubernetes://" + s.meta.name + "-cacert");
+      sec.mutable_validation_context()->mutable_trusted_ca()->set_inline_bytes(*root);
+      out->Add(std::move(sec));
+    }
+  }
+}
+
 xds::ResourceSet LocalControlPlane::ResourcesFor(const envoy::config::core::v3::Node& node) const {
   std::shared_ptr<const State> state;
   {
@@ -158,8 +180,10 @@ xds::ResourceSet LocalControlPlane::ResourcesFor(const envoy::config::core::v3::
   std::lock_guard lock(state->cache_mu);  // concurrent streams for one key translate once
   auto& cached = state->cache[key];
   if (!cached) {
-    cached = std::make_shared<const xds::ResourceSet>(
-        Translate(state->config, state->registry, *spec).resources);
+    auto rs = Translate(state->config, state->registry, *spec).resources;
+    if (spec->kind == ProxySpec::Kind::kGateway)
+      AddGatewaySecrets(state->config, spec->ns, &rs);
+    cached = std::make_shared<const xds::ResourceSet>(std::move(rs));
   }
   return *cached;
 }

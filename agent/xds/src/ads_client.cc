@@ -23,6 +23,7 @@ using envoy::config::cluster::v3::Cluster;
 using envoy::config::endpoint::v3::ClusterLoadAssignment;
 using envoy::config::listener::v3::Listener;
 using envoy::config::route::v3::RouteConfiguration;
+using envoy::extensions::transport_sockets::tls::v3::Secret;
 using envoy::service::discovery::v3::DiscoveryRequest;
 using envoy::service::discovery::v3::DiscoveryResponse;
 using namespace client_detail;
@@ -157,6 +158,11 @@ struct AdsClient::State {
         std::make_shared<std::map<std::string, std::vector<std::string>>>();
     Ptr<std::map<std::string, std::vector<std::string>>> route_users =
         std::make_shared<std::map<std::string, std::vector<std::string>>>();
+    // SDS: the secrets the received listeners' TLS contexts name (config::SdsNames), and
+    // those received of them. A listener does not wait for its secrets: its chains fail
+    // closed until they come (the proxy's compile), so secrets are no part of warming.
+    config::Resources<Secret> secrets;
+    Ptr<std::set<std::string>> sds_names = std::make_shared<std::set<std::string>>();
   };
 
   config::ConfigStore& store;
@@ -169,7 +175,7 @@ struct AdsClient::State {
   std::set<std::string> warned_filter_types;  // each skipped filter type is logged once
 
   State(config::ConfigStore& s, envoy::config::core::v3::Node n) : store(s), node(std::move(n)) {
-    for (auto t : {kClusterType, kEndpointType, kListenerType, kRouteType}) {
+    for (auto t : {kClusterType, kEndpointType, kListenerType, kRouteType, kSecretType}) {
       types[std::string(t)];
       status[std::string(t)];
     }
@@ -205,6 +211,8 @@ struct AdsClient::State {
       out.push_back(Request(kListenerType));
     if (!types.find(kRouteType)->second.names.empty())
       out.push_back(Request(kRouteType));
+    if (!types.find(kSecretType)->second.names.empty())
+      out.push_back(Request(kSecretType));
     return out;
   }
 
@@ -248,6 +256,7 @@ struct AdsClient::State {
         }
       }
     }
+    s.secrets = r.secrets;  // chunk pointers: secrets wait for nothing
     for (const auto& [type, t] : types) {
       if (!t.acked_version.empty())
         s.versions[type] = t.acked_version;
@@ -294,9 +303,15 @@ struct AdsClient::State {
                                                       const Issues& issues) const {
     config::SnapshotEdit e;
     const bool eds = resp.type_url() == kEndpointType;
+    const bool sds = resp.type_url() == kSecretType;
     for (const auto& n : issues.decided) {
       if (issues.refused.contains(n) || issues.skipped.contains(n))
         continue;
+      if (sds) {  // in force as it comes (subscribed names only)
+        if (auto it = r.secrets.find(n); it != r.secrets.end())
+          e.secrets[n] = it->second;
+        continue;
+      }
       bool active = false;
       if (eds) {
         auto cla = r.endpoints.find(n);
@@ -394,6 +409,15 @@ struct AdsClient::State {
       }
       next.listener_rds = std::move(by_listener);
       next.route_users = std::move(users);
+      auto sds = std::make_shared<std::set<std::string>>();
+      for (const auto& [name, l] : *next.listeners) {
+        auto names = config::SdsNames(*l);
+        sds->insert(names.begin(), names.end());
+      }
+      if (*sds != *next.sds_names) {
+        next.secrets.EraseIf([&](const auto& kv) { return !sds->contains(kv.first); });
+        next.sds_names = std::move(sds);
+      }
       if (*rds == *next.rds_names)
         return false;
       next.rds_names = rds;
@@ -404,6 +428,13 @@ struct AdsClient::State {
       auto got = Decode<RouteConfiguration>(resp);
       SLUICE_RETURN_IF_ERROR(got);
       MergeNamed(next.routes, std::move(got->accepted), *next.rds_names);
+      TakeIssues(*got, issues);
+      return false;
+    }
+    if (type == kSecretType) {
+      auto got = Decode<Secret>(resp);
+      SLUICE_RETURN_IF_ERROR(got);
+      MergeNamed(next.secrets, std::move(got->accepted), *next.sds_names);
       TakeIssues(*got, issues);
       return false;
     }
@@ -482,7 +513,8 @@ struct AdsClient::State {
     } else {
       config::SnapshotPtr cur = store.Current();
       std::optional<config::SnapshotEdit> edit;
-      if (resp.type_url() == kEndpointType || resp.type_url() == kRouteType)
+      if (resp.type_url() == kEndpointType || resp.type_url() == kRouteType ||
+          resp.type_url() == kSecretType)
         edit = IncrementalEdit(next, *cur, resp, issues);
       applied = edit ? store.Edit(std::move(*edit)) : store.Apply(BuildActive(next, *cur, resp));
     }
@@ -506,6 +538,7 @@ struct AdsClient::State {
       return out;
     }
     // Applied: every accepted resource is in force, whether or not some were refused.
+    const bool sds_changed = next.sds_names != rx.sds_names;
     rx = std::move(next);
     t.ever_accepted = true;
     ++st.applied;
@@ -520,6 +553,12 @@ struct AdsClient::State {
       auto& dep = types.find(cds ? kEndpointType : kRouteType)->second;
       dep.names = cds ? *rx.eds_names : *rx.rds_names;
       out.push_back(Request(cds ? kEndpointType : kRouteType));
+    }
+    // SDS is asked by name, for the secrets the listeners name now (as Envoy, before the
+    // LDS ACK).
+    if (sds_changed) {
+      types.find(kSecretType)->second.names = *rx.sds_names;
+      out.push_back(Request(kSecretType));
     }
     if (partial) {
       // Some refused: NACKed with every refused resource named, and the version in force

@@ -263,7 +263,7 @@ class LayerChange {
 
 AdsClient::DeltaState::DeltaState(config::ConfigStore& s, envoy::config::core::v3::Node n)
     : store(s), node(std::move(n)) {
-  for (auto t : {kClusterType, kEndpointType, kListenerType, kRouteType}) {
+  for (auto t : {kClusterType, kEndpointType, kListenerType, kRouteType, kSecretType}) {
     types[std::string(t)];
     status[std::string(t)];
   }
@@ -308,6 +308,8 @@ std::vector<Request> AdsClient::DeltaState::OnStreamStart() {
   }
   if (!types.find(kRouteType)->second.names.empty())
     initial(kRouteType, false);
+  if (!types.find(kSecretType)->second.names.empty())
+    initial(kSecretType, false);
   return out;
 }
 
@@ -388,8 +390,35 @@ std::vector<Request> AdsClient::DeltaState::OnResponse(const Response& resp) {
     decided = std::move(got->decided);
     return {};
   };
+  // SDS: secrets of the subscribed names are put in force as they come; a removal takes
+  // the secret out (the chains that name it fail closed again).
+  config::SnapshotEdit sds_edit;
+  auto fold_secrets = [&]() -> Result<void> {
+    auto got = DecodeDelta<Secret>(resp);
+    SLUICE_RETURN_IF_ERROR(got);
+    for (auto& one : got->accepted) {
+      if (!t.names.contains(one.name))
+        continue;  // not asked for (any more): ignored
+      sds_edit.secrets[one.name] = one.res;
+      new_versions[one.name] = one.version;
+    }
+    for (const auto& [name, v] : got->skipped_versions)
+      new_versions[name] = v;
+    for (const auto& name : resp.removed_resources()) {
+      if (!t.versions.contains(name))
+        continue;
+      removed_names.push_back(name);
+      sds_edit.removed_secrets.push_back(name);
+    }
+    refused = std::move(got->refused);
+    skipped = std::move(got->skipped);
+    decided = std::move(got->decided);
+    return {};
+  };
   Result<void> folded;
-  if (type == kClusterType)
+  if (type == kSecretType)
+    folded = fold_secrets();
+  else if (type == kClusterType)
     folded = fold.template operator()<Cluster>(cc, true, nullptr);
   else if (type == kEndpointType)
     folded = fold.template operator()<Cla>(cc, false, &t.names);
@@ -430,6 +459,8 @@ std::vector<Request> AdsClient::DeltaState::OnResponse(const Response& resp) {
       if (!pt.system_version.empty())
         edit.versions[tu] = pt.system_version;
     edit.versions[type] = resp.system_version_info();
+    edit.secrets = std::move(sds_edit.secrets);
+    edit.removed_secrets = std::move(sds_edit.removed_secrets);
     applied = store.Edit(std::move(edit));
   } else {
     applied = std::unexpected(folded.error());
@@ -497,6 +528,65 @@ std::vector<Request> AdsClient::DeltaState::OnResponse(const Response& resp) {
         ++st.skipped_filters[ft];
   }
   st.held = t.versions.size();
+
+  // SDS follows the listeners received: the secret names of the listeners this response
+  // carried or removed are recounted (its cost follows the response), and names that
+  // came into use are subscribed, names out of use unsubscribed and their secrets
+  // dropped, before the LDS ACK.
+  std::vector<std::string> sds_subscribe, sds_unsubscribe;
+  if (type == kListenerType) {
+    std::set<std::string> touched(decided.begin(), decided.end());
+    touched.insert(removed_names.begin(), removed_names.end());
+    for (const auto& name : touched) {
+      std::vector<std::string> now;
+      if (auto l = lds.parents.find(name); l != lds.parents.end() && l->second)
+        now = config::SdsNames(*l->second);
+      auto& was = listener_sds[name];
+      for (const auto& n : was) {
+        if (--sds_refs[n] == 0) {
+          sds_refs.erase(n);
+          sds_unsubscribe.push_back(n);
+        }
+      }
+      for (const auto& n : now) {
+        if (sds_refs[n]++ == 0) {
+          if (auto u = std::ranges::find(sds_unsubscribe, n); u != sds_unsubscribe.end())
+            sds_unsubscribe.erase(u);  // named again by another listener
+          else
+            sds_subscribe.push_back(n);
+        }
+      }
+      if (now.empty())
+        listener_sds.erase(name);
+      else
+        was = std::move(now);
+    }
+  }
+  if (!sds_subscribe.empty() || !sds_unsubscribe.empty()) {
+    PerType& sdt = types.find(kSecretType)->second;
+    TypeStatus& sst = status[std::string(kSecretType)];
+    Request req = NewRequest(kSecretType);
+    config::SnapshotEdit drop;
+    for (const auto& n : sds_subscribe) {
+      sdt.names.insert(n);
+      req.add_resource_names_subscribe(n);
+    }
+    for (const auto& n : sds_unsubscribe) {
+      sdt.names.erase(n);
+      sdt.versions.erase(n);
+      sst.refused.erase(n);
+      sst.skipped.erase(n);
+      req.add_resource_names_unsubscribe(n);
+      drop.removed_secrets.push_back(n);
+    }
+    sst.subscribed = sdt.names.size();
+    sst.held = sdt.versions.size();
+    if (!drop.removed_secrets.empty()) {
+      if (auto dropped = store.Edit(std::move(drop)); !dropped)
+        spdlog::warn("xds: dropping unsubscribed secrets: {}", dropped.error().message);
+    }
+    out.push_back(std::move(req));
+  }
 
   // As Envoy: the child type's (un)subscription goes out before this response's ACK.
   if (!subscribe.empty() || !unsubscribe.empty()) {

@@ -63,6 +63,8 @@ bool ForEachOfType(const ResourceSet& rs, const std::string& type, F&& f) {
     each(rs.listeners);
   } else if (type == kRouteType) {
     each(rs.routes);
+  } else if (type == kSecretType) {
+    each(rs.secrets);
   } else {
     return false;
   }
@@ -80,7 +82,7 @@ Result<std::string> ReadFile(const std::string& path, std::string_view what) {
 
 bool IsSupportedType(const std::string& type) {
   return type == kClusterType || type == kEndpointType || type == kListenerType ||
-         type == kRouteType;
+         type == kRouteType || type == kSecretType;
 }
 
 // What one stream serves: the node's ResourceSet, and a hash of each resource's bytes kept
@@ -186,6 +188,8 @@ class ServedSet {
       return find(rs_->listeners);
     if (type == kRouteType)
       return find(rs_->routes);
+    if (type == kSecretType)
+      return find(rs_->secrets);
     return nullptr;
   }
 
@@ -415,8 +419,9 @@ class Session : public SessionBase {
     auto t0 = std::chrono::steady_clock::now();
     Recompute(version, hint);
     auto t1 = std::chrono::steady_clock::now();
-    // CDS before EDS before LDS before RDS, so a client never sees a reference first.
-    for (auto type : {kClusterType, kEndpointType, kListenerType, kRouteType}) {
+    // CDS before EDS before SDS before LDS before RDS, so a client never sees a reference
+    // first.
+    for (auto type : {kClusterType, kEndpointType, kSecretType, kListenerType, kRouteType}) {
       auto it = types_.find(std::string(type));
       if (it == types_.end())
         continue;
@@ -810,7 +815,7 @@ class DeltaSession : public SessionBase {
     auto t0 = std::chrono::steady_clock::now();
     Recompute(version, hint);
     auto t1 = std::chrono::steady_clock::now();
-    for (auto type : {kClusterType, kEndpointType, kListenerType, kRouteType}) {
+    for (auto type : {kClusterType, kEndpointType, kSecretType, kListenerType, kRouteType}) {
       auto it = types_.find(std::string(type));
       if (it == types_.end())
         continue;

@@ -34,6 +34,7 @@ struct AdsClient::DeltaState {
   using Cla = envoy::config::endpoint::v3::ClusterLoadAssignment;
   using Listener = envoy::config::listener::v3::Listener;
   using Route = envoy::config::route::v3::RouteConfiguration;
+  using Secret = envoy::extensions::transport_sockets::tls::v3::Secret;
   using Request = envoy::service::discovery::v3::DeltaDiscoveryRequest;
   using Response = envoy::service::discovery::v3::DeltaDiscoveryResponse;
 
@@ -64,6 +65,11 @@ struct AdsClient::DeltaState {
   bool lds_requested = false;
   std::set<std::string> warned_types, warned_filter_types;
   std::map<std::string, std::vector<std::string>> listener_skipped_filters;  // accepted
+  // SDS: the secret names each received listener's TLS contexts name, and how many
+  // listeners name each secret. Secrets are subscribed by these names (SDS is no wildcard
+  // type) and wait for nothing: a chain without its secret fails closed until it comes.
+  std::map<std::string, std::vector<std::string>> listener_sds;
+  std::map<std::string, int> sds_refs;
 
  private:
   Request NewRequest(std::string_view type);

@@ -17,6 +17,7 @@ using envoy::config::cluster::v3::Cluster;
 using envoy::config::endpoint::v3::ClusterLoadAssignment;
 using envoy::config::listener::v3::Listener;
 using envoy::config::route::v3::RouteConfiguration;
+using envoy::extensions::transport_sockets::tls::v3::Secret;
 
 inline const std::string& NameOf(const Cluster& c) {
   return c.name();
@@ -30,6 +31,9 @@ inline const std::string& NameOf(const Listener& l) {
 inline const std::string& NameOf(const RouteConfiguration& r) {
   return r.name();
 }
+inline const std::string& NameOf(const Secret& s) {
+  return s.name();
+}
 
 inline config::Acceptance AcceptOne(const Cluster& c) {
   return config::AcceptCluster(c);
@@ -42,6 +46,9 @@ inline config::Acceptance AcceptOne(const Listener& l) {
 }
 inline config::Acceptance AcceptOne(const RouteConfiguration& r) {
   return config::AcceptRoute(r);
+}
+inline config::Acceptance AcceptOne(const Secret& s) {
+  return config::AcceptSecret(s);
 }
 
 // Envoy's NACK text for refused resources: LDS "Error adding/updating listener(s) a: why\n
@@ -57,6 +64,7 @@ inline std::string RefusalMessage(std::string_view type,
   }
   std::string_view kind = type == kClusterType    ? "cluster(s)"
                           : type == kEndpointType ? "endpoints"
+                          : type == kSecretType   ? "secret(s)"
                                                   : "route(s)";
   out = fmt::format("Error adding/updating {} ", kind);
   bool first = true;
@@ -75,6 +83,8 @@ inline std::string_view ShortType(std::string_view type) {
     return "endpoints";
   if (type == kListenerType)
     return "listener";
+  if (type == kSecretType)
+    return "secret";
   return "route";
 }
 

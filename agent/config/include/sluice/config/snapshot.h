@@ -29,6 +29,9 @@ struct Snapshot {
   Resources<envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
   Resources<envoy::config::listener::v3::Listener> listeners;
   Resources<envoy::config::route::v3::RouteConfiguration> routes;
+  // SDS secrets by name ("kubernetes://NAME"): the certificates and CAs listeners' TLS
+  // contexts name. They carry key material: never logged, redacted in config dumps.
+  Resources<envoy::extensions::transport_sockets::tls::v3::Secret> secrets;
   // Versions (xDS version_info per type URL) the resources came from; informational.
   std::map<std::string, std::string> versions;
   uint64_t generation = 0;  // set by ConfigStore: 1 for the first accepted snapshot
@@ -39,7 +42,7 @@ struct Snapshot {
   static Snapshot FromResourceSet(const xds::ResourceSet& rs);
   xds::ResourceSet ToResourceSet() const;
   std::size_t size() const {
-    return clusters.size() + endpoints.size() + listeners.size() + routes.size();
+    return clusters.size() + endpoints.size() + listeners.size() + routes.size() + secrets.size();
   }
 };
 using SnapshotPtr = std::shared_ptr<const Snapshot>;
@@ -51,12 +54,16 @@ struct TypeDiff {
 };
 
 // Field order is the order consumers apply it in: clusters, endpoints, listeners,
-// routes (CDS, EDS, LDS, RDS), so nothing is referenced before it exists.
+// routes (CDS, EDS, LDS, RDS), so nothing is referenced before it exists. Secrets (SDS)
+// come last in the struct; a consumer that compiles listeners reads them with the
+// listeners (a secret change rebuilds the listeners that name it).
 struct Diff {
   TypeDiff clusters, endpoints, listeners, routes;
   uint64_t base = 0;  // the id of the snapshot it goes from (ConfigStore sets it)
+  TypeDiff secrets;
   bool empty() const {
-    return clusters.empty() && endpoints.empty() && listeners.empty() && routes.empty();
+    return clusters.empty() && endpoints.empty() && listeners.empty() && routes.empty() &&
+           secrets.empty();
   }
 };
 
@@ -69,12 +76,14 @@ struct SnapshotEdit {
   ResourceMap<envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
   ResourceMap<envoy::config::listener::v3::Listener> listeners;
   ResourceMap<envoy::config::route::v3::RouteConfiguration> routes;
+  ResourceMap<envoy::extensions::transport_sockets::tls::v3::Secret> secrets;
   std::vector<std::string> removed_clusters, removed_endpoints, removed_listeners, removed_routes;
+  std::vector<std::string> removed_secrets;
   std::map<std::string, std::string> versions;
   bool empty() const {
     return clusters.empty() && endpoints.empty() && listeners.empty() && routes.empty() &&
-           removed_clusters.empty() && removed_endpoints.empty() && removed_listeners.empty() &&
-           removed_routes.empty();
+           secrets.empty() && removed_clusters.empty() && removed_endpoints.empty() &&
+           removed_listeners.empty() && removed_routes.empty() && removed_secrets.empty();
   }
 };
 

@@ -22,6 +22,9 @@ Result<void> ValidateEndpoints(const envoy::config::endpoint::v3::ClusterLoadAss
 // (filters.h); an internal listener passes here and is skipped by AcceptListener.
 Result<void> ValidateListener(const envoy::config::listener::v3::Listener& l);
 Result<void> ValidateRoute(const envoy::config::route::v3::RouteConfiguration& r);
+// A secret Sluice can use: tls_certificate (certificate_chain and private_key inline) or
+// validation_context (trusted_ca inline); other types and file data sources are refused.
+Result<void> ValidateSecret(const envoy::extensions::transport_sockets::tls::v3::Secret& s);
 
 // Per-resource acceptance, as Envoy's: what the xDS client does with one resource of a
 // response. kServed: applied; kSkipped: ACKed but not served (Sluice has no use for it,
@@ -38,6 +41,7 @@ Acceptance AcceptCluster(const envoy::config::cluster::v3::Cluster& c);
 Acceptance AcceptEndpoints(const envoy::config::endpoint::v3::ClusterLoadAssignment& cla);
 Acceptance AcceptListener(const envoy::config::listener::v3::Listener& l);
 Acceptance AcceptRoute(const envoy::config::route::v3::RouteConfiguration& r);
+Acceptance AcceptSecret(const envoy::extensions::transport_sockets::tls::v3::Secret& s);
 
 // Every resource, plus the references between them: each EDS cluster has its
 // ClusterLoadAssignment, each listener's RDS name has its RouteConfiguration, each
@@ -59,5 +63,9 @@ const std::string& EdsServiceName(const envoy::config::cluster::v3::Cluster& c);
 
 // RDS route_config_names a listener's HTTP connection managers ask for, in order.
 std::vector<std::string> RdsNames(const envoy::config::listener::v3::Listener& l);
+// SDS secret names a listener's TLS transport sockets (DownstreamTlsContext) ask for:
+// tls_certificate_sds_secret_configs, validation_context_sds_secret_config (plain or in
+// combined_validation_context), first appearance order, without repeats.
+std::vector<std::string> SdsNames(const envoy::config::listener::v3::Listener& l);
 
 }  // namespace sluice::config

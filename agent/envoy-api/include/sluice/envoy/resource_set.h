@@ -13,6 +13,7 @@
 #include "envoy/config/endpoint/v3/endpoint.pb.h"
 #include "envoy/config/listener/v3/listener.pb.h"
 #include "envoy/config/route/v3/route.pb.h"
+#include "envoy/extensions/transport_sockets/tls/v3/secret.pb.h"
 
 namespace sluice::xds {
 
@@ -25,12 +26,17 @@ inline constexpr std::string_view kClusterType =
     "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 inline constexpr std::string_view kEndpointType =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+// SDS: not a wildcard type; a client asks by name for the secrets its listeners name
+// ("kubernetes://NAME", "kubernetes://NAME-cacert", as istiod serves gateway credentials).
+inline constexpr std::string_view kSecretType =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
 struct ResourceSet {
   std::map<std::string, envoy::config::listener::v3::Listener> listeners;
   std::map<std::string, envoy::config::route::v3::RouteConfiguration> routes;
   std::map<std::string, envoy::config::cluster::v3::Cluster> clusters;
   std::map<std::string, envoy::config::endpoint::v3::ClusterLoadAssignment> endpoints;
+  std::map<std::string, envoy::extensions::transport_sockets::tls::v3::Secret> secrets;
   // Other names a subscriber may use for a listener: alias -> canonical listener name.
   // Proxyless gRPC asks for LDS "helloworld:5000" or "helloworld.default:5000"; istiod
   // answers with the FQDN's listener under the name asked for. The ADS server serves an
@@ -54,9 +60,13 @@ struct ResourceSet {
     std::string name = e.cluster_name();
     endpoints.insert_or_assign(std::move(name), std::move(e));
   }
+  void Add(envoy::extensions::transport_sockets::tls::v3::Secret s) {
+    std::string name = s.name();
+    secrets.insert_or_assign(std::move(name), std::move(s));
+  }
 
   std::size_t size() const {
-    return listeners.size() + routes.size() + clusters.size() + endpoints.size();
+    return listeners.size() + routes.size() + clusters.size() + endpoints.size() + secrets.size();
   }
 };
 

@@ -27,6 +27,14 @@
 
 namespace sluice::istio {
 
+// The SDS secrets istiod serves a gateway from the Kubernetes Secrets of its namespace
+// (pilot/pkg/xds/sds.go): "kubernetes://NAME" (tls_certificate from tls.crt/tls.key or
+// cert/key) and, when the Secret has a CA (ca.crt or cacert), "kubernetes://NAME-cacert"
+// (validation_context.trusted_ca). A Secret without a usable certificate gives no
+// tls_certificate (a chain naming it fails closed: not received). SDS is asked by name,
+// so a proxy gets only the ones its listeners name.
+void AddGatewaySecrets(const Config& config, const std::string& ns, xds::ResourceSet* out);
+
 struct ReloadReport {
   std::vector<std::string> errors;  // each names file, document and field
   std::vector<std::string> warnings;

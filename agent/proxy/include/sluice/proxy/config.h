@@ -370,6 +370,11 @@ struct VirtualHost {
   std::vector<std::string> domains;
   std::vector<Route> routes;
   HeaderMutations request_headers, response_headers;
+  // require_tls (Envoy's, istiod's httpsRedirect): a request on a connection without TLS
+  // (kAll), or one that is also not internal (kExternalOnly: no "x-envoy-internal: true"),
+  // is answered 301 with location https://<host><path>, before any route.
+  enum class TlsRequirement { kNone, kExternalOnly, kAll };
+  TlsRequirement require_tls = TlsRequirement::kNone;
 };
 
 struct RouteTable {

@@ -17,6 +17,11 @@
 // State of the world, as Envoy speaks it to istiod:
 // - CDS and LDS are wildcard subscriptions; EDS and RDS subscribe to the names the held
 //   clusters (EDS service names) and listeners (HCM rds.route_config_name) ask for.
+// - SDS (both protocols) subscribes to the secret names the held listeners'
+//   DownstreamTlsContexts name (config::SdsNames), updated with every LDS response
+//   (before its ACK). Secrets are no
+//   part of warming: a listener is applied at once, and the proxy fails the chains whose
+//   secret has not come closed until it does (Envoy keeps such a listener warming).
 // - Every response is ACKed (version_info = its version, response_nonce = its nonce) or
 //   NACKed (version_info = the last accepted version, error_detail = why), per type.
 // - Warming: a new cluster becomes active only with its ClusterLoadAssignment, a new

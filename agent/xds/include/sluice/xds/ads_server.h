@@ -21,10 +21,11 @@
 // - Push() recomputes every stream's ResourceSet. CDS and LDS are resent whole when any
 //   of their covered resources changed, appeared or went away; EDS and RDS carry only the
 //   subscribed resources that changed (SotW allows that for these types), so an endpoint
-//   update sends one ClusterLoadAssignment, not all of them.
+//   update sends one ClusterLoadAssignment, not all of them. SDS (Secret, asked by name
+//   like EDS/RDS) follows the same rules.
 // - A named LDS subscription to one of ResourceSet::listener_aliases gets the canonical
 //   listener under the alias's name; a wildcard never includes aliases.
-// - Types other than the four (SDS, ...) are answered with an empty response, as istiod
+// - Types other than these five (SRDS, ...) are answered with an empty response, as istiod
 //   answers types it has no generator for.
 // - When the client half-closes, every request already received is answered and the
 //   stream ends with OK.
@@ -81,7 +82,7 @@ namespace sluice::xds {
 
 // What the server saw on one stream, for status pages and tests.
 struct AdsServerEvent {
-  // kUnsupportedType: a request for a type this server does not serve (e.g. SDS), answered
+  // kUnsupportedType: a request for a type this server does not serve (e.g. SRDS), answered
   // with an empty response.
   // kResponse: a response went out; resource_names are the resources it carries and
   // removed the names it removes (Delta).
