@@ -249,18 +249,11 @@ check_http2() {
     fail "HTTP/1.1 to httpbin from the client pod: expected '200 HTTP/1.1', got $(answer)"
   fi
   # h2c by prior knowledge downstream; httpbin speaks HTTP/1.1 only, so a 200 over HTTP/2
-  # means a proxy translated. First as a user finds it (httpbin has no VirtualService: the
-  # kernel decides whether the proxy sees the connection), then with a route that has L7
-  # rules (httpbin-l7.yaml), which always goes through the in-pod proxy.
+  # means the proxy translated. With a route that has L7 rules (httpbin-l7.yaml) the
+  # connection always goes through the in-pod proxy. (Without one, an `http` port stays on
+  # the kernel's L4 path and its bytes reach httpbin unread: an h2c client fails there as
+  # without a mesh — a known difference from Istio, docs/node-agent.md.)
   local from
-  from=$(log_lines)
-  in_pod client curl -s -o /dev/null -w '%{http_code} HTTP/%{http_version}\n' --max-time 5 \
-    --http2-prior-knowledge "$httpbin/status/200"
-  if [[ $OUT == "200 HTTP/2" ]]; then
-    pass "curl --http2-prior-knowledge to httpbin (no VirtualService): 200 over HTTP/2"
-  else
-    fail "curl --http2-prior-knowledge to httpbin (no VirtualService): expected '200 HTTP/2', got $(answer) (curl exit $RC; $(last_path httpbin.default.svc.cluster.local:8000 "$from"))"
-  fi
   run sluicectl local apply -f $dir/httpbin-l7.yaml
   ((RC == 0)) || fail "apply of $dir/httpbin-l7.yaml failed (exit $RC)"
   local log0
