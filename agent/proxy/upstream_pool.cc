@@ -226,8 +226,12 @@ void UpstreamPool::FailH2(H2Upstream* h, UpFailure f) {
   for (auto [u, g] : streams) {
     if (u->gen != g || u->h2 != h)
       continue;
+    // A stream the server refused (its GOAWAY named a lower last-stream-id) before the
+    // connection went never reached the application: it fails as refused.
+    const UpFailure why =
+        u->h2s.closed && u->h2s.close_code == h2::kRefusedStream ? UpFailure::kRefused : f;
     if (u->owner)
-      u->owner->OnUpFailure(u, f);  // the owner releases it (ReleaseStream)
+      u->owner->OnUpFailure(u, why);  // the owner releases it (ReleaseStream)
     else
       ReleaseUpstream(u, false);
   }

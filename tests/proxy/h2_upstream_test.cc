@@ -194,6 +194,10 @@ class H2Server {
       c.s->ResetStream(id, h2::kInternalError);
       return;
     }
+    if (p == "/refuse") {
+      c.s->ResetStream(id, h2::kRefusedStream);  // not processed: safe to retry
+      return;
+    }
     if (p == "/flaky") {
       if (flaky_++ == 0)
         c.s->ResetStream(id, h2::kInternalError);
@@ -647,9 +651,11 @@ TEST_CASE("h2 upstream: a refused stream is retried under refused-stream (istiod
   Json retry = {{"retry_policy", {{"retry_on", "refused-stream"}, {"num_retries", 1}}}};
   auto rp = StartProxy(Doc(H2Cluster(srv.port()), retry));
   REQUIRE(rp->error.empty());
-  // Every attempt is refused by a GOAWAY: two attempts reach the server, then a 503 UR.
-  Resp r = Get(rp->Port(), "svc", "/goaway");
+  // Every attempt is refused (RST_STREAM REFUSED_STREAM): two attempts reach the server,
+  // then a 503 UR.
+  Resp r = Get(rp->Port(), "svc", "/refuse");
   CHECK(r.status == 503);
+  INFO(r.body);
   CHECK(r.body.find("remote refused stream reset") != std::string::npos);
   CHECK(srv.requests() == 2);
   // A reset is not a refusal: not retried under refused-stream alone.

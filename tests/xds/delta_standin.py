@@ -21,7 +21,7 @@ SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 T = "type.googleapis.com/envoy.config."
 CDS, EDS, LDS = T + "cluster.v3.Cluster", T + "endpoint.v3.ClusterLoadAssignment", \
     T + "listener.v3.Listener"
-UNKNOWN = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+UNKNOWN = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
 # An xdstp:// name: the client must treat it as an opaque string, in the cluster's name,
 # its EDS service name and the listener's reference to it.
 XDSTP = "xdstp://sluice.test/envoy.config.cluster.v3.Cluster/ns/b"
