@@ -54,7 +54,8 @@ int UpstreamPool::OpenSocket(const Cluster* c, Endpoint* ep) {
   return fd;
 }
 
-UpstreamConn* UpstreamPool::NewConn() {
+UpstreamConn* UpstreamPool::NewConn(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
+                                    Endpoint* ep) {
   if (free_upstreams_.empty()) {
     all_upstreams_.push_back(std::make_unique<UpstreamConn>());
     UpstreamConn* nu = all_upstreams_.back().get();
@@ -65,6 +66,17 @@ UpstreamConn* UpstreamPool::NewConn() {
   }
   UpstreamConn* u = free_upstreams_.back();
   free_upstreams_.pop_back();
+  ++u->gen;
+  u->snap = snap;
+  u->cluster = c;
+  u->ep = ep;
+  u->owner = nullptr;
+  u->tunnel = false;
+  u->read_paused = false;
+  u->peer_closed = false;
+  u->in.Clear();
+  u->out.Clear();
+  u->ResetResponse();
   return u;
 }
 
@@ -98,20 +110,9 @@ UpstreamConn* UpstreamPool::GetUpstream(const std::shared_ptr<const Snapshot>& s
   int fd = OpenSocket(c, ep);
   if (fd < 0)
     return nullptr;
-  UpstreamConn* u = NewConn();
-  ++u->gen;
+  UpstreamConn* u = NewConn(snap, c, ep);
   u->fd = fd;
-  u->snap = snap;
-  u->cluster = c;
-  u->ep = ep;
-  u->owner = nullptr;
   u->connecting = true;
-  u->tunnel = false;
-  u->read_paused = false;
-  u->peer_closed = false;
-  u->in.Clear();
-  u->out.Clear();
-  u->ResetResponse();
   std::strcpy(u->local_addr, "-");
   u->counted = true;
   u->mirror_conn = for_mirror;
@@ -164,18 +165,7 @@ UpstreamConn* UpstreamPool::GetStream(const std::shared_ptr<const Snapshot>& sna
     h->Open(fd, snap, c, ep);
     h2_[ep].push_back(h);
   }
-  UpstreamConn* u = NewConn();
-  ++u->gen;
-  u->snap = snap;
-  u->cluster = c;
-  u->ep = ep;
-  u->owner = nullptr;
-  u->tunnel = false;
-  u->read_paused = false;
-  u->peer_closed = false;
-  u->in.Clear();
-  u->out.Clear();
-  u->ResetResponse();
+  UpstreamConn* u = NewConn(snap, c, ep);
   u->counted = false;  // the connection is counted, not its streams
   u->mirror_conn = false;
   h->Attach(u);

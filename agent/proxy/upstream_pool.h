@@ -109,7 +109,9 @@ class UpstreamPool {
   // A non-blocking socket connecting to ep as the cluster says (make_socket, mark,
   // bind); -1 on failure.
   int OpenSocket(const Cluster* c, Endpoint* ep);
-  UpstreamConn* NewConn();
+  // A connection object from the free list, reset for a new use on (snap, c, ep).
+  UpstreamConn* NewConn(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
+                        Endpoint* ep);
   // The stream path of GetUpstream.
   UpstreamConn* GetStream(const std::shared_ptr<const Snapshot>& snap, const Cluster* c,
                           Endpoint* ep, bool* overflow, bool for_mirror);
