@@ -24,7 +24,7 @@ void AppendIn(Session* s, std::string_view bytes) {
   const std::string_view before = s->in.Data();
   s->in.Append(bytes);
   if (s->in.Data().data() != before.data() && !before.empty())
-    http::MoveViews(&s->req, before.data(), before.size(), s->in.Data().data());
+    s->InMoved(before);
 }
 
 }  // namespace

@@ -49,7 +49,7 @@ void Session::Dispatch() {
   // Stop reading while the request runs: the head's views into `in` stay valid and
   // pipelined requests wait in the buffer. RDHUP still tells us if the client leaves.
   phase = Phase::kUpstream;
-  request_complete = true;
+  request_complete = !body_streaming;  // else StreamBody completes it
   response_sent = false;
   ArmStreamTimer();
   if (!req.keep_alive)
@@ -204,13 +204,18 @@ void Session::ContinueAfterFault() {
   timeouts = grpc::RouteTimeouts(
       a, grpc, has_grpc_timeout ? std::optional<std::string_view>(grpc_timeout) : std::nullopt,
       chain->http.max_stream_duration);
-  if (timeouts.route.count() > 0)
+  // The route timeout runs from the end of the request (a streamed one's: StreamBody).
+  if (timeouts.route.count() > 0 && request_complete)
     w->Arm(route_timer, timeouts.route.count());
   if (timeouts.stream_duration)
     ArmStreamTimer();
-  for (const MirrorPolicy& m : a.mirrors) {
-    if (w->Roll(m.per_million))
-      w->shadow().SendMirror(m, *this);
+  if (!request_complete) {
+    mirrors_deferred = !a.mirrors.empty();  // a mirror gets the whole request
+  } else {
+    for (const MirrorPolicy& m : a.mirrors) {
+      if (w->Roll(m.per_million))
+        w->shadow().SendMirror(m, *this);
+    }
   }
   StartAttempt();
 }
@@ -325,13 +330,49 @@ void Session::StartAttempt() {
   u->upgrade_request = !req.upgrade.empty();
   ep->active_requests.fetch_add(1, std::memory_order_relaxed);
   SerializeRequest(u->out, false);
+  body_sent = body_scanned;  // a streamed body's rest follows as it comes (StreamBody)
   if (attempt == 1)
     service_time_ms = w->now();
-  if (timeouts.per_try.count() > 0)
+  if (timeouts.per_try.count() > 0 && request_complete)
     w->Arm(try_timer, timeouts.per_try.count());
   if (!u->connecting) {
     CopyStr(up_local, u->local_addr);
     u->Flush();
+  }
+}
+
+void Session::StreamBody() {
+  const uint64_t g = gen;
+  const int scanned = ScanBody();
+  if (scanned < 0)
+    return;
+  bytes_rx = body_scanned;
+  if (up && body_sent < body_scanned) {
+    up->out.Append(in.Data().substr(req.head_len + body_sent, body_scanned - body_sent));
+    body_sent = body_scanned;
+    if (!up->connecting) {
+      up->Flush();  // may fail the attempt (retried, or answered)
+      if (g != gen)
+        return;
+    }
+  }
+  if (scanned == 0)
+    return;
+  // Complete: what Envoy starts at the end of the request (onRequestComplete).
+  request_complete = true;
+  ArmStreamTimer();
+  if (!route || !cluster)
+    return;  // not routed to a cluster yet (a fault's delay): ContinueAfterFault does it
+  if (timeouts.route.count() > 0)
+    w->Arm(route_timer, timeouts.route.count());
+  if (up && !response_started && timeouts.per_try.count() > 0)
+    w->Arm(try_timer, timeouts.per_try.count());
+  if (mirrors_deferred) {
+    mirrors_deferred = false;
+    for (const MirrorPolicy& m : route->action.mirrors) {
+      if (w->Roll(m.per_million))
+        w->shadow().SendMirror(m, *this);
+    }
   }
 }
 

@@ -291,6 +291,7 @@ void Session::ResetConnectionState() {
   response_sent = false;
   strip_h2c = false;
   waiting_memory = false;
+  body_streaming = mirrors_deferred = false;
   downstream_h2 = false;
   h2conn = nullptr;
   h2_stream = 0;
@@ -424,7 +425,8 @@ bool Session::ReadInto(Buffer& b) {
   }
   // A request being received is read up to the worker's per-connection floor; a body
   // beyond it only under a reservation (MemoryBudget::Reserve).
-  const bool floored = &b == &in && (phase == Phase::kHead || phase == Phase::kBody);
+  const bool receiving_body = phase == Phase::kBody || Streaming();
+  const bool floored = &b == &in && (phase == Phase::kHead || receiving_body);
   // Room for a whole head always, so a head is never waited on.
   const std::size_t floor =
       floored ? std::max(MemoryBudget::kHeadFloor, chain->http.limits.max_head_bytes + 1) : 0;
@@ -433,7 +435,7 @@ bool Session::ReadInto(Buffer& b) {
     if (floored && reserved == 0) {
       if (b.size() >= floor) {
         read_ready = true;  // a head: read again once these requests are taken (Finish)
-        if (phase == Phase::kBody && !w->budget().Reserve(this, BodyReservation())) {
+        if (receiving_body && !w->budget().Reserve(this, BodyReservation())) {
           w->budget().WaitForMemory(this);  // resumed once its reservation is granted
           Account();
           return true;
@@ -449,11 +451,8 @@ bool Session::ReadInto(Buffer& b) {
     std::size_t avail;
     const std::string_view before = b.Data();
     char* p = b.WritePtr(8192, &avail);
-    if (&b == &in && b.Data().data() != before.data()) {
-      // The buffer moved under the parsed head (a body grew it): keep req's views on
-      // its bytes, which the access log and a retry still read.
-      http::MoveViews(&req, before.data(), before.size(), b.Data().data());
-    }
+    if (&b == &in && b.Data().data() != before.data())
+      InMoved(before);  // a body grew it: the access log and a retry still read the head
     const std::size_t want = std::min(avail, room);
     ssize_t n = tls ? tls->Recv(w->loop(), fd, p, want) : w->loop().Recv(fd, p, want);
     if (n > 0) {
@@ -524,9 +523,12 @@ void Session::OnEvent(uint32_t ev) {
       return;
     }
     default:
-      // A request is in flight and the connection is not read meanwhile (the head's
-      // views point into `in`). A FIN means the client went away; data (pipelined
-      // requests) is read when the request is done.
+      if (Streaming()) {
+        ServeRequests(/*read_first=*/true);  // the rest of a streamed body
+        return;
+      }
+      // A request is in flight and the connection is not read meanwhile. A FIN means the
+      // client went away; data (pipelined requests) is read when the request is done.
       if (ev & (EPOLLRDHUP | EPOLLHUP))
         Abort(kFlagDC);
       else
@@ -568,29 +570,15 @@ void Session::Process() {
       OnHead();
       continue;
     }
-    // kBody: wait for the whole body (it is buffered, for retries and mirrors).
-    std::string_view body = in.Data().substr(req.head_len);
-    bool complete = false;
-    if (req.chunked) {
-      std::size_t used = chunk.Feed(body.substr(body_scanned), nullptr);
-      body_scanned += used;
-      if (chunk.failed()) {
-        close_after = true;
-        Local(400, chunk.error(), kFlagDPE, "http1.codec_error");
-        break;
-      }
-      if (body_scanned > chain->http.max_request_body) {
-        close_after = true;
-        Local(413, "Payload Too Large", 0, "request_payload_too_large");
-        break;
-      }
-      complete = chunk.done();
-    } else {
-      body_scanned =
-          std::min<std::size_t>(body.size(), static_cast<std::size_t>(req.content_length));
-      complete = body_scanned == static_cast<std::size_t>(req.content_length);
-    }
-    if (!complete) {
+    // kBody: wait for the whole body (it is buffered, for retries and mirrors), or
+    // route a streamed one on its head.
+    const int scanned = ScanBody();
+    if (scanned < 0)
+      break;
+    bytes_rx = body_scanned;
+    if (scanned == 1)
+      body_streaming = false;  // all in already: served as any other request
+    if (scanned == 0 && !body_streaming) {
       if (req.expect_continue && !sent_continue) {
         sent_continue = true;
         out.Append("HTTP/1.1 100 Continue\r\n\r\n");
@@ -598,10 +586,50 @@ void Session::Process() {
       }
       break;
     }
-    bytes_rx = body_scanned;
     Dispatch();
   }
   in_process = false;
+}
+
+int Session::ScanBody() {
+  std::string_view body = in.Data().substr(req.head_len);
+  const char* refused = nullptr;
+  int code = 0;
+  if (req.chunked) {
+    body_scanned += chunk.Feed(body.substr(body_scanned), nullptr);
+    if (chunk.failed()) {
+      code = 400;
+      refused = chunk.error();
+    } else if (body_scanned > chain->http.max_request_body) {
+      code = 413;
+      refused = "Payload Too Large";
+    } else {
+      return chunk.done() ? 1 : 0;
+    }
+  } else {
+    body_scanned = std::min<std::size_t>(body.size(), static_cast<std::size_t>(req.content_length));
+    return body_scanned == static_cast<std::size_t>(req.content_length) ? 1 : 0;
+  }
+  close_after = true;  // where the body ends, and so the next request begins, is unknown
+  if (response_started) {
+    Abort(code == 400 ? static_cast<uint32_t>(kFlagDPE)
+                      : 0u);  // a streamed request's response began: a reset
+    return -1;
+  }
+  StopWaiting();
+  if (code == 400)
+    Local(400, refused, kFlagDPE, "http1.codec_error");
+  else
+    Local(413, refused, 0, "request_payload_too_large");
+  return -1;
+}
+
+void Session::InMoved(std::string_view before) {
+  const char* to = in.Data().data();
+  http::MoveViews(&req, before.data(), before.size(), to);
+  if (!cors_origin.empty() && cors_origin.data() >= before.data() &&
+      cors_origin.data() < before.data() + before.size())
+    cors_origin = std::string_view(to + (cors_origin.data() - before.data()), cors_origin.size());
 }
 
 void Session::ForgetHead() {
@@ -624,6 +652,10 @@ void Session::OnHead() {
     Local(413, "Payload Too Large", 0, "request_payload_too_large");
     return;
   }
+  // gRPC bodies stream (a bidirectional call); other bodies are buffered whole first.
+  body_streaming = has_body && grpc::IsGrpcRequest(req.path, req.Get("content-type"));
+  mirrors_deferred = false;
+  body_sent = 0;
   if (has_body) {
     phase = Phase::kBody;
     ArmStreamTimer();
@@ -797,7 +829,10 @@ void Session::Finish() {
   LogRequest();
   request_active = false;
   head_start_ms = -1;
+  if (!request_complete)
+    close_after = true;  // answered before its body was all in (a streamed request's)
   request_complete = false;
+  body_streaming = mirrors_deferred = false;
   grpc = false;
   w->budget().Unreserve(this);
   std::size_t used = std::min(in.size(), req.head_len + body_scanned);
@@ -839,6 +874,13 @@ void Session::ServeRequests(bool read_first) {
     }
     if (!proto_decided && !DecideProtocol())
       return;  // waiting for the handshake or the preface, or served as HTTP/2 now
+    if (Streaming() && phase != Phase::kBody) {
+      StreamBody();
+      if (g != gen || !read_ready || waiting_memory || !Streaming())
+        return;
+      read = true;
+      continue;
+    }
     Process();
     // The socket may hold more than was read (a read stops at the connection's floor or
     // its 1 MiB): edge-triggered, nothing will say so again, so read on.

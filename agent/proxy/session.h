@@ -135,6 +135,13 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   int64_t head_start_ms = -1;     // the request's first byte; -1 before it
   int64_t last_io_ms = 0;         // the request's last byte received or response byte sent on
   bool request_complete = false;  // its head and body are in
+  // A gRPC request is routed on its head and its body streamed upstream as it comes
+  // (a bidirectional call waits for replies before it half-closes): its body stays
+  // whole in `in` (a retry sends it again), body_sent of it went to the current attempt,
+  // and its mirrors go when it is complete (StreamBody).
+  bool body_streaming = false;
+  bool mirrors_deferred = false;
+  std::size_t body_sent = 0;
   // Response bytes went to the client: an upstream protocol error can no longer become
   // a 502 (the head written so far, from resp_head_at in `out`, is still unsent).
   bool response_sent = false;
@@ -182,6 +189,9 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   // The response's grpc-status for the access log and Istio's metrics (grpc.h's
   // GrpcStatusForLog): "" for a request that is not gRPC.
   std::string GrpcStatus() const;
+  // `in` moved from `before` (it grew): the views into it (the parsed head's, the CORS
+  // origin's) follow it.
+  void InMoved(std::string_view before);
 
  private:
   bool ReadInto(Buffer& b);
@@ -197,6 +207,14 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   // has more of them.
   void ServeRequests(bool read_first);
   void Process();
+  // The body's bytes in `in` so far, scanned (chunked framing, content-length and the
+  // request body limit): 1 when it is complete, 0 while not, -1 when it was refused (400
+  // or 413 answered, or the stream reset once its response began).
+  int ScanBody();
+  // A streamed request's body gained bytes: on to the upstream attempt, and what
+  // completes the request then (its route and per-try timers, its mirrors).
+  void StreamBody();
+  bool Streaming() const { return body_streaming && !request_complete; }
   void OnHead();
   void Dispatch();
   void ContinueAfterFault();

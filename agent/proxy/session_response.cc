@@ -137,7 +137,9 @@ void Session::OnUpDone(UpstreamConn* u) {
       CopyStr(grpc_trailer_status, *v);
     }
   }
-  DropUpstream(u->reusable);
+  // An HTTP/1.1 connection whose request was not all sent (a streamed body the server
+  // answered early) cannot carry another; an HTTP/2 stream is reset (CANCEL).
+  DropUpstream(u->reusable && request_complete);
   uint64_t g = gen;
   TryWrite();  // the response first, then the next pipelined request
   if (g != gen)

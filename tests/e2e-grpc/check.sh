@@ -222,6 +222,7 @@ check_grpc() {
   until_ok 10 probe_proxied
   if probe_check client unary --target "$probe_target"; then pass "${VERDICT#OK: }"; else fail "unary to the probe server: ${VERDICT#FAIL: }"; fi
   if probe_check client stream --target "$probe_target" --n 50; then pass "${VERDICT#OK: }"; else fail "server streaming: ${VERDICT#FAIL: }"; fi
+  if probe_check client bidi --target "$probe_target" --n 5; then pass "${VERDICT#OK: }"; else fail "bidirectional streaming: ${VERDICT#FAIL: }"; fi
   if probe_check client status --target "$probe_target" --code 5; then pass "trailers: ${VERDICT#OK: }"; else fail "trailers: ${VERDICT#FAIL: }"; fi
   if probe_check client deadline --target "$probe_target" --timeout 5; then pass "deadline: ${VERDICT#OK: }"; else fail "deadline: ${VERDICT#FAIL: }"; fi
 

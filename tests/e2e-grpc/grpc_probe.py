@@ -12,6 +12,8 @@ scalar fields, encoded and decoded by hand below.
                         as "Header=<name>:<value>"; trailer x-probe-trailer: unary-<key>
         Stream(n)    -> n replies "reply i of n" (server streaming); trailer
                         x-probe-trailer: stream-<n>
+        Chat(m...)   -> "echo <m> from V" for each message as it comes (bidirectional
+                        streaming); trailer x-probe-trailer: chat-<count>
         Flaky(key:f) -> UNAVAILABLE for the first f calls with this key, then "calls=<c>"
         Count(key)   -> "calls=<c>": how many Flaky calls with this key reached the server
         Fail(code)   -> that status code with message "probe failure <code>" and trailer
@@ -21,11 +23,12 @@ scalar fields, encoded and decoded by hand below.
       One check as a client; prints its evidence, then "OK: ..." (exit 0) or
       "FAIL: ..." (exit 1). Checks: echo-versions (Istio's echo app, Echo or ForwardEcho
       calls, counted by the version that answered), unary, stream, retry, deadline,
-      status. See --help of each.
+      bidi, status. See --help of each.
 """
 import argparse
 import collections
 import os
+import queue
 import re
 import sys
 import threading
@@ -142,6 +145,13 @@ class Probe:
         for i in range(1, count + 1):
             yield "reply %d of %d from %s" % (i, count, self.version)
 
+    def chat(self, requests, ctx):
+        n = 0
+        for req in requests:
+            n += 1
+            yield "echo %s from %s" % (decode_string(req), self.version)
+        ctx.set_trailing_metadata((("x-probe-trailer", "chat-%d" % n),))
+
     def flaky(self, spec, ctx):
         key, _, fails = spec.partition(":")
         with self.lock:
@@ -180,6 +190,8 @@ def serve(args):
         "Stream": grpc.unary_stream_rpc_method_handler(
             lambda req, ctx: probe.stream(decode_string(req), ctx),
             request_deserializer=None, response_serializer=encode_string),
+        "Chat": grpc.stream_stream_rpc_method_handler(
+            probe.chat, request_deserializer=None, response_serializer=encode_string),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("probe.Probe", handlers),))
@@ -280,6 +292,47 @@ def check_stream(args):
     return done(True, "server streaming: %d replies in order, then status OK and trailer x-probe-trailer: stream-%d" % (args.n, args.n))
 
 
+def check_bidi(args):
+    """A bidirectional call that sends each message only once the reply to the previous
+    one came back, then half-closes: it completes only if both directions stream."""
+    ch = channel(args.target)
+    fn = ch.stream_stream("/probe.Probe/Chat", request_serializer=None, response_deserializer=None)
+    outbox = queue.Queue()
+
+    def requests():
+        while True:
+            m = outbox.get()
+            if m is None:
+                return
+            yield encode_string(m)
+
+    outbox.put("m1")
+    it = fn(requests(), timeout=args.timeout)
+    got = []
+    try:
+        for i in range(1, args.n + 1):
+            reply = decode_string(next(it))
+            got.append(reply)
+            if not reply.startswith("echo m%d from " % i):
+                outbox.put(None)
+                return done(False, "Chat: reply %d is %r, not the echo of m%d" % (i, reply, i))
+            outbox.put("m%d" % (i + 1) if i < args.n else None)
+        rest = list(it)
+    except grpc.RpcError as e:
+        outbox.put(None)
+        return done(False, "Chat: %s: %s after %d replies (each message waits for the previous "
+                    "reply: a proxy that buffers the request stream never answers)" %
+                    (e.code().name, e.details(), len(got)))
+    trailers = dict(it.trailing_metadata() or ())
+    print("%d replies, first %r, last %r; trailers %s" % (len(got), got[:1], got[-1:], trailers))
+    if rest:
+        return done(False, "Chat: %d replies more than messages sent" % len(rest))
+    if trailers.get("x-probe-trailer") != "chat-%d" % args.n:
+        return done(False, "Chat: trailer x-probe-trailer is %r, not 'chat-%d'" % (trailers.get("x-probe-trailer"), args.n))
+    return done(True, "bidirectional streaming: %d messages, each answered before the next was sent, "
+                "then status OK and trailer x-probe-trailer: chat-%d" % (args.n, args.n))
+
+
 def check_retry(args):
     ch = channel(args.target)
     key = "sluicet-%d-%d" % (time.time() * 1000, id(ch) % 1000)
@@ -337,6 +390,7 @@ def main():
     s.add_argument("--version", default="v1")
     checks = {
         "echo-versions": check_echo_versions, "unary": check_unary, "stream": check_stream,
+        "bidi": check_bidi,
         "retry": check_retry, "deadline": check_deadline, "status": check_status,
     }
     for name in checks:
@@ -349,6 +403,9 @@ def main():
             c.add_argument("--timeout", type=float, default=5)
         if name == "stream":
             c.add_argument("--n", type=int, default=50)
+        if name == "bidi":
+            c.add_argument("--n", type=int, default=5)
+            c.add_argument("--timeout", type=float, default=10)
         if name == "retry":
             c.add_argument("--fails", type=int, default=3)
         if name == "deadline":

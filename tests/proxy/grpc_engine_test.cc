@@ -328,3 +328,204 @@ TEST_CASE("gRPC: local replies are trailers-only gRPC responses, other requests 
   CHECK(line.ends_with(" -"));  // the route name ends a non-gRPC line ("-": no route)
   CHECK(up.heads().empty());
 }
+
+namespace {
+
+// A bidirectional-streaming gRPC server as seen through HTTP/1.1 framing: answers a
+// request's head at once, then echoes each chunk of its body as it arrives and ends with
+// grpc-status 0 when the body ends. With drop_first, the first connection is closed
+// once the head and a chunk of the body were read, before any answer (a reset the route
+// retries). Keeps, per request, the body it received.
+class EchoStreamUpstream {
+ public:
+  explicit EchoStreamUpstream(bool drop_first = false) : drop_first_(drop_first) {
+    fd_ = ListenLoopback(16, &port_);
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~EchoStreamUpstream() {
+    stop_ = true;
+    thread_.join();
+    close(fd_);
+  }
+  uint16_t port() const { return port_; }
+  std::vector<std::string> bodies() const {
+    std::lock_guard l(mu_);
+    return bodies_;
+  }
+  int connections() const { return conns_; }
+
+ private:
+  void Run() {
+    std::vector<std::thread> conns;
+    while (!stop_) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 50) <= 0)
+        continue;
+      int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c >= 0)
+        conns.emplace_back([this, c, first = conns_++ == 0] { Serve(c, first); });
+    }
+    for (auto& t : conns)
+      t.join();
+  }
+  bool Fill(int c, std::string& buf) {
+    while (!stop_) {
+      pollfd p{c, POLLIN, 0};
+      if (poll(&p, 1, 50) <= 0)
+        continue;
+      char tmp[4096];
+      ssize_t n = recv(c, tmp, sizeof(tmp), 0);
+      if (n <= 0)
+        return false;
+      buf.append(tmp, static_cast<std::size_t>(n));
+      return true;
+    }
+    return false;
+  }
+  void Serve(int c, bool first) {
+    std::string buf, body;
+    std::size_t head_end;
+    while ((head_end = buf.find("\r\n\r\n")) == std::string::npos) {
+      if (!Fill(c, buf)) {
+        close(c);
+        return;
+      }
+    }
+    buf.erase(0, head_end + 4);
+    if (first && drop_first_) {
+      while (buf.find("\r\n", buf.find("\r\n") + 2) == std::string::npos && Fill(c, buf)) {
+      }
+      close(c);  // a reset before the response: the attempt fails
+      return;
+    }
+    const std::string head =
+        "HTTP/1.1 200 OK\r\ncontent-type: application/grpc\r\ntransfer-encoding: chunked\r\n\r\n";
+    send(c, head.data(), head.size(), MSG_NOSIGNAL);
+    while (true) {
+      std::size_t eol = buf.find("\r\n");
+      if (eol == std::string::npos) {
+        if (!Fill(c, buf))
+          break;
+        continue;
+      }
+      const std::size_t size = std::stoul(buf.substr(0, eol), nullptr, 16);
+      if (size == 0) {
+        if (buf.find("\r\n\r\n", eol) == std::string::npos && Fill(c, buf))
+          continue;
+        {
+          std::lock_guard l(mu_);
+          bodies_.push_back(body);
+        }
+        const std::string end = "0\r\ngrpc-status: 0\r\n\r\n";
+        send(c, end.data(), end.size(), MSG_NOSIGNAL);
+        break;
+      }
+      if (buf.size() < eol + 2 + size + 2) {
+        if (!Fill(c, buf))
+          break;
+        continue;
+      }
+      const std::string chunk = buf.substr(0, eol + 2 + size + 2);
+      body += buf.substr(eol + 2, size);
+      buf.erase(0, chunk.size());
+      send(c, chunk.data(), chunk.size(), MSG_NOSIGNAL);  // echoed as it came
+    }
+    close(c);
+  }
+
+  bool drop_first_;
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> conns_{0};
+  std::thread thread_;
+  mutable std::mutex mu_;
+  std::vector<std::string> bodies_;
+};
+
+// A length-prefixed gRPC message carrying `s`, as one HTTP/1.1 chunk.
+std::string MessageChunk(const std::string& s) {
+  std::string msg = std::string("\0\0\0\0", 4) + static_cast<char>(s.size()) + s;
+  char size[16];
+  snprintf(size, sizeof(size), "%zx\r\n", msg.size());
+  return size + msg + "\r\n";
+}
+
+// Reads from fd until `needle` is in `got` or two seconds pass.
+bool ReadUntil(int fd, std::string& got, const std::string& needle) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (got.find(needle) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    pollfd p{fd, POLLIN, 0};
+    if (poll(&p, 1, 50) <= 0)
+      continue;
+    char tmp[4096];
+    ssize_t n = recv(fd, tmp, sizeof(tmp), 0);
+    if (n <= 0)
+      break;
+    got.append(tmp, static_cast<std::size_t>(n));
+  }
+  return got.find(needle) != std::string::npos;
+}
+
+// A bidirectional call: each message waits for its echo before the next is sent, then the
+// client half-closes its stream (the terminal chunk) and reads the status.
+void BidiCall(uint16_t port) {
+  int fd = Connect(port);
+  REQUIRE(fd >= 0);
+  const std::string head =
+      "POST /pkg.Echo/Chat HTTP/1.1\r\nhost: grpc.test\r\ncontent-type: application/grpc\r\n"
+      "te: trailers\r\ntransfer-encoding: chunked\r\n\r\n";
+  std::string got;
+  for (const char* m : {"ping-1", "ping-2", "ping-3"}) {
+    std::string out = (std::string(m) == "ping-1" ? head : "") + MessageChunk(m);
+    send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+    INFO("message " << m << ", received so far: " << got);
+    // Before the request ends: the proxy streamed the message and relays its echo.
+    CHECK(ReadUntil(fd, got, m));
+  }
+  send(fd, "0\r\n\r\n", 5, MSG_NOSIGNAL);
+  INFO(got);
+  CHECK(ReadUntil(fd, got, "0\r\ngrpc-status: 0\r\n\r\n"));
+  CHECK(got.rfind("HTTP/1.1 200 OK", 0) == 0);
+  close(fd);
+}
+
+}  // namespace
+
+TEST_CASE("gRPC: a bidirectional stream flows both ways before the client half-closes",
+          "[proxy][grpc]") {
+  EchoStreamUpstream up;
+  Json doc = {{"listeners", {HttpListener("http", Routes({RouteTo("/pkg.Echo/", {})}))}},
+              {"clusters", {StaticCluster("grpc", {up.port()})}}};
+  auto p = StartProxy(doc);
+  REQUIRE(p->error == "");
+  BidiCall(p->Port());
+  auto bodies = up.bodies();
+  REQUIRE(bodies.size() == 1);
+  CHECK(bodies[0].find("ping-1") < bodies[0].find("ping-2"));
+  CHECK(bodies[0].find("ping-3") != std::string::npos);
+  std::string line = LogLineFor(*p, "/pkg.Echo/Chat", 1);
+  INFO(line);
+  CHECK(line.find("\" 200 ") != std::string::npos);
+  CHECK(line.ends_with(" 0"));  // the grpc-status from the trailers
+}
+
+TEST_CASE("gRPC: a streamed request is sent again whole on a retry", "[proxy][grpc]") {
+  // The first connection is reset after the head and the first message: the retry
+  // carries what was received so far, then the rest as it comes.
+  EchoStreamUpstream up(/*drop_first=*/true);
+  Json doc = {
+      {"listeners",
+       {HttpListener("http", Routes({RouteTo("/pkg.Echo/",
+                                             {{"retry_policy",
+                                               {{"retry_on", "reset"}, {"num_retries", 1}}}})}))}},
+      {"clusters", {StaticCluster("grpc", {up.port()})}}};
+  auto p = StartProxy(doc);
+  REQUIRE(p->error == "");
+  BidiCall(p->Port());
+  CHECK(up.connections() == 2);
+  auto bodies = up.bodies();
+  REQUIRE(bodies.size() == 1);
+  CHECK(bodies[0].find("ping-1") != std::string::npos);
+  CHECK(bodies[0].find("ping-3") != std::string::npos);
+}
