@@ -33,7 +33,11 @@ void ShadowWriter::SendMirror(const MirrorPolicy& m, Session& s) {
   if (!ep)
     return;
   bool overflow = false;
-  UpstreamConn* u = ctx_.upstreams().GetUpstream(s.snap, c, ep, &overflow, /*for_mirror=*/true);
+  // The protocol the mirror cluster takes for this request (HTTP/2 also when it uses the
+  // downstream's and the request came on HTTP/2), as for the primary.
+  const bool http2 = c->Http2For(s.downstream_h2) && s.req.upgrade.empty();
+  UpstreamConn* u =
+      ctx_.upstreams().GetUpstream(s.snap, c, ep, &overflow, /*for_mirror=*/true, http2);
   if (!u) {
     ctx_.stats().mirrors_dropped.fetch_add(1, std::memory_order_relaxed);
     return;

@@ -712,6 +712,43 @@ TEST_CASE("h2 upstream: mirrors to an HTTP/2 cluster go as streams too") {
   CHECK(shadow.seen()[0].authority == "svc-shadow:80");
 }
 
+TEST_CASE(
+    "h2 upstream: a mirror to a use_downstream_protocol_config cluster follows an HTTP/2 request") {
+  // Both clusters use the downstream's protocol and point at nginx's h2c-only port: a
+  // request that came on HTTP/2 reaches it as HTTP/2 twice, the primary and its copy (an
+  // HTTP/1.1 copy would not be understood there).
+  Nginx nginx;
+  auto downstream_cluster = [&](const std::string& name) {
+    Json c = StaticCluster(name, {nginx.h2_port()});
+    c["typed_extension_protocol_options"] = {
+        {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+         {{"@type", "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"},
+          {"use_downstream_protocol_config",
+           {{"http_protocol_options", Json::object()},
+            {"http2_protocol_options", Json::object()}}}}}};
+    return c;
+  };
+  Json action = {{"cluster", "primary"},
+                 {"request_mirror_policies", Json::array({{{"cluster", "shadow"}}})}};
+  Json doc = {
+      {"listeners", Json::array({HttpListener("http", "rc")})},
+      {"routes", Json::array({RouteConfig(
+                     "rc", Json::array({{{"match", {{"prefix", "/"}}}, {"route", action}}}))})},
+      {"clusters", Json::array({downstream_cluster("primary"), downstream_cluster("shadow")})}};
+  auto rp = StartProxy(doc);
+  REQUIRE(rp->error.empty());
+  std::string out =
+      RunCmd("curl -s --http2-prior-knowledge -w '\\n%{http_code}' http://127.0.0.1:" +
+             std::to_string(rp->Port()) + "/hello");
+  CHECK(out == "hello\n\n200");
+  REQUIRE(WaitFor([&] { return nginx.Log().size() == 2; }));
+  for (const std::string& l : nginx.Log()) {
+    INFO(l);
+    CHECK(l.find("HTTP/2.0 GET /hello HTTP/2.0") != std::string::npos);
+  }
+  CHECK(rp->proxy->stats().upstream_rq_http2.load() == 2);
+}
+
 TEST_CASE("h2 upstream: the cluster's protocol options compile, or are refused by name") {
   Json c = StaticCluster("old", {1});
   c["http2_protocol_options"] = {{"max_concurrent_streams", 7}};
