@@ -81,6 +81,8 @@ const char* FailureName(Failure f) {
       return "no_client_certificate";
     case Failure::kBadClientCertificate:
       return "bad_client_certificate";
+    case Failure::kClientSanMismatch:
+      return "fail_verify_san";
     case Failure::kHandshake:
       return "handshake";
     case Failure::kProtocol:
@@ -98,6 +100,8 @@ Result<std::shared_ptr<const ServerContext>> ServerContext::Create(const ServerC
     return Fail("TLS server: no certificate");
   if (config.require_client_certificate && config.client_ca_pem.empty())
     return Fail("TLS server: client certificates required but no CA to verify them");
+  if (!config.client_san_matchers.empty() && !config.require_client_certificate)
+    return Fail("TLS server: client certificate SAN checks without client certificates required");
   std::shared_ptr<ServerContext> ctx(new ServerContext());
   ctx->config_ = config;
   ERR_clear_error();
@@ -145,6 +149,8 @@ Result<std::shared_ptr<const ServerContext>> ServerContext::Create(const ServerC
     if (n == 0)
       return Fail("TLS server: the client CA is not PEM");
     SSL_CTX_set_verify(base, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+    if (!config.client_san_matchers.empty())
+      SSL_CTX_set_cert_verify_callback(base, &Connection::OnVerifyClient, nullptr);
   }
   for (const auto& p : config.alpn) {
     if (p.empty() || p.size() > 255)
@@ -220,6 +226,30 @@ int Connection::OnClientHello(SSL* ssl, int* alert, void*) {
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
+int Connection::OnVerifyClient(X509_STORE_CTX* store, void*) {
+  const int chain_ok = X509_verify_cert(store);
+  if (chain_ok <= 0)
+    return chain_ok;  // OpenSSL's own failure (kBadClientCertificate)
+  auto* ssl =
+      static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* self = static_cast<Connection*>(SSL_get_app_data(ssl));
+  const std::vector<San> sans = CertificateSans(X509_STORE_CTX_get0_cert(store));
+  if (MatchSans(self->ctx_->config_.client_san_matchers, sans))
+    return 1;
+  self->failure_ = Failure::kClientSanMismatch;
+  self->error_ = "client certificate SAN check failed: none of";
+  for (const San& s : sans)
+    self->error_ += std::string(" ") + SanTypeName(s.type) + ":" + s.value;
+  if (sans.empty())
+    self->error_ += " (no SANs)";
+  self->error_ += " matches";
+  for (const SanMatcher& m : self->ctx_->config_.client_san_matchers)
+    self->error_ += " [" + m.text + "]";
+  // OpenSSL sends the alert for this error: handshake_failure, as Envoy does.
+  X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+  return 0;
+}
+
 bool Connection::Fail(Failure f) {
   if (failure_ == Failure::kNone) {
     failure_ = f;
@@ -266,17 +296,9 @@ bool Connection::Progress() {
       char buf[512];
       X509_NAME_oneline(X509_get_subject_name(peer), buf, sizeof(buf));
       peer_subject_ = buf;
-      if (auto* sans = static_cast<GENERAL_NAMES*>(
-              X509_get_ext_d2i(peer, NID_subject_alt_name, nullptr, nullptr))) {
-        for (int i = 0; i < sk_GENERAL_NAME_num(sans); i++) {
-          const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
-          if (g->type == GEN_URI)
-            peer_uri_sans_.emplace_back(
-                reinterpret_cast<const char*>(
-                    ASN1_STRING_get0_data(g->d.uniformResourceIdentifier)),
-                static_cast<std::size_t>(ASN1_STRING_length(g->d.uniformResourceIdentifier)));
-        }
-        GENERAL_NAMES_free(sans);
+      for (San& s : CertificateSans(peer)) {
+        if (s.type == SanType::kUri)
+          peer_uri_sans_.push_back(std::move(s.value));
       }
     }
   }
