@@ -781,6 +781,102 @@ spec:
   }
 }
 
+TEST_CASE(
+    "a Gateway MUTUAL with subjectAltNames and a Secret with ca.crt, from YAML: istiod's "
+    "shape, accepted for a matching client certificate and refused for another",
+    "[proxy][tls][san]") {
+  auto indent = [](const std::string& pem) {
+    std::string out;
+    std::istringstream in(pem);
+    for (std::string line; std::getline(in, line);)
+      out += "      " + line + "\n";
+    return out;
+  };
+  const Certs& c = TheCerts();
+  std::string yaml = R"(apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 443, name: https-a, protocol: HTTPS}
+    tls:
+      mode: MUTUAL
+      credentialName: a-credential
+      subjectAltNames: ["spiffe://cluster.local/ns/default/sa/sleep", "client.example.com"]
+    hosts: ["a.example.com"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: istio-system}
+spec:
+  hosts: [a.example.com]
+  gateways: [gw]
+  http: [{route: [{destination: {host: httpbin.default.svc.cluster.local, port: {number: 8000}}}]}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: a-credential, namespace: istio-system}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+)" + indent(c.pem("a")) +
+                     "  tls.key: |\n" + indent(c.key("a")) + "  ca.crt: |\n" + indent(c.pem("ca"));
+  istio::LoadResult loaded;
+  istio::LoadText(yaml, "t.yaml", loaded);
+  istio::Validate(loaded);
+  for (const auto& e : loaded.errors)
+    UNSCOPED_INFO(e);
+  REQUIRE(loaded.errors.empty());
+  auto spec = istio::ProxySpec::Parse("gateway:istio=ingressgateway@istio-system");
+  REQUIRE(spec);
+  auto t = istio::Translate(loaded.config, istio::Registry::Build(loaded.config), *spec);
+  for (const auto& w : t.warnings)
+    UNSCOPED_INFO(w);
+  istio::AddGatewaySecrets(loaded.config, "istio-system", &t.resources);
+  REQUIRE(t.resources.secrets.count("kubernetes://a-credential-cacert"));
+
+  // istiod's shape (authentication.go ApplyCredentialSDSToServerCommonTLSContext): a
+  // combined validation context, the SANs as deprecated exact matchers in its default
+  // context, the CA from the "-cacert" secret.
+  const listener_v3::Listener* gl = nullptr;
+  for (const auto& [name, l] : t.resources.listeners)
+    if (name == "0.0.0.0_443")
+      gl = &l;
+  REQUIRE(gl);
+  REQUIRE(gl->filter_chains_size() == 1);
+  tls_v3::DownstreamTlsContext dtc;
+  REQUIRE(gl->filter_chains(0).transport_socket().typed_config().UnpackTo(&dtc));
+  CHECK(dtc.require_client_certificate().value());
+  const auto& cv = dtc.common_tls_context().combined_validation_context();
+  CHECK(cv.validation_context_sds_secret_config().name() == "kubernetes://a-credential-cacert");
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  REQUIRE(cv.default_validation_context().match_subject_alt_names_size() == 2);
+  CHECK(cv.default_validation_context().match_subject_alt_names(0).exact() ==
+        "spiffe://cluster.local/ns/default/sa/sleep");
+  CHECK(cv.default_validation_context().match_subject_alt_names(1).exact() == "client.example.com");
+#pragma GCC diagnostic pop
+  CHECK(cv.default_validation_context().match_typed_subject_alt_names_size() == 0);
+
+  auto cfg = proxy::Compile(t.resources);
+  REQUIRE(cfg);
+  const proxy::FilterChain* fc = nullptr;
+  for (const auto& l : (*cfg)->listeners)
+    if (l.resource == "0.0.0.0_443")
+      fc = &l.chains.at(0);
+  REQUIRE(fc);
+  INFO(fc->fail_closed);
+  REQUIRE(fc->tls);
+  CHECK(fc->tls->config().client_san_matchers.size() == 8);
+  CHECK(HandshakeWith(fc->tls, "a.example.com", "sleep").cn == "a.example.com");
+  Handshake other = HandshakeWith(fc->tls, "a.example.com", "other");
+  CHECK(other.cn == "");
+  CHECK(other.failure == proxy::tls::Failure::kClientSanMismatch);
+  CHECK(HandshakeWith(fc->tls, "a.example.com").failure ==
+        proxy::tls::Failure::kNoClientCertificate);
+}
+
 TEST_CASE("require_tls: a plaintext request gets 301 to https with the same host and path",
           "[proxy][tls]") {
   namespace t = sluice::testing;
