@@ -620,6 +620,87 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "verify_certificate_hash and verify_certificate_spki pin client certificates (either "
+    "list), after the SAN check, and malformed entries fail the chain naming them",
+    "[proxy][tls][san]") {
+  auto sh = [](const std::string& cmd) {
+    int st = 0;
+    std::string out = Sh("cd " + TheCerts().dir.string() + " && " + cmd, &st);
+    REQUIRE(st == 0);
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
+      out.pop_back();
+    return out;
+  };
+  // As an operator makes them: the colon fingerprint, plain hex, and base64 of the SPKI's.
+  std::string fp = sh("openssl x509 -in sleep.pem -noout -fingerprint -sha256");
+  fp = fp.substr(fp.find('=') + 1);
+  REQUIRE(fp.size() == 95);
+  const std::string other_hex =
+      sh("openssl x509 -in other.pem -outform DER | openssl dgst -sha256 -r | cut -d' ' -f1");
+  REQUIRE(other_hex.size() == 64);
+  const std::string sleep_spki =
+      sh("openssl x509 -in sleep.pem -noout -pubkey | openssl pkey -pubin -outform DER | "
+         "openssl dgst -sha256 -binary | base64");
+  REQUIRE(sleep_spki.size() == 44);
+
+  using F = proxy::tls::Failure;
+  auto pinned = [](std::vector<std::string> hashes, std::vector<std::string> spkis,
+                   std::vector<envoy::type::matcher::v3::StringMatcher> sans = {}) {
+    auto ctx = MutualSans({}, sans);
+    auto* v = ctx.mutable_common_tls_context()
+                  ->mutable_combined_validation_context()
+                  ->mutable_default_validation_context();
+    for (const auto& h : hashes)
+      v->add_verify_certificate_hash(h);
+    for (const auto& h : spkis)
+      v->add_verify_certificate_spki(h);
+    return ctx;
+  };
+  struct Case {
+    const char* what;
+    tls_v3::DownstreamTlsContext ctx;
+    F sleep, other;
+  };
+  const std::vector<Case> cases = {
+      {"fingerprint of sleep", pinned({fp}, {}), F::kNone, F::kClientCertHashMismatch},
+      {"hex of other", pinned({other_hex}, {}), F::kClientCertHashMismatch, F::kNone},
+      {"spki of sleep", pinned({}, {sleep_spki}), F::kNone, F::kClientCertHashMismatch},
+      {"hash of other or spki of sleep", pinned({other_hex}, {sleep_spki}), F::kNone, F::kNone},
+      {"SAN of sleep and hash of other", pinned({other_hex}, {}, {Suffix("/sa/sleep")}),
+       F::kClientCertHashMismatch, F::kClientSanMismatch},
+  };
+  for (const Case& c : cases) {
+    INFO(c.what);
+    auto tls = CompiledTls(c.ctx);
+    Handshake sleep = HandshakeWith(tls, "a.example.com", "sleep");
+    Handshake other = HandshakeWith(tls, "a.example.com", "other");
+    INFO(sleep.error << " / " << other.error);
+    CHECK(sleep.failure == c.sleep);
+    CHECK(other.failure == c.other);
+    CHECK((sleep.cn == "a.example.com") == (c.sleep == F::kNone));
+    CHECK((other.cn == "a.example.com") == (c.other == F::kNone));
+  }
+
+  auto refused = [](tls_v3::DownstreamTlsContext ctx, const std::string& field) {
+    sxds::ResourceSet rs;
+    rs.Add(Gateway443({{"a.example.com", std::move(ctx)}}));
+    rs.Add(CertSecret("kubernetes://a-cred", "a"));
+    rs.Add(CaSecret("kubernetes://a-cred-cacert"));
+    auto cfg = proxy::Compile(rs);
+    REQUIRE(cfg);
+    const auto& fc = Chain(**cfg, 0);
+    INFO(fc.fail_closed);
+    CHECK_FALSE(fc.tls);
+    CHECK(fc.fail_closed.find(field) != std::string::npos);
+  };
+  refused(pinned({fp, "abc"}, {}),
+          "verify_certificate_hash[1]: \"abc\" is not a hex-encoded SHA-256");
+  refused(pinned({other_hex.substr(0, 62) + "zz"}, {}), "verify_certificate_hash[0]");
+  refused(pinned({}, {"AAAA"}),
+          "verify_certificate_spki[0]: \"AAAA\" is not a base64-encoded SHA-256");
+}
+
+TEST_CASE(
     "MUTUAL with subjectAltNames through the proxy: curl with a matching client certificate "
     "gets its answer, others are refused and counted",
     "[proxy][tls][san][curl]") {
