@@ -147,6 +147,11 @@ Result<std::shared_ptr<const ServerContext>> ServerContext::Create(const ServerC
   SSL_CTX_set_options(base, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_mode(base, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_client_hello_cb(base, &Connection::OnClientHello, nullptr);
+  // Sessions (IDs and tickets) live in this SSL_CTX only, so they resume only under the
+  // config whose checks the client certificate passed; without a context OpenSSL fails a
+  // resumption with internal_error whenever client certificates are verified.
+  static constexpr unsigned char kSessionContext[] = "sluice-downstream-tls";
+  SSL_CTX_set_session_id_context(base, kSessionContext, sizeof(kSessionContext) - 1);
   if (config.require_client_certificate) {
     X509_STORE* store = SSL_CTX_get_cert_store(base);
     auto bio = MemBio(config.client_ca_pem);

@@ -764,6 +764,22 @@ TEST_CASE(
   INFO(other12);
   CHECK(st == 35);
   CHECK(other12.find("alert handshake failure") != std::string::npos);
+
+  // A session of a verified client resumes (TLS 1.2 session ID and TLS 1.3 ticket): the
+  // certificate was checked when the session was made, in this same context.
+  for (std::string version : {"-tls1_2", "-tls1_3"}) {
+    const std::string s_client = "openssl s_client -connect 127.0.0.1:" + std::to_string(port) +
+                                 " -servername a.example.com " + version + " -CAfile " +
+                                 c.path("ca.pem") + " -cert " + c.path("sleep.pem") + " -key " +
+                                 c.path("sleep.key");
+    const std::string sess = c.path("session" + version + ".pem");
+    std::string first = Sh("(sleep 0.5) | " + s_client + " -sess_out " + sess, &st);
+    INFO(version << " first: " << first);
+    CHECK(first.find("Verify return code: 0 (ok)") != std::string::npos);
+    std::string again = Sh("(sleep 0.5) | " + s_client + " -sess_in " + sess, &st);
+    INFO(version << " again: " << again);
+    CHECK(again.find("Reused, TLSv1") != std::string::npos);
+  }
   std::string none = curl("", &st);
   INFO(none);
   CHECK(st != 0);
