@@ -1,7 +1,10 @@
 // Client certificate SAN matching (san_match.h, issue 18): DNS names against wildcard
 // SANs as Envoy's dnsNameMatch does, matchers of one type against SANs of that type, and
-// the SANs read out of a real certificate (openssl CLI).
+// the SANs read out of a real certificate (openssl CLI), and the checks a ServerContext
+// refuses to take.
 #include "sluice/proxy/san_match.h"
+
+#include "sluice/proxy/tls_server.h"
 
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -10,6 +13,8 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 namespace tls = sluice::proxy::tls;
@@ -96,9 +101,16 @@ TEST_CASE("MatchSans: any SAN against any matcher, each matcher only its own SAN
 
 TEST_CASE("CertificateSans reads DNS, URI, email and IP SANs as Envoy renders them",
           "[proxy][tls][san]") {
-  const fs::path dir =
-      fs::temp_directory_path() / ("sluice-san-match-test-" + std::to_string(getpid()));
-  fs::create_directories(dir);
+  struct Dir {
+    fs::path path =
+        fs::temp_directory_path() / ("sluice-san-match-test-" + std::to_string(getpid()));
+    Dir() { fs::create_directories(path); }
+    ~Dir() {
+      std::error_code ec;
+      fs::remove_all(path, ec);
+    }
+  } scratch;
+  const fs::path& dir = scratch.path;
   const std::string cmd =
       "cd " + dir.string() +
       " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
@@ -120,6 +132,27 @@ TEST_CASE("CertificateSans reads DNS, URI, email and IP SANs as Envoy renders th
   };
   CHECK(tls::CertificateSans(cert) == want);
   X509_free(cert);
-  std::error_code ec;
-  fs::remove_all(dir, ec);
+
+  // A ServerContext refuses client checks it could not apply: SAN matchers or pins without
+  // client certificates required, and a pin that is not a SHA-256.
+  auto read = [&](const char* name) {
+    std::ifstream in(dir / name);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  };
+  tls::ServerConfig sc;
+  sc.certificates = {{"c", read("c.pem"), read("c.key"), {}}};
+  sc.client_san_matchers = {Exact(tls::SanType::kUri, "spiffe://a")};
+  auto made = tls::ServerContext::Create(sc);
+  REQUIRE_FALSE(made);
+  CHECK(made.error().message ==
+        "TLS server: client certificate checks without client certificates required");
+  sc.require_client_certificate = true;
+  sc.client_ca_pem = read("c.pem");
+  CHECK(tls::ServerContext::Create(sc));
+  sc.client_cert_sha256 = {std::string(31, 'x')};
+  made = tls::ServerContext::Create(sc);
+  REQUIRE_FALSE(made);
+  CHECK(made.error().message == "TLS server: a pinned client certificate hash is not 32 bytes");
 }
