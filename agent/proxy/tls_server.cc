@@ -81,6 +81,10 @@ const char* FailureName(Failure f) {
       return "no_client_certificate";
     case Failure::kBadClientCertificate:
       return "bad_client_certificate";
+    case Failure::kClientSanMismatch:
+      return "fail_verify_san";
+    case Failure::kClientCertHashMismatch:
+      return "fail_verify_cert_hash";
     case Failure::kHandshake:
       return "handshake";
     case Failure::kProtocol:
@@ -98,6 +102,17 @@ Result<std::shared_ptr<const ServerContext>> ServerContext::Create(const ServerC
     return Fail("TLS server: no certificate");
   if (config.require_client_certificate && config.client_ca_pem.empty())
     return Fail("TLS server: client certificates required but no CA to verify them");
+  const bool checks_client = !config.client_san_matchers.empty() ||
+                             !config.client_cert_sha256.empty() ||
+                             !config.client_spki_sha256.empty();
+  if (checks_client && !config.require_client_certificate)
+    return Fail("TLS server: client certificate checks without client certificates required");
+  for (const auto* list : {&config.client_cert_sha256, &config.client_spki_sha256}) {
+    for (const std::string& h : *list) {
+      if (h.size() != SHA256_DIGEST_LENGTH)
+        return Fail("TLS server: a pinned client certificate hash is not 32 bytes");
+    }
+  }
   std::shared_ptr<ServerContext> ctx(new ServerContext());
   ctx->config_ = config;
   ERR_clear_error();
@@ -132,6 +147,11 @@ Result<std::shared_ptr<const ServerContext>> ServerContext::Create(const ServerC
   SSL_CTX_set_options(base, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
   SSL_CTX_set_mode(base, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_RELEASE_BUFFERS);
   SSL_CTX_set_client_hello_cb(base, &Connection::OnClientHello, nullptr);
+  // Sessions (IDs and tickets) live in this SSL_CTX only, so they resume only under the
+  // config whose checks the client certificate passed; without a context OpenSSL fails a
+  // resumption with internal_error whenever client certificates are verified.
+  static constexpr unsigned char kSessionContext[] = "sluice-downstream-tls";
+  SSL_CTX_set_session_id_context(base, kSessionContext, sizeof(kSessionContext) - 1);
   if (config.require_client_certificate) {
     X509_STORE* store = SSL_CTX_get_cert_store(base);
     auto bio = MemBio(config.client_ca_pem);
@@ -145,6 +165,8 @@ Result<std::shared_ptr<const ServerContext>> ServerContext::Create(const ServerC
     if (n == 0)
       return Fail("TLS server: the client CA is not PEM");
     SSL_CTX_set_verify(base, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+    if (checks_client)
+      SSL_CTX_set_cert_verify_callback(base, &Connection::OnVerifyClient, nullptr);
   }
   for (const auto& p : config.alpn) {
     if (p.empty() || p.size() > 255)
@@ -220,6 +242,70 @@ int Connection::OnClientHello(SSL* ssl, int* alert, void*) {
   return SSL_CLIENT_HELLO_SUCCESS;
 }
 
+int Connection::OnVerifyClient(X509_STORE_CTX* store, void*) {
+  const int chain_ok = X509_verify_cert(store);
+  if (chain_ok <= 0)
+    return chain_ok;  // OpenSSL's own failure (kBadClientCertificate)
+  auto* ssl =
+      static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+  auto* self = static_cast<Connection*>(SSL_get_app_data(ssl));
+  const ServerConfig& config = self->ctx_->config_;
+  X509* leaf = X509_STORE_CTX_get0_cert(store);
+  // OpenSSL sends the alert for this error: handshake_failure, as Envoy does.
+  X509_STORE_CTX_set_error(store, X509_V_ERR_APPLICATION_VERIFICATION);
+  if (!config.client_san_matchers.empty() && !self->SansMatch(leaf))
+    return 0;
+  if ((!config.client_cert_sha256.empty() || !config.client_spki_sha256.empty()) &&
+      !self->HashPinned(leaf)) {
+    return 0;
+  }
+  X509_STORE_CTX_set_error(store, X509_V_OK);
+  return 1;
+}
+
+bool Connection::HashPinned(X509* leaf) {
+  const ServerConfig& config = ctx_->config_;
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  auto in = [&](const std::vector<std::string>& list) {
+    const std::string_view got(reinterpret_cast<const char*>(md), n);
+    return std::find(list.begin(), list.end(), got) != list.end();
+  };
+  if (!config.client_cert_sha256.empty() && X509_digest(leaf, EVP_sha256(), md, &n) == 1 &&
+      in(config.client_cert_sha256)) {
+    return true;
+  }
+  if (!config.client_spki_sha256.empty()) {
+    // The whole SubjectPublicKeyInfo, DER (what `openssl pkey -pubin -outform DER` writes).
+    unsigned char* spki = nullptr;
+    const int len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(leaf), &spki);
+    const bool ok =
+        len > 0 && EVP_Digest(spki, static_cast<std::size_t>(len), md, &n, EVP_sha256(), nullptr);
+    OPENSSL_free(spki);
+    if (ok && in(config.client_spki_sha256))
+      return true;
+  }
+  failure_ = Failure::kClientCertHashMismatch;
+  error_ = "client certificate hash check failed: neither its SHA-256 nor its SPKI's is pinned";
+  return false;
+}
+
+bool Connection::SansMatch(X509* leaf) {
+  const std::vector<San> sans = CertificateSans(leaf);
+  if (MatchSans(ctx_->config_.client_san_matchers, sans))
+    return true;
+  failure_ = Failure::kClientSanMismatch;
+  error_ = "client certificate SAN check failed: none of";
+  for (const San& s : sans)
+    error_ += std::string(" ") + SanTypeName(s.type) + ":" + s.value;
+  if (sans.empty())
+    error_ += " (no SANs)";
+  error_ += " matches";
+  for (const SanMatcher& m : ctx_->config_.client_san_matchers)
+    error_ += " [" + m.text + "]";
+  return false;
+}
+
 bool Connection::Fail(Failure f) {
   if (failure_ == Failure::kNone) {
     failure_ = f;
@@ -266,17 +352,9 @@ bool Connection::Progress() {
       char buf[512];
       X509_NAME_oneline(X509_get_subject_name(peer), buf, sizeof(buf));
       peer_subject_ = buf;
-      if (auto* sans = static_cast<GENERAL_NAMES*>(
-              X509_get_ext_d2i(peer, NID_subject_alt_name, nullptr, nullptr))) {
-        for (int i = 0; i < sk_GENERAL_NAME_num(sans); i++) {
-          const GENERAL_NAME* g = sk_GENERAL_NAME_value(sans, i);
-          if (g->type == GEN_URI)
-            peer_uri_sans_.emplace_back(
-                reinterpret_cast<const char*>(
-                    ASN1_STRING_get0_data(g->d.uniformResourceIdentifier)),
-                static_cast<std::size_t>(ASN1_STRING_length(g->d.uniformResourceIdentifier)));
-        }
-        GENERAL_NAMES_free(sans);
+      for (San& s : CertificateSans(peer)) {
+        if (s.type == SanType::kUri)
+          peer_uri_sans_.push_back(std::move(s.value));
       }
     }
   }

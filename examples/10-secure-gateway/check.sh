@@ -137,6 +137,58 @@ check() {
   else
     fail "no ingress gateway pod (label istio=ingressgateway in istio-system)"
   fi
+
+  # 7. Mutual TLS (the task's MUTUAL section, with subjectAltNames): client certificates
+  #    signed by the same CA, one with the SAN the Gateway names and one without; the
+  #    Secret gets ca.crt; the Gateway becomes MUTUAL.
+  local client serial=0
+  for client in client other; do
+    serial=$((serial + 1))
+    run --max 0 openssl req -out "$certs/$client.example.com.csr" -newkey rsa:2048 -nodes \
+      -keyout "$certs/$client.example.com.key" -subj "/CN=$client.example.com/O=client organization"
+    printf 'subjectAltName=DNS:%s.example.com\n' "$client" >"$certs/$client.ext"
+    run openssl x509 -req -sha256 -days 365 -CA "$certs/example.com.crt" -CAkey "$certs/example.com.key" \
+      -set_serial $serial -in "$certs/$client.example.com.csr" -extfile "$certs/$client.ext" \
+      -out "$certs/$client.example.com.crt"
+  done
+  show_cmd $dir/credential.sh httpbin-credential "$certs/httpbin.example.com.crt" \
+    "$certs/httpbin.example.com.key" "$certs/example.com.crt" '>' "$certs/httpbin-credential.yaml"
+  $dir/credential.sh httpbin-credential "$certs/httpbin.example.com.crt" \
+    "$certs/httpbin.example.com.key" "$certs/example.com.crt" >"$certs/httpbin-credential.yaml"
+  run sluicectl local apply -f "$certs/httpbin-credential.yaml" -f $dir/gateway-mutual.yaml
+  ((RC == 0)) || fail "apply of the Secret with ca.crt and $dir/gateway-mutual.yaml failed (exit $RC): $(answer)"
+  local with_client=(--cert "$certs/client.example.com.crt" --key "$certs/client.example.com.key")
+  # Until the gateway has the MUTUAL listener: a request without a certificate is refused.
+  until_ok 15 bash -c "! curl -s -o /dev/null --max-time 3 --resolve $resolve --cacert $certs/example.com.crt $url/status/200"
+  until_ok 15 quiet curl -s -o /dev/null --max-time 3 --resolve "$resolve" \
+    --cacert "$certs/example.com.crt" "${with_client[@]}" "$url/status/200"
+  run curl -sS --max-time 5 --resolve "$resolve" --cacert "$certs/example.com.crt" "${with_client[@]}" \
+    -o /dev/null -w '%{http_code} HTTP/%{http_version}\n' "$url/status/418"
+  if [[ $OUT == "418 HTTP/2" ]]; then
+    pass "MUTUAL: a client certificate of the CA with DNS SAN client.example.com gets 418"
+  else
+    fail "MUTUAL: with the client.example.com certificate expected '418 HTTP/2', got $(answer) (curl exit $RC)"
+  fi
+  local mutual_ok=$((RC == 0))
+  run curl -sS --max-time 5 --resolve "$resolve" --cacert "$certs/example.com.crt" \
+    --cert "$certs/other.example.com.crt" --key "$certs/other.example.com.key" \
+    -o /dev/null -w '%{http_code}\n' "$url/status/418"
+  if ((!mutual_ok)); then
+    fail "MUTUAL: a certificate without the SAN: not telling (curl exit $RC), the good certificate was refused too"
+  elif ((RC != 0)) && [[ $OUT != *418* ]]; then
+    pass "MUTUAL: a certificate of the same CA without the SAN (other.example.com) is refused at the handshake (curl exit $RC)"
+  else
+    fail "MUTUAL: a certificate without the Gateway's subjectAltNames got $(answer) (curl exit $RC); it must be refused"
+  fi
+  run curl -sS --max-time 5 --resolve "$resolve" --cacert "$certs/example.com.crt" \
+    -o /dev/null -w '%{http_code}\n' "$url/status/418"
+  if ((!mutual_ok)); then
+    fail "MUTUAL: no client certificate: not telling (curl exit $RC), the good certificate was refused too"
+  elif ((RC != 0)) && [[ $OUT != *418* ]]; then
+    pass "MUTUAL: no client certificate is refused (curl exit $RC)"
+  else
+    fail "MUTUAL: without a client certificate got $(answer) (curl exit $RC); it must be refused"
+  fi
   cleanup "$certs"
 }
 

@@ -16,6 +16,13 @@
 // names (a chain without server_names). A name that none of them takes fails the handshake
 // with an unrecognized_name alert; so does a ClientHello without a name when no
 // certificate without names exists.
+//
+// MUTUAL may also name the subjectAltNames a client certificate must carry
+// (client_san_matchers, san_match.h): checked once per handshake, right after OpenSSL has
+// verified the chain; a certificate none of whose SANs matches fails the handshake with a
+// handshake_failure alert (Failure::kClientSanMismatch, Envoy's ssl.fail_verify_san). So
+// does one whose hash is not pinned, when hashes are (kClientCertHashMismatch,
+// ssl.fail_verify_cert_hash).
 #pragma once
 
 #include <cstddef>
@@ -26,10 +33,12 @@
 #include <vector>
 
 #include "sluice/common/result.h"
+#include "sluice/proxy/san_match.h"
 
 typedef struct ssl_st SSL;
 typedef struct ssl_ctx_st SSL_CTX;
 typedef struct bio_st BIO;
+typedef struct x509_store_ctx_st X509_STORE_CTX;
 
 namespace sluice::proxy::tls {
 
@@ -48,6 +57,14 @@ struct ServerConfig {
   // require_client_certificate is set.
   std::string client_ca_pem;
   bool require_client_certificate = false;
+  // With client certificates required: one of the certificate's SANs must match one of
+  // these (empty: any certificate the CA signed).
+  std::vector<SanMatcher> client_san_matchers;
+  // And, when either list is set (Envoy's verify_certificate_hash / verify_certificate_spki):
+  // the SHA-256 of the certificate's DER must be in the first, or the SHA-256 of its
+  // SubjectPublicKeyInfo's DER in the second (32 raw bytes each).
+  std::vector<std::string> client_cert_sha256;
+  std::vector<std::string> client_spki_sha256;
   // Offered in this order of preference; the first one the client offers too is chosen
   // (none in common: the handshake goes on without ALPN, and HTTP/1.1 is spoken).
   std::vector<std::string> alpn = {"h2", "http/1.1"};
@@ -86,6 +103,8 @@ enum class Failure {
   kUnknownServerName,  // no certificate for the ClientHello's name
   kNoClientCertificate,
   kBadClientCertificate,
+  kClientSanMismatch,       // chain verified, but no SAN matched client_san_matchers
+  kClientCertHashMismatch,  // neither its hash nor its SPKI hash is in the pinned lists
   kHandshake,  // any other handshake failure (no common version or cipher, not TLS, ...)
   kProtocol,   // an error after the handshake (bad record, ...)
 };
@@ -130,7 +149,12 @@ class Connection {
  private:
   friend class ServerContext;
   static int OnClientHello(SSL* ssl, int* alert, void* arg);
-  void Drain();  // moves ciphertext the session produced into out_
+  // OpenSSL's chain verification, then the SAN and hash checks (installed when the config
+  // has any).
+  static int OnVerifyClient(X509_STORE_CTX* store, void* arg);
+  bool SansMatch(X509* leaf);   // false: failure_ and error_ say why
+  bool HashPinned(X509* leaf);  // likewise
+  void Drain();                 // moves ciphertext the session produced into out_
   bool Fail(Failure f);
   bool Progress();  // handshake / read step after new input
 
