@@ -930,6 +930,10 @@ bool Session::DecideProtocol() {
 
 void Session::TlsFailed() {
   w->stats().tls_handshake_errors.fetch_add(1, std::memory_order_relaxed);
+  if (tls && tls->conn().failure() == tls::Failure::kClientSanMismatch)
+    w->stats().tls_fail_verify_san.fetch_add(1, std::memory_order_relaxed);
+  else if (tls && tls->conn().failure() == tls::Failure::kClientCertHashMismatch)
+    w->stats().tls_fail_verify_cert_hash.fetch_add(1, std::memory_order_relaxed);
   termination = tls && tls->conn().failure() != tls::Failure::kNone
                     ? tls::FailureName(tls->conn().failure())
                     : "ssl.connection_error";

@@ -731,6 +731,7 @@ TEST_CASE(
               status);
   };
   const uint64_t errors_before = (*p)->stats().tls_handshake_errors.load();
+  const uint64_t san_before = (*p)->stats().tls_fail_verify_san.load();
   int st = -1;
   std::string ok = curl("sleep", &st);
   INFO(ok);
@@ -786,6 +787,8 @@ TEST_CASE(
   CHECK(none.find("code=200") == std::string::npos);
   CHECK(sluice::testing::WaitFor(
       [&] { return (*p)->stats().tls_handshake_errors.load() == errors_before + 3; }));
+  // Envoy's ssl.fail_verify_san: the two certificates without the SAN (not the missing one).
+  CHECK((*p)->stats().tls_fail_verify_san.load() == san_before + 2);
   (*p)->Stop();
 }
 

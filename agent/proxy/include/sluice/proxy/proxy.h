@@ -136,9 +136,12 @@ struct ProxyStats {
   std::atomic<uint64_t> cx_no_chain{0};      // no filter chain matched [no_filter_chain_match]
   std::atomic<uint64_t> cx_fail_closed{0};   // closed by a chain that terminates TLS
   std::atomic<uint64_t> tls_handshake_errors{0};  // TLS termination failed [ssl.handshake_error]
-  std::atomic<uint64_t> rq_header_timeout{0};     // [downstream_rq_header_timeout]
-  std::atomic<uint64_t> rq_timeout{0};            // request_timeout [downstream_rq_timeout]
-  std::atomic<uint64_t> rq_idle_timeout{0};  // stream_idle_timeout [downstream_rq_idle_timeout]
+  // ... of which a client certificate's SANs or its pinned hash did not match
+  // [ssl.fail_verify_san, ssl.fail_verify_cert_hash]
+  std::atomic<uint64_t> tls_fail_verify_san{0}, tls_fail_verify_cert_hash{0};
+  std::atomic<uint64_t> rq_header_timeout{0};  // [downstream_rq_header_timeout]
+  std::atomic<uint64_t> rq_timeout{0};         // request_timeout [downstream_rq_timeout]
+  std::atomic<uint64_t> rq_idle_timeout{0};    // stream_idle_timeout [downstream_rq_idle_timeout]
   std::atomic<uint64_t> rq_max_duration{
       0};  // max_stream_duration [downstream_rq_max_duration_reached]
   std::atomic<uint64_t> upgrades_refused{0};    // 403: not in upgrade_configs
