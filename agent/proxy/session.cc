@@ -643,6 +643,7 @@ void Session::ForgetHead() {
 
 void Session::OnHead() {
   body_scanned = 0;
+  response_started = false;  // (the previous request's, until Dispatch)
   sent_continue = false;
   chunk.Reset();
   bool has_body = req.chunked || req.content_length > 0;

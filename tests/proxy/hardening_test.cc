@@ -567,3 +567,27 @@ TEST_CASE("a client gone in the middle of a large body is logged as the request 
     CHECK(lines.back().find("\"POST " + path + " HTTP/1.1\"") != std::string::npos);
   }
 }
+
+TEST_CASE("a broken chunked body after a served request on the same connection gets a 400",
+          "[hardening][proxy]") {
+  // Found by the lifecycle fuzzer: the body's error was answered as if the previous
+  // request's response had begun (a reset, logged "0 DPE"), not with a 400.
+  TestUpstream up({.name = "up", .echo = false, .record = false});
+  auto p = StartProxy(Doc(up.port()));
+  REQUIRE(p->error == "");
+  int fd = Connect(p->Port());
+  SendAll(fd, "GET /first HTTP/1.1\r\nhost: h\r\n\r\n");
+  std::string buf;
+  auto first = ReadResponses(fd, buf, 1, 3000);
+  REQUIRE(first.size() == 1);
+  CHECK(first[0].status == 200);
+  SendAll(fd, "POST /second HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nab\r\n");
+  auto second = ReadResponses(fd, buf, 1, 3000);
+  REQUIRE(second.size() == 1);
+  CHECK(second[0].status == 400);
+  close(fd);
+  auto lines = p->LogLines(2);
+  REQUIRE(lines.size() == 2);
+  INFO(lines[1]);
+  CHECK(lines[1].find("\"POST /second HTTP/1.1\" 400 DPE") != std::string::npos);
+}

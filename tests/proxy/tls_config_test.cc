@@ -881,10 +881,9 @@ spec:
   }
 }
 
-TEST_CASE(
-    "a Gateway MUTUAL with subjectAltNames and a Secret with ca.crt, from YAML: istiod's "
-    "shape, accepted for a matching client certificate and refused for another",
-    "[proxy][tls][san]") {
+// A Gateway server on 443 for a.example.com with these `tls:` lines (under mode and
+// credentialName a-credential), its VirtualService, and the Secret with ca.crt.
+std::string GatewayYaml(const std::string& tls_lines) {
   auto indent = [](const std::string& pem) {
     std::string out;
     std::istringstream in(pem);
@@ -893,7 +892,7 @@ TEST_CASE(
     return out;
   };
   const Certs& c = TheCerts();
-  std::string yaml = R"(apiVersion: networking.istio.io/v1
+  return R"(apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: gw, namespace: istio-system}
 spec:
@@ -901,10 +900,9 @@ spec:
   servers:
   - port: {number: 443, name: https-a, protocol: HTTPS}
     tls:
-      mode: MUTUAL
       credentialName: a-credential
-      subjectAltNames: ["spiffe://cluster.local/ns/default/sa/sleep", "client.example.com"]
-    hosts: ["a.example.com"]
+)" + tls_lines +
+         R"(    hosts: ["a.example.com"]
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -921,7 +919,17 @@ type: kubernetes.io/tls
 stringData:
   tls.crt: |
 )" + indent(c.pem("a")) +
-                     "  tls.key: |\n" + indent(c.key("a")) + "  ca.crt: |\n" + indent(c.pem("ca"));
+         "  tls.key: |\n" + indent(c.key("a")) + "  ca.crt: |\n" + indent(c.pem("ca"));
+}
+
+TEST_CASE(
+    "a Gateway MUTUAL with subjectAltNames and a Secret with ca.crt, from YAML: istiod's "
+    "shape, accepted for a matching client certificate and refused for another",
+    "[proxy][tls][san]") {
+  const std::string yaml = GatewayYaml(
+      "      mode: MUTUAL\n"
+      "      subjectAltNames: [\"spiffe://cluster.local/ns/default/sa/sleep\", "
+      "\"client.example.com\"]\n");
   istio::LoadResult loaded;
   istio::LoadText(yaml, "t.yaml", loaded);
   istio::Validate(loaded);
@@ -1013,4 +1021,65 @@ TEST_CASE("require_tls: a plaintext request gets 301 to https with the same host
   // A virtual host without the requirement is untouched.
   r = t::Get(port, "other.example.com", "/p");
   CHECK(r.status == 200);
+}
+
+TEST_CASE(
+    "a Gateway MUTUAL with verifyCertificateHash, from YAML: the pin reaches the validation "
+    "context as istiod writes it, and only the pinned client certificate is accepted",
+    "[proxy][tls][san]") {
+  const Certs& c = TheCerts();
+  int st = -1;
+  std::string hash =
+      Sh("openssl x509 -in " + c.path("sleep.pem") + " -outform der | sha256sum", &st);
+  REQUIRE(st == 0);
+  hash = hash.substr(0, 64);
+  auto translate = [](const std::string& yaml, std::vector<std::string>* warnings) {
+    istio::LoadResult loaded;
+    istio::LoadText(yaml, "t.yaml", loaded);
+    istio::Validate(loaded);
+    for (const auto& e : loaded.errors)
+      UNSCOPED_INFO(e);
+    REQUIRE(loaded.errors.empty());
+    auto spec = istio::ProxySpec::Parse("gateway:istio=ingressgateway@istio-system");
+    REQUIRE(spec);
+    auto t = istio::Translate(loaded.config, istio::Registry::Build(loaded.config), *spec);
+    *warnings = t.warnings;
+    istio::AddGatewaySecrets(loaded.config, "istio-system", &t.resources);
+    return t.resources;
+  };
+  std::vector<std::string> warnings;
+  auto res = translate(
+      GatewayYaml("      mode: MUTUAL\n      verifyCertificateHash: [\"" + hash + "\"]\n"),
+      &warnings);
+  REQUIRE(res.listeners.count("0.0.0.0_443"));
+  const listener_v3::Listener& gl = res.listeners.at("0.0.0.0_443");
+  REQUIRE(gl.filter_chains_size() == 1);
+  tls_v3::DownstreamTlsContext dtc;
+  REQUIRE(gl.filter_chains(0).transport_socket().typed_config().UnpackTo(&dtc));
+  const auto& dv =
+      dtc.common_tls_context().combined_validation_context().default_validation_context();
+  REQUIRE(dv.verify_certificate_hash_size() == 1);
+  CHECK(dv.verify_certificate_hash(0) == hash);
+  auto cfg = proxy::Compile(res);
+  REQUIRE(cfg);
+  const proxy::FilterChain* fc = nullptr;
+  for (const auto& l : (*cfg)->listeners)
+    if (l.resource == "0.0.0.0_443")
+      fc = &l.chains.at(0);
+  REQUIRE(fc);
+  INFO(fc->fail_closed);
+  REQUIRE(fc->tls);
+  CHECK(HandshakeWith(fc->tls, "a.example.com", "sleep").cn == "a.example.com");
+  CHECK(HandshakeWith(fc->tls, "a.example.com", "other").failure ==
+        proxy::tls::Failure::kClientCertHashMismatch);
+
+  // Under SIMPLE there is no client certificate to pin: the server is refused by name,
+  // never served without the pin it asked for.
+  auto simple = translate(
+      GatewayYaml("      mode: SIMPLE\n      verifyCertificateSpki: [\"AAAA\"]\n"), &warnings);
+  CHECK(simple.listeners.count("0.0.0.0_443") == 0);
+  bool named = false;
+  for (const auto& w : warnings)
+    named |= w.find("verifyCertificateSpki") != std::string::npos;
+  CHECK(named);
 }

@@ -1,4 +1,6 @@
 // Decoder of Gateway: its selector and servers (port, protocol, hosts, TLS mode).
+#include <string_view>
+
 #include "loader/decode.h"
 
 namespace sluice::istio::detail {
@@ -42,10 +44,22 @@ Gateway DecodeGateway(const Field& doc, const Meta& meta) {
       s.subject_alt_names = tls["subjectAltNames"].StrList();
       for (const char* f : {"serverCertificate", "privateKey", "caCertificates", "caCrl",
                             "credentialNames", "caCertCredentialName", "tlsCertificates",
-                            "verifyCertificateSpki", "verifyCertificateHash", "minProtocolVersion",
-                            "maxProtocolVersion", "cipherSuites", "ecdhCurves"}) {
+                            "minProtocolVersion", "maxProtocolVersion", "cipherSuites",
+                            "ecdhCurves"}) {
         if (tls[f].present())
           s.unsupported_tls_fields.push_back(f);
+      }
+      // Client certificate pins: istiod writes them for MUTUAL only; under another mode
+      // they would pin nothing, so such a server is refused rather than served without.
+      for (const char* f : {"verifyCertificateSpki", "verifyCertificateHash"}) {
+        if (!tls[f].present())
+          continue;
+        if (s.tls_mode != "MUTUAL")
+          s.unsupported_tls_fields.push_back(f);
+        else if (std::string_view(f) == "verifyCertificateSpki")
+          s.verify_certificate_spki = tls[f].StrList();
+        else
+          s.verify_certificate_hash = tls[f].StrList();
       }
     }
     if ((s.protocol == "TLS" || s.protocol == "HTTPS") && s.tls_mode.empty()) {

@@ -224,6 +224,10 @@ void Builder::BuildGatewayHttps(uint32_t port, uint32_t listen, const Servers& s
         combined->mutable_default_validation_context()->add_match_subject_alt_names()->set_exact(
             san);
 #pragma GCC diagnostic pop
+      for (const auto& pin : srv.verify_certificate_spki)
+        combined->mutable_default_validation_context()->add_verify_certificate_spki(pin);
+      for (const auto& pin : srv.verify_certificate_hash)
+        combined->mutable_default_validation_context()->add_verify_certificate_hash(pin);
       *combined->mutable_validation_context_sds_secret_config() =
           sds("kubernetes://" + srv.credential_name + "-cacert");
     }

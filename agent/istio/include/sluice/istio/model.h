@@ -302,6 +302,9 @@ struct GatewayServer {
   // tls.key (and ca.crt for MUTUAL), served over SDS as istiod does.
   std::string credential_name;
   std::vector<std::string> subject_alt_names;  // MUTUAL: accepted client SANs (exact)
+  // MUTUAL: pinned client certificates (base64 SHA-256 of the SPKI, hex SHA-256 of the
+  // certificate), as istiod passes them to the validation context.
+  std::vector<std::string> verify_certificate_spki, verify_certificate_hash;
   // TLS fields Sluice does not honour yet (file paths, spki/hash pins, cipher suites,
   // protocol versions, credentialNames): such a server is refused by name (fail closed).
   std::vector<std::string> unsupported_tls_fields;
