@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstring>
 
 #include "session.h"
 
@@ -264,15 +265,27 @@ void H2Downstream::OnHead(int32_t id, const h2::Head& head, bool end_stream) {
   st.s = s;
   st.sgen = s->gen;
   st.head_request = head.method == "HEAD";
+  // The head as HTTP/1.1 text, written in one piece: its size is bounded first.
+  std::size_t need = head.method.size() + head.path.size() + head.authority.size() + 64;
+  for (const h2::Field& f : head.fields)
+    need += f.name.size() + f.value.size() + 4;
   Buffer& b = s->in;
-  b.Append(head.method);
-  b.Append(" ");
-  b.Append(head.path);
-  b.Append(" HTTP/1.1\r\n");
+  std::size_t avail = 0;
+  char* const start = b.WritePtr(need, &avail);
+  char* o = start;
+  auto put = [&o](std::string_view v) {
+    if (!v.empty())
+      std::memcpy(o, v.data(), v.size());
+    o += v.size();
+  };
+  put(head.method);
+  put(" ");
+  put(head.path);
+  put(" HTTP/1.1\r\n");
   if (!head.authority.empty()) {
-    b.Append("host: ");
-    b.Append(head.authority);
-    b.Append("\r\n");
+    put("host: ");
+    put(head.authority);
+    put("\r\n");
   }
   bool has_length = false, cookies = false;
   for (const h2::Field& f : head.fields) {
@@ -285,33 +298,34 @@ void H2Downstream::OnHead(int32_t id, const h2::Head& head, bool end_stream) {
     } else if (Is(f.name, "content-length")) {
       has_length = true;
     }
-    b.Append(f.name);
-    b.Append(": ");
-    b.Append(f.value);
-    b.Append("\r\n");
+    put(f.name);
+    put(": ");
+    put(f.value);
+    put("\r\n");
   }
   if (cookies) {
-    b.Append("cookie: ");
+    put("cookie: ");
     bool first = true;
     for (const h2::Field& f : head.fields) {
       if (!Is(f.name, "cookie"))
         continue;
       if (!first)
-        b.Append("; ");
-      b.Append(f.value);
+        put("; ");
+      put(f.value);
       first = false;
     }
-    b.Append("\r\n");
+    put("\r\n");
   }
   if (end_stream) {
     if (!has_length)
-      b.Append("content-length: 0\r\n");
+      put("content-length: 0\r\n");
     st.req_ended = true;
   } else if (!has_length) {
-    b.Append("transfer-encoding: chunked\r\n");
+    put("transfer-encoding: chunked\r\n");
     st.req_chunked = true;
   }
-  b.Append("\r\n");
+  put("\r\n");
+  b.Commit(static_cast<std::size_t>(o - start));
   st.queued = true;
   touched_.push_back(id);
 }
