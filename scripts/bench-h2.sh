@@ -196,6 +196,18 @@ results=$tmp/results
 : >"$results"
 hz=$(getconf CLK_TCK)
 
+cpu_split() {  # user and system clock ticks of a process and its children's threads
+  local u=0 s=0 p t
+  for p in "$1" $(pgrep -P "$1" || true); do
+    for t in /proc/"$p"/task/*/stat; do
+      [[ -r $t ]] || continue
+      read -r a b < <(awk '{print $14, $15}' "$t")
+      u=$((u + a)) s=$((s + b))
+    done
+  done
+  echo "$u $s"
+}
+
 run_h2load() {  # label port
   local pid=${pids[-1]} log=$tmp/h2load.log out t0 t1
   rm -f "$log"
@@ -207,9 +219,13 @@ run_h2load() {  # label port
     sleep 0.5
   fi
   t0=$(cpu_ticks "$pid")
+  local ut0 st0
+  read -r ut0 st0 < <(cpu_split "$pid")
   out=$(taskset -c 1 h2load -t 1 -c "$conns" -m "$streams" -D "$secs" \
         --log-file="$log" -H ':authority: bench.local' "http://127.0.0.1:$2/api/items" 2>&1)
   t1=$(cpu_ticks "$pid")
+  local ut1 st1
+  read -r ut1 st1 < <(cpu_split "$pid")
   if [[ -n $perf_pid ]]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   local done ok2xx lat
   done=$(awk '/^requests:/ {print $8}' <<<"$out")
@@ -226,8 +242,12 @@ run_h2load() {  # label port
   # proxy spent meanwhile.
   per_cpu=$(awk -v r="${done:-0}" -v d="$((t1 - t0))" -v hz="$hz" \
             'BEGIN { if (d > 0) printf "%.0f", r / (d / hz); else print "n/a" }')
-  printf '%-14s rps=%-9s p50=%-9s p99=%-9s done=%-8s 2xx=%-8s req_per_cpu_s=%-7s load=%s\n' "$1" "$rps" \
-    "$p50" "$p99" "${done:-0}" "${ok2xx:-0}" "$per_cpu" "$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$results"
+  # The proxy's user and system CPU per request, microseconds (the split of the above).
+  local us_split
+  us_split=$(awk -v r="${done:-0}" -v u="$((ut1 - ut0))" -v s="$((st1 - st0))" -v hz="$hz" \
+             'BEGIN { if (r > 0) printf "usr_us=%.2f sys_us=%.2f", u / hz * 1e6 / r, s / hz * 1e6 / r }')
+  printf '%-14s rps=%-9s p50=%-9s p99=%-9s done=%-8s 2xx=%-8s req_per_cpu_s=%-7s load=%-5s %s\n' "$1" "$rps" \
+    "$p50" "$p99" "${done:-0}" "${ok2xx:-0}" "$per_cpu" "$(cut -d' ' -f1 /proc/loadavg)" "$us_split" | tee -a "$results"
   if [[ ${done:-0} != "${ok2xx:-0}" ]]; then
     echo "  $1: $(grep -E '^(requests|status codes):' <<<"$out" | tr '\n' ' ')"
   fi
