@@ -57,6 +57,42 @@ TEST_CASE("parser: names compare without case and values are checked at every by
   CHECK_FALSE(
       http::EqualsIgnoreCase("x-envoy-upstream-service-timf", "x-envoy-upstream-service-time"));
 
+  // Known names are told in any case, and only they: each byte changed in turn (in case,
+  // or to another letter) is checked.
+  const std::pair<std::string, http::HeaderId> known[] = {
+      {"te", http::HeaderId::kTe},
+      {"host", http::HeaderId::kHost},
+      {"cookie", http::HeaderId::kCookie},
+      {"expect", http::HeaderId::kExpect},
+      {"upgrade", http::HeaderId::kUpgrade},
+      {"connection", http::HeaderId::kConnection},
+      {"keep-alive", http::HeaderId::kKeepAlive},
+      {"user-agent", http::HeaderId::kUserAgent},
+      {"x-request-id", http::HeaderId::kXRequestId},
+      {"content-length", http::HeaderId::kContentLength},
+      {"x-forwarded-for", http::HeaderId::kXForwardedFor},
+      {"proxy-connection", http::HeaderId::kProxyConnection},
+      {"transfer-encoding", http::HeaderId::kTransferEncoding},
+      {"x-forwarded-proto", http::HeaderId::kXForwardedProto},
+      {"x-envoy-attempt-count", http::HeaderId::kXEnvoyAttemptCount},
+      {"x-envoy-upstream-service-time", http::HeaderId::kXEnvoyUpstreamServiceTime},
+  };
+  for (const auto& [name, id] : known) {
+    CHECK(http::ClassifyHeader(name) == id);
+    for (std::size_t i = 0; i < name.size(); ++i) {
+      std::string n = name;
+      if (n[i] >= 'a' && n[i] <= 'z') {
+        n[i] = static_cast<char>(n[i] - 32);
+        CHECK(http::ClassifyHeader(n) == id);
+        n[i] = n[i] == 'Z' ? 'a' : static_cast<char>(n[i] + 33);  // another letter
+      } else {
+        n[i] = 'q';
+      }
+      INFO(n);
+      CHECK(http::ClassifyHeader(n) == http::HeaderId::kOther);
+    }
+  }
+
   // A field value: visible ASCII, obs-text, SP and HTAB; any other control byte or DEL at
   // any position of a long value makes the head invalid.
   for (std::size_t pos = 0; pos < 20; ++pos) {
