@@ -27,6 +27,16 @@
 # run still compares the others.
 #
 # Usage: scripts/bench-h2.sh [--seconds 8] [--connections 16] [--streams 10] [--rounds 3]
+#          [--only sluice,haproxy,nginx] [--sluice-b PATH]
+#   --only       measure only these proxies (comma list), e.g. --only sluice
+#   --sluice-b   A/B: a second sluice-proxy binary, measured as "sluice-b" right after
+#                "sluice" in every round (same config, same conditions), with its ratio
+#                to sluice in the summary
+#   PERF_DATA=F  run `perf $PERF_ARGS -o F.<label> -p PID` (PERF_ARGS default "record -g";
+#                "stat -e EVENTS" counts) on sluice-proxy during each of its h2load runs
+#                (a profile costs CPU: do not read the figures of that run); PERF_ON=haproxy
+#                profiles the proxies whose label starts so instead
+#   KEEP=1       leave the generated configs and logs in the scratch directory (printed)
 # Needs BUILD_DIR (default ./build) with sluice-proxy and sluice-test-upstream
 # (cmake --build build --target sluice-proxy sluice-test-upstream), h2load (Debian
 # nghttp2-client), haproxy, nginx (scripts/install-deps.sh). SHIELD=0: do not raise
@@ -34,20 +44,22 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD_DIR:-$root/build}
-secs=8 conns=16 streams=10 rounds=3
+secs=8 conns=16 streams=10 rounds=3 only="" proxy_b=""
 while (($#)); do
   case $1 in
     --seconds) secs=${2:?}; shift 2 ;;
     --connections) conns=${2:?}; shift 2 ;;
     --streams) streams=${2:?}; shift 2 ;;
     --rounds) rounds=${2:?}; shift 2 ;;
+    --only) only=${2:?}; shift 2 ;;
+    --sluice-b) proxy_b=${2:?}; shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench-h2.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 proxy_bin=$build/agent/proxy/sluice-proxy
 up_bin=$build/tests/proxy/sluice-test-upstream
-for b in "$proxy_bin" "$up_bin"; do
+for b in "$proxy_bin" "$up_bin" ${proxy_b:+"$proxy_b"}; do
   [[ -x $b ]] || { echo "bench-h2.sh: missing $b (build sluice-proxy and sluice-test-upstream)" >&2; exit 1; }
 done
 for t in h2load haproxy nginx curl taskset; do
@@ -64,7 +76,11 @@ pids=()
 cg="" capped=""
 # start, stop_last, wait_port, cluster, cpu_ticks, cleanup: shared with l7_bench.sh.
 source "$root/tests/bench/lib.sh"
-trap cleanup EXIT
+if [[ ${KEEP:-0} == 1 ]]; then
+  trap 'tmp_keep=$tmp; tmp=""; cleanup; echo "kept $tmp_keep"' EXIT
+else
+  trap cleanup EXIT
+fi
 
 UP1=19101 UP2=19102 PORT_SLUICE=19180 PORT_HAPROXY=19181 PORT_NGINX=19182
 for port in $UP1 $UP2 $PORT_SLUICE $PORT_HAPROXY $PORT_NGINX; do
@@ -138,6 +154,8 @@ start_proxy() {  # name
   case $1 in
     sluice) start 0 "$proxy_bin" --config "$tmp/sluice.json" --workers 1 --access-log /dev/null
             port=$PORT_SLUICE ;;
+    sluice-b) start 0 "$proxy_b" --config "$tmp/sluice.json" --workers 1 --access-log /dev/null
+              port=$PORT_SLUICE ;;
     haproxy) start 0 haproxy -f "$tmp/haproxy.cfg" -db
              port=$PORT_HAPROXY ;;
     nginx) start 0 nginx -c "$tmp/nginx.conf" -p "$tmp"
@@ -150,7 +168,17 @@ start_proxy() {  # name
 # One request over h2c to each proxy: a proxy that does not answer 200 over HTTP/2 is
 # left out of the run (and said so).
 proxies=()
-for p in sluice haproxy nginx; do
+candidates=(sluice ${proxy_b:+sluice-b} haproxy nginx)
+if [[ -n $only ]]; then
+  IFS=, read -r -a want <<<"$only"
+  for w in "${want[@]}"; do
+    [[ " ${candidates[*]} " == *" $w "* ]] || { echo "bench-h2.sh: --only: unknown proxy '$w'" >&2; exit 2; }
+  done
+  sel=()
+  for p in "${candidates[@]}"; do [[ ",$only," == *",$p,"* ]] && sel+=("$p"); done
+  candidates=("${sel[@]}")
+fi
+for p in "${candidates[@]}"; do
   start_proxy $p
   got=$(curl -s -o /dev/null -w '%{http_code} HTTP/%{http_version}' --max-time 3 \
         --http2-prior-knowledge -H 'Host: bench.local' "http://127.0.0.1:$port/api/items" 2>&1 || true)
@@ -168,13 +196,37 @@ results=$tmp/results
 : >"$results"
 hz=$(getconf CLK_TCK)
 
+cpu_split() {  # user and system clock ticks of a process and its children's threads
+  local u=0 s=0 p t
+  for p in "$1" $(pgrep -P "$1" || true); do
+    for t in /proc/"$p"/task/*/stat; do
+      [[ -r $t ]] || continue
+      read -r a b < <(awk '{print $14, $15}' "$t")
+      u=$((u + a)) s=$((s + b))
+    done
+  done
+  echo "$u $s"
+}
+
 run_h2load() {  # label port
   local pid=${pids[-1]} log=$tmp/h2load.log out t0 t1
   rm -f "$log"
+  local perf_pid=""
+  if [[ -n ${PERF_DATA:-} && $1 == ${PERF_ON:-sluice}* ]]; then
+    # shellcheck disable=SC2086
+    perf ${PERF_ARGS:-record -g} -o "$PERF_DATA.${1//#/-}" -p "$pid" >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 0.5
+  fi
   t0=$(cpu_ticks "$pid")
+  local ut0 st0
+  read -r ut0 st0 < <(cpu_split "$pid")
   out=$(taskset -c 1 h2load -t 1 -c "$conns" -m "$streams" -D "$secs" \
         --log-file="$log" -H ':authority: bench.local' "http://127.0.0.1:$2/api/items" 2>&1)
   t1=$(cpu_ticks "$pid")
+  local ut1 st1
+  read -r ut1 st1 < <(cpu_split "$pid")
+  if [[ -n $perf_pid ]]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   local done ok2xx lat
   done=$(awk '/^requests:/ {print $8}' <<<"$out")
   ok2xx=$(awk '/^status codes:/ {print $3}' <<<"$out")
@@ -190,8 +242,12 @@ run_h2load() {  # label port
   # proxy spent meanwhile.
   per_cpu=$(awk -v r="${done:-0}" -v d="$((t1 - t0))" -v hz="$hz" \
             'BEGIN { if (d > 0) printf "%.0f", r / (d / hz); else print "n/a" }')
-  printf '%-14s rps=%-9s p50=%-9s p99=%-9s done=%-8s 2xx=%-8s req_per_cpu_s=%-7s load=%s\n' "$1" "$rps" \
-    "$p50" "$p99" "${done:-0}" "${ok2xx:-0}" "$per_cpu" "$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$results"
+  # The proxy's user and system CPU per request, microseconds (the split of the above).
+  local us_split
+  us_split=$(awk -v r="${done:-0}" -v u="$((ut1 - ut0))" -v s="$((st1 - st0))" -v hz="$hz" \
+             'BEGIN { if (r > 0) printf "usr_us=%.2f sys_us=%.2f", u / hz * 1e6 / r, s / hz * 1e6 / r }')
+  printf '%-14s rps=%-9s p50=%-9s p99=%-9s done=%-8s 2xx=%-8s req_per_cpu_s=%-7s load=%-5s %s\n' "$1" "$rps" \
+    "$p50" "$p99" "${done:-0}" "${ok2xx:-0}" "$per_cpu" "$(cut -d' ' -f1 /proc/loadavg)" "$us_split" | tee -a "$results"
   if [[ ${done:-0} != "${ok2xx:-0}" ]]; then
     echo "  $1: $(grep -E '^(requests|status codes):' <<<"$out" | tr '\n' ' ')"
   fi
@@ -225,6 +281,10 @@ awk -v rounds="$rounds" -v have="${proxies[*]}" '
     if (!("sluice" in R)) { print "sluice: not measured (it did not answer h2c), no ratios"; exit }
     for (k = 1; k <= n; k++) {
       o = names[k]; if (o == "sluice") continue
+      if (o == "sluice-b") {
+        printf "sluice-b / sluice: req per proxy CPU-second %.2fx, rps %.2fx, p99 %.2fx\n", E[o] / E["sluice"], R[o] / R["sluice"], P[o] / P["sluice"]
+        continue
+      }
       printf "sluice / %s: req per proxy CPU-second %.2fx, rps %.2fx, p99 %.2fx\n", o, E["sluice"] / E[o], R["sluice"] / R[o], P["sluice"] / P[o]
     }
   }' "$results"

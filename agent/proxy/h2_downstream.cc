@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cstring>
 
 #include "session.h"
 
@@ -69,7 +70,7 @@ void H2Downstream::Open(Session& s) {
   streams_.clear();
   touched_.clear();
   wbuf_.Clear();
-  closing_ = goaway_sent_ = in_pump_ = false;
+  closing_ = goaway_sent_ = in_pump_ = flush_due_ = false;
   accounted_ = 0;
   last_active_ms_ = w->now();
   h2_ = std::make_unique<h2::Session>(h2::Role::kServer, this, Options());
@@ -143,7 +144,8 @@ void H2Downstream::Pump() {
   in_pump_ = true;
   const uint64_t g = gen;
   while (!touched_.empty()) {
-    std::vector<int32_t> ids;
+    std::vector<int32_t>& ids = pump_ids_;  // its room is kept (swapped back and forth)
+    ids.clear();
     ids.swap(touched_);
     for (int32_t id : ids) {
       auto it = streams_.find(id);
@@ -164,7 +166,8 @@ void H2Downstream::Pump() {
     }
   }
   // Responses held back by flow control go on as windows open.
-  std::vector<std::pair<Session*, uint64_t>> blocked;
+  std::vector<std::pair<Session*, uint64_t>>& blocked = blocked_;
+  blocked.clear();
   for (auto& [id, st] : streams_) {
     if (st.s && st.s->gen == st.sgen && !st.s->out.empty() && !st.h2_closed &&
         h2_->QueuedBytes(id) < kStreamWatermark)
@@ -196,7 +199,7 @@ void H2Downstream::Pump() {
 
 void H2Downstream::ArmDeadlines() {
   const int64_t at = h2_->CheckDeadlines();
-  if (!touched_.empty()) {
+  if (!touched_.empty() || flush_due_) {
     w->Arm(timer, 0);
   } else if (at < 0) {
     w->Cancel(timer);
@@ -213,11 +216,24 @@ void H2Downstream::Account() {
   }
 }
 
+void H2Downstream::FlushSoon() {
+  if (flush_due_)
+    return;
+  flush_due_ = true;
+  w->Arm(timer, 0);  // runs after this batch of events (the worker's timers), then Pump
+}
+
 void H2Downstream::Flush() {
+  flush_due_ = false;
   if (fd < 0 || !h2_)
     return;
   while (true) {
-    while (wbuf_.size() < 256 * 1024) {
+    bool full = false;
+    while (true) {
+      if (wbuf_.size() >= 256 * 1024) {
+        full = true;
+        break;
+      }
       const std::string_view p = h2_->PendingOutput();
       if (p.empty())
         break;
@@ -232,8 +248,8 @@ void H2Downstream::Flush() {
       closing_ = true;
       return;
     }
-    if (!wbuf_.empty())
-      return;  // EPOLLOUT calls back
+    if (!wbuf_.empty() || !full)
+      return;  // EPOLLOUT calls back; or the h2 session has nothing more
   }
 }
 
@@ -249,15 +265,27 @@ void H2Downstream::OnHead(int32_t id, const h2::Head& head, bool end_stream) {
   st.s = s;
   st.sgen = s->gen;
   st.head_request = head.method == "HEAD";
+  // The head as HTTP/1.1 text, written in one piece: its size is bounded first.
+  std::size_t need = head.method.size() + head.path.size() + head.authority.size() + 64;
+  for (const h2::Field& f : head.fields)
+    need += f.name.size() + f.value.size() + 4;
   Buffer& b = s->in;
-  b.Append(head.method);
-  b.Append(" ");
-  b.Append(head.path);
-  b.Append(" HTTP/1.1\r\n");
+  std::size_t avail = 0;
+  char* const start = b.WritePtr(need, &avail);
+  char* o = start;
+  auto put = [&o](std::string_view v) {
+    if (!v.empty())
+      std::memcpy(o, v.data(), v.size());
+    o += v.size();
+  };
+  put(head.method);
+  put(" ");
+  put(head.path);
+  put(" HTTP/1.1\r\n");
   if (!head.authority.empty()) {
-    b.Append("host: ");
-    b.Append(head.authority);
-    b.Append("\r\n");
+    put("host: ");
+    put(head.authority);
+    put("\r\n");
   }
   bool has_length = false, cookies = false;
   for (const h2::Field& f : head.fields) {
@@ -270,33 +298,34 @@ void H2Downstream::OnHead(int32_t id, const h2::Head& head, bool end_stream) {
     } else if (Is(f.name, "content-length")) {
       has_length = true;
     }
-    b.Append(f.name);
-    b.Append(": ");
-    b.Append(f.value);
-    b.Append("\r\n");
+    put(f.name);
+    put(": ");
+    put(f.value);
+    put("\r\n");
   }
   if (cookies) {
-    b.Append("cookie: ");
+    put("cookie: ");
     bool first = true;
     for (const h2::Field& f : head.fields) {
       if (!Is(f.name, "cookie"))
         continue;
       if (!first)
-        b.Append("; ");
-      b.Append(f.value);
+        put("; ");
+      put(f.value);
       first = false;
     }
-    b.Append("\r\n");
+    put("\r\n");
   }
   if (end_stream) {
     if (!has_length)
-      b.Append("content-length: 0\r\n");
+      put("content-length: 0\r\n");
     st.req_ended = true;
   } else if (!has_length) {
-    b.Append("transfer-encoding: chunked\r\n");
+    put("transfer-encoding: chunked\r\n");
     st.req_chunked = true;
   }
-  b.Append("\r\n");
+  put("\r\n");
+  b.Commit(static_cast<std::size_t>(o - start));
   st.queued = true;
   touched_.push_back(id);
 }
@@ -394,8 +423,9 @@ bool H2Downstream::TakeOutput(Session* s) {
     h2_->ResetStream(s->h2_stream, h2::kInternalError);
     return false;
   }
+  // Framed and written once for all the streams that answer in this batch of events.
   if (!in_pump_)
-    Flush();
+    FlushSoon();
   return true;
 }
 
@@ -406,7 +436,7 @@ std::size_t H2Downstream::Convert(int32_t id, Stream& st, std::string_view out, 
     const std::string_view rest = out.substr(used);
     switch (st.r) {
       case R::kHead: {
-        resp_ = {};
+        // (ParseResponse sets every field it reports: no reset of the 128 headers here.)
         const http::ParseStatus ps = http::ParseResponse(rest, st.head_request, &resp_);
         if (ps == http::ParseStatus::kIncomplete)
           return used;
@@ -416,10 +446,10 @@ std::size_t H2Downstream::Convert(int32_t id, Stream& st, std::string_view out, 
         }
         used += resp_.head_len;
         if (resp_.status < 200)
-          continue;  // 100 Continue: HTTP/2 clients go on without it
-        h2::Head h;
+          continue;              // 100 Continue: HTTP/2 clients go on without it
+        h2::Head& h = resp_h2_;  // reused: its fields' room is kept
+        h.fields.clear();
         h.status = resp_.status;
-        h.fields.reserve(resp_.num_headers);
         for (std::size_t i = 0; i < resp_.num_headers; ++i) {
           const http::Header& f = resp_.headers[i];
           using enum http::HeaderId;
@@ -569,7 +599,7 @@ void H2Downstream::StreamSessionClosed(Session* s, bool aborted) {
   if (it != streams_.end() && (h2_closed || it->second.h2_closed))
     streams_.erase(it);
   if (!in_pump_)
-    Flush();
+    FlushSoon();
 }
 
 void H2Downstream::Sweep(bool draining) {

@@ -116,6 +116,10 @@ class H2Downstream final : public Handler, public TimerOwner, public h2::Handler
   // the reset ones, lets blocked responses go on; then writes and closes when done.
   void Pump();
   void Flush();
+  // Outside Pump (a stream's response from its upstream): Flush at the end of the
+  // worker's batch of events (a zero-delay timer, then Pump), so the responses of one
+  // batch are framed and sent together.
+  void FlushSoon();
   void Close();
   void ArmDeadlines();
   void Account();
@@ -128,14 +132,17 @@ class H2Downstream final : public Handler, public TimerOwner, public h2::Handler
   std::unique_ptr<TlsTransport> tls_;
   std::shared_ptr<ListenerCount> lcount_;
   std::unordered_map<int32_t, Stream> streams_;
-  std::vector<int32_t> touched_;  // streams with news from this Receive
-  Buffer wbuf_;                   // bytes for the socket
-  Buffer pending_in_;             // bytes read before the h2 session took them (Open)
+  std::vector<int32_t> touched_;                        // streams with news from this Receive
+  std::vector<int32_t> pump_ids_;                       // Pump's list being served (reused)
+  std::vector<std::pair<Session*, uint64_t>> blocked_;  // Pump's (reused)
+  Buffer wbuf_;                                         // bytes for the socket
+  Buffer pending_in_;  // bytes read before the h2 session took them (Open)
   uint32_t events_ = 0;
-  bool closing_ = false, goaway_sent_ = false, in_pump_ = false;
+  bool closing_ = false, goaway_sent_ = false, in_pump_ = false, flush_due_ = false;
   std::size_t accounted_ = 0;
   int64_t last_active_ms_ = 0;
   http::ResponseHead resp_;  // the response head being converted (large: not on the stack)
+  h2::Head resp_h2_;         // ... and as submitted
   friend class SessionPool;
 };
 

@@ -34,9 +34,20 @@ bool IEquals(std::string_view a, std::string_view b) {
 // Fields an HTTP/1.1 head may carry that HTTP/2 forbids (RFC 9113 §8.2.2); dropped when
 // sending so a translated head is never malformed. "te" is kept only as "trailers".
 bool ConnectionSpecific(std::string_view name, std::string_view value) {
-  return IEquals(name, "connection") || IEquals(name, "keep-alive") ||
-         IEquals(name, "proxy-connection") || IEquals(name, "transfer-encoding") ||
-         IEquals(name, "upgrade") || (IEquals(name, "te") && !IEquals(value, "trailers"));
+  switch (name.size()) {  // by length first: most names are none of these
+    case 2:
+      return IEquals(name, "te") && !IEquals(value, "trailers");
+    case 7:
+      return IEquals(name, "upgrade");
+    case 10:
+      return IEquals(name, "connection") || IEquals(name, "keep-alive");
+    case 16:
+      return IEquals(name, "proxy-connection");
+    case 17:
+      return IEquals(name, "transfer-encoding");
+    default:
+      return false;
+  }
 }
 
 nghttp2_nv Nv(std::string_view name, std::string_view value) {
@@ -45,20 +56,42 @@ nghttp2_nv Nv(std::string_view name, std::string_view value) {
                     value.size(), NGHTTP2_NV_FLAG_NONE};
 }
 
+// Whether a name has an ASCII capital letter: 8 bytes at a time (every response head
+// passes its names through here).
+bool HasUpper(std::string_view s) {
+  constexpr uint64_t kLow7 = 0x7f7f7f7f7f7f7f7fULL, kHigh = 0x8080808080808080ULL;
+  auto upper8 = [](uint64_t x) {
+    const uint64_t h = x & kLow7;
+    // High bit of a byte: >= 'A' (0x41) and < '[' (0x5b), and ASCII.
+    return (h + 0x3f3f3f3f3f3f3f3fULL) & ~(h + 0x2525252525252525ULL) & ~x & kHigh;
+  };
+  std::size_t i = 0;
+  for (; i + 8 <= s.size(); i += 8) {
+    uint64_t x;
+    std::memcpy(&x, s.data() + i, 8);
+    if (upper8(x))
+      return true;
+  }
+  for (; i < s.size(); ++i) {
+    if (s[i] >= 'A' && s[i] <= 'Z')
+      return true;
+  }
+  return false;
+}
+
 // Header names go out lowercase; the few that are not are lowered into `scratch`, whose
 // strings must outlive the submit call (nghttp2 copies the list there).
 void AddFields(const std::vector<Field>& fields, std::vector<nghttp2_nv>* nva,
                std::vector<std::string>* scratch) {
-  scratch->reserve(fields.size());
   for (const Field& f : fields) {
     if (f.name.empty() || f.name[0] == ':' || ConnectionSpecific(f.name, f.value))
       continue;
-    bool upper =
-        std::any_of(f.name.begin(), f.name.end(), [](char c) { return c >= 'A' && c <= 'Z'; });
-    if (!upper) {
+    if (!HasUpper(f.name)) {
       nva->push_back(Nv(f.name, f.value));
       continue;
     }
+    if (scratch->capacity() < fields.size())
+      scratch->reserve(fields.size());  // before the first: no string moves after
     std::string& low = scratch->emplace_back(f.name);
     for (char& c : low)
       if (c >= 'A' && c <= 'Z')
@@ -110,7 +143,8 @@ struct Block {
   }
   std::string_view View(Ref r) const { return std::string_view(buf).substr(r.off, r.len); }
   const Head& Build() {
-    head = Head{};
+    head.status = 0;
+    head.fields.clear();  // keeps its room for the next block
     head.method = View(method);
     head.scheme = View(scheme);
     head.authority = View(authority);
@@ -127,6 +161,11 @@ struct Block {
       head.fields.push_back({View(n), View(v)});
     return head;
   }
+};
+
+struct Session::Scratch {
+  std::vector<nghttp2_nv> nva;
+  std::vector<std::string> lowered;
 };
 
 struct Session::Stream {
@@ -151,7 +190,41 @@ struct Session::Stream {
   int64_t stalled_since = -1;
 
   std::size_t queued() const { return queue.size() - queue_pos; }
+
+  // For its next life (Session::NewStream): as new, its buffers' room kept.
+  void Reset() {
+    id = 0;
+    opened_ms = 0;
+    head.Clear();
+    trailers.Clear();
+    cur = &head;
+    rejected = limit_reset = got_head = false;
+    unconsumed = 0;
+    queue.clear();
+    queue_pos = 0;
+    provider = deferred = send_end = sent_end = false;
+    trailer_kv.clear();
+    responded = reset_by_app = false;
+    stalled_since = -1;
+  }
 };
+
+std::unique_ptr<Session::Stream> Session::NewStream() {
+  if (spare_.empty())
+    return std::make_unique<Stream>();
+  std::unique_ptr<Stream> st = std::move(spare_.back());
+  spare_.pop_back();
+  return st;
+}
+
+void Session::RecycleStream(std::unique_ptr<Stream> st) {
+  // A few are kept (each holds its buffers): as many as streams run at once, usually.
+  if (spare_.size() >= 16 || st->queue.capacity() > 64 * 1024 ||
+      st->head.buf.capacity() > 16 * 1024)
+    return;
+  st->Reset();
+  spare_.push_back(std::move(st));
+}
 
 // nghttp2's callbacks, each a static trampoline into the Session.
 struct Callbacks {
@@ -178,7 +251,7 @@ struct Callbacks {
     s->header_block_since_ = s->Now();
     Session::Stream* st = s->Find(id);
     if (frame->headers.cat == NGHTTP2_HCAT_REQUEST && s->role_ == Role::kServer) {
-      auto owned = std::make_unique<Session::Stream>();
+      std::unique_ptr<Session::Stream> owned = s->NewStream();
       st = owned.get();
       st->id = id;
       st->opened_ms = s->header_block_since_;
@@ -431,7 +504,10 @@ struct Callbacks {
 };
 
 Session::Session(Role role, Handler* handler, Options options)
-    : role_(role), handler_(handler), opt_(std::move(options)) {
+    : role_(role),
+      handler_(handler),
+      opt_(std::move(options)),
+      scratch_(std::make_unique<Scratch>()) {
   nghttp2_session_callbacks* cb = nullptr;
   nghttp2_session_callbacks_new(&cb);
   nghttp2_session_callbacks_set_on_begin_headers_callback(cb, &Callbacks::OnBeginHeaders);
@@ -555,7 +631,11 @@ void Session::Flush() {
     out_.append(reinterpret_cast<const char*>(p), static_cast<std::size_t>(n));
   }
   busy_ = false;
-  // The stall clock starts when a stream is seen with body queued and no window.
+}
+
+// The stall clock starts when a stream is seen with body queued and no window: on each
+// look at the output (PendingOutput) and at CheckDeadlines.
+void Session::UpdateStallClocks() {
   int64_t now = -1;
   for (auto& [id, st] : streams_) {
     bool waiting = st->provider && !st->sent_end && (st->queued() > 0 || st->send_end);
@@ -577,12 +657,12 @@ void Session::Flush() {
 
 std::string_view Session::PendingOutput() {
   Flush();
+  UpdateStallClocks();
   return std::string_view(out_).substr(out_pos_);
 }
 
 void Session::ConsumeOutput(std::size_t n) {
   out_pos_ = std::min(out_.size(), out_pos_ + n);
-  Flush();
 }
 
 void Session::Consume(int32_t stream, std::size_t n) {
@@ -592,7 +672,6 @@ void Session::Consume(int32_t stream, std::size_t n) {
   n = std::min<uint64_t>(n, st->unconsumed);
   st->unconsumed -= n;
   nghttp2_session_consume(ng_, stream, n);
-  Flush();
 }
 
 void Session::Fail(const char* why, uint32_t code) {
@@ -615,10 +694,13 @@ void Session::OnStreamClosed(int32_t id, uint32_t code) {
   if (st->unconsumed)
     nghttp2_session_consume_connection(ng_, st->unconsumed);
   handler_->OnStreamClose(id, code);
-  if (role_ != Role::kServer || st->reset_by_app)
+  const bool counted = role_ == Role::kServer && !st->reset_by_app;
+  const int64_t opened_ms = st->opened_ms;
+  RecycleStream(std::move(st));
+  if (!counted)
     return;
   ++closed_counted_;
-  if (code != NGHTTP2_NO_ERROR && Now() - st->opened_ms < opt_.min_stream_lifetime_ms)
+  if (code != NGHTTP2_NO_ERROR && Now() - opened_ms < opt_.min_stream_lifetime_ms)
     ++stats_.premature_resets;
   CheckPrematureResets();
 }
@@ -648,10 +730,11 @@ bool Session::SubmitResponse(int32_t stream, const Head& head, bool end_stream) 
   status[0] = static_cast<char>('0' + code / 100);
   status[1] = static_cast<char>('0' + code / 10 % 10);
   status[2] = static_cast<char>('0' + code % 10);
-  std::vector<nghttp2_nv> nva;
-  std::vector<std::string> scratch;
+  std::vector<nghttp2_nv>& nva = scratch_->nva;
+  nva.clear();
+  scratch_->lowered.clear();
   nva.push_back(Nv(":status", std::string_view(status, 3)));
-  AddFields(head.fields, &nva, &scratch);
+  AddFields(head.fields, &nva, &scratch_->lowered);
   nghttp2_data_provider prd{};
   prd.read_callback = &Callbacks::ReadBody;
   bool interim = code < 200;
@@ -665,7 +748,6 @@ bool Session::SubmitResponse(int32_t stream, const Head& head, bool end_stream) 
     rv = nghttp2_submit_response(ng_, stream, nva.data(), nva.size(), end_stream ? nullptr : &prd);
     st->sent_end = end_stream;
   }
-  Flush();
   return rv == 0;
 }
 
@@ -694,14 +776,13 @@ int32_t Session::SubmitRequest(const Head& head, bool end_stream) {
                                       end_stream ? nullptr : &prd, nullptr);
   if (id < 0)
     return -1;
-  auto owned = std::make_unique<Stream>();
+  std::unique_ptr<Stream> owned = NewStream();
   owned->id = id;
   owned->opened_ms = Now();
   owned->provider = !end_stream;
   owned->sent_end = end_stream;
   streams_.emplace(id, std::move(owned));
   ++stats_.streams_opened;
-  Flush();
   return id;
 }
 
@@ -724,11 +805,13 @@ bool Session::SendData(int32_t stream, std::string_view data, bool end_stream) {
   Stream* st = Find(stream);
   if (!st || !st->provider || st->send_end || failed_)
     return false;
+  // Bytes queued before and not framed yet go out first, in frames of their own (one
+  // DATA frame per call while the windows allow, as each chunk of a chunked response).
+  if (st->queued() > 0)
+    Flush();
   st->queue.append(data);
   st->send_end = end_stream;
-  bool ok = ResumeData(st);
-  Flush();
-  return ok;
+  return ResumeData(st);
 }
 
 bool Session::SendTrailers(int32_t stream, const std::vector<Field>& trailers) {
@@ -743,9 +826,7 @@ bool Session::SendTrailers(int32_t stream, const std::vector<Field>& trailers) {
     st->trailer_kv.emplace_back(reinterpret_cast<const char*>(nv.value), nv.valuelen);
   }
   st->send_end = true;
-  bool ok = ResumeData(st);
-  Flush();
-  return ok;
+  return ResumeData(st);
 }
 
 std::size_t Session::QueuedBytes(int32_t stream) const {
@@ -758,20 +839,20 @@ bool Session::ResetStream(int32_t stream, uint32_t error_code) {
   if (!st)
     return false;
   st->reset_by_app = true;
-  int rv = nghttp2_submit_rst_stream(ng_, NGHTTP2_FLAG_NONE, stream, error_code);
-  Flush();
-  return rv == 0;
+  Flush();  // what was submitted on the stream before (a head, body) goes out before the reset
+  return nghttp2_submit_rst_stream(ng_, NGHTTP2_FLAG_NONE, stream, error_code) == 0;
 }
 
 void Session::GracefulShutdown() {
   if (failed_)
     return;
   int32_t last = role_ == Role::kServer ? nghttp2_session_get_last_proc_stream_id(ng_) : 0;
+  Flush();  // frames submitted before go out before the GOAWAY, as they did
   nghttp2_submit_goaway(ng_, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR, nullptr, 0);
-  Flush();
 }
 
 void Session::Terminate(uint32_t error_code) {
+  Flush();  // frames submitted before go out ahead of the GOAWAY, as they did
   Fail("terminated", error_code);
 }
 
@@ -789,7 +870,8 @@ int64_t Session::CheckDeadlines() {
     }
     earliest(header_block_since_ + opt_.header_block_timeout_ms);
   }
-  Flush();  // refreshes the stall clocks
+  Flush();
+  UpdateStallClocks();
   std::vector<int32_t> expired;
   for (auto& [id, st] : streams_) {
     if (st->stalled_since < 0)

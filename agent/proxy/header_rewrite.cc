@@ -1,23 +1,47 @@
 // Header rewriting: request ids and the mutation lists' lookups (see header_rewrite.h).
 #include "header_rewrite.h"
 
+#include <cstring>
+
 namespace sluice::proxy::engine {
 
+namespace {
+
+// Two hex digits per byte from a table: an id is made for every request without one.
+struct HexPairs {
+  char p[256][2] = {};
+  constexpr HexPairs() {
+    constexpr char kHex[] = "0123456789abcdef";
+    for (int i = 0; i < 256; ++i) {
+      p[i][0] = kHex[i >> 4];
+      p[i][1] = kHex[i & 0xf];
+    }
+  }
+};
+constexpr HexPairs kHexPairs;
+
+}  // namespace
+
 void FormatUuid4(uint64_t a, uint64_t b, char (&out)[40]) {
-  static constexpr char kHex[] = "0123456789abcdef";
   a = (a & 0xffffffffffff0fffull) | 0x4000ull;
   b = (b & 0x3fffffffffffffffull) | 0x8000000000000000ull;
+  // 8-4-4-4-12: the bytes of a, then of b, most significant first.
   char* p = out;
-  for (int i = 0; i < 16; ++i) {
-    if (i == 8 || i == 12)
-      *p++ = '-';
-    *p++ = kHex[(a >> (60 - 4 * i)) & 0xf];
-  }
-  for (int i = 0; i < 16; ++i) {
-    if (i == 0 || i == 4)
-      *p++ = '-';
-    *p++ = kHex[(b >> (60 - 4 * i)) & 0xf];
-  }
+  auto bytes = [&p](uint64_t v, int from, int to) {
+    for (int i = from; i < to; ++i) {
+      std::memcpy(p, kHexPairs.p[(v >> (56 - 8 * i)) & 0xff], 2);
+      p += 2;
+    }
+  };
+  bytes(a, 0, 4);
+  *p++ = '-';
+  bytes(a, 4, 6);
+  *p++ = '-';
+  bytes(a, 6, 8);
+  *p++ = '-';
+  bytes(b, 0, 2);
+  *p++ = '-';
+  bytes(b, 2, 8);
   *p = '\0';
 }
 

@@ -12,7 +12,7 @@ namespace sluice::proxy::http {
 namespace {
 
 // RFC 9110 tchar.
-constexpr bool IsTokenChar(unsigned char c) {
+constexpr bool IsTokenCharSlow(unsigned char c) {
   if (c >= '0' && c <= '9')
     return true;
   if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z')
@@ -42,6 +42,37 @@ constexpr bool IsTokenChar(unsigned char c) {
 // Field values: visible ASCII, obs-text, SP and HTAB. No CR, LF, NUL or other CTLs.
 constexpr bool IsValueChar(unsigned char c) {
   return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
+// The tchar set as a table: header names are scanned byte by byte.
+struct TokenTable {
+  bool t[256] = {};
+  constexpr TokenTable() {
+    for (int c = 0; c < 256; ++c)
+      t[c] = IsTokenCharSlow(static_cast<unsigned char>(c));
+  }
+};
+inline constexpr TokenTable kTokenTable;
+
+constexpr bool IsTokenChar(unsigned char c) {
+  return kTokenTable.t[c];
+}
+
+// Skips value characters 8 at a time while none of the 8 is a CTL (HTAB included) or
+// DEL; the caller's byte loop then finds where the value ends (or why it is invalid).
+const char* SkipPlainValueBytes(const char* p, const char* end) {
+  constexpr uint64_t kOnes = 0x0101010101010101ULL, kHigh = 0x8080808080808080ULL;
+  while (end - p >= 8) {
+    uint64_t x;
+    std::memcpy(&x, p, 8);
+    const uint64_t below_space = (x - kOnes * 0x20) & ~x & kHigh;  // some byte < 0x20
+    const uint64_t d = x ^ (kOnes * 0x7f);
+    const uint64_t del = (d - kOnes) & ~d & kHigh;  // some byte == 0x7f
+    if (below_space | del)
+      break;
+    p += 8;
+  }
+  return p;
 }
 
 // Request-target: visible ASCII, no spaces or controls.
@@ -83,10 +114,53 @@ constexpr char Lower(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c;
 }
 
-std::string_view TrimOws(std::string_view v) {
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t'))
+// ASCII A-Z of 8 bytes at once to a-z; every other byte unchanged.
+inline uint64_t Lower8(uint64_t x) {
+  constexpr uint64_t kLow7 = 0x7f7f7f7f7f7f7f7fULL, kHigh = 0x8080808080808080ULL;
+  const uint64_t h = x & kLow7;
+  const uint64_t ge_a = h + 0x3f3f3f3f3f3f3f3fULL;  // high bit: byte >= 'A' (0x41)
+  const uint64_t gt_z = h + 0x2525252525252525ULL;  // high bit: byte >= '[' (0x5b)
+  const uint64_t upper = ge_a & ~gt_z & ~x & kHigh;
+  return x | (upper >> 2);  // 0x80 >> 2 == 0x20
+}
+
+inline uint64_t Load8(const char* p) {
+  uint64_t x;
+  std::memcpy(&x, p, 8);
+  return x;
+}
+
+// EqualsIgnoreCase, inline here.
+inline bool EqualsNoCase(std::string_view a, std::string_view b) {
+  const std::size_t n = a.size();
+  if (n != b.size())
+    return false;
+  if (n >= 8) {
+    std::size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      if (Lower8(Load8(a.data() + i)) != Lower8(Load8(b.data() + i)))
+        return false;
+    }
+    // The last 8 bytes (overlapping the ones compared) cover the tail.
+    return i == n || Lower8(Load8(a.data() + n - 8)) == Lower8(Load8(b.data() + n - 8));
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    if (Lower(a[i]) != Lower(b[i]))
+      return false;
+  }
+  return true;
+}
+
+constexpr bool IsOws(char c) {
+  return c == ' ' || c == '\t';
+}
+
+inline std::string_view TrimOws(std::string_view v) {
+  if (v.empty() || (!IsOws(v.front()) && !IsOws(v.back())))
+    return v;  // the usual case: nothing to trim
+  while (!v.empty() && IsOws(v.front()))
     v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t'))
+  while (!v.empty() && IsOws(v.back()))
     v.remove_suffix(1);
   return v;
 }
@@ -251,6 +325,11 @@ ParseStatus ParseHeaders(const char* p, const char* end, std::size_t max_headers
     if (*p == ' ' || *p == '\t')
       return Error(m, 400, "obsolete line folding");
     const char* name_start = p;
+    // Four bytes per step while all four are tchars (one branch), then byte by byte.
+    const bool* tc = kTokenTable.t;
+    auto at = [&p](int i) { return static_cast<unsigned char>(p[i]); };
+    while (end - p >= 4 && (tc[at(0)] & tc[at(1)] & tc[at(2)] & tc[at(3)]))
+      p += 4;
     while (p < end && IsTokenChar(static_cast<unsigned char>(*p)))
       ++p;
     if (p == name_start || p >= end || *p != ':') {
@@ -261,6 +340,7 @@ ParseStatus ParseHeaders(const char* p, const char* end, std::size_t max_headers
     std::string_view name(name_start, static_cast<std::size_t>(p - name_start));
     ++p;
     const char* value_start = p;
+    p = SkipPlainValueBytes(p, end);
     while (p < end && IsValueChar(static_cast<unsigned char>(*p)))
       ++p;
     if (p + 1 >= end || p[0] != '\r' || p[1] != '\n') {
@@ -315,10 +395,32 @@ ParseStatus ParseHeaders(const char* p, const char* end, std::size_t max_headers
 
 }  // namespace
 
+namespace {
+
+// name (any case) against a known lowercase name of the same length: only `name` needs
+// lowering, 8 bytes at a time (the last 8 overlapping).
+inline bool IsKnownName(std::string_view name, std::string_view known) {
+  const std::size_t n = known.size();
+  if (n < 8) {
+    for (std::size_t i = 0; i < n; ++i) {
+      if (Lower(name[i]) != known[i])
+        return false;
+    }
+    return true;
+  }
+  for (std::size_t i = 0; i + 8 <= n; i += 8) {
+    if (Lower8(Load8(name.data() + i)) != Load8(known.data() + i))
+      return false;
+  }
+  return Lower8(Load8(name.data() + n - 8)) == Load8(known.data() + n - 8);
+}
+
+}  // namespace
+
 HeaderId ClassifyHeader(std::string_view name) {
   // By length first: most names are ruled out by one compare.
   auto is = [&](std::string_view known, HeaderId id) {
-    return EqualsIgnoreCase(name, known) ? id : HeaderId::kOther;
+    return IsKnownName(name, known) ? id : HeaderId::kOther;
   };
   switch (name.size()) {
     case 2:
@@ -362,13 +464,7 @@ HeaderId ClassifyHeader(std::string_view name) {
 }
 
 bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
-  if (a.size() != b.size())
-    return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (Lower(a[i]) != Lower(b[i]))
-      return false;
-  }
-  return true;
+  return EqualsNoCase(a, b);
 }
 
 bool StartsWithIgnoreCase(std::string_view s, std::string_view prefix) {

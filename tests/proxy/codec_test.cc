@@ -33,6 +33,104 @@ TEST_CASE("parser: a request head, parsed in place", "[codec]") {
   }
 }
 
+TEST_CASE("parser: names compare without case and values are checked at every byte position",
+          "[codec]") {
+  // EqualsIgnoreCase (8 bytes at a time) against the byte-by-byte rule: ASCII A-Z only,
+  // around the letters ('@', '[', '`', '{') and bytes >= 0x80 included.
+  auto lower = [](unsigned char c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; };
+  for (std::size_t n : {1, 7, 8, 9, 15, 16, 17, 29}) {
+    std::string a(n, 'k'), b(n, 'k');
+    for (std::size_t pos : {std::size_t{0}, n / 2, n - 1}) {
+      for (int c = 0; c < 256; ++c) {
+        for (int d = 0; d < 256; ++d) {
+          a[pos] = static_cast<char>(c);
+          b[pos] = static_cast<char>(d);
+          if (http::EqualsIgnoreCase(a, b) != (lower(c) == lower(d))) {
+            FAIL("EqualsIgnoreCase, length " << n << ", byte " << pos << ": " << c << " vs " << d);
+          }
+        }
+      }
+      a[pos] = b[pos] = 'k';
+    }
+  }
+  CHECK(http::EqualsIgnoreCase("X-Envoy-Upstream-Service-Time", "x-envoy-upstream-service-time"));
+  CHECK_FALSE(
+      http::EqualsIgnoreCase("x-envoy-upstream-service-timf", "x-envoy-upstream-service-time"));
+
+  // Known names are told in any case, and only they: each byte changed in turn (in case,
+  // or to another letter) is checked.
+  const std::pair<std::string, http::HeaderId> known[] = {
+      {"te", http::HeaderId::kTe},
+      {"host", http::HeaderId::kHost},
+      {"cookie", http::HeaderId::kCookie},
+      {"expect", http::HeaderId::kExpect},
+      {"upgrade", http::HeaderId::kUpgrade},
+      {"connection", http::HeaderId::kConnection},
+      {"keep-alive", http::HeaderId::kKeepAlive},
+      {"user-agent", http::HeaderId::kUserAgent},
+      {"x-request-id", http::HeaderId::kXRequestId},
+      {"content-length", http::HeaderId::kContentLength},
+      {"x-forwarded-for", http::HeaderId::kXForwardedFor},
+      {"proxy-connection", http::HeaderId::kProxyConnection},
+      {"transfer-encoding", http::HeaderId::kTransferEncoding},
+      {"x-forwarded-proto", http::HeaderId::kXForwardedProto},
+      {"x-envoy-attempt-count", http::HeaderId::kXEnvoyAttemptCount},
+      {"x-envoy-upstream-service-time", http::HeaderId::kXEnvoyUpstreamServiceTime},
+  };
+  for (const auto& [name, id] : known) {
+    CHECK(http::ClassifyHeader(name) == id);
+    for (std::size_t i = 0; i < name.size(); ++i) {
+      std::string n = name;
+      if (n[i] >= 'a' && n[i] <= 'z') {
+        n[i] = static_cast<char>(n[i] - 32);
+        CHECK(http::ClassifyHeader(n) == id);
+        n[i] = n[i] == 'Z' ? 'a' : static_cast<char>(n[i] + 33);  // another letter
+      } else {
+        n[i] = 'q';
+      }
+      INFO(n);
+      CHECK(http::ClassifyHeader(n) == http::HeaderId::kOther);
+    }
+  }
+
+  // A field value: visible ASCII, obs-text, SP and HTAB; any other control byte or DEL at
+  // any position of a long value makes the head invalid.
+  for (std::size_t pos = 0; pos < 20; ++pos) {
+    for (int c = 0; c < 256; ++c) {
+      std::string v(20, 'v');
+      v[pos] = static_cast<char>(c);
+      std::string raw = "GET / HTTP/1.1\r\nHost: a\r\nX-Long: " + v + "\r\n\r\n";
+      http::RequestHead r;
+      const bool valid = c == '\t' || (c >= 0x20 && c != 0x7f);
+      const http::ParseStatus st = http::ParseRequest(raw, {}, &r);
+      if ((st == http::ParseStatus::kDone) != valid)
+        FAIL("value byte " << c << " at " << pos << ": parse status " << static_cast<int>(st));
+      if (valid) {
+        std::string_view want = v;
+        while (!want.empty() && (want.front() == ' ' || want.front() == '\t'))
+          want.remove_prefix(1);
+        while (!want.empty() && (want.back() == ' ' || want.back() == '\t'))
+          want.remove_suffix(1);
+        if (r.Get("x-long") != want)
+          FAIL("value byte " << c << " at " << pos << ": got '" << r.Get("x-long") << "'");
+      }
+    }
+  }
+  // A header name with a byte that is not a tchar is refused.
+  for (int c = 0; c < 256; ++c) {
+    std::string raw = "GET / HTTP/1.1\r\nHost: a\r\nX-N";
+    raw += static_cast<char>(c);
+    raw += "me: 1\r\n\r\n";
+    http::RequestHead r;
+    const bool tchar =
+        (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+        std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
+    // (":" ends the name early: "X-N" with the value "me: 1".)
+    if ((http::ParseRequest(raw, {}, &r) == http::ParseStatus::kDone) != (tchar || c == ':'))
+      FAIL("name byte " << c);
+  }
+}
+
 TEST_CASE("parser: a head's views follow its buffer when the buffer moves", "[codec]") {
   const std::string raw =
       "GET http://h.example:81/p?q=1 HTTP/1.1\r\nHost: h.example:81\r\nUpgrade: websocket\r\n"

@@ -80,9 +80,9 @@ TEST_CASE("h2: a GET from our client to our server, with response body and trail
   req.authority = "svc.ns:8080";
   // An HTTP/1.1 head translated as is: Host becomes :authority, connection-specific
   // fields are dropped, names go out lowercase.
-  req.fields = {{"Host", "svc.ns:8080"},
-                {"Connection", "keep-alive"},
-                {"X-Trace", "abc"},
+  req.fields = {{"Host", "svc.ns:8080"},     {"Connection", "keep-alive"}, {"X-Trace", "abc"},
+                {"x-longer-Name-here", "1"},  // a capital in the second 8 bytes
+                {"x-abcdefgH", "2"},          // ... in the bytes after them
                 {"te", "trailers"}};
   int32_t id = p.client.SubmitRequest(req, true);
   REQUIRE(id == 1);
@@ -94,6 +94,8 @@ TEST_CASE("h2: a GET from our client to our server, with response body and trail
   CHECK(s.authority == "svc.ns:8080");
   CHECK(s.path == "/a/b?c=1");
   CHECK(s.Field("x-trace") == "abc");
+  CHECK(s.Field("x-longer-name-here") == "1");
+  CHECK(s.Field("x-abcdefgh") == "2");
   CHECK(s.Field("te") == "trailers");
   CHECK(s.Field("connection").empty());
   CHECK(s.Field("host").empty());

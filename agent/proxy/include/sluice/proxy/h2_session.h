@@ -232,17 +232,29 @@ class Session {
 
   int64_t Now() const;
   Stream* Find(int32_t id) const;
+  // Frames nghttp2 has queued into out_ (up to max_pending_output). Submit*, Send*,
+  // Consume and Reset* only queue: the frames are made when the caller next looks at
+  // PendingOutput (so a batch of responses is framed in one pass), after Receive, and
+  // on a failure (its GOAWAY).
   void Flush();
+  void UpdateStallClocks();
   void Fail(const char* why, uint32_t code);
   void OnStreamClosed(int32_t id, uint32_t code);
   void CheckPrematureResets();
   bool ResumeData(Stream* s);
+  // Stream objects are reused (a request's buffers and vectors keep their room).
+  std::unique_ptr<Stream> NewStream();
+  void RecycleStream(std::unique_ptr<Stream> st);
 
   Role role_;
   Handler* handler_;
   Options opt_;
   nghttp2_session* ng_ = nullptr;
   std::unordered_map<int32_t, std::unique_ptr<Stream>> streams_;
+  std::vector<std::unique_ptr<Stream>> spare_;
+  // SubmitResponse's header list and lowered names (reused: no allocation per head).
+  struct Scratch;
+  std::unique_ptr<Scratch> scratch_;
   std::string out_;
   std::size_t out_pos_ = 0;
   Stats stats_;
