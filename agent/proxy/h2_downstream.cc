@@ -450,15 +450,25 @@ std::size_t H2Downstream::Convert(int32_t id, Stream& st, std::string_view out, 
         h2::Head& h = resp_h2_;  // reused: its fields' room is kept
         h.fields.clear();
         h.status = resp_.status;
+        bool end = resp_.no_body || (!resp_.chunked && resp_.content_length == 0);
+        // A gRPC trailers-only response (its status in the head, no body) goes as HEADERS
+        // with END_STREAM and no content-length, as Envoy's HTTP/2 codec sends it: the
+        // "content-length: 0" is only its HTTP/1.1 form (h2_upstream, LocalGrpc), and a
+        // gRPC client would show it as trailing metadata.
+        bool drop_length = false;
+        if (end && resp_.content_length == 0) {
+          for (std::size_t i = 0; i < resp_.num_headers && !drop_length; ++i)
+            drop_length = http::EqualsIgnoreCase(resp_.headers[i].name, "grpc-status");
+        }
         for (std::size_t i = 0; i < resp_.num_headers; ++i) {
           const http::Header& f = resp_.headers[i];
           using enum http::HeaderId;
           if (f.id == kConnection || f.id == kKeepAlive || f.id == kProxyConnection ||
-              f.id == kTransferEncoding || f.id == kUpgrade)
+              f.id == kTransferEncoding || f.id == kUpgrade ||
+              (drop_length && f.id == kContentLength))
             continue;
           h.fields.push_back({f.name, f.value});
         }
-        bool end = resp_.no_body || (!resp_.chunked && resp_.content_length == 0);
         if (end)
           st.r = R::kDone;
         else if (resp_.chunked)

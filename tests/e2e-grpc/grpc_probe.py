@@ -375,6 +375,9 @@ def check_status(args):
     _, code, details, trailers = call(ch, "/probe.Probe/Fail", encode_string(str(args.code)), 10)
     print("status %s (%d), message %r, trailers %s" % (code.name, code.value[0], details, trailers))
     want = "probe failure %d" % args.code
+    if "content-length" in trailers:
+        # A trailers-only answer is HEADERS with END_STREAM (Envoy sends no content-length).
+        return done(False, "the trailers-only answer carried content-length: %s" % trailers["content-length"])
     if code.value[0] == args.code and details == want and trailers.get("x-probe-trailer") == "fail-%d" % args.code:
         return done(True, "grpc-status %d, grpc-message %r and trailer x-probe-trailer intact" % (args.code, want))
     return done(False, "want status %d %r with trailer x-probe-trailer: fail-%d; got %s %r, trailers %s" %
