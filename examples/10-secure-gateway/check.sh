@@ -83,11 +83,11 @@ check() {
     fail "https://httpbin.example.com/status/418 with --http2: expected 418 over HTTP/2 and a teapot, got '$(tail -n1 <<<"$tls_out")' (curl exit $rc)"
   fi
   run curl -sS -A "$mark" --max-time 5 --resolve "$resolve" --cacert "$certs/example.com.crt" \
-    --http2 -o /dev/null -w '%{http_code} HTTP/%{http_version}\n' "$url/headers"
+    --http2 -o /dev/null -w '%{http_code} HTTP/%{http_version}\n' "$url/status/200"
   if [[ $OUT == "200 HTTP/2" ]]; then
-    pass "https://httpbin.example.com/headers over HTTP/2: 200"
+    pass "https://httpbin.example.com/status/200 over HTTP/2: 200"
   else
-    fail "https://httpbin.example.com/headers with --http2: expected '200 HTTP/2', got $(answer)"
+    fail "https://httpbin.example.com/status/200 with --http2: expected '200 HTTP/2', got $(answer)"
   fi
   run curl -sS -A "$mark" --max-time 5 --resolve "$resolve" --cacert "$certs/example.com.crt" \
     --http1.1 -o /dev/null -w '%{http_code} HTTP/%{http_version}\n' "$url/status/418"
