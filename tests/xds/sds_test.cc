@@ -162,8 +162,12 @@ TEST_CASE("SDS: the client asks for the secrets its listeners name and receives 
   sx::AdsClient client(o, store);
   REQUIRE(client.Start());
 
-  // Only the named secret: SDS is no wildcard type.
-  REQUIRE(WaitFor([&] { return store.Current()->secrets.size() == 1; }));
+  // Only the named secret: SDS is no wildcard type. (The listener that names it may come
+  // in a later snapshot than the secret: wait for both.)
+  REQUIRE(WaitFor([&] {
+    auto s = store.Current();
+    return s->secrets.size() == 1 && s->listeners.contains("0.0.0.0_443");
+  }));
   auto snap = store.Current();
   CHECK(SecretNames(snap) == std::vector<std::string>{"kubernetes://a-cred"});
   CHECK(CertOf(snap, "kubernetes://a-cred") == "CERT a");
