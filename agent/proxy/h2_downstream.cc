@@ -552,21 +552,8 @@ std::size_t H2Downstream::Convert(int32_t id, Stream& st, std::string_view out, 
           return used;
         }
         std::vector<h2::Field> fields;
-        std::string_view lines = rest.substr(0, end + 2);
-        while (!lines.empty()) {
-          const std::size_t eol = lines.find("\r\n");
-          std::string_view line = lines.substr(0, eol);
-          lines.remove_prefix(eol + 2);
-          const std::size_t colon = line.find(':');
-          if (colon == std::string_view::npos || colon == 0)
-            continue;
-          std::string_view value = line.substr(colon + 1);
-          while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
-            value.remove_prefix(1);
-          while (!value.empty() && (value.back() == ' ' || value.back() == '\t'))
-            value.remove_suffix(1);
-          fields.push_back({line.substr(0, colon), value});
-        }
+        for (auto [name, value] : http::TrailerFields(rest.substr(0, end + 2)))
+          fields.push_back({name, value});
         used += end + 4;
         st.r = R::kDone;
         if (!h2_->SendTrailers(id, fields))

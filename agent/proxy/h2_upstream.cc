@@ -188,6 +188,8 @@ void H2Upstream::Submit(UpstreamConn* u) {
     s.id = id;
     s.head_sent = true;
     s.body_chunked = req_.chunked;
+    if (req_.chunked)
+      s.body_chunk.CaptureTrailers();  // passed on as HTTP/2 trailers
     s.body_left = req_.chunked ? 0 : std::max<int64_t>(0, req_.content_length);
     s.request_done = !has_body;
     by_id_[id] = u;
@@ -204,8 +206,17 @@ void H2Upstream::Submit(UpstreamConn* u) {
         return;
       }
       s.request_done = s.body_chunk.done();
-      if (!payload_.empty() || s.request_done)
+      if (s.request_done && !s.body_chunk.trailers().empty()) {
+        // The body's trailers end the stream as a trailer HEADERS frame.
+        if (!payload_.empty())
+          session_->SendData(s.id, payload_, false);
+        std::vector<h2::Field> trailers;
+        for (auto [name, value] : http::TrailerFields(s.body_chunk.trailers()))
+          trailers.push_back({name, value});
+        session_->SendTrailers(s.id, trailers);
+      } else if (!payload_.empty() || s.request_done) {
         session_->SendData(s.id, payload_, s.request_done);
+      }
       if (used == 0)
         break;
     } else {

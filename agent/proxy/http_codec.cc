@@ -855,6 +855,8 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
           if (trailer_name_len_ < sizeof(trailer_name_))
             trailer_name_[trailer_name_len_] = c;
           ++trailer_name_len_;
+          if (capture_trailers_)
+            trailers_.push_back(c);
           ++i;
           break;
         }
@@ -883,6 +885,8 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
           has_grpc_status_ = true;
           grpc_status_len_ = 0;
         }
+        if (capture_trailers_)
+          trailers_.push_back(':');
         state_ = State::kTrailerValue;
         ++i;
         break;
@@ -902,6 +906,8 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
         } else if (!IsValueChar(static_cast<unsigned char>(c))) {
           return fail("invalid character in trailer value");
         }
+        if (capture_trailers_)
+          trailers_.push_back(c);
         ++i;
         break;
       case State::kTrailerLf:
@@ -912,6 +918,8 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
           state_ = State::kDone;
           return i;
         }
+        if (capture_trailers_)
+          trailers_.push_back('\n');
         state_ = State::kTrailer;
         break;
       case State::kDone:
@@ -920,6 +928,25 @@ std::size_t ChunkedDecoder::Feed(std::string_view data, std::string* out) {
     }
   }
   return i;
+}
+
+std::vector<std::pair<std::string_view, std::string_view>> TrailerFields(std::string_view lines) {
+  std::vector<std::pair<std::string_view, std::string_view>> fields;
+  while (!lines.empty()) {
+    const std::size_t eol = lines.find("\r\n");
+    std::string_view line = lines.substr(0, eol);
+    lines.remove_prefix(eol == std::string_view::npos ? lines.size() : eol + 2);
+    const std::size_t colon = line.find(':');
+    if (colon == std::string_view::npos || colon == 0)
+      continue;
+    std::string_view value = line.substr(colon + 1);
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+      value.remove_prefix(1);
+    while (!value.empty() && (value.back() == ' ' || value.back() == '\t'))
+      value.remove_suffix(1);
+    fields.emplace_back(line.substr(0, colon), value);
+  }
+  return fields;
 }
 
 std::string_view ReasonPhrase(int status) {

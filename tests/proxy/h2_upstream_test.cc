@@ -53,7 +53,7 @@ std::string RunCmd(const std::string& cmd) {
 
 struct Req {
   std::string method, path, authority;
-  std::vector<std::pair<std::string, std::string>> fields;
+  std::vector<std::pair<std::string, std::string>> fields, trailers;
   std::string body;
   std::string Field(const std::string& n) const {
     for (auto& [k, v] : fields)
@@ -115,7 +115,11 @@ class H2Server {
       if (end)
         srv->Answer(*this, id);
     }
-    void OnTrailers(int32_t id, const h2::Head&) override { srv->Answer(*this, id); }
+    void OnTrailers(int32_t id, const h2::Head& t) override {
+      for (auto& f : t.fields)
+        reqs[id].trailers.emplace_back(std::string(f.name), std::string(f.value));
+      srv->Answer(*this, id);
+    }
     void OnStreamClose(int32_t id, uint32_t) override {
       open.erase(id);
       reqs.erase(id);
@@ -505,6 +509,18 @@ TEST_CASE("h2 upstream: the request head and bodies are translated (authority, n
       "chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n");
   CHECK(r.status == 200);
   CHECK(r.body.find("body=abcdefg") != std::string::npos);
+  // Its trailers end the stream as HTTP/2 trailers (a gRPC-over-HTTP/2 client's request
+  // trailers come to the engine this way too).
+  r = c.Request(
+      "POST /echo HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n3\r\nxyz\r\n"
+      "0\r\nx-checksum:  abc \r\nx-second: 2\r\n\r\n");
+  CHECK(r.status == 200);
+  CHECK(r.body.find("body=xyz") != std::string::npos);
+  auto seen = srv.seen();
+  REQUIRE(!seen.empty());
+  CHECK(seen.back().body == "xyz");
+  CHECK(seen.back().trailers ==
+        std::vector<std::pair<std::string, std::string>>{{"x-checksum", "abc"}, {"x-second", "2"}});
   // A response without content-length reaches the HTTP/1.1 client chunked.
   r = c.Get("svc", "/nolength");
   CHECK(r.status == 200);

@@ -9,6 +9,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace sluice::proxy::http {
 
@@ -173,9 +175,15 @@ class ChunkedDecoder {
       v.remove_suffix(1);
     return v;
   }
+  // Keeps the trailer section's field lines ("name: value\r\n" each) as they are read,
+  // for a hop that passes trailers on (an HTTP/2 upstream; TrailerFields splits them).
+  void CaptureTrailers() { capture_trailers_ = true; }
+  std::string_view trailers() const { return trailers_; }
   void Reset() { *this = ChunkedDecoder(); }
 
  private:
+  bool capture_trailers_ = false;
+  std::string trailers_;
   State state_ = State::kSize;
   uint64_t remaining_ = 0;
   uint64_t body_size_ = 0;
@@ -191,6 +199,10 @@ class ChunkedDecoder {
   std::size_t grpc_status_len_ = 0;
   const char* error_ = nullptr;
 };
+
+// The fields of trailer lines as ChunkedDecoder::trailers() holds them, in order, values
+// without their surrounding whitespace.
+std::vector<std::pair<std::string_view, std::string_view>> TrailerFields(std::string_view lines);
 
 // Standard reason phrase ("Not Found"), "Unknown" for others.
 std::string_view ReasonPhrase(int status);
