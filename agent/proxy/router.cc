@@ -209,15 +209,18 @@ void Session::ContinueAfterFault() {
     w->Arm(route_timer, timeouts.route.count());
   if (timeouts.stream_duration)
     ArmStreamTimer();
-  if (!request_complete) {
+  if (!request_complete)
     mirrors_deferred = !a.mirrors.empty();  // a mirror gets the whole request
-  } else {
-    for (const MirrorPolicy& m : a.mirrors) {
-      if (w->Roll(m.per_million))
-        w->shadow().SendMirror(m, *this);
-    }
-  }
+  else
+    SendMirrors();
   StartAttempt();
+}
+
+void Session::SendMirrors() {
+  for (const MirrorPolicy& m : route->action.mirrors) {
+    if (w->Roll(m.per_million))
+      w->shadow().SendMirror(m, *this);
+  }
 }
 
 // Envoy's CORS filter (envoy.filters.http.cors) on a request: nothing without a policy,
@@ -369,10 +372,7 @@ void Session::StreamBody() {
     w->Arm(try_timer, timeouts.per_try.count());
   if (mirrors_deferred) {
     mirrors_deferred = false;
-    for (const MirrorPolicy& m : route->action.mirrors) {
-      if (w->Roll(m.per_million))
-        w->shadow().SendMirror(m, *this);
-    }
+    SendMirrors();
   }
 }
 

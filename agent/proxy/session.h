@@ -218,6 +218,8 @@ class Session final : public Handler, public UpstreamOwner, public TimerOwner {
   void OnHead();
   void Dispatch();
   void ContinueAfterFault();
+  // The route's mirrors, each as its fraction rolls (a copy of the whole request).
+  void SendMirrors();
   // The CORS filter's request step (router.cc): true when it answered a preflight itself.
   bool CorsRequest();
   // The CORS headers of a response to a request CorsRequest latched (session_response.cc:

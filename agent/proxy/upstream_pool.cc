@@ -84,7 +84,7 @@ UpstreamConn* UpstreamPool::GetUpstream(const std::shared_ptr<const Snapshot>& s
                                         const Cluster* c, Endpoint* ep, bool* overflow,
                                         bool for_mirror, bool http2) {
   *overflow = false;
-  if (http2 || (for_mirror && c->protocol == Cluster::Protocol::kHttp2))
+  if (http2)
     return GetStream(snap, c, ep, overflow, for_mirror);
   auto it = idle_.find(ep);
   if (it != idle_.end()) {
